@@ -1,1 +1,2 @@
-
+pub mod binance;
+pub mod domain;

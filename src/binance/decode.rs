@@ -1,0 +1,478 @@
+//! Pure decoding of stream frames: `(market, bytes, recv_time)` to a typed
+//! [`Decoded`] value, or a [`DecodeError`] that says what was wrong.
+//!
+//! Nothing here does I/O or keeps state, so the same function serves live
+//! frames and WAL replay. Wire structs mirror the JSON and stay private;
+//! unknown keys are ignored (old spot trades carry `b`/`a`, futures add `X`,
+//! `nq`, `st`), unknown event types are returned as [`Decoded::Ignored`].
+//!
+//! Times are normalised to epoch µs. Spot streams are opened with
+//! `timeUnit=MICROSECOND`; a time below 10^14 is nevertheless read as
+//! milliseconds (10^14 µs is 1973, 10^14 ms is year 5138), so replays of
+//! millisecond captures and markets that only speak ms decode the same way.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::binance::streams::parse_stream_name;
+use crate::domain::{
+    AggTradeRow, Decimal8, DecimalError, KlineInterval, KlineRow, Market, Row, Source, StreamKey, StreamKind,
+    Symbol, TimeUs, TradeRow,
+};
+
+/// Times below this are milliseconds, at or above it microseconds.
+const MICROSECOND_THRESHOLD: i64 = 100_000_000_000_000;
+
+/// What a frame turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// A trade, an aggregate trade or a closed kline: a row for the dataset.
+    Row { key: StreamKey, row: Row, event_time: TimeUs },
+    /// A kline update before its close: only its event time is of use.
+    KlineUpdate { key: StreamKey, event_time: TimeUs },
+    /// A reply to SUBSCRIBE and the other control requests.
+    ControlReply(ControlReply),
+    /// The server announces that it will close the connection.
+    ServerShutdown { event_time: TimeUs },
+    /// A well-formed event of a type or stream this recorder does not record.
+    Ignored { what: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlReply {
+    /// The request id as sent back (we only send small integers).
+    pub id: Option<i64>,
+    pub outcome: Result<serde_json::Value, ControlError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlError {
+    pub code: i64,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame is not valid JSON of a known shape: {0}")]
+    Json(String),
+    #[error("field {field} has a value that cannot be stored exactly: {source}")]
+    Value { field: &'static str, source: DecimalError },
+    #[error("symbol {0:?} is not a valid symbol")]
+    Symbol(String),
+    #[error("kline interval {0:?} is unknown")]
+    Interval(String),
+    #[error("stream {stream:?} does not match the event inside it ({event_symbol} {event_kind})")]
+    StreamMismatch { stream: String, event_symbol: String, event_kind: String },
+}
+
+mod wire {
+    //! Serde shapes of Binance's JSON. Private to the decoder.
+    #![allow(non_snake_case)]
+
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub struct Envelope<'a> {
+        #[serde(borrow)]
+        pub stream: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        pub data: Option<&'a RawValue>,
+        #[serde(borrow)]
+        pub e: Option<Cow<'a, str>>,
+        pub id: Option<serde_json::Value>,
+        pub result: Option<serde_json::Value>,
+        pub error: Option<ErrorBody>,
+        pub code: Option<i64>,
+        pub msg: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct ErrorBody {
+        pub code: i64,
+        pub msg: String,
+    }
+
+    #[derive(Deserialize)]
+    pub struct EventTag<'a> {
+        #[serde(borrow)]
+        pub e: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Trade<'a> {
+        pub E: i64,
+        #[serde(borrow)]
+        pub s: Cow<'a, str>,
+        pub t: i64,
+        #[serde(borrow)]
+        pub p: Cow<'a, str>,
+        #[serde(borrow)]
+        pub q: Cow<'a, str>,
+        pub T: i64,
+        pub m: bool,
+        pub M: Option<bool>,
+        pub X: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct AggTrade<'a> {
+        pub E: i64,
+        #[serde(borrow)]
+        pub s: Cow<'a, str>,
+        pub a: i64,
+        #[serde(borrow)]
+        pub p: Cow<'a, str>,
+        #[serde(borrow)]
+        pub q: Cow<'a, str>,
+        pub f: i64,
+        pub l: i64,
+        pub T: i64,
+        pub m: bool,
+        pub M: Option<bool>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct KlineEvent<'a> {
+        pub E: i64,
+        #[serde(borrow)]
+        pub s: Cow<'a, str>,
+        #[serde(borrow)]
+        pub k: Kline<'a>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Kline<'a> {
+        pub t: i64,
+        pub T: i64,
+        #[serde(borrow)]
+        pub i: Cow<'a, str>,
+        pub f: i64,
+        pub L: i64,
+        #[serde(borrow)]
+        pub o: Cow<'a, str>,
+        #[serde(borrow)]
+        pub c: Cow<'a, str>,
+        #[serde(borrow)]
+        pub h: Cow<'a, str>,
+        #[serde(borrow)]
+        pub l: Cow<'a, str>,
+        #[serde(borrow)]
+        pub v: Cow<'a, str>,
+        pub n: i64,
+        pub x: bool,
+        #[serde(borrow)]
+        pub q: Cow<'a, str>,
+        #[serde(borrow)]
+        pub V: Cow<'a, str>,
+        #[serde(borrow)]
+        pub Q: Cow<'a, str>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct ServerShutdown {
+        pub E: i64,
+    }
+}
+
+/// Normalises an exchange time to µs (see the module doc).
+pub fn normalise_time(value: i64) -> TimeUs {
+    if value.abs() < MICROSECOND_THRESHOLD {
+        value.saturating_mul(1000)
+    } else {
+        value
+    }
+}
+
+/// Decodes one text frame received on a stream connection of `market`.
+pub fn decode_frame(market: Market, frame: &[u8], recv_time: TimeUs) -> Result<Decoded, DecodeError> {
+    let envelope: wire::Envelope = serde_json::from_slice(frame).map_err(json_error)?;
+    if let Some(reply) = control_reply(&envelope) {
+        return Ok(Decoded::ControlReply(reply));
+    }
+    match (&envelope.stream, envelope.data) {
+        (Some(stream), Some(data)) => decode_event(market, Some(stream), data.get().as_bytes(), recv_time),
+        (None, None) if envelope.e.is_some() => decode_event(market, None, frame, recv_time),
+        _ => Err(DecodeError::Json("neither an event, a combined-stream wrapper nor a control reply".into())),
+    }
+}
+
+fn control_reply(envelope: &wire::Envelope) -> Option<ControlReply> {
+    if envelope.stream.is_some() || envelope.e.is_some() {
+        return None;
+    }
+    let id = envelope.id.as_ref().and_then(serde_json::Value::as_i64);
+    if let Some(error) = &envelope.error {
+        let outcome = Err(ControlError { code: error.code, message: error.msg.clone() });
+        return Some(ControlReply { id, outcome });
+    }
+    if let (Some(code), Some(message)) = (envelope.code, &envelope.msg) {
+        return Some(ControlReply { id, outcome: Err(ControlError { code, message: message.clone() }) });
+    }
+    if envelope.id.is_some() {
+        let result = envelope.result.clone().unwrap_or(serde_json::Value::Null);
+        return Some(ControlReply { id, outcome: Ok(result) });
+    }
+    None
+}
+
+fn decode_event(
+    market: Market,
+    stream: Option<&Cow<str>>,
+    data: &[u8],
+    recv_time: TimeUs,
+) -> Result<Decoded, DecodeError> {
+    let tag: wire::EventTag = serde_json::from_slice(data).map_err(json_error)?;
+    let event_type = tag.e.as_deref().unwrap_or("");
+    let decoded = match event_type {
+        "trade" => decode_trade(market, serde_json::from_slice(data).map_err(json_error)?, recv_time)?,
+        "aggTrade" => decode_agg_trade(market, serde_json::from_slice(data).map_err(json_error)?, recv_time)?,
+        "kline" => decode_kline(market, serde_json::from_slice(data).map_err(json_error)?, recv_time)?,
+        "serverShutdown" => {
+            let shutdown: wire::ServerShutdown = serde_json::from_slice(data).map_err(json_error)?;
+            return Ok(Decoded::ServerShutdown { event_time: normalise_time(shutdown.E) });
+        }
+        _ => {
+            let what = match stream {
+                Some(stream) => format!("stream {stream}"),
+                None => format!("event type {event_type:?}"),
+            };
+            return Ok(Decoded::Ignored { what });
+        }
+    };
+    if let (Some(stream), Decoded::Row { key, .. } | Decoded::KlineUpdate { key, .. }) = (stream, &decoded) {
+        check_stream_matches(stream, key)?;
+    }
+    Ok(decoded)
+}
+
+fn check_stream_matches(stream: &str, key: &StreamKey) -> Result<(), DecodeError> {
+    match parse_stream_name(stream) {
+        Some((symbol, kind)) if symbol == key.symbol && kind == key.kind => Ok(()),
+        _ => Err(DecodeError::StreamMismatch {
+            stream: stream.to_owned(),
+            event_symbol: key.symbol.to_string(),
+            event_kind: key.kind.to_string(),
+        }),
+    }
+}
+
+fn json_error(error: serde_json::Error) -> DecodeError {
+    DecodeError::Json(error.to_string())
+}
+
+fn symbol(text: &str) -> Result<Symbol, DecodeError> {
+    Symbol::new(text).map_err(|_| DecodeError::Symbol(text.to_owned()))
+}
+
+fn decimal(field: &'static str, text: &str) -> Result<Decimal8, DecodeError> {
+    text.parse().map_err(|source| DecodeError::Value { field, source })
+}
+
+fn decode_trade(market: Market, trade: wire::Trade, recv_time: TimeUs) -> Result<Decoded, DecodeError> {
+    let key = StreamKey { market, symbol: symbol(&trade.s)?, kind: StreamKind::Trade };
+    let event_time = normalise_time(trade.E);
+    let row = TradeRow {
+        trade_id: trade.t,
+        price: decimal("p", &trade.p)?,
+        quantity: decimal("q", &trade.q)?,
+        trade_time: normalise_time(trade.T),
+        is_buyer_maker: trade.m,
+        is_best_match: trade.M,
+        trade_type: trade.X,
+        event_time: Some(event_time),
+        recv_time: Some(recv_time),
+        source: Source::Ws,
+    };
+    Ok(Decoded::Row { key, row: Row::Trade(row), event_time })
+}
+
+fn decode_agg_trade(market: Market, agg: wire::AggTrade, recv_time: TimeUs) -> Result<Decoded, DecodeError> {
+    let key = StreamKey { market, symbol: symbol(&agg.s)?, kind: StreamKind::AggTrade };
+    let event_time = normalise_time(agg.E);
+    let row = AggTradeRow {
+        agg_trade_id: agg.a,
+        price: decimal("p", &agg.p)?,
+        quantity: decimal("q", &agg.q)?,
+        first_trade_id: agg.f,
+        last_trade_id: agg.l,
+        trade_time: normalise_time(agg.T),
+        is_buyer_maker: agg.m,
+        is_best_match: agg.M,
+        event_time: Some(event_time),
+        recv_time: Some(recv_time),
+        source: Source::Ws,
+    };
+    Ok(Decoded::Row { key, row: Row::AggTrade(row), event_time })
+}
+
+fn decode_kline(market: Market, event: wire::KlineEvent, recv_time: TimeUs) -> Result<Decoded, DecodeError> {
+    let kline = event.k;
+    let interval =
+        KlineInterval::from_binance_name(&kline.i).ok_or_else(|| DecodeError::Interval(kline.i.to_string()))?;
+    let key = StreamKey { market, symbol: symbol(&event.s)?, kind: StreamKind::Kline(interval) };
+    let event_time = normalise_time(event.E);
+    if !kline.x {
+        return Ok(Decoded::KlineUpdate { key, event_time });
+    }
+    let row = KlineRow {
+        open_time: normalise_time(kline.t),
+        close_time: close_time_us(kline.T),
+        open: decimal("k.o", &kline.o)?,
+        high: decimal("k.h", &kline.h)?,
+        low: decimal("k.l", &kline.l)?,
+        close: decimal("k.c", &kline.c)?,
+        volume: decimal("k.v", &kline.v)?,
+        quote_volume: decimal("k.q", &kline.q)?,
+        trade_count: kline.n,
+        taker_buy_base_volume: decimal("k.V", &kline.V)?,
+        taker_buy_quote_volume: decimal("k.Q", &kline.Q)?,
+        first_trade_id: Some(kline.f),
+        last_trade_id: Some(kline.L),
+        event_time: Some(event_time),
+        recv_time: Some(recv_time),
+        source: Source::Ws,
+    };
+    Ok(Decoded::Row { key, row: Row::Kline(row), event_time })
+}
+
+/// A kline close time in µs. In ms the close is `next open - 1 ms`; the
+/// dataset keeps Binance's µs form `next open - 1 µs`, which is what spot
+/// sends in µs mode, so a ms close time `...999` becomes `...999_999`.
+pub fn close_time_us(value: i64) -> TimeUs {
+    if value.abs() < MICROSECOND_THRESHOLD {
+        value.saturating_mul(1000).saturating_add(999)
+    } else {
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPOT_TRADE: &str = r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1779941620961,"s":"BTCUSDT","t":6329162610,"p":"73109.38000000","q":"0.00040000","T":1779941620961,"m":false,"M":true}}"#;
+
+    fn row_of(decoded: Decoded) -> (StreamKey, Row, TimeUs) {
+        match decoded {
+            Decoded::Row { key, row, event_time } => (key, row, event_time),
+            other => panic!("expected a row, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn combined_spot_trade_in_milliseconds() {
+        let (key, row, event_time) = row_of(decode_frame(Market::Spot, SPOT_TRADE.as_bytes(), 7).expect("decodes"));
+        assert_eq!(key.to_string(), "spot/trade/BTCUSDT");
+        assert_eq!(event_time, 1_779_941_620_961_000);
+        let Row::Trade(trade) = row else { panic!("trade expected") };
+        assert_eq!(trade.trade_id, 6_329_162_610);
+        assert_eq!(trade.price.to_string(), "73109.38000000");
+        assert_eq!(trade.quantity.to_string(), "0.00040000");
+        assert_eq!(trade.trade_time, 1_779_941_620_961_000);
+        assert_eq!(trade.is_best_match, Some(true));
+        assert_eq!(trade.trade_type, None);
+        assert_eq!(trade.recv_time, Some(7));
+    }
+
+    #[test]
+    fn microsecond_times_are_kept() {
+        let frame = r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1779941620961123,"s":"BTCUSDT","t":1,"p":"1","q":"1","T":1779941620961001,"m":true,"M":true}}"#;
+        let (_, row, event_time) = row_of(decode_frame(Market::Spot, frame.as_bytes(), 0).expect("decodes"));
+        assert_eq!(event_time, 1_779_941_620_961_123);
+        assert_eq!(row.bucket_time(), 1_779_941_620_961_001);
+    }
+
+    #[test]
+    fn old_trade_with_order_ids_and_raw_shape() {
+        let frame = r#"{"e":"trade","E":1619385423298,"s":"ETHUSDT","t":376891502,"p":"2238.42000000","q":"0.00565000","b":3753381752,"a":3753381874,"T":1619385423297,"m":true,"M":true}"#;
+        let (key, row, _) = row_of(decode_frame(Market::Spot, frame.as_bytes(), 0).expect("decodes"));
+        assert_eq!(key.symbol.as_str(), "ETHUSDT");
+        assert_eq!(row.key(), 376_891_502);
+    }
+
+    #[test]
+    fn futures_trade_keeps_its_type_and_has_no_best_match() {
+        let frame = r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1676160600276,"T":1676160600269,"s":"BTCUSDT","t":3280342045,"p":"21845.10","q":"0.001","X":"MARKET","m":false}}"#;
+        let (_, row, _) = row_of(decode_frame(Market::UsdM, frame.as_bytes(), 0).expect("decodes"));
+        let Row::Trade(trade) = row else { panic!("trade expected") };
+        assert_eq!(trade.trade_type.as_deref(), Some("MARKET"));
+        assert_eq!(trade.is_best_match, None);
+        assert_eq!(trade.price.to_string(), "21845.10000000");
+    }
+
+    #[test]
+    fn agg_trade_combined() {
+        let frame = r#"{"stream":"bnbbtc@aggTrade","data":{"e":"aggTrade","E":1672515782136,"s":"BNBBTC","a":12345,"p":"0.001","q":"100","f":100,"l":105,"T":1672515782136,"m":true,"M":true}}"#;
+        let (key, row, _) = row_of(decode_frame(Market::Spot, frame.as_bytes(), 0).expect("decodes"));
+        assert_eq!(key.kind, StreamKind::AggTrade);
+        let Row::AggTrade(agg) = row else { panic!("aggTrade expected") };
+        assert_eq!((agg.agg_trade_id, agg.first_trade_id, agg.last_trade_id), (12345, 100, 105));
+    }
+
+    #[test]
+    fn closed_kline_is_a_row_and_open_kline_an_update() {
+        let closed = r#"{"e":"kline","E":1682244928001,"s":"ETHUSDT","k":{"t":1682244927000,"T":1682244927999,"s":"ETHUSDT","i":"1s","f":-1,"L":-1,"o":"1870.76000000","c":"1870.76000000","h":"1870.76000000","l":"1870.76000000","v":"0.00000000","n":0,"x":true,"q":"0.00000000","V":"0.00000000","Q":"0.00000000"}}"#;
+        let (key, row, _) = row_of(decode_frame(Market::Spot, closed.as_bytes(), 0).expect("decodes"));
+        assert_eq!(key.kind, StreamKind::Kline(KlineInterval::Second1));
+        let Row::Kline(kline) = row else { panic!("kline expected") };
+        assert_eq!(kline.open_time, 1_682_244_927_000_000);
+        assert_eq!(kline.close_time, 1_682_244_927_999_999);
+        assert_eq!((kline.trade_count, kline.first_trade_id, kline.last_trade_id), (0, Some(-1), Some(-1)));
+        let open = closed.replace("\"x\":true", "\"x\":false");
+        assert!(matches!(
+            decode_frame(Market::Spot, open.as_bytes(), 0),
+            Ok(Decoded::KlineUpdate { event_time: 1_682_244_928_001_000, .. })
+        ));
+    }
+
+    #[test]
+    fn control_replies_in_every_shape() {
+        let ok = decode_frame(Market::Spot, br#"{"result":null,"id":1}"#, 0).expect("decodes");
+        assert_eq!(ok, Decoded::ControlReply(ControlReply { id: Some(1), outcome: Ok(serde_json::Value::Null) }));
+        let wrapped = decode_frame(Market::Spot, br#"{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":2}"#, 0);
+        let Ok(Decoded::ControlReply(ControlReply { id: Some(2), outcome: Err(error) })) = wrapped else {
+            panic!("wrapped error expected")
+        };
+        assert_eq!(error.code, 2);
+        let bare = decode_frame(Market::Spot, br#"{"code":0,"msg":"Unknown property","id":5}"#, 0);
+        assert!(matches!(bare, Ok(Decoded::ControlReply(ControlReply { id: Some(5), outcome: Err(_) }))));
+    }
+
+    #[test]
+    fn server_shutdown_both_shapes() {
+        let bare = decode_frame(Market::Spot, br#"{"e":"serverShutdown","E":1770123456789}"#, 0);
+        assert_eq!(bare, Ok(Decoded::ServerShutdown { event_time: 1_770_123_456_789_000 }));
+        let combined =
+            decode_frame(Market::Spot, br#"{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1770123456789}}"#, 0);
+        assert_eq!(combined, Ok(Decoded::ServerShutdown { event_time: 1_770_123_456_789_000 }));
+    }
+
+    #[test]
+    fn unknown_events_are_ignored_not_errors() {
+        let depth = br#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":1,"u":2,"b":[],"a":[]}}"#;
+        assert!(matches!(decode_frame(Market::Spot, depth, 0), Ok(Decoded::Ignored { .. })));
+        let book = br#"{"stream":"btcusdt@bookTicker","data":{"u":400900217,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}}"#;
+        assert!(matches!(decode_frame(Market::Spot, book, 0), Ok(Decoded::Ignored { .. })));
+    }
+
+    #[test]
+    fn bad_frames_are_errors_that_say_why() {
+        assert!(matches!(decode_frame(Market::Spot, b"garbage", 0), Err(DecodeError::Json(_))));
+        let truncated = &SPOT_TRADE.as_bytes()[..SPOT_TRADE.len() - 20];
+        assert!(matches!(decode_frame(Market::Spot, truncated, 0), Err(DecodeError::Json(_))));
+        let too_precise = SPOT_TRADE.replace("0.00040000", "0.000400001");
+        assert!(matches!(
+            decode_frame(Market::Spot, too_precise.as_bytes(), 0),
+            Err(DecodeError::Value { field: "q", .. })
+        ));
+        let mismatch = SPOT_TRADE.replace("btcusdt@trade", "ethusdt@trade");
+        assert!(matches!(
+            decode_frame(Market::Spot, mismatch.as_bytes(), 0),
+            Err(DecodeError::StreamMismatch { .. })
+        ));
+        let missing_field = SPOT_TRADE.replace("\"t\":6329162610,", "");
+        assert!(matches!(decode_frame(Market::Spot, missing_field.as_bytes(), 0), Err(DecodeError::Json(_))));
+    }
+}

@@ -1,0 +1,5 @@
+//! Everything that speaks Binance: stream names, frame decoding, the
+//! WebSocket connection and the REST client.
+
+pub mod decode;
+pub mod streams;

@@ -1,0 +1,88 @@
+//! Stream names and stream URLs: the only place where strings like
+//! `btcusdt@kline_1m` are built or parsed. The rest of the crate uses
+//! [`StreamKey`].
+
+use crate::domain::{KlineInterval, Market, StreamKind, Symbol};
+
+/// The Binance stream name for a (symbol, kind): `btcusdt@trade`,
+/// `btcusdt@aggTrade`, `btcusdt@kline_1M`. Symbols are lower-case on the wire.
+pub fn stream_name(symbol: &Symbol, kind: StreamKind) -> String {
+    let lower_symbol = symbol.as_str().to_ascii_lowercase();
+    match kind {
+        StreamKind::Trade => format!("{lower_symbol}@trade"),
+        StreamKind::AggTrade => format!("{lower_symbol}@aggTrade"),
+        StreamKind::Kline(interval) => format!("{lower_symbol}@kline_{}", interval.binance_name()),
+    }
+}
+
+/// Parses a stream name as it arrives in the combined wrapper. `None` for
+/// streams this recorder does not record (depth, bookTicker, `!serverShutdown`).
+pub fn parse_stream_name(name: &str) -> Option<(Symbol, StreamKind)> {
+    let (lower_symbol, stream) = name.split_once('@')?;
+    let symbol = Symbol::new(&lower_symbol.to_ascii_uppercase()).ok()?;
+    let kind = match stream {
+        "trade" => StreamKind::Trade,
+        "aggTrade" => StreamKind::AggTrade,
+        _ => StreamKind::Kline(KlineInterval::from_binance_name(stream.strip_prefix("kline_")?)?),
+    };
+    Some((symbol, kind))
+}
+
+/// The combined-stream URL for a set of streams. Spot is asked for
+/// microsecond times (`timeUnit=MICROSECOND`), so stream and REST rows carry
+/// the same exact times; the other markets only speak milliseconds.
+pub fn combined_stream_url(ws_base_url: &str, market: Market, streams: &[(Symbol, StreamKind)]) -> String {
+    let names: Vec<String> = streams.iter().map(|(symbol, kind)| stream_name(symbol, *kind)).collect();
+    let base = ws_base_url.trim_end_matches('/');
+    let mut url = format!("{base}/stream?streams={}", names.join("/"));
+    if market_times_in_micros(market) {
+        url.push_str("&timeUnit=MICROSECOND");
+    }
+    url
+}
+
+/// Whether the market's streams and REST answers are asked for µs times.
+pub fn market_times_in_micros(market: Market) -> bool {
+    matches!(market, Market::Spot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn symbol(text: &str) -> Symbol {
+        Symbol::new(text).expect("valid test symbol")
+    }
+
+    #[test]
+    fn names_round_trip_for_every_kind() {
+        let mut kinds = vec![StreamKind::Trade, StreamKind::AggTrade];
+        kinds.extend(KlineInterval::ALL.into_iter().map(StreamKind::Kline));
+        for kind in kinds {
+            let name = stream_name(&symbol("BTCUSDT"), kind);
+            assert_eq!(parse_stream_name(&name), Some((symbol("BTCUSDT"), kind)), "{name}");
+        }
+        assert_eq!(stream_name(&symbol("ETHBTC"), StreamKind::Kline(KlineInterval::Month1)), "ethbtc@kline_1M");
+    }
+
+    #[test]
+    fn streams_we_do_not_record_are_not_parsed() {
+        assert_eq!(parse_stream_name("btcusdt@depth@100ms"), None);
+        assert_eq!(parse_stream_name("btcusdt@bookTicker"), None);
+        assert_eq!(parse_stream_name("!serverShutdown"), None);
+        assert_eq!(parse_stream_name("btcusdt@kline_2m"), None);
+    }
+
+    #[test]
+    fn spot_url_asks_for_microseconds() {
+        let streams = vec![(symbol("BTCUSDT"), StreamKind::Trade), (symbol("ETHUSDT"), StreamKind::AggTrade)];
+        assert_eq!(
+            combined_stream_url("ws://127.0.0.1:9/", Market::Spot, &streams),
+            "ws://127.0.0.1:9/stream?streams=btcusdt@trade/ethusdt@aggTrade&timeUnit=MICROSECOND"
+        );
+        assert_eq!(
+            combined_stream_url("wss://fstream.binance.com/market", Market::UsdM, &streams[..1]),
+            "wss://fstream.binance.com/market/stream?streams=btcusdt@trade"
+        );
+    }
+}

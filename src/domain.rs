@@ -1,0 +1,632 @@
+//! The recorder's vocabulary: markets, symbols, stream kinds, hour buckets and
+//! the rows that end up in Parquet. Pure data and pure functions; no I/O.
+//!
+//! Times are epoch microseconds UTC everywhere (`TimeUs`). Prices, quantities
+//! and volumes are [`Decimal8`]: an exact fixed-point value with 8 fractional
+//! digits, the Parquet `decimal128(38, 8)` of the dataset contract.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+
+/// Epoch microseconds, UTC.
+pub type TimeUs = i64;
+
+pub const MICROS_PER_SECOND: i64 = 1_000_000;
+pub const MICROS_PER_MINUTE: i64 = 60 * MICROS_PER_SECOND;
+pub const MICROS_PER_HOUR: i64 = 60 * MICROS_PER_MINUTE;
+pub const MICROS_PER_DAY: i64 = 24 * MICROS_PER_HOUR;
+
+/// A Binance market. The name is the `market=` partition of the dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Market {
+    Spot,
+    UsdM,
+    CoinM,
+    Us,
+}
+
+impl Market {
+    pub const ALL: [Market; 4] = [Market::Spot, Market::UsdM, Market::CoinM, Market::Us];
+
+    /// The name used in paths, config keys and file metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Market::Spot => "spot",
+            Market::UsdM => "usdm",
+            Market::CoinM => "coinm",
+            Market::Us => "us",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Market> {
+        Market::ALL.into_iter().find(|market| market.name() == name)
+    }
+
+    /// A one-byte tag for the WAL, stable across releases.
+    pub fn wal_tag(self) -> u8 {
+        match self {
+            Market::Spot => 1,
+            Market::UsdM => 2,
+            Market::CoinM => 3,
+            Market::Us => 4,
+        }
+    }
+
+    pub fn from_wal_tag(tag: u8) -> Option<Market> {
+        Market::ALL.into_iter().find(|market| market.wal_tag() == tag)
+    }
+}
+
+impl fmt::Display for Market {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+/// An exchange symbol, validated against the dataset rule `[A-Z0-9_]{1,32}`
+/// so that it is always safe to use in a path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Symbol(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("symbol {0:?} is not upper-case [A-Z0-9_]{{1,32}}")]
+pub struct InvalidSymbol(pub String);
+
+impl Symbol {
+    pub fn new(text: &str) -> Result<Symbol, InvalidSymbol> {
+        let valid_length = (1..=32).contains(&text.len());
+        let valid_chars = text
+            .bytes()
+            .all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit() || byte == b'_');
+        if valid_length && valid_chars {
+            Ok(Symbol(text.to_owned()))
+        } else {
+            Err(InvalidSymbol(text.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Symbol {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// A kline interval. Binance names are case-sensitive (`1m` is a minute, `1M`
+/// a month); the month is written `1mo` in paths so the two never collide on
+/// case-insensitive filesystems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KlineInterval {
+    Second1,
+    Minute1,
+    Minute3,
+    Minute5,
+    Minute15,
+    Minute30,
+    Hour1,
+    Hour2,
+    Hour4,
+    Hour6,
+    Hour8,
+    Hour12,
+    Day1,
+    Day3,
+    Week1,
+    Month1,
+}
+
+impl KlineInterval {
+    pub const ALL: [KlineInterval; 16] = [
+        KlineInterval::Second1,
+        KlineInterval::Minute1,
+        KlineInterval::Minute3,
+        KlineInterval::Minute5,
+        KlineInterval::Minute15,
+        KlineInterval::Minute30,
+        KlineInterval::Hour1,
+        KlineInterval::Hour2,
+        KlineInterval::Hour4,
+        KlineInterval::Hour6,
+        KlineInterval::Hour8,
+        KlineInterval::Hour12,
+        KlineInterval::Day1,
+        KlineInterval::Day3,
+        KlineInterval::Week1,
+        KlineInterval::Month1,
+    ];
+
+    /// The name Binance uses in stream names and REST parameters.
+    pub fn binance_name(self) -> &'static str {
+        match self {
+            KlineInterval::Second1 => "1s",
+            KlineInterval::Minute1 => "1m",
+            KlineInterval::Minute3 => "3m",
+            KlineInterval::Minute5 => "5m",
+            KlineInterval::Minute15 => "15m",
+            KlineInterval::Minute30 => "30m",
+            KlineInterval::Hour1 => "1h",
+            KlineInterval::Hour2 => "2h",
+            KlineInterval::Hour4 => "4h",
+            KlineInterval::Hour6 => "6h",
+            KlineInterval::Hour8 => "8h",
+            KlineInterval::Hour12 => "12h",
+            KlineInterval::Day1 => "1d",
+            KlineInterval::Day3 => "3d",
+            KlineInterval::Week1 => "1w",
+            KlineInterval::Month1 => "1M",
+        }
+    }
+
+    /// The name used in the dataset's paths (`1mo` for the month).
+    pub fn path_name(self) -> &'static str {
+        match self {
+            KlineInterval::Month1 => "1mo",
+            other => other.binance_name(),
+        }
+    }
+
+    pub fn from_binance_name(name: &str) -> Option<KlineInterval> {
+        KlineInterval::ALL.into_iter().find(|interval| interval.binance_name() == name)
+    }
+
+    pub fn from_path_name(name: &str) -> Option<KlineInterval> {
+        KlineInterval::ALL.into_iter().find(|interval| interval.path_name() == name)
+    }
+
+    /// Fixed length in µs, or `None` for the calendar month.
+    fn fixed_length_us(self) -> Option<i64> {
+        let length = match self {
+            KlineInterval::Second1 => MICROS_PER_SECOND,
+            KlineInterval::Minute1 => MICROS_PER_MINUTE,
+            KlineInterval::Minute3 => 3 * MICROS_PER_MINUTE,
+            KlineInterval::Minute5 => 5 * MICROS_PER_MINUTE,
+            KlineInterval::Minute15 => 15 * MICROS_PER_MINUTE,
+            KlineInterval::Minute30 => 30 * MICROS_PER_MINUTE,
+            KlineInterval::Hour1 => MICROS_PER_HOUR,
+            KlineInterval::Hour2 => 2 * MICROS_PER_HOUR,
+            KlineInterval::Hour4 => 4 * MICROS_PER_HOUR,
+            KlineInterval::Hour6 => 6 * MICROS_PER_HOUR,
+            KlineInterval::Hour8 => 8 * MICROS_PER_HOUR,
+            KlineInterval::Hour12 => 12 * MICROS_PER_HOUR,
+            KlineInterval::Day1 => MICROS_PER_DAY,
+            KlineInterval::Day3 => 3 * MICROS_PER_DAY,
+            KlineInterval::Week1 => 7 * MICROS_PER_DAY,
+            KlineInterval::Month1 => return None,
+        };
+        Some(length)
+    }
+
+    /// The open time of the kline that contains `time`.
+    ///
+    /// Fixed intervals are aligned to the epoch, except weeks, which open on
+    /// Monday 00:00 UTC (the epoch was a Thursday, so the grid is shifted by
+    /// four days). Months open on the first of the calendar month.
+    pub fn open_time_containing(self, time: TimeUs) -> TimeUs {
+        match self.fixed_length_us() {
+            Some(length) => {
+                let offset = if self == KlineInterval::Week1 { 4 * MICROS_PER_DAY } else { 0 };
+                (time - offset).div_euclid(length) * length + offset
+            }
+            None => {
+                let date = utc_datetime(time).date_naive();
+                month_start_us(date.year(), date.month())
+            }
+        }
+    }
+
+    /// The open time of the kline after the one opening at `open_time`.
+    pub fn next_open_time(self, open_time: TimeUs) -> TimeUs {
+        match self.fixed_length_us() {
+            Some(length) => open_time + length,
+            None => {
+                let date = utc_datetime(open_time).date_naive();
+                let (year, month) =
+                    if date.month() == 12 { (date.year() + 1, 1) } else { (date.year(), date.month() + 1) };
+                month_start_us(year, month)
+            }
+        }
+    }
+}
+
+fn month_start_us(year: i32, month: u32) -> TimeUs {
+    let date = NaiveDate::from_ymd_opt(year, month, 1).expect("the first of a month always exists");
+    date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_micros()
+}
+
+/// The UTC date-time of an epoch-µs value (clamped to chrono's range, which
+/// is far wider than any exchange time).
+pub fn utc_datetime(time: TimeUs) -> DateTime<Utc> {
+    Utc.timestamp_micros(time).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+impl fmt::Display for KlineInterval {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.binance_name())
+    }
+}
+
+/// What a stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StreamKind {
+    Trade,
+    AggTrade,
+    Kline(KlineInterval),
+}
+
+impl StreamKind {
+    /// The `stream=` partition name: `trade`, `aggTrade`, `kline_1m`, `kline_1mo`.
+    pub fn path_name(self) -> String {
+        match self {
+            StreamKind::Trade => "trade".to_owned(),
+            StreamKind::AggTrade => "aggTrade".to_owned(),
+            StreamKind::Kline(interval) => format!("kline_{}", interval.path_name()),
+        }
+    }
+
+    /// Parses a config or path name (`kline_1M` and `kline_1mo` both mean the month).
+    pub fn from_name(name: &str) -> Option<StreamKind> {
+        match name {
+            "trade" => Some(StreamKind::Trade),
+            "aggTrade" => Some(StreamKind::AggTrade),
+            _ => {
+                let interval_name = name.strip_prefix("kline_")?;
+                KlineInterval::from_binance_name(interval_name)
+                    .or_else(|| KlineInterval::from_path_name(interval_name))
+                    .map(StreamKind::Kline)
+            }
+        }
+    }
+}
+
+impl fmt::Display for StreamKind {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.path_name())
+    }
+}
+
+/// One recorded stream: the unit that gets one Parquet file per hour.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey {
+    pub market: Market,
+    pub symbol: Symbol,
+    pub kind: StreamKind,
+}
+
+impl fmt::Display for StreamKey {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}/{}/{}", self.market, self.kind, self.symbol)
+    }
+}
+
+/// A UTC hour, identified by its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hour {
+    start: TimeUs,
+}
+
+impl Hour {
+    pub fn containing(time: TimeUs) -> Hour {
+        Hour { start: time.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR }
+    }
+
+    pub fn start(self) -> TimeUs {
+        self.start
+    }
+
+    /// The first µs after the hour.
+    pub fn end(self) -> TimeUs {
+        self.start + MICROS_PER_HOUR
+    }
+
+    pub fn next(self) -> Hour {
+        Hour { start: self.end() }
+    }
+
+    /// `YYYY-MM-DD`, the `date=` partition.
+    pub fn date_text(self) -> String {
+        utc_datetime(self.start).format("%Y-%m-%d").to_string()
+    }
+
+    /// `YYYY-MM-DDTHH`, the `hour` metadata value.
+    pub fn hour_text(self) -> String {
+        utc_datetime(self.start).format("%Y-%m-%dT%H").to_string()
+    }
+
+    /// `HH`, used in file names.
+    pub fn hour_of_day_text(self) -> String {
+        utc_datetime(self.start).format("%H").to_string()
+    }
+}
+
+impl fmt::Display for Hour {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.hour_text())
+    }
+}
+
+/// An exact decimal with 8 fractional digits, stored as the integer value
+/// times 10^8: the `decimal128(38, 8)` of the dataset.
+///
+/// Parsing never rounds: a string with a non-zero ninth decimal, or one that
+/// does not fit 38 digits, is an error. (Hand-written rather than taken from
+/// a decimal crate because the one rule we need, "exactly representable at
+/// scale 8 or refuse", is a dozen lines and the crates round by default.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Decimal8(i128);
+
+pub const DECIMAL_SCALE: u32 = 8;
+pub const DECIMAL_PRECISION: u8 = 38;
+const DECIMAL_FACTOR: i128 = 100_000_000;
+const DECIMAL_MAX_ABS: i128 = 10i128.pow(38) - 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecimalError {
+    #[error("{0:?} is not a decimal number")]
+    Syntax(String),
+    #[error("{0:?} has more than 8 significant decimal places and would be rounded")]
+    TooPrecise(String),
+    #[error("{0:?} does not fit decimal(38, 8)")]
+    TooLarge(String),
+}
+
+impl Decimal8 {
+    pub const ZERO: Decimal8 = Decimal8(0);
+
+    pub fn from_scaled(scaled: i128) -> Decimal8 {
+        Decimal8(scaled)
+    }
+
+    /// The value times 10^8.
+    pub fn scaled(self) -> i128 {
+        self.0
+    }
+}
+
+impl FromStr for Decimal8 {
+    type Err = DecimalError;
+
+    fn from_str(text: &str) -> Result<Decimal8, DecimalError> {
+        let syntax_error = || DecimalError::Syntax(text.to_owned());
+        let (negative, unsigned) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text.strip_prefix('+').unwrap_or(text)),
+        };
+        let (integer_digits, fraction_digits) = match unsigned.split_once('.') {
+            Some((integer, fraction)) => (integer, fraction),
+            None => (unsigned, ""),
+        };
+        if integer_digits.is_empty() && fraction_digits.is_empty() {
+            return Err(syntax_error());
+        }
+        let all_digits = |digits: &str| digits.bytes().all(|byte| byte.is_ascii_digit());
+        if !all_digits(integer_digits) || !all_digits(fraction_digits) {
+            return Err(syntax_error());
+        }
+        let (kept_fraction, dropped_fraction) =
+            fraction_digits.split_at(fraction_digits.len().min(DECIMAL_SCALE as usize));
+        if dropped_fraction.bytes().any(|byte| byte != b'0') {
+            return Err(DecimalError::TooPrecise(text.to_owned()));
+        }
+        let too_large = || DecimalError::TooLarge(text.to_owned());
+        let mut scaled: i128 = 0;
+        let digits = integer_digits.bytes().chain(kept_fraction.bytes());
+        let padding = std::iter::repeat_n(b'0', DECIMAL_SCALE as usize - kept_fraction.len());
+        for byte in digits.chain(padding) {
+            scaled = scaled
+                .checked_mul(10)
+                .and_then(|value| value.checked_add(i128::from(byte - b'0')))
+                .ok_or_else(too_large)?;
+        }
+        if scaled > DECIMAL_MAX_ABS {
+            return Err(too_large());
+        }
+        Ok(Decimal8(if negative { -scaled } else { scaled }))
+    }
+}
+
+impl fmt::Display for Decimal8 {
+    /// Always 8 decimals, as Binance spot prints them (`"61685.99000000"`).
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let magnitude = self.0.unsigned_abs();
+        let factor = DECIMAL_FACTOR as u128;
+        write!(formatter, "{sign}{}.{:08}", magnitude / factor, magnitude % factor)
+    }
+}
+
+/// Where a row came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// Received on the WebSocket stream.
+    Ws,
+    /// Fetched from REST to fill a gap.
+    Rest,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Ws => "ws",
+            Source::Rest => "rest",
+        }
+    }
+}
+
+/// A trade, as written to the `trade` stream's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TradeRow {
+    pub trade_id: i64,
+    pub price: Decimal8,
+    pub quantity: Decimal8,
+    pub trade_time: TimeUs,
+    pub is_buyer_maker: bool,
+    pub is_best_match: Option<bool>,
+    pub trade_type: Option<String>,
+    pub event_time: Option<TimeUs>,
+    pub recv_time: Option<TimeUs>,
+    pub source: Source,
+}
+
+/// An aggregate trade, as written to the `aggTrade` stream's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggTradeRow {
+    pub agg_trade_id: i64,
+    pub price: Decimal8,
+    pub quantity: Decimal8,
+    pub first_trade_id: i64,
+    pub last_trade_id: i64,
+    pub trade_time: TimeUs,
+    pub is_buyer_maker: bool,
+    pub is_best_match: Option<bool>,
+    pub event_time: Option<TimeUs>,
+    pub recv_time: Option<TimeUs>,
+    pub source: Source,
+}
+
+/// A closed kline, as written to the `kline_<interval>` stream's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KlineRow {
+    pub open_time: TimeUs,
+    pub close_time: TimeUs,
+    pub open: Decimal8,
+    pub high: Decimal8,
+    pub low: Decimal8,
+    pub close: Decimal8,
+    pub volume: Decimal8,
+    pub quote_volume: Decimal8,
+    pub trade_count: i64,
+    pub taker_buy_base_volume: Decimal8,
+    pub taker_buy_quote_volume: Decimal8,
+    pub first_trade_id: Option<i64>,
+    pub last_trade_id: Option<i64>,
+    pub event_time: Option<TimeUs>,
+    pub recv_time: Option<TimeUs>,
+    pub source: Source,
+}
+
+/// A row of any stream kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Row {
+    Trade(TradeRow),
+    AggTrade(AggTradeRow),
+    Kline(KlineRow),
+}
+
+impl Row {
+    /// The key a file is sorted and deduplicated by.
+    pub fn key(&self) -> i64 {
+        match self {
+            Row::Trade(trade) => trade.trade_id,
+            Row::AggTrade(agg_trade) => agg_trade.agg_trade_id,
+            Row::Kline(kline) => kline.open_time,
+        }
+    }
+
+    /// The time that decides the row's hour: trade time, or kline open time.
+    pub fn bucket_time(&self) -> TimeUs {
+        match self {
+            Row::Trade(trade) => trade.trade_time,
+            Row::AggTrade(agg_trade) => agg_trade.trade_time,
+            Row::Kline(kline) => kline.open_time,
+        }
+    }
+
+    pub fn source(&self) -> Source {
+        match self {
+            Row::Trade(trade) => trade.source,
+            Row::AggTrade(agg_trade) => agg_trade.source,
+            Row::Kline(kline) => kline.source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time(text: &str) -> TimeUs {
+        DateTime::parse_from_rfc3339(text).expect("valid test time").timestamp_micros()
+    }
+
+    #[test]
+    fn decimal_parses_exactly_and_prints_padded() {
+        let price: Decimal8 = "61685.99000000".parse().expect("valid");
+        assert_eq!(price.scaled(), 6_168_599_000_000);
+        assert_eq!(price.to_string(), "61685.99000000");
+        assert_eq!("0.001".parse::<Decimal8>().expect("valid").to_string(), "0.00100000");
+        assert_eq!("100".parse::<Decimal8>().expect("valid").to_string(), "100.00000000");
+        assert_eq!("-0.5".parse::<Decimal8>().expect("valid").to_string(), "-0.50000000");
+        assert_eq!(".5".parse::<Decimal8>().expect("valid").scaled(), 50_000_000);
+        assert_eq!("0.123456780000".parse::<Decimal8>().expect("trailing zeros").scaled(), 12_345_678);
+    }
+
+    #[test]
+    fn decimal_refuses_rounding_and_garbage() {
+        assert!(matches!("0.123456789".parse::<Decimal8>(), Err(DecimalError::TooPrecise(_))));
+        assert!(matches!("1e5".parse::<Decimal8>(), Err(DecimalError::Syntax(_))));
+        assert!(matches!("".parse::<Decimal8>(), Err(DecimalError::Syntax(_))));
+        assert!(matches!(".".parse::<Decimal8>(), Err(DecimalError::Syntax(_))));
+        assert!(matches!("1.2.3".parse::<Decimal8>(), Err(DecimalError::Syntax(_))));
+        let thirty_one_digits = "1".repeat(31);
+        assert!(matches!(thirty_one_digits.parse::<Decimal8>(), Err(DecimalError::TooLarge(_))));
+        let thirty_digits = "9".repeat(30);
+        assert!(thirty_digits.parse::<Decimal8>().is_ok());
+    }
+
+    #[test]
+    fn symbols_follow_the_dataset_rule() {
+        assert!(Symbol::new("BTCUSDT").is_ok());
+        assert!(Symbol::new("BTCUSD_PERP").is_ok());
+        assert!(Symbol::new("BTCUSD_250627").is_ok());
+        assert!(Symbol::new("btcusdt").is_err());
+        assert!(Symbol::new("").is_err());
+        assert!(Symbol::new("../etc").is_err());
+        assert!(Symbol::new(&"A".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn stream_kind_names_round_trip_and_month_is_1mo() {
+        for interval in KlineInterval::ALL {
+            let kind = StreamKind::Kline(interval);
+            assert_eq!(StreamKind::from_name(&kind.path_name()), Some(kind));
+        }
+        assert_eq!(StreamKind::Kline(KlineInterval::Month1).path_name(), "kline_1mo");
+        assert_eq!(StreamKind::from_name("kline_1M"), Some(StreamKind::Kline(KlineInterval::Month1)));
+        assert_eq!(StreamKind::from_name("kline_1m"), Some(StreamKind::Kline(KlineInterval::Minute1)));
+        assert_eq!(StreamKind::from_name("kline_2m"), None);
+        assert_eq!(StreamKind::from_name("depth"), None);
+    }
+
+    #[test]
+    fn kline_grid_follows_binance() {
+        let minute = KlineInterval::Minute1;
+        assert_eq!(minute.open_time_containing(time("2024-08-09T00:00:59.999999Z")), time("2024-08-09T00:00:00Z"));
+        // 2024-08-08 was a Thursday; the week opened on Monday 2024-08-05.
+        let week = KlineInterval::Week1;
+        assert_eq!(week.open_time_containing(time("2024-08-08T12:00:00Z")), time("2024-08-05T00:00:00Z"));
+        assert_eq!(week.next_open_time(time("2024-08-05T00:00:00Z")), time("2024-08-12T00:00:00Z"));
+        let month = KlineInterval::Month1;
+        assert_eq!(month.open_time_containing(time("2024-02-29T23:00:00Z")), time("2024-02-01T00:00:00Z"));
+        assert_eq!(month.next_open_time(time("2024-12-01T00:00:00Z")), time("2025-01-01T00:00:00Z"));
+        let three_days = KlineInterval::Day3;
+        let open = three_days.open_time_containing(time("2024-08-08T12:00:00Z"));
+        assert_eq!(open % (3 * MICROS_PER_DAY), 0);
+    }
+
+    #[test]
+    fn hours_name_themselves() {
+        let hour = Hour::containing(time("2024-08-09T00:00:01.437Z"));
+        assert_eq!(hour.start(), time("2024-08-09T00:00:00Z"));
+        assert_eq!(hour.hour_text(), "2024-08-09T00");
+        assert_eq!(hour.date_text(), "2024-08-09");
+        assert_eq!(hour.hour_of_day_text(), "00");
+        assert_eq!(Hour::containing(hour.end() - 1), hour);
+        assert_eq!(hour.next().start(), hour.end());
+    }
+}
