@@ -630,3 +630,17 @@ mod tests {
         assert_eq!(hour.next().start(), hour.end());
     }
 }
+
+/// A hole known and not filled, as listed in a file's `unfilled` metadata.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnfilledRange {
+    /// First missing id (klines: open time in µs), inclusive; `None` when
+    /// the exchange never told us.
+    pub from: Option<i64>,
+    /// Last missing id (klines: open time in µs), inclusive.
+    pub to: Option<i64>,
+    /// Bounds of the hole within the file's hour, epoch µs.
+    pub from_time: TimeUs,
+    pub to_time: TimeUs,
+    pub reason: String,
+}

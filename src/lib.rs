@@ -1,2 +1,3 @@
 pub mod binance;
 pub mod domain;
+pub mod parquet_out;
