@@ -1,3 +1,4 @@
 pub mod binance;
 pub mod domain;
 pub mod parquet_out;
+pub mod wal;
