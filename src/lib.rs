@@ -2,3 +2,4 @@ pub mod binance;
 pub mod domain;
 pub mod parquet_out;
 pub mod wal;
+pub mod config;

@@ -1,0 +1,185 @@
+//! Configuration of the fake exchange: market model, clock, protocol limits, replay, chaos.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::faults::Fault;
+
+/// Which Binance market the fake imitates. Only spot exists today; the paths and
+/// stream hosts are taken from here rather than written into the handlers, so
+/// that USD-M and COIN-M can be added without touching them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Market {
+    #[default]
+    Spot,
+}
+
+impl Market {
+    /// REST path prefix, e.g. `/api/v3` for spot (USD-M will be `/fapi/v1`).
+    pub fn rest_prefix(self) -> &'static str {
+        match self {
+            Market::Spot => "/api/v3",
+        }
+    }
+
+    /// Name used in logs and the control endpoint.
+    pub fn name(self) -> &'static str {
+        match self {
+            Market::Spot => "spot",
+        }
+    }
+}
+
+/// Protocol timers and limits. Timers run on real time read through
+/// `tokio::time`, so tests can shorten them or drive them with paused time.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Server sends a WebSocket Ping this often (spot: 20 s).
+    pub ping_interval: Duration,
+    /// Connection is closed when a ping stays unanswered this long (spot: 1 min).
+    pub pong_timeout: Duration,
+    /// Connection is closed this long after it opened (spot: 24 h).
+    pub max_lifetime: Duration,
+    /// More incoming frames than this within one second closes the connection (spot: 5).
+    pub max_incoming_per_sec: u32,
+    /// Asking for more streams than this on one connection closes it (spot: 1024).
+    pub max_streams_per_connection: usize,
+    /// WebSocket handshakes allowed per `handshake_window`; past it: HTTP 429 (spot: 300 / 5 min).
+    pub handshake_limit: u32,
+    pub handshake_window: Duration,
+    /// REST request weight allowed per `weight_window` (spot: 6000 per minute).
+    pub weight_limit_per_minute: u32,
+    /// Length of the fixed weight window (spot: 1 minute). Header name stays `X-MBX-USED-WEIGHT-1M`.
+    pub weight_window: Duration,
+    /// First IP ban (HTTP 418) length; each further ban doubles it (spot: 2 minutes)...
+    pub ban_duration: Duration,
+    /// ...up to this (spot: 3 days).
+    pub max_ban_duration: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(60),
+            max_lifetime: Duration::from_secs(24 * 3600),
+            max_incoming_per_sec: 5,
+            max_streams_per_connection: 1024,
+            handshake_limit: 300,
+            handshake_window: Duration::from_secs(300),
+            weight_limit_per_minute: 6000,
+            weight_window: Duration::from_secs(60),
+            ban_duration: Duration::from_secs(120),
+            max_ban_duration: Duration::from_secs(3 * 24 * 3600),
+        }
+    }
+}
+
+/// Serve real recorded data instead of the random market.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayConfig {
+    /// Stream captures (`.gz` or text) and data.binance.vision CSVs, in the order to replay.
+    pub files: Vec<PathBuf>,
+}
+
+/// Random faults at a mean rate, chosen from a list, reproducible from a seed.
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    pub seed: u64,
+    /// Mean number of faults per real minute (exponential gaps).
+    pub mean_faults_per_minute: f64,
+    /// Faults to pick from, uniformly. Empty means [`Fault::chaos_defaults`].
+    pub faults: Vec<Fault>,
+}
+
+impl Default for ChaosConfig {
+    fn default() -> ChaosConfig {
+        ChaosConfig { seed: 1, mean_faults_per_minute: 6.0, faults: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeConfig {
+    /// Seed of the market model (and of every random choice the fake makes).
+    pub seed: u64,
+    /// Simulated seconds per real second.
+    pub speed: f64,
+    /// Simulated clock at start, epoch µs. In replay mode the first event's time is used instead.
+    pub sim_start_us: i64,
+    /// How far before `sim_start_us` the market history is generated (REST serves it).
+    pub history: Duration,
+    /// Upper-case symbols, e.g. `BTCUSDT`. Ignored in replay mode (the files name their symbols).
+    pub symbols: Vec<String>,
+    pub market: Market,
+    /// Taker orders per simulated second per symbol.
+    pub mean_orders_per_sec: f64,
+    pub limits: Limits,
+    pub replay: Option<ReplayConfig>,
+    pub chaos: Option<ChaosConfig>,
+}
+
+impl Default for FakeConfig {
+    fn default() -> FakeConfig {
+        FakeConfig {
+            seed: 1,
+            speed: 1.0,
+            sim_start_us: host_now_us(),
+            history: Duration::from_secs(2 * 3600),
+            symbols: vec!["BTCUSDT".to_owned(), "ETHUSDT".to_owned(), "BNBUSDT".to_owned()],
+            market: Market::Spot,
+            mean_orders_per_sec: 2.0,
+            limits: Limits::default(),
+            replay: None,
+            chaos: None,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config key {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl FakeConfig {
+    /// Checks the values a typo could make nonsensical, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+        if !(self.speed.is_finite() && self.speed > 0.0) {
+            return invalid("speed", format!("must be a positive number, got {}", self.speed));
+        }
+        if !(self.mean_orders_per_sec.is_finite() && self.mean_orders_per_sec > 0.0) {
+            return invalid("mean_orders_per_sec", format!("must be positive, got {}", self.mean_orders_per_sec));
+        }
+        if self.replay.is_none() && self.symbols.is_empty() {
+            return invalid("symbols", "at least one symbol is needed".to_owned());
+        }
+        for symbol in &self.symbols {
+            if symbol.is_empty() || !symbol.bytes().all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit()) {
+                return invalid("symbols", format!("{symbol:?} must be upper-case letters and digits"));
+            }
+        }
+        if self.limits.ping_interval.is_zero() || self.limits.pong_timeout.is_zero() {
+            return invalid("limits.ping_interval", "ping interval and pong timeout must be non-zero".to_owned());
+        }
+        if self.limits.weight_window.is_zero() || self.limits.handshake_window.is_zero() {
+            return invalid("limits.weight_window", "windows must be non-zero".to_owned());
+        }
+        if let Some(chaos) = &self.chaos {
+            if !(chaos.mean_faults_per_minute.is_finite() && chaos.mean_faults_per_minute > 0.0) {
+                return invalid("chaos.mean_faults_per_minute", "must be positive".to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The host's wall clock in epoch µs (only used for the default simulated start).
+pub fn host_now_us() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,115 @@
+//! Events on their way from the driver to the connections.
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::time::Instant;
+
+use crate::interval::KlineInterval;
+use crate::market::KlineState;
+use crate::model::{AggTrade, Trade};
+use crate::wire::{self, TimeUnit};
+
+/// One stream event, shared by every connection subscribed to its stream.
+/// The JSON is built at most once per time unit, on first use.
+#[derive(Debug)]
+pub(crate) struct StreamEvent {
+    pub stream_name: Arc<str>,
+    pub event_time_us: i64,
+    body: EventBody,
+    payload_millisecond: OnceLock<String>,
+    payload_microsecond: OnceLock<String>,
+}
+
+#[derive(Debug)]
+enum EventBody {
+    Trade { symbol: Arc<str>, trade: Trade },
+    AggTrade { symbol: Arc<str>, agg: AggTrade },
+    Kline { symbol: Arc<str>, interval: KlineInterval, kline: KlineState, closed: bool },
+}
+
+impl StreamEvent {
+    pub fn trade(stream_name: Arc<str>, symbol: Arc<str>, trade: Trade) -> StreamEvent {
+        StreamEvent::new(stream_name, trade.event_time_us, EventBody::Trade { symbol, trade })
+    }
+
+    pub fn agg_trade(stream_name: Arc<str>, symbol: Arc<str>, agg: AggTrade) -> StreamEvent {
+        StreamEvent::new(stream_name, agg.event_time_us, EventBody::AggTrade { symbol, agg })
+    }
+
+    pub fn kline(
+        stream_name: Arc<str>,
+        symbol: Arc<str>,
+        interval: KlineInterval,
+        kline: KlineState,
+        closed: bool,
+        event_time_us: i64,
+    ) -> StreamEvent {
+        StreamEvent::new(stream_name, event_time_us, EventBody::Kline { symbol, interval, kline, closed })
+    }
+
+    fn new(stream_name: Arc<str>, event_time_us: i64, body: EventBody) -> StreamEvent {
+        StreamEvent {
+            stream_name,
+            event_time_us,
+            body,
+            payload_millisecond: OnceLock::new(),
+            payload_microsecond: OnceLock::new(),
+        }
+    }
+
+    /// Counter key of the frame kind.
+    pub fn kind_name(&self) -> &'static str {
+        match self.body {
+            EventBody::Trade { .. } => "trade",
+            EventBody::AggTrade { .. } => "aggTrade",
+            EventBody::Kline { .. } => "kline",
+        }
+    }
+
+    /// The bare event JSON in the given unit. A replayed event in millisecond
+    /// mode is its captured bytes, untouched.
+    pub fn payload(&self, unit: TimeUnit) -> &str {
+        let cell = match unit {
+            TimeUnit::Millisecond => &self.payload_millisecond,
+            TimeUnit::Microsecond => &self.payload_microsecond,
+        };
+        cell.get_or_init(|| match &self.body {
+            EventBody::Trade { symbol, trade } => match (&trade.raw_payload, unit) {
+                (Some(raw), TimeUnit::Millisecond) => raw.to_string(),
+                _ => wire::trade_event(symbol, trade, unit),
+            },
+            EventBody::AggTrade { symbol, agg } => match (&agg.raw_payload, unit) {
+                (Some(raw), TimeUnit::Millisecond) => raw.to_string(),
+                _ => wire::agg_trade_event(symbol, agg, unit),
+            },
+            EventBody::Kline { symbol, interval, kline, closed } => {
+                wire::kline_event(symbol, *interval, kline, *closed, self.event_time_us, unit)
+            }
+        })
+    }
+}
+
+/// A frame queued for one connection.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Event { event: Arc<StreamEvent>, truncate: bool },
+    Injected(InjectedFrame),
+}
+
+/// Junk a fault puts on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InjectedFrame {
+    GarbageText,
+    BrokenJson,
+    Binary,
+    UnknownEventType,
+    UnsubscribedSymbolEvent,
+}
+
+/// Orders to every connection at once (broadcast), outside the event order.
+#[derive(Debug, Clone)]
+pub(crate) enum ConnectionCommand {
+    Drop { abort: bool },
+    Stall { until: Instant, keep_backlog: bool },
+    ServerShutdown,
+}

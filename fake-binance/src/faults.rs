@@ -1,0 +1,153 @@
+//! Faults the exchange can be told to commit, from a test (`inject`), the HTTP
+//! control endpoint (same JSON) or the seeded chaos mode.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One fault. JSON form: `{"kind":"stall","duration_ms":3000,"keep_backlog":true}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fault {
+    /// Drop every WebSocket connection: `abort` resets TCP (SO_LINGER 0), otherwise a close frame.
+    DropConnections {
+        #[serde(default)]
+        abort: bool,
+    },
+    /// Every connection sends nothing (no data, no pings) for `duration_ms` of real time;
+    /// afterwards the events produced meanwhile are sent (`keep_backlog`) or lost.
+    Stall { duration_ms: u64, keep_backlog: bool },
+    /// The next `count` events (that someone subscribed to) are silently not sent.
+    SkipEvents { count: u32 },
+    /// The next `count` events are sent twice.
+    DuplicateEvents { count: u32 },
+    /// The next `count` pairs of consecutive events are sent in swapped order.
+    SwapEvents { count: u32 },
+    /// The next `count` event frames are cut in the middle of their text.
+    TruncateFrames { count: u32 },
+    /// `count` text frames of non-JSON garbage to every connection.
+    GarbageText { count: u32 },
+    /// `count` text frames of syntactically broken JSON.
+    BrokenJson { count: u32 },
+    /// `count` binary frames.
+    BinaryFrames { count: u32 },
+    /// `count` well-formed events of an unknown type (`"e":"mysteryEvent"`).
+    UnknownEventType { count: u32 },
+    /// `count` trade events for a symbol nobody subscribed to.
+    UnsubscribedSymbolEvent { count: u32 },
+    /// The `serverShutdown` event on every connection, then a close.
+    ServerShutdown,
+    /// The next `count` REST requests answer this HTTP status (500, 502, 503, 504).
+    RestStatus { status: u16, count: u32 },
+    /// The next `count` REST requests answer 429 with this `Retry-After`.
+    RestTooManyRequests { retry_after_secs: u64, count: u32 },
+    /// The next `count` REST requests are answered after `delay_ms` of real time.
+    RestSlow { delay_ms: u64, count: u32 },
+    /// The next `count` REST requests get their TCP connection reset instead of an answer.
+    RestConnectionReset { count: u32 },
+    /// The next `count` REST answers announce their full length but stop half-way.
+    RestTruncatedBody { count: u32 },
+}
+
+impl Fault {
+    /// Stable name, used as the key in [`crate::Counters::faults_injected`].
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Fault::DropConnections { abort: true } => "drop_connections_abort",
+            Fault::DropConnections { abort: false } => "drop_connections_close",
+            Fault::Stall { keep_backlog: true, .. } => "stall_keep_backlog",
+            Fault::Stall { keep_backlog: false, .. } => "stall_lose_backlog",
+            Fault::SkipEvents { .. } => "skip_events",
+            Fault::DuplicateEvents { .. } => "duplicate_events",
+            Fault::SwapEvents { .. } => "swap_events",
+            Fault::TruncateFrames { .. } => "truncate_frames",
+            Fault::GarbageText { .. } => "garbage_text",
+            Fault::BrokenJson { .. } => "broken_json",
+            Fault::BinaryFrames { .. } => "binary_frames",
+            Fault::UnknownEventType { .. } => "unknown_event_type",
+            Fault::UnsubscribedSymbolEvent { .. } => "unsubscribed_symbol_event",
+            Fault::ServerShutdown => "server_shutdown",
+            Fault::RestStatus { .. } => "rest_status",
+            Fault::RestTooManyRequests { .. } => "rest_too_many_requests",
+            Fault::RestSlow { .. } => "rest_slow",
+            Fault::RestConnectionReset { .. } => "rest_connection_reset",
+            Fault::RestTruncatedBody { .. } => "rest_truncated_body",
+        }
+    }
+
+    /// What chaos mode picks from when its list is empty: every kind, with mild parameters.
+    pub fn chaos_defaults() -> Vec<Fault> {
+        vec![
+            Fault::DropConnections { abort: false },
+            Fault::DropConnections { abort: true },
+            Fault::Stall { duration_ms: 2_000, keep_backlog: true },
+            Fault::Stall { duration_ms: 2_000, keep_backlog: false },
+            Fault::SkipEvents { count: 3 },
+            Fault::DuplicateEvents { count: 3 },
+            Fault::SwapEvents { count: 2 },
+            Fault::TruncateFrames { count: 1 },
+            Fault::GarbageText { count: 1 },
+            Fault::BrokenJson { count: 1 },
+            Fault::BinaryFrames { count: 1 },
+            Fault::UnknownEventType { count: 1 },
+            Fault::UnsubscribedSymbolEvent { count: 1 },
+            Fault::ServerShutdown,
+            Fault::RestStatus { status: 503, count: 1 },
+            Fault::RestTooManyRequests { retry_after_secs: 1, count: 1 },
+            Fault::RestSlow { delay_ms: 2_000, count: 1 },
+            Fault::RestConnectionReset { count: 1 },
+            Fault::RestTruncatedBody { count: 1 },
+        ]
+    }
+}
+
+/// How the next REST request fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RestFailure {
+    Status(u16),
+    TooManyRequests { retry_after_secs: u64 },
+    Slow(Duration),
+    ConnectionReset,
+    TruncatedBody,
+}
+
+/// Pending stream manglings (consumed by the event dispatcher) and REST failures.
+#[derive(Debug, Default)]
+pub(crate) struct PendingFaults {
+    pub skip: u32,
+    pub duplicate: u32,
+    pub swap: u32,
+    pub truncate: u32,
+    pub rest: VecDeque<RestFailure>,
+}
+
+impl PendingFaults {
+    pub fn next_rest_failure(&mut self) -> Option<RestFailure> {
+        self.rest.pop_front()
+    }
+
+    pub fn queue_rest(&mut self, failure: RestFailure, count: u32) {
+        for _ in 0..count {
+            self.rest.push_back(failure);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_form_round_trips() {
+        let fault: Fault = serde_json::from_str(r#"{"kind":"stall","duration_ms":3000,"keep_backlog":true}"#).unwrap();
+        assert_eq!(fault, Fault::Stall { duration_ms: 3000, keep_backlog: true });
+        let fault: Fault = serde_json::from_str(r#"{"kind":"drop_connections"}"#).unwrap();
+        assert_eq!(fault, Fault::DropConnections { abort: false });
+        assert!(serde_json::from_str::<Fault>(r#"{"kind":"stall","duration_ms":1,"keep_backlog":true,"x":1}"#).is_err());
+        for fault in Fault::chaos_defaults() {
+            let text = serde_json::to_string(&fault).unwrap();
+            assert_eq!(serde_json::from_str::<Fault>(&text).unwrap(), fault);
+        }
+    }
+}

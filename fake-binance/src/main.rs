@@ -1,0 +1,83 @@
+//! `fake-binance`: runs the fake exchange until Ctrl-C and prints its URLs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use fake_binance::{ChaosConfig, FakeConfig, FakeExchange, ReplayConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "fake-binance", about = "A fake Binance spot exchange on 127.0.0.1 (streams, REST, faults, replay)")]
+struct Arguments {
+    /// Simulated seconds per real second.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Comma-separated upper-case symbols (ignored with --replay).
+    #[arg(long, value_delimiter = ',', default_value = "BTCUSDT,ETHUSDT,BNBUSDT")]
+    symbols: Vec<String>,
+    /// Seed of the market model and of chaos.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Taker orders per simulated second per symbol.
+    #[arg(long, default_value_t = 2.0)]
+    orders_per_sec: f64,
+    /// Minutes of history before the start that REST serves.
+    #[arg(long, default_value_t = 120)]
+    history_minutes: u64,
+    /// Simulated start, epoch ms (default: now).
+    #[arg(long)]
+    start_ms: Option<i64>,
+    /// Replay these files (captures or CSVs) instead of the model.
+    #[arg(long, num_args = 1..)]
+    replay: Vec<PathBuf>,
+    /// Random faults per minute (chaos mode); off when absent.
+    #[arg(long)]
+    chaos_per_minute: Option<f64>,
+    /// Fixed ports (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    ws_port: u16,
+    #[arg(long, default_value_t = 0)]
+    rest_port: u16,
+    #[arg(long, default_value_t = 0)]
+    control_port: u16,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let arguments = Arguments::parse();
+    let mut config = FakeConfig {
+        seed: arguments.seed,
+        speed: arguments.speed,
+        symbols: arguments.symbols.iter().map(|symbol| symbol.trim().to_ascii_uppercase()).collect(),
+        mean_orders_per_sec: arguments.orders_per_sec,
+        history: Duration::from_secs(arguments.history_minutes * 60),
+        ..FakeConfig::default()
+    };
+    if let Some(start_ms) = arguments.start_ms {
+        config.sim_start_us = start_ms * 1000;
+    }
+    if !arguments.replay.is_empty() {
+        config.replay = Some(ReplayConfig { files: arguments.replay.clone() });
+    }
+    if let Some(per_minute) = arguments.chaos_per_minute {
+        config.chaos = Some(ChaosConfig { seed: arguments.seed, mean_faults_per_minute: per_minute, faults: Vec::new() });
+    }
+    let exchange = FakeExchange::start_on(config, [arguments.ws_port, arguments.rest_port, arguments.control_port])
+        .await
+        .context("starting the fake exchange")?;
+    println!("ws={}", exchange.ws_base_url());
+    println!("rest={}", exchange.rest_base_url());
+    println!("control={}", exchange.control_url());
+    println!("symbols={}", exchange.symbols().join(","));
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    exchange.shutdown().await;
+    Ok(())
+}

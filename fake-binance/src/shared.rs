@@ -1,0 +1,121 @@
+//! State shared by the listeners, the connections and the driver.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::{Duration, Instant};
+use tracing::warn;
+
+use crate::clock::SimClock;
+use crate::config::FakeConfig;
+use crate::counters::CounterCells;
+use crate::events::{ConnectionCommand, InjectedFrame, Outgoing};
+use crate::faults::{Fault, PendingFaults, RestFailure};
+use crate::market::MarketState;
+use crate::rest::WeightState;
+
+/// Locks a mutex, taking the data even if another thread panicked while holding it:
+/// the fake keeps serving (a test failure elsewhere must not cascade into hangs).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One open WebSocket connection as the driver sees it.
+#[derive(Debug)]
+pub(crate) struct ConnectionEntry {
+    /// Subscriptions in the order they were made (LIST_SUBSCRIPTIONS answers in this order).
+    pub streams_in_order: Vec<String>,
+    pub streams: HashSet<String>,
+    /// Unbounded: the connection's own pong deadline and lifetime bound how much can pile up,
+    /// and a stall with backlog needs to keep everything.
+    pub sender: mpsc::UnboundedSender<Outgoing>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    pub next_connection_id: u64,
+    pub connections: HashMap<u64, ConnectionEntry>,
+}
+
+impl Registry {
+    /// Every stream at least one connection subscribed to.
+    pub fn active_streams(&self) -> HashSet<String> {
+        self.connections.values().flat_map(|entry| entry.streams.iter().cloned()).collect()
+    }
+}
+
+pub(crate) struct Shared {
+    pub config: FakeConfig,
+    pub clock: SimClock,
+    pub market: Mutex<MarketState>,
+    pub registry: Mutex<Registry>,
+    pub counters: CounterCells,
+    pub pending_faults: Mutex<PendingFaults>,
+    pub commands: broadcast::Sender<ConnectionCommand>,
+    pub handshakes: Mutex<VecDeque<Instant>>,
+    pub weight: Mutex<WeightState>,
+    /// Replay streams every event from the first; the model streams only from the start.
+    pub replay_mode: bool,
+}
+
+impl Shared {
+    pub fn now_us(&self) -> i64 {
+        self.clock.now_us()
+    }
+
+    /// The market, generated up to the simulated now.
+    pub fn market_now(&self) -> (MutexGuard<'_, MarketState>, i64) {
+        let now_us = self.now_us();
+        let mut market = lock(&self.market);
+        market.generate_until(now_us);
+        (market, now_us)
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        let kind = fault.kind_name();
+        warn!(fault = kind, ?fault, "fault injected");
+        self.counters.update(|counters| *counters.faults_injected.entry(kind.to_owned()).or_default() += 1);
+        let injected = |frame: InjectedFrame, count: u32| {
+            let registry = lock(&self.registry);
+            for entry in registry.connections.values() {
+                for _ in 0..count {
+                    // A closed receiver means the connection is going away; nothing to do.
+                    let _ = entry.sender.send(Outgoing::Injected(frame));
+                }
+            }
+        };
+        match fault {
+            Fault::DropConnections { abort } => {
+                let _ = self.commands.send(ConnectionCommand::Drop { abort });
+            }
+            Fault::Stall { duration_ms, keep_backlog } => {
+                let until = Instant::now() + Duration::from_millis(duration_ms);
+                let _ = self.commands.send(ConnectionCommand::Stall { until, keep_backlog });
+            }
+            Fault::ServerShutdown => {
+                let _ = self.commands.send(ConnectionCommand::ServerShutdown);
+            }
+            Fault::SkipEvents { count } => lock(&self.pending_faults).skip += count,
+            Fault::DuplicateEvents { count } => lock(&self.pending_faults).duplicate += count,
+            Fault::SwapEvents { count } => lock(&self.pending_faults).swap += count,
+            Fault::TruncateFrames { count } => lock(&self.pending_faults).truncate += count,
+            Fault::GarbageText { count } => injected(InjectedFrame::GarbageText, count),
+            Fault::BrokenJson { count } => injected(InjectedFrame::BrokenJson, count),
+            Fault::BinaryFrames { count } => injected(InjectedFrame::Binary, count),
+            Fault::UnknownEventType { count } => injected(InjectedFrame::UnknownEventType, count),
+            Fault::UnsubscribedSymbolEvent { count } => injected(InjectedFrame::UnsubscribedSymbolEvent, count),
+            Fault::RestStatus { status, count } => lock(&self.pending_faults).queue_rest(RestFailure::Status(status), count),
+            Fault::RestTooManyRequests { retry_after_secs, count } => {
+                lock(&self.pending_faults).queue_rest(RestFailure::TooManyRequests { retry_after_secs }, count)
+            }
+            Fault::RestSlow { delay_ms, count } => {
+                lock(&self.pending_faults).queue_rest(RestFailure::Slow(Duration::from_millis(delay_ms)), count)
+            }
+            Fault::RestConnectionReset { count } => lock(&self.pending_faults).queue_rest(RestFailure::ConnectionReset, count),
+            Fault::RestTruncatedBody { count } => lock(&self.pending_faults).queue_rest(RestFailure::TruncatedBody, count),
+        }
+    }
+}
+
+pub(crate) type SharedRef = Arc<Shared>;

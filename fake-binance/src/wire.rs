@@ -1,0 +1,238 @@
+//! JSON as Binance writes it, field by field in Binance's order.
+//!
+//! Written by hand rather than through serde so the key order and number
+//! formats are exactly those of the real streams (`e,E,s,t,p,q,T,m,M`).
+
+use std::fmt::Write;
+
+use crate::decimal::{push_atoms, quote_atoms};
+use crate::interval::KlineInterval;
+use crate::market::KlineState;
+use crate::model::{AggTrade, Trade};
+
+/// Unit of times on the wire: milliseconds by default, microseconds on request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeUnit {
+    Millisecond,
+    Microsecond,
+}
+
+impl TimeUnit {
+    /// Accepts the spellings Binance documents (`MICROSECOND`, `microsecond`, ...).
+    pub fn parse(text: &str) -> Option<TimeUnit> {
+        match text {
+            "MILLISECOND" | "millisecond" => Some(TimeUnit::Millisecond),
+            "MICROSECOND" | "microsecond" => Some(TimeUnit::Microsecond),
+            _ => None,
+        }
+    }
+
+    /// Converts an internal µs time; milliseconds are truncated.
+    pub fn convert(self, time_us: i64) -> i64 {
+        match self {
+            TimeUnit::Millisecond => time_us.div_euclid(1000),
+            TimeUnit::Microsecond => time_us,
+        }
+    }
+
+    /// A kline's close time: next open minus one unit.
+    pub fn kline_close(self, next_open_us: i64) -> i64 {
+        self.convert(next_open_us) - 1
+    }
+}
+
+pub fn trade_event(symbol: &str, trade: &Trade, unit: TimeUnit) -> String {
+    let mut out = String::with_capacity(160);
+    write!(out, r#"{{"e":"trade","E":{},"s":"{}","t":{},"p":""#, unit.convert(trade.event_time_us), symbol, trade.id)
+        .expect("writing to a String cannot fail");
+    push_atoms(&mut out, trade.price);
+    out.push_str(r#"","q":""#);
+    push_atoms(&mut out, trade.quantity);
+    write!(
+        out,
+        r#"","T":{},"m":{},"M":{}}}"#,
+        unit.convert(trade.time_us),
+        trade.is_buyer_maker,
+        trade.is_best_match
+    )
+    .expect("writing to a String cannot fail");
+    out
+}
+
+pub fn agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit) -> String {
+    let mut out = String::with_capacity(180);
+    write!(out, r#"{{"e":"aggTrade","E":{},"s":"{}","a":{},"p":""#, unit.convert(agg.event_time_us), symbol, agg.id)
+        .expect("writing to a String cannot fail");
+    push_atoms(&mut out, agg.price);
+    out.push_str(r#"","q":""#);
+    push_atoms(&mut out, agg.quantity);
+    write!(
+        out,
+        r#"","f":{},"l":{},"T":{},"m":{},"M":{}}}"#,
+        agg.first_trade_id,
+        agg.last_trade_id,
+        unit.convert(agg.time_us),
+        agg.is_buyer_maker,
+        agg.is_best_match
+    )
+    .expect("writing to a String cannot fail");
+    out
+}
+
+pub fn kline_event(
+    symbol: &str,
+    interval: KlineInterval,
+    kline: &KlineState,
+    closed: bool,
+    event_time_us: i64,
+    unit: TimeUnit,
+) -> String {
+    let mut out = String::with_capacity(400);
+    write!(
+        out,
+        r#"{{"e":"kline","E":{},"s":"{}","k":{{"t":{},"T":{},"s":"{}","i":"{}","f":{},"L":{},"o":""#,
+        unit.convert(event_time_us),
+        symbol,
+        unit.convert(kline.open_us),
+        unit.kline_close(kline.next_open_us),
+        symbol,
+        interval.as_str(),
+        kline.first_trade_id,
+        kline.last_trade_id
+    )
+    .expect("writing to a String cannot fail");
+    push_atoms(&mut out, kline.open);
+    out.push_str(r#"","c":""#);
+    push_atoms(&mut out, kline.close);
+    out.push_str(r#"","h":""#);
+    push_atoms(&mut out, kline.high);
+    out.push_str(r#"","l":""#);
+    push_atoms(&mut out, kline.low);
+    out.push_str(r#"","v":""#);
+    push_atoms(&mut out, kline.volume);
+    write!(out, r#"","n":{},"x":{},"q":""#, kline.trade_count, closed).expect("writing to a String cannot fail");
+    push_atoms(&mut out, kline.quote_volume());
+    out.push_str(r#"","V":""#);
+    push_atoms(&mut out, kline.taker_buy_volume);
+    out.push_str(r#"","Q":""#);
+    push_atoms(&mut out, kline.taker_buy_quote_volume());
+    out.push_str(r#"","B":"0"}}"#);
+    out
+}
+
+pub fn server_shutdown_event(event_time_us: i64, unit: TimeUnit) -> String {
+    format!(r#"{{"e":"serverShutdown","E":{}}}"#, unit.convert(event_time_us))
+}
+
+/// Wraps a payload for a combined stream: `{"stream":"<name>","data":<payload>}`.
+pub fn combined(stream_name: &str, payload: &str) -> String {
+    let mut out = String::with_capacity(payload.len() + stream_name.len() + 22);
+    out.push_str(r#"{"stream":""#);
+    out.push_str(stream_name);
+    out.push_str(r#"","data":"#);
+    out.push_str(payload);
+    out.push('}');
+    out
+}
+
+/// One row of `/api/v3/trades` and `/api/v3/historicalTrades`.
+pub fn rest_trade(out: &mut String, trade: &Trade, unit: TimeUnit) {
+    write!(out, r#"{{"id":{},"price":""#, trade.id).expect("writing to a String cannot fail");
+    push_atoms(out, trade.price);
+    out.push_str(r#"","qty":""#);
+    push_atoms(out, trade.quantity);
+    out.push_str(r#"","quoteQty":""#);
+    push_atoms(out, quote_atoms(trade.price, trade.quantity));
+    write!(
+        out,
+        r#"","time":{},"isBuyerMaker":{},"isBestMatch":{}}}"#,
+        unit.convert(trade.time_us),
+        trade.is_buyer_maker,
+        trade.is_best_match
+    )
+    .expect("writing to a String cannot fail");
+}
+
+/// One row of `/api/v3/aggTrades`.
+pub fn rest_agg_trade(out: &mut String, agg: &AggTrade, unit: TimeUnit) {
+    write!(out, r#"{{"a":{},"p":""#, agg.id).expect("writing to a String cannot fail");
+    push_atoms(out, agg.price);
+    out.push_str(r#"","q":""#);
+    push_atoms(out, agg.quantity);
+    write!(
+        out,
+        r#"","f":{},"l":{},"T":{},"m":{},"M":{}}}"#,
+        agg.first_trade_id,
+        agg.last_trade_id,
+        unit.convert(agg.time_us),
+        agg.is_buyer_maker,
+        agg.is_best_match
+    )
+    .expect("writing to a String cannot fail");
+}
+
+/// One row of `/api/v3/klines`: a 12-element array.
+pub fn rest_kline(out: &mut String, kline: &KlineState, unit: TimeUnit) {
+    write!(out, r#"[{},""#, unit.convert(kline.open_us)).expect("writing to a String cannot fail");
+    push_atoms(out, kline.open);
+    out.push_str(r#"",""#);
+    push_atoms(out, kline.high);
+    out.push_str(r#"",""#);
+    push_atoms(out, kline.low);
+    out.push_str(r#"",""#);
+    push_atoms(out, kline.close);
+    out.push_str(r#"",""#);
+    push_atoms(out, kline.volume);
+    write!(out, r#"",{},""#, unit.kline_close(kline.next_open_us)).expect("writing to a String cannot fail");
+    push_atoms(out, kline.quote_volume());
+    write!(out, r#"",{},""#, kline.trade_count).expect("writing to a String cannot fail");
+    push_atoms(out, kline.taker_buy_volume);
+    out.push_str(r#"",""#);
+    push_atoms(out, kline.taker_buy_quote_volume());
+    out.push_str(r#"","0"]"#);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_trade() -> Trade {
+        Trade {
+            id: 3_735_693_016,
+            price: 6_168_599_000_000,
+            quantity: 17_000,
+            time_us: 1_723_161_601_437_123,
+            event_time_us: 1_723_161_601_438_456,
+            is_buyer_maker: true,
+            is_best_match: true,
+            dispatch_seq: 0,
+            raw_payload: None,
+        }
+    }
+
+    #[test]
+    fn trade_matches_the_real_capture_shape() {
+        // From the hftbacktest capture (README of shared/data/real).
+        assert_eq!(
+            trade_event("BTCUSDT", &sample_trade(), TimeUnit::Millisecond),
+            r#"{"e":"trade","E":1723161601438,"s":"BTCUSDT","t":3735693016,"p":"61685.99000000","q":"0.00017000","T":1723161601437,"m":true,"M":true}"#
+        );
+        assert!(trade_event("BTCUSDT", &sample_trade(), TimeUnit::Microsecond).contains(r#""T":1723161601437123"#));
+    }
+
+    #[test]
+    fn kline_close_time_is_next_open_minus_one_unit() {
+        assert_eq!(TimeUnit::Millisecond.kline_close(60_000_000), 59_999);
+        assert_eq!(TimeUnit::Microsecond.kline_close(60_000_000), 59_999_999);
+    }
+
+    #[test]
+    fn kline_keys_in_binance_order() {
+        let kline = KlineState::empty(0, 1_000_000, 187_076_000_000);
+        let text = kline_event("ETHUSDT", KlineInterval::OneSecond, &kline, true, 1_002_000, TimeUnit::Millisecond);
+        assert_eq!(
+            text,
+            r#"{"e":"kline","E":1002,"s":"ETHUSDT","k":{"t":0,"T":999,"s":"ETHUSDT","i":"1s","f":-1,"L":-1,"o":"1870.76000000","c":"1870.76000000","h":"1870.76000000","l":"1870.76000000","v":"0.00000000","n":0,"x":true,"q":"0.00000000","V":"0.00000000","Q":"0.00000000","B":"0"}}"#
+        );
+    }
+}

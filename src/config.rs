@@ -1,0 +1,449 @@
+//! Configuration: serde structs in ([`RawConfig`], every field documented,
+//! defaults defined once, unknown keys refused), validated types out
+//! ([`Config`]). A bad value is a [`ConfigError`] naming the key and the reason.
+//!
+//! The shipped `config.toml` is this module's twin: every key present,
+//! commented, with its default.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::{Market, StreamKind, Symbol};
+use crate::wal::FsyncPolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
+    pub wal: RawWal,
+    #[serde(default)]
+    pub seal: RawSeal,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub log: RawLog,
+    /// One table per market: `[markets.spot]` (futures and Binance.US later).
+    #[serde(default)]
+    pub markets: BTreeMap<String, RawMarket>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStorage {
+    /// Root of the Parquet dataset.
+    pub data_dir: PathBuf,
+    /// Write-ahead log segments.
+    pub wal_dir: PathBuf,
+    /// Frames that could not be decoded, kept raw with the error.
+    pub quarantine_dir: PathBuf,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            data_dir: PathBuf::from("data/parquet"),
+            wal_dir: PathBuf::from("data/wal"),
+            quarantine_dir: PathBuf::from("data/quarantine"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWal {
+    /// `"interval"`: group commit, one fsync per `fsync_interval_ms` at most;
+    /// `"immediate"`: fsync as soon as anything is pending.
+    pub fsync: String,
+    /// Longest time a received frame waits for its fsync, in milliseconds.
+    pub fsync_interval_ms: u64,
+    /// A segment is closed and a new one started past this size.
+    pub segment_max_bytes: u64,
+}
+
+impl Default for RawWal {
+    fn default() -> Self {
+        RawWal { fsync: "interval".to_owned(), fsync_interval_ms: 50, segment_max_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSeal {
+    /// How long after an hour's end (in exchange time) rows may still
+    /// arrive before the hour is sealed, in milliseconds.
+    pub grace_ms: u64,
+    /// Parquet files encoded at the same time at most.
+    pub max_concurrent: usize,
+}
+
+impl Default for RawSeal {
+    fn default() -> Self {
+        RawSeal { grace_ms: 10_000, max_concurrent: 2 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawShutdown {
+    /// Time allowed for an orderly stop after SIGTERM, in milliseconds;
+    /// keep it below systemd's TimeoutStopSec.
+    pub deadline_ms: u64,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown { deadline_ms: 20_000 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// A tracing filter, e.g. `"info"` or `"binance_recorder=debug,info"`;
+    /// the RUST_LOG environment variable overrides it.
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog { level: "info".to_owned() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMarket {
+    /// Set to false to keep the table but record nothing.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// WebSocket base URL, without a path.
+    pub ws_url: String,
+    /// REST base URL, without a path.
+    pub rest_url: String,
+    /// Upper-case symbols, e.g. `["BTCUSDT", "ETHUSDT"]`.
+    pub symbols: Vec<String>,
+    /// `trade`, `aggTrade`, `kline_<interval>` (`1s 1m 3m 5m 15m 30m 1h 2h
+    /// 4h 6h 8h 12h 1d 3d 1w 1M`).
+    pub streams: Vec<String>,
+    /// Check every symbol against `exchangeInfo` at start: unknown is an
+    /// error, not trading a warning (Binance accepts subscriptions to such
+    /// symbols and silently sends nothing).
+    #[serde(default = "default_true")]
+    pub check_symbols: bool,
+    /// How often `/api/v3/time` is asked, to measure the host clock's
+    /// offset from the exchange's (`clock_offset_us`), in seconds.
+    #[serde(default = "default_time_check_interval_secs")]
+    pub time_check_interval_secs: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_time_check_interval_secs() -> u64 {
+    60
+}
+
+/// The validated configuration the recorder runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub wal_dir: PathBuf,
+    pub quarantine_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub segment_max_bytes: u64,
+    pub seal_grace: Duration,
+    pub max_concurrent_seals: usize,
+    pub shutdown_deadline: Duration,
+    pub log_level: String,
+    pub markets: Vec<MarketConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MarketConfig {
+    pub market: Market,
+    pub ws_url: String,
+    pub rest_url: String,
+    pub symbols: Vec<Symbol>,
+    pub streams: Vec<StreamKind>,
+    pub check_symbols: bool,
+    pub time_check_interval: Duration,
+}
+
+/// The REST host that serves only market data; it has no `historicalTrades`.
+const MARKET_DATA_ONLY_REST_HOST: &str = "data-api.binance.vision";
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::from_toml(&text).map_err(|error| match error {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_path_buf(), message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text (no file system checks).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|error| ConfigError::Parse { path: PathBuf::new(), message: error.to_string() })?;
+        raw.validate()
+    }
+
+    /// Checks that every directory can be created and written, so a bad
+    /// path is reported at start rather than at the first seal.
+    pub fn check_directories(&self) -> Result<(), ConfigError> {
+        for (key, directory) in [
+            ("storage.data_dir", &self.data_dir),
+            ("storage.wal_dir", &self.wal_dir),
+            ("storage.quarantine_dir", &self.quarantine_dir),
+        ] {
+            check_writable_directory(directory).map_err(|reason| invalid(key, reason))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_writable_directory(directory: &Path) -> Result<(), String> {
+    fs::create_dir_all(directory).map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+    let probe = directory.join(format!(".write-probe-{}", std::process::id()));
+    fs::write(&probe, b"probe").map_err(|error| format!("{} is not writable: {error}", directory.display()))?;
+    fs::remove_file(&probe).map_err(|error| format!("cannot clean up in {}: {error}", directory.display()))
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let fsync = match self.wal.fsync.as_str() {
+            "immediate" => FsyncPolicy::EveryRecord,
+            "interval" => {
+                if self.wal.fsync_interval_ms == 0 || self.wal.fsync_interval_ms > 10_000 {
+                    return Err(invalid("wal.fsync_interval_ms", "must be between 1 and 10000"));
+                }
+                FsyncPolicy::Interval(Duration::from_millis(self.wal.fsync_interval_ms))
+            }
+            other => return Err(invalid("wal.fsync", format!("{other:?} is neither \"interval\" nor \"immediate\""))),
+        };
+        if self.wal.segment_max_bytes < crate::wal::MIN_SEGMENT_MAX_BYTES {
+            return Err(invalid(
+                "wal.segment_max_bytes",
+                format!("must be at least {}", crate::wal::MIN_SEGMENT_MAX_BYTES),
+            ));
+        }
+        if self.seal.max_concurrent == 0 {
+            return Err(invalid("seal.max_concurrent", "must be at least 1"));
+        }
+        if self.shutdown.deadline_ms == 0 {
+            return Err(invalid("shutdown.deadline_ms", "must be at least 1"));
+        }
+        for (key, path) in [
+            ("storage.data_dir", &self.storage.data_dir),
+            ("storage.wal_dir", &self.storage.wal_dir),
+            ("storage.quarantine_dir", &self.storage.quarantine_dir),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        if self.storage.data_dir == self.storage.wal_dir {
+            return Err(invalid("storage.wal_dir", "must differ from storage.data_dir"));
+        }
+        let mut markets = Vec::new();
+        for (name, raw_market) in self.markets {
+            let key = format!("markets.{name}");
+            let market = Market::from_name(&name).ok_or_else(|| {
+                invalid(&key, format!("unknown market {name:?}; known: spot, usdm, coinm, us"))
+            })?;
+            if market != Market::Spot {
+                return Err(invalid(&key, "only the spot market is supported in this release"));
+            }
+            if raw_market.enabled {
+                markets.push(validate_market(&key, market, raw_market)?);
+            }
+        }
+        if markets.is_empty() {
+            return Err(invalid("markets", "no enabled market: add a [markets.spot] table"));
+        }
+        Ok(Config {
+            data_dir: self.storage.data_dir,
+            wal_dir: self.storage.wal_dir,
+            quarantine_dir: self.storage.quarantine_dir,
+            fsync,
+            segment_max_bytes: self.wal.segment_max_bytes,
+            seal_grace: Duration::from_millis(self.seal.grace_ms),
+            max_concurrent_seals: self.seal.max_concurrent,
+            shutdown_deadline: Duration::from_millis(self.shutdown.deadline_ms),
+            log_level: self.log.level,
+            markets,
+        })
+    }
+}
+
+fn validate_market(key: &str, market: Market, raw: RawMarket) -> Result<MarketConfig, ConfigError> {
+    let url_scheme_ok = |url: &str, schemes: &[&str]| schemes.iter().any(|scheme| url.starts_with(scheme));
+    if !url_scheme_ok(&raw.ws_url, &["ws://", "wss://"]) {
+        return Err(invalid(format!("{key}.ws_url"), format!("{:?} is not a ws:// or wss:// URL", raw.ws_url)));
+    }
+    if !url_scheme_ok(&raw.rest_url, &["http://", "https://"]) {
+        return Err(invalid(format!("{key}.rest_url"), format!("{:?} is not an http:// or https:// URL", raw.rest_url)));
+    }
+    if raw.symbols.is_empty() {
+        return Err(invalid(format!("{key}.symbols"), "is empty: name at least one symbol"));
+    }
+    let mut symbols = Vec::new();
+    for text in &raw.symbols {
+        let symbol = Symbol::new(text).map_err(|error| invalid(format!("{key}.symbols"), error.to_string()))?;
+        if symbols.contains(&symbol) {
+            return Err(invalid(format!("{key}.symbols"), format!("{text:?} is listed twice")));
+        }
+        symbols.push(symbol);
+    }
+    if raw.streams.is_empty() {
+        return Err(invalid(format!("{key}.streams"), "is empty: name at least one stream"));
+    }
+    let mut streams = Vec::new();
+    for text in &raw.streams {
+        let kind = StreamKind::from_name(text).ok_or_else(|| {
+            invalid(
+                format!("{key}.streams"),
+                format!("{text:?} is not trade, aggTrade or kline_<interval> with a Binance interval"),
+            )
+        })?;
+        if streams.contains(&kind) {
+            return Err(invalid(format!("{key}.streams"), format!("{text:?} is listed twice")));
+        }
+        streams.push(kind);
+    }
+    if streams.contains(&StreamKind::Trade) && raw.rest_url.contains(MARKET_DATA_ONLY_REST_HOST) {
+        return Err(invalid(
+            format!("{key}.rest_url"),
+            format!(
+                "{MARKET_DATA_ONLY_REST_HOST} does not serve historicalTrades, which trade gap fill needs; \
+                 use https://api.binance.com"
+            ),
+        ));
+    }
+    if raw.time_check_interval_secs == 0 {
+        return Err(invalid(format!("{key}.time_check_interval_secs"), "must be at least 1"));
+    }
+    Ok(MarketConfig {
+        market,
+        ws_url: raw.ws_url.trim_end_matches('/').to_owned(),
+        rest_url: raw.rest_url.trim_end_matches('/').to_owned(),
+        symbols,
+        streams,
+        check_symbols: raw.check_symbols,
+        time_check_interval: Duration::from_secs(raw.time_check_interval_secs),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[markets.spot]
+ws_url = "wss://stream.binance.com:9443"
+rest_url = "https://api.binance.com"
+symbols = ["BTCUSDT", "ETHUSDT"]
+streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
+"#;
+
+    fn error_of(text: &str) -> String {
+        match Config::from_toml(text) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = Config::from_toml(MINIMAL).expect("valid");
+        assert_eq!(config.data_dir, PathBuf::from("data/parquet"));
+        assert_eq!(config.fsync, FsyncPolicy::Interval(Duration::from_millis(50)));
+        assert_eq!(config.markets.len(), 1);
+        assert_eq!(config.markets[0].streams.len(), 4);
+        assert!(config.markets[0].check_symbols);
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../config.toml");
+        let config = Config::from_toml(text).expect("shipped config.toml is valid");
+        assert_eq!(config.markets[0].market, Market::Spot);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (MINIMAL.replace("\"ETHUSDT\"", "\"ethusdt\""), "markets.spot.symbols"),
+            (MINIMAL.replace("\"ETHUSDT\"", "\"BTC/USDT\""), "markets.spot.symbols"),
+            (MINIMAL.replace("\"ETHUSDT\"", "\"BTCUSDT\""), "listed twice"),
+            (MINIMAL.replace("kline_1M", "kline_2m"), "markets.spot.streams"),
+            (MINIMAL.replace("\"kline_1m\"", "\"depth\""), "markets.spot.streams"),
+            (MINIMAL.replace(r#"["BTCUSDT", "ETHUSDT"]"#, "[]"), "markets.spot.symbols"),
+            (MINIMAL.replace(r#"["trade", "aggTrade", "kline_1m", "kline_1M"]"#, "[]"), "markets.spot.streams"),
+            (MINIMAL.replace("wss://", "https://"), "markets.spot.ws_url"),
+            (MINIMAL.replace("https://api.binance.com", "https://data-api.binance.vision"), "historicalTrades"),
+            (MINIMAL.replace("[markets.spot]", "[markets.mars]"), "markets.mars"),
+            (format!("[wal]\nfsync = \"sometimes\"\n{MINIMAL}"), "wal.fsync"),
+            (format!("[wal]\nfsync_interval_ms = 0\n{MINIMAL}"), "wal.fsync_interval_ms"),
+            (format!("[seal]\nmax_concurrent = 0\n{MINIMAL}"), "seal.max_concurrent"),
+            (format!("[storage]\ndata_dir = \"x\"\nwal_dir = \"x\"\n{MINIMAL}"), "storage.wal_dir"),
+            (String::new(), "markets"),
+        ];
+        for (text, expected) in cases {
+            let message = error_of(&text);
+            assert!(message.contains(expected), "error {message:?} should mention {expected:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let message = error_of(&format!("[seal]\ngrace_seconds = 5\n{MINIMAL}"));
+        assert!(message.contains("grace_seconds"), "{message}");
+        let message = error_of(&MINIMAL.replace("symbols =", "symbol_list = [\"X\"]\nsymbols ="));
+        assert!(message.contains("symbol_list"), "{message}");
+    }
+
+    #[test]
+    fn market_data_only_host_is_fine_without_trades() {
+        let text = MINIMAL
+            .replace("https://api.binance.com", "https://data-api.binance.vision")
+            .replace(r#""trade", "#, "");
+        assert!(Config::from_toml(&text).is_ok());
+    }
+
+    #[test]
+    fn unwritable_directory_is_reported_with_its_key() {
+        let scratch = tempfile::tempdir().expect("temporary directory");
+        let blocker = scratch.path().join("a-file");
+        fs::write(&blocker, b"x").expect("write");
+        let mut config = Config::from_toml(MINIMAL).expect("valid");
+        config.data_dir = scratch.path().join("data");
+        config.wal_dir = scratch.path().join("wal");
+        config.quarantine_dir = blocker.join("quarantine");
+        let message = config.check_directories().expect_err("not a directory").to_string();
+        assert!(message.contains("storage.quarantine_dir"), "{message}");
+    }
+}
