@@ -317,10 +317,6 @@ impl MarketState {
     pub fn book(&self, symbol: &str) -> Option<&SymbolBook> {
         self.books.iter().find(|book| book.spec.symbol == symbol)
     }
-
-    pub fn book_by_stream_symbol(&self, stream_symbol: &str) -> Option<&SymbolBook> {
-        self.books.iter().find(|book| book.stream_symbol == stream_symbol)
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! State shared by the listeners, the connections and the driver.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{Duration, Instant};
@@ -117,5 +117,3 @@ impl Shared {
         }
     }
 }
-
-pub(crate) type SharedRef = Arc<Shared>;
