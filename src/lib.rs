@@ -3,3 +3,7 @@ pub mod domain;
 pub mod parquet_out;
 pub mod wal;
 pub mod config;
+pub mod seal;
+pub mod metrics;
+pub mod quarantine;
+pub mod recorder;

@@ -1,1 +1,115 @@
-fn main() {}
+//! `binance-recorder`: wiring only. Arguments, config, tracing, signals,
+//! run, exit code; everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+use binance_recorder::config::Config;
+use binance_recorder::metrics::Counters;
+use binance_recorder::recorder::{self, RunOptions};
+
+/// Records Binance market data to sealed hourly Parquet files.
+#[derive(Parser)]
+#[command(version, about)]
+struct Arguments {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Record the configured streams until SIGTERM or SIGINT.
+    Run {
+        /// The config file (see the shipped config.toml).
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Check a config file and print what it would record.
+    CheckConfig {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let arguments = Arguments::parse();
+    match arguments.command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(config) => {
+                for market in &config.markets {
+                    let streams: Vec<String> = market.streams.iter().map(ToString::to_string).collect();
+                    let symbols: Vec<String> = market.symbols.iter().map(ToString::to_string).collect();
+                    println!("{}: {} x {}", market.market, symbols.join(","), streams.join(","));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn run(config_path: PathBuf) -> ExitCode {
+    let config = match Config::load(&config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                let _signals = watch_signals(shutdown.clone())?;
+                info!(config = %config_path.display(), version = env!("CARGO_PKG_VERSION"), "binance-recorder starting");
+                recorder::run(config, RunOptions::default(), Arc::new(Counters::default()), shutdown).await
+            })
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            error!("{error:#}");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM and SIGINT cancel `shutdown`; a second signal exits at once
+/// (the WAL already holds every acknowledged frame).
+fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+    let handle = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut count = 0;
+        for signal in signals.forever() {
+            count += 1;
+            if count == 1 {
+                info!(signal, "stop requested");
+                shutdown.cancel();
+            } else {
+                eprintln!("second stop signal: exiting now");
+                std::process::exit(130);
+            }
+        }
+    })?;
+    Ok(handle)
+}

@@ -3,3 +3,5 @@
 
 pub mod decode;
 pub mod streams;
+pub mod rest;
+pub mod ws;

@@ -1,0 +1,67 @@
+//! Counters an operator (and a test) reads to see what the recorder did.
+//! Plain atomics; a `/metrics` endpoint comes with the operations issue.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Live counters, shared by every task of one recorder.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of [`Counters`].
+        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        pub struct CountersSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Counters {
+            pub fn snapshot(&self) -> CountersSnapshot {
+                CountersSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Frames received on stream connections.
+    frames_received,
+    /// Frames made durable in the WAL.
+    frames_durable,
+    /// WAL records replayed at start.
+    records_replayed,
+    /// WAL damage reports met at start (each one a possible gap).
+    wal_damage,
+    /// WAL group commits (fsyncs).
+    wal_syncs,
+    /// Frames that could not be decoded and went to quarantine.
+    frames_quarantined,
+    /// Well-formed events of streams or types that are not recorded.
+    events_ignored,
+    /// Rows of a (stream, symbol) that is not configured.
+    rows_unexpected,
+    /// Rows whose key was already held (reconnect overlap, replays).
+    rows_duplicate,
+    /// Rows that arrived after their hour was sealed.
+    rows_late,
+    /// Parquet files sealed for the first time.
+    files_sealed,
+    /// Parquet files sealed again with late rows.
+    files_resealed,
+    /// Seal attempts that failed and will be retried.
+    seal_failures,
+    /// Stream connections established.
+    connections,
+    /// Stream connections lost.
+    disconnects,
+    /// Control replies that reported an error.
+    control_errors,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, amount: u64) {
+        counter.fetch_add(amount, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,654 @@
+//! The recorder runtime: wires connections, the WAL, the state machine and
+//! the Parquet writer together, and stops them in order.
+//!
+//! One task (the loop in [`run`]) owns the WAL writer and the [`State`].
+//! Connection tasks and clock tasks talk to it over one bounded channel
+//! (capacity [`CHANNEL_CAPACITY`]; when full, senders wait: a connection
+//! task then stops reading its socket and TCP pushes back). Blocking work
+//! runs off the async workers: each WAL batch (append, fsync, then decode)
+//! and each Parquet seal is a `spawn_blocking` job.
+
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::binance::decode::{decode_frame, Decoded};
+use crate::binance::rest::{RestClient, RestError};
+use crate::binance::streams::combined_stream_url;
+use crate::binance::ws::{now_us, run_connection, Backoff, Inbound};
+use crate::config::{Config, MarketConfig};
+use crate::domain::{Market, TimeUs};
+use crate::metrics::Counters;
+use crate::parquet_out::{self, HourFile};
+use crate::quarantine::{self, QuarantinedFrame};
+use crate::seal::merge_into_sealed;
+use crate::wal::{FsyncPolicy, Record, RecordKind, SegmentId, Wal, WalConfig, WalError, WalWriter};
+pub use state::{Checkpoint, SealJob, State};
+
+/// Capacity of the channel from connection tasks to the recorder.
+pub const CHANNEL_CAPACITY: usize = 8192;
+/// Most records in one WAL batch.
+const MAX_BATCH_RECORDS: usize = 16_384;
+/// Streams per connection: keeps combined URLs well under the ~8 KB that
+/// Binance refuses, and far under the 1024-stream limit.
+const STREAMS_PER_CONNECTION: usize = 200;
+
+/// Options that tests and the CLI may change; production uses the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub backoff: Backoff,
+}
+
+/// Runs the recorder until `shutdown` is cancelled, then stops in order:
+/// connections first, then every frame already received is made durable,
+/// in-flight seals finish (up to the configured deadline), and the WAL is
+/// closed. Unsealed hours stay in the WAL for the next start.
+pub async fn run(config: Config, options: RunOptions, counters: Arc<Counters>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.check_directories()?;
+    let config = Arc::new(config);
+    let wal_config = WalConfig {
+        dir: config.wal_dir.clone(),
+        segment_max_bytes: config.segment_max_bytes,
+        fsync: config.fsync,
+    };
+    let (wal, state) = open_and_replay(&config, wal_config.clone(), counters.clone()).await?;
+    for market_config in &config.markets {
+        check_symbols(market_config).await?;
+    }
+
+    let mut runtime = Runtime {
+        config: config.clone(),
+        wal_config,
+        counters: counters.clone(),
+        state,
+        wal: Some(wal),
+        pending: Vec::new(),
+        pending_since: None,
+        batch: None,
+        seals: JoinSet::new(),
+        seal_pause_until: None,
+    };
+    for market_config in &config.markets {
+        runtime.state.begin_session(market_config.market);
+        runtime.pending.push(checkpoint_record(&Checkpoint::SessionStart { market: market_config.market.name().into() }));
+    }
+    runtime.pending_since = Some(Instant::now());
+
+    let (sender, mut receiver) = mpsc::channel(CHANNEL_CAPACITY);
+    let tasks = TaskTracker::new();
+    let task_shutdown = CancellationToken::new();
+    for market_config in &config.markets {
+        spawn_market_tasks(&tasks, market_config, &options, &sender, &task_shutdown);
+    }
+    drop(sender);
+
+    runtime.run_until(&mut receiver, &shutdown).await;
+
+    info!("stopping: closing connections");
+    task_shutdown.cancel();
+    tasks.close();
+    let deadline = Instant::now() + config.shutdown_deadline;
+    let stop = runtime.stop(&mut receiver, &tasks);
+    match tokio::time::timeout_at(deadline, stop).await {
+        Ok(Ok(())) => {
+            info!("stopped cleanly");
+            Ok(())
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => {
+            error!(deadline_ms = config.shutdown_deadline.as_millis() as u64, "shutdown deadline passed; exiting with work left (the WAL holds every acknowledged frame)");
+            Err(anyhow::anyhow!("shutdown deadline passed"))
+        }
+    }
+}
+
+fn spawn_market_tasks(
+    tasks: &TaskTracker,
+    market_config: &MarketConfig,
+    options: &RunOptions,
+    sender: &mpsc::Sender<Inbound>,
+    shutdown: &CancellationToken,
+) {
+    let market = market_config.market;
+    let streams: Vec<_> = market_config
+        .symbols
+        .iter()
+        .flat_map(|symbol| market_config.streams.iter().map(move |kind| (symbol.clone(), *kind)))
+        .collect();
+    for chunk in streams.chunks(STREAMS_PER_CONNECTION) {
+        let url = combined_stream_url(&market_config.ws_url, market, chunk);
+        tasks.spawn(run_connection(market, url, options.backoff.clone(), sender.clone(), shutdown.child_token()));
+    }
+    let rest = RestClient::new(market, &market_config.rest_url);
+    tasks.spawn(run_clock_checks(market, rest, market_config.time_check_interval, sender.clone(), shutdown.child_token()));
+}
+
+/// Asks `/api/v3/time` every `interval` and reports the host clock's offset.
+async fn run_clock_checks(
+    market: Market,
+    rest: RestClient,
+    interval: Duration,
+    sender: mpsc::Sender<Inbound>,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let before = now_us();
+        match rest.server_time().await {
+            Ok(server_time) => {
+                let after = now_us();
+                let offset_us = (before + after) / 2 - server_time;
+                if sender.send(Inbound::ClockSample { market, server_time, offset_us }).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => debug!(%market, %error, "server time not available"),
+        }
+    }
+}
+
+/// Checks the configured symbols against `exchangeInfo`: an unknown symbol
+/// is an error, one that is not trading a warning. REST being unreachable
+/// is only a warning: recording must not wait for it.
+async fn check_symbols(market_config: &MarketConfig) -> anyhow::Result<()> {
+    if !market_config.check_symbols {
+        return Ok(());
+    }
+    let market = market_config.market;
+    let rest = RestClient::new(market, &market_config.rest_url);
+    let names: Vec<String> = market_config.symbols.iter().map(ToString::to_string).collect();
+    let statuses = match rest.symbol_statuses(&names).await {
+        Ok(statuses) => statuses,
+        Err(RestError::Status { code: Some(-1121), .. }) => {
+            // The list answer does not say which symbol is unknown: ask one by one.
+            let mut unknown = Vec::new();
+            for name in &names {
+                if let Err(RestError::Status { code: Some(-1121), .. }) =
+                    rest.symbol_statuses(std::slice::from_ref(name)).await
+                {
+                    unknown.push(name.clone());
+                }
+            }
+            anyhow::bail!(
+                "config key `markets.{market}.symbols`: unknown to the exchange: {} (Binance would accept the subscription and send nothing)",
+                unknown.join(", ")
+            );
+        }
+        Err(error) => {
+            warn!(%market, %error, "cannot check symbols against exchangeInfo; recording anyway");
+            return Ok(());
+        }
+    };
+    for name in &names {
+        match statuses.iter().find(|status| &status.symbol == name) {
+            None => anyhow::bail!("config key `markets.{market}.symbols`: {name} is unknown to the exchange"),
+            Some(status) if status.status != "TRADING" => {
+                warn!(%market, symbol = %name, status = %status.status, "symbol is not trading; its streams may stay silent")
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn checkpoint_record(checkpoint: &Checkpoint) -> Record {
+    Record {
+        kind: RecordKind::Checkpoint,
+        recv_time_us: now_us(),
+        payload: serde_json::to_vec(checkpoint).expect("checkpoints always serialise"),
+    }
+}
+
+/// A WS frame record's payload: one byte of market tag, then the frame.
+fn frame_record(market: Market, recv_time: TimeUs, bytes: &[u8]) -> Record {
+    let mut payload = Vec::with_capacity(bytes.len() + 1);
+    payload.push(market.wal_tag());
+    payload.extend_from_slice(bytes);
+    Record { kind: RecordKind::WsFrame, recv_time_us: recv_time, payload }
+}
+
+/// What a durable record turned into.
+enum Applied {
+    Frame { market: Market, segment: SegmentId, decoded: Decoded },
+    Checkpoint(Checkpoint),
+}
+
+/// Decodes a durable record; undecodable frames are returned for quarantine.
+fn decode_record(segment: SegmentId, record: &Record) -> Result<Option<Applied>, QuarantinedFrame> {
+    match record.kind {
+        RecordKind::WsFrame => {
+            let Some((&tag, frame)) = record.payload.split_first() else { return Ok(None) };
+            let Some(market) = Market::from_wal_tag(tag) else {
+                warn!(tag, "WAL frame of an unknown market tag; skipped");
+                return Ok(None);
+            };
+            match decode_frame(market, frame, record.recv_time_us) {
+                Ok(decoded) => Ok(Some(Applied::Frame { market, segment, decoded })),
+                Err(error) => Err(QuarantinedFrame {
+                    market,
+                    recv_time_us: record.recv_time_us,
+                    error: error.to_string(),
+                    frame: String::from_utf8_lossy(frame).into_owned(),
+                }),
+            }
+        }
+        RecordKind::Checkpoint => match serde_json::from_slice(&record.payload) {
+            Ok(checkpoint) => Ok(Some(Applied::Checkpoint(checkpoint))),
+            Err(error) => {
+                warn!(%error, "WAL checkpoint record not understood; skipped");
+                Ok(None)
+            }
+        },
+        RecordKind::RestRows => Ok(None),
+    }
+}
+
+async fn open_and_replay(config: &Arc<Config>, wal_config: WalConfig, counters: Arc<Counters>) -> anyhow::Result<(WalWriter, State)> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(WalWriter, State)> {
+        let (wal, report) = Wal::open(wal_config.clone())
+            .with_context(|| format!("cannot open the WAL in {}", wal_config.dir.display()))?;
+        if let Some(torn) = &report.torn_tail {
+            warn!(?torn, "WAL torn tail cut at start; the frames lost there are a gap");
+            Counters::add(&counters.wal_damage, 1);
+        }
+        let mut state = State::new(&config, counters.clone());
+        let mut quarantined = Vec::new();
+        let mut n_records = 0u64;
+        for item in report.replay() {
+            match item.context("cannot read the WAL")? {
+                crate::wal::ReadItem::Record { position, record } => {
+                    n_records += 1;
+                    match decode_record(position.segment, &record) {
+                        Ok(Some(Applied::Frame { market, segment, decoded })) => state.apply(market, segment, decoded),
+                        Ok(Some(Applied::Checkpoint(checkpoint))) => state.apply_checkpoint(checkpoint),
+                        Ok(None) => {}
+                        Err(frame) => quarantined.push(frame),
+                    }
+                }
+                crate::wal::ReadItem::Damage { segment, offset, skipped_bytes, reason, .. } => {
+                    Counters::add(&counters.wal_damage, 1);
+                    warn!(?segment, offset, skipped_bytes, ?reason, "WAL damage skipped; the frames lost there are a gap");
+                }
+                crate::wal::ReadItem::UnknownKind { position, kind, .. } => {
+                    warn!(?position, kind, "WAL record of an unknown kind skipped");
+                }
+            }
+        }
+        Counters::add(&counters.records_replayed, n_records);
+        if !quarantined.is_empty() {
+            // Quarantine files from the first pass may already hold them;
+            // duplicates there are harmless, a loss would not be.
+            quarantine::append(&config.quarantine_dir, &quarantined).context("cannot write the quarantine")?;
+        }
+        info!(n_records, n_unsealed_rows = state.n_unsealed_rows(), "WAL replayed");
+        Ok((wal, state))
+    })
+    .await
+    .context("WAL replay task failed")?
+}
+
+/// The outcome of one WAL batch, computed on a blocking thread.
+struct BatchOutcome {
+    wal: Option<WalWriter>,
+    /// On failure: the records, to append again after reopening.
+    result: Result<Vec<Applied>, (WalError, Vec<Record>)>,
+    n_frames: u64,
+    n_quarantined: u64,
+}
+
+struct SealOutcome {
+    job_key: crate::domain::StreamKey,
+    hour: crate::domain::Hour,
+    result: Result<SealResult, (String, Vec<crate::domain::Row>, Option<SegmentId>)>,
+}
+
+enum SealResult {
+    Written { path: PathBuf, n_rows: usize, resealed: bool },
+    Unchanged,
+}
+
+struct Runtime {
+    config: Arc<Config>,
+    wal_config: WalConfig,
+    counters: Arc<Counters>,
+    state: State,
+    /// `None` while a batch job holds it.
+    wal: Option<WalWriter>,
+    pending: Vec<Record>,
+    pending_since: Option<Instant>,
+    batch: Option<JoinHandle<BatchOutcome>>,
+    seals: JoinSet<SealOutcome>,
+    seal_pause_until: Option<Instant>,
+}
+
+impl Runtime {
+    async fn run_until(&mut self, receiver: &mut mpsc::Receiver<Inbound>, shutdown: &CancellationToken) {
+        loop {
+            self.maybe_start_batch();
+            let sync_deadline = self.sync_deadline();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                outcome = wait_batch(&mut self.batch) => self.finish_batch(outcome).await,
+                Some(joined) = self.seals.join_next(), if !self.seals.is_empty() => self.finish_seal(joined),
+                input = receiver.recv() => match input {
+                    Some(input) => self.take_input(input),
+                    None => {
+                        warn!("every connection task ended");
+                        shutdown.cancelled().await;
+                        return;
+                    }
+                },
+                _ = sleep_until_opt(sync_deadline) => {}
+            }
+            self.plan_seals();
+        }
+    }
+
+    fn take_input(&mut self, input: Inbound) {
+        match input {
+            Inbound::Frame { market, recv_time, bytes } => {
+                Counters::add(&self.counters.frames_received, 1);
+                self.pending.push(frame_record(market, recv_time, &bytes));
+                self.pending_since.get_or_insert_with(Instant::now);
+            }
+            Inbound::Connected { .. } => Counters::add(&self.counters.connections, 1),
+            Inbound::Disconnected { market, connection, reason } => {
+                Counters::add(&self.counters.disconnects, 1);
+                info!(%market, connection, %reason, "stream connection ended");
+            }
+            Inbound::ClockSample { market, server_time, offset_us } => {
+                self.state.add_clock_sample(market, server_time, offset_us)
+            }
+        }
+    }
+
+    fn sync_deadline(&self) -> Option<Instant> {
+        if self.batch.is_some() {
+            return None;
+        }
+        let since = self.pending_since?;
+        Some(match self.config.fsync {
+            FsyncPolicy::EveryRecord => since,
+            FsyncPolicy::Interval(interval) => since + interval,
+        })
+    }
+
+    /// Starts a WAL batch when one is due and none is running: group commit.
+    fn maybe_start_batch(&mut self) {
+        if self.batch.is_some() || self.pending.is_empty() {
+            return;
+        }
+        let due = self.pending.len() >= MAX_BATCH_RECORDS
+            || self.sync_deadline().is_some_and(|deadline| deadline <= Instant::now());
+        if !due {
+            return;
+        }
+        let records = std::mem::take(&mut self.pending);
+        self.pending_since = None;
+        let wal = self.wal.take();
+        let checkpoints: Vec<Record> = self.state.checkpoints().iter().map(checkpoint_record).collect();
+        let delete_upto = self.deletable_upto();
+        let wal_config = self.wal_config.clone();
+        let quarantine_dir = self.config.quarantine_dir.clone();
+        self.batch = Some(tokio::task::spawn_blocking(move || {
+            write_batch(wal, wal_config, records, checkpoints, delete_upto, &quarantine_dir)
+        }));
+    }
+
+    /// The newest segment that may be deleted: older than every segment
+    /// that still holds rows of an unsealed hour, and not the active one.
+    fn deletable_upto(&self) -> Option<SegmentId> {
+        let active = self.wal.as_ref()?.active_segment();
+        let keep_from = self.state.oldest_pinned_segment().map_or(active, |pinned| pinned.min(active));
+        keep_from.0.checked_sub(1).filter(|id| *id > 0).map(SegmentId)
+    }
+
+    async fn finish_batch(&mut self, outcome: BatchOutcome) {
+        self.wal = outcome.wal;
+        Counters::add(&self.counters.frames_quarantined, outcome.n_quarantined);
+        match outcome.result {
+            Ok(applied) => {
+                Counters::add(&self.counters.wal_syncs, 1);
+                Counters::add(&self.counters.frames_durable, outcome.n_frames);
+                for item in applied {
+                    match item {
+                        Applied::Frame { market, segment, decoded } => self.state.apply(market, segment, decoded),
+                        Applied::Checkpoint(_) => {}
+                    }
+                }
+            }
+            Err((error, mut records)) => {
+                error!(%error, n_records = records.len(), "WAL write failed; nothing in this batch was acknowledged, retrying after reopen");
+                records.append(&mut self.pending);
+                self.pending = records;
+                self.pending_since = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+
+    fn plan_seals(&mut self) {
+        if self.seal_pause_until.is_some_and(|until| Instant::now() < until) {
+            return;
+        }
+        let free = self.config.max_concurrent_seals.saturating_sub(self.seals.len());
+        if free == 0 {
+            return;
+        }
+        for job in self.state.plan_seals(free) {
+            let data_dir = self.config.data_dir.clone();
+            self.seals.spawn_blocking(move || execute_seal(&data_dir, job));
+        }
+    }
+
+    fn finish_seal(&mut self, joined: Result<SealOutcome, tokio::task::JoinError>) {
+        let outcome = match joined {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // A panicking seal loses its rows from memory but not from
+                // the WAL: they come back at the next start.
+                error!(%error, "seal task failed");
+                return;
+            }
+        };
+        match outcome.result {
+            Ok(SealResult::Written { path, n_rows, resealed }) => {
+                let counter = if resealed { &self.counters.files_resealed } else { &self.counters.files_sealed };
+                Counters::add(counter, 1);
+                info!(key = %outcome.job_key, hour = %outcome.hour, n_rows, resealed, path = %path.display(), "hour sealed");
+                self.state.seal_finished(&outcome.job_key, outcome.hour, None);
+            }
+            Ok(SealResult::Unchanged) => self.state.seal_finished(&outcome.job_key, outcome.hour, None),
+            Err((message, rows, segment)) => {
+                Counters::add(&self.counters.seal_failures, 1);
+                error!(key = %outcome.job_key, hour = %outcome.hour, %message, "seal failed; will retry");
+                let returned = segment.map(|segment| (rows, segment));
+                self.state.seal_finished(&outcome.job_key, outcome.hour, returned);
+                self.seal_pause_until = Some(Instant::now() + Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// The orderly stop after the connections were told to close.
+    async fn stop(mut self, receiver: &mut mpsc::Receiver<Inbound>, tasks: &TaskTracker) -> anyhow::Result<()> {
+        // Every frame a connection already handed over is made durable.
+        let drain = async {
+            while let Some(input) = receiver.recv().await {
+                self.take_input(input);
+            }
+        };
+        tokio::join!(drain, tasks.wait());
+        if let Some(batch) = self.batch.take() {
+            let outcome = batch.await.context("WAL batch task failed")?;
+            self.finish_batch(outcome).await;
+        }
+        for market_config in &self.config.markets {
+            let market = market_config.market;
+            let exchange_time = self.state.exchange_time(market);
+            self.state.end_session(market, exchange_time);
+            self.pending.push(checkpoint_record(&Checkpoint::SessionStop { market: market.name().into(), exchange_time }));
+        }
+        self.pending_since = Some(Instant::now() - Duration::from_secs(3600));
+        while !self.pending.is_empty() {
+            self.maybe_start_batch();
+            let outcome = wait_batch(&mut self.batch).await;
+            self.finish_batch(outcome).await;
+        }
+        info!(n_seals = self.seals.len(), n_unsealed_rows = self.state.n_unsealed_rows(), "WAL synced; waiting for seals in flight");
+        while let Some(joined) = self.seals.join_next().await {
+            self.finish_seal(joined);
+        }
+        if let Some(wal) = self.wal.take() {
+            tokio::task::spawn_blocking(move || wal.close()).await.context("WAL close task failed")??;
+        }
+        Ok(())
+    }
+}
+
+async fn wait_batch(batch: &mut Option<JoinHandle<BatchOutcome>>) -> BatchOutcome {
+    let Some(handle) = batch.as_mut() else { return std::future::pending().await };
+    let outcome = handle.await;
+    *batch = None;
+    match outcome {
+        Ok(outcome) => outcome,
+        Err(error) => panic!("WAL batch task panicked: {error}"),
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Appends and syncs one batch, then decodes it. Runs on a blocking thread.
+fn write_batch(
+    wal: Option<WalWriter>,
+    wal_config: WalConfig,
+    records: Vec<Record>,
+    checkpoints: Vec<Record>,
+    delete_upto: Option<SegmentId>,
+    quarantine_dir: &Path,
+) -> BatchOutcome {
+    let n_frames = records.iter().filter(|record| record.kind == RecordKind::WsFrame).count() as u64;
+    let mut wal = match wal {
+        Some(wal) if !wal.is_failed() => wal,
+        _ => match Wal::open(wal_config) {
+            // A failed writer is never used again (no fsync retry on the
+            // same file): a new segment takes the unacknowledged records.
+            Ok((wal, _report)) => wal,
+            Err(error) => {
+                return BatchOutcome { wal: None, result: Err((error, records)), n_frames, n_quarantined: 0 }
+            }
+        },
+    };
+    let mut segments = Vec::with_capacity(records.len());
+    let appended = (|| -> Result<(), WalError> {
+        for record in &records {
+            if wal.roll_due() {
+                wal.roll()?;
+                for checkpoint in &checkpoints {
+                    wal.append(checkpoint)?;
+                }
+            }
+            segments.push(wal.append(record)?.segment);
+        }
+        wal.sync()
+    })();
+    if let Err(error) = appended {
+        return BatchOutcome { wal: Some(wal), result: Err((error, records)), n_frames, n_quarantined: 0 };
+    }
+    if let Some(upto) = delete_upto {
+        match wal.delete_segments_upto(upto) {
+            Ok(deleted) if !deleted.is_empty() => debug!(?deleted, "WAL segments deleted: every hour they fed is sealed"),
+            Ok(_) => {}
+            Err(error) => warn!(%error, "cannot delete WAL segments; will retry"),
+        }
+    }
+    let mut applied = Vec::with_capacity(records.len());
+    let mut quarantined = Vec::new();
+    for (record, segment) in records.iter().zip(segments) {
+        match decode_record(segment, record) {
+            Ok(Some(item)) => applied.push(item),
+            Ok(None) => {}
+            Err(frame) => quarantined.push(frame),
+        }
+    }
+    let n_quarantined = quarantined.len() as u64;
+    if !quarantined.is_empty() {
+        warn!(n_quarantined, first_error = %quarantined[0].error, "frames could not be decoded; kept in quarantine");
+        if let Err(error) = quarantine::append(quarantine_dir, &quarantined) {
+            error!(%error, "cannot write the quarantine; the frames stay in the WAL");
+        }
+    }
+    BatchOutcome { wal: Some(wal), result: Ok(applied), n_frames, n_quarantined }
+}
+
+/// Writes one hour's file, merging with a file already sealed for it.
+/// Runs on a blocking thread.
+fn execute_seal(data_dir: &Path, job: SealJob) -> SealOutcome {
+    let job_key = job.key.clone();
+    let hour = job.hour;
+    let path = parquet_out::hour_file_path(data_dir, &job.key, job.hour);
+    let mut coverage = (job.coverage_from, job.coverage_to);
+    let mut rows = job.rows;
+    let mut resealed = false;
+    if path.exists() {
+        match parquet_out::read_hour_file(&path, job.key.kind) {
+            Ok(sealed) => {
+                if let Some((from, to)) = sealed_coverage(&path) {
+                    coverage = (coverage.0.min(from), coverage.1.max(to));
+                }
+                let (merged, changed) = merge_into_sealed(sealed, rows);
+                if !changed {
+                    return SealOutcome { job_key, hour, result: Ok(SealResult::Unchanged) };
+                }
+                rows = merged;
+                resealed = true;
+            }
+            Err(error) => {
+                let aside = path.with_extension("parquet.corrupt");
+                error!(path = %path.display(), %error, aside = %aside.display(), "sealed file unreadable; moved aside and rebuilt from the rows held");
+                if let Err(rename_error) = std::fs::rename(&path, &aside) {
+                    let message = format!("cannot move aside unreadable {}: {rename_error}", path.display());
+                    return SealOutcome { job_key, hour, result: Err((message, rows, job.first_segment)) };
+                }
+            }
+        }
+    }
+    let file = HourFile {
+        key: job.key,
+        hour: job.hour,
+        rows,
+        unfilled: Vec::new(),
+        coverage_from: coverage.0,
+        coverage_to: coverage.1,
+        clock_offset_us: job.clock_offset_us,
+    };
+    match parquet_out::write_hour_file(data_dir, &file) {
+        Ok(path) => SealOutcome { job_key, hour, result: Ok(SealResult::Written { path, n_rows: file.rows.len(), resealed }) },
+        Err(error) => SealOutcome { job_key, hour, result: Err((error.to_string(), file.rows, job.first_segment)) },
+    }
+}
+
+fn sealed_coverage(path: &Path) -> Option<(TimeUs, TimeUs)> {
+    let metadata = parquet_out::read_metadata(path).ok()?;
+    let value = |key: &str| metadata.iter().find(|(name, _)| name == key).and_then(|(_, value)| value.parse().ok());
+    Some((value("coverage_from")?, value("coverage_to")?))
+}
