@@ -82,6 +82,9 @@ impl Default for Limits {
 pub struct ReplayConfig {
     /// Stream captures (`.gz` or text) and data.binance.vision CSVs, in the order to replay.
     pub files: Vec<PathBuf>,
+    /// The simulated clock starts this long (simulated time) before the first event, so that
+    /// clients can connect before the data begins. Zero: the clock starts at the first event.
+    pub lead_in: Duration,
 }
 
 /// Random faults at a mean rate, chosen from a list, reproducible from a seed.

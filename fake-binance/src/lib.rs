@@ -253,7 +253,8 @@ async fn build_books(config: &FakeConfig) -> std::io::Result<(Vec<SymbolBook>, i
             })
             .min()
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, ReplayError::Empty))?;
-        return Ok((books, sim_start_us, true));
+        let lead_in_us = i64::try_from(replay.lead_in.as_micros()).unwrap_or(i64::MAX / 4);
+        return Ok((books, sim_start_us - lead_in_us, true));
     }
     let history_us = i64::try_from(config.history.as_micros()).unwrap_or(i64::MAX / 4);
     let data_start_us = config.sim_start_us - history_us;

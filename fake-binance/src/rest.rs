@@ -255,8 +255,15 @@ fn parse_integer(request: &HttpRequest, name: &str) -> Result<Option<i64>, ApiEr
 }
 
 /// Request times may be ms or µs (spot accepts both); anything below 10^14 is taken as ms.
-fn parse_time_us(request: &HttpRequest, name: &str) -> Result<Option<i64>, ApiError> {
-    Ok(parse_integer(request, name)?.map(|value| if value.abs() < 100_000_000_000_000 { value * 1000 } else { value }))
+/// An end time in ms covers its whole millisecond (it is inclusive), hence `end_of_unit`.
+fn parse_time_us(request: &HttpRequest, name: &str, end_of_unit: bool) -> Result<Option<i64>, ApiError> {
+    Ok(parse_integer(request, name)?.map(|value| {
+        if value.abs() < 100_000_000_000_000 {
+            value * 1000 + if end_of_unit { 999 } else { 0 }
+        } else {
+            value
+        }
+    }))
 }
 
 fn parse_limit(request: &HttpRequest) -> Result<usize, ApiError> {
@@ -397,8 +404,8 @@ fn historical_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> 
 fn agg_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
     let limit = parse_limit(request)?;
     let from_id = parse_integer(request, "fromId")?;
-    let start_us = parse_time_us(request, "startTime")?;
-    let end_us = parse_time_us(request, "endTime")?;
+    let start_us = parse_time_us(request, "startTime", false)?;
+    let end_us = parse_time_us(request, "endTime", true)?;
     if from_id.is_some() && (start_us.is_some() || end_us.is_some()) {
         return Err(ApiError::bad_request(-1128, "Combination of optional parameters invalid."));
     }
@@ -437,8 +444,8 @@ fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
         Some(text) => KlineInterval::parse(text).ok_or_else(|| ApiError::bad_request(-1120, "Invalid interval."))?,
     };
     let limit = parse_limit(request)?;
-    let start_us = parse_time_us(request, "startTime")?;
-    let end_us = parse_time_us(request, "endTime")?;
+    let start_us = parse_time_us(request, "startTime", false)?;
+    let end_us = parse_time_us(request, "endTime", true)?;
     let (market, now_us) = shared.market_now();
     let book = symbol_book(&market, request)?;
     let grid_first = book.first_kline_open(interval);
