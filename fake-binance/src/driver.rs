@@ -29,6 +29,9 @@ const MAX_IDLE: Duration = Duration::from_millis(50);
 /// A swapped event held back longer than this (sim) is sent anyway.
 const MAX_SWAP_HOLD_US: i64 = 2_000_000;
 
+/// Kline events with their merge key (event time, symbol index, interval index).
+type KeyedKlineEvents = Vec<((i64, usize, usize), Arc<StreamEvent>)>;
+
 struct KlineStream {
     stream_name: Arc<str>,
     next_tick_us: i64,
@@ -253,7 +256,7 @@ fn advance_kline_stream(
     stream: &mut KlineStream,
     now_us: i64,
     seed: u64,
-    out: &mut Vec<((i64, usize, usize), Arc<StreamEvent>)>,
+    out: &mut KeyedKlineEvents,
 ) -> i64 {
     let period = interval.update_period_us();
     loop {

@@ -66,11 +66,13 @@ impl SymbolSpec {
     /// Plausible filters for well-known symbols; anything else gets generic ones.
     pub fn for_symbol(symbol: &str) -> SymbolSpec {
         let (base_asset, quote_asset) = split_symbol(symbol);
+        const UNIT: i64 = crate::decimal::ATOMS_PER_UNIT;
+        // (price, tick 0.01, lot step) in atoms.
         let (initial_price_atoms, tick_atoms, step_atoms) = match symbol {
-            "BTCUSDT" | "BTCFDUSD" | "BTCUSDC" => (60_000_00_000_000, 1_000_000, 1_000),
-            "ETHUSDT" | "ETHUSDC" => (3_000_00_000_000, 1_000_000, 10_000),
-            "BNBUSDT" => (600_00_000_000, 1_000_000, 100_000),
-            "SOLUSDT" => (150_00_000_000, 1_000_000, 100_000),
+            "BTCUSDT" | "BTCFDUSD" | "BTCUSDC" => (60_000 * UNIT, 1_000_000, 1_000),
+            "ETHUSDT" | "ETHUSDC" => (3_000 * UNIT, 1_000_000, 10_000),
+            "BNBUSDT" => (600 * UNIT, 1_000_000, 100_000),
+            "SOLUSDT" => (150 * UNIT, 1_000_000, 100_000),
             _ => {
                 // Something between 1 and 100 with a 0.0001 tick, derived from the name so it is stable.
                 let price_units = 1 + (stable_hash_str(symbol) % 100) as i64;
@@ -168,8 +170,9 @@ impl OrderGenerator {
 
     fn generate_order(&mut self, time_us: i64, trades: &mut Vec<Trade>, agg_trades: &mut Vec<AggTrade>) {
         let tick = self.spec.tick_atoms;
-        // The mid price drifts a few ticks between orders.
-        let drift_ticks = self.random.below(7) as i64 - 3;
+        // The mid price drifts between orders (up to 25 ticks either way: a BTCUSDT hour moves
+        // some tens of dollars, enough for klines with distinct open, high, low and close).
+        let drift_ticks = self.random.below(51) as i64 - 25;
         self.mid_price_atoms = (self.mid_price_atoms + drift_ticks * tick).max(100 * tick);
 
         let taker_is_buyer = self.random.below(2) == 0;

@@ -74,7 +74,7 @@ impl Shared {
 
     pub fn inject(&self, fault: Fault) {
         let kind = fault.kind_name();
-        warn!(fault = kind, ?fault, "fault injected");
+        warn!(fault_kind = kind, ?fault, "fault injected");
         self.counters.update(|counters| *counters.faults_injected.entry(kind.to_owned()).or_default() += 1);
         let injected = |frame: InjectedFrame, count: u32| {
             let registry = lock(&self.registry);

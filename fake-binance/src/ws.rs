@@ -152,6 +152,8 @@ fn take_handshake_budget(shared: &Shared) -> bool {
 async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
     let _ = stream.set_nodelay(true);
     let mut accepted_request: Option<ConnectRequest> = None;
+    // The error type is tungstenite's; its size is not ours to change.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         let path_and_query = request.uri().path_and_query().map(|value| value.as_str()).unwrap_or("/");
         match parse_connect_request(path_and_query) {

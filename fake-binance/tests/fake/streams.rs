@@ -121,7 +121,7 @@ async fn one_second_klines_close_every_second_including_empty_ones() {
             }
         } else {
             saw_full = true;
-            assert_eq!(current["o"].as_str().is_some(), true);
+            assert!(current["o"].as_str().is_some());
         }
     }
     for event in &events {
