@@ -22,9 +22,10 @@ use crate::market::{kline_close_latency_us, KlineState, MarketState, SymbolBook}
 use crate::shared::{lock, Registry, Shared};
 use crate::streams::StreamName;
 
-/// Longest real pause between two steps, so new subscriptions are picked up promptly
-/// even when no event is due.
-const MAX_IDLE: Duration = Duration::from_millis(50);
+/// Longest real pause between two steps. Subscription changes wake the driver at once
+/// (`Shared::driver_wakeup`); this is only a safety net, kept long so that tests with
+/// tokio's paused time do not spin through millions of idle steps.
+const MAX_IDLE: Duration = Duration::from_secs(10);
 
 /// A swapped event held back longer than this (sim) is sent anyway.
 const MAX_SWAP_HOLD_US: i64 = 2_000_000;
@@ -333,6 +334,7 @@ pub(crate) async fn run_driver(shared: Arc<Shared>, cancel: CancellationToken) {
         let wake_at = if next_due_us == i64::MAX { idle_limit } else { shared.clock.instant_of(next_due_us).min(idle_limit) };
         tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = shared.driver_wakeup.notified() => {}
             _ = sleep_until(wake_at) => {}
         }
     }

@@ -119,6 +119,7 @@ impl FakeExchange {
             handshakes: Mutex::new(VecDeque::new()),
             weight: Mutex::new(rest::WeightState::new(clock.real_start())),
             replay_mode,
+            driver_wakeup: tokio::sync::Notify::new(),
             config,
         });
         let tracker = TaskTracker::new();

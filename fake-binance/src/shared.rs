@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Notify};
 use tokio::time::{Duration, Instant};
 use tracing::warn;
 
@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub weight: Mutex<WeightState>,
     /// Replay streams every event from the first; the model streams only from the start.
     pub replay_mode: bool,
+    /// Poked when subscriptions change, so the driver starts new kline streams at once.
+    pub driver_wakeup: Notify,
 }
 
 impl Shared {

@@ -210,6 +210,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
         );
         connection_id
     };
+    shared.driver_wakeup.notify_one();
     info!(%peer, connection_id, streams = connect_request.streams.len(), combined = connect_request.combined, "websocket connected");
     let mut session = Session {
         shared: Arc::clone(&shared),
@@ -455,11 +456,14 @@ impl Session {
                     return Some(SessionEnd::TooManyStreams);
                 }
                 if let Some(streams) = outcome.new_streams {
-                    let mut registry = lock(&self.shared.registry);
-                    if let Some(entry) = registry.connections.get_mut(&self.connection_id) {
-                        entry.streams = streams.iter().cloned().collect();
-                        entry.streams_in_order = streams;
+                    {
+                        let mut registry = lock(&self.shared.registry);
+                        if let Some(entry) = registry.connections.get_mut(&self.connection_id) {
+                            entry.streams = streams.iter().cloned().collect();
+                            entry.streams_in_order = streams;
+                        }
                     }
+                    self.shared.driver_wakeup.notify_one();
                 }
                 if let Some(combined) = outcome.new_combined {
                     self.combined = combined;

@@ -146,3 +146,23 @@ async fn data_binance_vision_agg_trades_csv_replays_as_agg_trade_events() {
     assert_eq!(page[0]["T"], 1_767_225_600_039_i64);
     exchange.shutdown().await;
 }
+
+#[tokio::test]
+async fn cryptofeed_capture_with_a_url_line_replays_its_agg_trades() {
+    let Some(file) = real_file("ws/cryptofeed/BINANCE.ws.1.0") else {
+        return;
+    };
+    let exchange = FakeExchange::start(replay_config(vec![file], 10.0, Duration::ZERO)).await.unwrap();
+    let mut symbols = exchange.symbols();
+    symbols.sort();
+    assert_eq!(symbols, vec!["LRCBTC".to_owned(), "NKNUSDT".to_owned()]);
+    // Wait until both aggTrades (30 s of capture at speed 10) have been published.
+    crate::support::wait_until(Duration::from_secs(10), "capture fully published", || {
+        exchange.ground_truth("NKNUSDT", exchange.sim_now_us()).agg_trades.len() == 1
+            && exchange.ground_truth("LRCBTC", exchange.sim_now_us()).agg_trades.len() == 1
+    })
+    .await;
+    let truth = exchange.ground_truth("NKNUSDT", exchange.sim_now_us());
+    assert_eq!(truth.agg_trades[0].id, 15_683_430);
+    exchange.shutdown().await;
+}

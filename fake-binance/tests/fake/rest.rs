@@ -270,3 +270,22 @@ async fn klines_parameter_semantics_and_the_open_kline() {
     assert_eq!(page[0][6].as_i64().unwrap(), page[0][0].as_i64().unwrap() + 59_999_999);
     exchange.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_same_seed_gives_the_same_market() {
+    let first = FakeExchange::start(config(1.0)).await.unwrap();
+    let second = FakeExchange::start(config(1.0)).await.unwrap();
+    let mut other_config = config(1.0);
+    other_config.seed = 8;
+    let other = FakeExchange::start(other_config).await.unwrap();
+    let until = SIM_START_US;
+    let truth = first.ground_truth("BNBUSDT", until);
+    assert!(truth.trades.len() > 1000);
+    assert_eq!(truth, second.ground_truth("BNBUSDT", until));
+    assert_ne!(truth.trades, other.ground_truth("BNBUSDT", until).trades);
+    let rows = |base: String| async move { get(&base, "/api/v3/aggTrades?symbol=BNBUSDT&startTime=1723160000000&limit=50").await.body };
+    assert_eq!(rows(first.rest_base_url()).await, rows(second.rest_base_url()).await);
+    first.shutdown().await;
+    second.shutdown().await;
+    other.shutdown().await;
+}

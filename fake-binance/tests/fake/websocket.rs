@@ -222,3 +222,26 @@ async fn handshakes_past_the_budget_get_429_until_the_window_passes() {
     }
     exchange.shutdown().await;
 }
+
+/// The default 24 h lifetime and 20 s pings, driven by tokio's paused clock: a day passes
+/// in well under a second of real time, and the client's automatic pongs keep the link.
+#[tokio::test(start_paused = true)]
+async fn a_day_on_paused_time_ends_with_the_lifetime_close() {
+    let mut exchange_config = config(1.0);
+    exchange_config.limits = Limits::default();
+    exchange_config.symbols = vec!["BTCUSDT".to_owned()];
+    exchange_config.mean_orders_per_sec = 0.01;
+    let exchange = FakeExchange::start(exchange_config).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut client = Client::connect(&format!("{}/ws/btcusdt@trade", exchange.ws_base_url())).await;
+    let frame = client.wait_close(Duration::from_secs(25 * 3600)).await.expect("close frame");
+    assert_eq!(frame.reason.as_str(), "Connection lifetime reached");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_secs(24 * 3600) && elapsed < Duration::from_secs(24 * 3600 + 60), "{elapsed:?}");
+    let counters = exchange.counters();
+    assert_eq!(counters.ws_lifetime_closes, 1);
+    assert_eq!(counters.ws_pong_timeout_closes, 0);
+    assert!((4300..=4320).contains(&counters.ws_pings_sent), "a ping every 20 s: {}", counters.ws_pings_sent);
+    assert!(exchange.sim_now_us() >= crate::support::SIM_START_US + 24 * 3600 * 1_000_000);
+    exchange.shutdown().await;
+}
