@@ -82,6 +82,9 @@ impl Default for Limits {
 pub struct ReplayConfig {
     /// Stream captures (`.gz` or text) and data.binance.vision CSVs, in the order to replay.
     pub files: Vec<PathBuf>,
+    /// The simulated clock starts this long (simulated time) before the first event, so that
+    /// clients can connect before the data begins. Zero: the clock starts at the first event.
+    pub lead_in: Duration,
 }
 
 /// Random faults at a mean rate, chosen from a list, reproducible from a seed.
@@ -117,10 +120,6 @@ pub struct FakeConfig {
     pub mean_orders_per_sec: f64,
     pub limits: Limits,
     pub replay: Option<ReplayConfig>,
-    /// Replay only: the simulated clock starts this long (simulated time) before the first
-    /// replayed event, so clients can connect before the data begins. Default zero: the
-    /// clock starts at the first event.
-    pub replay_lead_in: Duration,
     pub chaos: Option<ChaosConfig>,
 }
 
@@ -136,7 +135,6 @@ impl Default for FakeConfig {
             mean_orders_per_sec: 2.0,
             limits: Limits::default(),
             replay: None,
-            replay_lead_in: Duration::ZERO,
             chaos: None,
         }
     }

@@ -254,7 +254,7 @@ async fn build_books(config: &FakeConfig) -> std::io::Result<(Vec<SymbolBook>, i
             })
             .min()
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, ReplayError::Empty))?;
-        let lead_in_us = i64::try_from(config.replay_lead_in.as_micros()).unwrap_or(i64::MAX / 4);
+        let lead_in_us = i64::try_from(replay.lead_in.as_micros()).unwrap_or(i64::MAX / 4);
         return Ok((books, sim_start_us - lead_in_us, true));
     }
     let history_us = i64::try_from(config.history.as_micros()).unwrap_or(i64::MAX / 4);

@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
         config.sim_start_us = start_ms * 1000;
     }
     if !arguments.replay.is_empty() {
-        config.replay = Some(ReplayConfig { files: arguments.replay.clone() });
+        config.replay = Some(ReplayConfig { files: arguments.replay.clone(), lead_in: Duration::ZERO });
     }
     if let Some(per_minute) = arguments.chaos_per_minute {
         config.chaos = Some(ChaosConfig { seed: arguments.seed, mean_faults_per_minute: per_minute, faults: Vec::new() });

@@ -51,8 +51,7 @@ fn replay_config(files: Vec<PathBuf>, speed: f64, lead_in: Duration) -> FakeConf
     FakeConfig {
         speed,
         limits: relaxed_limits(),
-        replay: Some(ReplayConfig { files }),
-        replay_lead_in: lead_in,
+        replay: Some(ReplayConfig { files, lead_in }),
         ..FakeConfig::default()
     }
 }
