@@ -26,7 +26,7 @@
 //! 3. The connection task renders the JSON in its time unit (ms or µs), wraps it
 //!    for combined streams, and writes it.
 //! 4. REST serves the same trade once its `E` has passed; the ground truth
-//!    reports it for any `until > E`.
+//!    reports it from then on for any `until > T`.
 
 pub mod config;
 pub mod counters;
@@ -185,9 +185,11 @@ impl FakeExchange {
         lock(&self.shared.market).books.iter().map(|book| book.spec.symbol.clone()).collect()
     }
 
-    /// Everything produced for `symbol` with event time < `until_sim_us` (clamped to now):
-    /// trades, aggregate trades, and for each of the 16 intervals the klines whose
-    /// closing event came before `until_sim_us`. Unknown symbol: empty.
+    /// Everything that happened on `symbol` before `until_sim_us` and has been published:
+    /// trades and aggregate trades with trade time `T < until` (and `E <= now`), and for
+    /// each of the 16 intervals the klines with close time `< until` whose closing event
+    /// was sent (`E <= now`). So `until` = an hour's end gives that hour complete, once the
+    /// simulated clock is a few ms past it. Unknown symbol: empty.
     pub fn ground_truth(&self, symbol: &str, until_sim_us: i64) -> GroundTruth {
         ground_truth_of(&self.shared, symbol, until_sim_us).unwrap_or_default()
     }
@@ -275,13 +277,13 @@ async fn build_books(config: &FakeConfig) -> std::io::Result<(Vec<SymbolBook>, i
 
 pub(crate) fn ground_truth_of(shared: &Shared, symbol: &str, until_sim_us: i64) -> Option<GroundTruth> {
     let (market, now_us) = shared.market_now();
-    let until_us = until_sim_us.min(now_us + 1);
     let book = market.book(symbol)?;
-    let (trades, agg_trades) = truth::trades_until(book, until_us);
+    let (trades, agg_trades) = truth::trades_until(book, until_sim_us, now_us);
     let klines = KlineInterval::ALL
         .into_iter()
         .map(|interval| {
-            (interval.as_str().to_owned(), truth::closed_klines_until(book, market.seed, interval, until_us))
+            let klines = truth::closed_klines_until(book, market.seed, interval, until_sim_us, now_us);
+            (interval.as_str().to_owned(), klines)
         })
         .collect();
     Some(GroundTruth { trades, agg_trades, klines })
@@ -290,7 +292,7 @@ pub(crate) fn ground_truth_of(shared: &Shared, symbol: &str, until_sim_us: i64) 
 pub(crate) fn klines_of(shared: &Shared, symbol: &str, interval: KlineInterval, until_sim_us: i64) -> Option<Vec<TruthKline>> {
     let (market, now_us) = shared.market_now();
     let book = market.book(symbol)?;
-    Some(truth::closed_klines_until(book, market.seed, interval, until_sim_us.min(now_us + 1)))
+    Some(truth::closed_klines_until(book, market.seed, interval, until_sim_us, now_us))
 }
 
 pub(crate) fn counters_of(shared: &Shared) -> Counters {

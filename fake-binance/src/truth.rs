@@ -13,7 +13,7 @@ use crate::market::{kline_close_latency_us, KlineState, SymbolBook};
 pub struct GroundTruth {
     pub trades: Vec<TruthTrade>,
     pub agg_trades: Vec<TruthAggTrade>,
-    /// Closed klines per interval name (`1m`, `1M`, ...), for all 16 intervals.
+    /// Closed klines per interval name (`1m`, `1M`, ...), for all 16 intervals, in open-time order.
     pub klines: BTreeMap<String, Vec<TruthKline>>,
 }
 
@@ -82,12 +82,13 @@ impl TruthKline {
     }
 }
 
-/// Trades and aggregate trades whose event was produced before `until_us` (E < until).
-pub(crate) fn trades_until(book: &SymbolBook, until_us: i64) -> (Vec<TruthTrade>, Vec<TruthAggTrade>) {
+/// Trades and aggregate trades with trade time `T < until_us` whose event has been
+/// published by `now_us` (`E <= now`). Both times never decrease along the vectors.
+pub(crate) fn trades_until(book: &SymbolBook, until_us: i64, now_us: i64) -> (Vec<TruthTrade>, Vec<TruthAggTrade>) {
     let trades = book
         .trades
         .iter()
-        .take_while(|trade| trade.event_time_us < until_us)
+        .take_while(|trade| trade.time_us < until_us && trade.event_time_us <= now_us)
         .map(|trade| TruthTrade {
             id: trade.id,
             price: format_atoms(trade.price),
@@ -101,7 +102,7 @@ pub(crate) fn trades_until(book: &SymbolBook, until_us: i64) -> (Vec<TruthTrade>
     let agg_trades = book
         .agg_trades
         .iter()
-        .take_while(|agg| agg.event_time_us < until_us)
+        .take_while(|agg| agg.time_us < until_us && agg.event_time_us <= now_us)
         .map(|agg| TruthAggTrade {
             id: agg.id,
             price: format_atoms(agg.price),
@@ -117,8 +118,14 @@ pub(crate) fn trades_until(book: &SymbolBook, until_us: i64) -> (Vec<TruthTrade>
     (trades, agg_trades)
 }
 
-/// Closed klines whose closing event was produced before `until_us`.
-pub(crate) fn closed_klines_until(book: &SymbolBook, seed: u64, interval: KlineInterval, until_us: i64) -> Vec<TruthKline> {
+/// Klines with close time `< until_us` whose closing event has been published by `now_us`.
+pub(crate) fn closed_klines_until(
+    book: &SymbolBook,
+    seed: u64,
+    interval: KlineInterval,
+    until_us: i64,
+    now_us: i64,
+) -> Vec<TruthKline> {
     let first_open = book.first_kline_open(interval);
     let last_open = interval.open_time_containing(until_us);
     if last_open < first_open {
@@ -131,7 +138,8 @@ pub(crate) fn closed_klines_until(book: &SymbolBook, seed: u64, interval: KlineI
         .filter_map(|kline| {
             let close_event_time_us =
                 kline.next_open_us + kline_close_latency_us(seed, book.index, interval, kline.open_us);
-            (close_event_time_us < until_us).then(|| TruthKline::from_state(kline, close_event_time_us))
+            let closed = kline.next_open_us <= until_us && close_event_time_us <= now_us;
+            closed.then(|| TruthKline::from_state(kline, close_event_time_us))
         })
         .collect()
 }

@@ -278,7 +278,7 @@ async fn the_same_seed_gives_the_same_market() {
     let mut other_config = config(1.0);
     other_config.seed = 8;
     let other = FakeExchange::start(other_config).await.unwrap();
-    let until = SIM_START_US;
+    let until = SIM_START_US - 1_000_000;
     let truth = first.ground_truth("BNBUSDT", until);
     assert!(truth.trades.len() > 1000);
     assert_eq!(truth, second.ground_truth("BNBUSDT", until));
@@ -288,4 +288,29 @@ async fn the_same_seed_gives_the_same_market() {
     first.shutdown().await;
     second.shutdown().await;
     other.shutdown().await;
+}
+
+#[tokio::test]
+async fn ground_truth_until_cuts_by_trade_time_and_close_time() {
+    let exchange = FakeExchange::start(config(60.0)).await.unwrap();
+    // Let a few simulated seconds pass so events around the start are all published.
+    crate::support::wait_until(Duration::from_secs(5), "clock past the start", || {
+        exchange.sim_now_us() > SIM_START_US + 5_000_000
+    })
+    .await;
+    let everything = exchange.ground_truth("BTCUSDT", exchange.sim_now_us());
+    let at_start = exchange.ground_truth("BTCUSDT", SIM_START_US);
+    let before_start: Vec<_> = everything.trades.iter().filter(|trade| trade.time_us < SIM_START_US).cloned().collect();
+    assert_eq!(at_start.trades, before_start);
+    assert!(at_start.trades.len() < everything.trades.len());
+    let minutes = &at_start.klines["1m"];
+    assert_eq!(minutes.len(), 30);
+    assert_eq!(minutes.last().unwrap().close_time_us, SIM_START_US - 1);
+    assert!(minutes.last().unwrap().close_event_time_us > SIM_START_US);
+    // The hour before the start is only half in the history; its kline holds that half.
+    let hours = &at_start.klines["1h"];
+    assert_eq!(hours.len(), 1);
+    assert_eq!(hours[0].first_trade_id, at_start.trades[0].id);
+    assert_eq!(hours[0].trade_count as usize, at_start.trades.len());
+    exchange.shutdown().await;
 }
