@@ -276,7 +276,9 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
-                    self.close(CloseCode::Away, "Server stopping").await;
+                    // On shutdown, say goodbye but do not wait for the client's answer.
+                    let frame = CloseFrame { code: CloseCode::Away, reason: "Server stopping".into() };
+                    let _ = timeout(Duration::from_millis(100), self.websocket.send(Message::Close(Some(frame)))).await;
                     return SessionEnd::ServerStopping;
                 }
                 command = self.commands.recv() => match command {
