@@ -70,7 +70,6 @@ fn run(config_path: PathBuf) -> ExitCode {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    let _ = rustls::crypto::ring::default_provider().install_default();
 
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,3 +5,9 @@ pub mod decode;
 pub mod streams;
 pub mod rest;
 pub mod ws;
+
+/// Installs rustls' ring provider for this process (once; later calls are
+/// no-ops). Both the WebSocket and the REST client need one for TLS.
+pub fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

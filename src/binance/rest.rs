@@ -63,6 +63,7 @@ struct ServerTime {
 
 impl RestClient {
     pub fn new(market: Market, base_url: &str) -> RestClient {
+        crate::binance::ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))

@@ -55,6 +55,7 @@ pub struct RunOptions {
 /// closed. Unsealed hours stay in the WAL for the next start.
 pub async fn run(config: Config, options: RunOptions, counters: Arc<Counters>, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.check_directories()?;
+    crate::binance::ensure_crypto_provider();
     let config = Arc::new(config);
     let wal_config = WalConfig {
         dir: config.wal_dir.clone(),

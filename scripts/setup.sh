@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh machine: the Rust components
+# and cargo-nextest (if missing), and a Python venv in .venv with the query
+# engines the dataset is checked with. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+    echo "cargo not found: install Rust stable (rustup) first" >&2
+    exit 1
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import duckdb, pandas, polars, pyarrow, pytz" 2>/dev/null; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+fi
+.venv/bin/python -c "import duckdb, pandas, polars, pyarrow; print('python test deps: duckdb', duckdb.__version__, 'pandas', pandas.__version__, 'polars', polars.__version__, 'pyarrow', pyarrow.__version__)"

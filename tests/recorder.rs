@@ -1,0 +1,14 @@
+//! Integration tests of the recorder against the fake exchange, in one test
+//! binary (one link of arrow/parquet instead of one per file).
+
+#[path = "recorder/support.rs"]
+mod support;
+
+#[path = "recorder/config_errors.rs"]
+mod config_errors;
+#[path = "recorder/end_to_end.rs"]
+mod end_to_end;
+#[path = "recorder/real_data.rs"]
+mod real_data;
+#[path = "recorder/restart.rs"]
+mod restart;

@@ -1,0 +1,57 @@
+//! Bad config values stop the binary at once with a message naming the key.
+
+use std::process::Command;
+
+fn check_config(text: &str) -> (i32, String) {
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let path = scratch.path().join("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    let output = Command::new(env!("CARGO_BIN_EXE_binance-recorder"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("binary runs");
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn bad_values_exit_2_naming_the_key() {
+    let shipped = include_str!("../../config.toml");
+    let cases = [
+        (shipped.replace("\"SOLUSDT\"", "\"solusdt\""), "markets.spot.symbols"),
+        (shipped.replace("\"kline_1m\"", "\"kline_7m\""), "markets.spot.streams"),
+        (shipped.replace("fsync = \"interval\"", "fsync = \"never\""), "wal.fsync"),
+        (shipped.replace("grace_ms = 10000", "grace_ms = -5"), "grace_ms"),
+        (shipped.replace("max_concurrent = 2", "max_concurrent = 2\nmax_parallel = 3"), "max_parallel"),
+        (shipped.replace("https://api.binance.com", "https://data-api.binance.vision"), "markets.spot.rest_url"),
+        (shipped.replace("symbols = [\"BTCUSDT\", \"ETHUSDT\", \"SOLUSDT\"]", "symbols = []"), "markets.spot.symbols"),
+    ];
+    for (text, key) in cases {
+        let (code, stderr) = check_config(&text);
+        assert_eq!(code, 2, "exit code for {key}: {stderr}");
+        assert!(stderr.contains(key), "message names {key}: {stderr}");
+    }
+}
+
+#[test]
+fn unwritable_data_directory_names_the_key() {
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let blocker = scratch.path().join("file");
+    std::fs::write(&blocker, b"x").expect("write");
+    let text = include_str!("../../config.toml")
+        .replace("data/parquet", &format!("{}/parquet", blocker.display()))
+        .replace("check_symbols = true", "check_symbols = false");
+    let (code, stderr) = check_config(&text);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("storage.data_dir"), "{stderr}");
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let output = Command::new(env!("CARGO_BIN_EXE_binance-recorder"))
+        .args(["run", "--config", "/nonexistent/config.toml"])
+        .output()
+        .expect("binary runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/config.toml"));
+}

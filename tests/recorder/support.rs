@@ -1,0 +1,227 @@
+//! Shared helpers: a fake exchange and a recorder config pointing at it,
+//! the recorder run in-process, waiting on conditions with deadlines, and
+//! comparing sealed files with the fake's ground truth.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use binance_recorder::config::Config;
+use binance_recorder::domain::{Hour, KlineInterval, Market, Row, Source, StreamKey, StreamKind, Symbol};
+use binance_recorder::metrics::{Counters, CountersSnapshot};
+use binance_recorder::parquet_out;
+use binance_recorder::recorder::{self, RunOptions};
+use fake_binance::{FakeConfig, FakeExchange, GroundTruth, Limits};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub const SYMBOLS: [&str; 3] = ["BTCUSDT", "ETHUSDT", "BNBUSDT"];
+
+/// 2026-01-01 00:59:00 UTC: one simulated minute before an hour starts.
+pub const SIM_START_US: i64 = 1_767_229_140_000_000;
+
+pub fn fake_config(speed: f64) -> FakeConfig {
+    FakeConfig {
+        seed: 42,
+        speed,
+        sim_start_us: SIM_START_US,
+        history: Duration::from_secs(3600),
+        symbols: SYMBOLS.iter().map(|symbol| symbol.to_string()).collect(),
+        mean_orders_per_sec: 0.5,
+        limits: Limits { ping_interval: Duration::from_secs(2), ..Limits::default() },
+        ..FakeConfig::default()
+    }
+}
+
+/// A recorder config for `fake`, with every directory under `root`.
+pub fn recorder_toml(fake: &FakeExchange, root: &Path, symbols: &[&str], streams: &[&str]) -> String {
+    let quoted = |items: &[&str]| items.iter().map(|item| format!("\"{item}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        r#"
+[storage]
+data_dir = "{root}/data"
+wal_dir = "{root}/wal"
+quarantine_dir = "{root}/quarantine"
+
+[wal]
+fsync = "interval"
+fsync_interval_ms = 20
+segment_max_bytes = 1048576
+
+[seal]
+grace_ms = 5000
+max_concurrent = 2
+
+[shutdown]
+deadline_ms = 20000
+
+[markets.spot]
+ws_url = "{ws}"
+rest_url = "{rest}"
+symbols = [{symbols}]
+streams = [{streams}]
+time_check_interval_secs = 1
+"#,
+        root = root.display(),
+        ws = fake.ws_base_url(),
+        rest = fake.rest_base_url(),
+        symbols = quoted(symbols),
+        streams = quoted(streams),
+    )
+}
+
+/// A recorder running in this process.
+pub struct RunningRecorder {
+    pub counters: Arc<Counters>,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningRecorder {
+    pub fn start(config_text: &str) -> RunningRecorder {
+        let config = Config::from_toml(config_text).expect("test config is valid");
+        let counters = Arc::new(Counters::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(recorder::run(config, RunOptions::default(), counters.clone(), shutdown.clone()));
+        RunningRecorder { counters, shutdown, task }
+    }
+
+    pub fn counters(&self) -> CountersSnapshot {
+        self.counters.snapshot()
+    }
+
+    /// The same path as SIGTERM: cancel, then wait for the orderly stop.
+    pub async fn stop(self) -> CountersSnapshot {
+        self.shutdown.cancel();
+        self.task.await.expect("recorder task did not panic").expect("recorder stopped cleanly");
+        self.counters.snapshot()
+    }
+}
+
+/// Waits until `condition` holds, polling every 10 ms, failing after `within`.
+pub async fn wait_until(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        ticker.tick().await;
+    }
+}
+
+pub fn key(symbol: &str, kind: StreamKind) -> StreamKey {
+    StreamKey { market: Market::Spot, symbol: Symbol::new(symbol).expect("valid symbol"), kind }
+}
+
+pub fn minute_klines() -> StreamKind {
+    StreamKind::Kline(KlineInterval::Minute1)
+}
+
+pub fn file_path(root: &Path, key: &StreamKey, hour: Hour) -> PathBuf {
+    parquet_out::hour_file_path(&root.join("data"), key, hour)
+}
+
+pub fn metadata(path: &Path) -> std::collections::HashMap<String, String> {
+    parquet_out::read_metadata(path).expect("metadata readable").into_iter().collect()
+}
+
+/// Every `*.parquet` under `directory`.
+pub fn parquet_files(directory: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![directory.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|extension| extension == "parquet") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Asserts that the file's rows are exactly the ground truth of its hour.
+pub fn assert_file_matches_truth(path: &Path, kind: StreamKind, truth: &GroundTruth, hour: Hour) {
+    let rows = parquet_out::read_hour_file(path, kind).expect("sealed file readable");
+    let in_hour = |time: i64| Hour::containing(time) == hour;
+    let label = path.display();
+    match kind {
+        StreamKind::Trade => {
+            let expected: Vec<_> = truth.trades.iter().filter(|trade| in_hour(trade.time_us)).collect();
+            assert_eq!(rows.len(), expected.len(), "{label}: row count");
+            for (row, want) in rows.iter().zip(expected) {
+                let Row::Trade(trade) = row else { panic!("{label}: not a trade row") };
+                assert_eq!(trade.trade_id, want.id, "{label}");
+                assert_eq!(trade.price.to_string(), want.price, "{label}: price of {}", want.id);
+                assert_eq!(trade.quantity.to_string(), want.quantity, "{label}: quantity of {}", want.id);
+                assert_eq!(trade.trade_time, want.time_us, "{label}: time of {}", want.id);
+                assert_eq!(trade.is_buyer_maker, want.is_buyer_maker, "{label}");
+                assert_eq!(trade.is_best_match, Some(want.is_best_match), "{label}");
+                assert_eq!(trade.event_time, Some(want.event_time_us), "{label}: event time of {}", want.id);
+                assert!(trade.recv_time.is_some(), "{label}");
+                assert_eq!(trade.source, Source::Ws, "{label}");
+            }
+        }
+        StreamKind::AggTrade => {
+            let expected: Vec<_> = truth.agg_trades.iter().filter(|agg| in_hour(agg.time_us)).collect();
+            assert_eq!(rows.len(), expected.len(), "{label}: row count");
+            for (row, want) in rows.iter().zip(expected) {
+                let Row::AggTrade(agg) = row else { panic!("{label}: not an aggTrade row") };
+                assert_eq!(agg.agg_trade_id, want.id, "{label}");
+                assert_eq!(agg.price.to_string(), want.price, "{label}");
+                assert_eq!(agg.quantity.to_string(), want.quantity, "{label}");
+                assert_eq!((agg.first_trade_id, agg.last_trade_id), (want.first_trade_id, want.last_trade_id), "{label}");
+                assert_eq!(agg.trade_time, want.time_us, "{label}");
+                assert_eq!(agg.is_buyer_maker, want.is_buyer_maker, "{label}");
+                assert_eq!(agg.is_best_match, Some(want.is_best_match), "{label}");
+                assert_eq!(agg.event_time, Some(want.event_time_us), "{label}");
+                assert_eq!(agg.source, Source::Ws, "{label}");
+            }
+        }
+        StreamKind::Kline(interval) => {
+            let klines = truth.klines.get(interval.binance_name()).cloned().unwrap_or_default();
+            let expected: Vec<_> = klines.iter().filter(|kline| in_hour(kline.open_time_us)).collect();
+            assert_eq!(rows.len(), expected.len(), "{label}: row count");
+            for (row, want) in rows.iter().zip(expected) {
+                let Row::Kline(kline) = row else { panic!("{label}: not a kline row") };
+                assert_eq!(kline.open_time, want.open_time_us, "{label}");
+                assert_eq!(kline.close_time, want.close_time_us, "{label}");
+                let values = [kline.open, kline.high, kline.low, kline.close, kline.volume, kline.quote_volume];
+                let wanted = [&want.open, &want.high, &want.low, &want.close, &want.volume, &want.quote_volume];
+                for (value, wanted) in values.iter().zip(wanted) {
+                    assert_eq!(&value.to_string(), wanted, "{label}: kline {}", want.open_time_us);
+                }
+                assert_eq!(kline.trade_count, want.trade_count, "{label}");
+                assert_eq!(kline.taker_buy_base_volume.to_string(), want.taker_buy_base_volume, "{label}");
+                assert_eq!(kline.taker_buy_quote_volume.to_string(), want.taker_buy_quote_volume, "{label}");
+                assert_eq!(kline.first_trade_id, Some(want.first_trade_id), "{label}");
+                assert_eq!(kline.last_trade_id, Some(want.last_trade_id), "{label}");
+                assert_eq!(kline.event_time, Some(want.close_event_time_us), "{label}");
+                assert_eq!(kline.source, Source::Ws, "{label}");
+            }
+        }
+    }
+    let metadata = metadata(path);
+    assert_eq!(metadata["row_count"], rows.len().to_string(), "{label}");
+    assert_eq!(metadata["rows_by_source"], format!("{{\"ws\":{},\"rest\":0}}", rows.len()), "{label}");
+    let first = rows.first().map_or("null".to_owned(), |row| row.key().to_string());
+    let last = rows.last().map_or("null".to_owned(), |row| row.key().to_string());
+    assert_eq!((metadata["first_key"].as_str(), metadata["last_key"].as_str()), (first.as_str(), last.as_str()), "{label}");
+    let keys: BTreeSet<i64> = rows.iter().map(Row::key).collect();
+    assert_eq!(keys.len(), rows.len(), "{label}: keys unique");
+}
+
+/// `../shared/data/real` beside the repository (as in CI). Its absence is a
+/// failure, not a skip: the real-data tests are part of the suite.
+pub fn real_data(relative: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real").join(relative);
+    assert!(path.exists(), "{} is missing: the shared data must sit beside the repository", path.display());
+    path
+}
