@@ -118,7 +118,11 @@ async fn sigterm_mid_hour_then_restart_loses_and_duplicates_nothing() {
         let lost: Vec<_> = before_stop.difference(&unique).collect();
         assert!(lost.is_empty(), "{kind}: rows received before the stop are missing: {lost:?}");
     }
-    assert!(parquet_files(&root.join("data")).iter().all(|path| !path.to_string_lossy().contains(".tmp")));
+    let leftovers: Vec<_> = walk_files(&root.join("data"))
+        .into_iter()
+        .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with('.')))
+        .collect();
+    assert!(leftovers.is_empty(), "no temporary files left: {leftovers:?}");
     fake.shutdown().await;
 }
 

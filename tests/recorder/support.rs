@@ -130,6 +130,11 @@ pub fn metadata(path: &Path) -> std::collections::HashMap<String, String> {
 
 /// Every `*.parquet` under `directory`.
 pub fn parquet_files(directory: &Path) -> Vec<PathBuf> {
+    walk_files(directory).into_iter().filter(|path| path.extension().is_some_and(|extension| extension == "parquet")).collect()
+}
+
+/// Every file under `directory`, sorted.
+pub fn walk_files(directory: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![directory.to_path_buf()];
     while let Some(next) = stack.pop() {
@@ -138,7 +143,7 @@ pub fn parquet_files(directory: &Path) -> Vec<PathBuf> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|extension| extension == "parquet") {
+            } else {
                 found.push(path);
             }
         }
