@@ -1,9 +1,42 @@
+//! binance-recorder: records Binance market data (trade, aggTrade, kline
+//! streams) into sealed hourly Parquet files, losing nothing it acknowledged.
+//!
+//! # Layout
+//!
+//! - [`config`]: the config file, validated into [`config::Config`].
+//! - [`domain`]: markets, symbols, stream kinds, hours, exact decimals, rows.
+//! - [`binance`]: stream names, pure frame decoding, the WebSocket
+//!   connection task and the REST client (the only network I/O).
+//! - [`wal`]: the write-ahead log every frame goes through first.
+//! - [`seal`]: pure sealing decisions (when, what coverage, how rows merge).
+//! - [`recorder`]: the state machine ([`recorder::state`]) and the runtime
+//!   that wires everything and stops it in order.
+//! - [`parquet_out`]: the dataset contract's files, written atomically.
+//! - [`quarantine`], [`metrics`]: undecodable frames, counters.
+//!
+//! # Life of one message
+//!
+//! 1. [`binance::ws`] reads a frame, stamps its receive time, and sends it to
+//!    the recorder task over a bounded channel (full: the reader waits).
+//! 2. The recorder appends it to the [`wal`] with the other frames of its
+//!    batch and fsyncs: from here it is recorded.
+//! 3. [`binance::decode`] turns the durable frame into a typed row (exact
+//!    decimals, µs UTC times) or sends it to the [`quarantine`].
+//! 4. [`recorder::state`] advances the market's exchange time and files the
+//!    row under the UTC hour of its trade time (kline: open time).
+//! 5. Once exchange time passes the hour's end plus the grace period, the
+//!    hour's rows are sorted, deduplicated and written by [`parquet_out`]
+//!    (temporary name, fsync, rename, directory fsync).
+//! 6. WAL segments that hold no row of an unsealed hour are deleted.
+//!
+//! ARCHITECTURE.md holds the code map and the invariants.
+
 pub mod binance;
-pub mod domain;
-pub mod parquet_out;
-pub mod wal;
 pub mod config;
-pub mod seal;
+pub mod domain;
 pub mod metrics;
+pub mod parquet_out;
 pub mod quarantine;
 pub mod recorder;
+pub mod seal;
+pub mod wal;
