@@ -26,6 +26,8 @@ use crate::domain::{
 const MICROSECOND_THRESHOLD: i64 = 100_000_000_000_000;
 
 /// What a frame turned out to be.
+// Rows dominate and are moved once; boxing them would cost an allocation per frame.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
     /// A trade, an aggregate trade or a closed kline: a row for the dataset.

@@ -1,6 +1,6 @@
 //! Stream names and stream URLs: the only place where strings like
 //! `btcusdt@kline_1m` are built or parsed. The rest of the crate uses
-//! [`StreamKey`].
+//! [`StreamKey`](crate::domain::StreamKey).
 
 use crate::domain::{KlineInterval, Market, StreamKind, Symbol};
 

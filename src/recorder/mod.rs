@@ -223,6 +223,7 @@ fn frame_record(market: Market, recv_time: TimeUs, bytes: &[u8]) -> Record {
 }
 
 /// What a durable record turned into.
+#[allow(clippy::large_enum_variant)] // see `Decoded`
 enum Applied {
     Frame { market: Market, segment: SegmentId, decoded: Decoded },
     Checkpoint(Checkpoint),
