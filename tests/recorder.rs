@@ -4,6 +4,8 @@
 #[path = "recorder/support.rs"]
 mod support;
 
+#[path = "recorder/bad_input.rs"]
+mod bad_input;
 #[path = "recorder/config_errors.rs"]
 mod config_errors;
 #[path = "recorder/end_to_end.rs"]

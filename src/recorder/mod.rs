@@ -539,6 +539,9 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+/// Frames quarantined by this process, for log throttling only.
+static TOTAL_QUARANTINED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Appends and syncs one batch, then decodes it. Runs on a blocking thread.
 fn write_batch(
     wal: Option<WalWriter>,
@@ -594,7 +597,13 @@ fn write_batch(
     }
     let n_quarantined = quarantined.len() as u64;
     if !quarantined.is_empty() {
-        warn!(n_quarantined, first_error = %quarantined[0].error, "frames could not be decoded; kept in quarantine");
+        // Logged once for the first frame, then at each power of ten, so a
+        // flood of bad frames cannot flood the log; the counter has them all.
+        let total_before = TOTAL_QUARANTINED.fetch_add(n_quarantined, std::sync::atomic::Ordering::Relaxed);
+        let total_after = total_before + n_quarantined;
+        if total_before == 0 || total_before.ilog10() != total_after.ilog10() {
+            warn!(total = total_after, first_error = %quarantined[0].error, "frames could not be decoded; kept in quarantine");
+        }
         if let Err(error) = quarantine::append(quarantine_dir, &quarantined) {
             error!(%error, "cannot write the quarantine; the frames stay in the WAL");
         }
@@ -653,4 +662,83 @@ fn sealed_coverage(path: &Path) -> Option<(TimeUs, TimeUs)> {
     let metadata = parquet_out::read_metadata(path).ok()?;
     let value = |key: &str| metadata.iter().find(|(name, _)| name == key).and_then(|(_, value)| value.parse().ok());
     Some((value("coverage_from")?, value("coverage_to")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Decimal8, Hour, Row, Source, StreamKey, StreamKind, Symbol, TradeRow};
+
+    const HOUR_START: TimeUs = 1_723_161_600_000_000;
+
+    fn trade(id: i64) -> Row {
+        Row::Trade(TradeRow {
+            trade_id: id,
+            price: Decimal8::from_scaled(100 + id as i128),
+            quantity: Decimal8::from_scaled(1),
+            trade_time: HOUR_START + id,
+            is_buyer_maker: false,
+            is_best_match: Some(true),
+            trade_type: None,
+            event_time: Some(HOUR_START + id),
+            recv_time: Some(HOUR_START + id),
+            source: Source::Ws,
+        })
+    }
+
+    fn job(rows: Vec<Row>, late: bool) -> SealJob {
+        let hour = Hour::containing(HOUR_START);
+        SealJob {
+            key: StreamKey { market: Market::Spot, symbol: Symbol::new("BTCUSDT").expect("valid"), kind: StreamKind::Trade },
+            hour,
+            rows,
+            first_segment: Some(SegmentId(1)),
+            coverage_from: hour.start() + 10,
+            coverage_to: hour.end(),
+            clock_offset_us: None,
+            late,
+        }
+    }
+
+    #[test]
+    fn late_rows_reseal_by_merging_and_nothing_new_leaves_the_file_alone() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let first = execute_seal(root.path(), job(vec![trade(1), trade(3)], false));
+        let Ok(SealResult::Written { path, n_rows: 2, resealed: false }) = first.result else { panic!("first seal") };
+        let late = execute_seal(root.path(), job(vec![trade(2)], true));
+        assert!(matches!(late.result, Ok(SealResult::Written { n_rows: 3, resealed: true, .. })));
+        let keys: Vec<i64> =
+            parquet_out::read_hour_file(&path, StreamKind::Trade).expect("readable").iter().map(Row::key).collect();
+        assert_eq!(keys, vec![1, 2, 3]);
+        let modified = std::fs::metadata(&path).and_then(|meta| meta.modified()).expect("mtime");
+        let again = execute_seal(root.path(), job(vec![trade(2), trade(3)], true));
+        assert!(matches!(again.result, Ok(SealResult::Unchanged)));
+        assert_eq!(std::fs::metadata(&path).and_then(|meta| meta.modified()).expect("mtime"), modified);
+    }
+
+    #[test]
+    fn unreadable_sealed_file_is_moved_aside_and_rebuilt() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let first = execute_seal(root.path(), job(vec![trade(1)], false));
+        let Ok(SealResult::Written { path, .. }) = first.result else { panic!("first seal") };
+        std::fs::write(&path, b"not parquet").expect("corrupt it");
+        let late = execute_seal(root.path(), job(vec![trade(2)], true));
+        assert!(matches!(late.result, Ok(SealResult::Written { n_rows: 1, .. })));
+        assert!(path.with_extension("parquet.corrupt").exists(), "the bad file is kept aside for inspection");
+        assert_eq!(parquet_out::read_hour_file(&path, StreamKind::Trade).expect("rebuilt").len(), 1);
+    }
+
+    #[test]
+    fn frame_records_round_trip_through_decode() {
+        let frame = br#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"1","q":"2","T":1,"m":true,"M":true}}"#;
+        let record = frame_record(Market::Spot, 99, frame);
+        let Ok(Some(Applied::Frame { market, segment, decoded })) = decode_record(SegmentId(4), &record) else {
+            panic!("decodes")
+        };
+        assert_eq!((market, segment), (Market::Spot, SegmentId(4)));
+        assert!(matches!(decoded, Decoded::Row { .. }));
+        let garbage = frame_record(Market::Spot, 99, b"garbage");
+        let Err(quarantined) = decode_record(SegmentId(4), &garbage) else { panic!("quarantined") };
+        assert_eq!((quarantined.frame.as_str(), quarantined.recv_time_us), ("garbage", 99));
+    }
 }
