@@ -34,6 +34,7 @@
 pub mod binance;
 pub mod config;
 pub mod domain;
+pub mod gaps;
 pub mod metrics;
 pub mod parquet_out;
 pub mod quarantine;

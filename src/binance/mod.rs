@@ -2,6 +2,7 @@
 //! WebSocket connection and the REST client.
 
 pub mod decode;
+pub mod limiter;
 pub mod streams;
 pub mod rest;
 pub mod ws;

@@ -1,0 +1,1 @@
+//! REST weight pacing (issue 6): pure, being written.

@@ -1,0 +1,1 @@
+//! Gap detection (issue 6): pure functions, being written.
