@@ -339,3 +339,48 @@ pub(crate) async fn run_driver(shared: Arc<Shared>, cancel: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Trade;
+    use crate::wire::TimeUnit;
+
+    fn event(id: i64, event_time_us: i64) -> Arc<StreamEvent> {
+        let trade = Trade {
+            id,
+            price: 1,
+            quantity: 1,
+            time_us: event_time_us,
+            event_time_us,
+            is_buyer_maker: false,
+            is_best_match: true,
+            dispatch_seq: 0,
+            raw_payload: None,
+        };
+        Arc::new(StreamEvent::trade(Arc::from("x@trade"), Arc::from("X"), trade))
+    }
+
+    fn trade_ids(events: &[Arc<StreamEvent>]) -> Vec<i64> {
+        events
+            .iter()
+            .map(|event| {
+                let payload: serde_json::Value = serde_json::from_str(event.payload(TimeUnit::Microsecond)).unwrap();
+                payload["t"].as_i64().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merge_orders_by_event_time_and_never_reorders_a_list() {
+        // The first list has a late event before an early one (as a replay can): it stays in place.
+        let merged = merge_by_event_time(vec![
+            vec![event(1, 10), event(2, 50), event(3, 20)],
+            vec![event(4, 15), event(5, 30)],
+        ]);
+        assert_eq!(trade_ids(&merged), vec![1, 4, 5, 2, 3]);
+        // Ties go to the earlier list.
+        let merged = merge_by_event_time(vec![vec![event(1, 10)], vec![event(2, 10)]]);
+        assert_eq!(trade_ids(&merged), vec![1, 2]);
+    }
+}
