@@ -314,3 +314,36 @@ async fn ground_truth_until_cuts_by_trade_time_and_close_time() {
     assert_eq!(hours[0].trade_count as usize, at_start.trades.len());
     exchange.shutdown().await;
 }
+
+/// The recorder talks REST through reqwest (pooled keep-alive connections); the
+/// hand-written HTTP loop must suit it, including its failures.
+#[tokio::test]
+async fn reqwest_client_on_pooled_connections() {
+    // reqwest is built with rustls but no provider (as in the recorder); install one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let exchange = FakeExchange::start(config(1.0)).await.unwrap();
+    let client = reqwest::Client::new();
+    let base = exchange.rest_base_url();
+    for _ in 0..5 {
+        let response = client.get(format!("{base}/api/v3/aggTrades?symbol=BTCUSDT&limit=3")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(response.headers().contains_key("x-mbx-used-weight-1m"));
+        let rows: Vec<Value> = response.json().await.unwrap();
+        assert_eq!(rows.len(), 3);
+    }
+    let response = client.get(format!("{base}/api/v3/klines?symbol=BTCUSDT&interval=9m")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["code"], -1120);
+    exchange.inject(fake_binance::Fault::RestTooManyRequests { retry_after_secs: 3, count: 1 });
+    let response = client.get(format!("{base}/api/v3/ping")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(response.headers()["retry-after"], "3");
+    exchange.inject(fake_binance::Fault::RestTruncatedBody { count: 1 });
+    let truncated = client.get(format!("{base}/api/v3/exchangeInfo")).send().await.unwrap().text().await;
+    assert!(truncated.is_err(), "a cut body is an error for reqwest");
+    exchange.inject(fake_binance::Fault::RestConnectionReset { count: 1 });
+    assert!(client.get(format!("{base}/api/v3/ping")).send().await.is_err());
+    // The pool recovers.
+    assert_eq!(client.get(format!("{base}/api/v3/ping")).send().await.unwrap().status().as_u16(), 200);
+    exchange.shutdown().await;
+}
