@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::binance::ws::ConnectionSettings;
 use crate::domain::{Market, StreamKind, Symbol};
 use crate::wal::FsyncPolicy;
 
@@ -39,6 +40,8 @@ pub struct RawConfig {
     pub wal: RawWal,
     #[serde(default)]
     pub seal: RawSeal,
+    #[serde(default)]
+    pub connection: RawConnection,
     #[serde(default)]
     pub shutdown: RawShutdown,
     #[serde(default)]
@@ -100,6 +103,59 @@ pub struct RawSeal {
 impl Default for RawSeal {
     fn default() -> Self {
         RawSeal { grace_ms: 10_000, max_concurrent: 2 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConnection {
+    /// Streams per connection (Binance allows 1024 on spot).
+    pub streams_per_connection: usize,
+    /// Streams per SUBSCRIBE request.
+    pub subscribe_batch: usize,
+    /// Our control frames per second per connection; Binance closes a
+    /// connection past 5 incoming frames a second, pongs included.
+    pub max_control_per_sec: u32,
+    /// A connection that delivered no frame (data or ping) for this long is
+    /// dead and replaced, in milliseconds (Binance pings every 20 s).
+    pub dead_after_ms: u64,
+    /// Reconnect backoff: first delay and cap (full jitter), in milliseconds.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// A connection that lived this long resets the backoff, in milliseconds.
+    pub healthy_after_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Rotate each connection make-before-break this long after it opened,
+    /// in seconds (Binance closes connections at 24 h).
+    pub rotate_after_secs: u64,
+    /// How long an old connection waits for its replacement to overlap it.
+    pub rotation_overlap_timeout_ms: u64,
+    /// New connections across all of them: at most `handshake_limit` per
+    /// `handshake_window_secs` (Binance: 300 per 5 minutes per IP).
+    pub handshake_limit: u32,
+    pub handshake_window_secs: u64,
+    /// Longest wait on a full recorder channel before a connection is given
+    /// up (it cannot answer pings while it waits), in milliseconds.
+    pub max_backpressure_wait_ms: u64,
+}
+
+impl Default for RawConnection {
+    fn default() -> Self {
+        RawConnection {
+            streams_per_connection: 200,
+            subscribe_batch: 100,
+            max_control_per_sec: 2,
+            dead_after_ms: 30_000,
+            backoff_initial_ms: 250,
+            backoff_max_ms: 30_000,
+            healthy_after_ms: 60_000,
+            connect_timeout_ms: 10_000,
+            rotate_after_secs: 23 * 3600 + 30 * 60,
+            rotation_overlap_timeout_ms: 30_000,
+            handshake_limit: 250,
+            handshake_window_secs: 300,
+            max_backpressure_wait_ms: 10_000,
+        }
     }
 }
 
@@ -175,9 +231,19 @@ pub struct Config {
     pub segment_max_bytes: u64,
     pub seal_grace: Duration,
     pub max_concurrent_seals: usize,
+    pub connection: ConnectionConfig,
     pub shutdown_deadline: Duration,
     pub log_level: String,
     pub markets: Vec<MarketConfig>,
+}
+
+/// Validated `[connection]` settings.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    pub streams_per_connection: usize,
+    pub handshake_limit: u32,
+    pub handshake_window: Duration,
+    pub settings: ConnectionSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -253,6 +319,7 @@ impl RawConfig {
         if self.seal.max_concurrent == 0 {
             return Err(invalid("seal.max_concurrent", "must be at least 1"));
         }
+        let connection = validate_connection(&self.connection)?;
         if self.shutdown.deadline_ms == 0 {
             return Err(invalid("shutdown.deadline_ms", "must be at least 1"));
         }
@@ -292,11 +359,62 @@ impl RawConfig {
             segment_max_bytes: self.wal.segment_max_bytes,
             seal_grace: Duration::from_millis(self.seal.grace_ms),
             max_concurrent_seals: self.seal.max_concurrent,
+            connection,
             shutdown_deadline: Duration::from_millis(self.shutdown.deadline_ms),
             log_level: self.log.level,
             markets,
         })
     }
+}
+
+fn validate_connection(raw: &RawConnection) -> Result<ConnectionConfig, ConfigError> {
+    let key = |name: &str| format!("connection.{name}");
+    if !(1..=1024).contains(&raw.streams_per_connection) {
+        return Err(invalid(key("streams_per_connection"), "must be between 1 and 1024 (Binance's limit)"));
+    }
+    if raw.subscribe_batch == 0 {
+        return Err(invalid(key("subscribe_batch"), "must be at least 1"));
+    }
+    if !(1..=4).contains(&raw.max_control_per_sec) {
+        return Err(invalid(key("max_control_per_sec"), "must be between 1 and 4 (Binance closes past 5 frames a second, pongs included)"));
+    }
+    for (name, value) in [
+        ("dead_after_ms", raw.dead_after_ms),
+        ("backoff_initial_ms", raw.backoff_initial_ms),
+        ("backoff_max_ms", raw.backoff_max_ms),
+        ("connect_timeout_ms", raw.connect_timeout_ms),
+        ("rotate_after_secs", raw.rotate_after_secs),
+        ("rotation_overlap_timeout_ms", raw.rotation_overlap_timeout_ms),
+        ("handshake_window_secs", raw.handshake_window_secs),
+        ("max_backpressure_wait_ms", raw.max_backpressure_wait_ms),
+    ] {
+        if value == 0 {
+            return Err(invalid(key(name), "must be at least 1"));
+        }
+    }
+    if raw.backoff_max_ms < raw.backoff_initial_ms {
+        return Err(invalid(key("backoff_max_ms"), "must not be below backoff_initial_ms"));
+    }
+    if raw.handshake_limit == 0 || raw.handshake_limit > 300 {
+        return Err(invalid(key("handshake_limit"), "must be between 1 and 300 (Binance's limit per 5 minutes)"));
+    }
+    Ok(ConnectionConfig {
+        streams_per_connection: raw.streams_per_connection,
+        handshake_limit: raw.handshake_limit,
+        handshake_window: Duration::from_secs(raw.handshake_window_secs),
+        settings: ConnectionSettings {
+            backoff_initial: Duration::from_millis(raw.backoff_initial_ms),
+            backoff_max: Duration::from_millis(raw.backoff_max_ms),
+            healthy_after: Duration::from_millis(raw.healthy_after_ms),
+            dead_after: Duration::from_millis(raw.dead_after_ms),
+            connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+            rotate_after: Duration::from_secs(raw.rotate_after_secs),
+            rotation_overlap_timeout: Duration::from_millis(raw.rotation_overlap_timeout_ms),
+            max_control_per_sec: raw.max_control_per_sec,
+            subscribe_batch: raw.subscribe_batch,
+            max_backpressure_wait: Duration::from_millis(raw.max_backpressure_wait_ms),
+        },
+    })
 }
 
 fn validate_market(key: &str, market: Market, raw: RawMarket) -> Result<MarketConfig, ConfigError> {
@@ -409,6 +527,10 @@ streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
             (format!("[wal]\nfsync = \"sometimes\"\n{MINIMAL}"), "wal.fsync"),
             (format!("[wal]\nfsync_interval_ms = 0\n{MINIMAL}"), "wal.fsync_interval_ms"),
             (format!("[seal]\nmax_concurrent = 0\n{MINIMAL}"), "seal.max_concurrent"),
+            (format!("[connection]\nstreams_per_connection = 2000\n{MINIMAL}"), "connection.streams_per_connection"),
+            (format!("[connection]\nmax_control_per_sec = 5\n{MINIMAL}"), "connection.max_control_per_sec"),
+            (format!("[connection]\nhandshake_limit = 301\n{MINIMAL}"), "connection.handshake_limit"),
+            (format!("[connection]\ndead_after_ms = 0\n{MINIMAL}"), "connection.dead_after_ms"),
             (format!("[storage]\ndata_dir = \"x\"\nwal_dir = \"x\"\n{MINIMAL}"), "storage.wal_dir"),
             (String::new(), "markets"),
         ];

@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 use binance_recorder::config::Config;
 use binance_recorder::metrics::Counters;
-use binance_recorder::recorder::{self, RunOptions};
+use binance_recorder::recorder;
 
 /// Records Binance market data to sealed hourly Parquet files.
 #[derive(Parser)]
@@ -81,7 +81,7 @@ fn run(config_path: PathBuf) -> ExitCode {
                 let shutdown = CancellationToken::new();
                 let _signals = watch_signals(shutdown.clone())?;
                 info!(config = %config_path.display(), version = env!("CARGO_PKG_VERSION"), "binance-recorder starting");
-                recorder::run(config, RunOptions::default(), Arc::new(Counters::default()), shutdown).await
+                recorder::run(config, Arc::new(Counters::default()), shutdown).await
             })
         });
     match result {

@@ -6,6 +6,8 @@ mod support;
 
 #[path = "recorder/bad_input.rs"]
 mod bad_input;
+#[path = "recorder/connections.rs"]
+mod connections;
 #[path = "recorder/config_errors.rs"]
 mod config_errors;
 #[path = "recorder/end_to_end.rs"]

@@ -28,17 +28,17 @@ pub fn parse_stream_name(name: &str) -> Option<(Symbol, StreamKind)> {
     Some((symbol, kind))
 }
 
-/// The combined-stream URL for a set of streams. Spot is asked for
+/// The URL a connection opens before subscribing: `/stream` (events come
+/// in the combined wrapper, which names their stream). Spot is asked for
 /// microsecond times (`timeUnit=MICROSECOND`), so stream and REST rows carry
 /// the same exact times; the other markets only speak milliseconds.
-pub fn combined_stream_url(ws_base_url: &str, market: Market, streams: &[(Symbol, StreamKind)]) -> String {
-    let names: Vec<String> = streams.iter().map(|(symbol, kind)| stream_name(symbol, *kind)).collect();
+pub fn connection_url(ws_base_url: &str, market: Market) -> String {
     let base = ws_base_url.trim_end_matches('/');
-    let mut url = format!("{base}/stream?streams={}", names.join("/"));
     if market_times_in_micros(market) {
-        url.push_str("&timeUnit=MICROSECOND");
+        format!("{base}/stream?timeUnit=MICROSECOND")
+    } else {
+        format!("{base}/stream")
     }
-    url
 }
 
 /// Whether the market's streams and REST answers are asked for µs times.
@@ -75,14 +75,7 @@ mod tests {
 
     #[test]
     fn spot_url_asks_for_microseconds() {
-        let streams = vec![(symbol("BTCUSDT"), StreamKind::Trade), (symbol("ETHUSDT"), StreamKind::AggTrade)];
-        assert_eq!(
-            combined_stream_url("ws://127.0.0.1:9/", Market::Spot, &streams),
-            "ws://127.0.0.1:9/stream?streams=btcusdt@trade/ethusdt@aggTrade&timeUnit=MICROSECOND"
-        );
-        assert_eq!(
-            combined_stream_url("wss://fstream.binance.com/market", Market::UsdM, &streams[..1]),
-            "wss://fstream.binance.com/market/stream?streams=btcusdt@trade"
-        );
+        assert_eq!(connection_url("ws://127.0.0.1:9/", Market::Spot), "ws://127.0.0.1:9/stream?timeUnit=MICROSECOND");
+        assert_eq!(connection_url("wss://fstream.binance.com/market", Market::UsdM), "wss://fstream.binance.com/market/stream");
     }
 }

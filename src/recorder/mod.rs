@@ -24,8 +24,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::binance::decode::{decode_frame, Decoded};
 use crate::binance::rest::{RestClient, RestError};
-use crate::binance::streams::combined_stream_url;
-use crate::binance::ws::{now_us, run_connection, Backoff, Inbound};
+use crate::binance::streams::stream_name;
+use crate::binance::ws::{now_us, run_connection, ConnectionPlan, HandshakeBudget, Inbound};
 use crate::config::{Config, MarketConfig};
 use crate::domain::{Market, TimeUs};
 use crate::metrics::Counters;
@@ -39,21 +39,12 @@ pub use state::{Checkpoint, SealJob, State};
 pub const CHANNEL_CAPACITY: usize = 8192;
 /// Most records in one WAL batch.
 const MAX_BATCH_RECORDS: usize = 16_384;
-/// Streams per connection: keeps combined URLs well under the ~8 KB that
-/// Binance refuses, and far under the 1024-stream limit.
-const STREAMS_PER_CONNECTION: usize = 200;
-
-/// Options that tests and the CLI may change; production uses the defaults.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    pub backoff: Backoff,
-}
 
 /// Runs the recorder until `shutdown` is cancelled, then stops in order:
 /// connections first, then every frame already received is made durable,
 /// in-flight seals finish (up to the configured deadline), and the WAL is
 /// closed. Unsealed hours stay in the WAL for the next start.
-pub async fn run(config: Config, options: RunOptions, counters: Arc<Counters>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, counters: Arc<Counters>, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.check_directories()?;
     crate::binance::ensure_crypto_provider();
     let config = Arc::new(config);
@@ -78,6 +69,7 @@ pub async fn run(config: Config, options: RunOptions, counters: Arc<Counters>, s
         batch: None,
         seals: JoinSet::new(),
         seal_pause_until: None,
+        fatal: None,
     };
     for market_config in &config.markets {
         runtime.state.begin_session(market_config.market);
@@ -88,8 +80,11 @@ pub async fn run(config: Config, options: RunOptions, counters: Arc<Counters>, s
     let (sender, mut receiver) = mpsc::channel(CHANNEL_CAPACITY);
     let tasks = TaskTracker::new();
     let task_shutdown = CancellationToken::new();
+    // One budget for every connection: Binance counts handshakes per IP.
+    let budget = Arc::new(HandshakeBudget::new(config.connection.handshake_limit, config.connection.handshake_window));
+    let mut n_tasks = 0;
     for market_config in &config.markets {
-        spawn_market_tasks(&tasks, market_config, &options, &sender, &task_shutdown);
+        n_tasks = spawn_market_tasks(&tasks, &config, market_config, n_tasks, &budget, &sender, &task_shutdown);
     }
     drop(sender);
 
@@ -113,25 +108,39 @@ pub async fn run(config: Config, options: RunOptions, counters: Arc<Counters>, s
     }
 }
 
+/// Spawns the connection tasks of one market (streams spread over
+/// connections of at most `streams_per_connection`) and its clock task.
+/// Returns the number of connection tasks so far, for numbering.
 fn spawn_market_tasks(
     tasks: &TaskTracker,
+    config: &Config,
     market_config: &MarketConfig,
-    options: &RunOptions,
+    n_tasks_before: usize,
+    budget: &Arc<HandshakeBudget>,
     sender: &mpsc::Sender<Inbound>,
     shutdown: &CancellationToken,
-) {
+) -> usize {
     let market = market_config.market;
     let streams: Vec<_> = market_config
         .symbols
         .iter()
         .flat_map(|symbol| market_config.streams.iter().map(move |kind| (symbol.clone(), *kind)))
         .collect();
-    for chunk in streams.chunks(STREAMS_PER_CONNECTION) {
-        let url = combined_stream_url(&market_config.ws_url, market, chunk);
-        tasks.spawn(run_connection(market, url, options.backoff.clone(), sender.clone(), shutdown.child_token()));
+    let mut n_tasks = n_tasks_before;
+    for chunk in streams.chunks(config.connection.streams_per_connection) {
+        let plan = ConnectionPlan { market, task: n_tasks, ws_base_url: market_config.ws_url.clone(), streams: chunk.to_vec() };
+        n_tasks += 1;
+        tasks.spawn(run_connection(
+            plan,
+            config.connection.settings.clone(),
+            budget.clone(),
+            sender.clone(),
+            shutdown.child_token(),
+        ));
     }
     let rest = RestClient::new(market, &market_config.rest_url);
     tasks.spawn(run_clock_checks(market, rest, market_config.time_check_interval, sender.clone(), shutdown.child_token()));
+    n_tasks
 }
 
 /// Asks `/api/v3/time` every `interval` and reports the host clock's offset.
@@ -336,6 +345,8 @@ struct Runtime {
     batch: Option<JoinHandle<BatchOutcome>>,
     seals: JoinSet<SealOutcome>,
     seal_pause_until: Option<Instant>,
+    /// Set when the runtime cannot go on; returned by the stop.
+    fatal: Option<anyhow::Error>,
 }
 
 impl Runtime {
@@ -346,7 +357,16 @@ impl Runtime {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
-                outcome = wait_batch(&mut self.batch) => self.finish_batch(outcome).await,
+                outcome = wait_batch(&mut self.batch) => match outcome {
+                    Ok(outcome) => self.finish_batch(outcome).await,
+                    Err(error) => {
+                        // The WAL writer went with the task: nothing more can
+                        // be acknowledged. Stop; the next start replays the WAL.
+                        error!(%error, "WAL batch task failed; stopping");
+                        self.fatal = Some(anyhow::anyhow!("WAL batch task failed: {error}"));
+                        return;
+                    }
+                },
                 Some(joined) = self.seals.join_next(), if !self.seals.is_empty() => self.finish_seal(joined),
                 input = receiver.recv() => match input {
                     Some(input) => self.take_input(input),
@@ -370,9 +390,18 @@ impl Runtime {
                 self.pending_since.get_or_insert_with(Instant::now);
             }
             Inbound::Connected { .. } => Counters::add(&self.counters.connections, 1),
-            Inbound::Disconnected { market, connection, reason } => {
+            Inbound::Disconnected { market, task, link, reason, streams } => {
                 Counters::add(&self.counters.disconnects, 1);
-                info!(%market, connection, %reason, "stream connection ended");
+                info!(%market, task, link, %reason, "stream link lost; its streams may have a gap until the replacement delivers");
+                // The window is durable like the frames, so a crash does not forget it.
+                let checkpoint = Checkpoint::LinkLost {
+                    market: market.name().to_owned(),
+                    streams: streams.iter().map(|(symbol, kind)| stream_name(symbol, *kind)).collect(),
+                    exchange_time: self.state.exchange_time(market),
+                };
+                self.state.apply_checkpoint(checkpoint.clone());
+                self.pending.push(checkpoint_record(&checkpoint));
+                self.pending_since.get_or_insert_with(Instant::now);
             }
             Inbound::ClockSample { market, server_time, offset_us } => {
                 self.state.add_clock_sample(market, server_time, offset_us)
@@ -495,6 +524,9 @@ impl Runtime {
             }
         };
         tokio::join!(drain, tasks.wait());
+        if let Some(fatal) = self.fatal.take() {
+            return Err(fatal);
+        }
         if let Some(batch) = self.batch.take() {
             let outcome = batch.await.context("WAL batch task failed")?;
             self.finish_batch(outcome).await;
@@ -508,7 +540,7 @@ impl Runtime {
         self.pending_since = Some(Instant::now() - Duration::from_secs(3600));
         while !self.pending.is_empty() {
             self.maybe_start_batch();
-            let outcome = wait_batch(&mut self.batch).await;
+            let outcome = wait_batch(&mut self.batch).await.context("WAL batch task failed")?;
             self.finish_batch(outcome).await;
         }
         info!(n_seals = self.seals.len(), n_unsealed_rows = self.state.n_unsealed_rows(), "WAL synced; waiting for seals in flight");
@@ -522,14 +554,11 @@ impl Runtime {
     }
 }
 
-async fn wait_batch(batch: &mut Option<JoinHandle<BatchOutcome>>) -> BatchOutcome {
+async fn wait_batch(batch: &mut Option<JoinHandle<BatchOutcome>>) -> Result<BatchOutcome, tokio::task::JoinError> {
     let Some(handle) = batch.as_mut() else { return std::future::pending().await };
     let outcome = handle.await;
     *batch = None;
-    match outcome {
-        Ok(outcome) => outcome,
-        Err(error) => panic!("WAL batch task panicked: {error}"),
-    }
+    outcome
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

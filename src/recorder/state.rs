@@ -29,6 +29,23 @@ pub enum Checkpoint {
     SessionStop { market: String, exchange_time: Option<TimeUs> },
     /// The spans still relevant to unsealed hours, at a segment's start.
     Sessions { market: String, spans: Vec<WatchSpan>, pending_new_span: bool },
+    /// A link carrying these streams ended at this exchange time: the
+    /// streams may miss data until a replacement delivers.
+    LinkLost { market: String, streams: Vec<String>, exchange_time: Option<TimeUs> },
+}
+
+/// A stretch during which a stream may have missed data because its link
+/// was lost: from the last key and time before to the first key after
+/// (unknown while the stream stays silent). Gap detection reads these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisconnectWindow {
+    pub key: StreamKey,
+    /// Exchange time when the link was lost.
+    pub lost_at: Option<TimeUs>,
+    /// The stream's newest key (id, or kline open time) before the loss.
+    pub last_key_before: Option<i64>,
+    /// The first key received after the loss.
+    pub first_key_after: Option<i64>,
 }
 
 /// Per-market state.
@@ -61,6 +78,13 @@ struct StreamState {
     in_flight: BTreeMap<Hour, Option<SegmentId>>,
 }
 
+impl StreamState {
+    /// The newest key held in memory (unsealed hours only).
+    fn newest_key(&self) -> Option<i64> {
+        self.open.values().rev().find_map(|open_hour| open_hour.rows.keys().next_back().copied())
+    }
+}
+
 /// One file to write: rows sorted and unique by key.
 #[derive(Debug, Clone)]
 pub struct SealJob {
@@ -82,6 +106,7 @@ pub struct State {
     streams: BTreeMap<StreamKey, StreamState>,
     counters: Arc<Counters>,
     warned_unexpected: BTreeSet<StreamKey>,
+    disconnect_windows: Vec<DisconnectWindow>,
 }
 
 impl State {
@@ -103,6 +128,7 @@ impl State {
             streams,
             counters,
             warned_unexpected: BTreeSet::new(),
+            disconnect_windows: Vec::new(),
         }
     }
 
@@ -143,6 +169,20 @@ impl State {
             Checkpoint::SessionStop { market, exchange_time } => {
                 if let Some(market) = Market::from_name(&market) {
                     self.end_session(market, exchange_time);
+                }
+            }
+            Checkpoint::LinkLost { market, streams, exchange_time } => {
+                let Some(market) = Market::from_name(&market) else { return };
+                for name in streams {
+                    let Some((symbol, kind)) = crate::binance::streams::parse_stream_name(&name) else { continue };
+                    let key = StreamKey { market, symbol, kind };
+                    let last_key_before = self.streams.get(&key).and_then(StreamState::newest_key);
+                    self.disconnect_windows.push(DisconnectWindow {
+                        key,
+                        lost_at: exchange_time,
+                        last_key_before,
+                        first_key_after: None,
+                    });
                 }
             }
             Checkpoint::Sessions { market, spans, pending_new_span } => {
@@ -239,7 +279,15 @@ impl State {
         }
     }
 
+    /// Disconnect windows seen so far (closed ones have `first_key_after`).
+    pub fn disconnect_windows(&self) -> &[DisconnectWindow] {
+        &self.disconnect_windows
+    }
+
     fn insert(&mut self, key: StreamKey, row: Row, segment: SegmentId) {
+        for window in self.disconnect_windows.iter_mut().filter(|window| window.key == key && window.first_key_after.is_none()) {
+            window.first_key_after = Some(row.key());
+        }
         let Some(stream) = self.streams.get_mut(&key) else {
             Counters::add(&self.counters.rows_unexpected, 1);
             if self.warned_unexpected.insert(key.clone()) {
@@ -486,6 +534,24 @@ streams = ["trade", "kline_1m"]
         state.begin_session(Market::Spot);
         state.apply(Market::Spot, SegmentId(2), trade(3, HOUR_START + 900));
         assert_eq!(state.spans(Market::Spot)[0].end, Some(HOUR_START + 200));
+    }
+
+    #[test]
+    fn lost_links_open_windows_that_the_next_row_closes() {
+        let mut state = new_state();
+        state.apply(Market::Spot, SegmentId(1), trade(10, HOUR_START + 100));
+        state.apply_checkpoint(Checkpoint::LinkLost {
+            market: "spot".into(),
+            streams: vec!["btcusdt@trade".into(), "btcusdt@kline_1m".into()],
+            exchange_time: Some(HOUR_START + 100),
+        });
+        state.apply(Market::Spot, SegmentId(1), trade(15, HOUR_START + 900));
+        let windows = state.disconnect_windows();
+        assert_eq!(windows.len(), 2);
+        let trade_window = windows.iter().find(|window| window.key.kind == StreamKind::Trade).expect("trade window");
+        assert_eq!((trade_window.last_key_before, trade_window.first_key_after), (Some(10), Some(15)));
+        let kline_window = windows.iter().find(|window| window.key.kind != StreamKind::Trade).expect("kline window");
+        assert_eq!(kline_window.first_key_after, None, "the kline stream stayed silent");
     }
 
     #[test]

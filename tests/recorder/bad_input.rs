@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use binance_recorder::config::Config;
 use binance_recorder::domain::{Hour, StreamKind};
-use binance_recorder::recorder::{self, RunOptions};
+use binance_recorder::recorder;
 use fake_binance::{Fault, FakeExchange};
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +54,7 @@ async fn symbol_unknown_to_the_exchange_is_a_clear_error() {
     let scratch = tempfile::tempdir().expect("scratch directory");
     let text = recorder_toml(&fake, scratch.path(), &["BTCUSDT", "NOSUCHCOIN"], &["trade"]);
     let config = Config::from_toml(&text).expect("valid config");
-    let result = recorder::run(config, RunOptions::default(), Default::default(), CancellationToken::new()).await;
+    let result = recorder::run(config, Default::default(), CancellationToken::new()).await;
     let message = format!("{:#}", result.expect_err("an unknown symbol stops the start"));
     assert!(message.contains("NOSUCHCOIN") && message.contains("markets.spot.symbols"), "{message}");
     assert!(!message.contains("BTCUSDT"), "only the unknown symbol is named: {message}");

@@ -43,7 +43,7 @@ async fn spot_btcusdt_capture_lands_in_one_file_per_hour_of_trade_time() {
     let fake = FakeExchange::start(FakeConfig {
         speed: 600.0,
         limits: Limits { ping_interval: Duration::from_secs(2), ..Limits::default() },
-        replay: Some(ReplayConfig { files: files.clone(), lead_in: Duration::from_secs(30) }),
+        replay: Some(ReplayConfig { files: files.clone(), lead_in: Duration::from_secs(20 * 60) }),
         ..FakeConfig::default()
     })
     .await

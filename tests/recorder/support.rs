@@ -13,7 +13,7 @@ use binance_recorder::config::Config;
 use binance_recorder::domain::{Hour, KlineInterval, Market, Row, Source, StreamKey, StreamKind, Symbol};
 use binance_recorder::metrics::{Counters, CountersSnapshot};
 use binance_recorder::parquet_out;
-use binance_recorder::recorder::{self, RunOptions};
+use binance_recorder::recorder;
 use fake_binance::{FakeConfig, FakeExchange, GroundTruth, Limits};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -83,10 +83,14 @@ pub struct RunningRecorder {
 
 impl RunningRecorder {
     pub fn start(config_text: &str) -> RunningRecorder {
+        // Warnings and errors show in a failing test's output (RUST_LOG for more).
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         let config = Config::from_toml(config_text).expect("test config is valid");
         let counters = Arc::new(Counters::default());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(recorder::run(config, RunOptions::default(), counters.clone(), shutdown.clone()));
+        let task = tokio::spawn(recorder::run(config, counters.clone(), shutdown.clone()));
         RunningRecorder { counters, shutdown, task }
     }
 

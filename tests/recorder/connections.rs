@@ -1,0 +1,192 @@
+//! Connections that never give up: each way a link can end is followed by a
+//! fresh, resubscribed link, within the configured bounds, and the exchange's
+//! limits (pongs, frames per second, streams per connection, handshakes per
+//! window, lifetime) are kept.
+
+use std::time::Duration;
+
+use binance_recorder::domain::{Hour, StreamKind};
+use binance_recorder::metrics::CountersSnapshot;
+use fake_binance::{Fault, FakeConfig, FakeExchange, Limits};
+
+use crate::support::*;
+
+/// Connection settings for tests: a link silent for 1.5 s is dead, backoff
+/// is short, and rotation is off unless a test sets it.
+fn connection_toml(extra: &str) -> String {
+    format!(
+        "[connection]\ndead_after_ms = 1500\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\nhealthy_after_ms = 2000\n{extra}\n"
+    )
+}
+
+fn config_with(fake: &FakeExchange, root: &std::path::Path, streams: &[&str], connection: &str) -> String {
+    format!("{}{}", connection_toml(connection), recorder_toml(fake, root, &["BTCUSDT"], streams))
+}
+
+/// Waits for `n` more handshakes and fresh frames after them.
+async fn wait_for_fresh_link(fake: &FakeExchange, recorder: &RunningRecorder, handshakes_before: u64, what: &str) {
+    wait_until(Duration::from_secs(20), what, || fake.counters().ws_handshakes_accepted > handshakes_before).await;
+    let frames_then = recorder.counters().frames_durable;
+    wait_until(Duration::from_secs(20), "frames flow on the new link", || {
+        recorder.counters().frames_durable > frames_then + 20
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_a_link_ends_is_followed_by_a_fresh_subscribed_link() {
+    let fake = FakeExchange::start(FakeConfig {
+        limits: Limits { ping_interval: Duration::from_millis(500), ..Limits::default() },
+        ..fake_config(60.0)
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let recorder = RunningRecorder::start(&config_with(&fake, scratch.path(), &["trade", "aggTrade", "kline_1m"], ""));
+    wait_for_fresh_link(&fake, &recorder, 0, "first link").await;
+
+    let faults = [
+        ("TCP abort", Fault::DropConnections { abort: true }),
+        ("close frame", Fault::DropConnections { abort: false }),
+        ("stall with no data and no pings", Fault::Stall { duration_ms: 4_000, keep_backlog: false }),
+        ("serverShutdown", Fault::ServerShutdown),
+    ];
+    for (what, fault) in faults {
+        let before = fake.counters().ws_handshakes_accepted;
+        let disconnects_before = recorder.counters().disconnects;
+        fake.inject(fault);
+        wait_for_fresh_link(&fake, &recorder, before, what).await;
+        let counters = recorder.counters();
+        assert!(counters.connections > before, "{what}: {counters:?}");
+        if what != "serverShutdown" {
+            assert!(counters.disconnects > disconnects_before, "{what}: the lost link is recorded: {counters:?}");
+        }
+    }
+    let fake_counters = fake.counters();
+    assert_eq!(fake_counters.ws_control_errors, 0, "every SUBSCRIBE accepted: {fake_counters:?}");
+    assert_eq!(fake_counters.ws_rate_limit_closes, 0, "{fake_counters:?}");
+    let counters: CountersSnapshot = recorder.stop().await;
+    assert_eq!(counters.control_errors, 0, "{counters:?}");
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_pings_get_pongs_in_time() {
+    // The ratio (pings every 5 s, a 15 s deadline), sped up tenfold:
+    // pings every 500 ms, a 1.5 s deadline, for 20 s of real time (40 pings,
+    // several simulated hours at 240x). Pongs count against the 5 frames a
+    // second, so faster pings would break the rate limit by themselves.
+    let fake = FakeExchange::start(FakeConfig {
+        limits: Limits { ping_interval: Duration::from_millis(500), pong_timeout: Duration::from_millis(1500), ..Limits::default() },
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let recorder = RunningRecorder::start(&config_with(&fake, scratch.path(), &["trade", "aggTrade", "kline_1m"], ""));
+    wait_until(Duration::from_secs(40), "40 pings sent", || fake.counters().ws_pings_sent >= 40).await;
+    let fake_counters = fake.counters();
+    assert_eq!(fake_counters.ws_pong_timeout_closes, 0, "{fake_counters:?}");
+    assert!(fake_counters.ws_pongs_received >= 38, "{fake_counters:?}");
+    assert_eq!(fake_counters.ws_rate_limit_closes, 0, "{fake_counters:?}");
+    let counters = recorder.stop().await;
+    assert_eq!(counters.disconnects, 0, "{counters:?}");
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_before_the_lifetime_loses_nothing_and_needs_no_rest() {
+    // A 6 s lifetime, rotated after 3 s: a simulated hour at 240x (15 s)
+    // sees about five rotations, and the exchange never closes a link first.
+    let fake = FakeExchange::start(FakeConfig {
+        limits: Limits { ping_interval: Duration::from_millis(500), max_lifetime: Duration::from_secs(6), ..Limits::default() },
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let connection = "rotate_after_secs = 3\nrotation_overlap_timeout_ms = 2000";
+    let recorder = RunningRecorder::start(&config_with(&fake, root, &["trade", "aggTrade", "kline_1m"], connection));
+    let hour = Hour::containing(SIM_START_US).next();
+    let kinds = [StreamKind::Trade, StreamKind::AggTrade, minute_klines()];
+    wait_until(Duration::from_secs(60), "the hour sealed", || {
+        kinds.iter().all(|kind| file_path(root, &key("BTCUSDT", *kind), hour).exists())
+    })
+    .await;
+    let counters = recorder.stop().await;
+    let fake_counters = fake.counters();
+    assert_eq!(fake_counters.ws_lifetime_closes, 0, "rotated before the exchange closed: {fake_counters:?}");
+    assert!(fake_counters.ws_handshakes_accepted >= 4, "rotations happened: {fake_counters:?}");
+    assert!(counters.rows_duplicate > 0, "the overlap delivered rows twice, stored once: {counters:?}");
+    let truth = fake.ground_truth("BTCUSDT", hour.end() + 60_000_000);
+    for kind in kinds {
+        assert_file_matches_truth(&file_path(root, &key("BTCUSDT", kind), hour), kind, &truth, hour);
+    }
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_storm_stays_within_the_handshake_budget() {
+    let fake = FakeExchange::start(fake_config(60.0)).await.expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    // At most 4 handshakes per 2 s window, while every link is dropped as
+    // soon as it is made (accept then drop) for 6 s.
+    let connection = "handshake_limit = 4\nhandshake_window_secs = 2";
+    let recorder = RunningRecorder::start(&config_with(&fake, scratch.path(), &["trade"], connection));
+    wait_until(Duration::from_secs(10), "first link", || fake.counters().ws_handshakes_accepted >= 1).await;
+    let storm_start = tokio::time::Instant::now();
+    let before = fake.counters().ws_handshakes_accepted;
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    while storm_start.elapsed() < Duration::from_secs(6) {
+        fake.inject(Fault::DropConnections { abort: true });
+        ticker.tick().await;
+    }
+    let during = fake.counters().ws_handshakes_accepted - before;
+    // 6 s is three windows (plus the one already open at the start).
+    assert!(during <= 4 * 4, "{during} handshakes in 6 s with a budget of 4 per 2 s");
+    assert!(during >= 2, "it kept trying: {during}");
+    let recorder_counters = recorder.counters();
+    assert!(recorder_counters.disconnects >= 2, "{recorder_counters:?}");
+    // After the storm it recovers.
+    wait_for_fresh_link(&fake, &recorder, fake.counters().ws_handshakes_accepted.saturating_sub(1), "recovery").await;
+    recorder.stop().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_streams_are_spread_within_limits() {
+    let symbols: Vec<String> = (0..400).map(|index| format!("SYM{index:03}USDT")).collect();
+    let fake = FakeExchange::start(FakeConfig {
+        symbols: symbols.clone(),
+        mean_orders_per_sec: 0.02,
+        limits: Limits { ping_interval: Duration::from_secs(1), ..Limits::default() },
+        // 1,200 kline streams update every 2 simulated seconds: keep the
+        // clock slow so the fake and the recorder share two cores easily.
+        ..fake_config(2.0)
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let symbol_refs: Vec<&str> = symbols.iter().map(String::as_str).collect();
+    let streams = ["trade", "aggTrade", "kline_1m", "kline_5m", "kline_1h"];
+    let connection = connection_toml("").replace("dead_after_ms = 1500", "dead_after_ms = 5000");
+    let config = format!("{connection}{}", recorder_toml(&fake, scratch.path(), &symbol_refs, &streams));
+    let recorder = RunningRecorder::start(&config);
+    // 2,000 streams at 200 per connection: 10 links, each subscribed in two
+    // SUBSCRIBE requests paced at 2 per second.
+    wait_until(Duration::from_secs(30), "ten links subscribed", || {
+        let counters = fake.counters();
+        counters.ws_handshakes_accepted >= 10 && counters.ws_control_requests >= 20
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "klines of every link flow", || recorder.counters().frames_durable > 2_000).await;
+    let fake_counters = fake.counters();
+    assert_eq!(fake_counters.ws_handshakes_accepted, 10, "{fake_counters:?}");
+    assert_eq!(fake_counters.ws_too_many_streams_closes, 0, "{fake_counters:?}");
+    assert_eq!(fake_counters.ws_rate_limit_closes, 0, "never more than 5 frames a second: {fake_counters:?}");
+    assert_eq!(fake_counters.ws_control_errors, 0, "{fake_counters:?}");
+    let counters = recorder.stop().await;
+    assert_eq!(counters.disconnects, 0, "{counters:?}");
+    fake.shutdown().await;
+}
