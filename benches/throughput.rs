@@ -1,0 +1,105 @@
+//! Throughput of the recorder's hot path, stage by stage, on real data:
+//! decode (vs a plain `serde_json::Value` parse of the same frames), WAL
+//! append + group commit (vs an fsync per record), Parquet sealing.
+//!
+//! Run: `cargo bench --bench throughput` (figures go to docs/BENCHMARKS.md).
+//! Shared machines are noisy: read the ratios within one run, not the
+//! absolute numbers across runs.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use binance_recorder::binance::decode::{decode_frame, Decoded};
+use binance_recorder::domain::{Hour, Market, Row, StreamKey, StreamKind, Symbol};
+use binance_recorder::parquet_out::{write_hour_file, HourFile};
+use binance_recorder::wal::{FsyncPolicy, Record, RecordKind, Wal, WalConfig};
+
+fn capture_frames() -> Vec<Vec<u8>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real/ws/hftbacktest/spot_btcusdt_20240809.gz");
+    let file = std::fs::File::open(&path).expect("shared data beside the repository");
+    BufReader::new(flate2::read::GzDecoder::new(file))
+        .lines()
+        .map(|line| line.expect("line"))
+        .filter(|line| line.contains("\"btcusdt@trade\""))
+        .map(|line| line[line.find(' ').expect("time then JSON") + 1..].as_bytes().to_vec())
+        .collect()
+}
+
+fn rate(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+fn main() {
+    let frames = capture_frames();
+    let rounds = 20;
+
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for round in 0..rounds {
+        for frame in &frames {
+            let decoded = decode_frame(Market::Spot, frame, 0).expect("real frames decode");
+            if round == 0 {
+                if let Decoded::Row { row, .. } = decoded {
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    let decode_rate = rate(frames.len() * rounds, started.elapsed());
+    let started = Instant::now();
+    for _ in 0..rounds {
+        for frame in &frames {
+            let value: serde_json::Value = serde_json::from_slice(frame).expect("JSON");
+            std::hint::black_box(value);
+        }
+    }
+    let value_rate = rate(frames.len() * rounds, started.elapsed());
+    println!(
+        "decode: {:.0} frames/s; serde_json::Value parse: {:.0} frames/s; ratio {:.2}",
+        decode_rate,
+        value_rate,
+        decode_rate / value_rate
+    );
+
+    let scratch = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("scratch directory on the project's disk");
+    let record = |frame: &Vec<u8>| Record { kind: RecordKind::WsFrame, recv_time_us: 0, payload: frame.clone() };
+    let mut wal_rates = Vec::new();
+    for (label, batch, n_records) in [("group commit, 1000 per fsync", 1000, 20_000), ("fsync per record", 1, 500)] {
+        let directory = scratch.path().join(label.replace([' ', ','], "_"));
+        let config = WalConfig { dir: directory, segment_max_bytes: 64 << 20, fsync: FsyncPolicy::EveryRecord };
+        let (mut wal, _) = Wal::open(config).expect("WAL opens");
+        let started = Instant::now();
+        for (index, frame) in frames.iter().cycle().take(n_records).enumerate() {
+            wal.append(&record(frame)).expect("append");
+            if (index + 1) % batch == 0 {
+                wal.sync().expect("sync");
+            }
+        }
+        wal.sync().expect("sync");
+        let append_rate = rate(n_records, started.elapsed());
+        println!("WAL {label}: {append_rate:.0} records/s");
+        wal_rates.push(append_rate);
+    }
+    println!("WAL group commit / fsync per record: {:.0}x", wal_rates[0] / wal_rates[1]);
+
+    let key = StreamKey { market: Market::Spot, symbol: Symbol::new("BTCUSDT").expect("valid"), kind: StreamKind::Trade };
+    let hour = Hour::containing(rows[0].bucket_time());
+    let rows: Vec<Row> = rows.into_iter().filter(|row| Hour::containing(row.bucket_time()) == hour).collect();
+    let file = HourFile { key, hour, rows, unfilled: vec![], coverage_from: hour.start(), coverage_to: hour.end(), clock_offset_us: Some(0) };
+    let started = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..rounds {
+        let path = write_hour_file(&scratch.path().join("parquet"), &file).expect("seal");
+        bytes = std::fs::metadata(path).expect("file").len();
+    }
+    let seal_rate = rate(file.rows.len() * rounds, started.elapsed());
+    println!(
+        "seal: {:.0} rows/s ({} real trades, {} bytes, {:.2} B/row incl. recv_time); seal / decode rate {:.2}",
+        seal_rate,
+        file.rows.len(),
+        bytes,
+        bytes as f64 / file.rows.len() as f64,
+        seal_rate / decode_rate
+    );
+}
