@@ -24,14 +24,39 @@ async fn trade_client(exchange: &FakeExchange) -> Client {
     client
 }
 
+fn holes(ids: &[i64]) -> i64 {
+    ids.windows(2).map(|pair| (pair[1] - pair[0] - 1).max(0)).sum()
+}
+
+fn repeats(ids: &[i64]) -> usize {
+    ids.windows(2).filter(|pair| pair[0] == pair[1]).count()
+}
+
+fn descents(ids: &[i64]) -> usize {
+    ids.windows(2).filter(|pair| pair[1] < pair[0]).count()
+}
+
+/// Reads trade frames until `done` holds for the ids read so far, then `extra` more.
+/// Frames queued before the fault was injected come first, so the effect is awaited
+/// rather than expected within a fixed number of frames.
+async fn trade_ids_until(client: &mut Client, extra: usize, done: impl Fn(&[i64]) -> bool) -> Vec<i64> {
+    let mut ids = Vec::new();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !done(&ids) {
+        assert!(tokio::time::Instant::now() < deadline, "fault effect not seen in {} frames: {ids:?}", ids.len());
+        ids.extend(trade_ids(&[client.next_text(WITHIN).await]));
+    }
+    ids.extend(trade_ids(&collect_texts(client, extra, WITHIN).await));
+    ids
+}
+
 #[tokio::test]
 async fn skipped_events_are_missing_from_the_stream_but_in_the_truth() {
-    let exchange = FakeExchange::start(config(60.0)).await.unwrap();
+    let exchange = FakeExchange::start(config(20.0)).await.unwrap();
     let mut client = trade_client(&exchange).await;
     exchange.inject(Fault::SkipEvents { count: 3 });
-    let ids = trade_ids(&collect_texts(&mut client, 60, WITHIN).await);
-    let holes: i64 = ids.windows(2).map(|pair| pair[1] - pair[0] - 1).sum();
-    assert_eq!(holes, 3, "three trades skipped: {ids:?}");
+    let ids = trade_ids_until(&mut client, 30, |ids| holes(ids) >= 3).await;
+    assert_eq!(holes(&ids), 3, "three trades skipped: {ids:?}");
     let truth = exchange.ground_truth("BTCUSDT", exchange.sim_now_us());
     let truth_ids: Vec<i64> = truth.trades.iter().map(|trade| trade.id).collect();
     for missing in ids[0]..*ids.last().unwrap() {
@@ -44,25 +69,31 @@ async fn skipped_events_are_missing_from_the_stream_but_in_the_truth() {
 
 #[tokio::test]
 async fn duplicated_swapped_and_truncated_events() {
-    let exchange = FakeExchange::start(config(60.0)).await.unwrap();
+    let exchange = FakeExchange::start(config(20.0)).await.unwrap();
     let mut client = trade_client(&exchange).await;
     exchange.inject(Fault::DuplicateEvents { count: 2 });
-    let ids = trade_ids(&collect_texts(&mut client, 30, WITHIN).await);
-    let repeats = ids.windows(2).filter(|pair| pair[0] == pair[1]).count();
-    assert_eq!(repeats, 2, "{ids:?}");
+    let ids = trade_ids_until(&mut client, 30, |ids| repeats(ids) >= 2).await;
+    assert_eq!(repeats(&ids), 2, "{ids:?}");
+    assert_eq!(descents(&ids), 0, "{ids:?}");
 
     exchange.inject(Fault::SwapEvents { count: 1 });
-    let ids = trade_ids(&collect_texts(&mut client, 30, WITHIN).await);
-    let descents = ids.windows(2).filter(|pair| pair[1] < pair[0]).count();
-    assert_eq!(descents, 1, "{ids:?}");
+    let ids = trade_ids_until(&mut client, 30, |ids| descents(ids) >= 1).await;
+    assert_eq!(descents(&ids), 1, "{ids:?}");
     let mut sorted = ids.clone();
     sorted.sort_unstable();
     assert!(sorted.windows(2).all(|pair| pair[1] == pair[0] + 1), "a swap loses nothing: {ids:?}");
 
     exchange.inject(Fault::TruncateFrames { count: 1 });
-    let texts = collect_texts(&mut client, 10, WITHIN).await;
-    let broken = texts.iter().filter(|text| serde_json::from_str::<Value>(text).is_err()).count();
-    assert_eq!(broken, 1);
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let mut texts = Vec::new();
+    while !texts.iter().any(|text: &String| serde_json::from_str::<Value>(text).is_err()) {
+        assert!(tokio::time::Instant::now() < deadline, "no truncated frame");
+        texts.push(client.next_text(WITHIN).await);
+    }
+    texts.extend(collect_texts(&mut client, 20, WITHIN).await);
+    let broken: Vec<&String> = texts.iter().filter(|text| serde_json::from_str::<Value>(text).is_err()).collect();
+    assert_eq!(broken.len(), 1);
+    assert!(broken[0].starts_with(r#"{"e":"trade""#), "cut, not replaced: {}", broken[0]);
     let counters = exchange.counters();
     assert_eq!((counters.events_duplicated, counters.events_swapped, counters.frames_truncated), (2, 1, 1));
     exchange.shutdown().await;
