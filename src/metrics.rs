@@ -36,6 +36,9 @@ counters! {
     wal_damage,
     /// WAL group commits (fsyncs).
     wal_syncs,
+    /// Most frames ever held between the channel and the WAL (a gauge of
+    /// the high-water mark; bounded by design, see `MAX_BATCH_RECORDS`).
+    frames_buffered_max,
     /// Frames that could not be decoded and went to quarantine.
     frames_quarantined,
     /// Well-formed events of streams or types that are not recorded.

@@ -32,19 +32,35 @@ use crate::metrics::Counters;
 use crate::parquet_out::{self, HourFile};
 use crate::quarantine::{self, QuarantinedFrame};
 use crate::seal::merge_into_sealed;
+use crate::wal::fs::{RealFs, WalFs};
 use crate::wal::{FsyncPolicy, Record, RecordKind, SegmentId, Wal, WalConfig, WalError, WalWriter};
 pub use state::{Checkpoint, SealJob, State};
 
 /// Capacity of the channel from connection tasks to the recorder.
 pub const CHANNEL_CAPACITY: usize = 8192;
-/// Most records in one WAL batch.
-const MAX_BATCH_RECORDS: usize = 16_384;
+/// Most records in one WAL batch, and most records waiting for the next one:
+/// while that many wait, the recorder stops taking frames from the channel,
+/// the channel fills, and connection tasks wait (TCP backpressure). So at
+/// most `2 * MAX_BATCH_RECORDS + CHANNEL_CAPACITY` frames are held in memory
+/// between the sockets and the WAL, however slow the disk.
+pub const MAX_BATCH_RECORDS: usize = 16_384;
 
 /// Runs the recorder until `shutdown` is cancelled, then stops in order:
 /// connections first, then every frame already received is made durable,
 /// in-flight seals finish (up to the configured deadline), and the WAL is
 /// closed. Unsealed hours stay in the WAL for the next start.
 pub async fn run(config: Config, counters: Arc<Counters>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_wal_fs(config, Arc::new(RealFs), counters, shutdown).await
+}
+
+/// [`run`] with the WAL on a given filesystem seam (tests inject slow or
+/// failing disks through it).
+pub async fn run_with_wal_fs(
+    config: Config,
+    wal_fs: Arc<dyn WalFs>,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     config.check_directories()?;
     crate::binance::ensure_crypto_provider();
     let config = Arc::new(config);
@@ -53,7 +69,7 @@ pub async fn run(config: Config, counters: Arc<Counters>, shutdown: Cancellation
         segment_max_bytes: config.segment_max_bytes,
         fsync: config.fsync,
     };
-    let (wal, state) = open_and_replay(&config, wal_config.clone(), counters.clone()).await?;
+    let (wal, state) = open_and_replay(&config, wal_config.clone(), wal_fs.clone(), counters.clone()).await?;
     for market_config in &config.markets {
         check_symbols(market_config).await?;
     }
@@ -61,6 +77,7 @@ pub async fn run(config: Config, counters: Arc<Counters>, shutdown: Cancellation
     let mut runtime = Runtime {
         config: config.clone(),
         wal_config,
+        wal_fs,
         counters: counters.clone(),
         state,
         wal: Some(wal),
@@ -268,10 +285,15 @@ fn decode_record(segment: SegmentId, record: &Record) -> Result<Option<Applied>,
     }
 }
 
-async fn open_and_replay(config: &Arc<Config>, wal_config: WalConfig, counters: Arc<Counters>) -> anyhow::Result<(WalWriter, State)> {
+async fn open_and_replay(
+    config: &Arc<Config>,
+    wal_config: WalConfig,
+    wal_fs: Arc<dyn WalFs>,
+    counters: Arc<Counters>,
+) -> anyhow::Result<(WalWriter, State)> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<(WalWriter, State)> {
-        let (wal, report) = Wal::open(wal_config.clone())
+        let (wal, report) = Wal::open_with_fs(wal_config.clone(), wal_fs)
             .with_context(|| format!("cannot open the WAL in {}", wal_config.dir.display()))?;
         if let Some(torn) = &report.torn_tail {
             warn!(?torn, "WAL torn tail cut at start; the frames lost there are a gap");
@@ -336,6 +358,7 @@ enum SealResult {
 struct Runtime {
     config: Arc<Config>,
     wal_config: WalConfig,
+    wal_fs: Arc<dyn WalFs>,
     counters: Arc<Counters>,
     state: State,
     /// `None` while a batch job holds it.
@@ -368,7 +391,9 @@ impl Runtime {
                     }
                 },
                 Some(joined) = self.seals.join_next(), if !self.seals.is_empty() => self.finish_seal(joined),
-                input = receiver.recv() => match input {
+                // Not while a full batch waits: the channel then fills and
+                // the connection tasks wait (see MAX_BATCH_RECORDS).
+                input = receiver.recv(), if self.pending.len() < MAX_BATCH_RECORDS => match input {
                     Some(input) => self.take_input(input),
                     None => {
                         warn!("every connection task ended");
@@ -436,9 +461,12 @@ impl Runtime {
         let checkpoints: Vec<Record> = self.state.checkpoints().iter().map(checkpoint_record).collect();
         let delete_upto = self.deletable_upto();
         let wal_config = self.wal_config.clone();
+        let wal_fs = self.wal_fs.clone();
+        let n_buffered = (records.len() + self.pending.len()) as u64;
+        self.counters.frames_buffered_max.fetch_max(n_buffered, std::sync::atomic::Ordering::Relaxed);
         let quarantine_dir = self.config.quarantine_dir.clone();
         self.batch = Some(tokio::task::spawn_blocking(move || {
-            write_batch(wal, wal_config, records, checkpoints, delete_upto, &quarantine_dir)
+            write_batch(wal, wal_config, wal_fs, records, checkpoints, delete_upto, &quarantine_dir)
         }));
     }
 
@@ -575,6 +603,7 @@ static TOTAL_QUARANTINED: std::sync::atomic::AtomicU64 = std::sync::atomic::Atom
 fn write_batch(
     wal: Option<WalWriter>,
     wal_config: WalConfig,
+    wal_fs: Arc<dyn WalFs>,
     records: Vec<Record>,
     checkpoints: Vec<Record>,
     delete_upto: Option<SegmentId>,
@@ -583,7 +612,7 @@ fn write_batch(
     let n_frames = records.iter().filter(|record| record.kind == RecordKind::WsFrame).count() as u64;
     let mut wal = match wal {
         Some(wal) if !wal.is_failed() => wal,
-        _ => match Wal::open(wal_config) {
+        _ => match Wal::open_with_fs(wal_config, wal_fs) {
             // A failed writer is never used again (no fsync retry on the
             // same file): a new segment takes the unacknowledged records.
             Ok((wal, _report)) => wal,

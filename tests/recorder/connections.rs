@@ -190,3 +190,94 @@ async fn two_thousand_streams_are_spread_within_limits() {
     assert_eq!(counters.disconnects, 0, "{counters:?}");
     fake.shutdown().await;
 }
+
+/// A disk whose every fsync takes 200 ms: the real filesystem with latency
+/// injected into `sync_data` (the delay is the fault being simulated, not a
+/// wait for a condition).
+#[derive(Debug)]
+struct SlowDisk;
+
+#[derive(Debug)]
+struct SlowFile(Box<dyn binance_recorder::wal::WalFile>);
+
+impl binance_recorder::wal::WalFile for SlowFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write(bytes)
+    }
+
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        std::thread::sleep(Duration::from_millis(200));
+        self.0.sync_data()
+    }
+}
+
+impl binance_recorder::wal::WalFs for SlowDisk {
+    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        binance_recorder::wal::RealFs.list_dir(dir)
+    }
+    fn create_new(&self, path: &std::path::Path) -> std::io::Result<Box<dyn binance_recorder::wal::WalFile>> {
+        Ok(Box::new(SlowFile(binance_recorder::wal::RealFs.create_new(path)?)))
+    }
+    fn open_read(&self, path: &std::path::Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        binance_recorder::wal::RealFs.open_read(path)
+    }
+    fn truncate(&self, path: &std::path::Path, len: u64) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.truncate(path, len)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.sync_dir(dir)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
+    use binance_recorder::recorder::{CHANNEL_CAPACITY, MAX_BATCH_RECORDS};
+    // A burst: 3 symbols at 240x with 2 taker orders a simulated second,
+    // thousands of frames a second against a disk that syncs 5 times a second.
+    let fake = FakeExchange::start(FakeConfig { mean_orders_per_sec: 2.0, ..fake_config(240.0) }).await.expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = binance_recorder::config::Config::from_toml(&format!(
+        "{}{}",
+        connection_toml("dead_after_ms = 20000\nmax_backpressure_wait_ms = 15000").replace("dead_after_ms = 1500\n", ""),
+        recorder_toml(&fake, root, &SYMBOLS, &["trade", "aggTrade"])
+    ))
+    .expect("valid config");
+    let counters = std::sync::Arc::new(binance_recorder::metrics::Counters::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(binance_recorder::recorder::run_with_wal_fs(
+        config,
+        std::sync::Arc::new(SlowDisk),
+        counters.clone(),
+        shutdown.clone(),
+    ));
+    let hour = Hour::containing(SIM_START_US).next();
+    let kinds = [StreamKind::Trade, StreamKind::AggTrade];
+    wait_until(Duration::from_secs(120), "the hour sealed", || {
+        SYMBOLS.iter().all(|symbol| kinds.iter().all(|kind| file_path(root, &key(symbol, *kind), hour).exists()))
+    })
+    .await;
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+    let counters = counters.snapshot();
+    let bound = (2 * MAX_BATCH_RECORDS + CHANNEL_CAPACITY) as u64;
+    eprintln!("slow disk: {counters:?}, bound {bound}");
+    assert!(counters.frames_buffered_max <= bound, "{} frames held, bound {bound}", counters.frames_buffered_max);
+    assert!(counters.frames_buffered_max > 1_000, "the disk was the bottleneck: {counters:?}");
+    for symbol in SYMBOLS {
+        let truth = fake.ground_truth(symbol, hour.end() + 60_000_000);
+        for kind in kinds {
+            assert_file_matches_truth(&file_path(root, &key(symbol, kind), hour), kind, &truth, hour);
+        }
+    }
+    fake.shutdown().await;
+}
