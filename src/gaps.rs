@@ -1,1 +1,545 @@
-//! Gap detection (issue 6): pure functions, being written.
+//! Gap detection: where the rows of one stream-hour have holes. Pure
+//! functions over ids, open times and times passed in; no I/O, no clock.
+//!
+//! # Trades and aggTrades
+//!
+//! Ids of one (market, symbol) stream normally increase by one (reference
+//! section 7). A jump of more than one between two known ids `a < b` is a
+//! hole `[a + 1, b - 1]`. The ids are a set: duplicates and rows that arrive
+//! out of order are not holes, so the functions sort and deduplicate their
+//! input themselves.
+//!
+//! A stream-hour is judged together with what is known around it: the last
+//! id before the hour's rows (`before`, typically the previous hour's last
+//! id) and the first id after them (`after`, the next hour's first id). When
+//! one of them is unknown, the hole at that end is *open*: its id bound is
+//! `None` and only its time bound is known (the hour's start or end). That is
+//! how a disconnect at the end of an hour, or a first start in the middle of
+//! one, becomes a hole the fill can probe REST for by time or by id.
+//!
+//! # Klines
+//!
+//! Every open time on the interval's grid in a span must have a closed
+//! kline; missing open times are holes, consecutive ones merged into one
+//! range. (A halted symbol legitimately has none: telling that apart is the
+//! fill's job, from what REST answers.)
+
+use std::collections::BTreeSet;
+
+use crate::domain::{Hour, KlineInterval, TimeUs, UnfilledRange};
+
+/// An inclusive range of missing ids, `first <= last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IdRange {
+    pub first: i64,
+    pub last: i64,
+}
+
+impl IdRange {
+    /// How many ids the range holds (saturating: the whole i64 range is
+    /// one more than `u64::MAX`).
+    pub fn len(self) -> u64 {
+        self.last.abs_diff(self.first).saturating_add(1)
+    }
+
+    pub fn contains(self, id: i64) -> bool {
+        (self.first..=self.last).contains(&id)
+    }
+}
+
+/// The missing ids between `before` and `after` (both exclusive, each
+/// `None` when unknown) given the ids held. `ids` may be in any order and
+/// hold duplicates. Ids at or below `before`, or at or above `after`, are
+/// outside the span and ignored. Only holes bounded by known ids on both
+/// sides are returned; see [`id_holes_in_hour`] for the open ends.
+pub fn id_holes(ids: &[i64], before: Option<i64>, after: Option<i64>) -> Vec<IdRange> {
+    let mut known: Vec<i64> = ids
+        .iter()
+        .copied()
+        .filter(|id| before.is_none_or(|before| *id > before) && after.is_none_or(|after| *id < after))
+        .collect();
+    known.sort_unstable();
+    known.dedup();
+    let chain = before.into_iter().chain(known).chain(after);
+    let mut holes = Vec::new();
+    let mut previous: Option<i64> = None;
+    for id in chain {
+        if let Some(previous) = previous {
+            // `before < after` is not guaranteed by the caller; a bound that
+            // goes backwards closes nothing.
+            if id > previous.saturating_add(1) {
+                holes.push(IdRange { first: previous + 1, last: id - 1 });
+            }
+        }
+        previous = Some(previous.map_or(id, |previous| previous.max(id)));
+    }
+    holes
+}
+
+/// A row's id with its trade time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdAt {
+    pub id: i64,
+    pub time: TimeUs,
+}
+
+/// A hole in a trade or aggTrade stream-hour.
+///
+/// `from_id` / `to_id` are inclusive; `None` means the exchange never told
+/// us the id (an open end: nothing known before the hour's rows, or nothing
+/// after them). `from_time` / `to_time` bound the missing rows' trade times,
+/// inclusive, clamped to the hour: the time of the row before the hole and
+/// of the row after it (ids are issued in time order, so every missing row
+/// lies between them), or the hour's start / last µs at an open end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdHole {
+    pub from_id: Option<i64>,
+    pub to_id: Option<i64>,
+    pub from_time: TimeUs,
+    pub to_time: TimeUs,
+}
+
+impl IdHole {
+    /// Both ends are known ids.
+    pub fn is_closed(&self) -> bool {
+        self.from_id.is_some() && self.to_id.is_some()
+    }
+
+    /// The hole as listed in a file's `unfilled` metadata.
+    pub fn unfilled(&self, reason: &str) -> UnfilledRange {
+        UnfilledRange {
+            from: self.from_id,
+            to: self.to_id,
+            from_time: self.from_time,
+            to_time: self.to_time,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// The holes of one trade or aggTrade stream-hour.
+///
+/// `rows` are the ids held for the hour with their trade times (any order,
+/// duplicates allowed; for a duplicated id the earliest time is used).
+/// `before` is the last row known before them and `after` the first row known
+/// after them; either may lie in another hour. An unknown `before` gives an
+/// open hole from the hour's start to the first row, an unknown `after` one
+/// from the last row to the hour's end: whether something is missing there
+/// only REST can say. With no rows and neither bound the whole hour is one
+/// open hole.
+pub fn id_holes_in_hour(hour: Hour, rows: &[IdAt], before: Option<IdAt>, after: Option<IdAt>) -> Vec<IdHole> {
+    let hour_last = hour.end() - 1;
+    let clamp = |time: TimeUs| time.clamp(hour.start(), hour_last);
+    let mut known: Vec<IdAt> = rows
+        .iter()
+        .copied()
+        .filter(|row| before.is_none_or(|before| row.id > before.id) && after.is_none_or(|after| row.id < after.id))
+        .collect();
+    known.sort_unstable_by_key(|row| (row.id, row.time));
+    known.dedup_by_key(|row| row.id);
+
+    let mut holes = Vec::new();
+    let bounded_hole = |lower: IdAt, upper: IdAt| {
+        let (early, late) = (lower.time.min(upper.time), lower.time.max(upper.time));
+        IdHole { from_id: Some(lower.id + 1), to_id: Some(upper.id - 1), from_time: clamp(early), to_time: clamp(late) }
+    };
+    let mut previous = before;
+    for row in known.iter().copied().chain(after) {
+        match previous {
+            Some(lower) if row.id > lower.id.saturating_add(1) => holes.push(bounded_hole(lower, row)),
+            Some(_) => {}
+            None => holes.push(IdHole {
+                from_id: None,
+                to_id: Some(row.id - 1),
+                from_time: hour.start(),
+                to_time: clamp(row.time),
+            }),
+        }
+        previous = Some(row);
+    }
+    if after.is_none() {
+        holes.push(match previous {
+            Some(lower) => IdHole {
+                from_id: Some(lower.id + 1),
+                to_id: None,
+                from_time: clamp(lower.time),
+                to_time: hour_last,
+            },
+            None => IdHole { from_id: None, to_id: None, from_time: hour.start(), to_time: hour_last },
+        });
+    }
+    holes
+}
+
+/// An inclusive range of missing kline open times on an interval's grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KlineHole {
+    pub first_open: TimeUs,
+    pub last_open: TimeUs,
+}
+
+impl KlineHole {
+    /// The hole as listed in the `unfilled` metadata of `hour`'s file: ids
+    /// are open times; the time bounds run from the first missing open to
+    /// the last missing kline's close, clamped to the hour.
+    pub fn unfilled(&self, interval: KlineInterval, hour: Hour, reason: &str) -> UnfilledRange {
+        let last_close = interval.next_open_time(self.last_open) - 1;
+        let hour_last = hour.end() - 1;
+        UnfilledRange {
+            from: Some(self.first_open),
+            to: Some(self.last_open),
+            from_time: self.first_open.clamp(hour.start(), hour_last),
+            to_time: last_close.clamp(hour.start(), hour_last),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// The grid open times of `interval` in `[from, to)`, ascending.
+pub fn kline_grid(interval: KlineInterval, from: TimeUs, to: TimeUs) -> Vec<TimeUs> {
+    let mut open = interval.open_time_containing(from);
+    if open < from {
+        open = interval.next_open_time(open);
+    }
+    let mut grid = Vec::new();
+    while open < to {
+        grid.push(open);
+        open = interval.next_open_time(open);
+    }
+    grid
+}
+
+/// The grid open times of `interval` in `[from, to)` that have no closed
+/// kline in `open_times_present` (any order, duplicates allowed; times off
+/// the grid are ignored), merged into ranges of consecutive open times.
+pub fn kline_holes(interval: KlineInterval, open_times_present: &[TimeUs], from: TimeUs, to: TimeUs) -> Vec<KlineHole> {
+    let present: BTreeSet<TimeUs> = open_times_present.iter().copied().collect();
+    let mut holes: Vec<KlineHole> = Vec::new();
+    let mut previous_open: Option<TimeUs> = None;
+    for open in kline_grid(interval, from, to) {
+        if !present.contains(&open) {
+            match holes.last_mut() {
+                // Extend the hole when the previous grid point was missing too.
+                Some(hole) if previous_open == Some(hole.last_open) => hole.last_open = open,
+                _ => holes.push(KlineHole { first_open: open, last_open: open }),
+            }
+        }
+        previous_open = Some(open);
+    }
+    holes
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::{MICROS_PER_HOUR, MICROS_PER_MINUTE, MICROS_PER_SECOND};
+
+    /// 2026-01-01 01:00:00 UTC.
+    const HOUR_START: TimeUs = 1_767_229_200_000_000;
+
+    fn hour() -> Hour {
+        Hour::containing(HOUR_START)
+    }
+
+    fn at(id: i64, seconds: i64) -> IdAt {
+        IdAt { id, time: HOUR_START + seconds * MICROS_PER_SECOND }
+    }
+
+    fn range(first: i64, last: i64) -> IdRange {
+        IdRange { first, last }
+    }
+
+    #[test]
+    fn consecutive_ids_have_no_hole() {
+        assert_eq!(id_holes(&[5, 6, 7, 8], Some(4), Some(9)), vec![]);
+        assert_eq!(id_holes(&[5, 6, 7, 8], None, None), vec![]);
+        assert_eq!(id_holes(&[], Some(4), Some(5)), vec![]);
+    }
+
+    #[test]
+    fn a_jump_is_a_hole_between_the_ids() {
+        assert_eq!(id_holes(&[10, 11, 15, 16], None, None), vec![range(12, 14)]);
+        assert_eq!(id_holes(&[10, 12, 14], None, None), vec![range(11, 11), range(13, 13)]);
+    }
+
+    #[test]
+    fn duplicates_and_reordering_are_not_holes() {
+        assert_eq!(id_holes(&[8, 6, 7, 6, 5, 8], Some(4), Some(9)), vec![]);
+        assert_eq!(id_holes(&[15, 10, 15, 11, 10], None, None), vec![range(12, 14)]);
+    }
+
+    #[test]
+    fn bounds_from_neighbouring_hours_open_holes_at_the_edges() {
+        assert_eq!(id_holes(&[7, 8], Some(4), Some(12)), vec![range(5, 6), range(9, 11)]);
+        assert_eq!(id_holes(&[], Some(4), Some(9)), vec![range(5, 8)]);
+    }
+
+    #[test]
+    fn ids_outside_the_bounds_are_ignored() {
+        // A late duplicate of the previous hour's last rows is not a hole.
+        assert_eq!(id_holes(&[2, 3, 5, 6], Some(4), Some(7)), vec![]);
+        assert_eq!(id_holes(&[5, 9, 10], Some(4), Some(7)), vec![range(6, 6)]);
+    }
+
+    #[test]
+    fn bounds_that_go_backwards_close_nothing() {
+        assert_eq!(id_holes(&[], Some(9), Some(4)), vec![]);
+    }
+
+    #[test]
+    fn extreme_ids_do_not_overflow() {
+        assert_eq!(id_holes(&[i64::MAX - 1, i64::MAX], None, None), vec![]);
+        assert_eq!(id_holes(&[i64::MIN, i64::MAX], None, None), vec![range(i64::MIN + 1, i64::MAX - 1)]);
+        assert_eq!(range(i64::MIN, i64::MAX).len(), u64::MAX);
+    }
+
+    #[test]
+    fn hour_holes_carry_the_times_of_their_neighbours() {
+        let rows = [at(10, 1), at(11, 2), at(15, 30), at(16, 31)];
+        let holes = id_holes_in_hour(hour(), &rows, Some(at(9, 0)), Some(at(17, 40)));
+        assert_eq!(
+            holes,
+            vec![IdHole { from_id: Some(12), to_id: Some(14), from_time: at(0, 2).time, to_time: at(0, 30).time }]
+        );
+        assert!(holes[0].is_closed());
+    }
+
+    #[test]
+    fn hour_holes_clamp_neighbours_in_other_hours_to_the_hour() {
+        let previous_hour_row = IdAt { id: 4, time: HOUR_START - 5 * MICROS_PER_SECOND };
+        let next_hour_row = IdAt { id: 20, time: HOUR_START + MICROS_PER_HOUR + 3 * MICROS_PER_SECOND };
+        let holes = id_holes_in_hour(hour(), &[at(7, 10)], Some(previous_hour_row), Some(next_hour_row));
+        assert_eq!(
+            holes,
+            vec![
+                IdHole { from_id: Some(5), to_id: Some(6), from_time: HOUR_START, to_time: at(0, 10).time },
+                IdHole {
+                    from_id: Some(8),
+                    to_id: Some(19),
+                    from_time: at(0, 10).time,
+                    to_time: HOUR_START + MICROS_PER_HOUR - 1
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_known_after_the_last_row_is_an_open_hole_to_the_hour_end() {
+        // The stream disconnected at 59:50 and nothing came after.
+        let rows = [at(10, 3500), at(11, 3590)];
+        let holes = id_holes_in_hour(hour(), &rows, Some(at(9, 3000)), None);
+        assert_eq!(
+            holes,
+            vec![IdHole { from_id: Some(12), to_id: None, from_time: at(0, 3590).time, to_time: hour().end() - 1 }]
+        );
+        assert!(!holes[0].is_closed());
+    }
+
+    #[test]
+    fn nothing_known_before_the_first_row_is_an_open_hole_from_the_hour_start() {
+        // First start at 20:00 into the hour.
+        let holes = id_holes_in_hour(hour(), &[at(50, 1200), at(51, 1201)], None, Some(at(52, 3700)));
+        assert_eq!(holes, vec![IdHole { from_id: None, to_id: Some(49), from_time: HOUR_START, to_time: at(0, 1200).time }]);
+    }
+
+    #[test]
+    fn an_hour_without_rows_is_one_hole() {
+        let whole_hour = IdHole { from_id: None, to_id: None, from_time: HOUR_START, to_time: hour().end() - 1 };
+        assert_eq!(id_holes_in_hour(hour(), &[], None, None), vec![whole_hour]);
+        let after_known =
+            IdHole { from_id: Some(10), to_id: None, from_time: HOUR_START, to_time: hour().end() - 1 };
+        let previous_hour_row = IdAt { id: 9, time: HOUR_START - 1 };
+        assert_eq!(id_holes_in_hour(hour(), &[], Some(previous_hour_row), None), vec![after_known]);
+        // Consecutive neighbours: nothing was traded in this hour.
+        let next_hour_row = IdAt { id: 10, time: hour().end() + 1 };
+        assert_eq!(id_holes_in_hour(hour(), &[], Some(previous_hour_row), Some(next_hour_row)), vec![]);
+    }
+
+    #[test]
+    fn hour_holes_ignore_duplicates_and_order() {
+        let rows = [at(16, 31), at(10, 1), at(16, 31), at(11, 2), at(15, 30), at(10, 1)];
+        let holes = id_holes_in_hour(hour(), &rows, Some(at(9, 0)), Some(at(17, 40)));
+        assert_eq!(holes.len(), 1);
+        assert_eq!((holes[0].from_id, holes[0].to_id), (Some(12), Some(14)));
+    }
+
+    #[test]
+    fn an_id_hole_becomes_unfilled_metadata() {
+        let hole = IdHole { from_id: Some(12), to_id: None, from_time: 5, to_time: 9 };
+        let unfilled = hole.unfilled("rest unreachable");
+        assert_eq!(
+            unfilled,
+            UnfilledRange { from: Some(12), to: None, from_time: 5, to_time: 9, reason: "rest unreachable".to_owned() }
+        );
+    }
+
+    #[test]
+    fn missing_minute_klines_are_holes_merged_when_consecutive() {
+        let minute = KlineInterval::Minute1;
+        let present: Vec<TimeUs> =
+            (0..60).filter(|m| ![3, 4, 5, 59].contains(m)).map(|m| HOUR_START + m * MICROS_PER_MINUTE).collect();
+        let holes = kline_holes(minute, &present, HOUR_START, HOUR_START + MICROS_PER_HOUR);
+        assert_eq!(
+            holes,
+            vec![
+                KlineHole { first_open: HOUR_START + 3 * MICROS_PER_MINUTE, last_open: HOUR_START + 5 * MICROS_PER_MINUTE },
+                KlineHole { first_open: HOUR_START + 59 * MICROS_PER_MINUTE, last_open: HOUR_START + 59 * MICROS_PER_MINUTE },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_complete_grid_has_no_kline_hole_and_off_grid_times_do_not_count() {
+        let minute = KlineInterval::Minute1;
+        let mut present: Vec<TimeUs> = (0..60).map(|m| HOUR_START + m * MICROS_PER_MINUTE).collect();
+        assert_eq!(kline_holes(minute, &present, HOUR_START, HOUR_START + MICROS_PER_HOUR), vec![]);
+        present[10] += 1;
+        assert_eq!(
+            kline_holes(minute, &present, HOUR_START, HOUR_START + MICROS_PER_HOUR),
+            vec![KlineHole { first_open: HOUR_START + 10 * MICROS_PER_MINUTE, last_open: HOUR_START + 10 * MICROS_PER_MINUTE }]
+        );
+    }
+
+    #[test]
+    fn the_kline_span_starts_at_the_first_grid_point_inside_it() {
+        let minute = KlineInterval::Minute1;
+        // From 01:00:30: the 01:00 kline opened before the span.
+        let from = HOUR_START + 30 * MICROS_PER_SECOND;
+        let to = HOUR_START + 3 * MICROS_PER_MINUTE;
+        assert_eq!(kline_grid(minute, from, to), vec![HOUR_START + MICROS_PER_MINUTE, HOUR_START + 2 * MICROS_PER_MINUTE]);
+        assert!(kline_grid(minute, to, to).is_empty());
+    }
+
+    #[test]
+    fn long_intervals_have_at_most_one_open_time_in_an_hour() {
+        // 2026-01-01 was a Thursday: no weekly kline opens in its hours; the month opens at 00:00.
+        let midnight = HOUR_START - MICROS_PER_HOUR;
+        assert_eq!(kline_holes(KlineInterval::Week1, &[], midnight, midnight + MICROS_PER_HOUR), vec![]);
+        assert_eq!(
+            kline_holes(KlineInterval::Month1, &[], midnight, midnight + MICROS_PER_HOUR),
+            vec![KlineHole { first_open: midnight, last_open: midnight }]
+        );
+        assert_eq!(kline_holes(KlineInterval::Month1, &[midnight], midnight, midnight + MICROS_PER_HOUR), vec![]);
+    }
+
+    #[test]
+    fn a_kline_hole_becomes_unfilled_metadata_clamped_to_the_hour() {
+        let hole = KlineHole { first_open: HOUR_START + 58 * MICROS_PER_MINUTE, last_open: HOUR_START + 59 * MICROS_PER_MINUTE };
+        let unfilled = hole.unfilled(KlineInterval::Minute1, hour(), "rest unreachable");
+        assert_eq!((unfilled.from, unfilled.to), (Some(hole.first_open), Some(hole.last_open)));
+        assert_eq!((unfilled.from_time, unfilled.to_time), (hole.first_open, hour().end() - 1));
+        let four_hours = KlineHole { first_open: HOUR_START, last_open: HOUR_START };
+        let unfilled = four_hours.unfilled(KlineInterval::Hour4, hour(), "halt");
+        assert_eq!(unfilled.to_time, hour().end() - 1);
+    }
+
+    /// A sorted set of ids and a subset of it removed.
+    fn ids_with_some_removed() -> impl Strategy<Value = (BTreeSet<i64>, BTreeSet<i64>)> {
+        (0i64..1_000_000, 2usize..200).prop_flat_map(|(start, length)| {
+            let all: Vec<i64> = (start..start + length as i64).collect();
+            let keep = proptest::collection::vec(any::<bool>(), length);
+            (Just(all), keep).prop_map(|(all, keep)| {
+                let mut removed = BTreeSet::new();
+                let mut present = BTreeSet::new();
+                for (index, id) in all.iter().enumerate() {
+                    // The ends stay so the removed ids are all between known ids.
+                    if keep[index] || index == 0 || index == all.len() - 1 {
+                        present.insert(*id);
+                    } else {
+                        removed.insert(*id);
+                    }
+                }
+                (present, removed)
+            })
+        })
+    }
+
+    fn expand(holes: &[IdRange]) -> BTreeSet<i64> {
+        holes.iter().flat_map(|hole| hole.first..=hole.last).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn holes_are_exactly_the_removed_ids((present, removed) in ids_with_some_removed(), shuffle_seed in any::<u64>(), n_duplicates in 0usize..20) {
+            let mut ids: Vec<i64> = present.iter().copied().collect();
+            let mut rng = fastrand::Rng::with_seed(shuffle_seed);
+            for _ in 0..n_duplicates {
+                ids.push(ids[rng.usize(..ids.len())]);
+            }
+            rng.shuffle(&mut ids);
+            let holes = id_holes(&ids, None, None);
+            prop_assert_eq!(expand(&holes), removed);
+        }
+
+        #[test]
+        fn holes_are_sorted_disjoint_maximal_and_never_cover_a_present_id((present, _removed) in ids_with_some_removed()) {
+            let ids: Vec<i64> = present.iter().copied().collect();
+            let holes = id_holes(&ids, None, None);
+            for hole in &holes {
+                prop_assert!(hole.first <= hole.last);
+                prop_assert!(!present.iter().any(|id| hole.contains(*id)));
+                // Maximal: both neighbours are present ids.
+                prop_assert!(present.contains(&(hole.first - 1)));
+                prop_assert!(present.contains(&(hole.last + 1)));
+            }
+            for pair in holes.windows(2) {
+                prop_assert!(pair[0].last + 1 < pair[1].first);
+            }
+        }
+
+        #[test]
+        fn bounds_count_as_present((present, removed) in ids_with_some_removed()) {
+            // Taking the first and last ids out of the rows and passing them as
+            // the neighbouring hours' ids finds the same holes.
+            let first = *present.first().expect("at least two ids");
+            let last = *present.last().expect("at least two ids");
+            let inner: Vec<i64> = present.iter().copied().filter(|id| *id != first && *id != last).collect();
+            prop_assert_eq!(expand(&id_holes(&inner, Some(first), Some(last))), removed);
+        }
+
+        #[test]
+        fn hour_holes_match_id_holes_and_stay_in_the_hour((present, removed) in ids_with_some_removed(), step_ms in 1i64..20_000) {
+            // Times rise with ids, some of them outside the hour.
+            let first = *present.first().expect("at least two ids");
+            let time_of = |id: i64| HOUR_START - 10 * MICROS_PER_SECOND + (id - first) * step_ms * 1000;
+            let mut rows: Vec<IdAt> = present.iter().map(|id| IdAt { id: *id, time: time_of(*id) }).collect();
+            let before = rows.remove(0);
+            let after = rows.pop().expect("at least two ids");
+            let holes = id_holes_in_hour(hour(), &rows, Some(before), Some(after));
+            let ranges: Vec<IdRange> = holes
+                .iter()
+                .map(|hole| IdRange { first: hole.from_id.expect("closed"), last: hole.to_id.expect("closed") })
+                .collect();
+            prop_assert_eq!(expand(&ranges), removed);
+            for hole in &holes {
+                prop_assert!(hour().start() <= hole.from_time && hole.from_time <= hole.to_time && hole.to_time < hour().end());
+            }
+        }
+
+        #[test]
+        fn kline_holes_and_present_opens_tile_the_grid(keep in proptest::collection::vec(any::<bool>(), 60)) {
+            let minute = KlineInterval::Minute1;
+            let grid = kline_grid(minute, HOUR_START, HOUR_START + MICROS_PER_HOUR);
+            prop_assert_eq!(grid.len(), 60);
+            let present: Vec<TimeUs> = grid.iter().zip(&keep).filter(|(_, keep)| **keep).map(|(open, _)| *open).collect();
+            let holes = kline_holes(minute, &present, HOUR_START, HOUR_START + MICROS_PER_HOUR);
+            let mut missing = BTreeSet::new();
+            for hole in &holes {
+                let mut open = hole.first_open;
+                while open <= hole.last_open {
+                    prop_assert!(!present.contains(&open));
+                    missing.insert(open);
+                    open = minute.next_open_time(open);
+                }
+            }
+            let expected: BTreeSet<TimeUs> = grid.iter().zip(&keep).filter(|(_, keep)| !**keep).map(|(open, _)| *open).collect();
+            prop_assert_eq!(missing, expected);
+            for pair in holes.windows(2) {
+                // Merged: two holes are separated by at least one present kline.
+                prop_assert!(minute.next_open_time(pair[0].last_open) < pair[1].first_open);
+            }
+        }
+    }
+}

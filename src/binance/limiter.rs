@@ -1,1 +1,602 @@
-//! REST weight pacing (issue 6): pure, being written.
+//! REST weight pacing: pure, time passed in, so every rule is unit-tested.
+//!
+//! Binance counts request weight per IP in fixed windows (spot: 6,000 per
+//! minute, resetting on the whole minute; the limit is read from
+//! `exchangeInfo.rateLimits` at start). Over the limit it answers 429 with
+//! `Retry-After`; calling again before that earns a 418 IP ban that grows
+//! from 2 minutes to 3 days (reference section 6). Other programs on the
+//! host share the IP, so we only use a configured share of the limit.
+//!
+//! The rules, in the order [`Limiter::delay_before`] applies them:
+//!
+//! 1. **Back-off.** After a 429 or 418 nothing is sent until its
+//!    `Retry-After` has passed, by any clone of the client (they share one
+//!    limiter). Without the header: the next window boundary after a 429, two
+//!    minutes after a 418 (the shortest ban).
+//! 2. **Our own weight, sliding window.** The weight of our requests over any
+//!    window-long span stays within the budget (`limit * share`). A sliding
+//!    window keeps every fixed window under the budget whatever its phase,
+//!    so a host clock that is off, or a server whose windows do not start on
+//!    our whole minutes, cannot make us pass it; the price is being a little
+//!    slower just after a boundary. A request counts from when it is sent
+//!    until one window after its answer (the server may count it any time in
+//!    between).
+//! 3. **The server's count.** `X-MBX-USED-WEIGHT-1M` says what the whole IP
+//!    used in the server's current window, including other programs. We
+//!    trust it over our own count: the estimate is the larger of the two (the
+//!    header plus what we sent that it may not include yet). A reading is
+//!    forgotten at the end of the window it was taken in (whole multiples of
+//!    the window on the clock passed in, plus a margin for clock offset).
+//!
+//! A request heavier than the whole budget is let through alone, when
+//! nothing else is counted, so that it is slow rather than impossible.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::domain::{Market, TimeUs};
+
+/// The shortest IP ban Binance gives (reference section 6): the back-off
+/// after a 418 that carries no `Retry-After`.
+const DEFAULT_BAN: Duration = Duration::from_secs(120);
+
+/// How long after a window boundary (on our clock) a header reading is
+/// still trusted: covers a host clock up to this much behind the server's.
+const BOUNDARY_MARGIN: Duration = Duration::from_secs(1);
+
+/// The `REQUEST_WEIGHT` rate limit: `limit` weight per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightLimit {
+    pub limit: u32,
+    pub window: Duration,
+}
+
+impl WeightLimit {
+    /// Spot's limit since 2023-08-25, used until `exchangeInfo` says otherwise.
+    pub const SPOT_DEFAULT: WeightLimit = WeightLimit { limit: 6000, window: Duration::from_secs(60) };
+}
+
+impl Default for WeightLimit {
+    fn default() -> WeightLimit {
+        WeightLimit::SPOT_DEFAULT
+    }
+}
+
+/// The part of the weight limit the recorder may use, in `(0, 1]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeightShare(f64);
+
+impl WeightShare {
+    /// Half the limit: the rest is left to other programs on the host.
+    pub const DEFAULT: WeightShare = WeightShare(0.5);
+
+    /// `None` unless `0 < share <= 1`.
+    pub fn new(share: f64) -> Option<WeightShare> {
+        (share > 0.0 && share <= 1.0).then_some(WeightShare(share))
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl Default for WeightShare {
+    fn default() -> WeightShare {
+        WeightShare::DEFAULT
+    }
+}
+
+/// The REST endpoints the recorder calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    AggTrades,
+    HistoricalTrades,
+    Trades,
+    Klines,
+    ExchangeInfo,
+    Time,
+    Ping,
+}
+
+impl Endpoint {
+    /// The last path segment, as in `/api/v3/aggTrades`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::AggTrades => "aggTrades",
+            Endpoint::HistoricalTrades => "historicalTrades",
+            Endpoint::Trades => "trades",
+            Endpoint::Klines => "klines",
+            Endpoint::ExchangeInfo => "exchangeInfo",
+            Endpoint::Time => "time",
+            Endpoint::Ping => "ping",
+        }
+    }
+
+    /// The documented weight of one call asking for `limit` rows (reference
+    /// section 5; only futures klines depend on `limit`).
+    pub fn weight(self, market: Market, limit: u32) -> u32 {
+        match market {
+            Market::Spot | Market::Us => match self {
+                Endpoint::AggTrades => 4,
+                Endpoint::HistoricalTrades | Endpoint::Trades => 25,
+                Endpoint::Klines => 2,
+                Endpoint::ExchangeInfo => 20,
+                Endpoint::Time | Endpoint::Ping => 1,
+            },
+            Market::UsdM | Market::CoinM => match self {
+                Endpoint::AggTrades | Endpoint::HistoricalTrades => 20,
+                Endpoint::Trades => 5,
+                Endpoint::Klines => match limit {
+                    0..100 => 1,
+                    100..500 => 2,
+                    500..=1000 => 5,
+                    _ => 10,
+                },
+                Endpoint::ExchangeInfo | Endpoint::Time | Endpoint::Ping => 1,
+            },
+        }
+    }
+}
+
+/// One request we sent, from [`Limiter::on_send`] to its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendId(u64);
+
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    id: u64,
+    weight: u32,
+    sent_at: TimeUs,
+    answered_at: Option<TimeUs>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeaderReading {
+    used: u32,
+    /// When the request it answers was sent.
+    request_sent_at: TimeUs,
+    request: u64,
+    forget_at: TimeUs,
+}
+
+/// Counters worth exporting as metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimiterStats {
+    pub n_sent: u64,
+    pub n_rate_limited: u64,
+    pub n_banned: u64,
+    /// The highest `X-MBX-USED-WEIGHT-1M` any answer carried.
+    pub max_used_weight_seen: u32,
+}
+
+/// The pacer. One per market, shared by every clone of the REST client.
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    limit: WeightLimit,
+    share: WeightShare,
+    sent: VecDeque<Sent>,
+    next_id: u64,
+    header: Option<HeaderReading>,
+    backoff_until: Option<TimeUs>,
+    stats: LimiterStats,
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn duration_between(now: TimeUs, later: TimeUs) -> Duration {
+    Duration::from_micros(u64::try_from(later.saturating_sub(now)).unwrap_or(0))
+}
+
+impl Limiter {
+    pub fn new(limit: WeightLimit, share: WeightShare) -> Limiter {
+        Limiter {
+            limit,
+            share,
+            sent: VecDeque::new(),
+            next_id: 0,
+            header: None,
+            backoff_until: None,
+            stats: LimiterStats::default(),
+        }
+    }
+
+    /// Adopts the limit `exchangeInfo` reported.
+    pub fn set_limit(&mut self, limit: WeightLimit) {
+        self.limit = limit;
+    }
+
+    pub fn limit(&self) -> WeightLimit {
+        self.limit
+    }
+
+    /// The weight per window we allow ourselves: `limit * share`, at least 1.
+    pub fn budget(&self) -> u32 {
+        ((f64::from(self.limit.limit) * self.share.get()).floor() as u32).max(1)
+    }
+
+    pub fn stats(&self) -> LimiterStats {
+        self.stats
+    }
+
+    /// Until when every call waits because of a 429 or 418, if it does at `now`.
+    pub fn backoff_until(&self, now: TimeUs) -> Option<TimeUs> {
+        self.backoff_until.filter(|until| *until > now)
+    }
+
+    fn window_us(&self) -> i64 {
+        micros(self.limit.window).max(1)
+    }
+
+    /// When a request stops counting in our sliding window. One still
+    /// unanswered is taken as answered at `now`: the delay computed from it
+    /// is a lower bound and the caller asks again after waiting.
+    fn expiry(&self, sent: &Sent, now: TimeUs) -> TimeUs {
+        sent.answered_at.unwrap_or(now).saturating_add(self.window_us())
+    }
+
+    fn own_weight_at(&self, at: TimeUs, now: TimeUs) -> u32 {
+        self.sent.iter().filter(|sent| self.expiry(sent, now) > at).map(|sent| sent.weight).sum()
+    }
+
+    fn header_weight_at(&self, at: TimeUs, now: TimeUs) -> u32 {
+        let Some(reading) = self.header.filter(|reading| at < reading.forget_at) else {
+            return 0;
+        };
+        // Our requests that the reading may not include: every one not
+        // answered before the read request was sent.
+        let maybe_uncounted: u32 = self
+            .sent
+            .iter()
+            .filter(|sent| sent.id != reading.request)
+            .filter(|sent| sent.answered_at.is_none_or(|answered| answered >= reading.request_sent_at))
+            .filter(|sent| self.expiry(sent, now) > at)
+            .map(|sent| sent.weight)
+            .sum();
+        reading.used.saturating_add(maybe_uncounted)
+    }
+
+    fn may_send_at(&self, weight: u32, at: TimeUs, now: TimeUs) -> bool {
+        if self.backoff_until.is_some_and(|until| until > at) {
+            return false;
+        }
+        let used = self.own_weight_at(at, now).max(self.header_weight_at(at, now));
+        used.saturating_add(weight) <= self.budget() || used == 0
+    }
+
+    /// How long to wait before sending a request of `weight` at `now`;
+    /// `None` to send now. After waiting, ask again: requests still in
+    /// flight may hold the budget longer than assumed.
+    pub fn delay_before(&self, weight: u32, now: TimeUs) -> Option<Duration> {
+        let mut candidates: Vec<TimeUs> = vec![now];
+        candidates.extend(self.backoff_until);
+        candidates.extend(self.header.map(|reading| reading.forget_at));
+        candidates.extend(self.sent.iter().map(|sent| self.expiry(sent, now)));
+        candidates.retain(|at| *at >= now);
+        candidates.sort_unstable();
+        candidates.dedup();
+        // At the latest candidate nothing counts any more, so one always fits.
+        let at = candidates
+            .into_iter()
+            .find(|at| self.may_send_at(weight, *at, now))
+            .expect("at the latest candidate time nothing is counted");
+        (at > now).then(|| duration_between(now, at))
+    }
+
+    /// Counts a request of `weight` sent at `now`.
+    pub fn on_send(&mut self, weight: u32, now: TimeUs) -> SendId {
+        self.forget_expired(now);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.sent.push_back(Sent { id, weight, sent_at: now, answered_at: None });
+        self.stats.n_sent += 1;
+        SendId(id)
+    }
+
+    /// [`Limiter::delay_before`] and [`Limiter::on_send`] in one step, so two
+    /// callers sharing the limiter cannot both take the last of the budget.
+    pub fn try_send(&mut self, weight: u32, now: TimeUs) -> Result<SendId, Duration> {
+        match self.delay_before(weight, now) {
+            None => Ok(self.on_send(weight, now)),
+            Some(delay) => Err(delay),
+        }
+    }
+
+    /// The request `send` was answered (or failed) at `now`; `used_weight` is
+    /// its `X-MBX-USED-WEIGHT-1M` header, when it had one.
+    pub fn on_response(&mut self, send: SendId, used_weight: Option<u32>, now: TimeUs) {
+        let mut request_sent_at = now;
+        if let Some(sent) = self.sent.iter_mut().find(|sent| sent.id == send.0) {
+            sent.answered_at = Some(now);
+            request_sent_at = sent.sent_at;
+        }
+        if let Some(used) = used_weight {
+            self.stats.max_used_weight_seen = self.stats.max_used_weight_seen.max(used);
+            let window = self.window_us();
+            let boundary = (now.div_euclid(window) + 1).saturating_mul(window);
+            let margin = micros(BOUNDARY_MARGIN).min(window / 10);
+            let reading = HeaderReading { used, request_sent_at, request: send.0, forget_at: boundary + margin };
+            // A reading of an older request does not replace a newer one.
+            if self.header.is_none_or(|current| current.request_sent_at <= request_sent_at) {
+                self.header = Some(reading);
+            }
+        }
+        self.forget_expired(now);
+    }
+
+    /// A 429 (too much weight) or 418 (banned) answer at `now`, with its
+    /// `Retry-After`: every call waits until it has passed.
+    pub fn on_retry_after(&mut self, status: u16, retry_after: Option<Duration>, now: TimeUs) {
+        let until = match (status, retry_after) {
+            (_, Some(retry_after)) => now.saturating_add(micros(retry_after)),
+            (418, None) => now.saturating_add(micros(DEFAULT_BAN)),
+            (_, None) => {
+                let window = self.window_us();
+                (now.div_euclid(window) + 1).saturating_mul(window) + micros(BOUNDARY_MARGIN).min(window / 10)
+            }
+        };
+        if status == 418 {
+            self.stats.n_banned += 1;
+        } else {
+            self.stats.n_rate_limited += 1;
+        }
+        self.backoff_until = Some(self.backoff_until.map_or(until, |current| current.max(until)));
+    }
+
+    fn forget_expired(&mut self, now: TimeUs) {
+        let window = self.window_us();
+        self.sent.retain(|sent| sent.answered_at.is_none_or(|answered| answered.saturating_add(window) > now));
+        if self.header.is_some_and(|reading| reading.forget_at <= now) {
+            self.header = None;
+        }
+        if self.backoff_until.is_some_and(|until| until <= now) {
+            self.backoff_until = None;
+        }
+    }
+}
+
+/// Whole seconds of a `Retry-After` header as a duration (the HTTP-date form
+/// is not used by Binance and is ignored).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::MICROS_PER_SECOND;
+
+    /// 2026-01-01 01:00:00 UTC, a whole minute.
+    const T0: TimeUs = 1_767_229_200_000_000;
+
+    fn at(offset_ms: i64) -> TimeUs {
+        T0 + offset_ms * 1000
+    }
+
+    fn limiter(limit: u32, share: f64) -> Limiter {
+        Limiter::new(
+            WeightLimit { limit, window: Duration::from_secs(60) },
+            WeightShare::new(share).expect("valid share"),
+        )
+    }
+
+    fn send_and_answer(limiter: &mut Limiter, weight: u32, sent_ms: i64, answered_ms: i64, used: Option<u32>) {
+        let id = limiter.try_send(weight, at(sent_ms)).expect("may send");
+        limiter.on_response(id, used, at(answered_ms));
+    }
+
+    #[test]
+    fn documented_spot_weights() {
+        let weights: Vec<u32> = [
+            Endpoint::AggTrades,
+            Endpoint::HistoricalTrades,
+            Endpoint::Trades,
+            Endpoint::Klines,
+            Endpoint::ExchangeInfo,
+            Endpoint::Time,
+            Endpoint::Ping,
+        ]
+        .into_iter()
+        .map(|endpoint| endpoint.weight(Market::Spot, 1000))
+        .collect();
+        assert_eq!(weights, vec![4, 25, 25, 2, 20, 1, 1]);
+        assert_eq!(Endpoint::Klines.weight(Market::UsdM, 99), 1);
+        assert_eq!(Endpoint::Klines.weight(Market::UsdM, 1000), 5);
+        assert_eq!(Endpoint::Klines.weight(Market::UsdM, 1500), 10);
+    }
+
+    #[test]
+    fn share_must_be_a_fraction() {
+        assert!(WeightShare::new(0.0).is_none());
+        assert!(WeightShare::new(1.5).is_none());
+        assert!(WeightShare::new(f64::NAN).is_none());
+        assert!(WeightShare::new(1.0).is_some());
+        assert_eq!(limiter(6000, 0.5).budget(), 3000);
+        assert_eq!(limiter(1, 0.1).budget(), 1, "a budget is never zero");
+    }
+
+    #[test]
+    fn sends_freely_under_the_budget() {
+        let mut pacer = limiter(100, 0.5);
+        for index in 0..5 {
+            assert_eq!(pacer.delay_before(10, at(index)), None, "{} of 50 after this one", 10 * (index + 1));
+            send_and_answer(&mut pacer, 10, index, index, None);
+        }
+        assert!(pacer.delay_before(1, at(5)).is_some());
+    }
+
+    #[test]
+    fn waits_when_the_budget_is_spent_until_the_first_request_slides_out() {
+        let mut pacer = limiter(100, 0.5);
+        send_and_answer(&mut pacer, 25, 0, 100, None);
+        send_and_answer(&mut pacer, 25, 200, 300, None);
+        // 50 of 50: the next waits until the first answer is a window old.
+        assert_eq!(pacer.delay_before(1, at(300)), Some(Duration::from_millis(59_800)));
+        assert_eq!(pacer.delay_before(1, at(60_100)), None);
+        assert!(pacer.try_send(1, at(60_099)).is_err());
+    }
+
+    #[test]
+    fn unanswered_requests_keep_counting() {
+        let mut pacer = limiter(100, 0.5);
+        let first = pacer.try_send(50, at(0)).expect("may send");
+        // Still in flight after more than a window: it still counts.
+        assert!(pacer.delay_before(1, at(70_000)).is_some());
+        pacer.on_response(first, None, at(70_000));
+        assert_eq!(pacer.delay_before(1, at(70_000)), Some(Duration::from_secs(60)));
+        assert_eq!(pacer.delay_before(1, at(130_000)), None);
+    }
+
+    #[test]
+    fn the_header_counts_other_programs_on_the_same_ip() {
+        let mut pacer = limiter(100, 0.5);
+        // We sent 2, but the IP used 48 in this window.
+        send_and_answer(&mut pacer, 2, 0, 10, Some(48));
+        assert_eq!(pacer.delay_before(2, at(20)), None, "48 + 2 = 50");
+        send_and_answer(&mut pacer, 2, 20, 30, Some(50));
+        // Waits for the server's window to end (01:01:00 plus the margin),
+        // not for our own 2 + 2 to slide out.
+        assert_eq!(pacer.delay_before(2, at(40)), Some(Duration::from_millis(60_000 + 1000 - 40)));
+    }
+
+    #[test]
+    fn the_header_is_trusted_only_when_it_says_more() {
+        let mut pacer = limiter(100, 0.5);
+        for index in 0..4 {
+            // The server (its window just reset) reports less than we sent.
+            send_and_answer(&mut pacer, 10, index, index, Some(1));
+        }
+        // Our own 40 still count: 40 + 20 > 50.
+        assert!(pacer.delay_before(20, at(10)).is_some());
+        assert_eq!(pacer.delay_before(10, at(10)), None);
+    }
+
+    #[test]
+    fn requests_sent_after_a_reading_are_added_to_it() {
+        let mut pacer = limiter(100, 0.5);
+        let read = pacer.try_send(1, at(0)).expect("may send");
+        let later = pacer.try_send(1, at(1)).expect("may send");
+        pacer.on_response(read, Some(45), at(5));
+        // The reading of 45 may not include the request still in flight:
+        // 45 + 1 + 4 fits, 45 + 1 + 5 waits until that request slides out.
+        assert_eq!(pacer.delay_before(4, at(6)), None);
+        assert_eq!(pacer.delay_before(5, at(6)), Some(Duration::from_millis(60_000)));
+        // Nor may the reading of the later request include the earlier one,
+        // which the server may have counted after it.
+        pacer.on_response(later, Some(46), at(7));
+        assert_eq!(pacer.delay_before(3, at(8)), None);
+        assert!(pacer.delay_before(4, at(8)).is_some());
+    }
+
+    #[test]
+    fn an_older_reading_does_not_replace_a_newer_one() {
+        let mut pacer = limiter(100, 0.5);
+        let older = pacer.try_send(1, at(0)).expect("may send");
+        let newer = pacer.try_send(1, at(1)).expect("may send");
+        pacer.on_response(newer, Some(49), at(2));
+        pacer.on_response(older, Some(3), at(3));
+        assert!(pacer.delay_before(2, at(4)).is_some());
+    }
+
+    #[test]
+    fn a_reading_is_forgotten_after_its_window() {
+        let mut pacer = limiter(100, 0.5);
+        send_and_answer(&mut pacer, 1, 30_000, 30_000, Some(50));
+        assert!(pacer.delay_before(1, at(59_000)).is_some());
+        // Window [01:00, 01:01) plus 1 s margin.
+        assert_eq!(pacer.delay_before(1, at(61_000)), None);
+    }
+
+    #[test]
+    fn too_many_requests_backs_off_for_retry_after() {
+        let mut pacer = limiter(6000, 0.5);
+        pacer.on_retry_after(429, Some(Duration::from_secs(7)), at(500));
+        assert_eq!(pacer.backoff_until(at(500)), Some(at(7500)));
+        assert_eq!(pacer.delay_before(1, at(500)), Some(Duration::from_secs(7)));
+        assert_eq!(pacer.delay_before(1, at(7499)), Some(Duration::from_millis(1)));
+        assert_eq!(pacer.delay_before(1, at(7500)), None);
+        assert_eq!(pacer.stats().n_rate_limited, 1);
+    }
+
+    #[test]
+    fn a_ban_backs_off_for_retry_after_or_two_minutes() {
+        let mut pacer = limiter(6000, 0.5);
+        pacer.on_retry_after(418, None, at(0));
+        assert_eq!(pacer.delay_before(1, at(0)), Some(Duration::from_secs(120)));
+        pacer.on_retry_after(418, Some(Duration::from_secs(3600)), at(1000));
+        assert_eq!(pacer.delay_before(1, at(1000)), Some(Duration::from_secs(3600)));
+        assert_eq!(pacer.stats().n_banned, 2);
+    }
+
+    #[test]
+    fn a_shorter_retry_after_does_not_shorten_a_back_off() {
+        let mut pacer = limiter(6000, 0.5);
+        pacer.on_retry_after(429, Some(Duration::from_secs(30)), at(0));
+        pacer.on_retry_after(429, Some(Duration::from_secs(1)), at(10));
+        assert_eq!(pacer.backoff_until(at(10)), Some(at(30_000)));
+    }
+
+    #[test]
+    fn too_many_requests_without_retry_after_waits_for_the_window_end() {
+        let mut pacer = limiter(6000, 0.5);
+        pacer.on_retry_after(429, None, at(45_000));
+        assert_eq!(pacer.backoff_until(at(45_000)), Some(at(61_000)));
+    }
+
+    #[test]
+    fn a_request_heavier_than_the_budget_goes_alone() {
+        let mut pacer = limiter(30, 0.5);
+        assert_eq!(pacer.budget(), 15);
+        assert_eq!(pacer.delay_before(20, at(0)), None);
+        send_and_answer(&mut pacer, 20, 0, 10, None);
+        assert_eq!(pacer.delay_before(20, at(20)), Some(Duration::from_millis(59_990)));
+        assert_eq!(pacer.delay_before(1, at(20)), Some(Duration::from_millis(59_990)));
+    }
+
+    #[test]
+    fn a_new_limit_changes_the_budget() {
+        let mut pacer = limiter(6000, 0.5);
+        pacer.set_limit(WeightLimit { limit: 1200, window: Duration::from_secs(60) });
+        assert_eq!(pacer.budget(), 600);
+    }
+
+    #[test]
+    fn retry_after_parses_whole_seconds() {
+        assert_eq!(parse_retry_after(" 12 "), Some(Duration::from_secs(12)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn paced_sends_never_pass_the_budget_in_any_window() {
+        // A greedy caller that always sends as soon as it may, with answers
+        // taking 0-300 ms: in every window-long span, our weight stays in budget.
+        let mut pacer = limiter(200, 0.5);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut now = T0 + 123_456;
+        let mut sends: Vec<(TimeUs, TimeUs, u32)> = Vec::new();
+        while now < T0 + 600 * MICROS_PER_SECOND {
+            let weight = [1, 2, 4, 25][rng.usize(..4)];
+            match pacer.try_send(weight, now) {
+                Ok(id) => {
+                    let answered = now + rng.i64(0..300_000);
+                    pacer.on_response(id, None, answered);
+                    sends.push((now, answered, weight));
+                    now = answered;
+                }
+                Err(delay) => now += micros(delay),
+            }
+        }
+        assert!(sends.len() > 40, "the caller made progress: {}", sends.len());
+        let window = 60 * MICROS_PER_SECOND;
+        for (start, _, _) in &sends {
+            // Any request the server may count in [start, start + window).
+            let in_window: u32 = sends
+                .iter()
+                .filter(|(sent, answered, _)| *answered >= *start && *sent < start + window)
+                .map(|(_, _, weight)| weight)
+                .sum();
+            assert!(in_window <= pacer.budget(), "{in_window} in the window from {start}");
+        }
+    }
+}
