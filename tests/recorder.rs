@@ -16,3 +16,5 @@ mod end_to_end;
 mod real_data;
 #[path = "recorder/restart.rs"]
 mod restart;
+#[path = "recorder/rest_fill.rs"]
+mod rest_fill;
