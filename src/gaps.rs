@@ -38,7 +38,7 @@ pub struct IdRange {
 impl IdRange {
     /// How many ids the range holds (saturating: the whole i64 range is
     /// one more than `u64::MAX`).
-    pub fn len(self) -> u64 {
+    pub fn n_ids(self) -> u64 {
         self.last.abs_diff(self.first).saturating_add(1)
     }
 
@@ -291,8 +291,9 @@ mod tests {
     #[test]
     fn extreme_ids_do_not_overflow() {
         assert_eq!(id_holes(&[i64::MAX - 1, i64::MAX], None, None), vec![]);
+        assert_eq!(range(7, 9).n_ids(), 3);
         assert_eq!(id_holes(&[i64::MIN, i64::MAX], None, None), vec![range(i64::MIN + 1, i64::MAX - 1)]);
-        assert_eq!(range(i64::MIN, i64::MAX).len(), u64::MAX);
+        assert_eq!(range(i64::MIN, i64::MAX).n_ids(), u64::MAX);
     }
 
     #[test]
