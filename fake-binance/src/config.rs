@@ -57,6 +57,9 @@ pub struct Limits {
     pub ban_duration: Duration,
     /// ...up to this (spot: 3 days).
     pub max_ban_duration: Duration,
+    /// After a `serverShutdown` event the connection keeps serving this long
+    /// before it closes ("shortly before closing"; Binance gives no number).
+    pub server_shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -73,6 +76,7 @@ impl Default for Limits {
             weight_window: Duration::from_secs(60),
             ban_duration: Duration::from_secs(120),
             max_ban_duration: Duration::from_secs(3 * 24 * 3600),
+            server_shutdown_grace: Duration::from_secs(3),
         }
     }
 }

@@ -270,6 +270,7 @@ impl Session {
         let lifetime_deadline = opened_at + limits.max_lifetime;
         let mut next_ping_at = opened_at + limits.ping_interval;
         let mut stall: Option<(Instant, bool)> = None;
+        let mut shutdown_at: Option<Instant> = None;
         loop {
             let pong_deadline = self.outstanding_pings.front().map(|(_, sent_at)| *sent_at + limits.pong_timeout);
             let stall_end = stall.map(|(until, _)| until);
@@ -295,14 +296,15 @@ impl Session {
                         stall = Some((until, keep_backlog));
                     }
                     Ok(ConnectionCommand::ServerShutdown) => {
+                        // Binance sends the event "shortly before closing":
+                        // the connection keeps serving for the grace period.
                         let payload = wire::server_shutdown_event(self.shared.now_us(), self.unit);
                         let text = if self.combined { wire::combined("!serverShutdown", &payload) } else { payload };
                         self.shared.counters.frame_sent("serverShutdown");
-                        if self.websocket.send(Message::text(text)).await.is_ok() {
-                            self.close(CloseCode::Away, "Server shutdown").await;
+                        if self.websocket.send(Message::text(text)).await.is_err() {
+                            return SessionEnd::WriteFailed;
                         }
-                        self.shared.counters.update(|counters| counters.ws_server_shutdown_closes += 1);
-                        return SessionEnd::ServerShutdownEvent;
+                        shutdown_at.get_or_insert(Instant::now() + limits.server_shutdown_grace);
                     }
                     // Missed commands are from before this connection mattered; keep going.
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -321,6 +323,11 @@ impl Session {
                     if next_ping_at < Instant::now() {
                         next_ping_at = Instant::now();
                     }
+                }
+                _ = sleep_until(shutdown_at.unwrap_or(opened_at)), if shutdown_at.is_some() => {
+                    self.close(CloseCode::Away, "Server shutdown").await;
+                    self.shared.counters.update(|counters| counters.ws_server_shutdown_closes += 1);
+                    return SessionEnd::ServerShutdownEvent;
                 }
                 _ = sleep_until(lifetime_deadline) => {
                     self.shared.counters.update(|counters| counters.ws_lifetime_closes += 1);

@@ -222,7 +222,9 @@ async fn dropped_connections_by_close_frame_and_by_reset() {
 
 #[tokio::test]
 async fn server_shutdown_event_bare_and_combined_then_close() {
-    let exchange = FakeExchange::start(config(1.0)).await.unwrap();
+    let mut shutdown_config = config(1.0);
+    shutdown_config.limits.server_shutdown_grace = Duration::from_millis(300);
+    let exchange = FakeExchange::start(shutdown_config).await.unwrap();
     let mut raw = Client::connect(&format!("{}/ws", exchange.ws_base_url())).await;
     let mut combined = Client::connect(&format!("{}/stream", exchange.ws_base_url())).await;
     wait_until(WITHIN, "two connections", || exchange.counters().ws_connections_open == 2).await;
@@ -231,6 +233,8 @@ async fn server_shutdown_event_bare_and_combined_then_close() {
     assert_eq!(event["e"], "serverShutdown");
     assert!(event["E"].as_i64().is_some());
     assert_eq!(event.as_object().unwrap().len(), 2);
+    // "Shortly before closing": still open right after the event, closed after the grace.
+    assert_eq!(exchange.counters().ws_server_shutdown_closes, 0);
     raw.wait_close(WITHIN).await;
     let wrapped = combined.next_json(WITHIN).await;
     assert_eq!(wrapped["stream"], "!serverShutdown");

@@ -11,17 +11,12 @@ use serde_json::Value;
 
 use crate::support::{get, relaxed_limits, Client};
 
-const REAL_DATA: &str = "/work/shared/data/real";
-
+/// `../shared/data/real` beside the repository, as in CI. Its absence is a
+/// failure, not a skip: the replay tests are part of the suite.
 fn real_file(relative: &str) -> Option<PathBuf> {
-    let path = Path::new(REAL_DATA).join(relative);
-    if path.exists() {
-        Some(path)
-    } else {
-        // The shared data lives beside the repository; without it there is nothing to replay.
-        eprintln!("skipping: {} not found", path.display());
-        None
-    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/real").join(relative);
+    assert!(path.exists(), "{} is missing: the shared data must sit beside the repository", path.display());
+    Some(path)
 }
 
 /// The `data` bytes of every `btcusdt@trade` line, in file order, read independently of the fake.
