@@ -61,6 +61,8 @@ counters! {
     disconnects,
     /// Control replies that reported an error.
     control_errors,
+    /// `/api/v3/time` answers behind the stream's event times.
+    clock_check_failures,
 }
 
 impl Counters {

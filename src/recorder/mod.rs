@@ -429,7 +429,7 @@ impl Runtime {
                 self.pending_since.get_or_insert_with(Instant::now);
             }
             Inbound::ClockSample { market, server_time, offset_us } => {
-                self.state.add_clock_sample(market, server_time, offset_us)
+                self.state.add_clock_sample(market, server_time, offset_us);
             }
         }
     }

@@ -233,11 +233,19 @@ impl State {
             .min()
     }
 
-    pub fn add_clock_sample(&mut self, market: Market, server_time: TimeUs, offset_us: i64) {
-        if let Some(state) = self.markets.get_mut(&market) {
-            state.clock_offsets.entry(Hour::containing(server_time)).or_default().push(offset_us);
-            state.last_clock_offset = Some(offset_us);
+    /// Records a `/api/v3/time` answer, and checks the exchange time the
+    /// streams gave against it: event times ahead of the exchange's own
+    /// clock would seal hours early, so they are reported.
+    pub fn add_clock_sample(&mut self, market: Market, server_time: TimeUs, offset_us: i64) -> ClockCheck {
+        let Some(state) = self.markets.get_mut(&market) else { return ClockCheck::Consistent };
+        state.clock_offsets.entry(Hour::containing(server_time)).or_default().push(offset_us);
+        state.last_clock_offset = Some(offset_us);
+        let check = check_exchange_time(state.exchange_time, server_time);
+        if let ClockCheck::StreamAhead { ahead_us } = check {
+            Counters::add(&self.counters.clock_check_failures, 1);
+            warn!(%market, ahead_us, "stream event times are ahead of /api/v3/time");
         }
+        check
     }
 
     fn note_event_time(&mut self, market: Market, event_time: TimeUs) {
@@ -381,6 +389,29 @@ impl State {
     /// Rows held for hours not sealed yet (for logs and tests).
     pub fn n_unsealed_rows(&self) -> usize {
         self.streams.values().flat_map(|stream| stream.open.values()).map(|open_hour| open_hour.rows.len()).sum()
+    }
+}
+
+/// How the stream-derived exchange time compares with `/api/v3/time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockCheck {
+    Consistent,
+    /// Event times run ahead of the exchange's clock by more than
+    /// [`MAX_STREAM_LEAD_US`]: something sends bogus times.
+    StreamAhead { ahead_us: i64 },
+}
+
+/// How far event times may lead `/api/v3/time` (the request's own latency
+/// and the exchange's event stamping) before it counts as inconsistent.
+pub const MAX_STREAM_LEAD_US: i64 = 60 * crate::domain::MICROS_PER_SECOND;
+
+/// Pure: compares the newest event time seen with the server time.
+pub fn check_exchange_time(exchange_time: Option<TimeUs>, server_time: TimeUs) -> ClockCheck {
+    match exchange_time {
+        Some(exchange_time) if exchange_time - server_time > MAX_STREAM_LEAD_US => {
+            ClockCheck::StreamAhead { ahead_us: exchange_time - server_time }
+        }
+        _ => ClockCheck::Consistent,
     }
 }
 
@@ -552,6 +583,20 @@ streams = ["trade", "kline_1m"]
         assert_eq!((trade_window.last_key_before, trade_window.first_key_after), (Some(10), Some(15)));
         let kline_window = windows.iter().find(|window| window.key.kind != StreamKind::Trade).expect("kline window");
         assert_eq!(kline_window.first_key_after, None, "the kline stream stayed silent");
+    }
+
+    #[test]
+    fn exchange_time_is_checked_against_the_server_time() {
+        let mut state = new_state();
+        state.apply(Market::Spot, SegmentId(1), trade(1, HOUR_START));
+        assert_eq!(state.add_clock_sample(Market::Spot, HOUR_START + 5_000_000, 0), ClockCheck::Consistent);
+        assert_eq!(state.add_clock_sample(Market::Spot, HOUR_START - 10_000_000, 0), ClockCheck::Consistent);
+        let behind = HOUR_START - 2 * MAX_STREAM_LEAD_US;
+        assert_eq!(
+            state.add_clock_sample(Market::Spot, behind, 0),
+            ClockCheck::StreamAhead { ahead_us: 2 * MAX_STREAM_LEAD_US }
+        );
+        assert_eq!(state.counters.snapshot().clock_check_failures, 1);
     }
 
     #[test]
