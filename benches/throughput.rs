@@ -22,7 +22,7 @@ fn capture_frames() -> Vec<Vec<u8>> {
         .lines()
         .map(|line| line.expect("line"))
         .filter(|line| line.contains("\"btcusdt@trade\""))
-        .map(|line| line[line.find(' ').expect("time then JSON") + 1..].as_bytes().to_vec())
+        .map(|line| line.as_bytes()[line.find(' ').expect("time then JSON") + 1..].to_vec())
         .collect()
 }
 
