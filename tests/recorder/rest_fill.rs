@@ -181,6 +181,13 @@ async fn klines_from_rest_are_the_closed_ground_truth_klines() {
     let fetched = client
         .fetch_klines_range(&btcusdt(), KlineInterval::Minute1, from, far_end, server_now, 2, &quick_retries())
         .await;
+    // REST shows a kline as closed once the next one opened; the truth lists
+    // it once its closing event is published, a few ms later: wait for that.
+    let needed = page.len().max(fetched.rows.len());
+    crate::support::wait_until(Duration::from_secs(5), "the closing events are published", || {
+        fake.klines("BTCUSDT", "1m", fake.sim_now_us()).iter().filter(|kline| kline.open_time_us >= from).count() >= needed
+    })
+    .await;
     let truth_after: Vec<TruthKline> =
         fake.klines("BTCUSDT", "1m", fake.sim_now_us()).into_iter().filter(|kline| kline.open_time_us >= from).collect();
     for rows in [&page, &fetched.rows] {
