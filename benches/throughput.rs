@@ -16,7 +16,8 @@ use binance_recorder::parquet_out::{write_hour_file, HourFile};
 use binance_recorder::wal::{FsyncPolicy, Record, RecordKind, Wal, WalConfig};
 
 fn capture_frames() -> Vec<Vec<u8>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real/ws/hftbacktest/spot_btcusdt_20240809.gz");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/real/ws/hftbacktest/spot_btcusdt_20240809.gz");
     let file = std::fs::File::open(&path).expect("shared data beside the repository");
     BufReader::new(flate2::read::GzDecoder::new(file))
         .lines()
@@ -62,12 +63,24 @@ fn main() {
         decode_rate / value_rate
     );
 
-    let scratch = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("scratch directory on the project's disk");
-    let record = |frame: &Vec<u8>| Record { kind: RecordKind::WsFrame, recv_time_us: 0, payload: frame.clone() };
+    let scratch = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR"))
+        .expect("scratch directory on the project's disk");
+    let record = |frame: &Vec<u8>| Record {
+        kind: RecordKind::WsFrame,
+        recv_time_us: 0,
+        payload: frame.clone(),
+    };
     let mut wal_rates = Vec::new();
-    for (label, batch, n_records) in [("group commit, 1000 per fsync", 1000, 20_000), ("fsync per record", 1, 500)] {
+    for (label, batch, n_records) in [
+        ("group commit, 1000 per fsync", 1000, 20_000),
+        ("fsync per record", 1, 500),
+    ] {
         let directory = scratch.path().join(label.replace([' ', ','], "_"));
-        let config = WalConfig { dir: directory, segment_max_bytes: 64 << 20, fsync: FsyncPolicy::EveryRecord };
+        let config = WalConfig {
+            dir: directory,
+            segment_max_bytes: 64 << 20,
+            fsync: FsyncPolicy::EveryRecord,
+        };
         let (mut wal, _) = Wal::open(config).expect("WAL opens");
         let started = Instant::now();
         for (index, frame) in frames.iter().cycle().take(n_records).enumerate() {
@@ -81,12 +94,30 @@ fn main() {
         println!("WAL {label}: {append_rate:.0} records/s");
         wal_rates.push(append_rate);
     }
-    println!("WAL group commit / fsync per record: {:.0}x", wal_rates[0] / wal_rates[1]);
+    println!(
+        "WAL group commit / fsync per record: {:.0}x",
+        wal_rates[0] / wal_rates[1]
+    );
 
-    let key = StreamKey { market: Market::Spot, symbol: Symbol::new("BTCUSDT").expect("valid"), kind: StreamKind::Trade };
+    let key = StreamKey {
+        market: Market::Spot,
+        symbol: Symbol::new("BTCUSDT").expect("valid"),
+        kind: StreamKind::Trade,
+    };
     let hour = Hour::containing(rows[0].bucket_time());
-    let rows: Vec<Row> = rows.into_iter().filter(|row| Hour::containing(row.bucket_time()) == hour).collect();
-    let file = HourFile { key, hour, rows, unfilled: vec![], coverage_from: hour.start(), coverage_to: hour.end(), clock_offset_us: Some(0) };
+    let rows: Vec<Row> = rows
+        .into_iter()
+        .filter(|row| Hour::containing(row.bucket_time()) == hour)
+        .collect();
+    let file = HourFile {
+        key,
+        hour,
+        rows,
+        unfilled: vec![],
+        coverage_from: hour.start(),
+        coverage_to: hour.end(),
+        clock_offset_us: Some(0),
+    };
     let started = Instant::now();
     let mut bytes = 0;
     for _ in 0..rounds {

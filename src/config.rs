@@ -19,7 +19,10 @@ use crate::wal::FsyncPolicy;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {reason}")]
@@ -27,7 +30,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
 }
 
 /// The file as written.
@@ -86,7 +92,11 @@ pub struct RawWal {
 
 impl Default for RawWal {
     fn default() -> Self {
-        RawWal { fsync: "interval".to_owned(), fsync_interval_ms: 50, segment_max_bytes: 64 * 1024 * 1024 }
+        RawWal {
+            fsync: "interval".to_owned(),
+            fsync_interval_ms: 50,
+            segment_max_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -102,7 +112,10 @@ pub struct RawSeal {
 
 impl Default for RawSeal {
     fn default() -> Self {
-        RawSeal { grace_ms: 10_000, max_concurrent: 2 }
+        RawSeal {
+            grace_ms: 10_000,
+            max_concurrent: 2,
+        }
     }
 }
 
@@ -169,7 +182,9 @@ pub struct RawShutdown {
 
 impl Default for RawShutdown {
     fn default() -> Self {
-        RawShutdown { deadline_ms: 20_000 }
+        RawShutdown {
+            deadline_ms: 20_000,
+        }
     }
 }
 
@@ -183,7 +198,9 @@ pub struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        RawLog { level: "info".to_owned() }
+        RawLog {
+            level: "info".to_owned(),
+        }
     }
 }
 
@@ -263,17 +280,25 @@ const MARKET_DATA_ONLY_REST_HOST: &str = "data-api.binance.vision";
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Config::from_toml(&text).map_err(|error| match error {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_path_buf(), message },
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
             other => other,
         })
     }
 
     /// Parses and validates config text (no file system checks).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|error| ConfigError::Parse { path: PathBuf::new(), message: error.to_string() })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: error.to_string(),
+        })?;
         raw.validate()
     }
 
@@ -292,10 +317,13 @@ impl Config {
 }
 
 fn check_writable_directory(directory: &Path) -> Result<(), String> {
-    fs::create_dir_all(directory).map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+    fs::create_dir_all(directory)
+        .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
     let probe = directory.join(format!(".write-probe-{}", std::process::id()));
-    fs::write(&probe, b"probe").map_err(|error| format!("{} is not writable: {error}", directory.display()))?;
-    fs::remove_file(&probe).map_err(|error| format!("cannot clean up in {}: {error}", directory.display()))
+    fs::write(&probe, b"probe")
+        .map_err(|error| format!("{} is not writable: {error}", directory.display()))?;
+    fs::remove_file(&probe)
+        .map_err(|error| format!("cannot clean up in {}: {error}", directory.display()))
 }
 
 impl RawConfig {
@@ -304,11 +332,19 @@ impl RawConfig {
             "immediate" => FsyncPolicy::EveryRecord,
             "interval" => {
                 if self.wal.fsync_interval_ms == 0 || self.wal.fsync_interval_ms > 10_000 {
-                    return Err(invalid("wal.fsync_interval_ms", "must be between 1 and 10000"));
+                    return Err(invalid(
+                        "wal.fsync_interval_ms",
+                        "must be between 1 and 10000",
+                    ));
                 }
                 FsyncPolicy::Interval(Duration::from_millis(self.wal.fsync_interval_ms))
             }
-            other => return Err(invalid("wal.fsync", format!("{other:?} is neither \"interval\" nor \"immediate\""))),
+            other => {
+                return Err(invalid(
+                    "wal.fsync",
+                    format!("{other:?} is neither \"interval\" nor \"immediate\""),
+                ))
+            }
         };
         if self.wal.segment_max_bytes < crate::wal::MIN_SEGMENT_MAX_BYTES {
             return Err(invalid(
@@ -333,23 +369,35 @@ impl RawConfig {
             }
         }
         if self.storage.data_dir == self.storage.wal_dir {
-            return Err(invalid("storage.wal_dir", "must differ from storage.data_dir"));
+            return Err(invalid(
+                "storage.wal_dir",
+                "must differ from storage.data_dir",
+            ));
         }
         let mut markets = Vec::new();
         for (name, raw_market) in self.markets {
             let key = format!("markets.{name}");
             let market = Market::from_name(&name).ok_or_else(|| {
-                invalid(&key, format!("unknown market {name:?}; known: spot, usdm, coinm, us"))
+                invalid(
+                    &key,
+                    format!("unknown market {name:?}; known: spot, usdm, coinm, us"),
+                )
             })?;
             if market != Market::Spot {
-                return Err(invalid(&key, "only the spot market is supported in this release"));
+                return Err(invalid(
+                    &key,
+                    "only the spot market is supported in this release",
+                ));
             }
             if raw_market.enabled {
                 markets.push(validate_market(&key, market, raw_market)?);
             }
         }
         if markets.is_empty() {
-            return Err(invalid("markets", "no enabled market: add a [markets.spot] table"));
+            return Err(invalid(
+                "markets",
+                "no enabled market: add a [markets.spot] table",
+            ));
         }
         Ok(Config {
             data_dir: self.storage.data_dir,
@@ -370,13 +418,19 @@ impl RawConfig {
 fn validate_connection(raw: &RawConnection) -> Result<ConnectionConfig, ConfigError> {
     let key = |name: &str| format!("connection.{name}");
     if !(1..=1024).contains(&raw.streams_per_connection) {
-        return Err(invalid(key("streams_per_connection"), "must be between 1 and 1024 (Binance's limit)"));
+        return Err(invalid(
+            key("streams_per_connection"),
+            "must be between 1 and 1024 (Binance's limit)",
+        ));
     }
     if raw.subscribe_batch == 0 {
         return Err(invalid(key("subscribe_batch"), "must be at least 1"));
     }
     if !(1..=4).contains(&raw.max_control_per_sec) {
-        return Err(invalid(key("max_control_per_sec"), "must be between 1 and 4 (Binance closes past 5 frames a second, pongs included)"));
+        return Err(invalid(
+            key("max_control_per_sec"),
+            "must be between 1 and 4 (Binance closes past 5 frames a second, pongs included)",
+        ));
     }
     for (name, value) in [
         ("dead_after_ms", raw.dead_after_ms),
@@ -384,7 +438,10 @@ fn validate_connection(raw: &RawConnection) -> Result<ConnectionConfig, ConfigEr
         ("backoff_max_ms", raw.backoff_max_ms),
         ("connect_timeout_ms", raw.connect_timeout_ms),
         ("rotate_after_secs", raw.rotate_after_secs),
-        ("rotation_overlap_timeout_ms", raw.rotation_overlap_timeout_ms),
+        (
+            "rotation_overlap_timeout_ms",
+            raw.rotation_overlap_timeout_ms,
+        ),
         ("handshake_window_secs", raw.handshake_window_secs),
         ("max_backpressure_wait_ms", raw.max_backpressure_wait_ms),
     ] {
@@ -393,10 +450,16 @@ fn validate_connection(raw: &RawConnection) -> Result<ConnectionConfig, ConfigEr
         }
     }
     if raw.backoff_max_ms < raw.backoff_initial_ms {
-        return Err(invalid(key("backoff_max_ms"), "must not be below backoff_initial_ms"));
+        return Err(invalid(
+            key("backoff_max_ms"),
+            "must not be below backoff_initial_ms",
+        ));
     }
     if raw.handshake_limit == 0 || raw.handshake_limit > 300 {
-        return Err(invalid(key("handshake_limit"), "must be between 1 and 300 (Binance's limit per 5 minutes)"));
+        return Err(invalid(
+            key("handshake_limit"),
+            "must be between 1 and 300 (Binance's limit per 5 minutes)",
+        ));
     }
     Ok(ConnectionConfig {
         streams_per_connection: raw.streams_per_connection,
@@ -418,37 +481,59 @@ fn validate_connection(raw: &RawConnection) -> Result<ConnectionConfig, ConfigEr
 }
 
 fn validate_market(key: &str, market: Market, raw: RawMarket) -> Result<MarketConfig, ConfigError> {
-    let url_scheme_ok = |url: &str, schemes: &[&str]| schemes.iter().any(|scheme| url.starts_with(scheme));
+    let url_scheme_ok =
+        |url: &str, schemes: &[&str]| schemes.iter().any(|scheme| url.starts_with(scheme));
     if !url_scheme_ok(&raw.ws_url, &["ws://", "wss://"]) {
-        return Err(invalid(format!("{key}.ws_url"), format!("{:?} is not a ws:// or wss:// URL", raw.ws_url)));
+        return Err(invalid(
+            format!("{key}.ws_url"),
+            format!("{:?} is not a ws:// or wss:// URL", raw.ws_url),
+        ));
     }
     if !url_scheme_ok(&raw.rest_url, &["http://", "https://"]) {
-        return Err(invalid(format!("{key}.rest_url"), format!("{:?} is not an http:// or https:// URL", raw.rest_url)));
+        return Err(invalid(
+            format!("{key}.rest_url"),
+            format!("{:?} is not an http:// or https:// URL", raw.rest_url),
+        ));
     }
     if raw.symbols.is_empty() {
-        return Err(invalid(format!("{key}.symbols"), "is empty: name at least one symbol"));
+        return Err(invalid(
+            format!("{key}.symbols"),
+            "is empty: name at least one symbol",
+        ));
     }
     let mut symbols = Vec::new();
     for text in &raw.symbols {
-        let symbol = Symbol::new(text).map_err(|error| invalid(format!("{key}.symbols"), error.to_string()))?;
+        let symbol = Symbol::new(text)
+            .map_err(|error| invalid(format!("{key}.symbols"), error.to_string()))?;
         if symbols.contains(&symbol) {
-            return Err(invalid(format!("{key}.symbols"), format!("{text:?} is listed twice")));
+            return Err(invalid(
+                format!("{key}.symbols"),
+                format!("{text:?} is listed twice"),
+            ));
         }
         symbols.push(symbol);
     }
     if raw.streams.is_empty() {
-        return Err(invalid(format!("{key}.streams"), "is empty: name at least one stream"));
+        return Err(invalid(
+            format!("{key}.streams"),
+            "is empty: name at least one stream",
+        ));
     }
     let mut streams = Vec::new();
     for text in &raw.streams {
         let kind = StreamKind::from_name(text).ok_or_else(|| {
             invalid(
                 format!("{key}.streams"),
-                format!("{text:?} is not trade, aggTrade or kline_<interval> with a Binance interval"),
+                format!(
+                    "{text:?} is not trade, aggTrade or kline_<interval> with a Binance interval"
+                ),
             )
         })?;
         if streams.contains(&kind) {
-            return Err(invalid(format!("{key}.streams"), format!("{text:?} is listed twice")));
+            return Err(invalid(
+                format!("{key}.streams"),
+                format!("{text:?} is listed twice"),
+            ));
         }
         streams.push(kind);
     }
@@ -462,7 +547,10 @@ fn validate_market(key: &str, market: Market, raw: RawMarket) -> Result<MarketCo
         ));
     }
     if raw.time_check_interval_secs == 0 {
-        return Err(invalid(format!("{key}.time_check_interval_secs"), "must be at least 1"));
+        return Err(invalid(
+            format!("{key}.time_check_interval_secs"),
+            "must be at least 1",
+        ));
     }
     Ok(MarketConfig {
         market,
@@ -498,7 +586,10 @@ streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
     fn minimal_config_gets_defaults() {
         let config = Config::from_toml(MINIMAL).expect("valid");
         assert_eq!(config.data_dir, PathBuf::from("data/parquet"));
-        assert_eq!(config.fsync, FsyncPolicy::Interval(Duration::from_millis(50)));
+        assert_eq!(
+            config.fsync,
+            FsyncPolicy::Interval(Duration::from_millis(50))
+        );
         assert_eq!(config.markets.len(), 1);
         assert_eq!(config.markets[0].streams.len(), 4);
         assert!(config.markets[0].check_symbols);
@@ -514,29 +605,83 @@ streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            (MINIMAL.replace("\"ETHUSDT\"", "\"ethusdt\""), "markets.spot.symbols"),
-            (MINIMAL.replace("\"ETHUSDT\"", "\"BTC/USDT\""), "markets.spot.symbols"),
-            (MINIMAL.replace("\"ETHUSDT\"", "\"BTCUSDT\""), "listed twice"),
-            (MINIMAL.replace("kline_1M", "kline_2m"), "markets.spot.streams"),
-            (MINIMAL.replace("\"kline_1m\"", "\"depth\""), "markets.spot.streams"),
-            (MINIMAL.replace(r#"["BTCUSDT", "ETHUSDT"]"#, "[]"), "markets.spot.symbols"),
-            (MINIMAL.replace(r#"["trade", "aggTrade", "kline_1m", "kline_1M"]"#, "[]"), "markets.spot.streams"),
+            (
+                MINIMAL.replace("\"ETHUSDT\"", "\"ethusdt\""),
+                "markets.spot.symbols",
+            ),
+            (
+                MINIMAL.replace("\"ETHUSDT\"", "\"BTC/USDT\""),
+                "markets.spot.symbols",
+            ),
+            (
+                MINIMAL.replace("\"ETHUSDT\"", "\"BTCUSDT\""),
+                "listed twice",
+            ),
+            (
+                MINIMAL.replace("kline_1M", "kline_2m"),
+                "markets.spot.streams",
+            ),
+            (
+                MINIMAL.replace("\"kline_1m\"", "\"depth\""),
+                "markets.spot.streams",
+            ),
+            (
+                MINIMAL.replace(r#"["BTCUSDT", "ETHUSDT"]"#, "[]"),
+                "markets.spot.symbols",
+            ),
+            (
+                MINIMAL.replace(r#"["trade", "aggTrade", "kline_1m", "kline_1M"]"#, "[]"),
+                "markets.spot.streams",
+            ),
             (MINIMAL.replace("wss://", "https://"), "markets.spot.ws_url"),
-            (MINIMAL.replace("https://api.binance.com", "https://data-api.binance.vision"), "historicalTrades"),
-            (MINIMAL.replace("[markets.spot]", "[markets.mars]"), "markets.mars"),
-            (format!("[wal]\nfsync = \"sometimes\"\n{MINIMAL}"), "wal.fsync"),
-            (format!("[wal]\nfsync_interval_ms = 0\n{MINIMAL}"), "wal.fsync_interval_ms"),
-            (format!("[seal]\nmax_concurrent = 0\n{MINIMAL}"), "seal.max_concurrent"),
-            (format!("[connection]\nstreams_per_connection = 2000\n{MINIMAL}"), "connection.streams_per_connection"),
-            (format!("[connection]\nmax_control_per_sec = 5\n{MINIMAL}"), "connection.max_control_per_sec"),
-            (format!("[connection]\nhandshake_limit = 301\n{MINIMAL}"), "connection.handshake_limit"),
-            (format!("[connection]\ndead_after_ms = 0\n{MINIMAL}"), "connection.dead_after_ms"),
-            (format!("[storage]\ndata_dir = \"x\"\nwal_dir = \"x\"\n{MINIMAL}"), "storage.wal_dir"),
+            (
+                MINIMAL.replace("https://api.binance.com", "https://data-api.binance.vision"),
+                "historicalTrades",
+            ),
+            (
+                MINIMAL.replace("[markets.spot]", "[markets.mars]"),
+                "markets.mars",
+            ),
+            (
+                format!("[wal]\nfsync = \"sometimes\"\n{MINIMAL}"),
+                "wal.fsync",
+            ),
+            (
+                format!("[wal]\nfsync_interval_ms = 0\n{MINIMAL}"),
+                "wal.fsync_interval_ms",
+            ),
+            (
+                format!("[seal]\nmax_concurrent = 0\n{MINIMAL}"),
+                "seal.max_concurrent",
+            ),
+            (
+                format!("[connection]\nstreams_per_connection = 2000\n{MINIMAL}"),
+                "connection.streams_per_connection",
+            ),
+            (
+                format!("[connection]\nmax_control_per_sec = 5\n{MINIMAL}"),
+                "connection.max_control_per_sec",
+            ),
+            (
+                format!("[connection]\nhandshake_limit = 301\n{MINIMAL}"),
+                "connection.handshake_limit",
+            ),
+            (
+                format!("[connection]\ndead_after_ms = 0\n{MINIMAL}"),
+                "connection.dead_after_ms",
+            ),
+            (
+                format!("[storage]\ndata_dir = \"x\"\nwal_dir = \"x\"\n{MINIMAL}"),
+                "storage.wal_dir",
+            ),
             (String::new(), "markets"),
         ];
         for (text, expected) in cases {
             let message = error_of(&text);
-            assert!(message.contains(expected), "error {message:?} should mention {expected:?}");
+            assert!(
+                message.contains(expected),
+                "error {message:?} should mention {expected:?}"
+            );
         }
     }
 
@@ -565,7 +710,10 @@ streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
         config.data_dir = scratch.path().join("data");
         config.wal_dir = scratch.path().join("wal");
         config.quarantine_dir = blocker.join("quarantine");
-        let message = config.check_directories().expect_err("not a directory").to_string();
+        let message = config
+            .check_directories()
+            .expect_err("not a directory")
+            .to_string();
         assert!(message.contains("storage.quarantine_dir"), "{message}");
     }
 }

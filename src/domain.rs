@@ -55,7 +55,9 @@ impl Market {
     }
 
     pub fn from_wal_tag(tag: u8) -> Option<Market> {
-        Market::ALL.into_iter().find(|market| market.wal_tag() == tag)
+        Market::ALL
+            .into_iter()
+            .find(|market| market.wal_tag() == tag)
     }
 }
 
@@ -172,11 +174,15 @@ impl KlineInterval {
     }
 
     pub fn from_binance_name(name: &str) -> Option<KlineInterval> {
-        KlineInterval::ALL.into_iter().find(|interval| interval.binance_name() == name)
+        KlineInterval::ALL
+            .into_iter()
+            .find(|interval| interval.binance_name() == name)
     }
 
     pub fn from_path_name(name: &str) -> Option<KlineInterval> {
-        KlineInterval::ALL.into_iter().find(|interval| interval.path_name() == name)
+        KlineInterval::ALL
+            .into_iter()
+            .find(|interval| interval.path_name() == name)
     }
 
     /// Fixed length in µs, or `None` for the calendar month.
@@ -210,7 +216,11 @@ impl KlineInterval {
     pub fn open_time_containing(self, time: TimeUs) -> TimeUs {
         match self.fixed_length_us() {
             Some(length) => {
-                let offset = if self == KlineInterval::Week1 { 4 * MICROS_PER_DAY } else { 0 };
+                let offset = if self == KlineInterval::Week1 {
+                    4 * MICROS_PER_DAY
+                } else {
+                    0
+                };
                 (time - offset).div_euclid(length) * length + offset
             }
             None => {
@@ -226,8 +236,11 @@ impl KlineInterval {
             Some(length) => open_time + length,
             None => {
                 let date = utc_datetime(open_time).date_naive();
-                let (year, month) =
-                    if date.month() == 12 { (date.year() + 1, 1) } else { (date.year(), date.month() + 1) };
+                let (year, month) = if date.month() == 12 {
+                    (date.year() + 1, 1)
+                } else {
+                    (date.year(), date.month() + 1)
+                };
                 month_start_us(year, month)
             }
         }
@@ -236,13 +249,18 @@ impl KlineInterval {
 
 fn month_start_us(year: i32, month: u32) -> TimeUs {
     let date = NaiveDate::from_ymd_opt(year, month, 1).expect("the first of a month always exists");
-    date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_micros()
+    date.and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc()
+        .timestamp_micros()
 }
 
 /// The UTC date-time of an epoch-µs value (clamped to chrono's range, which
 /// is far wider than any exchange time).
 pub fn utc_datetime(time: TimeUs) -> DateTime<Utc> {
-    Utc.timestamp_micros(time).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
+    Utc.timestamp_micros(time)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 impl fmt::Display for KlineInterval {
@@ -312,7 +330,9 @@ pub struct Hour {
 
 impl Hour {
     pub fn containing(time: TimeUs) -> Hour {
-        Hour { start: time.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR }
+        Hour {
+            start: time.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR,
+        }
     }
 
     pub fn start(self) -> TimeUs {
@@ -436,7 +456,12 @@ impl fmt::Display for Decimal8 {
         let sign = if self.0 < 0 { "-" } else { "" };
         let magnitude = self.0.unsigned_abs();
         let factor = DECIMAL_FACTOR as u128;
-        write!(formatter, "{sign}{}.{:08}", magnitude / factor, magnitude % factor)
+        write!(
+            formatter,
+            "{sign}{}.{:08}",
+            magnitude / factor,
+            magnitude % factor
+        )
     }
 }
 
@@ -551,7 +576,9 @@ mod tests {
     use super::*;
 
     fn time(text: &str) -> TimeUs {
-        DateTime::parse_from_rfc3339(text).expect("valid test time").timestamp_micros()
+        DateTime::parse_from_rfc3339(text)
+            .expect("valid test time")
+            .timestamp_micros()
     }
 
     #[test]
@@ -559,22 +586,58 @@ mod tests {
         let price: Decimal8 = "61685.99000000".parse().expect("valid");
         assert_eq!(price.scaled(), 6_168_599_000_000);
         assert_eq!(price.to_string(), "61685.99000000");
-        assert_eq!("0.001".parse::<Decimal8>().expect("valid").to_string(), "0.00100000");
-        assert_eq!("100".parse::<Decimal8>().expect("valid").to_string(), "100.00000000");
-        assert_eq!("-0.5".parse::<Decimal8>().expect("valid").to_string(), "-0.50000000");
-        assert_eq!(".5".parse::<Decimal8>().expect("valid").scaled(), 50_000_000);
-        assert_eq!("0.123456780000".parse::<Decimal8>().expect("trailing zeros").scaled(), 12_345_678);
+        assert_eq!(
+            "0.001".parse::<Decimal8>().expect("valid").to_string(),
+            "0.00100000"
+        );
+        assert_eq!(
+            "100".parse::<Decimal8>().expect("valid").to_string(),
+            "100.00000000"
+        );
+        assert_eq!(
+            "-0.5".parse::<Decimal8>().expect("valid").to_string(),
+            "-0.50000000"
+        );
+        assert_eq!(
+            ".5".parse::<Decimal8>().expect("valid").scaled(),
+            50_000_000
+        );
+        assert_eq!(
+            "0.123456780000"
+                .parse::<Decimal8>()
+                .expect("trailing zeros")
+                .scaled(),
+            12_345_678
+        );
     }
 
     #[test]
     fn decimal_refuses_rounding_and_garbage() {
-        assert!(matches!("0.123456789".parse::<Decimal8>(), Err(DecimalError::TooPrecise(_))));
-        assert!(matches!("1e5".parse::<Decimal8>(), Err(DecimalError::Syntax(_))));
-        assert!(matches!("".parse::<Decimal8>(), Err(DecimalError::Syntax(_))));
-        assert!(matches!(".".parse::<Decimal8>(), Err(DecimalError::Syntax(_))));
-        assert!(matches!("1.2.3".parse::<Decimal8>(), Err(DecimalError::Syntax(_))));
+        assert!(matches!(
+            "0.123456789".parse::<Decimal8>(),
+            Err(DecimalError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            "1e5".parse::<Decimal8>(),
+            Err(DecimalError::Syntax(_))
+        ));
+        assert!(matches!(
+            "".parse::<Decimal8>(),
+            Err(DecimalError::Syntax(_))
+        ));
+        assert!(matches!(
+            ".".parse::<Decimal8>(),
+            Err(DecimalError::Syntax(_))
+        ));
+        assert!(matches!(
+            "1.2.3".parse::<Decimal8>(),
+            Err(DecimalError::Syntax(_))
+        ));
         let thirty_one_digits = "1".repeat(31);
-        assert!(matches!(thirty_one_digits.parse::<Decimal8>(), Err(DecimalError::TooLarge(_))));
+        assert!(matches!(
+            thirty_one_digits.parse::<Decimal8>(),
+            Err(DecimalError::TooLarge(_))
+        ));
         let thirty_digits = "9".repeat(30);
         assert!(thirty_digits.parse::<Decimal8>().is_ok());
     }
@@ -596,9 +659,18 @@ mod tests {
             let kind = StreamKind::Kline(interval);
             assert_eq!(StreamKind::from_name(&kind.path_name()), Some(kind));
         }
-        assert_eq!(StreamKind::Kline(KlineInterval::Month1).path_name(), "kline_1mo");
-        assert_eq!(StreamKind::from_name("kline_1M"), Some(StreamKind::Kline(KlineInterval::Month1)));
-        assert_eq!(StreamKind::from_name("kline_1m"), Some(StreamKind::Kline(KlineInterval::Minute1)));
+        assert_eq!(
+            StreamKind::Kline(KlineInterval::Month1).path_name(),
+            "kline_1mo"
+        );
+        assert_eq!(
+            StreamKind::from_name("kline_1M"),
+            Some(StreamKind::Kline(KlineInterval::Month1))
+        );
+        assert_eq!(
+            StreamKind::from_name("kline_1m"),
+            Some(StreamKind::Kline(KlineInterval::Minute1))
+        );
         assert_eq!(StreamKind::from_name("kline_2m"), None);
         assert_eq!(StreamKind::from_name("depth"), None);
     }
@@ -606,14 +678,29 @@ mod tests {
     #[test]
     fn kline_grid_follows_binance() {
         let minute = KlineInterval::Minute1;
-        assert_eq!(minute.open_time_containing(time("2024-08-09T00:00:59.999999Z")), time("2024-08-09T00:00:00Z"));
+        assert_eq!(
+            minute.open_time_containing(time("2024-08-09T00:00:59.999999Z")),
+            time("2024-08-09T00:00:00Z")
+        );
         // 2024-08-08 was a Thursday; the week opened on Monday 2024-08-05.
         let week = KlineInterval::Week1;
-        assert_eq!(week.open_time_containing(time("2024-08-08T12:00:00Z")), time("2024-08-05T00:00:00Z"));
-        assert_eq!(week.next_open_time(time("2024-08-05T00:00:00Z")), time("2024-08-12T00:00:00Z"));
+        assert_eq!(
+            week.open_time_containing(time("2024-08-08T12:00:00Z")),
+            time("2024-08-05T00:00:00Z")
+        );
+        assert_eq!(
+            week.next_open_time(time("2024-08-05T00:00:00Z")),
+            time("2024-08-12T00:00:00Z")
+        );
         let month = KlineInterval::Month1;
-        assert_eq!(month.open_time_containing(time("2024-02-29T23:00:00Z")), time("2024-02-01T00:00:00Z"));
-        assert_eq!(month.next_open_time(time("2024-12-01T00:00:00Z")), time("2025-01-01T00:00:00Z"));
+        assert_eq!(
+            month.open_time_containing(time("2024-02-29T23:00:00Z")),
+            time("2024-02-01T00:00:00Z")
+        );
+        assert_eq!(
+            month.next_open_time(time("2024-12-01T00:00:00Z")),
+            time("2025-01-01T00:00:00Z")
+        );
         let three_days = KlineInterval::Day3;
         let open = three_days.open_time_containing(time("2024-08-08T12:00:00Z"));
         assert_eq!(open % (3 * MICROS_PER_DAY), 0);

@@ -56,7 +56,9 @@ pub fn id_holes(ids: &[i64], before: Option<i64>, after: Option<i64>) -> Vec<IdR
     let mut known: Vec<i64> = ids
         .iter()
         .copied()
-        .filter(|id| before.is_none_or(|before| *id > before) && after.is_none_or(|after| *id < after))
+        .filter(|id| {
+            before.is_none_or(|before| *id > before) && after.is_none_or(|after| *id < after)
+        })
         .collect();
     known.sort_unstable();
     known.dedup();
@@ -68,7 +70,10 @@ pub fn id_holes(ids: &[i64], before: Option<i64>, after: Option<i64>) -> Vec<IdR
             // `before < after` is not guaranteed by the caller; a bound that
             // goes backwards closes nothing.
             if id > previous.saturating_add(1) {
-                holes.push(IdRange { first: previous + 1, last: id - 1 });
+                holes.push(IdRange {
+                    first: previous + 1,
+                    last: id - 1,
+                });
             }
         }
         previous = Some(previous.map_or(id, |previous| previous.max(id)));
@@ -127,13 +132,21 @@ impl IdHole {
 /// from the last row to the hour's end: whether something is missing there
 /// only REST can say. With no rows and neither bound the whole hour is one
 /// open hole.
-pub fn id_holes_in_hour(hour: Hour, rows: &[IdAt], before: Option<IdAt>, after: Option<IdAt>) -> Vec<IdHole> {
+pub fn id_holes_in_hour(
+    hour: Hour,
+    rows: &[IdAt],
+    before: Option<IdAt>,
+    after: Option<IdAt>,
+) -> Vec<IdHole> {
     let hour_last = hour.end() - 1;
     let clamp = |time: TimeUs| time.clamp(hour.start(), hour_last);
     let mut known: Vec<IdAt> = rows
         .iter()
         .copied()
-        .filter(|row| before.is_none_or(|before| row.id > before.id) && after.is_none_or(|after| row.id < after.id))
+        .filter(|row| {
+            before.is_none_or(|before| row.id > before.id)
+                && after.is_none_or(|after| row.id < after.id)
+        })
         .collect();
     known.sort_unstable_by_key(|row| (row.id, row.time));
     known.dedup_by_key(|row| row.id);
@@ -141,12 +154,19 @@ pub fn id_holes_in_hour(hour: Hour, rows: &[IdAt], before: Option<IdAt>, after: 
     let mut holes = Vec::new();
     let bounded_hole = |lower: IdAt, upper: IdAt| {
         let (early, late) = (lower.time.min(upper.time), lower.time.max(upper.time));
-        IdHole { from_id: Some(lower.id + 1), to_id: Some(upper.id - 1), from_time: clamp(early), to_time: clamp(late) }
+        IdHole {
+            from_id: Some(lower.id + 1),
+            to_id: Some(upper.id - 1),
+            from_time: clamp(early),
+            to_time: clamp(late),
+        }
     };
     let mut previous = before;
     for row in known.iter().copied().chain(after) {
         match previous {
-            Some(lower) if row.id > lower.id.saturating_add(1) => holes.push(bounded_hole(lower, row)),
+            Some(lower) if row.id > lower.id.saturating_add(1) => {
+                holes.push(bounded_hole(lower, row))
+            }
             Some(_) => {}
             None => holes.push(IdHole {
                 from_id: None,
@@ -165,7 +185,12 @@ pub fn id_holes_in_hour(hour: Hour, rows: &[IdAt], before: Option<IdAt>, after: 
                 from_time: clamp(lower.time),
                 to_time: hour_last,
             },
-            None => IdHole { from_id: None, to_id: None, from_time: hour.start(), to_time: hour_last },
+            None => IdHole {
+                from_id: None,
+                to_id: None,
+                from_time: hour.start(),
+                to_time: hour_last,
+            },
         });
     }
     holes
@@ -212,7 +237,12 @@ pub fn kline_grid(interval: KlineInterval, from: TimeUs, to: TimeUs) -> Vec<Time
 /// The grid open times of `interval` in `[from, to)` that have no closed
 /// kline in `open_times_present` (any order, duplicates allowed; times off
 /// the grid are ignored), merged into ranges of consecutive open times.
-pub fn kline_holes(interval: KlineInterval, open_times_present: &[TimeUs], from: TimeUs, to: TimeUs) -> Vec<KlineHole> {
+pub fn kline_holes(
+    interval: KlineInterval,
+    open_times_present: &[TimeUs],
+    from: TimeUs,
+    to: TimeUs,
+) -> Vec<KlineHole> {
     let present: BTreeSet<TimeUs> = open_times_present.iter().copied().collect();
     let mut holes: Vec<KlineHole> = Vec::new();
     let mut previous_open: Option<TimeUs> = None;
@@ -221,7 +251,10 @@ pub fn kline_holes(interval: KlineInterval, open_times_present: &[TimeUs], from:
             match holes.last_mut() {
                 // Extend the hole when the previous grid point was missing too.
                 Some(hole) if previous_open == Some(hole.last_open) => hole.last_open = open,
-                _ => holes.push(KlineHole { first_open: open, last_open: open }),
+                _ => holes.push(KlineHole {
+                    first_open: open,
+                    last_open: open,
+                }),
             }
         }
         previous_open = Some(open);
@@ -244,7 +277,10 @@ mod tests {
     }
 
     fn at(id: i64, seconds: i64) -> IdAt {
-        IdAt { id, time: HOUR_START + seconds * MICROS_PER_SECOND }
+        IdAt {
+            id,
+            time: HOUR_START + seconds * MICROS_PER_SECOND,
+        }
     }
 
     fn range(first: i64, last: i64) -> IdRange {
@@ -261,18 +297,27 @@ mod tests {
     #[test]
     fn a_jump_is_a_hole_between_the_ids() {
         assert_eq!(id_holes(&[10, 11, 15, 16], None, None), vec![range(12, 14)]);
-        assert_eq!(id_holes(&[10, 12, 14], None, None), vec![range(11, 11), range(13, 13)]);
+        assert_eq!(
+            id_holes(&[10, 12, 14], None, None),
+            vec![range(11, 11), range(13, 13)]
+        );
     }
 
     #[test]
     fn duplicates_and_reordering_are_not_holes() {
         assert_eq!(id_holes(&[8, 6, 7, 6, 5, 8], Some(4), Some(9)), vec![]);
-        assert_eq!(id_holes(&[15, 10, 15, 11, 10], None, None), vec![range(12, 14)]);
+        assert_eq!(
+            id_holes(&[15, 10, 15, 11, 10], None, None),
+            vec![range(12, 14)]
+        );
     }
 
     #[test]
     fn bounds_from_neighbouring_hours_open_holes_at_the_edges() {
-        assert_eq!(id_holes(&[7, 8], Some(4), Some(12)), vec![range(5, 6), range(9, 11)]);
+        assert_eq!(
+            id_holes(&[7, 8], Some(4), Some(12)),
+            vec![range(5, 6), range(9, 11)]
+        );
         assert_eq!(id_holes(&[], Some(4), Some(9)), vec![range(5, 8)]);
     }
 
@@ -292,7 +337,10 @@ mod tests {
     fn extreme_ids_do_not_overflow() {
         assert_eq!(id_holes(&[i64::MAX - 1, i64::MAX], None, None), vec![]);
         assert_eq!(range(7, 9).n_ids(), 3);
-        assert_eq!(id_holes(&[i64::MIN, i64::MAX], None, None), vec![range(i64::MIN + 1, i64::MAX - 1)]);
+        assert_eq!(
+            id_holes(&[i64::MIN, i64::MAX], None, None),
+            vec![range(i64::MIN + 1, i64::MAX - 1)]
+        );
         assert_eq!(range(i64::MIN, i64::MAX).n_ids(), u64::MAX);
     }
 
@@ -302,20 +350,41 @@ mod tests {
         let holes = id_holes_in_hour(hour(), &rows, Some(at(9, 0)), Some(at(17, 40)));
         assert_eq!(
             holes,
-            vec![IdHole { from_id: Some(12), to_id: Some(14), from_time: at(0, 2).time, to_time: at(0, 30).time }]
+            vec![IdHole {
+                from_id: Some(12),
+                to_id: Some(14),
+                from_time: at(0, 2).time,
+                to_time: at(0, 30).time
+            }]
         );
         assert!(holes[0].is_closed());
     }
 
     #[test]
     fn hour_holes_clamp_neighbours_in_other_hours_to_the_hour() {
-        let previous_hour_row = IdAt { id: 4, time: HOUR_START - 5 * MICROS_PER_SECOND };
-        let next_hour_row = IdAt { id: 20, time: HOUR_START + MICROS_PER_HOUR + 3 * MICROS_PER_SECOND };
-        let holes = id_holes_in_hour(hour(), &[at(7, 10)], Some(previous_hour_row), Some(next_hour_row));
+        let previous_hour_row = IdAt {
+            id: 4,
+            time: HOUR_START - 5 * MICROS_PER_SECOND,
+        };
+        let next_hour_row = IdAt {
+            id: 20,
+            time: HOUR_START + MICROS_PER_HOUR + 3 * MICROS_PER_SECOND,
+        };
+        let holes = id_holes_in_hour(
+            hour(),
+            &[at(7, 10)],
+            Some(previous_hour_row),
+            Some(next_hour_row),
+        );
         assert_eq!(
             holes,
             vec![
-                IdHole { from_id: Some(5), to_id: Some(6), from_time: HOUR_START, to_time: at(0, 10).time },
+                IdHole {
+                    from_id: Some(5),
+                    to_id: Some(6),
+                    from_time: HOUR_START,
+                    to_time: at(0, 10).time
+                },
                 IdHole {
                     from_id: Some(8),
                     to_id: Some(19),
@@ -333,7 +402,12 @@ mod tests {
         let holes = id_holes_in_hour(hour(), &rows, Some(at(9, 3000)), None);
         assert_eq!(
             holes,
-            vec![IdHole { from_id: Some(12), to_id: None, from_time: at(0, 3590).time, to_time: hour().end() - 1 }]
+            vec![IdHole {
+                from_id: Some(12),
+                to_id: None,
+                from_time: at(0, 3590).time,
+                to_time: hour().end() - 1
+            }]
         );
         assert!(!holes[0].is_closed());
     }
@@ -341,26 +415,67 @@ mod tests {
     #[test]
     fn nothing_known_before_the_first_row_is_an_open_hole_from_the_hour_start() {
         // First start at 20:00 into the hour.
-        let holes = id_holes_in_hour(hour(), &[at(50, 1200), at(51, 1201)], None, Some(at(52, 3700)));
-        assert_eq!(holes, vec![IdHole { from_id: None, to_id: Some(49), from_time: HOUR_START, to_time: at(0, 1200).time }]);
+        let holes = id_holes_in_hour(
+            hour(),
+            &[at(50, 1200), at(51, 1201)],
+            None,
+            Some(at(52, 3700)),
+        );
+        assert_eq!(
+            holes,
+            vec![IdHole {
+                from_id: None,
+                to_id: Some(49),
+                from_time: HOUR_START,
+                to_time: at(0, 1200).time
+            }]
+        );
     }
 
     #[test]
     fn an_hour_without_rows_is_one_hole() {
-        let whole_hour = IdHole { from_id: None, to_id: None, from_time: HOUR_START, to_time: hour().end() - 1 };
+        let whole_hour = IdHole {
+            from_id: None,
+            to_id: None,
+            from_time: HOUR_START,
+            to_time: hour().end() - 1,
+        };
         assert_eq!(id_holes_in_hour(hour(), &[], None, None), vec![whole_hour]);
-        let after_known =
-            IdHole { from_id: Some(10), to_id: None, from_time: HOUR_START, to_time: hour().end() - 1 };
-        let previous_hour_row = IdAt { id: 9, time: HOUR_START - 1 };
-        assert_eq!(id_holes_in_hour(hour(), &[], Some(previous_hour_row), None), vec![after_known]);
+        let after_known = IdHole {
+            from_id: Some(10),
+            to_id: None,
+            from_time: HOUR_START,
+            to_time: hour().end() - 1,
+        };
+        let previous_hour_row = IdAt {
+            id: 9,
+            time: HOUR_START - 1,
+        };
+        assert_eq!(
+            id_holes_in_hour(hour(), &[], Some(previous_hour_row), None),
+            vec![after_known]
+        );
         // Consecutive neighbours: nothing was traded in this hour.
-        let next_hour_row = IdAt { id: 10, time: hour().end() + 1 };
-        assert_eq!(id_holes_in_hour(hour(), &[], Some(previous_hour_row), Some(next_hour_row)), vec![]);
+        let next_hour_row = IdAt {
+            id: 10,
+            time: hour().end() + 1,
+        };
+        assert_eq!(
+            id_holes_in_hour(hour(), &[], Some(previous_hour_row), Some(next_hour_row)),
+            vec![]
+        );
     }
 
     #[test]
     fn hour_holes_ignore_duplicates_and_order() {
-        let rows = [at(16, 31), at(10, 1), at(16, 31), at(11, 2), at(15, 30), at(10, 1)];
+        let rows = [
+            at(16, 31),
+            at(10, 1),
+            at(16, 31),
+            at(11, 2),
+            at(15, 30),
+            at(10, 1),
+        ];
         let holes = id_holes_in_hour(hour(), &rows, Some(at(9, 0)), Some(at(17, 40)));
         assert_eq!(holes.len(), 1);
         assert_eq!((holes[0].from_id, holes[0].to_id), (Some(12), Some(14)));
@@ -368,25 +483,44 @@ mod tests {
 
     #[test]
     fn an_id_hole_becomes_unfilled_metadata() {
-        let hole = IdHole { from_id: Some(12), to_id: None, from_time: 5, to_time: 9 };
+        let hole = IdHole {
+            from_id: Some(12),
+            to_id: None,
+            from_time: 5,
+            to_time: 9,
+        };
         let unfilled = hole.unfilled("rest unreachable");
         assert_eq!(
             unfilled,
-            UnfilledRange { from: Some(12), to: None, from_time: 5, to_time: 9, reason: "rest unreachable".to_owned() }
+            UnfilledRange {
+                from: Some(12),
+                to: None,
+                from_time: 5,
+                to_time: 9,
+                reason: "rest unreachable".to_owned()
+            }
         );
     }
 
     #[test]
     fn missing_minute_klines_are_holes_merged_when_consecutive() {
         let minute = KlineInterval::Minute1;
-        let present: Vec<TimeUs> =
-            (0..60).filter(|m| ![3, 4, 5, 59].contains(m)).map(|m| HOUR_START + m * MICROS_PER_MINUTE).collect();
+        let present: Vec<TimeUs> = (0..60)
+            .filter(|m| ![3, 4, 5, 59].contains(m))
+            .map(|m| HOUR_START + m * MICROS_PER_MINUTE)
+            .collect();
         let holes = kline_holes(minute, &present, HOUR_START, HOUR_START + MICROS_PER_HOUR);
         assert_eq!(
             holes,
             vec![
-                KlineHole { first_open: HOUR_START + 3 * MICROS_PER_MINUTE, last_open: HOUR_START + 5 * MICROS_PER_MINUTE },
-                KlineHole { first_open: HOUR_START + 59 * MICROS_PER_MINUTE, last_open: HOUR_START + 59 * MICROS_PER_MINUTE },
+                KlineHole {
+                    first_open: HOUR_START + 3 * MICROS_PER_MINUTE,
+                    last_open: HOUR_START + 5 * MICROS_PER_MINUTE
+                },
+                KlineHole {
+                    first_open: HOUR_START + 59 * MICROS_PER_MINUTE,
+                    last_open: HOUR_START + 59 * MICROS_PER_MINUTE
+                },
             ]
         );
     }
@@ -394,12 +528,20 @@ mod tests {
     #[test]
     fn a_complete_grid_has_no_kline_hole_and_off_grid_times_do_not_count() {
         let minute = KlineInterval::Minute1;
-        let mut present: Vec<TimeUs> = (0..60).map(|m| HOUR_START + m * MICROS_PER_MINUTE).collect();
-        assert_eq!(kline_holes(minute, &present, HOUR_START, HOUR_START + MICROS_PER_HOUR), vec![]);
+        let mut present: Vec<TimeUs> = (0..60)
+            .map(|m| HOUR_START + m * MICROS_PER_MINUTE)
+            .collect();
+        assert_eq!(
+            kline_holes(minute, &present, HOUR_START, HOUR_START + MICROS_PER_HOUR),
+            vec![]
+        );
         present[10] += 1;
         assert_eq!(
             kline_holes(minute, &present, HOUR_START, HOUR_START + MICROS_PER_HOUR),
-            vec![KlineHole { first_open: HOUR_START + 10 * MICROS_PER_MINUTE, last_open: HOUR_START + 10 * MICROS_PER_MINUTE }]
+            vec![KlineHole {
+                first_open: HOUR_START + 10 * MICROS_PER_MINUTE,
+                last_open: HOUR_START + 10 * MICROS_PER_MINUTE
+            }]
         );
     }
 
@@ -409,7 +551,13 @@ mod tests {
         // From 01:00:30: the 01:00 kline opened before the span.
         let from = HOUR_START + 30 * MICROS_PER_SECOND;
         let to = HOUR_START + 3 * MICROS_PER_MINUTE;
-        assert_eq!(kline_grid(minute, from, to), vec![HOUR_START + MICROS_PER_MINUTE, HOUR_START + 2 * MICROS_PER_MINUTE]);
+        assert_eq!(
+            kline_grid(minute, from, to),
+            vec![
+                HOUR_START + MICROS_PER_MINUTE,
+                HOUR_START + 2 * MICROS_PER_MINUTE
+            ]
+        );
         assert!(kline_grid(minute, to, to).is_empty());
     }
 
@@ -417,21 +565,57 @@ mod tests {
     fn long_intervals_have_at_most_one_open_time_in_an_hour() {
         // 2026-01-01 was a Thursday: no weekly kline opens in its hours; the month opens at 00:00.
         let midnight = HOUR_START - MICROS_PER_HOUR;
-        assert_eq!(kline_holes(KlineInterval::Week1, &[], midnight, midnight + MICROS_PER_HOUR), vec![]);
         assert_eq!(
-            kline_holes(KlineInterval::Month1, &[], midnight, midnight + MICROS_PER_HOUR),
-            vec![KlineHole { first_open: midnight, last_open: midnight }]
+            kline_holes(
+                KlineInterval::Week1,
+                &[],
+                midnight,
+                midnight + MICROS_PER_HOUR
+            ),
+            vec![]
         );
-        assert_eq!(kline_holes(KlineInterval::Month1, &[midnight], midnight, midnight + MICROS_PER_HOUR), vec![]);
+        assert_eq!(
+            kline_holes(
+                KlineInterval::Month1,
+                &[],
+                midnight,
+                midnight + MICROS_PER_HOUR
+            ),
+            vec![KlineHole {
+                first_open: midnight,
+                last_open: midnight
+            }]
+        );
+        assert_eq!(
+            kline_holes(
+                KlineInterval::Month1,
+                &[midnight],
+                midnight,
+                midnight + MICROS_PER_HOUR
+            ),
+            vec![]
+        );
     }
 
     #[test]
     fn a_kline_hole_becomes_unfilled_metadata_clamped_to_the_hour() {
-        let hole = KlineHole { first_open: HOUR_START + 58 * MICROS_PER_MINUTE, last_open: HOUR_START + 59 * MICROS_PER_MINUTE };
+        let hole = KlineHole {
+            first_open: HOUR_START + 58 * MICROS_PER_MINUTE,
+            last_open: HOUR_START + 59 * MICROS_PER_MINUTE,
+        };
         let unfilled = hole.unfilled(KlineInterval::Minute1, hour(), "rest unreachable");
-        assert_eq!((unfilled.from, unfilled.to), (Some(hole.first_open), Some(hole.last_open)));
-        assert_eq!((unfilled.from_time, unfilled.to_time), (hole.first_open, hour().end() - 1));
-        let four_hours = KlineHole { first_open: HOUR_START, last_open: HOUR_START };
+        assert_eq!(
+            (unfilled.from, unfilled.to),
+            (Some(hole.first_open), Some(hole.last_open))
+        );
+        assert_eq!(
+            (unfilled.from_time, unfilled.to_time),
+            (hole.first_open, hour().end() - 1)
+        );
+        let four_hours = KlineHole {
+            first_open: HOUR_START,
+            last_open: HOUR_START,
+        };
         let unfilled = four_hours.unfilled(KlineInterval::Hour4, hour(), "halt");
         assert_eq!(unfilled.to_time, hour().end() - 1);
     }
@@ -458,7 +642,10 @@ mod tests {
     }
 
     fn expand(holes: &[IdRange]) -> BTreeSet<i64> {
-        holes.iter().flat_map(|hole| hole.first..=hole.last).collect()
+        holes
+            .iter()
+            .flat_map(|hole| hole.first..=hole.last)
+            .collect()
     }
 
     proptest! {

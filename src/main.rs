@@ -46,9 +46,16 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(config) => {
                 for market in &config.markets {
-                    let streams: Vec<String> = market.streams.iter().map(ToString::to_string).collect();
-                    let symbols: Vec<String> = market.symbols.iter().map(ToString::to_string).collect();
-                    println!("{}: {} x {}", market.market, symbols.join(","), streams.join(","));
+                    let streams: Vec<String> =
+                        market.streams.iter().map(ToString::to_string).collect();
+                    let symbols: Vec<String> =
+                        market.symbols.iter().map(ToString::to_string).collect();
+                    println!(
+                        "{}: {} x {}",
+                        market.market,
+                        symbols.join(","),
+                        streams.join(",")
+                    );
                 }
                 ExitCode::SUCCESS
             }
@@ -68,9 +75,14 @@ fn run(config_path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
 
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -97,19 +109,22 @@ fn run(config_path: PathBuf) -> ExitCode {
 /// SIGTERM and SIGINT cancel `shutdown`; a second signal exits at once
 /// (the WAL already holds every acknowledged frame).
 fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
-    let handle = std::thread::Builder::new().name("signals".into()).spawn(move || {
-        let mut count = 0;
-        for signal in signals.forever() {
-            count += 1;
-            if count == 1 {
-                info!(signal, "stop requested");
-                shutdown.cancel();
-            } else {
-                eprintln!("second stop signal: exiting now");
-                std::process::exit(130);
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("cannot install signal handlers")?;
+    let handle = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut count = 0;
+            for signal in signals.forever() {
+                count += 1;
+                if count == 1 {
+                    info!(signal, "stop requested");
+                    shutdown.cancel();
+                } else {
+                    eprintln!("second stop signal: exiting now");
+                    std::process::exit(130);
+                }
             }
-        }
-    })?;
+        })?;
     Ok(handle)
 }

@@ -14,9 +14,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::builder::{BooleanBuilder, Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::builder::{
+    BooleanBuilder, Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -27,8 +30,8 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersi
 use parquet::schema::types::ColumnPath;
 
 use crate::domain::{
-    AggTradeRow, Decimal8, Hour, KlineRow, Row, Source, StreamKey, StreamKind, TimeUs, TradeRow, UnfilledRange,
-    DECIMAL_PRECISION, DECIMAL_SCALE,
+    AggTradeRow, Decimal8, Hour, KlineRow, Row, Source, StreamKey, StreamKind, TimeUs, TradeRow,
+    UnfilledRange, DECIMAL_PRECISION, DECIMAL_SCALE,
 };
 
 /// The dataset contract's version, written as `schema_version`.
@@ -39,11 +42,21 @@ pub enum ParquetOutError {
     #[error("cannot write {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("cannot encode {path}: {source}")]
-    Encode { path: PathBuf, source: parquet::errors::ParquetError },
+    Encode {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
     #[error("cannot build the record batch for {path}: {source}")]
-    Arrow { path: PathBuf, source: arrow_schema::ArrowError },
+    Arrow {
+        path: PathBuf,
+        source: arrow_schema::ArrowError,
+    },
     #[error("{path} does not hold a valid {kind} file: {reason}")]
-    Invalid { path: PathBuf, kind: String, reason: String },
+    Invalid {
+        path: PathBuf,
+        kind: String,
+        reason: String,
+    },
 }
 
 /// Everything that goes into one sealed file.
@@ -67,14 +80,21 @@ pub fn hour_file_path(root: &Path, key: &StreamKey, hour: Hour) -> PathBuf {
         .join(format!("stream={stream}"))
         .join(format!("symbol={}", key.symbol))
         .join(format!("date={date}"))
-        .join(format!("{}-{stream}-{date}-{}.parquet", key.symbol, hour.hour_of_day_text()))
+        .join(format!(
+            "{}-{stream}-{date}-{}.parquet",
+            key.symbol,
+            hour.hour_of_day_text()
+        ))
 }
 
 /// The temporary name a file is written under before its rename. It starts
 /// with a dot (pyarrow's dataset discovery skips it) and never ends in
 /// `.parquet` (no glob of readers matches it).
 fn temporary_path(final_path: &Path) -> PathBuf {
-    let name = final_path.file_name().and_then(|name| name.to_str()).unwrap_or("file");
+    let name = final_path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("file");
     final_path.with_file_name(format!(".{name}.tmp"))
 }
 
@@ -153,18 +173,34 @@ struct Columns {
 impl Columns {
     fn new(kind: StreamKind) -> Columns {
         let schema = schema_for(kind);
-        let count = |wanted: &DataType| schema.fields().iter().filter(|field| field.data_type() == wanted).count();
+        let count = |wanted: &DataType| {
+            schema
+                .fields()
+                .iter()
+                .filter(|field| field.data_type() == wanted)
+                .count()
+        };
         let decimal_builder = || Decimal128Builder::new().with_data_type(decimal_type());
         let time_builder = || TimestampMicrosecondBuilder::new().with_timezone("UTC");
         Columns {
             symbol: StringBuilder::new(),
             source: StringBuilder::new(),
-            int64: (0..count(&DataType::Int64)).map(|_| Int64Builder::new()).collect(),
-            decimals: (0..count(&decimal_type())).map(|_| decimal_builder()).collect(),
-            times: (0..count(&timestamp_type())).map(|_| time_builder()).collect(),
-            booleans: (0..count(&DataType::Boolean)).map(|_| BooleanBuilder::new()).collect(),
+            int64: (0..count(&DataType::Int64))
+                .map(|_| Int64Builder::new())
+                .collect(),
+            decimals: (0..count(&decimal_type()))
+                .map(|_| decimal_builder())
+                .collect(),
+            times: (0..count(&timestamp_type()))
+                .map(|_| time_builder())
+                .collect(),
+            booleans: (0..count(&DataType::Boolean))
+                .map(|_| BooleanBuilder::new())
+                .collect(),
             // Utf8 columns other than symbol and source.
-            strings: (0..count(&DataType::Utf8) - 2).map(|_| StringBuilder::new()).collect(),
+            strings: (0..count(&DataType::Utf8) - 2)
+                .map(|_| StringBuilder::new())
+                .collect(),
             schema,
         }
     }
@@ -172,7 +208,8 @@ impl Columns {
     fn push(&mut self, symbol: &str, row: &Row) {
         self.symbol.append_value(symbol);
         self.source.append_value(row.source().name());
-        let decimal = |builder: &mut Decimal128Builder, value: Decimal8| builder.append_value(value.scaled());
+        let decimal =
+            |builder: &mut Decimal128Builder, value: Decimal8| builder.append_value(value.scaled());
         match row {
             Row::Trade(trade) => {
                 self.int64[0].append_value(trade.trade_id);
@@ -234,13 +271,30 @@ impl Columns {
             let array: ArrayRef = match (field.name().as_str(), field.data_type()) {
                 ("symbol", _) => Arc::new(self.symbol.finish()),
                 ("source", _) => Arc::new(self.source.finish()),
-                (_, DataType::Int64) => Arc::new(int64.next().expect("one builder per Int64 field").finish()),
-                (_, DataType::Decimal128(..)) => {
-                    Arc::new(decimals.next().expect("one builder per decimal field").finish())
+                (_, DataType::Int64) => {
+                    Arc::new(int64.next().expect("one builder per Int64 field").finish())
                 }
-                (_, DataType::Timestamp(..)) => Arc::new(times.next().expect("one builder per time field").finish()),
-                (_, DataType::Boolean) => Arc::new(booleans.next().expect("one builder per bool field").finish()),
-                (_, DataType::Utf8) => Arc::new(strings.next().expect("one builder per string field").finish()),
+                (_, DataType::Decimal128(..)) => Arc::new(
+                    decimals
+                        .next()
+                        .expect("one builder per decimal field")
+                        .finish(),
+                ),
+                (_, DataType::Timestamp(..)) => {
+                    Arc::new(times.next().expect("one builder per time field").finish())
+                }
+                (_, DataType::Boolean) => Arc::new(
+                    booleans
+                        .next()
+                        .expect("one builder per bool field")
+                        .finish(),
+                ),
+                (_, DataType::Utf8) => Arc::new(
+                    strings
+                        .next()
+                        .expect("one builder per string field")
+                        .finish(),
+                ),
                 (_, other) => unreachable!("schema_for has no {other} field"),
             };
             arrays.push(array);
@@ -253,7 +307,9 @@ fn writer_properties(kind: StreamKind, metadata: Vec<KeyValue>) -> WriterPropert
     let schema = schema_for(kind);
     let mut builder = WriterProperties::builder()
         .set_writer_version(WriterVersion::PARQUET_2_0)
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(9).expect("9 is a valid zstd level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(9).expect("9 is a valid zstd level"),
+        ))
         .set_dictionary_enabled(false)
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_max_row_group_row_count(Some(4 * 1024 * 1024))
@@ -275,11 +331,18 @@ fn writer_properties(kind: StreamKind, metadata: Vec<KeyValue>) -> WriterPropert
 }
 
 fn file_metadata(file: &HourFile) -> Vec<KeyValue> {
-    let n_rest = file.rows.iter().filter(|row| row.source() == Source::Rest).count();
+    let n_rest = file
+        .rows
+        .iter()
+        .filter(|row| row.source() == Source::Rest)
+        .count();
     let n_ws = file.rows.len() - n_rest;
-    let optional_key = |row: Option<&Row>| row.map_or("null".to_owned(), |row| row.key().to_string());
+    let optional_key =
+        |row: Option<&Row>| row.map_or("null".to_owned(), |row| row.key().to_string());
     let unfilled = serde_json::to_string(&file.unfilled).expect("unfilled ranges always serialise");
-    let clock_offset = file.clock_offset_us.map_or("null".to_owned(), |offset| offset.to_string());
+    let clock_offset = file
+        .clock_offset_us
+        .map_or("null".to_owned(), |offset| offset.to_string());
     [
         ("schema_version", SCHEMA_VERSION.to_string()),
         ("recorder_version", env!("CARGO_PKG_VERSION").to_owned()),
@@ -288,7 +351,10 @@ fn file_metadata(file: &HourFile) -> Vec<KeyValue> {
         ("symbol", file.key.symbol.to_string()),
         ("hour", file.hour.hour_text()),
         ("row_count", file.rows.len().to_string()),
-        ("rows_by_source", format!("{{\"ws\":{n_ws},\"rest\":{n_rest}}}")),
+        (
+            "rows_by_source",
+            format!("{{\"ws\":{n_ws},\"rest\":{n_rest}}}"),
+        ),
         ("first_key", optional_key(file.rows.first())),
         ("last_key", optional_key(file.rows.last())),
         ("unfilled", unfilled),
@@ -309,7 +375,10 @@ fn file_metadata(file: &HourFile) -> Vec<KeyValue> {
 /// the new one under the final name, never a partial one.
 pub fn write_hour_file(root: &Path, file: &HourFile) -> Result<PathBuf, ParquetOutError> {
     let final_path = hour_file_path(root, &file.key, file.hour);
-    let directory = final_path.parent().expect("hour file paths always have a parent").to_path_buf();
+    let directory = final_path
+        .parent()
+        .expect("hour file paths always have a parent")
+        .to_path_buf();
     let io_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ParquetOutError::Io { path, source }
@@ -321,11 +390,18 @@ pub fn write_hour_file(root: &Path, file: &HourFile) -> Result<PathBuf, ParquetO
     for row in &file.rows {
         columns.push(file.key.symbol.as_str(), row);
     }
-    let batch = columns.finish().map_err(|source| ParquetOutError::Arrow { path: final_path.clone(), source })?;
-    let encode_error = |source| ParquetOutError::Encode { path: temporary.clone(), source };
+    let batch = columns.finish().map_err(|source| ParquetOutError::Arrow {
+        path: final_path.clone(),
+        source,
+    })?;
+    let encode_error = |source| ParquetOutError::Encode {
+        path: temporary.clone(),
+        source,
+    };
     let output = File::create(&temporary).map_err(io_error(&temporary))?;
     let properties = writer_properties(file.key.kind, file_metadata(file));
-    let mut writer = ArrowWriter::try_new(output, batch.schema(), Some(properties)).map_err(encode_error)?;
+    let mut writer =
+        ArrowWriter::try_new(output, batch.schema(), Some(properties)).map_err(encode_error)?;
     writer.write(&batch).map_err(encode_error)?;
     let output = writer.into_inner().map_err(encode_error)?;
     output.sync_all().map_err(io_error(&temporary))?;
@@ -342,26 +418,54 @@ pub fn sync_directory(directory: &Path) -> io::Result<()> {
 
 /// The key-value metadata of a sealed file.
 pub fn read_metadata(path: &Path) -> Result<Vec<(String, String)>, ParquetOutError> {
-    let input = File::open(path).map_err(|source| ParquetOutError::Io { path: path.to_path_buf(), source })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(input)
-        .map_err(|source| ParquetOutError::Encode { path: path.to_path_buf(), source })?;
-    let pairs = builder.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
-    Ok(pairs.into_iter().map(|pair| (pair.key, pair.value.unwrap_or_default())).collect())
+    let input = File::open(path).map_err(|source| ParquetOutError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(input).map_err(|source| {
+        ParquetOutError::Encode {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    let pairs = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default();
+    Ok(pairs
+        .into_iter()
+        .map(|pair| (pair.key, pair.value.unwrap_or_default()))
+        .collect())
 }
 
 /// Reads a sealed file back into rows, so a late row can be merged into it.
 pub fn read_hour_file(path: &Path, kind: StreamKind) -> Result<Vec<Row>, ParquetOutError> {
-    let invalid = |reason: String| ParquetOutError::Invalid { path: path.to_path_buf(), kind: kind.path_name(), reason };
-    let input = File::open(path).map_err(|source| ParquetOutError::Io { path: path.to_path_buf(), source })?;
+    let invalid = |reason: String| ParquetOutError::Invalid {
+        path: path.to_path_buf(),
+        kind: kind.path_name(),
+        reason,
+    };
+    let input = File::open(path).map_err(|source| ParquetOutError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(input)
         .and_then(|builder| builder.build())
-        .map_err(|source| ParquetOutError::Encode { path: path.to_path_buf(), source })?;
+        .map_err(|source| ParquetOutError::Encode {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let expected = schema_for(kind);
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|error| invalid(error.to_string()))?;
         if batch.schema().fields() != expected.fields() {
-            return Err(invalid(format!("schema {:?} is not the contract's", batch.schema())));
+            return Err(invalid(format!(
+                "schema {:?} is not the contract's",
+                batch.schema()
+            )));
         }
         rows.extend(rows_from_batch(&batch, kind).map_err(invalid)?);
     }
@@ -371,7 +475,10 @@ pub fn read_hour_file(path: &Path, kind: StreamKind) -> Result<Vec<Row>, Parquet
 fn rows_from_batch(batch: &RecordBatch, kind: StreamKind) -> Result<Vec<Row>, String> {
     let column = |index: usize| batch.column(index).clone();
     fn cast<T: 'static>(array: &ArrayRef) -> Result<&T, String> {
-        array.as_any().downcast_ref::<T>().ok_or_else(|| format!("unexpected array type {}", array.data_type()))
+        array
+            .as_any()
+            .downcast_ref::<T>()
+            .ok_or_else(|| format!("unexpected array type {}", array.data_type()))
     }
     fn optional_i64(array: &Int64Array, index: usize) -> Option<i64> {
         array.is_valid(index).then(|| array.value(index))
@@ -449,8 +556,10 @@ fn rows_from_batch(batch: &RecordBatch, kind: StreamKind) -> Result<Vec<Row>, St
         StreamKind::Kline(_) => {
             let opens_at = cast::<TimestampMicrosecondArray>(&columns[0])?;
             let closes_at = cast::<TimestampMicrosecondArray>(&columns[1])?;
-            let values: Vec<&Decimal128Array> =
-                [2, 3, 4, 5, 6, 7].iter().map(|&index| cast::<Decimal128Array>(&columns[index])).collect::<Result<_, _>>()?;
+            let values: Vec<&Decimal128Array> = [2, 3, 4, 5, 6, 7]
+                .iter()
+                .map(|&index| cast::<Decimal128Array>(&columns[index]))
+                .collect::<Result<_, _>>()?;
             let counts = cast::<Int64Array>(&columns[8])?;
             let taker_base = cast::<Decimal128Array>(&columns[9])?;
             let taker_quote = cast::<Decimal128Array>(&columns[10])?;
@@ -489,7 +598,11 @@ mod tests {
     use crate::domain::{KlineInterval, Market, Symbol, MICROS_PER_HOUR};
 
     fn key(kind: StreamKind) -> StreamKey {
-        StreamKey { market: Market::Spot, symbol: Symbol::new("BTCUSDT").expect("valid"), kind }
+        StreamKey {
+            market: Market::Spot,
+            symbol: Symbol::new("BTCUSDT").expect("valid"),
+            kind,
+        }
     }
 
     fn decimal(text: &str) -> Decimal8 {
@@ -522,8 +635,16 @@ mod tests {
                         is_buyer_maker: index % 2 == 0,
                         is_best_match: Some(true),
                         trade_type: None,
-                        event_time: if index == 2 { None } else { Some(base + index * 1000 + 5) },
-                        recv_time: if index == 2 { None } else { Some(base + index * 1000 + 9) },
+                        event_time: if index == 2 {
+                            None
+                        } else {
+                            Some(base + index * 1000 + 5)
+                        },
+                        recv_time: if index == 2 {
+                            None
+                        } else {
+                            Some(base + index * 1000 + 9)
+                        },
                         source: if index == 2 { Source::Rest } else { Source::Ws },
                     })
                 })
@@ -565,7 +686,11 @@ mod tests {
     #[test]
     fn every_kind_round_trips_with_metadata() {
         let root = tempfile::tempdir().expect("temporary directory");
-        for kind in [StreamKind::Trade, StreamKind::AggTrade, StreamKind::Kline(KlineInterval::Minute1)] {
+        for kind in [
+            StreamKind::Trade,
+            StreamKind::AggTrade,
+            StreamKind::Kline(KlineInterval::Minute1),
+        ] {
             let file = hour_file(kind, sample_rows(kind));
             let path = write_hour_file(root.path(), &file).expect("writes");
             assert!(path.to_string_lossy().ends_with(&format!(
@@ -573,20 +698,29 @@ mod tests {
                 kind.path_name()
             )));
             assert_eq!(read_hour_file(&path, kind).expect("reads"), file.rows);
-            let metadata: std::collections::HashMap<_, _> = read_metadata(&path).expect("metadata").into_iter().collect();
+            let metadata: std::collections::HashMap<_, _> = read_metadata(&path)
+                .expect("metadata")
+                .into_iter()
+                .collect();
             assert_eq!(metadata["schema_version"], "1");
             assert_eq!(metadata["hour"], "2024-08-09T00");
             assert_eq!(metadata["row_count"], file.rows.len().to_string());
             assert_eq!(metadata["first_key"], file.rows[0].key().to_string());
             assert_eq!(metadata["unfilled"], "[]");
             assert_eq!(metadata["clock_offset_us"], "-1234");
-            assert_eq!(metadata["coverage_to"], (file.hour.start() + MICROS_PER_HOUR).to_string());
+            assert_eq!(
+                metadata["coverage_to"],
+                (file.hour.start() + MICROS_PER_HOUR).to_string()
+            );
         }
-        let trade_metadata: std::collections::HashMap<_, _> =
-            read_metadata(&hour_file_path(root.path(), &key(StreamKind::Trade), hour_file(StreamKind::Trade, vec![]).hour))
-                .expect("metadata")
-                .into_iter()
-                .collect();
+        let trade_metadata: std::collections::HashMap<_, _> = read_metadata(&hour_file_path(
+            root.path(),
+            &key(StreamKind::Trade),
+            hour_file(StreamKind::Trade, vec![]).hour,
+        ))
+        .expect("metadata")
+        .into_iter()
+        .collect();
         assert_eq!(trade_metadata["rows_by_source"], r#"{"ws":2,"rest":1}"#);
     }
 
@@ -595,8 +729,14 @@ mod tests {
         let root = tempfile::tempdir().expect("temporary directory");
         let file = hour_file(StreamKind::Trade, vec![]);
         let path = write_hour_file(root.path(), &file).expect("writes");
-        assert_eq!(read_hour_file(&path, StreamKind::Trade).expect("reads"), vec![]);
-        let metadata: std::collections::HashMap<_, _> = read_metadata(&path).expect("metadata").into_iter().collect();
+        assert_eq!(
+            read_hour_file(&path, StreamKind::Trade).expect("reads"),
+            vec![]
+        );
+        let metadata: std::collections::HashMap<_, _> = read_metadata(&path)
+            .expect("metadata")
+            .into_iter()
+            .collect();
         assert_eq!(metadata["rows_by_source"], r#"{"ws":0,"rest":0}"#);
         assert_eq!(metadata["first_key"], "null");
         let names: Vec<_> = fs::read_dir(path.parent().expect("parent"))
@@ -611,8 +751,9 @@ mod tests {
     /// would be; prints bytes per row (the issue's target: near 10).
     #[test]
     fn real_agg_trades_encode_compactly() {
-        let csv = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/real/spot/aggTrades/BTCUSDT-aggTrades-2026-01-01.first5000rows.csv");
+        let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            "../shared/data/real/spot/aggTrades/BTCUSDT-aggTrades-2026-01-01.first5000rows.csv",
+        );
         let text = fs::read_to_string(&csv).expect("the shared data sits beside the repository");
         let rows: Vec<Row> = text
             .lines()
@@ -636,18 +777,31 @@ mod tests {
             .collect();
         assert_eq!(rows.len(), 5000);
         let root = tempfile::tempdir().expect("temporary directory");
-        let path = write_hour_file(root.path(), &hour_file(StreamKind::AggTrade, rows.clone())).expect("writes");
+        let path = write_hour_file(root.path(), &hour_file(StreamKind::AggTrade, rows.clone()))
+            .expect("writes");
         let bytes = fs::metadata(&path).expect("file").len();
         let bytes_per_row = bytes as f64 / rows.len() as f64;
-        println!("real aggTrades: {bytes} bytes for {} rows = {bytes_per_row:.2} B/row", rows.len());
-        assert_eq!(read_hour_file(&path, StreamKind::AggTrade).expect("reads"), rows);
+        println!(
+            "real aggTrades: {bytes} bytes for {} rows = {bytes_per_row:.2} B/row",
+            rows.len()
+        );
+        assert_eq!(
+            read_hour_file(&path, StreamKind::AggTrade).expect("reads"),
+            rows
+        );
         assert!(bytes_per_row < 16.0, "{bytes_per_row:.2} B/row");
     }
 
     #[test]
     fn temporary_name_never_matches_parquet_glob() {
         let temporary = temporary_path(Path::new("/x/BTCUSDT-trade-2024-08-09-00.parquet"));
-        let name = temporary.file_name().and_then(|name| name.to_str()).expect("name");
-        assert!(name.starts_with('.') && !name.ends_with(".parquet"), "{name}");
+        let name = temporary
+            .file_name()
+            .and_then(|name| name.to_str())
+            .expect("name");
+        assert!(
+            name.starts_with('.') && !name.ends_with(".parquet"),
+            "{name}"
+        );
     }
 }

@@ -30,7 +30,9 @@ impl Serialize for Market {
 
 fn file_for(directory: &Path, entry: &QuarantinedFrame) -> PathBuf {
     let date = utc_datetime(entry.recv_time_us).format("%Y-%m-%d");
-    directory.join(entry.market.name()).join(format!("{date}.jsonl"))
+    directory
+        .join(entry.market.name())
+        .join(format!("{date}.jsonl"))
 }
 
 /// Appends `entries` and fsyncs each file touched.
@@ -38,7 +40,11 @@ pub fn append(directory: &Path, entries: &[QuarantinedFrame]) -> io::Result<()> 
     let mut current: Option<(PathBuf, fs::File)> = None;
     for entry in entries {
         let path = file_for(directory, entry);
-        if current.as_ref().map(|(open_path, _)| open_path != &path).unwrap_or(true) {
+        if current
+            .as_ref()
+            .map(|(open_path, _)| open_path != &path)
+            .unwrap_or(true)
+        {
             if let Some((_, file)) = current.take() {
                 file.sync_data()?;
             }
@@ -71,9 +77,11 @@ mod tests {
             frame: "{\"e\":".into(),
         };
         append(directory.path(), &[entry.clone(), entry]).expect("appends");
-        let text = fs::read_to_string(directory.path().join("spot/2024-08-09.jsonl")).expect("file");
+        let text =
+            fs::read_to_string(directory.path().join("spot/2024-08-09.jsonl")).expect("file");
         assert_eq!(text.lines().count(), 2);
-        let first: serde_json::Value = serde_json::from_str(text.lines().next().expect("line")).expect("json");
+        let first: serde_json::Value =
+            serde_json::from_str(text.lines().next().expect("line")).expect("json");
         assert_eq!(first["frame"], "{\"e\":");
         assert_eq!(first["market"], "spot");
     }

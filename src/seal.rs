@@ -92,7 +92,10 @@ pub fn insert_row(rows: &mut BTreeMap<i64, Row>, row: Row) -> Inserted {
 /// Merges new rows into the rows of an already sealed file. Returns the
 /// merged, sorted, unique rows and whether anything changed (when nothing
 /// did, the file need not be rewritten).
-pub fn merge_into_sealed(sealed: Vec<Row>, new_rows: impl IntoIterator<Item = Row>) -> (Vec<Row>, bool) {
+pub fn merge_into_sealed(
+    sealed: Vec<Row>,
+    new_rows: impl IntoIterator<Item = Row>,
+) -> (Vec<Row>, bool) {
     let mut merged: BTreeMap<i64, Row> = sealed.into_iter().map(|row| (row.key(), row)).collect();
     let mut changed = false;
     for row in new_rows {
@@ -104,7 +107,9 @@ pub fn merge_into_sealed(sealed: Vec<Row>, new_rows: impl IntoIterator<Item = Ro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Decimal8, KlineInterval, TradeRow, MICROS_PER_DAY, MICROS_PER_HOUR, MICROS_PER_MINUTE};
+    use crate::domain::{
+        Decimal8, KlineInterval, TradeRow, MICROS_PER_DAY, MICROS_PER_HOUR, MICROS_PER_MINUTE,
+    };
     use proptest::prelude::*;
 
     const HOUR_START: TimeUs = 1_723_161_600_000_000; // 2024-08-09T00:00Z, a Friday
@@ -132,7 +137,12 @@ mod tests {
     fn trades_seal_at_hour_end_plus_grace() {
         let grace = 10_000_000;
         let end = hour().end();
-        assert!(!is_sealable(StreamKind::Trade, hour(), end + grace - 1, grace));
+        assert!(!is_sealable(
+            StreamKind::Trade,
+            hour(),
+            end + grace - 1,
+            grace
+        ));
         assert!(is_sealable(StreamKind::Trade, hour(), end + grace, grace));
     }
 
@@ -145,13 +155,19 @@ mod tests {
         // Hour 01 has no 1d kline opening in it: it seals at its own end.
         assert_eq!(complete_at(day, hour().next()), hour().next().end());
         let four_hours = StreamKind::Kline(KlineInterval::Hour4);
-        assert_eq!(complete_at(four_hours, hour()), HOUR_START + 4 * MICROS_PER_HOUR);
+        assert_eq!(
+            complete_at(four_hours, hour()),
+            HOUR_START + 4 * MICROS_PER_HOUR
+        );
         let one_second = StreamKind::Kline(KlineInterval::Second1);
         assert_eq!(complete_at(one_second, hour()), hour().end());
         let week = StreamKind::Kline(KlineInterval::Week1);
         // Monday 2024-08-12T00 opens a week that closes on the 19th.
         let monday = Hour::containing(HOUR_START + 3 * MICROS_PER_DAY);
-        assert_eq!(complete_at(week, monday), monday.start() + 7 * MICROS_PER_DAY);
+        assert_eq!(
+            complete_at(week, monday),
+            monday.start() + 7 * MICROS_PER_DAY
+        );
     }
 
     #[test]
@@ -159,13 +175,25 @@ mod tests {
         let start = HOUR_START + 20 * MICROS_PER_MINUTE;
         let running = [WatchSpan { start, end: None }];
         assert_eq!(coverage(&running, hour()), Some((start, hour().end())));
-        assert_eq!(coverage(&running, hour().next()), Some((hour().end(), hour().next().end())));
+        assert_eq!(
+            coverage(&running, hour().next()),
+            Some((hour().end(), hour().next().end()))
+        );
         let before = Hour::containing(HOUR_START - 1);
         assert_eq!(coverage(&running, before), None);
-        let stopped = [WatchSpan { start: HOUR_START - 5, end: Some(start) }];
+        let stopped = [WatchSpan {
+            start: HOUR_START - 5,
+            end: Some(start),
+        }];
         assert_eq!(coverage(&stopped, hour()), Some((HOUR_START, start + 1)));
         assert_eq!(coverage(&stopped, hour().next()), None);
-        let two = [stopped[0], WatchSpan { start: start + 1000, end: None }];
+        let two = [
+            stopped[0],
+            WatchSpan {
+                start: start + 1000,
+                end: None,
+            },
+        ];
         assert_eq!(coverage(&two, hour()), Some((HOUR_START, hour().end())));
     }
 
@@ -173,9 +201,18 @@ mod tests {
     fn stream_rows_win_over_rest_and_first_arrival_wins() {
         let mut rows = BTreeMap::new();
         assert_eq!(insert_row(&mut rows, trade(1, Source::Rest)), Inserted::New);
-        assert_eq!(insert_row(&mut rows, trade(1, Source::Ws)), Inserted::ReplacedRest);
-        assert_eq!(insert_row(&mut rows, trade(1, Source::Rest)), Inserted::Duplicate);
-        assert_eq!(insert_row(&mut rows, trade(1, Source::Ws)), Inserted::Duplicate);
+        assert_eq!(
+            insert_row(&mut rows, trade(1, Source::Ws)),
+            Inserted::ReplacedRest
+        );
+        assert_eq!(
+            insert_row(&mut rows, trade(1, Source::Rest)),
+            Inserted::Duplicate
+        );
+        assert_eq!(
+            insert_row(&mut rows, trade(1, Source::Ws)),
+            Inserted::Duplicate
+        );
         assert_eq!(rows[&1].source(), Source::Ws);
     }
 
@@ -187,7 +224,10 @@ mod tests {
         assert_eq!(merged, sealed);
         let (merged, changed) = merge_into_sealed(sealed, vec![trade(0, Source::Ws)]);
         assert!(changed);
-        assert_eq!(merged.iter().map(Row::key).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            merged.iter().map(Row::key).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
     }
 
     proptest! {

@@ -6,15 +6,15 @@ mod support;
 
 #[path = "recorder/bad_input.rs"]
 mod bad_input;
-#[path = "recorder/connections.rs"]
-mod connections;
 #[path = "recorder/config_errors.rs"]
 mod config_errors;
+#[path = "recorder/connections.rs"]
+mod connections;
 #[path = "recorder/end_to_end.rs"]
 mod end_to_end;
 #[path = "recorder/real_data.rs"]
 mod real_data;
-#[path = "recorder/restart.rs"]
-mod restart;
 #[path = "recorder/rest_fill.rs"]
 mod rest_fill;
+#[path = "recorder/restart.rs"]
+mod restart;

@@ -16,7 +16,11 @@ pub struct SimClock {
 
 impl SimClock {
     pub fn start(sim_start_us: i64, speed: f64) -> SimClock {
-        SimClock { real_start: Instant::now(), sim_start_us, speed }
+        SimClock {
+            real_start: Instant::now(),
+            sim_start_us,
+            speed,
+        }
     }
 
     pub fn sim_start_us(&self) -> i64 {

@@ -103,7 +103,11 @@ pub struct ChaosConfig {
 
 impl Default for ChaosConfig {
     fn default() -> ChaosConfig {
-        ChaosConfig { seed: 1, mean_faults_per_minute: 6.0, faults: Vec::new() }
+        ChaosConfig {
+            seed: 1,
+            mean_faults_per_minute: 6.0,
+            faults: Vec::new(),
+        }
     }
 }
 
@@ -134,7 +138,11 @@ impl Default for FakeConfig {
             speed: 1.0,
             sim_start_us: host_now_us(),
             history: Duration::from_secs(2 * 3600),
-            symbols: vec!["BTCUSDT".to_owned(), "ETHUSDT".to_owned(), "BNBUSDT".to_owned()],
+            symbols: vec![
+                "BTCUSDT".to_owned(),
+                "ETHUSDT".to_owned(),
+                "BNBUSDT".to_owned(),
+            ],
             market: Market::Spot,
             mean_orders_per_sec: 2.0,
             limits: Limits::default(),
@@ -155,28 +163,50 @@ impl FakeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
         if !(self.speed.is_finite() && self.speed > 0.0) {
-            return invalid("speed", format!("must be a positive number, got {}", self.speed));
+            return invalid(
+                "speed",
+                format!("must be a positive number, got {}", self.speed),
+            );
         }
         if !(self.mean_orders_per_sec.is_finite() && self.mean_orders_per_sec > 0.0) {
-            return invalid("mean_orders_per_sec", format!("must be positive, got {}", self.mean_orders_per_sec));
+            return invalid(
+                "mean_orders_per_sec",
+                format!("must be positive, got {}", self.mean_orders_per_sec),
+            );
         }
         if self.replay.is_none() && self.symbols.is_empty() {
             return invalid("symbols", "at least one symbol is needed".to_owned());
         }
         for symbol in &self.symbols {
-            if symbol.is_empty() || !symbol.bytes().all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit()) {
-                return invalid("symbols", format!("{symbol:?} must be upper-case letters and digits"));
+            if symbol.is_empty()
+                || !symbol
+                    .bytes()
+                    .all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit())
+            {
+                return invalid(
+                    "symbols",
+                    format!("{symbol:?} must be upper-case letters and digits"),
+                );
             }
         }
         if self.limits.ping_interval.is_zero() || self.limits.pong_timeout.is_zero() {
-            return invalid("limits.ping_interval", "ping interval and pong timeout must be non-zero".to_owned());
+            return invalid(
+                "limits.ping_interval",
+                "ping interval and pong timeout must be non-zero".to_owned(),
+            );
         }
         if self.limits.weight_window.is_zero() || self.limits.handshake_window.is_zero() {
-            return invalid("limits.weight_window", "windows must be non-zero".to_owned());
+            return invalid(
+                "limits.weight_window",
+                "windows must be non-zero".to_owned(),
+            );
         }
         if let Some(chaos) = &self.chaos {
             if !(chaos.mean_faults_per_minute.is_finite() && chaos.mean_faults_per_minute > 0.0) {
-                return invalid("chaos.mean_faults_per_minute", "must be positive".to_owned());
+                return invalid(
+                    "chaos.mean_faults_per_minute",
+                    "must be positive".to_owned(),
+                );
             }
         }
         Ok(())

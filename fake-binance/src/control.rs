@@ -23,7 +23,9 @@ pub(crate) async fn handle_control(shared: Arc<Shared>, request: HttpRequest) ->
     let until_us = |request: &HttpRequest| -> Result<i64, HttpResponse> {
         match request.query_value("until") {
             None => Ok(shared.now_us()),
-            Some(text) => text.parse::<i64>().map_err(|_| error(400, "until must be epoch microseconds")),
+            Some(text) => text
+                .parse::<i64>()
+                .map_err(|_| error(400, "until must be epoch microseconds")),
         }
     };
     match (request.method.as_str(), request.path.as_str()) {
@@ -38,21 +40,32 @@ pub(crate) async fn handle_control(shared: Arc<Shared>, request: HttpRequest) ->
             let counters = crate::counters_of(&shared);
             HttpResponse::json(200, serde_json::to_string(&counters).unwrap_or_default())
         }
-        ("GET", "/control/time") => HttpResponse::json(200, format!(r#"{{"sim_now_us":{}}}"#, shared.now_us())),
+        ("GET", "/control/time") => {
+            HttpResponse::json(200, format!(r#"{{"sim_now_us":{}}}"#, shared.now_us()))
+        }
         ("GET", "/control/ground_truth") => {
-            let Some(symbol) = request.query_value("symbol") else { return error(400, "symbol is required") };
+            let Some(symbol) = request.query_value("symbol") else {
+                return error(400, "symbol is required");
+            };
             let until = match until_us(&request) {
                 Ok(until) => until,
                 Err(response) => return response,
             };
             match ground_truth_of(&shared, symbol, until) {
-                Some(truth) => HttpResponse::json(200, serde_json::to_string(&truth).unwrap_or_default()),
+                Some(truth) => {
+                    HttpResponse::json(200, serde_json::to_string(&truth).unwrap_or_default())
+                }
                 None => error(404, "unknown symbol"),
             }
         }
         ("GET", "/control/klines") => {
-            let Some(symbol) = request.query_value("symbol") else { return error(400, "symbol is required") };
-            let Some(interval) = request.query_value("interval").and_then(KlineInterval::parse) else {
+            let Some(symbol) = request.query_value("symbol") else {
+                return error(400, "symbol is required");
+            };
+            let Some(interval) = request
+                .query_value("interval")
+                .and_then(KlineInterval::parse)
+            else {
                 return error(400, "interval is required (1s, 1m, ... 1M)");
             };
             let until = match until_us(&request) {
@@ -60,7 +73,9 @@ pub(crate) async fn handle_control(shared: Arc<Shared>, request: HttpRequest) ->
                 Err(response) => return response,
             };
             match klines_of(&shared, symbol, interval, until) {
-                Some(klines) => HttpResponse::json(200, serde_json::to_string(&klines).unwrap_or_default()),
+                Some(klines) => {
+                    HttpResponse::json(200, serde_json::to_string(&klines).unwrap_or_default())
+                }
                 None => error(404, "unknown symbol"),
             }
         }

@@ -53,7 +53,10 @@ pub(crate) struct CounterCells {
 
 impl CounterCells {
     pub fn update(&self, change: impl FnOnce(&mut Counters)) {
-        let mut counters = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut counters = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         change(&mut counters);
     }
 
@@ -62,6 +65,9 @@ impl CounterCells {
     }
 
     pub fn snapshot(&self) -> Counters {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }

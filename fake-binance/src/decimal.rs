@@ -57,9 +57,13 @@ pub fn parse_atoms(text: &str) -> Result<i64, DecimalError> {
     }
     let all_digits = |part: &str| part.bytes().all(|byte| byte.is_ascii_digit());
     if !all_digits(integer_part) || !all_digits(fraction_part) {
-        return Err(DecimalError::NotADigit { text: text.to_owned() });
+        return Err(DecimalError::NotADigit {
+            text: text.to_owned(),
+        });
     }
-    let overflow = || DecimalError::Overflow { text: text.to_owned() };
+    let overflow = || DecimalError::Overflow {
+        text: text.to_owned(),
+    };
     let mut units: i64 = 0;
     for digit in integer_part.bytes() {
         units = units
@@ -71,7 +75,9 @@ pub fn parse_atoms(text: &str) -> Result<i64, DecimalError> {
     for (position, digit) in fraction_part.bytes().enumerate() {
         if position >= 8 {
             if digit != b'0' {
-                return Err(DecimalError::TooPrecise { text: text.to_owned() });
+                return Err(DecimalError::TooPrecise {
+                    text: text.to_owned(),
+                });
             }
             continue;
         }
@@ -121,16 +127,28 @@ mod tests {
         assert_eq!(parse_atoms("0.001").unwrap(), 100_000);
         assert_eq!(parse_atoms("3").unwrap(), 300_000_000);
         assert_eq!(parse_atoms("1.0000000000").unwrap(), 100_000_000);
-        assert!(matches!(parse_atoms("1.000000001"), Err(DecimalError::TooPrecise { .. })));
-        assert!(matches!(parse_atoms("1e5"), Err(DecimalError::NotADigit { .. })));
+        assert!(matches!(
+            parse_atoms("1.000000001"),
+            Err(DecimalError::TooPrecise { .. })
+        ));
+        assert!(matches!(
+            parse_atoms("1e5"),
+            Err(DecimalError::NotADigit { .. })
+        ));
         assert!(matches!(parse_atoms(""), Err(DecimalError::Empty)));
-        assert!(matches!(parse_atoms("99999999999999999999"), Err(DecimalError::Overflow { .. })));
+        assert!(matches!(
+            parse_atoms("99999999999999999999"),
+            Err(DecimalError::Overflow { .. })
+        ));
     }
 
     #[test]
     fn quote_is_exact_then_truncated() {
         // 61685.99 x 0.00017 = 10.4866183
-        assert_eq!(format_atoms(quote_atoms(6_168_599_000_000, 17_000)), "10.48661830");
+        assert_eq!(
+            format_atoms(quote_atoms(6_168_599_000_000, 17_000)),
+            "10.48661830"
+        );
         // 0.00000001 x 0.5 = 0.000000005 -> truncated to 0.00000000
         assert_eq!(quote_atoms(1, 50_000_000), 0);
     }

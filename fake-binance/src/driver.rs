@@ -61,14 +61,26 @@ impl Driver {
             .iter()
             .map(|book| SymbolCursor {
                 // History before the start is served by REST only, never streamed.
-                next_trade_index: if stream_from_first_event { 0 } else { book.published_trade_count(start_us) },
-                next_agg_trade_index: if stream_from_first_event { 0 } else { book.published_agg_trade_count(start_us) },
+                next_trade_index: if stream_from_first_event {
+                    0
+                } else {
+                    book.published_trade_count(start_us)
+                },
+                next_agg_trade_index: if stream_from_first_event {
+                    0
+                } else {
+                    book.published_agg_trade_count(start_us)
+                },
                 symbol: Arc::from(book.spec.symbol.as_str()),
                 trade_stream: Arc::from(StreamName::trade(&book.stream_symbol)),
                 agg_trade_stream: Arc::from(StreamName::agg_trade(&book.stream_symbol)),
             })
             .collect();
-        Driver { cursors, kline_streams: HashMap::new(), held_for_swap: None }
+        Driver {
+            cursors,
+            kline_streams: HashMap::new(),
+            held_for_swap: None,
+        }
     }
 
     /// One step at simulated `now_us`; returns the simulated time of the next due event.
@@ -99,12 +111,18 @@ impl Driver {
             lists.push(list);
         }
         // Kline streams: start the ones newly subscribed, forget the abandoned ones.
-        self.kline_streams.retain(|_, stream| active_streams.contains(&*stream.stream_name));
+        self.kline_streams
+            .retain(|_, stream| active_streams.contains(&*stream.stream_name));
         for book in &market.books {
             for interval in KlineInterval::ALL {
                 let name = StreamName::kline(&book.stream_symbol, interval);
-                if active_streams.contains(&name) && !self.kline_streams.contains_key(&(book.index, interval)) {
-                    self.kline_streams.insert((book.index, interval), start_kline_stream(book, interval, name, now_us));
+                if active_streams.contains(&name)
+                    && !self.kline_streams.contains_key(&(book.index, interval))
+                {
+                    self.kline_streams.insert(
+                        (book.index, interval),
+                        start_kline_stream(book, interval, name, now_us),
+                    );
                 }
             }
         }
@@ -112,7 +130,15 @@ impl Driver {
         for ((symbol_index, interval), stream) in self.kline_streams.iter_mut() {
             let book = &market.books[*symbol_index];
             let symbol = &self.cursors[*symbol_index].symbol;
-            let next_us = advance_kline_stream(book, symbol, *interval, stream, now_us, seed, &mut kline_events);
+            let next_us = advance_kline_stream(
+                book,
+                symbol,
+                *interval,
+                stream,
+                now_us,
+                seed,
+                &mut kline_events,
+            );
             next_due_us = next_due_us.min(next_us);
         }
         kline_events.sort_by_key(|(sort_key, _)| *sort_key);
@@ -120,7 +146,13 @@ impl Driver {
         (merge_by_event_time(lists), next_due_us)
     }
 
-    fn dispatch(&mut self, shared: &Shared, registry: &mut Registry, events: Vec<Arc<StreamEvent>>, now_us: i64) {
+    fn dispatch(
+        &mut self,
+        shared: &Shared,
+        registry: &mut Registry,
+        events: Vec<Arc<StreamEvent>>,
+        now_us: i64,
+    ) {
         let mut faults = lock(&shared.pending_faults);
         for event in events {
             if !has_subscriber(registry, &event) {
@@ -128,7 +160,9 @@ impl Driver {
             }
             if faults.skip > 0 {
                 faults.skip -= 1;
-                shared.counters.update(|counters| counters.events_skipped += 1);
+                shared
+                    .counters
+                    .update(|counters| counters.events_skipped += 1);
                 debug!(stream = %event.stream_name, "event skipped by fault");
                 continue;
             }
@@ -140,7 +174,9 @@ impl Driver {
                     }
                     Some(held) => {
                         faults.swap -= 1;
-                        shared.counters.update(|counters| counters.events_swapped += 1);
+                        shared
+                            .counters
+                            .update(|counters| counters.events_swapped += 1);
                         send_to_subscribers(registry, &event, false);
                         send_to_subscribers(registry, &held, false);
                         continue;
@@ -150,12 +186,16 @@ impl Driver {
             let truncate = faults.truncate > 0;
             if truncate {
                 faults.truncate -= 1;
-                shared.counters.update(|counters| counters.frames_truncated += 1);
+                shared
+                    .counters
+                    .update(|counters| counters.frames_truncated += 1);
             }
             send_to_subscribers(registry, &event, truncate);
             if faults.duplicate > 0 {
                 faults.duplicate -= 1;
-                shared.counters.update(|counters| counters.events_duplicated += 1);
+                shared
+                    .counters
+                    .update(|counters| counters.events_duplicated += 1);
                 send_to_subscribers(registry, &event, false);
             }
         }
@@ -170,14 +210,20 @@ impl Driver {
 }
 
 fn has_subscriber(registry: &Registry, event: &StreamEvent) -> bool {
-    registry.connections.values().any(|entry| entry.streams.contains(&*event.stream_name))
+    registry
+        .connections
+        .values()
+        .any(|entry| entry.streams.contains(&*event.stream_name))
 }
 
 fn send_to_subscribers(registry: &Registry, event: &Arc<StreamEvent>, truncate: bool) {
     for entry in registry.connections.values() {
         if entry.streams.contains(&*event.stream_name) {
             // A closed queue means the connection is ending; it unregisters itself.
-            let _ = entry.sender.send(Outgoing::Event { event: Arc::clone(event), truncate });
+            let _ = entry.sender.send(Outgoing::Event {
+                event: Arc::clone(event),
+                truncate,
+            });
         }
     }
 }
@@ -237,14 +283,23 @@ fn next_generated_time(book: &SymbolBook) -> i64 {
     book.next_order_time_us().unwrap_or(i64::MAX)
 }
 
-fn start_kline_stream(book: &SymbolBook, interval: KlineInterval, name: String, now_us: i64) -> KlineStream {
+fn start_kline_stream(
+    book: &SymbolBook,
+    interval: KlineInterval,
+    name: String,
+    now_us: i64,
+) -> KlineStream {
     let period = interval.update_period_us();
     let next_tick_us = (now_us.div_euclid(period) + 1) * period;
     let open_us = interval.open_time_containing(next_tick_us - 1);
     KlineStream {
         stream_name: Arc::from(name),
         next_tick_us,
-        kline: KlineState::empty(open_us, interval.next_open(open_us), book.price_before(open_us)),
+        kline: KlineState::empty(
+            open_us,
+            interval.next_open(open_us),
+            book.price_before(open_us),
+        ),
         next_fill_index: book.first_fill_at_or_after(open_us),
     }
 }
@@ -290,7 +345,10 @@ fn advance_kline_stream(
             closes_kline,
             event_time_us,
         );
-        out.push(((event_time_us, book.index, interval.index()), Arc::new(event)));
+        out.push((
+            (event_time_us, book.index, interval.index()),
+            Arc::new(event),
+        ));
         if closes_kline {
             let close = stream.kline.close;
             stream.kline = KlineState::empty(tick_us, interval.next_open(tick_us), close);
@@ -331,7 +389,11 @@ pub(crate) async fn run_driver(shared: Arc<Shared>, cancel: CancellationToken) {
         let now_us = shared.clock.now_us();
         let next_due_us = driver.step(&shared, now_us);
         let idle_limit = Instant::now() + MAX_IDLE;
-        let wake_at = if next_due_us == i64::MAX { idle_limit } else { shared.clock.instant_of(next_due_us).min(idle_limit) };
+        let wake_at = if next_due_us == i64::MAX {
+            idle_limit
+        } else {
+            shared.clock.instant_of(next_due_us).min(idle_limit)
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = shared.driver_wakeup.notified() => {}
@@ -358,14 +420,19 @@ mod tests {
             dispatch_seq: 0,
             raw_payload: None,
         };
-        Arc::new(StreamEvent::trade(Arc::from("x@trade"), Arc::from("X"), trade))
+        Arc::new(StreamEvent::trade(
+            Arc::from("x@trade"),
+            Arc::from("X"),
+            trade,
+        ))
     }
 
     fn trade_ids(events: &[Arc<StreamEvent>]) -> Vec<i64> {
         events
             .iter()
             .map(|event| {
-                let payload: serde_json::Value = serde_json::from_str(event.payload(TimeUnit::Microsecond)).unwrap();
+                let payload: serde_json::Value =
+                    serde_json::from_str(event.payload(TimeUnit::Microsecond)).unwrap();
                 payload["t"].as_i64().unwrap()
             })
             .collect()

@@ -22,18 +22,37 @@ pub(crate) struct StreamEvent {
 
 #[derive(Debug)]
 enum EventBody {
-    Trade { symbol: Arc<str>, trade: Trade },
-    AggTrade { symbol: Arc<str>, agg: AggTrade },
-    Kline { symbol: Arc<str>, interval: KlineInterval, kline: KlineState, closed: bool },
+    Trade {
+        symbol: Arc<str>,
+        trade: Trade,
+    },
+    AggTrade {
+        symbol: Arc<str>,
+        agg: AggTrade,
+    },
+    Kline {
+        symbol: Arc<str>,
+        interval: KlineInterval,
+        kline: KlineState,
+        closed: bool,
+    },
 }
 
 impl StreamEvent {
     pub fn trade(stream_name: Arc<str>, symbol: Arc<str>, trade: Trade) -> StreamEvent {
-        StreamEvent::new(stream_name, trade.event_time_us, EventBody::Trade { symbol, trade })
+        StreamEvent::new(
+            stream_name,
+            trade.event_time_us,
+            EventBody::Trade { symbol, trade },
+        )
     }
 
     pub fn agg_trade(stream_name: Arc<str>, symbol: Arc<str>, agg: AggTrade) -> StreamEvent {
-        StreamEvent::new(stream_name, agg.event_time_us, EventBody::AggTrade { symbol, agg })
+        StreamEvent::new(
+            stream_name,
+            agg.event_time_us,
+            EventBody::AggTrade { symbol, agg },
+        )
     }
 
     pub fn kline(
@@ -44,7 +63,16 @@ impl StreamEvent {
         closed: bool,
         event_time_us: i64,
     ) -> StreamEvent {
-        StreamEvent::new(stream_name, event_time_us, EventBody::Kline { symbol, interval, kline, closed })
+        StreamEvent::new(
+            stream_name,
+            event_time_us,
+            EventBody::Kline {
+                symbol,
+                interval,
+                kline,
+                closed,
+            },
+        )
     }
 
     fn new(stream_name: Arc<str>, event_time_us: i64, body: EventBody) -> StreamEvent {
@@ -82,9 +110,12 @@ impl StreamEvent {
                 (Some(raw), TimeUnit::Millisecond) => raw.to_string(),
                 _ => wire::agg_trade_event(symbol, agg, unit),
             },
-            EventBody::Kline { symbol, interval, kline, closed } => {
-                wire::kline_event(symbol, *interval, kline, *closed, self.event_time_us, unit)
-            }
+            EventBody::Kline {
+                symbol,
+                interval,
+                kline,
+                closed,
+            } => wire::kline_event(symbol, *interval, kline, *closed, self.event_time_us, unit),
         })
     }
 }
@@ -92,7 +123,10 @@ impl StreamEvent {
 /// A frame queued for one connection.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    Event { event: Arc<StreamEvent>, truncate: bool },
+    Event {
+        event: Arc<StreamEvent>,
+        truncate: bool,
+    },
     Injected(InjectedFrame),
 }
 

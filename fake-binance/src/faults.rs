@@ -17,7 +17,10 @@ pub enum Fault {
     },
     /// Every connection sends nothing (no data, no pings) for `duration_ms` of real time;
     /// afterwards the events produced meanwhile are sent (`keep_backlog`) or lost.
-    Stall { duration_ms: u64, keep_backlog: bool },
+    Stall {
+        duration_ms: u64,
+        keep_backlog: bool,
+    },
     /// The next `count` events (that someone subscribed to) are silently not sent.
     SkipEvents { count: u32 },
     /// The next `count` events are sent twice.
@@ -56,8 +59,13 @@ impl Fault {
         match self {
             Fault::DropConnections { abort: true } => "drop_connections_abort",
             Fault::DropConnections { abort: false } => "drop_connections_close",
-            Fault::Stall { keep_backlog: true, .. } => "stall_keep_backlog",
-            Fault::Stall { keep_backlog: false, .. } => "stall_lose_backlog",
+            Fault::Stall {
+                keep_backlog: true, ..
+            } => "stall_keep_backlog",
+            Fault::Stall {
+                keep_backlog: false,
+                ..
+            } => "stall_lose_backlog",
             Fault::SkipEvents { .. } => "skip_events",
             Fault::DuplicateEvents { .. } => "duplicate_events",
             Fault::SwapEvents { .. } => "swap_events",
@@ -81,8 +89,14 @@ impl Fault {
         vec![
             Fault::DropConnections { abort: false },
             Fault::DropConnections { abort: true },
-            Fault::Stall { duration_ms: 2_000, keep_backlog: true },
-            Fault::Stall { duration_ms: 2_000, keep_backlog: false },
+            Fault::Stall {
+                duration_ms: 2_000,
+                keep_backlog: true,
+            },
+            Fault::Stall {
+                duration_ms: 2_000,
+                keep_backlog: false,
+            },
             Fault::SkipEvents { count: 3 },
             Fault::DuplicateEvents { count: 3 },
             Fault::SwapEvents { count: 2 },
@@ -93,9 +107,18 @@ impl Fault {
             Fault::UnknownEventType { count: 1 },
             Fault::UnsubscribedSymbolEvent { count: 1 },
             Fault::ServerShutdown,
-            Fault::RestStatus { status: 503, count: 1 },
-            Fault::RestTooManyRequests { retry_after_secs: 1, count: 1 },
-            Fault::RestSlow { delay_ms: 2_000, count: 1 },
+            Fault::RestStatus {
+                status: 503,
+                count: 1,
+            },
+            Fault::RestTooManyRequests {
+                retry_after_secs: 1,
+                count: 1,
+            },
+            Fault::RestSlow {
+                delay_ms: 2_000,
+                count: 1,
+            },
             Fault::RestConnectionReset { count: 1 },
             Fault::RestTruncatedBody { count: 1 },
         ]
@@ -140,11 +163,22 @@ mod tests {
 
     #[test]
     fn json_form_round_trips() {
-        let fault: Fault = serde_json::from_str(r#"{"kind":"stall","duration_ms":3000,"keep_backlog":true}"#).unwrap();
-        assert_eq!(fault, Fault::Stall { duration_ms: 3000, keep_backlog: true });
+        let fault: Fault =
+            serde_json::from_str(r#"{"kind":"stall","duration_ms":3000,"keep_backlog":true}"#)
+                .unwrap();
+        assert_eq!(
+            fault,
+            Fault::Stall {
+                duration_ms: 3000,
+                keep_backlog: true
+            }
+        );
         let fault: Fault = serde_json::from_str(r#"{"kind":"drop_connections"}"#).unwrap();
         assert_eq!(fault, Fault::DropConnections { abort: false });
-        assert!(serde_json::from_str::<Fault>(r#"{"kind":"stall","duration_ms":1,"keep_backlog":true,"x":1}"#).is_err());
+        assert!(serde_json::from_str::<Fault>(
+            r#"{"kind":"stall","duration_ms":1,"keep_backlog":true,"x":1}"#
+        )
+        .is_err());
         for fault in Fault::chaos_defaults() {
             let text = serde_json::to_string(&fault).unwrap();
             assert_eq!(serde_json::from_str::<Fault>(&text).unwrap(), fault);

@@ -30,7 +30,10 @@ pub(crate) struct HttpRequest {
 
 impl HttpRequest {
     pub fn query_value(&self, key: &str) -> Option<&str> {
-        self.query.iter().find(|(name, _)| name == key).map(|(_, value)| value.as_str())
+        self.query
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -64,7 +67,10 @@ impl HttpResponse {
     pub fn json(status: u16, body: String) -> HttpResponse {
         HttpResponse {
             status,
-            headers: vec![("Content-Type".to_owned(), "application/json;charset=UTF-8".to_owned())],
+            headers: vec![(
+                "Content-Type".to_owned(),
+                "application/json;charset=UTF-8".to_owned(),
+            )],
             body,
             delay: Duration::ZERO,
             delivery: Delivery::Normal,
@@ -169,7 +175,11 @@ pub(crate) async fn run_http_listener<H, F>(
     }
 }
 
-async fn serve_connection<H, F>(mut stream: TcpStream, peer: SocketAddr, handler: Arc<H>) -> std::io::Result<()>
+async fn serve_connection<H, F>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<H>,
+) -> std::io::Result<()>
 where
     H: Fn(HttpRequest) -> F,
     F: Future<Output = HttpResponse>,
@@ -177,7 +187,8 @@ where
     let _ = stream.set_nodelay(true);
     let mut buffer: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        let Some((request, keep_alive, consumed)) = read_request(&mut stream, &mut buffer).await? else {
+        let Some((request, keep_alive, consumed)) = read_request(&mut stream, &mut buffer).await?
+        else {
             return Ok(());
         };
         buffer.drain(..consumed);
@@ -216,7 +227,11 @@ where
 }
 
 fn response_head(response: &HttpResponse, keep_alive: bool) -> String {
-    let mut head = format!("HTTP/1.1 {} {}\r\n", response.status, reason_phrase(response.status));
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        response.status,
+        reason_phrase(response.status)
+    );
     for (name, value) in &response.headers {
         head.push_str(name);
         head.push_str(": ");
@@ -224,14 +239,22 @@ fn response_head(response: &HttpResponse, keep_alive: bool) -> String {
         head.push_str("\r\n");
     }
     head.push_str(&format!("Content-Length: {}\r\n", response.body.len()));
-    head.push_str(if keep_alive { "Connection: keep-alive\r\n" } else { "Connection: close\r\n" });
+    head.push_str(if keep_alive {
+        "Connection: keep-alive\r\n"
+    } else {
+        "Connection: close\r\n"
+    });
     head.push_str("\r\n");
     head
 }
 
 /// Reads one request; `None` when the client closed the connection cleanly.
-async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<Option<(HttpRequest, bool, usize)>> {
-    let invalid = |message: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, message.to_owned());
+async fn read_request(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<Option<(HttpRequest, bool, usize)>> {
+    let invalid =
+        |message: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, message.to_owned());
     loop {
         let mut header_storage = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Request::new(&mut header_storage);
@@ -244,10 +267,18 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::
                 let headers: Vec<(String, String)> = parsed
                     .headers
                     .iter()
-                    .map(|header| (header.name.to_owned(), String::from_utf8_lossy(header.value).into_owned()))
+                    .map(|header| {
+                        (
+                            header.name.to_owned(),
+                            String::from_utf8_lossy(header.value).into_owned(),
+                        )
+                    })
                     .collect();
                 let header = |name: &str| {
-                    headers.iter().find(|(header, _)| header.eq_ignore_ascii_case(name)).map(|(_, value)| value.clone())
+                    headers
+                        .iter()
+                        .find(|(header, _)| header.eq_ignore_ascii_case(name))
+                        .map(|(_, value)| value.clone())
                 };
                 let keep_alive = match header("connection") {
                     Some(value) if value.eq_ignore_ascii_case("close") => false,
@@ -255,7 +286,10 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::
                     _ => keep_alive_default,
                 };
                 let content_length: usize = match header("content-length") {
-                    Some(value) => value.trim().parse().map_err(|_| invalid("bad content-length"))?,
+                    Some(value) => value
+                        .trim()
+                        .parse()
+                        .map_err(|_| invalid("bad content-length"))?,
                     None => 0,
                 };
                 if content_length > MAX_REQUEST_BYTES {
@@ -269,7 +303,13 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::
                     }
                 }
                 let body = buffer[head_length..head_length + content_length].to_vec();
-                let request = HttpRequest { method, path: request_path, query: request_query, headers, body };
+                let request = HttpRequest {
+                    method,
+                    path: request_path,
+                    query: request_query,
+                    headers,
+                    body,
+                };
                 return Ok(Some((request, keep_alive, head_length + content_length)));
             }
             Ok(httparse::Status::Partial) => {

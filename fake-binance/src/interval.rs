@@ -54,7 +54,9 @@ impl KlineInterval {
 
     /// Parses the case-sensitive Binance spelling (`1m` is a minute, `1M` a month).
     pub fn parse(text: &str) -> Option<KlineInterval> {
-        KlineInterval::ALL.into_iter().find(|interval| interval.as_str() == text)
+        KlineInterval::ALL
+            .into_iter()
+            .find(|interval| interval.as_str() == text)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -136,7 +138,11 @@ impl KlineInterval {
             None => {
                 let day = open_us.div_euclid(MICROS_PER_DAY);
                 let (year, month, _) = civil_from_days(day);
-                let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+                let (next_year, next_month) = if month == 12 {
+                    (year + 1, 1)
+                } else {
+                    (year, month + 1)
+                };
                 days_from_civil(next_year, next_month, 1) * MICROS_PER_DAY
             }
         }
@@ -171,7 +177,8 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let era = year.div_euclid(400);
     let year_of_era = year - era * 400;
     let month = i64::from(month);
-    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_year =
+        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
     era * 146_097 + day_of_era - 719_468
 }
@@ -181,11 +188,16 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let shifted = days + 719_468;
     let era = shifted.div_euclid(146_097);
     let day_of_era = shifted - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -222,10 +234,22 @@ mod tests {
     fn minute_and_hour_grid() {
         // 2024-08-08T23:54:15.342 UTC
         let time = 1_723_161_255_342 * MS;
-        assert_eq!(KlineInterval::OneMinute.open_time_containing(time), 1_723_161_240_000 * MS);
-        assert_eq!(KlineInterval::OneHour.open_time_containing(time), 1_723_158_000_000 * MS);
-        assert_eq!(KlineInterval::OneSecond.open_time_containing(time), 1_723_161_255_000 * MS);
-        assert_eq!(KlineInterval::OneDay.next_open(KlineInterval::OneDay.open_time_containing(time)), 1_723_161_600_000 * MS);
+        assert_eq!(
+            KlineInterval::OneMinute.open_time_containing(time),
+            1_723_161_240_000 * MS
+        );
+        assert_eq!(
+            KlineInterval::OneHour.open_time_containing(time),
+            1_723_158_000_000 * MS
+        );
+        assert_eq!(
+            KlineInterval::OneSecond.open_time_containing(time),
+            1_723_161_255_000 * MS
+        );
+        assert_eq!(
+            KlineInterval::OneDay.next_open(KlineInterval::OneDay.open_time_containing(time)),
+            1_723_161_600_000 * MS
+        );
     }
 
     #[test]
@@ -234,10 +258,16 @@ mod tests {
         let inside = 1_499_300_000_000 * MS;
         let open = KlineInterval::OneWeek.open_time_containing(inside);
         assert_eq!(open, 1_499_040_000_000 * MS);
-        assert_eq!(KlineInterval::OneWeek.next_open(open) - 1000, 1_499_644_799_999 * MS);
+        assert_eq!(
+            KlineInterval::OneWeek.next_open(open) - 1000,
+            1_499_644_799_999 * MS
+        );
         // A Monday itself opens its own week.
         assert_eq!(KlineInterval::OneWeek.open_time_containing(open), open);
-        assert_eq!(KlineInterval::OneWeek.open_time_containing(open - 1), open - 7 * MICROS_PER_DAY);
+        assert_eq!(
+            KlineInterval::OneWeek.open_time_containing(open - 1),
+            open - 7 * MICROS_PER_DAY
+        );
     }
 
     #[test]
@@ -245,10 +275,19 @@ mod tests {
         let february_2024 = days_from_civil(2024, 2, 1) * MICROS_PER_DAY;
         let march_2024 = days_from_civil(2024, 3, 1) * MICROS_PER_DAY;
         let inside = february_2024 + 28 * MICROS_PER_DAY + 5; // 2024-02-29 00:00:00.000005
-        assert_eq!(KlineInterval::OneMonth.open_time_containing(inside), february_2024);
+        assert_eq!(
+            KlineInterval::OneMonth.open_time_containing(inside),
+            february_2024
+        );
         assert_eq!(KlineInterval::OneMonth.next_open(february_2024), march_2024);
-        assert_eq!(KlineInterval::OneMonth.previous_open(march_2024), february_2024);
+        assert_eq!(
+            KlineInterval::OneMonth.previous_open(march_2024),
+            february_2024
+        );
         let december = days_from_civil(2023, 12, 1) * MICROS_PER_DAY;
-        assert_eq!(KlineInterval::OneMonth.next_open(december), days_from_civil(2024, 1, 1) * MICROS_PER_DAY);
+        assert_eq!(
+            KlineInterval::OneMonth.next_open(december),
+            days_from_civil(2024, 1, 1) * MICROS_PER_DAY
+        );
     }
 }

@@ -111,7 +111,10 @@ impl FakeExchange {
         let (commands, _) = broadcast::channel(64);
         let shared = Arc::new(Shared {
             clock,
-            market: Mutex::new(MarketState { seed: config.seed, books }),
+            market: Mutex::new(MarketState {
+                seed: config.seed,
+                books,
+            }),
             registry: Mutex::new(Registry::default()),
             counters: Default::default(),
             pending_faults: Mutex::new(Default::default()),
@@ -124,8 +127,16 @@ impl FakeExchange {
         });
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
-        tracker.spawn(driver::run_driver(Arc::clone(&shared), cancel.child_token()));
-        tracker.spawn(ws::run_ws_listener(Arc::clone(&shared), ws_listener, tracker.clone(), cancel.child_token()));
+        tracker.spawn(driver::run_driver(
+            Arc::clone(&shared),
+            cancel.child_token(),
+        ));
+        tracker.spawn(ws::run_ws_listener(
+            Arc::clone(&shared),
+            ws_listener,
+            tracker.clone(),
+            cancel.child_token(),
+        ));
         let rest_shared = Arc::clone(&shared);
         tracker.spawn(http::run_http_listener(
             rest_listener,
@@ -152,7 +163,14 @@ impl FakeExchange {
             replay = replay_mode,
             "fake binance started"
         );
-        Ok(FakeExchange { shared, tracker, cancel, ws_address, rest_address, control_address })
+        Ok(FakeExchange {
+            shared,
+            tracker,
+            cancel,
+            ws_address,
+            rest_address,
+            control_address,
+        })
     }
 
     /// `ws://127.0.0.1:PORT`; clients append `/ws/...` or `/stream?streams=...`.
@@ -182,7 +200,11 @@ impl FakeExchange {
 
     /// Symbols served, upper case, in config (or replay) order.
     pub fn symbols(&self) -> Vec<String> {
-        lock(&self.shared.market).books.iter().map(|book| book.spec.symbol.clone()).collect()
+        lock(&self.shared.market)
+            .books
+            .iter()
+            .map(|book| book.spec.symbol.clone())
+            .collect()
     }
 
     /// Everything that happened on `symbol` before `until_sim_us` and has been published:
@@ -217,8 +239,14 @@ impl FakeExchange {
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tracker.close();
-        if timeout(SHUTDOWN_DEADLINE, self.tracker.wait()).await.is_err() {
-            warn!(remaining_tasks = self.tracker.len(), "fake binance tasks did not stop in time");
+        if timeout(SHUTDOWN_DEADLINE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining_tasks = self.tracker.len(),
+                "fake binance tasks did not stop in time"
+            );
         } else {
             info!("fake binance stopped");
         }
@@ -243,7 +271,9 @@ async fn build_books(config: &FakeConfig) -> std::io::Result<(Vec<SymbolBook>, i
         let books: Vec<SymbolBook> = loaded
             .into_iter()
             .enumerate()
-            .map(|(index, symbol)| SymbolBook::replayed(index, &symbol.symbol, symbol.trades, symbol.agg_trades))
+            .map(|(index, symbol)| {
+                SymbolBook::replayed(index, &symbol.symbol, symbol.trades, symbol.agg_trades)
+            })
             .collect();
         let sim_start_us = books
             .iter()
@@ -255,7 +285,9 @@ async fn build_books(config: &FakeConfig) -> std::io::Result<(Vec<SymbolBook>, i
                     .chain(book.agg_trades.first().map(|agg| agg.event_time_us))
             })
             .min()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, ReplayError::Empty))?;
+            .ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, ReplayError::Empty)
+            })?;
         let lead_in_us = i64::try_from(replay.lead_in.as_micros()).unwrap_or(i64::MAX / 4);
         return Ok((books, sim_start_us - lead_in_us, true));
     }
@@ -266,7 +298,13 @@ async fn build_books(config: &FakeConfig) -> std::io::Result<(Vec<SymbolBook>, i
         .iter()
         .enumerate()
         .map(|(index, symbol)| {
-            SymbolBook::generated(index, symbol, config.seed, data_start_us, config.mean_orders_per_sec)
+            SymbolBook::generated(
+                index,
+                symbol,
+                config.seed,
+                data_start_us,
+                config.mean_orders_per_sec,
+            )
         })
         .collect();
     for book in &mut books {
@@ -275,37 +313,63 @@ async fn build_books(config: &FakeConfig) -> std::io::Result<(Vec<SymbolBook>, i
     Ok((books, config.sim_start_us, false))
 }
 
-pub(crate) fn ground_truth_of(shared: &Shared, symbol: &str, until_sim_us: i64) -> Option<GroundTruth> {
+pub(crate) fn ground_truth_of(
+    shared: &Shared,
+    symbol: &str,
+    until_sim_us: i64,
+) -> Option<GroundTruth> {
     let (market, now_us) = shared.market_now();
     let book = market.book(symbol)?;
     let (trades, agg_trades) = truth::trades_until(book, until_sim_us, now_us);
     let klines = KlineInterval::ALL
         .into_iter()
         .map(|interval| {
-            let klines = truth::closed_klines_until(book, market.seed, interval, until_sim_us, now_us);
+            let klines =
+                truth::closed_klines_until(book, market.seed, interval, until_sim_us, now_us);
             (interval.as_str().to_owned(), klines)
         })
         .collect();
-    Some(GroundTruth { trades, agg_trades, klines })
+    Some(GroundTruth {
+        trades,
+        agg_trades,
+        klines,
+    })
 }
 
-pub(crate) fn klines_of(shared: &Shared, symbol: &str, interval: KlineInterval, until_sim_us: i64) -> Option<Vec<TruthKline>> {
+pub(crate) fn klines_of(
+    shared: &Shared,
+    symbol: &str,
+    interval: KlineInterval,
+    until_sim_us: i64,
+) -> Option<Vec<TruthKline>> {
     let (market, now_us) = shared.market_now();
     let book = market.book(symbol)?;
-    Some(truth::closed_klines_until(book, market.seed, interval, until_sim_us, now_us))
+    Some(truth::closed_klines_until(
+        book,
+        market.seed,
+        interval,
+        until_sim_us,
+        now_us,
+    ))
 }
 
 pub(crate) fn counters_of(shared: &Shared) -> Counters {
     let mut counters = shared.counters.snapshot();
-    counters.rest_used_weight =
-        u64::from(lock(&shared.weight).used(tokio::time::Instant::now(), shared.config.limits.weight_window));
+    counters.rest_used_weight = u64::from(lock(&shared.weight).used(
+        tokio::time::Instant::now(),
+        shared.config.limits.weight_window,
+    ));
     counters
 }
 
 /// Injects random faults at exponential gaps (real time), reproducible from the seed.
 async fn run_chaos(shared: Arc<Shared>, chaos: ChaosConfig, cancel: CancellationToken) {
     let mut random = SplitMix64::new(chaos.seed);
-    let faults = if chaos.faults.is_empty() { Fault::chaos_defaults() } else { chaos.faults };
+    let faults = if chaos.faults.is_empty() {
+        Fault::chaos_defaults()
+    } else {
+        chaos.faults
+    };
     let mean_gap_secs = 60.0 / chaos.mean_faults_per_minute;
     loop {
         let gap = Duration::from_secs_f64((-random.unit_open().ln() * mean_gap_secs).min(86_400.0));

@@ -8,7 +8,10 @@ use clap::Parser;
 use fake_binance::{ChaosConfig, FakeConfig, FakeExchange, ReplayConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "fake-binance", about = "A fake Binance spot exchange on 127.0.0.1 (streams, REST, faults, replay)")]
+#[command(
+    name = "fake-binance",
+    about = "A fake Binance spot exchange on 127.0.0.1 (streams, REST, faults, replay)"
+)]
 struct Arguments {
     /// Simulated seconds per real second.
     #[arg(long, default_value_t = 1.0)]
@@ -56,7 +59,11 @@ async fn main() -> anyhow::Result<()> {
     let mut config = FakeConfig {
         seed: arguments.seed,
         speed: arguments.speed,
-        symbols: arguments.symbols.iter().map(|symbol| symbol.trim().to_ascii_uppercase()).collect(),
+        symbols: arguments
+            .symbols
+            .iter()
+            .map(|symbol| symbol.trim().to_ascii_uppercase())
+            .collect(),
         mean_orders_per_sec: arguments.orders_per_sec,
         history: Duration::from_secs(arguments.history_minutes * 60),
         ..FakeConfig::default()
@@ -65,19 +72,35 @@ async fn main() -> anyhow::Result<()> {
         config.sim_start_us = start_ms * 1000;
     }
     if !arguments.replay.is_empty() {
-        config.replay = Some(ReplayConfig { files: arguments.replay.clone(), lead_in: Duration::ZERO });
+        config.replay = Some(ReplayConfig {
+            files: arguments.replay.clone(),
+            lead_in: Duration::ZERO,
+        });
     }
     if let Some(per_minute) = arguments.chaos_per_minute {
-        config.chaos = Some(ChaosConfig { seed: arguments.seed, mean_faults_per_minute: per_minute, faults: Vec::new() });
+        config.chaos = Some(ChaosConfig {
+            seed: arguments.seed,
+            mean_faults_per_minute: per_minute,
+            faults: Vec::new(),
+        });
     }
-    let exchange = FakeExchange::start_on(config, [arguments.ws_port, arguments.rest_port, arguments.control_port])
-        .await
-        .context("starting the fake exchange")?;
+    let exchange = FakeExchange::start_on(
+        config,
+        [
+            arguments.ws_port,
+            arguments.rest_port,
+            arguments.control_port,
+        ],
+    )
+    .await
+    .context("starting the fake exchange")?;
     println!("ws={}", exchange.ws_base_url());
     println!("rest={}", exchange.rest_base_url());
     println!("control={}", exchange.control_url());
     println!("symbols={}", exchange.symbols().join(","));
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     exchange.shutdown().await;
     Ok(())
 }

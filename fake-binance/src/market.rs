@@ -97,10 +97,20 @@ impl KlineState {
 }
 
 /// Deterministic delay of a kline's closing event after its end.
-pub fn kline_close_latency_us(seed: u64, symbol_index: usize, interval: KlineInterval, open_us: i64) -> i64 {
+pub fn kline_close_latency_us(
+    seed: u64,
+    symbol_index: usize,
+    interval: KlineInterval,
+    open_us: i64,
+) -> i64 {
     let spread = (MAX_KLINE_CLOSE_LATENCY_US - MIN_KLINE_CLOSE_LATENCY_US + 1) as u64;
     MIN_KLINE_CLOSE_LATENCY_US
-        + (stable_hash(&[seed, symbol_index as u64, interval.index() as u64, open_us as u64]) % spread) as i64
+        + (stable_hash(&[
+            seed,
+            symbol_index as u64,
+            interval.index() as u64,
+            open_us as u64,
+        ]) % spread) as i64
 }
 
 /// One symbol's data.
@@ -122,9 +132,21 @@ pub struct SymbolBook {
 }
 
 impl SymbolBook {
-    pub fn generated(index: usize, symbol: &str, seed: u64, data_start_us: i64, mean_orders_per_sec: f64) -> SymbolBook {
+    pub fn generated(
+        index: usize,
+        symbol: &str,
+        seed: u64,
+        data_start_us: i64,
+        mean_orders_per_sec: f64,
+    ) -> SymbolBook {
         let spec = SymbolSpec::for_symbol(symbol);
-        let generator = OrderGenerator::new(seed, index, spec.clone(), data_start_us, mean_orders_per_sec);
+        let generator = OrderGenerator::new(
+            seed,
+            index,
+            spec.clone(),
+            data_start_us,
+            mean_orders_per_sec,
+        );
         SymbolBook {
             index,
             initial_price: spec.initial_price_atoms,
@@ -138,7 +160,12 @@ impl SymbolBook {
         }
     }
 
-    pub fn replayed(index: usize, symbol: &str, trades: Vec<Trade>, agg_trades: Vec<AggTrade>) -> SymbolBook {
+    pub fn replayed(
+        index: usize,
+        symbol: &str,
+        trades: Vec<Trade>,
+        agg_trades: Vec<AggTrade>,
+    ) -> SymbolBook {
         let spec = SymbolSpec::for_symbol(symbol);
         let klines_from_agg_trades = trades.is_empty();
         let first_price = if klines_from_agg_trades {
@@ -174,7 +201,9 @@ impl SymbolBook {
 
     /// Time of the model's next order; `None` for replayed data.
     pub fn next_order_time_us(&self) -> Option<i64> {
-        self.generator.as_ref().map(OrderGenerator::next_order_time_us)
+        self.generator
+            .as_ref()
+            .map(OrderGenerator::next_order_time_us)
     }
 
     pub fn fill_count(&self) -> usize {
@@ -241,11 +270,13 @@ impl SymbolBook {
 
     /// Number of trades published (E <= now); event times never decrease, so this is a prefix.
     pub fn published_trade_count(&self, now_us: i64) -> usize {
-        self.trades.partition_point(|trade| trade.event_time_us <= now_us)
+        self.trades
+            .partition_point(|trade| trade.event_time_us <= now_us)
     }
 
     pub fn published_agg_trade_count(&self, now_us: i64) -> usize {
-        self.agg_trades.partition_point(|agg| agg.event_time_us <= now_us)
+        self.agg_trades
+            .partition_point(|agg| agg.event_time_us <= now_us)
     }
 
     fn published_fill_count(&self, now_us: i64) -> usize {
@@ -347,13 +378,40 @@ mod tests {
     fn empty_minutes_get_a_kline_at_the_previous_close() {
         let minute = MICROS_PER_MINUTE;
         let book = book_with_trades(&[(10, 500), (20, 700), (3 * minute + 5, 900)]);
-        let klines = book.klines_between(KlineInterval::OneMinute, 0, 3 * minute, i64::MAX, i64::MAX);
+        let klines =
+            book.klines_between(KlineInterval::OneMinute, 0, 3 * minute, i64::MAX, i64::MAX);
         assert_eq!(klines.len(), 4);
-        assert_eq!((klines[0].open, klines[0].high, klines[0].low, klines[0].close), (500, 700, 500, 700));
-        assert_eq!((klines[0].first_trade_id, klines[0].last_trade_id, klines[0].trade_count), (100, 101, 2));
+        assert_eq!(
+            (
+                klines[0].open,
+                klines[0].high,
+                klines[0].low,
+                klines[0].close
+            ),
+            (500, 700, 500, 700)
+        );
+        assert_eq!(
+            (
+                klines[0].first_trade_id,
+                klines[0].last_trade_id,
+                klines[0].trade_count
+            ),
+            (100, 101, 2)
+        );
         for empty in &klines[1..3] {
-            assert_eq!((empty.open, empty.high, empty.low, empty.close), (700, 700, 700, 700));
-            assert_eq!((empty.first_trade_id, empty.last_trade_id, empty.trade_count, empty.volume), (-1, -1, 0, 0));
+            assert_eq!(
+                (empty.open, empty.high, empty.low, empty.close),
+                (700, 700, 700, 700)
+            );
+            assert_eq!(
+                (
+                    empty.first_trade_id,
+                    empty.last_trade_id,
+                    empty.trade_count,
+                    empty.volume
+                ),
+                (-1, -1, 0, 0)
+            );
         }
         assert_eq!(klines[3].open, 900);
         // Taker-buy volume counts trades where the buyer is not the maker (the second one).

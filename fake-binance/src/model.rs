@@ -92,7 +92,9 @@ impl SymbolSpec {
 
 /// Splits `BTCUSDT` into (`BTC`, `USDT`) using the common quote assets.
 pub fn split_symbol(symbol: &str) -> (String, String) {
-    const QUOTES: [&str; 10] = ["FDUSD", "USDT", "USDC", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY"];
+    const QUOTES: [&str; 10] = [
+        "FDUSD", "USDT", "USDC", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY",
+    ];
     for quote in QUOTES {
         if let Some(base) = symbol.strip_suffix(quote) {
             if !base.is_empty() {
@@ -130,7 +132,13 @@ pub struct OrderGenerator {
 }
 
 impl OrderGenerator {
-    pub fn new(seed: u64, symbol_index: usize, spec: SymbolSpec, start_us: i64, mean_orders_per_sec: f64) -> OrderGenerator {
+    pub fn new(
+        seed: u64,
+        symbol_index: usize,
+        spec: SymbolSpec,
+        start_us: i64,
+        mean_orders_per_sec: f64,
+    ) -> OrderGenerator {
         let random = SplitMix64::new(stable_hash(&[seed, stable_hash_str(&spec.symbol)]));
         let mid_price_atoms = spec.initial_price_atoms;
         let mut generator = OrderGenerator {
@@ -160,7 +168,12 @@ impl OrderGenerator {
     }
 
     /// Appends every order with time <= `until_us`.
-    pub fn generate_until(&mut self, until_us: i64, trades: &mut Vec<Trade>, agg_trades: &mut Vec<AggTrade>) {
+    pub fn generate_until(
+        &mut self,
+        until_us: i64,
+        trades: &mut Vec<Trade>,
+        agg_trades: &mut Vec<AggTrade>,
+    ) {
         while self.next_order_time_us <= until_us {
             let order_time_us = self.next_order_time_us;
             self.generate_order(order_time_us, trades, agg_trades);
@@ -168,7 +181,12 @@ impl OrderGenerator {
         }
     }
 
-    fn generate_order(&mut self, time_us: i64, trades: &mut Vec<Trade>, agg_trades: &mut Vec<AggTrade>) {
+    fn generate_order(
+        &mut self,
+        time_us: i64,
+        trades: &mut Vec<Trade>,
+        agg_trades: &mut Vec<AggTrade>,
+    ) {
         let tick = self.spec.tick_atoms;
         // The mid price drifts between orders (up to 25 ticks either way: a BTCUSDT hour moves
         // some tens of dollars, enough for klines with distinct open, high, low and close).
@@ -181,7 +199,11 @@ impl OrderGenerator {
             6..=8 => 2,
             _ => 3,
         };
-        let latency_us = MIN_TRADE_LATENCY_US + self.random.below((MAX_TRADE_LATENCY_US - MIN_TRADE_LATENCY_US + 1) as u64) as i64;
+        let latency_us = MIN_TRADE_LATENCY_US
+            + self
+                .random
+                .below((MAX_TRADE_LATENCY_US - MIN_TRADE_LATENCY_US + 1) as u64)
+                as i64;
         let event_time_us = self.last_event_time_us.max(time_us + latency_us);
         self.last_event_time_us = event_time_us;
 
@@ -190,13 +212,21 @@ impl OrderGenerator {
         for level in 0..levels as i64 {
             // A buyer lifts asks above the mid, a seller hits bids below it.
             let offset = (level + 1) * tick;
-            let price = if taker_is_buyer { self.mid_price_atoms + offset } else { self.mid_price_atoms - offset };
+            let price = if taker_is_buyer {
+                self.mid_price_atoms + offset
+            } else {
+                self.mid_price_atoms - offset
+            };
             let fills = 1 + self.random.below(4) as usize;
             let first_trade_id = self.next_trade_id;
             let mut level_quantity = 0;
             for _ in 0..fills {
                 // Mostly small fills with an occasional large one, in whole lot steps.
-                let lots = if self.random.below(8) == 0 { 1 + self.random.below(20_000) } else { 1 + self.random.below(500) };
+                let lots = if self.random.below(8) == 0 {
+                    1 + self.random.below(20_000)
+                } else {
+                    1 + self.random.below(500)
+                };
                 let quantity = lots as i64 * self.spec.step_atoms;
                 level_quantity += quantity;
                 trades.push(Trade {
@@ -213,7 +243,12 @@ impl OrderGenerator {
                 self.next_trade_id += 1;
                 self.next_dispatch_seq += 1;
             }
-            pending_aggs.push((price, level_quantity, first_trade_id, self.next_trade_id - 1));
+            pending_aggs.push((
+                price,
+                level_quantity,
+                first_trade_id,
+                self.next_trade_id - 1,
+            ));
             last_price = price;
         }
         // Aggregates follow the order's trades in stream order, as the two streams
@@ -287,9 +322,16 @@ mod tests {
                 .iter()
                 .filter(|trade| trade.id >= agg.first_trade_id && trade.id <= agg.last_trade_id)
                 .collect();
-            assert_eq!(covered.iter().map(|trade| trade.quantity).sum::<i64>(), agg.quantity);
-            assert!(covered.iter().all(|trade| trade.price == agg.price && trade.time_us == agg.time_us));
-            assert!(covered.iter().all(|trade| trade.is_buyer_maker == agg.is_buyer_maker));
+            assert_eq!(
+                covered.iter().map(|trade| trade.quantity).sum::<i64>(),
+                agg.quantity
+            );
+            assert!(covered
+                .iter()
+                .all(|trade| trade.price == agg.price && trade.time_us == agg.time_us));
+            assert!(covered
+                .iter()
+                .all(|trade| trade.is_buyer_maker == agg.is_buyer_maker));
             expected_first = agg.last_trade_id + 1;
         }
         assert_eq!(expected_first, trades.last().unwrap().id + 1);
@@ -306,8 +348,14 @@ mod tests {
 
     #[test]
     fn splits_symbols() {
-        assert_eq!(split_symbol("BTCUSDT"), ("BTC".to_owned(), "USDT".to_owned()));
+        assert_eq!(
+            split_symbol("BTCUSDT"),
+            ("BTC".to_owned(), "USDT".to_owned())
+        );
         assert_eq!(split_symbol("ETHBTC"), ("ETH".to_owned(), "BTC".to_owned()));
-        assert_eq!(split_symbol("BTCFDUSD"), ("BTC".to_owned(), "FDUSD".to_owned()));
+        assert_eq!(
+            split_symbol("BTCFDUSD"),
+            ("BTC".to_owned(), "FDUSD".to_owned())
+        );
     }
 }

@@ -28,9 +28,16 @@ use crate::model::{AggTrade, Trade};
 #[derive(Debug, Error)]
 pub enum ReplayError {
     #[error("cannot read replay file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} line {line}: {reason}")]
-    Malformed { path: PathBuf, line: usize, reason: String },
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("{path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },
     #[error("the replay files hold no trade and no aggTrade")]
@@ -108,8 +115,12 @@ impl Collector {
         let index = match self.index_of.get(symbol) {
             Some(index) => *index,
             None => {
-                self.symbols.push(ReplayedSymbol { symbol: symbol.to_owned(), ..ReplayedSymbol::default() });
-                self.index_of.insert(symbol.to_owned(), self.symbols.len() - 1);
+                self.symbols.push(ReplayedSymbol {
+                    symbol: symbol.to_owned(),
+                    ..ReplayedSymbol::default()
+                });
+                self.index_of
+                    .insert(symbol.to_owned(), self.symbols.len() - 1);
                 self.symbols.len() - 1
             }
         };
@@ -124,12 +135,19 @@ impl Collector {
 
 /// Reads every file, in order.
 pub(crate) fn load_replay(files: &[PathBuf]) -> Result<Vec<ReplayedSymbol>, ReplayError> {
-    let mut collector = Collector { symbols: Vec::new(), index_of: HashMap::new(), next_dispatch_seq: 0 };
+    let mut collector = Collector {
+        symbols: Vec::new(),
+        index_of: HashMap::new(),
+        next_dispatch_seq: 0,
+    };
     for path in files {
         load_file(path, &mut collector)?;
     }
     let mut symbols = collector.symbols;
-    if symbols.iter().all(|symbol| symbol.trades.is_empty() && symbol.agg_trades.is_empty()) {
+    if symbols
+        .iter()
+        .all(|symbol| symbol.trades.is_empty() && symbol.agg_trades.is_empty())
+    {
         return Err(ReplayError::Empty);
     }
     for symbol in &mut symbols {
@@ -142,18 +160,34 @@ pub(crate) fn load_replay(files: &[PathBuf]) -> Result<Vec<ReplayedSymbol>, Repl
 /// Klines and REST need time order. Real captures are; a file that is not gets
 /// sorted, keeping the same set of stream positions so the two streams still interleave.
 fn put_in_time_order(symbol: &mut ReplayedSymbol) {
-    if !symbol.trades.windows(2).all(|pair| pair[0].time_us <= pair[1].time_us) {
+    if !symbol
+        .trades
+        .windows(2)
+        .all(|pair| pair[0].time_us <= pair[1].time_us)
+    {
         warn!(symbol = %symbol.symbol, "replayed trades not in time order, sorting");
-        let mut seqs: Vec<u64> = symbol.trades.iter().map(|trade| trade.dispatch_seq).collect();
+        let mut seqs: Vec<u64> = symbol
+            .trades
+            .iter()
+            .map(|trade| trade.dispatch_seq)
+            .collect();
         seqs.sort_unstable();
         symbol.trades.sort_by_key(|trade| (trade.time_us, trade.id));
         for (trade, seq) in symbol.trades.iter_mut().zip(seqs) {
             trade.dispatch_seq = seq;
         }
     }
-    if !symbol.agg_trades.windows(2).all(|pair| pair[0].time_us <= pair[1].time_us) {
+    if !symbol
+        .agg_trades
+        .windows(2)
+        .all(|pair| pair[0].time_us <= pair[1].time_us)
+    {
         warn!(symbol = %symbol.symbol, "replayed aggTrades not in time order, sorting");
-        let mut seqs: Vec<u64> = symbol.agg_trades.iter().map(|agg| agg.dispatch_seq).collect();
+        let mut seqs: Vec<u64> = symbol
+            .agg_trades
+            .iter()
+            .map(|agg| agg.dispatch_seq)
+            .collect();
         seqs.sort_unstable();
         symbol.agg_trades.sort_by_key(|agg| (agg.time_us, agg.id));
         for (agg, seq) in symbol.agg_trades.iter_mut().zip(seqs) {
@@ -163,7 +197,10 @@ fn put_in_time_order(symbol: &mut ReplayedSymbol) {
 }
 
 fn open_lines(path: &Path) -> Result<Box<dyn BufRead>, ReplayError> {
-    let file = File::open(path).map_err(|source| ReplayError::Io { path: path.to_owned(), source })?;
+    let file = File::open(path).map_err(|source| ReplayError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     let reader: Box<dyn Read> = if path.extension().is_some_and(|extension| extension == "gz") {
         Box::new(flate2::read::MultiGzDecoder::new(file))
     } else {
@@ -180,7 +217,12 @@ fn load_file(path: &Path, collector: &mut Collector) -> Result<(), ReplayError> 
     let mut first_content_line = true;
     loop {
         line.clear();
-        let read = lines.read_line(&mut line).map_err(|source| ReplayError::Io { path: path.to_owned(), source })?;
+        let read = lines
+            .read_line(&mut line)
+            .map_err(|source| ReplayError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
         if read == 0 {
             return Ok(());
         }
@@ -200,7 +242,11 @@ fn load_file(path: &Path, collector: &mut Collector) -> Result<(), ReplayError> 
                 }
             }
         }
-        let malformed = |reason: String| ReplayError::Malformed { path: path.to_owned(), line: line_number, reason };
+        let malformed = |reason: String| ReplayError::Malformed {
+            path: path.to_owned(),
+            line: line_number,
+            reason,
+        };
         match &csv {
             Some(layout) => layout.read_row(path, text, collector).map_err(malformed)?,
             None => read_capture_line(text, collector).map_err(malformed)?,
@@ -223,7 +269,8 @@ fn read_capture_line(text: &str, collector: &mut Collector) -> Result<(), String
     let kind = stream.split_once('@').map(|(_, kind)| kind).unwrap_or("");
     match kind {
         "trade" => {
-            let wire: TradeWire = serde_json::from_str(data.get()).map_err(|error| format!("bad trade: {error}"))?;
+            let wire: TradeWire =
+                serde_json::from_str(data.get()).map_err(|error| format!("bad trade: {error}"))?;
             let is_millisecond = wire.trade_time.abs() < 100_000_000_000_000;
             let trade = Trade {
                 id: wire.t,
@@ -239,7 +286,8 @@ fn read_capture_line(text: &str, collector: &mut Collector) -> Result<(), String
             collector.symbol(&wire.s).trades.push(trade);
         }
         "aggTrade" => {
-            let wire: AggTradeWire = serde_json::from_str(data.get()).map_err(|error| format!("bad aggTrade: {error}"))?;
+            let wire: AggTradeWire = serde_json::from_str(data.get())
+                .map_err(|error| format!("bad aggTrade: {error}"))?;
             let is_millisecond = wire.trade_time.abs() < 100_000_000_000_000;
             let agg = AggTrade {
                 id: wire.a,
@@ -279,27 +327,45 @@ fn parse_bool(text: &str) -> Result<bool, String> {
 }
 
 fn parse_int(text: &str) -> Result<i64, String> {
-    text.trim().parse::<i64>().map_err(|_| format!("not an integer: {text:?}"))
+    text.trim()
+        .parse::<i64>()
+        .map_err(|_| format!("not an integer: {text:?}"))
 }
 
 impl CsvLayout {
     /// Decides the layout from the first line; true when that line is a header.
     fn detect(path: &Path, first_line: &str) -> Result<(CsvLayout, bool), ReplayError> {
-        let file_name = path.file_name().and_then(|name| name.to_str()).unwrap_or("");
+        let file_name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("");
         let symbol = file_name.split('-').next().unwrap_or("").to_owned();
-        let unsupported = |reason: &str| ReplayError::Unsupported { path: path.to_owned(), reason: reason.to_owned() };
-        if symbol.is_empty() || !symbol.bytes().all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit()) {
-            return Err(unsupported("CSV file name must start with the symbol, e.g. BTCUSDT-aggTrades-2026-01-01.csv"));
+        let unsupported = |reason: &str| ReplayError::Unsupported {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if symbol.is_empty()
+            || !symbol
+                .bytes()
+                .all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit())
+        {
+            return Err(unsupported(
+                "CSV file name must start with the symbol, e.g. BTCUSDT-aggTrades-2026-01-01.csv",
+            ));
         }
         let fields: Vec<&str> = first_line.split(',').collect();
-        let is_header = fields.first().is_some_and(|first| first.trim().parse::<i64>().is_err());
+        let is_header = fields
+            .first()
+            .is_some_and(|first| first.trim().parse::<i64>().is_err());
         if is_header {
             let header = first_line.to_ascii_lowercase();
             if header.contains("agg_trade_id") {
                 return Ok((CsvLayout::AggTrades { symbol }, true));
             }
             if header.contains("open_time") {
-                return Err(unsupported("kline CSVs cannot be replayed: klines are computed from trades"));
+                return Err(unsupported(
+                    "kline CSVs cannot be replayed: klines are computed from trades",
+                ));
             }
             if header.starts_with("id,") {
                 return Ok((CsvLayout::Trades { symbol }, true));
@@ -312,7 +378,11 @@ impl CsvLayout {
             // Spot trades end with two booleans; futures aggTrades have a time in column 6.
             7 if parse_bool(fields[5]).is_ok() => CsvLayout::Trades { symbol },
             7 => CsvLayout::AggTrades { symbol },
-            12 => return Err(unsupported("kline CSVs cannot be replayed: klines are computed from trades")),
+            12 => {
+                return Err(unsupported(
+                    "kline CSVs cannot be replayed: klines are computed from trades",
+                ))
+            }
             _ => return Err(unsupported("unknown CSV layout")),
         };
         Ok((layout, false))
@@ -320,7 +390,12 @@ impl CsvLayout {
 
     fn read_row(&self, _path: &Path, text: &str, collector: &mut Collector) -> Result<(), String> {
         let fields: Vec<&str> = text.split(',').map(str::trim).collect();
-        let field = |index: usize| fields.get(index).copied().ok_or_else(|| format!("missing column {}", index + 1));
+        let field = |index: usize| {
+            fields
+                .get(index)
+                .copied()
+                .ok_or_else(|| format!("missing column {}", index + 1))
+        };
         match self {
             CsvLayout::AggTrades { symbol } => {
                 let time_us = to_micros(parse_int(field(5)?)?);
@@ -371,7 +446,8 @@ mod tests {
     use super::*;
 
     fn write_temp(name: &str, content: &str) -> PathBuf {
-        let directory = std::env::temp_dir().join(format!("fake-binance-replay-{}", std::process::id()));
+        let directory =
+            std::env::temp_dir().join(format!("fake-binance-replay-{}", std::process::id()));
         std::fs::create_dir_all(&directory).unwrap();
         let path = directory.join(name);
         std::fs::write(&path, content).unwrap();
@@ -392,13 +468,18 @@ mod tests {
         assert_eq!(trade.time_us, 1_723_161_601_437_000);
         assert_eq!(
             trade.raw_payload.as_deref(),
-            Some(r#"{"e":"trade","E":1723161601438,"s":"BTCUSDT","t":3735693016,"p":"61685.99000000","q":"0.00017000","T":1723161601437,"m":true,"M":true}"#)
+            Some(
+                r#"{"e":"trade","E":1723161601438,"s":"BTCUSDT","t":3735693016,"p":"61685.99000000","q":"0.00017000","T":1723161601437,"m":true,"M":true}"#
+            )
         );
     }
 
     #[test]
     fn csv_with_and_without_header() {
-        let spot = write_temp("BTCUSDT-aggTrades-2025-01-01.csv", "0,0.20000000,50.00000000,0,0,1735689600010866,False,True\n");
+        let spot = write_temp(
+            "BTCUSDT-aggTrades-2025-01-01.csv",
+            "0,0.20000000,50.00000000,0,0,1735689600010866,False,True\n",
+        );
         let symbols = load_replay(&[spot]).unwrap();
         assert_eq!(symbols[0].symbol, "BTCUSDT");
         assert_eq!(symbols[0].agg_trades[0].time_us, 1_735_689_600_010_866);
@@ -409,10 +490,16 @@ mod tests {
         let symbols = load_replay(&[usdm]).unwrap();
         assert_eq!(symbols[0].agg_trades[0].time_us, 1_682_899_200_101_000);
         assert_eq!(symbols[0].agg_trades[0].last_trade_id, 3_643_221_428);
-        let trades = write_temp("TRXUSDT-trades-2025-01-01.csv", "51175358,17.80180000,5.69000000,101.29224200,1735689600010866,True,True\n");
+        let trades = write_temp(
+            "TRXUSDT-trades-2025-01-01.csv",
+            "51175358,17.80180000,5.69000000,101.29224200,1735689600010866,True,True\n",
+        );
         let symbols = load_replay(&[trades]).unwrap();
         assert_eq!(symbols[0].trades[0].id, 51_175_358);
         let klines = write_temp("BTCUSDT-1m-2025-01-01.csv", "1735689600000000,4.15070000,4.15870000,4.15060000,4.15540000,539.23000000,1735693199999999,2240.39860900,13,401.82000000,1669.98121300,0\n");
-        assert!(matches!(load_replay(&[klines]), Err(ReplayError::Unsupported { .. })));
+        assert!(matches!(
+            load_replay(&[klines]),
+            Err(ReplayError::Unsupported { .. })
+        ));
     }
 }

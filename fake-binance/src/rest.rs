@@ -28,11 +28,19 @@ pub(crate) struct WeightState {
 
 impl WeightState {
     pub fn new(window_start: Instant) -> WeightState {
-        WeightState { window_start, window_index: 0, used: 0, backoff_until: None, banned_until: None, bans_so_far: 0 }
+        WeightState {
+            window_start,
+            window_index: 0,
+            used: 0,
+            backoff_until: None,
+            banned_until: None,
+            bans_so_far: 0,
+        }
     }
 
     fn roll_window(&mut self, now: Instant, window: Duration) {
-        let index = (now.saturating_duration_since(self.window_start).as_nanos() / window.as_nanos().max(1)) as u64;
+        let index = (now.saturating_duration_since(self.window_start).as_nanos()
+            / window.as_nanos().max(1)) as u64;
         if index != self.window_index {
             self.window_index = index;
             self.used = 0;
@@ -52,8 +60,13 @@ impl WeightState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Admission {
     Admitted,
-    TooMuchWeight { retry_after_secs: u64 },
-    Banned { retry_after_secs: u64, until_ms_hint: u64 },
+    TooMuchWeight {
+        retry_after_secs: u64,
+    },
+    Banned {
+        retry_after_secs: u64,
+        until_ms_hint: u64,
+    },
 }
 
 fn seconds_until(now: Instant, later: Instant) -> u64 {
@@ -70,7 +83,13 @@ fn admit(shared: &Shared, weight: u32) -> (Admission, u32) {
     if let Some(banned_until) = state.banned_until {
         if now < banned_until {
             let retry_after_secs = seconds_until(now, banned_until);
-            return (Admission::Banned { retry_after_secs, until_ms_hint: retry_after_secs * 1000 }, state.used);
+            return (
+                Admission::Banned {
+                    retry_after_secs,
+                    until_ms_hint: retry_after_secs * 1000,
+                },
+                state.used,
+            );
         }
         state.banned_until = None;
     }
@@ -79,19 +98,36 @@ fn admit(shared: &Shared, weight: u32) -> (Admission, u32) {
             // Calling again while told to back off earns an IP ban, longer each time.
             state.bans_so_far += 1;
             let doubling = 2u32.saturating_pow(state.bans_so_far - 1);
-            let ban = limits.ban_duration.saturating_mul(doubling).min(limits.max_ban_duration);
+            let ban = limits
+                .ban_duration
+                .saturating_mul(doubling)
+                .min(limits.max_ban_duration);
             state.banned_until = Some(now + ban);
             state.backoff_until = None;
             let retry_after_secs = seconds_until(now, now + ban);
-            warn!(ban_secs = ban.as_secs_f64(), "rest client banned for calling during back-off");
-            return (Admission::Banned { retry_after_secs, until_ms_hint: retry_after_secs * 1000 }, state.used);
+            warn!(
+                ban_secs = ban.as_secs_f64(),
+                "rest client banned for calling during back-off"
+            );
+            return (
+                Admission::Banned {
+                    retry_after_secs,
+                    until_ms_hint: retry_after_secs * 1000,
+                },
+                state.used,
+            );
         }
         state.backoff_until = None;
     }
     if state.used.saturating_add(weight) > limits.weight_limit_per_minute {
         let window_end = state.window_end(limits.weight_window);
         state.backoff_until = Some(window_end);
-        return (Admission::TooMuchWeight { retry_after_secs: seconds_until(now, window_end) }, state.used);
+        return (
+            Admission::TooMuchWeight {
+                retry_after_secs: seconds_until(now, window_end),
+            },
+            state.used,
+        );
     }
     state.used += weight;
     (Admission::Admitted, state.used)
@@ -106,13 +142,19 @@ struct ApiError {
 
 impl ApiError {
     fn bad_request(code: i64, message: impl Into<String>) -> ApiError {
-        ApiError { status: 400, code, message: message.into() }
+        ApiError {
+            status: 400,
+            code,
+            message: message.into(),
+        }
     }
 
     fn mandatory(parameter: &str) -> ApiError {
         ApiError::bad_request(
             -1102,
-            format!("Mandatory parameter '{parameter}' was not sent, was empty/null, or malformed."),
+            format!(
+                "Mandatory parameter '{parameter}' was not sent, was empty/null, or malformed."
+            ),
         )
     }
 }
@@ -133,7 +175,9 @@ fn endpoint_weight(endpoint: &str) -> Option<u32> {
 
 /// Handles one REST request (called by the HTTP loop).
 pub(crate) async fn handle_rest(shared: Arc<Shared>, request: HttpRequest) -> HttpResponse {
-    shared.counters.update(|counters| counters.rest_requests += 1);
+    shared
+        .counters
+        .update(|counters| counters.rest_requests += 1);
     let window = shared.config.limits.weight_window;
     let used_now = || lock(&shared.weight).used(Instant::now(), window);
 
@@ -141,7 +185,9 @@ pub(crate) async fn handle_rest(shared: Arc<Shared>, request: HttpRequest) -> Ht
     let failure = lock(&shared.pending_faults).next_rest_failure();
     let mut delay = Duration::ZERO;
     if let Some(failure) = failure {
-        shared.counters.update(|counters| counters.rest_failures_injected += 1);
+        shared
+            .counters
+            .update(|counters| counters.rest_failures_injected += 1);
         warn!(?failure, path = %request.path, "rest failure injected");
         let used = used_now();
         match failure {
@@ -150,10 +196,15 @@ pub(crate) async fn handle_rest(shared: Arc<Shared>, request: HttpRequest) -> Ht
                     .with_header("X-MBX-USED-WEIGHT-1M", used.to_string());
             }
             RestFailure::TooManyRequests { retry_after_secs } => {
-                shared.counters.update(|counters| counters.rest_responses_429 += 1);
-                return HttpResponse::json(429, too_much_weight_body(shared.config.limits.weight_limit_per_minute))
-                    .with_header("Retry-After", retry_after_secs.to_string())
-                    .with_header("X-MBX-USED-WEIGHT-1M", used.to_string());
+                shared
+                    .counters
+                    .update(|counters| counters.rest_responses_429 += 1);
+                return HttpResponse::json(
+                    429,
+                    too_much_weight_body(shared.config.limits.weight_limit_per_minute),
+                )
+                .with_header("Retry-After", retry_after_secs.to_string())
+                .with_header("X-MBX-USED-WEIGHT-1M", used.to_string());
             }
             RestFailure::ConnectionReset => {
                 let mut response = HttpResponse::json(500, String::new());
@@ -182,9 +233,15 @@ fn too_much_weight_body(limit: u32) -> String {
 /// The normal answer: weight accounting, then the endpoint.
 fn answer(shared: &Shared, request: &HttpRequest) -> HttpResponse {
     let prefix = shared.config.market.rest_prefix();
-    let endpoint = request.path.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('/')).unwrap_or("");
+    let endpoint = request
+        .path
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or("");
     let Some(weight) = endpoint_weight(endpoint) else {
-        shared.counters.update(|counters| counters.rest_responses_404 += 1);
+        shared
+            .counters
+            .update(|counters| counters.rest_responses_404 += 1);
         let used = lock(&shared.weight).used(Instant::now(), shared.config.limits.weight_window);
         return HttpResponse::json(404, r#"{"code":-1000,"msg":"Not found."}"#.to_owned())
             .with_header("X-MBX-USED-WEIGHT-1M", used.to_string());
@@ -192,8 +249,13 @@ fn answer(shared: &Shared, request: &HttpRequest) -> HttpResponse {
     let (admission, used) = admit(shared, weight);
     let used_header = used.to_string();
     match admission {
-        Admission::Banned { retry_after_secs, until_ms_hint } => {
-            shared.counters.update(|counters| counters.rest_responses_418 += 1);
+        Admission::Banned {
+            retry_after_secs,
+            until_ms_hint,
+        } => {
+            shared
+                .counters
+                .update(|counters| counters.rest_responses_418 += 1);
             let banned_until_ms = shared.now_us() / 1000 + until_ms_hint as i64;
             return HttpResponse::json(
                 418,
@@ -205,35 +267,55 @@ fn answer(shared: &Shared, request: &HttpRequest) -> HttpResponse {
             .with_header("X-MBX-USED-WEIGHT-1M", used_header);
         }
         Admission::TooMuchWeight { retry_after_secs } => {
-            shared.counters.update(|counters| counters.rest_responses_429 += 1);
-            return HttpResponse::json(429, too_much_weight_body(shared.config.limits.weight_limit_per_minute))
-                .with_header("Retry-After", retry_after_secs.to_string())
-                .with_header("X-MBX-USED-WEIGHT-1M", used_header);
+            shared
+                .counters
+                .update(|counters| counters.rest_responses_429 += 1);
+            return HttpResponse::json(
+                429,
+                too_much_weight_body(shared.config.limits.weight_limit_per_minute),
+            )
+            .with_header("Retry-After", retry_after_secs.to_string())
+            .with_header("X-MBX-USED-WEIGHT-1M", used_header);
         }
         Admission::Admitted => {}
     }
     if request.method != "GET" {
-        return HttpResponse::json(405, r#"{"code":-1000,"msg":"Method not allowed."}"#.to_owned())
-            .with_header("X-MBX-USED-WEIGHT-1M", used_header);
+        return HttpResponse::json(
+            405,
+            r#"{"code":-1000,"msg":"Method not allowed."}"#.to_owned(),
+        )
+        .with_header("X-MBX-USED-WEIGHT-1M", used_header);
     }
     let result = time_unit(request).and_then(|unit| match endpoint {
         "ping" => Ok("{}".to_owned()),
-        "time" => Ok(format!(r#"{{"serverTime":{}}}"#, unit.convert(shared.now_us()))),
+        "time" => Ok(format!(
+            r#"{{"serverTime":{}}}"#,
+            unit.convert(shared.now_us())
+        )),
         "exchangeInfo" => exchange_info(shared, request, unit),
         "trades" => recent_trades(shared, request, unit),
         "historicalTrades" => historical_trades(shared, request, unit),
         "aggTrades" => agg_trades(shared, request, unit),
         "klines" | "uiKlines" => klines(shared, request, unit),
-        _ => Err(ApiError { status: 404, code: -1000, message: "Not found.".to_owned() }),
+        _ => Err(ApiError {
+            status: 404,
+            code: -1000,
+            message: "Not found.".to_owned(),
+        }),
     });
     match result {
         Ok(body) => HttpResponse::json(200, body).with_header("X-MBX-USED-WEIGHT-1M", used_header),
         Err(error) => {
             if error.status == 400 {
-                shared.counters.update(|counters| counters.rest_responses_400 += 1);
+                shared
+                    .counters
+                    .update(|counters| counters.rest_responses_400 += 1);
             }
-            HttpResponse::json(error.status, serde_json::json!({"code": error.code, "msg": error.message}).to_string())
-                .with_header("X-MBX-USED-WEIGHT-1M", used_header)
+            HttpResponse::json(
+                error.status,
+                serde_json::json!({"code": error.code, "msg": error.message}).to_string(),
+            )
+            .with_header("X-MBX-USED-WEIGHT-1M", used_header)
         }
     }
 }
@@ -241,7 +323,8 @@ fn answer(shared: &Shared, request: &HttpRequest) -> HttpResponse {
 fn time_unit(request: &HttpRequest) -> Result<TimeUnit, ApiError> {
     match request.header("X-MBX-TIME-UNIT") {
         None => Ok(TimeUnit::Millisecond),
-        Some(value) => TimeUnit::parse(value.trim()).ok_or_else(|| ApiError::bad_request(-1194, "Invalid time unit.")),
+        Some(value) => TimeUnit::parse(value.trim())
+            .ok_or_else(|| ApiError::bad_request(-1194, "Invalid time unit.")),
     }
 }
 
@@ -256,7 +339,11 @@ fn parse_integer(request: &HttpRequest, name: &str) -> Result<Option<i64>, ApiEr
 
 /// Request times may be ms or µs (spot accepts both); anything below 10^14 is taken as ms.
 /// An end time in ms covers its whole millisecond (it is inclusive), hence `end_of_unit`.
-fn parse_time_us(request: &HttpRequest, name: &str, end_of_unit: bool) -> Result<Option<i64>, ApiError> {
+fn parse_time_us(
+    request: &HttpRequest,
+    name: &str,
+    end_of_unit: bool,
+) -> Result<Option<i64>, ApiError> {
     Ok(parse_integer(request, name)?.map(|value| {
         if value.abs() < 100_000_000_000_000 {
             value * 1000 + if end_of_unit { 999 } else { 0 }
@@ -270,7 +357,10 @@ fn parse_limit(request: &HttpRequest) -> Result<usize, ApiError> {
     match parse_integer(request, "limit")? {
         None => Ok(500),
         Some(limit) if (1..=1000).contains(&limit) => Ok(limit as usize),
-        Some(_) => Err(ApiError::bad_request(-1130, "Data sent for parameter 'limit' is not valid.")),
+        Some(_) => Err(ApiError::bad_request(
+            -1130,
+            "Data sent for parameter 'limit' is not valid.",
+        )),
     }
 }
 
@@ -282,7 +372,9 @@ fn symbol_book<'market>(
         None | Some("") => return Err(ApiError::mandatory("symbol")),
         Some(symbol) => symbol,
     };
-    market.book(symbol).ok_or_else(|| ApiError::bad_request(-1121, "Invalid symbol."))
+    market
+        .book(symbol)
+        .ok_or_else(|| ApiError::bad_request(-1121, "Invalid symbol."))
 }
 
 fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
@@ -292,8 +384,9 @@ fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiR
         wanted = Some(vec![symbol.to_owned()]);
     }
     if let Some(list) = request.query_value("symbols") {
-        let parsed: Vec<String> = serde_json::from_str(list)
-            .map_err(|_| ApiError::bad_request(-1100, "Illegal characters found in parameter 'symbols'."))?;
+        let parsed: Vec<String> = serde_json::from_str(list).map_err(|_| {
+            ApiError::bad_request(-1100, "Illegal characters found in parameter 'symbols'.")
+        })?;
         wanted = Some(parsed);
     }
     let books: Vec<&SymbolBook> = match &wanted {
@@ -301,7 +394,11 @@ fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiR
         Some(symbols) => {
             let mut books = Vec::new();
             for symbol in symbols {
-                books.push(market.book(symbol).ok_or_else(|| ApiError::bad_request(-1121, "Invalid symbol."))?);
+                books.push(
+                    market
+                        .book(symbol)
+                        .ok_or_else(|| ApiError::bad_request(-1121, "Invalid symbol."))?,
+                );
             }
             books
         }
@@ -381,7 +478,9 @@ fn recent_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiR
     let book = symbol_book(&market, request)?;
     let published = book.published_trade_count(now_us);
     let trades = &book.trades[published.saturating_sub(limit)..published];
-    Ok(json_array(trades, |out, trade| wire::rest_trade(out, trade, unit)))
+    Ok(json_array(trades, |out, trade| {
+        wire::rest_trade(out, trade, unit)
+    }))
 }
 
 fn historical_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
@@ -398,7 +497,9 @@ fn historical_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> 
             &visible[start..(start + limit).min(published)]
         }
     };
-    Ok(json_array(trades, |out, trade| wire::rest_trade(out, trade, unit)))
+    Ok(json_array(trades, |out, trade| {
+        wire::rest_trade(out, trade, unit)
+    }))
 }
 
 fn agg_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
@@ -407,7 +508,10 @@ fn agg_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResu
     let start_us = parse_time_us(request, "startTime", false)?;
     let end_us = parse_time_us(request, "endTime", true)?;
     if from_id.is_some() && (start_us.is_some() || end_us.is_some()) {
-        return Err(ApiError::bad_request(-1128, "Combination of optional parameters invalid."));
+        return Err(ApiError::bad_request(
+            -1128,
+            "Combination of optional parameters invalid.",
+        ));
     }
     let (market, now_us) = shared.market_now();
     let book = symbol_book(&market, request)?;
@@ -435,13 +539,16 @@ fn agg_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResu
             &visible[start..(start + limit).min(end)]
         }
     };
-    Ok(json_array(selected, |out, agg| wire::rest_agg_trade(out, agg, unit)))
+    Ok(json_array(selected, |out, agg| {
+        wire::rest_agg_trade(out, agg, unit)
+    }))
 }
 
 fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
     let interval = match request.query_value("interval") {
         None | Some("") => return Err(ApiError::mandatory("interval")),
-        Some(text) => KlineInterval::parse(text).ok_or_else(|| ApiError::bad_request(-1120, "Invalid interval."))?,
+        Some(text) => KlineInterval::parse(text)
+            .ok_or_else(|| ApiError::bad_request(-1120, "Invalid interval."))?,
     };
     let limit = parse_limit(request)?;
     let start_us = parse_time_us(request, "startTime", false)?;
@@ -455,7 +562,11 @@ fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
     let mut first_open = match start_us {
         Some(start_us) if start_us > grid_first => {
             let containing = interval.open_time_containing(start_us);
-            if containing < start_us { interval.next_open(containing) } else { containing }
+            if containing < start_us {
+                interval.next_open(containing)
+            } else {
+                containing
+            }
         }
         _ => grid_first,
     };
@@ -475,7 +586,9 @@ fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
             count += 1;
         }
         let rows = book.klines_between(interval, first_open, open, now_us, now_us + 1);
-        return Ok(json_array(&rows, |out, kline| wire::rest_kline(out, kline, unit)));
+        return Ok(json_array(&rows, |out, kline| {
+            wire::rest_kline(out, kline, unit)
+        }));
     }
     // Newest up to the end, at most `limit`.
     let mut open = last_open;
@@ -485,5 +598,7 @@ fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
     }
     first_open = open;
     let rows = book.klines_between(interval, first_open, last_open, now_us, now_us + 1);
-    Ok(json_array(&rows, |out, kline| wire::rest_kline(out, kline, unit)))
+    Ok(json_array(&rows, |out, kline| {
+        wire::rest_kline(out, kline, unit)
+    }))
 }

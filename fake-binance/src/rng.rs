@@ -45,14 +45,17 @@ pub fn mix64(value: u64) -> u64 {
 pub fn stable_hash(parts: &[u64]) -> u64 {
     parts
         .iter()
-        .fold(0x243F_6A88_85A3_08D3_u64, |accumulator, part| mix64(accumulator ^ mix64(*part)))
+        .fold(0x243F_6A88_85A3_08D3_u64, |accumulator, part| {
+            mix64(accumulator ^ mix64(*part))
+        })
 }
 
 /// Stable hash of a string (for per-symbol seeds).
 pub fn stable_hash_str(text: &str) -> u64 {
-    text.bytes().fold(0xCBF2_9CE4_8422_2325_u64, |accumulator, byte| {
-        (accumulator ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01B3)
-    })
+    text.bytes()
+        .fold(0xCBF2_9CE4_8422_2325_u64, |accumulator, byte| {
+            (accumulator ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01B3)
+        })
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ use crate::rest::WeightState;
 /// Locks a mutex, taking the data even if another thread panicked while holding it:
 /// the fake keeps serving (a test failure elsewhere must not cascade into hangs).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One open WebSocket connection as the driver sees it.
@@ -41,7 +43,10 @@ pub(crate) struct Registry {
 impl Registry {
     /// Every stream at least one connection subscribed to.
     pub fn active_streams(&self) -> HashSet<String> {
-        self.connections.values().flat_map(|entry| entry.streams.iter().cloned()).collect()
+        self.connections
+            .values()
+            .flat_map(|entry| entry.streams.iter().cloned())
+            .collect()
     }
 }
 
@@ -77,7 +82,8 @@ impl Shared {
     pub fn inject(&self, fault: Fault) {
         let kind = fault.kind_name();
         warn!(fault_kind = kind, ?fault, "fault injected");
-        self.counters.update(|counters| *counters.faults_injected.entry(kind.to_owned()).or_default() += 1);
+        self.counters
+            .update(|counters| *counters.faults_injected.entry(kind.to_owned()).or_default() += 1);
         let injected = |frame: InjectedFrame, count: u32| {
             let registry = lock(&self.registry);
             for entry in registry.connections.values() {
@@ -91,9 +97,15 @@ impl Shared {
             Fault::DropConnections { abort } => {
                 let _ = self.commands.send(ConnectionCommand::Drop { abort });
             }
-            Fault::Stall { duration_ms, keep_backlog } => {
+            Fault::Stall {
+                duration_ms,
+                keep_backlog,
+            } => {
                 let until = Instant::now() + Duration::from_millis(duration_ms);
-                let _ = self.commands.send(ConnectionCommand::Stall { until, keep_backlog });
+                let _ = self.commands.send(ConnectionCommand::Stall {
+                    until,
+                    keep_backlog,
+                });
             }
             Fault::ServerShutdown => {
                 let _ = self.commands.send(ConnectionCommand::ServerShutdown);
@@ -106,16 +118,25 @@ impl Shared {
             Fault::BrokenJson { count } => injected(InjectedFrame::BrokenJson, count),
             Fault::BinaryFrames { count } => injected(InjectedFrame::Binary, count),
             Fault::UnknownEventType { count } => injected(InjectedFrame::UnknownEventType, count),
-            Fault::UnsubscribedSymbolEvent { count } => injected(InjectedFrame::UnsubscribedSymbolEvent, count),
-            Fault::RestStatus { status, count } => lock(&self.pending_faults).queue_rest(RestFailure::Status(status), count),
-            Fault::RestTooManyRequests { retry_after_secs, count } => {
-                lock(&self.pending_faults).queue_rest(RestFailure::TooManyRequests { retry_after_secs }, count)
+            Fault::UnsubscribedSymbolEvent { count } => {
+                injected(InjectedFrame::UnsubscribedSymbolEvent, count)
             }
-            Fault::RestSlow { delay_ms, count } => {
-                lock(&self.pending_faults).queue_rest(RestFailure::Slow(Duration::from_millis(delay_ms)), count)
+            Fault::RestStatus { status, count } => {
+                lock(&self.pending_faults).queue_rest(RestFailure::Status(status), count)
             }
-            Fault::RestConnectionReset { count } => lock(&self.pending_faults).queue_rest(RestFailure::ConnectionReset, count),
-            Fault::RestTruncatedBody { count } => lock(&self.pending_faults).queue_rest(RestFailure::TruncatedBody, count),
+            Fault::RestTooManyRequests {
+                retry_after_secs,
+                count,
+            } => lock(&self.pending_faults)
+                .queue_rest(RestFailure::TooManyRequests { retry_after_secs }, count),
+            Fault::RestSlow { delay_ms, count } => lock(&self.pending_faults)
+                .queue_rest(RestFailure::Slow(Duration::from_millis(delay_ms)), count),
+            Fault::RestConnectionReset { count } => {
+                lock(&self.pending_faults).queue_rest(RestFailure::ConnectionReset, count)
+            }
+            Fault::RestTruncatedBody { count } => {
+                lock(&self.pending_faults).queue_rest(RestFailure::TruncatedBody, count)
+            }
         }
     }
 }

@@ -22,7 +22,11 @@ impl StreamName {
     /// Parses a stream name as Binance accepts it: lower-case symbol, case-sensitive kind.
     pub fn parse(name: &str) -> Option<StreamName> {
         let (symbol, kind_text) = name.split_once('@')?;
-        if symbol.is_empty() || !symbol.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit()) {
+        if symbol.is_empty()
+            || !symbol
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit())
+        {
             return None;
         }
         let kind = match kind_text {
@@ -38,7 +42,10 @@ impl StreamName {
                 }
             }
         };
-        Some(StreamName { symbol: symbol.to_owned(), kind })
+        Some(StreamName {
+            symbol: symbol.to_owned(),
+            kind,
+        })
     }
 
     pub fn trade(symbol_lower: &str) -> String {
@@ -83,18 +90,35 @@ mod tests {
 
     #[test]
     fn parses_known_streams() {
-        assert_eq!(StreamName::parse("btcusdt@trade").unwrap().kind, StreamKind::Trade);
-        assert_eq!(StreamName::parse("btcusdt@aggTrade").unwrap().kind, StreamKind::AggTrade);
+        assert_eq!(
+            StreamName::parse("btcusdt@trade").unwrap().kind,
+            StreamKind::Trade
+        );
+        assert_eq!(
+            StreamName::parse("btcusdt@aggTrade").unwrap().kind,
+            StreamKind::AggTrade
+        );
         assert_eq!(
             StreamName::parse("ethusdt@kline_1M").unwrap().kind,
             StreamKind::Kline(KlineInterval::OneMonth)
         );
-        assert_eq!(StreamName::parse("btcusdt@depth@100ms").unwrap().kind, StreamKind::Unfed);
+        assert_eq!(
+            StreamName::parse("btcusdt@depth@100ms").unwrap().kind,
+            StreamKind::Unfed
+        );
     }
 
     #[test]
     fn rejects_malformed_streams() {
-        for bad in ["BTCUSDT@trade", "btcusdt@trades", "btcusdt", "@trade", "btcusdt@kline_2m", "btcusdt@aggtrade", ""] {
+        for bad in [
+            "BTCUSDT@trade",
+            "btcusdt@trades",
+            "btcusdt",
+            "@trade",
+            "btcusdt@kline_2m",
+            "btcusdt@aggtrade",
+            "",
+        ] {
             assert!(StreamName::parse(bad).is_none(), "{bad}");
         }
     }

@@ -84,7 +84,11 @@ impl TruthKline {
 
 /// Trades and aggregate trades with trade time `T < until_us` whose event has been
 /// published by `now_us` (`E <= now`). Both times never decrease along the vectors.
-pub(crate) fn trades_until(book: &SymbolBook, until_us: i64, now_us: i64) -> (Vec<TruthTrade>, Vec<TruthAggTrade>) {
+pub(crate) fn trades_until(
+    book: &SymbolBook,
+    until_us: i64,
+    now_us: i64,
+) -> (Vec<TruthTrade>, Vec<TruthAggTrade>) {
     let trades = book
         .trades
         .iter()
@@ -136,8 +140,8 @@ pub(crate) fn closed_klines_until(
     book.klines_between(interval, first_open, last_open, i64::MAX, i64::MAX)
         .iter()
         .filter_map(|kline| {
-            let close_event_time_us =
-                kline.next_open_us + kline_close_latency_us(seed, book.index, interval, kline.open_us);
+            let close_event_time_us = kline.next_open_us
+                + kline_close_latency_us(seed, book.index, interval, kline.open_us);
             let closed = kline.next_open_us <= until_us && close_event_time_us <= now_us;
             closed.then(|| TruthKline::from_state(kline, close_event_time_us))
         })

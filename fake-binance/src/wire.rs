@@ -43,8 +43,14 @@ impl TimeUnit {
 
 pub fn trade_event(symbol: &str, trade: &Trade, unit: TimeUnit) -> String {
     let mut out = String::with_capacity(160);
-    write!(out, r#"{{"e":"trade","E":{},"s":"{}","t":{},"p":""#, unit.convert(trade.event_time_us), symbol, trade.id)
-        .expect("writing to a String cannot fail");
+    write!(
+        out,
+        r#"{{"e":"trade","E":{},"s":"{}","t":{},"p":""#,
+        unit.convert(trade.event_time_us),
+        symbol,
+        trade.id
+    )
+    .expect("writing to a String cannot fail");
     push_atoms(&mut out, trade.price);
     out.push_str(r#"","q":""#);
     push_atoms(&mut out, trade.quantity);
@@ -61,8 +67,14 @@ pub fn trade_event(symbol: &str, trade: &Trade, unit: TimeUnit) -> String {
 
 pub fn agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit) -> String {
     let mut out = String::with_capacity(180);
-    write!(out, r#"{{"e":"aggTrade","E":{},"s":"{}","a":{},"p":""#, unit.convert(agg.event_time_us), symbol, agg.id)
-        .expect("writing to a String cannot fail");
+    write!(
+        out,
+        r#"{{"e":"aggTrade","E":{},"s":"{}","a":{},"p":""#,
+        unit.convert(agg.event_time_us),
+        symbol,
+        agg.id
+    )
+    .expect("writing to a String cannot fail");
     push_atoms(&mut out, agg.price);
     out.push_str(r#"","q":""#);
     push_atoms(&mut out, agg.quantity);
@@ -110,7 +122,8 @@ pub fn kline_event(
     push_atoms(&mut out, kline.low);
     out.push_str(r#"","v":""#);
     push_atoms(&mut out, kline.volume);
-    write!(out, r#"","n":{},"x":{},"q":""#, kline.trade_count, closed).expect("writing to a String cannot fail");
+    write!(out, r#"","n":{},"x":{},"q":""#, kline.trade_count, closed)
+        .expect("writing to a String cannot fail");
     push_atoms(&mut out, kline.quote_volume());
     out.push_str(r#"","V":""#);
     push_atoms(&mut out, kline.taker_buy_volume);
@@ -121,7 +134,10 @@ pub fn kline_event(
 }
 
 pub fn server_shutdown_event(event_time_us: i64, unit: TimeUnit) -> String {
-    format!(r#"{{"e":"serverShutdown","E":{}}}"#, unit.convert(event_time_us))
+    format!(
+        r#"{{"e":"serverShutdown","E":{}}}"#,
+        unit.convert(event_time_us)
+    )
 }
 
 /// Wraps a payload for a combined stream: `{"stream":"<name>","data":<payload>}`.
@@ -183,7 +199,8 @@ pub fn rest_kline(out: &mut String, kline: &KlineState, unit: TimeUnit) {
     push_atoms(out, kline.close);
     out.push_str(r#"",""#);
     push_atoms(out, kline.volume);
-    write!(out, r#"",{},""#, unit.kline_close(kline.next_open_us)).expect("writing to a String cannot fail");
+    write!(out, r#"",{},""#, unit.kline_close(kline.next_open_us))
+        .expect("writing to a String cannot fail");
     push_atoms(out, kline.quote_volume());
     write!(out, r#"",{},""#, kline.trade_count).expect("writing to a String cannot fail");
     push_atoms(out, kline.taker_buy_volume);
@@ -217,7 +234,10 @@ mod tests {
             trade_event("BTCUSDT", &sample_trade(), TimeUnit::Millisecond),
             r#"{"e":"trade","E":1723161601438,"s":"BTCUSDT","t":3735693016,"p":"61685.99000000","q":"0.00017000","T":1723161601437,"m":true,"M":true}"#
         );
-        assert!(trade_event("BTCUSDT", &sample_trade(), TimeUnit::Microsecond).contains(r#""T":1723161601437123"#));
+        assert!(
+            trade_event("BTCUSDT", &sample_trade(), TimeUnit::Microsecond)
+                .contains(r#""T":1723161601437123"#)
+        );
     }
 
     #[test]
@@ -229,7 +249,14 @@ mod tests {
     #[test]
     fn kline_keys_in_binance_order() {
         let kline = KlineState::empty(0, 1_000_000, 187_076_000_000);
-        let text = kline_event("ETHUSDT", KlineInterval::OneSecond, &kline, true, 1_002_000, TimeUnit::Millisecond);
+        let text = kline_event(
+            "ETHUSDT",
+            KlineInterval::OneSecond,
+            &kline,
+            true,
+            1_002_000,
+            TimeUnit::Millisecond,
+        );
         assert_eq!(
             text,
             r#"{"e":"kline","E":1002,"s":"ETHUSDT","k":{"t":0,"T":999,"s":"ETHUSDT","i":"1s","f":-1,"L":-1,"o":"1870.76000000","c":"1870.76000000","h":"1870.76000000","l":"1870.76000000","v":"0.00000000","n":0,"x":true,"q":"0.00000000","V":"0.00000000","Q":"0.00000000","B":"0"}}"#

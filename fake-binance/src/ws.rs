@@ -47,8 +47,12 @@ pub(crate) enum HandshakeRejection {
 }
 
 /// Parses `/ws`, `/ws/<s1>/<s2>`, `/stream?streams=<s1>/<s2>` and `timeUnit`.
-pub(crate) fn parse_connect_request(path_and_query: &str) -> Result<ConnectRequest, HandshakeRejection> {
-    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+pub(crate) fn parse_connect_request(
+    path_and_query: &str,
+) -> Result<ConnectRequest, HandshakeRejection> {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
     let path = percent_decode(path);
     let mut unit = TimeUnit::Millisecond;
     let mut query_streams: Option<String> = None;
@@ -56,8 +60,9 @@ pub(crate) fn parse_connect_request(path_and_query: &str) -> Result<ConnectReque
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "timeUnit" => {
-                unit = TimeUnit::parse(&percent_decode(value))
-                    .ok_or_else(|| HandshakeRejection::BadRequest(format!("Invalid timeUnit: {value}")))?;
+                unit = TimeUnit::parse(&percent_decode(value)).ok_or_else(|| {
+                    HandshakeRejection::BadRequest(format!("Invalid timeUnit: {value}"))
+                })?;
             }
             "streams" => query_streams = Some(percent_decode(value)),
             _ => {}
@@ -75,13 +80,19 @@ pub(crate) fn parse_connect_request(path_and_query: &str) -> Result<ConnectReque
     let mut streams: Vec<String> = Vec::new();
     for name in stream_list.split('/').filter(|name| !name.is_empty()) {
         if StreamName::parse(name).is_none() {
-            return Err(HandshakeRejection::BadRequest(format!("Invalid request: invalid stream {name}")));
+            return Err(HandshakeRejection::BadRequest(format!(
+                "Invalid request: invalid stream {name}"
+            )));
         }
         if !streams.iter().any(|existing| existing == name) {
             streams.push(name.to_owned());
         }
     }
-    Ok(ConnectRequest { streams, combined, unit })
+    Ok(ConnectRequest {
+        streams,
+        combined,
+        unit,
+    })
 }
 
 fn percent_decode(text: &str) -> String {
@@ -117,7 +128,12 @@ pub(crate) async fn run_ws_listener(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tracker.spawn(handle_connection(Arc::clone(&shared), stream, peer, cancel.child_token()));
+                tracker.spawn(handle_connection(
+                    Arc::clone(&shared),
+                    stream,
+                    peer,
+                    cancel.child_token(),
+                ));
             }
             Err(error) => {
                 // Typically out of file descriptors; back off instead of spinning.
@@ -130,7 +146,8 @@ pub(crate) async fn run_ws_listener(
 
 fn error_response(status: u16, body: String) -> ErrorResponse {
     let mut response = http::Response::new(Some(body));
-    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
     response
 }
 
@@ -139,7 +156,10 @@ fn take_handshake_budget(shared: &Shared) -> bool {
     let now = Instant::now();
     let window = shared.config.limits.handshake_window;
     let mut handshakes = lock(&shared.handshakes);
-    while handshakes.front().is_some_and(|at| now.duration_since(*at) >= window) {
+    while handshakes
+        .front()
+        .is_some_and(|at| now.duration_since(*at) >= window)
+    {
         handshakes.pop_front();
     }
     if handshakes.len() >= shared.config.limits.handshake_limit as usize {
@@ -149,25 +169,43 @@ fn take_handshake_budget(shared: &Shared) -> bool {
     true
 }
 
-async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+async fn handle_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    cancel: CancellationToken,
+) {
     let _ = stream.set_nodelay(true);
     let mut accepted_request: Option<ConnectRequest> = None;
     // The error type is tungstenite's; its size is not ours to change.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
-        let path_and_query = request.uri().path_and_query().map(|value| value.as_str()).unwrap_or("/");
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map(|value| value.as_str())
+            .unwrap_or("/");
         match parse_connect_request(path_and_query) {
             Err(HandshakeRejection::NotFound) => {
-                shared.counters.update(|counters| counters.ws_handshakes_rejected += 1);
+                shared
+                    .counters
+                    .update(|counters| counters.ws_handshakes_rejected += 1);
                 Err(error_response(404, "Not Found".to_owned()))
             }
             Err(HandshakeRejection::BadRequest(message)) => {
-                shared.counters.update(|counters| counters.ws_handshakes_rejected += 1);
-                Err(error_response(400, serde_json::json!({"code": 2, "msg": message}).to_string()))
+                shared
+                    .counters
+                    .update(|counters| counters.ws_handshakes_rejected += 1);
+                Err(error_response(
+                    400,
+                    serde_json::json!({"code": 2, "msg": message}).to_string(),
+                ))
             }
             Ok(connect_request) => {
                 if !take_handshake_budget(&shared) {
-                    shared.counters.update(|counters| counters.ws_handshakes_refused += 1);
+                    shared
+                        .counters
+                        .update(|counters| counters.ws_handshakes_refused += 1);
                     warn!(%peer, "websocket handshake refused: too many connections");
                     return Err(error_response(
                         429,
@@ -226,7 +264,9 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
     };
     let end = session.run(cancel, connect_request.streams.len()).await;
     lock(&shared.registry).connections.remove(&connection_id);
-    shared.counters.update(|counters| counters.ws_connections_open -= 1);
+    shared
+        .counters
+        .update(|counters| counters.ws_connections_open -= 1);
     info!(%peer, connection_id, ?end, "websocket closed");
 }
 
@@ -262,7 +302,9 @@ impl Session {
     async fn run(&mut self, cancel: CancellationToken, initial_stream_count: usize) -> SessionEnd {
         let limits = self.shared.config.limits.clone();
         if initial_stream_count > limits.max_streams_per_connection {
-            self.shared.counters.update(|counters| counters.ws_too_many_streams_closes += 1);
+            self.shared
+                .counters
+                .update(|counters| counters.ws_too_many_streams_closes += 1);
             self.close(CloseCode::Policy, "Too many streams").await;
             return SessionEnd::TooManyStreams;
         }
@@ -272,7 +314,10 @@ impl Session {
         let mut stall: Option<(Instant, bool)> = None;
         let mut shutdown_at: Option<Instant> = None;
         loop {
-            let pong_deadline = self.outstanding_pings.front().map(|(_, sent_at)| *sent_at + limits.pong_timeout);
+            let pong_deadline = self
+                .outstanding_pings
+                .front()
+                .map(|(_, sent_at)| *sent_at + limits.pong_timeout);
             let stall_end = stall.map(|(until, _)| until);
             tokio::select! {
                 biased;
@@ -387,7 +432,10 @@ impl Session {
                 next = self.queue.try_recv().ok();
             }
         }
-        self.websocket.flush().await.map_err(|_| SessionEnd::WriteFailed)
+        self.websocket
+            .flush()
+            .await
+            .map_err(|_| SessionEnd::WriteFailed)
     }
 
     fn render(&self, outgoing: Outgoing) -> (Message, &'static str) {
@@ -418,10 +466,18 @@ impl Session {
 
     fn injected_message(&self, frame: InjectedFrame) -> Message {
         let now = self.unit.convert(self.shared.now_us());
-        let wrap = |stream: &str, payload: String| if self.combined { wire::combined(stream, &payload) } else { payload };
+        let wrap = |stream: &str, payload: String| {
+            if self.combined {
+                wire::combined(stream, &payload)
+            } else {
+                payload
+            }
+        };
         match frame {
             InjectedFrame::GarbageText => Message::text("garbage: this frame is not JSON ~~~"),
-            InjectedFrame::BrokenJson => Message::text(format!(r#"{{"e":"trade","E":{now},"s":"BTCUSDT","t":"#)),
+            InjectedFrame::BrokenJson => {
+                Message::text(format!(r#"{{"e":"trade","E":{now},"s":"BTCUSDT","t":"#))
+            }
             InjectedFrame::Binary => Message::binary(vec![0xde, 0xad, 0xbe, 0xef]),
             InjectedFrame::UnknownEventType => Message::text(wrap(
                 "btcusdt@mysteryEvent",
@@ -437,22 +493,38 @@ impl Session {
     }
 
     /// Handles one frame from the client; `Some` when the connection must end.
-    async fn handle_incoming(&mut self, message: Message, max_per_second: u32, max_streams: usize) -> Option<SessionEnd> {
+    async fn handle_incoming(
+        &mut self,
+        message: Message,
+        max_per_second: u32,
+        max_streams: usize,
+    ) -> Option<SessionEnd> {
         // Every frame counts against the rate: data, pings, pongs and close frames alike.
         let now = Instant::now();
         self.incoming_times.push_back(now);
-        while self.incoming_times.front().is_some_and(|at| now.duration_since(*at) >= Duration::from_secs(1)) {
+        while self
+            .incoming_times
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= Duration::from_secs(1))
+        {
             self.incoming_times.pop_front();
         }
         if self.incoming_times.len() > max_per_second as usize {
-            self.shared.counters.update(|counters| counters.ws_rate_limit_closes += 1);
-            warn!(connection_id = self.connection_id, "too many incoming messages, closing");
+            self.shared
+                .counters
+                .update(|counters| counters.ws_rate_limit_closes += 1);
+            warn!(
+                connection_id = self.connection_id,
+                "too many incoming messages, closing"
+            );
             self.close(CloseCode::Policy, "Too many requests").await;
             return Some(SessionEnd::RateLimit);
         }
         match message {
             Message::Text(text) => {
-                self.shared.counters.update(|counters| counters.ws_control_requests += 1);
+                self.shared
+                    .counters
+                    .update(|counters| counters.ws_control_requests += 1);
                 let current = lock(&self.shared.registry)
                     .connections
                     .get(&self.connection_id)
@@ -460,7 +532,9 @@ impl Session {
                     .unwrap_or_default();
                 let outcome = process_control(text.as_str(), &current, self.combined, max_streams);
                 if outcome.too_many_streams {
-                    self.shared.counters.update(|counters| counters.ws_too_many_streams_closes += 1);
+                    self.shared
+                        .counters
+                        .update(|counters| counters.ws_too_many_streams_closes += 1);
                     self.close(CloseCode::Policy, "Too many streams").await;
                     return Some(SessionEnd::TooManyStreams);
                 }
@@ -478,22 +552,38 @@ impl Session {
                     self.combined = combined;
                 }
                 if outcome.is_error {
-                    self.shared.counters.update(|counters| counters.ws_control_errors += 1);
+                    self.shared
+                        .counters
+                        .update(|counters| counters.ws_control_errors += 1);
                 }
                 self.shared.counters.frame_sent("control_reply");
-                if self.websocket.send(Message::text(outcome.reply)).await.is_err() {
+                if self
+                    .websocket
+                    .send(Message::text(outcome.reply))
+                    .await
+                    .is_err()
+                {
                     return Some(SessionEnd::WriteFailed);
                 }
                 None
             }
             Message::Pong(payload) => {
-                match self.outstanding_pings.iter().position(|(sent, _)| sent.as_slice() == payload.as_ref()) {
+                match self
+                    .outstanding_pings
+                    .iter()
+                    .position(|(sent, _)| sent.as_slice() == payload.as_ref())
+                {
                     Some(position) => {
                         // Answering a ping also answers every older one.
                         self.outstanding_pings.drain(..=position);
-                        self.shared.counters.update(|counters| counters.ws_pongs_received += 1);
+                        self.shared
+                            .counters
+                            .update(|counters| counters.ws_pongs_received += 1);
                     }
-                    None => self.shared.counters.update(|counters| counters.ws_unsolicited_pongs += 1),
+                    None => self
+                        .shared
+                        .counters
+                        .update(|counters| counters.ws_unsolicited_pongs += 1),
                 }
                 None
             }
@@ -508,8 +598,16 @@ impl Session {
 
     /// Sends a close frame and waits briefly for the client's answer.
     async fn close(&mut self, code: CloseCode, reason: &str) {
-        let frame = CloseFrame { code, reason: reason.to_owned().into() };
-        if self.websocket.send(Message::Close(Some(frame))).await.is_err() {
+        let frame = CloseFrame {
+            code,
+            reason: reason.to_owned().into(),
+        };
+        if self
+            .websocket
+            .send(Message::Close(Some(frame)))
+            .await
+            .is_err()
+        {
             return;
         }
         let _ = timeout(Duration::from_millis(500), async {
@@ -547,7 +645,12 @@ fn bare_error(code: i64, message: &str) -> ControlOutcome {
 
 /// Processes one SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY
 /// message against the connection's current streams (pure, for unit tests).
-pub(crate) fn process_control(text: &str, current: &[String], combined: bool, max_streams: usize) -> ControlOutcome {
+pub(crate) fn process_control(
+    text: &str,
+    current: &[String],
+    combined: bool,
+    max_streams: usize,
+) -> ControlOutcome {
     let request: Value = match serde_json::from_str(text) {
         Ok(value) => value,
         Err(error) => return bare_error(3, &format!("Invalid JSON: {error}")),
@@ -559,10 +662,19 @@ pub(crate) fn process_control(text: &str, current: &[String], combined: bool, ma
         None => return bare_error(2, "Invalid request: missing field `method`"),
         Some(Value::String(method)) => method.as_str(),
         Some(other) => {
-            return bare_error(2, &format!("Invalid request: invalid type: {other}, expected a method name"));
+            return bare_error(
+                2,
+                &format!("Invalid request: invalid type: {other}, expected a method name"),
+            );
         }
     };
-    const METHODS: [&str; 5] = ["SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY"];
+    const METHODS: [&str; 5] = [
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "LIST_SUBSCRIPTIONS",
+        "SET_PROPERTY",
+        "GET_PROPERTY",
+    ];
     if !METHODS.contains(&method) {
         return bare_error(
             2,
@@ -577,10 +689,12 @@ pub(crate) fn process_control(text: &str, current: &[String], combined: bool, ma
     };
     let params = object.get("params");
     let ok_reply = |result: Value| serde_json::json!({"result": result, "id": id}).to_string();
-    let invalid_stream = || ControlOutcome {
+    let invalid_stream = || {
+        ControlOutcome {
         reply: serde_json::json!({"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": id}).to_string(),
         is_error: true,
         ..ControlOutcome::default()
+    }
     };
     match method {
         "SUBSCRIBE" | "UNSUBSCRIBE" => {
@@ -590,7 +704,9 @@ pub(crate) fn process_control(text: &str, current: &[String], combined: bool, ma
             let mut names_text = Vec::with_capacity(names.len());
             for name in names {
                 match name.as_str() {
-                    Some(name) if StreamName::parse(name).is_some() => names_text.push(name.to_owned()),
+                    Some(name) if StreamName::parse(name).is_some() => {
+                        names_text.push(name.to_owned())
+                    }
                     _ => return invalid_stream(),
                 }
             }
@@ -602,12 +718,19 @@ pub(crate) fn process_control(text: &str, current: &[String], combined: bool, ma
                     }
                 }
                 if streams.len() > max_streams {
-                    return ControlOutcome { too_many_streams: true, ..ControlOutcome::default() };
+                    return ControlOutcome {
+                        too_many_streams: true,
+                        ..ControlOutcome::default()
+                    };
                 }
             } else {
                 streams.retain(|stream| !names_text.contains(stream));
             }
-            ControlOutcome { reply: ok_reply(Value::Null), new_streams: Some(streams), ..ControlOutcome::default() }
+            ControlOutcome {
+                reply: ok_reply(Value::Null),
+                new_streams: Some(streams),
+                ..ControlOutcome::default()
+            }
         }
         "LIST_SUBSCRIPTIONS" => ControlOutcome {
             reply: ok_reply(Value::from(current.to_vec())),
@@ -629,13 +752,17 @@ pub(crate) fn process_control(text: &str, current: &[String], combined: bool, ma
             };
             if property != "combined" {
                 return ControlOutcome {
-                    reply: serde_json::json!({"code": 0, "msg": "Unknown property", "id": id}).to_string(),
+                    reply: serde_json::json!({"code": 0, "msg": "Unknown property", "id": id})
+                        .to_string(),
                     is_error: true,
                     ..ControlOutcome::default()
                 };
             }
             if method == "GET_PROPERTY" {
-                return ControlOutcome { reply: ok_reply(Value::Bool(combined)), ..ControlOutcome::default() };
+                return ControlOutcome {
+                    reply: ok_reply(Value::Bool(combined)),
+                    ..ControlOutcome::default()
+                };
             }
             match params.get(1) {
                 Some(Value::Bool(value)) => ControlOutcome {
@@ -655,7 +782,9 @@ fn is_valid_request_id(id: &Value) -> bool {
     match id {
         Value::Null => true,
         Value::Number(number) => number.is_i64(),
-        Value::String(text) => text.len() <= 36 && text.bytes().all(|byte| byte.is_ascii_alphanumeric()),
+        Value::String(text) => {
+            text.len() <= 36 && text.bytes().all(|byte| byte.is_ascii_alphanumeric())
+        }
         _ => false,
     }
 }
@@ -673,58 +802,142 @@ mod tests {
         let raw = parse_connect_request("/ws/btcusdt@trade/ethusdt@kline_1m").unwrap();
         assert_eq!(raw.streams, streams(&["btcusdt@trade", "ethusdt@kline_1m"]));
         assert!(!raw.combined);
-        let combined = parse_connect_request("/stream?streams=btcusdt@trade/btcusdt@aggTrade&timeUnit=MICROSECOND").unwrap();
+        let combined = parse_connect_request(
+            "/stream?streams=btcusdt@trade/btcusdt@aggTrade&timeUnit=MICROSECOND",
+        )
+        .unwrap();
         assert!(combined.combined);
         assert_eq!(combined.unit, TimeUnit::Microsecond);
         assert_eq!(combined.streams.len(), 2);
         assert_eq!(parse_connect_request("/ws").unwrap().streams.len(), 0);
-        assert_eq!(parse_connect_request("/ws?timeUnit=microsecond").unwrap().unit, TimeUnit::Microsecond);
-        assert_eq!(parse_connect_request("/stream?streams=btcusdt%40trade").unwrap().streams, streams(&["btcusdt@trade"]));
-        assert_eq!(parse_connect_request("/other"), Err(HandshakeRejection::NotFound));
-        assert!(matches!(parse_connect_request("/ws/BTCUSDT@trade"), Err(HandshakeRejection::BadRequest(_))));
-        assert!(matches!(parse_connect_request("/ws?timeUnit=SECOND"), Err(HandshakeRejection::BadRequest(_))));
+        assert_eq!(
+            parse_connect_request("/ws?timeUnit=microsecond")
+                .unwrap()
+                .unit,
+            TimeUnit::Microsecond
+        );
+        assert_eq!(
+            parse_connect_request("/stream?streams=btcusdt%40trade")
+                .unwrap()
+                .streams,
+            streams(&["btcusdt@trade"])
+        );
+        assert_eq!(
+            parse_connect_request("/other"),
+            Err(HandshakeRejection::NotFound)
+        );
+        assert!(matches!(
+            parse_connect_request("/ws/BTCUSDT@trade"),
+            Err(HandshakeRejection::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_connect_request("/ws?timeUnit=SECOND"),
+            Err(HandshakeRejection::BadRequest(_))
+        ));
     }
 
     #[test]
     fn subscribe_list_unsubscribe() {
-        let outcome = process_control(r#"{"method":"SUBSCRIBE","params":["btcusdt@aggTrade","btcusdt@depth"],"id":1}"#, &[], false, 10);
+        let outcome = process_control(
+            r#"{"method":"SUBSCRIBE","params":["btcusdt@aggTrade","btcusdt@depth"],"id":1}"#,
+            &[],
+            false,
+            10,
+        );
         let reply: Value = serde_json::from_str(&outcome.reply).unwrap();
         assert_eq!(reply, serde_json::json!({"result": null, "id": 1}));
         let current = outcome.new_streams.unwrap();
         assert_eq!(current, streams(&["btcusdt@aggTrade", "btcusdt@depth"]));
-        let outcome = process_control(r#"{"method":"UNSUBSCRIBE","params":["btcusdt@depth"],"id":312}"#, &current, false, 10);
+        let outcome = process_control(
+            r#"{"method":"UNSUBSCRIBE","params":["btcusdt@depth"],"id":312}"#,
+            &current,
+            false,
+            10,
+        );
         let current = outcome.new_streams.unwrap();
         assert_eq!(current, streams(&["btcusdt@aggTrade"]));
-        let outcome = process_control(r#"{"method":"LIST_SUBSCRIPTIONS","id":3}"#, &current, false, 10);
+        let outcome = process_control(
+            r#"{"method":"LIST_SUBSCRIPTIONS","id":3}"#,
+            &current,
+            false,
+            10,
+        );
         let reply: Value = serde_json::from_str(&outcome.reply).unwrap();
-        assert_eq!(reply, serde_json::json!({"result": ["btcusdt@aggTrade"], "id": 3}));
+        assert_eq!(
+            reply,
+            serde_json::json!({"result": ["btcusdt@aggTrade"], "id": 3})
+        );
     }
 
     #[test]
     fn properties() {
-        let outcome = process_control(r#"{"method":"SET_PROPERTY","params":["combined",true],"id":5}"#, &[], false, 10);
+        let outcome = process_control(
+            r#"{"method":"SET_PROPERTY","params":["combined",true],"id":5}"#,
+            &[],
+            false,
+            10,
+        );
         assert_eq!(outcome.new_combined, Some(true));
-        let outcome = process_control(r#"{"method":"GET_PROPERTY","params":["combined"],"id":2}"#, &[], true, 10);
-        assert_eq!(serde_json::from_str::<Value>(&outcome.reply).unwrap(), serde_json::json!({"result": true, "id": 2}));
-        let outcome = process_control(r#"{"method":"SET_PROPERTY","params":["colour",true],"id":7}"#, &[], false, 10);
+        let outcome = process_control(
+            r#"{"method":"GET_PROPERTY","params":["combined"],"id":2}"#,
+            &[],
+            true,
+            10,
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&outcome.reply).unwrap(),
+            serde_json::json!({"result": true, "id": 2})
+        );
+        let outcome = process_control(
+            r#"{"method":"SET_PROPERTY","params":["colour",true],"id":7}"#,
+            &[],
+            false,
+            10,
+        );
         assert_eq!(
             serde_json::from_str::<Value>(&outcome.reply).unwrap(),
             serde_json::json!({"code": 0, "msg": "Unknown property", "id": 7})
         );
-        let outcome = process_control(r#"{"method":"SET_PROPERTY","params":["combined","yes"],"id":7}"#, &[], false, 10);
-        assert_eq!(serde_json::from_str::<Value>(&outcome.reply).unwrap()["code"], 1);
-        let outcome = process_control(r#"{"method":"SET_PROPERTY","params":[5,true],"id":7}"#, &[], false, 10);
+        let outcome = process_control(
+            r#"{"method":"SET_PROPERTY","params":["combined","yes"],"id":7}"#,
+            &[],
+            false,
+            10,
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&outcome.reply).unwrap()["code"],
+            1
+        );
+        let outcome = process_control(
+            r#"{"method":"SET_PROPERTY","params":[5,true],"id":7}"#,
+            &[],
+            false,
+            10,
+        );
         assert_eq!(
             serde_json::from_str::<Value>(&outcome.reply).unwrap(),
             serde_json::json!({"code": 2, "msg": "Invalid request: property name must be a string"})
         );
-        let outcome = process_control(r#"{"method":"SET_PROPERTY","params":["combined",true,1],"id":7}"#, &[], false, 10);
-        assert_eq!(serde_json::from_str::<Value>(&outcome.reply).unwrap()["msg"], "Invalid request: too many parameters");
+        let outcome = process_control(
+            r#"{"method":"SET_PROPERTY","params":["combined",true,1],"id":7}"#,
+            &[],
+            false,
+            10,
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&outcome.reply).unwrap()["msg"],
+            "Invalid request: too many parameters"
+        );
     }
 
     #[test]
     fn error_shapes() {
-        let outcome = process_control(r#"{"method":"SUBSCRIBE","params":["btcusdt@nonsense"],"id":2}"#, &[], false, 10);
+        let outcome = process_control(
+            r#"{"method":"SUBSCRIBE","params":["btcusdt@nonsense"],"id":2}"#,
+            &[],
+            false,
+            10,
+        );
         assert_eq!(
             serde_json::from_str::<Value>(&outcome.reply).unwrap(),
             serde_json::json!({"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 2})
@@ -733,28 +946,55 @@ mod tests {
         let outcome = process_control("not json", &[], false, 10);
         let reply: Value = serde_json::from_str(&outcome.reply).unwrap();
         assert_eq!(reply["code"], 3);
-        assert!(reply["msg"].as_str().unwrap().starts_with("Invalid JSON: expected"), "{reply}");
+        assert!(
+            reply["msg"]
+                .as_str()
+                .unwrap()
+                .starts_with("Invalid JSON: expected"),
+            "{reply}"
+        );
         let outcome = process_control(r#"{"method":"PUBLISH","id":1}"#, &[], false, 10);
         let reply: Value = serde_json::from_str(&outcome.reply).unwrap();
         assert_eq!(reply["code"], 2);
-        assert!(reply["msg"].as_str().unwrap().starts_with("Invalid request: unknown variant"));
+        assert!(reply["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid request: unknown variant"));
         let outcome = process_control(r#"{"params":[],"id":1}"#, &[], false, 10);
-        assert_eq!(serde_json::from_str::<Value>(&outcome.reply).unwrap()["msg"], "Invalid request: missing field `method`");
-        let outcome = process_control(r#"{"method":"LIST_SUBSCRIPTIONS","id":{"a":1}}"#, &[], false, 10);
+        assert_eq!(
+            serde_json::from_str::<Value>(&outcome.reply).unwrap()["msg"],
+            "Invalid request: missing field `method`"
+        );
+        let outcome = process_control(
+            r#"{"method":"LIST_SUBSCRIPTIONS","id":{"a":1}}"#,
+            &[],
+            false,
+            10,
+        );
         assert_eq!(
             serde_json::from_str::<Value>(&outcome.reply).unwrap()["msg"],
             "Invalid request: request ID must be an unsigned integer"
         );
         // Ids spot accepts: signed integers, short alphanumeric strings, null.
         for id in ["-5", r#""abc123""#, "null"] {
-            let outcome = process_control(&format!(r#"{{"method":"LIST_SUBSCRIPTIONS","id":{id}}}"#), &[], false, 10);
+            let outcome = process_control(
+                &format!(r#"{{"method":"LIST_SUBSCRIPTIONS","id":{id}}}"#),
+                &[],
+                false,
+                10,
+            );
             assert!(!outcome.is_error, "{id}");
         }
     }
 
     #[test]
     fn too_many_streams() {
-        let outcome = process_control(r#"{"method":"SUBSCRIBE","params":["a@trade","b@trade","c@trade"],"id":1}"#, &[], false, 2);
+        let outcome = process_control(
+            r#"{"method":"SUBSCRIBE","params":["a@trade","b@trade","c@trade"],"id":1}"#,
+            &[],
+            false,
+            2,
+        );
         assert!(outcome.too_many_streams);
     }
 }

@@ -18,8 +18,8 @@ use serde_json::value::RawValue;
 
 use crate::binance::streams::parse_stream_name;
 use crate::domain::{
-    AggTradeRow, Decimal8, DecimalError, KlineInterval, KlineRow, Market, Row, Source, StreamKey, StreamKind,
-    Symbol, TimeUs, TradeRow,
+    AggTradeRow, Decimal8, DecimalError, KlineInterval, KlineRow, Market, Row, Source, StreamKey,
+    StreamKind, Symbol, TimeUs, TradeRow,
 };
 
 /// Times below this are milliseconds, at or above it microseconds.
@@ -31,7 +31,11 @@ const MICROSECOND_THRESHOLD: i64 = 100_000_000_000_000;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
     /// A trade, an aggregate trade or a closed kline: a row for the dataset.
-    Row { key: StreamKey, row: Row, event_time: TimeUs },
+    Row {
+        key: StreamKey,
+        row: Row,
+        event_time: TimeUs,
+    },
     /// A kline update before its close: only its event time is of use.
     KlineUpdate { key: StreamKey, event_time: TimeUs },
     /// A reply to SUBSCRIBE and the other control requests.
@@ -60,13 +64,20 @@ pub enum DecodeError {
     #[error("frame is not valid JSON of a known shape: {0}")]
     Json(String),
     #[error("field {field} has a value that cannot be stored exactly: {source}")]
-    Value { field: &'static str, source: DecimalError },
+    Value {
+        field: &'static str,
+        source: DecimalError,
+    },
     #[error("symbol {0:?} is not a valid symbol")]
     Symbol(String),
     #[error("kline interval {0:?} is unknown")]
     Interval(String),
     #[error("stream {stream:?} does not match the event inside it ({event_symbol} {event_kind})")]
-    StreamMismatch { stream: String, event_symbol: String, event_kind: String },
+    StreamMismatch {
+        stream: String,
+        event_symbol: String,
+        event_kind: String,
+    },
 }
 
 mod wire {
@@ -188,15 +199,23 @@ pub fn normalise_time(value: i64) -> TimeUs {
 }
 
 /// Decodes one text frame received on a stream connection of `market`.
-pub fn decode_frame(market: Market, frame: &[u8], recv_time: TimeUs) -> Result<Decoded, DecodeError> {
+pub fn decode_frame(
+    market: Market,
+    frame: &[u8],
+    recv_time: TimeUs,
+) -> Result<Decoded, DecodeError> {
     let envelope: wire::Envelope = serde_json::from_slice(frame).map_err(json_error)?;
     if let Some(reply) = control_reply(&envelope) {
         return Ok(Decoded::ControlReply(reply));
     }
     match (&envelope.stream, envelope.data) {
-        (Some(stream), Some(data)) => decode_event(market, Some(stream), data.get().as_bytes(), recv_time),
+        (Some(stream), Some(data)) => {
+            decode_event(market, Some(stream), data.get().as_bytes(), recv_time)
+        }
         (None, None) if envelope.e.is_some() => decode_event(market, None, frame, recv_time),
-        _ => Err(DecodeError::Json("neither an event, a combined-stream wrapper nor a control reply".into())),
+        _ => Err(DecodeError::Json(
+            "neither an event, a combined-stream wrapper nor a control reply".into(),
+        )),
     }
 }
 
@@ -206,15 +225,27 @@ fn control_reply(envelope: &wire::Envelope) -> Option<ControlReply> {
     }
     let id = envelope.id.as_ref().and_then(serde_json::Value::as_i64);
     if let Some(error) = &envelope.error {
-        let outcome = Err(ControlError { code: error.code, message: error.msg.clone() });
+        let outcome = Err(ControlError {
+            code: error.code,
+            message: error.msg.clone(),
+        });
         return Some(ControlReply { id, outcome });
     }
     if let (Some(code), Some(message)) = (envelope.code, &envelope.msg) {
-        return Some(ControlReply { id, outcome: Err(ControlError { code, message: message.clone() }) });
+        return Some(ControlReply {
+            id,
+            outcome: Err(ControlError {
+                code,
+                message: message.clone(),
+            }),
+        });
     }
     if envelope.id.is_some() {
         let result = envelope.result.clone().unwrap_or(serde_json::Value::Null);
-        return Some(ControlReply { id, outcome: Ok(result) });
+        return Some(ControlReply {
+            id,
+            outcome: Ok(result),
+        });
     }
     None
 }
@@ -228,12 +259,27 @@ fn decode_event(
     let tag: wire::EventTag = serde_json::from_slice(data).map_err(json_error)?;
     let event_type = tag.e.as_deref().unwrap_or("");
     let decoded = match event_type {
-        "trade" => decode_trade(market, serde_json::from_slice(data).map_err(json_error)?, recv_time)?,
-        "aggTrade" => decode_agg_trade(market, serde_json::from_slice(data).map_err(json_error)?, recv_time)?,
-        "kline" => decode_kline(market, serde_json::from_slice(data).map_err(json_error)?, recv_time)?,
+        "trade" => decode_trade(
+            market,
+            serde_json::from_slice(data).map_err(json_error)?,
+            recv_time,
+        )?,
+        "aggTrade" => decode_agg_trade(
+            market,
+            serde_json::from_slice(data).map_err(json_error)?,
+            recv_time,
+        )?,
+        "kline" => decode_kline(
+            market,
+            serde_json::from_slice(data).map_err(json_error)?,
+            recv_time,
+        )?,
         "serverShutdown" => {
-            let shutdown: wire::ServerShutdown = serde_json::from_slice(data).map_err(json_error)?;
-            return Ok(Decoded::ServerShutdown { event_time: normalise_time(shutdown.E) });
+            let shutdown: wire::ServerShutdown =
+                serde_json::from_slice(data).map_err(json_error)?;
+            return Ok(Decoded::ServerShutdown {
+                event_time: normalise_time(shutdown.E),
+            });
         }
         _ => {
             let what = match stream {
@@ -243,7 +289,9 @@ fn decode_event(
             return Ok(Decoded::Ignored { what });
         }
     };
-    if let (Some(stream), Decoded::Row { key, .. } | Decoded::KlineUpdate { key, .. }) = (stream, &decoded) {
+    if let (Some(stream), Decoded::Row { key, .. } | Decoded::KlineUpdate { key, .. }) =
+        (stream, &decoded)
+    {
         check_stream_matches(stream, key)?;
     }
     Ok(decoded)
@@ -269,11 +317,20 @@ fn symbol(text: &str) -> Result<Symbol, DecodeError> {
 }
 
 fn decimal(field: &'static str, text: &str) -> Result<Decimal8, DecodeError> {
-    text.parse().map_err(|source| DecodeError::Value { field, source })
+    text.parse()
+        .map_err(|source| DecodeError::Value { field, source })
 }
 
-fn decode_trade(market: Market, trade: wire::Trade, recv_time: TimeUs) -> Result<Decoded, DecodeError> {
-    let key = StreamKey { market, symbol: symbol(&trade.s)?, kind: StreamKind::Trade };
+fn decode_trade(
+    market: Market,
+    trade: wire::Trade,
+    recv_time: TimeUs,
+) -> Result<Decoded, DecodeError> {
+    let key = StreamKey {
+        market,
+        symbol: symbol(&trade.s)?,
+        kind: StreamKind::Trade,
+    };
     let event_time = normalise_time(trade.E);
     let row = TradeRow {
         trade_id: trade.t,
@@ -287,11 +344,23 @@ fn decode_trade(market: Market, trade: wire::Trade, recv_time: TimeUs) -> Result
         recv_time: Some(recv_time),
         source: Source::Ws,
     };
-    Ok(Decoded::Row { key, row: Row::Trade(row), event_time })
+    Ok(Decoded::Row {
+        key,
+        row: Row::Trade(row),
+        event_time,
+    })
 }
 
-fn decode_agg_trade(market: Market, agg: wire::AggTrade, recv_time: TimeUs) -> Result<Decoded, DecodeError> {
-    let key = StreamKey { market, symbol: symbol(&agg.s)?, kind: StreamKind::AggTrade };
+fn decode_agg_trade(
+    market: Market,
+    agg: wire::AggTrade,
+    recv_time: TimeUs,
+) -> Result<Decoded, DecodeError> {
+    let key = StreamKey {
+        market,
+        symbol: symbol(&agg.s)?,
+        kind: StreamKind::AggTrade,
+    };
     let event_time = normalise_time(agg.E);
     let row = AggTradeRow {
         agg_trade_id: agg.a,
@@ -306,14 +375,26 @@ fn decode_agg_trade(market: Market, agg: wire::AggTrade, recv_time: TimeUs) -> R
         recv_time: Some(recv_time),
         source: Source::Ws,
     };
-    Ok(Decoded::Row { key, row: Row::AggTrade(row), event_time })
+    Ok(Decoded::Row {
+        key,
+        row: Row::AggTrade(row),
+        event_time,
+    })
 }
 
-fn decode_kline(market: Market, event: wire::KlineEvent, recv_time: TimeUs) -> Result<Decoded, DecodeError> {
+fn decode_kline(
+    market: Market,
+    event: wire::KlineEvent,
+    recv_time: TimeUs,
+) -> Result<Decoded, DecodeError> {
     let kline = event.k;
-    let interval =
-        KlineInterval::from_binance_name(&kline.i).ok_or_else(|| DecodeError::Interval(kline.i.to_string()))?;
-    let key = StreamKey { market, symbol: symbol(&event.s)?, kind: StreamKind::Kline(interval) };
+    let interval = KlineInterval::from_binance_name(&kline.i)
+        .ok_or_else(|| DecodeError::Interval(kline.i.to_string()))?;
+    let key = StreamKey {
+        market,
+        symbol: symbol(&event.s)?,
+        kind: StreamKind::Kline(interval),
+    };
     let event_time = normalise_time(event.E);
     if !kline.x {
         return Ok(Decoded::KlineUpdate { key, event_time });
@@ -336,7 +417,11 @@ fn decode_kline(market: Market, event: wire::KlineEvent, recv_time: TimeUs) -> R
         recv_time: Some(recv_time),
         source: Source::Ws,
     };
-    Ok(Decoded::Row { key, row: Row::Kline(row), event_time })
+    Ok(Decoded::Row {
+        key,
+        row: Row::Kline(row),
+        event_time,
+    })
 }
 
 /// A kline close time in µs. In ms the close is `next open - 1 ms`; the
@@ -358,17 +443,24 @@ mod tests {
 
     fn row_of(decoded: Decoded) -> (StreamKey, Row, TimeUs) {
         match decoded {
-            Decoded::Row { key, row, event_time } => (key, row, event_time),
+            Decoded::Row {
+                key,
+                row,
+                event_time,
+            } => (key, row, event_time),
             other => panic!("expected a row, got {other:?}"),
         }
     }
 
     #[test]
     fn combined_spot_trade_in_milliseconds() {
-        let (key, row, event_time) = row_of(decode_frame(Market::Spot, SPOT_TRADE.as_bytes(), 7).expect("decodes"));
+        let (key, row, event_time) =
+            row_of(decode_frame(Market::Spot, SPOT_TRADE.as_bytes(), 7).expect("decodes"));
         assert_eq!(key.to_string(), "spot/trade/BTCUSDT");
         assert_eq!(event_time, 1_779_941_620_961_000);
-        let Row::Trade(trade) = row else { panic!("trade expected") };
+        let Row::Trade(trade) = row else {
+            panic!("trade expected")
+        };
         assert_eq!(trade.trade_id, 6_329_162_610);
         assert_eq!(trade.price.to_string(), "73109.38000000");
         assert_eq!(trade.quantity.to_string(), "0.00040000");
@@ -381,7 +473,8 @@ mod tests {
     #[test]
     fn microsecond_times_are_kept() {
         let frame = r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1779941620961123,"s":"BTCUSDT","t":1,"p":"1","q":"1","T":1779941620961001,"m":true,"M":true}}"#;
-        let (_, row, event_time) = row_of(decode_frame(Market::Spot, frame.as_bytes(), 0).expect("decodes"));
+        let (_, row, event_time) =
+            row_of(decode_frame(Market::Spot, frame.as_bytes(), 0).expect("decodes"));
         assert_eq!(event_time, 1_779_941_620_961_123);
         assert_eq!(row.bucket_time(), 1_779_941_620_961_001);
     }
@@ -389,7 +482,8 @@ mod tests {
     #[test]
     fn old_trade_with_order_ids_and_raw_shape() {
         let frame = r#"{"e":"trade","E":1619385423298,"s":"ETHUSDT","t":376891502,"p":"2238.42000000","q":"0.00565000","b":3753381752,"a":3753381874,"T":1619385423297,"m":true,"M":true}"#;
-        let (key, row, _) = row_of(decode_frame(Market::Spot, frame.as_bytes(), 0).expect("decodes"));
+        let (key, row, _) =
+            row_of(decode_frame(Market::Spot, frame.as_bytes(), 0).expect("decodes"));
         assert_eq!(key.symbol.as_str(), "ETHUSDT");
         assert_eq!(row.key(), 376_891_502);
     }
@@ -398,7 +492,9 @@ mod tests {
     fn futures_trade_keeps_its_type_and_has_no_best_match() {
         let frame = r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1676160600276,"T":1676160600269,"s":"BTCUSDT","t":3280342045,"p":"21845.10","q":"0.001","X":"MARKET","m":false}}"#;
         let (_, row, _) = row_of(decode_frame(Market::UsdM, frame.as_bytes(), 0).expect("decodes"));
-        let Row::Trade(trade) = row else { panic!("trade expected") };
+        let Row::Trade(trade) = row else {
+            panic!("trade expected")
+        };
         assert_eq!(trade.trade_type.as_deref(), Some("MARKET"));
         assert_eq!(trade.is_best_match, None);
         assert_eq!(trade.price.to_string(), "21845.10000000");
@@ -407,63 +503,131 @@ mod tests {
     #[test]
     fn agg_trade_combined() {
         let frame = r#"{"stream":"bnbbtc@aggTrade","data":{"e":"aggTrade","E":1672515782136,"s":"BNBBTC","a":12345,"p":"0.001","q":"100","f":100,"l":105,"T":1672515782136,"m":true,"M":true}}"#;
-        let (key, row, _) = row_of(decode_frame(Market::Spot, frame.as_bytes(), 0).expect("decodes"));
+        let (key, row, _) =
+            row_of(decode_frame(Market::Spot, frame.as_bytes(), 0).expect("decodes"));
         assert_eq!(key.kind, StreamKind::AggTrade);
-        let Row::AggTrade(agg) = row else { panic!("aggTrade expected") };
-        assert_eq!((agg.agg_trade_id, agg.first_trade_id, agg.last_trade_id), (12345, 100, 105));
+        let Row::AggTrade(agg) = row else {
+            panic!("aggTrade expected")
+        };
+        assert_eq!(
+            (agg.agg_trade_id, agg.first_trade_id, agg.last_trade_id),
+            (12345, 100, 105)
+        );
     }
 
     #[test]
     fn closed_kline_is_a_row_and_open_kline_an_update() {
         let closed = r#"{"e":"kline","E":1682244928001,"s":"ETHUSDT","k":{"t":1682244927000,"T":1682244927999,"s":"ETHUSDT","i":"1s","f":-1,"L":-1,"o":"1870.76000000","c":"1870.76000000","h":"1870.76000000","l":"1870.76000000","v":"0.00000000","n":0,"x":true,"q":"0.00000000","V":"0.00000000","Q":"0.00000000"}}"#;
-        let (key, row, _) = row_of(decode_frame(Market::Spot, closed.as_bytes(), 0).expect("decodes"));
+        let (key, row, _) =
+            row_of(decode_frame(Market::Spot, closed.as_bytes(), 0).expect("decodes"));
         assert_eq!(key.kind, StreamKind::Kline(KlineInterval::Second1));
-        let Row::Kline(kline) = row else { panic!("kline expected") };
+        let Row::Kline(kline) = row else {
+            panic!("kline expected")
+        };
         assert_eq!(kline.open_time, 1_682_244_927_000_000);
         assert_eq!(kline.close_time, 1_682_244_927_999_999);
-        assert_eq!((kline.trade_count, kline.first_trade_id, kline.last_trade_id), (0, Some(-1), Some(-1)));
+        assert_eq!(
+            (kline.trade_count, kline.first_trade_id, kline.last_trade_id),
+            (0, Some(-1), Some(-1))
+        );
         let open = closed.replace("\"x\":true", "\"x\":false");
         assert!(matches!(
             decode_frame(Market::Spot, open.as_bytes(), 0),
-            Ok(Decoded::KlineUpdate { event_time: 1_682_244_928_001_000, .. })
+            Ok(Decoded::KlineUpdate {
+                event_time: 1_682_244_928_001_000,
+                ..
+            })
         ));
     }
 
     #[test]
     fn control_replies_in_every_shape() {
         let ok = decode_frame(Market::Spot, br#"{"result":null,"id":1}"#, 0).expect("decodes");
-        assert_eq!(ok, Decoded::ControlReply(ControlReply { id: Some(1), outcome: Ok(serde_json::Value::Null) }));
-        let wrapped = decode_frame(Market::Spot, br#"{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":2}"#, 0);
-        let Ok(Decoded::ControlReply(ControlReply { id: Some(2), outcome: Err(error) })) = wrapped else {
+        assert_eq!(
+            ok,
+            Decoded::ControlReply(ControlReply {
+                id: Some(1),
+                outcome: Ok(serde_json::Value::Null)
+            })
+        );
+        let wrapped = decode_frame(
+            Market::Spot,
+            br#"{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":2}"#,
+            0,
+        );
+        let Ok(Decoded::ControlReply(ControlReply {
+            id: Some(2),
+            outcome: Err(error),
+        })) = wrapped
+        else {
             panic!("wrapped error expected")
         };
         assert_eq!(error.code, 2);
-        let bare = decode_frame(Market::Spot, br#"{"code":0,"msg":"Unknown property","id":5}"#, 0);
-        assert!(matches!(bare, Ok(Decoded::ControlReply(ControlReply { id: Some(5), outcome: Err(_) }))));
+        let bare = decode_frame(
+            Market::Spot,
+            br#"{"code":0,"msg":"Unknown property","id":5}"#,
+            0,
+        );
+        assert!(matches!(
+            bare,
+            Ok(Decoded::ControlReply(ControlReply {
+                id: Some(5),
+                outcome: Err(_)
+            }))
+        ));
     }
 
     #[test]
     fn server_shutdown_both_shapes() {
-        let bare = decode_frame(Market::Spot, br#"{"e":"serverShutdown","E":1770123456789}"#, 0);
-        assert_eq!(bare, Ok(Decoded::ServerShutdown { event_time: 1_770_123_456_789_000 }));
-        let combined =
-            decode_frame(Market::Spot, br#"{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1770123456789}}"#, 0);
-        assert_eq!(combined, Ok(Decoded::ServerShutdown { event_time: 1_770_123_456_789_000 }));
+        let bare = decode_frame(
+            Market::Spot,
+            br#"{"e":"serverShutdown","E":1770123456789}"#,
+            0,
+        );
+        assert_eq!(
+            bare,
+            Ok(Decoded::ServerShutdown {
+                event_time: 1_770_123_456_789_000
+            })
+        );
+        let combined = decode_frame(
+            Market::Spot,
+            br#"{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1770123456789}}"#,
+            0,
+        );
+        assert_eq!(
+            combined,
+            Ok(Decoded::ServerShutdown {
+                event_time: 1_770_123_456_789_000
+            })
+        );
     }
 
     #[test]
     fn unknown_events_are_ignored_not_errors() {
         let depth = br#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":1,"u":2,"b":[],"a":[]}}"#;
-        assert!(matches!(decode_frame(Market::Spot, depth, 0), Ok(Decoded::Ignored { .. })));
+        assert!(matches!(
+            decode_frame(Market::Spot, depth, 0),
+            Ok(Decoded::Ignored { .. })
+        ));
         let book = br#"{"stream":"btcusdt@bookTicker","data":{"u":400900217,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}}"#;
-        assert!(matches!(decode_frame(Market::Spot, book, 0), Ok(Decoded::Ignored { .. })));
+        assert!(matches!(
+            decode_frame(Market::Spot, book, 0),
+            Ok(Decoded::Ignored { .. })
+        ));
     }
 
     #[test]
     fn bad_frames_are_errors_that_say_why() {
-        assert!(matches!(decode_frame(Market::Spot, b"garbage", 0), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            decode_frame(Market::Spot, b"garbage", 0),
+            Err(DecodeError::Json(_))
+        ));
         let truncated = &SPOT_TRADE.as_bytes()[..SPOT_TRADE.len() - 20];
-        assert!(matches!(decode_frame(Market::Spot, truncated, 0), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            decode_frame(Market::Spot, truncated, 0),
+            Err(DecodeError::Json(_))
+        ));
         let too_precise = SPOT_TRADE.replace("0.00040000", "0.000400001");
         assert!(matches!(
             decode_frame(Market::Spot, too_precise.as_bytes(), 0),
@@ -475,6 +639,9 @@ mod tests {
             Err(DecodeError::StreamMismatch { .. })
         ));
         let missing_field = SPOT_TRADE.replace("\"t\":6329162610,", "");
-        assert!(matches!(decode_frame(Market::Spot, missing_field.as_bytes(), 0), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            decode_frame(Market::Spot, missing_field.as_bytes(), 0),
+            Err(DecodeError::Json(_))
+        ));
     }
 }

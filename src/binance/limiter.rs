@@ -53,7 +53,10 @@ pub struct WeightLimit {
 
 impl WeightLimit {
     /// Spot's limit since 2023-08-25, used until `exchangeInfo` says otherwise.
-    pub const SPOT_DEFAULT: WeightLimit = WeightLimit { limit: 6000, window: Duration::from_secs(60) };
+    pub const SPOT_DEFAULT: WeightLimit = WeightLimit {
+        limit: 6000,
+        window: Duration::from_secs(60),
+    };
 }
 
 impl Default for WeightLimit {
@@ -233,11 +236,17 @@ impl Limiter {
     /// unanswered is taken as answered at `now`: the delay computed from it
     /// is a lower bound and the caller asks again after waiting.
     fn expiry(&self, sent: &Sent, now: TimeUs) -> TimeUs {
-        sent.answered_at.unwrap_or(now).saturating_add(self.window_us())
+        sent.answered_at
+            .unwrap_or(now)
+            .saturating_add(self.window_us())
     }
 
     fn own_weight_at(&self, at: TimeUs, now: TimeUs) -> u32 {
-        self.sent.iter().filter(|sent| self.expiry(sent, now) > at).map(|sent| sent.weight).sum()
+        self.sent
+            .iter()
+            .filter(|sent| self.expiry(sent, now) > at)
+            .map(|sent| sent.weight)
+            .sum()
     }
 
     fn header_weight_at(&self, at: TimeUs, now: TimeUs) -> u32 {
@@ -250,7 +259,10 @@ impl Limiter {
             .sent
             .iter()
             .filter(|sent| sent.id != reading.request)
-            .filter(|sent| sent.answered_at.is_none_or(|answered| answered >= reading.request_sent_at))
+            .filter(|sent| {
+                sent.answered_at
+                    .is_none_or(|answered| answered >= reading.request_sent_at)
+            })
             .filter(|sent| self.expiry(sent, now) > at)
             .map(|sent| sent.weight)
             .sum();
@@ -261,7 +273,9 @@ impl Limiter {
         if self.backoff_until.is_some_and(|until| until > at) {
             return false;
         }
-        let used = self.own_weight_at(at, now).max(self.header_weight_at(at, now));
+        let used = self
+            .own_weight_at(at, now)
+            .max(self.header_weight_at(at, now));
         used.saturating_add(weight) <= self.budget() || used == 0
     }
 
@@ -289,7 +303,12 @@ impl Limiter {
         self.forget_expired(now);
         let id = self.next_id;
         self.next_id += 1;
-        self.sent.push_back(Sent { id, weight, sent_at: now, answered_at: None });
+        self.sent.push_back(Sent {
+            id,
+            weight,
+            sent_at: now,
+            answered_at: None,
+        });
         self.stats.n_sent += 1;
         SendId(id)
     }
@@ -316,9 +335,17 @@ impl Limiter {
             let window = self.window_us();
             let boundary = (now.div_euclid(window) + 1).saturating_mul(window);
             let margin = micros(BOUNDARY_MARGIN).min(window / 10);
-            let reading = HeaderReading { used, request_sent_at, request: send.0, forget_at: boundary + margin };
+            let reading = HeaderReading {
+                used,
+                request_sent_at,
+                request: send.0,
+                forget_at: boundary + margin,
+            };
             // A reading of an older request does not replace a newer one.
-            if self.header.is_none_or(|current| current.request_sent_at <= request_sent_at) {
+            if self
+                .header
+                .is_none_or(|current| current.request_sent_at <= request_sent_at)
+            {
                 self.header = Some(reading);
             }
         }
@@ -333,7 +360,8 @@ impl Limiter {
             (418, None) => now.saturating_add(micros(DEFAULT_BAN)),
             (_, None) => {
                 let window = self.window_us();
-                (now.div_euclid(window) + 1).saturating_mul(window) + micros(BOUNDARY_MARGIN).min(window / 10)
+                (now.div_euclid(window) + 1).saturating_mul(window)
+                    + micros(BOUNDARY_MARGIN).min(window / 10)
             }
         };
         if status == 418 {
@@ -341,12 +369,18 @@ impl Limiter {
         } else {
             self.stats.n_rate_limited += 1;
         }
-        self.backoff_until = Some(self.backoff_until.map_or(until, |current| current.max(until)));
+        self.backoff_until = Some(
+            self.backoff_until
+                .map_or(until, |current| current.max(until)),
+        );
     }
 
     fn forget_expired(&mut self, now: TimeUs) {
         let window = self.window_us();
-        self.sent.retain(|sent| sent.answered_at.is_none_or(|answered| answered.saturating_add(window) > now));
+        self.sent.retain(|sent| {
+            sent.answered_at
+                .is_none_or(|answered| answered.saturating_add(window) > now)
+        });
         if self.header.is_some_and(|reading| reading.forget_at <= now) {
             self.header = None;
         }
@@ -376,12 +410,21 @@ mod tests {
 
     fn limiter(limit: u32, share: f64) -> Limiter {
         Limiter::new(
-            WeightLimit { limit, window: Duration::from_secs(60) },
+            WeightLimit {
+                limit,
+                window: Duration::from_secs(60),
+            },
             WeightShare::new(share).expect("valid share"),
         )
     }
 
-    fn send_and_answer(limiter: &mut Limiter, weight: u32, sent_ms: i64, answered_ms: i64, used: Option<u32>) {
+    fn send_and_answer(
+        limiter: &mut Limiter,
+        weight: u32,
+        sent_ms: i64,
+        answered_ms: i64,
+        used: Option<u32>,
+    ) {
         let id = limiter.try_send(weight, at(sent_ms)).expect("may send");
         limiter.on_response(id, used, at(answered_ms));
     }
@@ -420,7 +463,12 @@ mod tests {
     fn sends_freely_under_the_budget() {
         let mut pacer = limiter(100, 0.5);
         for index in 0..5 {
-            assert_eq!(pacer.delay_before(10, at(index)), None, "{} of 50 after this one", 10 * (index + 1));
+            assert_eq!(
+                pacer.delay_before(10, at(index)),
+                None,
+                "{} of 50 after this one",
+                10 * (index + 1)
+            );
             send_and_answer(&mut pacer, 10, index, index, None);
         }
         assert!(pacer.delay_before(1, at(5)).is_some());
@@ -432,7 +480,10 @@ mod tests {
         send_and_answer(&mut pacer, 25, 0, 100, None);
         send_and_answer(&mut pacer, 25, 200, 300, None);
         // 50 of 50: the next waits until the first answer is a window old.
-        assert_eq!(pacer.delay_before(1, at(300)), Some(Duration::from_millis(59_800)));
+        assert_eq!(
+            pacer.delay_before(1, at(300)),
+            Some(Duration::from_millis(59_800))
+        );
         assert_eq!(pacer.delay_before(1, at(60_100)), None);
         assert!(pacer.try_send(1, at(60_099)).is_err());
     }
@@ -444,7 +495,10 @@ mod tests {
         // Still in flight after more than a window: it still counts.
         assert!(pacer.delay_before(1, at(70_000)).is_some());
         pacer.on_response(first, None, at(70_000));
-        assert_eq!(pacer.delay_before(1, at(70_000)), Some(Duration::from_secs(60)));
+        assert_eq!(
+            pacer.delay_before(1, at(70_000)),
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(pacer.delay_before(1, at(130_000)), None);
     }
 
@@ -457,7 +511,10 @@ mod tests {
         send_and_answer(&mut pacer, 2, 20, 30, Some(50));
         // Waits for the server's window to end (01:01:00 plus the margin),
         // not for our own 2 + 2 to slide out.
-        assert_eq!(pacer.delay_before(2, at(40)), Some(Duration::from_millis(60_000 + 1000 - 40)));
+        assert_eq!(
+            pacer.delay_before(2, at(40)),
+            Some(Duration::from_millis(60_000 + 1000 - 40))
+        );
     }
 
     #[test]
@@ -481,7 +538,10 @@ mod tests {
         // The reading of 45 may not include the request still in flight:
         // 45 + 1 + 4 fits, 45 + 1 + 5 waits until that request slides out.
         assert_eq!(pacer.delay_before(4, at(6)), None);
-        assert_eq!(pacer.delay_before(5, at(6)), Some(Duration::from_millis(60_000)));
+        assert_eq!(
+            pacer.delay_before(5, at(6)),
+            Some(Duration::from_millis(60_000))
+        );
         // Nor may the reading of the later request include the earlier one,
         // which the server may have counted after it.
         pacer.on_response(later, Some(46), at(7));
@@ -514,7 +574,10 @@ mod tests {
         pacer.on_retry_after(429, Some(Duration::from_secs(7)), at(500));
         assert_eq!(pacer.backoff_until(at(500)), Some(at(7500)));
         assert_eq!(pacer.delay_before(1, at(500)), Some(Duration::from_secs(7)));
-        assert_eq!(pacer.delay_before(1, at(7499)), Some(Duration::from_millis(1)));
+        assert_eq!(
+            pacer.delay_before(1, at(7499)),
+            Some(Duration::from_millis(1))
+        );
         assert_eq!(pacer.delay_before(1, at(7500)), None);
         assert_eq!(pacer.stats().n_rate_limited, 1);
     }
@@ -525,7 +588,10 @@ mod tests {
         pacer.on_retry_after(418, None, at(0));
         assert_eq!(pacer.delay_before(1, at(0)), Some(Duration::from_secs(120)));
         pacer.on_retry_after(418, Some(Duration::from_secs(3600)), at(1000));
-        assert_eq!(pacer.delay_before(1, at(1000)), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            pacer.delay_before(1, at(1000)),
+            Some(Duration::from_secs(3600))
+        );
         assert_eq!(pacer.stats().n_banned, 2);
     }
 
@@ -550,14 +616,23 @@ mod tests {
         assert_eq!(pacer.budget(), 15);
         assert_eq!(pacer.delay_before(20, at(0)), None);
         send_and_answer(&mut pacer, 20, 0, 10, None);
-        assert_eq!(pacer.delay_before(20, at(20)), Some(Duration::from_millis(59_990)));
-        assert_eq!(pacer.delay_before(1, at(20)), Some(Duration::from_millis(59_990)));
+        assert_eq!(
+            pacer.delay_before(20, at(20)),
+            Some(Duration::from_millis(59_990))
+        );
+        assert_eq!(
+            pacer.delay_before(1, at(20)),
+            Some(Duration::from_millis(59_990))
+        );
     }
 
     #[test]
     fn a_new_limit_changes_the_budget() {
         let mut pacer = limiter(6000, 0.5);
-        pacer.set_limit(WeightLimit { limit: 1200, window: Duration::from_secs(60) });
+        pacer.set_limit(WeightLimit {
+            limit: 1200,
+            window: Duration::from_secs(60),
+        });
         assert_eq!(pacer.budget(), 600);
     }
 
@@ -587,7 +662,11 @@ mod tests {
                 Err(delay) => now += micros(delay),
             }
         }
-        assert!(sends.len() > 40, "the caller made progress: {}", sends.len());
+        assert!(
+            sends.len() > 40,
+            "the caller made progress: {}",
+            sends.len()
+        );
         let window = 60 * MICROS_PER_SECOND;
         for (start, _, _) in &sends {
             // Any request the server may count in [start, start + window).
@@ -596,7 +675,10 @@ mod tests {
                 .filter(|(sent, answered, _)| *answered >= *start && *sent < start + window)
                 .map(|(_, _, weight)| weight)
                 .sum();
-            assert!(in_window <= pacer.budget(), "{in_window} in the window from {start}");
+            assert!(
+                in_window <= pacer.budget(),
+                "{in_window} in the window from {start}"
+            );
         }
     }
 }

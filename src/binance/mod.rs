@@ -3,8 +3,8 @@
 
 pub mod decode;
 pub mod limiter;
-pub mod streams;
 pub mod rest;
+pub mod streams;
 pub mod ws;
 
 /// Installs rustls' ring provider for this process (once; later calls are

@@ -25,9 +25,13 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::binance::decode::{close_time_us, normalise_time};
-use crate::binance::limiter::{parse_retry_after, Endpoint, Limiter, LimiterStats, SendId, WeightLimit, WeightShare};
+use crate::binance::limiter::{
+    parse_retry_after, Endpoint, Limiter, LimiterStats, SendId, WeightLimit, WeightShare,
+};
 use crate::binance::streams::market_times_in_micros;
-use crate::domain::{AggTradeRow, Decimal8, KlineInterval, KlineRow, Market, Source, Symbol, TimeUs, TradeRow};
+use crate::domain::{
+    AggTradeRow, Decimal8, KlineInterval, KlineRow, Market, Source, Symbol, TimeUs, TradeRow,
+};
 
 /// The most rows one call may ask for.
 pub const MAX_PAGE_ROWS: u16 = 1000;
@@ -37,11 +41,21 @@ pub enum RestError {
     #[error("request to {url} failed: {source} (retrying may help)")]
     Transport { url: String, source: reqwest::Error },
     #[error("{url} answered HTTP {status} with Binance code {code:?}: {message}")]
-    Status { url: String, status: u16, code: Option<i64>, message: String },
+    Status {
+        url: String,
+        status: u16,
+        code: Option<i64>,
+        message: String,
+    },
     /// 429 (too much weight) or 418 (IP banned): every caller of this client
     /// waits until `retry_after` has passed.
     #[error("{url} answered HTTP {status} (rate limited, retry after {retry_after:?}) with Binance code {code:?}")]
-    RateLimited { url: String, status: u16, code: Option<i64>, retry_after: Option<Duration> },
+    RateLimited {
+        url: String,
+        status: u16,
+        code: Option<i64>,
+        retry_after: Option<Duration>,
+    },
     #[error("{url} answered a body that is not the expected JSON: {reason}")]
     Body { url: String, reason: String },
     /// The caller's deadline would pass while waiting for the weight budget
@@ -128,7 +142,10 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     fn backoff(&self, n_failures: u32) -> Duration {
         let doubling = 2u32.saturating_pow(n_failures.saturating_sub(1));
-        let capped = self.first_backoff.saturating_mul(doubling).min(self.max_backoff);
+        let capped = self
+            .first_backoff
+            .saturating_mul(doubling)
+            .min(self.max_backoff);
         capped.mul_f64(0.5 + fastrand::f64() / 2.0)
     }
 }
@@ -185,11 +202,15 @@ struct PacingClock {
 
 impl PacingClock {
     fn start() -> PacingClock {
-        PacingClock { epoch_at_start: chrono::Utc::now().timestamp_micros(), instant_at_start: Instant::now() }
+        PacingClock {
+            epoch_at_start: chrono::Utc::now().timestamp_micros(),
+            instant_at_start: Instant::now(),
+        }
     }
 
     fn now_us(&self) -> TimeUs {
-        let elapsed = i64::try_from(self.instant_at_start.elapsed().as_micros()).unwrap_or(i64::MAX);
+        let elapsed =
+            i64::try_from(self.instant_at_start.elapsed().as_micros()).unwrap_or(i64::MAX);
         self.epoch_at_start.saturating_add(elapsed)
     }
 }
@@ -203,7 +224,9 @@ struct Pacer {
 impl Pacer {
     fn limiter(&self) -> MutexGuard<'_, Limiter> {
         // The limiter holds plain counters; a panic elsewhere leaves them usable.
-        self.limiter.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.limiter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -219,7 +242,9 @@ impl SendPermit {
     fn answer(mut self, used_weight: Option<u32>) {
         self.answered = true;
         let now = self.pacer.clock.now_us();
-        self.pacer.limiter().on_response(self.send, used_weight, now);
+        self.pacer
+            .limiter()
+            .on_response(self.send, used_weight, now);
     }
 }
 
@@ -327,7 +352,8 @@ fn decimal(field: &str, text: &str) -> Result<Decimal8, String> {
 }
 
 fn parse_trades(body: &[u8]) -> Result<Vec<TradeRow>, String> {
-    let trades: Vec<wire::Trade> = serde_json::from_slice(body).map_err(|error| error.to_string())?;
+    let trades: Vec<wire::Trade> =
+        serde_json::from_slice(body).map_err(|error| error.to_string())?;
     trades
         .into_iter()
         .map(|trade| {
@@ -348,7 +374,8 @@ fn parse_trades(body: &[u8]) -> Result<Vec<TradeRow>, String> {
 }
 
 fn parse_agg_trades(body: &[u8]) -> Result<Vec<AggTradeRow>, String> {
-    let agg_trades: Vec<wire::AggTrade> = serde_json::from_slice(body).map_err(|error| error.to_string())?;
+    let agg_trades: Vec<wire::AggTrade> =
+        serde_json::from_slice(body).map_err(|error| error.to_string())?;
     agg_trades
         .into_iter()
         .map(|agg| {
@@ -372,12 +399,25 @@ fn parse_agg_trades(body: &[u8]) -> Result<Vec<AggTradeRow>, String> {
 /// Every kline of the answer, the still-open one included. REST klines carry
 /// no first/last trade id (DATASET.md: null on rest rows).
 fn parse_klines(body: &[u8]) -> Result<Vec<KlineRow>, String> {
-    let klines: Vec<wire::Kline> = serde_json::from_slice(body).map_err(|error| error.to_string())?;
+    let klines: Vec<wire::Kline> =
+        serde_json::from_slice(body).map_err(|error| error.to_string())?;
     klines
         .into_iter()
         .map(|kline| {
-            let (open_time, open, high, low, close, volume, close_time, quote_volume, trade_count, taker_base, taker_quote, _) =
-                kline;
+            let (
+                open_time,
+                open,
+                high,
+                low,
+                close,
+                volume,
+                close_time,
+                quote_volume,
+                trade_count,
+                taker_base,
+                taker_quote,
+                _,
+            ) = kline;
             Ok(KlineRow {
                 open_time: normalise_time(open_time),
                 close_time: close_time_us(close_time),
@@ -411,14 +451,25 @@ fn request_weight_limit(rate_limits: &[RateLimit]) -> Option<WeightLimit> {
             "DAY" => 86_400,
             _ => return None,
         };
-        Some(Duration::from_secs(unit_secs * u64::from(rate_limit.interval_num.max(1))))
+        Some(Duration::from_secs(
+            unit_secs * u64::from(rate_limit.interval_num.max(1)),
+        ))
     };
     let weights: Vec<WeightLimit> = rate_limits
         .iter()
         .filter(|rate_limit| rate_limit.rate_limit_type == "REQUEST_WEIGHT")
-        .filter_map(|rate_limit| Some(WeightLimit { limit: rate_limit.limit, window: window_of(rate_limit)? }))
+        .filter_map(|rate_limit| {
+            Some(WeightLimit {
+                limit: rate_limit.limit,
+                window: window_of(rate_limit)?,
+            })
+        })
         .collect();
-    weights.iter().find(|weight| weight.window == Duration::from_secs(60)).or(weights.first()).copied()
+    weights
+        .iter()
+        .find(|weight| weight.window == Duration::from_secs(60))
+        .or(weights.first())
+        .copied()
 }
 
 /// Rows with ids and times, paged by `fromId`.
@@ -521,16 +572,30 @@ impl RestClient {
     }
 
     /// Waits for the limiter to let a request of `weight` go.
-    async fn acquire(&self, weight: u32, url: &str, deadline: Option<Instant>) -> Result<SendPermit, RestError> {
+    async fn acquire(
+        &self,
+        weight: u32,
+        url: &str,
+        deadline: Option<Instant>,
+    ) -> Result<SendPermit, RestError> {
         loop {
             let now = self.pacer.clock.now_us();
             let attempt = self.pacer.limiter().try_send(weight, now);
             let wait = match attempt {
-                Ok(send) => return Ok(SendPermit { pacer: Arc::clone(&self.pacer), send, answered: false }),
+                Ok(send) => {
+                    return Ok(SendPermit {
+                        pacer: Arc::clone(&self.pacer),
+                        send,
+                        answered: false,
+                    })
+                }
                 Err(wait) => wait,
             };
             if deadline.is_some_and(|deadline| Instant::now() + wait > deadline) {
-                return Err(RestError::OutOfTime { url: url.to_owned(), wait });
+                return Err(RestError::OutOfTime {
+                    url: url.to_owned(),
+                    wait,
+                });
             }
             debug!(market = %self.market, wait_ms = wait.as_millis() as u64, weight, "rest call waits for the weight budget");
             tokio::time::sleep(wait).await;
@@ -547,26 +612,47 @@ impl RestClient {
         limit: u16,
         deadline: Option<Instant>,
     ) -> Result<Answer, RestError> {
-        let url = format!("{}{}/{}", self.base_url, api_prefix(self.market), endpoint.name());
+        let url = format!(
+            "{}{}/{}",
+            self.base_url,
+            api_prefix(self.market),
+            endpoint.name()
+        );
         let weight = endpoint.weight(self.market, u32::from(limit));
         let permit = self.acquire(weight, &url, deadline).await?;
         let mut timeout = self.request_timeout;
         if let Some(deadline) = deadline {
-            timeout = timeout.min(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+            timeout = timeout.min(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            );
         }
         let mut request = self.http.get(&url).query(query).timeout(timeout);
         if market_times_in_micros(self.market) {
             request = request.header("X-MBX-TIME-UNIT", "MICROSECOND");
         }
-        let transport = |source| RestError::Transport { url: url.clone(), source };
+        let transport = |source| RestError::Transport {
+            url: url.clone(),
+            source,
+        };
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
-        let header = |name: &str| response.headers().get(name).and_then(|value| value.to_str().ok()).map(str::to_owned);
-        let used_weight = header("X-MBX-USED-WEIGHT-1M").and_then(|value| value.trim().parse::<u32>().ok());
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let used_weight =
+            header("X-MBX-USED-WEIGHT-1M").and_then(|value| value.trim().parse::<u32>().ok());
         let retry_after = header("Retry-After").as_deref().and_then(parse_retry_after);
         if status.as_u16() == 429 || status.as_u16() == 418 {
             let now = self.pacer.clock.now_us();
-            self.pacer.limiter().on_retry_after(status.as_u16(), retry_after, now);
+            self.pacer
+                .limiter()
+                .on_retry_after(status.as_u16(), retry_after, now);
         }
         let body = response.bytes().await;
         permit.answer(used_weight);
@@ -574,28 +660,56 @@ impl RestClient {
         if !status.is_success() {
             let (code, message) = match serde_json::from_slice::<BinanceErrorBody>(&body) {
                 Ok(error) => (Some(error.code), error.msg),
-                Err(_) => (None, String::from_utf8_lossy(&body).chars().take(200).collect()),
+                Err(_) => (
+                    None,
+                    String::from_utf8_lossy(&body).chars().take(200).collect(),
+                ),
             };
             let status = status.as_u16();
             if status == 429 || status == 418 {
-                return Err(RestError::RateLimited { url, status, code, retry_after });
+                return Err(RestError::RateLimited {
+                    url,
+                    status,
+                    code,
+                    retry_after,
+                });
             }
-            return Err(RestError::Status { url, status, code, message });
+            return Err(RestError::Status {
+                url,
+                status,
+                code,
+                message,
+            });
         }
-        Ok(Answer { url, bytes: body.to_vec() })
+        Ok(Answer {
+            url,
+            bytes: body.to_vec(),
+        })
     }
 
-    async fn get_json<T: for<'de> Deserialize<'de>>(&self, endpoint: Endpoint, query: &[(&str, String)]) -> Result<T, RestError> {
+    async fn get_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        endpoint: Endpoint,
+        query: &[(&str, String)],
+    ) -> Result<T, RestError> {
         let answer = self.call(endpoint, query, 0, None).await?;
-        serde_json::from_slice(&answer.bytes).map_err(|error| RestError::Body { url: answer.url, reason: error.to_string() })
+        serde_json::from_slice(&answer.bytes).map_err(|error| RestError::Body {
+            url: answer.url,
+            reason: error.to_string(),
+        })
     }
 
     /// The status of each of `symbols` that the exchange knows; a symbol
     /// missing from the answer is unknown to the exchange. The answer's
     /// `REQUEST_WEIGHT` limit becomes this client's (read at every start).
-    pub async fn symbol_statuses(&self, symbols: &[String]) -> Result<Vec<SymbolStatus>, RestError> {
+    pub async fn symbol_statuses(
+        &self,
+        symbols: &[String],
+    ) -> Result<Vec<SymbolStatus>, RestError> {
         let list = serde_json::to_string(symbols).expect("a list of strings always serialises");
-        let info: ExchangeInfo = self.get_json(Endpoint::ExchangeInfo, &[("symbols", list)]).await?;
+        let info: ExchangeInfo = self
+            .get_json(Endpoint::ExchangeInfo, &[("symbols", list)])
+            .await?;
         if let Some(limit) = request_weight_limit(&info.rate_limits) {
             debug!(market = %self.market, limit = limit.limit, window_secs = limit.window.as_secs(), "request weight limit");
             self.pacer.limiter().set_limit(limit);
@@ -606,8 +720,13 @@ impl RestClient {
     /// Reads the `REQUEST_WEIGHT` limit from `exchangeInfo` (asked for one
     /// symbol, to keep the answer small), adopts it and returns it; `None`
     /// when the answer lists none (the current limit stays).
-    pub async fn refresh_weight_limit(&self, symbol: &Symbol) -> Result<Option<WeightLimit>, RestError> {
-        let info: ExchangeInfo = self.get_json(Endpoint::ExchangeInfo, &[("symbol", symbol.to_string())]).await?;
+    pub async fn refresh_weight_limit(
+        &self,
+        symbol: &Symbol,
+    ) -> Result<Option<WeightLimit>, RestError> {
+        let info: ExchangeInfo = self
+            .get_json(Endpoint::ExchangeInfo, &[("symbol", symbol.to_string())])
+            .await?;
         let limit = request_weight_limit(&info.rate_limits);
         if let Some(limit) = limit {
             self.pacer.limiter().set_limit(limit);
@@ -623,13 +742,23 @@ impl RestClient {
 
     /// Up to `limit` (at most 1000) trades from id `from_id` on, ascending
     /// (`historicalTrades`, weight 25 on spot).
-    pub async fn historical_trades(&self, symbol: &Symbol, from_id: i64, limit: u16) -> Result<Vec<TradeRow>, RestError> {
+    pub async fn historical_trades(
+        &self,
+        symbol: &Symbol,
+        from_id: i64,
+        limit: u16,
+    ) -> Result<Vec<TradeRow>, RestError> {
         self.id_page(symbol, from_id, limit, None).await
     }
 
     /// Up to `limit` aggregate trades from id `from_id` on, ascending
     /// (`aggTrades`, weight 4 on spot).
-    pub async fn agg_trades_from_id(&self, symbol: &Symbol, from_id: i64, limit: u16) -> Result<Vec<AggTradeRow>, RestError> {
+    pub async fn agg_trades_from_id(
+        &self,
+        symbol: &Symbol,
+        from_id: i64,
+        limit: u16,
+    ) -> Result<Vec<AggTradeRow>, RestError> {
         self.id_page(symbol, from_id, limit, None).await
     }
 
@@ -642,7 +771,8 @@ impl RestClient {
         end: TimeUs,
         limit: u16,
     ) -> Result<Vec<AggTradeRow>, RestError> {
-        self.agg_trades_time_page(symbol, start, Some(end), limit, None).await
+        self.agg_trades_time_page(symbol, start, Some(end), limit, None)
+            .await
     }
 
     async fn id_page<R: IdPaged>(
@@ -652,9 +782,16 @@ impl RestClient {
         limit: u16,
         deadline: Option<Instant>,
     ) -> Result<Vec<R>, RestError> {
-        let query = [("symbol", symbol.to_string()), ("fromId", from_id.to_string()), ("limit", clamp_limit(limit))];
+        let query = [
+            ("symbol", symbol.to_string()),
+            ("fromId", from_id.to_string()),
+            ("limit", clamp_limit(limit)),
+        ];
         let answer = self.call(R::ENDPOINT, &query, limit, deadline).await?;
-        R::parse(&answer.bytes).map_err(|reason| RestError::Body { url: answer.url, reason })
+        R::parse(&answer.bytes).map_err(|reason| RestError::Body {
+            url: answer.url,
+            reason,
+        })
     }
 
     async fn agg_trades_time_page(
@@ -673,8 +810,13 @@ impl RestClient {
         if let Some(end) = end {
             query.push(("endTime", self.time_parameter(end)));
         }
-        let answer = self.call(Endpoint::AggTrades, &query, limit, deadline).await?;
-        parse_agg_trades(&answer.bytes).map_err(|reason| RestError::Body { url: answer.url, reason })
+        let answer = self
+            .call(Endpoint::AggTrades, &query, limit, deadline)
+            .await?;
+        parse_agg_trades(&answer.bytes).map_err(|reason| RestError::Body {
+            url: answer.url,
+            reason,
+        })
     }
 
     /// The closed klines of `interval` opening in `[start, end]` (both
@@ -691,8 +833,13 @@ impl RestClient {
         closed_before: TimeUs,
         limit: u16,
     ) -> Result<Vec<KlineRow>, RestError> {
-        let mut rows = self.klines_page(symbol, interval, start, end, limit, None).await?;
-        if rows.last().is_some_and(|last| last.close_time >= closed_before) {
+        let mut rows = self
+            .klines_page(symbol, interval, start, end, limit, None)
+            .await?;
+        if rows
+            .last()
+            .is_some_and(|last| last.close_time >= closed_before)
+        {
             rows.pop();
         }
         Ok(rows)
@@ -716,7 +863,10 @@ impl RestClient {
             ("limit", clamp_limit(limit)),
         ];
         let answer = self.call(Endpoint::Klines, &query, limit, deadline).await?;
-        parse_klines(&answer.bytes).map_err(|reason| RestError::Body { url: answer.url, reason })
+        parse_klines(&answer.bytes).map_err(|reason| RestError::Body {
+            url: answer.url,
+            reason,
+        })
     }
 
     /// A time parameter: µs where the market takes them, else ms (rounded
@@ -732,7 +882,12 @@ impl RestClient {
 
     /// Runs `call` until it succeeds, fails with an error retrying cannot
     /// help, or `retry` is spent; counts attempts in `n_attempts`.
-    async fn with_retries<T, F, Fut>(&self, retry: &RetryPolicy, n_attempts: &mut u32, mut call: F) -> Result<T, RestError>
+    async fn with_retries<T, F, Fut>(
+        &self,
+        retry: &RetryPolicy,
+        n_attempts: &mut u32,
+        mut call: F,
+    ) -> Result<T, RestError>
     where
         F: FnMut(Option<Instant>) -> Fut,
         Fut: Future<Output = Result<T, RestError>>,
@@ -745,12 +900,22 @@ impl RestClient {
                 Err(error) => error,
             };
             n_failures += 1;
-            if !error.is_retryable() || matches!(error, RestError::OutOfTime { .. }) || n_failures >= retry.max_attempts {
+            if !error.is_retryable()
+                || matches!(error, RestError::OutOfTime { .. })
+                || n_failures >= retry.max_attempts
+            {
                 return Err(error);
             }
             // After a 429/418 the limiter already holds every call back.
-            let backoff = if matches!(error, RestError::RateLimited { .. }) { Duration::ZERO } else { retry.backoff(n_failures) };
-            if retry.deadline.is_some_and(|deadline| Instant::now() + backoff >= deadline) {
+            let backoff = if matches!(error, RestError::RateLimited { .. }) {
+                Duration::ZERO
+            } else {
+                retry.backoff(n_failures)
+            };
+            if retry
+                .deadline
+                .is_some_and(|deadline| Instant::now() + backoff >= deadline)
+            {
                 return Err(error);
             }
             debug!(market = %self.market, %error, n_failures, backoff_ms = backoff.as_millis() as u64, "rest call failed; retrying");
@@ -780,7 +945,9 @@ impl RestClient {
         let mut cursor = from_id;
         loop {
             let page = self
-                .with_retries(retry, &mut fetched.n_attempts, |deadline| self.id_page::<R>(symbol, cursor, page_limit, deadline))
+                .with_retries(retry, &mut fetched.n_attempts, |deadline| {
+                    self.id_page::<R>(symbol, cursor, page_limit, deadline)
+                })
                 .await;
             let page = match page {
                 Ok(page) => page,
@@ -829,8 +996,13 @@ impl RestClient {
         page_limit: u16,
         retry: &RetryPolicy,
     ) -> Fetched<TradeRow> {
-        let empty = Fetched { rows: Vec::new(), outcome: FetchOutcome::ExchangeHasNoMore, n_attempts: 0 };
-        self.fetch_id_range(symbol, from_id, end, page_limit, retry, empty).await
+        let empty = Fetched {
+            rows: Vec::new(),
+            outcome: FetchOutcome::ExchangeHasNoMore,
+            n_attempts: 0,
+        };
+        self.fetch_id_range(symbol, from_id, end, page_limit, retry, empty)
+            .await
     }
 
     /// Aggregate trades with ids from `from_id` to `end` (`aggTrades?fromId`).
@@ -842,8 +1014,13 @@ impl RestClient {
         page_limit: u16,
         retry: &RetryPolicy,
     ) -> Fetched<AggTradeRow> {
-        let empty = Fetched { rows: Vec::new(), outcome: FetchOutcome::ExchangeHasNoMore, n_attempts: 0 };
-        self.fetch_id_range(symbol, from_id, end, page_limit, retry, empty).await
+        let empty = Fetched {
+            rows: Vec::new(),
+            outcome: FetchOutcome::ExchangeHasNoMore,
+            n_attempts: 0,
+        };
+        self.fetch_id_range(symbol, from_id, end, page_limit, retry, empty)
+            .await
     }
 
     /// Aggregate trades with trade times in `[from, until)`: the first page
@@ -859,7 +1036,11 @@ impl RestClient {
         retry: &RetryPolicy,
     ) -> Fetched<AggTradeRow> {
         let page_limit = page_limit.clamp(1, MAX_PAGE_ROWS);
-        let mut fetched = Fetched { rows: Vec::new(), outcome: FetchOutcome::ExchangeHasNoMore, n_attempts: 0 };
+        let mut fetched = Fetched {
+            rows: Vec::new(),
+            outcome: FetchOutcome::ExchangeHasNoMore,
+            n_attempts: 0,
+        };
         if until <= from {
             fetched.outcome = FetchOutcome::Complete;
             return fetched;
@@ -887,7 +1068,15 @@ impl RestClient {
         match fetched.rows.last() {
             Some(last) if page_was_full => {
                 let next_id = last.agg_trade_id + 1;
-                self.fetch_id_range(symbol, next_id, IdRangeEnd::Time(until), page_limit, retry, fetched).await
+                self.fetch_id_range(
+                    symbol,
+                    next_id,
+                    IdRangeEnd::Time(until),
+                    page_limit,
+                    retry,
+                    fetched,
+                )
+                .await
             }
             _ => fetched,
         }
@@ -910,7 +1099,11 @@ impl RestClient {
         retry: &RetryPolicy,
     ) -> Fetched<KlineRow> {
         let page_limit = page_limit.clamp(1, MAX_PAGE_ROWS);
-        let mut fetched = Fetched { rows: Vec::new(), outcome: FetchOutcome::ExchangeHasNoMore, n_attempts: 0 };
+        let mut fetched = Fetched {
+            rows: Vec::new(),
+            outcome: FetchOutcome::ExchangeHasNoMore,
+            n_attempts: 0,
+        };
         let last_open = interval.open_time_containing(until - 1);
         if until <= from || last_open < from {
             fetched.outcome = FetchOutcome::Complete;
@@ -922,7 +1115,14 @@ impl RestClient {
         loop {
             let page = self
                 .with_retries(retry, &mut fetched.n_attempts, |deadline| {
-                    self.klines_page(symbol, interval, cursor, evidence_open, page_limit, deadline)
+                    self.klines_page(
+                        symbol,
+                        interval,
+                        cursor,
+                        evidence_open,
+                        page_limit,
+                        deadline,
+                    )
                 })
                 .await;
             let page = match page {
@@ -977,10 +1177,16 @@ mod tests {
         assert_eq!(trade.trade_id, 28457);
         assert_eq!(trade.price.to_string(), "4.00000100");
         assert_eq!(trade.quantity.to_string(), "12.00000000");
-        assert_eq!(trade.trade_time, 1_499_865_549_590_000, "ms normalised to µs");
+        assert_eq!(
+            trade.trade_time, 1_499_865_549_590_000,
+            "ms normalised to µs"
+        );
         assert!(trade.is_buyer_maker);
         assert_eq!(trade.is_best_match, Some(true));
-        assert_eq!((trade.event_time, trade.recv_time, trade.source), (None, None, Source::Rest));
+        assert_eq!(
+            (trade.event_time, trade.recv_time, trade.source),
+            (None, None, Source::Rest)
+        );
         assert_eq!(trade.trade_type, None);
     }
 
@@ -997,19 +1203,29 @@ mod tests {
         let body = br#"[{"a":26129,"p":"0.01633102","q":"4.70443515","f":27781,"l":27781,"T":1498793709153,"m":true,"M":true}]"#;
         let rows = parse_agg_trades(body).expect("valid aggTrades");
         let agg = &rows[0];
-        assert_eq!((agg.agg_trade_id, agg.first_trade_id, agg.last_trade_id), (26129, 27781, 27781));
+        assert_eq!(
+            (agg.agg_trade_id, agg.first_trade_id, agg.last_trade_id),
+            (26129, 27781, 27781)
+        );
         assert_eq!(agg.price.to_string(), "0.01633102");
         assert_eq!(agg.trade_time, 1_498_793_709_153_000);
         assert_eq!((agg.is_buyer_maker, agg.is_best_match), (true, Some(true)));
-        assert_eq!((agg.event_time, agg.recv_time, agg.source), (None, None, Source::Rest));
+        assert_eq!(
+            (agg.event_time, agg.recv_time, agg.source),
+            (None, None, Source::Rest)
+        );
     }
 
     #[test]
     fn voided_agg_trades_parse() {
         // The 2022-04-12 repair kept duplicates voided with zeros and -1 (reference 7).
-        let body = br#"[{"a":5,"p":"0","q":"0","f":-1,"l":-1,"T":1498793709153,"m":false,"M":true}]"#;
+        let body =
+            br#"[{"a":5,"p":"0","q":"0","f":-1,"l":-1,"T":1498793709153,"m":false,"M":true}]"#;
         let rows = parse_agg_trades(body).expect("valid aggTrades");
-        assert_eq!((rows[0].first_trade_id, rows[0].price), (-1, Decimal8::ZERO));
+        assert_eq!(
+            (rows[0].first_trade_id, rows[0].price),
+            (-1, Decimal8::ZERO)
+        );
     }
 
     #[test]
@@ -1018,13 +1234,19 @@ mod tests {
         let rows = parse_klines(body).expect("valid klines");
         let kline = &rows[0];
         assert_eq!(kline.open_time, 1_499_040_000_000_000);
-        assert_eq!(kline.close_time, 1_499_644_799_999_999, "ms close becomes next open - 1 µs");
+        assert_eq!(
+            kline.close_time, 1_499_644_799_999_999,
+            "ms close becomes next open - 1 µs"
+        );
         assert_eq!(kline.high.to_string(), "0.80000000");
         assert_eq!(kline.quote_volume.to_string(), "2434.19055334");
         assert_eq!(kline.trade_count, 308);
         assert_eq!(kline.taker_buy_quote_volume.to_string(), "28.46694368");
         assert_eq!((kline.first_trade_id, kline.last_trade_id), (None, None));
-        assert_eq!((kline.event_time, kline.recv_time, kline.source), (None, None, Source::Rest));
+        assert_eq!(
+            (kline.event_time, kline.recv_time, kline.source),
+            (None, None, Source::Rest)
+        );
     }
 
     #[test]
@@ -1034,7 +1256,10 @@ mod tests {
         assert!(error.contains("0.016331021"), "{error}");
         let short_kline = br#"[[1499040000000,"1","1","1","1","1",1499644799999,"1",3,"1","1"]]"#;
         assert!(parse_klines(short_kline).is_err(), "eleven elements");
-        assert!(parse_trades(br#"[{"id":1,"price":"1","#).is_err(), "truncated body");
+        assert!(
+            parse_trades(br#"[{"id":1,"price":"1","#).is_err(),
+            "truncated body"
+        );
     }
 
     #[test]
@@ -1047,7 +1272,13 @@ mod tests {
         )
         .expect("valid exchangeInfo");
         let limit = request_weight_limit(&info.rate_limits).expect("a weight limit");
-        assert_eq!(limit, WeightLimit { limit: 6000, window: Duration::from_secs(60) });
+        assert_eq!(
+            limit,
+            WeightLimit {
+                limit: 6000,
+                window: Duration::from_secs(60)
+            }
+        );
         assert_eq!(request_weight_limit(&[]), None);
     }
 
@@ -1063,9 +1294,18 @@ mod tests {
         assert!(!status(400, Some(-1121)).is_retryable());
         assert_eq!(status(400, Some(-1121)).binance_code(), Some(-1121));
         assert!(!status(403, None).is_retryable());
-        let limited = RestError::RateLimited { url: "u".into(), status: 429, code: Some(-1003), retry_after: None };
+        let limited = RestError::RateLimited {
+            url: "u".into(),
+            status: 429,
+            code: Some(-1003),
+            retry_after: None,
+        };
         assert!(limited.is_retryable());
-        assert!(RestError::Body { url: "u".into(), reason: "r".into() }.is_retryable());
+        assert!(RestError::Body {
+            url: "u".into(),
+            reason: "r".into()
+        }
+        .is_retryable());
     }
 
     fn assert_send<T: Send>(_: &T) {}
@@ -1077,7 +1317,15 @@ mod tests {
         let retry = RetryPolicy::default();
         assert_send(&client.fetch_trades_range(&symbol, 1, IdRangeEnd::Id(2), 10, &retry));
         assert_send(&client.fetch_agg_trades_by_time(&symbol, 1, 2, 10, &retry));
-        assert_send(&client.fetch_klines_range(&symbol, KlineInterval::Minute1, 1, 2, 3, 10, &retry));
+        assert_send(&client.fetch_klines_range(
+            &symbol,
+            KlineInterval::Minute1,
+            1,
+            2,
+            3,
+            10,
+            &retry,
+        ));
     }
 
     #[test]
@@ -1089,11 +1337,20 @@ mod tests {
         };
         for _ in 0..50 {
             let first = retry.backoff(1);
-            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100), "{first:?}");
+            assert!(
+                first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
+                "{first:?}"
+            );
             let third = retry.backoff(3);
-            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400), "{third:?}");
+            assert!(
+                third >= Duration::from_millis(200) && third <= Duration::from_millis(400),
+                "{third:?}"
+            );
             let capped = retry.backoff(30);
-            assert!(capped >= Duration::from_millis(500) && capped <= Duration::from_millis(1000), "{capped:?}");
+            assert!(
+                capped >= Duration::from_millis(500) && capped <= Duration::from_millis(1000),
+                "{capped:?}"
+            );
         }
     }
 }

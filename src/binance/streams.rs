@@ -23,7 +23,9 @@ pub fn parse_stream_name(name: &str) -> Option<(Symbol, StreamKind)> {
     let kind = match stream {
         "trade" => StreamKind::Trade,
         "aggTrade" => StreamKind::AggTrade,
-        _ => StreamKind::Kline(KlineInterval::from_binance_name(stream.strip_prefix("kline_")?)?),
+        _ => StreamKind::Kline(KlineInterval::from_binance_name(
+            stream.strip_prefix("kline_")?,
+        )?),
     };
     Some((symbol, kind))
 }
@@ -60,9 +62,16 @@ mod tests {
         kinds.extend(KlineInterval::ALL.into_iter().map(StreamKind::Kline));
         for kind in kinds {
             let name = stream_name(&symbol("BTCUSDT"), kind);
-            assert_eq!(parse_stream_name(&name), Some((symbol("BTCUSDT"), kind)), "{name}");
+            assert_eq!(
+                parse_stream_name(&name),
+                Some((symbol("BTCUSDT"), kind)),
+                "{name}"
+            );
         }
-        assert_eq!(stream_name(&symbol("ETHBTC"), StreamKind::Kline(KlineInterval::Month1)), "ethbtc@kline_1M");
+        assert_eq!(
+            stream_name(&symbol("ETHBTC"), StreamKind::Kline(KlineInterval::Month1)),
+            "ethbtc@kline_1M"
+        );
     }
 
     #[test]
@@ -75,7 +84,13 @@ mod tests {
 
     #[test]
     fn spot_url_asks_for_microseconds() {
-        assert_eq!(connection_url("ws://127.0.0.1:9/", Market::Spot), "ws://127.0.0.1:9/stream?timeUnit=MICROSECOND");
-        assert_eq!(connection_url("wss://fstream.binance.com/market", Market::UsdM), "wss://fstream.binance.com/market/stream");
+        assert_eq!(
+            connection_url("ws://127.0.0.1:9/", Market::Spot),
+            "ws://127.0.0.1:9/stream?timeUnit=MICROSECOND"
+        );
+        assert_eq!(
+            connection_url("wss://fstream.binance.com/market", Market::UsdM),
+            "wss://fstream.binance.com/market/stream"
+        );
     }
 }

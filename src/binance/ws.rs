@@ -50,15 +50,33 @@ use crate::domain::{Market, StreamKind, Symbol, TimeUs};
 #[derive(Debug)]
 pub enum Inbound {
     /// A text or binary data frame, as received.
-    Frame { market: Market, recv_time: TimeUs, bytes: Vec<u8> },
+    Frame {
+        market: Market,
+        recv_time: TimeUs,
+        bytes: Vec<u8>,
+    },
     /// A link was established and its subscription sent.
-    Connected { market: Market, task: usize, link: u64 },
+    Connected {
+        market: Market,
+        task: usize,
+        link: u64,
+    },
     /// A link ended. `streams` are the streams it carried; from now until a
     /// replacement delivers, they may miss data (a gap to check).
-    Disconnected { market: Market, task: usize, link: u64, reason: String, streams: Vec<(Symbol, StreamKind)> },
+    Disconnected {
+        market: Market,
+        task: usize,
+        link: u64,
+        reason: String,
+        streams: Vec<(Symbol, StreamKind)>,
+    },
     /// A `/api/v3/time` answer: the exchange's clock and the host clock's
     /// offset from it (host minus exchange, at the middle of the request).
-    ClockSample { market: Market, server_time: TimeUs, offset_us: i64 },
+    ClockSample {
+        market: Market,
+        server_time: TimeUs,
+        offset_us: i64,
+    },
 }
 
 /// Connection timing and limits (the `[connection]` config table).
@@ -104,7 +122,10 @@ impl Default for ConnectionSettings {
 impl ConnectionSettings {
     /// Full jitter: a uniform delay in `[0, min(max, initial * 2^attempt)]`.
     pub fn backoff_delay(&self, attempt: u32, random_unit: f64) -> Duration {
-        let ceiling = self.backoff_initial.saturating_mul(1u32 << attempt.min(16)).min(self.backoff_max);
+        let ceiling = self
+            .backoff_initial
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.backoff_max);
         ceiling.mul_f64(random_unit.clamp(0.0, 1.0))
     }
 }
@@ -119,12 +140,24 @@ pub struct HandshakeBudget {
 
 impl HandshakeBudget {
     pub fn new(limit: u32, window: Duration) -> HandshakeBudget {
-        HandshakeBudget { limit: limit.max(1) as usize, window, recent: Mutex::new(VecDeque::new()) }
+        HandshakeBudget {
+            limit: limit.max(1) as usize,
+            window,
+            recent: Mutex::new(VecDeque::new()),
+        }
     }
 
     /// When a handshake may happen, given the past ones: pure.
-    pub fn next_slot(recent: &VecDeque<Instant>, limit: usize, window: Duration, now: Instant) -> Instant {
-        let in_window = recent.iter().filter(|time| now.duration_since(**time) < window).count();
+    pub fn next_slot(
+        recent: &VecDeque<Instant>,
+        limit: usize,
+        window: Duration,
+        now: Instant,
+    ) -> Instant {
+        let in_window = recent
+            .iter()
+            .filter(|time| now.duration_since(**time) < window)
+            .count();
         if in_window < limit {
             return now;
         }
@@ -139,7 +172,10 @@ impl HandshakeBudget {
             let wait_until = {
                 let mut recent = self.recent.lock().await;
                 let now = Instant::now();
-                while recent.front().is_some_and(|time| now.duration_since(*time) >= self.window) {
+                while recent
+                    .front()
+                    .is_some_and(|time| now.duration_since(*time) >= self.window)
+                {
                     recent.pop_front();
                 }
                 let slot = HandshakeBudget::next_slot(&recent, self.limit, self.window, now);
@@ -149,7 +185,12 @@ impl HandshakeBudget {
                 }
                 slot
             };
-            debug!(wait_ms = wait_until.saturating_duration_since(Instant::now()).as_millis() as u64, "handshake budget spent; waiting");
+            debug!(
+                wait_ms = wait_until
+                    .saturating_duration_since(Instant::now())
+                    .as_millis() as u64,
+                "handshake budget spent; waiting"
+            );
             tokio::select! {
                 _ = cancel.cancelled() => return false,
                 _ = tokio::time::sleep_until(wait_until) => {}
@@ -177,16 +218,27 @@ pub fn now_us() -> TimeUs {
 /// id, kline event time), for the rotation overlap check.
 fn stream_key_of(decoded: &Decoded) -> Option<((Symbol, StreamKind), i64)> {
     match decoded {
-        Decoded::Row { key, row, event_time } => {
-            let order = if matches!(key.kind, StreamKind::Kline(_)) { *event_time } else { row.key() };
+        Decoded::Row {
+            key,
+            row,
+            event_time,
+        } => {
+            let order = if matches!(key.kind, StreamKind::Kline(_)) {
+                *event_time
+            } else {
+                row.key()
+            };
             Some(((key.symbol.clone(), key.kind), order))
         }
-        Decoded::KlineUpdate { key, event_time } => Some(((key.symbol.clone(), key.kind), *event_time)),
+        Decoded::KlineUpdate { key, event_time } => {
+            Some(((key.symbol.clone(), key.kind), *event_time))
+        }
         _ => None,
     }
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// One open socket and what we know about it.
 struct Link {
@@ -212,7 +264,12 @@ enum LinkEvent {
 }
 
 impl Link {
-    fn new(number: u64, socket: Socket, streams: &[(Symbol, StreamKind)], settings: &ConnectionSettings) -> Link {
+    fn new(
+        number: u64,
+        socket: Socket,
+        streams: &[(Symbol, StreamKind)],
+        settings: &ConnectionSettings,
+    ) -> Link {
         let now = Instant::now();
         let to_send = streams
             .chunks(settings.subscribe_batch.max(1))
@@ -246,12 +303,21 @@ impl Link {
         if Instant::now() < self.next_send {
             return Ok(());
         }
-        let Some((id, batch)) = self.to_send.pop_front() else { return Ok(()) };
-        let names: Vec<String> = batch.iter().map(|(symbol, kind)| stream_name(symbol, *kind)).collect();
+        let Some((id, batch)) = self.to_send.pop_front() else {
+            return Ok(());
+        };
+        let names: Vec<String> = batch
+            .iter()
+            .map(|(symbol, kind)| stream_name(symbol, *kind))
+            .collect();
         let request = json!({"method": "SUBSCRIBE", "params": names, "id": id}).to_string();
-        self.socket.send(Message::text(request)).await.map_err(|error| format!("cannot subscribe: {error}"))?;
+        self.socket
+            .send(Message::text(request))
+            .await
+            .map_err(|error| format!("cannot subscribe: {error}"))?;
         self.awaiting.insert(id, batch);
-        self.next_send = Instant::now() + Duration::from_secs(1) / settings.max_control_per_sec.max(1);
+        self.next_send =
+            Instant::now() + Duration::from_secs(1) / settings.max_control_per_sec.max(1);
         Ok(())
     }
 
@@ -261,8 +327,12 @@ impl Link {
 
     /// Handles a control reply addressed to this link's SUBSCRIBE requests.
     fn handle_reply(&mut self, market: Market, id: Option<i64>, refused: Option<String>) {
-        let Some(id) = id.and_then(|id| u64::try_from(id).ok()) else { return };
-        let Some(batch) = self.awaiting.remove(&id) else { return };
+        let Some(id) = id.and_then(|id| u64::try_from(id).ok()) else {
+            return;
+        };
+        let Some(batch) = self.awaiting.remove(&id) else {
+            return;
+        };
         let Some(reason) = refused else { return };
         if batch.len() == 1 {
             let (symbol, kind) = &batch[0];
@@ -271,9 +341,17 @@ impl Link {
         }
         // Find the bad stream(s): ask again one by one.
         warn!(%market, n_streams = batch.len(), %reason, "subscription batch refused; retrying stream by stream");
-        let next_id = self.awaiting.keys().chain(self.to_send.iter().map(|(id, _)| id)).max().copied().unwrap_or(id) + 1;
+        let next_id = self
+            .awaiting
+            .keys()
+            .chain(self.to_send.iter().map(|(id, _)| id))
+            .max()
+            .copied()
+            .unwrap_or(id)
+            + 1;
         for (offset, stream) in batch.into_iter().enumerate() {
-            self.to_send.push_back((next_id.max(1000) + offset as u64, vec![stream]));
+            self.to_send
+                .push_back((next_id.max(1000) + offset as u64, vec![stream]));
         }
     }
 
@@ -298,25 +376,40 @@ pub async fn run_connection(
     loop {
         let link = match current.take() {
             Some(link) => link,
-            None => match open_link(&plan, &settings, &budget, &frames, &cancel, &mut next_link).await {
-                Some(Ok(link)) => link,
-                Some(Err(reason)) => {
-                    if !backoff(&plan, &settings, &mut attempt, &reason, &cancel).await {
-                        return;
+            None => {
+                match open_link(&plan, &settings, &budget, &frames, &cancel, &mut next_link).await {
+                    Some(Ok(link)) => link,
+                    Some(Err(reason)) => {
+                        if !backoff(&plan, &settings, &mut attempt, &reason, &cancel).await {
+                            return;
+                        }
+                        continue;
                     }
-                    continue;
+                    None => return,
                 }
-                None => return,
-            },
+            }
         };
-        let outcome = drive_link(&plan, &settings, &budget, &frames, &cancel, link, &mut next_link).await;
+        let outcome = drive_link(
+            &plan,
+            &settings,
+            &budget,
+            &frames,
+            &cancel,
+            link,
+            &mut next_link,
+        )
+        .await;
         match outcome {
             DriveOutcome::Stop => return,
             DriveOutcome::Replaced(replacement) => {
                 attempt = 0;
                 current = Some(replacement);
             }
-            DriveOutcome::Lost { link_number, lived, reason } => {
+            DriveOutcome::Lost {
+                link_number,
+                lived,
+                reason,
+            } => {
                 if frames
                     .send(Inbound::Disconnected {
                         market: plan.market,
@@ -383,7 +476,15 @@ async fn open_link(
     let number = *next_link;
     *next_link += 1;
     info!(market = %plan.market, task = plan.task, link = number, n_streams = plan.streams.len(), "stream link established");
-    if frames.send(Inbound::Connected { market: plan.market, task: plan.task, link: number }).await.is_err() {
+    if frames
+        .send(Inbound::Connected {
+            market: plan.market,
+            task: plan.task,
+            link: number,
+        })
+        .await
+        .is_err()
+    {
         return None;
     }
     Some(Ok(Link::new(number, socket, &plan.streams, settings)))
@@ -394,7 +495,11 @@ async fn open_link(
 enum DriveOutcome {
     Stop,
     Replaced(Link),
-    Lost { link_number: u64, lived: Duration, reason: String },
+    Lost {
+        link_number: u64,
+        lived: Duration,
+        reason: String,
+    },
 }
 
 /// Reads `link` (and, during a rotation, its replacement) until it ends.
@@ -425,7 +530,9 @@ async fn drive_link(
             rotation_wanted = false;
             match open_link(plan, settings, budget, frames, cancel, next_link).await {
                 None => return DriveOutcome::Stop,
-                Some(Err(reason)) => warn!(market = %plan.market, %reason, "replacement link failed; keeping the current one"),
+                Some(Err(reason)) => {
+                    warn!(market = %plan.market, %reason, "replacement link failed; keeping the current one")
+                }
                 Some(Ok(mut new_link)) => {
                     new_link.track_keys = true;
                     link.track_keys = true;
@@ -449,8 +556,16 @@ async fn drive_link(
 
         let dead_at = link.last_frame + settings.dead_after;
         let rotate_at = (replacement.is_none()).then_some(link.opened + settings.rotate_after);
-        let control_at = link.control_deadline().into_iter().chain(replacement.as_ref().and_then(Link::control_deadline)).min();
-        let wake_at = [Some(dead_at), rotate_at, control_at, rotation_deadline].into_iter().flatten().min().expect("dead_at is always set");
+        let control_at = link
+            .control_deadline()
+            .into_iter()
+            .chain(replacement.as_ref().and_then(Link::control_deadline))
+            .min();
+        let wake_at = [Some(dead_at), rotate_at, control_at, rotation_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("dead_at is always set");
 
         let (event, from_replacement) = tokio::select! {
             _ = cancel.cancelled() => {
@@ -510,7 +625,11 @@ async fn drive_link(
             }
             LinkEvent::Frame(message) => message,
         };
-        let receiving = if from_replacement { replacement.as_mut().expect("event came from it") } else { &mut link };
+        let receiving = if from_replacement {
+            replacement.as_mut().expect("event came from it")
+        } else {
+            &mut link
+        };
         receiving.last_frame = Instant::now();
         let recv_time = now_us();
         let bytes = match message {
@@ -520,11 +639,15 @@ async fn drive_link(
         };
         // Control replies and serverShutdown are not in the combined
         // wrapper; a rotation also needs the keys of data frames.
-        let is_data = bytes.starts_with(br#"{"stream":""#) && !bytes.starts_with(br#"{"stream":"!"#);
+        let is_data =
+            bytes.starts_with(br#"{"stream":""#) && !bytes.starts_with(br#"{"stream":"!"#);
         if !is_data || receiving.track_keys {
             match decode_frame(plan.market, &bytes, recv_time) {
                 Ok(Decoded::ControlReply(reply)) => {
-                    let refused = reply.outcome.err().map(|error| format!("code {}: {}", error.code, error.message));
+                    let refused = reply
+                        .outcome
+                        .err()
+                        .map(|error| format!("code {}: {}", error.code, error.message));
                     receiving.handle_reply(plan.market, reply.id, refused);
                 }
                 Ok(Decoded::ServerShutdown { .. }) => {
@@ -541,13 +664,21 @@ async fn drive_link(
                 Err(_) => {}
             }
         }
-        let inbound = Inbound::Frame { market: plan.market, recv_time, bytes };
+        let inbound = Inbound::Frame {
+            market: plan.market,
+            recv_time,
+            bytes,
+        };
         match tokio::time::timeout(settings.max_backpressure_wait, frames.reserve()).await {
             Ok(Ok(permit)) => {
                 permit.send(inbound);
                 // Time spent waiting for the recorder is not the exchange's
                 // silence: the dead-link clock restarts once we read again.
-                let receiving = if from_replacement { replacement.as_mut().expect("event came from it") } else { &mut link };
+                let receiving = if from_replacement {
+                    replacement.as_mut().expect("event came from it")
+                } else {
+                    &mut link
+                };
                 receiving.last_frame = receiving.last_frame.max(Instant::now());
             }
             Ok(Err(_)) => return DriveOutcome::Stop,
@@ -562,7 +693,10 @@ async fn drive_link(
                 if frames.send(inbound).await.is_err() {
                     return DriveOutcome::Stop;
                 }
-                return lost(link, "recorder backlog (backpressure wait exceeded)".to_owned());
+                return lost(
+                    link,
+                    "recorder backlog (backpressure wait exceeded)".to_owned(),
+                );
             }
         }
     }
@@ -576,7 +710,11 @@ async fn next_replacement_event(replacement: &mut Option<Link>) -> LinkEvent {
 }
 
 fn lost(link: Link, reason: String) -> DriveOutcome {
-    DriveOutcome::Lost { link_number: link.number, lived: link.opened.elapsed(), reason }
+    DriveOutcome::Lost {
+        link_number: link.number,
+        lived: link.opened.elapsed(),
+        reason,
+    }
 }
 
 #[cfg(test)]
@@ -602,10 +740,16 @@ mod tests {
         recent.push_back(start);
         recent.push_back(start + Duration::from_secs(10));
         let later = start + Duration::from_secs(20);
-        assert_eq!(HandshakeBudget::next_slot(&recent, 2, window, later), start + window);
+        assert_eq!(
+            HandshakeBudget::next_slot(&recent, 2, window, later),
+            start + window
+        );
         assert_eq!(HandshakeBudget::next_slot(&recent, 3, window, later), later);
         let after_window = start + window + Duration::from_secs(1);
-        assert_eq!(HandshakeBudget::next_slot(&recent, 2, window, after_window), after_window);
+        assert_eq!(
+            HandshakeBudget::next_slot(&recent, 2, window, after_window),
+            after_window
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -49,7 +49,11 @@ pub const MAX_BATCH_RECORDS: usize = 16_384;
 /// connections first, then every frame already received is made durable,
 /// in-flight seals finish (up to the configured deadline), and the WAL is
 /// closed. Unsealed hours stay in the WAL for the next start.
-pub async fn run(config: Config, counters: Arc<Counters>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     run_with_wal_fs(config, Arc::new(RealFs), counters, shutdown).await
 }
 
@@ -69,7 +73,13 @@ pub async fn run_with_wal_fs(
         segment_max_bytes: config.segment_max_bytes,
         fsync: config.fsync,
     };
-    let (wal, state) = open_and_replay(&config, wal_config.clone(), wal_fs.clone(), counters.clone()).await?;
+    let (wal, state) = open_and_replay(
+        &config,
+        wal_config.clone(),
+        wal_fs.clone(),
+        counters.clone(),
+    )
+    .await?;
     for market_config in &config.markets {
         check_symbols(market_config).await?;
     }
@@ -90,7 +100,11 @@ pub async fn run_with_wal_fs(
     };
     for market_config in &config.markets {
         runtime.state.begin_session(market_config.market);
-        runtime.pending.push(checkpoint_record(&Checkpoint::SessionStart { market: market_config.market.name().into() }));
+        runtime
+            .pending
+            .push(checkpoint_record(&Checkpoint::SessionStart {
+                market: market_config.market.name().into(),
+            }));
     }
     runtime.pending_since = Some(Instant::now());
 
@@ -98,10 +112,21 @@ pub async fn run_with_wal_fs(
     let tasks = TaskTracker::new();
     let task_shutdown = CancellationToken::new();
     // One budget for every connection: Binance counts handshakes per IP.
-    let budget = Arc::new(HandshakeBudget::new(config.connection.handshake_limit, config.connection.handshake_window));
+    let budget = Arc::new(HandshakeBudget::new(
+        config.connection.handshake_limit,
+        config.connection.handshake_window,
+    ));
     let mut n_tasks = 0;
     for market_config in &config.markets {
-        n_tasks = spawn_market_tasks(&tasks, &config, market_config, n_tasks, &budget, &sender, &task_shutdown);
+        n_tasks = spawn_market_tasks(
+            &tasks,
+            &config,
+            market_config,
+            n_tasks,
+            &budget,
+            &sender,
+            &task_shutdown,
+        );
     }
     drop(sender);
 
@@ -141,11 +166,21 @@ fn spawn_market_tasks(
     let streams: Vec<_> = market_config
         .symbols
         .iter()
-        .flat_map(|symbol| market_config.streams.iter().map(move |kind| (symbol.clone(), *kind)))
+        .flat_map(|symbol| {
+            market_config
+                .streams
+                .iter()
+                .map(move |kind| (symbol.clone(), *kind))
+        })
         .collect();
     let mut n_tasks = n_tasks_before;
     for chunk in streams.chunks(config.connection.streams_per_connection) {
-        let plan = ConnectionPlan { market, task: n_tasks, ws_base_url: market_config.ws_url.clone(), streams: chunk.to_vec() };
+        let plan = ConnectionPlan {
+            market,
+            task: n_tasks,
+            ws_base_url: market_config.ws_url.clone(),
+            streams: chunk.to_vec(),
+        };
         n_tasks += 1;
         tasks.spawn(run_connection(
             plan,
@@ -156,7 +191,13 @@ fn spawn_market_tasks(
         ));
     }
     let rest = RestClient::new(market, &market_config.rest_url);
-    tasks.spawn(run_clock_checks(market, rest, market_config.time_check_interval, sender.clone(), shutdown.child_token()));
+    tasks.spawn(run_clock_checks(
+        market,
+        rest,
+        market_config.time_check_interval,
+        sender.clone(),
+        shutdown.child_token(),
+    ));
     n_tasks
 }
 
@@ -179,7 +220,15 @@ async fn run_clock_checks(
             Ok(server_time) => {
                 let after = now_us();
                 let offset_us = (before + after) / 2 - server_time;
-                if sender.send(Inbound::ClockSample { market, server_time, offset_us }).await.is_err() {
+                if sender
+                    .send(Inbound::ClockSample {
+                        market,
+                        server_time,
+                        offset_us,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -197,15 +246,22 @@ async fn check_symbols(market_config: &MarketConfig) -> anyhow::Result<()> {
     }
     let market = market_config.market;
     let rest = RestClient::new(market, &market_config.rest_url);
-    let names: Vec<String> = market_config.symbols.iter().map(ToString::to_string).collect();
+    let names: Vec<String> = market_config
+        .symbols
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let statuses = match rest.symbol_statuses(&names).await {
         Ok(statuses) => statuses,
-        Err(RestError::Status { code: Some(-1121), .. }) => {
+        Err(RestError::Status {
+            code: Some(-1121), ..
+        }) => {
             // The list answer does not say which symbol is unknown: ask one by one.
             let mut unknown = Vec::new();
             for name in &names {
-                if let Err(RestError::Status { code: Some(-1121), .. }) =
-                    rest.symbol_statuses(std::slice::from_ref(name)).await
+                if let Err(RestError::Status {
+                    code: Some(-1121), ..
+                }) = rest.symbol_statuses(std::slice::from_ref(name)).await
                 {
                     unknown.push(name.clone());
                 }
@@ -222,7 +278,9 @@ async fn check_symbols(market_config: &MarketConfig) -> anyhow::Result<()> {
     };
     for name in &names {
         match statuses.iter().find(|status| &status.symbol == name) {
-            None => anyhow::bail!("config key `markets.{market}.symbols`: {name} is unknown to the exchange"),
+            None => anyhow::bail!(
+                "config key `markets.{market}.symbols`: {name} is unknown to the exchange"
+            ),
             Some(status) if status.status != "TRADING" => {
                 warn!(%market, symbol = %name, status = %status.status, "symbol is not trading; its streams may stay silent")
             }
@@ -245,13 +303,21 @@ fn frame_record(market: Market, recv_time: TimeUs, bytes: &[u8]) -> Record {
     let mut payload = Vec::with_capacity(bytes.len() + 1);
     payload.push(market.wal_tag());
     payload.extend_from_slice(bytes);
-    Record { kind: RecordKind::WsFrame, recv_time_us: recv_time, payload }
+    Record {
+        kind: RecordKind::WsFrame,
+        recv_time_us: recv_time,
+        payload,
+    }
 }
 
 /// What a durable record turned into.
 #[allow(clippy::large_enum_variant)] // see `Decoded`
 enum Applied {
-    Frame { market: Market, segment: SegmentId, decoded: Decoded },
+    Frame {
+        market: Market,
+        segment: SegmentId,
+        decoded: Decoded,
+    },
     Checkpoint(Checkpoint),
 }
 
@@ -259,13 +325,19 @@ enum Applied {
 fn decode_record(segment: SegmentId, record: &Record) -> Result<Option<Applied>, QuarantinedFrame> {
     match record.kind {
         RecordKind::WsFrame => {
-            let Some((&tag, frame)) = record.payload.split_first() else { return Ok(None) };
+            let Some((&tag, frame)) = record.payload.split_first() else {
+                return Ok(None);
+            };
             let Some(market) = Market::from_wal_tag(tag) else {
                 warn!(tag, "WAL frame of an unknown market tag; skipped");
                 return Ok(None);
             };
             match decode_frame(market, frame, record.recv_time_us) {
-                Ok(decoded) => Ok(Some(Applied::Frame { market, segment, decoded })),
+                Ok(decoded) => Ok(Some(Applied::Frame {
+                    market,
+                    segment,
+                    decoded,
+                })),
                 Err(error) => Err(QuarantinedFrame {
                     market,
                     recv_time_us: record.recv_time_us,
@@ -296,7 +368,10 @@ async fn open_and_replay(
         let (wal, report) = Wal::open_with_fs(wal_config.clone(), wal_fs)
             .with_context(|| format!("cannot open the WAL in {}", wal_config.dir.display()))?;
         if let Some(torn) = &report.torn_tail {
-            warn!(?torn, "WAL torn tail cut at start; the frames lost there are a gap");
+            warn!(
+                ?torn,
+                "WAL torn tail cut at start; the frames lost there are a gap"
+            );
             Counters::add(&counters.wal_damage, 1);
         }
         let mut state = State::new(&config, counters.clone());
@@ -307,15 +382,33 @@ async fn open_and_replay(
                 crate::wal::ReadItem::Record { position, record } => {
                     n_records += 1;
                     match decode_record(position.segment, &record) {
-                        Ok(Some(Applied::Frame { market, segment, decoded })) => state.apply(market, segment, decoded),
-                        Ok(Some(Applied::Checkpoint(checkpoint))) => state.apply_checkpoint(checkpoint),
+                        Ok(Some(Applied::Frame {
+                            market,
+                            segment,
+                            decoded,
+                        })) => state.apply(market, segment, decoded),
+                        Ok(Some(Applied::Checkpoint(checkpoint))) => {
+                            state.apply_checkpoint(checkpoint)
+                        }
                         Ok(None) => {}
                         Err(frame) => quarantined.push(frame),
                     }
                 }
-                crate::wal::ReadItem::Damage { segment, offset, skipped_bytes, reason, .. } => {
+                crate::wal::ReadItem::Damage {
+                    segment,
+                    offset,
+                    skipped_bytes,
+                    reason,
+                    ..
+                } => {
                     Counters::add(&counters.wal_damage, 1);
-                    warn!(?segment, offset, skipped_bytes, ?reason, "WAL damage skipped; the frames lost there are a gap");
+                    warn!(
+                        ?segment,
+                        offset,
+                        skipped_bytes,
+                        ?reason,
+                        "WAL damage skipped; the frames lost there are a gap"
+                    );
                 }
                 crate::wal::ReadItem::UnknownKind { position, kind, .. } => {
                     warn!(?position, kind, "WAL record of an unknown kind skipped");
@@ -326,9 +419,14 @@ async fn open_and_replay(
         if !quarantined.is_empty() {
             // Quarantine files from the first pass may already hold them;
             // duplicates there are harmless, a loss would not be.
-            quarantine::append(&config.quarantine_dir, &quarantined).context("cannot write the quarantine")?;
+            quarantine::append(&config.quarantine_dir, &quarantined)
+                .context("cannot write the quarantine")?;
         }
-        info!(n_records, n_unsealed_rows = state.n_unsealed_rows(), "WAL replayed");
+        info!(
+            n_records,
+            n_unsealed_rows = state.n_unsealed_rows(),
+            "WAL replayed"
+        );
         Ok((wal, state))
     })
     .await
@@ -351,7 +449,11 @@ struct SealOutcome {
 }
 
 enum SealResult {
-    Written { path: PathBuf, n_rows: usize, resealed: bool },
+    Written {
+        path: PathBuf,
+        n_rows: usize,
+        resealed: bool,
+    },
     Unchanged,
 }
 
@@ -373,7 +475,11 @@ struct Runtime {
 }
 
 impl Runtime {
-    async fn run_until(&mut self, receiver: &mut mpsc::Receiver<Inbound>, shutdown: &CancellationToken) {
+    async fn run_until(
+        &mut self,
+        receiver: &mut mpsc::Receiver<Inbound>,
+        shutdown: &CancellationToken,
+    ) {
         loop {
             self.maybe_start_batch();
             let sync_deadline = self.sync_deadline();
@@ -409,26 +515,43 @@ impl Runtime {
 
     fn take_input(&mut self, input: Inbound) {
         match input {
-            Inbound::Frame { market, recv_time, bytes } => {
+            Inbound::Frame {
+                market,
+                recv_time,
+                bytes,
+            } => {
                 Counters::add(&self.counters.frames_received, 1);
                 self.pending.push(frame_record(market, recv_time, &bytes));
                 self.pending_since.get_or_insert_with(Instant::now);
             }
             Inbound::Connected { .. } => Counters::add(&self.counters.connections, 1),
-            Inbound::Disconnected { market, task, link, reason, streams } => {
+            Inbound::Disconnected {
+                market,
+                task,
+                link,
+                reason,
+                streams,
+            } => {
                 Counters::add(&self.counters.disconnects, 1);
                 info!(%market, task, link, %reason, "stream link lost; its streams may have a gap until the replacement delivers");
                 // The window is durable like the frames, so a crash does not forget it.
                 let checkpoint = Checkpoint::LinkLost {
                     market: market.name().to_owned(),
-                    streams: streams.iter().map(|(symbol, kind)| stream_name(symbol, *kind)).collect(),
+                    streams: streams
+                        .iter()
+                        .map(|(symbol, kind)| stream_name(symbol, *kind))
+                        .collect(),
                     exchange_time: self.state.exchange_time(market),
                 };
                 self.state.apply_checkpoint(checkpoint.clone());
                 self.pending.push(checkpoint_record(&checkpoint));
                 self.pending_since.get_or_insert_with(Instant::now);
             }
-            Inbound::ClockSample { market, server_time, offset_us } => {
+            Inbound::ClockSample {
+                market,
+                server_time,
+                offset_us,
+            } => {
                 self.state.add_clock_sample(market, server_time, offset_us);
             }
         }
@@ -451,22 +574,39 @@ impl Runtime {
             return;
         }
         let due = self.pending.len() >= MAX_BATCH_RECORDS
-            || self.sync_deadline().is_some_and(|deadline| deadline <= Instant::now());
+            || self
+                .sync_deadline()
+                .is_some_and(|deadline| deadline <= Instant::now());
         if !due {
             return;
         }
         let records = std::mem::take(&mut self.pending);
         self.pending_since = None;
         let wal = self.wal.take();
-        let checkpoints: Vec<Record> = self.state.checkpoints().iter().map(checkpoint_record).collect();
+        let checkpoints: Vec<Record> = self
+            .state
+            .checkpoints()
+            .iter()
+            .map(checkpoint_record)
+            .collect();
         let delete_upto = self.deletable_upto();
         let wal_config = self.wal_config.clone();
         let wal_fs = self.wal_fs.clone();
         let n_buffered = (records.len() + self.pending.len()) as u64;
-        self.counters.frames_buffered_max.fetch_max(n_buffered, std::sync::atomic::Ordering::Relaxed);
+        self.counters
+            .frames_buffered_max
+            .fetch_max(n_buffered, std::sync::atomic::Ordering::Relaxed);
         let quarantine_dir = self.config.quarantine_dir.clone();
         self.batch = Some(tokio::task::spawn_blocking(move || {
-            write_batch(wal, wal_config, wal_fs, records, checkpoints, delete_upto, &quarantine_dir)
+            write_batch(
+                wal,
+                wal_config,
+                wal_fs,
+                records,
+                checkpoints,
+                delete_upto,
+                &quarantine_dir,
+            )
         }));
     }
 
@@ -474,8 +614,15 @@ impl Runtime {
     /// that still holds rows of an unsealed hour, and not the active one.
     fn deletable_upto(&self) -> Option<SegmentId> {
         let active = self.wal.as_ref()?.active_segment();
-        let keep_from = self.state.oldest_pinned_segment().map_or(active, |pinned| pinned.min(active));
-        keep_from.0.checked_sub(1).filter(|id| *id > 0).map(SegmentId)
+        let keep_from = self
+            .state
+            .oldest_pinned_segment()
+            .map_or(active, |pinned| pinned.min(active));
+        keep_from
+            .0
+            .checked_sub(1)
+            .filter(|id| *id > 0)
+            .map(SegmentId)
     }
 
     async fn finish_batch(&mut self, outcome: BatchOutcome) {
@@ -487,7 +634,11 @@ impl Runtime {
                 Counters::add(&self.counters.frames_durable, outcome.n_frames);
                 for item in applied {
                     match item {
-                        Applied::Frame { market, segment, decoded } => self.state.apply(market, segment, decoded),
+                        Applied::Frame {
+                            market,
+                            segment,
+                            decoded,
+                        } => self.state.apply(market, segment, decoded),
                         Applied::Checkpoint(_) => {}
                     }
                 }
@@ -502,16 +653,23 @@ impl Runtime {
     }
 
     fn plan_seals(&mut self) {
-        if self.seal_pause_until.is_some_and(|until| Instant::now() < until) {
+        if self
+            .seal_pause_until
+            .is_some_and(|until| Instant::now() < until)
+        {
             return;
         }
-        let free = self.config.max_concurrent_seals.saturating_sub(self.seals.len());
+        let free = self
+            .config
+            .max_concurrent_seals
+            .saturating_sub(self.seals.len());
         if free == 0 {
             return;
         }
         for job in self.state.plan_seals(free) {
             let data_dir = self.config.data_dir.clone();
-            self.seals.spawn_blocking(move || execute_seal(&data_dir, job));
+            self.seals
+                .spawn_blocking(move || execute_seal(&data_dir, job));
         }
     }
 
@@ -526,25 +684,42 @@ impl Runtime {
             }
         };
         match outcome.result {
-            Ok(SealResult::Written { path, n_rows, resealed }) => {
-                let counter = if resealed { &self.counters.files_resealed } else { &self.counters.files_sealed };
+            Ok(SealResult::Written {
+                path,
+                n_rows,
+                resealed,
+            }) => {
+                let counter = if resealed {
+                    &self.counters.files_resealed
+                } else {
+                    &self.counters.files_sealed
+                };
                 Counters::add(counter, 1);
                 info!(key = %outcome.job_key, hour = %outcome.hour, n_rows, resealed, path = %path.display(), "hour sealed");
-                self.state.seal_finished(&outcome.job_key, outcome.hour, None);
+                self.state
+                    .seal_finished(&outcome.job_key, outcome.hour, None);
             }
-            Ok(SealResult::Unchanged) => self.state.seal_finished(&outcome.job_key, outcome.hour, None),
+            Ok(SealResult::Unchanged) => {
+                self.state
+                    .seal_finished(&outcome.job_key, outcome.hour, None)
+            }
             Err((message, rows, segment)) => {
                 Counters::add(&self.counters.seal_failures, 1);
                 error!(key = %outcome.job_key, hour = %outcome.hour, %message, "seal failed; will retry");
                 let returned = segment.map(|segment| (rows, segment));
-                self.state.seal_finished(&outcome.job_key, outcome.hour, returned);
+                self.state
+                    .seal_finished(&outcome.job_key, outcome.hour, returned);
                 self.seal_pause_until = Some(Instant::now() + Duration::from_secs(5));
             }
         }
     }
 
     /// The orderly stop after the connections were told to close.
-    async fn stop(mut self, receiver: &mut mpsc::Receiver<Inbound>, tasks: &TaskTracker) -> anyhow::Result<()> {
+    async fn stop(
+        mut self,
+        receiver: &mut mpsc::Receiver<Inbound>,
+        tasks: &TaskTracker,
+    ) -> anyhow::Result<()> {
         // Every frame a connection already handed over is made durable.
         let drain = async {
             while let Some(input) = receiver.recv().await {
@@ -563,27 +738,43 @@ impl Runtime {
             let market = market_config.market;
             let exchange_time = self.state.exchange_time(market);
             self.state.end_session(market, exchange_time);
-            self.pending.push(checkpoint_record(&Checkpoint::SessionStop { market: market.name().into(), exchange_time }));
+            self.pending
+                .push(checkpoint_record(&Checkpoint::SessionStop {
+                    market: market.name().into(),
+                    exchange_time,
+                }));
         }
         self.pending_since = Some(Instant::now() - Duration::from_secs(3600));
         while !self.pending.is_empty() {
             self.maybe_start_batch();
-            let outcome = wait_batch(&mut self.batch).await.context("WAL batch task failed")?;
+            let outcome = wait_batch(&mut self.batch)
+                .await
+                .context("WAL batch task failed")?;
             self.finish_batch(outcome).await;
         }
-        info!(n_seals = self.seals.len(), n_unsealed_rows = self.state.n_unsealed_rows(), "WAL synced; waiting for seals in flight");
+        info!(
+            n_seals = self.seals.len(),
+            n_unsealed_rows = self.state.n_unsealed_rows(),
+            "WAL synced; waiting for seals in flight"
+        );
         while let Some(joined) = self.seals.join_next().await {
             self.finish_seal(joined);
         }
         if let Some(wal) = self.wal.take() {
-            tokio::task::spawn_blocking(move || wal.close()).await.context("WAL close task failed")??;
+            tokio::task::spawn_blocking(move || wal.close())
+                .await
+                .context("WAL close task failed")??;
         }
         Ok(())
     }
 }
 
-async fn wait_batch(batch: &mut Option<JoinHandle<BatchOutcome>>) -> Result<BatchOutcome, tokio::task::JoinError> {
-    let Some(handle) = batch.as_mut() else { return std::future::pending().await };
+async fn wait_batch(
+    batch: &mut Option<JoinHandle<BatchOutcome>>,
+) -> Result<BatchOutcome, tokio::task::JoinError> {
+    let Some(handle) = batch.as_mut() else {
+        return std::future::pending().await;
+    };
     let outcome = handle.await;
     *batch = None;
     outcome
@@ -609,7 +800,10 @@ fn write_batch(
     delete_upto: Option<SegmentId>,
     quarantine_dir: &Path,
 ) -> BatchOutcome {
-    let n_frames = records.iter().filter(|record| record.kind == RecordKind::WsFrame).count() as u64;
+    let n_frames = records
+        .iter()
+        .filter(|record| record.kind == RecordKind::WsFrame)
+        .count() as u64;
     let mut wal = match wal {
         Some(wal) if !wal.is_failed() => wal,
         _ => match Wal::open_with_fs(wal_config, wal_fs) {
@@ -617,7 +811,12 @@ fn write_batch(
             // same file): a new segment takes the unacknowledged records.
             Ok((wal, _report)) => wal,
             Err(error) => {
-                return BatchOutcome { wal: None, result: Err((error, records)), n_frames, n_quarantined: 0 }
+                return BatchOutcome {
+                    wal: None,
+                    result: Err((error, records)),
+                    n_frames,
+                    n_quarantined: 0,
+                }
             }
         },
     };
@@ -635,11 +834,19 @@ fn write_batch(
         wal.sync()
     })();
     if let Err(error) = appended {
-        return BatchOutcome { wal: Some(wal), result: Err((error, records)), n_frames, n_quarantined: 0 };
+        return BatchOutcome {
+            wal: Some(wal),
+            result: Err((error, records)),
+            n_frames,
+            n_quarantined: 0,
+        };
     }
     if let Some(upto) = delete_upto {
         match wal.delete_segments_upto(upto) {
-            Ok(deleted) if !deleted.is_empty() => debug!(?deleted, "WAL segments deleted: every hour they fed is sealed"),
+            Ok(deleted) if !deleted.is_empty() => debug!(
+                ?deleted,
+                "WAL segments deleted: every hour they fed is sealed"
+            ),
             Ok(_) => {}
             Err(error) => warn!(%error, "cannot delete WAL segments; will retry"),
         }
@@ -657,7 +864,8 @@ fn write_batch(
     if !quarantined.is_empty() {
         // Logged once for the first frame, then at each power of ten, so a
         // flood of bad frames cannot flood the log; the counter has them all.
-        let total_before = TOTAL_QUARANTINED.fetch_add(n_quarantined, std::sync::atomic::Ordering::Relaxed);
+        let total_before =
+            TOTAL_QUARANTINED.fetch_add(n_quarantined, std::sync::atomic::Ordering::Relaxed);
         let total_after = total_before + n_quarantined;
         if total_before == 0 || total_before.ilog10() != total_after.ilog10() {
             warn!(total = total_after, first_error = %quarantined[0].error, "frames could not be decoded; kept in quarantine");
@@ -666,7 +874,12 @@ fn write_batch(
             error!(%error, "cannot write the quarantine; the frames stay in the WAL");
         }
     }
-    BatchOutcome { wal: Some(wal), result: Ok(applied), n_frames, n_quarantined }
+    BatchOutcome {
+        wal: Some(wal),
+        result: Ok(applied),
+        n_frames,
+        n_quarantined,
+    }
 }
 
 /// Writes one hour's file, merging with a file already sealed for it.
@@ -686,7 +899,11 @@ fn execute_seal(data_dir: &Path, job: SealJob) -> SealOutcome {
                 }
                 let (merged, changed) = merge_into_sealed(sealed, rows);
                 if !changed {
-                    return SealOutcome { job_key, hour, result: Ok(SealResult::Unchanged) };
+                    return SealOutcome {
+                        job_key,
+                        hour,
+                        result: Ok(SealResult::Unchanged),
+                    };
                 }
                 rows = merged;
                 resealed = true;
@@ -695,8 +912,15 @@ fn execute_seal(data_dir: &Path, job: SealJob) -> SealOutcome {
                 let aside = path.with_extension("parquet.corrupt");
                 error!(path = %path.display(), %error, aside = %aside.display(), "sealed file unreadable; moved aside and rebuilt from the rows held");
                 if let Err(rename_error) = std::fs::rename(&path, &aside) {
-                    let message = format!("cannot move aside unreadable {}: {rename_error}", path.display());
-                    return SealOutcome { job_key, hour, result: Err((message, rows, job.first_segment)) };
+                    let message = format!(
+                        "cannot move aside unreadable {}: {rename_error}",
+                        path.display()
+                    );
+                    return SealOutcome {
+                        job_key,
+                        hour,
+                        result: Err((message, rows, job.first_segment)),
+                    };
                 }
             }
         }
@@ -711,14 +935,31 @@ fn execute_seal(data_dir: &Path, job: SealJob) -> SealOutcome {
         clock_offset_us: job.clock_offset_us,
     };
     match parquet_out::write_hour_file(data_dir, &file) {
-        Ok(path) => SealOutcome { job_key, hour, result: Ok(SealResult::Written { path, n_rows: file.rows.len(), resealed }) },
-        Err(error) => SealOutcome { job_key, hour, result: Err((error.to_string(), file.rows, job.first_segment)) },
+        Ok(path) => SealOutcome {
+            job_key,
+            hour,
+            result: Ok(SealResult::Written {
+                path,
+                n_rows: file.rows.len(),
+                resealed,
+            }),
+        },
+        Err(error) => SealOutcome {
+            job_key,
+            hour,
+            result: Err((error.to_string(), file.rows, job.first_segment)),
+        },
     }
 }
 
 fn sealed_coverage(path: &Path) -> Option<(TimeUs, TimeUs)> {
     let metadata = parquet_out::read_metadata(path).ok()?;
-    let value = |key: &str| metadata.iter().find(|(name, _)| name == key).and_then(|(_, value)| value.parse().ok());
+    let value = |key: &str| {
+        metadata
+            .iter()
+            .find(|(name, _)| name == key)
+            .and_then(|(_, value)| value.parse().ok())
+    };
     Some((value("coverage_from")?, value("coverage_to")?))
 }
 
@@ -747,7 +988,11 @@ mod tests {
     fn job(rows: Vec<Row>, late: bool) -> SealJob {
         let hour = Hour::containing(HOUR_START);
         SealJob {
-            key: StreamKey { market: Market::Spot, symbol: Symbol::new("BTCUSDT").expect("valid"), kind: StreamKind::Trade },
+            key: StreamKey {
+                market: Market::Spot,
+                symbol: Symbol::new("BTCUSDT").expect("valid"),
+                kind: StreamKind::Trade,
+            },
             hour,
             rows,
             first_segment: Some(SegmentId(1)),
@@ -762,41 +1007,88 @@ mod tests {
     fn late_rows_reseal_by_merging_and_nothing_new_leaves_the_file_alone() {
         let root = tempfile::tempdir().expect("temporary directory");
         let first = execute_seal(root.path(), job(vec![trade(1), trade(3)], false));
-        let Ok(SealResult::Written { path, n_rows: 2, resealed: false }) = first.result else { panic!("first seal") };
+        let Ok(SealResult::Written {
+            path,
+            n_rows: 2,
+            resealed: false,
+        }) = first.result
+        else {
+            panic!("first seal")
+        };
         let late = execute_seal(root.path(), job(vec![trade(2)], true));
-        assert!(matches!(late.result, Ok(SealResult::Written { n_rows: 3, resealed: true, .. })));
-        let keys: Vec<i64> =
-            parquet_out::read_hour_file(&path, StreamKind::Trade).expect("readable").iter().map(Row::key).collect();
+        assert!(matches!(
+            late.result,
+            Ok(SealResult::Written {
+                n_rows: 3,
+                resealed: true,
+                ..
+            })
+        ));
+        let keys: Vec<i64> = parquet_out::read_hour_file(&path, StreamKind::Trade)
+            .expect("readable")
+            .iter()
+            .map(Row::key)
+            .collect();
         assert_eq!(keys, vec![1, 2, 3]);
-        let modified = std::fs::metadata(&path).and_then(|meta| meta.modified()).expect("mtime");
+        let modified = std::fs::metadata(&path)
+            .and_then(|meta| meta.modified())
+            .expect("mtime");
         let again = execute_seal(root.path(), job(vec![trade(2), trade(3)], true));
         assert!(matches!(again.result, Ok(SealResult::Unchanged)));
-        assert_eq!(std::fs::metadata(&path).and_then(|meta| meta.modified()).expect("mtime"), modified);
+        assert_eq!(
+            std::fs::metadata(&path)
+                .and_then(|meta| meta.modified())
+                .expect("mtime"),
+            modified
+        );
     }
 
     #[test]
     fn unreadable_sealed_file_is_moved_aside_and_rebuilt() {
         let root = tempfile::tempdir().expect("temporary directory");
         let first = execute_seal(root.path(), job(vec![trade(1)], false));
-        let Ok(SealResult::Written { path, .. }) = first.result else { panic!("first seal") };
+        let Ok(SealResult::Written { path, .. }) = first.result else {
+            panic!("first seal")
+        };
         std::fs::write(&path, b"not parquet").expect("corrupt it");
         let late = execute_seal(root.path(), job(vec![trade(2)], true));
-        assert!(matches!(late.result, Ok(SealResult::Written { n_rows: 1, .. })));
-        assert!(path.with_extension("parquet.corrupt").exists(), "the bad file is kept aside for inspection");
-        assert_eq!(parquet_out::read_hour_file(&path, StreamKind::Trade).expect("rebuilt").len(), 1);
+        assert!(matches!(
+            late.result,
+            Ok(SealResult::Written { n_rows: 1, .. })
+        ));
+        assert!(
+            path.with_extension("parquet.corrupt").exists(),
+            "the bad file is kept aside for inspection"
+        );
+        assert_eq!(
+            parquet_out::read_hour_file(&path, StreamKind::Trade)
+                .expect("rebuilt")
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn frame_records_round_trip_through_decode() {
         let frame = br#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"1","q":"2","T":1,"m":true,"M":true}}"#;
         let record = frame_record(Market::Spot, 99, frame);
-        let Ok(Some(Applied::Frame { market, segment, decoded })) = decode_record(SegmentId(4), &record) else {
+        let Ok(Some(Applied::Frame {
+            market,
+            segment,
+            decoded,
+        })) = decode_record(SegmentId(4), &record)
+        else {
             panic!("decodes")
         };
         assert_eq!((market, segment), (Market::Spot, SegmentId(4)));
         assert!(matches!(decoded, Decoded::Row { .. }));
         let garbage = frame_record(Market::Spot, 99, b"garbage");
-        let Err(quarantined) = decode_record(SegmentId(4), &garbage) else { panic!("quarantined") };
-        assert_eq!((quarantined.frame.as_str(), quarantined.recv_time_us), ("garbage", 99));
+        let Err(quarantined) = decode_record(SegmentId(4), &garbage) else {
+            panic!("quarantined")
+        };
+        assert_eq!(
+            (quarantined.frame.as_str(), quarantined.recv_time_us),
+            ("garbage", 99)
+        );
     }
 }

@@ -26,12 +26,23 @@ pub enum Checkpoint {
     /// A recorder process started; its span begins at the market's next event.
     SessionStart { market: String },
     /// A recorder process stopped cleanly at this exchange time.
-    SessionStop { market: String, exchange_time: Option<TimeUs> },
+    SessionStop {
+        market: String,
+        exchange_time: Option<TimeUs>,
+    },
     /// The spans still relevant to unsealed hours, at a segment's start.
-    Sessions { market: String, spans: Vec<WatchSpan>, pending_new_span: bool },
+    Sessions {
+        market: String,
+        spans: Vec<WatchSpan>,
+        pending_new_span: bool,
+    },
     /// A link carrying these streams ended at this exchange time: the
     /// streams may miss data until a replacement delivers.
-    LinkLost { market: String, streams: Vec<String>, exchange_time: Option<TimeUs> },
+    LinkLost {
+        market: String,
+        streams: Vec<String>,
+        exchange_time: Option<TimeUs>,
+    },
 }
 
 /// A stretch during which a stream may have missed data because its link
@@ -81,7 +92,10 @@ struct StreamState {
 impl StreamState {
     /// The newest key held in memory (unsealed hours only).
     fn newest_key(&self) -> Option<i64> {
-        self.open.values().rev().find_map(|open_hour| open_hour.rows.keys().next_back().copied())
+        self.open
+            .values()
+            .rev()
+            .find_map(|open_hour| open_hour.rows.keys().next_back().copied())
     }
 }
 
@@ -117,7 +131,11 @@ impl State {
             markets.insert(market_config.market, MarketState::default());
             for symbol in &market_config.symbols {
                 for kind in &market_config.streams {
-                    let key = StreamKey { market: market_config.market, symbol: symbol.clone(), kind: *kind };
+                    let key = StreamKey {
+                        market: market_config.market,
+                        symbol: symbol.clone(),
+                        kind: *kind,
+                    };
                     streams.insert(key, StreamState::default());
                 }
             }
@@ -133,11 +151,16 @@ impl State {
     }
 
     pub fn exchange_time(&self, market: Market) -> Option<TimeUs> {
-        self.markets.get(&market).and_then(|state| state.exchange_time)
+        self.markets
+            .get(&market)
+            .and_then(|state| state.exchange_time)
     }
 
     pub fn spans(&self, market: Market) -> Vec<WatchSpan> {
-        self.markets.get(&market).map(|state| state.spans.clone()).unwrap_or_default()
+        self.markets
+            .get(&market)
+            .map(|state| state.spans.clone())
+            .unwrap_or_default()
     }
 
     /// A process starts recording `market`: its span opens at the next event.
@@ -149,7 +172,9 @@ impl State {
 
     /// A process stops recording `market` at `exchange_time`.
     pub fn end_session(&mut self, market: Market, exchange_time: Option<TimeUs>) {
-        let Some(state) = self.markets.get_mut(&market) else { return };
+        let Some(state) = self.markets.get_mut(&market) else {
+            return;
+        };
         state.pending_new_span = false;
         if let (Some(last), Some(time)) = (state.spans.last_mut(), exchange_time) {
             if last.end.is_none() {
@@ -166,16 +191,32 @@ impl State {
                     self.begin_session(market);
                 }
             }
-            Checkpoint::SessionStop { market, exchange_time } => {
+            Checkpoint::SessionStop {
+                market,
+                exchange_time,
+            } => {
                 if let Some(market) = Market::from_name(&market) {
                     self.end_session(market, exchange_time);
                 }
             }
-            Checkpoint::LinkLost { market, streams, exchange_time } => {
-                let Some(market) = Market::from_name(&market) else { return };
+            Checkpoint::LinkLost {
+                market,
+                streams,
+                exchange_time,
+            } => {
+                let Some(market) = Market::from_name(&market) else {
+                    return;
+                };
                 for name in streams {
-                    let Some((symbol, kind)) = crate::binance::streams::parse_stream_name(&name) else { continue };
-                    let key = StreamKey { market, symbol, kind };
+                    let Some((symbol, kind)) = crate::binance::streams::parse_stream_name(&name)
+                    else {
+                        continue;
+                    };
+                    let key = StreamKey {
+                        market,
+                        symbol,
+                        kind,
+                    };
                     let last_key_before = self.streams.get(&key).and_then(StreamState::newest_key);
                     self.disconnect_windows.push(DisconnectWindow {
                         key,
@@ -185,9 +226,17 @@ impl State {
                     });
                 }
             }
-            Checkpoint::Sessions { market, spans, pending_new_span } => {
-                let Some(market) = Market::from_name(&market) else { return };
-                let Some(state) = self.markets.get_mut(&market) else { return };
+            Checkpoint::Sessions {
+                market,
+                spans,
+                pending_new_span,
+            } => {
+                let Some(market) = Market::from_name(&market) else {
+                    return;
+                };
+                let Some(state) = self.markets.get_mut(&market) else {
+                    return;
+                };
                 // The record is the full list as of its writing; anything
                 // learnt earlier in the replay is older and contained in it.
                 if spans.len() >= state.spans.len() || state.spans.is_empty() {
@@ -236,9 +285,20 @@ impl State {
     /// Records a `/api/v3/time` answer, and checks the exchange time the
     /// streams gave against it: event times ahead of the exchange's own
     /// clock would seal hours early, so they are reported.
-    pub fn add_clock_sample(&mut self, market: Market, server_time: TimeUs, offset_us: i64) -> ClockCheck {
-        let Some(state) = self.markets.get_mut(&market) else { return ClockCheck::Consistent };
-        state.clock_offsets.entry(Hour::containing(server_time)).or_default().push(offset_us);
+    pub fn add_clock_sample(
+        &mut self,
+        market: Market,
+        server_time: TimeUs,
+        offset_us: i64,
+    ) -> ClockCheck {
+        let Some(state) = self.markets.get_mut(&market) else {
+            return ClockCheck::Consistent;
+        };
+        state
+            .clock_offsets
+            .entry(Hour::containing(server_time))
+            .or_default()
+            .push(offset_us);
         state.last_clock_offset = Some(offset_us);
         let check = check_exchange_time(state.exchange_time, server_time);
         if let ClockCheck::StreamAhead { ahead_us } = check {
@@ -249,25 +309,39 @@ impl State {
     }
 
     fn note_event_time(&mut self, market: Market, event_time: TimeUs) {
-        let Some(state) = self.markets.get_mut(&market) else { return };
+        let Some(state) = self.markets.get_mut(&market) else {
+            return;
+        };
         if state.pending_new_span {
-            if let (Some(last), Some(previous_time)) = (state.spans.last_mut(), state.exchange_time) {
+            if let (Some(last), Some(previous_time)) = (state.spans.last_mut(), state.exchange_time)
+            {
                 // The previous process died without a stop record: its span
                 // ends at the last event it made durable.
                 if last.end.is_none() {
                     last.end = Some(previous_time.max(last.start));
                 }
             }
-            state.spans.push(WatchSpan { start: event_time, end: None });
+            state.spans.push(WatchSpan {
+                start: event_time,
+                end: None,
+            });
             state.pending_new_span = false;
         }
-        state.exchange_time = Some(state.exchange_time.map_or(event_time, |time| time.max(event_time)));
+        state.exchange_time = Some(
+            state
+                .exchange_time
+                .map_or(event_time, |time| time.max(event_time)),
+        );
     }
 
     /// Applies one durable, decoded frame that came from WAL segment `segment`.
     pub fn apply(&mut self, market: Market, segment: SegmentId, decoded: Decoded) {
         match decoded {
-            Decoded::Row { key, row, event_time } => {
+            Decoded::Row {
+                key,
+                row,
+                event_time,
+            } => {
                 self.note_event_time(market, event_time);
                 self.insert(key, row, segment);
             }
@@ -293,7 +367,11 @@ impl State {
     }
 
     fn insert(&mut self, key: StreamKey, row: Row, segment: SegmentId) {
-        for window in self.disconnect_windows.iter_mut().filter(|window| window.key == key && window.first_key_after.is_none()) {
+        for window in self
+            .disconnect_windows
+            .iter_mut()
+            .filter(|window| window.key == key && window.first_key_after.is_none())
+        {
             window.first_key_after = Some(row.key());
         }
         let Some(stream) = self.streams.get_mut(&key) else {
@@ -305,8 +383,10 @@ impl State {
         };
         let hour = Hour::containing(row.bucket_time());
         let late = stream.next_hour_to_seal.is_some_and(|next| hour < next);
-        let open_hour =
-            stream.open.entry(hour).or_insert_with(|| OpenHour { rows: BTreeMap::new(), first_segment: segment });
+        let open_hour = stream.open.entry(hour).or_insert_with(|| OpenHour {
+            rows: BTreeMap::new(),
+            first_segment: segment,
+        });
         open_hour.first_segment = open_hour.first_segment.min(segment);
         match insert_row(&mut open_hour.rows, row) {
             Inserted::Duplicate => Counters::add(&self.counters.rows_duplicate, 1),
@@ -323,9 +403,15 @@ impl State {
             if jobs.len() >= max_jobs {
                 break;
             }
-            let Some(market) = self.markets.get(&key.market) else { continue };
-            let (Some(now), Some(first_span)) = (market.exchange_time, market.spans.first()) else { continue };
-            let next = *stream.next_hour_to_seal.get_or_insert_with(|| Hour::containing(first_span.start));
+            let Some(market) = self.markets.get(&key.market) else {
+                continue;
+            };
+            let (Some(now), Some(first_span)) = (market.exchange_time, market.spans.first()) else {
+                continue;
+            };
+            let next = *stream
+                .next_hour_to_seal
+                .get_or_insert_with(|| Hour::containing(first_span.start));
             let late_hours: Vec<Hour> = stream
                 .open
                 .keys()
@@ -336,9 +422,15 @@ impl State {
                 if jobs.len() >= max_jobs {
                     break;
                 }
-                let open_hour = stream.open.remove(&hour).expect("listed from the map above");
+                let open_hour = stream
+                    .open
+                    .remove(&hour)
+                    .expect("listed from the map above");
                 jobs.push(make_job(key, hour, Some(open_hour), market, true));
-                stream.in_flight.insert(hour, jobs.last().and_then(|job: &SealJob| job.first_segment));
+                stream.in_flight.insert(
+                    hour,
+                    jobs.last().and_then(|job: &SealJob| job.first_segment),
+                );
             }
             let mut hour = next;
             while jobs.len() < max_jobs
@@ -359,12 +451,21 @@ impl State {
     }
 
     /// A seal finished. On failure its rows come back to be sealed later.
-    pub fn seal_finished(&mut self, job_key: &StreamKey, hour: Hour, returned: Option<(Vec<Row>, SegmentId)>) {
-        let Some(stream) = self.streams.get_mut(job_key) else { return };
+    pub fn seal_finished(
+        &mut self,
+        job_key: &StreamKey,
+        hour: Hour,
+        returned: Option<(Vec<Row>, SegmentId)>,
+    ) {
+        let Some(stream) = self.streams.get_mut(job_key) else {
+            return;
+        };
         stream.in_flight.remove(&hour);
         if let Some((rows, segment)) = returned {
-            let open_hour =
-                stream.open.entry(hour).or_insert_with(|| OpenHour { rows: BTreeMap::new(), first_segment: segment });
+            let open_hour = stream.open.entry(hour).or_insert_with(|| OpenHour {
+                rows: BTreeMap::new(),
+                first_segment: segment,
+            });
             open_hour.first_segment = open_hour.first_segment.min(segment);
             for row in rows {
                 insert_row(&mut open_hour.rows, row);
@@ -388,7 +489,11 @@ impl State {
 
     /// Rows held for hours not sealed yet (for logs and tests).
     pub fn n_unsealed_rows(&self) -> usize {
-        self.streams.values().flat_map(|stream| stream.open.values()).map(|open_hour| open_hour.rows.len()).sum()
+        self.streams
+            .values()
+            .flat_map(|stream| stream.open.values())
+            .map(|open_hour| open_hour.rows.len())
+            .sum()
     }
 }
 
@@ -398,7 +503,9 @@ pub enum ClockCheck {
     Consistent,
     /// Event times run ahead of the exchange's clock by more than
     /// [`MAX_STREAM_LEAD_US`]: something sends bogus times.
-    StreamAhead { ahead_us: i64 },
+    StreamAhead {
+        ahead_us: i64,
+    },
 }
 
 /// How far event times may lead `/api/v3/time` (the request's own latency
@@ -409,26 +516,50 @@ pub const MAX_STREAM_LEAD_US: i64 = 60 * crate::domain::MICROS_PER_SECOND;
 pub fn check_exchange_time(exchange_time: Option<TimeUs>, server_time: TimeUs) -> ClockCheck {
     match exchange_time {
         Some(exchange_time) if exchange_time - server_time > MAX_STREAM_LEAD_US => {
-            ClockCheck::StreamAhead { ahead_us: exchange_time - server_time }
+            ClockCheck::StreamAhead {
+                ahead_us: exchange_time - server_time,
+            }
         }
         _ => ClockCheck::Consistent,
     }
 }
 
-fn make_job(key: &StreamKey, hour: Hour, open_hour: Option<OpenHour>, market: &MarketState, late: bool) -> SealJob {
+fn make_job(
+    key: &StreamKey,
+    hour: Hour,
+    open_hour: Option<OpenHour>,
+    market: &MarketState,
+    late: bool,
+) -> SealJob {
     let (rows, first_segment): (Vec<Row>, Option<SegmentId>) = match open_hour {
-        Some(open_hour) => (open_hour.rows.into_values().collect(), Some(open_hour.first_segment)),
+        Some(open_hour) => (
+            open_hour.rows.into_values().collect(),
+            Some(open_hour.first_segment),
+        ),
         None => (Vec::new(), None),
     };
     let (coverage_from, coverage_to) = coverage(&market.spans, hour).unwrap_or_else(|| {
         // Rows from before the first watched moment (a trade stamped in the
         // previous hour that arrived first): vouch only for what we hold.
         let first = rows.first().map_or(hour.start(), Row::bucket_time);
-        let last = rows.iter().map(Row::bucket_time).max().unwrap_or(hour.start());
+        let last = rows
+            .iter()
+            .map(Row::bucket_time)
+            .max()
+            .unwrap_or(hour.start());
         (first.max(hour.start()), (last + 1).min(hour.end()))
     });
     let clock_offset_us = median(market.clock_offsets.get(&hour)).or(market.last_clock_offset);
-    SealJob { key: key.clone(), hour, rows, first_segment, coverage_from, coverage_to, clock_offset_us, late }
+    SealJob {
+        key: key.clone(),
+        hour,
+        rows,
+        first_segment,
+        coverage_from,
+        coverage_to,
+        clock_offset_us,
+        late,
+    }
 }
 
 fn median(samples: Option<&Vec<i64>>) -> Option<i64> {
@@ -443,7 +574,9 @@ fn median(samples: Option<&Vec<i64>>) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Decimal8, Source, StreamKind, Symbol, TradeRow, MICROS_PER_HOUR, MICROS_PER_MINUTE};
+    use crate::domain::{
+        Decimal8, Source, StreamKind, Symbol, TradeRow, MICROS_PER_HOUR, MICROS_PER_MINUTE,
+    };
 
     const HOUR_START: TimeUs = 1_723_161_600_000_000;
 
@@ -463,7 +596,11 @@ streams = ["trade", "kline_1m"]
     }
 
     fn key(kind: StreamKind) -> StreamKey {
-        StreamKey { market: Market::Spot, symbol: Symbol::new("BTCUSDT").expect("valid"), kind }
+        StreamKey {
+            market: Market::Spot,
+            symbol: Symbol::new("BTCUSDT").expect("valid"),
+            kind,
+        }
     }
 
     fn trade(id: i64, time: TimeUs) -> Decoded {
@@ -497,28 +634,61 @@ streams = ["trade", "kline_1m"]
         let start = HOUR_START + 30 * MICROS_PER_MINUTE;
         state.apply(Market::Spot, SegmentId(1), trade(1, start));
         assert!(state.plan_seals(10).is_empty());
-        state.apply(Market::Spot, SegmentId(1), trade(2, HOUR_START + MICROS_PER_HOUR + 999_999));
+        state.apply(
+            Market::Spot,
+            SegmentId(1),
+            trade(2, HOUR_START + MICROS_PER_HOUR + 999_999),
+        );
         assert!(state.plan_seals(10).is_empty(), "grace not over yet");
-        state.apply(Market::Spot, SegmentId(2), trade(3, HOUR_START + MICROS_PER_HOUR + 1_000_000));
+        state.apply(
+            Market::Spot,
+            SegmentId(2),
+            trade(3, HOUR_START + MICROS_PER_HOUR + 1_000_000),
+        );
         let jobs = state.plan_seals(10);
-        assert_eq!(jobs.len(), 2, "trade and kline files of the first hour: {jobs:?}");
-        let trade_job = jobs.iter().find(|job| job.key.kind == StreamKind::Trade).expect("trade job");
+        assert_eq!(
+            jobs.len(),
+            2,
+            "trade and kline files of the first hour: {jobs:?}"
+        );
+        let trade_job = jobs
+            .iter()
+            .find(|job| job.key.kind == StreamKind::Trade)
+            .expect("trade job");
         assert_eq!(trade_job.rows.len(), 1);
-        assert_eq!((trade_job.coverage_from, trade_job.coverage_to), (start, HOUR_START + MICROS_PER_HOUR));
-        let kline_job = jobs.iter().find(|job| job.key.kind != StreamKind::Trade).expect("kline job");
+        assert_eq!(
+            (trade_job.coverage_from, trade_job.coverage_to),
+            (start, HOUR_START + MICROS_PER_HOUR)
+        );
+        let kline_job = jobs
+            .iter()
+            .find(|job| job.key.kind != StreamKind::Trade)
+            .expect("kline job");
         assert!(kline_job.rows.is_empty());
-        assert_eq!(state.oldest_pinned_segment(), Some(SegmentId(1)), "in flight and open rows pin segments");
+        assert_eq!(
+            state.oldest_pinned_segment(),
+            Some(SegmentId(1)),
+            "in flight and open rows pin segments"
+        );
         for job in &jobs {
             state.seal_finished(&job.key, job.hour, None);
         }
-        assert_eq!(state.oldest_pinned_segment(), Some(SegmentId(1)), "hour 2 rows are in segment 1 too");
+        assert_eq!(
+            state.oldest_pinned_segment(),
+            Some(SegmentId(1)),
+            "hour 2 rows are in segment 1 too"
+        );
     }
 
     #[test]
     fn late_row_reseals_its_hour_and_failures_return_rows() {
         let mut state = new_state();
         state.apply(Market::Spot, SegmentId(1), trade(1, HOUR_START + 10));
-        state.apply(Market::Spot, SegmentId(1), trade(5, HOUR_START + MICROS_PER_HOUR + 2_000_000));
+        state.apply(
+            Market::Spot,
+            SegmentId(1),
+            trade(5, HOUR_START + MICROS_PER_HOUR + 2_000_000),
+        );
         let jobs = state.plan_seals(10);
         assert_eq!(jobs.len(), 2);
         for job in &jobs {
@@ -530,8 +700,15 @@ streams = ["trade", "kline_1m"]
         assert_eq!(jobs.len(), 1);
         assert!(jobs[0].late);
         assert_eq!(jobs[0].rows.len(), 1);
-        assert!(state.plan_seals(10).is_empty(), "an hour in flight is not planned twice");
-        state.seal_finished(&jobs[0].key, jobs[0].hour, Some((jobs[0].rows.clone(), SegmentId(3))));
+        assert!(
+            state.plan_seals(10).is_empty(),
+            "an hour in flight is not planned twice"
+        );
+        state.seal_finished(
+            &jobs[0].key,
+            jobs[0].hour,
+            Some((jobs[0].rows.clone(), SegmentId(3))),
+        );
         let again = state.plan_seals(10);
         assert_eq!(again.len(), 1, "a failed seal is retried");
     }
@@ -547,12 +724,22 @@ streams = ["trade", "kline_1m"]
             restarted.apply_checkpoint(checkpoint);
         }
         restarted.begin_session(Market::Spot);
-        restarted.apply(Market::Spot, SegmentId(2), trade(9, HOUR_START + 5 * MICROS_PER_MINUTE));
+        restarted.apply(
+            Market::Spot,
+            SegmentId(2),
+            trade(9, HOUR_START + 5 * MICROS_PER_MINUTE),
+        );
         assert_eq!(
             restarted.spans(Market::Spot),
             vec![
-                WatchSpan { start: HOUR_START + 100, end: Some(HOUR_START + 100) },
-                WatchSpan { start: HOUR_START + 5 * MICROS_PER_MINUTE, end: None }
+                WatchSpan {
+                    start: HOUR_START + 100,
+                    end: Some(HOUR_START + 100)
+                },
+                WatchSpan {
+                    start: HOUR_START + 5 * MICROS_PER_MINUTE,
+                    end: None
+                }
             ]
         );
     }
@@ -579,22 +766,42 @@ streams = ["trade", "kline_1m"]
         state.apply(Market::Spot, SegmentId(1), trade(15, HOUR_START + 900));
         let windows = state.disconnect_windows();
         assert_eq!(windows.len(), 2);
-        let trade_window = windows.iter().find(|window| window.key.kind == StreamKind::Trade).expect("trade window");
-        assert_eq!((trade_window.last_key_before, trade_window.first_key_after), (Some(10), Some(15)));
-        let kline_window = windows.iter().find(|window| window.key.kind != StreamKind::Trade).expect("kline window");
-        assert_eq!(kline_window.first_key_after, None, "the kline stream stayed silent");
+        let trade_window = windows
+            .iter()
+            .find(|window| window.key.kind == StreamKind::Trade)
+            .expect("trade window");
+        assert_eq!(
+            (trade_window.last_key_before, trade_window.first_key_after),
+            (Some(10), Some(15))
+        );
+        let kline_window = windows
+            .iter()
+            .find(|window| window.key.kind != StreamKind::Trade)
+            .expect("kline window");
+        assert_eq!(
+            kline_window.first_key_after, None,
+            "the kline stream stayed silent"
+        );
     }
 
     #[test]
     fn exchange_time_is_checked_against_the_server_time() {
         let mut state = new_state();
         state.apply(Market::Spot, SegmentId(1), trade(1, HOUR_START));
-        assert_eq!(state.add_clock_sample(Market::Spot, HOUR_START + 5_000_000, 0), ClockCheck::Consistent);
-        assert_eq!(state.add_clock_sample(Market::Spot, HOUR_START - 10_000_000, 0), ClockCheck::Consistent);
+        assert_eq!(
+            state.add_clock_sample(Market::Spot, HOUR_START + 5_000_000, 0),
+            ClockCheck::Consistent
+        );
+        assert_eq!(
+            state.add_clock_sample(Market::Spot, HOUR_START - 10_000_000, 0),
+            ClockCheck::Consistent
+        );
         let behind = HOUR_START - 2 * MAX_STREAM_LEAD_US;
         assert_eq!(
             state.add_clock_sample(Market::Spot, behind, 0),
-            ClockCheck::StreamAhead { ahead_us: 2 * MAX_STREAM_LEAD_US }
+            ClockCheck::StreamAhead {
+                ahead_us: 2 * MAX_STREAM_LEAD_US
+            }
         );
         assert_eq!(state.counters.snapshot().clock_check_failures, 1);
     }
@@ -602,9 +809,26 @@ streams = ["trade", "kline_1m"]
     #[test]
     fn unconfigured_streams_are_counted_not_recorded() {
         let mut state = new_state();
-        let Decoded::Row { row, event_time, .. } = trade(1, HOUR_START) else { unreachable!() };
-        let other = StreamKey { market: Market::Spot, symbol: Symbol::new("ETHUSDT").expect("valid"), kind: StreamKind::Trade };
-        state.apply(Market::Spot, SegmentId(1), Decoded::Row { key: other, row, event_time });
+        let Decoded::Row {
+            row, event_time, ..
+        } = trade(1, HOUR_START)
+        else {
+            unreachable!()
+        };
+        let other = StreamKey {
+            market: Market::Spot,
+            symbol: Symbol::new("ETHUSDT").expect("valid"),
+            kind: StreamKind::Trade,
+        };
+        state.apply(
+            Market::Spot,
+            SegmentId(1),
+            Decoded::Row {
+                key: other,
+                row,
+                event_time,
+            },
+        );
         assert_eq!(state.counters.snapshot().rows_unexpected, 1);
         assert_eq!(state.n_unsealed_rows(), 0);
     }

@@ -11,20 +11,47 @@ fn check_config(text: &str) -> (i32, String) {
         .arg(&path)
         .output()
         .expect("binary runs");
-    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn bad_values_exit_2_naming_the_key() {
     let shipped = include_str!("../../config.toml");
     let cases = [
-        (shipped.replace("\"SOLUSDT\"", "\"solusdt\""), "markets.spot.symbols"),
-        (shipped.replace("\"kline_1m\"", "\"kline_7m\""), "markets.spot.streams"),
-        (shipped.replace("fsync = \"interval\"", "fsync = \"never\""), "wal.fsync"),
-        (shipped.replace("grace_ms = 10000", "grace_ms = -5"), "grace_ms"),
-        (shipped.replace("max_concurrent = 2", "max_concurrent = 2\nmax_parallel = 3"), "max_parallel"),
-        (shipped.replace("https://api.binance.com", "https://data-api.binance.vision"), "markets.spot.rest_url"),
-        (shipped.replace("symbols = [\"BTCUSDT\", \"ETHUSDT\", \"SOLUSDT\"]", "symbols = []"), "markets.spot.symbols"),
+        (
+            shipped.replace("\"SOLUSDT\"", "\"solusdt\""),
+            "markets.spot.symbols",
+        ),
+        (
+            shipped.replace("\"kline_1m\"", "\"kline_7m\""),
+            "markets.spot.streams",
+        ),
+        (
+            shipped.replace("fsync = \"interval\"", "fsync = \"never\""),
+            "wal.fsync",
+        ),
+        (
+            shipped.replace("grace_ms = 10000", "grace_ms = -5"),
+            "grace_ms",
+        ),
+        (
+            shipped.replace("max_concurrent = 2", "max_concurrent = 2\nmax_parallel = 3"),
+            "max_parallel",
+        ),
+        (
+            shipped.replace("https://api.binance.com", "https://data-api.binance.vision"),
+            "markets.spot.rest_url",
+        ),
+        (
+            shipped.replace(
+                "symbols = [\"BTCUSDT\", \"ETHUSDT\", \"SOLUSDT\"]",
+                "symbols = []",
+            ),
+            "markets.spot.symbols",
+        ),
     ];
     for (text, key) in cases {
         let (code, stderr) = check_config(&text);

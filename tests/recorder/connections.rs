@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use binance_recorder::domain::{Hour, StreamKind};
 use binance_recorder::metrics::CountersSnapshot;
-use fake_binance::{Fault, FakeConfig, FakeExchange, Limits};
+use fake_binance::{FakeConfig, FakeExchange, Fault, Limits};
 
 use crate::support::*;
 
@@ -19,36 +19,69 @@ fn connection_toml(extra: &str) -> String {
     )
 }
 
-fn config_with(fake: &FakeExchange, root: &std::path::Path, streams: &[&str], connection: &str) -> String {
-    format!("{}{}", connection_toml(connection), recorder_toml(fake, root, &["BTCUSDT"], streams))
+fn config_with(
+    fake: &FakeExchange,
+    root: &std::path::Path,
+    streams: &[&str],
+    connection: &str,
+) -> String {
+    format!(
+        "{}{}",
+        connection_toml(connection),
+        recorder_toml(fake, root, &["BTCUSDT"], streams)
+    )
 }
 
 /// Waits for `n` more handshakes and fresh frames after them.
-async fn wait_for_fresh_link(fake: &FakeExchange, recorder: &RunningRecorder, handshakes_before: u64, what: &str) {
-    wait_until(Duration::from_secs(20), what, || fake.counters().ws_handshakes_accepted > handshakes_before).await;
-    let frames_then = recorder.counters().frames_durable;
-    wait_until(Duration::from_secs(20), "frames flow on the new link", || {
-        recorder.counters().frames_durable > frames_then + 20
+async fn wait_for_fresh_link(
+    fake: &FakeExchange,
+    recorder: &RunningRecorder,
+    handshakes_before: u64,
+    what: &str,
+) {
+    wait_until(Duration::from_secs(20), what, || {
+        fake.counters().ws_handshakes_accepted > handshakes_before
     })
+    .await;
+    let frames_then = recorder.counters().frames_durable;
+    wait_until(
+        Duration::from_secs(20),
+        "frames flow on the new link",
+        || recorder.counters().frames_durable > frames_then + 20,
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_way_a_link_ends_is_followed_by_a_fresh_subscribed_link() {
     let fake = FakeExchange::start(FakeConfig {
-        limits: Limits { ping_interval: Duration::from_millis(500), ..Limits::default() },
+        limits: Limits {
+            ping_interval: Duration::from_millis(500),
+            ..Limits::default()
+        },
         ..fake_config(60.0)
     })
     .await
     .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
-    let recorder = RunningRecorder::start(&config_with(&fake, scratch.path(), &["trade", "aggTrade", "kline_1m"], ""));
+    let recorder = RunningRecorder::start(&config_with(
+        &fake,
+        scratch.path(),
+        &["trade", "aggTrade", "kline_1m"],
+        "",
+    ));
     wait_for_fresh_link(&fake, &recorder, 0, "first link").await;
 
     let faults = [
         ("TCP abort", Fault::DropConnections { abort: true }),
         ("close frame", Fault::DropConnections { abort: false }),
-        ("stall with no data and no pings", Fault::Stall { duration_ms: 4_000, keep_backlog: false }),
+        (
+            "stall with no data and no pings",
+            Fault::Stall {
+                duration_ms: 4_000,
+                keep_backlog: false,
+            },
+        ),
         ("serverShutdown", Fault::ServerShutdown),
     ];
     for (what, fault) in faults {
@@ -61,14 +94,27 @@ async fn every_way_a_link_ends_is_followed_by_a_fresh_subscribed_link() {
         if what == "serverShutdown" {
             // Make-before-break: the replacement took over inside the grace
             // the exchange gives, so no link was lost.
-            wait_until(Duration::from_secs(10), "the old link closed", || fake.counters().ws_connections_open == 1).await;
-            assert_eq!(recorder.counters().disconnects, disconnects_before, "{what}: rotated, not lost");
+            wait_until(Duration::from_secs(10), "the old link closed", || {
+                fake.counters().ws_connections_open == 1
+            })
+            .await;
+            assert_eq!(
+                recorder.counters().disconnects,
+                disconnects_before,
+                "{what}: rotated, not lost"
+            );
         } else {
-            assert!(counters.disconnects > disconnects_before, "{what}: the lost link is recorded: {counters:?}");
+            assert!(
+                counters.disconnects > disconnects_before,
+                "{what}: the lost link is recorded: {counters:?}"
+            );
         }
     }
     let fake_counters = fake.counters();
-    assert_eq!(fake_counters.ws_control_errors, 0, "every SUBSCRIBE accepted: {fake_counters:?}");
+    assert_eq!(
+        fake_counters.ws_control_errors, 0,
+        "every SUBSCRIBE accepted: {fake_counters:?}"
+    );
     assert_eq!(fake_counters.ws_rate_limit_closes, 0, "{fake_counters:?}");
     let counters: CountersSnapshot = recorder.stop().await;
     assert_eq!(counters.control_errors, 0, "{counters:?}");
@@ -82,14 +128,26 @@ async fn fast_pings_get_pongs_in_time() {
     // several simulated hours at 240x). Pongs count against the 5 frames a
     // second, so faster pings would break the rate limit by themselves.
     let fake = FakeExchange::start(FakeConfig {
-        limits: Limits { ping_interval: Duration::from_millis(500), pong_timeout: Duration::from_millis(1500), ..Limits::default() },
+        limits: Limits {
+            ping_interval: Duration::from_millis(500),
+            pong_timeout: Duration::from_millis(1500),
+            ..Limits::default()
+        },
         ..fake_config(240.0)
     })
     .await
     .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
-    let recorder = RunningRecorder::start(&config_with(&fake, scratch.path(), &["trade", "aggTrade", "kline_1m"], ""));
-    wait_until(Duration::from_secs(40), "40 pings sent", || fake.counters().ws_pings_sent >= 40).await;
+    let recorder = RunningRecorder::start(&config_with(
+        &fake,
+        scratch.path(),
+        &["trade", "aggTrade", "kline_1m"],
+        "",
+    ));
+    wait_until(Duration::from_secs(40), "40 pings sent", || {
+        fake.counters().ws_pings_sent >= 40
+    })
+    .await;
     let fake_counters = fake.counters();
     assert_eq!(fake_counters.ws_pong_timeout_closes, 0, "{fake_counters:?}");
     assert!(fake_counters.ws_pongs_received >= 38, "{fake_counters:?}");
@@ -104,7 +162,11 @@ async fn rotation_before_the_lifetime_loses_nothing_and_needs_no_rest() {
     // A 6 s lifetime, rotated after 3 s: a simulated hour at 240x (15 s)
     // sees about five rotations, and the exchange never closes a link first.
     let fake = FakeExchange::start(FakeConfig {
-        limits: Limits { ping_interval: Duration::from_millis(500), max_lifetime: Duration::from_secs(6), ..Limits::default() },
+        limits: Limits {
+            ping_interval: Duration::from_millis(500),
+            max_lifetime: Duration::from_secs(6),
+            ..Limits::default()
+        },
         ..fake_config(240.0)
     })
     .await
@@ -112,34 +174,61 @@ async fn rotation_before_the_lifetime_loses_nothing_and_needs_no_rest() {
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
     let connection = "rotate_after_secs = 3\nrotation_overlap_timeout_ms = 2000";
-    let recorder = RunningRecorder::start(&config_with(&fake, root, &["trade", "aggTrade", "kline_1m"], connection));
+    let recorder = RunningRecorder::start(&config_with(
+        &fake,
+        root,
+        &["trade", "aggTrade", "kline_1m"],
+        connection,
+    ));
     let hour = Hour::containing(SIM_START_US).next();
     let kinds = [StreamKind::Trade, StreamKind::AggTrade, minute_klines()];
     wait_until(Duration::from_secs(60), "the hour sealed", || {
-        kinds.iter().all(|kind| file_path(root, &key("BTCUSDT", *kind), hour).exists())
+        kinds
+            .iter()
+            .all(|kind| file_path(root, &key("BTCUSDT", *kind), hour).exists())
     })
     .await;
     let counters = recorder.stop().await;
     let fake_counters = fake.counters();
-    assert_eq!(fake_counters.ws_lifetime_closes, 0, "rotated before the exchange closed: {fake_counters:?}");
-    assert!(fake_counters.ws_handshakes_accepted >= 4, "rotations happened: {fake_counters:?}");
-    assert!(counters.rows_duplicate > 0, "the overlap delivered rows twice, stored once: {counters:?}");
+    assert_eq!(
+        fake_counters.ws_lifetime_closes, 0,
+        "rotated before the exchange closed: {fake_counters:?}"
+    );
+    assert!(
+        fake_counters.ws_handshakes_accepted >= 4,
+        "rotations happened: {fake_counters:?}"
+    );
+    assert!(
+        counters.rows_duplicate > 0,
+        "the overlap delivered rows twice, stored once: {counters:?}"
+    );
     let truth = fake.ground_truth("BTCUSDT", hour.end() + 60_000_000);
     for kind in kinds {
-        assert_file_matches_truth(&file_path(root, &key("BTCUSDT", kind), hour), kind, &truth, hour);
+        assert_file_matches_truth(
+            &file_path(root, &key("BTCUSDT", kind), hour),
+            kind,
+            &truth,
+            hour,
+        );
     }
     fake.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_storm_stays_within_the_handshake_budget() {
-    let fake = FakeExchange::start(fake_config(60.0)).await.expect("fake starts");
+    let fake = FakeExchange::start(fake_config(60.0))
+        .await
+        .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     // At most 4 handshakes per 2 s window, while every link is dropped as
     // soon as it is made (accept then drop) for 6 s.
     let connection = "handshake_limit = 4\nhandshake_window_secs = 2";
-    let recorder = RunningRecorder::start(&config_with(&fake, scratch.path(), &["trade"], connection));
-    wait_until(Duration::from_secs(10), "first link", || fake.counters().ws_handshakes_accepted >= 1).await;
+    let recorder =
+        RunningRecorder::start(&config_with(&fake, scratch.path(), &["trade"], connection));
+    wait_until(Duration::from_secs(10), "first link", || {
+        fake.counters().ws_handshakes_accepted >= 1
+    })
+    .await;
     let storm_start = tokio::time::Instant::now();
     let before = fake.counters().ws_handshakes_accepted;
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
@@ -149,12 +238,21 @@ async fn a_connection_storm_stays_within_the_handshake_budget() {
     }
     let during = fake.counters().ws_handshakes_accepted - before;
     // 6 s is three windows (plus the one already open at the start).
-    assert!(during <= 4 * 4, "{during} handshakes in 6 s with a budget of 4 per 2 s");
+    assert!(
+        during <= 4 * 4,
+        "{during} handshakes in 6 s with a budget of 4 per 2 s"
+    );
     assert!(during >= 2, "it kept trying: {during}");
     let recorder_counters = recorder.counters();
     assert!(recorder_counters.disconnects >= 2, "{recorder_counters:?}");
     // After the storm it recovers.
-    wait_for_fresh_link(&fake, &recorder, fake.counters().ws_handshakes_accepted.saturating_sub(1), "recovery").await;
+    wait_for_fresh_link(
+        &fake,
+        &recorder,
+        fake.counters().ws_handshakes_accepted.saturating_sub(1),
+        "recovery",
+    )
+    .await;
     recorder.stop().await;
     fake.shutdown().await;
 }
@@ -165,7 +263,10 @@ async fn two_thousand_streams_are_spread_within_limits() {
     let fake = FakeExchange::start(FakeConfig {
         symbols: symbols.clone(),
         mean_orders_per_sec: 0.02,
-        limits: Limits { ping_interval: Duration::from_secs(1), ..Limits::default() },
+        limits: Limits {
+            ping_interval: Duration::from_secs(1),
+            ..Limits::default()
+        },
         // 1,200 kline streams update every 2 simulated seconds: keep the
         // clock slow so the fake and the recorder share two cores easily.
         ..fake_config(2.0)
@@ -176,7 +277,10 @@ async fn two_thousand_streams_are_spread_within_limits() {
     let symbol_refs: Vec<&str> = symbols.iter().map(String::as_str).collect();
     let streams = ["trade", "aggTrade", "kline_1m", "kline_5m", "kline_1h"];
     let connection = connection_toml("").replace("dead_after_ms = 1500", "dead_after_ms = 5000");
-    let config = format!("{connection}{}", recorder_toml(&fake, scratch.path(), &symbol_refs, &streams));
+    let config = format!(
+        "{connection}{}",
+        recorder_toml(&fake, scratch.path(), &symbol_refs, &streams)
+    );
     let recorder = RunningRecorder::start(&config);
     // 2,000 streams at 200 per connection: 10 links, each subscribed in two
     // SUBSCRIBE requests paced at 2 per second.
@@ -185,11 +289,23 @@ async fn two_thousand_streams_are_spread_within_limits() {
         counters.ws_handshakes_accepted >= 10 && counters.ws_control_requests >= 20
     })
     .await;
-    wait_until(Duration::from_secs(30), "klines of every link flow", || recorder.counters().frames_durable > 2_000).await;
+    wait_until(Duration::from_secs(30), "klines of every link flow", || {
+        recorder.counters().frames_durable > 2_000
+    })
+    .await;
     let fake_counters = fake.counters();
-    assert_eq!(fake_counters.ws_handshakes_accepted, 10, "{fake_counters:?}");
-    assert_eq!(fake_counters.ws_too_many_streams_closes, 0, "{fake_counters:?}");
-    assert_eq!(fake_counters.ws_rate_limit_closes, 0, "never more than 5 frames a second: {fake_counters:?}");
+    assert_eq!(
+        fake_counters.ws_handshakes_accepted, 10,
+        "{fake_counters:?}"
+    );
+    assert_eq!(
+        fake_counters.ws_too_many_streams_closes, 0,
+        "{fake_counters:?}"
+    );
+    assert_eq!(
+        fake_counters.ws_rate_limit_closes, 0,
+        "never more than 5 frames a second: {fake_counters:?}"
+    );
     assert_eq!(fake_counters.ws_control_errors, 0, "{fake_counters:?}");
     let counters = recorder.stop().await;
     assert_eq!(counters.disconnects, 0, "{counters:?}");
@@ -223,8 +339,13 @@ impl binance_recorder::wal::WalFs for SlowDisk {
     fn list_dir(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
         binance_recorder::wal::RealFs.list_dir(dir)
     }
-    fn create_new(&self, path: &std::path::Path) -> std::io::Result<Box<dyn binance_recorder::wal::WalFile>> {
-        Ok(Box::new(SlowFile(binance_recorder::wal::RealFs.create_new(path)?)))
+    fn create_new(
+        &self,
+        path: &std::path::Path,
+    ) -> std::io::Result<Box<dyn binance_recorder::wal::WalFile>> {
+        Ok(Box::new(SlowFile(
+            binance_recorder::wal::RealFs.create_new(path)?,
+        )))
     }
     fn open_read(&self, path: &std::path::Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
         binance_recorder::wal::RealFs.open_read(path)
@@ -248,12 +369,18 @@ async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
     use binance_recorder::recorder::{CHANNEL_CAPACITY, MAX_BATCH_RECORDS};
     // A burst: 3 symbols at 240x with 2 taker orders a simulated second,
     // thousands of frames a second against a disk that syncs 5 times a second.
-    let fake = FakeExchange::start(FakeConfig { mean_orders_per_sec: 2.0, ..fake_config(240.0) }).await.expect("fake starts");
+    let fake = FakeExchange::start(FakeConfig {
+        mean_orders_per_sec: 2.0,
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
     let config = binance_recorder::config::Config::from_toml(&format!(
         "{}{}",
-        connection_toml("dead_after_ms = 20000\nmax_backpressure_wait_ms = 15000").replace("dead_after_ms = 1500\n", ""),
+        connection_toml("dead_after_ms = 20000\nmax_backpressure_wait_ms = 15000")
+            .replace("dead_after_ms = 1500\n", ""),
         recorder_toml(&fake, root, &SYMBOLS, &["trade", "aggTrade"])
     ))
     .expect("valid config");
@@ -268,7 +395,11 @@ async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
     let hour = Hour::containing(SIM_START_US).next();
     let kinds = [StreamKind::Trade, StreamKind::AggTrade];
     wait_until(Duration::from_secs(120), "the hour sealed", || {
-        SYMBOLS.iter().all(|symbol| kinds.iter().all(|kind| file_path(root, &key(symbol, *kind), hour).exists()))
+        SYMBOLS.iter().all(|symbol| {
+            kinds
+                .iter()
+                .all(|kind| file_path(root, &key(symbol, *kind), hour).exists())
+        })
     })
     .await;
     shutdown.cancel();
@@ -276,12 +407,24 @@ async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
     let counters = counters.snapshot();
     let bound = (2 * MAX_BATCH_RECORDS + CHANNEL_CAPACITY) as u64;
     eprintln!("slow disk: {counters:?}, bound {bound}");
-    assert!(counters.frames_buffered_max <= bound, "{} frames held, bound {bound}", counters.frames_buffered_max);
-    assert!(counters.frames_buffered_max > 1_000, "the disk was the bottleneck: {counters:?}");
+    assert!(
+        counters.frames_buffered_max <= bound,
+        "{} frames held, bound {bound}",
+        counters.frames_buffered_max
+    );
+    assert!(
+        counters.frames_buffered_max > 1_000,
+        "the disk was the bottleneck: {counters:?}"
+    );
     for symbol in SYMBOLS {
         let truth = fake.ground_truth(symbol, hour.end() + 60_000_000);
         for kind in kinds {
-            assert_file_matches_truth(&file_path(root, &key(symbol, kind), hour), kind, &truth, hour);
+            assert_file_matches_truth(
+                &file_path(root, &key(symbol, kind), hour),
+                kind,
+                &truth,
+                hour,
+            );
         }
     }
     fake.shutdown().await;

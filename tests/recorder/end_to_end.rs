@@ -17,7 +17,9 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_symbols_two_whole_hours_match_ground_truth() {
-    let fake = FakeExchange::start(fake_config(240.0)).await.expect("fake starts");
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
     let kinds = [StreamKind::Trade, StreamKind::AggTrade, minute_klines()];
@@ -30,7 +32,11 @@ async fn three_symbols_two_whole_hours_match_ground_truth() {
     for symbol in SYMBOLS {
         for kind in kinds {
             for hour in [first_hour, whole_hours[0], whole_hours[1]] {
-                expected_files.push((key(symbol, kind), hour, file_path(root, &key(symbol, kind), hour)));
+                expected_files.push((
+                    key(symbol, kind),
+                    hour,
+                    file_path(root, &key(symbol, kind), hour),
+                ));
             }
         }
     }
@@ -40,51 +46,89 @@ async fn three_symbols_two_whole_hours_match_ground_truth() {
     // (plus the grace) on the exchange's clock.
     let grace_us = 5 * MICROS_PER_SECOND;
     let mut checked: HashMap<PathBuf, ()> = HashMap::new();
-    wait_until(Duration::from_secs(150), "every file of the two whole hours sealed", || {
-        let sim_now = fake.sim_now_us();
-        for path in parquet_files(&root.join("data")) {
-            if checked.contains_key(&path) {
-                continue;
-            }
-            let metadata = metadata(&path);
-            let hour_start = chrono::NaiveDateTime::parse_from_str(&format!("{}:00", metadata["hour"]), "%Y-%m-%dT%H:%M")
+    wait_until(
+        Duration::from_secs(150),
+        "every file of the two whole hours sealed",
+        || {
+            let sim_now = fake.sim_now_us();
+            for path in parquet_files(&root.join("data")) {
+                if checked.contains_key(&path) {
+                    continue;
+                }
+                let metadata = metadata(&path);
+                let hour_start = chrono::NaiveDateTime::parse_from_str(
+                    &format!("{}:00", metadata["hour"]),
+                    "%Y-%m-%dT%H:%M",
+                )
                 .expect("hour metadata")
                 .and_utc()
                 .timestamp_micros();
-            let kind = StreamKind::from_name(&metadata["stream"]).expect("stream metadata");
-            assert!(parquet_out::read_hour_file(&path, kind).is_ok(), "{} visible but not complete", path.display());
-            let complete_at = binance_recorder::seal::complete_at(kind, Hour::containing(hour_start));
-            assert!(sim_now >= complete_at + grace_us, "{} appeared before its hour was complete", path.display());
-            checked.insert(path, ());
-        }
-        expected_files.iter().all(|(_, _, path)| checked.contains_key(path))
-    })
+                let kind = StreamKind::from_name(&metadata["stream"]).expect("stream metadata");
+                assert!(
+                    parquet_out::read_hour_file(&path, kind).is_ok(),
+                    "{} visible but not complete",
+                    path.display()
+                );
+                let complete_at =
+                    binance_recorder::seal::complete_at(kind, Hour::containing(hour_start));
+                assert!(
+                    sim_now >= complete_at + grace_us,
+                    "{} appeared before its hour was complete",
+                    path.display()
+                );
+                checked.insert(path, ());
+            }
+            expected_files
+                .iter()
+                .all(|(_, _, path)| checked.contains_key(path))
+        },
+    )
     .await;
     let counters = recorder.stop().await;
     eprintln!("recorder counters: {counters:?}");
     assert_eq!(counters.frames_quarantined, 0, "{counters:?}");
     assert_eq!(counters.rows_unexpected, 0, "{counters:?}");
-    assert!(counters.frames_durable >= counters.frames_received, "{counters:?}");
+    assert!(
+        counters.frames_durable >= counters.frames_received,
+        "{counters:?}"
+    );
 
     // A minute past the end, so the last kline's closing event is included.
     let until = whole_hours[1].end() + binance_recorder::domain::MICROS_PER_MINUTE;
     for symbol in SYMBOLS {
         let truth = fake.ground_truth(symbol, until);
-        assert!(truth.trades.len() > 1000, "the model traded: {}", truth.trades.len());
+        assert!(
+            truth.trades.len() > 1000,
+            "the model traded: {}",
+            truth.trades.len()
+        );
         for kind in kinds {
             for hour in whole_hours {
                 let path = file_path(root, &key(symbol, kind), hour);
                 assert_file_matches_truth(&path, kind, &truth, hour);
                 let metadata = metadata(&path);
-                assert_eq!(metadata["coverage_from"], hour.start().to_string(), "{}", path.display());
-                assert_eq!(metadata["coverage_to"], hour.end().to_string(), "{}", path.display());
+                assert_eq!(
+                    metadata["coverage_from"],
+                    hour.start().to_string(),
+                    "{}",
+                    path.display()
+                );
+                assert_eq!(
+                    metadata["coverage_to"],
+                    hour.end().to_string(),
+                    "{}",
+                    path.display()
+                );
                 assert_eq!(metadata["unfilled"], "[]");
                 assert_ne!(metadata["clock_offset_us"], "null", "clock offset measured");
             }
             // The first hour was joined late: its file says from when it vouches.
             let first = metadata(&file_path(root, &key(symbol, kind), first_hour));
             let coverage_from: i64 = first["coverage_from"].parse().expect("number");
-            assert!(coverage_from > first_hour.start(), "partial first hour: {first:?}");
+            assert!(
+                coverage_from > first_hour.start(),
+                "partial first hour: {first:?}"
+            );
         }
     }
 
@@ -101,9 +145,14 @@ async fn check_with_python_readers(root: &Path, fake: &FakeExchange) {
         let files = parquet_files(&data.join(format!("market=spot/stream={}", kind.path_name())));
         let mut n_rows = 0;
         for path in &files {
-            n_rows += parquet_out::read_hour_file(path, kind).expect("readable").len();
+            n_rows += parquet_out::read_hour_file(path, kind)
+                .expect("readable")
+                .len();
         }
-        let sample_path = files.iter().max_by_key(|path| std::fs::metadata(path).map(|meta| meta.len()).unwrap_or(0)).expect("files");
+        let sample_path = files
+            .iter()
+            .max_by_key(|path| std::fs::metadata(path).map(|meta| meta.len()).unwrap_or(0))
+            .expect("files");
         let sample_rows: Vec<_> = parquet_out::read_hour_file(sample_path, kind)
             .expect("readable")
             .iter()
@@ -116,13 +165,23 @@ async fn check_with_python_readers(root: &Path, fake: &FakeExchange) {
         );
     }
     let expected_path = root.join("expected.json");
-    std::fs::write(&expected_path, serde_json::to_vec_pretty(&expected).expect("json")).expect("write expected");
+    std::fs::write(
+        &expected_path,
+        serde_json::to_vec_pretty(&expected).expect("json"),
+    )
+    .expect("write expected");
     let python = python_interpreter();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_dataset.py");
-    let output = tokio::task::spawn_blocking(move || Command::new(&python).arg(script).arg(&data).arg(&expected_path).output())
-        .await
-        .expect("python task")
-        .expect("python runs");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .arg(script)
+            .arg(&data)
+            .arg(&expected_path)
+            .output()
+    })
+    .await
+    .expect("python task")
+    .expect("python runs");
     let _ = fake;
     assert!(
         output.status.success(),
@@ -138,7 +197,11 @@ fn python_interpreter() -> PathBuf {
         return PathBuf::from(python);
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(venv.exists(), "{} is missing: run scripts/setup.sh (the README's test command does)", venv.display());
+    assert!(
+        venv.exists(),
+        "{} is missing: run scripts/setup.sh (the README's test command does)",
+        venv.display()
+    );
     venv
 }
 

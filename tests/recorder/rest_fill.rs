@@ -8,7 +8,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use binance_recorder::binance::limiter::{WeightLimit, WeightShare};
-use binance_recorder::binance::rest::{FetchOutcome, IdRangeEnd, RestClient, RestError, RestOptions, RetryPolicy};
+use binance_recorder::binance::rest::{
+    FetchOutcome, IdRangeEnd, RestClient, RestError, RestOptions, RetryPolicy,
+};
 use binance_recorder::domain::{
     AggTradeRow, KlineInterval, KlineRow, Market, Source, Symbol, TradeRow, MICROS_PER_MINUTE,
 };
@@ -33,7 +35,11 @@ fn quick_retries() -> RetryPolicy {
 
 /// Runs `work` to its end, calling `sample` every `every` meanwhile and
 /// once more at the end.
-async fn while_sampling<T>(work: impl Future<Output = T>, every: Duration, mut sample: impl FnMut()) -> T {
+async fn while_sampling<T>(
+    work: impl Future<Output = T>,
+    every: Duration,
+    mut sample: impl FnMut(),
+) -> T {
     tokio::pin!(work);
     let mut ticker = tokio::time::interval(every);
     loop {
@@ -52,11 +58,19 @@ fn assert_trades_match(rows: &[TradeRow], truth: &[TruthTrade]) {
     for (row, want) in rows.iter().zip(truth) {
         assert_eq!(row.trade_id, want.id);
         assert_eq!(row.price.to_string(), want.price, "price of {}", want.id);
-        assert_eq!(row.quantity.to_string(), want.quantity, "quantity of {}", want.id);
+        assert_eq!(
+            row.quantity.to_string(),
+            want.quantity,
+            "quantity of {}",
+            want.id
+        );
         assert_eq!(row.trade_time, want.time_us, "time of {}", want.id);
         assert_eq!(row.is_buyer_maker, want.is_buyer_maker);
         assert_eq!(row.is_best_match, Some(want.is_best_match));
-        assert_eq!((row.event_time, row.recv_time, row.source), (None, None, Source::Rest));
+        assert_eq!(
+            (row.event_time, row.recv_time, row.source),
+            (None, None, Source::Rest)
+        );
     }
 }
 
@@ -65,12 +79,23 @@ fn assert_agg_trades_match(rows: &[AggTradeRow], truth: &[TruthAggTrade]) {
     for (row, want) in rows.iter().zip(truth) {
         assert_eq!(row.agg_trade_id, want.id);
         assert_eq!(row.price.to_string(), want.price, "price of {}", want.id);
-        assert_eq!(row.quantity.to_string(), want.quantity, "quantity of {}", want.id);
-        assert_eq!((row.first_trade_id, row.last_trade_id), (want.first_trade_id, want.last_trade_id));
+        assert_eq!(
+            row.quantity.to_string(),
+            want.quantity,
+            "quantity of {}",
+            want.id
+        );
+        assert_eq!(
+            (row.first_trade_id, row.last_trade_id),
+            (want.first_trade_id, want.last_trade_id)
+        );
         assert_eq!(row.trade_time, want.time_us, "time of {}", want.id);
         assert_eq!(row.is_buyer_maker, want.is_buyer_maker);
         assert_eq!(row.is_best_match, Some(want.is_best_match));
-        assert_eq!((row.event_time, row.recv_time, row.source), (None, None, Source::Rest));
+        assert_eq!(
+            (row.event_time, row.recv_time, row.source),
+            (None, None, Source::Rest)
+        );
     }
 }
 
@@ -80,30 +105,72 @@ fn assert_klines_match(rows: &[KlineRow], truth: &[TruthKline]) {
         let label = want.open_time_us;
         assert_eq!(row.open_time, want.open_time_us);
         assert_eq!(row.close_time, want.close_time_us, "{label}");
-        let values = [row.open, row.high, row.low, row.close, row.volume, row.quote_volume];
-        let wanted = [&want.open, &want.high, &want.low, &want.close, &want.volume, &want.quote_volume];
+        let values = [
+            row.open,
+            row.high,
+            row.low,
+            row.close,
+            row.volume,
+            row.quote_volume,
+        ];
+        let wanted = [
+            &want.open,
+            &want.high,
+            &want.low,
+            &want.close,
+            &want.volume,
+            &want.quote_volume,
+        ];
         for (value, wanted) in values.iter().zip(wanted) {
             assert_eq!(&value.to_string(), wanted, "kline {label}");
         }
         assert_eq!(row.trade_count, want.trade_count, "{label}");
-        assert_eq!(row.taker_buy_base_volume.to_string(), want.taker_buy_base_volume, "{label}");
-        assert_eq!(row.taker_buy_quote_volume.to_string(), want.taker_buy_quote_volume, "{label}");
-        assert_eq!((row.first_trade_id, row.last_trade_id), (None, None), "{label}: null on rest rows");
-        assert_eq!((row.event_time, row.recv_time, row.source), (None, None, Source::Rest));
+        assert_eq!(
+            row.taker_buy_base_volume.to_string(),
+            want.taker_buy_base_volume,
+            "{label}"
+        );
+        assert_eq!(
+            row.taker_buy_quote_volume.to_string(),
+            want.taker_buy_quote_volume,
+            "{label}"
+        );
+        assert_eq!(
+            (row.first_trade_id, row.last_trade_id),
+            (None, None),
+            "{label}: null on rest rows"
+        );
+        assert_eq!(
+            (row.event_time, row.recv_time, row.source),
+            (None, None, Source::Rest)
+        );
     }
 }
 
 #[tokio::test]
 async fn id_ranges_over_several_pages_equal_the_ground_truth() {
-    let fake = FakeExchange::start(fake_config(1.0)).await.expect("fake starts");
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
     let client = RestClient::new(Market::Spot, &fake.rest_base_url());
     let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
-    assert!(truth.trades.len() > 1000 && truth.agg_trades.len() > 500, "an hour of history");
+    assert!(
+        truth.trades.len() > 1000 && truth.agg_trades.len() > 500,
+        "an hour of history"
+    );
 
     // 250 trades in pages of 100: 3 calls, the last one reaching the end id.
     let wanted = &truth.trades[400..650];
     let (first, last) = (wanted[0].id, wanted[wanted.len() - 1].id);
-    let fetched = client.fetch_trades_range(&btcusdt(), first, IdRangeEnd::Id(last), 100, &quick_retries()).await;
+    let fetched = client
+        .fetch_trades_range(
+            &btcusdt(),
+            first,
+            IdRangeEnd::Id(last),
+            100,
+            &quick_retries(),
+        )
+        .await;
     assert!(fetched.is_complete(), "{:?}", fetched.outcome);
     assert_eq!(fetched.n_attempts, 3);
     assert_trades_match(&fetched.rows, wanted);
@@ -111,7 +178,15 @@ async fn id_ranges_over_several_pages_equal_the_ground_truth() {
     // 200 aggTrades in pages of 64.
     let wanted = &truth.agg_trades[100..300];
     let (first, last) = (wanted[0].id, wanted[wanted.len() - 1].id);
-    let fetched = client.fetch_agg_trades_range(&btcusdt(), first, IdRangeEnd::Id(last), 64, &quick_retries()).await;
+    let fetched = client
+        .fetch_agg_trades_range(
+            &btcusdt(),
+            first,
+            IdRangeEnd::Id(last),
+            64,
+            &quick_retries(),
+        )
+        .await;
     assert!(fetched.is_complete(), "{:?}", fetched.outcome);
     assert_eq!(fetched.n_attempts, 4);
     assert_agg_trades_match(&fetched.rows, wanted);
@@ -119,44 +194,95 @@ async fn id_ranges_over_several_pages_equal_the_ground_truth() {
     // An open end: from an id up to a time, as for a disconnect at the end of an hour.
     let from = truth.trades[700].id;
     let until = truth.trades[900].time_us + 1;
-    let wanted: Vec<TruthTrade> =
-        truth.trades.iter().filter(|trade| trade.id >= from && trade.time_us < until).cloned().collect();
-    let fetched = client.fetch_trades_range(&btcusdt(), from, IdRangeEnd::Time(until), 77, &quick_retries()).await;
+    let wanted: Vec<TruthTrade> = truth
+        .trades
+        .iter()
+        .filter(|trade| trade.id >= from && trade.time_us < until)
+        .cloned()
+        .collect();
+    let fetched = client
+        .fetch_trades_range(
+            &btcusdt(),
+            from,
+            IdRangeEnd::Time(until),
+            77,
+            &quick_retries(),
+        )
+        .await;
     assert!(fetched.is_complete(), "{:?}", fetched.outcome);
     assert_trades_match(&fetched.rows, &wanted);
 
     // An open start: aggTrades by time, first page by startTime, then by fromId.
-    let (from, until) = (truth.agg_trades[1000].time_us, truth.agg_trades[1150].time_us);
-    let wanted: Vec<TruthAggTrade> =
-        truth.agg_trades.iter().filter(|agg| agg.time_us >= from && agg.time_us < until).cloned().collect();
+    let (from, until) = (
+        truth.agg_trades[1000].time_us,
+        truth.agg_trades[1150].time_us,
+    );
+    let wanted: Vec<TruthAggTrade> = truth
+        .agg_trades
+        .iter()
+        .filter(|agg| agg.time_us >= from && agg.time_us < until)
+        .cloned()
+        .collect();
     assert!(wanted.len() >= 150);
-    let fetched = client.fetch_agg_trades_by_time(&btcusdt(), from, until, 40, &quick_retries()).await;
+    let fetched = client
+        .fetch_agg_trades_by_time(&btcusdt(), from, until, 40, &quick_retries())
+        .await;
     assert!(fetched.is_complete(), "{:?}", fetched.outcome);
     assert_agg_trades_match(&fetched.rows, &wanted);
 
     // The single calls answer the same rows.
-    let page = client.historical_trades(&btcusdt(), truth.trades[5].id, 3).await.expect("historicalTrades");
+    let page = client
+        .historical_trades(&btcusdt(), truth.trades[5].id, 3)
+        .await
+        .expect("historicalTrades");
     assert_trades_match(&page, &truth.trades[5..8]);
-    let page = client.agg_trades_from_id(&btcusdt(), truth.agg_trades[5].id, 3).await.expect("aggTrades");
+    let page = client
+        .agg_trades_from_id(&btcusdt(), truth.agg_trades[5].id, 3)
+        .await
+        .expect("aggTrades");
     assert_agg_trades_match(&page, &truth.agg_trades[5..8]);
     let at = truth.agg_trades[10].time_us;
-    let page = client.agg_trades_by_time(&btcusdt(), at, at, 1000).await.expect("aggTrades by time");
-    let same_time: Vec<TruthAggTrade> = truth.agg_trades.iter().filter(|agg| agg.time_us == at).cloned().collect();
+    let page = client
+        .agg_trades_by_time(&btcusdt(), at, at, 1000)
+        .await
+        .expect("aggTrades by time");
+    let same_time: Vec<TruthAggTrade> = truth
+        .agg_trades
+        .iter()
+        .filter(|agg| agg.time_us == at)
+        .cloned()
+        .collect();
     assert_agg_trades_match(&page, &same_time);
 
     // Ids the exchange has not published yet: it has nothing more.
     let newest = truth.trades[truth.trades.len() - 1].id;
-    let fetched =
-        client.fetch_trades_range(&btcusdt(), newest - 5, IdRangeEnd::Id(newest + 1_000_000), 1000, &quick_retries()).await;
-    assert!(matches!(fetched.outcome, FetchOutcome::ExchangeHasNoMore), "{:?}", fetched.outcome);
+    let fetched = client
+        .fetch_trades_range(
+            &btcusdt(),
+            newest - 5,
+            IdRangeEnd::Id(newest + 1_000_000),
+            1000,
+            &quick_retries(),
+        )
+        .await;
+    assert!(
+        matches!(fetched.outcome, FetchOutcome::ExchangeHasNoMore),
+        "{:?}",
+        fetched.outcome
+    );
     assert!(fetched.rows.len() >= 6);
-    assert_eq!(fake.counters().rest_responses_418 + fake.counters().rest_responses_429, 0);
+    assert_eq!(
+        fake.counters().rest_responses_418 + fake.counters().rest_responses_429,
+        0
+    );
     fake.shutdown().await;
 }
 
 #[tokio::test]
 async fn klines_from_rest_are_the_closed_ground_truth_klines() {
-    let fake = FakeExchange::start(fake_config(1.0)).await.expect("fake starts");
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
     let client = RestClient::new(Market::Spot, &fake.rest_base_url());
     let server_now = client.server_time().await.expect("server time");
     let minutes = fake.klines("BTCUSDT", "1m", server_now);
@@ -166,7 +292,15 @@ async fn klines_from_rest_are_the_closed_ground_truth_klines() {
     let from = minutes[10].open_time_us;
     let until = from + 30 * MICROS_PER_MINUTE;
     let fetched = client
-        .fetch_klines_range(&btcusdt(), KlineInterval::Minute1, from, until, server_now, 7, &quick_retries())
+        .fetch_klines_range(
+            &btcusdt(),
+            KlineInterval::Minute1,
+            from,
+            until,
+            server_now,
+            7,
+            &quick_retries(),
+        )
         .await;
     assert!(fetched.is_complete(), "{:?}", fetched.outcome);
     assert_klines_match(&fetched.rows, &minutes[10..40]);
@@ -177,43 +311,104 @@ async fn klines_from_rest_are_the_closed_ground_truth_klines() {
     let last_closed = minutes[minutes.len() - 1].open_time_us;
     let from = last_closed - 4 * MICROS_PER_MINUTE;
     let far_end = server_now + 10 * MICROS_PER_MINUTE;
-    let page = client.klines(&btcusdt(), KlineInterval::Minute1, from, far_end, server_now, 1000).await.expect("klines");
+    let page = client
+        .klines(
+            &btcusdt(),
+            KlineInterval::Minute1,
+            from,
+            far_end,
+            server_now,
+            1000,
+        )
+        .await
+        .expect("klines");
     let fetched = client
-        .fetch_klines_range(&btcusdt(), KlineInterval::Minute1, from, far_end, server_now, 2, &quick_retries())
+        .fetch_klines_range(
+            &btcusdt(),
+            KlineInterval::Minute1,
+            from,
+            far_end,
+            server_now,
+            2,
+            &quick_retries(),
+        )
         .await;
     // REST shows a kline as closed once the next one opened; the truth lists
     // it once its closing event is published, a few ms later: wait for that.
     let needed = page.len().max(fetched.rows.len());
-    crate::support::wait_until(Duration::from_secs(5), "the closing events are published", || {
-        fake.klines("BTCUSDT", "1m", fake.sim_now_us()).iter().filter(|kline| kline.open_time_us >= from).count() >= needed
-    })
+    crate::support::wait_until(
+        Duration::from_secs(5),
+        "the closing events are published",
+        || {
+            fake.klines("BTCUSDT", "1m", fake.sim_now_us())
+                .iter()
+                .filter(|kline| kline.open_time_us >= from)
+                .count()
+                >= needed
+        },
+    )
     .await;
-    let truth_after: Vec<TruthKline> =
-        fake.klines("BTCUSDT", "1m", fake.sim_now_us()).into_iter().filter(|kline| kline.open_time_us >= from).collect();
+    let truth_after: Vec<TruthKline> = fake
+        .klines("BTCUSDT", "1m", fake.sim_now_us())
+        .into_iter()
+        .filter(|kline| kline.open_time_us >= from)
+        .collect();
     for rows in [&page, &fetched.rows] {
-        assert!((5..=truth_after.len()).contains(&rows.len()), "{} closed klines, {} known", rows.len(), truth_after.len());
+        assert!(
+            (5..=truth_after.len()).contains(&rows.len()),
+            "{} closed klines, {} known",
+            rows.len(),
+            truth_after.len()
+        );
         assert_klines_match(rows, &truth_after[..rows.len()]);
     }
-    assert!(matches!(fetched.outcome, FetchOutcome::ExchangeHasNoMore), "{:?}", fetched.outcome);
+    assert!(
+        matches!(fetched.outcome, FetchOutcome::ExchangeHasNoMore),
+        "{:?}",
+        fetched.outcome
+    );
     fake.shutdown().await;
 }
 
 #[tokio::test]
 async fn rest_faults_are_retried_and_the_range_completes() {
-    let fake = FakeExchange::start(fake_config(1.0)).await.expect("fake starts");
-    let options = RestOptions { request_timeout: Duration::from_millis(400), ..RestOptions::default() };
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
+    let options = RestOptions {
+        request_timeout: Duration::from_millis(400),
+        ..RestOptions::default()
+    };
     let client = RestClient::with_options(Market::Spot, &fake.rest_base_url(), options);
     let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
     let faults = [
-        Fault::RestStatus { status: 500, count: 1 },
-        Fault::RestStatus { status: 502, count: 1 },
+        Fault::RestStatus {
+            status: 500,
+            count: 1,
+        },
+        Fault::RestStatus {
+            status: 502,
+            count: 1,
+        },
         Fault::RestConnectionReset { count: 1 },
-        Fault::RestStatus { status: 503, count: 1 },
+        Fault::RestStatus {
+            status: 503,
+            count: 1,
+        },
         Fault::RestTruncatedBody { count: 1 },
-        Fault::RestSlow { delay_ms: 150, count: 1 },
-        Fault::RestStatus { status: 504, count: 1 },
+        Fault::RestSlow {
+            delay_ms: 150,
+            count: 1,
+        },
+        Fault::RestStatus {
+            status: 504,
+            count: 1,
+        },
         // Longer than the request timeout: the call times out and is retried.
-        Fault::RestSlow { delay_ms: 1500, count: 1 },
+        Fault::RestSlow {
+            delay_ms: 1500,
+            count: 1,
+        },
         Fault::RestTruncatedBody { count: 1 },
         Fault::RestConnectionReset { count: 1 },
     ];
@@ -222,7 +417,15 @@ async fn rest_faults_are_retried_and_the_range_completes() {
     }
     let wanted = &truth.agg_trades[200..440];
     let (first, last) = (wanted[0].id, wanted[wanted.len() - 1].id);
-    let fetched = client.fetch_agg_trades_range(&btcusdt(), first, IdRangeEnd::Id(last), 60, &quick_retries()).await;
+    let fetched = client
+        .fetch_agg_trades_range(
+            &btcusdt(),
+            first,
+            IdRangeEnd::Id(last),
+            60,
+            &quick_retries(),
+        )
+        .await;
     assert!(fetched.is_complete(), "{:?}", fetched.outcome);
     assert_agg_trades_match(&fetched.rows, wanted);
     let counters = fake.counters();
@@ -233,12 +436,23 @@ async fn rest_faults_are_retried_and_the_range_completes() {
 
     // Klines through the same kinds of fault.
     let server_now = client.server_time().await.expect("server time");
-    fake.inject(Fault::RestStatus { status: 503, count: 2 });
+    fake.inject(Fault::RestStatus {
+        status: 503,
+        count: 2,
+    });
     fake.inject(Fault::RestTruncatedBody { count: 1 });
     let minutes = fake.klines("BTCUSDT", "1m", server_now);
     let from = minutes[0].open_time_us;
     let fetched = client
-        .fetch_klines_range(&btcusdt(), KlineInterval::Minute1, from, from + 20 * MICROS_PER_MINUTE, server_now, 10, &quick_retries())
+        .fetch_klines_range(
+            &btcusdt(),
+            KlineInterval::Minute1,
+            from,
+            from + 20 * MICROS_PER_MINUTE,
+            server_now,
+            10,
+            &quick_retries(),
+        )
         .await;
     assert!(fetched.is_complete(), "{:?}", fetched.outcome);
     assert_klines_match(&fetched.rows, &minutes[0..20]);
@@ -247,15 +461,28 @@ async fn rest_faults_are_retried_and_the_range_completes() {
 
 #[tokio::test]
 async fn retries_stop_at_the_budget() {
-    let fake = FakeExchange::start(fake_config(1.0)).await.expect("fake starts");
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
     let client = RestClient::new(Market::Spot, &fake.rest_base_url());
     let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
-    fake.inject(Fault::RestStatus { status: 503, count: 10 });
-    let retry = RetryPolicy { max_attempts: 3, ..quick_retries() };
+    fake.inject(Fault::RestStatus {
+        status: 503,
+        count: 10,
+    });
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        ..quick_retries()
+    };
     let from = truth.trades[0].id;
-    let fetched = client.fetch_trades_range(&btcusdt(), from, IdRangeEnd::Id(from + 10), 100, &retry).await;
+    let fetched = client
+        .fetch_trades_range(&btcusdt(), from, IdRangeEnd::Id(from + 10), 100, &retry)
+        .await;
     assert!(
-        matches!(fetched.outcome, FetchOutcome::GaveUp(RestError::Status { status: 503, .. })),
+        matches!(
+            fetched.outcome,
+            FetchOutcome::GaveUp(RestError::Status { status: 503, .. })
+        ),
         "{:?}",
         fetched.outcome
     );
@@ -265,32 +492,57 @@ async fn retries_stop_at_the_budget() {
 
 #[tokio::test]
 async fn a_bad_request_is_not_retried_and_keeps_its_code() {
-    let fake = FakeExchange::start(fake_config(1.0)).await.expect("fake starts");
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
     let client = RestClient::new(Market::Spot, &fake.rest_base_url());
     let unknown = Symbol::new("ZZZUSDT").expect("valid symbol");
-    let fetched = client.fetch_trades_range(&unknown, 1, IdRangeEnd::Id(10), 100, &quick_retries()).await;
+    let fetched = client
+        .fetch_trades_range(&unknown, 1, IdRangeEnd::Id(10), 100, &quick_retries())
+        .await;
     match &fetched.outcome {
         FetchOutcome::GaveUp(error) => {
             assert!(!error.is_retryable());
-            assert!(matches!(error, RestError::Status { status: 400, code: Some(-1121), .. }), "{error}");
+            assert!(
+                matches!(
+                    error,
+                    RestError::Status {
+                        status: 400,
+                        code: Some(-1121),
+                        ..
+                    }
+                ),
+                "{error}"
+            );
         }
         other => panic!("expected a 400, got {other:?}"),
     }
     assert_eq!(fetched.n_attempts, 1);
     let counters = fake.counters();
-    assert_eq!((counters.rest_requests, counters.rest_responses_400), (1, 1));
+    assert_eq!(
+        (counters.rest_requests, counters.rest_responses_400),
+        (1, 1)
+    );
     fake.shutdown().await;
 }
 
 #[tokio::test]
 async fn too_many_requests_holds_every_clone_back_until_retry_after() {
-    let fake = FakeExchange::start(fake_config(1.0)).await.expect("fake starts");
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
     let client = RestClient::new(Market::Spot, &fake.rest_base_url());
     let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
     let from = truth.agg_trades[0].id;
 
-    fake.inject(Fault::RestTooManyRequests { retry_after_secs: 1, count: 1 });
-    let error = client.agg_trades_from_id(&btcusdt(), from, 5).await.expect_err("429");
+    fake.inject(Fault::RestTooManyRequests {
+        retry_after_secs: 1,
+        count: 1,
+    });
+    let error = client
+        .agg_trades_from_id(&btcusdt(), from, 5)
+        .await
+        .expect_err("429");
     assert!(
         matches!(error, RestError::RateLimited { status: 429, retry_after: Some(retry_after), .. } if retry_after == Duration::from_secs(1)),
         "{error}"
@@ -298,19 +550,30 @@ async fn too_many_requests_holds_every_clone_back_until_retry_after() {
     // Another clone calls at once: its request waits for the Retry-After.
     let clone = client.clone();
     let started = Instant::now();
-    let page = clone.agg_trades_from_id(&btcusdt(), from, 5).await.expect("answered after the back-off");
-    assert!(started.elapsed() >= Duration::from_millis(950), "sent after {:?}", started.elapsed());
+    let page = clone
+        .agg_trades_from_id(&btcusdt(), from, 5)
+        .await
+        .expect("answered after the back-off");
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "sent after {:?}",
+        started.elapsed()
+    );
     assert_agg_trades_match(&page, &truth.agg_trades[0..5]);
     assert_eq!(fake.counters().rest_requests, 2);
 
     // A range fetch goes through a 429 the same way, and nothing is sent
     // during the back-off (sampled from the fake's counters every 2 ms).
-    fake.inject(Fault::RestTooManyRequests { retry_after_secs: 1, count: 1 });
+    fake.inject(Fault::RestTooManyRequests {
+        retry_after_secs: 1,
+        count: 1,
+    });
     let wanted = &truth.agg_trades[0..20];
     let started = Instant::now();
     let (mut rate_limited_seen, mut retry_seen) = (None, None);
     let (symbol, retry) = (btcusdt(), quick_retries());
-    let fetch = clone.fetch_agg_trades_range(&symbol, from, IdRangeEnd::Id(wanted[19].id), 100, &retry);
+    let fetch =
+        clone.fetch_agg_trades_range(&symbol, from, IdRangeEnd::Id(wanted[19].id), 100, &retry);
     let fetched = while_sampling(fetch, Duration::from_millis(2), || {
         let n_requests = fake.counters().rest_requests;
         if n_requests >= 3 {
@@ -325,11 +588,24 @@ async fn too_many_requests_holds_every_clone_back_until_retry_after() {
     assert!(fetched.is_complete(), "{:?}", fetched.outcome);
     assert_agg_trades_match(&fetched.rows, wanted);
     assert!(elapsed >= Duration::from_millis(950), "{elapsed:?}");
-    let (rate_limited_seen, retry_seen) =
-        (rate_limited_seen.expect("the 429 was sampled"), retry_seen.expect("the retry was sampled"));
-    assert!(retry_seen - rate_limited_seen >= Duration::from_millis(900), "retried {:?} after the 429", retry_seen - rate_limited_seen);
+    let (rate_limited_seen, retry_seen) = (
+        rate_limited_seen.expect("the 429 was sampled"),
+        retry_seen.expect("the retry was sampled"),
+    );
+    assert!(
+        retry_seen - rate_limited_seen >= Duration::from_millis(900),
+        "retried {:?} after the 429",
+        retry_seen - rate_limited_seen
+    );
     let counters = fake.counters();
-    assert_eq!((counters.rest_requests, counters.rest_responses_429, counters.rest_responses_418), (4, 2, 0));
+    assert_eq!(
+        (
+            counters.rest_requests,
+            counters.rest_responses_429,
+            counters.rest_responses_418
+        ),
+        (4, 2, 0)
+    );
     fake.shutdown().await;
 }
 
@@ -338,7 +614,11 @@ async fn used_weight_stays_within_the_configured_share() {
     // A 200-weight limit in 1 s windows, so pacing shows within seconds.
     let window = Duration::from_secs(1);
     let config = fake_binance::FakeConfig {
-        limits: Limits { weight_limit_per_minute: 200, weight_window: window, ..fake_config(1.0).limits },
+        limits: Limits {
+            weight_limit_per_minute: 200,
+            weight_window: window,
+            ..fake_config(1.0).limits
+        },
         ..fake_config(1.0)
     };
     let fake = FakeExchange::start(config).await.expect("fake starts");
@@ -356,7 +636,13 @@ async fn used_weight_stays_within_the_configured_share() {
     let started = Instant::now();
     let mut max_used = 0;
     let (symbol, retry) = (btcusdt(), quick_retries());
-    let fetch = client.fetch_trades_range(&symbol, wanted[0].id, IdRangeEnd::Id(wanted[119].id), 10, &retry);
+    let fetch = client.fetch_trades_range(
+        &symbol,
+        wanted[0].id,
+        IdRangeEnd::Id(wanted[119].id),
+        10,
+        &retry,
+    );
     let fetched = while_sampling(fetch, Duration::from_millis(1), || {
         max_used = max_used.max(fake.counters().rest_used_weight);
     })
@@ -364,29 +650,64 @@ async fn used_weight_stays_within_the_configured_share() {
     let elapsed = started.elapsed();
     assert!(fetched.is_complete(), "{:?}", fetched.outcome);
     assert_trades_match(&fetched.rows, wanted);
-    assert!(elapsed >= 2 * window, "paced over at least two windows: {elapsed:?}");
+    assert!(
+        elapsed >= 2 * window,
+        "paced over at least two windows: {elapsed:?}"
+    );
     let stats = client.pacing_stats();
-    assert!(stats.max_used_weight_seen <= 100, "header said {}", stats.max_used_weight_seen);
+    assert!(
+        stats.max_used_weight_seen <= 100,
+        "header said {}",
+        stats.max_used_weight_seen
+    );
     assert!(max_used <= 100, "fake counted {max_used}");
     let counters = fake.counters();
-    assert_eq!((counters.rest_responses_429, counters.rest_responses_418), (0, 0));
+    assert_eq!(
+        (counters.rest_responses_429, counters.rest_responses_418),
+        (0, 0)
+    );
     fake.shutdown().await;
 }
 
 #[tokio::test]
 async fn the_weight_limit_is_read_from_exchange_info() {
     let config = fake_binance::FakeConfig {
-        limits: Limits { weight_limit_per_minute: 1200, ..fake_config(1.0).limits },
+        limits: Limits {
+            weight_limit_per_minute: 1200,
+            ..fake_config(1.0).limits
+        },
         ..fake_config(1.0)
     };
     let fake = FakeExchange::start(config).await.expect("fake starts");
     let client = RestClient::new(Market::Spot, &fake.rest_base_url());
     assert_eq!(client.weight_limit(), WeightLimit::SPOT_DEFAULT);
-    let statuses = client.symbol_statuses(&["BTCUSDT".to_owned()]).await.expect("exchangeInfo");
+    let statuses = client
+        .symbol_statuses(&["BTCUSDT".to_owned()])
+        .await
+        .expect("exchangeInfo");
     assert_eq!(statuses[0].status, "TRADING");
-    assert_eq!(client.weight_limit(), WeightLimit { limit: 1200, window: Duration::from_secs(60) });
-    assert_eq!(client.clone().weight_budget(), 600, "clones share the limiter");
-    let limit = client.refresh_weight_limit(&btcusdt()).await.expect("exchangeInfo");
-    assert_eq!(limit, Some(WeightLimit { limit: 1200, window: Duration::from_secs(60) }));
+    assert_eq!(
+        client.weight_limit(),
+        WeightLimit {
+            limit: 1200,
+            window: Duration::from_secs(60)
+        }
+    );
+    assert_eq!(
+        client.clone().weight_budget(),
+        600,
+        "clones share the limiter"
+    );
+    let limit = client
+        .refresh_weight_limit(&btcusdt())
+        .await
+        .expect("exchangeInfo");
+    assert_eq!(
+        limit,
+        Some(WeightLimit {
+            limit: 1200,
+            window: Duration::from_secs(60)
+        })
+    );
     fake.shutdown().await;
 }

@@ -36,15 +36,26 @@ impl RecorderProcess {
     /// Sends SIGTERM and waits for the exit, which must be clean and quick.
     async fn terminate(mut self) {
         let mut child = self.child.take().expect("running");
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
         assert!(status.success());
         let mut exit = None;
-        wait_until(Duration::from_secs(25), "recorder exits after SIGTERM", || {
-            exit = child.try_wait().expect("wait on child");
-            exit.is_some()
-        })
+        wait_until(
+            Duration::from_secs(25),
+            "recorder exits after SIGTERM",
+            || {
+                exit = child.try_wait().expect("wait on child");
+                exit.is_some()
+            },
+        )
         .await;
-        assert_eq!(exit.and_then(|status| status.code()), Some(0), "clean exit after SIGTERM");
+        assert_eq!(
+            exit.and_then(|status| status.code()),
+            Some(0),
+            "clean exit after SIGTERM"
+        );
     }
 }
 
@@ -61,13 +72,17 @@ impl Drop for RecorderProcess {
 fn rows_in_wal(wal_dir: &Path) -> BTreeMap<StreamKind, BTreeSet<i64>> {
     let mut received: BTreeMap<StreamKind, BTreeSet<i64>> = BTreeMap::new();
     for item in read_segments(wal_dir).expect("WAL readable") {
-        let ReadItem::Record { record, .. } = item.expect("WAL item") else { continue };
+        let ReadItem::Record { record, .. } = item.expect("WAL item") else {
+            continue;
+        };
         if record.kind != RecordKind::WsFrame {
             continue;
         }
         let (tag, frame) = record.payload.split_first().expect("market tag");
         assert_eq!(Market::from_wal_tag(*tag), Some(Market::Spot));
-        if let Ok(Decoded::Row { key, row, .. }) = decode_frame(Market::Spot, frame, record.recv_time_us) {
+        if let Ok(Decoded::Row { key, row, .. }) =
+            decode_frame(Market::Spot, frame, record.recv_time_us)
+        {
             received.entry(key.kind).or_default().insert(row.key());
         }
     }
@@ -76,30 +91,56 @@ fn rows_in_wal(wal_dir: &Path) -> BTreeMap<StreamKind, BTreeSet<i64>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_hour_then_restart_loses_and_duplicates_nothing() {
-    let fake = FakeExchange::start(fake_config(240.0)).await.expect("fake starts");
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
     let config_path = root.join("config.toml");
-    std::fs::write(&config_path, recorder_toml(&fake, root, &["BTCUSDT"], &["trade", "aggTrade", "kline_1m"]))
-        .expect("write config");
+    std::fs::write(
+        &config_path,
+        recorder_toml(
+            &fake,
+            root,
+            &["BTCUSDT"],
+            &["trade", "aggTrade", "kline_1m"],
+        ),
+    )
+    .expect("write config");
     let first_hour = Hour::containing(SIM_START_US);
     let hour = first_hour.next();
 
     let recorder = RecorderProcess::start(&config_path, root);
-    wait_until(Duration::from_secs(60), "twenty minutes into the hour", || {
-        fake.sim_now_us() >= hour.start() + 20 * MICROS_PER_MINUTE
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "twenty minutes into the hour",
+        || fake.sim_now_us() >= hour.start() + 20 * MICROS_PER_MINUTE,
+    )
     .await;
     recorder.terminate().await;
     let received = rows_in_wal(&root.join("wal"));
-    assert!(received.get(&StreamKind::Trade).is_some_and(|ids| ids.len() > 100), "trades were received: {received:?}");
-    assert!(!file_path(root, &key("BTCUSDT", StreamKind::Trade), hour).exists(), "the hour is not sealed at the stop");
+    assert!(
+        received
+            .get(&StreamKind::Trade)
+            .is_some_and(|ids| ids.len() > 100),
+        "trades were received: {received:?}"
+    );
+    assert!(
+        !file_path(root, &key("BTCUSDT", StreamKind::Trade), hour).exists(),
+        "the hour is not sealed at the stop"
+    );
 
     let recorder = RecorderProcess::start(&config_path, root);
     let kinds = [StreamKind::Trade, StreamKind::AggTrade, minute_klines()];
-    wait_until(Duration::from_secs(90), "the hour sealed after the restart", || {
-        kinds.iter().all(|kind| file_path(root, &key("BTCUSDT", *kind), hour).exists())
-    })
+    wait_until(
+        Duration::from_secs(90),
+        "the hour sealed after the restart",
+        || {
+            kinds
+                .iter()
+                .all(|kind| file_path(root, &key("BTCUSDT", *kind), hour).exists())
+        },
+    )
     .await;
     recorder.terminate().await;
 
@@ -116,13 +157,22 @@ async fn sigterm_mid_hour_then_restart_loses_and_duplicates_nothing() {
         assert_eq!(unique.len(), sealed_keys.len(), "{kind}: no row twice");
         let before_stop = received.get(&kind).cloned().unwrap_or_default();
         let lost: Vec<_> = before_stop.difference(&unique).collect();
-        assert!(lost.is_empty(), "{kind}: rows received before the stop are missing: {lost:?}");
+        assert!(
+            lost.is_empty(),
+            "{kind}: rows received before the stop are missing: {lost:?}"
+        );
     }
     let leftovers: Vec<_> = walk_files(&root.join("data"))
         .into_iter()
-        .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with('.')))
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+        })
         .collect();
-    assert!(leftovers.is_empty(), "no temporary files left: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "no temporary files left: {leftovers:?}"
+    );
     fake.shutdown().await;
 }
 
@@ -131,20 +181,40 @@ fn assert_rows_are_true(rows: &[Row], truth: &fake_binance::GroundTruth, kind: S
     for row in rows {
         match row {
             Row::Trade(trade) => {
-                let want = truth.trades.iter().find(|want| want.id == trade.trade_id).expect("trade exists");
-                assert_eq!((trade.price.to_string(), trade.trade_time), (want.price.clone(), want.time_us));
+                let want = truth
+                    .trades
+                    .iter()
+                    .find(|want| want.id == trade.trade_id)
+                    .expect("trade exists");
+                assert_eq!(
+                    (trade.price.to_string(), trade.trade_time),
+                    (want.price.clone(), want.time_us)
+                );
             }
             Row::AggTrade(agg) => {
-                let want = truth.agg_trades.iter().find(|want| want.id == agg.agg_trade_id).expect("aggTrade exists");
-                assert_eq!((agg.first_trade_id, agg.last_trade_id), (want.first_trade_id, want.last_trade_id));
+                let want = truth
+                    .agg_trades
+                    .iter()
+                    .find(|want| want.id == agg.agg_trade_id)
+                    .expect("aggTrade exists");
+                assert_eq!(
+                    (agg.first_trade_id, agg.last_trade_id),
+                    (want.first_trade_id, want.last_trade_id)
+                );
             }
             Row::Kline(kline) => {
                 let klines = &truth.klines[match kind {
                     StreamKind::Kline(interval) => interval.binance_name(),
                     _ => unreachable!("kline rows only in kline files"),
                 }];
-                let want = klines.iter().find(|want| want.open_time_us == kline.open_time).expect("kline exists");
-                assert_eq!((kline.close.to_string(), kline.trade_count), (want.close.clone(), want.trade_count));
+                let want = klines
+                    .iter()
+                    .find(|want| want.open_time_us == kline.open_time)
+                    .expect("kline exists");
+                assert_eq!(
+                    (kline.close.to_string(), kline.trade_count),
+                    (want.close.clone(), want.trade_count)
+                );
             }
         }
     }

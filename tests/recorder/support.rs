@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use binance_recorder::config::Config;
-use binance_recorder::domain::{Hour, KlineInterval, Market, Row, Source, StreamKey, StreamKind, Symbol};
+use binance_recorder::domain::{
+    Hour, KlineInterval, Market, Row, Source, StreamKey, StreamKind, Symbol,
+};
 use binance_recorder::metrics::{Counters, CountersSnapshot};
 use binance_recorder::parquet_out;
 use binance_recorder::recorder;
@@ -32,14 +34,28 @@ pub fn fake_config(speed: f64) -> FakeConfig {
         history: Duration::from_secs(3600),
         symbols: SYMBOLS.iter().map(|symbol| symbol.to_string()).collect(),
         mean_orders_per_sec: 0.5,
-        limits: Limits { ping_interval: Duration::from_secs(2), ..Limits::default() },
+        limits: Limits {
+            ping_interval: Duration::from_secs(2),
+            ..Limits::default()
+        },
         ..FakeConfig::default()
     }
 }
 
 /// A recorder config for `fake`, with every directory under `root`.
-pub fn recorder_toml(fake: &FakeExchange, root: &Path, symbols: &[&str], streams: &[&str]) -> String {
-    let quoted = |items: &[&str]| items.iter().map(|item| format!("\"{item}\"")).collect::<Vec<_>>().join(", ");
+pub fn recorder_toml(
+    fake: &FakeExchange,
+    root: &Path,
+    symbols: &[&str],
+    streams: &[&str],
+) -> String {
+    let quoted = |items: &[&str]| {
+        items
+            .iter()
+            .map(|item| format!("\"{item}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     format!(
         r#"
 [storage]
@@ -86,12 +102,19 @@ impl RunningRecorder {
         // Warnings and errors show in a failing test's output (RUST_LOG for more).
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
         let config = Config::from_toml(config_text).expect("test config is valid");
         let counters = Arc::new(Counters::default());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(recorder::run(config, counters.clone(), shutdown.clone()));
-        RunningRecorder { counters, shutdown, task }
+        RunningRecorder {
+            counters,
+            shutdown,
+            task,
+        }
     }
 
     pub fn counters(&self) -> CountersSnapshot {
@@ -101,7 +124,10 @@ impl RunningRecorder {
     /// The same path as SIGTERM: cancel, then wait for the orderly stop.
     pub async fn stop(self) -> CountersSnapshot {
         self.shutdown.cancel();
-        self.task.await.expect("recorder task did not panic").expect("recorder stopped cleanly");
+        self.task
+            .await
+            .expect("recorder task did not panic")
+            .expect("recorder stopped cleanly");
         self.counters.snapshot()
     }
 }
@@ -111,13 +137,20 @@ pub async fn wait_until(within: Duration, what: &str, mut condition: impl FnMut(
     let deadline = Instant::now() + within;
     let mut ticker = tokio::time::interval(Duration::from_millis(10));
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
         ticker.tick().await;
     }
 }
 
 pub fn key(symbol: &str, kind: StreamKind) -> StreamKey {
-    StreamKey { market: Market::Spot, symbol: Symbol::new(symbol).expect("valid symbol"), kind }
+    StreamKey {
+        market: Market::Spot,
+        symbol: Symbol::new(symbol).expect("valid symbol"),
+        kind,
+    }
 }
 
 pub fn minute_klines() -> StreamKind {
@@ -129,12 +162,21 @@ pub fn file_path(root: &Path, key: &StreamKey, hour: Hour) -> PathBuf {
 }
 
 pub fn metadata(path: &Path) -> std::collections::HashMap<String, String> {
-    parquet_out::read_metadata(path).expect("metadata readable").into_iter().collect()
+    parquet_out::read_metadata(path)
+        .expect("metadata readable")
+        .into_iter()
+        .collect()
 }
 
 /// Every `*.parquet` under `directory`.
 pub fn parquet_files(directory: &Path) -> Vec<PathBuf> {
-    walk_files(directory).into_iter().filter(|path| path.extension().is_some_and(|extension| extension == "parquet")).collect()
+    walk_files(directory)
+        .into_iter()
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "parquet")
+        })
+        .collect()
 }
 
 /// Every file under `directory`, sorted.
@@ -142,7 +184,9 @@ pub fn walk_files(directory: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![directory.to_path_buf()];
     while let Some(next) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&next) else { continue };
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
@@ -163,30 +207,65 @@ pub fn assert_file_matches_truth(path: &Path, kind: StreamKind, truth: &GroundTr
     let label = path.display();
     match kind {
         StreamKind::Trade => {
-            let expected: Vec<_> = truth.trades.iter().filter(|trade| in_hour(trade.time_us)).collect();
+            let expected: Vec<_> = truth
+                .trades
+                .iter()
+                .filter(|trade| in_hour(trade.time_us))
+                .collect();
             assert_eq!(rows.len(), expected.len(), "{label}: row count");
             for (row, want) in rows.iter().zip(expected) {
-                let Row::Trade(trade) = row else { panic!("{label}: not a trade row") };
+                let Row::Trade(trade) = row else {
+                    panic!("{label}: not a trade row")
+                };
                 assert_eq!(trade.trade_id, want.id, "{label}");
-                assert_eq!(trade.price.to_string(), want.price, "{label}: price of {}", want.id);
-                assert_eq!(trade.quantity.to_string(), want.quantity, "{label}: quantity of {}", want.id);
-                assert_eq!(trade.trade_time, want.time_us, "{label}: time of {}", want.id);
+                assert_eq!(
+                    trade.price.to_string(),
+                    want.price,
+                    "{label}: price of {}",
+                    want.id
+                );
+                assert_eq!(
+                    trade.quantity.to_string(),
+                    want.quantity,
+                    "{label}: quantity of {}",
+                    want.id
+                );
+                assert_eq!(
+                    trade.trade_time, want.time_us,
+                    "{label}: time of {}",
+                    want.id
+                );
                 assert_eq!(trade.is_buyer_maker, want.is_buyer_maker, "{label}");
                 assert_eq!(trade.is_best_match, Some(want.is_best_match), "{label}");
-                assert_eq!(trade.event_time, Some(want.event_time_us), "{label}: event time of {}", want.id);
+                assert_eq!(
+                    trade.event_time,
+                    Some(want.event_time_us),
+                    "{label}: event time of {}",
+                    want.id
+                );
                 assert!(trade.recv_time.is_some(), "{label}");
                 assert_eq!(trade.source, Source::Ws, "{label}");
             }
         }
         StreamKind::AggTrade => {
-            let expected: Vec<_> = truth.agg_trades.iter().filter(|agg| in_hour(agg.time_us)).collect();
+            let expected: Vec<_> = truth
+                .agg_trades
+                .iter()
+                .filter(|agg| in_hour(agg.time_us))
+                .collect();
             assert_eq!(rows.len(), expected.len(), "{label}: row count");
             for (row, want) in rows.iter().zip(expected) {
-                let Row::AggTrade(agg) = row else { panic!("{label}: not an aggTrade row") };
+                let Row::AggTrade(agg) = row else {
+                    panic!("{label}: not an aggTrade row")
+                };
                 assert_eq!(agg.agg_trade_id, want.id, "{label}");
                 assert_eq!(agg.price.to_string(), want.price, "{label}");
                 assert_eq!(agg.quantity.to_string(), want.quantity, "{label}");
-                assert_eq!((agg.first_trade_id, agg.last_trade_id), (want.first_trade_id, want.last_trade_id), "{label}");
+                assert_eq!(
+                    (agg.first_trade_id, agg.last_trade_id),
+                    (want.first_trade_id, want.last_trade_id),
+                    "{label}"
+                );
                 assert_eq!(agg.trade_time, want.time_us, "{label}");
                 assert_eq!(agg.is_buyer_maker, want.is_buyer_maker, "{label}");
                 assert_eq!(agg.is_best_match, Some(want.is_best_match), "{label}");
@@ -195,21 +274,57 @@ pub fn assert_file_matches_truth(path: &Path, kind: StreamKind, truth: &GroundTr
             }
         }
         StreamKind::Kline(interval) => {
-            let klines = truth.klines.get(interval.binance_name()).cloned().unwrap_or_default();
-            let expected: Vec<_> = klines.iter().filter(|kline| in_hour(kline.open_time_us)).collect();
+            let klines = truth
+                .klines
+                .get(interval.binance_name())
+                .cloned()
+                .unwrap_or_default();
+            let expected: Vec<_> = klines
+                .iter()
+                .filter(|kline| in_hour(kline.open_time_us))
+                .collect();
             assert_eq!(rows.len(), expected.len(), "{label}: row count");
             for (row, want) in rows.iter().zip(expected) {
-                let Row::Kline(kline) = row else { panic!("{label}: not a kline row") };
+                let Row::Kline(kline) = row else {
+                    panic!("{label}: not a kline row")
+                };
                 assert_eq!(kline.open_time, want.open_time_us, "{label}");
                 assert_eq!(kline.close_time, want.close_time_us, "{label}");
-                let values = [kline.open, kline.high, kline.low, kline.close, kline.volume, kline.quote_volume];
-                let wanted = [&want.open, &want.high, &want.low, &want.close, &want.volume, &want.quote_volume];
+                let values = [
+                    kline.open,
+                    kline.high,
+                    kline.low,
+                    kline.close,
+                    kline.volume,
+                    kline.quote_volume,
+                ];
+                let wanted = [
+                    &want.open,
+                    &want.high,
+                    &want.low,
+                    &want.close,
+                    &want.volume,
+                    &want.quote_volume,
+                ];
                 for (value, wanted) in values.iter().zip(wanted) {
-                    assert_eq!(&value.to_string(), wanted, "{label}: kline {}", want.open_time_us);
+                    assert_eq!(
+                        &value.to_string(),
+                        wanted,
+                        "{label}: kline {}",
+                        want.open_time_us
+                    );
                 }
                 assert_eq!(kline.trade_count, want.trade_count, "{label}");
-                assert_eq!(kline.taker_buy_base_volume.to_string(), want.taker_buy_base_volume, "{label}");
-                assert_eq!(kline.taker_buy_quote_volume.to_string(), want.taker_buy_quote_volume, "{label}");
+                assert_eq!(
+                    kline.taker_buy_base_volume.to_string(),
+                    want.taker_buy_base_volume,
+                    "{label}"
+                );
+                assert_eq!(
+                    kline.taker_buy_quote_volume.to_string(),
+                    want.taker_buy_quote_volume,
+                    "{label}"
+                );
                 assert_eq!(kline.first_trade_id, Some(want.first_trade_id), "{label}");
                 assert_eq!(kline.last_trade_id, Some(want.last_trade_id), "{label}");
                 assert_eq!(kline.event_time, Some(want.close_event_time_us), "{label}");
@@ -219,10 +334,25 @@ pub fn assert_file_matches_truth(path: &Path, kind: StreamKind, truth: &GroundTr
     }
     let metadata = metadata(path);
     assert_eq!(metadata["row_count"], rows.len().to_string(), "{label}");
-    assert_eq!(metadata["rows_by_source"], format!("{{\"ws\":{},\"rest\":0}}", rows.len()), "{label}");
-    let first = rows.first().map_or("null".to_owned(), |row| row.key().to_string());
-    let last = rows.last().map_or("null".to_owned(), |row| row.key().to_string());
-    assert_eq!((metadata["first_key"].as_str(), metadata["last_key"].as_str()), (first.as_str(), last.as_str()), "{label}");
+    assert_eq!(
+        metadata["rows_by_source"],
+        format!("{{\"ws\":{},\"rest\":0}}", rows.len()),
+        "{label}"
+    );
+    let first = rows
+        .first()
+        .map_or("null".to_owned(), |row| row.key().to_string());
+    let last = rows
+        .last()
+        .map_or("null".to_owned(), |row| row.key().to_string());
+    assert_eq!(
+        (
+            metadata["first_key"].as_str(),
+            metadata["last_key"].as_str()
+        ),
+        (first.as_str(), last.as_str()),
+        "{label}"
+    );
     let keys: BTreeSet<i64> = rows.iter().map(Row::key).collect();
     assert_eq!(keys.len(), rows.len(), "{label}: keys unique");
 }
@@ -230,7 +360,13 @@ pub fn assert_file_matches_truth(path: &Path, kind: StreamKind, truth: &GroundTr
 /// `../shared/data/real` beside the repository (as in CI). Its absence is a
 /// failure, not a skip: the real-data tests are part of the suite.
 pub fn real_data(relative: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real").join(relative);
-    assert!(path.exists(), "{} is missing: the shared data must sit beside the repository", path.display());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/real")
+        .join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: the shared data must sit beside the repository",
+        path.display()
+    );
     path
 }

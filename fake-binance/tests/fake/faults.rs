@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fake_binance::{ChaosConfig, Fault, FakeExchange};
+use fake_binance::{ChaosConfig, FakeExchange, Fault};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -13,7 +13,11 @@ const WITHIN: Duration = Duration::from_secs(10);
 fn trade_ids(texts: &[String]) -> Vec<i64> {
     texts
         .iter()
-        .map(|text| serde_json::from_str::<Value>(text).expect("json")["t"].as_i64().expect("trade id"))
+        .map(|text| {
+            serde_json::from_str::<Value>(text).expect("json")["t"]
+                .as_i64()
+                .expect("trade id")
+        })
         .collect()
 }
 
@@ -25,7 +29,9 @@ async fn trade_client(exchange: &FakeExchange) -> Client {
 }
 
 fn holes(ids: &[i64]) -> i64 {
-    ids.windows(2).map(|pair| (pair[1] - pair[0] - 1).max(0)).sum()
+    ids.windows(2)
+        .map(|pair| (pair[1] - pair[0] - 1).max(0))
+        .sum()
 }
 
 fn repeats(ids: &[i64]) -> usize {
@@ -39,11 +45,19 @@ fn descents(ids: &[i64]) -> usize {
 /// Reads trade frames until `done` holds for the ids read so far, then `extra` more.
 /// Frames queued before the fault was injected come first, so the effect is awaited
 /// rather than expected within a fixed number of frames.
-async fn trade_ids_until(client: &mut Client, extra: usize, done: impl Fn(&[i64]) -> bool) -> Vec<i64> {
+async fn trade_ids_until(
+    client: &mut Client,
+    extra: usize,
+    done: impl Fn(&[i64]) -> bool,
+) -> Vec<i64> {
     let mut ids = Vec::new();
     let deadline = tokio::time::Instant::now() + WITHIN;
     while !done(&ids) {
-        assert!(tokio::time::Instant::now() < deadline, "fault effect not seen in {} frames: {ids:?}", ids.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fault effect not seen in {} frames: {ids:?}",
+            ids.len()
+        );
         ids.extend(trade_ids(&[client.next_text(WITHIN).await]));
     }
     ids.extend(trade_ids(&collect_texts(client, extra, WITHIN).await));
@@ -60,10 +74,16 @@ async fn skipped_events_are_missing_from_the_stream_but_in_the_truth() {
     let truth = exchange.ground_truth("BTCUSDT", exchange.sim_now_us());
     let truth_ids: Vec<i64> = truth.trades.iter().map(|trade| trade.id).collect();
     for missing in ids[0]..*ids.last().unwrap() {
-        assert!(truth_ids.contains(&missing), "truth keeps skipped trade {missing}");
+        assert!(
+            truth_ids.contains(&missing),
+            "truth keeps skipped trade {missing}"
+        );
     }
     assert_eq!(exchange.counters().events_skipped, 3);
-    assert_eq!(exchange.counters().faults_injected.get("skip_events"), Some(&1));
+    assert_eq!(
+        exchange.counters().faults_injected.get("skip_events"),
+        Some(&1)
+    );
     exchange.shutdown().await;
 }
 
@@ -81,29 +101,55 @@ async fn duplicated_swapped_and_truncated_events() {
     assert_eq!(descents(&ids), 1, "{ids:?}");
     let mut sorted = ids.clone();
     sorted.sort_unstable();
-    assert!(sorted.windows(2).all(|pair| pair[1] == pair[0] + 1), "a swap loses nothing: {ids:?}");
+    assert!(
+        sorted.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "a swap loses nothing: {ids:?}"
+    );
 
     exchange.inject(Fault::TruncateFrames { count: 1 });
     let deadline = tokio::time::Instant::now() + WITHIN;
     let mut texts = Vec::new();
-    while !texts.iter().any(|text: &String| serde_json::from_str::<Value>(text).is_err()) {
+    while !texts
+        .iter()
+        .any(|text: &String| serde_json::from_str::<Value>(text).is_err())
+    {
         assert!(tokio::time::Instant::now() < deadline, "no truncated frame");
         texts.push(client.next_text(WITHIN).await);
     }
     texts.extend(collect_texts(&mut client, 20, WITHIN).await);
-    let broken: Vec<&String> = texts.iter().filter(|text| serde_json::from_str::<Value>(text).is_err()).collect();
+    let broken: Vec<&String> = texts
+        .iter()
+        .filter(|text| serde_json::from_str::<Value>(text).is_err())
+        .collect();
     assert_eq!(broken.len(), 1);
-    assert!(broken[0].starts_with(r#"{"e":"trade""#), "cut, not replaced: {}", broken[0]);
+    assert!(
+        broken[0].starts_with(r#"{"e":"trade""#),
+        "cut, not replaced: {}",
+        broken[0]
+    );
     let counters = exchange.counters();
-    assert_eq!((counters.events_duplicated, counters.events_swapped, counters.frames_truncated), (2, 1, 1));
+    assert_eq!(
+        (
+            counters.events_duplicated,
+            counters.events_swapped,
+            counters.frames_truncated
+        ),
+        (2, 1, 1)
+    );
     exchange.shutdown().await;
 }
 
 #[tokio::test]
 async fn junk_frames_of_every_kind() {
     let exchange = FakeExchange::start(config(1.0)).await.unwrap();
-    let mut client = Client::connect(&format!("{}/stream?streams=btcusdt@kline_1d", exchange.ws_base_url())).await;
-    client.send_text(r#"{"method":"LIST_SUBSCRIPTIONS","id":1}"#).await;
+    let mut client = Client::connect(&format!(
+        "{}/stream?streams=btcusdt@kline_1d",
+        exchange.ws_base_url()
+    ))
+    .await;
+    client
+        .send_text(r#"{"method":"LIST_SUBSCRIPTIONS","id":1}"#)
+        .await;
     client.next_reply(WITHIN).await;
     for fault in [
         Fault::GarbageText { count: 1 },
@@ -128,21 +174,44 @@ async fn junk_frames_of_every_kind() {
             _ => {}
         }
     }
-    let texts: Vec<String> = frames.iter().filter_map(|frame| frame.to_text().ok().map(str::to_owned)).collect();
+    let texts: Vec<String> = frames
+        .iter()
+        .filter_map(|frame| frame.to_text().ok().map(str::to_owned))
+        .collect();
     assert!(frames.iter().any(|frame| frame.is_binary()));
     assert!(texts.iter().any(|text| text.starts_with("garbage")));
-    assert!(texts.iter().any(|text| text.starts_with(r#"{"e":"trade""#) && serde_json::from_str::<Value>(text).is_err()));
-    let unknown = texts.iter().find(|text| text.contains("mysteryEvent")).expect("unknown event");
-    assert_eq!(serde_json::from_str::<Value>(unknown).unwrap()["data"]["e"], "mysteryEvent", "combined wrapper kept");
-    let foreign = texts.iter().find(|text| text.contains("ZZZUSDT")).expect("foreign symbol event");
-    assert_eq!(serde_json::from_str::<Value>(foreign).unwrap()["stream"], "zzzusdt@trade");
+    assert!(texts
+        .iter()
+        .any(|text| text.starts_with(r#"{"e":"trade""#)
+            && serde_json::from_str::<Value>(text).is_err()));
+    let unknown = texts
+        .iter()
+        .find(|text| text.contains("mysteryEvent"))
+        .expect("unknown event");
+    assert_eq!(
+        serde_json::from_str::<Value>(unknown).unwrap()["data"]["e"],
+        "mysteryEvent",
+        "combined wrapper kept"
+    );
+    let foreign = texts
+        .iter()
+        .find(|text| text.contains("ZZZUSDT"))
+        .expect("foreign symbol event");
+    assert_eq!(
+        serde_json::from_str::<Value>(foreign).unwrap()["stream"],
+        "zzzusdt@trade"
+    );
     assert_eq!(exchange.counters().faults_injected.len(), 5);
     exchange.shutdown().await;
 }
 
 /// Reads trade frames until one arrives `after` past `started`; returns the ids and the longest
 /// silence between two frames.
-async fn trades_across(client: &mut Client, started: tokio::time::Instant, after: Duration) -> (Vec<i64>, Duration) {
+async fn trades_across(
+    client: &mut Client,
+    started: tokio::time::Instant,
+    after: Duration,
+) -> (Vec<i64>, Duration) {
     let mut ids = Vec::new();
     let mut last_arrival = tokio::time::Instant::now();
     let mut longest_gap = Duration::ZERO;
@@ -151,7 +220,11 @@ async fn trades_across(client: &mut Client, started: tokio::time::Instant, after
         let now = tokio::time::Instant::now();
         longest_gap = longest_gap.max(now - last_arrival);
         last_arrival = now;
-        ids.push(serde_json::from_str::<Value>(&text).expect("json")["t"].as_i64().expect("trade id"));
+        ids.push(
+            serde_json::from_str::<Value>(&text).expect("json")["t"]
+                .as_i64()
+                .expect("trade id"),
+        );
         if now - started > after {
             return (ids, longest_gap);
         }
@@ -162,14 +235,39 @@ async fn trades_across(client: &mut Client, started: tokio::time::Instant, after
 async fn stall_with_backlog_delivers_everything_later_without_backlog_loses_it() {
     let exchange = FakeExchange::start(config(60.0)).await.unwrap();
     let mut client = trade_client(&exchange).await;
-    exchange.inject(Fault::Stall { duration_ms: 400, keep_backlog: true });
-    let (ids, longest_gap) = trades_across(&mut client, tokio::time::Instant::now(), Duration::from_millis(500)).await;
-    assert!(longest_gap >= Duration::from_millis(300), "no silence during the stall: {longest_gap:?}");
-    assert!(ids.windows(2).all(|pair| pair[1] == pair[0] + 1), "nothing lost: {ids:?}");
+    exchange.inject(Fault::Stall {
+        duration_ms: 400,
+        keep_backlog: true,
+    });
+    let (ids, longest_gap) = trades_across(
+        &mut client,
+        tokio::time::Instant::now(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        longest_gap >= Duration::from_millis(300),
+        "no silence during the stall: {longest_gap:?}"
+    );
+    assert!(
+        ids.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "nothing lost: {ids:?}"
+    );
 
-    exchange.inject(Fault::Stall { duration_ms: 400, keep_backlog: false });
-    let (ids, longest_gap) = trades_across(&mut client, tokio::time::Instant::now(), Duration::from_millis(500)).await;
-    assert!(longest_gap >= Duration::from_millis(300), "no silence during the stall: {longest_gap:?}");
+    exchange.inject(Fault::Stall {
+        duration_ms: 400,
+        keep_backlog: false,
+    });
+    let (ids, longest_gap) = trades_across(
+        &mut client,
+        tokio::time::Instant::now(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        longest_gap >= Duration::from_millis(300),
+        "no silence during the stall: {longest_gap:?}"
+    );
     let lost: i64 = ids.windows(2).map(|pair| pair[1] - pair[0] - 1).sum();
     // 400 ms at speed 60 is 24 simulated seconds: about 48 orders of trades lost.
     assert!(lost > 20, "backlog should be lost, lost {lost}");
@@ -184,15 +282,25 @@ async fn stall_sends_no_pings() {
     let mut client = Client::connect(&format!("{}/ws", exchange.ws_base_url())).await;
     // Wait for the first ping so the connection is surely running.
     while !matches!(client.next_message(WITHIN).await, Some(Message::Ping(_))) {}
-    exchange.inject(Fault::Stall { duration_ms: 400, keep_backlog: true });
+    exchange.inject(Fault::Stall {
+        duration_ms: 400,
+        keep_backlog: true,
+    });
     let mut ping_arrivals = vec![tokio::time::Instant::now()];
     while ping_arrivals.len() < 6 {
         if let Some(Message::Ping(_)) = client.next_message(WITHIN).await {
             ping_arrivals.push(tokio::time::Instant::now());
         }
     }
-    let longest_gap = ping_arrivals.windows(2).map(|pair| pair[1] - pair[0]).max().unwrap();
-    assert!(longest_gap >= Duration::from_millis(350), "pings continued during the stall: {longest_gap:?}");
+    let longest_gap = ping_arrivals
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap();
+    assert!(
+        longest_gap >= Duration::from_millis(350),
+        "pings continued during the stall: {longest_gap:?}"
+    );
     exchange.shutdown().await;
 }
 
@@ -209,14 +317,21 @@ async fn dropped_connections_by_close_frame_and_by_reset() {
     // A reset: the stream errors or ends, with no close frame.
     let deadline = tokio::time::Instant::now() + WITHIN;
     loop {
-        match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut client.socket)).await {
-            Ok(Some(Ok(Message::Close(frame)))) => panic!("expected a reset, got a close frame {frame:?}"),
+        match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut client.socket))
+            .await
+        {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                panic!("expected a reset, got a close frame {frame:?}")
+            }
             Ok(Some(Ok(_))) => continue,
             Ok(Some(Err(_))) | Ok(None) => break,
             Err(_) => panic!("connection not dropped"),
         }
     }
-    wait_until(WITHIN, "both drops counted", || exchange.counters().ws_dropped_by_fault == 2).await;
+    wait_until(WITHIN, "both drops counted", || {
+        exchange.counters().ws_dropped_by_fault == 2
+    })
+    .await;
     exchange.shutdown().await;
 }
 
@@ -227,7 +342,10 @@ async fn server_shutdown_event_bare_and_combined_then_close() {
     let exchange = FakeExchange::start(shutdown_config).await.unwrap();
     let mut raw = Client::connect(&format!("{}/ws", exchange.ws_base_url())).await;
     let mut combined = Client::connect(&format!("{}/stream", exchange.ws_base_url())).await;
-    wait_until(WITHIN, "two connections", || exchange.counters().ws_connections_open == 2).await;
+    wait_until(WITHIN, "two connections", || {
+        exchange.counters().ws_connections_open == 2
+    })
+    .await;
     exchange.inject(Fault::ServerShutdown);
     let event = raw.next_json(WITHIN).await;
     assert_eq!(event["e"], "serverShutdown");
@@ -251,29 +369,49 @@ async fn rest_failures_for_the_next_requests() {
         exchange.inject(Fault::RestStatus { status, count: 1 });
         assert_eq!(get(&base, "/api/v3/ping").await.status, status);
     }
-    assert_eq!(get(&base, "/api/v3/ping").await.status, 200, "only the next request fails");
+    assert_eq!(
+        get(&base, "/api/v3/ping").await.status,
+        200,
+        "only the next request fails"
+    );
 
-    exchange.inject(Fault::RestTooManyRequests { retry_after_secs: 7, count: 2 });
+    exchange.inject(Fault::RestTooManyRequests {
+        retry_after_secs: 7,
+        count: 2,
+    });
     for _ in 0..2 {
         let answer = get(&base, "/api/v3/time").await;
-        assert_eq!((answer.status, answer.header("Retry-After")), (429, Some("7")));
+        assert_eq!(
+            (answer.status, answer.header("Retry-After")),
+            (429, Some("7"))
+        );
         assert_eq!(answer.json()["code"], -1003);
     }
 
-    exchange.inject(Fault::RestSlow { delay_ms: 300, count: 1 });
+    exchange.inject(Fault::RestSlow {
+        delay_ms: 300,
+        count: 1,
+    });
     let started = tokio::time::Instant::now();
     assert_eq!(get(&base, "/api/v3/ping").await.status, 200);
     assert!(started.elapsed() >= Duration::from_millis(300));
 
     exchange.inject(Fault::RestConnectionReset { count: 1 });
-    let error = http(&base, "GET", "/api/v3/ping", &[], "").await.expect_err("reset");
+    let error = http(&base, "GET", "/api/v3/ping", &[], "")
+        .await
+        .expect_err("reset");
     assert!(
-        matches!(error.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof),
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+        ),
         "{error:?}"
     );
 
     exchange.inject(Fault::RestTruncatedBody { count: 1 });
-    let error = http(&base, "GET", "/api/v3/exchangeInfo", &[], "").await.expect_err("truncated");
+    let error = http(&base, "GET", "/api/v3/exchangeInfo", &[], "")
+        .await
+        .expect_err("truncated");
     assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
     assert_eq!(get(&base, "/api/v3/ping").await.status, 200);
     assert_eq!(exchange.counters().rest_failures_injected, 9);
@@ -284,21 +422,50 @@ async fn rest_failures_for_the_next_requests() {
 async fn control_endpoint_injects_and_reports() {
     let exchange = FakeExchange::start(config(60.0)).await.unwrap();
     let control = exchange.control_url();
-    let answer = http(&control, "POST", "/control/fault", &[], r#"{"kind":"rest_status","status":503,"count":1}"#)
-        .await
-        .unwrap();
+    let answer = http(
+        &control,
+        "POST",
+        "/control/fault",
+        &[],
+        r#"{"kind":"rest_status","status":503,"count":1}"#,
+    )
+    .await
+    .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
-    assert_eq!(get(&exchange.rest_base_url(), "/api/v3/ping").await.status, 503);
-    let bad = http(&control, "POST", "/control/fault", &[], r#"{"kind":"meteor_strike"}"#).await.unwrap();
+    assert_eq!(
+        get(&exchange.rest_base_url(), "/api/v3/ping").await.status,
+        503
+    );
+    let bad = http(
+        &control,
+        "POST",
+        "/control/fault",
+        &[],
+        r#"{"kind":"meteor_strike"}"#,
+    )
+    .await
+    .unwrap();
     assert_eq!(bad.status, 400);
     let counters = get(&control, "/control/counters").await.json();
     assert_eq!(counters["faults_injected"]["rest_status"], 1);
-    assert_eq!(counters["rest_requests"], 1, "control calls are not REST requests");
-    let now = get(&control, "/control/time").await.json()["sim_now_us"].as_i64().unwrap();
-    let truth = get(&control, &format!("/control/ground_truth?symbol=BTCUSDT&until={now}")).await.json();
+    assert_eq!(
+        counters["rest_requests"], 1,
+        "control calls are not REST requests"
+    );
+    let now = get(&control, "/control/time").await.json()["sim_now_us"]
+        .as_i64()
+        .unwrap();
+    let truth = get(
+        &control,
+        &format!("/control/ground_truth?symbol=BTCUSDT&until={now}"),
+    )
+    .await
+    .json();
     assert!(truth["trades"].as_array().unwrap().len() > 1000);
     assert!(truth["klines"]["1m"].as_array().unwrap().len() >= 30);
-    let klines = get(&control, "/control/klines?symbol=BTCUSDT&interval=5m").await.json();
+    let klines = get(&control, "/control/klines?symbol=BTCUSDT&interval=5m")
+        .await
+        .json();
     assert_eq!(klines.as_array().unwrap().len(), 6);
     exchange.shutdown().await;
 }
@@ -309,7 +476,10 @@ async fn chaos_mode_injects_faults_at_random() {
     exchange_config.chaos = Some(ChaosConfig {
         seed: 3,
         mean_faults_per_minute: 3000.0,
-        faults: vec![Fault::GarbageText { count: 1 }, Fault::DuplicateEvents { count: 1 }],
+        faults: vec![
+            Fault::GarbageText { count: 1 },
+            Fault::DuplicateEvents { count: 1 },
+        ],
     });
     let exchange = FakeExchange::start(exchange_config).await.unwrap();
     let mut client = trade_client(&exchange).await;

@@ -14,8 +14,14 @@ use crate::support::{get, relaxed_limits, Client};
 /// `../shared/data/real` beside the repository, as in CI. Its absence is a
 /// failure, not a skip: the replay tests are part of the suite.
 fn real_file(relative: &str) -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/real").join(relative);
-    assert!(path.exists(), "{} is missing: the shared data must sit beside the repository", path.display());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/real")
+        .join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: the shared data must sit beside the repository",
+        path.display()
+    );
     Some(path)
 }
 
@@ -29,7 +35,9 @@ fn expected_trade_payloads(files: &[PathBuf]) -> Vec<String> {
     }
     let mut payloads = Vec::new();
     for path in files {
-        let reader = BufReader::new(flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()));
+        let reader = BufReader::new(flate2::read::GzDecoder::new(
+            std::fs::File::open(path).unwrap(),
+        ));
         for line in reader.lines() {
             let line = line.unwrap();
             let json = &line[line.find(' ').unwrap() + 1..];
@@ -64,9 +72,15 @@ async fn spot_btcusdt_capture_comes_out_byte_identical_and_in_order() {
     assert_eq!(expected.len(), 19_904, "README: 9,757 + 10,147 trades");
     // About 11 minutes of data at speed 200 is under 4 s; the lead-in gives the
     // clients 2 s of real time to connect before the first event.
-    let exchange = FakeExchange::start(replay_config(files, 200.0, Duration::from_secs(400))).await.unwrap();
+    let exchange = FakeExchange::start(replay_config(files, 200.0, Duration::from_secs(400)))
+        .await
+        .unwrap();
     assert_eq!(exchange.symbols(), vec!["BTCUSDT".to_owned()]);
-    let mut combined = Client::connect(&format!("{}/stream?streams=btcusdt@trade", exchange.ws_base_url())).await;
+    let mut combined = Client::connect(&format!(
+        "{}/stream?streams=btcusdt@trade",
+        exchange.ws_base_url()
+    ))
+    .await;
     let mut raw = Client::connect(&format!("{}/ws/btcusdt@trade", exchange.ws_base_url())).await;
     assert!(
         exchange.sim_now_us() < 1_723_161_255_342_000,
@@ -97,47 +111,95 @@ async fn replayed_data_is_served_by_rest_and_klines_keep_closing_after_the_end()
         return;
     };
     // 00:00:01.550 -> 00:05:05.012 at speed 600: the data ends after about half a second.
-    let exchange = FakeExchange::start(replay_config(vec![file], 600.0, Duration::ZERO)).await.unwrap();
-    let mut klines = Client::connect(&format!("{}/ws/ethusdt@kline_1m", exchange.ws_base_url())).await;
+    let exchange = FakeExchange::start(replay_config(vec![file], 600.0, Duration::ZERO))
+        .await
+        .unwrap();
+    let mut klines =
+        Client::connect(&format!("{}/ws/ethusdt@kline_1m", exchange.ws_base_url())).await;
     let mut closes = Vec::new();
     while closes.len() < 8 {
-        let event: Value = serde_json::from_str(&klines.next_text(Duration::from_secs(20)).await).unwrap();
+        let event: Value =
+            serde_json::from_str(&klines.next_text(Duration::from_secs(20)).await).unwrap();
         if event["k"]["x"] == true {
             closes.push(event);
         }
     }
     // The data ends in minute 00:05; later minutes have no trade but still close.
-    let after_end: Vec<&Value> = closes.iter().filter(|event| event["k"]["t"].as_i64().unwrap() >= 1_723_161_960_000).collect();
+    let after_end: Vec<&Value> = closes
+        .iter()
+        .filter(|event| event["k"]["t"].as_i64().unwrap() >= 1_723_161_960_000)
+        .collect();
     assert!(!after_end.is_empty());
     for event in after_end {
         assert_eq!(event["k"]["n"], 0);
         assert_eq!(event["k"]["f"], -1);
     }
     let base = exchange.rest_base_url();
-    let page = get(&base, "/api/v3/historicalTrades?symbol=ETHUSDT&fromId=1520545031&limit=3").await.json();
+    let page = get(
+        &base,
+        "/api/v3/historicalTrades?symbol=ETHUSDT&fromId=1520545031&limit=3",
+    )
+    .await
+    .json();
     assert_eq!(page[0]["id"], 1_520_545_031_i64);
     assert_eq!(page[0]["time"].as_i64().unwrap(), 1_723_161_601_550);
-    let rows = get(&base, "/api/v3/klines?symbol=ETHUSDT&interval=1m&startTime=1723161600000&limit=6").await.json();
-    let counts: i64 = rows.as_array().unwrap().iter().map(|row| row[8].as_i64().unwrap()).sum();
-    assert_eq!(counts, 8_409, "all replayed trades are in the 00:00-00:05 klines");
+    let rows = get(
+        &base,
+        "/api/v3/klines?symbol=ETHUSDT&interval=1m&startTime=1723161600000&limit=6",
+    )
+    .await
+    .json();
+    let counts: i64 = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[8].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        counts, 8_409,
+        "all replayed trades are in the 00:00-00:05 klines"
+    );
     let truth = exchange.klines("ETHUSDT", "1m", exchange.sim_now_us());
-    assert_eq!(truth.iter().map(|kline| kline.trade_count).sum::<i64>(), 8_409);
+    assert_eq!(
+        truth.iter().map(|kline| kline.trade_count).sum::<i64>(),
+        8_409
+    );
     exchange.shutdown().await;
 }
 
 #[tokio::test]
 async fn data_binance_vision_agg_trades_csv_replays_as_agg_trade_events() {
-    let Some(file) = real_file("spot/aggTrades/BTCUSDT-aggTrades-2026-01-01.first5000rows.csv") else {
+    let Some(file) = real_file("spot/aggTrades/BTCUSDT-aggTrades-2026-01-01.first5000rows.csv")
+    else {
         return;
     };
-    let exchange = FakeExchange::start(replay_config(vec![file], 100.0, Duration::from_secs(100))).await.unwrap();
-    let mut client = Client::connect(&format!("{}/ws/btcusdt@aggTrade?timeUnit=MICROSECOND", exchange.ws_base_url())).await;
-    let first: Value = serde_json::from_str(&client.next_text(Duration::from_secs(20)).await).unwrap();
+    let exchange = FakeExchange::start(replay_config(vec![file], 100.0, Duration::from_secs(100)))
+        .await
+        .unwrap();
+    let mut client = Client::connect(&format!(
+        "{}/ws/btcusdt@aggTrade?timeUnit=MICROSECOND",
+        exchange.ws_base_url()
+    ))
+    .await;
+    let first: Value =
+        serde_json::from_str(&client.next_text(Duration::from_secs(20)).await).unwrap();
     assert_eq!(first["a"], 3_800_397_495_i64);
-    assert_eq!(first["T"], 1_767_225_600_039_409_i64, "µs time from the CSV");
-    let second: Value = serde_json::from_str(&client.next_text(Duration::from_secs(20)).await).unwrap();
-    assert_eq!(second["f"].as_i64().unwrap(), first["l"].as_i64().unwrap() + 1);
-    let page = get(&exchange.rest_base_url(), "/api/v3/aggTrades?symbol=BTCUSDT&fromId=3800397495&limit=2").await.json();
+    assert_eq!(
+        first["T"], 1_767_225_600_039_409_i64,
+        "µs time from the CSV"
+    );
+    let second: Value =
+        serde_json::from_str(&client.next_text(Duration::from_secs(20)).await).unwrap();
+    assert_eq!(
+        second["f"].as_i64().unwrap(),
+        first["l"].as_i64().unwrap() + 1
+    );
+    let page = get(
+        &exchange.rest_base_url(),
+        "/api/v3/aggTrades?symbol=BTCUSDT&fromId=3800397495&limit=2",
+    )
+    .await
+    .json();
     assert_eq!(page[0]["T"], 1_767_225_600_039_i64);
     exchange.shutdown().await;
 }
@@ -147,14 +209,24 @@ async fn cryptofeed_capture_with_a_url_line_replays_its_agg_trades() {
     let Some(file) = real_file("ws/cryptofeed/BINANCE.ws.1.0") else {
         return;
     };
-    let exchange = FakeExchange::start(replay_config(vec![file], 10.0, Duration::ZERO)).await.unwrap();
+    let exchange = FakeExchange::start(replay_config(vec![file], 10.0, Duration::ZERO))
+        .await
+        .unwrap();
     let mut symbols = exchange.symbols();
     symbols.sort();
     assert_eq!(symbols, vec!["LRCBTC".to_owned(), "NKNUSDT".to_owned()]);
     // Wait until both aggTrades (30 s of capture at speed 10) have been published.
     crate::support::wait_until(Duration::from_secs(10), "capture fully published", || {
-        exchange.ground_truth("NKNUSDT", exchange.sim_now_us()).agg_trades.len() == 1
-            && exchange.ground_truth("LRCBTC", exchange.sim_now_us()).agg_trades.len() == 1
+        exchange
+            .ground_truth("NKNUSDT", exchange.sim_now_us())
+            .agg_trades
+            .len()
+            == 1
+            && exchange
+                .ground_truth("LRCBTC", exchange.sim_now_us())
+                .agg_trades
+                .len()
+                == 1
     })
     .await;
     let truth = exchange.ground_truth("NKNUSDT", exchange.sim_now_us());

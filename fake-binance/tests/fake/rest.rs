@@ -8,7 +8,11 @@ use serde_json::Value;
 use crate::support::{config, get, get_with, relaxed_limits, wait_until_async, SIM_START_US};
 
 fn ids(rows: &Value, key: &str) -> Vec<i64> {
-    rows.as_array().unwrap().iter().map(|row| row[key].as_i64().unwrap()).collect()
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[key].as_i64().unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -20,7 +24,10 @@ async fn ping_time_exchange_info_and_weights() {
     assert_eq!(ping.used_weight(), 1);
     let time = get(&base, "/api/v3/time").await;
     let server_time = time.json()["serverTime"].as_i64().unwrap();
-    assert!((SIM_START_US / 1000..SIM_START_US / 1000 + 60_000).contains(&server_time), "{server_time}");
+    assert!(
+        (SIM_START_US / 1000..SIM_START_US / 1000 + 60_000).contains(&server_time),
+        "{server_time}"
+    );
     assert_eq!(time.used_weight(), 2);
     let info = get(&base, "/api/v3/exchangeInfo").await;
     assert_eq!(info.used_weight(), 22);
@@ -35,7 +42,9 @@ async fn ping_time_exchange_info_and_weights() {
     assert_eq!(symbols[0]["filters"][0]["filterType"], "PRICE_FILTER");
     assert_eq!(symbols[0]["filters"][0]["tickSize"], "0.01000000");
     assert_eq!(symbols[0]["filters"][1]["filterType"], "LOT_SIZE");
-    let one = get(&base, "/api/v3/exchangeInfo?symbol=ETHUSDT").await.json();
+    let one = get(&base, "/api/v3/exchangeInfo?symbol=ETHUSDT")
+        .await
+        .json();
     assert_eq!(one["symbols"].as_array().unwrap().len(), 1);
 
     // Documented weights: aggTrades 4, trades 25, historicalTrades 25, klines 2.
@@ -71,21 +80,38 @@ async fn over_the_weight_limit_429_then_a_ban_with_418() {
     let too_many = get(&base, "/api/v3/exchangeInfo").await;
     assert_eq!(too_many.status, 429, "{}", too_many.body);
     assert_eq!(too_many.json()["code"], -1003);
-    let retry_after: u64 = too_many.header("Retry-After").expect("Retry-After").parse().unwrap();
+    let retry_after: u64 = too_many
+        .header("Retry-After")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
     assert!((1..=3).contains(&retry_after), "{retry_after}");
     assert_eq!(too_many.used_weight(), 40);
     // Calling again during the back-off earns a ban.
     let banned = get(&base, "/api/v3/ping").await;
     assert_eq!(banned.status, 418, "{}", banned.body);
     assert_eq!(banned.json()["code"], -1003);
-    assert!(banned.json()["msg"].as_str().unwrap().contains("IP banned until"));
-    let ban_retry: u64 = banned.header("Retry-After").expect("Retry-After").parse().unwrap();
+    assert!(banned.json()["msg"]
+        .as_str()
+        .unwrap()
+        .contains("IP banned until"));
+    let ban_retry: u64 = banned
+        .header("Retry-After")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
     assert!((1..=2).contains(&ban_retry), "{ban_retry}");
     assert_eq!(get(&base, "/api/v3/ping").await.status, 418, "still banned");
     let counters = exchange.counters();
-    assert_eq!((counters.rest_responses_429, counters.rest_responses_418), (1, 2));
+    assert_eq!(
+        (counters.rest_responses_429, counters.rest_responses_418),
+        (1, 2)
+    );
     // The ban ends and the window resets.
-    wait_until_async(Duration::from_secs(10), "ban to end", || async { get(&base, "/api/v3/ping").await.status == 200 }).await;
+    wait_until_async(Duration::from_secs(10), "ban to end", || async {
+        get(&base, "/api/v3/ping").await.status == 200
+    })
+    .await;
     exchange.shutdown().await;
 }
 
@@ -99,9 +125,15 @@ async fn bad_parameters_get_binance_error_codes() {
         ("/api/v3/trades?symbol=btcusdt", -1121),
         ("/api/v3/klines?symbol=BTCUSDT", -1102),
         ("/api/v3/klines?symbol=BTCUSDT&interval=2m", -1120),
-        ("/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=5000", -1130),
+        (
+            "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=5000",
+            -1130,
+        ),
         ("/api/v3/aggTrades?symbol=BTCUSDT&limit=abc", -1100),
-        ("/api/v3/aggTrades?symbol=BTCUSDT&fromId=5&startTime=1", -1128),
+        (
+            "/api/v3/aggTrades?symbol=BTCUSDT&fromId=5&startTime=1",
+            -1128,
+        ),
         ("/api/v3/historicalTrades?symbol=BTCUSDT&limit=0", -1130),
         ("/api/v3/exchangeInfo?symbol=NOPE", -1121),
     ] {
@@ -109,11 +141,16 @@ async fn bad_parameters_get_binance_error_codes() {
         assert_eq!(answer.status, 400, "{path}: {}", answer.body);
         let body = answer.json();
         assert_eq!(body["code"], code, "{path}: {body}");
-        assert!(body["msg"].as_str().is_some_and(|message| !message.is_empty()));
+        assert!(body["msg"]
+            .as_str()
+            .is_some_and(|message| !message.is_empty()));
         assert!(answer.header("X-MBX-USED-WEIGHT-1M").is_some());
     }
     let bad_unit = get_with(&base, "/api/v3/time", &[("X-MBX-TIME-UNIT", "SECOND")]).await;
-    assert_eq!((bad_unit.status, bad_unit.json()["code"].as_i64()), (400, Some(-1194)));
+    assert_eq!(
+        (bad_unit.status, bad_unit.json()["code"].as_i64()),
+        (400, Some(-1194))
+    );
     assert_eq!(get(&base, "/api/v3/nothing").await.status, 404);
     exchange.shutdown().await;
 }
@@ -130,34 +167,85 @@ async fn agg_trades_parameter_semantics() {
     let recent_ids = ids(&recent, "a");
     assert_eq!(recent_ids.len(), 500);
     assert!(recent_ids.windows(2).all(|pair| pair[1] == pair[0] + 1));
-    let server_time_ms = get(&base, "/api/v3/time").await.json()["serverTime"].as_i64().unwrap();
-    assert!(recent.as_array().unwrap().iter().all(|row| row["T"].as_i64().unwrap() <= server_time_ms));
+    let server_time_ms = get(&base, "/api/v3/time").await.json()["serverTime"]
+        .as_i64()
+        .unwrap();
+    assert!(recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|row| row["T"].as_i64().unwrap() <= server_time_ms));
     let row = &recent[0];
     assert_eq!(row.as_object().unwrap().keys().count(), 8, "{row}");
 
     // fromId: inclusive, ascending, limit.
     let from = truth.agg_trades[100].id;
-    let page = get(&base, &format!("/api/v3/aggTrades?symbol=BTCUSDT&fromId={from}&limit=7")).await.json();
+    let page = get(
+        &base,
+        &format!("/api/v3/aggTrades?symbol=BTCUSDT&fromId={from}&limit=7"),
+    )
+    .await
+    .json();
     assert_eq!(ids(&page, "a"), (from..from + 7).collect::<Vec<_>>());
     assert_eq!(page[0]["p"], truth.agg_trades[100].price.as_str());
-    assert_eq!(page[0]["f"].as_i64().unwrap(), truth.agg_trades[100].first_trade_id);
+    assert_eq!(
+        page[0]["f"].as_i64().unwrap(),
+        truth.agg_trades[100].first_trade_id
+    );
 
     // startTime only: the oldest from startTime.
     let start_us = truth.agg_trades[200].time_us;
-    let page = get(&base, &format!("/api/v3/aggTrades?symbol=BTCUSDT&startTime={}&limit=5", start_us / 1000)).await.json();
-    let first_expected = truth.agg_trades.iter().find(|agg| agg.time_us >= start_us / 1000 * 1000).unwrap().id;
-    assert_eq!(ids(&page, "a"), (first_expected..first_expected + 5).collect::<Vec<_>>());
+    let page = get(
+        &base,
+        &format!(
+            "/api/v3/aggTrades?symbol=BTCUSDT&startTime={}&limit=5",
+            start_us / 1000
+        ),
+    )
+    .await
+    .json();
+    let first_expected = truth
+        .agg_trades
+        .iter()
+        .find(|agg| agg.time_us >= start_us / 1000 * 1000)
+        .unwrap()
+        .id;
+    assert_eq!(
+        ids(&page, "a"),
+        (first_expected..first_expected + 5).collect::<Vec<_>>()
+    );
 
     // endTime only: the newest up to endTime.
     let end_us = truth.agg_trades[300].time_us;
-    let page = get(&base, &format!("/api/v3/aggTrades?symbol=BTCUSDT&endTime={}&limit=5", end_us / 1000)).await.json();
-    let last_expected = truth.agg_trades.iter().rev().find(|agg| agg.time_us / 1000 <= end_us / 1000).unwrap().id;
-    assert_eq!(ids(&page, "a"), (last_expected - 4..=last_expected).collect::<Vec<_>>());
+    let page = get(
+        &base,
+        &format!(
+            "/api/v3/aggTrades?symbol=BTCUSDT&endTime={}&limit=5",
+            end_us / 1000
+        ),
+    )
+    .await
+    .json();
+    let last_expected = truth
+        .agg_trades
+        .iter()
+        .rev()
+        .find(|agg| agg.time_us / 1000 <= end_us / 1000)
+        .unwrap()
+        .id;
+    assert_eq!(
+        ids(&page, "a"),
+        (last_expected - 4..=last_expected).collect::<Vec<_>>()
+    );
 
     // Both: from the start, never beyond the end.
     let page = get(
         &base,
-        &format!("/api/v3/aggTrades?symbol=BTCUSDT&startTime={}&endTime={}&limit=1000", start_us / 1000, end_us / 1000),
+        &format!(
+            "/api/v3/aggTrades?symbol=BTCUSDT&startTime={}&endTime={}&limit=1000",
+            start_us / 1000,
+            end_us / 1000
+        ),
     )
     .await
     .json();
@@ -182,20 +270,37 @@ async fn trades_and_historical_trades() {
     let exchange = FakeExchange::start(config(1.0)).await.unwrap();
     let base = exchange.rest_base_url();
     let truth = exchange.ground_truth("ETHUSDT", exchange.sim_now_us());
-    let recent = get(&base, "/api/v3/trades?symbol=ETHUSDT&limit=10").await.json();
+    let recent = get(&base, "/api/v3/trades?symbol=ETHUSDT&limit=10")
+        .await
+        .json();
     let recent_ids = ids(&recent, "id");
     assert_eq!(recent_ids.len(), 10);
     assert!(recent_ids.windows(2).all(|pair| pair[1] == pair[0] + 1));
     assert!(*recent_ids.last().unwrap() >= truth.trades.last().unwrap().id);
     let row = recent[0].as_object().unwrap();
     let keys: Vec<&str> = row.keys().map(String::as_str).collect();
-    for key in ["id", "price", "qty", "quoteQty", "time", "isBuyerMaker", "isBestMatch"] {
+    for key in [
+        "id",
+        "price",
+        "qty",
+        "quoteQty",
+        "time",
+        "isBuyerMaker",
+        "isBestMatch",
+    ] {
         assert!(keys.contains(&key), "{key} missing");
     }
-    let default_page = get(&base, "/api/v3/historicalTrades?symbol=ETHUSDT").await.json();
+    let default_page = get(&base, "/api/v3/historicalTrades?symbol=ETHUSDT")
+        .await
+        .json();
     assert_eq!(default_page.as_array().unwrap().len(), 500);
     let from = truth.trades[10].id;
-    let page = get(&base, &format!("/api/v3/historicalTrades?symbol=ETHUSDT&fromId={from}&limit=1000")).await.json();
+    let page = get(
+        &base,
+        &format!("/api/v3/historicalTrades?symbol=ETHUSDT&fromId={from}&limit=1000"),
+    )
+    .await
+    .json();
     let page_ids = ids(&page, "id");
     assert_eq!(page_ids.len(), 1000);
     assert_eq!(page_ids[0], from);
@@ -203,11 +308,28 @@ async fn trades_and_historical_trades() {
     let truth_trade = &truth.trades[10];
     assert_eq!(page[0]["price"], truth_trade.price.as_str());
     assert_eq!(page[0]["qty"], truth_trade.quantity.as_str());
-    assert_eq!(page[0]["time"].as_i64().unwrap(), truth_trade.time_us / 1000);
+    assert_eq!(
+        page[0]["time"].as_i64().unwrap(),
+        truth_trade.time_us / 1000
+    );
     // quoteQty = price x qty, exact, 8 decimals.
-    assert_eq!(page[0]["quoteQty"].as_str().unwrap().split('.').nth(1).unwrap().len(), 8);
+    assert_eq!(
+        page[0]["quoteQty"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap()
+            .len(),
+        8
+    );
     // A fromId beyond the newest trade: nothing (the future is never served).
-    let future = get(&base, "/api/v3/historicalTrades?symbol=ETHUSDT&fromId=9999999999").await.json();
+    let future = get(
+        &base,
+        "/api/v3/historicalTrades?symbol=ETHUSDT&fromId=9999999999",
+    )
+    .await
+    .json();
     assert_eq!(future.as_array().unwrap().len(), 0);
     exchange.shutdown().await;
 }
@@ -217,18 +339,31 @@ async fn klines_parameter_semantics_and_the_open_kline() {
     let exchange = FakeExchange::start(config(1.0)).await.unwrap();
     let base = exchange.rest_base_url();
     // The minute before the start closes (x:true) a few ms after the start.
-    crate::support::wait_until(Duration::from_secs(5), "first close", || exchange.sim_now_us() > SIM_START_US + 20_000).await;
-    let server_time_ms = get(&base, "/api/v3/time").await.json()["serverTime"].as_i64().unwrap();
-    let rows = get(&base, "/api/v3/klines?symbol=BTCUSDT&interval=1m").await.json();
+    crate::support::wait_until(Duration::from_secs(5), "first close", || {
+        exchange.sim_now_us() > SIM_START_US + 20_000
+    })
+    .await;
+    let server_time_ms = get(&base, "/api/v3/time").await.json()["serverTime"]
+        .as_i64()
+        .unwrap();
+    let rows = get(&base, "/api/v3/klines?symbol=BTCUSDT&interval=1m")
+        .await
+        .json();
     let rows = rows.as_array().unwrap();
     // 30 minutes of history plus the open minute (the start is on a minute boundary).
     assert_eq!(rows.len(), 31);
     let last = rows.last().unwrap();
     assert_eq!(last.as_array().unwrap().len(), 12);
-    assert!(last[6].as_i64().unwrap() >= server_time_ms, "the still-open kline is the last row");
+    assert!(
+        last[6].as_i64().unwrap() >= server_time_ms,
+        "the still-open kline is the last row"
+    );
     assert_eq!(last[11], "0");
     for pair in rows.windows(2) {
-        assert_eq!(pair[1][0].as_i64().unwrap(), pair[0][6].as_i64().unwrap() + 1);
+        assert_eq!(
+            pair[1][0].as_i64().unwrap(),
+            pair[0][6].as_i64().unwrap() + 1
+        );
     }
     // Closed rows equal the ground truth.
     let truth = exchange.klines("BTCUSDT", "1m", exchange.sim_now_us());
@@ -240,7 +375,10 @@ async fn klines_parameter_semantics_and_the_open_kline() {
         assert_eq!(row[3], kline.low.as_str());
         assert_eq!(row[4], kline.close.as_str());
         assert_eq!(row[5], kline.volume.as_str());
-        assert_eq!(row[6].as_i64().unwrap(), (kline.close_time_us + 1) / 1000 - 1);
+        assert_eq!(
+            row[6].as_i64().unwrap(),
+            (kline.close_time_us + 1) / 1000 - 1
+        );
         assert_eq!(row[7], kline.quote_volume.as_str());
         assert_eq!(row[8].as_i64().unwrap(), kline.trade_count);
         assert_eq!(row[9], kline.taker_buy_base_volume.as_str());
@@ -248,26 +386,76 @@ async fn klines_parameter_semantics_and_the_open_kline() {
     }
     // limit, startTime, endTime select by open time.
     let first_open = rows[0][0].as_i64().unwrap();
-    let page = get(&base, &format!("/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={}&limit=3", first_open + 1)).await.json();
-    let opens: Vec<i64> = page.as_array().unwrap().iter().map(|row| row[0].as_i64().unwrap()).collect();
-    assert_eq!(opens, vec![first_open + 60_000, first_open + 120_000, first_open + 180_000]);
-    let page = get(&base, &format!("/api/v3/klines?symbol=BTCUSDT&interval=1m&endTime={}&limit=2", first_open + 300_000)).await.json();
-    let opens: Vec<i64> = page.as_array().unwrap().iter().map(|row| row[0].as_i64().unwrap()).collect();
+    let page = get(
+        &base,
+        &format!(
+            "/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={}&limit=3",
+            first_open + 1
+        ),
+    )
+    .await
+    .json();
+    let opens: Vec<i64> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[0].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        opens,
+        vec![
+            first_open + 60_000,
+            first_open + 120_000,
+            first_open + 180_000
+        ]
+    );
+    let page = get(
+        &base,
+        &format!(
+            "/api/v3/klines?symbol=BTCUSDT&interval=1m&endTime={}&limit=2",
+            first_open + 300_000
+        ),
+    )
+    .await
+    .json();
+    let opens: Vec<i64> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[0].as_i64().unwrap())
+        .collect();
     assert_eq!(opens, vec![first_open + 240_000, first_open + 300_000]);
     let page = get(
         &base,
-        &format!("/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={}&endTime={}", first_open, first_open + 120_000),
+        &format!(
+            "/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={}&endTime={}",
+            first_open,
+            first_open + 120_000
+        ),
     )
     .await
     .json();
     assert_eq!(page.as_array().unwrap().len(), 3);
-    let page = get(&base, "/api/v3/klines?symbol=BTCUSDT&interval=1h&limit=1").await.json();
-    assert_eq!(page[0][0].as_i64().unwrap(), SIM_START_US / 1000, "the open hour");
-    // µs header: open and close times in µs, close = next open - 1 µs.
-    let page = get_with(&base, "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=2", &[("X-MBX-TIME-UNIT", "MICROSECOND")])
+    let page = get(&base, "/api/v3/klines?symbol=BTCUSDT&interval=1h&limit=1")
         .await
         .json();
-    assert_eq!(page[0][6].as_i64().unwrap(), page[0][0].as_i64().unwrap() + 59_999_999);
+    assert_eq!(
+        page[0][0].as_i64().unwrap(),
+        SIM_START_US / 1000,
+        "the open hour"
+    );
+    // µs header: open and close times in µs, close = next open - 1 µs.
+    let page = get_with(
+        &base,
+        "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=2",
+        &[("X-MBX-TIME-UNIT", "MICROSECOND")],
+    )
+    .await
+    .json();
+    assert_eq!(
+        page[0][6].as_i64().unwrap(),
+        page[0][0].as_i64().unwrap() + 59_999_999
+    );
     exchange.shutdown().await;
 }
 
@@ -283,8 +471,18 @@ async fn the_same_seed_gives_the_same_market() {
     assert!(truth.trades.len() > 1000);
     assert_eq!(truth, second.ground_truth("BNBUSDT", until));
     assert_ne!(truth.trades, other.ground_truth("BNBUSDT", until).trades);
-    let rows = |base: String| async move { get(&base, "/api/v3/aggTrades?symbol=BNBUSDT&startTime=1723160000000&limit=50").await.body };
-    assert_eq!(rows(first.rest_base_url()).await, rows(second.rest_base_url()).await);
+    let rows = |base: String| async move {
+        get(
+            &base,
+            "/api/v3/aggTrades?symbol=BNBUSDT&startTime=1723160000000&limit=50",
+        )
+        .await
+        .body
+    };
+    assert_eq!(
+        rows(first.rest_base_url()).await,
+        rows(second.rest_base_url()).await
+    );
     first.shutdown().await;
     second.shutdown().await;
     other.shutdown().await;
@@ -300,7 +498,12 @@ async fn ground_truth_until_cuts_by_trade_time_and_close_time() {
     .await;
     let everything = exchange.ground_truth("BTCUSDT", exchange.sim_now_us());
     let at_start = exchange.ground_truth("BTCUSDT", SIM_START_US);
-    let before_start: Vec<_> = everything.trades.iter().filter(|trade| trade.time_us < SIM_START_US).cloned().collect();
+    let before_start: Vec<_> = everything
+        .trades
+        .iter()
+        .filter(|trade| trade.time_us < SIM_START_US)
+        .cloned()
+        .collect();
     assert_eq!(at_start.trades, before_start);
     assert!(at_start.trades.len() < everything.trades.len());
     let minutes = &at_start.klines["1m"];
@@ -325,25 +528,59 @@ async fn reqwest_client_on_pooled_connections() {
     let client = reqwest::Client::new();
     let base = exchange.rest_base_url();
     for _ in 0..5 {
-        let response = client.get(format!("{base}/api/v3/aggTrades?symbol=BTCUSDT&limit=3")).send().await.unwrap();
+        let response = client
+            .get(format!("{base}/api/v3/aggTrades?symbol=BTCUSDT&limit=3"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status().as_u16(), 200);
         assert!(response.headers().contains_key("x-mbx-used-weight-1m"));
         let rows: Vec<Value> = response.json().await.unwrap();
         assert_eq!(rows.len(), 3);
     }
-    let response = client.get(format!("{base}/api/v3/klines?symbol=BTCUSDT&interval=9m")).send().await.unwrap();
+    let response = client
+        .get(format!("{base}/api/v3/klines?symbol=BTCUSDT&interval=9m"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 400);
     assert_eq!(response.json::<Value>().await.unwrap()["code"], -1120);
-    exchange.inject(fake_binance::Fault::RestTooManyRequests { retry_after_secs: 3, count: 1 });
-    let response = client.get(format!("{base}/api/v3/ping")).send().await.unwrap();
+    exchange.inject(fake_binance::Fault::RestTooManyRequests {
+        retry_after_secs: 3,
+        count: 1,
+    });
+    let response = client
+        .get(format!("{base}/api/v3/ping"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 429);
     assert_eq!(response.headers()["retry-after"], "3");
     exchange.inject(fake_binance::Fault::RestTruncatedBody { count: 1 });
-    let truncated = client.get(format!("{base}/api/v3/exchangeInfo")).send().await.unwrap().text().await;
+    let truncated = client
+        .get(format!("{base}/api/v3/exchangeInfo"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await;
     assert!(truncated.is_err(), "a cut body is an error for reqwest");
     exchange.inject(fake_binance::Fault::RestConnectionReset { count: 1 });
-    assert!(client.get(format!("{base}/api/v3/ping")).send().await.is_err());
+    assert!(client
+        .get(format!("{base}/api/v3/ping"))
+        .send()
+        .await
+        .is_err());
     // The pool recovers.
-    assert_eq!(client.get(format!("{base}/api/v3/ping")).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        client
+            .get(format!("{base}/api/v3/ping"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
     exchange.shutdown().await;
 }

@@ -18,7 +18,11 @@ fn parse(text: &str) -> Value {
 async fn raw_and_combined_trade_events_have_binance_keys_in_order() {
     let exchange = FakeExchange::start(config(30.0)).await.unwrap();
     let mut raw = Client::connect(&format!("{}/ws/btcusdt@trade", exchange.ws_base_url())).await;
-    let mut combined = Client::connect(&format!("{}/stream?streams=btcusdt@trade/ethusdt@aggTrade", exchange.ws_base_url())).await;
+    let mut combined = Client::connect(&format!(
+        "{}/stream?streams=btcusdt@trade/ethusdt@aggTrade",
+        exchange.ws_base_url()
+    ))
+    .await;
     for text in collect_texts(&mut raw, 20, WITHIN).await {
         assert!(text.starts_with(r#"{"e":"trade","E":"#), "{text}");
         assert_key_order(&text, &["e", "E", "s", "t", "p", "q", "T", "m", "M"]);
@@ -26,7 +30,11 @@ async fn raw_and_combined_trade_events_have_binance_keys_in_order() {
         assert_eq!(event.as_object().unwrap().len(), 9);
         assert_eq!(event["s"], "BTCUSDT");
         let price = event["p"].as_str().unwrap();
-        assert_eq!(price.split('.').nth(1).unwrap().len(), 8, "8 decimals: {price}");
+        assert_eq!(
+            price.split('.').nth(1).unwrap().len(),
+            8,
+            "8 decimals: {price}"
+        );
         assert!(event["t"].as_i64().unwrap() > 1 << 31);
         assert!(event["E"].as_i64().unwrap() >= event["T"].as_i64().unwrap());
     }
@@ -34,12 +42,18 @@ async fn raw_and_combined_trade_events_have_binance_keys_in_order() {
     for text in collect_texts(&mut combined, 30, WITHIN).await {
         let wrapper = parse(&text);
         let stream = wrapper["stream"].as_str().unwrap();
-        assert!(text.starts_with(&format!(r#"{{"stream":"{stream}","data":{{"e":"#)), "{text}");
+        assert!(
+            text.starts_with(&format!(r#"{{"stream":"{stream}","data":{{"e":"#)),
+            "{text}"
+        );
         if stream == "ethusdt@aggTrade" {
             saw_agg = true;
             let data = serde_json::to_string(&wrapper["data"]).unwrap();
             assert_eq!(wrapper["data"].as_object().unwrap().len(), 11, "{data}");
-            assert_key_order(&text, &["e", "E", "s", "a", "p", "q", "f", "l", "T", "m", "M"]);
+            assert_key_order(
+                &text,
+                &["e", "E", "s", "a", "p", "q", "f", "l", "T", "m", "M"],
+            );
         } else {
             assert_eq!(stream, "btcusdt@trade");
         }
@@ -51,22 +65,47 @@ async fn raw_and_combined_trade_events_have_binance_keys_in_order() {
 #[tokio::test]
 async fn agg_trades_tile_the_trade_ids_and_match_the_ground_truth() {
     let exchange = FakeExchange::start(config(30.0)).await.unwrap();
-    let mut client = Client::connect(&format!("{}/ws/ethusdt@trade/ethusdt@aggTrade", exchange.ws_base_url())).await;
+    let mut client = Client::connect(&format!(
+        "{}/ws/ethusdt@trade/ethusdt@aggTrade",
+        exchange.ws_base_url()
+    ))
+    .await;
     let texts = collect_texts(&mut client, 300, WITHIN).await;
     let events: Vec<Value> = texts.iter().map(|text| parse(text)).collect();
-    let trades: Vec<&Value> = events.iter().filter(|event| event["e"] == "trade").collect();
-    let aggs: Vec<&Value> = events.iter().filter(|event| event["e"] == "aggTrade").collect();
+    let trades: Vec<&Value> = events
+        .iter()
+        .filter(|event| event["e"] == "trade")
+        .collect();
+    let aggs: Vec<&Value> = events
+        .iter()
+        .filter(|event| event["e"] == "aggTrade")
+        .collect();
     for pair in trades.windows(2) {
-        assert_eq!(pair[1]["t"].as_i64().unwrap(), pair[0]["t"].as_i64().unwrap() + 1, "trade ids consecutive");
+        assert_eq!(
+            pair[1]["t"].as_i64().unwrap(),
+            pair[0]["t"].as_i64().unwrap() + 1,
+            "trade ids consecutive"
+        );
     }
     for pair in aggs.windows(2) {
-        assert_eq!(pair[1]["a"].as_i64().unwrap(), pair[0]["a"].as_i64().unwrap() + 1, "agg ids consecutive");
-        assert_eq!(pair[1]["f"].as_i64().unwrap(), pair[0]["l"].as_i64().unwrap() + 1, "f follows previous l");
+        assert_eq!(
+            pair[1]["a"].as_i64().unwrap(),
+            pair[0]["a"].as_i64().unwrap() + 1,
+            "agg ids consecutive"
+        );
+        assert_eq!(
+            pair[1]["f"].as_i64().unwrap(),
+            pair[0]["l"].as_i64().unwrap() + 1,
+            "f follows previous l"
+        );
     }
     // Every aggregate covers trades of one price and one time.
     for agg in &aggs {
         let (first, last) = (agg["f"].as_i64().unwrap(), agg["l"].as_i64().unwrap());
-        for trade in trades.iter().filter(|trade| (first..=last).contains(&trade["t"].as_i64().unwrap())) {
+        for trade in trades
+            .iter()
+            .filter(|trade| (first..=last).contains(&trade["t"].as_i64().unwrap()))
+        {
             assert_eq!(trade["p"], agg["p"]);
             assert_eq!(trade["T"], agg["T"]);
             assert_eq!(trade["m"], agg["m"]);
@@ -76,17 +115,32 @@ async fn agg_trades_tile_the_trade_ids_and_match_the_ground_truth() {
     let truth = exchange.ground_truth("ETHUSDT", exchange.sim_now_us());
     for trade in &trades {
         let id = trade["t"].as_i64().unwrap();
-        let truth_trade = truth.trades.iter().find(|candidate| candidate.id == id).expect("streamed trade in truth");
+        let truth_trade = truth
+            .trades
+            .iter()
+            .find(|candidate| candidate.id == id)
+            .expect("streamed trade in truth");
         assert_eq!(truth_trade.price, trade["p"].as_str().unwrap());
         assert_eq!(truth_trade.quantity, trade["q"].as_str().unwrap());
-        assert_eq!(truth_trade.event_time_us / 1000, trade["E"].as_i64().unwrap());
+        assert_eq!(
+            truth_trade.event_time_us / 1000,
+            trade["E"].as_i64().unwrap()
+        );
         assert_eq!(truth_trade.time_us / 1000, trade["T"].as_i64().unwrap());
         assert_eq!(truth_trade.is_buyer_maker, trade["m"].as_bool().unwrap());
     }
     let first_streamed = trades[0]["t"].as_i64().unwrap();
     let last_streamed = trades.last().unwrap()["t"].as_i64().unwrap();
-    let truth_in_range = truth.trades.iter().filter(|trade| (first_streamed..=last_streamed).contains(&trade.id)).count();
-    assert_eq!(truth_in_range, trades.len(), "no trade in the truth was left out of the stream");
+    let truth_in_range = truth
+        .trades
+        .iter()
+        .filter(|trade| (first_streamed..=last_streamed).contains(&trade.id))
+        .count();
+    assert_eq!(
+        truth_in_range,
+        trades.len(),
+        "no trade in the truth was left out of the stream"
+    );
     // History before the start is in the truth (for REST gap fills) but was never streamed.
     assert!(truth.trades[0].time_us < SIM_START_US);
     assert!(truth.trades[0].id < first_streamed);
@@ -99,22 +153,39 @@ async fn one_second_klines_close_every_second_including_empty_ones() {
     // Few orders, so that many seconds have no trade.
     exchange_config.mean_orders_per_sec = 0.3;
     let exchange = FakeExchange::start(exchange_config).await.unwrap();
-    let mut client = Client::connect(&format!("{}/ws/btcusdt@kline_1s", exchange.ws_base_url())).await;
+    let mut client =
+        Client::connect(&format!("{}/ws/btcusdt@kline_1s", exchange.ws_base_url())).await;
     let texts = collect_texts(&mut client, 40, WITHIN).await;
     for text in &texts {
-        assert_key_order(text, &["e", "E", "s", "k", "t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q", "B"]);
+        assert_key_order(
+            text,
+            &[
+                "e", "E", "s", "k", "t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n",
+                "x", "q", "V", "Q", "B",
+            ],
+        );
     }
     let events: Vec<Value> = texts.iter().map(|text| parse(text)).collect();
     let mut saw_empty = false;
     let mut saw_full = false;
     for pair in events.windows(2) {
         let (previous, current) = (&pair[0]["k"], &pair[1]["k"]);
-        assert_eq!(current["t"].as_i64().unwrap(), previous["T"].as_i64().unwrap() + 1, "consecutive seconds");
+        assert_eq!(
+            current["t"].as_i64().unwrap(),
+            previous["T"].as_i64().unwrap() + 1,
+            "consecutive seconds"
+        );
         if current["n"] == 0 {
             saw_empty = true;
-            assert_eq!((current["f"].as_i64(), current["L"].as_i64()), (Some(-1), Some(-1)));
+            assert_eq!(
+                (current["f"].as_i64(), current["L"].as_i64()),
+                (Some(-1), Some(-1))
+            );
             for price_key in ["o", "h", "l", "c"] {
-                assert_eq!(current[price_key], previous["c"], "empty kline at previous close");
+                assert_eq!(
+                    current[price_key], previous["c"],
+                    "empty kline at previous close"
+                );
             }
             for volume_key in ["v", "q", "V", "Q"] {
                 assert_eq!(current[volume_key], "0.00000000");
@@ -128,22 +199,40 @@ async fn one_second_klines_close_every_second_including_empty_ones() {
         let kline = &event["k"];
         assert_eq!(kline["x"], true, "1s klines only send their closing event");
         assert_eq!(kline["i"], "1s");
-        assert_eq!(kline["T"].as_i64().unwrap(), kline["t"].as_i64().unwrap() + 999);
+        assert_eq!(
+            kline["T"].as_i64().unwrap(),
+            kline["t"].as_i64().unwrap() + 999
+        );
         let close_delay = event["E"].as_i64().unwrap() - kline["T"].as_i64().unwrap();
-        assert!((1..=20).contains(&close_delay), "closing event a few ms after the close: {close_delay}");
+        assert!(
+            (1..=20).contains(&close_delay),
+            "closing event a few ms after the close: {close_delay}"
+        );
     }
-    assert!(saw_empty && saw_full, "expected both empty and traded seconds");
+    assert!(
+        saw_empty && saw_full,
+        "expected both empty and traded seconds"
+    );
     // Closed klines equal the ground truth's, including the closing event's E.
     let truth = exchange.klines("BTCUSDT", "1s", exchange.sim_now_us());
     for event in &events {
         let kline = &event["k"];
         let open_us = kline["t"].as_i64().unwrap() * 1000;
-        let truth_kline = truth.iter().find(|candidate| candidate.open_time_us == open_us).expect("kline in truth");
-        assert_eq!(truth_kline.close_event_time_us / 1000, event["E"].as_i64().unwrap());
+        let truth_kline = truth
+            .iter()
+            .find(|candidate| candidate.open_time_us == open_us)
+            .expect("kline in truth");
+        assert_eq!(
+            truth_kline.close_event_time_us / 1000,
+            event["E"].as_i64().unwrap()
+        );
         assert_eq!(truth_kline.close, kline["c"].as_str().unwrap());
         assert_eq!(truth_kline.volume, kline["v"].as_str().unwrap());
         assert_eq!(truth_kline.quote_volume, kline["q"].as_str().unwrap());
-        assert_eq!(truth_kline.taker_buy_base_volume, kline["V"].as_str().unwrap());
+        assert_eq!(
+            truth_kline.taker_buy_base_volume,
+            kline["V"].as_str().unwrap()
+        );
         assert_eq!(truth_kline.trade_count, kline["n"].as_i64().unwrap());
         assert_eq!(truth_kline.first_trade_id, kline["f"].as_i64().unwrap());
         assert_eq!(truth_kline.last_trade_id, kline["L"].as_i64().unwrap());
@@ -155,7 +244,8 @@ async fn one_second_klines_close_every_second_including_empty_ones() {
 #[tokio::test]
 async fn minute_klines_update_every_two_seconds_then_close() {
     let exchange = FakeExchange::start(config(120.0)).await.unwrap();
-    let mut client = Client::connect(&format!("{}/ws/bnbusdt@kline_1m", exchange.ws_base_url())).await;
+    let mut client =
+        Client::connect(&format!("{}/ws/bnbusdt@kline_1m", exchange.ws_base_url())).await;
     let mut closes = Vec::new();
     let mut updates = 0;
     while closes.len() < 2 {
@@ -176,7 +266,10 @@ async fn minute_klines_update_every_two_seconds_then_close() {
         }
     }
     assert!(updates >= 20, "about 29 updates per minute, got {updates}");
-    assert_eq!(closes[1]["k"]["t"].as_i64().unwrap(), closes[0]["k"]["t"].as_i64().unwrap() + 60_000);
+    assert_eq!(
+        closes[1]["k"]["t"].as_i64().unwrap(),
+        closes[0]["k"]["t"].as_i64().unwrap() + 60_000
+    );
     let truth = exchange.klines("BNBUSDT", "1m", exchange.sim_now_us());
     let closed = &closes[1]["k"];
     let truth_kline = truth
@@ -194,7 +287,10 @@ async fn minute_klines_update_every_two_seconds_then_close() {
 async fn microsecond_mode_sends_microseconds() {
     let exchange = FakeExchange::start(config(60.0)).await.unwrap();
     let base = exchange.ws_base_url();
-    let mut micro = Client::connect(&format!("{base}/stream?streams=btcusdt@trade/btcusdt@kline_1s&timeUnit=MICROSECOND")).await;
+    let mut micro = Client::connect(&format!(
+        "{base}/stream?streams=btcusdt@trade/btcusdt@kline_1s&timeUnit=MICROSECOND"
+    ))
+    .await;
     let mut milli = Client::connect(&format!("{base}/ws/btcusdt@trade?timeUnit=millisecond")).await;
     let mut saw_trade = false;
     let mut saw_kline = false;
@@ -202,34 +298,54 @@ async fn microsecond_mode_sends_microseconds() {
         let wrapper = parse(&micro.next_text(WITHIN).await);
         let data = &wrapper["data"];
         let event_time = data["E"].as_i64().unwrap();
-        assert!(event_time > 1_000_000_000_000_000, "µs event time: {event_time}");
+        assert!(
+            event_time > 1_000_000_000_000_000,
+            "µs event time: {event_time}"
+        );
         if data["e"] == "trade" {
             saw_trade = true;
             let truth = exchange.ground_truth("BTCUSDT", exchange.sim_now_us());
-            let trade = truth.trades.iter().find(|trade| trade.id == data["t"].as_i64().unwrap()).unwrap();
+            let trade = truth
+                .trades
+                .iter()
+                .find(|trade| trade.id == data["t"].as_i64().unwrap())
+                .unwrap();
             assert_eq!(trade.time_us, data["T"].as_i64().unwrap());
             assert_eq!(trade.event_time_us, event_time);
         } else {
             saw_kline = true;
             let kline = &data["k"];
-            assert_eq!(kline["T"].as_i64().unwrap(), kline["t"].as_i64().unwrap() + 999_999, "close = next open - 1 µs");
+            assert_eq!(
+                kline["T"].as_i64().unwrap(),
+                kline["t"].as_i64().unwrap() + 999_999,
+                "close = next open - 1 µs"
+            );
         }
     }
     let trade = parse(&milli.next_text(WITHIN).await);
-    assert!(trade["E"].as_i64().unwrap() < 10_000_000_000_000, "ms event time");
+    assert!(
+        trade["E"].as_i64().unwrap() < 10_000_000_000_000,
+        "ms event time"
+    );
     exchange.shutdown().await;
 }
 
 #[tokio::test]
 async fn each_connection_gets_the_same_events_in_the_same_order() {
     let exchange = FakeExchange::start(config(60.0)).await.unwrap();
-    let url = format!("{}/ws/btcusdt@trade/btcusdt@aggTrade/ethusdt@trade", exchange.ws_base_url());
+    let url = format!(
+        "{}/ws/btcusdt@trade/btcusdt@aggTrade/ethusdt@trade",
+        exchange.ws_base_url()
+    );
     let mut first = Client::connect(&url).await;
     let mut second = Client::connect(&url).await;
     // The second connection may have missed the very first events; align on the first common one.
     let first_texts = collect_texts(&mut first, 400, WITHIN).await;
     let second_texts = collect_texts(&mut second, 200, WITHIN).await;
-    let start = first_texts.iter().position(|text| *text == second_texts[0]).expect("common event");
+    let start = first_texts
+        .iter()
+        .position(|text| *text == second_texts[0])
+        .expect("common event");
     assert_eq!(&first_texts[start..start + 200], &second_texts[..]);
     // Within a stream, ids increase.
     let mut last_btc_trade = 0;

@@ -36,7 +36,11 @@ pub fn config(speed: f64) -> FakeConfig {
         speed,
         sim_start_us: SIM_START_US,
         history: Duration::from_secs(30 * 60),
-        symbols: vec!["BTCUSDT".to_owned(), "ETHUSDT".to_owned(), "BNBUSDT".to_owned()],
+        symbols: vec![
+            "BTCUSDT".to_owned(),
+            "ETHUSDT".to_owned(),
+            "BNBUSDT".to_owned(),
+        ],
         mean_orders_per_sec: 2.0,
         limits: relaxed_limits(),
         ..FakeConfig::default()
@@ -71,7 +75,9 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap_or_else(|error| panic!("connect {url}: {error}"));
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|error| panic!("connect {url}: {error}"));
         Client { socket }
     }
 
@@ -113,7 +119,10 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.socket.send(Message::text(text.to_owned())).await.expect("send");
+        self.socket
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send");
     }
 
     /// Reads until the server's close frame; returns it (None if the stream just ended).
@@ -138,7 +147,11 @@ pub async fn collect_texts(client: &mut Client, count: usize, within: Duration) 
     let mut texts = Vec::with_capacity(count);
     while texts.len() < count {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        assert!(!remaining.is_zero(), "only {} of {count} frames within {within:?}", texts.len());
+        assert!(
+            !remaining.is_zero(),
+            "only {} of {count} frames within {within:?}",
+            texts.len()
+        );
         texts.push(client.next_text(remaining).await);
     }
     texts
@@ -153,24 +166,38 @@ pub struct Answer {
 
 impl Answer {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.body))
     }
 
     pub fn used_weight(&self) -> u64 {
-        self.header("X-MBX-USED-WEIGHT-1M").expect("weight header").parse().expect("weight number")
+        self.header("X-MBX-USED-WEIGHT-1M")
+            .expect("weight header")
+            .parse()
+            .expect("weight number")
     }
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
 /// A body shorter than its Content-Length is an `UnexpectedEof` error.
-pub async fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<Answer> {
+pub async fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<Answer> {
     let address = base.trim_start_matches("http://");
     let mut stream = TcpStream::connect(address).await?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -179,31 +206,52 @@ pub async fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)]
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes).await?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no complete response head"))?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "no complete response head",
+        )
+    })?;
     let mut lines = head.lines();
     let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
     let headers: Vec<(String, String)> = lines
         .filter_map(|line| line.split_once(": "))
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect();
-    let answer = Answer { status, headers, body: body.to_owned() };
-    if let Some(length) = answer.header("Content-Length").and_then(|value| value.parse::<usize>().ok()) {
+    let answer = Answer {
+        status,
+        headers,
+        body: body.to_owned(),
+    };
+    if let Some(length) = answer
+        .header("Content-Length")
+        .and_then(|value| value.parse::<usize>().ok())
+    {
         if answer.body.len() < length {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "body shorter than Content-Length"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "body shorter than Content-Length",
+            ));
         }
     }
     Ok(answer)
 }
 
 pub async fn get(base: &str, path: &str) -> Answer {
-    http(base, "GET", path, &[], "").await.unwrap_or_else(|error| panic!("GET {path}: {error}"))
+    http(base, "GET", path, &[], "")
+        .await
+        .unwrap_or_else(|error| panic!("GET {path}: {error}"))
 }
 
 pub async fn get_with(base: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-    http(base, "GET", path, headers, "").await.unwrap_or_else(|error| panic!("GET {path}: {error}"))
+    http(base, "GET", path, headers, "")
+        .await
+        .unwrap_or_else(|error| panic!("GET {path}: {error}"))
 }
 
 /// Positions of `keys` (as `"k":`) in `text`, asserting they appear in this order.
@@ -211,7 +259,9 @@ pub fn assert_key_order(text: &str, keys: &[&str]) {
     let mut last = 0;
     for key in keys {
         let needle = format!("\"{key}\":");
-        let position = text[last..].find(&needle).unwrap_or_else(|| panic!("key {key} missing or out of order in {text}"));
+        let position = text[last..]
+            .find(&needle)
+            .unwrap_or_else(|| panic!("key {key} missing or out of order in {text}"));
         last += position + needle.len();
     }
 }
