@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::binance::limiter::WeightShare;
 use crate::binance::ws::ConnectionSettings;
 use crate::domain::{Market, StreamKind, Symbol};
 use crate::wal::FsyncPolicy;
@@ -48,6 +49,8 @@ pub struct RawConfig {
     pub seal: RawSeal,
     #[serde(default)]
     pub connection: RawConnection,
+    #[serde(default)]
+    pub fill: RawFill,
     #[serde(default)]
     pub shutdown: RawShutdown,
     #[serde(default)]
@@ -174,6 +177,54 @@ impl Default for RawConnection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct RawFill {
+    /// Fill the holes found before sealing from REST. When false, hours are
+    /// sealed with what the streams delivered and holes are only declared.
+    pub enabled: bool,
+    /// Fill an hour from its start even when nothing was recorded before it
+    /// (the first start, or after downtime), so its file covers the whole hour.
+    pub backfill_from_hour_start: bool,
+    /// The share of Binance's REST weight limit this recorder may use (0 to
+    /// 1); other programs on the host share the IP's limit.
+    pub weight_share: f64,
+    /// Limit on one REST request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Attempts per REST page within one fill round, the first included.
+    pub max_attempts: u32,
+    /// Pause between fill rounds of an hour whose holes REST did not fill:
+    /// first pause and cap (doubling), in milliseconds.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long sealing waits for fills, in seconds of exchange time after
+    /// the hour could be sealed; a hole still open then is sealed as
+    /// declared in the file's `unfilled` metadata.
+    pub deadline_secs: u64,
+    /// How often declared holes of sealed files are tried again, in seconds.
+    pub declared_retry_secs: u64,
+    /// At start: how many hours back the sealed files are read for declared
+    /// holes to retry, and for the last rows before the downtime.
+    pub lookback_hours: u32,
+}
+
+impl Default for RawFill {
+    fn default() -> Self {
+        RawFill {
+            enabled: true,
+            backfill_from_hour_start: true,
+            weight_share: 0.3,
+            request_timeout_ms: 10_000,
+            max_attempts: 5,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 60_000,
+            deadline_secs: 300,
+            declared_retry_secs: 600,
+            lookback_hours: 24,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawShutdown {
     /// Time allowed for an orderly stop after SIGTERM, in milliseconds;
     /// keep it below systemd's TimeoutStopSec.
@@ -249,6 +300,7 @@ pub struct Config {
     pub seal_grace: Duration,
     pub max_concurrent_seals: usize,
     pub connection: ConnectionConfig,
+    pub fill: FillConfig,
     pub shutdown_deadline: Duration,
     pub log_level: String,
     pub markets: Vec<MarketConfig>,
@@ -261,6 +313,22 @@ pub struct ConnectionConfig {
     pub handshake_limit: u32,
     pub handshake_window: Duration,
     pub settings: ConnectionSettings,
+}
+
+/// Validated `[fill]` settings.
+#[derive(Debug, Clone)]
+pub struct FillConfig {
+    pub enabled: bool,
+    pub backfill_from_hour_start: bool,
+    pub weight_share: WeightShare,
+    pub request_timeout: Duration,
+    pub max_attempts: u32,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// Exchange time, µs.
+    pub deadline_us: i64,
+    pub declared_retry: Duration,
+    pub lookback_hours: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +424,7 @@ impl RawConfig {
             return Err(invalid("seal.max_concurrent", "must be at least 1"));
         }
         let connection = validate_connection(&self.connection)?;
+        let fill = validate_fill(&self.fill)?;
         if self.shutdown.deadline_ms == 0 {
             return Err(invalid("shutdown.deadline_ms", "must be at least 1"));
         }
@@ -408,6 +477,7 @@ impl RawConfig {
             seal_grace: Duration::from_millis(self.seal.grace_ms),
             max_concurrent_seals: self.seal.max_concurrent,
             connection,
+            fill,
             shutdown_deadline: Duration::from_millis(self.shutdown.deadline_ms),
             log_level: self.log.level,
             markets,
@@ -477,6 +547,51 @@ fn validate_connection(raw: &RawConnection) -> Result<ConnectionConfig, ConfigEr
             subscribe_batch: raw.subscribe_batch,
             max_backpressure_wait: Duration::from_millis(raw.max_backpressure_wait_ms),
         },
+    })
+}
+
+fn validate_fill(raw: &RawFill) -> Result<FillConfig, ConfigError> {
+    let key = |name: &str| format!("fill.{name}");
+    let weight_share = WeightShare::new(raw.weight_share).ok_or_else(|| {
+        invalid(
+            key("weight_share"),
+            format!("{} is not above 0 and at most 1", raw.weight_share),
+        )
+    })?;
+    for (name, value) in [
+        ("request_timeout_ms", raw.request_timeout_ms),
+        ("max_attempts", u64::from(raw.max_attempts)),
+        ("retry_initial_ms", raw.retry_initial_ms),
+        ("declared_retry_secs", raw.declared_retry_secs),
+    ] {
+        if value == 0 {
+            return Err(invalid(key(name), "must be at least 1"));
+        }
+    }
+    if raw.retry_max_ms < raw.retry_initial_ms {
+        return Err(invalid(
+            key("retry_max_ms"),
+            "must not be below retry_initial_ms",
+        ));
+    }
+    if raw.deadline_secs > 7 * 24 * 3600 {
+        return Err(invalid(
+            key("deadline_secs"),
+            "must be at most a week (604800)",
+        ));
+    }
+    Ok(FillConfig {
+        enabled: raw.enabled,
+        backfill_from_hour_start: raw.backfill_from_hour_start,
+        weight_share,
+        request_timeout: Duration::from_millis(raw.request_timeout_ms),
+        max_attempts: raw.max_attempts,
+        retry_initial: Duration::from_millis(raw.retry_initial_ms),
+        retry_max: Duration::from_millis(raw.retry_max_ms),
+        deadline_us: i64::try_from(raw.deadline_secs).unwrap_or(i64::MAX)
+            * crate::domain::MICROS_PER_SECOND,
+        declared_retry: Duration::from_secs(raw.declared_retry_secs),
+        lookback_hours: raw.lookback_hours,
     })
 }
 
@@ -669,6 +784,22 @@ streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
             (
                 format!("[connection]\ndead_after_ms = 0\n{MINIMAL}"),
                 "connection.dead_after_ms",
+            ),
+            (
+                format!("[fill]\nweight_share = 1.5\n{MINIMAL}"),
+                "fill.weight_share",
+            ),
+            (
+                format!("[fill]\nweight_share = 0.0\n{MINIMAL}"),
+                "fill.weight_share",
+            ),
+            (
+                format!("[fill]\nmax_attempts = 0\n{MINIMAL}"),
+                "fill.max_attempts",
+            ),
+            (
+                format!("[fill]\nretry_max_ms = 10\n{MINIMAL}"),
+                "fill.retry_max_ms",
             ),
             (
                 format!("[storage]\ndata_dir = \"x\"\nwal_dir = \"x\"\n{MINIMAL}"),

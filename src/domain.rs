@@ -377,6 +377,8 @@ impl fmt::Display for Hour {
 /// does not fit 38 digits, is an error. (Hand-written rather than taken from
 /// a decimal crate because the one rule we need, "exactly representable at
 /// scale 8 or refuse", is a dozen lines and the crates round by default.)
+///
+/// Serialised (in WAL records of REST rows) as its exact decimal string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Decimal8(i128);
 
@@ -450,6 +452,19 @@ impl FromStr for Decimal8 {
     }
 }
 
+impl serde::Serialize for Decimal8 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Decimal8 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Decimal8, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for Decimal8 {
     /// Always 8 decimals, as Binance spot prints them (`"61685.99000000"`).
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -466,7 +481,8 @@ impl fmt::Display for Decimal8 {
 }
 
 /// Where a row came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Source {
     /// Received on the WebSocket stream.
     Ws,
@@ -484,7 +500,7 @@ impl Source {
 }
 
 /// A trade, as written to the `trade` stream's files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TradeRow {
     pub trade_id: i64,
     pub price: Decimal8,
@@ -499,7 +515,7 @@ pub struct TradeRow {
 }
 
 /// An aggregate trade, as written to the `aggTrade` stream's files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AggTradeRow {
     pub agg_trade_id: i64,
     pub price: Decimal8,
@@ -515,7 +531,7 @@ pub struct AggTradeRow {
 }
 
 /// A closed kline, as written to the `kline_<interval>` stream's files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KlineRow {
     pub open_time: TimeUs,
     pub close_time: TimeUs,
@@ -536,7 +552,8 @@ pub struct KlineRow {
 }
 
 /// A row of any stream kind.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Row {
     Trade(TradeRow),
     AggTrade(AggTradeRow),

@@ -26,7 +26,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::domain::{Hour, KlineInterval, TimeUs, UnfilledRange};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Hour, KlineInterval, StreamKind, TimeUs, UnfilledRange};
 
 /// An inclusive range of missing ids, `first <= last`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -260,6 +262,151 @@ pub fn kline_holes(
         previous_open = Some(open);
     }
     holes
+}
+
+/// A hole of any stream kind: what detection reports and the fill takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hole {
+    Ids(IdHole),
+    Klines(KlineHole),
+}
+
+impl Hole {
+    /// The hole's key bounds (ids, or kline open times), `None` where unknown.
+    pub fn key_bounds(&self) -> (Option<i64>, Option<i64>) {
+        match self {
+            Hole::Ids(hole) => (hole.from_id, hole.to_id),
+            Hole::Klines(hole) => (Some(hole.first_open), Some(hole.last_open)),
+        }
+    }
+
+    /// Both key bounds are known: the missing keys are exactly named. An
+    /// open hole only says "there may be rows here".
+    pub fn is_closed(&self) -> bool {
+        matches!(self.key_bounds(), (Some(_), Some(_)))
+    }
+
+    /// The hole as listed in the `unfilled` metadata of `hour`'s file.
+    pub fn unfilled(&self, kind: StreamKind, hour: Hour, reason: &str) -> UnfilledRange {
+        match (self, kind) {
+            (Hole::Klines(hole), StreamKind::Kline(interval)) => {
+                hole.unfilled(interval, hour, reason)
+            }
+            (Hole::Klines(hole), _) => UnfilledRange {
+                from: Some(hole.first_open),
+                to: Some(hole.last_open),
+                from_time: hole.first_open,
+                to_time: hole.last_open,
+                reason: reason.to_owned(),
+            },
+            (Hole::Ids(hole), _) => hole.unfilled(reason),
+        }
+    }
+
+    /// The hole an `unfilled` entry of a sealed file describes (to retry it).
+    pub fn from_unfilled(kind: StreamKind, range: &UnfilledRange) -> Option<Hole> {
+        match kind {
+            StreamKind::Kline(_) => Some(Hole::Klines(KlineHole {
+                first_open: range.from?,
+                last_open: range.to?,
+            })),
+            StreamKind::Trade | StreamKind::AggTrade => Some(Hole::Ids(IdHole {
+                from_id: range.from,
+                to_id: range.to,
+                from_time: range.from_time,
+                to_time: range.to_time,
+            })),
+        }
+    }
+}
+
+/// A key range REST has answered for in full: every row the exchange
+/// serves there was fetched. `None` is unbounded at that end (an open hole
+/// probed by time up to the hour's edge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settled {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+impl Settled {
+    /// Whether every key the hole may hold lies inside this range.
+    pub fn covers(&self, hole: &Hole) -> bool {
+        let (from, to) = hole.key_bounds();
+        let from_inside = match (self.from, from) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(settled), Some(hole)) => hole >= settled,
+        };
+        let to_inside = match (self.to, to) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(settled), Some(hole)) => hole <= settled,
+        };
+        from_inside && to_inside
+    }
+}
+
+/// What is known about one stream-hour when its holes are judged.
+#[derive(Debug, Clone)]
+pub struct StreamHour {
+    pub kind: StreamKind,
+    pub hour: Hour,
+    /// The keys held with their times: ids with trade times, or kline open
+    /// times (twice). Any order, duplicates allowed.
+    pub keys: Vec<IdAt>,
+    /// The last row known before the hour's rows, and the first after.
+    pub before: Option<IdAt>,
+    pub after: Option<IdAt>,
+    /// Whether the hour must be complete from its start even when nothing
+    /// is known before it (backfill on a first start or after downtime).
+    /// When false and `before` is unknown, the hour is judged from
+    /// `watched_from` on.
+    pub from_hour_start: bool,
+    pub watched_from: TimeUs,
+}
+
+/// The holes of one stream-hour (see the module doc).
+pub fn stream_hour_holes(facts: &StreamHour) -> Vec<Hole> {
+    match facts.kind {
+        StreamKind::Trade | StreamKind::AggTrade => {
+            let judge_start = facts.from_hour_start || facts.before.is_some();
+            id_holes_in_hour(facts.hour, &facts.keys, facts.before, facts.after)
+                .into_iter()
+                .filter(|hole| judge_start || hole.from_id.is_some())
+                .map(Hole::Ids)
+                .collect()
+        }
+        StreamKind::Kline(interval) => {
+            let from = if facts.from_hour_start || facts.before.is_some() {
+                facts.hour.start()
+            } else {
+                facts.watched_from.max(facts.hour.start())
+            };
+            let present: Vec<TimeUs> = facts.keys.iter().map(|key| key.id).collect();
+            kline_holes(interval, &present, from, facts.hour.end())
+                .into_iter()
+                .map(Hole::Klines)
+                .collect()
+        }
+    }
+}
+
+/// Splits holes by what REST already said about them: a hole inside a
+/// settled range that names its keys is data the exchange does not have
+/// (returned second, to be declared); an open one inside a settled range
+/// held nothing (dropped); the rest still need a fill (returned first).
+pub fn sort_by_settled(holes: Vec<Hole>, settled: &[Settled]) -> (Vec<Hole>, Vec<Hole>) {
+    let mut to_fill = Vec::new();
+    let mut not_served = Vec::new();
+    for hole in holes {
+        if !settled.iter().any(|range| range.covers(&hole)) {
+            to_fill.push(hole);
+        } else if hole.is_closed() {
+            not_served.push(hole);
+        }
+    }
+    (to_fill, not_served)
 }
 
 #[cfg(test)]
@@ -729,5 +876,118 @@ mod tests {
                 prop_assert!(minute.next_open_time(pair[0].last_open) < pair[1].first_open);
             }
         }
+    }
+
+    #[test]
+    fn a_first_hour_is_judged_from_its_start_only_when_backfilling() {
+        let facts = StreamHour {
+            kind: StreamKind::Trade,
+            hour: hour(),
+            keys: vec![at(10, 600), at(11, 601)],
+            before: None,
+            after: Some(at(12, 3700)),
+            from_hour_start: true,
+            watched_from: HOUR_START + 600 * MICROS_PER_SECOND,
+        };
+        let holes = stream_hour_holes(&facts);
+        assert_eq!(holes.len(), 1);
+        assert_eq!(
+            holes[0].key_bounds(),
+            (None, Some(9)),
+            "open start, probed by time"
+        );
+        assert!(!holes[0].is_closed());
+        let watched_only = StreamHour {
+            from_hour_start: false,
+            ..facts
+        };
+        assert!(
+            stream_hour_holes(&watched_only).is_empty(),
+            "nothing before the watched part is owed"
+        );
+    }
+
+    #[test]
+    fn kline_hours_are_judged_on_the_grid_from_where_they_are_owed() {
+        let minute = StreamKind::Kline(KlineInterval::Minute1);
+        let opens: Vec<IdAt> = (30..60)
+            .filter(|m| *m != 45)
+            .map(|m| IdAt {
+                id: HOUR_START + m * MICROS_PER_MINUTE,
+                time: 0,
+            })
+            .collect();
+        let facts = StreamHour {
+            kind: minute,
+            hour: hour(),
+            keys: opens,
+            before: None,
+            after: None,
+            from_hour_start: false,
+            watched_from: HOUR_START + 30 * MICROS_PER_MINUTE,
+        };
+        let missing_45 = Hole::Klines(KlineHole {
+            first_open: HOUR_START + 45 * MICROS_PER_MINUTE,
+            last_open: HOUR_START + 45 * MICROS_PER_MINUTE,
+        });
+        assert_eq!(stream_hour_holes(&facts), vec![missing_45]);
+        let backfilled = stream_hour_holes(&StreamHour {
+            from_hour_start: true,
+            ..facts
+        });
+        assert_eq!(backfilled.len(), 2);
+        assert_eq!(
+            backfilled[0].key_bounds(),
+            (Some(HOUR_START), Some(HOUR_START + 29 * MICROS_PER_MINUTE))
+        );
+    }
+
+    #[test]
+    fn settled_ranges_turn_holes_into_declared_gaps_or_nothing() {
+        let closed = Hole::Ids(IdHole {
+            from_id: Some(5),
+            to_id: Some(7),
+            from_time: HOUR_START,
+            to_time: HOUR_START,
+        });
+        let open_end = Hole::Ids(IdHole {
+            from_id: Some(9),
+            to_id: None,
+            from_time: HOUR_START,
+            to_time: HOUR_START,
+        });
+        let elsewhere = Hole::Ids(IdHole {
+            from_id: Some(2),
+            to_id: Some(3),
+            from_time: HOUR_START,
+            to_time: HOUR_START,
+        });
+        let settled = [
+            Settled {
+                from: Some(5),
+                to: Some(7),
+            },
+            Settled {
+                from: Some(8),
+                to: None,
+            },
+        ];
+        let (to_fill, not_served) = sort_by_settled(vec![closed, open_end, elsewhere], &settled);
+        assert_eq!(to_fill, vec![elsewhere]);
+        assert_eq!(
+            not_served,
+            vec![closed],
+            "a named hole REST answered for is data the exchange lacks"
+        );
+        assert!(!Settled {
+            from: Some(5),
+            to: Some(7)
+        }
+        .covers(&open_end));
+        assert!(Settled {
+            from: None,
+            to: None
+        }
+        .covers(&open_end));
     }
 }

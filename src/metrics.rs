@@ -63,6 +63,18 @@ counters! {
     control_errors,
     /// `/api/v3/time` answers behind the stream's event times.
     clock_check_failures,
+    /// Holes found before sealing (each counted once per fill round).
+    holes_found,
+    /// REST fill rounds run (one per stream-hour and try).
+    fill_rounds,
+    /// Fill rounds that left a hole open because REST failed.
+    fill_failures,
+    /// Rows fetched from REST that the stream had not delivered.
+    rows_filled,
+    /// Holes sealed as declared in a file's `unfilled` metadata.
+    holes_declared,
+    /// Declared holes filled later and sealed in a replacement file.
+    holes_filled_late,
 }
 
 impl Counters {

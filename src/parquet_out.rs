@@ -87,6 +87,89 @@ pub fn hour_file_path(root: &Path, key: &StreamKey, hour: Hour) -> PathBuf {
         ))
 }
 
+/// The hours of `key` that have a sealed file under `root`, ascending.
+/// Names that do not parse are skipped (they are not ours).
+pub fn sealed_hours(root: &Path, key: &StreamKey) -> Vec<Hour> {
+    let stream_dir = hour_file_path(root, key, Hour::containing(0))
+        .parent()
+        .and_then(Path::parent)
+        .expect("hour file paths have a date and a symbol directory")
+        .to_path_buf();
+    let Ok(dates) = std::fs::read_dir(&stream_dir) else {
+        return Vec::new();
+    };
+    let mut hours = Vec::new();
+    for date_entry in dates.flatten() {
+        let Ok(files) = std::fs::read_dir(date_entry.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let name = file.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(stem) = name.strip_suffix(".parquet") else {
+                continue;
+            };
+            // <S>-<s>-<YYYY-MM-DD>-<HH>: the last 13 characters are the hour.
+            let Some(hour_text) = stem
+                .len()
+                .checked_sub(13)
+                .and_then(|start| stem.get(start..))
+            else {
+                continue;
+            };
+            let Ok(time) = chrono::NaiveDateTime::parse_from_str(
+                &format!("{hour_text}:00:00"),
+                "%Y-%m-%d-%H:%M:%S",
+            ) else {
+                continue;
+            };
+            let hour = Hour::containing(time.and_utc().timestamp_micros());
+            if hour_file_path(root, key, hour) == file.path() {
+                hours.push(hour);
+            }
+        }
+    }
+    hours.sort();
+    hours
+}
+
+/// What a restart needs to know of a sealed file: its last key and the
+/// holes it declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSummary {
+    pub last_key: Option<i64>,
+    pub unfilled: Vec<UnfilledRange>,
+}
+
+/// Reads a sealed file's [`SealedSummary`] from its footer.
+pub fn read_summary(path: &Path) -> Result<SealedSummary, ParquetOutError> {
+    let metadata = read_metadata(path)?;
+    let value = |key: &str| {
+        metadata
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    };
+    let invalid = |reason: String| ParquetOutError::Invalid {
+        path: path.to_path_buf(),
+        kind: "metadata".into(),
+        reason,
+    };
+    let last_key = match value("last_key") {
+        None | Some("null") => None,
+        Some(text) => Some(
+            text.parse()
+                .map_err(|_| invalid(format!("last_key {text:?} is not an integer")))?,
+        ),
+    };
+    let unfilled = match value("unfilled") {
+        None => Vec::new(),
+        Some(text) => serde_json::from_str(text)
+            .map_err(|error| invalid(format!("unfilled is not a list of holes: {error}")))?,
+    };
+    Ok(SealedSummary { last_key, unfilled })
+}
+
 /// The temporary name a file is written under before its rename. It starts
 /// with a dot (pyarrow's dataset discovery skips it) and never ends in
 /// `.parquet` (no glob of readers matches it).

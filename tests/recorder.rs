@@ -12,6 +12,8 @@ mod config_errors;
 mod connections;
 #[path = "recorder/end_to_end.rs"]
 mod end_to_end;
+#[path = "recorder/gap_fill.rs"]
+mod gap_fill;
 #[path = "recorder/real_data.rs"]
 mod real_data;
 #[path = "recorder/rest_fill.rs"]

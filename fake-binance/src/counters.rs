@@ -43,6 +43,8 @@ pub struct Counters {
     pub rest_failures_injected: u64,
     /// Weight used in the current window.
     pub rest_used_weight: u64,
+    /// The most weight used in any one window so far.
+    pub rest_used_weight_max: u64,
 }
 
 /// The live counters behind a lock; cheap enough at the fake's event rates.

@@ -163,6 +163,7 @@ impl Driver {
                 shared
                     .counters
                     .update(|counters| counters.events_skipped += 1);
+                lock(&shared.skipped_events).push(event.skipped());
                 debug!(stream = %event.stream_name, "event skipped by fault");
                 continue;
             }

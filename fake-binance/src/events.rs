@@ -85,6 +85,20 @@ impl StreamEvent {
         }
     }
 
+    /// What a skipped event would have delivered, for [`crate::SkippedEvent`].
+    pub fn skipped(&self) -> crate::SkippedEvent {
+        let (key, kline_closed) = match &self.body {
+            EventBody::Trade { trade, .. } => (trade.id, false),
+            EventBody::AggTrade { agg, .. } => (agg.id, false),
+            EventBody::Kline { kline, closed, .. } => (kline.open_us, *closed),
+        };
+        crate::SkippedEvent {
+            stream: self.stream_name.to_string(),
+            key,
+            kline_closed,
+        }
+    }
+
     /// Counter key of the frame kind.
     pub fn kind_name(&self) -> &'static str {
         match self.body {

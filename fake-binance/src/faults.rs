@@ -51,6 +51,9 @@ pub enum Fault {
     RestConnectionReset { count: u32 },
     /// The next `count` REST answers announce their full length but stop half-way.
     RestTruncatedBody { count: u32 },
+    /// Forget every REST failure still queued: REST answers normally again
+    /// (ends a "REST down" made of a long queue of failures).
+    ClearRestFaults,
 }
 
 impl Fault {
@@ -81,6 +84,7 @@ impl Fault {
             Fault::RestSlow { .. } => "rest_slow",
             Fault::RestConnectionReset { .. } => "rest_connection_reset",
             Fault::RestTruncatedBody { .. } => "rest_truncated_body",
+            Fault::ClearRestFaults => "clear_rest_faults",
         }
     }
 

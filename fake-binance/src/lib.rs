@@ -79,6 +79,18 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A running fake exchange. Dropping it stops its tasks too, but
 /// [`FakeExchange::shutdown`] waits until they are gone.
+/// An event a `SkipEvents` fault withheld from every subscriber: what a
+/// recorder must get back from REST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedEvent {
+    /// The stream name, e.g. `btcusdt@trade`.
+    pub stream: String,
+    /// Trade id, aggTrade id, or kline open time (µs).
+    pub key: i64,
+    /// For klines: the event was the kline's closing one.
+    pub kline_closed: bool,
+}
+
 pub struct FakeExchange {
     shared: Arc<Shared>,
     tracker: TaskTracker,
@@ -123,6 +135,7 @@ impl FakeExchange {
             weight: Mutex::new(rest::WeightState::new(clock.real_start())),
             replay_mode,
             driver_wakeup: tokio::sync::Notify::new(),
+            skipped_events: std::sync::Mutex::new(Vec::new()),
             config,
         });
         let tracker = TaskTracker::new();
@@ -231,6 +244,11 @@ impl FakeExchange {
     }
 
     /// A snapshot of the counters.
+    /// Every event withheld by `SkipEvents` so far, in order.
+    pub fn skipped_events(&self) -> Vec<SkippedEvent> {
+        shared::lock(&self.shared.skipped_events).clone()
+    }
+
     pub fn counters(&self) -> Counters {
         counters_of(&self.shared)
     }
@@ -355,10 +373,12 @@ pub(crate) fn klines_of(
 
 pub(crate) fn counters_of(shared: &Shared) -> Counters {
     let mut counters = shared.counters.snapshot();
-    counters.rest_used_weight = u64::from(lock(&shared.weight).used(
+    let mut weight = lock(&shared.weight);
+    counters.rest_used_weight = u64::from(weight.used(
         tokio::time::Instant::now(),
         shared.config.limits.weight_window,
     ));
+    counters.rest_used_weight_max = u64::from(weight.used_max);
     counters
 }
 

@@ -24,6 +24,8 @@ pub(crate) struct WeightState {
     backoff_until: Option<Instant>,
     banned_until: Option<Instant>,
     bans_so_far: u32,
+    /// The most weight ever used in one window.
+    pub used_max: u32,
 }
 
 impl WeightState {
@@ -35,6 +37,7 @@ impl WeightState {
             backoff_until: None,
             banned_until: None,
             bans_so_far: 0,
+            used_max: 0,
         }
     }
 
@@ -130,6 +133,7 @@ fn admit(shared: &Shared, weight: u32) -> (Admission, u32) {
         );
     }
     state.used += weight;
+    state.used_max = state.used_max.max(state.used);
     (Admission::Admitted, state.used)
 }
 

@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub replay_mode: bool,
     /// Poked when subscriptions change, so the driver starts new kline streams at once.
     pub driver_wakeup: Notify,
+    /// Every event a `SkipEvents` fault withheld, in order.
+    pub skipped_events: Mutex<Vec<crate::SkippedEvent>>,
 }
 
 impl Shared {
@@ -137,6 +139,7 @@ impl Shared {
             Fault::RestTruncatedBody { count } => {
                 lock(&self.pending_faults).queue_rest(RestFailure::TruncatedBody, count)
             }
+            Fault::ClearRestFaults => lock(&self.pending_faults).rest.clear(),
         }
     }
 }

@@ -775,6 +775,25 @@ impl RestClient {
             .await
     }
 
+    /// The first aggregate trade with a trade time in `[from, to]`, if any,
+    /// retried like the `fetch_*` helpers. Its `first_trade_id` is where
+    /// trades start at `from` (historicalTrades has no time parameter).
+    pub async fn first_agg_trade_between(
+        &self,
+        symbol: &Symbol,
+        from: TimeUs,
+        to: TimeUs,
+        retry: &RetryPolicy,
+    ) -> Result<Option<AggTradeRow>, RestError> {
+        let mut n_attempts = 0;
+        let page = self
+            .with_retries(retry, &mut n_attempts, |deadline| {
+                self.agg_trades_time_page(symbol, from, Some(to), 1, deadline)
+            })
+            .await?;
+        Ok(page.into_iter().next())
+    }
+
     async fn id_page<R: IdPaged>(
         &self,
         symbol: &Symbol,

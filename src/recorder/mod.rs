@@ -8,8 +8,10 @@
 //! runs off the async workers: each WAL batch (append, fsync, then decode)
 //! and each Parquet seal is a `spawn_blocking` job.
 
+pub mod fill;
 pub mod state;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,18 +25,18 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::binance::decode::{decode_frame, Decoded};
-use crate::binance::rest::{RestClient, RestError};
+use crate::binance::rest::{RestClient, RestError, RestOptions, RetryPolicy};
 use crate::binance::streams::stream_name;
 use crate::binance::ws::{now_us, run_connection, ConnectionPlan, HandshakeBudget, Inbound};
 use crate::config::{Config, MarketConfig};
-use crate::domain::{Market, TimeUs};
+use crate::domain::{Hour, Market, StreamKey, TimeUs};
 use crate::metrics::Counters;
 use crate::parquet_out::{self, HourFile};
 use crate::quarantine::{self, QuarantinedFrame};
 use crate::seal::merge_into_sealed;
 use crate::wal::fs::{RealFs, WalFs};
 use crate::wal::{FsyncPolicy, Record, RecordKind, SegmentId, Wal, WalConfig, WalError, WalWriter};
-pub use state::{Checkpoint, SealJob, State};
+pub use state::{Checkpoint, FillJob, FillReport, Job, MonoMs, SealJob, State};
 
 /// Capacity of the channel from connection tasks to the recorder.
 pub const CHANNEL_CAPACITY: usize = 8192;
@@ -80,8 +82,29 @@ pub async fn run_with_wal_fs(
         counters.clone(),
     )
     .await?;
+    // One REST client per market, shared by every caller, so one limiter
+    // paces them all against the IP's weight limit.
+    let rest_options = RestOptions {
+        request_timeout: config.fill.request_timeout,
+        weight_share: config.fill.weight_share,
+        ..RestOptions::default()
+    };
+    let rest_clients: BTreeMap<Market, RestClient> = config
+        .markets
+        .iter()
+        .map(|market_config| {
+            (
+                market_config.market,
+                RestClient::with_options(
+                    market_config.market,
+                    &market_config.rest_url,
+                    rest_options.clone(),
+                ),
+            )
+        })
+        .collect();
     for market_config in &config.markets {
-        check_symbols(market_config).await?;
+        check_symbols(market_config, &rest_clients[&market_config.market]).await?;
     }
 
     let mut runtime = Runtime {
@@ -96,6 +119,10 @@ pub async fn run_with_wal_fs(
         batch: None,
         seals: JoinSet::new(),
         seal_pause_until: None,
+        fills: JoinSet::new(),
+        fill_tasks: HashMap::new(),
+        rest_clients: rest_clients.clone(),
+        started: Instant::now(),
         fatal: None,
     };
     for market_config in &config.markets {
@@ -111,22 +138,20 @@ pub async fn run_with_wal_fs(
     let (sender, mut receiver) = mpsc::channel(CHANNEL_CAPACITY);
     let tasks = TaskTracker::new();
     let task_shutdown = CancellationToken::new();
-    // One budget for every connection: Binance counts handshakes per IP.
     let budget = Arc::new(HandshakeBudget::new(
         config.connection.handshake_limit,
         config.connection.handshake_window,
     ));
     let mut n_tasks = 0;
+    let spawner = TaskSpawner {
+        tasks: &tasks,
+        budget: &budget,
+        sender: &sender,
+        shutdown: &task_shutdown,
+    };
     for market_config in &config.markets {
-        n_tasks = spawn_market_tasks(
-            &tasks,
-            &config,
-            market_config,
-            n_tasks,
-            &budget,
-            &sender,
-            &task_shutdown,
-        );
+        let rest = rest_clients[&market_config.market].clone();
+        n_tasks = spawner.spawn_market_tasks(&config, market_config, n_tasks, rest);
     }
     drop(sender);
 
@@ -150,55 +175,64 @@ pub async fn run_with_wal_fs(
     }
 }
 
-/// Spawns the connection tasks of one market (streams spread over
-/// connections of at most `streams_per_connection`) and its clock task.
-/// Returns the number of connection tasks so far, for numbering.
-fn spawn_market_tasks(
-    tasks: &TaskTracker,
-    config: &Config,
-    market_config: &MarketConfig,
-    n_tasks_before: usize,
-    budget: &Arc<HandshakeBudget>,
-    sender: &mpsc::Sender<Inbound>,
-    shutdown: &CancellationToken,
-) -> usize {
-    let market = market_config.market;
-    let streams: Vec<_> = market_config
-        .symbols
-        .iter()
-        .flat_map(|symbol| {
-            market_config
-                .streams
-                .iter()
-                .map(move |kind| (symbol.clone(), *kind))
-        })
-        .collect();
-    let mut n_tasks = n_tasks_before;
-    for chunk in streams.chunks(config.connection.streams_per_connection) {
-        let plan = ConnectionPlan {
+/// What every spawned connection and clock task shares.
+struct TaskSpawner<'a> {
+    tasks: &'a TaskTracker,
+    /// One budget for every connection: Binance counts handshakes per IP.
+    budget: &'a Arc<HandshakeBudget>,
+    sender: &'a mpsc::Sender<Inbound>,
+    shutdown: &'a CancellationToken,
+}
+
+impl TaskSpawner<'_> {
+    /// Spawns the connection tasks of one market (streams spread over
+    /// connections of at most `streams_per_connection`) and its clock task.
+    /// Returns the number of connection tasks so far, for numbering.
+    fn spawn_market_tasks(
+        &self,
+        config: &Config,
+        market_config: &MarketConfig,
+        n_tasks_before: usize,
+        rest: RestClient,
+    ) -> usize {
+        let market = market_config.market;
+        let streams: Vec<_> = market_config
+            .symbols
+            .iter()
+            .flat_map(|symbol| {
+                market_config
+                    .streams
+                    .iter()
+                    .map(move |kind| (symbol.clone(), *kind))
+            })
+            .collect();
+        let mut n_tasks = n_tasks_before;
+        for chunk in streams.chunks(config.connection.streams_per_connection) {
+            let plan = ConnectionPlan {
+                market,
+                task: n_tasks,
+                ws_base_url: market_config.ws_url.clone(),
+                streams: chunk.to_vec(),
+            };
+            n_tasks += 1;
+            self.tasks.spawn(run_connection(
+                plan,
+                config.connection.settings.clone(),
+                self.budget.clone(),
+                self.sender.clone(),
+                self.shutdown.child_token(),
+            ));
+        }
+        let interval = market_config.time_check_interval;
+        self.tasks.spawn(run_clock_checks(
             market,
-            task: n_tasks,
-            ws_base_url: market_config.ws_url.clone(),
-            streams: chunk.to_vec(),
-        };
-        n_tasks += 1;
-        tasks.spawn(run_connection(
-            plan,
-            config.connection.settings.clone(),
-            budget.clone(),
-            sender.clone(),
-            shutdown.child_token(),
+            rest,
+            interval,
+            self.sender.clone(),
+            self.shutdown.child_token(),
         ));
+        n_tasks
     }
-    let rest = RestClient::new(market, &market_config.rest_url);
-    tasks.spawn(run_clock_checks(
-        market,
-        rest,
-        market_config.time_check_interval,
-        sender.clone(),
-        shutdown.child_token(),
-    ));
-    n_tasks
 }
 
 /// Asks `/api/v3/time` every `interval` and reports the host clock's offset.
@@ -240,12 +274,11 @@ async fn run_clock_checks(
 /// Checks the configured symbols against `exchangeInfo`: an unknown symbol
 /// is an error, one that is not trading a warning. REST being unreachable
 /// is only a warning: recording must not wait for it.
-async fn check_symbols(market_config: &MarketConfig) -> anyhow::Result<()> {
+async fn check_symbols(market_config: &MarketConfig, rest: &RestClient) -> anyhow::Result<()> {
     if !market_config.check_symbols {
         return Ok(());
     }
     let market = market_config.market;
-    let rest = RestClient::new(market, &market_config.rest_url);
     let names: Vec<String> = market_config
         .symbols
         .iter()
@@ -319,6 +352,19 @@ enum Applied {
         decoded: Decoded,
     },
     Checkpoint(Checkpoint),
+    Fill {
+        segment: SegmentId,
+        report: FillReport,
+    },
+}
+
+/// A fill report's record: its JSON.
+fn fill_record(report: &FillReport) -> Record {
+    Record {
+        kind: RecordKind::RestRows,
+        recv_time_us: now_us(),
+        payload: serde_json::to_vec(report).expect("fill reports always serialise"),
+    }
 }
 
 /// Decodes a durable record; undecodable frames are returned for quarantine.
@@ -353,7 +399,15 @@ fn decode_record(segment: SegmentId, record: &Record) -> Result<Option<Applied>,
                 Ok(None)
             }
         },
-        RecordKind::RestRows => Ok(None),
+        RecordKind::RestRows => match serde_json::from_slice(&record.payload) {
+            Ok(report) => Ok(Some(Applied::Fill { segment, report })),
+            Err(error) => {
+                // Written by this program, so this is damage or a bug; the
+                // rows are fetched again when the hour is judged.
+                warn!(%error, "WAL fill record not understood; skipped");
+                Ok(None)
+            }
+        },
     }
 }
 
@@ -389,6 +443,9 @@ async fn open_and_replay(
                         })) => state.apply(market, segment, decoded),
                         Ok(Some(Applied::Checkpoint(checkpoint))) => {
                             state.apply_checkpoint(checkpoint)
+                        }
+                        Ok(Some(Applied::Fill { segment, report })) => {
+                            state.apply_fill(segment, report, 0)
                         }
                         Ok(None) => {}
                         Err(frame) => quarantined.push(frame),
@@ -427,10 +484,65 @@ async fn open_and_replay(
             n_unsealed_rows = state.n_unsealed_rows(),
             "WAL replayed"
         );
+        resume_from_sealed_files(&config, &mut state);
         Ok((wal, state))
     })
     .await
     .context("WAL replay task failed")?
+}
+
+/// Reads the newest sealed files of every stream: the next hour is judged
+/// from the last row before it, hours missed while the recorder was down
+/// are owed, and holes the files declare are retried. Files more than
+/// `fill.lookback_hours` older than a stream's newest file are not read.
+fn resume_from_sealed_files(config: &Config, state: &mut State) {
+    for market_config in &config.markets {
+        for symbol in &market_config.symbols {
+            for kind in &market_config.streams {
+                let key = StreamKey {
+                    market: market_config.market,
+                    symbol: symbol.clone(),
+                    kind: *kind,
+                };
+                let hours = parquet_out::sealed_hours(&config.data_dir, &key);
+                let Some(newest) = hours.last().copied() else {
+                    continue;
+                };
+                let oldest_read = newest.start()
+                    - i64::from(config.fill.lookback_hours) * crate::domain::MICROS_PER_HOUR;
+                let mut resumed = false;
+                for hour in hours
+                    .iter()
+                    .rev()
+                    .copied()
+                    .take_while(|hour| hour.start() >= oldest_read)
+                {
+                    let path = parquet_out::hour_file_path(&config.data_dir, &key, hour);
+                    match parquet_out::read_summary(&path) {
+                        Ok(summary) => {
+                            if !resumed {
+                                state.resume_after_sealed(&key, hour, summary.last_key);
+                                resumed = true;
+                            }
+                            if !summary.unfilled.is_empty() {
+                                state.declare_sealed_holes(&key, hour, summary.unfilled);
+                            }
+                        }
+                        Err(error) => {
+                            warn!(path = %path.display(), %error, "sealed file unreadable at start; it is rebuilt if its rows come again")
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let n_declared_hours = state.n_declared_hours();
+    if n_declared_hours > 0 {
+        info!(
+            n_declared_hours,
+            "sealed files declare holes; retrying them from REST"
+        );
+    }
 }
 
 /// The outcome of one WAL batch, computed on a blocking thread.
@@ -470,6 +582,13 @@ struct Runtime {
     batch: Option<JoinHandle<BatchOutcome>>,
     seals: JoinSet<SealOutcome>,
     seal_pause_until: Option<Instant>,
+    /// Fill rounds running, and which stream-hour each is for (a task that
+    /// panics says only its id).
+    fills: JoinSet<FillReport>,
+    fill_tasks: HashMap<tokio::task::Id, (StreamKey, Hour, bool)>,
+    rest_clients: BTreeMap<Market, RestClient>,
+    /// Origin of the [`MonoMs`] clock the state's retry times use.
+    started: Instant,
     /// Set when the runtime cannot go on; returned by the stop.
     fatal: Option<anyhow::Error>,
 }
@@ -480,6 +599,9 @@ impl Runtime {
         receiver: &mut mpsc::Receiver<Inbound>,
         shutdown: &CancellationToken,
     ) {
+        // Plans are also made when nothing arrives, for fill retries that fall due.
+        let mut planning = tokio::time::interval(Duration::from_millis(200));
+        planning.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.maybe_start_batch();
             let sync_deadline = self.sync_deadline();
@@ -497,6 +619,8 @@ impl Runtime {
                     }
                 },
                 Some(joined) = self.seals.join_next(), if !self.seals.is_empty() => self.finish_seal(joined),
+                Some(joined) = self.fills.join_next_with_id(), if !self.fills.is_empty() => self.finish_fill(joined),
+                _ = planning.tick() => {}
                 // Not while a full batch waits: the channel then fills and
                 // the connection tasks wait (see MAX_BATCH_RECORDS).
                 input = receiver.recv(), if self.pending.len() < MAX_BATCH_RECORDS => match input {
@@ -632,6 +756,7 @@ impl Runtime {
             Ok(applied) => {
                 Counters::add(&self.counters.wal_syncs, 1);
                 Counters::add(&self.counters.frames_durable, outcome.n_frames);
+                let now = self.now_ms();
                 for item in applied {
                     match item {
                         Applied::Frame {
@@ -640,6 +765,9 @@ impl Runtime {
                             decoded,
                         } => self.state.apply(market, segment, decoded),
                         Applied::Checkpoint(_) => {}
+                        Applied::Fill { segment, report } => {
+                            self.state.apply_fill(segment, report, now)
+                        }
                     }
                 }
             }
@@ -652,24 +780,70 @@ impl Runtime {
         }
     }
 
+    fn now_ms(&self) -> MonoMs {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Starts the seals and fill rounds the state asks for.
     fn plan_seals(&mut self) {
-        if self
+        let seals_paused = self
             .seal_pause_until
-            .is_some_and(|until| Instant::now() < until)
-        {
-            return;
+            .is_some_and(|until| Instant::now() < until);
+        let free = if seals_paused {
+            0
+        } else {
+            self.config
+                .max_concurrent_seals
+                .saturating_sub(self.seals.len())
+        };
+        let now = self.now_ms();
+        for job in self.state.plan(free, now) {
+            match job {
+                Job::Seal(job) => {
+                    let data_dir = self.config.data_dir.clone();
+                    self.seals
+                        .spawn_blocking(move || execute_seal(&data_dir, job));
+                }
+                Job::Fill(job) => self.start_fill(job),
+            }
         }
-        let free = self
-            .config
-            .max_concurrent_seals
-            .saturating_sub(self.seals.len());
-        if free == 0 {
+    }
+
+    fn start_fill(&mut self, job: FillJob) {
+        let Some(rest) = self.rest_clients.get(&job.key.market).cloned() else {
             return;
-        }
-        for job in self.state.plan_seals(free) {
-            let data_dir = self.config.data_dir.clone();
-            self.seals
-                .spawn_blocking(move || execute_seal(&data_dir, job));
+        };
+        let retry = RetryPolicy {
+            max_attempts: self.config.fill.max_attempts,
+            ..RetryPolicy::default()
+        };
+        let what = (job.key.clone(), job.hour, job.declared);
+        let handle = self.fills.spawn(fill::run_fill(rest, job, retry));
+        self.fill_tasks.insert(handle.id(), what);
+    }
+
+    /// A fill round ended: its report goes through the WAL like a frame and
+    /// reaches the state once durable.
+    fn finish_fill(
+        &mut self,
+        joined: Result<(tokio::task::Id, FillReport), tokio::task::JoinError>,
+    ) {
+        match joined {
+            Ok((id, report)) => {
+                self.fill_tasks.remove(&id);
+                if let Some(failure) = &report.failure {
+                    debug!(stream = %report.stream, hour_start = report.hour_start, %failure, n_rows = report.rows.len(), "fill round left holes open");
+                }
+                self.pending.push(fill_record(&report));
+                self.pending_since.get_or_insert_with(Instant::now);
+            }
+            Err(error) => {
+                error!(%error, "fill task failed; retried later");
+                if let Some((key, hour, declared)) = self.fill_tasks.remove(&error.id()) {
+                    let now = self.now_ms();
+                    self.state.fill_lost(&key, hour, declared, now);
+                }
+            }
         }
     }
 
@@ -720,6 +894,9 @@ impl Runtime {
         receiver: &mut mpsc::Receiver<Inbound>,
         tasks: &TaskTracker,
     ) -> anyhow::Result<()> {
+        // Fill rounds in flight are dropped: nothing of theirs was
+        // acknowledged, and the holes are found again at the next start.
+        self.fills.shutdown().await;
         // Every frame a connection already handed over is made durable.
         let drain = async {
             while let Some(input) = receiver.recv().await {
@@ -890,6 +1067,7 @@ fn execute_seal(data_dir: &Path, job: SealJob) -> SealOutcome {
     let path = parquet_out::hour_file_path(data_dir, &job.key, job.hour);
     let mut coverage = (job.coverage_from, job.coverage_to);
     let mut rows = job.rows;
+    let mut unfilled = job.unfilled.clone().unwrap_or_default();
     let mut resealed = false;
     if path.exists() {
         match parquet_out::read_hour_file(&path, job.key.kind) {
@@ -897,8 +1075,18 @@ fn execute_seal(data_dir: &Path, job: SealJob) -> SealOutcome {
                 if let Some((from, to)) = sealed_coverage(&path) {
                     coverage = (coverage.0.min(from), coverage.1.max(to));
                 }
+                let sealed_unfilled = parquet_out::read_summary(&path)
+                    .map(|summary| summary.unfilled)
+                    .unwrap_or_default();
+                let unfilled_changed = job
+                    .unfilled
+                    .as_ref()
+                    .is_some_and(|list| *list != sealed_unfilled);
+                if job.unfilled.is_none() {
+                    unfilled = sealed_unfilled;
+                }
                 let (merged, changed) = merge_into_sealed(sealed, rows);
-                if !changed {
+                if !changed && !unfilled_changed {
                     return SealOutcome {
                         job_key,
                         hour,
@@ -929,7 +1117,7 @@ fn execute_seal(data_dir: &Path, job: SealJob) -> SealOutcome {
         key: job.key,
         hour: job.hour,
         rows,
-        unfilled: Vec::new(),
+        unfilled,
         coverage_from: coverage.0,
         coverage_to: coverage.1,
         clock_offset_us: job.clock_offset_us,
@@ -999,6 +1187,7 @@ mod tests {
             coverage_from: hour.start() + 10,
             coverage_to: hour.end(),
             clock_offset_us: None,
+            unfilled: None,
             late,
         }
     }

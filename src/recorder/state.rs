@@ -11,11 +11,27 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::binance::decode::Decoded;
-use crate::config::Config;
-use crate::domain::{Hour, Market, Row, StreamKey, TimeUs};
+use crate::binance::streams::{parse_stream_name, stream_name};
+use crate::config::{Config, FillConfig};
+use crate::domain::{Hour, Market, Row, Source, StreamKey, StreamKind, TimeUs, UnfilledRange};
+use crate::gaps::{
+    id_holes, kline_holes, sort_by_settled, stream_hour_holes, Hole, IdAt, Settled, StreamHour,
+};
 use crate::metrics::Counters;
-use crate::seal::{coverage, insert_row, is_sealable, Inserted, WatchSpan};
+use crate::seal::{complete_at, coverage, insert_row, is_sealable, Inserted, WatchSpan};
 use crate::wal::SegmentId;
+
+/// Milliseconds of the host's monotonic clock since the runtime started:
+/// when a fill round may be tried again. (Deadlines are in exchange time.)
+pub type MonoMs = u64;
+
+/// `unfilled` reason: REST answered for the range and has no such rows
+/// (klines during a halt, futures ids REST does not serve). Not retried.
+pub const REASON_NOT_SERVED: &str = "exchange has no data";
+/// `unfilled` reason: gap fill is switched off in the config.
+pub const REASON_FILL_DISABLED: &str = "fill disabled";
+/// `unfilled` reason when no fill round failed but the deadline came first.
+pub const REASON_DEADLINE: &str = "not filled before the deadline";
 
 /// Checkpoint records: what the WAL must remember besides frames so that a
 /// restart knows which stretches of time were watched. A `Sessions` record
@@ -79,6 +95,25 @@ struct OpenHour {
     first_segment: SegmentId,
 }
 
+/// Fill progress of an hour not sealed yet.
+#[derive(Debug, Default)]
+struct FillStatus {
+    /// Key ranges REST answered for in full.
+    settled: Vec<Settled>,
+    n_rounds: u32,
+    in_flight: bool,
+    retry_at: MonoMs,
+    last_failure: Option<String>,
+}
+
+/// Holes declared in a sealed file, tried again now and then.
+#[derive(Debug)]
+struct Declared {
+    unfilled: Vec<UnfilledRange>,
+    retry_at: MonoMs,
+    in_flight: bool,
+}
+
 /// Per-(market, stream, symbol) state.
 #[derive(Debug, Default)]
 struct StreamState {
@@ -87,6 +122,16 @@ struct StreamState {
     open: BTreeMap<Hour, OpenHour>,
     /// Hours being written now, with the segment their rows pin.
     in_flight: BTreeMap<Hour, Option<SegmentId>>,
+    /// The last row of the sealed hours (carried over empty hours): the
+    /// `before` of the next hour's gap detection.
+    last_sealed: Option<IdAt>,
+    /// An hour of this stream was sealed (by this process or, read from
+    /// disk, by an earlier one): the following hours are owed in full.
+    sealed_any: bool,
+    fills: BTreeMap<Hour, FillStatus>,
+    declared: BTreeMap<Hour, Declared>,
+    /// Sealed hours whose `unfilled` list changed: resealed with it.
+    unfilled_changed: BTreeMap<Hour, Vec<UnfilledRange>>,
 }
 
 impl StreamState {
@@ -110,12 +155,79 @@ pub struct SealJob {
     pub coverage_from: TimeUs,
     pub coverage_to: TimeUs,
     pub clock_offset_us: Option<i64>,
+    /// The file's `unfilled` list; `None` keeps the list of the file on disk.
+    pub unfilled: Option<Vec<UnfilledRange>>,
     /// The hour was sealed before: merge with the file on disk.
     pub late: bool,
 }
 
+/// One REST fill round to run: the holes of a stream-hour.
+#[derive(Debug, Clone)]
+pub struct FillJob {
+    pub key: StreamKey,
+    pub hour: Hour,
+    pub holes: Vec<Hole>,
+    /// The exchange's clock as known now: klines closing before it are closed.
+    pub closed_before: TimeUs,
+    /// The holes are declared in a sealed file (a later retry).
+    pub declared: bool,
+}
+
+/// What a fill round got. Written to the WAL before it is applied, so a
+/// crash during a fill loses nothing, and replayed like frames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FillReport {
+    pub market: String,
+    pub stream: String,
+    pub hour_start: TimeUs,
+    pub declared: bool,
+    /// Rows fetched, `source = rest`.
+    pub rows: Vec<Row>,
+    /// Key ranges REST answered for in full.
+    pub settled: Vec<Settled>,
+    /// Why a hole stayed open, when one did.
+    pub failure: Option<String>,
+}
+
+impl FillReport {
+    pub fn new(
+        job: &FillJob,
+        rows: Vec<Row>,
+        settled: Vec<Settled>,
+        failure: Option<String>,
+    ) -> FillReport {
+        FillReport {
+            market: job.key.market.name().to_owned(),
+            stream: stream_name(&job.key.symbol, job.key.kind),
+            hour_start: job.hour.start(),
+            declared: job.declared,
+            rows,
+            settled,
+            failure,
+        }
+    }
+
+    pub fn key(&self) -> Option<StreamKey> {
+        let market = Market::from_name(&self.market)?;
+        let (symbol, kind) = parse_stream_name(&self.stream)?;
+        Some(StreamKey {
+            market,
+            symbol,
+            kind,
+        })
+    }
+}
+
+/// What the state asks the runtime to do.
+#[derive(Debug)]
+pub enum Job {
+    Seal(SealJob),
+    Fill(FillJob),
+}
+
 pub struct State {
     grace_us: i64,
+    fill: FillConfig,
     markets: BTreeMap<Market, MarketState>,
     streams: BTreeMap<StreamKey, StreamState>,
     counters: Arc<Counters>,
@@ -142,6 +254,7 @@ impl State {
         }
         State {
             grace_us: i64::try_from(config.seal_grace.as_micros()).unwrap_or(i64::MAX),
+            fill: config.fill.clone(),
             markets,
             streams,
             counters,
@@ -366,83 +479,398 @@ impl State {
         &self.disconnect_windows
     }
 
-    fn insert(&mut self, key: StreamKey, row: Row, segment: SegmentId) {
-        for window in self
-            .disconnect_windows
-            .iter_mut()
-            .filter(|window| window.key == key && window.first_key_after.is_none())
-        {
-            window.first_key_after = Some(row.key());
+    fn insert(&mut self, key: StreamKey, row: Row, segment: SegmentId) -> Option<Inserted> {
+        let from_stream = row.source() == Source::Ws;
+        if from_stream {
+            for window in self
+                .disconnect_windows
+                .iter_mut()
+                .filter(|window| window.key == key && window.first_key_after.is_none())
+            {
+                window.first_key_after = Some(row.key());
+            }
         }
         let Some(stream) = self.streams.get_mut(&key) else {
             Counters::add(&self.counters.rows_unexpected, 1);
             if self.warned_unexpected.insert(key.clone()) {
                 warn!(%key, "row of a stream that is not configured; not recorded");
             }
-            return;
+            return None;
         };
         let hour = Hour::containing(row.bucket_time());
-        let late = stream.next_hour_to_seal.is_some_and(|next| hour < next);
+        let late = from_stream && stream.next_hour_to_seal.is_some_and(|next| hour < next);
         let open_hour = stream.open.entry(hour).or_insert_with(|| OpenHour {
             rows: BTreeMap::new(),
             first_segment: segment,
         });
         open_hour.first_segment = open_hour.first_segment.min(segment);
-        match insert_row(&mut open_hour.rows, row) {
-            Inserted::Duplicate => Counters::add(&self.counters.rows_duplicate, 1),
+        let inserted = insert_row(&mut open_hour.rows, row);
+        match inserted {
+            Inserted::Duplicate if from_stream => Counters::add(&self.counters.rows_duplicate, 1),
             Inserted::New if late => Counters::add(&self.counters.rows_late, 1),
-            Inserted::New | Inserted::ReplacedRest => {}
+            Inserted::New if !from_stream => Counters::add(&self.counters.rows_filled, 1),
+            _ => {}
+        }
+        Some(inserted)
+    }
+
+    /// Continues after sealed files found on disk: `hour` is the newest
+    /// sealed hour of `key` and `last_key` its last row's key, so the next
+    /// hour is judged from its start, and hours missed while the recorder
+    /// was down are owed (and backfilled when the fill is on).
+    pub fn resume_after_sealed(&mut self, key: &StreamKey, hour: Hour, last_key: Option<i64>) {
+        let Some(stream) = self.streams.get_mut(key) else {
+            return;
+        };
+        if stream
+            .next_hour_to_seal
+            .is_some_and(|next| next > hour.next())
+        {
+            return;
+        }
+        stream.next_hour_to_seal = Some(hour.next());
+        stream.sealed_any = true;
+        if let Some(id) = last_key {
+            // The row's own time is not in the footer; its hour's last µs
+            // bounds it, which is all detection needs of a previous hour.
+            stream.last_sealed = Some(IdAt {
+                id,
+                time: hour.end() - 1,
+            });
         }
     }
 
-    /// The files that can be sealed now, at most `max_jobs`. Each returned
-    /// hour is marked in flight until [`State::seal_finished`].
-    pub fn plan_seals(&mut self, max_jobs: usize) -> Vec<SealJob> {
-        let mut jobs = Vec::new();
-        for (key, stream) in self.streams.iter_mut() {
-            if jobs.len() >= max_jobs {
-                break;
+    /// A sealed file declares these holes: retry the ones REST may still fill.
+    pub fn declare_sealed_holes(
+        &mut self,
+        key: &StreamKey,
+        hour: Hour,
+        unfilled: Vec<UnfilledRange>,
+    ) {
+        let Some(stream) = self.streams.get_mut(key) else {
+            return;
+        };
+        if unfilled
+            .iter()
+            .any(|range| range.reason != REASON_NOT_SERVED)
+        {
+            stream.declared.insert(
+                hour,
+                Declared {
+                    unfilled,
+                    retry_at: 0,
+                    in_flight: false,
+                },
+            );
+        }
+    }
+
+    /// Number of hours with declared holes being retried (for logs and tests).
+    pub fn n_declared_hours(&self) -> usize {
+        self.streams
+            .values()
+            .map(|stream| stream.declared.len())
+            .sum()
+    }
+
+    /// Applies a durable fill report: its rows join the hour (a stream row
+    /// wins over a REST row of the same key), and what REST answered
+    /// decides the next step for the holes.
+    pub fn apply_fill(&mut self, segment: SegmentId, report: FillReport, now: MonoMs) {
+        let Some(key) = report.key() else {
+            warn!(market = %report.market, stream = %report.stream, "fill report of an unknown stream; skipped");
+            return;
+        };
+        let hour = Hour::containing(report.hour_start);
+        let declared_rows: Vec<Row> = if report.declared {
+            report.rows.clone()
+        } else {
+            Vec::new()
+        };
+        for row in report.rows {
+            self.insert(key.clone(), row, segment);
+        }
+        let fill = self.fill.clone();
+        let counters = self.counters.clone();
+        let Some(stream) = self.streams.get_mut(&key) else {
+            return;
+        };
+        if report.declared {
+            let Some(declared) = stream.declared.get_mut(&hour) else {
+                return;
+            };
+            declared.in_flight = false;
+            declared.retry_at = now.saturating_add(millis(fill.declared_retry));
+            let revised = revise_declared(
+                key.kind,
+                hour,
+                &declared.unfilled,
+                &report.settled,
+                &declared_rows,
+                report.failure.as_deref(),
+            );
+            let n_retryable = |list: &[UnfilledRange]| {
+                list.iter()
+                    .filter(|range| range.reason != REASON_NOT_SERVED)
+                    .count()
+            };
+            let n_filled = n_retryable(&declared.unfilled).saturating_sub(n_retryable(&revised));
+            Counters::add(&counters.holes_filled_late, n_filled as u64);
+            if revised != declared.unfilled {
+                stream.unfilled_changed.insert(hour, revised.clone());
+                declared.unfilled = revised;
             }
+            if n_retryable(&declared.unfilled) == 0 {
+                stream.declared.remove(&hour);
+            }
+            return;
+        }
+        if stream.next_hour_to_seal.is_some_and(|next| hour < next) {
+            return;
+        }
+        let status = stream.fills.entry(hour).or_default();
+        status.in_flight = false;
+        status.n_rounds += 1;
+        status.settled.extend(report.settled);
+        match report.failure {
+            Some(reason) => {
+                Counters::add(&counters.fill_failures, 1);
+                let backoff = fill
+                    .retry_initial
+                    .saturating_mul(2u32.saturating_pow(status.n_rounds.saturating_sub(1)));
+                status.retry_at = now.saturating_add(millis(backoff.min(fill.retry_max)));
+                status.last_failure = Some(reason);
+            }
+            None => status.retry_at = now,
+        }
+    }
+
+    /// A fill task ended without a report (it panicked): try again later.
+    pub fn fill_lost(&mut self, key: &StreamKey, hour: Hour, declared: bool, now: MonoMs) {
+        let retry_at = now.saturating_add(millis(self.fill.retry_max));
+        let Some(stream) = self.streams.get_mut(key) else {
+            return;
+        };
+        if declared {
+            if let Some(entry) = stream.declared.get_mut(&hour) {
+                entry.in_flight = false;
+                entry.retry_at = retry_at;
+            }
+        } else if let Some(status) = stream.fills.get_mut(&hour) {
+            status.in_flight = false;
+            status.retry_at = retry_at;
+            status.last_failure = Some("fill task failed".to_owned());
+        }
+    }
+
+    /// What to do now, at most `max_seals` seals: files to seal (each hour
+    /// returned is marked in flight until [`State::seal_finished`]) and
+    /// fill rounds to run (each marked in flight until its report is applied).
+    ///
+    /// The hours of one stream are decided in order: an hour whose holes
+    /// are being filled holds back the next, whose detection depends on it.
+    /// An hour is sealed when it has no hole left, or when its fill deadline
+    /// (exchange time) has passed, with its open holes declared.
+    pub fn plan(&mut self, max_seals: usize, now: MonoMs) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        let mut n_seals = 0;
+        let fill = &self.fill;
+        for (key, stream) in self.streams.iter_mut() {
             let Some(market) = self.markets.get(&key.market) else {
                 continue;
             };
-            let (Some(now), Some(first_span)) = (market.exchange_time, market.spans.first()) else {
+            let (Some(exchange_now), Some(first_span)) =
+                (market.exchange_time, market.spans.first())
+            else {
                 continue;
             };
             let next = *stream
                 .next_hour_to_seal
                 .get_or_insert_with(|| Hour::containing(first_span.start));
-            let late_hours: Vec<Hour> = stream
+
+            let late_hours: BTreeSet<Hour> = stream
                 .open
                 .keys()
+                .chain(stream.unfilled_changed.keys())
                 .copied()
                 .filter(|hour| *hour < next && !stream.in_flight.contains_key(hour))
                 .collect();
             for hour in late_hours {
-                if jobs.len() >= max_jobs {
+                if n_seals >= max_seals {
                     break;
                 }
-                let open_hour = stream
-                    .open
-                    .remove(&hour)
-                    .expect("listed from the map above");
-                jobs.push(make_job(key, hour, Some(open_hour), market, true));
-                stream.in_flight.insert(
-                    hour,
-                    jobs.last().and_then(|job: &SealJob| job.first_segment),
-                );
+                let open_hour = stream.open.remove(&hour);
+                let unfilled = stream.unfilled_changed.remove(&hour);
+                let job = make_late_job(key, hour, open_hour, unfilled, market);
+                stream.in_flight.insert(hour, job.first_segment);
+                jobs.push(Job::Seal(job));
+                n_seals += 1;
             }
+
+            if fill.enabled {
+                for (hour, declared) in stream.declared.iter_mut() {
+                    if declared.in_flight
+                        || declared.retry_at > now
+                        || stream.in_flight.contains_key(hour)
+                    {
+                        continue;
+                    }
+                    let holes: Vec<Hole> = declared
+                        .unfilled
+                        .iter()
+                        .filter(|range| range.reason != REASON_NOT_SERVED)
+                        .filter_map(|range| Hole::from_unfilled(key.kind, range))
+                        .collect();
+                    declared.in_flight = true;
+                    let job = FillJob {
+                        key: key.clone(),
+                        hour: *hour,
+                        holes,
+                        closed_before: exchange_now,
+                        declared: true,
+                    };
+                    jobs.push(Job::Fill(job));
+                }
+            }
+
             let mut hour = next;
-            while jobs.len() < max_jobs
-                && is_sealable(key.kind, hour, now, self.grace_us)
+            while n_seals < max_seals
+                && is_sealable(key.kind, hour, exchange_now, self.grace_us)
                 && !stream.in_flight.contains_key(&hour)
             {
-                let open_hour = stream.open.remove(&hour);
-                if open_hour.is_some() || coverage(&market.spans, hour).is_some() {
-                    let job = make_job(key, hour, open_hour, market, false);
-                    stream.in_flight.insert(hour, job.first_segment);
-                    jobs.push(job);
+                let watched = coverage(&market.spans, hour);
+                let owed = stream.open.contains_key(&hour)
+                    || watched.is_some()
+                    || (stream.sealed_any && fill.enabled && fill.backfill_from_hour_start);
+                if !owed {
+                    hour = hour.next();
+                    stream.next_hour_to_seal = Some(hour);
+                    continue;
                 }
+                let deadline = complete_at(key.kind, hour)
+                    .saturating_add(self.grace_us)
+                    .saturating_add(fill.deadline_us);
+                if let Some(status) = stream.fills.get(&hour) {
+                    // Judging an hour walks its rows: only when a decision is due.
+                    let waiting =
+                        status.in_flight || (status.retry_at > now && exchange_now < deadline);
+                    if waiting && fill.enabled {
+                        break;
+                    }
+                }
+                let facts = StreamHour {
+                    kind: key.kind,
+                    hour,
+                    keys: stream
+                        .open
+                        .get(&hour)
+                        .map(|open| open.rows.values().map(id_at).collect())
+                        .unwrap_or_default(),
+                    before: stream.last_sealed,
+                    after: stream
+                        .open
+                        .range(hour.next()..)
+                        .find_map(|(_, open)| open.rows.values().next().map(id_at)),
+                    from_hour_start: fill.enabled && fill.backfill_from_hour_start,
+                    watched_from: watched.map_or(hour.start(), |(from, _)| from),
+                };
+                let holes = stream_hour_holes(&facts);
+                let status = stream.fills.entry(hour).or_default();
+                let (to_fill, not_served) = sort_by_settled(holes, &status.settled);
+                let declare_reason = if to_fill.is_empty() {
+                    None
+                } else if !fill.enabled {
+                    Some(REASON_FILL_DISABLED.to_owned())
+                } else if status.in_flight {
+                    break;
+                } else if exchange_now >= deadline {
+                    Some(
+                        status
+                            .last_failure
+                            .clone()
+                            .unwrap_or_else(|| REASON_DEADLINE.to_owned()),
+                    )
+                } else if status.retry_at <= now {
+                    Counters::add(&self.counters.holes_found, to_fill.len() as u64);
+                    Counters::add(&self.counters.fill_rounds, 1);
+                    debug!(%key, %hour, n_holes = to_fill.len(), "holes found; filling from REST");
+                    status.in_flight = true;
+                    let job = FillJob {
+                        key: key.clone(),
+                        hour,
+                        holes: to_fill,
+                        closed_before: exchange_now,
+                        declared: false,
+                    };
+                    jobs.push(Job::Fill(job));
+                    break;
+                } else {
+                    break;
+                };
+
+                // Seal, declaring what is still open.
+                let mut unfilled: Vec<UnfilledRange> = not_served
+                    .iter()
+                    .map(|hole| hole.unfilled(key.kind, hour, REASON_NOT_SERVED))
+                    .collect();
+                let mut open_start = false;
+                let mut open_end = false;
+                if let Some(reason) = &declare_reason {
+                    for hole in &to_fill {
+                        let (from, to) = hole.key_bounds();
+                        open_start |= from.is_none();
+                        open_end |= to.is_none();
+                        // Without a fill an open hole is only "maybe": the
+                        // coverage says how far the file vouches instead.
+                        if fill.enabled || hole.is_closed() {
+                            unfilled.push(hole.unfilled(key.kind, hour, reason));
+                        }
+                    }
+                    if fill.enabled {
+                        warn!(%key, %hour, n_holes = to_fill.len(), %reason, "sealing with holes REST did not fill; declared in the file and retried");
+                    }
+                }
+                Counters::add(&self.counters.holes_declared, unfilled.len() as u64);
+                let owed_from_start = facts.from_hour_start || facts.before.is_some();
+                let coverage_from = match watched {
+                    Some((from, _)) if open_start || !owed_from_start => from,
+                    None if open_start => hour.end(),
+                    _ => hour.start(),
+                };
+                let coverage_to = match watched {
+                    Some((_, to)) if open_end => to,
+                    None if open_end => coverage_from,
+                    _ => hour.end(),
+                };
+                if fill.enabled
+                    && unfilled
+                        .iter()
+                        .any(|range| range.reason != REASON_NOT_SERVED)
+                {
+                    stream.declared.insert(
+                        hour,
+                        Declared {
+                            unfilled: unfilled.clone(),
+                            retry_at: now.saturating_add(millis(fill.declared_retry)),
+                            in_flight: false,
+                        },
+                    );
+                }
+                stream.fills.remove(&hour);
+                let open_hour = stream.open.remove(&hour);
+                let mut job = make_job(key, hour, open_hour, market, false);
+                if watched.is_some() || job.rows.is_empty() || owed_from_start {
+                    job.coverage_from = coverage_from;
+                    job.coverage_to = coverage_to.max(coverage_from);
+                }
+                job.unfilled = Some(unfilled);
+                if let Some(last) = job.rows.last() {
+                    stream.last_sealed = Some(id_at(last));
+                }
+                stream.sealed_any = true;
+                stream.in_flight.insert(hour, job.first_segment);
+                jobs.push(Job::Seal(job));
+                n_seals += 1;
                 hour = hour.next();
                 stream.next_hour_to_seal = Some(hour);
             }
@@ -558,8 +986,97 @@ fn make_job(
         coverage_from,
         coverage_to,
         clock_offset_us,
+        unfilled: None,
         late,
     }
+}
+
+/// A job that reseals a sealed hour with late rows and/or a new `unfilled`
+/// list (the file on disk keeps its coverage unless this one is wider).
+fn make_late_job(
+    key: &StreamKey,
+    hour: Hour,
+    open_hour: Option<OpenHour>,
+    unfilled: Option<Vec<UnfilledRange>>,
+    market: &MarketState,
+) -> SealJob {
+    let mut job = make_job(key, hour, open_hour, market, true);
+    if unfilled.as_ref().is_some_and(|list| list.is_empty()) {
+        // Every declared hole is filled now: the file vouches for the whole hour.
+        job.coverage_from = hour.start();
+        job.coverage_to = hour.end();
+    }
+    job.unfilled = unfilled;
+    job
+}
+
+fn id_at(row: &Row) -> IdAt {
+    IdAt {
+        id: row.key(),
+        time: row.bucket_time(),
+    }
+}
+
+fn millis(duration: std::time::Duration) -> MonoMs {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A declared hole list after a retry: holes REST answered for in full are
+/// gone, except keys it does not serve; the others keep the new failure.
+fn revise_declared(
+    kind: StreamKind,
+    hour: Hour,
+    unfilled: &[UnfilledRange],
+    settled: &[Settled],
+    rows: &[Row],
+    failure: Option<&str>,
+) -> Vec<UnfilledRange> {
+    let mut revised = Vec::new();
+    for range in unfilled {
+        let hole = match Hole::from_unfilled(kind, range) {
+            Some(hole) if range.reason != REASON_NOT_SERVED => hole,
+            _ => {
+                revised.push(range.clone());
+                continue;
+            }
+        };
+        if !settled.iter().any(|settled| settled.covers(&hole)) {
+            let mut kept = range.clone();
+            if let Some(failure) = failure {
+                kept.reason = failure.to_owned();
+            }
+            revised.push(kept);
+            continue;
+        }
+        let (Some(first), Some(last)) = hole.key_bounds() else {
+            continue;
+        };
+        let present: Vec<i64> = rows
+            .iter()
+            .map(Row::key)
+            .filter(|key| (first..=last).contains(key))
+            .collect();
+        match kind {
+            StreamKind::Kline(interval) => {
+                for missing in kline_holes(interval, &present, first, interval.next_open_time(last))
+                {
+                    revised.push(missing.unfilled(interval, hour, REASON_NOT_SERVED));
+                }
+            }
+            StreamKind::Trade | StreamKind::AggTrade => {
+                for missing in id_holes(&present, first.checked_sub(1), last.checked_add(1)) {
+                    revised.push(UnfilledRange {
+                        from: Some(missing.first),
+                        to: Some(missing.last),
+                        from_time: range.from_time,
+                        to_time: range.to_time,
+                        reason: REASON_NOT_SERVED.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+    revised
 }
 
 fn median(samples: Option<&Vec<i64>>) -> Option<i64> {
@@ -581,18 +1098,35 @@ mod tests {
     const HOUR_START: TimeUs = 1_723_161_600_000_000;
 
     fn config() -> Config {
-        Config::from_toml(
+        config_with_fill("enabled = false")
+    }
+
+    fn config_with_fill(fill: &str) -> Config {
+        Config::from_toml(&format!(
             r#"
 [seal]
 grace_ms = 1000
+[fill]
+{fill}
 [markets.spot]
 ws_url = "ws://127.0.0.1:1"
 rest_url = "http://127.0.0.1:1"
 symbols = ["BTCUSDT"]
 streams = ["trade", "kline_1m"]
-"#,
-        )
+"#
+        ))
         .expect("valid test config")
+    }
+
+    fn seals(state: &mut State) -> Vec<SealJob> {
+        state
+            .plan(10, 0)
+            .into_iter()
+            .map(|job| match job {
+                Job::Seal(job) => job,
+                Job::Fill(job) => panic!("fill is off in this test: {job:?}"),
+            })
+            .collect()
     }
 
     fn key(kind: StreamKind) -> StreamKey {
@@ -633,19 +1167,19 @@ streams = ["trade", "kline_1m"]
         let mut state = new_state();
         let start = HOUR_START + 30 * MICROS_PER_MINUTE;
         state.apply(Market::Spot, SegmentId(1), trade(1, start));
-        assert!(state.plan_seals(10).is_empty());
+        assert!(seals(&mut state).is_empty());
         state.apply(
             Market::Spot,
             SegmentId(1),
             trade(2, HOUR_START + MICROS_PER_HOUR + 999_999),
         );
-        assert!(state.plan_seals(10).is_empty(), "grace not over yet");
+        assert!(seals(&mut state).is_empty(), "grace not over yet");
         state.apply(
             Market::Spot,
             SegmentId(2),
             trade(3, HOUR_START + MICROS_PER_HOUR + 1_000_000),
         );
-        let jobs = state.plan_seals(10);
+        let jobs = seals(&mut state);
         assert_eq!(
             jobs.len(),
             2,
@@ -689,19 +1223,19 @@ streams = ["trade", "kline_1m"]
             SegmentId(1),
             trade(5, HOUR_START + MICROS_PER_HOUR + 2_000_000),
         );
-        let jobs = state.plan_seals(10);
+        let jobs = seals(&mut state);
         assert_eq!(jobs.len(), 2);
         for job in &jobs {
             state.seal_finished(&job.key, job.hour, None);
         }
         state.apply(Market::Spot, SegmentId(3), trade(2, HOUR_START + 20));
         assert_eq!(state.counters.snapshot().rows_late, 1);
-        let jobs = state.plan_seals(10);
+        let jobs = seals(&mut state);
         assert_eq!(jobs.len(), 1);
         assert!(jobs[0].late);
         assert_eq!(jobs[0].rows.len(), 1);
         assert!(
-            state.plan_seals(10).is_empty(),
+            seals(&mut state).is_empty(),
             "an hour in flight is not planned twice"
         );
         state.seal_finished(
@@ -709,7 +1243,7 @@ streams = ["trade", "kline_1m"]
             jobs[0].hour,
             Some((jobs[0].rows.clone(), SegmentId(3))),
         );
-        let again = state.plan_seals(10);
+        let again = seals(&mut state);
         assert_eq!(again.len(), 1, "a failed seal is retried");
     }
 
@@ -831,5 +1365,349 @@ streams = ["trade", "kline_1m"]
         );
         assert_eq!(state.counters.snapshot().rows_unexpected, 1);
         assert_eq!(state.n_unsealed_rows(), 0);
+    }
+
+    fn rest_trade(id: i64, time: TimeUs) -> Row {
+        let Decoded::Row {
+            row: Row::Trade(mut trade),
+            ..
+        } = trade(id, time)
+        else {
+            unreachable!()
+        };
+        trade.source = Source::Rest;
+        trade.event_time = None;
+        trade.recv_time = None;
+        Row::Trade(trade)
+    }
+
+    fn filling_state(extra_fill: &str) -> State {
+        let config = config_with_fill(&format!(
+            "deadline_secs = 60\nretry_initial_ms = 1000\ndeclared_retry_secs = 30\n{extra_fill}"
+        ));
+        let mut config = config;
+        config.markets[0].streams = vec![StreamKind::Trade];
+        let mut state = State::new(&config, Arc::new(Counters::default()));
+        state.begin_session(Market::Spot);
+        state
+    }
+
+    fn report(
+        job: &FillJob,
+        rows: Vec<Row>,
+        settled: Vec<Settled>,
+        failure: Option<&str>,
+    ) -> FillReport {
+        FillReport::new(job, rows, settled, failure.map(str::to_owned))
+    }
+
+    fn only_fill(jobs: Vec<Job>) -> FillJob {
+        match <[Job; 1]>::try_from(jobs) {
+            Ok([Job::Fill(job)]) => job,
+            Ok(other) => panic!("expected one fill job: {other:?}"),
+            Err(jobs) => panic!("expected one fill job: {jobs:?}"),
+        }
+    }
+
+    fn only_seal(jobs: Vec<Job>) -> SealJob {
+        match <[Job; 1]>::try_from(jobs) {
+            Ok([Job::Seal(job)]) => job,
+            Ok(other) => panic!("expected one seal job: {other:?}"),
+            Err(jobs) => panic!("expected one seal job: {jobs:?}"),
+        }
+    }
+
+    #[test]
+    fn holes_are_filled_through_a_report_before_the_hour_seals() {
+        let mut state = filling_state("");
+        state.apply(Market::Spot, SegmentId(1), trade(7, HOUR_START + 100));
+        state.apply(Market::Spot, SegmentId(1), trade(10, HOUR_START + 900));
+        state.apply(
+            Market::Spot,
+            SegmentId(1),
+            trade(11, HOUR_START + MICROS_PER_HOUR + 2_000_000),
+        );
+        let job = only_fill(state.plan(10, 0));
+        let bounds: Vec<_> = job.holes.iter().map(Hole::key_bounds).collect();
+        assert_eq!(
+            bounds,
+            vec![(None, Some(6)), (Some(8), Some(9))],
+            "the hour's start is owed, and 8..9"
+        );
+        assert!(state.plan(10, 0).is_empty(), "one round at a time");
+        let filled = report(
+            &job,
+            vec![
+                rest_trade(6, HOUR_START + 50),
+                rest_trade(8, HOUR_START + 200),
+                rest_trade(9, HOUR_START + 300),
+            ],
+            vec![
+                Settled {
+                    from: None,
+                    to: Some(6),
+                },
+                Settled {
+                    from: Some(8),
+                    to: Some(9),
+                },
+            ],
+            None,
+        );
+        state.apply_fill(SegmentId(2), filled, 10);
+        let sealed = only_seal(state.plan(10, 10));
+        assert_eq!(
+            sealed.rows.iter().map(Row::key).collect::<Vec<_>>(),
+            vec![6, 7, 8, 9, 10]
+        );
+        assert_eq!(
+            sealed
+                .rows
+                .iter()
+                .filter(|row| row.source() == Source::Rest)
+                .count(),
+            3
+        );
+        assert_eq!(sealed.unfilled, Some(vec![]));
+        assert_eq!(
+            (sealed.coverage_from, sealed.coverage_to),
+            (HOUR_START, HOUR_START + MICROS_PER_HOUR)
+        );
+        let counters = state.counters.snapshot();
+        assert_eq!(
+            (
+                counters.rows_filled,
+                counters.holes_found,
+                counters.holes_declared
+            ),
+            (3, 2, 0)
+        );
+    }
+
+    #[test]
+    fn a_stream_row_replaces_a_rest_row_and_rest_never_replaces_a_stream_row() {
+        let mut state = filling_state("");
+        state.apply(Market::Spot, SegmentId(1), trade(7, HOUR_START + 100));
+        state.apply(
+            Market::Spot,
+            SegmentId(1),
+            trade(9, HOUR_START + MICROS_PER_HOUR + 2_000_000),
+        );
+        let job = only_fill(state.plan(10, 0));
+        let rows = vec![
+            rest_trade(7, HOUR_START + 100),
+            rest_trade(8, HOUR_START + 200),
+        ];
+        state.apply_fill(
+            SegmentId(2),
+            report(
+                &job,
+                rows,
+                vec![Settled {
+                    from: None,
+                    to: Some(8),
+                }],
+                None,
+            ),
+            0,
+        );
+        state.apply(Market::Spot, SegmentId(2), trade(8, HOUR_START + 200));
+        let sealed = only_seal(state.plan(10, 0));
+        assert!(
+            sealed.rows.iter().all(|row| row.source() == Source::Ws),
+            "{:?}",
+            sealed.rows
+        );
+    }
+
+    #[test]
+    fn failed_fills_retry_with_backoff_then_seal_declared_at_the_deadline_and_reseal_when_filled() {
+        let mut state = filling_state("");
+        state.apply(Market::Spot, SegmentId(1), trade(7, HOUR_START + 100));
+        state.apply(Market::Spot, SegmentId(1), trade(10, HOUR_START + 900));
+        state.apply(
+            Market::Spot,
+            SegmentId(1),
+            trade(11, HOUR_START + MICROS_PER_HOUR + 2_000_000),
+        );
+        let job = only_fill(state.plan(10, 0));
+        let failure = "rest unreachable: HTTP 503";
+        state.apply_fill(
+            SegmentId(2),
+            report(
+                &job,
+                vec![],
+                vec![Settled {
+                    from: None,
+                    to: Some(6),
+                }],
+                Some(failure),
+            ),
+            0,
+        );
+        assert!(state.plan(10, 999).is_empty(), "waits for the retry");
+        let again = only_fill(state.plan(10, 1000));
+        assert_eq!(again.holes.len(), 1, "the settled start is not asked again");
+        state.apply_fill(
+            SegmentId(2),
+            report(&again, vec![], vec![], Some(failure)),
+            1000,
+        );
+        assert!(state.plan(10, 2999).is_empty(), "the pause doubles");
+        // Exchange time passes the deadline (hour end + 1 s grace + 60 s).
+        state.apply(
+            Market::Spot,
+            SegmentId(3),
+            trade(12, HOUR_START + MICROS_PER_HOUR + 62_000_000),
+        );
+        let sealed = only_seal(state.plan(10, 2000));
+        let unfilled = sealed.unfilled.clone().expect("a list");
+        assert_eq!(unfilled.len(), 1);
+        assert_eq!(
+            (
+                unfilled[0].from,
+                unfilled[0].to,
+                unfilled[0].reason.as_str()
+            ),
+            (Some(8), Some(9), failure)
+        );
+        assert_eq!(
+            (unfilled[0].from_time, unfilled[0].to_time),
+            (HOUR_START + 100, HOUR_START + 900)
+        );
+        state.seal_finished(&sealed.key, sealed.hour, None);
+        assert_eq!(state.counters.snapshot().holes_declared, 1);
+        assert_eq!(state.n_declared_hours(), 1);
+
+        assert!(
+            state.plan(10, 2000 + 29_999).is_empty(),
+            "declared holes wait declared_retry_secs"
+        );
+        let retry = only_fill(state.plan(10, 2000 + 30_000));
+        assert!(retry.declared);
+        let rows = vec![
+            rest_trade(8, HOUR_START + 200),
+            rest_trade(9, HOUR_START + 300),
+        ];
+        state.apply_fill(
+            SegmentId(4),
+            report(
+                &retry,
+                rows,
+                vec![Settled {
+                    from: Some(8),
+                    to: Some(9),
+                }],
+                None,
+            ),
+            40_000,
+        );
+        let resealed = only_seal(state.plan(10, 40_000));
+        assert!(resealed.late);
+        assert_eq!(
+            resealed.rows.iter().map(Row::key).collect::<Vec<_>>(),
+            vec![8, 9]
+        );
+        assert_eq!(resealed.unfilled, Some(vec![]));
+        assert_eq!(state.n_declared_hours(), 0);
+        assert_eq!(state.counters.snapshot().holes_filled_late, 1);
+    }
+
+    #[test]
+    fn ids_rest_does_not_serve_are_declared_at_once_and_not_retried() {
+        let mut state = filling_state("");
+        state.apply(Market::Spot, SegmentId(1), trade(7, HOUR_START + 100));
+        state.apply(Market::Spot, SegmentId(1), trade(10, HOUR_START + 900));
+        state.apply(
+            Market::Spot,
+            SegmentId(1),
+            trade(11, HOUR_START + MICROS_PER_HOUR + 2_000_000),
+        );
+        let job = only_fill(state.plan(10, 0));
+        let settled = vec![
+            Settled {
+                from: None,
+                to: Some(6),
+            },
+            Settled {
+                from: Some(8),
+                to: Some(9),
+            },
+        ];
+        state.apply_fill(
+            SegmentId(2),
+            report(&job, vec![rest_trade(8, HOUR_START + 200)], settled, None),
+            0,
+        );
+        let sealed = only_seal(state.plan(10, 0));
+        let unfilled = sealed.unfilled.expect("a list");
+        assert_eq!(unfilled.len(), 1);
+        assert_eq!(
+            (
+                unfilled[0].from,
+                unfilled[0].to,
+                unfilled[0].reason.as_str()
+            ),
+            (Some(9), Some(9), REASON_NOT_SERVED)
+        );
+        assert_eq!(state.n_declared_hours(), 0, "nothing to retry");
+    }
+
+    #[test]
+    fn an_open_end_probe_that_finds_nothing_is_no_hole() {
+        let mut state = filling_state("backfill_from_hour_start = false");
+        state.apply(Market::Spot, SegmentId(1), trade(7, HOUR_START + 100));
+        // Only the kline... no: another market event moves exchange time past the hour.
+        state.note_event_time(Market::Spot, HOUR_START + MICROS_PER_HOUR + 2_000_000);
+        let job = only_fill(state.plan(10, 0));
+        assert_eq!(
+            job.holes.iter().map(Hole::key_bounds).collect::<Vec<_>>(),
+            vec![(Some(8), None)]
+        );
+        state.apply_fill(
+            SegmentId(2),
+            report(
+                &job,
+                vec![],
+                vec![Settled {
+                    from: Some(8),
+                    to: None,
+                }],
+                None,
+            ),
+            0,
+        );
+        let sealed = only_seal(state.plan(10, 0));
+        assert_eq!(sealed.unfilled, Some(vec![]));
+        assert_eq!(
+            sealed.coverage_from,
+            HOUR_START + 100,
+            "not backfilled: the file vouches from its first event"
+        );
+        assert_eq!(sealed.coverage_to, HOUR_START + MICROS_PER_HOUR);
+    }
+
+    #[test]
+    fn fill_reports_round_trip_through_json() {
+        let job = FillJob {
+            key: key(StreamKind::Trade),
+            hour: Hour::containing(HOUR_START),
+            holes: vec![],
+            closed_before: HOUR_START,
+            declared: false,
+        };
+        let original = report(
+            &job,
+            vec![rest_trade(8, HOUR_START + 200)],
+            vec![Settled {
+                from: None,
+                to: Some(9),
+            }],
+            Some("x"),
+        );
+        let text = serde_json::to_string(&original).expect("serialises");
+        let back: FillReport = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, original);
+        assert_eq!(back.key(), Some(key(StreamKind::Trade)));
     }
 }

@@ -122,13 +122,35 @@ async fn three_symbols_two_whole_hours_match_ground_truth() {
                 assert_eq!(metadata["unfilled"], "[]");
                 assert_ne!(metadata["clock_offset_us"], "null", "clock offset measured");
             }
-            // The first hour was joined late: its file says from when it vouches.
-            let first = metadata(&file_path(root, &key(symbol, kind), first_hour));
-            let coverage_from: i64 = first["coverage_from"].parse().expect("number");
+            // The first hour was joined late and backfilled from REST: it
+            // is complete from its start, and the REST rows are exactly
+            // the ones before the first row the stream delivered.
+            let first_path = file_path(root, &key(symbol, kind), first_hour);
+            let rest_keys =
+                assert_file_matches_truth_with_rest(&first_path, kind, &truth, first_hour);
+            let rows = parquet_out::read_hour_file(&first_path, kind).expect("readable");
+            let n_before_stream = rows
+                .iter()
+                .take_while(|row| row.source() == binance_recorder::domain::Source::Rest)
+                .count();
             assert!(
-                coverage_from > first_hour.start(),
-                "partial first hour: {first:?}"
+                !rest_keys.is_empty(),
+                "{}: backfilled",
+                first_path.display()
             );
+            assert_eq!(
+                rest_keys.len(),
+                n_before_stream,
+                "{}: REST rows only before the stream's first",
+                first_path.display()
+            );
+            let first = metadata(&first_path);
+            assert_eq!(
+                first["coverage_from"],
+                first_hour.start().to_string(),
+                "{first:?}"
+            );
+            assert_eq!(first["unfilled"], "[]");
         }
     }
 

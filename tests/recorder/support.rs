@@ -200,9 +200,32 @@ pub fn walk_files(directory: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Asserts that the file's rows are exactly the ground truth of its hour.
+/// Asserts that the file's rows are exactly the ground truth of its hour,
+/// every one from the stream.
 pub fn assert_file_matches_truth(path: &Path, kind: StreamKind, truth: &GroundTruth, hour: Hour) {
+    let rest_keys = assert_file_matches_truth_with_rest(path, kind, truth, hour);
+    assert!(
+        rest_keys.is_empty(),
+        "{}: rows from REST where none were expected: {rest_keys:?}",
+        path.display()
+    );
+}
+
+/// Asserts that the file's rows are exactly the ground truth of its hour
+/// (0 missing, 0 extra, 0 duplicate), stream rows with their stream times
+/// and REST rows with none, and returns the keys of the REST rows.
+pub fn assert_file_matches_truth_with_rest(
+    path: &Path,
+    kind: StreamKind,
+    truth: &GroundTruth,
+    hour: Hour,
+) -> Vec<i64> {
     let rows = parquet_out::read_hour_file(path, kind).expect("sealed file readable");
+    let rest_keys: Vec<i64> = rows
+        .iter()
+        .filter(|row| row.source() == Source::Rest)
+        .map(Row::key)
+        .collect();
     let in_hour = |time: i64| Hour::containing(time) == hour;
     let label = path.display();
     match kind {
@@ -237,14 +260,22 @@ pub fn assert_file_matches_truth(path: &Path, kind: StreamKind, truth: &GroundTr
                 );
                 assert_eq!(trade.is_buyer_maker, want.is_buyer_maker, "{label}");
                 assert_eq!(trade.is_best_match, Some(want.is_best_match), "{label}");
-                assert_eq!(
-                    trade.event_time,
-                    Some(want.event_time_us),
-                    "{label}: event time of {}",
-                    want.id
-                );
-                assert!(trade.recv_time.is_some(), "{label}");
-                assert_eq!(trade.source, Source::Ws, "{label}");
+                if trade.source == Source::Ws {
+                    assert_eq!(
+                        trade.event_time,
+                        Some(want.event_time_us),
+                        "{label}: event time of {}",
+                        want.id
+                    );
+                    assert!(trade.recv_time.is_some(), "{label}");
+                } else {
+                    assert_eq!(
+                        (trade.event_time, trade.recv_time),
+                        (None, None),
+                        "{label}: REST row {}",
+                        want.id
+                    );
+                }
             }
         }
         StreamKind::AggTrade => {
@@ -269,8 +300,17 @@ pub fn assert_file_matches_truth(path: &Path, kind: StreamKind, truth: &GroundTr
                 assert_eq!(agg.trade_time, want.time_us, "{label}");
                 assert_eq!(agg.is_buyer_maker, want.is_buyer_maker, "{label}");
                 assert_eq!(agg.is_best_match, Some(want.is_best_match), "{label}");
-                assert_eq!(agg.event_time, Some(want.event_time_us), "{label}");
-                assert_eq!(agg.source, Source::Ws, "{label}");
+                if agg.source == Source::Ws {
+                    assert_eq!(agg.event_time, Some(want.event_time_us), "{label}");
+                    assert!(agg.recv_time.is_some(), "{label}");
+                } else {
+                    assert_eq!(
+                        (agg.event_time, agg.recv_time),
+                        (None, None),
+                        "{label}: REST row {}",
+                        want.id
+                    );
+                }
             }
         }
         StreamKind::Kline(interval) => {
@@ -325,18 +365,34 @@ pub fn assert_file_matches_truth(path: &Path, kind: StreamKind, truth: &GroundTr
                     want.taker_buy_quote_volume,
                     "{label}"
                 );
-                assert_eq!(kline.first_trade_id, Some(want.first_trade_id), "{label}");
-                assert_eq!(kline.last_trade_id, Some(want.last_trade_id), "{label}");
-                assert_eq!(kline.event_time, Some(want.close_event_time_us), "{label}");
-                assert_eq!(kline.source, Source::Ws, "{label}");
+                if kline.source == Source::Ws {
+                    assert_eq!(kline.first_trade_id, Some(want.first_trade_id), "{label}");
+                    assert_eq!(kline.last_trade_id, Some(want.last_trade_id), "{label}");
+                    assert_eq!(kline.event_time, Some(want.close_event_time_us), "{label}");
+                } else {
+                    // REST klines carry no trade ids (DATASET.md).
+                    let nulls = (
+                        kline.first_trade_id,
+                        kline.last_trade_id,
+                        kline.event_time,
+                        kline.recv_time,
+                    );
+                    assert_eq!(
+                        nulls,
+                        (None, None, None, None),
+                        "{label}: REST kline {}",
+                        want.open_time_us
+                    );
+                }
             }
         }
     }
     let metadata = metadata(path);
     assert_eq!(metadata["row_count"], rows.len().to_string(), "{label}");
+    let n_rest = rest_keys.len();
     assert_eq!(
         metadata["rows_by_source"],
-        format!("{{\"ws\":{},\"rest\":0}}", rows.len()),
+        format!("{{\"ws\":{},\"rest\":{n_rest}}}", rows.len() - n_rest),
         "{label}"
     );
     let first = rows
@@ -355,6 +411,7 @@ pub fn assert_file_matches_truth(path: &Path, kind: StreamKind, truth: &GroundTr
     );
     let keys: BTreeSet<i64> = rows.iter().map(Row::key).collect();
     assert_eq!(keys.len(), rows.len(), "{label}: keys unique");
+    rest_keys
 }
 
 /// `../shared/data/real` beside the repository (as in CI). Its absence is a

@@ -1,0 +1,222 @@
+//! One REST fill round: fetches the rows of a stream-hour's holes and says
+//! which key ranges REST answered for in full ([`Settled`]) and why a hole
+//! stayed open. The state decides what the answer means (see
+//! `State::apply_fill`); this module only asks.
+//!
+//! How each hole is asked for (reference: REST endpoints, section 6):
+//! - trades: `historicalTrades?fromId` from the hole's first id; a hole with
+//!   no id before it (an hour's start) first finds the hour's first trade id
+//!   from the first aggTrade at or after the hour's start (`f`);
+//! - aggTrades: `aggTrades?fromId`, or by `startTime` for a hole with no
+//!   id before it;
+//! - klines: `klines` with start and end times, closed ones only.
+//!
+//! A hole with no known id after it (nothing seen after it in the hour) is
+//! fetched up to the hour's end: the exchange having nothing more then
+//! means nothing is missing, since the hour is over.
+
+use crate::binance::rest::{
+    FetchOutcome, Fetched, IdRangeEnd, RestClient, RestError, RetryPolicy, MAX_PAGE_ROWS,
+};
+use crate::domain::{Hour, Row, StreamKind, Symbol};
+use crate::gaps::{Hole, IdHole, KlineHole, Settled};
+use crate::recorder::state::{FillJob, FillReport};
+
+/// Runs one fill round for `job`. Never fails: failures are in the report.
+pub async fn run_fill(rest: RestClient, job: FillJob, retry: RetryPolicy) -> FillReport {
+    let mut rows = Vec::new();
+    let mut settled = Vec::new();
+    let mut failure = None;
+    for hole in &job.holes {
+        let answer = fill_hole(&rest, &job, hole, &retry).await;
+        rows.extend(answer.rows);
+        match answer.verdict {
+            Ok(()) => settled.push(Settled {
+                from: hole.key_bounds().0,
+                to: hole.key_bounds().1,
+            }),
+            Err(reason) => {
+                failure.get_or_insert(reason);
+            }
+        }
+    }
+    FillReport::new(&job, rows, settled, failure)
+}
+
+/// The rows fetched for one hole, and whether REST answered for all of it.
+struct HoleAnswer {
+    rows: Vec<Row>,
+    verdict: Result<(), String>,
+}
+
+impl HoleAnswer {
+    fn nothing_missing() -> HoleAnswer {
+        HoleAnswer {
+            rows: Vec::new(),
+            verdict: Ok(()),
+        }
+    }
+
+    fn failed(error: &RestError) -> HoleAnswer {
+        HoleAnswer {
+            rows: Vec::new(),
+            verdict: Err(failure_reason(error)),
+        }
+    }
+
+    /// Judges a fetch: complete, or (for a hole open at its end) the
+    /// exchange having nothing more, answer for the hole.
+    fn from_fetched<R>(fetched: Fetched<R>, end_known: bool, into_row: fn(R) -> Row) -> HoleAnswer {
+        let verdict = match &fetched.outcome {
+            FetchOutcome::Complete => Ok(()),
+            FetchOutcome::ExchangeHasNoMore if !end_known => Ok(()),
+            FetchOutcome::ExchangeHasNoMore => {
+                Err("rest unreachable: the exchange does not serve the range yet".to_owned())
+            }
+            FetchOutcome::GaveUp(error) => Err(failure_reason(error)),
+        };
+        HoleAnswer {
+            rows: fetched.rows.into_iter().map(into_row).collect(),
+            verdict,
+        }
+    }
+}
+
+/// The `unfilled` reason a REST error stands for.
+pub fn failure_reason(error: &RestError) -> String {
+    match error {
+        RestError::RateLimited { .. } | RestError::OutOfTime { .. } => {
+            format!("rate limited: {error}")
+        }
+        RestError::Status { status, .. } if *status < 500 => format!("rest refused: {error}"),
+        _ => format!("rest unreachable: {error}"),
+    }
+}
+
+async fn fill_hole(
+    rest: &RestClient,
+    job: &FillJob,
+    hole: &Hole,
+    retry: &RetryPolicy,
+) -> HoleAnswer {
+    let symbol = &job.key.symbol;
+    match (job.key.kind, hole) {
+        (StreamKind::Trade, Hole::Ids(hole)) => {
+            fill_trades(rest, symbol, job.hour, hole, retry).await
+        }
+        (StreamKind::AggTrade, Hole::Ids(hole)) => {
+            fill_agg_trades(rest, symbol, job.hour, hole, retry).await
+        }
+        (
+            StreamKind::Kline(interval),
+            Hole::Klines(KlineHole {
+                first_open,
+                last_open,
+            }),
+        ) => {
+            let until = interval.next_open_time(*last_open);
+            let fetched = rest
+                .fetch_klines_range(
+                    symbol,
+                    interval,
+                    *first_open,
+                    until,
+                    job.closed_before,
+                    MAX_PAGE_ROWS,
+                    retry,
+                )
+                .await;
+            HoleAnswer::from_fetched(fetched, true, Row::Kline)
+        }
+        (kind, hole) => HoleAnswer {
+            rows: Vec::new(),
+            verdict: Err(format!(
+                "internal: a {hole:?} cannot be filled for {kind:?}"
+            )),
+        },
+    }
+}
+
+fn id_range_end(hole: &IdHole, hour: Hour) -> IdRangeEnd {
+    hole.to_id
+        .map_or(IdRangeEnd::Time(hour.end()), IdRangeEnd::Id)
+}
+
+async fn fill_trades(
+    rest: &RestClient,
+    symbol: &Symbol,
+    hour: Hour,
+    hole: &IdHole,
+    retry: &RetryPolicy,
+) -> HoleAnswer {
+    let from_id = match hole.from_id {
+        Some(id) => id,
+        None => {
+            // historicalTrades has no time parameter: the first aggTrade at
+            // or after the hole's start names its first trade id.
+            let probe_end = hole.to_time.max(hole.from_time);
+            let first = match rest
+                .first_agg_trade_between(symbol, hole.from_time, probe_end, retry)
+                .await
+            {
+                Ok(first) => first.map(|agg| agg.first_trade_id),
+                Err(error) => return HoleAnswer::failed(&error),
+            };
+            match (first, hole.to_id) {
+                (None, Some(_)) => return HoleAnswer::nothing_missing(),
+                (Some(first), Some(to)) if first > to => return HoleAnswer::nothing_missing(),
+                (Some(first), _) => first,
+                // No aggTrade up to the hour's end: the hour had no trade.
+                (None, None) => return HoleAnswer::nothing_missing(),
+            }
+        }
+    };
+    let fetched = rest
+        .fetch_trades_range(
+            symbol,
+            from_id,
+            id_range_end(hole, hour),
+            MAX_PAGE_ROWS,
+            retry,
+        )
+        .await;
+    HoleAnswer::from_fetched(fetched, hole.to_id.is_some(), Row::Trade)
+}
+
+async fn fill_agg_trades(
+    rest: &RestClient,
+    symbol: &Symbol,
+    hour: Hour,
+    hole: &IdHole,
+    retry: &RetryPolicy,
+) -> HoleAnswer {
+    match hole.from_id {
+        Some(from_id) => {
+            let fetched = rest
+                .fetch_agg_trades_range(
+                    symbol,
+                    from_id,
+                    id_range_end(hole, hour),
+                    MAX_PAGE_ROWS,
+                    retry,
+                )
+                .await;
+            HoleAnswer::from_fetched(fetched, hole.to_id.is_some(), Row::AggTrade)
+        }
+        None => {
+            // By time from the hole's start, up to the row after it.
+            let until = match hole.to_id {
+                Some(_) => hole.to_time + 1,
+                None => hour.end(),
+            };
+            let mut fetched = rest
+                .fetch_agg_trades_by_time(symbol, hole.from_time, until, MAX_PAGE_ROWS, retry)
+                .await;
+            if let Some(to_id) = hole.to_id {
+                fetched.rows.retain(|row| row.agg_trade_id <= to_id);
+            }
+            // Judged as open-ended: the time bound, not an id, ends it.
+            HoleAnswer::from_fetched(fetched, false, Row::AggTrade)
+        }
+    }
+}

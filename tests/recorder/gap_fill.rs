@@ -1,0 +1,448 @@
+//! Gap fill end to end: the fake loses events in every way the stream can
+//! (silent skips, TCP drops, stalls that lose the backlog, truncated
+//! frames, a drop in the last seconds of an hour), REST misbehaves, and the
+//! sealed files must still equal the fake's ground truth, with
+//! `source = rest` exactly on the rows the stream did not deliver and
+//! honest `unfilled` metadata when REST could not help in time.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use binance_recorder::domain::{
+    Hour, Row, StreamKind, UnfilledRange, MICROS_PER_MINUTE, MICROS_PER_SECOND,
+};
+use binance_recorder::parquet_out;
+use fake_binance::{FakeExchange, Fault, GroundTruth};
+
+use crate::support::*;
+
+const STREAMS: [&str; 3] = ["trade", "aggTrade", "kline_1m"];
+
+fn kinds() -> [StreamKind; 3] {
+    [StreamKind::Trade, StreamKind::AggTrade, minute_klines()]
+}
+
+/// 01:00, the first whole hour the recorder sees (it starts at 00:59).
+fn watched_hour() -> Hour {
+    Hour::containing(SIM_START_US).next()
+}
+
+/// A recorder config with fast reconnects and the given `[fill]` keys.
+fn config_with_fill(fake: &FakeExchange, root: &Path, fill: &str) -> String {
+    format!(
+        "[connection]\ndead_after_ms = 1500\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\n{fill}\n{}",
+        recorder_toml(fake, root, &SYMBOLS, &STREAMS)
+    )
+}
+
+async fn wait_for_sim_time(fake: &FakeExchange, time: i64, what: &str) {
+    wait_until(Duration::from_secs(60), what, || fake.sim_now_us() >= time).await;
+}
+
+fn hour_files(root: &Path, hour: Hour) -> Vec<(String, StreamKind, PathBuf)> {
+    let mut files = Vec::new();
+    for symbol in SYMBOLS {
+        for kind in kinds() {
+            files.push((
+                symbol.to_owned(),
+                kind,
+                file_path(root, &key(symbol, kind), hour),
+            ));
+        }
+    }
+    files
+}
+
+async fn wait_for_files(files: &[(String, StreamKind, PathBuf)], within: Duration, what: &str) {
+    wait_until(within, what, || {
+        files.iter().all(|(_, _, path)| path.exists())
+    })
+    .await;
+}
+
+fn truth_until_after(fake: &FakeExchange, symbol: &str, hour: Hour) -> GroundTruth {
+    fake.ground_truth(symbol, hour.end() + MICROS_PER_MINUTE)
+}
+
+/// The keys the fake withheld on `symbol`'s `kind` stream whose rows belong
+/// to `hour`: trades and aggTrades by trade time, klines whose closing
+/// event was withheld.
+fn skipped_keys(
+    fake: &FakeExchange,
+    truth: &GroundTruth,
+    symbol: &str,
+    kind: StreamKind,
+    hour: Hour,
+) -> BTreeSet<i64> {
+    let stream = binance_recorder::binance::streams::stream_name(
+        &binance_recorder::domain::Symbol::new(symbol).expect("valid"),
+        kind,
+    );
+    let skipped: BTreeSet<i64> = fake
+        .skipped_events()
+        .into_iter()
+        .filter(|event| {
+            event.stream == stream && (!matches!(kind, StreamKind::Kline(_)) || event.kline_closed)
+        })
+        .map(|event| event.key)
+        .collect();
+    let in_hour = |time: i64| Hour::containing(time) == hour;
+    let in_hour_keys: BTreeSet<i64> = match kind {
+        StreamKind::Trade => truth
+            .trades
+            .iter()
+            .filter(|trade| in_hour(trade.time_us))
+            .map(|trade| trade.id)
+            .collect(),
+        StreamKind::AggTrade => truth
+            .agg_trades
+            .iter()
+            .filter(|agg| in_hour(agg.time_us))
+            .map(|agg| agg.id)
+            .collect(),
+        StreamKind::Kline(_) => skipped
+            .iter()
+            .copied()
+            .filter(|open| in_hour(*open))
+            .collect(),
+    };
+    in_hour_keys.intersection(&skipped).copied().collect()
+}
+
+/// Consecutive runs of keys (`step` apart) as inclusive ranges.
+fn runs(keys: &BTreeSet<i64>, step: i64) -> Vec<(i64, i64)> {
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for key in keys {
+        match runs.last_mut() {
+            Some((_, last)) if *last + step == *key => *last = *key,
+            _ => runs.push((*key, *key)),
+        }
+    }
+    runs
+}
+
+fn unfilled_of(path: &Path) -> Vec<UnfilledRange> {
+    serde_json::from_str(&metadata(path)["unfilled"]).expect("unfilled is a JSON list")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silently_skipped_events_are_filled_and_only_they_come_from_rest() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let recorder = RunningRecorder::start(&config_with_fill(&fake, root, ""));
+    let hour = watched_hour();
+    for minute in [10, 25, 40] {
+        wait_for_sim_time(&fake, hour.start() + minute * MICROS_PER_MINUTE, "mid-hour").await;
+        fake.inject(Fault::SkipEvents { count: 40 });
+    }
+    let files = hour_files(root, hour);
+    wait_for_files(
+        &files,
+        Duration::from_secs(90),
+        "every file of the hour sealed",
+    )
+    .await;
+    let counters = recorder.stop().await;
+    assert_eq!(
+        fake.counters().events_skipped,
+        120,
+        "the fake skipped what it was told"
+    );
+
+    let mut n_rest_rows = 0;
+    for (symbol, kind, path) in &files {
+        let truth = truth_until_after(&fake, symbol, hour);
+        let rest_keys: BTreeSet<i64> =
+            assert_file_matches_truth_with_rest(path, *kind, &truth, hour)
+                .into_iter()
+                .collect();
+        let expected = skipped_keys(&fake, &truth, symbol, *kind, hour);
+        assert_eq!(
+            rest_keys,
+            expected,
+            "{}: REST rows are exactly the skipped events",
+            path.display()
+        );
+        assert_eq!(metadata(path)["unfilled"], "[]", "{}", path.display());
+        n_rest_rows += rest_keys.len();
+    }
+    assert!(
+        n_rest_rows > 0,
+        "some skipped events were rows: {counters:?}"
+    );
+    assert!(
+        counters.holes_found > 0 && counters.rows_filled > 0,
+        "{counters:?}"
+    );
+    assert_eq!(counters.holes_declared, 0, "{counters:?}");
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_stalls_and_truncated_frames_are_filled_before_the_hour_seals() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let recorder = RunningRecorder::start(&config_with_fill(&fake, root, ""));
+    let hour = watched_hour();
+    let faults = [
+        (10, Fault::DropConnections { abort: true }),
+        (
+            20,
+            Fault::Stall {
+                duration_ms: 2_000,
+                keep_backlog: false,
+            },
+        ),
+        (35, Fault::TruncateFrames { count: 5 }),
+        (45, Fault::DropConnections { abort: false }),
+    ];
+    for (minute, fault) in faults {
+        wait_for_sim_time(&fake, hour.start() + minute * MICROS_PER_MINUTE, "mid-hour").await;
+        fake.inject(fault);
+    }
+    // A drop in the last seconds of the hour: the hole runs up to the
+    // hour's end and must be filled before the hour seals.
+    wait_for_sim_time(
+        &fake,
+        hour.end() - 10 * MICROS_PER_SECOND,
+        "the hour's last seconds",
+    )
+    .await;
+    let disconnects_before = recorder.counters().disconnects;
+    fake.inject(Fault::DropConnections { abort: true });
+    let files = hour_files(root, hour);
+    wait_for_files(
+        &files,
+        Duration::from_secs(90),
+        "every file of the hour sealed",
+    )
+    .await;
+    let counters = recorder.stop().await;
+    assert!(
+        counters.disconnects > disconnects_before,
+        "the last drop was seen: {counters:?}"
+    );
+    assert!(
+        counters.frames_quarantined >= 1,
+        "truncated frames went to quarantine: {counters:?}"
+    );
+
+    let mut n_rest_rows = 0;
+    for (symbol, kind, path) in &files {
+        let truth = truth_until_after(&fake, symbol, hour);
+        n_rest_rows += assert_file_matches_truth_with_rest(path, *kind, &truth, hour).len();
+        assert_eq!(metadata(path)["unfilled"], "[]", "{}", path.display());
+        assert_eq!(metadata(path)["coverage_from"], hour.start().to_string());
+        assert_eq!(metadata(path)["coverage_to"], hour.end().to_string());
+    }
+    assert!(
+        n_rest_rows > 0,
+        "the faults lost rows that REST filled: {counters:?}"
+    );
+    assert_eq!(counters.holes_declared, 0, "{counters:?}");
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_failures_while_holes_are_open_are_retried_until_filled() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let fill = "request_timeout_ms = 1000\nmax_attempts = 3\nretry_initial_ms = 100\nretry_max_ms = 500\ndeadline_secs = 86400\nweight_share = 0.3";
+    let recorder = RunningRecorder::start(&config_with_fill(&fake, root, fill));
+    let hour = watched_hour();
+    wait_for_sim_time(&fake, hour.start() + 20 * MICROS_PER_MINUTE, "mid-hour").await;
+    fake.inject(Fault::SkipEvents { count: 60 });
+    // When the hour is over, its fill meets every kind of REST failure.
+    wait_for_sim_time(&fake, hour.end(), "the hour's end").await;
+    for status in [500, 502, 503, 504] {
+        fake.inject(Fault::RestStatus { status, count: 1 });
+    }
+    fake.inject(Fault::RestTooManyRequests {
+        retry_after_secs: 1,
+        count: 1,
+    });
+    fake.inject(Fault::RestSlow {
+        delay_ms: 12_000,
+        count: 1,
+    });
+    fake.inject(Fault::RestConnectionReset { count: 1 });
+    fake.inject(Fault::RestTruncatedBody { count: 1 });
+    let files = hour_files(root, hour);
+    wait_for_files(
+        &files,
+        Duration::from_secs(90),
+        "every file of the hour sealed",
+    )
+    .await;
+    let counters = recorder.stop().await;
+    let fake_counters = fake.counters();
+    assert!(
+        fake_counters.rest_failures_injected >= 8,
+        "{fake_counters:?}"
+    );
+    assert_eq!(
+        fake_counters.rest_responses_418, 0,
+        "never banned: {fake_counters:?}"
+    );
+    let share_of_limit = (0.3 * 6000.0) as u64;
+    assert!(
+        fake_counters.rest_used_weight_max <= share_of_limit,
+        "weight within the share: {fake_counters:?}"
+    );
+
+    for (symbol, kind, path) in &files {
+        let truth = truth_until_after(&fake, symbol, hour);
+        let rest_keys: BTreeSet<i64> =
+            assert_file_matches_truth_with_rest(path, *kind, &truth, hour)
+                .into_iter()
+                .collect();
+        assert_eq!(
+            rest_keys,
+            skipped_keys(&fake, &truth, symbol, *kind, hour),
+            "{}",
+            path.display()
+        );
+        assert_eq!(metadata(path)["unfilled"], "[]", "{}", path.display());
+    }
+    assert_eq!(counters.holes_declared, 0, "{counters:?}");
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_down_past_the_deadline_declares_the_exact_holes_then_a_complete_file_replaces_it() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let fill = "max_attempts = 2\nretry_initial_ms = 100\nretry_max_ms = 200\ndeadline_secs = 60\ndeclared_retry_secs = 1";
+    let recorder = RunningRecorder::start(&config_with_fill(&fake, root, fill));
+    let hour = watched_hour();
+    wait_for_sim_time(&fake, hour.start() + 30 * MICROS_PER_MINUTE, "mid-hour").await;
+    fake.inject(Fault::RestStatus {
+        status: 503,
+        count: 1_000_000,
+    });
+    fake.inject(Fault::SkipEvents { count: 60 });
+    let files = hour_files(root, hour);
+    wait_for_files(
+        &files,
+        Duration::from_secs(90),
+        "every file of the hour sealed",
+    )
+    .await;
+
+    // Sealed with the exact holes declared.
+    let mut n_declared_files = 0;
+    for (symbol, kind, path) in &files {
+        let truth = truth_until_after(&fake, symbol, hour);
+        let rest_keys =
+            assert_file_matches_truth_with_rest_allowing_missing(path, *kind, &truth, hour);
+        assert!(rest_keys.is_empty(), "{}: REST was down", path.display());
+        let step = match kind {
+            StreamKind::Kline(_) => MICROS_PER_MINUTE,
+            _ => 1,
+        };
+        let expected = runs(&skipped_keys(&fake, &truth, symbol, *kind, hour), step);
+        let declared: Vec<(i64, i64)> = unfilled_of(path)
+            .iter()
+            .map(|range| {
+                assert!(
+                    range.reason.starts_with("rest unreachable"),
+                    "{}: reason {:?}",
+                    path.display(),
+                    range.reason
+                );
+                (range.from.expect("named ids"), range.to.expect("named ids"))
+            })
+            .collect();
+        assert_eq!(
+            declared,
+            expected,
+            "{}: the declared holes are the skipped keys",
+            path.display()
+        );
+        n_declared_files += usize::from(!declared.is_empty());
+    }
+    assert!(n_declared_files > 0, "some files declare holes");
+
+    // REST comes back: the daemon seals complete replacements.
+    fake.inject(Fault::ClearRestFaults);
+    wait_until(
+        Duration::from_secs(60),
+        "every declared hole filled and resealed",
+        || {
+            files
+                .iter()
+                .all(|(_, _, path)| metadata(path)["unfilled"] == "[]")
+        },
+    )
+    .await;
+    let counters = recorder.stop().await;
+    for (symbol, kind, path) in &files {
+        let truth = truth_until_after(&fake, symbol, hour);
+        let rest_keys: BTreeSet<i64> =
+            assert_file_matches_truth_with_rest(path, *kind, &truth, hour)
+                .into_iter()
+                .collect();
+        assert_eq!(
+            rest_keys,
+            skipped_keys(&fake, &truth, symbol, *kind, hour),
+            "{}",
+            path.display()
+        );
+        assert_eq!(metadata(path)["coverage_from"], hour.start().to_string());
+    }
+    assert!(
+        counters.holes_declared > 0 && counters.holes_filled_late > 0,
+        "{counters:?}"
+    );
+    assert!(counters.files_resealed > 0, "{counters:?}");
+    assert!(parquet_files(&root.join("data"))
+        .iter()
+        .all(|path| parquet_out::read_hour_file(
+            path,
+            StreamKind::from_name(&metadata(path)["stream"]).expect("stream")
+        )
+        .is_ok()));
+    fake.shutdown().await;
+}
+
+/// Like [`assert_file_matches_truth_with_rest`] for a file that declares
+/// holes: its rows are the truth minus the declared keys.
+fn assert_file_matches_truth_with_rest_allowing_missing(
+    path: &Path,
+    kind: StreamKind,
+    truth: &GroundTruth,
+    hour: Hour,
+) -> Vec<i64> {
+    let declared = unfilled_of(path);
+    let is_declared = |key: i64| {
+        declared.iter().any(|range| {
+            range.from.is_some_and(|from| from <= key) && range.to.is_some_and(|to| key <= to)
+        })
+    };
+    let mut pruned = truth.clone();
+    pruned.trades.retain(|trade| !is_declared(trade.id));
+    pruned.agg_trades.retain(|agg| !is_declared(agg.id));
+    for klines in pruned.klines.values_mut() {
+        klines.retain(|kline| !is_declared(kline.open_time_us));
+    }
+    let rows = parquet_out::read_hour_file(path, kind).expect("readable");
+    assert!(
+        rows.iter().all(|row| !is_declared(Row::key(row))),
+        "{}: no row inside a declared hole",
+        path.display()
+    );
+    assert_file_matches_truth_with_rest(path, kind, &pruned, hour)
+}
