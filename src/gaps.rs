@@ -393,14 +393,24 @@ pub fn stream_hour_holes(facts: &StreamHour) -> Vec<Hole> {
 }
 
 /// Splits holes by what REST already said about them: a hole inside a
-/// settled range that names its keys is data the exchange does not have
-/// (returned second, to be declared); an open one inside a settled range
-/// held nothing (dropped); the rest still need a fill (returned first).
+/// settled range with named ends, that names its own keys, is data the
+/// exchange does not have (returned second, to be declared); a hole inside
+/// a range open at an end held nothing in this hour (an open range says
+/// "nothing more up to the hour's edge"; later ids belong to later hours),
+/// so it is dropped; the rest still need a fill (returned first).
 pub fn sort_by_settled(holes: Vec<Hole>, settled: &[Settled]) -> (Vec<Hole>, Vec<Hole>) {
     let mut to_fill = Vec::new();
     let mut not_served = Vec::new();
     for hole in holes {
-        if !settled.iter().any(|range| range.covers(&hole)) {
+        let covering = |named: bool| {
+            settled.iter().any(|range| {
+                range.covers(&hole) && (range.from.is_some() && range.to.is_some()) == named
+            })
+        };
+        if covering(false) {
+            continue;
+        }
+        if !covering(true) {
             to_fill.push(hole);
         } else if hole.is_closed() {
             not_served.push(hole);
@@ -979,6 +989,15 @@ mod tests {
             vec![closed],
             "a named hole REST answered for is data the exchange lacks"
         );
+        // An open probe found nothing more in the hour: a hole found later
+        // past it (the next row arrived in a later hour) is not this hour's.
+        let later = Hole::Ids(IdHole {
+            from_id: Some(9),
+            to_id: Some(40),
+            from_time: HOUR_START,
+            to_time: HOUR_START,
+        });
+        assert_eq!(sort_by_settled(vec![later], &settled), (vec![], vec![]));
         assert!(!Settled {
             from: Some(5),
             to: Some(7)

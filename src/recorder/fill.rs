@@ -28,19 +28,76 @@ pub async fn run_fill(rest: RestClient, job: FillJob, retry: RetryPolicy) -> Fil
     let mut settled = Vec::new();
     let mut failure = None;
     for hole in &job.holes {
-        let answer = fill_hole(&rest, &job, hole, &retry).await;
-        rows.extend(answer.rows);
+        let hole = bounded_to_hour(hole, job.hour);
+        let answer = fill_hole(&rest, &job, &hole, &retry).await;
         match answer.verdict {
-            Ok(()) => settled.push(Settled {
-                from: hole.key_bounds().0,
-                to: hole.key_bounds().1,
-            }),
+            Ok(()) => settled.extend(settled_ranges(&hole, &answer.rows)),
             Err(reason) => {
                 failure.get_or_insert(reason);
             }
         }
+        rows.extend(answer.rows);
     }
     FillReport::new(&job, rows, settled, failure)
+}
+
+/// A hole whose next known row lies past the hour's end (its end time is
+/// clamped to the hour's last µs) is fetched only up to the hour's end, as
+/// if its end were open: the rest of it belongs to later hours, which are
+/// judged (and filled) on their own. This keeps a round, and its WAL
+/// record, to one hour of rows however long the downtime was.
+fn bounded_to_hour(hole: &Hole, hour: Hour) -> Hole {
+    match hole {
+        Hole::Ids(ids) if ids.to_id.is_some() && ids.to_time >= hour.end() - 1 => {
+            Hole::Ids(IdHole {
+                to_id: None,
+                ..*ids
+            })
+        }
+        other => *other,
+    }
+}
+
+/// What REST answered for in full when a hole's fetch completed: a hole
+/// with named ends is settled as it is; an open end is split at the rows
+/// fetched, so the open part says only "nothing more in this hour" (ids
+/// past it belong to another hour) and the named part keeps telling ids
+/// the exchange does not serve.
+fn settled_ranges(hole: &Hole, rows: &[Row]) -> Vec<Settled> {
+    let (from, to) = hole.key_bounds();
+    let keys = rows
+        .iter()
+        .map(Row::key)
+        .filter(|key| from.is_none_or(|from| *key >= from) && to.is_none_or(|to| *key <= to));
+    let (Some(first), Some(last)) = (keys.clone().min(), keys.max()) else {
+        return vec![Settled { from, to }];
+    };
+    let mut ranges = Vec::new();
+    let named_from = match from {
+        Some(from) => from,
+        None => {
+            ranges.push(Settled {
+                from: None,
+                to: Some(first - 1),
+            });
+            first
+        }
+    };
+    let named_to = match to {
+        Some(to) => to,
+        None => {
+            ranges.push(Settled {
+                from: Some(last + 1),
+                to: None,
+            });
+            last
+        }
+    };
+    ranges.push(Settled {
+        from: Some(named_from),
+        to: Some(named_to),
+    });
+    ranges
 }
 
 /// The rows fetched for one hole, and whether REST answered for all of it.

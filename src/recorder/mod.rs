@@ -358,6 +358,10 @@ enum Applied {
     },
 }
 
+/// Most rows in one WAL record of a fill report (about 2 MB of JSON; the
+/// WAL takes records up to 64 MiB).
+const FILL_RECORD_MAX_ROWS: usize = 10_000;
+
 /// A fill report's record: its JSON.
 fn fill_record(report: &FillReport) -> Record {
     Record {
@@ -834,7 +838,9 @@ impl Runtime {
                 if let Some(failure) = &report.failure {
                     debug!(stream = %report.stream, hour_start = report.hour_start, %failure, n_rows = report.rows.len(), "fill round left holes open");
                 }
-                self.pending.push(fill_record(&report));
+                for part in report.into_parts(FILL_RECORD_MAX_ROWS) {
+                    self.pending.push(fill_record(&part));
+                }
                 self.pending_since.get_or_insert_with(Instant::now);
             }
             Err(error) => {

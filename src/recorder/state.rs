@@ -104,6 +104,9 @@ struct FillStatus {
     in_flight: bool,
     retry_at: MonoMs,
     last_failure: Option<String>,
+    /// Exchange time when the hour was first judged; its fill deadline
+    /// counts from here (after downtime that is later than its end).
+    judged_since: TimeUs,
 }
 
 /// Holes declared in a sealed file, tried again now and then.
@@ -187,6 +190,10 @@ pub struct FillReport {
     pub settled: Vec<Settled>,
     /// Why a hole stayed open, when one did.
     pub failure: Option<String>,
+    /// A leading part of a report too big for one WAL record: rows only;
+    /// the last part carries the verdict.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rows_only: bool,
 }
 
 impl FillReport {
@@ -204,7 +211,30 @@ impl FillReport {
             rows,
             settled,
             failure,
+            rows_only: false,
         }
+    }
+
+    /// The report cut into parts of at most `max_rows` rows, each small
+    /// enough for one WAL record; only the last carries the verdict.
+    pub fn into_parts(mut self, max_rows: usize) -> Vec<FillReport> {
+        let mut parts = Vec::new();
+        while self.rows.len() > max_rows {
+            let rest = self.rows.split_off(max_rows);
+            let rows = std::mem::replace(&mut self.rows, rest);
+            parts.push(FillReport {
+                market: self.market.clone(),
+                stream: self.stream.clone(),
+                hour_start: self.hour_start,
+                declared: self.declared,
+                rows,
+                settled: Vec::new(),
+                failure: None,
+                rows_only: true,
+            });
+        }
+        parts.push(self);
+        parts
     }
 
     pub fn key(&self) -> Option<StreamKey> {
@@ -582,6 +612,7 @@ impl State {
             return;
         };
         let hour = Hour::containing(report.hour_start);
+        debug!(%key, %hour, n_rows = report.rows.len(), settled = ?report.settled, failure = ?report.failure, declared = report.declared, "fill report applied");
         let declared_rows: Vec<Row> = if report.declared {
             report.rows.clone()
         } else {
@@ -589,6 +620,9 @@ impl State {
         };
         for row in report.rows {
             self.insert(key.clone(), row, segment);
+        }
+        if report.rows_only {
+            return;
         }
         let fill = self.fill.clone();
         let counters = self.counters.clone();
@@ -747,9 +781,13 @@ impl State {
                     stream.next_hour_to_seal = Some(hour);
                     continue;
                 }
-                let deadline = complete_at(key.kind, hour)
-                    .saturating_add(self.grace_us)
-                    .saturating_add(fill.deadline_us);
+                let sealable_at = complete_at(key.kind, hour).saturating_add(self.grace_us);
+                let judged_since = stream
+                    .fills
+                    .get(&hour)
+                    .map_or(exchange_now, |status| status.judged_since)
+                    .max(sealable_at);
+                let deadline = judged_since.saturating_add(fill.deadline_us);
                 if let Some(status) = stream.fills.get(&hour) {
                     // Judging an hour walks its rows: only when a decision is due.
                     let waiting =
@@ -775,7 +813,10 @@ impl State {
                     watched_from: watched.map_or(hour.start(), |(from, _)| from),
                 };
                 let holes = stream_hour_holes(&facts);
-                let status = stream.fills.entry(hour).or_default();
+                let status = stream.fills.entry(hour).or_insert_with(|| FillStatus {
+                    judged_since,
+                    ..FillStatus::default()
+                });
                 let (to_fill, not_served) = sort_by_settled(holes, &status.settled);
                 let declare_reason = if to_fill.is_empty() {
                     None
@@ -1696,6 +1737,15 @@ streams = ["trade", "kline_1m"]
             closed_before: HOUR_START,
             declared: false,
         };
+        let three = vec![
+            rest_trade(1, HOUR_START),
+            rest_trade(2, HOUR_START),
+            rest_trade(3, HOUR_START),
+        ];
+        let parts = report(&job, three, vec![], Some("x")).into_parts(2);
+        assert_eq!(parts.len(), 2);
+        assert!(parts[0].rows_only && parts[0].failure.is_none() && parts[0].rows.len() == 2);
+        assert!(!parts[1].rows_only && parts[1].failure.is_some() && parts[1].rows.len() == 1);
         let original = report(
             &job,
             vec![rest_trade(8, HOUR_START + 200)],

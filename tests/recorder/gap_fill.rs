@@ -446,3 +446,83 @@ fn assert_file_matches_truth_with_rest_allowing_missing(
     );
     assert_file_matches_truth_with_rest(path, kind, &pruned, hour)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downtime_over_an_hour_boundary_is_backfilled_after_the_restart() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = config_with_fill(&fake, root, "");
+    let hour = watched_hour();
+    let missed_hour = hour.next();
+    let first_run = RunningRecorder::start(&config);
+    wait_for_sim_time(
+        &fake,
+        hour.start() + 10 * MICROS_PER_MINUTE,
+        "ten minutes into the hour",
+    )
+    .await;
+    first_run.stop().await;
+    // No recorder for the rest of the hour and all of the next one.
+    wait_for_sim_time(
+        &fake,
+        missed_hour.end() + 2 * MICROS_PER_MINUTE,
+        "the downtime",
+    )
+    .await;
+    let second_run = RunningRecorder::start(&config);
+    let mut files = hour_files(root, hour);
+    files.extend(hour_files(root, missed_hour));
+    wait_for_files(
+        &files,
+        Duration::from_secs(90),
+        "every file of both hours sealed",
+    )
+    .await;
+    let counters = second_run.stop().await;
+
+    for (symbol, kind, path) in &files {
+        let file_hour = if path
+            .to_string_lossy()
+            .contains(&format!("-{}.parquet", hour.hour_of_day_text()))
+        {
+            hour
+        } else {
+            missed_hour
+        };
+        let truth = truth_until_after(&fake, symbol, file_hour);
+        let rest_keys = assert_file_matches_truth_with_rest(path, *kind, &truth, file_hour);
+        assert!(
+            !rest_keys.is_empty(),
+            "{}: the downtime was filled from REST",
+            path.display()
+        );
+        let rows = parquet_out::read_hour_file(path, *kind).expect("readable");
+        if file_hour == missed_hour {
+            assert_eq!(
+                rest_keys.len(),
+                rows.len(),
+                "{}: an hour nobody watched is all REST",
+                path.display()
+            );
+        }
+        let metadata = metadata(path);
+        assert_eq!(metadata["unfilled"], "[]", "{}", path.display());
+        assert_eq!(
+            metadata["coverage_from"],
+            file_hour.start().to_string(),
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            metadata["coverage_to"],
+            file_hour.end().to_string(),
+            "{}",
+            path.display()
+        );
+    }
+    assert_eq!(counters.holes_declared, 0, "{counters:?}");
+    fake.shutdown().await;
+}
