@@ -12,6 +12,8 @@
 //! - [`recorder`]: the state machine ([`recorder::state`]) and the runtime
 //!   that wires everything and stops it in order.
 //! - [`parquet_out`]: the dataset contract's files, written atomically.
+//! - [`gaps`]: pure gap detection; [`recorder::fill`] asks REST to fill.
+//! - [`lock`]: one recorder per directory (flock).
 //! - [`quarantine`], [`metrics`]: undecodable frames, counters.
 //!
 //! # Life of one message
@@ -35,6 +37,7 @@ pub mod binance;
 pub mod config;
 pub mod domain;
 pub mod gaps;
+pub mod lock;
 pub mod metrics;
 pub mod parquet_out;
 pub mod quarantine;

@@ -1,7 +1,7 @@
 //! `binance-recorder`: wiring only. Arguments, config, tracing, signals,
 //! run, exit code; everything else lives in the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 use binance_recorder::config::Config;
+use binance_recorder::domain::Hour;
 use binance_recorder::metrics::Counters;
 use binance_recorder::recorder;
 
@@ -32,6 +33,18 @@ enum Command {
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Fill the holes that sealed files declare (their `unfilled` metadata)
+    /// from REST and replace the files, while no recorder runs on the dataset.
+    Backfill {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        /// First hour to look at, e.g. 2026-01-01T00 (UTC); all when absent.
+        #[arg(long, value_parser = parse_hour)]
+        from: Option<Hour>,
+        /// Last hour to look at (inclusive).
+        #[arg(long, value_parser = parse_hour)]
+        to: Option<Hour>,
+    },
     /// Check a config file and print what it would record.
     CheckConfig {
         #[arg(long, default_value = "config.toml")]
@@ -43,6 +56,7 @@ fn main() -> ExitCode {
     let arguments = Arguments::parse();
     match arguments.command {
         Command::Run { config } => run(config),
+        Command::Backfill { config, from, to } => backfill(config, from, to),
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(config) => {
                 for market in &config.markets {
@@ -67,12 +81,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config_path: PathBuf) -> ExitCode {
-    let config = match Config::load(&config_path) {
+fn parse_hour(text: &str) -> Result<Hour, String> {
+    chrono::NaiveDateTime::parse_from_str(&format!("{text}:00:00"), "%Y-%m-%dT%H:%M:%S")
+        .map(|time| Hour::containing(time.and_utc().timestamp_micros()))
+        .map_err(|_| format!("{text:?} is not an hour like 2026-01-01T00"))
+}
+
+/// Loads the config and starts logging; `Err` is the exit code.
+fn load_and_log(config_path: &Path) -> Result<Config, ExitCode> {
+    let config = match Config::load(config_path) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
-            return ExitCode::from(2);
+            return Err(ExitCode::from(2));
         }
     };
     let filter =
@@ -83,6 +104,51 @@ fn run(config_path: PathBuf) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .init();
+    Ok(config)
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            error!("{error:#}");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn backfill(config_path: PathBuf, from: Option<Hour>, to: Option<Hour>) -> ExitCode {
+    let config = match load_and_log(&config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+        .and_then(|runtime| {
+            runtime.block_on(recorder::backfill::backfill(
+                &config,
+                from,
+                to,
+                Arc::new(Counters::default()),
+            ))
+        })
+        .map(|summary| {
+            println!(
+                "files with holes: {}, resealed: {}, holes left: {}",
+                summary.n_files_with_holes, summary.n_files_resealed, summary.n_holes_left
+            );
+        });
+    exit_code(result)
+}
+
+fn run(config_path: PathBuf) -> ExitCode {
+    let config = match load_and_log(&config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
 
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -96,14 +162,7 @@ fn run(config_path: PathBuf) -> ExitCode {
                 recorder::run(config, Arc::new(Counters::default()), shutdown).await
             })
         });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            error!("{error:#}");
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(result)
 }
 
 /// SIGTERM and SIGINT cancel `shutdown`; a second signal exits at once

@@ -8,6 +8,7 @@
 //! runs off the async workers: each WAL batch (append, fsync, then decode)
 //! and each Parquet seal is a `spawn_blocking` job.
 
+pub mod backfill;
 pub mod fill;
 pub mod state;
 
@@ -68,6 +69,10 @@ pub async fn run_with_wal_fs(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.check_directories()?;
+    // Held until the recorder has stopped: no second recorder (or backfill
+    // run) may write the same WAL or dataset meanwhile.
+    let _wal_lock = crate::lock::lock_directory(&config.wal_dir)?;
+    let _data_lock = crate::lock::lock_directory(&config.data_dir)?;
     crate::binance::ensure_crypto_provider();
     let config = Arc::new(config);
     let wal_config = WalConfig {
@@ -558,13 +563,13 @@ struct BatchOutcome {
     n_quarantined: u64,
 }
 
-struct SealOutcome {
-    job_key: crate::domain::StreamKey,
-    hour: crate::domain::Hour,
-    result: Result<SealResult, (String, Vec<crate::domain::Row>, Option<SegmentId>)>,
+pub(crate) struct SealOutcome {
+    pub(crate) job_key: crate::domain::StreamKey,
+    pub(crate) hour: crate::domain::Hour,
+    pub(crate) result: Result<SealResult, (String, Vec<crate::domain::Row>, Option<SegmentId>)>,
 }
 
-enum SealResult {
+pub(crate) enum SealResult {
     Written {
         path: PathBuf,
         n_rows: usize,
@@ -1067,7 +1072,7 @@ fn write_batch(
 
 /// Writes one hour's file, merging with a file already sealed for it.
 /// Runs on a blocking thread.
-fn execute_seal(data_dir: &Path, job: SealJob) -> SealOutcome {
+pub(crate) fn execute_seal(data_dir: &Path, job: SealJob) -> SealOutcome {
     let job_key = job.key.clone();
     let hour = job.hour;
     let path = parquet_out::hour_file_path(data_dir, &job.key, job.hour);

@@ -1064,7 +1064,7 @@ fn millis(duration: std::time::Duration) -> MonoMs {
 
 /// A declared hole list after a retry: holes REST answered for in full are
 /// gone, except keys it does not serve; the others keep the new failure.
-fn revise_declared(
+pub fn revise_declared(
     kind: StreamKind,
     hour: Hour,
     unfilled: &[UnfilledRange],

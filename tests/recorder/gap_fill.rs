@@ -526,3 +526,99 @@ async fn downtime_over_an_hour_boundary_is_backfilled_after_the_restart() {
     assert_eq!(counters.holes_declared, 0, "{counters:?}");
     fake.shutdown().await;
 }
+
+/// Runs the recorder binary with `arguments` to completion.
+async fn run_binary(arguments: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_binance-recorder"))
+            .args(&arguments)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("recorder binary runs")
+    })
+    .await
+    .expect("binary task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_refuses_beside_a_daemon_and_completes_declared_files_once_it_is_stopped() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let fill = "max_attempts = 2\nretry_initial_ms = 100\nretry_max_ms = 200\ndeadline_secs = 60\ndeclared_retry_secs = 3600";
+    let config_text = config_with_fill(&fake, root, fill);
+    let config_path = root.join("config.toml");
+    std::fs::write(&config_path, &config_text).expect("config written");
+    let recorder = RunningRecorder::start(&config_text);
+    let hour = watched_hour();
+    wait_for_sim_time(&fake, hour.start() + 30 * MICROS_PER_MINUTE, "mid-hour").await;
+    fake.inject(Fault::RestStatus {
+        status: 503,
+        count: 1_000_000,
+    });
+    fake.inject(Fault::SkipEvents { count: 60 });
+    let files = hour_files(root, hour);
+    wait_for_files(
+        &files,
+        Duration::from_secs(90),
+        "every file of the hour sealed",
+    )
+    .await;
+    assert!(
+        files
+            .iter()
+            .any(|(_, _, path)| !unfilled_of(path).is_empty()),
+        "holes declared while REST is down"
+    );
+
+    // A second recorder, or a backfill, on the same directories refuses.
+    let config_argument = config_path.display().to_string();
+    for command in ["run", "backfill"] {
+        let output = run_binary(vec![
+            command.into(),
+            "--config".into(),
+            config_argument.clone(),
+        ])
+        .await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{command} beside a running recorder must fail: {stderr}"
+        );
+        let pid = format!("pid {}", std::process::id());
+        assert!(
+            stderr.contains("in use by another binance-recorder") && stderr.contains(&pid),
+            "{command}: {stderr}"
+        );
+    }
+
+    recorder.stop().await;
+    fake.inject(Fault::ClearRestFaults);
+    let output = run_binary(vec!["backfill".into(), "--config".into(), config_argument]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "backfill: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("holes left: 0"), "{stdout}");
+    for (symbol, kind, path) in &files {
+        let truth = truth_until_after(&fake, symbol, hour);
+        let rest_keys: BTreeSet<i64> =
+            assert_file_matches_truth_with_rest(path, *kind, &truth, hour)
+                .into_iter()
+                .collect();
+        assert_eq!(
+            rest_keys,
+            skipped_keys(&fake, &truth, symbol, *kind, hour),
+            "{}",
+            path.display()
+        );
+        assert_eq!(metadata(path)["unfilled"], "[]", "{}", path.display());
+        assert_eq!(metadata(path)["coverage_from"], hour.start().to_string());
+        assert_eq!(metadata(path)["coverage_to"], hour.end().to_string());
+    }
+    fake.shutdown().await;
+}
