@@ -281,6 +281,12 @@ async fn run_clock_checks(
 /// is only a warning: recording must not wait for it.
 async fn check_symbols(market_config: &MarketConfig, rest: &RestClient) -> anyhow::Result<()> {
     if !market_config.check_symbols {
+        // The weight limit is still read: it changes over time.
+        if let Some(symbol) = market_config.symbols.first() {
+            if let Err(error) = rest.refresh_weight_limit(symbol).await {
+                warn!(market = %market_config.market, %error, "cannot read the REST weight limit; using the default");
+            }
+        }
         return Ok(());
     }
     let market = market_config.market;

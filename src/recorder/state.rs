@@ -1760,4 +1760,63 @@ streams = ["trade", "kline_1m"]
         assert_eq!(back, original);
         assert_eq!(back.key(), Some(key(StreamKind::Trade)));
     }
+
+    proptest::proptest! {
+        /// Any split of a sequence into stream rows and REST rows, with
+        /// duplicates on either side and in any order, seals as the
+        /// sequence once, sorted, each row from the stream when the stream
+        /// delivered it.
+        #[test]
+        fn any_split_into_stream_and_rest_rows_seals_each_key_once(
+            keys in proptest::collection::btree_set(1i64..400, 1..80),
+            plan in proptest::collection::vec((0u8..3, proptest::prelude::any::<bool>()), 80),
+            report_at in 0usize..200,
+            shuffle_seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut state = new_state();
+            let time_of = |id: i64| HOUR_START + id * 1000;
+            let mut stream_rows = Vec::new();
+            let mut rest_rows = Vec::new();
+            let mut from_stream = BTreeSet::new();
+            for (index, id) in keys.iter().enumerate() {
+                let (side, twice) = plan[index];
+                let copies = if twice { 2 } else { 1 };
+                for _ in 0..copies {
+                    if side != 1 {
+                        stream_rows.push(trade(*id, time_of(*id)));
+                        from_stream.insert(*id);
+                    }
+                    if side != 0 {
+                        rest_rows.push(rest_trade(*id, time_of(*id)));
+                    }
+                }
+            }
+            let length = stream_rows.len();
+            for index in 0..length {
+                let other = (shuffle_seed.wrapping_mul(index as u64 + 7) % length as u64) as usize;
+                stream_rows.swap(index, other);
+            }
+            let job = FillJob { key: key(StreamKind::Trade), hour: Hour::containing(HOUR_START), holes: vec![], closed_before: HOUR_START, declared: false };
+            let fill_report = report(&job, rest_rows, vec![], None);
+            let report_at = report_at.min(stream_rows.len());
+            let mut fill_report = Some(fill_report);
+            for (index, row) in stream_rows.into_iter().enumerate() {
+                if index == report_at {
+                    state.apply_fill(SegmentId(1), fill_report.take().expect("once"), 0);
+                }
+                state.apply(Market::Spot, SegmentId(1), row);
+            }
+            if let Some(fill_report) = fill_report {
+                state.apply_fill(SegmentId(1), fill_report, 0);
+            }
+            state.note_event_time(Market::Spot, HOUR_START + MICROS_PER_HOUR + 2_000_000);
+            let sealed = seals(&mut state).into_iter().find(|job| job.key.kind == StreamKind::Trade).expect("trade file");
+            let sealed_keys: Vec<i64> = sealed.rows.iter().map(Row::key).collect();
+            proptest::prop_assert_eq!(sealed_keys, keys.iter().copied().collect::<Vec<_>>());
+            for row in &sealed.rows {
+                let expected = if from_stream.contains(&row.key()) { Source::Ws } else { Source::Rest };
+                proptest::prop_assert_eq!(row.source(), expected);
+            }
+        }
+    }
 }

@@ -622,3 +622,66 @@ async fn backfill_refuses_beside_a_daemon_and_completes_declared_files_once_it_i
     }
     fake.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_damage_found_at_restart_becomes_a_hole_that_rest_fills() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = config_with_fill(&fake, root, "");
+    let hour = watched_hour();
+    let first_run = RunningRecorder::start(&config);
+    wait_for_sim_time(
+        &fake,
+        hour.start() + 20 * MICROS_PER_MINUTE,
+        "twenty minutes into the hour",
+    )
+    .await;
+    first_run.stop().await;
+
+    // Flip bytes inside records in the middle of every WAL segment left:
+    // they hold the unsealed hour's frames.
+    let mut n_damaged = 0;
+    for segment in walk_files(&root.join("wal")) {
+        let mut bytes = std::fs::read(&segment).expect("segment readable");
+        if bytes.len() < 64 * 1024 {
+            continue;
+        }
+        for fraction in [4, 2] {
+            let middle = bytes.len() / fraction;
+            for byte in &mut bytes[middle..middle + 64] {
+                *byte ^= 0x5A;
+            }
+        }
+        std::fs::write(&segment, &bytes).expect("segment written");
+        n_damaged += 1;
+    }
+    assert!(n_damaged > 0, "a WAL segment to damage");
+
+    let second_run = RunningRecorder::start(&config);
+    let files = hour_files(root, hour);
+    wait_for_files(
+        &files,
+        Duration::from_secs(90),
+        "every file of the hour sealed",
+    )
+    .await;
+    let counters = second_run.stop().await;
+    assert!(
+        counters.wal_damage >= 1,
+        "the damage was found and reported: {counters:?}"
+    );
+    let mut n_rest_rows = 0;
+    for (symbol, kind, path) in &files {
+        let truth = truth_until_after(&fake, symbol, hour);
+        n_rest_rows += assert_file_matches_truth_with_rest(path, *kind, &truth, hour).len();
+        assert_eq!(metadata(path)["unfilled"], "[]", "{}", path.display());
+    }
+    assert!(
+        n_rest_rows > 0,
+        "the frames lost to the damage came back from REST: {counters:?}"
+    );
+    fake.shutdown().await;
+}

@@ -153,6 +153,18 @@ async fn sigterm_mid_hour_then_restart_loses_and_duplicates_nothing() {
             assert_rows_are_true(&rows, &truth, kind);
             sealed_keys.extend(rows.iter().map(Row::key));
         }
+        // With the gap fill, the downtime came back from REST: both
+        // hours are the whole truth.
+        let until = hour.end() + MICROS_PER_MINUTE;
+        for sealed_hour in [first_hour, hour] {
+            let path = file_path(root, &key("BTCUSDT", kind), sealed_hour);
+            assert_file_matches_truth_with_rest(
+                &path,
+                kind,
+                &fake.ground_truth("BTCUSDT", until),
+                sealed_hour,
+            );
+        }
         let unique: BTreeSet<i64> = sealed_keys.iter().copied().collect();
         assert_eq!(unique.len(), sealed_keys.len(), "{kind}: no row twice");
         let before_stop = received.get(&kind).cloned().unwrap_or_default();
@@ -165,8 +177,10 @@ async fn sigterm_mid_hour_then_restart_loses_and_duplicates_nothing() {
     let leftovers: Vec<_> = walk_files(&root.join("data"))
         .into_iter()
         .filter(|path| {
-            path.file_name()
-                .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+            path.file_name().is_some_and(|name| {
+                name.to_string_lossy().starts_with('.')
+                    && name != binance_recorder::lock::LOCK_FILE_NAME
+            })
         })
         .collect();
     assert!(
