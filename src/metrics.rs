@@ -55,6 +55,10 @@ counters! {
     files_resealed,
     /// Seal attempts that failed and will be retried.
     seal_failures,
+    /// Sealed files found unreadable (bad footer), moved aside and rebuilt.
+    files_corrupt,
+    /// Temporary files of interrupted seals removed at start.
+    temporary_files_removed,
     /// Stream connections established.
     connections,
     /// Stream connections lost.

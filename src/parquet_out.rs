@@ -133,6 +133,47 @@ pub fn sealed_hours(root: &Path, key: &StreamKey) -> Vec<Hour> {
     hours
 }
 
+/// Removes the temporary files an interrupted seal left under `root`
+/// (`.<name>.parquet.tmp`: never complete, never visible to readers) and
+/// returns their paths. Run at start, under the directory lock.
+pub fn remove_temporary_files(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(directory) = stack.pop() {
+        let entries = match fs::read_dir(&directory) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.ends_with(".parquet.tmp") {
+                fs::remove_file(&path)?;
+                removed.push(path);
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Moves an unreadable sealed file aside (`<name>.parquet.corrupt`, kept
+/// for inspection) and returns where it went.
+pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
+    let aside = path.with_extension("parquet.corrupt");
+    fs::rename(path, &aside)?;
+    if let Some(directory) = path.parent() {
+        sync_directory(directory)?;
+    }
+    Ok(aside)
+}
+
 /// What a restart needs to know of a sealed file: its last key and the
 /// holes it declares.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,8 @@ mod bad_input;
 mod config_errors;
 #[path = "recorder/connections.rs"]
 mod connections;
+#[path = "recorder/crash.rs"]
+mod crash;
 #[path = "recorder/end_to_end.rs"]
 mod end_to_end;
 #[path = "recorder/gap_fill.rs"]

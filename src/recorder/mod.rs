@@ -434,6 +434,15 @@ async fn open_and_replay(
 ) -> anyhow::Result<(WalWriter, State)> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<(WalWriter, State)> {
+        match parquet_out::remove_temporary_files(&config.data_dir) {
+            Ok(removed) => {
+                for path in &removed {
+                    warn!(path = %path.display(), "temporary file of an interrupted seal removed; its hour is sealed again from the WAL");
+                }
+                Counters::add(&counters.temporary_files_removed, removed.len() as u64);
+            }
+            Err(error) => warn!(%error, "cannot clean temporary files in the data directory"),
+        }
         let (wal, report) = Wal::open_with_fs(wal_config.clone(), wal_fs)
             .with_context(|| format!("cannot open the WAL in {}", wal_config.dir.display()))?;
         if let Some(torn) = &report.torn_tail {
@@ -499,7 +508,7 @@ async fn open_and_replay(
             n_unsealed_rows = state.n_unsealed_rows(),
             "WAL replayed"
         );
-        resume_from_sealed_files(&config, &mut state);
+        resume_from_sealed_files(&config, &mut state, &counters);
         Ok((wal, state))
     })
     .await
@@ -510,7 +519,7 @@ async fn open_and_replay(
 /// from the last row before it, hours missed while the recorder was down
 /// are owed, and holes the files declare are retried. Files more than
 /// `fill.lookback_hours` older than a stream's newest file are not read.
-fn resume_from_sealed_files(config: &Config, state: &mut State) {
+fn resume_from_sealed_files(config: &Config, state: &mut State, counters: &Counters) {
     for market_config in &config.markets {
         for symbol in &market_config.symbols {
             for kind in &market_config.streams {
@@ -544,7 +553,25 @@ fn resume_from_sealed_files(config: &Config, state: &mut State) {
                             }
                         }
                         Err(error) => {
-                            warn!(path = %path.display(), %error, "sealed file unreadable at start; it is rebuilt if its rows come again")
+                            Counters::add(&counters.files_corrupt, 1);
+                            let aside = match parquet_out::move_aside(&path) {
+                                Ok(aside) => aside,
+                                Err(move_error) => {
+                                    error!(path = %path.display(), %error, %move_error, "sealed file unreadable and cannot be moved aside");
+                                    continue;
+                                }
+                            };
+                            error!(path = %path.display(), %error, aside = %aside.display(), "sealed file unreadable at start; moved aside, rebuilt from the WAL and REST");
+                            // Newer than every readable file: the hour is
+                            // judged again from the previous one's last row.
+                            // Older: its whole hour is a declared hole.
+                            if resumed {
+                                state.declare_sealed_holes(
+                                    &key,
+                                    hour,
+                                    whole_hour_hole(*kind, hour),
+                                );
+                            }
                         }
                     }
                 }
@@ -558,6 +585,31 @@ fn resume_from_sealed_files(config: &Config, state: &mut State) {
             "sealed files declare holes; retrying them from REST"
         );
     }
+}
+
+/// The `unfilled` entry for an hour whose file was lost: all of it.
+fn whole_hour_hole(
+    kind: crate::domain::StreamKind,
+    hour: Hour,
+) -> Vec<crate::domain::UnfilledRange> {
+    const REASON: &str = "sealed file was unreadable";
+    let (from, to) = match kind {
+        crate::domain::StreamKind::Kline(interval) => {
+            let grid = crate::gaps::kline_grid(interval, hour.start(), hour.end());
+            match (grid.first(), grid.last()) {
+                (Some(first), Some(last)) => (Some(*first), Some(*last)),
+                _ => return Vec::new(),
+            }
+        }
+        _ => (None, None),
+    };
+    vec![crate::domain::UnfilledRange {
+        from,
+        to,
+        from_time: hour.start(),
+        to_time: hour.end() - 1,
+        reason: REASON.to_owned(),
+    }]
 }
 
 /// The outcome of one WAL batch, computed on a blocking thread.

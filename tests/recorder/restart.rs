@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use binance_recorder::binance::decode::{decode_frame, Decoded};
@@ -13,60 +12,6 @@ use binance_recorder::wal::{read_segments, ReadItem, RecordKind};
 use fake_binance::FakeExchange;
 
 use crate::support::*;
-
-/// The recorder binary as a child process, killed if the test fails.
-struct RecorderProcess {
-    child: Option<Child>,
-}
-
-impl RecorderProcess {
-    fn start(config: &Path, directory: &Path) -> RecorderProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_binance-recorder"))
-            .args(["run", "--config"])
-            .arg(config)
-            .current_dir(directory)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("recorder binary starts");
-        RecorderProcess { child: Some(child) }
-    }
-
-    /// Sends SIGTERM and waits for the exit, which must be clean and quick.
-    async fn terminate(mut self) {
-        let mut child = self.child.take().expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        let mut exit = None;
-        wait_until(
-            Duration::from_secs(25),
-            "recorder exits after SIGTERM",
-            || {
-                exit = child.try_wait().expect("wait on child");
-                exit.is_some()
-            },
-        )
-        .await;
-        assert_eq!(
-            exit.and_then(|status| status.code()),
-            Some(0),
-            "clean exit after SIGTERM"
-        );
-    }
-}
-
-impl Drop for RecorderProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// The keys of every row in the WAL, per stream kind: what was received.
 fn rows_in_wal(wal_dir: &Path) -> BTreeMap<StreamKind, BTreeSet<i64>> {

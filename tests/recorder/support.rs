@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -426,4 +427,65 @@ pub fn real_data(relative: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The recorder binary as a child process, killed if the test fails.
+pub struct RecorderProcess {
+    child: Option<Child>,
+}
+
+impl RecorderProcess {
+    pub fn start(config: &Path, directory: &Path) -> RecorderProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_binance-recorder"))
+            .args(["run", "--config"])
+            .arg(config)
+            .current_dir(directory)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("recorder binary starts");
+        RecorderProcess { child: Some(child) }
+    }
+
+    /// SIGKILL, as the OOM killer or a power cut would end it: no stop of any kind.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL sent");
+        child.wait().expect("killed child reaped");
+    }
+
+    /// Sends SIGTERM and waits for the exit, which must be clean and quick.
+    pub async fn terminate(mut self) {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let mut exit = None;
+        wait_until(
+            Duration::from_secs(25),
+            "recorder exits after SIGTERM",
+            || {
+                exit = child.try_wait().expect("wait on child");
+                exit.is_some()
+            },
+        )
+        .await;
+        assert_eq!(
+            exit.and_then(|status| status.code()),
+            Some(0),
+            "clean exit after SIGTERM"
+        );
+    }
+}
+
+impl Drop for RecorderProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
