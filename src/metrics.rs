@@ -36,6 +36,9 @@ counters! {
     wal_damage,
     /// WAL group commits (fsyncs).
     wal_syncs,
+    /// WAL batches that failed (disk full, read-only filesystem, fsync
+    /// error); nothing in them was acknowledged, they are written again.
+    wal_write_failures,
     /// Most frames ever held between the channel and the WAL (a gauge of
     /// the high-water mark; bounded by design, see `MAX_BATCH_RECORDS`).
     frames_buffered_max,

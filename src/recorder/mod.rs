@@ -128,6 +128,8 @@ pub async fn run_with_wal_fs(
         fill_tasks: HashMap::new(),
         rest_clients: rest_clients.clone(),
         started: Instant::now(),
+        wal_failures: 0,
+        wal_retry_at: None,
         fatal: None,
     };
     for market_config in &config.markets {
@@ -656,6 +658,10 @@ struct Runtime {
     rest_clients: BTreeMap<Market, RestClient>,
     /// Origin of the [`MonoMs`] clock the state's retry times use.
     started: Instant,
+    /// Consecutive failed WAL batches (disk full, read-only filesystem),
+    /// and when the next may be tried (doubling back-off up to 30 s).
+    wal_failures: u32,
+    wal_retry_at: Option<Instant>,
     /// Set when the runtime cannot go on; returned by the stop.
     fatal: Option<anyhow::Error>,
 }
@@ -753,15 +759,25 @@ impl Runtime {
             return None;
         }
         let since = self.pending_since?;
-        Some(match self.config.fsync {
+        let deadline = match self.config.fsync {
             FsyncPolicy::EveryRecord => since,
             FsyncPolicy::Interval(interval) => since + interval,
-        })
+        };
+        Some(
+            self.wal_retry_at
+                .map_or(deadline, |retry_at| retry_at.max(deadline)),
+        )
     }
 
     /// Starts a WAL batch when one is due and none is running: group commit.
     fn maybe_start_batch(&mut self) {
         if self.batch.is_some() || self.pending.is_empty() {
+            return;
+        }
+        if self
+            .wal_retry_at
+            .is_some_and(|retry_at| Instant::now() < retry_at)
+        {
             return;
         }
         let due = self.pending.len() >= MAX_BATCH_RECORDS
@@ -821,6 +837,11 @@ impl Runtime {
         Counters::add(&self.counters.frames_quarantined, outcome.n_quarantined);
         match outcome.result {
             Ok(applied) => {
+                if self.wal_failures > 0 {
+                    info!(n_failures = self.wal_failures, "WAL writes succeed again");
+                    self.wal_failures = 0;
+                    self.wal_retry_at = None;
+                }
                 Counters::add(&self.counters.wal_syncs, 1);
                 Counters::add(&self.counters.frames_durable, outcome.n_frames);
                 let now = self.now_ms();
@@ -839,10 +860,22 @@ impl Runtime {
                 }
             }
             Err((error, mut records)) => {
-                error!(%error, n_records = records.len(), "WAL write failed; nothing in this batch was acknowledged, retrying after reopen");
+                // Nothing of the batch was acknowledged: it waits in memory
+                // (the channel then fills and the links are slowed, then
+                // given up; REST fills what they miss) and is written to a
+                // new segment once the disk takes it again.
+                self.wal_failures += 1;
+                Counters::add(&self.counters.wal_write_failures, 1);
+                let backoff = Duration::from_secs(1)
+                    .saturating_mul(2u32.saturating_pow(self.wal_failures.min(16) - 1))
+                    .min(Duration::from_secs(30));
+                if self.wal_failures == 1 || self.wal_failures.is_multiple_of(10) {
+                    error!(%error, n_records = records.len(), n_failures = self.wal_failures, retry_in_ms = backoff.as_millis() as u64, "WAL write failed; nothing in this batch was acknowledged, retrying in a new segment");
+                }
                 records.append(&mut self.pending);
                 self.pending = records;
-                self.pending_since = Some(Instant::now() + Duration::from_secs(1));
+                self.pending_since = Some(Instant::now());
+                self.wal_retry_at = Some(Instant::now() + backoff);
             }
         }
     }

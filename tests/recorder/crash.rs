@@ -235,3 +235,147 @@ async fn leftovers_of_an_interrupted_seal_and_a_corrupt_file_are_handled_at_star
     assert_eq!(metadata(&sealed)["unfilled"], "[]");
     fake.shutdown().await;
 }
+
+/// The real filesystem, except that while `full` is set, creating files,
+/// writing and syncing fail with ENOSPC, as on a full disk.
+#[derive(Debug, Clone, Default)]
+struct FullableDisk {
+    full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FullableDisk {
+    fn check(&self) -> std::io::Result<()> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct FullableFile {
+    inner: Box<dyn binance_recorder::wal::WalFile>,
+    disk: FullableDisk,
+}
+
+impl binance_recorder::wal::WalFile for FullableFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.disk.check()?;
+        self.inner.write(bytes)
+    }
+
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        self.disk.check()?;
+        self.inner.sync_data()
+    }
+}
+
+impl binance_recorder::wal::WalFs for FullableDisk {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        binance_recorder::wal::RealFs.list_dir(dir)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn binance_recorder::wal::WalFile>> {
+        self.check()?;
+        let inner = binance_recorder::wal::RealFs.create_new(path)?;
+        Ok(Box::new(FullableFile {
+            inner,
+            disk: self.clone(),
+        }))
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        binance_recorder::wal::RealFs.open_read(path)
+    }
+    fn truncate(&self, path: &Path, len: u64) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.truncate(path, len)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.sync_dir(dir)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_mid_hour_stops_acknowledging_then_recovers_losing_nothing() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = binance_recorder::config::Config::from_toml(&format!(
+        "[connection]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\nmax_backpressure_wait_ms = 1000\n{}",
+        recorder_toml(&fake, root, &SYMBOLS, &STREAMS)
+    ))
+    .expect("valid config");
+    let disk = FullableDisk::default();
+    let counters = std::sync::Arc::new(binance_recorder::metrics::Counters::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(binance_recorder::recorder::run_with_wal_fs(
+        config,
+        std::sync::Arc::new(disk.clone()),
+        counters.clone(),
+        shutdown.clone(),
+    ));
+    let hour = Hour::containing(SIM_START_US).next();
+    wait_until(Duration::from_secs(60), "ten minutes into the hour", || {
+        fake.sim_now_us() >= hour.start() + 10 * MICROS_PER_MINUTE
+    })
+    .await;
+    disk.full.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_until(
+        Duration::from_secs(30),
+        "the first failed WAL batch",
+        || counters.snapshot().wal_write_failures >= 1,
+    )
+    .await;
+    let durable_when_full = counters.snapshot().frames_durable;
+    // Full through two more failed batches (after 1 s, then 2 s of back-off).
+    wait_until(Duration::from_secs(30), "WAL writes failing", || {
+        counters.snapshot().wal_write_failures >= 3
+    })
+    .await;
+    let during = counters.snapshot();
+    assert!(
+        !task.is_finished(),
+        "the recorder keeps running on a full disk"
+    );
+    assert_eq!(
+        during.frames_durable, durable_when_full,
+        "nothing acknowledged while full: {during:?}"
+    );
+    disk.full.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let mut files = Vec::new();
+    for symbol in SYMBOLS {
+        for kind in kinds() {
+            files.push((symbol, kind, file_path(root, &key(symbol, kind), hour)));
+        }
+    }
+    wait_until(
+        Duration::from_secs(90),
+        "the hour sealed after the disk recovered",
+        || files.iter().all(|(_, _, path)| path.exists()),
+    )
+    .await;
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+    let counters = counters.snapshot();
+    assert!(counters.wal_write_failures >= 3, "{counters:?}");
+    assert!(
+        counters.frames_durable > durable_when_full,
+        "writing resumed: {counters:?}"
+    );
+    for (symbol, kind, path) in &files {
+        let truth = fake.ground_truth(symbol, hour.end() + MICROS_PER_MINUTE);
+        assert_file_matches_truth_with_rest(path, *kind, &truth, hour);
+        assert_eq!(metadata(path)["unfilled"], "[]", "{}", path.display());
+    }
+    fake.shutdown().await;
+}
