@@ -498,6 +498,32 @@ fn file_metadata(file: &HourFile) -> Vec<KeyValue> {
 /// fsync the directory. A crash at any step leaves either the old file or
 /// the new one under the final name, never a partial one.
 pub fn write_hour_file(root: &Path, file: &HourFile) -> Result<PathBuf, ParquetOutError> {
+    write_hour_file_until(root, file, None)
+}
+
+/// The steps of writing a sealed file, in order; see ARCHITECTURE.md
+/// ("Crash points") for what a crash after each one leaves and how a
+/// restart handles it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealStep {
+    /// `.<name>.parquet.tmp` written, not yet fsynced.
+    Written,
+    /// The temporary file fsynced.
+    Synced,
+    /// Renamed to its final name; the directory not yet fsynced.
+    Renamed,
+    /// The directory fsynced: the file is durable.
+    DirectorySynced,
+}
+
+/// [`write_hour_file`] that returns right after `stop_after`, as if the
+/// process died there (the crash-point tests' seam).
+pub fn write_hour_file_until(
+    root: &Path,
+    file: &HourFile,
+    stop_after: Option<SealStep>,
+) -> Result<PathBuf, ParquetOutError> {
+    let stop = |step: SealStep| stop_after == Some(step);
     let final_path = hour_file_path(root, &file.key, file.hour);
     let directory = final_path
         .parent()
@@ -528,9 +554,18 @@ pub fn write_hour_file(root: &Path, file: &HourFile) -> Result<PathBuf, ParquetO
         ArrowWriter::try_new(output, batch.schema(), Some(properties)).map_err(encode_error)?;
     writer.write(&batch).map_err(encode_error)?;
     let output = writer.into_inner().map_err(encode_error)?;
+    if stop(SealStep::Written) {
+        return Ok(final_path);
+    }
     output.sync_all().map_err(io_error(&temporary))?;
     drop(output);
+    if stop(SealStep::Synced) {
+        return Ok(final_path);
+    }
     fs::rename(&temporary, &final_path).map_err(io_error(&final_path))?;
+    if stop(SealStep::Renamed) {
+        return Ok(final_path);
+    }
     sync_directory(&directory).map_err(io_error(&directory))?;
     Ok(final_path)
 }

@@ -1382,4 +1382,79 @@ mod tests {
             ("garbage", 99)
         );
     }
+
+    /// A crash after each step of sealing, then a restart: temporary files
+    /// are removed and the rows the WAL still holds are sealed again. The
+    /// file ends with every row exactly once, first seal or reseal.
+    #[test]
+    fn a_crash_at_every_step_of_sealing_leaves_each_row_exactly_once_after_restart() {
+        use parquet_out::SealStep;
+        for already_sealed in [false, true] {
+            for step in [
+                SealStep::Written,
+                SealStep::Synced,
+                SealStep::Renamed,
+                SealStep::DirectorySynced,
+            ] {
+                let root = tempfile::tempdir().expect("temporary directory");
+                if already_sealed {
+                    let first = execute_seal(root.path(), job(vec![trade(1), trade(3)], false));
+                    assert!(matches!(first.result, Ok(SealResult::Written { .. })));
+                }
+                let rows = vec![trade(1), trade(2), trade(3), trade(4)];
+                let crashed = job(rows.clone(), already_sealed);
+                let file = HourFile {
+                    key: crashed.key.clone(),
+                    hour: crashed.hour,
+                    rows: rows.clone(),
+                    unfilled: Vec::new(),
+                    coverage_from: crashed.coverage_from,
+                    coverage_to: crashed.coverage_to,
+                    clock_offset_us: None,
+                };
+                let path = parquet_out::write_hour_file_until(root.path(), &file, Some(step))
+                    .expect("written up to the step");
+
+                // Restart: leftovers go, and the WAL (never deleted before a
+                // seal finished) gives the same rows again.
+                parquet_out::remove_temporary_files(root.path()).expect("cleanup");
+                let replayed = execute_seal(root.path(), job(rows.clone(), path.exists()));
+                assert!(
+                    replayed.result.is_ok(),
+                    "{step:?}: {:?}",
+                    replayed.result.err().map(|error| error.0)
+                );
+                let keys: Vec<i64> = parquet_out::read_hour_file(&path, StreamKind::Trade)
+                    .expect("readable")
+                    .iter()
+                    .map(Row::key)
+                    .collect();
+                assert_eq!(
+                    keys,
+                    vec![1, 2, 3, 4],
+                    "{step:?}, already sealed: {already_sealed}"
+                );
+                let leftovers: Vec<_> = std::fs::read_dir(path.parent().expect("directory"))
+                    .expect("listable")
+                    .flatten()
+                    .filter(|entry| entry.file_name().to_string_lossy().starts_with('.'))
+                    .collect();
+                assert!(leftovers.is_empty(), "{step:?}: {leftovers:?}");
+            }
+        }
+        // After the WAL segments were deleted nothing is replayed: the
+        // durable file alone holds the hour, once.
+        let root = tempfile::tempdir().expect("temporary directory");
+        let sealed = execute_seal(root.path(), job(vec![trade(1), trade(2)], false));
+        let Ok(SealResult::Written { path, .. }) = sealed.result else {
+            panic!("sealed")
+        };
+        parquet_out::remove_temporary_files(root.path()).expect("cleanup");
+        assert_eq!(
+            parquet_out::read_hour_file(&path, StreamKind::Trade)
+                .expect("readable")
+                .len(),
+            2
+        );
+    }
 }
