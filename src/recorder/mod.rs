@@ -231,10 +231,12 @@ impl TaskSpawner<'_> {
             ));
         }
         let interval = market_config.time_check_interval;
+        let weight_symbol = market_config.symbols.first().cloned();
         self.tasks.spawn(run_clock_checks(
             market,
             rest,
             interval,
+            weight_symbol,
             self.sender.clone(),
             self.shutdown.child_token(),
         ));
@@ -242,18 +244,34 @@ impl TaskSpawner<'_> {
     }
 }
 
-/// Asks `/api/v3/time` every `interval` and reports the host clock's offset.
+/// How often the REST weight limit is read again from `exchangeInfo`
+/// (Binance changes it now and then; it is also read at every start).
+const WEIGHT_LIMIT_REFRESH: Duration = Duration::from_secs(3600);
+
+/// Asks `/api/v3/time` every `interval` and reports the host clock's
+/// offset; reads the REST weight limit again every [`WEIGHT_LIMIT_REFRESH`].
 async fn run_clock_checks(
     market: Market,
     rest: RestClient,
     interval: Duration,
+    weight_symbol: Option<crate::domain::Symbol>,
     sender: mpsc::Sender<Inbound>,
     shutdown: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
+    let mut weight_refresh =
+        tokio::time::interval_at(Instant::now() + WEIGHT_LIMIT_REFRESH, WEIGHT_LIMIT_REFRESH);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = weight_refresh.tick() => {
+                if let Some(symbol) = &weight_symbol {
+                    if let Err(error) = rest.refresh_weight_limit(symbol).await {
+                        debug!(%market, %error, "weight limit not refreshed; keeping the one known");
+                    }
+                }
+                continue;
+            }
             _ = ticker.tick() => {}
         }
         let before = now_us();
