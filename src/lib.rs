@@ -14,6 +14,7 @@
 //! - [`parquet_out`]: the dataset contract's files, written atomically.
 //! - [`gaps`]: pure gap detection; [`recorder::fill`] asks REST to fill.
 //! - [`lock`]: one recorder per directory (flock).
+//! - [`verify`]: the dataset-level completeness check.
 //! - [`quarantine`], [`metrics`]: undecodable frames, counters.
 //!
 //! # Life of one message
@@ -43,4 +44,5 @@ pub mod parquet_out;
 pub mod quarantine;
 pub mod recorder;
 pub mod seal;
+pub mod verify;
 pub mod wal;

@@ -45,6 +45,12 @@ enum Command {
         #[arg(long, value_parser = parse_hour)]
         to: Option<Hour>,
     },
+    /// Check the dataset's completeness from the files' footers: list the
+    /// holes files declare, and exit 1 on any undeclared gap or unreadable file.
+    Verify {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
     /// Check a config file and print what it would record.
     CheckConfig {
         #[arg(long, default_value = "config.toml")]
@@ -57,6 +63,7 @@ fn main() -> ExitCode {
     match arguments.command {
         Command::Run { config } => run(config),
         Command::Backfill { config, from, to } => backfill(config, from, to),
+        Command::Verify { config } => verify(config),
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(config) => {
                 for market in &config.markets {
@@ -115,6 +122,31 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn verify(config_path: PathBuf) -> ExitCode {
+    let config = match Config::load(&config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = binance_recorder::verify::verify(&config);
+    for (key, finding) in &report.findings {
+        println!("{key}: {finding:?}");
+    }
+    let n_declared = report.findings.len() - report.n_defects();
+    println!(
+        "files: {}, declared holes: {n_declared}, undeclared problems: {}",
+        report.n_files,
+        report.n_defects()
+    );
+    if report.n_defects() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

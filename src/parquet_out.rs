@@ -178,7 +178,9 @@ pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
 /// holes it declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedSummary {
+    pub first_key: Option<i64>,
     pub last_key: Option<i64>,
+    pub row_count: u64,
     pub unfilled: Vec<UnfilledRange>,
 }
 
@@ -196,19 +198,27 @@ pub fn read_summary(path: &Path) -> Result<SealedSummary, ParquetOutError> {
         kind: "metadata".into(),
         reason,
     };
-    let last_key = match value("last_key") {
-        None | Some("null") => None,
-        Some(text) => Some(
-            text.parse()
-                .map_err(|_| invalid(format!("last_key {text:?} is not an integer")))?,
-        ),
+    let key_of = |name: &str| match value(name) {
+        None | Some("null") => Ok(None),
+        Some(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|_| invalid(format!("{name} {text:?} is not an integer"))),
     };
+    let first_key = key_of("first_key")?;
+    let last_key = key_of("last_key")?;
+    let row_count = key_of("row_count")?.unwrap_or(0).max(0) as u64;
     let unfilled = match value("unfilled") {
         None => Vec::new(),
         Some(text) => serde_json::from_str(text)
             .map_err(|error| invalid(format!("unfilled is not a list of holes: {error}")))?,
     };
-    Ok(SealedSummary { last_key, unfilled })
+    Ok(SealedSummary {
+        first_key,
+        last_key,
+        row_count,
+        unfilled,
+    })
 }
 
 /// The temporary name a file is written under before its rename. It starts

@@ -527,19 +527,6 @@ async fn downtime_over_an_hour_boundary_is_backfilled_after_the_restart() {
     fake.shutdown().await;
 }
 
-/// Runs the recorder binary with `arguments` to completion.
-async fn run_binary(arguments: Vec<String>) -> std::process::Output {
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_binance-recorder"))
-            .args(&arguments)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("recorder binary runs")
-    })
-    .await
-    .expect("binary task")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_refuses_beside_a_daemon_and_completes_declared_files_once_it_is_stopped() {
     let fake = FakeExchange::start(fake_config(240.0))
@@ -573,6 +560,20 @@ async fn backfill_refuses_beside_a_daemon_and_completes_declared_files_once_it_i
         "holes declared while REST is down"
     );
 
+    // verify lists the declared holes and finds nothing undeclared.
+    let output = run_binary(vec![
+        "verify".into(),
+        "--config".into(),
+        config_path.display().to_string(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "verify: {stdout}");
+    assert!(
+        stdout.contains("undeclared problems: 0") && !stdout.contains("declared holes: 0,"),
+        "{stdout}"
+    );
+
     // A second recorder, or a backfill, on the same directories refuses.
     let config_argument = config_path.display().to_string();
     for command in ["run", "backfill"] {
@@ -604,6 +605,17 @@ async fn backfill_refuses_beside_a_daemon_and_completes_declared_files_once_it_i
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("holes left: 0"), "{stdout}");
+    let output = run_binary(vec![
+        "verify".into(),
+        "--config".into(),
+        config_path.display().to_string(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("declared holes: 0, undeclared problems: 0"),
+        "{stdout}"
+    );
     for (symbol, kind, path) in &files {
         let truth = truth_until_after(&fake, symbol, hour);
         let rest_keys: BTreeSet<i64> =

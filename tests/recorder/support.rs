@@ -489,3 +489,16 @@ impl Drop for RecorderProcess {
         }
     }
 }
+
+/// Runs the recorder binary with `arguments` to completion.
+pub async fn run_binary(arguments: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_binance-recorder"))
+            .args(&arguments)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("recorder binary runs")
+    })
+    .await
+    .expect("binary task")
+}
