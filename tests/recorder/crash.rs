@@ -247,17 +247,22 @@ async fn leftovers_of_an_interrupted_seal_and_a_corrupt_file_are_handled_at_star
     fake.shutdown().await;
 }
 
-/// The real filesystem, except that while `full` is set, creating files,
-/// writing and syncing fail with ENOSPC, as on a full disk.
+/// The real filesystem, except that while `failing` holds an errno,
+/// creating files, writing and syncing fail with it: ENOSPC for a full
+/// disk, EROFS for a filesystem remounted read-only.
 #[derive(Debug, Clone, Default)]
 struct FullableDisk {
-    full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicI32>,
 }
+
+const ENOSPC: i32 = 28;
+const EROFS: i32 = 30;
 
 impl FullableDisk {
     fn check(&self) -> std::io::Result<()> {
-        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        match self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => {}
+            errno => return Err(std::io::Error::from_raw_os_error(errno)),
         }
         Ok(())
     }
@@ -314,7 +319,7 @@ impl binance_recorder::wal::WalFs for FullableDisk {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_mid_hour_stops_acknowledging_then_recovers_losing_nothing() {
+async fn a_full_disk_then_a_read_only_one_stop_acknowledging_then_recover_losing_nothing() {
     let fake = FakeExchange::start(fake_config(240.0))
         .await
         .expect("fake starts");
@@ -339,29 +344,41 @@ async fn a_full_disk_mid_hour_stops_acknowledging_then_recovers_losing_nothing()
         fake.sim_now_us() >= hour.start() + 10 * MICROS_PER_MINUTE
     })
     .await;
-    disk.full.store(true, std::sync::atomic::Ordering::SeqCst);
-    wait_until(
-        Duration::from_secs(30),
-        "the first failed WAL batch",
-        || counters.snapshot().wal_write_failures >= 1,
-    )
-    .await;
-    let durable_when_full = counters.snapshot().frames_durable;
-    // Full through two more failed batches (after 1 s, then 2 s of back-off).
-    wait_until(Duration::from_secs(30), "WAL writes failing", || {
-        counters.snapshot().wal_write_failures >= 3
-    })
-    .await;
-    let during = counters.snapshot();
-    assert!(
-        !task.is_finished(),
-        "the recorder keeps running on a full disk"
-    );
-    assert_eq!(
-        during.frames_durable, durable_when_full,
-        "nothing acknowledged while full: {during:?}"
-    );
-    disk.full.store(false, std::sync::atomic::Ordering::SeqCst);
+    for (errno, minute) in [(ENOSPC, 10), (EROFS, 35)] {
+        wait_until(Duration::from_secs(60), "the fault's moment", || {
+            fake.sim_now_us() >= hour.start() + minute * MICROS_PER_MINUTE
+        })
+        .await;
+        let failures_before = counters.snapshot().wal_write_failures;
+        disk.failing
+            .store(errno, std::sync::atomic::Ordering::SeqCst);
+        wait_until(
+            Duration::from_secs(30),
+            "the first failed WAL batch",
+            || counters.snapshot().wal_write_failures > failures_before,
+        )
+        .await;
+        let durable_when_failing = counters.snapshot().frames_durable;
+        // Failing through two more batches (after 1 s, then 2 s of back-off).
+        wait_until(Duration::from_secs(30), "WAL writes failing", || {
+            counters.snapshot().wal_write_failures >= failures_before + 3
+        })
+        .await;
+        let during = counters.snapshot();
+        assert!(
+            !task.is_finished(),
+            "errno {errno}: the recorder keeps running"
+        );
+        assert_eq!(
+            during.frames_durable, durable_when_failing,
+            "errno {errno}: nothing acknowledged: {during:?}"
+        );
+        disk.failing.store(0, std::sync::atomic::Ordering::SeqCst);
+        wait_until(Duration::from_secs(30), "writing resumed", || {
+            counters.snapshot().frames_durable > durable_when_failing
+        })
+        .await;
+    }
 
     let mut files = Vec::new();
     for symbol in SYMBOLS {
@@ -378,11 +395,7 @@ async fn a_full_disk_mid_hour_stops_acknowledging_then_recovers_losing_nothing()
     shutdown.cancel();
     task.await.expect("no panic").expect("clean stop");
     let counters = counters.snapshot();
-    assert!(counters.wal_write_failures >= 3, "{counters:?}");
-    assert!(
-        counters.frames_durable > durable_when_full,
-        "writing resumed: {counters:?}"
-    );
+    assert!(counters.wal_write_failures >= 6, "{counters:?}");
     for (symbol, kind, path) in &files {
         let truth = fake.ground_truth(symbol, hour.end() + MICROS_PER_MINUTE);
         assert_file_matches_truth_with_rest(path, *kind, &truth, hour);
