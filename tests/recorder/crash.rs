@@ -171,20 +171,7 @@ async fn sigkill_at_a_dozen_moments_loses_and_duplicates_nothing() {
     for (symbol, kind, hour, path) in &expected {
         let truth = fake.ground_truth(symbol, hours[2].end() + MICROS_PER_MINUTE);
         assert_file_matches_truth_with_rest(path, *kind, &truth, *hour);
-        let metadata = metadata(path);
-        assert_eq!(metadata["unfilled"], "[]", "{}", path.display());
-        assert_eq!(
-            metadata["coverage_from"],
-            hour.start().to_string(),
-            "{}",
-            path.display()
-        );
-        assert_eq!(
-            metadata["coverage_to"],
-            hour.end().to_string(),
-            "{}",
-            path.display()
-        );
+        assert_complete_hour(path, *hour);
     }
     eprintln!(
         "killed {n_kills} times at moments {moments:?}; {:?}",

@@ -110,6 +110,34 @@ fn skipped_keys(
     in_hour_keys.intersection(&skipped).copied().collect()
 }
 
+/// Asserts every file equals the truth of `hour`, its REST rows are
+/// exactly the events the fake skipped, and it declares no hole. Returns
+/// the number of REST rows.
+fn assert_rest_rows_are_the_skipped(
+    fake: &FakeExchange,
+    files: &[(String, StreamKind, PathBuf)],
+    hour: Hour,
+) -> usize {
+    let mut n_rest_rows = 0;
+    for (symbol, kind, path) in files {
+        let truth = truth_until_after(fake, symbol, hour);
+        let rest_keys: BTreeSet<i64> =
+            assert_file_matches_truth_with_rest(path, *kind, &truth, hour)
+                .into_iter()
+                .collect();
+        let expected = skipped_keys(fake, &truth, symbol, *kind, hour);
+        assert_eq!(
+            rest_keys,
+            expected,
+            "{}: REST rows are exactly the skipped events",
+            path.display()
+        );
+        assert_eq!(metadata(path)["unfilled"], "[]", "{}", path.display());
+        n_rest_rows += rest_keys.len();
+    }
+    n_rest_rows
+}
+
 /// Consecutive runs of keys (`step` apart) as inclusive ranges.
 fn runs(keys: &BTreeSet<i64>, step: i64) -> Vec<(i64, i64)> {
     let mut runs: Vec<(i64, i64)> = Vec::new();
@@ -153,23 +181,7 @@ async fn silently_skipped_events_are_filled_and_only_they_come_from_rest() {
         "the fake skipped what it was told"
     );
 
-    let mut n_rest_rows = 0;
-    for (symbol, kind, path) in &files {
-        let truth = truth_until_after(&fake, symbol, hour);
-        let rest_keys: BTreeSet<i64> =
-            assert_file_matches_truth_with_rest(path, *kind, &truth, hour)
-                .into_iter()
-                .collect();
-        let expected = skipped_keys(&fake, &truth, symbol, *kind, hour);
-        assert_eq!(
-            rest_keys,
-            expected,
-            "{}: REST rows are exactly the skipped events",
-            path.display()
-        );
-        assert_eq!(metadata(path)["unfilled"], "[]", "{}", path.display());
-        n_rest_rows += rest_keys.len();
-    }
+    let n_rest_rows = assert_rest_rows_are_the_skipped(&fake, &files, hour);
     assert!(
         n_rest_rows > 0,
         "some skipped events were rows: {counters:?}"
@@ -238,9 +250,7 @@ async fn drops_stalls_and_truncated_frames_are_filled_before_the_hour_seals() {
     for (symbol, kind, path) in &files {
         let truth = truth_until_after(&fake, symbol, hour);
         n_rest_rows += assert_file_matches_truth_with_rest(path, *kind, &truth, hour).len();
-        assert_eq!(metadata(path)["unfilled"], "[]", "{}", path.display());
-        assert_eq!(metadata(path)["coverage_from"], hour.start().to_string());
-        assert_eq!(metadata(path)["coverage_to"], hour.end().to_string());
+        assert_complete_hour(path, hour);
     }
     assert!(
         n_rest_rows > 0,
@@ -300,20 +310,7 @@ async fn rest_failures_while_holes_are_open_are_retried_until_filled() {
         "weight within the share: {fake_counters:?}"
     );
 
-    for (symbol, kind, path) in &files {
-        let truth = truth_until_after(&fake, symbol, hour);
-        let rest_keys: BTreeSet<i64> =
-            assert_file_matches_truth_with_rest(path, *kind, &truth, hour)
-                .into_iter()
-                .collect();
-        assert_eq!(
-            rest_keys,
-            skipped_keys(&fake, &truth, symbol, *kind, hour),
-            "{}",
-            path.display()
-        );
-        assert_eq!(metadata(path)["unfilled"], "[]", "{}", path.display());
-    }
+    assert_rest_rows_are_the_skipped(&fake, &files, hour);
     assert_eq!(counters.holes_declared, 0, "{counters:?}");
     fake.shutdown().await;
 }
@@ -389,18 +386,8 @@ async fn rest_down_past_the_deadline_declares_the_exact_holes_then_a_complete_fi
     )
     .await;
     let counters = recorder.stop().await;
-    for (symbol, kind, path) in &files {
-        let truth = truth_until_after(&fake, symbol, hour);
-        let rest_keys: BTreeSet<i64> =
-            assert_file_matches_truth_with_rest(path, *kind, &truth, hour)
-                .into_iter()
-                .collect();
-        assert_eq!(
-            rest_keys,
-            skipped_keys(&fake, &truth, symbol, *kind, hour),
-            "{}",
-            path.display()
-        );
+    assert_rest_rows_are_the_skipped(&fake, &files, hour);
+    for (_, _, path) in &files {
         assert_eq!(metadata(path)["coverage_from"], hour.start().to_string());
     }
     assert!(
@@ -508,20 +495,7 @@ async fn downtime_over_an_hour_boundary_is_backfilled_after_the_restart() {
                 path.display()
             );
         }
-        let metadata = metadata(path);
-        assert_eq!(metadata["unfilled"], "[]", "{}", path.display());
-        assert_eq!(
-            metadata["coverage_from"],
-            file_hour.start().to_string(),
-            "{}",
-            path.display()
-        );
-        assert_eq!(
-            metadata["coverage_to"],
-            file_hour.end().to_string(),
-            "{}",
-            path.display()
-        );
+        assert_complete_hour(path, file_hour);
     }
     assert_eq!(counters.holes_declared, 0, "{counters:?}");
     fake.shutdown().await;
@@ -616,21 +590,9 @@ async fn backfill_refuses_beside_a_daemon_and_completes_declared_files_once_it_i
         output.status.success() && stdout.contains("declared holes: 0, undeclared problems: 0"),
         "{stdout}"
     );
-    for (symbol, kind, path) in &files {
-        let truth = truth_until_after(&fake, symbol, hour);
-        let rest_keys: BTreeSet<i64> =
-            assert_file_matches_truth_with_rest(path, *kind, &truth, hour)
-                .into_iter()
-                .collect();
-        assert_eq!(
-            rest_keys,
-            skipped_keys(&fake, &truth, symbol, *kind, hour),
-            "{}",
-            path.display()
-        );
-        assert_eq!(metadata(path)["unfilled"], "[]", "{}", path.display());
-        assert_eq!(metadata(path)["coverage_from"], hour.start().to_string());
-        assert_eq!(metadata(path)["coverage_to"], hour.end().to_string());
+    assert_rest_rows_are_the_skipped(&fake, &files, hour);
+    for (_, _, path) in &files {
+        assert_complete_hour(path, hour);
     }
     fake.shutdown().await;
 }

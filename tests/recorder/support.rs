@@ -502,3 +502,21 @@ pub async fn run_binary(arguments: Vec<String>) -> std::process::Output {
     .await
     .expect("binary task")
 }
+
+/// Asserts the file declares no hole and vouches for its whole hour.
+pub fn assert_complete_hour(path: &Path, hour: Hour) {
+    let metadata = metadata(path);
+    assert_eq!(metadata["unfilled"], "[]", "{}", path.display());
+    assert_eq!(
+        metadata["coverage_from"],
+        hour.start().to_string(),
+        "{}",
+        path.display()
+    );
+    assert_eq!(
+        metadata["coverage_to"],
+        hour.end().to_string(),
+        "{}",
+        path.display()
+    );
+}
