@@ -42,6 +42,9 @@ counters! {
     /// Most frames ever held between the channel and the WAL (a gauge of
     /// the high-water mark; bounded by design, see `MAX_BATCH_RECORDS`).
     frames_buffered_max,
+    /// Bytes of the WAL's segments on disk (a gauge, set after each batch;
+    /// bounded by what the unsealed hours hold, see ARCHITECTURE.md).
+    wal_bytes,
     /// Frames that could not be decoded and went to quarantine.
     frames_quarantined,
     /// Well-formed events of streams or types that are not recorded.
@@ -87,5 +90,10 @@ counters! {
 impl Counters {
     pub fn add(counter: &AtomicU64, amount: u64) {
         counter.fetch_add(amount, Ordering::Relaxed);
+    }
+
+    /// Sets a gauge.
+    pub fn set(gauge: &AtomicU64, value: u64) {
+        gauge.store(value, Ordering::Relaxed);
     }
 }

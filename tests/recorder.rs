@@ -16,6 +16,8 @@ mod crash;
 mod end_to_end;
 #[path = "recorder/gap_fill.rs"]
 mod gap_fill;
+#[path = "recorder/long_run.rs"]
+mod long_run;
 #[path = "recorder/real_data.rs"]
 mod real_data;
 #[path = "recorder/rest_fill.rs"]

@@ -639,6 +639,8 @@ struct BatchOutcome {
     result: Result<Vec<Applied>, (WalError, Vec<Record>)>,
     n_frames: u64,
     n_quarantined: u64,
+    /// Bytes of the WAL's segments after the batch (and any deletion).
+    wal_bytes: Option<u64>,
 }
 
 pub(crate) struct SealOutcome {
@@ -814,7 +816,7 @@ impl Runtime {
             .iter()
             .map(checkpoint_record)
             .collect();
-        let delete_upto = self.deletable_upto();
+        let pinned = self.state.oldest_pinned_segment();
         let wal_config = self.wal_config.clone();
         let wal_fs = self.wal_fs.clone();
         let n_buffered = (records.len() + self.pending.len()) as u64;
@@ -829,30 +831,18 @@ impl Runtime {
                 wal_fs,
                 records,
                 checkpoints,
-                delete_upto,
+                pinned,
                 &quarantine_dir,
             )
         }));
     }
 
-    /// The newest segment that may be deleted: older than every segment
-    /// that still holds rows of an unsealed hour, and not the active one.
-    fn deletable_upto(&self) -> Option<SegmentId> {
-        let active = self.wal.as_ref()?.active_segment();
-        let keep_from = self
-            .state
-            .oldest_pinned_segment()
-            .map_or(active, |pinned| pinned.min(active));
-        keep_from
-            .0
-            .checked_sub(1)
-            .filter(|id| *id > 0)
-            .map(SegmentId)
-    }
-
     async fn finish_batch(&mut self, outcome: BatchOutcome) {
         self.wal = outcome.wal;
         Counters::add(&self.counters.frames_quarantined, outcome.n_quarantined);
+        if let Some(wal_bytes) = outcome.wal_bytes {
+            Counters::set(&self.counters.wal_bytes, wal_bytes);
+        }
         match outcome.result {
             Ok(applied) => {
                 if self.wal_failures > 0 {
@@ -1094,7 +1084,7 @@ fn write_batch(
     wal_fs: Arc<dyn WalFs>,
     records: Vec<Record>,
     checkpoints: Vec<Record>,
-    delete_upto: Option<SegmentId>,
+    pinned: Option<SegmentId>,
     quarantine_dir: &Path,
 ) -> BatchOutcome {
     let n_frames = records
@@ -1113,10 +1103,14 @@ fn write_batch(
                     result: Err((error, records)),
                     n_frames,
                     n_quarantined: 0,
+                    wal_bytes: None,
                 }
             }
         },
     };
+    // This batch's rows land in this segment or later ones; the state has
+    // not seen them yet, so they pin it until they are applied.
+    let first_written = wal.active_segment();
     let mut segments = Vec::with_capacity(records.len());
     let appended = (|| -> Result<(), WalError> {
         for record in &records {
@@ -1136,18 +1130,19 @@ fn write_batch(
             result: Err((error, records)),
             n_frames,
             n_quarantined: 0,
+            wal_bytes: None,
         };
     }
-    if let Some(upto) = delete_upto {
+    if let Some(upto) = deletable_upto(&wal.segments(), first_written, pinned) {
         match wal.delete_segments_upto(upto) {
-            Ok(deleted) if !deleted.is_empty() => debug!(
+            Ok(deleted) => debug!(
                 ?deleted,
                 "WAL segments deleted: every hour they fed is sealed"
             ),
-            Ok(_) => {}
             Err(error) => warn!(%error, "cannot delete WAL segments; will retry"),
         }
     }
+    let wal_bytes = wal.bytes_on_disk();
     let mut applied = Vec::with_capacity(records.len());
     let mut quarantined = Vec::new();
     for (record, segment) in records.iter().zip(segments) {
@@ -1176,7 +1171,26 @@ fn write_batch(
         result: Ok(applied),
         n_frames,
         n_quarantined,
+        wal_bytes: Some(wal_bytes),
     }
+}
+
+/// Pure: the newest segment that may be deleted, when there is one on disk
+/// (`segments`, in id order) to delete. Kept: every segment from the oldest
+/// one holding a row of an unsealed or in-flight hour (`pinned`), and every
+/// segment from `first_written`, the one the batch being applied started
+/// in (its rows are not in the state yet, so they pin nothing yet).
+pub(crate) fn deletable_upto(
+    segments: &[SegmentId],
+    first_written: SegmentId,
+    pinned: Option<SegmentId>,
+) -> Option<SegmentId> {
+    let keep_from = pinned.map_or(first_written, |pinned| pinned.min(first_written));
+    segments
+        .iter()
+        .copied()
+        .take_while(|segment| *segment < keep_from)
+        .last()
 }
 
 /// Writes one hour's file, merging with a file already sealed for it.
@@ -1310,6 +1324,33 @@ mod tests {
             unfilled: None,
             late,
         }
+    }
+
+    #[test]
+    fn segments_are_deletable_below_the_oldest_pinned_and_the_batch_being_written() {
+        let ids = |list: &[u64]| list.iter().copied().map(SegmentId).collect::<Vec<_>>();
+        let on_disk = ids(&[3, 4, 5, 6, 7]);
+        // Nothing pinned: everything below the batch's first segment goes.
+        assert_eq!(
+            deletable_upto(&on_disk, SegmentId(7), None),
+            Some(SegmentId(6))
+        );
+        // A pinned hour keeps its segment and every later one.
+        assert_eq!(
+            deletable_upto(&on_disk, SegmentId(7), Some(SegmentId(5))),
+            Some(SegmentId(4))
+        );
+        // The batch started in an older segment than the pin (it rolled).
+        assert_eq!(
+            deletable_upto(&on_disk, SegmentId(4), Some(SegmentId(6))),
+            Some(SegmentId(3))
+        );
+        // Nothing older than what is kept: no deletion (and no directory fsync).
+        assert_eq!(
+            deletable_upto(&on_disk, SegmentId(7), Some(SegmentId(3))),
+            None
+        );
+        assert_eq!(deletable_upto(&ids(&[7]), SegmentId(7), None), None);
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub trait WalFs: Send + Sync + fmt::Debug {
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Makes creations, renames and removals in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// The file's length in bytes (for the WAL size gauge). The default
+    /// asks the real filesystem, which suits seams that wrap [`RealFs`].
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        Ok(fs::metadata(path)?.len())
+    }
 }
 
 /// The real filesystem.
@@ -475,6 +480,15 @@ impl WalFs for FaultFs {
             .collect();
         state.durable_entries.extend(current);
         Ok(())
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        let state = lock(&self.state);
+        let inode = state.inode_at(path)?;
+        Ok(state
+            .inodes
+            .get(&inode)
+            .map_or(0, |data| data.bytes.len() as u64))
     }
 }
 

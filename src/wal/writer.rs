@@ -1,6 +1,6 @@
 //! The writer: open, append, group commit, roll, delete, fail-stop.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,8 +51,9 @@ pub struct WalWriter {
     fs: Arc<dyn WalFs>,
     dir: PathBuf,
     segment_max_bytes: u64,
-    /// Every segment on disk, the active one included.
-    segments: BTreeSet<SegmentId>,
+    /// Every segment on disk, the active one included, with its length in
+    /// bytes when closed (the active one's is `active.len`).
+    segments: BTreeMap<SegmentId, u64>,
     active: ActiveSegment,
     /// Encoded frames not yet handed to the kernel.
     pending: Vec<u8>,
@@ -123,8 +124,16 @@ pub(super) fn open(config: &WalConfig, fs: Arc<dyn WalFs>) -> Result<(WalWriter,
         "wal opened"
     );
 
-    let mut segments: BTreeSet<SegmentId> = listing.segments.iter().copied().collect();
-    segments.insert(next_id);
+    let mut segments: BTreeMap<SegmentId, u64> = listing
+        .segments
+        .iter()
+        .map(|segment| {
+            // Only the size gauge reads this: a file that cannot be measured counts 0.
+            let len = fs.file_len(&segment_path(&dir, *segment)).unwrap_or(0);
+            (*segment, len)
+        })
+        .collect();
+    segments.insert(next_id, 0);
     let writer = WalWriter {
         fs: Arc::clone(&fs),
         dir: dir.clone(),
@@ -291,8 +300,9 @@ impl WalWriter {
             active_segment = next_id.0,
             "wal segment rolled"
         );
-        self.active = next;
-        self.segments.insert(next_id);
+        let closed = std::mem::replace(&mut self.active, next);
+        self.segments.insert(closed.id, closed.len);
+        self.segments.insert(next_id, 0);
         self.rolled_to = Some(next_id);
         Ok(next_id)
     }
@@ -309,7 +319,18 @@ impl WalWriter {
 
     /// Every segment on disk, in id order, the active one last.
     pub fn segments(&self) -> Vec<SegmentId> {
-        self.segments.iter().copied().collect()
+        self.segments.keys().copied().collect()
+    }
+
+    /// Bytes of every segment on disk, the active one's unsynced tail included.
+    pub fn bytes_on_disk(&self) -> u64 {
+        let closed: u64 = self
+            .segments
+            .iter()
+            .filter(|(id, _)| **id != self.active.id)
+            .map(|(_, len)| *len)
+            .sum();
+        closed.saturating_add(self.active.len)
     }
 
     pub fn dir(&self) -> &Path {
@@ -332,7 +353,7 @@ impl WalWriter {
                 segment: self.active.id,
             });
         }
-        let doomed: Vec<SegmentId> = self.segments.range(..=last).copied().collect();
+        let doomed: Vec<SegmentId> = self.segments.range(..=last).map(|(id, _)| *id).collect();
         self.delete(&doomed)?;
         Ok(doomed)
     }

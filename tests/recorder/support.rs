@@ -436,16 +436,32 @@ pub struct RecorderProcess {
 
 impl RecorderProcess {
     pub fn start(config: &Path, directory: &Path) -> RecorderProcess {
+        Self::start_with_log(config, directory, "warn", Stdio::inherit())
+    }
+
+    /// Starts the binary with the log filter `log` and its log to `stderr`.
+    pub fn start_with_log(
+        config: &Path,
+        directory: &Path,
+        log: &str,
+        stderr: impl Into<Stdio>,
+    ) -> RecorderProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_binance-recorder"))
             .args(["run", "--config"])
             .arg(config)
             .current_dir(directory)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("recorder binary starts");
         RecorderProcess { child: Some(child) }
+    }
+
+    /// The process id, for reading `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// SIGKILL, as the OOM killer or a power cut would end it: no stop of any kind.
