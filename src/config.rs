@@ -54,6 +54,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub shutdown: RawShutdown,
     #[serde(default)]
+    pub clock: RawClock,
+    #[serde(default)]
     pub log: RawLog,
     /// One table per market: `[markets.spot]` (futures and Binance.US later).
     #[serde(default)]
@@ -239,6 +241,39 @@ impl Default for RawShutdown {
     }
 }
 
+/// How far a frame's times may stray before it is not believed: the
+/// exchange clock moves only on times two sources agree on, and a frame
+/// outside these bounds is quarantined with its reason, never filed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClock {
+    /// Most seconds a frame's event time (`E`) may lead the newest time any
+    /// other source of its market (another stream, `/api/v3/time`) has
+    /// shown, and trail the market's exchange clock. An hour: far beyond
+    /// Binance's own delays, yet a frame dated hours away (which would seal
+    /// the current hour early or pin memory) is caught.
+    pub max_lead_secs: u64,
+    /// Most seconds between a row's own time (trade time, kline close time)
+    /// and the event time of its frame. Binance stamps both within
+    /// milliseconds; an hour allows for an exchange backlog and for a test
+    /// exchange running hundreds of times faster than real time.
+    pub max_event_delay_secs: u64,
+    /// Most a trade or aggTrade id may jump past the newest id held for its
+    /// stream. A billion is more than a year of the busiest symbol's trades;
+    /// a bogus jump would otherwise start REST paging over ids that never were.
+    pub max_id_jump: u64,
+}
+
+impl Default for RawClock {
+    fn default() -> Self {
+        RawClock {
+            max_lead_secs: 3600,
+            max_event_delay_secs: 3600,
+            max_id_jump: 1_000_000_000,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLog {
@@ -302,6 +337,7 @@ pub struct Config {
     pub connection: ConnectionConfig,
     pub fill: FillConfig,
     pub shutdown_deadline: Duration,
+    pub clock: ClockBounds,
     pub log_level: String,
     pub markets: Vec<MarketConfig>,
 }
@@ -313,6 +349,20 @@ pub struct ConnectionConfig {
     pub handshake_limit: u32,
     pub handshake_window: Duration,
     pub settings: ConnectionSettings,
+}
+
+/// Validated `[clock]` settings, in µs and ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockBounds {
+    pub max_lead_us: i64,
+    pub max_event_delay_us: i64,
+    pub max_id_jump: i64,
+}
+
+impl Default for ClockBounds {
+    fn default() -> Self {
+        validate_clock(&RawClock::default()).expect("the default clock bounds are valid")
+    }
 }
 
 /// Validated `[fill]` settings.
@@ -479,10 +529,36 @@ impl RawConfig {
             connection,
             fill,
             shutdown_deadline: Duration::from_millis(self.shutdown.deadline_ms),
+            clock: validate_clock(&self.clock)?,
             log_level: self.log.level,
             markets,
         })
     }
+}
+
+fn validate_clock(raw: &RawClock) -> Result<ClockBounds, ConfigError> {
+    const WEEK_SECS: u64 = 7 * 24 * 3600;
+    let seconds = |name: &str, value: u64, min: u64| {
+        if (min..=WEEK_SECS).contains(&value) {
+            Ok(value as i64 * crate::domain::MICROS_PER_SECOND)
+        } else {
+            Err(invalid(
+                format!("clock.{name}"),
+                format!("must be between {min} and {WEEK_SECS} seconds"),
+            ))
+        }
+    };
+    if !(1_000..=1_000_000_000_000).contains(&raw.max_id_jump) {
+        return Err(invalid(
+            "clock.max_id_jump",
+            "must be between 1000 and 10^12",
+        ));
+    }
+    Ok(ClockBounds {
+        max_lead_us: seconds("max_lead_secs", raw.max_lead_secs, 60)?,
+        max_event_delay_us: seconds("max_event_delay_secs", raw.max_event_delay_secs, 10)?,
+        max_id_jump: raw.max_id_jump as i64,
+    })
 }
 
 fn validate_connection(raw: &RawConnection) -> Result<ConnectionConfig, ConfigError> {

@@ -47,6 +47,9 @@ counters! {
     wal_bytes,
     /// Frames that could not be decoded and went to quarantine.
     frames_quarantined,
+    /// Stream rows (and kline updates) whose times or ids cannot be
+    /// believed (see `[clock]`): quarantined, never filed or used for the clock.
+    frames_implausible,
     /// Well-formed events of streams or types that are not recorded.
     events_ignored,
     /// Rows of a (stream, symbol) that is not configured.
@@ -61,6 +64,8 @@ counters! {
     files_resealed,
     /// Seal attempts that failed and will be retried.
     seal_failures,
+    /// Seal jobs that panicked (the Parquet code; the job is retried).
+    seal_panics,
     /// Sealed files found unreadable (bad footer), moved aside and rebuilt.
     files_corrupt,
     /// Temporary files of interrupted seals removed at start.

@@ -135,7 +135,7 @@ async fn backfill_file(
         late: true,
     };
     let data_dir = config.data_dir.clone();
-    let outcome = tokio::task::spawn_blocking(move || execute_seal(&data_dir, seal_job))
+    let outcome = tokio::task::spawn_blocking(move || execute_seal(&data_dir, None, seal_job))
         .await
         .context("seal task failed")?;
     match outcome.result {
@@ -146,7 +146,7 @@ async fn backfill_file(
             info!(path = %path.display(), n_rows, n_filled, "backfilled");
         }
         Ok(SealResult::Unchanged) => {}
-        Err((message, _, _)) => anyhow::bail!("cannot reseal {}: {message}", path.display()),
+        Err(failure) => anyhow::bail!("cannot reseal {}: {}", path.display(), failure.message),
     }
     if let Some(failure) = report.failure {
         warn!(path = %path.display(), %failure, "holes left declared");

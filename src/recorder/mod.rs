@@ -10,10 +10,11 @@
 
 pub mod backfill;
 pub mod fill;
+pub mod seal_job;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,11 +33,12 @@ use crate::binance::ws::{now_us, run_connection, ConnectionPlan, HandshakeBudget
 use crate::config::{Config, MarketConfig};
 use crate::domain::{Hour, Market, StreamKey, TimeUs};
 use crate::metrics::Counters;
-use crate::parquet_out::{self, HourFile};
+use crate::parquet_out;
 use crate::quarantine::{self, QuarantinedFrame};
-use crate::seal::merge_into_sealed;
 use crate::wal::fs::{RealFs, WalFs};
 use crate::wal::{FsyncPolicy, Record, RecordKind, SegmentId, Wal, WalConfig, WalError, WalWriter};
+pub(crate) use seal_job::{execute_seal, SealOutcome, SealResult};
+pub use seal_job::{SealFault, SealFaults};
 pub use state::{Checkpoint, FillJob, FillReport, Job, MonoMs, SealJob, State};
 
 /// Capacity of the channel from connection tasks to the recorder.
@@ -68,6 +70,41 @@ pub async fn run_with_wal_fs(
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let seams = Seams {
+        wal_fs,
+        ..Seams::default()
+    };
+    run_with_seams(config, seams, counters, shutdown).await
+}
+
+/// Where tests reach into a running recorder: the WAL's filesystem and
+/// faults injected into seals (the data directory's seam).
+#[derive(Clone)]
+pub struct Seams {
+    pub wal_fs: Arc<dyn WalFs>,
+    pub seal_faults: Option<SealFaults>,
+}
+
+impl Default for Seams {
+    fn default() -> Self {
+        Seams {
+            wal_fs: Arc::new(RealFs),
+            seal_faults: None,
+        }
+    }
+}
+
+/// [`run`] with every seam given.
+pub async fn run_with_seams(
+    config: Config,
+    seams: Seams,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Seams {
+        wal_fs,
+        seal_faults,
+    } = seams;
     config.check_directories()?;
     // Held until the recorder has stopped: no second recorder (or backfill
     // run) may write the same WAL or dataset meanwhile.
@@ -123,6 +160,7 @@ pub async fn run_with_wal_fs(
         pending_since: None,
         batch: None,
         seals: JoinSet::new(),
+        seal_faults,
         seal_pause_until: None,
         fills: JoinSet::new(),
         fill_tasks: HashMap::new(),
@@ -517,6 +555,7 @@ async fn open_and_replay(
             }
         }
         Counters::add(&counters.records_replayed, n_records);
+        quarantined.extend(state.take_rejected());
         if !quarantined.is_empty() {
             // Quarantine files from the first pass may already hold them;
             // duplicates there are harmless, a loss would not be.
@@ -643,21 +682,6 @@ struct BatchOutcome {
     wal_bytes: Option<u64>,
 }
 
-pub(crate) struct SealOutcome {
-    pub(crate) job_key: crate::domain::StreamKey,
-    pub(crate) hour: crate::domain::Hour,
-    pub(crate) result: Result<SealResult, (String, Vec<crate::domain::Row>, Option<SegmentId>)>,
-}
-
-pub(crate) enum SealResult {
-    Written {
-        path: PathBuf,
-        n_rows: usize,
-        resealed: bool,
-    },
-    Unchanged,
-}
-
 struct Runtime {
     config: Arc<Config>,
     wal_config: WalConfig,
@@ -670,6 +694,7 @@ struct Runtime {
     pending_since: Option<Instant>,
     batch: Option<JoinHandle<BatchOutcome>>,
     seals: JoinSet<SealOutcome>,
+    seal_faults: Option<SealFaults>,
     seal_pause_until: Option<Instant>,
     /// Fill rounds running, and which stream-hour each is for (a task that
     /// panics says only its id).
@@ -866,6 +891,21 @@ impl Runtime {
                         }
                     }
                 }
+                let rejected = self.state.take_rejected();
+                if !rejected.is_empty() {
+                    // Rare (a lying feed), small, and already durable in the WAL.
+                    let directory = self.config.quarantine_dir.clone();
+                    let written = tokio::task::spawn_blocking(move || {
+                        quarantine::append(&directory, &rejected)
+                    })
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        error!(
+                            ?written,
+                            "cannot write implausible rows to the quarantine; they stay in the WAL"
+                        );
+                    }
+                }
             }
             Err((error, mut records)) => {
                 // Nothing of the batch was acknowledged: it waits in memory
@@ -909,8 +949,9 @@ impl Runtime {
             match job {
                 Job::Seal(job) => {
                     let data_dir = self.config.data_dir.clone();
+                    let faults = self.seal_faults.clone();
                     self.seals
-                        .spawn_blocking(move || execute_seal(&data_dir, job));
+                        .spawn_blocking(move || execute_seal(&data_dir, faults.as_ref(), job));
                 }
                 Job::Fill(job) => self.start_fill(job),
             }
@@ -961,9 +1002,11 @@ impl Runtime {
         let outcome = match joined {
             Ok(outcome) => outcome,
             Err(error) => {
-                // A panicking seal loses its rows from memory but not from
-                // the WAL: they come back at the next start.
-                error!(%error, "seal task failed");
+                // Unreachable in practice: every library call of a seal job
+                // runs under catch_unwind. Its hour stays in flight, so its
+                // WAL segments stay pinned and the next start seals it.
+                Counters::add(&self.counters.seal_panics, 1);
+                error!(%error, "seal task failed outside its guarded calls; its hour is sealed at the next start");
                 return;
             }
         };
@@ -980,19 +1023,16 @@ impl Runtime {
                 };
                 Counters::add(counter, 1);
                 info!(key = %outcome.job_key, hour = %outcome.hour, n_rows, resealed, path = %path.display(), "hour sealed");
-                self.state
-                    .seal_finished(&outcome.job_key, outcome.hour, None);
+                self.state.seal_finished(&outcome.job_key, outcome.hour);
             }
-            Ok(SealResult::Unchanged) => {
-                self.state
-                    .seal_finished(&outcome.job_key, outcome.hour, None)
-            }
-            Err((message, rows, segment)) => {
+            Ok(SealResult::Unchanged) => self.state.seal_finished(&outcome.job_key, outcome.hour),
+            Err(failure) => {
                 Counters::add(&self.counters.seal_failures, 1);
-                error!(key = %outcome.job_key, hour = %outcome.hour, %message, "seal failed; will retry");
-                let returned = segment.map(|segment| (rows, segment));
-                self.state
-                    .seal_finished(&outcome.job_key, outcome.hour, returned);
+                if failure.panicked {
+                    Counters::add(&self.counters.seal_panics, 1);
+                }
+                error!(key = %outcome.job_key, hour = %outcome.hour, message = %failure.message, panicked = failure.panicked, "seal failed; retried in 5 s with the same rows, holes and coverage");
+                self.state.seal_failed(failure.job);
                 self.seal_pause_until = Some(Instant::now() + Duration::from_secs(5));
             }
         }
@@ -1193,138 +1233,9 @@ pub(crate) fn deletable_upto(
         .last()
 }
 
-/// Writes one hour's file, merging with a file already sealed for it.
-/// Runs on a blocking thread.
-pub(crate) fn execute_seal(data_dir: &Path, job: SealJob) -> SealOutcome {
-    let job_key = job.key.clone();
-    let hour = job.hour;
-    let path = parquet_out::hour_file_path(data_dir, &job.key, job.hour);
-    let mut coverage = (job.coverage_from, job.coverage_to);
-    let mut rows = job.rows;
-    let mut unfilled = job.unfilled.clone().unwrap_or_default();
-    let mut resealed = false;
-    if path.exists() {
-        match parquet_out::read_hour_file(&path, job.key.kind) {
-            Ok(sealed) => {
-                if let Some((from, to)) = sealed_coverage(&path) {
-                    coverage = (coverage.0.min(from), coverage.1.max(to));
-                }
-                let sealed_unfilled = parquet_out::read_summary(&path)
-                    .map(|summary| summary.unfilled)
-                    .unwrap_or_default();
-                let unfilled_changed = job
-                    .unfilled
-                    .as_ref()
-                    .is_some_and(|list| *list != sealed_unfilled);
-                if job.unfilled.is_none() {
-                    unfilled = sealed_unfilled;
-                }
-                let (merged, changed) = merge_into_sealed(sealed, rows);
-                if !changed && !unfilled_changed {
-                    return SealOutcome {
-                        job_key,
-                        hour,
-                        result: Ok(SealResult::Unchanged),
-                    };
-                }
-                rows = merged;
-                resealed = true;
-            }
-            Err(error) => {
-                let aside = path.with_extension("parquet.corrupt");
-                error!(path = %path.display(), %error, aside = %aside.display(), "sealed file unreadable; moved aside and rebuilt from the rows held");
-                if let Err(rename_error) = std::fs::rename(&path, &aside) {
-                    let message = format!(
-                        "cannot move aside unreadable {}: {rename_error}",
-                        path.display()
-                    );
-                    return SealOutcome {
-                        job_key,
-                        hour,
-                        result: Err((message, rows, job.first_segment)),
-                    };
-                }
-            }
-        }
-    }
-    let file = HourFile {
-        key: job.key,
-        hour: job.hour,
-        rows,
-        unfilled,
-        coverage_from: coverage.0,
-        coverage_to: coverage.1,
-        clock_offset_us: job.clock_offset_us,
-    };
-    match parquet_out::write_hour_file(data_dir, &file) {
-        Ok(path) => SealOutcome {
-            job_key,
-            hour,
-            result: Ok(SealResult::Written {
-                path,
-                n_rows: file.rows.len(),
-                resealed,
-            }),
-        },
-        Err(error) => SealOutcome {
-            job_key,
-            hour,
-            result: Err((error.to_string(), file.rows, job.first_segment)),
-        },
-    }
-}
-
-fn sealed_coverage(path: &Path) -> Option<(TimeUs, TimeUs)> {
-    let metadata = parquet_out::read_metadata(path).ok()?;
-    let value = |key: &str| {
-        metadata
-            .iter()
-            .find(|(name, _)| name == key)
-            .and_then(|(_, value)| value.parse().ok())
-    };
-    Some((value("coverage_from")?, value("coverage_to")?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Decimal8, Hour, Row, Source, StreamKey, StreamKind, Symbol, TradeRow};
-
-    const HOUR_START: TimeUs = 1_723_161_600_000_000;
-
-    fn trade(id: i64) -> Row {
-        Row::Trade(TradeRow {
-            trade_id: id,
-            price: Decimal8::from_scaled(100 + id as i128),
-            quantity: Decimal8::from_scaled(1),
-            trade_time: HOUR_START + id,
-            is_buyer_maker: false,
-            is_best_match: Some(true),
-            trade_type: None,
-            event_time: Some(HOUR_START + id),
-            recv_time: Some(HOUR_START + id),
-            source: Source::Ws,
-        })
-    }
-
-    fn job(rows: Vec<Row>, late: bool) -> SealJob {
-        let hour = Hour::containing(HOUR_START);
-        SealJob {
-            key: StreamKey {
-                market: Market::Spot,
-                symbol: Symbol::new("BTCUSDT").expect("valid"),
-                kind: StreamKind::Trade,
-            },
-            hour,
-            rows,
-            first_segment: Some(SegmentId(1)),
-            coverage_from: hour.start() + 10,
-            coverage_to: hour.end(),
-            clock_offset_us: None,
-            unfilled: None,
-            late,
-        }
-    }
 
     #[test]
     fn segments_are_deletable_below_the_oldest_pinned_and_the_batch_being_written() {
@@ -1354,71 +1265,6 @@ mod tests {
     }
 
     #[test]
-    fn late_rows_reseal_by_merging_and_nothing_new_leaves_the_file_alone() {
-        let root = tempfile::tempdir().expect("temporary directory");
-        let first = execute_seal(root.path(), job(vec![trade(1), trade(3)], false));
-        let Ok(SealResult::Written {
-            path,
-            n_rows: 2,
-            resealed: false,
-        }) = first.result
-        else {
-            panic!("first seal")
-        };
-        let late = execute_seal(root.path(), job(vec![trade(2)], true));
-        assert!(matches!(
-            late.result,
-            Ok(SealResult::Written {
-                n_rows: 3,
-                resealed: true,
-                ..
-            })
-        ));
-        let keys: Vec<i64> = parquet_out::read_hour_file(&path, StreamKind::Trade)
-            .expect("readable")
-            .iter()
-            .map(Row::key)
-            .collect();
-        assert_eq!(keys, vec![1, 2, 3]);
-        let modified = std::fs::metadata(&path)
-            .and_then(|meta| meta.modified())
-            .expect("mtime");
-        let again = execute_seal(root.path(), job(vec![trade(2), trade(3)], true));
-        assert!(matches!(again.result, Ok(SealResult::Unchanged)));
-        assert_eq!(
-            std::fs::metadata(&path)
-                .and_then(|meta| meta.modified())
-                .expect("mtime"),
-            modified
-        );
-    }
-
-    #[test]
-    fn unreadable_sealed_file_is_moved_aside_and_rebuilt() {
-        let root = tempfile::tempdir().expect("temporary directory");
-        let first = execute_seal(root.path(), job(vec![trade(1)], false));
-        let Ok(SealResult::Written { path, .. }) = first.result else {
-            panic!("first seal")
-        };
-        std::fs::write(&path, b"not parquet").expect("corrupt it");
-        let late = execute_seal(root.path(), job(vec![trade(2)], true));
-        assert!(matches!(
-            late.result,
-            Ok(SealResult::Written { n_rows: 1, .. })
-        ));
-        assert!(
-            path.with_extension("parquet.corrupt").exists(),
-            "the bad file is kept aside for inspection"
-        );
-        assert_eq!(
-            parquet_out::read_hour_file(&path, StreamKind::Trade)
-                .expect("rebuilt")
-                .len(),
-            1
-        );
-    }
-
-    #[test]
     fn frame_records_round_trip_through_decode() {
         let frame = br#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"1","q":"2","T":1,"m":true,"M":true}}"#;
         let record = frame_record(Market::Spot, 99, frame);
@@ -1439,81 +1285,6 @@ mod tests {
         assert_eq!(
             (quarantined.frame.as_str(), quarantined.recv_time_us),
             ("garbage", 99)
-        );
-    }
-
-    /// A crash after each step of sealing, then a restart: temporary files
-    /// are removed and the rows the WAL still holds are sealed again. The
-    /// file ends with every row exactly once, first seal or reseal.
-    #[test]
-    fn a_crash_at_every_step_of_sealing_leaves_each_row_exactly_once_after_restart() {
-        use parquet_out::SealStep;
-        for already_sealed in [false, true] {
-            for step in [
-                SealStep::Written,
-                SealStep::Synced,
-                SealStep::Renamed,
-                SealStep::DirectorySynced,
-            ] {
-                let root = tempfile::tempdir().expect("temporary directory");
-                if already_sealed {
-                    let first = execute_seal(root.path(), job(vec![trade(1), trade(3)], false));
-                    assert!(matches!(first.result, Ok(SealResult::Written { .. })));
-                }
-                let rows = vec![trade(1), trade(2), trade(3), trade(4)];
-                let crashed = job(rows.clone(), already_sealed);
-                let file = HourFile {
-                    key: crashed.key.clone(),
-                    hour: crashed.hour,
-                    rows: rows.clone(),
-                    unfilled: Vec::new(),
-                    coverage_from: crashed.coverage_from,
-                    coverage_to: crashed.coverage_to,
-                    clock_offset_us: None,
-                };
-                let path = parquet_out::write_hour_file_until(root.path(), &file, Some(step))
-                    .expect("written up to the step");
-
-                // Restart: leftovers go, and the WAL (never deleted before a
-                // seal finished) gives the same rows again.
-                parquet_out::remove_temporary_files(root.path()).expect("cleanup");
-                let replayed = execute_seal(root.path(), job(rows.clone(), path.exists()));
-                assert!(
-                    replayed.result.is_ok(),
-                    "{step:?}: {:?}",
-                    replayed.result.err().map(|error| error.0)
-                );
-                let keys: Vec<i64> = parquet_out::read_hour_file(&path, StreamKind::Trade)
-                    .expect("readable")
-                    .iter()
-                    .map(Row::key)
-                    .collect();
-                assert_eq!(
-                    keys,
-                    vec![1, 2, 3, 4],
-                    "{step:?}, already sealed: {already_sealed}"
-                );
-                let leftovers: Vec<_> = std::fs::read_dir(path.parent().expect("directory"))
-                    .expect("listable")
-                    .flatten()
-                    .filter(|entry| entry.file_name().to_string_lossy().starts_with('.'))
-                    .collect();
-                assert!(leftovers.is_empty(), "{step:?}: {leftovers:?}");
-            }
-        }
-        // After the WAL segments were deleted nothing is replayed: the
-        // durable file alone holds the hour, once.
-        let root = tempfile::tempdir().expect("temporary directory");
-        let sealed = execute_seal(root.path(), job(vec![trade(1), trade(2)], false));
-        let Ok(SealResult::Written { path, .. }) = sealed.result else {
-            panic!("sealed")
-        };
-        parquet_out::remove_temporary_files(root.path()).expect("cleanup");
-        assert_eq!(
-            parquet_out::read_hour_file(&path, StreamKind::Trade)
-                .expect("readable")
-                .len(),
-            2
         );
     }
 }

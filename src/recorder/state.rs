@@ -12,12 +12,13 @@ use tracing::{debug, warn};
 
 use crate::binance::decode::Decoded;
 use crate::binance::streams::{parse_stream_name, stream_name};
-use crate::config::{Config, FillConfig};
+use crate::config::{ClockBounds, Config, FillConfig};
 use crate::domain::{Hour, Market, Row, Source, StreamKey, StreamKind, TimeUs, UnfilledRange};
 use crate::gaps::{
     id_holes, kline_holes, sort_by_settled, stream_hour_holes, Hole, IdAt, Settled, StreamHour,
 };
 use crate::metrics::Counters;
+use crate::quarantine::QuarantinedFrame;
 use crate::seal::{complete_at, coverage, insert_row, is_sealable, Inserted, WatchSpan};
 use crate::wal::SegmentId;
 
@@ -61,31 +62,38 @@ pub enum Checkpoint {
     },
 }
 
-/// A stretch during which a stream may have missed data because its link
-/// was lost: from the last key and time before to the first key after
-/// (unknown while the stream stays silent). Gap detection reads these.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DisconnectWindow {
-    pub key: StreamKey,
-    /// Exchange time when the link was lost.
-    pub lost_at: Option<TimeUs>,
-    /// The stream's newest key (id, or kline open time) before the loss.
-    pub last_key_before: Option<i64>,
-    /// The first key received after the loss.
-    pub first_key_after: Option<i64>,
-}
-
 /// Per-market state.
 #[derive(Debug, Default)]
 struct MarketState {
-    /// The newest event time seen on any stream of the market.
+    /// The exchange clock: the newest time two independent sources agree
+    /// on (see [`SourceTimes`]), or the newest `/api/v3/time` answer.
     exchange_time: Option<TimeUs>,
+    /// The newest event time of each stream, kept as its top two.
+    sources: SourceTimes,
+    /// The newest `/api/v3/time` answer.
+    server_time: Option<TimeUs>,
     spans: Vec<WatchSpan>,
     /// A process started; the next event opens a new span.
     pending_new_span: bool,
     /// Host-minus-exchange clock offsets by hour of exchange time.
     clock_offsets: BTreeMap<Hour, Vec<i64>>,
     last_clock_offset: Option<i64>,
+}
+
+impl MarketState {
+    /// Moves the exchange clock to what is believed now: the newest time two
+    /// streams agree on, or the server's own answer. `event_time`, a checked
+    /// event just seen, opens the span of a process that just started.
+    fn advance_clock(&mut self, event_time: Option<TimeUs>) {
+        if self.pending_new_span {
+            if let Some(start) = event_time {
+                self.spans.push(WatchSpan { start, end: None });
+                self.pending_new_span = false;
+            }
+        }
+        let believed = self.sources.corroborated().max(self.server_time);
+        self.exchange_time = self.exchange_time.max(believed);
+    }
 }
 
 #[derive(Debug)]
@@ -135,6 +143,8 @@ struct StreamState {
     declared: BTreeMap<Hour, Declared>,
     /// Sealed hours whose `unfilled` list changed: resealed with it.
     unfilled_changed: BTreeMap<Hour, Vec<UnfilledRange>>,
+    /// Seal jobs that failed, to run again as they were (still in flight).
+    seals_to_retry: BTreeMap<Hour, SealJob>,
 }
 
 impl StreamState {
@@ -255,14 +265,106 @@ pub enum Job {
     Fill(FillJob),
 }
 
+/// The two newest event times of a market's streams, from two different
+/// streams. Each stream's newest time only grows, so keeping the top two
+/// is exact: `second` is the newest time of any stream but `first`'s, the
+/// time one lying stream cannot move.
+#[derive(Debug, Default, Clone)]
+pub struct SourceTimes {
+    first: Option<(StreamKey, TimeUs)>,
+    second: Option<TimeUs>,
+}
+
+impl SourceTimes {
+    /// Stream `source` showed `time`.
+    pub fn note(&mut self, source: &StreamKey, time: TimeUs) {
+        match &mut self.first {
+            Some((first_source, first_time)) if first_source == source => {
+                *first_time = (*first_time).max(time);
+            }
+            Some((_, first_time)) if time > *first_time => {
+                self.second = Some(*first_time);
+                self.first = Some((source.clone(), time));
+            }
+            Some(_) => self.second = Some(self.second.map_or(time, |second| second.max(time))),
+            None => self.first = Some((source.clone(), time)),
+        }
+    }
+
+    /// The newest time a stream other than `source` showed.
+    pub fn newest_other_than(&self, source: &StreamKey) -> Option<TimeUs> {
+        match &self.first {
+            Some((first_source, _)) if first_source == source => self.second,
+            Some((_, first_time)) => Some(*first_time),
+            None => None,
+        }
+    }
+
+    /// The newest time any stream showed.
+    pub fn newest(&self) -> Option<TimeUs> {
+        self.first.as_ref().map(|(_, time)| *time)
+    }
+
+    /// The newest time two streams vouch for.
+    pub fn corroborated(&self) -> Option<TimeUs> {
+        self.second
+    }
+}
+
+/// Pure: why a stream row's times cannot be believed, if they cannot.
+/// `event_time` is its frame's `E`; `newest_other` the newest time any other
+/// source of the market showed. (A row far behind the clock is a late row:
+/// it reseals its hour by key, so it cannot seal anything early.)
+pub fn implausible_times(
+    row: &Row,
+    event_time: TimeUs,
+    newest_other: Option<TimeUs>,
+    bounds: &ClockBounds,
+) -> Option<String> {
+    // Binance opened in July 2017: nothing it sends is older.
+    const BINANCE_OPENED_US: TimeUs = 1_498_867_200_000_000;
+    const SLACK_US: i64 = crate::domain::MICROS_PER_SECOND;
+    if event_time < BINANCE_OPENED_US || row.bucket_time() < BINANCE_OPENED_US {
+        return Some(format!(
+            "time before Binance existed (E={event_time}, row time {})",
+            row.bucket_time()
+        ));
+    }
+    let (from, to) = match row {
+        Row::Kline(kline) => (kline.open_time, kline.close_time),
+        _ => (row.bucket_time(), row.bucket_time()),
+    };
+    if from > event_time.saturating_add(SLACK_US) {
+        return Some(format!(
+            "row time {from} after its event time E={event_time}"
+        ));
+    }
+    if to < from || event_time.saturating_sub(to) > bounds.max_event_delay_us {
+        return Some(format!(
+            "event time E={event_time} too far after the row time {to} (clock.max_event_delay_secs)"
+        ));
+    }
+    if let Some(other) = newest_other {
+        if event_time.saturating_sub(other) > bounds.max_lead_us {
+            return Some(format!(
+                "event time E={event_time} leads every other source (newest {other}) by more than clock.max_lead_secs"
+            ));
+        }
+    }
+    None
+}
+
 pub struct State {
     grace_us: i64,
+    clock: ClockBounds,
+    /// Stream rows whose times or ids cannot be believed, for the
+    /// runtime to quarantine (drained after each batch).
+    rejected: Vec<QuarantinedFrame>,
     fill: FillConfig,
     markets: BTreeMap<Market, MarketState>,
     streams: BTreeMap<StreamKey, StreamState>,
     counters: Arc<Counters>,
     warned_unexpected: BTreeSet<StreamKey>,
-    disconnect_windows: Vec<DisconnectWindow>,
 }
 
 impl State {
@@ -284,12 +386,13 @@ impl State {
         }
         State {
             grace_us: i64::try_from(config.seal_grace.as_micros()).unwrap_or(i64::MAX),
+            clock: config.clock,
+            rejected: Vec::new(),
             fill: config.fill.clone(),
             markets,
             streams,
             counters,
             warned_unexpected: BTreeSet::new(),
-            disconnect_windows: Vec::new(),
         }
     }
 
@@ -306,10 +409,22 @@ impl State {
             .unwrap_or_default()
     }
 
-    /// A process starts recording `market`: its span opens at the next event.
+    /// A process starts recording `market`: its span opens at the next
+    /// event. The streams' times of an earlier process are no evidence
+    /// against the new one's first frames (the downtime lies between).
     pub fn begin_session(&mut self, market: Market) {
         if let Some(state) = self.markets.get_mut(&market) {
+            // A process that died without a stop record: its span ends at
+            // the last time it made durable.
+            if let (Some(last), Some(previous_time)) = (state.spans.last_mut(), state.exchange_time)
+            {
+                if last.end.is_none() {
+                    last.end = Some(previous_time.max(last.start));
+                }
+            }
             state.pending_new_span = true;
+            state.sources = SourceTimes::default();
+            state.server_time = None;
         }
     }
 
@@ -342,33 +457,10 @@ impl State {
                     self.end_session(market, exchange_time);
                 }
             }
-            Checkpoint::LinkLost {
-                market,
-                streams,
-                exchange_time,
-            } => {
-                let Some(market) = Market::from_name(&market) else {
-                    return;
-                };
-                for name in streams {
-                    let Some((symbol, kind)) = crate::binance::streams::parse_stream_name(&name)
-                    else {
-                        continue;
-                    };
-                    let key = StreamKey {
-                        market,
-                        symbol,
-                        kind,
-                    };
-                    let last_key_before = self.streams.get(&key).and_then(StreamState::newest_key);
-                    self.disconnect_windows.push(DisconnectWindow {
-                        key,
-                        lost_at: exchange_time,
-                        last_key_before,
-                        first_key_after: None,
-                    });
-                }
-            }
+            // Lost links are logged and counted; the holes they leave are
+            // found from the ids and the kline grid (`gaps`), which see
+            // every hole a link loss can make, so nothing more is kept.
+            Checkpoint::LinkLost { .. } => {}
             Checkpoint::Sessions {
                 market,
                 spans,
@@ -425,9 +517,10 @@ impl State {
             .min()
     }
 
-    /// Records a `/api/v3/time` answer, and checks the exchange time the
-    /// streams gave against it: event times ahead of the exchange's own
-    /// clock would seal hours early, so they are reported.
+    /// Records a `/api/v3/time` answer: the exchange's own clock, believed
+    /// alone (so a market whose streams are all silent still seals), and
+    /// checked against the streams' clock: event times ahead of it would
+    /// seal hours early, so they are reported.
     pub fn add_clock_sample(
         &mut self,
         market: Market,
@@ -437,47 +530,42 @@ impl State {
         let Some(state) = self.markets.get_mut(&market) else {
             return ClockCheck::Consistent;
         };
+        // One list of offsets for the hour being recorded; older hours'
+        // lists go once every stream has sealed past them (`prune`).
         state
             .clock_offsets
             .entry(Hour::containing(server_time))
             .or_default()
             .push(offset_us);
         state.last_clock_offset = Some(offset_us);
-        let check = check_exchange_time(state.exchange_time, server_time);
+        let check = check_exchange_time(state.sources.newest(), server_time);
         if let ClockCheck::StreamAhead { ahead_us } = check {
             Counters::add(&self.counters.clock_check_failures, 1);
             warn!(%market, ahead_us, "stream event times are ahead of /api/v3/time");
         }
+        state.server_time = Some(
+            state
+                .server_time
+                .map_or(server_time, |time| time.max(server_time)),
+        );
+        // A process whose streams are all silent is still watching.
+        state.advance_clock(Some(server_time));
         check
     }
 
-    fn note_event_time(&mut self, market: Market, event_time: TimeUs) {
+    /// Stream `source` of `market` showed `event_time` (already checked).
+    fn note_event_time(&mut self, market: Market, source: &StreamKey, event_time: TimeUs) {
         let Some(state) = self.markets.get_mut(&market) else {
             return;
         };
-        if state.pending_new_span {
-            if let (Some(last), Some(previous_time)) = (state.spans.last_mut(), state.exchange_time)
-            {
-                // The previous process died without a stop record: its span
-                // ends at the last event it made durable.
-                if last.end.is_none() {
-                    last.end = Some(previous_time.max(last.start));
-                }
-            }
-            state.spans.push(WatchSpan {
-                start: event_time,
-                end: None,
-            });
-            state.pending_new_span = false;
-        }
-        state.exchange_time = Some(
-            state
-                .exchange_time
-                .map_or(event_time, |time| time.max(event_time)),
-        );
+        state.sources.note(source, event_time);
+        state.advance_clock(Some(event_time));
     }
 
     /// Applies one durable, decoded frame that came from WAL segment `segment`.
+    /// A row whose times or id cannot be believed (see
+    /// [`implausible_times`]) is set aside for the quarantine, counted, and
+    /// neither filed nor used for the clock.
     pub fn apply(&mut self, market: Market, segment: SegmentId, decoded: Decoded) {
         match decoded {
             Decoded::Row {
@@ -485,12 +573,37 @@ impl State {
                 row,
                 event_time,
             } => {
-                self.note_event_time(market, event_time);
+                if let Some(reason) = self.implausible_row(market, &key, &row, event_time) {
+                    // The stream's time still counts as its own: it moves no
+                    // clock alone, and if a second stream agrees (the first
+                    // frames after a long outage of every link) the next
+                    // frames are believed.
+                    if let Some(state) = self.markets.get_mut(&market) {
+                        state.sources.note(&key, event_time);
+                        state.advance_clock(None);
+                    }
+                    self.reject(market, &key, &row, event_time, reason);
+                    return;
+                }
+                self.note_event_time(market, &key, event_time);
                 self.insert(key, row, segment);
             }
-            Decoded::KlineUpdate { event_time, .. } | Decoded::ServerShutdown { event_time } => {
-                self.note_event_time(market, event_time);
+            Decoded::KlineUpdate { key, event_time } => {
+                let newest_other = self
+                    .markets
+                    .get(&market)
+                    .and_then(|state| state.sources.newest_other_than(&key));
+                let leads = newest_other
+                    .is_some_and(|other| event_time.saturating_sub(other) > self.clock.max_lead_us);
+                if leads {
+                    Counters::add(&self.counters.frames_implausible, 1);
+                    debug!(%key, event_time, "kline update time leads every other source; not used for the clock");
+                } else {
+                    self.note_event_time(market, &key, event_time);
+                }
             }
+            // Not tied to a stream, so never corroborated: it moves no clock.
+            Decoded::ServerShutdown { .. } => {}
             Decoded::ControlReply(reply) => {
                 if let Err(error) = reply.outcome {
                     Counters::add(&self.counters.control_errors, 1);
@@ -504,22 +617,79 @@ impl State {
         }
     }
 
-    /// Disconnect windows seen so far (closed ones have `first_key_after`).
-    pub fn disconnect_windows(&self) -> &[DisconnectWindow] {
-        &self.disconnect_windows
+    /// Why a stream row cannot be believed, if it cannot.
+    fn implausible_row(
+        &self,
+        market: Market,
+        key: &StreamKey,
+        row: &Row,
+        event_time: TimeUs,
+    ) -> Option<String> {
+        let market_state = self.markets.get(&market)?;
+        let newest_other = market_state
+            .sources
+            .newest_other_than(key)
+            .max(market_state.server_time);
+        if let Some(reason) = implausible_times(row, event_time, newest_other, &self.clock) {
+            return Some(reason);
+        }
+        if matches!(row, Row::Kline(_)) {
+            return None;
+        }
+        let stream = self.streams.get(key)?;
+        let newest_id = stream
+            .newest_key()
+            .or(stream.last_sealed.map(|last| last.id))?;
+        (row.key().saturating_sub(newest_id) > self.clock.max_id_jump).then(|| {
+            format!(
+                "id {} jumps past the newest id {newest_id} by more than clock.max_id_jump",
+                row.key()
+            )
+        })
+    }
+
+    fn reject(
+        &mut self,
+        market: Market,
+        key: &StreamKey,
+        row: &Row,
+        event_time: TimeUs,
+        reason: String,
+    ) {
+        let total_before = self
+            .counters
+            .frames_implausible
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Counters::add(&self.counters.frames_implausible, 1);
+        // Once, then at each power of ten: a hostile feed cannot flood the log.
+        if total_before == 0 || total_before.ilog10() != (total_before + 1).ilog10() {
+            warn!(%key, event_time, %reason, total = total_before + 1, "implausible row quarantined");
+        }
+        let frame = serde_json::json!({
+            "stream": key.to_string(),
+            "event_time": event_time,
+            "row": row,
+        });
+        self.rejected.push(QuarantinedFrame {
+            market,
+            recv_time_us: match row {
+                Row::Trade(trade) => trade.recv_time,
+                Row::AggTrade(agg_trade) => agg_trade.recv_time,
+                Row::Kline(kline) => kline.recv_time,
+            }
+            .unwrap_or(event_time),
+            error: format!("implausible: {reason}"),
+            frame: frame.to_string(),
+        });
+    }
+
+    /// Rows set aside since the last call, for the quarantine.
+    pub fn take_rejected(&mut self) -> Vec<QuarantinedFrame> {
+        std::mem::take(&mut self.rejected)
     }
 
     fn insert(&mut self, key: StreamKey, row: Row, segment: SegmentId) -> Option<Inserted> {
         let from_stream = row.source() == Source::Ws;
-        if from_stream {
-            for window in self
-                .disconnect_windows
-                .iter_mut()
-                .filter(|window| window.key == key && window.first_key_after.is_none())
-            {
-                window.first_key_after = Some(row.key());
-            }
-        }
         let Some(stream) = self.streams.get_mut(&key) else {
             Counters::add(&self.counters.rows_unexpected, 1);
             if self.warned_unexpected.insert(key.clone()) {
@@ -722,6 +892,14 @@ impl State {
                 .next_hour_to_seal
                 .get_or_insert_with(|| Hour::containing(first_span.start));
 
+            while n_seals < max_seals {
+                let Some((_, job)) = stream.seals_to_retry.pop_first() else {
+                    break;
+                };
+                jobs.push(Job::Seal(job));
+                n_seals += 1;
+            }
+
             let late_hours: BTreeSet<Hour> = stream
                 .open
                 .keys()
@@ -919,26 +1097,18 @@ impl State {
         jobs
     }
 
-    /// A seal finished. On failure its rows come back to be sealed later.
-    pub fn seal_finished(
-        &mut self,
-        job_key: &StreamKey,
-        hour: Hour,
-        returned: Option<(Vec<Row>, SegmentId)>,
-    ) {
-        let Some(stream) = self.streams.get_mut(job_key) else {
-            return;
-        };
-        stream.in_flight.remove(&hour);
-        if let Some((rows, segment)) = returned {
-            let open_hour = stream.open.entry(hour).or_insert_with(|| OpenHour {
-                rows: BTreeMap::new(),
-                first_segment: segment,
-            });
-            open_hour.first_segment = open_hour.first_segment.min(segment);
-            for row in rows {
-                insert_row(&mut open_hour.rows, row);
-            }
+    /// A seal finished: the hour's rows are on disk, its WAL pin goes.
+    pub fn seal_finished(&mut self, job_key: &StreamKey, hour: Hour) {
+        if let Some(stream) = self.streams.get_mut(job_key) {
+            stream.in_flight.remove(&hour);
+        }
+    }
+
+    /// A seal failed: the same job (rows, holes, coverage) is planned again
+    /// and the hour stays in flight meanwhile, pinning its WAL segments.
+    pub fn seal_failed(&mut self, job: SealJob) {
+        if let Some(stream) = self.streams.get_mut(&job.key) {
+            stream.seals_to_retry.insert(job.hour, job);
         }
     }
 
@@ -1197,6 +1367,19 @@ streams = ["trade", "kline_1m"]
         }
     }
 
+    /// Applies `decoded` with a `/api/v3/time` answer at its event time, so
+    /// the clock follows one stream as it would with REST answering.
+    fn apply_corroborated(state: &mut State, segment: SegmentId, decoded: Decoded) {
+        let event_time = match &decoded {
+            Decoded::Row { event_time, .. } => Some(*event_time),
+            _ => None,
+        };
+        if let Some(event_time) = event_time {
+            state.add_clock_sample(Market::Spot, event_time, 0);
+        }
+        state.apply(Market::Spot, segment, decoded);
+    }
+
     fn new_state() -> State {
         let mut state = State::new(&config(), Arc::new(Counters::default()));
         state.begin_session(Market::Spot);
@@ -1207,16 +1390,16 @@ streams = ["trade", "kline_1m"]
     fn hours_seal_in_order_after_grace_with_empty_files_for_quiet_streams() {
         let mut state = new_state();
         let start = HOUR_START + 30 * MICROS_PER_MINUTE;
-        state.apply(Market::Spot, SegmentId(1), trade(1, start));
+        apply_corroborated(&mut state, SegmentId(1), trade(1, start));
         assert!(seals(&mut state).is_empty());
-        state.apply(
-            Market::Spot,
+        apply_corroborated(
+            &mut state,
             SegmentId(1),
             trade(2, HOUR_START + MICROS_PER_HOUR + 999_999),
         );
         assert!(seals(&mut state).is_empty(), "grace not over yet");
-        state.apply(
-            Market::Spot,
+        apply_corroborated(
+            &mut state,
             SegmentId(2),
             trade(3, HOUR_START + MICROS_PER_HOUR + 1_000_000),
         );
@@ -1246,7 +1429,7 @@ streams = ["trade", "kline_1m"]
             "in flight and open rows pin segments"
         );
         for job in &jobs {
-            state.seal_finished(&job.key, job.hour, None);
+            state.seal_finished(&job.key, job.hour);
         }
         assert_eq!(
             state.oldest_pinned_segment(),
@@ -1258,18 +1441,18 @@ streams = ["trade", "kline_1m"]
     #[test]
     fn late_row_reseals_its_hour_and_failures_return_rows() {
         let mut state = new_state();
-        state.apply(Market::Spot, SegmentId(1), trade(1, HOUR_START + 10));
-        state.apply(
-            Market::Spot,
+        apply_corroborated(&mut state, SegmentId(1), trade(1, HOUR_START + 10));
+        apply_corroborated(
+            &mut state,
             SegmentId(1),
             trade(5, HOUR_START + MICROS_PER_HOUR + 2_000_000),
         );
         let jobs = seals(&mut state);
         assert_eq!(jobs.len(), 2);
         for job in &jobs {
-            state.seal_finished(&job.key, job.hour, None);
+            state.seal_finished(&job.key, job.hour);
         }
-        state.apply(Market::Spot, SegmentId(3), trade(2, HOUR_START + 20));
+        apply_corroborated(&mut state, SegmentId(3), trade(2, HOUR_START + 20));
         assert_eq!(state.counters.snapshot().rows_late, 1);
         let jobs = seals(&mut state);
         assert_eq!(jobs.len(), 1);
@@ -1279,11 +1462,7 @@ streams = ["trade", "kline_1m"]
             seals(&mut state).is_empty(),
             "an hour in flight is not planned twice"
         );
-        state.seal_finished(
-            &jobs[0].key,
-            jobs[0].hour,
-            Some((jobs[0].rows.clone(), SegmentId(3))),
-        );
+        state.seal_failed(jobs[0].clone());
         let again = seals(&mut state);
         assert_eq!(again.len(), 1, "a failed seal is retried");
     }
@@ -1291,7 +1470,7 @@ streams = ["trade", "kline_1m"]
     #[test]
     fn spans_survive_restart_through_checkpoints() {
         let mut state = new_state();
-        state.apply(Market::Spot, SegmentId(1), trade(1, HOUR_START + 100));
+        apply_corroborated(&mut state, SegmentId(1), trade(1, HOUR_START + 100));
         state.end_session(Market::Spot, state.exchange_time(Market::Spot));
         let checkpoints = state.checkpoints();
         let mut restarted = State::new(&config(), Arc::new(Counters::default()));
@@ -1299,8 +1478,8 @@ streams = ["trade", "kline_1m"]
             restarted.apply_checkpoint(checkpoint);
         }
         restarted.begin_session(Market::Spot);
-        restarted.apply(
-            Market::Spot,
+        apply_corroborated(
+            &mut restarted,
             SegmentId(2),
             trade(9, HOUR_START + 5 * MICROS_PER_MINUTE),
         );
@@ -1319,50 +1498,126 @@ streams = ["trade", "kline_1m"]
         );
     }
 
-    #[test]
-    fn crashed_session_ends_at_its_last_event() {
-        let mut state = new_state();
-        state.apply(Market::Spot, SegmentId(1), trade(1, HOUR_START + 100));
-        state.apply(Market::Spot, SegmentId(1), trade(2, HOUR_START + 200));
-        state.begin_session(Market::Spot);
-        state.apply(Market::Spot, SegmentId(2), trade(3, HOUR_START + 900));
-        assert_eq!(state.spans(Market::Spot)[0].end, Some(HOUR_START + 200));
+    fn kline_update(time: TimeUs) -> Decoded {
+        Decoded::KlineUpdate {
+            key: key(StreamKind::Kline(crate::domain::KlineInterval::Minute1)),
+            event_time: time,
+        }
     }
 
     #[test]
-    fn lost_links_open_windows_that_the_next_row_closes() {
+    fn one_lying_stream_cannot_move_the_clock_and_a_second_one_corroborates() {
         let mut state = new_state();
-        state.apply(Market::Spot, SegmentId(1), trade(10, HOUR_START + 100));
-        state.apply_checkpoint(Checkpoint::LinkLost {
-            market: "spot".into(),
-            streams: vec!["btcusdt@trade".into(), "btcusdt@kline_1m".into()],
-            exchange_time: Some(HOUR_START + 100),
-        });
-        state.apply(Market::Spot, SegmentId(1), trade(15, HOUR_START + 900));
-        let windows = state.disconnect_windows();
-        assert_eq!(windows.len(), 2);
-        let trade_window = windows
-            .iter()
-            .find(|window| window.key.kind == StreamKind::Trade)
-            .expect("trade window");
-        assert_eq!(
-            (trade_window.last_key_before, trade_window.first_key_after),
-            (Some(10), Some(15))
+        state.apply(Market::Spot, SegmentId(1), trade(1, HOUR_START + 100));
+        state.apply(Market::Spot, SegmentId(1), kline_update(HOUR_START + 200));
+        assert_eq!(state.exchange_time(Market::Spot), Some(HOUR_START + 100));
+        // A trade frame five hours ahead, consistent with its own time.
+        let ahead = HOUR_START + 5 * MICROS_PER_HOUR;
+        state.apply(Market::Spot, SegmentId(1), trade(2, ahead));
+        assert_eq!(state.counters.snapshot().frames_implausible, 1);
+        assert_eq!(state.exchange_time(Market::Spot), Some(HOUR_START + 200));
+        assert!(seals(&mut state).is_empty(), "no hour seals early");
+        let rejected = state.take_rejected();
+        assert_eq!(rejected.len(), 1);
+        assert!(
+            rejected[0].error.contains("clock.max_lead_secs"),
+            "{}",
+            rejected[0].error
         );
-        let kline_window = windows
-            .iter()
-            .find(|window| window.key.kind != StreamKind::Trade)
-            .expect("kline window");
-        assert_eq!(
-            kline_window.first_key_after, None,
-            "the kline stream stayed silent"
+        assert_eq!(state.n_unsealed_rows(), 1, "the lying row is not filed");
+        // Two streams moving on together are believed.
+        state.apply(
+            Market::Spot,
+            SegmentId(1),
+            trade(3, HOUR_START + 10 * MICROS_PER_MINUTE),
         );
+        state.apply(
+            Market::Spot,
+            SegmentId(1),
+            kline_update(HOUR_START + 10 * MICROS_PER_MINUTE),
+        );
+        assert_eq!(
+            state.exchange_time(Market::Spot),
+            Some(HOUR_START + 10 * MICROS_PER_MINUTE)
+        );
+    }
+
+    #[test]
+    fn rows_whose_own_times_disagree_or_whose_ids_leap_are_quarantined() {
+        let mut state = new_state();
+        apply_corroborated(&mut state, SegmentId(1), trade(100, HOUR_START + 100));
+        let with_times =
+            |id: i64, trade_time: TimeUs, event_time: TimeUs| match trade(id, trade_time) {
+                Decoded::Row { key, row, .. } => Decoded::Row {
+                    key,
+                    row,
+                    event_time,
+                },
+                other => other,
+            };
+        let now = HOUR_START + 1_000;
+        // T = 0, T in 2300, E five hours after T, an id 10^12 ahead.
+        state.apply(Market::Spot, SegmentId(1), with_times(101, 0, now));
+        state.apply(
+            Market::Spot,
+            SegmentId(1),
+            with_times(102, 10_413_792_000_000_000, now),
+        );
+        state.apply(
+            Market::Spot,
+            SegmentId(1),
+            with_times(103, now, now + 5 * MICROS_PER_HOUR),
+        );
+        state.apply(
+            Market::Spot,
+            SegmentId(1),
+            with_times(1_000_000_000_100, now, now),
+        );
+        let reasons: Vec<String> = state
+            .take_rejected()
+            .into_iter()
+            .map(|frame| frame.error)
+            .collect();
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
+        assert!(reasons[0].contains("before Binance existed"), "{reasons:?}");
+        assert!(reasons[1].contains("after its event time"), "{reasons:?}");
+        assert!(
+            reasons[2].contains("clock.max_event_delay_secs"),
+            "{reasons:?}"
+        );
+        assert!(reasons[3].contains("clock.max_id_jump"), "{reasons:?}");
+        assert_eq!(state.n_unsealed_rows(), 1);
+        assert_eq!(state.exchange_time(Market::Spot), Some(HOUR_START + 100));
+        // The next honest row is filed as usual.
+        apply_corroborated(&mut state, SegmentId(1), trade(101, now));
+        assert_eq!(state.n_unsealed_rows(), 2);
+    }
+
+    #[test]
+    fn server_time_moves_sealing_on_when_every_stream_is_silent() {
+        let mut state = new_state();
+        state.add_clock_sample(Market::Spot, HOUR_START + 100, 0);
+        assert!(seals(&mut state).is_empty());
+        state.add_clock_sample(Market::Spot, HOUR_START + MICROS_PER_HOUR + 2_000_000, 0);
+        let jobs = seals(&mut state);
+        assert_eq!(jobs.len(), 2, "empty trade and kline files: {jobs:?}");
+        assert!(jobs.iter().all(|job| job.rows.is_empty()));
+    }
+
+    #[test]
+    fn crashed_session_ends_at_its_last_event() {
+        let mut state = new_state();
+        apply_corroborated(&mut state, SegmentId(1), trade(1, HOUR_START + 100));
+        apply_corroborated(&mut state, SegmentId(1), trade(2, HOUR_START + 200));
+        state.begin_session(Market::Spot);
+        apply_corroborated(&mut state, SegmentId(2), trade(3, HOUR_START + 900));
+        assert_eq!(state.spans(Market::Spot)[0].end, Some(HOUR_START + 200));
     }
 
     #[test]
     fn exchange_time_is_checked_against_the_server_time() {
         let mut state = new_state();
-        state.apply(Market::Spot, SegmentId(1), trade(1, HOUR_START));
+        apply_corroborated(&mut state, SegmentId(1), trade(1, HOUR_START));
         assert_eq!(
             state.add_clock_sample(Market::Spot, HOUR_START + 5_000_000, 0),
             ClockCheck::Consistent
@@ -1461,10 +1716,10 @@ streams = ["trade", "kline_1m"]
     #[test]
     fn holes_are_filled_through_a_report_before_the_hour_seals() {
         let mut state = filling_state("");
-        state.apply(Market::Spot, SegmentId(1), trade(7, HOUR_START + 100));
-        state.apply(Market::Spot, SegmentId(1), trade(10, HOUR_START + 900));
-        state.apply(
-            Market::Spot,
+        apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
+        apply_corroborated(&mut state, SegmentId(1), trade(10, HOUR_START + 900));
+        apply_corroborated(
+            &mut state,
             SegmentId(1),
             trade(11, HOUR_START + MICROS_PER_HOUR + 2_000_000),
         );
@@ -1528,9 +1783,9 @@ streams = ["trade", "kline_1m"]
     #[test]
     fn a_stream_row_replaces_a_rest_row_and_rest_never_replaces_a_stream_row() {
         let mut state = filling_state("");
-        state.apply(Market::Spot, SegmentId(1), trade(7, HOUR_START + 100));
-        state.apply(
-            Market::Spot,
+        apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
+        apply_corroborated(
+            &mut state,
             SegmentId(1),
             trade(9, HOUR_START + MICROS_PER_HOUR + 2_000_000),
         );
@@ -1552,7 +1807,7 @@ streams = ["trade", "kline_1m"]
             ),
             0,
         );
-        state.apply(Market::Spot, SegmentId(2), trade(8, HOUR_START + 200));
+        apply_corroborated(&mut state, SegmentId(2), trade(8, HOUR_START + 200));
         let sealed = only_seal(state.plan(10, 0));
         assert!(
             sealed.rows.iter().all(|row| row.source() == Source::Ws),
@@ -1564,10 +1819,10 @@ streams = ["trade", "kline_1m"]
     #[test]
     fn failed_fills_retry_with_backoff_then_seal_declared_at_the_deadline_and_reseal_when_filled() {
         let mut state = filling_state("");
-        state.apply(Market::Spot, SegmentId(1), trade(7, HOUR_START + 100));
-        state.apply(Market::Spot, SegmentId(1), trade(10, HOUR_START + 900));
-        state.apply(
-            Market::Spot,
+        apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
+        apply_corroborated(&mut state, SegmentId(1), trade(10, HOUR_START + 900));
+        apply_corroborated(
+            &mut state,
             SegmentId(1),
             trade(11, HOUR_START + MICROS_PER_HOUR + 2_000_000),
         );
@@ -1596,8 +1851,8 @@ streams = ["trade", "kline_1m"]
         );
         assert!(state.plan(10, 2999).is_empty(), "the pause doubles");
         // Exchange time passes the deadline (hour end + 1 s grace + 60 s).
-        state.apply(
-            Market::Spot,
+        apply_corroborated(
+            &mut state,
             SegmentId(3),
             trade(12, HOUR_START + MICROS_PER_HOUR + 62_000_000),
         );
@@ -1616,7 +1871,7 @@ streams = ["trade", "kline_1m"]
             (unfilled[0].from_time, unfilled[0].to_time),
             (HOUR_START + 100, HOUR_START + 900)
         );
-        state.seal_finished(&sealed.key, sealed.hour, None);
+        state.seal_finished(&sealed.key, sealed.hour);
         assert_eq!(state.counters.snapshot().holes_declared, 1);
         assert_eq!(state.n_declared_hours(), 1);
 
@@ -1657,10 +1912,10 @@ streams = ["trade", "kline_1m"]
     #[test]
     fn ids_rest_does_not_serve_are_declared_at_once_and_not_retried() {
         let mut state = filling_state("");
-        state.apply(Market::Spot, SegmentId(1), trade(7, HOUR_START + 100));
-        state.apply(Market::Spot, SegmentId(1), trade(10, HOUR_START + 900));
-        state.apply(
-            Market::Spot,
+        apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
+        apply_corroborated(&mut state, SegmentId(1), trade(10, HOUR_START + 900));
+        apply_corroborated(
+            &mut state,
             SegmentId(1),
             trade(11, HOUR_START + MICROS_PER_HOUR + 2_000_000),
         );
@@ -1697,9 +1952,9 @@ streams = ["trade", "kline_1m"]
     #[test]
     fn an_open_end_probe_that_finds_nothing_is_no_hole() {
         let mut state = filling_state("backfill_from_hour_start = false");
-        state.apply(Market::Spot, SegmentId(1), trade(7, HOUR_START + 100));
+        apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
         // Only the kline... no: another market event moves exchange time past the hour.
-        state.note_event_time(Market::Spot, HOUR_START + MICROS_PER_HOUR + 2_000_000);
+        state.add_clock_sample(Market::Spot, HOUR_START + MICROS_PER_HOUR + 2_000_000, 0);
         let job = only_fill(state.plan(10, 0));
         assert_eq!(
             job.holes.iter().map(Hole::key_bounds).collect::<Vec<_>>(),
@@ -1809,7 +2064,7 @@ streams = ["trade", "kline_1m"]
             if let Some(fill_report) = fill_report {
                 state.apply_fill(SegmentId(1), fill_report, 0);
             }
-            state.note_event_time(Market::Spot, HOUR_START + MICROS_PER_HOUR + 2_000_000);
+            state.add_clock_sample(Market::Spot, HOUR_START + MICROS_PER_HOUR + 2_000_000, 0);
             let sealed = seals(&mut state).into_iter().find(|job| job.key.kind == StreamKind::Trade).expect("trade file");
             let sealed_keys: Vec<i64> = sealed.rows.iter().map(Row::key).collect();
             proptest::prop_assert_eq!(sealed_keys, keys.iter().copied().collect::<Vec<_>>());

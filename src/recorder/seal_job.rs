@@ -1,0 +1,396 @@
+//! One seal job, run on a blocking thread: write an hour's file (merged
+//! with a file already sealed for it) and say how it went. A failure, a
+//! panic of the Parquet library included, hands the whole job back, with
+//! its holes and coverage, so the hour is sealed again later exactly as
+//! judged; nothing about an hour is decided here.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::error;
+
+use crate::domain::{Hour, StreamKey, TimeUs};
+use crate::parquet_out::{self, HourFile};
+use crate::seal::merge_into_sealed;
+
+use super::SealJob;
+
+/// How a seal job ended.
+pub(crate) struct SealOutcome {
+    pub(crate) job_key: StreamKey,
+    pub(crate) hour: Hour,
+    pub(crate) result: Result<SealResult, SealFailure>,
+}
+
+pub(crate) enum SealResult {
+    Written {
+        path: PathBuf,
+        n_rows: usize,
+        resealed: bool,
+    },
+    Unchanged,
+}
+
+/// A seal that did not happen: why, and the job to run again.
+pub(crate) struct SealFailure {
+    pub(crate) message: String,
+    pub(crate) job: SealJob,
+    /// The Parquet code panicked (counted apart: a bug, not a full disk).
+    pub(crate) panicked: bool,
+}
+
+/// A fault injected into seals by tests (the data directory's seam, as
+/// [`crate::wal::WalFs`] is the WAL's): an I/O error or a panic in place
+/// of writing the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealFault {
+    Io(std::io::ErrorKind),
+    Panic,
+}
+
+/// Asked before each file is written; `None` writes it.
+pub type SealFaults = Arc<dyn Fn(&StreamKey, Hour) -> Option<SealFault> + Send + Sync>;
+
+/// Runs `call`, turning a panic into an error message.
+fn unwinding<T>(what: &str, call: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(call)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        format!("{what} panicked: {message}")
+    })
+}
+
+/// Writes one hour's file, merging with a file already sealed for it.
+/// Runs on a blocking thread.
+pub(crate) fn execute_seal(
+    data_dir: &Path,
+    faults: Option<&SealFaults>,
+    mut job: SealJob,
+) -> SealOutcome {
+    let job_key = job.key.clone();
+    let hour = job.hour;
+    let fail = |message: String, job: SealJob, panicked: bool| SealOutcome {
+        job_key: job.key.clone(),
+        hour: job.hour,
+        result: Err(SealFailure {
+            message,
+            job,
+            panicked,
+        }),
+    };
+    let path = parquet_out::hour_file_path(data_dir, &job.key, job.hour);
+    let mut coverage = (job.coverage_from, job.coverage_to);
+    let mut unfilled = job.unfilled.clone().unwrap_or_default();
+    let mut resealed = false;
+    if path.exists() {
+        let read = unwinding("reading the sealed file", || {
+            parquet_out::read_hour_file(&path, job.key.kind)
+                .map(|rows| (rows, read_unfilled(&path), sealed_coverage(&path)))
+        });
+        match read {
+            Err(message) => return fail(message, job, true),
+            Ok(Ok((sealed, sealed_unfilled, sealed_coverage))) => {
+                if let Some((from, to)) = sealed_coverage {
+                    coverage = (coverage.0.min(from), coverage.1.max(to));
+                }
+                let unfilled_changed = job
+                    .unfilled
+                    .as_ref()
+                    .is_some_and(|list| *list != sealed_unfilled);
+                if job.unfilled.is_none() {
+                    unfilled = sealed_unfilled;
+                }
+                let (merged, changed) = merge_into_sealed(sealed, std::mem::take(&mut job.rows));
+                job.rows = merged;
+                if !changed && !unfilled_changed {
+                    return SealOutcome {
+                        job_key,
+                        hour,
+                        result: Ok(SealResult::Unchanged),
+                    };
+                }
+                resealed = true;
+            }
+            Ok(Err(error)) => match parquet_out::move_aside(&path) {
+                Ok(aside) => {
+                    error!(path = %path.display(), %error, aside = %aside.display(), "sealed file unreadable; moved aside and rebuilt from the rows held");
+                }
+                Err(rename_error) => {
+                    let message = format!(
+                        "cannot move aside unreadable {}: {rename_error}",
+                        path.display()
+                    );
+                    return fail(message, job, false);
+                }
+            },
+        }
+    }
+    let file = HourFile {
+        key: job.key.clone(),
+        hour: job.hour,
+        rows: std::mem::take(&mut job.rows),
+        unfilled,
+        coverage_from: coverage.0,
+        coverage_to: coverage.1,
+        clock_offset_us: job.clock_offset_us,
+    };
+    let fault = faults.and_then(|faults| faults(&job.key, job.hour));
+    // `file` is only borrowed: its rows survive a panic and go back to the job.
+    let written = unwinding("writing the Parquet file", || match fault {
+        Some(SealFault::Panic) => panic!("injected seal panic"),
+        Some(SealFault::Io(kind)) => {
+            Err(std::io::Error::new(kind, "injected data-dir fault").to_string())
+        }
+        None => parquet_out::write_hour_file(data_dir, &file).map_err(|error| error.to_string()),
+    });
+    let n_rows = file.rows.len();
+    job.rows = file.rows;
+    match written {
+        Ok(Ok(path)) => SealOutcome {
+            job_key,
+            hour,
+            result: Ok(SealResult::Written {
+                path,
+                n_rows,
+                resealed,
+            }),
+        },
+        Ok(Err(message)) => fail(message, job, false),
+        Err(message) => fail(message, job, true),
+    }
+}
+
+fn read_unfilled(path: &Path) -> Vec<crate::domain::UnfilledRange> {
+    parquet_out::read_summary(path)
+        .map(|summary| summary.unfilled)
+        .unwrap_or_default()
+}
+
+fn sealed_coverage(path: &Path) -> Option<(TimeUs, TimeUs)> {
+    let metadata = parquet_out::read_metadata(path).ok()?;
+    let value = |key: &str| {
+        metadata
+            .iter()
+            .find(|(name, _)| name == key)
+            .and_then(|(_, value)| value.parse().ok())
+    };
+    Some((value("coverage_from")?, value("coverage_to")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Decimal8, Market, Row, Source, StreamKind, Symbol, TradeRow};
+    use crate::wal::SegmentId;
+
+    const HOUR_START: TimeUs = 1_723_161_600_000_000;
+
+    fn trade(id: i64) -> Row {
+        Row::Trade(TradeRow {
+            trade_id: id,
+            price: Decimal8::from_scaled(100 + id as i128),
+            quantity: Decimal8::from_scaled(1),
+            trade_time: HOUR_START + id,
+            is_buyer_maker: false,
+            is_best_match: Some(true),
+            trade_type: None,
+            event_time: Some(HOUR_START + id),
+            recv_time: Some(HOUR_START + id),
+            source: Source::Ws,
+        })
+    }
+
+    fn job(rows: Vec<Row>, late: bool) -> SealJob {
+        let hour = Hour::containing(HOUR_START);
+        SealJob {
+            key: StreamKey {
+                market: Market::Spot,
+                symbol: Symbol::new("BTCUSDT").expect("valid"),
+                kind: StreamKind::Trade,
+            },
+            hour,
+            rows,
+            first_segment: Some(SegmentId(1)),
+            coverage_from: hour.start() + 10,
+            coverage_to: hour.end(),
+            clock_offset_us: None,
+            unfilled: None,
+            late,
+        }
+    }
+
+    #[test]
+    fn late_rows_reseal_by_merging_and_nothing_new_leaves_the_file_alone() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let first = execute_seal(root.path(), None, job(vec![trade(1), trade(3)], false));
+        let Ok(SealResult::Written {
+            path,
+            n_rows: 2,
+            resealed: false,
+        }) = first.result
+        else {
+            panic!("first seal")
+        };
+        let late = execute_seal(root.path(), None, job(vec![trade(2)], true));
+        assert!(matches!(
+            late.result,
+            Ok(SealResult::Written {
+                n_rows: 3,
+                resealed: true,
+                ..
+            })
+        ));
+        let keys: Vec<i64> = parquet_out::read_hour_file(&path, StreamKind::Trade)
+            .expect("readable")
+            .iter()
+            .map(Row::key)
+            .collect();
+        assert_eq!(keys, vec![1, 2, 3]);
+        let modified = std::fs::metadata(&path)
+            .and_then(|meta| meta.modified())
+            .expect("mtime");
+        let again = execute_seal(root.path(), None, job(vec![trade(2), trade(3)], true));
+        assert!(matches!(again.result, Ok(SealResult::Unchanged)));
+        assert_eq!(
+            std::fs::metadata(&path)
+                .and_then(|meta| meta.modified())
+                .expect("mtime"),
+            modified
+        );
+    }
+
+    #[test]
+    fn unreadable_sealed_file_is_moved_aside_and_rebuilt() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let first = execute_seal(root.path(), None, job(vec![trade(1)], false));
+        let Ok(SealResult::Written { path, .. }) = first.result else {
+            panic!("first seal")
+        };
+        std::fs::write(&path, b"not parquet").expect("corrupt it");
+        let late = execute_seal(root.path(), None, job(vec![trade(2)], true));
+        assert!(matches!(
+            late.result,
+            Ok(SealResult::Written { n_rows: 1, .. })
+        ));
+        assert!(
+            path.with_extension("parquet.corrupt").exists(),
+            "the bad file is kept aside for inspection"
+        );
+        assert_eq!(
+            parquet_out::read_hour_file(&path, StreamKind::Trade)
+                .expect("rebuilt")
+                .len(),
+            1
+        );
+    }
+
+    /// A crash after each step of sealing, then a restart: temporary files
+    /// are removed and the rows the WAL still holds are sealed again. The
+    /// file ends with every row exactly once, first seal or reseal.
+    #[test]
+    fn a_crash_at_every_step_of_sealing_leaves_each_row_exactly_once_after_restart() {
+        use parquet_out::SealStep;
+        for already_sealed in [false, true] {
+            for step in [
+                SealStep::Written,
+                SealStep::Synced,
+                SealStep::Renamed,
+                SealStep::DirectorySynced,
+            ] {
+                let root = tempfile::tempdir().expect("temporary directory");
+                if already_sealed {
+                    let first =
+                        execute_seal(root.path(), None, job(vec![trade(1), trade(3)], false));
+                    assert!(matches!(first.result, Ok(SealResult::Written { .. })));
+                }
+                let rows = vec![trade(1), trade(2), trade(3), trade(4)];
+                let crashed = job(rows.clone(), already_sealed);
+                let file = HourFile {
+                    key: crashed.key.clone(),
+                    hour: crashed.hour,
+                    rows: rows.clone(),
+                    unfilled: Vec::new(),
+                    coverage_from: crashed.coverage_from,
+                    coverage_to: crashed.coverage_to,
+                    clock_offset_us: None,
+                };
+                let path = parquet_out::write_hour_file_until(root.path(), &file, Some(step))
+                    .expect("written up to the step");
+
+                // Restart: leftovers go, and the WAL (never deleted before a
+                // seal finished) gives the same rows again.
+                parquet_out::remove_temporary_files(root.path()).expect("cleanup");
+                let replayed = execute_seal(root.path(), None, job(rows.clone(), path.exists()));
+                assert!(
+                    replayed.result.is_ok(),
+                    "{step:?}: {:?}",
+                    replayed.result.err().map(|failure| failure.message)
+                );
+                let keys: Vec<i64> = parquet_out::read_hour_file(&path, StreamKind::Trade)
+                    .expect("readable")
+                    .iter()
+                    .map(Row::key)
+                    .collect();
+                assert_eq!(
+                    keys,
+                    vec![1, 2, 3, 4],
+                    "{step:?}, already sealed: {already_sealed}"
+                );
+                let leftovers: Vec<_> = std::fs::read_dir(path.parent().expect("directory"))
+                    .expect("listable")
+                    .flatten()
+                    .filter(|entry| entry.file_name().to_string_lossy().starts_with('.'))
+                    .collect();
+                assert!(leftovers.is_empty(), "{step:?}: {leftovers:?}");
+            }
+        }
+        // After the WAL segments were deleted nothing is replayed: the
+        // durable file alone holds the hour, once.
+        let root = tempfile::tempdir().expect("temporary directory");
+        let sealed = execute_seal(root.path(), None, job(vec![trade(1), trade(2)], false));
+        let Ok(SealResult::Written { path, .. }) = sealed.result else {
+            panic!("sealed")
+        };
+        parquet_out::remove_temporary_files(root.path()).expect("cleanup");
+        assert_eq!(
+            parquet_out::read_hour_file(&path, StreamKind::Trade)
+                .expect("readable")
+                .len(),
+            2
+        );
+    }
+    #[test]
+    fn a_failed_or_panicking_write_hands_the_whole_job_back() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        for fault in [
+            SealFault::Io(std::io::ErrorKind::StorageFull),
+            SealFault::Panic,
+        ] {
+            let faults: SealFaults = Arc::new(move |_, _| Some(fault));
+            let mut sent = job(vec![trade(1), trade(2)], false);
+            sent.unfilled = Some(vec![crate::domain::UnfilledRange {
+                from: Some(3),
+                to: Some(4),
+                from_time: HOUR_START,
+                to_time: HOUR_START + 10,
+                reason: "rest unreachable".to_owned(),
+            }]);
+            let outcome = execute_seal(root.path(), Some(&faults), sent.clone());
+            let Err(failure) = outcome.result else {
+                panic!("{fault:?}: the seal must fail")
+            };
+            assert_eq!(failure.panicked, fault == SealFault::Panic);
+            assert_eq!(failure.job.rows, sent.rows, "{fault:?}");
+            assert_eq!(failure.job.unfilled, sent.unfilled, "{fault:?}");
+            assert_eq!(
+                (failure.job.coverage_from, failure.job.coverage_to),
+                (sent.coverage_from, sent.coverage_to)
+            );
+            assert!(parquet_out::sealed_hours(root.path(), &sent.key).is_empty());
+        }
+    }
+}
