@@ -41,6 +41,8 @@
 pub mod binance;
 pub mod config;
 pub mod domain;
+#[cfg(test)]
+mod fuzz_input;
 pub mod gaps;
 pub mod lock;
 pub mod metrics;
