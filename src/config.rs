@@ -37,6 +37,145 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// An inclusive range a numeric key must lie in, with the reason for its
+/// bounds, said in the error. Every duration and count has an upper bound:
+/// durations become `Instant`s and `Duration`s added to the clock, where a
+/// huge value overflows and kills the task that adds it (a
+/// `rotate_after_secs` of `u64::MAX` did), and counts size memory or
+/// requests that Binance limits anyway.
+struct Bounds {
+    min: u64,
+    max: u64,
+    why: &'static str,
+}
+
+impl Bounds {
+    const fn new(min: u64, max: u64, why: &'static str) -> Bounds {
+        Bounds { min, max, why }
+    }
+
+    fn check(&self, key: impl Into<String>, value: u64) -> Result<(), ConfigError> {
+        if (self.min..=self.max).contains(&value) {
+            return Ok(());
+        }
+        Err(invalid(
+            key,
+            format!(
+                "{value} is out of range: must be between {} and {} ({})",
+                self.min, self.max, self.why
+            ),
+        ))
+    }
+}
+
+const SECONDS_PER_HOUR: u64 = 3600;
+const SECONDS_PER_DAY: u64 = 24 * SECONDS_PER_HOUR;
+const MILLIS_PER_MINUTE: u64 = 60_000;
+const MILLIS_PER_HOUR: u64 = 60 * MILLIS_PER_MINUTE;
+const MILLIS_PER_DAY: u64 = 24 * MILLIS_PER_HOUR;
+
+// The bounds of each key, with why. Lower bounds of 1 are where zero would
+// mean "never" or a busy loop; zero stays allowed where it has a meaning
+// (no grace, no fill deadline, no lookback).
+const FSYNC_INTERVAL_MS: Bounds = Bounds::new(
+    1,
+    10_000,
+    "a received frame is not acknowledged before its fsync",
+);
+const SEGMENT_MAX_BYTES: Bounds = Bounds::new(
+    crate::wal::MIN_SEGMENT_MAX_BYTES,
+    1024 * 1024 * 1024,
+    "a segment is deleted whole, so a huge one pins disk long after its hours are sealed",
+);
+const SEAL_GRACE_MS: Bounds = Bounds::new(
+    0,
+    MILLIS_PER_HOUR,
+    "an unsealed hour is held in memory; late rows re-seal their hour anyway",
+);
+const SEAL_MAX_CONCURRENT: Bounds =
+    Bounds::new(1, 64, "each encoder holds an hour of rows in memory");
+const STREAMS_PER_CONNECTION: Bounds = Bounds::new(1, 1024, "Binance's limit per connection");
+const SUBSCRIBE_BATCH: Bounds = Bounds::new(1, 1024, "Binance's limit of streams per connection");
+const MAX_CONTROL_PER_SEC: Bounds = Bounds::new(
+    1,
+    4,
+    "Binance closes past 5 frames a second, pongs included",
+);
+const DEAD_AFTER_MS: Bounds = Bounds::new(
+    1,
+    MILLIS_PER_HOUR,
+    "Binance pings every 20 s; a silent link kept longer loses data unnoticed",
+);
+const BACKOFF_MS: Bounds = Bounds::new(
+    1,
+    MILLIS_PER_HOUR,
+    "a recorder waiting longer than an hour to reconnect is as good as stopped",
+);
+const HEALTHY_AFTER_MS: Bounds = Bounds::new(
+    1,
+    MILLIS_PER_DAY,
+    "Binance closes every link at 24 h, so no link lives longer",
+);
+const CONNECT_TIMEOUT_MS: Bounds = Bounds::new(
+    1,
+    10 * MILLIS_PER_MINUTE,
+    "a handshake that takes longer has failed",
+);
+const ROTATE_AFTER_SECS: Bounds =
+    Bounds::new(1, SECONDS_PER_DAY, "Binance closes connections at 24 h");
+const ROTATION_OVERLAP_TIMEOUT_MS: Bounds = Bounds::new(
+    1,
+    MILLIS_PER_HOUR,
+    "the old link is closed by Binance at 24 h whatever we wait",
+);
+const HANDSHAKE_LIMIT: Bounds = Bounds::new(1, 300, "Binance's limit per 5 minutes");
+const HANDSHAKE_WINDOW_SECS: Bounds = Bounds::new(
+    1,
+    SECONDS_PER_DAY,
+    "Binance counts per 5 minutes; a longer window only slows reconnects",
+);
+const MAX_BACKPRESSURE_WAIT_MS: Bounds = Bounds::new(
+    1,
+    10 * MILLIS_PER_MINUTE,
+    "a link that answers no ping for a minute is closed by Binance",
+);
+const REQUEST_TIMEOUT_MS: Bounds = Bounds::new(
+    1,
+    10 * MILLIS_PER_MINUTE,
+    "a REST answer that takes longer has failed",
+);
+const MAX_ATTEMPTS: Bounds = Bounds::new(
+    1,
+    100,
+    "every attempt costs REST weight shared with other programs",
+);
+const FILL_RETRY_MS: Bounds = Bounds::new(1, MILLIS_PER_DAY, "holes are retried at least daily");
+const FILL_DEADLINE_SECS: Bounds = Bounds::new(
+    0,
+    7 * SECONDS_PER_DAY,
+    "an hour waiting for fills is held in memory and pins its WAL segments",
+);
+const DECLARED_RETRY_SECS: Bounds = Bounds::new(
+    1,
+    7 * SECONDS_PER_DAY,
+    "declared holes are retried at least weekly",
+);
+const LOOKBACK_HOURS: Bounds = Bounds::new(
+    0,
+    90 * 24,
+    "every file in the lookback is read at start; Binance's REST history is only useful this far",
+);
+const SHUTDOWN_DEADLINE_MS: Bounds = Bounds::new(
+    1,
+    10 * MILLIS_PER_MINUTE,
+    "keep it below systemd's TimeoutStopSec",
+);
+const TIME_CHECK_INTERVAL_SECS: Bounds = Bounds::new(
+    1,
+    SECONDS_PER_DAY,
+    "the clock offset is measured at least daily",
+);
+
 /// The file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -314,6 +453,12 @@ pub struct RawMarket {
     /// offset from the exchange's (`clock_offset_us`), in seconds.
     #[serde(default = "default_time_check_interval_secs")]
     pub time_check_interval_secs: u64,
+    /// Allow cleartext `ws://` and `http://` URLs to a host other than the
+    /// loopback (127.0.0.0/8, `localhost`, `::1`). Off by default: over
+    /// cleartext anyone on the path can alter prices unnoticed, and the
+    /// dataset would record the forgery as fact.
+    #[serde(default)]
+    pub allow_insecure: bool,
 }
 
 fn default_true() -> bool {
@@ -449,12 +594,7 @@ impl RawConfig {
         let fsync = match self.wal.fsync.as_str() {
             "immediate" => FsyncPolicy::EveryRecord,
             "interval" => {
-                if self.wal.fsync_interval_ms == 0 || self.wal.fsync_interval_ms > 10_000 {
-                    return Err(invalid(
-                        "wal.fsync_interval_ms",
-                        "must be between 1 and 10000",
-                    ));
-                }
+                FSYNC_INTERVAL_MS.check("wal.fsync_interval_ms", self.wal.fsync_interval_ms)?;
                 FsyncPolicy::Interval(Duration::from_millis(self.wal.fsync_interval_ms))
             }
             other => {
@@ -464,20 +604,12 @@ impl RawConfig {
                 ))
             }
         };
-        if self.wal.segment_max_bytes < crate::wal::MIN_SEGMENT_MAX_BYTES {
-            return Err(invalid(
-                "wal.segment_max_bytes",
-                format!("must be at least {}", crate::wal::MIN_SEGMENT_MAX_BYTES),
-            ));
-        }
-        if self.seal.max_concurrent == 0 {
-            return Err(invalid("seal.max_concurrent", "must be at least 1"));
-        }
+        SEGMENT_MAX_BYTES.check("wal.segment_max_bytes", self.wal.segment_max_bytes)?;
+        SEAL_GRACE_MS.check("seal.grace_ms", self.seal.grace_ms)?;
+        SEAL_MAX_CONCURRENT.check("seal.max_concurrent", count(self.seal.max_concurrent))?;
         let connection = validate_connection(&self.connection)?;
         let fill = validate_fill(&self.fill)?;
-        if self.shutdown.deadline_ms == 0 {
-            return Err(invalid("shutdown.deadline_ms", "must be at least 1"));
-        }
+        SHUTDOWN_DEADLINE_MS.check("shutdown.deadline_ms", self.shutdown.deadline_ms)?;
         for (key, path) in [
             ("storage.data_dir", &self.storage.data_dir),
             ("storage.wal_dir", &self.storage.wal_dir),
@@ -536,75 +668,66 @@ impl RawConfig {
     }
 }
 
+const CLOCK_SECS: Bounds = Bounds::new(
+    60,
+    7 * SECONDS_PER_DAY,
+    "below a minute honest frames are refused; past a week a lie can seal a week of hours",
+);
+const MAX_ID_JUMP: Bounds = Bounds::new(
+    1_000,
+    1_000_000_000_000,
+    "ids past the newest by more are not believed",
+);
+
 fn validate_clock(raw: &RawClock) -> Result<ClockBounds, ConfigError> {
-    const WEEK_SECS: u64 = 7 * 24 * 3600;
-    let seconds = |name: &str, value: u64, min: u64| {
-        if (min..=WEEK_SECS).contains(&value) {
-            Ok(value as i64 * crate::domain::MICROS_PER_SECOND)
-        } else {
-            Err(invalid(
-                format!("clock.{name}"),
-                format!("must be between {min} and {WEEK_SECS} seconds"),
-            ))
-        }
-    };
-    if !(1_000..=1_000_000_000_000).contains(&raw.max_id_jump) {
-        return Err(invalid(
-            "clock.max_id_jump",
-            "must be between 1000 and 10^12",
-        ));
-    }
+    CLOCK_SECS.check("clock.max_lead_secs", raw.max_lead_secs)?;
+    CLOCK_SECS.check("clock.max_event_delay_secs", raw.max_event_delay_secs)?;
+    MAX_ID_JUMP.check("clock.max_id_jump", raw.max_id_jump)?;
+    let micros = |secs: u64| secs as i64 * crate::domain::MICROS_PER_SECOND;
     Ok(ClockBounds {
-        max_lead_us: seconds("max_lead_secs", raw.max_lead_secs, 60)?,
-        max_event_delay_us: seconds("max_event_delay_secs", raw.max_event_delay_secs, 10)?,
+        max_lead_us: micros(raw.max_lead_secs),
+        max_event_delay_us: micros(raw.max_event_delay_secs),
         max_id_jump: raw.max_id_jump as i64,
     })
 }
 
+/// A count as the `u64` the bounds are written in; `usize` is at most 64 bits
+/// on every target Rust supports, so the conversion only saturates in theory.
+fn count(value: usize) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
+
 fn validate_connection(raw: &RawConnection) -> Result<ConnectionConfig, ConfigError> {
     let key = |name: &str| format!("connection.{name}");
-    if !(1..=1024).contains(&raw.streams_per_connection) {
-        return Err(invalid(
-            key("streams_per_connection"),
-            "must be between 1 and 1024 (Binance's limit)",
-        ));
-    }
-    if raw.subscribe_batch == 0 {
-        return Err(invalid(key("subscribe_batch"), "must be at least 1"));
-    }
-    if !(1..=4).contains(&raw.max_control_per_sec) {
-        return Err(invalid(
-            key("max_control_per_sec"),
-            "must be between 1 and 4 (Binance closes past 5 frames a second, pongs included)",
-        ));
-    }
-    for (name, value) in [
-        ("dead_after_ms", raw.dead_after_ms),
-        ("backoff_initial_ms", raw.backoff_initial_ms),
-        ("backoff_max_ms", raw.backoff_max_ms),
-        ("connect_timeout_ms", raw.connect_timeout_ms),
-        ("rotate_after_secs", raw.rotate_after_secs),
-        (
-            "rotation_overlap_timeout_ms",
-            raw.rotation_overlap_timeout_ms,
-        ),
-        ("handshake_window_secs", raw.handshake_window_secs),
-        ("max_backpressure_wait_ms", raw.max_backpressure_wait_ms),
-    ] {
-        if value == 0 {
-            return Err(invalid(key(name), "must be at least 1"));
-        }
-    }
+    STREAMS_PER_CONNECTION.check(
+        key("streams_per_connection"),
+        count(raw.streams_per_connection),
+    )?;
+    SUBSCRIBE_BATCH.check(key("subscribe_batch"), count(raw.subscribe_batch))?;
+    MAX_CONTROL_PER_SEC.check(
+        key("max_control_per_sec"),
+        u64::from(raw.max_control_per_sec),
+    )?;
+    DEAD_AFTER_MS.check(key("dead_after_ms"), raw.dead_after_ms)?;
+    BACKOFF_MS.check(key("backoff_initial_ms"), raw.backoff_initial_ms)?;
+    BACKOFF_MS.check(key("backoff_max_ms"), raw.backoff_max_ms)?;
+    HEALTHY_AFTER_MS.check(key("healthy_after_ms"), raw.healthy_after_ms)?;
+    CONNECT_TIMEOUT_MS.check(key("connect_timeout_ms"), raw.connect_timeout_ms)?;
+    ROTATE_AFTER_SECS.check(key("rotate_after_secs"), raw.rotate_after_secs)?;
+    ROTATION_OVERLAP_TIMEOUT_MS.check(
+        key("rotation_overlap_timeout_ms"),
+        raw.rotation_overlap_timeout_ms,
+    )?;
+    HANDSHAKE_LIMIT.check(key("handshake_limit"), u64::from(raw.handshake_limit))?;
+    HANDSHAKE_WINDOW_SECS.check(key("handshake_window_secs"), raw.handshake_window_secs)?;
+    MAX_BACKPRESSURE_WAIT_MS.check(
+        key("max_backpressure_wait_ms"),
+        raw.max_backpressure_wait_ms,
+    )?;
     if raw.backoff_max_ms < raw.backoff_initial_ms {
         return Err(invalid(
             key("backoff_max_ms"),
             "must not be below backoff_initial_ms",
-        ));
-    }
-    if raw.handshake_limit == 0 || raw.handshake_limit > 300 {
-        return Err(invalid(
-            key("handshake_limit"),
-            "must be between 1 and 300 (Binance's limit per 5 minutes)",
         ));
     }
     Ok(ConnectionConfig {
@@ -634,26 +757,17 @@ fn validate_fill(raw: &RawFill) -> Result<FillConfig, ConfigError> {
             format!("{} is not above 0 and at most 1", raw.weight_share),
         )
     })?;
-    for (name, value) in [
-        ("request_timeout_ms", raw.request_timeout_ms),
-        ("max_attempts", u64::from(raw.max_attempts)),
-        ("retry_initial_ms", raw.retry_initial_ms),
-        ("declared_retry_secs", raw.declared_retry_secs),
-    ] {
-        if value == 0 {
-            return Err(invalid(key(name), "must be at least 1"));
-        }
-    }
+    REQUEST_TIMEOUT_MS.check(key("request_timeout_ms"), raw.request_timeout_ms)?;
+    MAX_ATTEMPTS.check(key("max_attempts"), u64::from(raw.max_attempts))?;
+    FILL_RETRY_MS.check(key("retry_initial_ms"), raw.retry_initial_ms)?;
+    FILL_RETRY_MS.check(key("retry_max_ms"), raw.retry_max_ms)?;
+    FILL_DEADLINE_SECS.check(key("deadline_secs"), raw.deadline_secs)?;
+    DECLARED_RETRY_SECS.check(key("declared_retry_secs"), raw.declared_retry_secs)?;
+    LOOKBACK_HOURS.check(key("lookback_hours"), u64::from(raw.lookback_hours))?;
     if raw.retry_max_ms < raw.retry_initial_ms {
         return Err(invalid(
             key("retry_max_ms"),
             "must not be below retry_initial_ms",
-        ));
-    }
-    if raw.deadline_secs > 7 * 24 * 3600 {
-        return Err(invalid(
-            key("deadline_secs"),
-            "must be at most a week (604800)",
         ));
     }
     Ok(FillConfig {
@@ -737,11 +851,14 @@ fn validate_market(key: &str, market: Market, raw: RawMarket) -> Result<MarketCo
             ),
         ));
     }
-    if raw.time_check_interval_secs == 0 {
-        return Err(invalid(
-            format!("{key}.time_check_interval_secs"),
-            "must be at least 1",
-        ));
+    TIME_CHECK_INTERVAL_SECS.check(
+        format!("{key}.time_check_interval_secs"),
+        raw.time_check_interval_secs,
+    )?;
+    if !raw.allow_insecure {
+        for (name, url) in [("ws_url", &raw.ws_url), ("rest_url", &raw.rest_url)] {
+            check_encrypted_or_loopback(&format!("{key}.{name}"), url)?;
+        }
     }
     Ok(MarketConfig {
         market,
@@ -752,6 +869,55 @@ fn validate_market(key: &str, market: Market, raw: RawMarket) -> Result<MarketCo
         check_symbols: raw.check_symbols,
         time_check_interval: Duration::from_secs(raw.time_check_interval_secs),
     })
+}
+
+/// Refuses a cleartext (`ws://`, `http://`) URL to a host other than the
+/// loopback: market data read in clear over the internet can be altered on
+/// the way, and the recorder would seal the forgery as fact. Tests and demos
+/// run the fake exchange on 127.0.0.1, which stays allowed.
+fn check_encrypted_or_loopback(key: &str, url: &str) -> Result<(), ConfigError> {
+    let Some(after_scheme) = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return Ok(());
+    };
+    let host = url_host(after_scheme);
+    if is_loopback_host(host) {
+        return Ok(());
+    }
+    Err(invalid(
+        key,
+        format!(
+            "{url:?} is cleartext to {host:?}, which is not the loopback; use wss:// or \
+             https://, or set allow_insecure = true in this market's table"
+        ),
+    ))
+}
+
+/// The host of a URL given without its scheme: what is between the
+/// user-info and the port, brackets of an IPv6 literal removed.
+fn url_host(after_scheme: &str) -> &str {
+    let authority = after_scheme
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    let host_and_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if let Some(bracketed) = host_and_port.strip_prefix('[') {
+        return bracketed.split(']').next().unwrap_or_default();
+    }
+    host_and_port
+        .rsplit_once(':')
+        .map_or(host_and_port, |(host, _port)| host)
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 #[cfg(test)]
@@ -890,6 +1056,159 @@ streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
                 "error {message:?} should mention {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn every_duration_and_count_has_an_upper_bound_named_in_the_error() {
+        // One value past each upper bound; u64::MAX used to overflow the
+        // Instant a connection task adds rotate_after to.
+        let cases = [
+            ("wal", "fsync_interval_ms", "10001", "10000"),
+            (
+                "wal",
+                "segment_max_bytes",
+                "18446744073709551615",
+                "1073741824",
+            ),
+            ("seal", "grace_ms", "3600001", "3600000"),
+            ("seal", "max_concurrent", "65", "64"),
+            ("connection", "subscribe_batch", "1025", "1024"),
+            (
+                "connection",
+                "dead_after_ms",
+                "18446744073709551615",
+                "3600000",
+            ),
+            ("connection", "backoff_initial_ms", "3600001", "3600000"),
+            ("connection", "backoff_max_ms", "3600001", "3600000"),
+            ("connection", "healthy_after_ms", "86400001", "86400000"),
+            ("connection", "connect_timeout_ms", "600001", "600000"),
+            (
+                "connection",
+                "rotate_after_secs",
+                "18446744073709551615",
+                "86400",
+            ),
+            (
+                "connection",
+                "rotation_overlap_timeout_ms",
+                "3600001",
+                "3600000",
+            ),
+            ("connection", "handshake_window_secs", "86401", "86400"),
+            ("connection", "max_backpressure_wait_ms", "600001", "600000"),
+            ("fill", "request_timeout_ms", "600001", "600000"),
+            ("fill", "max_attempts", "101", "100"),
+            ("fill", "retry_initial_ms", "86400001", "86400000"),
+            ("fill", "retry_max_ms", "86400001", "86400000"),
+            ("fill", "deadline_secs", "604801", "604800"),
+            ("fill", "declared_retry_secs", "604801", "604800"),
+            ("fill", "lookback_hours", "2161", "2160"),
+            ("shutdown", "deadline_ms", "600001", "600000"),
+        ];
+        for (table, name, value, bound) in cases {
+            let message = error_of(&format!("[{table}]\n{name} = {value}\n{MINIMAL}"));
+            let key = format!("{table}.{name}");
+            assert!(message.contains(&key), "{message:?} names {key}");
+            assert!(
+                message.contains(bound),
+                "{message:?} names the bound {bound}"
+            );
+        }
+        let message = error_of(&format!("{MINIMAL}time_check_interval_secs = 86401\n"));
+        assert!(
+            message.contains("markets.spot.time_check_interval_secs") && message.contains("86400"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn zero_is_refused_where_it_makes_no_sense_and_kept_where_it_does() {
+        for (table, name) in [
+            ("connection", "healthy_after_ms"),
+            ("connection", "subscribe_batch"),
+            ("connection", "rotate_after_secs"),
+            ("shutdown", "deadline_ms"),
+        ] {
+            let message = error_of(&format!("[{table}]\n{name} = 0\n{MINIMAL}"));
+            assert!(message.contains(&format!("{table}.{name}")), "{message}");
+        }
+        let meaningful_zeros = format!(
+            "[seal]\ngrace_ms = 0\n[fill]\ndeadline_secs = 0\nlookback_hours = 0\n{MINIMAL}"
+        );
+        assert!(Config::from_toml(&meaningful_zeros).is_ok());
+        let upper_bounds = format!(
+            "[connection]\nrotate_after_secs = 86400\nstreams_per_connection = 1024\n{MINIMAL}"
+        );
+        assert!(
+            Config::from_toml(&upper_bounds).is_ok(),
+            "bounds are inclusive"
+        );
+    }
+
+    #[test]
+    fn cleartext_urls_are_refused_unless_loopback_or_allowed() {
+        let with_urls = |ws: &str, rest: &str| {
+            MINIMAL
+                .replace("wss://stream.binance.com:9443", ws)
+                .replace("https://api.binance.com", rest)
+        };
+        for (ws, rest, key) in [
+            (
+                "ws://stream.binance.com:9443",
+                "https://api.binance.com",
+                "markets.spot.ws_url",
+            ),
+            (
+                "wss://stream.binance.com:9443",
+                "http://api.binance.com",
+                "markets.spot.rest_url",
+            ),
+            (
+                "ws://10.0.0.1:9443",
+                "https://api.binance.com",
+                "markets.spot.ws_url",
+            ),
+            (
+                "ws://[2001:db8::1]:80",
+                "https://api.binance.com",
+                "markets.spot.ws_url",
+            ),
+            // A loopback name in the user-info does not make the host loopback.
+            (
+                "ws://127.0.0.1@evil.example:80",
+                "https://api.binance.com",
+                "markets.spot.ws_url",
+            ),
+            (
+                "ws://localhost.evil.example",
+                "https://api.binance.com",
+                "markets.spot.ws_url",
+            ),
+        ] {
+            let message = error_of(&with_urls(ws, rest));
+            assert!(message.contains(key), "{message:?} names {key}");
+            assert!(
+                message.contains("allow_insecure"),
+                "{message:?} says how to allow it"
+            );
+        }
+        for (ws, rest) in [
+            ("ws://127.0.0.1:9443", "http://127.0.0.1:8080"),
+            ("ws://127.8.9.10", "http://localhost:8080/"),
+            ("ws://LOCALHOST:1", "http://[::1]:8080"),
+        ] {
+            let text = with_urls(ws, rest);
+            assert!(Config::from_toml(&text).is_ok(), "loopback {ws} {rest}");
+        }
+        let allowed = format!(
+            "{}allow_insecure = true\n",
+            with_urls("ws://stream.example:80", "http://api.example")
+        );
+        assert!(
+            Config::from_toml(&allowed).is_ok(),
+            "allow_insecure lets it through"
+        );
     }
 
     #[test]

@@ -18,6 +18,22 @@ pub const MICROS_PER_MINUTE: i64 = 60 * MICROS_PER_SECOND;
 pub const MICROS_PER_HOUR: i64 = 60 * MICROS_PER_MINUTE;
 pub const MICROS_PER_DAY: i64 = 24 * MICROS_PER_HOUR;
 
+/// The latest exchange time accepted from the network or the disk: the last
+/// µs of year 9999, the last the `date=` partition can name. Together with
+/// [`MIN_EXCHANGE_TIME_US`] it keeps every hour, kline grid and deadline
+/// computed from an exchange time far from `i64` overflow, so a forged or
+/// corrupt time is refused where it enters instead of panicking later.
+pub const MAX_EXCHANGE_TIME_US: TimeUs = 253_402_300_799_999_999;
+/// The earliest exchange time accepted: the epoch (Binance opened in 2017).
+pub const MIN_EXCHANGE_TIME_US: TimeUs = 0;
+/// The largest trade or aggregate-trade id accepted: 2^53, the largest
+/// integer every JSON reader holds exactly, which Binance's ids (about 10^10
+/// today) stay far below. Ids get `+ 1` and `- 1` in gap detection.
+pub const MAX_EXCHANGE_ID: i64 = 1 << 53;
+/// The smallest id accepted: -1 is what voided aggregate trades and klines
+/// without trades carry as their trade ids.
+pub const MIN_EXCHANGE_ID: i64 = -1;
+
 /// A Binance market. The name is the `market=` partition of the dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Market {
@@ -747,4 +763,50 @@ pub struct UnfilledRange {
     pub from_time: TimeUs,
     pub to_time: TimeUs,
     pub reason: String,
+}
+
+/// Fuzz-style property tests of [`Decimal8`] parsing: arbitrary and mutated
+/// decimal strings parse exactly or give a [`DecimalError`], never a panic.
+#[cfg(test)]
+mod fuzz_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz_input::mutated;
+
+    fn decimal_seeds() -> Vec<Vec<u8>> {
+        [
+            "73109.38000000",
+            "0.00040000",
+            "-0.5",
+            ".5",
+            "100",
+            "+1.00000000",
+            "99999999999999999999999999999.99999999",
+            "-99999999999999999999999999999.99999999",
+        ]
+        .into_iter()
+        .map(|text| text.as_bytes().to_vec())
+        .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn decimal_parsing_never_panics_and_round_trips(
+            bytes in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                "[-+]?[0-9]{0,45}(\\.[0-9]{0,20})?".prop_map(String::into_bytes),
+                mutated(decimal_seeds()),
+            ]
+        ) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(value) = text.parse::<Decimal8>() {
+                prop_assert!(value.scaled().unsigned_abs() <= DECIMAL_MAX_ABS.unsigned_abs());
+                let printed = value.to_string();
+                prop_assert_eq!(printed.parse::<Decimal8>(), Ok(value), "round trip of {}", printed);
+            }
+        }
+    }
 }

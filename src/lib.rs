@@ -34,9 +34,15 @@
 //!
 //! ARCHITECTURE.md holds the code map and the invariants.
 
+// No unsafe code anywhere: the recorder parses untrusted bytes from the
+// network and the disk, and memory safety must not depend on review.
+#![forbid(unsafe_code)]
+
 pub mod binance;
 pub mod config;
 pub mod domain;
+#[cfg(test)]
+mod fuzz_input;
 pub mod gaps;
 pub mod lock;
 pub mod metrics;

@@ -1,6 +1,10 @@
 //! `binance-recorder`: wiring only. Arguments, config, tracing, signals,
 //! run, exit code; everything else lives in the library.
 
+// No unsafe code anywhere: the recorder parses untrusted bytes from the
+// network and the disk, and memory safety must not depend on review.
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;

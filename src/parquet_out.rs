@@ -31,7 +31,7 @@ use parquet::schema::types::ColumnPath;
 
 use crate::domain::{
     AggTradeRow, Decimal8, Hour, KlineRow, Row, Source, StreamKey, StreamKind, TimeUs, TradeRow,
-    UnfilledRange, DECIMAL_PRECISION, DECIMAL_SCALE,
+    UnfilledRange, DECIMAL_PRECISION, DECIMAL_SCALE, MAX_EXCHANGE_TIME_US, MIN_EXCHANGE_ID,
 };
 
 /// The dataset contract's version, written as `schema_version`.
@@ -184,35 +184,87 @@ pub struct SealedSummary {
     pub unfilled: Vec<UnfilledRange>,
 }
 
+/// Why a footer's key-value metadata is not a valid [`SealedSummary`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SummaryError {
+    #[error("{key} {text:?} is not an integer")]
+    NotAnInteger { key: &'static str, text: String },
+    #[error("{key} {value} is out of range (from -1 to the end of year 9999)")]
+    KeyOutOfRange { key: &'static str, value: i64 },
+    #[error("unfilled is not a list of holes: {0}")]
+    UnfilledSyntax(String),
+    #[error(
+        "unfilled hole {index} has {field} {value}, out of range (from -1 to the end of year 9999)"
+    )]
+    UnfilledOutOfRange {
+        index: usize,
+        field: &'static str,
+        value: i64,
+    },
+}
+
 /// Reads a sealed file's [`SealedSummary`] from its footer.
 pub fn read_summary(path: &Path) -> Result<SealedSummary, ParquetOutError> {
     let metadata = read_metadata(path)?;
+    parse_summary(&metadata).map_err(|error| ParquetOutError::Invalid {
+        path: path.to_path_buf(),
+        kind: "metadata".into(),
+        reason: error.to_string(),
+    })
+}
+
+/// The [`SealedSummary`] of a footer's key-value metadata. Pure, so that
+/// property tests can feed it anything a damaged disk could hold.
+///
+/// Keys and hole bounds are ids (klines: open times, µs) or times, so each
+/// must lie between -1 and [`MAX_EXCHANGE_TIME_US`]: a corrupt value is
+/// refused here rather than overflowing hour arithmetic at restart.
+pub fn parse_summary(metadata: &[(String, String)]) -> Result<SealedSummary, SummaryError> {
     let value = |key: &str| {
         metadata
             .iter()
             .find(|(name, _)| name == key)
             .map(|(_, value)| value.as_str())
     };
-    let invalid = |reason: String| ParquetOutError::Invalid {
-        path: path.to_path_buf(),
-        kind: "metadata".into(),
-        reason,
-    };
-    let key_of = |name: &str| match value(name) {
+    let key_of = |key: &'static str| match value(key) {
         None | Some("null") => Ok(None),
         Some(text) => text
-            .parse()
+            .parse::<i64>()
             .map(Some)
-            .map_err(|_| invalid(format!("{name} {text:?} is not an integer"))),
+            .map_err(|_| SummaryError::NotAnInteger {
+                key,
+                text: text.chars().take(100).collect(),
+            }),
     };
-    let first_key = key_of("first_key")?;
-    let last_key = key_of("last_key")?;
-    let row_count = key_of("row_count")?.unwrap_or(0).max(0) as u64;
-    let unfilled = match value("unfilled") {
+    let in_range = |value: i64| (MIN_EXCHANGE_ID..=MAX_EXCHANGE_TIME_US).contains(&value);
+    let ranged_key_of = |key: &'static str| match key_of(key)? {
+        Some(value) if !in_range(value) => Err(SummaryError::KeyOutOfRange { key, value }),
+        other => Ok(other),
+    };
+    let first_key = ranged_key_of("first_key")?;
+    let last_key = ranged_key_of("last_key")?;
+    let row_count = u64::try_from(key_of("row_count")?.unwrap_or(0)).unwrap_or(0);
+    let unfilled: Vec<UnfilledRange> = match value("unfilled") {
         None => Vec::new(),
         Some(text) => serde_json::from_str(text)
-            .map_err(|error| invalid(format!("unfilled is not a list of holes: {error}")))?,
+            .map_err(|error| SummaryError::UnfilledSyntax(error.to_string()))?,
     };
+    for (index, range) in unfilled.iter().enumerate() {
+        for (field, value) in [
+            ("from", range.from),
+            ("to", range.to),
+            ("from_time", Some(range.from_time)),
+            ("to_time", Some(range.to_time)),
+        ] {
+            if let Some(value) = value.filter(|value| !in_range(*value)) {
+                return Err(SummaryError::UnfilledOutOfRange {
+                    index,
+                    field,
+                    value,
+                });
+            }
+        }
+    }
     Ok(SealedSummary {
         first_key,
         last_key,
@@ -972,5 +1024,109 @@ mod tests {
             name.starts_with('.') && !name.ends_with(".parquet"),
             "{name}"
         );
+    }
+}
+
+/// Fuzz-style property tests of the footer metadata parser: whatever a
+/// damaged disk holds in `first_key`, `row_count` or `unfilled`, the answer
+/// is a summary or a [`SummaryError`], never a panic.
+#[cfg(test)]
+mod fuzz_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::{KlineInterval, MICROS_PER_HOUR};
+    use crate::fuzz_input::{fuzz_input, mutated};
+
+    const HOUR_START: i64 = 1_767_229_200_000_000;
+
+    fn unfilled_seeds() -> Vec<Vec<u8>> {
+        let holes = vec![
+            UnfilledRange {
+                from: Some(6_329_162_611),
+                to: Some(6_329_162_700),
+                from_time: HOUR_START + 1_000_000,
+                to_time: HOUR_START + 2_000_000,
+                reason: "rest unreachable".into(),
+            },
+            UnfilledRange {
+                from: None,
+                to: Some(HOUR_START + 60_000_000),
+                from_time: HOUR_START,
+                to_time: HOUR_START + MICROS_PER_HOUR - 1,
+                reason: "not served".into(),
+            },
+        ];
+        vec![
+            serde_json::to_vec(&holes).expect("holes serialise"),
+            b"[]".to_vec(),
+        ]
+    }
+
+    fn key_seeds() -> Vec<Vec<u8>> {
+        ["6329162610", "null", "0", "-1", "3600"]
+            .into_iter()
+            .map(|text| text.as_bytes().to_vec())
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1500))]
+
+        #[test]
+        fn footer_metadata_never_panics_the_summary_or_verify(
+            unfilled in fuzz_input(unfilled_seeds()),
+            first_key in mutated(key_seeds()),
+            row_count in mutated(key_seeds()),
+        ) {
+            let metadata: Vec<(String, String)> = [
+                ("first_key", first_key),
+                ("last_key", b"6329162700".to_vec()),
+                ("row_count", row_count),
+                ("unfilled", unfilled),
+            ]
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), String::from_utf8_lossy(&value).into_owned()))
+            .collect();
+            if let Ok(summary) = parse_summary(&metadata) {
+                // What restart and verify do with a summary must not panic
+                // either (verify builds kline grids from the holes).
+                let hour = Hour::containing(HOUR_START);
+                for kind in [
+                    StreamKind::Trade,
+                    StreamKind::Kline(KlineInterval::Second1),
+                    StreamKind::Kline(KlineInterval::Month1),
+                ] {
+                    let _ = crate::verify::check_stream(kind, &[(hour, summary.clone())]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_range_holes_and_keys_are_typed_errors() {
+        let pairs = |key: &str, value: &str| vec![(key.to_owned(), value.to_owned())];
+        assert!(matches!(
+            parse_summary(&pairs("first_key", "-9223372036854775808")),
+            Err(SummaryError::KeyOutOfRange { .. })
+        ));
+        assert!(matches!(
+            parse_summary(&pairs("last_key", "1e5")),
+            Err(SummaryError::NotAnInteger { .. })
+        ));
+        let far = r#"[{"from":1,"to":2,"from_time":0,"to_time":9223372036854775807,"reason":"x"}]"#;
+        assert!(matches!(
+            parse_summary(&pairs("unfilled", far)),
+            Err(SummaryError::UnfilledOutOfRange {
+                field: "to_time",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_summary(&pairs("unfilled", "[[[[")),
+            Err(SummaryError::UnfilledSyntax(_))
+        ));
+        let summary = parse_summary(&pairs("row_count", "-5")).expect("valid");
+        assert_eq!(summary.row_count, 0, "a negative count reads as none");
     }
 }

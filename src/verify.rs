@@ -54,13 +54,15 @@ pub fn check_stream(kind: StreamKind, files: &[(Hour, SealedSummary)]) -> Vec<Fi
                 .unfilled
                 .iter()
                 .filter_map(|range| {
-                    Some(
-                        kline_grid(interval, range.from?, interval.next_open_time(range.to?)).len()
-                            as u64,
-                    )
+                    // Clamped to the hour: a footer is read from disk, and a
+                    // corrupt range spanning centuries would build a grid
+                    // that exhausts memory.
+                    let from = range.from?.max(hour.start());
+                    let to = interval.next_open_time(range.to?.min(hour.end()));
+                    Some(kline_grid(interval, from, to.min(hour.end())).len() as u64)
                 })
-                .sum();
-            let n_missing = n_grid.saturating_sub(summary.row_count + n_declared);
+                .fold(0, u64::saturating_add);
+            let n_missing = n_grid.saturating_sub(summary.row_count.saturating_add(n_declared));
             if n_missing > 0 {
                 findings.push(Finding::UndeclaredMissingKlines {
                     hour: *hour,
@@ -186,6 +188,24 @@ mod tests {
             to_time: HOUR_START,
             reason: "rest unreachable".into(),
         }
+    }
+
+    /// A footer is read from disk: a declared kline range spanning the whole
+    /// accepted time range (corrupt, or hand-edited) is clamped to the file's
+    /// hour instead of building a grid of 2.5 * 10^11 seconds.
+    #[test]
+    fn a_declared_range_beyond_its_hour_counts_only_the_hour() {
+        let hour = Hour::containing(HOUR_START);
+        let mut summary = summary(0, 0, vec![hole(0, crate::domain::MAX_EXCHANGE_TIME_US)]);
+        summary.row_count = 0;
+        let second = StreamKind::Kline(KlineInterval::Second1);
+        let findings = check_stream(second, &[(hour, summary)]);
+        assert!(
+            !findings
+                .iter()
+                .any(|finding| matches!(finding, Finding::UndeclaredMissingKlines { .. })),
+            "the whole hour is declared: {findings:?}"
+        );
     }
 
     #[test]

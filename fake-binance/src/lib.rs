@@ -28,6 +28,10 @@
 //! 4. REST serves the same trade once its `E` has passed; the ground truth
 //!    reports it from then on for any `until > T`.
 
+// No unsafe code: the fake has no need for it, and a memory bug in the test
+// exchange would show up as a recorder failure that is not the recorder's.
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod counters;
 pub mod decimal;

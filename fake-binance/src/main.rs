@@ -1,5 +1,9 @@
 //! `fake-binance`: runs the fake exchange until Ctrl-C and prints its URLs.
 
+// No unsafe code: the fake has no need for it, and a memory bug in the test
+// exchange would show up as a recorder failure that is not the recorder's.
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

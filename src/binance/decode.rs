@@ -19,7 +19,8 @@ use serde_json::value::RawValue;
 use crate::binance::streams::parse_stream_name;
 use crate::domain::{
     AggTradeRow, Decimal8, DecimalError, KlineInterval, KlineRow, Market, Row, Source, StreamKey,
-    StreamKind, Symbol, TimeUs, TradeRow,
+    StreamKind, Symbol, TimeUs, TradeRow, MAX_EXCHANGE_ID, MAX_EXCHANGE_TIME_US, MIN_EXCHANGE_ID,
+    MIN_EXCHANGE_TIME_US,
 };
 
 /// Times below this are milliseconds, at or above it microseconds.
@@ -67,6 +68,12 @@ pub enum DecodeError {
     Value {
         field: &'static str,
         source: DecimalError,
+    },
+    #[error("field {field} is {value}, outside what an exchange sends ({reason})")]
+    OutOfRange {
+        field: &'static str,
+        value: i64,
+        reason: &'static str,
     },
     #[error("symbol {0:?} is not a valid symbol")]
     Symbol(String),
@@ -191,11 +198,64 @@ mod wire {
 
 /// Normalises an exchange time to µs (see the module doc).
 pub fn normalise_time(value: i64) -> TimeUs {
-    if value.abs() < MICROSECOND_THRESHOLD {
+    // `unsigned_abs`, not `abs`: `i64::MIN.abs()` overflows, and a frame
+    // carrying it panicked the decoder.
+    if value.unsigned_abs() < MICROSECOND_THRESHOLD.unsigned_abs() {
         value.saturating_mul(1000)
     } else {
         value
     }
+}
+
+const TIME_RANGE_REASON: &str = "times must lie between 1970 and the end of year 9999";
+const ID_RANGE_REASON: &str = "ids must lie between -1 and 2^53";
+
+/// An exchange time normalised to µs, or `None` when it lies outside
+/// [`MIN_EXCHANGE_TIME_US`]..=[`MAX_EXCHANGE_TIME_US`]: such a time is
+/// forged or corrupt, and hour arithmetic on it would overflow.
+pub fn exchange_time(value: i64) -> Option<TimeUs> {
+    Some(normalise_time(value)).filter(|time| is_exchange_time(*time))
+}
+
+/// A kline close time in µs (see [`close_time_us`]), range-checked like
+/// [`exchange_time`].
+pub fn exchange_close_time(value: i64) -> Option<TimeUs> {
+    Some(close_time_us(value)).filter(|time| is_exchange_time(*time))
+}
+
+fn is_exchange_time(time: TimeUs) -> bool {
+    (MIN_EXCHANGE_TIME_US..=MAX_EXCHANGE_TIME_US).contains(&time)
+}
+
+/// A trade or aggregate-trade id, or `None` outside
+/// [`MIN_EXCHANGE_ID`]..=[`MAX_EXCHANGE_ID`] (gap detection adds and
+/// subtracts 1 from ids).
+pub fn exchange_id(value: i64) -> Option<i64> {
+    Some(value).filter(|id| (MIN_EXCHANGE_ID..=MAX_EXCHANGE_ID).contains(id))
+}
+
+fn checked_time(field: &'static str, value: i64) -> Result<TimeUs, DecodeError> {
+    exchange_time(value).ok_or(DecodeError::OutOfRange {
+        field,
+        value,
+        reason: TIME_RANGE_REASON,
+    })
+}
+
+fn checked_close_time(field: &'static str, value: i64) -> Result<TimeUs, DecodeError> {
+    exchange_close_time(value).ok_or(DecodeError::OutOfRange {
+        field,
+        value,
+        reason: TIME_RANGE_REASON,
+    })
+}
+
+fn checked_id(field: &'static str, value: i64) -> Result<i64, DecodeError> {
+    exchange_id(value).ok_or(DecodeError::OutOfRange {
+        field,
+        value,
+        reason: ID_RANGE_REASON,
+    })
 }
 
 /// Decodes one text frame received on a stream connection of `market`.
@@ -278,7 +338,7 @@ fn decode_event(
             let shutdown: wire::ServerShutdown =
                 serde_json::from_slice(data).map_err(json_error)?;
             return Ok(Decoded::ServerShutdown {
-                event_time: normalise_time(shutdown.E),
+                event_time: checked_time("E", shutdown.E)?,
             });
         }
         _ => {
@@ -331,12 +391,12 @@ fn decode_trade(
         symbol: symbol(&trade.s)?,
         kind: StreamKind::Trade,
     };
-    let event_time = normalise_time(trade.E);
+    let event_time = checked_time("E", trade.E)?;
     let row = TradeRow {
-        trade_id: trade.t,
+        trade_id: checked_id("t", trade.t)?,
         price: decimal("p", &trade.p)?,
         quantity: decimal("q", &trade.q)?,
-        trade_time: normalise_time(trade.T),
+        trade_time: checked_time("T", trade.T)?,
         is_buyer_maker: trade.m,
         is_best_match: trade.M,
         trade_type: trade.X,
@@ -361,14 +421,14 @@ fn decode_agg_trade(
         symbol: symbol(&agg.s)?,
         kind: StreamKind::AggTrade,
     };
-    let event_time = normalise_time(agg.E);
+    let event_time = checked_time("E", agg.E)?;
     let row = AggTradeRow {
-        agg_trade_id: agg.a,
+        agg_trade_id: checked_id("a", agg.a)?,
         price: decimal("p", &agg.p)?,
         quantity: decimal("q", &agg.q)?,
-        first_trade_id: agg.f,
-        last_trade_id: agg.l,
-        trade_time: normalise_time(agg.T),
+        first_trade_id: checked_id("f", agg.f)?,
+        last_trade_id: checked_id("l", agg.l)?,
+        trade_time: checked_time("T", agg.T)?,
         is_buyer_maker: agg.m,
         is_best_match: agg.M,
         event_time: Some(event_time),
@@ -395,13 +455,13 @@ fn decode_kline(
         symbol: symbol(&event.s)?,
         kind: StreamKind::Kline(interval),
     };
-    let event_time = normalise_time(event.E);
+    let event_time = checked_time("E", event.E)?;
     if !kline.x {
         return Ok(Decoded::KlineUpdate { key, event_time });
     }
     let row = KlineRow {
-        open_time: normalise_time(kline.t),
-        close_time: close_time_us(kline.T),
+        open_time: checked_time("k.t", kline.t)?,
+        close_time: checked_close_time("k.T", kline.T)?,
         open: decimal("k.o", &kline.o)?,
         high: decimal("k.h", &kline.h)?,
         low: decimal("k.l", &kline.l)?,
@@ -411,8 +471,8 @@ fn decode_kline(
         trade_count: kline.n,
         taker_buy_base_volume: decimal("k.V", &kline.V)?,
         taker_buy_quote_volume: decimal("k.Q", &kline.Q)?,
-        first_trade_id: Some(kline.f),
-        last_trade_id: Some(kline.L),
+        first_trade_id: Some(checked_id("k.f", kline.f)?),
+        last_trade_id: Some(checked_id("k.L", kline.L)?),
         event_time: Some(event_time),
         recv_time: Some(recv_time),
         source: Source::Ws,
@@ -428,7 +488,7 @@ fn decode_kline(
 /// dataset keeps Binance's µs form `next open - 1 µs`, which is what spot
 /// sends in µs mode, so a ms close time `...999` becomes `...999_999`.
 pub fn close_time_us(value: i64) -> TimeUs {
-    if value.abs() < MICROSECOND_THRESHOLD {
+    if value.unsigned_abs() < MICROSECOND_THRESHOLD.unsigned_abs() {
         value.saturating_mul(1000).saturating_add(999)
     } else {
         value
@@ -643,5 +703,98 @@ mod tests {
             decode_frame(Market::Spot, missing_field.as_bytes(), 0),
             Err(DecodeError::Json(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod fuzz_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz_input::{fuzz_input, lines, samples};
+
+    fn frame_seeds() -> Vec<Vec<u8>> {
+        [
+            samples::SPOT_TRADE,
+            samples::SPOT_AGG_TRADE,
+            samples::SPOT_KLINE,
+            samples::FUTURES_TRADE,
+            samples::FUTURES_AGG_TRADE,
+            samples::FUTURES_KLINE,
+            samples::WS_CONTROL,
+        ]
+        .into_iter()
+        .flat_map(lines)
+        .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any bytes decode to a value or a typed error, never a panic; a
+        /// row that decodes has its times and ids inside the accepted range.
+        #[test]
+        fn decode_frame_never_panics(frame in fuzz_input(frame_seeds()), recv_time in any::<i64>()) {
+            for market in [Market::Spot, Market::UsdM] {
+                if let Ok(Decoded::Row { row, event_time, .. }) = decode_frame(market, &frame, recv_time) {
+                    prop_assert!(is_exchange_time(event_time));
+                    prop_assert!(is_exchange_time(row.bucket_time()));
+                    prop_assert!(exchange_id(row.key()).is_some() || matches!(row, Row::Kline(_)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_sample_line_decodes_without_error() {
+        for line in frame_seeds() {
+            let text = String::from_utf8_lossy(&line);
+            // Request lines (`{"method":...}`) are not frames we receive.
+            if text.contains("\"method\"") {
+                continue;
+            }
+            assert!(
+                decode_frame(Market::Spot, &line, 0).is_ok(),
+                "sample decodes: {text}"
+            );
+        }
+    }
+
+    /// Found by `decode_frame_never_panics`: `i64::MIN.abs()` overflowed in
+    /// `normalise_time` and panicked the decoder on this frame.
+    #[test]
+    fn the_most_negative_time_is_a_typed_error() {
+        let frame = br#"{"e":"trade","E":-9223372036854775808,"s":"BTCUSDT","t":1,"p":"1","q":"1","T":1,"m":true,"M":true}"#;
+        let error = decode_frame(Market::Spot, frame, 0).expect_err("out of range");
+        assert!(
+            matches!(error, DecodeError::OutOfRange { field: "E", .. }),
+            "{error:?}"
+        );
+    }
+
+    /// Times and ids that would overflow hour and gap arithmetic downstream
+    /// are refused where they enter.
+    #[test]
+    fn extreme_times_and_ids_are_refused() {
+        for (field, frame) in [
+            (
+                "T",
+                r#"{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1","q":"1","T":9223372036854775807,"m":true}"#,
+            ),
+            (
+                "t",
+                r#"{"e":"trade","E":1,"s":"BTCUSDT","t":9223372036854775807,"p":"1","q":"1","T":1,"m":true}"#,
+            ),
+            (
+                "a",
+                r#"{"e":"aggTrade","E":1,"s":"BTCUSDT","a":-9223372036854775808,"p":"1","q":"1","f":1,"l":1,"T":1,"m":true}"#,
+            ),
+            ("E", r#"{"e":"serverShutdown","E":-5}"#),
+        ] {
+            match decode_frame(Market::Spot, frame.as_bytes(), 0) {
+                Err(DecodeError::OutOfRange { field: refused, .. }) => assert_eq!(refused, field),
+                other => panic!("{frame}: expected {field} out of range, got {other:?}"),
+            }
+        }
     }
 }

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::binance::decode::{close_time_us, normalise_time};
+use crate::binance::decode::{exchange_close_time, exchange_id, exchange_time};
 use crate::binance::limiter::{
     parse_retry_after, Endpoint, Limiter, LimiterStats, SendId, WeightLimit, WeightShare,
 };
@@ -351,6 +351,33 @@ fn decimal(field: &str, text: &str) -> Result<Decimal8, String> {
     text.parse().map_err(|error| format!("{field}: {error}"))
 }
 
+/// A time of a REST row in µs, refused outside the range an exchange sends
+/// (see [`exchange_time`]): hour arithmetic on a forged time would overflow.
+fn checked_time(field: &str, value: i64) -> Result<TimeUs, String> {
+    exchange_time(value).ok_or_else(|| format!("{field}: time {value} is out of range"))
+}
+
+fn checked_close_time(field: &str, value: i64) -> Result<TimeUs, String> {
+    exchange_close_time(value).ok_or_else(|| format!("{field}: time {value} is out of range"))
+}
+
+/// An id of a REST row, refused outside the range an exchange sends (see
+/// [`exchange_id`]): gap detection adds and subtracts 1 from ids.
+fn checked_id(field: &str, value: i64) -> Result<i64, String> {
+    exchange_id(value).ok_or_else(|| format!("{field}: id {value} is out of range"))
+}
+
+/// The body of `exchangeInfo`.
+fn parse_exchange_info(body: &[u8]) -> Result<ExchangeInfo, String> {
+    serde_json::from_slice(body).map_err(|error| error.to_string())
+}
+
+/// The body of `/api/v3/time`: the exchange's clock, epoch µs.
+fn parse_server_time(body: &[u8]) -> Result<TimeUs, String> {
+    let time: ServerTime = serde_json::from_slice(body).map_err(|error| error.to_string())?;
+    checked_time("serverTime", time.server_time)
+}
+
 fn parse_trades(body: &[u8]) -> Result<Vec<TradeRow>, String> {
     let trades: Vec<wire::Trade> =
         serde_json::from_slice(body).map_err(|error| error.to_string())?;
@@ -358,10 +385,10 @@ fn parse_trades(body: &[u8]) -> Result<Vec<TradeRow>, String> {
         .into_iter()
         .map(|trade| {
             Ok(TradeRow {
-                trade_id: trade.id,
+                trade_id: checked_id("id", trade.id)?,
                 price: decimal("price", &trade.price)?,
                 quantity: decimal("qty", &trade.qty)?,
-                trade_time: normalise_time(trade.time),
+                trade_time: checked_time("time", trade.time)?,
                 is_buyer_maker: trade.is_buyer_maker,
                 is_best_match: trade.is_best_match,
                 trade_type: None,
@@ -380,12 +407,12 @@ fn parse_agg_trades(body: &[u8]) -> Result<Vec<AggTradeRow>, String> {
         .into_iter()
         .map(|agg| {
             Ok(AggTradeRow {
-                agg_trade_id: agg.a,
+                agg_trade_id: checked_id("a", agg.a)?,
                 price: decimal("p", &agg.p)?,
                 quantity: decimal("q", &agg.q)?,
-                first_trade_id: agg.f,
-                last_trade_id: agg.l,
-                trade_time: normalise_time(agg.T),
+                first_trade_id: checked_id("f", agg.f)?,
+                last_trade_id: checked_id("l", agg.l)?,
+                trade_time: checked_time("T", agg.T)?,
                 is_buyer_maker: agg.m,
                 is_best_match: agg.M,
                 event_time: None,
@@ -419,8 +446,8 @@ fn parse_klines(body: &[u8]) -> Result<Vec<KlineRow>, String> {
                 _,
             ) = kline;
             Ok(KlineRow {
-                open_time: normalise_time(open_time),
-                close_time: close_time_us(close_time),
+                open_time: checked_time("open time", open_time)?,
+                close_time: checked_close_time("close time", close_time)?,
                 open: decimal("open", &open)?,
                 high: decimal("high", &high)?,
                 low: decimal("low", &low)?,
@@ -687,15 +714,17 @@ impl RestClient {
         })
     }
 
-    async fn get_json<T: for<'de> Deserialize<'de>>(
+    /// One call whose body `parse` (a pure `parse_*` function) turns into `T`.
+    async fn get_parsed<T>(
         &self,
         endpoint: Endpoint,
         query: &[(&str, String)],
+        parse: fn(&[u8]) -> Result<T, String>,
     ) -> Result<T, RestError> {
         let answer = self.call(endpoint, query, 0, None).await?;
-        serde_json::from_slice(&answer.bytes).map_err(|error| RestError::Body {
+        parse(&answer.bytes).map_err(|reason| RestError::Body {
             url: answer.url,
-            reason: error.to_string(),
+            reason,
         })
     }
 
@@ -707,8 +736,12 @@ impl RestClient {
         symbols: &[String],
     ) -> Result<Vec<SymbolStatus>, RestError> {
         let list = serde_json::to_string(symbols).expect("a list of strings always serialises");
-        let info: ExchangeInfo = self
-            .get_json(Endpoint::ExchangeInfo, &[("symbols", list)])
+        let info = self
+            .get_parsed(
+                Endpoint::ExchangeInfo,
+                &[("symbols", list)],
+                parse_exchange_info,
+            )
             .await?;
         if let Some(limit) = request_weight_limit(&info.rate_limits) {
             debug!(market = %self.market, limit = limit.limit, window_secs = limit.window.as_secs(), "request weight limit");
@@ -724,8 +757,12 @@ impl RestClient {
         &self,
         symbol: &Symbol,
     ) -> Result<Option<WeightLimit>, RestError> {
-        let info: ExchangeInfo = self
-            .get_json(Endpoint::ExchangeInfo, &[("symbol", symbol.to_string())])
+        let info = self
+            .get_parsed(
+                Endpoint::ExchangeInfo,
+                &[("symbol", symbol.to_string())],
+                parse_exchange_info,
+            )
             .await?;
         let limit = request_weight_limit(&info.rate_limits);
         if let Some(limit) = limit {
@@ -736,8 +773,8 @@ impl RestClient {
 
     /// The exchange's clock, epoch µs.
     pub async fn server_time(&self) -> Result<TimeUs, RestError> {
-        let time: ServerTime = self.get_json(Endpoint::Time, &[]).await?;
-        Ok(normalise_time(time.server_time))
+        self.get_parsed(Endpoint::Time, &[], parse_server_time)
+            .await
     }
 
     /// Up to `limit` (at most 1000) trades from id `from_id` on, ascending
@@ -1371,5 +1408,86 @@ mod tests {
                 "{capped:?}"
             );
         }
+    }
+}
+
+/// Fuzz-style property tests of the pure body parsers: arbitrary bytes and
+/// mutated real bodies give rows or an error, never a panic.
+#[cfg(test)]
+mod fuzz_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::{MAX_EXCHANGE_TIME_US, MIN_EXCHANGE_TIME_US};
+    use crate::fuzz_input::{fuzz_input, labelled_bodies, samples};
+
+    const EXCHANGE_INFO: &str = r#"{"timezone":"UTC","serverTime":1565246363776,"rateLimits":[{"rateLimitType":"REQUEST_WEIGHT","interval":"MINUTE","intervalNum":1,"limit":6000},{"rateLimitType":"ORDERS","interval":"SECOND","intervalNum":10,"limit":100}],"exchangeFilters":[],"symbols":[{"symbol":"BTCUSDT","status":"TRADING","baseAsset":"BTC"}]}"#;
+    const SERVER_TIME: &str = r#"{"serverTime":1499827319559}"#;
+
+    fn body_seeds() -> Vec<Vec<u8>> {
+        let mut seeds: Vec<Vec<u8>> = [
+            samples::REST_TRADES,
+            samples::REST_AGG_TRADES,
+            samples::REST_KLINES,
+        ]
+        .into_iter()
+        .flat_map(labelled_bodies)
+        .collect();
+        seeds.push(EXCHANGE_INFO.as_bytes().to_vec());
+        seeds.push(SERVER_TIME.as_bytes().to_vec());
+        seeds
+    }
+
+    fn in_time_range(time: TimeUs) -> bool {
+        (MIN_EXCHANGE_TIME_US..=MAX_EXCHANGE_TIME_US).contains(&time)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1500))]
+
+        #[test]
+        fn body_parsers_never_panic(body in fuzz_input(body_seeds())) {
+            if let Ok(rows) = parse_trades(&body) {
+                prop_assert!(rows.iter().all(|row| in_time_range(row.trade_time)));
+            }
+            if let Ok(rows) = parse_agg_trades(&body) {
+                prop_assert!(rows.iter().all(|row| in_time_range(row.trade_time)));
+            }
+            if let Ok(rows) = parse_klines(&body) {
+                prop_assert!(rows.iter().all(|row| in_time_range(row.open_time)));
+            }
+            if let Ok(info) = parse_exchange_info(&body) {
+                let _ = request_weight_limit(&info.rate_limits);
+            }
+            if let Ok(time) = parse_server_time(&body) {
+                prop_assert!(in_time_range(time));
+            }
+        }
+    }
+
+    #[test]
+    fn the_seed_bodies_parse() {
+        let spot_trades = labelled_bodies(samples::REST_TRADES);
+        assert!(spot_trades.iter().any(|body| parse_trades(body).is_ok()));
+        let agg_trades = labelled_bodies(samples::REST_AGG_TRADES);
+        assert!(agg_trades.iter().any(|body| parse_agg_trades(body).is_ok()));
+        let klines = labelled_bodies(samples::REST_KLINES);
+        assert!(klines.iter().any(|body| parse_klines(body).is_ok()));
+        let info = parse_exchange_info(EXCHANGE_INFO.as_bytes()).expect("exchangeInfo");
+        assert_eq!(info.symbols[0].symbol, "BTCUSDT");
+        assert_eq!(
+            parse_server_time(SERVER_TIME.as_bytes()),
+            Ok(1_499_827_319_559_000)
+        );
+    }
+
+    #[test]
+    fn extreme_times_and_ids_in_bodies_are_errors() {
+        assert!(parse_server_time(br#"{"serverTime":-9223372036854775808}"#).is_err());
+        let far_trade =
+            br#"[{"id":1,"price":"1","qty":"1","time":9223372036854775807,"isBuyerMaker":true}]"#;
+        assert!(parse_trades(far_trade).is_err());
+        let huge_id = br#"[{"a":9223372036854775807,"p":"1","q":"1","f":1,"l":1,"T":1,"m":true}]"#;
+        assert!(parse_agg_trades(huge_id).is_err());
     }
 }

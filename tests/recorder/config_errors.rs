@@ -60,6 +60,74 @@ fn bad_values_exit_2_naming_the_key() {
     }
 }
 
+/// Values past their upper bound used to be accepted and blow up later (a
+/// huge `rotate_after_secs` overflowed an `Instant` in a connection task);
+/// now the start refuses them, naming the key and the bound.
+#[test]
+fn out_of_bounds_values_exit_2_naming_the_key_and_the_bound() {
+    let shipped = include_str!("../../config.toml");
+    let cases = [
+        (
+            shipped.replace(
+                "rotate_after_secs = 84600",
+                "rotate_after_secs = 18446744073709551615",
+            ),
+            "connection.rotate_after_secs",
+            "86400",
+        ),
+        (
+            shipped.replace("dead_after_ms = 30000", "dead_after_ms = 86400000000"),
+            "connection.dead_after_ms",
+            "3600000",
+        ),
+        (
+            shipped.replace("declared_retry_secs = 600", "declared_retry_secs = 0"),
+            "fill.declared_retry_secs",
+            "604800",
+        ),
+        (
+            shipped.replace("deadline_ms = 20000", "deadline_ms = 4000000000"),
+            "shutdown.deadline_ms",
+            "600000",
+        ),
+    ];
+    for (text, key, bound) in cases {
+        let (code, stderr) = check_config(&text);
+        assert_eq!(code, 2, "exit code for {key}: {stderr}");
+        assert!(stderr.contains(key), "message names {key}: {stderr}");
+        assert!(stderr.contains(bound), "message names {bound}: {stderr}");
+    }
+}
+
+#[test]
+fn cleartext_urls_off_the_loopback_exit_2_unless_allowed() {
+    let shipped = include_str!("../../config.toml");
+    let cleartext_ws = shipped.replace("wss://stream.binance.com", "ws://stream.binance.com");
+    let (code, stderr) = check_config(&cleartext_ws);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("markets.spot.ws_url"), "{stderr}");
+    let cleartext_rest = shipped.replace("https://api.binance.com", "http://api.binance.com");
+    let (code, stderr) = check_config(&cleartext_rest);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("markets.spot.rest_url"), "{stderr}");
+
+    let allowed = cleartext_ws.replace("allow_insecure = false", "allow_insecure = true");
+    let output = check_config_only(&allowed);
+    assert!(output.status.success(), "allowed: {output:?}");
+}
+
+/// `check-config` validates without starting (no network, no directories).
+fn check_config_only(text: &str) -> std::process::Output {
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let path = scratch.path().join("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    Command::new(env!("CARGO_BIN_EXE_binance-recorder"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("binary runs")
+}
+
 #[test]
 fn unwritable_data_directory_names_the_key() {
     let scratch = tempfile::tempdir().expect("scratch directory");
