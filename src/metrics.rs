@@ -72,6 +72,9 @@ counters! {
     temporary_files_removed,
     /// Stream connections established.
     connections,
+    /// Connection tasks that ended or panicked and were restarted by their
+    /// supervisor (a bug: the task itself reconnects forever).
+    connection_task_restarts,
     /// Stream connections lost.
     disconnects,
     /// Control replies that reported an error.

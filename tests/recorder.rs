@@ -24,3 +24,5 @@ mod real_data;
 mod rest_fill;
 #[path = "recorder/restart.rs"]
 mod restart;
+#[path = "recorder/supervision.rs"]
+mod supervision;

@@ -83,6 +83,9 @@ pub async fn run_with_wal_fs(
 pub struct Seams {
     pub wal_fs: Arc<dyn WalFs>,
     pub seal_faults: Option<SealFaults>,
+    /// Each `notify_one` makes one connection task panic (its supervisor
+    /// must restart it).
+    pub connection_panics: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for Seams {
@@ -90,6 +93,7 @@ impl Default for Seams {
         Seams {
             wal_fs: Arc::new(RealFs),
             seal_faults: None,
+            connection_panics: None,
         }
     }
 }
@@ -104,6 +108,7 @@ pub async fn run_with_seams(
     let Seams {
         wal_fs,
         seal_faults,
+        connection_panics,
     } = seams;
     config.check_directories()?;
     // Held until the recorder has stopped: no second recorder (or backfill
@@ -145,9 +150,18 @@ pub async fn run_with_seams(
             )
         })
         .collect();
-    for market_config in &config.markets {
-        check_symbols(market_config, &rest_clients[&market_config.market]).await?;
-    }
+    // The symbol check runs beside the recording: a REST outage at start
+    // must not delay the streams. A bad symbol still stops the daemon.
+    let symbol_check = {
+        let config = config.clone();
+        let rest_clients = rest_clients.clone();
+        tokio::spawn(async move {
+            for market_config in &config.markets {
+                check_symbols(market_config, &rest_clients[&market_config.market]).await?;
+            }
+            Ok(())
+        })
+    };
 
     let mut runtime = Runtime {
         config: config.clone(),
@@ -168,7 +182,9 @@ pub async fn run_with_seams(
         started: Instant::now(),
         wal_failures: 0,
         wal_retry_at: None,
+        symbol_check: Some(symbol_check),
         fatal: None,
+        wal_lost: false,
     };
     for market_config in &config.markets {
         runtime.state.begin_session(market_config.market);
@@ -193,6 +209,8 @@ pub async fn run_with_seams(
         budget: &budget,
         sender: &sender,
         shutdown: &task_shutdown,
+        counters: &counters,
+        connection_panics: connection_panics.as_ref(),
     };
     for market_config in &config.markets {
         let rest = rest_clients[&market_config.market].clone();
@@ -227,6 +245,8 @@ struct TaskSpawner<'a> {
     budget: &'a Arc<HandshakeBudget>,
     sender: &'a mpsc::Sender<Inbound>,
     shutdown: &'a CancellationToken,
+    counters: &'a Arc<Counters>,
+    connection_panics: Option<&'a Arc<tokio::sync::Notify>>,
 }
 
 impl TaskSpawner<'_> {
@@ -260,12 +280,14 @@ impl TaskSpawner<'_> {
                 streams: chunk.to_vec(),
             };
             n_tasks += 1;
-            self.tasks.spawn(run_connection(
+            self.tasks.spawn(supervise_connection(
                 plan,
                 config.connection.settings.clone(),
                 self.budget.clone(),
                 self.sender.clone(),
                 self.shutdown.child_token(),
+                self.counters.clone(),
+                self.connection_panics.cloned(),
             ));
         }
         let interval = market_config.time_check_interval;
@@ -279,6 +301,77 @@ impl TaskSpawner<'_> {
             self.shutdown.child_token(),
         ));
         n_tasks
+    }
+}
+
+/// Runs one connection task and restarts it whenever it ends or panics
+/// before shutdown, after a pause (1 s doubling to 60 s, reset after an
+/// hour without a restart), counted and logged: its streams are never left
+/// dark. The task itself reconnects forever, so a restart means a bug.
+async fn supervise_connection(
+    plan: ConnectionPlan,
+    settings: crate::binance::ws::ConnectionSettings,
+    budget: Arc<HandshakeBudget>,
+    sender: mpsc::Sender<Inbound>,
+    shutdown: CancellationToken,
+    counters: Arc<Counters>,
+    panics: Option<Arc<tokio::sync::Notify>>,
+) {
+    let mut n_restarts_in_a_row: u32 = 0;
+    loop {
+        let started = Instant::now();
+        let connection = run_connection(
+            plan.clone(),
+            settings.clone(),
+            budget.clone(),
+            sender.clone(),
+            shutdown.child_token(),
+        );
+        let panics = panics.clone();
+        let mut task = tokio::spawn(async move {
+            match panics {
+                Some(panics) => tokio::select! {
+                    () = connection => {}
+                    () = panics.notified() => panic!("injected connection task panic"),
+                },
+                None => connection.await,
+            }
+        });
+        let ended = tokio::select! {
+            ended = &mut task => ended,
+            () = shutdown.cancelled() => {
+                // The task sees the same token and ends by itself, handing
+                // over what it holds; one that does not is aborted, never
+                // left detached.
+                if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+                    task.abort();
+                }
+                return;
+            }
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        Counters::add(&counters.connection_task_restarts, 1);
+        match ended {
+            Ok(()) => {
+                error!(market = %plan.market, task = plan.task, "connection task ended by itself; restarting it")
+            }
+            Err(error) => {
+                error!(market = %plan.market, task = plan.task, %error, "connection task panicked; restarting it")
+            }
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            n_restarts_in_a_row = 0;
+        }
+        let pause = Duration::from_secs(1)
+            .saturating_mul(2u32.saturating_pow(n_restarts_in_a_row.min(6)))
+            .min(Duration::from_secs(60));
+        n_restarts_in_a_row = n_restarts_in_a_row.saturating_add(1);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
     }
 }
 
@@ -304,7 +397,12 @@ async fn run_clock_checks(
             _ = shutdown.cancelled() => return,
             _ = weight_refresh.tick() => {
                 if let Some(symbol) = &weight_symbol {
-                    if let Err(error) = rest.refresh_weight_limit(symbol).await {
+                    // REST waits (weight, back-off, a hanging server) never hold up a stop.
+                    let refreshed = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        refreshed = rest.refresh_weight_limit(symbol) => refreshed,
+                    };
+                    if let Err(error) = refreshed {
                         debug!(%market, %error, "weight limit not refreshed; keeping the one known");
                     }
                 }
@@ -313,7 +411,11 @@ async fn run_clock_checks(
             _ = ticker.tick() => {}
         }
         let before = now_us();
-        match rest.server_time().await {
+        let answered = tokio::select! {
+            () = shutdown.cancelled() => return,
+            answered = rest.server_time() => answered,
+        };
+        match answered {
             Ok(server_time) => {
                 let after = now_us();
                 let offset_us = (before + after) / 2 - server_time;
@@ -707,8 +809,13 @@ struct Runtime {
     /// and when the next may be tried (doubling back-off up to 30 s).
     wal_failures: u32,
     wal_retry_at: Option<Instant>,
+    /// The start-up symbol check, running beside the recording.
+    symbol_check: Option<JoinHandle<anyhow::Result<()>>>,
     /// Set when the runtime cannot go on; returned by the stop.
     fatal: Option<anyhow::Error>,
+    /// The WAL writer went with a failed batch task: nothing more can be
+    /// made durable, so the stop skips the final flush.
+    wal_lost: bool,
 }
 
 impl Runtime {
@@ -733,8 +840,18 @@ impl Runtime {
                         // be acknowledged. Stop; the next start replays the WAL.
                         error!(%error, "WAL batch task failed; stopping");
                         self.fatal = Some(anyhow::anyhow!("WAL batch task failed: {error}"));
+                        self.wal_lost = true;
                         return;
                     }
+                },
+                checked = wait_opt(&mut self.symbol_check) => match checked {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        // Logged once, by main, with the exit status.
+                        self.fatal = Some(error);
+                        return;
+                    }
+                    Err(error) => warn!(%error, "symbol check task failed; recording anyway"),
                 },
                 Some(joined) = self.seals.join_next(), if !self.seals.is_empty() => self.finish_seal(joined),
                 Some(joined) = self.fills.join_next_with_id(), if !self.fills.is_empty() => self.finish_fill(joined),
@@ -1047,6 +1164,9 @@ impl Runtime {
         // Fill rounds in flight are dropped: nothing of theirs was
         // acknowledged, and the holes are found again at the next start.
         self.fills.shutdown().await;
+        if let Some(check) = self.symbol_check.take() {
+            check.abort();
+        }
         // Every frame a connection already handed over is made durable.
         let drain = async {
             while let Some(input) = receiver.recv().await {
@@ -1054,8 +1174,11 @@ impl Runtime {
             }
         };
         tokio::join!(drain, tasks.wait());
-        if let Some(fatal) = self.fatal.take() {
-            return Err(fatal);
+        if self.wal_lost {
+            return Err(self
+                .fatal
+                .take()
+                .unwrap_or_else(|| anyhow::anyhow!("WAL lost")));
         }
         if let Some(batch) = self.batch.take() {
             let outcome = batch.await.context("WAL batch task failed")?;
@@ -1092,7 +1215,10 @@ impl Runtime {
                 .await
                 .context("WAL close task failed")??;
         }
-        Ok(())
+        match self.fatal.take() {
+            Some(fatal) => Err(fatal),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1105,6 +1231,16 @@ async fn wait_batch(
     let outcome = handle.await;
     *batch = None;
     outcome
+}
+
+/// Waits for a task that may not be there (then forever); takes it when done.
+async fn wait_opt<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    let Some(handle) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let joined = handle.await;
+    *task = None;
+    joined
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

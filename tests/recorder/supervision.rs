@@ -1,0 +1,170 @@
+//! Tasks that never leave the recorder dark or stuck: a connection task
+//! that panics is restarted; a REST outage neither delays recording at
+//! start nor holds up a stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use binance_recorder::config::Config;
+use binance_recorder::domain::{Hour, StreamKind, MICROS_PER_MINUTE};
+use binance_recorder::metrics::Counters;
+use binance_recorder::recorder::{run_with_seams, Seams};
+use fake_binance::{FakeExchange, Fault};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+const STREAMS: [&str; 3] = ["trade", "aggTrade", "kline_1m"];
+
+fn kinds() -> [StreamKind; 3] {
+    [StreamKind::Trade, StreamKind::AggTrade, minute_klines()]
+}
+
+fn config_text(fake: &FakeExchange, root: &std::path::Path) -> String {
+    format!(
+        "[connection]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\nretry_initial_ms = 100\nretry_max_ms = 1000\n{}",
+        recorder_toml(fake, root, &["BTCUSDT"], &STREAMS)
+    )
+    .replace("deadline_ms = 20000", "deadline_ms = 5000")
+}
+
+/// Asserts every file of `hour` equals the truth and covers the hour.
+fn assert_hour_is_the_truth(fake: &FakeExchange, root: &std::path::Path, hour: Hour) {
+    let truth = fake.ground_truth("BTCUSDT", hour.end() + MICROS_PER_MINUTE);
+    for kind in kinds() {
+        let path = file_path(root, &key("BTCUSDT", kind), hour);
+        assert_file_matches_truth_with_rest(&path, kind, &truth, hour);
+        assert_complete_hour(&path, hour);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_connection_task_is_restarted_and_its_streams_record_again() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = Config::from_toml(&config_text(&fake, root)).expect("valid config");
+    let panics = Arc::new(tokio::sync::Notify::new());
+    let seams = Seams {
+        connection_panics: Some(panics.clone()),
+        ..Seams::default()
+    };
+    let counters = Arc::new(Counters::default());
+    let shutdown = CancellationToken::new();
+    let recorder = tokio::spawn(run_with_seams(
+        config,
+        seams,
+        counters.clone(),
+        shutdown.clone(),
+    ));
+    let hour = Hour::containing(SIM_START_US).next();
+    wait_until(Duration::from_secs(60), "frames recorded", || {
+        counters.snapshot().frames_durable > 100
+    })
+    .await;
+    wait_until(Duration::from_secs(60), "ten minutes into the hour", || {
+        fake.sim_now_us() >= hour.start() + 10 * MICROS_PER_MINUTE
+    })
+    .await;
+    panics.notify_one();
+    wait_until(Duration::from_secs(30), "the task restarted", || {
+        counters.snapshot().connection_task_restarts == 1
+    })
+    .await;
+    let after_restart = counters.snapshot().frames_durable;
+    wait_until(Duration::from_secs(30), "the streams record again", || {
+        counters.snapshot().frames_durable > after_restart + 100
+    })
+    .await;
+    let files: Vec<_> = kinds()
+        .iter()
+        .map(|kind| file_path(root, &key("BTCUSDT", *kind), hour))
+        .collect();
+    wait_until(Duration::from_secs(60), "the hour sealed", || {
+        files.iter().all(|path| path.exists())
+    })
+    .await;
+    shutdown.cancel();
+    recorder
+        .await
+        .expect("recorder task")
+        .expect("recorder stopped cleanly");
+    assert_hour_is_the_truth(&fake, root, hour);
+    assert_eq!(counters.snapshot().connection_task_restarts, 1);
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_rest_neither_delays_recording_at_start_nor_holds_up_the_stop() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    // Every REST request hangs for ten minutes: exchangeInfo at start,
+    // /api/v3/time, the backfill of the first hour.
+    fake.inject(Fault::RestSlow {
+        delay_ms: 600_000,
+        count: 1_000_000,
+    });
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config_text = config_text(&fake, root);
+    let config = Config::from_toml(&config_text).expect("valid config");
+    let counters = Arc::new(Counters::default());
+    let shutdown = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let recorder = tokio::spawn(run_with_seams(
+        config,
+        Seams::default(),
+        counters.clone(),
+        shutdown.clone(),
+    ));
+    wait_until(
+        Duration::from_secs(10),
+        "frames recorded while REST hangs",
+        || counters.snapshot().frames_durable > 0,
+    )
+    .await;
+    let first_frame_after = started.elapsed();
+    let stop_at = fake.sim_now_us() + 10 * MICROS_PER_MINUTE;
+    wait_until(Duration::from_secs(60), "ten simulated minutes", || {
+        fake.sim_now_us() >= stop_at
+    })
+    .await;
+
+    let stopping = std::time::Instant::now();
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(5), recorder).await;
+    let stop_took = stopping.elapsed();
+    let result = stopped
+        .expect("stopped within shutdown.deadline_ms although REST hangs")
+        .expect("recorder task");
+    assert!(result.is_ok(), "clean stop: {result:?}");
+    let snapshot = counters.snapshot();
+    assert_eq!(
+        snapshot.frames_durable, snapshot.frames_received,
+        "the final WAL flush made every received frame durable"
+    );
+    eprintln!(
+        "first frame durable {first_frame_after:?} after start, stop took {stop_took:?}, {} frames",
+        snapshot.frames_durable
+    );
+
+    // REST answers again: a restart seals the hour from what was recorded
+    // and fills the rest; nothing is lost.
+    fake.inject(Fault::ClearRestFaults);
+    let restarted = RunningRecorder::start(&config_text);
+    let hour = Hour::containing(SIM_START_US).next();
+    let files: Vec<_> = kinds()
+        .iter()
+        .map(|kind| file_path(root, &key("BTCUSDT", *kind), hour))
+        .collect();
+    wait_until(Duration::from_secs(90), "the hour sealed", || {
+        files.iter().all(|path| path.exists())
+    })
+    .await;
+    restarted.stop().await;
+    assert_hour_is_the_truth(&fake, root, hour);
+    fake.shutdown().await;
+}
