@@ -165,6 +165,16 @@ const LOOKBACK_HOURS: Bounds = Bounds::new(
     90 * 24,
     "every file in the lookback is read at start; Binance's REST history is only useful this far",
 );
+const DECLARED_GIVE_UP_HOURS: Bounds = Bounds::new(
+    1,
+    90 * 24,
+    "a hole REST could not fill for this long is left to `binance-recorder backfill`",
+);
+const MAX_CONCURRENT_ROUNDS: Bounds = Bounds::new(
+    1,
+    256,
+    "each round holds its rows in memory; REST weight is the real limit",
+);
 const SHUTDOWN_DEADLINE_MS: Bounds = Bounds::new(
     1,
     10 * MILLIS_PER_MINUTE,
@@ -345,6 +355,12 @@ pub struct RawFill {
     /// At start: how many hours back the sealed files are read for declared
     /// holes to retry, and for the last rows before the downtime.
     pub lookback_hours: u32,
+    /// Declared holes of an hour that ended this many hours ago are no
+    /// longer retried by the daemon: they stay declared in the file, and
+    /// `binance-recorder backfill` retries them on demand.
+    pub declared_give_up_hours: u32,
+    /// Most fill rounds running at once; more wait their turn.
+    pub max_concurrent_rounds: u32,
 }
 
 impl Default for RawFill {
@@ -360,6 +376,8 @@ impl Default for RawFill {
             deadline_secs: 300,
             declared_retry_secs: 600,
             lookback_hours: 24,
+            declared_give_up_hours: 24,
+            max_concurrent_rounds: 16,
         }
     }
 }
@@ -524,6 +542,9 @@ pub struct FillConfig {
     pub deadline_us: i64,
     pub declared_retry: Duration,
     pub lookback_hours: u32,
+    /// Exchange time after an hour's end, µs.
+    pub declared_give_up_us: i64,
+    pub max_concurrent_rounds: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -764,6 +785,14 @@ fn validate_fill(raw: &RawFill) -> Result<FillConfig, ConfigError> {
     FILL_DEADLINE_SECS.check(key("deadline_secs"), raw.deadline_secs)?;
     DECLARED_RETRY_SECS.check(key("declared_retry_secs"), raw.declared_retry_secs)?;
     LOOKBACK_HOURS.check(key("lookback_hours"), u64::from(raw.lookback_hours))?;
+    DECLARED_GIVE_UP_HOURS.check(
+        key("declared_give_up_hours"),
+        u64::from(raw.declared_give_up_hours),
+    )?;
+    MAX_CONCURRENT_ROUNDS.check(
+        key("max_concurrent_rounds"),
+        u64::from(raw.max_concurrent_rounds),
+    )?;
     if raw.retry_max_ms < raw.retry_initial_ms {
         return Err(invalid(
             key("retry_max_ms"),
@@ -782,6 +811,8 @@ fn validate_fill(raw: &RawFill) -> Result<FillConfig, ConfigError> {
             * crate::domain::MICROS_PER_SECOND,
         declared_retry: Duration::from_secs(raw.declared_retry_secs),
         lookback_hours: raw.lookback_hours,
+        declared_give_up_us: i64::from(raw.declared_give_up_hours) * crate::domain::MICROS_PER_HOUR,
+        max_concurrent_rounds: raw.max_concurrent_rounds as usize,
     })
 }
 

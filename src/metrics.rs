@@ -75,6 +75,9 @@ counters! {
     /// Connection tasks that ended or panicked and were restarted by their
     /// supervisor (a bug: the task itself reconnects forever).
     connection_task_restarts,
+    /// Hours whose declared holes the daemon stopped retrying after
+    /// `fill.declared_give_up_hours` (they stay declared, for `backfill`).
+    declared_given_up,
     /// Stream connections lost.
     disconnects,
     /// Control replies that reported an error.

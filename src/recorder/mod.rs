@@ -178,6 +178,7 @@ pub async fn run_with_seams(
         seal_pause_until: None,
         fills: JoinSet::new(),
         fill_tasks: HashMap::new(),
+        fill_queue: std::collections::VecDeque::new(),
         rest_clients: rest_clients.clone(),
         started: Instant::now(),
         wal_failures: 0,
@@ -802,6 +803,8 @@ struct Runtime {
     /// panics says only its id).
     fills: JoinSet<FillReport>,
     fill_tasks: HashMap<tokio::task::Id, (StreamKey, Hour, bool)>,
+    /// Rounds waiting for a free slot, oldest first.
+    fill_queue: std::collections::VecDeque<FillJob>,
     rest_clients: BTreeMap<Market, RestClient>,
     /// Origin of the [`MonoMs`] clock the state's retry times use.
     started: Instant,
@@ -1061,6 +1064,12 @@ impl Runtime {
                 .max_concurrent_seals
                 .saturating_sub(self.seals.len())
         };
+        while self.fills.len() < self.config.fill.max_concurrent_rounds {
+            let Some(job) = self.fill_queue.pop_front() else {
+                break;
+            };
+            self.start_fill(job);
+        }
         let now = self.now_ms();
         for job in self.state.plan(free, now) {
             match job {
@@ -1075,7 +1084,14 @@ impl Runtime {
         }
     }
 
+    /// Starts a fill round, or queues it while `fill.max_concurrent_rounds`
+    /// run (the queue holds at most one round per stream-hour: the state
+    /// marks each in flight until its report comes back).
     fn start_fill(&mut self, job: FillJob) {
+        if self.fills.len() >= self.config.fill.max_concurrent_rounds {
+            self.fill_queue.push_back(job);
+            return;
+        }
         let Some(rest) = self.rest_clients.get(&job.key.market).cloned() else {
             return;
         };

@@ -472,9 +472,11 @@ impl State {
                 let Some(state) = self.markets.get_mut(&market) else {
                     return;
                 };
-                // The record is the full list as of its writing; anything
-                // learnt earlier in the replay is older and contained in it.
-                if spans.len() >= state.spans.len() || state.spans.is_empty() {
+                // The record is the list still needed as of its writing
+                // (older spans pruned); anything learnt earlier in the
+                // replay is older, so a record at least as new replaces it.
+                let newest_start = |list: &[WatchSpan]| list.last().map(|span| span.start);
+                if state.spans.is_empty() || newest_start(&spans) >= newest_start(&state.spans) {
                     state.spans = spans;
                 }
                 state.pending_new_span |= pending_new_span;
@@ -919,6 +921,19 @@ impl State {
                 n_seals += 1;
             }
 
+            // Declared holes are retried for `fill.declared_give_up_hours`;
+            // then they stay declared in their file, for `backfill`.
+            let n_declared_before = stream.declared.len();
+            stream.declared.retain(|hour, declared| {
+                declared.in_flight
+                    || hour.end().saturating_add(fill.declared_give_up_us) > exchange_now
+            });
+            let n_given_up = n_declared_before - stream.declared.len();
+            if n_given_up > 0 {
+                Counters::add(&self.counters.declared_given_up, n_given_up as u64);
+                warn!(%key, n_hours = n_given_up, "declared holes no longer retried; `binance-recorder backfill` retries them");
+            }
+
             if fill.enabled {
                 for (hour, declared) in stream.declared.iter_mut() {
                     if declared.in_flight
@@ -1094,7 +1109,39 @@ impl State {
                 stream.next_hour_to_seal = Some(hour);
             }
         }
+        self.prune();
         jobs
+    }
+
+    /// Drops what no unsealed hour needs any more: clock offsets of hours
+    /// every stream of the market has sealed, and watch spans that ended
+    /// before them (the newest span is always kept). With the rows, held
+    /// per unsealed hour only, this bounds the state by the hours it serves.
+    fn prune(&mut self) {
+        for (market, market_state) in self.markets.iter_mut() {
+            let oldest_needed = self
+                .streams
+                .iter()
+                .filter(|(key, _)| key.market == *market)
+                .flat_map(|(_, stream)| {
+                    stream
+                        .next_hour_to_seal
+                        .into_iter()
+                        .chain(stream.open.keys().copied())
+                        .chain(stream.in_flight.keys().copied())
+                })
+                .min();
+            let Some(oldest_needed) = oldest_needed else {
+                continue;
+            };
+            market_state.clock_offsets = market_state.clock_offsets.split_off(&oldest_needed);
+            let n_spans = market_state.spans.len();
+            let mut index = 0;
+            market_state.spans.retain(|span| {
+                index += 1;
+                index == n_spans || span.end.is_none_or(|end| end >= oldest_needed.start())
+            });
+        }
     }
 
     /// A seal finished: the hour's rows are on disk, its WAL pin goes.
@@ -1602,6 +1649,66 @@ streams = ["trade", "kline_1m"]
         let jobs = seals(&mut state);
         assert_eq!(jobs.len(), 2, "empty trade and kline files: {jobs:?}");
         assert!(jobs.iter().all(|job| job.rows.is_empty()));
+    }
+
+    #[test]
+    fn clock_offsets_and_spans_are_pruned_with_the_hours_they_serve() {
+        let mut state = new_state();
+        for n_hour in 0..48 {
+            // A process per hour, each with a clock sample and a trade.
+            state.begin_session(Market::Spot);
+            let time = HOUR_START + n_hour * MICROS_PER_HOUR + 10 * MICROS_PER_MINUTE;
+            apply_corroborated(&mut state, SegmentId(1), trade(n_hour + 1, time));
+            for job in seals(&mut state) {
+                state.seal_finished(&job.key, job.hour);
+            }
+        }
+        let market = &state.markets[&Market::Spot];
+        assert!(
+            market.clock_offsets.len() <= 2,
+            "{:?}",
+            market.clock_offsets.keys()
+        );
+        assert!(market.spans.len() <= 2, "{:?}", market.spans);
+        assert_eq!(state.n_unsealed_rows(), 1, "only the current hour is held");
+    }
+
+    #[test]
+    fn declared_holes_are_given_up_after_the_configured_hours() {
+        let mut state = filling_state("declared_give_up_hours = 2");
+        let key = key(StreamKind::Trade);
+        let hour = Hour::containing(HOUR_START);
+        state.declare_sealed_holes(
+            &key,
+            hour,
+            vec![UnfilledRange {
+                from: Some(5),
+                to: Some(6),
+                from_time: HOUR_START,
+                to_time: HOUR_START + 10,
+                reason: "rest unreachable".to_owned(),
+            }],
+        );
+        let mut within = filling_state("declared_give_up_hours = 2");
+        within.declare_sealed_holes(
+            &key,
+            hour,
+            state.streams[&key].declared[&hour].unfilled.clone(),
+        );
+        within.add_clock_sample(Market::Spot, hour.end() + MICROS_PER_HOUR, 0);
+        let jobs = within.plan(10, 0);
+        assert!(
+            jobs.iter()
+                .any(|job| matches!(job, Job::Fill(fill) if fill.declared)),
+            "retried within the bound: {jobs:?}"
+        );
+        state.add_clock_sample(Market::Spot, hour.end() + 2 * MICROS_PER_HOUR + 1, 0);
+        let jobs = state.plan(10, 0);
+        assert!(jobs
+            .iter()
+            .all(|job| !matches!(job, Job::Fill(fill) if fill.declared)));
+        assert_eq!(state.n_declared_hours(), 0, "left to backfill");
+        assert_eq!(state.counters.snapshot().declared_given_up, 1);
     }
 
     #[test]
