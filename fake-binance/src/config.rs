@@ -57,6 +57,11 @@ pub struct Limits {
     pub ban_duration: Duration,
     /// ...up to this (spot: 3 days).
     pub max_ban_duration: Duration,
+    /// Calls inside a 429's back-off answered 429 again before the next one
+    /// earns a 418 ban. Binance says "keep sending" earns a ban without a
+    /// number; a few are tolerated here, as requests already on the wire
+    /// when the 429 was sent cannot be held back by any client.
+    pub calls_in_backoff_before_ban: u32,
     /// After a `serverShutdown` event the connection keeps serving this long
     /// before it closes ("shortly before closing"; Binance gives no number).
     pub server_shutdown_grace: Duration,
@@ -76,6 +81,7 @@ impl Default for Limits {
             weight_window: Duration::from_secs(60),
             ban_duration: Duration::from_secs(120),
             max_ban_duration: Duration::from_secs(3 * 24 * 3600),
+            calls_in_backoff_before_ban: 3,
             server_shutdown_grace: Duration::from_secs(3),
         }
     }
