@@ -211,6 +211,14 @@ fn endpoint_weight(endpoint: &str) -> Option<u32> {
 
 /// Handles one REST request (called by the HTTP loop).
 pub(crate) async fn handle_rest(shared: Arc<Shared>, request: HttpRequest) -> HttpResponse {
+    let latency = shared.config.limits.rest_latency;
+    let mut response = decide_rest(shared, request).await;
+    response.delay += latency;
+    response
+}
+
+/// The answer to one REST request, decided at once.
+async fn decide_rest(shared: Arc<Shared>, request: HttpRequest) -> HttpResponse {
     shared
         .counters
         .update(|counters| counters.rest_requests += 1);
