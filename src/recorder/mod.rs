@@ -92,6 +92,7 @@ pub async fn run_with_wal_fs(
     let rest_options = RestOptions {
         request_timeout: config.fill.request_timeout,
         weight_share: config.fill.weight_share,
+        counters: counters.clone(),
         ..RestOptions::default()
     };
     let rest_clients: BTreeMap<Market, RestClient> = config
