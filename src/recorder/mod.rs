@@ -156,6 +156,7 @@ pub async fn run_with_wal_fs(
         budget: &budget,
         sender: &sender,
         shutdown: &task_shutdown,
+        counters: &counters,
     };
     for market_config in &config.markets {
         let rest = rest_clients[&market_config.market].clone();
@@ -190,6 +191,7 @@ struct TaskSpawner<'a> {
     budget: &'a Arc<HandshakeBudget>,
     sender: &'a mpsc::Sender<Inbound>,
     shutdown: &'a CancellationToken,
+    counters: &'a Arc<Counters>,
 }
 
 impl TaskSpawner<'_> {
@@ -229,6 +231,7 @@ impl TaskSpawner<'_> {
                 self.budget.clone(),
                 self.sender.clone(),
                 self.shutdown.child_token(),
+                self.counters.clone(),
             ));
         }
         let interval = market_config.time_check_interval;
