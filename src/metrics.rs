@@ -96,6 +96,23 @@ counters! {
     holes_declared,
     /// Declared holes filled later and sealed in a replacement file.
     holes_filled_late,
+    // REST pacing and stream reconnects (issue 12).
+    /// REST answers 429 (too much weight), each one, also those that only
+    /// extend a back-off already in force.
+    rest_429,
+    /// REST answers 418 (IP banned). Should stay 0: every call waits out a
+    /// 429's `Retry-After`, and one probes alone before the rest follow.
+    rest_418,
+    /// REST back-offs started after a 429 or 418 (each logged once).
+    rest_backoffs,
+    /// REST rows beyond the `limit` a call asked for, ignored.
+    rest_rows_over_limit,
+    /// REST answers refused unread for being larger than the body cap.
+    rest_bodies_too_large,
+    /// The longest back-off step (its ceiling before jitter, in ms) any
+    /// stream reconnect waited under: stays at `backoff_initial_ms` while
+    /// every lost link had delivered data (a gauge of the high-water mark).
+    reconnect_backoff_max_ms,
 }
 
 impl Counters {

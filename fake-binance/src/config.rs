@@ -57,6 +57,15 @@ pub struct Limits {
     pub ban_duration: Duration,
     /// ...up to this (spot: 3 days).
     pub max_ban_duration: Duration,
+    /// Calls inside a 429's back-off answered 429 again before the next one
+    /// earns a 418 ban. Binance says "keep sending" earns a ban without a
+    /// number; a few are tolerated here, as requests already on the wire
+    /// when the 429 was sent cannot be held back by any client.
+    pub calls_in_backoff_before_ban: u32,
+    /// Every REST answer is sent this long after it was decided: the
+    /// network between a client and Binance (tens of ms), during which a
+    /// 429 already given is not known to the client yet. 0 by default.
+    pub rest_latency: Duration,
     /// After a `serverShutdown` event the connection keeps serving this long
     /// before it closes ("shortly before closing"; Binance gives no number).
     pub server_shutdown_grace: Duration,
@@ -76,6 +85,8 @@ impl Default for Limits {
             weight_window: Duration::from_secs(60),
             ban_duration: Duration::from_secs(120),
             max_ban_duration: Duration::from_secs(3 * 24 * 3600),
+            calls_in_backoff_before_ban: 3,
+            rest_latency: Duration::ZERO,
             server_shutdown_grace: Duration::from_secs(3),
         }
     }

@@ -41,18 +41,29 @@ pub enum Fault {
     UnsubscribedSymbolEvent { count: u32 },
     /// The `serverShutdown` event on every connection, then a close.
     ServerShutdown,
-    /// The next `count` REST requests answer this HTTP status (500, 502, 503, 504).
+    /// The next `count` REST requests answer this HTTP status (500, 502, 503,
+    /// 504; 403 answers the WAF's HTML page, 451 Binance's restricted-location body).
     RestStatus { status: u16, count: u32 },
     /// The next `count` REST requests answer 429 with this `Retry-After`.
+    /// Like a real 429 it starts a back-off: calls inside it count towards a 418.
     RestTooManyRequests { retry_after_secs: u64, count: u32 },
+    /// The next `count` REST requests answer 429 with no `Retry-After` header;
+    /// the back-off lasts until the weight window ends.
+    RestTooManyRequestsWithoutRetryAfter { count: u32 },
+    /// The next `count` REST answers are a valid JSON array of `bytes` bytes
+    /// (mostly whitespace): a broken or hostile server.
+    RestOversizedBody { bytes: u64, count: u32 },
+    /// The next `count` list answers carry `rows` rows more than the `limit` asked for.
+    RestExtraRows { rows: u32, count: u32 },
     /// The next `count` REST requests are answered after `delay_ms` of real time.
     RestSlow { delay_ms: u64, count: u32 },
     /// The next `count` REST requests get their TCP connection reset instead of an answer.
     RestConnectionReset { count: u32 },
     /// The next `count` REST answers announce their full length but stop half-way.
     RestTruncatedBody { count: u32 },
-    /// Forget every REST failure still queued: REST answers normally again
-    /// (ends a "REST down" made of a long queue of failures).
+    /// Forget every REST failure still queued, and any 429 back-off or 418
+    /// ban in force: REST answers normally again (ends a "REST down" made of
+    /// a long queue of failures).
     ClearRestFaults,
 }
 
@@ -81,6 +92,11 @@ impl Fault {
             Fault::ServerShutdown => "server_shutdown",
             Fault::RestStatus { .. } => "rest_status",
             Fault::RestTooManyRequests { .. } => "rest_too_many_requests",
+            Fault::RestTooManyRequestsWithoutRetryAfter { .. } => {
+                "rest_too_many_requests_without_retry_after"
+            }
+            Fault::RestOversizedBody { .. } => "rest_oversized_body",
+            Fault::RestExtraRows { .. } => "rest_extra_rows",
             Fault::RestSlow { .. } => "rest_slow",
             Fault::RestConnectionReset { .. } => "rest_connection_reset",
             Fault::RestTruncatedBody { .. } => "rest_truncated_body",
@@ -133,7 +149,14 @@ impl Fault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RestFailure {
     Status(u16),
-    TooManyRequests { retry_after_secs: u64 },
+    /// `None`: no `Retry-After` header.
+    TooManyRequests {
+        retry_after_secs: Option<u64>,
+    },
+    OversizedBody {
+        bytes: u64,
+    },
+    ExtraRows(usize),
     Slow(Duration),
     ConnectionReset,
     TruncatedBody,

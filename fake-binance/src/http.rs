@@ -26,6 +26,9 @@ pub(crate) struct HttpRequest {
     pub query: Vec<(String, String)>,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Rows a list endpoint serves beyond the `limit` asked for (an
+    /// injected `RestExtraRows` fault; 0 normally).
+    pub extra_rows: usize,
 }
 
 impl HttpRequest {
@@ -92,6 +95,7 @@ fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         418 => "I'm a teapot",
         429 => "Too Many Requests",
+        451 => "Unavailable For Legal Reasons",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
@@ -309,6 +313,7 @@ async fn read_request(
                     query: request_query,
                     headers,
                     body,
+                    extra_rows: 0,
                 };
                 return Ok(Some((request, keep_alive, head_length + content_length)));
             }

@@ -20,8 +20,10 @@ pub(crate) struct WeightState {
     window_start: Instant,
     window_index: u64,
     used: u32,
-    /// After a 429, calls before this instant earn a ban.
+    /// After a 429, calls before this instant are answered 429 again, and
+    /// past `Limits::calls_in_backoff_before_ban` of them earn a ban.
     backoff_until: Option<Instant>,
+    calls_in_backoff: u32,
     banned_until: Option<Instant>,
     bans_so_far: u32,
     /// The most weight ever used in one window.
@@ -35,6 +37,7 @@ impl WeightState {
             window_index: 0,
             used: 0,
             backoff_until: None,
+            calls_in_backoff: 0,
             banned_until: None,
             bans_so_far: 0,
             used_max: 0,
@@ -57,6 +60,22 @@ impl WeightState {
     pub fn used(&mut self, now: Instant, window: Duration) -> u32 {
         self.roll_window(now, window);
         self.used
+    }
+
+    /// A 429 was answered (by the weight check or an injected fault): calls
+    /// before `until` are calls inside its back-off.
+    fn start_backoff(&mut self, until: Instant) {
+        if self.backoff_until.is_none_or(|current| current < until) {
+            self.backoff_until = Some(until);
+        }
+    }
+
+    /// Ends any back-off and ban in force (the ban history stays, so the
+    /// next ban is still longer).
+    pub fn forgive(&mut self) {
+        self.backoff_until = None;
+        self.calls_in_backoff = 0;
+        self.banned_until = None;
     }
 }
 
@@ -98,6 +117,17 @@ fn admit(shared: &Shared, weight: u32) -> (Admission, u32) {
     }
     if let Some(backoff_until) = state.backoff_until {
         if now < backoff_until {
+            if state.calls_in_backoff < limits.calls_in_backoff_before_ban {
+                // A request that was on the wire when the 429 went out, or a
+                // client that did not listen yet: told again.
+                state.calls_in_backoff += 1;
+                return (
+                    Admission::TooMuchWeight {
+                        retry_after_secs: seconds_until(now, backoff_until),
+                    },
+                    state.used,
+                );
+            }
             // Calling again while told to back off earns an IP ban, longer each time.
             state.bans_so_far += 1;
             let doubling = 2u32.saturating_pow(state.bans_so_far - 1);
@@ -107,6 +137,7 @@ fn admit(shared: &Shared, weight: u32) -> (Admission, u32) {
                 .min(limits.max_ban_duration);
             state.banned_until = Some(now + ban);
             state.backoff_until = None;
+            state.calls_in_backoff = 0;
             let retry_after_secs = seconds_until(now, now + ban);
             warn!(
                 ban_secs = ban.as_secs_f64(),
@@ -121,10 +152,11 @@ fn admit(shared: &Shared, weight: u32) -> (Admission, u32) {
             );
         }
         state.backoff_until = None;
+        state.calls_in_backoff = 0;
     }
     if state.used.saturating_add(weight) > limits.weight_limit_per_minute {
         let window_end = state.window_end(limits.weight_window);
-        state.backoff_until = Some(window_end);
+        state.start_backoff(window_end);
         return (
             Admission::TooMuchWeight {
                 retry_after_secs: seconds_until(now, window_end),
@@ -179,6 +211,14 @@ fn endpoint_weight(endpoint: &str) -> Option<u32> {
 
 /// Handles one REST request (called by the HTTP loop).
 pub(crate) async fn handle_rest(shared: Arc<Shared>, request: HttpRequest) -> HttpResponse {
+    let latency = shared.config.limits.rest_latency;
+    let mut response = decide_rest(shared, request).await;
+    response.delay += latency;
+    response
+}
+
+/// The answer to one REST request, decided at once.
+async fn decide_rest(shared: Arc<Shared>, request: HttpRequest) -> HttpResponse {
     shared
         .counters
         .update(|counters| counters.rest_requests += 1);
@@ -195,6 +235,15 @@ pub(crate) async fn handle_rest(shared: Arc<Shared>, request: HttpRequest) -> Ht
         warn!(?failure, path = %request.path, "rest failure injected");
         let used = used_now();
         match failure {
+            RestFailure::Status(status @ 403) => {
+                // The WAF answers before the API: an HTML page, no weight header.
+                let mut response = HttpResponse::json(status, WAF_PAGE.to_owned());
+                response.headers = vec![("Content-Type".to_owned(), "text/html".to_owned())];
+                return response;
+            }
+            RestFailure::Status(status @ 451) => {
+                return HttpResponse::json(status, RESTRICTED_LOCATION_BODY.to_owned());
+            }
             RestFailure::Status(status) => {
                 return HttpResponse::json(status, format!(r#"{{"code":-1001,"msg":"Internal error; unable to process your request. Please try again. ({status})"}}"#))
                     .with_header("X-MBX-USED-WEIGHT-1M", used.to_string());
@@ -203,12 +252,42 @@ pub(crate) async fn handle_rest(shared: Arc<Shared>, request: HttpRequest) -> Ht
                 shared
                     .counters
                     .update(|counters| counters.rest_responses_429 += 1);
-                return HttpResponse::json(
+                // Like a real 429 it starts a back-off the client must respect.
+                let now = Instant::now();
+                {
+                    let mut state = lock(&shared.weight);
+                    let until = match retry_after_secs {
+                        Some(secs) => now + Duration::from_secs(secs),
+                        None => {
+                            state.roll_window(now, window);
+                            state.window_end(window)
+                        }
+                    };
+                    state.start_backoff(until);
+                }
+                let mut response = HttpResponse::json(
                     429,
                     too_much_weight_body(shared.config.limits.weight_limit_per_minute),
                 )
-                .with_header("Retry-After", retry_after_secs.to_string())
                 .with_header("X-MBX-USED-WEIGHT-1M", used.to_string());
+                if let Some(secs) = retry_after_secs {
+                    response = response.with_header("Retry-After", secs.to_string());
+                }
+                return response;
+            }
+            RestFailure::OversizedBody { bytes } => {
+                let length = usize::try_from(bytes).unwrap_or(usize::MAX).max(2);
+                let mut body = String::with_capacity(length);
+                body.push('[');
+                body.extend(std::iter::repeat_n(' ', length - 2));
+                body.push(']');
+                return HttpResponse::json(200, body)
+                    .with_header("X-MBX-USED-WEIGHT-1M", used.to_string());
+            }
+            RestFailure::ExtraRows(rows) => {
+                let mut request = request;
+                request.extra_rows = rows;
+                return answer(&shared, &request);
             }
             RestFailure::ConnectionReset => {
                 let mut response = HttpResponse::json(500, String::new());
@@ -227,6 +306,12 @@ pub(crate) async fn handle_rest(shared: Arc<Shared>, request: HttpRequest) -> Ht
     response.delay = delay;
     response
 }
+
+/// What Binance answers with HTTP 451 from a restricted location.
+const RESTRICTED_LOCATION_BODY: &str = r#"{"code":0,"msg":"Service unavailable from a restricted location according to 'b. Eligibility' in https://www.binance.com/en/terms. Please contact customer service if you believe you received this message in error."}"#;
+
+/// What the web application firewall in front of the API answers with HTTP 403.
+const WAF_PAGE: &str = "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01 Transitional//EN\"><HTML><HEAD><TITLE>ERROR: The request could not be satisfied</TITLE></HEAD><BODY><H1>403 ERROR</H1><H2>The request could not be satisfied.</H2>Request blocked.</BODY></HTML>";
 
 fn too_much_weight_body(limit: u32) -> String {
     format!(
@@ -357,10 +442,11 @@ fn parse_time_us(
     }))
 }
 
+/// The rows to serve: the `limit` asked for, plus injected extra rows.
 fn parse_limit(request: &HttpRequest) -> Result<usize, ApiError> {
     match parse_integer(request, "limit")? {
-        None => Ok(500),
-        Some(limit) if (1..=1000).contains(&limit) => Ok(limit as usize),
+        None => Ok(500 + request.extra_rows),
+        Some(limit) if (1..=1000).contains(&limit) => Ok(limit as usize + request.extra_rows),
         Some(_) => Err(ApiError::bad_request(
             -1130,
             "Data sent for parameter 'limit' is not valid.",

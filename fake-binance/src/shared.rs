@@ -129,8 +129,25 @@ impl Shared {
             Fault::RestTooManyRequests {
                 retry_after_secs,
                 count,
-            } => lock(&self.pending_faults)
-                .queue_rest(RestFailure::TooManyRequests { retry_after_secs }, count),
+            } => lock(&self.pending_faults).queue_rest(
+                RestFailure::TooManyRequests {
+                    retry_after_secs: Some(retry_after_secs),
+                },
+                count,
+            ),
+            Fault::RestTooManyRequestsWithoutRetryAfter { count } => lock(&self.pending_faults)
+                .queue_rest(
+                    RestFailure::TooManyRequests {
+                        retry_after_secs: None,
+                    },
+                    count,
+                ),
+            Fault::RestOversizedBody { bytes, count } => {
+                lock(&self.pending_faults).queue_rest(RestFailure::OversizedBody { bytes }, count)
+            }
+            Fault::RestExtraRows { rows, count } => {
+                lock(&self.pending_faults).queue_rest(RestFailure::ExtraRows(rows as usize), count)
+            }
             Fault::RestSlow { delay_ms, count } => lock(&self.pending_faults)
                 .queue_rest(RestFailure::Slow(Duration::from_millis(delay_ms)), count),
             Fault::RestConnectionReset { count } => {
@@ -139,7 +156,10 @@ impl Shared {
             Fault::RestTruncatedBody { count } => {
                 lock(&self.pending_faults).queue_rest(RestFailure::TruncatedBody, count)
             }
-            Fault::ClearRestFaults => lock(&self.pending_faults).rest.clear(),
+            Fault::ClearRestFaults => {
+                lock(&self.pending_faults).rest.clear();
+                lock(&self.weight).forgive();
+            }
         }
     }
 }

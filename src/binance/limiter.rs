@@ -7,21 +7,31 @@
 //! from 2 minutes to 3 days (reference section 6). Other programs on the
 //! host share the IP, so we only use a configured share of the limit.
 //!
-//! The rules, in the order [`Limiter::delay_before`] applies them:
+//! The rules, in the order [`Limiter::try_send`] applies them:
 //!
 //! 1. **Back-off.** After a 429 or 418 nothing is sent until its
 //!    `Retry-After` has passed, by any clone of the client (they share one
-//!    limiter). Without the header: the next window boundary after a 429, two
-//!    minutes after a 418 (the shortest ban).
-//! 2. **Our own weight, sliding window.** The weight of our requests over any
+//!    limiter). Without the header: one weight window after a 429 (the
+//!    server's count has reset by then whatever its phase), doubling while
+//!    429s without the header repeat, up to ten minutes; two minutes after a
+//!    418 (the shortest ban). Answers to requests that were already on the
+//!    wire may extend the back-off; they never start a second one.
+//! 2. **A probe.** When a back-off ends, one request goes alone (nothing
+//!    else in flight) and the others wait for its answer: a 429 again starts
+//!    a new back-off, anything else lets the rest follow. A probe that gets
+//!    no answer (a transport error, a cancelled call) is probed again.
+//! 3. **Requests in flight.** At most `max_in_flight` requests are on the
+//!    wire at once, so a 429 meets only a few requests the client can no
+//!    longer hold back (Binance bans for calls inside a back-off).
+//! 4. **Our own weight, sliding window.** The weight of our requests over any
 //!    window-long span stays within the budget (`limit * share`). A sliding
 //!    window keeps every fixed window under the budget whatever its phase,
 //!    so a host clock that is off, or a server whose windows do not start on
 //!    our whole minutes, cannot make us pass it; the price is being a little
 //!    slower just after a boundary. A request counts from when it is sent
 //!    until one window after its answer (the server may count it any time in
-//!    between).
-//! 3. **The server's count.** `X-MBX-USED-WEIGHT-1M` says what the whole IP
+//!    between); one still on the wire counts in full.
+//! 5. **The server's count.** `X-MBX-USED-WEIGHT-1M` says what the whole IP
 //!    used in the server's current window, including other programs. We
 //!    trust it over our own count: the estimate is the larger of the two (the
 //!    header plus what we sent that it may not include yet). A reading is
@@ -39,6 +49,12 @@ use crate::domain::{Market, TimeUs};
 /// The shortest IP ban Binance gives (reference section 6): the back-off
 /// after a 418 that carries no `Retry-After`.
 const DEFAULT_BAN: Duration = Duration::from_secs(120);
+
+/// The longest back-off after repeated 429s that carried no `Retry-After`.
+const MAX_DEFAULT_BACKOFF: Duration = Duration::from_secs(600);
+
+/// Requests on the wire at once per client (all clones), unless configured.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 4;
 
 /// How long after a window boundary (on our clock) a header reading is
 /// still trusted: covers a host clock up to this much behind the server's.
@@ -150,7 +166,38 @@ struct Sent {
     id: u64,
     weight: u32,
     sent_at: TimeUs,
+    /// When its answer's headers arrived (or it ended without one).
     answered_at: Option<TimeUs>,
+    /// Off the wire: answered and read, failed, or given up by its caller.
+    done: bool,
+}
+
+/// Why [`Limiter::try_send`] says not yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Ask again after this long (the weight budget or a back-off).
+    For(Duration),
+    /// Ask again when a request in flight ends: too many are on the wire,
+    /// or a probe after a back-off is (or must go) alone.
+    ForAnswer,
+}
+
+/// The probe after a back-off (rule 2 of the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    NotNeeded,
+    Wanted,
+    InFlight(u64),
+}
+
+/// A back-off that a 429 or 418 started (not one it only extended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffStarted {
+    pub status: u16,
+    /// How long nothing is sent.
+    pub length: Duration,
+    /// Whether the answer said how long (`Retry-After`), or a default applies.
+    pub retry_after_given: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -166,8 +213,12 @@ struct HeaderReading {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LimiterStats {
     pub n_sent: u64,
+    /// 429 answers (each one, also those extending a back-off).
     pub n_rate_limited: u64,
+    /// 418 answers.
     pub n_banned: u64,
+    /// Back-offs started (each logged once).
+    pub n_backoffs: u64,
     /// The highest `X-MBX-USED-WEIGHT-1M` any answer carried.
     pub max_used_weight_seen: u32,
 }
@@ -177,10 +228,14 @@ pub struct LimiterStats {
 pub struct Limiter {
     limit: WeightLimit,
     share: WeightShare,
+    max_in_flight: u32,
     sent: VecDeque<Sent>,
     next_id: u64,
     header: Option<HeaderReading>,
     backoff_until: Option<TimeUs>,
+    probe: Probe,
+    /// 429s without `Retry-After` since the last answer that was not one.
+    n_default_backoffs: u32,
     stats: LimiterStats,
 }
 
@@ -197,12 +252,26 @@ impl Limiter {
         Limiter {
             limit,
             share,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             sent: VecDeque::new(),
             next_id: 0,
             header: None,
             backoff_until: None,
+            probe: Probe::NotNeeded,
+            n_default_backoffs: 0,
             stats: LimiterStats::default(),
         }
+    }
+
+    /// At most `max_in_flight` (at least 1) requests on the wire at once.
+    pub fn with_max_in_flight(mut self, max_in_flight: u32) -> Limiter {
+        self.max_in_flight = max_in_flight.max(1);
+        self
+    }
+
+    /// Requests sent and not yet done.
+    pub fn n_in_flight(&self) -> usize {
+        self.sent.iter().filter(|sent| !sent.done).count()
     }
 
     /// Adopts the limit `exchangeInfo` reported.
@@ -298,7 +367,8 @@ impl Limiter {
         (at > now).then(|| duration_between(now, at))
     }
 
-    /// Counts a request of `weight` sent at `now`.
+    /// Counts a request of `weight` sent at `now`, whatever the rules say
+    /// (tests and [`Limiter::try_send`] use it).
     pub fn on_send(&mut self, weight: u32, now: TimeUs) -> SendId {
         self.forget_expired(now);
         let id = self.next_id;
@@ -308,26 +378,59 @@ impl Limiter {
             weight,
             sent_at: now,
             answered_at: None,
+            done: false,
         });
+        if self.probe == Probe::Wanted {
+            self.probe = Probe::InFlight(id);
+        }
         self.stats.n_sent += 1;
         SendId(id)
     }
 
-    /// [`Limiter::delay_before`] and [`Limiter::on_send`] in one step, so two
-    /// callers sharing the limiter cannot both take the last of the budget.
-    pub fn try_send(&mut self, weight: u32, now: TimeUs) -> Result<SendId, Duration> {
+    /// Every rule of the module doc in one step, so two callers sharing the
+    /// limiter cannot both take the last of the budget: the request may go
+    /// now (it is counted), or the caller waits and asks again.
+    pub fn try_send(&mut self, weight: u32, now: TimeUs) -> Result<SendId, Wait> {
+        self.forget_expired(now);
+        if let Some(until) = self.backoff_until(now) {
+            return Err(Wait::For(duration_between(now, until)));
+        }
+        let n_in_flight = self.n_in_flight();
+        if self.probe != Probe::NotNeeded && n_in_flight > 0 {
+            return Err(Wait::ForAnswer);
+        }
+        if n_in_flight >= self.max_in_flight as usize {
+            return Err(Wait::ForAnswer);
+        }
         match self.delay_before(weight, now) {
             None => Ok(self.on_send(weight, now)),
-            Some(delay) => Err(delay),
+            Some(delay) => Err(Wait::For(delay)),
         }
     }
 
-    /// The request `send` was answered (or failed) at `now`; `used_weight` is
-    /// its `X-MBX-USED-WEIGHT-1M` header, when it had one.
+    /// The request `send` was answered with success (or a status other than
+    /// 429/418) at `now` and is done; `used_weight` is its
+    /// `X-MBX-USED-WEIGHT-1M` header, when it had one.
     pub fn on_response(&mut self, send: SendId, used_weight: Option<u32>, now: TimeUs) {
+        self.on_headers(send, 200, used_weight, None, now);
+        self.on_done(send, now);
+    }
+
+    /// The headers of the answer to `send` arrived at `now`. A 429 or 418
+    /// holds every caller back (rule 1); the answer of a probe that is
+    /// neither lets them follow (rule 2). Returns the back-off it started,
+    /// if it started one, for the caller to log once.
+    pub fn on_headers(
+        &mut self,
+        send: SendId,
+        status: u16,
+        used_weight: Option<u32>,
+        retry_after: Option<Duration>,
+        now: TimeUs,
+    ) -> Option<BackoffStarted> {
         let mut request_sent_at = now;
         if let Some(sent) = self.sent.iter_mut().find(|sent| sent.id == send.0) {
-            sent.answered_at = Some(now);
+            sent.answered_at.get_or_insert(now);
             request_sent_at = sent.sent_at;
         }
         if let Some(used) = used_weight {
@@ -349,19 +452,56 @@ impl Limiter {
                 self.header = Some(reading);
             }
         }
+        if status == 429 || status == 418 {
+            return self.on_retry_after(status, retry_after, now);
+        }
+        self.n_default_backoffs = 0;
+        if self.probe == Probe::InFlight(send.0) {
+            self.probe = Probe::NotNeeded;
+        }
+        None
+    }
+
+    /// The request `send` is off the wire at `now` (its body read, or it
+    /// failed, or its caller gave up): its in-flight slot is free. A probe
+    /// that ends without an answer is tried again.
+    pub fn on_done(&mut self, send: SendId, now: TimeUs) {
+        if let Some(sent) = self.sent.iter_mut().find(|sent| sent.id == send.0) {
+            sent.answered_at.get_or_insert(now);
+            sent.done = true;
+        }
+        if self.probe == Probe::InFlight(send.0) {
+            self.probe = Probe::Wanted;
+        }
         self.forget_expired(now);
     }
 
     /// A 429 (too much weight) or 418 (banned) answer at `now`, with its
-    /// `Retry-After`: every call waits until it has passed.
-    pub fn on_retry_after(&mut self, status: u16, retry_after: Option<Duration>, now: TimeUs) {
-        let until = match (status, retry_after) {
-            (_, Some(retry_after)) => now.saturating_add(micros(retry_after)),
-            (418, None) => now.saturating_add(micros(DEFAULT_BAN)),
+    /// `Retry-After`: every call waits until it has passed, then one probes.
+    /// Returns the back-off when this answer started it (none was in force).
+    pub fn on_retry_after(
+        &mut self,
+        status: u16,
+        retry_after: Option<Duration>,
+        now: TimeUs,
+    ) -> Option<BackoffStarted> {
+        let length = match (status, retry_after) {
+            (_, Some(retry_after)) => retry_after,
+            (418, None) => DEFAULT_BAN,
             (_, None) => {
-                let window = self.window_us();
-                (now.div_euclid(window) + 1).saturating_mul(window)
-                    + micros(BOUNDARY_MARGIN).min(window / 10)
+                self.n_default_backoffs = self.n_default_backoffs.saturating_add(1);
+                let doubling = 2u32.saturating_pow(self.n_default_backoffs.min(31) - 1);
+                let window = self.limit.window.max(Duration::from_micros(1));
+                let to_boundary = {
+                    let window_us = self.window_us();
+                    let boundary = (now.div_euclid(window_us) + 1).saturating_mul(window_us)
+                        + micros(BOUNDARY_MARGIN).min(window_us / 10);
+                    duration_between(now, boundary)
+                };
+                window
+                    .saturating_mul(doubling)
+                    .min(MAX_DEFAULT_BACKOFF)
+                    .max(to_boundary)
             }
         };
         if status == 418 {
@@ -369,17 +509,33 @@ impl Limiter {
         } else {
             self.stats.n_rate_limited += 1;
         }
+        let until = now.saturating_add(micros(length));
+        let was_in_force = self.backoff_until(now).is_some();
         self.backoff_until = Some(
             self.backoff_until
+                .filter(|current| *current > now)
                 .map_or(until, |current| current.max(until)),
         );
+        // Whatever was probing, the next request after this back-off probes.
+        self.probe = Probe::Wanted;
+        if was_in_force {
+            return None;
+        }
+        self.stats.n_backoffs += 1;
+        Some(BackoffStarted {
+            status,
+            length,
+            retry_after_given: retry_after.is_some(),
+        })
     }
 
     fn forget_expired(&mut self, now: TimeUs) {
         let window = self.window_us();
         self.sent.retain(|sent| {
-            sent.answered_at
-                .is_none_or(|answered| answered.saturating_add(window) > now)
+            !sent.done
+                || sent
+                    .answered_at
+                    .is_none_or(|answered| answered.saturating_add(window) > now)
         });
         if self.header.is_some_and(|reading| reading.forget_at <= now) {
             self.header = None;
@@ -604,10 +760,148 @@ mod tests {
     }
 
     #[test]
-    fn too_many_requests_without_retry_after_waits_for_the_window_end() {
+    fn too_many_requests_without_retry_after_backs_off_a_window_doubling_to_a_cap() {
         let mut pacer = limiter(6000, 0.5);
-        pacer.on_retry_after(429, None, at(45_000));
-        assert_eq!(pacer.backoff_until(at(45_000)), Some(at(61_000)));
+        let started = pacer.on_retry_after(429, None, at(45_000));
+        assert_eq!(
+            started,
+            Some(BackoffStarted {
+                status: 429,
+                length: Duration::from_secs(60),
+                retry_after_given: false
+            })
+        );
+        assert_eq!(pacer.backoff_until(at(45_000)), Some(at(105_000)));
+        // The probe after it gets 429 again: two windows, then four...
+        let probe = pacer.try_send(1, at(105_000)).expect("the probe goes");
+        let again = pacer.on_headers(probe, 429, None, None, at(105_100));
+        assert_eq!(again.map(|b| b.length), Some(Duration::from_secs(120)));
+        pacer.on_done(probe, at(105_100));
+        for _ in 0..10 {
+            pacer.on_retry_after(429, None, at(1_000_000));
+        }
+        assert_eq!(
+            pacer.backoff_until(at(1_000_000)),
+            Some(at(1_000_000 + 600_000)),
+            "capped at ten minutes"
+        );
+        // Any other answer resets the doubling.
+        let mut pacer = limiter(6000, 0.5);
+        pacer.on_retry_after(429, None, at(0));
+        pacer.on_retry_after(429, None, at(1));
+        let ok = pacer.on_send(1, at(200_000));
+        pacer.on_response(ok, None, at(200_001));
+        let started = pacer.on_retry_after(429, None, at(290_000));
+        assert_eq!(started.map(|b| b.length), Some(Duration::from_secs(60)));
+        // Never shorter than the rest of the server's window (plus margin).
+        let started = limiter(6000, 0.5).on_retry_after(429, None, at(0));
+        assert_eq!(started.map(|b| b.length), Some(Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn a_back_off_is_reported_once_however_many_answers_extend_it() {
+        let mut pacer = limiter(6000, 0.5);
+        let ids: Vec<SendId> = (0..3)
+            .map(|index| pacer.try_send(4, at(index)).expect("may send"))
+            .collect();
+        let first = pacer.on_headers(
+            ids[0],
+            429,
+            Some(6001),
+            Some(Duration::from_secs(5)),
+            at(10),
+        );
+        assert_eq!(first.map(|b| b.length), Some(Duration::from_secs(5)));
+        // The two others were on the wire: their 429s extend, silently.
+        assert_eq!(
+            pacer.on_headers(ids[1], 429, None, Some(Duration::from_secs(6)), at(20)),
+            None
+        );
+        assert_eq!(
+            pacer.on_headers(ids[2], 429, None, Some(Duration::from_secs(1)), at(30)),
+            None
+        );
+        assert_eq!(pacer.backoff_until(at(30)), Some(at(6020)));
+        let stats = pacer.stats();
+        assert_eq!((stats.n_rate_limited, stats.n_backoffs), (3, 1));
+    }
+
+    #[test]
+    fn requests_on_the_wire_during_a_back_off_count_as_used() {
+        let mut pacer = limiter(100, 0.5);
+        let on_wire = pacer.try_send(40, at(0)).expect("may send");
+        pacer.on_retry_after(429, Some(Duration::from_secs(1)), at(10));
+        pacer.on_headers(on_wire, 429, None, Some(Duration::from_secs(1)), at(500));
+        pacer.on_done(on_wire, at(500));
+        // Its own 429 extended the back-off to 1.5 s; after it, its 40
+        // still count until a window after its answer.
+        assert_eq!(pacer.backoff_until(at(1010)), Some(at(1500)));
+        assert_eq!(pacer.delay_before(10, at(1500)), None);
+        assert_eq!(
+            pacer.delay_before(11, at(1500)),
+            Some(Duration::from_millis(60_500 - 1500))
+        );
+    }
+
+    #[test]
+    fn after_a_back_off_one_request_probes_alone() {
+        let mut pacer = limiter(6000, 0.5);
+        let slow = pacer.try_send(4, at(0)).expect("may send");
+        pacer.on_retry_after(429, Some(Duration::from_secs(2)), at(100));
+        assert_eq!(
+            pacer.try_send(4, at(100)),
+            Err(Wait::For(Duration::from_secs(2)))
+        );
+        // Back-off over, but a request from before it is still on the wire:
+        // the probe waits for it to end.
+        assert_eq!(pacer.try_send(4, at(2100)), Err(Wait::ForAnswer));
+        pacer.on_done(slow, at(2200));
+        let probe = pacer.try_send(4, at(2200)).expect("the probe goes");
+        assert_eq!(pacer.try_send(4, at(2201)), Err(Wait::ForAnswer), "alone");
+        // Its answer lets the others follow.
+        pacer.on_headers(probe, 200, Some(10), None, at(2300));
+        let follower = pacer.try_send(4, at(2300)).expect("the rest follow");
+        pacer.on_done(probe, at(2310));
+        pacer.on_done(follower, at(2320));
+    }
+
+    #[test]
+    fn a_probe_that_gets_429_backs_off_again_and_one_that_fails_probes_again() {
+        let mut pacer = limiter(6000, 0.5);
+        pacer.on_retry_after(429, Some(Duration::from_secs(1)), at(0));
+        let probe = pacer.try_send(4, at(1000)).expect("the probe goes");
+        let again = pacer.on_headers(probe, 429, None, Some(Duration::from_secs(3)), at(1100));
+        assert!(again.is_some(), "a new back-off, reported");
+        pacer.on_done(probe, at(1100));
+        assert_eq!(
+            pacer.try_send(4, at(1100)),
+            Err(Wait::For(Duration::from_secs(3)))
+        );
+        // The next probe is cancelled before any answer: another one probes.
+        let cancelled = pacer.try_send(4, at(4100)).expect("the probe goes");
+        assert_eq!(pacer.try_send(4, at(4101)), Err(Wait::ForAnswer));
+        pacer.on_done(cancelled, at(4200));
+        let probe = pacer.try_send(4, at(4200)).expect("probes again");
+        assert_eq!(pacer.try_send(4, at(4201)), Err(Wait::ForAnswer));
+        pacer.on_response(probe, None, at(4300));
+        assert!(pacer.try_send(4, at(4300)).is_ok());
+    }
+
+    #[test]
+    fn requests_in_flight_are_bounded() {
+        let mut pacer = limiter(6000, 0.5).with_max_in_flight(2);
+        let first = pacer.try_send(1, at(0)).expect("may send");
+        let second = pacer.try_send(1, at(0)).expect("may send");
+        assert_eq!(pacer.try_send(1, at(0)), Err(Wait::ForAnswer));
+        assert_eq!(pacer.n_in_flight(), 2);
+        // Headers alone do not free the slot: the body is still being read.
+        pacer.on_headers(first, 200, None, None, at(5));
+        assert_eq!(pacer.try_send(1, at(5)), Err(Wait::ForAnswer));
+        pacer.on_done(first, at(6));
+        assert!(pacer.try_send(1, at(6)).is_ok());
+        pacer.on_done(second, at(7));
+        assert_eq!(pacer.n_in_flight(), 1);
+        assert_eq!(limiter(1, 1.0).with_max_in_flight(0).max_in_flight, 1);
     }
 
     #[test]
@@ -659,7 +953,8 @@ mod tests {
                     sends.push((now, answered, weight));
                     now = answered;
                 }
-                Err(delay) => now += micros(delay),
+                Err(Wait::For(delay)) => now += micros(delay),
+                Err(Wait::ForAnswer) => unreachable!("every request is answered at once"),
             }
         }
         assert!(

@@ -4,9 +4,20 @@
 //! to fill gaps.
 //!
 //! Every call goes through one [`Limiter`] shared by all clones of the
-//! client: it waits for the weight budget and for any `Retry-After`, records
+//! client: it waits for the weight budget, for any `Retry-After`, for the
+//! probe after a back-off and for a free in-flight slot; it records
 //! `X-MBX-USED-WEIGHT-1M` from every answer, and a 429 or 418 seen by one
-//! caller holds back all of them.
+//! caller holds back all of them (each back-off logged once, every 429 and
+//! 418 counted). Every wait is cancellable: dropping a call's future frees
+//! what it held (the in-flight slot is an RAII [`SendPermit`]), so callers
+//! may `select!` on shutdown.
+//!
+//! An answer of 403 (Binance's firewall) or 451 (a restricted location) is
+//! [`RestError::Refused`]: never retried, and [`RestError::is_fatal`] for
+//! the runtime to stop with its message. Bodies are read up to
+//! `max_body_bytes` ([`RestError::BodyTooLarge`] past it), and at most the
+//! `limit` rows asked for are used from a page (extra rows are counted and
+//! dropped).
 //!
 //! Rows come back as domain rows with `source: Rest` and no event or receive
 //! time; times are normalised to µs and decimals parsed exactly (a value that
@@ -21,17 +32,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::sync::Notify;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, error, warn};
 
 use crate::binance::decode::{exchange_close_time, exchange_id, exchange_time};
 use crate::binance::limiter::{
-    parse_retry_after, Endpoint, Limiter, LimiterStats, SendId, WeightLimit, WeightShare,
+    parse_retry_after, BackoffStarted, Endpoint, Limiter, LimiterStats, SendId, Wait, WeightLimit,
+    WeightShare, DEFAULT_MAX_IN_FLIGHT,
 };
 use crate::binance::streams::market_times_in_micros;
 use crate::domain::{
     AggTradeRow, Decimal8, KlineInterval, KlineRow, Market, Source, Symbol, TimeUs, TradeRow,
 };
+use crate::metrics::Counters;
 
 /// The most rows one call may ask for.
 pub const MAX_PAGE_ROWS: u16 = 1000;
@@ -58,10 +72,33 @@ pub enum RestError {
     },
     #[error("{url} answered a body that is not the expected JSON: {reason}")]
     Body { url: String, reason: String },
-    /// The caller's deadline would pass while waiting for the weight budget
-    /// or a rate-limit back-off, so the request was not sent.
-    #[error("{url} not called: waiting {wait:?} for the weight budget or a back-off would pass the deadline")]
+    /// The caller's deadline would pass while waiting for the weight budget,
+    /// a rate-limit back-off or a free in-flight slot, so the request was
+    /// not sent.
+    #[error("{url} not called: waiting {wait:?} for the weight budget, a back-off or a request in flight would pass the deadline")]
     OutOfTime { url: String, wait: Duration },
+    /// HTTP 403 (Binance's web application firewall) or 451 (a restricted
+    /// location): Binance refuses this host or region. Never retried, and
+    /// fatal ([`RestError::is_fatal`]): nothing will fill a gap from here.
+    #[error("{url} answered HTTP {status}: Binance refuses requests from this host or region ({}); retrying will not help: {message}", refusal(.status))]
+    Refused {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    /// The answer was larger than the client's body cap: a broken or
+    /// hostile server. Not read, not retried.
+    #[error("{url} answered a body larger than {limit_bytes} bytes; not read")]
+    BodyTooLarge { url: String, limit_bytes: usize },
+}
+
+/// What a refusing status means, for [`RestError::Refused`]'s message.
+fn refusal(status: &u16) -> &'static str {
+    match status {
+        451 => "451: service unavailable from a restricted location",
+        403 => "403: blocked by its web application firewall",
+        _ => "refused",
+    }
 }
 
 impl RestError {
@@ -73,7 +110,15 @@ impl RestError {
             | RestError::RateLimited { .. }
             | RestError::OutOfTime { .. } => true,
             RestError::Status { status, .. } => *status >= 500,
+            RestError::Refused { .. } | RestError::BodyTooLarge { .. } => false,
         }
+    }
+
+    /// Whether the daemon cannot go on: Binance refuses this host or region
+    /// (403, 451), so no REST call will ever succeed from here. The runtime
+    /// stops with this error's message.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, RestError::Refused { .. })
     }
 
     /// The Binance error code of the answer, if it carried one.
@@ -102,7 +147,20 @@ pub struct RestOptions {
     pub weight_share: WeightShare,
     /// The weight limit until `exchangeInfo` reports one.
     pub weight_limit: WeightLimit,
+    /// Requests on the wire at once, across all clones. A 429 meets at
+    /// most this many minus one requests the client can no longer hold
+    /// back, and Binance bans for calls inside a back-off: keep it small.
+    pub max_in_flight: u32,
+    /// The largest answer body read (larger ones are refused unread). A
+    /// page of 1000 trades or klines is about 200 KB.
+    pub max_body_bytes: usize,
+    /// Where 429s, 418s, back-offs, oversized answers and extra rows are counted.
+    pub counters: Arc<Counters>,
 }
+
+/// The default body cap: 8 MiB, forty times the largest gap-fill page and
+/// room for `exchangeInfo` of a long symbol list.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 << 20;
 
 impl Default for RestOptions {
     fn default() -> RestOptions {
@@ -111,6 +169,9 @@ impl Default for RestOptions {
             connect_timeout: Duration::from_secs(5),
             weight_share: WeightShare::DEFAULT,
             weight_limit: WeightLimit::SPOT_DEFAULT,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            counters: Arc::new(Counters::default()),
         }
     }
 }
@@ -219,6 +280,9 @@ impl PacingClock {
 struct Pacer {
     limiter: Mutex<Limiter>,
     clock: PacingClock,
+    /// Woken when a request's answer arrives or it leaves the wire: callers
+    /// waiting for a slot or for the probe ask the limiter again.
+    answers: Notify,
 }
 
 impl Pacer {
@@ -230,30 +294,38 @@ impl Pacer {
     }
 }
 
-/// A sent request's place in the limiter; answered on drop if the caller
-/// gave up on it (a cancelled future), so the budget is never held forever.
+/// A sent request's in-flight slot in the limiter. Dropping it (the answer
+/// read, an error, or a cancelled future) frees the slot, so no state is
+/// left claiming a request that is no longer on the wire.
 struct SendPermit {
     pacer: Arc<Pacer>,
     send: SendId,
-    answered: bool,
 }
 
 impl SendPermit {
-    fn answer(mut self, used_weight: Option<u32>) {
-        self.answered = true;
+    /// The answer's headers: its status, `X-MBX-USED-WEIGHT-1M` and
+    /// `Retry-After`. Returns the back-off a 429 or 418 started, if any.
+    fn headers(
+        &self,
+        status: u16,
+        used_weight: Option<u32>,
+        retry_after: Option<Duration>,
+    ) -> Option<BackoffStarted> {
         let now = self.pacer.clock.now_us();
-        self.pacer
-            .limiter()
-            .on_response(self.send, used_weight, now);
+        let started =
+            self.pacer
+                .limiter()
+                .on_headers(self.send, status, used_weight, retry_after, now);
+        self.pacer.answers.notify_waiters();
+        started
     }
 }
 
 impl Drop for SendPermit {
     fn drop(&mut self) {
-        if !self.answered {
-            let now = self.pacer.clock.now_us();
-            self.pacer.limiter().on_response(self.send, None, now);
-        }
+        let now = self.pacer.clock.now_us();
+        self.pacer.limiter().on_done(self.send, now);
+        self.pacer.answers.notify_waiters();
     }
 }
 
@@ -263,6 +335,8 @@ pub struct RestClient {
     base_url: String,
     market: Market,
     request_timeout: Duration,
+    max_body_bytes: usize,
+    counters: Arc<Counters>,
     pacer: Arc<Pacer>,
 }
 
@@ -571,15 +645,20 @@ impl RestClient {
             .user_agent(concat!("binance-recorder/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a reqwest client with only timeouts set always builds");
+        let limiter = Limiter::new(options.weight_limit, options.weight_share)
+            .with_max_in_flight(options.max_in_flight);
         let pacer = Pacer {
-            limiter: Mutex::new(Limiter::new(options.weight_limit, options.weight_share)),
+            limiter: Mutex::new(limiter),
             clock: PacingClock::start(),
+            answers: Notify::new(),
         };
         RestClient {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
             market,
             request_timeout: options.request_timeout,
+            max_body_bytes: options.max_body_bytes,
+            counters: options.counters,
             pacer: Arc::new(pacer),
         }
     }
@@ -598,7 +677,14 @@ impl RestClient {
         self.pacer.limiter().stats()
     }
 
-    /// Waits for the limiter to let a request of `weight` go.
+    /// Requests of this client and its clones on the wire now.
+    pub fn n_in_flight(&self) -> usize {
+        self.pacer.limiter().n_in_flight()
+    }
+
+    /// Waits for the limiter to let a request of `weight` go: the weight
+    /// budget, a back-off, the probe after one, a free in-flight slot.
+    /// Cancellable: dropping the future leaves nothing behind.
     async fn acquire(
         &self,
         weight: u32,
@@ -606,32 +692,110 @@ impl RestClient {
         deadline: Option<Instant>,
     ) -> Result<SendPermit, RestError> {
         loop {
+            // Registered before asking, so an answer in between is not missed.
+            let answered = self.pacer.answers.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
             let now = self.pacer.clock.now_us();
             let attempt = self.pacer.limiter().try_send(weight, now);
-            let wait = match attempt {
+            let out_of_time = |wait| RestError::OutOfTime {
+                url: url.to_owned(),
+                wait,
+            };
+            match attempt {
                 Ok(send) => {
                     return Ok(SendPermit {
                         pacer: Arc::clone(&self.pacer),
                         send,
-                        answered: false,
                     })
                 }
-                Err(wait) => wait,
-            };
-            if deadline.is_some_and(|deadline| Instant::now() + wait > deadline) {
-                return Err(RestError::OutOfTime {
-                    url: url.to_owned(),
-                    wait,
-                });
+                Err(Wait::For(wait)) => {
+                    if deadline.is_some_and(|deadline| Instant::now() + wait > deadline) {
+                        return Err(out_of_time(wait));
+                    }
+                    debug!(market = %self.market, wait_ms = wait.as_millis() as u64, weight, "rest call waits for the weight budget or a back-off");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(Wait::ForAnswer) => match deadline {
+                    None => answered.await,
+                    Some(deadline) => tokio::select! {
+                        _ = &mut answered => {}
+                        _ = tokio::time::sleep_until(deadline) => {
+                            return Err(out_of_time(Duration::ZERO));
+                        }
+                    },
+                },
             }
-            debug!(market = %self.market, wait_ms = wait.as_millis() as u64, weight, "rest call waits for the weight budget");
-            tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Logs a back-off once, when it starts, with its length.
+    fn log_backoff(&self, url: &str, started: BackoffStarted) {
+        Counters::add(&self.counters.rest_backoffs, 1);
+        let backoff_ms = u64::try_from(started.length.as_millis()).unwrap_or(u64::MAX);
+        let retry_after_given = started.retry_after_given;
+        if started.status == 418 {
+            error!(market = %self.market, %url, status = started.status, backoff_ms, retry_after_given, "rest ip banned (418): no call until the ban ends");
+        } else {
+            warn!(market = %self.market, %url, status = started.status, backoff_ms, retry_after_given, "rest rate limited (429): no call until retry-after has passed");
+        }
+    }
+
+    /// Reads the body of `response`, at most `max_body_bytes` of it.
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        url: &str,
+    ) -> Result<Vec<u8>, RestError> {
+        let too_large = || {
+            Counters::add(&self.counters.rest_bodies_too_large, 1);
+            warn!(market = %self.market, %url, limit_bytes = self.max_body_bytes, "rest answer larger than the body cap; not read");
+            RestError::BodyTooLarge {
+                url: url.to_owned(),
+                limit_bytes: self.max_body_bytes,
+            }
+        };
+        let announced = response.content_length();
+        if announced.is_some_and(|length| length > self.max_body_bytes as u64) {
+            return Err(too_large());
+        }
+        let capacity = announced.map_or(0, |length| length as usize);
+        let mut body = Vec::with_capacity(capacity);
+        loop {
+            let chunk = response
+                .chunk()
+                .await
+                .map_err(|source| RestError::Transport {
+                    url: url.to_owned(),
+                    source,
+                })?;
+            let Some(chunk) = chunk else {
+                return Ok(body);
+            };
+            if body.len() + chunk.len() > self.max_body_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+    }
+
+    /// At most `limit` rows of a page (Binance never sends more; a server
+    /// that does is not trusted with the extra ones).
+    fn at_most<R>(&self, mut rows: Vec<R>, limit: u16, url: &str) -> Vec<R> {
+        let limit = usize::from(limit.clamp(1, MAX_PAGE_ROWS));
+        if rows.len() > limit {
+            let n_extra = rows.len() - limit;
+            Counters::add(&self.counters.rest_rows_over_limit, n_extra as u64);
+            warn!(market = %self.market, %url, limit, n_extra, "rest answer has more rows than asked for; the extra ones are ignored");
+            rows.truncate(limit);
+        }
+        rows
     }
 
     /// One paced GET of `endpoint`; `limit` is the rows asked for (futures
     /// kline weights depend on it). Any non-2xx answer is an error; 429 and
-    /// 418 put every caller into back-off.
+    /// 418 put every caller into back-off; 403 and 451 are
+    /// [`RestError::Refused`].
     async fn call(
         &self,
         endpoint: Endpoint,
@@ -646,6 +810,7 @@ impl RestClient {
             endpoint.name()
         );
         let weight = endpoint.weight(self.market, u32::from(limit));
+        // Held until the body is read; dropped on every return and on cancel.
         let permit = self.acquire(weight, &url, deadline).await?;
         let mut timeout = self.request_timeout;
         if let Some(deadline) = deadline {
@@ -659,12 +824,14 @@ impl RestClient {
         if market_times_in_micros(self.market) {
             request = request.header("X-MBX-TIME-UNIT", "MICROSECOND");
         }
-        let transport = |source| RestError::Transport {
-            url: url.clone(),
-            source,
-        };
-        let response = request.send().await.map_err(transport)?;
-        let status = response.status();
+        let response = request
+            .send()
+            .await
+            .map_err(|source| RestError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status().as_u16();
         let header = |name: &str| {
             response
                 .headers()
@@ -675,43 +842,45 @@ impl RestClient {
         let used_weight =
             header("X-MBX-USED-WEIGHT-1M").and_then(|value| value.trim().parse::<u32>().ok());
         let retry_after = header("Retry-After").as_deref().and_then(parse_retry_after);
-        if status.as_u16() == 429 || status.as_u16() == 418 {
-            let now = self.pacer.clock.now_us();
-            self.pacer
-                .limiter()
-                .on_retry_after(status.as_u16(), retry_after, now);
+        match status {
+            429 => Counters::add(&self.counters.rest_429, 1),
+            418 => Counters::add(&self.counters.rest_418, 1),
+            _ => {}
         }
-        let body = response.bytes().await;
-        permit.answer(used_weight);
-        let body = body.map_err(transport)?;
-        if !status.is_success() {
-            let (code, message) = match serde_json::from_slice::<BinanceErrorBody>(&body) {
-                Ok(error) => (Some(error.code), error.msg),
-                Err(_) => (
-                    None,
-                    String::from_utf8_lossy(&body).chars().take(200).collect(),
-                ),
-            };
-            let status = status.as_u16();
-            if status == 429 || status == 418 {
-                return Err(RestError::RateLimited {
-                    url,
-                    status,
-                    code,
-                    retry_after,
-                });
-            }
-            return Err(RestError::Status {
+        if let Some(started) = permit.headers(status, used_weight, retry_after) {
+            self.log_backoff(&url, started);
+        }
+        let body = self.read_body(response, &url).await?;
+        drop(permit);
+        if (200..300).contains(&status) {
+            return Ok(Answer { url, bytes: body });
+        }
+        let (code, message) = match serde_json::from_slice::<BinanceErrorBody>(&body) {
+            Ok(error) => (Some(error.code), error.msg),
+            Err(_) => (
+                None,
+                String::from_utf8_lossy(&body).chars().take(200).collect(),
+            ),
+        };
+        match status {
+            429 | 418 => Err(RestError::RateLimited {
+                url,
+                status,
+                code,
+                retry_after,
+            }),
+            403 | 451 => Err(RestError::Refused {
+                url,
+                status,
+                message,
+            }),
+            _ => Err(RestError::Status {
                 url,
                 status,
                 code,
                 message,
-            });
+            }),
         }
-        Ok(Answer {
-            url,
-            bytes: body.to_vec(),
-        })
     }
 
     /// One call whose body `parse` (a pure `parse_*` function) turns into `T`.
@@ -844,10 +1013,11 @@ impl RestClient {
             ("limit", clamp_limit(limit)),
         ];
         let answer = self.call(R::ENDPOINT, &query, limit, deadline).await?;
-        R::parse(&answer.bytes).map_err(|reason| RestError::Body {
-            url: answer.url,
+        let rows = R::parse(&answer.bytes).map_err(|reason| RestError::Body {
+            url: answer.url.clone(),
             reason,
-        })
+        })?;
+        Ok(self.at_most(rows, limit, &answer.url))
     }
 
     async fn agg_trades_time_page(
@@ -869,10 +1039,11 @@ impl RestClient {
         let answer = self
             .call(Endpoint::AggTrades, &query, limit, deadline)
             .await?;
-        parse_agg_trades(&answer.bytes).map_err(|reason| RestError::Body {
-            url: answer.url,
+        let rows = parse_agg_trades(&answer.bytes).map_err(|reason| RestError::Body {
+            url: answer.url.clone(),
             reason,
-        })
+        })?;
+        Ok(self.at_most(rows, limit, &answer.url))
     }
 
     /// The closed klines of `interval` opening in `[start, end]` (both
@@ -919,10 +1090,11 @@ impl RestClient {
             ("limit", clamp_limit(limit)),
         ];
         let answer = self.call(Endpoint::Klines, &query, limit, deadline).await?;
-        parse_klines(&answer.bytes).map_err(|reason| RestError::Body {
-            url: answer.url,
+        let rows = parse_klines(&answer.bytes).map_err(|reason| RestError::Body {
+            url: answer.url.clone(),
             reason,
-        })
+        })?;
+        Ok(self.at_most(rows, limit, &answer.url))
     }
 
     /// A time parameter: µs where the market takes them, else ms (rounded

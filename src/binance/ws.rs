@@ -15,7 +15,9 @@
 //!   which also catches half-open TCP;
 //! - it reconnects forever, with exponential backoff, full jitter and a cap,
 //!   and every handshake of every task first takes a slot from a shared
-//!   [`HandshakeBudget`] (Binance: 300 per 5 minutes per IP);
+//!   [`HandshakeBudget`] (Binance: 300 per 5 minutes per IP); a link that
+//!   delivered data (or lived `healthy_after`) resets the backoff, so only
+//!   links that fail before delivering anything climb it;
 //! - before the 24 h lifetime ends (`rotate_after`), and at once on a
 //!   `serverShutdown` event, it rotates make-before-break: a replacement link
 //!   is opened and subscribed, and the old one is closed only once, for every
@@ -45,6 +47,7 @@ use tracing::{debug, info, warn};
 use crate::binance::decode::{decode_frame, Decoded};
 use crate::binance::streams::{connection_url, stream_name};
 use crate::domain::{Market, StreamKind, Symbol, TimeUs};
+use crate::metrics::Counters;
 
 /// What a connection task (or the clock task) tells the recorder.
 #[derive(Debug)]
@@ -77,6 +80,9 @@ pub enum Inbound {
         server_time: TimeUs,
         offset_us: i64,
     },
+    /// Binance refuses this host (HTTP 403 or 451): the daemon stops with
+    /// this message instead of retrying forever.
+    Refused { market: Market, message: String },
 }
 
 /// Connection timing and limits (the `[connection]` config table).
@@ -84,7 +90,8 @@ pub enum Inbound {
 pub struct ConnectionSettings {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    /// A link that lived this long resets the backoff.
+    /// A link that lived this long resets the backoff, even if it delivered
+    /// no data (a quiet stream); one that delivered data resets it anyway.
     pub healthy_after: Duration,
     /// No frame (data or ping) for this long means the link is dead.
     pub dead_after: Duration,
@@ -255,6 +262,9 @@ struct Link {
     last_key: BTreeMap<(Symbol, StreamKind), i64>,
     /// Keys are tracked only while a rotation needs them.
     track_keys: bool,
+    /// A data frame of a subscribed stream arrived: the link worked, and
+    /// losing it does not climb the reconnect backoff.
+    delivered_data: bool,
 }
 
 /// Why a link's read loop stopped.
@@ -287,6 +297,7 @@ impl Link {
             first_key: BTreeMap::new(),
             last_key: BTreeMap::new(),
             track_keys: false,
+            delivered_data: false,
         }
     }
 
@@ -369,6 +380,7 @@ pub async fn run_connection(
     budget: Arc<HandshakeBudget>,
     frames: mpsc::Sender<Inbound>,
     cancel: CancellationToken,
+    counters: Arc<Counters>,
 ) {
     let mut attempt: u32 = 0;
     let mut next_link: u64 = 1;
@@ -380,7 +392,9 @@ pub async fn run_connection(
                 match open_link(&plan, &settings, &budget, &frames, &cancel, &mut next_link).await {
                     Some(Ok(link)) => link,
                     Some(Err(reason)) => {
-                        if !backoff(&plan, &settings, &mut attempt, &reason, &cancel).await {
+                        if !backoff(&plan, &settings, &mut attempt, &reason, &cancel, &counters)
+                            .await
+                        {
                             return;
                         }
                         continue;
@@ -408,6 +422,7 @@ pub async fn run_connection(
             DriveOutcome::Lost {
                 link_number,
                 lived,
+                delivered_data,
                 reason,
             } => {
                 if frames
@@ -423,10 +438,12 @@ pub async fn run_connection(
                 {
                     return;
                 }
-                if lived >= settings.healthy_after {
+                // A link that worked resets the backoff; one that failed
+                // before delivering anything (accept-then-drop) climbs it.
+                if delivered_data || lived >= settings.healthy_after {
                     attempt = 0;
                 }
-                if !backoff(&plan, &settings, &mut attempt, &reason, &cancel).await {
+                if !backoff(&plan, &settings, &mut attempt, &reason, &cancel, &counters).await {
                     return;
                 }
             }
@@ -441,10 +458,16 @@ async fn backoff(
     attempt: &mut u32,
     reason: &str,
     cancel: &CancellationToken,
+    counters: &Counters,
 ) -> bool {
+    let ceiling = settings.backoff_delay(*attempt, 1.0);
     let delay = settings.backoff_delay(*attempt, fastrand::f64());
     *attempt = attempt.saturating_add(1);
-    warn!(market = %plan.market, task = plan.task, %reason, delay_ms = delay.as_millis() as u64, attempt = *attempt, "stream link lost, reconnecting");
+    let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    counters
+        .reconnect_backoff_max_ms
+        .fetch_max(ceiling_ms, std::sync::atomic::Ordering::Relaxed);
+    warn!(market = %plan.market, task = plan.task, %reason, delay_ms = delay.as_millis() as u64, backoff_ceiling_ms = ceiling_ms, attempt = *attempt, "stream link lost, reconnecting");
     tokio::select! {
         _ = cancel.cancelled() => false,
         _ = tokio::time::sleep_until(Instant::now() + delay) => true,
@@ -498,6 +521,7 @@ enum DriveOutcome {
     Lost {
         link_number: u64,
         lived: Duration,
+        delivered_data: bool,
         reason: String,
     },
 }
@@ -639,8 +663,8 @@ async fn drive_link(
         };
         // Control replies and serverShutdown are not in the combined
         // wrapper; a rotation also needs the keys of data frames.
-        let is_data =
-            bytes.starts_with(br#"{"stream":""#) && !bytes.starts_with(br#"{"stream":"!"#);
+        let is_data = is_data_frame(&bytes);
+        receiving.delivered_data |= is_data;
         if !is_data || receiving.track_keys {
             match decode_frame(plan.market, &bytes, recv_time) {
                 Ok(Decoded::ControlReply(reply)) => {
@@ -713,8 +737,14 @@ fn lost(link: Link, reason: String) -> DriveOutcome {
     DriveOutcome::Lost {
         link_number: link.number,
         lived: link.opened.elapsed(),
+        delivered_data: link.delivered_data,
         reason,
     }
+}
+
+/// A combined-stream data frame (not a control reply, not `serverShutdown`).
+fn is_data_frame(bytes: &[u8]) -> bool {
+    bytes.starts_with(br#"{"stream":""#) && !bytes.starts_with(br#"{"stream":"!"#)
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ pub async fn backfill(
         let options = RestOptions {
             request_timeout: config.fill.request_timeout,
             weight_share: config.fill.weight_share,
+            counters: counters.clone(),
             ..RestOptions::default()
         };
         let rest = RestClient::with_options(market_config.market, &market_config.rest_url, options);

@@ -146,6 +146,8 @@ pub fn failure_reason(error: &RestError) -> String {
             format!("rate limited: {error}")
         }
         RestError::Status { status, .. } if *status < 500 => format!("rest refused: {error}"),
+        RestError::Refused { .. } => format!("binance refuses this host: {error}"),
+        RestError::BodyTooLarge { .. } => format!("rest answer not trusted: {error}"),
         _ => format!("rest unreachable: {error}"),
     }
 }

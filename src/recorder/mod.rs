@@ -134,6 +134,7 @@ pub async fn run_with_seams(
     let rest_options = RestOptions {
         request_timeout: config.fill.request_timeout,
         weight_share: config.fill.weight_share,
+        counters: counters.clone(),
         ..RestOptions::default()
     };
     let rest_clients: BTreeMap<Market, RestClient> = config
@@ -327,6 +328,7 @@ async fn supervise_connection(
             budget.clone(),
             sender.clone(),
             shutdown.child_token(),
+            counters.clone(),
         );
         let panics = panics.clone();
         let mut task = tokio::spawn(async move {
@@ -432,6 +434,15 @@ async fn run_clock_checks(
                     return;
                 }
             }
+            Err(error) if error.is_fatal() => {
+                let _ = sender
+                    .send(Inbound::Refused {
+                        market,
+                        message: error.to_string(),
+                    })
+                    .await;
+                return;
+            }
             Err(error) => debug!(%market, %error, "server time not available"),
         }
     }
@@ -475,6 +486,9 @@ async fn check_symbols(market_config: &MarketConfig, rest: &RestClient) -> anyho
                 "config key `markets.{market}.symbols`: unknown to the exchange: {} (Binance would accept the subscription and send nothing)",
                 unknown.join(", ")
             );
+        }
+        Err(error) if error.is_fatal() => {
+            anyhow::bail!("market {market}: {error}")
         }
         Err(error) => {
             warn!(%market, %error, "cannot check symbols against exchangeInfo; recording anyway");
@@ -862,7 +876,12 @@ impl Runtime {
                 // Not while a full batch waits: the channel then fills and
                 // the connection tasks wait (see MAX_BATCH_RECORDS).
                 input = receiver.recv(), if self.pending.len() < MAX_BATCH_RECORDS => match input {
-                    Some(input) => self.take_input(input),
+                    Some(input) => {
+                        self.take_input(input);
+                        if self.fatal.is_some() {
+                            return;
+                        }
+                    }
                     None => {
                         warn!("every connection task ended");
                         shutdown.cancelled().await;
@@ -915,6 +934,11 @@ impl Runtime {
                 offset_us,
             } => {
                 self.state.add_clock_sample(market, server_time, offset_us);
+            }
+            Inbound::Refused { market, message } => {
+                // Logged once, by main, with the exit status.
+                self.fatal
+                    .get_or_insert_with(|| anyhow::anyhow!("market {market}: {message}"));
             }
         }
     }

@@ -122,6 +122,36 @@ async fn every_way_a_link_ends_is_followed_by_a_fresh_subscribed_link() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_that_delivered_before_they_dropped_reconnect_at_the_first_backoff_step() {
+    let fake = FakeExchange::start(fake_config(60.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    // Links live far less than healthy_after: only the data they delivered
+    // can reset the backoff.
+    let config = format!(
+        "[connection]\ndead_after_ms = 1500\nbackoff_initial_ms = 50\nbackoff_max_ms = 5000\nhealthy_after_ms = 600000\n{}",
+        recorder_toml(&fake, scratch.path(), &["BTCUSDT"], &["trade", "aggTrade"])
+    );
+    let recorder = RunningRecorder::start(&config);
+    wait_for_fresh_link(&fake, &recorder, 0, "first link").await;
+    for drop_number in 0..6 {
+        let before = fake.counters().ws_handshakes_accepted;
+        fake.inject(Fault::DropConnections {
+            abort: drop_number % 2 == 0,
+        });
+        wait_for_fresh_link(&fake, &recorder, before, "a link after the drop").await;
+    }
+    let counters = recorder.stop().await;
+    assert!(counters.disconnects >= 6, "{counters:?}");
+    assert_eq!(
+        counters.reconnect_backoff_max_ms, 50,
+        "every reconnect waited under the first step: {counters:?}"
+    );
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_pings_get_pongs_in_time() {
     // The ratio (pings every 5 s, a 15 s deadline), sped up tenfold:
     // pings every 500 ms, a 1.5 s deadline, for 20 s of real time (40 pings,
@@ -245,6 +275,10 @@ async fn a_connection_storm_stays_within_the_handshake_budget() {
     assert!(during >= 2, "it kept trying: {during}");
     let recorder_counters = recorder.counters();
     assert!(recorder_counters.disconnects >= 2, "{recorder_counters:?}");
+    assert!(
+        recorder_counters.reconnect_backoff_max_ms > 50,
+        "links dropped before delivering climb the backoff: {recorder_counters:?}"
+    );
     // After the storm it recovers.
     wait_for_fresh_link(
         &fake,

@@ -375,8 +375,10 @@ async fn rest_faults_are_retried_and_the_range_completes() {
     let fake = FakeExchange::start(fake_config(1.0))
         .await
         .expect("fake starts");
+    // A timeout well above the short slow answer, so a loaded machine does
+    // not turn it into a tenth failure on the same page.
     let options = RestOptions {
-        request_timeout: Duration::from_millis(400),
+        request_timeout: Duration::from_millis(1000),
         ..RestOptions::default()
     };
     let client = RestClient::with_options(Market::Spot, &fake.rest_base_url(), options);
@@ -406,7 +408,7 @@ async fn rest_faults_are_retried_and_the_range_completes() {
         },
         // Longer than the request timeout: the call times out and is retried.
         Fault::RestSlow {
-            delay_ms: 1500,
+            delay_ms: 2500,
             count: 1,
         },
         Fault::RestTruncatedBody { count: 1 },
@@ -708,6 +710,334 @@ async fn the_weight_limit_is_read_from_exchange_info() {
             limit: 1200,
             window: Duration::from_secs(60)
         })
+    );
+    fake.shutdown().await;
+}
+
+/// Fill calls of several clones of one client, as the fill tasks and the
+/// clock task of a market make them.
+async fn fetch_agg_slices(
+    client: &RestClient,
+    truth: &[TruthAggTrade],
+    n_slices: usize,
+    slice_len: usize,
+    page: u16,
+    retry: &RetryPolicy,
+) -> Vec<Vec<AggTradeRow>> {
+    let calls = (0..n_slices).map(|index| {
+        let clone = client.clone();
+        let wanted = &truth[index * slice_len..(index + 1) * slice_len];
+        let retry = retry.clone();
+        async move {
+            let fetched = clone
+                .fetch_agg_trades_range(
+                    &btcusdt(),
+                    wanted[0].id,
+                    IdRangeEnd::Id(wanted[slice_len - 1].id),
+                    page,
+                    &retry,
+                )
+                .await;
+            assert!(
+                fetched.is_complete(),
+                "slice {index}: {:?}",
+                fetched.outcome
+            );
+            fetched.rows
+        }
+    });
+    futures_util::future::join_all(calls).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fills_through_429s_never_earn_a_418() {
+    // Binance's old limit, 1,200 a minute; we use 30 % of it. The fake bans
+    // the fourth call inside a back-off, as "keep sending" does, and answers
+    // after 50 ms of "network", so a 429 is known late as on Binance.
+    let config = fake_binance::FakeConfig {
+        limits: Limits {
+            weight_limit_per_minute: 1200,
+            rest_latency: Duration::from_millis(50),
+            ..fake_config(1.0).limits
+        },
+        ..fake_config(1.0)
+    };
+    let fake = FakeExchange::start(config).await.expect("fake starts");
+    let counters = std::sync::Arc::new(binance_recorder::metrics::Counters::default());
+    let options = RestOptions {
+        weight_share: WeightShare::new(0.3).expect("valid share"),
+        counters: counters.clone(),
+        ..RestOptions::default()
+    };
+    let client = RestClient::with_options(Market::Spot, &fake.rest_base_url(), options);
+    client
+        .refresh_weight_limit(&btcusdt())
+        .await
+        .expect("exchangeInfo");
+    assert_eq!(client.weight_budget(), 360);
+    let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
+    let retry = RetryPolicy {
+        deadline: Some(Instant::now() + Duration::from_secs(60)),
+        ..quick_retries()
+    };
+
+    // Eight callers start together into a 429: every one had a request
+    // ready, and the later ones on the wire when the 429 comes back.
+    fake.inject(Fault::RestTooManyRequests {
+        retry_after_secs: 1,
+        count: 1,
+    });
+    let (n_slices, slice_len) = (8, 150);
+    let mut injected_again = false;
+    let fetch = fetch_agg_slices(&client, &truth.agg_trades, n_slices, slice_len, 50, &retry);
+    let slices = while_sampling(fetch, Duration::from_millis(1), || {
+        // A second 429 in the middle of the run.
+        if !injected_again && fake.counters().rest_requests >= 12 {
+            injected_again = true;
+            fake.inject(Fault::RestTooManyRequests {
+                retry_after_secs: 1,
+                count: 1,
+            });
+        }
+    })
+    .await;
+    for (index, rows) in slices.iter().enumerate() {
+        assert_agg_trades_match(
+            rows,
+            &truth.agg_trades[index * slice_len..(index + 1) * slice_len],
+        );
+    }
+    let fake_counters = fake.counters();
+    assert!(injected_again);
+    assert_eq!(fake_counters.rest_responses_418, 0, "{fake_counters:?}");
+    assert!(fake_counters.rest_responses_429 >= 2, "{fake_counters:?}");
+    assert!(
+        fake_counters.rest_used_weight_max <= 360,
+        "within the share: {fake_counters:?}"
+    );
+    let ours = counters.snapshot();
+    assert_eq!(
+        (ours.rest_429, ours.rest_418),
+        (fake_counters.rest_responses_429, 0)
+    );
+    assert_eq!(ours.rest_backoffs, 2, "each back-off logged once: {ours:?}");
+    assert_eq!(client.n_in_flight(), 0);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_429_without_retry_after_backs_off_a_window_then_doubles() {
+    let window = Duration::from_secs(1);
+    let config = fake_binance::FakeConfig {
+        limits: Limits {
+            weight_window: window,
+            ..fake_config(1.0).limits
+        },
+        ..fake_config(1.0)
+    };
+    let fake = FakeExchange::start(config).await.expect("fake starts");
+    let options = RestOptions {
+        weight_limit: WeightLimit {
+            limit: 6000,
+            window,
+        },
+        ..RestOptions::default()
+    };
+    let client = RestClient::with_options(Market::Spot, &fake.rest_base_url(), options);
+    let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
+    // Two in a row: the probe after the first back-off meets the second.
+    fake.inject(Fault::RestTooManyRequestsWithoutRetryAfter { count: 2 });
+    let wanted = &truth.agg_trades[0..10];
+    let started = Instant::now();
+    let fetched = client
+        .fetch_agg_trades_range(
+            &btcusdt(),
+            wanted[0].id,
+            IdRangeEnd::Id(wanted[9].id),
+            100,
+            &quick_retries(),
+        )
+        .await;
+    let elapsed = started.elapsed();
+    assert!(fetched.is_complete(), "{:?}", fetched.outcome);
+    assert_agg_trades_match(&fetched.rows, wanted);
+    assert!(
+        elapsed >= Duration::from_millis(2900),
+        "one window, then two: {elapsed:?}"
+    );
+    let counters = fake.counters();
+    assert_eq!(
+        (
+            counters.rest_requests,
+            counters.rest_responses_429,
+            counters.rest_responses_418
+        ),
+        (3, 2, 0)
+    );
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_waiting_in_a_back_off_or_on_the_wire_is_cancelled_by_dropping_it() {
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
+    let options = RestOptions {
+        max_in_flight: 1,
+        ..RestOptions::default()
+    };
+    let client = RestClient::with_options(Market::Spot, &fake.rest_base_url(), options.clone());
+    let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
+    let from = truth.agg_trades[0].id;
+    fake.inject(Fault::RestTooManyRequests {
+        retry_after_secs: 30,
+        count: 1,
+    });
+    client
+        .agg_trades_from_id(&btcusdt(), from, 5)
+        .await
+        .expect_err("429");
+    // A clone waits in the 30 s back-off; a shutdown drops its future.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (clone, symbol) = (client.clone(), btcusdt());
+    let started = Instant::now();
+    let waiting = async {
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            page = clone.agg_trades_from_id(&symbol, from, 5) => Some(page),
+        }
+    };
+    let cancel_soon = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shutdown.cancel();
+    };
+    let (outcome, ()) = tokio::join!(waiting, cancel_soon);
+    assert!(outcome.is_none(), "cancelled, not answered");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "returned promptly: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(client.n_in_flight(), 0, "no slot held by the dropped call");
+    assert_eq!(
+        fake.counters().rest_requests,
+        1,
+        "nothing sent in the back-off"
+    );
+
+    // A request on the wire (a slow answer) whose caller gives up frees its
+    // only slot: the next call goes at once.
+    fake.inject(Fault::ClearRestFaults);
+    let other = RestClient::with_options(Market::Spot, &fake.rest_base_url(), options);
+    fake.inject(Fault::RestSlow {
+        delay_ms: 5_000,
+        count: 1,
+    });
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        other.agg_trades_from_id(&btcusdt(), from, 5),
+    )
+    .await;
+    assert!(given_up.is_err(), "still on the wire when dropped");
+    assert_eq!(other.n_in_flight(), 0);
+    let page = tokio::time::timeout(
+        Duration::from_secs(5),
+        other.agg_trades_from_id(&btcusdt(), from, 5),
+    )
+    .await
+    .expect("the slot was free")
+    .expect("answered");
+    assert_agg_trades_match(&page, &truth.agg_trades[0..5]);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refusing_region_or_firewall_is_fatal_and_not_retried() {
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
+    let client = RestClient::new(Market::Spot, &fake.rest_base_url());
+    let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
+    let from = truth.trades[0].id;
+    for status in [451, 403] {
+        fake.inject(Fault::RestStatus { status, count: 1 });
+        let fetched = client
+            .fetch_trades_range(
+                &btcusdt(),
+                from,
+                IdRangeEnd::Id(from + 10),
+                100,
+                &quick_retries(),
+            )
+            .await;
+        let FetchOutcome::GaveUp(error) = &fetched.outcome else {
+            panic!("expected a refusal, got {:?}", fetched.outcome);
+        };
+        assert!(
+            matches!(error, RestError::Refused { status: refused, url, .. } if *refused == status && url.ends_with("/api/v3/historicalTrades")),
+            "{error}"
+        );
+        assert!(error.is_fatal() && !error.is_retryable(), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains(&status.to_string()) && message.contains("historicalTrades"),
+            "{message}"
+        );
+        assert_eq!(fetched.n_attempts, 1, "{status} is not retried");
+    }
+    assert_eq!(fake.counters().rest_requests, 2);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_rows_past_the_limit_are_not_trusted() {
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
+    let counters = std::sync::Arc::new(binance_recorder::metrics::Counters::default());
+    let options = RestOptions {
+        max_body_bytes: 64 << 10,
+        counters: counters.clone(),
+        ..RestOptions::default()
+    };
+    let client = RestClient::with_options(Market::Spot, &fake.rest_base_url(), options);
+    let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
+    fake.inject(Fault::RestOversizedBody {
+        bytes: 1 << 20,
+        count: 1,
+    });
+    let error = client
+        .agg_trades_from_id(&btcusdt(), truth.agg_trades[0].id, 5)
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(error, RestError::BodyTooLarge { limit_bytes, .. } if limit_bytes == 64 << 10),
+        "{error}"
+    );
+    assert!(!error.is_retryable());
+    // A full page of 1000 trades fits the cap by far at the default.
+    fake.inject(Fault::RestExtraRows { rows: 5, count: 2 });
+    let page = client
+        .historical_trades(&btcusdt(), truth.trades[5].id, 3)
+        .await
+        .expect("historicalTrades");
+    assert_trades_match(&page, &truth.trades[5..8]);
+    let wanted = &truth.agg_trades[20..45];
+    let fetched = client
+        .fetch_agg_trades_range(
+            &btcusdt(),
+            wanted[0].id,
+            IdRangeEnd::Id(wanted[24].id),
+            10,
+            &quick_retries(),
+        )
+        .await;
+    assert!(fetched.is_complete(), "{:?}", fetched.outcome);
+    assert_agg_trades_match(&fetched.rows, wanted);
+    let ours = counters.snapshot();
+    assert_eq!(
+        (ours.rest_bodies_too_large, ours.rest_rows_over_limit),
+        (1, 10)
     );
     fake.shutdown().await;
 }

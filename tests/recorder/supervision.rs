@@ -168,3 +168,53 @@ async fn a_hanging_rest_neither_delays_recording_at_start_nor_holds_up_the_stop(
     assert_hour_is_the_truth(&fake, root, hour);
     fake.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_refusal_stops_the_daemon_with_a_message_at_start_and_while_running() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config_path = root.join("config.toml");
+    std::fs::write(&config_path, config_text(&fake, root)).expect("config written");
+
+    for while_running in [false, true] {
+        let log_path = root.join(format!("refused-{while_running}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        if !while_running {
+            fake.inject(Fault::RestStatus {
+                status: 451,
+                count: 1_000_000,
+            });
+        }
+        let requests_before = fake.counters().rest_requests;
+        let recorder = RecorderProcess::start_with_log(&config_path, root, "warn", log);
+        if while_running {
+            let data = root.join("data");
+            wait_until(Duration::from_secs(60), "a file sealed", || {
+                !parquet_files(&data).is_empty()
+            })
+            .await;
+            fake.inject(Fault::RestStatus {
+                status: 451,
+                count: 1_000_000,
+            });
+        }
+        let status = recorder.wait_exit(Duration::from_secs(30)).await;
+        let stderr = std::fs::read_to_string(&log_path).expect("log readable");
+        let n_requests = fake.counters().rest_requests - requests_before;
+        eprintln!(
+            "while running: {while_running}: {status}, {n_requests} REST requests; {}",
+            stderr.lines().last().unwrap_or_default()
+        );
+        assert!(!status.success(), "{status}: {stderr}");
+        assert!(
+            stderr.contains("451") && stderr.contains("restricted location"),
+            "the message names the refusal: {stderr}"
+        );
+        assert!(n_requests < 60, "no retry storm: {n_requests} requests");
+        fake.inject(Fault::ClearRestFaults);
+    }
+    fake.shutdown().await;
+}

@@ -459,6 +459,18 @@ impl RecorderProcess {
         RecorderProcess { child: Some(child) }
     }
 
+    /// Waits for the process to exit by itself, within `within`.
+    pub async fn wait_exit(mut self, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let mut exit = None;
+        wait_until(within, "recorder exits by itself", || {
+            exit = child.try_wait().expect("wait on child");
+            exit.is_some()
+        })
+        .await;
+        exit.expect("exited")
+    }
+
     /// The process id, for reading `/proc`.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

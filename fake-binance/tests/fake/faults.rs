@@ -387,6 +387,8 @@ async fn rest_failures_for_the_next_requests() {
         );
         assert_eq!(answer.json()["code"], -1003);
     }
+    // Those 429s started a 7 s back-off; forgive it so the next calls pass.
+    exchange.inject(Fault::ClearRestFaults);
 
     exchange.inject(Fault::RestSlow {
         delay_ms: 300,
@@ -415,6 +417,86 @@ async fn rest_failures_for_the_next_requests() {
     assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
     assert_eq!(get(&base, "/api/v3/ping").await.status, 200);
     assert_eq!(exchange.counters().rest_failures_injected, 9);
+    exchange.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_injected_429_starts_a_back_off_that_bans_after_a_few_calls() {
+    let exchange = FakeExchange::start(config(1.0)).await.unwrap();
+    let base = exchange.rest_base_url();
+    exchange.inject(Fault::RestTooManyRequests {
+        retry_after_secs: 30,
+        count: 1,
+    });
+    assert_eq!(get(&base, "/api/v3/ping").await.status, 429);
+    for _ in 0..3 {
+        let again = get(&base, "/api/v3/ping").await;
+        assert_eq!(again.status, 429, "inside the back-off: {}", again.body);
+        let retry_after: u64 = again.header("Retry-After").unwrap().parse().unwrap();
+        assert!((29..=30).contains(&retry_after), "{retry_after}");
+    }
+    let banned = get(&base, "/api/v3/ping").await;
+    assert_eq!(banned.status, 418, "{}", banned.body);
+    assert_eq!(banned.header("Retry-After"), Some("120"));
+    // Forgiven: answers normally again.
+    exchange.inject(Fault::ClearRestFaults);
+    assert_eq!(get(&base, "/api/v3/ping").await.status, 200);
+
+    // Without Retry-After the back-off lasts until the window ends.
+    exchange.inject(Fault::RestTooManyRequestsWithoutRetryAfter { count: 1 });
+    let answer = get(&base, "/api/v3/ping").await;
+    assert_eq!((answer.status, answer.header("Retry-After")), (429, None));
+    let again = get(&base, "/api/v3/ping").await;
+    assert_eq!(again.status, 429, "inside the back-off");
+    let retry_after: u64 = again.header("Retry-After").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let counters = exchange.counters();
+    assert_eq!(
+        (counters.rest_responses_429, counters.rest_responses_418),
+        (6, 1)
+    );
+    exchange.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_oversized_bodies_and_extra_rows() {
+    let exchange = FakeExchange::start(config(1.0)).await.unwrap();
+    let base = exchange.rest_base_url();
+    exchange.inject(Fault::RestStatus {
+        status: 451,
+        count: 1,
+    });
+    let answer = get(&base, "/api/v3/ping").await;
+    assert_eq!(answer.status, 451);
+    assert!(answer.json()["msg"]
+        .as_str()
+        .unwrap()
+        .contains("restricted location"));
+    exchange.inject(Fault::RestStatus {
+        status: 403,
+        count: 1,
+    });
+    let answer = get(&base, "/api/v3/ping").await;
+    assert_eq!(answer.status, 403);
+    assert!(answer.body.contains("403 ERROR"), "{}", answer.body);
+
+    exchange.inject(Fault::RestOversizedBody {
+        bytes: 100_000,
+        count: 1,
+    });
+    let answer = get(&base, "/api/v3/ping").await;
+    assert_eq!((answer.status, answer.body.len()), (200, 100_000));
+    assert_eq!(answer.json(), serde_json::json!([]));
+
+    exchange.inject(Fault::RestExtraRows { rows: 4, count: 1 });
+    let answer = get(&base, "/api/v3/aggTrades?symbol=BTCUSDT&limit=3").await;
+    assert_eq!(answer.json().as_array().unwrap().len(), 7);
+    let answer = get(&base, "/api/v3/aggTrades?symbol=BTCUSDT&limit=3").await;
+    assert_eq!(
+        answer.json().as_array().unwrap().len(),
+        3,
+        "only the next one"
+    );
     exchange.shutdown().await;
 }
 
