@@ -25,12 +25,20 @@
 //!    batch and fsyncs: from here it is recorded.
 //! 3. [`binance::decode`] turns the durable frame into a typed row (exact
 //!    decimals, µs UTC times) or sends it to the [`quarantine`].
-//! 4. [`recorder::state`] advances the market's exchange time and files the
-//!    row under the UTC hour of its trade time (kline: open time).
+//! 4. [`recorder::state`] checks the row's times and id against its own
+//!    event time and the market's other sources (implausible rows go to the
+//!    quarantine), moves the exchange clock only to a time two sources agree
+//!    on (or `/api/v3/time`), and files the row under the UTC hour of its
+//!    trade time (kline: open time).
 //! 5. Once exchange time passes the hour's end plus the grace period, the
-//!    hour's rows are sorted, deduplicated and written by [`parquet_out`]
-//!    (temporary name, fsync, rename, directory fsync).
-//! 6. WAL segments that hold no row of an unsealed hour are deleted.
+//!    hour is judged: holes in its ids (or kline grid) go to a REST fill
+//!    round ([`recorder::fill`]), whose rows come back through the WAL; at
+//!    the fill deadline what is still open is declared in `unfilled`.
+//! 6. The hour's rows are sorted, deduplicated and written by
+//!    [`recorder::seal_job`] and [`parquet_out`] (temporary name, fsync,
+//!    rename, directory fsync); a failed write keeps the job and retries it.
+//! 7. The next WAL batch deletes the segments older than every segment an
+//!    unsealed hour still needs, so the WAL holds only unsealed hours.
 //!
 //! ARCHITECTURE.md holds the code map and the invariants.
 
