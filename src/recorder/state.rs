@@ -70,8 +70,16 @@ struct MarketState {
     exchange_time: Option<TimeUs>,
     /// The newest event time of each stream, kept as its top two.
     sources: SourceTimes,
-    /// The newest `/api/v3/time` answer.
+    /// The newest `/api/v3/time` answer (evidence against lying frames).
     server_time: Option<TimeUs>,
+    /// The newest `/api/v3/time` answer that moves the clock: one that came
+    /// after a whole sampling interval in which no stream frame arrived.
+    /// While the streams deliver, they are the clock: a stream that lags
+    /// (backpressure, a slow disk) must not have its hours sealed from REST
+    /// before its own rows arrive.
+    silent_server_time: Option<TimeUs>,
+    /// A stream frame arrived since the last `/api/v3/time` answer.
+    frames_since_sample: bool,
     spans: Vec<WatchSpan>,
     /// A process started; the next event opens a new span.
     pending_new_span: bool,
@@ -91,7 +99,7 @@ impl MarketState {
                 self.pending_new_span = false;
             }
         }
-        let believed = self.sources.corroborated().max(self.server_time);
+        let believed = self.sources.corroborated().max(self.silent_server_time);
         self.exchange_time = self.exchange_time.max(believed);
     }
 }
@@ -425,6 +433,7 @@ impl State {
             state.pending_new_span = true;
             state.sources = SourceTimes::default();
             state.server_time = None;
+            state.frames_since_sample = false;
         }
     }
 
@@ -519,8 +528,9 @@ impl State {
             .min()
     }
 
-    /// Records a `/api/v3/time` answer: the exchange's own clock, believed
-    /// alone (so a market whose streams are all silent still seals), and
+    /// Records a `/api/v3/time` answer: the exchange's own clock, which moves
+    /// the market's clock when no stream frame arrived since the previous
+    /// answer (so a market whose streams are all silent still seals), and
     /// checked against the streams' clock: event times ahead of it would
     /// seal hours early, so they are reported.
     pub fn add_clock_sample(
@@ -550,8 +560,11 @@ impl State {
                 .server_time
                 .map_or(server_time, |time| time.max(server_time)),
         );
-        // A process whose streams are all silent is still watching.
-        state.advance_clock(Some(server_time));
+        if !std::mem::take(&mut state.frames_since_sample) {
+            state.silent_server_time = state.silent_server_time.max(Some(server_time));
+            // A process whose streams are all silent is still watching.
+            state.advance_clock(Some(server_time));
+        }
         check
     }
 
@@ -561,6 +574,7 @@ impl State {
             return;
         };
         state.sources.note(source, event_time);
+        state.frames_since_sample = true;
         state.advance_clock(Some(event_time));
     }
 
@@ -1414,6 +1428,13 @@ streams = ["trade", "kline_1m"]
         }
     }
 
+    /// Two `/api/v3/time` answers with no frame between them: the streams
+    /// were silent for a sampling interval, so the server's time is the clock.
+    fn clock_sample_of_silence(state: &mut State, server_time: TimeUs) {
+        state.add_clock_sample(Market::Spot, server_time, 0);
+        state.add_clock_sample(Market::Spot, server_time, 0);
+    }
+
     /// Applies `decoded` with a `/api/v3/time` answer at its event time, so
     /// the clock follows one stream as it would with REST answering.
     fn apply_corroborated(state: &mut State, segment: SegmentId, decoded: Decoded) {
@@ -1422,7 +1443,7 @@ streams = ["trade", "kline_1m"]
             _ => None,
         };
         if let Some(event_time) = event_time {
-            state.add_clock_sample(Market::Spot, event_time, 0);
+            clock_sample_of_silence(state, event_time);
         }
         state.apply(Market::Spot, segment, decoded);
     }
@@ -1645,10 +1666,31 @@ streams = ["trade", "kline_1m"]
         let mut state = new_state();
         state.add_clock_sample(Market::Spot, HOUR_START + 100, 0);
         assert!(seals(&mut state).is_empty());
-        state.add_clock_sample(Market::Spot, HOUR_START + MICROS_PER_HOUR + 2_000_000, 0);
+        clock_sample_of_silence(&mut state, HOUR_START + MICROS_PER_HOUR + 2_000_000);
         let jobs = seals(&mut state);
         assert_eq!(jobs.len(), 2, "empty trade and kline files: {jobs:?}");
         assert!(jobs.iter().all(|job| job.rows.is_empty()));
+    }
+
+    #[test]
+    fn server_time_does_not_seal_the_hours_of_streams_that_deliver_late() {
+        let mut state = new_state();
+        state.add_clock_sample(Market::Spot, HOUR_START + 100, 0);
+        // The streams deliver (behind, say a slow disk), while REST runs ahead.
+        for n in 0..3 {
+            let time = HOUR_START + n * MICROS_PER_MINUTE;
+            state.apply(Market::Spot, SegmentId(1), trade(n + 1, time));
+            state.apply(Market::Spot, SegmentId(1), kline_update(time));
+            state.add_clock_sample(Market::Spot, HOUR_START + 2 * MICROS_PER_HOUR, 0);
+        }
+        assert_eq!(
+            state.exchange_time(Market::Spot),
+            Some(HOUR_START + 2 * MICROS_PER_MINUTE)
+        );
+        assert!(
+            seals(&mut state).is_empty(),
+            "the streams' own rows come first"
+        );
     }
 
     #[test]
@@ -1695,14 +1737,14 @@ streams = ["trade", "kline_1m"]
             hour,
             state.streams[&key].declared[&hour].unfilled.clone(),
         );
-        within.add_clock_sample(Market::Spot, hour.end() + MICROS_PER_HOUR, 0);
+        clock_sample_of_silence(&mut within, hour.end() + MICROS_PER_HOUR);
         let jobs = within.plan(10, 0);
         assert!(
             jobs.iter()
                 .any(|job| matches!(job, Job::Fill(fill) if fill.declared)),
             "retried within the bound: {jobs:?}"
         );
-        state.add_clock_sample(Market::Spot, hour.end() + 2 * MICROS_PER_HOUR + 1, 0);
+        clock_sample_of_silence(&mut state, hour.end() + 2 * MICROS_PER_HOUR + 1);
         let jobs = state.plan(10, 0);
         assert!(jobs
             .iter()
@@ -2061,7 +2103,7 @@ streams = ["trade", "kline_1m"]
         let mut state = filling_state("backfill_from_hour_start = false");
         apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
         // Only the kline... no: another market event moves exchange time past the hour.
-        state.add_clock_sample(Market::Spot, HOUR_START + MICROS_PER_HOUR + 2_000_000, 0);
+        clock_sample_of_silence(&mut state, HOUR_START + MICROS_PER_HOUR + 2_000_000);
         let job = only_fill(state.plan(10, 0));
         assert_eq!(
             job.holes.iter().map(Hole::key_bounds).collect::<Vec<_>>(),
@@ -2171,7 +2213,7 @@ streams = ["trade", "kline_1m"]
             if let Some(fill_report) = fill_report {
                 state.apply_fill(SegmentId(1), fill_report, 0);
             }
-            state.add_clock_sample(Market::Spot, HOUR_START + MICROS_PER_HOUR + 2_000_000, 0);
+            clock_sample_of_silence(&mut state, HOUR_START + MICROS_PER_HOUR + 2_000_000);
             let sealed = seals(&mut state).into_iter().find(|job| job.key.kind == StreamKind::Trade).expect("trade file");
             let sealed_keys: Vec<i64> = sealed.rows.iter().map(Row::key).collect();
             proptest::prop_assert_eq!(sealed_keys, keys.iter().copied().collect::<Vec<_>>());
