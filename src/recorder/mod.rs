@@ -845,6 +845,9 @@ impl Runtime {
         let mut planning = tokio::time::interval(Duration::from_millis(200));
         planning.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if self.fatal.is_some() {
+                return;
+            }
             self.maybe_start_batch();
             let sync_deadline = self.sync_deadline();
             tokio::select! {
@@ -1050,6 +1053,14 @@ impl Runtime {
                         );
                     }
                 }
+            }
+            Err((error, _)) if error.retry() == crate::wal::Retry::Never => {
+                // Retrying cannot help (a segment this release cannot read,
+                // a bad config): stop, loudly, rather than retry forever.
+                // What was acknowledged is in the WAL.
+                error!(%error, "WAL error that no retry can fix; stopping");
+                self.fatal = Some(anyhow::anyhow!("WAL: {error}"));
+                self.wal_lost = true;
             }
             Err((error, mut records)) => {
                 // Nothing of the batch was acknowledged: it waits in memory
@@ -1328,6 +1339,7 @@ fn write_batch(
     // not seen them yet, so they pin it until they are applied.
     let first_written = wal.active_segment();
     let mut segments = Vec::with_capacity(records.len());
+    let mut too_large = Vec::new();
     let appended = (|| -> Result<(), WalError> {
         for record in &records {
             if wal.roll_due() {
@@ -1336,7 +1348,16 @@ fn write_batch(
                     wal.append(checkpoint)?;
                 }
             }
-            segments.push(wal.append(record)?.segment);
+            match wal.append(record) {
+                Ok(position) => segments.push(Some(position.segment)),
+                // Retrying cannot help a record over the WAL's limit (the
+                // writer stays usable): it is set aside, the rest go on.
+                Err(WalError::RecordTooLarge { len, max }) => {
+                    segments.push(None);
+                    too_large.push((len, max));
+                }
+                Err(error) => return Err(error),
+            }
         }
         wal.sync()
     })();
@@ -1362,6 +1383,26 @@ fn write_batch(
     let mut applied = Vec::with_capacity(records.len());
     let mut quarantined = Vec::new();
     for (record, segment) in records.iter().zip(segments) {
+        let Some(segment) = segment else {
+            // Kept in the quarantine in part: it cannot be made durable whole.
+            const KEPT_BYTES: usize = 4096;
+            let market = record
+                .payload
+                .first()
+                .and_then(|tag| Market::from_wal_tag(*tag))
+                .unwrap_or(Market::Spot);
+            let kept = &record.payload[..record.payload.len().min(KEPT_BYTES)];
+            quarantined.push(QuarantinedFrame {
+                market,
+                recv_time_us: record.recv_time_us,
+                error: format!(
+                    "record of {} bytes is over the WAL's limit; not recorded (first {KEPT_BYTES} bytes kept)",
+                    record.payload.len()
+                ),
+                frame: String::from_utf8_lossy(kept).into_owned(),
+            });
+            continue;
+        };
         match decode_record(segment, record) {
             Ok(Some(item)) => applied.push(item),
             Ok(None) => {}
@@ -1412,6 +1453,42 @@ pub(crate) fn deletable_upto(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_over_the_wal_limit_is_quarantined_and_the_batch_goes_on() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let wal_config = WalConfig {
+            dir: root.path().join("wal"),
+            segment_max_bytes: 1024 * 1024,
+            fsync: FsyncPolicy::EveryRecord,
+        };
+        let checkpoint = checkpoint_record(&Checkpoint::SessionStart {
+            market: "spot".into(),
+        });
+        let huge = frame_record(
+            Market::Spot,
+            7,
+            &vec![b'x'; crate::wal::MAX_PAYLOAD_LEN + 1],
+        );
+        let outcome = write_batch(
+            None,
+            wal_config,
+            Arc::new(RealFs),
+            vec![checkpoint.clone(), huge, checkpoint],
+            Vec::new(),
+            None,
+            &root.path().join("quarantine"),
+        );
+        let Ok(applied) = outcome.result else {
+            panic!("the batch must go on without the huge record")
+        };
+        assert_eq!(applied.len(), 2);
+        assert_eq!(outcome.n_quarantined, 1);
+        let quarantine =
+            std::fs::read_to_string(root.path().join("quarantine/spot/1970-01-01.jsonl"))
+                .expect("quarantined");
+        assert!(quarantine.contains("over the WAL's limit"), "{quarantine}");
+    }
 
     #[test]
     fn segments_are_deletable_below_the_oldest_pinned_and_the_batch_being_written() {

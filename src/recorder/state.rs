@@ -766,6 +766,21 @@ impl State {
         let Some(stream) = self.streams.get_mut(key) else {
             return;
         };
+        // A footer is input like any other: its ranges are kept within
+        // their hour, so a damaged one cannot send REST past it.
+        let last_us = hour.end() - 1;
+        let unfilled: Vec<UnfilledRange> = unfilled
+            .into_iter()
+            .map(|mut range| {
+                range.from_time = range.from_time.clamp(hour.start(), last_us);
+                range.to_time = range.to_time.clamp(range.from_time, last_us);
+                if matches!(key.kind, StreamKind::Kline(_)) {
+                    range.from = range.from.map(|open| open.clamp(hour.start(), last_us));
+                    range.to = range.to.map(|open| open.clamp(hour.start(), last_us));
+                }
+                range
+            })
+            .collect();
         if unfilled
             .iter()
             .any(|range| range.reason != REASON_NOT_SERVED)
@@ -1713,6 +1728,29 @@ streams = ["trade", "kline_1m"]
         );
         assert!(market.spans.len() <= 2, "{:?}", market.spans);
         assert_eq!(state.n_unsealed_rows(), 1, "only the current hour is held");
+    }
+
+    #[test]
+    fn declared_ranges_read_from_a_footer_are_kept_within_their_hour() {
+        let mut state = filling_state("");
+        let key = key(StreamKind::Trade);
+        let hour = Hour::containing(HOUR_START);
+        state.declare_sealed_holes(
+            &key,
+            hour,
+            vec![UnfilledRange {
+                from: Some(5),
+                to: Some(6),
+                from_time: 0,
+                to_time: i64::MAX,
+                reason: "rest unreachable".to_owned(),
+            }],
+        );
+        let declared = &state.streams[&key].declared[&hour].unfilled[0];
+        assert_eq!(
+            (declared.from_time, declared.to_time),
+            (hour.start(), hour.end() - 1)
+        );
     }
 
     #[test]
