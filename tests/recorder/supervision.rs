@@ -218,3 +218,50 @@ async fn a_region_refusal_stops_the_daemon_with_a_message_at_start_and_while_run
     }
     fake.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_ten_minute_rest_back_off_is_prompt_and_flushes_the_wal() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    // Every REST answer is a 429 asking for ten minutes of silence.
+    fake.inject(Fault::RestTooManyRequests {
+        retry_after_secs: 600,
+        count: 1_000_000,
+    });
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = Config::from_toml(&config_text(&fake, root)).expect("valid config");
+    let counters = Arc::new(Counters::default());
+    let shutdown = CancellationToken::new();
+    let recorder = tokio::spawn(run_with_seams(
+        config,
+        Seams::default(),
+        counters.clone(),
+        shutdown.clone(),
+    ));
+    wait_until(
+        Duration::from_secs(30),
+        "in a REST back-off, recording",
+        || {
+            let snapshot = counters.snapshot();
+            snapshot.rest_429 > 0 && snapshot.frames_durable > 100
+        },
+    )
+    .await;
+    let stopping = std::time::Instant::now();
+    shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(5), recorder)
+        .await
+        .expect("stopped within shutdown.deadline_ms during the back-off")
+        .expect("recorder task");
+    assert!(result.is_ok(), "clean stop: {result:?}");
+    let snapshot = counters.snapshot();
+    assert_eq!(snapshot.frames_durable, snapshot.frames_received);
+    eprintln!(
+        "stop during a back-off took {:?}; {} frames durable",
+        stopping.elapsed(),
+        snapshot.frames_durable
+    );
+    fake.shutdown().await;
+}
