@@ -11,7 +11,7 @@ use crate::clock::SimClock;
 use crate::config::FakeConfig;
 use crate::counters::CounterCells;
 use crate::events::{ConnectionCommand, InjectedFrame, Outgoing};
-use crate::faults::{Fault, PendingFaults, RestFailure};
+use crate::faults::{Fault, PendingFaults, PendingPoison, RestFailure};
 use crate::market::MarketState;
 use crate::rest::WeightState;
 
@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     pub driver_wakeup: Notify,
     /// Every event a `SkipEvents` fault withheld, in order.
     pub skipped_events: Mutex<Vec<crate::SkippedEvent>>,
+    /// Every lying copy a `PoisonEvents` fault sent, in order.
+    pub poisoned_events: Mutex<Vec<crate::PoisonedEvent>>,
 }
 
 impl Shared {
@@ -140,6 +142,15 @@ impl Shared {
                 lock(&self.pending_faults).queue_rest(RestFailure::TruncatedBody, count)
             }
             Fault::ClearRestFaults => lock(&self.pending_faults).rest.clear(),
+            Fault::PoisonEvents { lie, count, stream } => {
+                if count > 0 {
+                    lock(&self.pending_faults).poison.push(PendingPoison {
+                        lie,
+                        remaining: count,
+                        stream,
+                    });
+                }
+            }
         }
     }
 }
