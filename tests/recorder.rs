@@ -18,11 +18,15 @@ mod end_to_end;
 mod gap_fill;
 #[path = "recorder/long_run.rs"]
 mod long_run;
+#[path = "recorder/poison.rs"]
+mod poison;
 #[path = "recorder/real_data.rs"]
 mod real_data;
 #[path = "recorder/rest_fill.rs"]
 mod rest_fill;
 #[path = "recorder/restart.rs"]
 mod restart;
+#[path = "recorder/seal_faults.rs"]
+mod seal_faults;
 #[path = "recorder/supervision.rs"]
 mod supervision;

@@ -158,6 +158,16 @@ impl Driver {
             if !has_subscriber(registry, &event) {
                 continue;
             }
+            // The lie goes ahead of the real event, which then goes on as
+            // usual (other faults included): the truth is unchanged.
+            if let Some(lie) = faults.take_poison(&event.stream_name) {
+                shared
+                    .counters
+                    .update(|counters| counters.events_poisoned += 1);
+                lock(&shared.poisoned_events).push(event.poisoned(lie));
+                debug!(stream = %event.stream_name, ?lie, "lying copy sent ahead of the event");
+                send_to_subscribers(registry, &Arc::new(event.lying_copy(lie)), false);
+            }
             if faults.skip > 0 {
                 faults.skip -= 1;
                 shared

@@ -4,6 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
 
+use crate::faults::Lie;
 use crate::interval::KlineInterval;
 use crate::market::KlineState;
 use crate::model::{AggTrade, Trade};
@@ -96,6 +97,87 @@ impl StreamEvent {
             stream: self.stream_name.to_string(),
             key,
             kline_closed,
+        }
+    }
+
+    /// A copy of this event that lies as `lie` says (see
+    /// [`crate::Fault::PoisonEvents`]). Built from the fields, never from a
+    /// replay's captured bytes, so the lie shows in both time units.
+    pub fn lying_copy(&self, lie: Lie) -> StreamEvent {
+        let ahead_us = match lie {
+            Lie::EventTimeAhead { secs } => i64::try_from(secs)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1_000_000),
+            _ => 0,
+        };
+        let event_time_us = self.event_time_us.saturating_add(ahead_us);
+        let time_us = |time_ms: i64| time_ms.saturating_mul(1000);
+        let body = match &self.body {
+            EventBody::Trade { symbol, trade } => {
+                let mut trade = trade.clone();
+                trade.raw_payload = None;
+                trade.event_time_us = event_time_us;
+                match lie {
+                    Lie::TradeTimeAt { time_ms } => trade.time_us = time_us(time_ms),
+                    Lie::IdJump { by } => trade.id = trade.id.saturating_add(by),
+                    Lie::EventTimeAhead { .. } => {}
+                }
+                EventBody::Trade {
+                    symbol: Arc::clone(symbol),
+                    trade,
+                }
+            }
+            EventBody::AggTrade { symbol, agg } => {
+                let mut agg = agg.clone();
+                agg.raw_payload = None;
+                agg.event_time_us = event_time_us;
+                match lie {
+                    Lie::TradeTimeAt { time_ms } => agg.time_us = time_us(time_ms),
+                    Lie::IdJump { by } => agg.id = agg.id.saturating_add(by),
+                    Lie::EventTimeAhead { .. } => {}
+                }
+                EventBody::AggTrade {
+                    symbol: Arc::clone(symbol),
+                    agg,
+                }
+            }
+            EventBody::Kline {
+                symbol,
+                interval,
+                kline,
+                closed,
+            } => {
+                let mut kline = kline.clone();
+                match lie {
+                    Lie::TradeTimeAt { time_ms } => {
+                        let length_us = kline.next_open_us - kline.open_us;
+                        kline.open_us = time_us(time_ms);
+                        kline.next_open_us = kline.open_us.saturating_add(length_us);
+                    }
+                    Lie::IdJump { by } => {
+                        kline.first_trade_id = kline.first_trade_id.saturating_add(by);
+                        kline.last_trade_id = kline.last_trade_id.saturating_add(by);
+                    }
+                    Lie::EventTimeAhead { .. } => {}
+                }
+                EventBody::Kline {
+                    symbol: Arc::clone(symbol),
+                    interval: *interval,
+                    kline,
+                    closed: *closed,
+                }
+            }
+        };
+        StreamEvent::new(Arc::clone(&self.stream_name), event_time_us, body)
+    }
+
+    /// What a lying copy of this event stood for, for [`crate::PoisonedEvent`].
+    pub fn poisoned(&self, lie: Lie) -> crate::PoisonedEvent {
+        crate::PoisonedEvent {
+            stream: self.stream_name.to_string(),
+            key: self.skipped().key,
+            event_time_us: self.event_time_us,
+            lie,
         }
     }
 

@@ -65,6 +65,18 @@ pub enum Fault {
     /// ban in force: REST answers normally again (ends a "REST down" made of
     /// a long queue of failures).
     ClearRestFaults,
+    /// The next `count` trade, aggTrade or kline events (of `stream` only,
+    /// when given, e.g. `btcusdt@trade`) are each preceded by a copy that
+    /// lies as `lie` says. The real event is still sent as usual and the lie
+    /// never enters the ground truth; [`crate::FakeExchange::poisoned_events`]
+    /// lists the lies sent. JSON:
+    /// `{"kind":"poison_events","lie":{"event_time_ahead":{"secs":18000}},"count":1}`.
+    PoisonEvents {
+        lie: Lie,
+        count: u32,
+        #[serde(default)]
+        stream: Option<String>,
+    },
 }
 
 impl Fault {
@@ -101,6 +113,7 @@ impl Fault {
             Fault::RestConnectionReset { .. } => "rest_connection_reset",
             Fault::RestTruncatedBody { .. } => "rest_truncated_body",
             Fault::ClearRestFaults => "clear_rest_faults",
+            Fault::PoisonEvents { .. } => "poison_events",
         }
     }
 
@@ -145,6 +158,29 @@ impl Fault {
     }
 }
 
+/// How a poisoned copy of an event lies (see [`Fault::PoisonEvents`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Lie {
+    /// The event time `E` moved `secs` ahead; every other field left alone.
+    EventTimeAhead { secs: u64 },
+    /// The row's own time set to `time_ms` (epoch ms; 0, or a time in 2300):
+    /// trade and aggTrade `T`; a kline's open time `t`, its close time `T`
+    /// moved along so the kline keeps its length.
+    TradeTimeAt { time_ms: i64 },
+    /// The trade id `t` / aggTrade id `a` increased by `by` (a kline's
+    /// `f` and `L`).
+    IdJump { by: i64 },
+}
+
+/// A poison fault still waiting for its events.
+#[derive(Debug)]
+pub(crate) struct PendingPoison {
+    pub lie: Lie,
+    pub remaining: u32,
+    pub stream: Option<String>,
+}
+
 /// How the next REST request fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RestFailure {
@@ -170,11 +206,30 @@ pub(crate) struct PendingFaults {
     pub swap: u32,
     pub truncate: u32,
     pub rest: VecDeque<RestFailure>,
+    pub poison: Vec<PendingPoison>,
 }
 
 impl PendingFaults {
     pub fn next_rest_failure(&mut self) -> Option<RestFailure> {
         self.rest.pop_front()
+    }
+
+    /// The lie to tell before the next event of `stream`, if one is pending
+    /// (the oldest fault that matches goes first).
+    pub fn take_poison(&mut self, stream: &str) -> Option<Lie> {
+        let index = self.poison.iter().position(|pending| {
+            pending
+                .stream
+                .as_deref()
+                .is_none_or(|wanted| wanted == stream)
+        })?;
+        let pending = &mut self.poison[index];
+        let lie = pending.lie;
+        pending.remaining -= 1;
+        if pending.remaining == 0 {
+            self.poison.remove(index);
+        }
+        Some(lie)
     }
 
     pub fn queue_rest(&mut self, failure: RestFailure, count: u32) {
@@ -206,6 +261,18 @@ mod tests {
             r#"{"kind":"stall","duration_ms":1,"keep_backlog":true,"x":1}"#
         )
         .is_err());
+        let poison: Fault = serde_json::from_str(
+            r#"{"kind":"poison_events","lie":{"trade_time_at":{"time_ms":0}},"count":2}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            poison,
+            Fault::PoisonEvents {
+                lie: Lie::TradeTimeAt { time_ms: 0 },
+                count: 2,
+                stream: None
+            }
+        );
         for fault in Fault::chaos_defaults() {
             let text = serde_json::to_string(&fault).unwrap();
             assert_eq!(serde_json::from_str::<Fault>(&text).unwrap(), fault);

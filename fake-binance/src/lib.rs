@@ -66,7 +66,7 @@ use tracing::{info, warn};
 
 pub use config::{ChaosConfig, ConfigError, FakeConfig, Limits, Market, ReplayConfig};
 pub use counters::Counters;
-pub use faults::Fault;
+pub use faults::{Fault, Lie};
 pub use interval::KlineInterval;
 pub use replay::ReplayError;
 pub use truth::{GroundTruth, TruthAggTrade, TruthKline, TruthTrade};
@@ -93,6 +93,18 @@ pub struct SkippedEvent {
     pub key: i64,
     /// For klines: the event was the kline's closing one.
     pub kline_closed: bool,
+}
+
+/// A lying copy a `PoisonEvents` fault sent ahead of a real event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoisonedEvent {
+    /// The stream name, e.g. `btcusdt@trade`.
+    pub stream: String,
+    /// The real event's trade id, aggTrade id, or kline open time (µs).
+    pub key: i64,
+    /// The real event's time `E` (µs).
+    pub event_time_us: i64,
+    pub lie: Lie,
 }
 
 pub struct FakeExchange {
@@ -140,6 +152,7 @@ impl FakeExchange {
             replay_mode,
             driver_wakeup: tokio::sync::Notify::new(),
             skipped_events: std::sync::Mutex::new(Vec::new()),
+            poisoned_events: std::sync::Mutex::new(Vec::new()),
             config,
         });
         let tracker = TaskTracker::new();
@@ -251,6 +264,11 @@ impl FakeExchange {
     /// Every event withheld by `SkipEvents` so far, in order.
     pub fn skipped_events(&self) -> Vec<SkippedEvent> {
         shared::lock(&self.shared.skipped_events).clone()
+    }
+
+    /// Every lying copy a `PoisonEvents` fault sent so far, in order.
+    pub fn poisoned_events(&self) -> Vec<PoisonedEvent> {
+        shared::lock(&self.shared.poisoned_events).clone()
     }
 
     pub fn counters(&self) -> Counters {

@@ -11,7 +11,7 @@ use crate::clock::SimClock;
 use crate::config::FakeConfig;
 use crate::counters::CounterCells;
 use crate::events::{ConnectionCommand, InjectedFrame, Outgoing};
-use crate::faults::{Fault, PendingFaults, RestFailure};
+use crate::faults::{Fault, PendingFaults, PendingPoison, RestFailure};
 use crate::market::MarketState;
 use crate::rest::WeightState;
 
@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     pub driver_wakeup: Notify,
     /// Every event a `SkipEvents` fault withheld, in order.
     pub skipped_events: Mutex<Vec<crate::SkippedEvent>>,
+    /// Every lying copy a `PoisonEvents` fault sent, in order.
+    pub poisoned_events: Mutex<Vec<crate::PoisonedEvent>>,
 }
 
 impl Shared {
@@ -159,6 +161,15 @@ impl Shared {
             Fault::ClearRestFaults => {
                 lock(&self.pending_faults).rest.clear();
                 lock(&self.weight).forgive();
+            }
+            Fault::PoisonEvents { lie, count, stream } => {
+                if count > 0 {
+                    lock(&self.pending_faults).poison.push(PendingPoison {
+                        lie,
+                        remaining: count,
+                        stream,
+                    });
+                }
             }
         }
     }

@@ -593,8 +593,13 @@ impl State {
                     // The stream's time still counts as its own: it moves no
                     // clock alone, and if a second stream agrees (the first
                     // frames after a long outage of every link) the next
-                    // frames are believed.
-                    if let Some(state) = self.markets.get_mut(&market) {
+                    // frames are believed. Only a row whose own times agree
+                    // is such evidence: one with T = 0, T after E or E hours
+                    // after T vouches for no time, and noting its E would let
+                    // one more lying frame "agree" with it.
+                    let times_agree =
+                        implausible_times(&row, event_time, None, &self.clock).is_none();
+                    if let Some(state) = self.markets.get_mut(&market).filter(|_| times_agree) {
                         state.sources.note(&key, event_time);
                         state.advance_clock(None);
                     }
@@ -1623,6 +1628,31 @@ streams = ["trade", "kline_1m"]
             state.exchange_time(Market::Spot),
             Some(HOUR_START + 10 * MICROS_PER_MINUTE)
         );
+    }
+
+    #[test]
+    fn a_row_whose_own_times_disagree_vouches_for_no_time() {
+        let mut state = new_state();
+        state.apply(Market::Spot, SegmentId(1), trade(1, HOUR_START + 100));
+        state.apply(Market::Spot, SegmentId(1), kline_update(HOUR_START + 200));
+        // E five hours after its own T: quarantined...
+        let ahead = HOUR_START + 5 * MICROS_PER_HOUR;
+        let lying = match trade(2, HOUR_START + 300) {
+            Decoded::Row { key, row, .. } => Decoded::Row {
+                key,
+                row,
+                event_time: ahead,
+            },
+            other => other,
+        };
+        state.apply(Market::Spot, SegmentId(1), lying);
+        assert_eq!(state.take_rejected().len(), 1);
+        // ...and no evidence: a second stream five hours ahead still leads
+        // every believable time, so the clock stays.
+        state.apply(Market::Spot, SegmentId(1), kline_update(ahead));
+        assert_eq!(state.counters.snapshot().frames_implausible, 2);
+        assert_eq!(state.exchange_time(Market::Spot), Some(HOUR_START + 100));
+        assert!(seals(&mut state).is_empty(), "no hour seals early");
     }
 
     #[test]

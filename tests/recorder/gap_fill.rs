@@ -68,7 +68,7 @@ fn truth_until_after(fake: &FakeExchange, symbol: &str, hour: Hour) -> GroundTru
 /// The keys the fake withheld on `symbol`'s `kind` stream whose rows belong
 /// to `hour`: trades and aggTrades by trade time, klines whose closing
 /// event was withheld.
-fn skipped_keys(
+pub(crate) fn skipped_keys(
     fake: &FakeExchange,
     truth: &GroundTruth,
     symbol: &str,
@@ -139,7 +139,7 @@ fn assert_rest_rows_are_the_skipped(
 }
 
 /// Consecutive runs of keys (`step` apart) as inclusive ranges.
-fn runs(keys: &BTreeSet<i64>, step: i64) -> Vec<(i64, i64)> {
+pub(crate) fn runs(keys: &BTreeSet<i64>, step: i64) -> Vec<(i64, i64)> {
     let mut runs: Vec<(i64, i64)> = Vec::new();
     for key in keys {
         match runs.last_mut() {
@@ -150,7 +150,7 @@ fn runs(keys: &BTreeSet<i64>, step: i64) -> Vec<(i64, i64)> {
     runs
 }
 
-fn unfilled_of(path: &Path) -> Vec<UnfilledRange> {
+pub(crate) fn unfilled_of(path: &Path) -> Vec<UnfilledRange> {
     serde_json::from_str(&metadata(path)["unfilled"]).expect("unfilled is a JSON list")
 }
 
@@ -407,7 +407,7 @@ async fn rest_down_past_the_deadline_declares_the_exact_holes_then_a_complete_fi
 
 /// Like [`assert_file_matches_truth_with_rest`] for a file that declares
 /// holes: its rows are the truth minus the declared keys.
-fn assert_file_matches_truth_with_rest_allowing_missing(
+pub(crate) fn assert_file_matches_truth_with_rest_allowing_missing(
     path: &Path,
     kind: StreamKind,
     truth: &GroundTruth,

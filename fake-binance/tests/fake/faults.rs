@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fake_binance::{ChaosConfig, FakeExchange, Fault};
+use fake_binance::{ChaosConfig, FakeExchange, Fault, Lie};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -568,6 +568,190 @@ async fn chaos_mode_injects_faults_at_random() {
     collect_texts(&mut client, 20, WITHIN).await;
     wait_until(WITHIN, "several chaos faults", || {
         exchange.counters().faults_injected.values().sum::<u64>() >= 5
+    })
+    .await;
+    exchange.shutdown().await;
+}
+
+/// `real` (a combined-stream frame) as the lie would tell it.
+fn told_as(real: &Value, lie: Lie) -> Value {
+    let mut lying = real.clone();
+    let data = &mut lying["data"];
+    let add = |value: &mut Value, amount: i64| {
+        *value = Value::from(value.as_i64().expect("integer field") + amount);
+    };
+    match (lie, data["e"].as_str().expect("event type")) {
+        (Lie::EventTimeAhead { secs }, _) => add(&mut data["E"], secs as i64 * 1000),
+        (Lie::TradeTimeAt { time_ms }, "kline") => {
+            let length = data["k"]["T"].as_i64().unwrap() - data["k"]["t"].as_i64().unwrap();
+            data["k"]["t"] = Value::from(time_ms);
+            data["k"]["T"] = Value::from(time_ms + length);
+        }
+        (Lie::TradeTimeAt { time_ms }, _) => data["T"] = Value::from(time_ms),
+        (Lie::IdJump { by }, "trade") => add(&mut data["t"], by),
+        (Lie::IdJump { by }, "aggTrade") => add(&mut data["a"], by),
+        (Lie::IdJump { by }, _) => {
+            add(&mut data["k"]["f"], by);
+            add(&mut data["k"]["L"], by);
+        }
+    }
+    lying
+}
+
+#[tokio::test]
+async fn poisoned_events_lie_in_an_extra_frame_and_the_truth_is_unchanged() {
+    let exchange = FakeExchange::start(config(20.0)).await.unwrap();
+    let mut client = Client::connect(&format!(
+        "{}/stream?streams=btcusdt@trade/btcusdt@aggTrade/btcusdt@kline_1m",
+        exchange.ws_base_url()
+    ))
+    .await;
+    client.next_text(WITHIN).await;
+    const YEAR_2300_MS: i64 = 10_413_792_000_000;
+    let lies = [
+        ("btcusdt@trade", Lie::EventTimeAhead { secs: 5 * 3600 }),
+        (
+            "btcusdt@aggTrade",
+            Lie::TradeTimeAt {
+                time_ms: YEAR_2300_MS,
+            },
+        ),
+        ("btcusdt@kline_1m", Lie::TradeTimeAt { time_ms: 0 }),
+        ("btcusdt@trade", Lie::TradeTimeAt { time_ms: 0 }),
+        (
+            "btcusdt@trade",
+            Lie::IdJump {
+                by: 1_000_000_000_000,
+            },
+        ),
+        (
+            "btcusdt@aggTrade",
+            Lie::IdJump {
+                by: 1_000_000_000_000,
+            },
+        ),
+        ("btcusdt@kline_1m", Lie::EventTimeAhead { secs: 3600 }),
+    ];
+    let mut frames: Vec<Value> = Vec::new();
+    for (index, (stream, lie)) in lies.into_iter().enumerate() {
+        let fault = Fault::PoisonEvents {
+            lie,
+            count: 1,
+            stream: Some(stream.to_owned()),
+        };
+        if index == 0 {
+            // The JSON form, through the control endpoint.
+            let body = serde_json::to_string(&fault).unwrap();
+            assert_eq!(
+                body,
+                r#"{"kind":"poison_events","lie":{"event_time_ahead":{"secs":18000}},"count":1,"stream":"btcusdt@trade"}"#
+            );
+            let answer = http(
+                &exchange.control_url(),
+                "POST",
+                "/control/fault",
+                &[],
+                &body,
+            )
+            .await
+            .unwrap();
+            assert_eq!(answer.status, 200, "{}", answer.body);
+        } else {
+            exchange.inject(fault);
+        }
+        // The lie, then at once the real event it copies (frames queued
+        // before the injection come first).
+        let start = frames.len();
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        let position = loop {
+            let found = (start..frames.len().saturating_sub(1)).find(|&at| {
+                frames[at]["stream"] == stream && frames[at] == told_as(&frames[at + 1], lie)
+            });
+            if let Some(at) = found {
+                break at;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{stream}: no lie {lie:?} in {:?}",
+                &frames[start..]
+            );
+            frames.push(client.next_json(WITHIN).await);
+        };
+        assert_eq!(frames[position + 1]["stream"], stream);
+        assert_ne!(
+            frames[position],
+            frames[position + 1],
+            "{lie:?} changes the frame"
+        );
+    }
+    for _ in 0..30 {
+        frames.push(client.next_json(WITHIN).await);
+    }
+
+    let poisoned = exchange.poisoned_events();
+    assert_eq!(poisoned.len(), lies.len(), "{poisoned:?}");
+    for (event, (stream, lie)) in poisoned.iter().zip(lies) {
+        assert_eq!((event.stream.as_str(), event.lie), (stream, lie));
+    }
+    assert_eq!(exchange.counters().events_poisoned, lies.len() as u64);
+    assert_eq!(
+        exchange.counters().faults_injected.get("poison_events"),
+        Some(&(lies.len() as u64))
+    );
+
+    // Without the lies, each stream is what it would have been: trade and
+    // aggTrade ids consecutive, each once, and every one in the truth; the
+    // lying ids nowhere in it.
+    let lying_positions: Vec<usize> = (0..frames.len() - 1)
+        .filter(|&at| {
+            lies.iter()
+                .any(|(_, lie)| frames[at] == told_as(&frames[at + 1], *lie))
+        })
+        .collect();
+    assert_eq!(lying_positions.len(), lies.len());
+    let truth = exchange.ground_truth("BTCUSDT", exchange.sim_now_us());
+    for (stream, field, truth_ids) in [
+        (
+            "btcusdt@trade",
+            "t",
+            truth
+                .trades
+                .iter()
+                .map(|trade| trade.id)
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "btcusdt@aggTrade",
+            "a",
+            truth.agg_trades.iter().map(|agg| agg.id).collect(),
+        ),
+    ] {
+        let ids: Vec<i64> = frames
+            .iter()
+            .enumerate()
+            .filter(|(at, frame)| frame["stream"] == stream && !lying_positions.contains(at))
+            .map(|(_, frame)| frame["data"][field].as_i64().unwrap())
+            .collect();
+        assert!(ids.len() > 2, "{stream}: {ids:?}");
+        assert!(
+            ids.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "{stream}: {ids:?}"
+        );
+        assert!(ids.iter().all(|id| truth_ids.contains(id)), "{stream}");
+        assert!(
+            truth_ids.iter().all(|id| *id < 1_000_000_000_000),
+            "{stream}: no lying id in the truth"
+        );
+    }
+
+    // Without a stream, the next events of any stream get the lie.
+    exchange.inject(Fault::PoisonEvents {
+        lie: Lie::IdJump { by: 7 },
+        count: 2,
+        stream: None,
+    });
+    wait_until(WITHIN, "two more lies", || {
+        exchange.counters().events_poisoned == lies.len() as u64 + 2
     })
     .await;
     exchange.shutdown().await;
