@@ -1176,12 +1176,17 @@ impl RestClient {
                 return Err(error);
             }
             debug!(market = %self.market, %error, n_failures, backoff_ms = backoff.as_millis() as u64, "rest call failed; retrying");
-            retry
+            let paused = retry
                 .unless_cancelled(async {
                     tokio::time::sleep(backoff).await;
                     Ok(())
                 })
-                .await?;
+                .await;
+            if paused.is_err() {
+                // Cut while pausing after a failure: that failure, not the
+                // cut, is why the call did not succeed.
+                return Err(error);
+            }
         }
     }
 
