@@ -29,9 +29,19 @@ fn watched_hour() -> Hour {
 }
 
 /// A recorder config with fast reconnects and the given `[fill]` keys.
+///
+/// Unless `fill` sets it, `fill.deadline_secs` is an hour: the deadline
+/// binds running rounds, and the default 300 s of exchange time is 1.25 s
+/// of real time at 240x, less than backfilling an hour of trades takes on
+/// a loaded machine. Tests of the deadline set their own.
 fn config_with_fill(fake: &FakeExchange, root: &Path, fill: &str) -> String {
+    let deadline = if fill.contains("deadline_secs") {
+        ""
+    } else {
+        "deadline_secs = 3600\n"
+    };
     format!(
-        "[connection]\ndead_after_ms = 1500\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\n{fill}\n{}",
+        "[connection]\ndead_after_ms = 1500\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\n{deadline}{fill}\n{}",
         recorder_toml(fake, root, &SYMBOLS, &STREAMS)
     )
 }
