@@ -348,7 +348,8 @@ pub struct RawFill {
     pub retry_max_ms: u64,
     /// How long sealing waits for fills, in seconds of exchange time after
     /// the hour could be sealed; a hole still open then is sealed as
-    /// declared in the file's `unfilled` metadata.
+    /// declared in the file's `unfilled` metadata. A fill round still
+    /// running or queued then is cut, keeping the rows it fetched.
     pub deadline_secs: u64,
     /// How often declared holes of sealed files are tried again, in seconds.
     pub declared_retry_secs: u64,

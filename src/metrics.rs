@@ -113,6 +113,13 @@ counters! {
     /// stream reconnect waited under: stays at `backoff_initial_ms` while
     /// every lost link had delivered data (a gauge of the high-water mark).
     reconnect_backoff_max_ms,
+    // Deadlines for queued and in-flight REST work (issue 12).
+    /// Fill rounds cut at their hour's deadline (running, or still queued):
+    /// what they fetched is kept, the rest declared and retried later.
+    fill_rounds_cut,
+    /// Most fill rounds ever waiting in the queue for a free
+    /// `fill.max_concurrent_rounds` slot (a gauge of the high-water mark).
+    fill_rounds_queued_max,
 }
 
 impl Counters {

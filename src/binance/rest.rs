@@ -34,6 +34,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::binance::decode::{exchange_close_time, exchange_id, exchange_time};
@@ -90,6 +91,10 @@ pub enum RestError {
     /// hostile server. Not read, not retried.
     #[error("{url} answered a body larger than {limit_bytes} bytes; not read")]
     BodyTooLarge { url: String, limit_bytes: usize },
+    /// The caller's [`RetryPolicy::cancel`] fired (its deadline passed):
+    /// the call in progress was dropped. Not retried by the helpers.
+    #[error("the caller stopped waiting for REST (its deadline passed)")]
+    Cancelled,
 }
 
 /// What a refusing status means, for [`RestError::Refused`]'s message.
@@ -110,7 +115,9 @@ impl RestError {
             | RestError::RateLimited { .. }
             | RestError::OutOfTime { .. } => true,
             RestError::Status { status, .. } => *status >= 500,
-            RestError::Refused { .. } | RestError::BodyTooLarge { .. } => false,
+            RestError::Refused { .. } | RestError::BodyTooLarge { .. } | RestError::Cancelled => {
+                false
+            }
         }
     }
 
@@ -187,6 +194,11 @@ pub struct RetryPolicy {
     /// then a random 50-100 % of it is waited.
     pub first_backoff: Duration,
     pub max_backoff: Duration,
+    /// Fired by the caller when it stops waiting (a fill round's deadline
+    /// passed in exchange time, which no `Instant` can stand for): the call
+    /// or back-off in progress is dropped and [`RestError::Cancelled`]
+    /// returned, so a `fetch_*_range` helper reports the rows it got.
+    pub cancel: Option<CancellationToken>,
 }
 
 impl Default for RetryPolicy {
@@ -196,11 +208,28 @@ impl Default for RetryPolicy {
             deadline: None,
             first_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
+            cancel: None,
         }
     }
 }
 
 impl RetryPolicy {
+    /// Runs `work` until it ends or [`RetryPolicy::cancel`] fires.
+    async fn unless_cancelled<T>(
+        &self,
+        work: impl Future<Output = Result<T, RestError>>,
+    ) -> Result<T, RestError> {
+        match &self.cancel {
+            None => work.await,
+            Some(cancel) => tokio::select! {
+                // A cut that already happened wins over work that could still start.
+                biased;
+                _ = cancel.cancelled() => Err(RestError::Cancelled),
+                result = work => result,
+            },
+        }
+    }
+
     fn backoff(&self, n_failures: u32) -> Duration {
         let doubling = 2u32.saturating_pow(n_failures.saturating_sub(1));
         let capped = self
@@ -1123,7 +1152,7 @@ impl RestClient {
         let mut n_failures = 0;
         loop {
             *n_attempts += 1;
-            let error = match call(retry.deadline).await {
+            let error = match retry.unless_cancelled(call(retry.deadline)).await {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
@@ -1147,7 +1176,17 @@ impl RestClient {
                 return Err(error);
             }
             debug!(market = %self.market, %error, n_failures, backoff_ms = backoff.as_millis() as u64, "rest call failed; retrying");
-            tokio::time::sleep(backoff).await;
+            let paused = retry
+                .unless_cancelled(async {
+                    tokio::time::sleep(backoff).await;
+                    Ok(())
+                })
+                .await;
+            if paused.is_err() {
+                // Cut while pausing after a failure: that failure, not the
+                // cut, is why the call did not succeed.
+                return Err(error);
+            }
         }
     }
 

@@ -109,6 +109,8 @@ async fn backfill_file(
         holes,
         closed_before: hour.end() + crate::domain::MICROS_PER_DAY * 7,
         declared: true,
+        // No daemon seals behind a backfill: it takes the time it needs.
+        deadline: None,
     };
     let report = fill::run_fill(rest.clone(), job, retry.clone()).await;
     let revised = revise_declared(

@@ -20,9 +20,12 @@ use crate::binance::rest::{
 };
 use crate::domain::{Hour, Row, StreamKind, Symbol};
 use crate::gaps::{Hole, IdHole, KlineHole, Settled};
-use crate::recorder::state::{FillJob, FillReport};
+use crate::recorder::state::{FillJob, FillReport, REASON_REST_BEHIND};
 
 /// Runs one fill round for `job`. Never fails: failures are in the report.
+/// When `retry.cancel` fires (the runtime cuts the round at its deadline)
+/// the page in progress is dropped, the holes not reached fail at once, and
+/// the report keeps every row fetched so far, so a cut loses no REST work.
 pub async fn run_fill(rest: RestClient, job: FillJob, retry: RetryPolicy) -> FillReport {
     let mut rows = Vec::new();
     let mut settled = Vec::new();
@@ -148,6 +151,8 @@ pub fn failure_reason(error: &RestError) -> String {
         RestError::Status { status, .. } if *status < 500 => format!("rest refused: {error}"),
         RestError::Refused { .. } => format!("binance refuses this host: {error}"),
         RestError::BodyTooLarge { .. } => format!("rest answer not trusted: {error}"),
+        // The runtime cut the round at its hour's deadline.
+        RestError::Cancelled => REASON_REST_BEHIND.to_owned(),
         _ => format!("rest unreachable: {error}"),
     }
 }

@@ -180,6 +180,7 @@ pub async fn run_with_seams(
         fills: JoinSet::new(),
         fill_tasks: HashMap::new(),
         fill_queue: std::collections::VecDeque::new(),
+        fill_waits_logged_at: None,
         rest_clients: rest_clients.clone(),
         started: Instant::now(),
         wal_failures: 0,
@@ -799,6 +800,22 @@ struct BatchOutcome {
     wal_bytes: Option<u64>,
 }
 
+/// A fill round running: which stream-hour it serves, and how to cut it.
+struct RunningFill {
+    key: StreamKey,
+    hour: Hour,
+    declared: bool,
+    /// The hour's deadline in exchange time (see [`FillJob::deadline`]).
+    deadline: Option<TimeUs>,
+    /// Fired at the deadline: the round stops and reports what it has.
+    cut: CancellationToken,
+    started: Instant,
+}
+
+/// Hours waiting on REST are logged at most this often (real time), so a
+/// long REST outage does not flood the log.
+const FILL_WAITS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 struct Runtime {
     config: Arc<Config>,
     wal_config: WalConfig,
@@ -816,9 +833,12 @@ struct Runtime {
     /// Fill rounds running, and which stream-hour each is for (a task that
     /// panics says only its id).
     fills: JoinSet<FillReport>,
-    fill_tasks: HashMap<tokio::task::Id, (StreamKey, Hour, bool)>,
+    fill_tasks: HashMap<tokio::task::Id, RunningFill>,
     /// Rounds waiting for a free slot, oldest first.
     fill_queue: std::collections::VecDeque<FillJob>,
+    /// When hours waiting on fill rounds were last logged (at most every
+    /// [`FILL_WAITS_LOG_INTERVAL`]).
+    fill_waits_logged_at: Option<Instant>,
     rest_clients: BTreeMap<Market, RestClient>,
     /// Origin of the [`MonoMs`] clock the state's retry times use.
     started: Instant,
@@ -1099,12 +1119,14 @@ impl Runtime {
                 .max_concurrent_seals
                 .saturating_sub(self.seals.len())
         };
+        self.cut_overdue_fills();
         while self.fills.len() < self.config.fill.max_concurrent_rounds {
             let Some(job) = self.fill_queue.pop_front() else {
                 break;
             };
             self.start_fill(job);
         }
+        self.log_fill_waits();
         let now = self.now_ms();
         for job in self.state.plan(free, now) {
             match job {
@@ -1125,18 +1147,116 @@ impl Runtime {
     fn start_fill(&mut self, job: FillJob) {
         if self.fills.len() >= self.config.fill.max_concurrent_rounds {
             self.fill_queue.push_back(job);
+            self.counters.fill_rounds_queued_max.fetch_max(
+                self.fill_queue.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             return;
         }
         let Some(rest) = self.rest_clients.get(&job.key.market).cloned() else {
             return;
         };
+        let cut = CancellationToken::new();
         let retry = RetryPolicy {
             max_attempts: self.config.fill.max_attempts,
+            cancel: Some(cut.clone()),
             ..RetryPolicy::default()
         };
-        let what = (job.key.clone(), job.hour, job.declared);
+        let running = RunningFill {
+            key: job.key.clone(),
+            hour: job.hour,
+            declared: job.declared,
+            deadline: job.deadline,
+            cut,
+            started: Instant::now(),
+        };
         let handle = self.fills.spawn(fill::run_fill(rest, job, retry));
-        self.fill_tasks.insert(handle.id(), what);
+        self.fill_tasks.insert(handle.id(), running);
+    }
+
+    /// Holds every round to its hour's deadline, checked against the
+    /// market's exchange clock (the clock hours seal on): a running round
+    /// is cut and reports what it fetched; a queued one is not started and
+    /// reports nothing, so its hour is judged again and sealed with its
+    /// holes declared (then retried as declared holes, or by `backfill`).
+    fn cut_overdue_fills(&mut self) {
+        let state = &self.state;
+        for running in self.fill_tasks.values_mut() {
+            let exchange_now = state.exchange_time(running.key.market);
+            if state::past_deadline(running.deadline, exchange_now) && !running.cut.is_cancelled() {
+                running.cut.cancel();
+                Counters::add(&self.counters.fill_rounds_cut, 1);
+                debug!(key = %running.key, hour = %running.hour, running_ms = running.started.elapsed().as_millis() as u64, "fill round cut at its deadline; its rows are kept, the rest declared");
+            }
+        }
+        let (overdue, waiting): (std::collections::VecDeque<FillJob>, _) =
+            std::mem::take(&mut self.fill_queue)
+                .into_iter()
+                .partition(|job| job.is_overdue(state.exchange_time(job.key.market)));
+        self.fill_queue = waiting;
+        for job in overdue {
+            Counters::add(&self.counters.fill_rounds_cut, 1);
+            debug!(key = %job.key, hour = %job.hour, "fill round still queued at its deadline; not started");
+            self.queue_fill_report(FillReport::not_started(&job));
+        }
+    }
+
+    /// Says, at most every [`FILL_WAITS_LOG_INTERVAL`], how many hours wait
+    /// on REST and why: rounds running (REST answering slowly, or its
+    /// weight budget spent) and rounds queued for a free slot.
+    fn log_fill_waits(&mut self) {
+        if self.fill_tasks.is_empty() && self.fill_queue.is_empty() {
+            return;
+        }
+        if self
+            .fill_waits_logged_at
+            .is_some_and(|at| at.elapsed() < FILL_WAITS_LOG_INTERVAL)
+        {
+            return;
+        }
+        self.fill_waits_logged_at = Some(Instant::now());
+        let n_rounds_running = self.fill_tasks.len();
+        let n_rounds_queued = self.fill_queue.len();
+        let n_declared_retries = self
+            .fill_tasks
+            .values()
+            .filter(|running| running.declared)
+            .count()
+            + self.fill_queue.iter().filter(|job| job.declared).count();
+        let oldest_round_ms = self
+            .fill_tasks
+            .values()
+            .map(|running| running.started.elapsed().as_millis() as u64)
+            .max()
+            .unwrap_or(0);
+        let n_rest_requests_in_flight: usize = self
+            .rest_clients
+            .values()
+            .map(RestClient::n_in_flight)
+            .sum();
+        let why = if n_rounds_queued > 0 {
+            "every fill.max_concurrent_rounds slot is busy: REST answers slowly or its weight budget is spent"
+        } else {
+            "fill rounds wait for REST answers or its weight budget"
+        };
+        info!(
+            n_hours_waiting = self.state.n_hours_waiting_on_fill(),
+            n_rounds_running,
+            n_rounds_queued,
+            n_declared_retries,
+            oldest_round_ms,
+            n_rest_requests_in_flight,
+            why,
+            "hours wait on REST fill rounds; each is cut at its fill deadline"
+        );
+    }
+
+    /// Queues a fill report for the WAL: the state sees it once durable.
+    fn queue_fill_report(&mut self, report: FillReport) {
+        for part in report.into_parts(FILL_RECORD_MAX_ROWS) {
+            self.pending.push(fill_record(&part));
+        }
+        self.pending_since.get_or_insert_with(Instant::now);
     }
 
     /// A fill round ended: its report goes through the WAL like a frame and
@@ -1151,16 +1271,14 @@ impl Runtime {
                 if let Some(failure) = &report.failure {
                     debug!(stream = %report.stream, hour_start = report.hour_start, %failure, n_rows = report.rows.len(), "fill round left holes open");
                 }
-                for part in report.into_parts(FILL_RECORD_MAX_ROWS) {
-                    self.pending.push(fill_record(&part));
-                }
-                self.pending_since.get_or_insert_with(Instant::now);
+                self.queue_fill_report(report);
             }
             Err(error) => {
                 error!(%error, "fill task failed; retried later");
-                if let Some((key, hour, declared)) = self.fill_tasks.remove(&error.id()) {
+                if let Some(running) = self.fill_tasks.remove(&error.id()) {
                     let now = self.now_ms();
-                    self.state.fill_lost(&key, hour, declared, now);
+                    self.state
+                        .fill_lost(&running.key, running.hour, running.declared, now);
                 }
             }
         }

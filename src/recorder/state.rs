@@ -33,6 +33,10 @@ pub const REASON_NOT_SERVED: &str = "exchange has no data";
 pub const REASON_FILL_DISABLED: &str = "fill disabled";
 /// `unfilled` reason when no fill round failed but the deadline came first.
 pub const REASON_DEADLINE: &str = "not filled before the deadline";
+/// `unfilled` reason when a fill round was still queued or running at the
+/// hour's deadline (REST slow, or its weight budget spent): the round is
+/// cut, what it fetched is kept, and the rest is retried later.
+pub const REASON_REST_BEHIND: &str = "REST could not keep up before the deadline";
 
 /// Checkpoint records: what the WAL must remember besides frames so that a
 /// restart knows which stretches of time were watched. A `Sessions` record
@@ -192,6 +196,23 @@ pub struct FillJob {
     pub closed_before: TimeUs,
     /// The holes are declared in a sealed file (a later retry).
     pub declared: bool,
+    /// Exchange time at which the hour seals with what is still open: the
+    /// runtime cuts the round then (running or queued), so no REST wait
+    /// holds a seal. `None` for declared retries, which hold no seal.
+    pub deadline: Option<TimeUs>,
+}
+
+impl FillJob {
+    /// Pure: whether the market's exchange clock has passed the round's
+    /// deadline, so it must be cut (or, queued, not started).
+    pub fn is_overdue(&self, exchange_now: Option<TimeUs>) -> bool {
+        past_deadline(self.deadline, exchange_now)
+    }
+}
+
+/// Pure: whether `exchange_now` has reached `deadline` (neither known: no).
+pub fn past_deadline(deadline: Option<TimeUs>, exchange_now: Option<TimeUs>) -> bool {
+    matches!((deadline, exchange_now), (Some(deadline), Some(now)) if now >= deadline)
 }
 
 /// What a fill round got. Written to the WAL before it is applied, so a
@@ -231,6 +252,18 @@ impl FillReport {
             failure,
             rows_only: false,
         }
+    }
+
+    /// The report of a round that was still queued at its deadline: nothing
+    /// fetched, the holes left to the seal as [`REASON_REST_BEHIND`]. It
+    /// goes through the WAL like any report, so replay judges the same.
+    pub fn not_started(job: &FillJob) -> FillReport {
+        FillReport::new(
+            job,
+            Vec::new(),
+            Vec::new(),
+            Some(REASON_REST_BEHIND.to_owned()),
+        )
     }
 
     /// The report cut into parts of at most `max_rows` rows, each small
@@ -989,6 +1022,8 @@ impl State {
                         holes,
                         closed_before: exchange_now,
                         declared: true,
+                        // Its hour is sealed already: nothing waits on it.
+                        deadline: None,
                     };
                     jobs.push(Job::Fill(job));
                 }
@@ -1069,6 +1104,7 @@ impl State {
                         holes: to_fill,
                         closed_before: exchange_now,
                         declared: false,
+                        deadline: Some(deadline),
                     };
                     jobs.push(Job::Fill(job));
                     break;
@@ -1205,6 +1241,16 @@ impl State {
                     .chain(stream.in_flight.values().flatten().copied())
             })
             .min()
+    }
+
+    /// Hours whose seal waits on a fill round running or queued now (for
+    /// the log that says why hours are not sealed yet).
+    pub fn n_hours_waiting_on_fill(&self) -> usize {
+        self.streams
+            .values()
+            .flat_map(|stream| stream.fills.values())
+            .filter(|status| status.in_flight)
+            .count()
     }
 
     /// Rows held for hours not sealed yet (for logs and tests).
@@ -2126,6 +2172,167 @@ streams = ["trade", "kline_1m"]
         assert_eq!(state.counters.snapshot().holes_filled_late, 1);
     }
 
+    /// A BTCUSDT trade stream with ids 7 and 20 in the hour (a hole of
+    /// 8..=19) and 21 after it, watched from its first row, the clock at the hour's end + 2 s: one fill
+    /// round planned, returned with the state.
+    fn state_with_a_round_in_flight() -> (State, FillJob) {
+        // Only the hole between the ids, not the hour's unseen start.
+        let mut state = filling_state("backfill_from_hour_start = false");
+        apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
+        apply_corroborated(&mut state, SegmentId(1), trade(20, HOUR_START + 900));
+        apply_corroborated(
+            &mut state,
+            SegmentId(1),
+            trade(21, HOUR_START + MICROS_PER_HOUR + 2_000_000),
+        );
+        let job = only_fill(state.plan(10, 0));
+        (state, job)
+    }
+
+    /// Moves the exchange clock to `time` with a trade of id `id`.
+    fn clock_to(state: &mut State, id: i64, time: TimeUs) {
+        apply_corroborated(state, SegmentId(3), trade(id, time));
+    }
+
+    #[test]
+    fn a_round_carries_its_hours_deadline_in_exchange_time() {
+        let (mut state, job) = state_with_a_round_in_flight();
+        // First judged at the hour's end + 2 s (after the 1 s grace): the
+        // deadline is 60 s of exchange time later.
+        let deadline = HOUR_START + MICROS_PER_HOUR + 62_000_000;
+        assert_eq!(job.deadline, Some(deadline));
+        assert!(!job.is_overdue(None), "no clock, no cut");
+        assert!(!job.is_overdue(Some(deadline - 1)));
+        assert!(job.is_overdue(Some(deadline)));
+        assert_eq!(state.n_hours_waiting_on_fill(), 1);
+        // The round is not answered: the hour waits for it (the runtime
+        // cuts it at the deadline), and the retry after a failure keeps
+        // the deadline of the first judgement.
+        clock_to(&mut state, 22, deadline - 1_000_000);
+        assert!(state.plan(10, 0).is_empty(), "waits for the round");
+        state.apply_fill(
+            SegmentId(2),
+            report(&job, vec![], vec![], Some("rest unreachable: HTTP 503")),
+            0,
+        );
+        let retry = only_fill(state.plan(10, 1_000));
+        assert_eq!(retry.deadline, Some(deadline));
+        assert!(!retry.declared);
+    }
+
+    #[test]
+    fn a_round_cut_at_its_deadline_keeps_its_rows_and_seals_the_rest_declared() {
+        let (mut state, job) = state_with_a_round_in_flight();
+        let deadline = job.deadline.expect("a first fill has a deadline");
+        clock_to(&mut state, 22, deadline);
+        assert!(job.is_overdue(state.exchange_time(Market::Spot)));
+        // The cut round got 8..=12 before the runtime stopped it.
+        let fetched = (8..=12)
+            .map(|id| rest_trade(id, HOUR_START + 100 + id))
+            .collect();
+        let cut = report(&job, fetched, vec![], Some(REASON_REST_BEHIND));
+        state.apply_fill(SegmentId(2), cut, 0);
+        assert_eq!(state.n_hours_waiting_on_fill(), 0);
+        let sealed = only_seal(state.plan(10, 0));
+        assert_eq!(
+            sealed.rows.iter().map(Row::key).collect::<Vec<_>>(),
+            vec![7, 8, 9, 10, 11, 12, 20],
+            "what the cut round fetched is kept"
+        );
+        let unfilled = sealed.unfilled.expect("a list");
+        assert_eq!(
+            unfilled
+                .iter()
+                .map(|range| (range.from, range.to, range.reason.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(Some(13), Some(19), REASON_REST_BEHIND)],
+            "the rest is declared as REST being behind"
+        );
+        assert_eq!(state.n_declared_hours(), 1, "and retried later");
+    }
+
+    #[test]
+    fn a_round_still_queued_at_its_deadline_seals_its_hour_with_the_holes_declared() {
+        let (mut state, job) = state_with_a_round_in_flight();
+        let deadline = job.deadline.expect("a first fill has a deadline");
+        clock_to(&mut state, 22, deadline + 1);
+        let not_started = FillReport::not_started(&job);
+        assert!(not_started.rows.is_empty() && not_started.settled.is_empty());
+        assert_eq!(not_started.failure.as_deref(), Some(REASON_REST_BEHIND));
+        state.apply_fill(SegmentId(2), not_started, 0);
+        let sealed = only_seal(state.plan(10, 0));
+        let unfilled = sealed.unfilled.expect("a list");
+        assert_eq!(
+            unfilled
+                .iter()
+                .map(|range| (range.from, range.to, range.reason.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(Some(8), Some(19), REASON_REST_BEHIND)]
+        );
+        state.seal_finished(&sealed.key, sealed.hour);
+        // The declared retry holds no seal, so it carries no deadline.
+        let retry = only_fill(state.plan(10, 30_000));
+        assert!(retry.declared);
+        assert_eq!(retry.deadline, None);
+        assert!(!retry.is_overdue(Some(i64::MAX)));
+    }
+
+    #[test]
+    fn a_round_in_flight_on_one_stream_holds_no_other_streams_seal() {
+        let mut config = config_with_fill("deadline_secs = 60\nbackfill_from_hour_start = false");
+        config.markets[0].streams = vec![StreamKind::Trade];
+        let eth = Symbol::new("ETHUSDT").expect("valid");
+        config.markets[0].symbols.push(eth.clone());
+        let mut state = State::new(&config, Arc::new(Counters::default()));
+        state.begin_session(Market::Spot);
+        let eth_trade = |id: i64, time: TimeUs| {
+            let Decoded::Row {
+                row, event_time, ..
+            } = trade(id, time)
+            else {
+                unreachable!()
+            };
+            let key = StreamKey {
+                symbol: eth.clone(),
+                ..key(StreamKind::Trade)
+            };
+            Decoded::Row {
+                key,
+                row,
+                event_time,
+            }
+        };
+        // BTCUSDT misses 8..=19; ETHUSDT has every id.
+        for (btc, eth, time) in [
+            (7, 1, HOUR_START + 100),
+            (20, 2, HOUR_START + 900),
+            (21, 3, HOUR_START + MICROS_PER_HOUR + 2_000_000),
+        ] {
+            apply_corroborated(&mut state, SegmentId(1), trade(btc, time));
+            apply_corroborated(&mut state, SegmentId(1), eth_trade(eth, time));
+        }
+        let jobs = state.plan(10, 0);
+        let fills: Vec<&FillJob> = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Fill(job) => Some(job),
+                Job::Seal(_) => None,
+            })
+            .collect();
+        let sealed: Vec<&SealJob> = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Seal(job) => Some(job),
+                Job::Fill(_) => None,
+            })
+            .collect();
+        assert_eq!(fills.len(), 1, "{jobs:?}");
+        assert_eq!(fills[0].key.symbol.to_string(), "BTCUSDT");
+        assert_eq!(sealed.len(), 1, "{jobs:?}");
+        assert_eq!(sealed[0].key.symbol, eth);
+        assert_eq!(sealed[0].hour, Hour::containing(HOUR_START));
+    }
+
     #[test]
     fn ids_rest_does_not_serve_are_declared_at_once_and_not_retried() {
         let mut state = filling_state("");
@@ -2208,6 +2415,7 @@ streams = ["trade", "kline_1m"]
             holes: vec![],
             closed_before: HOUR_START,
             declared: false,
+            deadline: None,
         };
         let three = vec![
             rest_trade(1, HOUR_START),
@@ -2268,7 +2476,7 @@ streams = ["trade", "kline_1m"]
                 let other = (shuffle_seed.wrapping_mul(index as u64 + 7) % length as u64) as usize;
                 stream_rows.swap(index, other);
             }
-            let job = FillJob { key: key(StreamKind::Trade), hour: Hour::containing(HOUR_START), holes: vec![], closed_before: HOUR_START, declared: false };
+            let job = FillJob { key: key(StreamKind::Trade), hour: Hour::containing(HOUR_START), holes: vec![], closed_before: HOUR_START, declared: false, deadline: None };
             let fill_report = report(&job, rest_rows, vec![], None);
             let report_at = report_at.min(stream_rows.len());
             let mut fill_report = Some(fill_report);

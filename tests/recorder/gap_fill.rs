@@ -29,9 +29,19 @@ fn watched_hour() -> Hour {
 }
 
 /// A recorder config with fast reconnects and the given `[fill]` keys.
+///
+/// Unless `fill` sets it, `fill.deadline_secs` is an hour: the deadline
+/// binds running rounds, and the default 300 s of exchange time is 1.25 s
+/// of real time at 240x, less than backfilling an hour of trades takes on
+/// a loaded machine. Tests of the deadline set their own.
 fn config_with_fill(fake: &FakeExchange, root: &Path, fill: &str) -> String {
+    let deadline = if fill.contains("deadline_secs") {
+        ""
+    } else {
+        "deadline_secs = 3600\n"
+    };
     format!(
-        "[connection]\ndead_after_ms = 1500\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\n{fill}\n{}",
+        "[connection]\ndead_after_ms = 1500\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\n{deadline}{fill}\n{}",
         recorder_toml(fake, root, &SYMBOLS, &STREAMS)
     )
 }
@@ -656,6 +666,120 @@ async fn wal_damage_found_at_restart_becomes_a_hole_that_rest_fills() {
     assert!(
         n_rest_rows > 0,
         "the frames lost to the damage came back from REST: {counters:?}"
+    );
+    fake.shutdown().await;
+}
+
+/// The keys a list of declared ranges names, `step` apart.
+fn declared_keys(unfilled: &[UnfilledRange], step: i64) -> BTreeSet<i64> {
+    unfilled
+        .iter()
+        .flat_map(|range| {
+            let from = range.from.expect("named ends");
+            let to = range.to.expect("named ends");
+            (0..=(to - from) / step).map(move |index| from + index * step)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_too_slow_for_the_deadline_cuts_the_rounds_seals_on_time_then_fills_the_declared_holes(
+) {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    // 60 s of exchange time is 0.25 s of real time at 240x, far less than
+    // one slow REST answer (5 s); one round runs at a time, so the others
+    // queue behind it.
+    let fill = "deadline_secs = 60\ndeclared_retry_secs = 1\nmax_concurrent_rounds = 1";
+    let recorder = RunningRecorder::start(&config_with_fill(&fake, root, fill));
+    let hour = watched_hour();
+    wait_for_sim_time(&fake, hour.start() + 30 * MICROS_PER_MINUTE, "mid-hour").await;
+    fake.inject(Fault::RestSlow {
+        delay_ms: 5_000,
+        count: 1_000_000,
+    });
+    fake.inject(Fault::SkipEvents { count: 60 });
+
+    // seal.grace_ms (5 s) + fill.deadline_secs (60 s) of exchange time
+    // after the hour's end, every file is there, give or take the real
+    // time a cut round's report takes through the WAL to a seal.
+    let due = hour.end() + 5 * MICROS_PER_SECOND + 60 * MICROS_PER_SECOND;
+    wait_for_sim_time(&fake, due, "the hour's seal deadline").await;
+    let files = hour_files(root, hour);
+    let due_at = std::time::Instant::now();
+    wait_for_files(
+        &files,
+        Duration::from_millis(2_500),
+        "every file of the hour sealed by its deadline, slow REST or not",
+    )
+    .await;
+    eprintln!(
+        "every file sealed {} ms (real) after the seal deadline",
+        due_at.elapsed().as_millis()
+    );
+
+    // Sealed with what REST did not deliver in time declared, nothing hidden.
+    let mut n_declared_files = 0;
+    for (symbol, kind, path) in &files {
+        let truth = truth_until_after(&fake, symbol, hour);
+        let rest_keys: BTreeSet<i64> =
+            assert_file_matches_truth_with_rest_allowing_missing(path, *kind, &truth, hour)
+                .into_iter()
+                .collect();
+        let unfilled = unfilled_of(path);
+        for range in &unfilled {
+            assert_eq!(
+                range.reason,
+                binance_recorder::recorder::state::REASON_REST_BEHIND,
+                "{}",
+                path.display()
+            );
+        }
+        let step = match kind {
+            StreamKind::Kline(_) => MICROS_PER_MINUTE,
+            _ => 1,
+        };
+        let declared = declared_keys(&unfilled, step);
+        let skipped = skipped_keys(&fake, &truth, symbol, *kind, hour);
+        assert_eq!(
+            declared
+                .union(&rest_keys)
+                .copied()
+                .collect::<BTreeSet<i64>>(),
+            skipped,
+            "{}: declared holes and REST rows are the skipped keys",
+            path.display()
+        );
+        n_declared_files += usize::from(!unfilled.is_empty());
+    }
+    assert!(n_declared_files > 0, "some files declare holes");
+    let counters = recorder.counters();
+    assert!(counters.fill_rounds_cut > 0, "{counters:?}");
+    assert!(counters.fill_rounds_queued_max > 0, "{counters:?}");
+
+    // REST keeps up again: the declared holes are filled and resealed.
+    fake.inject(Fault::ClearRestFaults);
+    wait_until(
+        Duration::from_secs(60),
+        "every declared hole filled and resealed",
+        || {
+            files
+                .iter()
+                .all(|(_, _, path)| metadata(path)["unfilled"] == "[]")
+        },
+    )
+    .await;
+    let counters = recorder.stop().await;
+    assert_rest_rows_are_the_skipped(&fake, &files, hour);
+    for (_, _, path) in &files {
+        assert_complete_hour(path, hour);
+    }
+    assert!(
+        counters.holes_declared > 0 && counters.holes_filled_late > 0,
+        "{counters:?}"
     );
     fake.shutdown().await;
 }

@@ -87,7 +87,7 @@ async fn a_simulated_day_with_drops_and_a_restart_keeps_the_wal_and_memory_bound
     let wal = root.join("wal");
     let config_path = root.join("config.toml");
     let config = format!(
-        "[connection]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\nretry_initial_ms = 100\nretry_max_ms = 1000\n{}",
+        "[connection]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\nretry_initial_ms = 100\nretry_max_ms = 1000\n# The deadline binds running rounds; 300 s is 1.25 s real at 240x.\ndeadline_secs = 3600\n{}",
         recorder_toml(&fake, root, &["BTCUSDT"], &STREAMS)
     )
     .replace(

@@ -30,6 +30,7 @@ fn quick_retries() -> RetryPolicy {
         deadline: Some(Instant::now() + Duration::from_secs(20)),
         first_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
+        cancel: None,
     }
 }
 
@@ -1039,5 +1040,78 @@ async fn oversized_bodies_and_rows_past_the_limit_are_not_trusted() {
         (ours.rest_bodies_too_large, ours.rest_rows_over_limit),
         (1, 10)
     );
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_range_fetch_cut_by_its_caller_keeps_the_pages_it_got() {
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
+    // A budget of one historicalTrades call (weight 25) a minute: the
+    // second page waits for the next window, as a fill round paging a
+    // long range under a small weight share does.
+    let options = RestOptions {
+        weight_limit: WeightLimit {
+            limit: 50,
+            window: Duration::from_secs(60),
+        },
+        weight_share: WeightShare::new(0.5).expect("valid share"),
+        ..RestOptions::default()
+    };
+    let client = RestClient::with_options(Market::Spot, &fake.rest_base_url(), options);
+    let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
+    let wanted = &truth.trades[400..650];
+    let cut = tokio_util::sync::CancellationToken::new();
+    // No `Instant` deadline: only the cut ends the wait.
+    let retry = RetryPolicy {
+        cancel: Some(cut.clone()),
+        deadline: None,
+        ..quick_retries()
+    };
+    let symbol = btcusdt();
+    let started = Instant::now();
+    let fetching = client.fetch_trades_range(
+        &symbol,
+        wanted[0].id,
+        IdRangeEnd::Id(wanted[wanted.len() - 1].id),
+        100,
+        &retry,
+    );
+    let cut_soon = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cut.cancel();
+    };
+    let (fetched, ()) = tokio::join!(fetching, cut_soon);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "returned at the cut, not after the weight window: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(fetched.outcome, FetchOutcome::GaveUp(RestError::Cancelled)),
+        "{:?}",
+        fetched.outcome
+    );
+    assert_trades_match(&fetched.rows, &wanted[..100]);
+    assert_eq!(fake.counters().rest_requests, 1, "one page sent");
+    assert_eq!(client.n_in_flight(), 0);
+
+    // A token fired before the call sends nothing.
+    let fetched = client
+        .fetch_trades_range(
+            &btcusdt(),
+            wanted[0].id,
+            IdRangeEnd::Id(wanted[wanted.len() - 1].id),
+            100,
+            &retry,
+        )
+        .await;
+    assert!(fetched.rows.is_empty());
+    assert!(matches!(
+        fetched.outcome,
+        FetchOutcome::GaveUp(RestError::Cancelled)
+    ));
+    assert_eq!(fake.counters().rest_requests, 1);
     fake.shutdown().await;
 }

@@ -22,7 +22,7 @@ fn kinds() -> [StreamKind; 3] {
 
 fn config_text(fake: &FakeExchange, root: &std::path::Path) -> String {
     format!(
-        "[connection]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\nretry_initial_ms = 100\nretry_max_ms = 1000\n{}",
+        "[connection]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\nretry_initial_ms = 100\nretry_max_ms = 1000\n# The deadline binds running rounds; 300 s is 1.25 s real at 240x.\ndeadline_secs = 3600\n{}",
         recorder_toml(fake, root, &["BTCUSDT"], &STREAMS)
     )
     .replace("deadline_ms = 20000", "deadline_ms = 5000")
