@@ -103,7 +103,19 @@ impl MarketState {
                 self.pending_new_span = false;
             }
         }
-        let believed = self.sources.corroborated().max(self.silent_server_time);
+        // The server is a source too: the second newest of the newest
+        // stream, the next stream and the server. So one stream moving on
+        // alone (a kline stream while trades are quiet) is believed as far
+        // as the server agrees, and a lagging stream is not overtaken.
+        let stream_and_server = match (self.sources.newest(), self.server_time) {
+            (Some(stream), Some(server)) => Some(stream.min(server)),
+            _ => None,
+        };
+        let believed = self
+            .sources
+            .corroborated()
+            .max(stream_and_server)
+            .max(self.silent_server_time);
         self.exchange_time = self.exchange_time.max(believed);
     }
 }
@@ -593,11 +605,12 @@ impl State {
                 .server_time
                 .map_or(server_time, |time| time.max(server_time)),
         );
-        if !std::mem::take(&mut state.frames_since_sample) {
+        let silent = !std::mem::take(&mut state.frames_since_sample);
+        if silent {
             state.silent_server_time = state.silent_server_time.max(Some(server_time));
-            // A process whose streams are all silent is still watching.
-            state.advance_clock(Some(server_time));
         }
+        // A process whose streams are all silent is still watching.
+        state.advance_clock(silent.then_some(server_time));
         check
     }
 
@@ -1761,6 +1774,23 @@ streams = ["trade", "kline_1m"]
         let jobs = seals(&mut state);
         assert_eq!(jobs.len(), 2, "empty trade and kline files: {jobs:?}");
         assert!(jobs.iter().all(|job| job.rows.is_empty()));
+    }
+
+    #[test]
+    fn one_stream_moving_alone_is_believed_as_far_as_the_server_agrees() {
+        let mut state = new_state();
+        apply_corroborated(&mut state, SegmentId(1), trade(1, HOUR_START + 100));
+        // The trade stream goes quiet; the kline stream and the server move on.
+        for minute in 1..=70 {
+            let time = HOUR_START + minute * MICROS_PER_MINUTE;
+            state.apply(Market::Spot, SegmentId(1), kline_update(time));
+            state.add_clock_sample(Market::Spot, time - MICROS_PER_MINUTE / 2, 0);
+        }
+        assert_eq!(
+            state.exchange_time(Market::Spot),
+            Some(HOUR_START + 70 * MICROS_PER_MINUTE - MICROS_PER_MINUTE / 2)
+        );
+        assert_eq!(seals(&mut state).len(), 2, "the quiet hour seals");
     }
 
     #[test]
