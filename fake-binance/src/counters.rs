@@ -34,6 +34,8 @@ pub struct Counters {
     pub events_duplicated: u64,
     pub events_swapped: u64,
     pub frames_truncated: u64,
+    /// Frames a silenced connection withheld (`SilenceConnection`).
+    pub frames_silenced: u64,
     pub faults_injected: BTreeMap<String, u64>,
     pub rest_requests: u64,
     pub rest_responses_400: u64,

@@ -65,6 +65,11 @@ pub enum Fault {
     /// ban in force: REST answers normally again (ends a "REST down" made of
     /// a long queue of failures).
     ClearRestFaults,
+    /// The oldest open connection subscribed to `stream` stops sending data
+    /// frames for good, while it goes on pinging, answering pongs and control
+    /// requests: Binance's silent link. The events it withholds are lost for
+    /// that connection (other connections still get theirs).
+    SilenceConnection { stream: String },
 }
 
 impl Fault {
@@ -101,6 +106,7 @@ impl Fault {
             Fault::RestConnectionReset { .. } => "rest_connection_reset",
             Fault::RestTruncatedBody { .. } => "rest_truncated_body",
             Fault::ClearRestFaults => "clear_rest_faults",
+            Fault::SilenceConnection { .. } => "silence_connection",
         }
     }
 
