@@ -113,6 +113,11 @@ counters! {
     /// stream reconnect waited under: stays at `backoff_initial_ms` while
     /// every lost link had delivered data (a gauge of the high-water mark).
     reconnect_backoff_max_ms,
+    // Silent links (issue 12).
+    /// Links judged silent (answering pings, delivering no data past the
+    /// bound their streams' rates give) and replaced make-before-break: the
+    /// replacement took over.
+    silent_links_replaced,
 }
 
 impl Counters {

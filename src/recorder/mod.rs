@@ -29,7 +29,9 @@ use tracing::{debug, error, info, warn};
 use crate::binance::decode::{decode_frame, Decoded};
 use crate::binance::rest::{RestClient, RestError, RestOptions, RetryPolicy};
 use crate::binance::streams::stream_name;
-use crate::binance::ws::{now_us, run_connection, ConnectionPlan, HandshakeBudget, Inbound};
+use crate::binance::ws::{
+    now_us, run_connection, ConnectionPlan, HandshakeBudget, Inbound, MarketActivity,
+};
 use crate::config::{Config, MarketConfig};
 use crate::domain::{Hour, Market, StreamKey, TimeUs};
 use crate::metrics::Counters;
@@ -274,12 +276,14 @@ impl TaskSpawner<'_> {
             })
             .collect();
         let mut n_tasks = n_tasks_before;
+        let activity = Arc::new(MarketActivity::default());
         for chunk in streams.chunks(config.connection.streams_per_connection) {
             let plan = ConnectionPlan {
                 market,
                 task: n_tasks,
                 ws_base_url: market_config.ws_url.clone(),
                 streams: chunk.to_vec(),
+                activity: activity.clone(),
             };
             n_tasks += 1;
             self.tasks.spawn(supervise_connection(
