@@ -29,9 +29,7 @@ use tracing::{debug, error, info, warn};
 use crate::binance::decode::{decode_frame, Decoded};
 use crate::binance::rest::{RestClient, RestError, RestOptions, RetryPolicy};
 use crate::binance::streams::stream_name;
-use crate::binance::ws::{
-    now_us, run_connection, ConnectionPlan, HandshakeBudget, Inbound, MarketActivity,
-};
+use crate::binance::ws::{now_us, run_connection, ConnectionPlan, HandshakeBudget, Inbound};
 use crate::config::{Config, MarketConfig};
 use crate::domain::{Hour, Market, StreamKey, TimeUs};
 use crate::metrics::Counters;
@@ -276,7 +274,7 @@ impl TaskSpawner<'_> {
             })
             .collect();
         let mut n_tasks = n_tasks_before;
-        let activity = Arc::new(MarketActivity::default());
+        let activity = Arc::new(crate::binance::ws::MarketActivity::default());
         for chunk in streams.chunks(config.connection.streams_per_connection) {
             let plan = ConnectionPlan {
                 market,
