@@ -139,6 +139,16 @@ const MAX_BACKPRESSURE_WAIT_MS: Bounds = Bounds::new(
     10 * MILLIS_PER_MINUTE,
     "a link that answers no ping for a minute is closed by Binance",
 );
+const SILENT_AFTER_MIN_MS: Bounds = Bounds::new(
+    100,
+    MILLIS_PER_HOUR,
+    "below a tenth of a second scheduling jitter alone replaces links; a link silent for an hour has lost an hour",
+);
+const SILENT_AFTER_MAX_MS: Bounds = Bounds::new(
+    100,
+    MILLIS_PER_DAY,
+    "Binance closes every link at 24 h anyway",
+);
 const REQUEST_TIMEOUT_MS: Bounds = Bounds::new(
     1,
     10 * MILLIS_PER_MINUTE,
@@ -304,6 +314,16 @@ pub struct RawConnection {
     /// Longest wait on a full recorder channel before a connection is given
     /// up (it cannot answer pings while it waits), in milliseconds.
     pub max_backpressure_wait_ms: u64,
+    /// A connection that answers pings but whose streams delivered no data
+    /// for a bound learned from their usual rates (20 x the typical gap
+    /// between data frames, 10 x a kline stream's push interval: 2 s on
+    /// spot) is replaced make-before-break. The bound is never below
+    /// `silent_after_min_ms`; past it a connection is judged only while the
+    /// market's other connections deliver. In milliseconds.
+    pub silent_after_min_ms: u64,
+    /// The bound is never above this, and past it a connection is replaced
+    /// even while the market's other connections are quiet too.
+    pub silent_after_max_ms: u64,
 }
 
 impl Default for RawConnection {
@@ -322,6 +342,8 @@ impl Default for RawConnection {
             handshake_limit: 250,
             handshake_window_secs: 300,
             max_backpressure_wait_ms: 10_000,
+            silent_after_min_ms: 20_000,
+            silent_after_max_ms: 600_000,
         }
     }
 }
@@ -746,6 +768,14 @@ fn validate_connection(raw: &RawConnection) -> Result<ConnectionConfig, ConfigEr
         key("max_backpressure_wait_ms"),
         raw.max_backpressure_wait_ms,
     )?;
+    SILENT_AFTER_MIN_MS.check(key("silent_after_min_ms"), raw.silent_after_min_ms)?;
+    SILENT_AFTER_MAX_MS.check(key("silent_after_max_ms"), raw.silent_after_max_ms)?;
+    if raw.silent_after_max_ms < raw.silent_after_min_ms {
+        return Err(invalid(
+            key("silent_after_max_ms"),
+            "must not be below silent_after_min_ms",
+        ));
+    }
     if raw.backoff_max_ms < raw.backoff_initial_ms {
         return Err(invalid(
             key("backoff_max_ms"),
@@ -767,6 +797,8 @@ fn validate_connection(raw: &RawConnection) -> Result<ConnectionConfig, ConfigEr
             max_control_per_sec: raw.max_control_per_sec,
             subscribe_batch: raw.subscribe_batch,
             max_backpressure_wait: Duration::from_millis(raw.max_backpressure_wait_ms),
+            silent_after_min: Duration::from_millis(raw.silent_after_min_ms),
+            silent_after_max: Duration::from_millis(raw.silent_after_max_ms),
         },
     })
 }
@@ -1129,6 +1161,8 @@ streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
             ),
             ("connection", "handshake_window_secs", "86401", "86400"),
             ("connection", "max_backpressure_wait_ms", "600001", "600000"),
+            ("connection", "silent_after_min_ms", "3600001", "3600000"),
+            ("connection", "silent_after_max_ms", "86400001", "86400000"),
             ("fill", "request_timeout_ms", "600001", "600000"),
             ("fill", "max_attempts", "101", "100"),
             ("fill", "retry_initial_ms", "86400001", "86400000"),

@@ -120,6 +120,11 @@ counters! {
     /// Most fill rounds ever waiting in the queue for a free
     /// `fill.max_concurrent_rounds` slot (a gauge of the high-water mark).
     fill_rounds_queued_max,
+    // Silent links (issue 12).
+    /// Links judged silent (answering pings, delivering no data past the
+    /// bound their streams' rates give) and replaced make-before-break: the
+    /// replacement took over.
+    silent_links_replaced,
 }
 
 impl Counters {

@@ -36,6 +36,8 @@ pub struct Counters {
     pub frames_truncated: u64,
     /// Lying copies sent by `PoisonEvents` (each ahead of its real event).
     pub events_poisoned: u64,
+    /// Frames a silenced connection withheld (`SilenceConnection`).
+    pub frames_silenced: u64,
     pub faults_injected: BTreeMap<String, u64>,
     pub rest_requests: u64,
     pub rest_responses_400: u64,

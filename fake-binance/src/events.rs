@@ -236,10 +236,12 @@ pub(crate) enum InjectedFrame {
     UnsubscribedSymbolEvent,
 }
 
-/// Orders to every connection at once (broadcast), outside the event order.
+/// Orders to every connection at once (broadcast), outside the event order;
+/// `Silence` is for the one connection it names.
 #[derive(Debug, Clone)]
 pub(crate) enum ConnectionCommand {
     Drop { abort: bool },
     Stall { until: Instant, keep_backlog: bool },
     ServerShutdown,
+    Silence { connection_id: u64 },
 }

@@ -77,6 +77,11 @@ pub enum Fault {
         #[serde(default)]
         stream: Option<String>,
     },
+    /// The oldest open connection subscribed to `stream` stops sending data
+    /// frames for good, while it goes on pinging, answering pongs and control
+    /// requests: Binance's silent link. The events it withholds are lost for
+    /// that connection (other connections still get theirs).
+    SilenceConnection { stream: String },
 }
 
 impl Fault {
@@ -114,6 +119,7 @@ impl Fault {
             Fault::RestTruncatedBody { .. } => "rest_truncated_body",
             Fault::ClearRestFaults => "clear_rest_faults",
             Fault::PoisonEvents { .. } => "poison_events",
+            Fault::SilenceConnection { .. } => "silence_connection",
         }
     }
 

@@ -171,6 +171,23 @@ impl Shared {
                     });
                 }
             }
+            Fault::SilenceConnection { stream } => {
+                // Ids grow with time: the smallest is the oldest connection.
+                let oldest = lock(&self.registry)
+                    .connections
+                    .iter()
+                    .filter(|(_, entry)| entry.streams.contains(&stream))
+                    .map(|(connection_id, _)| *connection_id)
+                    .min();
+                match oldest {
+                    Some(connection_id) => {
+                        let _ = self
+                            .commands
+                            .send(ConnectionCommand::Silence { connection_id });
+                    }
+                    None => warn!(%stream, "no open connection carries the stream to silence"),
+                }
+            }
         }
     }
 }

@@ -261,6 +261,7 @@ async fn handle_connection(
         incoming_times: VecDeque::new(),
         outstanding_pings: VecDeque::new(),
         pings_sent: 0,
+        silenced: false,
     };
     let end = session.run(cancel, connect_request.streams.len()).await;
     lock(&shared.registry).connections.remove(&connection_id);
@@ -296,6 +297,9 @@ struct Session {
     /// Payload and send time of pings not answered yet, oldest first.
     outstanding_pings: VecDeque<(Vec<u8>, Instant)>,
     pings_sent: u64,
+    /// A `SilenceConnection` fault chose this connection: its queued frames
+    /// are dropped, while pings, pongs and control replies go on.
+    silenced: bool,
 }
 
 impl Session {
@@ -339,6 +343,9 @@ impl Session {
                     }
                     Ok(ConnectionCommand::Stall { until, keep_backlog }) => {
                         stall = Some((until, keep_backlog));
+                    }
+                    Ok(ConnectionCommand::Silence { connection_id }) => {
+                        self.silenced |= connection_id == self.connection_id;
                     }
                     Ok(ConnectionCommand::ServerShutdown) => {
                         // Binance sends the event "shortly before closing":
@@ -400,6 +407,10 @@ impl Session {
                 }
                 outgoing = self.queue.recv(), if stall.is_none() => {
                     let Some(outgoing) = outgoing else { return SessionEnd::ServerStopping };
+                    if self.silenced {
+                        self.shared.counters.update(|counters| counters.frames_silenced += 1);
+                        continue;
+                    }
                     if let Err(end) = self.write_batch(outgoing).await {
                         return end;
                     }

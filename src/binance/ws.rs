@@ -24,6 +24,15 @@
 //!   stream, the replacement delivered a key the old one delivered too (or
 //!   `rotation_overlap_timeout` passed). Frames seen on both are stored once
 //!   downstream (rows are deduplicated by key).
+//! - a link that still answers pings but whose streams delivered no data for
+//!   a bound learned from their usual rates is *silent* (Binance has been
+//!   seen to keep such a link open for good): [`judge_silence`] decides, and
+//!   the link is rotated make-before-break like above, except that the old
+//!   one is closed as soon as the replacement delivers (a silent link has
+//!   nothing to overlap). A link is judged by the bound only while the
+//!   market's other links deliver ([`MarketActivity`]); when they are all
+//!   quiet the market more likely is, and only `silent_after_max` passes
+//!   judgement.
 //!
 //! Channel policy: frames go to the recorder over a bounded channel. When it
 //! is full the task waits (it stops reading, TCP pushes back on the
@@ -33,6 +42,7 @@
 //! reconnects; the disconnect is reported like any other.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +56,7 @@ use tracing::{debug, info, warn};
 
 use crate::binance::decode::{decode_frame, Decoded};
 use crate::binance::streams::{connection_url, stream_name};
-use crate::domain::{Market, StreamKind, Symbol, TimeUs};
+use crate::domain::{KlineInterval, Market, StreamKind, Symbol, TimeUs};
 use crate::metrics::Counters;
 
 /// What a connection task (or the clock task) tells the recorder.
@@ -107,6 +117,11 @@ pub struct ConnectionSettings {
     pub subscribe_batch: usize,
     /// Longest wait on a full channel before the link is given up.
     pub max_backpressure_wait: Duration,
+    /// A link is never judged silent sooner than this...
+    pub silent_after_min: Duration,
+    /// ...and always after this, even while the market's other links are
+    /// quiet too.
+    pub silent_after_max: Duration,
 }
 
 impl Default for ConnectionSettings {
@@ -122,6 +137,8 @@ impl Default for ConnectionSettings {
             max_control_per_sec: 2,
             subscribe_batch: 100,
             max_backpressure_wait: Duration::from_secs(10),
+            silent_after_min: Duration::from_secs(20),
+            silent_after_max: Duration::from_secs(600),
         }
     }
 }
@@ -214,6 +231,246 @@ pub struct ConnectionPlan {
     pub task: usize,
     pub ws_base_url: String,
     pub streams: Vec<(Symbol, StreamKind)>,
+    /// Shared by every connection task of the market.
+    pub activity: Arc<MarketActivity>,
+}
+
+/// A silent link's bound, in multiples of the typical gap between its data
+/// frames. Trades come in bursts, so a quiet spell of several typical gaps
+/// is common; twenty is rare enough not to churn healthy links (for
+/// exponential gaps, e^-20).
+const SILENCE_GAP_FACTOR: u32 = 20;
+/// A silent link's bound, in multiples of its fastest kline push interval.
+/// Klines are pushed on a clock whether or not anyone trades, so ten missed
+/// pushes are a sure sign.
+const SILENCE_PUSH_FACTOR: u32 = 10;
+/// Gaps seen before their average is trusted: a link's first frames (a
+/// burst, a subscription's first pushes) say little about its usual rate.
+const MIN_GAPS_LEARNED: u32 = 16;
+/// Weight of the newest gap in the moving average (1/16: about the last
+/// sixteen gaps count, so the rate follows the day's rhythm within minutes
+/// on a busy link).
+const GAP_AVERAGE_WEIGHT: f64 = 1.0 / 16.0;
+
+/// How often a kline stream is pushed, whether or not anyone trades (the
+/// reference, 4.3 and 4.4): spot every 2 s (1 s for `1s` klines), futures
+/// every 250 ms. Binance.US is assumed to push like spot; a guess too long
+/// only makes the bound longer.
+pub fn kline_push_interval(market: Market, interval: KlineInterval) -> Duration {
+    match (market, interval) {
+        (Market::UsdM | Market::CoinM, _) => Duration::from_millis(250),
+        (Market::Spot | Market::Us, KlineInterval::Second1) => Duration::from_secs(1),
+        (Market::Spot | Market::Us, _) => Duration::from_secs(2),
+    }
+}
+
+/// The fastest push interval among a link's kline streams, if it has any.
+fn fastest_push(market: Market, streams: &[(Symbol, StreamKind)]) -> Option<Duration> {
+    streams
+        .iter()
+        .filter_map(|(_, kind)| match kind {
+            StreamKind::Kline(interval) => Some(kline_push_interval(market, *interval)),
+            _ => None,
+        })
+        .min()
+}
+
+/// The rhythm of one link's data frames: when it last delivered and the
+/// typical gap between deliveries (a moving average).
+#[derive(Debug, Clone, Copy)]
+pub struct DataRate {
+    /// The link's last data frame, or its opening; moved on past time the
+    /// task spent not reading (a recorder backlog is not the exchange's
+    /// silence).
+    quiet_since: Instant,
+    last_data: Option<Instant>,
+    typical_gap: Option<Duration>,
+    n_gaps: u32,
+}
+
+impl DataRate {
+    pub fn new(now: Instant) -> DataRate {
+        DataRate {
+            quiet_since: now,
+            last_data: None,
+            typical_gap: None,
+            n_gaps: 0,
+        }
+    }
+
+    pub fn note_data(&mut self, now: Instant) {
+        if let Some(last) = self.last_data {
+            let gap = now.saturating_duration_since(last).as_secs_f64();
+            let average = match self.typical_gap {
+                None => gap,
+                Some(typical) => {
+                    let typical = typical.as_secs_f64();
+                    typical + (gap - typical) * GAP_AVERAGE_WEIGHT
+                }
+            };
+            self.typical_gap = Some(Duration::from_secs_f64(average.max(0.0)));
+            self.n_gaps = self.n_gaps.saturating_add(1);
+        }
+        self.last_data = Some(now);
+        self.quiet_since = self.quiet_since.max(now);
+    }
+
+    /// The task did not read until `now`: the silence counts from here.
+    pub fn excuse_until(&mut self, now: Instant) {
+        self.quiet_since = self.quiet_since.max(now);
+    }
+
+    /// A replacement carries the same streams: it starts from what the old
+    /// link learned about their rate.
+    pub fn learn_from(&mut self, older: &DataRate) {
+        if self.n_gaps < older.n_gaps {
+            self.typical_gap = older.typical_gap;
+            self.n_gaps = older.n_gaps;
+        }
+    }
+}
+
+/// How long a link may go without data before it is judged silent: the
+/// shorter of what its kline pushes and its learned gaps promise, kept
+/// between `silent_after_min` and `silent_after_max`. `None` while nothing
+/// is known (no kline stream, too few gaps): only `dead_after` applies then.
+pub fn silence_bound(
+    settings: &ConnectionSettings,
+    push_interval: Option<Duration>,
+    rate: &DataRate,
+) -> Option<Duration> {
+    let from_pushes = push_interval.map(|interval| interval.saturating_mul(SILENCE_PUSH_FACTOR));
+    let from_gaps = rate
+        .typical_gap
+        .filter(|_| rate.n_gaps >= MIN_GAPS_LEARNED)
+        .map(|gap| gap.saturating_mul(SILENCE_GAP_FACTOR));
+    let bound = match (from_pushes, from_gaps) {
+        (Some(pushes), Some(gaps)) => pushes.min(gaps),
+        (pushes, gaps) => pushes.or(gaps)?,
+    };
+    // max then min rather than clamp: never panics, and the cap wins.
+    Some(
+        bound
+            .max(settings.silent_after_min)
+            .min(settings.silent_after_max),
+    )
+}
+
+/// What the market's other links say, for [`judge_silence`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarketPeers {
+    /// This link is the market's only one: its own rate is all there is.
+    Alone,
+    /// Other links exist; the newest data any link of the market delivered.
+    Newest(Option<Instant>),
+}
+
+/// The verdict on one link's silence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
+    /// Nothing is known of the link's rate: it is never judged silent.
+    Unknown,
+    /// Not silent; look again at this time if no data came meanwhile.
+    CheckAt(Instant),
+    /// Silent for `silence`, past `bound`: replace it.
+    Silent { silence: Duration, bound: Duration },
+}
+
+/// Whether a link is silent now: pure, with time passed in. Past its bound
+/// a link is silent while any other link of the market delivered within
+/// that bound (the exchange is sending, this link is not), or when it is
+/// the market's only link. When the whole market is quiet (a trading halt,
+/// an exchange-wide pause), replacing links would only churn, so judgement
+/// waits for `silent_after_max`.
+pub fn judge_silence(
+    settings: &ConnectionSettings,
+    push_interval: Option<Duration>,
+    rate: &DataRate,
+    peers: MarketPeers,
+    now: Instant,
+) -> Silence {
+    let Some(bound) = silence_bound(settings, push_interval, rate) else {
+        return Silence::Unknown;
+    };
+    let silence = now.saturating_duration_since(rate.quiet_since);
+    if silence < bound {
+        return Silence::CheckAt(rate.quiet_since + bound);
+    }
+    let others_deliver = match peers {
+        MarketPeers::Alone => true,
+        // This link has delivered nothing within the bound, so data that
+        // recent came from another link.
+        MarketPeers::Newest(newest) => {
+            newest.is_some_and(|newest| now.saturating_duration_since(newest) < bound)
+        }
+    };
+    if others_deliver {
+        return Silence::Silent { silence, bound };
+    }
+    let cap = settings.silent_after_max.max(bound);
+    if silence >= cap {
+        return Silence::Silent {
+            silence,
+            bound: cap,
+        };
+    }
+    // Look again soon: the others may start delivering before the cap.
+    let recheck = (bound / 4).max(Duration::from_millis(10));
+    Silence::CheckAt((now + recheck).min(rate.quiet_since + cap))
+}
+
+/// The newest data frame any link of one market delivered, and how many
+/// connection tasks the market runs: what [`judge_silence`] compares a link
+/// with. Atomics, as every task of the market writes it on every frame.
+#[derive(Debug)]
+pub struct MarketActivity {
+    origin: Instant,
+    /// Milliseconds after `origin`; -1 before any data.
+    newest_data_ms: AtomicI64,
+    n_tasks: AtomicUsize,
+}
+
+impl Default for MarketActivity {
+    fn default() -> Self {
+        MarketActivity {
+            origin: Instant::now(),
+            newest_data_ms: AtomicI64::new(-1),
+            n_tasks: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl MarketActivity {
+    pub fn note_data(&self, now: Instant) {
+        let ms = i64::try_from(now.saturating_duration_since(self.origin).as_millis())
+            .unwrap_or(i64::MAX);
+        self.newest_data_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    pub fn peers(&self) -> MarketPeers {
+        if self.n_tasks.load(Ordering::Relaxed) <= 1 {
+            return MarketPeers::Alone;
+        }
+        let newest = u64::try_from(self.newest_data_ms.load(Ordering::Relaxed))
+            .ok()
+            .map(|ms| self.origin + Duration::from_millis(ms));
+        MarketPeers::Newest(newest)
+    }
+
+    /// Counts a connection task in for as long as the guard lives.
+    fn join(self: &Arc<Self>) -> ActivityMember {
+        self.n_tasks.fetch_add(1, Ordering::Relaxed);
+        ActivityMember(Arc::clone(self))
+    }
+}
+
+/// A connection task counted in its market's [`MarketActivity`].
+struct ActivityMember(Arc<MarketActivity>);
+
+impl Drop for ActivityMember {
+    fn drop(&mut self) {
+        self.0.n_tasks.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The local wall clock in epoch µs: the `recv_time` of a frame.
@@ -265,6 +522,10 @@ struct Link {
     /// A data frame of a subscribed stream arrived: the link worked, and
     /// losing it does not climb the reconnect backoff.
     delivered_data: bool,
+    rate: DataRate,
+    /// This link replaces a silent one: the old link is closed as soon as
+    /// this one delivers, as there is nothing to overlap.
+    replaces_silent: bool,
 }
 
 /// Why a link's read loop stopped.
@@ -298,6 +559,8 @@ impl Link {
             last_key: BTreeMap::new(),
             track_keys: false,
             delivered_data: false,
+            rate: DataRate::new(now),
+            replaces_silent: false,
         }
     }
 
@@ -382,6 +645,7 @@ pub async fn run_connection(
     cancel: CancellationToken,
     counters: Arc<Counters>,
 ) {
+    let _member = plan.activity.join();
     let mut attempt: u32 = 0;
     let mut next_link: u64 = 1;
     let mut current: Option<Link> = None;
@@ -415,7 +679,11 @@ pub async fn run_connection(
         .await;
         match outcome {
             DriveOutcome::Stop => return,
-            DriveOutcome::Replaced(replacement) => {
+            DriveOutcome::Replaced(mut replacement) => {
+                if replacement.replaces_silent {
+                    Counters::add(&counters.silent_links_replaced, 1);
+                    replacement.replaces_silent = false;
+                }
                 attempt = 0;
                 current = Some(replacement);
             }
@@ -513,6 +781,16 @@ async fn open_link(
     Some(Ok(Link::new(number, socket, &plan.streams, settings)))
 }
 
+/// Why a link is replaced make-before-break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RotationCause {
+    /// Its lifetime is ending, or the exchange announced a shutdown: the
+    /// old link delivers until the new one overlaps it.
+    Scheduled,
+    /// It delivers no data: it closes as soon as the new one delivers.
+    Silence,
+}
+
 // A link is replaced about once a day: boxing it would buy nothing.
 #[allow(clippy::large_enum_variant)]
 enum DriveOutcome {
@@ -538,7 +816,8 @@ async fn drive_link(
 ) -> DriveOutcome {
     let mut replacement: Option<Link> = None;
     let mut rotation_deadline: Option<Instant> = None;
-    let mut rotation_wanted = false;
+    let mut rotation_wanted: Option<RotationCause> = None;
+    let push_interval = fastest_push(plan.market, &plan.streams);
     loop {
         if let Err(reason) = link.send_due_control(settings).await {
             return lost(link, reason);
@@ -550,8 +829,7 @@ async fn drive_link(
                 rotation_deadline = None;
             }
         }
-        if rotation_wanted && replacement.is_none() {
-            rotation_wanted = false;
+        if let Some(cause) = rotation_wanted.take().filter(|_| replacement.is_none()) {
             match open_link(plan, settings, budget, frames, cancel, next_link).await {
                 None => return DriveOutcome::Stop,
                 Some(Err(reason)) => {
@@ -560,6 +838,8 @@ async fn drive_link(
                 Some(Ok(mut new_link)) => {
                     new_link.track_keys = true;
                     link.track_keys = true;
+                    new_link.rate.learn_from(&link.rate);
+                    new_link.replaces_silent = cause == RotationCause::Silence;
                     rotation_deadline = Some(Instant::now() + settings.rotation_overlap_timeout);
                     replacement = Some(new_link);
                 }
@@ -569,6 +849,9 @@ async fn drive_link(
             let overlapped = plan.streams.iter().all(|stream| {
                 matches!((new_link.first_key.get(stream), link.last_key.get(stream)), (Some(first_new), Some(last_old)) if first_new <= last_old)
             });
+            // A silent link has nothing to overlap: what it withheld is
+            // lost on it, and gap fill fetches it from REST.
+            let overlapped = overlapped || (new_link.replaces_silent && new_link.delivered_data);
             if overlapped || Instant::now() >= deadline {
                 info!(market = %plan.market, task = plan.task, old = link.number, new = new_link.number, overlapped, "rotation done: closing the old link");
                 let _ = link.socket.close(None).await;
@@ -585,11 +868,31 @@ async fn drive_link(
             .into_iter()
             .chain(replacement.as_ref().and_then(Link::control_deadline))
             .min();
-        let wake_at = [Some(dead_at), rotate_at, control_at, rotation_deadline]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("dead_at is always set");
+        // A link being replaced is not judged again.
+        let silence_at = match replacement.is_none().then(|| {
+            judge_silence(
+                settings,
+                push_interval,
+                &link.rate,
+                plan.activity.peers(),
+                Instant::now(),
+            )
+        }) {
+            Some(Silence::CheckAt(at)) => Some(at),
+            Some(Silence::Silent { .. }) => Some(Instant::now()),
+            Some(Silence::Unknown) | None => None,
+        };
+        let wake_at = [
+            Some(dead_at),
+            rotate_at,
+            control_at,
+            rotation_deadline,
+            silence_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("dead_at is always set");
 
         let (event, from_replacement) = tokio::select! {
             _ = cancel.cancelled() => {
@@ -614,7 +917,17 @@ async fn drive_link(
                 }
                 if replacement.is_none() && now >= link.opened + settings.rotate_after {
                     info!(market = %plan.market, task = plan.task, link = link.number, "link lifetime ending: rotating make-before-break");
-                    rotation_wanted = true;
+                    rotation_wanted = Some(RotationCause::Scheduled);
+                }
+                if replacement.is_none() && rotation_wanted.is_none() {
+                    let verdict = judge_silence(settings, push_interval, &link.rate, plan.activity.peers(), now);
+                    if let Silence::Silent { silence, bound } = verdict {
+                        warn!(market = %plan.market, task = plan.task, link = link.number, silence_ms = silence.as_millis() as u64, bound_ms = bound.as_millis() as u64, "link answers pings but delivers no data: replacing it make-before-break");
+                        rotation_wanted = Some(RotationCause::Silence);
+                        // If the replacement cannot be opened, the next
+                        // try waits for another bound (no handshake storm).
+                        link.rate.excuse_until(now);
+                    }
                 }
                 continue;
             }
@@ -654,7 +967,8 @@ async fn drive_link(
         } else {
             &mut link
         };
-        receiving.last_frame = Instant::now();
+        let received_at = Instant::now();
+        receiving.last_frame = received_at;
         let recv_time = now_us();
         let bytes = match message {
             Message::Text(text) => text.as_bytes().to_vec(),
@@ -665,6 +979,10 @@ async fn drive_link(
         // wrapper; a rotation also needs the keys of data frames.
         let is_data = is_data_frame(&bytes);
         receiving.delivered_data |= is_data;
+        if is_data {
+            receiving.rate.note_data(received_at);
+            plan.activity.note_data(received_at);
+        }
         if !is_data || receiving.track_keys {
             match decode_frame(plan.market, &bytes, recv_time) {
                 Ok(Decoded::ControlReply(reply)) => {
@@ -677,7 +995,7 @@ async fn drive_link(
                 Ok(Decoded::ServerShutdown { .. }) => {
                     if !from_replacement && rotation_deadline.is_none() {
                         info!(market = %plan.market, task = plan.task, link = receiving.number, "serverShutdown: rotating make-before-break");
-                        rotation_wanted = true;
+                        rotation_wanted = Some(RotationCause::Scheduled);
                     }
                 }
                 Ok(decoded) => {
@@ -697,13 +1015,19 @@ async fn drive_link(
             Ok(Ok(permit)) => {
                 permit.send(inbound);
                 // Time spent waiting for the recorder is not the exchange's
-                // silence: the dead-link clock restarts once we read again.
+                // silence: the dead-link clock restarts once we read again,
+                // and neither link is judged silent for it.
+                let now = Instant::now();
                 let receiving = if from_replacement {
                     replacement.as_mut().expect("event came from it")
                 } else {
                     &mut link
                 };
-                receiving.last_frame = receiving.last_frame.max(Instant::now());
+                receiving.last_frame = receiving.last_frame.max(now);
+                link.rate.excuse_until(now);
+                if let Some(new_link) = replacement.as_mut() {
+                    new_link.rate.excuse_until(now);
+                }
             }
             Ok(Err(_)) => return DriveOutcome::Stop,
             Err(_) => {
@@ -780,6 +1104,167 @@ mod tests {
             HandshakeBudget::next_slot(&recent, 2, window, after_window),
             after_window
         );
+    }
+
+    /// A rate that saw `n_gaps` gaps of `gap` each, the last data at `last`.
+    fn steady_rate(gap: Duration, n_gaps: u32, last: Instant) -> DataRate {
+        let first = last - gap * n_gaps;
+        let mut rate = DataRate::new(first);
+        for index in 0..=n_gaps {
+            rate.note_data(first + gap * index);
+        }
+        rate
+    }
+
+    #[test]
+    fn silence_bound_follows_kline_pushes_and_learned_gaps() {
+        let settings = ConnectionSettings::default();
+        let now = Instant::now();
+        let spot_minute = kline_push_interval(Market::Spot, KlineInterval::Minute1);
+        assert_eq!(spot_minute, Duration::from_secs(2));
+        let futures = kline_push_interval(Market::UsdM, KlineInterval::Minute1);
+        // Nothing known yet: no judgement (only dead_after applies).
+        let fresh = DataRate::new(now);
+        assert_eq!(silence_bound(&settings, None, &fresh), None);
+        // A spot kline link: 10 pushes of 2 s.
+        assert_eq!(
+            silence_bound(&settings, Some(spot_minute), &fresh),
+            Some(Duration::from_secs(20))
+        );
+        // Futures push every 250 ms: the floor holds.
+        assert_eq!(
+            silence_bound(&settings, Some(futures), &fresh),
+            Some(settings.silent_after_min)
+        );
+        // Too few gaps to trust.
+        let young = steady_rate(Duration::from_secs(3), MIN_GAPS_LEARNED - 1, now);
+        assert_eq!(silence_bound(&settings, None, &young), None);
+        // A trade link with a gap of 3 s: 20 gaps.
+        let learned = steady_rate(Duration::from_secs(3), MIN_GAPS_LEARNED, now);
+        assert_eq!(
+            silence_bound(&settings, None, &learned),
+            Some(Duration::from_secs(60))
+        );
+        // The kline pushes promise more than the trades: the shorter wins.
+        assert_eq!(
+            silence_bound(&settings, Some(spot_minute), &learned),
+            Some(Duration::from_secs(20))
+        );
+        // A busy link: the floor; a quiet one: the cap.
+        let busy = steady_rate(Duration::from_millis(10), 100, now);
+        assert_eq!(
+            silence_bound(&settings, None, &busy),
+            Some(settings.silent_after_min)
+        );
+        let quiet = steady_rate(Duration::from_secs(300), 20, now);
+        assert_eq!(
+            silence_bound(&settings, None, &quiet),
+            Some(settings.silent_after_max)
+        );
+    }
+
+    #[test]
+    fn the_gap_average_follows_a_changing_rate() {
+        let start = Instant::now();
+        let mut rate = steady_rate(Duration::from_secs(1), 50, start);
+        assert_eq!(rate.typical_gap, Some(Duration::from_secs(1)));
+        let mut now = start;
+        for _ in 0..50 {
+            now += Duration::from_millis(100);
+            rate.note_data(now);
+        }
+        let typical = rate.typical_gap.expect("learned");
+        assert!(typical < Duration::from_millis(150), "{typical:?}");
+        // A replacement starts from what the old link learned.
+        let mut replacement = DataRate::new(now);
+        replacement.learn_from(&rate);
+        assert_eq!(replacement.typical_gap, rate.typical_gap);
+        assert_eq!(replacement.quiet_since, now);
+    }
+
+    #[test]
+    fn a_link_is_silent_past_its_bound_while_the_others_deliver() {
+        let settings = ConnectionSettings::default();
+        let push = Some(Duration::from_secs(2));
+        let last = Instant::now();
+        let rate = steady_rate(Duration::from_millis(50), 100, last);
+        let bound = Duration::from_secs(20);
+        let others_now = |now: Instant| MarketPeers::Newest(Some(now - Duration::from_millis(5)));
+
+        let before = last + Duration::from_secs(19);
+        assert_eq!(
+            judge_silence(&settings, push, &rate, others_now(before), before),
+            Silence::CheckAt(last + bound)
+        );
+        let after = last + Duration::from_secs(21);
+        assert_eq!(
+            judge_silence(&settings, push, &rate, others_now(after), after),
+            Silence::Silent {
+                silence: Duration::from_secs(21),
+                bound
+            }
+        );
+        // Alone in its market: the rate bound alone decides.
+        assert!(matches!(
+            judge_silence(&settings, push, &rate, MarketPeers::Alone, after),
+            Silence::Silent { .. }
+        ));
+        // The whole market is quiet: wait for the cap, looking again soon.
+        let market_quiet = MarketPeers::Newest(Some(last));
+        assert_eq!(
+            judge_silence(&settings, push, &rate, market_quiet, after),
+            Silence::CheckAt(after + bound / 4)
+        );
+        assert_eq!(
+            judge_silence(&settings, push, &rate, MarketPeers::Newest(None), after),
+            Silence::CheckAt(after + bound / 4)
+        );
+        let past_cap = last + settings.silent_after_max;
+        assert_eq!(
+            judge_silence(&settings, push, &rate, market_quiet, past_cap),
+            Silence::Silent {
+                silence: settings.silent_after_max,
+                bound: settings.silent_after_max
+            }
+        );
+        // Time the task spent not reading is not silence.
+        let mut excused = rate;
+        excused.excuse_until(last + Duration::from_secs(15));
+        assert_eq!(
+            judge_silence(&settings, push, &excused, others_now(after), after),
+            Silence::CheckAt(last + Duration::from_secs(35))
+        );
+        // Nothing known: never judged.
+        let trade_only_fresh = DataRate::new(last);
+        assert_eq!(
+            judge_silence(
+                &settings,
+                None,
+                &trade_only_fresh,
+                others_now(past_cap),
+                past_cap
+            ),
+            Silence::Unknown
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn market_activity_counts_its_tasks_and_keeps_the_newest_data() {
+        let activity = Arc::new(MarketActivity::default());
+        let first = activity.join();
+        assert_eq!(activity.peers(), MarketPeers::Alone);
+        let second = activity.join();
+        assert_eq!(activity.peers(), MarketPeers::Newest(None));
+        let start = Instant::now();
+        activity.note_data(start + Duration::from_secs(3));
+        activity.note_data(start + Duration::from_secs(1));
+        assert_eq!(
+            activity.peers(),
+            MarketPeers::Newest(Some(start + Duration::from_secs(3)))
+        );
+        drop(second);
+        assert_eq!(activity.peers(), MarketPeers::Alone);
+        drop(first);
     }
 
     #[tokio::test(start_paused = true)]

@@ -275,12 +275,14 @@ impl TaskSpawner<'_> {
             })
             .collect();
         let mut n_tasks = n_tasks_before;
+        let activity = Arc::new(crate::binance::ws::MarketActivity::default());
         for chunk in streams.chunks(config.connection.streams_per_connection) {
             let plan = ConnectionPlan {
                 market,
                 task: n_tasks,
                 ws_base_url: market_config.ws_url.clone(),
                 streams: chunk.to_vec(),
+                activity: activity.clone(),
             };
             n_tasks += 1;
             self.tasks.spawn(supervise_connection(

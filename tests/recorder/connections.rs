@@ -463,3 +463,115 @@ async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
     }
     fake.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_pings_but_delivers_nothing_is_replaced_and_nothing_is_lost() {
+    // 3 symbols x 3 streams at 3 streams a connection: three links, one per
+    // symbol. At 240x a kline stream pushes every 8 ms of real time, so every
+    // link's bound is the 1 s floor set here (20 s by default). A ping left
+    // unanswered for 1.5 s closes a link: the silent one must keep answering.
+    let fake = FakeExchange::start(FakeConfig {
+        limits: Limits {
+            ping_interval: Duration::from_millis(500),
+            pong_timeout: Duration::from_millis(1500),
+            ..Limits::default()
+        },
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let bound = Duration::from_secs(1);
+    let kinds = [StreamKind::Trade, StreamKind::AggTrade, minute_klines()];
+    let config = format!(
+        "{}{}",
+        connection_toml(&format!(
+            "streams_per_connection = 3\nsilent_after_min_ms = {}",
+            bound.as_millis()
+        )),
+        recorder_toml(&fake, root, &SYMBOLS, &["trade", "aggTrade", "kline_1m"])
+    );
+    let recorder = RunningRecorder::start(&config);
+    wait_until(Duration::from_secs(20), "three links deliver", || {
+        fake.counters().ws_handshakes_accepted == 3 && recorder.counters().frames_durable > 300
+    })
+    .await;
+    // Silence one link inside the hour checked below, so what it withholds
+    // must be in that hour's files.
+    let hour = Hour::containing(SIM_START_US).next();
+    wait_until(Duration::from_secs(20), "the hour runs", || {
+        fake.sim_now_us() > hour.start() + 120_000_000
+    })
+    .await;
+    let silenced_at = tokio::time::Instant::now();
+    fake.inject(Fault::SilenceConnection {
+        stream: "btcusdt@trade".to_owned(),
+    });
+    wait_until(Duration::from_secs(10), "the silent link replaced", || {
+        recorder.counters().silent_links_replaced >= 1
+    })
+    .await;
+    let took = silenced_at.elapsed();
+    eprintln!("silent link replaced {took:?} after the fault (bound {bound:?})");
+    // The bound, then a handshake, a SUBSCRIBE and the first frame.
+    assert!(
+        took < bound + Duration::from_secs(2),
+        "replaced after {took:?} with a bound of {bound:?}"
+    );
+    wait_until(Duration::from_secs(10), "the silent link closed", || {
+        fake.counters().ws_connections_open == 3
+    })
+    .await;
+    let fake_counters = fake.counters();
+    assert!(fake_counters.frames_silenced > 0, "{fake_counters:?}");
+    assert_eq!(
+        fake_counters.ws_pong_timeout_closes, 0,
+        "the silent link answered pings to the end: {fake_counters:?}"
+    );
+    assert_eq!(
+        fake_counters.ws_handshakes_accepted, 4,
+        "one replacement, the delivering links left alone: {fake_counters:?}"
+    );
+
+    wait_until(Duration::from_secs(60), "the hour sealed", || {
+        SYMBOLS.iter().all(|symbol| {
+            kinds
+                .iter()
+                .all(|kind| file_path(root, &key(symbol, *kind), hour).exists())
+        })
+    })
+    .await;
+    let counters = recorder.stop().await;
+    assert_eq!(counters.silent_links_replaced, 1, "{counters:?}");
+    assert_eq!(
+        counters.disconnects, 0,
+        "replaced, never lost: {counters:?}"
+    );
+    let mut n_rest_rows_btc = 0;
+    for symbol in SYMBOLS {
+        let truth = fake.ground_truth(symbol, hour.end() + 60_000_000);
+        for kind in kinds {
+            let path = file_path(root, &key(symbol, kind), hour);
+            let rest_keys = assert_file_matches_truth_with_rest(&path, kind, &truth, hour);
+            assert_complete_hour(&path, hour);
+            if symbol == "BTCUSDT" {
+                n_rest_rows_btc += rest_keys.len();
+            } else {
+                assert!(
+                    rest_keys.is_empty(),
+                    "{symbol} {kind:?}: its link was never silent: {rest_keys:?}"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "silent link: {} frames withheld, {n_rest_rows_btc} BTCUSDT rows filled from REST",
+        fake_counters.frames_silenced
+    );
+    assert!(
+        n_rest_rows_btc > 0,
+        "what the silent link withheld came from REST"
+    );
+    fake.shutdown().await;
+}

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use fake_binance::{ChaosConfig, FakeExchange, Fault, Lie};
+use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -754,5 +755,67 @@ async fn poisoned_events_lie_in_an_extra_frame_and_the_truth_is_unchanged() {
         exchange.counters().events_poisoned == lies.len() as u64 + 2
     })
     .await;
+    exchange.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_silenced_connection_pings_and_answers_but_sends_no_data() {
+    let mut exchange_config = config(20.0);
+    // Pings every 50 ms with a 500 ms deadline: the silent link must keep
+    // answering them to stay open, as on Binance.
+    exchange_config.limits.ping_interval = Duration::from_millis(50);
+    exchange_config.limits.pong_timeout = Duration::from_millis(500);
+    let exchange = FakeExchange::start(exchange_config).await.unwrap();
+    let mut silenced = trade_client(&exchange).await;
+    let mut other = trade_client(&exchange).await;
+    exchange.inject(Fault::SilenceConnection {
+        stream: "btcusdt@trade".to_owned(),
+    });
+    wait_until(WITHIN, "the oldest connection withholds frames", || {
+        exchange.counters().frames_silenced > 0
+    })
+    .await;
+    // Everything written before the silence comes before this reply.
+    silenced
+        .send_text(r#"{"method":"LIST_SUBSCRIPTIONS","id":1}"#)
+        .await;
+    let reply = silenced.next_reply(WITHIN).await;
+    assert_eq!(reply["result"][0], "btcusdt@trade", "{reply}");
+    let pongs_before = exchange.counters().ws_pongs_received;
+
+    // While the other connection receives 40 trades, the silenced one
+    // receives pings only (reading it lets tungstenite answer them).
+    let mut n_other_trades = 0;
+    let mut n_silenced_pings = 0;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while n_other_trades < 40 {
+        tokio::select! {
+            message = silenced.socket.next() => match message {
+                Some(Ok(Message::Ping(_))) => n_silenced_pings += 1,
+                other => panic!("the silenced connection sent {other:?}"),
+            },
+            message = other.socket.next() => match message {
+                Some(Ok(Message::Text(_))) => n_other_trades += 1,
+                Some(Ok(Message::Ping(_))) => {}
+                other => panic!("the other connection sent {other:?}"),
+            },
+            _ = tokio::time::sleep_until(deadline) => panic!("only {n_other_trades} trades on the other connection"),
+        }
+    }
+    assert!(n_silenced_pings >= 1, "pings go on: {n_silenced_pings}");
+    // The silent link still answers control requests and stays open.
+    silenced
+        .send_text(r#"{"method":"LIST_SUBSCRIPTIONS","id":2}"#)
+        .await;
+    assert_eq!(silenced.next_reply(WITHIN).await["id"], 2);
+    let counters = exchange.counters();
+    assert!(counters.ws_pongs_received > pongs_before, "{counters:?}");
+    assert_eq!(counters.ws_pong_timeout_closes, 0, "{counters:?}");
+    assert_eq!(counters.ws_connections_open, 2, "{counters:?}");
+    assert_eq!(
+        counters.faults_injected.get("silence_connection"),
+        Some(&1),
+        "{counters:?}"
+    );
     exchange.shutdown().await;
 }
