@@ -19,7 +19,7 @@ async fn garbage_frames_are_quarantined_and_the_hour_is_still_complete() {
         .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let recorder = RunningRecorder::start(&recorder_toml(
+    let recorder = RunningRecorder::start(&recorder_toml_patient(
         &fake,
         root,
         &["BTCUSDT"],
@@ -88,7 +88,7 @@ async fn symbol_unknown_to_the_exchange_is_a_clear_error() {
         .await
         .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
-    let text = recorder_toml(
+    let text = recorder_toml_patient(
         &fake,
         scratch.path(),
         &["BTCUSDT", "NOSUCHCOIN"],

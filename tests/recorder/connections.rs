@@ -28,7 +28,7 @@ fn config_with(
     format!(
         "{}{}",
         connection_toml(connection),
-        recorder_toml(fake, root, &["BTCUSDT"], streams)
+        recorder_toml_patient(fake, root, &["BTCUSDT"], streams)
     )
 }
 
@@ -131,7 +131,7 @@ async fn links_that_delivered_before_they_dropped_reconnect_at_the_first_backoff
     // can reset the backoff.
     let config = format!(
         "[connection]\ndead_after_ms = 1500\nbackoff_initial_ms = 50\nbackoff_max_ms = 5000\nhealthy_after_ms = 600000\n{}",
-        recorder_toml(&fake, scratch.path(), &["BTCUSDT"], &["trade", "aggTrade"])
+        recorder_toml_patient(&fake, scratch.path(), &["BTCUSDT"], &["trade", "aggTrade"])
     );
     let recorder = RunningRecorder::start(&config);
     wait_for_fresh_link(&fake, &recorder, 0, "first link").await;
@@ -313,7 +313,7 @@ async fn two_thousand_streams_are_spread_within_limits() {
     let connection = connection_toml("").replace("dead_after_ms = 1500", "dead_after_ms = 5000");
     let config = format!(
         "{connection}{}",
-        recorder_toml(&fake, scratch.path(), &symbol_refs, &streams)
+        recorder_toml_patient(&fake, scratch.path(), &symbol_refs, &streams)
     );
     let recorder = RunningRecorder::start(&config);
     // 2,000 streams at 200 per connection: 10 links, each subscribed in two
@@ -415,7 +415,7 @@ async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
         "{}{}",
         connection_toml("dead_after_ms = 20000\nmax_backpressure_wait_ms = 15000")
             .replace("dead_after_ms = 1500\n", ""),
-        recorder_toml(&fake, root, &SYMBOLS, &["trade", "aggTrade"])
+        recorder_toml_patient(&fake, root, &SYMBOLS, &["trade", "aggTrade"])
     ))
     .expect("valid config");
     let counters = std::sync::Arc::new(binance_recorder::metrics::Counters::default());
@@ -490,7 +490,7 @@ async fn a_link_that_pings_but_delivers_nothing_is_replaced_and_nothing_is_lost(
             "streams_per_connection = 3\nsilent_after_min_ms = {}",
             bound.as_millis()
         )),
-        recorder_toml(&fake, root, &SYMBOLS, &["trade", "aggTrade", "kline_1m"])
+        recorder_toml_patient(&fake, root, &SYMBOLS, &["trade", "aggTrade", "kline_1m"])
     );
     let recorder = RunningRecorder::start(&config);
     wait_until(Duration::from_secs(20), "three links deliver", || {

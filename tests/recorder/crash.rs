@@ -187,7 +187,7 @@ async fn leftovers_of_an_interrupted_seal_and_a_corrupt_file_are_handled_at_star
         .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let config = recorder_toml(&fake, root, &["BTCUSDT"], &STREAMS);
+    let config = recorder_toml_patient(&fake, root, &["BTCUSDT"], &STREAMS);
     let hour = Hour::containing(SIM_START_US).next();
     let trade_key = key("BTCUSDT", StreamKind::Trade);
     let sealed = file_path(root, &trade_key, hour);
@@ -314,7 +314,7 @@ async fn a_full_disk_then_a_read_only_one_stop_acknowledging_then_recover_losing
     let root = scratch.path();
     let config = binance_recorder::config::Config::from_toml(&format!(
         "[connection]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\nmax_backpressure_wait_ms = 1000\n{}",
-        recorder_toml(&fake, root, &SYMBOLS, &STREAMS)
+        recorder_toml_patient(&fake, root, &SYMBOLS, &STREAMS)
     ))
     .expect("valid config");
     let disk = FullableDisk::default();

@@ -23,7 +23,7 @@ async fn three_symbols_two_whole_hours_match_ground_truth() {
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
     let kinds = [StreamKind::Trade, StreamKind::AggTrade, minute_klines()];
-    let config = recorder_toml(&fake, root, &SYMBOLS, &["trade", "aggTrade", "kline_1m"]);
+    let config = recorder_toml_patient(&fake, root, &SYMBOLS, &["trade", "aggTrade", "kline_1m"]);
     let recorder = RunningRecorder::start(&config);
 
     let first_hour = Hour::containing(SIM_START_US);

@@ -71,7 +71,7 @@ async fn lying_frames_are_quarantined_and_seal_nothing_early_or_out_of_range() {
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
     let data = root.join("data");
-    let config_text = recorder_toml(&fake, root, &SYMBOLS, &STREAMS);
+    let config_text = recorder_toml_patient(&fake, root, &SYMBOLS, &STREAMS);
     let config_path = root.join("config.toml");
     std::fs::write(&config_path, &config_text).expect("config written");
     // 00:59 to past 02:00: hour 00 (from 00:59, its start from REST) and

@@ -58,7 +58,7 @@ async fn spot_btcusdt_capture_lands_in_one_file_per_hour_of_trade_time() {
     .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let recorder = RunningRecorder::start(&recorder_toml(
+    let recorder = RunningRecorder::start(&recorder_toml_patient(
         &fake,
         root,
         &["BTCUSDT"],

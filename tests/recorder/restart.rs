@@ -44,7 +44,7 @@ async fn sigterm_mid_hour_then_restart_loses_and_duplicates_nothing() {
     let config_path = root.join("config.toml");
     std::fs::write(
         &config_path,
-        recorder_toml(
+        recorder_toml_patient(
             &fake,
             root,
             &["BTCUSDT"],

@@ -91,6 +91,26 @@ time_check_interval_secs = 1
     )
 }
 
+/// [`recorder_toml`] with `fill.deadline_secs` an hour, for tests that
+/// expect every hole filled: the deadline binds running fill rounds, and the
+/// default 300 s of exchange time is only 1.25 s of real time at 240x, less
+/// than a backfill takes on a loaded machine. Tests of the deadline set
+/// their own `[fill]` table instead.
+pub fn recorder_toml_patient(
+    fake: &FakeExchange,
+    root: &Path,
+    symbols: &[&str],
+    streams: &[&str],
+) -> String {
+    format!(
+        "{}
+[fill]
+deadline_secs = 3600
+",
+        recorder_toml(fake, root, symbols, streams)
+    )
+}
+
 /// A recorder running in this process.
 pub struct RunningRecorder {
     pub counters: Arc<Counters>,
