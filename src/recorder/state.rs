@@ -1836,22 +1836,23 @@ streams = ["trade", "kline_1m"]
         assert_eq!(state.n_unsealed_rows(), 1, "only the current hour is held");
     }
 
+    /// A declared hole of trade ids 5..=6 between these times.
+    fn ids_5_to_6(from_time: TimeUs, to_time: TimeUs) -> UnfilledRange {
+        UnfilledRange {
+            from: Some(5),
+            to: Some(6),
+            from_time,
+            to_time,
+            reason: "rest unreachable".to_owned(),
+        }
+    }
+
     #[test]
     fn declared_ranges_read_from_a_footer_are_kept_within_their_hour() {
         let mut state = filling_state("");
         let key = key(StreamKind::Trade);
         let hour = Hour::containing(HOUR_START);
-        state.declare_sealed_holes(
-            &key,
-            hour,
-            vec![UnfilledRange {
-                from: Some(5),
-                to: Some(6),
-                from_time: 0,
-                to_time: i64::MAX,
-                reason: "rest unreachable".to_owned(),
-            }],
-        );
+        state.declare_sealed_holes(&key, hour, vec![ids_5_to_6(0, i64::MAX)]);
         let declared = &state.streams[&key].declared[&hour].unfilled[0];
         assert_eq!(
             (declared.from_time, declared.to_time),
@@ -1864,17 +1865,7 @@ streams = ["trade", "kline_1m"]
         let mut state = filling_state("declared_give_up_hours = 2");
         let key = key(StreamKind::Trade);
         let hour = Hour::containing(HOUR_START);
-        state.declare_sealed_holes(
-            &key,
-            hour,
-            vec![UnfilledRange {
-                from: Some(5),
-                to: Some(6),
-                from_time: HOUR_START,
-                to_time: HOUR_START + 10,
-                reason: "rest unreachable".to_owned(),
-            }],
-        );
+        state.declare_sealed_holes(&key, hour, vec![ids_5_to_6(HOUR_START, HOUR_START + 10)]);
         let mut within = filling_state("declared_give_up_hours = 2");
         within.declare_sealed_holes(
             &key,

@@ -157,17 +157,7 @@ async fn sigkill_at_a_dozen_moments_loses_and_duplicates_nothing() {
     recorder.terminate().await;
 
     assert_only_complete_files(&root.join("data"));
-    let output = run_binary(vec![
-        "verify".into(),
-        "--config".into(),
-        config_path.display().to_string(),
-    ])
-    .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("declared holes: 0, undeclared problems: 0"),
-        "verify: {stdout}"
-    );
+    assert_verify_clean(&config_path).await;
     for (symbol, kind, hour, path) in &expected {
         let truth = fake.ground_truth(symbol, hours[2].end() + MICROS_PER_MINUTE);
         assert_file_matches_truth_with_rest(path, *kind, &truth, *hour);

@@ -589,17 +589,7 @@ async fn backfill_refuses_beside_a_daemon_and_completes_declared_files_once_it_i
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("holes left: 0"), "{stdout}");
-    let output = run_binary(vec![
-        "verify".into(),
-        "--config".into(),
-        config_path.display().to_string(),
-    ])
-    .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("declared holes: 0, undeclared problems: 0"),
-        "{stdout}"
-    );
+    assert_verify_clean(&config_path).await;
     assert_rest_rows_are_the_skipped(&fake, &files, hour);
     for (_, _, path) in &files {
         assert_complete_hour(path, hour);

@@ -230,16 +230,6 @@ async fn a_simulated_day_with_drops_and_a_restart_keeps_the_wal_and_memory_bound
         assert_file_matches_truth_with_rest(path, *kind, &truth, *hour);
         assert_complete_hour(path, *hour);
     }
-    let output = run_binary(vec![
-        "verify".into(),
-        "--config".into(),
-        config_path.display().to_string(),
-    ])
-    .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("declared holes: 0, undeclared problems: 0"),
-        "verify: {stdout}"
-    );
+    assert_verify_clean(&config_path).await;
     fake.shutdown().await;
 }

@@ -287,17 +287,7 @@ async fn lying_frames_are_quarantined_and_seal_nothing_early_or_out_of_range() {
         }
         assert_complete_hour(path, *file_hour);
     }
-    let output = run_binary(vec![
-        "verify".into(),
-        "--config".into(),
-        config_path.display().to_string(),
-    ])
-    .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("declared holes: 0, undeclared problems: 0"),
-        "verify: {stdout}"
-    );
+    assert_verify_clean(&config_path).await;
     Arc::into_inner(fake)
         .expect("the watcher let go of the fake")
         .shutdown()

@@ -551,6 +551,23 @@ pub async fn run_binary(arguments: Vec<String>) -> std::process::Output {
     .expect("binary task")
 }
 
+/// Runs `binance-recorder verify` on the dataset of `config_path` and
+/// asserts it finds the dataset complete: no declared hole, nothing
+/// undeclared, exit 0.
+pub async fn assert_verify_clean(config_path: &Path) {
+    let output = run_binary(vec![
+        "verify".into(),
+        "--config".into(),
+        config_path.display().to_string(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("declared holes: 0, undeclared problems: 0"),
+        "verify: {stdout}"
+    );
+}
+
 /// Asserts the file declares no hole and vouches for its whole hour.
 pub fn assert_complete_hour(path: &Path, hour: Hour) {
     let metadata = metadata(path);
