@@ -773,3 +773,108 @@ async fn rest_too_slow_for_the_deadline_cuts_the_rounds_seals_on_time_then_fills
     );
     fake.shutdown().await;
 }
+
+/// Issue 12's pressure run, all at once: Binance's old weight limit (1,200
+/// a minute) at the default share of 0.3, links dropped every few seconds,
+/// and REST answering 429, 503, slowly, with resets and cut bodies. (A 429
+/// without `Retry-After` backs off a whole weight window, doubling: a
+/// minute of real time, tested at the client in `rest_fill`.) No answer is a 418, every hour seals within
+/// its deadline (complete, or with its holes declared).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pressure_from_every_side_never_earns_a_ban_and_seals_on_time() {
+    let mut settings = fake_config(240.0);
+    settings.limits.weight_limit_per_minute = 1_200;
+    let fake = FakeExchange::start(settings).await.expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    // The default deadline (300 s of exchange time, 1.25 s real at 240x):
+    // fills cannot all keep up, and hours must seal anyway.
+    let config = config_with_fill(
+        &fake,
+        root,
+        "deadline_secs = 300\ndeclared_retry_secs = 60\nretry_initial_ms = 100\nretry_max_ms = 1000",
+    );
+    let recorder = RunningRecorder::start(&config);
+    let hours = [watched_hour(), watched_hour().next()];
+    let grace_and_deadline = 5 * MICROS_PER_SECOND + 300 * MICROS_PER_SECOND;
+    let faults = [
+        Fault::RestTooManyRequests {
+            retry_after_secs: 1,
+            count: 1,
+        },
+        Fault::RestStatus {
+            status: 503,
+            count: 2,
+        },
+        Fault::RestSlow {
+            delay_ms: 1_500,
+            count: 2,
+        },
+        Fault::RestConnectionReset { count: 1 },
+        Fault::RestTruncatedBody { count: 1 },
+    ];
+    let mut n_ticks = 0u64;
+    let mut late = Vec::new();
+    for hour in hours {
+        let files = hour_files(root, hour);
+        let due = hour.end() + grace_and_deadline;
+        wait_until(Duration::from_secs(120), "the hour's deadline", || {
+            n_ticks += 1;
+            // Every 4 s real a drop, every 2 s a REST fault (in turn).
+            if n_ticks.is_multiple_of(400) {
+                fake.inject(Fault::DropConnections {
+                    abort: n_ticks.is_multiple_of(800),
+                });
+            }
+            if n_ticks.is_multiple_of(200) {
+                let index = (n_ticks / 200) as usize % faults.len();
+                fake.inject(faults[index].clone());
+            }
+            fake.sim_now_us() >= due
+        })
+        .await;
+        // A small real-time margin: the seal itself and the test's polling.
+        let margin = fake.sim_now_us() + 240 * MICROS_PER_SECOND;
+        wait_until(
+            Duration::from_secs(10),
+            "files sealed by the deadline",
+            || files.iter().all(|(_, _, path)| path.exists()) || fake.sim_now_us() >= margin,
+        )
+        .await;
+        late.extend(
+            files
+                .iter()
+                .filter(|(_, _, path)| !path.exists())
+                .map(|(_, _, path)| path.display().to_string()),
+        );
+    }
+    assert!(
+        late.is_empty(),
+        "hours not sealed by their deadline: {late:?}"
+    );
+    let counters = fake.counters();
+    eprintln!(
+        "pressure: {} REST requests, {} answered 429, {} answered 418; recorder {:?}",
+        counters.rest_requests,
+        counters.rest_responses_429,
+        counters.rest_responses_418,
+        recorder.counters()
+    );
+    assert_eq!(counters.rest_responses_418, 0, "never a ban");
+
+    // Every file is whole and says what it lacks: a file short of rows
+    // declares holes. (Refilling them all takes minutes of real time at this
+    // weight budget: the REST budget planning of issue 12 is still open.)
+    recorder.stop().await;
+    for hour in hours {
+        for (_, kind, path) in hour_files(root, hour) {
+            assert!(
+                parquet_out::read_hour_file(&path, kind).is_ok(),
+                "{}",
+                path.display()
+            );
+        }
+    }
+    assert_eq!(fake.counters().rest_responses_418, 0, "never a ban");
+    fake.shutdown().await;
+}
