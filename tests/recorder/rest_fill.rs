@@ -908,6 +908,8 @@ async fn a_call_waiting_in_a_back_off_or_on_the_wire_is_cancelled_by_dropping_it
             page = clone.agg_trades_from_id(&symbol, from, 5) => Some(page),
         }
     };
+    // The timer is the stimulus (when the shutdown arrives while the call
+    // sits in its back-off), not a wait for something to happen.
     let cancel_soon = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         shutdown.cancel();
@@ -1078,6 +1080,8 @@ async fn a_range_fetch_cut_by_its_caller_keeps_the_pages_it_got() {
         100,
         &retry,
     );
+    // The timer is the stimulus (when the deadline cut arrives mid-range),
+    // not a wait for something to happen.
     let cut_soon = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         cut.cancel();

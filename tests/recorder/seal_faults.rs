@@ -9,12 +9,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use binance_recorder::config::Config;
 use binance_recorder::domain::{Hour, KlineInterval, StreamKey, StreamKind, MICROS_PER_MINUTE};
-use binance_recorder::metrics::Counters;
-use binance_recorder::recorder::{run_with_seams, SealFault, SealFaults, Seams};
+use binance_recorder::recorder::{SealFault, SealFaults, Seams};
 use fake_binance::{FakeExchange, Fault};
-use tokio_util::sync::CancellationToken;
 
 use crate::gap_fill::{
     assert_file_matches_truth_with_rest_allowing_missing, runs, skipped_keys, unfilled_of,
@@ -90,11 +87,10 @@ async fn failed_and_panicking_seals_are_retried_with_their_holes_and_empty_hours
         two_hour_klines,
     ];
     let fill = "max_attempts = 2\nretry_initial_ms = 100\nretry_max_ms = 200\ndeadline_secs = 60\ndeclared_retry_secs = 3600";
-    let config = Config::from_toml(&format!(
+    let config = format!(
         "[connection]\ndead_after_ms = 1500\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\n{fill}\n{}",
         recorder_toml(&fake, root, &["BTCUSDT"], &streams)
-    ))
-    .expect("valid config");
+    );
     let first_hour = Hour::containing(SIM_START_US);
     let hour = first_hour.next();
     let trade = key("BTCUSDT", StreamKind::Trade);
@@ -110,19 +106,13 @@ async fn failed_and_panicking_seals_are_retried_with_their_holes_and_empty_hours
         hour,
         &[SealFault::Io(std::io::ErrorKind::StorageFull)],
     );
-    let counters = Arc::new(Counters::default());
-    let shutdown = CancellationToken::new();
     let seams = Seams {
         seal_faults: Some(SealFaultPlan::seam(&plan)),
         ..Seams::default()
     };
     let test_start = std::time::Instant::now();
-    let task = tokio::spawn(run_with_seams(
-        config,
-        seams,
-        counters.clone(),
-        shutdown.clone(),
-    ));
+    let recorder = RunningRecorder::start_with_seams(&config, seams);
+    let counters = recorder.counters.clone();
 
     // Hour 00 sealed (its start from REST; kline_2h waits for 02:00), the
     // panicking seal included, before REST goes down.
@@ -183,8 +173,7 @@ async fn failed_and_panicking_seals_are_retried_with_their_holes_and_empty_hours
         || files.iter().all(|(_, _, path)| path.exists()),
     )
     .await;
-    shutdown.cancel();
-    task.await.expect("no panic").expect("clean stop");
+    recorder.stop().await;
     let counters = counters.snapshot();
     let truth = fake.ground_truth("BTCUSDT", hour.next().end() + MICROS_PER_MINUTE);
     eprintln!(

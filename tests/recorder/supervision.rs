@@ -5,12 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use binance_recorder::config::Config;
 use binance_recorder::domain::{Hour, StreamKind, MICROS_PER_MINUTE};
-use binance_recorder::metrics::Counters;
-use binance_recorder::recorder::{run_with_seams, Seams};
+use binance_recorder::recorder::Seams;
 use fake_binance::{FakeExchange, Fault};
-use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
@@ -45,20 +42,13 @@ async fn a_panicking_connection_task_is_restarted_and_its_streams_record_again()
         .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let config = Config::from_toml(&config_text(&fake, root)).expect("valid config");
     let panics = Arc::new(tokio::sync::Notify::new());
     let seams = Seams {
         connection_panics: Some(panics.clone()),
         ..Seams::default()
     };
-    let counters = Arc::new(Counters::default());
-    let shutdown = CancellationToken::new();
-    let recorder = tokio::spawn(run_with_seams(
-        config,
-        seams,
-        counters.clone(),
-        shutdown.clone(),
-    ));
+    let recorder = RunningRecorder::start_with_seams(&config_text(&fake, root), seams);
+    let counters = recorder.counters.clone();
     let hour = Hour::containing(SIM_START_US).next();
     wait_until(Duration::from_secs(60), "frames recorded", || {
         counters.snapshot().frames_durable > 100
@@ -86,11 +76,7 @@ async fn a_panicking_connection_task_is_restarted_and_its_streams_record_again()
         files.iter().all(|path| path.exists())
     })
     .await;
-    shutdown.cancel();
-    recorder
-        .await
-        .expect("recorder task")
-        .expect("recorder stopped cleanly");
+    recorder.stop().await;
     assert_hour_is_the_truth(&fake, root, hour);
     assert_eq!(counters.snapshot().connection_task_restarts, 1);
     fake.shutdown().await;
@@ -110,16 +96,9 @@ async fn a_hanging_rest_neither_delays_recording_at_start_nor_holds_up_the_stop(
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
     let config_text = config_text(&fake, root);
-    let config = Config::from_toml(&config_text).expect("valid config");
-    let counters = Arc::new(Counters::default());
-    let shutdown = CancellationToken::new();
     let started = std::time::Instant::now();
-    let recorder = tokio::spawn(run_with_seams(
-        config,
-        Seams::default(),
-        counters.clone(),
-        shutdown.clone(),
-    ));
+    let recorder = RunningRecorder::start(&config_text);
+    let counters = recorder.counters.clone();
     wait_until(
         Duration::from_secs(10),
         "frames recorded while REST hangs",
@@ -133,15 +112,8 @@ async fn a_hanging_rest_neither_delays_recording_at_start_nor_holds_up_the_stop(
     })
     .await;
 
-    let stopping = std::time::Instant::now();
-    shutdown.cancel();
-    let stopped = tokio::time::timeout(Duration::from_secs(5), recorder).await;
-    let stop_took = stopping.elapsed();
-    let result = stopped
-        .expect("stopped within shutdown.deadline_ms although REST hangs")
-        .expect("recorder task");
-    assert!(result.is_ok(), "clean stop: {result:?}");
-    let snapshot = counters.snapshot();
+    // Within shutdown.deadline_ms although REST hangs.
+    let (stop_took, snapshot) = recorder.stop_within(Duration::from_secs(5)).await;
     assert_eq!(
         snapshot.frames_durable, snapshot.frames_received,
         "the final WAL flush made every received frame durable"
@@ -231,15 +203,8 @@ async fn a_stop_during_a_ten_minute_rest_back_off_is_prompt_and_flushes_the_wal(
     });
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let config = Config::from_toml(&config_text(&fake, root)).expect("valid config");
-    let counters = Arc::new(Counters::default());
-    let shutdown = CancellationToken::new();
-    let recorder = tokio::spawn(run_with_seams(
-        config,
-        Seams::default(),
-        counters.clone(),
-        shutdown.clone(),
-    ));
+    let recorder = RunningRecorder::start(&config_text(&fake, root));
+    let counters = recorder.counters.clone();
     wait_until(
         Duration::from_secs(30),
         "in a REST back-off, recording",
@@ -249,19 +214,12 @@ async fn a_stop_during_a_ten_minute_rest_back_off_is_prompt_and_flushes_the_wal(
         },
     )
     .await;
-    let stopping = std::time::Instant::now();
-    shutdown.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(5), recorder)
-        .await
-        .expect("stopped within shutdown.deadline_ms during the back-off")
-        .expect("recorder task");
-    assert!(result.is_ok(), "clean stop: {result:?}");
-    let snapshot = counters.snapshot();
+    // Within shutdown.deadline_ms during the back-off.
+    let (stop_took, snapshot) = recorder.stop_within(Duration::from_secs(5)).await;
     assert_eq!(snapshot.frames_durable, snapshot.frames_received);
     eprintln!(
         "stop during a back-off took {:?}; {} frames durable",
-        stopping.elapsed(),
-        snapshot.frames_durable
+        stop_took, snapshot.frames_durable
     );
     fake.shutdown().await;
 }

@@ -120,6 +120,12 @@ pub struct RunningRecorder {
 
 impl RunningRecorder {
     pub fn start(config_text: &str) -> RunningRecorder {
+        Self::start_with_seams(config_text, recorder::Seams::default())
+    }
+
+    /// [`RunningRecorder::start`] with test seams (faults injected into
+    /// seals, connection task panics, the WAL filesystem).
+    pub fn start_with_seams(config_text: &str, seams: recorder::Seams) -> RunningRecorder {
         // Warnings and errors show in a failing test's output (RUST_LOG for more).
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -130,7 +136,12 @@ impl RunningRecorder {
         let config = Config::from_toml(config_text).expect("test config is valid");
         let counters = Arc::new(Counters::default());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(recorder::run(config, counters.clone(), shutdown.clone()));
+        let task = tokio::spawn(recorder::run_with_seams(
+            config,
+            seams,
+            counters.clone(),
+            shutdown.clone(),
+        ));
         RunningRecorder {
             counters,
             shutdown,
@@ -140,6 +151,19 @@ impl RunningRecorder {
 
     pub fn counters(&self) -> CountersSnapshot {
         self.counters.snapshot()
+    }
+
+    /// The same path as SIGTERM, which must end cleanly within `within`;
+    /// returns how long the stop took and the final counters.
+    pub async fn stop_within(self, within: Duration) -> (Duration, CountersSnapshot) {
+        let stopping = std::time::Instant::now();
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(within, self.task)
+            .await
+            .expect("stopped within the deadline")
+            .expect("recorder task did not panic");
+        assert!(result.is_ok(), "clean stop: {result:?}");
+        (stopping.elapsed(), self.counters.snapshot())
     }
 
     /// The same path as SIGTERM: cancel, then wait for the orderly stop.
