@@ -460,13 +460,48 @@ pub struct RawLog {
     /// A tracing filter, e.g. `"info"` or `"binance_recorder=debug,info"`;
     /// the RUST_LOG environment variable overrides it.
     pub level: String,
+    /// `"text"` (one readable line per event) or `"json"` (one JSON object
+    /// per line, for log shippers).
+    pub format: String,
 }
 
 impl Default for RawLog {
     fn default() -> Self {
         RawLog {
             level: "info".to_owned(),
+            format: "text".to_owned(),
         }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Checks `[log]`: the level must parse as a tracing filter (a typo would
+/// otherwise silence the log), the format must be known.
+fn validate_log(raw: &RawLog) -> Result<LogFormat, ConfigError> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&raw.level)
+        .map_err(|error| {
+            invalid(
+                "log.level",
+                format!(
+                    "{:?} is not a log filter ({error}); use a level such as \"info\" or \"debug\", or directives such as \"binance_recorder=debug,info\"",
+                    raw.level
+                ),
+            )
+        })?;
+    match raw.format.as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(invalid(
+            "log.format",
+            format!("{other:?} is neither \"text\" nor \"json\""),
+        )),
     }
 }
 
@@ -525,6 +560,7 @@ pub struct Config {
     pub shutdown_deadline: Duration,
     pub clock: ClockBounds,
     pub log_level: String,
+    pub log_format: LogFormat,
     pub markets: Vec<MarketConfig>,
 }
 
@@ -706,6 +742,7 @@ impl RawConfig {
             fill,
             shutdown_deadline: Duration::from_millis(self.shutdown.deadline_ms),
             clock: validate_clock(&self.clock)?,
+            log_format: validate_log(&self.log)?,
             log_level: self.log.level,
             markets,
         })

@@ -58,5 +58,6 @@ pub mod parquet_out;
 pub mod quarantine;
 pub mod recorder;
 pub mod seal;
+pub mod service;
 pub mod verify;
 pub mod wal;

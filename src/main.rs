@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
-use binance_recorder::config::Config;
+use binance_recorder::config::{Config, LogFormat};
 use binance_recorder::domain::Hour;
 use binance_recorder::metrics::Counters;
 use binance_recorder::recorder;
@@ -110,11 +110,13 @@ fn load_and_log(config_path: &Path) -> Result<Config, ExitCode> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => subscriber.with_ansi(ansi).init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
     Ok(config)
 }
 
@@ -201,10 +203,12 @@ fn run(config_path: PathBuf) -> ExitCode {
     exit_code(result)
 }
 
-/// SIGTERM and SIGINT cancel `shutdown`; a second signal exits at once
-/// (the WAL already holds every acknowledged frame).
+/// SIGTERM, SIGINT and SIGHUP cancel `shutdown`; a second signal exits at
+/// once (the WAL already holds every acknowledged frame). SIGHUP is an
+/// orderly stop, not a reload: nothing of the config can change under a
+/// running recorder without a restart (systemd restarts it; the WAL replays).
 fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot install signal handlers")?;
     let handle = std::thread::Builder::new()
         .name("signals".into())

@@ -35,6 +35,7 @@ use crate::domain::{Hour, Market, StreamKey, TimeUs};
 use crate::metrics::Counters;
 use crate::parquet_out;
 use crate::quarantine::{self, QuarantinedFrame};
+use crate::service::{ServiceNotifier, StatusFigures, WalProgress};
 use crate::wal::fs::{RealFs, WalFs};
 use crate::wal::{FsyncPolicy, Record, RecordKind, SegmentId, Wal, WalConfig, WalError, WalWriter};
 pub(crate) use seal_job::{execute_seal, SealOutcome, SealResult};
@@ -188,6 +189,16 @@ pub async fn run_with_seams(
         symbol_check: Some(symbol_check),
         fatal: None,
         wal_lost: false,
+        service: ServiceNotifier::from_env(
+            config
+                .markets
+                .iter()
+                .map(|market_config| market_config.market),
+            Instant::now(),
+        ),
+        links_up: 0,
+        last_commit: Instant::now(),
+        last_sealed: None,
     };
     for market_config in &config.markets {
         runtime.state.begin_session(market_config.market);
@@ -855,6 +866,14 @@ struct Runtime {
     /// The WAL writer went with a failed batch task: nothing more can be
     /// made durable, so the stop skips the final flush.
     wal_lost: bool,
+    /// systemd readiness, status and watchdog keep-alives.
+    service: ServiceNotifier,
+    /// Stream links connected and not yet lost.
+    links_up: u64,
+    /// When the last WAL batch committed (the watchdog's proof of progress).
+    last_commit: Instant,
+    /// The newest hour sealed in this run, for the status line.
+    last_sealed: Option<Hour>,
 }
 
 impl Runtime {
@@ -916,7 +935,32 @@ impl Runtime {
                 _ = sleep_until_opt(sync_deadline) => {}
             }
             self.plan_seals();
+            self.tell_service();
         }
+    }
+
+    /// Readiness, status and keep-alives for systemd (nothing outside it).
+    fn tell_service(&mut self) {
+        let wal = WalProgress {
+            idle: self.pending.is_empty() && self.batch.is_none(),
+            last_commit: self.last_commit,
+        };
+        let figures = || {
+            let counters = self.counters.snapshot();
+            StatusFigures {
+                n_streams: self
+                    .config
+                    .markets
+                    .iter()
+                    .map(|market| market.symbols.len() * market.streams.len())
+                    .sum(),
+                links_up: self.links_up,
+                frames_durable: counters.frames_durable,
+                wal_bytes: counters.wal_bytes,
+                last_sealed: self.last_sealed,
+            }
+        };
+        self.service.tick(Instant::now(), wal, figures);
     }
 
     fn take_input(&mut self, input: Inbound) {
@@ -930,7 +974,11 @@ impl Runtime {
                 self.pending.push(frame_record(market, recv_time, &bytes));
                 self.pending_since.get_or_insert_with(Instant::now);
             }
-            Inbound::Connected { .. } => Counters::add(&self.counters.connections, 1),
+            Inbound::Connected { market, .. } => {
+                Counters::add(&self.counters.connections, 1);
+                self.links_up += 1;
+                self.service.subscribed(market);
+            }
             Inbound::Disconnected {
                 market,
                 task,
@@ -939,6 +987,7 @@ impl Runtime {
                 streams,
             } => {
                 Counters::add(&self.counters.disconnects, 1);
+                self.links_up = self.links_up.saturating_sub(1);
                 info!(%market, task, link, %reason, "stream link lost; its streams may have a gap until the replacement delivers");
                 // The window is durable like the frames, so a crash does not forget it.
                 let checkpoint = Checkpoint::LinkLost {
@@ -1045,6 +1094,7 @@ impl Runtime {
                     self.wal_retry_at = None;
                 }
                 Counters::add(&self.counters.wal_syncs, 1);
+                self.last_commit = Instant::now();
                 Counters::add(&self.counters.frames_durable, outcome.n_frames);
                 let now = self.now_ms();
                 for item in applied {
@@ -1312,6 +1362,7 @@ impl Runtime {
                 Counters::add(counter, 1);
                 info!(key = %outcome.job_key, hour = %outcome.hour, n_rows, resealed, path = %path.display(), "hour sealed");
                 self.state.seal_finished(&outcome.job_key, outcome.hour);
+                self.last_sealed = self.last_sealed.max(Some(outcome.hour));
             }
             Ok(SealResult::Unchanged) => self.state.seal_finished(&outcome.job_key, outcome.hour),
             Err(failure) => {
@@ -1332,6 +1383,7 @@ impl Runtime {
         receiver: &mut mpsc::Receiver<Inbound>,
         tasks: &TaskTracker,
     ) -> anyhow::Result<()> {
+        self.service.stopping();
         // Fill rounds in flight are dropped: nothing of theirs was
         // acknowledged, and the holes are found again at the next start.
         self.fills.shutdown().await;

@@ -52,6 +52,14 @@ fn bad_values_exit_2_naming_the_key() {
             ),
             "markets.spot.symbols",
         ),
+        (
+            shipped.replace("level = \"info\"", "level = \"loud!!==\""),
+            "log.level",
+        ),
+        (
+            shipped.replace("format = \"text\"", "format = \"xml\""),
+            "log.format",
+        ),
     ];
     for (text, key) in cases {
         let (code, stderr) = check_config(&text);
