@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh machine: the Rust components
-# and cargo-nextest (if missing), and a Python venv in .venv with the query
+# and cargo-nextest (if missing), systemd-analyze, and a Python venv in .venv with the query
 # engines the dataset is checked with. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,17 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest"
     cargo install --locked cargo-nextest
+fi
+
+# The unit test runs systemd-analyze (verify, security) on the shipped unit.
+if ! command -v systemd-analyze >/dev/null; then
+    echo "installing systemd-analyze (Debian package systemd)"
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq systemd >/dev/null || {
+        echo "cannot install systemd-analyze: install the systemd package" >&2
+        exit 1
+    }
 fi
 
 PYTHON=${PYTHON:-python3}

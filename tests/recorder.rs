@@ -28,5 +28,7 @@ mod rest_fill;
 mod restart;
 #[path = "recorder/seal_faults.rs"]
 mod seal_faults;
+#[path = "recorder/service.rs"]
+mod service;
 #[path = "recorder/supervision.rs"]
 mod supervision;

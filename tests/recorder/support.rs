@@ -490,12 +490,25 @@ impl RecorderProcess {
         log: &str,
         stderr: impl Into<Stdio>,
     ) -> RecorderProcess {
+        Self::start_with_env(config, directory, log, stderr, &[])
+    }
+
+    /// [`Self::start_with_log`] with more environment (e.g. systemd's
+    /// `NOTIFY_SOCKET`).
+    pub fn start_with_env(
+        config: &Path,
+        directory: &Path,
+        log: &str,
+        stderr: impl Into<Stdio>,
+        env: &[(&str, &str)],
+    ) -> RecorderProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_binance-recorder"))
             .args(["run", "--config"])
             .arg(config)
             .current_dir(directory)
             .env("RUST_LOG", log)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -528,17 +541,23 @@ impl RecorderProcess {
     }
 
     /// Sends SIGTERM and waits for the exit, which must be clean and quick.
-    pub async fn terminate(mut self) {
+    pub async fn terminate(self) {
+        self.stop_with_signal("TERM").await;
+    }
+
+    /// Sends `signal` (a `kill` name: TERM, HUP, INT) and waits for the
+    /// exit, which must be clean (status 0) and quick.
+    pub async fn stop_with_signal(mut self, signal: &str) {
         let mut child = self.child.take().expect("running");
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([&format!("-{signal}"), &child.id().to_string()])
             .status()
             .expect("kill runs");
         assert!(status.success());
         let mut exit = None;
         wait_until(
             Duration::from_secs(25),
-            "recorder exits after SIGTERM",
+            &format!("recorder exits after SIG{signal}"),
             || {
                 exit = child.try_wait().expect("wait on child");
                 exit.is_some()
@@ -548,7 +567,7 @@ impl RecorderProcess {
         assert_eq!(
             exit.and_then(|status| status.code()),
             Some(0),
-            "clean exit after SIGTERM"
+            "clean exit after SIG{signal}"
         );
     }
 }
