@@ -188,3 +188,144 @@ fn install_is_idempotent_keeps_the_config_and_uninstall_keeps_the_data() {
     assert!(config.is_file(), "config kept");
     assert_eq!(std::fs::read(&data).expect("data kept"), b"recorded");
 }
+
+/// A WAL disk that hangs in `sync_data` while `wedged` is set (a dead
+/// disk, a stuck NFS mount), and counts the syncs it holds.
+#[derive(Debug, Default)]
+struct WedgeableDisk {
+    wedged: std::sync::atomic::AtomicBool,
+    n_held: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct WedgeableFile {
+    file: Box<dyn binance_recorder::wal::WalFile>,
+    disk: std::sync::Arc<WedgeableDisk>,
+}
+
+impl binance_recorder::wal::WalFile for WedgeableFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.file.write(bytes)
+    }
+
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.disk.wedged.load(Ordering::SeqCst) {
+            self.disk.n_held.fetch_add(1, Ordering::SeqCst);
+            // The hang being simulated; released by the test.
+            while self.disk.wedged.load(Ordering::SeqCst) {
+                std::thread::park_timeout(Duration::from_millis(5));
+            }
+        }
+        self.file.sync_data()
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct WedgeableFs(std::sync::Arc<WedgeableDisk>);
+
+impl binance_recorder::wal::WalFs for WedgeableFs {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        binance_recorder::wal::RealFs.list_dir(dir)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn binance_recorder::wal::WalFile>> {
+        Ok(Box::new(WedgeableFile {
+            file: binance_recorder::wal::RealFs.create_new(path)?,
+            disk: self.0.clone(),
+        }))
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        binance_recorder::wal::RealFs.open_read(path)
+    }
+    fn truncate(&self, path: &Path, len: u64) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.truncate(path, len)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        binance_recorder::wal::RealFs.sync_dir(dir)
+    }
+}
+
+/// The watchdog's point: while the WAL cannot commit (a hung disk), the
+/// keep-alives stop, so systemd kills and restarts the daemon; when the
+/// disk answers again they resume.
+///
+/// Runs the recorder in this process with `NOTIFY_SOCKET` and
+/// `WATCHDOG_USEC` set in its environment: the test command (nextest) runs
+/// every test in its own process, so no other test sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_keepalive_while_the_wal_is_wedged() {
+    use std::sync::atomic::Ordering;
+    let fake = FakeExchange::start(fake_config(60.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let socket_path = root.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("notify socket binds");
+    socket.set_nonblocking(true).expect("non-blocking socket");
+    let n_keepalives = || {
+        let mut buffer = [0u8; 4096];
+        let mut n = 0;
+        while let Ok(length) = socket.recv(&mut buffer) {
+            n += String::from_utf8_lossy(&buffer[..length])
+                .lines()
+                .filter(|line| *line == "WATCHDOG=1")
+                .count();
+        }
+        n
+    };
+    std::env::set_var("NOTIFY_SOCKET", &socket_path);
+    std::env::set_var("WATCHDOG_USEC", "1000000");
+    let disk = WedgeableFs::default();
+    let recorder = RunningRecorder::start_with_seams(
+        &recorder_toml(&fake, root, &["BTCUSDT", "ETHUSDT"], &["trade"]),
+        binance_recorder::recorder::Seams {
+            wal_fs: std::sync::Arc::new(disk.clone()),
+            ..Default::default()
+        },
+    );
+    let mut heard = 0;
+    wait_until(Duration::from_secs(30), "two keep-alives", || {
+        heard += n_keepalives();
+        heard >= 2
+    })
+    .await;
+
+    disk.0.wedged.store(true, Ordering::SeqCst);
+    wait_until(Duration::from_secs(30), "a WAL sync hangs", || {
+        disk.0.n_held.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    // Keep-alives stop once the WAL has not committed for half the
+    // interval (500 ms): drain what was sent before, then observe a window
+    // of three intervals (an observation window, not a wait for an event).
+    let hung_at = std::time::Instant::now();
+    let mut after_half_interval = 0;
+    while hung_at.elapsed() < Duration::from_secs(3) {
+        let n = n_keepalives();
+        if hung_at.elapsed() > Duration::from_millis(600) {
+            after_half_interval += n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(after_half_interval, 0, "no keep-alive while the WAL hangs");
+
+    disk.0.wedged.store(false, Ordering::SeqCst);
+    let mut resumed = 0;
+    wait_until(Duration::from_secs(30), "keep-alives resume", || {
+        resumed += n_keepalives();
+        resumed >= 2
+    })
+    .await;
+    recorder.stop().await;
+    fake.shutdown().await;
+}
