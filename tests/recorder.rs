@@ -30,3 +30,7 @@ mod restart;
 mod seal_faults;
 #[path = "recorder/supervision.rs"]
 mod supervision;
+#[path = "recorder/verify.rs"]
+mod verify;
+#[path = "recorder/verify_dataset.rs"]
+mod verify_dataset;
