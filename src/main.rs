@@ -20,7 +20,9 @@ use binance_recorder::config::Config;
 use binance_recorder::domain::{Hour, Market, StreamKind, Symbol};
 use binance_recorder::metrics::Counters;
 use binance_recorder::recorder;
+use binance_recorder::recorder::backfill::HoleList;
 use binance_recorder::verify;
+use binance_recorder::verify::report::utc_time;
 
 /// Records Binance market data to sealed hourly Parquet files.
 #[derive(Parser)]
@@ -40,6 +42,8 @@ enum Command {
     },
     /// Fill the holes that sealed files declare (their `unfilled` metadata)
     /// from REST and replace the files, while no recorder runs on the dataset.
+    /// Prints what it filled and what is still open; exits 0 when no hole
+    /// REST may fill is left, 1 when some are, 2 when it could not run.
     Backfill {
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
@@ -49,6 +53,10 @@ enum Command {
         /// Last hour to look at (inclusive).
         #[arg(long, value_parser = parse_hour)]
         to: Option<Hour>,
+        /// Fill exactly the holes of this file (what `verify --json` wrote),
+        /// and no other.
+        #[arg(long)]
+        holes: Option<PathBuf>,
     },
     /// Check that the dataset is complete and as DATASET.md says: every
     /// file readable, of the contract's schema, its metadata true to its
@@ -97,7 +105,12 @@ fn main() -> ExitCode {
     let arguments = Arguments::parse();
     match arguments.command {
         Command::Run { config } => run(config),
-        Command::Backfill { config, from, to } => backfill(config, from, to),
+        Command::Backfill {
+            config,
+            from,
+            to,
+            holes,
+        } => backfill(config, from, to, holes),
         Command::Verify(arguments) => verify(arguments),
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(config) => {
@@ -218,10 +231,23 @@ fn verify(arguments: VerifyArguments) -> ExitCode {
     ExitCode::from(report.exit_code())
 }
 
-fn backfill(config_path: PathBuf, from: Option<Hour>, to: Option<Hour>) -> ExitCode {
+fn backfill(
+    config_path: PathBuf,
+    from: Option<Hour>,
+    to: Option<Hour>,
+    holes: Option<PathBuf>,
+) -> ExitCode {
+    let could_not_run = ExitCode::from(2);
     let config = match load_and_log(&config_path) {
         Ok(config) => config,
         Err(code) => return code,
+    };
+    let hole_list = match holes.as_deref().map(HoleList::read).transpose() {
+        Ok(list) => list,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return could_not_run;
+        }
     };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -232,16 +258,71 @@ fn backfill(config_path: PathBuf, from: Option<Hour>, to: Option<Hour>) -> ExitC
                 &config,
                 from,
                 to,
+                hole_list.as_ref(),
                 Arc::new(Counters::default()),
             ))
-        })
-        .map(|summary| {
-            println!(
-                "files with holes: {}, resealed: {}, holes left: {}",
-                summary.n_files_with_holes, summary.n_files_resealed, summary.n_holes_left
-            );
         });
-    exit_code(result)
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(error) => {
+            error!("{error:#}");
+            eprintln!("error: {error:#}");
+            return could_not_run;
+        }
+    };
+    for outcome in &summary.hours {
+        let n_closed = outcome.n_holes_asked.saturating_sub(outcome.left.len());
+        println!(
+            "{} {}: asked {} holes, {} rows from REST, {} closed, {} open{}",
+            outcome.key,
+            outcome.hour,
+            outcome.n_holes_asked,
+            outcome.n_rows_fetched,
+            n_closed,
+            outcome.left.len(),
+            if outcome.resealed {
+                ", file replaced"
+            } else {
+                ""
+            }
+        );
+        for range in &outcome.left {
+            let ids = match (range.from, range.to) {
+                (Some(from), Some(to)) if outcome.key.kind.path_name().starts_with("kline_") => {
+                    format!("klines {} ..= {}", utc_time(from), utc_time(to))
+                }
+                (from, to) => format!(
+                    "ids {} ..= {}",
+                    from.map_or("?".to_owned(), |id| id.to_string()),
+                    to.map_or("?".to_owned(), |id| id.to_string())
+                ),
+            };
+            println!(
+                "  still open: {ids}, {} .. {}: {}",
+                utc_time(range.from_time),
+                utc_time(range.to_time),
+                range.reason
+            );
+        }
+    }
+    for hole in &summary.not_declared {
+        println!(
+            "{}/{}/{} {}: a hole of the list no file declares (filled already?)",
+            hole.market, hole.stream, hole.symbol, hole.hour
+        );
+    }
+    println!(
+        "files with holes: {}, resealed: {}, holes left: {} ({} REST may still fill)",
+        summary.n_files_with_holes,
+        summary.n_files_resealed,
+        summary.n_holes_left,
+        summary.n_holes_fillable_left
+    );
+    if summary.holes_remain() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn run(config_path: PathBuf) -> ExitCode {

@@ -635,3 +635,106 @@ async fn verify_binary_exit_codes_and_json() {
     .await;
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// A config for the dataset under `directory/data` whose REST address
+/// refuses connections (a port bound then released), one attempt per page.
+fn config_with_rest_down(directory: &Path) -> PathBuf {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let root = directory.display();
+    let text = format!(
+        r#"
+[storage]
+data_dir = "{root}/data"
+wal_dir = "{root}/wal"
+quarantine_dir = "{root}/quarantine"
+
+[fill]
+max_attempts = 1
+
+[markets.spot]
+ws_url = "ws://127.0.0.1:{port}"
+rest_url = "http://127.0.0.1:{port}"
+symbols = ["BTCUSDT"]
+streams = ["trade", "aggTrade", "kline_1m"]
+"#
+    );
+    let path = directory.join("config.toml");
+    fs::write(&path, text).expect("config written");
+    path
+}
+
+/// REST down: the declared hole stays open, no file is replaced, and
+/// backfill says so and exits 1 (it used to print "resealed: N" and exit 0).
+#[tokio::test]
+async fn verify_then_backfill_with_rest_down_leaves_the_holes_open_and_exits_1() {
+    let (directory, root) = good_dataset();
+    let config = config_with_rest_down(directory.path())
+        .display()
+        .to_string();
+    let declared_path = path_of(&root, StreamKind::AggTrade, middle());
+    let before = fs::read(&declared_path).expect("read");
+
+    let output = run_binary(vec!["backfill".into(), "--config".into(), config.clone()]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("spot/aggTrade/BTCUSDT 2026-11-23T23: asked 1 holes, 0 rows from REST, 0 closed, 1 open")
+            && stdout.contains("still open: ids 5050 ..= 5052, 2026-11-23T23:13:30.000017Z")
+            && stdout.contains("resealed: 0, holes left: 1 (1 REST may still fill)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        fs::read(&declared_path).expect("read"),
+        before,
+        "file untouched"
+    );
+
+    // The same through verify's hole list.
+    let json_path = directory.path().join("report.json");
+    let output = run_binary(vec![
+        "verify".into(),
+        "--root".into(),
+        root.display().to_string(),
+        "--json".into(),
+        json_path.display().to_string(),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(0));
+    let holes = json_path.display().to_string();
+    let output = run_binary(vec![
+        "backfill".into(),
+        "--config".into(),
+        config.clone(),
+        "--holes".into(),
+        holes,
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("holes left: 1 (1 REST may still fill)"),
+        "{stdout}"
+    );
+
+    // A hole list it cannot use, or no config: could not run.
+    fs::write(&json_path, b"{\"holes\": 3}").expect("write");
+    let output = run_binary(vec![
+        "backfill".into(),
+        "--config".into(),
+        config,
+        "--holes".into(),
+        json_path.display().to_string(),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    let output = run_binary(vec![
+        "backfill".into(),
+        "--config".into(),
+        directory.path().join("absent.toml").display().to_string(),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+}
