@@ -738,3 +738,28 @@ async fn verify_then_backfill_with_rest_down_leaves_the_holes_open_and_exits_1()
     .await;
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// A dataset of schema version 1 (a `symbol` column in every file), as the
+/// release before issue 13 wrote it, committed under
+/// `tests/fixtures/dataset-v1/` (see its SOURCES.md): verify reads it clean
+/// whatever version the writer is at now.
+#[test]
+fn verify_reads_the_committed_version_1_dataset() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dataset-v1");
+    if std::env::var_os("WRITE_V1_FIXTURE").is_some() {
+        assert_eq!(
+            binance_recorder::parquet_out::SCHEMA_VERSION,
+            1,
+            "the fixture is of version 1: write it with a version-1 writer only"
+        );
+        write_good_dataset(&fixture);
+    }
+    let report = verify_root(&fixture);
+    assert!(report.is_clean(), "{}", report.render_table());
+    assert_eq!(
+        (report.n_files, report.n_declared(), report.n_partial()),
+        (9, 1, 1)
+    );
+    let (_, metadata) = read_batch(&path_of(&fixture, StreamKind::Trade, middle()));
+    assert!(metadata.contains(&("schema_version".to_owned(), "1".to_owned())));
+}
