@@ -397,9 +397,9 @@ pub fn verify(root: &Path, selection: &Selection) -> Result<Report, VerifyError>
                     ),
                 ));
             }
-            let name_hour_for_metadata = found.name_hour.unwrap_or(hour);
-            let (file_facts, findings) =
-                checks::check_file(key, name_hour_for_metadata, &contents, &metadata);
+            // Checked as the hour its footer says: a misnamed file is one
+            // problem (above), not also rows outside a wrong hour.
+            let (file_facts, findings) = checks::check_file(key, hour, &contents, &metadata);
             for finding in findings {
                 problems.push(problem(
                     finding.kind,
@@ -409,7 +409,7 @@ pub fn verify(root: &Path, selection: &Selection) -> Result<Report, VerifyError>
                     finding.detail,
                 ));
             }
-            facts.push(FileFacts { hour, ..file_facts });
+            facts.push(file_facts);
         }
         facts.sort_by_key(|file| file.hour);
         for finding in checks::check_hours(key.kind, &facts, blocked) {

@@ -144,10 +144,14 @@ pub fn read_file(path: &Path, kind: StreamKind) -> Result<FileContents, ReadErro
 
     // The source column is read only when the statistics leave a doubt:
     // a chunk whose min equals its max and has no null holds one value.
-    let mut sources_from_statistics = source_index.map(|_| SourceCounts::default());
+    // Flat schema (one leaf per field) only: then the Arrow field index is
+    // the Parquet column index the statistics are kept under.
+    let flat = metadata.file_metadata().schema_descr().num_columns() == contents.columns.len();
+    let mut sources_from_statistics = source_index
+        .filter(|_| flat)
+        .map(|_| SourceCounts::default());
     if let (Some(index), Some(counts)) = (source_index, sources_from_statistics.as_mut()) {
         for row_group in metadata.row_groups() {
-            // Flat schema: the Arrow field index is the Parquet leaf index.
             let statistics = row_group.column(index).statistics();
             let single = statistics.and_then(|statistics| {
                 let min = statistics.min_bytes_opt()?;

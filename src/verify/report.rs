@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{utc_datetime, Hour, StreamKey, TimeUs, UnfilledRange};
+use crate::domain::{utc_datetime, Hour, StreamKey, StreamKind, TimeUs, UnfilledRange};
 
 /// The JSON document's `format` value; raised when a field changes meaning.
 pub const JSON_FORMAT: &str = "binance-recorder-verify/1";
@@ -176,7 +176,7 @@ impl StreamSummary {
 
     /// Ids the declared holes name (klines: none; `None` bounds count 0).
     pub fn n_declared_ids(&self) -> u64 {
-        if self.key.kind.path_name().starts_with("kline_") {
+        if matches!(self.key.kind, StreamKind::Kline(_)) {
             return 0;
         }
         self.declared
@@ -290,7 +290,7 @@ impl Report {
         for stream in &self.streams {
             let declared = if stream.declared.is_empty() {
                 "0".to_owned()
-            } else if stream.key.kind.path_name().starts_with("kline_") {
+            } else if matches!(stream.key.kind, StreamKind::Kline(_)) {
                 format!(
                     "{} ({})",
                     stream.declared.len(),
@@ -552,5 +552,92 @@ fn serialize_hour_opt<S: serde::Serializer>(
     match hour {
         Some(hour) => serializer.serialize_str(&hour.to_string()),
         None => serializer.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Market, Symbol};
+
+    fn key() -> StreamKey {
+        StreamKey {
+            market: Market::Spot,
+            symbol: Symbol::new("BTCUSDT").expect("valid"),
+            kind: StreamKind::AggTrade,
+        }
+    }
+
+    fn report() -> Report {
+        let hour = Hour::containing(1_795_471_200_000_000);
+        let mut stream = StreamSummary::new(key());
+        stream.n_hours = 1;
+        stream.first_hour = Some(hour);
+        stream.last_hour = Some(hour);
+        stream.declared.push(DeclaredHole {
+            market: "spot".into(),
+            stream: "aggTrade".into(),
+            symbol: "BTCUSDT".into(),
+            hour: hour.to_string(),
+            range: UnfilledRange {
+                from: Some(10),
+                to: Some(12),
+                from_time: hour.start(),
+                to_time: hour.start() + 90_000_000,
+                reason: "REST unreachable".into(),
+            },
+        });
+        let mut report = Report {
+            streams: vec![stream],
+            ..Report::default()
+        };
+        report.push_problem(Problem {
+            kind: ProblemKind::MissingHour,
+            stream: Some(key()),
+            hour: Some(hour.next()),
+            path: None,
+            detail: "no file for 2026-11-23T23".into(),
+        });
+        report
+    }
+
+    #[test]
+    fn times_and_durations_print_as_people_read_them() {
+        assert_eq!(
+            utc_time(1_795_471_200_000_017),
+            "2026-11-23T22:00:00.000017Z"
+        );
+        assert_eq!(duration(45_000_000), "45s");
+        assert_eq!(duration(725_000_000), "12m05s");
+        assert_eq!(duration(3 * 3_600_000_000), "3h00m");
+    }
+
+    #[test]
+    fn the_table_counts_and_never_prints_debug_values() {
+        let table = report().render_table();
+        assert!(table.contains("1 (3 ids, 1m30s)"), "{table}");
+        assert!(table.contains("missing_hour (1)"), "{table}");
+        assert!(
+            table.contains("ids 10 ..= 12, 2026-11-23T22:00:00.000000Z"),
+            "{table}"
+        );
+        assert!(table.contains("undeclared problems: 1"), "{table}");
+        assert!(
+            !table.contains("Hour {") && !table.contains("Some("),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn the_json_holes_are_what_backfill_reads_back() {
+        let report = report();
+        let json = report.to_json();
+        assert_eq!(json["exit_code"], 1);
+        assert_eq!(json["problems"][0]["kind"], "missing_hour");
+        assert_eq!(json["problems"][0]["symbol"], "BTCUSDT");
+        assert_eq!(json["problems"][0]["hour"], "2026-11-23T23");
+        let text = serde_json::to_string(&json).expect("serialises");
+        assert_eq!(holes_from_json(&text), Ok(report.holes()));
+        assert!(holes_from_json("{\"format\":\"other\",\"holes\":[]}").is_err());
     }
 }
