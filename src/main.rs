@@ -22,7 +22,6 @@ use binance_recorder::metrics::Counters;
 use binance_recorder::recorder;
 use binance_recorder::recorder::backfill::HoleList;
 use binance_recorder::verify;
-use binance_recorder::verify::report::utc_time;
 
 /// Records Binance market data to sealed hourly Parquet files.
 #[derive(Parser)]
@@ -270,54 +269,7 @@ fn backfill(
             return could_not_run;
         }
     };
-    for outcome in &summary.hours {
-        let n_closed = outcome.n_holes_asked.saturating_sub(outcome.left.len());
-        println!(
-            "{} {}: asked {} holes, {} rows from REST, {} closed, {} open{}",
-            outcome.key,
-            outcome.hour,
-            outcome.n_holes_asked,
-            outcome.n_rows_fetched,
-            n_closed,
-            outcome.left.len(),
-            if outcome.resealed {
-                ", file replaced"
-            } else {
-                ""
-            }
-        );
-        for range in &outcome.left {
-            let ids = match (range.from, range.to) {
-                (Some(from), Some(to)) if outcome.key.kind.path_name().starts_with("kline_") => {
-                    format!("klines {} ..= {}", utc_time(from), utc_time(to))
-                }
-                (from, to) => format!(
-                    "ids {} ..= {}",
-                    from.map_or("?".to_owned(), |id| id.to_string()),
-                    to.map_or("?".to_owned(), |id| id.to_string())
-                ),
-            };
-            println!(
-                "  still open: {ids}, {} .. {}: {}",
-                utc_time(range.from_time),
-                utc_time(range.to_time),
-                range.reason
-            );
-        }
-    }
-    for hole in &summary.not_declared {
-        println!(
-            "{}/{}/{} {}: a hole of the list no file declares (filled already?)",
-            hole.market, hole.stream, hole.symbol, hole.hour
-        );
-    }
-    println!(
-        "files with holes: {}, resealed: {}, holes left: {} ({} REST may still fill)",
-        summary.n_files_with_holes,
-        summary.n_files_resealed,
-        summary.n_holes_left,
-        summary.n_holes_fillable_left
-    );
+    print!("{}", summary.render());
     if summary.holes_remain() {
         ExitCode::FAILURE
     } else {

@@ -12,6 +12,7 @@
 //! failed (REST down) leaves the file as it was and its holes open. The
 //! summary lists, per stream-hour, what was filled and what is still open.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -26,7 +27,7 @@ use crate::metrics::Counters;
 use crate::parquet_out;
 use crate::recorder::state::{revise_declared, FillJob, SealJob, REASON_NOT_SERVED};
 use crate::recorder::{execute_seal, fill, SealResult};
-use crate::verify::report::holes_from_json;
+use crate::verify::report::{holes_from_json, utc_time};
 use crate::verify::DeclaredHole;
 
 /// What a backfill run did.
@@ -51,6 +52,67 @@ impl BackfillSummary {
     /// Holes remain that a later run may fill.
     pub fn holes_remain(&self) -> bool {
         self.n_holes_fillable_left > 0
+    }
+
+    /// What a person reads: per stream-hour the holes asked for, the rows
+    /// REST gave, the holes closed and those still open (UTC times), then
+    /// the totals.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for outcome in &self.hours {
+            let n_closed = outcome.n_holes_asked.saturating_sub(outcome.left.len());
+            let _ = writeln!(
+                out,
+                "{} {}: asked {} holes, {} rows from REST, {} closed, {} open{}",
+                outcome.key,
+                outcome.hour,
+                outcome.n_holes_asked,
+                outcome.n_rows_fetched,
+                n_closed,
+                outcome.left.len(),
+                if outcome.resealed {
+                    ", file replaced"
+                } else {
+                    ""
+                }
+            );
+            for range in &outcome.left {
+                let bound = |bound: Option<i64>| match (bound, outcome.key.kind) {
+                    (None, _) => "?".to_owned(),
+                    (Some(open), StreamKind::Kline(_)) => utc_time(open),
+                    (Some(id), _) => id.to_string(),
+                };
+                let what = match outcome.key.kind {
+                    StreamKind::Kline(_) => "klines",
+                    StreamKind::Trade | StreamKind::AggTrade => "ids",
+                };
+                let _ = writeln!(
+                    out,
+                    "  still open: {what} {} ..= {}, {} .. {}: {}",
+                    bound(range.from),
+                    bound(range.to),
+                    utc_time(range.from_time),
+                    utc_time(range.to_time),
+                    range.reason
+                );
+            }
+        }
+        for hole in &self.not_declared {
+            let _ = writeln!(
+                out,
+                "{}/{}/{} {}: in the hole list but no file declares it (filled already?)",
+                hole.market, hole.stream, hole.symbol, hole.hour
+            );
+        }
+        let _ = writeln!(
+            out,
+            "files with holes: {}, resealed: {}, holes left: {} ({} REST may still fill)",
+            self.n_files_with_holes,
+            self.n_files_resealed,
+            self.n_holes_left,
+            self.n_holes_fillable_left
+        );
+        out
     }
 }
 
@@ -98,6 +160,17 @@ impl HoleList {
             })
             .collect()
     }
+}
+
+/// A round that fetched no row and left every hole it asked for as it was
+/// (only a reason may have changed): replacing the file would gain nothing.
+fn nothing_filled(n_rows: usize, asked: &[UnfilledRange], left: &[UnfilledRange]) -> bool {
+    n_rows == 0
+        && asked.len() == left.len()
+        && asked
+            .iter()
+            .zip(left)
+            .all(|(asked, left)| same_hole(asked, left))
 }
 
 /// The same hole: its bounds, whatever its reason says now.
@@ -296,13 +369,7 @@ async fn backfill_file(
     };
     // Nothing came back and nothing was settled: the file stays as it is
     // (only the reasons would change), and its holes stay open.
-    let unchanged = report.rows.is_empty()
-        && revised_targeted.len() == targeted.len()
-        && revised_targeted
-            .iter()
-            .zip(&targeted)
-            .all(|(revised, old)| same_hole(revised, old));
-    if unchanged {
+    if nothing_filled(report.rows.len(), &targeted, &revised_targeted) {
         if let Some(failure) = &report.failure {
             warn!(path = %path.display(), %failure, "holes left declared");
         }
@@ -348,4 +415,70 @@ async fn backfill_file(
     }
     summary.hours.push(outcome);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Market, Symbol};
+
+    const HOUR_START: i64 = 1_795_474_800_000_000;
+
+    fn range(from: i64, to: i64, reason: &str) -> UnfilledRange {
+        UnfilledRange {
+            from: Some(from),
+            to: Some(to),
+            from_time: HOUR_START + 1,
+            to_time: HOUR_START + 2,
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn a_round_that_got_nothing_leaves_the_file_alone() {
+        let asked = [range(10, 12, "REST unreachable")];
+        let same_new_reason = [range(10, 12, "connection refused")];
+        assert!(nothing_filled(0, &asked, &same_new_reason));
+        assert!(
+            !nothing_filled(1, &asked, &same_new_reason),
+            "rows came back"
+        );
+        assert!(
+            !nothing_filled(0, &asked, &[]),
+            "settled as nothing to fetch"
+        );
+        let not_served = [range(11, 11, REASON_NOT_SERVED)];
+        assert!(!nothing_filled(0, &asked, &not_served), "narrowed");
+    }
+
+    #[test]
+    fn the_summary_says_what_is_still_open_in_utc() {
+        let key = StreamKey {
+            market: Market::Spot,
+            symbol: Symbol::new("BTCUSDT").expect("valid"),
+            kind: StreamKind::AggTrade,
+        };
+        let summary = BackfillSummary {
+            n_files_with_holes: 1,
+            n_holes_left: 1,
+            n_holes_fillable_left: 1,
+            hours: vec![HourOutcome {
+                key,
+                hour: Hour::containing(HOUR_START),
+                n_holes_asked: 1,
+                n_rows_fetched: 0,
+                left: vec![range(10, 12, "connection refused")],
+                failure: Some("connection refused".into()),
+                resealed: false,
+            }],
+            ..BackfillSummary::default()
+        };
+        assert!(summary.holes_remain());
+        assert_eq!(
+            summary.render(),
+            "spot/aggTrade/BTCUSDT 2026-11-23T23: asked 1 holes, 0 rows from REST, 0 closed, 1 open\n\
+             \x20 still open: ids 10 ..= 12, 2026-11-23T23:00:00.000001Z .. 2026-11-23T23:00:00.000002Z: connection refused\n\
+             files with holes: 1, resealed: 0, holes left: 1 (1 REST may still fill)\n"
+        );
+    }
 }
