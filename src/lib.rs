@@ -14,7 +14,8 @@
 //! - [`parquet_out`]: the dataset contract's files, written atomically.
 //! - [`gaps`]: pure gap detection; [`recorder::fill`] asks REST to fill.
 //! - [`lock`]: one recorder per directory (flock).
-//! - [`verify`]: the dataset-level completeness check.
+//! - [`verify`]: the dataset-level check: every file of the contract's
+//!   schema and true to its metadata, no hour, id or kline missing undeclared.
 //! - [`quarantine`], [`metrics`]: undecodable frames, counters.
 //!
 //! # Life of one message

@@ -17,9 +17,11 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 use binance_recorder::config::{Config, LogFormat};
-use binance_recorder::domain::Hour;
+use binance_recorder::domain::{Hour, Market, StreamKind, Symbol};
 use binance_recorder::metrics::Counters;
 use binance_recorder::recorder;
+use binance_recorder::recorder::backfill::HoleList;
+use binance_recorder::verify;
 
 /// Records Binance market data to sealed hourly Parquet files.
 #[derive(Parser)]
@@ -39,6 +41,8 @@ enum Command {
     },
     /// Fill the holes that sealed files declare (their `unfilled` metadata)
     /// from REST and replace the files, while no recorder runs on the dataset.
+    /// Prints what it filled and what is still open; exits 0 when no hole
+    /// REST may fill is left, 1 when some are, 2 when it could not run.
     Backfill {
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
@@ -48,13 +52,17 @@ enum Command {
         /// Last hour to look at (inclusive).
         #[arg(long, value_parser = parse_hour)]
         to: Option<Hour>,
+        /// Fill exactly the holes of this file (what `verify --json` wrote),
+        /// and no other.
+        #[arg(long)]
+        holes: Option<PathBuf>,
     },
-    /// Check the dataset's completeness from the files' footers: list the
-    /// holes files declare, and exit 1 on any undeclared gap or unreadable file.
-    Verify {
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
-    },
+    /// Check that the dataset is complete and as DATASET.md says: every
+    /// file readable, of the contract's schema, its metadata true to its
+    /// rows, no hour, id or kline missing unless declared. Prints a table
+    /// (and writes JSON with --json); exits 0 clean, 1 not clean, 2 when it
+    /// could not run. Reads sealed files only: it may run beside a recorder.
+    Verify(VerifyArguments),
     /// Check a config file and print what it would record.
     CheckConfig {
         #[arg(long, default_value = "config.toml")]
@@ -62,12 +70,47 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct VerifyArguments {
+    /// The config file whose `storage.data_dir` is checked (default
+    /// config.toml when --root is not given).
+    #[arg(long, conflicts_with = "root")]
+    config: Option<PathBuf>,
+    /// The dataset's root folder (what `storage.data_dir` names).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Only this market (spot, usdm, coinm, us).
+    #[arg(long, value_parser = parse_market)]
+    market: Option<Market>,
+    /// Only this stream (trade, aggTrade, kline_1m...).
+    #[arg(long, value_parser = parse_stream)]
+    stream: Option<StreamKind>,
+    /// Only this symbol (BTCUSDT).
+    #[arg(long, value_parser = parse_symbol)]
+    symbol: Option<Symbol>,
+    /// First hour checked, e.g. 2026-11-23T00 (UTC).
+    #[arg(long, value_parser = parse_hour)]
+    from: Option<Hour>,
+    /// Last hour checked (inclusive).
+    #[arg(long, value_parser = parse_hour)]
+    to: Option<Hour>,
+    /// Also write the report as JSON to this file (its `holes` list is
+    /// what `backfill --holes` takes).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let arguments = Arguments::parse();
     match arguments.command {
         Command::Run { config } => run(config),
-        Command::Backfill { config, from, to } => backfill(config, from, to),
-        Command::Verify { config } => verify(config),
+        Command::Backfill {
+            config,
+            from,
+            to,
+            holes,
+        } => backfill(config, from, to, holes),
+        Command::Verify(arguments) => verify(arguments),
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(config) => {
                 for market in &config.markets {
@@ -90,6 +133,19 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn parse_market(text: &str) -> Result<Market, String> {
+    Market::from_name(text).ok_or_else(|| format!("{text:?} is not spot, usdm, coinm or us"))
+}
+
+fn parse_stream(text: &str) -> Result<StreamKind, String> {
+    StreamKind::from_name(text)
+        .ok_or_else(|| format!("{text:?} is not a stream like trade, aggTrade, kline_1m"))
+}
+
+fn parse_symbol(text: &str) -> Result<Symbol, String> {
+    Symbol::new(text).map_err(|error| error.to_string())
 }
 
 fn parse_hour(text: &str) -> Result<Hour, String> {
@@ -131,35 +187,68 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn verify(config_path: PathBuf) -> ExitCode {
-    let config = match Config::load(&config_path) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
+fn verify(arguments: VerifyArguments) -> ExitCode {
+    let could_not_run = ExitCode::from(verify::report::EXIT_COULD_NOT_RUN);
+    let root = match arguments.root {
+        Some(root) => root,
+        None => {
+            let config_path = arguments
+                .config
+                .unwrap_or_else(|| PathBuf::from("config.toml"));
+            match Config::load(&config_path) {
+                Ok(config) => config.data_dir,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return could_not_run;
+                }
+            }
         }
     };
-    let report = binance_recorder::verify::verify(&config);
-    for (key, finding) in &report.findings {
-        println!("{key}: {finding:?}");
+    let selection = verify::Selection {
+        market: arguments.market,
+        kind: arguments.stream,
+        symbol: arguments.symbol,
+        from: arguments.from,
+        to: arguments.to,
+    };
+    let report = match verify::verify(&root, &selection) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return could_not_run;
+        }
+    };
+    // A comparison with other sources (`--against`) adds its findings
+    // here, through `Report::push_problem`, before anything is printed.
+    print!("{}", report.render_table());
+    if let Some(json_path) = arguments.json {
+        let text =
+            serde_json::to_string_pretty(&report.to_json()).expect("a report always serialises");
+        if let Err(error) = std::fs::write(&json_path, text + "\n") {
+            eprintln!("error: cannot write {}: {error}", json_path.display());
+            return could_not_run;
+        }
     }
-    let n_declared = report.findings.len() - report.n_defects();
-    println!(
-        "files: {}, declared holes: {n_declared}, undeclared problems: {}",
-        report.n_files,
-        report.n_defects()
-    );
-    if report.n_defects() == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    ExitCode::from(report.exit_code())
 }
 
-fn backfill(config_path: PathBuf, from: Option<Hour>, to: Option<Hour>) -> ExitCode {
+fn backfill(
+    config_path: PathBuf,
+    from: Option<Hour>,
+    to: Option<Hour>,
+    holes: Option<PathBuf>,
+) -> ExitCode {
+    let could_not_run = ExitCode::from(2);
     let config = match load_and_log(&config_path) {
         Ok(config) => config,
         Err(code) => return code,
+    };
+    let hole_list = match holes.as_deref().map(HoleList::read).transpose() {
+        Ok(list) => list,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return could_not_run;
+        }
     };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -170,16 +259,24 @@ fn backfill(config_path: PathBuf, from: Option<Hour>, to: Option<Hour>) -> ExitC
                 &config,
                 from,
                 to,
+                hole_list.as_ref(),
                 Arc::new(Counters::default()),
             ))
-        })
-        .map(|summary| {
-            println!(
-                "files with holes: {}, resealed: {}, holes left: {}",
-                summary.n_files_with_holes, summary.n_files_resealed, summary.n_holes_left
-            );
         });
-    exit_code(result)
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(error) => {
+            error!("{error:#}");
+            eprintln!("error: {error:#}");
+            return could_not_run;
+        }
+    };
+    print!("{}", summary.render());
+    if summary.holes_remain() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn run(config_path: PathBuf) -> ExitCode {

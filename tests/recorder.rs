@@ -32,3 +32,7 @@ mod seal_faults;
 mod service;
 #[path = "recorder/supervision.rs"]
 mod supervision;
+#[path = "recorder/verify.rs"]
+mod verify;
+#[path = "recorder/verify_dataset.rs"]
+mod verify_dataset;

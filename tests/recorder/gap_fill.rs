@@ -581,7 +581,25 @@ async fn backfill_refuses_beside_a_daemon_and_completes_declared_files_once_it_i
 
     recorder.stop().await;
     fake.inject(Fault::ClearRestFaults);
-    let output = run_binary(vec!["backfill".into(), "--config".into(), config_argument]).await;
+    // verify's JSON lists the holes; backfill fills exactly those.
+    let holes_path = scratch.path().join("verify.json").display().to_string();
+    let output = run_binary(vec![
+        "verify".into(),
+        "--config".into(),
+        config_argument.clone(),
+        "--json".into(),
+        holes_path.clone(),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(0), "declared holes only");
+    let output = run_binary(vec![
+        "backfill".into(),
+        "--config".into(),
+        config_argument,
+        "--holes".into(),
+        holes_path,
+    ])
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

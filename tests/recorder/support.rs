@@ -596,17 +596,28 @@ pub async fn run_binary(arguments: Vec<String>) -> std::process::Output {
 
 /// Runs `binance-recorder verify` on the dataset of `config_path` and
 /// asserts it finds the dataset complete: no declared hole, nothing
-/// undeclared, exit 0.
+/// undeclared, exit 0 (read from its `--json` report, so the table's
+/// wording is free to change).
 pub async fn assert_verify_clean(config_path: &Path) {
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let json_path = scratch.path().join("verify.json");
     let output = run_binary(vec![
         "verify".into(),
         "--config".into(),
         config_path.display().to_string(),
+        "--json".into(),
+        json_path.display().to_string(),
     ])
     .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_else(|| panic!("verify wrote no JSON report: {stdout}"));
     assert!(
-        output.status.success() && stdout.contains("declared holes: 0, undeclared problems: 0"),
+        output.status.success()
+            && report["undeclared_problems"] == 0
+            && report["declared_holes"] == 0,
         "verify: {stdout}"
     );
 }
