@@ -173,6 +173,7 @@ mod tests {
 
     fn summary(first: i64, last: i64, unfilled: Vec<UnfilledRange>) -> SealedSummary {
         SealedSummary {
+            schema_version: crate::parquet_out::SchemaVersion::CURRENT,
             first_key: Some(first),
             last_key: Some(last),
             row_count: (last - first + 1) as u64,
@@ -258,6 +259,7 @@ mod tests {
         let hour = Hour::containing(HOUR_START);
         let minute = StreamKind::Kline(KlineInterval::Minute1);
         let short = SealedSummary {
+            schema_version: crate::parquet_out::SchemaVersion::CURRENT,
             first_key: Some(HOUR_START),
             last_key: None,
             row_count: 58,
