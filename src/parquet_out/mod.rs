@@ -9,7 +9,7 @@
 //!   staging, moved-aside files and their start-up migration live beside it.
 //! - [`schema`]: columns per stream kind and schema version, encodings,
 //!   footer metadata.
-//! - [`write`]: the atomic write and its crash-point seam.
+//! - [`write`](mod@write): the atomic write and its crash-point seam.
 //! - [`read`]: footers, summaries and rows of version 1 and 2 files.
 //!
 //! Encodings are chosen for size: ids and times are delta-encoded (they
