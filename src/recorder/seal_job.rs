@@ -89,7 +89,7 @@ pub(crate) fn execute_seal(
     if path.exists() {
         let read = unwinding("reading the sealed file", || {
             // The rows decide whether the file is readable; a footer whose
-            // summary does not parse is rewritten from them.
+            // summary does not parse reads as declaring no hole, as before.
             parquet_out::read_hour_file(&path, job.key.kind).map(|rows| {
                 let summary = parquet_out::read_summary(&path).ok();
                 (rows, summary, sealed_coverage(&path))
@@ -114,9 +114,10 @@ pub(crate) fn execute_seal(
                 job.rows = merged;
                 // A file of an older schema version is rewritten in the
                 // current one even when its rows stay the same.
-                let outdated = sealed_version != Some(SchemaVersion::CURRENT);
+                let outdated =
+                    sealed_version.is_some_and(|version| version != SchemaVersion::CURRENT);
                 if let Some(version) = sealed_version.filter(|_| outdated) {
-                    info!(path = %path.display(), from_version = %version, to_version = %SchemaVersion::CURRENT, "sealed file of an older schema version rewritten");
+                    info!(path = %path.display(), from_version = %version, to_version = %SchemaVersion::CURRENT, "sealed file of an older schema version; rewriting it in the current one");
                 }
                 if !changed && !unfilled_changed && !outdated {
                     return SealOutcome {
@@ -191,7 +192,6 @@ fn sealed_coverage(path: &Path) -> Option<(TimeUs, TimeUs)> {
 mod tests {
     use super::*;
     use crate::domain::{Decimal8, Market, Row, Source, StreamKind, Symbol, TradeRow};
-    use crate::parquet_out::SchemaVersion;
     use crate::wal::SegmentId;
 
     const HOUR_START: TimeUs = 1_723_161_600_000_000;
