@@ -11,7 +11,8 @@
 //! - [`seal`]: pure sealing decisions (when, what coverage, how rows merge).
 //! - [`recorder`]: the state machine ([`recorder::state`]) and the runtime
 //!   that wires everything and stops it in order.
-//! - [`parquet_out`]: the dataset contract's files, written atomically.
+//! - [`parquet_out`]: the dataset contract's files (schema version 2),
+//!   written atomically; version-1 files read and rewritten.
 //! - [`gaps`]: pure gap detection; [`recorder::fill`] asks REST to fill.
 //! - [`lock`]: one recorder per directory (flock).
 //! - [`verify`]: the dataset-level check: every file of the contract's
@@ -36,8 +37,9 @@
 //!    round ([`recorder::fill`]), whose rows come back through the WAL; at
 //!    the fill deadline what is still open is declared in `unfilled`.
 //! 6. The hour's rows are sorted, deduplicated and written by
-//!    [`recorder::seal_job`] and [`parquet_out`] (temporary name, fsync,
-//!    rename, directory fsync); a failed write keeps the job and retries it.
+//!    [`recorder::seal_job`] and [`parquet_out`] (temporary file in
+//!    `<root>/.staging/`, fsync, rename into the partition tree, directory
+//!    fsync); a failed write keeps the job and retries it.
 //! 7. The next WAL batch deletes the segments older than every segment an
 //!    unsealed hour still needs, so the WAL holds only unsealed hours.
 //!

@@ -12,6 +12,8 @@ mod config_errors;
 mod connections;
 #[path = "recorder/crash.rs"]
 mod crash;
+#[path = "recorder/dataset_versions.rs"]
+mod dataset_versions;
 #[path = "recorder/end_to_end.rs"]
 mod end_to_end;
 #[path = "recorder/gap_fill.rs"]

@@ -632,6 +632,16 @@ async fn open_and_replay(
             }
             Err(error) => warn!(%error, "cannot clean temporary files in the data directory"),
         }
+        // Releases before schema version 2 moved unreadable files aside
+        // inside the partition tree, where they break folder readers.
+        match parquet_out::move_out_legacy_corrupt_files(&config.data_dir) {
+            Ok(moved) => {
+                for (from, to) in &moved {
+                    warn!(from = %from.display(), to = %to.display(), "file moved aside by an older release moved out of the partition tree");
+                }
+            }
+            Err(error) => warn!(%error, "cannot move files set aside by an older release out of the partition tree"),
+        }
         let (wal, report) = Wal::open_with_fs(wal_config.clone(), wal_fs)
             .with_context(|| format!("cannot open the WAL in {}", wal_config.dir.display()))?;
         if let Some(torn) = &report.torn_tail {
@@ -744,7 +754,7 @@ fn resume_from_sealed_files(config: &Config, state: &mut State, counters: &Count
                         }
                         Err(error) => {
                             Counters::add(&counters.files_corrupt, 1);
-                            let aside = match parquet_out::move_aside(&path) {
+                            let aside = match parquet_out::move_aside(&config.data_dir, &path) {
                                 Ok(aside) => aside,
                                 Err(move_error) => {
                                     error!(path = %path.display(), %error, %move_error, "sealed file unreadable and cannot be moved aside");

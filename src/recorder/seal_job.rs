@@ -8,10 +8,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing::error;
+use tracing::{error, info};
 
 use crate::domain::{Hour, StreamKey, TimeUs};
-use crate::parquet_out::{self, HourFile};
+use crate::parquet_out::{self, HourFile, SchemaVersion};
 use crate::seal::merge_into_sealed;
 
 use super::SealJob;
@@ -88,12 +88,18 @@ pub(crate) fn execute_seal(
     let mut resealed = false;
     if path.exists() {
         let read = unwinding("reading the sealed file", || {
-            parquet_out::read_hour_file(&path, job.key.kind)
-                .map(|rows| (rows, read_unfilled(&path), sealed_coverage(&path)))
+            // The rows decide whether the file is readable; a footer whose
+            // summary does not parse reads as declaring no hole, as before.
+            parquet_out::read_hour_file(&path, job.key.kind).map(|rows| {
+                let summary = parquet_out::read_summary(&path).ok();
+                (rows, summary, sealed_coverage(&path))
+            })
         });
         match read {
             Err(message) => return fail(message, job, true),
-            Ok(Ok((sealed, sealed_unfilled, sealed_coverage))) => {
+            Ok(Ok((sealed, summary, sealed_coverage))) => {
+                let sealed_version = summary.as_ref().map(|summary| summary.schema_version);
+                let sealed_unfilled = summary.map(|summary| summary.unfilled).unwrap_or_default();
                 if let Some((from, to)) = sealed_coverage {
                     coverage = (coverage.0.min(from), coverage.1.max(to));
                 }
@@ -106,7 +112,14 @@ pub(crate) fn execute_seal(
                 }
                 let (merged, changed) = merge_into_sealed(sealed, std::mem::take(&mut job.rows));
                 job.rows = merged;
-                if !changed && !unfilled_changed {
+                // A file of an older schema version is rewritten in the
+                // current one even when its rows stay the same.
+                let outdated =
+                    sealed_version.is_some_and(|version| version != SchemaVersion::CURRENT);
+                if let Some(version) = sealed_version.filter(|_| outdated) {
+                    info!(path = %path.display(), from_version = %version, to_version = %SchemaVersion::CURRENT, "sealed file of an older schema version; rewriting it in the current one");
+                }
+                if !changed && !unfilled_changed && !outdated {
                     return SealOutcome {
                         job_key,
                         hour,
@@ -115,7 +128,7 @@ pub(crate) fn execute_seal(
                 }
                 resealed = true;
             }
-            Ok(Err(error)) => match parquet_out::move_aside(&path) {
+            Ok(Err(error)) => match parquet_out::move_aside(data_dir, &path) {
                 Ok(aside) => {
                     error!(path = %path.display(), %error, aside = %aside.display(), "sealed file unreadable; moved aside and rebuilt from the rows held");
                 }
@@ -162,12 +175,6 @@ pub(crate) fn execute_seal(
         Ok(Err(message)) => fail(message, job, false),
         Err(message) => fail(message, job, true),
     }
-}
-
-fn read_unfilled(path: &Path) -> Vec<crate::domain::UnfilledRange> {
-    parquet_out::read_summary(path)
-        .map(|summary| summary.unfilled)
-        .unwrap_or_default()
 }
 
 fn sealed_coverage(path: &Path) -> Option<(TimeUs, TimeUs)> {
@@ -276,10 +283,19 @@ mod tests {
             late.result,
             Ok(SealResult::Written { n_rows: 1, .. })
         ));
-        assert!(
-            path.with_extension("parquet.corrupt").exists(),
-            "the bad file is kept aside for inspection"
+        let relative = path.strip_prefix(root.path()).expect("under the root");
+        let aside =
+            parquet_out::corrupt_dir(root.path()).join(format!("{}.corrupt", relative.display()));
+        assert_eq!(
+            std::fs::read(&aside).expect("the bad file is kept aside for inspection"),
+            b"not parquet"
         );
+        let in_folder: Vec<_> = std::fs::read_dir(path.parent().expect("folder"))
+            .expect("listable")
+            .flatten()
+            .map(|entry| entry.file_name())
+            .collect();
+        assert_eq!(in_folder.len(), 1, "only the rebuilt file: {in_folder:?}");
         assert_eq!(
             parquet_out::read_hour_file(&path, StreamKind::Trade)
                 .expect("rebuilt")
@@ -363,6 +379,94 @@ mod tests {
             2
         );
     }
+
+    /// Copies the version-1 fixture (`tests/fixtures/dataset-v1`) into a
+    /// fresh root.
+    fn version_one_dataset() -> tempfile::TempDir {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dataset-v1");
+        let root = tempfile::tempdir().expect("temporary directory");
+        let mut stack = vec![fixture.clone()];
+        while let Some(directory) = stack.pop() {
+            for entry in std::fs::read_dir(&directory)
+                .expect("fixture listable")
+                .flatten()
+            {
+                let path = entry.path();
+                let target = root
+                    .path()
+                    .join(path.strip_prefix(&fixture).expect("inside"));
+                if path.is_dir() {
+                    std::fs::create_dir_all(&target).expect("folder");
+                    stack.push(path);
+                } else if path
+                    .extension()
+                    .is_some_and(|extension| extension == "parquet")
+                {
+                    std::fs::copy(&path, &target).expect("copy");
+                }
+            }
+        }
+        root
+    }
+
+    /// A late row for an hour whose file an older release sealed: the file
+    /// is rewritten as version 2 (no `symbol` column), with the rows it
+    /// held, the late one, and its declared holes and coverage kept.
+    #[test]
+    fn a_late_reseal_over_a_version_one_file_writes_version_two_with_every_row() {
+        let root = version_one_dataset();
+        let late = job(vec![trade(1)], true);
+        let path = parquet_out::hour_file_path(root.path(), &late.key, late.hour);
+        let before = parquet_out::read_summary(&path).expect("v1 summary");
+        assert_eq!(before.schema_version, SchemaVersion::V1);
+        let old_rows = parquet_out::read_hour_file(&path, StreamKind::Trade).expect("v1 rows");
+        assert_eq!(old_rows.len(), 3);
+
+        let outcome = execute_seal(root.path(), None, late);
+        assert!(matches!(
+            outcome.result,
+            Ok(SealResult::Written {
+                n_rows: 4,
+                resealed: true,
+                ..
+            })
+        ));
+        let after = parquet_out::read_summary(&path).expect("v2 summary");
+        assert_eq!(after.schema_version, SchemaVersion::V2);
+        assert_eq!(after.row_count, 4);
+        let metadata: std::collections::HashMap<_, _> = parquet_out::read_metadata(&path)
+            .expect("metadata")
+            .into_iter()
+            .collect();
+        assert_eq!(metadata["schema_version"], "2");
+        assert_eq!(metadata["symbol"], "BTCUSDT");
+        assert_eq!(
+            metadata["coverage_from"],
+            HOUR_START.to_string(),
+            "the file's whole-hour coverage is kept"
+        );
+        let rows = parquet_out::read_hour_file(&path, StreamKind::Trade).expect("v2 rows");
+        let mut expected = vec![trade(1)];
+        expected.extend(old_rows);
+        assert_eq!(rows, expected, "every old row kept, the late one merged in");
+
+        // The empty version-1 hour with a declared hole: a replay with no
+        // new row still rewrites it, holes kept.
+        let mut empty = job(vec![], true);
+        empty.key.symbol = Symbol::new("ETHUSDT").expect("valid");
+        let empty_path = parquet_out::hour_file_path(root.path(), &empty.key, empty.hour);
+        let declared = parquet_out::read_summary(&empty_path).expect("v1").unfilled;
+        assert_eq!(declared.len(), 1);
+        let outcome = execute_seal(root.path(), None, empty);
+        assert!(matches!(
+            outcome.result,
+            Ok(SealResult::Written { n_rows: 0, .. })
+        ));
+        let rewritten = parquet_out::read_summary(&empty_path).expect("v2");
+        assert_eq!(rewritten.schema_version, SchemaVersion::V2);
+        assert_eq!(rewritten.unfilled, declared);
+    }
+
     #[test]
     fn a_failed_or_panicking_write_hands_the_whole_job_back() {
         let root = tempfile::tempdir().expect("temporary directory");

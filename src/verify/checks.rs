@@ -781,6 +781,7 @@ mod tests {
 
     fn summary(first: i64, last: i64, unfilled: Vec<UnfilledRange>) -> SealedSummary {
         SealedSummary {
+            schema_version: crate::parquet_out::SchemaVersion::CURRENT,
             first_key: Some(first),
             last_key: Some(last),
             row_count: (last - first + 1) as u64,

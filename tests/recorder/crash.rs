@@ -194,10 +194,18 @@ async fn leftovers_of_an_interrupted_seal_and_a_corrupt_file_are_handled_at_star
     .await;
     first_run.stop().await;
 
-    // A bad footer, and the temporary file of a seal that never finished.
+    // A bad footer; the temporary file of a seal that never finished, in
+    // .staging/ and where releases before schema version 2 wrote it (inside
+    // the tree); and a file such a release moved aside inside the tree.
+    let data = root.join("data");
     std::fs::write(&sealed, b"PAR1 this is not a parquet file").expect("corrupt the file");
     let leftover = sealed.with_file_name(".BTCUSDT-trade-2026-01-01-02.parquet.tmp");
     std::fs::write(&leftover, b"half a file").expect("leftover written");
+    let staged =
+        parquet_out::staging_dir(&data).join("spot-BTCUSDT-trade-2026-01-01-02.parquet.tmp");
+    std::fs::write(&staged, b"half a file").expect("staged leftover written");
+    let legacy_aside = sealed.with_file_name("BTCUSDT-trade-2026-01-01-00.parquet.corrupt");
+    std::fs::write(&legacy_aside, b"moved aside by 0.1.0").expect("legacy file written");
 
     let second_run = RunningRecorder::start(&config);
     let next_hour = file_path(root, &trade_key, hour.next());
@@ -210,14 +218,30 @@ async fn leftovers_of_an_interrupted_seal_and_a_corrupt_file_are_handled_at_star
     let counters = second_run.stop().await;
     assert_eq!(
         (counters.files_corrupt, counters.temporary_files_removed),
-        (1, 1),
+        (1, 2),
         "{counters:?}"
     );
     assert!(!leftover.exists(), "the temporary file was removed");
-    assert!(
-        sealed.with_extension("parquet.corrupt").exists(),
-        "the corrupt file is kept aside"
+    assert!(!staged.exists(), "the staged temporary file was removed");
+    let corrupt = parquet_out::corrupt_dir(&data);
+    let in_corrupt = |path: &Path| corrupt.join(path.strip_prefix(&data).expect("under data"));
+    assert_eq!(
+        std::fs::read(in_corrupt(&legacy_aside)).expect("the older release's file moved out"),
+        b"moved aside by 0.1.0"
     );
+    assert_eq!(
+        std::fs::read(in_corrupt(&sealed).with_extension("parquet.corrupt"))
+            .expect("the corrupt file is kept aside, outside the tree"),
+        b"PAR1 this is not a parquet file"
+    );
+    for path in walk_files(&data.join("market=spot")) {
+        let name = path.file_name().expect("a name").to_string_lossy();
+        assert!(
+            name.ends_with(".parquet") && !name.starts_with('.'),
+            "only sealed files in the tree: {}",
+            path.display()
+        );
+    }
     let truth = fake.ground_truth("BTCUSDT", hour.next().end() + MICROS_PER_MINUTE);
     assert_file_matches_truth_with_rest(&sealed, StreamKind::Trade, &truth, hour);
     assert_eq!(metadata(&sealed)["unfilled"], "[]");

@@ -741,11 +741,11 @@ async fn verify_then_backfill_with_rest_down_leaves_the_holes_open_and_exits_1()
 
 /// A dataset of schema version 1 (a `symbol` column in every file), as the
 /// release before issue 13 wrote it, committed under
-/// `tests/fixtures/dataset-v1/` (see its SOURCES.md): verify reads it clean
+/// `tests/fixtures/dataset-v1-hours/` (see its SOURCES.md): verify reads it clean
 /// whatever version the writer is at now.
 #[test]
 fn verify_reads_the_committed_version_1_dataset() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dataset-v1");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dataset-v1-hours");
     if std::env::var_os("WRITE_V1_FIXTURE").is_some() {
         assert_eq!(
             binance_recorder::parquet_out::SCHEMA_VERSION,

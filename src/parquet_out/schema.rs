@@ -1,0 +1,192 @@
+//! The columns and the footer of a file: the Arrow schema of each stream
+//! kind in each schema version this release reads, the encodings, and the
+//! key-value metadata of `docs/DATASET.md`.
+
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
+use parquet::schema::types::ColumnPath;
+
+use crate::domain::{Row, Source, StreamKind, DECIMAL_PRECISION, DECIMAL_SCALE};
+
+use super::HourFile;
+
+/// The dataset contract's version this release writes, as `schema_version`.
+pub const SCHEMA_VERSION: u32 = SchemaVersion::CURRENT.number();
+
+/// The schema versions this release reads. A file of another version is
+/// refused with an error that names it, never guessed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SchemaVersion {
+    /// Releases up to 0.1.0: `symbol` was also the first column of every
+    /// file, which made pandas and pyarrow fail to merge it with the Hive
+    /// partition key of the same name.
+    V1,
+    /// The partition keys (`market`, `stream`, `symbol`, `date`) live only
+    /// in the path, the file name and the key-value metadata.
+    V2,
+}
+
+impl SchemaVersion {
+    /// The version this release writes.
+    pub const CURRENT: SchemaVersion = SchemaVersion::V2;
+
+    /// The number written in `schema_version`.
+    pub const fn number(self) -> u32 {
+        match self {
+            SchemaVersion::V1 => 1,
+            SchemaVersion::V2 => 2,
+        }
+    }
+
+    /// The version of a `schema_version` number, if this release reads it.
+    pub fn from_number(number: u32) -> Option<SchemaVersion> {
+        match number {
+            1 => Some(SchemaVersion::V1),
+            2 => Some(SchemaVersion::V2),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SchemaVersion {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}", self.number())
+    }
+}
+
+pub(super) fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+pub(super) fn decimal_type() -> DataType {
+    DataType::Decimal128(DECIMAL_PRECISION, DECIMAL_SCALE as i8)
+}
+
+/// The Arrow schema this release writes for a stream kind, in the
+/// contract's column order.
+pub fn schema_for(kind: StreamKind) -> SchemaRef {
+    schema_of_version(kind, SchemaVersion::CURRENT)
+}
+
+/// The Arrow schema of a stream kind in `version`: version 1 had `symbol`
+/// first, before the columns version 2 keeps.
+pub fn schema_of_version(kind: StreamKind, version: SchemaVersion) -> SchemaRef {
+    let mut fields = match version {
+        SchemaVersion::V1 => vec![Field::new("symbol", DataType::Utf8, false)],
+        SchemaVersion::V2 => Vec::new(),
+    };
+    fields.extend(match kind {
+        StreamKind::Trade => vec![
+            Field::new("trade_id", DataType::Int64, false),
+            Field::new("price", decimal_type(), false),
+            Field::new("quantity", decimal_type(), false),
+            Field::new("trade_time", timestamp_type(), false),
+            Field::new("is_buyer_maker", DataType::Boolean, false),
+            Field::new("is_best_match", DataType::Boolean, true),
+            Field::new("trade_type", DataType::Utf8, true),
+            Field::new("event_time", timestamp_type(), true),
+            Field::new("recv_time", timestamp_type(), true),
+        ],
+        StreamKind::AggTrade => vec![
+            Field::new("agg_trade_id", DataType::Int64, false),
+            Field::new("price", decimal_type(), false),
+            Field::new("quantity", decimal_type(), false),
+            Field::new("first_trade_id", DataType::Int64, false),
+            Field::new("last_trade_id", DataType::Int64, false),
+            Field::new("trade_time", timestamp_type(), false),
+            Field::new("is_buyer_maker", DataType::Boolean, false),
+            Field::new("is_best_match", DataType::Boolean, true),
+            Field::new("event_time", timestamp_type(), true),
+            Field::new("recv_time", timestamp_type(), true),
+        ],
+        StreamKind::Kline(_) => vec![
+            Field::new("open_time", timestamp_type(), false),
+            Field::new("close_time", timestamp_type(), false),
+            Field::new("open", decimal_type(), false),
+            Field::new("high", decimal_type(), false),
+            Field::new("low", decimal_type(), false),
+            Field::new("close", decimal_type(), false),
+            Field::new("volume", decimal_type(), false),
+            Field::new("quote_volume", decimal_type(), false),
+            Field::new("trade_count", DataType::Int64, false),
+            Field::new("taker_buy_base_volume", decimal_type(), false),
+            Field::new("taker_buy_quote_volume", decimal_type(), false),
+            Field::new("first_trade_id", DataType::Int64, true),
+            Field::new("last_trade_id", DataType::Int64, true),
+            Field::new("event_time", timestamp_type(), true),
+            Field::new("recv_time", timestamp_type(), true),
+        ],
+    });
+    fields.push(Field::new("source", DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+}
+
+pub(super) fn writer_properties(kind: StreamKind, metadata: Vec<KeyValue>) -> WriterProperties {
+    let schema = schema_for(kind);
+    let mut builder = WriterProperties::builder()
+        .set_writer_version(WriterVersion::PARQUET_2_0)
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(9).expect("9 is a valid zstd level"),
+        ))
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_max_row_group_row_count(Some(4 * 1024 * 1024))
+        .set_key_value_metadata(Some(metadata));
+    for field in schema.fields() {
+        let column = ColumnPath::from(field.name().as_str());
+        builder = match field.data_type() {
+            DataType::Utf8 => builder.set_column_dictionary_enabled(column, true),
+            DataType::Int64 | DataType::Timestamp(..) => {
+                builder.set_column_encoding(column, Encoding::DELTA_BINARY_PACKED)
+            }
+            // Dictionary: an hour of prices has few distinct values. (Not
+            // byte-stream-split: DuckDB cannot read it on decimals.)
+            DataType::Decimal128(..) => builder.set_column_dictionary_enabled(column, true),
+            _ => builder,
+        };
+    }
+    builder.build()
+}
+
+/// The footer's key-value metadata of a file; `market`, `stream` and
+/// `symbol` are here (and in the path) rather than in columns.
+pub(super) fn file_metadata(file: &HourFile) -> Vec<KeyValue> {
+    let n_rest = file
+        .rows
+        .iter()
+        .filter(|row| row.source() == Source::Rest)
+        .count();
+    let n_ws = file.rows.len() - n_rest;
+    let optional_key =
+        |row: Option<&Row>| row.map_or("null".to_owned(), |row| row.key().to_string());
+    let unfilled = serde_json::to_string(&file.unfilled).expect("unfilled ranges always serialise");
+    let clock_offset = file
+        .clock_offset_us
+        .map_or("null".to_owned(), |offset| offset.to_string());
+    [
+        ("schema_version", SCHEMA_VERSION.to_string()),
+        ("recorder_version", env!("CARGO_PKG_VERSION").to_owned()),
+        ("market", file.key.market.name().to_owned()),
+        ("stream", file.key.kind.path_name()),
+        ("symbol", file.key.symbol.to_string()),
+        ("hour", file.hour.hour_text()),
+        ("row_count", file.rows.len().to_string()),
+        (
+            "rows_by_source",
+            format!("{{\"ws\":{n_ws},\"rest\":{n_rest}}}"),
+        ),
+        ("first_key", optional_key(file.rows.first())),
+        ("last_key", optional_key(file.rows.last())),
+        ("unfilled", unfilled),
+        ("coverage_from", file.coverage_from.to_string()),
+        ("coverage_to", file.coverage_to.to_string()),
+        ("clock_offset_us", clock_offset),
+    ]
+    .into_iter()
+    .map(|(key, value)| KeyValue::new(key.to_owned(), value))
+    .collect()
+}
