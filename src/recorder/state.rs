@@ -723,10 +723,7 @@ impl State {
         event_time: TimeUs,
         reason: String,
     ) {
-        let total_before = self
-            .counters
-            .frames_implausible
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let total_before = self.counters.frames_implausible.get();
         Counters::add(&self.counters.frames_implausible, 1);
         // Once, then at each power of ten: a hostile feed cannot flood the log.
         if total_before == 0 || total_before.ilog10() != (total_before + 1).ilog10() {
