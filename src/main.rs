@@ -20,6 +20,7 @@ use binance_recorder::config::{Config, LogFormat};
 use binance_recorder::domain::Hour;
 use binance_recorder::metrics::Counters;
 use binance_recorder::recorder;
+use binance_recorder::status::LiveStatus;
 
 /// Records Binance market data to sealed hourly Parquet files.
 #[derive(Parser)]
@@ -55,6 +56,17 @@ enum Command {
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// What the recorder is doing: per stream its state, last event age,
+    /// rows held, last sealed hour and the holes of the last day, from the
+    /// running daemon's /status (metrics.listen) and the data and WAL
+    /// directories (those alone when the daemon is stopped).
+    Status {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        /// Print JSON for machines instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a config file and print what it would record.
     CheckConfig {
         #[arg(long, default_value = "config.toml")]
@@ -68,6 +80,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::Backfill { config, from, to } => backfill(config, from, to),
         Command::Verify { config } => verify(config),
+        Command::Status { config, json } => status(config, json),
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(config) => {
                 for market in &config.markets {
@@ -180,6 +193,60 @@ fn backfill(config_path: PathBuf, from: Option<Hour>, to: Option<Hour>) -> ExitC
             );
         });
     exit_code(result)
+}
+
+fn status(config_path: PathBuf, json: bool) -> ExitCode {
+    let config = match Config::load(&config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let live = config.metrics.listen.and_then(|address| {
+        let host = if address.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            address.ip()
+        };
+        let url = format!(
+            "http://{}/status",
+            std::net::SocketAddr::new(host, address.port())
+        );
+        binance_recorder::binance::ensure_crypto_provider();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(2))
+                .build()
+                .ok()?;
+            client
+                .get(&url)
+                .send()
+                .await
+                .ok()?
+                .json::<LiveStatus>()
+                .await
+                .ok()
+        })
+    });
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let report = binance_recorder::status::build(&config, live.as_ref(), now_us);
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", binance_recorder::status::render_table(&report));
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(config_path: PathBuf) -> ExitCode {

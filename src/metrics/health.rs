@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::domain::{Market, StreamKey, StreamKind};
+use crate::domain::{Market, StreamKey, StreamKind, TimeUs};
+use crate::status::{LiveStatus, LiveStream};
 
 /// The bounds a health check applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,19 @@ pub struct HealthInputs {
     pub links_up: BTreeMap<Market, u64>,
     /// Since when frames have waited for a commit (`None`: nothing waits).
     pub waiting_since: Option<Instant>,
+    /// For `/status`: exchange time of each stream's newest row, rows held
+    /// for its unsealed hours, and the WAL's size.
+    pub newest_event: BTreeMap<StreamKey, TimeUs>,
+    pub rows_held: BTreeMap<StreamKey, u64>,
+    pub wal_bytes: u64,
+}
+
+/// How long `key`'s stream may stay silent before it is stale.
+fn stale_bound(bounds: &HealthBounds, kind: StreamKind) -> Duration {
+    match kind {
+        StreamKind::Kline(_) => bounds.stale_after,
+        StreamKind::Trade | StreamKind::AggTrade => bounds.quiet_stale_after,
+    }
 }
 
 /// The verdict, as `/health` serves it (JSON body).
@@ -65,10 +79,7 @@ pub fn judge(inputs: &HealthInputs, bounds: &HealthBounds, now: Instant) -> Heal
     }
     let mut stale = Vec::new();
     for (key, last) in &inputs.streams {
-        let bound = match key.kind {
-            StreamKind::Kline(_) => bounds.stale_after,
-            StreamKind::Trade | StreamKind::AggTrade => bounds.quiet_stale_after,
-        };
+        let bound = stale_bound(bounds, key.kind);
         let silent = now.saturating_duration_since(last.unwrap_or(inputs.started));
         if silent > bound {
             stale.push(format!("{key} silent for {} s", silent.as_secs()));
@@ -108,7 +119,38 @@ impl HealthBoard {
                 streams,
                 links_up,
                 waiting_since: None,
+                newest_event: BTreeMap::new(),
+                rows_held: BTreeMap::new(),
+                wal_bytes: 0,
             }),
+        }
+    }
+
+    /// What `/status` serves: the live view of every stream.
+    pub fn live_status(&self) -> LiveStatus {
+        let inputs = self
+            .inputs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        let streams = inputs
+            .streams
+            .iter()
+            .map(|(key, last)| {
+                let silent = now.saturating_duration_since(last.unwrap_or(inputs.started));
+                LiveStream {
+                    key: key.to_string(),
+                    silent_secs: last.map(|last| now.saturating_duration_since(last).as_secs_f64()),
+                    stale: silent > stale_bound(&self.bounds, key.kind),
+                    newest_event_us: inputs.newest_event.get(key).copied(),
+                    rows_held: inputs.rows_held.get(key).copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        LiveStatus {
+            streams,
+            links_up: inputs.links_up.values().sum(),
+            wal_bytes: inputs.wal_bytes,
         }
     }
 
@@ -161,6 +203,9 @@ mod tests {
             .collect(),
             links_up: [(Market::Spot, 1)].into_iter().collect(),
             waiting_since: None,
+            newest_event: BTreeMap::new(),
+            rows_held: BTreeMap::new(),
+            wal_bytes: 0,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The metrics listener (`[metrics] listen`, loopback by default): HTTP/1.1
-//! through hyper, `GET /metrics` (Prometheus text) and `GET /health` (200 or
-//! 503 with a JSON body naming what is wrong). Each connection is served by
+//! through hyper, `GET /metrics` (Prometheus text), `GET /health` (200 or
+//! 503 with a JSON body naming what is wrong) and `GET /status` (the live
+//! view `binance-recorder status` reads). Each connection is served by
 //! its own task and dropped at shutdown; the listener is for a scraper and
 //! an operator's curl, not for the internet.
 
@@ -101,10 +102,15 @@ fn answer(
             let body = serde_json::to_string(&report).expect("a report serialises");
             response(status, "application/json", body + "\n")
         }
+        "/status" => response(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string(&health.live_status()).expect("a status serialises") + "\n",
+        ),
         _ => response(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics or /health\n".into(),
+            "not found: try /metrics, /health or /status\n".into(),
         ),
     }
 }

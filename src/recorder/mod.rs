@@ -33,12 +33,13 @@ use crate::binance::ws::{now_us, run_connection, ConnectionPlan, HandshakeBudget
 use crate::config::{Config, MarketConfig};
 use crate::domain::{Hour, Market, StreamKey, TimeUs};
 use crate::metrics::health::HealthBoard;
-use crate::metrics::{Counters, MarketLabels, StreamLabels};
+use crate::metrics::{Counters, GaugeF64, MarketLabels, StreamLabels};
 use crate::parquet_out;
 use crate::quarantine::{self, QuarantinedFrame};
 use crate::service::{ServiceNotifier, StatusFigures, WalProgress};
 use crate::wal::fs::{RealFs, WalFs};
 use crate::wal::{FsyncPolicy, Record, RecordKind, SegmentId, Wal, WalConfig, WalError, WalWriter};
+use prometheus_client::metrics::counter::Counter;
 pub(crate) use seal_job::{execute_seal, SealOutcome, SealResult};
 pub use seal_job::{SealFault, SealFaults};
 pub use state::{Checkpoint, FillJob, FillReport, Job, MonoMs, SealJob, State};
@@ -224,6 +225,8 @@ pub async fn run_with_seams(
         batch_started: None,
         batch_oldest_recv_us: None,
         summary_logged_at: Instant::now(),
+        status_refreshed_at: Instant::now(),
+        stream_metrics: stream_metrics(&config, &counters),
     };
     for market_config in &config.markets {
         runtime.state.begin_session(market_config.market);
@@ -921,6 +924,35 @@ struct Runtime {
     batch_oldest_recv_us: Option<TimeUs>,
     /// When the periodic summary was last logged.
     summary_logged_at: Instant,
+    /// When `/status`'s rows held per stream were last refreshed.
+    status_refreshed_at: Instant,
+    /// Each configured stream's handles in the per-stream metric families,
+    /// made once (no label strings built per batch).
+    stream_metrics: HashMap<StreamKey, (Counter, GaugeF64)>,
+}
+
+/// The per-stream metric handles of every configured stream.
+fn stream_metrics(config: &Config, counters: &Counters) -> HashMap<StreamKey, (Counter, GaugeF64)> {
+    let mut handles = HashMap::new();
+    for market_config in &config.markets {
+        for symbol in &market_config.symbols {
+            for kind in &market_config.streams {
+                let labels = StreamLabels {
+                    market: market_config.market.name().to_owned(),
+                    stream: stream_name(symbol, *kind),
+                };
+                let rows = counters.rows_by_stream.get_or_create(&labels).clone();
+                let last_event = counters.last_event_time.get_or_create(&labels).clone();
+                let key = StreamKey {
+                    market: market_config.market,
+                    symbol: symbol.clone(),
+                    kind: *kind,
+                };
+                handles.insert(key, (rows, last_event));
+            }
+        }
+    }
+    handles
 }
 
 /// A summary log line this often, so an operator reading only the journal
@@ -1032,8 +1064,24 @@ impl Runtime {
             (pending, batch) => pending.or(batch),
         };
         let links_up = &self.links_up;
+        // Rows held per stream walk every stream: every 2 s, not per frame.
+        let rows_held: Option<BTreeMap<StreamKey, u64>> =
+            (self.status_refreshed_at.elapsed() >= Duration::from_secs(2)).then(|| {
+                self.state
+                    .unsealed_rows_by_stream()
+                    .map(|(key, n)| (key.clone(), n as u64))
+                    .collect()
+            });
+        if rows_held.is_some() {
+            self.status_refreshed_at = Instant::now();
+        }
+        let wal_bytes = self.counters.wal_bytes.get();
         self.health.update(|inputs| {
             inputs.waiting_since = waiting_since;
+            inputs.wal_bytes = wal_bytes;
+            if let Some(rows_held) = rows_held {
+                inputs.rows_held = rows_held;
+            }
             for (market, links) in inputs.links_up.iter_mut() {
                 *links = links_up.get(market).copied().unwrap_or(0);
             }
@@ -1048,25 +1096,22 @@ impl Runtime {
         }
         let now = Instant::now();
         for (key, (n_rows, newest_event)) in &seen {
-            let labels = StreamLabels {
-                market: key.market.name().to_owned(),
-                stream: stream_name(&key.symbol, key.kind),
-            };
-            if *n_rows > 0 {
-                self.counters
-                    .rows_by_stream
-                    .get_or_create(&labels)
-                    .inc_by(*n_rows);
+            // Only configured streams have handles: the label sets stay bounded.
+            if let Some((rows, last_event)) = self.stream_metrics.get(key) {
+                rows.inc_by(*n_rows);
+                last_event.set(*newest_event as f64 / 1e6);
             }
-            self.counters
-                .last_event_time
-                .get_or_create(&labels)
-                .set(*newest_event as f64 / 1e6);
         }
         self.health.update(|inputs| {
-            for key in seen.keys() {
+            for (key, (_, newest_event)) in &seen {
                 if let Some(last) = inputs.streams.get_mut(key) {
                     *last = Some(now);
+                    match inputs.newest_event.get_mut(key) {
+                        Some(newest) => *newest = *newest_event,
+                        None => {
+                            inputs.newest_event.insert(key.clone(), *newest_event);
+                        }
+                    }
                 }
             }
         });

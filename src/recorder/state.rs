@@ -1263,6 +1263,20 @@ impl State {
             .count()
     }
 
+    /// Rows held for hours not sealed yet, per stream (for `status`).
+    pub fn unsealed_rows_by_stream(&self) -> impl Iterator<Item = (&StreamKey, usize)> {
+        self.streams.iter().map(|(key, stream)| {
+            (
+                key,
+                stream
+                    .open
+                    .values()
+                    .map(|open_hour| open_hour.rows.len())
+                    .sum(),
+            )
+        })
+    }
+
     /// Rows held for hours not sealed yet (for logs and tests).
     pub fn n_unsealed_rows(&self) -> usize {
         self.streams

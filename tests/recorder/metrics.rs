@@ -158,3 +158,81 @@ async fn metrics_agree_with_the_fake_and_health_follows_a_stall() {
     recorder.stop().await;
     fake.shutdown().await;
 }
+
+fn status_of(config_path: &std::path::Path, json: bool) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_binance-recorder"));
+    command.args(["status", "--config"]).arg(config_path);
+    if json {
+        command.arg("--json");
+    }
+    let output = command.output().expect("status runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+/// `status` against the running daemon (live state, rows held, last
+/// sealed hour) and against the stopped one (the directories only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_the_running_daemon_and_the_directories_when_stopped() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let port = free_port();
+    let config = recorder_toml_patient(&fake, scratch.path(), &["BTCUSDT"], &["trade", "kline_1m"])
+        .replace(
+            "[metrics]\nlisten = \"\"",
+            &format!("[metrics]\nlisten = \"127.0.0.1:{port}\""),
+        );
+    let config_path = scratch.path().join("config.toml");
+    std::fs::write(&config_path, &config).expect("config written");
+    let recorder = RunningRecorder::start(&config);
+    wait_until(Duration::from_secs(60), "an hour sealed", || {
+        recorder.counters().files_sealed >= 2
+    })
+    .await;
+    let running = tokio::task::spawn_blocking({
+        let config_path = config_path.clone();
+        move || {
+            (
+                status_of(&config_path, false),
+                status_of(&config_path, true),
+            )
+        }
+    })
+    .await
+    .expect("status task");
+    let (table, json) = running;
+    assert!(table.starts_with("daemon: running, 1 links up"), "{table}");
+    let line = table
+        .lines()
+        .find(|line| line.starts_with("spot/trade/BTCUSDT"))
+        .expect("a line per stream");
+    assert!(
+        line.contains(" live ") || line.contains(" silent "),
+        "{table}"
+    );
+    assert!(line.contains("2026-01-01T00"), "last sealed hour: {table}");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(report["daemon"], "running");
+    assert_eq!(
+        report["streams"].as_array().map(Vec::len),
+        Some(2),
+        "{json}"
+    );
+
+    recorder.stop().await;
+    let table = tokio::task::spawn_blocking(move || status_of(&config_path, false))
+        .await
+        .expect("status task");
+    assert!(table.starts_with("daemon: stopped\n"), "{table}");
+    let line = table
+        .lines()
+        .find(|line| line.starts_with("spot/trade/BTCUSDT"))
+        .expect("a line per stream");
+    assert!(
+        line.contains("stopped") && line.contains("2026-01-01T00"),
+        "{table}"
+    );
+    fake.shutdown().await;
+}
