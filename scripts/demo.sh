@@ -4,15 +4,21 @@
 # Parquet files queried with DuckDB. Everything stays under data/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh >/dev/null
-cargo build --quiet -p fake-binance -p binance-recorder
+# The release build of README command 1 (reused when it is there), and only
+# DuckDB for the query (not the test suite's setup).
+cargo build --quiet --release -p fake-binance -p binance-recorder
+if ! .venv-demo/bin/python -c "import duckdb, pytz" 2>/dev/null; then
+    "${PYTHON:-python3}" -m venv .venv-demo
+    .venv-demo/bin/python -m pip install --quiet --disable-pip-version-check \
+        "$(grep '^duckdb==' scripts/requirements-test.txt)" "$(grep '^pytz==' scripts/requirements-test.txt)"
+fi
 demo=data/demo
 rm -rf "$demo" && mkdir -p "$demo"
 
 # Start the simulated clock 30 s before a whole hour so one seals quickly.
 now_ms=$(date +%s%3N)
 start_ms=$(( (now_ms / 3600000 + 1) * 3600000 - 30000 ))
-target/debug/fake-binance --speed 120 --start-ms "$start_ms" --symbols BTCUSDT,ETHUSDT >"$demo/fake.out" 2>"$demo/fake.log" &
+target/release/fake-binance --speed 120 --start-ms "$start_ms" --symbols BTCUSDT,ETHUSDT >"$demo/fake.out" 2>"$demo/fake.log" &
 fake_pid=$!
 recorder_pid=
 cleanup() {
@@ -31,14 +37,15 @@ sed -e "s|wss://stream.binance.com:9443|$ws_url|" \
     -e "s|\"BTCUSDT\", \"ETHUSDT\", \"SOLUSDT\"|\"BTCUSDT\", \"ETHUSDT\"|" \
     -e "s|data/parquet|$demo/parquet|; s|data/wal|$demo/wal|; s|data/quarantine|$demo/quarantine|" \
     -e "s|grace_ms = 10000|grace_ms = 2000|" \
+    -e "s|^listen = \"127.0.0.1:9464\"|listen = \"\"|" \
     config.toml >"$demo/config.toml"
-target/debug/binance-recorder run --config "$demo/config.toml" 2>"$demo/recorder.log" &
+target/release/binance-recorder run --config "$demo/config.toml" 2>"$demo/recorder.log" &
 recorder_pid=$!
 echo "recording for 45 s (logs in $demo/recorder.log)"
 sleep 45
 kill -TERM "$recorder_pid"; wait "$recorder_pid" || true; recorder_pid=
 
-.venv/bin/python - "$demo/parquet" <<'PY'
+.venv-demo/bin/python - "$demo/parquet" <<'PY'
 import sys, duckdb
 root = sys.argv[1]
 print(duckdb.sql(f"""

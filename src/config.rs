@@ -72,6 +72,7 @@ const SECONDS_PER_HOUR: u64 = 3600;
 const SECONDS_PER_DAY: u64 = 24 * SECONDS_PER_HOUR;
 const MILLIS_PER_MINUTE: u64 = 60_000;
 const MILLIS_PER_HOUR: u64 = 60 * MILLIS_PER_MINUTE;
+const SECS_PER_WEEK: u64 = 7 * 24 * 3600;
 const MILLIS_PER_DAY: u64 = 24 * MILLIS_PER_HOUR;
 
 // The bounds of each key, with why. Lower bounds of 1 are where zero would
@@ -216,6 +217,8 @@ pub struct RawConfig {
     pub clock: RawClock,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub metrics: RawMetrics,
     /// One table per market: `[markets.spot]` (futures and Binance.US later).
     #[serde(default)]
     pub markets: BTreeMap<String, RawMarket>,
@@ -407,6 +410,67 @@ impl Default for RawFill {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// Address of the `/metrics` and `/health` listener; `""` turns it off.
+    pub listen: String,
+    /// `/health` fails when a kline stream is silent this long, in seconds.
+    pub stale_after_secs: u64,
+    /// `/health` fails when a trade or aggTrade stream is silent this long.
+    pub quiet_stale_after_secs: u64,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            listen: "127.0.0.1:9464".to_owned(),
+            stale_after_secs: 60,
+            quiet_stale_after_secs: 3600,
+        }
+    }
+}
+
+/// Validated `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// `None`: no listener.
+    pub listen: Option<std::net::SocketAddr>,
+    pub health: crate::metrics::health::HealthBounds,
+}
+
+const STALE_AFTER_SECS: Bounds = Bounds::new(
+    1,
+    SECS_PER_WEEK,
+    "a stream silent longer than a week is not merely quiet",
+);
+
+fn validate_metrics(raw: &RawMetrics) -> Result<MetricsConfig, ConfigError> {
+    let listen = if raw.listen.is_empty() {
+        None
+    } else {
+        Some(raw.listen.parse().map_err(|_| {
+            invalid(
+                "metrics.listen",
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:9464\" (or \"\" for no listener)",
+                    raw.listen
+                ),
+            )
+        })?)
+    };
+    STALE_AFTER_SECS.check("metrics.stale_after_secs", raw.stale_after_secs)?;
+    STALE_AFTER_SECS.check("metrics.quiet_stale_after_secs", raw.quiet_stale_after_secs)?;
+    Ok(MetricsConfig {
+        listen,
+        health: crate::metrics::health::HealthBounds {
+            stale_after: Duration::from_secs(raw.stale_after_secs),
+            quiet_stale_after: Duration::from_secs(raw.quiet_stale_after_secs),
+            wal_stuck_after: Duration::from_secs(10),
+        },
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawShutdown {
     /// Time allowed for an orderly stop after SIGTERM, in milliseconds;
     /// keep it below systemd's TimeoutStopSec.
@@ -561,6 +625,7 @@ pub struct Config {
     pub clock: ClockBounds,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub metrics: MetricsConfig,
     pub markets: Vec<MarketConfig>,
 }
 
@@ -743,6 +808,7 @@ impl RawConfig {
             shutdown_deadline: Duration::from_millis(self.shutdown.deadline_ms),
             clock: validate_clock(&self.clock)?,
             log_format: validate_log(&self.log)?,
+            metrics: validate_metrics(&self.metrics)?,
             log_level: self.log.level,
             markets,
         })
@@ -1208,6 +1274,8 @@ streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
             ("fill", "declared_retry_secs", "604801", "604800"),
             ("fill", "lookback_hours", "2161", "2160"),
             ("shutdown", "deadline_ms", "600001", "600000"),
+            ("metrics", "stale_after_secs", "604801", "604800"),
+            ("metrics", "quiet_stale_after_secs", "604801", "604800"),
         ];
         for (table, name, value, bound) in cases {
             let message = error_of(&format!("[{table}]\n{name} = {value}\n{MINIMAL}"));

@@ -62,5 +62,6 @@ pub mod quarantine;
 pub mod recorder;
 pub mod seal;
 pub mod service;
+pub mod status;
 pub mod verify;
 pub mod wal;

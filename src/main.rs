@@ -22,6 +22,7 @@ use binance_recorder::metrics::Counters;
 use binance_recorder::recorder;
 use binance_recorder::recorder::backfill::HoleList;
 use binance_recorder::verify;
+use binance_recorder::status::LiveStatus;
 
 /// Records Binance market data to sealed hourly Parquet files.
 #[derive(Parser)]
@@ -63,6 +64,17 @@ enum Command {
     /// (and writes JSON with --json); exits 0 clean, 1 not clean, 2 when it
     /// could not run. Reads sealed files only: it may run beside a recorder.
     Verify(VerifyArguments),
+    /// What the recorder is doing: per stream its state, last event age,
+    /// rows held, last sealed hour and the holes of the last day, from the
+    /// running daemon's /status (metrics.listen) and the data and WAL
+    /// directories (those alone when the daemon is stopped).
+    Status {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        /// Print JSON for machines instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a config file and print what it would record.
     CheckConfig {
         #[arg(long, default_value = "config.toml")]
@@ -111,6 +123,7 @@ fn main() -> ExitCode {
             holes,
         } => backfill(config, from, to, holes),
         Command::Verify(arguments) => verify(arguments),
+        Command::Status { config, json } => status(config, json),
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(config) => {
                 for market in &config.markets {
@@ -277,6 +290,60 @@ fn backfill(
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn status(config_path: PathBuf, json: bool) -> ExitCode {
+    let config = match Config::load(&config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let live = config.metrics.listen.and_then(|address| {
+        let host = if address.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            address.ip()
+        };
+        let url = format!(
+            "http://{}/status",
+            std::net::SocketAddr::new(host, address.port())
+        );
+        binance_recorder::binance::ensure_crypto_provider();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(2))
+                .build()
+                .ok()?;
+            client
+                .get(&url)
+                .send()
+                .await
+                .ok()?
+                .json::<LiveStatus>()
+                .await
+                .ok()
+        })
+    });
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let report = binance_recorder::status::build(&config, live.as_ref(), now_us);
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", binance_recorder::status::render_table(&report));
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(config_path: PathBuf) -> ExitCode {

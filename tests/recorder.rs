@@ -20,6 +20,8 @@ mod end_to_end;
 mod gap_fill;
 #[path = "recorder/long_run.rs"]
 mod long_run;
+#[path = "recorder/metrics.rs"]
+mod metrics;
 #[path = "recorder/poison.rs"]
 mod poison;
 #[path = "recorder/real_data.rs"]

@@ -732,9 +732,7 @@ async fn backoff(
     let delay = settings.backoff_delay(*attempt, fastrand::f64());
     *attempt = attempt.saturating_add(1);
     let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    counters
-        .reconnect_backoff_max_ms
-        .fetch_max(ceiling_ms, std::sync::atomic::Ordering::Relaxed);
+    Counters::raise(&counters.reconnect_backoff_max_ms, ceiling_ms);
     warn!(market = %plan.market, task = plan.task, %reason, delay_ms = delay.as_millis() as u64, backoff_ceiling_ms = ceiling_ms, attempt = *attempt, "stream link lost, reconnecting");
     tokio::select! {
         _ = cancel.cancelled() => false,

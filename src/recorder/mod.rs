@@ -32,12 +32,14 @@ use crate::binance::streams::stream_name;
 use crate::binance::ws::{now_us, run_connection, ConnectionPlan, HandshakeBudget, Inbound};
 use crate::config::{Config, MarketConfig};
 use crate::domain::{Hour, Market, StreamKey, TimeUs};
-use crate::metrics::Counters;
+use crate::metrics::health::HealthBoard;
+use crate::metrics::{Counters, GaugeF64, MarketLabels, StreamLabels};
 use crate::parquet_out;
 use crate::quarantine::{self, QuarantinedFrame};
 use crate::service::{ServiceNotifier, StatusFigures, WalProgress};
 use crate::wal::fs::{RealFs, WalFs};
 use crate::wal::{FsyncPolicy, Record, RecordKind, SegmentId, Wal, WalConfig, WalError, WalWriter};
+use prometheus_client::metrics::counter::Counter;
 pub(crate) use seal_job::{execute_seal, SealOutcome, SealResult};
 pub use seal_job::{SealFault, SealFaults};
 pub use state::{Checkpoint, FillJob, FillReport, Job, MonoMs, SealJob, State};
@@ -117,6 +119,26 @@ pub async fn run_with_seams(
     let _wal_lock = crate::lock::lock_directory(&config.wal_dir)?;
     let _data_lock = crate::lock::lock_directory(&config.data_dir)?;
     crate::binance::ensure_crypto_provider();
+    let metrics_listener = match config.metrics.listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("metrics.listen: cannot listen on {address}"))?,
+        ),
+        None => None,
+    };
+    let health = Arc::new(HealthBoard::new(
+        config.metrics.health,
+        config.markets.iter().flat_map(|market_config| {
+            market_config.symbols.iter().flat_map(move |symbol| {
+                market_config.streams.iter().map(move |kind| StreamKey {
+                    market: market_config.market,
+                    symbol: symbol.clone(),
+                    kind: *kind,
+                })
+            })
+        }),
+    ));
     let config = Arc::new(config);
     let wal_config = WalConfig {
         dir: config.wal_dir.clone(),
@@ -196,9 +218,15 @@ pub async fn run_with_seams(
                 .map(|market_config| market_config.market),
             Instant::now(),
         ),
-        links_up: 0,
+        links_up: BTreeMap::new(),
         last_commit: Instant::now(),
         last_sealed: None,
+        health: health.clone(),
+        batch_started: None,
+        batch_oldest_recv_us: None,
+        summary_logged_at: Instant::now(),
+        status_refreshed_at: Instant::now(),
+        stream_metrics: stream_metrics(&config, &counters),
     };
     for market_config in &config.markets {
         runtime.state.begin_session(market_config.market);
@@ -231,6 +259,18 @@ pub async fn run_with_seams(
         n_tasks = spawner.spawn_market_tasks(&config, market_config, n_tasks, rest);
     }
     drop(sender);
+    if let Some(listener) = metrics_listener {
+        match listener.local_addr() {
+            Ok(address) => info!(%address, "serving /metrics and /health"),
+            Err(error) => warn!(%error, "metrics listener has no local address"),
+        }
+        tasks.spawn(crate::metrics::server::serve(
+            listener,
+            counters.clone(),
+            health,
+            task_shutdown.child_token(),
+        ));
+    }
 
     runtime.run_until(&mut receiver, &shutdown).await;
 
@@ -821,6 +861,8 @@ struct BatchOutcome {
     n_quarantined: u64,
     /// Bytes of the WAL's segments after the batch (and any deletion).
     wal_bytes: Option<u64>,
+    /// Time the appends and the fsync took, when they succeeded.
+    write_seconds: Option<f64>,
 }
 
 /// A fill round running: which stream-hour it serves, and how to cut it.
@@ -878,13 +920,54 @@ struct Runtime {
     wal_lost: bool,
     /// systemd readiness, status and watchdog keep-alives.
     service: ServiceNotifier,
-    /// Stream links connected and not yet lost.
-    links_up: u64,
+    /// Stream links connected and not yet lost, per market.
+    links_up: BTreeMap<Market, u64>,
     /// When the last WAL batch committed (the watchdog's proof of progress).
     last_commit: Instant,
     /// The newest hour sealed in this run, for the status line.
     last_sealed: Option<Hour>,
+    /// What `/health` judges, updated as the loop turns.
+    health: Arc<HealthBoard>,
+    /// When the running WAL batch started, and the receive time of its
+    /// oldest frame (for the latency histograms).
+    batch_started: Option<Instant>,
+    batch_oldest_recv_us: Option<TimeUs>,
+    /// When the periodic summary was last logged.
+    summary_logged_at: Instant,
+    /// When `/status`'s rows held per stream were last refreshed.
+    status_refreshed_at: Instant,
+    /// Each configured stream's handles in the per-stream metric families,
+    /// made once (no label strings built per batch).
+    stream_metrics: HashMap<StreamKey, (Counter, GaugeF64)>,
 }
+
+/// The per-stream metric handles of every configured stream.
+fn stream_metrics(config: &Config, counters: &Counters) -> HashMap<StreamKey, (Counter, GaugeF64)> {
+    let mut handles = HashMap::new();
+    for market_config in &config.markets {
+        for symbol in &market_config.symbols {
+            for kind in &market_config.streams {
+                let labels = StreamLabels {
+                    market: market_config.market.name().to_owned(),
+                    stream: stream_name(symbol, *kind),
+                };
+                let rows = counters.rows_by_stream.get_or_create(&labels).clone();
+                let last_event = counters.last_event_time.get_or_create(&labels).clone();
+                let key = StreamKey {
+                    market: market_config.market,
+                    symbol: symbol.clone(),
+                    kind: *kind,
+                };
+                handles.insert(key, (rows, last_event));
+            }
+        }
+    }
+    handles
+}
+
+/// A summary log line this often, so an operator reading only the journal
+/// sees progress.
+const SUMMARY_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Runtime {
     async fn run_until(
@@ -964,13 +1047,84 @@ impl Runtime {
                     .iter()
                     .map(|market| market.symbols.len() * market.streams.len())
                     .sum(),
-                links_up: self.links_up,
+                links_up: self.links_up.values().sum(),
                 frames_durable: counters.frames_durable,
                 wal_bytes: counters.wal_bytes,
                 last_sealed: self.last_sealed,
             }
         };
         self.service.tick(Instant::now(), wal, figures);
+        if self.summary_logged_at.elapsed() >= SUMMARY_LOG_INTERVAL {
+            self.summary_logged_at = Instant::now();
+            let counters = self.counters.snapshot();
+            info!(
+                links_up = self.links_up.values().sum::<u64>(),
+                frames_durable = counters.frames_durable,
+                files_sealed = counters.files_sealed,
+                last_sealed = %self.last_sealed.map_or_else(|| "none".to_owned(), |hour| hour.to_string()),
+                holes_declared = counters.holes_declared,
+                wal_bytes = counters.wal_bytes,
+                disconnects = counters.disconnects,
+                rest_429 = counters.rest_429,
+                "recording"
+            );
+        }
+        let waiting_since = match (self.pending_since, self.batch_started) {
+            (Some(pending), Some(batch)) => Some(pending.min(batch)),
+            (pending, batch) => pending.or(batch),
+        };
+        let links_up = &self.links_up;
+        // Rows held per stream walk every stream: every 2 s, not per frame.
+        let rows_held: Option<BTreeMap<StreamKey, u64>> =
+            (self.status_refreshed_at.elapsed() >= Duration::from_secs(2)).then(|| {
+                self.state
+                    .unsealed_rows_by_stream()
+                    .map(|(key, n)| (key.clone(), n as u64))
+                    .collect()
+            });
+        if rows_held.is_some() {
+            self.status_refreshed_at = Instant::now();
+        }
+        let wal_bytes = self.counters.wal_bytes.get();
+        self.health.update(|inputs| {
+            inputs.waiting_since = waiting_since;
+            inputs.wal_bytes = wal_bytes;
+            if let Some(rows_held) = rows_held {
+                inputs.rows_held = rows_held;
+            }
+            for (market, links) in inputs.links_up.iter_mut() {
+                *links = links_up.get(market).copied().unwrap_or(0);
+            }
+        });
+    }
+
+    /// Per-stream metrics and health for the rows of one committed batch:
+    /// one update per stream, not per row.
+    fn observe_streams(&self, seen: HashMap<StreamKey, (u64, TimeUs)>) {
+        if seen.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for (key, (n_rows, newest_event)) in &seen {
+            // Only configured streams have handles: the label sets stay bounded.
+            if let Some((rows, last_event)) = self.stream_metrics.get(key) {
+                rows.inc_by(*n_rows);
+                last_event.set(*newest_event as f64 / 1e6);
+            }
+        }
+        self.health.update(|inputs| {
+            for (key, (_, newest_event)) in &seen {
+                if let Some(last) = inputs.streams.get_mut(key) {
+                    *last = Some(now);
+                    match inputs.newest_event.get_mut(key) {
+                        Some(newest) => *newest = *newest_event,
+                        None => {
+                            inputs.newest_event.insert(key.clone(), *newest_event);
+                        }
+                    }
+                }
+            }
+        });
     }
 
     fn take_input(&mut self, input: Inbound) {
@@ -986,7 +1140,8 @@ impl Runtime {
             }
             Inbound::Connected { market, .. } => {
                 Counters::add(&self.counters.connections, 1);
-                self.links_up += 1;
+                *self.links_up.entry(market).or_default() += 1;
+                Counters::set(&self.counters.links_up, self.links_up.values().sum());
                 self.service.subscribed(market);
             }
             Inbound::Disconnected {
@@ -997,7 +1152,9 @@ impl Runtime {
                 streams,
             } => {
                 Counters::add(&self.counters.disconnects, 1);
-                self.links_up = self.links_up.saturating_sub(1);
+                let links = self.links_up.entry(market).or_default();
+                *links = links.saturating_sub(1);
+                Counters::set(&self.counters.links_up, self.links_up.values().sum());
                 info!(%market, task, link, %reason, "stream link lost; its streams may have a gap until the replacement delivers");
                 // The window is durable like the frames, so a crash does not forget it.
                 let checkpoint = Checkpoint::LinkLost {
@@ -1018,6 +1175,12 @@ impl Runtime {
                 offset_us,
             } => {
                 self.state.add_clock_sample(market, server_time, offset_us);
+                self.counters
+                    .clock_offset
+                    .get_or_create(&MarketLabels {
+                        market: market.name().to_owned(),
+                    })
+                    .set(offset_us as f64 / 1e6);
             }
             Inbound::Refused { market, message } => {
                 // Logged once, by main, with the exit status.
@@ -1062,6 +1225,12 @@ impl Runtime {
         }
         let records = std::mem::take(&mut self.pending);
         self.pending_since = None;
+        self.batch_started = Some(Instant::now());
+        self.batch_oldest_recv_us = records
+            .iter()
+            .filter(|record| record.kind == RecordKind::WsFrame)
+            .map(|record| record.recv_time_us)
+            .min();
         let wal = self.wal.take();
         let checkpoints: Vec<Record> = self
             .state
@@ -1073,9 +1242,7 @@ impl Runtime {
         let wal_config = self.wal_config.clone();
         let wal_fs = self.wal_fs.clone();
         let n_buffered = (records.len() + self.pending.len()) as u64;
-        self.counters
-            .frames_buffered_max
-            .fetch_max(n_buffered, std::sync::atomic::Ordering::Relaxed);
+        Counters::raise(&self.counters.frames_buffered_max, n_buffered);
         let quarantine_dir = self.config.quarantine_dir.clone();
         self.batch = Some(tokio::task::spawn_blocking(move || {
             write_batch(
@@ -1092,6 +1259,7 @@ impl Runtime {
 
     async fn finish_batch(&mut self, outcome: BatchOutcome) {
         self.wal = outcome.wal;
+        self.batch_started = None;
         Counters::add(&self.counters.frames_quarantined, outcome.n_quarantined);
         if let Some(wal_bytes) = outcome.wal_bytes {
             Counters::set(&self.counters.wal_bytes, wal_bytes);
@@ -1105,21 +1273,50 @@ impl Runtime {
                 }
                 Counters::add(&self.counters.wal_syncs, 1);
                 self.last_commit = Instant::now();
+                if let Some(seconds) = outcome.write_seconds {
+                    self.counters.wal_fsync_seconds.observe(seconds);
+                }
+                if let Some(oldest) = self.batch_oldest_recv_us {
+                    let waited_us = now_us().saturating_sub(oldest).max(0);
+                    self.counters
+                        .receive_to_durable_seconds
+                        .observe(waited_us as f64 / 1e6);
+                }
                 Counters::add(&self.counters.frames_durable, outcome.n_frames);
                 let now = self.now_ms();
+                let mut seen: HashMap<StreamKey, (u64, TimeUs)> = HashMap::new();
                 for item in applied {
                     match item {
                         Applied::Frame {
                             market,
                             segment,
                             decoded,
-                        } => self.state.apply(market, segment, decoded),
+                        } => {
+                            if let Decoded::Row {
+                                key, event_time, ..
+                            }
+                            | Decoded::KlineUpdate { key, event_time } = &decoded
+                            {
+                                let is_row = u64::from(matches!(decoded, Decoded::Row { .. }));
+                                match seen.get_mut(key) {
+                                    Some((n_rows, newest)) => {
+                                        *n_rows += is_row;
+                                        *newest = (*newest).max(*event_time);
+                                    }
+                                    None => {
+                                        seen.insert(key.clone(), (is_row, *event_time));
+                                    }
+                                }
+                            }
+                            self.state.apply(market, segment, decoded)
+                        }
                         Applied::Checkpoint(_) => {}
                         Applied::Fill { segment, report } => {
                             self.state.apply_fill(segment, report, now)
                         }
                     }
                 }
+                self.observe_streams(seen);
                 let rejected = self.state.take_rejected();
                 if !rejected.is_empty() {
                     // Rare (a lying feed), small, and already durable in the WAL.
@@ -1209,9 +1406,9 @@ impl Runtime {
     fn start_fill(&mut self, job: FillJob) {
         if self.fills.len() >= self.config.fill.max_concurrent_rounds {
             self.fill_queue.push_back(job);
-            self.counters.fill_rounds_queued_max.fetch_max(
+            Counters::raise(
+                &self.counters.fill_rounds_queued_max,
                 self.fill_queue.len() as u64,
-                std::sync::atomic::Ordering::Relaxed,
             );
             return;
         }
@@ -1513,6 +1710,7 @@ fn write_batch(
                     n_frames,
                     n_quarantined: 0,
                     wal_bytes: None,
+                    write_seconds: None,
                 }
             }
         },
@@ -1522,6 +1720,7 @@ fn write_batch(
     let first_written = wal.active_segment();
     let mut segments = Vec::with_capacity(records.len());
     let mut too_large = Vec::new();
+    let write_started = std::time::Instant::now();
     let appended = (|| -> Result<(), WalError> {
         for record in &records {
             if wal.roll_due() {
@@ -1550,6 +1749,7 @@ fn write_batch(
             n_frames,
             n_quarantined: 0,
             wal_bytes: None,
+            write_seconds: None,
         };
     }
     if let Some(upto) = deletable_upto(&wal.segments(), first_written, pinned) {
@@ -1561,6 +1761,7 @@ fn write_batch(
             Err(error) => warn!(%error, "cannot delete WAL segments; will retry"),
         }
     }
+    let write_seconds = write_started.elapsed().as_secs_f64();
     let wal_bytes = wal.bytes_on_disk();
     let mut applied = Vec::with_capacity(records.len());
     let mut quarantined = Vec::new();
@@ -1611,6 +1812,7 @@ fn write_batch(
         n_frames,
         n_quarantined,
         wal_bytes: Some(wal_bytes),
+        write_seconds: Some(write_seconds),
     }
 }
 

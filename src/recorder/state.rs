@@ -723,10 +723,7 @@ impl State {
         event_time: TimeUs,
         reason: String,
     ) {
-        let total_before = self
-            .counters
-            .frames_implausible
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let total_before = self.counters.frames_implausible.get();
         Counters::add(&self.counters.frames_implausible, 1);
         // Once, then at each power of ten: a hostile feed cannot flood the log.
         if total_before == 0 || total_before.ilog10() != (total_before + 1).ilog10() {
@@ -1264,6 +1261,20 @@ impl State {
             .flat_map(|stream| stream.fills.values())
             .filter(|status| status.in_flight)
             .count()
+    }
+
+    /// Rows held for hours not sealed yet, per stream (for `status`).
+    pub fn unsealed_rows_by_stream(&self) -> impl Iterator<Item = (&StreamKey, usize)> {
+        self.streams.iter().map(|(key, stream)| {
+            (
+                key,
+                stream
+                    .open
+                    .values()
+                    .map(|open_hour| open_hour.rows.len())
+                    .sum(),
+            )
+        })
     }
 
     /// Rows held for hours not sealed yet (for logs and tests).

@@ -76,6 +76,9 @@ max_concurrent = 2
 [shutdown]
 deadline_ms = 20000
 
+[metrics]
+listen = ""
+
 [markets.spot]
 ws_url = "{ws}"
 rest_url = "{rest}"
