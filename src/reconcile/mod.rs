@@ -392,3 +392,98 @@ pub fn exit_code(reports: &[ReconcileReport]) -> u8 {
 pub fn reports_json(reports: &[ReconcileReport]) -> String {
     serde_json::to_string_pretty(reports).expect("reports hold only strings, numbers and lists")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agg_trade_key() -> StreamKey {
+        StreamKey {
+            market: Market::Spot,
+            symbol: Symbol::new("BTCUSDT").expect("valid"),
+            kind: StreamKind::AggTrade,
+        }
+    }
+
+    /// An aggTrades line of 2026-01-01 at `hour` and `second`.
+    fn line(id: i64, hour: i64, second: i64) -> String {
+        let time = 1_767_225_600_000_000 + hour * MICROS_PER_HOUR + second * 1_000_000;
+        format!("{id},87648.21000000,0.08185000,{id},{id},{time},True,True\n")
+    }
+
+    #[test]
+    fn rows_more_than_two_hours_back_are_refused_with_their_line() {
+        let scratch = tempfile::tempdir().expect("scratch directory");
+        let archive = scratch.path().join("BTCUSDT-aggTrades-2026-01-01.csv");
+        let text = [
+            line(1, 0, 1),
+            line(2, 1, 1),
+            line(3, 0, 2),
+            line(4, 3, 1),
+            line(5, 0, 3),
+        ]
+        .concat();
+        std::fs::write(&archive, text).expect("archive written");
+        let error =
+            reconcile(scratch.path(), &agg_trade_key(), &[archive]).expect_err("out of order");
+        assert!(
+            matches!(&error, ReconcileError::OutOfOrder { line: 5, hour, .. } if hour == "2026-01-01T00"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("line 5"), "{error}");
+    }
+
+    #[test]
+    fn hours_without_a_file_of_ours_are_not_recorded_and_pass() {
+        let scratch = tempfile::tempdir().expect("scratch directory");
+        let archive = scratch.path().join("BTCUSDT-aggTrades-2026-01-01.csv");
+        std::fs::write(&archive, [line(1, 0, 1), line(2, 5, 1)].concat()).expect("written");
+        let report = reconcile(scratch.path(), &agg_trade_key(), &[archive]).expect("runs");
+        assert_eq!(report.not_recorded.count, 2, "{report}");
+        assert_eq!(report.n_hours_recorded, 0);
+        assert_eq!(
+            (report.first_hour.as_deref(), report.last_hour.as_deref()),
+            (Some("2026-01-01T00"), Some("2026-01-01T23")),
+            "the whole day the name states"
+        );
+        assert_eq!(exit_code(std::slice::from_ref(&report)), 0);
+        let mut printed = Vec::new();
+        assert_eq!(print_reports(&[report], &mut printed).expect("printed"), 0);
+        let printed = String::from_utf8(printed).expect("text");
+        assert!(printed.contains("result: clean"), "{printed}");
+    }
+
+    #[test]
+    fn streams_are_inferred_from_names_and_paths_and_overridden() {
+        let plain = infer_stream_key(
+            Path::new("BTCUSDT-trades-2026-01.zip"),
+            &StreamOverride::default(),
+        )
+        .expect("inferred");
+        assert_eq!(plain.to_string(), "spot/trade/BTCUSDT");
+        let futures = infer_stream_key(
+            Path::new("data/futures/um/monthly/klines/FILUSDT/1m/FILUSDT-1m-2024-10.zip"),
+            &StreamOverride::default(),
+        )
+        .expect("inferred");
+        assert_eq!(futures.to_string(), "usdm/kline_1m/FILUSDT");
+        let overridden = infer_stream_key(
+            Path::new("renamed.csv"),
+            &StreamOverride {
+                market: Some(Market::UsdM),
+                symbol: Some(Symbol::new("ETHUSDT").expect("valid")),
+                kind: Some(StreamKind::AggTrade),
+            },
+        )
+        .expect("all overridden");
+        assert_eq!(overridden.to_string(), "usdm/aggTrade/ETHUSDT");
+        assert!(matches!(
+            infer_stream_key(Path::new("renamed.csv"), &StreamOverride::default()),
+            Err(ReconcileError::UnknownArchive { .. })
+        ));
+        assert!(matches!(
+            reconcile_paths(Path::new("."), &[], &StreamOverride::default()),
+            Err(ReconcileError::NoArchives)
+        ));
+    }
+}
