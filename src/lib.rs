@@ -59,6 +59,7 @@ pub mod lock;
 pub mod metrics;
 pub mod parquet_out;
 pub mod quarantine;
+pub mod reconcile;
 pub mod recorder;
 pub mod seal;
 pub mod service;

@@ -110,6 +110,12 @@ struct VerifyArguments {
     /// what `backfill --holes` takes).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Official data.binance.vision files (zip or CSV; trades, aggTrades,
+    /// klines) to reconcile with the dataset by key: rows missing on either
+    /// side and values that differ are reported. The stream is read from
+    /// each file's name; --market, --stream and --symbol override it.
+    #[arg(long, num_args = 1..)]
+    against: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -220,7 +226,7 @@ fn verify(arguments: VerifyArguments) -> ExitCode {
     let selection = verify::Selection {
         market: arguments.market,
         kind: arguments.stream,
-        symbol: arguments.symbol,
+        symbol: arguments.symbol.clone(),
         from: arguments.from,
         to: arguments.to,
     };
@@ -231,18 +237,49 @@ fn verify(arguments: VerifyArguments) -> ExitCode {
             return could_not_run;
         }
     };
-    // A comparison with other sources (`--against`) adds its findings
-    // here, through `Report::push_problem`, before anything is printed.
     print!("{}", report.render_table());
+    // The comparison with official archives, printed after the table.
+    let mut against_exit = 0;
+    let mut against_json = None;
+    if !arguments.against.is_empty() {
+        let overrides = binance_recorder::reconcile::StreamOverride {
+            market: arguments.market,
+            symbol: arguments.symbol.clone(),
+            kind: arguments.stream,
+        };
+        match binance_recorder::reconcile::reconcile_paths(&root, &arguments.against, &overrides) {
+            Ok(reports) => {
+                println!();
+                match binance_recorder::reconcile::print_reports(&reports, &mut std::io::stdout()) {
+                    Ok(code) => against_exit = code,
+                    Err(error) => {
+                        eprintln!("error: cannot print the reconciliation: {error}");
+                        return could_not_run;
+                    }
+                }
+                against_json = serde_json::from_str::<serde_json::Value>(
+                    &binance_recorder::reconcile::reports_json(&reports),
+                )
+                .ok();
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                return could_not_run;
+            }
+        }
+    }
     if let Some(json_path) = arguments.json {
-        let text =
-            serde_json::to_string_pretty(&report.to_json()).expect("a report always serialises");
+        let mut json = report.to_json();
+        if let (Some(object), Some(against)) = (json.as_object_mut(), against_json) {
+            object.insert("against".to_owned(), against);
+        }
+        let text = serde_json::to_string_pretty(&json).expect("a report always serialises");
         if let Err(error) = std::fs::write(&json_path, text + "\n") {
             eprintln!("error: cannot write {}: {error}", json_path.display());
             return could_not_run;
         }
     }
-    ExitCode::from(report.exit_code())
+    ExitCode::from(report.exit_code().max(against_exit))
 }
 
 fn backfill(

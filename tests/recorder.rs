@@ -26,6 +26,8 @@ mod metrics;
 mod poison;
 #[path = "recorder/real_data.rs"]
 mod real_data;
+#[path = "recorder/reconcile.rs"]
+mod reconcile;
 #[path = "recorder/rest_fill.rs"]
 mod rest_fill;
 #[path = "recorder/restart.rs"]
