@@ -152,4 +152,24 @@ async fn official_agg_trades_reconcile_with_their_recording_then_show_exactly_tw
         json[0]["missing_on_our_side"]["examples"][0]["key"],
         deleted
     );
+
+    // The same through the command line: `verify --against` prints the
+    // reconciliation after the table, puts it in --json, and exits 1.
+    let json_path = root.join("verify.json");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_binance-recorder"))
+        .args(["verify", "--root"])
+        .arg(&data)
+        .args(["--stream", "aggTrade", "--json"])
+        .arg(&json_path)
+        .arg("--against")
+        .arg(&csv)
+        .output()
+        .expect("verify runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("spot/aggTrade/BTCUSDT"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("JSON written"))
+            .expect("valid JSON");
+    assert_eq!(json["against"][0]["values_differ"]["count"], 1, "{json}");
 }
