@@ -373,7 +373,8 @@ pub struct RawFill {
     /// declared in the file's `unfilled` metadata. A fill round still
     /// running or queued then is cut, keeping the rows it fetched.
     pub deadline_secs: u64,
-    /// How often declared holes of sealed files are tried again, in seconds.
+    /// How often declared holes of sealed files are tried again, in seconds
+    /// of exchange time (like the hours they belong to).
     pub declared_retry_secs: u64,
     /// At start: how many hours back the sealed files are read for declared
     /// holes to retry, and for the last rows before the downtime.

@@ -1123,7 +1123,7 @@ impl Runtime {
         };
         self.cut_overdue_fills();
         while self.fills.len() < self.config.fill.max_concurrent_rounds {
-            let Some(job) = self.fill_queue.pop_front() else {
+            let Some(job) = self.next_queued_fill() else {
                 break;
             };
             self.start_fill(job);
@@ -1141,6 +1141,18 @@ impl Runtime {
                 Job::Fill(job) => self.start_fill(job),
             }
         }
+    }
+
+    /// The queued round to start next: the oldest one whose hour waits to
+    /// seal (it has a deadline), else the oldest declared retry. Declared
+    /// retries fill every free slot, but never hold one a seal needs first.
+    fn next_queued_fill(&mut self) -> Option<FillJob> {
+        let index = self
+            .fill_queue
+            .iter()
+            .position(|job| job.deadline.is_some())
+            .unwrap_or(0);
+        self.fill_queue.remove(index)
     }
 
     /// Starts a fill round, or queues it while `fill.max_concurrent_rounds`

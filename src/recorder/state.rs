@@ -145,7 +145,10 @@ struct FillStatus {
 #[derive(Debug)]
 struct Declared {
     unfilled: Vec<UnfilledRange>,
-    retry_at: MonoMs,
+    /// Exchange time of the next retry: the hours it waits for pass on the
+    /// exchange's clock, like the hours they serve (and a simulated clock
+    /// moves them at its own speed).
+    retry_at: TimeUs,
     in_flight: bool,
 }
 
@@ -878,6 +881,7 @@ impl State {
         }
         let fill = self.fill.clone();
         let counters = self.counters.clone();
+        let exchange_now = self.exchange_time(key.market).unwrap_or(0);
         let Some(stream) = self.streams.get_mut(&key) else {
             return;
         };
@@ -886,7 +890,7 @@ impl State {
                 return;
             };
             declared.in_flight = false;
-            declared.retry_at = now.saturating_add(millis(fill.declared_retry));
+            declared.retry_at = exchange_now.saturating_add(micros(fill.declared_retry));
             let revised = revise_declared(
                 key.kind,
                 hour,
@@ -934,13 +938,17 @@ impl State {
     /// A fill task ended without a report (it panicked): try again later.
     pub fn fill_lost(&mut self, key: &StreamKey, hour: Hour, declared: bool, now: MonoMs) {
         let retry_at = now.saturating_add(millis(self.fill.retry_max));
+        let declared_retry_at = self
+            .exchange_time(key.market)
+            .unwrap_or(0)
+            .saturating_add(micros(self.fill.declared_retry));
         let Some(stream) = self.streams.get_mut(key) else {
             return;
         };
         if declared {
             if let Some(entry) = stream.declared.get_mut(&hour) {
                 entry.in_flight = false;
-                entry.retry_at = retry_at;
+                entry.retry_at = declared_retry_at;
             }
         } else if let Some(status) = stream.fills.get_mut(&hour) {
             status.in_flight = false;
@@ -1017,7 +1025,7 @@ impl State {
             if fill.enabled {
                 for (hour, declared) in stream.declared.iter_mut() {
                     if declared.in_flight
-                        || declared.retry_at > now
+                        || declared.retry_at > exchange_now
                         || stream.in_flight.contains_key(hour)
                     {
                         continue;
@@ -1168,7 +1176,7 @@ impl State {
                         hour,
                         Declared {
                             unfilled: unfilled.clone(),
-                            retry_at: now.saturating_add(millis(fill.declared_retry)),
+                            retry_at: exchange_now.saturating_add(micros(fill.declared_retry)),
                             in_flight: false,
                         },
                     );
@@ -1366,6 +1374,11 @@ fn id_at(row: &Row) -> IdAt {
         id: row.key(),
         time: row.bucket_time(),
     }
+}
+
+/// A duration of exchange time, in µs.
+fn micros(duration: std::time::Duration) -> TimeUs {
+    TimeUs::try_from(duration.as_micros()).unwrap_or(TimeUs::MAX)
 }
 
 fn millis(duration: std::time::Duration) -> MonoMs {
@@ -2159,11 +2172,17 @@ streams = ["trade", "kline_1m"]
         assert_eq!(state.counters.snapshot().holes_declared, 1);
         assert_eq!(state.n_declared_hours(), 1);
 
+        // The retry waits declared_retry_secs of exchange time, whatever
+        // the host's clock says.
+        let declared_at = HOUR_START + MICROS_PER_HOUR + 62_000_000;
         assert!(
-            state.plan(10, 2000 + 29_999).is_empty(),
-            "declared holes wait declared_retry_secs"
+            state.plan(10, u64::MAX / 2).is_empty(),
+            "declared holes wait declared_retry_secs of exchange time"
         );
-        let retry = only_fill(state.plan(10, 2000 + 30_000));
+        clock_to(&mut state, 13, declared_at + 29_999_999);
+        assert!(state.plan(10, 2000).is_empty(), "not yet");
+        clock_to(&mut state, 14, declared_at + 30_000_000);
+        let retry = only_fill(state.plan(10, 2000));
         assert!(retry.declared);
         let rows = vec![
             rest_trade(8, HOUR_START + 200),
@@ -2292,7 +2311,8 @@ streams = ["trade", "kline_1m"]
         );
         state.seal_finished(&sealed.key, sealed.hour);
         // The declared retry holds no seal, so it carries no deadline.
-        let retry = only_fill(state.plan(10, 30_000));
+        clock_to(&mut state, 23, deadline + 1 + 30_000_000);
+        let retry = only_fill(state.plan(10, 0));
         assert!(retry.declared);
         assert_eq!(retry.deadline, None);
         assert!(!retry.is_overdue(Some(i64::MAX)));
