@@ -105,6 +105,11 @@ counters! {
     rest_418,
     /// REST back-offs started after a 429 or 418 (each logged once).
     rest_backoffs,
+    /// REST requests sent (every endpoint: fills, the clock task, the
+    /// symbol check), and the request weight they carried (Binance's
+    /// documented weights): what the REST budget was spent on.
+    rest_calls,
+    rest_weight_used,
     /// REST rows beyond the `limit` a call asked for, ignored.
     rest_rows_over_limit,
     /// REST answers refused unread for being larger than the body cap.

@@ -841,6 +841,8 @@ impl RestClient {
         let weight = endpoint.weight(self.market, u32::from(limit));
         // Held until the body is read; dropped on every return and on cancel.
         let permit = self.acquire(weight, &url, deadline).await?;
+        Counters::add(&self.counters.rest_calls, 1);
+        Counters::add(&self.counters.rest_weight_used, u64::from(weight));
         let mut timeout = self.request_timeout;
         if let Some(deadline) = deadline {
             timeout = timeout.min(

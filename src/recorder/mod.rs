@@ -9,6 +9,7 @@
 //! and each Parquet seal is a `spawn_blocking` job.
 
 pub mod backfill;
+pub mod budget;
 pub mod fill;
 pub mod seal_job;
 pub mod state;
