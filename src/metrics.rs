@@ -119,6 +119,10 @@ counters! {
     /// every lost link had delivered data (a gauge of the high-water mark).
     reconnect_backoff_max_ms,
     // Deadlines for queued and in-flight REST work (issue 12).
+    /// Fill rounds answered without a REST call: trade holes the aggTrade
+    /// stream of the same symbol-hour settles (one-fill aggregates are the
+    /// trades; a range no aggregate covers is empty).
+    fill_answers_from_agg_trades,
     /// Fill rounds cut at their hour's deadline (running, or still queued):
     /// what they fetched is kept, the rest declared and retried later.
     fill_rounds_cut,

@@ -144,6 +144,17 @@ pub struct SymbolStatus {
     pub status: String,
 }
 
+/// What a REST call would wait for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// Nothing: it would go at once (or wait only for a free slot).
+    Free,
+    /// The weight budget of the current window is spent.
+    BudgetSpent,
+    /// A 429's or 418's back-off is in force.
+    BackingOff,
+}
+
 /// What the client needs besides the market and the URL.
 #[derive(Debug, Clone)]
 pub struct RestOptions {
@@ -709,6 +720,20 @@ impl RestClient {
     /// Requests of this client and its clones on the wire now.
     pub fn n_in_flight(&self) -> usize {
         self.pacer.limiter().n_in_flight()
+    }
+
+    /// Why a call of `weight` would wait now, if it would (for the log that
+    /// says why hours wait on REST).
+    pub fn pacing_now(&self, weight: u32) -> Pacing {
+        let now = self.pacer.clock.now_us();
+        let limiter = self.pacer.limiter();
+        if limiter.backoff_until(now).is_some() {
+            Pacing::BackingOff
+        } else if limiter.delay_before(weight, now).is_some() {
+            Pacing::BudgetSpent
+        } else {
+            Pacing::Free
+        }
     }
 
     /// Waits for the limiter to let a request of `weight` go: the weight

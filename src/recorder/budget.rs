@@ -7,10 +7,18 @@
 //! stream-hour (`parts`): the rows REST returns between the parts are rows
 //! the stream already holds and are dropped, and each part is settled on
 //! its own, exactly as if it had been fetched alone.
+//!
+//! On spot, an aggregate trade names the trade ids it covers (`f..l`), and
+//! an hour's aggregates tile its trade ids: once the aggTrade stream of a
+//! symbol holds an hour complete, the trade ids a trade hole of that hour
+//! lacks are known exactly ([`resolve_trade_holes`]). An aggregate of one
+//! fill (`f == l`) *is* that trade (same price, quantity, time and side),
+//! so it needs no call; a part no aggregate covers is proven empty; only
+//! the ids of aggregates of several fills are asked of `historicalTrades`.
 
 use crate::binance::rest::MAX_PAGE_ROWS;
-use crate::domain::{StreamKind, TimeUs};
-use crate::gaps::{Hole, IdHole, KlineHole};
+use crate::domain::{Decimal8, Row, Source, StreamKind, TimeUs, TradeRow};
+use crate::gaps::{Hole, IdHole, KlineHole, Settled};
 
 /// One range fetched for the holes it covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +109,161 @@ pub fn batch_holes(kind: StreamKind, holes: &[Hole]) -> Vec<Batch> {
     batches
 }
 
+/// Most aggregates kept as evidence for one symbol-hour: a busier hour
+/// is filled from REST as before (its trade holes are rarely empty).
+pub const MAX_EVIDENCE_AGGS: usize = 5_000;
+
+/// One aggregate trade as evidence of the trade ids it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggSpan {
+    pub first_trade_id: i64,
+    pub last_trade_id: i64,
+    pub time: TimeUs,
+    pub price: Decimal8,
+    pub quantity: Decimal8,
+    pub is_buyer_maker: bool,
+    pub is_best_match: Option<bool>,
+}
+
+impl AggSpan {
+    /// The span of an aggTrade row; `None` for other rows and for the
+    /// voided duplicates of 2022 (`f = l = -1`), which cover no trade.
+    pub fn of(row: &Row) -> Option<AggSpan> {
+        let Row::AggTrade(agg) = row else {
+            return None;
+        };
+        (agg.first_trade_id >= 0 && agg.last_trade_id >= agg.first_trade_id).then(|| AggSpan {
+            first_trade_id: agg.first_trade_id,
+            last_trade_id: agg.last_trade_id,
+            time: agg.trade_time,
+            price: agg.price,
+            quantity: agg.quantity,
+            is_buyer_maker: agg.is_buyer_maker,
+            is_best_match: agg.is_best_match,
+        })
+    }
+
+    /// The one trade of an aggregate of one fill.
+    fn only_trade(&self) -> Option<Row> {
+        (self.first_trade_id == self.last_trade_id).then(|| {
+            Row::Trade(TradeRow {
+                trade_id: self.first_trade_id,
+                price: self.price,
+                quantity: self.quantity,
+                trade_time: self.time,
+                is_buyer_maker: self.is_buyer_maker,
+                is_best_match: self.is_best_match,
+                trade_type: None,
+                event_time: None,
+                recv_time: None,
+                source: Source::Rest,
+            })
+        })
+    }
+}
+
+/// What the aggTrade evidence answers for a stream-hour's trade holes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// Trades of one-fill aggregates, in id order.
+    pub rows: Vec<Row>,
+    /// Trade ids answered for: the rows above, and open ends no aggregate
+    /// reaches (nothing there in this hour).
+    pub settled: Vec<Settled>,
+    /// What only REST can fill: ids of aggregates of several fills, and
+    /// ids of closed holes no aggregate covers (not claimed empty).
+    pub holes: Vec<Hole>,
+}
+
+/// Pure: answers trade holes from the complete aggTrades (`aggs`, in any
+/// order) of the same symbol-hour. Settles only what the evidence shows:
+/// the trades of one-fill aggregates, and open ends past every aggregate
+/// of the hour; closed ranges no aggregate covers stay holes for REST.
+pub fn resolve_trade_holes(holes: &[Hole], aggs: &[AggSpan]) -> Resolved {
+    let mut aggs: Vec<&AggSpan> = aggs.iter().collect();
+    aggs.sort_by_key(|agg| agg.first_trade_id);
+    let mut resolved = Resolved::default();
+    for hole in holes {
+        let Hole::Ids(ids) = hole else {
+            resolved.holes.push(*hole);
+            continue;
+        };
+        let low = ids.from_id.unwrap_or(i64::MIN);
+        let high = ids.to_id.unwrap_or(i64::MAX);
+        let covering: Vec<(i64, i64, &AggSpan)> = aggs
+            .iter()
+            .filter(|agg| agg.last_trade_id >= low && agg.first_trade_id <= high)
+            .map(|agg| {
+                (
+                    agg.first_trade_id.max(low),
+                    agg.last_trade_id.min(high),
+                    *agg,
+                )
+            })
+            .collect();
+        let (Some(first), Some(last)) = (covering.first(), covering.last()) else {
+            if ids.is_closed() {
+                resolved.holes.push(*hole);
+            } else {
+                resolved.settled.push(Settled {
+                    from: ids.from_id,
+                    to: ids.to_id,
+                });
+            }
+            continue;
+        };
+        if ids.from_id.is_none() {
+            resolved.settled.push(Settled {
+                from: None,
+                to: Some(first.0 - 1),
+            });
+        }
+        if ids.to_id.is_none() {
+            resolved.settled.push(Settled {
+                from: Some(last.1 + 1),
+                to: None,
+            });
+        }
+        // Inside a closed hole, ids between aggregates are not claimed.
+        let mut next_id = ids.from_id.unwrap_or(first.0);
+        for (start, end, agg) in &covering {
+            if *start > next_id {
+                resolved.holes.push(Hole::Ids(IdHole {
+                    from_id: Some(next_id),
+                    to_id: Some(start - 1),
+                    ..*ids
+                }));
+            }
+            next_id = end + 1;
+            match agg.only_trade() {
+                Some(row) => {
+                    resolved.rows.push(row);
+                    resolved.settled.push(Settled {
+                        from: Some(*start),
+                        to: Some(*end),
+                    });
+                }
+                None => resolved.holes.push(Hole::Ids(IdHole {
+                    from_id: Some(*start),
+                    to_id: Some(*end),
+                    from_time: agg.time,
+                    to_time: agg.time,
+                })),
+            }
+        }
+        if let Some(to_id) = ids.to_id {
+            if next_id <= to_id {
+                resolved.holes.push(Hole::Ids(IdHole {
+                    from_id: Some(next_id),
+                    to_id: Some(to_id),
+                    ..*ids
+                }));
+            }
+        }
+    }
+    resolved
+}
+
 fn kline_span_fits(kind: StreamKind, first_open: TimeUs, last_open: TimeUs) -> bool {
     let StreamKind::Kline(interval) = kind else {
         return false;
@@ -121,6 +284,23 @@ mod tests {
             from_time: from * 10,
             to_time: to * 10,
         })
+    }
+
+    trait WithTimes {
+        fn with_times(self, from_time: TimeUs, to_time: TimeUs) -> Hole;
+    }
+
+    impl WithTimes for Hole {
+        fn with_times(self, from_time: TimeUs, to_time: TimeUs) -> Hole {
+            match self {
+                Hole::Ids(hole) => Hole::Ids(IdHole {
+                    from_time,
+                    to_time,
+                    ..hole
+                }),
+                other => other,
+            }
+        }
     }
 
     fn open_start(to: i64) -> Hole {
@@ -165,6 +345,120 @@ mod tests {
             batches.iter().map(|batch| batch.parts.len()).sum::<usize>(),
             holes.len(),
             "every hole in exactly one batch"
+        );
+    }
+
+    fn agg(first: i64, last: i64, time: TimeUs) -> AggSpan {
+        AggSpan {
+            first_trade_id: first,
+            last_trade_id: last,
+            time,
+            price: "1.5".parse().expect("decimal"),
+            quantity: "2".parse().expect("decimal"),
+            is_buyer_maker: true,
+            is_best_match: Some(true),
+        }
+    }
+
+    fn whole_hour() -> Hole {
+        Hole::Ids(IdHole {
+            from_id: None,
+            to_id: None,
+            from_time: 0,
+            to_time: 3_599_999_999,
+        })
+    }
+
+    #[test]
+    fn an_hour_the_agg_trades_show_empty_needs_no_trade_call() {
+        let resolved = resolve_trade_holes(&[whole_hour()], &[]);
+        assert_eq!(
+            resolved,
+            Resolved {
+                rows: vec![],
+                settled: vec![Settled {
+                    from: None,
+                    to: None
+                }],
+                holes: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn one_fill_aggregates_are_the_trades_and_only_several_fills_are_asked_for() {
+        let aggs = [agg(10, 10, 100), agg(11, 13, 200), agg(14, 14, 300)];
+        let resolved = resolve_trade_holes(&[whole_hour()], &aggs);
+        assert_eq!(
+            resolved.rows.iter().map(Row::key).collect::<Vec<_>>(),
+            vec![10, 14]
+        );
+        let Row::Trade(trade) = &resolved.rows[0] else {
+            panic!("a trade row");
+        };
+        assert_eq!(
+            (trade.trade_time, trade.quantity.to_string(), trade.source),
+            (100, "2.00000000".to_owned(), Source::Rest)
+        );
+        assert_eq!(
+            resolved.settled,
+            vec![
+                Settled {
+                    from: None,
+                    to: Some(9)
+                },
+                Settled {
+                    from: Some(15),
+                    to: None
+                },
+                Settled {
+                    from: Some(10),
+                    to: Some(10)
+                },
+                Settled {
+                    from: Some(14),
+                    to: Some(14)
+                },
+            ]
+        );
+        assert_eq!(
+            resolved.holes,
+            vec![Hole::Ids(IdHole {
+                from_id: Some(11),
+                to_id: Some(13),
+                from_time: 200,
+                to_time: 200
+            })]
+        );
+    }
+
+    #[test]
+    fn a_closed_hole_claims_only_the_ids_aggregates_cover() {
+        // Ids 5..=9 are missing; aggregates cover 6 and 8..=9 only.
+        let aggs = [agg(6, 6, 60), agg(8, 9, 80), agg(20, 20, 200)];
+        let resolved = resolve_trade_holes(&[ids(5, 9)], &aggs);
+        assert_eq!(
+            resolved.rows.iter().map(Row::key).collect::<Vec<_>>(),
+            vec![6]
+        );
+        assert_eq!(
+            resolved.holes,
+            vec![
+                ids(5, 5).with_times(50, 90),
+                ids(7, 7).with_times(50, 90),
+                Hole::Ids(IdHole {
+                    from_id: Some(8),
+                    to_id: Some(9),
+                    from_time: 80,
+                    to_time: 80
+                }),
+            ],
+            "REST is asked for the rest; nothing uncovered is claimed empty"
+        );
+        // A closed hole no aggregate reaches stays for REST.
+        assert_eq!(
+            resolve_trade_holes(&[ids(30, 31)], &aggs).holes,
+            vec![ids(30, 31)]
         );
     }
 
