@@ -132,7 +132,7 @@ impl AggSpan {
         let Row::AggTrade(agg) = row else {
             return None;
         };
-        (agg.first_trade_id >= 0 && agg.last_trade_id >= agg.first_trade_id).then(|| AggSpan {
+        (agg.first_trade_id >= 0 && agg.last_trade_id >= agg.first_trade_id).then_some(AggSpan {
             first_trade_id: agg.first_trade_id,
             last_trade_id: agg.last_trade_id,
             time: agg.trade_time,
@@ -145,7 +145,7 @@ impl AggSpan {
 
     /// The one trade of an aggregate of one fill.
     fn only_trade(&self) -> Option<Row> {
-        (self.first_trade_id == self.last_trade_id).then(|| {
+        (self.first_trade_id == self.last_trade_id).then_some({
             Row::Trade(TradeRow {
                 trade_id: self.first_trade_id,
                 price: self.price,

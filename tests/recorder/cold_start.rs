@@ -1,10 +1,10 @@
 //! The cold start of a whole-exchange config (issue 12): 350 quiet symbols
 //! × trade, aggTrade, kline_1m (1,050 streams), started a minute before an
 //! hour ends, so every stream owes that hour from its start and asks REST
-//! for it at once. Every file of the hour must seal within `seal.grace_ms`
-//! + `fill.deadline_secs` of the hour's end (complete, or with what REST
-//! could not deliver in time declared), and the log must say that hours
-//! wait on REST and why. The REST calls and weight it took are printed
+//! for it at once. Every file of the hour must seal within
+//! `seal.grace_ms` plus `fill.deadline_secs` of the hour's end (complete,
+//! or with what REST could not deliver in time declared), and the log must
+//! say that hours wait on REST and why. The REST calls and weight it took are printed
 //! (`scripts/bench_cold_start.sh` runs it with and without
 //! `fill.agg_trade_evidence` and compares them: docs/BENCHMARKS.md).
 
