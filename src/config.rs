@@ -376,7 +376,8 @@ pub struct RawFill {
     /// declared in the file's `unfilled` metadata. A fill round still
     /// running or queued then is cut, keeping the rows it fetched.
     pub deadline_secs: u64,
-    /// How often declared holes of sealed files are tried again, in seconds.
+    /// How often declared holes of sealed files are tried again, in seconds
+    /// of exchange time (like the hours they belong to).
     pub declared_retry_secs: u64,
     /// At start: how many hours back the sealed files are read for declared
     /// holes to retry, and for the last rows before the downtime.
@@ -387,6 +388,11 @@ pub struct RawFill {
     pub declared_give_up_hours: u32,
     /// Most fill rounds running at once; more wait their turn.
     pub max_concurrent_rounds: u32,
+    /// On spot, a trade stream-hour's holes wait for the aggTrade stream of
+    /// the same symbol to seal that hour, whose aggregates (`f..l`) name the
+    /// missing trade ids: one-fill aggregates are the trades, a range no
+    /// aggregate covers is empty, and only the rest is asked of REST.
+    pub agg_trade_evidence: bool,
 }
 
 impl Default for RawFill {
@@ -404,6 +410,7 @@ impl Default for RawFill {
             lookback_hours: 24,
             declared_give_up_hours: 24,
             max_concurrent_rounds: 16,
+            agg_trade_evidence: false,
         }
     }
 }
@@ -669,6 +676,7 @@ pub struct FillConfig {
     /// Exchange time after an hour's end, µs.
     pub declared_give_up_us: i64,
     pub max_concurrent_rounds: usize,
+    pub agg_trade_evidence: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -949,6 +957,7 @@ fn validate_fill(raw: &RawFill) -> Result<FillConfig, ConfigError> {
         lookback_hours: raw.lookback_hours,
         declared_give_up_us: i64::from(raw.declared_give_up_hours) * crate::domain::MICROS_PER_HOUR,
         max_concurrent_rounds: raw.max_concurrent_rounds as usize,
+        agg_trade_evidence: raw.agg_trade_evidence,
     })
 }
 

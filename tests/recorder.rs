@@ -6,6 +6,8 @@ mod support;
 
 #[path = "recorder/bad_input.rs"]
 mod bad_input;
+#[path = "recorder/cold_start.rs"]
+mod cold_start;
 #[path = "recorder/config_errors.rs"]
 mod config_errors;
 #[path = "recorder/connections.rs"]

@@ -144,6 +144,17 @@ pub struct SymbolStatus {
     pub status: String,
 }
 
+/// What a REST call would wait for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// Nothing: it would go at once (or wait only for a free slot).
+    Free,
+    /// The weight budget of the current window is spent.
+    BudgetSpent,
+    /// A 429's or 418's back-off is in force.
+    BackingOff,
+}
+
 /// What the client needs besides the market and the URL.
 #[derive(Debug, Clone)]
 pub struct RestOptions {
@@ -711,6 +722,20 @@ impl RestClient {
         self.pacer.limiter().n_in_flight()
     }
 
+    /// Why a call of `weight` would wait now, if it would (for the log that
+    /// says why hours wait on REST).
+    pub fn pacing_now(&self, weight: u32) -> Pacing {
+        let now = self.pacer.clock.now_us();
+        let limiter = self.pacer.limiter();
+        if limiter.backoff_until(now).is_some() {
+            Pacing::BackingOff
+        } else if limiter.delay_before(weight, now).is_some() {
+            Pacing::BudgetSpent
+        } else {
+            Pacing::Free
+        }
+    }
+
     /// Waits for the limiter to let a request of `weight` go: the weight
     /// budget, a back-off, the probe after one, a free in-flight slot.
     /// Cancellable: dropping the future leaves nothing behind.
@@ -841,6 +866,8 @@ impl RestClient {
         let weight = endpoint.weight(self.market, u32::from(limit));
         // Held until the body is read; dropped on every return and on cancel.
         let permit = self.acquire(weight, &url, deadline).await?;
+        Counters::add(&self.counters.rest_calls, 1);
+        Counters::add(&self.counters.rest_weight_used, u64::from(weight));
         let mut timeout = self.request_timeout;
         if let Some(deadline) = deadline {
             timeout = timeout.min(

@@ -233,6 +233,12 @@ counters! {
     counter rest_418,
     /// REST back-offs started after a 429 or 418 (each logged once).
     counter rest_backoffs,
+    /// REST requests sent (every endpoint: fills, the clock task, the
+    /// symbol check).
+    counter rest_calls,
+    /// The request weight REST calls carried (Binance's documented
+    /// weights): what the REST budget was spent on.
+    counter rest_weight_used,
     /// REST rows beyond the `limit` a call asked for, ignored.
     counter rest_rows_over_limit,
     /// REST answers refused unread for being larger than the body cap.
@@ -242,6 +248,10 @@ counters! {
     /// every lost link had delivered data (a gauge of the high-water mark).
     gauge reconnect_backoff_max_ms,
     // Deadlines for queued and in-flight REST work (issue 12).
+    /// Fill rounds answered without a REST call: trade holes the aggTrade
+    /// stream of the same symbol-hour settles (one-fill aggregates are the
+    /// trades; a range no aggregate covers is empty).
+    counter fill_answers_from_agg_trades,
     /// Fill rounds cut at their hour's deadline (running, or still queued):
     /// what they fetched is kept, the rest declared and retried later.
     counter fill_rounds_cut,

@@ -11,6 +11,8 @@
 //!   id before it;
 //! - klines: `klines` with start and end times, closed ones only.
 //!
+//! Holes one page can answer are fetched by one call ([`batch_holes`]).
+//!
 //! A hole with no known id after it (nothing seen after it in the hour) is
 //! fetched up to the hour's end: the exchange having nothing more then
 //! means nothing is missing, since the hour is over.
@@ -20,6 +22,7 @@ use crate::binance::rest::{
 };
 use crate::domain::{Hour, Row, StreamKind, Symbol};
 use crate::gaps::{Hole, IdHole, KlineHole, Settled};
+use crate::recorder::budget::batch_holes;
 use crate::recorder::state::{FillJob, FillReport, REASON_REST_BEHIND};
 
 /// Runs one fill round for `job`. Never fails: failures are in the report.
@@ -30,11 +33,21 @@ pub async fn run_fill(rest: RestClient, job: FillJob, retry: RetryPolicy) -> Fil
     let mut rows = Vec::new();
     let mut settled = Vec::new();
     let mut failure = None;
-    for hole in &job.holes {
-        let hole = bounded_to_hour(hole, job.hour);
-        let answer = fill_hole(&rest, &job, &hole, &retry).await;
+    let holes: Vec<Hole> = job
+        .holes
+        .iter()
+        .map(|hole| bounded_to_hour(hole, job.hour))
+        .collect();
+    // Holes one page can answer share one call (see `budget`).
+    for batch in batch_holes(job.key.kind, &holes) {
+        let mut answer = fill_hole(&rest, &job, &batch.fetch, &retry).await;
+        answer.rows.retain(|row| batch.wants(row.key()));
         match answer.verdict {
-            Ok(()) => settled.extend(settled_ranges(&hole, &answer.rows)),
+            Ok(()) => {
+                for part in &batch.parts {
+                    settled.extend(settled_ranges(part, &answer.rows));
+                }
+            }
             Err(reason) => {
                 failure.get_or_insert(reason);
             }

@@ -9,6 +9,7 @@
 //! and each Parquet seal is a `spawn_blocking` job.
 
 pub mod backfill;
+pub mod budget;
 pub mod fill;
 pub mod seal_job;
 pub mod state;
@@ -27,11 +28,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::binance::decode::{decode_frame, Decoded};
-use crate::binance::rest::{RestClient, RestError, RestOptions, RetryPolicy};
+use crate::binance::rest::{Pacing, RestClient, RestError, RestOptions, RetryPolicy};
 use crate::binance::streams::stream_name;
 use crate::binance::ws::{now_us, run_connection, ConnectionPlan, HandshakeBudget, Inbound};
 use crate::config::{Config, MarketConfig};
-use crate::domain::{Hour, Market, StreamKey, TimeUs};
+use crate::domain::{Hour, Market, StreamKey, StreamKind, TimeUs};
 use crate::metrics::health::HealthBoard;
 use crate::metrics::{Counters, GaugeF64, MarketLabels, StreamLabels};
 use crate::parquet_out;
@@ -1380,7 +1381,7 @@ impl Runtime {
         };
         self.cut_overdue_fills();
         while self.fills.len() < self.config.fill.max_concurrent_rounds {
-            let Some(job) = self.fill_queue.pop_front() else {
+            let Some(job) = self.next_queued_fill() else {
                 break;
             };
             self.start_fill(job);
@@ -1396,8 +1397,21 @@ impl Runtime {
                         .spawn_blocking(move || execute_seal(&data_dir, faults.as_ref(), job));
                 }
                 Job::Fill(job) => self.start_fill(job),
+                Job::Answered(report) => self.queue_fill_report(report),
             }
         }
+    }
+
+    /// The queued round to start next: the oldest one whose hour waits to
+    /// seal (it has a deadline), else the oldest declared retry. Declared
+    /// retries fill every free slot, but never hold one a seal needs first.
+    fn next_queued_fill(&mut self) -> Option<FillJob> {
+        let index = self
+            .fill_queue
+            .iter()
+            .position(|job| job.deadline.is_some())
+            .unwrap_or(0);
+        self.fill_queue.remove(index)
     }
 
     /// Starts a fill round, or queues it while `fill.max_concurrent_rounds`
@@ -1461,8 +1475,10 @@ impl Runtime {
     }
 
     /// Says, at most every [`FILL_WAITS_LOG_INTERVAL`], how many hours wait
-    /// on REST and why: rounds running (REST answering slowly, or its
-    /// weight budget spent) and rounds queued for a free slot.
+    /// on REST, for which streams (counted by kind, with a few names), and
+    /// why: the queue is full (every `fill.max_concurrent_rounds` slot is
+    /// busy), the weight budget of the window is spent, a 429's back-off is
+    /// in force, or REST is slow to answer. One line, however many streams.
     fn log_fill_waits(&mut self) {
         if self.fill_tasks.is_empty() && self.fill_queue.is_empty() {
             return;
@@ -1476,12 +1492,28 @@ impl Runtime {
         self.fill_waits_logged_at = Some(Instant::now());
         let n_rounds_running = self.fill_tasks.len();
         let n_rounds_queued = self.fill_queue.len();
-        let n_declared_retries = self
+        let waiting: Vec<(&StreamKey, bool)> = self
             .fill_tasks
             .values()
-            .filter(|running| running.declared)
-            .count()
-            + self.fill_queue.iter().filter(|job| job.declared).count();
+            .map(|running| (&running.key, running.declared))
+            .chain(self.fill_queue.iter().map(|job| (&job.key, job.declared)))
+            .collect();
+        let n_declared_retries = waiting.iter().filter(|(_, declared)| *declared).count();
+        let n_of_kind = |wanted: fn(StreamKind) -> bool| {
+            waiting
+                .iter()
+                .filter(|(key, declared)| !declared && wanted(key.kind))
+                .count()
+        };
+        let n_trade = n_of_kind(|kind| kind == StreamKind::Trade);
+        let n_agg_trade = n_of_kind(|kind| kind == StreamKind::AggTrade);
+        let n_kline = n_of_kind(|kind| matches!(kind, StreamKind::Kline(_)));
+        let examples: Vec<String> = waiting
+            .iter()
+            .filter(|(_, declared)| !declared)
+            .take(3)
+            .map(|(key, _)| key.to_string())
+            .collect();
         let oldest_round_ms = self
             .fill_tasks
             .values()
@@ -1493,18 +1525,35 @@ impl Runtime {
             .values()
             .map(RestClient::n_in_flight)
             .sum();
-        let why = if n_rounds_queued > 0 {
-            "every fill.max_concurrent_rounds slot is busy: REST answers slowly or its weight budget is spent"
+        let pacing: Vec<Pacing> = self
+            .rest_clients
+            .values()
+            .map(|rest| rest.pacing_now(1))
+            .collect();
+        let why = if pacing.contains(&Pacing::BackingOff) {
+            "back-off: REST answered 429 or 418, no call until Retry-After has passed"
+        } else if pacing.contains(&Pacing::BudgetSpent) && n_rounds_queued > 0 {
+            "weight budget: fill.weight_share of this window's limit is spent, and the queue is full"
+        } else if pacing.contains(&Pacing::BudgetSpent) {
+            "weight budget: fill.weight_share of this window's limit is spent"
+        } else if n_rounds_queued > 0 {
+            "queue full: every fill.max_concurrent_rounds slot is busy with slow REST answers"
         } else {
-            "fill rounds wait for REST answers or its weight budget"
+            "REST answers: rounds wait for pages in flight"
         };
         info!(
             n_hours_waiting = self.state.n_hours_waiting_on_fill(),
+            n_trade,
+            n_agg_trade,
+            n_kline,
+            streams = %examples.join(","),
             n_rounds_running,
             n_rounds_queued,
             n_declared_retries,
             oldest_round_ms,
             n_rest_requests_in_flight,
+            rest_calls = self.counters.rest_calls.get(),
+            rest_weight_used = self.counters.rest_weight_used.get(),
             why,
             "hours wait on REST fill rounds; each is cut at its fill deadline"
         );
@@ -1594,6 +1643,15 @@ impl Runtime {
         // Fill rounds in flight are dropped: nothing of theirs was
         // acknowledged, and the holes are found again at the next start.
         self.fills.shutdown().await;
+        let counters = self.counters.snapshot();
+        info!(
+            rest_calls = counters.rest_calls,
+            rest_weight_used = counters.rest_weight_used,
+            fill_rounds = counters.fill_rounds,
+            fill_answers_from_agg_trades = counters.fill_answers_from_agg_trades,
+            holes_declared = counters.holes_declared,
+            "REST used since start"
+        );
         if let Some(check) = self.symbol_check.take() {
             check.abort();
         }

@@ -13,12 +13,15 @@ use tracing::{debug, warn};
 use crate::binance::decode::Decoded;
 use crate::binance::streams::{parse_stream_name, stream_name};
 use crate::config::{ClockBounds, Config, FillConfig};
-use crate::domain::{Hour, Market, Row, Source, StreamKey, StreamKind, TimeUs, UnfilledRange};
+use crate::domain::{
+    Hour, Market, Row, Source, StreamKey, StreamKind, Symbol, TimeUs, UnfilledRange,
+};
 use crate::gaps::{
     id_holes, kline_holes, sort_by_settled, stream_hour_holes, Hole, IdAt, Settled, StreamHour,
 };
 use crate::metrics::Counters;
 use crate::quarantine::QuarantinedFrame;
+use crate::recorder::budget::{resolve_trade_holes, AggSpan, MAX_EVIDENCE_AGGS};
 use crate::seal::{complete_at, coverage, insert_row, is_sealable, Inserted, WatchSpan};
 use crate::wal::SegmentId;
 
@@ -139,13 +142,19 @@ struct FillStatus {
     /// Exchange time when the hour was first judged; its fill deadline
     /// counts from here (after downtime that is later than its end).
     judged_since: TimeUs,
+    /// The aggTrade stream's evidence answered this trade hour's holes
+    /// once: later rounds ask REST for exactly the ids it left.
+    answered_by_agg_trades: bool,
 }
 
 /// Holes declared in a sealed file, tried again now and then.
 #[derive(Debug)]
 struct Declared {
     unfilled: Vec<UnfilledRange>,
-    retry_at: MonoMs,
+    /// Exchange time of the next retry: the hours it waits for pass on the
+    /// exchange's clock, like the hours they serve (and a simulated clock
+    /// moves them at its own speed).
+    retry_at: TimeUs,
     in_flight: bool,
 }
 
@@ -316,6 +325,9 @@ impl FillReport {
 pub enum Job {
     Seal(SealJob),
     Fill(FillJob),
+    /// A fill answered without REST (trade holes the aggTrade stream
+    /// settles): written to the WAL and applied like a round's report.
+    Answered(FillReport),
 }
 
 /// The two newest event times of a market's streams, from two different
@@ -418,6 +430,11 @@ pub struct State {
     streams: BTreeMap<StreamKey, StreamState>,
     counters: Arc<Counters>,
     warned_unexpected: BTreeSet<StreamKey>,
+    /// Complete spot aggTrade hours kept as evidence for the same
+    /// symbol-hour's trade holes (see `budget`), until that trade hour
+    /// seals: at most [`MAX_EVIDENCE_AGGS`] each, one per symbol-hour
+    /// sealed by its aggTrade stream and not yet by its trade stream.
+    agg_evidence: BTreeMap<(Market, Symbol, Hour), Vec<AggSpan>>,
 }
 
 impl State {
@@ -446,6 +463,7 @@ impl State {
             streams,
             counters,
             warned_unexpected: BTreeSet::new(),
+            agg_evidence: BTreeMap::new(),
         }
     }
 
@@ -875,6 +893,7 @@ impl State {
         }
         let fill = self.fill.clone();
         let counters = self.counters.clone();
+        let exchange_now = self.exchange_time(key.market).unwrap_or(0);
         let Some(stream) = self.streams.get_mut(&key) else {
             return;
         };
@@ -883,7 +902,7 @@ impl State {
                 return;
             };
             declared.in_flight = false;
-            declared.retry_at = now.saturating_add(millis(fill.declared_retry));
+            declared.retry_at = exchange_now.saturating_add(micros(fill.declared_retry));
             let revised = revise_declared(
                 key.kind,
                 hour,
@@ -931,13 +950,17 @@ impl State {
     /// A fill task ended without a report (it panicked): try again later.
     pub fn fill_lost(&mut self, key: &StreamKey, hour: Hour, declared: bool, now: MonoMs) {
         let retry_at = now.saturating_add(millis(self.fill.retry_max));
+        let declared_retry_at = self
+            .exchange_time(key.market)
+            .unwrap_or(0)
+            .saturating_add(micros(self.fill.declared_retry));
         let Some(stream) = self.streams.get_mut(key) else {
             return;
         };
         if declared {
             if let Some(entry) = stream.declared.get_mut(&hour) {
                 entry.in_flight = false;
-                entry.retry_at = retry_at;
+                entry.retry_at = declared_retry_at;
             }
         } else if let Some(status) = stream.fills.get_mut(&hour) {
             status.in_flight = false;
@@ -957,6 +980,8 @@ impl State {
     pub fn plan(&mut self, max_seals: usize, now: MonoMs) -> Vec<Job> {
         let mut jobs = Vec::new();
         let mut n_seals = 0;
+        let agg_next = self.agg_hours_to_wait_for();
+        let trade_next = self.next_hours_to_seal(StreamKind::Trade);
         let fill = &self.fill;
         for (key, stream) in self.streams.iter_mut() {
             let Some(market) = self.markets.get(&key.market) else {
@@ -1014,7 +1039,7 @@ impl State {
             if fill.enabled {
                 for (hour, declared) in stream.declared.iter_mut() {
                     if declared.in_flight
-                        || declared.retry_at > now
+                        || declared.retry_at > exchange_now
                         || stream.in_flight.contains_key(hour)
                     {
                         continue;
@@ -1104,10 +1129,16 @@ impl State {
                             .unwrap_or_else(|| REASON_DEADLINE.to_owned()),
                     )
                 } else if status.retry_at <= now {
-                    Counters::add(&self.counters.holes_found, to_fill.len() as u64);
-                    Counters::add(&self.counters.fill_rounds, 1);
-                    debug!(%key, %hour, n_holes = to_fill.len(), "holes found; filling from REST");
-                    status.in_flight = true;
+                    let pair = (key.market, key.symbol.clone());
+                    let evidence_due = key.kind == StreamKind::Trade
+                        && key.market == Market::Spot
+                        && fill.agg_trade_evidence;
+                    if evidence_due && agg_next.get(&pair).is_some_and(|next| *next <= hour) {
+                        // The aggTrade stream has not sealed this hour yet:
+                        // its aggregates will say which trade ids are
+                        // missing, or that none are, for less weight.
+                        break;
+                    }
                     let job = FillJob {
                         key: key.clone(),
                         hour,
@@ -1116,6 +1147,30 @@ impl State {
                         declared: false,
                         deadline: Some(deadline),
                     };
+                    status.in_flight = true;
+                    if let Some(aggs) = self
+                        .agg_evidence
+                        .get(&(key.market, key.symbol.clone(), hour))
+                        .filter(|_| evidence_due)
+                    {
+                        let resolved = resolve_trade_holes(&job.holes, aggs);
+                        // Used only when it answers everything: a trade hour
+                        // with aggregates of several fills needs the same
+                        // historicalTrades pages either way, and one round
+                        // is quicker than an answer and then a round.
+                        if resolved.holes.is_empty() && !status.answered_by_agg_trades {
+                            status.answered_by_agg_trades = true;
+                            Counters::add(&self.counters.fill_answers_from_agg_trades, 1);
+                            debug!(%key, %hour, n_rows = resolved.rows.len(), n_holes_left = resolved.holes.len(), "trade holes answered by the aggTrade stream; no REST call");
+                            let report =
+                                FillReport::new(&job, resolved.rows, resolved.settled, None);
+                            jobs.push(Job::Answered(report));
+                            break;
+                        }
+                    }
+                    Counters::add(&self.counters.holes_found, job.holes.len() as u64);
+                    Counters::add(&self.counters.fill_rounds, 1);
+                    debug!(%key, %hour, n_holes = job.holes.len(), "holes found; filling from REST");
                     jobs.push(Job::Fill(job));
                     break;
                 } else {
@@ -1165,7 +1220,7 @@ impl State {
                         hour,
                         Declared {
                             unfilled: unfilled.clone(),
-                            retry_at: now.saturating_add(millis(fill.declared_retry)),
+                            retry_at: exchange_now.saturating_add(micros(fill.declared_retry)),
                             in_flight: false,
                         },
                     );
@@ -1176,6 +1231,23 @@ impl State {
                 if watched.is_some() || job.rows.is_empty() || owed_from_start {
                     job.coverage_from = coverage_from;
                     job.coverage_to = coverage_to.max(coverage_from);
+                }
+                let evidence_wanted = key.kind == StreamKind::AggTrade
+                    && key.market == Market::Spot
+                    && fill.agg_trade_evidence
+                    && trade_next
+                        .get(&(key.market, key.symbol.clone()))
+                        .is_some_and(|next| *next <= hour);
+                if evidence_wanted
+                    && unfilled.is_empty()
+                    && (job.coverage_from, job.coverage_to) == (hour.start(), hour.end())
+                    && job.rows.len() <= MAX_EVIDENCE_AGGS
+                {
+                    // The file vouches for the whole hour: its aggregates
+                    // name every trade id of it.
+                    let spans = job.rows.iter().filter_map(AggSpan::of).collect();
+                    self.agg_evidence
+                        .insert((key.market, key.symbol.clone(), hour), spans);
                 }
                 job.unfilled = Some(unfilled);
                 if let Some(last) = job.rows.last() {
@@ -1197,7 +1269,56 @@ impl State {
     /// every stream of the market has sealed, and watch spans that ended
     /// before them (the newest span is always kept). With the rows, held
     /// per unsealed hour only, this bounds the state by the hours it serves.
+    /// Per (market, symbol), the next hour its aggTrade stream will seal,
+    /// unless a fill round of that hour failed: its trade hours then ask
+    /// REST themselves rather than wait out the deadline.
+    fn agg_hours_to_wait_for(&self) -> BTreeMap<(Market, Symbol), Hour> {
+        let mut next = self.next_hours_to_seal(StreamKind::AggTrade);
+        next.retain(|(market, symbol), hour| {
+            let agg = StreamKey {
+                market: *market,
+                symbol: symbol.clone(),
+                kind: StreamKind::AggTrade,
+            };
+            !self.streams.get(&agg).is_some_and(|stream| {
+                stream
+                    .fills
+                    .get(hour)
+                    .is_some_and(|status| status.last_failure.is_some())
+            })
+        });
+        next
+    }
+
+    /// Per (market, symbol), the next hour its `kind` stream will seal
+    /// (before the first plan: the hour of the market's first watch span).
+    fn next_hours_to_seal(&self, kind: StreamKind) -> BTreeMap<(Market, Symbol), Hour> {
+        self.streams
+            .iter()
+            .filter(|(key, _)| key.kind == kind)
+            .filter_map(|(key, stream)| {
+                let next = stream.next_hour_to_seal.or_else(|| {
+                    let first_span = self.markets.get(&key.market)?.spans.first()?;
+                    Some(Hour::containing(first_span.start))
+                })?;
+                Some(((key.market, key.symbol.clone()), next))
+            })
+            .collect()
+    }
+
     fn prune(&mut self) {
+        // Evidence goes once its trade hour is sealed.
+        let streams = &self.streams;
+        self.agg_evidence.retain(|(market, symbol, hour), _| {
+            let trade = StreamKey {
+                market: *market,
+                symbol: symbol.clone(),
+                kind: StreamKind::Trade,
+            };
+            streams
+                .get(&trade)
+                .is_some_and(|stream| stream.next_hour_to_seal.is_none_or(|next| next <= *hour))
+        });
         for (market, market_state) in self.markets.iter_mut() {
             let oldest_needed = self
                 .streams
@@ -1379,6 +1500,11 @@ fn id_at(row: &Row) -> IdAt {
     }
 }
 
+/// A duration of exchange time, in µs.
+fn micros(duration: std::time::Duration) -> TimeUs {
+    TimeUs::try_from(duration.as_micros()).unwrap_or(TimeUs::MAX)
+}
+
 fn millis(duration: std::time::Duration) -> MonoMs {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -1487,6 +1613,7 @@ streams = ["trade", "kline_1m"]
             .map(|job| match job {
                 Job::Seal(job) => job,
                 Job::Fill(job) => panic!("fill is off in this test: {job:?}"),
+                Job::Answered(report) => panic!("fill is off in this test: {report:?}"),
             })
             .collect()
     }
@@ -2170,11 +2297,17 @@ streams = ["trade", "kline_1m"]
         assert_eq!(state.counters.snapshot().holes_declared, 1);
         assert_eq!(state.n_declared_hours(), 1);
 
+        // The retry waits declared_retry_secs of exchange time, whatever
+        // the host's clock says.
+        let declared_at = HOUR_START + MICROS_PER_HOUR + 62_000_000;
         assert!(
-            state.plan(10, 2000 + 29_999).is_empty(),
-            "declared holes wait declared_retry_secs"
+            state.plan(10, u64::MAX / 2).is_empty(),
+            "declared holes wait declared_retry_secs of exchange time"
         );
-        let retry = only_fill(state.plan(10, 2000 + 30_000));
+        clock_to(&mut state, 13, declared_at + 29_999_999);
+        assert!(state.plan(10, 2000).is_empty(), "not yet");
+        clock_to(&mut state, 14, declared_at + 30_000_000);
+        let retry = only_fill(state.plan(10, 2000));
         assert!(retry.declared);
         let rows = vec![
             rest_trade(8, HOUR_START + 200),
@@ -2303,10 +2436,96 @@ streams = ["trade", "kline_1m"]
         );
         state.seal_finished(&sealed.key, sealed.hour);
         // The declared retry holds no seal, so it carries no deadline.
-        let retry = only_fill(state.plan(10, 30_000));
+        clock_to(&mut state, 23, deadline + 1 + 30_000_000);
+        let retry = only_fill(state.plan(10, 0));
         assert!(retry.declared);
         assert_eq!(retry.deadline, None);
         assert!(!retry.is_overdue(Some(i64::MAX)));
+    }
+
+    fn agg_trade(id: i64, first: i64, last: i64, time: TimeUs) -> Decoded {
+        Decoded::Row {
+            key: key(StreamKind::AggTrade),
+            row: Row::AggTrade(crate::domain::AggTradeRow {
+                agg_trade_id: id,
+                price: Decimal8::from_scaled(1),
+                quantity: Decimal8::from_scaled(1),
+                first_trade_id: first,
+                last_trade_id: last,
+                trade_time: time,
+                is_buyer_maker: true,
+                is_best_match: Some(true),
+                event_time: Some(time),
+                recv_time: Some(time),
+                source: Source::Ws,
+            }),
+            event_time: time,
+        }
+    }
+
+    #[test]
+    fn trade_holes_wait_for_the_agg_trade_hour_and_need_no_call_when_its_aggregates_answer_them() {
+        let mut config = config_with_fill("deadline_secs = 60\nagg_trade_evidence = true");
+        config.markets[0].streams = vec![StreamKind::Trade, StreamKind::AggTrade];
+        let mut state = State::new(&config, Arc::new(Counters::default()));
+        state.begin_session(Market::Spot);
+        // Trades 8 and 9 missed; the aggregates name them, each of one fill.
+        for decoded in [
+            trade(7, HOUR_START + 100),
+            agg_trade(1, 7, 7, HOUR_START + 100),
+            agg_trade(2, 8, 8, HOUR_START + 200),
+            agg_trade(3, 9, 9, HOUR_START + 250),
+            agg_trade(4, 10, 11, HOUR_START + 300),
+            trade(10, HOUR_START + 300),
+            trade(11, HOUR_START + 300),
+        ] {
+            apply_corroborated(&mut state, SegmentId(1), decoded);
+        }
+        let after = HOUR_START + MICROS_PER_HOUR + 2_000_000;
+        apply_corroborated(&mut state, SegmentId(1), trade(12, after));
+        apply_corroborated(&mut state, SegmentId(1), agg_trade(5, 12, 12, after));
+
+        // Both hours start unseen: only the aggTrade stream asks REST; the
+        // trade stream waits for its evidence.
+        let agg_round = only_fill(state.plan(10, 0));
+        assert_eq!(agg_round.key.kind, StreamKind::AggTrade);
+        let nothing_before = vec![Settled {
+            from: None,
+            to: Some(0),
+        }];
+        state.apply_fill(
+            SegmentId(2),
+            report(&agg_round, vec![], nothing_before, None),
+            0,
+        );
+        let sealed = only_seal(state.plan(10, 0));
+        assert_eq!(sealed.key.kind, StreamKind::AggTrade);
+        state.seal_finished(&sealed.key, sealed.hour);
+
+        // The aggregates answer: trades 8 and 9 are the one-fill aggregates
+        // 2 and 3, and nothing precedes trade 7 in the hour. No REST call.
+        let answered = match <[Job; 1]>::try_from(state.plan(10, 0)) {
+            Ok([Job::Answered(report)]) => report,
+            other => panic!("expected an answer from the aggTrades: {other:?}"),
+        };
+        assert_eq!(
+            answered.rows.iter().map(Row::key).collect::<Vec<_>>(),
+            vec![8, 9]
+        );
+        assert_eq!(answered.failure, None);
+        state.apply_fill(SegmentId(3), answered, 0);
+        assert_eq!(state.counters.snapshot().fill_answers_from_agg_trades, 1);
+        let sealed = only_seal(state.plan(10, 0));
+        assert_eq!(
+            sealed.rows.iter().map(Row::key).collect::<Vec<_>>(),
+            vec![7, 8, 9, 10, 11]
+        );
+        assert!(sealed.rows[1..3]
+            .iter()
+            .all(|row| row.source() == Source::Rest));
+        assert_eq!(sealed.unfilled, Some(vec![]));
+        assert_eq!(sealed.coverage_from, HOUR_START);
+        assert!(state.agg_evidence.is_empty(), "evidence goes with its hour");
     }
 
     #[test]
@@ -2348,14 +2567,14 @@ streams = ["trade", "kline_1m"]
             .iter()
             .filter_map(|job| match job {
                 Job::Fill(job) => Some(job),
-                Job::Seal(_) => None,
+                Job::Seal(_) | Job::Answered(_) => None,
             })
             .collect();
         let sealed: Vec<&SealJob> = jobs
             .iter()
             .filter_map(|job| match job {
                 Job::Seal(job) => Some(job),
-                Job::Fill(_) => None,
+                Job::Fill(_) | Job::Answered(_) => None,
             })
             .collect();
         assert_eq!(fills.len(), 1, "{jobs:?}");

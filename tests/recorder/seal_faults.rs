@@ -86,7 +86,7 @@ async fn failed_and_panicking_seals_are_retried_with_their_holes_and_empty_hours
         minute_klines(),
         two_hour_klines,
     ];
-    let fill = "max_attempts = 2\nretry_initial_ms = 100\nretry_max_ms = 200\ndeadline_secs = 60\ndeclared_retry_secs = 3600";
+    let fill = "max_attempts = 2\nretry_initial_ms = 100\nretry_max_ms = 200\ndeadline_secs = 60\ndeclared_retry_secs = 604800";
     let config = format!(
         "[connection]\ndead_after_ms = 1500\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\n{fill}\n{}",
         recorder_toml(&fake, root, &["BTCUSDT"], &streams)

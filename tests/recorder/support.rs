@@ -94,11 +94,16 @@ time_check_interval_secs = 1
     )
 }
 
-/// [`recorder_toml`] with `fill.deadline_secs` an hour, for tests that
-/// expect every hole filled: the deadline binds running fill rounds, and the
-/// default 300 s of exchange time is only 1.25 s of real time at 240x, less
-/// than a backfill takes on a loaded machine. Tests of the deadline set
-/// their own `[fill]` table instead.
+/// `fill.deadline_secs` for tests that expect every hole filled: the
+/// deadline binds running fill rounds, and the default 300 s of exchange
+/// time is only 1.25 s of real time at 240x. Four simulated hours are a
+/// real minute at 240x: backfilling an hour of trades fits even on a
+/// loaded 2-core machine (an hour, 15 s real, did not always).
+pub const PATIENT_DEADLINE_SECS: u64 = 14_400;
+
+/// [`recorder_toml`] with `fill.deadline_secs` of [`PATIENT_DEADLINE_SECS`],
+/// for tests that expect every hole filled. Tests of the deadline set their
+/// own `[fill]` table instead.
 pub fn recorder_toml_patient(
     fake: &FakeExchange,
     root: &Path,
@@ -108,7 +113,7 @@ pub fn recorder_toml_patient(
     format!(
         "{}
 [fill]
-deadline_secs = 3600
+deadline_secs = {PATIENT_DEADLINE_SECS}
 ",
         recorder_toml(fake, root, symbols, streams)
     )
