@@ -21,8 +21,8 @@ use binance_recorder::domain::{Hour, Market, StreamKind, Symbol};
 use binance_recorder::metrics::Counters;
 use binance_recorder::recorder;
 use binance_recorder::recorder::backfill::HoleList;
-use binance_recorder::verify;
 use binance_recorder::status::LiveStatus;
+use binance_recorder::verify;
 
 /// Records Binance market data to sealed hourly Parquet files.
 #[derive(Parser)]
