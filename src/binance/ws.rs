@@ -683,6 +683,8 @@ pub async fn run_connection(
                 if replacement.replaces_silent {
                     Counters::add(&counters.silent_links_replaced, 1);
                     replacement.replaces_silent = false;
+                } else {
+                    Counters::add(&counters.rotations, 1);
                 }
                 attempt = 0;
                 current = Some(replacement);

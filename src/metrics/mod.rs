@@ -72,6 +72,8 @@ macro_rules! counters {
             /// From a frame's receipt to its batch's fsync (the oldest
             /// frame of each batch).
             pub receive_to_durable_seconds: Histogram,
+            /// Time one seal job took (merge, encode, fsync, rename).
+            pub seal_seconds: Histogram,
         }
 
         impl Default for Counters {
@@ -84,6 +86,7 @@ macro_rules! counters {
                     links_up: GaugeU64::default(),
                     wal_fsync_seconds: latency_histogram(),
                     receive_to_durable_seconds: latency_histogram(),
+                    seal_seconds: latency_histogram(),
                 }
             }
         }
@@ -137,6 +140,11 @@ macro_rules! counters {
                     "receive_to_durable_seconds",
                     "From a frame's receipt to its batch's fsync (oldest frame of each batch)",
                     self.receive_to_durable_seconds.clone(),
+                );
+                registry.register(
+                    "seal_seconds",
+                    "Time one seal job took (merge, encode, fsync, rename)",
+                    self.seal_seconds.clone(),
                 );
             }
 
@@ -263,6 +271,9 @@ counters! {
     /// bound their streams' rates give) and replaced make-before-break: the
     /// replacement took over.
     counter silent_links_replaced,
+    /// Links replaced make-before-break at the end of their lifetime or
+    /// after a `serverShutdown` (silent links are counted apart).
+    counter rotations,
 }
 
 impl Counters {

@@ -1393,8 +1393,15 @@ impl Runtime {
                 Job::Seal(job) => {
                     let data_dir = self.config.data_dir.clone();
                     let faults = self.seal_faults.clone();
-                    self.seals
-                        .spawn_blocking(move || execute_seal(&data_dir, faults.as_ref(), job));
+                    let counters = self.counters.clone();
+                    self.seals.spawn_blocking(move || {
+                        let started = std::time::Instant::now();
+                        let outcome = execute_seal(&data_dir, faults.as_ref(), job);
+                        counters
+                            .seal_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        outcome
+                    });
                 }
                 Job::Fill(job) => self.start_fill(job),
                 Job::Answered(report) => self.queue_fill_report(report),
