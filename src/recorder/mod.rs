@@ -985,6 +985,8 @@ impl Runtime {
             }
             self.maybe_start_batch();
             let sync_deadline = self.sync_deadline();
+            // Every arm but a bare frame or the sync timer may change a plan.
+            let mut replan = true;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
@@ -1015,6 +1017,12 @@ impl Runtime {
                 // the connection tasks wait (see MAX_BATCH_RECORDS).
                 input = receiver.recv(), if self.pending.len() < MAX_BATCH_RECORDS => match input {
                     Some(input) => {
+                        // A frame changes nothing the plan reads until its
+                        // batch is applied: planning per frame was
+                        // O(streams) per frame, and with a thousand
+                        // streams the loop fell behind the feed (the
+                        // exchange clock lagged a cold start by a minute).
+                        replan = !matches!(input, Inbound::Frame { .. });
                         self.take_input(input);
                         if self.fatal.is_some() {
                             return;
@@ -1026,9 +1034,11 @@ impl Runtime {
                         return;
                     }
                 },
-                _ = sleep_until_opt(sync_deadline) => {}
+                _ = sleep_until_opt(sync_deadline) => replan = false,
             }
-            self.plan_seals();
+            if replan {
+                self.plan_seals();
+            }
             self.tell_service();
         }
     }
