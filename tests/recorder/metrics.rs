@@ -133,27 +133,28 @@ async fn metrics_agree_with_the_fake_and_health_follows_a_stall() {
         duration_ms: 4000,
         keep_backlog: true,
     });
-    let mut body = String::new();
-    let mut unhealthy = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !unhealthy && tokio::time::Instant::now() < deadline {
-        let (status, text) = get(&format!("{base}/health")).await;
-        unhealthy = status == 503;
-        body = text;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(unhealthy, "503 while the streams are silent: {body}");
+    let body = std::sync::Mutex::new(String::new());
+    wait_until_async(
+        Duration::from_secs(30),
+        "503 while the streams are silent",
+        || async {
+            let (status, text) = get(&format!("{base}/health")).await;
+            *body.lock().expect("body") = text;
+            status == 503
+        },
+    )
+    .await;
+    let body = body.into_inner().expect("body");
     assert!(
         body.contains("kline_1m/BTCUSDT"),
         "names the silent stream: {body}"
     );
-    let mut healthy = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !healthy && tokio::time::Instant::now() < deadline {
-        healthy = get(&format!("{base}/health")).await.0 == 200;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(healthy, "200 again once the streams deliver");
+    wait_until_async(
+        Duration::from_secs(60),
+        "200 again once the streams deliver",
+        || async { get(&format!("{base}/health")).await.0 == 200 },
+    )
+    .await;
 
     recorder.stop().await;
     fake.shutdown().await;

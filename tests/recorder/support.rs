@@ -185,6 +185,23 @@ impl RunningRecorder {
     }
 }
 
+/// [`wait_until`] for a condition that must await (an HTTP request).
+pub async fn wait_until_async<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + within;
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        ticker.tick().await;
+    }
+}
+
 /// Waits until `condition` holds, polling every 10 ms, failing after `within`.
 pub async fn wait_until(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
