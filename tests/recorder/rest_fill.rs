@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use binance_recorder::binance::limiter::{WeightLimit, WeightShare};
 use binance_recorder::binance::rest::{
-    FetchOutcome, IdRangeEnd, RestClient, RestError, RestOptions, RetryPolicy,
+    FetchOutcome, IdRangeEnd, Pacing, RestClient, RestError, RestOptions, RetryPolicy,
 };
 use binance_recorder::domain::{
     AggTradeRow, KlineInterval, KlineRow, Market, Source, Symbol, TradeRow, MICROS_PER_MINUTE,
@@ -908,10 +908,11 @@ async fn a_call_waiting_in_a_back_off_or_on_the_wire_is_cancelled_by_dropping_it
             page = clone.agg_trades_from_id(&symbol, from, 5) => Some(page),
         }
     };
-    // The timer is the stimulus (when the shutdown arrives while the call
-    // sits in its back-off), not a wait for something to happen.
+    // The shutdown arrives once the call has been polled: it then sits in
+    // the 30 s back-off the 429 started.
     let cancel_soon = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::task::yield_now().await;
+        assert!(matches!(client.pacing_now(1), Pacing::BackingOff));
         shutdown.cancel();
     };
     let (outcome, ()) = tokio::join!(waiting, cancel_soon);
@@ -1080,10 +1081,15 @@ async fn a_range_fetch_cut_by_its_caller_keeps_the_pages_it_got() {
         100,
         &retry,
     );
-    // The timer is the stimulus (when the deadline cut arrives mid-range),
-    // not a wait for something to happen.
+    // The cut arrives mid-range: once the first page spent the window's
+    // budget and the second waits for the next window.
     let cut_soon = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_until(
+            Duration::from_secs(30),
+            "the first page spends the budget",
+            || matches!(client.pacing_now(25), Pacing::BudgetSpent) && client.n_in_flight() == 0,
+        )
+        .await;
         cut.cancel();
     };
     let (fetched, ()) = tokio::join!(fetching, cut_soon);
