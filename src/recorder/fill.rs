@@ -158,9 +158,10 @@ impl HoleAnswer {
 /// The `unfilled` reason a REST error stands for.
 pub fn failure_reason(error: &RestError) -> String {
     match error {
-        RestError::RateLimited { .. } | RestError::OutOfTime { .. } => {
-            format!("rate limited: {error}")
-        }
+        RestError::RateLimited { .. } => format!("rate limited: {error}"),
+        // The weight budget, a back-off or the in-flight bound holds the
+        // call past the hour's deadline: the hour seals now, declared.
+        RestError::OutOfTime { .. } => REASON_REST_BEHIND.to_owned(),
         RestError::Status { status, .. } if *status < 500 => format!("rest refused: {error}"),
         RestError::Refused { .. } => format!("binance refuses this host: {error}"),
         RestError::BodyTooLarge { .. } => format!("rest answer not trusted: {error}"),

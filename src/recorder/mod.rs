@@ -11,6 +11,7 @@
 pub mod backfill;
 pub mod budget;
 pub mod fill;
+pub mod pace;
 pub mod seal_job;
 pub mod state;
 
@@ -37,6 +38,7 @@ use crate::metrics::health::HealthBoard;
 use crate::metrics::{Counters, GaugeF64, MarketLabels, StreamLabels};
 use crate::parquet_out;
 use crate::quarantine::{self, QuarantinedFrame};
+use crate::recorder::pace::ClockPace;
 use crate::service::{ServiceNotifier, StatusFigures, WalProgress};
 use crate::wal::fs::{RealFs, WalFs};
 use crate::wal::{FsyncPolicy, Record, RecordKind, SegmentId, Wal, WalConfig, WalError, WalWriter};
@@ -204,6 +206,7 @@ pub async fn run_with_seams(
         fills: JoinSet::new(),
         fill_tasks: HashMap::new(),
         fill_queue: std::collections::VecDeque::new(),
+        paces: HashMap::new(),
         fill_waits_logged_at: None,
         rest_clients: rest_clients.clone(),
         started: Instant::now(),
@@ -902,6 +905,10 @@ struct Runtime {
     fill_tasks: HashMap<tokio::task::Id, RunningFill>,
     /// Rounds waiting for a free slot, oldest first.
     fill_queue: std::collections::VecDeque<FillJob>,
+    /// Each market's exchange clock against the host's: a round's deadline
+    /// (exchange time) as a host instant, so its weight wait can tell early
+    /// that REST cannot answer in time.
+    paces: HashMap<Market, ClockPace>,
     /// When hours waiting on fill rounds were last logged (at most every
     /// [`FILL_WAITS_LOG_INTERVAL`]).
     fill_waits_logged_at: Option<Instant>,
@@ -1389,6 +1396,7 @@ impl Runtime {
                 .max_concurrent_seals
                 .saturating_sub(self.seals.len())
         };
+        self.observe_paces();
         self.cut_overdue_fills();
         while self.fills.len() < self.config.fill.max_concurrent_rounds {
             let Some(job) = self.next_queued_fill() else {
@@ -1449,6 +1457,7 @@ impl Runtime {
         let cut = CancellationToken::new();
         let retry = RetryPolicy {
             max_attempts: self.config.fill.max_attempts,
+            deadline: self.host_deadline(&job),
             cancel: Some(cut.clone()),
             ..RetryPolicy::default()
         };
@@ -1462,6 +1471,38 @@ impl Runtime {
         };
         let handle = self.fills.spawn(fill::run_fill(rest, job, retry));
         self.fill_tasks.insert(handle.id(), running);
+    }
+
+    /// Samples each market's exchange clock for [`ClockPace`].
+    fn observe_paces(&mut self) {
+        let now = self.now_ms();
+        for market in self.rest_clients.keys() {
+            if let Some(exchange_now) = self.state.exchange_time(*market) {
+                self.paces
+                    .entry(*market)
+                    .or_default()
+                    .observe(now, exchange_now);
+            }
+        }
+    }
+
+    /// The host instant the exchange clock reaches `job`'s deadline at its
+    /// measured pace: a weight wait past it fails at once
+    /// ([`RestError::OutOfTime`]) and the
+    /// hour seals declared now, rather than all such hours at the deadline.
+    /// `None` (no early give-up) for declared retries or before the pace is
+    /// known; the deadline itself is held by [`Runtime::cut_overdue_fills`].
+    fn host_deadline(&self, job: &FillJob) -> Option<Instant> {
+        let deadline = job.deadline?;
+        let exchange_now = self.state.exchange_time(job.key.market)?;
+        let ahead = self
+            .paces
+            .get(&job.key.market)?
+            .host_time_until(exchange_now, deadline)?;
+        // A page sent just before the cut is wasted, and the hour still has
+        // to be written: a tenth of the time left is kept for both. The
+        // measured pace lags when the loop is busy, which errs late.
+        Some(Instant::now() + ahead.mul_f64(0.9))
     }
 
     /// Holds every round to its hour's deadline, checked against the

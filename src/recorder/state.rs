@@ -130,6 +130,18 @@ struct OpenHour {
     first_segment: SegmentId,
 }
 
+/// What one symbol's trade and aggTrade streams wait for each other on
+/// (the aggTrade evidence for trade holes, see `budget`).
+#[derive(Debug, Default, Clone, Copy)]
+struct SymbolGates {
+    /// The next hour the aggTrade stream will seal, unless a fill round of
+    /// that hour failed: its trade hours then ask REST themselves rather
+    /// than wait out the deadline.
+    agg_next: Option<Hour>,
+    /// The next hour the trade stream will seal.
+    trade_next: Option<Hour>,
+}
+
 /// Fill progress of an hour not sealed yet.
 #[derive(Debug, Default)]
 struct FillStatus {
@@ -145,6 +157,10 @@ struct FillStatus {
     /// The aggTrade stream's evidence answered this trade hour's holes
     /// once: later rounds ask REST for exactly the ids it left.
     answered_by_agg_trades: bool,
+    /// A round reported [`REASON_REST_BEHIND`]: REST cannot answer before
+    /// the deadline (cut there, or its weight wait reaches past it), so the
+    /// hour seals now with the rest declared instead of waiting for it.
+    rest_behind: bool,
 }
 
 /// Holes declared in a sealed file, tried again now and then.
@@ -435,6 +451,9 @@ pub struct State {
     /// seals: at most [`MAX_EVIDENCE_AGGS`] each, one per symbol-hour
     /// sealed by its aggTrade stream and not yet by its trade stream.
     agg_evidence: BTreeMap<(Market, Symbol, Hour), Vec<AggSpan>>,
+    /// An hour was sealed or finished sealing since the last [`State::prune`]:
+    /// only then can it drop anything (it walks every stream, so not per plan).
+    prune_due: bool,
 }
 
 impl State {
@@ -464,6 +483,7 @@ impl State {
             counters,
             warned_unexpected: BTreeSet::new(),
             agg_evidence: BTreeMap::new(),
+            prune_due: false,
         }
     }
 
@@ -935,6 +955,12 @@ impl State {
         status.n_rounds += 1;
         status.settled.extend(report.settled);
         match report.failure {
+            Some(reason) if reason == REASON_REST_BEHIND => {
+                Counters::add(&counters.fill_failures, 1);
+                status.rest_behind = true;
+                status.retry_at = now;
+                status.last_failure = Some(reason);
+            }
             Some(reason) => {
                 Counters::add(&counters.fill_failures, 1);
                 let backoff = fill
@@ -980,10 +1006,15 @@ impl State {
     pub fn plan(&mut self, max_seals: usize, now: MonoMs) -> Vec<Job> {
         let mut jobs = Vec::new();
         let mut n_seals = 0;
-        let agg_next = self.agg_hours_to_wait_for();
-        let trade_next = self.next_hours_to_seal(StreamKind::Trade);
+        // It walks every stream: only when the evidence can be used.
+        let gates = if self.fill.agg_trade_evidence {
+            self.symbol_gates()
+        } else {
+            Vec::new()
+        };
         let fill = &self.fill;
-        for (key, stream) in self.streams.iter_mut() {
+        for (index, (key, stream)) in self.streams.iter_mut().enumerate() {
+            let gate = gates.get(index).copied().unwrap_or_default();
             let Some(market) = self.markets.get(&key.market) else {
                 continue;
             };
@@ -1087,8 +1118,10 @@ impl State {
                 let deadline = judged_since.saturating_add(fill.deadline_us);
                 if let Some(status) = stream.fills.get(&hour) {
                     // Judging an hour walks its rows: only when a decision is due.
-                    let waiting =
-                        status.in_flight || (status.retry_at > now && exchange_now < deadline);
+                    let waiting = status.in_flight
+                        || (status.retry_at > now
+                            && exchange_now < deadline
+                            && !status.rest_behind);
                     if waiting && fill.enabled {
                         break;
                     }
@@ -1121,7 +1154,7 @@ impl State {
                     Some(REASON_FILL_DISABLED.to_owned())
                 } else if status.in_flight {
                     break;
-                } else if exchange_now >= deadline {
+                } else if exchange_now >= deadline || status.rest_behind {
                     Some(
                         status
                             .last_failure
@@ -1129,11 +1162,10 @@ impl State {
                             .unwrap_or_else(|| REASON_DEADLINE.to_owned()),
                     )
                 } else if status.retry_at <= now {
-                    let pair = (key.market, key.symbol.clone());
                     let evidence_due = key.kind == StreamKind::Trade
                         && key.market == Market::Spot
                         && fill.agg_trade_evidence;
-                    if evidence_due && agg_next.get(&pair).is_some_and(|next| *next <= hour) {
+                    if evidence_due && gate.agg_next.is_some_and(|next| next <= hour) {
                         // The aggTrade stream has not sealed this hour yet:
                         // its aggregates will say which trade ids are
                         // missing, or that none are, for less weight.
@@ -1235,9 +1267,7 @@ impl State {
                 let evidence_wanted = key.kind == StreamKind::AggTrade
                     && key.market == Market::Spot
                     && fill.agg_trade_evidence
-                    && trade_next
-                        .get(&(key.market, key.symbol.clone()))
-                        .is_some_and(|next| *next <= hour);
+                    && gate.trade_next.is_some_and(|next| next <= hour);
                 if evidence_wanted
                     && unfilled.is_empty()
                     && (job.coverage_from, job.coverage_to) == (hour.start(), hour.end())
@@ -1261,51 +1291,52 @@ impl State {
                 stream.next_hour_to_seal = Some(hour);
             }
         }
-        self.prune();
+        if n_seals > 0 || self.prune_due {
+            self.prune();
+            self.prune_due = false;
+        }
         jobs
+    }
+
+    /// Per stream, in the order `plan` walks them (market, symbol, kind:
+    /// a symbol's streams are neighbours), its symbol's [`SymbolGates`].
+    /// One walk, no allocation per stream: planning runs often.
+    fn symbol_gates(&self) -> Vec<SymbolGates> {
+        // Before the first plan: the hour of the market's first watch span.
+        let next_of = |key: &StreamKey, stream: &StreamState| {
+            stream.next_hour_to_seal.or_else(|| {
+                let first_span = self.markets.get(&key.market)?.spans.first()?;
+                Some(Hour::containing(first_span.start))
+            })
+        };
+        let entries: Vec<(&StreamKey, &StreamState)> = self.streams.iter().collect();
+        let mut gates = Vec::with_capacity(entries.len());
+        for group in entries.chunk_by(|(a, _), (b, _)| a.market == b.market && a.symbol == b.symbol)
+        {
+            let mut gate = SymbolGates::default();
+            for (key, stream) in group {
+                match key.kind {
+                    StreamKind::AggTrade => {
+                        gate.agg_next = next_of(key, stream).filter(|hour| {
+                            stream
+                                .fills
+                                .get(hour)
+                                .is_none_or(|status| status.last_failure.is_none())
+                        });
+                    }
+                    StreamKind::Trade => gate.trade_next = next_of(key, stream),
+                    StreamKind::Kline(_) => {}
+                }
+            }
+            gates.extend(std::iter::repeat_n(gate, group.len()));
+        }
+        gates
     }
 
     /// Drops what no unsealed hour needs any more: clock offsets of hours
     /// every stream of the market has sealed, and watch spans that ended
     /// before them (the newest span is always kept). With the rows, held
     /// per unsealed hour only, this bounds the state by the hours it serves.
-    /// Per (market, symbol), the next hour its aggTrade stream will seal,
-    /// unless a fill round of that hour failed: its trade hours then ask
-    /// REST themselves rather than wait out the deadline.
-    fn agg_hours_to_wait_for(&self) -> BTreeMap<(Market, Symbol), Hour> {
-        let mut next = self.next_hours_to_seal(StreamKind::AggTrade);
-        next.retain(|(market, symbol), hour| {
-            let agg = StreamKey {
-                market: *market,
-                symbol: symbol.clone(),
-                kind: StreamKind::AggTrade,
-            };
-            !self.streams.get(&agg).is_some_and(|stream| {
-                stream
-                    .fills
-                    .get(hour)
-                    .is_some_and(|status| status.last_failure.is_some())
-            })
-        });
-        next
-    }
-
-    /// Per (market, symbol), the next hour its `kind` stream will seal
-    /// (before the first plan: the hour of the market's first watch span).
-    fn next_hours_to_seal(&self, kind: StreamKind) -> BTreeMap<(Market, Symbol), Hour> {
-        self.streams
-            .iter()
-            .filter(|(key, _)| key.kind == kind)
-            .filter_map(|(key, stream)| {
-                let next = stream.next_hour_to_seal.or_else(|| {
-                    let first_span = self.markets.get(&key.market)?.spans.first()?;
-                    Some(Hour::containing(first_span.start))
-                })?;
-                Some(((key.market, key.symbol.clone()), next))
-            })
-            .collect()
-    }
-
     fn prune(&mut self) {
         // Evidence goes once its trade hour is sealed.
         let streams = &self.streams;
@@ -1350,6 +1381,7 @@ impl State {
         if let Some(stream) = self.streams.get_mut(job_key) {
             stream.in_flight.remove(&hour);
         }
+        self.prune_due = true;
     }
 
     /// A seal failed: the same job (rows, holes, coverage) is planned again
@@ -2414,6 +2446,51 @@ streams = ["trade", "kline_1m"]
             "the rest is declared as REST being behind"
         );
         assert_eq!(state.n_declared_hours(), 1, "and retried later");
+    }
+
+    #[test]
+    fn a_round_that_cannot_be_answered_before_the_deadline_seals_its_hour_declared_at_once() {
+        let (mut state, job) = state_with_a_round_in_flight();
+        let deadline = job.deadline.expect("a first fill has a deadline");
+        // Well before the deadline the round's weight wait reaches past it
+        // (RestError::OutOfTime): it gives up with what it got, 8..=9.
+        clock_to(&mut state, 22, deadline - 60_000_000);
+        assert!(!job.is_overdue(state.exchange_time(Market::Spot)));
+        let fetched = (8..=9)
+            .map(|id| rest_trade(id, HOUR_START + 100 + id))
+            .collect();
+        let behind = report(&job, fetched, vec![], Some(REASON_REST_BEHIND));
+        state.apply_fill(SegmentId(2), behind, 0);
+        let sealed = only_seal(state.plan(10, 0));
+        assert_eq!(
+            sealed.rows.iter().map(Row::key).collect::<Vec<_>>(),
+            vec![7, 8, 9, 20]
+        );
+        assert_eq!(
+            sealed
+                .unfilled
+                .expect("a list")
+                .iter()
+                .map(|range| (range.from, range.to, range.reason.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(Some(10), Some(19), REASON_REST_BEHIND)],
+            "sealed now, not at the deadline, with the rest declared"
+        );
+        assert_eq!(state.n_declared_hours(), 1, "and retried later");
+    }
+
+    #[test]
+    fn any_other_failure_before_the_deadline_is_retried_not_declared() {
+        let (mut state, job) = state_with_a_round_in_flight();
+        let deadline = job.deadline.expect("a first fill has a deadline");
+        clock_to(&mut state, 22, deadline - 60_000_000);
+        let failed = report(&job, vec![], vec![], Some("rest unreachable: reset"));
+        state.apply_fill(SegmentId(2), failed, 0);
+        assert!(
+            state.plan(10, 0).is_empty(),
+            "the hour waits for its retry, it does not seal"
+        );
+        assert_eq!(state.n_declared_hours(), 0);
     }
 
     #[test]

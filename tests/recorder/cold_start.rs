@@ -4,7 +4,12 @@
 //! for it at once. Every file of the hour must seal within
 //! `seal.grace_ms` plus `fill.deadline_secs` of the hour's end (complete,
 //! or with what REST could not deliver in time declared), and the log must
-//! say that hours wait on REST and why. The REST calls and weight it took are printed
+//! say that hours wait on REST and why. Rounds whose weight wait reaches
+//! past their deadline give up at once (the exchange clock's pace, measured,
+//! turns the deadline into a host instant), so those hours seal as soon as
+//! REST is known to be behind, not all in one burst at the bound. It runs
+//! alone (`.config/nextest.toml`): the bound is measured in real seconds on
+//! the fake's clock. The REST calls and weight it took are printed
 //! (`scripts/bench_cold_start.sh` runs it with and without
 //! `fill.agg_trade_evidence` and compares them: docs/BENCHMARKS.md).
 
@@ -17,11 +22,12 @@ use fake_binance::FakeExchange;
 use crate::support::*;
 
 const N_SYMBOLS: usize = 350;
-/// Simulated seconds per real second: the hour's end is 15 s away, its
-/// seal deadline (5 s grace + 120 s) another 31 s. Faster, 1,050 streams'
-/// kline updates (one each 2 s of exchange time) are more frames than a
-/// loaded 2-core machine writes, and the recorder's clock falls behind.
-const SPEED: f64 = 4.0;
+/// Simulated seconds per real second: the hour's end is 20 s away, its
+/// seal deadline (5 s grace + 120 s) another 42 s. Faster, 1,050 streams'
+/// kline updates (one each 2 s of exchange time) and the burst of fill
+/// reports and seals at the cold start keep a debug build's loop on a
+/// 2-core machine busy enough that its exchange clock lags the fake's.
+const SPEED: f64 = 3.0;
 const GRACE_SECS: i64 = 5;
 const DEADLINE_SECS: i64 = 120;
 
@@ -36,7 +42,6 @@ fn field(line: &str, name: &str) -> Option<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 12, open: on a loaded 2-core machine the first hour's files are written up to ~40 s (real) after the bound; see docs/BENCHMARKS.md"]
 async fn cold_start_of_a_whole_exchange_seals_every_first_hour_on_time_and_says_why_hours_wait() {
     // `COLD_START_AGG_TRADE_EVIDENCE=false` measures the run without it.
     let evidence =
@@ -49,7 +54,7 @@ async fn cold_start_of_a_whole_exchange_seals_every_first_hour_on_time_and_says_
     // A few orders an hour per symbol: most of an exchange's symbols.
     settings.mean_orders_per_sec = 0.001;
     // Spot's weight limit (6,000 a minute of real time) at the default
-    // share of 0.3: 1,800 a real minute, 450 a minute of exchange time.
+    // share of 0.3: 1,800 a real minute, 600 a minute of exchange time.
     let fake = FakeExchange::start(settings).await.expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();

@@ -1125,3 +1125,71 @@ async fn a_range_fetch_cut_by_its_caller_keeps_the_pages_it_got() {
     assert_eq!(fake.counters().rest_requests, 1);
     fake.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_weight_wait_past_the_deadline_gives_up_at_once_with_the_pages_it_got() {
+    // Spot's historicalTrades costs 25 weight a page: a share of 0.3 of
+    // 1,200 (360 a minute) pays for 14 pages, then the next waits a minute.
+    let config = fake_binance::FakeConfig {
+        limits: Limits {
+            weight_limit_per_minute: 1200,
+            ..fake_config(1.0).limits
+        },
+        ..fake_config(1.0)
+    };
+    let fake = FakeExchange::start(config).await.expect("fake starts");
+    let options = RestOptions {
+        weight_share: WeightShare::new(0.3).expect("valid share"),
+        ..RestOptions::default()
+    };
+    let client = RestClient::with_options(Market::Spot, &fake.rest_base_url(), options);
+    client
+        .refresh_weight_limit(&btcusdt())
+        .await
+        .expect("exchangeInfo");
+    let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
+    let wanted = &truth.trades[..300];
+    // The round's deadline: far less than the minute the weight needs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let retry = RetryPolicy {
+        deadline: Some(deadline),
+        ..quick_retries()
+    };
+    let fetched = client
+        .fetch_trades_range(
+            &btcusdt(),
+            wanted[0].id,
+            IdRangeEnd::Id(wanted[wanted.len() - 1].id),
+            10,
+            &retry,
+        )
+        .await;
+    assert!(
+        Instant::now() < deadline,
+        "it gave up when the wait was known, not at the deadline"
+    );
+    let FetchOutcome::GaveUp(error) = &fetched.outcome else {
+        panic!(
+            "the budget is spent before the range ends: {:?}",
+            fetched.outcome
+        );
+    };
+    assert!(matches!(error, RestError::OutOfTime { .. }), "{error}");
+    assert_eq!(
+        binance_recorder::recorder::fill::failure_reason(error),
+        binance_recorder::recorder::state::REASON_REST_BEHIND,
+        "the hour seals now with the rest declared"
+    );
+    let n_pages = fetched.rows.len() / 10;
+    assert!(
+        (13..=14).contains(&n_pages),
+        "pages within the budget: {n_pages}"
+    );
+    assert_trades_match(&fetched.rows, &wanted[..fetched.rows.len()]);
+    assert_eq!(
+        fake.counters().rest_requests as usize,
+        n_pages + 1,
+        "exchangeInfo and the pages the budget paid for, nothing more"
+    );
+    fake.shutdown().await;
+}
