@@ -7,8 +7,9 @@ Usage: read_bucket.py ENDPOINT BUCKET/PREFIX EXPECTED_JSON
 AWS_SECRET_ACCESS_KEY). EXPECTED_JSON maps a stream folder name to its rows.
 
 DuckDB's httpfs extension is not checked: it is downloaded from DuckDB's
-extension repository at first use, which the tests cannot reach (no
-package registry ships it).
+extension repository at first use, which the tests cannot reach, and the
+PyPI packages that ship it stop at DuckDB 1.5.5 (extensions load only into
+the release they were built for; the tests pin 2.0.1).
 """
 
 import json
