@@ -214,8 +214,13 @@ async fn run(
         if shutdown.is_cancelled() {
             return;
         }
+        // The walk and the retention pass run on blocking threads; a stop
+        // does not wait for them (the next start walks again).
         if shared.rescan.swap(false, Ordering::Relaxed) {
-            walk(&shared, &mut queue, &mut retained).await;
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = walk(&shared, &mut queue, &mut retained) => {}
+            }
         }
         while let Ok(path) = receiver.try_recv() {
             take_sealed(&shared, &mut queue, &path);
@@ -223,7 +228,10 @@ async fn run(
         publish_backlog(&shared, &queue, &mut backlog_warned_at);
         let exchange_now = *clock.borrow_and_update();
         if let (Some(keep), Some(now)) = (shared.config.keep_local, exchange_now) {
-            apply_retention(&shared, &mut retained, keep, now).await;
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = apply_retention(&shared, &mut retained, keep, now) => {}
+            }
         }
         if queue.n_beyond > 0 && queue.order.len() < MAX_QUEUED_FILES / 2 {
             shared.rescan.store(true, Ordering::Relaxed);
