@@ -588,6 +588,21 @@ async fn files_sealed_while_the_store_was_away_are_uploaded_after_a_restart() {
     let n_sealed = sealed_away.len();
     assert!(n_sealed >= 2, "{n_sealed} files sealed");
 
+    // `status` of the stopped daemon counts them from the directory.
+    let config_path = root.join("config.toml");
+    std::fs::write(&config_path, &config).expect("write config");
+    let status = run_binary(vec![
+        "status".into(),
+        "--config".into(),
+        config_path.display().to_string(),
+    ])
+    .await;
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        table.contains(&format!("upload backlog: {n_sealed} sealed files")),
+        "status shows the backlog: {table}"
+    );
+
     // The store is back; the new process finds what is sealed and not
     // verified, and uploads it.
     proxy.restore();
