@@ -148,7 +148,8 @@ pub fn build(config: &Config, live: Option<&LiveStatus>, now_us: TimeUs) -> Stat
                     crate::upload::marker::sealed_files(&config.data_dir)
                         .iter()
                         .filter(|file| {
-                            !crate::upload::marker::verified(&config.data_dir, &file.relative)
+                            crate::upload::marker::settled(&config.data_dir, &file.relative)
+                                .is_none()
                         })
                         .count() as u64
                 })

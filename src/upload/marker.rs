@@ -109,15 +109,24 @@ pub fn remove_marker(root: &Path, relative: &str) -> io::Result<()> {
     }
 }
 
+/// How `relative`'s file, as it is now, settled: `None` when it has no
+/// marker or its marker was written for another version of it.
+pub fn settled(root: &Path, relative: &str) -> Option<Settled> {
+    let metadata = fs::metadata(root.join(relative)).ok()?;
+    read_marker(root, relative)
+        .filter(|marker| marker.stamp == FileStamp::of(&metadata))
+        .map(|marker| marker.settled)
+}
+
 /// Whether `relative`'s file is verified uploaded as it is now: its marker
 /// says uploaded and its stamp is the file's.
 pub fn verified(root: &Path, relative: &str) -> bool {
-    let Ok(metadata) = fs::metadata(root.join(relative)) else {
-        return false;
-    };
-    read_marker(root, relative).is_some_and(|marker| {
-        marker.settled == Settled::Uploaded && marker.stamp == FileStamp::of(&metadata)
-    })
+    settled(root, relative) == Some(Settled::Uploaded)
+}
+
+/// Whether the file is still the version `stamp` describes.
+pub fn unchanged_since(root: &Path, relative: &str, stamp: FileStamp) -> bool {
+    fs::metadata(root.join(relative)).is_ok_and(|metadata| FileStamp::of(&metadata) == stamp)
 }
 
 /// The hour in a sealed file's name, `<S>-<s>-<YYYY-MM-DD>-<HH>.parquet`.
@@ -198,9 +207,22 @@ mod tests {
         };
         write_marker(root.path(), relative, &marker).expect("marker");
         assert!(verified(root.path(), relative));
-        assert_eq!(read_marker(root.path(), relative), Some(marker));
+        assert!(unchanged_since(root.path(), relative, stamp));
+        assert_eq!(read_marker(root.path(), relative), Some(marker.clone()));
         // A reseal replaces the file: the marker no longer vouches for it.
         fs::write(&path, b"one and a late row").expect("rewrite");
+        assert!(!verified(root.path(), relative));
+        assert!(!unchanged_since(root.path(), relative, stamp));
+        assert_eq!(settled(root.path(), relative), None);
+        // A kept remote is settled (not queued again) but not verified.
+        let stamp = FileStamp::of(&fs::metadata(&path).expect("stat"));
+        let kept = Marker {
+            stamp,
+            settled: Settled::RemoteKept,
+            ..marker
+        };
+        write_marker(root.path(), relative, &kept).expect("marker");
+        assert_eq!(settled(root.path(), relative), Some(Settled::RemoteKept));
         assert!(!verified(root.path(), relative));
         assert_eq!(
             sealed_files(root.path()),

@@ -266,6 +266,12 @@ async fn run(
                 queue.pop_front();
                 n_failures = 0;
                 retry_at = None;
+                if !settled.still_current {
+                    // Resealed while it was uploaded (its notice found it
+                    // queued): the new version goes up too.
+                    queue.push(relative.clone());
+                }
+                let settled = settled.settled;
                 if settled == Settled::Uploaded
                     && shared.config.keep_local.is_some()
                     && retained.len() < MAX_RETAINED_FILES
@@ -313,8 +319,8 @@ async fn walk(shared: &Arc<Shared>, queue: &mut Queue, retained: &mut BTreeSet<S
         marker::sealed_files(&root)
             .into_iter()
             .map(|file| {
-                let verified = marker::verified(&root, &file.relative);
-                (file, verified)
+                let settled = marker::settled(&root, &file.relative);
+                (file, settled)
             })
             .collect::<Vec<_>>()
     })
@@ -329,12 +335,15 @@ async fn walk(shared: &Arc<Shared>, queue: &mut Queue, retained: &mut BTreeSet<S
     };
     queue.n_beyond = 0;
     let (mut n_unverified, mut n_verified) = (0usize, 0usize);
-    for (file, verified) in found {
-        if verified {
+    for (file, settled) in found {
+        if settled == Some(Settled::Uploaded) {
             n_verified += 1;
             if shared.config.keep_local.is_some() && retained.len() < MAX_RETAINED_FILES {
                 retained.insert(file);
             }
+        } else if settled == Some(Settled::RemoteKept) {
+            // Judged already: the key holds a more complete object.
+            n_verified += 1;
         } else {
             n_unverified += 1;
             if !queue.push(file.relative) {
@@ -348,20 +357,29 @@ async fn walk(shared: &Arc<Shared>, queue: &mut Queue, retained: &mut BTreeSet<S
     );
 }
 
+/// How a file settled, and whether the file is still the version that did.
+struct Written {
+    settled: Settled,
+    still_current: bool,
+}
+
 /// Writes the marker of a settled file (on a blocking thread: it fsyncs).
 async fn write_marker(
     shared: &Arc<Shared>,
     relative: &str,
     settlement: store::Settlement,
-) -> Result<Settled, UploadError> {
+) -> Result<Written, UploadError> {
     let root = shared.root.clone();
     let owned = relative.to_owned();
     let marker = settlement.marker;
     let settled = marker.settled;
-    tokio::task::spawn_blocking(move || marker::write_marker(&root, &owned, &marker))
-        .await
-        .map_err(|error| UploadError::Local(std::io::Error::other(error)))?
-        .map_err(UploadError::Local)?;
+    let still_current = tokio::task::spawn_blocking(move || {
+        marker::write_marker(&root, &owned, &marker)?;
+        Ok(marker::unchanged_since(&root, &owned, marker.stamp))
+    })
+    .await
+    .map_err(|error| UploadError::Local(std::io::Error::other(error)))?
+    .map_err(UploadError::Local)?;
     match settled {
         Settled::Uploaded => {
             Counters::add(&shared.counters.files_uploaded, 1);
@@ -370,7 +388,10 @@ async fn write_marker(
         }
         Settled::RemoteKept => Counters::add(&shared.counters.upload_objects_kept, 1),
     }
-    Ok(settled)
+    Ok(Written {
+        settled,
+        still_current,
+    })
 }
 
 fn publish_backlog(shared: &Shared, queue: &Queue, warned_at: &mut Option<Instant>) {
