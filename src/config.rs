@@ -30,6 +30,15 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
+impl From<crate::upload::config::ConfigError> for ConfigError {
+    fn from(error: crate::upload::config::ConfigError) -> Self {
+        ConfigError::Invalid {
+            key: error.key,
+            reason: error.reason,
+        }
+    }
+}
+
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),

@@ -340,13 +340,36 @@ fn backfill(
         .build()
         .context("cannot start the tokio runtime")
         .and_then(|runtime| {
-            runtime.block_on(recorder::backfill::backfill(
-                &config,
-                from,
-                to,
-                hole_list.as_ref(),
-                Arc::new(Counters::default()),
-            ))
+            runtime.block_on(async {
+                // With a destination: hours deleted locally are read back
+                // first, and what was resealed is uploaded after.
+                recorder::backfill::restore_from_destination(
+                    &config,
+                    from,
+                    to,
+                    hole_list.as_ref(),
+                )
+                .await
+                .context("storage.destination: cannot read sealed files back")?;
+                let summary = recorder::backfill::backfill(
+                    &config,
+                    from,
+                    to,
+                    hole_list.as_ref(),
+                    Arc::new(Counters::default()),
+                )
+                .await?;
+                if let Some(upload) = &config.upload {
+                    let synced = binance_recorder::upload::sync::upload_unsettled(upload, &config.data_dir)
+                        .await
+                        .context("storage.destination: cannot upload the backfilled files")?;
+                    eprintln!(
+                        "{}: {} files uploaded, {} kept the bucket's more complete object, {} left for the daemon's next start",
+                        upload.destination_url, synced.n_uploaded, synced.n_kept_remote, synced.n_failed
+                    );
+                }
+                Ok(summary)
+            })
         });
     let summary = match result {
         Ok(summary) => summary,

@@ -13,10 +13,17 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+/// A key with a value that cannot be used, and why (`crate::config`
+/// turns it into its `ConfigError::Invalid`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
+    ConfigError {
         key: key.to_owned(),
         reason: reason.into(),
     }
@@ -299,7 +306,7 @@ mod tests {
 
     fn error_key(result: Result<Option<UploadConfig>, ConfigError>) -> String {
         match result {
-            Err(ConfigError::Invalid { key, .. }) => key,
+            Err(ConfigError { key, .. }) => key,
             other => panic!("expected an invalid key, got {other:?}"),
         }
     }

@@ -27,6 +27,7 @@ pub mod decide;
 pub mod fetch;
 pub mod marker;
 pub mod store;
+pub mod sync;
 mod task;
 
 pub use config::{RawS3, RawUpload, UploadConfig};

@@ -619,3 +619,114 @@ async fn files_sealed_while_the_store_was_away_are_uploaded_after_a_restart() {
     eprintln!("{n_sealed} files sealed while the store was away, all uploaded after the restart");
     fake.shutdown().await;
 }
+
+/// The hour the committed 0.1.0 fixture holds (2024-08-09 00:00 UTC); its
+/// ETHUSDT trade file declares the first ten minutes as a hole.
+const FIXTURE_HOUR_START: i64 = 1_723_161_600_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_reads_a_retired_hour_back_from_the_bucket_and_uploads_it_filled() {
+    set_credentials_env();
+    let moto = MotoServer::start().await;
+    create_bucket(&moto.endpoint(), BUCKET).await;
+    let store = client(&moto.endpoint(), BUCKET);
+    let hour = Hour::containing(FIXTURE_HOUR_START);
+    let fake = FakeExchange::start(fake_binance::FakeConfig {
+        sim_start_us: hour.start() + 30 * binance_recorder::domain::MICROS_PER_MINUTE,
+        history: Duration::from_secs(3600),
+        symbols: vec!["BTCUSDT".to_owned(), "ETHUSDT".to_owned()],
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let data = root.join("data");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dataset-v1");
+    for path in parquet_files(&fixture) {
+        let target = data.join(path.strip_prefix(&fixture).expect("inside the fixture"));
+        std::fs::create_dir_all(target.parent().expect("folder")).expect("folder");
+        std::fs::copy(&path, &target).expect("copied");
+    }
+    let config_text = with_upload(
+        &recorder_toml(
+            &fake,
+            root,
+            &["BTCUSDT", "ETHUSDT"],
+            &["trade", "aggTrade", "kline_1m"],
+        ),
+        &moto.endpoint(),
+        "",
+    );
+    let config_path = root.join("config.toml");
+    std::fs::write(&config_path, &config_text).expect("write config");
+    let config = binance_recorder::config::Config::from_toml(&config_text).expect("valid");
+    let upload_config = config.upload.clone().expect("a destination");
+    let synced = binance_recorder::upload::sync::upload_unsettled(&upload_config, &data)
+        .await
+        .expect("uploaded");
+    assert_eq!(
+        synced.n_uploaded,
+        parquet_files(&data.join("market=spot")).len()
+    );
+
+    // Retention took the file with the hole off the disk.
+    let declared = file_path(root, &key("ETHUSDT", StreamKind::Trade), hour);
+    let declared_key = key_of(&data, &declared);
+    std::fs::remove_file(&declared).expect("retired");
+    let remote_before = parquet_out::summary_from_bytes(
+        Path::new("before"),
+        object_bytes(&store, &declared_key)
+            .await
+            .expect("object")
+            .into(),
+    )
+    .expect("summary");
+    assert_eq!(
+        remote_before.unfilled.len(),
+        1,
+        "the object declares the hole"
+    );
+
+    let output = run_binary(vec![
+        "backfill".into(),
+        "--config".into(),
+        config_path.display().to_string(),
+        "--from".into(),
+        hour.to_string(),
+        "--to".into(),
+        hour.to_string(),
+    ])
+    .await;
+    // Exit 1 says a hole is still declared (one with neither id known
+    // stays open: the fill round's business, tested in gap_fill); 2
+    // would be "could not run".
+    assert!(
+        matches!(output.status.code(), Some(0 | 1)),
+        "backfill: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Read back, filled, resealed locally, and the object replaced by it.
+    assert!(declared.exists(), "the hour was read back from the bucket");
+    let local = std::fs::read(&declared).expect("local file");
+    let remote = object_bytes(&store, &declared_key).await.expect("object");
+    assert_eq!(remote, local, "the filled file replaced the object");
+    let after =
+        parquet_out::summary_from_bytes(Path::new("after"), remote.into()).expect("summary");
+    assert!(
+        after.unfilled.len() < remote_before.unfilled.len()
+            || after.row_count > remote_before.row_count,
+        "the object is more complete: {after:?}"
+    );
+    assert_eq!(after.schema_version, parquet_out::SchemaVersion::V2);
+    eprintln!(
+        "backfill through the bucket: {} rows and {} holes before, {} rows and {} holes after; {}",
+        remote_before.row_count,
+        remote_before.unfilled.len(),
+        after.row_count,
+        after.unfilled.len(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    fake.shutdown().await;
+}
