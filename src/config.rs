@@ -823,6 +823,21 @@ impl RawConfig {
             ));
         }
         let upload = crate::upload::config::validate(self.storage.upload_keys())?;
+        // A declared hole is retried (and its hour resealed from the local
+        // file) for declared_give_up_hours: the file must still be there.
+        if let Some(keep) = upload.as_ref().and_then(|upload| upload.keep_local) {
+            let give_up_us = u128::try_from(fill.declared_give_up_us).unwrap_or(0);
+            if keep.as_micros() < give_up_us {
+                return Err(invalid(
+                    "storage.keep_local_hours",
+                    format!(
+                        "{} is below fill.declared_give_up_hours ({}): an hour whose declared holes are still retried must keep its local file",
+                        keep.as_secs() / 3600,
+                        give_up_us / 3_600_000_000
+                    ),
+                ));
+            }
+        }
         let mut markets = Vec::new();
         for (name, raw_market) in self.markets {
             let key = format!("markets.{name}");

@@ -77,6 +77,15 @@ fn bad_values_exit_2_naming_the_key() {
                     "# destination = \"s3://my-bucket/binance\"",
                     "destination = \"s3://my-bucket/binance\"",
                 )
+                .replace("# keep_local_hours = 48", "keep_local_hours = 2"),
+            "fill.declared_give_up_hours",
+        ),
+        (
+            shipped
+                .replace(
+                    "# destination = \"s3://my-bucket/binance\"",
+                    "destination = \"s3://my-bucket/binance\"",
+                )
                 .replace("# [storage.s3]", "[storage.s3]")
                 .replace(
                     "# endpoint = \"https://minio.example.net:9000\"",

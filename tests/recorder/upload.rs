@@ -292,7 +292,10 @@ async fn a_store_lost_mid_upload_and_for_hours_loses_nothing_and_retention_waits
             root,
             &["BTCUSDT"],
             &["trade", "aggTrade", "kline_1m"],
-        ),
+        )
+        // Declared holes are retried from the local file for this long,
+        // so keep_local_hours may not be shorter.
+        .replace("[fill]\n", "[fill]\ndeclared_give_up_hours = 1\n"),
         &proxy.endpoint(),
         "keep_local_hours = 1\nbacklog_warn_files = 6",
     );
