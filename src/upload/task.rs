@@ -262,17 +262,16 @@ async fn run(
             Err(error) => Err(error),
         };
         match result {
-            Ok(settled) => {
+            Ok(written) => {
                 queue.pop_front();
                 n_failures = 0;
                 retry_at = None;
-                if !settled.still_current {
+                if !written.still_current {
                     // Resealed while it was uploaded (its notice found it
                     // queued): the new version goes up too.
                     queue.push(relative.clone());
                 }
-                let settled = settled.settled;
-                if settled == Settled::Uploaded
+                if written.settled == Settled::Uploaded
                     && shared.config.keep_local.is_some()
                     && retained.len() < MAX_RETAINED_FILES
                 {
