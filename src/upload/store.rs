@@ -206,10 +206,7 @@ async fn put(
     let upload = store.put_multipart(key).await?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART_BYTES);
     writer.put(bytes);
-    match writer.finish().await {
-        Ok(_) => Ok(()),
-        Err(error) => Err(error),
-    }
+    writer.finish().await.map(|_| ())
 }
 
 /// Reads the object back: its size and ETag must be what was written;

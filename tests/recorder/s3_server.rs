@@ -30,7 +30,8 @@ pub const REGION: &str = "us-east-1";
 /// Sets the AWS variables the recorder's S3 client reads. Every upload
 /// test sets the same values (nextest runs each test in its own process).
 pub fn set_credentials_env() {
-    // SAFETY-free in edition 2021; the values are the same for every test.
+    // Every test sets the same values, so a test running beside another
+    // (cargo test threads) never sees a different one.
     std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
     std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
     std::env::set_var("AWS_REGION", REGION);
