@@ -30,6 +30,15 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
+impl From<crate::upload::config::ConfigError> for ConfigError {
+    fn from(error: crate::upload::config::ConfigError) -> Self {
+        ConfigError::Invalid {
+            key: error.key,
+            reason: error.reason,
+        }
+    }
+}
+
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -233,6 +242,32 @@ pub struct RawStorage {
     pub wal_dir: PathBuf,
     /// Frames that could not be decoded, kept raw with the error.
     pub quarantine_dir: PathBuf,
+    /// Where sealed files are uploaded (`s3://bucket/prefix`); unset keeps
+    /// them in `data_dir` only. This and the keys below are validated by
+    /// `crate::upload::config`, which documents them.
+    pub destination: Option<String>,
+    pub keep_local_hours: Option<u64>,
+    pub backlog_warn_files: Option<u64>,
+    pub multipart_threshold_bytes: Option<u64>,
+    pub upload_retry_initial_ms: Option<u64>,
+    pub upload_retry_max_ms: Option<u64>,
+    /// `[storage.s3]`: the S3 client's options (never credentials).
+    pub s3: crate::upload::RawS3,
+}
+
+impl RawStorage {
+    /// The upload's keys, for `crate::upload::config::validate`.
+    fn upload_keys(&self) -> crate::upload::RawUpload {
+        crate::upload::RawUpload {
+            destination: self.destination.clone(),
+            keep_local_hours: self.keep_local_hours,
+            backlog_warn_files: self.backlog_warn_files,
+            multipart_threshold_bytes: self.multipart_threshold_bytes,
+            upload_retry_initial_ms: self.upload_retry_initial_ms,
+            upload_retry_max_ms: self.upload_retry_max_ms,
+            s3: self.s3.clone(),
+        }
+    }
 }
 
 impl Default for RawStorage {
@@ -241,6 +276,13 @@ impl Default for RawStorage {
             data_dir: PathBuf::from("data/parquet"),
             wal_dir: PathBuf::from("data/wal"),
             quarantine_dir: PathBuf::from("data/quarantine"),
+            destination: None,
+            keep_local_hours: None,
+            backlog_warn_files: None,
+            multipart_threshold_bytes: None,
+            upload_retry_initial_ms: None,
+            upload_retry_max_ms: None,
+            s3: crate::upload::RawS3::default(),
         }
     }
 }
@@ -633,6 +675,8 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub metrics: MetricsConfig,
+    /// `[storage] destination` and its keys; `None`: files stay local.
+    pub upload: Option<crate::upload::UploadConfig>,
     pub markets: Vec<MarketConfig>,
 }
 
@@ -778,6 +822,22 @@ impl RawConfig {
                 "must differ from storage.data_dir",
             ));
         }
+        let upload = crate::upload::config::validate(self.storage.upload_keys())?;
+        // A declared hole is retried (and its hour resealed from the local
+        // file) for declared_give_up_hours: the file must still be there.
+        if let Some(keep) = upload.as_ref().and_then(|upload| upload.keep_local) {
+            let give_up_us = u128::try_from(fill.declared_give_up_us).unwrap_or(0);
+            if keep.as_micros() < give_up_us {
+                return Err(invalid(
+                    "storage.keep_local_hours",
+                    format!(
+                        "{} is below fill.declared_give_up_hours ({}): an hour whose declared holes are still retried must keep its local file",
+                        keep.as_secs() / 3600,
+                        give_up_us / 3_600_000_000
+                    ),
+                ));
+            }
+        }
         let mut markets = Vec::new();
         for (name, raw_market) in self.markets {
             let key = format!("markets.{name}");
@@ -817,6 +877,7 @@ impl RawConfig {
             clock: validate_clock(&self.clock)?,
             log_format: validate_log(&self.log)?,
             metrics: validate_metrics(&self.metrics)?,
+            upload,
             log_level: self.log.level,
             markets,
         })

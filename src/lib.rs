@@ -17,6 +17,8 @@
 //! - [`lock`]: one recorder per directory (flock).
 //! - [`verify`]: the dataset-level check: every file of the contract's
 //!   schema and true to its metadata, no hour, id or kline missing undeclared.
+//! - [`upload`]: sealed files uploaded to `[storage] destination` (S3),
+//!   verified, marked, and then deleted locally past `keep_local_hours`.
 //! - [`quarantine`], [`metrics`]: undecodable frames, counters.
 //!
 //! # Life of one message
@@ -64,5 +66,6 @@ pub mod recorder;
 pub mod seal;
 pub mod service;
 pub mod status;
+pub mod upload;
 pub mod verify;
 pub mod wal;

@@ -88,7 +88,10 @@ struct VerifyArguments {
     /// config.toml when --root is not given).
     #[arg(long, conflicts_with = "root")]
     config: Option<PathBuf>,
-    /// The dataset's root folder (what `storage.data_dir` names).
+    /// The dataset's root folder (what `storage.data_dir` names), or a
+    /// bucket, `s3://bucket/prefix` (what `storage.destination` names;
+    /// the client is configured from the environment: AWS_REGION,
+    /// AWS_ENDPOINT_URL, AWS_ALLOW_HTTP and the credentials).
     #[arg(long)]
     root: Option<PathBuf>,
     /// Only this market (spot, usdm, coinm, us).
@@ -230,6 +233,38 @@ fn verify(arguments: VerifyArguments) -> ExitCode {
         from: arguments.from,
         to: arguments.to,
     };
+    // A bucket is downloaded (narrowed by the selection) and verified as a folder.
+    let mut _downloaded = None;
+    let root_text = root.to_string_lossy().into_owned();
+    let root = if binance_recorder::upload::fetch::is_remote(&root_text) {
+        let partitions: Vec<String> = [
+            arguments.market.map(|market| format!("market={market}")),
+            arguments
+                .stream
+                .map(|kind| format!("stream={}", kind.path_name())),
+            arguments
+                .symbol
+                .as_ref()
+                .map(|symbol| format!("symbol={symbol}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match binance_recorder::upload::fetch::download_dataset(&root_text, &partitions) {
+            Ok((scratch, n_files)) => {
+                eprintln!("{root_text}: {n_files} sealed files downloaded to verify");
+                let path = scratch.path().to_path_buf();
+                _downloaded = Some(scratch);
+                path
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                return could_not_run;
+            }
+        }
+    } else {
+        root
+    };
     let report = match verify::verify(&root, &selection) {
         Ok(report) => report,
         Err(error) => {
@@ -305,13 +340,36 @@ fn backfill(
         .build()
         .context("cannot start the tokio runtime")
         .and_then(|runtime| {
-            runtime.block_on(recorder::backfill::backfill(
-                &config,
-                from,
-                to,
-                hole_list.as_ref(),
-                Arc::new(Counters::default()),
-            ))
+            runtime.block_on(async {
+                // With a destination: hours deleted locally are read back
+                // first, and what was resealed is uploaded after.
+                recorder::backfill::restore_from_destination(
+                    &config,
+                    from,
+                    to,
+                    hole_list.as_ref(),
+                )
+                .await
+                .context("storage.destination: cannot read sealed files back")?;
+                let summary = recorder::backfill::backfill(
+                    &config,
+                    from,
+                    to,
+                    hole_list.as_ref(),
+                    Arc::new(Counters::default()),
+                )
+                .await?;
+                if let Some(upload) = &config.upload {
+                    let synced = binance_recorder::upload::sync::upload_unsettled(upload, &config.data_dir)
+                        .await
+                        .context("storage.destination: cannot upload the backfilled files")?;
+                    eprintln!(
+                        "{}: {} files uploaded, {} kept the bucket's more complete object, {} left for the daemon's next start",
+                        upload.destination_url, synced.n_uploaded, synced.n_kept_remote, synced.n_failed
+                    );
+                }
+                Ok(summary)
+            })
         });
     let summary = match result {
         Ok(summary) => summary,

@@ -20,6 +20,10 @@ pub struct LiveStatus {
     pub streams: Vec<LiveStream>,
     pub links_up: u64,
     pub wal_bytes: u64,
+    /// Sealed files waiting for upload (absent from daemons without a
+    /// destination, and from releases before uploads).
+    #[serde(default)]
+    pub upload_backlog: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +66,10 @@ pub struct StatusReport {
     pub links_up: Option<u64>,
     pub wal_bytes: u64,
     pub data_bytes: u64,
+    /// Sealed files not yet verified at `[storage] destination`: the
+    /// daemon's count, or the directory's when it is stopped; `None`
+    /// without a destination.
+    pub upload_backlog: Option<u64>,
 }
 
 /// Sealed hours looked at for declared holes.
@@ -134,6 +142,18 @@ pub fn build(config: &Config, live: Option<&LiveStatus>, now_us: TimeUs) -> Stat
         links_up: live.map(|live| live.links_up),
         wal_bytes: live.map_or_else(|| directory_bytes(&config.wal_dir), |live| live.wal_bytes),
         data_bytes: directory_bytes(&config.data_dir),
+        upload_backlog: config.upload.as_ref().map(|_| {
+            live.and_then(|live| live.upload_backlog)
+                .unwrap_or_else(|| {
+                    crate::upload::marker::sealed_files(&config.data_dir)
+                        .iter()
+                        .filter(|file| {
+                            crate::upload::marker::settled(&config.data_dir, &file.relative)
+                                .is_none()
+                        })
+                        .count() as u64
+                })
+        }),
     }
 }
 
@@ -214,6 +234,11 @@ pub fn render_table(report: &StatusReport) -> String {
         mib(report.wal_bytes),
         mib(report.data_bytes)
     );
+    if let Some(backlog) = report.upload_backlog {
+        text += &format!(
+            "upload backlog: {backlog} sealed files not yet verified at the destination\n"
+        );
+    }
     text
 }
 
@@ -246,6 +271,7 @@ mod tests {
             links_up: Some(1),
             wal_bytes: 13 * 1024 * 1024,
             data_bytes: 1536 * 1024 * 1024,
+            upload_backlog: Some(3),
         };
         let expected = "\
 daemon: running, 1 links up
@@ -255,6 +281,7 @@ spot/trade/BTCUSDT     live   0 s ago     48211      2026-11-23T10  0
 spot/kline_1m/ETHUSDT  stale  75 s ago    12         none           2
 
 WAL: 13.0 MiB   data: 1536.0 MiB
+upload backlog: 3 sealed files not yet verified at the destination
 ";
         assert_eq!(render_table(&report), expected);
     }
@@ -274,6 +301,7 @@ WAL: 13.0 MiB   data: 1536.0 MiB
             links_up: None,
             wal_bytes: 0,
             data_bytes: 0,
+            upload_backlog: None,
         };
         let expected = "\
 daemon: stopped

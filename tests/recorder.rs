@@ -34,12 +34,16 @@ mod reconcile;
 mod rest_fill;
 #[path = "recorder/restart.rs"]
 mod restart;
+#[path = "recorder/s3_server.rs"]
+mod s3_server;
 #[path = "recorder/seal_faults.rs"]
 mod seal_faults;
 #[path = "recorder/service.rs"]
 mod service;
 #[path = "recorder/supervision.rs"]
 mod supervision;
+#[path = "recorder/upload.rs"]
+mod upload;
 #[path = "recorder/verify.rs"]
 mod verify;
 #[path = "recorder/verify_dataset.rs"]

@@ -41,6 +41,8 @@ pub struct HealthInputs {
     pub newest_event: BTreeMap<StreamKey, TimeUs>,
     pub rows_held: BTreeMap<StreamKey, u64>,
     pub wal_bytes: u64,
+    /// Sealed files waiting for upload; `None` without a destination.
+    pub upload_backlog: Option<u64>,
 }
 
 /// How long `key`'s stream may stay silent before it is stale.
@@ -122,6 +124,7 @@ impl HealthBoard {
                 newest_event: BTreeMap::new(),
                 rows_held: BTreeMap::new(),
                 wal_bytes: 0,
+                upload_backlog: None,
             }),
         }
     }
@@ -151,6 +154,7 @@ impl HealthBoard {
             streams,
             links_up: inputs.links_up.values().sum(),
             wal_bytes: inputs.wal_bytes,
+            upload_backlog: inputs.upload_backlog,
         }
     }
 
@@ -206,6 +210,7 @@ mod tests {
             newest_event: BTreeMap::new(),
             rows_held: BTreeMap::new(),
             wal_bytes: 0,
+            upload_backlog: None,
         }
     }
 

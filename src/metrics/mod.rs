@@ -274,6 +274,26 @@ counters! {
     /// Links replaced make-before-break at the end of their lifetime or
     /// after a `serverShutdown` (silent links are counted apart).
     counter rotations,
+    // Uploads to `[storage] destination` (issue 17).
+    /// Sealed files waiting for upload (not yet verified at the
+    /// destination): grows while the store is unreachable.
+    gauge upload_backlog_files,
+    /// Sealed files uploaded and verified (size and ETag read back), or
+    /// found already there byte for byte.
+    counter files_uploaded,
+    /// Bytes sent in verified uploads.
+    counter upload_bytes,
+    /// Upload attempts that failed and will be retried (store down,
+    /// refused, verification mismatch).
+    counter upload_failures,
+    /// Files not uploaded because the key held a more complete object
+    /// (more rows or fewer holes, or as complete and there first).
+    counter upload_objects_kept,
+    /// Local sealed files deleted: verified uploaded and past
+    /// `storage.keep_local_hours`.
+    counter local_files_deleted,
+    /// Upload tasks that panicked and were restarted by their supervisor.
+    counter upload_task_restarts,
 }
 
 impl Counters {

@@ -156,7 +156,9 @@ fn open_reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, Par
     })
 }
 
-fn key_value_pairs(builder: &ParquetRecordBatchReaderBuilder<File>) -> Vec<(String, String)> {
+fn key_value_pairs<T: parquet::file::reader::ChunkReader + 'static>(
+    builder: &ParquetRecordBatchReaderBuilder<T>,
+) -> Vec<(String, String)> {
     builder
         .metadata()
         .file_metadata()
@@ -166,6 +168,25 @@ fn key_value_pairs(builder: &ParquetRecordBatchReaderBuilder<File>) -> Vec<(Stri
         .into_iter()
         .map(|pair| (pair.key, pair.value.unwrap_or_default()))
         .collect()
+}
+
+/// The [`SealedSummary`] of a sealed file held in memory, such as an
+/// object read back from a bucket; `name` says in errors where it came from.
+pub fn summary_from_bytes(
+    name: &Path,
+    bytes: bytes::Bytes,
+) -> Result<SealedSummary, ParquetOutError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|source| {
+        ParquetOutError::Encode {
+            path: name.to_path_buf(),
+            source,
+        }
+    })?;
+    parse_summary(&key_value_pairs(&builder)).map_err(|error| ParquetOutError::Invalid {
+        path: name.to_path_buf(),
+        kind: "metadata".into(),
+        reason: error.to_string(),
+    })
 }
 
 /// The key-value metadata of a sealed file.

@@ -178,6 +178,65 @@ fn same_hole(a: &UnfilledRange, b: &UnfilledRange) -> bool {
     (a.from, a.to, a.from_time, a.to_time) == (b.from, b.to, b.from_time, b.to_time)
 }
 
+/// Before `backfill` on a config with a destination: the files of the
+/// hours it is asked to fill (`--from`/`--to`, or the hours of a hole
+/// list) that retention deleted locally are read back from the bucket.
+/// Without a bound or a list nothing is read (a whole bucket is not
+/// downloaded to look for holes; run `verify --root s3://... --json`
+/// and pass its list).
+pub async fn restore_from_destination(
+    config: &Config,
+    from: Option<Hour>,
+    to: Option<Hour>,
+    only: Option<&HoleList>,
+) -> Result<usize, crate::upload::fetch::FetchError> {
+    let Some(upload) = &config.upload else {
+        return Ok(0);
+    };
+    if from.is_none() && to.is_none() && only.is_none() {
+        return Ok(0);
+    }
+    let mut keys: Vec<StreamKey> = Vec::new();
+    for market_config in &config.markets {
+        for symbol in &market_config.symbols {
+            for kind in &market_config.streams {
+                keys.push(StreamKey {
+                    market: market_config.market,
+                    symbol: symbol.clone(),
+                    kind: *kind,
+                });
+            }
+        }
+    }
+    if let Some(list) = only {
+        keys = list
+            .holes
+            .iter()
+            .filter_map(|hole| {
+                Some(StreamKey {
+                    market: crate::domain::Market::from_name(&hole.market)?,
+                    symbol: crate::domain::Symbol::new(&hole.symbol).ok()?,
+                    kind: crate::domain::StreamKind::from_name(&hole.stream)?,
+                })
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+    }
+    let listed = |key: &StreamKey, hour: Hour| {
+        only.is_none_or(|list| {
+            let hour_text = hour.to_string();
+            list.holes.iter().any(|hole| {
+                hole.market == key.market.name()
+                    && hole.stream == key.kind.path_name()
+                    && hole.symbol == key.symbol.as_str()
+                    && hole.hour == hour_text
+            })
+        })
+    };
+    crate::upload::sync::restore_missing(upload, &config.data_dir, &keys, from, to, &listed).await
+}
+
 /// Runs one backfill pass over the dataset of `config`, for sealed hours
 /// in `[from, to]` (all when `None`), and only for the holes of `only`
 /// when given. `Err` means it could not run (config, lock, a file it

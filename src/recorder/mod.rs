@@ -231,6 +231,7 @@ pub async fn run_with_seams(
         summary_logged_at: Instant::now(),
         status_refreshed_at: Instant::now(),
         stream_metrics: stream_metrics(&config, &counters),
+        upload: None,
     };
     for market_config in &config.markets {
         runtime.state.begin_session(market_config.market);
@@ -249,6 +250,18 @@ pub async fn run_with_seams(
         config.connection.handshake_limit,
         config.connection.handshake_window,
     ));
+    if let Some(upload) = &config.upload {
+        let handle = crate::upload::spawn(
+            upload.clone(),
+            config.data_dir.clone(),
+            counters.clone(),
+            health.clone(),
+            &tasks,
+            task_shutdown.child_token(),
+        )
+        .context("storage.destination: cannot build the object store client")?;
+        runtime.upload = Some(handle);
+    }
     let mut n_tasks = 0;
     let spawner = TaskSpawner {
         tasks: &tasks,
@@ -947,6 +960,9 @@ struct Runtime {
     /// Each configured stream's handles in the per-stream metric families,
     /// made once (no label strings built per batch).
     stream_metrics: HashMap<StreamKey, (Counter, GaugeF64)>,
+    /// The upload task's inbox, when `[storage] destination` is set: each
+    /// file written by a seal is handed over (never waiting).
+    upload: Option<crate::upload::UploadHandle>,
 }
 
 /// The per-stream metric handles of every configured stream.
@@ -1102,6 +1118,17 @@ impl Runtime {
             });
         if rows_held.is_some() {
             self.status_refreshed_at = Instant::now();
+        }
+        if let Some(upload) = &self.upload {
+            let newest = self
+                .config
+                .markets
+                .iter()
+                .filter_map(|market_config| self.state.exchange_time(market_config.market))
+                .max();
+            if let Some(newest) = newest {
+                upload.exchange_time(newest);
+            }
         }
         let wal_bytes = self.counters.wal_bytes.get();
         self.health.update(|inputs| {
@@ -1677,6 +1704,9 @@ impl Runtime {
                 info!(key = %outcome.job_key, hour = %outcome.hour, n_rows, resealed, path = %path.display(), "hour sealed");
                 self.state.seal_finished(&outcome.job_key, outcome.hour);
                 self.last_sealed = self.last_sealed.max(Some(outcome.hour));
+                if let Some(upload) = &self.upload {
+                    upload.sealed(&path);
+                }
             }
             Ok(SealResult::Unchanged) => self.state.seal_finished(&outcome.job_key, outcome.hour),
             Err(failure) => {

@@ -60,6 +60,39 @@ fn bad_values_exit_2_naming_the_key() {
             shipped.replace("format = \"text\"", "format = \"xml\""),
             "log.format",
         ),
+        (
+            shipped.replace(
+                "# destination = \"s3://my-bucket/binance\"",
+                "destination = \"gs://my-bucket/binance\"",
+            ),
+            "storage.destination",
+        ),
+        (
+            shipped.replace("# keep_local_hours = 48", "keep_local_hours = 48"),
+            "storage.keep_local_hours",
+        ),
+        (
+            shipped
+                .replace(
+                    "# destination = \"s3://my-bucket/binance\"",
+                    "destination = \"s3://my-bucket/binance\"",
+                )
+                .replace("# keep_local_hours = 48", "keep_local_hours = 2"),
+            "fill.declared_give_up_hours",
+        ),
+        (
+            shipped
+                .replace(
+                    "# destination = \"s3://my-bucket/binance\"",
+                    "destination = \"s3://my-bucket/binance\"",
+                )
+                .replace("# [storage.s3]", "[storage.s3]")
+                .replace(
+                    "# endpoint = \"https://minio.example.net:9000\"",
+                    "endpoint = \"http://minio.example.net:9000\"\nallow_http = true",
+                ),
+            "storage.s3.allow_http",
+        ),
     ];
     for (text, key) in cases {
         let (code, stderr) = check_config(&text);
