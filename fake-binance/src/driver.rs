@@ -442,8 +442,10 @@ mod tests {
         events
             .iter()
             .map(|event| {
-                let payload: serde_json::Value =
-                    serde_json::from_str(event.payload(TimeUnit::Microsecond)).unwrap();
+                let payload: serde_json::Value = serde_json::from_str(
+                    event.payload(TimeUnit::Microsecond, crate::wire::Shape::Spot),
+                )
+                .unwrap();
                 payload["t"].as_i64().unwrap()
             })
             .collect()

@@ -369,11 +369,15 @@ pub(crate) fn ground_truth_of(
             (interval.as_str().to_owned(), klines)
         })
         .collect();
-    Some(GroundTruth {
+    let truth = GroundTruth {
         trades,
         agg_trades,
         klines,
-    })
+    };
+    if shared.config.market.is_futures() {
+        return Some(truth::as_futures(truth));
+    }
+    Some(truth)
 }
 
 pub(crate) fn klines_of(
@@ -384,13 +388,11 @@ pub(crate) fn klines_of(
 ) -> Option<Vec<TruthKline>> {
     let (market, now_us) = shared.market_now();
     let book = market.book(symbol)?;
-    Some(truth::closed_klines_until(
-        book,
-        market.seed,
-        interval,
-        until_sim_us,
-        now_us,
-    ))
+    let mut klines = truth::closed_klines_until(book, market.seed, interval, until_sim_us, now_us);
+    if shared.config.market.is_futures() {
+        truth::as_futures_klines(&mut klines);
+    }
+    Some(klines)
 }
 
 pub(crate) fn counters_of(shared: &Shared) -> Counters {

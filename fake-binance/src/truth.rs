@@ -24,7 +24,10 @@ pub struct TruthTrade {
     pub quantity: String,
     pub time_us: i64,
     pub is_buyer_maker: bool,
-    pub is_best_match: bool,
+    /// `None` on futures, whose trades carry no `M`.
+    pub is_best_match: Option<bool>,
+    /// Futures `X` (`MARKET` here); `None` on spot.
+    pub trade_type: Option<String>,
     pub event_time_us: i64,
 }
 
@@ -37,7 +40,8 @@ pub struct TruthAggTrade {
     pub last_trade_id: i64,
     pub time_us: i64,
     pub is_buyer_maker: bool,
-    pub is_best_match: bool,
+    /// `None` on futures, whose aggTrades carry no `M`.
+    pub is_best_match: Option<bool>,
     pub event_time_us: i64,
 }
 
@@ -99,7 +103,8 @@ pub(crate) fn trades_until(
             quantity: format_atoms(trade.quantity),
             time_us: trade.time_us,
             is_buyer_maker: trade.is_buyer_maker,
-            is_best_match: trade.is_best_match,
+            is_best_match: Some(trade.is_best_match),
+            trade_type: None,
             event_time_us: trade.event_time_us,
         })
         .collect();
@@ -115,7 +120,7 @@ pub(crate) fn trades_until(
             last_trade_id: agg.last_trade_id,
             time_us: agg.time_us,
             is_buyer_maker: agg.is_buyer_maker,
-            is_best_match: agg.is_best_match,
+            is_best_match: Some(agg.is_best_match),
             event_time_us: agg.event_time_us,
         })
         .collect();
@@ -146,4 +151,37 @@ pub(crate) fn closed_klines_until(
             closed.then(|| TruthKline::from_state(kline, close_event_time_us))
         })
         .collect()
+}
+
+/// Whole milliseconds, as a market that speaks only ms sends a µs time.
+fn in_whole_ms(time_us: i64) -> i64 {
+    time_us.div_euclid(1000) * 1000
+}
+
+/// The truth as a futures market delivers it: times in whole ms, no best
+/// match flag, every trade a `MARKET` print.
+pub(crate) fn as_futures(mut truth: GroundTruth) -> GroundTruth {
+    for trade in &mut truth.trades {
+        trade.time_us = in_whole_ms(trade.time_us);
+        trade.event_time_us = in_whole_ms(trade.event_time_us);
+        trade.is_best_match = None;
+        trade.trade_type = Some("MARKET".to_owned());
+    }
+    for agg in &mut truth.agg_trades {
+        agg.time_us = in_whole_ms(agg.time_us);
+        agg.event_time_us = in_whole_ms(agg.event_time_us);
+        agg.is_best_match = None;
+    }
+    for klines in truth.klines.values_mut() {
+        as_futures_klines(klines);
+    }
+    truth
+}
+
+/// Kline times as a futures market delivers them (the grid is whole ms
+/// already; the closing event's time is not).
+pub(crate) fn as_futures_klines(klines: &mut [TruthKline]) {
+    for kline in klines {
+        kline.close_event_time_us = in_whole_ms(kline.close_event_time_us);
+    }
 }
