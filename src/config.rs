@@ -215,8 +215,8 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub metrics: RawMetrics,
-    /// One table per market: `[markets.spot]`, `[markets.usdm]`
-    /// (`[markets.coinm]` and `[markets.us]` are refused until supported).
+    /// One table per market: `[markets.spot]`, `[markets.usdm]`,
+    /// `[markets.us]` (`[markets.coinm]` is refused until supported).
     #[serde(default)]
     pub markets: BTreeMap<String, RawMarket>,
 }
@@ -889,10 +889,10 @@ impl RawConfig {
                     format!("unknown market {name:?}; known: spot, usdm, coinm, us"),
                 )
             })?;
-            if !matches!(market, Market::Spot | Market::UsdM) {
+            if market == Market::CoinM {
                 return Err(invalid(
                     &key,
-                    "only the spot and usdm markets are supported in this release (COIN-M and Binance.US: issue #15)",
+                    "COIN-M is not supported in this release (delivered contracts are not handled yet: issue #15); spot, usdm and us are",
                 ));
             }
             if raw_market.enabled {

@@ -18,13 +18,16 @@ pub enum Market {
     /// futures event shapes, milliseconds only, `historicalTrades` behind
     /// an API key (reference 1.3, 3, 4.4, 5.2).
     UsdM,
+    /// Binance.US: spot-shaped events and REST under `/api/v3`, its own
+    /// hosts. Milliseconds only: its (stale) docs predate `timeUnit`.
+    Us,
 }
 
 impl Market {
     /// REST path prefix: `/api/v3` for spot, `/fapi/v1` for USD-M.
     pub fn rest_prefix(self) -> &'static str {
         match self {
-            Market::Spot => "/api/v3",
+            Market::Spot | Market::Us => "/api/v3",
             Market::UsdM => "/fapi/v1",
         }
     }
@@ -34,12 +37,19 @@ impl Market {
         match self {
             Market::Spot => "spot",
             Market::UsdM => "usdm",
+            Market::Us => "us",
         }
     }
 
     /// Futures-shaped events and REST rows (`X`, `nq`, no `M`), times in ms only.
     pub fn is_futures(self) -> bool {
         matches!(self, Market::UsdM)
+    }
+
+    /// Whether `timeUnit=MICROSECOND` (and `X-MBX-TIME-UNIT`) is honoured:
+    /// spot only (reference 1.1); the others always send milliseconds.
+    pub fn speaks_micros(self) -> bool {
+        matches!(self, Market::Spot)
     }
 
     /// The shape of its events and REST rows.
@@ -110,6 +120,12 @@ impl Limits {
                 max_incoming_per_sec: 10,
                 max_streams_per_connection: 200,
                 weight_limit_per_minute: 2400,
+                ..Limits::default()
+            },
+            // Spot's, but for the weight limit, which the reference does
+            // not give for Binance.US: the recorder's safe guess of 1,200.
+            Market::Us => Limits {
+                weight_limit_per_minute: 1200,
                 ..Limits::default()
             },
         }

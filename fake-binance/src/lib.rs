@@ -374,8 +374,9 @@ pub(crate) fn ground_truth_of(
         agg_trades,
         klines,
     };
-    if shared.config.market.is_futures() {
-        return Some(truth::as_futures(truth));
+    let market = shared.config.market;
+    if !market.speaks_micros() {
+        return Some(truth::in_milliseconds(truth, market.is_futures()));
     }
     Some(truth)
 }
@@ -389,8 +390,8 @@ pub(crate) fn klines_of(
     let (market, now_us) = shared.market_now();
     let book = market.book(symbol)?;
     let mut klines = truth::closed_klines_until(book, market.seed, interval, until_sim_us, now_us);
-    if shared.config.market.is_futures() {
-        truth::as_futures_klines(&mut klines);
+    if !shared.config.market.speaks_micros() {
+        truth::klines_in_milliseconds(&mut klines);
     }
     Some(klines)
 }

@@ -41,8 +41,8 @@ struct Arguments {
     /// Random faults per minute (chaos mode); off when absent.
     #[arg(long)]
     chaos_per_minute: Option<f64>,
-    /// The market to imitate: `spot` or `usdm` (USD-M futures: routed
-    /// paths, futures shapes and limits, `/fapi/v1`).
+    /// The market to imitate: `spot`, `usdm` (USD-M futures: routed
+    /// paths, futures shapes and limits, `/fapi/v1`) or `us` (Binance.US).
     #[arg(long, default_value = "spot")]
     market: String,
     /// An API key `historicalTrades` accepts on USD-M (read from this
@@ -71,7 +71,8 @@ async fn main() -> anyhow::Result<()> {
     let market = match arguments.market.as_str() {
         "spot" => Market::Spot,
         "usdm" => Market::UsdM,
-        other => anyhow::bail!("--market {other:?}: spot or usdm"),
+        "us" => Market::Us,
+        other => anyhow::bail!("--market {other:?}: spot, usdm or us"),
     };
     let api_keys = arguments
         .api_key_env

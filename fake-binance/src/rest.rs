@@ -405,8 +405,8 @@ fn answer(shared: &Shared, request: &HttpRequest) -> HttpResponse {
         )
         .with_header("X-MBX-USED-WEIGHT-1M", used_header);
     }
-    let unit = if market.is_futures() {
-        // Futures speak milliseconds only; the header is not theirs.
+    let unit = if !market.speaks_micros() {
+        // Off spot, milliseconds only; the header is not theirs.
         Ok(TimeUnit::Millisecond)
     } else {
         time_unit(request)

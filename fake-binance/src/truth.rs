@@ -158,29 +158,34 @@ fn in_whole_ms(time_us: i64) -> i64 {
     time_us.div_euclid(1000) * 1000
 }
 
-/// The truth as a futures market delivers it: times in whole ms, no best
-/// match flag, every trade a `MARKET` print.
-pub(crate) fn as_futures(mut truth: GroundTruth) -> GroundTruth {
+/// The truth as a market that speaks only milliseconds delivers it: times
+/// in whole ms; on futures no best match flag and every trade a `MARKET`
+/// print.
+pub(crate) fn in_milliseconds(mut truth: GroundTruth, futures: bool) -> GroundTruth {
     for trade in &mut truth.trades {
         trade.time_us = in_whole_ms(trade.time_us);
         trade.event_time_us = in_whole_ms(trade.event_time_us);
-        trade.is_best_match = None;
-        trade.trade_type = Some("MARKET".to_owned());
+        if futures {
+            trade.is_best_match = None;
+            trade.trade_type = Some("MARKET".to_owned());
+        }
     }
     for agg in &mut truth.agg_trades {
         agg.time_us = in_whole_ms(agg.time_us);
         agg.event_time_us = in_whole_ms(agg.event_time_us);
-        agg.is_best_match = None;
+        if futures {
+            agg.is_best_match = None;
+        }
     }
     for klines in truth.klines.values_mut() {
-        as_futures_klines(klines);
+        klines_in_milliseconds(klines);
     }
     truth
 }
 
-/// Kline times as a futures market delivers them (the grid is whole ms
-/// already; the closing event's time is not).
-pub(crate) fn as_futures_klines(klines: &mut [TruthKline]) {
+/// Kline times as a market that speaks only ms delivers them (the grid is
+/// whole ms already; the closing event's time is not).
+pub(crate) fn klines_in_milliseconds(klines: &mut [TruthKline]) {
     for kline in klines {
         kline.close_event_time_us = in_whole_ms(kline.close_event_time_us);
     }

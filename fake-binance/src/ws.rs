@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::config::Market;
 use crate::events::{ConnectionCommand, InjectedFrame, Outgoing, StreamEvent};
 use crate::shared::{lock, ConnectionEntry, Shared};
 use crate::streams::{served_on, Route, StreamName};
@@ -53,8 +54,9 @@ pub(crate) enum HandshakeRejection {
 /// `/market` or `/private`, and times are milliseconds whatever is asked.
 pub(crate) fn parse_connect_request(
     path_and_query: &str,
-    routed: bool,
+    market: Market,
 ) -> Result<ConnectRequest, HandshakeRejection> {
+    let routed = market.has_routes();
     let (path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
@@ -101,8 +103,12 @@ pub(crate) fn parse_connect_request(
     Ok(ConnectRequest {
         streams,
         combined,
-        // Nothing like timeUnit is documented for futures: ms only.
-        unit: if routed { TimeUnit::Millisecond } else { unit },
+        // Nothing like timeUnit is documented off spot: ms only.
+        unit: if market.speaks_micros() {
+            unit
+        } else {
+            TimeUnit::Millisecond
+        },
         route,
     })
 }
@@ -215,7 +221,7 @@ async fn handle_connection(
             .path_and_query()
             .map(|value| value.as_str())
             .unwrap_or("/");
-        match parse_connect_request(path_and_query, shared.config.market.has_routes()) {
+        match parse_connect_request(path_and_query, shared.config.market) {
             Err(HandshakeRejection::NotFound) => {
                 shared
                     .counters
@@ -842,64 +848,71 @@ mod tests {
 
     #[test]
     fn usdm_paths_carry_their_route_and_speak_milliseconds() {
-        let market = parse_connect_request("/market/stream?timeUnit=MICROSECOND", true).unwrap();
+        let market =
+            parse_connect_request("/market/stream?timeUnit=MICROSECOND", Market::UsdM).unwrap();
         assert_eq!(
             (market.route, market.combined, market.unit),
             (Route::Market, true, TimeUnit::Millisecond)
         );
-        let public = parse_connect_request("/public/ws/btcusdt@trade", true).unwrap();
+        let public = parse_connect_request("/public/ws/btcusdt@trade", Market::UsdM).unwrap();
         assert_eq!(public.route, Route::Public);
         assert_eq!(public.streams, streams(&["btcusdt@trade"]));
         assert_eq!(
-            parse_connect_request("/stream", true).unwrap().route,
+            parse_connect_request("/stream", Market::UsdM)
+                .unwrap()
+                .route,
             Route::Unrouted
         );
         // Spot has no routes.
         assert_eq!(
-            parse_connect_request("/market/stream", false),
+            parse_connect_request("/market/stream", Market::Spot),
             Err(HandshakeRejection::NotFound)
         );
     }
 
     #[test]
     fn parses_connect_paths() {
-        let raw = parse_connect_request("/ws/btcusdt@trade/ethusdt@kline_1m", false).unwrap();
+        let raw =
+            parse_connect_request("/ws/btcusdt@trade/ethusdt@kline_1m", Market::Spot).unwrap();
         assert_eq!(raw.streams, streams(&["btcusdt@trade", "ethusdt@kline_1m"]));
         assert!(!raw.combined);
         let combined = parse_connect_request(
             "/stream?streams=btcusdt@trade/btcusdt@aggTrade&timeUnit=MICROSECOND",
-            false,
+            Market::Spot,
         )
         .unwrap();
         assert!(combined.combined);
         assert_eq!(combined.unit, TimeUnit::Microsecond);
         assert_eq!(combined.streams.len(), 2);
         assert_eq!(
-            parse_connect_request("/ws", false).unwrap().streams.len(),
+            parse_connect_request("/ws", Market::Spot)
+                .unwrap()
+                .streams
+                .len(),
             0
         );
         assert_eq!(
-            parse_connect_request("/ws?timeUnit=microsecond", false)
+            parse_connect_request("/ws?timeUnit=microsecond", Market::Spot)
                 .unwrap()
                 .unit,
             TimeUnit::Microsecond
         );
         assert_eq!(
-            parse_connect_request("/stream?streams=btcusdt%40trade", false)
+            parse_connect_request("/stream?streams=btcusdt%40trade", Market::Spot)
                 .unwrap()
                 .streams,
             streams(&["btcusdt@trade"])
         );
         assert_eq!(
-            parse_connect_request("/other", false),
+            parse_connect_request("/other", Market::Spot),
             Err(HandshakeRejection::NotFound)
         );
         assert!(matches!(
-            parse_connect_request("/ws/BTCUSDT@trade", false),
+            parse_connect_request("/ws/BTCUSDT@trade", Market::Spot),
             Err(HandshakeRejection::BadRequest(_))
         ));
         assert!(matches!(
-            parse_connect_request("/ws?timeUnit=SECOND", false),
+            parse_connect_request("/ws?timeUnit=SECOND", Market::Spot),
             Err(HandshakeRejection::BadRequest(_))
         ));
     }

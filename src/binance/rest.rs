@@ -202,7 +202,7 @@ pub struct RestOptions {
     pub max_body_bytes: usize,
     /// Where 429s, 418s, back-offs, oversized answers and extra rows are counted.
     pub counters: Arc<Counters>,
-    /// Sent as `X-MBX-APIKEY` on the calls that need one, and only there.
+    /// Sent as `X-MBX-APIKEY` on `historicalTrades`, and only there.
     pub api_key: Option<ApiKey>,
 }
 
@@ -951,7 +951,10 @@ impl RestClient {
         if market_times_in_micros(self.market) {
             request = request.header("X-MBX-TIME-UNIT", "MICROSECOND");
         }
-        if endpoint == Endpoint::HistoricalTrades && self.profile.historical_trades_needs_key {
+        // The key goes on historicalTrades only, where a market needs it
+        // (USD-M) or may (Binance.US, whose docs are stale): on any market
+        // where one is configured. No other call carries it.
+        if endpoint == Endpoint::HistoricalTrades {
             if let Some(key) = &self.api_key {
                 request = request.header("X-MBX-APIKEY", key.0.as_str());
             }
@@ -1573,6 +1576,41 @@ mod tests {
         let rows = parse_trades(body).expect("valid trades");
         assert_eq!(rows[0].is_best_match, None);
         assert_eq!(rows[0].trade_time, 1_499_865_549_590_123, "µs kept");
+    }
+
+    /// The USD-M and COIN-M entries of the reference's REST samples parse:
+    /// `nq` and `isRPITrade` are read past, no best match.
+    #[test]
+    fn the_futures_rest_samples_parse() {
+        let sample = |text: &str, name: &str| -> Vec<u8> {
+            let all: serde_json::Value = serde_json::from_str(text).expect("sample JSON");
+            serde_json::to_vec(&all[name]).expect("entry")
+        };
+        use crate::fuzz_input::samples;
+        let aggs = parse_agg_trades(&sample(
+            samples::REST_AGG_TRADES,
+            "usdm_GET_fapi_v1_aggTrades_doc_example",
+        ))
+        .expect("USD-M aggTrades");
+        assert_eq!((aggs[0].agg_trade_id, aggs[0].is_best_match), (26129, None));
+        let aggs = parse_agg_trades(&sample(
+            samples::REST_AGG_TRADES,
+            "coinm_GET_dapi_v1_aggTrades_doc_example",
+        ))
+        .expect("COIN-M aggTrades");
+        assert_eq!(aggs[0].quantity.to_string(), "3.00000000");
+        let trades = parse_trades(&sample(
+            samples::REST_TRADES,
+            "usdm_GET_fapi_v1_historicalTrades_connector_fixture",
+        ))
+        .expect("USD-M trades");
+        assert_eq!((trades[0].trade_id, trades[0].is_best_match), (28457, None));
+        let klines = parse_klines(&sample(
+            samples::REST_KLINES,
+            "usdm_GET_fapi_v1_klines_doc_example",
+        ))
+        .expect("USD-M klines, a non-zero ignored last element");
+        assert_eq!(klines[0].trade_count, 308);
     }
 
     #[test]

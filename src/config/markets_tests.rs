@@ -123,16 +123,33 @@ fn each_market_is_held_to_its_own_limits_and_the_error_names_the_key() {
 }
 
 #[test]
-fn markets_not_supported_yet_are_refused_by_name() {
-    for name in ["coinm", "us"] {
-        let message =
-            error_of(&SPOT_ONLY_NAMES.replace("[markets.spot]", &format!("[markets.{name}]")));
-        assert!(message.contains(&format!("markets.{name}")), "{message}");
-        assert!(
-            message.contains("not") || message.contains("only"),
-            "{message}"
-        );
-    }
+fn coinm_is_refused_by_name_until_delivery_is_handled() {
+    let message = error_of(&SPOT_ONLY_NAMES.replace("[markets.spot]", "[markets.coinm]"));
+    assert!(
+        message.contains("markets.coinm") && message.contains("not supported"),
+        "{message}"
+    );
+}
+
+#[test]
+fn binance_us_has_its_own_hosts_and_spot_shapes() {
+    let config = Config::from_toml(&SPOT_ONLY_NAMES.replace("[markets.spot]", "[markets.us]"))
+        .expect("valid without URLs");
+    let us = market(&config, Market::Us);
+    assert_eq!(us.ws_url, "wss://stream.binance.us:9443");
+    assert_eq!(us.rest_url, "https://api.binance.us");
+    assert_eq!(us.connection.dead_after, Duration::from_secs(30));
+    let fill = validate_fill(&RawFill::default()).expect("default fill");
+    let options = us
+        .rest_options(
+            &fill,
+            std::sync::Arc::new(crate::metrics::Counters::default()),
+        )
+        .expect("options");
+    assert_eq!(
+        options.weight_limit.limit, 1200,
+        "the safe guess until exchangeInfo"
+    );
 }
 
 #[test]

@@ -343,3 +343,130 @@ async fn a_stream_silent_on_the_wrong_route_is_counted_and_recorded_on_the_other
     }
     fake.shutdown().await;
 }
+
+/// One daemon records spot, USD-M and Binance.US at once, each from its own
+/// fake with its own limits: every market's files of a whole hour equal its
+/// ground truth (Binance.US in milliseconds, spot-shaped), under
+/// `market=spot|usdm|us`, with no limit of any fake broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_daemon_records_spot_usdm_and_binance_us_at_once() {
+    let spot = FakeExchange::start(FakeConfig {
+        symbols: USDM_SYMBOLS
+            .iter()
+            .map(|symbol| symbol.to_string())
+            .collect(),
+        mean_orders_per_sec: 0.25,
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("spot fake starts");
+    let usdm = FakeExchange::start(usdm_fake_config(false))
+        .await
+        .expect("usdm fake starts");
+    let us = FakeExchange::start(FakeConfig {
+        market: fake_binance::Market::Us,
+        symbols: vec!["BTCUSD".to_owned()],
+        mean_orders_per_sec: 0.25,
+        limits: Limits {
+            ping_interval: Duration::from_secs(2),
+            ..Limits::for_market(fake_binance::Market::Us)
+        },
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("us fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let extra = format!("api_key_file = {:?}", key_file(root).display().to_string());
+    let config = format!(
+        "{}
+[markets.spot]
+ws_url = \"{}\"
+rest_url = \"{}\"
+symbols = [\"BTCUSDT\", \"ETHUSDT\"]
+streams = [\"trade\", \"aggTrade\", \"kline_1m\"]
+time_check_interval_secs = 1
+
+[markets.us]
+ws_url = \"{}\"
+rest_url = \"{}\"
+symbols = [\"BTCUSD\"]
+streams = [\"trade\", \"aggTrade\", \"kline_1m\"]
+time_check_interval_secs = 1
+",
+        usdm_toml(
+            &usdm,
+            root,
+            &extra,
+            &format!("deadline_secs = {PATIENT_DEADLINE_SECS}"),
+            "",
+        ),
+        spot.ws_base_url(),
+        spot.rest_base_url(),
+        us.ws_base_url(),
+        us.rest_base_url(),
+    );
+    let recorder = RunningRecorder::start(&config);
+    let hour = Hour::containing(SIM_START_US).next();
+    let mut files: Vec<(StreamKey, PathBuf, &FakeExchange)> = Vec::new();
+    for (market, fake, symbols) in [
+        (Market::Spot, &spot, &USDM_SYMBOLS[..]),
+        (Market::UsdM, &usdm, &USDM_SYMBOLS[..]),
+        (Market::Us, &us, &["BTCUSD"][..]),
+    ] {
+        for symbol in symbols {
+            for kind in kinds() {
+                let key = StreamKey {
+                    market,
+                    ..usdm_key(symbol, kind)
+                };
+                let path = file_path(root, &key, hour);
+                files.push((key, path, fake));
+            }
+        }
+    }
+    wait_until(
+        Duration::from_secs(120),
+        "every market's hour sealed",
+        || files.iter().all(|(_, path, _)| path.exists()),
+    )
+    .await;
+    let counters = recorder.stop().await;
+    assert_eq!(counters.frames_quarantined, 0, "{counters:?}");
+    let until = hour.end() + MICROS_PER_MINUTE;
+    for (key, path, fake) in &files {
+        assert!(
+            path.to_string_lossy()
+                .contains(&format!("market={}", key.market.name())),
+            "{}",
+            path.display()
+        );
+        let truth = fake.ground_truth(key.symbol.as_str(), until);
+        assert_file_matches_truth_with_rest(path, key.kind, &truth, hour);
+        assert_eq!(metadata(path)["unfilled"], "[]", "{}", path.display());
+    }
+    for (name, fake, limit) in [
+        ("spot", &spot, 6000),
+        ("usdm", &usdm, 2400),
+        ("us", &us, 1200),
+    ] {
+        let counters = fake.counters();
+        assert_eq!(
+            (
+                counters.rest_responses_429,
+                counters.rest_responses_418,
+                counters.ws_rate_limit_closes,
+                counters.rest_responses_400,
+            ),
+            (0, 0, 0, 0),
+            "{name}: {counters:?}"
+        );
+        assert!(
+            counters.rest_used_weight_max <= limit,
+            "{name}: {counters:?}"
+        );
+    }
+    for fake in [spot, usdm, us] {
+        fake.shutdown().await;
+    }
+}
