@@ -421,6 +421,7 @@ mod tests {
 
     fn event(id: i64, event_time_us: i64) -> Arc<StreamEvent> {
         let trade = Trade {
+            print: crate::model::PrintType::Market,
             id,
             price: 1,
             quantity: 1,

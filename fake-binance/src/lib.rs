@@ -344,6 +344,7 @@ async fn build_books(config: &FakeConfig) -> std::io::Result<(Vec<SymbolBook>, i
                 config.seed,
                 data_start_us,
                 config.mean_orders_per_sec,
+                config.market.is_futures(),
             )
         })
         .collect();
@@ -360,7 +361,8 @@ pub(crate) fn ground_truth_of(
 ) -> Option<GroundTruth> {
     let (market, now_us) = shared.market_now();
     let book = market.book(symbol)?;
-    let (trades, agg_trades) = truth::trades_until(book, until_sim_us, now_us);
+    let futures = shared.config.market.is_futures();
+    let (trades, agg_trades) = truth::trades_until(book, until_sim_us, now_us, futures);
     let klines = KlineInterval::ALL
         .into_iter()
         .map(|interval| {

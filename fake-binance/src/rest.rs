@@ -12,6 +12,7 @@ use crate::faults::RestFailure;
 use crate::http::{Delivery, HttpRequest, HttpResponse};
 use crate::interval::KlineInterval;
 use crate::market::SymbolBook;
+use crate::model::{PrintType, Trade};
 use crate::shared::{lock, Shared};
 use crate::wire::{self, TimeUnit};
 
@@ -610,8 +611,15 @@ fn recent_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiR
     let (market, now_us) = shared.market_now();
     let book = symbol_book(&market, request)?;
     let published = book.published_trade_count(now_us);
-    let trades = &book.trades[published.saturating_sub(limit)..published];
-    Ok(json_array(trades, |out, trade| {
+    let market_only = shared.config.market.is_futures();
+    let visible: Vec<&Trade> = book.trades[..published]
+        .iter()
+        .rev()
+        .filter(|trade| !market_only || trade.print == PrintType::Market)
+        .take(limit)
+        .collect();
+    let trades: Vec<&Trade> = visible.into_iter().rev().collect();
+    Ok(json_array(&trades, |out, trade| {
         wire::rest_trade(out, trade, unit, shared.config.market.shape())
     }))
 }
@@ -648,14 +656,22 @@ fn historical_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> 
     let book = symbol_book(&market, request)?;
     let published = book.published_trade_count(now_us);
     let visible = &book.trades[..published];
-    let trades = match from_id {
-        None => &visible[published.saturating_sub(limit)..],
+    // Futures REST serves market trades only (reference 7): the other
+    // prints' ids are holes in its answers.
+    let market_only = shared.config.market.is_futures();
+    let served = |trade: &&Trade| !market_only || trade.print == PrintType::Market;
+    let trades: Vec<&Trade> = match from_id {
+        None => {
+            let mut newest: Vec<&Trade> = visible.iter().rev().filter(served).take(limit).collect();
+            newest.reverse();
+            newest
+        }
         Some(from_id) => {
             let start = visible.partition_point(|trade| trade.id < from_id);
-            &visible[start..(start + limit).min(published)]
+            visible[start..].iter().filter(served).take(limit).collect()
         }
     };
-    Ok(json_array(trades, |out, trade| {
+    Ok(json_array(&trades, |out, trade| {
         wire::rest_trade(out, trade, unit, shared.config.market.shape())
     }))
 }

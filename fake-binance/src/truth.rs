@@ -88,10 +88,13 @@ impl TruthKline {
 
 /// Trades and aggregate trades with trade time `T < until_us` whose event has been
 /// published by `now_us` (`E <= now`). Both times never decrease along the vectors.
+/// Every trade and aggregate trade with a time before `until_us`, published
+/// by `now_us`; on futures each trade says its print type (`X`).
 pub(crate) fn trades_until(
     book: &SymbolBook,
     until_us: i64,
     now_us: i64,
+    futures: bool,
 ) -> (Vec<TruthTrade>, Vec<TruthAggTrade>) {
     let trades = book
         .trades
@@ -104,7 +107,7 @@ pub(crate) fn trades_until(
             time_us: trade.time_us,
             is_buyer_maker: trade.is_buyer_maker,
             is_best_match: Some(trade.is_best_match),
-            trade_type: None,
+            trade_type: futures.then(|| trade.print.as_str().to_owned()),
             event_time_us: trade.event_time_us,
         })
         .collect();
@@ -159,15 +162,13 @@ fn in_whole_ms(time_us: i64) -> i64 {
 }
 
 /// The truth as a market that speaks only milliseconds delivers it: times
-/// in whole ms; on futures no best match flag and every trade a `MARKET`
-/// print.
+/// in whole ms; on futures no best match flag.
 pub(crate) fn in_milliseconds(mut truth: GroundTruth, futures: bool) -> GroundTruth {
     for trade in &mut truth.trades {
         trade.time_us = in_whole_ms(trade.time_us);
         trade.event_time_us = in_whole_ms(trade.event_time_us);
         if futures {
             trade.is_best_match = None;
-            trade.trade_type = Some("MARKET".to_owned());
         }
     }
     for agg in &mut truth.agg_trades {

@@ -94,8 +94,13 @@ fn futures_trade_event(symbol: &str, trade: &Trade, unit: TimeUnit) -> String {
     push_atoms(&mut out, trade.price);
     out.push_str(r#"","q":""#);
     push_atoms(&mut out, trade.quantity);
-    write!(out, r#"","X":"MARKET","m":{}}}"#, trade.is_buyer_maker)
-        .expect("writing to a String cannot fail");
+    write!(
+        out,
+        r#"","X":"{}","m":{}}}"#,
+        trade.print.as_str(),
+        trade.is_buyer_maker
+    )
+    .expect("writing to a String cannot fail");
     out
 }
 
@@ -306,6 +311,7 @@ mod tests {
 
     fn sample_trade() -> Trade {
         Trade {
+            print: crate::model::PrintType::Market,
             id: 3_735_693_016,
             price: 6_168_599_000_000,
             quantity: 17_000,

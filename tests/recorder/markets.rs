@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use binance_recorder::binance::rest::REASON_NO_API_KEY;
-use binance_recorder::domain::{Hour, Market, StreamKey, StreamKind, Symbol, MICROS_PER_MINUTE};
+use binance_recorder::domain::{
+    Hour, Market, Row, Source, StreamKey, StreamKind, Symbol, UnfilledRange, MICROS_PER_MINUTE,
+};
+use binance_recorder::recorder::state::REASON_NOT_SERVED;
 use fake_binance::{FakeConfig, FakeExchange, Fault, Limits};
 
 use crate::support::*;
@@ -137,6 +140,90 @@ async fn wait_for_sealed(files: &[(StreamKey, PathBuf)], within: Duration, what:
     wait_until(within, what, || files.iter().all(|(_, path)| path.exists())).await;
 }
 
+/// A USD-M trade file against the truth: every row equals its truth trade
+/// (values, `trade_type` on stream rows, no best match); a truth trade with
+/// no row must be a non-market print (REST serves market trades only) and
+/// lie in a range the file declares as not served by the exchange. Returns
+/// the non-market prints stored, by type.
+fn assert_usdm_trades_match_truth(
+    path: &Path,
+    truth: &fake_binance::GroundTruth,
+    hour: Hour,
+) -> std::collections::BTreeMap<String, usize> {
+    let label = path.display();
+    let rows = binance_recorder::parquet_out::read_hour_file(path, StreamKind::Trade)
+        .expect("sealed file readable");
+    let by_id: std::collections::BTreeMap<i64, _> = rows
+        .iter()
+        .map(|row| match row {
+            Row::Trade(trade) => (trade.trade_id, trade),
+            other => panic!("{label}: not a trade row: {other:?}"),
+        })
+        .collect();
+    let unfilled: Vec<UnfilledRange> =
+        serde_json::from_str(&metadata(path)["unfilled"]).expect("unfilled is a JSON list");
+    let mut stored_specials = std::collections::BTreeMap::new();
+    let mut n_matched = 0;
+    for want in truth
+        .trades
+        .iter()
+        .filter(|trade| Hour::containing(trade.time_us) == hour)
+    {
+        let kind = want.trade_type.clone().expect("futures trades carry X");
+        let Some(row) = by_id.get(&want.id) else {
+            assert_ne!(kind, "MARKET", "{label}: market trade {} missing", want.id);
+            assert!(
+                unfilled
+                    .iter()
+                    .any(|range| range.reason == REASON_NOT_SERVED
+                        && range.from.is_some_and(|from| from <= want.id)
+                        && range.to.is_some_and(|to| to >= want.id)),
+                "{label}: {kind} print {} neither stored nor declared not served: {unfilled:?}",
+                want.id
+            );
+            continue;
+        };
+        n_matched += 1;
+        assert_eq!(row.price.to_string(), want.price, "{label}: {}", want.id);
+        assert_eq!(
+            row.quantity.to_string(),
+            want.quantity,
+            "{label}: {}",
+            want.id
+        );
+        assert_eq!(row.trade_time, want.time_us, "{label}: {}", want.id);
+        assert_eq!(
+            row.is_buyer_maker, want.is_buyer_maker,
+            "{label}: {}",
+            want.id
+        );
+        assert_eq!(row.is_best_match, None, "{label}: {}", want.id);
+        if row.source == Source::Ws {
+            assert_eq!(
+                row.trade_type.as_deref(),
+                Some(kind.as_str()),
+                "{label}: {}",
+                want.id
+            );
+            assert_eq!(
+                row.event_time,
+                Some(want.event_time_us),
+                "{label}: {}",
+                want.id
+            );
+        }
+        if kind != "MARKET" {
+            *stored_specials.entry(kind).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        n_matched,
+        rows.len(),
+        "{label}: rows the truth does not have"
+    );
+    stored_specials
+}
+
 /// No file under `directory` holds `needle`.
 fn assert_nowhere_in(directory: &Path, needle: &str) {
     for path in walk_files(directory) {
@@ -198,24 +285,32 @@ async fn usdm_hours_equal_ground_truth_with_gaps_filled_through_fapi() {
             "the model traded: {}",
             truth.trades.len()
         );
-        assert!(
-            truth
-                .trades
-                .iter()
-                .all(|trade| trade.trade_type.as_deref() == Some("MARKET")),
-            "futures trades carry X"
-        );
         for kind in kinds() {
             let key = usdm_key(symbol, kind);
             let path = file_path(root, &key, hour);
+            let first = file_path(root, &key, first_hour);
             assert!(
                 path.to_string_lossy().contains("market=usdm"),
                 "{}",
                 path.display()
             );
+            if kind == StreamKind::Trade {
+                // The stream delivers every print; REST (the hour before,
+                // backfilled, and the skips) only the market ones.
+                let stored = assert_usdm_trades_match_truth(&path, &truth, hour);
+                for print in ["INSURANCE_FUND", "ADL", "NA"] {
+                    assert!(
+                        stored.get(print).is_some_and(|n| *n > 0),
+                        "{print} stored: {stored:?}"
+                    );
+                }
+                assert_usdm_trades_match_truth(&first, &truth, first_hour);
+                continue;
+            }
+            // AggTrades are complete by `a`: no hole declared for the trade
+            // ids their f..l chain skips (the non-market prints).
             assert_file_matches_truth_with_rest(&path, kind, &truth, hour);
             assert_eq!(metadata(&path)["unfilled"], "[]", "{}", path.display());
-            let first = file_path(root, &key, first_hour);
             assert_file_matches_truth_with_rest(&first, kind, &truth, first_hour);
             assert_eq!(metadata(&first)["unfilled"], "[]", "{}", first.display());
         }
@@ -337,9 +432,9 @@ async fn a_stream_silent_on_the_wrong_route_is_counted_and_recorded_on_the_other
     for symbol in USDM_SYMBOLS {
         let truth = fake.ground_truth(symbol, until);
         let path = file_path(root, &usdm_key(symbol, StreamKind::Trade), hour);
-        // The trades missed while the link was silent come from REST.
-        assert_file_matches_truth_with_rest(&path, StreamKind::Trade, &truth, hour);
-        assert_eq!(metadata(&path)["unfilled"], "[]", "{}", path.display());
+        // The trades missed while the link was silent come from REST (the
+        // non-market prints among them are declared not served).
+        assert_usdm_trades_match_truth(&path, &truth, hour);
     }
     fake.shutdown().await;
 }
@@ -442,6 +537,10 @@ time_check_interval_secs = 1
             path.display()
         );
         let truth = fake.ground_truth(key.symbol.as_str(), until);
+        if key.market == Market::UsdM && key.kind == StreamKind::Trade {
+            assert_usdm_trades_match_truth(path, &truth, hour);
+            continue;
+        }
         assert_file_matches_truth_with_rest(path, key.kind, &truth, hour);
         assert_eq!(metadata(path)["unfilled"], "[]", "{}", path.display());
     }
@@ -469,4 +568,91 @@ time_check_interval_secs = 1
     for fake in [spot, usdm, us] {
         fake.shutdown().await;
     }
+}
+
+/// The shared USD-M BTCUSDT capture (hftbacktest, 2024-08-08 23:54-24:00,
+/// 21,313 trades, keys `e,E,T,s,t,p,q,X,m`) replayed by the fake as USD-M,
+/// recorded on `/public` into one file for hour 23: every captured trade,
+/// ids consecutive, values equal to the input strings, `trade_type` from
+/// `X`, no best match, times in ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usdm_btcusdt_capture_lands_in_one_file_with_its_values() {
+    let capture = real_data("ws/hftbacktest/usdm_btcusdt_20240808.gz");
+    let fake = FakeExchange::start(FakeConfig {
+        market: fake_binance::Market::UsdM,
+        speed: 600.0,
+        limits: Limits {
+            ping_interval: Duration::from_secs(2),
+            ..Limits::for_market(fake_binance::Market::UsdM)
+        },
+        api_keys: vec![API_KEY.to_owned()],
+        replay: Some(fake_binance::ReplayConfig {
+            files: vec![capture.clone()],
+            lead_in: Duration::from_secs(5 * 60),
+        }),
+        ..FakeConfig::default()
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = usdm_toml(
+        &fake,
+        root,
+        &format!("api_key_file = {:?}", key_file(root).display().to_string()),
+        &format!("deadline_secs = {PATIENT_DEADLINE_SECS}"),
+        "",
+    )
+    .replace(
+        "symbols = [\"BTCUSDT\", \"ETHUSDT\"]",
+        "symbols = [\"BTCUSDT\"]",
+    )
+    .replace(
+        "streams = [\"trade\", \"aggTrade\", \"kline_1m\"]",
+        "streams = [\"trade\"]",
+    );
+    let recorder = RunningRecorder::start(&config);
+    let hour_23 = Hour::containing(1_723_158_000_000_000);
+    let path = file_path(root, &usdm_key("BTCUSDT", StreamKind::Trade), hour_23);
+    wait_until(Duration::from_secs(120), "hour 23 sealed", || path.exists()).await;
+    let counters = recorder.stop().await;
+    assert_eq!(counters.frames_quarantined, 0, "{counters:?}");
+
+    let mut captured = Vec::new();
+    let file = std::fs::File::open(&capture).expect("capture opens");
+    for line in std::io::BufRead::lines(std::io::BufReader::new(flate2::read::GzDecoder::new(file)))
+    {
+        let line = line.expect("capture line");
+        let json = &line[line.find(' ').expect("time then JSON") + 1..];
+        let value: serde_json::Value = serde_json::from_str(json).expect("JSON line");
+        if value["stream"] == "btcusdt@trade" {
+            captured.push(value["data"].clone());
+        }
+    }
+    assert_eq!(captured.len(), 21_313);
+    let rows =
+        binance_recorder::parquet_out::read_hour_file(&path, StreamKind::Trade).expect("readable");
+    assert_eq!(rows.len(), captured.len(), "{}", path.display());
+    assert_eq!(metadata(&path)["unfilled"], "[]");
+    for (row, data) in rows.iter().zip(&captured) {
+        let Row::Trade(trade) = row else {
+            panic!("trade rows only")
+        };
+        let id = data["t"].as_i64().expect("t");
+        assert_eq!(trade.trade_id, id);
+        let price = data["p"].as_str().expect("p");
+        let quantity = data["q"].as_str().expect("q");
+        // The input has 2 and 3 decimals; the file holds the same value.
+        assert_eq!(trade.price, price.parse().expect("price"), "price of {id}");
+        assert_eq!(
+            trade.quantity,
+            quantity.parse().expect("quantity"),
+            "quantity of {id}"
+        );
+        assert_eq!(trade.trade_time, data["T"].as_i64().expect("T") * 1000);
+        assert_eq!(trade.trade_type.as_deref(), data["X"].as_str());
+        assert_eq!(trade.is_best_match, None);
+        assert_eq!(trade.is_buyer_maker, data["m"].as_bool().expect("m"));
+    }
+    fake.shutdown().await;
 }
