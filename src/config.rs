@@ -216,7 +216,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub metrics: RawMetrics,
     /// One table per market: `[markets.spot]`, `[markets.usdm]`,
-    /// `[markets.us]` (`[markets.coinm]` is refused until supported).
+    /// `[markets.coinm]` (perpetuals only in this release), `[markets.us]`.
     #[serde(default)]
     pub markets: BTreeMap<String, RawMarket>,
 }
@@ -889,12 +889,6 @@ impl RawConfig {
                     format!("unknown market {name:?}; known: spot, usdm, coinm, us"),
                 )
             })?;
-            if market == Market::CoinM {
-                return Err(invalid(
-                    &key,
-                    "COIN-M is not supported in this release (delivered contracts are not handled yet: issue #15); spot, usdm and us are",
-                ));
-            }
             if raw_market.enabled {
                 markets.push(validate_market(
                     &key,
@@ -1082,6 +1076,14 @@ fn market_value<T: Copy>(
     }
 }
 
+/// A COIN-M delivery contract (`BTCUSD_260327`): a name ending in `_`
+/// and six digits (the delivery date), as opposed to `BTCUSD_PERP`.
+fn is_dated_contract(symbol: &str) -> bool {
+    symbol
+        .rsplit_once('_')
+        .is_some_and(|(_, suffix)| suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The API key variable's name: what a shell accepts.
 fn is_env_name(name: &str) -> bool {
     !name.is_empty()
@@ -1170,6 +1172,15 @@ fn validate_market(
             return Err(invalid(
                 format!("{key}.symbols"),
                 format!("{text:?} is listed twice"),
+            ));
+        }
+        if market == Market::CoinM && is_dated_contract(text) {
+            return Err(invalid(
+                format!("{key}.symbols"),
+                format!(
+                    "{text:?} is a dated contract: its delivery (streams silent for good) is not handled \
+                     in this release (issue #15); perpetuals (`_PERP`) are"
+                ),
             ));
         }
         symbols.push(symbol);

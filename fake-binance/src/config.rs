@@ -21,6 +21,10 @@ pub enum Market {
     /// Binance.US: spot-shaped events and REST under `/api/v3`, its own
     /// hosts. Milliseconds only: its (stale) docs predate `timeUnit`.
     Us,
+    /// COIN-M futures (`dstream`, `/dapi/v1`): USD-M's shapes and limits
+    /// without routes, symbols like `BTCUSD_PERP`, quantities in contracts,
+    /// a weight limit of 1,200 (reference 3, 4.4, 5.2, 6).
+    CoinM,
 }
 
 impl Market {
@@ -29,6 +33,7 @@ impl Market {
         match self {
             Market::Spot | Market::Us => "/api/v3",
             Market::UsdM => "/fapi/v1",
+            Market::CoinM => "/dapi/v1",
         }
     }
 
@@ -38,12 +43,13 @@ impl Market {
             Market::Spot => "spot",
             Market::UsdM => "usdm",
             Market::Us => "us",
+            Market::CoinM => "coinm",
         }
     }
 
     /// Futures-shaped events and REST rows (`X`, `nq`, no `M`), times in ms only.
     pub fn is_futures(self) -> bool {
-        matches!(self, Market::UsdM)
+        matches!(self, Market::UsdM | Market::CoinM)
     }
 
     /// Whether `timeUnit=MICROSECOND` (and `X-MBX-TIME-UNIT`) is honoured:
@@ -127,6 +133,10 @@ impl Limits {
             Market::Us => Limits {
                 weight_limit_per_minute: 1200,
                 ..Limits::default()
+            },
+            Market::CoinM => Limits {
+                weight_limit_per_minute: 1200,
+                ..Limits::for_market(Market::UsdM)
             },
         }
     }
@@ -263,11 +273,11 @@ impl FakeConfig {
             if symbol.is_empty()
                 || !symbol
                     .bytes()
-                    .all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit())
+                    .all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit() || byte == b'_')
             {
                 return invalid(
                     "symbols",
-                    format!("{symbol:?} must be upper-case letters and digits"),
+                    format!("{symbol:?} must be upper-case letters, digits and _"),
                 );
             }
         }

@@ -1,5 +1,7 @@
-//! A faithful fake of Binance's public spot market data: WebSocket streams,
+//! A faithful fake of Binance's public market data: WebSocket streams,
 //! REST, protocol limits, faults and replay of real captures, on 127.0.0.1.
+//! One fake serves one market ([`Market`]: spot, USD-M with its routed
+//! paths, COIN-M, Binance.US); run one per market to serve several.
 //!
 //! # Layout
 //!

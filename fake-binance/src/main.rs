@@ -72,7 +72,8 @@ async fn main() -> anyhow::Result<()> {
         "spot" => Market::Spot,
         "usdm" => Market::UsdM,
         "us" => Market::Us,
-        other => anyhow::bail!("--market {other:?}: spot, usdm or us"),
+        "coinm" => Market::CoinM,
+        other => anyhow::bail!("--market {other:?}: spot, usdm, coinm or us"),
     };
     let api_keys = arguments
         .api_key_env

@@ -25,7 +25,7 @@ impl StreamName {
         if symbol.is_empty()
             || !symbol
                 .bytes()
-                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit())
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_')
         {
             return None;
         }

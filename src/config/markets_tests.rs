@@ -123,12 +123,29 @@ fn each_market_is_held_to_its_own_limits_and_the_error_names_the_key() {
 }
 
 #[test]
-fn coinm_is_refused_by_name_until_delivery_is_handled() {
-    let message = error_of(&SPOT_ONLY_NAMES.replace("[markets.spot]", "[markets.coinm]"));
+fn coinm_records_perpetuals_and_refuses_dated_contracts_by_name() {
+    let coinm = r#"
+[markets.coinm]
+symbols = ["BTCUSD_PERP", "ETHUSD_PERP"]
+streams = ["trade", "aggTrade", "kline_1m"]
+"#;
+    let config = Config::from_toml(coinm).expect("perpetuals are recorded");
+    let market_config = market(&config, Market::CoinM);
+    assert_eq!(market_config.ws_url, "wss://dstream.binance.com");
+    assert_eq!(market_config.rest_url, "https://dapi.binance.com");
+    assert_eq!(
+        market_config.connection.dead_after,
+        Duration::from_secs(270)
+    );
+    let message = error_of(&coinm.replace("ETHUSD_PERP", "BTCUSD_260327"));
     assert!(
-        message.contains("markets.coinm") && message.contains("not supported"),
+        message.contains("markets.coinm.symbols")
+            && message.contains("BTCUSD_260327")
+            && message.contains("dated contract"),
         "{message}"
     );
+    // A spot symbol with an underscore and digits is not judged.
+    assert!(!is_dated_contract("BTCUSD_PERP") && is_dated_contract("ETHUSD_251226"));
 }
 
 #[test]

@@ -439,12 +439,13 @@ async fn a_stream_silent_on_the_wrong_route_is_counted_and_recorded_on_the_other
     fake.shutdown().await;
 }
 
-/// One daemon records spot, USD-M and Binance.US at once, each from its own
-/// fake with its own limits: every market's files of a whole hour equal its
-/// ground truth (Binance.US in milliseconds, spot-shaped), under
-/// `market=spot|usdm|us`, with no limit of any fake broken.
+/// One daemon records spot, USD-M, COIN-M (perpetuals) and Binance.US at
+/// once, each from its own fake with its own limits: every market's files
+/// of a whole hour equal its ground truth (Binance.US in milliseconds,
+/// spot-shaped; COIN-M futures-shaped on `/dapi/v1`, unrouted), under
+/// `market=spot|usdm|coinm|us`, with no limit of any fake broken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_daemon_records_spot_usdm_and_binance_us_at_once() {
+async fn one_daemon_records_spot_usdm_coinm_and_binance_us_at_once() {
     let spot = FakeExchange::start(FakeConfig {
         symbols: USDM_SYMBOLS
             .iter()
@@ -470,6 +471,19 @@ async fn one_daemon_records_spot_usdm_and_binance_us_at_once() {
     })
     .await
     .expect("us fake starts");
+    let coinm = FakeExchange::start(FakeConfig {
+        market: fake_binance::Market::CoinM,
+        symbols: vec!["BTCUSD_PERP".to_owned()],
+        mean_orders_per_sec: 0.25,
+        limits: Limits {
+            ping_interval: Duration::from_secs(2),
+            ..Limits::for_market(fake_binance::Market::CoinM)
+        },
+        api_keys: vec![API_KEY.to_owned()],
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("coinm fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
     let extra = format!("api_key_file = {:?}", key_file(root).display().to_string());
@@ -488,6 +502,14 @@ rest_url = \"{}\"
 symbols = [\"BTCUSD\"]
 streams = [\"trade\", \"aggTrade\", \"kline_1m\"]
 time_check_interval_secs = 1
+
+[markets.coinm]
+ws_url = \"{}\"
+rest_url = \"{}\"
+symbols = [\"BTCUSD_PERP\"]
+streams = [\"trade\", \"aggTrade\", \"kline_1m\"]
+time_check_interval_secs = 1
+{}
 ",
         usdm_toml(
             &usdm,
@@ -500,6 +522,9 @@ time_check_interval_secs = 1
         spot.rest_base_url(),
         us.ws_base_url(),
         us.rest_base_url(),
+        coinm.ws_base_url(),
+        coinm.rest_base_url(),
+        extra,
     );
     let recorder = RunningRecorder::start(&config);
     let hour = Hour::containing(SIM_START_US).next();
@@ -508,6 +533,7 @@ time_check_interval_secs = 1
         (Market::Spot, &spot, &USDM_SYMBOLS[..]),
         (Market::UsdM, &usdm, &USDM_SYMBOLS[..]),
         (Market::Us, &us, &["BTCUSD"][..]),
+        (Market::CoinM, &coinm, &["BTCUSD_PERP"][..]),
     ] {
         for symbol in symbols {
             for kind in kinds() {
@@ -537,7 +563,7 @@ time_check_interval_secs = 1
             path.display()
         );
         let truth = fake.ground_truth(key.symbol.as_str(), until);
-        if key.market == Market::UsdM && key.kind == StreamKind::Trade {
+        if matches!(key.market, Market::UsdM | Market::CoinM) && key.kind == StreamKind::Trade {
             assert_usdm_trades_match_truth(path, &truth, hour);
             continue;
         }
@@ -548,6 +574,7 @@ time_check_interval_secs = 1
         ("spot", &spot, 6000),
         ("usdm", &usdm, 2400),
         ("us", &us, 1200),
+        ("coinm", &coinm, 1200),
     ] {
         let counters = fake.counters();
         assert_eq!(
@@ -565,7 +592,7 @@ time_check_interval_secs = 1
             "{name}: {counters:?}"
         );
     }
-    for fake in [spot, usdm, us] {
+    for fake in [spot, usdm, us, coinm] {
         fake.shutdown().await;
     }
 }
