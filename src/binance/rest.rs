@@ -154,6 +154,17 @@ impl ApiKey {
     }
 }
 
+impl ApiKey {
+    /// The header value, marked sensitive so that the HTTP stack never
+    /// shows it, whatever its log level.
+    fn header_value(&self) -> reqwest::header::HeaderValue {
+        let mut value = reqwest::header::HeaderValue::from_str(&self.0)
+            .expect("an ApiKey is printable ASCII, always a valid header value");
+        value.set_sensitive(true);
+        value
+    }
+}
+
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str("ApiKey(<redacted>)")
@@ -956,7 +967,7 @@ impl RestClient {
         // where one is configured. No other call carries it.
         if endpoint == Endpoint::HistoricalTrades {
             if let Some(key) = &self.api_key {
-                request = request.header("X-MBX-APIKEY", key.0.as_str());
+                request = request.header("X-MBX-APIKEY", key.header_value());
             }
         }
         let response = request

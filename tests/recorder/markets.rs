@@ -442,8 +442,10 @@ async fn a_stream_silent_on_the_wrong_route_is_counted_and_recorded_on_the_other
 /// One daemon records spot, USD-M, COIN-M (perpetuals) and Binance.US at
 /// once, each from its own fake with its own limits: every market's files
 /// of a whole hour equal its ground truth (Binance.US in milliseconds,
-/// spot-shaped; COIN-M futures-shaped on `/dapi/v1`, unrouted), under
-/// `market=spot|usdm|coinm|us`, with no limit of any fake broken.
+/// spot-shaped; COIN-M futures-shaped on `/dapi/v1`, unrouted), with
+/// every market's links dropped and stalled mid-hour and the holes filled
+/// through that market's REST, under `market=spot|usdm|coinm|us`, with no
+/// limit of any fake broken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_daemon_records_spot_usdm_coinm_and_binance_us_at_once() {
     let spot = FakeExchange::start(FakeConfig {
@@ -528,6 +530,27 @@ time_check_interval_secs = 1
     );
     let recorder = RunningRecorder::start(&config);
     let hour = Hour::containing(SIM_START_US).next();
+    // Every market's links dropped, then stalled losing what the stall
+    // held: each market's holes are filled through its own REST.
+    for (minute, fault) in [
+        (20, Fault::DropConnections { abort: false }),
+        (
+            40,
+            Fault::Stall {
+                duration_ms: 1_000,
+                keep_backlog: false,
+            },
+        ),
+    ] {
+        let at = hour.start() + minute * MICROS_PER_MINUTE;
+        wait_until(Duration::from_secs(60), "mid-hour", || {
+            spot.sim_now_us() >= at
+        })
+        .await;
+        for fake in [&spot, &usdm, &us, &coinm] {
+            fake.inject(fault.clone());
+        }
+    }
     let mut files: Vec<(StreamKey, PathBuf, &FakeExchange)> = Vec::new();
     for (market, fake, symbols) in [
         (Market::Spot, &spot, &USDM_SYMBOLS[..]),
@@ -681,5 +704,74 @@ async fn usdm_btcusdt_capture_lands_in_one_file_with_its_values() {
         assert_eq!(trade.is_best_match, None);
         assert_eq!(trade.is_buyer_maker, data["m"].as_bool().expect("m"));
     }
+    fake.shutdown().await;
+}
+
+/// The API key never shows: the daemon (the binary, every crate logging at
+/// `trace`) fills the first USD-M hour's trades with it, and no log line,
+/// data file or WAL segment holds it; the log says only that a key is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_is_in_no_log_line_and_no_file() {
+    let fake = FakeExchange::start(usdm_fake_config(false))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = usdm_toml(
+        &fake,
+        root,
+        &format!("api_key_file = {:?}", key_file(root).display().to_string()),
+        &format!("deadline_secs = {PATIENT_DEADLINE_SECS}"),
+        "",
+    )
+    .replace(
+        "symbols = [\"BTCUSDT\", \"ETHUSDT\"]",
+        "symbols = [\"BTCUSDT\"]",
+    )
+    .replace(
+        "streams = [\"trade\", \"aggTrade\", \"kline_1m\"]",
+        "streams = [\"trade\"]",
+    );
+    let config_path = root.join("recorder.toml");
+    std::fs::write(&config_path, &config).expect("config written");
+    let log_path = root.join("recorder.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let recorder = RecorderProcess::start_with_log(&config_path, root, "trace", log);
+    let first_hour = Hour::containing(SIM_START_US);
+    let path = file_path(root, &usdm_key("BTCUSDT", StreamKind::Trade), first_hour);
+    wait_until(
+        Duration::from_secs(90),
+        "the first hour's trades sealed",
+        || path.exists(),
+    )
+    .await;
+    recorder.terminate().await;
+    // Filled through historicalTrades, which the fake serves only with the key.
+    assert_eq!(fake.counters().rest_api_key_refusals, 0);
+    assert!(
+        binance_recorder::parquet_out::read_hour_file(&path, StreamKind::Trade)
+            .expect("readable")
+            .iter()
+            .any(|row| row.source() == Source::Rest),
+        "the hour was backfilled from REST"
+    );
+    let log_text = std::fs::read_to_string(&log_path).expect("log readable");
+    assert!(
+        log_text.contains("api_key=true"),
+        "the log says a key is there"
+    );
+    let n_http_lines = log_text
+        .lines()
+        .filter(|line| line.contains("reqwest") || line.contains("hyper"))
+        .count();
+    eprintln!(
+        "log: {} lines, {n_http_lines} from the HTTP stack",
+        log_text.lines().count()
+    );
+    assert!(n_http_lines > 0, "the HTTP stack logged at trace");
+    assert!(!log_text.contains(API_KEY), "the log holds the key");
+    assert_nowhere_in(&root.join("data"), API_KEY);
+    assert_nowhere_in(&root.join("wal"), API_KEY);
+    assert_nowhere_in(&root.join("quarantine"), API_KEY);
     fake.shutdown().await;
 }
