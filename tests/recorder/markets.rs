@@ -775,3 +775,145 @@ async fn the_api_key_is_in_no_log_line_and_no_file() {
     assert_nowhere_in(&root.join("quarantine"), API_KEY);
     fake.shutdown().await;
 }
+
+/// The `(a, p, q, f, l, T, m)` of every aggTrade of `stream` in a
+/// cryptofeed capture (`<secs>: <combined JSON>` lines after the URL line),
+/// read independently of the fake and the recorder.
+fn captured_agg_trades(path: &Path, stream: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).expect("capture readable");
+    text.lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(": "))
+        .filter_map(|(_, json)| serde_json::from_str::<serde_json::Value>(json).ok())
+        .filter(|value| value["stream"] == stream)
+        .map(|value| value["data"].clone())
+        .collect()
+}
+
+/// Replays `capture` on a fake of `market`, records `symbol`'s aggTrades
+/// into the hour of the capture, and checks that file against the capture:
+/// every aggregate, values equal to the input, best match as the market
+/// sends it.
+async fn replayed_agg_trades_land_in_their_hour(
+    market: fake_binance::Market,
+    capture: &str,
+    table: &str,
+    symbol: &str,
+) {
+    let capture = real_data(capture);
+    let stream = format!("{}@aggTrade", symbol.to_ascii_lowercase());
+    let captured = captured_agg_trades(&capture, &stream);
+    assert!(
+        captured.len() >= 10,
+        "{}: {}",
+        capture.display(),
+        captured.len()
+    );
+    let fake = FakeExchange::start(FakeConfig {
+        market,
+        speed: 600.0,
+        limits: Limits {
+            ping_interval: Duration::from_secs(2),
+            ..Limits::for_market(market)
+        },
+        replay: Some(fake_binance::ReplayConfig {
+            files: vec![capture.clone()],
+            lead_in: Duration::from_secs(5 * 60),
+        }),
+        ..FakeConfig::default()
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = recorder_toml_patient(&fake, root, &[symbol], &["aggTrade"])
+        .replace("[markets.spot]", &format!("[markets.{table}]"));
+    let recorder = RunningRecorder::start(&config);
+    let first_time_us = captured[0]["T"].as_i64().expect("T") * 1000;
+    let hour = Hour::containing(first_time_us);
+    let key = StreamKey {
+        market: Market::from_name(table).expect("market name"),
+        ..usdm_key(symbol, StreamKind::AggTrade)
+    };
+    let path = file_path(root, &key, hour);
+    wait_until(
+        Duration::from_secs(120),
+        "the capture's hour sealed",
+        || path.exists(),
+    )
+    .await;
+    let counters = recorder.stop().await;
+    assert_eq!(counters.frames_quarantined, 0, "{counters:?}");
+    assert!(
+        path.to_string_lossy().contains(&format!("market={table}")),
+        "{}",
+        path.display()
+    );
+    let rows = binance_recorder::parquet_out::read_hour_file(&path, StreamKind::AggTrade)
+        .expect("readable");
+    assert_eq!(rows.len(), captured.len(), "{}", path.display());
+    assert_eq!(metadata(&path)["unfilled"], "[]");
+    for (row, data) in rows.iter().zip(&captured) {
+        let Row::AggTrade(agg) = row else {
+            panic!("aggTrade rows only")
+        };
+        let id = data["a"].as_i64().expect("a");
+        assert_eq!(agg.agg_trade_id, id);
+        assert_eq!(
+            agg.price,
+            data["p"].as_str().expect("p").parse().expect("price"),
+            "{id}"
+        );
+        assert_eq!(
+            agg.quantity,
+            data["q"].as_str().expect("q").parse().expect("qty"),
+            "{id}"
+        );
+        assert_eq!(
+            (agg.first_trade_id, agg.last_trade_id),
+            (
+                data["f"].as_i64().expect("f"),
+                data["l"].as_i64().expect("l")
+            ),
+            "{id}"
+        );
+        assert_eq!(
+            agg.trade_time,
+            data["T"].as_i64().expect("T") * 1000,
+            "{id}"
+        );
+        assert_eq!(agg.is_buyer_maker, data["m"].as_bool().expect("m"), "{id}");
+        assert_eq!(
+            agg.is_best_match,
+            data["M"].as_bool(),
+            "{id}: M as sent, or none"
+        );
+    }
+    fake.shutdown().await;
+}
+
+/// The shared COIN-M capture (cryptofeed, 2021-07-22, XRPUSD_PERP aggTrades
+/// 24247030-24247044, no `M`) replayed as COIN-M lands in its hour's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coinm_perpetual_capture_lands_in_its_hour_with_its_values() {
+    replayed_agg_trades_land_in_their_hour(
+        fake_binance::Market::CoinM,
+        "ws/cryptofeed/BINANCE_DELIVERY.ws.1.0",
+        "coinm",
+        "XRPUSD_PERP",
+    )
+    .await;
+}
+
+/// The shared Binance.US capture (cryptofeed, 2021-10-12, OMGBUSD aggTrades
+/// 425085-425095, with `M`) replayed as Binance.US lands in its hour's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binance_us_capture_lands_in_its_hour_with_its_values() {
+    replayed_agg_trades_land_in_their_hour(
+        fake_binance::Market::Us,
+        "ws/cryptofeed/BINANCE_US.ws.1.0",
+        "us",
+        "OMGBUSD",
+    )
+    .await;
+}
