@@ -1207,6 +1207,15 @@ fn validate_market(
                 format!("{text:?} is listed twice"),
             ));
         }
+        if profile.is_futures() && kind == StreamKind::Kline(crate::domain::KlineInterval::Second1)
+        {
+            // Reference 4.4: futures klines are spot's intervals without 1s;
+            // Binance would accept the subscription and send nothing.
+            return Err(invalid(
+                format!("{key}.streams"),
+                format!("{text:?} does not exist on futures (no 1s klines)"),
+            ));
+        }
         streams.push(kind);
     }
     if streams.contains(&StreamKind::Trade) && rest_url.contains(MARKET_DATA_ONLY_REST_HOST) {

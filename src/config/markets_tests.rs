@@ -112,6 +112,11 @@ fn each_market_is_held_to_its_own_limits_and_the_error_names_the_key() {
         message.contains("markets.usdm.streams_per_connection") && message.contains("200"),
         "{message}"
     );
+    let message = error_of(&USDM_ONLY_NAMES.replace("kline_1m", "kline_1s"));
+    assert!(
+        message.contains("markets.usdm.streams") && message.contains("kline_1s"),
+        "{message}"
+    );
     let message = error_of(&format!("{USDM_ONLY_NAMES}dead_after_ms = 0\n"));
     assert!(message.contains("markets.usdm.dead_after_ms"), "{message}");
     let message = error_of(&format!("{USDM_ONLY_NAMES}api_key_env = \"MY KEY\"\n"));
