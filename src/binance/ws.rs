@@ -438,7 +438,9 @@ pub enum Unheard {
 /// after the last subscription was acknowledged, and only while data
 /// flows elsewhere (this link's other streams, or the market's other
 /// links) within the bound: when the whole market is quiet, only after
-/// `cap`.
+/// `cap`. A link that is its market's only one has nothing to compare
+/// with and is judged at the bound, as [`judge_silence`] does, so a silent
+/// lone link is never kept longer than before.
 pub fn judge_unheard(
     bound: Duration,
     cap: Duration,
@@ -457,7 +459,7 @@ pub fn judge_unheard(
     let recent =
         |at: Option<Instant>| at.is_some_and(|at| now.saturating_duration_since(at) < bound);
     let peers_deliver = match peers {
-        MarketPeers::Alone => false,
+        MarketPeers::Alone => true,
         MarketPeers::Newest(newest) => recent(newest),
     };
     if recent(link_last_data) || peers_deliver {
@@ -1395,6 +1397,11 @@ mod tests {
             later(30),
         );
         assert_eq!(verdict, Unheard::Wait(Some(later(35))));
+        // The market's only link is judged at the bound, as judge_silence does.
+        assert_eq!(
+            judge_unheard(bound, cap, Some(start), None, MarketPeers::Alone, later(20)),
+            Unheard::Silent
+        );
         assert_eq!(
             judge_unheard(
                 bound,
