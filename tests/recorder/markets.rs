@@ -441,9 +441,9 @@ async fn a_stream_silent_on_the_wrong_route_is_counted_and_recorded_on_the_other
 
 /// One daemon records spot, USD-M, COIN-M (perpetuals) and Binance.US at
 /// once, each from its own fake with its own limits: every market's files
-/// of a whole hour equal its ground truth (Binance.US in milliseconds,
+/// of two whole hours equal its ground truth (Binance.US in milliseconds,
 /// spot-shaped; COIN-M futures-shaped on `/dapi/v1`, unrouted), with
-/// every market's links dropped and stalled mid-hour and the holes filled
+/// every market's links dropped and stalled in each hour and the holes filled
 /// through that market's REST, under `market=spot|usdm|coinm|us`, with no
 /// limit of any fake broken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,9 +530,11 @@ time_check_interval_secs = 1
     );
     let recorder = RunningRecorder::start(&config);
     let hour = Hour::containing(SIM_START_US).next();
-    // Every market's links dropped, then stalled losing what the stall
-    // held: each market's holes are filled through its own REST.
-    for (minute, fault) in [
+    let hours = [hour, hour.next()];
+    // Two simulated hours; in each, every market's links are dropped, then
+    // stalled losing what the stall held: each market's holes are filled
+    // through its own REST.
+    let faults = [
         (20, Fault::DropConnections { abort: false }),
         (
             40,
@@ -541,8 +543,12 @@ time_check_interval_secs = 1
                 keep_backlog: false,
             },
         ),
-    ] {
-        let at = hour.start() + minute * MICROS_PER_MINUTE;
+    ];
+    for (at_hour, (minute, fault)) in hours
+        .iter()
+        .flat_map(|hour| faults.iter().map(move |fault| (*hour, fault.clone())))
+    {
+        let at = at_hour.start() + minute * MICROS_PER_MINUTE;
         wait_until(Duration::from_secs(60), "mid-hour", || {
             spot.sim_now_us() >= at
         })
@@ -551,7 +557,7 @@ time_check_interval_secs = 1
             fake.inject(fault.clone());
         }
     }
-    let mut files: Vec<(StreamKey, PathBuf, &FakeExchange)> = Vec::new();
+    let mut files: Vec<(StreamKey, Hour, PathBuf, &FakeExchange)> = Vec::new();
     for (market, fake, symbols) in [
         (Market::Spot, &spot, &USDM_SYMBOLS[..]),
         (Market::UsdM, &usdm, &USDM_SYMBOLS[..]),
@@ -564,21 +570,24 @@ time_check_interval_secs = 1
                     market,
                     ..usdm_key(symbol, kind)
                 };
-                let path = file_path(root, &key, hour);
-                files.push((key, path, fake));
+                for hour in hours {
+                    let path = file_path(root, &key, hour);
+                    files.push((key.clone(), hour, path, fake));
+                }
             }
         }
     }
     wait_until(
         Duration::from_secs(120),
-        "every market's hour sealed",
-        || files.iter().all(|(_, path, _)| path.exists()),
+        "every market's two hours sealed",
+        || files.iter().all(|(_, _, path, _)| path.exists()),
     )
     .await;
     let counters = recorder.stop().await;
     assert_eq!(counters.frames_quarantined, 0, "{counters:?}");
-    let until = hour.end() + MICROS_PER_MINUTE;
-    for (key, path, fake) in &files {
+    let until = hours[1].end() + MICROS_PER_MINUTE;
+    for (key, hour, path, fake) in &files {
+        let hour = *hour;
         assert!(
             path.to_string_lossy()
                 .contains(&format!("market={}", key.market.name())),
