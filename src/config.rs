@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::binance::limiter::WeightShare;
+use crate::binance::markets::MarketProfile;
+use crate::binance::rest::ApiKey;
 use crate::binance::ws::ConnectionSettings;
 use crate::domain::{Market, StreamKind, Symbol};
 use crate::wal::FsyncPolicy;
@@ -104,17 +106,11 @@ const SEAL_GRACE_MS: Bounds = Bounds::new(
 );
 const SEAL_MAX_CONCURRENT: Bounds =
     Bounds::new(1, 64, "each encoder holds an hour of rows in memory");
-const STREAMS_PER_CONNECTION: Bounds = Bounds::new(1, 1024, "Binance's limit per connection");
 const SUBSCRIBE_BATCH: Bounds = Bounds::new(1, 1024, "Binance's limit of streams per connection");
-const MAX_CONTROL_PER_SEC: Bounds = Bounds::new(
-    1,
-    4,
-    "Binance closes past 5 frames a second, pongs included",
-);
 const DEAD_AFTER_MS: Bounds = Bounds::new(
     1,
     MILLIS_PER_HOUR,
-    "Binance pings every 20 s; a silent link kept longer loses data unnoticed",
+    "Binance pings every 20 s on spot and every 3 minutes on futures; a silent link kept longer loses data unnoticed",
 );
 const BACKOFF_MS: Bounds = Bounds::new(
     1,
@@ -228,7 +224,8 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub metrics: RawMetrics,
-    /// One table per market: `[markets.spot]` (futures and Binance.US later).
+    /// One table per market: `[markets.spot]`, `[markets.usdm]`,
+    /// `[markets.coinm]` (perpetuals only in this release), `[markets.us]`.
     #[serde(default)]
     pub markets: BTreeMap<String, RawMarket>,
 }
@@ -331,16 +328,22 @@ impl Default for RawSeal {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConnection {
-    /// Streams per connection (Binance allows 1024 on spot).
-    pub streams_per_connection: usize,
+    /// Streams per connection, for every market whose table does not set
+    /// its own; unset, each market takes its own (200, within Binance's
+    /// limit: 1024 on spot, 200 on futures).
+    pub streams_per_connection: Option<usize>,
     /// Streams per SUBSCRIBE request.
     pub subscribe_batch: usize,
-    /// Our control frames per second per connection; Binance closes a
-    /// connection past 5 incoming frames a second, pongs included.
-    pub max_control_per_sec: u32,
+    /// Our control frames per second per connection, for every market
+    /// whose table does not set its own; unset, half the market's limit
+    /// (Binance closes past 5 incoming frames a second on spot, 10 on
+    /// futures, pongs included).
+    pub max_control_per_sec: Option<u32>,
     /// A connection that delivered no frame (data or ping) for this long is
-    /// dead and replaced, in milliseconds (Binance pings every 20 s).
-    pub dead_after_ms: u64,
+    /// dead and replaced, in milliseconds, for every market whose table does
+    /// not set its own; unset, one and a half of the market's ping
+    /// intervals (spot pings every 20 s, futures every 3 minutes).
+    pub dead_after_ms: Option<u64>,
     /// Reconnect backoff: first delay and cap (full jitter), in milliseconds.
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
@@ -374,10 +377,10 @@ pub struct RawConnection {
 impl Default for RawConnection {
     fn default() -> Self {
         RawConnection {
-            streams_per_connection: 200,
+            streams_per_connection: None,
             subscribe_batch: 100,
-            max_control_per_sec: 2,
-            dead_after_ms: 30_000,
+            max_control_per_sec: None,
+            dead_after_ms: None,
             backoff_initial_ms: 250,
             backoff_max_ms: 30_000,
             healthy_after_ms: 60_000,
@@ -624,10 +627,14 @@ pub struct RawMarket {
     /// Set to false to keep the table but record nothing.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// WebSocket base URL, without a path.
-    pub ws_url: String,
-    /// REST base URL, without a path.
-    pub rest_url: String,
+    /// WebSocket base URL, without a path; unset, the real exchange's
+    /// (`binance::markets::MarketProfile`). USD-M adds its routes
+    /// (`/public`, `/market`) itself.
+    #[serde(default)]
+    pub ws_url: Option<String>,
+    /// REST base URL, without a path; unset, the real exchange's.
+    #[serde(default)]
+    pub rest_url: Option<String>,
     /// Upper-case symbols, e.g. `["BTCUSDT", "ETHUSDT"]`.
     pub symbols: Vec<String>,
     /// `trade`, `aggTrade`, `kline_<interval>` (`1s 1m 3m 5m 15m 30m 1h 2h
@@ -648,6 +655,27 @@ pub struct RawMarket {
     /// dataset would record the forgery as fact.
     #[serde(default)]
     pub allow_insecure: bool,
+    /// Streams per connection on this market (over `[connection]`).
+    #[serde(default)]
+    pub streams_per_connection: Option<usize>,
+    /// Our control frames per second per connection on this market.
+    #[serde(default)]
+    pub max_control_per_sec: Option<u32>,
+    /// A link of this market without any frame this long is dead, in ms.
+    #[serde(default)]
+    pub dead_after_ms: Option<u64>,
+    /// The environment variable holding the API key sent as
+    /// `X-MBX-APIKEY` where an endpoint needs one (USD-M
+    /// `historicalTrades`). Never put the key itself in this file.
+    #[serde(default = "default_api_key_env")]
+    pub api_key_env: String,
+    /// A file holding the API key (read at start; over `api_key_env`).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+}
+
+fn default_api_key_env() -> String {
+    "BINANCE_API_KEY".to_owned()
 }
 
 fn default_true() -> bool {
@@ -680,10 +708,11 @@ pub struct Config {
     pub markets: Vec<MarketConfig>,
 }
 
-/// Validated `[connection]` settings.
+/// Validated `[connection]` settings. `settings` carries the values every
+/// market shares; each [`MarketConfig`] has its own copy with its control
+/// rate and dead-link bound.
 #[derive(Debug, Clone)]
 pub struct ConnectionConfig {
-    pub streams_per_connection: usize,
     pub handshake_limit: u32,
     pub handshake_window: Duration,
     pub settings: ConnectionSettings,
@@ -732,8 +761,81 @@ pub struct MarketConfig {
     pub streams: Vec<StreamKind>,
     pub check_symbols: bool,
     pub time_check_interval: Duration,
+    /// Streams per connection on this market.
+    pub streams_per_connection: usize,
+    /// `[connection]` with this market's control rate and dead-link bound.
+    pub connection: ConnectionSettings,
+    /// Where the API key comes from (read at start, never stored here).
+    pub api_key: ApiKeySource,
 }
 
+impl MarketConfig {
+    /// The REST client options of this market: its own weight limit until
+    /// `exchangeInfo` says otherwise, the `[fill]` timeouts and share, and
+    /// its API key, read now (see [`ApiKeySource::resolve`]).
+    pub fn rest_options(
+        &self,
+        fill: &FillConfig,
+        counters: std::sync::Arc<crate::metrics::Counters>,
+    ) -> Result<crate::binance::rest::RestOptions, ConfigError> {
+        let profile = MarketProfile::of(self.market);
+        Ok(crate::binance::rest::RestOptions {
+            request_timeout: fill.request_timeout,
+            weight_share: fill.weight_share,
+            weight_limit: crate::binance::limiter::WeightLimit {
+                limit: profile.default_weight_limit,
+                window: Duration::from_secs(60),
+            },
+            counters,
+            api_key: self.api_key.resolve()?,
+            ..crate::binance::rest::RestOptions::default()
+        })
+    }
+}
+
+/// Where a market's optional API key is read from: the file if one is
+/// named, else the environment variable. The key is read when the recorder
+/// starts and lives only in the REST client, never in a log or a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeySource {
+    /// The config key prefix (`markets.usdm`), for errors.
+    pub key: String,
+    pub env: String,
+    pub file: Option<PathBuf>,
+}
+
+impl ApiKeySource {
+    /// Reads the key: `Ok(None)` when neither the file nor the variable
+    /// gives one. A named file that cannot be read, or a key that could not
+    /// be sent as a header, is an error naming the config key (never the
+    /// value).
+    pub fn resolve(&self) -> Result<Option<ApiKey>, ConfigError> {
+        let (key, text) = match &self.file {
+            Some(path) => {
+                let text = fs::read_to_string(path).map_err(|error| {
+                    invalid(
+                        format!("{}.api_key_file", self.key),
+                        format!("cannot read {}: {error}", path.display()),
+                    )
+                })?;
+                (format!("{}.api_key_file", self.key), text)
+            }
+            None => match std::env::var(&self.env) {
+                Ok(text) => (format!("{}.api_key_env", self.key), text),
+                Err(_) => return Ok(None),
+            },
+        };
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        ApiKey::new(&text).map(Some).ok_or_else(|| {
+            invalid(
+                key,
+                "the API key holds characters a header cannot carry (printable ASCII without spaces only)",
+            )
+        })
+    }
+}
 /// The REST host that serves only market data; it has no `historicalTrades`.
 const MARKET_DATA_ONLY_REST_HOST: &str = "data-api.binance.vision";
 
@@ -847,14 +949,14 @@ impl RawConfig {
                     format!("unknown market {name:?}; known: spot, usdm, coinm, us"),
                 )
             })?;
-            if market != Market::Spot {
-                return Err(invalid(
-                    &key,
-                    "only the spot market is supported in this release",
-                ));
-            }
             if raw_market.enabled {
-                markets.push(validate_market(&key, market, raw_market)?);
+                markets.push(validate_market(
+                    &key,
+                    market,
+                    raw_market,
+                    &self.connection,
+                    &connection,
+                )?);
             }
         }
         if markets.is_empty() {
@@ -915,16 +1017,12 @@ fn count(value: usize) -> u64 {
 
 fn validate_connection(raw: &RawConnection) -> Result<ConnectionConfig, ConfigError> {
     let key = |name: &str| format!("connection.{name}");
-    STREAMS_PER_CONNECTION.check(
-        key("streams_per_connection"),
-        count(raw.streams_per_connection),
-    )?;
     SUBSCRIBE_BATCH.check(key("subscribe_batch"), count(raw.subscribe_batch))?;
-    MAX_CONTROL_PER_SEC.check(
-        key("max_control_per_sec"),
-        u64::from(raw.max_control_per_sec),
-    )?;
-    DEAD_AFTER_MS.check(key("dead_after_ms"), raw.dead_after_ms)?;
+    // The market-dependent keys are checked per market (validate_market),
+    // against each market's own limits; the dead-link bound has one range.
+    if let Some(dead_after_ms) = raw.dead_after_ms {
+        DEAD_AFTER_MS.check(key("dead_after_ms"), dead_after_ms)?;
+    }
     BACKOFF_MS.check(key("backoff_initial_ms"), raw.backoff_initial_ms)?;
     BACKOFF_MS.check(key("backoff_max_ms"), raw.backoff_max_ms)?;
     HEALTHY_AFTER_MS.check(key("healthy_after_ms"), raw.healthy_after_ms)?;
@@ -955,18 +1053,18 @@ fn validate_connection(raw: &RawConnection) -> Result<ConnectionConfig, ConfigEr
         ));
     }
     Ok(ConnectionConfig {
-        streams_per_connection: raw.streams_per_connection,
         handshake_limit: raw.handshake_limit,
         handshake_window: Duration::from_secs(raw.handshake_window_secs),
         settings: ConnectionSettings {
             backoff_initial: Duration::from_millis(raw.backoff_initial_ms),
             backoff_max: Duration::from_millis(raw.backoff_max_ms),
             healthy_after: Duration::from_millis(raw.healthy_after_ms),
-            dead_after: Duration::from_millis(raw.dead_after_ms),
+            // Per market: see `validate_market`.
+            dead_after: MarketProfile::of(Market::Spot).default_dead_after(),
             connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
             rotate_after: Duration::from_secs(raw.rotate_after_secs),
             rotation_overlap_timeout: Duration::from_millis(raw.rotation_overlap_timeout_ms),
-            max_control_per_sec: raw.max_control_per_sec,
+            max_control_per_sec: MarketProfile::of(Market::Spot).default_control_per_sec(),
             subscribe_batch: raw.subscribe_batch,
             max_backpressure_wait: Duration::from_millis(raw.max_backpressure_wait_ms),
             silent_after_min: Duration::from_millis(raw.silent_after_min_ms),
@@ -1022,19 +1120,103 @@ fn validate_fill(raw: &RawFill) -> Result<FillConfig, ConfigError> {
     })
 }
 
-fn validate_market(key: &str, market: Market, raw: RawMarket) -> Result<MarketConfig, ConfigError> {
-    let url_scheme_ok =
-        |url: &str, schemes: &[&str]| schemes.iter().any(|scheme| url.starts_with(scheme));
-    if !url_scheme_ok(&raw.ws_url, &["ws://", "wss://"]) {
+/// A market-dependent `[connection]` key: the market's table wins over
+/// `[connection]`, which wins over the market's own default; the error
+/// names the key the value came from.
+fn market_value<T: Copy>(
+    key: &str,
+    name: &str,
+    in_market: Option<T>,
+    in_connection: Option<T>,
+    default: T,
+) -> (String, T) {
+    match (in_market, in_connection) {
+        (Some(value), _) => (format!("{key}.{name}"), value),
+        (None, Some(value)) => (format!("connection.{name}"), value),
+        (None, None) => (format!("{key}.{name}"), default),
+    }
+}
+
+/// A COIN-M delivery contract (`BTCUSD_260327`): a name ending in `_`
+/// and six digits (the delivery date), as opposed to `BTCUSD_PERP`.
+fn is_dated_contract(symbol: &str) -> bool {
+    symbol
+        .rsplit_once('_')
+        .is_some_and(|(_, suffix)| suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The API key variable's name: what a shell accepts.
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn validate_market(
+    key: &str,
+    market: Market,
+    raw: RawMarket,
+    raw_connection: &RawConnection,
+    connection: &ConnectionConfig,
+) -> Result<MarketConfig, ConfigError> {
+    let profile = MarketProfile::of(market);
+    let (streams_key, streams_per_connection) = market_value(
+        key,
+        "streams_per_connection",
+        raw.streams_per_connection,
+        raw_connection.streams_per_connection,
+        profile.default_streams_per_connection(),
+    );
+    Bounds::new(
+        1,
+        count(profile.max_streams_per_connection),
+        "Binance's limit of streams per connection on this market (futures: the safe 200)",
+    )
+    .check(streams_key, count(streams_per_connection))?;
+    let (control_key, max_control_per_sec) = market_value(
+        key,
+        "max_control_per_sec",
+        raw.max_control_per_sec,
+        raw_connection.max_control_per_sec,
+        profile.default_control_per_sec(),
+    );
+    Bounds::new(
+        1,
+        u64::from(profile.max_control_per_sec()),
+        "Binance closes a connection past 5 incoming frames a second on spot, 10 on futures, pongs included",
+    )
+    .check(control_key, u64::from(max_control_per_sec))?;
+    let (dead_key, dead_after_ms) = market_value(
+        key,
+        "dead_after_ms",
+        raw.dead_after_ms,
+        raw_connection.dead_after_ms,
+        u64::try_from(profile.default_dead_after().as_millis()).unwrap_or(u64::MAX),
+    );
+    DEAD_AFTER_MS.check(dead_key, dead_after_ms)?;
+    if !is_env_name(&raw.api_key_env) {
         return Err(invalid(
-            format!("{key}.ws_url"),
-            format!("{:?} is not a ws:// or wss:// URL", raw.ws_url),
+            format!("{key}.api_key_env"),
+            format!(
+                "{:?} is not an environment variable name (letters, digits, _)",
+                raw.api_key_env
+            ),
         ));
     }
-    if !url_scheme_ok(&raw.rest_url, &["http://", "https://"]) {
+    let ws_url = raw.ws_url.unwrap_or_else(|| profile.ws_url.to_owned());
+    let rest_url = raw.rest_url.unwrap_or_else(|| profile.rest_url.to_owned());
+    let url_scheme_ok =
+        |url: &str, schemes: &[&str]| schemes.iter().any(|scheme| url.starts_with(scheme));
+    if !url_scheme_ok(&ws_url, &["ws://", "wss://"]) {
+        return Err(invalid(
+            format!("{key}.ws_url"),
+            format!("{:?} is not a ws:// or wss:// URL", ws_url),
+        ));
+    }
+    if !url_scheme_ok(&rest_url, &["http://", "https://"]) {
         return Err(invalid(
             format!("{key}.rest_url"),
-            format!("{:?} is not an http:// or https:// URL", raw.rest_url),
+            format!("{:?} is not an http:// or https:// URL", rest_url),
         ));
     }
     if raw.symbols.is_empty() {
@@ -1051,6 +1233,15 @@ fn validate_market(key: &str, market: Market, raw: RawMarket) -> Result<MarketCo
             return Err(invalid(
                 format!("{key}.symbols"),
                 format!("{text:?} is listed twice"),
+            ));
+        }
+        if market == Market::CoinM && is_dated_contract(text) {
+            return Err(invalid(
+                format!("{key}.symbols"),
+                format!(
+                    "{text:?} is a dated contract: its delivery (streams silent for good) is not handled \
+                     in this release (issue #15); perpetuals (`_PERP`) are"
+                ),
             ));
         }
         symbols.push(symbol);
@@ -1077,9 +1268,18 @@ fn validate_market(key: &str, market: Market, raw: RawMarket) -> Result<MarketCo
                 format!("{text:?} is listed twice"),
             ));
         }
+        if profile.is_futures() && kind == StreamKind::Kline(crate::domain::KlineInterval::Second1)
+        {
+            // Reference 4.4: futures klines are spot's intervals without 1s;
+            // Binance would accept the subscription and send nothing.
+            return Err(invalid(
+                format!("{key}.streams"),
+                format!("{text:?} does not exist on futures (no 1s klines)"),
+            ));
+        }
         streams.push(kind);
     }
-    if streams.contains(&StreamKind::Trade) && raw.rest_url.contains(MARKET_DATA_ONLY_REST_HOST) {
+    if streams.contains(&StreamKind::Trade) && rest_url.contains(MARKET_DATA_ONLY_REST_HOST) {
         return Err(invalid(
             format!("{key}.rest_url"),
             format!(
@@ -1093,18 +1293,28 @@ fn validate_market(key: &str, market: Market, raw: RawMarket) -> Result<MarketCo
         raw.time_check_interval_secs,
     )?;
     if !raw.allow_insecure {
-        for (name, url) in [("ws_url", &raw.ws_url), ("rest_url", &raw.rest_url)] {
+        for (name, url) in [("ws_url", &ws_url), ("rest_url", &rest_url)] {
             check_encrypted_or_loopback(&format!("{key}.{name}"), url)?;
         }
     }
+    let mut settings = connection.settings.clone();
+    settings.max_control_per_sec = max_control_per_sec;
+    settings.dead_after = Duration::from_millis(dead_after_ms);
     Ok(MarketConfig {
         market,
-        ws_url: raw.ws_url.trim_end_matches('/').to_owned(),
-        rest_url: raw.rest_url.trim_end_matches('/').to_owned(),
+        ws_url: ws_url.trim_end_matches('/').to_owned(),
+        rest_url: rest_url.trim_end_matches('/').to_owned(),
         symbols,
         streams,
         check_symbols: raw.check_symbols,
         time_check_interval: Duration::from_secs(raw.time_check_interval_secs),
+        streams_per_connection,
+        connection: settings,
+        api_key: ApiKeySource {
+            key: key.to_owned(),
+            env: raw.api_key_env,
+            file: raw.api_key_file,
+        },
     })
 }
 
@@ -1484,3 +1694,7 @@ streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
         assert!(message.contains("storage.quarantine_dir"), "{message}");
     }
 }
+
+#[cfg(test)]
+#[path = "config/markets_tests.rs"]
+mod markets_tests;

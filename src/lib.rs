@@ -5,8 +5,9 @@
 //!
 //! - [`config`]: the config file, validated into [`config::Config`].
 //! - [`domain`]: markets, symbols, stream kinds, hours, exact decimals, rows.
-//! - [`binance`]: stream names, pure frame decoding, the WebSocket
-//!   connection task and the REST client (the only network I/O).
+//! - [`binance`]: what differs per market ([`binance::markets`]: spot,
+//!   USD-M, COIN-M, Binance.US), stream names, pure frame decoding, the
+//!   WebSocket connection task and the REST client (the only network I/O).
 //! - [`wal`]: the write-ahead log every frame goes through first.
 //! - [`seal`]: pure sealing decisions (when, what coverage, how rows merge).
 //! - [`recorder`]: the state machine ([`recorder::state`]) and the runtime
@@ -23,7 +24,8 @@
 //!
 //! # Life of one message
 //!
-//! 1. [`binance::ws`] reads a frame, stamps its receive time, and sends it to
+//! 1. [`binance::ws`] reads a frame (on USD-M from the stream kind's route,
+//!    `/public` or `/market`), stamps its receive time, and sends it to
 //!    the recorder task over a bounded channel (full: the reader waits).
 //! 2. The recorder appends it to the [`wal`] with the other frames of its
 //!    batch and fsyncs: from here it is recorded.

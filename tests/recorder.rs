@@ -22,6 +22,10 @@ mod end_to_end;
 mod gap_fill;
 #[path = "recorder/long_run.rs"]
 mod long_run;
+#[path = "recorder/market_replays.rs"]
+mod market_replays;
+#[path = "recorder/markets.rs"]
+mod markets;
 #[path = "recorder/metrics.rs"]
 mod metrics;
 #[path = "recorder/poison.rs"]

@@ -7,20 +7,33 @@ use thiserror::Error;
 
 use crate::faults::Fault;
 
-/// Which Binance market the fake imitates. Only spot exists today; the paths and
-/// stream hosts are taken from here rather than written into the handlers, so
-/// that USD-M and COIN-M can be added without touching them.
+/// Which Binance market the fake imitates; one fake serves one market (run
+/// one per market to serve several). The paths, routes, event shapes and
+/// limits are taken from here rather than written into the handlers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Market {
     #[default]
     Spot,
+    /// USD-M futures (`fstream`, `/fapi/v1`): routed WebSocket paths,
+    /// futures event shapes, milliseconds only, `historicalTrades` behind
+    /// an API key (reference 1.3, 3, 4.4, 5.2).
+    UsdM,
+    /// Binance.US: spot-shaped events and REST under `/api/v3`, its own
+    /// hosts. Milliseconds only: its (stale) docs predate `timeUnit`.
+    Us,
+    /// COIN-M futures (`dstream`, `/dapi/v1`): USD-M's shapes and limits
+    /// without routes, symbols like `BTCUSD_PERP`, quantities in contracts,
+    /// a weight limit of 1,200 (reference 3, 4.4, 5.2, 6).
+    CoinM,
 }
 
 impl Market {
-    /// REST path prefix, e.g. `/api/v3` for spot (USD-M will be `/fapi/v1`).
+    /// REST path prefix: `/api/v3` for spot, `/fapi/v1` for USD-M.
     pub fn rest_prefix(self) -> &'static str {
         match self {
-            Market::Spot => "/api/v3",
+            Market::Spot | Market::Us => "/api/v3",
+            Market::UsdM => "/fapi/v1",
+            Market::CoinM => "/dapi/v1",
         }
     }
 
@@ -28,7 +41,35 @@ impl Market {
     pub fn name(self) -> &'static str {
         match self {
             Market::Spot => "spot",
+            Market::UsdM => "usdm",
+            Market::Us => "us",
+            Market::CoinM => "coinm",
         }
+    }
+
+    /// Futures-shaped events and REST rows (`X`, `nq`, no `M`), times in ms only.
+    pub fn is_futures(self) -> bool {
+        matches!(self, Market::UsdM | Market::CoinM)
+    }
+
+    /// Whether `timeUnit=MICROSECOND` (and `X-MBX-TIME-UNIT`) is honoured:
+    /// spot only (reference 1.1); the others always send milliseconds.
+    pub fn speaks_micros(self) -> bool {
+        matches!(self, Market::Spot)
+    }
+
+    /// The shape of its events and REST rows.
+    pub(crate) fn shape(self) -> crate::wire::Shape {
+        if self.is_futures() {
+            crate::wire::Shape::Futures
+        } else {
+            crate::wire::Shape::Spot
+        }
+    }
+
+    /// Whether the market has routed WebSocket paths (`/public`, `/market`).
+    pub fn has_routes(self) -> bool {
+        matches!(self, Market::UsdM)
     }
 }
 
@@ -69,6 +110,36 @@ pub struct Limits {
     /// After a `serverShutdown` event the connection keeps serving this long
     /// before it closes ("shortly before closing"; Binance gives no number).
     pub server_shutdown_grace: Duration,
+}
+
+impl Limits {
+    /// The market's documented limits (reference 3 and 6): spot's are
+    /// [`Limits::default`]; USD-M pings every 3 minutes with a 10-minute
+    /// pong deadline, takes 10 incoming messages a second and 200 streams a
+    /// connection, and 2,400 request weight a minute.
+    pub fn for_market(market: Market) -> Limits {
+        match market {
+            Market::Spot => Limits::default(),
+            Market::UsdM => Limits {
+                ping_interval: Duration::from_secs(180),
+                pong_timeout: Duration::from_secs(600),
+                max_incoming_per_sec: 10,
+                max_streams_per_connection: 200,
+                weight_limit_per_minute: 2400,
+                ..Limits::default()
+            },
+            // Spot's, but for the weight limit, which the reference does
+            // not give for Binance.US: the recorder's safe guess of 1,200.
+            Market::Us => Limits {
+                weight_limit_per_minute: 1200,
+                ..Limits::default()
+            },
+            Market::CoinM => Limits {
+                weight_limit_per_minute: 1200,
+                ..Limits::for_market(Market::UsdM)
+            },
+        }
+    }
 }
 
 impl Default for Limits {
@@ -140,6 +211,14 @@ pub struct FakeConfig {
     pub limits: Limits,
     pub replay: Option<ReplayConfig>,
     pub chaos: Option<ChaosConfig>,
+    /// API keys `historicalTrades` accepts in `X-MBX-APIKEY` on markets
+    /// where it needs one (USD-M); any other key, or none, is refused.
+    pub api_keys: Vec<String>,
+    /// USD-M only: serve the undocumented `@trade` on `/market` instead of
+    /// `/public`. The reference observed it on `/public` and flags the route
+    /// as uncertain (4.4 ⚠: Binance's connector comment says `market`); this
+    /// stands for the day it moves, to test a recorder's recovery.
+    pub usdm_trade_on_market: bool,
 }
 
 impl Default for FakeConfig {
@@ -159,6 +238,8 @@ impl Default for FakeConfig {
             limits: Limits::default(),
             replay: None,
             chaos: None,
+            api_keys: Vec::new(),
+            usdm_trade_on_market: false,
         }
     }
 }
@@ -192,11 +273,11 @@ impl FakeConfig {
             if symbol.is_empty()
                 || !symbol
                     .bytes()
-                    .all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit())
+                    .all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit() || byte == b'_')
             {
                 return invalid(
                     "symbols",
-                    format!("{symbol:?} must be upper-case letters and digits"),
+                    format!("{symbol:?} must be upper-case letters, digits and _"),
                 );
             }
         }

@@ -45,6 +45,11 @@ pub struct Counters {
     pub rest_responses_429: u64,
     pub rest_responses_418: u64,
     pub rest_failures_injected: u64,
+    /// `historicalTrades` calls refused for a missing or unknown API key (401).
+    pub rest_api_key_refusals: u64,
+    /// Subscriptions acknowledged on a route that does not serve them (USD-M
+    /// `/public` vs `/market`): listed, never delivered.
+    pub ws_wrong_route_subscriptions: u64,
     /// Weight used in the current window.
     pub rest_used_weight: u64,
     /// The most weight used in any one window so far.

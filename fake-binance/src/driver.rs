@@ -421,6 +421,7 @@ mod tests {
 
     fn event(id: i64, event_time_us: i64) -> Arc<StreamEvent> {
         let trade = Trade {
+            print: crate::model::PrintType::Market,
             id,
             price: 1,
             quantity: 1,
@@ -442,8 +443,10 @@ mod tests {
         events
             .iter()
             .map(|event| {
-                let payload: serde_json::Value =
-                    serde_json::from_str(event.payload(TimeUnit::Microsecond)).unwrap();
+                let payload: serde_json::Value = serde_json::from_str(
+                    event.payload(TimeUnit::Microsecond, crate::wire::Shape::Spot),
+                )
+                .unwrap();
                 payload["t"].as_i64().unwrap()
             })
             .collect()

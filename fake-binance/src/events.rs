@@ -8,7 +8,7 @@ use crate::faults::Lie;
 use crate::interval::KlineInterval;
 use crate::market::KlineState;
 use crate::model::{AggTrade, Trade};
-use crate::wire::{self, TimeUnit};
+use crate::wire::{self, Shape, TimeUnit};
 
 /// One stream event, shared by every connection subscribed to its stream.
 /// The JSON is built at most once per time unit, on first use.
@@ -190,9 +190,11 @@ impl StreamEvent {
         }
     }
 
-    /// The bare event JSON in the given unit. A replayed event in millisecond
-    /// mode is its captured bytes, untouched.
-    pub fn payload(&self, unit: TimeUnit) -> &str {
+    /// The bare event JSON in the given unit and shape. A replayed event in
+    /// millisecond mode is its captured bytes, untouched. One fake serves
+    /// one market, so the shape is the same at every call and the cache is
+    /// kept per unit only.
+    pub fn payload(&self, unit: TimeUnit, shape: Shape) -> &str {
         let cell = match unit {
             TimeUnit::Millisecond => &self.payload_millisecond,
             TimeUnit::Microsecond => &self.payload_microsecond,
@@ -200,11 +202,11 @@ impl StreamEvent {
         cell.get_or_init(|| match &self.body {
             EventBody::Trade { symbol, trade } => match (&trade.raw_payload, unit) {
                 (Some(raw), TimeUnit::Millisecond) => raw.to_string(),
-                _ => wire::trade_event(symbol, trade, unit),
+                _ => wire::trade_event(symbol, trade, unit, shape),
             },
             EventBody::AggTrade { symbol, agg } => match (&agg.raw_payload, unit) {
                 (Some(raw), TimeUnit::Millisecond) => raw.to_string(),
-                _ => wire::agg_trade_event(symbol, agg, unit),
+                _ => wire::agg_trade_event(symbol, agg, unit, shape),
             },
             EventBody::Kline {
                 symbol,

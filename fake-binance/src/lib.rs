@@ -1,5 +1,7 @@
-//! A faithful fake of Binance's public spot market data: WebSocket streams,
+//! A faithful fake of Binance's public market data: WebSocket streams,
 //! REST, protocol limits, faults and replay of real captures, on 127.0.0.1.
+//! One fake serves one market ([`Market`]: spot, USD-M with its routed
+//! paths, COIN-M, Binance.US); run one per market to serve several.
 //!
 //! # Layout
 //!
@@ -344,6 +346,7 @@ async fn build_books(config: &FakeConfig) -> std::io::Result<(Vec<SymbolBook>, i
                 config.seed,
                 data_start_us,
                 config.mean_orders_per_sec,
+                config.market.is_futures(),
             )
         })
         .collect();
@@ -360,7 +363,8 @@ pub(crate) fn ground_truth_of(
 ) -> Option<GroundTruth> {
     let (market, now_us) = shared.market_now();
     let book = market.book(symbol)?;
-    let (trades, agg_trades) = truth::trades_until(book, until_sim_us, now_us);
+    let futures = shared.config.market.is_futures();
+    let (trades, agg_trades) = truth::trades_until(book, until_sim_us, now_us, futures);
     let klines = KlineInterval::ALL
         .into_iter()
         .map(|interval| {
@@ -369,11 +373,16 @@ pub(crate) fn ground_truth_of(
             (interval.as_str().to_owned(), klines)
         })
         .collect();
-    Some(GroundTruth {
+    let truth = GroundTruth {
         trades,
         agg_trades,
         klines,
-    })
+    };
+    let market = shared.config.market;
+    if !market.speaks_micros() {
+        return Some(truth::in_milliseconds(truth, market.is_futures()));
+    }
+    Some(truth)
 }
 
 pub(crate) fn klines_of(
@@ -384,13 +393,11 @@ pub(crate) fn klines_of(
 ) -> Option<Vec<TruthKline>> {
     let (market, now_us) = shared.market_now();
     let book = market.book(symbol)?;
-    Some(truth::closed_klines_until(
-        book,
-        market.seed,
-        interval,
-        until_sim_us,
-        now_us,
-    ))
+    let mut klines = truth::closed_klines_until(book, market.seed, interval, until_sim_us, now_us);
+    if !shared.config.market.speaks_micros() {
+        truth::klines_in_milliseconds(&mut klines);
+    }
+    Some(klines)
 }
 
 pub(crate) fn counters_of(shared: &Shared) -> Counters {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use fake_binance::{ChaosConfig, FakeConfig, FakeExchange, ReplayConfig};
+use fake_binance::{ChaosConfig, FakeConfig, FakeExchange, Limits, Market, ReplayConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +41,14 @@ struct Arguments {
     /// Random faults per minute (chaos mode); off when absent.
     #[arg(long)]
     chaos_per_minute: Option<f64>,
+    /// The market to imitate: `spot`, `usdm` (USD-M futures: routed
+    /// paths, futures shapes and limits, `/fapi/v1`) or `us` (Binance.US).
+    #[arg(long, default_value = "spot")]
+    market: String,
+    /// An API key `historicalTrades` accepts on USD-M (read from this
+    /// environment variable, never from the command line).
+    #[arg(long)]
+    api_key_env: Option<String>,
     /// Fixed ports (0 = any free port).
     #[arg(long, default_value_t = 0)]
     ws_port: u16,
@@ -60,7 +68,23 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let arguments = Arguments::parse();
+    let market = match arguments.market.as_str() {
+        "spot" => Market::Spot,
+        "usdm" => Market::UsdM,
+        "us" => Market::Us,
+        "coinm" => Market::CoinM,
+        other => anyhow::bail!("--market {other:?}: spot, usdm, coinm or us"),
+    };
+    let api_keys = arguments
+        .api_key_env
+        .as_deref()
+        .and_then(|name| std::env::var(name).ok())
+        .into_iter()
+        .collect();
     let mut config = FakeConfig {
+        market,
+        limits: Limits::for_market(market),
+        api_keys,
         seed: arguments.seed,
         speed: arguments.speed,
         symbols: arguments

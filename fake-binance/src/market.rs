@@ -138,15 +138,19 @@ impl SymbolBook {
         seed: u64,
         data_start_us: i64,
         mean_orders_per_sec: f64,
+        special_prints: bool,
     ) -> SymbolBook {
         let spec = SymbolSpec::for_symbol(symbol);
-        let generator = OrderGenerator::new(
+        let mut generator = OrderGenerator::new(
             seed,
             index,
             spec.clone(),
             data_start_us,
             mean_orders_per_sec,
         );
+        if special_prints {
+            generator = generator.with_special_prints();
+        }
         SymbolBook {
             index,
             initial_price: spec.initial_price_atoms,
@@ -360,6 +364,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(index, (time_us, price))| Trade {
+                print: crate::model::PrintType::Market,
                 id: 100 + index as i64,
                 price: *price,
                 quantity: 100_000_000,

@@ -23,6 +23,9 @@ const MIN_TRADE_LATENCY_US: i64 = 100;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trade {
     pub id: i64,
+    /// What kind of print: futures trade streams carry it as `X`; only
+    /// `Market` prints are aggregated and served by REST.
+    pub print: PrintType,
     pub price: i64,
     pub quantity: i64,
     pub time_us: i64,
@@ -33,6 +36,29 @@ pub struct Trade {
     pub dispatch_seq: u64,
     /// Replay only: the exact bytes of the captured `data` object, sent as-is in millisecond mode.
     pub raw_payload: Option<Arc<str>>,
+}
+
+/// A futures trade's `X`: market fills, and the prints that are not (an
+/// insurance-fund liquidation, an auto-deleverage, `NA` with zero
+/// quantity). Non-market prints are in the trade id sequence but in no
+/// aggregate and in no REST answer (reference 4.4 and 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrintType {
+    Market,
+    InsuranceFund,
+    Adl,
+    Na,
+}
+
+impl PrintType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrintType::Market => "MARKET",
+            PrintType::InsuranceFund => "INSURANCE_FUND",
+            PrintType::Adl => "ADL",
+            PrintType::Na => "NA",
+        }
+    }
 }
 
 /// One aggregate trade (one taker order at one price).
@@ -129,6 +155,8 @@ pub struct OrderGenerator {
     next_agg_trade_id: i64,
     last_event_time_us: i64,
     next_dispatch_seq: u64,
+    /// Futures: now and then a non-market print follows an order.
+    special_prints: bool,
 }
 
 impl OrderGenerator {
@@ -151,9 +179,18 @@ impl OrderGenerator {
             next_agg_trade_id: first_agg_trade_id(symbol_index),
             last_event_time_us: i64::MIN,
             next_dispatch_seq: 0,
+            special_prints: false,
         };
         generator.next_order_time_us = start_us + generator.draw_gap_us();
         generator
+    }
+
+    /// Futures: about one order in eight is followed by a non-market print
+    /// (insurance fund, ADL, or a zero-quantity `NA`), in the trade id
+    /// sequence and in no aggregate. Spot's flow is unchanged (no draw).
+    pub fn with_special_prints(mut self) -> OrderGenerator {
+        self.special_prints = true;
+        self
     }
 
     /// Time of the next order not generated yet.
@@ -231,6 +268,7 @@ impl OrderGenerator {
                 level_quantity += quantity;
                 trades.push(Trade {
                     id: self.next_trade_id,
+                    print: PrintType::Market,
                     price,
                     quantity,
                     time_us,
@@ -250,6 +288,31 @@ impl OrderGenerator {
                 self.next_trade_id - 1,
             ));
             last_price = price;
+        }
+        if self.special_prints && self.random.below(8) == 0 {
+            let print = match self.random.below(3) {
+                0 => PrintType::InsuranceFund,
+                1 => PrintType::Adl,
+                _ => PrintType::Na,
+            };
+            let quantity = match print {
+                PrintType::Na => 0,
+                _ => (1 + self.random.below(50) as i64) * self.spec.step_atoms,
+            };
+            trades.push(Trade {
+                id: self.next_trade_id,
+                print,
+                price: last_price,
+                quantity,
+                time_us,
+                event_time_us,
+                is_buyer_maker: !taker_is_buyer,
+                is_best_match: true,
+                dispatch_seq: self.next_dispatch_seq,
+                raw_payload: None,
+            });
+            self.next_trade_id += 1;
+            self.next_dispatch_seq += 1;
         }
         // Aggregates follow the order's trades in stream order, as the two streams
         // of one order are both published once the order finished matching.

@@ -273,6 +273,7 @@ fn read_capture_line(text: &str, collector: &mut Collector) -> Result<(), String
                 serde_json::from_str(data.get()).map_err(|error| format!("bad trade: {error}"))?;
             let is_millisecond = wire.trade_time.abs() < 100_000_000_000_000;
             let trade = Trade {
+                print: crate::model::PrintType::Market,
                 id: wire.t,
                 price: parse_atoms(&wire.p).map_err(|error| error.to_string())?,
                 quantity: parse_atoms(&wire.q).map_err(|error| error.to_string())?,
@@ -421,6 +422,7 @@ impl CsvLayout {
             CsvLayout::Trades { symbol } => {
                 let time_us = to_micros(parse_int(field(4)?)?);
                 let trade = Trade {
+                    print: crate::model::PrintType::Market,
                     id: parse_int(field(0)?)?,
                     price: parse_atoms(field(1)?).map_err(|error| error.to_string())?,
                     quantity: parse_atoms(field(2)?).map_err(|error| error.to_string())?,

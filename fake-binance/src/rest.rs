@@ -7,10 +7,12 @@ use std::sync::Arc;
 use tokio::time::{Duration, Instant};
 use tracing::warn;
 
+use crate::config::Market;
 use crate::faults::RestFailure;
 use crate::http::{Delivery, HttpRequest, HttpResponse};
 use crate::interval::KlineInterval;
 use crate::market::SymbolBook;
+use crate::model::{PrintType, Trade};
 use crate::shared::{lock, Shared};
 use crate::wire::{self, TimeUnit};
 
@@ -197,16 +199,41 @@ impl ApiError {
 
 type ApiResult = Result<String, ApiError>;
 
-/// Endpoint weights as documented for spot (reference 5.1).
-fn endpoint_weight(endpoint: &str) -> Option<u32> {
+/// Endpoint weights as documented (reference 5.1 spot, 5.2 USD-M, where
+/// klines cost by the `limit` asked for: 1 / 2 / 5 / 10 for [1,100) /
+/// [100,500) / [500,1000] / more). `None`: no such endpoint.
+fn endpoint_weight(market: Market, endpoint: &str, limit: Option<i64>) -> Option<u32> {
+    if !market.is_futures() {
+        return Some(match endpoint {
+            "ping" | "time" => 1,
+            "exchangeInfo" => 20,
+            "trades" | "historicalTrades" => 25,
+            "aggTrades" => 4,
+            "klines" | "uiKlines" => 2,
+            _ => return None,
+        });
+    }
     Some(match endpoint {
-        "ping" | "time" => 1,
-        "exchangeInfo" => 20,
-        "trades" | "historicalTrades" => 25,
-        "aggTrades" => 4,
-        "klines" | "uiKlines" => 2,
+        "ping" | "time" | "exchangeInfo" => 1,
+        "trades" => 5,
+        "historicalTrades" | "aggTrades" => 20,
+        "klines" => match limit.unwrap_or(500) {
+            ..100 => 1,
+            100..500 => 2,
+            500..=1000 => 5,
+            _ => 10,
+        },
         _ => return None,
     })
+}
+
+/// The `limit` an endpoint takes: (default, most) (reference 5).
+fn limit_bounds(market: Market, endpoint: &str) -> (usize, usize) {
+    match (market.is_futures(), endpoint) {
+        (true, "historicalTrades") => (100, 500),
+        (true, "klines") => (500, 1500),
+        _ => (500, 1000),
+    }
 }
 
 /// Handles one REST request (called by the HTTP loop).
@@ -327,7 +354,11 @@ fn answer(shared: &Shared, request: &HttpRequest) -> HttpResponse {
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('/'))
         .unwrap_or("");
-    let Some(weight) = endpoint_weight(endpoint) else {
+    let market = shared.config.market;
+    let limit_asked = request
+        .query_value("limit")
+        .and_then(|text| text.parse::<i64>().ok());
+    let Some(weight) = endpoint_weight(market, endpoint, limit_asked) else {
         shared
             .counters
             .update(|counters| counters.rest_responses_404 += 1);
@@ -375,7 +406,13 @@ fn answer(shared: &Shared, request: &HttpRequest) -> HttpResponse {
         )
         .with_header("X-MBX-USED-WEIGHT-1M", used_header);
     }
-    let result = time_unit(request).and_then(|unit| match endpoint {
+    let unit = if !market.speaks_micros() {
+        // Off spot, milliseconds only; the header is not theirs.
+        Ok(TimeUnit::Millisecond)
+    } else {
+        time_unit(request)
+    };
+    let result = unit.and_then(|unit| match endpoint {
         "ping" => Ok("{}".to_owned()),
         "time" => Ok(format!(
             r#"{{"serverTime":{}}}"#,
@@ -442,11 +479,16 @@ fn parse_time_us(
     }))
 }
 
-/// The rows to serve: the `limit` asked for, plus injected extra rows.
-fn parse_limit(request: &HttpRequest) -> Result<usize, ApiError> {
+/// The rows to serve: the `limit` asked for (within the endpoint's bounds
+/// on this market), plus injected extra rows.
+fn parse_limit(shared: &Shared, request: &HttpRequest) -> Result<usize, ApiError> {
+    let endpoint = request.path.rsplit('/').next().unwrap_or("");
+    let (default, most) = limit_bounds(shared.config.market, endpoint);
     match parse_integer(request, "limit")? {
-        None => Ok(500 + request.extra_rows),
-        Some(limit) if (1..=1000).contains(&limit) => Ok(limit as usize + request.extra_rows),
+        None => Ok(default + request.extra_rows),
+        Some(limit) if (1..=most as i64).contains(&limit) => {
+            Ok(limit as usize + request.extra_rows)
+        }
         Some(_) => Err(ApiError::bad_request(
             -1130,
             "Data sent for parameter 'limit' is not valid.",
@@ -470,10 +512,12 @@ fn symbol_book<'market>(
 fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
     let (market, now_us) = shared.market_now();
     let mut wanted: Option<Vec<String>> = None;
-    if let Some(symbol) = request.query_value("symbol") {
+    // Futures exchangeInfo takes no parameter: every symbol, always.
+    let futures = shared.config.market.is_futures();
+    if let Some(symbol) = request.query_value("symbol").filter(|_| !futures) {
         wanted = Some(vec![symbol.to_owned()]);
     }
-    if let Some(list) = request.query_value("symbols") {
+    if let Some(list) = request.query_value("symbols").filter(|_| !futures) {
         let parsed: Vec<String> = serde_json::from_str(list).map_err(|_| {
             ApiError::bad_request(-1100, "Illegal characters found in parameter 'symbols'.")
         })?;
@@ -563,37 +607,77 @@ fn json_array<T>(items: &[T], mut write_item: impl FnMut(&mut String, &T)) -> St
 }
 
 fn recent_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
-    let limit = parse_limit(request)?;
+    let limit = parse_limit(shared, request)?;
     let (market, now_us) = shared.market_now();
     let book = symbol_book(&market, request)?;
     let published = book.published_trade_count(now_us);
-    let trades = &book.trades[published.saturating_sub(limit)..published];
-    Ok(json_array(trades, |out, trade| {
-        wire::rest_trade(out, trade, unit)
+    let market_only = shared.config.market.is_futures();
+    let visible: Vec<&Trade> = book.trades[..published]
+        .iter()
+        .rev()
+        .filter(|trade| !market_only || trade.print == PrintType::Market)
+        .take(limit)
+        .collect();
+    let trades: Vec<&Trade> = visible.into_iter().rev().collect();
+    Ok(json_array(&trades, |out, trade| {
+        wire::rest_trade(out, trade, unit, shared.config.market.shape())
     }))
 }
 
+/// Futures `historicalTrades` is `MARKET_DATA`: an API key in
+/// `X-MBX-APIKEY`, no signature (reference 5.2). Missing: -2014; unknown:
+/// -2015; both with HTTP 401.
+fn check_api_key(shared: &Shared, request: &HttpRequest) -> Result<(), ApiError> {
+    if !shared.config.market.is_futures() {
+        return Ok(());
+    }
+    let refused = |code: i64, message: &str| {
+        shared
+            .counters
+            .update(|counters| counters.rest_api_key_refusals += 1);
+        Err(ApiError {
+            status: 401,
+            code,
+            message: message.to_owned(),
+        })
+    };
+    match request.header("X-MBX-APIKEY").map(str::trim) {
+        None | Some("") => refused(-2014, "API-key format invalid."),
+        Some(key) if shared.config.api_keys.iter().any(|known| known == key) => Ok(()),
+        Some(_) => refused(-2015, "Invalid API-key, IP, or permissions for action."),
+    }
+}
+
 fn historical_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
-    let limit = parse_limit(request)?;
+    check_api_key(shared, request)?;
+    let limit = parse_limit(shared, request)?;
     let from_id = parse_integer(request, "fromId")?;
     let (market, now_us) = shared.market_now();
     let book = symbol_book(&market, request)?;
     let published = book.published_trade_count(now_us);
     let visible = &book.trades[..published];
-    let trades = match from_id {
-        None => &visible[published.saturating_sub(limit)..],
+    // Futures REST serves market trades only (reference 7): the other
+    // prints' ids are holes in its answers.
+    let market_only = shared.config.market.is_futures();
+    let served = |trade: &&Trade| !market_only || trade.print == PrintType::Market;
+    let trades: Vec<&Trade> = match from_id {
+        None => {
+            let mut newest: Vec<&Trade> = visible.iter().rev().filter(served).take(limit).collect();
+            newest.reverse();
+            newest
+        }
         Some(from_id) => {
             let start = visible.partition_point(|trade| trade.id < from_id);
-            &visible[start..(start + limit).min(published)]
+            visible[start..].iter().filter(served).take(limit).collect()
         }
     };
-    Ok(json_array(trades, |out, trade| {
-        wire::rest_trade(out, trade, unit)
+    Ok(json_array(&trades, |out, trade| {
+        wire::rest_trade(out, trade, unit, shared.config.market.shape())
     }))
 }
 
 fn agg_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
-    let limit = parse_limit(request)?;
+    let limit = parse_limit(shared, request)?;
     let from_id = parse_integer(request, "fromId")?;
     let start_us = parse_time_us(request, "startTime", false)?;
     let end_us = parse_time_us(request, "endTime", true)?;
@@ -602,6 +686,18 @@ fn agg_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResu
             -1128,
             "Combination of optional parameters invalid.",
         ));
+    }
+    if let (true, Some(start_us), Some(end_us)) =
+        (shared.config.market.is_futures(), start_us, end_us)
+    {
+        // Futures: start and end together must span less than an hour
+        // (compared in ms; end_us carries its ms's last µs).
+        if end_us.div_euclid(1000) - start_us.div_euclid(1000) >= 3_600_000 {
+            return Err(ApiError::bad_request(
+                -1127,
+                "More than 1 hours between startTime and endTime.",
+            ));
+        }
     }
     let (market, now_us) = shared.market_now();
     let book = symbol_book(&market, request)?;
@@ -630,7 +726,7 @@ fn agg_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResu
         }
     };
     Ok(json_array(selected, |out, agg| {
-        wire::rest_agg_trade(out, agg, unit)
+        wire::rest_agg_trade(out, agg, unit, shared.config.market.shape())
     }))
 }
 
@@ -640,7 +736,7 @@ fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
         Some(text) => KlineInterval::parse(text)
             .ok_or_else(|| ApiError::bad_request(-1120, "Invalid interval."))?,
     };
-    let limit = parse_limit(request)?;
+    let limit = parse_limit(shared, request)?;
     let start_us = parse_time_us(request, "startTime", false)?;
     let end_us = parse_time_us(request, "endTime", true)?;
     let (market, now_us) = shared.market_now();

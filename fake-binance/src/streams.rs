@@ -25,7 +25,7 @@ impl StreamName {
         if symbol.is_empty()
             || !symbol
                 .bytes()
-                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit())
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_')
         {
             return None;
         }
@@ -58,6 +58,63 @@ impl StreamName {
 
     pub fn kline(symbol_lower: &str, interval: KlineInterval) -> String {
         format!("{symbol_lower}@kline_{}", interval.as_str())
+    }
+}
+
+/// The path a USD-M connection was opened on (reference 1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// No route in the path: spot, or a legacy USD-M URL (public data only).
+    Unrouted,
+    Public,
+    Market,
+    Private,
+}
+
+impl Route {
+    /// Splits a route prefix off a path: `/market/stream` is
+    /// (`Market`, `/stream`).
+    pub fn split(path: &str) -> (Route, &str) {
+        for (prefix, route) in [
+            ("/public", Route::Public),
+            ("/market", Route::Market),
+            ("/private", Route::Private),
+        ] {
+            if let Some(rest) = path.strip_prefix(prefix) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    return (route, rest);
+                }
+            }
+        }
+        (Route::Unrouted, path)
+    }
+}
+
+/// Whether a stream subscribed on `route` delivers. On a market without
+/// routes, always. On USD-M: `@trade` (undocumented, observed there),
+/// depth and bookTicker on `/public` (and on an unrouted legacy URL,
+/// which gets public-class data only); aggTrade, klines and tickers on
+/// `/market`; nothing market-data on `/private`. A stream on the wrong
+/// route is acknowledged and then silent, as Binance does.
+/// `trade_on_market` moves `@trade` to `/market` (see
+/// `FakeConfig::usdm_trade_on_market`).
+pub fn served_on(routed: bool, trade_on_market: bool, route: Route, name: &str) -> bool {
+    if !routed {
+        return true;
+    }
+    let Some(stream) = StreamName::parse(name) else {
+        return false;
+    };
+    let (_, kind_text) = name.split_once('@').unwrap_or((name, ""));
+    let public_class = match stream.kind {
+        StreamKind::Trade => !trade_on_market,
+        StreamKind::AggTrade | StreamKind::Kline(_) => false,
+        StreamKind::Unfed => kind_text.starts_with("depth") || kind_text == "bookTicker",
+    };
+    match route {
+        Route::Public | Route::Unrouted => public_class,
+        Route::Market => !public_class,
+        Route::Private => false,
     }
 }
 
@@ -106,6 +163,30 @@ mod tests {
             StreamName::parse("btcusdt@depth@100ms").unwrap().kind,
             StreamKind::Unfed
         );
+    }
+
+    #[test]
+    fn usdm_routes_serve_their_streams_only() {
+        assert_eq!(Route::split("/market/stream"), (Route::Market, "/stream"));
+        assert_eq!(
+            Route::split("/public/ws/btcusdt@trade"),
+            (Route::Public, "/ws/btcusdt@trade")
+        );
+        assert_eq!(Route::split("/stream"), (Route::Unrouted, "/stream"));
+        assert_eq!(
+            Route::split("/marketplace"),
+            (Route::Unrouted, "/marketplace")
+        );
+        assert!(served_on(true, false, Route::Public, "btcusdt@trade"));
+        assert!(!served_on(true, false, Route::Market, "btcusdt@trade"));
+        assert!(served_on(true, false, Route::Market, "btcusdt@aggTrade"));
+        assert!(served_on(true, false, Route::Market, "btcusdt@kline_1m"));
+        assert!(!served_on(true, false, Route::Public, "btcusdt@kline_1m"));
+        assert!(!served_on(true, false, Route::Unrouted, "btcusdt@aggTrade"));
+        assert!(served_on(true, false, Route::Public, "btcusdt@bookTicker"));
+        assert!(served_on(false, false, Route::Unrouted, "btcusdt@aggTrade"));
+        assert!(served_on(true, true, Route::Market, "btcusdt@trade"));
+        assert!(!served_on(true, true, Route::Public, "btcusdt@trade"));
     }
 
     #[test]

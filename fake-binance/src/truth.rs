@@ -24,7 +24,10 @@ pub struct TruthTrade {
     pub quantity: String,
     pub time_us: i64,
     pub is_buyer_maker: bool,
-    pub is_best_match: bool,
+    /// `None` on futures, whose trades carry no `M`.
+    pub is_best_match: Option<bool>,
+    /// Futures `X` (`MARKET` here); `None` on spot.
+    pub trade_type: Option<String>,
     pub event_time_us: i64,
 }
 
@@ -37,7 +40,8 @@ pub struct TruthAggTrade {
     pub last_trade_id: i64,
     pub time_us: i64,
     pub is_buyer_maker: bool,
-    pub is_best_match: bool,
+    /// `None` on futures, whose aggTrades carry no `M`.
+    pub is_best_match: Option<bool>,
     pub event_time_us: i64,
 }
 
@@ -84,10 +88,13 @@ impl TruthKline {
 
 /// Trades and aggregate trades with trade time `T < until_us` whose event has been
 /// published by `now_us` (`E <= now`). Both times never decrease along the vectors.
+/// Every trade and aggregate trade with a time before `until_us`, published
+/// by `now_us`; on futures each trade says its print type (`X`).
 pub(crate) fn trades_until(
     book: &SymbolBook,
     until_us: i64,
     now_us: i64,
+    futures: bool,
 ) -> (Vec<TruthTrade>, Vec<TruthAggTrade>) {
     let trades = book
         .trades
@@ -99,7 +106,8 @@ pub(crate) fn trades_until(
             quantity: format_atoms(trade.quantity),
             time_us: trade.time_us,
             is_buyer_maker: trade.is_buyer_maker,
-            is_best_match: trade.is_best_match,
+            is_best_match: Some(trade.is_best_match),
+            trade_type: futures.then(|| trade.print.as_str().to_owned()),
             event_time_us: trade.event_time_us,
         })
         .collect();
@@ -115,7 +123,7 @@ pub(crate) fn trades_until(
             last_trade_id: agg.last_trade_id,
             time_us: agg.time_us,
             is_buyer_maker: agg.is_buyer_maker,
-            is_best_match: agg.is_best_match,
+            is_best_match: Some(agg.is_best_match),
             event_time_us: agg.event_time_us,
         })
         .collect();
@@ -146,4 +154,40 @@ pub(crate) fn closed_klines_until(
             closed.then(|| TruthKline::from_state(kline, close_event_time_us))
         })
         .collect()
+}
+
+/// Whole milliseconds, as a market that speaks only ms sends a µs time.
+fn in_whole_ms(time_us: i64) -> i64 {
+    time_us.div_euclid(1000) * 1000
+}
+
+/// The truth as a market that speaks only milliseconds delivers it: times
+/// in whole ms; on futures no best match flag.
+pub(crate) fn in_milliseconds(mut truth: GroundTruth, futures: bool) -> GroundTruth {
+    for trade in &mut truth.trades {
+        trade.time_us = in_whole_ms(trade.time_us);
+        trade.event_time_us = in_whole_ms(trade.event_time_us);
+        if futures {
+            trade.is_best_match = None;
+        }
+    }
+    for agg in &mut truth.agg_trades {
+        agg.time_us = in_whole_ms(agg.time_us);
+        agg.event_time_us = in_whole_ms(agg.event_time_us);
+        if futures {
+            agg.is_best_match = None;
+        }
+    }
+    for klines in truth.klines.values_mut() {
+        klines_in_milliseconds(klines);
+    }
+    truth
+}
+
+/// Kline times as a market that speaks only ms delivers them (the grid is
+/// whole ms already; the closing event's time is not).
+pub(crate) fn klines_in_milliseconds(klines: &mut [TruthKline]) {
+    for kline in klines {
+        kline.close_event_time_us = in_whole_ms(kline.close_event_time_us);
+    }
 }

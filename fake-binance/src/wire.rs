@@ -41,7 +41,20 @@ impl TimeUnit {
     }
 }
 
-pub fn trade_event(symbol: &str, trade: &Trade, unit: TimeUnit) -> String {
+/// The event and REST row shapes of a market (reference 4 and 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Spot and Binance.US: trades and aggTrades carry `M`.
+    Spot,
+    /// USD-M and COIN-M: trades carry `X` and no `M`; aggTrades carry
+    /// `nq` and no `M`; REST trades carry `isRPITrade`, no `isBestMatch`.
+    Futures,
+}
+
+pub fn trade_event(symbol: &str, trade: &Trade, unit: TimeUnit, shape: Shape) -> String {
+    if shape == Shape::Futures {
+        return futures_trade_event(symbol, trade, unit);
+    }
     let mut out = String::with_capacity(160);
     write!(
         out,
@@ -65,7 +78,36 @@ pub fn trade_event(symbol: &str, trade: &Trade, unit: TimeUnit) -> String {
     out
 }
 
-pub fn agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit) -> String {
+/// A USD-M `@trade` event in the key order of the captures
+/// (`samples/futures-trade.jsonl`): `e,E,T,s,t,p,q,X,m`.
+fn futures_trade_event(symbol: &str, trade: &Trade, unit: TimeUnit) -> String {
+    let mut out = String::with_capacity(160);
+    write!(
+        out,
+        r#"{{"e":"trade","E":{},"T":{},"s":"{}","t":{},"p":""#,
+        unit.convert(trade.event_time_us),
+        unit.convert(trade.time_us),
+        symbol,
+        trade.id
+    )
+    .expect("writing to a String cannot fail");
+    push_atoms(&mut out, trade.price);
+    out.push_str(r#"","q":""#);
+    push_atoms(&mut out, trade.quantity);
+    write!(
+        out,
+        r#"","X":"{}","m":{}}}"#,
+        trade.print.as_str(),
+        trade.is_buyer_maker
+    )
+    .expect("writing to a String cannot fail");
+    out
+}
+
+pub fn agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit, shape: Shape) -> String {
+    if shape == Shape::Futures {
+        return futures_agg_trade_event(symbol, agg, unit);
+    }
     let mut out = String::with_capacity(180);
     write!(
         out,
@@ -86,6 +128,35 @@ pub fn agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit) -> String {
         unit.convert(agg.time_us),
         agg.is_buyer_maker,
         agg.is_best_match
+    )
+    .expect("writing to a String cannot fail");
+    out
+}
+
+/// A USD-M `@aggTrade` event as documented: `e,E,s,a,p,q,nq,f,l,T,m`, no `M`.
+/// `nq` (quantity without RPI fills) equals `q`: the model has no RPI orders.
+fn futures_agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit) -> String {
+    let mut out = String::with_capacity(180);
+    write!(
+        out,
+        r#"{{"e":"aggTrade","E":{},"s":"{}","a":{},"p":""#,
+        unit.convert(agg.event_time_us),
+        symbol,
+        agg.id
+    )
+    .expect("writing to a String cannot fail");
+    push_atoms(&mut out, agg.price);
+    out.push_str(r#"","q":""#);
+    push_atoms(&mut out, agg.quantity);
+    out.push_str(r#"","nq":""#);
+    push_atoms(&mut out, agg.quantity);
+    write!(
+        out,
+        r#"","f":{},"l":{},"T":{},"m":{}}}"#,
+        agg.first_trade_id,
+        agg.last_trade_id,
+        unit.convert(agg.time_us),
+        agg.is_buyer_maker
     )
     .expect("writing to a String cannot fail");
     out
@@ -151,14 +222,25 @@ pub fn combined(stream_name: &str, payload: &str) -> String {
     out
 }
 
-/// One row of `/api/v3/trades` and `/api/v3/historicalTrades`.
-pub fn rest_trade(out: &mut String, trade: &Trade, unit: TimeUnit) {
+/// One row of `/api/v3/trades` and `/api/v3/historicalTrades` (futures:
+/// `isRPITrade` in place of `isBestMatch`).
+pub fn rest_trade(out: &mut String, trade: &Trade, unit: TimeUnit, shape: Shape) {
     write!(out, r#"{{"id":{},"price":""#, trade.id).expect("writing to a String cannot fail");
     push_atoms(out, trade.price);
     out.push_str(r#"","qty":""#);
     push_atoms(out, trade.quantity);
     out.push_str(r#"","quoteQty":""#);
     push_atoms(out, quote_atoms(trade.price, trade.quantity));
+    if shape == Shape::Futures {
+        write!(
+            out,
+            r#"","time":{},"isBuyerMaker":{},"isRPITrade":false}}"#,
+            unit.convert(trade.time_us),
+            trade.is_buyer_maker
+        )
+        .expect("writing to a String cannot fail");
+        return;
+    }
     write!(
         out,
         r#"","time":{},"isBuyerMaker":{},"isBestMatch":{}}}"#,
@@ -169,12 +251,26 @@ pub fn rest_trade(out: &mut String, trade: &Trade, unit: TimeUnit) {
     .expect("writing to a String cannot fail");
 }
 
-/// One row of `/api/v3/aggTrades`.
-pub fn rest_agg_trade(out: &mut String, agg: &AggTrade, unit: TimeUnit) {
+/// One row of `/api/v3/aggTrades` (futures: `a,p,q,nq,f,l,T,m`, no `M`).
+pub fn rest_agg_trade(out: &mut String, agg: &AggTrade, unit: TimeUnit, shape: Shape) {
     write!(out, r#"{{"a":{},"p":""#, agg.id).expect("writing to a String cannot fail");
     push_atoms(out, agg.price);
     out.push_str(r#"","q":""#);
     push_atoms(out, agg.quantity);
+    if shape == Shape::Futures {
+        out.push_str(r#"","nq":""#);
+        push_atoms(out, agg.quantity);
+        write!(
+            out,
+            r#"","f":{},"l":{},"T":{},"m":{}}}"#,
+            agg.first_trade_id,
+            agg.last_trade_id,
+            unit.convert(agg.time_us),
+            agg.is_buyer_maker
+        )
+        .expect("writing to a String cannot fail");
+        return;
+    }
     write!(
         out,
         r#"","f":{},"l":{},"T":{},"m":{},"M":{}}}"#,
@@ -215,6 +311,7 @@ mod tests {
 
     fn sample_trade() -> Trade {
         Trade {
+            print: crate::model::PrintType::Market,
             id: 3_735_693_016,
             price: 6_168_599_000_000,
             quantity: 17_000,
@@ -231,13 +328,48 @@ mod tests {
     fn trade_matches_the_real_capture_shape() {
         // From the hftbacktest capture (README of shared/data/real).
         assert_eq!(
-            trade_event("BTCUSDT", &sample_trade(), TimeUnit::Millisecond),
+            trade_event(
+                "BTCUSDT",
+                &sample_trade(),
+                TimeUnit::Millisecond,
+                Shape::Spot
+            ),
             r#"{"e":"trade","E":1723161601438,"s":"BTCUSDT","t":3735693016,"p":"61685.99000000","q":"0.00017000","T":1723161601437,"m":true,"M":true}"#
         );
-        assert!(
-            trade_event("BTCUSDT", &sample_trade(), TimeUnit::Microsecond)
-                .contains(r#""T":1723161601437123"#)
+        assert!(trade_event(
+            "BTCUSDT",
+            &sample_trade(),
+            TimeUnit::Microsecond,
+            Shape::Spot
+        )
+        .contains(r#""T":1723161601437123"#));
+    }
+
+    #[test]
+    fn futures_shapes_match_the_reference_samples() {
+        // Key order and fields of samples/futures-trade.jsonl and the
+        // documented futures aggTrade (no `M`, `X` and `nq` present).
+        assert_eq!(
+            trade_event(
+                "BTCUSDT",
+                &sample_trade(),
+                TimeUnit::Millisecond,
+                Shape::Futures
+            ),
+            r#"{"e":"trade","E":1723161601438,"T":1723161601437,"s":"BTCUSDT","t":3735693016,"p":"61685.99000000","q":"0.00017000","X":"MARKET","m":true}"#
         );
+        let mut row = String::new();
+        rest_trade(
+            &mut row,
+            &sample_trade(),
+            TimeUnit::Millisecond,
+            Shape::Futures,
+        );
+        assert!(
+            row.ends_with(r#""isBuyerMaker":true,"isRPITrade":false}"#),
+            "{row}"
+        );
+        assert!(!row.contains("isBestMatch"), "{row}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! closes the connection when a protocol limit is broken (pong deadline,
 //! lifetime, incoming message rate, stream count), or when a fault says so.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::config::Market;
 use crate::events::{ConnectionCommand, InjectedFrame, Outgoing, StreamEvent};
 use crate::shared::{lock, ConnectionEntry, Shared};
-use crate::streams::StreamName;
+use crate::streams::{served_on, Route, StreamName};
 use crate::wire::{self, TimeUnit};
 
 /// How many queued frames are written before one flush.
@@ -38,6 +39,8 @@ pub(crate) struct ConnectRequest {
     pub streams: Vec<String>,
     pub combined: bool,
     pub unit: TimeUnit,
+    /// USD-M: the route in the path; `Unrouted` elsewhere.
+    pub route: Route,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,14 +49,23 @@ pub(crate) enum HandshakeRejection {
     BadRequest(String),
 }
 
-/// Parses `/ws`, `/ws/<s1>/<s2>`, `/stream?streams=<s1>/<s2>` and `timeUnit`.
+/// Parses `/ws`, `/ws/<s1>/<s2>`, `/stream?streams=<s1>/<s2>` and `timeUnit`;
+/// on a market with routes (`routed`, USD-M) each may follow `/public`,
+/// `/market` or `/private`, and times are milliseconds whatever is asked.
 pub(crate) fn parse_connect_request(
     path_and_query: &str,
+    market: Market,
 ) -> Result<ConnectRequest, HandshakeRejection> {
+    let routed = market.has_routes();
     let (path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
     let path = percent_decode(path);
+    let (route, path) = Route::split(&path);
+    if route != Route::Unrouted && !routed {
+        return Err(HandshakeRejection::NotFound);
+    }
+    let path = path.to_owned();
     let mut unit = TimeUnit::Millisecond;
     let mut query_streams: Option<String> = None;
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
@@ -91,7 +103,13 @@ pub(crate) fn parse_connect_request(
     Ok(ConnectRequest {
         streams,
         combined,
-        unit,
+        // Nothing like timeUnit is documented off spot: ms only.
+        unit: if market.speaks_micros() {
+            unit
+        } else {
+            TimeUnit::Millisecond
+        },
+        route,
     })
 }
 
@@ -144,6 +162,24 @@ pub(crate) async fn run_ws_listener(
     }
 }
 
+/// The subscribed streams the connection's route delivers: the others are
+/// listed (LIST_SUBSCRIPTIONS) and acknowledged, never fed, and counted.
+fn served_streams(shared: &Shared, route: Route, streams: &[String]) -> HashSet<String> {
+    let routed = shared.config.market.has_routes();
+    let served: HashSet<String> = streams
+        .iter()
+        .filter(|name| served_on(routed, shared.config.usdm_trade_on_market, route, name))
+        .cloned()
+        .collect();
+    let n_unserved = (streams.len() - served.len()) as u64;
+    if n_unserved > 0 {
+        shared
+            .counters
+            .update(|counters| counters.ws_wrong_route_subscriptions += n_unserved);
+    }
+    served
+}
+
 fn error_response(status: u16, body: String) -> ErrorResponse {
     let mut response = http::Response::new(Some(body));
     *response.status_mut() =
@@ -185,7 +221,7 @@ async fn handle_connection(
             .path_and_query()
             .map(|value| value.as_str())
             .unwrap_or("/");
-        match parse_connect_request(path_and_query) {
+        match parse_connect_request(path_and_query, shared.config.market) {
             Err(HandshakeRejection::NotFound) => {
                 shared
                     .counters
@@ -242,7 +278,7 @@ async fn handle_connection(
             connection_id,
             ConnectionEntry {
                 streams_in_order: connect_request.streams.clone(),
-                streams: connect_request.streams.iter().cloned().collect(),
+                streams: served_streams(&shared, connect_request.route, &connect_request.streams),
                 sender,
             },
         );
@@ -253,6 +289,7 @@ async fn handle_connection(
     let mut session = Session {
         shared: Arc::clone(&shared),
         websocket,
+        route: connect_request.route,
         connection_id,
         combined: connect_request.combined,
         unit: connect_request.unit,
@@ -288,6 +325,7 @@ enum SessionEnd {
 struct Session {
     shared: Arc<Shared>,
     websocket: WebSocketStream<TcpStream>,
+    route: Route,
     connection_id: u64,
     combined: bool,
     unit: TimeUnit,
@@ -467,7 +505,7 @@ impl Session {
     }
 
     fn event_text(&self, event: &StreamEvent) -> String {
-        let payload = event.payload(self.unit);
+        let payload = event.payload(self.unit, self.shared.config.market.shape());
         if self.combined {
             wire::combined(&event.stream_name, payload)
         } else {
@@ -553,7 +591,7 @@ impl Session {
                     {
                         let mut registry = lock(&self.shared.registry);
                         if let Some(entry) = registry.connections.get_mut(&self.connection_id) {
-                            entry.streams = streams.iter().cloned().collect();
+                            entry.streams = served_streams(&self.shared, self.route, &streams);
                             entry.streams_in_order = streams;
                         }
                     }
@@ -809,40 +847,72 @@ mod tests {
     }
 
     #[test]
+    fn usdm_paths_carry_their_route_and_speak_milliseconds() {
+        let market =
+            parse_connect_request("/market/stream?timeUnit=MICROSECOND", Market::UsdM).unwrap();
+        assert_eq!(
+            (market.route, market.combined, market.unit),
+            (Route::Market, true, TimeUnit::Millisecond)
+        );
+        let public = parse_connect_request("/public/ws/btcusdt@trade", Market::UsdM).unwrap();
+        assert_eq!(public.route, Route::Public);
+        assert_eq!(public.streams, streams(&["btcusdt@trade"]));
+        assert_eq!(
+            parse_connect_request("/stream", Market::UsdM)
+                .unwrap()
+                .route,
+            Route::Unrouted
+        );
+        // Spot has no routes.
+        assert_eq!(
+            parse_connect_request("/market/stream", Market::Spot),
+            Err(HandshakeRejection::NotFound)
+        );
+    }
+
+    #[test]
     fn parses_connect_paths() {
-        let raw = parse_connect_request("/ws/btcusdt@trade/ethusdt@kline_1m").unwrap();
+        let raw =
+            parse_connect_request("/ws/btcusdt@trade/ethusdt@kline_1m", Market::Spot).unwrap();
         assert_eq!(raw.streams, streams(&["btcusdt@trade", "ethusdt@kline_1m"]));
         assert!(!raw.combined);
         let combined = parse_connect_request(
             "/stream?streams=btcusdt@trade/btcusdt@aggTrade&timeUnit=MICROSECOND",
+            Market::Spot,
         )
         .unwrap();
         assert!(combined.combined);
         assert_eq!(combined.unit, TimeUnit::Microsecond);
         assert_eq!(combined.streams.len(), 2);
-        assert_eq!(parse_connect_request("/ws").unwrap().streams.len(), 0);
         assert_eq!(
-            parse_connect_request("/ws?timeUnit=microsecond")
+            parse_connect_request("/ws", Market::Spot)
+                .unwrap()
+                .streams
+                .len(),
+            0
+        );
+        assert_eq!(
+            parse_connect_request("/ws?timeUnit=microsecond", Market::Spot)
                 .unwrap()
                 .unit,
             TimeUnit::Microsecond
         );
         assert_eq!(
-            parse_connect_request("/stream?streams=btcusdt%40trade")
+            parse_connect_request("/stream?streams=btcusdt%40trade", Market::Spot)
                 .unwrap()
                 .streams,
             streams(&["btcusdt@trade"])
         );
         assert_eq!(
-            parse_connect_request("/other"),
+            parse_connect_request("/other", Market::Spot),
             Err(HandshakeRejection::NotFound)
         );
         assert!(matches!(
-            parse_connect_request("/ws/BTCUSDT@trade"),
+            parse_connect_request("/ws/BTCUSDT@trade", Market::Spot),
             Err(HandshakeRejection::BadRequest(_))
         ));
         assert!(matches!(
-            parse_connect_request("/ws?timeUnit=SECOND"),
+            parse_connect_request("/ws?timeUnit=SECOND", Market::Spot),
             Err(HandshakeRejection::BadRequest(_))
         ));
     }

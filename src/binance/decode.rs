@@ -760,6 +760,58 @@ mod fuzz_tests {
         }
     }
 
+    /// The reference's USD-M samples, as the USD-M connections see them:
+    /// trades keep `X` as `trade_type` and have no best match; aggTrades
+    /// (with or without `nq`, raw or wrapped) have no best match; times in
+    /// ms become µs; the continuous kline is not a stream we record.
+    #[test]
+    fn the_futures_samples_decode_as_futures_rows() {
+        for line in lines(samples::FUTURES_TRADE) {
+            let Ok(Decoded::Row {
+                row: Row::Trade(trade),
+                key,
+                ..
+            }) = decode_frame(Market::UsdM, &line, 0)
+            else {
+                panic!("a trade: {}", String::from_utf8_lossy(&line))
+            };
+            assert_eq!(key.market, Market::UsdM);
+            assert_eq!(trade.trade_type.as_deref(), Some("MARKET"));
+            assert_eq!(trade.is_best_match, None);
+            assert_eq!(trade.trade_time % 1000, 0, "ms times in µs");
+        }
+        let mut n_aggs = 0;
+        for line in lines(samples::FUTURES_AGG_TRADE) {
+            let Ok(Decoded::Row {
+                row: Row::AggTrade(agg),
+                ..
+            }) = decode_frame(Market::UsdM, &line, 0)
+            else {
+                panic!("an aggTrade: {}", String::from_utf8_lossy(&line))
+            };
+            assert_eq!(agg.is_best_match, None);
+            n_aggs += 1;
+        }
+        assert_eq!(
+            n_aggs, 3,
+            "doc example with nq, raw capture, combined capture"
+        );
+        let kinds: Vec<_> = lines(samples::FUTURES_KLINE)
+            .iter()
+            .map(|line| decode_frame(Market::UsdM, line, 0).expect("decodes"))
+            .collect();
+        assert!(
+            matches!(kinds[0], Decoded::KlineUpdate { .. }),
+            "{:?}",
+            kinds[0]
+        );
+        assert!(
+            matches!(kinds[1], Decoded::Ignored { .. }),
+            "{:?}",
+            kinds[1]
+        );
+    }
+
     /// Found by `decode_frame_never_panics`: `i64::MIN.abs()` overflowed in
     /// `normalise_time` and panicked the decoder on this frame.
     #[test]

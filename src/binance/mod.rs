@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod limiter;
+pub mod markets;
 pub mod rest;
 pub mod streams;
 pub mod ws;

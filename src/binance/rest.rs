@@ -42,6 +42,7 @@ use crate::binance::limiter::{
     parse_retry_after, BackoffStarted, Endpoint, Limiter, LimiterStats, SendId, Wait, WeightLimit,
     WeightShare, DEFAULT_MAX_IN_FLIGHT,
 };
+use crate::binance::markets::MarketProfile;
 use crate::binance::streams::market_times_in_micros;
 use crate::domain::{
     AggTradeRow, Decimal8, KlineInterval, KlineRow, Market, Source, Symbol, TimeUs, TradeRow,
@@ -137,6 +138,44 @@ impl RestError {
     }
 }
 
+/// An API key, sent as `X-MBX-APIKEY` where an endpoint needs one (USD-M
+/// `historicalTrades`, security `MARKET_DATA`: the key, no signature). Its
+/// `Debug` never shows it, and nothing logs or stores it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// `None` unless the trimmed text is printable ASCII without spaces
+    /// (what a header carries unchanged).
+    pub fn new(text: &str) -> Option<ApiKey> {
+        let text = text.trim();
+        let printable = text.bytes().all(|byte| byte.is_ascii_graphic());
+        (!text.is_empty() && printable).then(|| ApiKey(text.to_owned()))
+    }
+}
+
+impl ApiKey {
+    /// The header value, marked sensitive so that the HTTP stack never
+    /// shows it, whatever its log level.
+    fn header_value(&self) -> reqwest::header::HeaderValue {
+        let mut value = reqwest::header::HeaderValue::from_str(&self.0)
+            .expect("an ApiKey is printable ASCII, always a valid header value");
+        value.set_sensitive(true);
+        value
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// The `unfilled` reason of a trade hole on a market whose
+/// `historicalTrades` needs an API key, when none is configured.
+pub const REASON_NO_API_KEY: &str =
+    "historicalTrades needs an API key on this market and none is configured (api_key_env, api_key_file)";
+
 /// The trading status of one symbol, as `exchangeInfo` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct SymbolStatus {
@@ -174,6 +213,8 @@ pub struct RestOptions {
     pub max_body_bytes: usize,
     /// Where 429s, 418s, back-offs, oversized answers and extra rows are counted.
     pub counters: Arc<Counters>,
+    /// Sent as `X-MBX-APIKEY` on `historicalTrades`, and only there.
+    pub api_key: Option<ApiKey>,
 }
 
 /// The default body cap: 8 MiB, forty times the largest gap-fill page and
@@ -190,6 +231,7 @@ impl Default for RestOptions {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             counters: Arc::new(Counters::default()),
+            api_key: None,
         }
     }
 }
@@ -378,6 +420,8 @@ pub struct RestClient {
     max_body_bytes: usize,
     counters: Arc<Counters>,
     pacer: Arc<Pacer>,
+    api_key: Option<ApiKey>,
+    profile: MarketProfile,
 }
 
 #[derive(Deserialize)]
@@ -653,6 +697,28 @@ impl IdPaged for AggTradeRow {
     }
 }
 
+/// The `endTime` of an aggTrades call by time: the caller's, if any, and
+/// on a market where start and end must span less than `max_span`
+/// (futures: an hour) never further than `start + max_span - 1 ms`, so
+/// the call is never refused; a page that ends there is followed by id.
+fn agg_trades_window_end(
+    max_span: Option<Duration>,
+    start: TimeUs,
+    end: Option<TimeUs>,
+) -> Option<TimeUs> {
+    let Some(max_span) = max_span else {
+        return end;
+    };
+    let span_us = i64::try_from(max_span.as_micros()).unwrap_or(i64::MAX);
+    // Binance compares milliseconds: the last ms inside the span.
+    let last = start
+        .div_euclid(1000)
+        .saturating_mul(1000)
+        .saturating_add(span_us)
+        .saturating_sub(1000);
+    Some(end.map_or(last, |end| end.min(last)))
+}
+
 fn clamp_limit(limit: u16) -> String {
     limit.clamp(1, MAX_PAGE_ROWS).to_string()
 }
@@ -700,6 +766,22 @@ impl RestClient {
             max_body_bytes: options.max_body_bytes,
             counters: options.counters,
             pacer: Arc::new(pacer),
+            api_key: options.api_key,
+            profile: MarketProfile::of(market),
+        }
+    }
+
+    /// Whether trades can be fetched (`historicalTrades`): on a market
+    /// where it needs an API key, only with one.
+    pub fn can_fetch_trades(&self) -> bool {
+        !self.profile.historical_trades_needs_key || self.api_key.is_some()
+    }
+
+    /// The most rows one page of `endpoint` may ask for on this market.
+    fn max_page_rows(&self, endpoint: Endpoint) -> u16 {
+        match endpoint {
+            Endpoint::HistoricalTrades => self.profile.max_historical_trades_rows,
+            _ => MAX_PAGE_ROWS,
         }
     }
 
@@ -880,6 +962,14 @@ impl RestClient {
         if market_times_in_micros(self.market) {
             request = request.header("X-MBX-TIME-UNIT", "MICROSECOND");
         }
+        // The key goes on historicalTrades only, where a market needs it
+        // (USD-M) or may (Binance.US, whose docs are stale): on any market
+        // where one is configured. No other call carries it.
+        if endpoint == Endpoint::HistoricalTrades {
+            if let Some(key) = &self.api_key {
+                request = request.header("X-MBX-APIKEY", key.header_value());
+            }
+        }
         let response = request
             .send()
             .await
@@ -961,13 +1051,18 @@ impl RestClient {
         symbols: &[String],
     ) -> Result<Vec<SymbolStatus>, RestError> {
         let list = serde_json::to_string(symbols).expect("a list of strings always serialises");
-        let info = self
-            .get_parsed(
-                Endpoint::ExchangeInfo,
-                &[("symbols", list)],
-                parse_exchange_info,
-            )
+        // Futures `exchangeInfo` takes no parameter (reference 5.2): all
+        // symbols come back, and only the asked ones are kept.
+        let query = if self.profile.is_futures() {
+            Vec::new()
+        } else {
+            vec![("symbols", list)]
+        };
+        let mut info = self
+            .get_parsed(Endpoint::ExchangeInfo, &query, parse_exchange_info)
             .await?;
+        info.symbols
+            .retain(|status| symbols.contains(&status.symbol));
         if let Some(limit) = request_weight_limit(&info.rate_limits) {
             debug!(market = %self.market, limit = limit.limit, window_secs = limit.window.as_secs(), "request weight limit");
             self.pacer.limiter().set_limit(limit);
@@ -982,12 +1077,13 @@ impl RestClient {
         &self,
         symbol: &Symbol,
     ) -> Result<Option<WeightLimit>, RestError> {
+        let query = if self.profile.is_futures() {
+            Vec::new()
+        } else {
+            vec![("symbol", symbol.to_string())]
+        };
         let info = self
-            .get_parsed(
-                Endpoint::ExchangeInfo,
-                &[("symbol", symbol.to_string())],
-                parse_exchange_info,
-            )
+            .get_parsed(Endpoint::ExchangeInfo, &query, parse_exchange_info)
             .await?;
         let limit = request_weight_limit(&info.rate_limits);
         if let Some(limit) = limit {
@@ -1063,6 +1159,7 @@ impl RestClient {
         limit: u16,
         deadline: Option<Instant>,
     ) -> Result<Vec<R>, RestError> {
+        let limit = limit.min(self.max_page_rows(R::ENDPOINT));
         let query = [
             ("symbol", symbol.to_string()),
             ("fromId", from_id.to_string()),
@@ -1089,7 +1186,7 @@ impl RestClient {
             ("startTime", self.time_parameter(start)),
             ("limit", clamp_limit(limit)),
         ];
-        if let Some(end) = end {
+        if let Some(end) = agg_trades_window_end(self.profile.agg_trades_max_span, start, end) {
             query.push(("endTime", self.time_parameter(end)));
         }
         let answer = self
@@ -1227,7 +1324,7 @@ impl RestClient {
         retry: &RetryPolicy,
         mut fetched: Fetched<R>,
     ) -> Fetched<R> {
-        let page_limit = page_limit.clamp(1, MAX_PAGE_ROWS);
+        let page_limit = page_limit.clamp(1, self.max_page_rows(R::ENDPOINT));
         let past_end = |row: &R| match end {
             IdRangeEnd::Id(last) => row.id() > last,
             IdRangeEnd::Time(until) => row.time() >= until,
@@ -1492,6 +1589,41 @@ mod tests {
         assert_eq!(rows[0].trade_time, 1_499_865_549_590_123, "µs kept");
     }
 
+    /// The USD-M and COIN-M entries of the reference's REST samples parse:
+    /// `nq` and `isRPITrade` are read past, no best match.
+    #[test]
+    fn the_futures_rest_samples_parse() {
+        let sample = |text: &str, name: &str| -> Vec<u8> {
+            let all: serde_json::Value = serde_json::from_str(text).expect("sample JSON");
+            serde_json::to_vec(&all[name]).expect("entry")
+        };
+        use crate::fuzz_input::samples;
+        let aggs = parse_agg_trades(&sample(
+            samples::REST_AGG_TRADES,
+            "usdm_GET_fapi_v1_aggTrades_doc_example",
+        ))
+        .expect("USD-M aggTrades");
+        assert_eq!((aggs[0].agg_trade_id, aggs[0].is_best_match), (26129, None));
+        let aggs = parse_agg_trades(&sample(
+            samples::REST_AGG_TRADES,
+            "coinm_GET_dapi_v1_aggTrades_doc_example",
+        ))
+        .expect("COIN-M aggTrades");
+        assert_eq!(aggs[0].quantity.to_string(), "3.00000000");
+        let trades = parse_trades(&sample(
+            samples::REST_TRADES,
+            "usdm_GET_fapi_v1_historicalTrades_connector_fixture",
+        ))
+        .expect("USD-M trades");
+        assert_eq!((trades[0].trade_id, trades[0].is_best_match), (28457, None));
+        let klines = parse_klines(&sample(
+            samples::REST_KLINES,
+            "usdm_GET_fapi_v1_klines_doc_example",
+        ))
+        .expect("USD-M klines, a non-zero ignored last element");
+        assert_eq!(klines[0].trade_count, 308);
+    }
+
     #[test]
     fn agg_trades_parse_with_their_trade_id_range() {
         let body = br#"[{"a":26129,"p":"0.01633102","q":"4.70443515","f":27781,"l":27781,"T":1498793709153,"m":true,"M":true}]"#;
@@ -1620,6 +1752,57 @@ mod tests {
             10,
             &retry,
         ));
+    }
+
+    #[test]
+    fn futures_agg_trades_by_time_never_span_an_hour() {
+        let hour = Duration::from_secs(3600);
+        let start = 1_767_229_200_123_456; // µs, not on a whole ms
+                                           // Spot: the caller's end, or none.
+        assert_eq!(agg_trades_window_end(None, start, None), None);
+        assert_eq!(
+            agg_trades_window_end(None, start, Some(start + 5)),
+            Some(start + 5)
+        );
+        // Futures: the last ms inside the hour from the start's ms.
+        let last = 1_767_229_200_123_000 + 3_600_000_000 - 1000;
+        assert_eq!(agg_trades_window_end(Some(hour), start, None), Some(last));
+        assert_eq!(
+            agg_trades_window_end(Some(hour), start, Some(start + 10 * 3_600_000_000)),
+            Some(last)
+        );
+        assert_eq!(
+            agg_trades_window_end(Some(hour), start, Some(start + 1000)),
+            Some(start + 1000)
+        );
+        // In ms, as sent: end - start < 3,600,000.
+        assert!(last / 1000 - start / 1000 < 3_600_000);
+    }
+
+    #[test]
+    fn api_keys_are_header_safe_and_never_shown() {
+        assert_eq!(ApiKey::new(""), None);
+        assert_eq!(ApiKey::new("has space"), None);
+        assert_eq!(ApiKey::new("tab\there"), None);
+        let key = ApiKey::new(" test-key-0123456789 \n").expect("valid");
+        assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
+        let futures = RestClient::new(Market::UsdM, "http://127.0.0.1:1");
+        assert!(
+            !futures.can_fetch_trades(),
+            "USD-M historicalTrades needs a key"
+        );
+        let with_key = RestClient::with_options(
+            Market::UsdM,
+            "http://127.0.0.1:1",
+            RestOptions {
+                api_key: Some(key),
+                ..RestOptions::default()
+            },
+        );
+        assert!(with_key.can_fetch_trades());
+        assert!(RestClient::new(Market::Spot, "http://127.0.0.1:1").can_fetch_trades());
+        assert_eq!(with_key.max_page_rows(Endpoint::HistoricalTrades), 500);
+        assert_eq!(futures.max_page_rows(Endpoint::AggTrades), 1000);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `btcusdt@kline_1m` are built or parsed. The rest of the crate uses
 //! [`StreamKey`](crate::domain::StreamKey).
 
+use crate::binance::markets::Route;
 use crate::domain::{KlineInterval, Market, StreamKind, Symbol};
 
 /// The Binance stream name for a (symbol, kind): `btcusdt@trade`,
@@ -30,17 +31,28 @@ pub fn parse_stream_name(name: &str) -> Option<(Symbol, StreamKind)> {
     Some((symbol, kind))
 }
 
-/// The URL a connection opens before subscribing: `/stream` (events come
+/// The URL a connection opens before subscribing: the route's path (USD-M
+/// `/public` or `/market`, nothing elsewhere), then `/stream` (events come
 /// in the combined wrapper, which names their stream). Spot is asked for
 /// microsecond times (`timeUnit=MICROSECOND`), so stream and REST rows carry
 /// the same exact times; the other markets only speak milliseconds.
-pub fn connection_url(ws_base_url: &str, market: Market) -> String {
+pub fn connection_url(ws_base_url: &str, market: Market, route: Route) -> String {
     let base = ws_base_url.trim_end_matches('/');
+    let path = route.path();
     if market_times_in_micros(market) {
-        format!("{base}/stream?timeUnit=MICROSECOND")
+        format!("{base}{path}/stream?timeUnit=MICROSECOND")
     } else {
-        format!("{base}/stream")
+        format!("{base}{path}/stream")
     }
+}
+
+/// The stream name a combined-stream data frame starts with
+/// (`{"stream":"btcusdt@trade",...`), read without decoding the frame;
+/// `None` for any other shape.
+pub fn combined_stream_name(frame: &[u8]) -> Option<&str> {
+    let rest = frame.strip_prefix(br#"{"stream":""#)?;
+    let end = rest.iter().position(|byte| *byte == b'"')?;
+    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// Whether the market's streams and REST answers are asked for µs times.
@@ -85,12 +97,26 @@ mod tests {
     #[test]
     fn spot_url_asks_for_microseconds() {
         assert_eq!(
-            connection_url("ws://127.0.0.1:9/", Market::Spot),
+            connection_url("ws://127.0.0.1:9/", Market::Spot, Route::Unrouted),
             "ws://127.0.0.1:9/stream?timeUnit=MICROSECOND"
         );
         assert_eq!(
-            connection_url("wss://fstream.binance.com/market", Market::UsdM),
+            connection_url("wss://fstream.binance.com", Market::UsdM, Route::Market),
             "wss://fstream.binance.com/market/stream"
         );
+        assert_eq!(
+            connection_url("wss://fstream.binance.com/", Market::UsdM, Route::Public),
+            "wss://fstream.binance.com/public/stream"
+        );
+    }
+
+    #[test]
+    fn the_stream_name_is_read_from_the_wrapper_alone() {
+        assert_eq!(
+            combined_stream_name(br#"{"stream":"btcusdt@trade","data":{"e":"trade"}}"#),
+            Some("btcusdt@trade")
+        );
+        assert_eq!(combined_stream_name(br#"{"result":null,"id":1}"#), None);
+        assert_eq!(combined_stream_name(br#"{"stream":"unterminated"#), None);
     }
 }

@@ -41,7 +41,7 @@
 //! frame it holds (waiting as long as needed, since no socket is open), and
 //! reconnects; the disconnect is reported like any other.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +55,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::binance::decode::{decode_frame, Decoded};
-use crate::binance::streams::{connection_url, stream_name};
+use crate::binance::markets::Route;
+use crate::binance::streams::{combined_stream_name, connection_url, stream_name};
 use crate::domain::{KlineInterval, Market, StreamKind, Symbol, TimeUs};
 use crate::metrics::Counters;
 
@@ -230,6 +231,9 @@ pub struct ConnectionPlan {
     /// Index of the task, for logs.
     pub task: usize,
     pub ws_base_url: String,
+    /// The path the streams are subscribed on first (USD-M: `/public` or
+    /// `/market`; every stream of a plan has the same route).
+    pub route: Route,
     pub streams: Vec<(Symbol, StreamKind)>,
     /// Shared by every connection task of the market.
     pub activity: Arc<MarketActivity>,
@@ -419,6 +423,56 @@ pub fn judge_silence(
     Silence::CheckAt((now + recheck).min(rate.quiet_since + cap))
 }
 
+/// The verdict on a link's streams that were subscribed and never heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unheard {
+    /// Not (yet) judged; look again at this time, if any.
+    Wait(Option<Instant>),
+    /// Silent past the bound while the market delivered: name them.
+    Silent,
+}
+
+/// Whether a link's streams that were acknowledged and never delivered
+/// are *subscribed but silent*: pure, with time passed in. A stream on the
+/// wrong USD-M route does exactly this (reference 1.3). Judged `bound`
+/// after the last subscription was acknowledged, and only while data
+/// flows elsewhere (this link's other streams, or the market's other
+/// links) within the bound: when the whole market is quiet, only after
+/// `cap`. A link that is its market's only one has nothing to compare
+/// with and is judged at the bound, as [`judge_silence`] does, so a silent
+/// lone link is never kept longer than before.
+pub fn judge_unheard(
+    bound: Duration,
+    cap: Duration,
+    subscribed_at: Option<Instant>,
+    link_last_data: Option<Instant>,
+    peers: MarketPeers,
+    now: Instant,
+) -> Unheard {
+    let Some(subscribed_at) = subscribed_at else {
+        return Unheard::Wait(None);
+    };
+    let judged_at = subscribed_at + bound;
+    if now < judged_at {
+        return Unheard::Wait(Some(judged_at));
+    }
+    let recent =
+        |at: Option<Instant>| at.is_some_and(|at| now.saturating_duration_since(at) < bound);
+    let peers_deliver = match peers {
+        MarketPeers::Alone => true,
+        MarketPeers::Newest(newest) => recent(newest),
+    };
+    if recent(link_last_data) || peers_deliver {
+        return Unheard::Silent;
+    }
+    let capped_at = subscribed_at + cap.max(bound);
+    if now >= capped_at {
+        return Unheard::Silent;
+    }
+    let recheck = (bound / 4).max(Duration::from_millis(10));
+    Unheard::Wait(Some((now + recheck).min(capped_at)))
+}
+
 /// The newest data frame any link of one market delivered, and how many
 /// connection tasks the market runs: what [`judge_silence`] compares a link
 /// with. Atomics, as every task of the market writes it on every frame.
@@ -526,6 +580,15 @@ struct Link {
     /// This link replaces a silent one: the old link is closed as soon as
     /// this one delivers, as there is nothing to overlap.
     replaces_silent: bool,
+    /// Names of the streams subscribed here that delivered nothing yet
+    /// (emptied as they deliver; then no frame is looked at for it).
+    unheard: BTreeSet<String>,
+    /// When the last SUBSCRIBE was acknowledged: unheard streams are
+    /// judged from then on ([`judge_unheard`]), once.
+    subscribed_at: Option<Instant>,
+    unheard_judged: bool,
+    /// The newest data frame of this link.
+    last_data: Option<Instant>,
 }
 
 /// Why a link's read loop stopped.
@@ -561,6 +624,36 @@ impl Link {
             delivered_data: false,
             rate: DataRate::new(now),
             replaces_silent: false,
+            unheard: streams
+                .iter()
+                .map(|(symbol, kind)| stream_name(symbol, *kind))
+                .collect(),
+            subscribed_at: None,
+            unheard_judged: false,
+            last_data: None,
+        }
+    }
+
+    /// Notes a data frame: it is heard, and the link delivered.
+    fn note_data_frame(&mut self, bytes: &[u8], now: Instant) {
+        self.last_data = Some(now);
+        if !self.unheard.is_empty() {
+            if let Some(name) = combined_stream_name(bytes) {
+                self.unheard.remove(name);
+            }
+        }
+    }
+
+    /// Every stream of the link is unheard and not judged yet: a route
+    /// question, judged by [`judge_unheard`] before any silence verdict.
+    fn awaiting_route_verdict(&self, n_streams: usize) -> bool {
+        !self.unheard_judged && self.unheard.len() >= n_streams
+    }
+
+    /// Sets `subscribed_at` once every SUBSCRIBE was sent and answered.
+    fn note_subscribed(&mut self) {
+        if self.subscribed_at.is_none() && self.to_send.is_empty() && self.awaiting.is_empty() {
+            self.subscribed_at = Some(Instant::now());
         }
     }
 
@@ -646,6 +739,13 @@ pub async fn run_connection(
     counters: Arc<Counters>,
 ) {
     let _member = plan.activity.join();
+    let mut plan = plan;
+    // The route the reference gives, and whether the other one was tried:
+    // a link whose streams all stay silent moves to the other route once;
+    // silent there too, it goes back and stays.
+    let first_route = plan.route;
+    let mut route_tried = false;
+    let mut route_settled = false;
     let mut attempt: u32 = 0;
     let mut next_link: u64 = 1;
     let mut current: Option<Link> = None;
@@ -675,6 +775,8 @@ pub async fn run_connection(
             &cancel,
             link,
             &mut next_link,
+            plan.route.other().is_some() && !route_settled,
+            &counters,
         )
         .await;
         match outcome {
@@ -694,7 +796,21 @@ pub async fn run_connection(
                 lived,
                 delivered_data,
                 reason,
+                reroute,
             } => {
+                if reroute {
+                    let from = plan.route;
+                    if route_tried {
+                        plan.route = first_route;
+                        route_settled = true;
+                        warn!(market = %plan.market, task = plan.task, from = %from, to = %plan.route, "streams silent on both routes: back to the reference's route, no more switching");
+                    } else if let Some(other) = plan.route.other() {
+                        plan.route = other;
+                        route_tried = true;
+                        warn!(market = %plan.market, task = plan.task, from = %from, to = %other, "every stream silent on its route: trying the other route once");
+                    }
+                    Counters::add(&counters.stream_route_switches, 1);
+                }
                 if frames
                     .send(Inbound::Disconnected {
                         market: plan.market,
@@ -710,7 +826,7 @@ pub async fn run_connection(
                 }
                 // A link that worked resets the backoff; one that failed
                 // before delivering anything (accept-then-drop) climbs it.
-                if delivered_data || lived >= settings.healthy_after {
+                if delivered_data || lived >= settings.healthy_after || reroute {
                     attempt = 0;
                 }
                 if !backoff(&plan, &settings, &mut attempt, &reason, &cancel, &counters).await {
@@ -754,7 +870,7 @@ async fn open_link(
     if !budget.acquire(cancel).await {
         return None;
     }
-    let url = connection_url(&plan.ws_base_url, plan.market);
+    let url = connection_url(&plan.ws_base_url, plan.market, plan.route);
     let connected = tokio::select! {
         _ = cancel.cancelled() => return None,
         connected = tokio::time::timeout(settings.connect_timeout, tokio_tungstenite::connect_async(url.as_str())) => connected,
@@ -766,7 +882,7 @@ async fn open_link(
     };
     let number = *next_link;
     *next_link += 1;
-    info!(market = %plan.market, task = plan.task, link = number, n_streams = plan.streams.len(), "stream link established");
+    info!(market = %plan.market, task = plan.task, link = number, route = %plan.route, n_streams = plan.streams.len(), "stream link established");
     if frames
         .send(Inbound::Connected {
             market: plan.market,
@@ -801,10 +917,14 @@ enum DriveOutcome {
         lived: Duration,
         delivered_data: bool,
         reason: String,
+        /// Every stream of the link was subscribed but silent: try the
+        /// other route.
+        reroute: bool,
     },
 }
 
 /// Reads `link` (and, during a rotation, its replacement) until it ends.
+#[allow(clippy::too_many_arguments)]
 async fn drive_link(
     plan: &ConnectionPlan,
     settings: &ConnectionSettings,
@@ -813,6 +933,8 @@ async fn drive_link(
     cancel: &CancellationToken,
     mut link: Link,
     next_link: &mut u64,
+    may_reroute: bool,
+    counters: &Counters,
 ) -> DriveOutcome {
     let mut replacement: Option<Link> = None;
     let mut rotation_deadline: Option<Instant> = None;
@@ -868,8 +990,27 @@ async fn drive_link(
             .into_iter()
             .chain(replacement.as_ref().and_then(Link::control_deadline))
             .min();
+        // Streams never heard are judged first: a link all of whose
+        // streams are unheard is a route question before a silence one.
+        let judging_unheard =
+            replacement.is_none() && !link.unheard_judged && !link.unheard.is_empty();
+        let unheard_at = match judging_unheard.then(|| {
+            judge_unheard(
+                settings.silent_after_min,
+                settings.silent_after_max,
+                link.subscribed_at,
+                link.last_data,
+                plan.activity.peers(),
+                Instant::now(),
+            )
+        }) {
+            Some(Unheard::Wait(at)) => at,
+            Some(Unheard::Silent) => Some(Instant::now()),
+            None => None,
+        };
+        let all_unheard = link.awaiting_route_verdict(plan.streams.len());
         // A link being replaced is not judged again.
-        let silence_at = match replacement.is_none().then(|| {
+        let silence_at = match (replacement.is_none() && !all_unheard).then(|| {
             judge_silence(
                 settings,
                 push_interval,
@@ -888,6 +1029,7 @@ async fn drive_link(
             control_at,
             rotation_deadline,
             silence_at,
+            unheard_at,
         ]
         .into_iter()
         .flatten()
@@ -919,7 +1061,27 @@ async fn drive_link(
                     info!(market = %plan.market, task = plan.task, link = link.number, "link lifetime ending: rotating make-before-break");
                     rotation_wanted = Some(RotationCause::Scheduled);
                 }
-                if replacement.is_none() && rotation_wanted.is_none() {
+                if judging_unheard
+                    && judge_unheard(settings.silent_after_min, settings.silent_after_max, link.subscribed_at, link.last_data, plan.activity.peers(), now) == Unheard::Silent
+                {
+                    link.unheard_judged = true;
+                    Counters::add(&counters.streams_subscribed_silent, link.unheard.len() as u64);
+                    for stream in &link.unheard {
+                        warn!(market = %plan.market, task = plan.task, link = link.number, route = %plan.route, %stream, bound_ms = settings.silent_after_min.as_millis() as u64, "stream subscribed but silent while the market delivers");
+                    }
+                    if all_unheard && may_reroute {
+                        let _ = link.socket.close(None).await;
+                        let reason = format!("every stream silent on route {}", plan.route);
+                        return DriveOutcome::Lost {
+                            link_number: link.number,
+                            lived: link.opened.elapsed(),
+                            delivered_data: link.delivered_data,
+                            reason,
+                            reroute: true,
+                        };
+                    }
+                }
+                if replacement.is_none() && rotation_wanted.is_none() && !link.awaiting_route_verdict(plan.streams.len()) {
                     let verdict = judge_silence(settings, push_interval, &link.rate, plan.activity.peers(), now);
                     if let Silence::Silent { silence, bound } = verdict {
                         warn!(market = %plan.market, task = plan.task, link = link.number, silence_ms = silence.as_millis() as u64, bound_ms = bound.as_millis() as u64, "link answers pings but delivers no data: replacing it make-before-break");
@@ -980,6 +1142,7 @@ async fn drive_link(
         let is_data = is_data_frame(&bytes);
         receiving.delivered_data |= is_data;
         if is_data {
+            receiving.note_data_frame(&bytes, received_at);
             receiving.rate.note_data(received_at);
             plan.activity.note_data(received_at);
         }
@@ -991,6 +1154,7 @@ async fn drive_link(
                         .err()
                         .map(|error| format!("code {}: {}", error.code, error.message));
                     receiving.handle_reply(plan.market, reply.id, refused);
+                    receiving.note_subscribed();
                 }
                 Ok(Decoded::ServerShutdown { .. }) => {
                     if !from_replacement && rotation_deadline.is_none() {
@@ -1063,6 +1227,7 @@ fn lost(link: Link, reason: String) -> DriveOutcome {
         lived: link.opened.elapsed(),
         delivered_data: link.delivered_data,
         reason,
+        reroute: false,
     }
 }
 
@@ -1180,6 +1345,74 @@ mod tests {
         replacement.learn_from(&rate);
         assert_eq!(replacement.typical_gap, rate.typical_gap);
         assert_eq!(replacement.quiet_since, now);
+    }
+
+    #[test]
+    fn unheard_streams_are_judged_after_the_bound_only_while_data_flows_elsewhere() {
+        let bound = Duration::from_secs(20);
+        let cap = Duration::from_secs(600);
+        let start = Instant::now();
+        let later = |secs: u64| start + Duration::from_secs(secs);
+        // Not subscribed yet: nothing to judge.
+        assert_eq!(
+            judge_unheard(bound, cap, None, None, MarketPeers::Alone, later(100)),
+            Unheard::Wait(None)
+        );
+        // Before the bound: look again at it.
+        assert_eq!(
+            judge_unheard(bound, cap, Some(start), None, MarketPeers::Alone, later(5)),
+            Unheard::Wait(Some(later(20)))
+        );
+        // Past it, another link of the market delivered within the bound.
+        assert_eq!(
+            judge_unheard(
+                bound,
+                cap,
+                Some(start),
+                None,
+                MarketPeers::Newest(Some(later(25))),
+                later(30)
+            ),
+            Unheard::Silent
+        );
+        // Past it, this link's other streams deliver.
+        assert_eq!(
+            judge_unheard(
+                bound,
+                cap,
+                Some(start),
+                Some(later(29)),
+                MarketPeers::Alone,
+                later(30)
+            ),
+            Unheard::Silent
+        );
+        // The whole market is quiet: wait, until the cap.
+        let verdict = judge_unheard(
+            bound,
+            cap,
+            Some(start),
+            None,
+            MarketPeers::Newest(Some(later(1))),
+            later(30),
+        );
+        assert_eq!(verdict, Unheard::Wait(Some(later(35))));
+        // The market's only link is judged at the bound, as judge_silence does.
+        assert_eq!(
+            judge_unheard(bound, cap, Some(start), None, MarketPeers::Alone, later(20)),
+            Unheard::Silent
+        );
+        assert_eq!(
+            judge_unheard(
+                bound,
+                cap,
+                Some(start),
+                None,
+                MarketPeers::Alone,
+                later(600)
+            ),
+            Unheard::Silent
+        );
     }
 
     #[test]

@@ -271,6 +271,14 @@ counters! {
     /// bound their streams' rates give) and replaced make-before-break: the
     /// replacement took over.
     counter silent_links_replaced,
+    // Subscribed but silent streams (issue 15).
+    /// Streams acknowledged on a link and then silent past the bound while
+    /// the market's other streams delivered (a USD-M stream on the wrong
+    /// route does this): each logged by name, the other route tried once.
+    counter streams_subscribed_silent,
+    /// Links moved to the other USD-M route because all their streams
+    /// stayed silent on the first.
+    counter stream_route_switches,
     /// Links replaced make-before-break at the end of their lifetime or
     /// after a `serverShutdown` (silent links are counted apart).
     counter rotations,

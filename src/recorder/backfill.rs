@@ -19,7 +19,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tracing::{info, warn};
 
-use crate::binance::rest::{RestClient, RestOptions, RetryPolicy};
+use crate::binance::rest::{RestClient, RetryPolicy};
 use crate::config::Config;
 use crate::domain::{Hour, StreamKey, StreamKind, UnfilledRange};
 use crate::gaps::Hole;
@@ -303,12 +303,7 @@ pub async fn backfill(
         }
     }
     for (market_config, keys) in keys_by_market {
-        let options = RestOptions {
-            request_timeout: config.fill.request_timeout,
-            weight_share: config.fill.weight_share,
-            counters: counters.clone(),
-            ..RestOptions::default()
-        };
+        let options = market_config.rest_options(&config.fill, counters.clone())?;
         let rest = RestClient::with_options(market_config.market, &market_config.rest_url, options);
         let retry = RetryPolicy {
             max_attempts: config.fill.max_attempts,

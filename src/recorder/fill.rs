@@ -19,6 +19,7 @@
 
 use crate::binance::rest::{
     FetchOutcome, Fetched, IdRangeEnd, RestClient, RestError, RetryPolicy, MAX_PAGE_ROWS,
+    REASON_NO_API_KEY,
 };
 use crate::domain::{Hour, Row, StreamKind, Symbol};
 use crate::gaps::{Hole, IdHole, KlineHole, Settled};
@@ -227,6 +228,13 @@ async fn fill_trades(
     hole: &IdHole,
     retry: &RetryPolicy,
 ) -> HoleAnswer {
+    if !rest.can_fetch_trades() {
+        // Declared with the reason at the deadline; no call is made.
+        return HoleAnswer {
+            rows: Vec::new(),
+            verdict: Err(REASON_NO_API_KEY.to_owned()),
+        };
+    }
     let from_id = match hole.from_id {
         Some(id) => id,
         None => {

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::binance::decode::{decode_frame, Decoded};
-use crate::binance::rest::{Pacing, RestClient, RestError, RestOptions, RetryPolicy};
+use crate::binance::rest::{Pacing, RestClient, RestError, RetryPolicy};
 use crate::binance::streams::stream_name;
 use crate::binance::ws::{now_us, run_connection, ConnectionPlan, HandshakeBudget, Inbound};
 use crate::config::{Config, MarketConfig};
@@ -156,27 +156,17 @@ pub async fn run_with_seams(
     )
     .await?;
     // One REST client per market, shared by every caller, so one limiter
-    // paces them all against the IP's weight limit.
-    let rest_options = RestOptions {
-        request_timeout: config.fill.request_timeout,
-        weight_share: config.fill.weight_share,
-        counters: counters.clone(),
-        ..RestOptions::default()
-    };
-    let rest_clients: BTreeMap<Market, RestClient> = config
-        .markets
-        .iter()
-        .map(|market_config| {
-            (
-                market_config.market,
-                RestClient::with_options(
-                    market_config.market,
-                    &market_config.rest_url,
-                    rest_options.clone(),
-                ),
-            )
-        })
-        .collect();
+    // paces them all against the IP's weight limit (each market its own).
+    let mut rest_clients: BTreeMap<Market, RestClient> = BTreeMap::new();
+    for market_config in &config.markets {
+        let options = market_config.rest_options(&config.fill, counters.clone())?;
+        // Whether a key is there, never the key.
+        info!(market = %market_config.market, api_key = options.api_key.is_some(), "rest client ready");
+        rest_clients.insert(
+            market_config.market,
+            RestClient::with_options(market_config.market, &market_config.rest_url, options),
+        );
+    }
     // The symbol check runs beside the recording: a REST outage at start
     // must not delay the streams. A bad symbol still stops the daemon.
     let symbol_check = {
@@ -273,7 +263,7 @@ pub async fn run_with_seams(
     };
     for market_config in &config.markets {
         let rest = rest_clients[&market_config.market].clone();
-        n_tasks = spawner.spawn_market_tasks(&config, market_config, n_tasks, rest);
+        n_tasks = spawner.spawn_market_tasks(market_config, n_tasks, rest);
     }
     drop(sender);
     if let Some(listener) = metrics_listener {
@@ -326,36 +316,44 @@ impl TaskSpawner<'_> {
     /// Returns the number of connection tasks so far, for numbering.
     fn spawn_market_tasks(
         &self,
-        config: &Config,
         market_config: &MarketConfig,
         n_tasks_before: usize,
         rest: RestClient,
     ) -> usize {
         let market = market_config.market;
-        let streams: Vec<_> = market_config
-            .symbols
-            .iter()
-            .flat_map(|symbol| {
-                market_config
-                    .streams
-                    .iter()
-                    .map(move |kind| (symbol.clone(), *kind))
-            })
-            .collect();
+        let profile = crate::binance::markets::MarketProfile::of(market);
+        // Streams grouped by route (USD-M: `/public`, `/market`), each
+        // group spread over connections of at most streams_per_connection.
+        let mut by_route: BTreeMap<crate::binance::markets::Route, Vec<_>> = BTreeMap::new();
+        for symbol in &market_config.symbols {
+            for kind in &market_config.streams {
+                by_route
+                    .entry(profile.route(*kind))
+                    .or_default()
+                    .push((symbol.clone(), *kind));
+            }
+        }
         let mut n_tasks = n_tasks_before;
         let activity = Arc::new(crate::binance::ws::MarketActivity::default());
-        for chunk in streams.chunks(config.connection.streams_per_connection) {
+        let chunks = by_route.into_iter().flat_map(|(route, streams)| {
+            streams
+                .chunks(market_config.streams_per_connection.max(1))
+                .map(|chunk| (route, chunk.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        for (route, chunk) in chunks {
             let plan = ConnectionPlan {
                 market,
                 task: n_tasks,
                 ws_base_url: market_config.ws_url.clone(),
-                streams: chunk.to_vec(),
+                route,
+                streams: chunk,
                 activity: activity.clone(),
             };
             n_tasks += 1;
             self.tasks.spawn(supervise_connection(
                 plan,
-                config.connection.settings.clone(),
+                market_config.connection.clone(),
                 self.budget.clone(),
                 self.sender.clone(),
                 self.shutdown.child_token(),

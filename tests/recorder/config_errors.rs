@@ -117,8 +117,8 @@ fn out_of_bounds_values_exit_2_naming_the_key_and_the_bound() {
             "86400",
         ),
         (
-            shipped.replace("dead_after_ms = 30000", "dead_after_ms = 86400000000"),
-            "connection.dead_after_ms",
+            shipped.replace("\ndead_after_ms = 30000", "\ndead_after_ms = 86400000000"),
+            "markets.spot.dead_after_ms",
             "3600000",
         ),
         (

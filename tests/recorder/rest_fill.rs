@@ -67,7 +67,7 @@ fn assert_trades_match(rows: &[TradeRow], truth: &[TruthTrade]) {
         );
         assert_eq!(row.trade_time, want.time_us, "time of {}", want.id);
         assert_eq!(row.is_buyer_maker, want.is_buyer_maker);
-        assert_eq!(row.is_best_match, Some(want.is_best_match));
+        assert_eq!(row.is_best_match, want.is_best_match);
         assert_eq!(
             (row.event_time, row.recv_time, row.source),
             (None, None, Source::Rest)
@@ -92,7 +92,7 @@ fn assert_agg_trades_match(rows: &[AggTradeRow], truth: &[TruthAggTrade]) {
         );
         assert_eq!(row.trade_time, want.time_us, "time of {}", want.id);
         assert_eq!(row.is_buyer_maker, want.is_buyer_maker);
-        assert_eq!(row.is_best_match, Some(want.is_best_match));
+        assert_eq!(row.is_best_match, want.is_best_match);
         assert_eq!(
             (row.event_time, row.recv_time, row.source),
             (None, None, Source::Rest)

@@ -329,8 +329,13 @@ pub fn assert_file_matches_truth_with_rest(
                     want.id
                 );
                 assert_eq!(trade.is_buyer_maker, want.is_buyer_maker, "{label}");
-                assert_eq!(trade.is_best_match, Some(want.is_best_match), "{label}");
+                assert_eq!(trade.is_best_match, want.is_best_match, "{label}");
                 if trade.source == Source::Ws {
+                    assert_eq!(
+                        trade.trade_type, want.trade_type,
+                        "{label}: type of {}",
+                        want.id
+                    );
                     assert_eq!(
                         trade.event_time,
                         Some(want.event_time_us),
@@ -369,7 +374,7 @@ pub fn assert_file_matches_truth_with_rest(
                 );
                 assert_eq!(agg.trade_time, want.time_us, "{label}");
                 assert_eq!(agg.is_buyer_maker, want.is_buyer_maker, "{label}");
-                assert_eq!(agg.is_best_match, Some(want.is_best_match), "{label}");
+                assert_eq!(agg.is_best_match, want.is_best_match, "{label}");
                 if agg.source == Source::Ws {
                     assert_eq!(agg.event_time, Some(want.event_time_us), "{label}");
                     assert!(agg.recv_time.is_some(), "{label}");
