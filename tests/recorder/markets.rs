@@ -34,6 +34,15 @@ pub(crate) fn usdm_key(symbol: &str, kind: StreamKind) -> StreamKey {
     }
 }
 
+/// `market`'s limits, but with pings every 2 s of real time (the real
+/// intervals would outlast the tests).
+pub(crate) fn limits_pinging_every_2s(market: fake_binance::Market) -> Limits {
+    Limits {
+        ping_interval: Duration::from_secs(2),
+        ..Limits::for_market(market)
+    }
+}
+
 /// The fake as USD-M at 240x: the futures limits (10 messages a second,
 /// 200 streams, 2,400 weight a minute, 10-minute pong deadline) but pings
 /// every 2 s of real time (3 minutes would outlast the test). Half spot's
@@ -47,10 +56,7 @@ fn usdm_fake_config(trade_on_market: bool) -> FakeConfig {
             .iter()
             .map(|symbol| symbol.to_string())
             .collect(),
-        limits: Limits {
-            ping_interval: Duration::from_secs(2),
-            ..Limits::for_market(fake_binance::Market::UsdM)
-        },
+        limits: limits_pinging_every_2s(fake_binance::Market::UsdM),
         api_keys: vec![API_KEY.to_owned()],
         usdm_trade_on_market: trade_on_market,
         mean_orders_per_sec: 0.25,
@@ -118,10 +124,32 @@ api_key_env = "BINANCE_RECORDER_TEST_NO_SUCH_VARIABLE"
     )
 }
 
-pub(crate) fn key_file(root: &Path) -> PathBuf {
+/// Writes [`API_KEY`] to a key file under `root` and returns the
+/// `api_key_file = "..."` line naming it, for a market table.
+pub(crate) fn api_key_file_line(root: &Path) -> String {
     let path = root.join("usdm-api-key");
     std::fs::write(&path, format!("{API_KEY}\n")).expect("key file written");
-    path
+    format!("api_key_file = {:?}", path.display().to_string())
+}
+
+/// [`usdm_toml`] with the key file and a patient fill deadline, recording
+/// only BTCUSDT's trades.
+pub(crate) fn usdm_btcusdt_trades_toml(fake: &FakeExchange, root: &Path) -> String {
+    usdm_toml(
+        fake,
+        root,
+        &api_key_file_line(root),
+        &format!("deadline_secs = {PATIENT_DEADLINE_SECS}"),
+        "",
+    )
+    .replace(
+        "symbols = [\"BTCUSDT\", \"ETHUSDT\"]",
+        "symbols = [\"BTCUSDT\"]",
+    )
+    .replace(
+        "streams = [\"trade\", \"aggTrade\", \"kline_1m\"]",
+        "streams = [\"trade\"]",
+    )
 }
 
 fn hour_files(root: &Path, hour: Hour) -> Vec<(StreamKey, PathBuf)> {
@@ -249,7 +277,7 @@ async fn usdm_hours_equal_ground_truth_with_gaps_filled_through_fapi() {
         .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let extra = format!("api_key_file = {:?}", key_file(root).display().to_string());
+    let extra = api_key_file_line(root);
     let config = usdm_toml(
         &fake,
         root,
@@ -398,7 +426,7 @@ async fn a_stream_silent_on_the_wrong_route_is_counted_and_recorded_on_the_other
         .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let extra = format!("api_key_file = {:?}", key_file(root).display().to_string());
+    let extra = api_key_file_line(root);
     // Silent past a second of real time (4 simulated minutes) while the
     // `/market` link delivers aggTrades and klines every 250 ms.
     let config = usdm_toml(
@@ -465,10 +493,7 @@ async fn one_daemon_records_spot_usdm_coinm_and_binance_us_at_once() {
         market: fake_binance::Market::Us,
         symbols: vec!["BTCUSD".to_owned()],
         mean_orders_per_sec: 0.25,
-        limits: Limits {
-            ping_interval: Duration::from_secs(2),
-            ..Limits::for_market(fake_binance::Market::Us)
-        },
+        limits: limits_pinging_every_2s(fake_binance::Market::Us),
         ..fake_config(240.0)
     })
     .await
@@ -477,10 +502,7 @@ async fn one_daemon_records_spot_usdm_coinm_and_binance_us_at_once() {
         market: fake_binance::Market::CoinM,
         symbols: vec!["BTCUSD_PERP".to_owned()],
         mean_orders_per_sec: 0.25,
-        limits: Limits {
-            ping_interval: Duration::from_secs(2),
-            ..Limits::for_market(fake_binance::Market::CoinM)
-        },
+        limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
         api_keys: vec![API_KEY.to_owned()],
         ..fake_config(240.0)
     })
@@ -488,7 +510,7 @@ async fn one_daemon_records_spot_usdm_coinm_and_binance_us_at_once() {
     .expect("coinm fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let extra = format!("api_key_file = {:?}", key_file(root).display().to_string());
+    let extra = api_key_file_line(root);
     let config = format!(
         "{}
 [markets.spot]
@@ -640,21 +662,7 @@ async fn the_api_key_is_in_no_log_line_and_no_file() {
         .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let config = usdm_toml(
-        &fake,
-        root,
-        &format!("api_key_file = {:?}", key_file(root).display().to_string()),
-        &format!("deadline_secs = {PATIENT_DEADLINE_SECS}"),
-        "",
-    )
-    .replace(
-        "symbols = [\"BTCUSDT\", \"ETHUSDT\"]",
-        "symbols = [\"BTCUSDT\"]",
-    )
-    .replace(
-        "streams = [\"trade\", \"aggTrade\", \"kline_1m\"]",
-        "streams = [\"trade\"]",
-    );
+    let config = usdm_btcusdt_trades_toml(&fake, root);
     let config_path = root.join("recorder.toml");
     std::fs::write(&config_path, &config).expect("config written");
     let log_path = root.join("recorder.log");
