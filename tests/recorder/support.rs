@@ -24,6 +24,33 @@ use tokio_util::sync::CancellationToken;
 
 pub const SYMBOLS: [&str; 3] = ["BTCUSDT", "ETHUSDT", "BNBUSDT"];
 
+/// The hour every file of the committed 0.1.0 fixture
+/// (`tests/fixtures/dataset-v1`) holds: 2024-08-09 00:00 UTC. Its ETHUSDT
+/// trade file declares the first ten minutes as a hole.
+pub const FIXTURE_HOUR_START: i64 = 1_723_161_600_000_000;
+
+/// Copies the fixture's `*.parquet` files into `data`.
+pub fn copy_fixture(data: &Path) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dataset-v1");
+    for path in parquet_files(&fixture) {
+        let target = data.join(path.strip_prefix(&fixture).expect("inside the fixture"));
+        std::fs::create_dir_all(target.parent().expect("folder")).expect("folder");
+        std::fs::copy(&path, &target).expect("copied");
+    }
+}
+
+/// The fake at 240x for BTCUSDT and ETHUSDT, starting half an hour into the
+/// fixture's hour with an hour of history, so REST covers the whole hour.
+pub fn fixture_hour_fake_config() -> FakeConfig {
+    FakeConfig {
+        sim_start_us: Hour::containing(FIXTURE_HOUR_START).start()
+            + 30 * binance_recorder::domain::MICROS_PER_MINUTE,
+        history: Duration::from_secs(3600),
+        symbols: vec!["BTCUSDT".to_owned(), "ETHUSDT".to_owned()],
+        ..fake_config(240.0)
+    }
+}
+
 /// 2026-01-01 00:59:00 UTC: one simulated minute before an hour starts.
 pub const SIM_START_US: i64 = 1_767_229_140_000_000;
 

@@ -628,31 +628,17 @@ async fn files_sealed_while_the_store_was_away_are_uploaded_after_a_restart() {
     fake.shutdown().await;
 }
 
-/// The hour the committed 0.1.0 fixture holds (2024-08-09 00:00 UTC); its
-/// ETHUSDT trade file declares the first ten minutes as a hole.
-const FIXTURE_HOUR_START: i64 = 1_723_161_600_000_000;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_reads_a_retired_hour_back_from_the_bucket_and_uploads_it_filled() {
     let (moto, store) = moto_with_bucket().await;
     let hour = Hour::containing(FIXTURE_HOUR_START);
-    let fake = FakeExchange::start(fake_binance::FakeConfig {
-        sim_start_us: hour.start() + 30 * binance_recorder::domain::MICROS_PER_MINUTE,
-        history: Duration::from_secs(3600),
-        symbols: vec!["BTCUSDT".to_owned(), "ETHUSDT".to_owned()],
-        ..fake_config(240.0)
-    })
-    .await
-    .expect("fake starts");
+    let fake = FakeExchange::start(fixture_hour_fake_config())
+        .await
+        .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
     let data = root.join("data");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dataset-v1");
-    for path in parquet_files(&fixture) {
-        let target = data.join(path.strip_prefix(&fixture).expect("inside the fixture"));
-        std::fs::create_dir_all(target.parent().expect("folder")).expect("folder");
-        std::fs::copy(&path, &target).expect("copied");
-    }
+    copy_fixture(&data);
     let config_text = with_upload(
         &recorder_toml(
             &fake,
