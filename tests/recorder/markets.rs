@@ -74,27 +74,14 @@ pub(crate) fn usdm_toml(
     fill: &str,
     connection: &str,
 ) -> String {
-    let quoted = |items: &[&str]| {
-        items
-            .iter()
-            .map(|item| format!("\"{item}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        r#"
-[storage]
-data_dir = "{root}/data"
-wal_dir = "{root}/wal"
-quarantine_dir = "{root}/quarantine"
-
-[wal]
-fsync_interval_ms = 20
-segment_max_bytes = 1048576
-
-[seal]
-grace_ms = 5000
-
+    market_recorder_toml(
+        fake,
+        root,
+        "usdm",
+        &USDM_SYMBOLS,
+        &STREAMS,
+        &format!(
+            "
 [connection]
 backoff_initial_ms = 50
 backoff_max_ms = 500
@@ -103,24 +90,13 @@ backoff_max_ms = 500
 [fill]
 weight_share = 0.9
 {fill}
-
-[metrics]
-listen = ""
-
-[markets.usdm]
-ws_url = "{ws}"
-rest_url = "{rest}"
-symbols = [{symbols}]
-streams = [{streams}]
-time_check_interval_secs = 1
-api_key_env = "BINANCE_RECORDER_TEST_NO_SUCH_VARIABLE"
+"
+        ),
+        &format!(
+            "api_key_env = \"BINANCE_RECORDER_TEST_NO_SUCH_VARIABLE\"
 {extra}
-"#,
-        root = root.display(),
-        ws = fake.ws_base_url(),
-        rest = fake.rest_base_url(),
-        symbols = quoted(&USDM_SYMBOLS),
-        streams = quoted(&STREAMS),
+"
+        ),
     )
 }
 

@@ -77,6 +77,22 @@ pub fn recorder_toml(
     symbols: &[&str],
     streams: &[&str],
 ) -> String {
+    market_recorder_toml(fake, root, "spot", symbols, streams, "", "")
+}
+
+/// A recorder config for `fake` as the one market table
+/// `[markets.{market}]`, last, with `symbols`, `streams` and the
+/// `market_keys` lines in it; `tables` go before it. Every directory is
+/// under `root`.
+pub fn market_recorder_toml(
+    fake: &FakeExchange,
+    root: &Path,
+    market: &str,
+    symbols: &[&str],
+    streams: &[&str],
+    tables: &str,
+    market_keys: &str,
+) -> String {
     let quoted = |items: &[&str]| {
         items
             .iter()
@@ -105,14 +121,14 @@ deadline_ms = 20000
 
 [metrics]
 listen = ""
-
-[markets.spot]
+{tables}
+[markets.{market}]
 ws_url = "{ws}"
 rest_url = "{rest}"
 symbols = [{symbols}]
 streams = [{streams}]
 time_check_interval_secs = 1
-"#,
+{market_keys}"#,
         root = root.display(),
         ws = fake.ws_base_url(),
         rest = fake.rest_base_url(),
