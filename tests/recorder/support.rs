@@ -17,6 +17,7 @@ use binance_recorder::domain::{
 use binance_recorder::metrics::{Counters, CountersSnapshot};
 use binance_recorder::parquet_out;
 use binance_recorder::recorder;
+use binance_recorder::wal::{RealFs, WalFile, WalFs};
 use fake_binance::{FakeConfig, FakeExchange, GroundTruth, Limits};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -48,6 +49,51 @@ pub fn fixture_hour_fake_config() -> FakeConfig {
         history: Duration::from_secs(3600),
         symbols: vec!["BTCUSDT".to_owned(), "ETHUSDT".to_owned()],
         ..fake_config(240.0)
+    }
+}
+
+/// A fault injected into the WAL's segment files, for [`FaultyFs`].
+pub trait FileFault: std::fmt::Debug + Send + Sync {
+    /// Runs before a segment file is created; an error fails the creation
+    /// before the file exists.
+    fn before_create(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// Wraps a segment file just created on the real filesystem.
+    fn wrap(&self, file: Box<dyn WalFile>) -> Box<dyn WalFile>;
+}
+
+/// The real filesystem as the WAL's seam, with the fault `F` in the
+/// segment files it creates; every other operation passes straight through.
+#[derive(Debug, Clone)]
+pub struct FaultyFs<F>(pub F);
+
+impl<F: FileFault> WalFs for FaultyFs<F> {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        RealFs.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        RealFs.list_dir(dir)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn WalFile>> {
+        self.0.before_create()?;
+        Ok(self.0.wrap(RealFs.create_new(path)?))
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        RealFs.open_read(path)
+    }
+    fn truncate(&self, path: &Path, len: u64) -> std::io::Result<()> {
+        RealFs.truncate(path, len)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        RealFs.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        RealFs.sync_dir(dir)
     }
 }
 
