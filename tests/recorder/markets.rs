@@ -34,6 +34,16 @@ pub(crate) fn usdm_key(symbol: &str, kind: StreamKind) -> StreamKey {
     }
 }
 
+/// The fake as USD-M ([`usdm_fake_config`]) started, and a scratch
+/// directory for the recorder.
+async fn start_usdm_fake_and_scratch(trade_on_market: bool) -> (FakeExchange, tempfile::TempDir) {
+    let fake = FakeExchange::start(usdm_fake_config(trade_on_market))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    (fake, scratch)
+}
+
 /// `market`'s limits, but with pings every 2 s of real time (the real
 /// intervals would outlast the tests).
 pub(crate) fn limits_pinging_every_2s(market: fake_binance::Market) -> Limits {
@@ -108,24 +118,29 @@ pub(crate) fn api_key_file_line(root: &Path) -> String {
     format!("api_key_file = {:?}", path.display().to_string())
 }
 
-/// [`usdm_toml`] with the key file and a patient fill deadline, recording
-/// only BTCUSDT's trades.
-pub(crate) fn usdm_btcusdt_trades_toml(fake: &FakeExchange, root: &Path) -> String {
+/// [`usdm_toml`] with the key file, a patient fill deadline and
+/// `connection` keys in `[connection]`.
+fn usdm_toml_with_key(fake: &FakeExchange, root: &Path, connection: &str) -> String {
     usdm_toml(
         fake,
         root,
         &api_key_file_line(root),
         &format!("deadline_secs = {PATIENT_DEADLINE_SECS}"),
-        "",
+        connection,
     )
-    .replace(
-        "symbols = [\"BTCUSDT\", \"ETHUSDT\"]",
-        "symbols = [\"BTCUSDT\"]",
-    )
-    .replace(
-        "streams = [\"trade\", \"aggTrade\", \"kline_1m\"]",
-        "streams = [\"trade\"]",
-    )
+}
+
+/// [`usdm_toml_with_key`], recording only BTCUSDT's trades.
+pub(crate) fn usdm_btcusdt_trades_toml(fake: &FakeExchange, root: &Path) -> String {
+    usdm_toml_with_key(fake, root, "")
+        .replace(
+            "symbols = [\"BTCUSDT\", \"ETHUSDT\"]",
+            "symbols = [\"BTCUSDT\"]",
+        )
+        .replace(
+            "streams = [\"trade\", \"aggTrade\", \"kline_1m\"]",
+            "streams = [\"trade\"]",
+        )
 }
 
 fn hour_files(root: &Path, hour: Hour) -> Vec<(StreamKey, PathBuf)> {
@@ -248,19 +263,9 @@ fn assert_nowhere_in(directory: &Path, needle: &str) {
 /// hour before backfilled from its start, within the futures weight limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usdm_hours_equal_ground_truth_with_gaps_filled_through_fapi() {
-    let fake = FakeExchange::start(usdm_fake_config(false))
-        .await
-        .expect("fake starts");
-    let scratch = tempfile::tempdir().expect("scratch directory");
+    let (fake, scratch) = start_usdm_fake_and_scratch(false).await;
     let root = scratch.path();
-    let extra = api_key_file_line(root);
-    let config = usdm_toml(
-        &fake,
-        root,
-        &extra,
-        &format!("deadline_secs = {PATIENT_DEADLINE_SECS}"),
-        "",
-    );
+    let config = usdm_toml_with_key(&fake, root, "");
     let recorder = RunningRecorder::start(&config);
     let first_hour = Hour::containing(SIM_START_US);
     let hour = first_hour.next();
@@ -358,10 +363,7 @@ async fn usdm_hours_equal_ground_truth_with_gaps_filled_through_fapi() {
 /// `historicalTrades` is never called without the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usdm_trade_holes_without_an_api_key_are_declared_with_the_reason() {
-    let fake = FakeExchange::start(usdm_fake_config(false))
-        .await
-        .expect("fake starts");
-    let scratch = tempfile::tempdir().expect("scratch directory");
+    let (fake, scratch) = start_usdm_fake_and_scratch(false).await;
     let root = scratch.path();
     // The hour joined late needs a backfill from its start: REST only.
     let config = usdm_toml(&fake, root, "", "deadline_secs = 60", "");
@@ -397,21 +399,11 @@ async fn usdm_trade_holes_without_an_api_key_are_declared_with_the_reason() {
 /// and records the trades there; the hour after equals the ground truth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_silent_on_the_wrong_route_is_counted_and_recorded_on_the_other() {
-    let fake = FakeExchange::start(usdm_fake_config(true))
-        .await
-        .expect("fake starts");
-    let scratch = tempfile::tempdir().expect("scratch directory");
+    let (fake, scratch) = start_usdm_fake_and_scratch(true).await;
     let root = scratch.path();
-    let extra = api_key_file_line(root);
     // Silent past a second of real time (4 simulated minutes) while the
     // `/market` link delivers aggTrades and klines every 250 ms.
-    let config = usdm_toml(
-        &fake,
-        root,
-        &extra,
-        &format!("deadline_secs = {PATIENT_DEADLINE_SECS}"),
-        "silent_after_min_ms = 1000",
-    );
+    let config = usdm_toml_with_key(&fake, root, "silent_after_min_ms = 1000");
     let recorder = RunningRecorder::start(&config);
     wait_until(Duration::from_secs(30), "the route switched", || {
         recorder.counters().stream_route_switches >= 1
@@ -633,10 +625,7 @@ time_check_interval_secs = 1
 /// data file or WAL segment holds it; the log says only that a key is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_key_is_in_no_log_line_and_no_file() {
-    let fake = FakeExchange::start(usdm_fake_config(false))
-        .await
-        .expect("fake starts");
-    let scratch = tempfile::tempdir().expect("scratch directory");
+    let (fake, scratch) = start_usdm_fake_and_scratch(false).await;
     let root = scratch.path();
     let config = usdm_btcusdt_trades_toml(&fake, root);
     let config_path = root.join("recorder.toml");
