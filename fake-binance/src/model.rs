@@ -218,6 +218,34 @@ impl OrderGenerator {
         }
     }
 
+    /// A generated trade with the next trade id and dispatch sequence, both
+    /// taken by this call.
+    fn next_trade(
+        &mut self,
+        print: PrintType,
+        price: i64,
+        quantity: i64,
+        time_us: i64,
+        event_time_us: i64,
+        is_buyer_maker: bool,
+    ) -> Trade {
+        let trade = Trade {
+            id: self.next_trade_id,
+            print,
+            price,
+            quantity,
+            time_us,
+            event_time_us,
+            is_buyer_maker,
+            is_best_match: true,
+            dispatch_seq: self.next_dispatch_seq,
+            raw_payload: None,
+        };
+        self.next_trade_id += 1;
+        self.next_dispatch_seq += 1;
+        trade
+    }
+
     fn generate_order(
         &mut self,
         time_us: i64,
@@ -266,20 +294,14 @@ impl OrderGenerator {
                 };
                 let quantity = lots as i64 * self.spec.step_atoms;
                 level_quantity += quantity;
-                trades.push(Trade {
-                    id: self.next_trade_id,
-                    print: PrintType::Market,
+                trades.push(self.next_trade(
+                    PrintType::Market,
                     price,
                     quantity,
                     time_us,
                     event_time_us,
-                    is_buyer_maker: !taker_is_buyer,
-                    is_best_match: true,
-                    dispatch_seq: self.next_dispatch_seq,
-                    raw_payload: None,
-                });
-                self.next_trade_id += 1;
-                self.next_dispatch_seq += 1;
+                    !taker_is_buyer,
+                ));
             }
             pending_aggs.push((
                 price,
@@ -299,20 +321,14 @@ impl OrderGenerator {
                 PrintType::Na => 0,
                 _ => (1 + self.random.below(50) as i64) * self.spec.step_atoms,
             };
-            trades.push(Trade {
-                id: self.next_trade_id,
+            trades.push(self.next_trade(
                 print,
-                price: last_price,
+                last_price,
                 quantity,
                 time_us,
                 event_time_us,
-                is_buyer_maker: !taker_is_buyer,
-                is_best_match: true,
-                dispatch_seq: self.next_dispatch_seq,
-                raw_payload: None,
-            });
-            self.next_trade_id += 1;
-            self.next_dispatch_seq += 1;
+                !taker_is_buyer,
+            ));
         }
         // Aggregates follow the order's trades in stream order, as the two streams
         // of one order are both published once the order finished matching.

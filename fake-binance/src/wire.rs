@@ -51,6 +51,14 @@ pub enum Shape {
     Futures,
 }
 
+/// The atoms of a price, the `","q":"` between, and a quantity's atoms: the
+/// middle of every trade and aggTrade event, whose `"p":"` opens it.
+fn push_price_and_quantity(out: &mut String, price: i64, quantity: i64) {
+    push_atoms(out, price);
+    out.push_str(r#"","q":""#);
+    push_atoms(out, quantity);
+}
+
 pub fn trade_event(symbol: &str, trade: &Trade, unit: TimeUnit, shape: Shape) -> String {
     if shape == Shape::Futures {
         return futures_trade_event(symbol, trade, unit);
@@ -64,9 +72,7 @@ pub fn trade_event(symbol: &str, trade: &Trade, unit: TimeUnit, shape: Shape) ->
         trade.id
     )
     .expect("writing to a String cannot fail");
-    push_atoms(&mut out, trade.price);
-    out.push_str(r#"","q":""#);
-    push_atoms(&mut out, trade.quantity);
+    push_price_and_quantity(&mut out, trade.price, trade.quantity);
     write!(
         out,
         r#"","T":{},"m":{},"M":{}}}"#,
@@ -91,9 +97,7 @@ fn futures_trade_event(symbol: &str, trade: &Trade, unit: TimeUnit) -> String {
         trade.id
     )
     .expect("writing to a String cannot fail");
-    push_atoms(&mut out, trade.price);
-    out.push_str(r#"","q":""#);
-    push_atoms(&mut out, trade.quantity);
+    push_price_and_quantity(&mut out, trade.price, trade.quantity);
     write!(
         out,
         r#"","X":"{}","m":{}}}"#,
@@ -117,9 +121,7 @@ pub fn agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit, shape: Shap
         agg.id
     )
     .expect("writing to a String cannot fail");
-    push_atoms(&mut out, agg.price);
-    out.push_str(r#"","q":""#);
-    push_atoms(&mut out, agg.quantity);
+    push_price_and_quantity(&mut out, agg.price, agg.quantity);
     write!(
         out,
         r#"","f":{},"l":{},"T":{},"m":{},"M":{}}}"#,
@@ -145,9 +147,7 @@ fn futures_agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit) -> Stri
         agg.id
     )
     .expect("writing to a String cannot fail");
-    push_atoms(&mut out, agg.price);
-    out.push_str(r#"","q":""#);
-    push_atoms(&mut out, agg.quantity);
+    push_price_and_quantity(&mut out, agg.price, agg.quantity);
     out.push_str(r#"","nq":""#);
     push_atoms(&mut out, agg.quantity);
     write!(

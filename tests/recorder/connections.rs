@@ -366,35 +366,12 @@ impl binance_recorder::wal::WalFile for SlowFile {
     }
 }
 
-impl binance_recorder::wal::WalFs for SlowDisk {
-    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.create_dir_all(dir)
-    }
-    fn list_dir(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
-        binance_recorder::wal::RealFs.list_dir(dir)
-    }
-    fn create_new(
+impl FileFault for SlowDisk {
+    fn wrap(
         &self,
-        path: &std::path::Path,
-    ) -> std::io::Result<Box<dyn binance_recorder::wal::WalFile>> {
-        Ok(Box::new(SlowFile(
-            binance_recorder::wal::RealFs.create_new(path)?,
-        )))
-    }
-    fn open_read(&self, path: &std::path::Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
-        binance_recorder::wal::RealFs.open_read(path)
-    }
-    fn truncate(&self, path: &std::path::Path, len: u64) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.truncate(path, len)
-    }
-    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.rename(from, to)
-    }
-    fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.remove_file(path)
-    }
-    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.sync_dir(dir)
+        file: Box<dyn binance_recorder::wal::WalFile>,
+    ) -> Box<dyn binance_recorder::wal::WalFile> {
+        Box::new(SlowFile(file))
     }
 }
 
@@ -422,7 +399,7 @@ async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(binance_recorder::recorder::run_with_wal_fs(
         config,
-        std::sync::Arc::new(SlowDisk),
+        std::sync::Arc::new(FaultyFs(SlowDisk)),
         counters.clone(),
         shutdown.clone(),
     ));

@@ -287,35 +287,19 @@ impl binance_recorder::wal::WalFile for FullableFile {
     }
 }
 
-impl binance_recorder::wal::WalFs for FullableDisk {
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.create_dir_all(dir)
+impl FileFault for FullableDisk {
+    fn before_create(&self) -> std::io::Result<()> {
+        self.check()
     }
-    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        binance_recorder::wal::RealFs.list_dir(dir)
-    }
-    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn binance_recorder::wal::WalFile>> {
-        self.check()?;
-        let inner = binance_recorder::wal::RealFs.create_new(path)?;
-        Ok(Box::new(FullableFile {
+
+    fn wrap(
+        &self,
+        inner: Box<dyn binance_recorder::wal::WalFile>,
+    ) -> Box<dyn binance_recorder::wal::WalFile> {
+        Box::new(FullableFile {
             inner,
             disk: self.clone(),
-        }))
-    }
-    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
-        binance_recorder::wal::RealFs.open_read(path)
-    }
-    fn truncate(&self, path: &Path, len: u64) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.truncate(path, len)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.remove_file(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.sync_dir(dir)
+        })
     }
 }
 
@@ -336,7 +320,7 @@ async fn a_full_disk_then_a_read_only_one_stop_acknowledging_then_recover_losing
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(binance_recorder::recorder::run_with_wal_fs(
         config,
-        std::sync::Arc::new(disk.clone()),
+        std::sync::Arc::new(FaultyFs(disk.clone())),
         counters.clone(),
         shutdown.clone(),
     ));

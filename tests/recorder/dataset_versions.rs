@@ -4,45 +4,25 @@
 //! with the rows REST returned; the files it had no reason to touch stay
 //! version 1 and readable.
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use binance_recorder::config::Config;
-use binance_recorder::domain::{Hour, Row, Source, StreamKind, MICROS_PER_MINUTE};
+use binance_recorder::domain::{Hour, Row, Source, StreamKind};
 use binance_recorder::metrics::Counters;
 use binance_recorder::parquet_out::{self, SchemaVersion};
 use binance_recorder::recorder::backfill::backfill;
-use fake_binance::{FakeConfig, FakeExchange};
+use fake_binance::FakeExchange;
 
 use crate::support::*;
-
-/// The hour every fixture file holds: 2024-08-09 00:00 UTC.
-const FIXTURE_HOUR_START: i64 = 1_723_161_600_000_000;
-
-/// Copies the fixture's `*.parquet` files into `data`.
-fn copy_fixture(data: &Path) {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dataset-v1");
-    for path in parquet_files(&fixture) {
-        let target = data.join(path.strip_prefix(&fixture).expect("inside the fixture"));
-        std::fs::create_dir_all(target.parent().expect("folder")).expect("folder");
-        std::fs::copy(&path, &target).expect("copied");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_fills_a_version_one_files_hole_and_rewrites_it_as_version_two() {
     let hour = Hour::containing(FIXTURE_HOUR_START);
     // The fake's history covers the fixture's hour, whose first ten
     // minutes the ETHUSDT file declares as a hole.
-    let fake = FakeExchange::start(FakeConfig {
-        sim_start_us: hour.start() + 30 * MICROS_PER_MINUTE,
-        history: Duration::from_secs(3600),
-        symbols: vec!["BTCUSDT".to_owned(), "ETHUSDT".to_owned()],
-        ..fake_config(240.0)
-    })
-    .await
-    .expect("fake starts");
+    let fake = FakeExchange::start(fixture_hour_fake_config())
+        .await
+        .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
     let data = root.join("data");

@@ -7,10 +7,25 @@ use std::path::Path;
 use std::time::Duration;
 
 use binance_recorder::domain::{Hour, Market, Row, StreamKey, StreamKind};
-use fake_binance::{FakeConfig, FakeExchange, Limits};
+use fake_binance::{FakeConfig, FakeExchange};
 
-use crate::markets::{key_file, usdm_key, usdm_toml, API_KEY};
+use crate::markets::{limits_pinging_every_2s, usdm_btcusdt_trades_toml, usdm_key, API_KEY};
 use crate::support::*;
+
+/// The fake as `market` at 600x, replaying `capture` after five minutes of
+/// lead-in.
+fn replay_fake_config(market: fake_binance::Market, capture: &Path) -> FakeConfig {
+    FakeConfig {
+        market,
+        speed: 600.0,
+        limits: limits_pinging_every_2s(market),
+        replay: Some(fake_binance::ReplayConfig {
+            files: vec![capture.to_path_buf()],
+            lead_in: Duration::from_secs(5 * 60),
+        }),
+        ..FakeConfig::default()
+    }
+}
 
 /// The shared USD-M BTCUSDT capture (hftbacktest, 2024-08-08 23:54-24:00,
 /// 21,313 trades, keys `e,E,T,s,t,p,q,X,m`) replayed by the fake as USD-M,
@@ -21,38 +36,14 @@ use crate::support::*;
 async fn usdm_btcusdt_capture_lands_in_one_file_with_its_values() {
     let capture = real_data("ws/hftbacktest/usdm_btcusdt_20240808.gz");
     let fake = FakeExchange::start(FakeConfig {
-        market: fake_binance::Market::UsdM,
-        speed: 600.0,
-        limits: Limits {
-            ping_interval: Duration::from_secs(2),
-            ..Limits::for_market(fake_binance::Market::UsdM)
-        },
         api_keys: vec![API_KEY.to_owned()],
-        replay: Some(fake_binance::ReplayConfig {
-            files: vec![capture.clone()],
-            lead_in: Duration::from_secs(5 * 60),
-        }),
-        ..FakeConfig::default()
+        ..replay_fake_config(fake_binance::Market::UsdM, &capture)
     })
     .await
     .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let config = usdm_toml(
-        &fake,
-        root,
-        &format!("api_key_file = {:?}", key_file(root).display().to_string()),
-        &format!("deadline_secs = {PATIENT_DEADLINE_SECS}"),
-        "",
-    )
-    .replace(
-        "symbols = [\"BTCUSDT\", \"ETHUSDT\"]",
-        "symbols = [\"BTCUSDT\"]",
-    )
-    .replace(
-        "streams = [\"trade\", \"aggTrade\", \"kline_1m\"]",
-        "streams = [\"trade\"]",
-    );
+    let config = usdm_btcusdt_trades_toml(&fake, root);
     let recorder = RunningRecorder::start(&config);
     let hour_23 = Hour::containing(1_723_158_000_000_000);
     let path = file_path(root, &usdm_key("BTCUSDT", StreamKind::Trade), hour_23);
@@ -132,21 +123,9 @@ async fn replayed_agg_trades_land_in_their_hour(
         capture.display(),
         captured.len()
     );
-    let fake = FakeExchange::start(FakeConfig {
-        market,
-        speed: 600.0,
-        limits: Limits {
-            ping_interval: Duration::from_secs(2),
-            ..Limits::for_market(market)
-        },
-        replay: Some(fake_binance::ReplayConfig {
-            files: vec![capture.clone()],
-            lead_in: Duration::from_secs(5 * 60),
-        }),
-        ..FakeConfig::default()
-    })
-    .await
-    .expect("fake starts");
+    let fake = FakeExchange::start(replay_fake_config(market, &capture))
+        .await
+        .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
     let config = recorder_toml_patient(&fake, root, &[symbol], &["aggTrade"])

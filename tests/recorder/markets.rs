@@ -34,6 +34,25 @@ pub(crate) fn usdm_key(symbol: &str, kind: StreamKind) -> StreamKey {
     }
 }
 
+/// The fake as USD-M ([`usdm_fake_config`]) started, and a scratch
+/// directory for the recorder.
+async fn start_usdm_fake_and_scratch(trade_on_market: bool) -> (FakeExchange, tempfile::TempDir) {
+    let fake = FakeExchange::start(usdm_fake_config(trade_on_market))
+        .await
+        .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    (fake, scratch)
+}
+
+/// `market`'s limits, but with pings every 2 s of real time (the real
+/// intervals would outlast the tests).
+pub(crate) fn limits_pinging_every_2s(market: fake_binance::Market) -> Limits {
+    Limits {
+        ping_interval: Duration::from_secs(2),
+        ..Limits::for_market(market)
+    }
+}
+
 /// The fake as USD-M at 240x: the futures limits (10 messages a second,
 /// 200 streams, 2,400 weight a minute, 10-minute pong deadline) but pings
 /// every 2 s of real time (3 minutes would outlast the test). Half spot's
@@ -47,10 +66,7 @@ fn usdm_fake_config(trade_on_market: bool) -> FakeConfig {
             .iter()
             .map(|symbol| symbol.to_string())
             .collect(),
-        limits: Limits {
-            ping_interval: Duration::from_secs(2),
-            ..Limits::for_market(fake_binance::Market::UsdM)
-        },
+        limits: limits_pinging_every_2s(fake_binance::Market::UsdM),
         api_keys: vec![API_KEY.to_owned()],
         usdm_trade_on_market: trade_on_market,
         mean_orders_per_sec: 0.25,
@@ -68,27 +84,14 @@ pub(crate) fn usdm_toml(
     fill: &str,
     connection: &str,
 ) -> String {
-    let quoted = |items: &[&str]| {
-        items
-            .iter()
-            .map(|item| format!("\"{item}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        r#"
-[storage]
-data_dir = "{root}/data"
-wal_dir = "{root}/wal"
-quarantine_dir = "{root}/quarantine"
-
-[wal]
-fsync_interval_ms = 20
-segment_max_bytes = 1048576
-
-[seal]
-grace_ms = 5000
-
+    market_recorder_toml(
+        fake,
+        root,
+        "usdm",
+        &USDM_SYMBOLS,
+        &STREAMS,
+        &format!(
+            "
 [connection]
 backoff_initial_ms = 50
 backoff_max_ms = 500
@@ -97,31 +100,47 @@ backoff_max_ms = 500
 [fill]
 weight_share = 0.9
 {fill}
-
-[metrics]
-listen = ""
-
-[markets.usdm]
-ws_url = "{ws}"
-rest_url = "{rest}"
-symbols = [{symbols}]
-streams = [{streams}]
-time_check_interval_secs = 1
-api_key_env = "BINANCE_RECORDER_TEST_NO_SUCH_VARIABLE"
+"
+        ),
+        &format!(
+            "api_key_env = \"BINANCE_RECORDER_TEST_NO_SUCH_VARIABLE\"
 {extra}
-"#,
-        root = root.display(),
-        ws = fake.ws_base_url(),
-        rest = fake.rest_base_url(),
-        symbols = quoted(&USDM_SYMBOLS),
-        streams = quoted(&STREAMS),
+"
+        ),
     )
 }
 
-pub(crate) fn key_file(root: &Path) -> PathBuf {
+/// Writes [`API_KEY`] to a key file under `root` and returns the
+/// `api_key_file = "..."` line naming it, for a market table.
+pub(crate) fn api_key_file_line(root: &Path) -> String {
     let path = root.join("usdm-api-key");
     std::fs::write(&path, format!("{API_KEY}\n")).expect("key file written");
-    path
+    format!("api_key_file = {:?}", path.display().to_string())
+}
+
+/// [`usdm_toml`] with the key file, a patient fill deadline and
+/// `connection` keys in `[connection]`.
+fn usdm_toml_with_key(fake: &FakeExchange, root: &Path, connection: &str) -> String {
+    usdm_toml(
+        fake,
+        root,
+        &api_key_file_line(root),
+        &format!("deadline_secs = {PATIENT_DEADLINE_SECS}"),
+        connection,
+    )
+}
+
+/// [`usdm_toml_with_key`], recording only BTCUSDT's trades.
+pub(crate) fn usdm_btcusdt_trades_toml(fake: &FakeExchange, root: &Path) -> String {
+    usdm_toml_with_key(fake, root, "")
+        .replace(
+            "symbols = [\"BTCUSDT\", \"ETHUSDT\"]",
+            "symbols = [\"BTCUSDT\"]",
+        )
+        .replace(
+            "streams = [\"trade\", \"aggTrade\", \"kline_1m\"]",
+            "streams = [\"trade\"]",
+        )
 }
 
 fn hour_files(root: &Path, hour: Hour) -> Vec<(StreamKey, PathBuf)> {
@@ -244,19 +263,9 @@ fn assert_nowhere_in(directory: &Path, needle: &str) {
 /// hour before backfilled from its start, within the futures weight limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usdm_hours_equal_ground_truth_with_gaps_filled_through_fapi() {
-    let fake = FakeExchange::start(usdm_fake_config(false))
-        .await
-        .expect("fake starts");
-    let scratch = tempfile::tempdir().expect("scratch directory");
+    let (fake, scratch) = start_usdm_fake_and_scratch(false).await;
     let root = scratch.path();
-    let extra = format!("api_key_file = {:?}", key_file(root).display().to_string());
-    let config = usdm_toml(
-        &fake,
-        root,
-        &extra,
-        &format!("deadline_secs = {PATIENT_DEADLINE_SECS}"),
-        "",
-    );
+    let config = usdm_toml_with_key(&fake, root, "");
     let recorder = RunningRecorder::start(&config);
     let first_hour = Hour::containing(SIM_START_US);
     let hour = first_hour.next();
@@ -354,10 +363,7 @@ async fn usdm_hours_equal_ground_truth_with_gaps_filled_through_fapi() {
 /// `historicalTrades` is never called without the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usdm_trade_holes_without_an_api_key_are_declared_with_the_reason() {
-    let fake = FakeExchange::start(usdm_fake_config(false))
-        .await
-        .expect("fake starts");
-    let scratch = tempfile::tempdir().expect("scratch directory");
+    let (fake, scratch) = start_usdm_fake_and_scratch(false).await;
     let root = scratch.path();
     // The hour joined late needs a backfill from its start: REST only.
     let config = usdm_toml(&fake, root, "", "deadline_secs = 60", "");
@@ -393,21 +399,11 @@ async fn usdm_trade_holes_without_an_api_key_are_declared_with_the_reason() {
 /// and records the trades there; the hour after equals the ground truth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_silent_on_the_wrong_route_is_counted_and_recorded_on_the_other() {
-    let fake = FakeExchange::start(usdm_fake_config(true))
-        .await
-        .expect("fake starts");
-    let scratch = tempfile::tempdir().expect("scratch directory");
+    let (fake, scratch) = start_usdm_fake_and_scratch(true).await;
     let root = scratch.path();
-    let extra = format!("api_key_file = {:?}", key_file(root).display().to_string());
     // Silent past a second of real time (4 simulated minutes) while the
     // `/market` link delivers aggTrades and klines every 250 ms.
-    let config = usdm_toml(
-        &fake,
-        root,
-        &extra,
-        &format!("deadline_secs = {PATIENT_DEADLINE_SECS}"),
-        "silent_after_min_ms = 1000",
-    );
+    let config = usdm_toml_with_key(&fake, root, "silent_after_min_ms = 1000");
     let recorder = RunningRecorder::start(&config);
     wait_until(Duration::from_secs(30), "the route switched", || {
         recorder.counters().stream_route_switches >= 1
@@ -465,10 +461,7 @@ async fn one_daemon_records_spot_usdm_coinm_and_binance_us_at_once() {
         market: fake_binance::Market::Us,
         symbols: vec!["BTCUSD".to_owned()],
         mean_orders_per_sec: 0.25,
-        limits: Limits {
-            ping_interval: Duration::from_secs(2),
-            ..Limits::for_market(fake_binance::Market::Us)
-        },
+        limits: limits_pinging_every_2s(fake_binance::Market::Us),
         ..fake_config(240.0)
     })
     .await
@@ -477,10 +470,7 @@ async fn one_daemon_records_spot_usdm_coinm_and_binance_us_at_once() {
         market: fake_binance::Market::CoinM,
         symbols: vec!["BTCUSD_PERP".to_owned()],
         mean_orders_per_sec: 0.25,
-        limits: Limits {
-            ping_interval: Duration::from_secs(2),
-            ..Limits::for_market(fake_binance::Market::CoinM)
-        },
+        limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
         api_keys: vec![API_KEY.to_owned()],
         ..fake_config(240.0)
     })
@@ -488,7 +478,7 @@ async fn one_daemon_records_spot_usdm_coinm_and_binance_us_at_once() {
     .expect("coinm fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let extra = format!("api_key_file = {:?}", key_file(root).display().to_string());
+    let extra = api_key_file_line(root);
     let config = format!(
         "{}
 [markets.spot]
@@ -635,26 +625,9 @@ time_check_interval_secs = 1
 /// data file or WAL segment holds it; the log says only that a key is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_key_is_in_no_log_line_and_no_file() {
-    let fake = FakeExchange::start(usdm_fake_config(false))
-        .await
-        .expect("fake starts");
-    let scratch = tempfile::tempdir().expect("scratch directory");
+    let (fake, scratch) = start_usdm_fake_and_scratch(false).await;
     let root = scratch.path();
-    let config = usdm_toml(
-        &fake,
-        root,
-        &format!("api_key_file = {:?}", key_file(root).display().to_string()),
-        &format!("deadline_secs = {PATIENT_DEADLINE_SECS}"),
-        "",
-    )
-    .replace(
-        "symbols = [\"BTCUSDT\", \"ETHUSDT\"]",
-        "symbols = [\"BTCUSDT\"]",
-    )
-    .replace(
-        "streams = [\"trade\", \"aggTrade\", \"kline_1m\"]",
-        "streams = [\"trade\"]",
-    );
+    let config = usdm_btcusdt_trades_toml(&fake, root);
     let config_path = root.join("recorder.toml");
     std::fs::write(&config_path, &config).expect("config written");
     let log_path = root.join("recorder.log");

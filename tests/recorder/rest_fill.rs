@@ -24,6 +24,20 @@ fn btcusdt() -> Symbol {
 }
 
 /// Quick retries so fault tests take milliseconds, not seconds.
+/// The fake in real time (`fake_config(1.0)`) with a REST weight limit of
+/// `weight_limit_per_minute` a minute.
+fn real_time_fake_config_with_weight_limit(
+    weight_limit_per_minute: u32,
+) -> fake_binance::FakeConfig {
+    fake_binance::FakeConfig {
+        limits: Limits {
+            weight_limit_per_minute,
+            ..fake_config(1.0).limits
+        },
+        ..fake_config(1.0)
+    }
+}
+
 fn quick_retries() -> RetryPolicy {
     RetryPolicy {
         max_attempts: 10,
@@ -674,13 +688,7 @@ async fn used_weight_stays_within_the_configured_share() {
 
 #[tokio::test]
 async fn the_weight_limit_is_read_from_exchange_info() {
-    let config = fake_binance::FakeConfig {
-        limits: Limits {
-            weight_limit_per_minute: 1200,
-            ..fake_config(1.0).limits
-        },
-        ..fake_config(1.0)
-    };
+    let config = real_time_fake_config_with_weight_limit(1200);
     let fake = FakeExchange::start(config).await.expect("fake starts");
     let client = RestClient::new(Market::Spot, &fake.rest_base_url());
     assert_eq!(client.weight_limit(), WeightLimit::SPOT_DEFAULT);
@@ -1130,13 +1138,7 @@ async fn a_range_fetch_cut_by_its_caller_keeps_the_pages_it_got() {
 async fn a_weight_wait_past_the_deadline_gives_up_at_once_with_the_pages_it_got() {
     // Spot's historicalTrades costs 25 weight a page: a share of 0.3 of
     // 1,200 (360 a minute) pays for 14 pages, then the next waits a minute.
-    let config = fake_binance::FakeConfig {
-        limits: Limits {
-            weight_limit_per_minute: 1200,
-            ..fake_config(1.0).limits
-        },
-        ..fake_config(1.0)
-    };
+    let config = real_time_fake_config_with_weight_limit(1200);
     let fake = FakeExchange::start(config).await.expect("fake starts");
     let options = RestOptions {
         weight_share: WeightShare::new(0.3).expect("valid share"),

@@ -224,33 +224,15 @@ impl binance_recorder::wal::WalFile for WedgeableFile {
 #[derive(Debug, Default, Clone)]
 struct WedgeableFs(std::sync::Arc<WedgeableDisk>);
 
-impl binance_recorder::wal::WalFs for WedgeableFs {
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.create_dir_all(dir)
-    }
-    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        binance_recorder::wal::RealFs.list_dir(dir)
-    }
-    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn binance_recorder::wal::WalFile>> {
-        Ok(Box::new(WedgeableFile {
-            file: binance_recorder::wal::RealFs.create_new(path)?,
+impl FileFault for WedgeableFs {
+    fn wrap(
+        &self,
+        file: Box<dyn binance_recorder::wal::WalFile>,
+    ) -> Box<dyn binance_recorder::wal::WalFile> {
+        Box::new(WedgeableFile {
+            file,
             disk: self.0.clone(),
-        }))
-    }
-    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
-        binance_recorder::wal::RealFs.open_read(path)
-    }
-    fn truncate(&self, path: &Path, len: u64) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.truncate(path, len)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.remove_file(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        binance_recorder::wal::RealFs.sync_dir(dir)
+        })
     }
 }
 
@@ -289,7 +271,7 @@ async fn no_keepalive_while_the_wal_is_wedged() {
     let recorder = RunningRecorder::start_with_seams(
         &recorder_toml(&fake, root, &["BTCUSDT", "ETHUSDT"], &["trade"]),
         binance_recorder::recorder::Seams {
-            wal_fs: std::sync::Arc::new(disk.clone()),
+            wal_fs: std::sync::Arc::new(FaultyFs(disk.clone())),
             ..Default::default()
         },
     );

@@ -17,12 +17,85 @@ use binance_recorder::domain::{
 use binance_recorder::metrics::{Counters, CountersSnapshot};
 use binance_recorder::parquet_out;
 use binance_recorder::recorder;
+use binance_recorder::wal::{RealFs, WalFile, WalFs};
 use fake_binance::{FakeConfig, FakeExchange, GroundTruth, Limits};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub const SYMBOLS: [&str; 3] = ["BTCUSDT", "ETHUSDT", "BNBUSDT"];
+
+/// The hour every file of the committed 0.1.0 fixture
+/// (`tests/fixtures/dataset-v1`) holds: 2024-08-09 00:00 UTC. Its ETHUSDT
+/// trade file declares the first ten minutes as a hole.
+pub const FIXTURE_HOUR_START: i64 = 1_723_161_600_000_000;
+
+/// Copies the fixture's `*.parquet` files into `data`.
+pub fn copy_fixture(data: &Path) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dataset-v1");
+    for path in parquet_files(&fixture) {
+        let target = data.join(path.strip_prefix(&fixture).expect("inside the fixture"));
+        std::fs::create_dir_all(target.parent().expect("folder")).expect("folder");
+        std::fs::copy(&path, &target).expect("copied");
+    }
+}
+
+/// The fake at 240x for BTCUSDT and ETHUSDT, starting half an hour into the
+/// fixture's hour with an hour of history, so REST covers the whole hour.
+pub fn fixture_hour_fake_config() -> FakeConfig {
+    FakeConfig {
+        sim_start_us: Hour::containing(FIXTURE_HOUR_START).start()
+            + 30 * binance_recorder::domain::MICROS_PER_MINUTE,
+        history: Duration::from_secs(3600),
+        symbols: vec!["BTCUSDT".to_owned(), "ETHUSDT".to_owned()],
+        ..fake_config(240.0)
+    }
+}
+
+/// A fault injected into the WAL's segment files, for [`FaultyFs`].
+pub trait FileFault: std::fmt::Debug + Send + Sync {
+    /// Runs before a segment file is created; an error fails the creation
+    /// before the file exists.
+    fn before_create(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// Wraps a segment file just created on the real filesystem.
+    fn wrap(&self, file: Box<dyn WalFile>) -> Box<dyn WalFile>;
+}
+
+/// The real filesystem as the WAL's seam, with the fault `F` in the
+/// segment files it creates; every other operation passes straight through.
+#[derive(Debug, Clone)]
+pub struct FaultyFs<F>(pub F);
+
+impl<F: FileFault> WalFs for FaultyFs<F> {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        RealFs.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        RealFs.list_dir(dir)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn WalFile>> {
+        self.0.before_create()?;
+        Ok(self.0.wrap(RealFs.create_new(path)?))
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        RealFs.open_read(path)
+    }
+    fn truncate(&self, path: &Path, len: u64) -> std::io::Result<()> {
+        RealFs.truncate(path, len)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        RealFs.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+}
 
 /// 2026-01-01 00:59:00 UTC: one simulated minute before an hour starts.
 pub const SIM_START_US: i64 = 1_767_229_140_000_000;
@@ -49,6 +122,22 @@ pub fn recorder_toml(
     root: &Path,
     symbols: &[&str],
     streams: &[&str],
+) -> String {
+    market_recorder_toml(fake, root, "spot", symbols, streams, "", "")
+}
+
+/// A recorder config for `fake` as the one market table
+/// `[markets.{market}]`, last, with `symbols`, `streams` and the
+/// `market_keys` lines in it; `tables` go before it. Every directory is
+/// under `root`.
+pub fn market_recorder_toml(
+    fake: &FakeExchange,
+    root: &Path,
+    market: &str,
+    symbols: &[&str],
+    streams: &[&str],
+    tables: &str,
+    market_keys: &str,
 ) -> String {
     let quoted = |items: &[&str]| {
         items
@@ -78,14 +167,14 @@ deadline_ms = 20000
 
 [metrics]
 listen = ""
-
-[markets.spot]
+{tables}
+[markets.{market}]
 ws_url = "{ws}"
 rest_url = "{rest}"
 symbols = [{symbols}]
 streams = [{streams}]
 time_check_interval_secs = 1
-"#,
+{market_keys}"#,
         root = root.display(),
         ws = fake.ws_base_url(),
         rest = fake.rest_base_url(),

@@ -26,6 +26,16 @@ use crate::support::*;
 const BUCKET: &str = "market-data";
 const PREFIX: &str = "binance";
 
+/// A moto server holding an empty [`BUCKET`] (its credentials set in the
+/// environment), and a client of that bucket.
+async fn moto_with_bucket() -> (MotoServer, Arc<dyn ObjectStore>) {
+    set_credentials_env();
+    let moto = MotoServer::start().await;
+    create_bucket(&moto.endpoint(), BUCKET).await;
+    let store = client(&moto.endpoint(), BUCKET);
+    (moto, store)
+}
+
 /// `recorder_toml` (or its patient twin) with an upload to `endpoint`:
 /// the keys go in `[storage]`, the S3 options in `[storage.s3]`.
 fn with_upload(toml: &str, endpoint: &str, extra_storage: &str) -> String {
@@ -94,10 +104,7 @@ fn verified_files(data: &Path) -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_hours_land_at_their_hive_keys_byte_identical_and_read_back_from_the_bucket() {
-    set_credentials_env();
-    let moto = MotoServer::start().await;
-    create_bucket(&moto.endpoint(), BUCKET).await;
-    let store = client(&moto.endpoint(), BUCKET);
+    let (moto, store) = moto_with_bucket().await;
     let fake = FakeExchange::start(fake_config(600.0))
         .await
         .expect("fake starts");
@@ -273,10 +280,7 @@ async fn read_bucket_with_pyarrow(endpoint: &str, data: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_lost_mid_upload_and_for_hours_loses_nothing_and_retention_waits_for_verification()
 {
-    set_credentials_env();
-    let moto = MotoServer::start().await;
-    create_bucket(&moto.endpoint(), BUCKET).await;
-    let store = client(&moto.endpoint(), BUCKET);
+    let (moto, store) = moto_with_bucket().await;
     let proxy = CuttableProxy::start(moto.port).await;
     // The first upload's PUT is cut halfway, and the store stays away.
     proxy.cut_on_next_put();
@@ -475,10 +479,7 @@ fn seal_with_clock_offset(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_reseal_replaces_the_object_and_a_less_complete_writer_never_wins() {
-    set_credentials_env();
-    let moto = MotoServer::start().await;
-    create_bucket(&moto.endpoint(), BUCKET).await;
-    let store = client(&moto.endpoint(), BUCKET);
+    let (moto, store) = moto_with_bucket().await;
     let config = validate(RawUpload {
         destination: Some(format!("s3://{BUCKET}/{PREFIX}")),
         s3: RawS3 {
@@ -563,10 +564,7 @@ async fn a_late_reseal_replaces_the_object_and_a_less_complete_writer_never_wins
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_sealed_while_the_store_was_away_are_uploaded_after_a_restart() {
-    set_credentials_env();
-    let moto = MotoServer::start().await;
-    create_bucket(&moto.endpoint(), BUCKET).await;
-    let store = client(&moto.endpoint(), BUCKET);
+    let (moto, store) = moto_with_bucket().await;
     let proxy = CuttableProxy::start(moto.port).await;
     proxy.cut();
     let fake = FakeExchange::start(fake_config(600.0))
@@ -630,34 +628,17 @@ async fn files_sealed_while_the_store_was_away_are_uploaded_after_a_restart() {
     fake.shutdown().await;
 }
 
-/// The hour the committed 0.1.0 fixture holds (2024-08-09 00:00 UTC); its
-/// ETHUSDT trade file declares the first ten minutes as a hole.
-const FIXTURE_HOUR_START: i64 = 1_723_161_600_000_000;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_reads_a_retired_hour_back_from_the_bucket_and_uploads_it_filled() {
-    set_credentials_env();
-    let moto = MotoServer::start().await;
-    create_bucket(&moto.endpoint(), BUCKET).await;
-    let store = client(&moto.endpoint(), BUCKET);
+    let (moto, store) = moto_with_bucket().await;
     let hour = Hour::containing(FIXTURE_HOUR_START);
-    let fake = FakeExchange::start(fake_binance::FakeConfig {
-        sim_start_us: hour.start() + 30 * binance_recorder::domain::MICROS_PER_MINUTE,
-        history: Duration::from_secs(3600),
-        symbols: vec!["BTCUSDT".to_owned(), "ETHUSDT".to_owned()],
-        ..fake_config(240.0)
-    })
-    .await
-    .expect("fake starts");
+    let fake = FakeExchange::start(fixture_hour_fake_config())
+        .await
+        .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
     let data = root.join("data");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dataset-v1");
-    for path in parquet_files(&fixture) {
-        let target = data.join(path.strip_prefix(&fixture).expect("inside the fixture"));
-        std::fs::create_dir_all(target.parent().expect("folder")).expect("folder");
-        std::fs::copy(&path, &target).expect("copied");
-    }
+    copy_fixture(&data);
     let config_text = with_upload(
         &recorder_toml(
             &fake,
