@@ -11,6 +11,7 @@
 pub mod backfill;
 pub mod budget;
 pub mod fill;
+pub mod held;
 pub mod pace;
 pub mod seal_job;
 pub mod state;

@@ -22,7 +22,8 @@ use crate::gaps::{
 use crate::metrics::Counters;
 use crate::quarantine::QuarantinedFrame;
 use crate::recorder::budget::{resolve_trade_holes, AggSpan, MAX_EVIDENCE_AGGS};
-use crate::seal::{complete_at, coverage, insert_row, is_sealable, Inserted, WatchSpan};
+use crate::recorder::held::HeldRows;
+use crate::seal::{complete_at, coverage, is_sealable, Inserted, WatchSpan};
 use crate::wal::SegmentId;
 
 /// Milliseconds of the host's monotonic clock since the runtime started:
@@ -125,7 +126,7 @@ impl MarketState {
 
 #[derive(Debug)]
 struct OpenHour {
-    rows: BTreeMap<i64, Row>,
+    rows: HeldRows,
     /// The oldest WAL segment holding a row of this hour.
     first_segment: SegmentId,
 }
@@ -202,7 +203,7 @@ impl StreamState {
         self.open
             .values()
             .rev()
-            .find_map(|open_hour| open_hour.rows.keys().next_back().copied())
+            .find_map(|open_hour| open_hour.rows.last_key())
     }
 }
 
@@ -802,11 +803,11 @@ impl State {
         let hour = Hour::containing(row.bucket_time());
         let late = from_stream && stream.next_hour_to_seal.is_some_and(|next| hour < next);
         let open_hour = stream.open.entry(hour).or_insert_with(|| OpenHour {
-            rows: BTreeMap::new(),
+            rows: HeldRows::new(key.kind),
             first_segment: segment,
         });
         open_hour.first_segment = open_hour.first_segment.min(segment);
-        let inserted = insert_row(&mut open_hour.rows, row);
+        let inserted = open_hour.rows.insert(row);
         match inserted {
             Inserted::Duplicate if from_stream => Counters::add(&self.counters.rows_duplicate, 1),
             Inserted::New if late => Counters::add(&self.counters.rows_late, 1),
@@ -1132,13 +1133,13 @@ impl State {
                     keys: stream
                         .open
                         .get(&hour)
-                        .map(|open| open.rows.values().map(id_at).collect())
+                        .map(|open| open.rows.id_ats().collect())
                         .unwrap_or_default(),
                     before: stream.last_sealed,
                     after: stream
                         .open
                         .range(hour.next()..)
-                        .find_map(|(_, open)| open.rows.values().next().map(id_at)),
+                        .find_map(|(_, open)| open.rows.first_id_at()),
                     from_hour_start: fill.enabled && fill.backfill_from_hour_start,
                     watched_from: watched.map_or(hour.start(), |(from, _)| from),
                 };
@@ -1475,10 +1476,7 @@ fn make_job(
     late: bool,
 ) -> SealJob {
     let (rows, first_segment): (Vec<Row>, Option<SegmentId>) = match open_hour {
-        Some(open_hour) => (
-            open_hour.rows.into_values().collect(),
-            Some(open_hour.first_segment),
-        ),
+        Some(open_hour) => (open_hour.rows.into_rows(), Some(open_hour.first_segment)),
         None => (Vec::new(), None),
     };
     let (coverage_from, coverage_to) = coverage(&market.spans, hour).unwrap_or_else(|| {

@@ -1,0 +1,843 @@
+//! The rows of one unsealed stream-hour, held compactly (no I/O).
+//!
+//! A busy hour holds hundreds of thousands of rows until it seals, so the
+//! form they wait in decides the recorder's memory. A `Row` is sized by its
+//! largest variant (a kline's ten i128 decimals, 224 bytes) and a
+//! `BTreeMap` adds its node per row (about 430 bytes a trade in all).
+//! Here each kind has its own packed form:
+//!
+//! - **trades**: 56 bytes: decimals as i64 units of 10^-8 (what every real
+//!   price and quantity fits), times as i64 with a sentinel for "absent",
+//!   the side, best-match flag and source in one byte of flags, and
+//!   `trade_type` as an index into the hour's small table of the names seen;
+//! - **aggTrades**: 56 bytes: the same, with `last_trade_id` as a 28-bit
+//!   step from `first_trade_id` sharing a word with the flags, and
+//!   `event_time` as an i32 step from the trade time;
+//! - **klines** (at most 3,600 an hour, usually 60) and any row that does not
+//!   fit its packed form (a decimal beyond i64, a step beyond u32, a row of
+//!   another kind): kept whole, in a small ordered map beside the packed
+//!   rows. Exact either way: a value is never narrowed.
+//!
+//! Packed rows sit in sorted chunks of at most [`CHUNK_ROWS`]: a stream
+//! delivers in key order, so a row is appended to the last chunk after one
+//! comparison; a row out of order (a late row, a REST fill of a hole) is
+//! placed by binary search inside one chunk, and a chunk that overflows is
+//! split in two. So the rows are always sorted and unique by key, every
+//! insert answers exactly what it did ([`Inserted`], for the counters), and
+//! the spare capacity is at most one chunk's growth per hour, not the
+//! doubling of one big vector.
+
+use std::collections::BTreeMap;
+use std::iter::Peekable;
+use std::mem::size_of;
+
+use crate::domain::{AggTradeRow, Decimal8, Row, Source, StreamKind, TimeUs, TradeRow};
+use crate::gaps::IdAt;
+use crate::seal::Inserted;
+
+/// Rows per chunk: big enough that the per-chunk overhead is nothing, small
+/// enough that placing a row out of order moves at most 64 KiB.
+pub const CHUNK_ROWS: usize = 1024;
+
+/// Stands for an absent optional time in a packed row. No real exchange
+/// time is this far before 1970.
+const ABSENT_TIME: TimeUs = TimeUs::MIN;
+
+const FLAG_BUYER_MAKER: u8 = 1;
+const FLAG_BEST_MATCH_KNOWN: u8 = 1 << 1;
+const FLAG_BEST_MATCH: u8 = 1 << 2;
+const FLAG_REST: u8 = 1 << 3;
+
+/// Most distinct `trade_type` names one hour's table holds before further
+/// names make their rows whole (0 stands for "absent").
+const MAX_TRADE_TYPES: usize = u8::MAX as usize;
+
+/// The rows of one stream-hour, sorted and unique by key.
+#[derive(Debug)]
+pub struct HeldRows {
+    store: Store,
+}
+
+#[derive(Debug)]
+enum Store {
+    Trades(Held<PackedTrade>),
+    AggTrades(Held<PackedAggTrade>),
+    Klines(Held<Whole>),
+}
+
+/// Calls `$body` with `$held` bound to the store of whatever kind it is.
+macro_rules! each_store {
+    ($store:expr, $held:ident => $body:expr) => {
+        match $store {
+            Store::Trades($held) => $body,
+            Store::AggTrades($held) => $body,
+            Store::Klines($held) => $body,
+        }
+    };
+}
+
+impl HeldRows {
+    /// An empty set of rows for a stream of `kind`.
+    pub fn new(kind: StreamKind) -> HeldRows {
+        let store = match kind {
+            StreamKind::Trade => Store::Trades(Held::default()),
+            StreamKind::AggTrade => Store::AggTrades(Held::default()),
+            StreamKind::Kline(_) => Store::Klines(Held::default()),
+        };
+        HeldRows { store }
+    }
+
+    /// Inserts `row` under the merge rule of [`crate::seal::insert_row`]:
+    /// the first arrival of a key wins, except that a stream row replaces a
+    /// REST row.
+    pub fn insert(&mut self, row: Row) -> Inserted {
+        each_store!(&mut self.store, held => held.insert(row))
+    }
+
+    pub fn len(&self) -> usize {
+        each_store!(&self.store, held => held.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every row's key and time, in key order.
+    pub fn id_ats(&self) -> Box<dyn Iterator<Item = IdAt> + '_> {
+        each_store!(&self.store, held => Box::new(held.id_ats()))
+    }
+
+    /// The first row's key and time.
+    pub fn first_id_at(&self) -> Option<IdAt> {
+        self.id_ats().next()
+    }
+
+    /// The last row's key.
+    pub fn last_key(&self) -> Option<i64> {
+        each_store!(&self.store, held => held.last_key())
+    }
+
+    /// The rows, sorted and unique by key, in their full form.
+    pub fn into_rows(self) -> Vec<Row> {
+        each_store!(self.store, held => held.into_rows())
+    }
+
+    /// Bytes of heap the rows take, counting spare capacity (the whole rows
+    /// estimated with their map node).
+    pub fn heap_bytes(&self) -> usize {
+        each_store!(&self.store, held => held.heap_bytes())
+    }
+}
+
+/// A packed form of one kind of row.
+trait Pack: Sized + std::fmt::Debug {
+    /// What the packed rows of one hour share (the trade type names).
+    type Table: Default + std::fmt::Debug;
+    /// `None` when the row is of another kind or a value does not fit.
+    fn pack(row: &Row, table: &mut Self::Table) -> Option<Self>;
+    fn unpack(&self, table: &Self::Table) -> Row;
+    fn key(&self) -> i64;
+    fn time(&self) -> TimeUs;
+    fn source(&self) -> Source;
+    fn table_bytes(_table: &Self::Table) -> usize {
+        0
+    }
+}
+
+/// Packed rows in sorted chunks, and the rows that do not pack kept whole.
+#[derive(Debug)]
+struct Held<P: Pack> {
+    chunks: Vec<Vec<P>>,
+    whole: BTreeMap<i64, Row>,
+    table: P::Table,
+    n_packed: usize,
+}
+
+impl<P: Pack> Default for Held<P> {
+    fn default() -> Self {
+        Held {
+            chunks: Vec::new(),
+            whole: BTreeMap::new(),
+            table: P::Table::default(),
+            n_packed: 0,
+        }
+    }
+}
+
+/// Where a held key is.
+enum Found {
+    Packed { chunk: usize, index: usize },
+    Whole,
+}
+
+impl<P: Pack> Held<P> {
+    fn len(&self) -> usize {
+        self.n_packed + self.whole.len()
+    }
+
+    fn last_key(&self) -> Option<i64> {
+        let packed = self
+            .chunks
+            .last()
+            .and_then(|chunk| chunk.last())
+            .map(P::key);
+        let whole = self.whole.keys().next_back().copied();
+        packed.max(whole)
+    }
+
+    fn insert(&mut self, row: Row) -> Inserted {
+        let key = row.key();
+        // The stream's usual case: a key beyond every key held.
+        let beyond_all = self.last_key().is_none_or(|last| key > last);
+        if !beyond_all {
+            if let Some(found) = self.find(key) {
+                let held_source = match found {
+                    Found::Packed { chunk, index } => self.chunks[chunk][index].source(),
+                    Found::Whole => self.whole[&key].source(),
+                };
+                if held_source == Source::Rest && row.source() == Source::Ws {
+                    self.remove(key, found);
+                    self.place(row);
+                    return Inserted::ReplacedRest;
+                }
+                return Inserted::Duplicate;
+            }
+        }
+        self.place(row);
+        Inserted::New
+    }
+
+    /// Puts a row whose key is not held.
+    fn place(&mut self, row: Row) {
+        let Some(packed) = P::pack(&row, &mut self.table) else {
+            self.whole.insert(row.key(), row);
+            return;
+        };
+        self.n_packed += 1;
+        let key = packed.key();
+        let appends = self
+            .chunks
+            .last()
+            .and_then(|chunk| chunk.last())
+            .is_none_or(|last| key > last.key());
+        if appends {
+            match self.chunks.last_mut() {
+                Some(chunk) if chunk.len() < CHUNK_ROWS => chunk.push(packed),
+                _ => self.chunks.push(vec![packed]),
+            }
+            return;
+        }
+        let chunk_index = self.chunk_for(key);
+        let chunk = &mut self.chunks[chunk_index];
+        let index = chunk.partition_point(|held| held.key() < key);
+        chunk.insert(index, packed);
+        if chunk.len() > CHUNK_ROWS {
+            let upper = chunk.split_off(chunk.len() / 2);
+            chunk.shrink_to(CHUNK_ROWS);
+            self.chunks.insert(chunk_index + 1, upper);
+        }
+    }
+
+    /// The chunk a packed `key` belongs in: the first whose last key is not
+    /// below it (the last chunk when every key is below it).
+    fn chunk_for(&self, key: i64) -> usize {
+        let index = self
+            .chunks
+            .partition_point(|chunk| chunk.last().is_some_and(|last| last.key() < key));
+        index.min(self.chunks.len().saturating_sub(1))
+    }
+
+    fn find(&self, key: i64) -> Option<Found> {
+        if self.whole.contains_key(&key) {
+            return Some(Found::Whole);
+        }
+        if self.chunks.is_empty() {
+            return None;
+        }
+        let chunk = self.chunk_for(key);
+        self.chunks[chunk]
+            .binary_search_by_key(&key, P::key)
+            .ok()
+            .map(|index| Found::Packed { chunk, index })
+    }
+
+    fn remove(&mut self, key: i64, found: Found) {
+        match found {
+            Found::Whole => {
+                self.whole.remove(&key);
+            }
+            Found::Packed { chunk, index } => {
+                self.chunks[chunk].remove(index);
+                self.n_packed -= 1;
+                if self.chunks[chunk].is_empty() {
+                    self.chunks.remove(chunk);
+                }
+            }
+        }
+    }
+
+    fn id_ats(&self) -> impl Iterator<Item = IdAt> + '_ {
+        let packed = self.chunks.iter().flatten().map(|held| IdAt {
+            id: held.key(),
+            time: held.time(),
+        });
+        let whole = self.whole.values().map(|row| IdAt {
+            id: row.key(),
+            time: row.bucket_time(),
+        });
+        MergeByKey::new(packed, whole, |id_at: &IdAt| id_at.id)
+    }
+
+    fn into_rows(self) -> Vec<Row> {
+        let mut rows = Vec::with_capacity(self.len());
+        let table = self.table;
+        let packed = self
+            .chunks
+            .into_iter()
+            .flatten()
+            .map(|held| held.unpack(&table));
+        rows.extend(MergeByKey::new(packed, self.whole.into_values(), Row::key));
+        rows
+    }
+
+    fn heap_bytes(&self) -> usize {
+        // A B-tree node holds up to 11 entries; count it as 1.5 entries'
+        // worth of room per entry, which is what a map grown by inserts has.
+        let whole_entry = size_of::<i64>() + size_of::<Row>();
+        self.chunks.capacity() * size_of::<Vec<P>>()
+            + self
+                .chunks
+                .iter()
+                .map(|chunk| chunk.capacity() * size_of::<P>())
+                .sum::<usize>()
+            + self.whole.len() * whole_entry * 3 / 2
+            + P::table_bytes(&self.table)
+    }
+}
+
+/// Two iterators sorted by unique keys merged into one sorted sequence.
+struct MergeByKey<A: Iterator, B: Iterator<Item = A::Item>, K> {
+    left: Peekable<A>,
+    right: Peekable<B>,
+    key: K,
+}
+
+impl<A: Iterator, B: Iterator<Item = A::Item>, K: Fn(&A::Item) -> i64> MergeByKey<A, B, K> {
+    fn new(left: A, right: B, key: K) -> Self {
+        MergeByKey {
+            left: left.peekable(),
+            right: right.peekable(),
+            key,
+        }
+    }
+}
+
+impl<A: Iterator, B: Iterator<Item = A::Item>, K: Fn(&A::Item) -> i64> Iterator
+    for MergeByKey<A, B, K>
+{
+    type Item = A::Item;
+
+    fn next(&mut self) -> Option<A::Item> {
+        let take_left = match (self.left.peek(), self.right.peek()) {
+            (Some(left), Some(right)) => (self.key)(left) < (self.key)(right),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if take_left {
+            self.left.next()
+        } else {
+            self.right.next()
+        }
+    }
+}
+
+fn pack_decimal(value: Decimal8) -> Option<i64> {
+    i64::try_from(value.scaled()).ok()
+}
+
+fn unpack_decimal(units: i64) -> Decimal8 {
+    Decimal8::from_scaled(i128::from(units))
+}
+
+fn pack_time(time: Option<TimeUs>) -> Option<TimeUs> {
+    match time {
+        Some(ABSENT_TIME) => None,
+        Some(time) => Some(time),
+        None => Some(ABSENT_TIME),
+    }
+}
+
+fn unpack_time(time: TimeUs) -> Option<TimeUs> {
+    (time != ABSENT_TIME).then_some(time)
+}
+
+fn pack_flags(is_buyer_maker: bool, is_best_match: Option<bool>, source: Source) -> u8 {
+    let mut flags = 0;
+    if is_buyer_maker {
+        flags |= FLAG_BUYER_MAKER;
+    }
+    if let Some(best) = is_best_match {
+        flags |= FLAG_BEST_MATCH_KNOWN;
+        if best {
+            flags |= FLAG_BEST_MATCH;
+        }
+    }
+    if source == Source::Rest {
+        flags |= FLAG_REST;
+    }
+    flags
+}
+
+fn flag_buyer_maker(flags: u8) -> bool {
+    flags & FLAG_BUYER_MAKER != 0
+}
+
+fn flag_best_match(flags: u8) -> Option<bool> {
+    (flags & FLAG_BEST_MATCH_KNOWN != 0).then_some(flags & FLAG_BEST_MATCH != 0)
+}
+
+fn flag_source(flags: u8) -> Source {
+    if flags & FLAG_REST != 0 {
+        Source::Rest
+    } else {
+        Source::Ws
+    }
+}
+
+/// A trade in 56 bytes.
+#[derive(Debug, Clone, Copy)]
+struct PackedTrade {
+    trade_id: i64,
+    price: i64,
+    quantity: i64,
+    trade_time: TimeUs,
+    event_time: TimeUs,
+    recv_time: TimeUs,
+    /// 0: absent; n: the hour's table entry n - 1.
+    trade_type: u8,
+    flags: u8,
+}
+
+/// The `trade_type` names an hour's trades use (futures send `MARKET`).
+#[derive(Debug, Default)]
+struct TradeTypes(Vec<Box<str>>);
+
+impl TradeTypes {
+    fn index_of(&mut self, name: Option<&str>) -> Option<u8> {
+        let Some(name) = name else {
+            return Some(0);
+        };
+        let position = match self.0.iter().position(|known| &**known == name) {
+            Some(position) => position,
+            None if self.0.len() < MAX_TRADE_TYPES => {
+                self.0.push(name.into());
+                self.0.len() - 1
+            }
+            None => return None,
+        };
+        u8::try_from(position + 1).ok()
+    }
+
+    fn name(&self, index: u8) -> Option<String> {
+        let position = usize::from(index).checked_sub(1)?;
+        self.0.get(position).map(|name| name.to_string())
+    }
+}
+
+impl Pack for PackedTrade {
+    type Table = TradeTypes;
+
+    fn pack(row: &Row, table: &mut TradeTypes) -> Option<PackedTrade> {
+        let Row::Trade(trade) = row else {
+            return None;
+        };
+        Some(PackedTrade {
+            trade_id: trade.trade_id,
+            price: pack_decimal(trade.price)?,
+            quantity: pack_decimal(trade.quantity)?,
+            trade_time: trade.trade_time,
+            event_time: pack_time(trade.event_time)?,
+            recv_time: pack_time(trade.recv_time)?,
+            trade_type: table.index_of(trade.trade_type.as_deref())?,
+            flags: pack_flags(trade.is_buyer_maker, trade.is_best_match, trade.source),
+        })
+    }
+
+    fn unpack(&self, table: &TradeTypes) -> Row {
+        Row::Trade(TradeRow {
+            trade_id: self.trade_id,
+            price: unpack_decimal(self.price),
+            quantity: unpack_decimal(self.quantity),
+            trade_time: self.trade_time,
+            is_buyer_maker: flag_buyer_maker(self.flags),
+            is_best_match: flag_best_match(self.flags),
+            trade_type: table.name(self.trade_type),
+            event_time: unpack_time(self.event_time),
+            recv_time: unpack_time(self.recv_time),
+            source: flag_source(self.flags),
+        })
+    }
+
+    fn key(&self) -> i64 {
+        self.trade_id
+    }
+
+    fn time(&self) -> TimeUs {
+        self.trade_time
+    }
+
+    fn source(&self) -> Source {
+        flag_source(self.flags)
+    }
+
+    fn table_bytes(table: &TradeTypes) -> usize {
+        table.0.capacity() * size_of::<Box<str>>()
+            + table.0.iter().map(|name| name.len()).sum::<usize>()
+    }
+}
+
+/// An aggregate trade in 56 bytes.
+#[derive(Debug, Clone, Copy)]
+struct PackedAggTrade {
+    agg_trade_id: i64,
+    price: i64,
+    quantity: i64,
+    first_trade_id: i64,
+    trade_time: TimeUs,
+    recv_time: TimeUs,
+    /// `event_time - trade_time` (the stream stamps its event a few ms
+    /// after the trade), or [`ABSENT_STEP`].
+    event_step: i32,
+    /// `last_trade_id - first_trade_id` in the low 28 bits, the flags in
+    /// the top 4.
+    n_more_trades_and_flags: u32,
+}
+
+/// Stands for an absent event time in [`PackedAggTrade::event_step`].
+const ABSENT_STEP: i32 = i32::MIN;
+const TRADE_STEP_BITS: u32 = 28;
+const TRADE_STEP_MASK: u32 = (1 << TRADE_STEP_BITS) - 1;
+
+impl PackedAggTrade {
+    fn flags(&self) -> u8 {
+        u8::try_from(self.n_more_trades_and_flags >> TRADE_STEP_BITS)
+            .expect("the top 4 bits of a u32 fit a u8")
+    }
+}
+
+impl Pack for PackedAggTrade {
+    type Table = ();
+
+    fn pack(row: &Row, _table: &mut ()) -> Option<PackedAggTrade> {
+        let Row::AggTrade(agg_trade) = row else {
+            return None;
+        };
+        let n_more_trades = agg_trade
+            .last_trade_id
+            .checked_sub(agg_trade.first_trade_id)
+            .and_then(|step| u32::try_from(step).ok())
+            .filter(|step| *step <= TRADE_STEP_MASK)?;
+        let event_step = match agg_trade.event_time {
+            None => ABSENT_STEP,
+            Some(event_time) => event_time
+                .checked_sub(agg_trade.trade_time)
+                .and_then(|step| i32::try_from(step).ok())
+                .filter(|step| *step != ABSENT_STEP)?,
+        };
+        let flags = pack_flags(
+            agg_trade.is_buyer_maker,
+            agg_trade.is_best_match,
+            agg_trade.source,
+        );
+        Some(PackedAggTrade {
+            agg_trade_id: agg_trade.agg_trade_id,
+            price: pack_decimal(agg_trade.price)?,
+            quantity: pack_decimal(agg_trade.quantity)?,
+            first_trade_id: agg_trade.first_trade_id,
+            trade_time: agg_trade.trade_time,
+            recv_time: pack_time(agg_trade.recv_time)?,
+            event_step,
+            n_more_trades_and_flags: n_more_trades | (u32::from(flags) << TRADE_STEP_BITS),
+        })
+    }
+
+    fn unpack(&self, _table: &()) -> Row {
+        let flags = self.flags();
+        let n_more_trades = self.n_more_trades_and_flags & TRADE_STEP_MASK;
+        Row::AggTrade(AggTradeRow {
+            agg_trade_id: self.agg_trade_id,
+            price: unpack_decimal(self.price),
+            quantity: unpack_decimal(self.quantity),
+            first_trade_id: self.first_trade_id,
+            last_trade_id: self.first_trade_id + i64::from(n_more_trades),
+            trade_time: self.trade_time,
+            is_buyer_maker: flag_buyer_maker(flags),
+            is_best_match: flag_best_match(flags),
+            event_time: (self.event_step != ABSENT_STEP)
+                .then(|| self.trade_time + i64::from(self.event_step)),
+            recv_time: unpack_time(self.recv_time),
+            source: flag_source(flags),
+        })
+    }
+
+    fn key(&self) -> i64 {
+        self.agg_trade_id
+    }
+
+    fn time(&self) -> TimeUs {
+        self.trade_time
+    }
+
+    fn source(&self) -> Source {
+        flag_source(self.flags())
+    }
+}
+
+/// Klines are not packed: an hour has few, and they are kept whole.
+#[derive(Debug)]
+enum Whole {}
+
+impl Pack for Whole {
+    type Table = ();
+
+    fn pack(_row: &Row, _table: &mut ()) -> Option<Whole> {
+        None
+    }
+
+    fn unpack(&self, _table: &()) -> Row {
+        match *self {}
+    }
+
+    fn key(&self) -> i64 {
+        match *self {}
+    }
+
+    fn time(&self) -> TimeUs {
+        match *self {}
+    }
+
+    fn source(&self) -> Source {
+        match *self {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{KlineInterval, KlineRow};
+    use crate::seal::insert_row;
+    use proptest::prelude::*;
+
+    const HOUR_START: TimeUs = 1_723_161_600_000_000; // 2024-08-09T00:00Z
+
+    /// A trade whose values are all derived from `id` and a `variant`
+    /// (so two arrivals of one key can differ), spanning every optional.
+    fn trade(id: i64, variant: u8, source: Source) -> Row {
+        let big = variant % 5 == 4;
+        Row::Trade(TradeRow {
+            trade_id: id,
+            price: Decimal8::from_scaled(if big {
+                i128::from(i64::MAX) * 1_000 + i128::from(id)
+            } else {
+                6_168_599_000_000 + i128::from(id)
+            }),
+            quantity: Decimal8::from_scaled(i128::from(variant) * 1_000),
+            trade_time: HOUR_START + id * 1_000,
+            is_buyer_maker: variant % 2 == 0,
+            is_best_match: [None, Some(true), Some(false)][usize::from(variant % 3)],
+            trade_type: [
+                None,
+                Some("MARKET".to_owned()),
+                Some("LIQUIDATION".to_owned()),
+            ][usize::from(variant / 3 % 3)]
+            .clone(),
+            event_time: (variant % 4 != 0).then_some(HOUR_START + id * 1_000 + 5),
+            recv_time: (variant % 4 != 1).then_some(HOUR_START + id * 1_000 + 9),
+            source,
+        })
+    }
+
+    fn agg_trade(id: i64, variant: u8, source: Source) -> Row {
+        let first_trade_id = id * 10;
+        let last_trade_id = match variant % 4 {
+            0 => first_trade_id,
+            1 => first_trade_id + 3,
+            2 => first_trade_id + (1 << 28), // a step beyond 28 bits
+            _ => first_trade_id + (1 << 28) - 1,
+        };
+        Row::AggTrade(AggTradeRow {
+            agg_trade_id: id,
+            price: Decimal8::from_scaled(if variant % 7 == 6 {
+                -i128::from(i64::MAX) * 3
+            } else {
+                100_000_000 + i128::from(variant)
+            }),
+            quantity: Decimal8::from_scaled(i128::from(variant)),
+            first_trade_id,
+            last_trade_id,
+            trade_time: HOUR_START + id * 1_000,
+            is_buyer_maker: variant % 2 == 1,
+            is_best_match: (variant % 3 != 0).then_some(variant % 3 == 1),
+            event_time: match variant % 5 {
+                0 => None,
+                1 => Some(HOUR_START + id * 1_000 - 7), // before the trade
+                2 => Some(HOUR_START + id * 1_000 + i64::from(i32::MAX) + 1), // beyond i32
+                _ => Some(HOUR_START + id * 1_000 + 1),
+            },
+            recv_time: Some(HOUR_START + id * 1_000 + 2),
+            source,
+        })
+    }
+
+    fn kline(minute: i64, variant: u8, source: Source) -> Row {
+        let open_time = HOUR_START + minute * 60_000_000;
+        Row::Kline(KlineRow {
+            open_time,
+            close_time: open_time + 59_999_999,
+            open: Decimal8::from_scaled(i128::from(variant)),
+            high: Decimal8::from_scaled(i128::from(variant) + 1),
+            low: Decimal8::ZERO,
+            close: Decimal8::ZERO,
+            volume: Decimal8::ZERO,
+            quote_volume: Decimal8::ZERO,
+            trade_count: i64::from(variant),
+            taker_buy_base_volume: Decimal8::ZERO,
+            taker_buy_quote_volume: Decimal8::ZERO,
+            first_trade_id: None,
+            last_trade_id: None,
+            event_time: None,
+            recv_time: None,
+            source,
+        })
+    }
+
+    fn source(rest: bool) -> Source {
+        if rest {
+            Source::Rest
+        } else {
+            Source::Ws
+        }
+    }
+
+    /// Inserts every row into the store and into the model (the ordered
+    /// map and `insert_row` the recorder held rows in before), and checks
+    /// each answer and the rows that come out.
+    fn check_against_model(kind: StreamKind, rows: Vec<Row>) {
+        let mut held = HeldRows::new(kind);
+        let mut model = BTreeMap::new();
+        for row in rows {
+            let expected = insert_row(&mut model, row.clone());
+            assert_eq!(held.insert(row), expected);
+            assert_eq!(held.len(), model.len());
+        }
+        let model_rows: Vec<Row> = model.into_values().collect();
+        let model_id_ats: Vec<(i64, TimeUs)> = model_rows
+            .iter()
+            .map(|row| (row.key(), row.bucket_time()))
+            .collect();
+        let id_ats: Vec<(i64, TimeUs)> = held.id_ats().map(|at| (at.id, at.time)).collect();
+        assert_eq!(id_ats, model_id_ats);
+        assert_eq!(held.last_key(), model_rows.last().map(Row::key));
+        assert_eq!(
+            held.first_id_at().map(|at| at.id),
+            model_rows.first().map(Row::key)
+        );
+        assert_eq!(held.into_rows(), model_rows);
+    }
+
+    fn arrivals() -> impl Strategy<Value = Vec<(i64, u8, bool)>> {
+        // Keys from a narrow range, so duplicates and REST/stream pairs are
+        // common; long enough to split chunks.
+        prop::collection::vec((0i64..3_000, any::<u8>(), any::<bool>()), 0..4_000)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn trades_in_any_order_come_out_as_the_model_keeps_them(arrivals in arrivals()) {
+            let rows = arrivals.into_iter().map(|(id, variant, rest)| trade(id, variant, source(rest))).collect();
+            check_against_model(StreamKind::Trade, rows);
+        }
+
+        #[test]
+        fn agg_trades_in_any_order_come_out_as_the_model_keeps_them(arrivals in arrivals()) {
+            let rows = arrivals.into_iter().map(|(id, variant, rest)| agg_trade(id, variant, source(rest))).collect();
+            check_against_model(StreamKind::AggTrade, rows);
+        }
+
+        #[test]
+        fn klines_and_rows_of_another_kind_come_out_as_the_model_keeps_them(
+            arrivals in prop::collection::vec((0i64..60, any::<u8>(), any::<bool>(), 0u8..3), 0..300)
+        ) {
+            let rows = arrivals.into_iter().map(|(n, variant, rest, kind)| match kind {
+                0 => kline(n, variant, source(rest)),
+                1 => trade(n, variant, source(rest)),
+                _ => agg_trade(n, variant, source(rest)),
+            }).collect::<Vec<_>>();
+            check_against_model(StreamKind::Kline(KlineInterval::from_binance_name("1m").expect("valid")), rows.clone());
+            check_against_model(StreamKind::Trade, rows.clone());
+            check_against_model(StreamKind::AggTrade, rows);
+        }
+    }
+
+    #[test]
+    fn packed_rows_are_at_most_64_bytes() {
+        assert_eq!(size_of::<PackedTrade>(), 56);
+        assert_eq!(size_of::<PackedAggTrade>(), 56);
+    }
+
+    #[test]
+    fn values_beyond_the_packed_form_are_kept_exactly() {
+        // i128 decimals, a step beyond u32, an unknown 256th trade type.
+        let mut held = HeldRows::new(StreamKind::Trade);
+        for id in 0..300 {
+            let mut row = trade(id, 0, Source::Ws);
+            if let Row::Trade(trade) = &mut row {
+                trade.trade_type = Some(format!("TYPE{id}"));
+            }
+            assert_eq!(held.insert(row), Inserted::New);
+        }
+        let big = trade(300, 4, Source::Ws);
+        assert_eq!(held.insert(big.clone()), Inserted::New);
+        let rows = held.into_rows();
+        assert_eq!(rows.len(), 301);
+        assert_eq!(rows[299].key(), 299);
+        let Row::Trade(last_typed) = &rows[299] else {
+            panic!("a trade");
+        };
+        assert_eq!(last_typed.trade_type.as_deref(), Some("TYPE299"));
+        assert_eq!(rows[300], big);
+
+        let mut held = HeldRows::new(StreamKind::AggTrade);
+        let wide = agg_trade(1, 2, Source::Rest);
+        let negative_big = agg_trade(2, 6, Source::Ws);
+        held.insert(wide.clone());
+        held.insert(negative_big.clone());
+        // A stream row replaces the REST row kept whole, and packs.
+        let stream = agg_trade(1, 1, Source::Ws);
+        assert_eq!(held.insert(stream.clone()), Inserted::ReplacedRest);
+        assert_eq!(held.into_rows(), vec![stream, negative_big]);
+    }
+
+    /// The target: at most 64 bytes of memory per held trade or
+    /// aggTrade row in steady state (a busy hour arriving in key order,
+    /// spare capacity counted).
+    #[test]
+    fn a_busy_hour_holds_at_most_64_bytes_a_row() {
+        let n_rows: i64 = 360_000;
+        for kind in [StreamKind::Trade, StreamKind::AggTrade] {
+            let mut held = HeldRows::new(kind);
+            for id in 0..n_rows {
+                let row = match kind {
+                    StreamKind::Trade => trade(id, 1, Source::Ws),
+                    _ => agg_trade(id, 1, Source::Ws),
+                };
+                held.insert(row);
+            }
+            let per_row = held.heap_bytes() as f64 / n_rows as f64;
+            println!("{kind:?}: {per_row:.1} bytes per held row");
+            assert!(per_row <= 64.0, "{kind:?}: {per_row:.1} bytes per row");
+        }
+    }
+}
