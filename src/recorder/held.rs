@@ -643,7 +643,7 @@ mod tests {
             }),
             quantity: Decimal8::from_scaled(i128::from(variant) * 1_000),
             trade_time: HOUR_START + id * 1_000,
-            is_buyer_maker: variant % 2 == 0,
+            is_buyer_maker: variant.is_multiple_of(2),
             is_best_match: [None, Some(true), Some(false)][usize::from(variant % 3)],
             trade_type: [
                 None,
@@ -651,7 +651,7 @@ mod tests {
                 Some("LIQUIDATION".to_owned()),
             ][usize::from(variant / 3 % 3)]
             .clone(),
-            event_time: (variant % 4 != 0).then_some(HOUR_START + id * 1_000 + 5),
+            event_time: (!variant.is_multiple_of(4)).then_some(HOUR_START + id * 1_000 + 5),
             recv_time: (variant % 4 != 1).then_some(HOUR_START + id * 1_000 + 9),
             source,
         })
@@ -677,7 +677,7 @@ mod tests {
             last_trade_id,
             trade_time: HOUR_START + id * 1_000,
             is_buyer_maker: variant % 2 == 1,
-            is_best_match: (variant % 3 != 0).then_some(variant % 3 == 1),
+            is_best_match: (!variant.is_multiple_of(3)).then_some(variant % 3 == 1),
             event_time: match variant % 5 {
                 0 => None,
                 1 => Some(HOUR_START + id * 1_000 - 7), // before the trade
