@@ -455,6 +455,59 @@ pub struct State {
     /// An hour was sealed or finished sealing since the last [`State::prune`]:
     /// only then can it drop anything (it walks every stream, so not per plan).
     prune_due: bool,
+    /// When [`State::plan`] must walk the streams again.
+    wake: Wake,
+}
+
+/// Host time between two walks of [`State::plan`] with no event and no
+/// wake-up falling due: a bound on the delay of a verdict should an event
+/// ever go unmarked, at the cost of one walk a second.
+const SAFETY_WALK_MS: MonoMs = 1_000;
+
+/// When [`State::plan`] must walk every stream again. Planning runs after
+/// every batch of frames, and a walk costs O(streams); but a verdict only
+/// changes when an hour's end passes on the exchange clock, a fill report
+/// or a seal outcome arrives, a late row lands in a sealed hour, or a timer
+/// falls due. So a walk notes the earliest of those times, the events mark
+/// the state dirty, and `plan` walks only then.
+#[derive(Debug, Default)]
+struct Wake {
+    /// Something that can change a verdict happened since the last walk.
+    dirty: bool,
+    /// The last walk stopped at its `max_seals`: it has more to plan.
+    capped: bool,
+    /// Per market walked with a clock and a span: the earliest exchange
+    /// time at which a verdict changes by itself (`None`: only an event
+    /// can change one). A market not listed is walked once it has a clock.
+    exchange: BTreeMap<Market, Option<TimeUs>>,
+    /// The earliest host time at which a fill round may be tried again.
+    mono: Option<MonoMs>,
+    walked_at: Option<MonoMs>,
+    n_walks: u64,
+}
+
+impl Wake {
+    fn is_due(&self, markets: &BTreeMap<Market, MarketState>, now: MonoMs) -> bool {
+        let Some(walked_at) = self.walked_at else {
+            return true;
+        };
+        self.dirty
+            || self.capped
+            || now >= walked_at.saturating_add(SAFETY_WALK_MS)
+            || self.mono.is_some_and(|at| now >= at)
+            || markets.iter().any(|(market, state)| {
+                match (state.exchange_time, self.exchange.get(market)) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(exchange_now), Some(at)) => at.is_some_and(|at| exchange_now >= at),
+                }
+            })
+    }
+}
+
+/// Keeps the earlier of `earliest` and `at`.
+fn note_earliest<T: Ord + Copy>(earliest: &mut Option<T>, at: T) {
+    *earliest = Some(earliest.map_or(at, |known| known.min(at)));
 }
 
 impl State {
@@ -485,7 +538,14 @@ impl State {
             warned_unexpected: BTreeSet::new(),
             agg_evidence: BTreeMap::new(),
             prune_due: false,
+            wake: Wake::default(),
         }
+    }
+
+    /// How many times [`State::plan`] walked the streams (the rest of its
+    /// calls found nothing due and returned at once).
+    pub fn n_plan_walks(&self) -> u64 {
+        self.wake.n_walks
     }
 
     pub fn exchange_time(&self, market: Market) -> Option<TimeUs> {
@@ -505,6 +565,7 @@ impl State {
     /// event. The streams' times of an earlier process are no evidence
     /// against the new one's first frames (the downtime lies between).
     pub fn begin_session(&mut self, market: Market) {
+        self.wake.dirty = true;
         if let Some(state) = self.markets.get_mut(&market) {
             // A process that died without a stop record: its span ends at
             // the last time it made durable.
@@ -523,6 +584,7 @@ impl State {
 
     /// A process stops recording `market` at `exchange_time`.
     pub fn end_session(&mut self, market: Market, exchange_time: Option<TimeUs>) {
+        self.wake.dirty = true;
         let Some(state) = self.markets.get_mut(&market) else {
             return;
         };
@@ -536,6 +598,7 @@ impl State {
 
     /// Applies a checkpoint record met during replay.
     pub fn apply_checkpoint(&mut self, checkpoint: Checkpoint) {
+        self.wake.dirty = true;
         match checkpoint {
             Checkpoint::SessionStart { market } => {
                 if let Some(market) = Market::from_name(&market) {
@@ -802,6 +865,10 @@ impl State {
         };
         let hour = Hour::containing(row.bucket_time());
         let late = from_stream && stream.next_hour_to_seal.is_some_and(|next| hour < next);
+        if stream.next_hour_to_seal.is_some_and(|next| hour < next) {
+            // A row of a sealed hour reseals it (a REST row of one too).
+            self.wake.dirty = true;
+        }
         let open_hour = stream.open.entry(hour).or_insert_with(|| OpenHour {
             rows: HeldRows::new(key.kind),
             first_segment: segment,
@@ -822,6 +889,7 @@ impl State {
     /// hour is judged from its start, and hours missed while the recorder
     /// was down are owed (and backfilled when the fill is on).
     pub fn resume_after_sealed(&mut self, key: &StreamKey, hour: Hour, last_key: Option<i64>) {
+        self.wake.dirty = true;
         let Some(stream) = self.streams.get_mut(key) else {
             return;
         };
@@ -850,6 +918,7 @@ impl State {
         hour: Hour,
         unfilled: Vec<UnfilledRange>,
     ) {
+        self.wake.dirty = true;
         let Some(stream) = self.streams.get_mut(key) else {
             return;
         };
@@ -895,6 +964,7 @@ impl State {
     /// wins over a REST row of the same key), and what REST answered
     /// decides the next step for the holes.
     pub fn apply_fill(&mut self, segment: SegmentId, report: FillReport, now: MonoMs) {
+        self.wake.dirty = true;
         let Some(key) = report.key() else {
             warn!(market = %report.market, stream = %report.stream, "fill report of an unknown stream; skipped");
             return;
@@ -976,6 +1046,7 @@ impl State {
 
     /// A fill task ended without a report (it panicked): try again later.
     pub fn fill_lost(&mut self, key: &StreamKey, hour: Hour, declared: bool, now: MonoMs) {
+        self.wake.dirty = true;
         let retry_at = now.saturating_add(millis(self.fill.retry_max));
         let declared_retry_at = self
             .exchange_time(key.market)
@@ -1006,6 +1077,12 @@ impl State {
     /// (exchange time) has passed, with its open holes declared.
     pub fn plan(&mut self, max_seals: usize, now: MonoMs) -> Vec<Job> {
         let mut jobs = Vec::new();
+        if !self.wake.is_due(&self.markets, now) {
+            return jobs;
+        }
+        let mut wake_exchange: BTreeMap<Market, Option<TimeUs>> = BTreeMap::new();
+        let mut wake_mono: Option<MonoMs> = None;
+        let mut capped = false;
         let mut n_seals = 0;
         // It walks every stream: only when the evidence can be used.
         let gates = if self.fill.agg_trade_evidence {
@@ -1027,6 +1104,14 @@ impl State {
             let next = *stream
                 .next_hour_to_seal
                 .get_or_insert_with(|| Hour::containing(first_span.start));
+            // The earliest exchange time at which this stream's verdicts
+            // change with no event (only times still ahead count).
+            let market_wake = wake_exchange.entry(key.market).or_default();
+            let mut note_exchange = |at: TimeUs| {
+                if at > exchange_now {
+                    note_earliest(market_wake, at);
+                }
+            };
 
             while n_seals < max_seals {
                 let Some((_, job)) = stream.seals_to_retry.pop_first() else {
@@ -1035,6 +1120,7 @@ impl State {
                 jobs.push(Job::Seal(job));
                 n_seals += 1;
             }
+            capped |= !stream.seals_to_retry.is_empty();
 
             let late_hours: BTreeSet<Hour> = stream
                 .open
@@ -1045,6 +1131,7 @@ impl State {
                 .collect();
             for hour in late_hours {
                 if n_seals >= max_seals {
+                    capped = true;
                     break;
                 }
                 let open_hour = stream.open.remove(&hour);
@@ -1059,8 +1146,10 @@ impl State {
             // then they stay declared in their file, for `backfill`.
             let n_declared_before = stream.declared.len();
             stream.declared.retain(|hour, declared| {
-                declared.in_flight
-                    || hour.end().saturating_add(fill.declared_give_up_us) > exchange_now
+                let give_up_at = hour.end().saturating_add(fill.declared_give_up_us);
+                note_exchange(give_up_at);
+                note_exchange(declared.retry_at);
+                declared.in_flight || give_up_at > exchange_now
             });
             let n_given_up = n_declared_before - stream.declared.len();
             if n_given_up > 0 {
@@ -1291,7 +1380,34 @@ impl State {
                 hour = hour.next();
                 stream.next_hour_to_seal = Some(hour);
             }
+
+            // Where this stream stopped, and when that changes by itself.
+            let sealable_at = complete_at(key.kind, hour).saturating_add(self.grace_us);
+            note_exchange(sealable_at);
+            if let Some(status) = stream.fills.get(&hour) {
+                note_exchange(
+                    status
+                        .judged_since
+                        .max(sealable_at)
+                        .saturating_add(fill.deadline_us),
+                );
+                if status.retry_at > now {
+                    note_earliest(&mut wake_mono, status.retry_at);
+                }
+            }
+            capped |= n_seals >= max_seals
+                && exchange_now >= sealable_at
+                && !stream.in_flight.contains_key(&hour);
         }
+        self.wake = Wake {
+            // A seal moves the gates other streams of its symbol wait on.
+            dirty: n_seals > 0,
+            capped,
+            exchange: wake_exchange,
+            mono: wake_mono,
+            walked_at: Some(now),
+            n_walks: self.wake.n_walks + 1,
+        };
         if n_seals > 0 || self.prune_due {
             self.prune();
             self.prune_due = false;
@@ -1379,6 +1495,7 @@ impl State {
 
     /// A seal finished: the hour's rows are on disk, its WAL pin goes.
     pub fn seal_finished(&mut self, job_key: &StreamKey, hour: Hour) {
+        self.wake.dirty = true;
         if let Some(stream) = self.streams.get_mut(job_key) {
             stream.in_flight.remove(&hour);
         }
@@ -1388,6 +1505,7 @@ impl State {
     /// A seal failed: the same job (rows, holes, coverage) is planned again
     /// and the hour stays in flight meanwhile, pinning its WAL segments.
     pub fn seal_failed(&mut self, job: SealJob) {
+        self.wake.dirty = true;
         if let Some(stream) = self.streams.get_mut(&job.key) {
             stream.seals_to_retry.insert(job.hour, job);
         }
@@ -1751,6 +1869,40 @@ streams = ["trade", "kline_1m"]
             Some(SegmentId(1)),
             "hour 2 rows are in segment 1 too"
         );
+    }
+
+    #[test]
+    fn frames_mid_hour_cost_no_planning_walk_and_the_hours_end_wakes_it() {
+        let mut state = new_state();
+        apply_corroborated(&mut state, SegmentId(1), trade(1, HOUR_START + 10));
+        assert!(seals(&mut state).is_empty());
+        let n_walks = state.n_plan_walks();
+        for id in 2..1_000 {
+            let time = HOUR_START + id * 1_000_000;
+            apply_corroborated(&mut state, SegmentId(1), trade(id, time));
+            assert!(seals(&mut state).is_empty());
+        }
+        assert_eq!(
+            state.n_plan_walks(),
+            n_walks,
+            "frames mid-hour can change no verdict: no walk"
+        );
+        // The hour's end and grace pass on the exchange clock: that alone
+        // wakes the planner, which seals both streams' hours in one walk.
+        let next_hour = HOUR_START + MICROS_PER_HOUR + 1_000_000;
+        apply_corroborated(&mut state, SegmentId(2), trade(1_000, next_hour));
+        let jobs = seals(&mut state);
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(state.n_plan_walks(), n_walks + 1);
+        for job in &jobs {
+            state.seal_finished(&job.key, job.hour);
+        }
+        assert!(seals(&mut state).is_empty());
+        // A late row of the sealed hour is an event: it is resealed.
+        apply_corroborated(&mut state, SegmentId(2), trade(2, HOUR_START + 5));
+        let late = seals(&mut state);
+        assert_eq!(late.len(), 1);
+        assert!(late[0].late);
     }
 
     #[test]
