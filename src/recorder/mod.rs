@@ -12,6 +12,7 @@ pub mod backfill;
 pub mod budget;
 pub mod fill;
 pub mod held;
+pub mod judge;
 pub mod pace;
 pub mod seal_job;
 pub mod state;

@@ -16,31 +16,18 @@ use crate::config::{ClockBounds, Config, FillConfig};
 use crate::domain::{
     Hour, Market, Row, Source, StreamKey, StreamKind, Symbol, TimeUs, UnfilledRange,
 };
-use crate::gaps::{
-    id_holes, kline_holes, sort_by_settled, stream_hour_holes, Hole, IdAt, Settled, StreamHour,
-};
+use crate::gaps::{id_holes, kline_holes, stream_hour_holes, Hole, IdAt, Settled, StreamHour};
 use crate::metrics::Counters;
 use crate::quarantine::QuarantinedFrame;
 use crate::recorder::budget::{resolve_trade_holes, AggSpan, MAX_EVIDENCE_AGGS};
 use crate::recorder::held::HeldRows;
+use crate::recorder::judge::{judge_hour, FillStatus, HourFacts, Verdict};
 use crate::seal::{complete_at, coverage, is_sealable, Inserted, WatchSpan};
 use crate::wal::SegmentId;
 
-/// Milliseconds of the host's monotonic clock since the runtime started:
-/// when a fill round may be tried again. (Deadlines are in exchange time.)
-pub type MonoMs = u64;
-
-/// `unfilled` reason: REST answered for the range and has no such rows
-/// (klines during a halt, futures ids REST does not serve). Not retried.
-pub const REASON_NOT_SERVED: &str = "exchange has no data";
-/// `unfilled` reason: gap fill is switched off in the config.
-pub const REASON_FILL_DISABLED: &str = "fill disabled";
-/// `unfilled` reason when no fill round failed but the deadline came first.
-pub const REASON_DEADLINE: &str = "not filled before the deadline";
-/// `unfilled` reason when a fill round was still queued or running at the
-/// hour's deadline (REST slow, or its weight budget spent): the round is
-/// cut, what it fetched is kept, and the rest is retried later.
-pub const REASON_REST_BEHIND: &str = "REST could not keep up before the deadline";
+pub use crate::recorder::judge::{
+    MonoMs, REASON_DEADLINE, REASON_FILL_DISABLED, REASON_NOT_SERVED, REASON_REST_BEHIND,
+};
 
 /// Checkpoint records: what the WAL must remember besides frames so that a
 /// restart knows which stretches of time were watched. A `Sessions` record
@@ -141,27 +128,6 @@ struct SymbolGates {
     agg_next: Option<Hour>,
     /// The next hour the trade stream will seal.
     trade_next: Option<Hour>,
-}
-
-/// Fill progress of an hour not sealed yet.
-#[derive(Debug, Default)]
-struct FillStatus {
-    /// Key ranges REST answered for in full.
-    settled: Vec<Settled>,
-    n_rounds: u32,
-    in_flight: bool,
-    retry_at: MonoMs,
-    last_failure: Option<String>,
-    /// Exchange time when the hour was first judged; its fill deadline
-    /// counts from here (after downtime that is later than its end).
-    judged_since: TimeUs,
-    /// The aggTrade stream's evidence answered this trade hour's holes
-    /// once: later rounds ask REST for exactly the ids it left.
-    answered_by_agg_trades: bool,
-    /// A round reported [`REASON_REST_BEHIND`]: REST cannot answer before
-    /// the deadline (cut there, or its weight wait reaches past it), so the
-    /// hour seals now with the rest declared instead of waiting for it.
-    rest_behind: bool,
 }
 
 /// Holes declared in a sealed file, tried again now and then.
@@ -457,6 +423,9 @@ pub struct State {
     prune_due: bool,
     /// When [`State::plan`] must walk the streams again.
     wake: Wake,
+    /// Stream-hours judged ([`judge_hour`] calls), for the test that a
+    /// frame costs no planning work when nothing can change.
+    n_judged: u64,
 }
 
 /// Host time between two walks of [`State::plan`] with no event and no
@@ -539,6 +508,7 @@ impl State {
             agg_evidence: BTreeMap::new(),
             prune_due: false,
             wake: Wake::default(),
+            n_judged: 0,
         }
     }
 
@@ -546,6 +516,11 @@ impl State {
     /// calls found nothing due and returned at once).
     pub fn n_plan_walks(&self) -> u64 {
         self.wake.n_walks
+    }
+
+    /// How many stream-hours [`State::plan`] judged.
+    pub fn n_judged(&self) -> u64 {
+        self.n_judged
     }
 
     pub fn exchange_time(&self, market: Market) -> Option<TimeUs> {
@@ -1206,17 +1181,12 @@ impl State {
                     .map_or(exchange_now, |status| status.judged_since)
                     .max(sealable_at);
                 let deadline = judged_since.saturating_add(fill.deadline_us);
-                if let Some(status) = stream.fills.get(&hour) {
-                    // Judging an hour walks its rows: only when a decision is due.
-                    let waiting = status.in_flight
-                        || (status.retry_at > now
-                            && exchange_now < deadline
-                            && !status.rest_behind);
-                    if waiting && fill.enabled {
-                        break;
-                    }
+                if stream.fills.get(&hour).is_some_and(|status| {
+                    fill.enabled && status.is_waiting(exchange_now, deadline, now)
+                }) {
+                    break;
                 }
-                let facts = StreamHour {
+                let rows_facts = StreamHour {
                     kind: key.kind,
                     hour,
                     keys: stream
@@ -1232,107 +1202,77 @@ impl State {
                     from_hour_start: fill.enabled && fill.backfill_from_hour_start,
                     watched_from: watched.map_or(hour.start(), |(from, _)| from),
                 };
-                let holes = stream_hour_holes(&facts);
+                let holes = stream_hour_holes(&rows_facts);
+                let owed_from_start = rows_facts.from_hour_start || rows_facts.before.is_some();
                 let status = stream.fills.entry(hour).or_insert_with(|| FillStatus {
                     judged_since,
                     ..FillStatus::default()
                 });
-                let (to_fill, not_served) = sort_by_settled(holes, &status.settled);
-                let declare_reason = if to_fill.is_empty() {
-                    None
-                } else if !fill.enabled {
-                    Some(REASON_FILL_DISABLED.to_owned())
-                } else if status.in_flight {
-                    break;
-                } else if exchange_now >= deadline || status.rest_behind {
-                    Some(
-                        status
-                            .last_failure
-                            .clone()
-                            .unwrap_or_else(|| REASON_DEADLINE.to_owned()),
-                    )
-                } else if status.retry_at <= now {
-                    let evidence_due = key.kind == StreamKind::Trade
-                        && key.market == Market::Spot
-                        && fill.agg_trade_evidence;
-                    if evidence_due && gate.agg_next.is_some_and(|next| next <= hour) {
-                        // The aggTrade stream has not sealed this hour yet:
-                        // its aggregates will say which trade ids are
-                        // missing, or that none are, for less weight.
+                let evidence_due = key.kind == StreamKind::Trade
+                    && key.market == Market::Spot
+                    && fill.agg_trade_evidence;
+                self.n_judged += 1;
+                let verdict = judge_hour(HourFacts {
+                    kind: key.kind,
+                    hour,
+                    exchange_now,
+                    now,
+                    deadline,
+                    watched,
+                    holes,
+                    owed_from_start,
+                    status,
+                    fill,
+                    agg_hour_pending: evidence_due
+                        && gate.agg_next.is_some_and(|next| next <= hour),
+                });
+                let sealing = match verdict {
+                    Verdict::Wait => break,
+                    Verdict::Fill { holes } => {
+                        let job = FillJob {
+                            key: key.clone(),
+                            hour,
+                            holes,
+                            closed_before: exchange_now,
+                            declared: false,
+                            deadline: Some(deadline),
+                        };
+                        status.in_flight = true;
+                        if let Some(aggs) = self
+                            .agg_evidence
+                            .get(&(key.market, key.symbol.clone(), hour))
+                            .filter(|_| evidence_due)
+                        {
+                            let resolved = resolve_trade_holes(&job.holes, aggs);
+                            // Used only when it answers everything: a trade hour
+                            // with aggregates of several fills needs the same
+                            // historicalTrades pages either way, and one round
+                            // is quicker than an answer and then a round.
+                            if resolved.holes.is_empty() && !status.answered_by_agg_trades {
+                                status.answered_by_agg_trades = true;
+                                Counters::add(&self.counters.fill_answers_from_agg_trades, 1);
+                                debug!(%key, %hour, n_rows = resolved.rows.len(), n_holes_left = resolved.holes.len(), "trade holes answered by the aggTrade stream; no REST call");
+                                let report =
+                                    FillReport::new(&job, resolved.rows, resolved.settled, None);
+                                jobs.push(Job::Answered(report));
+                                break;
+                            }
+                        }
+                        Counters::add(&self.counters.holes_found, job.holes.len() as u64);
+                        Counters::add(&self.counters.fill_rounds, 1);
+                        debug!(%key, %hour, n_holes = job.holes.len(), "holes found; filling from REST");
+                        jobs.push(Job::Fill(job));
                         break;
                     }
-                    let job = FillJob {
-                        key: key.clone(),
-                        hour,
-                        holes: to_fill,
-                        closed_before: exchange_now,
-                        declared: false,
-                        deadline: Some(deadline),
-                    };
-                    status.in_flight = true;
-                    if let Some(aggs) = self
-                        .agg_evidence
-                        .get(&(key.market, key.symbol.clone(), hour))
-                        .filter(|_| evidence_due)
-                    {
-                        let resolved = resolve_trade_holes(&job.holes, aggs);
-                        // Used only when it answers everything: a trade hour
-                        // with aggregates of several fills needs the same
-                        // historicalTrades pages either way, and one round
-                        // is quicker than an answer and then a round.
-                        if resolved.holes.is_empty() && !status.answered_by_agg_trades {
-                            status.answered_by_agg_trades = true;
-                            Counters::add(&self.counters.fill_answers_from_agg_trades, 1);
-                            debug!(%key, %hour, n_rows = resolved.rows.len(), n_holes_left = resolved.holes.len(), "trade holes answered by the aggTrade stream; no REST call");
-                            let report =
-                                FillReport::new(&job, resolved.rows, resolved.settled, None);
-                            jobs.push(Job::Answered(report));
-                            break;
-                        }
-                    }
-                    Counters::add(&self.counters.holes_found, job.holes.len() as u64);
-                    Counters::add(&self.counters.fill_rounds, 1);
-                    debug!(%key, %hour, n_holes = job.holes.len(), "holes found; filling from REST");
-                    jobs.push(Job::Fill(job));
-                    break;
-                } else {
-                    break;
+                    Verdict::Seal(sealing) => sealing,
                 };
 
                 // Seal, declaring what is still open.
-                let mut unfilled: Vec<UnfilledRange> = not_served
-                    .iter()
-                    .map(|hole| hole.unfilled(key.kind, hour, REASON_NOT_SERVED))
-                    .collect();
-                let mut open_start = false;
-                let mut open_end = false;
-                if let Some(reason) = &declare_reason {
-                    for hole in &to_fill {
-                        let (from, to) = hole.key_bounds();
-                        open_start |= from.is_none();
-                        open_end |= to.is_none();
-                        // Without a fill an open hole is only "maybe": the
-                        // coverage says how far the file vouches instead.
-                        if fill.enabled || hole.is_closed() {
-                            unfilled.push(hole.unfilled(key.kind, hour, reason));
-                        }
-                    }
-                    if fill.enabled {
-                        warn!(%key, %hour, n_holes = to_fill.len(), %reason, "sealing with holes REST did not fill; declared in the file and retried");
-                    }
+                if let (Some(reason), true) = (&sealing.declared_reason, fill.enabled) {
+                    warn!(%key, %hour, n_holes = sealing.n_open_holes, %reason, "sealing with holes REST did not fill; declared in the file and retried");
                 }
+                let unfilled = sealing.unfilled;
                 Counters::add(&self.counters.holes_declared, unfilled.len() as u64);
-                let owed_from_start = facts.from_hour_start || facts.before.is_some();
-                let coverage_from = match watched {
-                    Some((from, _)) if open_start || !owed_from_start => from,
-                    None if open_start => hour.end(),
-                    _ => hour.start(),
-                };
-                let coverage_to = match watched {
-                    Some((_, to)) if open_end => to,
-                    None if open_end => coverage_from,
-                    _ => hour.end(),
-                };
                 if fill.enabled
                     && unfilled
                         .iter()
@@ -1351,8 +1291,8 @@ impl State {
                 let open_hour = stream.open.remove(&hour);
                 let mut job = make_job(key, hour, open_hour, market, false);
                 if watched.is_some() || job.rows.is_empty() || owed_from_start {
-                    job.coverage_from = coverage_from;
-                    job.coverage_to = coverage_to.max(coverage_from);
+                    job.coverage_from = sealing.coverage_from;
+                    job.coverage_to = sealing.coverage_to;
                 }
                 let evidence_wanted = key.kind == StreamKind::AggTrade
                     && key.market == Market::Spot
@@ -1876,7 +1816,7 @@ streams = ["trade", "kline_1m"]
         let mut state = new_state();
         apply_corroborated(&mut state, SegmentId(1), trade(1, HOUR_START + 10));
         assert!(seals(&mut state).is_empty());
-        let n_walks = state.n_plan_walks();
+        let (n_walks, n_judged) = (state.n_plan_walks(), state.n_judged());
         for id in 2..1_000 {
             let time = HOUR_START + id * 1_000_000;
             apply_corroborated(&mut state, SegmentId(1), trade(id, time));
@@ -1887,6 +1827,7 @@ streams = ["trade", "kline_1m"]
             n_walks,
             "frames mid-hour can change no verdict: no walk"
         );
+        assert_eq!(state.n_judged(), n_judged, "and no hour judged");
         // The hour's end and grace pass on the exchange clock: that alone
         // wakes the planner, which seals both streams' hours in one walk.
         let next_hour = HOUR_START + MICROS_PER_HOUR + 1_000_000;
