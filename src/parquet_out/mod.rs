@@ -217,6 +217,34 @@ mod tests {
     }
 
     #[test]
+    fn an_hour_of_many_batches_round_trips_in_one_row_group() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let template = sample_rows(StreamKind::Trade).remove(0);
+        let rows: Vec<Row> = (0..150_000)
+            .map(|index| {
+                let mut row = template.clone();
+                if let Row::Trade(trade) = &mut row {
+                    trade.trade_id += index;
+                    trade.trade_time += index;
+                }
+                row
+            })
+            .collect();
+        let file = hour_file(StreamKind::Trade, rows);
+        let path = write_hour_file(root.path(), &file).expect("writes");
+        assert_eq!(
+            read_hour_file(&path, StreamKind::Trade).expect("reads"),
+            file.rows
+        );
+        let reader = parquet::file::reader::SerializedFileReader::new(
+            std::fs::File::open(&path).expect("opens"),
+        )
+        .expect("a parquet file");
+        use parquet::file::reader::FileReader;
+        assert_eq!(reader.metadata().num_row_groups(), 1);
+    }
+
+    #[test]
     fn empty_hour_still_gets_a_file_and_no_temporary_is_left() {
         let root = tempfile::tempdir().expect("temporary directory");
         let file = hour_file(StreamKind::Trade, vec![]);

@@ -21,6 +21,9 @@ use super::layout::{
 use super::schema::{decimal_type, file_metadata, schema_for, timestamp_type, writer_properties};
 use super::{HourFile, ParquetOutError};
 
+/// Rows turned into Arrow columns at a time when a file is written.
+const ROWS_PER_BATCH: usize = 65_536;
+
 /// Column builders for one file, filled row by row.
 struct Columns {
     schema: SchemaRef,
@@ -211,23 +214,32 @@ pub fn write_hour_file_until(
     create_dir_durably(root, &staging).map_err(io_error(&staging))?;
     let temporary = staging_path(root, &file.key, file.hour);
 
-    let mut columns = Columns::new(file.key.kind);
-    for row in &file.rows {
-        columns.push(row);
-    }
-    let batch = columns.finish().map_err(|source| ParquetOutError::Arrow {
-        path: final_path.clone(),
-        source,
-    })?;
     let encode_error = |source| ParquetOutError::Encode {
         path: temporary.clone(),
         source,
     };
     let output = File::create(&temporary).map_err(io_error(&temporary))?;
     let properties = writer_properties(file.key.kind, file_metadata(file));
+    let schema = schema_for(file.key.kind);
     let mut writer =
-        ArrowWriter::try_new(output, batch.schema(), Some(properties)).map_err(encode_error)?;
-    writer.write(&batch).map_err(encode_error)?;
+        ArrowWriter::try_new(output, schema, Some(properties)).map_err(encode_error)?;
+    // Arrow columns of a slice at a time, not of the whole hour: the writer
+    // buffers encoded pages until a row group is full, so the file is the
+    // same, and a busy hour's seal does not hold a second copy of its rows.
+    // (An empty hour still writes its one empty batch.)
+    let n_rows = file.rows.len();
+    for first in (0..n_rows.max(1)).step_by(ROWS_PER_BATCH) {
+        let rows = &file.rows[first.min(n_rows)..(first + ROWS_PER_BATCH).min(n_rows)];
+        let mut columns = Columns::new(file.key.kind);
+        for row in rows {
+            columns.push(row);
+        }
+        let batch = columns.finish().map_err(|source| ParquetOutError::Arrow {
+            path: final_path.clone(),
+            source,
+        })?;
+        writer.write(&batch).map_err(encode_error)?;
+    }
     let output = writer.into_inner().map_err(encode_error)?;
     if stop(SealStep::Written) {
         return Ok(final_path);
