@@ -39,6 +39,50 @@ pub use read::{
 pub use schema::{schema_for, schema_of_version, SchemaVersion, SCHEMA_VERSION};
 pub use write::{write_hour_file, write_hour_file_until, SealStep};
 
+/// The rows of one file, sorted and unique by key, as the writer reads
+/// them: a few facts for the footer, then consecutive slices in key order.
+pub trait SortedRows {
+    fn n_rows(&self) -> usize;
+    /// How many came from REST.
+    fn n_rest(&self) -> usize;
+    fn first_key(&self) -> Option<i64>;
+    fn last_key(&self) -> Option<i64>;
+    /// Calls `each` with the rows in key order, at most `max` at a time.
+    fn for_each_slice(
+        &self,
+        max: usize,
+        each: &mut dyn FnMut(&[Row]) -> Result<(), ParquetOutError>,
+    ) -> Result<(), ParquetOutError>;
+}
+
+impl SortedRows for Vec<Row> {
+    fn n_rows(&self) -> usize {
+        self.len()
+    }
+
+    fn n_rest(&self) -> usize {
+        self.iter()
+            .filter(|row| row.source() == crate::domain::Source::Rest)
+            .count()
+    }
+
+    fn first_key(&self) -> Option<i64> {
+        self.first().map(Row::key)
+    }
+
+    fn last_key(&self) -> Option<i64> {
+        self.last().map(Row::key)
+    }
+
+    fn for_each_slice(
+        &self,
+        max: usize,
+        each: &mut dyn FnMut(&[Row]) -> Result<(), ParquetOutError>,
+    ) -> Result<(), ParquetOutError> {
+        self.chunks(max.max(1)).try_for_each(each)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ParquetOutError {
     #[error("cannot write {path}: {source}")]
@@ -61,13 +105,15 @@ pub enum ParquetOutError {
     },
 }
 
-/// Everything that goes into one sealed file.
+/// Everything that goes into one sealed file. `R` holds the rows: a
+/// `Vec<Row>`, or the recorder's packed `HeldRows`, written a slice at a
+/// time without ever being all unpacked at once.
 #[derive(Debug, Clone)]
-pub struct HourFile {
+pub struct HourFile<R = Vec<Row>> {
     pub key: StreamKey,
     pub hour: Hour,
     /// Sorted by key and unique; `seal` guarantees it.
-    pub rows: Vec<Row>,
+    pub rows: R,
     pub unfilled: Vec<UnfilledRange>,
     pub coverage_from: TimeUs,
     pub coverage_to: TimeUs,

@@ -10,9 +10,9 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
 
-use crate::domain::{Row, Source, StreamKind, DECIMAL_PRECISION, DECIMAL_SCALE};
+use crate::domain::{StreamKind, DECIMAL_PRECISION, DECIMAL_SCALE};
 
-use super::HourFile;
+use super::{HourFile, SortedRows};
 
 /// The dataset contract's version this release writes, as `schema_version`.
 pub const SCHEMA_VERSION: u32 = SchemaVersion::CURRENT.number();
@@ -154,15 +154,10 @@ pub(super) fn writer_properties(kind: StreamKind, metadata: Vec<KeyValue>) -> Wr
 
 /// The footer's key-value metadata of a file; `market`, `stream` and
 /// `symbol` are here (and in the path) rather than in columns.
-pub(super) fn file_metadata(file: &HourFile) -> Vec<KeyValue> {
-    let n_rest = file
-        .rows
-        .iter()
-        .filter(|row| row.source() == Source::Rest)
-        .count();
-    let n_ws = file.rows.len() - n_rest;
-    let optional_key =
-        |row: Option<&Row>| row.map_or("null".to_owned(), |row| row.key().to_string());
+pub(super) fn file_metadata<R: SortedRows>(file: &HourFile<R>) -> Vec<KeyValue> {
+    let n_rest = file.rows.n_rest();
+    let n_ws = file.rows.n_rows() - n_rest;
+    let optional_key = |key: Option<i64>| key.map_or("null".to_owned(), |key| key.to_string());
     let unfilled = serde_json::to_string(&file.unfilled).expect("unfilled ranges always serialise");
     let clock_offset = file
         .clock_offset_us
@@ -174,13 +169,13 @@ pub(super) fn file_metadata(file: &HourFile) -> Vec<KeyValue> {
         ("stream", file.key.kind.path_name()),
         ("symbol", file.key.symbol.to_string()),
         ("hour", file.hour.hour_text()),
-        ("row_count", file.rows.len().to_string()),
+        ("row_count", file.rows.n_rows().to_string()),
         (
             "rows_by_source",
             format!("{{\"ws\":{n_ws},\"rest\":{n_rest}}}"),
         ),
-        ("first_key", optional_key(file.rows.first())),
-        ("last_key", optional_key(file.rows.last())),
+        ("first_key", optional_key(file.rows.first_key())),
+        ("last_key", optional_key(file.rows.last_key())),
         ("unfilled", unfilled),
         ("coverage_from", file.coverage_from.to_string()),
         ("coverage_to", file.coverage_to.to_string()),

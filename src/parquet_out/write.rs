@@ -19,7 +19,7 @@ use super::layout::{
     create_dir_durably, hour_file_path, staging_dir, staging_path, sync_directory,
 };
 use super::schema::{decimal_type, file_metadata, schema_for, timestamp_type, writer_properties};
-use super::{HourFile, ParquetOutError};
+use super::{HourFile, ParquetOutError, SortedRows};
 
 /// Rows turned into Arrow columns at a time when a file is written.
 const ROWS_PER_BATCH: usize = 65_536;
@@ -173,7 +173,10 @@ impl Columns {
 /// (replacing an older seal of the same hour), fsync the final name's
 /// directory. A crash at any step leaves either the old file or the new one
 /// under the final name, never a partial one.
-pub fn write_hour_file(root: &Path, file: &HourFile) -> Result<PathBuf, ParquetOutError> {
+pub fn write_hour_file<R: SortedRows>(
+    root: &Path,
+    file: &HourFile<R>,
+) -> Result<PathBuf, ParquetOutError> {
     write_hour_file_until(root, file, None)
 }
 
@@ -194,9 +197,9 @@ pub enum SealStep {
 
 /// [`write_hour_file`] that returns right after `stop_after`, as if the
 /// process died there (the crash-point tests' seam).
-pub fn write_hour_file_until(
+pub fn write_hour_file_until<R: SortedRows>(
     root: &Path,
-    file: &HourFile,
+    file: &HourFile<R>,
     stop_after: Option<SealStep>,
 ) -> Result<PathBuf, ParquetOutError> {
     let stop = |step: SealStep| stop_after == Some(step);
@@ -226,10 +229,7 @@ pub fn write_hour_file_until(
     // Arrow columns of a slice at a time, not of the whole hour: the writer
     // buffers encoded pages until a row group is full, so the file is the
     // same, and a busy hour's seal does not hold a second copy of its rows.
-    // (An empty hour still writes its one empty batch.)
-    let n_rows = file.rows.len();
-    for first in (0..n_rows.max(1)).step_by(ROWS_PER_BATCH) {
-        let rows = &file.rows[first.min(n_rows)..(first + ROWS_PER_BATCH).min(n_rows)];
+    let mut write_slice = |rows: &[Row]| {
         let mut columns = Columns::new(file.key.kind);
         for row in rows {
             columns.push(row);
@@ -238,7 +238,13 @@ pub fn write_hour_file_until(
             path: final_path.clone(),
             source,
         })?;
-        writer.write(&batch).map_err(encode_error)?;
+        writer.write(&batch).map_err(encode_error)
+    };
+    if file.rows.n_rows() == 0 {
+        // An empty hour still writes its one empty batch.
+        write_slice(&[])?;
+    } else {
+        file.rows.for_each_slice(ROWS_PER_BATCH, &mut write_slice)?;
     }
     let output = writer.into_inner().map_err(encode_error)?;
     if stop(SealStep::Written) {

@@ -33,6 +33,7 @@ use std::mem::size_of;
 
 use crate::domain::{AggTradeRow, Decimal8, Row, Source, StreamKind, TimeUs, TradeRow};
 use crate::gaps::IdAt;
+use crate::parquet_out::{ParquetOutError, SortedRows};
 use crate::seal::Inserted;
 
 /// Rows per chunk: big enough that the per-chunk overhead is nothing, small
@@ -53,12 +54,12 @@ const FLAG_REST: u8 = 1 << 3;
 const MAX_TRADE_TYPES: usize = u8::MAX as usize;
 
 /// The rows of one stream-hour, sorted and unique by key.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct HeldRows {
     store: Store,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Store {
     Trades(Held<PackedTrade>),
     AggTrades(Held<PackedAggTrade>),
@@ -85,6 +86,25 @@ impl HeldRows {
             StreamKind::Kline(_) => Store::Klines(Held::default()),
         };
         HeldRows { store }
+    }
+
+    /// Rows already sorted and unique by key (a file's, merged), held.
+    pub fn from_rows(kind: StreamKind, rows: Vec<Row>) -> HeldRows {
+        let mut held = HeldRows::new(kind);
+        for row in rows {
+            held.insert(row);
+        }
+        held
+    }
+
+    /// The kind of stream the rows are packed for.
+    pub fn kind_is(&self, kind: StreamKind) -> bool {
+        matches!(
+            (&self.store, kind),
+            (Store::Trades(_), StreamKind::Trade)
+                | (Store::AggTrades(_), StreamKind::AggTrade)
+                | (Store::Klines(_), StreamKind::Kline(_))
+        )
     }
 
     /// Inserts `row` under the merge rule of [`crate::seal::insert_row`]:
@@ -117,6 +137,21 @@ impl HeldRows {
         each_store!(&self.store, held => held.last_key())
     }
 
+    /// The last row's key and time.
+    pub fn last_id_at(&self) -> Option<IdAt> {
+        self.id_ats().last()
+    }
+
+    /// The rows in key order, each unpacked as it is reached.
+    pub fn rows(&self) -> Box<dyn Iterator<Item = Row> + '_> {
+        each_store!(&self.store, held => Box::new(held.rows()))
+    }
+
+    /// The rows in key order, all unpacked (for tests and small hours).
+    pub fn to_vec(&self) -> Vec<Row> {
+        self.rows().collect()
+    }
+
     /// The rows, sorted and unique by key, in their full form.
     pub fn into_rows(self) -> Vec<Row> {
         each_store!(self.store, held => held.into_rows())
@@ -129,10 +164,48 @@ impl HeldRows {
     }
 }
 
+impl SortedRows for HeldRows {
+    fn n_rows(&self) -> usize {
+        self.len()
+    }
+
+    fn n_rest(&self) -> usize {
+        each_store!(&self.store, held => held.n_rest())
+    }
+
+    fn first_key(&self) -> Option<i64> {
+        self.first_id_at().map(|at| at.id)
+    }
+
+    fn last_key(&self) -> Option<i64> {
+        HeldRows::last_key(self)
+    }
+
+    fn for_each_slice(
+        &self,
+        max: usize,
+        each: &mut dyn FnMut(&[Row]) -> Result<(), ParquetOutError>,
+    ) -> Result<(), ParquetOutError> {
+        // One slice of unpacked rows at a time: the hour stays packed.
+        let mut slice = Vec::with_capacity(max.clamp(1, self.len().max(1)));
+        for row in self.rows() {
+            slice.push(row);
+            if slice.len() >= max {
+                each(&slice)?;
+                slice.clear();
+            }
+        }
+        if !slice.is_empty() {
+            each(&slice)?;
+        }
+        Ok(())
+    }
+}
+
 /// A packed form of one kind of row.
-trait Pack: Sized + std::fmt::Debug {
+trait Pack: Sized + Clone + std::fmt::Debug {
     /// What the packed rows of one hour share (the trade type names).
-    type Table: Default + std::fmt::Debug;
+    type Table: Default + Clone + std::fmt::Debug;
     /// `None` when the row is of another kind or a value does not fit.
     fn pack(row: &Row, table: &mut Self::Table) -> Option<Self>;
     fn unpack(&self, table: &Self::Table) -> Row;
@@ -145,7 +218,7 @@ trait Pack: Sized + std::fmt::Debug {
 }
 
 /// Packed rows in sorted chunks, and the rows that do not pack kept whole.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Held<P: Pack> {
     chunks: Vec<Vec<P>>,
     whole: BTreeMap<i64, Row>,
@@ -288,6 +361,31 @@ impl<P: Pack> Held<P> {
         MergeByKey::new(packed, whole, |id_at: &IdAt| id_at.id)
     }
 
+    fn rows(&self) -> impl Iterator<Item = Row> + '_ {
+        let table = &self.table;
+        let packed = self
+            .chunks
+            .iter()
+            .flatten()
+            .map(move |held| held.unpack(table));
+        MergeByKey::new(packed, self.whole.values().cloned(), Row::key)
+    }
+
+    fn n_rest(&self) -> usize {
+        let packed = self
+            .chunks
+            .iter()
+            .flatten()
+            .filter(|held| held.source() == Source::Rest)
+            .count();
+        packed
+            + self
+                .whole
+                .values()
+                .filter(|row| row.source() == Source::Rest)
+                .count()
+    }
+
     fn into_rows(self) -> Vec<Row> {
         let mut rows = Vec::with_capacity(self.len());
         let table = self.table;
@@ -419,7 +517,7 @@ struct PackedTrade {
 }
 
 /// The `trade_type` names an hour's trades use (futures send `MARKET`).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct TradeTypes(Vec<Box<str>>);
 
 impl TradeTypes {
@@ -594,7 +692,7 @@ impl Pack for PackedAggTrade {
 }
 
 /// Klines are not packed: an hour has few, and they are kept whole.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Whole {}
 
 impl Pack for Whole {
@@ -742,6 +840,30 @@ mod tests {
             held.first_id_at().map(|at| at.id),
             model_rows.first().map(Row::key)
         );
+        // What the Parquet writer reads: slices in key order, and the footer facts.
+        let mut sliced = Vec::new();
+        held.for_each_slice(7, &mut |slice| {
+            assert!(!slice.is_empty() && slice.len() <= 7);
+            sliced.extend_from_slice(slice);
+            Ok(())
+        })
+        .expect("no error");
+        assert_eq!(sliced, model_rows);
+        assert_eq!(held.to_vec(), model_rows);
+        let n_rest = model_rows
+            .iter()
+            .filter(|row| row.source() == Source::Rest)
+            .count();
+        assert_eq!(SortedRows::n_rest(&held), n_rest);
+        assert_eq!(
+            SortedRows::first_key(&held),
+            model_rows.first().map(Row::key)
+        );
+        assert_eq!(
+            held.last_id_at().map(|at| at.id),
+            model_rows.last().map(Row::key)
+        );
+        assert_eq!(held.clone().into_rows(), model_rows);
         assert_eq!(held.into_rows(), model_rows);
     }
 

@@ -14,6 +14,7 @@ use crate::domain::{Hour, StreamKey, TimeUs};
 use crate::parquet_out::{self, HourFile, SchemaVersion};
 use crate::seal::merge_into_sealed;
 
+use super::held::HeldRows;
 use super::SealJob;
 
 /// How a seal job ended.
@@ -110,8 +111,9 @@ pub(crate) fn execute_seal(
                 if job.unfilled.is_none() {
                     unfilled = sealed_unfilled;
                 }
-                let (merged, changed) = merge_into_sealed(sealed, std::mem::take(&mut job.rows));
-                job.rows = merged;
+                let held = std::mem::replace(&mut job.rows, HeldRows::new(job.key.kind));
+                let (merged, changed) = merge_into_sealed(sealed, held.into_rows());
+                job.rows = HeldRows::from_rows(job.key.kind, merged);
                 // A file of an older schema version is rewritten in the
                 // current one even when its rows stay the same.
                 let outdated =
@@ -145,7 +147,7 @@ pub(crate) fn execute_seal(
     let file = HourFile {
         key: job.key.clone(),
         hour: job.hour,
-        rows: std::mem::take(&mut job.rows),
+        rows: std::mem::replace(&mut job.rows, HeldRows::new(job.key.kind)),
         unfilled,
         coverage_from: coverage.0,
         coverage_to: coverage.1,
@@ -220,7 +222,7 @@ mod tests {
                 kind: StreamKind::Trade,
             },
             hour,
-            rows,
+            rows: HeldRows::from_rows(StreamKind::Trade, rows),
             first_segment: Some(SegmentId(1)),
             coverage_from: hour.start() + 10,
             coverage_to: hour.end(),
@@ -488,7 +490,7 @@ mod tests {
                 panic!("{fault:?}: the seal must fail")
             };
             assert_eq!(failure.panicked, fault == SealFault::Panic);
-            assert_eq!(failure.job.rows, sent.rows, "{fault:?}");
+            assert_eq!(failure.job.rows.to_vec(), sent.rows.to_vec(), "{fault:?}");
             assert_eq!(failure.job.unfilled, sent.unfilled, "{fault:?}");
             assert_eq!(
                 (failure.job.coverage_from, failure.job.coverage_to),

@@ -178,7 +178,8 @@ impl StreamState {
 pub struct SealJob {
     pub key: StreamKey,
     pub hour: Hour,
-    pub rows: Vec<Row>,
+    /// Sorted and unique by key; still packed (written a slice at a time).
+    pub rows: HeldRows,
     /// The segment the rows came from first, returned with a failure.
     pub first_segment: Option<SegmentId>,
     pub coverage_from: TimeUs,
@@ -1305,13 +1306,17 @@ impl State {
                 {
                     // The file vouches for the whole hour: its aggregates
                     // name every trade id of it.
-                    let spans = job.rows.iter().filter_map(AggSpan::of).collect();
+                    let spans = job
+                        .rows
+                        .rows()
+                        .filter_map(|row| AggSpan::of(&row))
+                        .collect();
                     self.agg_evidence
                         .insert((key.market, key.symbol.clone(), hour), spans);
                 }
                 job.unfilled = Some(unfilled);
-                if let Some(last) = job.rows.last() {
-                    stream.last_sealed = Some(id_at(last));
+                if let Some(last) = job.rows.last_id_at() {
+                    stream.last_sealed = Some(last);
                 }
                 stream.sealed_any = true;
                 stream.in_flight.insert(hour, job.first_segment);
@@ -1533,17 +1538,17 @@ fn make_job(
     market: &MarketState,
     late: bool,
 ) -> SealJob {
-    let (rows, first_segment): (Vec<Row>, Option<SegmentId>) = match open_hour {
-        Some(open_hour) => (open_hour.rows.into_rows(), Some(open_hour.first_segment)),
-        None => (Vec::new(), None),
+    let (rows, first_segment) = match open_hour {
+        Some(open_hour) => (open_hour.rows, Some(open_hour.first_segment)),
+        None => (HeldRows::new(key.kind), None),
     };
     let (coverage_from, coverage_to) = coverage(&market.spans, hour).unwrap_or_else(|| {
         // Rows from before the first watched moment (a trade stamped in the
         // previous hour that arrived first): vouch only for what we hold.
-        let first = rows.first().map_or(hour.start(), Row::bucket_time);
+        let first = rows.first_id_at().map_or(hour.start(), |at| at.time);
         let last = rows
-            .iter()
-            .map(Row::bucket_time)
+            .id_ats()
+            .map(|at| at.time)
             .max()
             .unwrap_or(hour.start());
         (first.max(hour.start()), (last + 1).min(hour.end()))
@@ -1579,13 +1584,6 @@ fn make_late_job(
     }
     job.unfilled = unfilled;
     job
-}
-
-fn id_at(row: &Row) -> IdAt {
-    IdAt {
-        id: row.key(),
-        time: row.bucket_time(),
-    }
 }
 
 /// A duration of exchange time, in µs.
@@ -2298,12 +2296,18 @@ streams = ["trade", "kline_1m"]
         state.apply_fill(SegmentId(2), filled, 10);
         let sealed = only_seal(state.plan(10, 10));
         assert_eq!(
-            sealed.rows.iter().map(Row::key).collect::<Vec<_>>(),
+            sealed
+                .rows
+                .to_vec()
+                .iter()
+                .map(Row::key)
+                .collect::<Vec<_>>(),
             vec![6, 7, 8, 9, 10]
         );
         assert_eq!(
             sealed
                 .rows
+                .to_vec()
                 .iter()
                 .filter(|row| row.source() == Source::Rest)
                 .count(),
@@ -2355,7 +2359,11 @@ streams = ["trade", "kline_1m"]
         apply_corroborated(&mut state, SegmentId(2), trade(8, HOUR_START + 200));
         let sealed = only_seal(state.plan(10, 0));
         assert!(
-            sealed.rows.iter().all(|row| row.source() == Source::Ws),
+            sealed
+                .rows
+                .to_vec()
+                .iter()
+                .all(|row| row.source() == Source::Ws),
             "{:?}",
             sealed.rows
         );
@@ -2452,7 +2460,12 @@ streams = ["trade", "kline_1m"]
         let resealed = only_seal(state.plan(10, 40_000));
         assert!(resealed.late);
         assert_eq!(
-            resealed.rows.iter().map(Row::key).collect::<Vec<_>>(),
+            resealed
+                .rows
+                .to_vec()
+                .iter()
+                .map(Row::key)
+                .collect::<Vec<_>>(),
             vec![8, 9]
         );
         assert_eq!(resealed.unfilled, Some(vec![]));
@@ -2523,7 +2536,12 @@ streams = ["trade", "kline_1m"]
         assert_eq!(state.n_hours_waiting_on_fill(), 0);
         let sealed = only_seal(state.plan(10, 0));
         assert_eq!(
-            sealed.rows.iter().map(Row::key).collect::<Vec<_>>(),
+            sealed
+                .rows
+                .to_vec()
+                .iter()
+                .map(Row::key)
+                .collect::<Vec<_>>(),
             vec![7, 8, 9, 10, 11, 12, 20],
             "what the cut round fetched is kept"
         );
@@ -2554,7 +2572,12 @@ streams = ["trade", "kline_1m"]
         state.apply_fill(SegmentId(2), behind, 0);
         let sealed = only_seal(state.plan(10, 0));
         assert_eq!(
-            sealed.rows.iter().map(Row::key).collect::<Vec<_>>(),
+            sealed
+                .rows
+                .to_vec()
+                .iter()
+                .map(Row::key)
+                .collect::<Vec<_>>(),
             vec![7, 8, 9, 20]
         );
         assert_eq!(
@@ -2685,10 +2708,15 @@ streams = ["trade", "kline_1m"]
         assert_eq!(state.counters.snapshot().fill_answers_from_agg_trades, 1);
         let sealed = only_seal(state.plan(10, 0));
         assert_eq!(
-            sealed.rows.iter().map(Row::key).collect::<Vec<_>>(),
+            sealed
+                .rows
+                .to_vec()
+                .iter()
+                .map(Row::key)
+                .collect::<Vec<_>>(),
             vec![7, 8, 9, 10, 11]
         );
-        assert!(sealed.rows[1..3]
+        assert!(sealed.rows.to_vec()[1..3]
             .iter()
             .all(|row| row.source() == Source::Rest));
         assert_eq!(sealed.unfilled, Some(vec![]));
@@ -2910,9 +2938,9 @@ streams = ["trade", "kline_1m"]
             }
             clock_sample_of_silence(&mut state, HOUR_START + MICROS_PER_HOUR + 2_000_000);
             let sealed = seals(&mut state).into_iter().find(|job| job.key.kind == StreamKind::Trade).expect("trade file");
-            let sealed_keys: Vec<i64> = sealed.rows.iter().map(Row::key).collect();
+            let sealed_keys: Vec<i64> = sealed.rows.to_vec().iter().map(Row::key).collect();
             proptest::prop_assert_eq!(sealed_keys, keys.iter().copied().collect::<Vec<_>>());
-            for row in &sealed.rows {
+            for row in &sealed.rows.to_vec() {
                 let expected = if from_stream.contains(&row.key()) { Source::Ws } else { Source::Rest };
                 proptest::prop_assert_eq!(row.source(), expected);
             }

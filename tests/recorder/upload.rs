@@ -464,7 +464,7 @@ fn seal_with_clock_offset(
     let file = HourFile {
         key,
         hour,
-        rows: (1..=n_rows).map(trade).collect(),
+        rows: (1..=n_rows).map(trade).collect::<Vec<_>>(),
         unfilled,
         coverage_from: hour.start(),
         coverage_to: hour.end(),
