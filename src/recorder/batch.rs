@@ -22,7 +22,9 @@ use crate::metrics::Counters;
 use crate::quarantine::{self, QuarantinedFrame};
 use crate::recorder::records::{checkpoint_record, decode_record, Applied};
 use crate::wal::fs::WalFs;
-use crate::wal::{FsyncPolicy, Record, RecordKind, SegmentId, Wal, WalConfig, WalError, WalWriter};
+use crate::wal::{
+    FsyncPolicy, Record, RecordKind, SegmentId, SyncSchedule, Wal, WalConfig, WalError, WalWriter,
+};
 
 /// The outcome of one WAL batch, computed on a blocking thread.
 pub(super) struct BatchOutcome {
@@ -37,16 +39,80 @@ pub(super) struct BatchOutcome {
     write_seconds: Option<f64>,
 }
 
+/// Records waiting for the next WAL batch. When they are due is the WAL's
+/// own group-commit rule ([`SyncSchedule`], from the first of them), so the
+/// runtime and the writer cannot disagree on what `wal.fsync` means.
+pub(super) struct Pending {
+    records: Vec<Record>,
+    schedule: SyncSchedule,
+    /// Set by the stop: the records waiting now are due at once.
+    at_once: bool,
+}
+
+impl Pending {
+    pub(super) fn new(policy: FsyncPolicy) -> Pending {
+        Pending {
+            records: Vec::new(),
+            schedule: SyncSchedule::new(policy),
+            at_once: false,
+        }
+    }
+
+    pub(super) fn push(&mut self, record: Record) {
+        self.records.push(record);
+        // tokio's clock (paused in tests), kept as the std instant under it.
+        self.schedule.on_append(Instant::now().into_std());
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// When the oldest waiting record arrived.
+    pub(super) fn since(&self) -> Option<Instant> {
+        self.schedule.oldest_unsynced_at().map(Instant::from_std)
+    }
+
+    /// When the waiting records are due, by the group-commit rule.
+    fn deadline(&self) -> Option<Instant> {
+        if self.at_once {
+            return self.since();
+        }
+        self.schedule.deadline().map(Instant::from_std)
+    }
+
+    /// Makes what waits now due at once (the stop's last flush).
+    pub(super) fn due_at_once(&mut self) {
+        self.at_once = true;
+    }
+
+    /// Every waiting record, for a batch.
+    fn take(&mut self) -> Vec<Record> {
+        self.schedule.on_sync();
+        self.at_once = false;
+        std::mem::take(&mut self.records)
+    }
+
+    /// A failed batch's records go back before the ones that came since,
+    /// all waiting from now.
+    fn put_back(&mut self, records: Vec<Record>) {
+        let arrived_since = self.take();
+        for record in records.into_iter().chain(arrived_since) {
+            self.push(record);
+        }
+    }
+}
+
 impl Runtime {
     pub(super) fn sync_deadline(&self) -> Option<Instant> {
         if self.batch.is_some() {
             return None;
         }
-        let since = self.pending_since?;
-        let deadline = match self.config.fsync {
-            FsyncPolicy::EveryRecord => since,
-            FsyncPolicy::Interval(interval) => since + interval,
-        };
+        let deadline = self.pending.deadline()?;
         Some(
             self.wal_retry_at
                 .map_or(deadline, |retry_at| retry_at.max(deadline)),
@@ -71,8 +137,7 @@ impl Runtime {
         if !due {
             return;
         }
-        let records = std::mem::take(&mut self.pending);
-        self.pending_since = None;
+        let records = self.pending.take();
         self.batch_started = Some(Instant::now());
         self.batch_oldest_recv_us = records
             .iter()
@@ -189,7 +254,7 @@ impl Runtime {
                 self.fatal = Some(anyhow::anyhow!("WAL: {error}"));
                 self.wal_lost = true;
             }
-            Err((error, mut records)) => {
+            Err((error, records)) => {
                 // Nothing of the batch was acknowledged: it waits in memory
                 // (the channel then fills and the links are slowed, then
                 // given up; REST fills what they miss) and is written to a
@@ -202,9 +267,7 @@ impl Runtime {
                 if self.wal_failures == 1 || self.wal_failures.is_multiple_of(10) {
                     error!(%error, n_records = records.len(), n_failures = self.wal_failures, retry_in_ms = backoff.as_millis() as u64, "WAL write failed; nothing in this batch was acknowledged, retrying in a new segment");
                 }
-                records.append(&mut self.pending);
-                self.pending = records;
-                self.pending_since = Some(Instant::now());
+                self.pending.put_back(records);
                 self.wal_retry_at = Some(Instant::now() + backoff);
             }
         }

@@ -230,7 +230,6 @@ impl Runtime {
         for part in report.into_parts(FILL_RECORD_MAX_ROWS) {
             self.pending.push(fill_record(&part));
         }
-        self.pending_since.get_or_insert_with(Instant::now);
     }
 
     /// A fill round ended: its report goes through the WAL like a frame and

@@ -44,7 +44,7 @@ use crate::config::Config;
 use crate::domain::{Hour, Market, StreamKey, TimeUs};
 use crate::metrics::health::HealthBoard;
 use crate::metrics::{Counters, GaugeF64, MarketLabels, StreamLabels};
-use crate::recorder::batch::{wait_batch, BatchOutcome};
+use crate::recorder::batch::{wait_batch, BatchOutcome, Pending};
 use crate::recorder::fill_rounds::RunningFill;
 use crate::recorder::pace::ClockPace;
 use crate::recorder::records::{checkpoint_record, frame_record};
@@ -52,7 +52,7 @@ use crate::recorder::startup::{check_symbols, open_and_replay};
 use crate::recorder::tasks::TaskSpawner;
 use crate::service::{ServiceNotifier, StatusFigures, WalProgress};
 use crate::wal::fs::{RealFs, WalFs};
-use crate::wal::{Record, WalConfig, WalWriter};
+use crate::wal::{WalConfig, WalWriter};
 use prometheus_client::metrics::counter::Counter;
 pub(crate) use seal_job::{execute_seal, SealOutcome, SealResult};
 pub use seal_job::{SealFault, SealFaults};
@@ -198,8 +198,7 @@ pub async fn run_with_seams(
         counters: counters.clone(),
         state,
         wal: Some(wal),
-        pending: Vec::new(),
-        pending_since: None,
+        pending: Pending::new(config.fsync),
         batch: None,
         seals: JoinSet::new(),
         seal_faults,
@@ -242,7 +241,6 @@ pub async fn run_with_seams(
                 market: market_config.market.name().into(),
             }));
     }
-    runtime.pending_since = Some(Instant::now());
 
     let (sender, mut receiver) = mpsc::channel(CHANNEL_CAPACITY);
     let tasks = TaskTracker::new();
@@ -318,8 +316,8 @@ struct Runtime {
     state: State,
     /// `None` while a batch job holds it.
     wal: Option<WalWriter>,
-    pending: Vec<Record>,
-    pending_since: Option<Instant>,
+    /// Records waiting for the next WAL batch.
+    pending: Pending,
     batch: Option<JoinHandle<BatchOutcome>>,
     seals: JoinSet<SealOutcome>,
     seal_faults: Option<SealFaults>,
@@ -515,7 +513,7 @@ impl Runtime {
                 "recording"
             );
         }
-        let waiting_since = match (self.pending_since, self.batch_started) {
+        let waiting_since = match (self.pending.since(), self.batch_started) {
             (Some(pending), Some(batch)) => Some(pending.min(batch)),
             (pending, batch) => pending.or(batch),
         };
@@ -593,7 +591,6 @@ impl Runtime {
             } => {
                 Counters::add(&self.counters.frames_received, 1);
                 self.pending.push(frame_record(market, recv_time, &bytes));
-                self.pending_since.get_or_insert_with(Instant::now);
             }
             Inbound::Connected { market, .. } => {
                 Counters::add(&self.counters.connections, 1);
@@ -624,7 +621,6 @@ impl Runtime {
                 };
                 self.state.apply_checkpoint(checkpoint.clone());
                 self.pending.push(checkpoint_record(&checkpoint));
-                self.pending_since.get_or_insert_with(Instant::now);
             }
             Inbound::ClockSample {
                 market,
@@ -787,7 +783,7 @@ impl Runtime {
                     exchange_time,
                 }));
         }
-        self.pending_since = Some(Instant::now() - Duration::from_secs(3600));
+        self.pending.due_at_once();
         while !self.pending.is_empty() {
             self.maybe_start_batch();
             let outcome = wait_batch(&mut self.batch)
