@@ -54,6 +54,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::binance::decode::{decode_frame, Decoded};
 use crate::binance::markets::Route;
 use crate::binance::streams::{combined_stream_name, connection_url, stream_name};
@@ -147,11 +148,7 @@ impl Default for ConnectionSettings {
 impl ConnectionSettings {
     /// Full jitter: a uniform delay in `[0, min(max, initial * 2^attempt)]`.
     pub fn backoff_delay(&self, attempt: u32, random_unit: f64) -> Duration {
-        let ceiling = self
-            .backoff_initial
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.backoff_max);
-        ceiling.mul_f64(random_unit.clamp(0.0, 1.0))
+        Backoff::new(self.backoff_initial, self.backoff_max).full_jitter(attempt, random_unit)
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::{Runtime, MAX_BATCH_RECORDS};
+use crate::backoff::Backoff;
 use crate::binance::decode::Decoded;
 use crate::binance::ws::now_us;
 use crate::domain::{Market, StreamKey, TimeUs};
@@ -38,6 +39,9 @@ pub(super) struct BatchOutcome {
     /// Time the appends and the fsync took, when they succeeded.
     write_seconds: Option<f64>,
 }
+
+/// The pause before a failed batch is written again: 1 s doubling to 30 s.
+const WAL_RETRY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 /// Records waiting for the next WAL batch. When they are due is the WAL's
 /// own group-commit rule ([`SyncSchedule`], from the first of them), so the
@@ -261,9 +265,7 @@ impl Runtime {
                 // new segment once the disk takes it again.
                 self.wal_failures += 1;
                 Counters::add(&self.counters.wal_write_failures, 1);
-                let backoff = Duration::from_secs(1)
-                    .saturating_mul(2u32.saturating_pow(self.wal_failures.min(16) - 1))
-                    .min(Duration::from_secs(30));
+                let backoff = WAL_RETRY_BACKOFF.ceiling(self.wal_failures - 1);
                 if self.wal_failures == 1 || self.wal_failures.is_multiple_of(10) {
                     error!(%error, n_records = records.len(), n_failures = self.wal_failures, retry_in_ms = backoff.as_millis() as u64, "WAL write failed; nothing in this batch was acknowledged, retrying in a new segment");
                 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
+use crate::backoff::Backoff;
 use crate::binance::rest::RestClient;
 use crate::binance::ws::{now_us, run_connection, ConnectionPlan, HandshakeBudget, Inbound};
 use crate::config::MarketConfig;
@@ -96,6 +97,9 @@ impl TaskSpawner<'_> {
     }
 }
 
+/// The pause before a connection task is restarted: 1 s doubling to 60 s.
+const RESTART_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+
 /// Runs one connection task and restarts it whenever it ends or panics
 /// before shutdown, after a pause (1 s doubling to 60 s, reset after an
 /// hour without a restart), counted and logged: its streams are never left
@@ -157,9 +161,7 @@ async fn supervise_connection(
         if started.elapsed() > Duration::from_secs(3600) {
             n_restarts_in_a_row = 0;
         }
-        let pause = Duration::from_secs(1)
-            .saturating_mul(2u32.saturating_pow(n_restarts_in_a_row.min(6)))
-            .min(Duration::from_secs(60));
+        let pause = RESTART_BACKOFF.ceiling(n_restarts_in_a_row);
         n_restarts_in_a_row = n_restarts_in_a_row.saturating_add(1);
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -13,6 +13,7 @@ use tracing::debug;
 
 use super::wire::IdPaged;
 use super::{RestClient, RestError, MAX_PAGE_ROWS};
+use crate::backoff::Backoff;
 use crate::domain::{AggTradeRow, KlineInterval, KlineRow, Symbol, TimeUs, TradeRow};
 
 /// How hard a `fetch_*_range` helper tries.
@@ -63,12 +64,8 @@ impl RetryPolicy {
     }
 
     fn backoff(&self, n_failures: u32) -> Duration {
-        let doubling = 2u32.saturating_pow(n_failures.saturating_sub(1));
-        let capped = self
-            .first_backoff
-            .saturating_mul(doubling)
-            .min(self.max_backoff);
-        capped.mul_f64(0.5 + fastrand::f64() / 2.0)
+        Backoff::new(self.first_backoff, self.max_backoff)
+            .equal_jitter(n_failures.saturating_sub(1), fastrand::f64())
     }
 }
 
