@@ -81,7 +81,7 @@ impl Runtime {
         self.fill_tasks.insert(handle.id(), running);
     }
 
-    /// Samples each market's exchange clock for [`ClockPace`].
+    /// Samples each market's exchange clock for [`ClockPace`](super::pace::ClockPace).
     pub(super) fn observe_paces(&mut self) {
         let now = self.now_ms();
         for market in self.rest_clients.keys() {
@@ -96,7 +96,7 @@ impl Runtime {
 
     /// The host instant the exchange clock reaches `job`'s deadline at its
     /// measured pace: a weight wait past it fails at once
-    /// ([`RestError::OutOfTime`]) and the
+    /// ([`RestError::OutOfTime`](crate::binance::rest::RestError::OutOfTime)) and the
     /// hour seals declared now, rather than all such hours at the deadline.
     /// `None` (no early give-up) for declared retries or before the pace is
     /// known; the deadline itself is held by [`Runtime::cut_overdue_fills`].

@@ -70,7 +70,7 @@ pub(super) struct Link {
     /// (emptied as they deliver; then no frame is looked at for it).
     pub(super) unheard: BTreeSet<String>,
     /// When the last SUBSCRIBE was acknowledged: unheard streams are
-    /// judged from then on ([`judge_unheard`]), once.
+    /// judged from then on ([`judge_unheard`](super::judge_unheard)), once.
     pub(super) subscribed_at: Option<Instant>,
     pub(super) unheard_judged: bool,
     /// The newest data frame of this link.
@@ -131,7 +131,7 @@ impl Link {
     }
 
     /// Every stream of the link is unheard and not judged yet: a route
-    /// question, judged by [`judge_unheard`] before any silence verdict.
+    /// question, judged by [`judge_unheard`](super::judge_unheard) before any silence verdict.
     pub(super) fn awaiting_route_verdict(&self, n_streams: usize) -> bool {
         !self.unheard_judged && self.unheard.len() >= n_streams
     }
