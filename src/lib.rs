@@ -21,6 +21,7 @@
 //! - [`upload`]: sealed files uploaded to `[storage] destination` (S3),
 //!   verified, marked, and then deleted locally past `keep_local_hours`.
 //! - [`quarantine`], [`metrics`]: undecodable frames, counters.
+//! - [`backoff`]: the one exponential back-off rule of every retry loop.
 //!
 //! # Life of one message
 //!
@@ -53,6 +54,7 @@
 // network and the disk, and memory safety must not depend on review.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod binance;
 pub mod config;
 pub mod domain;

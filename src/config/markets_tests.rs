@@ -2,6 +2,7 @@
 //! precedence of a market's table over `[connection]`, each market's own
 //! limits, and the API key source (issue 15).
 
+use super::validate::{is_dated_contract, validate_fill};
 use super::*;
 
 const SPOT_ONLY_NAMES: &str = r#"

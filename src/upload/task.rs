@@ -17,7 +17,7 @@ use super::config::UploadConfig;
 use super::decide::may_delete_local;
 use super::marker::{self, SealedFile, Settled};
 use super::store::{self, UploadError};
-use crate::binance::ws::ConnectionSettings;
+use crate::backoff::Backoff;
 use crate::domain::TimeUs;
 use crate::metrics::health::HealthBoard;
 use crate::metrics::Counters;
@@ -77,7 +77,7 @@ struct Shared {
     health: Arc<HealthBoard>,
     rescan: Arc<AtomicBool>,
     clock: watch::Receiver<Option<TimeUs>>,
-    backoff: ConnectionSettings,
+    backoff: Backoff,
 }
 
 /// Builds the client and spawns the supervised task on `tasks`; it stops
@@ -95,13 +95,9 @@ pub fn spawn(
     let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
     let (clock_sender, clock) = watch::channel(None);
     let rescan = Arc::new(AtomicBool::new(true));
-    // The connection back-off (full jitter, doubling, capped) with the
-    // upload's own bounds: one rule for every retry.
-    let backoff = ConnectionSettings {
-        backoff_initial: config.retry_initial,
-        backoff_max: config.retry_max,
-        ..ConnectionSettings::default()
-    };
+    // The crate's one back-off rule (full jitter, doubling, capped) with
+    // the upload's own bounds.
+    let backoff = Backoff::new(config.retry_initial, config.retry_max);
     info!(destination = %config.destination_url, keep_local_hours = config.keep_local.map(|keep| keep.as_secs() / 3600), "uploading sealed files");
     let shared = Arc::new(Shared {
         config,
@@ -142,7 +138,7 @@ async fn supervise(
         }
         n_restarts = n_restarts.saturating_add(1);
         shared.rescan.store(true, Ordering::Relaxed);
-        let pause = shared.backoff.backoff_delay(n_restarts, fastrand::f64());
+        let pause = shared.backoff.full_jitter(n_restarts, fastrand::f64());
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
@@ -287,7 +283,7 @@ async fn run(
             Err(error) => {
                 n_failures = n_failures.saturating_add(1);
                 Counters::add(&shared.counters.upload_failures, 1);
-                let pause = shared.backoff.backoff_delay(n_failures, fastrand::f64());
+                let pause = shared.backoff.full_jitter(n_failures, fastrand::f64());
                 warn!(file = %relative, %error, n_failures, retry_in_ms = pause.as_millis() as u64, "upload failed; retrying");
                 queue.rotate();
                 retry_at = Some(Instant::now() + pause);

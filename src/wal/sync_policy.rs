@@ -45,6 +45,11 @@ impl SyncSchedule {
         self.n_unsynced_records
     }
 
+    /// When the oldest record not yet synced was appended.
+    pub fn oldest_unsynced_at(&self) -> Option<Instant> {
+        self.oldest_unsynced_at
+    }
+
     /// When the next sync is due, or `None` while nothing is unsynced. The
     /// caller's loop waits for input at most until then.
     pub fn deadline(&self) -> Option<Instant> {

@@ -1,0 +1,224 @@
+//! One open socket of a connection task and what is known about it: the
+//! SUBSCRIBE requests to send (paced) and awaiting replies, the keys seen
+//! per stream for the rotation overlap check, its data rate, and which
+//! streams are still unheard. The task in `mod.rs` drives it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::warn;
+
+use super::silence::DataRate;
+use super::ConnectionSettings;
+use crate::binance::decode::Decoded;
+use crate::binance::streams::{combined_stream_name, stream_name};
+use crate::domain::{Market, StreamKind, Symbol};
+
+/// The stream a frame belongs to and its ordering key (trade id, aggTrade
+/// id, kline event time), for the rotation overlap check.
+pub(super) fn stream_key_of(decoded: &Decoded) -> Option<((Symbol, StreamKind), i64)> {
+    match decoded {
+        Decoded::Row {
+            key,
+            row,
+            event_time,
+        } => {
+            let order = if matches!(key.kind, StreamKind::Kline(_)) {
+                *event_time
+            } else {
+                row.key()
+            };
+            Some(((key.symbol.clone(), key.kind), order))
+        }
+        Decoded::KlineUpdate { key, event_time } => {
+            Some(((key.symbol.clone(), key.kind), *event_time))
+        }
+        _ => None,
+    }
+}
+
+pub(super) type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One open socket and what we know about it.
+pub(super) struct Link {
+    pub(super) number: u64,
+    pub(super) socket: Socket,
+    pub(super) opened: Instant,
+    pub(super) last_frame: Instant,
+    /// SUBSCRIBE requests not sent yet, and those sent awaiting a reply.
+    pub(super) to_send: VecDeque<(u64, Vec<(Symbol, StreamKind)>)>,
+    pub(super) awaiting: HashMap<u64, Vec<(Symbol, StreamKind)>>,
+    pub(super) next_send: Instant,
+    /// Per stream: first and last ordering key seen on this link.
+    pub(super) first_key: BTreeMap<(Symbol, StreamKind), i64>,
+    pub(super) last_key: BTreeMap<(Symbol, StreamKind), i64>,
+    /// Keys are tracked only while a rotation needs them.
+    pub(super) track_keys: bool,
+    /// A data frame of a subscribed stream arrived: the link worked, and
+    /// losing it does not climb the reconnect backoff.
+    pub(super) delivered_data: bool,
+    pub(super) rate: DataRate,
+    /// This link replaces a silent one: the old link is closed as soon as
+    /// this one delivers, as there is nothing to overlap.
+    pub(super) replaces_silent: bool,
+    /// Names of the streams subscribed here that delivered nothing yet
+    /// (emptied as they deliver; then no frame is looked at for it).
+    pub(super) unheard: BTreeSet<String>,
+    /// When the last SUBSCRIBE was acknowledged: unheard streams are
+    /// judged from then on ([`judge_unheard`](super::judge_unheard)), once.
+    pub(super) subscribed_at: Option<Instant>,
+    pub(super) unheard_judged: bool,
+    /// The newest data frame of this link.
+    pub(super) last_data: Option<Instant>,
+}
+
+/// Why a link's read loop stopped.
+pub(super) enum LinkEvent {
+    Frame(Message),
+    Ended(String),
+}
+
+impl Link {
+    pub(super) fn new(
+        number: u64,
+        socket: Socket,
+        streams: &[(Symbol, StreamKind)],
+        settings: &ConnectionSettings,
+    ) -> Link {
+        let now = Instant::now();
+        let to_send = streams
+            .chunks(settings.subscribe_batch.max(1))
+            .enumerate()
+            .map(|(index, batch)| (index as u64 + 1, batch.to_vec()))
+            .collect();
+        Link {
+            number,
+            socket,
+            opened: now,
+            last_frame: now,
+            to_send,
+            awaiting: HashMap::new(),
+            next_send: now,
+            first_key: BTreeMap::new(),
+            last_key: BTreeMap::new(),
+            track_keys: false,
+            delivered_data: false,
+            rate: DataRate::new(now),
+            replaces_silent: false,
+            unheard: streams
+                .iter()
+                .map(|(symbol, kind)| stream_name(symbol, *kind))
+                .collect(),
+            subscribed_at: None,
+            unheard_judged: false,
+            last_data: None,
+        }
+    }
+
+    /// Notes a data frame: it is heard, and the link delivered.
+    pub(super) fn note_data_frame(&mut self, bytes: &[u8], now: Instant) {
+        self.last_data = Some(now);
+        if !self.unheard.is_empty() {
+            if let Some(name) = combined_stream_name(bytes) {
+                self.unheard.remove(name);
+            }
+        }
+    }
+
+    /// Every stream of the link is unheard and not judged yet: a route
+    /// question, judged by [`judge_unheard`](super::judge_unheard) before any silence verdict.
+    pub(super) fn awaiting_route_verdict(&self, n_streams: usize) -> bool {
+        !self.unheard_judged && self.unheard.len() >= n_streams
+    }
+
+    /// Sets `subscribed_at` once every SUBSCRIBE was sent and answered.
+    pub(super) fn note_subscribed(&mut self) {
+        if self.subscribed_at.is_none() && self.to_send.is_empty() && self.awaiting.is_empty() {
+            self.subscribed_at = Some(Instant::now());
+        }
+    }
+
+    pub(super) async fn next_event(&mut self) -> LinkEvent {
+        match self.socket.next().await {
+            None => LinkEvent::Ended("stream ended".to_owned()),
+            Some(Err(error)) => LinkEvent::Ended(format!("read error: {error}")),
+            Some(Ok(message)) => LinkEvent::Frame(message),
+        }
+    }
+
+    /// Sends the next paced SUBSCRIBE if one is due.
+    pub(super) async fn send_due_control(
+        &mut self,
+        settings: &ConnectionSettings,
+    ) -> Result<(), String> {
+        if Instant::now() < self.next_send {
+            return Ok(());
+        }
+        let Some((id, batch)) = self.to_send.pop_front() else {
+            return Ok(());
+        };
+        let names: Vec<String> = batch
+            .iter()
+            .map(|(symbol, kind)| stream_name(symbol, *kind))
+            .collect();
+        let request = json!({"method": "SUBSCRIBE", "params": names, "id": id}).to_string();
+        self.socket
+            .send(Message::text(request))
+            .await
+            .map_err(|error| format!("cannot subscribe: {error}"))?;
+        self.awaiting.insert(id, batch);
+        self.next_send =
+            Instant::now() + Duration::from_secs(1) / settings.max_control_per_sec.max(1);
+        Ok(())
+    }
+
+    pub(super) fn control_deadline(&self) -> Option<Instant> {
+        (!self.to_send.is_empty()).then_some(self.next_send)
+    }
+
+    /// Handles a control reply addressed to this link's SUBSCRIBE requests.
+    pub(super) fn handle_reply(
+        &mut self,
+        market: Market,
+        id: Option<i64>,
+        refused: Option<String>,
+    ) {
+        let Some(id) = id.and_then(|id| u64::try_from(id).ok()) else {
+            return;
+        };
+        let Some(batch) = self.awaiting.remove(&id) else {
+            return;
+        };
+        let Some(reason) = refused else { return };
+        if batch.len() == 1 {
+            let (symbol, kind) = &batch[0];
+            warn!(%market, stream = %stream_name(symbol, *kind), %reason, "subscription refused; the other streams go on");
+            return;
+        }
+        // Find the bad stream(s): ask again one by one.
+        warn!(%market, n_streams = batch.len(), %reason, "subscription batch refused; retrying stream by stream");
+        let next_id = self
+            .awaiting
+            .keys()
+            .chain(self.to_send.iter().map(|(id, _)| id))
+            .max()
+            .copied()
+            .unwrap_or(id)
+            + 1;
+        for (offset, stream) in batch.into_iter().enumerate() {
+            self.to_send
+                .push_back((next_id.max(1000) + offset as u64, vec![stream]));
+        }
+    }
+
+    pub(super) fn note_key(&mut self, stream: (Symbol, StreamKind), key: i64) {
+        self.first_key.entry(stream.clone()).or_insert(key);
+        let last = self.last_key.entry(stream).or_insert(key);
+        *last = (*last).max(key);
+    }
+}

@@ -1,0 +1,707 @@
+//! Stream connections: the only code that owns a WebSocket.
+//!
+//! One task per connection plan (a set of at most `streams_per_connection`
+//! streams of one market). The task keeps a *link* (one socket) alive
+//! forever:
+//!
+//! - it connects to `/stream` (combined wrapper, µs times on spot) and
+//!   subscribes with SUBSCRIBE requests, paced so that our own frames (pongs
+//!   included) stay under Binance's 5 per second; every reply is checked, and
+//!   a refused batch is retried stream by stream so one bad name is logged
+//!   and does not cost the others;
+//! - it passes every data frame on with its local receive time; tungstenite
+//!   answers pings with their payload and flushes the pong on the next read;
+//! - a link that delivered no frame (data or ping) for `dead_after` is dead,
+//!   which also catches half-open TCP;
+//! - it reconnects forever, with exponential backoff, full jitter and a cap,
+//!   and every handshake of every task first takes a slot from a shared
+//!   [`HandshakeBudget`] (Binance: 300 per 5 minutes per IP); a link that
+//!   delivered data (or lived `healthy_after`) resets the backoff, so only
+//!   links that fail before delivering anything climb it;
+//! - before the 24 h lifetime ends (`rotate_after`), and at once on a
+//!   `serverShutdown` event, it rotates make-before-break: a replacement link
+//!   is opened and subscribed, and the old one is closed only once, for every
+//!   stream, the replacement delivered a key the old one delivered too (or
+//!   `rotation_overlap_timeout` passed). Frames seen on both are stored once
+//!   downstream (rows are deduplicated by key).
+//! - a link that still answers pings but whose streams delivered no data for
+//!   a bound learned from their usual rates is *silent* (Binance has been
+//!   seen to keep such a link open for good): [`judge_silence`] decides, and
+//!   the link is rotated make-before-break like above, except that the old
+//!   one is closed as soon as the replacement delivers (a silent link has
+//!   nothing to overlap). A link is judged by the bound only while the
+//!   market's other links deliver ([`MarketActivity`]); when they are all
+//!   quiet the market more likely is, and only `silent_after_max` passes
+//!   judgement.
+//!
+//! Channel policy: frames go to the recorder over a bounded channel. When it
+//! is full the task waits (it stops reading, TCP pushes back on the
+//! exchange). A task that cannot read cannot answer pings, so it waits at
+//! most `max_backpressure_wait`: past that it closes the link, hands over the
+//! frame it holds (waiting as long as needed, since no socket is open), and
+//! reconnects; the disconnect is reported like any other.
+//!
+//! This file is the connection task (connect, subscribe, drive, rotate,
+//! reconnect); `link.rs` holds one socket's state, `silence.rs` the pure
+//! silence judgements and the market's activity, `handshake.rs` the
+//! shared [`HandshakeBudget`].
+
+mod handshake;
+mod link;
+mod silence;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::binance::decode::{decode_frame, Decoded};
+use crate::binance::markets::Route;
+use crate::binance::streams::connection_url;
+use crate::domain::{Market, StreamKind, Symbol, TimeUs};
+use crate::metrics::Counters;
+pub use handshake::HandshakeBudget;
+use link::{stream_key_of, Link, LinkEvent};
+use silence::fastest_push;
+pub use silence::{
+    judge_silence, judge_unheard, kline_push_interval, silence_bound, DataRate, MarketActivity,
+    MarketPeers, Silence, Unheard,
+};
+
+/// What a connection task (or the clock task) tells the recorder.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A text or binary data frame, as received.
+    Frame {
+        market: Market,
+        recv_time: TimeUs,
+        bytes: Vec<u8>,
+    },
+    /// A link was established and its subscription sent.
+    Connected {
+        market: Market,
+        task: usize,
+        link: u64,
+    },
+    /// A link ended. `streams` are the streams it carried; from now until a
+    /// replacement delivers, they may miss data (a gap to check).
+    Disconnected {
+        market: Market,
+        task: usize,
+        link: u64,
+        reason: String,
+        streams: Vec<(Symbol, StreamKind)>,
+    },
+    /// A `/api/v3/time` answer: the exchange's clock and the host clock's
+    /// offset from it (host minus exchange, at the middle of the request).
+    ClockSample {
+        market: Market,
+        server_time: TimeUs,
+        offset_us: i64,
+    },
+    /// Binance refuses this host (HTTP 403 or 451): the daemon stops with
+    /// this message instead of retrying forever.
+    Refused { market: Market, message: String },
+}
+
+/// Connection timing and limits (the `[connection]` config table).
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A link that lived this long resets the backoff, even if it delivered
+    /// no data (a quiet stream); one that delivered data resets it anyway.
+    pub healthy_after: Duration,
+    /// No frame (data or ping) for this long means the link is dead.
+    pub dead_after: Duration,
+    pub connect_timeout: Duration,
+    /// Rotate a link this long after it opened (Binance closes at 24 h).
+    pub rotate_after: Duration,
+    /// How long the old link waits for the replacement to overlap it.
+    pub rotation_overlap_timeout: Duration,
+    /// Our control frames per second per link, leaving room for pongs
+    /// under Binance's 5 incoming frames per second.
+    pub max_control_per_sec: u32,
+    /// Streams per SUBSCRIBE request.
+    pub subscribe_batch: usize,
+    /// Longest wait on a full channel before the link is given up.
+    pub max_backpressure_wait: Duration,
+    /// A link is never judged silent sooner than this...
+    pub silent_after_min: Duration,
+    /// ...and always after this, even while the market's other links are
+    /// quiet too.
+    pub silent_after_max: Duration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            healthy_after: Duration::from_secs(60),
+            dead_after: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            rotate_after: Duration::from_secs(23 * 3600 + 30 * 60),
+            rotation_overlap_timeout: Duration::from_secs(30),
+            max_control_per_sec: 2,
+            subscribe_batch: 100,
+            max_backpressure_wait: Duration::from_secs(10),
+            silent_after_min: Duration::from_secs(20),
+            silent_after_max: Duration::from_secs(600),
+        }
+    }
+}
+
+impl ConnectionSettings {
+    /// Full jitter: a uniform delay in `[0, min(max, initial * 2^attempt)]`.
+    pub fn backoff_delay(&self, attempt: u32, random_unit: f64) -> Duration {
+        Backoff::new(self.backoff_initial, self.backoff_max).full_jitter(attempt, random_unit)
+    }
+}
+
+/// One connection task's streams.
+#[derive(Debug, Clone)]
+pub struct ConnectionPlan {
+    pub market: Market,
+    /// Index of the task, for logs.
+    pub task: usize,
+    pub ws_base_url: String,
+    /// The path the streams are subscribed on first (USD-M: `/public` or
+    /// `/market`; every stream of a plan has the same route).
+    pub route: Route,
+    pub streams: Vec<(Symbol, StreamKind)>,
+    /// Shared by every connection task of the market.
+    pub activity: Arc<MarketActivity>,
+}
+
+/// The local wall clock in epoch µs: the `recv_time` of a frame.
+pub fn now_us() -> TimeUs {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Runs one connection plan until `cancel` fires or the recorder goes away.
+pub async fn run_connection(
+    plan: ConnectionPlan,
+    settings: ConnectionSettings,
+    budget: Arc<HandshakeBudget>,
+    frames: mpsc::Sender<Inbound>,
+    cancel: CancellationToken,
+    counters: Arc<Counters>,
+) {
+    let _member = plan.activity.join();
+    let mut plan = plan;
+    // The route the reference gives, and whether the other one was tried:
+    // a link whose streams all stay silent moves to the other route once;
+    // silent there too, it goes back and stays.
+    let first_route = plan.route;
+    let mut route_tried = false;
+    let mut route_settled = false;
+    let mut attempt: u32 = 0;
+    let mut next_link: u64 = 1;
+    let mut current: Option<Link> = None;
+    loop {
+        let link = match current.take() {
+            Some(link) => link,
+            None => {
+                match open_link(&plan, &settings, &budget, &frames, &cancel, &mut next_link).await {
+                    Some(Ok(link)) => link,
+                    Some(Err(reason)) => {
+                        if !backoff(&plan, &settings, &mut attempt, &reason, &cancel, &counters)
+                            .await
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+        };
+        let outcome = drive_link(
+            &plan,
+            &settings,
+            &budget,
+            &frames,
+            &cancel,
+            link,
+            &mut next_link,
+            plan.route.other().is_some() && !route_settled,
+            &counters,
+        )
+        .await;
+        match outcome {
+            DriveOutcome::Stop => return,
+            DriveOutcome::Replaced(mut replacement) => {
+                if replacement.replaces_silent {
+                    Counters::add(&counters.silent_links_replaced, 1);
+                    replacement.replaces_silent = false;
+                } else {
+                    Counters::add(&counters.rotations, 1);
+                }
+                attempt = 0;
+                current = Some(replacement);
+            }
+            DriveOutcome::Lost {
+                link_number,
+                lived,
+                delivered_data,
+                reason,
+                reroute,
+            } => {
+                if reroute {
+                    let from = plan.route;
+                    if route_tried {
+                        plan.route = first_route;
+                        route_settled = true;
+                        warn!(market = %plan.market, task = plan.task, from = %from, to = %plan.route, "streams silent on both routes: back to the reference's route, no more switching");
+                    } else if let Some(other) = plan.route.other() {
+                        plan.route = other;
+                        route_tried = true;
+                        warn!(market = %plan.market, task = plan.task, from = %from, to = %other, "every stream silent on its route: trying the other route once");
+                    }
+                    Counters::add(&counters.stream_route_switches, 1);
+                }
+                if frames
+                    .send(Inbound::Disconnected {
+                        market: plan.market,
+                        task: plan.task,
+                        link: link_number,
+                        reason: reason.clone(),
+                        streams: plan.streams.clone(),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // A link that worked resets the backoff; one that failed
+                // before delivering anything (accept-then-drop) climbs it.
+                if delivered_data || lived >= settings.healthy_after || reroute {
+                    attempt = 0;
+                }
+                if !backoff(&plan, &settings, &mut attempt, &reason, &cancel, &counters).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps the backoff delay; `false` if cancelled.
+async fn backoff(
+    plan: &ConnectionPlan,
+    settings: &ConnectionSettings,
+    attempt: &mut u32,
+    reason: &str,
+    cancel: &CancellationToken,
+    counters: &Counters,
+) -> bool {
+    let ceiling = settings.backoff_delay(*attempt, 1.0);
+    let delay = settings.backoff_delay(*attempt, fastrand::f64());
+    *attempt = attempt.saturating_add(1);
+    let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Counters::raise(&counters.reconnect_backoff_max_ms, ceiling_ms);
+    warn!(market = %plan.market, task = plan.task, %reason, delay_ms = delay.as_millis() as u64, backoff_ceiling_ms = ceiling_ms, attempt = *attempt, "stream link lost, reconnecting");
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep_until(Instant::now() + delay) => true,
+    }
+}
+
+/// Connects and queues the subscription. `None` when cancelled.
+async fn open_link(
+    plan: &ConnectionPlan,
+    settings: &ConnectionSettings,
+    budget: &HandshakeBudget,
+    frames: &mpsc::Sender<Inbound>,
+    cancel: &CancellationToken,
+    next_link: &mut u64,
+) -> Option<Result<Link, String>> {
+    if !budget.acquire(cancel).await {
+        return None;
+    }
+    let url = connection_url(&plan.ws_base_url, plan.market, plan.route);
+    let connected = tokio::select! {
+        _ = cancel.cancelled() => return None,
+        connected = tokio::time::timeout(settings.connect_timeout, tokio_tungstenite::connect_async(url.as_str())) => connected,
+    };
+    let socket = match connected {
+        Err(_) => return Some(Err("connect timed out".to_owned())),
+        Ok(Err(error)) => return Some(Err(format!("connect failed: {error}"))),
+        Ok(Ok((socket, _response))) => socket,
+    };
+    let number = *next_link;
+    *next_link += 1;
+    info!(market = %plan.market, task = plan.task, link = number, route = %plan.route, n_streams = plan.streams.len(), "stream link established");
+    if frames
+        .send(Inbound::Connected {
+            market: plan.market,
+            task: plan.task,
+            link: number,
+        })
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    Some(Ok(Link::new(number, socket, &plan.streams, settings)))
+}
+
+/// Why a link is replaced make-before-break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RotationCause {
+    /// Its lifetime is ending, or the exchange announced a shutdown: the
+    /// old link delivers until the new one overlaps it.
+    Scheduled,
+    /// It delivers no data: it closes as soon as the new one delivers.
+    Silence,
+}
+
+// A link is replaced about once a day: boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum DriveOutcome {
+    Stop,
+    Replaced(Link),
+    Lost {
+        link_number: u64,
+        lived: Duration,
+        delivered_data: bool,
+        reason: String,
+        /// Every stream of the link was subscribed but silent: try the
+        /// other route.
+        reroute: bool,
+    },
+}
+
+/// Reads `link` (and, during a rotation, its replacement) until it ends.
+#[allow(clippy::too_many_arguments)]
+async fn drive_link(
+    plan: &ConnectionPlan,
+    settings: &ConnectionSettings,
+    budget: &HandshakeBudget,
+    frames: &mpsc::Sender<Inbound>,
+    cancel: &CancellationToken,
+    mut link: Link,
+    next_link: &mut u64,
+    may_reroute: bool,
+    counters: &Counters,
+) -> DriveOutcome {
+    let mut replacement: Option<Link> = None;
+    let mut rotation_deadline: Option<Instant> = None;
+    let mut rotation_wanted: Option<RotationCause> = None;
+    let push_interval = fastest_push(plan.market, &plan.streams);
+    loop {
+        if let Err(reason) = link.send_due_control(settings).await {
+            return lost(link, reason);
+        }
+        if let Some(new_link) = replacement.as_mut() {
+            if let Err(reason) = new_link.send_due_control(settings).await {
+                warn!(market = %plan.market, %reason, "replacement link failed; keeping the current one");
+                replacement = None;
+                rotation_deadline = None;
+            }
+        }
+        if let Some(cause) = rotation_wanted.take().filter(|_| replacement.is_none()) {
+            match open_link(plan, settings, budget, frames, cancel, next_link).await {
+                None => return DriveOutcome::Stop,
+                Some(Err(reason)) => {
+                    warn!(market = %plan.market, %reason, "replacement link failed; keeping the current one")
+                }
+                Some(Ok(mut new_link)) => {
+                    new_link.track_keys = true;
+                    link.track_keys = true;
+                    new_link.rate.learn_from(&link.rate);
+                    new_link.replaces_silent = cause == RotationCause::Silence;
+                    rotation_deadline = Some(Instant::now() + settings.rotation_overlap_timeout);
+                    replacement = Some(new_link);
+                }
+            }
+        }
+        if let (Some(new_link), Some(deadline)) = (replacement.as_ref(), rotation_deadline) {
+            let overlapped = plan.streams.iter().all(|stream| {
+                matches!((new_link.first_key.get(stream), link.last_key.get(stream)), (Some(first_new), Some(last_old)) if first_new <= last_old)
+            });
+            // A silent link has nothing to overlap: what it withheld is
+            // lost on it, and gap fill fetches it from REST.
+            let overlapped = overlapped || (new_link.replaces_silent && new_link.delivered_data);
+            if overlapped || Instant::now() >= deadline {
+                info!(market = %plan.market, task = plan.task, old = link.number, new = new_link.number, overlapped, "rotation done: closing the old link");
+                let _ = link.socket.close(None).await;
+                let mut new_link = replacement.take().expect("checked above");
+                new_link.track_keys = false;
+                return DriveOutcome::Replaced(new_link);
+            }
+        }
+
+        let dead_at = link.last_frame + settings.dead_after;
+        let rotate_at = (replacement.is_none()).then_some(link.opened + settings.rotate_after);
+        let control_at = link
+            .control_deadline()
+            .into_iter()
+            .chain(replacement.as_ref().and_then(Link::control_deadline))
+            .min();
+        // Streams never heard are judged first: a link all of whose
+        // streams are unheard is a route question before a silence one.
+        let judging_unheard =
+            replacement.is_none() && !link.unheard_judged && !link.unheard.is_empty();
+        let unheard_at = match judging_unheard.then(|| {
+            judge_unheard(
+                settings.silent_after_min,
+                settings.silent_after_max,
+                link.subscribed_at,
+                link.last_data,
+                plan.activity.peers(),
+                Instant::now(),
+            )
+        }) {
+            Some(Unheard::Wait(at)) => at,
+            Some(Unheard::Silent) => Some(Instant::now()),
+            None => None,
+        };
+        let all_unheard = link.awaiting_route_verdict(plan.streams.len());
+        // A link being replaced is not judged again.
+        let silence_at = match (replacement.is_none() && !all_unheard).then(|| {
+            judge_silence(
+                settings,
+                push_interval,
+                &link.rate,
+                plan.activity.peers(),
+                Instant::now(),
+            )
+        }) {
+            Some(Silence::CheckAt(at)) => Some(at),
+            Some(Silence::Silent { .. }) => Some(Instant::now()),
+            Some(Silence::Unknown) | None => None,
+        };
+        let wake_at = [
+            Some(dead_at),
+            rotate_at,
+            control_at,
+            rotation_deadline,
+            silence_at,
+            unheard_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("dead_at is always set");
+
+        let (event, from_replacement) = tokio::select! {
+            _ = cancel.cancelled() => {
+                let _ = link.socket.close(None).await;
+                if let Some(mut new_link) = replacement {
+                    let _ = new_link.socket.close(None).await;
+                }
+                return DriveOutcome::Stop;
+            }
+            event = link.next_event() => (event, false),
+            event = next_replacement_event(&mut replacement) => (event, true),
+            _ = tokio::time::sleep_until(wake_at) => {
+                let now = Instant::now();
+                if now >= link.last_frame + settings.dead_after {
+                    let reason = format!("no frame for {:?}: dead link", settings.dead_after);
+                    if let Some(new_link) = replacement.take() {
+                        let _ = link.socket.close(None).await;
+                        warn!(market = %plan.market, %reason, "old link died during rotation; the replacement takes over");
+                        return DriveOutcome::Replaced(new_link);
+                    }
+                    return lost(link, reason);
+                }
+                if replacement.is_none() && now >= link.opened + settings.rotate_after {
+                    info!(market = %plan.market, task = plan.task, link = link.number, "link lifetime ending: rotating make-before-break");
+                    rotation_wanted = Some(RotationCause::Scheduled);
+                }
+                if judging_unheard
+                    && judge_unheard(settings.silent_after_min, settings.silent_after_max, link.subscribed_at, link.last_data, plan.activity.peers(), now) == Unheard::Silent
+                {
+                    link.unheard_judged = true;
+                    Counters::add(&counters.streams_subscribed_silent, link.unheard.len() as u64);
+                    for stream in &link.unheard {
+                        warn!(market = %plan.market, task = plan.task, link = link.number, route = %plan.route, %stream, bound_ms = settings.silent_after_min.as_millis() as u64, "stream subscribed but silent while the market delivers");
+                    }
+                    if all_unheard && may_reroute {
+                        let _ = link.socket.close(None).await;
+                        let reason = format!("every stream silent on route {}", plan.route);
+                        return DriveOutcome::Lost {
+                            link_number: link.number,
+                            lived: link.opened.elapsed(),
+                            delivered_data: link.delivered_data,
+                            reason,
+                            reroute: true,
+                        };
+                    }
+                }
+                if replacement.is_none() && rotation_wanted.is_none() && !link.awaiting_route_verdict(plan.streams.len()) {
+                    let verdict = judge_silence(settings, push_interval, &link.rate, plan.activity.peers(), now);
+                    if let Silence::Silent { silence, bound } = verdict {
+                        warn!(market = %plan.market, task = plan.task, link = link.number, silence_ms = silence.as_millis() as u64, bound_ms = bound.as_millis() as u64, "link answers pings but delivers no data: replacing it make-before-break");
+                        rotation_wanted = Some(RotationCause::Silence);
+                        // If the replacement cannot be opened, the next
+                        // try waits for another bound (no handshake storm).
+                        link.rate.excuse_until(now);
+                    }
+                }
+                continue;
+            }
+        };
+        let message = match event {
+            LinkEvent::Ended(reason) => {
+                if from_replacement {
+                    warn!(market = %plan.market, %reason, "replacement link ended; keeping the current one");
+                    replacement = None;
+                    rotation_deadline = None;
+                    continue;
+                }
+                if let Some(new_link) = replacement.take() {
+                    info!(market = %plan.market, %reason, "old link ended during rotation; the replacement takes over");
+                    return DriveOutcome::Replaced(new_link);
+                }
+                return lost(link, reason);
+            }
+            LinkEvent::Frame(Message::Close(frame)) => {
+                let reason = format!("closed by server: {frame:?}");
+                if from_replacement {
+                    warn!(market = %plan.market, %reason, "replacement link closed; keeping the current one");
+                    replacement = None;
+                    rotation_deadline = None;
+                    continue;
+                }
+                if let Some(new_link) = replacement.take() {
+                    info!(market = %plan.market, %reason, "old link closed during rotation; the replacement takes over");
+                    return DriveOutcome::Replaced(new_link);
+                }
+                return lost(link, reason);
+            }
+            LinkEvent::Frame(message) => message,
+        };
+        let receiving = if from_replacement {
+            replacement.as_mut().expect("event came from it")
+        } else {
+            &mut link
+        };
+        let received_at = Instant::now();
+        receiving.last_frame = received_at;
+        let recv_time = now_us();
+        let bytes = match message {
+            Message::Text(text) => text.as_bytes().to_vec(),
+            Message::Binary(bytes) => bytes.to_vec(),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => continue,
+        };
+        // Control replies and serverShutdown are not in the combined
+        // wrapper; a rotation also needs the keys of data frames.
+        let is_data = is_data_frame(&bytes);
+        receiving.delivered_data |= is_data;
+        if is_data {
+            receiving.note_data_frame(&bytes, received_at);
+            receiving.rate.note_data(received_at);
+            plan.activity.note_data(received_at);
+        }
+        if !is_data || receiving.track_keys {
+            match decode_frame(plan.market, &bytes, recv_time) {
+                Ok(Decoded::ControlReply(reply)) => {
+                    let refused = reply
+                        .outcome
+                        .err()
+                        .map(|error| format!("code {}: {}", error.code, error.message));
+                    receiving.handle_reply(plan.market, reply.id, refused);
+                    receiving.note_subscribed();
+                }
+                Ok(Decoded::ServerShutdown { .. }) => {
+                    if !from_replacement && rotation_deadline.is_none() {
+                        info!(market = %plan.market, task = plan.task, link = receiving.number, "serverShutdown: rotating make-before-break");
+                        rotation_wanted = Some(RotationCause::Scheduled);
+                    }
+                }
+                Ok(decoded) => {
+                    if let Some((stream, key)) = stream_key_of(&decoded) {
+                        receiving.note_key(stream, key);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        let inbound = Inbound::Frame {
+            market: plan.market,
+            recv_time,
+            bytes,
+        };
+        match tokio::time::timeout(settings.max_backpressure_wait, frames.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(inbound);
+                // Time spent waiting for the recorder is not the exchange's
+                // silence: the dead-link clock restarts once we read again,
+                // and neither link is judged silent for it.
+                let now = Instant::now();
+                let receiving = if from_replacement {
+                    replacement.as_mut().expect("event came from it")
+                } else {
+                    &mut link
+                };
+                receiving.last_frame = receiving.last_frame.max(now);
+                link.rate.excuse_until(now);
+                if let Some(new_link) = replacement.as_mut() {
+                    new_link.rate.excuse_until(now);
+                }
+            }
+            Ok(Err(_)) => return DriveOutcome::Stop,
+            Err(_) => {
+                // The recorder is too slow: give up the link rather than
+                // miss pings, but hand over the frame in hand first.
+                let _ = link.socket.close(None).await;
+                if let Some(mut new_link) = replacement.take() {
+                    let _ = new_link.socket.close(None).await;
+                }
+                warn!(market = %plan.market, task = plan.task, "recorder backlog: link closed, reconnecting after the backlog drains");
+                if frames.send(inbound).await.is_err() {
+                    return DriveOutcome::Stop;
+                }
+                return lost(
+                    link,
+                    "recorder backlog (backpressure wait exceeded)".to_owned(),
+                );
+            }
+        }
+    }
+}
+
+async fn next_replacement_event(replacement: &mut Option<Link>) -> LinkEvent {
+    match replacement.as_mut() {
+        Some(link) => link.next_event().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn lost(link: Link, reason: String) -> DriveOutcome {
+    DriveOutcome::Lost {
+        link_number: link.number,
+        lived: link.opened.elapsed(),
+        delivered_data: link.delivered_data,
+        reason,
+        reroute: false,
+    }
+}
+
+/// A combined-stream data frame (not a control reply, not `serverShutdown`).
+fn is_data_frame(bytes: &[u8]) -> bool {
+    bytes.starts_with(br#"{"stream":""#) && !bytes.starts_with(br#"{"stream":"!"#)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let settings = ConnectionSettings::default();
+        assert_eq!(settings.backoff_delay(0, 1.0), Duration::from_millis(250));
+        assert_eq!(settings.backoff_delay(3, 1.0), Duration::from_secs(2));
+        assert_eq!(settings.backoff_delay(30, 1.0), Duration::from_secs(30));
+        assert_eq!(settings.backoff_delay(5, 0.0), Duration::ZERO);
+        assert_eq!(settings.backoff_delay(2, 0.5), Duration::from_millis(500));
+    }
+}

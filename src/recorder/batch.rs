@@ -1,0 +1,513 @@
+//! Group commit: the runtime's pending records go to the WAL in one batch
+//! on a blocking thread (append, fsync, delete the segments no unsealed hour
+//! needs, then decode), at most `wal.fsync_interval_ms` after the first of
+//! them or at once when [`MAX_BATCH_RECORDS`] wait. A failed batch is kept in
+//! memory and written to a new segment after a back-off; the applied
+//! records reach the state only once durable.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::{Runtime, MAX_BATCH_RECORDS};
+use crate::backoff::Backoff;
+use crate::binance::decode::Decoded;
+use crate::binance::ws::now_us;
+use crate::domain::{Market, StreamKey, TimeUs};
+use crate::metrics::Counters;
+use crate::quarantine::{self, QuarantinedFrame};
+use crate::recorder::records::{checkpoint_record, decode_record, Applied};
+use crate::wal::fs::WalFs;
+use crate::wal::{
+    FsyncPolicy, Record, RecordKind, SegmentId, SyncSchedule, Wal, WalConfig, WalError, WalWriter,
+};
+
+/// The outcome of one WAL batch, computed on a blocking thread.
+pub(super) struct BatchOutcome {
+    wal: Option<WalWriter>,
+    /// On failure: the records, to append again after reopening.
+    result: Result<Vec<Applied>, (WalError, Vec<Record>)>,
+    n_frames: u64,
+    n_quarantined: u64,
+    /// Bytes of the WAL's segments after the batch (and any deletion).
+    wal_bytes: Option<u64>,
+    /// Time the appends and the fsync took, when they succeeded.
+    write_seconds: Option<f64>,
+}
+
+/// The pause before a failed batch is written again: 1 s doubling to 30 s.
+const WAL_RETRY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+
+/// Records waiting for the next WAL batch. When they are due is the WAL's
+/// own group-commit rule ([`SyncSchedule`], from the first of them), so the
+/// runtime and the writer cannot disagree on what `wal.fsync` means.
+pub(super) struct Pending {
+    records: Vec<Record>,
+    schedule: SyncSchedule,
+    /// Set by the stop: the records waiting now are due at once.
+    at_once: bool,
+}
+
+impl Pending {
+    pub(super) fn new(policy: FsyncPolicy) -> Pending {
+        Pending {
+            records: Vec::new(),
+            schedule: SyncSchedule::new(policy),
+            at_once: false,
+        }
+    }
+
+    pub(super) fn push(&mut self, record: Record) {
+        self.records.push(record);
+        // tokio's clock (paused in tests), kept as the std instant under it.
+        self.schedule.on_append(Instant::now().into_std());
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// When the oldest waiting record arrived.
+    pub(super) fn since(&self) -> Option<Instant> {
+        self.schedule.oldest_unsynced_at().map(Instant::from_std)
+    }
+
+    /// When the waiting records are due, by the group-commit rule.
+    fn deadline(&self) -> Option<Instant> {
+        if self.at_once {
+            return self.since();
+        }
+        self.schedule.deadline().map(Instant::from_std)
+    }
+
+    /// Makes what waits now due at once (the stop's last flush).
+    pub(super) fn due_at_once(&mut self) {
+        self.at_once = true;
+    }
+
+    /// Every waiting record, for a batch.
+    fn take(&mut self) -> Vec<Record> {
+        self.schedule.on_sync();
+        self.at_once = false;
+        std::mem::take(&mut self.records)
+    }
+
+    /// A failed batch's records go back before the ones that came since,
+    /// all waiting from now.
+    fn put_back(&mut self, records: Vec<Record>) {
+        let arrived_since = self.take();
+        for record in records.into_iter().chain(arrived_since) {
+            self.push(record);
+        }
+    }
+}
+
+impl Runtime {
+    pub(super) fn sync_deadline(&self) -> Option<Instant> {
+        if self.batch.is_some() {
+            return None;
+        }
+        let deadline = self.pending.deadline()?;
+        Some(
+            self.wal_retry_at
+                .map_or(deadline, |retry_at| retry_at.max(deadline)),
+        )
+    }
+
+    /// Starts a WAL batch when one is due and none is running: group commit.
+    pub(super) fn maybe_start_batch(&mut self) {
+        if self.batch.is_some() || self.pending.is_empty() {
+            return;
+        }
+        if self
+            .wal_retry_at
+            .is_some_and(|retry_at| Instant::now() < retry_at)
+        {
+            return;
+        }
+        let due = self.pending.len() >= MAX_BATCH_RECORDS
+            || self
+                .sync_deadline()
+                .is_some_and(|deadline| deadline <= Instant::now());
+        if !due {
+            return;
+        }
+        let records = self.pending.take();
+        self.batch_started = Some(Instant::now());
+        self.batch_oldest_recv_us = records
+            .iter()
+            .filter(|record| record.kind == RecordKind::WsFrame)
+            .map(|record| record.recv_time_us)
+            .min();
+        let wal = self.wal.take();
+        let checkpoints: Vec<Record> = self
+            .state
+            .checkpoints()
+            .iter()
+            .map(checkpoint_record)
+            .collect();
+        let pinned = self.state.oldest_pinned_segment();
+        let wal_config = self.wal_config.clone();
+        let wal_fs = self.wal_fs.clone();
+        let n_buffered = (records.len() + self.pending.len()) as u64;
+        Counters::raise(&self.counters.frames_buffered_max, n_buffered);
+        let quarantine_dir = self.config.quarantine_dir.clone();
+        self.batch = Some(tokio::task::spawn_blocking(move || {
+            write_batch(
+                wal,
+                wal_config,
+                wal_fs,
+                records,
+                checkpoints,
+                pinned,
+                &quarantine_dir,
+            )
+        }));
+    }
+
+    pub(super) async fn finish_batch(&mut self, outcome: BatchOutcome) {
+        self.wal = outcome.wal;
+        self.batch_started = None;
+        Counters::add(&self.counters.frames_quarantined, outcome.n_quarantined);
+        if let Some(wal_bytes) = outcome.wal_bytes {
+            Counters::set(&self.counters.wal_bytes, wal_bytes);
+        }
+        match outcome.result {
+            Ok(applied) => {
+                if self.wal_failures > 0 {
+                    info!(n_failures = self.wal_failures, "WAL writes succeed again");
+                    self.wal_failures = 0;
+                    self.wal_retry_at = None;
+                }
+                Counters::add(&self.counters.wal_syncs, 1);
+                self.last_commit = Instant::now();
+                if let Some(seconds) = outcome.write_seconds {
+                    self.counters.wal_fsync_seconds.observe(seconds);
+                }
+                if let Some(oldest) = self.batch_oldest_recv_us {
+                    let waited_us = now_us().saturating_sub(oldest).max(0);
+                    self.counters
+                        .receive_to_durable_seconds
+                        .observe(waited_us as f64 / 1e6);
+                }
+                Counters::add(&self.counters.frames_durable, outcome.n_frames);
+                let now = self.now_ms();
+                let mut seen: HashMap<StreamKey, (u64, TimeUs)> = HashMap::new();
+                for item in applied {
+                    match item {
+                        Applied::Frame {
+                            market,
+                            segment,
+                            decoded,
+                        } => {
+                            if let Decoded::Row {
+                                key, event_time, ..
+                            }
+                            | Decoded::KlineUpdate { key, event_time } = &decoded
+                            {
+                                let is_row = u64::from(matches!(decoded, Decoded::Row { .. }));
+                                match seen.get_mut(key) {
+                                    Some((n_rows, newest)) => {
+                                        *n_rows += is_row;
+                                        *newest = (*newest).max(*event_time);
+                                    }
+                                    None => {
+                                        seen.insert(key.clone(), (is_row, *event_time));
+                                    }
+                                }
+                            }
+                            self.state.apply(market, segment, decoded)
+                        }
+                        Applied::Checkpoint(_) => {}
+                        Applied::Fill { segment, report } => {
+                            self.state.apply_fill(segment, report, now)
+                        }
+                    }
+                }
+                self.observe_streams(seen);
+                let rejected = self.state.take_rejected();
+                if !rejected.is_empty() {
+                    // Rare (a lying feed), small, and already durable in the WAL.
+                    let directory = self.config.quarantine_dir.clone();
+                    let written = tokio::task::spawn_blocking(move || {
+                        quarantine::append(&directory, &rejected)
+                    })
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        error!(
+                            ?written,
+                            "cannot write implausible rows to the quarantine; they stay in the WAL"
+                        );
+                    }
+                }
+            }
+            Err((error, _)) if error.retry() == crate::wal::Retry::Never => {
+                // Retrying cannot help (a segment this release cannot read,
+                // a bad config): stop, loudly, rather than retry forever.
+                // What was acknowledged is in the WAL.
+                error!(%error, "WAL error that no retry can fix; stopping");
+                self.fatal = Some(anyhow::anyhow!("WAL: {error}"));
+                self.wal_lost = true;
+            }
+            Err((error, records)) => {
+                // Nothing of the batch was acknowledged: it waits in memory
+                // (the channel then fills and the links are slowed, then
+                // given up; REST fills what they miss) and is written to a
+                // new segment once the disk takes it again.
+                self.wal_failures += 1;
+                Counters::add(&self.counters.wal_write_failures, 1);
+                let backoff = WAL_RETRY_BACKOFF.ceiling(self.wal_failures - 1);
+                if self.wal_failures == 1 || self.wal_failures.is_multiple_of(10) {
+                    error!(%error, n_records = records.len(), n_failures = self.wal_failures, retry_in_ms = backoff.as_millis() as u64, "WAL write failed; nothing in this batch was acknowledged, retrying in a new segment");
+                }
+                self.pending.put_back(records);
+                self.wal_retry_at = Some(Instant::now() + backoff);
+            }
+        }
+    }
+}
+
+pub(super) async fn wait_batch(
+    batch: &mut Option<JoinHandle<BatchOutcome>>,
+) -> Result<BatchOutcome, tokio::task::JoinError> {
+    let Some(handle) = batch.as_mut() else {
+        return std::future::pending().await;
+    };
+    let outcome = handle.await;
+    *batch = None;
+    outcome
+}
+
+/// Frames quarantined by this process, for log throttling only.
+static TOTAL_QUARANTINED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Appends and syncs one batch, then decodes it. Runs on a blocking thread.
+fn write_batch(
+    wal: Option<WalWriter>,
+    wal_config: WalConfig,
+    wal_fs: Arc<dyn WalFs>,
+    records: Vec<Record>,
+    checkpoints: Vec<Record>,
+    pinned: Option<SegmentId>,
+    quarantine_dir: &Path,
+) -> BatchOutcome {
+    let n_frames = records
+        .iter()
+        .filter(|record| record.kind == RecordKind::WsFrame)
+        .count() as u64;
+    let mut wal = match wal {
+        Some(wal) if !wal.is_failed() => wal,
+        _ => match Wal::open_with_fs(wal_config, wal_fs) {
+            // A failed writer is never used again (no fsync retry on the
+            // same file): a new segment takes the unacknowledged records.
+            Ok((wal, _report)) => wal,
+            Err(error) => {
+                return BatchOutcome {
+                    wal: None,
+                    result: Err((error, records)),
+                    n_frames,
+                    n_quarantined: 0,
+                    wal_bytes: None,
+                    write_seconds: None,
+                }
+            }
+        },
+    };
+    // This batch's rows land in this segment or later ones; the state has
+    // not seen them yet, so they pin it until they are applied.
+    let first_written = wal.active_segment();
+    let mut segments = Vec::with_capacity(records.len());
+    let mut too_large = Vec::new();
+    let write_started = std::time::Instant::now();
+    let appended = (|| -> Result<(), WalError> {
+        for record in &records {
+            if wal.roll_due() {
+                wal.roll()?;
+                for checkpoint in &checkpoints {
+                    wal.append(checkpoint)?;
+                }
+            }
+            match wal.append(record) {
+                Ok(position) => segments.push(Some(position.segment)),
+                // Retrying cannot help a record over the WAL's limit (the
+                // writer stays usable): it is set aside, the rest go on.
+                Err(WalError::RecordTooLarge { len, max }) => {
+                    segments.push(None);
+                    too_large.push((len, max));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        wal.sync()
+    })();
+    if let Err(error) = appended {
+        return BatchOutcome {
+            wal: Some(wal),
+            result: Err((error, records)),
+            n_frames,
+            n_quarantined: 0,
+            wal_bytes: None,
+            write_seconds: None,
+        };
+    }
+    if let Some(upto) = deletable_upto(&wal.segments(), first_written, pinned) {
+        match wal.delete_segments_upto(upto) {
+            Ok(deleted) => debug!(
+                ?deleted,
+                "WAL segments deleted: every hour they fed is sealed"
+            ),
+            Err(error) => warn!(%error, "cannot delete WAL segments; will retry"),
+        }
+    }
+    let write_seconds = write_started.elapsed().as_secs_f64();
+    let wal_bytes = wal.bytes_on_disk();
+    let mut applied = Vec::with_capacity(records.len());
+    let mut quarantined = Vec::new();
+    for (record, segment) in records.iter().zip(segments) {
+        let Some(segment) = segment else {
+            // Kept in the quarantine in part: it cannot be made durable whole.
+            const KEPT_BYTES: usize = 4096;
+            let market = record
+                .payload
+                .first()
+                .and_then(|tag| Market::from_wal_tag(*tag))
+                .unwrap_or(Market::Spot);
+            let kept = &record.payload[..record.payload.len().min(KEPT_BYTES)];
+            quarantined.push(QuarantinedFrame {
+                market,
+                recv_time_us: record.recv_time_us,
+                error: format!(
+                    "record of {} bytes is over the WAL's limit; not recorded (first {KEPT_BYTES} bytes kept)",
+                    record.payload.len()
+                ),
+                frame: String::from_utf8_lossy(kept).into_owned(),
+            });
+            continue;
+        };
+        match decode_record(segment, record) {
+            Ok(Some(item)) => applied.push(item),
+            Ok(None) => {}
+            Err(frame) => quarantined.push(frame),
+        }
+    }
+    let n_quarantined = quarantined.len() as u64;
+    if !quarantined.is_empty() {
+        // Logged once for the first frame, then at each power of ten, so a
+        // flood of bad frames cannot flood the log; the counter has them all.
+        let total_before =
+            TOTAL_QUARANTINED.fetch_add(n_quarantined, std::sync::atomic::Ordering::Relaxed);
+        let total_after = total_before + n_quarantined;
+        if total_before == 0 || total_before.ilog10() != total_after.ilog10() {
+            warn!(total = total_after, first_error = %quarantined[0].error, "frames could not be decoded; kept in quarantine");
+        }
+        if let Err(error) = quarantine::append(quarantine_dir, &quarantined) {
+            error!(%error, "cannot write the quarantine; the frames stay in the WAL");
+        }
+    }
+    BatchOutcome {
+        wal: Some(wal),
+        result: Ok(applied),
+        n_frames,
+        n_quarantined,
+        wal_bytes: Some(wal_bytes),
+        write_seconds: Some(write_seconds),
+    }
+}
+
+/// Pure: the newest segment that may be deleted, when there is one on disk
+/// (`segments`, in id order) to delete. Kept: every segment from the oldest
+/// one holding a row of an unsealed or in-flight hour (`pinned`), and every
+/// segment from `first_written`, the one the batch being applied started
+/// in (its rows are not in the state yet, so they pin nothing yet).
+pub(crate) fn deletable_upto(
+    segments: &[SegmentId],
+    first_written: SegmentId,
+    pinned: Option<SegmentId>,
+) -> Option<SegmentId> {
+    let keep_from = pinned.map_or(first_written, |pinned| pinned.min(first_written));
+    segments
+        .iter()
+        .copied()
+        .take_while(|segment| *segment < keep_from)
+        .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recorder::records::frame_record;
+    use crate::recorder::state::Checkpoint;
+    use crate::wal::fs::RealFs;
+
+    #[test]
+    fn a_record_over_the_wal_limit_is_quarantined_and_the_batch_goes_on() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let wal_config = WalConfig {
+            dir: root.path().join("wal"),
+            segment_max_bytes: 1024 * 1024,
+            fsync: FsyncPolicy::EveryRecord,
+        };
+        let checkpoint = checkpoint_record(&Checkpoint::SessionStart {
+            market: "spot".into(),
+        });
+        let huge = frame_record(
+            Market::Spot,
+            7,
+            &vec![b'x'; crate::wal::MAX_PAYLOAD_LEN + 1],
+        );
+        let outcome = write_batch(
+            None,
+            wal_config,
+            Arc::new(RealFs),
+            vec![checkpoint.clone(), huge, checkpoint],
+            Vec::new(),
+            None,
+            &root.path().join("quarantine"),
+        );
+        let Ok(applied) = outcome.result else {
+            panic!("the batch must go on without the huge record")
+        };
+        assert_eq!(applied.len(), 2);
+        assert_eq!(outcome.n_quarantined, 1);
+        let quarantine =
+            std::fs::read_to_string(root.path().join("quarantine/spot/1970-01-01.jsonl"))
+                .expect("quarantined");
+        assert!(quarantine.contains("over the WAL's limit"), "{quarantine}");
+    }
+
+    #[test]
+    fn segments_are_deletable_below_the_oldest_pinned_and_the_batch_being_written() {
+        let ids = |list: &[u64]| list.iter().copied().map(SegmentId).collect::<Vec<_>>();
+        let on_disk = ids(&[3, 4, 5, 6, 7]);
+        // Nothing pinned: everything below the batch's first segment goes.
+        assert_eq!(
+            deletable_upto(&on_disk, SegmentId(7), None),
+            Some(SegmentId(6))
+        );
+        // A pinned hour keeps its segment and every later one.
+        assert_eq!(
+            deletable_upto(&on_disk, SegmentId(7), Some(SegmentId(5))),
+            Some(SegmentId(4))
+        );
+        // The batch started in an older segment than the pin (it rolled).
+        assert_eq!(
+            deletable_upto(&on_disk, SegmentId(4), Some(SegmentId(6))),
+            Some(SegmentId(3))
+        );
+        // Nothing older than what is kept: no deletion (and no directory fsync).
+        assert_eq!(
+            deletable_upto(&on_disk, SegmentId(7), Some(SegmentId(3))),
+            None
+        );
+        assert_eq!(deletable_upto(&ids(&[7]), SegmentId(7), None), None);
+    }
+}
