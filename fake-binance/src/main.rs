@@ -40,6 +40,10 @@ struct Arguments {
     /// Replay these files (captures or CSVs) instead of the model.
     #[arg(long, num_args = 1..)]
     replay: Vec<PathBuf>,
+    /// With --replay: start the simulated clock this many simulated seconds
+    /// before the first event, so a client can subscribe before data flows.
+    #[arg(long, default_value_t = 0)]
+    replay_lead_in_secs: u64,
     /// Random faults per minute (chaos mode); off when absent.
     #[arg(long)]
     chaos_per_minute: Option<f64>,
@@ -119,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     if !arguments.replay.is_empty() {
         config.replay = Some(ReplayConfig {
             files: arguments.replay.clone(),
-            lead_in: Duration::ZERO,
+            lead_in: Duration::from_secs(arguments.replay_lead_in_secs),
         });
     }
     if let Some(per_minute) = arguments.chaos_per_minute {
