@@ -173,6 +173,35 @@ pub struct ReplayConfig {
     pub lead_in: Duration,
 }
 
+/// Firehose mode (benchmarks, see `firehose.rs`): pre-serialised
+/// combined-stream aggTrade frames of the configured symbols, round robin,
+/// sent to a connection subscribed to all of them as fast as it reads, or at
+/// `rate_per_sec`, until `frames` are sent or `max_duration` (real time) has
+/// passed since the first. The simulated market still runs for REST.
+#[derive(Debug, Clone)]
+pub struct FirehoseConfig {
+    /// Frames to send at most.
+    pub frames: u64,
+    /// Real time the blast may last at most, from its first frame.
+    pub max_duration: Duration,
+    /// Frames per second; `None`: as fast as the client reads.
+    pub rate_per_sec: Option<u64>,
+    /// Exchange (trade) time between two consecutive frames, all symbols
+    /// together, in µs; the first frame is at `sim_start_us`.
+    pub step_us: i64,
+}
+
+impl Default for FirehoseConfig {
+    fn default() -> FirehoseConfig {
+        FirehoseConfig {
+            frames: 1_000_000,
+            max_duration: Duration::from_secs(60),
+            rate_per_sec: None,
+            step_us: 1_000,
+        }
+    }
+}
+
 /// Random faults at a mean rate, chosen from a list, reproducible from a seed.
 #[derive(Debug, Clone)]
 pub struct ChaosConfig {
@@ -219,6 +248,9 @@ pub struct FakeConfig {
     /// as uncertain (4.4 ⚠: Binance's connector comment says `market`); this
     /// stands for the day it moves, to test a recorder's recovery.
     pub usdm_trade_on_market: bool,
+    /// Firehose mode (benchmarks): WebSocket connections get pre-serialised
+    /// aggTrade frames instead of the simulated market's events.
+    pub firehose: Option<FirehoseConfig>,
 }
 
 impl Default for FakeConfig {
@@ -240,6 +272,7 @@ impl Default for FakeConfig {
             chaos: None,
             api_keys: Vec::new(),
             usdm_trade_on_market: false,
+            firehose: None,
         }
     }
 }
@@ -292,6 +325,26 @@ impl FakeConfig {
                 "limits.weight_window",
                 "windows must be non-zero".to_owned(),
             );
+        }
+        if let Some(firehose) = &self.firehose {
+            if firehose.step_us <= 0 {
+                return invalid(
+                    "firehose.step_us",
+                    format!("must be positive, got {}", firehose.step_us),
+                );
+            }
+            if firehose.max_duration.is_zero() {
+                return invalid("firehose.max_duration", "must be non-zero".to_owned());
+            }
+            if firehose.rate_per_sec == Some(0) {
+                return invalid(
+                    "firehose.rate_per_sec",
+                    "must be positive (None: as fast as the client reads)".to_owned(),
+                );
+            }
+            if self.symbols.is_empty() {
+                return invalid("symbols", "the firehose needs a symbol".to_owned());
+            }
         }
         if let Some(chaos) = &self.chaos {
             if !(chaos.mean_faults_per_minute.is_finite() && chaos.mean_faults_per_minute > 0.0) {

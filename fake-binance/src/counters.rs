@@ -54,6 +54,11 @@ pub struct Counters {
     pub rest_used_weight: u64,
     /// The most weight used in any one window so far.
     pub rest_used_weight_max: u64,
+    /// Firehose mode: frames written and flushed (also counted under
+    /// `aggTrade` in `ws_frames_sent`).
+    pub firehose_frames_sent: u64,
+    /// Firehose mode: the count or the time limit was reached.
+    pub firehose_finished: bool,
 }
 
 /// The live counters behind a lock; cheap enough at the fake's event rates.

@@ -15,6 +15,8 @@
 //! * `rest` over `http`: REST endpoints with weights and bans; `control`: the
 //!   fault/counters/ground-truth endpoint.
 //! * `truth`: [`GroundTruth`], what the recorder should have stored.
+//! * `firehose`: benchmark mode ([`FirehoseConfig`]), pre-serialised aggTrade
+//!   frames as fast as the client reads, beside (not through) the driver.
 //!
 //! # Life of a trade
 //!
@@ -45,6 +47,7 @@ mod clock;
 mod control;
 mod driver;
 mod events;
+mod firehose;
 mod http;
 mod market;
 mod model;
@@ -66,7 +69,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use config::{ChaosConfig, ConfigError, FakeConfig, Limits, Market, ReplayConfig};
+pub use config::{
+    ChaosConfig, ConfigError, FakeConfig, FirehoseConfig, Limits, Market, ReplayConfig,
+};
 pub use counters::Counters;
 pub use faults::{Fault, Lie};
 pub use interval::KlineInterval;
@@ -130,6 +135,19 @@ impl FakeExchange {
             .validate()
             .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
         let (books, sim_start_us, replay_mode) = build_books(&config).await?;
+        let firehose = match config.firehose.clone() {
+            None => None,
+            Some(firehose_config) => {
+                let config = config.clone();
+                // Rendering millions of frames is blocking work.
+                let firehose = tokio::task::spawn_blocking(move || {
+                    firehose::Firehose::render(&config, &firehose_config)
+                })
+                .await
+                .map_err(std::io::Error::other)?;
+                Some(Arc::new(firehose))
+            }
+        };
         let ws_listener = TcpListener::bind(("127.0.0.1", ports[0])).await?;
         let rest_listener = TcpListener::bind(("127.0.0.1", ports[1])).await?;
         let control_listener = TcpListener::bind(("127.0.0.1", ports[2])).await?;
@@ -155,6 +173,7 @@ impl FakeExchange {
             driver_wakeup: tokio::sync::Notify::new(),
             skipped_events: std::sync::Mutex::new(Vec::new()),
             poisoned_events: std::sync::Mutex::new(Vec::new()),
+            firehose,
             config,
         });
         let tracker = TaskTracker::new();

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use fake_binance::{ChaosConfig, FakeConfig, FakeExchange, Limits, Market, ReplayConfig};
+use fake_binance::{
+    ChaosConfig, FakeConfig, FakeExchange, FirehoseConfig, Limits, Market, ReplayConfig,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +40,10 @@ struct Arguments {
     /// Replay these files (captures or CSVs) instead of the model.
     #[arg(long, num_args = 1..)]
     replay: Vec<PathBuf>,
+    /// With --replay: start the simulated clock this many simulated seconds
+    /// before the first event, so a client can subscribe before data flows.
+    #[arg(long, default_value_t = 0)]
+    replay_lead_in_secs: u64,
     /// Random faults per minute (chaos mode); off when absent.
     #[arg(long)]
     chaos_per_minute: Option<f64>,
@@ -49,6 +55,21 @@ struct Arguments {
     /// environment variable, never from the command line).
     #[arg(long)]
     api_key_env: Option<String>,
+    /// Firehose mode (benchmarks): send this many pre-serialised aggTrade
+    /// frames of the symbols, round robin, to a connection subscribed to all
+    /// their `@aggTrade` streams, as fast as it reads; REST serves the model.
+    #[arg(long)]
+    firehose_frames: Option<u64>,
+    /// Firehose: stop after this many real seconds from the first frame.
+    #[arg(long, default_value_t = 600.0)]
+    firehose_max_secs: f64,
+    /// Firehose: frames per second (default: as fast as the client reads).
+    #[arg(long)]
+    firehose_rate: Option<u64>,
+    /// Firehose: exchange time between consecutive frames (all symbols),
+    /// µs; the first frame is at the simulated start.
+    #[arg(long, default_value_t = 1000)]
+    firehose_step_us: i64,
     /// Fixed ports (0 = any free port).
     #[arg(long, default_value_t = 0)]
     ws_port: u16,
@@ -102,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     if !arguments.replay.is_empty() {
         config.replay = Some(ReplayConfig {
             files: arguments.replay.clone(),
-            lead_in: Duration::ZERO,
+            lead_in: Duration::from_secs(arguments.replay_lead_in_secs),
         });
     }
     if let Some(per_minute) = arguments.chaos_per_minute {
@@ -110,6 +131,18 @@ async fn main() -> anyhow::Result<()> {
             seed: arguments.seed,
             mean_faults_per_minute: per_minute,
             faults: Vec::new(),
+        });
+    }
+    if let Some(frames) = arguments.firehose_frames {
+        anyhow::ensure!(
+            arguments.firehose_max_secs.is_finite() && arguments.firehose_max_secs > 0.0,
+            "--firehose-max-secs must be a positive number of seconds"
+        );
+        config.firehose = Some(FirehoseConfig {
+            frames,
+            max_duration: Duration::from_secs_f64(arguments.firehose_max_secs),
+            rate_per_sec: arguments.firehose_rate,
+            step_us: arguments.firehose_step_us,
         });
     }
     let exchange = FakeExchange::start_on(

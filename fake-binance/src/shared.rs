@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     pub skipped_events: Mutex<Vec<crate::SkippedEvent>>,
     /// Every lying copy a `PoisonEvents` fault sent, in order.
     pub poisoned_events: Mutex<Vec<crate::PoisonedEvent>>,
+    /// Firehose mode: the rendered frames and the blast's progress.
+    pub firehose: Option<std::sync::Arc<crate::firehose::Firehose>>,
 }
 
 impl Shared {

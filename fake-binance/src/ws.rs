@@ -268,6 +268,22 @@ async fn handle_connection(
         counters.ws_handshakes_accepted += 1;
         counters.ws_connections_open += 1;
     });
+    if let Some(firehose) = shared.firehose.clone() {
+        info!(%peer, streams = connect_request.streams.len(), "firehose websocket connected");
+        crate::firehose::serve(
+            Arc::clone(&shared),
+            firehose,
+            websocket,
+            connect_request,
+            cancel,
+        )
+        .await;
+        shared
+            .counters
+            .update(|counters| counters.ws_connections_open -= 1);
+        info!(%peer, "firehose websocket closed");
+        return;
+    }
     let (sender, queue) = mpsc::unbounded_channel();
     let commands = shared.commands.subscribe();
     let connection_id = {

@@ -18,3 +18,6 @@ mod faults;
 
 #[path = "fake/replay.rs"]
 mod replay;
+
+#[path = "fake/firehose.rs"]
+mod firehose;
