@@ -2248,6 +2248,11 @@ streams = ["trade", "kline_1m"]
         }
     }
 
+    /// The keys of a seal job's rows, in order.
+    fn keys_of(job: &SealJob) -> Vec<i64> {
+        job.rows.id_ats().map(|at| at.id).collect()
+    }
+
     fn only_seal(jobs: Vec<Job>) -> SealJob {
         match <[Job; 1]>::try_from(jobs) {
             Ok([Job::Seal(job)]) => job,
@@ -2295,15 +2300,7 @@ streams = ["trade", "kline_1m"]
         );
         state.apply_fill(SegmentId(2), filled, 10);
         let sealed = only_seal(state.plan(10, 10));
-        assert_eq!(
-            sealed
-                .rows
-                .to_vec()
-                .iter()
-                .map(Row::key)
-                .collect::<Vec<_>>(),
-            vec![6, 7, 8, 9, 10]
-        );
+        assert_eq!(keys_of(&sealed), vec![6, 7, 8, 9, 10]);
         assert_eq!(
             sealed
                 .rows
@@ -2459,15 +2456,7 @@ streams = ["trade", "kline_1m"]
         );
         let resealed = only_seal(state.plan(10, 40_000));
         assert!(resealed.late);
-        assert_eq!(
-            resealed
-                .rows
-                .to_vec()
-                .iter()
-                .map(Row::key)
-                .collect::<Vec<_>>(),
-            vec![8, 9]
-        );
+        assert_eq!(keys_of(&resealed), vec![8, 9]);
         assert_eq!(resealed.unfilled, Some(vec![]));
         assert_eq!(state.n_declared_hours(), 0);
         assert_eq!(state.counters.snapshot().holes_filled_late, 1);
@@ -2536,12 +2525,7 @@ streams = ["trade", "kline_1m"]
         assert_eq!(state.n_hours_waiting_on_fill(), 0);
         let sealed = only_seal(state.plan(10, 0));
         assert_eq!(
-            sealed
-                .rows
-                .to_vec()
-                .iter()
-                .map(Row::key)
-                .collect::<Vec<_>>(),
+            keys_of(&sealed),
             vec![7, 8, 9, 10, 11, 12, 20],
             "what the cut round fetched is kept"
         );
@@ -2571,15 +2555,7 @@ streams = ["trade", "kline_1m"]
         let behind = report(&job, fetched, vec![], Some(REASON_REST_BEHIND));
         state.apply_fill(SegmentId(2), behind, 0);
         let sealed = only_seal(state.plan(10, 0));
-        assert_eq!(
-            sealed
-                .rows
-                .to_vec()
-                .iter()
-                .map(Row::key)
-                .collect::<Vec<_>>(),
-            vec![7, 8, 9, 20]
-        );
+        assert_eq!(keys_of(&sealed), vec![7, 8, 9, 20]);
         assert_eq!(
             sealed
                 .unfilled
@@ -2707,15 +2683,7 @@ streams = ["trade", "kline_1m"]
         state.apply_fill(SegmentId(3), answered, 0);
         assert_eq!(state.counters.snapshot().fill_answers_from_agg_trades, 1);
         let sealed = only_seal(state.plan(10, 0));
-        assert_eq!(
-            sealed
-                .rows
-                .to_vec()
-                .iter()
-                .map(Row::key)
-                .collect::<Vec<_>>(),
-            vec![7, 8, 9, 10, 11]
-        );
+        assert_eq!(keys_of(&sealed), vec![7, 8, 9, 10, 11]);
         assert!(sealed.rows.to_vec()[1..3]
             .iter()
             .all(|row| row.source() == Source::Rest));
@@ -2938,7 +2906,7 @@ streams = ["trade", "kline_1m"]
             }
             clock_sample_of_silence(&mut state, HOUR_START + MICROS_PER_HOUR + 2_000_000);
             let sealed = seals(&mut state).into_iter().find(|job| job.key.kind == StreamKind::Trade).expect("trade file");
-            let sealed_keys: Vec<i64> = sealed.rows.to_vec().iter().map(Row::key).collect();
+            let sealed_keys: Vec<i64> = keys_of(&sealed);
             proptest::prop_assert_eq!(sealed_keys, keys.iter().copied().collect::<Vec<_>>());
             for row in &sealed.rows.to_vec() {
                 let expected = if from_stream.contains(&row.key()) { Source::Ws } else { Source::Rest };
