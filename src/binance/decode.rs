@@ -122,6 +122,8 @@ mod wire {
 
     #[derive(Deserialize)]
     pub struct Trade<'a> {
+        #[serde(borrow)]
+        pub e: Option<Cow<'a, str>>,
         pub E: i64,
         #[serde(borrow)]
         pub s: Cow<'a, str>,
@@ -138,6 +140,8 @@ mod wire {
 
     #[derive(Deserialize)]
     pub struct AggTrade<'a> {
+        #[serde(borrow)]
+        pub e: Option<Cow<'a, str>>,
         pub E: i64,
         #[serde(borrow)]
         pub s: Cow<'a, str>,
@@ -155,6 +159,8 @@ mod wire {
 
     #[derive(Deserialize)]
     pub struct KlineEvent<'a> {
+        #[serde(borrow)]
+        pub e: Option<Cow<'a, str>>,
         pub E: i64,
         #[serde(borrow)]
         pub s: Cow<'a, str>,
@@ -316,6 +322,11 @@ fn decode_event(
     data: &[u8],
     recv_time: TimeUs,
 ) -> Result<Decoded, DecodeError> {
+    if let Some(decoded) =
+        stream.and_then(|stream| decode_as_named(market, stream, data, recv_time))
+    {
+        return decoded;
+    }
     let tag: wire::EventTag = serde_json::from_slice(data).map_err(json_error)?;
     let event_type = tag.e.as_deref().unwrap_or("");
     let decoded = match event_type {
@@ -355,6 +366,40 @@ fn decode_event(
         check_stream_matches(stream, key)?;
     }
     Ok(decoded)
+}
+
+/// The hot path: a data frame decoded in one pass over its event, as the
+/// kind its stream name says (`…@trade`, `…@aggTrade`, `…@kline_…`), and
+/// believed only when its own `e` agrees. `None` when the name says no
+/// known kind, the event does not parse as that kind, or its `e` differs:
+/// the frame then goes the general way (event type first), which gives
+/// the same answer or the same error as before this shortcut.
+fn decode_as_named(
+    market: Market,
+    stream: &str,
+    data: &[u8],
+    recv_time: TimeUs,
+) -> Option<Result<Decoded, DecodeError>> {
+    let (_, suffix) = stream.rsplit_once('@')?;
+    let decoded = if suffix == "trade" {
+        let trade: wire::Trade = serde_json::from_slice(data).ok()?;
+        (trade.e.as_deref() == Some("trade")).then(|| decode_trade(market, trade, recv_time))?
+    } else if suffix == "aggTrade" {
+        let agg_trade: wire::AggTrade = serde_json::from_slice(data).ok()?;
+        (agg_trade.e.as_deref() == Some("aggTrade"))
+            .then(|| decode_agg_trade(market, agg_trade, recv_time))?
+    } else if suffix.starts_with("kline_") {
+        let kline: wire::KlineEvent = serde_json::from_slice(data).ok()?;
+        (kline.e.as_deref() == Some("kline")).then(|| decode_kline(market, kline, recv_time))?
+    } else {
+        return None;
+    };
+    Some(decoded.and_then(|decoded| {
+        if let Decoded::Row { key, .. } | Decoded::KlineUpdate { key, .. } = &decoded {
+            check_stream_matches(stream, key)?;
+        }
+        Ok(decoded)
+    }))
 }
 
 fn check_stream_matches(stream: &str, key: &StreamKey) -> Result<(), DecodeError> {
@@ -696,6 +741,14 @@ mod tests {
         let mismatch = SPOT_TRADE.replace("btcusdt@trade", "ethusdt@trade");
         assert!(matches!(
             decode_frame(Market::Spot, mismatch.as_bytes(), 0),
+            Err(DecodeError::StreamMismatch { .. })
+        ));
+        // The stream name says one kind, the event another: the one-pass
+        // shortcut does not believe the name, and the event is decoded by
+        // its own type, then refused for the mismatch.
+        let other_kind = SPOT_TRADE.replace("btcusdt@trade", "btcusdt@aggTrade");
+        assert!(matches!(
+            decode_frame(Market::Spot, other_kind.as_bytes(), 0),
             Err(DecodeError::StreamMismatch { .. })
         ));
         let missing_field = SPOT_TRADE.replace("\"t\":6329162610,", "");
