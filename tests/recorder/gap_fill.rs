@@ -918,7 +918,14 @@ async fn pressure_from_every_side_never_earns_a_ban_and_seals_on_time() {
     // config: its files vouch for what was watched (coverage_from), and
     // verify counts its kline grid from there.
     assert_verify_clean(&config_path).await;
-    assert!(counters.holes_filled_late > 0, "{counters:?}");
+    // Whether REST falls behind here depends on the machine's speed (a
+    // quick run fills every hole within its deadline); when it did, every
+    // declared hole was refilled. The declared path itself is pinned down by
+    // `rest_too_slow_for_the_deadline_cuts_the_rounds_seals_on_time_then_fills_the_declared_holes`.
+    assert!(
+        counters.holes_declared == 0 || counters.holes_filled_late > 0,
+        "{counters:?}"
+    );
     eprintln!(
         "pressure then refill: {} REST calls, {} weight",
         counters.rest_calls, counters.rest_weight_used
