@@ -97,16 +97,6 @@ impl HeldRows {
         held
     }
 
-    /// The kind of stream the rows are packed for.
-    pub fn kind_is(&self, kind: StreamKind) -> bool {
-        matches!(
-            (&self.store, kind),
-            (Store::Trades(_), StreamKind::Trade)
-                | (Store::AggTrades(_), StreamKind::AggTrade)
-                | (Store::Klines(_), StreamKind::Kline(_))
-        )
-    }
-
     /// Inserts `row` under the merge rule of [`crate::seal::insert_row`]:
     /// the first arrival of a key wins, except that a stream row replaces a
     /// REST row.
@@ -139,7 +129,7 @@ impl HeldRows {
 
     /// The last row's key and time.
     pub fn last_id_at(&self) -> Option<IdAt> {
-        self.id_ats().last()
+        each_store!(&self.store, held => held.last_id_at())
     }
 
     /// The rows in key order, each unpacked as it is reached.
@@ -249,13 +239,23 @@ impl<P: Pack> Held<P> {
     }
 
     fn last_key(&self) -> Option<i64> {
+        self.last_id_at().map(|at| at.id)
+    }
+
+    fn last_id_at(&self) -> Option<IdAt> {
         let packed = self
             .chunks
             .last()
             .and_then(|chunk| chunk.last())
-            .map(P::key);
-        let whole = self.whole.keys().next_back().copied();
-        packed.max(whole)
+            .map(|held| IdAt {
+                id: held.key(),
+                time: held.time(),
+            });
+        let whole = self.whole.values().next_back().map(|row| IdAt {
+            id: row.key(),
+            time: row.bucket_time(),
+        });
+        packed.into_iter().chain(whole).max_by_key(|at| at.id)
     }
 
     fn insert(&mut self, row: Row) -> Inserted {
