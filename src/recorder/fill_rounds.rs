@@ -4,6 +4,7 @@
 //! started when queued), and every report written to the WAL before the
 //! state sees it. One round itself is in `fill.rs`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -12,7 +13,7 @@ use tracing::{debug, error, info};
 
 use super::Runtime;
 use crate::binance::rest::{Pacing, RestClient, RetryPolicy};
-use crate::domain::{Hour, StreamKey, StreamKind, TimeUs};
+use crate::domain::{Hour, Market, StreamKey, StreamKind, TimeUs};
 use crate::metrics::Counters;
 use crate::recorder::fill;
 use crate::recorder::records::{fill_record, FILL_RECORD_MAX_ROWS};
@@ -113,15 +114,39 @@ impl Runtime {
         Some(Instant::now() + ahead.mul_f64(0.9))
     }
 
+    /// The market's exchange clock as the cuts read it: moved on by the
+    /// time it takes to write every hour that waits on a round (at the
+    /// pace seals were seen to go, [`SealPace`](super::pace::SealPace)),
+    /// so that when many rounds meet their deadlines together, their hours
+    /// are all written by the seal deadline rather than in one burst after
+    /// it. Never more than half the fill window ahead.
+    fn cut_clock(&self, market: Market) -> Option<TimeUs> {
+        let exchange_now = self.state.exchange_time(market)?;
+        let n_hours = self.fill_tasks.len() + self.fill_queue.len();
+        let reserve = self
+            .paces
+            .get(&market)
+            .and_then(|pace| pace.exchange_time_in(self.seal_pace.time_for(n_hours)))
+            .unwrap_or(0)
+            .min(self.config.fill.deadline_us / 2);
+        Some(exchange_now.saturating_add(reserve))
+    }
+
     /// Holds every round to its hour's deadline, checked against the
-    /// market's exchange clock (the clock hours seal on): a running round
-    /// is cut and reports what it fetched; a queued one is not started and
-    /// reports nothing, so its hour is judged again and sealed with its
-    /// holes declared (then retried as declared holes, or by `backfill`).
+    /// market's exchange clock (the clock hours seal on, read by
+    /// [`Runtime::cut_clock`]): a running round is cut and reports what it
+    /// fetched; a queued one is not started and reports nothing, so its
+    /// hour is judged again and sealed with its holes declared (then
+    /// retried as declared holes, or by `backfill`).
     pub(super) fn cut_overdue_fills(&mut self) {
-        let state = &self.state;
+        let clocks: HashMap<Market, Option<TimeUs>> = self
+            .rest_clients
+            .keys()
+            .map(|market| (*market, self.cut_clock(*market)))
+            .collect();
+        let clock = |market: Market| clocks.get(&market).copied().flatten();
         for running in self.fill_tasks.values_mut() {
-            let exchange_now = state.exchange_time(running.key.market);
+            let exchange_now = clock(running.key.market);
             if state::past_deadline(running.deadline, exchange_now) && !running.cut.is_cancelled() {
                 running.cut.cancel();
                 Counters::add(&self.counters.fill_rounds_cut, 1);
@@ -131,7 +156,7 @@ impl Runtime {
         let (overdue, waiting): (std::collections::VecDeque<FillJob>, _) =
             std::mem::take(&mut self.fill_queue)
                 .into_iter()
-                .partition(|job| job.is_overdue(state.exchange_time(job.key.market)));
+                .partition(|job| job.is_overdue(clock(job.key.market)));
         self.fill_queue = waiting;
         for job in overdue {
             Counters::add(&self.counters.fill_rounds_cut, 1);

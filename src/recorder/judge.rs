@@ -23,6 +23,20 @@ pub const REASON_DEADLINE: &str = "not filled before the deadline";
 /// cut, what it fetched is kept, and the rest is retried later.
 pub const REASON_REST_BEHIND: &str = "REST could not keep up before the deadline";
 
+/// The share of an hour's fill window kept, at its end, for sealing: a
+/// round is cut (running) or not started (queued) this much before the
+/// seal deadline, so hours whose rounds are cut together are written by
+/// the deadline, not after it in one burst. A tenth: 12 s of the default
+/// 120 s window.
+pub const SEAL_RESERVE_DIVISOR: i64 = 10;
+
+/// Pure: when a fill round of an hour whose seal deadline is `deadline`
+/// (a window of `window_us`) is cut: [`SEAL_RESERVE_DIVISOR`] of the
+/// window earlier.
+pub fn round_cut_at(deadline: TimeUs, window_us: TimeUs) -> TimeUs {
+    deadline.saturating_sub(window_us / SEAL_RESERVE_DIVISOR)
+}
+
 /// Fill progress of an hour not sealed yet.
 #[derive(Debug, Default)]
 pub struct FillStatus {
@@ -320,6 +334,13 @@ streams = ["trade"]
         at_deadline.exchange_now = DEADLINE;
         let sealing = sealed_as(judge_hour(at_deadline));
         assert_eq!(sealing.declared_reason.as_deref(), Some(REASON_DEADLINE));
+    }
+
+    #[test]
+    fn a_round_is_cut_a_tenth_of_its_window_before_the_seal_deadline() {
+        assert_eq!(round_cut_at(1_000_000_000, 120_000_000), 988_000_000);
+        assert_eq!(round_cut_at(5, 0), 5, "no window, no reserve");
+        assert_eq!(round_cut_at(i64::MIN + 1, 120_000_000), i64::MIN);
     }
 
     #[test]

@@ -48,7 +48,7 @@ use crate::metrics::health::HealthBoard;
 use crate::metrics::{Counters, GaugeF64, MarketLabels, StreamLabels};
 use crate::recorder::batch::{wait_batch, BatchOutcome, Pending};
 use crate::recorder::fill_rounds::RunningFill;
-use crate::recorder::pace::ClockPace;
+use crate::recorder::pace::{ClockPace, SealPace};
 use crate::recorder::records::{checkpoint_record, frame_record};
 use crate::recorder::startup::{check_symbols, open_and_replay};
 use crate::recorder::tasks::TaskSpawner;
@@ -209,6 +209,7 @@ pub async fn run_with_seams(
         fill_tasks: HashMap::new(),
         fill_queue: std::collections::VecDeque::new(),
         paces: HashMap::new(),
+        seal_pace: SealPace::default(),
         fill_waits_logged_at: None,
         rest_clients: rest_clients.clone(),
         started: Instant::now(),
@@ -321,7 +322,8 @@ struct Runtime {
     /// Records waiting for the next WAL batch.
     pending: Pending,
     batch: Option<JoinHandle<BatchOutcome>>,
-    seals: JoinSet<SealOutcome>,
+    /// Seals running, each with the instant it was handed out.
+    seals: JoinSet<(Instant, SealOutcome)>,
     seal_faults: Option<SealFaults>,
     seal_pause_until: Option<Instant>,
     /// Fill rounds running, and which stream-hour each is for (a task that
@@ -334,6 +336,8 @@ struct Runtime {
     /// (exchange time) as a host instant, so its weight wait can tell early
     /// that REST cannot answer in time.
     paces: HashMap<Market, ClockPace>,
+    /// How fast hours get written, for the reserve before fill deadlines.
+    seal_pace: SealPace,
     /// When hours waiting on fill rounds were last logged (at most every
     /// [`fill_rounds::FILL_WAITS_LOG_INTERVAL`]).
     fill_waits_logged_at: Option<Instant>,
@@ -677,13 +681,14 @@ impl Runtime {
                     let data_dir = self.config.data_dir.clone();
                     let faults = self.seal_faults.clone();
                     let counters = self.counters.clone();
+                    let handed_out = Instant::now();
                     self.seals.spawn_blocking(move || {
                         let started = std::time::Instant::now();
                         let outcome = execute_seal(&data_dir, faults.as_ref(), job);
                         counters
                             .seal_seconds
                             .observe(started.elapsed().as_secs_f64());
-                        outcome
+                        (handed_out, outcome)
                     });
                 }
                 Job::Fill(job) => self.start_fill(job),
@@ -692,9 +697,13 @@ impl Runtime {
         }
     }
 
-    fn finish_seal(&mut self, joined: Result<SealOutcome, tokio::task::JoinError>) {
+    fn finish_seal(&mut self, joined: Result<(Instant, SealOutcome), tokio::task::JoinError>) {
         let outcome = match joined {
-            Ok(outcome) => outcome,
+            Ok((handed_out, outcome)) => {
+                self.seal_pace
+                    .observe(handed_out.elapsed(), self.config.max_concurrent_seals);
+                outcome
+            }
             Err(error) => {
                 // Unreachable in practice: every library call of a seal job
                 // runs under catch_unwind. Its hour stays in flight, so its

@@ -68,6 +68,46 @@ impl ClockPace {
     }
 }
 
+impl ClockPace {
+    /// Exchange microseconds that pass in `host` at the measured pace;
+    /// `None` without a rate.
+    pub fn exchange_time_in(&self, host: Duration) -> Option<TimeUs> {
+        let rate = self.rate()?;
+        Some((host.as_secs_f64() * 1_000_000.0 * rate) as TimeUs)
+    }
+}
+
+/// How long the runtime takes to get one more hour written, as its loop
+/// sees it (from handing the seal out to hearing it finished, divided by
+/// the seals that run at once): the time to keep before a fill deadline
+/// so that hours cut together there are all written by it. A moving
+/// average, so a loaded machine's slower seals count soon.
+#[derive(Debug, Default, Clone)]
+pub struct SealPace {
+    host_ms_per_file: Option<f64>,
+}
+
+/// Weight of the newest seal in [`SealPace`]'s moving average.
+const SEAL_PACE_WEIGHT: f64 = 0.2;
+
+impl SealPace {
+    /// One seal took `elapsed` from hand-out to finish, with up to
+    /// `concurrency` seals running at once.
+    pub fn observe(&mut self, elapsed: Duration, concurrency: usize) {
+        let ms = elapsed.as_secs_f64() * 1_000.0 / concurrency.max(1) as f64;
+        self.host_ms_per_file = Some(match self.host_ms_per_file {
+            Some(mean) => mean + SEAL_PACE_WEIGHT * (ms - mean),
+            None => ms,
+        });
+    }
+
+    /// Host time to write `n_hours` more hours at the pace seen; zero
+    /// before any seal was seen.
+    pub fn time_for(&self, n_hours: usize) -> Duration {
+        Duration::from_secs_f64(self.host_ms_per_file.unwrap_or(0.0) * n_hours as f64 / 1_000.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +146,27 @@ mod tests {
         }
         assert_eq!(pace.samples.len(), WINDOW);
         assert_eq!(pace.rate(), Some(1.0));
+    }
+
+    #[test]
+    fn seal_pace_is_a_moving_average_per_file_of_the_seals_that_run_at_once() {
+        let mut seals = SealPace::default();
+        assert_eq!(seals.time_for(100), Duration::ZERO, "nothing seen yet");
+        seals.observe(Duration::from_millis(40), 2);
+        assert_eq!(seals.time_for(100), Duration::from_secs(2));
+        // A slower seal moves the mean a fifth of the way towards it.
+        seals.observe(Duration::from_millis(240), 2);
+        assert_eq!(seals.time_for(10), Duration::from_millis(400));
+        let mut pace = ClockPace::default();
+        assert_eq!(pace.exchange_time_in(Duration::from_secs(1)), None);
+        for second in 0..10u64 {
+            pace.observe(second * 1_000, second as i64 * 3_000_000);
+        }
+        assert_eq!(
+            pace.exchange_time_in(Duration::from_secs(2)),
+            Some(6_000_000),
+            "two host seconds at 3x are six exchange seconds"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::metrics::Counters;
 use crate::quarantine::QuarantinedFrame;
 use crate::recorder::budget::{resolve_trade_holes, AggSpan, MAX_EVIDENCE_AGGS};
 use crate::recorder::held::HeldRows;
-use crate::recorder::judge::{judge_hour, FillStatus, HourFacts, Verdict};
+use crate::recorder::judge::{self, judge_hour, FillStatus, HourFacts, Verdict};
 use crate::seal::{complete_at, coverage, is_sealable, Inserted, WatchSpan};
 use crate::wal::SegmentId;
 
@@ -201,9 +201,11 @@ pub struct FillJob {
     pub closed_before: TimeUs,
     /// The holes are declared in a sealed file (a later retry).
     pub declared: bool,
-    /// Exchange time at which the hour seals with what is still open: the
-    /// runtime cuts the round then (running or queued), so no REST wait
-    /// holds a seal. `None` for declared retries, which hold no seal.
+    /// Exchange time at which the runtime cuts the round (running, or not
+    /// started when queued) so that its hour seals with what is still open
+    /// by its seal deadline ([`judge::round_cut_at`]: a reserve before
+    /// it), and no REST wait holds a seal. `None` for declared retries,
+    /// which hold no seal.
     pub deadline: Option<TimeUs>,
 }
 
@@ -1236,7 +1238,7 @@ impl State {
                             holes,
                             closed_before: exchange_now,
                             declared: false,
-                            deadline: Some(deadline),
+                            deadline: Some(judge::round_cut_at(deadline, fill.deadline_us)),
                         };
                         status.in_flight = true;
                         if let Some(aggs) = self
@@ -2488,8 +2490,9 @@ streams = ["trade", "kline_1m"]
     fn a_round_carries_its_hours_deadline_in_exchange_time() {
         let (mut state, job) = state_with_a_round_in_flight();
         // First judged at the hour's end + 2 s (after the 1 s grace): the
-        // deadline is 60 s of exchange time later.
-        let deadline = HOUR_START + MICROS_PER_HOUR + 62_000_000;
+        // seal deadline is 60 s of exchange time later, and the round is
+        // cut a tenth of that window (6 s) before it, kept for the seal.
+        let deadline = HOUR_START + MICROS_PER_HOUR + 56_000_000;
         assert_eq!(job.deadline, Some(deadline));
         assert!(!job.is_overdue(None), "no clock, no cut");
         assert!(!job.is_overdue(Some(deadline - 1)));
@@ -2547,7 +2550,7 @@ streams = ["trade", "kline_1m"]
         let deadline = job.deadline.expect("a first fill has a deadline");
         // Well before the deadline the round's weight wait reaches past it
         // (RestError::OutOfTime): it gives up with what it got, 8..=9.
-        clock_to(&mut state, 22, deadline - 60_000_000);
+        clock_to(&mut state, 22, deadline - 50_000_000);
         assert!(!job.is_overdue(state.exchange_time(Market::Spot)));
         let fetched = (8..=9)
             .map(|id| rest_trade(id, HOUR_START + 100 + id))
@@ -2573,7 +2576,7 @@ streams = ["trade", "kline_1m"]
     fn any_other_failure_before_the_deadline_is_retried_not_declared() {
         let (mut state, job) = state_with_a_round_in_flight();
         let deadline = job.deadline.expect("a first fill has a deadline");
-        clock_to(&mut state, 22, deadline - 60_000_000);
+        clock_to(&mut state, 22, deadline - 50_000_000);
         let failed = report(&job, vec![], vec![], Some("rest unreachable: reset"));
         state.apply_fill(SegmentId(2), failed, 0);
         assert!(
