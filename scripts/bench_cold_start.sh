@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for evidence in false true; do
-    COLD_START_AGG_TRADE_EVIDENCE=$evidence cargo nextest run --test recorder --run-ignored only \
+    COLD_START_AGG_TRADE_EVIDENCE=$evidence cargo nextest run --test recorder \
         -E 'test(/cold_start_of_a_whole_exchange/)' --no-capture 2>&1 \
         | grep -E '^cold start|files complete|last file sealed|^\s+(PASS|FAIL)' || true
 done

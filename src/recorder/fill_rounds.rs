@@ -119,7 +119,7 @@ impl Runtime {
     /// pace seals were seen to go, [`SealPace`](super::pace::SealPace)),
     /// so that when many rounds meet their deadlines together, their hours
     /// are all written by the seal deadline rather than in one burst after
-    /// it. Never more than half the fill window ahead.
+    /// it. Never more than a quarter of the fill window ahead.
     fn cut_clock(&self, market: Market) -> Option<TimeUs> {
         let exchange_now = self.state.exchange_time(market)?;
         let n_hours = self.fill_tasks.len() + self.fill_queue.len();
@@ -128,7 +128,7 @@ impl Runtime {
             .get(&market)
             .and_then(|pace| pace.exchange_time_in(self.seal_pace.time_for(n_hours)))
             .unwrap_or(0)
-            .min(self.config.fill.deadline_us / 2);
+            .min(self.config.fill.deadline_us / 4);
         Some(exchange_now.saturating_add(reserve))
     }
 

@@ -37,6 +37,16 @@ pub fn round_cut_at(deadline: TimeUs, window_us: TimeUs) -> TimeUs {
     deadline.saturating_sub(window_us / SEAL_RESERVE_DIVISOR)
 }
 
+/// Pure: until when a spot trade hour waits for its aggTrade hour's
+/// evidence before asking REST itself: a third of its fill window, so
+/// that an aggTrade hour REST cannot fill (REST down, or behind) leaves
+/// the trade hour time for its own round, and its own failure to report,
+/// beside the seal's reserve (at most a tenth plus a quarter of the
+/// window: [`round_cut_at`], and the runtime's reserve for many seals).
+pub fn agg_wait_ends(deadline: TimeUs, window_us: TimeUs) -> TimeUs {
+    deadline.saturating_sub(window_us / 3 * 2)
+}
+
 /// Fill progress of an hour not sealed yet.
 #[derive(Debug, Default)]
 pub struct FillStatus {
@@ -56,6 +66,9 @@ pub struct FillStatus {
     /// the deadline (cut there, or its weight wait reaches past it), so the
     /// hour seals now with the rest declared instead of waiting for it.
     pub rest_behind: bool,
+    /// Judged ready to seal while no seal could start: the hour waits for
+    /// a slot and is not judged again until one is free.
+    pub seal_ready: bool,
 }
 
 impl FillStatus {
@@ -138,7 +151,10 @@ pub fn judge_hour(facts: HourFacts) -> Verdict {
                 .clone()
                 .unwrap_or_else(|| REASON_DEADLINE.to_owned()),
         )
-    } else if status.retry_at <= facts.now && !facts.agg_hour_pending {
+    } else if status.retry_at <= facts.now
+        && !(facts.agg_hour_pending
+            && facts.exchange_now < agg_wait_ends(facts.deadline, facts.fill.deadline_us))
+    {
         return Verdict::Fill { holes: to_fill };
     } else {
         return Verdict::Wait;
@@ -305,6 +321,21 @@ streams = ["trade"]
         let mut waiting = facts(vec![closed_hole()], &status, &fill);
         waiting.agg_hour_pending = true;
         assert_eq!(judge_hour(waiting), Verdict::Wait);
+    }
+
+    #[test]
+    fn a_trade_hour_waits_for_its_agg_trade_hour_only_a_third_of_its_window() {
+        let (status, fill) = (FillStatus::default(), fill_config(true));
+        let mut late = facts(vec![closed_hole()], &status, &fill);
+        late.agg_hour_pending = true;
+        late.exchange_now = agg_wait_ends(late.deadline, fill.deadline_us);
+        assert_eq!(
+            judge_hour(late),
+            Verdict::Fill {
+                holes: vec![closed_hole()]
+            },
+            "a third of the window gone: it asks REST itself"
+        );
     }
 
     #[test]

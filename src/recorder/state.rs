@@ -954,6 +954,9 @@ impl State {
         } else {
             Vec::new()
         };
+        // (The last part of a report cut into parts may hold no rows when
+        // earlier parts did: then an earlier failure stays the reason too.)
+        let answered_nothing = report.rows.is_empty() && report.settled.is_empty();
         for row in report.rows {
             self.insert(key.clone(), row, segment);
         }
@@ -1008,7 +1011,11 @@ impl State {
                 Counters::add(&counters.fill_failures, 1);
                 status.rest_behind = true;
                 status.retry_at = now;
-                status.last_failure = Some(reason);
+                // A round cut before any answer tells nothing new: an
+                // earlier round's failure (REST down, say) stays the reason.
+                if !(answered_nothing && status.last_failure.is_some()) {
+                    status.last_failure = Some(reason);
+                }
             }
             Some(reason) => {
                 Counters::add(&counters.fill_failures, 1);
@@ -1163,11 +1170,23 @@ impl State {
                 }
             }
 
+            // Hours are judged even when no seal may start (every slot
+            // busy, or seals paused after a failure), so their fill rounds
+            // start on time; an hour judged ready to seal then waits for a
+            // slot without being judged again ([`FillStatus::seal_ready`]).
             let mut hour = next;
-            while n_seals < max_seals
-                && is_sealable(key.kind, hour, exchange_now, self.grace_us)
+            while is_sealable(key.kind, hour, exchange_now, self.grace_us)
                 && !stream.in_flight.contains_key(&hour)
             {
+                let seals_capped = n_seals >= max_seals;
+                if seals_capped
+                    && stream
+                        .fills
+                        .get(&hour)
+                        .is_some_and(|status| status.seal_ready)
+                {
+                    break;
+                }
                 let watched = coverage(&market.spans, hour);
                 let owed = stream.open.contains_key(&hour)
                     || watched.is_some()
@@ -1267,6 +1286,10 @@ impl State {
                         jobs.push(Job::Fill(job));
                         break;
                     }
+                    Verdict::Seal(_) if seals_capped => {
+                        status.seal_ready = true;
+                        break;
+                    }
                     Verdict::Seal(sealing) => sealing,
                 };
 
@@ -1332,12 +1355,12 @@ impl State {
             let sealable_at = complete_at(key.kind, hour).saturating_add(self.grace_us);
             note_exchange(sealable_at);
             if let Some(status) = stream.fills.get(&hour) {
-                note_exchange(
-                    status
-                        .judged_since
-                        .max(sealable_at)
-                        .saturating_add(fill.deadline_us),
-                );
+                let deadline = status
+                    .judged_since
+                    .max(sealable_at)
+                    .saturating_add(fill.deadline_us);
+                note_exchange(deadline);
+                note_exchange(judge::agg_wait_ends(deadline, fill.deadline_us));
                 if status.retry_at > now {
                     note_earliest(&mut wake_mono, status.retry_at);
                 }

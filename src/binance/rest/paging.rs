@@ -144,10 +144,16 @@ impl RestClient {
         Fut: Future<Output = Result<T, RestError>>,
     {
         let mut n_failures = 0;
+        let mut last_error: Option<RestError> = None;
         loop {
             *n_attempts += 1;
             let error = match retry.unless_cancelled(call(retry.deadline)).await {
                 Ok(value) => return Ok(value),
+                // Cut during a retry: the failure before it, not the cut,
+                // is why the call did not succeed.
+                Err(RestError::Cancelled) if last_error.is_some() => {
+                    return Err(last_error.take().expect("checked"));
+                }
                 Err(error) => error,
             };
             n_failures += 1;
@@ -181,6 +187,7 @@ impl RestClient {
                 // cut, is why the call did not succeed.
                 return Err(error);
             }
+            last_error = Some(error);
         }
     }
 
