@@ -2510,6 +2510,39 @@ streams = ["trade", "kline_1m"]
     }
 
     #[test]
+    fn a_fill_round_starts_while_no_seal_can_and_a_ready_hour_waits_unjudged() {
+        let mut state = filling_state("backfill_from_hour_start = false");
+        apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
+        apply_corroborated(&mut state, SegmentId(1), trade(20, HOUR_START + 900));
+        apply_corroborated(
+            &mut state,
+            SegmentId(1),
+            trade(21, HOUR_START + MICROS_PER_HOUR + 2_000_000),
+        );
+        // No seal slot free (all busy, or seals paused after a failure):
+        // the hole's round starts anyway.
+        let job = only_fill(state.plan(0, 0));
+        let fetched = (8..=19)
+            .map(|id| rest_trade(id, HOUR_START + 100 + id))
+            .collect();
+        let settled = vec![Settled {
+            from: Some(8),
+            to: Some(19),
+        }];
+        state.apply_fill(SegmentId(2), report(&job, fetched, settled, None), 0);
+        assert!(state.plan(0, 0).is_empty(), "ready, but no slot");
+        let n_judged = state.n_judged();
+        assert!(state.plan(0, 10).is_empty());
+        assert_eq!(
+            state.n_judged(),
+            n_judged,
+            "not judged again until a slot frees"
+        );
+        let sealed = only_seal(state.plan(1, 20));
+        assert_eq!(keys_of(&sealed), (7..=20).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn a_round_carries_its_hours_deadline_in_exchange_time() {
         let (mut state, job) = state_with_a_round_in_flight();
         // First judged at the hour's end + 2 s (after the 1 s grace): the

@@ -77,7 +77,12 @@ async fn cold_start_of_a_whole_exchange_seals_every_first_hour_on_time_and_says_
     std::fs::write(&config_path, &config).expect("config written");
     let log_path = root.join("recorder.log");
     let log = std::fs::File::create(&log_path).expect("log file");
-    let recorder = RecorderProcess::start_with_log(&config_path, root, "info,binance_recorder::recorder::fill_rounds=debug", log);
+    let recorder = RecorderProcess::start_with_log(
+        &config_path,
+        root,
+        "info,binance_recorder::recorder::fill_rounds=debug",
+        log,
+    );
 
     let hour = Hour::containing(SIM_START_US);
     let kinds = [StreamKind::Trade, StreamKind::AggTrade, minute_klines()];
