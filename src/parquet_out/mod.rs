@@ -118,6 +118,9 @@ pub struct HourFile<R = Vec<Row>> {
     pub coverage_from: TimeUs,
     pub coverage_to: TimeUs,
     pub clock_offset_us: Option<i64>,
+    /// A dated contract's delivery (epoch µs) when it falls in this hour,
+    /// the contract's last: written as `delivered_at`, only then.
+    pub delivered_at: Option<TimeUs>,
 }
 
 #[cfg(test)]
@@ -153,6 +156,7 @@ mod tests {
             coverage_from: hour.start(),
             coverage_to: hour.end(),
             clock_offset_us: Some(-1234),
+            delivered_at: None,
         }
     }
 

@@ -86,6 +86,7 @@ pub(crate) fn execute_seal(
     let path = parquet_out::hour_file_path(data_dir, &job.key, job.hour);
     let mut coverage = (job.coverage_from, job.coverage_to);
     let mut unfilled = job.unfilled.clone().unwrap_or_default();
+    let mut delivered_at = job.delivered_at;
     let mut resealed = false;
     if path.exists() {
         let read = unwinding("reading the sealed file", || {
@@ -93,12 +94,20 @@ pub(crate) fn execute_seal(
             // summary does not parse reads as declaring no hole, as before.
             parquet_out::read_hour_file(&path, job.key.kind).map(|rows| {
                 let summary = parquet_out::read_summary(&path).ok();
-                (rows, summary, sealed_coverage(&path))
+                (
+                    rows,
+                    summary,
+                    sealed_coverage(&path),
+                    sealed_delivery(&path),
+                )
             })
         });
         match read {
             Err(message) => return fail(message, job, true),
-            Ok(Ok((sealed, summary, sealed_coverage))) => {
+            Ok(Ok((sealed, summary, sealed_coverage, sealed_delivery))) => {
+                // The delivery is said once it is known, and kept after.
+                let delivery_changed = delivered_at.is_some() && delivered_at != sealed_delivery;
+                delivered_at = delivered_at.or(sealed_delivery);
                 let sealed_version = summary.as_ref().map(|summary| summary.schema_version);
                 let sealed_unfilled = summary.map(|summary| summary.unfilled).unwrap_or_default();
                 if let Some((from, to)) = sealed_coverage {
@@ -121,7 +130,7 @@ pub(crate) fn execute_seal(
                 if let Some(version) = sealed_version.filter(|_| outdated) {
                     info!(path = %path.display(), from_version = %version, to_version = %SchemaVersion::CURRENT, "sealed file of an older schema version; rewriting it in the current one");
                 }
-                if !changed && !unfilled_changed && !outdated {
+                if !changed && !unfilled_changed && !outdated && !delivery_changed {
                     return SealOutcome {
                         job_key,
                         hour,
@@ -152,6 +161,7 @@ pub(crate) fn execute_seal(
         coverage_from: coverage.0,
         coverage_to: coverage.1,
         clock_offset_us: job.clock_offset_us,
+        delivered_at,
     };
     let fault = faults.and_then(|faults| faults(&job.key, job.hour));
     // `file` is only borrowed: its rows survive a panic and go back to the job.
@@ -177,6 +187,16 @@ pub(crate) fn execute_seal(
         Ok(Err(message)) => fail(message, job, false),
         Err(message) => fail(message, job, true),
     }
+}
+
+/// The `delivered_at` a sealed file names (only a delivered contract's
+/// last hour has one).
+fn sealed_delivery(path: &Path) -> Option<TimeUs> {
+    let metadata = parquet_out::read_metadata(path).ok()?;
+    metadata
+        .iter()
+        .find(|(name, _)| name == "delivered_at")
+        .and_then(|(_, value)| value.parse().ok())
 }
 
 fn sealed_coverage(path: &Path) -> Option<(TimeUs, TimeUs)> {
@@ -229,6 +249,7 @@ mod tests {
             clock_offset_us: None,
             unfilled: None,
             late,
+            delivered_at: None,
         }
     }
 
@@ -335,6 +356,7 @@ mod tests {
                     coverage_from: crashed.coverage_from,
                     coverage_to: crashed.coverage_to,
                     clock_offset_us: None,
+                    delivered_at: None,
                 };
                 let path = parquet_out::write_hour_file_until(root.path(), &file, Some(step))
                     .expect("written up to the step");

@@ -183,10 +183,29 @@ pub const REASON_NO_API_KEY: &str =
     "historicalTrades needs an API key on this market and none is configured (api_key_env, api_key_file)";
 
 /// The trading status of one symbol, as `exchangeInfo` reports it.
+///
+/// Futures contracts carry more (not in the reference; Binance's
+/// derivatives docs): `deliveryDate` (ms; a perpetual's is in 2100) and
+/// `contractStatus`, which COIN-M sends in place of `status`. Every field
+/// but the symbol may be missing; unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SymbolStatus {
     pub symbol: String,
-    pub status: String,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub contract_status: Option<String>,
+    /// Epoch ms, as sent.
+    #[serde(default)]
+    pub delivery_date: Option<i64>,
+}
+
+impl SymbolStatus {
+    /// `status`, or COIN-M's `contractStatus` when there is no `status`.
+    pub fn trading_status(&self) -> Option<&str> {
+        self.status.as_deref().or(self.contract_status.as_deref())
+    }
 }
 
 /// What a REST call would wait for now.
