@@ -357,7 +357,7 @@ struct Runtime {
     wal_retry_at: Option<Instant>,
     /// The start-up symbol check, running beside the recording; it
     /// answers what `exchangeInfo` says of each market's contracts.
-    symbol_check: Option<JoinHandle<anyhow::Result<Vec<(Market, Vec<delivery::ContractFacts>)>>>>,
+    symbol_check: Option<JoinHandle<anyhow::Result<ContractsByMarket>>>,
     /// Set when the runtime cannot go on; returned by the stop.
     fatal: Option<anyhow::Error>,
     /// The WAL writer went with a failed batch task: nothing more can be
@@ -392,6 +392,9 @@ struct Runtime {
     /// Per market, the symbols whose streams the connection tasks drop.
     retired: BTreeMap<Market, tokio::sync::watch::Sender<Arc<std::collections::BTreeSet<Symbol>>>>,
 }
+
+/// What the start-up symbol check learnt of each market's contracts.
+type ContractsByMarket = Vec<(Market, Vec<delivery::ContractFacts>)>;
 
 /// The per-stream metric handles of every configured stream.
 fn stream_metrics(config: &Config, counters: &Counters) -> HashMap<StreamKey, (Counter, GaugeF64)> {
