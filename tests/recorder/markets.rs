@@ -833,3 +833,78 @@ async fn a_dated_coinm_contract_delivered_mid_run_ends_cleanly_and_others_record
     );
     coinm.shutdown().await;
 }
+
+/// A dated contract already delivered when the recorder starts is not
+/// refused: the daemon records the other symbols, judges the contract
+/// delivered from the start-up `exchangeInfo` (`DELIVERED`), owes none of
+/// its hours (it delivered on the hour before the first one watched) and
+/// drops its streams before any silence is judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dated_coinm_contract_delivered_before_the_start_is_skipped_not_refused() {
+    const PERPETUAL: &str = "BTCUSD_PERP";
+    const DATED: &str = "BTCUSD_260101";
+    let first_hour = Hour::containing(SIM_START_US);
+    let coinm = FakeExchange::start(FakeConfig {
+        market: fake_binance::Market::CoinM,
+        symbols: vec![PERPETUAL.to_owned(), DATED.to_owned()],
+        deliveries: vec![(DATED.to_owned(), first_hour.start())],
+        mean_orders_per_sec: 0.25,
+        limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
+        api_keys: vec![API_KEY.to_owned()],
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("coinm fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = market_recorder_toml(
+        &coinm,
+        root,
+        "coinm",
+        &[PERPETUAL, DATED],
+        &STREAMS,
+        &format!("\n[fill]\nweight_share = 0.9\ndeadline_secs = {PATIENT_DEADLINE_SECS}\n"),
+        &api_key_file_line(root),
+    );
+    let recorder = RunningRecorder::start(&config);
+    let key_of = |symbol: &str, kind: StreamKind| StreamKey {
+        market: Market::CoinM,
+        ..usdm_key(symbol, kind)
+    };
+    let hours = [first_hour, first_hour.next()];
+    let wanted: Vec<_> = kinds()
+        .into_iter()
+        .flat_map(|kind| hours.map(|hour| (key_of(PERPETUAL, kind), hour)))
+        .collect();
+    wait_until(
+        Duration::from_secs(120),
+        "the perpetual's hours sealed",
+        || {
+            wanted
+                .iter()
+                .all(|(key, hour)| file_path(root, key, *hour).exists())
+        },
+    )
+    .await;
+    let counters = recorder.stop().await;
+    let until = hours[1].end() + MICROS_PER_MINUTE;
+    let truth = coinm.ground_truth(PERPETUAL, until);
+    for (key, hour) in &wanted {
+        let path = file_path(root, key, *hour);
+        if key.kind == StreamKind::Trade {
+            assert_usdm_trades_match_truth(&path, &truth, *hour);
+        } else {
+            assert_file_matches_truth_with_rest(&path, key.kind, &truth, *hour);
+            assert_eq!(metadata(&path)["unfilled"], "[]", "{}", path.display());
+        }
+    }
+    let dated_files: Vec<_> = parquet_files(&root.join("data"))
+        .into_iter()
+        .filter(|path| path.to_string_lossy().contains(DATED))
+        .collect();
+    assert!(dated_files.is_empty(), "{dated_files:?}");
+    assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
+    assert_eq!(counters.streams_subscribed_silent, 0, "{counters:?}");
+    assert_eq!(counters.silent_links_replaced, 0, "{counters:?}");
+    coinm.shutdown().await;
+}
