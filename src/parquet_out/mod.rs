@@ -222,6 +222,25 @@ mod tests {
     }
 
     #[test]
+    fn a_delivered_contracts_last_hour_says_when_in_its_footer() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let mut file = hour_file(StreamKind::Trade, sample_rows(StreamKind::Trade));
+        let path = write_hour_file(root.path(), &file).expect("writes");
+        let summary = read_summary(&path).expect("summary");
+        assert_eq!(summary.delivered_at, None);
+        assert!(read_metadata(&path)
+            .expect("metadata")
+            .iter()
+            .all(|(key, _)| key != "delivered_at"));
+        file.delivered_at = Some(file.hour.end());
+        let path = write_hour_file(root.path(), &file).expect("rewrites");
+        assert_eq!(
+            read_summary(&path).expect("summary").delivered_at,
+            Some(file.hour.end())
+        );
+    }
+
+    #[test]
     fn every_kind_round_trips_with_metadata() {
         let root = tempfile::tempdir().expect("temporary directory");
         for kind in [

@@ -94,17 +94,13 @@ pub(crate) fn execute_seal(
             // summary does not parse reads as declaring no hole, as before.
             parquet_out::read_hour_file(&path, job.key.kind).map(|rows| {
                 let summary = parquet_out::read_summary(&path).ok();
-                (
-                    rows,
-                    summary,
-                    sealed_coverage(&path),
-                    sealed_delivery(&path),
-                )
+                (rows, summary, sealed_coverage(&path))
             })
         });
         match read {
             Err(message) => return fail(message, job, true),
-            Ok(Ok((sealed, summary, sealed_coverage, sealed_delivery))) => {
+            Ok(Ok((sealed, summary, sealed_coverage))) => {
+                let sealed_delivery = summary.as_ref().and_then(|summary| summary.delivered_at);
                 // The delivery is said once it is known, and kept after.
                 let delivery_changed = delivered_at.is_some() && delivered_at != sealed_delivery;
                 delivered_at = delivered_at.or(sealed_delivery);
@@ -187,16 +183,6 @@ pub(crate) fn execute_seal(
         Ok(Err(message)) => fail(message, job, false),
         Err(message) => fail(message, job, true),
     }
-}
-
-/// The `delivered_at` a sealed file names (only a delivered contract's
-/// last hour has one).
-fn sealed_delivery(path: &Path) -> Option<TimeUs> {
-    let metadata = parquet_out::read_metadata(path).ok()?;
-    metadata
-        .iter()
-        .find(|(name, _)| name == "delivered_at")
-        .and_then(|(_, value)| value.parse().ok())
 }
 
 fn sealed_coverage(path: &Path) -> Option<(TimeUs, TimeUs)> {

@@ -235,6 +235,12 @@ fn resume_from_sealed_files(config: &Config, state: &mut State, counters: &Count
                             if !resumed {
                                 state.resume_after_sealed(&key, hour, summary.last_key);
                                 resumed = true;
+                                // A delivered contract's last file: no later
+                                // hour is owed, even before exchangeInfo
+                                // answers (the spans replayed cover them).
+                                if let Some(at) = summary.delivered_at {
+                                    state.end_recording(key.market, &key.symbol, at);
+                                }
                             }
                             if !summary.unfilled.is_empty() {
                                 state.declare_sealed_holes(&key, hour, summary.unfilled);

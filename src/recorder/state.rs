@@ -1186,12 +1186,17 @@ impl State {
             while n_seals < max_seals
                 && is_sealable(key.kind, hour, exchange_now, self.grace_us)
                 && !stream.in_flight.contains_key(&hour)
-                && delivered_at.is_none_or(|at| hour.start() < at)
             {
                 let watched = coverage(&market.spans, hour);
+                // After a delivery only rows make an hour owed (none are
+                // expected; were any held, they would pin the WAL).
+                let delivered = delivered_at.is_some_and(|at| hour.start() >= at);
                 let owed = stream.open.contains_key(&hour)
-                    || watched.is_some()
-                    || (stream.sealed_any && fill.enabled && fill.backfill_from_hour_start);
+                    || (!delivered
+                        && (watched.is_some()
+                            || (stream.sealed_any
+                                && fill.enabled
+                                && fill.backfill_from_hour_start)));
                 if !owed {
                     hour = hour.next();
                     stream.next_hour_to_seal = Some(hour);
@@ -1874,6 +1879,26 @@ streams = ["trade", "kline_1m"]
             let later = seals(&mut state);
             assert_eq!(later.is_empty(), delivered, "{later:?}");
         }
+    }
+
+    #[test]
+    fn rows_after_a_delivery_are_still_sealed_and_pin_no_wal_segment() {
+        let mut state = new_state();
+        let symbol = Symbol::new("BTCUSDT").expect("valid");
+        state.end_recording(Market::Spot, &symbol, HOUR_START);
+        // Not expected from a delivered contract; held for ever, they
+        // would keep their WAL segment.
+        let late = HOUR_START + 2 * MICROS_PER_HOUR + 5 * MICROS_PER_MINUTE;
+        apply_corroborated(&mut state, SegmentId(3), trade(1, late));
+        clock_sample_of_silence(&mut state, HOUR_START + 4 * MICROS_PER_HOUR + 2_000_000);
+        let jobs = seals(&mut state);
+        let sealed: Vec<(StreamKind, Hour)> =
+            jobs.iter().map(|job| (job.key.kind, job.hour)).collect();
+        assert_eq!(sealed, vec![(StreamKind::Trade, Hour::containing(late))]);
+        for job in &jobs {
+            state.seal_finished(&job.key, job.hour);
+        }
+        assert_eq!(state.oldest_pinned_segment(), None);
     }
 
     #[test]

@@ -796,6 +796,7 @@ mod tests {
             last_key: Some(last),
             row_count: (last - first + 1) as u64,
             unfilled,
+            delivered_at: None,
         }
     }
 
