@@ -117,6 +117,7 @@ fn main() {
         coverage_from: hour.start(),
         coverage_to: hour.end(),
         clock_offset_us: Some(0),
+        delivered_at: None,
     };
     let started = Instant::now();
     let mut bytes = 0;

@@ -12,6 +12,7 @@
 
 mod raw;
 mod validate;
+pub(crate) use validate::is_dated_contract;
 
 use std::fs;
 use std::path::{Path, PathBuf};

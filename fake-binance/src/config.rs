@@ -251,6 +251,12 @@ pub struct FakeConfig {
     /// Firehose mode (benchmarks): WebSocket connections get pre-serialised
     /// aggTrade frames instead of the simulated market's events.
     pub firehose: Option<FirehoseConfig>,
+    /// COIN-M dated contracts delivered at another time than their name
+    /// says (`BTCUSD_260327`: 2026-03-27 08:00 UTC, Binance's delivery
+    /// hour), as (symbol, epoch µs): tests deliver one mid-run. At delivery
+    /// the contract stops trading: no trade after it, its streams go quiet,
+    /// REST serves nothing later, `exchangeInfo` says `DELIVERED`.
+    pub deliveries: Vec<(String, i64)>,
 }
 
 impl Default for FakeConfig {
@@ -273,6 +279,7 @@ impl Default for FakeConfig {
             api_keys: Vec::new(),
             usdm_trade_on_market: false,
             firehose: None,
+            deliveries: Vec::new(),
         }
     }
 }
@@ -358,10 +365,44 @@ impl FakeConfig {
     }
 }
 
+/// The delivery time of a COIN-M dated contract (`BTCUSD_260327`): the
+/// date its name ends with at 08:00 UTC, when Binance delivers quarterly
+/// contracts. `None` for any other name (`BTCUSD_PERP`, spot symbols).
+pub fn delivery_from_name(symbol: &str) -> Option<i64> {
+    let (_, date) = symbol.rsplit_once('_')?;
+    if date.len() != 6 || !date.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| date[range].parse::<u32>().ok();
+    let (year, month, day) = (number(0..2)?, number(2..4)?, number(4..6)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let days = crate::interval::days_from_civil(2000 + i64::from(year), month, day);
+    Some((days * 24 + 8) * 3_600_000_000)
+}
+
 /// The host's wall clock in epoch µs (only used for the default simulated start).
 pub fn host_now_us() -> i64 {
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dated_contract_is_delivered_at_eight_utc_on_its_date() {
+        // 2026-03-27 08:00:00 UTC.
+        assert_eq!(
+            delivery_from_name("BTCUSD_260327"),
+            Some(1_774_598_400_000_000)
+        );
+        for name in ["BTCUSD_PERP", "BTCUSDT", "BTCUSD_261327", "BTCUSD_2603270"] {
+            assert_eq!(delivery_from_name(name), None, "{name}");
+        }
+    }
 }

@@ -327,6 +327,10 @@ fn advance_kline_stream(
 ) -> i64 {
     let period = interval.update_period_us();
     loop {
+        if !book.has_kline_at(stream.kline.open_us) {
+            // Delivered: the stream stays quiet for good.
+            return i64::MAX;
+        }
         let tick_us = stream.next_tick_us;
         if tick_us > now_us {
             return tick_us;

@@ -370,6 +370,16 @@ async fn build_books(config: &FakeConfig) -> std::io::Result<(Vec<SymbolBook>, i
         })
         .collect();
     for book in &mut books {
+        book.delivery_us = config
+            .deliveries
+            .iter()
+            .find(|(symbol, _)| *symbol == book.spec.symbol)
+            .map(|(_, at)| *at)
+            .or_else(|| {
+                (config.market == Market::CoinM)
+                    .then(|| config::delivery_from_name(&book.spec.symbol))
+                    .flatten()
+            });
         book.generate_until(config.sim_start_us);
     }
     Ok((books, config.sim_start_us, false))

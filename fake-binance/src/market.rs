@@ -129,6 +129,9 @@ pub struct SymbolBook {
     klines_from_agg_trades: bool,
     /// Price before the first fill (previous close of the first klines).
     initial_price: i64,
+    /// A dated contract's delivery (epoch µs): nothing trades at or after
+    /// it, and no kline opens at or after it.
+    pub delivery_us: Option<i64>,
 }
 
 impl SymbolBook {
@@ -161,6 +164,7 @@ impl SymbolBook {
             generator: Some(generator),
             data_start_us,
             klines_from_agg_trades: false,
+            delivery_us: None,
         }
     }
 
@@ -193,21 +197,36 @@ impl SymbolBook {
             generator: None,
             data_start_us,
             klines_from_agg_trades,
+            delivery_us: None,
         }
     }
 
     /// Generates the model's orders up to `until_us` (no-op for replayed data).
     pub fn generate_until(&mut self, until_us: i64) {
+        // A delivered contract trades no more: orders stop just before it.
+        let until_us = match self.delivery_us {
+            Some(delivery_us) => until_us.min(delivery_us - 1),
+            None => until_us,
+        };
         if let Some(generator) = self.generator.as_mut() {
             generator.generate_until(until_us, &mut self.trades, &mut self.agg_trades);
         }
     }
 
-    /// Time of the model's next order; `None` for replayed data.
+    /// Time of the model's next order; `None` for replayed data and after
+    /// a delivery.
     pub fn next_order_time_us(&self) -> Option<i64> {
         self.generator
             .as_ref()
             .map(OrderGenerator::next_order_time_us)
+            .filter(|at| self.delivery_us.is_none_or(|delivery_us| *at < delivery_us))
+    }
+
+    /// Whether a kline opening at `open_us` exists: none opens at or after
+    /// the delivery of a dated contract.
+    pub fn has_kline_at(&self, open_us: i64) -> bool {
+        self.delivery_us
+            .is_none_or(|delivery_us| open_us < delivery_us)
     }
 
     pub fn fill_count(&self) -> usize {
@@ -311,7 +330,7 @@ impl SymbolBook {
         let mut previous_close = self.price_before(first_open);
         let mut fill_index = self.first_fill_at_or_after(first_open);
         let mut open = first_open;
-        while open <= last_open {
+        while open <= last_open && self.has_kline_at(open) {
             let next_open = interval.next_open(open);
             let mut kline = KlineState::empty(open, next_open, previous_close);
             let end = next_open.min(fills_before_us);

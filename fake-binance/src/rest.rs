@@ -542,7 +542,7 @@ fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiR
         .iter()
         .map(|book| {
             let spec = &book.spec;
-            serde_json::json!({
+            let mut symbol = serde_json::json!({
                 "symbol": spec.symbol,
                 "status": "TRADING",
                 "baseAsset": spec.base_asset,
@@ -575,7 +575,11 @@ fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiR
                 "permissionSets": [["SPOT"]],
                 "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
                 "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
-            })
+            });
+            if shared.config.market == Market::CoinM {
+                add_contract_fields(&mut symbol, book, now_us);
+            }
+            symbol
         })
         .collect();
     let info = serde_json::json!({
@@ -591,6 +595,49 @@ fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiR
         "symbols": symbols,
     });
     Ok(info.to_string())
+}
+
+/// Perpetuals' `deliveryDate` on Binance's futures `exchangeInfo`:
+/// 2100-12-25 08:00 UTC, in ms.
+const PERPETUAL_DELIVERY_MS: i64 = 4_133_404_800_000;
+
+/// The COIN-M contract fields of a symbol of `exchangeInfo`, as Binance's
+/// derivatives docs show them (the reference does not list them):
+/// `contractStatus` instead of spot's `status`, `contractType`, `pair`,
+/// `deliveryDate` and `onboardDate` (ms). A dated contract is `TRADING`
+/// until its delivery and `DELIVERED` from then on (Binance passes through
+/// `PRE_DELIVERING` and `DELIVERING` for a while; a recorder must not need
+/// them).
+fn add_contract_fields(symbol: &mut serde_json::Value, book: &SymbolBook, now_us: i64) {
+    let spec = &book.spec;
+    let (contract_type, delivery_ms, status) = match book.delivery_us {
+        Some(delivery_us) => (
+            "CURRENT_QUARTER",
+            delivery_us.div_euclid(1_000),
+            if now_us >= delivery_us {
+                "DELIVERED"
+            } else {
+                "TRADING"
+            },
+        ),
+        None => ("PERPETUAL", PERPETUAL_DELIVERY_MS, "TRADING"),
+    };
+    let pair = spec
+        .symbol
+        .split_once('_')
+        .map_or(spec.symbol.as_str(), |(pair, _)| pair);
+    if let Some(fields) = symbol.as_object_mut() {
+        fields.remove("status");
+        fields.insert("contractStatus".to_owned(), status.into());
+        fields.insert("contractType".to_owned(), contract_type.into());
+        fields.insert("pair".to_owned(), pair.into());
+        fields.insert("deliveryDate".to_owned(), delivery_ms.into());
+        // Futures times are in ms only.
+        fields.insert(
+            "onboardDate".to_owned(),
+            book.data_start_us.div_euclid(1_000).into(),
+        );
+    }
 }
 
 fn json_array<T>(items: &[T], mut write_item: impl FnMut(&mut String, &T)) -> String {

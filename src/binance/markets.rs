@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use crate::domain::{Market, StreamKind};
+use crate::domain::{Market, StreamKind, TimeUs};
 
 /// A USD-M WebSocket route (reference 1.3, mandatory since 2026-04-23).
 /// A stream subscribed on the wrong route is acknowledged and then never
@@ -79,6 +79,10 @@ pub struct MarketProfile {
     pub max_historical_trades_rows: u16,
     /// `historicalTrades` needs `X-MBX-APIKEY` (security `MARKET_DATA`).
     pub historical_trades_needs_key: bool,
+    /// How far back `historicalTrades` serves trades; `None`: no bound
+    /// documented (futures: "only last one month", reference 5.2, taken
+    /// as 30 days).
+    pub historical_trades_reach: Option<Duration>,
     /// `aggTrades` with both `startTime` and `endTime` must span less than
     /// this (futures: one hour); `None` where no such rule exists.
     pub agg_trades_max_span: Option<Duration>,
@@ -94,6 +98,7 @@ const SPOT: MarketProfile = MarketProfile {
     default_weight_limit: 6000,
     max_historical_trades_rows: 1000,
     historical_trades_needs_key: false,
+    historical_trades_reach: None,
     agg_trades_max_span: None,
 };
 
@@ -110,6 +115,7 @@ const USDM: MarketProfile = MarketProfile {
     default_weight_limit: 2400,
     max_historical_trades_rows: 500,
     historical_trades_needs_key: true,
+    historical_trades_reach: Some(Duration::from_secs(30 * 24 * 3600)),
     agg_trades_max_span: Some(Duration::from_secs(3600)),
 };
 
@@ -142,6 +148,16 @@ impl MarketProfile {
             Market::CoinM => COINM,
             Market::Us => US,
         }
+    }
+
+    /// Whether `historicalTrades` can still serve trades of `time` when
+    /// the exchange clock is at `exchange_now` (both µs): always on spot;
+    /// on futures only within the last month.
+    pub fn historical_trades_reach_back_to(&self, time: TimeUs, exchange_now: TimeUs) -> bool {
+        self.historical_trades_reach.is_none_or(|reach| {
+            let reach_us = TimeUs::try_from(reach.as_micros()).unwrap_or(TimeUs::MAX);
+            time >= exchange_now.saturating_sub(reach_us)
+        })
     }
 
     /// Whether this market's streams are futures-shaped (trades carry `X`,
@@ -192,6 +208,22 @@ impl MarketProfile {
 mod tests {
     use super::*;
     use crate::domain::KlineInterval;
+
+    #[test]
+    fn futures_historical_trades_reach_back_one_month_and_spot_without_bound() {
+        const DAY_US: TimeUs = 24 * 3_600_000_000;
+        let now = 1_774_598_400_000_000;
+        for market in [Market::UsdM, Market::CoinM] {
+            let futures = MarketProfile::of(market);
+            assert!(futures.historical_trades_reach_back_to(now - DAY_US, now));
+            assert!(futures.historical_trades_reach_back_to(now - 30 * DAY_US, now));
+            assert!(!futures.historical_trades_reach_back_to(now - 30 * DAY_US - 1, now));
+        }
+        for market in [Market::Spot, Market::Us] {
+            let spot = MarketProfile::of(market);
+            assert!(spot.historical_trades_reach_back_to(now - 3_650 * DAY_US, now));
+        }
+    }
 
     #[test]
     fn futures_numbers_are_their_own() {

@@ -129,7 +129,7 @@ fn each_market_is_held_to_its_own_limits_and_the_error_names_the_key() {
 }
 
 #[test]
-fn coinm_records_perpetuals_and_refuses_dated_contracts_by_name() {
+fn coinm_records_perpetuals_and_dated_contracts() {
     let coinm = r#"
 [markets.coinm]
 symbols = ["BTCUSD_PERP", "ETHUSD_PERP"]
@@ -143,12 +143,12 @@ streams = ["trade", "aggTrade", "kline_1m"]
         market_config.connection.dead_after,
         Duration::from_secs(270)
     );
-    let message = error_of(&coinm.replace("ETHUSD_PERP", "BTCUSD_260327"));
-    assert!(
-        message.contains("markets.coinm.symbols")
-            && message.contains("BTCUSD_260327")
-            && message.contains("dated contract"),
-        "{message}"
+    // A dated contract is recorded until its delivery (recorder/delivery.rs).
+    let config = Config::from_toml(&coinm.replace("ETHUSD_PERP", "BTCUSD_260327"))
+        .expect("dated contracts are recorded");
+    assert_eq!(
+        market(&config, Market::CoinM).symbols[1].to_string(),
+        "BTCUSD_260327"
     );
     // A spot symbol with an underscore and digits is not judged.
     assert!(!is_dated_contract("BTCUSD_PERP") && is_dated_contract("ETHUSD_251226"));

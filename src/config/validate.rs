@@ -466,7 +466,7 @@ fn market_value<T: Copy>(
 
 /// A COIN-M delivery contract (`BTCUSD_260327`): a name ending in `_`
 /// and six digits (the delivery date), as opposed to `BTCUSD_PERP`.
-pub(super) fn is_dated_contract(symbol: &str) -> bool {
+pub(crate) fn is_dated_contract(symbol: &str) -> bool {
     symbol
         .rsplit_once('_')
         .is_some_and(|(_, suffix)| suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_digit()))
@@ -560,15 +560,6 @@ fn validate_market(
             return Err(invalid(
                 format!("{key}.symbols"),
                 format!("{text:?} is listed twice"),
-            ));
-        }
-        if market == Market::CoinM && is_dated_contract(text) {
-            return Err(invalid(
-                format!("{key}.symbols"),
-                format!(
-                    "{text:?} is a dated contract: its delivery (streams silent for good) is not handled \
-                     in this release (issue #15); perpetuals (`_PERP`) are"
-                ),
             ));
         }
         symbols.push(symbol);

@@ -222,6 +222,9 @@ counters! {
     /// Hours whose declared holes the daemon stopped retrying after
     /// `fill.declared_give_up_hours` (they stay declared, for `backfill`).
     counter declared_given_up,
+    /// Dated contracts delivered while recorded (or found delivered at
+    /// start): their recording ended after the delivery hour.
+    counter contracts_delivered,
     /// Stream connections lost.
     counter disconnects,
     /// Control replies that reported an error.

@@ -118,6 +118,9 @@ pub struct HourFile<R = Vec<Row>> {
     pub coverage_from: TimeUs,
     pub coverage_to: TimeUs,
     pub clock_offset_us: Option<i64>,
+    /// A dated contract's delivery (epoch µs) when it falls in this hour,
+    /// the contract's last: written as `delivered_at`, only then.
+    pub delivered_at: Option<TimeUs>,
 }
 
 #[cfg(test)]
@@ -153,6 +156,7 @@ mod tests {
             coverage_from: hour.start(),
             coverage_to: hour.end(),
             clock_offset_us: Some(-1234),
+            delivered_at: None,
         }
     }
 
@@ -215,6 +219,25 @@ mod tests {
                 source: Source::Ws,
             })],
         }
+    }
+
+    #[test]
+    fn a_delivered_contracts_last_hour_says_when_in_its_footer() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let mut file = hour_file(StreamKind::Trade, sample_rows(StreamKind::Trade));
+        let path = write_hour_file(root.path(), &file).expect("writes");
+        let summary = read_summary(&path).expect("summary");
+        assert_eq!(summary.delivered_at, None);
+        assert!(read_metadata(&path)
+            .expect("metadata")
+            .iter()
+            .all(|(key, _)| key != "delivered_at"));
+        file.delivered_at = Some(file.hour.end());
+        let path = write_hour_file(root.path(), &file).expect("rewrites");
+        assert_eq!(
+            read_summary(&path).expect("summary").delivered_at,
+            Some(file.hour.end())
+        );
     }
 
     #[test]

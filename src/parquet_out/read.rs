@@ -13,7 +13,7 @@ use arrow_array::{
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::domain::{
-    AggTradeRow, Decimal8, KlineRow, Row, Source, StreamKind, TradeRow, UnfilledRange,
+    AggTradeRow, Decimal8, KlineRow, Row, Source, StreamKind, TimeUs, TradeRow, UnfilledRange,
     MAX_EXCHANGE_TIME_US, MIN_EXCHANGE_ID,
 };
 
@@ -31,6 +31,8 @@ pub struct SealedSummary {
     pub last_key: Option<i64>,
     pub row_count: u64,
     pub unfilled: Vec<UnfilledRange>,
+    /// `delivered_at`: the file is a delivered contract's last hour.
+    pub delivered_at: Option<TimeUs>,
 }
 
 /// Why a footer's key-value metadata is not a valid [`SealedSummary`].
@@ -136,12 +138,16 @@ pub fn parse_summary(metadata: &[(String, String)]) -> Result<SealedSummary, Sum
             }
         }
     }
+    // Optional: a value that does not parse is as good as none (the rows
+    // are fine; only a later hour would be judged owed again).
+    let delivered_at = ranged_key_of("delivered_at").ok().flatten();
     Ok(SealedSummary {
         schema_version,
         first_key,
         last_key,
         row_count,
         unfilled,
+        delivered_at,
     })
 }
 

@@ -182,6 +182,7 @@ pub(super) fn file_metadata<R: SortedRows>(file: &HourFile<R>) -> Vec<KeyValue> 
         ("clock_offset_us", clock_offset),
     ]
     .into_iter()
+    .chain(file.delivered_at.map(|at| ("delivered_at", at.to_string())))
     .map(|(key, value)| KeyValue::new(key.to_owned(), value))
     .collect()
 }

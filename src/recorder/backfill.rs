@@ -448,6 +448,7 @@ async fn backfill_file(
         clock_offset_us: None,
         unfilled: Some(revised),
         late: true,
+        delivered_at: None,
     };
     let data_dir = config.data_dir.clone();
     let sealed_outcome =

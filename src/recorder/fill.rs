@@ -19,7 +19,7 @@
 
 use crate::binance::rest::{
     FetchOutcome, Fetched, IdRangeEnd, RestClient, RestError, RetryPolicy, MAX_PAGE_ROWS,
-    REASON_NO_API_KEY,
+    REASON_BEYOND_REACH, REASON_NO_API_KEY,
 };
 use crate::domain::{Hour, Row, StreamKind, Symbol};
 use crate::gaps::{Hole, IdHole, KlineHole, Settled};
@@ -180,9 +180,7 @@ async fn fill_hole(
 ) -> HoleAnswer {
     let symbol = &job.key.symbol;
     match (job.key.kind, hole) {
-        (StreamKind::Trade, Hole::Ids(hole)) => {
-            fill_trades(rest, symbol, job.hour, hole, retry).await
-        }
+        (StreamKind::Trade, Hole::Ids(hole)) => fill_trades(rest, symbol, job, hole, retry).await,
         (StreamKind::AggTrade, Hole::Ids(hole)) => {
             fill_agg_trades(rest, symbol, job.hour, hole, retry).await
         }
@@ -224,15 +222,22 @@ fn id_range_end(hole: &IdHole, hour: Hour) -> IdRangeEnd {
 async fn fill_trades(
     rest: &RestClient,
     symbol: &Symbol,
-    hour: Hour,
+    job: &FillJob,
     hole: &IdHole,
     retry: &RetryPolicy,
 ) -> HoleAnswer {
+    let hour = job.hour;
+    // Either is declared with the reason at the deadline; no call is made.
     if !rest.can_fetch_trades() {
-        // Declared with the reason at the deadline; no call is made.
         return HoleAnswer {
             rows: Vec::new(),
             verdict: Err(REASON_NO_API_KEY.to_owned()),
+        };
+    }
+    if !rest.trades_reach_back_to(hole.from_time, job.closed_before) {
+        return HoleAnswer {
+            rows: Vec::new(),
+            verdict: Err(REASON_BEYOND_REACH.to_owned()),
         };
     }
     let from_id = match hole.from_id {
@@ -304,5 +309,54 @@ async fn fill_agg_trades(
             // Judged as open-ended: the time bound, not an id, ends it.
             HoleAnswer::from_fetched(fetched, false, Row::AggTrade)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::binance::rest::{ApiKey, RestOptions};
+    use crate::domain::{Market, StreamKey, TimeUs, MICROS_PER_HOUR};
+    use crate::metrics::Counters;
+
+    #[tokio::test]
+    async fn a_futures_trade_hole_older_than_a_month_is_declared_without_a_call() {
+        const DAY_US: TimeUs = 24 * MICROS_PER_HOUR;
+        let counters = Arc::new(Counters::default());
+        // Nothing listens there: a call would fail with a network error.
+        let rest = RestClient::with_options(
+            Market::CoinM,
+            "http://127.0.0.1:1",
+            RestOptions {
+                api_key: ApiKey::new("a-key"),
+                counters: counters.clone(),
+                ..RestOptions::default()
+            },
+        );
+        let now: TimeUs = 1_774_598_400_000_000;
+        let hour = Hour::containing(now - 31 * DAY_US);
+        let job = FillJob {
+            key: StreamKey {
+                market: Market::CoinM,
+                symbol: Symbol::new("BTCUSD_PERP").expect("valid"),
+                kind: StreamKind::Trade,
+            },
+            hour,
+            holes: vec![Hole::Ids(IdHole {
+                from_id: Some(10),
+                to_id: Some(20),
+                from_time: hour.start() + 5,
+                to_time: hour.start() + 50,
+            })],
+            closed_before: now,
+            declared: true,
+            deadline: None,
+        };
+        let report = run_fill(rest, job, RetryPolicy::default()).await;
+        assert_eq!(report.failure.as_deref(), Some(REASON_BEYOND_REACH));
+        assert!(report.rows.is_empty() && report.settled.is_empty());
+        assert_eq!(counters.snapshot().rest_calls, 0);
     }
 }

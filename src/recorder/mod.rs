@@ -16,6 +16,8 @@
 pub mod backfill;
 mod batch;
 pub mod budget;
+mod contracts;
+pub mod delivery;
 pub mod fill;
 mod fill_rounds;
 pub mod held;
@@ -43,7 +45,7 @@ use crate::binance::rest::RestClient;
 use crate::binance::streams::stream_name;
 use crate::binance::ws::{HandshakeBudget, Inbound};
 use crate::config::Config;
-use crate::domain::{Hour, Market, StreamKey, TimeUs};
+use crate::domain::{Hour, Market, StreamKey, Symbol, TimeUs};
 use crate::metrics::health::HealthBoard;
 use crate::metrics::{Counters, GaugeF64, MarketLabels, StreamLabels};
 use crate::recorder::batch::{wait_batch, BatchOutcome, Pending};
@@ -186,10 +188,15 @@ pub async fn run_with_seams(
         let config = config.clone();
         let rest_clients = rest_clients.clone();
         tokio::spawn(async move {
+            let mut contracts = Vec::new();
             for market_config in &config.markets {
-                check_symbols(market_config, &rest_clients[&market_config.market]).await?;
+                let market = market_config.market;
+                contracts.push((
+                    market,
+                    check_symbols(market_config, &rest_clients[&market]).await?,
+                ));
             }
-            Ok(())
+            Ok(contracts)
         })
     };
 
@@ -235,6 +242,8 @@ pub async fn run_with_seams(
         status_refreshed_at: Instant::now(),
         stream_metrics: stream_metrics(&config, &counters),
         upload: None,
+        deliveries: delivery::Deliveries::default(),
+        retired: BTreeMap::new(),
     };
     for market_config in &config.markets {
         runtime.state.begin_session(market_config.market);
@@ -275,7 +284,9 @@ pub async fn run_with_seams(
     };
     for market_config in &config.markets {
         let rest = rest_clients[&market_config.market].clone();
-        n_tasks = spawner.spawn_market_tasks(market_config, n_tasks, rest);
+        let (retire, retired) = tokio::sync::watch::channel(Arc::default());
+        runtime.retired.insert(market_config.market, retire);
+        n_tasks = spawner.spawn_market_tasks(market_config, n_tasks, rest, retired);
     }
     drop(sender);
     if let Some(listener) = metrics_listener {
@@ -348,8 +359,9 @@ struct Runtime {
     /// and when the next may be tried (doubling back-off up to 30 s).
     wal_failures: u32,
     wal_retry_at: Option<Instant>,
-    /// The start-up symbol check, running beside the recording.
-    symbol_check: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The start-up symbol check, running beside the recording; it
+    /// answers what `exchangeInfo` says of each market's contracts.
+    symbol_check: Option<JoinHandle<anyhow::Result<ContractsByMarket>>>,
     /// Set when the runtime cannot go on; returned by the stop.
     fatal: Option<anyhow::Error>,
     /// The WAL writer went with a failed batch task: nothing more can be
@@ -379,7 +391,14 @@ struct Runtime {
     /// The upload task's inbox, when `[storage] destination` is set: each
     /// file written by a seal is handed over (never waiting).
     upload: Option<crate::upload::UploadHandle>,
+    /// Dated contracts' deliveries (`contracts.rs`).
+    deliveries: delivery::Deliveries,
+    /// Per market, the symbols whose streams the connection tasks drop.
+    retired: BTreeMap<Market, tokio::sync::watch::Sender<Arc<std::collections::BTreeSet<Symbol>>>>,
 }
+
+/// What the start-up symbol check learnt of each market's contracts.
+type ContractsByMarket = Vec<(Market, Vec<delivery::ContractFacts>)>;
 
 /// The per-stream metric handles of every configured stream.
 fn stream_metrics(config: &Config, counters: &Counters) -> HashMap<StreamKey, (Counter, GaugeF64)> {
@@ -441,7 +460,11 @@ impl Runtime {
                     }
                 },
                 checked = wait_opt(&mut self.symbol_check) => match checked {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(contracts)) => {
+                        for (market, facts) in contracts {
+                            self.deliveries.learn(market, facts);
+                        }
+                    }
                     Ok(Err(error)) => {
                         // Logged once, by main, with the exit status.
                         self.fatal = Some(error);
@@ -641,6 +664,13 @@ impl Runtime {
                     })
                     .set(offset_us as f64 / 1e6);
             }
+            Inbound::SymbolStatuses { market, statuses } => {
+                let facts = statuses
+                    .iter()
+                    .filter_map(delivery::ContractFacts::from_status)
+                    .collect();
+                self.deliveries.learn(market, facts);
+            }
             Inbound::Refused { market, message } => {
                 // Logged once, by main, with the exit status.
                 self.fatal
@@ -665,6 +695,7 @@ impl Runtime {
                 .max_concurrent_seals
                 .saturating_sub(self.seals.len())
         };
+        self.end_delivered_contracts();
         self.observe_paces();
         self.cut_overdue_fills();
         while self.fills.len() < self.config.fill.max_concurrent_rounds {
@@ -677,7 +708,8 @@ impl Runtime {
         let now = self.now_ms();
         for job in self.state.plan(free, now) {
             match job {
-                Job::Seal(job) => {
+                Job::Seal(mut job) => {
+                    job.delivered_at = self.delivery_in_hour(&job.key, job.hour);
                     let data_dir = self.config.data_dir.clone();
                     let faults = self.seal_faults.clone();
                     let counters = self.counters.clone();

@@ -86,6 +86,7 @@ pub(crate) fn execute_seal(
     let path = parquet_out::hour_file_path(data_dir, &job.key, job.hour);
     let mut coverage = (job.coverage_from, job.coverage_to);
     let mut unfilled = job.unfilled.clone().unwrap_or_default();
+    let mut delivered_at = job.delivered_at;
     let mut resealed = false;
     if path.exists() {
         let read = unwinding("reading the sealed file", || {
@@ -99,6 +100,10 @@ pub(crate) fn execute_seal(
         match read {
             Err(message) => return fail(message, job, true),
             Ok(Ok((sealed, summary, sealed_coverage))) => {
+                let sealed_delivery = summary.as_ref().and_then(|summary| summary.delivered_at);
+                // The delivery is said once it is known, and kept after.
+                let delivery_changed = delivered_at.is_some() && delivered_at != sealed_delivery;
+                delivered_at = delivered_at.or(sealed_delivery);
                 let sealed_version = summary.as_ref().map(|summary| summary.schema_version);
                 let sealed_unfilled = summary.map(|summary| summary.unfilled).unwrap_or_default();
                 if let Some((from, to)) = sealed_coverage {
@@ -121,7 +126,7 @@ pub(crate) fn execute_seal(
                 if let Some(version) = sealed_version.filter(|_| outdated) {
                     info!(path = %path.display(), from_version = %version, to_version = %SchemaVersion::CURRENT, "sealed file of an older schema version; rewriting it in the current one");
                 }
-                if !changed && !unfilled_changed && !outdated {
+                if !changed && !unfilled_changed && !outdated && !delivery_changed {
                     return SealOutcome {
                         job_key,
                         hour,
@@ -152,6 +157,7 @@ pub(crate) fn execute_seal(
         coverage_from: coverage.0,
         coverage_to: coverage.1,
         clock_offset_us: job.clock_offset_us,
+        delivered_at,
     };
     let fault = faults.and_then(|faults| faults(&job.key, job.hour));
     // `file` is only borrowed: its rows survive a panic and go back to the job.
@@ -229,6 +235,7 @@ mod tests {
             clock_offset_us: None,
             unfilled: None,
             late,
+            delivered_at: None,
         }
     }
 
@@ -335,6 +342,7 @@ mod tests {
                     coverage_from: crashed.coverage_from,
                     coverage_to: crashed.coverage_to,
                     clock_offset_us: None,
+                    delivered_at: None,
                 };
                 let path = parquet_out::write_hour_file_until(root.path(), &file, Some(step))
                     .expect("written up to the step");

@@ -11,11 +11,12 @@ use anyhow::Context;
 use tracing::{error, info, warn};
 
 use crate::binance::rest::{RestClient, RestError};
-use crate::config::{Config, MarketConfig};
+use crate::config::{is_dated_contract, Config, MarketConfig};
 use crate::domain::{Hour, StreamKey};
 use crate::metrics::Counters;
 use crate::parquet_out;
 use crate::quarantine;
+use crate::recorder::delivery::{judge_contract, ContractFacts, ContractVerdict};
 use crate::recorder::records::{decode_record, Applied};
 use crate::recorder::state::State;
 use crate::wal::fs::WalFs;
@@ -23,31 +24,35 @@ use crate::wal::{Wal, WalConfig, WalWriter};
 
 /// Checks the configured symbols against `exchangeInfo`: an unknown symbol
 /// is an error, one that is not trading a warning. REST being unreachable
-/// is only a warning: recording must not wait for it.
+/// is only a warning: recording must not wait for it. Returns what the
+/// answer says of the configured symbols' contracts (delivery dates and
+/// statuses, `recorder/delivery.rs`), read even with `check_symbols` off
+/// when a symbol is a dated contract; empty when REST did not answer.
 pub(super) async fn check_symbols(
     market_config: &MarketConfig,
     rest: &RestClient,
-) -> anyhow::Result<()> {
-    if !market_config.check_symbols {
-        // The weight limit is still read: it changes over time.
-        if let Some(symbol) = market_config.symbols.first() {
-            if let Err(error) = rest.refresh_weight_limit(symbol).await {
-                warn!(market = %market_config.market, %error, "cannot read the REST weight limit; using the default");
-            }
-        }
-        return Ok(());
-    }
+) -> anyhow::Result<Vec<ContractFacts>> {
     let market = market_config.market;
     let names: Vec<String> = market_config
         .symbols
         .iter()
         .map(ToString::to_string)
         .collect();
+    let has_dated = names.iter().any(|name| is_dated_contract(name));
+    if !market_config.check_symbols && !has_dated {
+        // The weight limit is still read: it changes over time.
+        if let Some(symbol) = market_config.symbols.first() {
+            if let Err(error) = rest.refresh_weight_limit(symbol).await {
+                warn!(market = %market_config.market, %error, "cannot read the REST weight limit; using the default");
+            }
+        }
+        return Ok(Vec::new());
+    }
     let statuses = match rest.symbol_statuses(&names).await {
         Ok(statuses) => statuses,
         Err(RestError::Status {
             code: Some(-1121), ..
-        }) => {
+        }) if market_config.check_symbols => {
             // The list answer does not say which symbol is unknown: ask one by one.
             let mut unknown = Vec::new();
             for name in &names {
@@ -68,21 +73,34 @@ pub(super) async fn check_symbols(
         }
         Err(error) => {
             warn!(%market, %error, "cannot check symbols against exchangeInfo; recording anyway");
-            return Ok(());
+            return Ok(Vec::new());
         }
     };
-    for name in &names {
+    for name in names.iter().filter(|_| market_config.check_symbols) {
         match statuses.iter().find(|status| &status.symbol == name) {
             None => anyhow::bail!(
                 "config key `markets.{market}.symbols`: {name} is unknown to the exchange"
             ),
-            Some(status) if status.status != "TRADING" => {
-                warn!(%market, symbol = %name, status = %status.status, "symbol is not trading; its streams may stay silent")
+            Some(status) => {
+                let facts = ContractFacts::from_status(status);
+                let delivered = facts.as_ref().is_some_and(|facts| {
+                    matches!(judge_contract(facts, None), ContractVerdict::Delivered(_))
+                });
+                // A delivered contract is said so by the runtime, once.
+                match status.trading_status() {
+                    Some("TRADING") => {}
+                    _ if delivered => {}
+                    trading_status => {
+                        warn!(%market, symbol = %name, status = trading_status.unwrap_or("none"), "symbol is not trading; its streams may stay silent")
+                    }
+                }
             }
-            Some(_) => {}
         }
     }
-    Ok(())
+    Ok(statuses
+        .iter()
+        .filter_map(ContractFacts::from_status)
+        .collect())
 }
 
 pub(super) async fn open_and_replay(
@@ -217,6 +235,12 @@ fn resume_from_sealed_files(config: &Config, state: &mut State, counters: &Count
                             if !resumed {
                                 state.resume_after_sealed(&key, hour, summary.last_key);
                                 resumed = true;
+                                // A delivered contract's last file: no later
+                                // hour is owed, even before exchangeInfo
+                                // answers (the spans replayed cover them).
+                                if let Some(at) = summary.delivered_at {
+                                    state.end_recording(key.market, &key.symbol, at);
+                                }
                             }
                             if !summary.unfilled.is_empty() {
                                 state.declare_sealed_holes(&key, hour, summary.unfilled);

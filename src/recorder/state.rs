@@ -189,6 +189,9 @@ pub struct SealJob {
     pub unfilled: Option<Vec<UnfilledRange>>,
     /// The hour was sealed before: merge with the file on disk.
     pub late: bool,
+    /// The delivery of a dated contract in this hour (its last), set by
+    /// the runtime; `None` keeps what the file on disk says.
+    pub delivered_at: Option<TimeUs>,
 }
 
 /// One REST fill round to run: the holes of a stream-hour.
@@ -429,6 +432,9 @@ pub struct State {
     /// Stream-hours judged ([`judge_hour`] calls), for the test that a
     /// frame costs no planning work when nothing can change.
     n_judged: u64,
+    /// Delivered contracts (see `recorder/delivery.rs`): no hour starting
+    /// at or after the delivery is owed by the symbol's streams.
+    delivered: BTreeMap<(Market, Symbol), TimeUs>,
 }
 
 /// Host time between two walks of [`State::plan`] with no event and no
@@ -512,7 +518,16 @@ impl State {
             prune_due: false,
             wake: Wake::default(),
             n_judged: 0,
+            delivered: BTreeMap::new(),
         }
+    }
+
+    /// `symbol` of `market` was delivered at `at`: its streams seal the
+    /// hours before `at` as usual (the hour holding it with the rows up to
+    /// it) and owe no later hour.
+    pub fn end_recording(&mut self, market: Market, symbol: &Symbol, at: TimeUs) {
+        self.delivered.insert((market, symbol.clone()), at);
+        self.wake.dirty = true;
     }
 
     /// How many times [`State::plan`] walked the streams (the rest of its
@@ -1170,6 +1185,12 @@ impl State {
                 }
             }
 
+            // A few entries at most: found without building a key.
+            let delivered_at = self
+                .delivered
+                .iter()
+                .find(|((market, symbol), _)| *market == key.market && *symbol == key.symbol)
+                .map(|(_, at)| *at);
             // Hours are judged even when no seal may start (every slot
             // busy, or seals paused after a failure), so their fill rounds
             // start on time; an hour judged ready to seal then waits for a
@@ -1188,9 +1209,15 @@ impl State {
                     break;
                 }
                 let watched = coverage(&market.spans, hour);
+                // After a delivery only rows make an hour owed (none are
+                // expected; were any held, they would pin the WAL).
+                let delivered = delivered_at.is_some_and(|at| hour.start() >= at);
                 let owed = stream.open.contains_key(&hour)
-                    || watched.is_some()
-                    || (stream.sealed_any && fill.enabled && fill.backfill_from_hour_start);
+                    || (!delivered
+                        && (watched.is_some()
+                            || (stream.sealed_any
+                                && fill.enabled
+                                && fill.backfill_from_hour_start)));
                 if !owed {
                     hour = hour.next();
                     stream.next_hour_to_seal = Some(hour);
@@ -1589,6 +1616,7 @@ fn make_job(
         clock_offset_us,
         unfilled: None,
         late,
+        delivered_at: None,
     }
 }
 
@@ -1832,6 +1860,70 @@ streams = ["trade", "kline_1m"]
             Some(SegmentId(1)),
             "hour 2 rows are in segment 1 too"
         );
+    }
+
+    #[test]
+    fn a_delivered_symbol_seals_its_delivery_hour_and_owes_no_later_hour() {
+        // The same quiet hours, once recorded and once with the symbol
+        // delivered at the end of the first: watched hours are owed (empty
+        // files) only while the contract trades.
+        for delivered in [false, true] {
+            let mut state = new_state();
+            apply_corroborated(
+                &mut state,
+                SegmentId(1),
+                trade(1, HOUR_START + 30 * MICROS_PER_MINUTE),
+            );
+            let delivery = HOUR_START + MICROS_PER_HOUR;
+            if delivered {
+                let symbol = Symbol::new("BTCUSDT").expect("valid");
+                state.end_recording(Market::Spot, &symbol, delivery);
+            }
+            clock_sample_of_silence(&mut state, HOUR_START + 3 * MICROS_PER_HOUR + 2_000_000);
+            let jobs = seals(&mut state);
+            for job in &jobs {
+                state.seal_finished(&job.key, job.hour);
+            }
+            let hours: BTreeSet<Hour> = jobs.iter().map(|job| job.hour).collect();
+            let first = Hour::containing(HOUR_START);
+            if delivered {
+                assert_eq!(hours, BTreeSet::from([first]), "{jobs:?}");
+                let trade_job = jobs
+                    .iter()
+                    .find(|job| job.key.kind == StreamKind::Trade)
+                    .expect("trade job");
+                assert_eq!(trade_job.rows.len(), 1);
+            } else {
+                assert_eq!(
+                    hours,
+                    BTreeSet::from([first, first.next(), first.next().next()]),
+                    "{jobs:?}"
+                );
+            }
+            clock_sample_of_silence(&mut state, HOUR_START + 5 * MICROS_PER_HOUR + 2_000_000);
+            let later = seals(&mut state);
+            assert_eq!(later.is_empty(), delivered, "{later:?}");
+        }
+    }
+
+    #[test]
+    fn rows_after_a_delivery_are_still_sealed_and_pin_no_wal_segment() {
+        let mut state = new_state();
+        let symbol = Symbol::new("BTCUSDT").expect("valid");
+        state.end_recording(Market::Spot, &symbol, HOUR_START);
+        // Not expected from a delivered contract; held for ever, they
+        // would keep their WAL segment.
+        let late = HOUR_START + 2 * MICROS_PER_HOUR + 5 * MICROS_PER_MINUTE;
+        apply_corroborated(&mut state, SegmentId(3), trade(1, late));
+        clock_sample_of_silence(&mut state, HOUR_START + 4 * MICROS_PER_HOUR + 2_000_000);
+        let jobs = seals(&mut state);
+        let sealed: Vec<(StreamKind, Hour)> =
+            jobs.iter().map(|job| (job.key.kind, job.hour)).collect();
+        assert_eq!(sealed, vec![(StreamKind::Trade, Hour::containing(late))]);
+        for job in &jobs {
+            state.seal_finished(&job.key, job.hour);
+        }
+        assert_eq!(state.oldest_pinned_segment(), None);
     }
 
     #[test]

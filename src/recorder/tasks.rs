@@ -41,6 +41,7 @@ impl TaskSpawner<'_> {
         market_config: &MarketConfig,
         n_tasks_before: usize,
         rest: RestClient,
+        retired: crate::binance::ws::RetiredSymbols,
     ) -> usize {
         let market = market_config.market;
         let profile = crate::binance::markets::MarketProfile::of(market);
@@ -71,6 +72,7 @@ impl TaskSpawner<'_> {
                 route,
                 streams: chunk,
                 activity: activity.clone(),
+                retired: retired.clone(),
             };
             n_tasks += 1;
             self.tasks.spawn(supervise_connection(
@@ -85,11 +87,24 @@ impl TaskSpawner<'_> {
         }
         let interval = market_config.time_check_interval;
         let weight_symbol = market_config.symbols.first().cloned();
+        // With dated contracts, the hourly read asks for every configured
+        // symbol's status too (their delivery, `recorder/delivery.rs`).
+        let contracts = market_config
+            .symbols
+            .iter()
+            .any(|symbol| crate::config::is_dated_contract(&symbol.to_string()))
+            .then(|| {
+                market_config
+                    .symbols
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            });
         self.tasks.spawn(run_clock_checks(
             market,
             rest,
             interval,
-            weight_symbol,
+            (weight_symbol, contracts),
             self.sender.clone(),
             self.shutdown.child_token(),
         ));
@@ -175,12 +190,13 @@ async fn supervise_connection(
 const WEIGHT_LIMIT_REFRESH: Duration = Duration::from_secs(3600);
 
 /// Asks `/api/v3/time` every `interval` and reports the host clock's
-/// offset; reads the REST weight limit again every [`WEIGHT_LIMIT_REFRESH`].
+/// offset; reads the REST weight limit again every [`WEIGHT_LIMIT_REFRESH`]
+/// (with the statuses of `contracts`, when given, reported to the runtime).
 async fn run_clock_checks(
     market: Market,
     rest: RestClient,
     interval: Duration,
-    weight_symbol: Option<crate::domain::Symbol>,
+    (weight_symbol, contracts): (Option<crate::domain::Symbol>, Option<Vec<String>>),
     sender: mpsc::Sender<Inbound>,
     shutdown: CancellationToken,
 ) {
@@ -191,7 +207,21 @@ async fn run_clock_checks(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = weight_refresh.tick() => {
-                if let Some(symbol) = &weight_symbol {
+                if let Some(names) = &contracts {
+                    // The same exchangeInfo call, which adopts the limit too.
+                    let answered = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        answered = rest.symbol_statuses(names) => answered,
+                    };
+                    match answered {
+                        Ok(statuses) => {
+                            if sender.send(Inbound::SymbolStatuses { market, statuses }).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => debug!(%market, %error, "exchangeInfo not read again; keeping what is known"),
+                    }
+                } else if let Some(symbol) = &weight_symbol {
                     // REST waits (weight, back-off, a hanging server) never hold up a stop.
                     let refreshed = tokio::select! {
                         () = shutdown.cancelled() => return,

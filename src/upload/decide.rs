@@ -101,6 +101,7 @@ mod tests {
             first_key: Some(1),
             last_key: Some(row_count as i64),
             row_count,
+            delivered_at: None,
             unfilled: (0..n_holes)
                 .map(|index| UnfilledRange {
                     from: Some(index as i64 * 10),

@@ -72,6 +72,8 @@ pub struct ParsedMetadata {
     pub unfilled: Vec<UnfilledRange>,
     pub coverage_from: Option<TimeUs>,
     pub coverage_to: Option<TimeUs>,
+    /// A delivered contract's last hour names its delivery (optional key).
+    pub delivered_at: Option<TimeUs>,
     pub missing: Vec<&'static str>,
     pub malformed: Vec<String>,
 }
@@ -110,6 +112,7 @@ pub fn parse_metadata(pairs: &[(String, String)]) -> ParsedMetadata {
     parsed.row_count = integer("row_count").and_then(|value| u64::try_from(value).ok());
     parsed.coverage_from = integer("coverage_from");
     parsed.coverage_to = integer("coverage_to");
+    parsed.delivered_at = integer("delivered_at");
     parsed.market = value("market").map(str::to_owned);
     parsed.stream = value("stream").map(str::to_owned);
     parsed.symbol = value("symbol").map(str::to_owned);
@@ -160,6 +163,8 @@ pub struct FileFacts {
     pub unfilled: Vec<UnfilledRange>,
     pub coverage_from: TimeUs,
     pub coverage_to: TimeUs,
+    /// The `delivered_at` of a delivered contract's last hour.
+    pub delivered_at: Option<TimeUs>,
 }
 
 impl FileFacts {
@@ -418,6 +423,7 @@ pub fn check_file(
         unfilled: metadata.unfilled.clone(),
         coverage_from: coverage_from.clamp(hour.start(), hour.end()),
         coverage_to: coverage_to.clamp(hour.start(), hour.end()),
+        delivered_at: metadata.delivered_at,
     };
     (facts, findings)
 }
@@ -764,6 +770,7 @@ pub fn check_stream(kind: StreamKind, files: &[(Hour, SealedSummary)]) -> Vec<Fi
                 unfilled: summary.unfilled.clone(),
                 coverage_from: hour.start(),
                 coverage_to: hour.end(),
+                delivered_at: None,
             }
         })
         .collect();
@@ -789,6 +796,7 @@ mod tests {
             last_key: Some(last),
             row_count: (last - first + 1) as u64,
             unfilled,
+            delivered_at: None,
         }
     }
 
@@ -812,6 +820,7 @@ mod tests {
             unfilled: vec![],
             coverage_from: hour.start(),
             coverage_to: hour.end(),
+            delivered_at: None,
         }
     }
 

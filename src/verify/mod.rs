@@ -430,6 +430,7 @@ pub fn verify(root: &Path, selection: &Selection) -> Result<Report, VerifyError>
         summary.n_hours = facts.len();
         summary.first_hour = facts.first().map(|file| file.hour);
         summary.last_hour = facts.last().map(|file| file.hour);
+        summary.delivered_at = facts.iter().filter_map(|file| file.delivered_at).max();
         for file in &facts {
             summary.n_rows += file.n_rows;
             summary.n_rows_rest += file.n_rows_rest;

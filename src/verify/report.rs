@@ -157,6 +157,9 @@ pub struct StreamSummary {
     pub n_problems: usize,
     pub first_hour: Option<Hour>,
     pub last_hour: Option<Hour>,
+    /// A dated contract delivered at this time: its recording ended with
+    /// that hour, and no later hour is owed.
+    pub delivered_at: Option<TimeUs>,
 }
 
 impl StreamSummary {
@@ -171,6 +174,7 @@ impl StreamSummary {
             n_problems: 0,
             first_hour: None,
             last_hour: None,
+            delivered_at: None,
         }
     }
 
@@ -447,6 +451,27 @@ impl Report {
                 );
             }
         }
+        let delivered: Vec<(&StreamSummary, TimeUs)> = self
+            .streams
+            .iter()
+            .filter_map(|stream| Some((stream, stream.delivered_at?)))
+            .collect();
+        if !delivered.is_empty() {
+            let _ = writeln!(
+                out,
+                "\ndelivered contracts (recording ended with the delivery hour; later hours are not owed):"
+            );
+            for (stream, at) in delivered {
+                let _ = writeln!(
+                    out,
+                    "  {} {} {}: delivered at {}",
+                    stream.key.market,
+                    stream.key.symbol,
+                    stream.key.kind,
+                    utc_time(at)
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "\nfiles: {}, rows: {}, declared holes: {}, undeclared problems: {}, partial hours: {}: {}",
@@ -485,6 +510,7 @@ impl Report {
                     "undeclared_problems": stream.n_problems,
                     "first_hour": hour(stream.first_hour),
                     "last_hour": hour(stream.last_hour),
+                    "delivered_at": stream.delivered_at,
                 })
             })
             .collect();

@@ -202,6 +202,7 @@ async fn three_symbols_two_whole_hours_match_ground_truth() {
         coverage_from: whole_hours[0].start(),
         coverage_to: whole_hours[0].end(),
         clock_offset_us: None,
+        delivered_at: None,
     };
     parquet_out::write_hour_file_until(&data, &reseal, Some(SealStep::Synced))
         .expect("reseal stopped before its rename");

@@ -671,3 +671,240 @@ async fn the_api_key_is_in_no_log_line_and_no_file() {
     assert_nowhere_in(&root.join("quarantine"), API_KEY);
     fake.shutdown().await;
 }
+
+/// A dated COIN-M contract delivered mid-run: recording of it ends
+/// cleanly, other symbols unaffected. BTCUSD_260101 is delivered at
+/// 02:00 (on the hour, as Binance delivers at 08:00 UTC) while
+/// BTCUSD_PERP trades on: both symbols' files up to the delivery equal the
+/// fake's ground truth, the delivery hour's files name the delivery, no
+/// later hour of the contract is sealed or owed while the perpetual's
+/// are, its streams are dropped without a silence alarm, and `verify`
+/// is clean and names the delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dated_coinm_contract_delivered_mid_run_ends_cleanly_and_others_record_on() {
+    const PERPETUAL: &str = "BTCUSD_PERP";
+    const DATED: &str = "BTCUSD_260101";
+    let first_hour = Hour::containing(SIM_START_US);
+    let delivery_hour = first_hour.next();
+    let delivery_us = delivery_hour.end();
+    let coinm = FakeExchange::start(FakeConfig {
+        market: fake_binance::Market::CoinM,
+        symbols: vec![PERPETUAL.to_owned(), DATED.to_owned()],
+        deliveries: vec![(DATED.to_owned(), delivery_us)],
+        mean_orders_per_sec: 0.25,
+        limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
+        api_keys: vec![API_KEY.to_owned()],
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("coinm fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = market_recorder_toml(
+        &coinm,
+        root,
+        "coinm",
+        &[PERPETUAL, DATED],
+        &STREAMS,
+        &format!("\n[fill]\nweight_share = 0.9\ndeadline_secs = {PATIENT_DEADLINE_SECS}\n"),
+        &api_key_file_line(root),
+    );
+    let config_path = root.join("recorder.toml");
+    std::fs::write(&config_path, &config).expect("config written");
+    let started = std::time::Instant::now();
+    let recorder = RunningRecorder::start(&config);
+    let key_of = |symbol: &str, kind: StreamKind| StreamKey {
+        market: Market::CoinM,
+        ..usdm_key(symbol, kind)
+    };
+    let after_delivery = delivery_hour.next();
+    let mut wanted = Vec::new();
+    for kind in kinds() {
+        for hour in [first_hour, delivery_hour, after_delivery] {
+            wanted.push((key_of(PERPETUAL, kind), hour));
+        }
+        for hour in [first_hour, delivery_hour] {
+            wanted.push((key_of(DATED, kind), hour));
+        }
+    }
+    // The perpetual's hour after the delivery seals once the exchange
+    // clock is past it; the contract's would seal in the same pass.
+    wait_until(Duration::from_secs(120), "the hours sealed", || {
+        wanted
+            .iter()
+            .all(|(key, hour)| file_path(root, key, *hour).exists())
+    })
+    .await;
+    let counters = recorder.stop().await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "recorder ran {elapsed:?}: {counters:?}\nfake: {:?}",
+        coinm.counters()
+    );
+
+    let until = after_delivery.end() + MICROS_PER_MINUTE;
+    for (key, hour) in &wanted {
+        let path = file_path(root, key, *hour);
+        let truth = coinm.ground_truth(key.symbol.as_str(), until);
+        if key.kind == StreamKind::Trade {
+            assert_usdm_trades_match_truth(&path, &truth, *hour);
+        } else {
+            assert_file_matches_truth_with_rest(&path, key.kind, &truth, *hour);
+            assert_eq!(metadata(&path)["unfilled"], "[]", "{}", path.display());
+        }
+        let delivered_at = metadata(&path).get("delivered_at").cloned();
+        let is_delivery_file = key.symbol.as_str() == DATED && *hour == delivery_hour;
+        assert_eq!(
+            delivered_at,
+            is_delivery_file.then(|| delivery_us.to_string()),
+            "{}",
+            path.display()
+        );
+    }
+    // The contract traded up to its delivery and no more; the perpetual on.
+    let dated_truth = coinm.ground_truth(DATED, until);
+    assert!(
+        dated_truth.trades.len() > 100,
+        "{}",
+        dated_truth.trades.len()
+    );
+    assert!(dated_truth
+        .trades
+        .iter()
+        .all(|trade| trade.time_us < delivery_us));
+    let perpetual_rows = binance_recorder::parquet_out::read_hour_file(
+        &file_path(
+            root,
+            &key_of(PERPETUAL, StreamKind::AggTrade),
+            after_delivery,
+        ),
+        StreamKind::AggTrade,
+    )
+    .expect("readable");
+    assert!(perpetual_rows.len() > 100, "{}", perpetual_rows.len());
+    // No hour after the delivery is sealed, or owed, for the contract.
+    for kind in kinds() {
+        let later = file_path(root, &key_of(DATED, kind), after_delivery);
+        assert!(!later.exists(), "{} sealed", later.display());
+    }
+    assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
+    // Its quiet streams raised no alarm: no stream judged subscribed but
+    // silent, no link replaced as silent.
+    assert_eq!(counters.streams_subscribed_silent, 0, "{counters:?}");
+    assert_eq!(counters.silent_links_replaced, 0, "{counters:?}");
+    assert_eq!(counters.frames_quarantined, 0, "{counters:?}");
+
+    // verify: nothing undeclared (trade hours declare only the non-market
+    // prints REST does not serve), and the delivery named.
+    let json_path = root.join("verify.json");
+    let output = run_binary(vec![
+        "verify".into(),
+        "--config".into(),
+        config_path.display().to_string(),
+        "--json".into(),
+        json_path.display().to_string(),
+    ])
+    .await;
+    let table = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{table}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("verify JSON"))
+            .expect("JSON");
+    assert!(output.status.success(), "{table}");
+    assert_eq!(report["undeclared_problems"], 0, "{table}");
+    for hole in report["holes"].as_array().expect("a list") {
+        assert_eq!(hole["reason"], REASON_NOT_SERVED, "{hole}");
+    }
+    for stream in report["streams"].as_array().expect("a list") {
+        let delivered = stream["symbol"] == DATED;
+        assert_eq!(
+            stream["delivered_at"],
+            if delivered {
+                serde_json::json!(delivery_us)
+            } else {
+                serde_json::Value::Null
+            },
+            "{stream}"
+        );
+    }
+    assert!(
+        table.contains("coinm BTCUSD_260101 trade: delivered at 2026-01-01T02:00:00"),
+        "{table}"
+    );
+    coinm.shutdown().await;
+}
+
+/// A dated contract already delivered when the recorder starts is not
+/// refused: the daemon records the other symbols, judges the contract
+/// delivered from the start-up `exchangeInfo` (`DELIVERED`), owes none of
+/// its hours (it delivered on the hour before the first one watched) and
+/// drops its streams before any silence is judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dated_coinm_contract_delivered_before_the_start_is_skipped_not_refused() {
+    const PERPETUAL: &str = "BTCUSD_PERP";
+    const DATED: &str = "BTCUSD_260101";
+    let first_hour = Hour::containing(SIM_START_US);
+    let coinm = FakeExchange::start(FakeConfig {
+        market: fake_binance::Market::CoinM,
+        symbols: vec![PERPETUAL.to_owned(), DATED.to_owned()],
+        deliveries: vec![(DATED.to_owned(), first_hour.start())],
+        mean_orders_per_sec: 0.25,
+        limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
+        api_keys: vec![API_KEY.to_owned()],
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("coinm fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = market_recorder_toml(
+        &coinm,
+        root,
+        "coinm",
+        &[PERPETUAL, DATED],
+        &STREAMS,
+        &format!("\n[fill]\nweight_share = 0.9\ndeadline_secs = {PATIENT_DEADLINE_SECS}\n"),
+        &api_key_file_line(root),
+    );
+    let recorder = RunningRecorder::start(&config);
+    let key_of = |symbol: &str, kind: StreamKind| StreamKey {
+        market: Market::CoinM,
+        ..usdm_key(symbol, kind)
+    };
+    let hours = [first_hour, first_hour.next()];
+    let wanted: Vec<_> = kinds()
+        .into_iter()
+        .flat_map(|kind| hours.map(|hour| (key_of(PERPETUAL, kind), hour)))
+        .collect();
+    wait_until(
+        Duration::from_secs(120),
+        "the perpetual's hours sealed",
+        || {
+            wanted
+                .iter()
+                .all(|(key, hour)| file_path(root, key, *hour).exists())
+        },
+    )
+    .await;
+    let counters = recorder.stop().await;
+    let until = hours[1].end() + MICROS_PER_MINUTE;
+    let truth = coinm.ground_truth(PERPETUAL, until);
+    for (key, hour) in &wanted {
+        let path = file_path(root, key, *hour);
+        if key.kind == StreamKind::Trade {
+            assert_usdm_trades_match_truth(&path, &truth, *hour);
+        } else {
+            assert_file_matches_truth_with_rest(&path, key.kind, &truth, *hour);
+            assert_eq!(metadata(&path)["unfilled"], "[]", "{}", path.display());
+        }
+    }
+    let dated_files: Vec<_> = parquet_files(&root.join("data"))
+        .into_iter()
+        .filter(|path| path.to_string_lossy().contains(DATED))
+        .collect();
+    assert!(dated_files.is_empty(), "{dated_files:?}");
+    assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
+    assert_eq!(counters.streams_subscribed_silent, 0, "{counters:?}");
+    assert_eq!(counters.silent_links_replaced, 0, "{counters:?}");
+    coinm.shutdown().await;
+}

@@ -696,7 +696,7 @@ async fn the_weight_limit_is_read_from_exchange_info() {
         .symbol_statuses(&["BTCUSDT".to_owned()])
         .await
         .expect("exchangeInfo");
-    assert_eq!(statuses[0].status, "TRADING");
+    assert_eq!(statuses[0].trading_status(), Some("TRADING"));
     assert_eq!(
         client.weight_limit(),
         WeightLimit {

@@ -469,6 +469,7 @@ fn seal_with_clock_offset(
         coverage_from: hour.start(),
         coverage_to: hour.end(),
         clock_offset_us,
+        delivered_at: None,
     };
     let path: PathBuf = parquet_out::write_hour_file(root, &file).expect("sealed");
     path.strip_prefix(root)

@@ -592,3 +592,104 @@ async fn reqwest_client_on_pooled_connections() {
     );
     exchange.shutdown().await;
 }
+
+/// A COIN-M dated contract delivered mid-run: `exchangeInfo` shows its
+/// `deliveryDate` and `contractStatus` (TRADING, then DELIVERED), it
+/// trades nothing from its delivery on, REST serves no row and no kline
+/// after it, and the perpetual beside it trades on.
+#[tokio::test]
+async fn a_dated_coinm_contract_is_delivered_mid_run() {
+    let delivery_us = SIM_START_US + 120_000_000;
+    let exchange = FakeExchange::start(fake_binance::FakeConfig {
+        market: fake_binance::Market::CoinM,
+        symbols: vec!["BTCUSD_PERP".to_owned(), "BTCUSD_260101".to_owned()],
+        deliveries: vec![("BTCUSD_260101".to_owned(), delivery_us)],
+        ..config(60.0)
+    })
+    .await
+    .unwrap();
+    let base = exchange.rest_base_url();
+    let contract = |info: &Value, symbol: &str| -> Value {
+        info["symbols"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|entry| entry["symbol"] == symbol)
+            .cloned()
+            .unwrap()
+    };
+    let before = get(&base, "/dapi/v1/exchangeInfo").await.json();
+    let dated = contract(&before, "BTCUSD_260101");
+    assert_eq!(dated["contractStatus"], "TRADING");
+    assert_eq!(dated["contractType"], "CURRENT_QUARTER");
+    assert_eq!(dated["deliveryDate"], delivery_us / 1000);
+    assert_eq!(dated["pair"], "BTCUSD");
+    let perpetual = contract(&before, "BTCUSD_PERP");
+    assert_eq!(perpetual["contractStatus"], "TRADING");
+    assert_eq!(perpetual["contractType"], "PERPETUAL");
+    assert_eq!(perpetual["deliveryDate"], 4_133_404_800_000_i64);
+
+    let after_us = delivery_us + 60_000_000;
+    wait_until_async(Duration::from_secs(30), "past the delivery", || async {
+        exchange.sim_now_us() >= after_us
+    })
+    .await;
+    let after = get(&base, "/dapi/v1/exchangeInfo").await.json();
+    assert_eq!(
+        contract(&after, "BTCUSD_260101")["contractStatus"],
+        "DELIVERED"
+    );
+    assert_eq!(contract(&after, "BTCUSD_PERP")["contractStatus"], "TRADING");
+
+    let dated_truth = exchange.ground_truth("BTCUSD_260101", after_us);
+    assert!(!dated_truth.trades.is_empty());
+    assert!(dated_truth
+        .trades
+        .iter()
+        .all(|trade| trade.time_us < delivery_us));
+    assert!(dated_truth.klines["1m"]
+        .iter()
+        .all(|kline| kline.open_time_us < delivery_us));
+    assert_eq!(
+        dated_truth.klines["1m"].last().unwrap().close_time_us,
+        delivery_us - 1
+    );
+    let perpetual_truth = exchange.ground_truth("BTCUSD_PERP", after_us);
+    assert!(perpetual_truth
+        .trades
+        .iter()
+        .any(|trade| trade.time_us >= delivery_us));
+
+    let from_ms = delivery_us / 1000;
+    let aggs = get(
+        &base,
+        &format!(
+            "/dapi/v1/aggTrades?symbol=BTCUSD_260101&startTime={from_ms}&endTime={}",
+            from_ms + 50_000
+        ),
+    )
+    .await;
+    assert_eq!((aggs.status, aggs.body.as_str()), (200, "[]"));
+    let klines = get(
+        &base,
+        &format!(
+            "/dapi/v1/klines?symbol=BTCUSD_260101&interval=1m&startTime={}",
+            from_ms - 60_000
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(
+        ids(
+            &klines
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| serde_json::json!({"t": row[0]}))
+                .collect(),
+            "t"
+        ),
+        vec![from_ms - 60_000]
+    );
+    exchange.shutdown().await;
+}

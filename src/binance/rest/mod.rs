@@ -182,11 +182,35 @@ impl std::fmt::Debug for ApiKey {
 pub const REASON_NO_API_KEY: &str =
     "historicalTrades needs an API key on this market and none is configured (api_key_env, api_key_file)";
 
+/// The `unfilled` reason of a trade hole older than `historicalTrades`
+/// reaches back on the market (futures: one month).
+pub const REASON_BEYOND_REACH: &str =
+    "older than historicalTrades reaches back on this market (one month on futures); data.binance.vision has it";
+
 /// The trading status of one symbol, as `exchangeInfo` reports it.
+///
+/// Futures contracts carry more (not in the reference; Binance's
+/// derivatives docs): `deliveryDate` (ms; a perpetual's is in 2100) and
+/// `contractStatus`, which COIN-M sends in place of `status`. Every field
+/// but the symbol may be missing; unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SymbolStatus {
     pub symbol: String,
-    pub status: String,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub contract_status: Option<String>,
+    /// Epoch ms, as sent.
+    #[serde(default)]
+    pub delivery_date: Option<i64>,
+}
+
+impl SymbolStatus {
+    /// `status`, or COIN-M's `contractStatus` when there is no `status`.
+    pub fn trading_status(&self) -> Option<&str> {
+        self.status.as_deref().or(self.contract_status.as_deref())
+    }
 }
 
 /// What a REST call would wait for now.
@@ -409,6 +433,13 @@ impl RestClient {
     /// where it needs an API key, only with one.
     pub fn can_fetch_trades(&self) -> bool {
         !self.profile.historical_trades_needs_key || self.api_key.is_some()
+    }
+
+    /// Whether `historicalTrades` still serves trades of `time` at
+    /// `exchange_now` (futures: the last month only).
+    pub fn trades_reach_back_to(&self, time: TimeUs, exchange_now: TimeUs) -> bool {
+        self.profile
+            .historical_trades_reach_back_to(time, exchange_now)
     }
 
     /// The most rows one page of `endpoint` may ask for on this market.

@@ -107,7 +107,18 @@ pub enum Inbound {
     /// Binance refuses this host (HTTP 403 or 451): the daemon stops with
     /// this message instead of retrying forever.
     Refused { market: Market, message: String },
+    /// `exchangeInfo` read again (with the weight limit): what it says of
+    /// the configured symbols, for the delivery of dated contracts.
+    SymbolStatuses {
+        market: Market,
+        statuses: Vec<crate::binance::rest::SymbolStatus>,
+    },
 }
+
+/// The symbols of a market whose streams are dropped for good (delivered
+/// contracts): the runtime sends the whole set, each connection task
+/// drops those streams from its links.
+pub type RetiredSymbols = tokio::sync::watch::Receiver<Arc<std::collections::BTreeSet<Symbol>>>;
 
 /// Connection timing and limits (the `[connection]` config table).
 #[derive(Debug, Clone)]
@@ -177,6 +188,18 @@ pub struct ConnectionPlan {
     pub streams: Vec<(Symbol, StreamKind)>,
     /// Shared by every connection task of the market.
     pub activity: Arc<MarketActivity>,
+    /// Symbols whose streams this task drops (delivered contracts).
+    pub retired: RetiredSymbols,
+}
+
+impl ConnectionPlan {
+    /// Drops the streams of retired symbols; whether any was dropped.
+    fn drop_retired(&mut self) -> bool {
+        let retired = self.retired.borrow_and_update().clone();
+        let n_before = self.streams.len();
+        self.streams.retain(|(symbol, _)| !retired.contains(symbol));
+        self.streams.len() != n_before
+    }
 }
 
 /// The local wall clock in epoch µs: the `recv_time` of a frame.
@@ -205,6 +228,16 @@ pub async fn run_connection(
     let mut next_link: u64 = 1;
     let mut current: Option<Link> = None;
     loop {
+        plan.drop_retired();
+        if plan.streams.is_empty() {
+            // Every stream of this task is retired: nothing to connect for.
+            if let Some(mut link) = current.take() {
+                let _ = link.socket.close(None).await;
+            }
+            info!(market = %plan.market, task = plan.task, "every stream of this connection is retired (delivered contracts); connection closed");
+            cancel.cancelled().await;
+            return;
+        }
         let link = match current.take() {
             Some(link) => link,
             None => {
@@ -222,20 +255,22 @@ pub async fn run_connection(
                 }
             }
         };
+        let may_reroute = plan.route.other().is_some() && !route_settled;
         let outcome = drive_link(
-            &plan,
+            &mut plan,
             &settings,
             &budget,
             &frames,
             &cancel,
             link,
             &mut next_link,
-            plan.route.other().is_some() && !route_settled,
+            may_reroute,
             &counters,
         )
         .await;
         match outcome {
             DriveOutcome::Stop => return,
+            DriveOutcome::Retired => continue,
             DriveOutcome::Replaced(mut replacement) => {
                 if replacement.replaces_silent {
                     Counters::add(&counters.silent_links_replaced, 1);
@@ -366,6 +401,9 @@ enum RotationCause {
 #[allow(clippy::large_enum_variant)]
 enum DriveOutcome {
     Stop,
+    /// Every stream of the plan was retired (delivered contracts): the
+    /// links are closed and the task has nothing left to connect for.
+    Retired,
     Replaced(Link),
     Lost {
         link_number: u64,
@@ -381,7 +419,7 @@ enum DriveOutcome {
 /// Reads `link` (and, during a rotation, its replacement) until it ends.
 #[allow(clippy::too_many_arguments)]
 async fn drive_link(
-    plan: &ConnectionPlan,
+    plan: &mut ConnectionPlan,
     settings: &ConnectionSettings,
     budget: &HandshakeBudget,
     frames: &mpsc::Sender<Inbound>,
@@ -492,6 +530,25 @@ async fn drive_link(
         .expect("dead_at is always set");
 
         let (event, from_replacement) = tokio::select! {
+            Ok(()) = plan.retired.changed() => {
+                if !plan.drop_retired() {
+                    continue;
+                }
+                if plan.streams.is_empty() {
+                    let _ = link.socket.close(None).await;
+                    if let Some(mut new_link) = replacement {
+                        let _ = new_link.socket.close(None).await;
+                    }
+                    return DriveOutcome::Retired;
+                }
+                // The others move to a link without the retired streams,
+                // make-before-break, so they lose nothing.
+                if replacement.is_none() {
+                    info!(market = %plan.market, task = plan.task, link = link.number, "streams retired (delivered contracts): moving the others to a link without them");
+                    rotation_wanted = Some(RotationCause::Scheduled);
+                }
+                continue;
+            }
             _ = cancel.cancelled() => {
                 let _ = link.socket.close(None).await;
                 if let Some(mut new_link) = replacement {
