@@ -1,7 +1,8 @@
 //! Uploads to a real S3-compatible server (moto, `s3_server.rs`): keys and
 //! bytes, an outage mid-upload and for several sealed hours, retention,
 //! conflicts between writers of one key, `verify --root s3://`, and
-//! pyarrow's `S3FileSystem` reading the bucket.
+//! pyarrow, pandas and polars reading the bucket in place
+//! (`tests/python/read_bucket.py`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -194,8 +195,9 @@ async fn sealed_hours_land_at_their_hive_keys_byte_identical_and_read_back_from_
         remote.0["files"], remote.0["rows"], remote.1
     );
 
-    // pyarrow reads the dataset in place through S3FileSystem.
-    read_bucket_with_pyarrow(&moto.endpoint(), &data).await;
+    // pyarrow (S3FileSystem), pandas (s3fs, and the pyarrow filesystem)
+    // and polars read the dataset in place.
+    read_bucket_with_python_readers(&moto.endpoint(), &data).await;
 }
 
 /// `binance-recorder verify ... --json`: the report with the root's
@@ -236,7 +238,7 @@ pub async fn verify_json(
     (report, output.status.code())
 }
 
-async fn read_bucket_with_pyarrow(endpoint: &str, data: &Path) {
+async fn read_bucket_with_python_readers(endpoint: &str, data: &Path) {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_bucket.py");
     // What the Rust side holds: rows per stream folder.
@@ -270,7 +272,7 @@ async fn read_bucket_with_pyarrow(endpoint: &str, data: &Path) {
     .expect("python task");
     assert!(
         output.status.success(),
-        "pyarrow read the bucket:\n{}\n{}",
+        "pyarrow, pandas and polars read the bucket:\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
