@@ -34,9 +34,11 @@ async fn az_sealed_hours_land_at_their_hive_keys_byte_identical_and_verify_reads
     let data = root.join("data");
     let streams = ["trade", "aggTrade", "kline_1m"];
     // The account and its key come from the environment
-    // (`set_credentials_env`), never from the config.
+    // (`set_credentials_env`), never from the config. One byte: every
+    // file goes up as a block list (object_store's multipart upload on
+    // Azure); the single conditional put is the next test's.
     let storage = format!(
-        "destination = \"az://{CONTAINER}/{PREFIX}\"\nupload_retry_initial_ms = 20\nupload_retry_max_ms = 300\n[wal]"
+        "destination = \"az://{CONTAINER}/{PREFIX}\"\nupload_retry_initial_ms = 20\nupload_retry_max_ms = 300\nmultipart_threshold_bytes = 1\n[wal]"
     );
     let config = format!(
         "{}\n[storage.azure]\nendpoint = \"{}\"\nallow_http = true\n",
