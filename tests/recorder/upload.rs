@@ -504,7 +504,7 @@ pub async fn a_reseal_replaces_and_a_less_complete_writer_never_wins(
     config: &UploadConfig,
     store: &Arc<dyn ObjectStore>,
 ) {
-    let uploader = build_store(&config).expect("client");
+    let uploader = build_store(config).expect("client");
     let ours = tempfile::tempdir().expect("our data directory");
     let theirs = tempfile::tempdir().expect("another recorder's data directory");
     let relative = seal(ours.path(), 10, 0);
@@ -522,7 +522,7 @@ pub async fn a_reseal_replaces_and_a_less_complete_writer_never_wins(
                 .settled
         }
     };
-    let object = || async { object_bytes(&store, &key).await.expect("object there") };
+    let object = || async { object_bytes(store, &key).await.expect("object there") };
     let file = |root: &Path| std::fs::read(root.join(&relative)).expect("local file");
 
     assert_eq!(upload(ours.path().to_path_buf()).await, Settled::Uploaded);
