@@ -2,7 +2,9 @@
 //! the recorder's files land at their keys byte for byte, `verify --root
 //! az://` says what `verify` on the local copy says, and the replacement
 //! rules (conditional puts: `If-None-Match: *`, `If-Match: <ETag>`, both
-//! honoured by Azure Blob) hold as they do on S3.
+//! honoured by Azure Blob) hold as they do on S3, and a put cut midway
+//! (the cuttable proxy of `s3_server.rs` in front of Azurite) leaves no
+//! partial blob and lands whole once the store is back.
 
 use std::time::Duration;
 
@@ -123,4 +125,67 @@ async fn az_a_late_reseal_replaces_the_blob_and_a_less_complete_writer_never_win
     .expect("valid")
     .expect("a destination");
     a_reseal_replaces_and_a_less_complete_writer_never_wins(&config, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn az_an_upload_cut_midway_leaves_no_partial_blob_and_the_retry_lands_it() {
+    use binance_recorder::upload::marker::Settled;
+    use binance_recorder::upload::store::{build_store, upload_file};
+    use object_store::path::Path as ObjectPath;
+
+    use crate::s3_server::CuttableProxy;
+    use crate::upload::{object_bytes, seal};
+
+    set_credentials_env();
+    let azurite = AzuriteServer::start().await;
+    create_container(azurite.port, CONTAINER).await;
+    let store = client(&azurite.endpoint(), CONTAINER);
+    let proxy = CuttableProxy::start(azurite.port).await;
+    let config = validate(RawUpload {
+        destination: Some(format!("az://{CONTAINER}/{PREFIX}")),
+        azure: RawAzure {
+            endpoint: Some(format!("{}/{ACCOUNT}", proxy.endpoint())),
+            allow_http: true,
+            ..RawAzure::default()
+        },
+        ..RawUpload::default()
+    })
+    .expect("valid")
+    .expect("a destination");
+    let uploader = build_store(&config).expect("client");
+    let data = tempfile::tempdir().expect("data directory");
+    let relative = seal(data.path(), 5_000, 0);
+    let key = ObjectPath::from(format!("{PREFIX}/{relative}").as_str());
+    let local = std::fs::read(data.path().join(&relative)).expect("local file");
+
+    // The link dies halfway through the put's body.
+    proxy.cut_on_next_put();
+    let cut = upload_file(uploader.as_ref(), &config, data.path(), &relative).await;
+    assert!(cut.is_err(), "an upload cut midway fails: {cut:?}");
+    assert!(!proxy.is_up());
+    assert_eq!(
+        object_bytes(&store, &key).await,
+        None,
+        "no partial blob is visible"
+    );
+    // Down: every attempt fails, nothing is written.
+    assert!(
+        upload_file(uploader.as_ref(), &config, data.path(), &relative)
+            .await
+            .is_err()
+    );
+    // Back: the retry lands the whole file.
+    proxy.restore();
+    let settled = upload_file(uploader.as_ref(), &config, data.path(), &relative)
+        .await
+        .expect("settles once the store is back");
+    assert_eq!(settled.marker.settled, Settled::Uploaded);
+    assert_eq!(
+        object_bytes(&store, &key).await.as_deref(),
+        Some(local.as_slice())
+    );
+    eprintln!(
+        "{} bytes landed byte-identical after a cut mid-put and an outage",
+        local.len()
+    );
 }
