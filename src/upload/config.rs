@@ -377,6 +377,30 @@ pub fn validate(raw: RawUpload) -> Result<Option<UploadConfig>, ConfigError> {
             format!("{retry_max_ms} is below storage.upload_retry_initial_ms ({retry_initial_ms})"),
         ));
     }
+    // A client table for the other kind of store is a mistake (an
+    // endpoint or account written for nothing), never silently ignored.
+    let s3_set = raw.s3.endpoint.is_some()
+        || raw.s3.region.is_some()
+        || raw.s3.virtual_hosted_style.is_some()
+        || raw.s3.allow_http
+        || !raw.s3.conditional_put;
+    let azure_set =
+        raw.azure.account.is_some() || raw.azure.endpoint.is_some() || raw.azure.allow_http;
+    match destination.scheme {
+        Scheme::S3 if azure_set => {
+            return Err(invalid(
+                "storage.azure",
+                format!("is set but storage.destination ({url}) is not an az:// URL"),
+            ))
+        }
+        Scheme::Azure if s3_set => {
+            return Err(invalid(
+                "storage.s3",
+                format!("is set but storage.destination ({url}) is not an s3:// URL"),
+            ))
+        }
+        _ => {}
+    }
     validate_endpoint("storage.s3", raw.s3.endpoint.as_deref(), raw.s3.allow_http)?;
     validate_endpoint(
         "storage.azure",
@@ -513,6 +537,16 @@ mod tests {
         assert_eq!(error.key, "storage.destination");
         assert!(error.reason.contains("not supported"), "{}", error.reason);
         assert!(error.reason.contains("untested"), "{}", error.reason);
+    }
+
+    #[test]
+    fn the_other_stores_table_is_refused_not_ignored() {
+        let mut raw = with_destination("s3://bucket");
+        raw.azure.account = Some("devstoreaccount1".into());
+        assert_eq!(error_key(validate(raw)), "storage.azure");
+        let mut raw = with_destination("az://container");
+        raw.s3.region = Some("eu-west-1".into());
+        assert_eq!(error_key(validate(raw)), "storage.s3");
     }
 
     #[test]
