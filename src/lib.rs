@@ -18,7 +18,7 @@
 //! - [`lock`]: one recorder per directory (flock).
 //! - [`verify`]: the dataset-level check: every file of the contract's
 //!   schema and true to its metadata, no hour, id or kline missing undeclared.
-//! - [`upload`]: sealed files uploaded to `[storage] destination` (S3),
+//! - [`upload`]: sealed files uploaded to `[storage] destination` (S3, Azure Blob),
 //!   verified, marked, and then deleted locally past `keep_local_hours`.
 //! - [`quarantine`], [`metrics`]: undecodable frames, counters.
 //! - [`backoff`]: the one exponential back-off rule of every retry loop.

@@ -89,9 +89,11 @@ struct VerifyArguments {
     #[arg(long, conflicts_with = "root")]
     config: Option<PathBuf>,
     /// The dataset's root folder (what `storage.data_dir` names), or a
-    /// bucket, `s3://bucket/prefix` (what `storage.destination` names;
-    /// the client is configured from the environment: AWS_REGION,
-    /// AWS_ENDPOINT_URL, AWS_ALLOW_HTTP and the credentials).
+    /// bucket, `s3://bucket/prefix` or `az://container/prefix` (what
+    /// `storage.destination` names; the client is configured from the
+    /// environment: AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP and the
+    /// credentials; AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ENDPOINT,
+    /// AZURE_ALLOW_HTTP and the credentials).
     #[arg(long)]
     root: Option<PathBuf>,
     /// Only this market (spot, usdm, coinm, us).

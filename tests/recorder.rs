@@ -4,6 +4,8 @@
 #[path = "recorder/support.rs"]
 mod support;
 
+#[path = "recorder/azurite_server.rs"]
+mod azurite_server;
 #[path = "recorder/bad_input.rs"]
 mod bad_input;
 #[path = "recorder/cold_start.rs"]
@@ -48,6 +50,8 @@ mod service;
 mod supervision;
 #[path = "recorder/upload.rs"]
 mod upload;
+#[path = "recorder/upload_azure.rs"]
+mod upload_azure;
 #[path = "recorder/verify.rs"]
 mod verify;
 #[path = "recorder/verify_dataset.rs"]

@@ -45,7 +45,8 @@ pub struct RawStorage {
     pub wal_dir: PathBuf,
     /// Frames that could not be decoded, kept raw with the error.
     pub quarantine_dir: PathBuf,
-    /// Where sealed files are uploaded (`s3://bucket/prefix`); unset keeps
+    /// Where sealed files are uploaded (`s3://bucket/prefix`,
+    /// `az://container/prefix`); unset keeps
     /// them in `data_dir` only. This and the keys below are validated by
     /// `crate::upload::config`, which documents them.
     pub destination: Option<String>,
@@ -56,6 +57,8 @@ pub struct RawStorage {
     pub upload_retry_max_ms: Option<u64>,
     /// `[storage.s3]`: the S3 client's options (never credentials).
     pub s3: crate::upload::RawS3,
+    /// `[storage.azure]`: the Azure Blob client's options (never credentials).
+    pub azure: crate::upload::RawAzure,
 }
 
 impl RawStorage {
@@ -69,6 +72,7 @@ impl RawStorage {
             upload_retry_initial_ms: self.upload_retry_initial_ms,
             upload_retry_max_ms: self.upload_retry_max_ms,
             s3: self.s3.clone(),
+            azure: self.azure.clone(),
         }
     }
 }
@@ -86,6 +90,7 @@ impl Default for RawStorage {
             upload_retry_initial_ms: None,
             upload_retry_max_ms: None,
             s3: crate::upload::RawS3::default(),
+            azure: crate::upload::RawAzure::default(),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `verify --root s3://bucket/prefix`: the dataset's objects are
+//! `verify --root s3://bucket/prefix` (or `az://container/prefix`): the dataset's objects are
 //! downloaded into a scratch directory that mirrors the bucket's layout,
 //! and the same `verify` runs on it as on a local copy.
 //!
@@ -10,18 +10,19 @@
 //! cost is disk: `--market`, `--stream` and `--symbol` narrow what is
 //! downloaded, and the scratch directory is removed at the end.
 //!
-//! The S3 client is configured from the environment only (`AWS_REGION`,
-//! `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, credentials), as the daemon's is
-//! apart from its `[storage.s3]` keys.
+//! The client is configured from the environment only (`AWS_REGION`,
+//! `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, credentials; `AZURE_STORAGE_*`,
+//! `AZURE_ALLOW_HTTP`), as the daemon's is apart from its `[storage.s3]`
+//! and `[storage.azure]` keys (`store::store_from_env`).
 
 use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt;
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use super::config::{parse_destination, Destination};
+use super::config::parse_destination;
+use super::store::store_from_env;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -92,11 +93,10 @@ pub fn download_dataset(
 
 async fn download(url: &str, partitions: &[String]) -> Result<(ScratchDir, usize), FetchError> {
     crate::binance::ensure_crypto_provider();
-    let Destination::S3 { bucket, prefix } =
+    let destination =
         parse_destination(url).map_err(|error| FetchError::Url(format!("--root: {error}")))?;
-    let store = AmazonS3Builder::from_env()
-        .with_bucket_name(&bucket)
-        .build()?;
+    let store = store_from_env(&destination)?;
+    let prefix = destination.prefix;
     let scratch = ScratchDir::new().map_err(|source| FetchError::Io {
         path: std::env::temp_dir(),
         source,

@@ -30,5 +30,5 @@ pub mod store;
 pub mod sync;
 mod task;
 
-pub use config::{RawS3, RawUpload, UploadConfig};
+pub use config::{RawAzure, RawS3, RawUpload, UploadConfig};
 pub use task::{spawn, UploadHandle, QUEUE_CAPACITY};

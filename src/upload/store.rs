@@ -1,4 +1,4 @@
-//! The object store side of one upload: build the S3 client, put a sealed
+//! The object store side of one upload: build the S3 or Azure client, put a sealed
 //! file at its key (conditionally where the store supports it, never over
 //! a more complete object), and verify what the store holds.
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path as ObjectPath;
 use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
@@ -15,7 +16,7 @@ use object_store::{
 };
 use tracing::{info, warn};
 
-use super::config::{Destination, UploadConfig, MULTIPART_PART_BYTES};
+use super::config::{Destination, Scheme, UploadConfig, MULTIPART_PART_BYTES};
 use super::decide::{etag_matches, expected_etag, judge_replace, Replace};
 use super::marker::{FileStamp, Marker, Settled};
 use crate::parquet_out;
@@ -38,52 +39,101 @@ pub enum UploadError {
     Contended,
 }
 
-/// Builds the S3 client. Credentials come from the environment and the
-/// usual AWS sources (`AmazonS3Builder::from_env`), never the config.
+/// The client's timeouts: a store that does not answer is a failed
+/// attempt (retried by our loop), never a task stuck forever.
+fn client_options() -> ClientOptions {
+    ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(300))
+}
+
+/// Our own loop retries forever with back-off; the client retries a
+/// little so one dropped connection does not cost a whole back-off.
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(30),
+    }
+}
+
+/// Builds the destination's client. Credentials come from the environment
+/// (`AmazonS3Builder::from_env`: the usual AWS sources;
+/// `MicrosoftAzureBuilder::from_env`: `AZURE_*`), never the config.
 pub fn build_store(config: &UploadConfig) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
-    let Destination::S3 { bucket, .. } = &config.destination;
-    let mut builder = AmazonS3Builder::from_env()
-        // Client options first: they replace every client option, and
-        // `allow_http` is one of them.
-        .with_client_options(
-            ClientOptions::new()
-                .with_connect_timeout(Duration::from_secs(5))
-                .with_timeout(Duration::from_secs(300)),
-        )
-        .with_bucket_name(bucket)
-        .with_allow_http(config.s3.allow_http)
-        .with_conditional_put(if config.s3.conditional_put {
-            S3ConditionalPut::ETagMatch
-        } else {
-            S3ConditionalPut::Disabled
-        })
-        // Our own loop retries forever with back-off; the client retries a
-        // little so one dropped connection does not cost a whole back-off.
-        .with_retry(RetryConfig {
-            backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(2),
-                base: 2.0,
-            },
-            max_retries: 2,
-            retry_timeout: Duration::from_secs(30),
-        });
-    if let Some(endpoint) = &config.s3.endpoint {
-        builder = builder.with_endpoint(endpoint);
+    let Destination { scheme, bucket, .. } = &config.destination;
+    match scheme {
+        Scheme::S3 => {
+            let mut builder = AmazonS3Builder::from_env()
+                // Client options first: they replace every client option,
+                // and `allow_http` is one of them.
+                .with_client_options(client_options())
+                .with_bucket_name(bucket)
+                .with_allow_http(config.s3.allow_http)
+                .with_conditional_put(if config.s3.conditional_put {
+                    S3ConditionalPut::ETagMatch
+                } else {
+                    S3ConditionalPut::Disabled
+                })
+                .with_retry(retry_config());
+            if let Some(endpoint) = &config.s3.endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            if let Some(region) = &config.s3.region {
+                builder = builder.with_region(region);
+            }
+            if let Some(virtual_hosted) = config.s3.virtual_hosted_style {
+                builder = builder.with_virtual_hosted_style_request(virtual_hosted);
+            }
+            Ok(Arc::new(builder.build()?))
+        }
+        Scheme::Azure => {
+            let mut builder = MicrosoftAzureBuilder::from_env()
+                .with_client_options(client_options())
+                .with_container_name(bucket)
+                .with_allow_http(config.azure.allow_http)
+                .with_retry(retry_config());
+            if let Some(account) = &config.azure.account {
+                builder = builder.with_account(account);
+            }
+            if let Some(endpoint) = &config.azure.endpoint {
+                builder = builder.with_endpoint(endpoint.clone());
+            }
+            Ok(Arc::new(builder.build()?))
+        }
     }
-    if let Some(region) = &config.s3.region {
-        builder = builder.with_region(region);
-    }
-    if let Some(virtual_hosted) = config.s3.virtual_hosted_style {
-        builder = builder.with_virtual_hosted_style_request(virtual_hosted);
-    }
-    Ok(Arc::new(builder.build()?))
+}
+
+/// A client of `destination` configured from the environment only
+/// (`verify --root`, which has no config file): `AWS_*` for `s3://`
+/// (`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, ...), `AZURE_*` for `az://`
+/// (`AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ENDPOINT`,
+/// `AZURE_ALLOW_HTTP`, ...).
+pub fn store_from_env(
+    destination: &Destination,
+) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+    Ok(match destination.scheme {
+        Scheme::S3 => Arc::new(
+            AmazonS3Builder::from_env()
+                .with_bucket_name(&destination.bucket)
+                .build()?,
+        ),
+        Scheme::Azure => Arc::new(
+            MicrosoftAzureBuilder::from_env()
+                .with_container_name(&destination.bucket)
+                .build()?,
+        ),
+    })
 }
 
 /// The object key of a file: the destination's prefix, then its path
 /// under the data directory (the Hive path).
 pub fn object_key(config: &UploadConfig, relative: &str) -> String {
-    let Destination::S3 { prefix, .. } = &config.destination;
+    let prefix = &config.destination.prefix;
     if prefix.is_empty() {
         relative.to_owned()
     } else {
@@ -144,6 +194,15 @@ pub async fn upload_file(
                     });
                 }
                 let remote_bytes = store.get(&key).await?.bytes().await?;
+                // Where ETags are not MD5s (Azure Blob, encrypted S3
+                // buckets), the object that is this very file is known
+                // by its bytes.
+                if remote_bytes == bytes {
+                    return Ok(Settlement {
+                        marker: marker(Settled::Uploaded, meta.e_tag),
+                        bytes_sent: 0,
+                    });
+                }
                 let remote = parquet_out::summary_from_bytes(Path::new(&key_text), remote_bytes);
                 if let Err(error) = &remote {
                     warn!(key = %key_text, %error, "the object at this key is not a readable sealed file; replacing it");
@@ -193,7 +252,7 @@ async fn put(
     mode: PutMode,
 ) -> Result<(), object_store::Error> {
     if (bytes.len() as u64) < config.multipart_threshold_bytes {
-        let mode = if config.s3.conditional_put {
+        let mode = if config.conditional_put() {
             mode
         } else {
             PutMode::Overwrite

@@ -1,7 +1,8 @@
 //! Uploads to a real S3-compatible server (moto, `s3_server.rs`): keys and
 //! bytes, an outage mid-upload and for several sealed hours, retention,
 //! conflicts between writers of one key, `verify --root s3://`, and
-//! pyarrow's `S3FileSystem` reading the bucket.
+//! pyarrow, pandas and polars reading the bucket in place
+//! (`tests/python/read_bucket.py`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use binance_recorder::parquet_out::{self, HourFile};
 use binance_recorder::upload::config::validate;
 use binance_recorder::upload::marker::Settled;
 use binance_recorder::upload::store::{build_store, upload_file};
-use binance_recorder::upload::{RawS3, RawUpload};
+use binance_recorder::upload::{RawS3, RawUpload, UploadConfig};
 use fake_binance::FakeExchange;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -24,7 +25,7 @@ use crate::s3_server::*;
 use crate::support::*;
 
 const BUCKET: &str = "market-data";
-const PREFIX: &str = "binance";
+pub const PREFIX: &str = "binance";
 
 /// A moto server holding an empty [`BUCKET`] (its credentials set in the
 /// environment), and a client of that bucket.
@@ -49,12 +50,12 @@ fn with_upload(toml: &str, endpoint: &str, extra_storage: &str) -> String {
 }
 
 /// The object key of a local sealed file.
-fn key_of(data: &Path, path: &Path) -> ObjectPath {
+pub fn key_of(data: &Path, path: &Path) -> ObjectPath {
     let relative = path.strip_prefix(data).expect("under the data directory");
     ObjectPath::from(format!("{PREFIX}/{}", relative.display()).as_str())
 }
 
-async fn object_bytes(store: &Arc<dyn ObjectStore>, key: &ObjectPath) -> Option<Vec<u8>> {
+pub async fn object_bytes(store: &Arc<dyn ObjectStore>, key: &ObjectPath) -> Option<Vec<u8>> {
     match store.get(key).await {
         Ok(got) => Some(got.bytes().await.expect("object body").to_vec()),
         Err(object_store::Error::NotFound { .. }) => None,
@@ -62,7 +63,7 @@ async fn object_bytes(store: &Arc<dyn ObjectStore>, key: &ObjectPath) -> Option<
     }
 }
 
-async fn n_objects(store: &Arc<dyn ObjectStore>) -> usize {
+pub async fn n_objects(store: &Arc<dyn ObjectStore>) -> usize {
     use futures_util::StreamExt;
     let prefix = ObjectPath::from(PREFIX);
     let listed: Vec<_> = store.list(Some(&prefix)).collect().await;
@@ -70,14 +71,14 @@ async fn n_objects(store: &Arc<dyn ObjectStore>) -> usize {
 }
 
 /// Every local sealed file is at its key, byte for byte.
-async fn assert_uploaded_byte_identical(store: &Arc<dyn ObjectStore>, data: &Path) -> usize {
+pub async fn assert_uploaded_byte_identical(store: &Arc<dyn ObjectStore>, data: &Path) -> usize {
     let files = parquet_files(&data.join("market=spot"));
     assert_byte_identical(store, data, &files).await;
     files.len()
 }
 
 /// Each of `files` is at its key, byte for byte.
-async fn assert_byte_identical(store: &Arc<dyn ObjectStore>, data: &Path, files: &[PathBuf]) {
+pub async fn assert_byte_identical(store: &Arc<dyn ObjectStore>, data: &Path, files: &[PathBuf]) {
     for path in files {
         let local = std::fs::read(path).expect("local file");
         let remote = object_bytes(store, &key_of(data, path)).await;
@@ -194,13 +195,14 @@ async fn sealed_hours_land_at_their_hive_keys_byte_identical_and_read_back_from_
         remote.0["files"], remote.0["rows"], remote.1
     );
 
-    // pyarrow reads the dataset in place through S3FileSystem.
-    read_bucket_with_pyarrow(&moto.endpoint(), &data).await;
+    // pyarrow (S3FileSystem), pandas (s3fs, and the pyarrow filesystem)
+    // and polars read the dataset in place.
+    read_bucket_with_python_readers(&moto.endpoint(), &data).await;
 }
 
 /// `binance-recorder verify ... --json`: the report with the root's
 /// own path taken out, and the exit status.
-async fn verify_json(
+pub async fn verify_json(
     mut arguments: Vec<String>,
     env: &[(&str, &str)],
 ) -> (serde_json::Value, Option<i32>) {
@@ -236,7 +238,7 @@ async fn verify_json(
     (report, output.status.code())
 }
 
-async fn read_bucket_with_pyarrow(endpoint: &str, data: &Path) {
+async fn read_bucket_with_python_readers(endpoint: &str, data: &Path) {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_bucket.py");
     // What the Rust side holds: rows per stream folder.
@@ -270,7 +272,7 @@ async fn read_bucket_with_pyarrow(endpoint: &str, data: &Path) {
     .expect("python task");
     assert!(
         output.status.success(),
-        "pyarrow read the bucket:\n{}\n{}",
+        "pyarrow, pandas and polars read the bucket:\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -434,13 +436,13 @@ fn trade(id: i64) -> Row {
 
 /// Seals an hour of trades `1..=n_rows` under `root`, with `n_holes`
 /// declared holes; returns its path under the root.
-fn seal(root: &Path, n_rows: i64, n_holes: usize) -> String {
+pub fn seal(root: &Path, n_rows: i64, n_holes: usize) -> String {
     seal_with_clock_offset(root, n_rows, n_holes, None)
 }
 
 /// [`seal`] with a clock offset in the footer: equally complete files
 /// with different bytes, as two recorders write them.
-fn seal_with_clock_offset(
+pub fn seal_with_clock_offset(
     root: &Path,
     n_rows: i64,
     n_holes: usize,
@@ -492,11 +494,23 @@ async fn a_late_reseal_replaces_the_object_and_a_less_complete_writer_never_wins
     })
     .expect("valid")
     .expect("a destination");
-    let uploader = build_store(&config).expect("client");
+    a_reseal_replaces_and_a_less_complete_writer_never_wins(&config, &store).await;
+}
+
+/// The replacement rules on `store` (an empty bucket or container, the
+/// destination of `config`): a late reseal replaces the object, a writer
+/// with fewer rows or more holes never does, and of two writers racing
+/// for a free key with equally complete files exactly one gets in.
+pub async fn a_reseal_replaces_and_a_less_complete_writer_never_wins(
+    config: &UploadConfig,
+    store: &Arc<dyn ObjectStore>,
+) {
+    let uploader = build_store(config).expect("client");
     let ours = tempfile::tempdir().expect("our data directory");
     let theirs = tempfile::tempdir().expect("another recorder's data directory");
     let relative = seal(ours.path(), 10, 0);
     let key = ObjectPath::from(format!("{PREFIX}/{relative}").as_str());
+    let config = config.clone();
     let upload = |root: PathBuf| {
         let uploader = uploader.clone();
         let config = config.clone();
@@ -509,7 +523,7 @@ async fn a_late_reseal_replaces_the_object_and_a_less_complete_writer_never_wins
                 .settled
         }
     };
-    let object = || async { object_bytes(&store, &key).await.expect("object there") };
+    let object = || async { object_bytes(store, &key).await.expect("object there") };
     let file = |root: &Path| std::fs::read(root.join(&relative)).expect("local file");
 
     assert_eq!(upload(ours.path().to_path_buf()).await, Settled::Uploaded);
