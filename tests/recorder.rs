@@ -22,6 +22,8 @@ mod dataset_versions;
 mod end_to_end;
 #[path = "recorder/gap_fill.rs"]
 mod gap_fill;
+#[path = "recorder/local_server.rs"]
+mod local_server;
 #[path = "recorder/long_run.rs"]
 mod long_run;
 #[path = "recorder/market_replays.rs"]

@@ -7,16 +7,16 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::ObjectStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+
+use crate::local_server::LocalServer;
 
 /// Azurite's development account and its published key (not a secret:
 /// every Azurite has it). The recorder reads the key from the
@@ -50,17 +50,9 @@ fn azurite_script() -> PathBuf {
     script
 }
 
-/// A free port on 127.0.0.1 (bound, read, released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// Azurite's blob service, killed when dropped.
 pub struct AzuriteServer {
-    child: Option<Child>,
+    server: LocalServer,
     /// Azurite's working directory (in memory, it writes nothing there).
     _workspace: tempfile::TempDir,
     pub port: u16,
@@ -69,10 +61,9 @@ pub struct AzuriteServer {
 impl AzuriteServer {
     /// Starts Azurite on a free port and waits until it answers HTTP.
     pub async fn start() -> AzuriteServer {
-        for _ in 0..3 {
-            let port = free_port();
-            let workspace = tempfile::tempdir().expect("azurite workspace");
-            let child = Command::new("node")
+        let workspace = tempfile::tempdir().expect("azurite workspace");
+        let server = LocalServer::start("azurite", |port| {
+            Command::new("node")
                 .arg(azurite_script())
                 .args([
                     "--blobHost",
@@ -90,45 +81,14 @@ impl AzuriteServer {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("node runs azurite");
-            let mut server = AzuriteServer {
-                child: Some(child),
-                _workspace: workspace,
-                port,
-            };
-            if server.wait_ready(Duration::from_secs(30)).await {
-                return server;
-            }
-            // Another process took the port between our probe and the bind.
-            server.kill();
+                .expect("node runs azurite")
+        })
+        .await;
+        AzuriteServer {
+            port: server.port,
+            server,
+            _workspace: workspace,
         }
-        panic!("azurite did not answer on any of three free ports");
-    }
-
-    /// Waits until `GET /` answers, or the process exits, or `within` passes.
-    async fn wait_ready(&mut self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        let mut ticker = tokio::time::interval(Duration::from_millis(20));
-        while Instant::now() < deadline {
-            ticker.tick().await;
-            if let Some(child) = self.child.as_mut() {
-                if child.try_wait().ok().flatten().is_some() {
-                    return false;
-                }
-            }
-            let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)).await else {
-                continue;
-            };
-            let request = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-            if stream.write_all(request.as_bytes()).await.is_err() {
-                continue;
-            }
-            let mut head = [0u8; 12];
-            if stream.read_exact(&mut head).await.is_ok() && head.starts_with(b"HTTP/1.") {
-                return true;
-            }
-        }
-        false
     }
 
     /// The blob service URL of the account (path style, as Azurite serves it).
@@ -137,16 +97,7 @@ impl AzuriteServer {
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for AzuriteServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.kill();
     }
 }
 

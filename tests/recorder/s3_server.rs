@@ -8,10 +8,9 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
@@ -19,7 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
+
+use crate::local_server::LocalServer;
 
 /// Any credentials do for moto; the recorder reads them from the
 /// environment like real ones (never from its config).
@@ -59,68 +59,28 @@ fn moto_binary() -> PathBuf {
     binary
 }
 
-/// A free port on 127.0.0.1 (bound, read, released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// moto's S3 server, killed when dropped.
 pub struct MotoServer {
-    child: Option<Child>,
+    server: LocalServer,
     pub port: u16,
 }
 
 impl MotoServer {
     /// Starts moto on a free port and waits until it answers HTTP.
     pub async fn start() -> MotoServer {
-        for _ in 0..3 {
-            let port = free_port();
-            let child = Command::new(moto_binary())
+        let server = LocalServer::start("moto_server", |port| {
+            Command::new(moto_binary())
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("moto_server starts");
-            let mut server = MotoServer {
-                child: Some(child),
-                port,
-            };
-            if server.wait_ready(Duration::from_secs(30)).await {
-                return server;
-            }
-            // Another process took the port between our probe and moto's bind.
-            server.kill();
+                .expect("moto_server starts")
+        })
+        .await;
+        MotoServer {
+            port: server.port,
+            server,
         }
-        panic!("moto_server did not answer on any of three free ports");
-    }
-
-    /// Waits until `GET /` answers, or the process exits, or `within` passes.
-    async fn wait_ready(&mut self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        let mut ticker = tokio::time::interval(Duration::from_millis(20));
-        while Instant::now() < deadline {
-            ticker.tick().await;
-            if let Some(child) = self.child.as_mut() {
-                if child.try_wait().ok().flatten().is_some() {
-                    return false;
-                }
-            }
-            let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)).await else {
-                continue;
-            };
-            let request = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-            if stream.write_all(request.as_bytes()).await.is_err() {
-                continue;
-            }
-            let mut head = [0u8; 12];
-            if stream.read_exact(&mut head).await.is_ok() && head.starts_with(b"HTTP/1.") {
-                return true;
-            }
-        }
-        false
     }
 
     pub fn endpoint(&self) -> String {
@@ -128,16 +88,7 @@ impl MotoServer {
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for MotoServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.kill();
     }
 }
 
