@@ -12,6 +12,7 @@ use binance_recorder::domain::{
     Decimal8, Hour, Market, Row, Source, StreamKey, StreamKind, Symbol, TimeUs, TradeRow,
     UnfilledRange,
 };
+use binance_recorder::metrics::CountersSnapshot;
 use binance_recorder::parquet_out::{self, HourFile};
 use binance_recorder::upload::config::validate;
 use binance_recorder::upload::marker::Settled;
@@ -53,6 +54,40 @@ fn with_upload(toml: &str, endpoint: &str, extra_storage: &str) -> String {
 pub fn key_of(data: &Path, path: &Path) -> ObjectPath {
     let relative = path.strip_prefix(data).expect("under the data directory");
     ObjectPath::from(format!("{PREFIX}/{}", relative.display()).as_str())
+}
+
+/// Runs the recorder with `config` (BTCUSDT and ETHUSDT × trade, aggTrade,
+/// kline_1m) until the second hour's files are sealed, stops the fake (its
+/// clock stops, so no hour seals after), waits until every sealed file is
+/// uploaded, and stops the recorder: its counters then.
+pub async fn record_two_hours_and_upload_them(
+    fake: FakeExchange,
+    root: &Path,
+    config: &str,
+) -> CountersSnapshot {
+    let recorder = RunningRecorder::start(config);
+    let second_hour = Hour::containing(SIM_START_US).next();
+    let kinds = [StreamKind::Trade, StreamKind::AggTrade, minute_klines()];
+    wait_until(Duration::from_secs(90), "two hours sealed", || {
+        kinds.iter().all(|kind| {
+            ["BTCUSDT", "ETHUSDT"]
+                .iter()
+                .all(|symbol| file_path(root, &key(symbol, *kind), second_hour).exists())
+        })
+    })
+    .await;
+    fake.shutdown().await;
+    wait_until(
+        Duration::from_secs(60),
+        "every sealed file uploaded",
+        || {
+            let counters = recorder.counters();
+            counters.upload_backlog_files == 0
+                && counters.files_uploaded >= (counters.files_sealed + counters.files_resealed)
+        },
+    )
+    .await;
+    recorder.stop().await
 }
 
 pub async fn object_bytes(store: &Arc<dyn ObjectStore>, key: &ObjectPath) -> Option<Vec<u8>> {
@@ -122,31 +157,7 @@ async fn sealed_hours_land_at_their_hive_keys_byte_identical_and_read_back_from_
     );
     let config_path = root.join("config.toml");
     std::fs::write(&config_path, &config).expect("write config");
-    let recorder = RunningRecorder::start(&config);
-    let second_hour = Hour::containing(SIM_START_US).next();
-    let kinds = [StreamKind::Trade, StreamKind::AggTrade, minute_klines()];
-    wait_until(Duration::from_secs(90), "two hours sealed", || {
-        kinds.iter().all(|kind| {
-            ["BTCUSDT", "ETHUSDT"]
-                .iter()
-                .all(|symbol| file_path(root, &key(symbol, *kind), second_hour).exists())
-        })
-    })
-    .await;
-    // With the exchange gone its clock stops: no hour seals after this,
-    // so every file there is can be waited for.
-    fake.shutdown().await;
-    wait_until(
-        Duration::from_secs(60),
-        "every sealed file uploaded",
-        || {
-            let counters = recorder.counters();
-            counters.upload_backlog_files == 0
-                && counters.files_uploaded >= (counters.files_sealed + counters.files_resealed)
-        },
-    )
-    .await;
-    let counters = recorder.stop().await;
+    let counters = record_two_hours_and_upload_them(fake, root, &config).await;
     let n_files = assert_uploaded_byte_identical(&store, &data).await;
     assert!(n_files >= 6, "an hour or two of 6 streams: {n_files} files");
     assert_eq!(

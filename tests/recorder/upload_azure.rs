@@ -6,9 +6,6 @@
 //! (the cuttable proxy of `s3_server.rs` in front of Azurite) leaves no
 //! partial blob and lands whole once the store is back.
 
-use std::time::Duration;
-
-use binance_recorder::domain::{Hour, StreamKind};
 use binance_recorder::upload::config::validate;
 use binance_recorder::upload::{RawAzure, RawUpload};
 use fake_binance::FakeExchange;
@@ -17,7 +14,7 @@ use crate::azurite_server::*;
 use crate::support::*;
 use crate::upload::{
     a_reseal_replaces_and_a_less_complete_writer_never_wins, assert_uploaded_byte_identical,
-    n_objects, verify_json, PREFIX,
+    n_objects, record_two_hours_and_upload_them, verify_json, PREFIX,
 };
 
 const CONTAINER: &str = "market-data";
@@ -49,30 +46,7 @@ async fn az_sealed_hours_land_at_their_hive_keys_byte_identical_and_verify_reads
         azurite.endpoint()
     );
     std::fs::write(root.join("config.toml"), &config).expect("write config");
-    let recorder = RunningRecorder::start(&config);
-    let second_hour = Hour::containing(SIM_START_US).next();
-    let kinds = [StreamKind::Trade, StreamKind::AggTrade, minute_klines()];
-    wait_until(Duration::from_secs(90), "two hours sealed", || {
-        kinds.iter().all(|kind| {
-            ["BTCUSDT", "ETHUSDT"]
-                .iter()
-                .all(|symbol| file_path(root, &key(symbol, *kind), second_hour).exists())
-        })
-    })
-    .await;
-    // With the exchange gone its clock stops: no hour seals after this.
-    fake.shutdown().await;
-    wait_until(
-        Duration::from_secs(60),
-        "every sealed file uploaded",
-        || {
-            let counters = recorder.counters();
-            counters.upload_backlog_files == 0
-                && counters.files_uploaded >= (counters.files_sealed + counters.files_resealed)
-        },
-    )
-    .await;
-    let counters = recorder.stop().await;
+    let counters = record_two_hours_and_upload_them(fake, root, &config).await;
     let n_files = assert_uploaded_byte_identical(&store, &data).await;
     assert!(n_files >= 6, "an hour or two of 6 streams: {n_files} files");
     assert_eq!(n_objects(&store).await, n_files, "one blob per sealed file");
