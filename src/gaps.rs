@@ -392,6 +392,37 @@ pub fn stream_hour_holes(facts: &StreamHour) -> Vec<Hole> {
     }
 }
 
+/// The holes of a stream-hour cut at `ends_at`, a dated contract's
+/// delivery inside the hour: nothing trades at or after it, so no kline
+/// opening then is owed, and an id hole reaches only to the delivery's
+/// last µs. An open end is kept (only REST can say whether rows came just
+/// before the delivery) and probed as before: REST answers nothing after
+/// it, which settles the open part.
+pub fn holes_before(kind: StreamKind, holes: Vec<Hole>, ends_at: TimeUs) -> Vec<Hole> {
+    holes
+        .into_iter()
+        .filter_map(|hole| match (hole, kind) {
+            (Hole::Klines(klines), StreamKind::Kline(interval)) => {
+                // The last kline owed opens before the delivery.
+                let last_owed = interval.open_time_containing(ends_at - 1);
+                (klines.first_open <= last_owed).then(|| {
+                    Hole::Klines(KlineHole {
+                        first_open: klines.first_open,
+                        last_open: klines.last_open.min(last_owed),
+                    })
+                })
+            }
+            (Hole::Ids(ids), _) => (ids.from_time < ends_at).then(|| {
+                Hole::Ids(IdHole {
+                    to_time: ids.to_time.min(ends_at - 1),
+                    ..ids
+                })
+            }),
+            (other, _) => Some(other),
+        })
+        .collect()
+}
+
 /// Splits holes by what REST already said about them: a hole inside a
 /// settled range with named ends, that names its own keys, is data the
 /// exchange does not have (returned second, to be declared); a hole inside
@@ -949,6 +980,47 @@ mod tests {
         assert_eq!(
             backfilled[0].key_bounds(),
             (Some(HOUR_START), Some(HOUR_START + 29 * MICROS_PER_MINUTE))
+        );
+    }
+
+    #[test]
+    fn a_delivery_inside_the_hour_cuts_its_holes_there() {
+        let minute = StreamKind::Kline(KlineInterval::Minute1);
+        let delivery = HOUR_START + 40 * MICROS_PER_MINUTE;
+        let klines = |first: i64, last: i64| {
+            Hole::Klines(KlineHole {
+                first_open: HOUR_START + first * MICROS_PER_MINUTE,
+                last_open: HOUR_START + last * MICROS_PER_MINUTE,
+            })
+        };
+        // Klines from 00:40 on are not owed; one opening before is.
+        assert_eq!(
+            holes_before(minute, vec![klines(10, 12), klines(38, 59)], delivery),
+            vec![klines(10, 12), klines(38, 39)]
+        );
+        assert_eq!(holes_before(minute, vec![klines(40, 59)], delivery), vec![]);
+        // A delivery mid-minute: the kline that opened before it is owed.
+        assert_eq!(
+            holes_before(
+                minute,
+                vec![klines(40, 59)],
+                delivery + 30 * MICROS_PER_SECOND
+            ),
+            vec![klines(40, 40)]
+        );
+        // An open end after the last trade reaches to the delivery only.
+        let open_end = IdHole {
+            from_id: Some(12),
+            to_id: None,
+            from_time: HOUR_START + 30 * MICROS_PER_MINUTE,
+            to_time: hour().end() - 1,
+        };
+        assert_eq!(
+            holes_before(StreamKind::Trade, vec![Hole::Ids(open_end)], delivery),
+            vec![Hole::Ids(IdHole {
+                to_time: delivery - 1,
+                ..open_end
+            })]
         );
     }
 

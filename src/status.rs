@@ -39,14 +39,23 @@ pub struct LiveStream {
     pub newest_event_us: Option<TimeUs>,
     /// Rows held in memory for its unsealed hours.
     pub rows_held: u64,
+    /// A delivered contract's stream: its delivery, µs (absent from
+    /// releases before deliveries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at_us: Option<TimeUs>,
 }
 
 /// One line of the table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StreamLine {
     pub key: String,
-    /// `live`, `silent`, `stale` (silent past its interval) or `stopped`.
+    /// `live`, `silent`, `stale` (silent past its interval), `stopped`, or
+    /// `delivered` (a dated contract's stream, ended at its delivery).
     pub state: String,
+    /// When the contract was delivered, µs: from the daemon, or from the
+    /// `delivered_at` of the stream's newest sealed file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at_us: Option<TimeUs>,
     /// Seconds from the newest row's exchange time to now.
     pub last_event_age_secs: Option<f64>,
     pub rows_held: Option<u64>,
@@ -97,7 +106,8 @@ pub fn build(config: &Config, live: Option<&LiveStatus>, now_us: TimeUs) -> Stat
                 };
                 let name = key.to_string();
                 let sealed = parquet_out::sealed_hours(&config.data_dir, &key);
-                let declared_holes_24h = sealed
+                // Newest first.
+                let summaries: Vec<parquet_out::SealedSummary> = sealed
                     .iter()
                     .rev()
                     .take(HOLE_LOOKBACK_HOURS)
@@ -109,10 +119,17 @@ pub fn build(config: &Config, live: Option<&LiveStatus>, now_us: TimeUs) -> Stat
                         ))
                         .ok()
                     })
-                    .map(|summary| summary.unfilled.len())
-                    .sum();
+                    .collect();
+                let declared_holes_24h =
+                    summaries.iter().map(|summary| summary.unfilled.len()).sum();
                 let live_stream = live_streams.get(name.as_str());
+                // The daemon's word, else the newest file's: a delivered
+                // contract's last file names its delivery.
+                let delivered_at_us = live_stream
+                    .and_then(|stream| stream.delivered_at_us)
+                    .or_else(|| summaries.first().and_then(|summary| summary.delivered_at));
                 let state = match (live, live_stream) {
+                    _ if delivered_at_us.is_some() => "delivered",
                     (None, _) => "stopped",
                     (Some(_), Some(stream)) if stream.stale => "stale",
                     (Some(_), Some(stream))
@@ -126,6 +143,7 @@ pub fn build(config: &Config, live: Option<&LiveStatus>, now_us: TimeUs) -> Stat
                 streams.push(StreamLine {
                     key: name.clone(),
                     state: state.to_owned(),
+                    delivered_at_us,
                     last_event_age_secs: live_stream
                         .and_then(|stream| stream.newest_event_us)
                         .map(|newest| (now_us - newest).max(0) as f64 / 1e6),
@@ -176,6 +194,18 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// `2026-03-27T08:00Z` (seconds shown only when not zero).
+fn minute_utc(at: TimeUs) -> String {
+    let Some(time) = chrono::DateTime::from_timestamp_micros(at) else {
+        return at.to_string();
+    };
+    if at % 60_000_000 == 0 {
+        time.format("%Y-%m-%dT%H:%MZ").to_string()
+    } else {
+        time.format("%Y-%m-%dT%H:%M:%S%.fZ").to_string()
+    }
+}
+
 /// The report as a table a person reads.
 pub fn render_table(report: &StatusReport) -> String {
     let header = [
@@ -192,7 +222,10 @@ pub fn render_table(report: &StatusReport) -> String {
         .map(|line| {
             [
                 line.key.clone(),
-                line.state.clone(),
+                match line.delivered_at_us {
+                    Some(at) => format!("delivered {}", minute_utc(at)),
+                    None => line.state.clone(),
+                },
                 line.last_event_age_secs
                     .map_or_else(|| "-".to_owned(), |age| format!("{age:.0} s ago")),
                 line.rows_held
@@ -254,6 +287,7 @@ mod tests {
                 StreamLine {
                     key: "spot/trade/BTCUSDT".into(),
                     state: "live".into(),
+                    delivered_at_us: None,
                     last_event_age_secs: Some(0.4),
                     rows_held: Some(48_211),
                     last_sealed_hour: Some("2026-11-23T10".into()),
@@ -262,6 +296,7 @@ mod tests {
                 StreamLine {
                     key: "spot/kline_1m/ETHUSDT".into(),
                     state: "stale".into(),
+                    delivered_at_us: None,
                     last_event_age_secs: Some(75.2),
                     rows_held: Some(12),
                     last_sealed_hour: None,
@@ -287,12 +322,70 @@ upload backlog: 3 sealed files not yet verified at the destination
     }
 
     #[test]
+    fn a_delivered_contracts_streams_show_as_delivered_with_the_time() {
+        let config = Config::from_toml(
+            r#"
+[storage]
+data_dir = "/nonexistent/binance-recorder-status-test/data"
+wal_dir = "/nonexistent/binance-recorder-status-test/wal"
+[markets.coinm]
+symbols = ["BTCUSD_PERP", "BTCUSD_260101"]
+streams = ["trade"]
+"#,
+        )
+        .expect("valid test config");
+        let delivery = 1_767_231_600_000_000; // 2026-01-01T01:40Z
+        let live = LiveStatus {
+            streams: vec![
+                LiveStream {
+                    key: "coinm/trade/BTCUSD_PERP".into(),
+                    silent_secs: Some(0.1),
+                    stale: false,
+                    newest_event_us: None,
+                    rows_held: 3,
+                    delivered_at_us: None,
+                },
+                LiveStream {
+                    key: "coinm/trade/BTCUSD_260101".into(),
+                    silent_secs: None,
+                    stale: false,
+                    newest_event_us: None,
+                    rows_held: 0,
+                    delivered_at_us: Some(delivery),
+                },
+            ],
+            links_up: 1,
+            wal_bytes: 0,
+            upload_backlog: None,
+        };
+        let report = build(&config, Some(&live), delivery);
+        let states: Vec<(&str, &str, Option<TimeUs>)> = report
+            .streams
+            .iter()
+            .map(|line| (line.key.as_str(), line.state.as_str(), line.delivered_at_us))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                ("coinm/trade/BTCUSD_PERP", "live", None),
+                ("coinm/trade/BTCUSD_260101", "delivered", Some(delivery)),
+            ]
+        );
+        let table = render_table(&report);
+        assert!(
+            table.contains("coinm/trade/BTCUSD_260101  delivered 2026-01-01T01:40Z"),
+            "{table}"
+        );
+    }
+
+    #[test]
     fn a_stopped_daemon_shows_dashes_for_what_only_it_knows() {
         let report = StatusReport {
             daemon: "stopped".into(),
             streams: vec![StreamLine {
                 key: "spot/trade/BTCUSDT".into(),
                 state: "stopped".into(),
+                delivered_at_us: None,
                 last_event_age_secs: None,
                 rows_held: None,
                 last_sealed_hour: Some("2026-11-23T10".into()),

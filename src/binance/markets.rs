@@ -86,6 +86,15 @@ pub struct MarketProfile {
     /// `aggTrades` with both `startTime` and `endTime` must span less than
     /// this (futures: one hour); `None` where no such rule exists.
     pub agg_trades_max_span: Option<Duration>,
+    /// How far back an `aggTrades` answer is trusted to say what is *not*
+    /// there. Futures: the REST note changed on 2026-05-12 to "not older
+    /// than 24 hours" (reference 5.2, ⚠: whether older data is gone or
+    /// only its time parameters are refused is undocumented). So older
+    /// rows REST returns are used, but an empty or short answer about a
+    /// range older than this settles nothing: the hole is declared with
+    /// [`REASON_AGG_BEYOND_REACH`](crate::binance::rest::REASON_AGG_BEYOND_REACH)
+    /// instead of being taken for "no trades". `None`: no bound (spot).
+    pub agg_trades_sure_reach: Option<Duration>,
 }
 
 const SPOT: MarketProfile = MarketProfile {
@@ -100,6 +109,7 @@ const SPOT: MarketProfile = MarketProfile {
     historical_trades_needs_key: false,
     historical_trades_reach: None,
     agg_trades_max_span: None,
+    agg_trades_sure_reach: None,
 };
 
 /// USD-M: pings every 3 minutes, 10 messages a second. Streams per
@@ -117,6 +127,7 @@ const USDM: MarketProfile = MarketProfile {
     historical_trades_needs_key: true,
     historical_trades_reach: Some(Duration::from_secs(30 * 24 * 3600)),
     agg_trades_max_span: Some(Duration::from_secs(3600)),
+    agg_trades_sure_reach: Some(Duration::from_secs(24 * 3600)),
 };
 
 /// COIN-M: the futures numbers; its weight limit (1,200 per nautilus ⚠)
@@ -155,6 +166,17 @@ impl MarketProfile {
     /// on futures only within the last month.
     pub fn historical_trades_reach_back_to(&self, time: TimeUs, exchange_now: TimeUs) -> bool {
         self.historical_trades_reach.is_none_or(|reach| {
+            let reach_us = TimeUs::try_from(reach.as_micros()).unwrap_or(TimeUs::MAX);
+            time >= exchange_now.saturating_sub(reach_us)
+        })
+    }
+
+    /// Whether an `aggTrades` answer about `time` is trusted, at
+    /// `exchange_now` (both µs), to say what is not there (see
+    /// `agg_trades_sure_reach`): always on spot; on futures for the last
+    /// 24 hours.
+    pub fn agg_trades_sure_back_to(&self, time: TimeUs, exchange_now: TimeUs) -> bool {
+        self.agg_trades_sure_reach.is_none_or(|reach| {
             let reach_us = TimeUs::try_from(reach.as_micros()).unwrap_or(TimeUs::MAX);
             time >= exchange_now.saturating_sub(reach_us)
         })

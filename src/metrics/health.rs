@@ -43,6 +43,10 @@ pub struct HealthInputs {
     pub wal_bytes: u64,
     /// Sealed files waiting for upload; `None` without a destination.
     pub upload_backlog: Option<u64>,
+    /// Streams of delivered contracts, with the delivery: no longer in
+    /// `streams` (nothing is expected of them), shown by `/status` as
+    /// delivered.
+    pub delivered: BTreeMap<StreamKey, TimeUs>,
 }
 
 /// How long `key`'s stream may stay silent before it is stale.
@@ -75,7 +79,9 @@ pub fn judge(inputs: &HealthInputs, bounds: &HealthBounds, now: Instant) -> Heal
         }
     }
     for (market, links) in &inputs.links_up {
-        if *links == 0 {
+        // A market whose every stream was delivered needs no link.
+        let expects_links = inputs.streams.keys().any(|key| key.market == *market);
+        if *links == 0 && expects_links {
             problems.push(format!("market {market}: no stream link is up"));
         }
     }
@@ -125,6 +131,7 @@ impl HealthBoard {
                 rows_held: BTreeMap::new(),
                 wal_bytes: 0,
                 upload_backlog: None,
+                delivered: BTreeMap::new(),
             }),
         }
     }
@@ -147,8 +154,17 @@ impl HealthBoard {
                     stale: silent > stale_bound(&self.bounds, key.kind),
                     newest_event_us: inputs.newest_event.get(key).copied(),
                     rows_held: inputs.rows_held.get(key).copied().unwrap_or(0),
+                    delivered_at_us: None,
                 }
             })
+            .chain(inputs.delivered.iter().map(|(key, at)| LiveStream {
+                key: key.to_string(),
+                silent_secs: None,
+                stale: false,
+                newest_event_us: None,
+                rows_held: inputs.rows_held.get(key).copied().unwrap_or(0),
+                delivered_at_us: Some(*at),
+            }))
             .collect();
         LiveStatus {
             streams,
@@ -211,6 +227,7 @@ mod tests {
             rows_held: BTreeMap::new(),
             wal_bytes: 0,
             upload_backlog: None,
+            delivered: BTreeMap::new(),
         }
     }
 
@@ -250,5 +267,31 @@ mod tests {
             .problems
             .iter()
             .any(|problem| problem.contains("no stream link")));
+    }
+
+    #[test]
+    fn delivered_streams_need_no_link_and_show_in_status_as_delivered() {
+        let start = Instant::now();
+        let mut inputs = inputs(start);
+        inputs.links_up.insert(Market::Spot, 0);
+        assert!(!judge(&inputs, &BOUNDS, start).healthy);
+        // Every stream of the market delivered: no link is expected.
+        let delivered_at = 1_767_231_600_000_000;
+        inputs.delivered = inputs
+            .streams
+            .keys()
+            .map(|key| (key.clone(), delivered_at))
+            .collect();
+        inputs.streams.clear();
+        let report = judge(&inputs, &BOUNDS, start);
+        assert!(report.healthy, "{report:?}");
+        let board = HealthBoard::new(BOUNDS, []);
+        board.update(|board_inputs| *board_inputs = inputs);
+        let live = board.live_status();
+        assert_eq!(live.streams.len(), 2);
+        assert!(live
+            .streams
+            .iter()
+            .all(|stream| stream.delivered_at_us == Some(delivered_at) && !stream.stale));
     }
 }

@@ -38,9 +38,19 @@ impl Runtime {
                 }
                 self.health.update(|inputs| {
                     let delivered = |key: &StreamKey| key.market == market && key.symbol == symbol;
+                    let keys: Vec<StreamKey> = inputs
+                        .streams
+                        .keys()
+                        .filter(|key| delivered(key))
+                        .cloned()
+                        .collect();
                     inputs.streams.retain(|key, _| !delivered(key));
                     inputs.newest_event.retain(|key, _| !delivered(key));
                     inputs.rows_held.retain(|key, _| !delivered(key));
+                    // `/status` shows them as delivered, not as unknown.
+                    inputs
+                        .delivered
+                        .extend(keys.into_iter().map(|key| (key, at)));
                 });
             }
         }

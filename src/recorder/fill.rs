@@ -19,7 +19,7 @@
 
 use crate::binance::rest::{
     FetchOutcome, Fetched, IdRangeEnd, RestClient, RestError, RetryPolicy, MAX_PAGE_ROWS,
-    REASON_BEYOND_REACH, REASON_NO_API_KEY,
+    REASON_AGG_BEYOND_REACH, REASON_BEYOND_REACH, REASON_NO_API_KEY,
 };
 use crate::domain::{Hour, Row, StreamKind, Symbol};
 use crate::gaps::{Hole, IdHole, KlineHole, Settled};
@@ -121,6 +121,8 @@ fn settled_ranges(hole: &Hole, rows: &[Row]) -> Vec<Settled> {
 struct HoleAnswer {
     rows: Vec<Row>,
     verdict: Result<(), String>,
+    /// Every key asked for was fetched (not "the exchange has no more").
+    complete: bool,
 }
 
 impl HoleAnswer {
@@ -128,6 +130,7 @@ impl HoleAnswer {
         HoleAnswer {
             rows: Vec::new(),
             verdict: Ok(()),
+            complete: false,
         }
     }
 
@@ -135,6 +138,7 @@ impl HoleAnswer {
         HoleAnswer {
             rows: Vec::new(),
             verdict: Err(failure_reason(error)),
+            complete: false,
         }
     }
 
@@ -150,6 +154,7 @@ impl HoleAnswer {
             FetchOutcome::GaveUp(error) => Err(failure_reason(error)),
         };
         HoleAnswer {
+            complete: matches!(fetched.outcome, FetchOutcome::Complete),
             rows: fetched.rows.into_iter().map(into_row).collect(),
             verdict,
         }
@@ -182,7 +187,15 @@ async fn fill_hole(
     match (job.key.kind, hole) {
         (StreamKind::Trade, Hole::Ids(hole)) => fill_trades(rest, symbol, job, hole, retry).await,
         (StreamKind::AggTrade, Hole::Ids(hole)) => {
-            fill_agg_trades(rest, symbol, job.hour, hole, retry).await
+            let mut answer = fill_agg_trades(rest, symbol, job.hour, hole, retry).await;
+            // Beyond what futures aggTrades is sure to serve, rows are
+            // used but only a complete answer for named ids settles.
+            let trusted = rest.agg_trades_sure_back_to(hole.from_time, job.closed_before);
+            let named_and_complete = answer.complete && hole.is_closed();
+            if !trusted && !named_and_complete && answer.verdict.is_ok() {
+                answer.verdict = Err(REASON_AGG_BEYOND_REACH.to_owned());
+            }
+            answer
         }
         (
             StreamKind::Kline(interval),
@@ -210,6 +223,7 @@ async fn fill_hole(
             verdict: Err(format!(
                 "internal: a {hole:?} cannot be filled for {kind:?}"
             )),
+            complete: false,
         },
     }
 }
@@ -232,14 +246,19 @@ async fn fill_trades(
         return HoleAnswer {
             rows: Vec::new(),
             verdict: Err(REASON_NO_API_KEY.to_owned()),
+            complete: false,
         };
     }
     if !rest.trades_reach_back_to(hole.from_time, job.closed_before) {
         return HoleAnswer {
             rows: Vec::new(),
             verdict: Err(REASON_BEYOND_REACH.to_owned()),
+            complete: false,
         };
     }
+    // The probe below asks aggTrades by time: beyond what futures
+    // aggTrades is sure to serve, what it does not name is not "no trades".
+    let probe_trusted = rest.agg_trades_sure_back_to(hole.from_time, job.closed_before);
     let from_id = match hole.from_id {
         Some(id) => id,
         None => {
@@ -253,6 +272,13 @@ async fn fill_trades(
                 Ok(first) => first.map(|agg| agg.first_trade_id),
                 Err(error) => return HoleAnswer::failed(&error),
             };
+            if first.is_none() && !probe_trusted {
+                return HoleAnswer {
+                    rows: Vec::new(),
+                    verdict: Err(REASON_AGG_BEYOND_REACH.to_owned()),
+                    complete: false,
+                };
+            }
             match (first, hole.to_id) {
                 (None, Some(_)) => return HoleAnswer::nothing_missing(),
                 (Some(first), Some(to)) if first > to => return HoleAnswer::nothing_missing(),
@@ -271,7 +297,13 @@ async fn fill_trades(
             retry,
         )
         .await;
-    HoleAnswer::from_fetched(fetched, hole.to_id.is_some(), Row::Trade)
+    let mut answer = HoleAnswer::from_fetched(fetched, hole.to_id.is_some(), Row::Trade);
+    // The trades before the first aggregate found may be ones REST no
+    // longer names: keep the rows, settle nothing.
+    if hole.from_id.is_none() && !probe_trusted && answer.verdict.is_ok() {
+        answer.verdict = Err(REASON_AGG_BEYOND_REACH.to_owned());
+    }
+    answer
 }
 
 async fn fill_agg_trades(
@@ -320,6 +352,80 @@ mod tests {
     use crate::binance::rest::{ApiKey, RestOptions};
     use crate::domain::{Market, StreamKey, TimeUs, MICROS_PER_HOUR};
     use crate::metrics::Counters;
+
+    /// Answers every HTTP request with an empty JSON list, one request per
+    /// connection; stops with the test's runtime.
+    async fn empty_list_server() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let address = listener.local_addr().expect("bound");
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]")
+                    .await;
+            }
+        });
+        format!("http://{address}")
+    }
+
+    /// A futures aggTrade hole open at its end, after id 10: REST answers
+    /// nothing more. Within the last 24 hours that settles it (nothing
+    /// more in the hour); older, the 24-hour note (reference 5.2) means
+    /// the answer may be the retention speaking, so it is declared.
+    #[tokio::test]
+    async fn an_empty_futures_agg_trades_answer_older_than_a_day_settles_nothing() {
+        let rest = RestClient::with_options(
+            Market::CoinM,
+            &empty_list_server().await,
+            RestOptions::default(),
+        );
+        let now: TimeUs = 1_774_598_400_000_000;
+        for (age_hours, trusted) in [(2, true), (48, false)] {
+            let hour = Hour::containing(now - age_hours * MICROS_PER_HOUR);
+            let job = FillJob {
+                key: StreamKey {
+                    market: Market::CoinM,
+                    symbol: Symbol::new("BTCUSD_PERP").expect("valid"),
+                    kind: StreamKind::AggTrade,
+                },
+                hour,
+                holes: vec![Hole::Ids(IdHole {
+                    from_id: Some(11),
+                    to_id: None,
+                    from_time: hour.start() + 5,
+                    to_time: hour.end() - 1,
+                })],
+                closed_before: now,
+                declared: false,
+                deadline: None,
+            };
+            let report = run_fill(rest.clone(), job, RetryPolicy::default()).await;
+            if trusted {
+                assert_eq!(report.failure, None);
+                assert_eq!(
+                    report.settled,
+                    vec![Settled {
+                        from: Some(11),
+                        to: None
+                    }]
+                );
+            } else {
+                assert_eq!(report.failure.as_deref(), Some(REASON_AGG_BEYOND_REACH));
+                assert!(report.settled.is_empty());
+            }
+        }
+    }
 
     #[tokio::test]
     async fn a_futures_trade_hole_older_than_a_month_is_declared_without_a_call() {

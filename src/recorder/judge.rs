@@ -103,6 +103,10 @@ pub struct HourFacts<'a> {
     /// A spot trade hour whose aggTrade hour is not sealed yet: its
     /// aggregates will name the missing trade ids for less weight.
     pub agg_hour_pending: bool,
+    /// Where what the hour owes ends: its end, or a delivered contract's
+    /// delivery inside it (the holes are cut there already); the file's
+    /// coverage stops there too.
+    pub owed_until: TimeUs,
 }
 
 /// The decision on a due hour.
@@ -189,6 +193,8 @@ pub fn judge_hour(facts: HourFacts) -> Verdict {
         None if open_end => coverage_from,
         _ => hour.end(),
     };
+    let coverage_from = coverage_from.min(facts.owed_until);
+    let coverage_to = coverage_to.min(facts.owed_until);
     Verdict::Seal(Sealing {
         unfilled,
         declared_reason,
@@ -263,6 +269,7 @@ streams = ["trade"]
             status,
             fill,
             agg_hour_pending: false,
+            owed_until: hour().end(),
         }
     }
 
@@ -271,6 +278,21 @@ streams = ["trade"]
             Verdict::Seal(sealing) => sealing,
             other => panic!("expected a seal, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_delivery_inside_the_hour_ends_its_coverage() {
+        let (status, fill) = (FillStatus::default(), fill_config(true));
+        let delivery = HOUR_START + 2_400_000_000; // +40 min
+        let sealing = sealed_as(judge_hour(HourFacts {
+            owed_until: delivery,
+            ..facts(Vec::new(), &status, &fill)
+        }));
+        assert_eq!(
+            (sealing.coverage_from, sealing.coverage_to),
+            (HOUR_START, delivery)
+        );
+        assert!(sealing.unfilled.is_empty());
     }
 
     #[test]

@@ -232,7 +232,7 @@ pub async fn run_with_seams(
                 .map(|market_config| market_config.market),
             Instant::now(),
         ),
-        links_up: BTreeMap::new(),
+        open_links: BTreeMap::new(),
         last_commit: Instant::now(),
         last_sealed: None,
         health: health.clone(),
@@ -286,7 +286,11 @@ pub async fn run_with_seams(
         let rest = rest_clients[&market_config.market].clone();
         let (retire, retired) = tokio::sync::watch::channel(Arc::default());
         runtime.retired.insert(market_config.market, retire);
-        n_tasks = spawner.spawn_market_tasks(market_config, n_tasks, rest, retired);
+        let open_links = Arc::new(crate::binance::ws::OpenLinks::default());
+        runtime
+            .open_links
+            .insert(market_config.market, open_links.clone());
+        n_tasks = spawner.spawn_market_tasks(market_config, n_tasks, rest, retired, open_links);
     }
     drop(sender);
     if let Some(listener) = metrics_listener {
@@ -369,8 +373,8 @@ struct Runtime {
     wal_lost: bool,
     /// systemd readiness, status and watchdog keep-alives.
     service: ServiceNotifier,
-    /// Stream links connected and not yet lost, per market.
-    links_up: BTreeMap<Market, u64>,
+    /// Stream links open now, per market (counted by the links).
+    open_links: BTreeMap<Market, Arc<crate::binance::ws::OpenLinks>>,
     /// When the last WAL batch committed (the watchdog's proof of progress).
     last_commit: Instant,
     /// The newest hour sealed in this run, for the status line.
@@ -505,12 +509,18 @@ impl Runtime {
         }
     }
 
+    /// Stream links open now, every market.
+    fn n_links_up(&self) -> u64 {
+        self.open_links.values().map(|links| links.get()).sum()
+    }
+
     /// Readiness, status and keep-alives for systemd (nothing outside it).
     fn tell_service(&mut self) {
         let wal = WalProgress {
             idle: self.pending.is_empty() && self.batch.is_none(),
             last_commit: self.last_commit,
         };
+        let n_links_up = self.n_links_up();
         let figures = || {
             let counters = self.counters.snapshot();
             StatusFigures {
@@ -520,7 +530,7 @@ impl Runtime {
                     .iter()
                     .map(|market| market.symbols.len() * market.streams.len())
                     .sum(),
-                links_up: self.links_up.values().sum(),
+                links_up: n_links_up,
                 frames_durable: counters.frames_durable,
                 wal_bytes: counters.wal_bytes,
                 last_sealed: self.last_sealed,
@@ -531,7 +541,7 @@ impl Runtime {
             self.summary_logged_at = Instant::now();
             let counters = self.counters.snapshot();
             info!(
-                links_up = self.links_up.values().sum::<u64>(),
+                links_up = self.n_links_up(),
                 frames_durable = counters.frames_durable,
                 files_sealed = counters.files_sealed,
                 last_sealed = %self.last_sealed.map_or_else(|| "none".to_owned(), |hour| hour.to_string()),
@@ -546,7 +556,12 @@ impl Runtime {
             (Some(pending), Some(batch)) => Some(pending.min(batch)),
             (pending, batch) => pending.or(batch),
         };
-        let links_up = &self.links_up;
+        let links_up: BTreeMap<Market, u64> = self
+            .open_links
+            .iter()
+            .map(|(market, links)| (*market, links.get()))
+            .collect();
+        Counters::set(&self.counters.links_up, links_up.values().sum());
         // Rows held per stream walk every stream: every 2 s, not per frame.
         let rows_held: Option<BTreeMap<StreamKey, u64>> =
             (self.status_refreshed_at.elapsed() >= Duration::from_secs(2)).then(|| {
@@ -623,8 +638,7 @@ impl Runtime {
             }
             Inbound::Connected { market, .. } => {
                 Counters::add(&self.counters.connections, 1);
-                *self.links_up.entry(market).or_default() += 1;
-                Counters::set(&self.counters.links_up, self.links_up.values().sum());
+                Counters::set(&self.counters.links_up, self.n_links_up());
                 self.service.subscribed(market);
             }
             Inbound::Disconnected {
@@ -635,9 +649,7 @@ impl Runtime {
                 streams,
             } => {
                 Counters::add(&self.counters.disconnects, 1);
-                let links = self.links_up.entry(market).or_default();
-                *links = links.saturating_sub(1);
-                Counters::set(&self.counters.links_up, self.links_up.values().sum());
+                Counters::set(&self.counters.links_up, self.n_links_up());
                 info!(%market, task, link, %reason, "stream link lost; its streams may have a gap until the replacement delivers");
                 // The window is durable like the frames, so a crash does not forget it.
                 let checkpoint = Checkpoint::LinkLost {

@@ -16,7 +16,9 @@ use crate::config::{ClockBounds, Config, FillConfig};
 use crate::domain::{
     Hour, Market, Row, Source, StreamKey, StreamKind, Symbol, TimeUs, UnfilledRange,
 };
-use crate::gaps::{id_holes, kline_holes, stream_hour_holes, Hole, IdAt, Settled, StreamHour};
+use crate::gaps::{
+    holes_before, id_holes, kline_holes, stream_hour_holes, Hole, IdAt, Settled, StreamHour,
+};
 use crate::metrics::Counters;
 use crate::quarantine::QuarantinedFrame;
 use crate::recorder::budget::{resolve_trade_holes, AggSpan, MAX_EVIDENCE_AGGS};
@@ -1212,6 +1214,10 @@ impl State {
                 // After a delivery only rows make an hour owed (none are
                 // expected; were any held, they would pin the WAL).
                 let delivered = delivered_at.is_some_and(|at| hour.start() >= at);
+                // The delivery hour owes what came before the delivery only.
+                let owed_until = delivered_at
+                    .filter(|at| *at > hour.start() && *at < hour.end())
+                    .unwrap_or(hour.end());
                 let owed = stream.open.contains_key(&hour)
                     || (!delivered
                         && (watched.is_some()
@@ -1251,7 +1257,10 @@ impl State {
                     from_hour_start: fill.enabled && fill.backfill_from_hour_start,
                     watched_from: watched.map_or(hour.start(), |(from, _)| from),
                 };
-                let holes = stream_hour_holes(&rows_facts);
+                let mut holes = stream_hour_holes(&rows_facts);
+                if owed_until < hour.end() {
+                    holes = holes_before(key.kind, holes, owed_until);
+                }
                 let owed_from_start = rows_facts.from_hour_start || rows_facts.before.is_some();
                 let status = stream.fills.entry(hour).or_insert_with(|| FillStatus {
                     judged_since,
@@ -1274,6 +1283,7 @@ impl State {
                     fill,
                     agg_hour_pending: evidence_due
                         && gate.agg_next.is_some_and(|next| next <= hour),
+                    owed_until,
                 });
                 let sealing = match verdict {
                     Verdict::Wait => break,
@@ -1903,6 +1913,74 @@ streams = ["trade", "kline_1m"]
             clock_sample_of_silence(&mut state, HOUR_START + 5 * MICROS_PER_HOUR + 2_000_000);
             let later = seals(&mut state);
             assert_eq!(later.is_empty(), delivered, "{later:?}");
+        }
+    }
+
+    fn minute_kline(open: TimeUs) -> Decoded {
+        let one = Decimal8::from_scaled(1);
+        let close_time = open + MICROS_PER_MINUTE - 1;
+        Decoded::Row {
+            key: key(StreamKind::Kline(crate::domain::KlineInterval::Minute1)),
+            row: Row::Kline(crate::domain::KlineRow {
+                open_time: open,
+                close_time,
+                open: one,
+                high: one,
+                low: one,
+                close: one,
+                volume: one,
+                quote_volume: one,
+                trade_count: 1,
+                taker_buy_base_volume: one,
+                taker_buy_quote_volume: one,
+                first_trade_id: None,
+                last_trade_id: None,
+                event_time: Some(close_time + 1),
+                recv_time: Some(close_time + 1),
+                source: Source::Ws,
+            }),
+            event_time: close_time + 1,
+        }
+    }
+
+    #[test]
+    fn a_delivery_inside_the_hour_owes_no_kline_after_it_and_ends_the_coverage() {
+        // Klines up to 00:39; the contract delivered at 00:40, or not.
+        let delivery = HOUR_START + 40 * MICROS_PER_MINUTE;
+        for delivered in [false, true] {
+            let mut config =
+                config_with_fill("deadline_secs = 60\nbackfill_from_hour_start = false");
+            config.markets[0].streams =
+                vec![StreamKind::Kline(crate::domain::KlineInterval::Minute1)];
+            let mut state = State::new(&config, Arc::new(Counters::default()));
+            state.begin_session(Market::Spot);
+            for minute in 0..40 {
+                let open = HOUR_START + minute * MICROS_PER_MINUTE;
+                apply_corroborated(&mut state, SegmentId(1), minute_kline(open));
+            }
+            if delivered {
+                let symbol = Symbol::new("BTCUSDT").expect("valid");
+                state.end_recording(Market::Spot, &symbol, delivery);
+            }
+            clock_sample_of_silence(&mut state, HOUR_START + MICROS_PER_HOUR + 2_000_000);
+            let jobs = state.plan(10, 0);
+            assert_eq!(jobs.len(), 1, "{jobs:?}");
+            match (&jobs[0], delivered) {
+                (Job::Seal(job), true) => {
+                    assert_eq!(job.rows.len(), 40);
+                    assert_eq!(job.unfilled, Some(vec![]));
+                    assert_eq!(job.coverage_to, delivery);
+                }
+                // Recording on: the 20 minutes are holes to fill.
+                (Job::Fill(job), false) => assert_eq!(
+                    job.holes,
+                    vec![Hole::Klines(crate::gaps::KlineHole {
+                        first_open: delivery,
+                        last_open: HOUR_START + 59 * MICROS_PER_MINUTE,
+                    })]
+                ),
+                (job, _) => panic!("delivered {delivered}: {job:?}"),
+            }
         }
     }
 

@@ -42,6 +42,7 @@ impl TaskSpawner<'_> {
         n_tasks_before: usize,
         rest: RestClient,
         retired: crate::binance::ws::RetiredSymbols,
+        open_links: Arc<crate::binance::ws::OpenLinks>,
     ) -> usize {
         let market = market_config.market;
         let profile = crate::binance::markets::MarketProfile::of(market);
@@ -73,6 +74,7 @@ impl TaskSpawner<'_> {
                 streams: chunk,
                 activity: activity.clone(),
                 retired: retired.clone(),
+                open_links: open_links.clone(),
             };
             n_tasks += 1;
             self.tasks.spawn(supervise_connection(

@@ -646,7 +646,25 @@ pub fn check_hours(
     // hours), which may explain a skip.
     let mut declared_between: Vec<&UnfilledRange> = Vec::new();
     let mut partial_between = false;
+    // The delivery a file of a delivered contract named (its last hour's
+    // `delivered_at`): no hour starting at or after it is owed, and a
+    // file for one should not exist.
+    let mut delivered_at: Option<TimeUs> = None;
     for (index, file) in files.iter().enumerate() {
+        if let Some(at) = delivered_at.filter(|at| file.hour.start() >= *at) {
+            findings.push(Finding::new(
+                ProblemKind::AfterDelivery,
+                Some(file.hour),
+                format!(
+                    "a file for {} although the contract was delivered at {}",
+                    file.hour,
+                    utc_time(at)
+                ),
+            ));
+        }
+        if let Some(at) = file.delivered_at {
+            delivered_at = Some(delivered_at.map_or(at, |known| known.max(at)));
+        }
         if let Some(before) = index.checked_sub(1).map(|before| &files[before]) {
             if file.hour == before.hour {
                 findings.push(Finding::new(
@@ -661,7 +679,8 @@ pub fn check_hours(
                 let mut missing = Vec::new();
                 let mut hour = before.hour.next();
                 while hour < file.hour {
-                    if !blocked.contains(&hour) {
+                    let after_delivery = delivered_at.is_some_and(|at| hour.start() >= at);
+                    if !blocked.contains(&hour) && !after_delivery {
                         missing.push(hour);
                     }
                     hour = hour.next();
@@ -770,7 +789,7 @@ pub fn check_stream(kind: StreamKind, files: &[(Hour, SealedSummary)]) -> Vec<Fi
                 unfilled: summary.unfilled.clone(),
                 coverage_from: hour.start(),
                 coverage_to: hour.end(),
-                delivered_at: None,
+                delivered_at: summary.delivered_at,
             }
         })
         .collect();
@@ -908,6 +927,26 @@ mod tests {
             &BTreeSet::new()
         )
         .is_empty());
+    }
+
+    #[test]
+    fn a_file_after_a_contracts_delivery_is_a_problem_and_no_hour_after_it_is_missing() {
+        // Delivered at the end of the first hour, which names it.
+        let mut last = facts(hour(), 1, 10);
+        last.delivered_at = Some(hour().end());
+        assert!(check_hours(StreamKind::Trade, &[last.clone()], &BTreeSet::new()).is_empty());
+        // A file two hours later: it should not exist, and the hour
+        // between is not missing.
+        let stray = facts(hour().next().next(), 11, 20);
+        let findings = check_hours(StreamKind::Trade, &[last.clone(), stray], &BTreeSet::new());
+        assert_eq!(kinds(&findings), vec![ProblemKind::AfterDelivery]);
+        assert_eq!(findings[0].hour, Some(hour().next().next()));
+        // Delivered mid-hour: the very next hour is after it too.
+        last.delivered_at = Some(hour().start() + 40 * MICROS_PER_MINUTE);
+        last.coverage_to = hour().start() + 40 * MICROS_PER_MINUTE;
+        let next = facts(hour().next(), 11, 20);
+        let findings = check_hours(StreamKind::Trade, &[last, next], &BTreeSet::new());
+        assert_eq!(kinds(&findings), vec![ProblemKind::AfterDelivery]);
     }
 
     #[test]

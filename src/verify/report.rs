@@ -57,6 +57,9 @@ pub enum ProblemKind {
     UndeclaredMissingKlines,
     /// A kline whose open time is not on its interval's grid.
     OffGridKline,
+    /// A file of a delivered contract for an hour after its delivery (a
+    /// file that should not exist: nothing trades then).
+    AfterDelivery,
 }
 
 impl ProblemKind {
@@ -78,6 +81,7 @@ impl ProblemKind {
             ProblemKind::UndeclaredIdGap => "undeclared_id_gap",
             ProblemKind::UndeclaredMissingKlines => "undeclared_missing_klines",
             ProblemKind::OffGridKline => "off_grid_kline",
+            ProblemKind::AfterDelivery => "after_delivery",
         }
     }
 
@@ -106,6 +110,9 @@ impl ProblemKind {
                 "klines missing from the grid with no declared hole"
             }
             ProblemKind::OffGridKline => "klines opening off their interval's grid",
+            ProblemKind::AfterDelivery => {
+                "files of a delivered contract for hours after its delivery"
+            }
         }
     }
 }

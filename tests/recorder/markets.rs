@@ -684,6 +684,7 @@ async fn the_api_key_is_in_no_log_line_and_no_file() {
 async fn a_dated_coinm_contract_delivered_mid_run_ends_cleanly_and_others_record_on() {
     const PERPETUAL: &str = "BTCUSD_PERP";
     const DATED: &str = "BTCUSD_260101";
+    let logs = LogCapture::install();
     let first_hour = Hour::containing(SIM_START_US);
     let delivery_hour = first_hour.next();
     let delivery_us = delivery_hour.end();
@@ -735,12 +736,19 @@ async fn a_dated_coinm_contract_delivered_mid_run_ends_cleanly_and_others_record
             .all(|(key, hour)| file_path(root, key, *hour).exists())
     })
     .await;
+    // The link that carried both symbols was replaced by one without the
+    // contract: one link up, not the old one counted on.
+    wait_until(Duration::from_secs(10), "one link up", || {
+        recorder.counters.links_up.get() == 1
+    })
+    .await;
     let counters = recorder.stop().await;
     let elapsed = started.elapsed();
     eprintln!(
         "recorder ran {elapsed:?}: {counters:?}\nfake: {:?}",
         coinm.counters()
     );
+    assert_delivery_logged_once(&logs.text(), DATED, "2026-01-01T02:00:00.000000Z");
 
     let until = after_delivery.end() + MICROS_PER_MINUTE;
     for (key, hour) in &wanted {
@@ -831,6 +839,213 @@ async fn a_dated_coinm_contract_delivered_mid_run_ends_cleanly_and_others_record
         table.contains("coinm BTCUSD_260101 trade: delivered at 2026-01-01T02:00:00"),
         "{table}"
     );
+    coinm.shutdown().await;
+}
+
+/// The "contract delivered" line, once, naming the symbol and the time.
+fn assert_delivery_logged_once(log: &str, symbol: &str, delivered_at: &str) {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("contract delivered"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains(&format!("symbol={symbol}"))
+            && lines[0].contains(&format!("delivered_at={delivered_at}")),
+        "{}",
+        lines[0]
+    );
+}
+
+/// A delivery inside an hour (01:40; Binance delivers on the hour, but the
+/// reference does not promise it): the delivery hour seals with the rows
+/// up to the delivery, equal to the fake's ground truth, its coverage ends
+/// at the delivery, and no kline, trade or aggTrade after it is declared
+/// missing; `verify` is clean. The contract has its own connection
+/// (`streams_per_connection = 3`), closed at the delivery: one link up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_inside_an_hour_seals_that_hour_up_to_the_delivery() {
+    const PERPETUAL: &str = "BTCUSD_PERP";
+    const DATED: &str = "BTCUSD_260101";
+    let logs = LogCapture::install();
+    let delivery_hour = Hour::containing(SIM_START_US).next();
+    let delivery_us = delivery_hour.start() + 40 * MICROS_PER_MINUTE;
+    let coinm = FakeExchange::start(FakeConfig {
+        market: fake_binance::Market::CoinM,
+        symbols: vec![PERPETUAL.to_owned(), DATED.to_owned()],
+        deliveries: vec![(DATED.to_owned(), delivery_us)],
+        mean_orders_per_sec: 0.25,
+        limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
+        api_keys: vec![API_KEY.to_owned()],
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("coinm fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = market_recorder_toml(
+        &coinm,
+        root,
+        "coinm",
+        &[PERPETUAL, DATED],
+        &STREAMS,
+        &format!("\n[fill]\nweight_share = 0.9\ndeadline_secs = {PATIENT_DEADLINE_SECS}\n"),
+        &format!("{}\nstreams_per_connection = 3", api_key_file_line(root)),
+    );
+    let config_path = root.join("recorder.toml");
+    std::fs::write(&config_path, &config).expect("config written");
+    let started = std::time::Instant::now();
+    let recorder = RunningRecorder::start(&config);
+    let key_of = |symbol: &str, kind: StreamKind| StreamKey {
+        market: Market::CoinM,
+        ..usdm_key(symbol, kind)
+    };
+    let wanted: Vec<StreamKey> = [PERPETUAL, DATED]
+        .into_iter()
+        .flat_map(|symbol| kinds().map(|kind| key_of(symbol, kind)))
+        .collect();
+    wait_until(Duration::from_secs(60), "the delivery hour sealed", || {
+        wanted
+            .iter()
+            .all(|key| file_path(root, key, delivery_hour).exists())
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "one link up", || {
+        recorder.counters.links_up.get() == 1
+    })
+    .await;
+    let counters = recorder.stop().await;
+    eprintln!(
+        "recorder ran {:?}: {counters:?}\nfake: {:?}",
+        started.elapsed(),
+        coinm.counters()
+    );
+    assert_delivery_logged_once(&logs.text(), DATED, "2026-01-01T01:40:00.000000Z");
+
+    let until = delivery_hour.end() + MICROS_PER_MINUTE;
+    for key in &wanted {
+        let path = file_path(root, key, delivery_hour);
+        let truth = coinm.ground_truth(key.symbol.as_str(), until);
+        if key.kind == StreamKind::Trade {
+            assert_usdm_trades_match_truth(&path, &truth, delivery_hour);
+        } else {
+            assert_file_matches_truth_with_rest(&path, key.kind, &truth, delivery_hour);
+            assert_eq!(metadata(&path)["unfilled"], "[]", "{}", path.display());
+        }
+        let dated = key.symbol.as_str() == DATED;
+        let footer = metadata(&path);
+        let coverage_to = if dated {
+            delivery_us
+        } else {
+            delivery_hour.end()
+        };
+        assert_eq!(
+            footer["coverage_to"],
+            coverage_to.to_string(),
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            footer.get("delivered_at").cloned(),
+            dated.then(|| delivery_us.to_string()),
+            "{}",
+            path.display()
+        );
+    }
+    // The contract's klines stop at the delivery, and it traded until then.
+    let dated_klines = binance_recorder::parquet_out::read_hour_file(
+        &file_path(root, &key_of(DATED, minute_klines()), delivery_hour),
+        minute_klines(),
+    )
+    .expect("readable");
+    assert_eq!(dated_klines.len(), 40);
+    assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
+
+    let json_path = root.join("verify.json");
+    let output = run_binary(vec![
+        "verify".into(),
+        "--config".into(),
+        config_path.display().to_string(),
+        "--json".into(),
+        json_path.display().to_string(),
+    ])
+    .await;
+    let table = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("verify JSON"))
+            .expect("JSON");
+    assert!(output.status.success(), "{table}");
+    assert_eq!(report["undeclared_problems"], 0, "{table}");
+    // Nothing after the delivery is declared missing (trade hours declare
+    // only the non-market prints REST does not serve, before it).
+    for hole in report["holes"].as_array().expect("a list") {
+        assert_eq!(hole["reason"], REASON_NOT_SERVED, "{hole}");
+        assert!(
+            hole["to_time"].as_i64().expect("a time") < delivery_us || hole["symbol"] != DATED,
+            "{hole}"
+        );
+    }
+
+    // `status` with the daemon stopped: the contract's streams show as
+    // delivered, with the time, from its last files.
+    let status = run_binary(vec![
+        "status".into(),
+        "--config".into(),
+        config_path.display().to_string(),
+    ])
+    .await;
+    let status_table = String::from_utf8_lossy(&status.stdout);
+    for kind in STREAMS {
+        let key = format!("coinm/{kind}/{DATED}");
+        let cells: Option<Vec<&str>> = status_table
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|cells| cells.first() == Some(&key.as_str()));
+        assert_eq!(
+            cells.as_ref().map(|cells| &cells[1..3]),
+            Some(&["delivered", "2026-01-01T01:40Z"][..]),
+            "{status_table}"
+        );
+    }
+
+    // A file of the contract after its delivery should not exist: verify
+    // says so.
+    let stray_key = key_of(DATED, StreamKind::AggTrade);
+    let stray_hour = delivery_hour.next();
+    binance_recorder::parquet_out::write_hour_file(
+        &root.join("data"),
+        &binance_recorder::parquet_out::HourFile {
+            key: stray_key,
+            hour: stray_hour,
+            rows: Vec::<Row>::new(),
+            unfilled: Vec::new(),
+            coverage_from: stray_hour.start(),
+            coverage_to: stray_hour.end(),
+            clock_offset_us: None,
+            delivered_at: None,
+        },
+    )
+    .expect("stray file written");
+    let output = run_binary(vec![
+        "verify".into(),
+        "--config".into(),
+        config_path.display().to_string(),
+        "--json".into(),
+        json_path.display().to_string(),
+    ])
+    .await;
+    let table = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("verify JSON"))
+            .expect("JSON");
+    assert!(!output.status.success(), "{table}");
+    let kinds_found: Vec<&str> = report["problems"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|problem| problem["kind"].as_str())
+        .collect();
+    assert_eq!(kinds_found, vec!["after_delivery"], "{table}");
     coinm.shutdown().await;
 }
 

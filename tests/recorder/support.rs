@@ -274,6 +274,53 @@ impl RunningRecorder {
     }
 }
 
+/// The in-process recorder's log lines at `info`, kept for a test to
+/// read. Installed before [`RunningRecorder::start`], whose own subscriber
+/// then stays out. nextest runs each test in its own process, so this is
+/// the process's first subscriber; where it is not (tests sharing a
+/// process), it panics rather than let the test check nothing.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    pub fn install() -> LogCapture {
+        let capture = LogCapture::default();
+        let writer = capture.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "warn,binance_recorder=info",
+            ))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init()
+            .expect("the first subscriber of this process (run the test under nextest)");
+        capture
+    }
+
+    /// Every line logged so far.
+    pub fn text(&self) -> String {
+        let bytes = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// [`wait_until`] for a condition that must await (an HTTP request).
 pub async fn wait_until_async<F: std::future::Future<Output = bool>>(
     within: Duration,

@@ -187,6 +187,13 @@ pub const REASON_NO_API_KEY: &str =
 pub const REASON_BEYOND_REACH: &str =
     "older than historicalTrades reaches back on this market (one month on futures); data.binance.vision has it";
 
+/// The `unfilled` reason of a futures aggTrade (or trade) hole older than
+/// the 24 hours `aggTrades` is documented to serve, that REST answered
+/// with nothing (or not all): maybe the exchange has no such data, maybe
+/// it no longer serves it; not taken for "no trades".
+pub const REASON_AGG_BEYOND_REACH: &str =
+    "older than futures aggTrades is sure to serve (24 hours); an empty answer is not taken for no trades; data.binance.vision has it";
+
 /// The trading status of one symbol, as `exchangeInfo` reports it.
 ///
 /// Futures contracts carry more (not in the reference; Binance's
@@ -440,6 +447,12 @@ impl RestClient {
     pub fn trades_reach_back_to(&self, time: TimeUs, exchange_now: TimeUs) -> bool {
         self.profile
             .historical_trades_reach_back_to(time, exchange_now)
+    }
+
+    /// Whether an `aggTrades` answer about `time` at `exchange_now` is
+    /// trusted to say what is not there (futures: the last 24 hours).
+    pub fn agg_trades_sure_back_to(&self, time: TimeUs, exchange_now: TimeUs) -> bool {
+        self.profile.agg_trades_sure_back_to(time, exchange_now)
     }
 
     /// The most rows one page of `endpoint` may ask for on this market.

@@ -4,6 +4,8 @@
 //! streams are still unheard. The task in `mod.rs` drives it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -44,6 +46,38 @@ pub(super) fn stream_key_of(decoded: &Decoded) -> Option<((Symbol, StreamKind), 
 pub(super) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// The links of one market open now, shared by its connection tasks and
+/// read by the runtime (`links_up`, `/status`, `/health`). The links count
+/// themselves: one is added when a link opens and taken back when it is
+/// dropped, whichever way it ends (lost, replaced in a rotation, closed
+/// because every stream it carried was retired at a delivery, or stopped),
+/// so no path can forget to lower the count.
+#[derive(Debug, Default)]
+pub struct OpenLinks(AtomicU64);
+
+impl OpenLinks {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One link's place in [`OpenLinks`], given back on drop.
+#[derive(Debug)]
+pub(super) struct CountedLink(Arc<OpenLinks>);
+
+impl CountedLink {
+    pub(super) fn new(open_links: &Arc<OpenLinks>) -> CountedLink {
+        open_links.0.fetch_add(1, Ordering::Relaxed);
+        CountedLink(open_links.clone())
+    }
+}
+
+impl Drop for CountedLink {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One open socket and what we know about it.
 pub(super) struct Link {
     pub(super) number: u64,
@@ -75,6 +109,8 @@ pub(super) struct Link {
     pub(super) unheard_judged: bool,
     /// The newest data frame of this link.
     pub(super) last_data: Option<Instant>,
+    /// Counted in its market's [`OpenLinks`] while it exists.
+    _counted: CountedLink,
 }
 
 /// Why a link's read loop stopped.
@@ -89,6 +125,7 @@ impl Link {
         socket: Socket,
         streams: &[(Symbol, StreamKind)],
         settings: &ConnectionSettings,
+        open_links: &Arc<OpenLinks>,
     ) -> Link {
         let now = Instant::now();
         let to_send = streams
@@ -117,6 +154,7 @@ impl Link {
             subscribed_at: None,
             unheard_judged: false,
             last_data: None,
+            _counted: CountedLink::new(open_links),
         }
     }
 

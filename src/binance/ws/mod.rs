@@ -66,6 +66,7 @@ use crate::binance::streams::connection_url;
 use crate::domain::{Market, StreamKind, Symbol, TimeUs};
 use crate::metrics::Counters;
 pub use handshake::HandshakeBudget;
+pub use link::OpenLinks;
 use link::{stream_key_of, Link, LinkEvent};
 use silence::fastest_push;
 pub use silence::{
@@ -190,6 +191,8 @@ pub struct ConnectionPlan {
     pub activity: Arc<MarketActivity>,
     /// Symbols whose streams this task drops (delivered contracts).
     pub retired: RetiredSymbols,
+    /// The market's links open now, each counted while it exists.
+    pub open_links: Arc<OpenLinks>,
 }
 
 impl ConnectionPlan {
@@ -373,6 +376,8 @@ async fn open_link(
     let number = *next_link;
     *next_link += 1;
     info!(market = %plan.market, task = plan.task, link = number, route = %plan.route, n_streams = plan.streams.len(), "stream link established");
+    // Counted before the runtime hears of it.
+    let link = Link::new(number, socket, &plan.streams, settings, &plan.open_links);
     if frames
         .send(Inbound::Connected {
             market: plan.market,
@@ -384,7 +389,7 @@ async fn open_link(
     {
         return None;
     }
-    Some(Ok(Link::new(number, socket, &plan.streams, settings)))
+    Some(Ok(link))
 }
 
 /// Why a link is replaced make-before-break.
