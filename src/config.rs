@@ -84,6 +84,8 @@ pub struct Config {
     pub segment_max_bytes: u64,
     pub seal_grace: Duration,
     pub max_concurrent_seals: usize,
+    /// `memory.max_held_mb` in bytes: rows held past it are spilled.
+    pub max_held_bytes: u64,
     pub connection: ConnectionConfig,
     pub fill: FillConfig,
     pub shutdown_deadline: Duration,
@@ -428,6 +430,7 @@ streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
             ),
             ("seal", "grace_ms", "3600001", "3600000"),
             ("seal", "max_concurrent", "65", "64"),
+            ("memory", "max_held_mb", "1048577", "1048576"),
             ("connection", "subscribe_batch", "1025", "1024"),
             (
                 "connection",

@@ -124,6 +124,94 @@ impl IdHole {
     }
 }
 
+/// Ids held without a gap: every id from `first.id` to `last.id` is
+/// held, and `first` and `last` carry their rows' trade times (the only
+/// times a hole next to the span is bounded by). An hour's rows are judged
+/// as spans, so rows spilled to disk are judged by their spans alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdSpan {
+    pub first: IdAt,
+    pub last: IdAt,
+}
+
+impl IdSpan {
+    pub fn of(at: IdAt) -> IdSpan {
+        IdSpan {
+            first: at,
+            last: at,
+        }
+    }
+
+    /// The part of the span from `lowest` to `highest` (inclusive ids),
+    /// if any. A cut end keeps the time of the end it replaces: it lies next
+    /// to the bound that cut it, so no hole is ever bounded by that time.
+    fn clipped(self, lowest: i64, highest: i64) -> Option<IdSpan> {
+        if self.last.id < lowest || self.first.id > highest || lowest > highest {
+            return None;
+        }
+        let first = IdAt {
+            id: self.first.id.max(lowest),
+            time: self.first.time,
+        };
+        let last = IdAt {
+            id: self.last.id.min(highest),
+            time: self.last.time,
+        };
+        Some(IdSpan { first, last })
+    }
+}
+
+/// Builds spans from keys, appending each to `spans` in order: a key next
+/// to (or inside) the last span extends it. For a duplicated id the
+/// earliest time is kept, as [`id_holes_in_hour`] does.
+pub fn extend_spans(spans: &mut Vec<IdSpan>, at: IdAt) {
+    match spans.last_mut() {
+        Some(span) if at.id >= span.first.id && at.id <= span.last.id.saturating_add(1) => {
+            if at.id == span.first.id {
+                span.first.time = span.first.time.min(at.time);
+            }
+            if at.id > span.last.id {
+                span.last = at;
+            } else if at.id == span.last.id {
+                span.last.time = span.last.time.min(at.time);
+            }
+        }
+        _ => spans.push(IdSpan::of(at)),
+    }
+}
+
+/// Spans of any keys (any order, duplicates allowed), sorted and merged:
+/// spans that overlap or touch become one.
+pub fn id_spans(rows: &[IdAt]) -> Vec<IdSpan> {
+    let mut sorted = rows.to_vec();
+    sorted.sort_unstable_by_key(|row| (row.id, row.time));
+    let mut spans = Vec::new();
+    for at in sorted {
+        extend_spans(&mut spans, at);
+    }
+    spans
+}
+
+/// Spans from several sources (the hour's rows in memory and each run
+/// spilled to disk), sorted and merged.
+pub fn merge_spans(mut spans: Vec<IdSpan>) -> Vec<IdSpan> {
+    spans.sort_unstable_by_key(|span| (span.first.id, span.first.time));
+    let mut merged: Vec<IdSpan> = Vec::with_capacity(spans.len());
+    for span in spans {
+        match merged.last_mut() {
+            Some(last) if span.first.id <= last.last.id.saturating_add(1) => {
+                if span.last.id > last.last.id
+                    || (span.last.id == last.last.id && span.last.time < last.last.time)
+                {
+                    last.last = span.last;
+                }
+            }
+            _ => merged.push(span),
+        }
+    }
+    merged
+}
+
 /// The holes of one trade or aggTrade stream-hour.
 ///
 /// `rows` are the ids held for the hour with their trade times (any order,
@@ -140,18 +228,25 @@ pub fn id_holes_in_hour(
     before: Option<IdAt>,
     after: Option<IdAt>,
 ) -> Vec<IdHole> {
+    id_holes_in_spans(hour, &id_spans(rows), before, after)
+}
+
+/// [`id_holes_in_hour`] of rows given as spans (any order; overlapping
+/// spans are merged first).
+pub fn id_holes_in_spans(
+    hour: Hour,
+    spans: &[IdSpan],
+    before: Option<IdAt>,
+    after: Option<IdAt>,
+) -> Vec<IdHole> {
     let hour_last = hour.end() - 1;
     let clamp = |time: TimeUs| time.clamp(hour.start(), hour_last);
-    let mut known: Vec<IdAt> = rows
-        .iter()
-        .copied()
-        .filter(|row| {
-            before.is_none_or(|before| row.id > before.id)
-                && after.is_none_or(|after| row.id < after.id)
-        })
+    let lowest = before.map_or(i64::MIN, |before| before.id.saturating_add(1));
+    let highest = after.map_or(i64::MAX, |after| after.id.saturating_sub(1));
+    let known: Vec<IdSpan> = merge_spans(spans.to_vec())
+        .into_iter()
+        .filter_map(|span| span.clipped(lowest, highest))
         .collect();
-    known.sort_unstable_by_key(|row| (row.id, row.time));
-    known.dedup_by_key(|row| row.id);
 
     let mut holes = Vec::new();
     let bounded_hole = |lower: IdAt, upper: IdAt| {
@@ -164,20 +259,20 @@ pub fn id_holes_in_hour(
         }
     };
     let mut previous = before;
-    for row in known.iter().copied().chain(after) {
+    for span in known.iter().copied().chain(after.map(IdSpan::of)) {
         match previous {
-            Some(lower) if row.id > lower.id.saturating_add(1) => {
-                holes.push(bounded_hole(lower, row))
+            Some(lower) if span.first.id > lower.id.saturating_add(1) => {
+                holes.push(bounded_hole(lower, span.first))
             }
             Some(_) => {}
             None => holes.push(IdHole {
                 from_id: None,
-                to_id: Some(row.id - 1),
+                to_id: Some(span.first.id - 1),
                 from_time: hour.start(),
-                to_time: clamp(row.time),
+                to_time: clamp(span.first.time),
             }),
         }
-        previous = Some(row);
+        previous = Some(span.last);
     }
     if after.is_none() {
         holes.push(match previous {
@@ -352,9 +447,9 @@ impl Settled {
 pub struct StreamHour {
     pub kind: StreamKind,
     pub hour: Hour,
-    /// The keys held with their times: ids with trade times, or kline open
-    /// times (twice). Any order, duplicates allowed.
-    pub keys: Vec<IdAt>,
+    /// The keys held, as spans of ids with their trade times, or of kline
+    /// open times (twice). Any order; overlapping spans are merged.
+    pub spans: Vec<IdSpan>,
     /// The last row known before the hour's rows, and the first after.
     pub before: Option<IdAt>,
     pub after: Option<IdAt>,
@@ -371,7 +466,7 @@ pub fn stream_hour_holes(facts: &StreamHour) -> Vec<Hole> {
     match facts.kind {
         StreamKind::Trade | StreamKind::AggTrade => {
             let judge_start = facts.from_hour_start || facts.before.is_some();
-            id_holes_in_hour(facts.hour, &facts.keys, facts.before, facts.after)
+            id_holes_in_spans(facts.hour, &facts.spans, facts.before, facts.after)
                 .into_iter()
                 .filter(|hole| judge_start || hole.from_id.is_some())
                 .map(Hole::Ids)
@@ -383,7 +478,11 @@ pub fn stream_hour_holes(facts: &StreamHour) -> Vec<Hole> {
             } else {
                 facts.watched_from.max(facts.hour.start())
             };
-            let present: Vec<TimeUs> = facts.keys.iter().map(|key| key.id).collect();
+            let present: Vec<TimeUs> = facts
+                .spans
+                .iter()
+                .flat_map(|span| [span.first.id, span.last.id])
+                .collect();
             kline_holes(interval, &present, from, facts.hour.end())
                 .into_iter()
                 .map(Hole::Klines)
@@ -836,6 +935,65 @@ mod tests {
             .collect()
     }
 
+    /// The hour's holes judged row by row (the rule before rows were
+    /// summarised as spans): the model the spans must agree with.
+    fn reference_holes(
+        hour: Hour,
+        rows: &[IdAt],
+        before: Option<IdAt>,
+        after: Option<IdAt>,
+    ) -> Vec<IdHole> {
+        let hour_last = hour.end() - 1;
+        let clamp = |time: TimeUs| time.clamp(hour.start(), hour_last);
+        let mut known: Vec<IdAt> = rows
+            .iter()
+            .copied()
+            .filter(|row| {
+                before.is_none_or(|before| row.id > before.id)
+                    && after.is_none_or(|after| row.id < after.id)
+            })
+            .collect();
+        known.sort_unstable_by_key(|row| (row.id, row.time));
+        known.dedup_by_key(|row| row.id);
+        let mut holes = Vec::new();
+        let mut previous = before;
+        for row in known.iter().copied().chain(after) {
+            match previous {
+                Some(lower) if row.id > lower.id.saturating_add(1) => holes.push(IdHole {
+                    from_id: Some(lower.id + 1),
+                    to_id: Some(row.id - 1),
+                    from_time: clamp(lower.time.min(row.time)),
+                    to_time: clamp(lower.time.max(row.time)),
+                }),
+                Some(_) => {}
+                None => holes.push(IdHole {
+                    from_id: None,
+                    to_id: Some(row.id - 1),
+                    from_time: hour.start(),
+                    to_time: clamp(row.time),
+                }),
+            }
+            previous = Some(row);
+        }
+        if after.is_none() {
+            holes.push(match previous {
+                Some(lower) => IdHole {
+                    from_id: Some(lower.id + 1),
+                    to_id: None,
+                    from_time: clamp(lower.time),
+                    to_time: hour_last,
+                },
+                None => IdHole {
+                    from_id: None,
+                    to_id: None,
+                    from_time: hour.start(),
+                    to_time: hour_last,
+                },
+            });
+        }
+        holes
+    }
+
     proptest! {
         #[test]
         fn holes_are_exactly_the_removed_ids((present, removed) in ids_with_some_removed(), shuffle_seed in any::<u64>(), n_duplicates in 0usize..20) {
@@ -895,6 +1053,42 @@ mod tests {
         }
 
         #[test]
+        fn holes_of_spans_from_any_split_equal_holes_of_every_row(
+            (present, _removed) in ids_with_some_removed(),
+            times in proptest::collection::vec(0i64..MICROS_PER_HOUR, 1..40),
+            cuts in proptest::collection::vec(any::<u16>(), 0..4),
+            duplicates in proptest::collection::vec(any::<u16>(), 0..6),
+            bounds in (any::<bool>(), any::<bool>()),
+        ) {
+            // Times need not rise with ids (a late trade), and ids repeat.
+            let mut rows: Vec<IdAt> = present
+                .iter()
+                .enumerate()
+                .map(|(index, id)| IdAt { id: *id, time: HOUR_START + times[index % times.len()] })
+                .collect();
+            for pick in &duplicates {
+                let row = rows[usize::from(*pick) % rows.len()];
+                rows.push(IdAt { id: row.id, time: row.time + i64::from(*pick) });
+            }
+            let before = bounds.0.then(|| IdAt { id: present.first().copied().unwrap_or(0) + 2, time: HOUR_START });
+            let after = bounds.1.then(|| IdAt { id: present.last().copied().unwrap_or(0) - 2, time: HOUR_START + 5 });
+            // The rows cut into parts as spills would cut them, each part
+            // summarised by its spans.
+            let mut points: Vec<usize> = cuts.iter().map(|cut| usize::from(*cut) % (rows.len() + 1)).collect();
+            points.sort_unstable();
+            let mut spans = Vec::new();
+            let mut start = 0;
+            for end in points.into_iter().chain([rows.len()]) {
+                spans.extend(id_spans(&rows[start..end]));
+                start = end;
+            }
+            prop_assert_eq!(
+                id_holes_in_spans(hour(), &spans, before, after),
+                reference_holes(hour(), &rows, before, after)
+            );
+        }
+
+        #[test]
         fn kline_holes_and_present_opens_tile_the_grid(keep in proptest::collection::vec(any::<bool>(), 60)) {
             let minute = KlineInterval::Minute1;
             let grid = kline_grid(minute, HOUR_START, HOUR_START + MICROS_PER_HOUR);
@@ -924,7 +1118,7 @@ mod tests {
         let facts = StreamHour {
             kind: StreamKind::Trade,
             hour: hour(),
-            keys: vec![at(10, 600), at(11, 601)],
+            spans: id_spans(&[at(10, 600), at(11, 601)]),
             before: None,
             after: Some(at(12, 3700)),
             from_hour_start: true,
@@ -961,7 +1155,7 @@ mod tests {
         let facts = StreamHour {
             kind: minute,
             hour: hour(),
-            keys: opens,
+            spans: id_spans(&opens),
             before: None,
             after: None,
             from_hour_start: false,

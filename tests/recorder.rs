@@ -30,6 +30,8 @@ mod long_run;
 mod market_replays;
 #[path = "recorder/markets.rs"]
 mod markets;
+#[path = "recorder/memory.rs"]
+mod memory;
 #[path = "recorder/metrics.rs"]
 mod metrics;
 #[path = "recorder/poison.rs"]

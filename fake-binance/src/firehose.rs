@@ -37,9 +37,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{FakeConfig, FirehoseConfig};
+use crate::decimal::format_atoms;
 use crate::model::AggTrade;
 use crate::rng::SplitMix64;
 use crate::shared::{lock, Shared};
+use crate::truth::{GroundTruth, TruthAggTrade};
 use crate::wire::{self, TimeUnit};
 
 /// Frames rendered into one contiguous buffer (freed once sent).
@@ -77,6 +79,71 @@ pub(crate) struct Firehose {
     finished: AtomicBool,
 }
 
+/// The blast's aggregates in the order sent, each with its symbol's index
+/// (see the module doc): the same for a given seed, so the truth of a blast
+/// can be rendered again ([`firehose_truth`]).
+fn aggregates(
+    config: &FakeConfig,
+    step_us: i64,
+    n_frames: u64,
+) -> impl Iterator<Item = (usize, AggTrade)> + '_ {
+    let n_symbols = config.symbols.len().max(1);
+    let mut random = SplitMix64::new(config.seed);
+    // Per symbol: next aggregate id, next trade id, price in atoms (1e-8).
+    let mut next_ids: Vec<(i64, i64, i64)> = (0..n_symbols)
+        .map(|index| (1, 1, 6_500_000_000_000 / (index as i64 + 1)))
+        .collect();
+    (0..n_frames).map(move |frame_index| {
+        let symbol_index = (frame_index % n_symbols as u64) as usize;
+        let (agg_id, trade_id, price) = &mut next_ids[symbol_index];
+        let n_fills = 1 + random.below(3) as i64;
+        let tick = *price / 100_000;
+        *price = (*price + (random.below(5) as i64 - 2) * tick.max(1)).max(1);
+        let time_us = config.sim_start_us + frame_index as i64 * step_us;
+        let agg = AggTrade {
+            id: *agg_id,
+            price: *price,
+            quantity: (1 + random.below(200_000) as i64) * 1_000,
+            first_trade_id: *trade_id,
+            last_trade_id: *trade_id + n_fills - 1,
+            time_us,
+            event_time_us: time_us + EVENT_DELAY_US,
+            is_buyer_maker: random.below(2) == 0,
+            is_best_match: true,
+            dispatch_seq: frame_index,
+            raw_payload: None,
+        };
+        *agg_id += 1;
+        *trade_id += n_fills;
+        (symbol_index, agg)
+    })
+}
+
+/// What a blast of `firehose` under `config` sends of `symbol`, as ground
+/// truth (aggTrades only; times in µs whatever the wire's unit). Frames the
+/// blast does not get to send (a time limit) are in it too.
+pub fn firehose_truth(config: &FakeConfig, firehose: &FirehoseConfig, symbol: &str) -> GroundTruth {
+    let futures = !config.market.speaks_micros();
+    let agg_trades = aggregates(config, firehose.step_us, firehose.frames)
+        .filter(|(index, _)| config.symbols[*index] == symbol)
+        .map(|(_, agg)| TruthAggTrade {
+            id: agg.id,
+            price: format_atoms(agg.price),
+            quantity: format_atoms(agg.quantity),
+            first_trade_id: agg.first_trade_id,
+            last_trade_id: agg.last_trade_id,
+            time_us: agg.time_us,
+            is_buyer_maker: agg.is_buyer_maker,
+            is_best_match: (!futures).then_some(agg.is_best_match),
+            event_time_us: agg.event_time_us,
+        })
+        .collect();
+    GroundTruth {
+        agg_trades,
+        ..GroundTruth::default()
+    }
+}
+
 impl Firehose {
     /// Renders every frame the blast can send (blocking work: call it off
     /// the async workers).
@@ -93,12 +160,6 @@ impl Firehose {
             None => firehose.frames,
         };
         let shape = config.market.shape();
-        let n_symbols = config.symbols.len().max(1);
-        let mut random = SplitMix64::new(config.seed);
-        // Per symbol: next aggregate id, next trade id, price in atoms (1e-8).
-        let mut next_ids: Vec<(i64, i64, i64)> = (0..n_symbols)
-            .map(|index| (1, 1, 6_500_000_000_000 / (index as i64 + 1)))
-            .collect();
         let stream_names: Vec<String> = config
             .symbols
             .iter()
@@ -107,28 +168,7 @@ impl Firehose {
         let mut chunks = VecDeque::new();
         let mut text = String::new();
         let mut ends = Vec::with_capacity(FRAMES_PER_CHUNK);
-        for frame_index in 0..n_rendered {
-            let symbol_index = (frame_index % n_symbols as u64) as usize;
-            let (agg_id, trade_id, price) = &mut next_ids[symbol_index];
-            let n_fills = 1 + random.below(3) as i64;
-            let tick = *price / 100_000;
-            *price = (*price + (random.below(5) as i64 - 2) * tick.max(1)).max(1);
-            let time_us = config.sim_start_us + frame_index as i64 * firehose.step_us;
-            let agg = AggTrade {
-                id: *agg_id,
-                price: *price,
-                quantity: (1 + random.below(200_000) as i64) * 1_000,
-                first_trade_id: *trade_id,
-                last_trade_id: *trade_id + n_fills - 1,
-                time_us,
-                event_time_us: time_us + EVENT_DELAY_US,
-                is_buyer_maker: random.below(2) == 0,
-                is_best_match: true,
-                dispatch_seq: frame_index,
-                raw_payload: None,
-            };
-            *agg_id += 1;
-            *trade_id += n_fills;
+        for (symbol_index, agg) in aggregates(config, firehose.step_us, n_rendered) {
             let payload = wire::agg_trade_event(&config.symbols[symbol_index], &agg, unit, shape);
             text.push_str(&wire::combined(&stream_names[symbol_index], &payload));
             ends.push(text.len());

@@ -74,6 +74,7 @@ pub use config::{
 };
 pub use counters::Counters;
 pub use faults::{Fault, Lie};
+pub use firehose::firehose_truth;
 pub use interval::KlineInterval;
 pub use replay::ReplayError;
 pub use truth::{GroundTruth, TruthAggTrade, TruthKline, TruthTrade};

@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub memory: RawMemory,
     /// One table per market: `[markets.spot]`, `[markets.usdm]`,
     /// `[markets.coinm]` (perpetuals only in this release), `[markets.us]`.
     #[serde(default)]
@@ -268,6 +270,21 @@ impl Default for RawFill {
             max_concurrent_rounds: 16,
             agg_trade_evidence: false,
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMemory {
+    /// Rows of unsealed hours held in memory at most, in MiB; past it the
+    /// biggest hours' rows are spilled to sorted runs beside the WAL and
+    /// merged back when their hour seals.
+    pub max_held_mb: u64,
+}
+
+impl Default for RawMemory {
+    fn default() -> Self {
+        RawMemory { max_held_mb: 256 }
     }
 }
 

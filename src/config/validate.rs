@@ -63,6 +63,11 @@ const SEAL_GRACE_MS: Bounds = Bounds::new(
 );
 const SEAL_MAX_CONCURRENT: Bounds =
     Bounds::new(1, 64, "each encoder holds an hour of rows in memory");
+const MAX_HELD_MB: Bounds = Bounds::new(
+    1,
+    1024 * 1024,
+    "held rows past the budget are spilled beside the WAL; the budget is what the unit's MemoryHigh is set from",
+);
 const SUBSCRIBE_BATCH: Bounds = Bounds::new(1, 1024, "Binance's limit of streams per connection");
 const DEAD_AFTER_MS: Bounds = Bounds::new(
     1,
@@ -233,6 +238,7 @@ impl RawConfig {
         SEGMENT_MAX_BYTES.check("wal.segment_max_bytes", self.wal.segment_max_bytes)?;
         SEAL_GRACE_MS.check("seal.grace_ms", self.seal.grace_ms)?;
         SEAL_MAX_CONCURRENT.check("seal.max_concurrent", count(self.seal.max_concurrent))?;
+        MAX_HELD_MB.check("memory.max_held_mb", self.memory.max_held_mb)?;
         let connection = validate_connection(&self.connection)?;
         let fill = validate_fill(&self.fill)?;
         SHUTDOWN_DEADLINE_MS.check("shutdown.deadline_ms", self.shutdown.deadline_ms)?;
@@ -300,6 +306,7 @@ impl RawConfig {
             segment_max_bytes: self.wal.segment_max_bytes,
             seal_grace: Duration::from_millis(self.seal.grace_ms),
             max_concurrent_seals: self.seal.max_concurrent,
+            max_held_bytes: self.memory.max_held_mb.saturating_mul(1024 * 1024),
             connection,
             fill,
             shutdown_deadline: Duration::from_millis(self.shutdown.deadline_ms),

@@ -189,6 +189,15 @@ counters! {
     /// Bytes of the WAL's segments on disk (a gauge, set after each batch;
     /// bounded by what the unsealed hours hold, see ARCHITECTURE.md).
     gauge wal_bytes,
+    /// Bytes of heap the unsealed hours' rows take in memory (a gauge, set
+    /// when checked against `memory.max_held_mb`).
+    gauge held_bytes,
+    /// Runs of rows spilled to disk past `memory.max_held_mb`.
+    counter runs_spilled,
+    /// Rows in those runs.
+    counter rows_spilled,
+    /// Runs that could not be written (their rows stay in memory).
+    counter spill_failures,
     /// Frames that could not be decoded and went to quarantine.
     counter frames_quarantined,
     /// Stream rows (and kline updates) whose times or ids cannot be

@@ -11,6 +11,8 @@
 //!   footer metadata.
 //! - [`write`](mod@write): the atomic write and its crash-point seam.
 //! - [`read`]: footers, summaries and rows of version 1 and 2 files.
+//! - [`run_file`]: an unsealed hour's rows spilled beside the WAL past
+//!   the memory budget, and read back when it seals.
 //!
 //! Encodings are chosen for size: ids and times are delta-encoded (they
 //! mostly grow by small steps); decimals, `source` and `trade_type` are
@@ -25,6 +27,7 @@ use crate::domain::{Hour, Row, StreamKey, TimeUs, UnfilledRange};
 
 pub mod layout;
 pub mod read;
+pub mod run_file;
 pub mod schema;
 pub mod write;
 

@@ -25,7 +25,7 @@ use crate::domain::{Hour, StreamKey, StreamKind, UnfilledRange};
 use crate::gaps::Hole;
 use crate::metrics::Counters;
 use crate::parquet_out;
-use crate::recorder::held::HeldRows;
+use crate::recorder::spill::HourRows;
 use crate::recorder::state::{revise_declared, FillJob, SealJob, REASON_NOT_SERVED};
 use crate::recorder::{execute_seal, fill, SealResult};
 use crate::verify::report::{holes_from_json, utc_time};
@@ -439,7 +439,7 @@ async fn backfill_file(
     let seal_job = SealJob {
         key: key.clone(),
         hour,
-        rows: HeldRows::from_rows(key.kind, report.rows),
+        rows: HourRows::from_rows(key.kind, report.rows),
         first_segment: None,
         // Merged with the file's own coverage; a file with no hole left
         // vouches for its whole hour.

@@ -234,6 +234,7 @@ impl Runtime {
                     }
                 }
                 self.observe_streams(seen);
+                self.start_spills();
                 let rejected = self.state.take_rejected();
                 if !rejected.is_empty() {
                     // Rare (a lying feed), small, and already durable in the WAL.

@@ -32,7 +32,7 @@ use std::iter::Peekable;
 use std::mem::size_of;
 
 use crate::domain::{AggTradeRow, Decimal8, Row, Source, StreamKind, TimeUs, TradeRow};
-use crate::gaps::IdAt;
+use crate::gaps::{extend_spans, IdAt, IdSpan};
 use crate::parquet_out::{ParquetOutError, SortedRows};
 use crate::seal::Inserted;
 
@@ -56,6 +56,7 @@ const MAX_TRADE_TYPES: usize = u8::MAX as usize;
 /// The rows of one stream-hour, sorted and unique by key.
 #[derive(Debug, Clone)]
 pub struct HeldRows {
+    kind: StreamKind,
     store: Store,
 }
 
@@ -85,7 +86,7 @@ impl HeldRows {
             StreamKind::AggTrade => Store::AggTrades(Held::default()),
             StreamKind::Kline(_) => Store::Klines(Held::default()),
         };
-        HeldRows { store }
+        HeldRows { kind, store }
     }
 
     /// Rows already sorted and unique by key (a file's, merged), held.
@@ -95,6 +96,11 @@ impl HeldRows {
             held.insert(row);
         }
         held
+    }
+
+    /// The kind of stream the rows are of.
+    pub fn kind(&self) -> StreamKind {
+        self.kind
     }
 
     /// Inserts `row` under the merge rule of [`crate::seal::insert_row`]:
@@ -115,6 +121,21 @@ impl HeldRows {
     /// Every row's key and time, in key order.
     pub fn id_ats(&self) -> Box<dyn Iterator<Item = IdAt> + '_> {
         each_store!(&self.store, held => Box::new(held.id_ats()))
+    }
+
+    /// The rows' keys as spans without a gap (see [`IdSpan`]): what gap
+    /// detection needs, without a vector of every key.
+    pub fn id_spans(&self) -> Vec<IdSpan> {
+        let mut spans = Vec::new();
+        for at in self.id_ats() {
+            extend_spans(&mut spans, at);
+        }
+        spans
+    }
+
+    /// How many rows came from REST.
+    pub fn n_rest(&self) -> usize {
+        each_store!(&self.store, held => held.n_rest())
     }
 
     /// The first row's key and time.
@@ -160,7 +181,7 @@ impl SortedRows for HeldRows {
     }
 
     fn n_rest(&self) -> usize {
-        each_store!(&self.store, held => held.n_rest())
+        HeldRows::n_rest(self)
     }
 
     fn first_key(&self) -> Option<i64> {

@@ -25,6 +25,8 @@ pub mod judge;
 pub mod pace;
 mod records;
 pub mod seal_job;
+pub mod spill;
+mod spill_runs;
 mod startup;
 pub mod state;
 mod tasks;
@@ -210,6 +212,7 @@ pub async fn run_with_seams(
         pending: Pending::new(config.fsync),
         batch: None,
         seals: JoinSet::new(),
+        spills: JoinSet::new(),
         seal_faults,
         seal_pause_until: None,
         fills: JoinSet::new(),
@@ -339,6 +342,8 @@ struct Runtime {
     batch: Option<JoinHandle<BatchOutcome>>,
     /// Seals running, each with the instant it was handed out.
     seals: JoinSet<(Instant, SealOutcome)>,
+    /// Runs of rows being spilled past `memory.max_held_mb`.
+    spills: JoinSet<spill_runs::SpillWritten>,
     seal_faults: Option<SealFaults>,
     seal_pause_until: Option<Instant>,
     /// Fill rounds running, and which stream-hour each is for (a task that
@@ -477,6 +482,7 @@ impl Runtime {
                     Err(error) => warn!(%error, "symbol check task failed; recording anyway"),
                 },
                 Some(joined) = self.seals.join_next(), if !self.seals.is_empty() => self.finish_seal(joined),
+                Some(joined) = self.spills.join_next(), if !self.spills.is_empty() => self.finish_spill(joined),
                 Some(joined) = self.fills.join_next_with_id(), if !self.fills.is_empty() => self.finish_fill(joined),
                 _ = planning.tick() => {}
                 // Not while a full batch waits: the channel then fills and

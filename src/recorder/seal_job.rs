@@ -4,17 +4,20 @@
 //! its holes and coverage, so the hour is sealed again later exactly as
 //! judged; nothing about an hour is decided here.
 
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::domain::{Hour, StreamKey, TimeUs};
-use crate::parquet_out::{self, HourFile, SchemaVersion};
+use crate::domain::{Hour, Row, Source, StreamKey, TimeUs};
+use crate::parquet_out::run_file::RunReader;
+use crate::parquet_out::{self, HourFile, ParquetOutError, SchemaVersion, SortedRows};
 use crate::seal::merge_into_sealed;
 
-use super::held::HeldRows;
+use super::spill::{merged_rows, HourRows, RunRows};
 use super::SealJob;
 
 /// How a seal job ended.
@@ -54,7 +57,7 @@ pub enum SealFault {
 pub type SealFaults = Arc<dyn Fn(&StreamKey, Hour) -> Option<SealFault> + Send + Sync>;
 
 /// Runs `call`, turning a panic into an error message.
-fn unwinding<T>(what: &str, call: impl FnOnce() -> T) -> Result<T, String> {
+pub(crate) fn unwinding<T>(what: &str, call: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(call)).map_err(|panic| {
         let message = panic
             .downcast_ref::<&str>()
@@ -84,6 +87,9 @@ pub(crate) fn execute_seal(
         }),
     };
     let path = parquet_out::hour_file_path(data_dir, &job.key, job.hour);
+    // Spilled runs are removed once their rows are in the file (or back in
+    // memory for good); a failed seal keeps them for the retry.
+    let run_files: Vec<PathBuf> = job.rows.run_files().cloned().collect();
     let mut coverage = (job.coverage_from, job.coverage_to);
     let mut unfilled = job.unfilled.clone().unwrap_or_default();
     let mut delivered_at = job.delivered_at;
@@ -116,9 +122,14 @@ pub(crate) fn execute_seal(
                 if job.unfilled.is_none() {
                     unfilled = sealed_unfilled;
                 }
-                let held = std::mem::replace(&mut job.rows, HeldRows::new(job.key.kind));
-                let (merged, changed) = merge_into_sealed(sealed, held.into_rows());
-                job.rows = HeldRows::from_rows(job.key.kind, merged);
+                // Late rows are few; were any spilled, they are read back.
+                let held = match collect_rows(&job.rows) {
+                    Ok(rows) => rows,
+                    Err(error) => return fail(error.to_string(), job, false),
+                };
+                let (merged, changed) = merge_into_sealed(sealed, held);
+                job.rows = HourRows::from_rows(job.key.kind, merged);
+                remove_runs(&run_files);
                 // A file of an older schema version is rewritten in the
                 // current one even when its rows stay the same.
                 let outdated =
@@ -127,6 +138,7 @@ pub(crate) fn execute_seal(
                     info!(path = %path.display(), from_version = %version, to_version = %SchemaVersion::CURRENT, "sealed file of an older schema version; rewriting it in the current one");
                 }
                 if !changed && !unfilled_changed && !outdated && !delivery_changed {
+                    remove_runs(&run_files);
                     return SealOutcome {
                         job_key,
                         hour,
@@ -149,10 +161,18 @@ pub(crate) fn execute_seal(
             },
         }
     }
+    let counts = match MergedHour::count(&job.rows) {
+        Ok(counts) => counts,
+        Err(error) => return fail(error.to_string(), job, false),
+    };
+    let rows = MergedHour {
+        rows: std::mem::replace(&mut job.rows, HourRows::new(job.key.kind)),
+        counts,
+    };
     let file = HourFile {
         key: job.key.clone(),
         hour: job.hour,
-        rows: std::mem::replace(&mut job.rows, HeldRows::new(job.key.kind)),
+        rows,
         unfilled,
         coverage_from: coverage.0,
         coverage_to: coverage.1,
@@ -168,21 +188,209 @@ pub(crate) fn execute_seal(
         }
         None => parquet_out::write_hour_file(data_dir, &file).map_err(|error| error.to_string()),
     });
-    let n_rows = file.rows.len();
-    job.rows = file.rows;
+    let n_rows = file.rows.n_rows();
+    job.rows = file.rows.rows;
     match written {
-        Ok(Ok(path)) => SealOutcome {
-            job_key,
-            hour,
-            result: Ok(SealResult::Written {
-                path,
-                n_rows,
-                resealed,
-            }),
-        },
+        Ok(Ok(path)) => {
+            remove_runs(&run_files);
+            SealOutcome {
+                job_key,
+                hour,
+                result: Ok(SealResult::Written {
+                    path,
+                    n_rows,
+                    resealed,
+                }),
+            }
+        }
         Ok(Err(message)) => fail(message, job, false),
         Err(message) => fail(message, job, true),
     }
+}
+
+/// Removes spilled runs whose rows are written (a run left behind is
+/// removed at the next start).
+fn remove_runs(paths: &[PathBuf]) {
+    for path in paths {
+        if let Err(error) = std::fs::remove_file(path) {
+            warn!(path = %path.display(), %error, "cannot remove a spilled run; removed at the next start");
+        }
+    }
+}
+
+/// How many rows an hour's merge gives, and its first and last keys.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    n_rows: usize,
+    n_rest: usize,
+    first_key: Option<i64>,
+    last_key: Option<i64>,
+}
+
+/// An hour's rows as the writer reads them: with nothing spilled, the rows
+/// in memory; else its runs, read back from disk, merged with them (a
+/// first pass counts what the merge gives, for the footer).
+pub(crate) struct MergedHour {
+    rows: HourRows,
+    /// `None`: nothing spilled, the rows in memory are the file's.
+    counts: Option<Counts>,
+}
+
+impl MergedHour {
+    /// What the merge of `rows` gives (`None` with nothing spilled).
+    fn count(rows: &HourRows) -> Result<Option<Counts>, ParquetOutError> {
+        if !rows.has_runs() {
+            return Ok(None);
+        }
+        let mut counts = Counts {
+            n_rows: 0,
+            n_rest: 0,
+            first_key: None,
+            last_key: None,
+        };
+        for_each_merged(rows, &mut |row| {
+            counts.n_rows += 1;
+            counts.n_rest += usize::from(row.source() == Source::Rest);
+            counts.first_key = counts.first_key.or(Some(row.key()));
+            counts.last_key = Some(row.key());
+            Ok(())
+        })?;
+        Ok(Some(counts))
+    }
+}
+
+impl SortedRows for MergedHour {
+    fn n_rows(&self) -> usize {
+        self.counts
+            .map_or_else(|| self.rows.in_memory().len(), |counts| counts.n_rows)
+    }
+
+    fn n_rest(&self) -> usize {
+        self.counts
+            .map_or_else(|| self.rows.in_memory().n_rest(), |counts| counts.n_rest)
+    }
+
+    fn first_key(&self) -> Option<i64> {
+        match self.counts {
+            Some(counts) => counts.first_key,
+            None => SortedRows::first_key(self.rows.in_memory()),
+        }
+    }
+
+    fn last_key(&self) -> Option<i64> {
+        match self.counts {
+            Some(counts) => counts.last_key,
+            None => self.rows.in_memory().last_key(),
+        }
+    }
+
+    fn for_each_slice(
+        &self,
+        max: usize,
+        each: &mut dyn FnMut(&[Row]) -> Result<(), ParquetOutError>,
+    ) -> Result<(), ParquetOutError> {
+        if self.counts.is_none() {
+            return self.rows.in_memory().for_each_slice(max, each);
+        }
+        let mut slice = Vec::with_capacity(max.clamp(1, 65_536));
+        for_each_merged(&self.rows, &mut |row| {
+            slice.push(row);
+            if slice.len() >= max {
+                each(&slice)?;
+                slice.clear();
+            }
+            Ok(())
+        })?;
+        if !slice.is_empty() {
+            each(&slice)?;
+        }
+        Ok(())
+    }
+}
+
+/// Calls `each` with an hour's rows in key order: its runs (read back) and
+/// the rows in memory merged under the merge rule. A run that cannot be
+/// read, or reads back other than the rows it was written with, fails it.
+fn for_each_merged(
+    rows: &HourRows,
+    each: &mut dyn FnMut(Row) -> Result<(), ParquetOutError>,
+) -> Result<(), ParquetOutError> {
+    let failure = Rc::new(RefCell::new(None));
+    let mut sources: Vec<Box<dyn Iterator<Item = Row> + '_>> = Vec::new();
+    for run in rows.runs() {
+        sources.push(match run {
+            RunRows::Held(held) => held.rows(),
+            RunRows::File { path, n_rows } => Box::new(CheckedRun {
+                reader: RunReader::open(path, rows.kind())?,
+                path: path.clone(),
+                expected: *n_rows,
+                seen: 0,
+                failure: failure.clone(),
+            }),
+            RunRows::Writing => {
+                return Err(ParquetOutError::Io {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other("a spilled run is still being written"),
+                })
+            }
+        });
+    }
+    sources.push(rows.in_memory().rows());
+    for row in merged_rows(sources) {
+        if let Some(error) = failure.borrow_mut().take() {
+            return Err(error);
+        }
+        each(row)?;
+    }
+    let error = failure.borrow_mut().take();
+    match error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// A run read back, checked: it must end where it was written to.
+struct CheckedRun {
+    reader: RunReader,
+    path: PathBuf,
+    expected: usize,
+    seen: usize,
+    failure: Rc<RefCell<Option<ParquetOutError>>>,
+}
+
+impl Iterator for CheckedRun {
+    type Item = Row;
+
+    fn next(&mut self) -> Option<Row> {
+        if let Some(row) = self.reader.next() {
+            self.seen += 1;
+            return Some(row);
+        }
+        let error = self.reader.error().or_else(|| {
+            (self.seen != self.expected).then(|| ParquetOutError::Invalid {
+                path: self.path.clone(),
+                kind: self.reader.kind().path_name(),
+                reason: format!(
+                    "the run holds {} rows; {} were written",
+                    self.seen, self.expected
+                ),
+            })
+        });
+        if let Some(error) = error {
+            self.failure.borrow_mut().get_or_insert(error);
+        }
+        None
+    }
+}
+
+/// An hour's rows, merged, all in memory (a late seal's few rows).
+fn collect_rows(rows: &HourRows) -> Result<Vec<Row>, ParquetOutError> {
+    let mut all = Vec::with_capacity(rows.len());
+    for_each_merged(rows, &mut |row| {
+        all.push(row);
+        Ok(())
+    })?;
+    Ok(all)
 }
 
 fn sealed_coverage(path: &Path) -> Option<(TimeUs, TimeUs)> {
@@ -228,7 +436,7 @@ mod tests {
                 kind: StreamKind::Trade,
             },
             hour,
-            rows: HeldRows::from_rows(StreamKind::Trade, rows),
+            rows: HourRows::from_rows(StreamKind::Trade, rows),
             first_segment: Some(SegmentId(1)),
             coverage_from: hour.start() + 10,
             coverage_to: hour.end(),

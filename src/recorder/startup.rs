@@ -14,10 +14,11 @@ use crate::binance::rest::{RestClient, RestError};
 use crate::config::{is_dated_contract, Config, MarketConfig};
 use crate::domain::{Hour, StreamKey};
 use crate::metrics::Counters;
-use crate::parquet_out;
+use crate::parquet_out::{self, run_file};
 use crate::quarantine;
 use crate::recorder::delivery::{judge_contract, ContractFacts, ContractVerdict};
 use crate::recorder::records::{decode_record, Applied};
+use crate::recorder::spill_runs::spill_in_line;
 use crate::recorder::state::State;
 use crate::wal::fs::WalFs;
 use crate::wal::{Wal, WalConfig, WalWriter};
@@ -130,6 +131,12 @@ pub(super) async fn open_and_replay(
             }
             Err(error) => warn!(%error, "cannot move files set aside by an older release out of the partition tree"),
         }
+        // Runs spilled by an earlier process: the replay rebuilds them.
+        match run_file::remove_runs(&config.wal_dir) {
+            Ok(0) => {}
+            Ok(removed) => info!(removed, "spilled runs of the last run removed; the WAL replay rebuilds them"),
+            Err(error) => warn!(%error, dir = %run_file::runs_dir(&config.wal_dir).display(), "cannot remove spilled runs of the last run"),
+        }
         let (wal, report) = Wal::open_with_fs(wal_config.clone(), wal_fs)
             .with_context(|| format!("cannot open the WAL in {}", wal_config.dir.display()))?;
         if let Some(torn) = &report.torn_tail {
@@ -151,7 +158,10 @@ pub(super) async fn open_and_replay(
                             market,
                             segment,
                             decoded,
-                        })) => state.apply(market, segment, decoded),
+                        })) => {
+                            state.apply(market, segment, decoded);
+                            spill_in_line(&config.wal_dir, &mut state);
+                        }
                         Ok(Some(Applied::Checkpoint(checkpoint))) => {
                             state.apply_checkpoint(checkpoint)
                         }

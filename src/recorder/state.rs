@@ -5,6 +5,7 @@
 //! answers, so replay and live recording go through the same code.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,7 @@ use crate::quarantine::QuarantinedFrame;
 use crate::recorder::budget::{resolve_trade_holes, AggSpan, MAX_EVIDENCE_AGGS};
 use crate::recorder::held::HeldRows;
 use crate::recorder::judge::{self, judge_hour, FillStatus, HourFacts, Verdict};
+use crate::recorder::spill::{HourRows, SpillJob};
 use crate::seal::{complete_at, coverage, is_sealable, Inserted, WatchSpan};
 use crate::wal::SegmentId;
 
@@ -115,7 +117,8 @@ impl MarketState {
 
 #[derive(Debug)]
 struct OpenHour {
-    rows: HeldRows,
+    /// In memory, and the runs spilled past the memory budget.
+    rows: HourRows,
     /// The oldest WAL segment holding a row of this hour.
     first_segment: SegmentId,
 }
@@ -180,8 +183,9 @@ impl StreamState {
 pub struct SealJob {
     pub key: StreamKey,
     pub hour: Hour,
-    /// Sorted and unique by key; still packed (written a slice at a time).
-    pub rows: HeldRows,
+    /// Sorted and unique by key once merged; still packed, partly spilled
+    /// to runs on disk (written a slice at a time).
+    pub rows: HourRows,
     /// The segment the rows came from first, returned with a failure.
     pub first_segment: Option<SegmentId>,
     pub coverage_from: TimeUs,
@@ -437,6 +441,28 @@ pub struct State {
     /// Delivered contracts (see `recorder/delivery.rs`): no hour starting
     /// at or after the delivery is owed by the symbol's streams.
     delivered: BTreeMap<(Market, Symbol), TimeUs>,
+    /// `memory.max_held_mb` in bytes: past it, [`State::take_spills`]
+    /// spills the biggest hours' rows to runs.
+    max_held_bytes: usize,
+    /// Rows inserted since the rows held were last measured.
+    rows_since_budget_check: usize,
+    /// The id of the next run spilled (unique in this process).
+    next_run_id: u64,
+}
+
+/// Rows inserted between two measures of the rows held against the
+/// memory budget (at 56 bytes a row, 224 KiB of growth).
+const BUDGET_CHECK_ROWS: usize = 4_096;
+
+/// The smallest hour worth a run of its own (a chunk of packed rows).
+const MIN_RUN_BYTES: usize = 64 * 1024;
+
+/// One run to write: the rows of `key`'s `hour` spilled out of memory.
+#[derive(Debug)]
+pub struct Spill {
+    pub key: StreamKey,
+    pub hour: Hour,
+    pub run: SpillJob,
 }
 
 /// Host time between two walks of [`State::plan`] with no event and no
@@ -521,6 +547,9 @@ impl State {
             wake: Wake::default(),
             n_judged: 0,
             delivered: BTreeMap::new(),
+            max_held_bytes: usize::try_from(config.max_held_bytes).unwrap_or(usize::MAX),
+            rows_since_budget_check: 0,
+            next_run_id: 0,
         }
     }
 
@@ -865,11 +894,12 @@ impl State {
             self.wake.dirty = true;
         }
         let open_hour = stream.open.entry(hour).or_insert_with(|| OpenHour {
-            rows: HeldRows::new(key.kind),
+            rows: HourRows::new(key.kind),
             first_segment: segment,
         });
         open_hour.first_segment = open_hour.first_segment.min(segment);
         let inserted = open_hour.rows.insert(row);
+        self.rows_since_budget_check += 1;
         match inserted {
             Inserted::Duplicate if from_stream => Counters::add(&self.counters.rows_duplicate, 1),
             Inserted::New if late => Counters::add(&self.counters.rows_late, 1),
@@ -1130,6 +1160,13 @@ impl State {
                 .chain(stream.unfilled_changed.keys())
                 .copied()
                 .filter(|hour| *hour < next && !stream.in_flight.contains_key(hour))
+                .filter(|hour| {
+                    // A run being written: `spill_done` wakes the plan.
+                    !stream
+                        .open
+                        .get(hour)
+                        .is_some_and(|open| open.rows.is_spilling())
+                })
                 .collect();
             for hour in late_hours {
                 if n_seals >= max_seals {
@@ -1241,13 +1278,21 @@ impl State {
                 }) {
                     break;
                 }
+                if stream
+                    .open
+                    .get(&hour)
+                    .is_some_and(|open| open.rows.is_spilling())
+                {
+                    // A run of it is being written; `spill_done` wakes the plan.
+                    break;
+                }
                 let rows_facts = StreamHour {
                     kind: key.kind,
                     hour,
-                    keys: stream
+                    spans: stream
                         .open
                         .get(&hour)
-                        .map(|open| open.rows.id_ats().collect())
+                        .map(|open| open.rows.id_spans())
                         .unwrap_or_default(),
                     before: stream.last_sealed,
                     after: stream
@@ -1365,11 +1410,13 @@ impl State {
                     && unfilled.is_empty()
                     && (job.coverage_from, job.coverage_to) == (hour.start(), hour.end())
                     && job.rows.len() <= MAX_EVIDENCE_AGGS
+                    && !job.rows.has_runs()
                 {
                     // The file vouches for the whole hour: its aggregates
                     // name every trade id of it.
                     let spans = job
                         .rows
+                        .in_memory()
                         .rows()
                         .filter_map(|row| AggSpan::of(&row))
                         .collect();
@@ -1542,6 +1589,87 @@ impl State {
             .count()
     }
 
+    /// Runs to spill when the rows held in memory pass the budget: the
+    /// biggest hours' rows, until what stays is at most half the budget
+    /// (so spills come in few, large runs). Measured at most every
+    /// [`BUDGET_CHECK_ROWS`] rows inserted: a walk of the open hours.
+    pub fn take_spills(&mut self) -> Vec<Spill> {
+        if self.rows_since_budget_check < BUDGET_CHECK_ROWS {
+            return Vec::new();
+        }
+        self.rows_since_budget_check = 0;
+        let mut held = 0usize;
+        let mut candidates = Vec::new();
+        for (key, stream) in &self.streams {
+            for (hour, open_hour) in &stream.open {
+                held += open_hour.rows.heap_bytes();
+                let spillable = open_hour.rows.spillable_bytes();
+                if spillable >= MIN_RUN_BYTES {
+                    candidates.push((spillable, key.clone(), *hour));
+                }
+            }
+        }
+        Counters::set(&self.counters.held_bytes, held as u64);
+        if held <= self.max_held_bytes {
+            return Vec::new();
+        }
+        candidates.sort_unstable_by_key(|candidate| std::cmp::Reverse(candidate.0));
+        let mut spills = Vec::new();
+        for (bytes, key, hour) in candidates {
+            if held <= self.max_held_bytes / 2 {
+                break;
+            }
+            let Some(open_hour) = self
+                .streams
+                .get_mut(&key)
+                .and_then(|stream| stream.open.get_mut(&hour))
+            else {
+                continue;
+            };
+            self.next_run_id += 1;
+            if let Some(run) = open_hour.rows.spill(self.next_run_id) {
+                held = held.saturating_sub(bytes);
+                Counters::add(&self.counters.runs_spilled, 1);
+                Counters::add(&self.counters.rows_spilled, run.rows.len() as u64);
+                debug!(%key, %hour, run_id = run.run_id, n_rows = run.rows.len(), "rows held past the memory budget; spilled to a run");
+                spills.push(Spill { key, hour, run });
+            }
+        }
+        spills
+    }
+
+    /// A spilled run was written to `path`, or its write failed and its
+    /// rows stay in memory. Returns the path when no hour holds the run
+    /// any more (the file is the runtime's to remove).
+    pub fn spill_done(
+        &mut self,
+        key: &StreamKey,
+        hour: Hour,
+        run_id: u64,
+        written: Result<PathBuf, HeldRows>,
+    ) -> Option<PathBuf> {
+        // The hour waited on the run to seal.
+        self.wake.dirty = true;
+        if written.is_err() {
+            Counters::add(&self.counters.spill_failures, 1);
+        }
+        let open_hour = self
+            .streams
+            .get_mut(key)
+            .and_then(|stream| stream.open.get_mut(&hour));
+        match open_hour {
+            Some(open_hour) => {
+                let path = written.as_ref().ok().cloned();
+                if open_hour.rows.spill_done(run_id, written) {
+                    None
+                } else {
+                    path
+                }
+            }
+            None => written.ok(),
+        }
+    }
+
     /// Rows held for hours not sealed yet, per stream (for `status`).
     pub fn unsealed_rows_by_stream(&self) -> impl Iterator<Item = (&StreamKey, usize)> {
         self.streams.iter().map(|(key, stream)| {
@@ -1602,17 +1730,13 @@ fn make_job(
 ) -> SealJob {
     let (rows, first_segment) = match open_hour {
         Some(open_hour) => (open_hour.rows, Some(open_hour.first_segment)),
-        None => (HeldRows::new(key.kind), None),
+        None => (HourRows::new(key.kind), None),
     };
     let (coverage_from, coverage_to) = coverage(&market.spans, hour).unwrap_or_else(|| {
         // Rows from before the first watched moment (a trade stamped in the
         // previous hour that arrived first): vouch only for what we hold.
         let first = rows.first_id_at().map_or(hour.start(), |at| at.time);
-        let last = rows
-            .id_ats()
-            .map(|at| at.time)
-            .max()
-            .unwrap_or(hour.start());
+        let last = rows.time_bounds().map_or(hour.start(), |(_, last)| last);
         (first.max(hour.start()), (last + 1).min(hour.end()))
     });
     let clock_offset_us = median(market.clock_offsets.get(&hour)).or(market.last_clock_offset);
@@ -2445,7 +2569,7 @@ streams = ["trade", "kline_1m"]
 
     /// The keys of a seal job's rows, in order.
     fn keys_of(job: &SealJob) -> Vec<i64> {
-        job.rows.id_ats().map(|at| at.id).collect()
+        job.rows.to_vec().iter().map(Row::key).collect()
     }
 
     fn only_seal(jobs: Vec<Job>) -> SealJob {

@@ -25,15 +25,6 @@ fn wal_bytes(wal: &Path) -> u64 {
         .sum()
 }
 
-/// Resident memory of a process in KiB, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// The `n_records` of the "WAL replayed" log line.
 fn replayed_records(log: &str) -> Option<u64> {
     let line = log.lines().find(|line| line.contains("WAL replayed"))?;

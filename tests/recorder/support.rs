@@ -639,6 +639,15 @@ pub fn real_data(relative: &str) -> PathBuf {
     path
 }
 
+/// Resident memory of a process in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// The recorder binary as a child process, killed if the test fails.
 pub struct RecorderProcess {
     child: Option<Child>,
