@@ -257,6 +257,20 @@ mod tests {
         );
     }
 
+    /// `symbol` is delivered at its date and, already announced, is not
+    /// announced again.
+    #[track_caller]
+    fn assert_delivered_and_not_announced_again(deliveries: &mut Deliveries, symbol: &Symbol) {
+        assert_eq!(
+            deliveries.newly_delivered(Market::CoinM, Some(DELIVERY_US + 9)),
+            vec![]
+        );
+        assert_eq!(
+            deliveries.delivered_at(Market::CoinM, symbol),
+            Some(DELIVERY_US)
+        );
+    }
+
     #[test]
     fn each_delivery_is_announced_once_and_only_for_its_market() {
         let mut deliveries = Deliveries::default();
@@ -278,27 +292,13 @@ mod tests {
             deliveries.newly_delivered(Market::CoinM, Some(DELIVERY_US + 5)),
             vec![(symbol.clone(), DELIVERY_US)]
         );
-        assert_eq!(
-            deliveries.newly_delivered(Market::CoinM, Some(DELIVERY_US + 9)),
-            vec![]
-        );
-        assert_eq!(
-            deliveries.delivered_at(Market::CoinM, &symbol),
-            Some(DELIVERY_US)
-        );
+        assert_delivered_and_not_announced_again(&mut deliveries, &symbol);
         assert!(!deliveries.any_pending());
         // A later exchangeInfo (DELIVERED) changes nothing already judged.
         deliveries.learn(
             Market::CoinM,
             vec![facts(Some("DELIVERED"), Some(DELIVERY_US))],
         );
-        assert_eq!(
-            deliveries.newly_delivered(Market::CoinM, Some(DELIVERY_US + 9)),
-            vec![]
-        );
-        assert_eq!(
-            deliveries.delivered_at(Market::CoinM, &symbol),
-            Some(DELIVERY_US)
-        );
+        assert_delivered_and_not_announced_again(&mut deliveries, &symbol);
     }
 }

@@ -353,6 +353,29 @@ mod tests {
     use crate::domain::{Market, StreamKey, TimeUs, MICROS_PER_HOUR};
     use crate::metrics::Counters;
 
+    /// A fill round for one id hole of COIN-M's `BTCUSD_PERP`, with no
+    /// deadline; `declared` says whether the hole is already in a sealed file.
+    fn btcusd_perp_job(
+        kind: StreamKind,
+        hour: Hour,
+        hole: IdHole,
+        closed_before: TimeUs,
+        declared: bool,
+    ) -> FillJob {
+        FillJob {
+            key: StreamKey {
+                market: Market::CoinM,
+                symbol: Symbol::new("BTCUSD_PERP").expect("valid"),
+                kind,
+            },
+            hour,
+            holes: vec![Hole::Ids(hole)],
+            closed_before,
+            declared,
+            deadline: None,
+        }
+    }
+
     /// Answers every HTTP request with an empty JSON list, one request per
     /// connection; stops with the test's runtime.
     async fn empty_list_server() -> String {
@@ -393,23 +416,18 @@ mod tests {
         let now: TimeUs = 1_774_598_400_000_000;
         for (age_hours, trusted) in [(2, true), (48, false)] {
             let hour = Hour::containing(now - age_hours * MICROS_PER_HOUR);
-            let job = FillJob {
-                key: StreamKey {
-                    market: Market::CoinM,
-                    symbol: Symbol::new("BTCUSD_PERP").expect("valid"),
-                    kind: StreamKind::AggTrade,
-                },
+            let job = btcusd_perp_job(
+                StreamKind::AggTrade,
                 hour,
-                holes: vec![Hole::Ids(IdHole {
+                IdHole {
                     from_id: Some(11),
                     to_id: None,
                     from_time: hour.start() + 5,
                     to_time: hour.end() - 1,
-                })],
-                closed_before: now,
-                declared: false,
-                deadline: None,
-            };
+                },
+                now,
+                false,
+            );
             let report = run_fill(rest.clone(), job, RetryPolicy::default()).await;
             if trusted {
                 assert_eq!(report.failure, None);
@@ -443,23 +461,18 @@ mod tests {
         );
         let now: TimeUs = 1_774_598_400_000_000;
         let hour = Hour::containing(now - 31 * DAY_US);
-        let job = FillJob {
-            key: StreamKey {
-                market: Market::CoinM,
-                symbol: Symbol::new("BTCUSD_PERP").expect("valid"),
-                kind: StreamKind::Trade,
-            },
+        let job = btcusd_perp_job(
+            StreamKind::Trade,
             hour,
-            holes: vec![Hole::Ids(IdHole {
+            IdHole {
                 from_id: Some(10),
                 to_id: Some(20),
                 from_time: hour.start() + 5,
                 to_time: hour.start() + 50,
-            })],
-            closed_before: now,
-            declared: true,
-            deadline: None,
-        };
+            },
+            now,
+            true,
+        );
         let report = run_fill(rest, job, RetryPolicy::default()).await;
         assert_eq!(report.failure.as_deref(), Some(REASON_BEYOND_REACH));
         assert!(report.rows.is_empty() && report.settled.is_empty());

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use binance_recorder::binance::rest::REASON_NO_API_KEY;
 use binance_recorder::domain::{
-    Hour, Market, Row, Source, StreamKey, StreamKind, Symbol, UnfilledRange, MICROS_PER_MINUTE,
+    Hour, Market, Row, Source, StreamKey, StreamKind, Symbol, TimeUs, UnfilledRange,
+    MICROS_PER_MINUTE,
 };
 use binance_recorder::recorder::state::REASON_NOT_SERVED;
 use fake_binance::{FakeConfig, FakeExchange, Fault, Limits};
@@ -672,6 +673,50 @@ async fn the_api_key_is_in_no_log_line_and_no_file() {
     fake.shutdown().await;
 }
 
+/// The COIN-M perpetual that trades on through the delivery tests.
+const PERPETUAL: &str = "BTCUSD_PERP";
+/// The dated COIN-M contract the delivery tests deliver.
+const DATED: &str = "BTCUSD_260101";
+
+/// The fake as COIN-M at 240x with [`PERPETUAL`] and [`DATED`], the latter
+/// delivered at `delivery_us`; pings every 2 s of real time.
+async fn start_coinm_with_a_dated_contract(delivery_us: TimeUs) -> FakeExchange {
+    FakeExchange::start(FakeConfig {
+        market: fake_binance::Market::CoinM,
+        symbols: vec![PERPETUAL.to_owned(), DATED.to_owned()],
+        deliveries: vec![(DATED.to_owned(), delivery_us)],
+        mean_orders_per_sec: 0.25,
+        limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
+        api_keys: vec![API_KEY.to_owned()],
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("coinm fake starts")
+}
+
+/// A `[markets.coinm]` table pointing at `coinm` with [`PERPETUAL`] and
+/// [`DATED`], the key file, a patient fill deadline and `market_extra`
+/// lines after the key file line.
+fn dated_contract_toml(coinm: &FakeExchange, root: &Path, market_extra: &str) -> String {
+    market_recorder_toml(
+        coinm,
+        root,
+        "coinm",
+        &[PERPETUAL, DATED],
+        &STREAMS,
+        &format!("\n[fill]\nweight_share = 0.9\ndeadline_secs = {PATIENT_DEADLINE_SECS}\n"),
+        &format!("{}{market_extra}", api_key_file_line(root)),
+    )
+}
+
+/// [`usdm_key`] on COIN-M.
+fn coinm_key(symbol: &str, kind: StreamKind) -> StreamKey {
+    StreamKey {
+        market: Market::CoinM,
+        ..usdm_key(symbol, kind)
+    }
+}
+
 /// A dated COIN-M contract delivered mid-run: recording of it ends
 /// cleanly, other symbols unaffected. BTCUSD_260101 is delivered at
 /// 02:00 (on the hour, as Binance delivers at 08:00 UTC) while
@@ -682,50 +727,26 @@ async fn the_api_key_is_in_no_log_line_and_no_file() {
 /// is clean and names the delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dated_coinm_contract_delivered_mid_run_ends_cleanly_and_others_record_on() {
-    const PERPETUAL: &str = "BTCUSD_PERP";
-    const DATED: &str = "BTCUSD_260101";
     let logs = LogCapture::install();
     let first_hour = Hour::containing(SIM_START_US);
     let delivery_hour = first_hour.next();
     let delivery_us = delivery_hour.end();
-    let coinm = FakeExchange::start(FakeConfig {
-        market: fake_binance::Market::CoinM,
-        symbols: vec![PERPETUAL.to_owned(), DATED.to_owned()],
-        deliveries: vec![(DATED.to_owned(), delivery_us)],
-        mean_orders_per_sec: 0.25,
-        limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
-        api_keys: vec![API_KEY.to_owned()],
-        ..fake_config(240.0)
-    })
-    .await
-    .expect("coinm fake starts");
+    let coinm = start_coinm_with_a_dated_contract(delivery_us).await;
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let config = market_recorder_toml(
-        &coinm,
-        root,
-        "coinm",
-        &[PERPETUAL, DATED],
-        &STREAMS,
-        &format!("\n[fill]\nweight_share = 0.9\ndeadline_secs = {PATIENT_DEADLINE_SECS}\n"),
-        &api_key_file_line(root),
-    );
+    let config = dated_contract_toml(&coinm, root, "");
     let config_path = root.join("recorder.toml");
     std::fs::write(&config_path, &config).expect("config written");
     let started = std::time::Instant::now();
     let recorder = RunningRecorder::start(&config);
-    let key_of = |symbol: &str, kind: StreamKind| StreamKey {
-        market: Market::CoinM,
-        ..usdm_key(symbol, kind)
-    };
     let after_delivery = delivery_hour.next();
     let mut wanted = Vec::new();
     for kind in kinds() {
         for hour in [first_hour, delivery_hour, after_delivery] {
-            wanted.push((key_of(PERPETUAL, kind), hour));
+            wanted.push((coinm_key(PERPETUAL, kind), hour));
         }
         for hour in [first_hour, delivery_hour] {
-            wanted.push((key_of(DATED, kind), hour));
+            wanted.push((coinm_key(DATED, kind), hour));
         }
     }
     // The perpetual's hour after the delivery seals once the exchange
@@ -783,7 +804,7 @@ async fn a_dated_coinm_contract_delivered_mid_run_ends_cleanly_and_others_record
     let perpetual_rows = binance_recorder::parquet_out::read_hour_file(
         &file_path(
             root,
-            &key_of(PERPETUAL, StreamKind::AggTrade),
+            &coinm_key(PERPETUAL, StreamKind::AggTrade),
             after_delivery,
         ),
         StreamKind::AggTrade,
@@ -792,7 +813,7 @@ async fn a_dated_coinm_contract_delivered_mid_run_ends_cleanly_and_others_record
     assert!(perpetual_rows.len() > 100, "{}", perpetual_rows.len());
     // No hour after the delivery is sealed, or owed, for the contract.
     for kind in kinds() {
-        let later = file_path(root, &key_of(DATED, kind), after_delivery);
+        let later = file_path(root, &coinm_key(DATED, kind), after_delivery);
         assert!(!later.exists(), "{} sealed", later.display());
     }
     assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
@@ -865,44 +886,20 @@ fn assert_delivery_logged_once(log: &str, symbol: &str, delivered_at: &str) {
 /// (`streams_per_connection = 3`), closed at the delivery: one link up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_inside_an_hour_seals_that_hour_up_to_the_delivery() {
-    const PERPETUAL: &str = "BTCUSD_PERP";
-    const DATED: &str = "BTCUSD_260101";
     let logs = LogCapture::install();
     let delivery_hour = Hour::containing(SIM_START_US).next();
     let delivery_us = delivery_hour.start() + 40 * MICROS_PER_MINUTE;
-    let coinm = FakeExchange::start(FakeConfig {
-        market: fake_binance::Market::CoinM,
-        symbols: vec![PERPETUAL.to_owned(), DATED.to_owned()],
-        deliveries: vec![(DATED.to_owned(), delivery_us)],
-        mean_orders_per_sec: 0.25,
-        limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
-        api_keys: vec![API_KEY.to_owned()],
-        ..fake_config(240.0)
-    })
-    .await
-    .expect("coinm fake starts");
+    let coinm = start_coinm_with_a_dated_contract(delivery_us).await;
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let config = market_recorder_toml(
-        &coinm,
-        root,
-        "coinm",
-        &[PERPETUAL, DATED],
-        &STREAMS,
-        &format!("\n[fill]\nweight_share = 0.9\ndeadline_secs = {PATIENT_DEADLINE_SECS}\n"),
-        &format!("{}\nstreams_per_connection = 3", api_key_file_line(root)),
-    );
+    let config = dated_contract_toml(&coinm, root, "\nstreams_per_connection = 3");
     let config_path = root.join("recorder.toml");
     std::fs::write(&config_path, &config).expect("config written");
     let started = std::time::Instant::now();
     let recorder = RunningRecorder::start(&config);
-    let key_of = |symbol: &str, kind: StreamKind| StreamKey {
-        market: Market::CoinM,
-        ..usdm_key(symbol, kind)
-    };
     let wanted: Vec<StreamKey> = [PERPETUAL, DATED]
         .into_iter()
-        .flat_map(|symbol| kinds().map(|kind| key_of(symbol, kind)))
+        .flat_map(|symbol| kinds().map(|kind| coinm_key(symbol, kind)))
         .collect();
     wait_until(Duration::from_secs(60), "the delivery hour sealed", || {
         wanted
@@ -954,7 +951,7 @@ async fn a_delivery_inside_an_hour_seals_that_hour_up_to_the_delivery() {
     }
     // The contract's klines stop at the delivery, and it traded until then.
     let dated_klines = binance_recorder::parquet_out::read_hour_file(
-        &file_path(root, &key_of(DATED, minute_klines()), delivery_hour),
+        &file_path(root, &coinm_key(DATED, minute_klines()), delivery_hour),
         minute_klines(),
     )
     .expect("readable");
@@ -1010,7 +1007,7 @@ async fn a_delivery_inside_an_hour_seals_that_hour_up_to_the_delivery() {
 
     // A file of the contract after its delivery should not exist: verify
     // says so.
-    let stray_key = key_of(DATED, StreamKind::AggTrade);
+    let stray_key = coinm_key(DATED, StreamKind::AggTrade);
     let stray_hour = delivery_hour.next();
     binance_recorder::parquet_out::write_hour_file(
         &root.join("data"),
@@ -1056,40 +1053,16 @@ async fn a_delivery_inside_an_hour_seals_that_hour_up_to_the_delivery() {
 /// drops its streams before any silence is judged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dated_coinm_contract_delivered_before_the_start_is_skipped_not_refused() {
-    const PERPETUAL: &str = "BTCUSD_PERP";
-    const DATED: &str = "BTCUSD_260101";
     let first_hour = Hour::containing(SIM_START_US);
-    let coinm = FakeExchange::start(FakeConfig {
-        market: fake_binance::Market::CoinM,
-        symbols: vec![PERPETUAL.to_owned(), DATED.to_owned()],
-        deliveries: vec![(DATED.to_owned(), first_hour.start())],
-        mean_orders_per_sec: 0.25,
-        limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
-        api_keys: vec![API_KEY.to_owned()],
-        ..fake_config(240.0)
-    })
-    .await
-    .expect("coinm fake starts");
+    let coinm = start_coinm_with_a_dated_contract(first_hour.start()).await;
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let config = market_recorder_toml(
-        &coinm,
-        root,
-        "coinm",
-        &[PERPETUAL, DATED],
-        &STREAMS,
-        &format!("\n[fill]\nweight_share = 0.9\ndeadline_secs = {PATIENT_DEADLINE_SECS}\n"),
-        &api_key_file_line(root),
-    );
+    let config = dated_contract_toml(&coinm, root, "");
     let recorder = RunningRecorder::start(&config);
-    let key_of = |symbol: &str, kind: StreamKind| StreamKey {
-        market: Market::CoinM,
-        ..usdm_key(symbol, kind)
-    };
     let hours = [first_hour, first_hour.next()];
     let wanted: Vec<_> = kinds()
         .into_iter()
-        .flat_map(|kind| hours.map(|hour| (key_of(PERPETUAL, kind), hour)))
+        .flat_map(|kind| hours.map(|hour| (coinm_key(PERPETUAL, kind), hour)))
         .collect();
     wait_until(
         Duration::from_secs(120),

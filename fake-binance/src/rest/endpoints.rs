@@ -1,0 +1,406 @@
+//! The endpoints' answers (`exchangeInfo`, `trades`, `historicalTrades`,
+//! `aggTrades`, `klines`) and the query parameters they read, serving only
+//! data whose simulated time has passed.
+
+use super::{limit_bounds, ApiError, ApiResult};
+use crate::config::Market;
+use crate::http::HttpRequest;
+use crate::interval::KlineInterval;
+use crate::market::SymbolBook;
+use crate::model::{PrintType, Trade};
+use crate::shared::Shared;
+use crate::wire::{self, TimeUnit};
+
+pub(super) fn time_unit(request: &HttpRequest) -> Result<TimeUnit, ApiError> {
+    match request.header("X-MBX-TIME-UNIT") {
+        None => Ok(TimeUnit::Millisecond),
+        Some(value) => TimeUnit::parse(value.trim())
+            .ok_or_else(|| ApiError::bad_request(-1194, "Invalid time unit.")),
+    }
+}
+
+fn parse_integer(request: &HttpRequest, name: &str) -> Result<Option<i64>, ApiError> {
+    match request.query_value(name) {
+        None | Some("") => Ok(None),
+        Some(text) => text.parse::<i64>().map(Some).map_err(|_| {
+            ApiError::bad_request(-1100, format!("Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."))
+        }),
+    }
+}
+
+/// Request times may be ms or µs (spot accepts both); anything below 10^14 is taken as ms.
+/// An end time in ms covers its whole millisecond (it is inclusive), hence `end_of_unit`.
+fn parse_time_us(
+    request: &HttpRequest,
+    name: &str,
+    end_of_unit: bool,
+) -> Result<Option<i64>, ApiError> {
+    Ok(parse_integer(request, name)?.map(|value| {
+        if value.abs() < 100_000_000_000_000 {
+            value * 1000 + if end_of_unit { 999 } else { 0 }
+        } else {
+            value
+        }
+    }))
+}
+
+/// The rows to serve: the `limit` asked for (within the endpoint's bounds
+/// on this market), plus injected extra rows.
+fn parse_limit(shared: &Shared, request: &HttpRequest) -> Result<usize, ApiError> {
+    let endpoint = request.path.rsplit('/').next().unwrap_or("");
+    let (default, most) = limit_bounds(shared.config.market, endpoint);
+    match parse_integer(request, "limit")? {
+        None => Ok(default + request.extra_rows),
+        Some(limit) if (1..=most as i64).contains(&limit) => {
+            Ok(limit as usize + request.extra_rows)
+        }
+        Some(_) => Err(ApiError::bad_request(
+            -1130,
+            "Data sent for parameter 'limit' is not valid.",
+        )),
+    }
+}
+
+fn symbol_book<'market>(
+    market: &'market crate::market::MarketState,
+    request: &HttpRequest,
+) -> Result<&'market SymbolBook, ApiError> {
+    let symbol = match request.query_value("symbol") {
+        None | Some("") => return Err(ApiError::mandatory("symbol")),
+        Some(symbol) => symbol,
+    };
+    market
+        .book(symbol)
+        .ok_or_else(|| ApiError::bad_request(-1121, "Invalid symbol."))
+}
+
+pub(super) fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
+    let (market, now_us) = shared.market_now();
+    let mut wanted: Option<Vec<String>> = None;
+    // Futures exchangeInfo takes no parameter: every symbol, always.
+    let futures = shared.config.market.is_futures();
+    if let Some(symbol) = request.query_value("symbol").filter(|_| !futures) {
+        wanted = Some(vec![symbol.to_owned()]);
+    }
+    if let Some(list) = request.query_value("symbols").filter(|_| !futures) {
+        let parsed: Vec<String> = serde_json::from_str(list).map_err(|_| {
+            ApiError::bad_request(-1100, "Illegal characters found in parameter 'symbols'.")
+        })?;
+        wanted = Some(parsed);
+    }
+    let books: Vec<&SymbolBook> = match &wanted {
+        None => market.books.iter().collect(),
+        Some(symbols) => {
+            let mut books = Vec::new();
+            for symbol in symbols {
+                books.push(
+                    market
+                        .book(symbol)
+                        .ok_or_else(|| ApiError::bad_request(-1121, "Invalid symbol."))?,
+                );
+            }
+            books
+        }
+    };
+    let limits = &shared.config.limits;
+    let symbols: Vec<serde_json::Value> = books
+        .iter()
+        .map(|book| {
+            let spec = &book.spec;
+            let mut symbol = serde_json::json!({
+                "symbol": spec.symbol,
+                "status": "TRADING",
+                "baseAsset": spec.base_asset,
+                "baseAssetPrecision": 8,
+                "quoteAsset": spec.quote_asset,
+                "quotePrecision": 8,
+                "quoteAssetPrecision": 8,
+                "baseCommissionPrecision": 8,
+                "quoteCommissionPrecision": 8,
+                "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+                "icebergAllowed": true,
+                "ocoAllowed": true,
+                "isSpotTradingAllowed": true,
+                "isMarginTradingAllowed": false,
+                "filters": [
+                    {
+                        "filterType": "PRICE_FILTER",
+                        "minPrice": crate::decimal::format_atoms(spec.tick_atoms),
+                        "maxPrice": "1000000.00000000",
+                        "tickSize": crate::decimal::format_atoms(spec.tick_atoms),
+                    },
+                    {
+                        "filterType": "LOT_SIZE",
+                        "minQty": crate::decimal::format_atoms(spec.step_atoms),
+                        "maxQty": "9000.00000000",
+                        "stepSize": crate::decimal::format_atoms(spec.step_atoms),
+                    }
+                ],
+                "permissions": [],
+                "permissionSets": [["SPOT"]],
+                "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+                "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+            });
+            if shared.config.market == Market::CoinM {
+                add_contract_fields(&mut symbol, book, now_us);
+            }
+            symbol
+        })
+        .collect();
+    let info = serde_json::json!({
+        "timezone": "UTC",
+        "serverTime": unit.convert(now_us),
+        "rateLimits": [
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limits.weight_limit_per_minute},
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
+            {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": 200000},
+            {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 300000},
+        ],
+        "exchangeFilters": [],
+        "symbols": symbols,
+    });
+    Ok(info.to_string())
+}
+
+/// Perpetuals' `deliveryDate` on Binance's futures `exchangeInfo`:
+/// 2100-12-25 08:00 UTC, in ms.
+const PERPETUAL_DELIVERY_MS: i64 = 4_133_404_800_000;
+
+/// The COIN-M contract fields of a symbol of `exchangeInfo`, as Binance's
+/// derivatives docs show them (the reference does not list them):
+/// `contractStatus` instead of spot's `status`, `contractType`, `pair`,
+/// `deliveryDate` and `onboardDate` (ms). A dated contract is `TRADING`
+/// until its delivery and `DELIVERED` from then on (Binance passes through
+/// `PRE_DELIVERING` and `DELIVERING` for a while; a recorder must not need
+/// them).
+fn add_contract_fields(symbol: &mut serde_json::Value, book: &SymbolBook, now_us: i64) {
+    let spec = &book.spec;
+    let (contract_type, delivery_ms, status) = match book.delivery_us {
+        Some(delivery_us) => (
+            "CURRENT_QUARTER",
+            delivery_us.div_euclid(1_000),
+            if now_us >= delivery_us {
+                "DELIVERED"
+            } else {
+                "TRADING"
+            },
+        ),
+        None => ("PERPETUAL", PERPETUAL_DELIVERY_MS, "TRADING"),
+    };
+    let pair = spec
+        .symbol
+        .split_once('_')
+        .map_or(spec.symbol.as_str(), |(pair, _)| pair);
+    if let Some(fields) = symbol.as_object_mut() {
+        fields.remove("status");
+        fields.insert("contractStatus".to_owned(), status.into());
+        fields.insert("contractType".to_owned(), contract_type.into());
+        fields.insert("pair".to_owned(), pair.into());
+        fields.insert("deliveryDate".to_owned(), delivery_ms.into());
+        // Futures times are in ms only.
+        fields.insert(
+            "onboardDate".to_owned(),
+            book.data_start_us.div_euclid(1_000).into(),
+        );
+    }
+}
+
+fn json_array<T>(items: &[T], mut write_item: impl FnMut(&mut String, &T)) -> String {
+    let mut out = String::with_capacity(items.len() * 160 + 2);
+    out.push('[');
+    for (index, item) in items.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        write_item(&mut out, item);
+    }
+    out.push(']');
+    out
+}
+
+pub(super) fn recent_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
+    let limit = parse_limit(shared, request)?;
+    let (market, now_us) = shared.market_now();
+    let book = symbol_book(&market, request)?;
+    let published = book.published_trade_count(now_us);
+    let market_only = shared.config.market.is_futures();
+    let visible: Vec<&Trade> = book.trades[..published]
+        .iter()
+        .rev()
+        .filter(|trade| !market_only || trade.print == PrintType::Market)
+        .take(limit)
+        .collect();
+    let trades: Vec<&Trade> = visible.into_iter().rev().collect();
+    Ok(json_array(&trades, |out, trade| {
+        wire::rest_trade(out, trade, unit, shared.config.market.shape())
+    }))
+}
+
+/// Futures `historicalTrades` is `MARKET_DATA`: an API key in
+/// `X-MBX-APIKEY`, no signature (reference 5.2). Missing: -2014; unknown:
+/// -2015; both with HTTP 401.
+fn check_api_key(shared: &Shared, request: &HttpRequest) -> Result<(), ApiError> {
+    if !shared.config.market.is_futures() {
+        return Ok(());
+    }
+    let refused = |code: i64, message: &str| {
+        shared
+            .counters
+            .update(|counters| counters.rest_api_key_refusals += 1);
+        Err(ApiError {
+            status: 401,
+            code,
+            message: message.to_owned(),
+        })
+    };
+    match request.header("X-MBX-APIKEY").map(str::trim) {
+        None | Some("") => refused(-2014, "API-key format invalid."),
+        Some(key) if shared.config.api_keys.iter().any(|known| known == key) => Ok(()),
+        Some(_) => refused(-2015, "Invalid API-key, IP, or permissions for action."),
+    }
+}
+
+pub(super) fn historical_trades(
+    shared: &Shared,
+    request: &HttpRequest,
+    unit: TimeUnit,
+) -> ApiResult {
+    check_api_key(shared, request)?;
+    let limit = parse_limit(shared, request)?;
+    let from_id = parse_integer(request, "fromId")?;
+    let (market, now_us) = shared.market_now();
+    let book = symbol_book(&market, request)?;
+    let published = book.published_trade_count(now_us);
+    let visible = &book.trades[..published];
+    // Futures REST serves market trades only (reference 7): the other
+    // prints' ids are holes in its answers.
+    let market_only = shared.config.market.is_futures();
+    let served = |trade: &&Trade| !market_only || trade.print == PrintType::Market;
+    let trades: Vec<&Trade> = match from_id {
+        None => {
+            let mut newest: Vec<&Trade> = visible.iter().rev().filter(served).take(limit).collect();
+            newest.reverse();
+            newest
+        }
+        Some(from_id) => {
+            let start = visible.partition_point(|trade| trade.id < from_id);
+            visible[start..].iter().filter(served).take(limit).collect()
+        }
+    };
+    Ok(json_array(&trades, |out, trade| {
+        wire::rest_trade(out, trade, unit, shared.config.market.shape())
+    }))
+}
+
+pub(super) fn agg_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
+    let limit = parse_limit(shared, request)?;
+    let from_id = parse_integer(request, "fromId")?;
+    let start_us = parse_time_us(request, "startTime", false)?;
+    let end_us = parse_time_us(request, "endTime", true)?;
+    if from_id.is_some() && (start_us.is_some() || end_us.is_some()) {
+        return Err(ApiError::bad_request(
+            -1128,
+            "Combination of optional parameters invalid.",
+        ));
+    }
+    if let (true, Some(start_us), Some(end_us)) =
+        (shared.config.market.is_futures(), start_us, end_us)
+    {
+        // Futures: start and end together must span less than an hour
+        // (compared in ms; end_us carries its ms's last µs).
+        if end_us.div_euclid(1000) - start_us.div_euclid(1000) >= 3_600_000 {
+            return Err(ApiError::bad_request(
+                -1127,
+                "More than 1 hours between startTime and endTime.",
+            ));
+        }
+    }
+    let (market, now_us) = shared.market_now();
+    let book = symbol_book(&market, request)?;
+    let published = book.published_agg_trade_count(now_us);
+    let visible = &book.agg_trades[..published];
+    let first_at_or_after = |time_us: i64| visible.partition_point(|agg| agg.time_us < time_us);
+    let first_after = |time_us: i64| visible.partition_point(|agg| agg.time_us <= time_us);
+    let selected = match (from_id, start_us, end_us) {
+        (Some(from_id), _, _) => {
+            let start = visible.partition_point(|agg| agg.id < from_id);
+            &visible[start..(start + limit).min(published)]
+        }
+        (None, None, None) => &visible[published.saturating_sub(limit)..],
+        (None, Some(start_us), None) => {
+            let start = first_at_or_after(start_us);
+            &visible[start..(start + limit).min(published)]
+        }
+        (None, None, Some(end_us)) => {
+            let end = first_after(end_us);
+            &visible[end.saturating_sub(limit)..end]
+        }
+        (None, Some(start_us), Some(end_us)) => {
+            let start = first_at_or_after(start_us);
+            let end = first_after(end_us).max(start);
+            &visible[start..(start + limit).min(end)]
+        }
+    };
+    Ok(json_array(selected, |out, agg| {
+        wire::rest_agg_trade(out, agg, unit, shared.config.market.shape())
+    }))
+}
+
+pub(super) fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
+    let interval = match request.query_value("interval") {
+        None | Some("") => return Err(ApiError::mandatory("interval")),
+        Some(text) => KlineInterval::parse(text)
+            .ok_or_else(|| ApiError::bad_request(-1120, "Invalid interval."))?,
+    };
+    let limit = parse_limit(shared, request)?;
+    let start_us = parse_time_us(request, "startTime", false)?;
+    let end_us = parse_time_us(request, "endTime", true)?;
+    let (market, now_us) = shared.market_now();
+    let book = symbol_book(&market, request)?;
+    let grid_first = book.first_kline_open(interval);
+    // The kline still open at `now` is the last row, as on Binance.
+    let grid_last = interval.open_time_containing(now_us);
+    // Klines are selected by open time: startTime <= open <= endTime.
+    let mut first_open = match start_us {
+        Some(start_us) if start_us > grid_first => {
+            let containing = interval.open_time_containing(start_us);
+            if containing < start_us {
+                interval.next_open(containing)
+            } else {
+                containing
+            }
+        }
+        _ => grid_first,
+    };
+    let last_open = match end_us {
+        Some(end_us) => interval.open_time_containing(end_us).min(grid_last),
+        None => grid_last,
+    };
+    if first_open > last_open {
+        return Ok("[]".to_owned());
+    }
+    let mut count = 1;
+    if start_us.is_some() {
+        // From the start forwards, at most `limit`.
+        let mut open = first_open;
+        while count < limit && interval.next_open(open) <= last_open {
+            open = interval.next_open(open);
+            count += 1;
+        }
+        let rows = book.klines_between(interval, first_open, open, now_us, now_us + 1);
+        return Ok(json_array(&rows, |out, kline| {
+            wire::rest_kline(out, kline, unit)
+        }));
+    }
+    // Newest up to the end, at most `limit`.
+    let mut open = last_open;
+    while count < limit && interval.previous_open(open) >= first_open {
+        open = interval.previous_open(open);
+        count += 1;
+    }
+    first_open = open;
+    let rows = book.klines_between(interval, first_open, last_open, now_us, now_us + 1);
+    Ok(json_array(&rows, |out, kline| {
+        wire::rest_kline(out, kline, unit)
+    }))
+}
