@@ -37,7 +37,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{FakeConfig, FirehoseConfig};
-use crate::decimal::format_atoms;
 use crate::model::AggTrade;
 use crate::rng::SplitMix64;
 use crate::shared::{lock, Shared};
@@ -126,17 +125,7 @@ pub fn firehose_truth(config: &FakeConfig, firehose: &FirehoseConfig, symbol: &s
     let futures = !config.market.speaks_micros();
     let agg_trades = aggregates(config, firehose.step_us, firehose.frames)
         .filter(|(index, _)| config.symbols[*index] == symbol)
-        .map(|(_, agg)| TruthAggTrade {
-            id: agg.id,
-            price: format_atoms(agg.price),
-            quantity: format_atoms(agg.quantity),
-            first_trade_id: agg.first_trade_id,
-            last_trade_id: agg.last_trade_id,
-            time_us: agg.time_us,
-            is_buyer_maker: agg.is_buyer_maker,
-            is_best_match: (!futures).then_some(agg.is_best_match),
-            event_time_us: agg.event_time_us,
-        })
+        .map(|(_, agg)| TruthAggTrade::of(&agg, (!futures).then_some(agg.is_best_match)))
         .collect();
     GroundTruth {
         agg_trades,

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::decimal::format_atoms;
 use crate::interval::KlineInterval;
 use crate::market::{kline_close_latency_us, KlineState, SymbolBook};
+use crate::model::AggTrade;
 
 /// All times are epoch microseconds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -43,6 +44,23 @@ pub struct TruthAggTrade {
     /// `None` on futures, whose aggTrades carry no `M`.
     pub is_best_match: Option<bool>,
     pub event_time_us: i64,
+}
+
+impl TruthAggTrade {
+    /// The truth of an aggregate the fake made, with its `M` as sent.
+    pub(crate) fn of(agg: &AggTrade, is_best_match: Option<bool>) -> TruthAggTrade {
+        TruthAggTrade {
+            id: agg.id,
+            price: format_atoms(agg.price),
+            quantity: format_atoms(agg.quantity),
+            first_trade_id: agg.first_trade_id,
+            last_trade_id: agg.last_trade_id,
+            time_us: agg.time_us,
+            is_buyer_maker: agg.is_buyer_maker,
+            is_best_match,
+            event_time_us: agg.event_time_us,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -115,17 +133,7 @@ pub(crate) fn trades_until(
         .agg_trades
         .iter()
         .take_while(|agg| agg.time_us < until_us && agg.event_time_us <= now_us)
-        .map(|agg| TruthAggTrade {
-            id: agg.id,
-            price: format_atoms(agg.price),
-            quantity: format_atoms(agg.quantity),
-            first_trade_id: agg.first_trade_id,
-            last_trade_id: agg.last_trade_id,
-            time_us: agg.time_us,
-            is_buyer_maker: agg.is_buyer_maker,
-            is_best_match: Some(agg.is_best_match),
-            event_time_us: agg.event_time_us,
-        })
+        .map(|agg| TruthAggTrade::of(agg, Some(agg.is_best_match)))
         .collect();
     (trades, agg_trades)
 }
