@@ -1609,8 +1609,8 @@ impl State {
                 }
             }
         }
-        Counters::set(&self.counters.held_bytes, held as u64);
         if held <= self.max_held_bytes {
+            Counters::set(&self.counters.held_bytes, held as u64);
             return Vec::new();
         }
         candidates.sort_unstable_by_key(|candidate| std::cmp::Reverse(candidate.0));
@@ -1635,6 +1635,8 @@ impl State {
                 spills.push(Spill { key, hour, run });
             }
         }
+        // What stays in memory: the runs being written leave it with them.
+        Counters::set(&self.counters.held_bytes, held as u64);
         spills
     }
 

@@ -7,26 +7,18 @@ use std::time::Duration;
 
 use fake_binance::{FakeExchange, Fault};
 
+use crate::local_server::free_port;
 use crate::support::*;
 
-/// A free loopback port (bound, read, released: the recorder binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
-}
-
 /// The value of one sample line (`name{labels} value`) in Prometheus text.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
 }
 
-async fn get(url: &str) -> (u16, String) {
+pub async fn get(url: &str) -> (u16, String) {
     binance_recorder::binance::ensure_crypto_provider();
     let response = reqwest::get(url).await.expect("listener answers");
     let status = response.status().as_u16();
