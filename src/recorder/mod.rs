@@ -16,6 +16,7 @@
 pub mod backfill;
 mod batch;
 pub mod budget;
+mod clock;
 mod contracts;
 pub mod delivery;
 pub mod fill;

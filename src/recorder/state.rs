@@ -23,12 +23,16 @@ use crate::gaps::{
 use crate::metrics::Counters;
 use crate::quarantine::QuarantinedFrame;
 use crate::recorder::budget::{resolve_trade_holes, AggSpan, MAX_EVIDENCE_AGGS};
+use crate::recorder::clock::MarketState;
 use crate::recorder::held::HeldRows;
 use crate::recorder::judge::{self, judge_hour, FillStatus, HourFacts, Verdict};
 use crate::recorder::spill::{HourRows, SpillJob};
 use crate::seal::{complete_at, coverage, is_sealable, Inserted, WatchSpan};
 use crate::wal::SegmentId;
 
+pub use crate::recorder::clock::{
+    check_exchange_time, implausible_times, ClockCheck, SourceTimes, MAX_STREAM_LEAD_US,
+};
 pub use crate::recorder::judge::{
     MonoMs, REASON_DEADLINE, REASON_FILL_DISABLED, REASON_NOT_SERVED, REASON_REST_BEHIND,
 };
@@ -59,60 +63,6 @@ pub enum Checkpoint {
         streams: Vec<String>,
         exchange_time: Option<TimeUs>,
     },
-}
-
-/// Per-market state.
-#[derive(Debug, Default)]
-struct MarketState {
-    /// The exchange clock: the newest time two independent sources agree
-    /// on (see [`SourceTimes`]), or the newest `/api/v3/time` answer.
-    exchange_time: Option<TimeUs>,
-    /// The newest event time of each stream, kept as its top two.
-    sources: SourceTimes,
-    /// The newest `/api/v3/time` answer (evidence against lying frames).
-    server_time: Option<TimeUs>,
-    /// The newest `/api/v3/time` answer that moves the clock: one that came
-    /// after a whole sampling interval in which no stream frame arrived.
-    /// While the streams deliver, they are the clock: a stream that lags
-    /// (backpressure, a slow disk) must not have its hours sealed from REST
-    /// before its own rows arrive.
-    silent_server_time: Option<TimeUs>,
-    /// A stream frame arrived since the last `/api/v3/time` answer.
-    frames_since_sample: bool,
-    spans: Vec<WatchSpan>,
-    /// A process started; the next event opens a new span.
-    pending_new_span: bool,
-    /// Host-minus-exchange clock offsets by hour of exchange time.
-    clock_offsets: BTreeMap<Hour, Vec<i64>>,
-    last_clock_offset: Option<i64>,
-}
-
-impl MarketState {
-    /// Moves the exchange clock to what is believed now: the newest time two
-    /// streams agree on, or the server's own answer. `event_time`, a checked
-    /// event just seen, opens the span of a process that just started.
-    fn advance_clock(&mut self, event_time: Option<TimeUs>) {
-        if self.pending_new_span {
-            if let Some(start) = event_time {
-                self.spans.push(WatchSpan { start, end: None });
-                self.pending_new_span = false;
-            }
-        }
-        // The server is a source too: the second newest of the newest
-        // stream, the next stream and the server. So one stream moving on
-        // alone (a kline stream while trades are quiet) is believed as far
-        // as the server agrees, and a lagging stream is not overtaken.
-        let stream_and_server = match (self.sources.newest(), self.server_time) {
-            (Some(stream), Some(server)) => Some(stream.min(server)),
-            _ => None,
-        };
-        let believed = self
-            .sources
-            .corroborated()
-            .max(stream_and_server)
-            .max(self.silent_server_time);
-        self.exchange_time = self.exchange_time.max(believed);
-    }
 }
 
 #[derive(Debug)]
@@ -323,95 +273,6 @@ pub enum Job {
     /// A fill answered without REST (trade holes the aggTrade stream
     /// settles): written to the WAL and applied like a round's report.
     Answered(FillReport),
-}
-
-/// The two newest event times of a market's streams, from two different
-/// streams. Each stream's newest time only grows, so keeping the top two
-/// is exact: `second` is the newest time of any stream but `first`'s, the
-/// time one lying stream cannot move.
-#[derive(Debug, Default, Clone)]
-pub struct SourceTimes {
-    first: Option<(StreamKey, TimeUs)>,
-    second: Option<TimeUs>,
-}
-
-impl SourceTimes {
-    /// Stream `source` showed `time`.
-    pub fn note(&mut self, source: &StreamKey, time: TimeUs) {
-        match &mut self.first {
-            Some((first_source, first_time)) if first_source == source => {
-                *first_time = (*first_time).max(time);
-            }
-            Some((_, first_time)) if time > *first_time => {
-                self.second = Some(*first_time);
-                self.first = Some((source.clone(), time));
-            }
-            Some(_) => self.second = Some(self.second.map_or(time, |second| second.max(time))),
-            None => self.first = Some((source.clone(), time)),
-        }
-    }
-
-    /// The newest time a stream other than `source` showed.
-    pub fn newest_other_than(&self, source: &StreamKey) -> Option<TimeUs> {
-        match &self.first {
-            Some((first_source, _)) if first_source == source => self.second,
-            Some((_, first_time)) => Some(*first_time),
-            None => None,
-        }
-    }
-
-    /// The newest time any stream showed.
-    pub fn newest(&self) -> Option<TimeUs> {
-        self.first.as_ref().map(|(_, time)| *time)
-    }
-
-    /// The newest time two streams vouch for.
-    pub fn corroborated(&self) -> Option<TimeUs> {
-        self.second
-    }
-}
-
-/// Pure: why a stream row's times cannot be believed, if they cannot.
-/// `event_time` is its frame's `E`; `newest_other` the newest time any other
-/// source of the market showed. (A row far behind the clock is a late row:
-/// it reseals its hour by key, so it cannot seal anything early.)
-pub fn implausible_times(
-    row: &Row,
-    event_time: TimeUs,
-    newest_other: Option<TimeUs>,
-    bounds: &ClockBounds,
-) -> Option<String> {
-    // Binance opened in July 2017: nothing it sends is older.
-    const BINANCE_OPENED_US: TimeUs = 1_498_867_200_000_000;
-    const SLACK_US: i64 = crate::domain::MICROS_PER_SECOND;
-    if event_time < BINANCE_OPENED_US || row.bucket_time() < BINANCE_OPENED_US {
-        return Some(format!(
-            "time before Binance existed (E={event_time}, row time {})",
-            row.bucket_time()
-        ));
-    }
-    let (from, to) = match row {
-        Row::Kline(kline) => (kline.open_time, kline.close_time),
-        _ => (row.bucket_time(), row.bucket_time()),
-    };
-    if from > event_time.saturating_add(SLACK_US) {
-        return Some(format!(
-            "row time {from} after its event time E={event_time}"
-        ));
-    }
-    if to < from || event_time.saturating_sub(to) > bounds.max_event_delay_us {
-        return Some(format!(
-            "event time E={event_time} too far after the row time {to} (clock.max_event_delay_secs)"
-        ));
-    }
-    if let Some(other) = newest_other {
-        if event_time.saturating_sub(other) > bounds.max_lead_us {
-            return Some(format!(
-                "event time E={event_time} leads every other source (newest {other}) by more than clock.max_lead_secs"
-            ));
-        }
-    }
-    None
 }
 
 pub struct State {
@@ -1691,33 +1552,6 @@ impl State {
             .flat_map(|stream| stream.open.values())
             .map(|open_hour| open_hour.rows.len())
             .sum()
-    }
-}
-
-/// How the stream-derived exchange time compares with `/api/v3/time`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClockCheck {
-    Consistent,
-    /// Event times run ahead of the exchange's clock by more than
-    /// [`MAX_STREAM_LEAD_US`]: something sends bogus times.
-    StreamAhead {
-        ahead_us: i64,
-    },
-}
-
-/// How far event times may lead `/api/v3/time` (the request's own latency
-/// and the exchange's event stamping) before it counts as inconsistent.
-pub const MAX_STREAM_LEAD_US: i64 = 60 * crate::domain::MICROS_PER_SECOND;
-
-/// Pure: compares the newest event time seen with the server time.
-pub fn check_exchange_time(exchange_time: Option<TimeUs>, server_time: TimeUs) -> ClockCheck {
-    match exchange_time {
-        Some(exchange_time) if exchange_time - server_time > MAX_STREAM_LEAD_US => {
-            ClockCheck::StreamAhead {
-                ahead_us: exchange_time - server_time,
-            }
-        }
-        _ => ClockCheck::Consistent,
     }
 }
 
