@@ -31,6 +31,7 @@ mod spill_runs;
 mod startup;
 pub mod state;
 mod tasks;
+mod wake;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -27,6 +27,7 @@ use crate::recorder::clock::MarketState;
 use crate::recorder::held::HeldRows;
 use crate::recorder::judge::{self, judge_hour, FillStatus, HourFacts, Verdict};
 use crate::recorder::spill::{HourRows, SpillJob};
+use crate::recorder::wake::{note_earliest, Wake};
 use crate::seal::{complete_at, coverage, is_sealable, Inserted, WatchSpan};
 use crate::wal::SegmentId;
 
@@ -324,57 +325,6 @@ pub struct Spill {
     pub key: StreamKey,
     pub hour: Hour,
     pub run: SpillJob,
-}
-
-/// Host time between two walks of [`State::plan`] with no event and no
-/// wake-up falling due: a bound on the delay of a verdict should an event
-/// ever go unmarked, at the cost of one walk a second.
-const SAFETY_WALK_MS: MonoMs = 1_000;
-
-/// When [`State::plan`] must walk every stream again. Planning runs after
-/// every batch of frames, and a walk costs O(streams); but a verdict only
-/// changes when an hour's end passes on the exchange clock, a fill report
-/// or a seal outcome arrives, a late row lands in a sealed hour, or a timer
-/// falls due. So a walk notes the earliest of those times, the events mark
-/// the state dirty, and `plan` walks only then.
-#[derive(Debug, Default)]
-struct Wake {
-    /// Something that can change a verdict happened since the last walk.
-    dirty: bool,
-    /// The last walk stopped at its `max_seals`: it has more to plan.
-    capped: bool,
-    /// Per market walked with a clock and a span: the earliest exchange
-    /// time at which a verdict changes by itself (`None`: only an event
-    /// can change one). A market not listed is walked once it has a clock.
-    exchange: BTreeMap<Market, Option<TimeUs>>,
-    /// The earliest host time at which a fill round may be tried again.
-    mono: Option<MonoMs>,
-    walked_at: Option<MonoMs>,
-    n_walks: u64,
-}
-
-impl Wake {
-    fn is_due(&self, markets: &BTreeMap<Market, MarketState>, now: MonoMs) -> bool {
-        let Some(walked_at) = self.walked_at else {
-            return true;
-        };
-        self.dirty
-            || self.capped
-            || now >= walked_at.saturating_add(SAFETY_WALK_MS)
-            || self.mono.is_some_and(|at| now >= at)
-            || markets.iter().any(|(market, state)| {
-                match (state.exchange_time, self.exchange.get(market)) {
-                    (None, _) => false,
-                    (Some(_), None) => true,
-                    (Some(exchange_now), Some(at)) => at.is_some_and(|at| exchange_now >= at),
-                }
-            })
-    }
-}
-
-/// Keeps the earlier of `earliest` and `at`.
-fn note_earliest<T: Ord + Copy>(earliest: &mut Option<T>, at: T) {
-    *earliest = Some(earliest.map_or(at, |known| known.min(at)));
 }
 
 impl State {
