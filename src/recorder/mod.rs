@@ -18,6 +18,7 @@ mod batch;
 pub mod budget;
 mod clock;
 mod contracts;
+mod declared;
 pub mod delivery;
 pub mod fill;
 mod fill_rounds;

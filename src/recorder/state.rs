@@ -17,13 +17,12 @@ use crate::config::{ClockBounds, Config, FillConfig};
 use crate::domain::{
     Hour, Market, Row, Source, StreamKey, StreamKind, Symbol, TimeUs, UnfilledRange,
 };
-use crate::gaps::{
-    holes_before, id_holes, kline_holes, stream_hour_holes, Hole, IdAt, Settled, StreamHour,
-};
+use crate::gaps::{holes_before, stream_hour_holes, Hole, IdAt, Settled, StreamHour};
 use crate::metrics::Counters;
 use crate::quarantine::QuarantinedFrame;
 use crate::recorder::budget::{resolve_trade_holes, AggSpan, MAX_EVIDENCE_AGGS};
 use crate::recorder::clock::MarketState;
+use crate::recorder::declared::{micros, millis, round_retry_at, Declared};
 use crate::recorder::held::HeldRows;
 use crate::recorder::judge::{self, judge_hour, FillStatus, HourFacts, Verdict};
 use crate::recorder::spill::{HourRows, SpillJob};
@@ -34,6 +33,7 @@ use crate::wal::SegmentId;
 pub use crate::recorder::clock::{
     check_exchange_time, implausible_times, ClockCheck, SourceTimes, MAX_STREAM_LEAD_US,
 };
+pub use crate::recorder::declared::revise_declared;
 pub use crate::recorder::judge::{
     MonoMs, REASON_DEADLINE, REASON_FILL_DISABLED, REASON_NOT_SERVED, REASON_REST_BEHIND,
 };
@@ -84,17 +84,6 @@ struct SymbolGates {
     agg_next: Option<Hour>,
     /// The next hour the trade stream will seal.
     trade_next: Option<Hour>,
-}
-
-/// Holes declared in a sealed file, tried again now and then.
-#[derive(Debug)]
-struct Declared {
-    unfilled: Vec<UnfilledRange>,
-    /// Exchange time of the next retry: the hours it waits for pass on the
-    /// exchange's clock, like the hours they serve (and a simulated clock
-    /// moves them at its own speed).
-    retry_at: TimeUs,
-    in_flight: bool,
 }
 
 /// Per-(market, stream, symbol) state.
@@ -877,10 +866,7 @@ impl State {
             }
             Some(reason) => {
                 Counters::add(&counters.fill_failures, 1);
-                let backoff = fill
-                    .retry_initial
-                    .saturating_mul(2u32.saturating_pow(status.n_rounds.saturating_sub(1)));
-                status.retry_at = now.saturating_add(millis(backoff.min(fill.retry_max)));
+                status.retry_at = round_retry_at(&fill, status.n_rounds, now);
                 status.last_failure = Some(reason);
             }
             None => status.retry_at = now,
@@ -1555,73 +1541,6 @@ fn make_late_job(
     }
     job.unfilled = unfilled;
     job
-}
-
-/// A duration of exchange time, in µs.
-fn micros(duration: std::time::Duration) -> TimeUs {
-    TimeUs::try_from(duration.as_micros()).unwrap_or(TimeUs::MAX)
-}
-
-fn millis(duration: std::time::Duration) -> MonoMs {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A declared hole list after a retry: holes REST answered for in full are
-/// gone, except keys it does not serve; the others keep the new failure.
-pub fn revise_declared(
-    kind: StreamKind,
-    hour: Hour,
-    unfilled: &[UnfilledRange],
-    settled: &[Settled],
-    rows: &[Row],
-    failure: Option<&str>,
-) -> Vec<UnfilledRange> {
-    let mut revised = Vec::new();
-    for range in unfilled {
-        let hole = match Hole::from_unfilled(kind, range) {
-            Some(hole) if range.reason != REASON_NOT_SERVED => hole,
-            _ => {
-                revised.push(range.clone());
-                continue;
-            }
-        };
-        if !settled.iter().any(|settled| settled.covers(&hole)) {
-            let mut kept = range.clone();
-            if let Some(failure) = failure {
-                kept.reason = failure.to_owned();
-            }
-            revised.push(kept);
-            continue;
-        }
-        let (Some(first), Some(last)) = hole.key_bounds() else {
-            continue;
-        };
-        let present: Vec<i64> = rows
-            .iter()
-            .map(Row::key)
-            .filter(|key| (first..=last).contains(key))
-            .collect();
-        match kind {
-            StreamKind::Kline(interval) => {
-                for missing in kline_holes(interval, &present, first, interval.next_open_time(last))
-                {
-                    revised.push(missing.unfilled(interval, hour, REASON_NOT_SERVED));
-                }
-            }
-            StreamKind::Trade | StreamKind::AggTrade => {
-                for missing in id_holes(&present, first.checked_sub(1), last.checked_add(1)) {
-                    revised.push(UnfilledRange {
-                        from: Some(missing.first),
-                        to: Some(missing.last),
-                        from_time: range.from_time,
-                        to_time: range.to_time,
-                        reason: REASON_NOT_SERVED.to_owned(),
-                    });
-                }
-            }
-        }
-    }
-    revised
 }
 
 fn median(samples: Option<&Vec<i64>>) -> Option<i64> {
