@@ -16,6 +16,7 @@
 pub mod backfill;
 mod batch;
 pub mod budget;
+mod checkpoint;
 mod clock;
 mod contracts;
 mod declared;

@@ -30,6 +30,7 @@ use crate::recorder::wake::{note_earliest, Wake};
 use crate::seal::{complete_at, coverage, is_sealable, Inserted, WatchSpan};
 use crate::wal::SegmentId;
 
+pub use crate::recorder::checkpoint::Checkpoint;
 pub use crate::recorder::clock::{
     check_exchange_time, implausible_times, ClockCheck, SourceTimes, MAX_STREAM_LEAD_US,
 };
@@ -37,34 +38,6 @@ pub use crate::recorder::declared::revise_declared;
 pub use crate::recorder::judge::{
     MonoMs, REASON_DEADLINE, REASON_FILL_DISABLED, REASON_NOT_SERVED, REASON_REST_BEHIND,
 };
-
-/// Checkpoint records: what the WAL must remember besides frames so that a
-/// restart knows which stretches of time were watched. A `Sessions` record
-/// opens every segment, so deleting old segments never loses it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Checkpoint {
-    /// A recorder process started; its span begins at the market's next event.
-    SessionStart { market: String },
-    /// A recorder process stopped cleanly at this exchange time.
-    SessionStop {
-        market: String,
-        exchange_time: Option<TimeUs>,
-    },
-    /// The spans still relevant to unsealed hours, at a segment's start.
-    Sessions {
-        market: String,
-        spans: Vec<WatchSpan>,
-        pending_new_span: bool,
-    },
-    /// A link carrying these streams ended at this exchange time: the
-    /// streams may miss data until a replacement delivers.
-    LinkLost {
-        market: String,
-        streams: Vec<String>,
-        exchange_time: Option<TimeUs>,
-    },
-}
 
 #[derive(Debug)]
 struct OpenHour {
