@@ -26,9 +26,9 @@ pub(super) struct MarketState {
     /// While the streams deliver, they are the clock: a stream that lags
     /// (backpressure, a slow disk) must not have its hours sealed from REST
     /// before its own rows arrive.
-    pub(super) silent_server_time: Option<TimeUs>,
+    silent_server_time: Option<TimeUs>,
     /// A stream frame arrived since the last `/api/v3/time` answer.
-    pub(super) frames_since_sample: bool,
+    frames_since_sample: bool,
     pub(super) spans: Vec<WatchSpan>,
     /// A process started; the next event opens a new span.
     pub(super) pending_new_span: bool,
@@ -62,6 +62,99 @@ impl MarketState {
             .max(stream_and_server)
             .max(self.silent_server_time);
         self.exchange_time = self.exchange_time.max(believed);
+    }
+
+    /// A process starts recording the market: its span opens at the next
+    /// event, and the streams' times of an earlier process are forgotten.
+    pub(super) fn begin_session(&mut self) {
+        // A process that died without a stop record: its span ends at
+        // the last time it made durable.
+        if let (Some(last), Some(previous_time)) = (self.spans.last_mut(), self.exchange_time) {
+            if last.end.is_none() {
+                last.end = Some(previous_time.max(last.start));
+            }
+        }
+        self.pending_new_span = true;
+        self.sources = SourceTimes::default();
+        self.server_time = None;
+        self.frames_since_sample = false;
+    }
+
+    /// A process stops recording the market at `exchange_time`.
+    pub(super) fn end_session(&mut self, exchange_time: Option<TimeUs>) {
+        self.pending_new_span = false;
+        if let (Some(last), Some(time)) = (self.spans.last_mut(), exchange_time) {
+            if last.end.is_none() {
+                last.end = Some(time.max(last.start));
+            }
+        }
+    }
+
+    /// Applies the spans of a `Sessions` checkpoint met during replay.
+    pub(super) fn restore_spans(&mut self, spans: Vec<WatchSpan>, pending_new_span: bool) {
+        // The record is the list still needed as of its writing
+        // (older spans pruned); anything learnt earlier in the
+        // replay is older, so a record at least as new replaces it.
+        let newest_start = |list: &[WatchSpan]| list.last().map(|span| span.start);
+        if self.spans.is_empty() || newest_start(&spans) >= newest_start(&self.spans) {
+            self.spans = spans;
+        }
+        self.pending_new_span |= pending_new_span;
+    }
+
+    /// The spans still relevant to hours from `oldest_needed` on.
+    pub(super) fn spans_needed(&self, oldest_needed: Option<TimeUs>) -> Vec<WatchSpan> {
+        self.spans
+            .iter()
+            .filter(|span| match (span.end, oldest_needed) {
+                (Some(end), Some(oldest)) => end >= oldest,
+                _ => true,
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Records a `/api/v3/time` answer (see `State::add_clock_sample`) and
+    /// compares it with the streams' newest time.
+    pub(super) fn add_clock_sample(&mut self, server_time: TimeUs, offset_us: i64) -> ClockCheck {
+        // One list of offsets for the hour being recorded; older hours'
+        // lists go once every stream has sealed past them (`prune`).
+        self.clock_offsets
+            .entry(Hour::containing(server_time))
+            .or_default()
+            .push(offset_us);
+        self.last_clock_offset = Some(offset_us);
+        let check = check_exchange_time(self.sources.newest(), server_time);
+        self.server_time = Some(
+            self.server_time
+                .map_or(server_time, |time| time.max(server_time)),
+        );
+        let silent = !std::mem::take(&mut self.frames_since_sample);
+        if silent {
+            self.silent_server_time = self.silent_server_time.max(Some(server_time));
+        }
+        // A process whose streams are all silent is still watching.
+        self.advance_clock(silent.then_some(server_time));
+        check
+    }
+
+    /// Stream `source` showed `event_time` (already checked).
+    pub(super) fn note_event_time(&mut self, source: &StreamKey, event_time: TimeUs) {
+        self.sources.note(source, event_time);
+        self.frames_since_sample = true;
+        self.advance_clock(Some(event_time));
+    }
+
+    /// Drops the clock offsets of hours before `oldest_needed` and the
+    /// watch spans that ended before it (the newest span is always kept).
+    pub(super) fn prune_before(&mut self, oldest_needed: Hour) {
+        self.clock_offsets = self.clock_offsets.split_off(&oldest_needed);
+        let n_spans = self.spans.len();
+        let mut index = 0;
+        self.spans.retain(|span| {
+            index += 1;
+            index == n_spans || span.end.is_none_or(|end| end >= oldest_needed.start())
+        });
     }
 }
 

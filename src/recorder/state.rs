@@ -216,32 +216,15 @@ impl State {
     pub fn begin_session(&mut self, market: Market) {
         self.wake.dirty = true;
         if let Some(state) = self.markets.get_mut(&market) {
-            // A process that died without a stop record: its span ends at
-            // the last time it made durable.
-            if let (Some(last), Some(previous_time)) = (state.spans.last_mut(), state.exchange_time)
-            {
-                if last.end.is_none() {
-                    last.end = Some(previous_time.max(last.start));
-                }
-            }
-            state.pending_new_span = true;
-            state.sources = SourceTimes::default();
-            state.server_time = None;
-            state.frames_since_sample = false;
+            state.begin_session();
         }
     }
 
     /// A process stops recording `market` at `exchange_time`.
     pub fn end_session(&mut self, market: Market, exchange_time: Option<TimeUs>) {
         self.wake.dirty = true;
-        let Some(state) = self.markets.get_mut(&market) else {
-            return;
-        };
-        state.pending_new_span = false;
-        if let (Some(last), Some(time)) = (state.spans.last_mut(), exchange_time) {
-            if last.end.is_none() {
-                last.end = Some(time.max(last.start));
-            }
+        if let Some(state) = self.markets.get_mut(&market) {
+            state.end_session(exchange_time);
         }
     }
 
@@ -274,17 +257,9 @@ impl State {
                 let Some(market) = Market::from_name(&market) else {
                     return;
                 };
-                let Some(state) = self.markets.get_mut(&market) else {
-                    return;
-                };
-                // The record is the list still needed as of its writing
-                // (older spans pruned); anything learnt earlier in the
-                // replay is older, so a record at least as new replaces it.
-                let newest_start = |list: &[WatchSpan]| list.last().map(|span| span.start);
-                if state.spans.is_empty() || newest_start(&spans) >= newest_start(&state.spans) {
-                    state.spans = spans;
+                if let Some(state) = self.markets.get_mut(&market) {
+                    state.restore_spans(spans, pending_new_span);
                 }
-                state.pending_new_span |= pending_new_span;
             }
         }
     }
@@ -296,15 +271,7 @@ impl State {
             .iter()
             .map(|(market, state)| Checkpoint::Sessions {
                 market: market.name().to_owned(),
-                spans: state
-                    .spans
-                    .iter()
-                    .filter(|span| match (span.end, oldest_needed) {
-                        (Some(end), Some(oldest)) => end >= oldest,
-                        _ => true,
-                    })
-                    .copied()
-                    .collect(),
+                spans: state.spans_needed(oldest_needed),
                 pending_new_span: state.pending_new_span,
             })
             .collect()
@@ -338,41 +305,19 @@ impl State {
         let Some(state) = self.markets.get_mut(&market) else {
             return ClockCheck::Consistent;
         };
-        // One list of offsets for the hour being recorded; older hours'
-        // lists go once every stream has sealed past them (`prune`).
-        state
-            .clock_offsets
-            .entry(Hour::containing(server_time))
-            .or_default()
-            .push(offset_us);
-        state.last_clock_offset = Some(offset_us);
-        let check = check_exchange_time(state.sources.newest(), server_time);
+        let check = state.add_clock_sample(server_time, offset_us);
         if let ClockCheck::StreamAhead { ahead_us } = check {
             Counters::add(&self.counters.clock_check_failures, 1);
             warn!(%market, ahead_us, "stream event times are ahead of /api/v3/time");
         }
-        state.server_time = Some(
-            state
-                .server_time
-                .map_or(server_time, |time| time.max(server_time)),
-        );
-        let silent = !std::mem::take(&mut state.frames_since_sample);
-        if silent {
-            state.silent_server_time = state.silent_server_time.max(Some(server_time));
-        }
-        // A process whose streams are all silent is still watching.
-        state.advance_clock(silent.then_some(server_time));
         check
     }
 
     /// Stream `source` of `market` showed `event_time` (already checked).
     fn note_event_time(&mut self, market: Market, source: &StreamKey, event_time: TimeUs) {
-        let Some(state) = self.markets.get_mut(&market) else {
-            return;
-        };
-        state.sources.note(source, event_time);
-        state.frames_since_sample = true;
-        state.advance_clock(Some(event_time));
+        if let Some(state) = self.markets.get_mut(&market) {
+            state.note_event_time(source, event_time);
+        }
     }
 
     /// Applies one durable, decoded frame that came from WAL segment `segment`.
@@ -1159,13 +1104,7 @@ impl State {
             let Some(oldest_needed) = oldest_needed else {
                 continue;
             };
-            market_state.clock_offsets = market_state.clock_offsets.split_off(&oldest_needed);
-            let n_spans = market_state.spans.len();
-            let mut index = 0;
-            market_state.spans.retain(|span| {
-                index += 1;
-                index == n_spans || span.end.is_none_or(|end| end >= oldest_needed.start())
-            });
+            market_state.prune_before(oldest_needed);
         }
     }
 
