@@ -16,11 +16,15 @@
 pub mod backfill;
 mod batch;
 pub mod budget;
+mod checkpoint;
+mod clock;
 mod contracts;
+mod declared;
 pub mod delivery;
 pub mod fill;
 mod fill_rounds;
 pub mod held;
+mod jobs;
 pub mod judge;
 pub mod pace;
 mod records;
@@ -30,6 +34,7 @@ mod spill_runs;
 mod startup;
 pub mod state;
 mod tasks;
+mod wake;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
