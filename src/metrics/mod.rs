@@ -189,9 +189,9 @@ counters! {
     /// Bytes of the WAL's segments on disk (a gauge, set after each batch;
     /// bounded by what the unsealed hours hold, see ARCHITECTURE.md).
     gauge wal_bytes,
-    /// Bytes of heap the unsealed hours' rows take in memory (a gauge, set
-    /// every 4,096 rows when checked against `memory.max_held_mb`, after
-    /// any spill it led to).
+    /// Bytes of heap the unsealed hours' rows take in memory, runs being
+    /// written to disk included (a gauge, set every 4,096 rows when checked
+    /// against `memory.max_held_mb`, after any spill it led to).
     gauge held_bytes,
     /// Runs of rows spilled to disk past `memory.max_held_mb`.
     counter runs_spilled,

@@ -47,6 +47,8 @@ pub struct SpilledRun {
     n_rest: usize,
     /// The earliest and latest trade time of its rows.
     times: Option<(TimeUs, TimeUs)>,
+    /// Bytes of heap its rows took when spilled (still taken while written).
+    bytes: usize,
     pub rows: RunRows,
 }
 
@@ -185,8 +187,8 @@ impl HourRows {
         &self.memory
     }
 
-    /// Bytes of heap the rows in memory take (runs being written count:
-    /// their rows are still in memory until written).
+    /// Bytes of heap the rows kept in memory take (not the runs being
+    /// written: see [`HourRows::writing_bytes`]).
     pub fn heap_bytes(&self) -> usize {
         self.memory.heap_bytes()
             + self
@@ -197,6 +199,15 @@ impl HourRows {
                     RunRows::Writing | RunRows::File { .. } => 0,
                 })
                 .sum::<usize>()
+    }
+
+    /// Bytes of heap the runs being written still take (freed once on disk).
+    pub fn writing_bytes(&self) -> usize {
+        self.runs
+            .iter()
+            .filter(|run| matches!(run.rows, RunRows::Writing))
+            .map(|run| run.bytes)
+            .sum()
     }
 
     /// Bytes the next spill would free: the rows in memory.
@@ -224,6 +235,7 @@ impl HourRows {
             n_rows: rows.len(),
             n_rest: rows.n_rest(),
             times: rows.id_ats().map(|at| at.time).minmax().into_option(),
+            bytes: rows.heap_bytes(),
             rows: RunRows::Writing,
         });
         Some(SpillJob { run_id, kind, rows })
@@ -429,6 +441,10 @@ mod tests {
         assert!(trades.spill(2).is_some());
         assert!(trades.spill(3).is_none(), "nothing new in memory");
         assert!(trades.is_spilling());
+        assert!(
+            trades.writing_bytes() > 0,
+            "its rows are in memory until written"
+        );
         assert!(!trades.spill_done(9, Ok(PathBuf::from("x"))), "no such run");
         assert!(trades.spill_done(2, Ok(PathBuf::from("run-2"))));
         assert_eq!(
@@ -436,5 +452,6 @@ mod tests {
             vec![&PathBuf::from("run-2")]
         );
         assert_eq!(trades.heap_bytes(), trades.in_memory().heap_bytes());
+        assert_eq!(trades.writing_bytes(), 0);
     }
 }

@@ -1159,11 +1159,15 @@ impl State {
             return Vec::new();
         }
         self.rows_since_budget_check = 0;
-        let mut held = 0usize;
+        // `held`: what stays in memory, which the budget bounds; `writing`:
+        // runs on their way to disk, in memory until written (the gauge
+        // counts both: it is what the process holds).
+        let (mut held, mut writing) = (0usize, 0usize);
         let mut candidates = Vec::new();
         for (key, stream) in &self.streams {
             for (hour, open_hour) in &stream.open {
                 held += open_hour.rows.heap_bytes();
+                writing += open_hour.rows.writing_bytes();
                 let spillable = open_hour.rows.spillable_bytes();
                 if spillable >= MIN_RUN_BYTES {
                     candidates.push((spillable, key.clone(), *hour));
@@ -1171,7 +1175,7 @@ impl State {
             }
         }
         if held <= self.max_held_bytes {
-            Counters::set(&self.counters.held_bytes, held as u64);
+            Counters::set(&self.counters.held_bytes, (held + writing) as u64);
             return Vec::new();
         }
         candidates.sort_unstable_by_key(|candidate| std::cmp::Reverse(candidate.0));
@@ -1190,14 +1194,14 @@ impl State {
             self.next_run_id += 1;
             if let Some(run) = open_hour.rows.spill(self.next_run_id) {
                 held = held.saturating_sub(bytes);
+                writing += bytes;
                 Counters::add(&self.counters.runs_spilled, 1);
                 Counters::add(&self.counters.rows_spilled, run.rows.len() as u64);
                 debug!(%key, %hour, run_id = run.run_id, n_rows = run.rows.len(), "rows held past the memory budget; spilled to a run");
                 spills.push(Spill { key, hour, run });
             }
         }
-        // What stays in memory: the runs being written leave it with them.
-        Counters::set(&self.counters.held_bytes, held as u64);
+        Counters::set(&self.counters.held_bytes, (held + writing) as u64);
         spills
     }
 

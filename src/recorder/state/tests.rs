@@ -721,6 +721,16 @@ fn keys_of(job: &SealJob) -> Vec<i64> {
     job.rows.to_vec().iter().map(Row::key).collect()
 }
 
+/// The holes a seal job declares: ids and reason.
+fn declared_of(job: &SealJob) -> Vec<(Option<i64>, Option<i64>, &str)> {
+    job.unfilled
+        .as_ref()
+        .expect("a list")
+        .iter()
+        .map(|range| (range.from, range.to, range.reason.as_str()))
+        .collect()
+}
+
 fn only_seal(jobs: Vec<Job>) -> SealJob {
     match <[Job; 1]>::try_from(jobs) {
         Ok([Job::Seal(job)]) => job,
@@ -1031,12 +1041,8 @@ fn a_round_cut_at_its_deadline_keeps_its_rows_and_seals_the_rest_declared() {
         vec![7, 8, 9, 10, 11, 12, 20],
         "what the cut round fetched is kept"
     );
-    let unfilled = sealed.unfilled.expect("a list");
     assert_eq!(
-        unfilled
-            .iter()
-            .map(|range| (range.from, range.to, range.reason.as_str()))
-            .collect::<Vec<_>>(),
+        declared_of(&sealed),
         vec![(Some(13), Some(19), REASON_REST_BEHIND)],
         "the rest is declared as REST being behind"
     );
@@ -1059,12 +1065,7 @@ fn a_round_that_cannot_be_answered_before_the_deadline_seals_its_hour_declared_a
     let sealed = only_seal(state.plan(10, 0));
     assert_eq!(keys_of(&sealed), vec![7, 8, 9, 20]);
     assert_eq!(
-        sealed
-            .unfilled
-            .expect("a list")
-            .iter()
-            .map(|range| (range.from, range.to, range.reason.as_str()))
-            .collect::<Vec<_>>(),
+        declared_of(&sealed),
         vec![(Some(10), Some(19), REASON_REST_BEHIND)],
         "sealed now, not at the deadline, with the rest declared"
     );
@@ -1095,12 +1096,8 @@ fn a_round_still_queued_at_its_deadline_seals_its_hour_with_the_holes_declared()
     assert_eq!(not_started.failure.as_deref(), Some(REASON_REST_BEHIND));
     state.apply_fill(SegmentId(2), not_started, 0);
     let sealed = only_seal(state.plan(10, 0));
-    let unfilled = sealed.unfilled.expect("a list");
     assert_eq!(
-        unfilled
-            .iter()
-            .map(|range| (range.from, range.to, range.reason.as_str()))
-            .collect::<Vec<_>>(),
+        declared_of(&sealed),
         vec![(Some(8), Some(19), REASON_REST_BEHIND)]
     );
     state.seal_finished(&sealed.key, sealed.hour);
