@@ -825,21 +825,9 @@ async fn a_dated_coinm_contract_delivered_mid_run_ends_cleanly_and_others_record
 
     // verify: nothing undeclared (trade hours declare only the non-market
     // prints REST does not serve), and the delivery named.
-    let json_path = root.join("verify.json");
-    let output = run_binary(vec![
-        "verify".into(),
-        "--config".into(),
-        config_path.display().to_string(),
-        "--json".into(),
-        json_path.display().to_string(),
-    ])
-    .await;
-    let table = String::from_utf8_lossy(&output.stdout);
+    let (success, table, report) = verify_json(&config_path).await;
     eprintln!("{table}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("verify JSON"))
-            .expect("JSON");
-    assert!(output.status.success(), "{table}");
+    assert!(success, "{table}");
     assert_eq!(report["undeclared_problems"], 0, "{table}");
     for hole in report["holes"].as_array().expect("a list") {
         assert_eq!(hole["reason"], REASON_NOT_SERVED, "{hole}");
@@ -958,20 +946,8 @@ async fn a_delivery_inside_an_hour_seals_that_hour_up_to_the_delivery() {
     assert_eq!(dated_klines.len(), 40);
     assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
 
-    let json_path = root.join("verify.json");
-    let output = run_binary(vec![
-        "verify".into(),
-        "--config".into(),
-        config_path.display().to_string(),
-        "--json".into(),
-        json_path.display().to_string(),
-    ])
-    .await;
-    let table = String::from_utf8_lossy(&output.stdout);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("verify JSON"))
-            .expect("JSON");
-    assert!(output.status.success(), "{table}");
+    let (success, table, report) = verify_json(&config_path).await;
+    assert!(success, "{table}");
     assert_eq!(report["undeclared_problems"], 0, "{table}");
     // Nothing after the delivery is declared missing (trade hours declare
     // only the non-market prints REST does not serve, before it).
@@ -1023,19 +999,8 @@ async fn a_delivery_inside_an_hour_seals_that_hour_up_to_the_delivery() {
         },
     )
     .expect("stray file written");
-    let output = run_binary(vec![
-        "verify".into(),
-        "--config".into(),
-        config_path.display().to_string(),
-        "--json".into(),
-        json_path.display().to_string(),
-    ])
-    .await;
-    let table = String::from_utf8_lossy(&output.stdout);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("verify JSON"))
-            .expect("JSON");
-    assert!(!output.status.success(), "{table}");
+    let (success, table, report) = verify_json(&config_path).await;
+    assert!(!success, "{table}");
     let kinds_found: Vec<&str> = report["problems"]
         .as_array()
         .expect("a list")

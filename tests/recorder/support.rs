@@ -774,6 +774,16 @@ pub async fn run_binary(arguments: Vec<String>) -> std::process::Output {
 /// undeclared, exit 0 (read from its `--json` report, so the table's
 /// wording is free to change).
 pub async fn assert_verify_clean(config_path: &Path) {
+    let (success, stdout, report) = verify_json(config_path).await;
+    assert!(
+        success && report["undeclared_problems"] == 0 && report["declared_holes"] == 0,
+        "verify: {stdout}"
+    );
+}
+
+/// Runs `verify --json` over `config_path`'s dataset: whether it exited 0,
+/// its table, and its JSON report.
+pub async fn verify_json(config_path: &Path) -> (bool, String, serde_json::Value) {
     let scratch = tempfile::tempdir().expect("scratch directory");
     let json_path = scratch.path().join("verify.json");
     let output = run_binary(vec![
@@ -784,17 +794,12 @@ pub async fn assert_verify_clean(config_path: &Path) {
         json_path.display().to_string(),
     ])
     .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let report: serde_json::Value = std::fs::read_to_string(&json_path)
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_else(|| panic!("verify wrote no JSON report: {stdout}"));
-    assert!(
-        output.status.success()
-            && report["undeclared_problems"] == 0
-            && report["declared_holes"] == 0,
-        "verify: {stdout}"
-    );
+    (output.status.success(), stdout, report)
 }
 
 /// Asserts the file declares no hole and vouches for its whole hour.
