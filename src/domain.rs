@@ -85,8 +85,18 @@ impl fmt::Display for Market {
 
 /// An exchange symbol, validated against the dataset rule `[A-Z0-9_]{1,32}`
 /// so that it is always safe to use in a path.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Symbol(String);
+///
+/// Held inline (no allocation): one is made for every row decoded.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Symbol {
+    /// The name, then zeros: every byte of a name is above zero, so these
+    /// order as the names do.
+    bytes: [u8; MAX_SYMBOL_LEN],
+    len: u8,
+}
+
+/// The longest symbol the dataset rule allows.
+const MAX_SYMBOL_LEN: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("symbol {0:?} is not upper-case [A-Z0-9_]{{1,32}}")]
@@ -94,25 +104,39 @@ pub struct InvalidSymbol(pub String);
 
 impl Symbol {
     pub fn new(text: &str) -> Result<Symbol, InvalidSymbol> {
-        let valid_length = (1..=32).contains(&text.len());
+        let valid_length = (1..=MAX_SYMBOL_LEN).contains(&text.len());
         let valid_chars = text
             .bytes()
             .all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit() || byte == b'_');
-        if valid_length && valid_chars {
-            Ok(Symbol(text.to_owned()))
-        } else {
-            Err(InvalidSymbol(text.to_owned()))
+        if !(valid_length && valid_chars) {
+            return Err(InvalidSymbol(text.to_owned()));
         }
+        let mut bytes = [0; MAX_SYMBOL_LEN];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        Ok(Symbol {
+            bytes,
+            len: text.len() as u8,
+        })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)])
+            .expect("a symbol is ASCII, checked when it was made")
+    }
+}
+
+impl fmt::Debug for Symbol {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_tuple("Symbol")
+            .field(&self.as_str())
+            .finish()
     }
 }
 
 impl fmt::Display for Symbol {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(&self.0)
+        formatter.write_str(self.as_str())
     }
 }
 
@@ -684,6 +708,31 @@ mod tests {
         assert!(Symbol::new("").is_err());
         assert!(Symbol::new("../etc").is_err());
         assert!(Symbol::new(&"A".repeat(33)).is_err());
+        assert_eq!(
+            Symbol::new(&"A".repeat(32)).map(|s| s.to_string()),
+            Ok("A".repeat(32))
+        );
+        // Ordered as the names are, shorter first where one begins the other.
+        let names = [
+            "BTCUSDT",
+            "BTCUSD",
+            "BTCUSD_PERP",
+            "1000SHIBUSDT",
+            "A",
+            "B_1",
+        ];
+        let mut symbols: Vec<Symbol> = names
+            .iter()
+            .map(|name| Symbol::new(name).expect("valid"))
+            .collect();
+        symbols.sort();
+        let mut sorted_names = names.to_vec();
+        sorted_names.sort();
+        assert_eq!(
+            symbols.iter().map(Symbol::as_str).collect::<Vec<_>>(),
+            sorted_names
+        );
+        assert_eq!(format!("{:?}", symbols[0]), "Symbol(\"1000SHIBUSDT\")");
     }
 
     #[test]

@@ -30,8 +30,9 @@
 //!    the recorder task over a bounded channel (full: the reader waits).
 //! 2. The recorder appends it to the [`wal`] with the other frames of its
 //!    batch and fsyncs: from here it is recorded.
-//! 3. [`binance::decode`] turns the durable frame into a typed row (exact
-//!    decimals, µs UTC times) or sends it to the [`quarantine`].
+//! 3. [`binance::decode`] turns the frame into a typed row (exact
+//!    decimals, µs UTC times) or sends it to the [`quarantine`]; it runs
+//!    beside the append and fsync, and its answer is used once they succeed.
 //! 4. [`recorder::state`] checks the row's times and id against its own
 //!    event time and the market's other sources (implausible rows go to the
 //!    quarantine), moves the exchange clock only to a time two sources agree

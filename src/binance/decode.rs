@@ -270,6 +270,23 @@ pub fn decode_frame(
     frame: &[u8],
     recv_time: TimeUs,
 ) -> Result<Decoded, DecodeError> {
+    // Nearly every frame: the event is parsed once, not scanned by the
+    // wrapper's parse first. Whatever this cannot decode takes the full
+    // path below, so both give the same answer.
+    if let Some(decoded) = split_combined(frame)
+        .and_then(|(stream, data)| decode_as_named(market, stream, data, recv_time))
+    {
+        return decoded;
+    }
+    decode_parsed_wrapper(market, frame, recv_time)
+}
+
+/// [`decode_frame`] by parsing the wrapper first: every shape of frame.
+fn decode_parsed_wrapper(
+    market: Market,
+    frame: &[u8],
+    recv_time: TimeUs,
+) -> Result<Decoded, DecodeError> {
     let envelope: wire::Envelope = serde_json::from_slice(frame).map_err(json_error)?;
     if let Some(reply) = control_reply(&envelope) {
         return Ok(Decoded::ControlReply(reply));
@@ -283,6 +300,23 @@ pub fn decode_frame(
             "neither an event, a combined-stream wrapper nor a control reply".into(),
         )),
     }
+}
+
+/// The stream name and event of a combined-stream wrapper written as
+/// Binance writes it, `{"stream":"<name>","data":<event>}`, found without
+/// parsing the wrapper. `None` for anything else (spaces, other keys, an
+/// escape in the name, text that is not UTF-8, which the full parse
+/// rejects): the full parse then decides.
+fn split_combined(frame: &[u8]) -> Option<(&str, &[u8])> {
+    let rest = frame.strip_prefix(br#"{"stream":""#)?;
+    let name_len = rest
+        .iter()
+        .position(|&byte| byte == b'"' || byte == b'\\')?;
+    let (name, rest) = rest.split_at(name_len);
+    let data = rest.strip_prefix(br#"","data":"#)?.strip_suffix(b"}")?;
+    let name = std::str::from_utf8(name).ok()?;
+    std::str::from_utf8(data).ok()?;
+    Some((name, data))
 }
 
 fn control_reply(envelope: &wire::Envelope) -> Option<ControlReply> {
@@ -795,6 +829,68 @@ mod fuzz_tests {
                     prop_assert!(exchange_id(row.key()).is_some() || matches!(row, Row::Kline(_)));
                 }
             }
+        }
+
+        /// The shortcut for the usual wrapper answers exactly what parsing
+        /// the wrapper first answers, for any bytes.
+        #[test]
+        fn the_wrapper_shortcut_decodes_as_the_full_parse(frame in fuzz_input(frame_seeds()), recv_time in any::<i64>()) {
+            for market in [Market::Spot, Market::UsdM] {
+                prop_assert_eq!(
+                    format!("{:?}", decode_frame(market, &frame, recv_time)),
+                    format!("{:?}", decode_parsed_wrapper(market, &frame, recv_time))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_wrapper_shortcut_takes_only_the_usual_wrapper() {
+        let data =
+            br#"{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"1","q":"2","T":1,"m":true,"M":true}"#;
+        let usual = [
+            br#"{"stream":"btcusdt@trade","data":"#.as_slice(),
+            data,
+            b"}",
+        ]
+        .concat();
+        assert_eq!(
+            split_combined(&usual).map(|(name, _)| name),
+            Some("btcusdt@trade")
+        );
+        let spaced = [
+            br#"{"stream": "btcusdt@trade", "data": "#.as_slice(),
+            data,
+            b"}",
+        ]
+        .concat();
+        let escaped = [
+            br#"{"stream":"btcusdt\u0040trade","data":"#.as_slice(),
+            data,
+            b"}",
+        ]
+        .concat();
+        let more_keys = [
+            br#"{"stream":"btcusdt@trade","data":"#.as_slice(),
+            data,
+            br#","x":1}"#,
+        ]
+        .concat();
+        for other in [&spaced, &escaped, &more_keys] {
+            let split = split_combined(other);
+            assert!(
+                split.is_none_or(
+                    |(_, data)| serde_json::from_slice::<serde::de::IgnoredAny>(data).is_err()
+                ),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+            assert_eq!(
+                decode_frame(Market::Spot, other, 5),
+                decode_frame(Market::Spot, &usual, 5),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
         }
     }
 

@@ -1,6 +1,6 @@
 //! Group commit: the runtime's pending records go to the WAL in one batch
-//! on a blocking thread (append, fsync, delete the segments no unsealed hour
-//! needs, then decode), at most `wal.fsync_interval_ms` after the first of
+//! on a blocking thread (append and fsync, with the decoding beside them on
+//! a second thread; then delete the segments no unsealed hour needs), at most `wal.fsync_interval_ms` after the first of
 //! them or at once when [`MAX_BATCH_RECORDS`] wait. A failed batch is kept in
 //! memory and written to a new segment after a back-off; the applied
 //! records reach the state only once durable.
@@ -64,8 +64,14 @@ impl Pending {
 
     pub(super) fn push(&mut self, record: Record) {
         self.records.push(record);
-        // tokio's clock (paused in tests), kept as the std instant under it.
-        self.schedule.on_append(Instant::now().into_std());
+        // Only the first waiting record's time counts: one clock reading a
+        // batch, not one a frame. tokio's clock (paused in tests), kept as
+        // the std instant under it.
+        let now = self
+            .schedule
+            .oldest_unsynced_at()
+            .unwrap_or_else(|| Instant::now().into_std());
+        self.schedule.on_append(now);
     }
 
     pub(super) fn len(&self) -> usize {
@@ -327,29 +333,22 @@ fn write_batch(
     // not seen them yet, so they pin it until they are applied.
     let first_written = wal.active_segment();
     let mut segments = Vec::with_capacity(records.len());
-    let mut too_large = Vec::new();
     let write_started = std::time::Instant::now();
-    let appended = (|| -> Result<(), WalError> {
-        for record in &records {
-            if wal.roll_due() {
-                wal.roll()?;
-                for checkpoint in &checkpoints {
-                    wal.append(checkpoint)?;
-                }
-            }
-            match wal.append(record) {
-                Ok(position) => segments.push(Some(position.segment)),
-                // Retrying cannot help a record over the WAL's limit (the
-                // writer stays usable): it is set aside, the rest go on.
-                Err(WalError::RecordTooLarge { len, max }) => {
-                    segments.push(None);
-                    too_large.push((len, max));
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        wal.sync()
-    })();
+    let (appended, decoded) = std::thread::scope(|scope| {
+        // Decoding does not wait for the disk: it runs beside the appends
+        // and the fsync, and what it gives is used only once they succeed.
+        let decoding = scope.spawn(|| {
+            records
+                .iter()
+                .map(|record| decode_record(SegmentId(0), record))
+                .collect::<Vec<_>>()
+        });
+        let appended = append_and_sync(&mut wal, &records, &checkpoints, &mut segments);
+        let decoded = decoding
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (appended, decoded)
+    });
     if let Err(error) = appended {
         return BatchOutcome {
             wal: Some(wal),
@@ -373,7 +372,7 @@ fn write_batch(
     let wal_bytes = wal.bytes_on_disk();
     let mut applied = Vec::with_capacity(records.len());
     let mut quarantined = Vec::new();
-    for (record, segment) in records.iter().zip(segments) {
+    for ((record, segment), decoded) in records.iter().zip(segments).zip(decoded) {
         let Some(segment) = segment else {
             // Kept in the quarantine in part: it cannot be made durable whole.
             const KEPT_BYTES: usize = 4096;
@@ -394,8 +393,8 @@ fn write_batch(
             });
             continue;
         };
-        match decode_record(segment, record) {
-            Ok(Some(item)) => applied.push(item),
+        match decoded {
+            Ok(Some(item)) => applied.push(item.in_segment(segment)),
             Ok(None) => {}
             Err(frame) => quarantined.push(frame),
         }
@@ -422,6 +421,33 @@ fn write_batch(
         wal_bytes: Some(wal_bytes),
         write_seconds: Some(write_seconds),
     }
+}
+
+/// Appends a batch's records (rolling the segment when due, with the
+/// checkpoints at the head of each new one) and syncs them. `segments`
+/// gets each record's segment, or `None` for one over the WAL's limit:
+/// retrying cannot help it and the writer stays usable, so it is set
+/// aside (for the quarantine) and the rest go on.
+fn append_and_sync(
+    wal: &mut WalWriter,
+    records: &[Record],
+    checkpoints: &[Record],
+    segments: &mut Vec<Option<SegmentId>>,
+) -> Result<(), WalError> {
+    for record in records {
+        if wal.roll_due() {
+            wal.roll()?;
+            for checkpoint in checkpoints {
+                wal.append(checkpoint)?;
+            }
+        }
+        match wal.append(record) {
+            Ok(position) => segments.push(Some(position.segment)),
+            Err(WalError::RecordTooLarge { .. }) => segments.push(None),
+            Err(error) => return Err(error),
+        }
+    }
+    wal.sync()
 }
 
 /// Pure: the newest segment that may be deleted, when there is one on disk

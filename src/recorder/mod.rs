@@ -438,6 +438,11 @@ fn stream_metrics(config: &Config, counters: &Counters) -> HashMap<StreamKey, (C
     handles
 }
 
+/// Turns of the recorder loop that took only a frame between two ticks
+/// of the service (readiness, watchdog, health: a few clock readings and
+/// a lock each, too much per frame at a firehose's rate).
+const FRAMES_PER_SERVICE_TICK: u32 = 256;
+
 /// A summary log line this often, so an operator reading only the journal
 /// sees progress.
 const SUMMARY_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -451,12 +456,25 @@ impl Runtime {
         // Plans are also made when nothing arrives, for fill retries that fall due.
         let mut planning = tokio::time::interval(Duration::from_millis(200));
         planning.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the group commit, moved only when its deadline
+        // does (a new timer per frame cost more than the frame).
+        let sync_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sync_timer);
+        let mut sync_timer_at: Option<Instant> = None;
+        // Frames since the service was last told: a turn that took only a
+        // frame tells it every `FRAMES_PER_SERVICE_TICK` frames (the
+        // planning tick, every 200 ms, tells it too).
+        let mut frames_untold: u32 = 0;
         loop {
             if self.fatal.is_some() {
                 return;
             }
             self.maybe_start_batch();
             let sync_deadline = self.sync_deadline();
+            if let Some(deadline) = sync_deadline.filter(|at| sync_timer_at != Some(*at)) {
+                sync_timer.as_mut().reset(deadline);
+                sync_timer_at = Some(deadline);
+            }
             // Every arm but a bare frame or the sync timer may change a plan.
             let mut replan = true;
             tokio::select! {
@@ -511,12 +529,19 @@ impl Runtime {
                         return;
                     }
                 },
-                _ = sleep_until_opt(sync_deadline) => replan = false,
+                _ = &mut sync_timer, if sync_deadline.is_some() => {
+                    sync_timer_at = None;
+                    replan = false;
+                }
             }
             if replan {
                 self.plan_seals();
             }
-            self.tell_service();
+            frames_untold += 1;
+            if replan || frames_untold >= FRAMES_PER_SERVICE_TICK {
+                frames_untold = 0;
+                self.tell_service();
+            }
         }
     }
 
@@ -885,11 +910,4 @@ async fn wait_opt<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task:
     let joined = handle.await;
     *task = None;
     joined
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }

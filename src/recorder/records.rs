@@ -47,6 +47,23 @@ pub(super) enum Applied {
     },
 }
 
+impl Applied {
+    /// The same, read from (or written to) WAL segment `segment`.
+    pub(super) fn in_segment(self, segment: SegmentId) -> Applied {
+        match self {
+            Applied::Frame {
+                market, decoded, ..
+            } => Applied::Frame {
+                market,
+                segment,
+                decoded,
+            },
+            Applied::Fill { report, .. } => Applied::Fill { segment, report },
+            Applied::Checkpoint(checkpoint) => Applied::Checkpoint(checkpoint),
+        }
+    }
+}
+
 /// Most rows in one WAL record of a fill report (about 2 MB of JSON; the
 /// WAL takes records up to 64 MiB).
 pub(super) const FILL_RECORD_MAX_ROWS: usize = 10_000;

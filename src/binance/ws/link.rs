@@ -194,7 +194,8 @@ impl Link {
         &mut self,
         settings: &ConnectionSettings,
     ) -> Result<(), String> {
-        if Instant::now() < self.next_send {
+        // Checked before the clock: this runs once per frame.
+        if self.to_send.is_empty() || Instant::now() < self.next_send {
             return Ok(());
         }
         let Some((id, batch)) = self.to_send.pop_front() else {

@@ -53,6 +53,8 @@ mod silence;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -77,11 +79,12 @@ pub use silence::{
 /// What a connection task (or the clock task) tells the recorder.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A text or binary data frame, as received.
+    /// A text or binary data frame, as received (the socket's own buffer:
+    /// no copy until the WAL record is built).
     Frame {
         market: Market,
         recv_time: TimeUs,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     },
     /// A link was established and its subscription sent.
     Connected {
@@ -438,6 +441,12 @@ async fn drive_link(
     let mut rotation_deadline: Option<Instant> = None;
     let mut rotation_wanted: Option<RotationCause> = None;
     let push_interval = fastest_push(plan.market, &plan.streams);
+    // One timer for the link's life, moved only when something falls due
+    // before it is set for: a frame only pushes the dead-link deadline
+    // later, so most frames leave it alone (a timer per frame cost more
+    // than the frame). A wake that finds nothing due re-checks and loops.
+    let wake = tokio::time::sleep_until(Instant::now() + settings.dead_after);
+    tokio::pin!(wake);
     loop {
         if let Err(reason) = link.send_due_control(settings).await {
             return lost(link, reason);
@@ -481,6 +490,8 @@ async fn drive_link(
             }
         }
 
+        // One reading of the clock for every judgement of this turn.
+        let now = Instant::now();
         let dead_at = link.last_frame + settings.dead_after;
         let rotate_at = (replacement.is_none()).then_some(link.opened + settings.rotate_after);
         let control_at = link
@@ -499,11 +510,11 @@ async fn drive_link(
                 link.subscribed_at,
                 link.last_data,
                 plan.activity.peers(),
-                Instant::now(),
+                now,
             )
         }) {
             Some(Unheard::Wait(at)) => at,
-            Some(Unheard::Silent) => Some(Instant::now()),
+            Some(Unheard::Silent) => Some(now),
             None => None,
         };
         let all_unheard = link.awaiting_route_verdict(plan.streams.len());
@@ -514,11 +525,11 @@ async fn drive_link(
                 push_interval,
                 &link.rate,
                 plan.activity.peers(),
-                Instant::now(),
+                now,
             )
         }) {
             Some(Silence::CheckAt(at)) => Some(at),
-            Some(Silence::Silent { .. }) => Some(Instant::now()),
+            Some(Silence::Silent { .. }) => Some(now),
             Some(Silence::Unknown) | None => None,
         };
         let wake_at = [
@@ -533,6 +544,9 @@ async fn drive_link(
         .flatten()
         .min()
         .expect("dead_at is always set");
+        if wake_at < wake.deadline() || wake.is_elapsed() {
+            wake.as_mut().reset(wake_at);
+        }
 
         let (event, from_replacement) = tokio::select! {
             Ok(()) = plan.retired.changed() => {
@@ -563,7 +577,7 @@ async fn drive_link(
             }
             event = link.next_event() => (event, false),
             event = next_replacement_event(&mut replacement) => (event, true),
-            _ = tokio::time::sleep_until(wake_at) => {
+            _ = &mut wake => {
                 let now = Instant::now();
                 if now >= link.last_frame + settings.dead_after {
                     let reason = format!("no frame for {:?}: dead link", settings.dead_after);
@@ -649,9 +663,9 @@ async fn drive_link(
         let received_at = Instant::now();
         receiving.last_frame = received_at;
         let recv_time = now_us();
-        let bytes = match message {
-            Message::Text(text) => text.as_bytes().to_vec(),
-            Message::Binary(bytes) => bytes.to_vec(),
+        let bytes: Bytes = match message {
+            Message::Text(text) => text.into(),
+            Message::Binary(bytes) => bytes,
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => continue,
         };
         // Control replies and serverShutdown are not in the combined
@@ -692,6 +706,16 @@ async fn drive_link(
             recv_time,
             bytes,
         };
+        // The channel almost always has room: only a full one costs a
+        // timer (and a wait, which the clocks below are excused).
+        match frames.try_reserve() {
+            Ok(permit) => {
+                permit.send(inbound);
+                continue;
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => return DriveOutcome::Stop,
+            Err(mpsc::error::TrySendError::Full(())) => {}
+        }
         match tokio::time::timeout(settings.max_backpressure_wait, frames.reserve()).await {
             Ok(Ok(permit)) => {
                 permit.send(inbound);
