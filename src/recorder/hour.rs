@@ -69,7 +69,11 @@ pub(super) struct HourState {
     /// the stream or REST) of a sealed hour, waiting for its reseal.
     pub(super) rows: Option<OpenRows>,
     /// Fill progress of an unsealed hour, from its first verdict until it
-    /// seals.
+    /// seals. (As before this type, a status stays when the stream's
+    /// cursor passes its hour unsealed, as a resume after the files on
+    /// disk or a delivery can: no verdict reads it again, only
+    /// `n_hours_waiting_on_fill` counts it if it was in flight. Dropping
+    /// it there changes that count, so it is left to its own change.)
     pub(super) fill: Option<FillStatus>,
     /// A file of the hour is being written.
     pub(super) writing: Option<Writing>,

@@ -744,8 +744,10 @@ fn only_seal(jobs: Vec<Job>) -> SealJob {
     }
 }
 
-#[test]
-fn holes_are_filled_through_a_report_before_the_hour_seals() {
+/// A BTCUSDT trade stream with ids 7 and 10 in the hour (8 and 9
+/// missing, and its start unseen) and 11 after it, the clock at the
+/// hour's end + 2 s.
+fn state_missing_8_and_9() -> State {
     let mut state = filling_state("");
     apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
     apply_corroborated(&mut state, SegmentId(1), trade(10, HOUR_START + 900));
@@ -754,6 +756,39 @@ fn holes_are_filled_through_a_report_before_the_hour_seals() {
         SegmentId(1),
         trade(11, HOUR_START + MICROS_PER_HOUR + 2_000_000),
     );
+    state
+}
+
+/// `job`'s round settles the hour's start (no trade before 7) and fails
+/// for the rest with `failure`.
+fn settle_start_and_fail(state: &mut State, job: &FillJob, failure: &str) {
+    let start = Settled {
+        from: None,
+        to: Some(6),
+    };
+    state.apply_fill(
+        SegmentId(2),
+        report(job, vec![], vec![start], Some(failure)),
+        0,
+    );
+}
+
+/// `retry`'s round finds trades 8 and 9.
+fn fill_8_and_9(state: &mut State, retry: &FillJob, now: MonoMs) {
+    let rows = vec![
+        rest_trade(8, HOUR_START + 200),
+        rest_trade(9, HOUR_START + 300),
+    ];
+    let settled = Settled {
+        from: Some(8),
+        to: Some(9),
+    };
+    state.apply_fill(SegmentId(4), report(retry, rows, vec![settled], None), now);
+}
+
+#[test]
+fn holes_are_filled_through_a_report_before_the_hour_seals() {
+    let mut state = state_missing_8_and_9();
     let job = only_fill(state.plan(10, 0));
     let bounds: Vec<_> = job.holes.iter().map(Hole::key_bounds).collect();
     assert_eq!(
@@ -851,29 +886,10 @@ fn a_stream_row_replaces_a_rest_row_and_rest_never_replaces_a_stream_row() {
 
 #[test]
 fn failed_fills_retry_with_backoff_then_seal_declared_at_the_deadline_and_reseal_when_filled() {
-    let mut state = filling_state("");
-    apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
-    apply_corroborated(&mut state, SegmentId(1), trade(10, HOUR_START + 900));
-    apply_corroborated(
-        &mut state,
-        SegmentId(1),
-        trade(11, HOUR_START + MICROS_PER_HOUR + 2_000_000),
-    );
+    let mut state = state_missing_8_and_9();
     let job = only_fill(state.plan(10, 0));
     let failure = "rest unreachable: HTTP 503";
-    state.apply_fill(
-        SegmentId(2),
-        report(
-            &job,
-            vec![],
-            vec![Settled {
-                from: None,
-                to: Some(6),
-            }],
-            Some(failure),
-        ),
-        0,
-    );
+    settle_start_and_fail(&mut state, &job, failure);
     assert!(state.plan(10, 999).is_empty(), "waits for the retry");
     let again = only_fill(state.plan(10, 1000));
     assert_eq!(again.holes.len(), 1, "the settled start is not asked again");
@@ -920,23 +936,7 @@ fn failed_fills_retry_with_backoff_then_seal_declared_at_the_deadline_and_reseal
     clock_to(&mut state, 14, declared_at + 30_000_000);
     let retry = only_fill(state.plan(10, 2000));
     assert!(retry.declared);
-    let rows = vec![
-        rest_trade(8, HOUR_START + 200),
-        rest_trade(9, HOUR_START + 300),
-    ];
-    state.apply_fill(
-        SegmentId(4),
-        report(
-            &retry,
-            rows,
-            vec![Settled {
-                from: Some(8),
-                to: Some(9),
-            }],
-            None,
-        ),
-        40_000,
-    );
+    fill_8_and_9(&mut state, &retry, 40_000);
     let resealed = only_seal(state.plan(10, 40_000));
     assert!(resealed.late);
     assert_eq!(keys_of(&resealed), vec![8, 9]);
@@ -1254,14 +1254,7 @@ fn a_round_in_flight_on_one_stream_holds_no_other_streams_seal() {
 
 #[test]
 fn ids_rest_does_not_serve_are_declared_at_once_and_not_retried() {
-    let mut state = filling_state("");
-    apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
-    apply_corroborated(&mut state, SegmentId(1), trade(10, HOUR_START + 900));
-    apply_corroborated(
-        &mut state,
-        SegmentId(1),
-        trade(11, HOUR_START + MICROS_PER_HOUR + 2_000_000),
-    );
+    let mut state = state_missing_8_and_9();
     let job = only_fill(state.plan(10, 0));
     let settled = vec![
         Settled {
@@ -1421,28 +1414,13 @@ proptest::proptest! {
 
 #[test]
 fn an_hours_entry_goes_once_it_is_sealed_its_seal_finished_and_no_declared_hole_is_left() {
-    let mut state = filling_state("");
+    let mut state = state_missing_8_and_9();
     let key = key(StreamKind::Trade);
     let hour = Hour::containing(HOUR_START);
-    apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
-    apply_corroborated(&mut state, SegmentId(1), trade(10, HOUR_START + 900));
-    apply_corroborated(
-        &mut state,
-        SegmentId(1),
-        trade(11, HOUR_START + MICROS_PER_HOUR + 2_000_000),
-    );
     // The fill round settles the hour's start and fails for 8..=9; the
     // deadline seals the hour with them declared.
     let job = only_fill(state.plan(10, 0));
-    let start_settled = vec![Settled {
-        from: None,
-        to: Some(6),
-    }];
-    state.apply_fill(
-        SegmentId(2),
-        report(&job, vec![], start_settled, Some("rest unreachable")),
-        0,
-    );
+    settle_start_and_fail(&mut state, &job, "rest unreachable");
     apply_corroborated(
         &mut state,
         SegmentId(3),
@@ -1460,15 +1438,7 @@ fn an_hours_entry_goes_once_it_is_sealed_its_seal_finished_and_no_declared_hole_
     // is left of it.
     clock_to(&mut state, 13, HOUR_START + MICROS_PER_HOUR + 92_000_000);
     let retry = only_fill(state.plan(10, 2000));
-    let rows = vec![
-        rest_trade(8, HOUR_START + 200),
-        rest_trade(9, HOUR_START + 300),
-    ];
-    let settled = vec![Settled {
-        from: Some(8),
-        to: Some(9),
-    }];
-    state.apply_fill(SegmentId(4), report(&retry, rows, settled, None), 40_000);
+    fill_8_and_9(&mut state, &retry, 40_000);
     let resealed = only_seal(state.plan(10, 40_000));
     assert_eq!(
         (resealed.hour, resealed.unfilled.clone()),
