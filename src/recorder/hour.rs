@@ -490,8 +490,9 @@ impl StreamState {
         hour
     }
 
-    /// One due hour: skipped when it owes nothing, else judged from its
-    /// holes, and the verdict acted on (a fill round, or its seal).
+    /// One due hour: skipped when it owes nothing, left alone while its
+    /// fill round runs or a run of it is being written, else judged from
+    /// its holes, and the verdict acted on (a fill round, or its seal).
     fn judge_due_hour(
         &mut self,
         hour: Hour,
@@ -505,21 +506,9 @@ impl StreamState {
             return Step::Stop;
         }
         let watched = coverage(&turn.market.spans, hour);
-        // After a delivery only rows make an hour owed (none are
-        // expected; were any held, they would pin the WAL).
-        let delivered = turn.delivered_at.is_some_and(|at| hour.start() >= at);
-        // The delivery hour owes what came before the delivery only.
-        let owed_until = turn
-            .delivered_at
-            .filter(|at| *at > hour.start() && *at < hour.end())
-            .unwrap_or(hour.end());
-        let owed = self.rows_of(hour).is_some()
-            || (!delivered
-                && (watched.is_some()
-                    || (self.sealed_any && fill.enabled && fill.backfill_from_hour_start)));
-        if !owed {
+        let Some(owed_until) = self.owed_until(hour, watched, turn) else {
             return Step::Next;
-        }
+        };
         let sealable_at = complete_at(key.kind, hour).saturating_add(turn.grace_us);
         let judged_since = self
             .fill_of(hour)
@@ -535,26 +524,7 @@ impl StreamState {
             // A run of it is being written; `spill_done` wakes the plan.
             return Step::Stop;
         }
-        let rows_facts = StreamHour {
-            kind: key.kind,
-            hour,
-            spans: self
-                .rows_of(hour)
-                .map(|open| open.rows.id_spans())
-                .unwrap_or_default(),
-            before: self.last_sealed,
-            after: self
-                .hours
-                .range(hour.next()..)
-                .find_map(|(_, state)| state.rows.as_ref()?.rows.first_id_at()),
-            from_hour_start: fill.enabled && fill.backfill_from_hour_start,
-            watched_from: watched.map_or(hour.start(), |(from, _)| from),
-        };
-        let mut holes = stream_hour_holes(&rows_facts);
-        if owed_until < hour.end() {
-            holes = holes_before(key.kind, holes, owed_until);
-        }
-        let owed_from_start = rows_facts.from_hour_start || rows_facts.before.is_some();
+        let (holes, owed_from_start) = self.holes_of(hour, watched, owed_until, turn);
         let status = self.hour_mut(hour).fill.get_or_insert_with(|| FillStatus {
             judged_since,
             ..FillStatus::default()
@@ -605,6 +575,66 @@ impl StreamState {
         let verdict_coverage = watched.is_some() || owed_from_start;
         self.seal_due_hour(hour, sealing, verdict_coverage, turn, walk, agg_evidence);
         Step::Next
+    }
+
+    /// Where what a due hour owes ends (its end, or a delivery inside
+    /// it), or `None` when it owes nothing: no row of it is held, and it
+    /// was not watched nor is owed in full by a backfill, or it starts
+    /// after its contract's delivery.
+    fn owed_until(
+        &self,
+        hour: Hour,
+        watched: Option<(TimeUs, TimeUs)>,
+        turn: &StreamTurn,
+    ) -> Option<TimeUs> {
+        let fill = turn.fill;
+        // After a delivery only rows make an hour owed (none are
+        // expected; were any held, they would pin the WAL).
+        let delivered = turn.delivered_at.is_some_and(|at| hour.start() >= at);
+        let owed = self.rows_of(hour).is_some()
+            || (!delivered
+                && (watched.is_some()
+                    || (self.sealed_any && fill.enabled && fill.backfill_from_hour_start)));
+        // The delivery hour owes what came before the delivery only.
+        let owed_until = turn
+            .delivered_at
+            .filter(|at| *at > hour.start() && *at < hour.end())
+            .unwrap_or(hour.end());
+        owed.then_some(owed_until)
+    }
+
+    /// The holes gap detection finds in a due hour's rows, between the
+    /// last sealed row and the next hour's first, cut at `owed_until`;
+    /// and whether the hour is owed from its start.
+    fn holes_of(
+        &self,
+        hour: Hour,
+        watched: Option<(TimeUs, TimeUs)>,
+        owed_until: TimeUs,
+        turn: &StreamTurn,
+    ) -> (Vec<Hole>, bool) {
+        let (kind, fill) = (turn.key.kind, turn.fill);
+        let rows_facts = StreamHour {
+            kind,
+            hour,
+            spans: self
+                .rows_of(hour)
+                .map(|open| open.rows.id_spans())
+                .unwrap_or_default(),
+            before: self.last_sealed,
+            after: self
+                .hours
+                .range(hour.next()..)
+                .find_map(|(_, state)| state.rows.as_ref()?.rows.first_id_at()),
+            from_hour_start: fill.enabled && fill.backfill_from_hour_start,
+            watched_from: watched.map_or(hour.start(), |(from, _)| from),
+        };
+        let mut holes = stream_hour_holes(&rows_facts);
+        if owed_until < hour.end() {
+            holes = holes_before(kind, holes, owed_until);
+        }
+        let owed_from_start = rows_facts.from_hour_start || rows_facts.before.is_some();
+        (holes, owed_from_start)
     }
 
     /// Seals a due hour with what is still open declared: its rows go to
