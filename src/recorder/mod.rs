@@ -24,6 +24,7 @@ pub mod delivery;
 pub mod fill;
 mod fill_rounds;
 pub mod held;
+mod hour;
 mod jobs;
 pub mod judge;
 pub mod pace;

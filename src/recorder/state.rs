@@ -15,17 +15,17 @@ use crate::config::{ClockBounds, Config, FillConfig};
 use crate::domain::{
     Hour, Market, Row, Source, StreamKey, StreamKind, Symbol, TimeUs, UnfilledRange,
 };
-use crate::gaps::{holes_before, stream_hour_holes, Hole, IdAt, StreamHour};
+use crate::gaps::IdAt;
 use crate::metrics::Counters;
 use crate::quarantine::QuarantinedFrame;
-use crate::recorder::budget::{resolve_trade_holes, AggSpan, MAX_EVIDENCE_AGGS};
 use crate::recorder::clock::MarketState;
 use crate::recorder::declared::{micros, millis, round_retry_at, Declared};
 use crate::recorder::held::HeldRows;
-use crate::recorder::judge::{self, judge_hour, FillStatus, HourFacts, Verdict};
-use crate::recorder::spill::{HourRows, SpillJob};
-use crate::recorder::wake::{note_earliest, Wake};
-use crate::seal::{complete_at, coverage, is_sealable, Inserted, WatchSpan};
+use crate::recorder::hour::{AggEvidence, HourState, StreamState, StreamTurn, SymbolGates, Walk};
+use crate::recorder::judge::FillStatus;
+use crate::recorder::spill::SpillJob;
+use crate::recorder::wake::Wake;
+use crate::seal::{Inserted, WatchSpan};
 use crate::wal::SegmentId;
 
 pub use crate::recorder::checkpoint::Checkpoint;
@@ -37,58 +37,6 @@ pub use crate::recorder::jobs::{past_deadline, FillJob, FillReport, Job, SealJob
 pub use crate::recorder::judge::{
     MonoMs, REASON_DEADLINE, REASON_FILL_DISABLED, REASON_NOT_SERVED, REASON_REST_BEHIND,
 };
-
-#[derive(Debug)]
-struct OpenHour {
-    /// In memory, and the runs spilled past the memory budget.
-    rows: HourRows,
-    /// The oldest WAL segment holding a row of this hour.
-    first_segment: SegmentId,
-}
-
-/// What one symbol's trade and aggTrade streams wait for each other on
-/// (the aggTrade evidence for trade holes, see `budget`).
-#[derive(Debug, Default, Clone, Copy)]
-struct SymbolGates {
-    /// The next hour the aggTrade stream will seal, unless a fill round of
-    /// that hour failed: its trade hours then ask REST themselves rather
-    /// than wait out the deadline.
-    agg_next: Option<Hour>,
-    /// The next hour the trade stream will seal.
-    trade_next: Option<Hour>,
-}
-
-/// Per-(market, stream, symbol) state.
-#[derive(Debug, Default)]
-struct StreamState {
-    /// Hours before this one are sealed (or were never watched).
-    next_hour_to_seal: Option<Hour>,
-    open: BTreeMap<Hour, OpenHour>,
-    /// Hours being written now, with the segment their rows pin.
-    in_flight: BTreeMap<Hour, Option<SegmentId>>,
-    /// The last row of the sealed hours (carried over empty hours): the
-    /// `before` of the next hour's gap detection.
-    last_sealed: Option<IdAt>,
-    /// An hour of this stream was sealed (by this process or, read from
-    /// disk, by an earlier one): the following hours are owed in full.
-    sealed_any: bool,
-    fills: BTreeMap<Hour, FillStatus>,
-    declared: BTreeMap<Hour, Declared>,
-    /// Sealed hours whose `unfilled` list changed: resealed with it.
-    unfilled_changed: BTreeMap<Hour, Vec<UnfilledRange>>,
-    /// Seal jobs that failed, to run again as they were (still in flight).
-    seals_to_retry: BTreeMap<Hour, SealJob>,
-}
-
-impl StreamState {
-    /// The newest key held in memory (unsealed hours only).
-    fn newest_key(&self) -> Option<i64> {
-        self.open
-            .values()
-            .rev()
-            .find_map(|open_hour| open_hour.rows.last_key())
-    }
-}
 
 pub struct State {
     grace_us: i64,
@@ -103,15 +51,15 @@ pub struct State {
     warned_unexpected: BTreeSet<StreamKey>,
     /// Complete spot aggTrade hours kept as evidence for the same
     /// symbol-hour's trade holes (see `budget`), until that trade hour
-    /// seals: at most [`MAX_EVIDENCE_AGGS`] each, one per symbol-hour
+    /// seals: at most [`MAX_EVIDENCE_AGGS`](crate::recorder::budget::MAX_EVIDENCE_AGGS) each, one per symbol-hour
     /// sealed by its aggTrade stream and not yet by its trade stream.
-    agg_evidence: BTreeMap<(Market, Symbol, Hour), Vec<AggSpan>>,
+    agg_evidence: AggEvidence,
     /// An hour was sealed or finished sealing since the last [`State::prune`]:
     /// only then can it drop anything (it walks every stream, so not per plan).
     prune_due: bool,
     /// When [`State::plan`] must walk the streams again.
     wake: Wake,
-    /// Stream-hours judged ([`judge_hour`] calls), for the test that a
+    /// Stream-hours judged ([`judge_hour`](crate::recorder::judge::judge_hour) calls), for the test that a
     /// frame costs no planning work when nothing can change.
     n_judged: u64,
     /// Delivered contracts (see `recorder/delivery.rs`): no hour starting
@@ -280,13 +228,7 @@ impl State {
     fn oldest_unsealed_hour_start(&self) -> Option<TimeUs> {
         self.streams
             .values()
-            .flat_map(|stream| {
-                stream
-                    .next_hour_to_seal
-                    .into_iter()
-                    .chain(stream.open.keys().copied())
-                    .chain(stream.in_flight.keys().copied())
-            })
+            .flat_map(StreamState::hours_needing_market_history)
             .map(Hour::start)
             .min()
     }
@@ -463,12 +405,7 @@ impl State {
             // A row of a sealed hour reseals it (a REST row of one too).
             self.wake.dirty = true;
         }
-        let open_hour = stream.open.entry(hour).or_insert_with(|| OpenHour {
-            rows: HourRows::new(key.kind),
-            first_segment: segment,
-        });
-        open_hour.first_segment = open_hour.first_segment.min(segment);
-        let inserted = open_hour.rows.insert(row);
+        let inserted = stream.hour_mut(hour).insert_row(key.kind, row, segment);
         self.rows_since_budget_check += 1;
         match inserted {
             Inserted::Duplicate if from_stream => Counters::add(&self.counters.rows_duplicate, 1),
@@ -536,14 +473,11 @@ impl State {
             .iter()
             .any(|range| range.reason != REASON_NOT_SERVED)
         {
-            stream.declared.insert(
-                hour,
-                Declared {
-                    unfilled,
-                    retry_at: 0,
-                    in_flight: false,
-                },
-            );
+            stream.hour_mut(hour).declared = Some(Declared {
+                unfilled,
+                retry_at: 0,
+                in_flight: false,
+            });
         }
     }
 
@@ -551,8 +485,9 @@ impl State {
     pub fn n_declared_hours(&self) -> usize {
         self.streams
             .values()
-            .map(|stream| stream.declared.len())
-            .sum()
+            .flat_map(|stream| stream.hours.values())
+            .filter(|state| state.declared.is_some())
+            .count()
     }
 
     /// Applies a durable fill report: its rows join the hour (a stream row
@@ -587,7 +522,10 @@ impl State {
             return;
         };
         if report.declared {
-            let Some(declared) = stream.declared.get_mut(&hour) else {
+            let Some(state) = stream.hours.get_mut(&hour) else {
+                return;
+            };
+            let Some(declared) = state.declared.as_mut() else {
                 return;
             };
             declared.in_flight = false;
@@ -608,18 +546,22 @@ impl State {
             let n_filled = n_retryable(&declared.unfilled).saturating_sub(n_retryable(&revised));
             Counters::add(&counters.holes_filled_late, n_filled as u64);
             if revised != declared.unfilled {
-                stream.unfilled_changed.insert(hour, revised.clone());
+                state.unfilled_changed = Some(revised.clone());
                 declared.unfilled = revised;
             }
             if n_retryable(&declared.unfilled) == 0 {
-                stream.declared.remove(&hour);
+                state.declared = None;
+                stream.drop_if_empty(hour);
             }
             return;
         }
         if stream.next_hour_to_seal.is_some_and(|next| hour < next) {
             return;
         }
-        let status = stream.fills.entry(hour).or_default();
+        let status = stream
+            .hour_mut(hour)
+            .fill
+            .get_or_insert_with(FillStatus::default);
         status.in_flight = false;
         status.n_rounds += 1;
         status.settled.extend(report.settled);
@@ -655,11 +597,19 @@ impl State {
             return;
         };
         if declared {
-            if let Some(entry) = stream.declared.get_mut(&hour) {
+            let entry = stream
+                .hours
+                .get_mut(&hour)
+                .and_then(|state| state.declared.as_mut());
+            if let Some(entry) = entry {
                 entry.in_flight = false;
                 entry.retry_at = declared_retry_at;
             }
-        } else if let Some(status) = stream.fills.get_mut(&hour) {
+        } else if let Some(status) = stream
+            .hours
+            .get_mut(&hour)
+            .and_then(|state| state.fill.as_mut())
+        {
             status.in_flight = false;
             status.retry_at = retry_at;
             status.last_failure = Some("fill task failed".to_owned());
@@ -675,23 +625,17 @@ impl State {
     /// An hour is sealed when it has no hole left, or when its fill deadline
     /// (exchange time) has passed, with its open holes declared.
     pub fn plan(&mut self, max_seals: usize, now: MonoMs) -> Vec<Job> {
-        let mut jobs = Vec::new();
         if !self.wake.is_due(&self.markets, now) {
-            return jobs;
+            return Vec::new();
         }
-        let mut wake_exchange: BTreeMap<Market, Option<TimeUs>> = BTreeMap::new();
-        let mut wake_mono: Option<MonoMs> = None;
-        let mut capped = false;
-        let mut n_seals = 0;
         // It walks every stream: only when the evidence can be used.
         let gates = if self.fill.agg_trade_evidence {
             self.symbol_gates()
         } else {
             Vec::new()
         };
-        let fill = &self.fill;
+        let mut walk = Walk::new(max_seals, now);
         for (index, (key, stream)) in self.streams.iter_mut().enumerate() {
-            let gate = gates.get(index).copied().unwrap_or_default();
             let Some(market) = self.markets.get(&key.market) else {
                 continue;
             };
@@ -700,340 +644,46 @@ impl State {
             else {
                 continue;
             };
-            let next = *stream
-                .next_hour_to_seal
-                .get_or_insert_with(|| Hour::containing(first_span.start));
-            // The earliest exchange time at which this stream's verdicts
-            // change with no event (only times still ahead count).
-            let market_wake = wake_exchange.entry(key.market).or_default();
-            let mut note_exchange = |at: TimeUs| {
-                if at > exchange_now {
-                    note_earliest(market_wake, at);
-                }
+            let turn = StreamTurn {
+                key,
+                market,
+                exchange_now,
+                first_watched_hour: Hour::containing(first_span.start),
+                fill: &self.fill,
+                grace_us: self.grace_us,
+                counters: &self.counters,
+                gate: gates.get(index).copied().unwrap_or_default(),
+                // A few entries at most: found without building a key.
+                delivered_at: self
+                    .delivered
+                    .iter()
+                    .find(|((market, symbol), _)| *market == key.market && *symbol == key.symbol)
+                    .map(|(_, at)| *at),
             };
-
-            while n_seals < max_seals {
-                let Some((_, job)) = stream.seals_to_retry.pop_first() else {
-                    break;
-                };
-                jobs.push(Job::Seal(job));
-                n_seals += 1;
-            }
-            capped |= !stream.seals_to_retry.is_empty();
-
-            let late_hours: BTreeSet<Hour> = stream
-                .open
-                .keys()
-                .chain(stream.unfilled_changed.keys())
-                .copied()
-                .filter(|hour| *hour < next && !stream.in_flight.contains_key(hour))
-                .filter(|hour| {
-                    // A run being written: `spill_done` wakes the plan.
-                    !stream
-                        .open
-                        .get(hour)
-                        .is_some_and(|open| open.rows.is_spilling())
-                })
-                .collect();
-            for hour in late_hours {
-                if n_seals >= max_seals {
-                    capped = true;
-                    break;
-                }
-                let open_hour = stream.open.remove(&hour);
-                let unfilled = stream.unfilled_changed.remove(&hour);
-                let job = make_late_job(key, hour, open_hour, unfilled, market);
-                stream.in_flight.insert(hour, job.first_segment);
-                jobs.push(Job::Seal(job));
-                n_seals += 1;
-            }
-
-            // Declared holes are retried for `fill.declared_give_up_hours`;
-            // then they stay declared in their file, for `backfill`.
-            let n_declared_before = stream.declared.len();
-            stream.declared.retain(|hour, declared| {
-                let give_up_at = hour.end().saturating_add(fill.declared_give_up_us);
-                note_exchange(give_up_at);
-                note_exchange(declared.retry_at);
-                declared.in_flight || give_up_at > exchange_now
-            });
-            let n_given_up = n_declared_before - stream.declared.len();
-            if n_given_up > 0 {
-                Counters::add(&self.counters.declared_given_up, n_given_up as u64);
-                warn!(%key, n_hours = n_given_up, "declared holes no longer retried; `binance-recorder backfill` retries them");
-            }
-
-            if fill.enabled {
-                for (hour, declared) in stream.declared.iter_mut() {
-                    if declared.in_flight
-                        || declared.retry_at > exchange_now
-                        || stream.in_flight.contains_key(hour)
-                    {
-                        continue;
-                    }
-                    let holes: Vec<Hole> = declared
-                        .unfilled
-                        .iter()
-                        .filter(|range| range.reason != REASON_NOT_SERVED)
-                        .filter_map(|range| Hole::from_unfilled(key.kind, range))
-                        .collect();
-                    declared.in_flight = true;
-                    let job = FillJob {
-                        key: key.clone(),
-                        hour: *hour,
-                        holes,
-                        closed_before: exchange_now,
-                        declared: true,
-                        // Its hour is sealed already: nothing waits on it.
-                        deadline: None,
-                    };
-                    jobs.push(Job::Fill(job));
-                }
-            }
-
-            // A few entries at most: found without building a key.
-            let delivered_at = self
-                .delivered
-                .iter()
-                .find(|((market, symbol), _)| *market == key.market && *symbol == key.symbol)
-                .map(|(_, at)| *at);
-            // Hours are judged even when no seal may start (every slot
-            // busy, or seals paused after a failure), so their fill rounds
-            // start on time; an hour judged ready to seal then waits for a
-            // slot without being judged again ([`FillStatus::seal_ready`]).
-            let mut hour = next;
-            while is_sealable(key.kind, hour, exchange_now, self.grace_us)
-                && !stream.in_flight.contains_key(&hour)
-            {
-                let seals_capped = n_seals >= max_seals;
-                if seals_capped
-                    && stream
-                        .fills
-                        .get(&hour)
-                        .is_some_and(|status| status.seal_ready)
-                {
-                    break;
-                }
-                let watched = coverage(&market.spans, hour);
-                // After a delivery only rows make an hour owed (none are
-                // expected; were any held, they would pin the WAL).
-                let delivered = delivered_at.is_some_and(|at| hour.start() >= at);
-                // The delivery hour owes what came before the delivery only.
-                let owed_until = delivered_at
-                    .filter(|at| *at > hour.start() && *at < hour.end())
-                    .unwrap_or(hour.end());
-                let owed = stream.open.contains_key(&hour)
-                    || (!delivered
-                        && (watched.is_some()
-                            || (stream.sealed_any
-                                && fill.enabled
-                                && fill.backfill_from_hour_start)));
-                if !owed {
-                    hour = hour.next();
-                    stream.next_hour_to_seal = Some(hour);
-                    continue;
-                }
-                let sealable_at = complete_at(key.kind, hour).saturating_add(self.grace_us);
-                let judged_since = stream
-                    .fills
-                    .get(&hour)
-                    .map_or(exchange_now, |status| status.judged_since)
-                    .max(sealable_at);
-                let deadline = judged_since.saturating_add(fill.deadline_us);
-                if stream.fills.get(&hour).is_some_and(|status| {
-                    fill.enabled && status.is_waiting(exchange_now, deadline, now)
-                }) {
-                    break;
-                }
-                if stream
-                    .open
-                    .get(&hour)
-                    .is_some_and(|open| open.rows.is_spilling())
-                {
-                    // A run of it is being written; `spill_done` wakes the plan.
-                    break;
-                }
-                let rows_facts = StreamHour {
-                    kind: key.kind,
-                    hour,
-                    spans: stream
-                        .open
-                        .get(&hour)
-                        .map(|open| open.rows.id_spans())
-                        .unwrap_or_default(),
-                    before: stream.last_sealed,
-                    after: stream
-                        .open
-                        .range(hour.next()..)
-                        .find_map(|(_, open)| open.rows.first_id_at()),
-                    from_hour_start: fill.enabled && fill.backfill_from_hour_start,
-                    watched_from: watched.map_or(hour.start(), |(from, _)| from),
-                };
-                let mut holes = stream_hour_holes(&rows_facts);
-                if owed_until < hour.end() {
-                    holes = holes_before(key.kind, holes, owed_until);
-                }
-                let owed_from_start = rows_facts.from_hour_start || rows_facts.before.is_some();
-                let status = stream.fills.entry(hour).or_insert_with(|| FillStatus {
-                    judged_since,
-                    ..FillStatus::default()
-                });
-                let evidence_due = key.kind == StreamKind::Trade
-                    && key.market == Market::Spot
-                    && fill.agg_trade_evidence;
-                self.n_judged += 1;
-                let verdict = judge_hour(HourFacts {
-                    kind: key.kind,
-                    hour,
-                    exchange_now,
-                    now,
-                    deadline,
-                    watched,
-                    holes,
-                    owed_from_start,
-                    status,
-                    fill,
-                    agg_hour_pending: evidence_due
-                        && gate.agg_next.is_some_and(|next| next <= hour),
-                    owed_until,
-                });
-                let sealing = match verdict {
-                    Verdict::Wait => break,
-                    Verdict::Fill { holes } => {
-                        let job = FillJob {
-                            key: key.clone(),
-                            hour,
-                            holes,
-                            closed_before: exchange_now,
-                            declared: false,
-                            deadline: Some(judge::round_cut_at(deadline, fill.deadline_us)),
-                        };
-                        status.in_flight = true;
-                        if let Some(aggs) = self
-                            .agg_evidence
-                            .get(&(key.market, key.symbol.clone(), hour))
-                            .filter(|_| evidence_due)
-                        {
-                            let resolved = resolve_trade_holes(&job.holes, aggs);
-                            // Used only when it answers everything: a trade hour
-                            // with aggregates of several fills needs the same
-                            // historicalTrades pages either way, and one round
-                            // is quicker than an answer and then a round.
-                            if resolved.holes.is_empty() && !status.answered_by_agg_trades {
-                                status.answered_by_agg_trades = true;
-                                Counters::add(&self.counters.fill_answers_from_agg_trades, 1);
-                                debug!(%key, %hour, n_rows = resolved.rows.len(), n_holes_left = resolved.holes.len(), "trade holes answered by the aggTrade stream; no REST call");
-                                let report =
-                                    FillReport::new(&job, resolved.rows, resolved.settled, None);
-                                jobs.push(Job::Answered(report));
-                                break;
-                            }
-                        }
-                        Counters::add(&self.counters.holes_found, job.holes.len() as u64);
-                        Counters::add(&self.counters.fill_rounds, 1);
-                        debug!(%key, %hour, n_holes = job.holes.len(), "holes found; filling from REST");
-                        jobs.push(Job::Fill(job));
-                        break;
-                    }
-                    Verdict::Seal(_) if seals_capped => {
-                        status.seal_ready = true;
-                        break;
-                    }
-                    Verdict::Seal(sealing) => sealing,
-                };
-
-                // Seal, declaring what is still open.
-                if let (Some(reason), true) = (&sealing.declared_reason, fill.enabled) {
-                    warn!(%key, %hour, n_holes = sealing.n_open_holes, %reason, "sealing with holes REST did not fill; declared in the file and retried");
-                }
-                let unfilled = sealing.unfilled;
-                Counters::add(&self.counters.holes_declared, unfilled.len() as u64);
-                if fill.enabled
-                    && unfilled
-                        .iter()
-                        .any(|range| range.reason != REASON_NOT_SERVED)
-                {
-                    stream.declared.insert(
-                        hour,
-                        Declared {
-                            unfilled: unfilled.clone(),
-                            retry_at: exchange_now.saturating_add(micros(fill.declared_retry)),
-                            in_flight: false,
-                        },
-                    );
-                }
-                stream.fills.remove(&hour);
-                let open_hour = stream.open.remove(&hour);
-                let mut job = make_job(key, hour, open_hour, market, false);
-                if watched.is_some() || job.rows.is_empty() || owed_from_start {
-                    job.coverage_from = sealing.coverage_from;
-                    job.coverage_to = sealing.coverage_to;
-                }
-                let evidence_wanted = key.kind == StreamKind::AggTrade
-                    && key.market == Market::Spot
-                    && fill.agg_trade_evidence
-                    && gate.trade_next.is_some_and(|next| next <= hour);
-                if evidence_wanted
-                    && unfilled.is_empty()
-                    && (job.coverage_from, job.coverage_to) == (hour.start(), hour.end())
-                    && job.rows.len() <= MAX_EVIDENCE_AGGS
-                    && !job.rows.has_runs()
-                {
-                    // The file vouches for the whole hour: its aggregates
-                    // name every trade id of it.
-                    let spans = job
-                        .rows
-                        .in_memory()
-                        .rows()
-                        .filter_map(|row| AggSpan::of(&row))
-                        .collect();
-                    self.agg_evidence
-                        .insert((key.market, key.symbol.clone(), hour), spans);
-                }
-                job.unfilled = Some(unfilled);
-                if let Some(last) = job.rows.last_id_at() {
-                    stream.last_sealed = Some(last);
-                }
-                stream.sealed_any = true;
-                stream.in_flight.insert(hour, job.first_segment);
-                jobs.push(Job::Seal(job));
-                n_seals += 1;
-                hour = hour.next();
-                stream.next_hour_to_seal = Some(hour);
-            }
-
-            // Where this stream stopped, and when that changes by itself.
-            let sealable_at = complete_at(key.kind, hour).saturating_add(self.grace_us);
-            note_exchange(sealable_at);
-            if let Some(status) = stream.fills.get(&hour) {
-                let deadline = status
-                    .judged_since
-                    .max(sealable_at)
-                    .saturating_add(fill.deadline_us);
-                note_exchange(deadline);
-                note_exchange(judge::agg_wait_ends(deadline, fill.deadline_us));
-                if status.retry_at > now {
-                    note_earliest(&mut wake_mono, status.retry_at);
-                }
-            }
-            capped |= n_seals >= max_seals
-                && exchange_now >= sealable_at
-                && !stream.in_flight.contains_key(&hour);
+            stream.plan(&turn, &mut walk, &mut self.agg_evidence);
         }
+        self.finish_walk(walk)
+    }
+
+    /// Keeps what a planning walk found for the next one (when it is due,
+    /// and the hours judged), prunes when an hour was sealed, and returns
+    /// the jobs.
+    fn finish_walk(&mut self, walk: Walk) -> Vec<Job> {
+        self.n_judged += walk.n_judged;
         self.wake = Wake {
             // A seal moves the gates other streams of its symbol wait on.
-            dirty: n_seals > 0,
-            capped,
-            exchange: wake_exchange,
-            mono: wake_mono,
-            walked_at: Some(now),
+            dirty: walk.n_seals > 0,
+            capped: walk.capped,
+            exchange: walk.wake_exchange,
+            mono: walk.wake_mono,
+            walked_at: Some(walk.now),
             n_walks: self.wake.n_walks + 1,
         };
-        if n_seals > 0 || self.prune_due {
+        if walk.n_seals > 0 || self.prune_due {
             self.prune();
             self.prune_due = false;
         }
-        jobs
+        walk.jobs
     }
 
     /// Per stream, in the order `plan` walks them (market, symbol, kind:
@@ -1057,8 +707,7 @@ impl State {
                     StreamKind::AggTrade => {
                         gate.agg_next = next_of(key, stream).filter(|hour| {
                             stream
-                                .fills
-                                .get(hour)
+                                .fill_of(*hour)
                                 .is_none_or(|status| status.last_failure.is_none())
                         });
                     }
@@ -1093,13 +742,7 @@ impl State {
                 .streams
                 .iter()
                 .filter(|(key, _)| key.market == *market)
-                .flat_map(|(_, stream)| {
-                    stream
-                        .next_hour_to_seal
-                        .into_iter()
-                        .chain(stream.open.keys().copied())
-                        .chain(stream.in_flight.keys().copied())
-                })
+                .flat_map(|(_, stream)| stream.hours_needing_market_history())
                 .min();
             let Some(oldest_needed) = oldest_needed else {
                 continue;
@@ -1112,7 +755,10 @@ impl State {
     pub fn seal_finished(&mut self, job_key: &StreamKey, hour: Hour) {
         self.wake.dirty = true;
         if let Some(stream) = self.streams.get_mut(job_key) {
-            stream.in_flight.remove(&hour);
+            if let Some(state) = stream.hours.get_mut(&hour) {
+                state.writing = None;
+            }
+            stream.drop_if_empty(hour);
         }
         self.prune_due = true;
     }
@@ -1122,7 +768,7 @@ impl State {
     pub fn seal_failed(&mut self, job: SealJob) {
         self.wake.dirty = true;
         if let Some(stream) = self.streams.get_mut(&job.key) {
-            stream.seals_to_retry.insert(job.hour, job);
+            stream.hour_mut(job.hour).write_failed(job);
         }
     }
 
@@ -1130,13 +776,8 @@ impl State {
     pub fn oldest_pinned_segment(&self) -> Option<SegmentId> {
         self.streams
             .values()
-            .flat_map(|stream| {
-                stream
-                    .open
-                    .values()
-                    .map(|open_hour| open_hour.first_segment)
-                    .chain(stream.in_flight.values().flatten().copied())
-            })
+            .flat_map(|stream| stream.hours.values())
+            .filter_map(HourState::pinned_segment)
             .min()
     }
 
@@ -1145,8 +786,8 @@ impl State {
     pub fn n_hours_waiting_on_fill(&self) -> usize {
         self.streams
             .values()
-            .flat_map(|stream| stream.fills.values())
-            .filter(|status| status.in_flight)
+            .flat_map(|stream| stream.hours.values())
+            .filter(|state| state.fill.as_ref().is_some_and(|status| status.in_flight))
             .count()
     }
 
@@ -1165,12 +806,12 @@ impl State {
         let (mut held, mut writing) = (0usize, 0usize);
         let mut candidates = Vec::new();
         for (key, stream) in &self.streams {
-            for (hour, open_hour) in &stream.open {
+            for (hour, open_hour) in stream.open_rows() {
                 held += open_hour.rows.heap_bytes();
                 writing += open_hour.rows.writing_bytes();
                 let spillable = open_hour.rows.spillable_bytes();
                 if spillable >= MIN_RUN_BYTES {
-                    candidates.push((spillable, key.clone(), *hour));
+                    candidates.push((spillable, key.clone(), hour));
                 }
             }
         }
@@ -1187,7 +828,7 @@ impl State {
             let Some(open_hour) = self
                 .streams
                 .get_mut(&key)
-                .and_then(|stream| stream.open.get_mut(&hour))
+                .and_then(|stream| stream.rows_mut(hour))
             else {
                 continue;
             };
@@ -1223,7 +864,7 @@ impl State {
         let open_hour = self
             .streams
             .get_mut(key)
-            .and_then(|stream| stream.open.get_mut(&hour));
+            .and_then(|stream| stream.rows_mut(hour));
         match open_hour {
             Some(open_hour) => {
                 let path = written.as_ref().ok().cloned();
@@ -1243,9 +884,8 @@ impl State {
             (
                 key,
                 stream
-                    .open
-                    .values()
-                    .map(|open_hour| open_hour.rows.len())
+                    .open_rows()
+                    .map(|(_, open_hour)| open_hour.rows.len())
                     .sum(),
             )
         })
@@ -1255,71 +895,10 @@ impl State {
     pub fn n_unsealed_rows(&self) -> usize {
         self.streams
             .values()
-            .flat_map(|stream| stream.open.values())
-            .map(|open_hour| open_hour.rows.len())
+            .flat_map(StreamState::open_rows)
+            .map(|(_, open_hour)| open_hour.rows.len())
             .sum()
     }
-}
-
-fn make_job(
-    key: &StreamKey,
-    hour: Hour,
-    open_hour: Option<OpenHour>,
-    market: &MarketState,
-    late: bool,
-) -> SealJob {
-    let (rows, first_segment) = match open_hour {
-        Some(open_hour) => (open_hour.rows, Some(open_hour.first_segment)),
-        None => (HourRows::new(key.kind), None),
-    };
-    let (coverage_from, coverage_to) = coverage(&market.spans, hour).unwrap_or_else(|| {
-        // Rows from before the first watched moment (a trade stamped in the
-        // previous hour that arrived first): vouch only for what we hold.
-        let first = rows.first_id_at().map_or(hour.start(), |at| at.time);
-        let last = rows.time_bounds().map_or(hour.start(), |(_, last)| last);
-        (first.max(hour.start()), (last + 1).min(hour.end()))
-    });
-    let clock_offset_us = median(market.clock_offsets.get(&hour)).or(market.last_clock_offset);
-    SealJob {
-        key: key.clone(),
-        hour,
-        rows,
-        first_segment,
-        coverage_from,
-        coverage_to,
-        clock_offset_us,
-        unfilled: None,
-        late,
-        delivered_at: None,
-    }
-}
-
-/// A job that reseals a sealed hour with late rows and/or a new `unfilled`
-/// list (the file on disk keeps its coverage unless this one is wider).
-fn make_late_job(
-    key: &StreamKey,
-    hour: Hour,
-    open_hour: Option<OpenHour>,
-    unfilled: Option<Vec<UnfilledRange>>,
-    market: &MarketState,
-) -> SealJob {
-    let mut job = make_job(key, hour, open_hour, market, true);
-    if unfilled.as_ref().is_some_and(|list| list.is_empty()) {
-        // Every declared hole is filled now: the file vouches for the whole hour.
-        job.coverage_from = hour.start();
-        job.coverage_to = hour.end();
-    }
-    job.unfilled = unfilled;
-    job
-}
-
-fn median(samples: Option<&Vec<i64>>) -> Option<i64> {
-    let mut sorted = samples?.clone();
-    if sorted.is_empty() {
-        return None;
-    }
-    sorted.sort_unstable();
-    Some(sorted[sorted.len() / 2])
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use super::*;
 use crate::domain::{
     Decimal8, Source, StreamKind, Symbol, TradeRow, MICROS_PER_HOUR, MICROS_PER_MINUTE,
 };
-use crate::gaps::Settled;
+use crate::gaps::{Hole, Settled};
 
 const HOUR_START: TimeUs = 1_723_161_600_000_000;
 
@@ -574,13 +574,22 @@ fn ids_5_to_6(from_time: TimeUs, to_time: TimeUs) -> UnfilledRange {
     }
 }
 
+/// The holes `key`'s sealed `hour` declares and retries.
+fn declared_unfilled<'a>(state: &'a State, key: &StreamKey, hour: Hour) -> &'a [UnfilledRange] {
+    let declared = state.streams[key].hours[&hour]
+        .declared
+        .as_ref()
+        .expect("the hour has declared holes");
+    &declared.unfilled
+}
+
 #[test]
 fn declared_ranges_read_from_a_footer_are_kept_within_their_hour() {
     let mut state = filling_state("");
     let key = key(StreamKind::Trade);
     let hour = Hour::containing(HOUR_START);
     state.declare_sealed_holes(&key, hour, vec![ids_5_to_6(0, i64::MAX)]);
-    let declared = &state.streams[&key].declared[&hour].unfilled[0];
+    let declared = &declared_unfilled(&state, &key, hour)[0];
     assert_eq!(
         (declared.from_time, declared.to_time),
         (hour.start(), hour.end() - 1)
@@ -594,11 +603,7 @@ fn declared_holes_are_given_up_after_the_configured_hours() {
     let hour = Hour::containing(HOUR_START);
     state.declare_sealed_holes(&key, hour, vec![ids_5_to_6(HOUR_START, HOUR_START + 10)]);
     let mut within = filling_state("declared_give_up_hours = 2");
-    within.declare_sealed_holes(
-        &key,
-        hour,
-        state.streams[&key].declared[&hour].unfilled.clone(),
-    );
+    within.declare_sealed_holes(&key, hour, declared_unfilled(&state, &key, hour).to_vec());
     clock_sample_of_silence(&mut within, hour.end() + MICROS_PER_HOUR);
     let jobs = within.plan(10, 0);
     assert!(
@@ -739,8 +744,10 @@ fn only_seal(jobs: Vec<Job>) -> SealJob {
     }
 }
 
-#[test]
-fn holes_are_filled_through_a_report_before_the_hour_seals() {
+/// A BTCUSDT trade stream with ids 7 and 10 in the hour (8 and 9
+/// missing, and its start unseen) and 11 after it, the clock at the
+/// hour's end + 2 s.
+fn state_missing_8_and_9() -> State {
     let mut state = filling_state("");
     apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
     apply_corroborated(&mut state, SegmentId(1), trade(10, HOUR_START + 900));
@@ -749,6 +756,39 @@ fn holes_are_filled_through_a_report_before_the_hour_seals() {
         SegmentId(1),
         trade(11, HOUR_START + MICROS_PER_HOUR + 2_000_000),
     );
+    state
+}
+
+/// `job`'s round settles the hour's start (no trade before 7) and fails
+/// for the rest with `failure`.
+fn settle_start_and_fail(state: &mut State, job: &FillJob, failure: &str) {
+    let start = Settled {
+        from: None,
+        to: Some(6),
+    };
+    state.apply_fill(
+        SegmentId(2),
+        report(job, vec![], vec![start], Some(failure)),
+        0,
+    );
+}
+
+/// `retry`'s round finds trades 8 and 9.
+fn fill_8_and_9(state: &mut State, retry: &FillJob, now: MonoMs) {
+    let rows = vec![
+        rest_trade(8, HOUR_START + 200),
+        rest_trade(9, HOUR_START + 300),
+    ];
+    let settled = Settled {
+        from: Some(8),
+        to: Some(9),
+    };
+    state.apply_fill(SegmentId(4), report(retry, rows, vec![settled], None), now);
+}
+
+#[test]
+fn holes_are_filled_through_a_report_before_the_hour_seals() {
+    let mut state = state_missing_8_and_9();
     let job = only_fill(state.plan(10, 0));
     let bounds: Vec<_> = job.holes.iter().map(Hole::key_bounds).collect();
     assert_eq!(
@@ -846,29 +886,10 @@ fn a_stream_row_replaces_a_rest_row_and_rest_never_replaces_a_stream_row() {
 
 #[test]
 fn failed_fills_retry_with_backoff_then_seal_declared_at_the_deadline_and_reseal_when_filled() {
-    let mut state = filling_state("");
-    apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
-    apply_corroborated(&mut state, SegmentId(1), trade(10, HOUR_START + 900));
-    apply_corroborated(
-        &mut state,
-        SegmentId(1),
-        trade(11, HOUR_START + MICROS_PER_HOUR + 2_000_000),
-    );
+    let mut state = state_missing_8_and_9();
     let job = only_fill(state.plan(10, 0));
     let failure = "rest unreachable: HTTP 503";
-    state.apply_fill(
-        SegmentId(2),
-        report(
-            &job,
-            vec![],
-            vec![Settled {
-                from: None,
-                to: Some(6),
-            }],
-            Some(failure),
-        ),
-        0,
-    );
+    settle_start_and_fail(&mut state, &job, failure);
     assert!(state.plan(10, 999).is_empty(), "waits for the retry");
     let again = only_fill(state.plan(10, 1000));
     assert_eq!(again.holes.len(), 1, "the settled start is not asked again");
@@ -915,23 +936,7 @@ fn failed_fills_retry_with_backoff_then_seal_declared_at_the_deadline_and_reseal
     clock_to(&mut state, 14, declared_at + 30_000_000);
     let retry = only_fill(state.plan(10, 2000));
     assert!(retry.declared);
-    let rows = vec![
-        rest_trade(8, HOUR_START + 200),
-        rest_trade(9, HOUR_START + 300),
-    ];
-    state.apply_fill(
-        SegmentId(4),
-        report(
-            &retry,
-            rows,
-            vec![Settled {
-                from: Some(8),
-                to: Some(9),
-            }],
-            None,
-        ),
-        40_000,
-    );
+    fill_8_and_9(&mut state, &retry, 40_000);
     let resealed = only_seal(state.plan(10, 40_000));
     assert!(resealed.late);
     assert_eq!(keys_of(&resealed), vec![8, 9]);
@@ -1249,14 +1254,7 @@ fn a_round_in_flight_on_one_stream_holds_no_other_streams_seal() {
 
 #[test]
 fn ids_rest_does_not_serve_are_declared_at_once_and_not_retried() {
-    let mut state = filling_state("");
-    apply_corroborated(&mut state, SegmentId(1), trade(7, HOUR_START + 100));
-    apply_corroborated(&mut state, SegmentId(1), trade(10, HOUR_START + 900));
-    apply_corroborated(
-        &mut state,
-        SegmentId(1),
-        trade(11, HOUR_START + MICROS_PER_HOUR + 2_000_000),
-    );
+    let mut state = state_missing_8_and_9();
     let job = only_fill(state.plan(10, 0));
     let settled = vec![
         Settled {
@@ -1411,5 +1409,70 @@ proptest::proptest! {
             let expected = if from_stream.contains(&row.key()) { Source::Ws } else { Source::Rest };
             proptest::prop_assert_eq!(row.source(), expected);
         }
+    }
+}
+
+#[test]
+fn an_hours_entry_goes_once_it_is_sealed_its_seal_finished_and_no_declared_hole_is_left() {
+    let mut state = state_missing_8_and_9();
+    let key = key(StreamKind::Trade);
+    let hour = Hour::containing(HOUR_START);
+    // The fill round settles the hour's start and fails for 8..=9; the
+    // deadline seals the hour with them declared.
+    let job = only_fill(state.plan(10, 0));
+    settle_start_and_fail(&mut state, &job, "rest unreachable");
+    apply_corroborated(
+        &mut state,
+        SegmentId(3),
+        trade(12, HOUR_START + MICROS_PER_HOUR + 62_000_000),
+    );
+    let sealed = only_seal(state.plan(10, 2000));
+    assert_eq!(sealed.hour, hour);
+    state.seal_finished(&sealed.key, sealed.hour);
+    assert!(
+        state.streams[&key].hours.contains_key(&hour),
+        "its declared holes are still retried"
+    );
+
+    // The retry fills them: the hour is resealed with no hole, then nothing
+    // is left of it.
+    clock_to(&mut state, 13, HOUR_START + MICROS_PER_HOUR + 92_000_000);
+    let retry = only_fill(state.plan(10, 2000));
+    fill_8_and_9(&mut state, &retry, 40_000);
+    let resealed = only_seal(state.plan(10, 40_000));
+    assert_eq!(
+        (resealed.hour, resealed.unfilled.clone()),
+        (hour, Some(vec![]))
+    );
+    assert!(state.streams[&key].hours[&hour].is_writing());
+    state.seal_finished(&resealed.key, resealed.hour);
+    assert!(
+        !state.streams[&key].hours.contains_key(&hour),
+        "nothing is left of the hour: {:?}",
+        state.streams[&key].hours.get(&hour)
+    );
+    assert!(state.streams[&key]
+        .hours
+        .values()
+        .all(|state| !state.is_empty()));
+}
+
+#[test]
+fn ninety_days_of_sealed_hours_leave_no_entry_behind() {
+    let mut state = new_state();
+    let n_hours = 90 * 24;
+    for n_hour in 0..n_hours {
+        let time = HOUR_START + n_hour * MICROS_PER_HOUR + 10 * MICROS_PER_MINUTE;
+        apply_corroborated(&mut state, SegmentId(1), trade(n_hour + 1, time));
+        for job in seals(&mut state) {
+            state.seal_finished(&job.key, job.hour);
+        }
+    }
+    for (key, stream) in &state.streams {
+        let hours: Vec<Hour> = stream.hours.keys().copied().collect();
+        assert!(
+            hours.len() <= 1,
+            "{key} holds only the hour being recorded: {hours:?}"
+        );
     }
 }
