@@ -119,6 +119,19 @@ impl Symbol {
         })
     }
 
+    /// The symbol a stream name spells in lower case (`btcusdt`), made
+    /// without an allocation (one is made for every frame decoded).
+    pub fn from_lowercase(text: &str) -> Result<Symbol, InvalidSymbol> {
+        let mut upper = [0; MAX_SYMBOL_LEN];
+        let Some(bytes) = upper.get_mut(..text.len()) else {
+            return Err(InvalidSymbol(text.to_ascii_uppercase()));
+        };
+        bytes.copy_from_slice(text.as_bytes());
+        bytes.make_ascii_uppercase();
+        let upper = std::str::from_utf8(bytes).map_err(|_| InvalidSymbol(text.to_owned()))?;
+        Symbol::new(upper)
+    }
+
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.bytes[..usize::from(self.len)])
             .expect("a symbol is ASCII, checked when it was made")
@@ -626,6 +639,24 @@ impl Row {
             Row::Kline(kline) => kline.source,
         }
     }
+
+    /// For tests: a stream trade of id `id` traded (and received) at
+    /// `time`, its price `100 + id` units of 10^-8.
+    #[cfg(test)]
+    pub(crate) fn test_trade(id: i64, time: TimeUs) -> Row {
+        Row::Trade(TradeRow {
+            trade_id: id,
+            price: Decimal8::from_scaled(100 + i128::from(id)),
+            quantity: Decimal8::from_scaled(1),
+            trade_time: time,
+            is_buyer_maker: false,
+            is_best_match: Some(true),
+            trade_type: None,
+            event_time: Some(time),
+            recv_time: Some(time),
+            source: Source::Ws,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -708,6 +739,12 @@ mod tests {
         assert!(Symbol::new("").is_err());
         assert!(Symbol::new("../etc").is_err());
         assert!(Symbol::new(&"A".repeat(33)).is_err());
+        assert_eq!(
+            Symbol::from_lowercase("btcusd_perp"),
+            Symbol::new("BTCUSD_PERP")
+        );
+        assert!(Symbol::from_lowercase(&"a".repeat(33)).is_err());
+        assert!(Symbol::from_lowercase("../etc").is_err());
         assert_eq!(
             Symbol::new(&"A".repeat(32)).map(|s| s.to_string()),
             Ok("A".repeat(32))

@@ -20,7 +20,7 @@ pub fn stream_name(symbol: &Symbol, kind: StreamKind) -> String {
 /// streams this recorder does not record (depth, bookTicker, `!serverShutdown`).
 pub fn parse_stream_name(name: &str) -> Option<(Symbol, StreamKind)> {
     let (lower_symbol, stream) = name.split_once('@')?;
-    let symbol = Symbol::new(&lower_symbol.to_ascii_uppercase()).ok()?;
+    let symbol = Symbol::from_lowercase(lower_symbol).ok()?;
     let kind = match stream {
         "trade" => StreamKind::Trade,
         "aggTrade" => StreamKind::AggTrade,

@@ -69,11 +69,9 @@ pub(super) struct HourState {
     /// the stream or REST) of a sealed hour, waiting for its reseal.
     pub(super) rows: Option<OpenRows>,
     /// Fill progress of an unsealed hour, from its first verdict until it
-    /// seals. (As before this type, a status stays when the stream's
-    /// cursor passes its hour unsealed, as a resume after the files on
-    /// disk or a delivery can: no verdict reads it again, only
-    /// `n_hours_waiting_on_fill` counts it if it was in flight. Dropping
-    /// it there changes that count, so it is left to its own change.)
+    /// seals, or until the stream's cursor passes it unsealed (a resume
+    /// after the files on disk, a delivery): no verdict reads it then, and
+    /// a report of it is ignored ([`StreamState::forget_fills_before`]).
     pub(super) fill: Option<FillStatus>,
     /// A file of the hour is being written.
     pub(super) writing: Option<Writing>,
@@ -308,6 +306,23 @@ impl StreamState {
         self.hours.entry(hour).or_default()
     }
 
+    /// Drops the fill status of every hour before `cursor`, which the
+    /// stream's cursor is about to pass: no verdict reads one again, and
+    /// one left in flight would count among the hours waiting on a fill
+    /// for good.
+    pub(super) fn forget_fills_before(&mut self, cursor: Hour) {
+        let passed: Vec<Hour> = self
+            .hours
+            .range(..cursor)
+            .filter(|(_, state)| state.fill.is_some())
+            .map(|(hour, _)| *hour)
+            .collect();
+        for hour in passed {
+            self.hour_mut(hour).fill = None;
+            self.drop_if_empty(hour);
+        }
+    }
+
     /// Removes the hour's entry once nothing is left of it.
     pub(super) fn drop_if_empty(&mut self, hour: Hour) {
         if self.hours.get(&hour).is_some_and(HourState::is_empty) {
@@ -482,6 +497,7 @@ impl StreamState {
             match self.judge_due_hour(hour, turn, walk, agg_evidence) {
                 Step::Next => {
                     hour = hour.next();
+                    self.forget_fills_before(hour);
                     self.next_hour_to_seal = Some(hour);
                 }
                 Step::Stop => break,
@@ -824,7 +840,6 @@ fn median(samples: Option<&Vec<i64>>) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Decimal8, Source, TradeRow};
 
     const HOUR_START: TimeUs = 1_723_161_600_000_000;
 
@@ -841,18 +856,7 @@ mod tests {
     }
 
     fn trade(id: i64) -> Row {
-        Row::Trade(TradeRow {
-            trade_id: id,
-            price: Decimal8::from_scaled(1),
-            quantity: Decimal8::from_scaled(1),
-            trade_time: HOUR_START + id,
-            is_buyer_maker: false,
-            is_best_match: Some(true),
-            trade_type: None,
-            event_time: Some(HOUR_START + id),
-            recv_time: Some(HOUR_START + id),
-            source: Source::Ws,
-        })
+        Row::test_trade(id, HOUR_START + id)
     }
 
     /// An hour holding `ids`, met in WAL segment `segment`.

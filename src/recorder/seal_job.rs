@@ -407,24 +407,13 @@ fn sealed_coverage(path: &Path) -> Option<(TimeUs, TimeUs)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Decimal8, Market, Row, Source, StreamKind, Symbol, TradeRow};
+    use crate::domain::{Market, Row, StreamKind, Symbol};
     use crate::wal::SegmentId;
 
     const HOUR_START: TimeUs = 1_723_161_600_000_000;
 
     fn trade(id: i64) -> Row {
-        Row::Trade(TradeRow {
-            trade_id: id,
-            price: Decimal8::from_scaled(100 + id as i128),
-            quantity: Decimal8::from_scaled(1),
-            trade_time: HOUR_START + id,
-            is_buyer_maker: false,
-            is_best_match: Some(true),
-            trade_type: None,
-            event_time: Some(HOUR_START + id),
-            recv_time: Some(HOUR_START + id),
-            source: Source::Ws,
-        })
+        Row::test_trade(id, HOUR_START + id)
     }
 
     fn job(rows: Vec<Row>, late: bool) -> SealJob {

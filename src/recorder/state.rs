@@ -431,6 +431,7 @@ impl State {
         {
             return;
         }
+        stream.forget_fills_before(hour.next());
         stream.next_hour_to_seal = Some(hour.next());
         stream.sealed_any = true;
         if let Some(id) = last_key {

@@ -1476,3 +1476,24 @@ fn ninety_days_of_sealed_hours_leave_no_entry_behind() {
         );
     }
 }
+
+#[test]
+fn a_fill_in_flight_is_forgotten_when_the_files_on_disk_move_the_stream_past_its_hour() {
+    let (mut state, job) = state_with_a_round_in_flight();
+    assert_eq!(state.n_hours_waiting_on_fill(), 1);
+    // An earlier process sealed that hour (its file is on disk): the
+    // round's hour is behind the stream's cursor now.
+    state.resume_after_sealed(&job.key, job.hour, Some(20));
+    assert_eq!(state.n_hours_waiting_on_fill(), 0);
+    let stream = &state.streams[&job.key];
+    assert!(
+        stream
+            .hours
+            .get(&job.hour)
+            .is_none_or(|hour_state| hour_state.fill.is_none()),
+        "no fill status is left for a hour no verdict reads again"
+    );
+    // Its report, when it comes, changes nothing.
+    state.apply_fill(SegmentId(2), report(&job, vec![], vec![], None), 0);
+    assert_eq!(state.n_hours_waiting_on_fill(), 0);
+}
