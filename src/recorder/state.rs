@@ -4,8 +4,9 @@
 //! feeds it durable, decoded frames (live or replayed) and acts on what it
 //! answers, so replay and live recording go through the same code.
 
+mod spills;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tracing::{debug, warn};
@@ -20,10 +21,8 @@ use crate::metrics::Counters;
 use crate::quarantine::QuarantinedFrame;
 use crate::recorder::clock::MarketState;
 use crate::recorder::declared::{micros, millis, round_retry_at, Declared};
-use crate::recorder::held::HeldRows;
 use crate::recorder::hour::{AggEvidence, HourState, StreamState, StreamTurn, SymbolGates, Walk};
 use crate::recorder::judge::FillStatus;
-use crate::recorder::spill::SpillJob;
 use crate::recorder::wake::Wake;
 use crate::seal::{Inserted, WatchSpan};
 use crate::wal::SegmentId;
@@ -37,6 +36,7 @@ pub use crate::recorder::jobs::{past_deadline, FillJob, FillReport, Job, SealJob
 pub use crate::recorder::judge::{
     MonoMs, REASON_DEADLINE, REASON_FILL_DISABLED, REASON_NOT_SERVED, REASON_REST_BEHIND,
 };
+pub use spills::Spill;
 
 pub struct State {
     grace_us: i64,
@@ -72,21 +72,6 @@ pub struct State {
     rows_since_budget_check: usize,
     /// The id of the next run spilled (unique in this process).
     next_run_id: u64,
-}
-
-/// Rows inserted between two measures of the rows held against the
-/// memory budget (at 56 bytes a row, 224 KiB of growth).
-const BUDGET_CHECK_ROWS: usize = 4_096;
-
-/// The smallest hour worth a run of its own (a chunk of packed rows).
-const MIN_RUN_BYTES: usize = 64 * 1024;
-
-/// One run to write: the rows of `key`'s `hour` spilled out of memory.
-#[derive(Debug)]
-pub struct Spill {
-    pub key: StreamKey,
-    pub hour: Hour,
-    pub run: SpillJob,
 }
 
 impl State {
@@ -790,93 +775,6 @@ impl State {
             .flat_map(|stream| stream.hours.values())
             .filter(|state| state.fill.as_ref().is_some_and(|status| status.in_flight))
             .count()
-    }
-
-    /// Runs to spill when the rows held in memory pass the budget: the
-    /// biggest hours' rows, until what stays is at most half the budget
-    /// (so spills come in few, large runs). Measured at most every
-    /// [`BUDGET_CHECK_ROWS`] rows inserted: a walk of the open hours.
-    pub fn take_spills(&mut self) -> Vec<Spill> {
-        if self.rows_since_budget_check < BUDGET_CHECK_ROWS {
-            return Vec::new();
-        }
-        self.rows_since_budget_check = 0;
-        // `held`: what stays in memory, which the budget bounds; `writing`:
-        // runs on their way to disk, in memory until written (the gauge
-        // counts both: it is what the process holds).
-        let (mut held, mut writing) = (0usize, 0usize);
-        let mut candidates = Vec::new();
-        for (key, stream) in &self.streams {
-            for (hour, open_hour) in stream.open_rows() {
-                held += open_hour.rows.heap_bytes();
-                writing += open_hour.rows.writing_bytes();
-                let spillable = open_hour.rows.spillable_bytes();
-                if spillable >= MIN_RUN_BYTES {
-                    candidates.push((spillable, key.clone(), hour));
-                }
-            }
-        }
-        if held <= self.max_held_bytes {
-            Counters::set(&self.counters.held_bytes, (held + writing) as u64);
-            return Vec::new();
-        }
-        candidates.sort_unstable_by_key(|candidate| std::cmp::Reverse(candidate.0));
-        let mut spills = Vec::new();
-        for (bytes, key, hour) in candidates {
-            if held <= self.max_held_bytes / 2 {
-                break;
-            }
-            let Some(open_hour) = self
-                .streams
-                .get_mut(&key)
-                .and_then(|stream| stream.rows_mut(hour))
-            else {
-                continue;
-            };
-            self.next_run_id += 1;
-            if let Some(run) = open_hour.rows.spill(self.next_run_id) {
-                held = held.saturating_sub(bytes);
-                writing += bytes;
-                Counters::add(&self.counters.runs_spilled, 1);
-                Counters::add(&self.counters.rows_spilled, run.rows.len() as u64);
-                debug!(%key, %hour, run_id = run.run_id, n_rows = run.rows.len(), "rows held past the memory budget; spilled to a run");
-                spills.push(Spill { key, hour, run });
-            }
-        }
-        Counters::set(&self.counters.held_bytes, (held + writing) as u64);
-        spills
-    }
-
-    /// A spilled run was written to `path`, or its write failed and its
-    /// rows stay in memory. Returns the path when no hour holds the run
-    /// any more (the file is the runtime's to remove).
-    pub fn spill_done(
-        &mut self,
-        key: &StreamKey,
-        hour: Hour,
-        run_id: u64,
-        written: Result<PathBuf, HeldRows>,
-    ) -> Option<PathBuf> {
-        // The hour waited on the run to seal.
-        self.wake.dirty = true;
-        if written.is_err() {
-            Counters::add(&self.counters.spill_failures, 1);
-        }
-        let open_hour = self
-            .streams
-            .get_mut(key)
-            .and_then(|stream| stream.rows_mut(hour));
-        match open_hour {
-            Some(open_hour) => {
-                let path = written.as_ref().ok().cloned();
-                if open_hour.rows.spill_done(run_id, written) {
-                    None
-                } else {
-                    path
-                }
-            }
-            None => written.ok(),
-        }
     }
 
     /// Rows held for hours not sealed yet, per stream (for `status`).
