@@ -303,7 +303,10 @@ streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
         assert_eq!(config.data_dir, PathBuf::from("data/parquet"));
         assert_eq!(
             config.fsync,
-            FsyncPolicy::Interval(Duration::from_millis(50))
+            FsyncPolicy::Interval {
+                max_wait: Duration::from_millis(50),
+                enough_bytes: 64 * 1024,
+            }
         );
         assert_eq!(config.markets.len(), 1);
         assert_eq!(config.markets[0].streams.len(), 4);
@@ -422,6 +425,7 @@ streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
         // Instant a connection task adds rotate_after to.
         let cases = [
             ("wal", "fsync_interval_ms", "10001", "10000"),
+            ("wal", "fsync_batch_bytes", "67108865", "67108864"),
             (
                 "wal",
                 "segment_max_bytes",

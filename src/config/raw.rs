@@ -100,11 +100,15 @@ impl Default for RawStorage {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawWal {
-    /// `"interval"`: group commit, one fsync per `fsync_interval_ms` at most;
+    /// `"interval"`: group commit, a batch fsynced once `fsync_batch_bytes`
+    /// wait or its oldest frame has waited `fsync_interval_ms`;
     /// `"immediate"`: fsync as soon as anything is pending.
     pub fsync: String,
     /// Longest time a received frame waits for its fsync, in milliseconds.
     pub fsync_interval_ms: u64,
+    /// Bytes of frames that make a group commit due at once, without
+    /// waiting for `fsync_interval_ms` (`"interval"` only).
+    pub fsync_batch_bytes: u64,
     /// A segment is closed and a new one started past this size.
     pub segment_max_bytes: u64,
 }
@@ -114,6 +118,7 @@ impl Default for RawWal {
         RawWal {
             fsync: "interval".to_owned(),
             fsync_interval_ms: 50,
+            fsync_batch_bytes: 64 * 1024,
             segment_max_bytes: 64 * 1024 * 1024,
         }
     }

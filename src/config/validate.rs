@@ -51,6 +51,11 @@ const FSYNC_INTERVAL_MS: Bounds = Bounds::new(
     10_000,
     "a received frame is not acknowledged before its fsync",
 );
+const FSYNC_BATCH_BYTES: Bounds = Bounds::new(
+    4096,
+    64 * 1024 * 1024,
+    "an fsync writes whole pages, so a smaller batch costs as much as a page, and a bigger one waits for the interval anyway",
+);
 const SEGMENT_MAX_BYTES: Bounds = Bounds::new(
     crate::wal::MIN_SEGMENT_MAX_BYTES,
     1024 * 1024 * 1024,
@@ -226,7 +231,11 @@ impl RawConfig {
             "immediate" => FsyncPolicy::EveryRecord,
             "interval" => {
                 FSYNC_INTERVAL_MS.check("wal.fsync_interval_ms", self.wal.fsync_interval_ms)?;
-                FsyncPolicy::Interval(Duration::from_millis(self.wal.fsync_interval_ms))
+                FSYNC_BATCH_BYTES.check("wal.fsync_batch_bytes", self.wal.fsync_batch_bytes)?;
+                FsyncPolicy::Interval {
+                    max_wait: Duration::from_millis(self.wal.fsync_interval_ms),
+                    enough_bytes: self.wal.fsync_batch_bytes,
+                }
             }
             other => {
                 return Err(invalid(

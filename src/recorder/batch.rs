@@ -63,7 +63,6 @@ impl Pending {
     }
 
     pub(super) fn push(&mut self, record: Record) {
-        self.records.push(record);
         // Only the first waiting record's time counts: one clock reading a
         // batch, not one a frame. tokio's clock (paused in tests), kept as
         // the std instant under it.
@@ -71,7 +70,8 @@ impl Pending {
             .schedule
             .oldest_unsynced_at()
             .unwrap_or_else(|| Instant::now().into_std());
-        self.schedule.on_append(now);
+        self.schedule.on_append(now, record.frame_len());
+        self.records.push(record);
     }
 
     pub(super) fn len(&self) -> usize {

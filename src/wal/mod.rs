@@ -222,13 +222,28 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+impl Record {
+    /// Bytes this record takes in a segment, header included.
+    pub fn frame_len(&self) -> u64 {
+        frame::frame_len(self.payload.len()) as u64
+    }
+}
+
 /// When appended records are fsynced (group commit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsyncPolicy {
     /// A sync is due as soon as any record is unsynced.
     EveryRecord,
-    /// A sync is due once the oldest unsynced record has waited this long.
-    Interval(Duration),
+    /// Group commit: a sync is due once the oldest unsynced record has
+    /// waited `max_wait`, or as soon as `enough_bytes` of records wait. An
+    /// fsync of that much is worth its fixed cost, and waiting longer only
+    /// adds latency: under load the batches follow each other as fast as
+    /// the disk syncs them, and when frames are few the wait bounds how
+    /// many fsyncs a second they cost.
+    Interval {
+        max_wait: Duration,
+        enough_bytes: u64,
+    },
 }
 
 /// Smallest accepted `segment_max_bytes`: a segment must hold more than its

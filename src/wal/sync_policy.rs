@@ -12,6 +12,7 @@ pub struct SyncSchedule {
     policy: FsyncPolicy,
     oldest_unsynced_at: Option<Instant>,
     n_unsynced_records: u64,
+    n_unsynced_bytes: u64,
 }
 
 impl SyncSchedule {
@@ -20,6 +21,7 @@ impl SyncSchedule {
             policy,
             oldest_unsynced_at: None,
             n_unsynced_records: 0,
+            n_unsynced_bytes: 0,
         }
     }
 
@@ -27,9 +29,10 @@ impl SyncSchedule {
         self.policy
     }
 
-    /// A record was appended at `now`.
-    pub fn on_append(&mut self, now: Instant) {
+    /// A record of `n_bytes` was appended at `now`.
+    pub fn on_append(&mut self, now: Instant, n_bytes: u64) {
         self.n_unsynced_records += 1;
+        self.n_unsynced_bytes = self.n_unsynced_bytes.saturating_add(n_bytes);
         if self.oldest_unsynced_at.is_none() {
             self.oldest_unsynced_at = Some(now);
         }
@@ -38,6 +41,7 @@ impl SyncSchedule {
     /// Every appended record is now durable.
     pub fn on_sync(&mut self) {
         self.n_unsynced_records = 0;
+        self.n_unsynced_bytes = 0;
         self.oldest_unsynced_at = None;
     }
 
@@ -56,8 +60,11 @@ impl SyncSchedule {
         let oldest = self.oldest_unsynced_at?;
         match self.policy {
             FsyncPolicy::EveryRecord => Some(oldest),
+            FsyncPolicy::Interval { enough_bytes, .. } if self.n_unsynced_bytes >= enough_bytes => {
+                Some(oldest)
+            }
             // An interval too large to add is as good as "never by the timer".
-            FsyncPolicy::Interval(interval) => oldest.checked_add(interval),
+            FsyncPolicy::Interval { max_wait, .. } => oldest.checked_add(max_wait),
         }
     }
 
@@ -67,7 +74,7 @@ impl SyncSchedule {
         }
         match self.policy {
             FsyncPolicy::EveryRecord => true,
-            FsyncPolicy::Interval(_) => self.deadline().is_some_and(|deadline| now >= deadline),
+            FsyncPolicy::Interval { .. } => self.deadline().is_some_and(|deadline| now >= deadline),
         }
     }
 }
@@ -84,7 +91,7 @@ mod tests {
         let mut schedule = SyncSchedule::new(FsyncPolicy::EveryRecord);
         assert!(!schedule.is_due(start));
         assert_eq!(schedule.deadline(), None);
-        schedule.on_append(start);
+        schedule.on_append(start, 10);
         assert!(schedule.is_due(start));
         schedule.on_sync();
         assert!(!schedule.is_due(start));
@@ -94,9 +101,12 @@ mod tests {
     fn interval_is_measured_from_the_oldest_unsynced_append() {
         let start = Instant::now();
         let interval = Duration::from_millis(50);
-        let mut schedule = SyncSchedule::new(FsyncPolicy::Interval(interval));
-        schedule.on_append(start);
-        schedule.on_append(start + Duration::from_millis(40));
+        let mut schedule = SyncSchedule::new(FsyncPolicy::Interval {
+            max_wait: interval,
+            enough_bytes: 1000,
+        });
+        schedule.on_append(start, 400);
+        schedule.on_append(start + Duration::from_millis(40), 400);
         assert_eq!(schedule.n_unsynced_records(), 2);
         assert_eq!(schedule.deadline(), Some(start + interval));
         assert!(!schedule.is_due(start + Duration::from_millis(49)));
@@ -104,10 +114,31 @@ mod tests {
         schedule.on_sync();
         assert_eq!(schedule.deadline(), None);
         assert!(!schedule.is_due(start + Duration::from_secs(10)));
-        schedule.on_append(start + Duration::from_secs(10));
+        schedule.on_append(start + Duration::from_secs(10), 999);
         assert_eq!(
             schedule.deadline(),
             Some(start + Duration::from_secs(10) + interval)
         );
+    }
+
+    #[test]
+    fn enough_bytes_make_a_sync_due_at_once() {
+        let start = Instant::now();
+        let mut schedule = SyncSchedule::new(FsyncPolicy::Interval {
+            max_wait: Duration::from_millis(50),
+            enough_bytes: 1000,
+        });
+        schedule.on_append(start, 600);
+        assert!(!schedule.is_due(start + Duration::from_millis(1)));
+        // The record that brings the bytes waiting to the threshold makes
+        // the batch due then, not at the oldest record's deadline.
+        schedule.on_append(start + Duration::from_millis(1), 400);
+        assert_eq!(schedule.deadline(), Some(start));
+        assert!(schedule.is_due(start + Duration::from_millis(1)));
+        // A sync forgets the bytes as well as the records.
+        schedule.on_sync();
+        schedule.on_append(start + Duration::from_millis(2), 600);
+        assert!(!schedule.is_due(start + Duration::from_millis(3)));
+        assert_eq!(schedule.deadline(), Some(start + Duration::from_millis(52)));
     }
 }

@@ -740,7 +740,10 @@ fn sync_policy_drives_needs_sync() {
     let fs = FaultFs::new();
     let interval = Duration::from_millis(200);
     let wal_config = WalConfig {
-        fsync: FsyncPolicy::Interval(interval),
+        fsync: FsyncPolicy::Interval {
+            max_wait: interval,
+            enough_bytes: u64::MAX,
+        },
         ..config(Path::new(DIR), 1 << 20)
     };
     let (mut writer, _) = Wal::open_with_fs(wal_config, Arc::new(fs.clone())).expect("open");

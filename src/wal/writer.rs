@@ -218,9 +218,10 @@ impl WalWriter {
             offset: self.active.len,
         };
         frame::encode_frame(record, &mut self.pending);
-        self.active.len += frame::frame_len(record.payload.len()) as u64;
+        let n_bytes = record.frame_len();
+        self.active.len += n_bytes;
         self.active.n_records += 1;
-        self.schedule.on_append(Instant::now());
+        self.schedule.on_append(Instant::now(), n_bytes);
         if self.pending.len() >= WRITE_OUT_THRESHOLD {
             self.write_out()?;
         }
