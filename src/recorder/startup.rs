@@ -21,7 +21,7 @@ use crate::recorder::records::{decode_record, Applied};
 use crate::recorder::spill_runs::spill_in_line;
 use crate::recorder::state::State;
 use crate::wal::fs::WalFs;
-use crate::wal::{OpenReport, ReadItem, Wal, WalConfig, WalError, WalWriter};
+use crate::wal::{Wal, WalConfig, WalWriter};
 
 /// Checks the configured symbols against `exchangeInfo`: an unknown symbol
 /// is an error, one that is not trading a warning. REST being unreachable
@@ -149,23 +149,11 @@ pub(super) async fn open_and_replay(
         let mut state = State::new(&config, counters.clone());
         let mut quarantined = Vec::new();
         let mut n_records = 0u64;
-        // The WAL is read and decoded on a second thread, a chunk ahead of
-        // the state, which applies in WAL order: the decoding is most of
-        // the replay's work.
-        let read = std::thread::scope(|scope| {
-            let (chunks, received) = std::sync::mpsc::sync_channel(REPLAY_CHUNKS_AHEAD);
-            let reader = scope.spawn(move || read_and_decode(&report, &chunks));
-            for chunk in received {
-                for item in chunk {
-                    let decoded = match item {
-                        ReplayItem::Decoded(decoded) => decoded,
-                        ReplayItem::Skipped(skipped) => {
-                            note_skipped(skipped, &counters);
-                            continue;
-                        }
-                    };
+        for item in report.replay() {
+            match item.context("cannot read the WAL")? {
+                crate::wal::ReadItem::Record { position, record } => {
                     n_records += 1;
-                    match decoded {
+                    match decode_record(position.segment, &record) {
                         Ok(Some(Applied::Frame {
                             market,
                             segment,
@@ -184,12 +172,26 @@ pub(super) async fn open_and_replay(
                         Err(frame) => quarantined.push(frame),
                     }
                 }
+                crate::wal::ReadItem::Damage {
+                    segment,
+                    offset,
+                    skipped_bytes,
+                    reason,
+                    ..
+                } => {
+                    Counters::add(&counters.wal_damage, 1);
+                    warn!(
+                        ?segment,
+                        offset,
+                        skipped_bytes,
+                        ?reason,
+                        "WAL damage skipped; the frames lost there are a gap"
+                    );
+                }
+                crate::wal::ReadItem::UnknownKind { position, kind, .. } => {
+                    warn!(?position, kind, "WAL record of an unknown kind skipped");
+                }
             }
-            reader.join()
-        });
-        match read {
-            Ok(result) => result.context("cannot read the WAL")?,
-            Err(panic) => std::panic::resume_unwind(panic),
         }
         Counters::add(&counters.records_replayed, n_records);
         quarantined.extend(state.take_rejected());
@@ -209,75 +211,6 @@ pub(super) async fn open_and_replay(
     })
     .await
     .context("WAL replay task failed")?
-}
-
-/// Records decoded in one hand-over from the replay's reading thread.
-const REPLAY_CHUNK_RECORDS: usize = 4096;
-/// Chunks the reading thread may be ahead of the state (memory: a few MB).
-const REPLAY_CHUNKS_AHEAD: usize = 2;
-
-/// One WAL item as the reading thread hands it to the replay.
-#[allow(clippy::large_enum_variant)] // decoded records are the common case; see `Decoded`
-enum ReplayItem {
-    /// A record that verified, decoded (or quarantined).
-    Decoded(Result<Option<Applied>, quarantine::QuarantinedFrame>),
-    /// Damage or a record of an unknown kind: skipped, and said so.
-    Skipped(ReadItem),
-}
-
-/// Reads the WAL and decodes its records, in order, in chunks. Stops at the
-/// first read error (after handing over what came before it), or when the
-/// replay stops taking chunks.
-fn read_and_decode(
-    report: &OpenReport,
-    chunks: &std::sync::mpsc::SyncSender<Vec<ReplayItem>>,
-) -> Result<(), WalError> {
-    let mut chunk = Vec::with_capacity(REPLAY_CHUNK_RECORDS);
-    for item in report.replay() {
-        chunk.push(match item? {
-            ReadItem::Record { position, record } => {
-                ReplayItem::Decoded(decode_record(position.segment, &record))
-            }
-            skipped => ReplayItem::Skipped(skipped),
-        });
-        if chunk.len() == REPLAY_CHUNK_RECORDS {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(REPLAY_CHUNK_RECORDS));
-            if chunks.send(full).is_err() {
-                return Ok(());
-            }
-        }
-    }
-    if !chunk.is_empty() {
-        // The replay only stops taking chunks when it has failed itself.
-        let _ = chunks.send(chunk);
-    }
-    Ok(())
-}
-
-/// Says what the replay skipped: damage is counted (its frames are a gap).
-fn note_skipped(item: ReadItem, counters: &Counters) {
-    match item {
-        ReadItem::Damage {
-            segment,
-            offset,
-            skipped_bytes,
-            reason,
-            ..
-        } => {
-            Counters::add(&counters.wal_damage, 1);
-            warn!(
-                ?segment,
-                offset,
-                skipped_bytes,
-                ?reason,
-                "WAL damage skipped; the frames lost there are a gap"
-            );
-        }
-        ReadItem::UnknownKind { position, kind, .. } => {
-            warn!(?position, kind, "WAL record of an unknown kind skipped");
-        }
-        ReadItem::Record { .. } => {}
-    }
 }
 
 /// Reads the newest sealed files of every stream: the next hour is judged
@@ -381,75 +314,4 @@ fn whole_hour_hole(
         to_time: hour.end() - 1,
         reason: REASON.to_owned(),
     }]
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-    use crate::domain::Market;
-    use crate::recorder::records::frame_record;
-    use crate::wal::fs::FaultFs;
-    use crate::wal::FsyncPolicy;
-
-    fn trade_frame(id: usize) -> String {
-        format!(
-            r#"{{"stream":"btcusdt@trade","data":{{"e":"trade","E":1,"s":"BTCUSDT","t":{id},"p":"1","q":"2","T":1,"m":true,"M":true}}}}"#
-        )
-    }
-
-    #[test]
-    fn the_reading_thread_hands_over_every_record_in_wal_order_in_chunks() {
-        let fs = Arc::new(FaultFs::new());
-        let config = WalConfig {
-            dir: Path::new("/wal").to_path_buf(),
-            segment_max_bytes: 64 * 1024,
-            fsync: FsyncPolicy::EveryRecord,
-        };
-        let n_records = 2 * REPLAY_CHUNK_RECORDS + 808;
-        let (mut writer, _) = Wal::open_with_fs(config.clone(), fs.clone()).expect("open");
-        for id in 0..n_records {
-            let record = if id == 5000 {
-                frame_record(Market::Spot, 1, b"not json")
-            } else {
-                frame_record(Market::Spot, 1, trade_frame(id).as_bytes())
-            };
-            writer.append(&record).expect("append");
-        }
-        writer.close().expect("close");
-        let (_writer, report) = Wal::open_with_fs(config, fs).expect("reopen");
-        let (chunks, received) = std::sync::mpsc::sync_channel(REPLAY_CHUNKS_AHEAD);
-        let (sizes, ids, n_quarantined) = std::thread::scope(|scope| {
-            let reader = scope.spawn(move || read_and_decode(&report, &chunks));
-            let mut sizes = Vec::new();
-            let mut ids = Vec::new();
-            let mut n_quarantined = 0;
-            for chunk in received {
-                sizes.push(chunk.len());
-                for item in chunk {
-                    match item {
-                        ReplayItem::Decoded(Ok(Some(Applied::Frame { decoded, .. }))) => {
-                            let crate::binance::decode::Decoded::Row { row, .. } = decoded else {
-                                panic!("a trade row")
-                            };
-                            ids.push(row.key());
-                        }
-                        ReplayItem::Decoded(Err(_)) => n_quarantined += 1,
-                        _ => panic!("only frames were written"),
-                    }
-                }
-            }
-            reader.join().expect("no panic").expect("reads");
-            (sizes, ids, n_quarantined)
-        });
-        assert_eq!(
-            sizes,
-            vec![REPLAY_CHUNK_RECORDS, REPLAY_CHUNK_RECORDS, 808],
-            "full chunks, then the rest"
-        );
-        let expected: Vec<i64> = (0..n_records as i64).filter(|id| *id != 5000).collect();
-        assert_eq!(ids, expected, "every record, in WAL order");
-        assert_eq!(n_quarantined, 1);
-    }
 }
