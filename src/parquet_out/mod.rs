@@ -15,10 +15,12 @@
 //!   the memory budget, and read back when it seals.
 //!
 //! Encodings are chosen for size: ids and times are delta-encoded (they
-//! mostly grow by small steps); decimals, `source` and `trade_type` are
-//! dictionary-encoded (an hour holds few distinct prices; byte-stream-split
-//! would be smaller but DuckDB cannot read it on decimals); every page is
-//! zstd-compressed.
+//! mostly grow by small steps); quantities, `source` and `trade_type` are
+//! dictionary-encoded (an hour repeats them); prices and the other decimals
+//! are plain (neighbouring values share most of their bytes, which zstd
+//! finds; byte-stream-split and delta byte array would keep DuckDB or
+//! polars from reading them); every page is zstd-compressed, at a level
+//! per column ([`schema`]'s `writer_properties`).
 
 use std::io;
 use std::path::PathBuf;
@@ -381,7 +383,9 @@ mod tests {
             read_hour_file(&path, StreamKind::AggTrade).expect("reads"),
             rows
         );
-        assert!(bytes_per_row < 16.0, "{bytes_per_row:.2} B/row");
+        // 10.30 with the encodings of `writer_properties` (10.79 with
+        // dictionary-encoded prices): a change that loses that fails here.
+        assert!(bytes_per_row < 10.5, "{bytes_per_row:.2} B/row");
     }
 
     #[test]
