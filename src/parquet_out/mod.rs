@@ -383,7 +383,7 @@ mod tests {
             read_hour_file(&path, StreamKind::AggTrade).expect("reads"),
             rows
         );
-        // 10.30 with the encodings of `writer_properties` (10.79 with
+        // 10.29 with the encodings of `writer_properties` (10.79 with
         // dictionary-encoded prices): a change that loses that fails here.
         assert!(bytes_per_row < 10.5, "{bytes_per_row:.2} B/row");
     }

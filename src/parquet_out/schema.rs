@@ -160,8 +160,10 @@ pub(super) fn writer_properties(kind: StreamKind, metadata: Vec<KeyValue>) -> Wr
             DataType::Utf8 => builder
                 .set_column_dictionary_enabled(column.clone(), true)
                 .set_column_compression(column, zstd(1)),
-            // One bit a row, RLE: level 1 is as small as level 9 here.
-            DataType::Boolean => builder.set_column_compression(column, zstd(1)),
+            // One bit a row, bit-packed rather than RLE: zstd finds the
+            // runs itself, and more. `is_buyer_maker` 8 to 19 % smaller on
+            // real trades and aggTrades (an all-true column: 13 bytes more).
+            DataType::Boolean => builder.set_column_encoding(column, Encoding::PLAIN),
             DataType::Int64 | DataType::Timestamp(..) => {
                 builder.set_column_encoding(column, Encoding::DELTA_BINARY_PACKED)
             }
