@@ -156,9 +156,14 @@ pub(super) fn writer_properties(kind: StreamKind, metadata: Vec<KeyValue>) -> Wr
         builder = match field.data_type() {
             // A few distinct values (`source`, `trade_type`): dictionary.
             // The pages are dictionary indices, a few bytes; level 1 makes
-            // them no bigger and its context is the smallest.
+            // them no bigger and its context is the smallest. Every
+            // dictionary column falls back to PLAIN if its dictionary
+            // outgrows its page (1 MiB): the writer's own fallback for
+            // version 2 files is delta byte array, which polars cannot
+            // read on decimals.
             DataType::Utf8 => builder
                 .set_column_dictionary_enabled(column.clone(), true)
+                .set_column_encoding(column.clone(), Encoding::PLAIN)
                 .set_column_compression(column, zstd(1)),
             // One bit a row, bit-packed rather than RLE: zstd finds the
             // runs itself, and more. `is_buyer_maker` 8 to 19 % smaller on
@@ -173,6 +178,7 @@ pub(super) fn writer_properties(kind: StreamKind, metadata: Vec<KeyValue>) -> Wr
             // page (5.49 MiB instead of 10.49).
             DataType::Decimal128(..) if field.name() == "quantity" => builder
                 .set_column_dictionary_enabled(column.clone(), true)
+                .set_column_encoding(column.clone(), Encoding::PLAIN)
                 .set_column_compression(column, zstd(7)),
             // Prices (and kline values): plain. Neighbouring rows share
             // most of their 16 bytes, which zstd finds in plain values but
