@@ -125,14 +125,6 @@ pub fn schema_of_version(kind: StreamKind, version: SchemaVersion) -> SchemaRef 
     Arc::new(Schema::new(fields))
 }
 
-/// Rows in a data page of a plain-encoded decimal column: 16 bytes a value,
-/// so a page is at most 256 KiB, the largest input zstd still compresses
-/// with its smaller parameter tables (at level 9, a 2.99 MiB context per
-/// column writer instead of 5.49 MiB for the 20,480-row pages the default
-/// limit gives). The real samples are shorter than a page; on a synthetic
-/// million-row hour it costs 0.07 % of the file.
-const DECIMAL_PAGE_ROWS: usize = 16_384;
-
 /// Encodings and compression, chosen per column for size (docs/BENCHMARKS.md,
 /// "File size", has the figures of each choice and of those not taken).
 /// zstd keeps one compression context per column writer, sized by level and
@@ -185,10 +177,11 @@ pub(super) fn writer_properties(kind: StreamKind, metadata: Vec<KeyValue>) -> Wr
             // not in bit-packed dictionary indices: 22 and 24 % smaller
             // than dictionary on the two real BTCUSDT samples, 1.5 % on
             // ETHUSDT. (Not byte-stream-split or delta byte array: DuckDB
-            // and polars cannot read either on decimals.)
-            DataType::Decimal128(..) => builder
-                .set_column_encoding(column.clone(), Encoding::PLAIN)
-                .set_column_data_page_row_count_limit(column, DECIMAL_PAGE_ROWS),
+            // and polars cannot read either on decimals. Pages are not
+            // capped below 20,480 rows: 16,384-row pages would shrink the
+            // zstd context from 5.49 to 2.99 MiB but cost 3.5 % of the
+            // prices of a real 21,313-trade hour.)
+            DataType::Decimal128(..) => builder.set_column_encoding(column, Encoding::PLAIN),
             _ => builder,
         };
     }
