@@ -15,10 +15,12 @@
 //!   the memory budget, and read back when it seals.
 //!
 //! Encodings are chosen for size: ids and times are delta-encoded (they
-//! mostly grow by small steps); decimals, `source` and `trade_type` are
-//! dictionary-encoded (an hour holds few distinct prices; byte-stream-split
-//! would be smaller but DuckDB cannot read it on decimals); every page is
-//! zstd-compressed.
+//! mostly grow by small steps); quantities, `source` and `trade_type` are
+//! dictionary-encoded (an hour repeats them); prices and the other decimals
+//! are plain (neighbouring values share most of their bytes, which zstd
+//! finds; byte-stream-split and delta byte array would keep DuckDB or
+//! polars from reading them); every page is zstd-compressed, at a level
+//! per column ([`schema`]'s `writer_properties`).
 
 use std::io;
 use std::path::PathBuf;
@@ -381,7 +383,63 @@ mod tests {
             read_hour_file(&path, StreamKind::AggTrade).expect("reads"),
             rows
         );
-        assert!(bytes_per_row < 16.0, "{bytes_per_row:.2} B/row");
+        // 10.29 with the encodings of `writer_properties` (10.79 with
+        // dictionary-encoded prices): a change that loses that fails here.
+        assert!(bytes_per_row < 10.5, "{bytes_per_row:.2} B/row");
+    }
+
+    /// A busy hour can hold more distinct quantities than a 1 MiB dictionary
+    /// page (65,536): the column then goes on in PLAIN, never in the
+    /// writer's default fallback (delta byte array, which polars 2.1 cannot
+    /// read on a decimal), and every column keeps encodings that DuckDB,
+    /// pandas, polars and pyarrow all read.
+    #[test]
+    fn an_overflowing_dictionary_falls_back_to_encodings_every_reader_reads() {
+        use parquet::basic::Encoding;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+
+        let base = 1_723_161_600_000_000;
+        let rows: Vec<Row> = (0..70_000)
+            .map(|index| {
+                Row::AggTrade(AggTradeRow {
+                    agg_trade_id: 1_000 + index,
+                    price: Decimal8::from_scaled(6_168_599_000_000 + i128::from(index)),
+                    quantity: Decimal8::from_scaled(17_000 + i128::from(index)),
+                    first_trade_id: 5_000 + index,
+                    last_trade_id: 5_000 + index,
+                    trade_time: base + index * 10,
+                    is_buyer_maker: index % 3 == 0,
+                    is_best_match: Some(true),
+                    event_time: Some(base + index * 10 + 1_000),
+                    recv_time: Some(base + index * 10 + 23_456),
+                    source: Source::Ws,
+                })
+            })
+            .collect();
+        let root = tempfile::tempdir().expect("temporary directory");
+        let path = write_hour_file(root.path(), &hour_file(StreamKind::AggTrade, rows.clone()))
+            .expect("writes");
+        let reader = SerializedFileReader::new(fs::File::open(&path).expect("file")).expect("reads");
+        let readable = [
+            Encoding::PLAIN,
+            Encoding::RLE,
+            Encoding::RLE_DICTIONARY,
+            Encoding::DELTA_BINARY_PACKED,
+        ];
+        for row_group in reader.metadata().row_groups() {
+            for column in row_group.columns() {
+                let encodings: Vec<Encoding> = column.encodings().collect();
+                assert!(
+                    encodings.iter().all(|encoding| readable.contains(encoding)),
+                    "{}: {encodings:?}",
+                    column.column_path()
+                );
+            }
+        }
+        assert_eq!(
+            read_hour_file(&path, StreamKind::AggTrade).expect("reads"),
+            rows
+        );
     }
 
     #[test]
