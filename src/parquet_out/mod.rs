@@ -419,7 +419,8 @@ mod tests {
         let root = tempfile::tempdir().expect("temporary directory");
         let path = write_hour_file(root.path(), &hour_file(StreamKind::AggTrade, rows.clone()))
             .expect("writes");
-        let reader = SerializedFileReader::new(fs::File::open(&path).expect("file")).expect("reads");
+        let reader =
+            SerializedFileReader::new(fs::File::open(&path).expect("file")).expect("reads");
         let readable = [
             Encoding::PLAIN,
             Encoding::RLE,
