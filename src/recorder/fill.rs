@@ -167,7 +167,9 @@ pub fn failure_reason(error: &RestError) -> String {
         RestError::RateLimited { .. } => format!("rate limited: {error}"),
         // The weight budget, a back-off or the in-flight bound holds the
         // call past the hour's deadline: the hour seals now, declared.
-        RestError::OutOfTime { .. } => REASON_REST_BEHIND.to_owned(),
+        RestError::OutOfTime { .. } | RestError::PastDeadline { .. } => {
+            REASON_REST_BEHIND.to_owned()
+        }
         RestError::Status { status, .. } if *status < 500 => format!("rest refused: {error}"),
         RestError::Refused { .. } => format!("binance refuses this host: {error}"),
         RestError::BodyTooLarge { .. } => format!("rest answer not trusted: {error}"),

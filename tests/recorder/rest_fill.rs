@@ -1195,3 +1195,42 @@ async fn a_weight_wait_past_the_deadline_gives_up_at_once_with_the_pages_it_got(
     );
     fake.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_answer_later_than_the_deadline_is_rest_behind_not_unreachable() {
+    // The request's timeout is cut to the round's deadline; when that
+    // timeout fires, the hour is declared "behind" like a round cut at
+    // its deadline (a CI run saw "rest unreachable" here, from the
+    // timeout of a slow answer).
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
+    let client = RestClient::new(Market::Spot, &fake.rest_base_url());
+    let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
+    let from = truth.trades[0].id;
+    fake.inject(Fault::RestSlow {
+        delay_ms: 5_000,
+        count: 1_000,
+    });
+    let deadline = Instant::now() + Duration::from_millis(300);
+    let retry = RetryPolicy {
+        deadline: Some(deadline),
+        ..quick_retries()
+    };
+    let fetched = client
+        .fetch_trades_range(&btcusdt(), from, IdRangeEnd::Id(from + 10), 100, &retry)
+        .await;
+    let FetchOutcome::GaveUp(error) = &fetched.outcome else {
+        panic!("no answer in time: {:?}", fetched.outcome);
+    };
+    assert!(matches!(error, RestError::PastDeadline { .. }), "{error}");
+    assert_eq!(
+        binance_recorder::recorder::fill::failure_reason(error),
+        binance_recorder::recorder::state::REASON_REST_BEHIND,
+    );
+    assert!(
+        Instant::now() < deadline + Duration::from_secs(2),
+        "given up at the deadline, not after the 5 s answer"
+    );
+    fake.shutdown().await;
+}

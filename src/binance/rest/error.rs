@@ -30,6 +30,11 @@ pub enum RestError {
     /// not sent.
     #[error("{url} not called: waiting {wait:?} for the weight budget, a back-off or a request in flight would pass the deadline")]
     OutOfTime { url: String, wait: Duration },
+    /// The request was sent, but its answer did not come before the
+    /// caller's deadline (its timeout was cut to it): REST is behind, not
+    /// unreachable.
+    #[error("{url} did not answer before the deadline")]
+    PastDeadline { url: String },
     /// HTTP 403 (Binance's web application firewall) or 451 (a restricted
     /// location): Binance refuses this host or region. Never retried, and
     /// fatal ([`RestError::is_fatal`]): nothing will fill a gap from here.
@@ -65,7 +70,8 @@ impl RestError {
             RestError::Transport { .. }
             | RestError::Body { .. }
             | RestError::RateLimited { .. }
-            | RestError::OutOfTime { .. } => true,
+            | RestError::OutOfTime { .. }
+            | RestError::PastDeadline { .. } => true,
             RestError::Status { status, .. } => *status >= 500,
             RestError::Refused { .. } | RestError::BodyTooLarge { .. } | RestError::Cancelled => {
                 false

@@ -342,6 +342,19 @@ impl RestClient {
                     .max(Duration::from_millis(1)),
             );
         }
+        // When the deadline set the timeout, a timeout means the answer
+        // came too late for the caller, not that REST is unreachable.
+        let timeout_is_the_deadline = timeout < self.request_timeout;
+        let transport_error = |source: reqwest::Error| {
+            if source.is_timeout() && timeout_is_the_deadline {
+                RestError::PastDeadline { url: url.clone() }
+            } else {
+                RestError::Transport {
+                    url: url.clone(),
+                    source,
+                }
+            }
+        };
         let mut request = self.http.get(&url).query(query).timeout(timeout);
         if market_times_in_micros(self.market) {
             request = request.header("X-MBX-TIME-UNIT", "MICROSECOND");
@@ -354,13 +367,7 @@ impl RestClient {
                 request = request.header("X-MBX-APIKEY", key.header_value());
             }
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| RestError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+        let response = request.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
         let header = |name: &str| {
             response
@@ -380,7 +387,13 @@ impl RestClient {
         if let Some(started) = permit.headers(status, used_weight, retry_after) {
             self.log_backoff(&url, started);
         }
-        let body = self.read_body(response, &url).await?;
+        let body = self
+            .read_body(response, &url)
+            .await
+            .map_err(|error| match error {
+                RestError::Transport { source, .. } => transport_error(source),
+                other => other,
+            })?;
         drop(permit);
         if (200..300).contains(&status) {
             return Ok(Answer { url, bytes: body });

@@ -158,7 +158,10 @@ impl RestClient {
             };
             n_failures += 1;
             if !error.is_retryable()
-                || matches!(error, RestError::OutOfTime { .. })
+                || matches!(
+                    error,
+                    RestError::OutOfTime { .. } | RestError::PastDeadline { .. }
+                )
                 || n_failures >= retry.max_attempts
             {
                 return Err(error);
