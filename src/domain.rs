@@ -488,21 +488,40 @@ impl FromStr for Decimal8 {
         if dropped_fraction.bytes().any(|byte| byte != b'0') {
             return Err(DecimalError::TooPrecise(text.to_owned()));
         }
-        let too_large = || DecimalError::TooLarge(text.to_owned());
-        let mut scaled: i128 = 0;
-        let digits = integer_digits.bytes().chain(kept_fraction.bytes());
-        let padding = std::iter::repeat_n(b'0', DECIMAL_SCALE as usize - kept_fraction.len());
-        for byte in digits.chain(padding) {
-            scaled = scaled
-                .checked_mul(10)
-                .and_then(|value| value.checked_add(i128::from(byte - b'0')))
-                .ok_or_else(too_large)?;
-        }
-        if scaled > DECIMAL_MAX_ABS {
-            return Err(too_large());
-        }
+        let scaled = if integer_digits.len() + DECIMAL_SCALE as usize <= NARROW_DIGITS {
+            scaled_narrow(integer_digits, kept_fraction)
+        } else {
+            scaled_wide(integer_digits, kept_fraction)
+                .filter(|scaled| *scaled <= DECIMAL_MAX_ABS)
+                .ok_or_else(|| DecimalError::TooLarge(text.to_owned()))?
+        };
         Ok(Decimal8(if negative { -scaled } else { scaled }))
     }
+}
+
+/// Scaled digits that fit a u64 with no check per digit: nearly every
+/// price and quantity.
+const NARROW_DIGITS: usize = 18;
+
+/// `integer` and `fraction` (ASCII digits, at most [`NARROW_DIGITS`] with
+/// the fraction padded to the scale) as units of 10^-8.
+fn scaled_narrow(integer: &str, fraction: &str) -> i128 {
+    let digits = integer.bytes().chain(fraction.bytes());
+    let unpadded = digits.fold(0_u64, |value, byte| value * 10 + u64::from(byte - b'0'));
+    let padding = DECIMAL_SCALE - fraction.len() as u32;
+    i128::from(unpadded * 10_u64.pow(padding))
+}
+
+/// [`scaled_narrow`] for any number of digits; `None` past i128.
+fn scaled_wide(integer: &str, fraction: &str) -> Option<i128> {
+    let padding = std::iter::repeat_n(b'0', DECIMAL_SCALE as usize - fraction.len());
+    integer
+        .bytes()
+        .chain(fraction.bytes())
+        .chain(padding)
+        .try_fold(0_i128, |value, byte| {
+            value.checked_mul(10)?.checked_add(i128::from(byte - b'0'))
+        })
 }
 
 impl serde::Serialize for Decimal8 {
@@ -889,6 +908,12 @@ mod fuzz_tests {
         ) {
             let text = String::from_utf8_lossy(&bytes);
             if let Ok(value) = text.parse::<Decimal8>() {
+                // The narrow path gives what the checked one would.
+                let digits = text.trim_start_matches(['-', '+']);
+                let (integer, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+                let fraction = &fraction[..fraction.len().min(DECIMAL_SCALE as usize)];
+                let wide = scaled_wide(integer, fraction);
+                prop_assert_eq!(wide.map(i128::unsigned_abs), Some(value.scaled().unsigned_abs()));
                 prop_assert!(value.scaled().unsigned_abs() <= DECIMAL_MAX_ABS.unsigned_abs());
                 let printed = value.to_string();
                 prop_assert_eq!(printed.parse::<Decimal8>(), Ok(value), "round trip of {}", printed);
