@@ -445,6 +445,11 @@ fn stream_metrics(config: &Config, counters: &Counters) -> HashMap<StreamKey, (C
 /// a lock each, too much per frame at a firehose's rate).
 const FRAMES_PER_SERVICE_TICK: u32 = 256;
 
+/// Inputs taken from the channel in one turn of the recorder loop when
+/// they wait there already (each is a `try_recv`; the turn's `select!` and
+/// its plan then run once for all of them).
+const INPUTS_PER_TURN: u32 = 256;
+
 impl Runtime {
     async fn run_until(
         &mut self,
@@ -520,6 +525,19 @@ impl Runtime {
                         if self.fatal.is_some() {
                             return;
                         }
+                        // What else waits is taken in the same turn, up to a
+                        // bound: a turn's `select!` costs more than a frame.
+                        let mut taken = 1;
+                        while taken < INPUTS_PER_TURN && self.pending.len() < MAX_BATCH_RECORDS {
+                            let Ok(input) = receiver.try_recv() else { break };
+                            replan |= !matches!(input, Inbound::Frame { .. });
+                            self.take_input(input);
+                            if self.fatal.is_some() {
+                                return;
+                            }
+                            taken += 1;
+                        }
+                        frames_untold += taken - 1;
                     }
                     None => {
                         warn!("every connection task ended");
