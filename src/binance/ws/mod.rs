@@ -447,182 +447,192 @@ async fn drive_link(
     // than the frame). A wake that finds nothing due re-checks and loops.
     let wake = tokio::time::sleep_until(Instant::now() + settings.dead_after);
     tokio::pin!(wake);
+    let mut ready: Option<LinkEvent> = None;
+    let mut ready_in_a_row = 0;
     loop {
-        if let Err(reason) = link.send_due_control(settings).await {
-            return lost(link, reason);
-        }
-        if let Some(new_link) = replacement.as_mut() {
-            if let Err(reason) = new_link.send_due_control(settings).await {
-                warn!(market = %plan.market, %reason, "replacement link failed; keeping the current one");
-                replacement = None;
-                rotation_deadline = None;
+        // A frame already read on this turn's way out is handled without
+        // the turn's judgements (see `READY_FRAMES_PER_TURN`).
+        let (event, from_replacement) = if let Some(event) = ready.take() {
+            (event, false)
+        } else {
+            if let Err(reason) = link.send_due_control(settings).await {
+                return lost(link, reason);
             }
-        }
-        if let Some(cause) = rotation_wanted.take().filter(|_| replacement.is_none()) {
-            match open_link(plan, settings, budget, frames, cancel, next_link).await {
-                None => return DriveOutcome::Stop,
-                Some(Err(reason)) => {
-                    warn!(market = %plan.market, %reason, "replacement link failed; keeping the current one")
-                }
-                Some(Ok(mut new_link)) => {
-                    new_link.track_keys = true;
-                    link.track_keys = true;
-                    new_link.rate.learn_from(&link.rate);
-                    new_link.replaces_silent = cause == RotationCause::Silence;
-                    rotation_deadline = Some(Instant::now() + settings.rotation_overlap_timeout);
-                    replacement = Some(new_link);
+            if let Some(new_link) = replacement.as_mut() {
+                if let Err(reason) = new_link.send_due_control(settings).await {
+                    warn!(market = %plan.market, %reason, "replacement link failed; keeping the current one");
+                    replacement = None;
+                    rotation_deadline = None;
                 }
             }
-        }
-        if let (Some(new_link), Some(deadline)) = (replacement.as_ref(), rotation_deadline) {
-            let overlapped = plan.streams.iter().all(|stream| {
-                matches!((new_link.first_key.get(stream), link.last_key.get(stream)), (Some(first_new), Some(last_old)) if first_new <= last_old)
-            });
-            // A silent link has nothing to overlap: what it withheld is
-            // lost on it, and gap fill fetches it from REST.
-            let overlapped = overlapped || (new_link.replaces_silent && new_link.delivered_data);
-            if overlapped || Instant::now() >= deadline {
-                info!(market = %plan.market, task = plan.task, old = link.number, new = new_link.number, overlapped, "rotation done: closing the old link");
-                let _ = link.socket.close(None).await;
-                let mut new_link = replacement.take().expect("checked above");
-                new_link.track_keys = false;
-                return DriveOutcome::Replaced(new_link);
+            if let Some(cause) = rotation_wanted.take().filter(|_| replacement.is_none()) {
+                match open_link(plan, settings, budget, frames, cancel, next_link).await {
+                    None => return DriveOutcome::Stop,
+                    Some(Err(reason)) => {
+                        warn!(market = %plan.market, %reason, "replacement link failed; keeping the current one")
+                    }
+                    Some(Ok(mut new_link)) => {
+                        new_link.track_keys = true;
+                        link.track_keys = true;
+                        new_link.rate.learn_from(&link.rate);
+                        new_link.replaces_silent = cause == RotationCause::Silence;
+                        rotation_deadline =
+                            Some(Instant::now() + settings.rotation_overlap_timeout);
+                        replacement = Some(new_link);
+                    }
+                }
             }
-        }
+            if let (Some(new_link), Some(deadline)) = (replacement.as_ref(), rotation_deadline) {
+                let overlapped = plan.streams.iter().all(|stream| {
+                    matches!((new_link.first_key.get(stream), link.last_key.get(stream)), (Some(first_new), Some(last_old)) if first_new <= last_old)
+                });
+                // A silent link has nothing to overlap: what it withheld is
+                // lost on it, and gap fill fetches it from REST.
+                let overlapped =
+                    overlapped || (new_link.replaces_silent && new_link.delivered_data);
+                if overlapped || Instant::now() >= deadline {
+                    info!(market = %plan.market, task = plan.task, old = link.number, new = new_link.number, overlapped, "rotation done: closing the old link");
+                    let _ = link.socket.close(None).await;
+                    let mut new_link = replacement.take().expect("checked above");
+                    new_link.track_keys = false;
+                    return DriveOutcome::Replaced(new_link);
+                }
+            }
 
-        // One reading of the clock for every judgement of this turn.
-        let now = Instant::now();
-        let dead_at = link.last_frame + settings.dead_after;
-        let rotate_at = (replacement.is_none()).then_some(link.opened + settings.rotate_after);
-        let control_at = link
-            .control_deadline()
+            // One reading of the clock for every judgement of this turn.
+            let now = Instant::now();
+            let dead_at = link.last_frame + settings.dead_after;
+            let rotate_at = (replacement.is_none()).then_some(link.opened + settings.rotate_after);
+            let control_at = link
+                .control_deadline()
+                .into_iter()
+                .chain(replacement.as_ref().and_then(Link::control_deadline))
+                .min();
+            // Streams never heard are judged first: a link all of whose
+            // streams are unheard is a route question before a silence one.
+            let judging_unheard =
+                replacement.is_none() && !link.unheard_judged && !link.unheard.is_empty();
+            let unheard_at = match judging_unheard.then(|| {
+                judge_unheard(
+                    settings.silent_after_min,
+                    settings.silent_after_max,
+                    link.subscribed_at,
+                    link.last_data,
+                    plan.activity.peers(),
+                    now,
+                )
+            }) {
+                Some(Unheard::Wait(at)) => at,
+                Some(Unheard::Silent) => Some(now),
+                None => None,
+            };
+            let all_unheard = link.awaiting_route_verdict(plan.streams.len());
+            // A link being replaced is not judged again.
+            let silence_at = match (replacement.is_none() && !all_unheard).then(|| {
+                judge_silence(
+                    settings,
+                    push_interval,
+                    &link.rate,
+                    plan.activity.peers(),
+                    now,
+                )
+            }) {
+                Some(Silence::CheckAt(at)) => Some(at),
+                Some(Silence::Silent { .. }) => Some(now),
+                Some(Silence::Unknown) | None => None,
+            };
+            let wake_at = [
+                Some(dead_at),
+                rotate_at,
+                control_at,
+                rotation_deadline,
+                silence_at,
+                unheard_at,
+            ]
             .into_iter()
-            .chain(replacement.as_ref().and_then(Link::control_deadline))
-            .min();
-        // Streams never heard are judged first: a link all of whose
-        // streams are unheard is a route question before a silence one.
-        let judging_unheard =
-            replacement.is_none() && !link.unheard_judged && !link.unheard.is_empty();
-        let unheard_at = match judging_unheard.then(|| {
-            judge_unheard(
-                settings.silent_after_min,
-                settings.silent_after_max,
-                link.subscribed_at,
-                link.last_data,
-                plan.activity.peers(),
-                now,
-            )
-        }) {
-            Some(Unheard::Wait(at)) => at,
-            Some(Unheard::Silent) => Some(now),
-            None => None,
-        };
-        let all_unheard = link.awaiting_route_verdict(plan.streams.len());
-        // A link being replaced is not judged again.
-        let silence_at = match (replacement.is_none() && !all_unheard).then(|| {
-            judge_silence(
-                settings,
-                push_interval,
-                &link.rate,
-                plan.activity.peers(),
-                now,
-            )
-        }) {
-            Some(Silence::CheckAt(at)) => Some(at),
-            Some(Silence::Silent { .. }) => Some(now),
-            Some(Silence::Unknown) | None => None,
-        };
-        let wake_at = [
-            Some(dead_at),
-            rotate_at,
-            control_at,
-            rotation_deadline,
-            silence_at,
-            unheard_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .expect("dead_at is always set");
-        if wake_at < wake.deadline() || wake.is_elapsed() {
-            wake.as_mut().reset(wake_at);
-        }
+            .flatten()
+            .min()
+            .expect("dead_at is always set");
+            if wake_at < wake.deadline() || wake.is_elapsed() {
+                wake.as_mut().reset(wake_at);
+            }
 
-        let (event, from_replacement) = tokio::select! {
-            Ok(()) = plan.retired.changed() => {
-                if !plan.drop_retired() {
+            tokio::select! {
+                Ok(()) = plan.retired.changed() => {
+                    if !plan.drop_retired() {
+                        continue;
+                    }
+                    if plan.streams.is_empty() {
+                        let _ = link.socket.close(None).await;
+                        if let Some(mut new_link) = replacement {
+                            let _ = new_link.socket.close(None).await;
+                        }
+                        return DriveOutcome::Retired;
+                    }
+                    // The others move to a link without the retired streams,
+                    // make-before-break, so they lose nothing.
+                    if replacement.is_none() {
+                        info!(market = %plan.market, task = plan.task, link = link.number, "streams retired (delivered contracts): moving the others to a link without them");
+                        rotation_wanted = Some(RotationCause::Scheduled);
+                    }
                     continue;
                 }
-                if plan.streams.is_empty() {
+                _ = cancel.cancelled() => {
                     let _ = link.socket.close(None).await;
                     if let Some(mut new_link) = replacement {
                         let _ = new_link.socket.close(None).await;
                     }
-                    return DriveOutcome::Retired;
+                    return DriveOutcome::Stop;
                 }
-                // The others move to a link without the retired streams,
-                // make-before-break, so they lose nothing.
-                if replacement.is_none() {
-                    info!(market = %plan.market, task = plan.task, link = link.number, "streams retired (delivered contracts): moving the others to a link without them");
-                    rotation_wanted = Some(RotationCause::Scheduled);
-                }
-                continue;
-            }
-            _ = cancel.cancelled() => {
-                let _ = link.socket.close(None).await;
-                if let Some(mut new_link) = replacement {
-                    let _ = new_link.socket.close(None).await;
-                }
-                return DriveOutcome::Stop;
-            }
-            event = link.next_event() => (event, false),
-            event = next_replacement_event(&mut replacement) => (event, true),
-            _ = &mut wake => {
-                let now = Instant::now();
-                if now >= link.last_frame + settings.dead_after {
-                    let reason = format!("no frame for {:?}: dead link", settings.dead_after);
-                    if let Some(new_link) = replacement.take() {
-                        let _ = link.socket.close(None).await;
-                        warn!(market = %plan.market, %reason, "old link died during rotation; the replacement takes over");
-                        return DriveOutcome::Replaced(new_link);
+                event = link.next_event() => (event, false),
+                event = next_replacement_event(&mut replacement) => (event, true),
+                _ = &mut wake => {
+                    let now = Instant::now();
+                    if now >= link.last_frame + settings.dead_after {
+                        let reason = format!("no frame for {:?}: dead link", settings.dead_after);
+                        if let Some(new_link) = replacement.take() {
+                            let _ = link.socket.close(None).await;
+                            warn!(market = %plan.market, %reason, "old link died during rotation; the replacement takes over");
+                            return DriveOutcome::Replaced(new_link);
+                        }
+                        return lost(link, reason);
                     }
-                    return lost(link, reason);
-                }
-                if replacement.is_none() && now >= link.opened + settings.rotate_after {
-                    info!(market = %plan.market, task = plan.task, link = link.number, "link lifetime ending: rotating make-before-break");
-                    rotation_wanted = Some(RotationCause::Scheduled);
-                }
-                if judging_unheard
-                    && judge_unheard(settings.silent_after_min, settings.silent_after_max, link.subscribed_at, link.last_data, plan.activity.peers(), now) == Unheard::Silent
-                {
-                    link.unheard_judged = true;
-                    Counters::add(&counters.streams_subscribed_silent, link.unheard.len() as u64);
-                    for stream in &link.unheard {
-                        warn!(market = %plan.market, task = plan.task, link = link.number, route = %plan.route, %stream, bound_ms = settings.silent_after_min.as_millis() as u64, "stream subscribed but silent while the market delivers");
+                    if replacement.is_none() && now >= link.opened + settings.rotate_after {
+                        info!(market = %plan.market, task = plan.task, link = link.number, "link lifetime ending: rotating make-before-break");
+                        rotation_wanted = Some(RotationCause::Scheduled);
                     }
-                    if all_unheard && may_reroute {
-                        let _ = link.socket.close(None).await;
-                        let reason = format!("every stream silent on route {}", plan.route);
-                        return DriveOutcome::Lost {
-                            link_number: link.number,
-                            lived: link.opened.elapsed(),
-                            delivered_data: link.delivered_data,
-                            reason,
-                            reroute: true,
-                        };
+                    if judging_unheard
+                        && judge_unheard(settings.silent_after_min, settings.silent_after_max, link.subscribed_at, link.last_data, plan.activity.peers(), now) == Unheard::Silent
+                    {
+                        link.unheard_judged = true;
+                        Counters::add(&counters.streams_subscribed_silent, link.unheard.len() as u64);
+                        for stream in &link.unheard {
+                            warn!(market = %plan.market, task = plan.task, link = link.number, route = %plan.route, %stream, bound_ms = settings.silent_after_min.as_millis() as u64, "stream subscribed but silent while the market delivers");
+                        }
+                        if all_unheard && may_reroute {
+                            let _ = link.socket.close(None).await;
+                            let reason = format!("every stream silent on route {}", plan.route);
+                            return DriveOutcome::Lost {
+                                link_number: link.number,
+                                lived: link.opened.elapsed(),
+                                delivered_data: link.delivered_data,
+                                reason,
+                                reroute: true,
+                            };
+                        }
                     }
-                }
-                if replacement.is_none() && rotation_wanted.is_none() && !link.awaiting_route_verdict(plan.streams.len()) {
-                    let verdict = judge_silence(settings, push_interval, &link.rate, plan.activity.peers(), now);
-                    if let Silence::Silent { silence, bound } = verdict {
-                        warn!(market = %plan.market, task = plan.task, link = link.number, silence_ms = silence.as_millis() as u64, bound_ms = bound.as_millis() as u64, "link answers pings but delivers no data: replacing it make-before-break");
-                        rotation_wanted = Some(RotationCause::Silence);
-                        // If the replacement cannot be opened, the next
-                        // try waits for another bound (no handshake storm).
-                        link.rate.excuse_until(now);
+                    if replacement.is_none() && rotation_wanted.is_none() && !link.awaiting_route_verdict(plan.streams.len()) {
+                        let verdict = judge_silence(settings, push_interval, &link.rate, plan.activity.peers(), now);
+                        if let Silence::Silent { silence, bound } = verdict {
+                            warn!(market = %plan.market, task = plan.task, link = link.number, silence_ms = silence.as_millis() as u64, bound_ms = bound.as_millis() as u64, "link answers pings but delivers no data: replacing it make-before-break");
+                            rotation_wanted = Some(RotationCause::Silence);
+                            // If the replacement cannot be opened, the next
+                            // try waits for another bound (no handshake storm).
+                            link.rate.excuse_until(now);
+                        }
                     }
+                    continue;
                 }
-                continue;
             }
         };
         let message = match event {
@@ -711,6 +721,14 @@ async fn drive_link(
         match frames.try_reserve() {
             Ok(permit) => {
                 permit.send(inbound);
+                if replacement.is_none() && ready_in_a_row < READY_FRAMES_PER_TURN {
+                    ready = link.event_if_ready().await;
+                }
+                ready_in_a_row = if ready.is_some() {
+                    ready_in_a_row + 1
+                } else {
+                    0
+                };
                 continue;
             }
             Err(mpsc::error::TrySendError::Closed(())) => return DriveOutcome::Stop,
@@ -754,6 +772,13 @@ async fn drive_link(
         }
     }
 }
+
+/// How many frames already read from the socket are handled one after the
+/// other without the turn's judgements (control sends, rotation, silence,
+/// the `select!` over retirement, cancellation and timers): in a burst those
+/// cost more than the frame. Every judgement is about time or a rare event,
+/// so putting it off for this many frames (microseconds) changes nothing.
+const READY_FRAMES_PER_TURN: u32 = 64;
 
 async fn next_replacement_event(replacement: &mut Option<Link>) -> LinkEvent {
     match replacement.as_mut() {
