@@ -28,9 +28,9 @@ use super::layout::{
 use super::schema::{decimal_type, file_metadata, schema_for, writer_properties};
 use super::{HourFile, ParquetOutError, SortedRows};
 
-/// Rows turned into an Arrow column at a time when a file is written: the
-/// rows unpacked (224 bytes each) are what a seal holds beside the one
-/// column writer at work. Pages and row groups do not depend on it.
+/// Rows turned into Arrow columns at a time when a file is written: the
+/// rows unpacked (224 bytes each) are what a seal holds beside the column
+/// writers of a pass. Pages and row groups do not depend on it.
 const ROWS_PER_BATCH: usize = 8_192;
 
 /// One value of a row, as its column's builder takes it.
