@@ -9,7 +9,9 @@
 //!   staging, moved-aside files and their start-up migration live beside it.
 //! - [`schema`]: columns per stream kind and schema version, encodings,
 //!   footer metadata.
-//! - [`write`](mod@write): the atomic write and its crash-point seam.
+//! - [`write`](mod@write): the atomic write and its crash-point seam; the
+//!   rows are encoded in passes of a few columns, so a seal holds one
+//!   pass's pages rather than the whole file's.
 //! - [`read`]: footers, summaries and rows of version 1 and 2 files.
 //! - [`run_file`]: an unsealed hour's rows spilled beside the WAL past
 //!   the memory budget, and read back when it seals.
