@@ -122,7 +122,7 @@ fn main() {
     let started = Instant::now();
     let mut bytes = 0;
     for _ in 0..rounds {
-        let path = write_hour_file(&scratch.path().join("parquet"), &file).expect("seal");
+        let (path, _) = write_hour_file(&scratch.path().join("parquet"), &file).expect("seal");
         bytes = std::fs::metadata(path).expect("file").len();
     }
     let seal_rate = rate(file.rows.len() * rounds, started.elapsed());

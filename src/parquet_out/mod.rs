@@ -47,13 +47,13 @@ pub use schema::{schema_for, schema_of_version, SchemaVersion, SCHEMA_VERSION};
 pub use write::{write_hour_file, write_hour_file_until, SealStep};
 
 /// The rows of one file, sorted and unique by key, as the writer reads
-/// them: a few facts for the footer, then consecutive slices in key order.
+/// them: consecutive slices in key order, as many times as it asks (once
+/// per pass of a few columns). What the footer says of them (how many,
+/// from where, first and last key) the writer counts on its first pass:
+/// a spilled hour only knows it by merging its runs.
 pub trait SortedRows {
-    fn n_rows(&self) -> usize;
-    /// How many came from REST.
-    fn n_rest(&self) -> usize;
-    fn first_key(&self) -> Option<i64>;
-    fn last_key(&self) -> Option<i64>;
+    /// Whether there are no rows (an empty hour has no row group).
+    fn is_empty(&self) -> bool;
     /// Calls `each` with the rows in key order, at most `max` at a time.
     fn for_each_slice(
         &self,
@@ -63,22 +63,8 @@ pub trait SortedRows {
 }
 
 impl SortedRows for Vec<Row> {
-    fn n_rows(&self) -> usize {
-        self.len()
-    }
-
-    fn n_rest(&self) -> usize {
-        self.iter()
-            .filter(|row| row.source() == crate::domain::Source::Rest)
-            .count()
-    }
-
-    fn first_key(&self) -> Option<i64> {
-        self.first().map(Row::key)
-    }
-
-    fn last_key(&self) -> Option<i64> {
-        self.last().map(Row::key)
+    fn is_empty(&self) -> bool {
+        <[Row]>::is_empty(self)
     }
 
     fn for_each_slice(
@@ -87,6 +73,29 @@ impl SortedRows for Vec<Row> {
         each: &mut dyn FnMut(&[Row]) -> Result<(), ParquetOutError>,
     ) -> Result<(), ParquetOutError> {
         self.chunks(max.max(1)).try_for_each(each)
+    }
+}
+
+/// What a file's rows are, as its footer says: counted by the writer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowCounts {
+    pub n_rows: usize,
+    /// How many came from REST.
+    pub n_rest: usize,
+    pub first_key: Option<i64>,
+    pub last_key: Option<i64>,
+}
+
+impl RowCounts {
+    /// Counts `slice`, the rows that follow those counted so far.
+    pub fn add(&mut self, slice: &[Row]) {
+        self.n_rows += slice.len();
+        self.n_rest += slice
+            .iter()
+            .filter(|row| row.source() == crate::domain::Source::Rest)
+            .count();
+        self.first_key = self.first_key.or(slice.first().map(Row::key));
+        self.last_key = slice.last().map(Row::key).or(self.last_key);
     }
 }
 
@@ -232,7 +241,7 @@ mod tests {
     fn a_delivered_contracts_last_hour_says_when_in_its_footer() {
         let root = tempfile::tempdir().expect("temporary directory");
         let mut file = hour_file(StreamKind::Trade, sample_rows(StreamKind::Trade));
-        let path = write_hour_file(root.path(), &file).expect("writes");
+        let (path, _) = write_hour_file(root.path(), &file).expect("writes");
         let summary = read_summary(&path).expect("summary");
         assert_eq!(summary.delivered_at, None);
         assert!(read_metadata(&path)
@@ -240,7 +249,7 @@ mod tests {
             .iter()
             .all(|(key, _)| key != "delivered_at"));
         file.delivered_at = Some(file.hour.end());
-        let path = write_hour_file(root.path(), &file).expect("rewrites");
+        let (path, _) = write_hour_file(root.path(), &file).expect("rewrites");
         assert_eq!(
             read_summary(&path).expect("summary").delivered_at,
             Some(file.hour.end())
@@ -256,7 +265,7 @@ mod tests {
             StreamKind::Kline(KlineInterval::Minute1),
         ] {
             let file = hour_file(kind, sample_rows(kind));
-            let path = write_hour_file(root.path(), &file).expect("writes");
+            let (path, _) = write_hour_file(root.path(), &file).expect("writes");
             assert!(path.to_string_lossy().ends_with(&format!(
                 "market=spot/stream={0}/symbol=BTCUSDT/date=2024-08-09/BTCUSDT-{0}-2024-08-09-00.parquet",
                 kind.path_name()
@@ -307,7 +316,7 @@ mod tests {
             })
             .collect();
         let file = hour_file(StreamKind::Trade, rows);
-        let path = write_hour_file(root.path(), &file).expect("writes");
+        let (path, _) = write_hour_file(root.path(), &file).expect("writes");
         assert_eq!(
             read_hour_file(&path, StreamKind::Trade).expect("reads"),
             file.rows
@@ -324,7 +333,7 @@ mod tests {
     fn empty_hour_still_gets_a_file_and_no_temporary_is_left() {
         let root = tempfile::tempdir().expect("temporary directory");
         let file = hour_file(StreamKind::Trade, vec![]);
-        let path = write_hour_file(root.path(), &file).expect("writes");
+        let (path, _) = write_hour_file(root.path(), &file).expect("writes");
         assert_eq!(
             read_hour_file(&path, StreamKind::Trade).expect("reads"),
             vec![]
@@ -373,8 +382,9 @@ mod tests {
             .collect();
         assert_eq!(rows.len(), 5000);
         let root = tempfile::tempdir().expect("temporary directory");
-        let path = write_hour_file(root.path(), &hour_file(StreamKind::AggTrade, rows.clone()))
-            .expect("writes");
+        let (path, _) =
+            write_hour_file(root.path(), &hour_file(StreamKind::AggTrade, rows.clone()))
+                .expect("writes");
         let bytes = fs::metadata(&path).expect("file").len();
         let bytes_per_row = bytes as f64 / rows.len() as f64;
         println!(
@@ -419,8 +429,9 @@ mod tests {
             })
             .collect();
         let root = tempfile::tempdir().expect("temporary directory");
-        let path = write_hour_file(root.path(), &hour_file(StreamKind::AggTrade, rows.clone()))
-            .expect("writes");
+        let (path, _) =
+            write_hour_file(root.path(), &hour_file(StreamKind::AggTrade, rows.clone()))
+                .expect("writes");
         let reader =
             SerializedFileReader::new(fs::File::open(&path).expect("file")).expect("reads");
         let readable = [
@@ -472,7 +483,7 @@ mod tests {
         let root = tempfile::tempdir().expect("temporary directory");
         let file = hour_file(StreamKind::Trade, sample_rows(StreamKind::Trade));
         for step in [SealStep::Written, SealStep::Synced] {
-            let path = write_hour_file_until(root.path(), &file, Some(step)).expect("writes");
+            let (path, _) = write_hour_file_until(root.path(), &file, Some(step)).expect("writes");
             assert!(!path.exists(), "{step:?}: not renamed yet");
             let staged: Vec<_> = fs::read_dir(staging_dir(root.path()))
                 .expect("staging exists")

@@ -12,7 +12,7 @@ use parquet::schema::types::ColumnPath;
 
 use crate::domain::{StreamKind, DECIMAL_PRECISION, DECIMAL_SCALE};
 
-use super::{HourFile, SortedRows};
+use super::{HourFile, RowCounts, SortedRows};
 
 /// The dataset contract's version this release writes, as `schema_version`.
 pub const SCHEMA_VERSION: u32 = SchemaVersion::CURRENT.number();
@@ -188,12 +188,10 @@ pub(super) fn writer_properties(kind: StreamKind, metadata: Vec<KeyValue>) -> Wr
     builder.build()
 }
 
-/// The footer's key-value metadata of a file; `market`, `stream` and
-/// `symbol` are here (and in the path) rather than in columns.
+/// The footer's key-value metadata of a file but what its rows' count
+/// gives ([`count_metadata`]); `market`, `stream` and `symbol` are here
+/// (and in the path) rather than in columns.
 pub(super) fn file_metadata<R: SortedRows>(file: &HourFile<R>) -> Vec<KeyValue> {
-    let n_rest = file.rows.n_rest();
-    let n_ws = file.rows.n_rows() - n_rest;
-    let optional_key = |key: Option<i64>| key.map_or("null".to_owned(), |key| key.to_string());
     let unfilled = serde_json::to_string(&file.unfilled).expect("unfilled ranges always serialise");
     let clock_offset = file
         .clock_offset_us
@@ -205,13 +203,6 @@ pub(super) fn file_metadata<R: SortedRows>(file: &HourFile<R>) -> Vec<KeyValue> 
         ("stream", file.key.kind.path_name()),
         ("symbol", file.key.symbol.to_string()),
         ("hour", file.hour.hour_text()),
-        ("row_count", file.rows.n_rows().to_string()),
-        (
-            "rows_by_source",
-            format!("{{\"ws\":{n_ws},\"rest\":{n_rest}}}"),
-        ),
-        ("first_key", optional_key(file.rows.first_key())),
-        ("last_key", optional_key(file.rows.last_key())),
         ("unfilled", unfilled),
         ("coverage_from", file.coverage_from.to_string()),
         ("coverage_to", file.coverage_to.to_string()),
@@ -219,6 +210,25 @@ pub(super) fn file_metadata<R: SortedRows>(file: &HourFile<R>) -> Vec<KeyValue> 
     ]
     .into_iter()
     .chain(file.delivered_at.map(|at| ("delivered_at", at.to_string())))
+    .map(|(key, value)| KeyValue::new(key.to_owned(), value))
+    .collect()
+}
+
+/// The footer's keys that say what the rows are, known once the writer
+/// has counted them (they follow the others in the footer).
+pub(super) fn count_metadata(counts: &RowCounts) -> Vec<KeyValue> {
+    let n_ws = counts.n_rows - counts.n_rest;
+    let optional_key = |key: Option<i64>| key.map_or("null".to_owned(), |key| key.to_string());
+    [
+        ("row_count", counts.n_rows.to_string()),
+        (
+            "rows_by_source",
+            format!("{{\"ws\":{n_ws},\"rest\":{}}}", counts.n_rest),
+        ),
+        ("first_key", optional_key(counts.first_key)),
+        ("last_key", optional_key(counts.last_key)),
+    ]
+    .into_iter()
     .map(|(key, value)| KeyValue::new(key.to_owned(), value))
     .collect()
 }

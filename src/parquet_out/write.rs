@@ -25,8 +25,8 @@ use crate::domain::{Decimal8, Row, StreamKind, TimeUs};
 use super::layout::{
     create_dir_durably, hour_file_path, staging_dir, staging_path, sync_directory,
 };
-use super::schema::{decimal_type, file_metadata, schema_for, writer_properties};
-use super::{HourFile, ParquetOutError, SortedRows};
+use super::schema::{count_metadata, decimal_type, file_metadata, schema_for, writer_properties};
+use super::{HourFile, ParquetOutError, RowCounts, SortedRows};
 
 /// Rows turned into Arrow columns at a time when a file is written: the
 /// rows unpacked (224 bytes each) are what a seal holds beside the column
@@ -254,7 +254,8 @@ impl PageStoreFactory for CompactPagesFactory {
 }
 
 /// Encodes `rows` as a Parquet file of `kind` into `output`, a few columns
-/// at a time, and returns `output` with the footer written.
+/// at a time, and returns `output` with the footer written and what the
+/// rows were (the footer's [`count_metadata`], counted on the first pass).
 ///
 /// `ArrowWriter` encodes every column of a slice of rows at once, so it
 /// holds every column's compressed pages (and a zstd context per column)
@@ -266,16 +267,16 @@ impl PageStoreFactory for CompactPagesFactory {
 /// less still, but the rows of a spilled hour are merged again at each
 /// pass: a million rows sealed 2.2 times slower with 11 passes, no slower
 /// with 2 (docs/BENCHMARKS.md). The bytes are `ArrowWriter`'s, for the
-/// same slices: the same column writers (made by its own factory, with its
-/// `ARROW:schema` footer key) take the same arrays, and row groups split at
-/// the same row (`max_row_group_row_count`).
+/// same slices and footer keys: the same column writers (made by its own
+/// factory, with its `ARROW:schema` footer key) take the same arrays, and
+/// row groups split at the same row (`max_row_group_row_count`).
 fn encode_by_column<W: Write + Send, R: SortedRows>(
     output: W,
     kind: StreamKind,
     properties: WriterProperties,
     rows: &R,
     error_path: &Path,
-) -> Result<W, ParquetOutError> {
+) -> Result<(W, RowCounts), ParquetOutError> {
     let encode_error = |source: ParquetError| ParquetOutError::Encode {
         path: error_path.to_path_buf(),
         source,
@@ -286,17 +287,18 @@ fn encode_by_column<W: Write + Send, R: SortedRows>(
             .and_then(ArrowWriter::into_serialized_writer)
             .map_err(encode_error)?;
     let column_writers = column_writers.with_page_store_factory(Arc::new(CompactPagesFactory));
-    let n_rows = rows.n_rows();
     let rows_per_group = file_writer
         .properties()
         .max_row_group_row_count()
         .unwrap_or(usize::MAX)
         .max(1);
+    // Known after the first pass, which counts every row.
+    let mut counted: Option<RowCounts> = None;
     // An empty hour has no row group, as with `ArrowWriter`.
     let mut group_start = 0;
     let mut group_index = 0;
-    while group_start < n_rows {
-        let group_end = n_rows.min(group_start.saturating_add(rows_per_group));
+    while !rows.is_empty() && counted.is_none_or(|counts| group_start < counts.n_rows) {
+        let group_end = group_start.saturating_add(rows_per_group);
         let mut row_group = file_writer.next_row_group().map_err(encode_error)?;
         // Made together, but each is idle (no pages, no zstd workspace)
         // until its turn, and dropped once its chunk is in the file.
@@ -313,8 +315,12 @@ fn encode_by_column<W: Write + Send, R: SortedRows>(
                     (column, field, ColumnBuilder::new(field.data_type()), writer)
                 })
                 .collect();
+            let mut counting = counted.is_none().then(RowCounts::default);
             let mut n_seen = 0;
             rows.for_each_slice(ROWS_PER_BATCH, &mut |slice| {
+                if let Some(counts) = counting.as_mut() {
+                    counts.add(slice);
+                }
                 let slice_start = n_seen;
                 n_seen += slice.len();
                 let from = group_start.clamp(slice_start, n_seen) - slice_start;
@@ -333,11 +339,15 @@ fn encode_by_column<W: Write + Send, R: SortedRows>(
                 }
                 Ok(())
             })?;
-            if n_seen != n_rows {
+            let counts = *counted.get_or_insert(counting.unwrap_or_default());
+            if n_seen != counts.n_rows {
                 return Err(ParquetOutError::Invalid {
                     path: error_path.to_path_buf(),
                     kind: kind.path_name(),
-                    reason: format!("the rows gave {n_seen} rows, but {n_rows} were counted"),
+                    reason: format!(
+                        "a pass over the rows gave {n_seen} rows, the first {}",
+                        counts.n_rows
+                    ),
                 });
             }
             for (_, _, _, writer) in pass {
@@ -351,10 +361,16 @@ fn encode_by_column<W: Write + Send, R: SortedRows>(
         group_start = group_end;
         group_index += 1;
     }
-    file_writer.into_inner().map_err(encode_error)
+    let counts = counted.unwrap_or_default();
+    for key_value in count_metadata(&counts) {
+        file_writer.append_key_value_metadata(key_value);
+    }
+    let output = file_writer.into_inner().map_err(encode_error)?;
+    Ok((output, counts))
 }
 
-/// Writes `file` atomically under `root` and returns its final path.
+/// Writes `file` atomically under `root` and returns its final path and
+/// what its rows were (as its footer says).
 ///
 /// Steps: encode to `<root>/.staging/<market>-<name>.tmp` (outside the
 /// partition tree, so readers of a folder never meet it; same filesystem,
@@ -365,7 +381,7 @@ fn encode_by_column<W: Write + Send, R: SortedRows>(
 pub fn write_hour_file<R: SortedRows>(
     root: &Path,
     file: &HourFile<R>,
-) -> Result<PathBuf, ParquetOutError> {
+) -> Result<(PathBuf, RowCounts), ParquetOutError> {
     write_hour_file_until(root, file, None)
 }
 
@@ -390,7 +406,7 @@ pub fn write_hour_file_until<R: SortedRows>(
     root: &Path,
     file: &HourFile<R>,
     stop_after: Option<SealStep>,
-) -> Result<PathBuf, ParquetOutError> {
+) -> Result<(PathBuf, RowCounts), ParquetOutError> {
     let stop = |step: SealStep| stop_after == Some(step);
     let final_path = hour_file_path(root, &file.key, file.hour);
     let directory = final_path
@@ -407,21 +423,22 @@ pub fn write_hour_file_until<R: SortedRows>(
     let temporary = staging_path(root, &file.key, file.hour);
     let output = File::create(&temporary).map_err(io_error(&temporary))?;
     let properties = writer_properties(file.key.kind, file_metadata(file));
-    let output = encode_by_column(output, file.key.kind, properties, &file.rows, &temporary)?;
+    let (output, counts) =
+        encode_by_column(output, file.key.kind, properties, &file.rows, &temporary)?;
     if stop(SealStep::Written) {
-        return Ok(final_path);
+        return Ok((final_path, counts));
     }
     output.sync_all().map_err(io_error(&temporary))?;
     drop(output);
     if stop(SealStep::Synced) {
-        return Ok(final_path);
+        return Ok((final_path, counts));
     }
     fs::rename(&temporary, &final_path).map_err(io_error(&final_path))?;
     if stop(SealStep::Renamed) {
-        return Ok(final_path);
+        return Ok((final_path, counts));
     }
     sync_directory(&directory).map_err(io_error(&directory))?;
-    Ok(final_path)
+    Ok((final_path, counts))
 }
 
 #[cfg(test)]
@@ -508,17 +525,8 @@ mod tests {
     }
 
     impl SortedRows for VariedRows {
-        fn n_rows(&self) -> usize {
-            self.n_rows as usize
-        }
-        fn n_rest(&self) -> usize {
-            0
-        }
-        fn first_key(&self) -> Option<i64> {
-            None
-        }
-        fn last_key(&self) -> Option<i64> {
-            None
+        fn is_empty(&self) -> bool {
+            self.n_rows == 0
         }
         fn for_each_slice(
             &self,
@@ -571,7 +579,9 @@ mod tests {
     ) -> W {
         let mut writer =
             ArrowWriter::try_new(output, schema_for(kind), Some(properties)).expect("writer");
+        let mut counts = RowCounts::default();
         rows.for_each_slice(ROWS_PER_BATCH, &mut |slice| {
+            counts.add(slice);
             let mut columns = Columns::new(kind);
             for row in slice {
                 columns.push(row);
@@ -582,11 +592,24 @@ mod tests {
             Ok(())
         })
         .expect("the rows");
+        for key_value in count_metadata(&counts) {
+            writer.append_key_value_metadata(key_value);
+        }
         writer.into_inner().expect("closes")
     }
 
     fn encode<R: SortedRows>(kind: StreamKind, properties: WriterProperties, rows: &R) -> Vec<u8> {
-        encode_by_column(Vec::new(), kind, properties, rows, Path::new("test")).expect("encodes")
+        let (bytes, counts) =
+            encode_by_column(Vec::new(), kind, properties, rows, Path::new("test"))
+                .expect("encodes");
+        let mut expected = RowCounts::default();
+        rows.for_each_slice(ROWS_PER_BATCH, &mut |slice| {
+            expected.add(slice);
+            Ok(())
+        })
+        .expect("the rows");
+        assert_eq!(counts, expected);
+        bytes
     }
 
     /// The files' contract (columns, encodings, statistics, footer, one row
@@ -629,30 +652,23 @@ mod tests {
     }
 
     #[test]
-    fn rows_that_do_not_match_their_count_fail_the_file() {
-        struct Miscounted(Vec<Row>);
-        impl SortedRows for Miscounted {
-            fn n_rows(&self) -> usize {
-                self.0.len() + 1
-            }
-            fn n_rest(&self) -> usize {
-                0
-            }
-            fn first_key(&self) -> Option<i64> {
-                None
-            }
-            fn last_key(&self) -> Option<i64> {
-                None
+    fn rows_that_differ_from_pass_to_pass_fail_the_file() {
+        /// One row fewer on every pass after the first.
+        struct Shrinking(Vec<Row>, std::cell::Cell<usize>);
+        impl SortedRows for Shrinking {
+            fn is_empty(&self) -> bool {
+                self.0.is_empty()
             }
             fn for_each_slice(
                 &self,
                 max: usize,
                 each: &mut dyn FnMut(&[Row]) -> Result<(), ParquetOutError>,
             ) -> Result<(), ParquetOutError> {
-                self.0.for_each_slice(max, each)
+                let n_passes = self.1.replace(self.1.get() + 1);
+                self.0[n_passes.min(1)..].to_vec().for_each_slice(max, each)
             }
         }
-        let rows = Miscounted(varied_rows(StreamKind::AggTrade, 100));
+        let rows = Shrinking(varied_rows(StreamKind::AggTrade, 100), Default::default());
         let properties = properties(StreamKind::AggTrade, &rows.0);
         let error = encode_by_column(
             Vec::new(),
@@ -662,7 +678,10 @@ mod tests {
             Path::new("test"),
         )
         .expect_err("refused");
-        assert!(error.to_string().contains("gave 100 rows"), "{error}");
+        assert!(
+            error.to_string().contains("gave 99 rows, the first 100"),
+            "{error}"
+        );
     }
 
     /// The point of going a few columns at a time: the writer holds the
@@ -684,7 +703,7 @@ mod tests {
         });
         let mut file_size = 0;
         let by_column = allocation_counter::measure(|| {
-            let output = encode_by_column(
+            let (output, _) = encode_by_column(
                 CountingSink::default(),
                 kind,
                 for_by_column,

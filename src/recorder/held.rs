@@ -176,20 +176,8 @@ impl HeldRows {
 }
 
 impl SortedRows for HeldRows {
-    fn n_rows(&self) -> usize {
-        self.len()
-    }
-
-    fn n_rest(&self) -> usize {
-        HeldRows::n_rest(self)
-    }
-
-    fn first_key(&self) -> Option<i64> {
-        self.first_id_at().map(|at| at.id)
-    }
-
-    fn last_key(&self) -> Option<i64> {
-        HeldRows::last_key(self)
+    fn is_empty(&self) -> bool {
+        HeldRows::is_empty(self)
     }
 
     fn for_each_slice(
@@ -875,9 +863,9 @@ mod tests {
             .iter()
             .filter(|row| row.source() == Source::Rest)
             .count();
-        assert_eq!(SortedRows::n_rest(&held), n_rest);
+        assert_eq!(held.n_rest(), n_rest);
         assert_eq!(
-            SortedRows::first_key(&held),
+            held.first_id_at().map(|at| at.id),
             model_rows.first().map(Row::key)
         );
         assert_eq!(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use crate::domain::{Hour, Row, Source, StreamKey, TimeUs};
+use crate::domain::{Hour, Row, StreamKey, TimeUs};
 use crate::parquet_out::run_file::RunReader;
 use crate::parquet_out::{self, HourFile, ParquetOutError, SchemaVersion, SortedRows};
 use crate::seal::merge_into_sealed;
@@ -161,13 +161,8 @@ pub(crate) fn execute_seal(
             },
         }
     }
-    let counts = match MergedHour::count(&job.rows) {
-        Ok(counts) => counts,
-        Err(error) => return fail(error.to_string(), job, false),
-    };
     let rows = MergedHour {
         rows: std::mem::replace(&mut job.rows, HourRows::new(job.key.kind)),
-        counts,
     };
     let file = HourFile {
         key: job.key.clone(),
@@ -188,10 +183,10 @@ pub(crate) fn execute_seal(
         }
         None => parquet_out::write_hour_file(data_dir, &file).map_err(|error| error.to_string()),
     });
-    let n_rows = file.rows.n_rows();
     job.rows = file.rows.rows;
     match written {
-        Ok(Ok(path)) => {
+        Ok(Ok((path, counts))) => {
+            let n_rows = counts.n_rows;
             remove_runs(&run_files);
             SealOutcome {
                 job_key,
@@ -218,70 +213,16 @@ fn remove_runs(paths: &[PathBuf]) {
     }
 }
 
-/// How many rows an hour's merge gives, and its first and last keys.
-#[derive(Debug, Clone, Copy)]
-struct Counts {
-    n_rows: usize,
-    n_rest: usize,
-    first_key: Option<i64>,
-    last_key: Option<i64>,
-}
-
 /// An hour's rows as the writer reads them: with nothing spilled, the rows
-/// in memory; else its runs, read back from disk, merged with them (a
-/// first pass counts what the merge gives, for the footer).
+/// in memory; else its runs, read back from disk, merged with them (once
+/// per pass of the writer, the first of which counts them).
 pub(crate) struct MergedHour {
     rows: HourRows,
-    /// `None`: nothing spilled, the rows in memory are the file's.
-    counts: Option<Counts>,
-}
-
-impl MergedHour {
-    /// What the merge of `rows` gives (`None` with nothing spilled).
-    fn count(rows: &HourRows) -> Result<Option<Counts>, ParquetOutError> {
-        if !rows.has_runs() {
-            return Ok(None);
-        }
-        let mut counts = Counts {
-            n_rows: 0,
-            n_rest: 0,
-            first_key: None,
-            last_key: None,
-        };
-        for_each_merged(rows, &mut |row| {
-            counts.n_rows += 1;
-            counts.n_rest += usize::from(row.source() == Source::Rest);
-            counts.first_key = counts.first_key.or(Some(row.key()));
-            counts.last_key = Some(row.key());
-            Ok(())
-        })?;
-        Ok(Some(counts))
-    }
 }
 
 impl SortedRows for MergedHour {
-    fn n_rows(&self) -> usize {
-        self.counts
-            .map_or_else(|| self.rows.in_memory().len(), |counts| counts.n_rows)
-    }
-
-    fn n_rest(&self) -> usize {
-        self.counts
-            .map_or_else(|| self.rows.in_memory().n_rest(), |counts| counts.n_rest)
-    }
-
-    fn first_key(&self) -> Option<i64> {
-        match self.counts {
-            Some(counts) => counts.first_key,
-            None => SortedRows::first_key(self.rows.in_memory()),
-        }
-    }
-
-    fn last_key(&self) -> Option<i64> {
-        match self.counts {
-            Some(counts) => counts.last_key,
-            None => self.rows.in_memory().last_key(),
-        }
+    fn is_empty(&self) -> bool {
+        !self.rows.has_runs() && self.rows.in_memory().is_empty()
     }
 
     fn for_each_slice(
@@ -289,7 +230,7 @@ impl SortedRows for MergedHour {
         max: usize,
         each: &mut dyn FnMut(&[Row]) -> Result<(), ParquetOutError>,
     ) -> Result<(), ParquetOutError> {
-        if self.counts.is_none() {
+        if !self.rows.has_runs() {
             return self.rows.in_memory().for_each_slice(max, each);
         }
         let mut slice = Vec::with_capacity(max.clamp(1, 65_536));
@@ -541,7 +482,7 @@ mod tests {
                     clock_offset_us: None,
                     delivered_at: None,
                 };
-                let path = parquet_out::write_hour_file_until(root.path(), &file, Some(step))
+                let (path, _) = parquet_out::write_hour_file_until(root.path(), &file, Some(step))
                     .expect("written up to the step");
 
                 // Restart: leftovers go, and the WAL (never deleted before a

@@ -484,7 +484,7 @@ pub fn seal_with_clock_offset(
         clock_offset_us,
         delivered_at: None,
     };
-    let path: PathBuf = parquet_out::write_hour_file(root, &file).expect("sealed");
+    let (path, _) = parquet_out::write_hour_file(root, &file).expect("sealed");
     path.strip_prefix(root)
         .expect("under root")
         .display()

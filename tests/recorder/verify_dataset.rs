@@ -130,7 +130,9 @@ pub fn hour_file(kind: StreamKind, hour: Hour, rows: Vec<Row>) -> HourFile {
 }
 
 pub fn write(root: &Path, file: &HourFile) -> PathBuf {
-    parquet_out::write_hour_file(root, file).expect("test file written")
+    parquet_out::write_hour_file(root, file)
+        .expect("test file written")
+        .0
 }
 
 /// The good dataset's files, as written (change one and write it again to
