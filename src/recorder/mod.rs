@@ -56,7 +56,7 @@ use crate::binance::ws::{HandshakeBudget, Inbound};
 use crate::config::Config;
 use crate::domain::{Hour, Market, StreamKey, Symbol, TimeUs};
 use crate::metrics::health::HealthBoard;
-use crate::metrics::{Counters, GaugeF64, MarketLabels, StreamLabels};
+use crate::metrics::{Counters, GaugeF64, MarketLabels};
 use crate::recorder::batch::{wait_batch, BatchOutcome, Pending};
 use crate::recorder::fill_rounds::RunningFill;
 use crate::recorder::pace::{ClockPace, SealPace};
@@ -250,7 +250,7 @@ pub async fn run_with_seams(
         batch_oldest_recv_us: None,
         summary_logged_at: Instant::now(),
         status_refreshed_at: Instant::now(),
-        stream_metrics: stream_metrics(&config, &counters),
+        stream_metrics: report::stream_metrics(&config, &counters),
         upload: None,
         deliveries: delivery::Deliveries::default(),
         retired: BTreeMap::new(),
@@ -415,30 +415,6 @@ struct Runtime {
 
 /// What the start-up symbol check learnt of each market's contracts.
 type ContractsByMarket = Vec<(Market, Vec<delivery::ContractFacts>)>;
-
-/// The per-stream metric handles of every configured stream.
-fn stream_metrics(config: &Config, counters: &Counters) -> HashMap<StreamKey, (Counter, GaugeF64)> {
-    let mut handles = HashMap::new();
-    for market_config in &config.markets {
-        for symbol in &market_config.symbols {
-            for kind in &market_config.streams {
-                let labels = StreamLabels {
-                    market: market_config.market.name().to_owned(),
-                    stream: stream_name(symbol, *kind),
-                };
-                let rows = counters.rows_by_stream.get_or_create(&labels).clone();
-                let last_event = counters.last_event_time.get_or_create(&labels).clone();
-                let key = StreamKey {
-                    market: market_config.market,
-                    symbol: symbol.clone(),
-                    kind: *kind,
-                };
-                handles.insert(key, (rows, last_event));
-            }
-        }
-    }
-    handles
-}
 
 /// Turns of the recorder loop that took only a frame between two ticks
 /// of the service (readiness, watchdog, health: a few clock readings and

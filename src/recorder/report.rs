@@ -11,9 +11,12 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::Runtime;
+use crate::binance::streams::stream_name;
+use crate::config::Config;
 use crate::domain::{Market, StreamKey, TimeUs};
-use crate::metrics::Counters;
+use crate::metrics::{Counters, GaugeF64, StreamLabels};
 use crate::service::{StatusFigures, WalProgress};
+use prometheus_client::metrics::counter::Counter;
 
 /// A summary log line this often, so an operator reading only the journal
 /// sees progress.
@@ -136,4 +139,31 @@ impl Runtime {
             }
         });
     }
+}
+
+/// The per-stream metric handles of every configured stream.
+pub(super) fn stream_metrics(
+    config: &Config,
+    counters: &Counters,
+) -> HashMap<StreamKey, (Counter, GaugeF64)> {
+    let mut handles = HashMap::new();
+    for market_config in &config.markets {
+        for symbol in &market_config.symbols {
+            for kind in &market_config.streams {
+                let labels = StreamLabels {
+                    market: market_config.market.name().to_owned(),
+                    stream: stream_name(symbol, *kind),
+                };
+                let rows = counters.rows_by_stream.get_or_create(&labels).clone();
+                let last_event = counters.last_event_time.get_or_create(&labels).clone();
+                let key = StreamKey {
+                    market: market_config.market,
+                    symbol: symbol.clone(),
+                    kind: *kind,
+                };
+                handles.insert(key, (rows, last_event));
+            }
+        }
+    }
+    handles
 }

@@ -4,10 +4,8 @@
 //! streams are still unheard. The task in `mod.rs` drives it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -189,18 +187,6 @@ impl Link {
             Some(Err(error)) => LinkEvent::Ended(format!("read error: {error}")),
             Some(Ok(message)) => LinkEvent::Frame(message),
         }
-    }
-
-    /// The next event if the socket has one without waiting (a frame
-    /// already buffered or readable now), else `None`; the task's waker is
-    /// registered as by [`Link::next_event`].
-    pub(super) async fn event_if_ready(&mut self) -> Option<LinkEvent> {
-        let mut next = std::pin::pin!(self.next_event());
-        std::future::poll_fn(|context| match next.as_mut().poll(context) {
-            Poll::Ready(event) => Poll::Ready(Some(event)),
-            Poll::Pending => Poll::Ready(None),
-        })
-        .await
     }
 
     /// Sends the next paced SUBSCRIBE if one is due.
