@@ -53,6 +53,10 @@ pub(super) struct Writing {
     /// The oldest WAL segment the rows being written came from: kept
     /// until the file is on disk (`None`: the job holds no row).
     pub(super) pinned_segment: Option<SegmentId>,
+    /// Heap the rows being written hold until the file is on disk (the
+    /// job's rows in memory, runs on disk aside): still counted against
+    /// the memory budget (`State::take_spills`).
+    pub(super) held_bytes: usize,
     /// The write failed: the same job (rows, holes, coverage) runs again,
     /// and the hour stays in flight, pinning its segment, until it does.
     pub(super) failed_job: Option<SealJob>,
@@ -143,11 +147,17 @@ impl HourState {
     }
 
     /// A write of the hour starts, pinning `pinned_segment` until it ends.
-    pub(super) fn start_writing(&mut self, pinned_segment: Option<SegmentId>) {
+    pub(super) fn start_writing(&mut self, pinned_segment: Option<SegmentId>, held_bytes: usize) {
         self.writing = Some(Writing {
             pinned_segment,
+            held_bytes,
             failed_job: None,
         });
+    }
+
+    /// Heap the rows of a write in flight hold (0 when none is).
+    pub(super) fn writing_held_bytes(&self) -> usize {
+        self.writing.as_ref().map_or(0, |writing| writing.held_bytes)
     }
 
     /// The write failed: `job` runs again as it was. The hour stays in
@@ -156,6 +166,7 @@ impl HourState {
     pub(super) fn write_failed(&mut self, job: SealJob) {
         let writing = self.writing.get_or_insert(Writing {
             pinned_segment: job.first_segment,
+            held_bytes: job.rows.heap_bytes(),
             failed_job: None,
         });
         writing.failed_job = Some(job);
@@ -253,6 +264,11 @@ impl StreamState {
 
     pub(super) fn rows_mut(&mut self, hour: Hour) -> Option<&mut OpenRows> {
         self.hours.get_mut(&hour)?.rows.as_mut()
+    }
+
+    /// Heap the rows of the stream's writes in flight hold.
+    pub(super) fn writing_held_bytes(&self) -> usize {
+        self.hours.values().map(HourState::writing_held_bytes).sum()
     }
 
     /// The hours holding rows not in a file yet, oldest first.
@@ -386,6 +402,7 @@ mod tests {
             HourState {
                 writing: Some(Writing {
                     pinned_segment: None,
+                    held_bytes: 0,
                     failed_job: None,
                 }),
                 ..HourState::default()
@@ -413,13 +430,13 @@ mod tests {
         assert!(state.needs_market_history());
 
         // Being written from segment 2, with late rows from segment 3.
-        state.start_writing(Some(SegmentId(2)));
+        state.start_writing(Some(SegmentId(2)), 0);
         assert!(state.is_writing());
         assert_eq!(state.pinned_segment(), Some(SegmentId(2)));
 
         // A write that holds no row pins nothing; nor does an empty hour.
         let mut empty_file = HourState::default();
-        empty_file.start_writing(None);
+        empty_file.start_writing(None, 0);
         assert!(empty_file.needs_market_history());
         assert_eq!(empty_file.pinned_segment(), None);
         assert_eq!(HourState::default().pinned_segment(), None);
@@ -429,7 +446,7 @@ mod tests {
     #[test]
     fn a_failed_write_stays_in_flight_and_runs_again_once() {
         let mut state = HourState::default();
-        state.start_writing(Some(SegmentId(4)));
+        state.start_writing(Some(SegmentId(4)), 0);
         state.write_failed(seal_job(&[1], 7));
         assert!(state.has_failed_job());
         assert_eq!(
@@ -463,14 +480,14 @@ mod tests {
         };
         assert!(!declared_only.wants_reseal(), "its holes are retried first");
         let mut writing = hour_with_rows(&[1], 1);
-        writing.start_writing(None);
+        writing.start_writing(None, 0);
         assert!(!writing.wants_reseal(), "late rows wait for the write");
     }
 
     #[test]
     fn a_stream_drops_an_hour_only_when_nothing_is_left_of_it() {
         let mut stream = StreamState::default();
-        stream.hour_mut(hour()).start_writing(None);
+        stream.hour_mut(hour()).start_writing(None, 0);
         stream.hour_mut(hour()).declared = Some(declared());
         stream
             .hour_mut(hour().next())
@@ -502,7 +519,7 @@ mod tests {
         stream
             .hour_mut(hour())
             .insert_row(StreamKind::Trade, trade(5), SegmentId(1));
-        stream.hour_mut(hour().next()).start_writing(None);
+        stream.hour_mut(hour().next()).start_writing(None, 0);
         assert_eq!(
             stream.newest_key(),
             Some(5),

@@ -72,13 +72,13 @@ pub use seal_job::{SealFault, SealFaults};
 pub use state::{Checkpoint, FillJob, FillReport, Job, MonoMs, SealJob, State};
 
 /// Capacity of the channel from connection tasks to the recorder.
-pub const CHANNEL_CAPACITY: usize = 8192;
+pub const CHANNEL_CAPACITY: usize = 2048;
 /// Most records in one WAL batch, and most records waiting for the next one:
 /// while that many wait, the recorder stops taking frames from the channel,
 /// the channel fills, and connection tasks wait (TCP backpressure). So at
 /// most `2 * MAX_BATCH_RECORDS + CHANNEL_CAPACITY` frames are held in memory
 /// between the sockets and the WAL, however slow the disk.
-pub const MAX_BATCH_RECORDS: usize = 16_384;
+pub const MAX_BATCH_RECORDS: usize = 8_192;
 
 /// Runs the recorder until `shutdown` is cancelled, then stops in order:
 /// connections first, then every frame already received is made durable,
@@ -611,12 +611,15 @@ impl Runtime {
         let seals_paused = self
             .seal_pause_until
             .is_some_and(|until| Instant::now() < until);
+        let max_seals = if self.state.memory_pressed() {
+            1
+        } else {
+            self.config.max_concurrent_seals
+        };
         let free = if seals_paused {
             0
         } else {
-            self.config
-                .max_concurrent_seals
-                .saturating_sub(self.seals.len())
+            max_seals.saturating_sub(self.seals.len())
         };
         self.end_delivered_contracts();
         self.observe_paces();

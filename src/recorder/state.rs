@@ -70,6 +70,9 @@ pub struct State {
     max_held_bytes: usize,
     /// Rows inserted since the rows held were last measured.
     rows_since_budget_check: usize,
+    /// Rows were spilled and the rows held have not fallen to a quarter of
+    /// the budget since: seals run one at a time ([`State::memory_pressed`]).
+    memory_pressed: bool,
     /// The id of the next run spilled (unique in this process).
     next_run_id: u64,
 }
@@ -107,6 +110,7 @@ impl State {
             delivered: BTreeMap::new(),
             max_held_bytes: usize::try_from(config.max_held_bytes).unwrap_or(usize::MAX),
             rows_since_budget_check: 0,
+            memory_pressed: false,
             next_run_id: 0,
         }
     }

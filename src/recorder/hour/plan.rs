@@ -168,7 +168,7 @@ impl StreamState {
             let rows = state.rows.take();
             let unfilled = state.unfilled_changed.take();
             let job = make_late_job(turn.key, *hour, rows, unfilled, turn.market);
-            state.start_writing(job.first_segment);
+            state.start_writing(job.first_segment, job.rows.heap_bytes());
             walk.push_seal(job);
         }
     }
@@ -443,7 +443,7 @@ impl StreamState {
             job.coverage_from = sealing.coverage_from;
             job.coverage_to = sealing.coverage_to;
         }
-        state.start_writing(job.first_segment);
+        state.start_writing(job.first_segment, job.rows.heap_bytes());
         let evidence_wanted = key.kind == StreamKind::AggTrade
             && key.market == Market::Spot
             && fill.agg_trade_evidence

@@ -35,19 +35,23 @@ pub struct Spill {
 impl State {
     /// Runs to spill when the rows held in memory pass the budget: the
     /// biggest hours' rows, until what stays is at most half the budget
-    /// (so spills come in few, large runs). Measured at most every
+    /// (so spills come in few, large runs). The rows of files being
+    /// written count too: they are held until the file is on disk, and
+    /// only the open hours can make room. Measured at most every
     /// [`BUDGET_CHECK_ROWS`] rows inserted: a walk of the open hours.
     pub fn take_spills(&mut self) -> Vec<Spill> {
         if self.rows_since_budget_check < BUDGET_CHECK_ROWS {
             return Vec::new();
         }
         self.rows_since_budget_check = 0;
-        // `held`: what stays in memory, which the budget bounds; `writing`:
+        // `held`: what stays in memory (the open hours' rows and those of
+        // files being written), which the budget bounds; `writing`:
         // runs on their way to disk, in memory until written (the gauge
         // counts both: it is what the process holds).
         let (mut held, mut writing) = (0usize, 0usize);
         let mut candidates = Vec::new();
         for (key, stream) in &self.streams {
+            held += stream.writing_held_bytes();
             for (hour, open_hour) in stream.open_rows() {
                 held += open_hour.rows.heap_bytes();
                 writing += open_hour.rows.writing_bytes();
@@ -56,6 +60,14 @@ impl State {
                     candidates.push((spillable, key.clone(), hour));
                 }
             }
+        }
+        // From a spill until a quarter of the budget is held: the spill
+        // leaves half of it, so a bare half would let a second seal start
+        // right after each spill.
+        if held > self.max_held_bytes {
+            self.memory_pressed = true;
+        } else if held <= self.max_held_bytes / 4 {
+            self.memory_pressed = false;
         }
         if held <= self.max_held_bytes {
             Counters::set(&self.counters.held_bytes, (held + writing) as u64);
@@ -86,6 +98,16 @@ impl State {
         }
         Counters::set(&self.counters.held_bytes, (held + writing) as u64);
         spills
+    }
+
+    /// The rows held passed the memory budget at a measure and have not
+    /// fallen to a quarter of it since: the runtime then runs one seal at
+    /// a time, not `seal.max_concurrent`.
+    /// A seal's own working memory (zstd contexts and pages, about 12 MB
+    /// for a busy trade hour) is not in the budget, so under pressure the
+    /// process holds the budget and one seal's, not two.
+    pub fn memory_pressed(&self) -> bool {
+        self.memory_pressed
     }
 
     /// A spilled run was written to `path`, or its write failed and its

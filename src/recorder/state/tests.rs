@@ -279,6 +279,72 @@ fn rows_after_a_delivery_are_still_sealed_and_pin_no_wal_segment() {
 }
 
 #[test]
+fn rows_being_written_count_against_the_memory_budget_and_its_pressure_lasts_to_a_quarter() {
+    let config = Config::from_toml(
+        r#"
+[seal]
+grace_ms = 1000
+[fill]
+enabled = false
+[memory]
+max_held_mb = 1
+[markets.spot]
+ws_url = "ws://127.0.0.1:1"
+rest_url = "http://127.0.0.1:1"
+symbols = ["BTCUSDT"]
+streams = ["trade"]
+"#,
+    )
+    .expect("valid test config");
+    let mut state = State::new(&config, Arc::new(Counters::default()));
+    state.begin_session(Market::Spot);
+    let budget = 1024 * 1024;
+    assert!(!state.memory_pressed());
+    // Each of two hours holds a bit over half the budget: within it alone.
+    let n_rows = 12_000;
+    let next_hour = HOUR_START + MICROS_PER_HOUR;
+    apply_corroborated(&mut state, SegmentId(1), trade(0, HOUR_START));
+    for id in 1..n_rows {
+        state.apply(Market::Spot, SegmentId(1), trade(id, HOUR_START + id));
+    }
+    apply_corroborated(&mut state, SegmentId(2), trade(n_rows, next_hour + 1_000_000));
+    assert!(state.take_spills().is_empty(), "one hour is within the budget");
+    assert!(!state.memory_pressed());
+    let jobs = seals(&mut state);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let sealing = jobs[0].rows.heap_bytes();
+    assert!(sealing > budget / 2 && sealing < budget, "{sealing} bytes being written");
+
+    for id in n_rows + 1..2 * n_rows {
+        state.apply(Market::Spot, SegmentId(2), trade(id, next_hour + 1_000_000 + id));
+    }
+    let spills = state.take_spills();
+    assert_eq!(
+        spills.iter().map(|spill| spill.hour).collect::<Vec<_>>(),
+        [Hour::containing(next_hour)],
+        "the open hour makes room for the rows being written"
+    );
+    assert!(state.memory_pressed(), "past the budget: one seal at a time");
+
+    // Once the file is on disk its rows are not held: the next hour alone
+    // is within the budget again.
+    state.seal_finished(&key(StreamKind::Trade), Hour::containing(HOUR_START));
+    for id in 2 * n_rows..2 * n_rows + 4_096 {
+        state.apply(Market::Spot, SegmentId(2), trade(id, next_hour + 1_000_000 + id));
+    }
+    assert!(state.take_spills().is_empty());
+    assert!(
+        !state.memory_pressed(),
+        "a quarter of the budget held: seals run side by side again"
+    );
+    for id in 2 * n_rows + 4_096..3 * n_rows {
+        state.apply(Market::Spot, SegmentId(2), trade(id, next_hour + 1_000_000 + id));
+    }
+    assert!(state.take_spills().is_empty(), "the next hour alone is within the budget");
+    assert!(!state.memory_pressed(), "within the budget: no pressure");
+}
+
+#[test]
 fn frames_mid_hour_cost_no_planning_walk_and_the_hours_end_wakes_it() {
     let mut state = new_state();
     apply_corroborated(&mut state, SegmentId(1), trade(1, HOUR_START + 10));
