@@ -5,6 +5,7 @@
 //! answers, so replay and live recording go through the same code.
 
 mod spills;
+mod writes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -738,27 +739,6 @@ impl State {
                 continue;
             };
             market_state.prune_before(oldest_needed);
-        }
-    }
-
-    /// A seal finished: the hour's rows are on disk, its WAL pin goes.
-    pub fn seal_finished(&mut self, job_key: &StreamKey, hour: Hour) {
-        self.wake.dirty = true;
-        if let Some(stream) = self.streams.get_mut(job_key) {
-            if let Some(state) = stream.hours.get_mut(&hour) {
-                state.writing = None;
-            }
-            stream.drop_if_empty(hour);
-        }
-        self.prune_due = true;
-    }
-
-    /// A seal failed: the same job (rows, holes, coverage) is planned again
-    /// and the hour stays in flight meanwhile, pinning its WAL segments.
-    pub fn seal_failed(&mut self, job: SealJob) {
-        self.wake.dirty = true;
-        if let Some(stream) = self.streams.get_mut(&job.key) {
-            stream.hour_mut(job.hour).write_failed(job);
         }
     }
 
