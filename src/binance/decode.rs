@@ -16,7 +16,6 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::binance::streams::parse_stream_name;
 use crate::domain::{
     AggTradeRow, Decimal8, DecimalError, KlineInterval, KlineRow, Market, Row, Source, StreamKey,
     StreamKind, Symbol, TimeUs, TradeRow, MAX_EXCHANGE_ID, MAX_EXCHANGE_TIME_US, MIN_EXCHANGE_ID,
@@ -321,7 +320,7 @@ fn decode_parsed_wrapper(
 /// parsing the wrapper. `None` for anything else (spaces, other keys, an
 /// escape or a control character in the name, text that is not UTF-8):
 /// the full parse then decides.
-fn split_combined(frame: &[u8]) -> Option<(&str, &[u8])> {
+fn split_combined(frame: &[u8]) -> Option<(&str, &str)> {
     let rest = frame.strip_prefix(br#"{"stream":""#)?;
     // The name ends at its quote; an escape or a control character (which
     // JSON refuses in a string) leaves it to the full parse.
@@ -331,7 +330,9 @@ fn split_combined(frame: &[u8]) -> Option<(&str, &[u8])> {
     let (name, rest) = rest.split_at(name_len);
     let data = rest.strip_prefix(br#"","data":"#)?.strip_suffix(b"}")?;
     let name = std::str::from_utf8(name).ok()?;
-    std::str::from_utf8(data).ok()?;
+    // Checked once here: parsing a `&str`, serde_json does not check each
+    // string of the event again.
+    let data = std::str::from_utf8(data).ok()?;
     Some((name, data))
 }
 
@@ -372,8 +373,9 @@ fn decode_event(
     data: &[u8],
     recv_time: TimeUs,
 ) -> Result<Decoded, DecodeError> {
-    if let Some(decoded) =
-        stream.and_then(|stream| decode_as_named(market, stream, data, recv_time))
+    if let Some(decoded) = stream
+        .zip(std::str::from_utf8(data).ok())
+        .and_then(|(stream, data)| decode_as_named(market, stream, data, recv_time))
     {
         return decoded;
     }
@@ -427,19 +429,19 @@ fn decode_event(
 fn decode_as_named(
     market: Market,
     stream: &str,
-    data: &[u8],
+    data: &str,
     recv_time: TimeUs,
 ) -> Option<Result<Decoded, DecodeError>> {
     let (_, suffix) = stream.rsplit_once('@')?;
     let decoded = if suffix == "trade" {
-        let trade: wire::Trade = serde_json::from_slice(data).ok()?;
+        let trade: wire::Trade = serde_json::from_str(data).ok()?;
         (trade.e.as_deref() == Some("trade")).then(|| decode_trade(market, trade, recv_time))?
     } else if suffix == "aggTrade" {
-        let agg_trade: wire::AggTrade = serde_json::from_slice(data).ok()?;
+        let agg_trade: wire::AggTrade = serde_json::from_str(data).ok()?;
         (agg_trade.e.as_deref() == Some("aggTrade"))
             .then(|| decode_agg_trade(market, agg_trade, recv_time))?
     } else if suffix.starts_with("kline_") {
-        let kline: wire::KlineEvent = serde_json::from_slice(data).ok()?;
+        let kline: wire::KlineEvent = serde_json::from_str(data).ok()?;
         (kline.e.as_deref() == Some("kline")).then(|| decode_kline(market, kline, recv_time))?
     } else {
         return None;
@@ -453,14 +455,36 @@ fn decode_as_named(
 }
 
 fn check_stream_matches(stream: &str, key: &StreamKey) -> Result<(), DecodeError> {
-    match parse_stream_name(stream) {
-        Some((symbol, kind)) if symbol == key.symbol && kind == key.kind => Ok(()),
-        _ => Err(DecodeError::StreamMismatch {
+    if names_stream(stream, key) {
+        Ok(())
+    } else {
+        Err(DecodeError::StreamMismatch {
             stream: stream.to_owned(),
             event_symbol: key.symbol.to_string(),
             event_kind: key.kind.to_string(),
-        }),
+        })
     }
+}
+
+/// Whether `stream` is the name of `key`'s stream: what
+/// `parse_stream_name(stream) == Some((key.symbol, key.kind))` says, without
+/// making a symbol from the name (this runs for every frame).
+fn names_stream(stream: &str, key: &StreamKey) -> bool {
+    let Some((symbol, kind)) = stream.split_once('@') else {
+        return false;
+    };
+    // `Symbol::from_lowercase` upper-cases the name and accepts it when it
+    // is a valid symbol: the key's symbol is, and is upper-case ASCII.
+    symbol.eq_ignore_ascii_case(key.symbol.as_str())
+        && match key.kind {
+            StreamKind::Trade => kind == "trade",
+            StreamKind::AggTrade => kind == "aggTrade",
+            StreamKind::Kline(interval) => {
+                kind.strip_prefix("kline_")
+                    .and_then(KlineInterval::from_binance_name)
+                    == Some(interval)
+            }
+        }
 }
 
 fn json_error(error: serde_json::Error) -> DecodeError {
@@ -834,6 +858,7 @@ mod fuzz_tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::binance::streams::parse_stream_name;
     use crate::fuzz_input::{fuzz_input, lines, samples};
 
     fn frame_seeds() -> Vec<Vec<u8>> {
@@ -865,6 +890,40 @@ mod fuzz_tests {
                     prop_assert!(exchange_id(row.key()).is_some() || matches!(row, Row::Kline(_)));
                 }
             }
+        }
+
+        /// The per-frame check of a stream's name agrees with parsing the
+        /// name, for any name and key.
+        #[test]
+        fn a_stream_name_is_checked_as_parsing_it_says(
+            symbol in "[a-zA-Z0-9_\\-é]{0,34}",
+            kind in prop_oneof![
+                Just("trade".to_owned()), Just("aggTrade".to_owned()), Just("aggtrade".to_owned()),
+                Just("kline_1m".to_owned()), Just("kline_1M".to_owned()), Just("kline_1mo".to_owned()),
+                Just("kline_4h".to_owned()), "[a-zA-Z_0-9@]{0,10}",
+            ],
+            at in prop_oneof![Just("@"), Just(""), Just("@@")],
+            key_symbol in prop_oneof![Just("BTCUSDT"), Just("BTC_USDT"), Just("ETHBTC1"), Just("A")],
+            key_kind in prop_oneof![
+                Just(StreamKind::Trade), Just(StreamKind::AggTrade),
+                Just(StreamKind::Kline(KlineInterval::from_binance_name("1m").unwrap())),
+                Just(StreamKind::Kline(KlineInterval::from_binance_name("1M").unwrap())),
+            ],
+            // Most names of the usual shape: the key's own symbol, any case.
+            own_symbol in any::<bool>(),
+        ) {
+            let key = StreamKey {
+                market: Market::Spot,
+                symbol: Symbol::new(key_symbol).unwrap(),
+                kind: key_kind,
+            };
+            let symbol = if own_symbol { key_symbol.to_ascii_lowercase() } else { symbol };
+            let stream = format!("{symbol}{at}{kind}");
+            prop_assert_eq!(
+                names_stream(&stream, &key),
+                parse_stream_name(&stream) == Some((key.symbol.clone(), key.kind)),
+                "{}", stream
+            );
         }
 
         /// The shortcut for the usual wrapper answers exactly what parsing
@@ -916,7 +975,7 @@ mod fuzz_tests {
             let split = split_combined(other);
             assert!(
                 split.is_none_or(
-                    |(_, data)| serde_json::from_slice::<serde::de::IgnoredAny>(data).is_err()
+                    |(_, data)| serde_json::from_str::<serde::de::IgnoredAny>(data).is_err()
                 ),
                 "{}",
                 String::from_utf8_lossy(other)

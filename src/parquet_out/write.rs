@@ -652,9 +652,15 @@ mod tests {
     }
 
     fn encode<R: SortedRows>(kind: StreamKind, properties: WriterProperties, rows: &R) -> Vec<u8> {
-        let (bytes, counts) =
-            encode_by_column(Vec::new(), page_file(), kind, properties, rows, Path::new("test"))
-                .expect("encodes");
+        let (bytes, counts) = encode_by_column(
+            Vec::new(),
+            page_file(),
+            kind,
+            properties,
+            rows,
+            Path::new("test"),
+        )
+        .expect("encodes");
         let mut expected = RowCounts::default();
         rows.for_each_slice(ROWS_PER_BATCH, &mut |slice| {
             expected.add(slice);
@@ -786,7 +792,10 @@ mod tests {
             })
             .collect();
         let (small, big) = (peaks[0], peaks[1]);
-        assert!(big.0 > 3 * small.0, "four times the rows: {small:?} {big:?}");
+        assert!(
+            big.0 > 3 * small.0,
+            "four times the rows: {small:?} {big:?}"
+        );
         // 2.0 MB at both sizes: the quantity's dictionary (up to its 1 MiB
         // page) and a page being encoded and compressed. Before the pages
         // went to a file, 4.4 MB for the 600,000 rows; all at once, 15.7.

@@ -5,11 +5,11 @@
 //! memory and written to a new segment after a back-off; the applied
 //! records reach the state only once durable.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -207,7 +207,7 @@ impl Runtime {
                 }
                 Counters::add(&self.counters.frames_durable, outcome.n_frames);
                 let now = self.now_ms();
-                let mut seen: HashMap<StreamKey, (u64, TimeUs)> = HashMap::new();
+                let mut seen: FxHashMap<StreamKey, (u64, TimeUs)> = FxHashMap::default();
                 for item in applied {
                     match item {
                         Applied::Frame {

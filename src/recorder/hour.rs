@@ -157,7 +157,9 @@ impl HourState {
 
     /// Heap the rows of a write in flight hold (0 when none is).
     pub(super) fn writing_held_bytes(&self) -> usize {
-        self.writing.as_ref().map_or(0, |writing| writing.held_bytes)
+        self.writing
+            .as_ref()
+            .map_or(0, |writing| writing.held_bytes)
     }
 
     /// The write failed: `job` runs again as it was. The hour stays in

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 use tracing::info;
 
@@ -113,7 +114,7 @@ impl Runtime {
 
     /// Per-stream metrics and health for the rows of one committed batch:
     /// one update per stream, not per row.
-    pub(super) fn observe_streams(&self, seen: HashMap<StreamKey, (u64, TimeUs)>) {
+    pub(super) fn observe_streams(&self, seen: FxHashMap<StreamKey, (u64, TimeUs)>) {
         if seen.is_empty() {
             return;
         }

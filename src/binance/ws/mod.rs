@@ -155,9 +155,18 @@ impl ConnectionPlan {
     }
 }
 
-/// The local wall clock in epoch µs: the `recv_time` of a frame.
+/// The local wall clock in epoch µs: the `recv_time` of a frame. Read
+/// for every frame, so without chrono's calendar arithmetic (a date made
+/// only to be turned back into a count); a clock before 1970 reads as
+/// negative µs, as chrono's would.
 pub fn now_us() -> TimeUs {
-    chrono::Utc::now().timestamp_micros()
+    let now = std::time::SystemTime::now();
+    match now.duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_micros()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_micros())
+            .map(|micros| -micros)
+            .unwrap_or(i64::MIN),
+    }
 }
 
 /// Runs one connection plan until `cancel` fires or the recorder goes away.
@@ -754,6 +763,14 @@ fn is_data_frame(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn now_us_reads_the_wall_clock_as_chrono_does() {
+        let before = chrono::Utc::now().timestamp_micros();
+        let now = now_us();
+        let after = chrono::Utc::now().timestamp_micros();
+        assert!((before..=after).contains(&now), "{before} {now} {after}");
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters() {

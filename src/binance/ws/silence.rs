@@ -63,7 +63,9 @@ pub struct DataRate {
     /// silence).
     quiet_since: Instant,
     last_data: Option<Instant>,
-    typical_gap: Option<Duration>,
+    /// Seconds (a float: updated for every data frame, converted only when
+    /// a bound is asked for).
+    typical_gap_secs: Option<f64>,
     n_gaps: u32,
 }
 
@@ -72,7 +74,7 @@ impl DataRate {
         DataRate {
             quiet_since: now,
             last_data: None,
-            typical_gap: None,
+            typical_gap_secs: None,
             n_gaps: 0,
         }
     }
@@ -80,14 +82,11 @@ impl DataRate {
     pub fn note_data(&mut self, now: Instant) {
         if let Some(last) = self.last_data {
             let gap = now.saturating_duration_since(last).as_secs_f64();
-            let average = match self.typical_gap {
+            let average = match self.typical_gap_secs {
                 None => gap,
-                Some(typical) => {
-                    let typical = typical.as_secs_f64();
-                    typical + (gap - typical) * GAP_AVERAGE_WEIGHT
-                }
+                Some(typical) => typical + (gap - typical) * GAP_AVERAGE_WEIGHT,
             };
-            self.typical_gap = Some(Duration::from_secs_f64(average.max(0.0)));
+            self.typical_gap_secs = Some(average.max(0.0));
             self.n_gaps = self.n_gaps.saturating_add(1);
         }
         self.last_data = Some(now);
@@ -103,9 +102,15 @@ impl DataRate {
     /// link learned about their rate.
     pub fn learn_from(&mut self, older: &DataRate) {
         if self.n_gaps < older.n_gaps {
-            self.typical_gap = older.typical_gap;
+            self.typical_gap_secs = older.typical_gap_secs;
             self.n_gaps = older.n_gaps;
         }
+    }
+
+    /// The learned gap between data frames.
+    fn typical_gap(&self) -> Option<Duration> {
+        self.typical_gap_secs
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
     }
 }
 
@@ -120,7 +125,7 @@ pub fn silence_bound(
 ) -> Option<Duration> {
     let from_pushes = push_interval.map(|interval| interval.saturating_mul(SILENCE_PUSH_FACTOR));
     let from_gaps = rate
-        .typical_gap
+        .typical_gap()
         .filter(|_| rate.n_gaps >= MIN_GAPS_LEARNED)
         .map(|gap| gap.saturating_mul(SILENCE_GAP_FACTOR));
     let bound = match (from_pushes, from_gaps) {
@@ -367,18 +372,18 @@ mod tests {
     fn the_gap_average_follows_a_changing_rate() {
         let start = Instant::now();
         let mut rate = steady_rate(Duration::from_secs(1), 50, start);
-        assert_eq!(rate.typical_gap, Some(Duration::from_secs(1)));
+        assert_eq!(rate.typical_gap(), Some(Duration::from_secs(1)));
         let mut now = start;
         for _ in 0..50 {
             now += Duration::from_millis(100);
             rate.note_data(now);
         }
-        let typical = rate.typical_gap.expect("learned");
+        let typical = rate.typical_gap().expect("learned");
         assert!(typical < Duration::from_millis(150), "{typical:?}");
         // A replacement starts from what the old link learned.
         let mut replacement = DataRate::new(now);
         replacement.learn_from(&rate);
-        assert_eq!(replacement.typical_gap, rate.typical_gap);
+        assert_eq!(replacement.typical_gap(), rate.typical_gap());
         assert_eq!(replacement.quiet_since, now);
     }
 

@@ -307,16 +307,30 @@ streams = ["trade"]
     for id in 1..n_rows {
         state.apply(Market::Spot, SegmentId(1), trade(id, HOUR_START + id));
     }
-    apply_corroborated(&mut state, SegmentId(2), trade(n_rows, next_hour + 1_000_000));
-    assert!(state.take_spills().is_empty(), "one hour is within the budget");
+    apply_corroborated(
+        &mut state,
+        SegmentId(2),
+        trade(n_rows, next_hour + 1_000_000),
+    );
+    assert!(
+        state.take_spills().is_empty(),
+        "one hour is within the budget"
+    );
     assert!(!state.memory_pressed());
     let jobs = seals(&mut state);
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     let sealing = jobs[0].rows.heap_bytes();
-    assert!(sealing > budget / 2 && sealing < budget, "{sealing} bytes being written");
+    assert!(
+        sealing > budget / 2 && sealing < budget,
+        "{sealing} bytes being written"
+    );
 
     for id in n_rows + 1..2 * n_rows {
-        state.apply(Market::Spot, SegmentId(2), trade(id, next_hour + 1_000_000 + id));
+        state.apply(
+            Market::Spot,
+            SegmentId(2),
+            trade(id, next_hour + 1_000_000 + id),
+        );
     }
     let spills = state.take_spills();
     assert_eq!(
@@ -324,13 +338,20 @@ streams = ["trade"]
         [Hour::containing(next_hour)],
         "the open hour makes room for the rows being written"
     );
-    assert!(state.memory_pressed(), "past the budget: one seal at a time");
+    assert!(
+        state.memory_pressed(),
+        "past the budget: one seal at a time"
+    );
 
     // Once the file is on disk its rows are not held: the next hour alone
     // is within the budget again.
     state.seal_finished(&key(StreamKind::Trade), Hour::containing(HOUR_START));
     for id in 2 * n_rows..2 * n_rows + 4_096 {
-        state.apply(Market::Spot, SegmentId(2), trade(id, next_hour + 1_000_000 + id));
+        state.apply(
+            Market::Spot,
+            SegmentId(2),
+            trade(id, next_hour + 1_000_000 + id),
+        );
     }
     assert!(state.take_spills().is_empty());
     assert!(
@@ -338,9 +359,16 @@ streams = ["trade"]
         "a quarter of the budget held: seals run side by side again"
     );
     for id in 2 * n_rows + 4_096..3 * n_rows {
-        state.apply(Market::Spot, SegmentId(2), trade(id, next_hour + 1_000_000 + id));
+        state.apply(
+            Market::Spot,
+            SegmentId(2),
+            trade(id, next_hour + 1_000_000 + id),
+        );
     }
-    assert!(state.take_spills().is_empty(), "the next hour alone is within the budget");
+    assert!(
+        state.take_spills().is_empty(),
+        "the next hour alone is within the budget"
+    );
     assert!(!state.memory_pressed(), "within the budget: no pressure");
 }
 
