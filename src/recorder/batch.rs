@@ -337,12 +337,7 @@ fn write_batch(
     let (appended, decoded) = std::thread::scope(|scope| {
         // Decoding does not wait for the disk: it runs beside the appends
         // and the fsync, and what it gives is used only once they succeed.
-        let decoding = scope.spawn(|| {
-            records
-                .iter()
-                .map(|record| decode_record(SegmentId(0), record))
-                .collect::<Vec<_>>()
-        });
+        let decoding = scope.spawn(|| decode_batch(&records));
         let appended = append_and_sync(&mut wal, &records, &checkpoints, &mut segments);
         let decoded = decoding
             .join()
@@ -370,35 +365,35 @@ fn write_batch(
     }
     let write_seconds = write_started.elapsed().as_secs_f64();
     let wal_bytes = wal.bytes_on_disk();
-    let mut applied = Vec::with_capacity(records.len());
-    let mut quarantined = Vec::new();
-    for ((record, segment), decoded) in records.iter().zip(segments).zip(decoded) {
-        let Some(segment) = segment else {
-            // Kept in the quarantine in part: it cannot be made durable whole.
-            const KEPT_BYTES: usize = 4096;
-            let market = record
-                .payload
-                .first()
-                .and_then(|tag| Market::from_wal_tag(*tag))
-                .unwrap_or(Market::Spot);
-            let kept = &record.payload[..record.payload.len().min(KEPT_BYTES)];
-            quarantined.push(QuarantinedFrame {
-                market,
-                recv_time_us: record.recv_time_us,
-                error: format!(
-                    "record of {} bytes is over the WAL's limit; not recorded (first {KEPT_BYTES} bytes kept)",
-                    record.payload.len()
-                ),
-                frame: String::from_utf8_lossy(kept).into_owned(),
-            });
-            continue;
-        };
-        match decoded {
-            Ok(Some(item)) => applied.push(item.in_segment(segment)),
-            Ok(None) => {}
-            Err(frame) => quarantined.push(frame),
+    // Records over the WAL's limit are not recorded: their rows are left
+    // out, and they are kept in the quarantine in part instead.
+    let mut quarantined: Vec<(usize, QuarantinedFrame)> = segments
+        .iter()
+        .enumerate()
+        .filter(|(_, segment)| segment.is_none())
+        .map(|(index, _)| (index, over_the_limit(&records[index])))
+        .collect();
+    quarantined.extend(
+        decoded
+            .quarantined
+            .into_iter()
+            .filter(|(index, _)| segments[*index].is_some()),
+    );
+    quarantined.sort_by_key(|(index, _)| *index);
+    let quarantined: Vec<QuarantinedFrame> =
+        quarantined.into_iter().map(|(_, frame)| frame).collect();
+    // In place: a batch's decoded rows are a few MB, not moved again.
+    let mut applied = decoded.applied;
+    let mut record_of = decoded.record_of.into_iter();
+    applied.retain_mut(|item| {
+        match segments[record_of.next().expect("one record index per item")] {
+            Some(segment) => {
+                item.set_segment(segment);
+                true
+            }
+            None => false,
         }
-    }
+    });
     let n_quarantined = quarantined.len() as u64;
     if !quarantined.is_empty() {
         // Logged once for the first frame, then at each power of ten, so a
@@ -420,6 +415,54 @@ fn write_batch(
         n_quarantined,
         wal_bytes: Some(wal_bytes),
         write_seconds: Some(write_seconds),
+    }
+}
+
+/// A batch's records decoded beside their appends: what they apply, each
+/// with the index of its record (its segment is known once appended), and
+/// the frames that do not decode, with theirs.
+struct DecodedBatch {
+    applied: Vec<Applied>,
+    record_of: Vec<usize>,
+    quarantined: Vec<(usize, QuarantinedFrame)>,
+}
+
+fn decode_batch(records: &[Record]) -> DecodedBatch {
+    let mut batch = DecodedBatch {
+        applied: Vec::with_capacity(records.len()),
+        record_of: Vec::with_capacity(records.len()),
+        quarantined: Vec::new(),
+    };
+    for (index, record) in records.iter().enumerate() {
+        match decode_record(SegmentId(0), record) {
+            Ok(Some(item)) => {
+                batch.applied.push(item);
+                batch.record_of.push(index);
+            }
+            Ok(None) => {}
+            Err(frame) => batch.quarantined.push((index, frame)),
+        }
+    }
+    batch
+}
+
+/// What the quarantine keeps of a record too big for the WAL: its start.
+fn over_the_limit(record: &Record) -> QuarantinedFrame {
+    const KEPT_BYTES: usize = 4096;
+    let market = record
+        .payload
+        .first()
+        .and_then(|tag| Market::from_wal_tag(*tag))
+        .unwrap_or(Market::Spot);
+    let kept = &record.payload[..record.payload.len().min(KEPT_BYTES)];
+    QuarantinedFrame {
+        market,
+        recv_time_us: record.recv_time_us,
+        error: format!(
+            "record of {} bytes is over the WAL's limit; not recorded (first {KEPT_BYTES} bytes kept)",
+            record.payload.len()
+        ),
+        frame: String::from_utf8_lossy(kept).into_owned(),
     }
 }
 
@@ -491,11 +534,17 @@ mod tests {
             7,
             &vec![b'x'; crate::wal::MAX_PAYLOAD_LEN + 1],
         );
+        let trade = frame_record(
+            Market::Spot,
+            7,
+            br#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"1","q":"2","T":1,"m":true,"M":true}}"#,
+        );
+        let garbage = frame_record(Market::Spot, 8, b"garbage");
         let outcome = write_batch(
             None,
             wal_config,
             Arc::new(RealFs),
-            vec![checkpoint.clone(), huge, checkpoint],
+            vec![checkpoint.clone(), huge, trade, garbage, checkpoint],
             Vec::new(),
             None,
             &root.path().join("quarantine"),
@@ -503,12 +552,22 @@ mod tests {
         let Ok(applied) = outcome.result else {
             panic!("the batch must go on without the huge record")
         };
-        assert_eq!(applied.len(), 2);
-        assert_eq!(outcome.n_quarantined, 1);
+        // The checkpoints and the trade, the trade with the segment it was
+        // written to.
+        assert_eq!(applied.len(), 3);
+        let written_to = outcome.wal.expect("the writer goes on").active_segment();
+        assert!(
+            matches!(applied[1], Applied::Frame { segment, .. } if segment == written_to),
+            "{written_to:?}"
+        );
+        assert_eq!(outcome.n_quarantined, 2);
         let quarantine =
             std::fs::read_to_string(root.path().join("quarantine/spot/1970-01-01.jsonl"))
                 .expect("quarantined");
-        assert!(quarantine.contains("over the WAL's limit"), "{quarantine}");
+        let lines: Vec<&str> = quarantine.lines().collect();
+        assert_eq!(lines.len(), 2, "{quarantine}");
+        assert!(lines[0].contains("over the WAL's limit"), "{quarantine}");
+        assert!(lines[1].contains("garbage"), "{quarantine}");
     }
 
     #[test]

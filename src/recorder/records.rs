@@ -48,18 +48,13 @@ pub(super) enum Applied {
 }
 
 impl Applied {
-    /// The same, read from (or written to) WAL segment `segment`.
-    pub(super) fn in_segment(self, segment: SegmentId) -> Applied {
+    /// Read from (or written to) WAL segment `segment`.
+    pub(super) fn set_segment(&mut self, segment: SegmentId) {
         match self {
-            Applied::Frame {
-                market, decoded, ..
-            } => Applied::Frame {
-                market,
-                segment,
-                decoded,
-            },
-            Applied::Fill { report, .. } => Applied::Fill { segment, report },
-            Applied::Checkpoint(checkpoint) => Applied::Checkpoint(checkpoint),
+            Applied::Frame { segment: own, .. } | Applied::Fill { segment: own, .. } => {
+                *own = segment
+            }
+            Applied::Checkpoint(_) => {}
         }
     }
 }
