@@ -373,10 +373,9 @@ fn decode_event(
     data: &[u8],
     recv_time: TimeUs,
 ) -> Result<Decoded, DecodeError> {
-    if let Some(decoded) = stream
-        .zip(std::str::from_utf8(data).ok())
-        .and_then(|(stream, data)| decode_as_named(market, stream, data, recv_time))
-    {
+    if let Some(decoded) = stream.and_then(|stream| {
+        decode_as_named(market, stream, std::str::from_utf8(data).ok()?, recv_time)
+    }) {
         return decoded;
     }
     let tag: wire::EventTag = serde_json::from_slice(data).map_err(json_error)?;
