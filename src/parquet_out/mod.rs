@@ -27,6 +27,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use arrow_array::RecordBatch;
+
 use crate::domain::{Hour, Row, StreamKey, TimeUs, UnfilledRange};
 
 pub mod layout;
@@ -60,6 +62,37 @@ pub trait SortedRows {
         max: usize,
         each: &mut dyn FnMut(&[Row]) -> Result<(), ParquetOutError>,
     ) -> Result<(), ParquetOutError>;
+    /// [`SortedRows::for_each_slice`] for the writer: rows that are already
+    /// columns of the file's schema (a spilled run read back) may come as
+    /// they are, without being made into rows and back.
+    fn for_each_piece(
+        &self,
+        max: usize,
+        each: &mut dyn FnMut(Piece<'_>) -> Result<(), ParquetOutError>,
+    ) -> Result<(), ParquetOutError> {
+        self.for_each_slice(max, &mut |rows| each(Piece::Rows(rows)))
+    }
+}
+
+/// Consecutive rows of a file, as [`SortedRows::for_each_piece`] hands them.
+#[derive(Debug, Clone, Copy)]
+pub enum Piece<'a> {
+    Rows(&'a [Row]),
+    /// The columns of [`schema_for`] the file's kind, in its order.
+    Columns(&'a RecordBatch),
+}
+
+impl Piece<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Piece::Rows(rows) => rows.len(),
+            Piece::Columns(batch) => batch.num_rows(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl SortedRows for Vec<Row> {
@@ -96,6 +129,52 @@ impl RowCounts {
             .count();
         self.first_key = self.first_key.or(slice.first().map(Row::key));
         self.last_key = slice.last().map(Row::key).or(self.last_key);
+    }
+
+    /// Counts `piece`, the rows that follow those counted so far. The key
+    /// is a file's first column and `source` its last; a source that is
+    /// neither `ws` nor `rest` is refused.
+    pub fn add_piece(&mut self, piece: Piece<'_>) -> Result<(), String> {
+        let batch = match piece {
+            Piece::Rows(rows) => {
+                self.add(rows);
+                return Ok(());
+            }
+            Piece::Columns(batch) => batch,
+        };
+        let n_rows = batch.num_rows();
+        if n_rows == 0 {
+            return Ok(());
+        }
+        let keys = batch.column(0);
+        let key = |index: usize| {
+            use arrow_array::cast::AsArray;
+            use arrow_array::types::{Int64Type, TimestampMicrosecondType};
+            keys.as_primitive_opt::<Int64Type>()
+                .map(|ids| ids.value(index))
+                .or_else(|| {
+                    keys.as_primitive_opt::<TimestampMicrosecondType>()
+                        .map(|times| times.value(index))
+                })
+                .ok_or("the first column is not a key")
+        };
+        let sources = batch
+            .column(batch.num_columns() - 1)
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .ok_or("the last column is not `source`")?;
+        for source in sources {
+            match source {
+                Some("rest") => self.n_rest += 1,
+                Some("ws") => {}
+                other => return Err(format!("unknown source {other:?}")),
+            }
+        }
+        let (first, last) = (key(0)?, key(n_rows - 1)?);
+        self.n_rows += n_rows;
+        self.first_key = self.first_key.or(Some(first));
+        self.last_key = Some(last);
+        Ok(())
     }
 }
 

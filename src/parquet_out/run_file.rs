@@ -13,6 +13,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
+use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 
@@ -143,6 +144,29 @@ impl RunReader {
     }
 }
 
+impl RunReader {
+    /// The next batch of rows as they were written: the columns of the
+    /// kind's schema ([`schema_for`]). None at the end or at an error
+    /// ([`RunReader::error`] says which).
+    pub fn next_batch(&mut self) -> Option<RecordBatch> {
+        if self.error.is_some() {
+            return None;
+        }
+        let batch = match self.batches.next()? {
+            Ok(batch) => batch,
+            Err(error) => {
+                self.error = Some(self.invalid(error.to_string()));
+                return None;
+            }
+        };
+        if batch.schema().fields() != schema_for(self.kind).fields() {
+            self.error = Some(self.invalid("not a run of this stream kind".to_owned()));
+            return None;
+        }
+        Some(batch)
+    }
+}
+
 impl Iterator for RunReader {
     type Item = Row;
 
@@ -151,20 +175,7 @@ impl Iterator for RunReader {
             if let Some(row) = self.rows.next() {
                 return Some(row);
             }
-            if self.error.is_some() {
-                return None;
-            }
-            let batch = match self.batches.next()? {
-                Ok(batch) => batch,
-                Err(error) => {
-                    self.error = Some(self.invalid(error.to_string()));
-                    return None;
-                }
-            };
-            if batch.schema().fields() != schema_for(self.kind).fields() {
-                self.error = Some(self.invalid("not a run of this stream kind".to_owned()));
-                return None;
-            }
+            let batch = self.next_batch()?;
             match rows_from_batch(&batch, self.kind) {
                 Ok(rows) => self.rows = rows.into_iter(),
                 Err(reason) => {

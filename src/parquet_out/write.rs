@@ -28,7 +28,7 @@ use super::layout::{
     create_dir_durably, hour_file_path, staging_dir, staging_path, sync_directory,
 };
 use super::schema::{count_metadata, decimal_type, file_metadata, schema_for, writer_properties};
-use super::{HourFile, ParquetOutError, RowCounts, SortedRows};
+use super::{HourFile, ParquetOutError, Piece, RowCounts, SortedRows};
 
 /// Rows turned into Arrow columns at a time when a file is written: the
 /// rows unpacked (224 bytes each) are what a seal holds beside the column
@@ -356,22 +356,42 @@ fn encode_by_column<W: Write + Send, R: SortedRows>(
                 .collect();
             let mut counting = counted.is_none().then(RowCounts::default);
             let mut n_seen = 0;
-            rows.for_each_slice(ROWS_PER_BATCH, &mut |slice| {
+            rows.for_each_piece(ROWS_PER_BATCH, &mut |piece| {
                 if let Some(counts) = counting.as_mut() {
-                    counts.add(slice);
+                    counts
+                        .add_piece(piece)
+                        .map_err(|reason| ParquetOutError::Invalid {
+                            path: error_path.to_path_buf(),
+                            kind: kind.path_name(),
+                            reason,
+                        })?;
                 }
                 let slice_start = n_seen;
-                n_seen += slice.len();
+                n_seen += piece.len();
                 let from = group_start.clamp(slice_start, n_seen) - slice_start;
                 let to = group_end.clamp(slice_start, n_seen) - slice_start;
                 if from == to {
                     return Ok(());
                 }
                 for (column, field, builder, writer) in &mut pass {
-                    for row in &slice[from..to] {
-                        builder.push(cell(row, *column));
-                    }
-                    let array = builder.finish();
+                    let array = match piece {
+                        Piece::Rows(slice) => {
+                            for row in &slice[from..to] {
+                                builder.push(cell(row, *column));
+                            }
+                            builder.finish()
+                        }
+                        Piece::Columns(batch) if batch.schema().fields() == fields => {
+                            batch.column(*column).slice(from, to - from)
+                        }
+                        Piece::Columns(_) => {
+                            return Err(ParquetOutError::Invalid {
+                                path: error_path.to_path_buf(),
+                                kind: kind.path_name(),
+                                reason: "columns not of this stream kind's schema".to_owned(),
+                            })
+                        }
+                    };
                     for leaf in compute_leaves(field, &array).map_err(encode_error)? {
                         writer.write(&leaf).map_err(encode_error)?;
                     }

@@ -14,10 +14,10 @@ use tracing::{error, info, warn};
 
 use crate::domain::{Hour, Row, StreamKey, TimeUs};
 use crate::parquet_out::run_file::RunReader;
-use crate::parquet_out::{self, HourFile, ParquetOutError, SchemaVersion, SortedRows};
+use crate::parquet_out::{self, HourFile, ParquetOutError, Piece, SchemaVersion, SortedRows};
 use crate::seal::merge_into_sealed;
 
-use super::spill::{merged_rows, HourRows, RunRows};
+use super::spill::{HourRows, RunRows};
 use super::SealJob;
 
 /// How a seal job ended.
@@ -247,6 +247,69 @@ impl SortedRows for MergedHour {
         }
         Ok(())
     }
+
+    /// Rows that arrived in key order (the runs' keys ascend from one to
+    /// the next and on to those in memory) need no merge: each run's
+    /// columns go to the writer as they were written, then the rows in
+    /// memory. Otherwise the merged rows.
+    fn for_each_piece(
+        &self,
+        max: usize,
+        each: &mut dyn FnMut(Piece<'_>) -> Result<(), ParquetOutError>,
+    ) -> Result<(), ParquetOutError> {
+        let in_memory = self.rows.in_memory();
+        if !self.rows.has_runs() || !self.rows.sources_ascend() {
+            return self.for_each_slice(max, &mut |rows| each(Piece::Rows(rows)));
+        }
+        for run in self.rows.runs() {
+            match run {
+                RunRows::Held(held) => {
+                    held.for_each_slice(max, &mut |rows| each(Piece::Rows(rows)))?
+                }
+                RunRows::File { path, n_rows } => {
+                    let mut reader = RunReader::open(path, in_memory.kind())?;
+                    let mut seen = 0;
+                    while let Some(batch) = reader.next_batch() {
+                        let n_batch = batch.num_rows();
+                        seen += n_batch;
+                        for from in (0..n_batch).step_by(max.max(1)) {
+                            each(Piece::Columns(&batch.slice(from, max.min(n_batch - from))))?;
+                        }
+                    }
+                    if let Some(error) = reader
+                        .error()
+                        .or_else(|| short_run(path, &reader, seen, *n_rows))
+                    {
+                        return Err(error);
+                    }
+                }
+                RunRows::Writing => return Err(still_writing()),
+            }
+        }
+        in_memory.for_each_slice(max, &mut |rows| each(Piece::Rows(rows)))
+    }
+}
+
+/// A spilled run cannot be read while it is being written.
+fn still_writing() -> ParquetOutError {
+    ParquetOutError::Io {
+        path: PathBuf::new(),
+        source: std::io::Error::other("a spilled run is still being written"),
+    }
+}
+
+/// A run must read back as many rows as were written to it.
+fn short_run(
+    path: &Path,
+    reader: &RunReader,
+    seen: usize,
+    expected: usize,
+) -> Option<ParquetOutError> {
+    (seen != expected).then(|| ParquetOutError::Invalid {
+        path: path.to_path_buf(),
+        kind: reader.kind().path_name(),
+        reason: format!("the run holds {seen} rows; {expected} were written"),
+    })
 }
 
 /// Calls `each` with an hour's rows in key order: its runs (read back) and
@@ -268,16 +331,10 @@ fn for_each_merged(
                 seen: 0,
                 failure: failure.clone(),
             }),
-            RunRows::Writing => {
-                return Err(ParquetOutError::Io {
-                    path: PathBuf::new(),
-                    source: std::io::Error::other("a spilled run is still being written"),
-                })
-            }
+            RunRows::Writing => return Err(still_writing()),
         });
     }
-    sources.push(rows.in_memory().rows());
-    for row in merged_rows(sources) {
+    for row in rows.merged(sources) {
         if let Some(error) = failure.borrow_mut().take() {
             return Err(error);
         }
@@ -307,16 +364,10 @@ impl Iterator for CheckedRun {
             self.seen += 1;
             return Some(row);
         }
-        let error = self.reader.error().or_else(|| {
-            (self.seen != self.expected).then(|| ParquetOutError::Invalid {
-                path: self.path.clone(),
-                kind: self.reader.kind().path_name(),
-                reason: format!(
-                    "the run holds {} rows; {} were written",
-                    self.seen, self.expected
-                ),
-            })
-        });
+        let error = self
+            .reader
+            .error()
+            .or_else(|| short_run(&self.path, &self.reader, self.seen, self.expected));
         if let Some(error) = error {
             self.failure.borrow_mut().get_or_insert(error);
         }
@@ -643,6 +694,93 @@ mod tests {
                 (sent.coverage_from, sent.coverage_to)
             );
             assert!(parquet_out::sealed_hours(root.path(), &sent.key).is_empty());
+        }
+    }
+
+    /// An hour spilled to run files seals every row once, in key order:
+    /// read back as written when its rows arrived in key order, merged when
+    /// a later row lies below a run's last key; a cut run fails the seal
+    /// with the run's name.
+    #[test]
+    fn a_spilled_hours_runs_seal_as_written_or_merged_and_a_cut_run_fails_it() {
+        use crate::domain::Source;
+        use parquet_out::run_file::{run_path, write_run};
+
+        let row = |id: i64| match trade(id) {
+            Row::Trade(mut trade) => {
+                trade.trade_type = (id % 3 == 0).then(|| "BLOCK".to_owned());
+                trade.source = if id % 7 == 0 {
+                    Source::Rest
+                } else {
+                    Source::Ws
+                };
+                Row::Trade(trade)
+            }
+            _ => unreachable!(),
+        };
+        for in_key_order in [true, false] {
+            let wal = tempfile::tempdir().expect("temporary directory");
+            let root = tempfile::tempdir().expect("temporary directory");
+            let mut sent = job(Vec::new(), false);
+            // 0..5,000 but 100..200, which come last when not in key order.
+            let late: Vec<i64> = (100..200).collect();
+            let arrivals: Vec<i64> = if in_key_order {
+                (0..5_000).collect()
+            } else {
+                (0..5_000)
+                    .filter(|id| !late.contains(id))
+                    .chain(late.clone())
+                    .collect()
+            };
+            for (index, id) in arrivals.iter().enumerate() {
+                sent.rows.insert(row(*id));
+                if index % 1_300 == 1_299 {
+                    let run_id = index as u64;
+                    let spill = sent.rows.spill(run_id).expect("rows to spill");
+                    let path = run_path(wal.path(), run_id);
+                    write_run(&path, spill.kind, &spill.rows).expect("written");
+                    assert!(sent.rows.spill_done(run_id, Ok(path)));
+                }
+            }
+            assert_eq!(sent.rows.sources_ascend(), in_key_order);
+            let runs: Vec<PathBuf> = sent.rows.run_files().cloned().collect();
+            assert_eq!(runs.len(), 3);
+
+            let cut = sent.clone();
+            let bytes = std::fs::read(&runs[1]).expect("run");
+            let outcome = execute_seal(root.path(), None, sent);
+            let Ok(SealResult::Written { path, n_rows, .. }) = outcome.result else {
+                panic!("the seal must write the file")
+            };
+            assert_eq!(n_rows, 5_000);
+            let expected: Vec<Row> = (0..5_000).map(row).collect();
+            assert_eq!(
+                parquet_out::read_hour_file(&path, StreamKind::Trade).expect("readable"),
+                expected
+            );
+            let n_rest = expected
+                .iter()
+                .filter(|row| row.source() == Source::Rest)
+                .count();
+            let by_source = format!("{{\"ws\":{},\"rest\":{n_rest}}}", 5_000 - n_rest);
+            let metadata = parquet_out::read_metadata(&path).expect("footer");
+            for (key, value) in [
+                ("rows_by_source", by_source.as_str()),
+                ("first_key", "0"),
+                ("last_key", "4999"),
+            ] {
+                assert!(
+                    metadata.contains(&(key.to_owned(), value.to_owned())),
+                    "{key} {metadata:?}"
+                );
+            }
+
+            std::fs::write(&runs[1], &bytes[..bytes.len() / 2]).expect("cut");
+            let outcome = execute_seal(root.path(), None, cut);
+            let Err(failure) = outcome.result else {
+                panic!("a cut run must fail the seal")
+            };
+            assert!(failure.message.contains("run-"), "{}", failure.message);
         }
     }
 }
