@@ -63,7 +63,7 @@ async fn sigkill_at_a_dozen_moments_loses_and_duplicates_nothing() {
     let root = scratch.path();
     let config_path = root.join("config.toml");
     let config = format!(
-        "[connection]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\nretry_initial_ms = 100\nretry_max_ms = 1000\n# The deadline binds running rounds; 300 s is 1.25 s real at 240x.\ndeadline_secs = 3600\n{}",
+        "[connection]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n[fill]\nretry_initial_ms = 100\nretry_max_ms = 1000\n# The deadline binds running rounds; 300 s is 1.25 s real at 240x,\n# 14,400 s a minute: room for the fills of a dozen restarts on a busy machine.\ndeadline_secs = 14400\n{}",
         recorder_toml(&fake, root, &SYMBOLS, &STREAMS)
     );
     std::fs::write(&config_path, config).expect("config written");
