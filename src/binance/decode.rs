@@ -16,6 +16,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::flat_json::{read_flat, Flat};
+
 use crate::domain::{
     AggTradeRow, Decimal8, DecimalError, KlineInterval, KlineRow, Market, Row, Source, StreamKey,
     StreamKind, Symbol, TimeUs, TradeRow, MAX_EXCHANGE_ID, MAX_EXCHANGE_TIME_US, MIN_EXCHANGE_ID,
@@ -96,6 +98,7 @@ mod wire {
     /// borrows a `Cow` only when it is the field's whole type: in an
     /// `Option` it would be copied into a new `String` every frame.)
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
     impl std::ops::Deref for Text<'_> {
@@ -134,6 +137,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Trade<'a> {
         #[serde(borrow)]
         pub e: Option<Text<'a>>,
@@ -152,6 +156,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct AggTrade<'a> {
         #[serde(borrow)]
         pub e: Option<Text<'a>>,
@@ -433,10 +438,10 @@ fn decode_as_named(
 ) -> Option<Result<Decoded, DecodeError>> {
     let (_, suffix) = stream.rsplit_once('@')?;
     let decoded = if suffix == "trade" {
-        let trade: wire::Trade = serde_json::from_str(data).ok()?;
+        let trade = flat_trade(data).or_else(|| serde_json::from_str(data).ok())?;
         (trade.e.as_deref() == Some("trade")).then(|| decode_trade(market, trade, recv_time))?
     } else if suffix == "aggTrade" {
-        let agg_trade: wire::AggTrade = serde_json::from_str(data).ok()?;
+        let agg_trade = flat_agg_trade(data).or_else(|| serde_json::from_str(data).ok())?;
         (agg_trade.e.as_deref() == Some("aggTrade"))
             .then(|| decode_agg_trade(market, agg_trade, recv_time))?
     } else if suffix.starts_with("kline_") {
@@ -451,6 +456,120 @@ fn decode_as_named(
         }
         Ok(decoded)
     }))
+}
+
+/// A trade event as serde_json reads it into [`wire::Trade`], read by
+/// [`flat_json`] when it can be (the usual event); `None` leaves it to
+/// serde_json, which then also gives the errors.
+fn flat_trade(data: &str) -> Option<wire::Trade<'_>> {
+    let (mut e, mut big_e, mut s, mut t, mut p, mut q) = (None, None, None, None, None, None);
+    let (mut big_t, mut m, mut big_m, mut x) = (None, None, None, None);
+    read_flat(data, |key, value| match key.as_bytes() {
+        [b'e'] => once(&mut e, optional_text(value)?),
+        [b'E'] => once(&mut big_e, integer(value)?),
+        [b's'] => once(&mut s, text(value)?),
+        [b't'] => once(&mut t, integer(value)?),
+        [b'p'] => once(&mut p, text(value)?),
+        [b'q'] => once(&mut q, text(value)?),
+        [b'T'] => once(&mut big_t, integer(value)?),
+        [b'm'] => once(&mut m, boolean(value)?),
+        [b'M'] => once(&mut big_m, optional_boolean(value)?),
+        [b'X'] => once(
+            &mut x,
+            optional_text(value)?.map(|text| text.0.into_owned()),
+        ),
+        _ => Some(()),
+    })?;
+    Some(wire::Trade {
+        e: e.flatten(),
+        E: big_e?,
+        s: s?,
+        t: t?,
+        p: p?,
+        q: q?,
+        T: big_t?,
+        m: m?,
+        M: big_m.flatten(),
+        X: x.flatten(),
+    })
+}
+
+/// [`flat_trade`] for an aggregate trade event ([`wire::AggTrade`]).
+fn flat_agg_trade(data: &str) -> Option<wire::AggTrade<'_>> {
+    let (mut e, mut big_e, mut s, mut a, mut p, mut q) = (None, None, None, None, None, None);
+    let (mut f, mut l, mut big_t, mut m, mut big_m) = (None, None, None, None, None);
+    read_flat(data, |key, value| match key.as_bytes() {
+        [b'e'] => once(&mut e, optional_text(value)?),
+        [b'E'] => once(&mut big_e, integer(value)?),
+        [b's'] => once(&mut s, text(value)?),
+        [b'a'] => once(&mut a, integer(value)?),
+        [b'p'] => once(&mut p, text(value)?),
+        [b'q'] => once(&mut q, text(value)?),
+        [b'f'] => once(&mut f, integer(value)?),
+        [b'l'] => once(&mut l, integer(value)?),
+        [b'T'] => once(&mut big_t, integer(value)?),
+        [b'm'] => once(&mut m, boolean(value)?),
+        [b'M'] => once(&mut big_m, optional_boolean(value)?),
+        _ => Some(()),
+    })?;
+    Some(wire::AggTrade {
+        e: e.flatten(),
+        E: big_e?,
+        s: s?,
+        a: a?,
+        p: p?,
+        q: q?,
+        f: f?,
+        l: l?,
+        T: big_t?,
+        m: m?,
+        M: big_m.flatten(),
+    })
+}
+
+/// Fills a field the first time its key comes; a second time is serde's
+/// "duplicate field" error, so `None`.
+fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(value);
+    Some(())
+}
+
+fn integer(value: Flat<'_>) -> Option<i64> {
+    match value {
+        Flat::Int(number) => Some(number),
+        _ => None,
+    }
+}
+
+fn text(value: Flat<'_>) -> Option<Cow<'_, str>> {
+    match value {
+        Flat::Str(text) => Some(Cow::Borrowed(text)),
+        _ => None,
+    }
+}
+
+fn optional_text(value: Flat<'_>) -> Option<Option<wire::Text<'_>>> {
+    match value {
+        Flat::Null => Some(None),
+        value => text(value).map(|text| Some(wire::Text(text))),
+    }
+}
+
+fn boolean(value: Flat<'_>) -> Option<bool> {
+    match value {
+        Flat::Bool(value) => Some(value),
+        _ => None,
+    }
+}
+
+fn optional_boolean(value: Flat<'_>) -> Option<Option<bool>> {
+    match value {
+        Flat::Null => Some(None),
+        value => boolean(value).map(Some),
+    }
 }
 
 fn check_stream_matches(stream: &str, key: &StreamKey) -> Result<(), DecodeError> {
@@ -875,6 +994,20 @@ mod fuzz_tests {
         .collect()
     }
 
+    /// The events inside the sample frames, and the frames.
+    fn event_seeds() -> Vec<Vec<u8>> {
+        let frames = frame_seeds();
+        let events = frames.iter().filter_map(|frame| {
+            let (_, data) = split_combined(frame)?;
+            Some(data.as_bytes().to_vec())
+        });
+        events
+            .collect::<Vec<_>>()
+            .into_iter()
+            .chain(frames.clone())
+            .collect()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -923,6 +1056,58 @@ mod fuzz_tests {
                 parse_stream_name(&stream) == Some((key.symbol.clone(), key.kind)),
                 "{}", stream
             );
+        }
+
+        /// The flat reader of trade and aggTrade events reads what serde_json
+        /// reads, or leaves it to serde_json: for any bytes near real events.
+        #[test]
+        fn the_flat_reader_answers_as_serde_json_or_not_at_all(data in fuzz_input(event_seeds())) {
+            let Ok(data) = std::str::from_utf8(&data) else { return Ok(()) };
+            if let Some(trade) = flat_trade(data) {
+                prop_assert_eq!(Some(trade), serde_json::from_str::<wire::Trade>(data).ok(), "{}", data);
+            }
+            if let Some(agg_trade) = flat_agg_trade(data) {
+                prop_assert_eq!(Some(agg_trade), serde_json::from_str::<wire::AggTrade>(data).ok(), "{}", data);
+            }
+        }
+
+        /// Events written as Binance writes them, with any values, keys in
+        /// any order and keys the recorder does not read: the flat reader
+        /// reads every one, as serde_json does.
+        #[test]
+        fn the_flat_reader_reads_every_usual_event(
+            ids in proptest::collection::vec(0i64..=i64::MAX, 6),
+            texts in proptest::collection::vec("[A-Za-z0-9._é]{0,12}", 4),
+            flags in proptest::collection::vec(prop_oneof![Just("true"), Just("false"), Just("null")], 2),
+            order in Just((0..12).collect::<Vec<usize>>()).prop_shuffle(),
+        ) {
+            let quoted = |text: &str| format!("\"{text}\"");
+            let boolean = if flags[0] == "null" { "true" } else { flags[0] };
+            let agg_fields = [
+                ("e", quoted("aggTrade")), ("E", ids[0].to_string()), ("s", quoted(&texts[0])),
+                ("a", ids[1].to_string()), ("p", quoted(&texts[1])), ("q", quoted(&texts[2])),
+                ("f", ids[2].to_string()), ("l", ids[3].to_string()), ("T", ids[4].to_string()),
+                ("m", boolean.to_owned()), ("M", flags[1].to_owned()), ("nq", quoted(&texts[3])),
+            ];
+            let trade_fields = [
+                ("e", quoted("trade")), ("E", ids[0].to_string()), ("s", quoted(&texts[0])),
+                ("t", ids[1].to_string()), ("p", quoted(&texts[1])), ("q", quoted(&texts[2])),
+                ("T", ids[4].to_string()), ("m", boolean.to_owned()), ("M", flags[1].to_owned()),
+                ("X", if flags[0] == "null" { "null".to_owned() } else { quoted(&texts[3]) }),
+                ("b", ids[5].to_string()), ("st", "null".to_owned()),
+            ];
+            let object = |fields: &[(&str, String)]| {
+                let body: Vec<String> = order.iter().map(|&at| format!("\"{}\":{}", fields[at].0, fields[at].1)).collect();
+                format!("{{{}}}", body.join(","))
+            };
+            let agg = object(&agg_fields);
+            let agg_trade = flat_agg_trade(&agg);
+            prop_assert!(agg_trade.is_some(), "{}", agg);
+            prop_assert_eq!(agg_trade, serde_json::from_str::<wire::AggTrade>(&agg).ok(), "{}", agg);
+            let trade_text = object(&trade_fields);
+            let trade = flat_trade(&trade_text);
+            prop_assert!(trade.is_some(), "{}", trade_text);
+            prop_assert_eq!(trade, serde_json::from_str::<wire::Trade>(&trade_text).ok(), "{}", trade_text);
         }
 
         /// The shortcut for the usual wrapper answers exactly what parsing

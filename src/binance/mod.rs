@@ -2,6 +2,7 @@
 //! WebSocket connection and the REST client.
 
 pub mod decode;
+mod flat_json;
 pub mod limiter;
 pub mod markets;
 pub mod rest;
