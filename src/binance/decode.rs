@@ -459,7 +459,7 @@ fn decode_as_named(
 }
 
 /// A trade event as serde_json reads it into [`wire::Trade`], read by
-/// [`flat_json`] when it can be (the usual event); `None` leaves it to
+/// `flat_json` when it can be (the usual event); `None` leaves it to
 /// serde_json, which then also gives the errors.
 fn flat_trade(data: &str) -> Option<wire::Trade<'_>> {
     let (mut e, mut big_e, mut s, mut t, mut p, mut q) = (None, None, None, None, None, None);
