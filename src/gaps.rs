@@ -425,6 +425,29 @@ pub struct Settled {
 }
 
 impl Settled {
+    /// The ranges joined where they overlap or touch, in key order.
+    pub fn joined(settled: &[Settled]) -> Vec<Settled> {
+        let mut sorted = settled.to_vec();
+        sorted.sort_by_key(|range| range.from.unwrap_or(i64::MIN));
+        let mut joined: Vec<Settled> = Vec::with_capacity(sorted.len());
+        for range in sorted {
+            match joined.last_mut() {
+                Some(last)
+                    if last.to.is_none_or(|to| {
+                        range.from.unwrap_or(i64::MIN) <= to.saturating_add(1)
+                    }) =>
+                {
+                    last.to = match (last.to, range.to) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        _ => None,
+                    };
+                }
+                _ => joined.push(range),
+            }
+        }
+        joined
+    }
+
     /// Whether every key the hole may hold lies inside this range.
     pub fn covers(&self, hole: &Hole) -> bool {
         let (from, to) = hole.key_bounds();
@@ -1216,6 +1239,26 @@ mod tests {
                 ..open_end
             })]
         );
+    }
+
+    #[test]
+    fn settled_ranges_are_joined_where_they_touch_or_overlap() {
+        let range = |from, to| Settled { from, to };
+        assert_eq!(
+            Settled::joined(&[
+                range(Some(10), Some(19)),
+                range(Some(30), None),
+                range(None, Some(9)),
+                range(Some(21), Some(25)),
+                range(Some(24), Some(29)),
+            ]),
+            vec![range(None, Some(19)), range(Some(21), None)]
+        );
+        assert_eq!(
+            Settled::joined(&[range(None, None), range(Some(5), Some(6))]),
+            vec![range(None, None)]
+        );
+        assert_eq!(Settled::joined(&[]), vec![]);
     }
 
     #[test]

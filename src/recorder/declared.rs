@@ -50,6 +50,7 @@ pub fn revise_declared(
     failure: Option<&str>,
 ) -> Vec<UnfilledRange> {
     let mut revised = Vec::new();
+    let joined = Settled::joined(settled);
     for range in unfilled {
         let hole = match Hole::from_unfilled(kind, range) {
             Some(hole) if range.reason != REASON_NOT_SERVED => hole,
@@ -58,7 +59,10 @@ pub fn revise_declared(
                 continue;
             }
         };
-        if !settled.iter().any(|settled| settled.covers(&hole)) {
+        // A hole open at an end is answered in two parts (nothing more in
+        // the hour before the first row fetched; the fetched ids), which
+        // cover it only together.
+        if !joined.iter().any(|settled| settled.covers(&hole)) {
             let mut kept = range.clone();
             if let Some(failure) = failure {
                 kept.reason = failure.to_owned();
@@ -66,7 +70,24 @@ pub fn revise_declared(
             revised.push(kept);
             continue;
         }
-        let (Some(first), Some(last)) = hole.key_bounds() else {
+        // Ids the exchange does not serve are looked for in the named part
+        // of the answer: an open end reaches to where its fetch began.
+        let (from, to) = hole.key_bounds();
+        let first = from.or_else(|| {
+            settled
+                .iter()
+                .filter_map(|range| range.from)
+                .filter(|first| to.is_none_or(|to| *first <= to))
+                .min()
+        });
+        let last = to.or_else(|| {
+            settled
+                .iter()
+                .filter_map(|range| range.to)
+                .filter(|last| first.is_none_or(|first| *last >= first))
+                .max()
+        });
+        let (Some(first), Some(last)) = (first, last) else {
             continue;
         };
         let present: Vec<i64> = rows

@@ -1039,6 +1039,65 @@ fn failed_fills_retry_with_backoff_then_seal_declared_at_the_deadline_and_reseal
     assert_eq!(state.counters.snapshot().holes_filled_late, 1);
 }
 
+/// A declared hole open at its start (the stream began mid-hour and
+/// nothing was known before it) is answered in two parts: nothing in the
+/// hour before the first id found by time, then the ids fetched from it.
+/// Together they fill it; before they were judged one by one, and such a
+/// hole was retried every `declared_retry_secs` for ever, each retry
+/// paging the whole hour again from REST.
+#[test]
+fn a_declared_hole_open_at_its_start_is_filled_by_both_parts_of_its_answer() {
+    let hour = Hour::containing(HOUR_START);
+    let hole = UnfilledRange {
+        from: None,
+        to: Some(19),
+        from_time: HOUR_START,
+        to_time: HOUR_START + 900,
+        reason: REASON_REST_BEHIND.to_owned(),
+    };
+    let settled = [
+        Settled {
+            from: None,
+            to: Some(9),
+        },
+        Settled {
+            from: Some(10),
+            to: Some(19),
+        },
+    ];
+    let every: Vec<Row> = (10..=19).map(|id| rest_trade(id, HOUR_START + id)).collect();
+    let revise = |settled: &[Settled], rows: &[Row]| {
+        revise_declared(
+            StreamKind::Trade,
+            hour,
+            std::slice::from_ref(&hole),
+            settled,
+            rows,
+            Some("HTTP 503"),
+        )
+        .into_iter()
+        .map(|range| (range.from, range.to, range.reason))
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(revise(&settled, &every), vec![]);
+    let without_15: Vec<Row> = every.iter().filter(|row| row.key() != 15).cloned().collect();
+    assert_eq!(
+        revise(&settled, &without_15),
+        vec![(Some(15), Some(15), REASON_NOT_SERVED.to_owned())],
+        "an id inside the fetched part that REST does not serve is declared so"
+    );
+    assert_eq!(
+        revise(&settled[..1], &[]),
+        vec![(None, Some(19), "HTTP 503".to_owned())],
+        "one part alone does not fill it"
+    );
+    assert_eq!(
+        revise(&settled[1..], &every),
+        vec![(None, Some(19), "HTTP 503".to_owned())],
+        "the hour's start before id 10 is not answered for"
+    );
+}
+
 /// A BTCUSDT trade stream with ids 7 and 20 in the hour (a hole of
 /// 8..=19) and 21 after it, watched from its first row, the clock at the hour's end + 2 s: one fill
 /// round planned, returned with the state.
