@@ -1,6 +1,8 @@
 //! Throughput of the recorder's hot path, stage by stage, on real data:
 //! decode (vs a plain `serde_json::Value` parse of the same frames), WAL
-//! append + group commit (vs an fsync per record), Parquet sealing.
+//! append + group commit (vs an fsync per record), Parquet sealing, and
+//! held rows written as a spilled run and as a sealed file from their
+//! packed columns (vs the same rows made into `Row`s first).
 //!
 //! Run: `cargo bench --bench throughput` (figures go to docs/BENCHMARKS.md).
 //! Shared machines are noisy: read the ratios within one run, not the
@@ -12,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use binance_recorder::binance::decode::{decode_frame, Decoded};
 use binance_recorder::domain::{Hour, Market, Row, StreamKey, StreamKind, Symbol};
-use binance_recorder::parquet_out::{write_hour_file, HourFile};
+use binance_recorder::parquet_out::run_file::write_run;
+use binance_recorder::parquet_out::{write_hour_file, HourFile, SortedRows};
+use binance_recorder::recorder::held::HeldRows;
 use binance_recorder::wal::{FsyncPolicy, Record, RecordKind, Wal, WalConfig};
 
 fn capture_frames() -> Vec<Vec<u8>> {
@@ -119,6 +123,8 @@ fn main() {
         clock_offset_us: Some(0),
         delivered_at: None,
     };
+    packed_against_rows(scratch.path(), &file);
+
     let started = Instant::now();
     let mut bytes = 0;
     for _ in 0..rounds {
@@ -133,5 +139,59 @@ fn main() {
         bytes,
         bytes as f64 / file.rows.len() as f64,
         seal_rate / decode_rate
+    );
+}
+
+/// The median of `times`.
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// An hour's trades written as a spilled run and as a sealed file, from
+/// the rows held packed (`HeldRows`: columns made from the packed form)
+/// and from the same rows as `Row`s (a cell at a time), interleaved.
+fn packed_against_rows(scratch: &Path, file: &HourFile) {
+    let held = HeldRows::from_rows(file.key.kind, file.rows.clone());
+    let run_path = scratch.join("run.arrow");
+    let time_run = |rows: &dyn SortedRows| {
+        let started = Instant::now();
+        write_run(&run_path, file.key.kind, rows).expect("run written");
+        started.elapsed()
+    };
+    let held_file = HourFile {
+        key: file.key.clone(),
+        hour: file.hour,
+        rows: held.clone(),
+        unfilled: file.unfilled.clone(),
+        coverage_from: file.coverage_from,
+        coverage_to: file.coverage_to,
+        clock_offset_us: file.clock_offset_us,
+        delivered_at: file.delivered_at,
+    };
+    let mut times: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..9 {
+        times[0].push(time_run(&held));
+        times[1].push(time_run(&file.rows));
+        let started = Instant::now();
+        write_hour_file(&scratch.join("packed"), &held_file).expect("seal");
+        times[2].push(started.elapsed());
+        let started = Instant::now();
+        write_hour_file(&scratch.join("rows"), file).expect("seal");
+        times[3].push(started.elapsed());
+    }
+    let [run_packed, run_rows, seal_packed, seal_rows] = times.map(median);
+    let n_rows = file.rows.len();
+    println!(
+        "spilled run of {n_rows} trades: packed {:.0} rows/s, rows {:.0} rows/s, ratio {:.2}",
+        rate(n_rows, run_packed),
+        rate(n_rows, run_rows),
+        run_rows.as_secs_f64() / run_packed.as_secs_f64()
+    );
+    println!(
+        "seal of {n_rows} held trades: packed {:.0} rows/s, rows {:.0} rows/s, ratio {:.2}",
+        rate(n_rows, seal_packed),
+        rate(n_rows, seal_rows),
+        seal_rows.as_secs_f64() / seal_packed.as_secs_f64()
     );
 }

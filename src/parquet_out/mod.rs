@@ -31,6 +31,7 @@ use arrow_array::RecordBatch;
 
 use crate::domain::{Hour, Row, StreamKey, TimeUs, UnfilledRange};
 
+pub mod columns;
 pub mod layout;
 pub mod read;
 pub mod run_file;

@@ -245,7 +245,8 @@ fn column<'a, T: Array + 'static>(batch: &'a RecordBatch, name: &str) -> Result<
         .ok_or_else(|| format!("column {name} has type {}", array.data_type()))
 }
 
-pub(super) fn rows_from_batch(batch: &RecordBatch, kind: StreamKind) -> Result<Vec<Row>, String> {
+/// The rows of a record batch of a file of `kind` (its schema's columns).
+pub fn rows_from_batch(batch: &RecordBatch, kind: StreamKind) -> Result<Vec<Row>, String> {
     fn optional_i64(array: &Int64Array, index: usize) -> Option<i64> {
         array.is_valid(index).then(|| array.value(index))
     }

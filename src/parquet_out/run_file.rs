@@ -22,7 +22,7 @@ use crate::domain::{Row, StreamKind};
 use super::read::rows_from_batch;
 use super::schema::schema_for;
 use super::write::Columns;
-use super::{ParquetOutError, SortedRows};
+use super::{ParquetOutError, Piece, SortedRows};
 
 /// Rows per IPC batch: what reading a run back holds of it at a time.
 pub const RUN_BATCH_ROWS: usize = 1024;
@@ -78,13 +78,27 @@ pub fn write_run(
     let file = File::create(path).map_err(io_error)?;
     let schema = schema_for(kind);
     let mut writer = StreamWriter::try_new(BufWriter::new(file), &schema).map_err(arrow_error)?;
-    rows.for_each_slice(RUN_BATCH_ROWS, &mut |slice| {
-        let mut columns = Columns::new(kind);
-        for row in slice {
-            columns.push(row);
-        }
-        let batch = columns.finish().map_err(arrow_error)?;
-        writer.write(&batch).map_err(arrow_error)
+    rows.for_each_piece(RUN_BATCH_ROWS, &mut |piece| {
+        let built;
+        let batch = match piece {
+            Piece::Columns(batch) if batch.schema() == schema => batch,
+            Piece::Columns(_) => {
+                return Err(ParquetOutError::Invalid {
+                    path: path.to_path_buf(),
+                    kind: kind.path_name(),
+                    reason: "columns not of this stream kind's schema".to_owned(),
+                })
+            }
+            Piece::Rows(slice) => {
+                let mut columns = Columns::new(kind);
+                for row in slice {
+                    columns.push(row);
+                }
+                built = columns.finish().map_err(arrow_error)?;
+                &built
+            }
+        };
+        writer.write(batch).map_err(arrow_error)
     })?;
     writer.finish().map_err(arrow_error)?;
     writer

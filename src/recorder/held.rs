@@ -33,8 +33,12 @@ use std::mem::size_of;
 
 use crate::domain::{AggTradeRow, Decimal8, Row, Source, StreamKind, TimeUs, TradeRow};
 use crate::gaps::{extend_spans, IdAt, IdSpan};
-use crate::parquet_out::{ParquetOutError, SortedRows};
+use crate::parquet_out::columns::{
+    self, decimals, flags, ids, optional_flags, optional_texts, optional_times, sources, times,
+};
+use crate::parquet_out::{ParquetOutError, Piece, SortedRows};
 use crate::seal::Inserted;
+use arrow_array::ArrayRef;
 
 /// Rows per chunk: big enough that the per-chunk overhead is nothing, small
 /// enough that placing a row out of order moves at most 64 KiB.
@@ -199,6 +203,20 @@ impl SortedRows for HeldRows {
         }
         Ok(())
     }
+
+    /// Packed rows go to the writer as columns made straight from their
+    /// packed form, a chunk at a time; an hour with rows kept whole (rare:
+    /// a value beyond the packed form; every kline hour) goes as rows.
+    fn for_each_piece(
+        &self,
+        max: usize,
+        each: &mut dyn FnMut(Piece<'_>) -> Result<(), ParquetOutError>,
+    ) -> Result<(), ParquetOutError> {
+        if each_store!(&self.store, held => !held.whole.is_empty()) {
+            return self.for_each_slice(max, &mut |rows| each(Piece::Rows(rows)));
+        }
+        each_store!(&self.store, held => held.for_each_batch(self.kind, max, each))
+    }
 }
 
 /// A packed form of one kind of row.
@@ -211,6 +229,9 @@ trait Pack: Sized + Clone + std::fmt::Debug {
     fn key(&self) -> i64;
     fn time(&self) -> TimeUs;
     fn source(&self) -> Source;
+    /// The columns of `packed` in the file schema's order
+    /// ([`crate::parquet_out::schema_for`] the kind).
+    fn columns(packed: &[Self], table: &Self::Table) -> Vec<ArrayRef>;
     fn table_bytes(_table: &Self::Table) -> usize {
         0
     }
@@ -395,6 +416,30 @@ impl<P: Pack> Held<P> {
                 .count()
     }
 
+    /// The packed rows (none kept whole) as record batches of at most
+    /// `max` rows, one chunk or part of one at a time.
+    fn for_each_batch(
+        &self,
+        kind: StreamKind,
+        max: usize,
+        each: &mut dyn FnMut(Piece<'_>) -> Result<(), ParquetOutError>,
+    ) -> Result<(), ParquetOutError> {
+        debug_assert!(self.whole.is_empty(), "rows kept whole go as rows");
+        for chunk in &self.chunks {
+            for part in chunk.chunks(max.max(1)) {
+                let batch =
+                    columns::batch(kind, P::columns(part, &self.table)).map_err(|source| {
+                        ParquetOutError::Arrow {
+                            path: std::path::PathBuf::new(),
+                            source,
+                        }
+                    })?;
+                each(Piece::Columns(&batch))?;
+            }
+        }
+        Ok(())
+    }
+
     fn into_rows(self) -> Vec<Row> {
         let mut rows = Vec::with_capacity(self.len());
         let table = self.table;
@@ -545,9 +590,9 @@ impl TradeTypes {
         u8::try_from(position + 1).ok()
     }
 
-    fn name(&self, index: u8) -> Option<String> {
+    fn name(&self, index: u8) -> Option<&str> {
         let position = usize::from(index).checked_sub(1)?;
-        self.0.get(position).map(|name| name.to_string())
+        self.0.get(position).map(|name| &**name)
     }
 }
 
@@ -578,7 +623,7 @@ impl Pack for PackedTrade {
             trade_time: self.trade_time,
             is_buyer_maker: flag_buyer_maker(self.flags),
             is_best_match: flag_best_match(self.flags),
-            trade_type: table.name(self.trade_type),
+            trade_type: table.name(self.trade_type).map(str::to_owned),
             event_time: unpack_time(self.event_time),
             recv_time: unpack_time(self.recv_time),
             source: flag_source(self.flags),
@@ -595,6 +640,22 @@ impl Pack for PackedTrade {
 
     fn source(&self) -> Source {
         flag_source(self.flags)
+    }
+
+    fn columns(packed: &[PackedTrade], table: &TradeTypes) -> Vec<ArrayRef> {
+        let each = || packed.iter();
+        vec![
+            ids(each().map(|trade| trade.trade_id)),
+            decimals(each().map(|trade| i128::from(trade.price))),
+            decimals(each().map(|trade| i128::from(trade.quantity))),
+            times(each().map(|trade| trade.trade_time)),
+            flags(each().map(|trade| flag_buyer_maker(trade.flags))),
+            optional_flags(each().map(|trade| flag_best_match(trade.flags))),
+            optional_texts(each().map(|trade| table.name(trade.trade_type))),
+            optional_times(each().map(|trade| unpack_time(trade.event_time))),
+            optional_times(each().map(|trade| unpack_time(trade.recv_time))),
+            sources(each().map(|trade| flag_source(trade.flags))),
+        ]
     }
 
     fn table_bytes(table: &TradeTypes) -> usize {
@@ -629,6 +690,14 @@ impl PackedAggTrade {
     fn flags(&self) -> u8 {
         u8::try_from(self.n_more_trades_and_flags >> TRADE_STEP_BITS)
             .expect("the top 4 bits of a u32 fit a u8")
+    }
+
+    fn last_trade_id(&self) -> i64 {
+        self.first_trade_id + i64::from(self.n_more_trades_and_flags & TRADE_STEP_MASK)
+    }
+
+    fn event_time(&self) -> Option<TimeUs> {
+        (self.event_step != ABSENT_STEP).then(|| self.trade_time + i64::from(self.event_step))
     }
 }
 
@@ -670,21 +739,36 @@ impl Pack for PackedAggTrade {
 
     fn unpack(&self, _table: &()) -> Row {
         let flags = self.flags();
-        let n_more_trades = self.n_more_trades_and_flags & TRADE_STEP_MASK;
         Row::AggTrade(AggTradeRow {
             agg_trade_id: self.agg_trade_id,
             price: unpack_decimal(self.price),
             quantity: unpack_decimal(self.quantity),
             first_trade_id: self.first_trade_id,
-            last_trade_id: self.first_trade_id + i64::from(n_more_trades),
+            last_trade_id: self.last_trade_id(),
             trade_time: self.trade_time,
             is_buyer_maker: flag_buyer_maker(flags),
             is_best_match: flag_best_match(flags),
-            event_time: (self.event_step != ABSENT_STEP)
-                .then(|| self.trade_time + i64::from(self.event_step)),
+            event_time: self.event_time(),
             recv_time: unpack_time(self.recv_time),
             source: flag_source(flags),
         })
+    }
+
+    fn columns(packed: &[PackedAggTrade], _table: &()) -> Vec<ArrayRef> {
+        let each = || packed.iter();
+        vec![
+            ids(each().map(|agg| agg.agg_trade_id)),
+            decimals(each().map(|agg| i128::from(agg.price))),
+            decimals(each().map(|agg| i128::from(agg.quantity))),
+            ids(each().map(|agg| agg.first_trade_id)),
+            ids(each().map(PackedAggTrade::last_trade_id)),
+            times(each().map(|agg| agg.trade_time)),
+            flags(each().map(|agg| flag_buyer_maker(agg.flags()))),
+            optional_flags(each().map(|agg| flag_best_match(agg.flags()))),
+            optional_times(each().map(PackedAggTrade::event_time)),
+            optional_times(each().map(|agg| unpack_time(agg.recv_time))),
+            sources(each().map(|agg| flag_source(agg.flags()))),
+        ]
     }
 
     fn key(&self) -> i64 {
@@ -713,6 +797,10 @@ impl Pack for Whole {
 
     fn unpack(&self, _table: &()) -> Row {
         match *self {}
+    }
+
+    fn columns(_packed: &[Whole], _table: &()) -> Vec<ArrayRef> {
+        unreachable!("no kline is packed: a kline hour goes to the writer as rows")
     }
 
     fn key(&self) -> i64 {
@@ -858,6 +946,28 @@ mod tests {
         })
         .expect("no error");
         assert_eq!(sliced, model_rows);
+        // And as pieces: columns made from the packed rows, or rows.
+        let mut pieced = Vec::new();
+        let has_whole = each_store!(&held.store, store => !store.whole.is_empty());
+        held.for_each_piece(7, &mut |piece| {
+            assert!(!piece.is_empty() && piece.len() <= 7);
+            match piece {
+                Piece::Rows(rows) => {
+                    assert!(has_whole, "an hour of packed rows goes as columns");
+                    pieced.extend_from_slice(rows)
+                }
+                Piece::Columns(batch) => {
+                    assert_eq!(batch.schema(), crate::parquet_out::schema_for(kind));
+                    pieced.extend(
+                        crate::parquet_out::read::rows_from_batch(batch, kind)
+                            .expect("columns of the kind's schema"),
+                    )
+                }
+            }
+            Ok(())
+        })
+        .expect("no error");
+        assert_eq!(pieced, model_rows);
         assert_eq!(held.to_vec(), model_rows);
         let n_rest = model_rows
             .iter()
@@ -895,6 +1005,22 @@ mod tests {
         fn agg_trades_in_any_order_come_out_as_the_model_keeps_them(arrivals in arrivals()) {
             let rows = arrivals.into_iter().map(|(id, variant, rest)| agg_trade(id, variant, source(rest))).collect();
             check_against_model(StreamKind::AggTrade, rows);
+        }
+
+        #[test]
+        fn packed_trades_and_agg_trades_come_out_as_columns_of_the_model(arrivals in arrivals()) {
+            let trades = arrivals
+                .iter()
+                .map(|(id, variant, rest)| trade(*id, *variant, source(*rest)))
+                .filter(|row| PackedTrade::pack(row, &mut TradeTypes::default()).is_some())
+                .collect();
+            check_against_model(StreamKind::Trade, trades);
+            let agg_trades = arrivals
+                .iter()
+                .map(|(id, variant, rest)| agg_trade(*id, *variant, source(*rest)))
+                .filter(|row| PackedAggTrade::pack(row, &mut ()).is_some())
+                .collect();
+            check_against_model(StreamKind::AggTrade, agg_trades);
         }
 
         #[test]

@@ -258,14 +258,15 @@ impl SortedRows for MergedHour {
         each: &mut dyn FnMut(Piece<'_>) -> Result<(), ParquetOutError>,
     ) -> Result<(), ParquetOutError> {
         let in_memory = self.rows.in_memory();
-        if !self.rows.has_runs() || !self.rows.sources_ascend() {
+        if !self.rows.has_runs() {
+            return in_memory.for_each_piece(max, each);
+        }
+        if !self.rows.sources_ascend() {
             return self.for_each_slice(max, &mut |rows| each(Piece::Rows(rows)));
         }
         for run in self.rows.runs() {
             match run {
-                RunRows::Held(held) => {
-                    held.for_each_slice(max, &mut |rows| each(Piece::Rows(rows)))?
-                }
+                RunRows::Held(held) => held.for_each_piece(max, each)?,
                 RunRows::File { path, n_rows } => {
                     let mut reader = RunReader::open(path, in_memory.kind())?;
                     let mut seen = 0;
@@ -286,7 +287,7 @@ impl SortedRows for MergedHour {
                 RunRows::Writing => return Err(still_writing()),
             }
         }
-        in_memory.for_each_slice(max, &mut |rows| each(Piece::Rows(rows)))
+        in_memory.for_each_piece(max, each)
     }
 }
 

@@ -1065,7 +1065,9 @@ fn a_declared_hole_open_at_its_start_is_filled_by_both_parts_of_its_answer() {
             to: Some(19),
         },
     ];
-    let every: Vec<Row> = (10..=19).map(|id| rest_trade(id, HOUR_START + id)).collect();
+    let every: Vec<Row> = (10..=19)
+        .map(|id| rest_trade(id, HOUR_START + id))
+        .collect();
     let revise = |settled: &[Settled], rows: &[Row]| {
         revise_declared(
             StreamKind::Trade,
@@ -1080,7 +1082,11 @@ fn a_declared_hole_open_at_its_start_is_filled_by_both_parts_of_its_answer() {
         .collect::<Vec<_>>()
     };
     assert_eq!(revise(&settled, &every), vec![]);
-    let without_15: Vec<Row> = every.iter().filter(|row| row.key() != 15).cloned().collect();
+    let without_15: Vec<Row> = every
+        .iter()
+        .filter(|row| row.key() != 15)
+        .cloned()
+        .collect();
     assert_eq!(
         revise(&settled, &without_15),
         vec![(Some(15), Some(15), REASON_NOT_SERVED.to_owned())],
