@@ -278,6 +278,22 @@ fn check_writable_directory(directory: &Path) -> Result<(), String> {
         .map_err(|error| format!("cannot clean up in {}: {error}", directory.display()))
 }
 
+/// A config for unit tests: `sections` (TOML tables), then one spot
+/// market on unreachable local ports recording BTCUSDT's `streams`.
+#[cfg(test)]
+pub(crate) fn test_config(sections: &str, streams: &[&str]) -> Config {
+    Config::from_toml(&format!(
+        r#"{sections}
+[markets.spot]
+ws_url = "ws://127.0.0.1:1"
+rest_url = "http://127.0.0.1:1"
+symbols = ["BTCUSDT"]
+streams = {streams:?}
+"#
+    ))
+    .expect("valid test config")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -207,7 +207,7 @@ pub fn judge_hour(facts: HourFacts) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::test_config;
     use crate::gaps::IdHole;
 
     const HOUR_START: TimeUs = 1_723_161_600_000_000; // 2024-08-09T00:00Z
@@ -217,19 +217,7 @@ mod tests {
     }
 
     fn fill_config(enabled: bool) -> FillConfig {
-        Config::from_toml(&format!(
-            r#"
-[fill]
-enabled = {enabled}
-[markets.spot]
-ws_url = "ws://127.0.0.1:1"
-rest_url = "http://127.0.0.1:1"
-symbols = ["BTCUSDT"]
-streams = ["trade"]
-"#
-        ))
-        .expect("valid test config")
-        .fill
+        test_config(&format!("[fill]\nenabled = {enabled}"), &["trade"]).fill
     }
 
     /// Ids 5 to 6 are missing, between rows at +10 s and +20 s.

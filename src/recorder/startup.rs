@@ -406,16 +406,7 @@ mod tests {
     use crate::wal::{RecordPosition, SegmentId, WalError};
 
     fn config() -> Config {
-        Config::from_toml(
-            r#"
-[markets.spot]
-ws_url = "ws://127.0.0.1:1"
-rest_url = "http://127.0.0.1:1"
-symbols = ["BTCUSDT"]
-streams = ["trade"]
-"#,
-        )
-        .expect("valid test config")
+        crate::config::test_config("", &["trade"])
     }
 
     fn trade_record(id: i64) -> crate::wal::Result<ReadItem> {

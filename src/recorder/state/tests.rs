@@ -4,6 +4,7 @@
 //! `State`'s own methods with time passed in.
 
 use super::*;
+use crate::config::test_config;
 use crate::domain::{
     Decimal8, Source, StreamKind, Symbol, TradeRow, MICROS_PER_HOUR, MICROS_PER_MINUTE,
 };
@@ -16,20 +17,10 @@ fn config() -> Config {
 }
 
 fn config_with_fill(fill: &str) -> Config {
-    Config::from_toml(&format!(
-        r#"
-[seal]
-grace_ms = 1000
-[fill]
-{fill}
-[markets.spot]
-ws_url = "ws://127.0.0.1:1"
-rest_url = "http://127.0.0.1:1"
-symbols = ["BTCUSDT"]
-streams = ["trade", "kline_1m"]
-"#
-    ))
-    .expect("valid test config")
+    test_config(
+        &format!("[seal]\ngrace_ms = 1000\n[fill]\n{fill}"),
+        &["trade", "kline_1m"],
+    )
 }
 
 fn seals(state: &mut State) -> Vec<SealJob> {
@@ -280,22 +271,10 @@ fn rows_after_a_delivery_are_still_sealed_and_pin_no_wal_segment() {
 
 #[test]
 fn rows_being_written_count_against_the_memory_budget_and_its_pressure_lasts_to_a_quarter() {
-    let config = Config::from_toml(
-        r#"
-[seal]
-grace_ms = 1000
-[fill]
-enabled = false
-[memory]
-max_held_mb = 1
-[markets.spot]
-ws_url = "ws://127.0.0.1:1"
-rest_url = "http://127.0.0.1:1"
-symbols = ["BTCUSDT"]
-streams = ["trade"]
-"#,
-    )
-    .expect("valid test config");
+    let config = test_config(
+        "[seal]\ngrace_ms = 1000\n[fill]\nenabled = false\n[memory]\nmax_held_mb = 1",
+        &["trade"],
+    );
     let mut state = State::new(&config, Arc::new(Counters::default()));
     state.begin_session(Market::Spot);
     let budget = 1024 * 1024;
