@@ -34,6 +34,8 @@ pub(super) struct BatchOutcome {
     result: Result<Vec<Applied>, (WalError, Vec<Record>)>,
     n_frames: u64,
     n_quarantined: u64,
+    /// Why the batch's first quarantined frame was (for the log).
+    first_quarantine_error: Option<String>,
     /// Bytes of the WAL's segments after the batch (and any deletion).
     wal_bytes: Option<u64>,
     /// Time the appends and the fsync took, when they succeeded.
@@ -183,6 +185,15 @@ impl Runtime {
     pub(super) async fn finish_batch(&mut self, outcome: BatchOutcome) {
         self.wal = outcome.wal;
         self.batch_started = None;
+        if let Some(first_error) = &outcome.first_quarantine_error {
+            // Logged for the first frame, then at each power of ten, so a
+            // flood of bad frames cannot flood the log; the counter has them all.
+            let total_before = self.counters.frames_quarantined.get();
+            let total_after = total_before + outcome.n_quarantined;
+            if total_before == 0 || total_before.ilog10() != total_after.ilog10() {
+                warn!(total = total_after, %first_error, "frames could not be decoded; kept in quarantine");
+            }
+        }
         Counters::add(&self.counters.frames_quarantined, outcome.n_quarantined);
         if let Some(wal_bytes) = outcome.wal_bytes {
             Counters::set(&self.counters.wal_bytes, wal_bytes);
@@ -294,9 +305,6 @@ pub(super) async fn wait_batch(
     outcome
 }
 
-/// Frames quarantined by this process, for log throttling only.
-static TOTAL_QUARANTINED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// Appends and syncs one batch, then decodes it. Runs on a blocking thread.
 fn write_batch(
     wal: Option<WalWriter>,
@@ -323,6 +331,7 @@ fn write_batch(
                     result: Err((error, records)),
                     n_frames,
                     n_quarantined: 0,
+                    first_quarantine_error: None,
                     wal_bytes: None,
                     write_seconds: None,
                 }
@@ -350,6 +359,7 @@ fn write_batch(
             result: Err((error, records)),
             n_frames,
             n_quarantined: 0,
+            first_quarantine_error: None,
             wal_bytes: None,
             write_seconds: None,
         };
@@ -395,15 +405,8 @@ fn write_batch(
         }
     });
     let n_quarantined = quarantined.len() as u64;
+    let first_quarantine_error = quarantined.first().map(|frame| frame.error.clone());
     if !quarantined.is_empty() {
-        // Logged once for the first frame, then at each power of ten, so a
-        // flood of bad frames cannot flood the log; the counter has them all.
-        let total_before =
-            TOTAL_QUARANTINED.fetch_add(n_quarantined, std::sync::atomic::Ordering::Relaxed);
-        let total_after = total_before + n_quarantined;
-        if total_before == 0 || total_before.ilog10() != total_after.ilog10() {
-            warn!(total = total_after, first_error = %quarantined[0].error, "frames could not be decoded; kept in quarantine");
-        }
         if let Err(error) = quarantine::append(quarantine_dir, &quarantined) {
             error!(%error, "cannot write the quarantine; the frames stay in the WAL");
         }
@@ -413,6 +416,7 @@ fn write_batch(
         result: Ok(applied),
         n_frames,
         n_quarantined,
+        first_quarantine_error,
         wal_bytes: Some(wal_bytes),
         write_seconds: Some(write_seconds),
     }
@@ -561,6 +565,10 @@ mod tests {
             "{written_to:?}"
         );
         assert_eq!(outcome.n_quarantined, 2);
+        assert!(outcome
+            .first_quarantine_error
+            .as_deref()
+            .is_some_and(|error| error.contains("over the WAL's limit")));
         let quarantine =
             std::fs::read_to_string(root.path().join("quarantine/spot/1970-01-01.jsonl"))
                 .expect("quarantined");
