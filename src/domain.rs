@@ -678,6 +678,32 @@ impl Row {
     }
 }
 
+/// A hole known and not filled, as listed in a file's `unfilled` metadata.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnfilledRange {
+    /// First missing id (klines: open time in µs), inclusive; `None` when
+    /// the exchange never told us.
+    pub from: Option<i64>,
+    /// Last missing id (klines: open time in µs), inclusive.
+    pub to: Option<i64>,
+    /// Bounds of the hole within the file's hour, epoch µs.
+    pub from_time: TimeUs,
+    pub to_time: TimeUs,
+    pub reason: String,
+}
+
+/// `unfilled` reason: REST answered for the range and has no such rows
+/// (klines during a halt, futures ids REST does not serve). Not retried.
+pub const REASON_NOT_SERVED: &str = "exchange has no data";
+
+impl UnfilledRange {
+    /// Whether REST may still fill the range: all but what the exchange
+    /// said it does not have ([`REASON_NOT_SERVED`]).
+    pub fn is_retryable(&self) -> bool {
+        self.reason != REASON_NOT_SERVED
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -854,20 +880,6 @@ mod tests {
         assert_eq!(Hour::containing(hour.end() - 1), hour);
         assert_eq!(hour.next().start(), hour.end());
     }
-}
-
-/// A hole known and not filled, as listed in a file's `unfilled` metadata.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct UnfilledRange {
-    /// First missing id (klines: open time in µs), inclusive; `None` when
-    /// the exchange never told us.
-    pub from: Option<i64>,
-    /// Last missing id (klines: open time in µs), inclusive.
-    pub to: Option<i64>,
-    /// Bounds of the hole within the file's hour, epoch µs.
-    pub from_time: TimeUs,
-    pub to_time: TimeUs,
-    pub reason: String,
 }
 
 /// Fuzz-style property tests of [`Decimal8`] parsing: arbitrary and mutated

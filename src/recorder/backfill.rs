@@ -26,7 +26,7 @@ use crate::gaps::Hole;
 use crate::metrics::Counters;
 use crate::parquet_out;
 use crate::recorder::spill::HourRows;
-use crate::recorder::state::{revise_declared, FillJob, SealJob, REASON_NOT_SERVED};
+use crate::recorder::state::{revise_declared, FillJob, SealJob};
 use crate::recorder::{execute_seal, fill, SealResult};
 use crate::verify::report::{holes_from_json, utc_time};
 use crate::verify::DeclaredHole;
@@ -367,7 +367,7 @@ async fn backfill_file(
         }
     }
     let asked = |range: &UnfilledRange| {
-        range.reason != REASON_NOT_SERVED
+        range.is_retryable()
             && Hole::from_unfilled(key.kind, range).is_some()
             && wanted.is_none_or(|wanted| wanted.iter().any(|hole| same_hole(&hole.range, range)))
     };
@@ -378,10 +378,7 @@ async fn backfill_file(
         .partition(|range| asked(range));
     let count_left = |summary: &mut BackfillSummary, ranges: &[UnfilledRange]| {
         summary.n_holes_left += ranges.len();
-        summary.n_holes_fillable_left += ranges
-            .iter()
-            .filter(|range| range.reason != REASON_NOT_SERVED)
-            .count();
+        summary.n_holes_fillable_left += ranges.iter().filter(|range| range.is_retryable()).count();
     };
     if wanted.is_none() {
         count_left(summary, &untouched);
@@ -476,7 +473,7 @@ async fn backfill_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Market, Symbol};
+    use crate::domain::{Market, Symbol, REASON_NOT_SERVED};
 
     const HOUR_START: i64 = 1_795_474_800_000_000;
 

@@ -53,7 +53,7 @@ pub fn revise_declared(
     let joined = Settled::joined(settled);
     for range in unfilled {
         let hole = match Hole::from_unfilled(kind, range) {
-            Some(hole) if range.reason != REASON_NOT_SERVED => hole,
+            Some(hole) if range.is_retryable() => hole,
             _ => {
                 revised.push(range.clone());
                 continue;

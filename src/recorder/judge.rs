@@ -11,9 +11,7 @@ use crate::gaps::{sort_by_settled, Hole, Settled};
 /// when a fill round may be tried again. (Deadlines are in exchange time.)
 pub type MonoMs = u64;
 
-/// `unfilled` reason: REST answered for the range and has no such rows
-/// (klines during a halt, futures ids REST does not serve). Not retried.
-pub const REASON_NOT_SERVED: &str = "exchange has no data";
+pub use crate::domain::REASON_NOT_SERVED;
 /// `unfilled` reason: gap fill is switched off in the config.
 pub const REASON_FILL_DISABLED: &str = "fill disabled";
 /// `unfilled` reason when no fill round failed but the deadline came first.

@@ -460,10 +460,7 @@ impl State {
                 range
             })
             .collect();
-        if unfilled
-            .iter()
-            .any(|range| range.reason != REASON_NOT_SERVED)
-        {
+        if unfilled.iter().any(UnfilledRange::is_retryable) {
             stream.hour_mut(hour).declared = Some(Declared {
                 unfilled,
                 retry_at: 0,
@@ -529,11 +526,8 @@ impl State {
                 &declared_rows,
                 report.failure.as_deref(),
             );
-            let n_retryable = |list: &[UnfilledRange]| {
-                list.iter()
-                    .filter(|range| range.reason != REASON_NOT_SERVED)
-                    .count()
-            };
+            let n_retryable =
+                |list: &[UnfilledRange]| list.iter().filter(|range| range.is_retryable()).count();
             let n_filled = n_retryable(&declared.unfilled).saturating_sub(n_retryable(&revised));
             Counters::add(&counters.holes_filled_late, n_filled as u64);
             if revised != declared.unfilled {

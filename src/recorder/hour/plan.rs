@@ -23,9 +23,7 @@ use crate::recorder::budget::{resolve_trade_holes, AggSpan, MAX_EVIDENCE_AGGS};
 use crate::recorder::clock::MarketState;
 use crate::recorder::declared::{micros, Declared};
 use crate::recorder::jobs::{FillJob, FillReport, Job, SealJob};
-use crate::recorder::judge::{
-    self, judge_hour, FillStatus, HourFacts, MonoMs, Sealing, Verdict, REASON_NOT_SERVED,
-};
+use crate::recorder::judge::{self, judge_hour, FillStatus, HourFacts, MonoMs, Sealing, Verdict};
 use crate::recorder::wake::note_earliest;
 use crate::seal::{complete_at, coverage, is_sealable};
 
@@ -213,7 +211,7 @@ impl StreamState {
             let holes: Vec<Hole> = declared
                 .unfilled
                 .iter()
-                .filter(|range| range.reason != REASON_NOT_SERVED)
+                .filter(|range| range.is_retryable())
                 .filter_map(|range| Hole::from_unfilled(turn.key.kind, range))
                 .collect();
             declared.in_flight = true;
@@ -424,11 +422,7 @@ impl StreamState {
         let unfilled = sealing.unfilled;
         Counters::add(&turn.counters.holes_declared, unfilled.len() as u64);
         let state = self.hour_mut(hour);
-        if fill.enabled
-            && unfilled
-                .iter()
-                .any(|range| range.reason != REASON_NOT_SERVED)
-        {
+        if fill.enabled && unfilled.iter().any(UnfilledRange::is_retryable) {
             state.declared = Some(Declared {
                 unfilled: unfilled.clone(),
                 retry_at: turn
