@@ -204,8 +204,8 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            // Once: the log goes to stderr (the journal under systemd).
             error!("{error:#}");
-            eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -377,7 +377,6 @@ fn backfill(
         Ok(summary) => summary,
         Err(error) => {
             error!("{error:#}");
-            eprintln!("error: {error:#}");
             return could_not_run;
         }
     };

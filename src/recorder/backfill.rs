@@ -461,7 +461,10 @@ async fn backfill_file(
             info!(path = %path.display(), n_rows, n_filled, "backfilled");
         }
         Ok(SealResult::Unchanged) => {}
-        Err(failure) => anyhow::bail!("cannot reseal {}: {}", path.display(), failure.message),
+        Err(failure) => {
+            return Err(anyhow::Error::new(failure.error)
+                .context(format!("cannot reseal {}", path.display())))
+        }
     }
     if let Some(failure) = &report.failure {
         warn!(path = %path.display(), %failure, "holes left declared");

@@ -271,8 +271,8 @@ impl Runtime {
             Err((error, _)) if error.retry() == crate::wal::Retry::Never => {
                 // Retrying cannot help (a segment this release cannot read,
                 // a bad config): stop, loudly, rather than retry forever.
-                // What was acknowledged is in the WAL.
-                error!(%error, "WAL error that no retry can fix; stopping");
+                // What was acknowledged is in the WAL. Logged once, by
+                // main, with the exit status.
                 self.fatal = Some(anyhow::anyhow!("WAL: {error}"));
                 self.wal_lost = true;
             }

@@ -464,7 +464,7 @@ impl Runtime {
                     Err(error) => {
                         // The WAL writer went with the task: nothing more can
                         // be acknowledged. Stop; the next start replays the WAL.
-                        error!(%error, "WAL batch task failed; stopping");
+                        // Logged once, by main, with the exit status.
                         self.fatal = Some(anyhow::anyhow!("WAL batch task failed: {error}"));
                         self.wal_lost = true;
                         return;
@@ -693,10 +693,10 @@ impl Runtime {
             Ok(SealResult::Unchanged) => self.state.seal_finished(&outcome.job_key, outcome.hour),
             Err(failure) => {
                 Counters::add(&self.counters.seal_failures, 1);
-                if failure.panicked {
+                if failure.error.panicked() {
                     Counters::add(&self.counters.seal_panics, 1);
                 }
-                error!(key = %outcome.job_key, hour = %outcome.hour, message = %failure.message, panicked = failure.panicked, "seal failed; retried in 5 s with the same rows, holes and coverage");
+                error!(key = %outcome.job_key, hour = %outcome.hour, error = %failure.error, panicked = failure.error.panicked(), "seal failed; retried in 5 s with the same rows, holes and coverage");
                 self.state.seal_failed(failure.job);
                 self.seal_pause_until = Some(Instant::now() + Duration::from_secs(5));
             }

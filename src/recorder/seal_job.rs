@@ -38,10 +38,31 @@ pub(crate) enum SealResult {
 
 /// A seal that did not happen: why, and the job to run again.
 pub(crate) struct SealFailure {
-    pub(crate) message: String,
+    pub(crate) error: JobError,
     pub(crate) job: SealJob,
-    /// The Parquet code panicked (counted apart: a bug, not a full disk).
-    pub(crate) panicked: bool,
+}
+
+/// Why a file job on a blocking thread (a seal, a spilled run's write)
+/// did not finish.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JobError {
+    /// The Parquet or Arrow code panicked: a bug, not a full disk, so
+    /// counted apart.
+    #[error("{what} panicked: {message}")]
+    Panicked { what: &'static str, message: String },
+    #[error(transparent)]
+    File(#[from] ParquetOutError),
+    #[error("cannot move aside unreadable {path}: {source}")]
+    MoveAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl JobError {
+    pub(crate) fn panicked(&self) -> bool {
+        matches!(self, JobError::Panicked { .. })
+    }
 }
 
 /// A fault injected into seals by tests (the data directory's seam, as
@@ -56,15 +77,15 @@ pub enum SealFault {
 /// Asked before each file is written; `None` writes it.
 pub type SealFaults = Arc<dyn Fn(&StreamKey, Hour) -> Option<SealFault> + Send + Sync>;
 
-/// Runs `call`, turning a panic into an error message.
-pub(crate) fn unwinding<T>(what: &str, call: impl FnOnce() -> T) -> Result<T, String> {
+/// Runs `call`, turning a panic into [`JobError::Panicked`].
+pub(crate) fn unwinding<T>(what: &'static str, call: impl FnOnce() -> T) -> Result<T, JobError> {
     catch_unwind(AssertUnwindSafe(call)).map_err(|panic| {
         let message = panic
             .downcast_ref::<&str>()
             .map(|text| (*text).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".to_owned());
-        format!("{what} panicked: {message}")
+        JobError::Panicked { what, message }
     })
 }
 
@@ -77,14 +98,10 @@ pub(crate) fn execute_seal(
 ) -> SealOutcome {
     let job_key = job.key.clone();
     let hour = job.hour;
-    let fail = |message: String, job: SealJob, panicked: bool| SealOutcome {
+    let fail = |error: JobError, job: SealJob| SealOutcome {
         job_key: job.key.clone(),
         hour: job.hour,
-        result: Err(SealFailure {
-            message,
-            job,
-            panicked,
-        }),
+        result: Err(SealFailure { error, job }),
     };
     let path = parquet_out::hour_file_path(data_dir, &job.key, job.hour);
     // Spilled runs are removed once their rows are in the file (or back in
@@ -104,7 +121,7 @@ pub(crate) fn execute_seal(
             })
         });
         match read {
-            Err(message) => return fail(message, job, true),
+            Err(panic) => return fail(panic, job),
             Ok(Ok((sealed, summary, sealed_coverage))) => {
                 let sealed_delivery = summary.as_ref().and_then(|summary| summary.delivered_at);
                 // The delivery is said once it is known, and kept after.
@@ -125,7 +142,7 @@ pub(crate) fn execute_seal(
                 // Late rows are few; were any spilled, they are read back.
                 let held = match collect_rows(&job.rows) {
                     Ok(rows) => rows,
-                    Err(error) => return fail(error.to_string(), job, false),
+                    Err(error) => return fail(error.into(), job),
                 };
                 let (merged, changed) = merge_into_sealed(sealed, held);
                 job.rows = HourRows::from_rows(job.key.kind, merged);
@@ -151,12 +168,9 @@ pub(crate) fn execute_seal(
                 Ok(aside) => {
                     error!(path = %path.display(), %error, aside = %aside.display(), "sealed file unreadable; moved aside and rebuilt from the rows held");
                 }
-                Err(rename_error) => {
-                    let message = format!(
-                        "cannot move aside unreadable {}: {rename_error}",
-                        path.display()
-                    );
-                    return fail(message, job, false);
+                Err(source) => {
+                    let error = JobError::MoveAside { path, source };
+                    return fail(error, job);
                 }
             },
         }
@@ -178,10 +192,11 @@ pub(crate) fn execute_seal(
     // `file` is only borrowed: its rows survive a panic and go back to the job.
     let written = unwinding("writing the Parquet file", || match fault {
         Some(SealFault::Panic) => panic!("injected seal panic"),
-        Some(SealFault::Io(kind)) => {
-            Err(std::io::Error::new(kind, "injected data-dir fault").to_string())
-        }
-        None => parquet_out::write_hour_file(data_dir, &file).map_err(|error| error.to_string()),
+        Some(SealFault::Io(kind)) => Err(ParquetOutError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(kind, "injected data-dir fault"),
+        }),
+        None => parquet_out::write_hour_file(data_dir, &file),
     });
     job.rows = file.rows.rows;
     match written {
@@ -198,8 +213,8 @@ pub(crate) fn execute_seal(
                 }),
             }
         }
-        Ok(Err(message)) => fail(message, job, false),
-        Err(message) => fail(message, job, true),
+        Ok(Err(error)) => fail(error.into(), job),
+        Err(panic) => fail(panic, job),
     }
 }
 
@@ -544,7 +559,10 @@ mod tests {
                 assert!(
                     replayed.result.is_ok(),
                     "{step:?}: {:?}",
-                    replayed.result.err().map(|failure| failure.message)
+                    replayed
+                        .result
+                        .err()
+                        .map(|failure| failure.error.to_string())
                 );
                 let keys: Vec<i64> = parquet_out::read_hour_file(&path, StreamKind::Trade)
                     .expect("readable")
@@ -687,7 +705,7 @@ mod tests {
             let Err(failure) = outcome.result else {
                 panic!("{fault:?}: the seal must fail")
             };
-            assert_eq!(failure.panicked, fault == SealFault::Panic);
+            assert_eq!(failure.error.panicked(), fault == SealFault::Panic);
             assert_eq!(failure.job.rows.to_vec(), sent.rows.to_vec(), "{fault:?}");
             assert_eq!(failure.job.unfilled, sent.unfilled, "{fault:?}");
             assert_eq!(
@@ -781,7 +799,8 @@ mod tests {
             let Err(failure) = outcome.result else {
                 panic!("a cut run must fail the seal")
             };
-            assert!(failure.message.contains("run-"), "{}", failure.message);
+            let message = failure.error.to_string();
+            assert!(message.contains("run-"), "{message}");
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::domain::{Hour, StreamKey};
 use crate::parquet_out::run_file;
 
 use super::held::HeldRows;
-use super::seal_job::unwinding;
+use super::seal_job::{unwinding, JobError};
 use super::state::{Spill, State};
 use super::Runtime;
 
@@ -21,7 +21,7 @@ pub(crate) struct SpillWritten {
     key: StreamKey,
     hour: Hour,
     run_id: u64,
-    written: Result<PathBuf, (HeldRows, String)>,
+    written: Result<PathBuf, (HeldRows, JobError)>,
 }
 
 /// Writes one run (on a blocking thread); a failure or a panic hands the
@@ -30,14 +30,14 @@ fn write_spill(wal_dir: &Path, spill: Spill) -> SpillWritten {
     let Spill { key, hour, run } = spill;
     let path = run_file::run_path(wal_dir, run.run_id);
     let written = unwinding("writing a spilled run", || {
-        run_file::write_run(&path, run.kind, &run.rows).map_err(|error| error.to_string())
+        run_file::write_run(&path, run.kind, &run.rows)
     });
-    let written = match written {
-        Ok(Ok(())) => Ok(path),
-        Ok(Err(message)) | Err(message) => {
+    let written = match written.and_then(|written| written.map_err(JobError::from)) {
+        Ok(()) => Ok(path),
+        Err(error) => {
             // A partial file is never read: its run stays in memory.
             let _ = std::fs::remove_file(&path);
-            Err((run.rows, message))
+            Err((run.rows, error))
         }
     };
     SpillWritten {
@@ -53,8 +53,8 @@ fn write_spill(wal_dir: &Path, spill: Spill) -> SpillWritten {
 fn apply_spill(state: &mut State, done: SpillWritten) {
     let written = match done.written {
         Ok(path) => Ok(path),
-        Err((rows, message)) => {
-            error!(key = %done.key, hour = %done.hour, run_id = done.run_id, %message, "cannot spill rows to disk; they stay in memory");
+        Err((rows, error)) => {
+            error!(key = %done.key, hour = %done.hour, run_id = done.run_id, %error, "cannot spill rows to disk; they stay in memory");
             Err(rows)
         }
     };

@@ -140,6 +140,8 @@
 //! a segment feeds is sealed.
 
 mod error;
+#[cfg(test)]
+mod fault_fs;
 mod frame;
 pub mod fs;
 mod reader;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-use super::fs::{FaultFs, FaultOp};
+use super::fault_fs::{FaultFs, FaultOp};
 use super::*;
 
 const DIR: &str = "/wal";

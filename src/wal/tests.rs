@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::fault_fs::{FaultFs, FaultOp};
 use super::frame::{encode_frame, encode_segment_header, frame_len, SEGMENT_HEADER_LEN};
-use super::fs::{FaultFs, FaultOp, WalFs};
+use super::fs::WalFs;
 use super::*;
 
 const DIR: &str = "/wal";

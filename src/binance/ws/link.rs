@@ -11,12 +11,14 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::warn;
 
 use super::silence::DataRate;
 use super::ConnectionSettings;
 use crate::binance::decode::Decoded;
+use crate::binance::markets::Route;
 use crate::binance::streams::{combined_stream_name, stream_name};
 use crate::domain::{Market, StreamKind, Symbol};
 
@@ -113,10 +115,38 @@ pub(super) struct Link {
     _counted: CountedLink,
 }
 
-/// Why a link's read loop stopped.
+/// Why a link read nothing more.
 pub(super) enum LinkEvent {
     Frame(Message),
-    Ended(String),
+    Ended(LinkLost),
+}
+
+/// Why a link was lost or could not be made: logged, told to the recorder
+/// with the link's streams, and the reconnect backs off.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkLost {
+    #[error("connect timed out")]
+    ConnectTimedOut,
+    #[error("connect failed: {0}")]
+    ConnectFailed(Arc<tungstenite::Error>),
+    #[error("cannot subscribe: {0}")]
+    Subscribe(Arc<tungstenite::Error>),
+    #[error("read error: {0}")]
+    Read(Arc<tungstenite::Error>),
+    #[error("stream ended")]
+    Ended,
+    #[error("closed by server: {0:?}")]
+    Closed(Option<CloseFrame>),
+    /// No frame at all, not even a ping, for this long.
+    #[error("no frame for {0:?}: dead link")]
+    Dead(Duration),
+    /// Every stream subscribed and none delivered while the market did.
+    #[error("every stream silent on route {0}")]
+    SilentRoute(Route),
+    /// The recorder took no frame for too long: the link is given up
+    /// rather than miss its pings.
+    #[error("recorder backlog (backpressure wait exceeded)")]
+    Backlog,
 }
 
 impl Link {
@@ -183,8 +213,8 @@ impl Link {
 
     pub(super) async fn next_event(&mut self) -> LinkEvent {
         match self.socket.next().await {
-            None => LinkEvent::Ended("stream ended".to_owned()),
-            Some(Err(error)) => LinkEvent::Ended(format!("read error: {error}")),
+            None => LinkEvent::Ended(LinkLost::Ended),
+            Some(Err(error)) => LinkEvent::Ended(LinkLost::Read(Arc::new(error))),
             Some(Ok(message)) => LinkEvent::Frame(message),
         }
     }
@@ -193,7 +223,7 @@ impl Link {
     pub(super) async fn send_due_control(
         &mut self,
         settings: &ConnectionSettings,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkLost> {
         // Checked before the clock: this runs once per frame.
         if self.to_send.is_empty() || Instant::now() < self.next_send {
             return Ok(());
@@ -209,7 +239,7 @@ impl Link {
         self.socket
             .send(Message::text(request))
             .await
-            .map_err(|error| format!("cannot subscribe: {error}"))?;
+            .map_err(|error| LinkLost::Subscribe(Arc::new(error)))?;
         self.awaiting.insert(id, batch);
         self.next_send =
             Instant::now() + Duration::from_secs(1) / settings.max_control_per_sec.max(1);

@@ -69,6 +69,7 @@ use crate::binance::streams::connection_url;
 use crate::domain::{Market, StreamKind, Symbol, TimeUs};
 use crate::metrics::Counters;
 pub use handshake::HandshakeBudget;
+pub use link::LinkLost;
 pub use link::OpenLinks;
 use link::{stream_key_of, Link, LinkEvent};
 pub use settings::ConnectionSettings;
@@ -100,7 +101,7 @@ pub enum Inbound {
         market: Market,
         task: usize,
         link: u64,
-        reason: String,
+        reason: LinkLost,
         streams: Vec<(Symbol, StreamKind)>,
     },
     /// A `/api/v3/time` answer: the exchange's clock and the host clock's
@@ -294,7 +295,7 @@ async fn backoff(
     plan: &ConnectionPlan,
     settings: &ConnectionSettings,
     attempt: &mut u32,
-    reason: &str,
+    reason: &LinkLost,
     cancel: &CancellationToken,
     counters: &Counters,
 ) -> bool {
@@ -318,7 +319,7 @@ async fn open_link(
     frames: &mpsc::Sender<Inbound>,
     cancel: &CancellationToken,
     next_link: &mut u64,
-) -> Option<Result<Link, String>> {
+) -> Option<Result<Link, LinkLost>> {
     if !budget.acquire(cancel).await {
         return None;
     }
@@ -328,8 +329,8 @@ async fn open_link(
         connected = tokio::time::timeout(settings.connect_timeout, tokio_tungstenite::connect_async(url.as_str())) => connected,
     };
     let socket = match connected {
-        Err(_) => return Some(Err("connect timed out".to_owned())),
-        Ok(Err(error)) => return Some(Err(format!("connect failed: {error}"))),
+        Err(_) => return Some(Err(LinkLost::ConnectTimedOut)),
+        Ok(Err(error)) => return Some(Err(LinkLost::ConnectFailed(Arc::new(error)))),
         Ok(Ok((socket, _response))) => socket,
     };
     let number = *next_link;
@@ -373,7 +374,7 @@ enum DriveOutcome {
         link_number: u64,
         lived: Duration,
         delivered_data: bool,
-        reason: String,
+        reason: LinkLost,
         /// Every stream of the link was subscribed but silent: try the
         /// other route.
         reroute: bool,
@@ -545,7 +546,7 @@ async fn drive_link(
                 _ = &mut wake => {
                     let now = Instant::now();
                     if now >= link.last_frame + settings.dead_after {
-                        let reason = format!("no frame for {:?}: dead link", settings.dead_after);
+                        let reason = LinkLost::Dead(settings.dead_after);
                         if let Some(new_link) = replacement.take() {
                             let _ = link.socket.close(None).await;
                             warn!(market = %plan.market, %reason, "old link died during rotation; the replacement takes over");
@@ -567,7 +568,7 @@ async fn drive_link(
                         }
                         if all_unheard && may_reroute {
                             let _ = link.socket.close(None).await;
-                            let reason = format!("every stream silent on route {}", plan.route);
+                            let reason = LinkLost::SilentRoute(plan.route);
                             return DriveOutcome::Lost {
                                 link_number: link.number,
                                 lived: link.opened.elapsed(),
@@ -606,7 +607,7 @@ async fn drive_link(
                 return lost(link, reason);
             }
             LinkEvent::Frame(Message::Close(frame)) => {
-                let reason = format!("closed by server: {frame:?}");
+                let reason = LinkLost::Closed(frame);
                 if from_replacement {
                     warn!(market = %plan.market, %reason, "replacement link closed; keeping the current one");
                     replacement = None;
@@ -722,10 +723,7 @@ async fn drive_link(
                 if frames.send(inbound).await.is_err() {
                     return DriveOutcome::Stop;
                 }
-                return lost(
-                    link,
-                    "recorder backlog (backpressure wait exceeded)".to_owned(),
-                );
+                return lost(link, LinkLost::Backlog);
             }
         }
     }
@@ -745,7 +743,7 @@ async fn next_replacement_event(replacement: &mut Option<Link>) -> LinkEvent {
     }
 }
 
-fn lost(link: Link, reason: String) -> DriveOutcome {
+fn lost(link: Link, reason: LinkLost) -> DriveOutcome {
     DriveOutcome::Lost {
         link_number: link.number,
         lived: link.opened.elapsed(),
