@@ -629,10 +629,21 @@ pub struct KlineRow {
 pub enum Row {
     Trade(TradeRow),
     AggTrade(AggTradeRow),
-    Kline(KlineRow),
+    /// Boxed: a kline (eight decimals) is three times a trade's size and
+    /// comes once a minute, and every row is moved a few times on its way
+    /// from the socket to the state.
+    Kline(Box<KlineRow>),
 }
 
+// A row is moved several times between the socket and the state, and
+// held in `Vec<Row>` where an hour is read back: keep it a trade's size.
+const _: () = assert!(std::mem::size_of::<Row>() <= 128);
+
 impl Row {
+    pub fn kline(row: KlineRow) -> Row {
+        Row::Kline(Box::new(row))
+    }
+
     /// The key a file is sorted and deduplicated by.
     pub fn key(&self) -> i64 {
         match self {

@@ -716,7 +716,7 @@ fn decode_kline(
     };
     Ok(Decoded::Row {
         key,
-        row: Row::Kline(row),
+        row: Row::kline(row),
         event_time,
     })
 }

@@ -296,7 +296,7 @@ mod tests {
                 recv_time: Some(base + 41_000),
                 source: Source::Ws,
             })],
-            StreamKind::Kline(_) => vec![Row::Kline(KlineRow {
+            StreamKind::Kline(_) => vec![Row::kline(KlineRow {
                 open_time: base,
                 close_time: base + 59_999_999,
                 open: decimal("1"),

@@ -338,7 +338,7 @@ pub fn rows_from_batch(batch: &RecordBatch, kind: StreamKind) -> Result<Vec<Row>
             let events = times("event_time")?;
             let receives = times("recv_time")?;
             for index in 0..batch.num_rows() {
-                rows.push(Row::Kline(KlineRow {
+                rows.push(Row::kline(KlineRow {
                     open_time: opens_at.value(index),
                     close_time: closes_at.value(index),
                     open: decimal(opens, index),

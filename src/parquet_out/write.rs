@@ -558,7 +558,7 @@ mod tests {
                 recv_time: optional(time + random.i64(20_000..30_000)),
                 source,
             }),
-            StreamKind::Kline(_) => Row::Kline(KlineRow {
+            StreamKind::Kline(_) => Row::kline(KlineRow {
                 open_time: base + index * 60_000_000,
                 close_time: base + index * 60_000_000 + 59_999_999,
                 open: price,

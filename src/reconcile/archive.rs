@@ -406,7 +406,7 @@ impl LineParser {
                     recv_time: None,
                     source: Source::Rest,
                 };
-                Ok(archive_row(Row::Kline(row), open_unit, close_unit))
+                Ok(archive_row(Row::kline(row), open_unit, close_unit))
             }
         }
     }

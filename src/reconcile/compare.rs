@@ -618,7 +618,7 @@ mod tests {
         let hour = Hour::containing(HOUR_0);
         let minute_us = 60_000_000;
         let our_rows: Vec<Row> = (0..3)
-            .map(|index| Row::Kline(kline(HOUR_0 + index * minute_us, "2")))
+            .map(|index| Row::kline(kline(HOUR_0 + index * minute_us, "2")))
             .collect();
         let their_rows: Vec<ArchiveRow> =
             [kline(HOUR_0, "2"), kline(HOUR_0 + 2 * minute_us, "1.5")]
@@ -626,7 +626,7 @@ mod tests {
                 .enumerate()
                 .map(|(index, row)| ArchiveRow {
                     // The archive's close time in ms, as futures files give it.
-                    row: Row::Kline(KlineRow {
+                    row: Row::kline(KlineRow {
                         close_time: row.close_time - 999,
                         ..row
                     }),

@@ -218,7 +218,7 @@ async fn fill_hole(
                     retry,
                 )
                 .await;
-            HoleAnswer::from_fetched(fetched, true, Row::Kline)
+            HoleAnswer::from_fetched(fetched, true, Row::kline)
         }
         (kind, hole) => HoleAnswer {
             rows: Vec::new(),

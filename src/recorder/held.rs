@@ -544,7 +544,7 @@ mod tests {
 
     fn kline(minute: i64, variant: u8, source: Source) -> Row {
         let open_time = HOUR_START + minute * 60_000_000;
-        Row::Kline(KlineRow {
+        Row::kline(KlineRow {
             open_time,
             close_time: open_time + 59_999_999,
             open: Decimal8::from_scaled(i128::from(variant)),

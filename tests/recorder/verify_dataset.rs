@@ -93,7 +93,7 @@ pub fn kline_rows(hour: Hour, from: i64) -> Vec<Row> {
         .map(|minute| hour.start() + minute * MICROS_PER_MINUTE)
         .filter(|open| *open >= from)
         .map(|open| {
-            Row::Kline(KlineRow {
+            Row::kline(KlineRow {
                 open_time: open,
                 close_time: open + MICROS_PER_MINUTE - 1,
                 open: decimal(9_100_000_000_000),

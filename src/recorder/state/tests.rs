@@ -189,7 +189,7 @@ fn minute_kline(open: TimeUs) -> Decoded {
     let close_time = open + MICROS_PER_MINUTE - 1;
     Decoded::Row {
         key: key(StreamKind::Kline(crate::domain::KlineInterval::Minute1)),
-        row: Row::Kline(crate::domain::KlineRow {
+        row: Row::kline(crate::domain::KlineRow {
             open_time: open,
             close_time,
             open: one,
