@@ -91,8 +91,10 @@ pub fn insert_row(rows: &mut BTreeMap<i64, Row>, row: Row) -> Inserted {
 
 /// Merges new rows into the rows of an already sealed file. Returns the
 /// merged, sorted, unique rows and whether anything changed (when nothing
-/// did, the file need not be rewritten).
-pub fn merge_into_sealed(
+/// did, the file need not be rewritten). The rule in memory, as the tests'
+/// model: a seal job streams the same merge (`recorder::seal_job`).
+#[cfg(test)]
+pub(crate) fn merge_into_sealed(
     sealed: Vec<Row>,
     new_rows: impl IntoIterator<Item = Row>,
 ) -> (Vec<Row>, bool) {

@@ -44,7 +44,7 @@ pub use layout::{
 };
 pub use read::{
     parse_schema_version, parse_summary, read_hour_file, read_metadata, read_summary,
-    summary_from_bytes, SealedSummary, SummaryError,
+    summary_from_bytes, HourFileReader, SealedSummary, SummaryError,
 };
 pub use schema::{schema_for, schema_of_version, SchemaVersion, SCHEMA_VERSION};
 pub use write::{write_hour_file, write_hour_file_until, SealStep};

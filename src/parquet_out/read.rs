@@ -201,35 +201,82 @@ pub fn read_metadata(path: &Path) -> Result<Vec<(String, String)>, ParquetOutErr
 }
 
 /// Reads a sealed file of any schema version this release knows back into
-/// rows, so a late row can be merged into it. The columns must be exactly
-/// those of the version its footer names (a version-2 file with a
-/// `symbol` column is refused).
+/// rows. The columns must be exactly those of the version its footer names
+/// (a version-2 file with a `symbol` column is refused).
 pub fn read_hour_file(path: &Path, kind: StreamKind) -> Result<Vec<Row>, ParquetOutError> {
-    let invalid = |reason: String| ParquetOutError::Invalid {
-        path: path.to_path_buf(),
-        kind: kind.path_name(),
-        reason,
-    };
-    let builder = open_reader(path)?;
-    let version = parse_schema_version(&key_value_pairs(&builder))
-        .map_err(|error| invalid(error.to_string()))?;
-    let reader = builder.build().map_err(|source| ParquetOutError::Encode {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let expected = schema_of_version(kind, version);
+    let mut reader = HourFileReader::open(path, kind)?;
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|error| invalid(error.to_string()))?;
-        if batch.schema().fields() != expected.fields() {
-            return Err(invalid(format!(
-                "schema {:?} is not the contract's for schema version {version}",
-                batch.schema()
-            )));
-        }
-        rows.extend(rows_from_batch(&batch, kind).map_err(invalid)?);
+    while let Some(batch) = reader.next_rows() {
+        rows.extend(batch?);
     }
     Ok(rows)
+}
+
+/// A sealed file read back a batch of rows at a time (the Arrow reader's
+/// 1,024), each batch checked as [`read_hour_file`] checks the file: what
+/// a reseal merges late rows into without holding the hour in memory.
+pub struct HourFileReader {
+    path: std::path::PathBuf,
+    kind: StreamKind,
+    version: SchemaVersion,
+    expected: arrow_schema::SchemaRef,
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    n_rows: u64,
+}
+
+impl HourFileReader {
+    pub fn open(path: &Path, kind: StreamKind) -> Result<HourFileReader, ParquetOutError> {
+        let builder = open_reader(path)?;
+        let version = parse_schema_version(&key_value_pairs(&builder)).map_err(|error| {
+            ParquetOutError::Invalid {
+                path: path.to_path_buf(),
+                kind: kind.path_name(),
+                reason: error.to_string(),
+            }
+        })?;
+        let n_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+        let reader = builder.build().map_err(|source| ParquetOutError::Encode {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(HourFileReader {
+            path: path.to_path_buf(),
+            kind,
+            version,
+            expected: schema_of_version(kind, version),
+            reader,
+            n_rows,
+        })
+    }
+
+    /// The rows the footer counts.
+    pub fn n_rows(&self) -> u64 {
+        self.n_rows
+    }
+
+    /// The next batch's rows, in the file's order; `None` at the end.
+    pub fn next_rows(&mut self) -> Option<Result<Vec<Row>, ParquetOutError>> {
+        let batch = self.reader.next()?;
+        Some(
+            batch
+                .map_err(|error| error.to_string())
+                .and_then(|batch| {
+                    if batch.schema().fields() != self.expected.fields() {
+                        return Err(format!(
+                            "schema {:?} is not the contract's for schema version {}",
+                            batch.schema(),
+                            self.version
+                        ));
+                    }
+                    rows_from_batch(&batch, self.kind)
+                })
+                .map_err(|reason| ParquetOutError::Invalid {
+                    path: self.path.clone(),
+                    kind: self.kind.path_name(),
+                    reason,
+                }),
+        )
+    }
 }
 
 /// The column `name` of `batch` as an array of type `T`. Columns are

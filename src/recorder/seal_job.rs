@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use crate::domain::{Hour, Row, StreamKey, TimeUs};
+use crate::domain::{Hour, Row, Source, StreamKey, StreamKind, TimeUs};
 use crate::parquet_out::run_file::RunReader;
-use crate::parquet_out::{self, HourFile, ParquetOutError, Piece, SchemaVersion, SortedRows};
-use crate::seal::merge_into_sealed;
+use crate::parquet_out::{
+    self, HourFile, HourFileReader, ParquetOutError, Piece, SchemaVersion, SortedRows,
+};
 
 use super::spill::{HourRows, RunRows};
 use super::SealJob;
@@ -111,18 +112,27 @@ pub(crate) fn execute_seal(
     let mut unfilled = job.unfilled.clone().unwrap_or_default();
     let mut delivered_at = job.delivered_at;
     let mut resealed = false;
+    let mut sealed_file = None;
     if path.exists() {
+        // The rows decide whether the file is readable: the held rows are
+        // merged into them once, a batch at a time, to see whether any is
+        // new. A footer whose summary does not parse reads as declaring
+        // no hole, as before.
         let read = unwinding("reading the sealed file", || {
-            // The rows decide whether the file is readable; a footer whose
-            // summary does not parse reads as declaring no hole, as before.
-            parquet_out::read_hour_file(&path, job.key.kind).map(|rows| {
+            let mut changed = false;
+            for_each_resealed(&path, &job.rows, &mut |_, new| {
+                changed |= new;
+                Ok(())
+            })
+            .map(|n_sealed| {
                 let summary = parquet_out::read_summary(&path).ok();
-                (rows, summary, sealed_coverage(&path))
+                (n_sealed, changed, summary, sealed_coverage(&path))
             })
         });
         match read {
             Err(panic) => return fail(panic, job),
-            Ok(Ok((sealed, summary, sealed_coverage))) => {
+            Ok(Err(MergeFailure::Held(error))) => return fail(error.into(), job),
+            Ok(Ok((n_sealed, changed, summary, sealed_coverage))) => {
                 let sealed_delivery = summary.as_ref().and_then(|summary| summary.delivered_at);
                 // The delivery is said once it is known, and kept after.
                 let delivery_changed = delivered_at.is_some() && delivered_at != sealed_delivery;
@@ -139,14 +149,6 @@ pub(crate) fn execute_seal(
                 if job.unfilled.is_none() {
                     unfilled = sealed_unfilled;
                 }
-                // Late rows are few; were any spilled, they are read back.
-                let held = match collect_rows(&job.rows) {
-                    Ok(rows) => rows,
-                    Err(error) => return fail(error.into(), job),
-                };
-                let (merged, changed) = merge_into_sealed(sealed, held);
-                job.rows = HourRows::from_rows(job.key.kind, merged);
-                remove_runs(&run_files);
                 // A file of an older schema version is rewritten in the
                 // current one even when its rows stay the same.
                 let outdated =
@@ -163,20 +165,27 @@ pub(crate) fn execute_seal(
                     };
                 }
                 resealed = true;
+                sealed_file = Some(SealedFile {
+                    path: path.clone(),
+                    n_rows: n_sealed,
+                });
             }
-            Ok(Err(error)) => match parquet_out::move_aside(data_dir, &path) {
-                Ok(aside) => {
-                    error!(path = %path.display(), %error, aside = %aside.display(), "sealed file unreadable; moved aside and rebuilt from the rows held");
+            Ok(Err(MergeFailure::Sealed(error))) => {
+                match parquet_out::move_aside(data_dir, &path) {
+                    Ok(aside) => {
+                        error!(path = %path.display(), %error, aside = %aside.display(), "sealed file unreadable; moved aside and rebuilt from the rows held");
+                    }
+                    Err(source) => {
+                        let error = JobError::MoveAside { path, source };
+                        return fail(error, job);
+                    }
                 }
-                Err(source) => {
-                    let error = JobError::MoveAside { path, source };
-                    return fail(error, job);
-                }
-            },
+            }
         }
     }
     let rows = MergedHour {
         rows: std::mem::replace(&mut job.rows, HourRows::new(job.key.kind)),
+        sealed: sealed_file,
     };
     let file = HourFile {
         key: job.key.clone(),
@@ -230,14 +239,25 @@ fn remove_runs(paths: &[PathBuf]) {
 
 /// An hour's rows as the writer reads them: with nothing spilled, the rows
 /// in memory; else its runs, read back from disk, merged with them (once
-/// per pass of the writer, the first of which counts them).
+/// per pass of the writer, the first of which counts them). A reseal
+/// merges them into the rows of the file already sealed, read back a
+/// batch at a time at each pass.
 pub(crate) struct MergedHour {
     rows: HourRows,
+    sealed: Option<SealedFile>,
+}
+
+/// The file a reseal replaces, and the rows its footer counts.
+struct SealedFile {
+    path: PathBuf,
+    n_rows: u64,
 }
 
 impl SortedRows for MergedHour {
     fn is_empty(&self) -> bool {
-        !self.rows.has_runs() && self.rows.in_memory().is_empty()
+        self.sealed.as_ref().is_none_or(|sealed| sealed.n_rows == 0)
+            && !self.rows.has_runs()
+            && self.rows.in_memory().is_empty()
     }
 
     fn for_each_slice(
@@ -245,18 +265,27 @@ impl SortedRows for MergedHour {
         max: usize,
         each: &mut dyn FnMut(&[Row]) -> Result<(), ParquetOutError>,
     ) -> Result<(), ParquetOutError> {
-        if !self.rows.has_runs() {
-            return self.rows.in_memory().for_each_slice(max, each);
-        }
         let mut slice = Vec::with_capacity(max.clamp(1, 65_536));
-        for_each_merged(&self.rows, &mut |row| {
+        let mut each_row = |row: Row| {
             slice.push(row);
             if slice.len() >= max {
                 each(&slice)?;
                 slice.clear();
             }
             Ok(())
-        })?;
+        };
+        if let Some(sealed) = &self.sealed {
+            for_each_resealed(&sealed.path, &self.rows, &mut |row, _| each_row(row))
+                .map_err(MergeFailure::into_error)?;
+            if !slice.is_empty() {
+                each(&slice)?;
+            }
+            return Ok(());
+        }
+        if !self.rows.has_runs() {
+            return self.rows.in_memory().for_each_slice(max, each);
+        }
+        for_each_merged(&self.rows, &mut each_row)?;
         if !slice.is_empty() {
             each(&slice)?;
         }
@@ -273,10 +302,10 @@ impl SortedRows for MergedHour {
         each: &mut dyn FnMut(Piece<'_>) -> Result<(), ParquetOutError>,
     ) -> Result<(), ParquetOutError> {
         let in_memory = self.rows.in_memory();
-        if !self.rows.has_runs() {
+        if self.sealed.is_none() && !self.rows.has_runs() {
             return in_memory.for_each_piece(max, each);
         }
-        if !self.rows.sources_ascend() {
+        if self.sealed.is_some() || !self.rows.sources_ascend() {
             return self.for_each_slice(max, &mut |rows| each(Piece::Rows(rows)));
         }
         for run in self.rows.runs() {
@@ -391,14 +420,128 @@ impl Iterator for CheckedRun {
     }
 }
 
-/// An hour's rows, merged, all in memory (a late seal's few rows).
-fn collect_rows(rows: &HourRows) -> Result<Vec<Row>, ParquetOutError> {
-    let mut all = Vec::with_capacity(rows.len());
-    for_each_merged(rows, &mut |row| {
-        all.push(row);
-        Ok(())
-    })?;
-    Ok(all)
+/// Which side of a reseal's merge failed: the sealed file (unreadable, or
+/// its keys not ascending: moved aside) or the held rows (a spilled run
+/// that cannot be read back: the seal is retried).
+enum MergeFailure {
+    Sealed(ParquetOutError),
+    Held(ParquetOutError),
+}
+
+impl MergeFailure {
+    fn into_error(self) -> ParquetOutError {
+        match self {
+            MergeFailure::Sealed(error) | MergeFailure::Held(error) => error,
+        }
+    }
+}
+
+/// Calls `each` with the rows of the sealed file at `path` and the rows
+/// `held` for its hour, in key order, merged under the merge rule
+/// ([`crate::seal::insert_row`]: a stream row takes the place of a REST
+/// row; otherwise the sealed row stays), each with whether it is new to
+/// the file. The file is read a batch at a time, so a reseal holds no more
+/// of an hour than the writer's slices. Returns the rows the file held.
+fn for_each_resealed(
+    path: &Path,
+    held: &HourRows,
+    each: &mut dyn FnMut(Row, bool) -> Result<(), ParquetOutError>,
+) -> Result<u64, MergeFailure> {
+    let mut sealed = SealedRows::open(path, held.kind()).map_err(MergeFailure::Sealed)?;
+    let merged = for_each_merged(held, &mut |row| {
+        let key = row.key();
+        while sealed.peek().is_some_and(|next| next.key() < key) {
+            let next = sealed.take().expect("peeked");
+            each(next, false)?;
+        }
+        match sealed.peek() {
+            Some(next) if next.key() == key => {
+                let kept = sealed.take().expect("peeked");
+                if kept.source() == Source::Rest && row.source() == Source::Ws {
+                    each(row, true)
+                } else {
+                    each(kept, false)
+                }
+            }
+            _ => each(row, true),
+        }
+    });
+    if let Err(error) = merged {
+        return Err(sealed
+            .failure
+            .take()
+            .map_or(MergeFailure::Held(error), MergeFailure::Sealed));
+    }
+    while let Some(next) = sealed.take() {
+        each(next, false).map_err(MergeFailure::Held)?;
+    }
+    match sealed.failure.take() {
+        Some(error) => Err(MergeFailure::Sealed(error)),
+        None => Ok(sealed.n_read),
+    }
+}
+
+/// A sealed file's rows one at a time, checked to ascend by key. A batch
+/// that cannot be read, or a key out of order, ends them and is kept in
+/// `failure` (the merge then fails: the file breaks the contract).
+struct SealedRows {
+    reader: HourFileReader,
+    batch: std::vec::IntoIter<Row>,
+    next: Option<Row>,
+    last_key: Option<i64>,
+    n_read: u64,
+    failure: Option<ParquetOutError>,
+    path: PathBuf,
+    kind: StreamKind,
+}
+
+impl SealedRows {
+    fn open(path: &Path, kind: StreamKind) -> Result<SealedRows, ParquetOutError> {
+        Ok(SealedRows {
+            reader: HourFileReader::open(path, kind)?,
+            batch: Vec::new().into_iter(),
+            next: None,
+            last_key: None,
+            n_read: 0,
+            failure: None,
+            path: path.to_path_buf(),
+            kind,
+        })
+    }
+
+    fn peek(&mut self) -> Option<&Row> {
+        while self.next.is_none() && self.failure.is_none() {
+            if let Some(row) = self.batch.next() {
+                if self.last_key.is_some_and(|last| row.key() <= last) {
+                    self.failure = Some(ParquetOutError::Invalid {
+                        path: self.path.clone(),
+                        kind: self.kind.path_name(),
+                        reason: format!(
+                            "key {} follows key {}: keys must ascend",
+                            row.key(),
+                            self.last_key.unwrap_or_default()
+                        ),
+                    });
+                    break;
+                }
+                self.last_key = Some(row.key());
+                self.n_read += 1;
+                self.next = Some(row);
+                break;
+            }
+            match self.reader.next_rows() {
+                Some(Ok(rows)) => self.batch = rows.into_iter(),
+                Some(Err(error)) => self.failure = Some(error),
+                None => break,
+            }
+        }
+        self.next.as_ref()
+    }
+
+    fn take(&mut self) -> Option<Row> {
+        self.peek();
+        self.next.take()
+    }
 }
 
 fn sealed_coverage(path: &Path) -> Option<(TimeUs, TimeUs)> {
@@ -482,6 +625,123 @@ mod tests {
                 .expect("mtime"),
             modified
         );
+    }
+
+    /// A trade from `source` whose price tells the two sides apart.
+    fn trade_from(id: i64, source: Source, price: i128) -> Row {
+        let Row::Trade(mut row) = trade(id) else {
+            unreachable!("a trade")
+        };
+        row.source = source;
+        row.price = crate::domain::Decimal8::from_scaled(price);
+        if source == Source::Rest {
+            (row.event_time, row.recv_time) = (None, None);
+        }
+        Row::Trade(row)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// A reseal streams the sealed file (several of the reader's
+        /// batches) and gives what the in-memory merge rule gives.
+        #[test]
+        fn a_reseal_merged_a_batch_at_a_time_equals_the_merge_rule(
+            sealed in proptest::collection::btree_map(0i64..4_000, proptest::bool::ANY, 0..3_000),
+            held in proptest::collection::btree_map(0i64..4_000, proptest::bool::ANY, 0..200),
+        ) {
+            let source = |rest: bool| if rest { Source::Rest } else { Source::Ws };
+            let sealed: Vec<Row> = sealed
+                .iter()
+                .map(|(&id, &rest)| trade_from(id, source(rest), 1))
+                .collect();
+            let held: Vec<Row> = held
+                .iter()
+                .map(|(&id, &rest)| trade_from(id, source(rest), 2))
+                .collect();
+            let root = tempfile::tempdir().expect("temporary directory");
+            let path = parquet_out::hour_file_path(root.path(), &job(Vec::new(), false).key, Hour::containing(HOUR_START));
+            if !sealed.is_empty() {
+                let first = execute_seal(root.path(), None, job(sealed.clone(), false));
+                proptest::prop_assert!(first.result.is_ok());
+            }
+            let (expected, changed) = crate::seal::merge_into_sealed(sealed.clone(), held.clone());
+            let late = execute_seal(root.path(), None, job(held, true));
+            match late.result {
+                Ok(SealResult::Unchanged) => proptest::prop_assert!(!changed && !sealed.is_empty()),
+                Ok(SealResult::Written { n_rows, .. }) => {
+                    proptest::prop_assert!(changed || sealed.is_empty());
+                    proptest::prop_assert_eq!(n_rows, expected.len());
+                }
+                Err(failure) => proptest::prop_assert!(false, "{}", failure.error),
+            }
+            if path.exists() {
+                let read = parquet_out::read_hour_file(&path, StreamKind::Trade).expect("readable");
+                proptest::prop_assert_eq!(read, expected);
+            }
+        }
+    }
+
+    #[test]
+    fn a_reseal_holds_a_batch_of_the_sealed_hour_not_the_hour() {
+        const N_ROWS: i64 = 200_000;
+        let root = tempfile::tempdir().expect("temporary directory");
+        let rows: Vec<Row> = (0..N_ROWS).map(|id| trade(id * 2)).collect();
+        let first = execute_seal(root.path(), None, job(rows, false));
+        let Ok(SealResult::Written { path, .. }) = first.result else {
+            panic!("first seal")
+        };
+        let mut late = None;
+        let peak = allocation_counter::measure(|| {
+            late = Some(execute_seal(root.path(), None, job(vec![trade(3)], true)));
+        })
+        .bytes_max;
+        assert!(matches!(
+            late.expect("ran").result,
+            Ok(SealResult::Written { n_rows, .. }) if n_rows == N_ROWS as usize + 1
+        ));
+        // The hour in memory as rows alone, as a reseal held it before,
+        // is a bound it must stay far under.
+        let whole = allocation_counter::measure(|| {
+            parquet_out::read_hour_file(&path, StreamKind::Trade).expect("readable");
+        })
+        .bytes_max;
+        eprintln!("reseal peak {peak} bytes; the hour as rows {whole} bytes");
+        assert!(
+            peak < whole / 4,
+            "reseal peak {peak} bytes; the hour as rows {whole}"
+        );
+    }
+
+    #[test]
+    fn a_sealed_file_whose_keys_do_not_ascend_is_moved_aside_and_rebuilt() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let disordered = HourFile {
+            key: job(Vec::new(), false).key,
+            hour: Hour::containing(HOUR_START),
+            rows: vec![trade(1), trade(3), trade(2)],
+            unfilled: Vec::new(),
+            coverage_from: HOUR_START,
+            coverage_to: HOUR_START + 3_600_000_000,
+            clock_offset_us: None,
+            delivered_at: None,
+        };
+        let (path, _) = parquet_out::write_hour_file(root.path(), &disordered).expect("written");
+        let late = execute_seal(root.path(), None, job(vec![trade(4)], true));
+        assert!(matches!(
+            late.result,
+            Ok(SealResult::Written { n_rows: 1, .. })
+        ));
+        let keys: Vec<i64> = parquet_out::read_hour_file(&path, StreamKind::Trade)
+            .expect("readable")
+            .iter()
+            .map(Row::key)
+            .collect();
+        assert_eq!(keys, vec![4], "rebuilt from the rows held");
+        let relative = path.strip_prefix(root.path()).expect("under the root");
+        let aside =
+            parquet_out::corrupt_dir(root.path()).join(format!("{}.corrupt", relative.display()));
+        assert!(aside.exists(), "the disordered file is kept aside");
     }
 
     #[test]
