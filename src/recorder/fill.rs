@@ -30,6 +30,10 @@ use crate::recorder::state::{FillJob, FillReport, REASON_REST_BEHIND};
 /// When `retry.cancel` fires (the runtime cuts the round at its deadline)
 /// the page in progress is dropped, the holes not reached fail at once, and
 /// the report keeps every row fetched so far, so a cut loses no REST work.
+/// With `retry.max_rows`, the round stops after the page that brings its
+/// rows to that many: the hole it was in and those not reached are neither
+/// settled nor failed, so the next round starts at once from the rows the
+/// state then holds.
 pub async fn run_fill(rest: RestClient, job: FillJob, retry: RetryPolicy) -> FillReport {
     let mut rows = Vec::new();
     let mut settled = Vec::new();
@@ -41,9 +45,20 @@ pub async fn run_fill(rest: RestClient, job: FillJob, retry: RetryPolicy) -> Fil
         .collect();
     // Holes one page can answer share one call (see `budget`).
     for batch in batch_holes(job.key.kind, &holes) {
+        let room = retry.max_rows.map(|max| max.saturating_sub(rows.len()));
+        if room == Some(0) {
+            break;
+        }
+        let retry = RetryPolicy {
+            max_rows: room,
+            ..retry.clone()
+        };
         let mut answer = fill_hole(&rest, &job, &batch.fetch, &retry).await;
         answer.rows.retain(|row| batch.wants(row.key()));
+        let capped = answer.capped;
         match answer.verdict {
+            // Part of the hole: nothing about the rest of it is known.
+            Ok(()) if capped => {}
             Ok(()) => {
                 for part in &batch.parts {
                     settled.extend(settled_ranges(part, &answer.rows));
@@ -54,6 +69,9 @@ pub async fn run_fill(rest: RestClient, job: FillJob, retry: RetryPolicy) -> Fil
             }
         }
         rows.extend(answer.rows);
+        if capped {
+            break;
+        }
     }
     FillReport::new(&job, rows, settled, failure)
 }
@@ -123,6 +141,8 @@ struct HoleAnswer {
     verdict: Result<(), String>,
     /// Every key asked for was fetched (not "the exchange has no more").
     complete: bool,
+    /// The fetch stopped at [`RetryPolicy::max_rows`] inside the hole.
+    capped: bool,
 }
 
 impl HoleAnswer {
@@ -131,14 +151,21 @@ impl HoleAnswer {
             rows: Vec::new(),
             verdict: Ok(()),
             complete: false,
+            capped: false,
         }
     }
 
     fn failed(error: &RestError) -> HoleAnswer {
+        HoleAnswer::refused(failure_reason(error))
+    }
+
+    /// Nothing fetched, for `reason`.
+    fn refused(reason: String) -> HoleAnswer {
         HoleAnswer {
             rows: Vec::new(),
-            verdict: Err(failure_reason(error)),
+            verdict: Err(reason),
             complete: false,
+            capped: false,
         }
     }
 
@@ -152,9 +179,11 @@ impl HoleAnswer {
                 Err("rest unreachable: the exchange does not serve the range yet".to_owned())
             }
             FetchOutcome::GaveUp(error) => Err(failure_reason(error)),
+            FetchOutcome::Capped => Ok(()),
         };
         HoleAnswer {
             complete: matches!(fetched.outcome, FetchOutcome::Complete),
+            capped: matches!(fetched.outcome, FetchOutcome::Capped),
             rows: fetched.rows.into_iter().map(into_row).collect(),
             verdict,
         }
@@ -194,7 +223,7 @@ async fn fill_hole(
             // used but only a complete answer for named ids settles.
             let trusted = rest.agg_trades_sure_back_to(hole.from_time, job.closed_before);
             let named_and_complete = answer.complete && hole.is_closed();
-            if !trusted && !named_and_complete && answer.verdict.is_ok() {
+            if !trusted && !named_and_complete && !answer.capped && answer.verdict.is_ok() {
                 answer.verdict = Err(REASON_AGG_BEYOND_REACH.to_owned());
             }
             answer
@@ -220,13 +249,9 @@ async fn fill_hole(
                 .await;
             HoleAnswer::from_fetched(fetched, true, Row::kline)
         }
-        (kind, hole) => HoleAnswer {
-            rows: Vec::new(),
-            verdict: Err(format!(
-                "internal: a {hole:?} cannot be filled for {kind:?}"
-            )),
-            complete: false,
-        },
+        (kind, hole) => HoleAnswer::refused(format!(
+            "internal: a {hole:?} cannot be filled for {kind:?}"
+        )),
     }
 }
 
@@ -245,18 +270,10 @@ async fn fill_trades(
     let hour = job.hour;
     // Either is declared with the reason at the deadline; no call is made.
     if !rest.can_fetch_trades() {
-        return HoleAnswer {
-            rows: Vec::new(),
-            verdict: Err(REASON_NO_API_KEY.to_owned()),
-            complete: false,
-        };
+        return HoleAnswer::refused(REASON_NO_API_KEY.to_owned());
     }
     if !rest.trades_reach_back_to(hole.from_time, job.closed_before) {
-        return HoleAnswer {
-            rows: Vec::new(),
-            verdict: Err(REASON_BEYOND_REACH.to_owned()),
-            complete: false,
-        };
+        return HoleAnswer::refused(REASON_BEYOND_REACH.to_owned());
     }
     // The probe below asks aggTrades by time: beyond what futures
     // aggTrades is sure to serve, what it does not name is not "no trades".
@@ -275,11 +292,7 @@ async fn fill_trades(
                 Err(error) => return HoleAnswer::failed(&error),
             };
             if first.is_none() && !probe_trusted {
-                return HoleAnswer {
-                    rows: Vec::new(),
-                    verdict: Err(REASON_AGG_BEYOND_REACH.to_owned()),
-                    complete: false,
-                };
+                return HoleAnswer::refused(REASON_AGG_BEYOND_REACH.to_owned());
             }
             match (first, hole.to_id) {
                 (None, Some(_)) => return HoleAnswer::nothing_missing(),
@@ -302,7 +315,7 @@ async fn fill_trades(
     let mut answer = HoleAnswer::from_fetched(fetched, hole.to_id.is_some(), Row::Trade);
     // The trades before the first aggregate found may be ones REST no
     // longer names: keep the rows, settle nothing.
-    if hole.from_id.is_none() && !probe_trusted && answer.verdict.is_ok() {
+    if hole.from_id.is_none() && !probe_trusted && !answer.capped && answer.verdict.is_ok() {
         answer.verdict = Err(REASON_AGG_BEYOND_REACH.to_owned());
     }
     answer

@@ -68,6 +68,10 @@ impl Runtime {
             max_attempts: self.config.fill.max_attempts,
             deadline: self.host_deadline(&job),
             cancel: Some(cut.clone()),
+            // A declared hole is kept whole until REST answers all of it
+            // (`revise_declared`): capped, its retries would fetch the same
+            // first rows each time.
+            max_rows: (!job.declared).then(|| round_max_rows(self.config.max_held_bytes)),
             ..RetryPolicy::default()
         };
         let running = RunningFill {
@@ -280,5 +284,34 @@ impl Runtime {
                 }
             }
         }
+    }
+}
+
+/// The rows one fill round may hold before its report takes them to the
+/// WAL and the state, where the memory budget counts and spills them: an
+/// eighth of the budget as `Row`s (the rows fetched, then made into
+/// `Row`s, then the WAL records), and at least one WAL record's worth.
+/// A whole hour missing from a busy stream is then fetched in several
+/// rounds, each starting where the last one's rows end (the state's holes
+/// are the gaps between the rows it holds). Declared retries are not
+/// capped.
+fn round_max_rows(max_held_bytes: u64) -> usize {
+    let rows = max_held_bytes / 8 / std::mem::size_of::<crate::domain::Row>() as u64;
+    usize::try_from(rows)
+        .unwrap_or(usize::MAX)
+        .max(FILL_RECORD_MAX_ROWS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rounds_rows_are_an_eighth_of_the_budget_and_at_least_one_record() {
+        const MIB: u64 = 1 << 20;
+        // 128-byte rows.
+        assert_eq!(round_max_rows(16 * MIB), 16_384);
+        assert_eq!(round_max_rows(256 * MIB), 262_144);
+        assert_eq!(round_max_rows(MIB), FILL_RECORD_MAX_ROWS);
     }
 }

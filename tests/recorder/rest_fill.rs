@@ -12,8 +12,12 @@ use binance_recorder::binance::rest::{
     FetchOutcome, IdRangeEnd, Pacing, RestClient, RestError, RestOptions, RetryPolicy,
 };
 use binance_recorder::domain::{
-    AggTradeRow, KlineInterval, KlineRow, Market, Source, Symbol, TradeRow, MICROS_PER_MINUTE,
+    AggTradeRow, Hour, KlineInterval, KlineRow, Market, Row, Source, StreamKey, StreamKind, Symbol,
+    TradeRow, MICROS_PER_MINUTE,
 };
+use binance_recorder::gaps::{Hole, IdHole};
+use binance_recorder::recorder::fill::run_fill;
+use binance_recorder::recorder::FillJob;
 use fake_binance::{FakeExchange, Fault, Limits, TruthAggTrade, TruthKline, TruthTrade};
 use tokio::time::Instant;
 
@@ -45,6 +49,7 @@ fn quick_retries() -> RetryPolicy {
         first_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
         cancel: None,
+        max_rows: None,
     }
 }
 
@@ -291,6 +296,102 @@ async fn id_ranges_over_several_pages_equal_the_ground_truth() {
         0
     );
     fake.shutdown().await;
+}
+
+/// A fill round holds no more rows than its cap (a page's worth over at
+/// most): inside a hole bigger than that it stops, settles nothing and
+/// fails nothing, and the next round, from the id after its last row,
+/// goes on. The rounds together give the hole's rows, and the last one
+/// settles it.
+#[tokio::test]
+async fn a_fill_round_stops_at_its_row_cap_and_the_next_round_goes_on() {
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
+    let client = RestClient::new(Market::Spot, &fake.rest_base_url());
+    let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
+    let mut hours: Vec<Hour> = truth
+        .agg_trades
+        .iter()
+        .map(|agg| Hour::containing(agg.time_us))
+        .collect();
+    hours.dedup();
+    let hour = *hours
+        .iter()
+        .max_by_key(|hour| {
+            truth
+                .agg_trades
+                .iter()
+                .filter(|agg| Hour::containing(agg.time_us) == **hour)
+                .count()
+        })
+        .expect("aggTrades");
+    let in_hour: Vec<TruthAggTrade> = truth
+        .agg_trades
+        .iter()
+        .filter(|agg| Hour::containing(agg.time_us) == hour)
+        .cloned()
+        .collect();
+    assert!(
+        in_hour.len() > 2_200,
+        "{} aggTrades in the hour",
+        in_hour.len()
+    );
+    let wanted = &in_hour[..2_200];
+    let last = &wanted[wanted.len() - 1];
+    let round = |from: &TruthAggTrade| FillJob {
+        key: StreamKey {
+            market: Market::Spot,
+            symbol: btcusdt(),
+            kind: StreamKind::AggTrade,
+        },
+        hour,
+        holes: vec![Hole::Ids(IdHole {
+            from_id: Some(from.id),
+            to_id: Some(last.id),
+            from_time: from.time_us,
+            to_time: last.time_us,
+        })],
+        closed_before: fake.sim_now_us(),
+        declared: false,
+        deadline: None,
+    };
+    let retry = RetryPolicy {
+        max_rows: Some(1_000),
+        ..quick_retries()
+    };
+    let mut rows = Vec::new();
+    let mut n_rounds = 0;
+    let mut from = &wanted[0];
+    loop {
+        n_rounds += 1;
+        let report = run_fill(client.clone(), round(from), retry.clone()).await;
+        assert_eq!(report.failure, None, "round {n_rounds}");
+        assert!(
+            report.rows.len() <= 1_000,
+            "round {n_rounds}: {} rows",
+            report.rows.len()
+        );
+        rows.extend(report.rows);
+        if !report.settled.is_empty() {
+            break;
+        }
+        assert!(
+            n_rounds < 3,
+            "three rounds settle 2,200 rows at 1,000 a round"
+        );
+        let next = rows.len();
+        from = &wanted[next];
+    }
+    assert_eq!(n_rounds, 3, "1,000 + 1,000 + 200");
+    let fetched: Vec<AggTradeRow> = rows
+        .into_iter()
+        .map(|row| match row {
+            Row::AggTrade(agg) => agg,
+            other => panic!("not an aggTrade: {other:?}"),
+        })
+        .collect();
+    assert_agg_trades_match(&fetched, wanted);
 }
 
 #[tokio::test]

@@ -32,6 +32,10 @@ pub struct RetryPolicy {
     /// or back-off in progress is dropped and [`RestError::Cancelled`]
     /// returned, so a `fetch_*_range` helper reports the rows it got.
     pub cancel: Option<CancellationToken>,
+    /// An id-paged fetch stops after the page that brings its rows to this
+    /// many ([`FetchOutcome::Capped`]): what a fill round holds before its
+    /// rows reach the state is bounded.
+    pub max_rows: Option<usize>,
 }
 
 impl Default for RetryPolicy {
@@ -42,6 +46,7 @@ impl Default for RetryPolicy {
             first_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
             cancel: None,
+            max_rows: None,
         }
     }
 }
@@ -93,6 +98,9 @@ pub enum FetchOutcome {
     ExchangeHasNoMore,
     /// A call failed past the retry budget, or with an error retrying cannot help.
     GaveUp(RestError),
+    /// [`RetryPolicy::max_rows`] rows were kept before the range's end: the
+    /// rest is another fetch's, from the id after the last row.
+    Capped,
 }
 
 /// The rows a `fetch_*_range` helper got, in ascending key order, and how
@@ -251,6 +259,10 @@ impl RestClient {
             }
             if !page_was_full {
                 fetched.outcome = FetchOutcome::ExchangeHasNoMore;
+                return fetched;
+            }
+            if retry.max_rows.is_some_and(|max| fetched.rows.len() >= max) {
+                fetched.outcome = FetchOutcome::Capped;
                 return fetched;
             }
             cursor = last_id + 1;

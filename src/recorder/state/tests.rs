@@ -917,6 +917,19 @@ fn holes_are_filled_through_a_report_before_the_hour_seals() {
     );
 }
 
+/// A round stopped at its row cap answers part of a hole and settles and
+/// fails nothing: the next round starts at once, for what its rows left.
+#[test]
+fn a_round_stopped_at_its_row_cap_is_followed_at_once_by_one_for_the_rest() {
+    let mut state = state_missing_8_and_9();
+    let job = only_fill(state.plan(10, 0));
+    let capped = report(&job, vec![rest_trade(8, HOUR_START + 200)], vec![], None);
+    state.apply_fill(SegmentId(2), capped, 10);
+    let next = only_fill(state.plan(10, 10));
+    let bounds: Vec<_> = next.holes.iter().map(Hole::key_bounds).collect();
+    assert_eq!(bounds, vec![(None, Some(6)), (Some(9), Some(9))]);
+}
+
 #[test]
 fn a_stream_row_replaces_a_rest_row_and_rest_never_replaces_a_stream_row() {
     let mut state = filling_state("");
