@@ -76,8 +76,19 @@ async fn sigkill_at_a_dozen_moments_loses_and_duplicates_nothing() {
     let test_start = std::time::Instant::now();
     let mut n_kills = 0;
     let mut moments = Vec::new();
+    // The first hour is the last simulated minute of one (0.25 s real):
+    // a first start slower than that (a loaded machine) never watched it,
+    // and an hour never watched is not owed.
+    let mut first_link_at = None;
     while fake.sim_now_us() < last_hour_end - 5 * MICROS_PER_MINUTE {
         let recorder = RecorderProcess::start(&config_path, root);
+        if first_link_at.is_none() {
+            wait_until(Duration::from_secs(60), "the first link", || {
+                fake.counters().ws_handshakes_accepted > 0
+            })
+            .await;
+            first_link_at = Some(fake.sim_now_us());
+        }
         let started_at = fake.sim_now_us();
         let moment = n_kills % 3;
         match moment {
@@ -134,10 +145,17 @@ async fn sigkill_at_a_dozen_moments_loses_and_duplicates_nothing() {
     }
 
     let recorder = RecorderProcess::start(&config_path, root);
+    // Seen a few seconds before its end, the first hour has trades, and
+    // its minute's kline closes after.
+    let first_hour_watched = first_link_at.is_some_and(|at| at < hours[0].end() - 5_000_000);
+    eprintln!("first link at sim {first_link_at:?}; first hour watched: {first_hour_watched}");
     let mut expected = Vec::new();
     for symbol in SYMBOLS {
         for kind in kinds() {
             for hour in hours {
+                if hour == hours[0] && !first_hour_watched {
+                    continue;
+                }
                 expected.push((
                     symbol,
                     kind,
