@@ -270,12 +270,17 @@ impl HourFileReader {
                     }
                     rows_from_batch(&batch, self.kind)
                 })
-                .map_err(|reason| ParquetOutError::Invalid {
-                    path: self.path.clone(),
-                    kind: self.kind.path_name(),
-                    reason,
-                }),
+                .map_err(|reason| self.invalid(reason)),
         )
+    }
+
+    /// This file breaks the contract, for `reason`.
+    pub fn invalid(&self, reason: String) -> ParquetOutError {
+        ParquetOutError::Invalid {
+            path: self.path.clone(),
+            kind: self.kind.path_name(),
+            reason,
+        }
     }
 }
 

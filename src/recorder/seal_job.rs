@@ -491,8 +491,6 @@ struct SealedRows {
     last_key: Option<i64>,
     n_read: u64,
     failure: Option<ParquetOutError>,
-    path: PathBuf,
-    kind: StreamKind,
 }
 
 impl SealedRows {
@@ -504,8 +502,6 @@ impl SealedRows {
             last_key: None,
             n_read: 0,
             failure: None,
-            path: path.to_path_buf(),
-            kind,
         })
     }
 
@@ -513,15 +509,11 @@ impl SealedRows {
         while self.next.is_none() && self.failure.is_none() {
             if let Some(row) = self.batch.next() {
                 if self.last_key.is_some_and(|last| row.key() <= last) {
-                    self.failure = Some(ParquetOutError::Invalid {
-                        path: self.path.clone(),
-                        kind: self.kind.path_name(),
-                        reason: format!(
-                            "key {} follows key {}: keys must ascend",
-                            row.key(),
-                            self.last_key.unwrap_or_default()
-                        ),
-                    });
+                    self.failure = Some(self.reader.invalid(format!(
+                        "key {} follows key {}: keys must ascend",
+                        row.key(),
+                        self.last_key.unwrap_or_default()
+                    )));
                     break;
                 }
                 self.last_key = Some(row.key());
