@@ -76,9 +76,9 @@ async fn sigkill_at_a_dozen_moments_loses_and_duplicates_nothing() {
     let test_start = std::time::Instant::now();
     let mut n_kills = 0;
     let mut moments = Vec::new();
-    // The first hour is the last simulated minute of one (0.25 s real):
-    // a first start slower than that (a loaded machine) never watched it,
-    // and an hour never watched is not owed.
+    // The first hour lasts 3 s of real time (`sim_start_us`): a first
+    // start slower than that (a loaded machine) never watched it, and an
+    // hour never watched is not owed.
     let mut first_link_at = None;
     while fake.sim_now_us() < last_hour_end - 5 * MICROS_PER_MINUTE {
         let recorder = RecorderProcess::start(&config_path, root);

@@ -169,7 +169,7 @@ async fn a_simulated_day_with_drops_and_a_restart_keeps_the_wal_and_memory_bound
         .values()
         .chain(second.segment_sizes.values())
         .sum();
-    let sim_hours_run = ((fake.sim_now_us() - SIM_START_US) / MICROS_PER_HOUR).max(1) as u64;
+    let sim_hours_run = ((fake.sim_now_us() - fake.sim_start_us()) / MICROS_PER_HOUR).max(1) as u64;
     let per_hour = written / sim_hours_run;
     let max_wal = first.max_wal_bytes.max(second.max_wal_bytes);
     eprintln!(

@@ -97,14 +97,31 @@ impl<F: FileFault> WalFs for FaultyFs<F> {
     }
 }
 
-/// 2026-01-01 00:59:00 UTC: one simulated minute before an hour starts.
+/// 2026-01-01 00:59:00 UTC: one simulated minute before the first hour
+/// ends, the latest the fake's clock starts ([`sim_start_us`]).
 pub const SIM_START_US: i64 = 1_767_229_140_000_000;
+
+/// Real time the fake's first hour lasts at least: a recorder started on a
+/// loaded 2-core machine has taken close to a second to link, and an hour it
+/// never watched is not owed, so a test expecting its file would wait in vain.
+const FIRST_HOUR_REAL_SECS: f64 = 3.0;
+
+/// Where the fake's clock starts at `speed`: [`SIM_START_US`], or earlier in
+/// the same hour (whole minutes) so the first hour lasts
+/// [`FIRST_HOUR_REAL_SECS`] of real time.
+pub fn sim_start_us(speed: f64) -> i64 {
+    let minute_secs = 60.0;
+    let lead_minutes = (FIRST_HOUR_REAL_SECS * speed / minute_secs)
+        .ceil()
+        .clamp(1.0, 59.0) as i64;
+    SIM_START_US - (lead_minutes - 1) * binance_recorder::domain::MICROS_PER_MINUTE
+}
 
 pub fn fake_config(speed: f64) -> FakeConfig {
     FakeConfig {
         seed: 42,
         speed,
-        sim_start_us: SIM_START_US,
+        sim_start_us: sim_start_us(speed),
         history: Duration::from_secs(3600),
         symbols: SYMBOLS.iter().map(|symbol| symbol.to_string()).collect(),
         mean_orders_per_sec: 0.5,
