@@ -415,6 +415,14 @@ impl Hole {
     }
 }
 
+/// How much of a hole a [`Settled`] range answers, from the hole's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    Whole,
+    /// Keys up to this one, inclusive; the rest of the hole is open.
+    Through(i64),
+}
+
 /// A key range REST has answered for in full: every row the exchange
 /// serves there was fetched. `None` is unbounded at that end (an open hole
 /// probed by time up to the hour's edge).
@@ -448,20 +456,36 @@ impl Settled {
         joined
     }
 
+    /// How much of `hole` this range answers from the hole's start (a
+    /// round stopped at its row cap answers a prefix): `None` when it does
+    /// not reach back to that start.
+    pub fn prefix_of(&self, hole: &Hole) -> Option<Answered> {
+        if !self.reaches_start_of(hole) {
+            return None;
+        }
+        let (from, to) = hole.key_bounds();
+        match (self.to, to) {
+            (None, _) => Some(Answered::Whole),
+            (Some(settled), Some(hole)) if hole <= settled => Some(Answered::Whole),
+            (Some(settled), _) if from.is_none_or(|from| settled >= from) => {
+                Some(Answered::Through(settled))
+            }
+            _ => None,
+        }
+    }
+
     /// Whether every key the hole may hold lies inside this range.
     pub fn covers(&self, hole: &Hole) -> bool {
-        let (from, to) = hole.key_bounds();
-        let from_inside = match (self.from, from) {
+        self.prefix_of(hole) == Some(Answered::Whole)
+    }
+
+    /// Whether the range starts at or before the hole's first key.
+    fn reaches_start_of(&self, hole: &Hole) -> bool {
+        match (self.from, hole.key_bounds().0) {
             (None, _) => true,
             (Some(_), None) => false,
             (Some(settled), Some(hole)) => hole >= settled,
-        };
-        let to_inside = match (self.to, to) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(settled), Some(hole)) => hole <= settled,
-        };
-        from_inside && to_inside
+        }
     }
 }
 

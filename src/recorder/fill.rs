@@ -31,9 +31,11 @@ use crate::recorder::state::{FillJob, FillReport, REASON_REST_BEHIND};
 /// the page in progress is dropped, the holes not reached fail at once, and
 /// the report keeps every row fetched so far, so a cut loses no REST work.
 /// With `retry.max_rows`, the round stops after the page that brings its
-/// rows to that many: the hole it was in and those not reached are neither
-/// settled nor failed, so the next round starts at once from the rows the
-/// state then holds.
+/// rows to that many: the holes not reached are neither settled nor
+/// failed, so the next round starts at once. For an hour still to seal it
+/// starts from the rows the state then holds; a hole already declared in a
+/// sealed file is settled up to the last row fetched (REST answered every
+/// key it serves there), so the next retry asks only for the rest.
 pub async fn run_fill(rest: RestClient, job: FillJob, retry: RetryPolicy) -> FillReport {
     let mut rows = Vec::new();
     let mut settled = Vec::new();
@@ -57,8 +59,13 @@ pub async fn run_fill(rest: RestClient, job: FillJob, retry: RetryPolicy) -> Fil
         answer.rows.retain(|row| batch.wants(row.key()));
         let capped = answer.capped;
         match answer.verdict {
-            // Part of the hole: nothing about the rest of it is known.
-            Ok(()) if capped => {}
+            // Part of one hole: nothing about the rest of it is known.
+            Ok(()) if capped => {
+                if job.declared {
+                    let prefix = answered_prefix(&batch.fetch, &answer.rows);
+                    settled.extend(settled_ranges(&prefix, &answer.rows));
+                }
+            }
             Ok(()) => {
                 for part in &batch.parts {
                     settled.extend(settled_ranges(part, &answer.rows));
@@ -90,6 +97,20 @@ fn bounded_to_hour(hole: &Hole, hour: Hour) -> Hole {
             })
         }
         other => *other,
+    }
+}
+
+/// The part of `hole` a fetch stopped at its row cap answered: up to the
+/// last row fetched (a capped fetch is one hole, paged by id from its
+/// start, and holds at least one row).
+fn answered_prefix(hole: &Hole, rows: &[Row]) -> Hole {
+    match (hole, rows.last()) {
+        (Hole::Ids(ids), Some(last)) => Hole::Ids(IdHole {
+            to_id: Some(last.key()),
+            to_time: last.bucket_time().max(ids.from_time),
+            ..*ids
+        }),
+        (other, _) => *other,
     }
 }
 
@@ -222,8 +243,17 @@ async fn fill_hole(
             // Beyond what futures aggTrades is sure to serve, rows are
             // used but only a complete answer for named ids settles.
             let trusted = rest.agg_trades_sure_back_to(hole.from_time, job.closed_before);
-            let named_and_complete = answer.complete && hole.is_closed();
-            if !trusted && !named_and_complete && !answer.capped && answer.verdict.is_ok() {
+            // Capped, the ids from the hole's first to the last fetched
+            // are named, and all there when none is skipped.
+            let named_and_complete = (answer.complete && hole.is_closed())
+                || (answer.capped
+                    && hole
+                        .from_id
+                        .is_some_and(|from| ids_follow_on(from, &answer.rows)));
+            // A capped answer of a round for an hour still to seal settles
+            // nothing; one of a declared hole settles what it fetched.
+            let settles = !answer.capped || job.declared;
+            if !trusted && !named_and_complete && settles && answer.verdict.is_ok() {
                 answer.verdict = Err(REASON_AGG_BEYOND_REACH.to_owned());
             }
             answer
@@ -253,6 +283,13 @@ async fn fill_hole(
             "internal: a {hole:?} cannot be filled for {kind:?}"
         )),
     }
+}
+
+/// Whether `rows` are the ids from `from` on, one each, none skipped.
+fn ids_follow_on(from: i64, rows: &[Row]) -> bool {
+    rows.iter()
+        .enumerate()
+        .all(|(index, row)| i64::try_from(index).is_ok_and(|index| row.key() == from + index))
 }
 
 fn id_range_end(hole: &IdHole, hour: Hour) -> IdRangeEnd {
@@ -315,7 +352,8 @@ async fn fill_trades(
     let mut answer = HoleAnswer::from_fetched(fetched, hole.to_id.is_some(), Row::Trade);
     // The trades before the first aggregate found may be ones REST no
     // longer names: keep the rows, settle nothing.
-    if hole.from_id.is_none() && !probe_trusted && !answer.capped && answer.verdict.is_ok() {
+    let settles = !answer.capped || job.declared;
+    if hole.from_id.is_none() && !probe_trusted && settles && answer.verdict.is_ok() {
         answer.verdict = Err(REASON_AGG_BEYOND_REACH.to_owned());
     }
     answer

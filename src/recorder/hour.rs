@@ -385,11 +385,7 @@ mod tests {
     }
 
     fn declared() -> Declared {
-        Declared {
-            unfilled: Vec::new(),
-            retry_at: 0,
-            in_flight: false,
-        }
+        Declared::new(Vec::new(), 0)
     }
 
     #[test]

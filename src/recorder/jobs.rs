@@ -82,8 +82,9 @@ pub struct FillReport {
     pub settled: Vec<Settled>,
     /// Why a hole stayed open, when one did.
     pub failure: Option<String>,
-    /// A leading part of a report too big for one WAL record: rows only;
-    /// the last part carries the verdict.
+    /// A leading part of a report too big for one WAL record: its rows and
+    /// the settled ranges over their keys; the last part carries the
+    /// failure and ends the round (see [`FillReport::into_parts`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rows_only: bool,
 }
@@ -120,23 +121,35 @@ impl FillReport {
     }
 
     /// The report cut into parts of at most `max_rows` rows, each small
-    /// enough for one WAL record; only the last carries the verdict.
+    /// enough for one WAL record; only the last carries the failure and
+    /// ends the round. The rows are cut in key order and each part carries
+    /// the settled ranges over its own keys (from the key after the
+    /// previous part's last row up to its own last row), so a part tells
+    /// which keys REST did not serve from the rows it holds alone.
     pub fn into_parts(mut self, max_rows: usize) -> Vec<FillReport> {
+        let max_rows = max_rows.max(1);
+        if self.rows.len() <= max_rows {
+            return vec![self];
+        }
+        self.rows.sort_by_key(Row::key);
+        let mut settled = std::mem::take(&mut self.settled);
         let mut parts = Vec::new();
         while self.rows.len() > max_rows {
             let rest = self.rows.split_off(max_rows);
             let rows = std::mem::replace(&mut self.rows, rest);
+            let last = rows.last().map(Row::key).unwrap_or(i64::MAX);
             parts.push(FillReport {
                 market: self.market.clone(),
                 stream: self.stream.clone(),
                 hour_start: self.hour_start,
                 declared: self.declared,
                 rows,
-                settled: Vec::new(),
+                settled: take_through(&mut settled, last),
                 failure: None,
                 rows_only: true,
             });
         }
+        self.settled = settled;
         parts.push(self);
         parts
     }
@@ -160,4 +173,30 @@ pub enum Job {
     /// A fill answered without REST (trade holes the aggTrade stream
     /// settles): written to the WAL and applied like a round's report.
     Answered(FillReport),
+}
+
+/// The parts of `settled` up to `last`, inclusive; `settled` keeps the rest.
+fn take_through(settled: &mut Vec<Settled>, last: i64) -> Vec<Settled> {
+    let mut taken = Vec::new();
+    let mut kept = Vec::new();
+    for range in settled.drain(..) {
+        if range.from.is_some_and(|from| from > last) {
+            kept.push(range);
+            continue;
+        }
+        if range.to.is_none_or(|to| to > last) {
+            kept.push(Settled {
+                from: Some(last + 1),
+                to: range.to,
+            });
+            taken.push(Settled {
+                from: range.from,
+                to: Some(last),
+            });
+        } else {
+            taken.push(range);
+        }
+    }
+    *settled = kept;
+    taken
 }

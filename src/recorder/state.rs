@@ -461,11 +461,7 @@ impl State {
             })
             .collect();
         if unfilled.iter().any(UnfilledRange::is_retryable) {
-            stream.hour_mut(hour).declared = Some(Declared {
-                unfilled,
-                retry_at: 0,
-                in_flight: false,
-            });
+            stream.hour_mut(hour).declared = Some(Declared::new(unfilled, 0));
         }
     }
 
@@ -500,9 +496,6 @@ impl State {
         for row in report.rows {
             self.insert(key.clone(), row, segment);
         }
-        if report.rows_only {
-            return;
-        }
         let fill = self.fill.clone();
         let counters = self.counters.clone();
         let exchange_now = self.exchange_time(key.market).unwrap_or(0);
@@ -516,8 +509,7 @@ impl State {
             let Some(declared) = state.declared.as_mut() else {
                 return;
             };
-            declared.in_flight = false;
-            declared.retry_at = exchange_now.saturating_add(micros(fill.declared_retry));
+            // Each part of a report answers for its own keys.
             let revised = revise_declared(
                 key.kind,
                 hour,
@@ -533,6 +525,18 @@ impl State {
             if revised != declared.unfilled {
                 state.unfilled_changed = Some(revised.clone());
                 declared.unfilled = revised;
+                declared.answered = true;
+            }
+            if !report.rows_only {
+                declared.in_flight = false;
+                // A round that answered some and failed nothing stopped at
+                // its row cap: the rest is asked for at once.
+                let at_once = declared.answered && report.failure.is_none();
+                declared.retry_at = if at_once {
+                    exchange_now
+                } else {
+                    exchange_now.saturating_add(micros(fill.declared_retry))
+                };
             }
             if n_retryable(&declared.unfilled) == 0 {
                 state.declared = None;
@@ -547,6 +551,10 @@ impl State {
             .hour_mut(hour)
             .fill
             .get_or_insert_with(FillStatus::default);
+        if report.rows_only {
+            status.settled.extend(report.settled);
+            return;
+        }
         status.in_flight = false;
         status.n_rounds += 1;
         status.settled.extend(report.settled);

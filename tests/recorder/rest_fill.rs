@@ -13,10 +13,11 @@ use binance_recorder::binance::rest::{
 };
 use binance_recorder::domain::{
     AggTradeRow, Hour, KlineInterval, KlineRow, Market, Row, Source, StreamKey, StreamKind, Symbol,
-    TradeRow, MICROS_PER_MINUTE,
+    TradeRow, UnfilledRange, MICROS_PER_MINUTE,
 };
 use binance_recorder::gaps::{Hole, IdHole};
 use binance_recorder::recorder::fill::run_fill;
+use binance_recorder::recorder::state::revise_declared;
 use binance_recorder::recorder::FillJob;
 use fake_binance::{FakeExchange, Fault, Limits, TruthAggTrade, TruthKline, TruthTrade};
 use tokio::time::Instant;
@@ -298,17 +299,9 @@ async fn id_ranges_over_several_pages_equal_the_ground_truth() {
     fake.shutdown().await;
 }
 
-/// A fill round holds no more rows than its cap (a page's worth over at
-/// most): inside a hole bigger than that it stops, settles nothing and
-/// fails nothing, and the next round, from the id after its last row,
-/// goes on. The rounds together give the hole's rows, and the last one
-/// settles it.
-#[tokio::test]
-async fn a_fill_round_stops_at_its_row_cap_and_the_next_round_goes_on() {
-    let fake = FakeExchange::start(fake_config(1.0))
-        .await
-        .expect("fake starts");
-    let client = RestClient::new(Market::Spot, &fake.rest_base_url());
+/// The hour of BTCUSDT's history with the most aggTrades, and those, more
+/// than 2,200 of them.
+fn busiest_agg_trade_hour(fake: &FakeExchange) -> (Hour, Vec<TruthAggTrade>) {
     let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
     let mut hours: Vec<Hour> = truth
         .agg_trades
@@ -337,6 +330,101 @@ async fn a_fill_round_stops_at_its_row_cap_and_the_next_round_goes_on() {
         "{} aggTrades in the hour",
         in_hour.len()
     );
+    (hour, in_hour)
+}
+
+/// A hole declared in a sealed file, bigger than a round's row cap, is
+/// settled up to the last row each round fetched, so the next retry asks
+/// only for the rest: 2,200 aggTrades at 1,000 a round take three rounds.
+/// (Before, a capped retry settled nothing and the declared hole was kept
+/// whole, so every retry fetched the same first 1,000 rows.)
+#[tokio::test]
+async fn a_declared_hole_bigger_than_a_round_is_answered_a_round_at_a_time() {
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
+    let client = RestClient::new(Market::Spot, &fake.rest_base_url());
+    let (hour, in_hour) = busiest_agg_trade_hour(&fake);
+    let wanted = &in_hour[..2_200];
+    let kind = StreamKind::AggTrade;
+    let mut unfilled = vec![UnfilledRange {
+        from: Some(wanted[0].id),
+        to: Some(wanted[wanted.len() - 1].id),
+        from_time: wanted[0].time_us,
+        to_time: wanted[wanted.len() - 1].time_us,
+        reason: "rest unreachable: HTTP 503".to_owned(),
+    }];
+    let retry = RetryPolicy {
+        max_rows: Some(1_000),
+        ..quick_retries()
+    };
+    let mut rows = Vec::new();
+    let mut n_rounds = 0;
+    while !unfilled.is_empty() {
+        n_rounds += 1;
+        assert!(
+            n_rounds <= 3,
+            "three rounds answer 2,200 rows at 1,000 a round: {unfilled:?}"
+        );
+        let job = FillJob {
+            key: StreamKey {
+                market: Market::Spot,
+                symbol: btcusdt(),
+                kind,
+            },
+            hour,
+            holes: unfilled
+                .iter()
+                .filter_map(|range| Hole::from_unfilled(kind, range))
+                .collect(),
+            closed_before: fake.sim_now_us(),
+            declared: true,
+            deadline: None,
+        };
+        let report = run_fill(client.clone(), job, retry.clone()).await;
+        assert_eq!(report.failure, None, "round {n_rounds}");
+        assert!(
+            report.rows.len() <= 1_000,
+            "round {n_rounds}: {} rows",
+            report.rows.len()
+        );
+        unfilled = revise_declared(kind, hour, &unfilled, &report.settled, &report.rows, None);
+        rows.extend(report.rows);
+        if let Some(rest) = unfilled.first() {
+            assert_eq!(
+                (rest.from, rest.reason.as_str(), rest.from_time),
+                (
+                    Some(wanted[rows.len()].id),
+                    "rest unreachable: HTTP 503",
+                    wanted[rows.len() - 1].time_us
+                ),
+                "round {n_rounds}: the rest starts after the last row fetched"
+            );
+        }
+    }
+    assert_eq!(n_rounds, 3, "1,000 + 1,000 + 200");
+    let fetched: Vec<AggTradeRow> = rows
+        .into_iter()
+        .map(|row| match row {
+            Row::AggTrade(agg) => agg,
+            other => panic!("not an aggTrade: {other:?}"),
+        })
+        .collect();
+    assert_agg_trades_match(&fetched, wanted);
+}
+
+/// A fill round holds no more rows than its cap (a page's worth over at
+/// most): inside a hole bigger than that it stops, settles nothing and
+/// fails nothing, and the next round, from the id after its last row,
+/// goes on. The rounds together give the hole's rows, and the last one
+/// settles it.
+#[tokio::test]
+async fn a_fill_round_stops_at_its_row_cap_and_the_next_round_goes_on() {
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
+    let client = RestClient::new(Market::Spot, &fake.rest_base_url());
+    let (hour, in_hour) = busiest_agg_trade_hour(&fake);
     let wanted = &in_hour[..2_200];
     let last = &wanted[wanted.len() - 1];
     let round = |from: &TruthAggTrade| FillJob {

@@ -215,6 +215,7 @@ impl StreamState {
                 .filter_map(|range| Hole::from_unfilled(turn.key.kind, range))
                 .collect();
             declared.in_flight = true;
+            declared.answered = false;
             walk.jobs.push(Job::Fill(FillJob {
                 key: turn.key.clone(),
                 hour: *hour,
@@ -423,13 +424,11 @@ impl StreamState {
         Counters::add(&turn.counters.holes_declared, unfilled.len() as u64);
         let state = self.hour_mut(hour);
         if fill.enabled && unfilled.iter().any(UnfilledRange::is_retryable) {
-            state.declared = Some(Declared {
-                unfilled: unfilled.clone(),
-                retry_at: turn
-                    .exchange_now
+            state.declared = Some(Declared::new(
+                unfilled.clone(),
+                turn.exchange_now
                     .saturating_add(micros(fill.declared_retry)),
-                in_flight: false,
-            });
+            ));
         }
         state.fill = None;
         let mut job = make_job(key, hour, state.rows.take(), turn.market, false);

@@ -970,8 +970,9 @@ fn a_stream_row_replaces_a_rest_row_and_rest_never_replaces_a_stream_row() {
     );
 }
 
-#[test]
-fn failed_fills_retry_with_backoff_then_seal_declared_at_the_deadline_and_reseal_when_filled() {
+/// 8 and 9 are missing; every round fails until the hour seals with them
+/// declared, then the declared retry starts: the state and that retry.
+fn declared_8_and_9_retried() -> (State, FillJob) {
     let mut state = state_missing_8_and_9();
     let job = only_fill(state.plan(10, 0));
     let failure = "rest unreachable: HTTP 503";
@@ -1022,6 +1023,12 @@ fn failed_fills_retry_with_backoff_then_seal_declared_at_the_deadline_and_reseal
     clock_to(&mut state, 14, declared_at + 30_000_000);
     let retry = only_fill(state.plan(10, 2000));
     assert!(retry.declared);
+    (state, retry)
+}
+
+#[test]
+fn failed_fills_retry_with_backoff_then_seal_declared_at_the_deadline_and_reseal_when_filled() {
+    let (mut state, retry) = declared_8_and_9_retried();
     fill_8_and_9(&mut state, &retry, 40_000);
     let resealed = only_seal(state.plan(10, 40_000));
     assert!(resealed.late);
@@ -1029,6 +1036,83 @@ fn failed_fills_retry_with_backoff_then_seal_declared_at_the_deadline_and_reseal
     assert_eq!(resealed.unfilled, Some(vec![]));
     assert_eq!(state.n_declared_hours(), 0);
     assert_eq!(state.counters.snapshot().holes_filled_late, 1);
+}
+
+/// A declared retry that fetched more rows than one WAL record holds is
+/// applied part by part, each part answering for its own keys: none of the
+/// rows fetched is declared "not served". (Before, the last part carried
+/// every settled range but only its own rows, so the ids of the leading
+/// parts were declared as ids the exchange does not have.)
+#[test]
+fn a_declared_retry_cut_into_parts_declares_none_of_its_rows_not_served() {
+    let (mut state, retry) = declared_8_and_9_retried();
+    let rows = vec![
+        rest_trade(9, HOUR_START + 300),
+        rest_trade(8, HOUR_START + 200),
+    ];
+    let settled = Settled {
+        from: Some(8),
+        to: Some(9),
+    };
+    let parts = report(&retry, rows, vec![settled], None).into_parts(1);
+    assert_eq!(parts.len(), 2);
+    for part in parts {
+        state.apply_fill(SegmentId(4), part, 40_000);
+    }
+    let resealed = only_seal(state.plan(10, 40_000));
+    assert_eq!(keys_of(&resealed), vec![8, 9]);
+    assert_eq!(resealed.unfilled, Some(vec![]));
+    assert_eq!(state.n_declared_hours(), 0);
+}
+
+/// A declared retry stopped at its row cap answered its hole up to the
+/// last row fetched: the hole shrinks to the rest, which is asked for at
+/// once, not after `declared_retry_secs`. A retry that answers nothing
+/// waits as before.
+#[test]
+fn a_declared_retry_stopped_at_its_row_cap_shrinks_the_hole_and_the_rest_goes_at_once() {
+    let (mut state, retry) = declared_8_and_9_retried();
+    let prefix = Settled {
+        from: Some(8),
+        to: Some(8),
+    };
+    state.apply_fill(
+        SegmentId(4),
+        report(
+            &retry,
+            vec![rest_trade(8, HOUR_START + 200)],
+            vec![prefix],
+            None,
+        ),
+        40_000,
+    );
+    // The hour is resealed with what came, then the rest is asked for
+    // with no exchange time passed.
+    let resealed = only_seal(state.plan(10, 40_000));
+    assert_eq!(keys_of(&resealed), vec![8]);
+    let unfilled = resealed.unfilled.clone().expect("a list");
+    assert_eq!(
+        (unfilled[0].from, unfilled[0].to, unfilled[0].from_time),
+        (Some(9), Some(9), HOUR_START + 200),
+        "the rest starts after 8, at its time"
+    );
+    state.seal_finished(&resealed.key, resealed.hour);
+    let rest = only_fill(state.plan(10, 40_000));
+    assert!(rest.declared);
+    assert_eq!(
+        rest.holes.iter().map(Hole::key_bounds).collect::<Vec<_>>(),
+        vec![(Some(9), Some(9))]
+    );
+    // This time REST is down: the next retry waits declared_retry_secs.
+    state.apply_fill(
+        SegmentId(5),
+        report(&rest, vec![], vec![], Some("rest unreachable: HTTP 503")),
+        40_000,
+    );
+    assert!(state
+        .plan(10, 40_000)
+        .iter()
+        .all(|job| !matches!(job, Job::Fill(_))));
 }
 
 /// A declared hole open at its start (the stream began mid-hour and
@@ -1086,8 +1170,8 @@ fn a_declared_hole_open_at_its_start_is_filled_by_both_parts_of_its_answer() {
     );
     assert_eq!(
         revise(&settled[..1], &[]),
-        vec![(None, Some(19), "HTTP 503".to_owned())],
-        "one part alone does not fill it"
+        vec![(Some(10), Some(19), "HTTP 503".to_owned())],
+        "one part alone does not fill it, but names where the rest starts"
     );
     assert_eq!(
         revise(&settled[1..], &every),
@@ -1470,6 +1554,63 @@ fn an_open_end_probe_that_finds_nothing_is_no_hole() {
     assert_eq!(sealed.coverage_to, HOUR_START + MICROS_PER_HOUR);
 }
 
+/// A report cut into parts is cut in key order, and each part carries the
+/// settled ranges over its own keys: from the key after the previous
+/// part's last row to its own last row (the first and last parts reach
+/// out to the open ends).
+#[test]
+fn a_report_cut_into_parts_cuts_its_settled_ranges_at_the_parts_keys() {
+    let job = FillJob {
+        key: key(StreamKind::Trade),
+        hour: Hour::containing(HOUR_START),
+        holes: vec![],
+        closed_before: HOUR_START,
+        declared: true,
+        deadline: None,
+    };
+    let rows: Vec<Row> = [20, 9, 8, 13, 12, 11, 10, 14, 15, 16, 17, 18, 19]
+        .into_iter()
+        .map(|id| rest_trade(id, HOUR_START + id))
+        .collect();
+    let range = |from: Option<i64>, to: Option<i64>| Settled { from, to };
+    let settled = vec![
+        range(None, Some(6)),
+        range(Some(8), Some(20)),
+        range(Some(21), None),
+    ];
+    let parts = report(&job, rows, settled, Some("x")).into_parts(5);
+    let cut: Vec<(Vec<i64>, Vec<Settled>, bool)> = parts
+        .iter()
+        .map(|part| {
+            (
+                part.rows.iter().map(Row::key).collect(),
+                part.settled.clone(),
+                part.failure.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cut,
+        vec![
+            (
+                vec![8, 9, 10, 11, 12],
+                vec![range(None, Some(6)), range(Some(8), Some(12))],
+                false
+            ),
+            (
+                vec![13, 14, 15, 16, 17],
+                vec![range(Some(13), Some(17))],
+                false
+            ),
+            (
+                vec![18, 19, 20],
+                vec![range(Some(18), Some(20)), range(Some(21), None)],
+                true
+            ),
+        ]
+    );
+}
+
 #[test]
 fn fill_reports_round_trip_through_json() {
     let job = FillJob {
@@ -1504,7 +1645,70 @@ fn fill_reports_round_trip_through_json() {
     assert_eq!(back.key(), Some(key(StreamKind::Trade)));
 }
 
+/// A retryable declared range: its ids and its start time.
+type OpenRange = (Option<i64>, Option<i64>, TimeUs);
+
+/// The ids a declared list names as not served, and its retryable ranges.
+fn not_served_and_open(list: &[UnfilledRange]) -> (Vec<i64>, Vec<OpenRange>) {
+    let not_served = list
+        .iter()
+        .filter(|range| !range.is_retryable())
+        .flat_map(|range| range.from.unwrap_or(0)..=range.to.unwrap_or(-1))
+        .collect();
+    let open = list
+        .iter()
+        .filter(|range| range.is_retryable())
+        .map(|range| (range.from, range.to, range.from_time))
+        .collect();
+    (not_served, open)
+}
+
 proptest::proptest! {
+    /// A declared retry's report revises the declared list the same way
+    /// whole or cut into WAL-record parts applied one by one: the same ids
+    /// not served, the same rest left open, whether REST answered the whole
+    /// hole or (stopped at its row cap) a prefix of it.
+    #[test]
+    fn a_declared_list_is_revised_the_same_by_a_report_whole_or_in_parts(
+        served in proptest::collection::btree_set(1i64..=60, 1..60),
+        through in 1i64..=60,
+        max_rows in 1usize..8,
+    ) {
+        let hour = Hour::containing(HOUR_START);
+        let hole = UnfilledRange {
+            from: Some(1),
+            to: Some(60),
+            from_time: HOUR_START,
+            to_time: HOUR_START + 1_000,
+            reason: "rest unreachable: HTTP 503".to_owned(),
+        };
+        let job = FillJob {
+            key: key(StreamKind::Trade),
+            hour,
+            holes: vec![],
+            closed_before: HOUR_START,
+            declared: true,
+            deadline: None,
+        };
+        let rows: Vec<Row> = served
+            .iter()
+            .filter(|id| **id <= through)
+            .rev()
+            .map(|id| rest_trade(*id, HOUR_START + id))
+            .collect();
+        let settled = vec![Settled { from: Some(1), to: Some(through) }];
+        let revise = |list: &[UnfilledRange], part: &FillReport| {
+            revise_declared(StreamKind::Trade, hour, list, &part.settled, &part.rows, part.failure.as_deref())
+        };
+        let whole = report(&job, rows, settled, None);
+        let at_once = revise(std::slice::from_ref(&hole), &whole);
+        let mut in_parts = vec![hole];
+        for part in whole.into_parts(max_rows) {
+            in_parts = revise(&in_parts, &part);
+        }
+        proptest::prop_assert_eq!(not_served_and_open(&at_once), not_served_and_open(&in_parts));
+    }
+
     /// Any split of a sequence into stream rows and REST rows, with
     /// duplicates on either side and in any order, seals as the
     /// sequence once, sorted, each row from the stream when the stream
