@@ -25,6 +25,7 @@ use crate::domain::{Hour, StreamKey, StreamKind, UnfilledRange};
 use crate::gaps::Hole;
 use crate::metrics::Counters;
 use crate::parquet_out;
+use crate::recorder::fill_rounds::round_max_rows;
 use crate::recorder::spill::HourRows;
 use crate::recorder::state::{revise_declared, FillJob, SealJob};
 use crate::recorder::{execute_seal, fill, SealResult};
@@ -387,86 +388,106 @@ async fn backfill_file(
         return Ok(());
     }
     summary.n_files_with_holes += 1;
-    let holes: Vec<Hole> = targeted
-        .iter()
-        .filter_map(|range| Hole::from_unfilled(key.kind, range))
-        .collect();
-    let job = FillJob {
-        key: key.clone(),
-        hour,
-        holes,
-        closed_before: hour.end() + crate::domain::MICROS_PER_DAY * 7,
-        declared: true,
-        // No daemon seals behind a backfill: it takes the time it needs.
-        deadline: None,
+    // Rounds of at most `round_max_rows` rows, each merged into the file
+    // before the next: a hole of a whole busy hour is fetched and resealed
+    // a round at a time, each round asking for what the last one left.
+    let retry = RetryPolicy {
+        max_rows: Some(round_max_rows(config.max_held_bytes)),
+        ..retry.clone()
     };
-    let report = fill::run_fill(rest.clone(), job, retry.clone()).await;
-    let revised_targeted = revise_declared(
-        key.kind,
-        hour,
-        &targeted,
-        &report.settled,
-        &report.rows,
-        report.failure.as_deref(),
-    );
-    count_left(summary, &revised_targeted);
     let mut outcome = HourOutcome {
         key: key.clone(),
         hour,
         n_holes_asked: targeted.len(),
-        n_rows_fetched: report.rows.len(),
-        left: revised_targeted.clone(),
-        failure: report.failure.clone(),
+        n_rows_fetched: 0,
+        left: targeted.clone(),
+        failure: None,
         resealed: false,
     };
-    // Nothing came back and nothing was settled: the file stays as it is
-    // (only the reasons would change), and its holes stay open.
-    if nothing_filled(report.rows.len(), &targeted, &revised_targeted) {
-        if let Some(failure) = &report.failure {
-            warn!(path = %path.display(), %failure, "holes left declared");
+    let mut asked = targeted;
+    loop {
+        let holes: Vec<Hole> = asked
+            .iter()
+            .filter(|range| range.is_retryable())
+            .filter_map(|range| Hole::from_unfilled(key.kind, range))
+            .collect();
+        let job = FillJob {
+            key: key.clone(),
+            hour,
+            holes,
+            closed_before: hour.end() + crate::domain::MICROS_PER_DAY * 7,
+            declared: true,
+            // No daemon seals behind a backfill: it takes the time it needs.
+            deadline: None,
+        };
+        let report = fill::run_fill(rest.clone(), job, retry.clone()).await;
+        let revised_asked = revise_declared(
+            key.kind,
+            hour,
+            &asked,
+            &report.settled,
+            &report.rows,
+            report.failure.as_deref(),
+        );
+        outcome.n_rows_fetched += report.rows.len();
+        outcome.left = revised_asked.clone();
+        outcome.failure = report.failure.clone();
+        // Nothing came back and nothing was settled: the file stays as it
+        // is (only the reasons would change), and its holes stay open.
+        if nothing_filled(report.rows.len(), &asked, &revised_asked) {
+            break;
         }
-        summary.hours.push(outcome);
-        return Ok(());
+        let n_filled = asked.len().saturating_sub(revised_asked.len());
+        let mut revised = untouched.clone();
+        revised.extend(revised_asked.iter().cloned());
+        revised.sort_by_key(|range| (range.from_time, range.from));
+        let whole_hour = revised.is_empty();
+        let seal_job = SealJob {
+            key: key.clone(),
+            hour,
+            rows: HourRows::from_rows(key.kind, report.rows),
+            first_segment: None,
+            // Merged with the file's own coverage; a file with no hole left
+            // vouches for its whole hour.
+            coverage_from: if whole_hour { hour.start() } else { hour.end() },
+            coverage_to: if whole_hour { hour.end() } else { hour.start() },
+            clock_offset_us: None,
+            unfilled: Some(revised),
+            late: true,
+            delivered_at: None,
+        };
+        let data_dir = config.data_dir.clone();
+        let sealed_outcome =
+            tokio::task::spawn_blocking(move || execute_seal(&data_dir, None, seal_job))
+                .await
+                .context("seal task failed")?;
+        match sealed_outcome.result {
+            Ok(SealResult::Written { path, n_rows, .. }) => {
+                if !outcome.resealed {
+                    summary.n_files_resealed += 1;
+                }
+                outcome.resealed = true;
+                Counters::add(&counters.files_resealed, 1);
+                Counters::add(&counters.holes_filled_late, n_filled as u64);
+                info!(path = %path.display(), n_rows, n_filled, "backfilled");
+            }
+            Ok(SealResult::Unchanged) => {}
+            Err(failure) => {
+                return Err(anyhow::Error::new(failure.error)
+                    .context(format!("cannot reseal {}", path.display())))
+            }
+        }
+        // A round that failed nothing and left holes stopped at its row
+        // cap: the next asks for the rest. One that answered nothing new
+        // would ask the same again.
+        let answered = revised_asked != asked;
+        asked = revised_asked;
+        if report.failure.is_some() || !answered || !asked.iter().any(UnfilledRange::is_retryable) {
+            break;
+        }
     }
-    let n_filled = targeted.len().saturating_sub(revised_targeted.len());
-    let mut revised = untouched;
-    revised.extend(revised_targeted);
-    revised.sort_by_key(|range| (range.from_time, range.from));
-    let whole_hour = revised.is_empty();
-    let seal_job = SealJob {
-        key: key.clone(),
-        hour,
-        rows: HourRows::from_rows(key.kind, report.rows),
-        first_segment: None,
-        // Merged with the file's own coverage; a file with no hole left
-        // vouches for its whole hour.
-        coverage_from: if whole_hour { hour.start() } else { hour.end() },
-        coverage_to: if whole_hour { hour.end() } else { hour.start() },
-        clock_offset_us: None,
-        unfilled: Some(revised),
-        late: true,
-        delivered_at: None,
-    };
-    let data_dir = config.data_dir.clone();
-    let sealed_outcome =
-        tokio::task::spawn_blocking(move || execute_seal(&data_dir, None, seal_job))
-            .await
-            .context("seal task failed")?;
-    match sealed_outcome.result {
-        Ok(SealResult::Written { path, n_rows, .. }) => {
-            summary.n_files_resealed += 1;
-            outcome.resealed = true;
-            Counters::add(&counters.files_resealed, 1);
-            Counters::add(&counters.holes_filled_late, n_filled as u64);
-            info!(path = %path.display(), n_rows, n_filled, "backfilled");
-        }
-        Ok(SealResult::Unchanged) => {}
-        Err(failure) => {
-            return Err(anyhow::Error::new(failure.error)
-                .context(format!("cannot reseal {}", path.display())))
-        }
-    }
-    if let Some(failure) = &report.failure {
+    count_left(summary, &asked);
+    if let Some(failure) = &outcome.failure {
         warn!(path = %path.display(), %failure, "holes left declared");
     }
     summary.hours.push(outcome);

@@ -68,10 +68,7 @@ impl Runtime {
             max_attempts: self.config.fill.max_attempts,
             deadline: self.host_deadline(&job),
             cancel: Some(cut.clone()),
-            // A declared hole is kept whole until REST answers all of it
-            // (`revise_declared`): capped, its retries would fetch the same
-            // first rows each time.
-            max_rows: (!job.declared).then(|| round_max_rows(self.config.max_held_bytes)),
+            max_rows: Some(round_max_rows(self.config.max_held_bytes)),
             ..RetryPolicy::default()
         };
         let running = RunningFill {
@@ -293,9 +290,9 @@ impl Runtime {
 /// `Row`s, then the WAL records), and at least one WAL record's worth.
 /// A whole hour missing from a busy stream is then fetched in several
 /// rounds, each starting where the last one's rows end (the state's holes
-/// are the gaps between the rows it holds). Declared retries are not
-/// capped.
-fn round_max_rows(max_held_bytes: u64) -> usize {
+/// are the gaps between the rows it holds; a declared hole is settled up
+/// to the last row fetched, see `fill::run_fill`).
+pub(crate) fn round_max_rows(max_held_bytes: u64) -> usize {
     let rows = max_held_bytes / 8 / std::mem::size_of::<crate::domain::Row>() as u64;
     usize::try_from(rows)
         .unwrap_or(usize::MAX)

@@ -23,7 +23,7 @@ fn kinds() -> [StreamKind; 3] {
     [StreamKind::Trade, StreamKind::AggTrade, minute_klines()]
 }
 
-/// 01:00, the first whole hour the recorder sees (it starts at 00:59).
+/// 01:00, the first whole hour the recorder sees (the fake starts in 00).
 fn watched_hour() -> Hour {
     Hour::containing(SIM_START_US).next()
 }
@@ -610,6 +610,114 @@ async fn backfill_refuses_beside_a_daemon_and_completes_declared_files_once_it_i
     for (_, _, path) in &files {
         assert_complete_hour(path, hour);
     }
+    fake.shutdown().await;
+}
+
+/// `backfill` of a declared hole far bigger than a fill round's row cap
+/// (10,000 rows, the least a round holds whatever `memory.max_held_mb`
+/// says) fetches and reseals it a round at a time, each round asking for
+/// what the last one left, until the hour is whole. (Before, one round
+/// fetched the whole hole into memory; capped without the loop, the rest
+/// would stay declared.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_of_a_hole_bigger_than_a_round_reseals_it_a_round_at_a_time() {
+    use binance_recorder::binance::rest::{IdRangeEnd, RestClient, RetryPolicy};
+    use binance_recorder::domain::{Market, Symbol};
+    use binance_recorder::parquet_out::HourFile;
+
+    let mut settings = fake_config(1.0);
+    settings.symbols = vec!["BTCUSDT".to_owned()];
+    // Some 40,000 aggTrades in the hour of history before the start.
+    settings.mean_orders_per_sec = 10.0;
+    let fake = FakeExchange::start(settings).await.expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let hour = Hour::containing(fake.sim_start_us());
+    let truth = fake.ground_truth("BTCUSDT", fake.sim_start_us());
+    let ids: Vec<(i64, i64)> = truth
+        .agg_trades
+        .iter()
+        .filter(|agg| Hour::containing(agg.time_us) == hour)
+        .map(|agg| (agg.id, agg.time_us))
+        .collect();
+    assert!(ids.len() > 30_000, "{} aggTrades in the hour", ids.len());
+    let ((first, first_time), (last, last_time)) = (ids[0], ids[ids.len() - 1]);
+    // The file holds the hour's first and last aggTrade and declares
+    // every one between them.
+    let client = RestClient::new(Market::Spot, &fake.rest_base_url());
+    let symbol = Symbol::new("BTCUSDT").expect("valid");
+    let mut rows = Vec::new();
+    for id in [first, last] {
+        let fetched = client
+            .fetch_agg_trades_range(&symbol, id, IdRangeEnd::Id(id), 1, &RetryPolicy::default())
+            .await;
+        rows.extend(fetched.rows.into_iter().map(Row::AggTrade));
+    }
+    assert_eq!(rows.len(), 2);
+    let agg_key = key("BTCUSDT", StreamKind::AggTrade);
+    let data = root.join("data");
+    parquet_out::write_hour_file(
+        &data,
+        &HourFile {
+            key: agg_key.clone(),
+            hour,
+            rows,
+            unfilled: vec![UnfilledRange {
+                from: Some(first + 1),
+                to: Some(last - 1),
+                from_time: first_time,
+                to_time: last_time,
+                reason: "rest unreachable: HTTP 503".to_owned(),
+            }],
+            coverage_from: hour.start(),
+            coverage_to: hour.end(),
+            clock_offset_us: None,
+            delivered_at: None,
+        },
+    )
+    .expect("declared file written");
+    let config_path = root.join("config.toml");
+    // A round holds an eighth of the budget, at least 10,000 rows.
+    std::fs::write(
+        &config_path,
+        format!(
+            "[memory]\nmax_held_mb = 8\n{}",
+            recorder_toml(&fake, root, &["BTCUSDT"], &["aggTrade"])
+        ),
+    )
+    .expect("config written");
+
+    let output = run_binary_logging(
+        vec![
+            "backfill".into(),
+            "--config".into(),
+            config_path.display().to_string(),
+        ],
+        "info",
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "backfill: {log}");
+    assert!(stdout.contains("holes left: 0"), "{stdout}");
+    let n_reseals = log
+        .lines()
+        .filter(|line| line.contains("backfilled"))
+        .count();
+    let n_rounds = (ids.len() - 2).div_ceil(10_000);
+    eprintln!("{} aggTrades declared, {n_reseals} reseals", ids.len() - 2);
+    assert_eq!(
+        n_reseals, n_rounds,
+        "one reseal a round of at most 10,000 rows: {log}"
+    );
+    let path = file_path(root, &agg_key, hour);
+    let sealed: Vec<i64> = parquet_out::read_hour_file(&path, StreamKind::AggTrade)
+        .expect("readable")
+        .iter()
+        .map(Row::key)
+        .collect();
+    assert_eq!(sealed, (first..=last).collect::<Vec<_>>());
+    assert!(unfilled_of(&path).is_empty());
     fake.shutdown().await;
 }
 

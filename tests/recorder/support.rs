@@ -775,10 +775,16 @@ impl Drop for RecorderProcess {
 
 /// Runs the recorder binary with `arguments` to completion.
 pub async fn run_binary(arguments: Vec<String>) -> std::process::Output {
+    run_binary_logging(arguments, "warn").await
+}
+
+/// [`run_binary`] with `RUST_LOG` at `level`.
+pub async fn run_binary_logging(arguments: Vec<String>, level: &str) -> std::process::Output {
+    let level = level.to_owned();
     tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_binance-recorder"))
             .args(&arguments)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .output()
             .expect("recorder binary runs")
     })
