@@ -95,6 +95,18 @@ fn assert_trades_match(rows: &[TradeRow], truth: &[TruthTrade]) {
     }
 }
 
+/// [`assert_agg_trades_match`] for rows as a fill round reports them.
+fn assert_agg_trade_rows_match(rows: Vec<Row>, truth: &[TruthAggTrade]) {
+    let fetched: Vec<AggTradeRow> = rows
+        .into_iter()
+        .map(|row| match row {
+            Row::AggTrade(agg) => agg,
+            other => panic!("not an aggTrade: {other:?}"),
+        })
+        .collect();
+    assert_agg_trades_match(&fetched, truth);
+}
+
 fn assert_agg_trades_match(rows: &[AggTradeRow], truth: &[TruthAggTrade]) {
     assert_eq!(rows.len(), truth.len(), "aggTrade count");
     for (row, want) in rows.iter().zip(truth) {
@@ -403,14 +415,7 @@ async fn a_declared_hole_bigger_than_a_round_is_answered_a_round_at_a_time() {
         }
     }
     assert_eq!(n_rounds, 3, "1,000 + 1,000 + 200");
-    let fetched: Vec<AggTradeRow> = rows
-        .into_iter()
-        .map(|row| match row {
-            Row::AggTrade(agg) => agg,
-            other => panic!("not an aggTrade: {other:?}"),
-        })
-        .collect();
-    assert_agg_trades_match(&fetched, wanted);
+    assert_agg_trade_rows_match(rows, wanted);
 }
 
 /// A fill round holds no more rows than its cap (a page's worth over at
@@ -472,14 +477,7 @@ async fn a_fill_round_stops_at_its_row_cap_and_the_next_round_goes_on() {
         from = &wanted[next];
     }
     assert_eq!(n_rounds, 3, "1,000 + 1,000 + 200");
-    let fetched: Vec<AggTradeRow> = rows
-        .into_iter()
-        .map(|row| match row {
-            Row::AggTrade(agg) => agg,
-            other => panic!("not an aggTrade: {other:?}"),
-        })
-        .collect();
-    assert_agg_trades_match(&fetched, wanted);
+    assert_agg_trade_rows_match(rows, wanted);
 }
 
 #[tokio::test]
