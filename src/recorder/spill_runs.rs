@@ -1,9 +1,14 @@
 //! The runtime's side of the memory budget: the runs the state spills
 //! (`spill.rs`, `State::take_spills`) written on blocking threads beside
 //! the WAL, and each write's outcome given back to the state. During the
-//! replay at start the same runs are written in line.
+//! replay at start the same runs are written on a thread of their own
+//! beside it ([`ReplaySpills`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::{Scope, ScopedJoinHandle};
+
+use anyhow::Context;
 
 use tokio::task::JoinError;
 use tracing::{error, warn};
@@ -65,12 +70,73 @@ fn apply_spill(state: &mut State, done: SpillWritten) {
     }
 }
 
-/// During the replay at start (already on a blocking thread): the runs
-/// the state asks for, written in line.
-pub(super) fn spill_in_line(wal_dir: &Path, state: &mut State) {
-    for spill in state.take_spills() {
-        let done = write_spill(wal_dir, spill);
-        apply_spill(state, done);
+/// During the replay at start: the runs the state asks for, written on a
+/// thread of their own so that the state goes on applying records while
+/// a run is on its way to disk (in line, the replay's reader filled its
+/// lead and waited at each spill). One run is written and at most one
+/// waits, so the runs in memory stay within the budget's half twice over.
+pub(super) struct ReplaySpills<'scope> {
+    /// `None` once finished.
+    sender: Option<mpsc::SyncSender<Spill>>,
+    done: mpsc::Receiver<SpillWritten>,
+    thread: ScopedJoinHandle<'scope, ()>,
+    wal_dir: &'scope Path,
+}
+
+impl<'scope> ReplaySpills<'scope> {
+    pub(super) fn start<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        wal_dir: &'env Path,
+    ) -> anyhow::Result<Self> {
+        let (sender, spills) = mpsc::sync_channel::<Spill>(1);
+        let (written, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("wal-replay-spill".to_owned())
+            .spawn_scoped(scope, move || {
+                for spill in spills {
+                    if written.send(write_spill(wal_dir, spill)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("cannot start the WAL replay's spill thread")?;
+        Ok(ReplaySpills {
+            sender: Some(sender),
+            done,
+            thread,
+            wal_dir,
+        })
+    }
+
+    /// Gives the state the runs written so far, and hands the writer the
+    /// runs the state asks for now (waiting while one is already queued).
+    pub(super) fn spill(&mut self, state: &mut State) {
+        for done in self.done.try_iter() {
+            apply_spill(state, done);
+        }
+        for spill in state.take_spills() {
+            // The thread only stops when its sender is dropped; should it
+            // be gone all the same, the run is written here.
+            let unsent = match &self.sender {
+                Some(sender) => sender.send(spill).err().map(|error| error.0),
+                None => Some(spill),
+            };
+            if let Some(spill) = unsent {
+                let done = write_spill(self.wal_dir, spill);
+                apply_spill(state, done);
+            }
+        }
+    }
+
+    /// Waits for every run handed over and gives the state their outcomes.
+    pub(super) fn finish(mut self, state: &mut State) {
+        self.sender = None;
+        if let Err(panic) = self.thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+        for done in self.done.try_iter() {
+            apply_spill(state, done);
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use crate::parquet_out::{self, run_file};
 use crate::quarantine::{self, QuarantinedFrame};
 use crate::recorder::delivery::{judge_contract, ContractFacts, ContractVerdict};
 use crate::recorder::records::{decode_record, Applied};
-use crate::recorder::spill_runs::spill_in_line;
+use crate::recorder::spill_runs::ReplaySpills;
 use crate::recorder::state::State;
 use crate::wal::fs::WalFs;
 use crate::wal::{ReadItem, Wal, WalConfig, WalWriter};
@@ -191,7 +191,8 @@ enum Replayed {
 
 /// Replays `records` into `state`: a reader thread reads, verifies and
 /// decodes the records (most of a replay's work) while this thread applies
-/// them in WAL order and spills what passes the memory budget. Returns how
+/// them in WAL order, and a third writes the runs that pass the memory
+/// budget ([`ReplaySpills`]). Returns how
 /// many records there were and the frames that did not decode.
 fn replay_into(
     records: impl Iterator<Item = crate::wal::Result<ReadItem>> + Send,
@@ -205,6 +206,7 @@ fn replay_into(
             .name("wal-replay".to_owned())
             .spawn_scoped(scope, move || read_and_decode(records, counters, &sender))
             .context("cannot start the WAL replay's reader thread")?;
+        let mut spills = ReplaySpills::start(scope, &config.wal_dir)?;
         let mut quarantined = Vec::new();
         // Ends when the reader is done (or failed, its error last).
         for batch in receiver {
@@ -216,7 +218,7 @@ fn replay_into(
                         decoded,
                     }) => {
                         state.apply(market, segment, decoded);
-                        spill_in_line(&config.wal_dir, state);
+                        spills.spill(state);
                     }
                     Replayed::Applied(Applied::Checkpoint(checkpoint)) => {
                         state.apply_checkpoint(checkpoint)
@@ -228,6 +230,7 @@ fn replay_into(
                 }
             }
         }
+        spills.finish(state);
         let n_records = reader
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -452,6 +455,38 @@ mod tests {
             .map(|frame| frame.frame.as_str())
             .collect();
         assert_eq!(frames, ["first", "second"]);
+    }
+
+    /// Past the memory budget the replay spills runs on its spill thread,
+    /// and every run is on disk and given back to its hour before the
+    /// replay returns: the files are there, none failed, and the hour
+    /// holds every row (in memory and in its runs).
+    #[test]
+    fn a_replay_past_the_budget_spills_runs_beside_it_and_waits_for_them() {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let mut config = crate::config::test_config("[memory]\nmax_held_mb = 1\n", &["trade"]);
+        config.wal_dir = scratch.path().join("wal");
+        let counters = Arc::new(Counters::default());
+        let mut state = State::new(&config, counters.clone());
+        let n_trades = 100_000;
+        let (n_records, quarantined) = replay_into(
+            (0..n_trades as i64).map(trade_record),
+            &config,
+            &mut state,
+            &counters,
+        )
+        .expect("replayed");
+        assert_eq!(n_records, n_trades as u64);
+        assert!(quarantined.is_empty());
+        assert_eq!(state.n_unsealed_rows(), n_trades);
+        let runs_spilled = counters.runs_spilled.get();
+        assert!(runs_spilled >= 2, "{runs_spilled} runs spilled");
+        assert_eq!(counters.spill_failures.get(), 0);
+        let on_disk = std::fs::read_dir(run_file::runs_dir(&config.wal_dir))
+            .expect("runs dir")
+            .count();
+        assert_eq!(on_disk as u64, runs_spilled);
+        assert_eq!(state.n_hours_spilling(), 0);
     }
 
     /// A read error fails the replay after the records before it were

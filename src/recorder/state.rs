@@ -784,6 +784,16 @@ impl State {
             .map(|(_, open_hour)| open_hour.rows.len())
             .sum()
     }
+
+    /// Hours with a spilled run still on its way to disk (tests).
+    #[cfg(test)]
+    pub fn n_hours_spilling(&self) -> usize {
+        self.streams
+            .values()
+            .flat_map(StreamState::open_rows)
+            .filter(|(_, open_hour)| open_hour.rows.is_spilling())
+            .count()
+    }
 }
 
 #[cfg(test)]
