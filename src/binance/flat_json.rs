@@ -103,28 +103,31 @@ fn literal<'a>(bytes: &[u8], at: usize, word: &[u8], value: Flat<'a>) -> Option<
 }
 
 /// A non-negative integer without a leading zero (JSON's rule), within
-/// `i64`, and not followed by a fraction or an exponent.
+/// `i64`, and not followed by a fraction or an exponent. One pass over the
+/// digits; the first 18 always fit an `i64`, so they are added without the
+/// overflow checks the release profile would otherwise put on each.
 fn integer(bytes: &[u8], at: usize) -> Option<(Flat<'static>, usize)> {
-    let digits = bytes[at..]
-        .iter()
-        .position(|byte| !byte.is_ascii_digit())
-        .unwrap_or(bytes.len() - at);
-    let end = at + digits;
-    if digits > 1 && bytes[at] == b'0' {
+    let digits = &bytes[at..];
+    let mut number = 0i64;
+    let mut length = 0;
+    while let Some(&byte) = digits.get(length) {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        number = if length < 18 {
+            number.wrapping_mul(10).wrapping_add(i64::from(digit))
+        } else {
+            number.checked_mul(10)?.checked_add(i64::from(digit))?
+        };
+        length += 1;
+    }
+    if length > 1 && digits[0] == b'0' {
         return None;
     }
+    let end = at + length;
     if matches!(bytes.get(end), Some(b'.' | b'e' | b'E')) {
         return None;
-    }
-    // 18 digits always fit an i64; more are checked.
-    let (short, long) = bytes[at..end].split_at(digits.min(18));
-    let mut number = short
-        .iter()
-        .fold(0i64, |number, &digit| number * 10 + i64::from(digit - b'0'));
-    for &digit in long {
-        number = number
-            .checked_mul(10)?
-            .checked_add(i64::from(digit - b'0'))?;
     }
     Some((Flat::Int(number), end))
 }

@@ -174,12 +174,12 @@ pub(super) async fn open_and_replay(
 /// (128 KiB; fixed, since the unit sets `MALLOC_TRIM_THRESHOLD_`), so it
 /// comes from the heap's free memory instead of an `mmap` whose pages fault
 /// in anew each time (14 % of the reader's time with 512).
-const REPLAY_BATCH: usize = 256;
+const REPLAY_BATCH: usize = 512;
 /// Hand-overs decoded and not yet applied: the reader's lead on the state,
 /// at most about 5 MB of decoded records (under 300 bytes each). It lets
 /// the reader go on while the state writes a spilled run; with a lead of
 /// 4 x 512 the replay was slower in three interleaved runs of three.
-const REPLAY_BATCHES_AHEAD: usize = 64;
+const REPLAY_BATCHES_AHEAD: usize = 32;
 const _: () = assert!(REPLAY_BATCH * std::mem::size_of::<Replayed>() < 128 * 1024);
 
 /// A durable record as the replay's reader thread hands it to the state.
