@@ -50,6 +50,94 @@ pub fn read_flat<'a>(
     }
 }
 
+/// A flat object read field by field in an order known beforehand (the
+/// order Binance writes its events in), each value read as the type its
+/// key holds: no key matching and no [`Flat`] in between. A key other than
+/// the one expected, or a value [`read_flat`] would refuse or read as
+/// another type, gives `None`, and the caller reads the object with
+/// [`read_flat`] instead; when every field came as expected and
+/// [`Fields::end`] agrees, the values are those `read_flat` gives.
+pub struct Fields<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Fields<'a> {
+    pub fn new(text: &'a str) -> Fields<'a> {
+        Fields { text, at: 0 }
+    }
+
+    /// Moves past `key`: the field as written up to its value, with the
+    /// brace or comma before it (`{"e":` first, then `,"E":` and so on).
+    #[inline]
+    fn key(&mut self, key: &[u8]) -> Option<usize> {
+        let rest = self.text.as_bytes().get(self.at..)?;
+        rest.starts_with(key).then(|| self.at + key.len())
+    }
+
+    /// A string field, as [`Flat::Str`].
+    #[inline]
+    pub fn text(&mut self, key: &[u8]) -> Option<&'a str> {
+        let at = self.key(key)?;
+        let (text, end) = plain_string(self.text, at)?;
+        self.at = end;
+        Some(text)
+    }
+
+    /// A string or null field.
+    #[inline]
+    pub fn optional_text(&mut self, key: &[u8]) -> Option<Option<&'a str>> {
+        let at = self.key(key)?;
+        let (text, end) = match plain_string(self.text, at) {
+            Some((text, end)) => (Some(text), end),
+            None => (None, literal(self.text.as_bytes(), at, b"null", ())?.1),
+        };
+        self.at = end;
+        Some(text)
+    }
+
+    /// An integer field, as [`Flat::Int`].
+    #[inline]
+    pub fn integer(&mut self, key: &[u8]) -> Option<i64> {
+        let at = self.key(key)?;
+        let bytes = self.text.as_bytes();
+        if !bytes.get(at)?.is_ascii_digit() {
+            return None;
+        }
+        let (Flat::Int(number), end) = integer(bytes, at)? else {
+            return None;
+        };
+        self.at = end;
+        Some(number)
+    }
+
+    /// A boolean or null field.
+    #[inline]
+    pub fn optional_boolean(&mut self, key: &[u8]) -> Option<Option<bool>> {
+        let at = self.key(key)?;
+        let bytes = self.text.as_bytes();
+        let (value, end) = match bytes.get(at)? {
+            b't' => literal(bytes, at, b"true", Some(true))?,
+            b'f' => literal(bytes, at, b"false", Some(false))?,
+            b'n' => literal(bytes, at, b"null", None)?,
+            _ => return None,
+        };
+        self.at = end;
+        Some(value)
+    }
+
+    /// A boolean field.
+    #[inline]
+    pub fn boolean(&mut self, key: &[u8]) -> Option<bool> {
+        self.optional_boolean(key)?
+    }
+
+    /// Whether the object ends right after the fields read.
+    pub fn end(&self) -> Option<()> {
+        (self.text.as_bytes().get(self.at..) == Some(b"}".as_slice())).then_some(())
+    }
+}
+
 /// The bytes that end a plain string: its quote, or what only a string
 /// with escapes or an invalid one holds (a backslash, a control character).
 const ENDS_PLAIN_STRING: [bool; 256] = {
@@ -66,6 +154,7 @@ const ENDS_PLAIN_STRING: [bool; 256] = {
 
 /// The string whose opening quote is at `at`, and the index after its
 /// closing quote.
+#[inline]
 fn plain_string(text: &str, at: usize) -> Option<(&str, usize)> {
     let bytes = text.as_bytes();
     if bytes.get(at) != Some(&b'"') {
@@ -96,7 +185,7 @@ fn value(text: &str, at: usize) -> Option<(Flat<'_>, usize)> {
     }
 }
 
-fn literal<'a>(bytes: &[u8], at: usize, word: &[u8], value: Flat<'a>) -> Option<(Flat<'a>, usize)> {
+fn literal<T>(bytes: &[u8], at: usize, word: &[u8], value: T) -> Option<(T, usize)> {
     bytes[at..]
         .starts_with(word)
         .then_some((value, at + word.len()))
@@ -106,6 +195,7 @@ fn literal<'a>(bytes: &[u8], at: usize, word: &[u8], value: Flat<'a>) -> Option<
 /// `i64`, and not followed by a fraction or an exponent. One pass over the
 /// digits; the first 18 always fit an `i64`, so they are added without the
 /// overflow checks the release profile would otherwise put on each.
+#[inline]
 fn integer(bytes: &[u8], at: usize) -> Option<(Flat<'static>, usize)> {
     let digits = &bytes[at..];
     let mut number = 0i64;
