@@ -87,7 +87,7 @@ impl fmt::Display for Market {
 /// so that it is always safe to use in a path.
 ///
 /// Held inline (no allocation): one is made for every row decoded.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Symbol {
     /// The name, then zeros: every byte of a name is above zero, so these
     /// order as the names do.
@@ -135,6 +135,27 @@ impl Symbol {
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.bytes[..usize::from(self.len)])
             .expect("a symbol is ASCII, checked when it was made")
+    }
+}
+
+/// As the names order. Compared as four big-endian words rather than by
+/// `memcmp`: a symbol is compared in every lookup of a stream's state, a
+/// few times a frame.
+impl Ord for Symbol {
+    fn cmp(&self, other: &Symbol) -> std::cmp::Ordering {
+        let words = |symbol: &Symbol| -> [u64; MAX_SYMBOL_LEN / 8] {
+            std::array::from_fn(|index| {
+                let chunk = &symbol.bytes[index * 8..index * 8 + 8];
+                u64::from_be_bytes(chunk.try_into().expect("8 bytes"))
+            })
+        };
+        words(self).cmp(&words(other))
+    }
+}
+
+impl PartialOrd for Symbol {
+    fn partial_cmp(&self, other: &Symbol) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -968,6 +989,18 @@ mod fuzz_tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn symbols_order_as_their_names(
+            prefix in "[A-Z0-9_]{0,20}", a in "[A-Z0-9_]{1,12}", b in "[A-Z0-9_]{0,12}",
+        ) {
+            // Names sharing a prefix, and one the prefix of the other.
+            let (a, b) = (format!("{prefix}{a}"), format!("{prefix}{b}"));
+            prop_assume!(!b.is_empty());
+            let (symbol_a, symbol_b) = (Symbol::new(&a).expect("valid"), Symbol::new(&b).expect("valid"));
+            prop_assert_eq!(symbol_a.cmp(&symbol_b), a.cmp(&b));
+            prop_assert_eq!(symbol_a.cmp(&symbol_a.clone()), std::cmp::Ordering::Equal);
+        }
 
         #[test]
         fn decimal_parsing_never_panics_and_round_trips(

@@ -263,7 +263,18 @@ impl State {
                 row,
                 event_time,
             } => {
-                if let Some(reason) = self.implausible_row(market, &key, &row, event_time) {
+                // One lookup of the stream for the checks and the insert:
+                // this runs for every frame.
+                let stream = self.streams.get_mut(&key);
+                if let Some(reason) = implausible_row(
+                    &self.markets,
+                    &self.clock,
+                    stream.as_deref(),
+                    market,
+                    &key,
+                    &row,
+                    event_time,
+                ) {
                     // The stream's time still counts as its own: it moves no
                     // clock alone, and if a second stream agrees (the first
                     // frames after a long outage of every link) the next
@@ -280,8 +291,23 @@ impl State {
                     self.reject(market, &key, &row, event_time, reason);
                     return;
                 }
-                self.note_event_time(market, &key, event_time);
-                self.insert(key, row, segment);
+                if let Some(state) = self.markets.get_mut(&market) {
+                    state.note_event_time(&key, event_time);
+                }
+                match stream {
+                    Some(stream) => {
+                        self.rows_since_budget_check += 1;
+                        insert_into(
+                            stream,
+                            &self.counters,
+                            &mut self.wake,
+                            key.kind,
+                            row,
+                            segment,
+                        );
+                    }
+                    None => self.unexpected(&key),
+                }
             }
             Decoded::KlineUpdate { key, event_time } => {
                 let newest_other = self
@@ -310,37 +336,6 @@ impl State {
                 debug!(%market, %what, "event not recorded");
             }
         }
-    }
-
-    /// Why a stream row cannot be believed, if it cannot.
-    fn implausible_row(
-        &self,
-        market: Market,
-        key: &StreamKey,
-        row: &Row,
-        event_time: TimeUs,
-    ) -> Option<String> {
-        let market_state = self.markets.get(&market)?;
-        let newest_other = market_state
-            .sources
-            .newest_other_than(key)
-            .max(market_state.server_time);
-        if let Some(reason) = implausible_times(row, event_time, newest_other, &self.clock) {
-            return Some(reason);
-        }
-        if matches!(row, Row::Kline(_)) {
-            return None;
-        }
-        let stream = self.streams.get(key)?;
-        let newest_id = stream
-            .newest_key()
-            .or(stream.last_sealed.map(|last| last.id))?;
-        (row.key().saturating_sub(newest_id) > self.clock.max_id_jump).then(|| {
-            format!(
-                "id {} jumps past the newest id {newest_id} by more than clock.max_id_jump",
-                row.key()
-            )
-        })
     }
 
     fn reject(
@@ -381,29 +376,27 @@ impl State {
     }
 
     fn insert(&mut self, key: StreamKey, row: Row, segment: SegmentId) -> Option<Inserted> {
-        let from_stream = row.source() == Source::Ws;
         let Some(stream) = self.streams.get_mut(&key) else {
-            Counters::add(&self.counters.rows_unexpected, 1);
-            if self.warned_unexpected.insert(key.clone()) {
-                warn!(%key, "row of a stream that is not configured; not recorded");
-            }
+            self.unexpected(&key);
             return None;
         };
-        let hour = Hour::containing(row.bucket_time());
-        let late = from_stream && stream.next_hour_to_seal.is_some_and(|next| hour < next);
-        if stream.next_hour_to_seal.is_some_and(|next| hour < next) {
-            // A row of a sealed hour reseals it (a REST row of one too).
-            self.wake.dirty = true;
-        }
-        let inserted = stream.hour_mut(hour).insert_row(key.kind, row, segment);
         self.rows_since_budget_check += 1;
-        match inserted {
-            Inserted::Duplicate if from_stream => Counters::add(&self.counters.rows_duplicate, 1),
-            Inserted::New if late => Counters::add(&self.counters.rows_late, 1),
-            Inserted::New if !from_stream => Counters::add(&self.counters.rows_filled, 1),
-            _ => {}
+        Some(insert_into(
+            stream,
+            &self.counters,
+            &mut self.wake,
+            key.kind,
+            row,
+            segment,
+        ))
+    }
+
+    /// A row of a stream that is not configured: counted, warned of once.
+    fn unexpected(&mut self, key: &StreamKey) {
+        Counters::add(&self.counters.rows_unexpected, 1);
+        if self.warned_unexpected.insert(key.clone()) {
+            warn!(%key, "row of a stream that is not configured; not recorded");
         }
-        Some(inserted)
     }
 
     /// Continues after sealed files found on disk: `hour` is the newest
@@ -794,6 +787,66 @@ impl State {
             .filter(|(_, open_hour)| open_hour.rows.is_spilling())
             .count()
     }
+}
+
+/// Files `row` in its hour of `stream` and counts what it was.
+fn insert_into(
+    stream: &mut StreamState,
+    counters: &Counters,
+    wake: &mut Wake,
+    kind: StreamKind,
+    row: Row,
+    segment: SegmentId,
+) -> Inserted {
+    let from_stream = row.source() == Source::Ws;
+    let hour = Hour::containing(row.bucket_time());
+    let late = from_stream && stream.next_hour_to_seal.is_some_and(|next| hour < next);
+    if stream.next_hour_to_seal.is_some_and(|next| hour < next) {
+        // A row of a sealed hour reseals it (a REST row of one too).
+        wake.dirty = true;
+    }
+    let inserted = stream.hour_mut(hour).insert_row(kind, row, segment);
+    match inserted {
+        Inserted::Duplicate if from_stream => Counters::add(&counters.rows_duplicate, 1),
+        Inserted::New if late => Counters::add(&counters.rows_late, 1),
+        Inserted::New if !from_stream => Counters::add(&counters.rows_filled, 1),
+        _ => {}
+    }
+    inserted
+}
+
+/// Why a stream row cannot be believed, if it cannot; `stream` is its
+/// stream's state, if the stream is recorded.
+fn implausible_row(
+    markets: &BTreeMap<Market, MarketState>,
+    clock: &ClockBounds,
+    stream: Option<&StreamState>,
+    market: Market,
+    key: &StreamKey,
+    row: &Row,
+    event_time: TimeUs,
+) -> Option<String> {
+    let market_state = markets.get(&market)?;
+    let newest_other = market_state
+        .sources
+        .newest_other_than(key)
+        .max(market_state.server_time);
+    if let Some(reason) = implausible_times(row, event_time, newest_other, clock) {
+        return Some(reason);
+    }
+    if matches!(row, Row::Kline(_)) {
+        return None;
+    }
+    let stream = stream?;
+    let newest_id = stream
+        .newest_key()
+        .or(stream.last_sealed.map(|last| last.id))?;
+    (row.key().saturating_sub(newest_id) > clock.max_id_jump).then(|| {
+        format!(
+            "id {} jumps past the newest id {newest_id} by more than clock.max_id_jump",
+            row.key()
+        )
+    })
 }
 
 #[cfg(test)]
