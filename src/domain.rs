@@ -133,8 +133,12 @@ impl Symbol {
     }
 
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)])
-            .expect("a symbol is ASCII, checked when it was made")
+        std::str::from_utf8(self.as_bytes()).expect("a symbol is ASCII, checked when it was made")
+    }
+
+    /// The name's bytes (ASCII), without [`Symbol::as_str`]'s UTF-8 check.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 }
 

@@ -661,7 +661,9 @@ fn names_stream(stream: &str, key: &StreamKey) -> bool {
     let (symbol, kind) = (&stream[..at], &stream[at + 1..]);
     // `Symbol::from_lowercase` upper-cases the name and accepts it when it
     // is a valid symbol: the key's symbol is, and is upper-case ASCII.
-    symbol.eq_ignore_ascii_case(key.symbol.as_str())
+    symbol
+        .as_bytes()
+        .eq_ignore_ascii_case(key.symbol.as_bytes())
         && match key.kind {
             StreamKind::Trade => kind == "trade",
             StreamKind::AggTrade => kind == "aggTrade",
