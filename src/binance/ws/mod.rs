@@ -311,6 +311,17 @@ async fn backoff(
     }
 }
 
+/// The socket's settings: tungstenite's defaults but a read buffer of
+/// 32 KiB instead of 128. Before each read tungstenite fills the buffer's
+/// free space with zeros (`FrameCodec::read_in`), up to 128 KiB a read for
+/// reads that bring about 2 KB in a firehose (19,092 reads for 200,000
+/// frames); a frame bigger than the buffer still gets room for all of it.
+/// In a 2 M-frame burst, three interleaved pairs: 2.46 / 2.47 / 2.32
+/// CPU-seconds a million with 128 KiB, 2.14 / 2.30 / 2.10 with 32 KiB.
+fn socket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(32 * 1024)
+}
+
 /// Connects and queues the subscription. `None` when cancelled.
 async fn open_link(
     plan: &ConnectionPlan,
@@ -326,7 +337,10 @@ async fn open_link(
     let url = connection_url(&plan.ws_base_url, plan.market, plan.route);
     let connected = tokio::select! {
         _ = cancel.cancelled() => return None,
-        connected = tokio::time::timeout(settings.connect_timeout, tokio_tungstenite::connect_async(url.as_str())) => connected,
+        connected = tokio::time::timeout(
+            settings.connect_timeout,
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(socket_config()), false),
+        ) => connected,
     };
     let socket = match connected {
         Err(_) => return Some(Err(LinkLost::ConnectTimedOut)),
