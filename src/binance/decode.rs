@@ -204,11 +204,17 @@ fn split_combined(frame: &[u8]) -> Option<(&str, &str)> {
         .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
     let (name, rest) = rest.split_at(name_len);
     let data = rest.strip_prefix(br#"","data":"#)?.strip_suffix(b"}")?;
-    let name = std::str::from_utf8(name).ok()?;
+    let name = utf8(name)?;
     // Checked once here: parsing a `&str`, serde_json does not check each
     // string of the event again.
-    let data = std::str::from_utf8(data).ok()?;
+    let data = utf8(data)?;
     Some((name, data))
+}
+
+/// `bytes` as text when it is UTF-8 (the answer of `std::str::from_utf8`,
+/// checked with SIMD).
+fn utf8(bytes: &[u8]) -> Option<&str> {
+    simdutf8::basic::from_utf8(bytes).ok()
 }
 
 fn control_reply(envelope: &wire::Envelope) -> Option<ControlReply> {
@@ -248,9 +254,9 @@ fn decode_event(
     data: &[u8],
     recv_time: TimeUs,
 ) -> Result<Decoded, DecodeError> {
-    if let Some(decoded) = stream.and_then(|stream| {
-        decode_as_named(market, stream, std::str::from_utf8(data).ok()?, recv_time)
-    }) {
+    if let Some(decoded) =
+        stream.and_then(|stream| decode_as_named(market, stream, utf8(data)?, recv_time))
+    {
         return decoded;
     }
     let tag: wire::EventTag = serde_json::from_slice(data).map_err(json_error)?;
@@ -957,6 +963,21 @@ mod fuzz_tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The SIMD check answers as std's, on any bytes and on text with
+        /// every kind of character (multi-byte ones cut anywhere included).
+        #[test]
+        fn the_utf8_check_answers_as_std(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            text in ".{0,120}",
+            cut in 0usize..480,
+        ) {
+            prop_assert_eq!(utf8(&bytes), std::str::from_utf8(&bytes).ok());
+            prop_assert_eq!(utf8(text.as_bytes()), Some(text.as_str()));
+            let cut = cut.min(text.len());
+            let head = &text.as_bytes()[..cut];
+            prop_assert_eq!(utf8(head), std::str::from_utf8(head).ok());
+        }
 
         /// Any bytes decode to a value or a typed error, never a panic; a
         /// row that decodes has its times and ids inside the accepted range.

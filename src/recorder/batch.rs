@@ -21,7 +21,7 @@ use crate::binance::ws::now_us;
 use crate::domain::{Market, StreamKey, TimeUs};
 use crate::metrics::Counters;
 use crate::quarantine::{self, QuarantinedFrame};
-use crate::recorder::records::{checkpoint_record, decode_record, Applied};
+use crate::recorder::records::{checkpoint_record, Applied, Outgoing};
 use crate::wal::fs::WalFs;
 use crate::wal::{
     FsyncPolicy, Record, RecordKind, SegmentId, SyncSchedule, Wal, WalConfig, WalError, WalWriter,
@@ -31,7 +31,7 @@ use crate::wal::{
 pub(super) struct BatchOutcome {
     wal: Option<WalWriter>,
     /// On failure: the records, to append again after reopening.
-    result: Result<Vec<Applied>, (WalError, Vec<Record>)>,
+    result: Result<Vec<Applied>, (WalError, Vec<Outgoing>)>,
     n_frames: u64,
     n_quarantined: u64,
     /// Why the batch's first quarantined frame was (for the log).
@@ -49,7 +49,7 @@ const WAL_RETRY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration
 /// own group-commit rule ([`SyncSchedule`], from the first of them), so the
 /// runtime and the writer cannot disagree on what `wal.fsync` means.
 pub(super) struct Pending {
-    records: Vec<Record>,
+    records: Vec<Outgoing>,
     schedule: SyncSchedule,
     /// Set by the stop: the records waiting now are due at once.
     at_once: bool,
@@ -64,7 +64,8 @@ impl Pending {
         }
     }
 
-    pub(super) fn push(&mut self, record: Record) {
+    pub(super) fn push(&mut self, record: impl Into<Outgoing>) {
+        let record = record.into();
         // Only the first waiting record's time counts: one clock reading a
         // batch, not one a frame. tokio's clock (paused in tests), kept as
         // the std instant under it.
@@ -102,16 +103,18 @@ impl Pending {
         self.at_once = true;
     }
 
-    /// Every waiting record, for a batch.
-    fn take(&mut self) -> Vec<Record> {
+    /// Every waiting record, for a batch. The next batch's list starts
+    /// as long as this one, rather than growing a record at a time.
+    fn take(&mut self) -> Vec<Outgoing> {
         self.schedule.on_sync();
         self.at_once = false;
-        std::mem::take(&mut self.records)
+        let capacity = self.records.len();
+        std::mem::replace(&mut self.records, Vec::with_capacity(capacity))
     }
 
     /// A failed batch's records go back before the ones that came since,
     /// all waiting from now.
-    fn put_back(&mut self, records: Vec<Record>) {
+    fn put_back(&mut self, records: Vec<Outgoing>) {
         let arrived_since = self.take();
         for record in records.into_iter().chain(arrived_since) {
             self.push(record);
@@ -153,8 +156,8 @@ impl Runtime {
         self.batch_started = Some(Instant::now());
         self.batch_oldest_recv_us = records
             .iter()
-            .filter(|record| record.kind == RecordKind::WsFrame)
-            .map(|record| record.recv_time_us)
+            .filter(|record| record.kind() == RecordKind::WsFrame)
+            .map(Outgoing::recv_time_us)
             .min();
         let wal = self.wal.take();
         let checkpoints: Vec<Record> = self
@@ -310,14 +313,14 @@ fn write_batch(
     wal: Option<WalWriter>,
     wal_config: WalConfig,
     wal_fs: Arc<dyn WalFs>,
-    records: Vec<Record>,
+    records: Vec<Outgoing>,
     checkpoints: Vec<Record>,
     pinned: Option<SegmentId>,
     quarantine_dir: &Path,
 ) -> BatchOutcome {
     let n_frames = records
         .iter()
-        .filter(|record| record.kind == RecordKind::WsFrame)
+        .filter(|record| record.kind() == RecordKind::WsFrame)
         .count() as u64;
     let mut wal = match wal {
         Some(wal) if !wal.is_failed() => wal,
@@ -431,14 +434,14 @@ struct DecodedBatch {
     quarantined: Vec<(usize, QuarantinedFrame)>,
 }
 
-fn decode_batch(records: &[Record]) -> DecodedBatch {
+fn decode_batch(records: &[Outgoing]) -> DecodedBatch {
     let mut batch = DecodedBatch {
         applied: Vec::with_capacity(records.len()),
         record_of: Vec::with_capacity(records.len()),
         quarantined: Vec::new(),
     };
     for (index, record) in records.iter().enumerate() {
-        match decode_record(SegmentId(0), record) {
+        match record.decode(SegmentId(0)) {
             Ok(Some(item)) => {
                 batch.applied.push(item);
                 batch.record_of.push(index);
@@ -451,22 +454,20 @@ fn decode_batch(records: &[Record]) -> DecodedBatch {
 }
 
 /// What the quarantine keeps of a record too big for the WAL: its start.
-fn over_the_limit(record: &Record) -> QuarantinedFrame {
+fn over_the_limit(record: &Outgoing) -> QuarantinedFrame {
     const KEPT_BYTES: usize = 4096;
-    let market = record
-        .payload
+    let (payload_len, kept) = record.payload_start(KEPT_BYTES);
+    let market = kept
         .first()
         .and_then(|tag| Market::from_wal_tag(*tag))
         .unwrap_or(Market::Spot);
-    let kept = &record.payload[..record.payload.len().min(KEPT_BYTES)];
     QuarantinedFrame {
         market,
-        recv_time_us: record.recv_time_us,
+        recv_time_us: record.recv_time_us(),
         error: format!(
-            "record of {} bytes is over the WAL's limit; not recorded (first {KEPT_BYTES} bytes kept)",
-            record.payload.len()
+            "record of {payload_len} bytes is over the WAL's limit; not recorded (first {KEPT_BYTES} bytes kept)"
         ),
-        frame: String::from_utf8_lossy(kept).into_owned(),
+        frame: String::from_utf8_lossy(&kept).into_owned(),
     }
 }
 
@@ -477,7 +478,7 @@ fn over_the_limit(record: &Record) -> QuarantinedFrame {
 /// aside (for the quarantine) and the rest go on.
 fn append_and_sync(
     wal: &mut WalWriter,
-    records: &[Record],
+    records: &[Outgoing],
     checkpoints: &[Record],
     segments: &mut Vec<Option<SegmentId>>,
 ) -> Result<(), WalError> {
@@ -488,7 +489,7 @@ fn append_and_sync(
                 wal.append(checkpoint)?;
             }
         }
-        match wal.append(record) {
+        match record.append_to(wal) {
             Ok(position) => segments.push(Some(position.segment)),
             Err(WalError::RecordTooLarge { .. }) => segments.push(None),
             Err(error) => return Err(error),
@@ -518,7 +519,6 @@ pub(crate) fn deletable_upto(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recorder::records::frame_record;
     use crate::recorder::state::Checkpoint;
     use crate::wal::fs::RealFs;
 
@@ -533,22 +533,29 @@ mod tests {
         let checkpoint = checkpoint_record(&Checkpoint::SessionStart {
             market: "spot".into(),
         });
-        let huge = frame_record(
-            Market::Spot,
-            7,
-            &vec![b'x'; crate::wal::MAX_PAYLOAD_LEN + 1],
-        );
-        let trade = frame_record(
-            Market::Spot,
+        // Frames as the socket hands them over (no record of their own).
+        let frame = |recv_time, bytes: &[u8]| Outgoing::Frame {
+            market: Market::Spot,
+            recv_time,
+            bytes: bytes::Bytes::copy_from_slice(bytes),
+        };
+        let huge = frame(7, &vec![b'x'; crate::wal::MAX_PAYLOAD_LEN]);
+        let trade = frame(
             7,
             br#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"1","q":"2","T":1,"m":true,"M":true}}"#,
         );
-        let garbage = frame_record(Market::Spot, 8, b"garbage");
+        let garbage = frame(8, b"garbage");
         let outcome = write_batch(
             None,
             wal_config,
             Arc::new(RealFs),
-            vec![checkpoint.clone(), huge, trade, garbage, checkpoint],
+            vec![
+                checkpoint.clone().into(),
+                huge,
+                trade,
+                garbage,
+                checkpoint.into(),
+            ],
             Vec::new(),
             None,
             &root.path().join("quarantine"),

@@ -296,7 +296,15 @@ impl<P: Pack> Held<P> {
         if appends {
             match self.chunks.last_mut() {
                 Some(chunk) if chunk.len() < CHUNK_ROWS => chunk.push(packed),
-                _ => self.chunks.push(vec![packed]),
+                // A stream that filled a chunk fills the next: made whole
+                // at once rather than grown a row at a time. A first chunk
+                // grows, so a quiet stream's hour stays small.
+                Some(_) => {
+                    let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+                    chunk.push(packed);
+                    self.chunks.push(chunk);
+                }
+                None => self.chunks.push(vec![packed]),
             }
             return;
         }

@@ -60,7 +60,7 @@ use crate::metrics::{Counters, GaugeF64, MarketLabels};
 use crate::recorder::batch::{wait_batch, BatchOutcome, Pending};
 use crate::recorder::fill_rounds::RunningFill;
 use crate::recorder::pace::{ClockPace, SealPace};
-use crate::recorder::records::{checkpoint_record, frame_record};
+use crate::recorder::records::{checkpoint_record, Outgoing};
 use crate::recorder::startup::{check_symbols, open_and_replay};
 use crate::recorder::tasks::TaskSpawner;
 use crate::service::ServiceNotifier;
@@ -545,7 +545,11 @@ impl Runtime {
                 bytes,
             } => {
                 Counters::add(&self.counters.frames_received, 1);
-                self.pending.push(frame_record(market, recv_time, &bytes));
+                self.pending.push(Outgoing::Frame {
+                    market,
+                    recv_time,
+                    bytes,
+                });
             }
             Inbound::Connected { market, .. } => {
                 Counters::add(&self.counters.connections, 1);

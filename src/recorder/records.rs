@@ -9,7 +9,8 @@ use crate::binance::ws::now_us;
 use crate::domain::{Market, TimeUs};
 use crate::quarantine::QuarantinedFrame;
 use crate::recorder::state::{Checkpoint, FillReport};
-use crate::wal::{Record, RecordKind, SegmentId};
+use crate::wal::{Record, RecordKind, RecordPosition, SegmentId, WalWriter, FRAME_HEADER_LEN};
+use bytes::Bytes;
 use tracing::warn;
 
 pub(super) fn checkpoint_record(checkpoint: &Checkpoint) -> Record {
@@ -21,6 +22,7 @@ pub(super) fn checkpoint_record(checkpoint: &Checkpoint) -> Record {
 }
 
 /// A WS frame record's payload: one byte of market tag, then the frame.
+#[cfg(test)]
 pub(super) fn frame_record(market: Market, recv_time: TimeUs, bytes: &[u8]) -> Record {
     let mut payload = Vec::with_capacity(bytes.len() + 1);
     payload.push(market.wal_tag());
@@ -29,6 +31,92 @@ pub(super) fn frame_record(market: Market, recv_time: TimeUs, bytes: &[u8]) -> R
         kind: RecordKind::WsFrame,
         recv_time_us: recv_time,
         payload,
+    }
+}
+
+/// A record waiting for the WAL. A WS frame keeps the bytes its socket
+/// read (shared with the socket's read buffer, not copied); its market's
+/// tag byte goes before them only as it is appended, so a frame is copied
+/// once, into the WAL's buffer, and never allocated on its own.
+#[derive(Debug)]
+pub(super) enum Outgoing {
+    Frame {
+        market: Market,
+        recv_time: TimeUs,
+        bytes: Bytes,
+    },
+    Record(Record),
+}
+
+impl Outgoing {
+    pub(super) fn kind(&self) -> RecordKind {
+        match self {
+            Outgoing::Frame { .. } => RecordKind::WsFrame,
+            Outgoing::Record(record) => record.kind,
+        }
+    }
+
+    pub(super) fn recv_time_us(&self) -> TimeUs {
+        match self {
+            Outgoing::Frame { recv_time, .. } => *recv_time,
+            Outgoing::Record(record) => record.recv_time_us,
+        }
+    }
+
+    /// Bytes it takes in a WAL segment, header included.
+    pub(super) fn frame_len(&self) -> u64 {
+        match self {
+            Outgoing::Frame { bytes, .. } => (FRAME_HEADER_LEN + 1 + bytes.len()) as u64,
+            Outgoing::Record(record) => record.frame_len(),
+        }
+    }
+
+    /// The payload's length and its first `n` bytes.
+    pub(super) fn payload_start(&self, n: usize) -> (usize, Vec<u8>) {
+        match self {
+            Outgoing::Frame { market, bytes, .. } => {
+                let mut start = vec![market.wal_tag()];
+                start.extend_from_slice(&bytes[..bytes.len().min(n.saturating_sub(1))]);
+                (bytes.len() + 1, start)
+            }
+            Outgoing::Record(record) => (
+                record.payload.len(),
+                record.payload[..record.payload.len().min(n)].to_vec(),
+            ),
+        }
+    }
+
+    pub(super) fn append_to(&self, wal: &mut WalWriter) -> crate::wal::Result<RecordPosition> {
+        match self {
+            Outgoing::Frame {
+                market,
+                recv_time,
+                bytes,
+            } => wal.append_parts(
+                RecordKind::WsFrame,
+                *recv_time,
+                &[&[market.wal_tag()], bytes],
+            ),
+            Outgoing::Record(record) => wal.append(record),
+        }
+    }
+
+    /// [`decode_record`] of the record as it will be durable.
+    pub(super) fn decode(&self, segment: SegmentId) -> Result<Option<Applied>, QuarantinedFrame> {
+        match self {
+            Outgoing::Frame {
+                market,
+                recv_time,
+                bytes,
+            } => decode_frame_record(*market, bytes, *recv_time, segment).map(Some),
+            Outgoing::Record(record) => decode_record(segment, record),
+        }
+    }
+}
+
+impl From<Record> for Outgoing {
+    fn from(record: Record) -> Outgoing {
+        Outgoing::Record(record)
     }
 }
 
@@ -86,19 +174,7 @@ pub(super) fn decode_record(
                 warn!(tag, "WAL frame of an unknown market tag; skipped");
                 return Ok(None);
             };
-            match decode_frame(market, frame, record.recv_time_us) {
-                Ok(decoded) => Ok(Some(Applied::Frame {
-                    market,
-                    segment,
-                    decoded,
-                })),
-                Err(error) => Err(QuarantinedFrame {
-                    market,
-                    recv_time_us: record.recv_time_us,
-                    error: error.to_string(),
-                    frame: String::from_utf8_lossy(frame).into_owned(),
-                }),
-            }
+            decode_frame_record(market, frame, record.recv_time_us, segment).map(Some)
         }
         RecordKind::Checkpoint => match serde_json::from_slice(&record.payload) {
             Ok(checkpoint) => Ok(Some(Applied::Checkpoint(checkpoint))),
@@ -119,9 +195,89 @@ pub(super) fn decode_record(
     }
 }
 
+/// A frame of `market` read from a WAL record of `segment`.
+fn decode_frame_record(
+    market: Market,
+    frame: &[u8],
+    recv_time_us: TimeUs,
+    segment: SegmentId,
+) -> Result<Applied, QuarantinedFrame> {
+    match decode_frame(market, frame, recv_time_us) {
+        Ok(decoded) => Ok(Applied::Frame {
+            market,
+            segment,
+            decoded,
+        }),
+        Err(error) => Err(QuarantinedFrame {
+            market,
+            recv_time_us,
+            error: error.to_string(),
+            frame: String::from_utf8_lossy(frame).into_owned(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frame waiting as the socket handed it over is written, counted and
+    /// decoded as its record would be: the WAL cannot tell them apart.
+    #[test]
+    fn a_frame_waiting_unjoined_is_its_record() {
+        let text = br#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"1","q":"2","T":1,"m":true,"M":true}}"#;
+        for market in Market::ALL {
+            for bytes in [&text[..], b"garbage"] {
+                let record = frame_record(market, 99, bytes);
+                let waiting = Outgoing::Frame {
+                    market,
+                    recv_time: 99,
+                    bytes: Bytes::copy_from_slice(bytes),
+                };
+                assert_eq!(waiting.kind(), record.kind);
+                assert_eq!(waiting.recv_time_us(), record.recv_time_us);
+                assert_eq!(waiting.frame_len(), record.frame_len());
+                assert_eq!(
+                    waiting.payload_start(5),
+                    (record.payload.len(), record.payload[..5].to_vec())
+                );
+                let written = |outgoing: &Outgoing| {
+                    let dir = tempfile::tempdir().expect("temporary directory");
+                    let config = crate::wal::WalConfig {
+                        dir: dir.path().to_path_buf(),
+                        segment_max_bytes: 1 << 20,
+                        fsync: crate::wal::FsyncPolicy::EveryRecord,
+                    };
+                    let (mut wal, _) = crate::wal::Wal::open(config).expect("open");
+                    let position = outgoing.append_to(&mut wal).expect("append");
+                    wal.sync().expect("sync");
+                    let path = crate::wal::segment_path(dir.path(), position.segment);
+                    std::fs::read(path).expect("segment")
+                };
+                assert_eq!(
+                    written(&waiting),
+                    written(&Outgoing::Record(record.clone()))
+                );
+                let decoded = |outgoing: &Outgoing| {
+                    format!(
+                        "{:?}",
+                        outgoing
+                            .decode(SegmentId(4))
+                            .map(|applied| applied.map(|applied| match applied {
+                                Applied::Frame {
+                                    market,
+                                    segment,
+                                    decoded,
+                                } => format!("{market:?} {segment:?} {decoded:?}"),
+                                _ => "other".to_owned(),
+                            }))
+                            .map_err(|frame| format!("{frame:?}"))
+                    )
+                };
+                assert_eq!(decoded(&waiting), decoded(&Outgoing::Record(record)));
+            }
+        }
+    }
 
     #[test]
     fn frame_records_round_trip_through_decode() {

@@ -64,6 +64,9 @@ struct InodeData {
     synced_len: usize,
     /// An fsync of this file has failed; a later fsync must not be tried.
     sync_failed: bool,
+    /// Where the bytes the writer still lets the page cache keep start
+    /// (`WalFile::drop_cached`).
+    dropped_upto: u64,
 }
 
 impl FaultState {
@@ -181,6 +184,27 @@ impl WalFile for FaultFile {
         }
         Ok(())
     }
+
+    /// Checks the advice: only durable bytes, each once, in order.
+    fn drop_cached(&mut self, from: u64, to: u64) {
+        let Ok(mut state) = self.state() else {
+            return;
+        };
+        let inode = self.inode;
+        let Some(data) = state.inodes.get_mut(&inode) else {
+            return;
+        };
+        let fits = from == data.dropped_upto && from <= to && to <= data.synced_len as u64;
+        if fits {
+            data.dropped_upto = to;
+        } else {
+            let message = format!(
+                "page cache dropped over {from}..{to} of inode {inode}: durable up to {}, dropped up to {}",
+                data.synced_len, data.dropped_upto
+            );
+            state.violations.push(message);
+        }
+    }
 }
 
 impl FaultFs {
@@ -226,6 +250,14 @@ impl FaultFs {
             .inodes
             .get(inode)
             .map(|data| (data.synced_len, data.bytes.len()))
+    }
+
+    /// Where the bytes of a file the page cache may still keep start: the
+    /// writer's `drop_cached` advice reached this far.
+    pub fn dropped_upto(&self, path: &Path) -> Option<u64> {
+        let state = lock(&self.state);
+        let inode = state.entries.get(path)?;
+        state.inodes.get(inode).map(|data| data.dropped_upto)
     }
 
     /// Paths of all files, sorted.

@@ -2,7 +2,9 @@
 //! (layout in the module doc of `wal`). No I/O here, so nothing here fails
 //! except on the bytes it is given.
 
-use super::{Record, SegmentId};
+#[cfg(test)]
+use super::Record;
+use super::{RecordKind, SegmentId};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"BRECWAL\0";
 /// The format this release writes, and the only one it reads so far.
@@ -73,18 +75,29 @@ pub fn frame_len(payload_len: usize) -> usize {
 
 /// Appends the frame of `record` to `out`. The caller has checked the
 /// payload length against [`MAX_PAYLOAD_LEN`].
+#[cfg(test)]
 pub fn encode_frame(record: &Record, out: &mut Vec<u8>) {
-    debug_assert!(record.payload.len() <= MAX_PAYLOAD_LEN);
+    encode_parts(record.kind, record.recv_time_us, &[&record.payload], out);
+}
+
+/// Appends the frame of a record whose payload is `parts` one after the
+/// other, as [`encode_frame`] would with them joined. The caller has
+/// checked their length against [`MAX_PAYLOAD_LEN`].
+pub fn encode_parts(kind: RecordKind, recv_time_us: i64, parts: &[&[u8]], out: &mut Vec<u8>) {
+    let payload_len: usize = parts.iter().map(|part| part.len()).sum();
+    debug_assert!(payload_len <= MAX_PAYLOAD_LEN);
     let start = out.len();
-    let payload_len = u32::try_from(record.payload.len())
-        .expect("payload length checked against MAX_PAYLOAD_LEN");
-    out.reserve(frame_len(record.payload.len()));
+    let payload_len_u32 =
+        u32::try_from(payload_len).expect("payload length checked against MAX_PAYLOAD_LEN");
+    out.reserve(frame_len(payload_len));
     out.extend_from_slice(&SYNC_MARKER);
     out.extend_from_slice(&[0u8; 4]); // crc, filled in below
-    out.extend_from_slice(&payload_len.to_le_bytes());
-    out.push(record.kind.as_byte());
-    out.extend_from_slice(&record.recv_time_us.to_le_bytes());
-    out.extend_from_slice(&record.payload);
+    out.extend_from_slice(&payload_len_u32.to_le_bytes());
+    out.push(kind.as_byte());
+    out.extend_from_slice(&recv_time_us.to_le_bytes());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
     let crc = crc32c::crc32c(&out[start + LEN_AT..]);
     out[start + CRC_AT..start + CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
 }

@@ -15,6 +15,11 @@ pub trait WalFile: Send + fmt::Debug {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize>;
     /// `fdatasync`: after `Ok`, every byte written so far is durable.
     fn sync_data(&mut self) -> io::Result<()>;
+    /// Advice that the bytes `from..to`, durable now, need not stay in
+    /// the page cache: the WAL is read back only at start. Errors are
+    /// ignored (the advice changes nothing the WAL relies on); the default
+    /// does nothing.
+    fn drop_cached(&mut self, _from: u64, _to: u64) {}
 }
 
 /// The file operations the WAL needs.
@@ -54,6 +59,18 @@ impl WalFile for RealFile {
     fn sync_data(&mut self) -> io::Result<()> {
         self.0.sync_data()
     }
+
+    /// `POSIX_FADV_DONTNEED` over bytes already synced, so clean: the
+    /// kernel frees their pages now, and the next writes reuse pages just
+    /// freed instead of taking pages nobody has touched for a while (on
+    /// this VM those cost ten times as much to write into;
+    /// docs/BENCHMARKS.md, session 20), and a WAL of gigabytes does not
+    /// push the page cache's other files out.
+    fn drop_cached(&mut self, from: u64, to: u64) {
+        if let Some(len) = std::num::NonZeroU64::new(to.saturating_sub(from)) {
+            let _ = rustix::fs::fadvise(&self.0, from, Some(len), rustix::fs::Advice::DontNeed);
+        }
+    }
 }
 
 impl WalFs for RealFs {
@@ -76,8 +93,14 @@ impl WalFs for RealFs {
         Ok(Box::new(RealFile(file)))
     }
 
+    /// The segment is read once from start to end: the kernel is told to
+    /// read it all ahead (the writer dropped its pages from the cache, so
+    /// a replay reads them from the disk).
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
-        Ok(Box::new(File::open(path)?))
+        let file = File::open(path)?;
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
+        Ok(Box::new(file))
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {

@@ -156,6 +156,78 @@ fn append_sync_reopen_reads_back_in_order() {
     assert_eq!(items, expected);
 }
 
+/// The WAL is read back only at start: what a sync made durable leaves
+/// the page cache at once (`WalFile::drop_cached`), each byte once, and
+/// nothing before it is durable.
+#[test]
+fn synced_bytes_leave_the_page_cache_and_unsynced_ones_stay() {
+    let fs = FaultFs::new();
+    let (mut writer, _) = open_fault(&fs, 4096).expect("open");
+    let first = segment_path(Path::new(DIR), writer.active_segment());
+    for record in sample_records(3) {
+        writer.append(&record).expect("append");
+    }
+    writer.sync().expect("sync");
+    let synced = fs.lengths(&first).expect("segment").0 as u64;
+    assert_eq!(fs.dropped_upto(&first), Some(synced));
+    writer.append(&record(3, 40)).expect("append");
+    assert_eq!(
+        fs.dropped_upto(&first),
+        Some(synced),
+        "not durable yet, so still cached"
+    );
+    // Past the segment's size the next append rolls: the old segment is
+    // synced and dropped whole, the new one from its start.
+    for record in sample_records(200) {
+        writer.append(&record).expect("append");
+    }
+    writer.sync().expect("sync");
+    assert!(writer.active_segment() > SegmentId(1));
+    for path in fs.files() {
+        let (synced, total) = fs.lengths(&path).expect("file");
+        assert_eq!(
+            (synced, fs.dropped_upto(&path)),
+            (total, Some(total as u64)),
+            "{}",
+            path.display()
+        );
+    }
+    assert_eq!(fs.violations(), Vec::<String>::new());
+}
+
+/// A record appended in parts is written as the record of the parts
+/// joined: the same bytes on disk, read back the same.
+#[test]
+fn a_record_appended_in_parts_is_the_record_of_the_parts_joined() {
+    let joined_fs = FaultFs::new();
+    let parts_fs = FaultFs::new();
+    let (mut joined, _) = open_fault(&joined_fs, 1 << 20).expect("open");
+    let (mut parted, _) = open_fault(&parts_fs, 1 << 20).expect("open");
+    let payload = br#"{"stream":"btcusdt@trade","data":{"e":"trade"}}"#;
+    for split in [0, 1, 7, payload.len()] {
+        let (head, tail) = payload.split_at(split);
+        let record = Record {
+            kind: RecordKind::WsFrame,
+            recv_time_us: 1_723_161_600_000_000 + split as i64,
+            payload: payload.to_vec(),
+        };
+        let at_joined = joined.append(&record).expect("append");
+        let at_parts = parted
+            .append_parts(record.kind, record.recv_time_us, &[head, tail])
+            .expect("append");
+        assert_eq!(at_joined, at_parts);
+    }
+    joined.sync().expect("sync");
+    parted.sync().expect("sync");
+    let path = segment_path(Path::new(DIR), SegmentId(1));
+    assert_eq!(joined_fs.read(&path), parts_fs.read(&path));
+    let too_long = vec![b'x'; MAX_PAYLOAD_LEN];
+    assert!(matches!(
+        parted.append_parts(RecordKind::WsFrame, 0, &[b"x", &too_long]),
+        Err(WalError::RecordTooLarge { len, .. }) if len == MAX_PAYLOAD_LEN + 1
+    ));
+}
+
 #[test]
 fn real_filesystem_round_trip_and_missing_dir_is_created() {
     let temp = tempfile::tempdir().expect("tempdir");

@@ -12,7 +12,9 @@ use super::fs::{WalFile, WalFs};
 use super::reader::{cut_torn_tail, TailCheck, TornTail, WalReader};
 use super::segment::{list_dir, segment_path, temporary_segment_path};
 use super::sync_policy::SyncSchedule;
-use super::{FsyncPolicy, Record, RecordPosition, Result, SegmentId, WalConfig, WalError};
+use super::{
+    FsyncPolicy, Record, RecordKind, RecordPosition, Result, SegmentId, WalConfig, WalError,
+};
 
 /// Appended bytes are handed to the kernel (without fsync) once this many are
 /// buffered, so a long interval between syncs does not grow memory without
@@ -72,6 +74,8 @@ struct ActiveSegment {
     /// Bytes of the segment, header and pending ones included.
     len: u64,
     n_records: u64,
+    /// Where the bytes synced but still in the page cache start.
+    cached_from: u64,
 }
 
 pub(super) fn open(config: &WalConfig, fs: Arc<dyn WalFs>) -> Result<(WalWriter, OpenReport)> {
@@ -178,6 +182,7 @@ fn create_segment(fs: &dyn WalFs, dir: &Path, id: SegmentId) -> Result<ActiveSeg
         file,
         len: SEGMENT_HEADER_LEN as u64,
         n_records: 0,
+        cached_from: 0,
     })
 }
 
@@ -203,10 +208,23 @@ impl WalWriter {
     /// then says so. To put a checkpoint first in each segment, call
     /// [`WalWriter::roll_due`] / [`WalWriter::roll`] before appending.
     pub fn append(&mut self, record: &Record) -> Result<RecordPosition> {
+        self.append_parts(record.kind, record.recv_time_us, &[&record.payload])
+    }
+
+    /// [`WalWriter::append`] of a record whose payload is `parts` one after
+    /// the other, without joining them first (a frame's tag byte and the
+    /// frame as received).
+    pub fn append_parts(
+        &mut self,
+        kind: RecordKind,
+        recv_time_us: i64,
+        parts: &[&[u8]],
+    ) -> Result<RecordPosition> {
         self.check_not_failed()?;
-        if record.payload.len() > MAX_PAYLOAD_LEN {
+        let payload_len: usize = parts.iter().map(|part| part.len()).sum();
+        if payload_len > MAX_PAYLOAD_LEN {
             return Err(WalError::RecordTooLarge {
-                len: record.payload.len(),
+                len: payload_len,
                 max: MAX_PAYLOAD_LEN,
             });
         }
@@ -217,11 +235,17 @@ impl WalWriter {
             segment: self.active.id,
             offset: self.active.len,
         };
-        frame::encode_frame(record, &mut self.pending);
-        let n_bytes = record.frame_len();
+        frame::encode_parts(kind, recv_time_us, parts, &mut self.pending);
+        let n_bytes = frame::frame_len(payload_len) as u64;
         self.active.len += n_bytes;
         self.active.n_records += 1;
-        self.schedule.on_append(Instant::now(), n_bytes);
+        // Only the first unsynced record's time counts: one clock reading
+        // a batch, not one a record.
+        let now = self
+            .schedule
+            .oldest_unsynced_at()
+            .unwrap_or_else(Instant::now);
+        self.schedule.on_append(now, n_bytes);
         if self.pending.len() >= WRITE_OUT_THRESHOLD {
             self.write_out()?;
         }
@@ -243,6 +267,11 @@ impl WalWriter {
             return Err(self.fail(WalError::io("fsync", self.active.path.clone(), source)));
         }
         self.schedule.on_sync();
+        let synced_to = self.active.len;
+        self.active
+            .file
+            .drop_cached(self.active.cached_from, synced_to);
+        self.active.cached_from = synced_to;
         Ok(())
     }
 
