@@ -119,6 +119,29 @@ impl Symbol {
         })
     }
 
+    /// The symbol written at the start of `text` and closed by a quote,
+    /// when it is valid and the one `name` (a stream name's symbol, in any
+    /// case) spells; one pass over it, as this runs for every frame.
+    #[inline]
+    pub fn quoted_named(text: &[u8], name: &[u8]) -> Option<Symbol> {
+        let len = name.len();
+        if !(1..=MAX_SYMBOL_LEN).contains(&len) || text.get(len) != Some(&b'"') {
+            return None;
+        }
+        let mut bytes = [0; MAX_SYMBOL_LEN];
+        for ((byte, held), named) in text[..len].iter().zip(&mut bytes).zip(name) {
+            let valid = byte.is_ascii_uppercase() || byte.is_ascii_digit() || *byte == b'_';
+            if !(valid && byte.eq_ignore_ascii_case(named)) {
+                return None;
+            }
+            *held = *byte;
+        }
+        Some(Symbol {
+            bytes,
+            len: len as u8,
+        })
+    }
+
     /// The symbol a stream name spells in lower case (`btcusdt`), made
     /// without an allocation (one is made for every frame decoded).
     pub fn from_lowercase(text: &str) -> Result<Symbol, InvalidSymbol> {
@@ -488,6 +511,21 @@ impl Decimal8 {
     }
 }
 
+impl Decimal8 {
+    /// The decimal written in the usual form (at most 10 integer and 8
+    /// fraction digits) at the start of `text` and closed by a quote, as
+    /// [`str::parse`] reads the text before the quote, and the length up to
+    /// the quote; `None` for any other text, which `parse` may still read
+    /// or refuse.
+    #[inline]
+    pub fn usual_quoted(text: &[u8]) -> Option<(Decimal8, usize)> {
+        match usual_prefix(text)? {
+            (scaled, len) if text.get(len) == Some(&b'"') => Some((Decimal8(scaled), len)),
+            _ => None,
+        }
+    }
+}
+
 impl FromStr for Decimal8 {
     type Err = DecimalError;
 
@@ -502,40 +540,56 @@ impl FromStr for Decimal8 {
 /// The usual price or quantity (`73109.38000000`, `-0.5`, `100`): at most
 /// 10 integer digits and 1 to 8 of fraction, read in one pass (this runs
 /// twice for every trade); `None` for anything else, which [`parse_any`]
-/// then reads or refuses. 18 digits fit a u64, so no step can overflow.
+/// then reads or refuses.
 fn parse_usual(text: &[u8]) -> Option<i128> {
-    let (negative, digits) = match text.split_first()? {
-        (b'-', rest) => (true, rest),
-        _ => (false, text),
+    match usual_prefix(text)? {
+        (scaled, len) if len == text.len() => Some(scaled),
+        _ => None,
+    }
+}
+
+/// The usual decimal [`parse_usual`] reads at the start of `text`, and its
+/// length: it ends at the first byte past its digits (and its fraction's)
+/// that is not one. 18 digits fit a u64, so no step can overflow.
+#[inline]
+fn usual_prefix(text: &[u8]) -> Option<(i128, usize)> {
+    let negative = text.first() == Some(&b'-');
+    let start = usize::from(negative);
+    let digits = &text[start..];
+    let digit_at = |at: usize| {
+        digits
+            .get(at)
+            .map(|byte| byte.wrapping_sub(b'0'))
+            .filter(|digit| *digit <= 9)
     };
     let mut value = 0u64;
-    let mut integer_len = 0;
-    while let Some(digit) = digits.get(integer_len).map(|byte| byte.wrapping_sub(b'0')) {
-        if digit > 9 {
-            break;
-        }
+    let mut end = 0;
+    while let Some(digit) = digit_at(end) {
         value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
-        integer_len += 1;
+        end += 1;
     }
-    if integer_len == 0 || integer_len > 10 {
+    if end == 0 || end > 10 {
         return None;
     }
     let mut padding = DECIMAL_SCALE;
-    if let Some((&dot, fraction)) = digits[integer_len..].split_first() {
-        if dot != b'.' || fraction.is_empty() || fraction.len() > DECIMAL_SCALE as usize {
-            return None;
-        }
-        for &byte in fraction {
-            let digit = byte.wrapping_sub(b'0');
-            if digit > 9 {
+    if digits.get(end) == Some(&b'.') {
+        end += 1;
+        let fraction_start = end;
+        while let Some(digit) = digit_at(end) {
+            if end - fraction_start == DECIMAL_SCALE as usize {
                 return None;
             }
             value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
+            end += 1;
         }
-        padding -= fraction.len() as u32;
+        let fraction_len = end - fraction_start;
+        if fraction_len == 0 {
+            return None;
+        }
+        padding -= fraction_len as u32;
     }
     let scaled = i128::from(value.wrapping_mul(10_u64.pow(padding)));
-    Some(if negative { -scaled } else { scaled })
+    Some((if negative { -scaled } else { scaled }, start + end))
 }
 
 /// Any decimal text [`Decimal8`] accepts: a sign, digits, a fraction
@@ -995,6 +1049,23 @@ mod fuzz_tests {
         #![proptest_config(ProptestConfig::with_cases(3000))]
 
         #[test]
+        fn a_quoted_symbol_is_read_when_valid_and_named(
+            text in "[A-Za-z0-9_.@é]{0,34}",
+            other in "[a-z0-9_]{1,8}",
+            tail in prop_oneof![Just(""), Just("\""), Just("\",\"a\":1")],
+            own in any::<bool>(),
+        ) {
+            let name = if own { text.to_ascii_lowercase() } else { other };
+            let quoted = format!("{text}\"{tail}");
+            let expected = Symbol::new(&text)
+                .ok()
+                .filter(|symbol| symbol.as_bytes().eq_ignore_ascii_case(name.as_bytes()));
+            prop_assert_eq!(Symbol::quoted_named(quoted.as_bytes(), name.as_bytes()), expected, "{} {}", quoted, name);
+            // Without its closing quote it is not read.
+            prop_assert_eq!(Symbol::quoted_named(text.as_bytes(), name.as_bytes()), None);
+        }
+
+        #[test]
         fn symbols_order_as_their_names(
             prefix in "[A-Z0-9_]{0,20}", a in "[A-Z0-9_]{1,12}", b in "[A-Z0-9_]{0,12}",
         ) {
@@ -1020,6 +1091,18 @@ mod fuzz_tests {
             // parse, or leaves the text to it.
             if let Some(scaled) = parse_usual(text.as_bytes()) {
                 prop_assert_eq!(Ok(Decimal8(scaled)), parse_any(&text), "{}", text);
+            }
+            // Read in a JSON string: the usual text up to its closing
+            // quote, whatever follows, and nothing else.
+            if !text.contains('"') {
+                for tail in ["", ",", "\"", "1\"", "x"] {
+                    let quoted = format!("{text}\"{tail}");
+                    prop_assert_eq!(
+                        Decimal8::usual_quoted(quoted.as_bytes()),
+                        parse_usual(text.as_bytes()).map(|scaled| (Decimal8(scaled), text.len())),
+                        "{}", quoted
+                    );
+                }
             }
             if let Ok(value) = text.parse::<Decimal8>() {
                 // The narrow path gives what the checked one would.

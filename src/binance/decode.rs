@@ -317,12 +317,18 @@ fn decode_as_named(
     // and a `Decoded` moved through `Option` and `Result` adapters is
     // copied at each (about 5 % of a replay's reader, perf).
     if suffix == "trade" {
+        if let Some(decoded) = usual_trade_row(market, &stream[..at], data, recv_time) {
+            return Some(Ok(decoded));
+        }
         let trade = flat_trade(data).or_else(|| serde_json::from_str(data).ok())?;
         if trade.e.as_deref() != Some("trade") {
             return None;
         }
         Some(decode_trade(market, Some(stream), trade, recv_time))
     } else if suffix == "aggTrade" {
+        if let Some(decoded) = usual_agg_trade_row(market, &stream[..at], data, recv_time) {
+            return Some(Ok(decoded));
+        }
         let agg_trade = flat_agg_trade(data).or_else(|| serde_json::from_str(data).ok())?;
         if agg_trade.e.as_deref() != Some("aggTrade") {
             return None;
@@ -339,39 +345,99 @@ fn decode_as_named(
     }
 }
 
-/// A trade event as serde_json reads it into [`wire::Trade`], read by
-/// `flat_json` when it can be (the usual event); `None` leaves it to
-/// serde_json, which then also gives the errors.
-fn flat_trade(data: &str) -> Option<wire::Trade<'_>> {
-    usual_trade(data).or_else(|| any_order_trade(data))
-}
-
-/// A spot trade event in the order Binance writes it, each value read as
-/// its type without matching keys (about 1,500 instructions against 2,300
-/// for an aggTrade event, callgrind); `None` for any other text, such as
-/// a futures event, whose keys come in another order.
-fn usual_trade(data: &str) -> Option<wire::Trade<'_>> {
+/// A spot trade event in Binance's key order, straight into its row when
+/// every value is one the row takes as written (times and ids in range,
+/// decimals in their usual form, the symbol the stream's, `stream_symbol`
+/// being the name before its `@`): what the general path answers, without
+/// the wire struct or any error made. `None` for anything else, which the
+/// general path then decodes or refuses with its errors.
+fn usual_trade_row(
+    market: Market,
+    stream_symbol: &str,
+    data: &str,
+    recv_time: TimeUs,
+) -> Option<Decoded> {
     let mut fields = Fields::new(data);
-    let trade = wire::Trade {
-        e: fields
-            .optional_text(br#"{"e":"#)?
-            .map(|e| wire::Text(Cow::Borrowed(e))),
-        E: fields.integer(br#","E":"#)?,
-        s: Cow::Borrowed(fields.text(br#","s":"#)?),
-        t: fields.integer(br#","t":"#)?,
-        p: Cow::Borrowed(fields.text(br#","p":"#)?),
-        q: Cow::Borrowed(fields.text(br#","q":"#)?),
-        T: fields.integer(br#","T":"#)?,
-        m: fields.boolean(br#","m":"#)?,
-        M: fields.optional_boolean(br#","M":"#)?,
-        X: None,
-    };
+    fields.literal(br#"{"e":"trade""#)?;
+    let event_time = exchange_time(fields.integer(br#","E":"#)?)?;
+    let symbol = fields.symbol_named(br#","s":""#, stream_symbol)?;
+    let trade_id = exchange_id(fields.integer(br#","t":"#)?)?;
+    let price = fields.usual_decimal(br#","p":""#)?;
+    let quantity = fields.usual_decimal(br#","q":""#)?;
+    let trade_time = exchange_time(fields.integer(br#","T":"#)?)?;
+    let is_buyer_maker = fields.boolean(br#","m":"#)?;
+    let is_best_match = fields.optional_boolean(br#","M":"#)?;
     fields.end()?;
-    Some(trade)
+    Some(Decoded::Row {
+        key: StreamKey {
+            market,
+            symbol,
+            kind: StreamKind::Trade,
+        },
+        row: Row::Trade(TradeRow {
+            trade_id,
+            price,
+            quantity,
+            trade_time,
+            is_buyer_maker,
+            is_best_match,
+            trade_type: None,
+            event_time: Some(event_time),
+            recv_time: Some(recv_time),
+            source: Source::Ws,
+        }),
+        event_time,
+    })
 }
 
-/// [`flat_trade`] for the keys in any order.
-fn any_order_trade(data: &str) -> Option<wire::Trade<'_>> {
+/// [`usual_trade_row`] for a spot aggregate trade event.
+fn usual_agg_trade_row(
+    market: Market,
+    stream_symbol: &str,
+    data: &str,
+    recv_time: TimeUs,
+) -> Option<Decoded> {
+    let mut fields = Fields::new(data);
+    fields.literal(br#"{"e":"aggTrade""#)?;
+    let event_time = exchange_time(fields.integer(br#","E":"#)?)?;
+    let symbol = fields.symbol_named(br#","s":""#, stream_symbol)?;
+    let agg_trade_id = exchange_id(fields.integer(br#","a":"#)?)?;
+    let price = fields.usual_decimal(br#","p":""#)?;
+    let quantity = fields.usual_decimal(br#","q":""#)?;
+    let first_trade_id = exchange_id(fields.integer(br#","f":"#)?)?;
+    let last_trade_id = exchange_id(fields.integer(br#","l":"#)?)?;
+    let trade_time = exchange_time(fields.integer(br#","T":"#)?)?;
+    let is_buyer_maker = fields.boolean(br#","m":"#)?;
+    let is_best_match = fields.optional_boolean(br#","M":"#)?;
+    fields.end()?;
+    Some(Decoded::Row {
+        key: StreamKey {
+            market,
+            symbol,
+            kind: StreamKind::AggTrade,
+        },
+        row: Row::AggTrade(AggTradeRow {
+            agg_trade_id,
+            price,
+            quantity,
+            first_trade_id,
+            last_trade_id,
+            trade_time,
+            is_buyer_maker,
+            is_best_match,
+            event_time: Some(event_time),
+            recv_time: Some(recv_time),
+            source: Source::Ws,
+        }),
+        event_time,
+    })
+}
+
+/// A trade event as serde_json reads it into [`wire::Trade`], read by
+/// `flat_json` when it can be (a flat compact object, keys in any order:
+/// the futures events, and spot events [`usual_trade_row`] did not take);
+/// `None` leaves it to serde_json, which then also gives the errors.
+fn flat_trade(data: &str) -> Option<wire::Trade<'_>> {
     let (mut e, mut big_e, mut s, mut t, mut p, mut q) = (None, None, None, None, None, None);
     let (mut big_t, mut m, mut big_m, mut x) = (None, None, None, None);
     read_flat(data, |key, value| match key.as_bytes() {
@@ -406,33 +472,6 @@ fn any_order_trade(data: &str) -> Option<wire::Trade<'_>> {
 
 /// [`flat_trade`] for an aggregate trade event ([`wire::AggTrade`]).
 fn flat_agg_trade(data: &str) -> Option<wire::AggTrade<'_>> {
-    usual_agg_trade(data).or_else(|| any_order_agg_trade(data))
-}
-
-/// [`usual_trade`] for a spot aggregate trade event.
-fn usual_agg_trade(data: &str) -> Option<wire::AggTrade<'_>> {
-    let mut fields = Fields::new(data);
-    let agg_trade = wire::AggTrade {
-        e: fields
-            .optional_text(br#"{"e":"#)?
-            .map(|e| wire::Text(Cow::Borrowed(e))),
-        E: fields.integer(br#","E":"#)?,
-        s: Cow::Borrowed(fields.text(br#","s":"#)?),
-        a: fields.integer(br#","a":"#)?,
-        p: Cow::Borrowed(fields.text(br#","p":"#)?),
-        q: Cow::Borrowed(fields.text(br#","q":"#)?),
-        f: fields.integer(br#","f":"#)?,
-        l: fields.integer(br#","l":"#)?,
-        T: fields.integer(br#","T":"#)?,
-        m: fields.boolean(br#","m":"#)?,
-        M: fields.optional_boolean(br#","M":"#)?,
-    };
-    fields.end()?;
-    Some(agg_trade)
-}
-
-/// [`flat_agg_trade`] for the keys in any order.
-fn any_order_agg_trade(data: &str) -> Option<wire::AggTrade<'_>> {
     let (mut e, mut big_e, mut s, mut a, mut p, mut q) = (None, None, None, None, None, None);
     let (mut f, mut l, mut big_t, mut m, mut big_m) = (None, None, None, None, None);
     read_flat(data, |key, value| match key.as_bytes() {
@@ -1037,14 +1076,81 @@ mod fuzz_tests {
             if let Some(agg_trade) = flat_agg_trade(data) {
                 prop_assert_eq!(Some(agg_trade), serde_json::from_str::<wire::AggTrade>(data).ok(), "{}", data);
             }
-            // The reads of Binance's own key order, which `flat_*` try
-            // first (the seeds are in that order, so their mutations
-            // probe what these refuse).
-            if let Some(trade) = usual_trade(data) {
-                prop_assert_eq!(Some(trade), serde_json::from_str::<wire::Trade>(data).ok(), "{}", data);
+            // The rows of Binance's own key order, read before anything
+            // else (the seeds are in that order, so their mutations probe
+            // what these refuse): only what the general path decodes, for
+            // the stream of the event's own symbol and for others.
+            let own = serde_json::from_str::<serde_json::Value>(data)
+                .ok()
+                .and_then(|event| Some(event.get("s")?.as_str()?.to_ascii_lowercase()));
+            for name in own.iter().map(String::as_str).chain(["btcusdt", "bnbbtc"]) {
+                for market in [Market::Spot, Market::Us] {
+                    if let Some(decoded) = usual_trade_row(market, name, data, 7) {
+                        prop_assert_eq!(Some(Ok(decoded)), general_trade(market, name, data), "{}", data);
+                    }
+                    if let Some(decoded) = usual_agg_trade_row(market, name, data, 7) {
+                        prop_assert_eq!(Some(Ok(decoded)), general_agg_trade(market, name, data), "{}", data);
+                    }
+                }
             }
-            if let Some(agg_trade) = usual_agg_trade(data) {
-                prop_assert_eq!(Some(agg_trade), serde_json::from_str::<wire::AggTrade>(data).ok(), "{}", data);
+        }
+
+        /// Events in Binance's spot key order with values a row takes as
+        /// written, and values it does not (ids and times out of range,
+        /// decimals past the usual form, symbols not the stream's or not
+        /// valid, a null `m`): the row readers answer what the general path
+        /// decodes, and take every event whose values are all usual.
+        #[test]
+        fn the_usual_rows_are_what_the_general_path_decodes(
+            ids in proptest::collection::vec(prop_oneof![0i64..1_000_000_000_000, Just(-1), Just(i64::MAX)], 4),
+            times in proptest::collection::vec(prop_oneof![
+                1_500_000_000_000i64..2_000_000_000_000,
+                1_500_000_000_000_000i64..2_000_000_000_000_000,
+                Just(5i64),
+            ], 2),
+            decimals in proptest::collection::vec("-?[0-9]{1,11}(\\.[0-9]{0,9})?|1e5|\\+1|\\.5", 2),
+            symbol in "[A-Z0-9_]{1,33}|[A-Za-z]{1,6}",
+            other_name in prop_oneof![Just(None), "[a-z0-9_]{1,8}".prop_map(Some)],
+            flags in proptest::collection::vec(prop_oneof![Just("true"), Just("false"), Just("null")], 2),
+        ) {
+            let name = other_name.clone().unwrap_or_else(|| symbol.to_ascii_lowercase());
+            let agg = format!(
+                r#"{{"e":"aggTrade","E":{},"s":"{symbol}","a":{},"p":"{}","q":"{}","f":{},"l":{},"T":{},"m":{},"M":{}}}"#,
+                times[0], ids[0], decimals[0], decimals[1], ids[1], ids[2], times[1], flags[0], flags[1],
+            );
+            let trade = format!(
+                r#"{{"e":"trade","E":{},"s":"{symbol}","t":{},"p":"{}","q":"{}","T":{},"m":{},"M":{}}}"#,
+                times[0], ids[3], decimals[0], decimals[1], times[1], flags[0], flags[1],
+            );
+            let usual_decimal = |text: &str| {
+                let digits = text.strip_prefix('-').unwrap_or(text);
+                let (integer, fraction) = digits.split_once('.').unwrap_or((digits, "1"));
+                let all_digits = |part: &str| part.bytes().all(|byte| byte.is_ascii_digit());
+                (1..=10).contains(&integer.len()) && (1..=8).contains(&fraction.len())
+                    && all_digits(integer) && all_digits(fraction)
+            };
+            // (An id of -1 is in range but not read by the row readers,
+            // which read non-negative integers only.)
+            let usual_values = decimals.iter().all(|text| usual_decimal(text))
+                && flags[0] != "null"
+                && ids.iter().all(|id| *id >= 0);
+            for market in [Market::Spot, Market::Us] {
+                let row = usual_agg_trade_row(market, &name, &agg, 7);
+                let general = general_agg_trade(market, &name, &agg);
+                if let Some(decoded) = row.clone() {
+                    prop_assert_eq!(Some(Ok(decoded)), general.clone(), "{}", agg);
+                }
+                if usual_values && matches!(general, Some(Ok(_))) {
+                    prop_assert!(row.is_some(), "{}", agg);
+                }
+                let row = usual_trade_row(market, &name, &trade, 7);
+                let general = general_trade(market, &name, &trade);
+                if let Some(decoded) = row.clone() {
+                    prop_assert_eq!(Some(Ok(decoded)), general.clone(), "{}", trade);
+                }
+                if usual_values && matches!(general, Some(Ok(_))) {
+                    prop_assert!(row.is_some(), "{}", trade);
+                }
             }
         }
 
@@ -1086,19 +1192,21 @@ mod fuzz_tests {
             prop_assert!(trade.is_some(), "{}", trade_text);
             prop_assert_eq!(trade, serde_json::from_str::<wire::Trade>(&trade_text).ok(), "{}", trade_text);
             // The same events in Binance's spot order (without `nq`, `X`,
-            // `b` and `st`) are read without matching keys.
+            // `b` and `st`): the row readers answer what the general path
+            // decodes, or leave them to it.
             let in_order = |fields: &[(&str, String)]| {
                 let body: Vec<String> = fields.iter().map(|(key, value)| format!("\"{key}\":{value}")).collect();
                 format!("{{{}}}", body.join(","))
             };
+            let name = texts[0].to_ascii_lowercase();
             let agg = in_order(&agg_fields[..11]);
-            let usual = usual_agg_trade(&agg);
-            prop_assert!(usual.is_some(), "{}", agg);
-            prop_assert_eq!(usual, serde_json::from_str::<wire::AggTrade>(&agg).ok(), "{}", agg);
+            if let Some(decoded) = usual_agg_trade_row(Market::Spot, &name, &agg, 7) {
+                prop_assert_eq!(Some(Ok(decoded)), general_agg_trade(Market::Spot, &name, &agg), "{}", agg);
+            }
             let trade_text = in_order(&trade_fields[..9]);
-            let usual = usual_trade(&trade_text);
-            prop_assert!(usual.is_some(), "{}", trade_text);
-            prop_assert_eq!(usual, serde_json::from_str::<wire::Trade>(&trade_text).ok(), "{}", trade_text);
+            if let Some(decoded) = usual_trade_row(Market::Spot, &name, &trade_text, 7) {
+                prop_assert_eq!(Some(Ok(decoded)), general_trade(Market::Spot, &name, &trade_text), "{}", trade_text);
+            }
         }
 
         /// The shortcut for the usual wrapper answers exactly what parsing
@@ -1114,6 +1222,38 @@ mod fuzz_tests {
         }
     }
 
+    /// What the general path (serde_json's read of the event, then its
+    /// checks) decodes a trade event of the stream `<name>@trade` to;
+    /// `None` when serde_json does not read it.
+    fn general_trade(
+        market: Market,
+        name: &str,
+        data: &str,
+    ) -> Option<Result<Decoded, DecodeError>> {
+        let trade = serde_json::from_str::<wire::Trade>(data).ok()?;
+        Some(decode_trade(
+            market,
+            Some(&format!("{name}@trade")),
+            trade,
+            7,
+        ))
+    }
+
+    /// [`general_trade`] for an aggTrade event.
+    fn general_agg_trade(
+        market: Market,
+        name: &str,
+        data: &str,
+    ) -> Option<Result<Decoded, DecodeError>> {
+        let agg_trade = serde_json::from_str::<wire::AggTrade>(data).ok()?;
+        Some(decode_agg_trade(
+            market,
+            Some(&format!("{name}@aggTrade")),
+            agg_trade,
+            7,
+        ))
+    }
+
     /// The reads of Binance's key order take exactly that text: anything
     /// around it, missing, added or moved goes to the reader of any order
     /// (and from there to serde_json, which gives the answer or the error).
@@ -1121,8 +1261,25 @@ mod fuzz_tests {
     fn the_usual_order_readers_take_only_the_usual_order() {
         const AGG: &str = r#"{"e":"aggTrade","E":1672515782136,"s":"BNBBTC","a":12345,"p":"0.001","q":"100","f":100,"l":105,"T":1672515782136,"m":true,"M":true}"#;
         const TRADE: &str = r#"{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}"#;
-        assert!(usual_agg_trade(AGG).is_some());
-        assert!(usual_trade(TRADE).is_some());
+        assert!(usual_agg_trade_row(Market::Spot, "bnbbtc", AGG, 7).is_some());
+        assert!(usual_trade_row(Market::Spot, "bnbbtc", TRADE, 7).is_some());
+        // Another stream's event, a decimal the usual read does not take,
+        // a null `e`: left to the general path too.
+        assert!(usual_agg_trade_row(Market::Spot, "btcusdt", AGG, 7).is_none());
+        assert!(usual_agg_trade_row(
+            Market::Spot,
+            "bnbbtc",
+            &AGG.replacen("0.001", "0.0010000000", 1),
+            7
+        )
+        .is_none());
+        assert!(usual_trade_row(
+            Market::Spot,
+            "bnbbtc",
+            &TRADE.replacen(r#""trade""#, "null", 1),
+            7
+        )
+        .is_none());
         let variants = |event: &str| {
             vec![
                 format!("{event}}}"),
@@ -1143,22 +1300,30 @@ mod fuzz_tests {
             ]
         };
         for text in variants(AGG) {
-            assert_eq!(usual_agg_trade(&text), None, "{text}");
+            assert_eq!(
+                usual_agg_trade_row(Market::Spot, "bnbbtc", &text, 7),
+                None,
+                "{text}"
+            );
             assert_eq!(
                 flat_agg_trade(&text),
                 serde_json::from_str(&text)
                     .ok()
-                    .filter(|_| any_order_agg_trade(&text).is_some()),
+                    .filter(|_| flat_agg_trade(&text).is_some()),
                 "{text}"
             );
         }
         for text in variants(TRADE) {
-            assert_eq!(usual_trade(&text), None, "{text}");
+            assert_eq!(
+                usual_trade_row(Market::Spot, "bnbbtc", &text, 7),
+                None,
+                "{text}"
+            );
             assert_eq!(
                 flat_trade(&text),
                 serde_json::from_str(&text)
                     .ok()
-                    .filter(|_| any_order_trade(&text).is_some()),
+                    .filter(|_| flat_trade(&text).is_some()),
                 "{text}"
             );
         }

@@ -11,6 +11,8 @@
 //! 630-770 into the same borrowed struct (docs/BENCHMARKS.md, session 14):
 //! the decode is most of a replay's CPU and a third of a burst's.
 
+use crate::domain::{Decimal8, Symbol};
+
 /// One value of a flat object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flat<'a> {
@@ -51,12 +53,14 @@ pub fn read_flat<'a>(
 }
 
 /// A flat object read field by field in an order known beforehand (the
-/// order Binance writes its events in), each value read as the type its
-/// key holds: no key matching and no [`Flat`] in between. A key other than
-/// the one expected, or a value [`read_flat`] would refuse or read as
-/// another type, gives `None`, and the caller reads the object with
-/// [`read_flat`] instead; when every field came as expected and
-/// [`Fields::end`] agrees, the values are those `read_flat` gives.
+/// order Binance writes its events in), each value read as what its key
+/// holds (an integer, a boolean, a decimal or a symbol): no key matching,
+/// no [`Flat`] and no string in between. A key other than the one
+/// expected, or a value [`read_flat`] would refuse or read as another
+/// type, or one not in its usual form, gives `None`, and the caller
+/// decodes the object by the general path instead; when every field came
+/// as expected and [`Fields::end`] agrees, the values are those the general
+/// path reads.
 pub struct Fields<'a> {
     text: &'a str,
     at: usize,
@@ -75,25 +79,32 @@ impl<'a> Fields<'a> {
         rest.starts_with(key).then(|| self.at + key.len())
     }
 
-    /// A string field, as [`Flat::Str`].
+    /// Moves past `text` written exactly so (a key and a value known
+    /// beforehand, such as `{"e":"aggTrade"`).
     #[inline]
-    pub fn text(&mut self, key: &[u8]) -> Option<&'a str> {
-        let at = self.key(key)?;
-        let (text, end) = plain_string(self.text, at)?;
-        self.at = end;
-        Some(text)
+    pub fn literal(&mut self, text: &[u8]) -> Option<()> {
+        self.at = self.key(text)?;
+        Some(())
     }
 
-    /// A string or null field.
+    /// A string field holding the usual decimal (`key` ends with the
+    /// string's opening quote), as [`Decimal8::usual_quoted`] reads it.
     #[inline]
-    pub fn optional_text(&mut self, key: &[u8]) -> Option<Option<&'a str>> {
+    pub fn usual_decimal(&mut self, key: &[u8]) -> Option<Decimal8> {
         let at = self.key(key)?;
-        let (text, end) = match plain_string(self.text, at) {
-            Some((text, end)) => (Some(text), end),
-            None => (None, literal(self.text.as_bytes(), at, b"null", ())?.1),
-        };
-        self.at = end;
-        Some(text)
+        let (decimal, len) = Decimal8::usual_quoted(&self.text.as_bytes()[at..])?;
+        self.at = at + len + 1;
+        Some(decimal)
+    }
+
+    /// A string field holding the symbol `name` spells (`key` ends with
+    /// the string's opening quote), as [`Symbol::quoted_named`] reads it.
+    #[inline]
+    pub fn symbol_named(&mut self, key: &[u8], name: &str) -> Option<Symbol> {
+        let at = self.key(key)?;
+        let symbol = Symbol::quoted_named(&self.text.as_bytes()[at..], name.as_bytes())?;
+        self.at = at + name.len() + 1;
+        Some(symbol)
     }
 
     /// An integer field, as [`Flat::Int`].
