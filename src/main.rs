@@ -457,7 +457,16 @@ fn run(config_path: PathBuf) -> ExitCode {
                 let shutdown = CancellationToken::new();
                 let _signals = watch_signals(shutdown.clone())?;
                 info!(config = %config_path.display(), version = env!("CARGO_PKG_VERSION"), "binance-recorder starting");
-                recorder::run(config, Arc::new(Counters::default()), shutdown).await
+                // On a worker like the connection tasks, not on this thread:
+                // a frame sent to an idle recorder then wakes it on the
+                // sender's own worker, not across threads.
+                let recording =
+                    tokio::spawn(recorder::run(config, Arc::new(Counters::default()), shutdown));
+                match recording.await {
+                    Ok(result) => result,
+                    Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                    Err(error) => Err(anyhow::anyhow!("the recorder task ended: {error}")),
+                }
             })
         });
     exit_code(result)
