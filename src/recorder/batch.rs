@@ -40,6 +40,45 @@ pub(super) struct BatchOutcome {
     wal_bytes: Option<u64>,
     /// Time the appends and the fsync took, when they succeeded.
     write_seconds: Option<f64>,
+    /// The batch's lists, empty, for the next batch (`records` only when
+    /// the batch succeeded; a failed one's records wait again).
+    lists: BatchLists,
+    records: Vec<Outgoing>,
+}
+
+/// A batch's working lists, kept empty from one batch to the next rather
+/// than made afresh: at up to [`MAX_BATCH_RECORDS`] records a batch they
+/// are a few MB, past glibc's mmap threshold under the unit's allocator
+/// settings, so each batch mapped and faulted them in anew (about a page
+/// fault every 20 frames of a burst). None keeps more than
+/// [`MAX_BATCH_RECORDS`] entries' room.
+#[derive(Default)]
+pub(super) struct BatchLists {
+    applied: Vec<Applied>,
+    record_of: Vec<usize>,
+    segments: Vec<Option<SegmentId>>,
+}
+
+impl BatchLists {
+    /// The lists emptied, each with at most [`MAX_BATCH_RECORDS`] room.
+    fn emptied(mut self) -> BatchLists {
+        empty(&mut self.applied);
+        empty(&mut self.record_of);
+        empty(&mut self.segments);
+        self
+    }
+
+    /// Puts back the list of items applied, emptied.
+    pub(super) fn put_applied(&mut self, mut applied: Vec<Applied>) {
+        empty(&mut applied);
+        self.applied = applied;
+    }
+}
+
+/// Empties `list`, keeping at most [`MAX_BATCH_RECORDS`] entries' room.
+fn empty<T>(list: &mut Vec<T>) {
+    list.clear();
+    list.shrink_to(MAX_BATCH_RECORDS);
 }
 
 /// The pause before a failed batch is written again: 1 s doubling to 30 s.
@@ -50,6 +89,8 @@ const WAL_RETRY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration
 /// runtime and the writer cannot disagree on what `wal.fsync` means.
 pub(super) struct Pending {
     records: Vec<Outgoing>,
+    /// The last batch's list, empty, for the next (see [`BatchLists`]).
+    spare: Vec<Outgoing>,
     schedule: SyncSchedule,
     /// Set by the stop: the records waiting now are due at once.
     at_once: bool,
@@ -59,6 +100,7 @@ impl Pending {
     pub(super) fn new(policy: FsyncPolicy) -> Pending {
         Pending {
             records: Vec::new(),
+            spare: Vec::new(),
             schedule: SyncSchedule::new(policy),
             at_once: false,
         }
@@ -103,13 +145,20 @@ impl Pending {
         self.at_once = true;
     }
 
-    /// Every waiting record, for a batch. The next batch's list starts
-    /// as long as this one, rather than growing a record at a time.
+    /// Every waiting record, for a batch; the next wait in the last
+    /// batch's list.
     fn take(&mut self) -> Vec<Outgoing> {
         self.schedule.on_sync();
         self.at_once = false;
-        let capacity = self.records.len();
-        std::mem::replace(&mut self.records, Vec::with_capacity(capacity))
+        std::mem::replace(&mut self.records, std::mem::take(&mut self.spare))
+    }
+
+    /// A batch's list of records back, for the one after next.
+    fn reuse(&mut self, mut list: Vec<Outgoing>) {
+        empty(&mut list);
+        if list.capacity() > self.spare.capacity() {
+            self.spare = list;
+        }
     }
 
     /// A failed batch's records go back before the ones that came since,
@@ -172,12 +221,12 @@ impl Runtime {
         let n_buffered = (records.len() + self.pending.len()) as u64;
         Counters::raise(&self.counters.frames_buffered_max, n_buffered);
         let quarantine_dir = self.config.quarantine_dir.clone();
+        let lists = std::mem::take(&mut self.batch_lists);
         self.batch = Some(tokio::task::spawn_blocking(move || {
             write_batch(
                 wal,
-                wal_config,
-                wal_fs,
-                records,
+                (wal_config, wal_fs),
+                (records, lists),
                 checkpoints,
                 pinned,
                 &quarantine_dir,
@@ -187,6 +236,8 @@ impl Runtime {
 
     pub(super) async fn finish_batch(&mut self, outcome: BatchOutcome) {
         self.wal = outcome.wal;
+        self.batch_lists = outcome.lists;
+        self.pending.reuse(outcome.records);
         self.batch_started = None;
         if let Some(first_error) = &outcome.first_quarantine_error {
             // Logged for the first frame, then at each power of ten, so a
@@ -202,7 +253,7 @@ impl Runtime {
             Counters::set(&self.counters.wal_bytes, wal_bytes);
         }
         match outcome.result {
-            Ok(applied) => {
+            Ok(mut applied) => {
                 if self.wal_failures > 0 {
                     info!(n_failures = self.wal_failures, "WAL writes succeed again");
                     self.wal_failures = 0;
@@ -222,7 +273,7 @@ impl Runtime {
                 Counters::add(&self.counters.frames_durable, outcome.n_frames);
                 let now = self.now_ms();
                 let mut seen: FxHashMap<StreamKey, (u64, TimeUs)> = FxHashMap::default();
-                for item in applied {
+                for item in applied.drain(..) {
                     match item {
                         Applied::Frame {
                             market,
@@ -253,6 +304,7 @@ impl Runtime {
                         }
                     }
                 }
+                self.batch_lists.put_applied(applied);
                 self.observe_streams(seen);
                 self.start_spills();
                 let rejected = self.state.take_rejected();
@@ -309,15 +361,22 @@ pub(super) async fn wait_batch(
 }
 
 /// Appends and syncs one batch, then decodes it. Runs on a blocking thread.
+/// A failed writer is reopened with the config and filesystem given; the
+/// lists (kept between batches) come back empty in the outcome, with the
+/// records' list once they are written.
 fn write_batch(
     wal: Option<WalWriter>,
-    wal_config: WalConfig,
-    wal_fs: Arc<dyn WalFs>,
-    records: Vec<Outgoing>,
+    (wal_config, wal_fs): (WalConfig, Arc<dyn WalFs>),
+    (mut records, lists): (Vec<Outgoing>, BatchLists),
     checkpoints: Vec<Record>,
     pinned: Option<SegmentId>,
     quarantine_dir: &Path,
 ) -> BatchOutcome {
+    let BatchLists {
+        applied,
+        mut record_of,
+        mut segments,
+    } = lists.emptied();
     let n_frames = records
         .iter()
         .filter(|record| record.kind() == RecordKind::WsFrame)
@@ -337,6 +396,8 @@ fn write_batch(
                     first_quarantine_error: None,
                     wal_bytes: None,
                     write_seconds: None,
+                    lists: BatchLists::default(),
+                    records: Vec::new(),
                 }
             }
         },
@@ -344,12 +405,11 @@ fn write_batch(
     // This batch's rows land in this segment or later ones; the state has
     // not seen them yet, so they pin it until they are applied.
     let first_written = wal.active_segment();
-    let mut segments = Vec::with_capacity(records.len());
     let write_started = std::time::Instant::now();
     let (appended, decoded) = std::thread::scope(|scope| {
         // Decoding does not wait for the disk: it runs beside the appends
         // and the fsync, and what it gives is used only once they succeed.
-        let decoding = scope.spawn(|| decode_batch(&records));
+        let decoding = scope.spawn(|| decode_batch(&records, applied, &mut record_of));
         let appended = append_and_sync(&mut wal, &records, &checkpoints, &mut segments);
         let decoded = decoding
             .join()
@@ -365,6 +425,8 @@ fn write_batch(
             first_quarantine_error: None,
             wal_bytes: None,
             write_seconds: None,
+            lists: BatchLists::default(),
+            records: Vec::new(),
         };
     }
     if let Some(upto) = deletable_upto(&wal.segments(), first_written, pinned) {
@@ -397,9 +459,9 @@ fn write_batch(
         quarantined.into_iter().map(|(_, frame)| frame).collect();
     // In place: a batch's decoded rows are a few MB, not moved again.
     let mut applied = decoded.applied;
-    let mut record_of = decoded.record_of.into_iter();
+    let mut record_of_items = record_of.iter();
     applied.retain_mut(|item| {
-        match segments[record_of.next().expect("one record index per item")] {
+        match segments[*record_of_items.next().expect("one record index per item")] {
             Some(segment) => {
                 item.set_segment(segment);
                 true
@@ -414,6 +476,7 @@ fn write_batch(
             error!(%error, "cannot write the quarantine; the frames stay in the WAL");
         }
     }
+    records.clear();
     BatchOutcome {
         wal: Some(wal),
         result: Ok(applied),
@@ -422,6 +485,12 @@ fn write_batch(
         first_quarantine_error,
         wal_bytes: Some(wal_bytes),
         write_seconds: Some(write_seconds),
+        lists: BatchLists {
+            applied: Vec::new(),
+            record_of,
+            segments,
+        },
+        records,
     }
 }
 
@@ -430,21 +499,27 @@ fn write_batch(
 /// the frames that do not decode, with theirs.
 struct DecodedBatch {
     applied: Vec<Applied>,
-    record_of: Vec<usize>,
     quarantined: Vec<(usize, QuarantinedFrame)>,
 }
 
-fn decode_batch(records: &[Outgoing]) -> DecodedBatch {
+/// Decodes `records` into `applied` (empty), each item's record index in
+/// `record_of` (empty).
+fn decode_batch(
+    records: &[Outgoing],
+    mut applied: Vec<Applied>,
+    record_of: &mut Vec<usize>,
+) -> DecodedBatch {
+    applied.reserve(records.len());
+    record_of.reserve(records.len());
     let mut batch = DecodedBatch {
-        applied: Vec::with_capacity(records.len()),
-        record_of: Vec::with_capacity(records.len()),
+        applied,
         quarantined: Vec::new(),
     };
     for (index, record) in records.iter().enumerate() {
         match record.decode(SegmentId(0)) {
             Ok(Some(item)) => {
                 batch.applied.push(item);
-                batch.record_of.push(index);
+                record_of.push(index);
             }
             Ok(None) => {}
             Err(frame) => batch.quarantined.push((index, frame)),
@@ -547,15 +622,17 @@ mod tests {
         let garbage = frame(8, b"garbage");
         let outcome = write_batch(
             None,
-            wal_config,
-            Arc::new(RealFs),
-            vec![
-                checkpoint.clone().into(),
-                huge,
-                trade,
-                garbage,
-                checkpoint.into(),
-            ],
+            (wal_config, Arc::new(RealFs)),
+            (
+                vec![
+                    checkpoint.clone().into(),
+                    huge,
+                    trade,
+                    garbage,
+                    checkpoint.into(),
+                ],
+                BatchLists::default(),
+            ),
             Vec::new(),
             None,
             &root.path().join("quarantine"),
@@ -583,6 +660,49 @@ mod tests {
         assert_eq!(lines.len(), 2, "{quarantine}");
         assert!(lines[0].contains("over the WAL's limit"), "{quarantine}");
         assert!(lines[1].contains("garbage"), "{quarantine}");
+    }
+
+    /// A batch's lists go back and serve the next batch, without growing
+    /// past what a batch holds.
+    #[test]
+    fn a_batch_list_serves_the_next_batch_and_keeps_a_bounded_room() {
+        let record = || {
+            Outgoing::Record(checkpoint_record(&Checkpoint::SessionStart {
+                market: "spot".into(),
+            }))
+        };
+        let mut pending = Pending::new(FsyncPolicy::EveryRecord);
+        for _ in 0..100 {
+            pending.push(record());
+        }
+        let first = pending.take();
+        let first_room = first.capacity();
+        pending.reuse(first);
+        // The records arriving meanwhile wait in the list they found; the
+        // list given back takes those that arrive after the next batch.
+        pending.push(record());
+        let second = pending.take();
+        assert_eq!(second.len(), 1);
+        pending.push(record());
+        let third = pending.take();
+        assert_eq!((third.len(), third.capacity()), (1, first_room));
+        let mut huge = Vec::with_capacity(4 * MAX_BATCH_RECORDS);
+        huge.push(record());
+        pending.reuse(huge);
+        pending.push(record());
+        assert!(pending.take().capacity() <= MAX_BATCH_RECORDS);
+        let lists = BatchLists {
+            applied: Vec::with_capacity(4 * MAX_BATCH_RECORDS),
+            record_of: vec![1; 3 * MAX_BATCH_RECORDS],
+            segments: vec![None; 7],
+        }
+        .emptied();
+        assert!(
+            lists.applied.is_empty() && lists.record_of.is_empty() && lists.segments.is_empty()
+        );
+        assert!(lists.applied.capacity() <= MAX_BATCH_RECORDS);
+        assert!(lists.record_of.capacity() <= MAX_BATCH_RECORDS);
+        assert!(lists.segments.capacity() >= 7);
     }
 
     #[test]

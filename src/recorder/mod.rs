@@ -57,7 +57,7 @@ use crate::config::Config;
 use crate::domain::{Hour, Market, StreamKey, Symbol, TimeUs};
 use crate::metrics::health::HealthBoard;
 use crate::metrics::{Counters, GaugeF64, MarketLabels};
-use crate::recorder::batch::{wait_batch, BatchOutcome, Pending};
+use crate::recorder::batch::{wait_batch, BatchLists, BatchOutcome, Pending};
 use crate::recorder::fill_rounds::RunningFill;
 use crate::recorder::pace::{ClockPace, SealPace};
 use crate::recorder::records::{checkpoint_record, Outgoing};
@@ -218,6 +218,7 @@ pub async fn run_with_seams(
         wal: Some(wal),
         pending: Pending::new(config.fsync),
         batch: None,
+        batch_lists: BatchLists::default(),
         seals: JoinSet::new(),
         spills: JoinSet::new(),
         seal_faults,
@@ -347,6 +348,8 @@ struct Runtime {
     /// Records waiting for the next WAL batch.
     pending: Pending,
     batch: Option<JoinHandle<BatchOutcome>>,
+    /// The batches' working lists, kept between batches.
+    batch_lists: BatchLists,
     /// Seals running, each with the instant it was handed out.
     seals: JoinSet<(Instant, SealOutcome)>,
     /// Runs of rows being spilled past `memory.max_held_mb`.
