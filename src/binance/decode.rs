@@ -12,6 +12,7 @@
 //! millisecond captures and markets that only speak ms decode the same way.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -190,25 +191,56 @@ fn decode_parsed_wrapper(
     }
 }
 
-/// The stream name and event of a combined-stream wrapper written as
-/// Binance writes it, `{"stream":"<name>","data":<event>}`, found without
-/// parsing the wrapper. `None` for anything else (spaces, other keys, an
-/// escape or a control character in the name, text that is not UTF-8):
-/// the full parse then decides.
-fn split_combined(frame: &[u8]) -> Option<(&str, &str)> {
-    let rest = frame.strip_prefix(br#"{"stream":""#)?;
+/// [`decode_frame`] of a frame known to be UTF-8 (a WebSocket text frame:
+/// tungstenite checked it): the same answer, without checking it again.
+pub fn decode_text_frame(
+    market: Market,
+    frame: &str,
+    recv_time: TimeUs,
+) -> Result<Decoded, DecodeError> {
+    if let Some(decoded) = split_combined_text(frame)
+        .and_then(|(stream, data)| decode_as_named(market, stream, data, recv_time))
+    {
+        return decoded;
+    }
+    decode_parsed_wrapper(market, frame.as_bytes(), recv_time)
+}
+
+/// Where the stream name and the event of a combined-stream wrapper lie
+/// when it is written as Binance writes it, `{"stream":"<name>","data":<event>}`,
+/// found without parsing the wrapper: byte ranges of `frame`, each bounded
+/// by ASCII bytes. `None` for anything else (spaces, other keys, an escape
+/// or a control character in the name): the full parse then decides.
+fn combined_parts(frame: &[u8]) -> Option<(Range<usize>, Range<usize>)> {
+    const HEAD: &[u8] = br#"{"stream":""#;
+    const MIDDLE: &[u8] = br#"","data":"#;
+    let rest = frame.strip_prefix(HEAD)?;
     // The name ends at its quote; an escape or a control character (which
     // JSON refuses in a string) leaves it to the full parse.
     let name_len = rest
         .iter()
         .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
-    let (name, rest) = rest.split_at(name_len);
-    let data = rest.strip_prefix(br#"","data":"#)?.strip_suffix(b"}")?;
-    let name = utf8(name)?;
-    // Checked once here: parsing a `&str`, serde_json does not check each
-    // string of the event again.
-    let data = utf8(data)?;
-    Some((name, data))
+    let name = HEAD.len()..HEAD.len() + name_len;
+    if !frame[name.end..].starts_with(MIDDLE) || !frame.ends_with(b"}") {
+        return None;
+    }
+    let data = name.end + MIDDLE.len()..frame.len() - 1;
+    (data.start <= data.end).then_some((name, data))
+}
+
+/// The stream name and event of a combined-stream wrapper written as
+/// Binance writes it ([`combined_parts`]), each checked to be UTF-8 (text
+/// that is not leaves it to the full parse). Checked once here: parsing a
+/// `&str`, serde_json does not check each string of the event again.
+fn split_combined(frame: &[u8]) -> Option<(&str, &str)> {
+    let (name, data) = combined_parts(frame)?;
+    Some((utf8(&frame[name])?, utf8(&frame[data])?))
+}
+
+/// [`split_combined`] of a frame already known to be UTF-8.
+fn split_combined_text(frame: &str) -> Option<(&str, &str)> {
+    let (name, data) = combined_parts(frame.as_bytes())?;
+    Some((frame.get(name)?, frame.get(data)?))
 }
 
 /// `bytes` as text when it is UTF-8 (the answer of `std::str::from_utf8`,
@@ -1028,6 +1060,19 @@ mod fuzz_tests {
                     prop_assert!(is_exchange_time(row.bucket_time()));
                     prop_assert!(exchange_id(row.key()).is_some() || matches!(row, Row::Kline(_)));
                 }
+            }
+        }
+
+        /// A text frame (tungstenite checked it is UTF-8) decodes as its
+        /// bytes do: the same row or the same error, whatever the frame.
+        #[test]
+        fn a_text_frame_decodes_as_its_bytes(frame in fuzz_input(frame_seeds()), recv_time in any::<i64>()) {
+            let text = String::from_utf8_lossy(&frame);
+            for market in [Market::Spot, Market::UsdM] {
+                prop_assert_eq!(
+                    format!("{:?}", decode_text_frame(market, &text, recv_time)),
+                    format!("{:?}", decode_frame(market, text.as_bytes(), recv_time))
+                );
             }
         }
 

@@ -9,16 +9,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustc_hash::FxHashMap;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::{Runtime, MAX_BATCH_RECORDS};
 use crate::backoff::Backoff;
-use crate::binance::decode::Decoded;
 use crate::binance::ws::now_us;
-use crate::domain::{Market, StreamKey, TimeUs};
+use crate::domain::Market;
 use crate::metrics::Counters;
 use crate::quarantine::{self, QuarantinedFrame};
 use crate::recorder::records::{checkpoint_record, Applied, Outgoing};
@@ -272,32 +270,13 @@ impl Runtime {
                 }
                 Counters::add(&self.counters.frames_durable, outcome.n_frames);
                 let now = self.now_ms();
-                let mut seen: FxHashMap<StreamKey, (u64, TimeUs)> = FxHashMap::default();
                 for item in applied.drain(..) {
                     match item {
                         Applied::Frame {
                             market,
                             segment,
                             decoded,
-                        } => {
-                            if let Decoded::Row {
-                                key, event_time, ..
-                            }
-                            | Decoded::KlineUpdate { key, event_time } = &decoded
-                            {
-                                let is_row = u64::from(matches!(decoded, Decoded::Row { .. }));
-                                match seen.get_mut(key) {
-                                    Some((n_rows, newest)) => {
-                                        *n_rows += is_row;
-                                        *newest = (*newest).max(*event_time);
-                                    }
-                                    None => {
-                                        seen.insert(key.clone(), (is_row, *event_time));
-                                    }
-                                }
-                            }
-                            self.state.apply(market, segment, decoded)
-                        }
+                        } => self.state.apply(market, segment, decoded),
                         Applied::Checkpoint(_) => {}
                         Applied::Fill { segment, report } => {
                             self.state.apply_fill(segment, report, now)
@@ -305,7 +284,8 @@ impl Runtime {
                     }
                 }
                 self.batch_lists.put_applied(applied);
-                self.observe_streams(seen);
+                let seen = self.state.take_seen();
+                self.observe_streams(&seen);
                 self.start_spills();
                 let rejected = self.state.take_rejected();
                 if !rejected.is_empty() {
@@ -609,10 +589,8 @@ mod tests {
             market: "spot".into(),
         });
         // Frames as the socket hands them over (no record of their own).
-        let frame = |recv_time, bytes: &[u8]| Outgoing::Frame {
-            market: Market::Spot,
-            recv_time,
-            bytes: bytes::Bytes::copy_from_slice(bytes),
+        let frame = |recv_time, bytes: &[u8]| {
+            crate::recorder::records::waiting_frame(Market::Spot, recv_time, bytes)
         };
         let huge = frame(7, &vec![b'x'; crate::wal::MAX_PAYLOAD_LEN]);
         let trade = frame(

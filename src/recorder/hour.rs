@@ -25,7 +25,7 @@ mod plan;
 
 use std::collections::BTreeMap;
 
-use crate::domain::{Hour, Market, Row, StreamKey, StreamKind, Symbol, UnfilledRange};
+use crate::domain::{Hour, Market, Row, StreamKey, StreamKind, Symbol, TimeUs, UnfilledRange};
 use crate::gaps::IdAt;
 use crate::recorder::budget::AggSpan;
 use crate::recorder::clock::MarketState;
@@ -215,9 +215,29 @@ pub(super) struct StreamState {
     pub(super) sealed_any: bool,
     /// The hours that still need something; none is empty.
     pub(super) hours: BTreeMap<Hour, HourState>,
+    /// Rows and the newest event time seen since the runtime last took
+    /// them ([`State::take_seen`](super::State::take_seen)): the stream's
+    /// metrics and `/health`.
+    pub(super) seen: Option<(u64, TimeUs)>,
 }
 
 impl StreamState {
+    /// Counts a frame of the stream (`n_rows`: 0 for a kline update);
+    /// whether it is the first since the runtime last took the counts.
+    pub(super) fn note_seen(&mut self, n_rows: u64, event_time: TimeUs) -> bool {
+        match &mut self.seen {
+            Some((rows, newest)) => {
+                *rows += n_rows;
+                *newest = (*newest).max(event_time);
+                false
+            }
+            None => {
+                self.seen = Some((n_rows, event_time));
+                true
+            }
+        }
+    }
+
     /// The newest key held in memory (rows not in a file yet).
     pub(super) fn newest_key(&self) -> Option<i64> {
         self.hours

@@ -425,9 +425,9 @@ type ContractsByMarket = Vec<(Market, Vec<delivery::ContractFacts>)>;
 const FRAMES_PER_SERVICE_TICK: u32 = 256;
 
 /// Inputs taken from the channel in one turn of the recorder loop when
-/// they wait there already (each is a `try_recv`; the turn's `select!` and
-/// its plan then run once for all of them).
-const INPUTS_PER_TURN: u32 = 256;
+/// they wait there already (one `recv_many`; the turn's `select!` and its
+/// plan then run once for all of them).
+const INPUTS_PER_TURN: usize = 256;
 
 impl Runtime {
     async fn run_until(
@@ -447,6 +447,7 @@ impl Runtime {
         // frame tells it every `FRAMES_PER_SERVICE_TICK` frames (the
         // planning tick, every 200 ms, tells it too).
         let mut frames_untold: u32 = 0;
+        let mut inputs = Vec::with_capacity(INPUTS_PER_TURN);
         loop {
             if self.fatal.is_some() {
                 return;
@@ -492,38 +493,33 @@ impl Runtime {
                 _ = planning.tick() => {}
                 // Not while a full batch waits: the channel then fills and
                 // the connection tasks wait (see MAX_BATCH_RECORDS).
-                input = receiver.recv(), if self.pending.len() < MAX_BATCH_RECORDS => match input {
-                    Some(input) => {
-                        // A frame changes nothing the plan reads until its
-                        // batch is applied: planning per frame was
-                        // O(streams) per frame, and with a thousand
-                        // streams the loop fell behind the feed (the
-                        // exchange clock lagged a cold start by a minute).
-                        replan = !matches!(input, Inbound::Frame { .. });
-                        self.take_input(input);
-                        if self.fatal.is_some() {
-                            return;
-                        }
-                        // What else waits is taken in the same turn, up to a
-                        // bound: a turn's `select!` costs more than a frame.
-                        let mut taken = 1;
-                        while taken < INPUTS_PER_TURN && self.pending.len() < MAX_BATCH_RECORDS {
-                            let Ok(input) = receiver.try_recv() else { break };
-                            replan |= !matches!(input, Inbound::Frame { .. });
-                            self.take_input(input);
-                            if self.fatal.is_some() {
-                                return;
-                            }
-                            taken += 1;
-                        }
-                        frames_untold += taken - 1;
-                    }
-                    None => {
+                // What waits is taken in one go, up to a bound (a turn's
+                // `select!` costs more than a frame, and the channel gives
+                // its permits back once for all of them).
+                taken = receiver.recv_many(
+                    &mut inputs,
+                    INPUTS_PER_TURN.min(MAX_BATCH_RECORDS.saturating_sub(self.pending.len())),
+                ), if self.pending.len() < MAX_BATCH_RECORDS => {
+                    if taken == 0 {
                         warn!("every connection task ended");
                         shutdown.cancelled().await;
                         return;
                     }
-                },
+                    // A frame changes nothing the plan reads until its batch
+                    // is applied: planning per frame was O(streams) per
+                    // frame, and with a thousand streams the loop fell
+                    // behind the feed (the exchange clock lagged a cold
+                    // start by a minute).
+                    replan = false;
+                    for input in inputs.drain(..) {
+                        replan |= !matches!(input, Inbound::Frame { .. });
+                        self.take_input(input);
+                        if self.fatal.is_some() {
+                            return;
+                        }
+                    }
+                    frames_untold += u32::try_from(taken).unwrap_or(u32::MAX) - 1;
+                }
                 _ = &mut sync_timer, if sync_deadline.is_some() => {
                     sync_timer_at = None;
                     replan = false;
@@ -545,13 +541,13 @@ impl Runtime {
             Inbound::Frame {
                 market,
                 recv_time,
-                bytes,
+                payload,
             } => {
                 Counters::add(&self.counters.frames_received, 1);
                 self.pending.push(Outgoing::Frame {
                     market,
                     recv_time,
-                    bytes,
+                    payload,
                 });
             }
             Inbound::Connected { market, .. } => {

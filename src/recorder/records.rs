@@ -4,13 +4,14 @@
 //! durable record decodes to an [`Applied`] (live batches and replay alike);
 //! a frame that cannot be decoded comes back for the quarantine.
 
-use crate::binance::decode::{decode_frame, Decoded};
-use crate::binance::ws::now_us;
+use crate::binance::decode::{decode_frame, decode_text_frame, DecodeError, Decoded};
+use crate::binance::ws::{now_us, FramePayload};
 use crate::domain::{Market, TimeUs};
 use crate::quarantine::QuarantinedFrame;
 use crate::recorder::state::{Checkpoint, FillReport};
-use crate::wal::{Record, RecordKind, RecordPosition, SegmentId, WalWriter, FRAME_HEADER_LEN};
-use bytes::Bytes;
+use crate::wal::{
+    Record, RecordKind, RecordPosition, RecordRef, SegmentId, WalWriter, FRAME_HEADER_LEN,
+};
 use tracing::warn;
 
 pub(super) fn checkpoint_record(checkpoint: &Checkpoint) -> Record {
@@ -34,6 +35,21 @@ pub(super) fn frame_record(market: Market, recv_time: TimeUs, bytes: &[u8]) -> R
     }
 }
 
+/// A frame as a socket hands it over: text when it is UTF-8, else binary.
+#[cfg(test)]
+pub(super) fn waiting_frame(market: Market, recv_time: TimeUs, bytes: &[u8]) -> Outgoing {
+    let bytes = bytes::Bytes::copy_from_slice(bytes);
+    let payload = match tokio_tungstenite::tungstenite::Utf8Bytes::try_from(bytes.clone()) {
+        Ok(text) => FramePayload::Text(text),
+        Err(_) => FramePayload::Binary(bytes),
+    };
+    Outgoing::Frame {
+        market,
+        recv_time,
+        payload,
+    }
+}
+
 /// A record waiting for the WAL. A WS frame keeps the bytes its socket
 /// read (shared with the socket's read buffer, not copied); its market's
 /// tag byte goes before them only as it is appended, so a frame is copied
@@ -43,7 +59,7 @@ pub(super) enum Outgoing {
     Frame {
         market: Market,
         recv_time: TimeUs,
-        bytes: Bytes,
+        payload: FramePayload,
     },
     Record(Record),
 }
@@ -66,7 +82,9 @@ impl Outgoing {
     /// Bytes it takes in a WAL segment, header included.
     pub(super) fn frame_len(&self) -> u64 {
         match self {
-            Outgoing::Frame { bytes, .. } => (FRAME_HEADER_LEN + 1 + bytes.len()) as u64,
+            Outgoing::Frame { payload, .. } => {
+                (FRAME_HEADER_LEN + 1 + payload.as_bytes().len()) as u64
+            }
             Outgoing::Record(record) => record.frame_len(),
         }
     }
@@ -74,7 +92,10 @@ impl Outgoing {
     /// The payload's length and its first `n` bytes.
     pub(super) fn payload_start(&self, n: usize) -> (usize, Vec<u8>) {
         match self {
-            Outgoing::Frame { market, bytes, .. } => {
+            Outgoing::Frame {
+                market, payload, ..
+            } => {
+                let bytes = payload.as_bytes();
                 let mut start = vec![market.wal_tag()];
                 start.extend_from_slice(&bytes[..bytes.len().min(n.saturating_sub(1))]);
                 (bytes.len() + 1, start)
@@ -91,11 +112,11 @@ impl Outgoing {
             Outgoing::Frame {
                 market,
                 recv_time,
-                bytes,
+                payload,
             } => wal.append_parts(
                 RecordKind::WsFrame,
                 *recv_time,
-                &[&[market.wal_tag()], bytes],
+                &[&[market.wal_tag()], payload.as_bytes()],
             ),
             Outgoing::Record(record) => wal.append(record),
         }
@@ -107,9 +128,15 @@ impl Outgoing {
             Outgoing::Frame {
                 market,
                 recv_time,
-                bytes,
-            } => decode_frame_record(*market, bytes, *recv_time, segment).map(Some),
-            Outgoing::Record(record) => decode_record(segment, record),
+                payload,
+            } => {
+                let decoded = match payload {
+                    FramePayload::Text(text) => decode_text_frame(*market, text, *recv_time),
+                    FramePayload::Binary(bytes) => decode_frame(*market, bytes, *recv_time),
+                };
+                frame_applied(*market, payload.as_bytes(), *recv_time, segment, decoded).map(Some)
+            }
+            Outgoing::Record(record) => decode_record(segment, record.lent()),
         }
     }
 }
@@ -163,7 +190,7 @@ pub(super) fn fill_record(report: &FillReport) -> Record {
 /// Decodes a durable record; undecodable frames are returned for quarantine.
 pub(super) fn decode_record(
     segment: SegmentId,
-    record: &Record,
+    record: RecordRef<'_>,
 ) -> Result<Option<Applied>, QuarantinedFrame> {
     match record.kind {
         RecordKind::WsFrame => {
@@ -176,14 +203,14 @@ pub(super) fn decode_record(
             };
             decode_frame_record(market, frame, record.recv_time_us, segment).map(Some)
         }
-        RecordKind::Checkpoint => match serde_json::from_slice(&record.payload) {
+        RecordKind::Checkpoint => match serde_json::from_slice(record.payload) {
             Ok(checkpoint) => Ok(Some(Applied::Checkpoint(checkpoint))),
             Err(error) => {
                 warn!(%error, "WAL checkpoint record not understood; skipped");
                 Ok(None)
             }
         },
-        RecordKind::RestRows => match serde_json::from_slice(&record.payload) {
+        RecordKind::RestRows => match serde_json::from_slice(record.payload) {
             Ok(report) => Ok(Some(Applied::Fill { segment, report })),
             Err(error) => {
                 // Written by this program, so this is damage or a bug; the
@@ -202,7 +229,19 @@ fn decode_frame_record(
     recv_time_us: TimeUs,
     segment: SegmentId,
 ) -> Result<Applied, QuarantinedFrame> {
-    match decode_frame(market, frame, recv_time_us) {
+    let decoded = decode_frame(market, frame, recv_time_us);
+    frame_applied(market, frame, recv_time_us, segment, decoded)
+}
+
+/// A frame's decode as what it applies, or as the quarantine keeps it.
+fn frame_applied(
+    market: Market,
+    frame: &[u8],
+    recv_time_us: TimeUs,
+    segment: SegmentId,
+    decoded: Result<Decoded, DecodeError>,
+) -> Result<Applied, QuarantinedFrame> {
+    match decoded {
         Ok(decoded) => Ok(Applied::Frame {
             market,
             segment,
@@ -229,11 +268,7 @@ mod tests {
         for market in Market::ALL {
             for bytes in [&text[..], b"garbage"] {
                 let record = frame_record(market, 99, bytes);
-                let waiting = Outgoing::Frame {
-                    market,
-                    recv_time: 99,
-                    bytes: Bytes::copy_from_slice(bytes),
-                };
+                let waiting = waiting_frame(market, 99, bytes);
                 assert_eq!(waiting.kind(), record.kind);
                 assert_eq!(waiting.recv_time_us(), record.recv_time_us);
                 assert_eq!(waiting.frame_len(), record.frame_len());
@@ -287,14 +322,14 @@ mod tests {
             market,
             segment,
             decoded,
-        })) = decode_record(SegmentId(4), &record)
+        })) = decode_record(SegmentId(4), record.lent())
         else {
             panic!("decodes")
         };
         assert_eq!((market, segment), (Market::Spot, SegmentId(4)));
         assert!(matches!(decoded, Decoded::Row { .. }));
         let garbage = frame_record(Market::Spot, 99, b"garbage");
-        let Err(quarantined) = decode_record(SegmentId(4), &garbage) else {
+        let Err(quarantined) = decode_record(SegmentId(4), garbage.lent()) else {
             panic!("quarantined")
         };
         assert_eq!(

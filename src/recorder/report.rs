@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 use tracing::info;
 
@@ -114,12 +113,12 @@ impl Runtime {
 
     /// Per-stream metrics and health for the rows of one committed batch:
     /// one update per stream, not per row.
-    pub(super) fn observe_streams(&self, seen: FxHashMap<StreamKey, (u64, TimeUs)>) {
+    pub(super) fn observe_streams(&self, seen: &[(StreamKey, u64, TimeUs)]) {
         if seen.is_empty() {
             return;
         }
         let now = Instant::now();
-        for (key, (n_rows, newest_event)) in &seen {
+        for (key, n_rows, newest_event) in seen {
             // Only configured streams have handles: the label sets stay bounded.
             if let Some((rows, last_event)) = self.stream_metrics.get(key) {
                 rows.inc_by(*n_rows);
@@ -127,7 +126,7 @@ impl Runtime {
             }
         }
         self.health.update(|inputs| {
-            for (key, (_, newest_event)) in &seen {
+            for (key, _, newest_event) in seen {
                 if let Some(last) = inputs.streams.get_mut(key) {
                     *last = Some(now);
                     match inputs.newest_event.get_mut(key) {

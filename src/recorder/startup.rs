@@ -21,7 +21,7 @@ use crate::recorder::records::{decode_record, Applied};
 use crate::recorder::spill_runs::ReplaySpills;
 use crate::recorder::state::State;
 use crate::wal::fs::WalFs;
-use crate::wal::{ReadItem, Wal, WalConfig, WalWriter};
+use crate::wal::{LendItems, ReadItem, Wal, WalConfig, WalWriter};
 
 /// Checks the configured symbols against `exchangeInfo`: an unknown symbol
 /// is an error, one that is not trading a warning. REST being unreachable
@@ -150,6 +150,8 @@ pub(super) async fn open_and_replay(
         let (n_records, mut quarantined) =
             replay_into(report.replay(), &config, &mut state, &counters)?;
         Counters::add(&counters.records_replayed, n_records);
+        // The per-stream metrics count frames received by this process.
+        state.take_seen();
         quarantined.extend(state.take_rejected());
         if !quarantined.is_empty() {
             // Quarantine files from the first pass may already hold them;
@@ -195,7 +197,7 @@ enum Replayed {
 /// budget ([`ReplaySpills`]). Returns how
 /// many records there were and the frames that did not decode.
 fn replay_into(
-    records: impl Iterator<Item = crate::wal::Result<ReadItem>> + Send,
+    mut records: impl LendItems + Send,
     config: &Config,
     state: &mut State,
     counters: &Counters,
@@ -204,7 +206,9 @@ fn replay_into(
         let (sender, receiver) = mpsc::sync_channel(REPLAY_BATCHES_AHEAD);
         let reader = std::thread::Builder::new()
             .name("wal-replay".to_owned())
-            .spawn_scoped(scope, move || read_and_decode(records, counters, &sender))
+            .spawn_scoped(scope, move || {
+                read_and_decode(&mut records, counters, &sender)
+            })
             .context("cannot start the WAL replay's reader thread")?;
         let mut spills = ReplaySpills::start(scope, &config.wal_dir)?;
         let mut quarantined = Vec::new();
@@ -243,13 +247,13 @@ fn replay_into(
 /// over after the records before it, and ends the reading; so does the
 /// state's side hanging up (it failed).
 fn read_and_decode(
-    records: impl Iterator<Item = crate::wal::Result<ReadItem>>,
+    records: &mut impl LendItems,
     counters: &Counters,
     sender: &mpsc::SyncSender<anyhow::Result<Vec<Replayed>>>,
 ) -> u64 {
     let mut n_records = 0u64;
     let mut batch = Vec::with_capacity(REPLAY_BATCH);
-    for item in records {
+    while let Some(item) = records.next_lent() {
         let item = match item.context("cannot read the WAL") {
             Ok(item) => item,
             Err(error) => {
@@ -261,7 +265,7 @@ fn read_and_decode(
         match item {
             ReadItem::Record { position, record } => {
                 n_records += 1;
-                match decode_record(position.segment, &record) {
+                match decode_record(position.segment, record) {
                     Ok(Some(applied)) => batch.push(Replayed::Applied(applied)),
                     Ok(None) => {}
                     Err(frame) => batch.push(Replayed::Quarantined(frame)),
@@ -412,6 +416,30 @@ mod tests {
         crate::config::test_config("", &["trade"])
     }
 
+    /// Owned items lent one at a time, as the WAL's reader lends them.
+    struct Lend<I> {
+        items: I,
+        current: Option<crate::wal::Record>,
+    }
+
+    impl<I: Iterator<Item = crate::wal::Result<ReadItem>>> LendItems for Lend<I> {
+        fn next_lent(&mut self) -> Option<crate::wal::Result<ReadItem<crate::wal::RecordRef<'_>>>> {
+            let current = &mut self.current;
+            Some(
+                self.items
+                    .next()?
+                    .map(|item| item.map_record(|record| current.insert(record).lent())),
+            )
+        }
+    }
+
+    fn lend<I: Iterator<Item = crate::wal::Result<ReadItem>>>(items: I) -> Lend<I> {
+        Lend {
+            items,
+            current: None,
+        }
+    }
+
     fn trade_record(id: i64) -> crate::wal::Result<ReadItem> {
         let frame = format!(
             r#"{{"stream":"btcusdt@trade","data":{{"e":"trade","E":1767225600001,"s":"BTCUSDT","t":{id},"p":"1","q":"2","T":1767225600000,"m":true,"M":true}}}}"#
@@ -447,7 +475,7 @@ mod tests {
             .map(trade_record)
             .chain([garbage("first"), garbage("second")]);
         let (n_records, quarantined) =
-            replay_into(records, &config, &mut state, &counters).expect("replayed");
+            replay_into(lend(records), &config, &mut state, &counters).expect("replayed");
         assert_eq!(n_records, n_trades as u64 + 2);
         assert_eq!(state.n_unsealed_rows(), n_trades);
         let frames: Vec<&str> = quarantined
@@ -470,7 +498,7 @@ mod tests {
         let mut state = State::new(&config, counters.clone());
         let n_trades = 100_000;
         let (n_records, quarantined) = replay_into(
-            (0..n_trades as i64).map(trade_record),
+            lend((0..n_trades as i64).map(trade_record)),
             &config,
             &mut state,
             &counters,
@@ -508,7 +536,7 @@ mod tests {
                 read_after_error.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 trade_record(id)
             }));
-        let error = replay_into(records, &config, &mut state, &counters)
+        let error = replay_into(lend(records), &config, &mut state, &counters)
             .expect_err("a read error fails the replay");
         assert!(
             format!("{error:#}").contains("cannot read the WAL"),

@@ -5,6 +5,7 @@
 //! answers, so replay and live recording go through the same code.
 
 mod spills;
+mod streams;
 mod writes;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +39,7 @@ pub use crate::recorder::judge::{
     MonoMs, REASON_DEADLINE, REASON_FILL_DISABLED, REASON_NOT_SERVED, REASON_REST_BEHIND,
 };
 pub use spills::Spill;
+use streams::Streams;
 
 pub struct State {
     grace_us: i64,
@@ -47,7 +49,7 @@ pub struct State {
     rejected: Vec<QuarantinedFrame>,
     fill: FillConfig,
     markets: BTreeMap<Market, MarketState>,
-    streams: BTreeMap<StreamKey, StreamState>,
+    streams: Streams,
     counters: Arc<Counters>,
     warned_unexpected: BTreeSet<StreamKey>,
     /// Complete spot aggTrade hours kept as evidence for the same
@@ -76,25 +78,28 @@ pub struct State {
     memory_pressed: bool,
     /// The id of the next run spilled (unique in this process).
     next_run_id: u64,
+    /// The streams with frames seen since [`State::take_seen`] was last
+    /// called, each once (their counts are in their `StreamState`).
+    seen: Vec<StreamKey>,
 }
 
 impl State {
     pub fn new(config: &Config, counters: Arc<Counters>) -> State {
         let mut markets = BTreeMap::new();
-        let mut streams = BTreeMap::new();
+        let mut keys = Vec::new();
         for market_config in &config.markets {
             markets.insert(market_config.market, MarketState::default());
             for symbol in &market_config.symbols {
                 for kind in &market_config.streams {
-                    let key = StreamKey {
+                    keys.push(StreamKey {
                         market: market_config.market,
                         symbol: symbol.clone(),
                         kind: *kind,
-                    };
-                    streams.insert(key, StreamState::default());
+                    });
                 }
             }
         }
+        let streams = Streams::new(keys);
         State {
             grace_us: i64::try_from(config.seal_grace.as_micros()).unwrap_or(i64::MAX),
             clock: config.clock,
@@ -113,6 +118,7 @@ impl State {
             rows_since_budget_check: 0,
             memory_pressed: false,
             next_run_id: 0,
+            seen: Vec::new(),
         }
     }
 
@@ -263,9 +269,15 @@ impl State {
                 row,
                 event_time,
             } => {
-                // One lookup of the stream for the checks and the insert:
-                // this runs for every frame.
-                let stream = self.streams.get_mut(&key);
+                // One lookup of the stream for the count, the checks and
+                // the insert: this runs for every frame.
+                let mut stream = self.streams.get_mut(&key);
+                // Seen even when rejected below.
+                if let Some(stream) = stream.as_deref_mut() {
+                    if stream.note_seen(1, event_time) {
+                        self.seen.push(key.clone());
+                    }
+                }
                 if let Some(reason) = implausible_row(
                     &self.markets,
                     &self.clock,
@@ -310,6 +322,11 @@ impl State {
                 }
             }
             Decoded::KlineUpdate { key, event_time } => {
+                if let Some(stream) = self.streams.get_mut(&key) {
+                    if stream.note_seen(0, event_time) {
+                        self.seen.push(key.clone());
+                    }
+                }
                 let newest_other = self
                     .markets
                     .get(&market)
@@ -336,6 +353,23 @@ impl State {
                 debug!(%market, %what, "event not recorded");
             }
         }
+    }
+
+    /// Each stream with frames applied since the last call: its rows (a
+    /// kline update counts none, a rejected row counts) and its newest
+    /// event time. Configured streams only.
+    pub fn take_seen(&mut self) -> Vec<(StreamKey, u64, TimeUs)> {
+        let mut seen = Vec::with_capacity(self.seen.len());
+        for key in self.seen.drain(..) {
+            if let Some((n_rows, newest)) = self
+                .streams
+                .get_mut(&key)
+                .and_then(|stream| stream.seen.take())
+            {
+                seen.push((key, n_rows, newest));
+            }
+        }
+        seen
     }
 
     fn reject(

@@ -162,7 +162,7 @@ use std::time::Duration;
 pub use error::{Result, Retry, WalError};
 pub use frame::{FORMAT_VERSION, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_HEADER_LEN};
 pub use fs::{RealFs, WalFile, WalFs};
-pub use reader::{read_segments, DamageReason, ReadItem, TornTail, WalReader};
+pub use reader::{read_segments, DamageReason, LendItems, ReadItem, TornTail, WalReader};
 pub use segment::{segment_file_name, segment_path};
 pub use sync_policy::SyncSchedule;
 pub use writer::{OpenReport, WalWriter};
@@ -228,6 +228,36 @@ impl Record {
     /// Bytes this record takes in a segment, header included.
     pub fn frame_len(&self) -> u64 {
         frame::frame_len(self.payload.len()) as u64
+    }
+
+    /// The record with its payload borrowed.
+    pub fn lent(&self) -> RecordRef<'_> {
+        RecordRef {
+            kind: self.kind,
+            recv_time_us: self.recv_time_us,
+            payload: &self.payload,
+        }
+    }
+}
+
+/// One WAL record whose payload is borrowed: from the reader's buffer while
+/// a replay reads it ([`WalReader::next_lent`]), so a record is not copied
+/// out before it is decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub kind: RecordKind,
+    /// Local receive time, µs since the Unix epoch.
+    pub recv_time_us: i64,
+    pub payload: &'a [u8],
+}
+
+impl RecordRef<'_> {
+    pub fn to_record(self) -> Record {
+        Record {
+            kind: self.kind,
+            recv_time_us: self.recv_time_us,
+            payload: self.payload.to_vec(),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use tracing::warn;
 use super::frame::{self, FrameCheck, FrameDamage, HeaderDamage, SEGMENT_HEADER_LEN, SYNC_MARKER};
 use super::fs::{RealFs, WalFs};
 use super::segment::{list_dir, segment_path};
-use super::{Record, RecordKind, RecordPosition, Result, SegmentId, WalError};
+use super::{Record, RecordKind, RecordPosition, RecordRef, Result, SegmentId, WalError};
 
 /// Bytes asked of the file per read; a damaged region is scanned in such steps.
 const READ_CHUNK: usize = 256 * 1024;
@@ -45,14 +45,13 @@ impl From<FrameDamage> for DamageReason {
     }
 }
 
-/// One thing found while reading the log.
+/// One thing found while reading the log. `R` is the record: owned
+/// ([`Record`], what the iterator gives) or lent from the reader's buffer
+/// ([`RecordRef`], what [`WalReader::next_lent`] gives).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReadItem {
+pub enum ReadItem<R = Record> {
     /// A record that verified.
-    Record {
-        position: RecordPosition,
-        record: Record,
-    },
+    Record { position: RecordPosition, record: R },
     /// A record that verified but whose kind this release does not know
     /// (written by a newer one). Skipped; worth a warning and a counter.
     UnknownKind {
@@ -71,6 +70,49 @@ pub enum ReadItem {
         reason: DamageReason,
         reaches_end: bool,
     },
+}
+
+impl<R> ReadItem<R> {
+    /// The same item with its record (if it is one) turned by `f`.
+    pub fn map_record<S>(self, f: impl FnOnce(R) -> S) -> ReadItem<S> {
+        match self {
+            ReadItem::Record { position, record } => ReadItem::Record {
+                position,
+                record: f(record),
+            },
+            ReadItem::UnknownKind {
+                position,
+                kind,
+                recv_time_us,
+                payload_len,
+            } => ReadItem::UnknownKind {
+                position,
+                kind,
+                recv_time_us,
+                payload_len,
+            },
+            ReadItem::Damage {
+                segment,
+                offset,
+                skipped_bytes,
+                reason,
+                reaches_end,
+            } => ReadItem::Damage {
+                segment,
+                offset,
+                skipped_bytes,
+                reason,
+                reaches_end,
+            },
+        }
+    }
+}
+
+/// Items of the log, each record lent until the next item is asked for:
+/// what the replay reads, so that a record is decoded where it was read.
+pub trait LendItems {
+    /// The next item, or `None` once the log is read (or after an `Err`).
+    fn next_lent(&mut self) -> Option<Result<ReadItem<RecordRef<'_>>>>;
 }
 
 /// What [`super::Wal::open`] cut from the end of the newest earlier segment.
@@ -122,11 +164,9 @@ impl WalReader {
     }
 }
 
-impl Iterator for WalReader {
-    type Item = Result<ReadItem>;
-
-    fn next(&mut self) -> Option<Result<ReadItem>> {
-        loop {
+impl LendItems for WalReader {
+    fn next_lent(&mut self) -> Option<Result<ReadItem<RecordRef<'_>>>> {
+        let item = loop {
             if self.failed {
                 return None;
             }
@@ -147,15 +187,38 @@ impl Iterator for WalReader {
                 }
             };
             match scanner.next_item() {
-                Ok(Some(item)) => return Some(Ok(item)),
+                Ok(Some(item)) => break item,
                 Ok(None) => self.current = None,
                 Err(error) => {
                     self.failed = true;
                     return Some(Err(error));
                 }
             }
-        }
+        };
+        let scanner = self
+            .current
+            .as_ref()
+            .expect("the item's segment is being read");
+        Some(Ok(item.map_record(|found| scanner.lend(found))))
     }
+}
+
+impl Iterator for WalReader {
+    type Item = Result<ReadItem>;
+
+    fn next(&mut self) -> Option<Result<ReadItem>> {
+        self.next_lent()
+            .map(|item| item.map(|item| item.map_record(RecordRef::to_record)))
+    }
+}
+
+/// Where a record that verified lies in the scanner's buffer, until the
+/// scanner reads on.
+#[derive(Clone, Debug)]
+struct Found {
+    kind: RecordKind,
+    recv_time_us: i64,
+    payload: std::ops::Range<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,7 +316,16 @@ impl SegmentScanner {
         Ok(self.buffer_end() >= end)
     }
 
-    fn next_item(&mut self) -> Result<Option<ReadItem>> {
+    /// The record `found` by the last [`SegmentScanner::next_item`].
+    fn lend(&self, found: Found) -> RecordRef<'_> {
+        RecordRef {
+            kind: found.kind,
+            recv_time_us: found.recv_time_us,
+            payload: &self.buffer[found.payload],
+        }
+    }
+
+    fn next_item(&mut self) -> Result<Option<ReadItem<Found>>> {
         loop {
             match self.state {
                 ScanState::Done => return Ok(None),
@@ -268,7 +340,7 @@ impl SegmentScanner {
     }
 
     /// Checks the segment header; moves on to the records, or reports damage.
-    fn read_header(&mut self) -> Result<Option<ReadItem>> {
+    fn read_header(&mut self) -> Result<Option<ReadItem<Found>>> {
         let header_len = SEGMENT_HEADER_LEN as u64;
         if !self.fill_to(header_len)? {
             self.state = ScanState::Done;
@@ -373,7 +445,7 @@ impl SegmentScanner {
         }
     }
 
-    fn read_record(&mut self) -> Result<Option<ReadItem>> {
+    fn read_record(&mut self) -> Result<Option<ReadItem<Found>>> {
         let start = self.position;
         if !self.fill_to(start + 1)? {
             self.state = ScanState::Done;
@@ -381,8 +453,8 @@ impl SegmentScanner {
         }
         match self.judge_frame(start)? {
             Verdict::Valid(info) => {
-                let frame_bytes = &self.available_from(start)[..info.frame_len];
-                let payload = &frame_bytes[frame::FRAME_HEADER_LEN..];
+                let frame_at = offset_to_usize(start - self.buffer_offset);
+                let payload = frame_at + frame::FRAME_HEADER_LEN..frame_at + info.frame_len;
                 let position = RecordPosition {
                     segment: self.segment,
                     offset: start,
@@ -390,10 +462,10 @@ impl SegmentScanner {
                 let item = match RecordKind::from_byte(info.kind_byte) {
                     Some(kind) => ReadItem::Record {
                         position,
-                        record: Record {
+                        record: Found {
                             kind,
                             recv_time_us: info.recv_time_us,
-                            payload: payload.to_vec(),
+                            payload,
                         },
                     },
                     None => ReadItem::UnknownKind {
@@ -451,7 +523,8 @@ pub(super) fn cut_torn_tail(
     let mut header_damaged = false;
     let mut n_items = 0u64;
     let mut tail: Option<(u64, u64, DamageReason)> = None;
-    for item in WalReader::for_segments(Arc::clone(fs), dir, vec![segment]) {
+    let mut reader = WalReader::for_segments(Arc::clone(fs), dir, vec![segment]);
+    while let Some(item) = reader.next_lent() {
         n_items += 1;
         match item? {
             ReadItem::Damage {

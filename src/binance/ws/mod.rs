@@ -59,7 +59,7 @@ use futures_util::FutureExt;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -79,15 +79,32 @@ pub use silence::{
     MarketPeers, Silence, Unheard,
 };
 
+/// A frame's bytes as the socket handed them over (its own buffer: no copy
+/// until the WAL record is built). A text frame keeps tungstenite's proof
+/// that it is UTF-8, so its decode does not check again.
+#[derive(Debug, Clone)]
+pub enum FramePayload {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+impl FramePayload {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            FramePayload::Text(text) => text.as_bytes(),
+            FramePayload::Binary(bytes) => bytes,
+        }
+    }
+}
+
 /// What a connection task (or the clock task) tells the recorder.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A text or binary data frame, as received (the socket's own buffer:
-    /// no copy until the WAL record is built).
+    /// A text or binary data frame, as received.
     Frame {
         market: Market,
         recv_time: TimeUs,
-        bytes: Bytes,
+        payload: FramePayload,
     },
     /// A link was established and its subscription sent.
     Connected {
@@ -644,22 +661,23 @@ async fn drive_link(
         let received_at = Instant::now();
         receiving.last_frame = received_at;
         let recv_time = now_us();
-        let bytes: Bytes = match message {
-            Message::Text(text) => text.into(),
-            Message::Binary(bytes) => bytes,
+        let payload = match message {
+            Message::Text(text) => FramePayload::Text(text),
+            Message::Binary(bytes) => FramePayload::Binary(bytes),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => continue,
         };
+        let bytes = payload.as_bytes();
         // Control replies and serverShutdown are not in the combined
         // wrapper; a rotation also needs the keys of data frames.
-        let is_data = is_data_frame(&bytes);
+        let is_data = is_data_frame(bytes);
         receiving.delivered_data |= is_data;
         if is_data {
-            receiving.note_data_frame(&bytes, received_at);
+            receiving.note_data_frame(bytes, received_at);
             receiving.rate.note_data(received_at);
             plan.activity.note_data(received_at);
         }
         if !is_data || receiving.track_keys {
-            match decode_frame(plan.market, &bytes, recv_time) {
+            match decode_frame(plan.market, bytes, recv_time) {
                 Ok(Decoded::ControlReply(reply)) => {
                     let refused = reply
                         .outcome
@@ -685,7 +703,7 @@ async fn drive_link(
         let inbound = Inbound::Frame {
             market: plan.market,
             recv_time,
-            bytes,
+            payload,
         };
         // The channel almost always has room: only a full one costs a
         // timer (and a wait, which the clocks below are excused).

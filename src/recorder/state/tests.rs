@@ -490,6 +490,58 @@ fn one_lying_stream_cannot_move_the_clock_and_a_second_one_corroborates() {
     );
 }
 
+/// What the per-stream metrics and `/health` read: each configured stream
+/// seen since the last call, once, with its rows (a rejected row counts, a
+/// kline update does not) and its newest event time; an unconfigured
+/// stream is not among them, and a second call finds nothing new.
+#[test]
+fn the_streams_seen_are_taken_once_with_their_rows_and_newest_event() {
+    let mut state = new_state();
+    assert!(state.take_seen().is_empty());
+    state.apply(Market::Spot, SegmentId(1), trade(1, HOUR_START + 100));
+    state.apply(Market::Spot, SegmentId(1), kline_update(HOUR_START + 200));
+    state.apply(
+        Market::Spot,
+        SegmentId(1),
+        trade(2, HOUR_START + 5 * MICROS_PER_HOUR),
+    );
+    state.apply(Market::Spot, SegmentId(1), trade(3, HOUR_START + 150));
+    let unconfigured = match trade(4, HOUR_START + 160) {
+        Decoded::Row {
+            row, event_time, ..
+        } => Decoded::Row {
+            key: StreamKey {
+                symbol: Symbol::new("ETHUSDT").expect("valid"),
+                ..key(StreamKind::Trade)
+            },
+            row,
+            event_time,
+        },
+        other => other,
+    };
+    state.apply(Market::Spot, SegmentId(1), unconfigured);
+    assert_eq!(state.take_rejected().len(), 1, "the row 5 hours ahead");
+    let mut seen = state.take_seen();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (key(StreamKind::Trade), 3, HOUR_START + 5 * MICROS_PER_HOUR),
+            (
+                key(StreamKind::Kline(crate::domain::KlineInterval::Minute1)),
+                0,
+                HOUR_START + 200
+            ),
+        ]
+    );
+    assert!(state.take_seen().is_empty());
+    state.apply(Market::Spot, SegmentId(1), trade(5, HOUR_START + 170));
+    assert_eq!(
+        state.take_seen(),
+        [(key(StreamKind::Trade), 1, HOUR_START + 170)]
+    );
+}
+
 #[test]
 fn a_row_whose_own_times_disagree_vouches_for_no_time() {
     let mut state = new_state();
