@@ -436,12 +436,17 @@ async fn drive_link(
     let wake = tokio::time::sleep_until(Instant::now() + settings.dead_after);
     tokio::pin!(wake);
     let mut ready: Option<LinkEvent> = None;
+    // When the first frame of the frames read back to back was taken: the
+    // liveness time of all of them (they came in one read, or microseconds
+    // apart), so a frame of a burst reads the monotonic clock only once per
+    // turn. `recv_time` is still read for each frame.
+    let mut turn_started = Instant::now();
     let mut ready_in_a_row = 0;
     loop {
         // A frame already read on this turn's way out is handled without
         // the turn's judgements (see `READY_FRAMES_PER_TURN`).
-        let (event, from_replacement) = if let Some(event) = ready.take() {
-            (event, false)
+        let (event, from_replacement, chained) = if let Some(event) = ready.take() {
+            (event, false, true)
         } else {
             if let Err(reason) = link.send_due_control(settings).await {
                 return lost(link, reason);
@@ -572,8 +577,8 @@ async fn drive_link(
                     }
                     return DriveOutcome::Stop;
                 }
-                event = link.next_event() => (event, false),
-                event = next_replacement_event(&mut replacement) => (event, true),
+                event = link.next_event() => (event, false, false),
+                event = next_replacement_event(&mut replacement) => (event, true, false),
                 _ = &mut wake => {
                     let now = Instant::now();
                     if now >= link.last_frame + settings.dead_after {
@@ -658,7 +663,10 @@ async fn drive_link(
         } else {
             &mut link
         };
-        let received_at = Instant::now();
+        if !chained {
+            turn_started = Instant::now();
+        }
+        let received_at = turn_started;
         receiving.last_frame = received_at;
         let recv_time = now_us();
         let payload = match message {
