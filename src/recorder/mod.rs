@@ -511,13 +511,17 @@ impl Runtime {
                     // behind the feed (the exchange clock lagged a cold
                     // start by a minute).
                     replan = false;
+                    let mut n_frames = 0;
                     for input in inputs.drain(..) {
-                        replan |= !matches!(input, Inbound::Frame { .. });
+                        let is_frame = matches!(input, Inbound::Frame { .. });
+                        n_frames += u64::from(is_frame);
+                        replan |= !is_frame;
                         self.take_input(input);
                         if self.fatal.is_some() {
                             return;
                         }
                     }
+                    Counters::add(&self.counters.frames_received, n_frames);
                     frames_untold += u32::try_from(taken).unwrap_or(u32::MAX) - 1;
                 }
                 _ = &mut sync_timer, if sync_deadline.is_some() => {
@@ -543,7 +547,7 @@ impl Runtime {
                 recv_time,
                 payload,
             } => {
-                Counters::add(&self.counters.frames_received, 1);
+                // Counted by the callers (the loop once per turn).
                 self.pending.push(Outgoing::Frame {
                     market,
                     recv_time,
@@ -731,6 +735,9 @@ impl Runtime {
         // Every frame a connection already handed over is made durable.
         let drain = async {
             while let Some(input) = receiver.recv().await {
+                if matches!(input, Inbound::Frame { .. }) {
+                    Counters::add(&self.counters.frames_received, 1);
+                }
                 self.take_input(input);
             }
         };

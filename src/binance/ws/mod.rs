@@ -441,6 +441,7 @@ async fn drive_link(
     // apart), so a frame of a burst reads the monotonic clock only once per
     // turn. `recv_time` is still read for each frame.
     let mut turn_started = Instant::now();
+    let mut activity_noted: Option<Instant> = None;
     let mut ready_in_a_row = 0;
     loop {
         // A frame already read on this turn's way out is handled without
@@ -682,7 +683,11 @@ async fn drive_link(
         if is_data {
             receiving.note_data_frame(bytes, received_at);
             receiving.rate.note_data(received_at);
-            plan.activity.note_data(received_at);
+            // Shared by the market's tasks (an atomic): once per time.
+            if activity_noted != Some(received_at) {
+                plan.activity.note_data(received_at);
+                activity_noted = Some(received_at);
+            }
         }
         if !is_data || receiving.track_keys {
             match decode_frame(plan.market, bytes, recv_time) {
