@@ -22,7 +22,7 @@ use crate::binance::limiter::WeightShare;
 use crate::binance::markets::MarketProfile;
 use crate::binance::rest::ApiKey;
 use crate::binance::ws::ConnectionSettings;
-use crate::domain::{Market, StreamKind, Symbol};
+use crate::domain::{Market, StreamKey, StreamKind, Symbol};
 use crate::wal::FsyncPolicy;
 pub use raw::{
     RawClock, RawConfig, RawConnection, RawFill, RawLog, RawMarket, RawMetrics, RawSeal,
@@ -254,6 +254,21 @@ impl Config {
         raw.validate()
     }
 
+    /// Every configured stream: each market's symbols times its stream
+    /// kinds, in the order the config lists them. The one place the
+    /// recorder's streams are made from the config.
+    pub fn stream_keys(&self) -> impl Iterator<Item = StreamKey> + '_ {
+        self.markets.iter().flat_map(|market_config| {
+            market_config.symbols.iter().flat_map(move |symbol| {
+                market_config.streams.iter().map(move |kind| StreamKey {
+                    market: market_config.market,
+                    symbol: symbol.clone(),
+                    kind: *kind,
+                })
+            })
+        })
+    }
+
     /// Checks that every directory can be created and written, so a bad
     /// path is reported at start rather than at the first seal.
     pub fn check_directories(&self) -> Result<(), ConfigError> {
@@ -297,6 +312,37 @@ streams = {streams:?}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each market's symbols times its kinds, markets in the config's order.
+    #[test]
+    fn stream_keys_are_every_market_symbol_and_kind() {
+        let config = Config::from_toml(
+            r#"
+[markets.spot]
+ws_url = "ws://127.0.0.1:1"
+rest_url = "http://127.0.0.1:1"
+symbols = ["BTCUSDT", "ETHUSDT"]
+streams = ["trade", "aggTrade"]
+[markets.usdm]
+ws_url = "ws://127.0.0.1:1"
+rest_url = "http://127.0.0.1:1"
+symbols = ["BTCUSDT"]
+streams = ["kline_1m"]
+"#,
+        )
+        .expect("valid");
+        let keys: Vec<String> = config.stream_keys().map(|key| key.to_string()).collect();
+        assert_eq!(
+            keys,
+            [
+                "spot/trade/BTCUSDT",
+                "spot/aggTrade/BTCUSDT",
+                "spot/trade/ETHUSDT",
+                "spot/aggTrade/ETHUSDT",
+                "usdm/kline_1m/BTCUSDT",
+            ]
+        );
+    }
 
     const MINIMAL: &str = r#"
 [markets.spot]

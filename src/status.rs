@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::domain::{Hour, StreamKey, TimeUs};
+use crate::domain::{Hour, TimeUs};
 use crate::parquet_out;
 
 /// What the daemon serves on `/status`: its live view of each stream.
@@ -96,63 +96,51 @@ pub fn build(config: &Config, live: Option<&LiveStatus>, now_us: TimeUs) -> Stat
         })
         .unwrap_or_default();
     let mut streams = Vec::new();
-    for market in &config.markets {
-        for symbol in &market.symbols {
-            for kind in &market.streams {
-                let key = StreamKey {
-                    market: market.market,
-                    symbol: symbol.clone(),
-                    kind: *kind,
-                };
-                let name = key.to_string();
-                let sealed = parquet_out::sealed_hours(&config.data_dir, &key);
-                // Newest first.
-                let summaries: Vec<parquet_out::SealedSummary> = sealed
-                    .iter()
-                    .rev()
-                    .take(HOLE_LOOKBACK_HOURS)
-                    .filter_map(|hour| {
-                        parquet_out::read_summary(&parquet_out::hour_file_path(
-                            &config.data_dir,
-                            &key,
-                            *hour,
-                        ))
-                        .ok()
-                    })
-                    .collect();
-                let declared_holes_24h =
-                    summaries.iter().map(|summary| summary.unfilled.len()).sum();
-                let live_stream = live_streams.get(name.as_str());
-                // The daemon's word, else the newest file's: a delivered
-                // contract's last file names its delivery.
-                let delivered_at_us = live_stream
-                    .and_then(|stream| stream.delivered_at_us)
-                    .or_else(|| summaries.first().and_then(|summary| summary.delivered_at));
-                let state = match (live, live_stream) {
-                    _ if delivered_at_us.is_some() => "delivered",
-                    (None, _) => "stopped",
-                    (Some(_), Some(stream)) if stream.stale => "stale",
-                    (Some(_), Some(stream))
-                        if stream.silent_secs.is_none_or(|secs| secs > 10.0) =>
-                    {
-                        "silent"
-                    }
-                    (Some(_), Some(_)) => "live",
-                    (Some(_), None) => "unknown",
-                };
-                streams.push(StreamLine {
-                    key: name.clone(),
-                    state: state.to_owned(),
-                    delivered_at_us,
-                    last_event_age_secs: live_stream
-                        .and_then(|stream| stream.newest_event_us)
-                        .map(|newest| (now_us - newest).max(0) as f64 / 1e6),
-                    rows_held: live_stream.map(|stream| stream.rows_held),
-                    last_sealed_hour: sealed.last().map(Hour::to_string),
-                    declared_holes_24h,
-                });
+    for key in config.stream_keys() {
+        let name = key.to_string();
+        let sealed = parquet_out::sealed_hours(&config.data_dir, &key);
+        // Newest first.
+        let summaries: Vec<parquet_out::SealedSummary> = sealed
+            .iter()
+            .rev()
+            .take(HOLE_LOOKBACK_HOURS)
+            .filter_map(|hour| {
+                parquet_out::read_summary(&parquet_out::hour_file_path(
+                    &config.data_dir,
+                    &key,
+                    *hour,
+                ))
+                .ok()
+            })
+            .collect();
+        let declared_holes_24h = summaries.iter().map(|summary| summary.unfilled.len()).sum();
+        let live_stream = live_streams.get(name.as_str());
+        // The daemon's word, else the newest file's: a delivered
+        // contract's last file names its delivery.
+        let delivered_at_us = live_stream
+            .and_then(|stream| stream.delivered_at_us)
+            .or_else(|| summaries.first().and_then(|summary| summary.delivered_at));
+        let state = match (live, live_stream) {
+            _ if delivered_at_us.is_some() => "delivered",
+            (None, _) => "stopped",
+            (Some(_), Some(stream)) if stream.stale => "stale",
+            (Some(_), Some(stream)) if stream.silent_secs.is_none_or(|secs| secs > 10.0) => {
+                "silent"
             }
-        }
+            (Some(_), Some(_)) => "live",
+            (Some(_), None) => "unknown",
+        };
+        streams.push(StreamLine {
+            key: name.clone(),
+            state: state.to_owned(),
+            delivered_at_us,
+            last_event_age_secs: live_stream
+                .and_then(|stream| stream.newest_event_us)
+                .map(|newest| (now_us - newest).max(0) as f64 / 1e6),
+            rows_held: live_stream.map(|stream| stream.rows_held),
+            last_sealed_hour: sealed.last().map(Hour::to_string),
+            declared_holes_24h,
+        });
     }
     StatusReport {
         daemon: if live.is_some() { "running" } else { "stopped" }.to_owned(),

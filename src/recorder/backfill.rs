@@ -198,18 +198,7 @@ pub async fn restore_from_destination(
     if from.is_none() && to.is_none() && only.is_none() {
         return Ok(0);
     }
-    let mut keys: Vec<StreamKey> = Vec::new();
-    for market_config in &config.markets {
-        for symbol in &market_config.symbols {
-            for kind in &market_config.streams {
-                keys.push(StreamKey {
-                    market: market_config.market,
-                    symbol: symbol.clone(),
-                    kind: *kind,
-                });
-            }
-        }
-    }
+    let mut keys: Vec<StreamKey> = config.stream_keys().collect();
     if let Some(list) = only {
         keys = list
             .holes
@@ -276,16 +265,9 @@ pub async fn backfill(
                 keys.dedup();
                 keys
             }
-            None => market_config
-                .symbols
-                .iter()
-                .flat_map(|symbol| {
-                    market_config.streams.iter().map(|kind| StreamKey {
-                        market: market_config.market,
-                        symbol: symbol.clone(),
-                        kind: *kind,
-                    })
-                })
+            None => config
+                .stream_keys()
+                .filter(|key| key.market == market_config.market)
                 .collect(),
         };
         keys_by_market.push((market_config, keys));

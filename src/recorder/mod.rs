@@ -156,15 +156,7 @@ pub async fn run_with_seams(
     };
     let health = Arc::new(HealthBoard::new(
         config.metrics.health,
-        config.markets.iter().flat_map(|market_config| {
-            market_config.symbols.iter().flat_map(move |symbol| {
-                market_config.streams.iter().map(move |kind| StreamKey {
-                    market: market_config.market,
-                    symbol: symbol.clone(),
-                    kind: *kind,
-                })
-            })
-        }),
+        config.stream_keys(),
     ));
     let config = Arc::new(config);
     let wal_config = WalConfig {

@@ -146,24 +146,16 @@ pub(super) fn stream_metrics(
     config: &Config,
     counters: &Counters,
 ) -> HashMap<StreamKey, (Counter, GaugeF64)> {
-    let mut handles = HashMap::new();
-    for market_config in &config.markets {
-        for symbol in &market_config.symbols {
-            for kind in &market_config.streams {
-                let labels = StreamLabels {
-                    market: market_config.market.name().to_owned(),
-                    stream: stream_name(symbol, *kind),
-                };
-                let rows = counters.rows_by_stream.get_or_create(&labels).clone();
-                let last_event = counters.last_event_time.get_or_create(&labels).clone();
-                let key = StreamKey {
-                    market: market_config.market,
-                    symbol: symbol.clone(),
-                    kind: *kind,
-                };
-                handles.insert(key, (rows, last_event));
-            }
-        }
-    }
-    handles
+    config
+        .stream_keys()
+        .map(|key| {
+            let labels = StreamLabels {
+                market: key.market.name().to_owned(),
+                stream: stream_name(&key.symbol, key.kind),
+            };
+            let rows = counters.rows_by_stream.get_or_create(&labels).clone();
+            let last_event = counters.last_event_time.get_or_create(&labels).clone();
+            (key, (rows, last_event))
+        })
+        .collect()
 }

@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::binance::rest::{RestClient, RestError};
 use crate::config::{is_dated_contract, Config, MarketConfig};
-use crate::domain::{Hour, StreamKey};
+use crate::domain::Hour;
 use crate::metrics::Counters;
 use crate::parquet_out::{self, run_file};
 use crate::quarantine::{self, QuarantinedFrame};
@@ -307,65 +307,52 @@ fn read_and_decode(
 /// are owed, and holes the files declare are retried. Files more than
 /// `fill.lookback_hours` older than a stream's newest file are not read.
 fn resume_from_sealed_files(config: &Config, state: &mut State, counters: &Counters) {
-    for market_config in &config.markets {
-        for symbol in &market_config.symbols {
-            for kind in &market_config.streams {
-                let key = StreamKey {
-                    market: market_config.market,
-                    symbol: symbol.clone(),
-                    kind: *kind,
-                };
-                let hours = parquet_out::sealed_hours(&config.data_dir, &key);
-                let Some(newest) = hours.last().copied() else {
-                    continue;
-                };
-                let oldest_read = newest.start()
-                    - i64::from(config.fill.lookback_hours) * crate::domain::MICROS_PER_HOUR;
-                let mut resumed = false;
-                for hour in hours
-                    .iter()
-                    .rev()
-                    .copied()
-                    .take_while(|hour| hour.start() >= oldest_read)
-                {
-                    let path = parquet_out::hour_file_path(&config.data_dir, &key, hour);
-                    match parquet_out::read_summary(&path) {
-                        Ok(summary) => {
-                            if !resumed {
-                                state.resume_after_sealed(&key, hour, summary.last_key);
-                                resumed = true;
-                                // A delivered contract's last file: no later
-                                // hour is owed, even before exchangeInfo
-                                // answers (the spans replayed cover them).
-                                if let Some(at) = summary.delivered_at {
-                                    state.end_recording(key.market, &key.symbol, at);
-                                }
-                            }
-                            if !summary.unfilled.is_empty() {
-                                state.declare_sealed_holes(&key, hour, summary.unfilled);
-                            }
+    for key in config.stream_keys() {
+        let hours = parquet_out::sealed_hours(&config.data_dir, &key);
+        let Some(newest) = hours.last().copied() else {
+            continue;
+        };
+        let oldest_read =
+            newest.start() - i64::from(config.fill.lookback_hours) * crate::domain::MICROS_PER_HOUR;
+        let mut resumed = false;
+        for hour in hours
+            .iter()
+            .rev()
+            .copied()
+            .take_while(|hour| hour.start() >= oldest_read)
+        {
+            let path = parquet_out::hour_file_path(&config.data_dir, &key, hour);
+            match parquet_out::read_summary(&path) {
+                Ok(summary) => {
+                    if !resumed {
+                        state.resume_after_sealed(&key, hour, summary.last_key);
+                        resumed = true;
+                        // A delivered contract's last file: no later
+                        // hour is owed, even before exchangeInfo
+                        // answers (the spans replayed cover them).
+                        if let Some(at) = summary.delivered_at {
+                            state.end_recording(key.market, &key.symbol, at);
                         }
-                        Err(error) => {
-                            Counters::add(&counters.files_corrupt, 1);
-                            let aside = match parquet_out::move_aside(&config.data_dir, &path) {
-                                Ok(aside) => aside,
-                                Err(move_error) => {
-                                    error!(path = %path.display(), %error, %move_error, "sealed file unreadable and cannot be moved aside");
-                                    continue;
-                                }
-                            };
-                            error!(path = %path.display(), %error, aside = %aside.display(), "sealed file unreadable at start; moved aside, rebuilt from the WAL and REST");
-                            // Newer than every readable file: the hour is
-                            // judged again from the previous one's last row.
-                            // Older: its whole hour is a declared hole.
-                            if resumed {
-                                state.declare_sealed_holes(
-                                    &key,
-                                    hour,
-                                    whole_hour_hole(*kind, hour),
-                                );
-                            }
+                    }
+                    if !summary.unfilled.is_empty() {
+                        state.declare_sealed_holes(&key, hour, summary.unfilled);
+                    }
+                }
+                Err(error) => {
+                    Counters::add(&counters.files_corrupt, 1);
+                    let aside = match parquet_out::move_aside(&config.data_dir, &path) {
+                        Ok(aside) => aside,
+                        Err(move_error) => {
+                            error!(path = %path.display(), %error, %move_error, "sealed file unreadable and cannot be moved aside");
+                            continue;
                         }
+                    };
+                    error!(path = %path.display(), %error, aside = %aside.display(), "sealed file unreadable at start; moved aside, rebuilt from the WAL and REST");
+                    // Newer than every readable file: the hour is
+                    // judged again from the previous one's last row.
+                    // Older: its whole hour is a declared hole.
+                    if resumed {
+                        state.declare_sealed_holes(&key, hour, whole_hour_hole(key.kind, hour));
                     }
                 }
             }

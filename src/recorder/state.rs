@@ -85,21 +85,12 @@ pub struct State {
 
 impl State {
     pub fn new(config: &Config, counters: Arc<Counters>) -> State {
-        let mut markets = BTreeMap::new();
-        let mut keys = Vec::new();
-        for market_config in &config.markets {
-            markets.insert(market_config.market, MarketState::default());
-            for symbol in &market_config.symbols {
-                for kind in &market_config.streams {
-                    keys.push(StreamKey {
-                        market: market_config.market,
-                        symbol: symbol.clone(),
-                        kind: *kind,
-                    });
-                }
-            }
-        }
-        let streams = Streams::new(keys);
+        let markets = config
+            .markets
+            .iter()
+            .map(|market_config| (market_config.market, MarketState::default()))
+            .collect();
+        let streams = Streams::new(config.stream_keys());
         State {
             grace_us: i64::try_from(config.seal_grace.as_micros()).unwrap_or(i64::MAX),
             clock: config.clock,
