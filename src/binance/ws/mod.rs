@@ -47,6 +47,7 @@
 //! shared [`HandshakeBudget`], `settings.rs` the [`ConnectionSettings`].
 
 mod handshake;
+mod inbound;
 mod link;
 mod settings;
 mod silence;
@@ -54,12 +55,11 @@ mod silence;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::FutureExt;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -69,6 +69,7 @@ use crate::binance::streams::connection_url;
 use crate::domain::{Market, StreamKind, Symbol, TimeUs};
 use crate::metrics::Counters;
 pub use handshake::HandshakeBudget;
+pub use inbound::{FramePayload, Inbound};
 pub use link::LinkLost;
 pub use link::OpenLinks;
 use link::{stream_key_of, Link, LinkEvent};
@@ -78,66 +79,6 @@ pub use silence::{
     judge_silence, judge_unheard, kline_push_interval, silence_bound, DataRate, MarketActivity,
     MarketPeers, Silence, Unheard,
 };
-
-/// A frame's bytes as the socket handed them over (its own buffer: no copy
-/// until the WAL record is built). A text frame keeps tungstenite's proof
-/// that it is UTF-8, so its decode does not check again.
-#[derive(Debug, Clone)]
-pub enum FramePayload {
-    Text(Utf8Bytes),
-    Binary(Bytes),
-}
-
-impl FramePayload {
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            FramePayload::Text(text) => text.as_bytes(),
-            FramePayload::Binary(bytes) => bytes,
-        }
-    }
-}
-
-/// What a connection task (or the clock task) tells the recorder.
-#[derive(Debug)]
-pub enum Inbound {
-    /// A text or binary data frame, as received.
-    Frame {
-        market: Market,
-        recv_time: TimeUs,
-        payload: FramePayload,
-    },
-    /// A link was established and its subscription sent.
-    Connected {
-        market: Market,
-        task: usize,
-        link: u64,
-    },
-    /// A link ended. `streams` are the streams it carried; from now until a
-    /// replacement delivers, they may miss data (a gap to check).
-    Disconnected {
-        market: Market,
-        task: usize,
-        link: u64,
-        reason: LinkLost,
-        streams: Vec<(Symbol, StreamKind)>,
-    },
-    /// A `/api/v3/time` answer: the exchange's clock and the host clock's
-    /// offset from it (host minus exchange, at the middle of the request).
-    ClockSample {
-        market: Market,
-        server_time: TimeUs,
-        offset_us: i64,
-    },
-    /// Binance refuses this host (HTTP 403 or 451): the daemon stops with
-    /// this message instead of retrying forever.
-    Refused { market: Market, message: String },
-    /// `exchangeInfo` read again (with the weight limit): what it says of
-    /// the configured symbols, for the delivery of dated contracts.
-    SymbolStatuses {
-        market: Market,
-        statuses: Vec<crate::binance::rest::SymbolStatus>,
-    },
-}
 
 /// The symbols of a market whose streams are dropped for good (delivered
 /// contracts): the runtime sends the whole set, each connection task

@@ -1,0 +1,69 @@
+//! What the connection tasks (and the clock task) tell the recorder over
+//! its one channel: frames as the socket handed them over, and the links'
+//! and the exchange's news.
+
+use bytes::Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::LinkLost;
+use crate::domain::{Market, StreamKind, Symbol, TimeUs};
+
+/// A frame's bytes as the socket handed them over (its own buffer: no copy
+/// until the WAL record is built). A text frame keeps tungstenite's proof
+/// that it is UTF-8, so its decode does not check again.
+#[derive(Debug, Clone)]
+pub enum FramePayload {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+impl FramePayload {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            FramePayload::Text(text) => text.as_bytes(),
+            FramePayload::Binary(bytes) => bytes,
+        }
+    }
+}
+
+/// What a connection task (or the clock task) tells the recorder.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A text or binary data frame, as received.
+    Frame {
+        market: Market,
+        recv_time: TimeUs,
+        payload: FramePayload,
+    },
+    /// A link was established and its subscription sent.
+    Connected {
+        market: Market,
+        task: usize,
+        link: u64,
+    },
+    /// A link ended. `streams` are the streams it carried; from now until a
+    /// replacement delivers, they may miss data (a gap to check).
+    Disconnected {
+        market: Market,
+        task: usize,
+        link: u64,
+        reason: LinkLost,
+        streams: Vec<(Symbol, StreamKind)>,
+    },
+    /// A `/api/v3/time` answer: the exchange's clock and the host clock's
+    /// offset from it (host minus exchange, at the middle of the request).
+    ClockSample {
+        market: Market,
+        server_time: TimeUs,
+        offset_us: i64,
+    },
+    /// Binance refuses this host (HTTP 403 or 451): the daemon stops with
+    /// this message instead of retrying forever.
+    Refused { market: Market, message: String },
+    /// `exchangeInfo` read again (with the weight limit): what it says of
+    /// the configured symbols, for the delivery of dated contracts.
+    SymbolStatuses {
+        market: Market,
+        statuses: Vec<crate::binance::rest::SymbolStatus>,
+    },
+}
