@@ -11,6 +11,12 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"BRECWAL\0";
 pub const FORMAT_VERSION: u16 = 1;
 pub const SEGMENT_HEADER_LEN: usize = 24;
 
+/// Segments written with `O_DIRECT` are written in blocks of this many
+/// bytes, the last padded with zeros: a segment may end in fewer zeros
+/// than this after its last record, its length a multiple of this. The
+/// reader takes them for the end of the segment, not for damage.
+pub const PAD_TO: usize = 4096;
+
 pub const SYNC_MARKER: [u8; 4] = [0xF5, 0x57, 0xA1, 0x1E];
 pub const FRAME_HEADER_LEN: usize = 21;
 /// Largest payload accepted on write and believed on read, so a corrupt

@@ -59,6 +59,13 @@
 //! byte range (the brief put it after the length; same fields covered). A
 //! record's [`RecordPosition`] is the offset of its sync marker.
 //!
+//! A segment may end in fewer than 4,096 zero bytes after its last record,
+//! its length then a multiple of 4,096 (`frame::PAD_TO`): [`RealFs`] writes
+//! segments with `O_DIRECT` where the filesystem takes it, in whole blocks,
+//! the last padded with zeros; the padding is cut when the segment is
+//! closed, and left by a crash. The reader takes such zeros for the end of
+//! the segment; any other bytes after the last record are damage.
+//!
 //! # Durability contract
 //!
 //! - [`WalWriter::append`] only buffers. A record is durable, and may be

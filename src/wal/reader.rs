@@ -445,6 +445,19 @@ impl SegmentScanner {
         }
     }
 
+    /// Whether the segment ends at `start` in the zeros a direct write
+    /// pads its last block with ([`frame::PAD_TO`]): fewer than a block of
+    /// zeros, to a length that is a multiple of it. Such a tail is the
+    /// writer's, not damage; anything else after the last record is.
+    fn padding_from(&mut self, start: u64) -> Result<bool> {
+        let block = frame::PAD_TO as u64;
+        if self.fill_to(start + block)? {
+            return Ok(false);
+        }
+        let tail = self.available_from(start);
+        Ok(self.buffer_end().is_multiple_of(block) && tail.iter().all(|&byte| byte == 0))
+    }
+
     fn read_record(&mut self) -> Result<Option<ReadItem<Found>>> {
         let start = self.position;
         if !self.fill_to(start + 1)? {
@@ -477,6 +490,10 @@ impl SegmentScanner {
                 };
                 self.position = start + info.frame_len as u64;
                 Ok(Some(item))
+            }
+            Verdict::Damaged(_) if self.padding_from(start)? => {
+                self.state = ScanState::Done;
+                Ok(None)
             }
             Verdict::Damaged(reason) => {
                 let next_valid = self.find_next_valid_frame(start + 1)?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::fault_fs::{FaultFs, FaultOp};
-use super::frame::{encode_frame, encode_segment_header, frame_len, SEGMENT_HEADER_LEN};
+use super::frame::{encode_frame, encode_segment_header, frame_len, PAD_TO, SEGMENT_HEADER_LEN};
 use super::fs::WalFs;
 use super::*;
 
@@ -358,6 +358,162 @@ fn torn_tail_at_every_byte_of_the_last_record() {
         assert_eq!(records_in(&replayed), records[..3]);
         assert!(damage_in(&replayed).is_empty());
     }
+}
+
+/// A direct write pads a segment's last block with zeros (`PAD_TO`):
+/// fewer than a block of zeros to an aligned length is the segment's end,
+/// not damage, after records or after the header alone; any other zeros
+/// after the last record are damage, as before.
+#[test]
+fn the_zeros_of_a_direct_write_end_a_segment_and_other_zeros_are_damage() {
+    let records = sample_records(4);
+    let (bytes, offsets) = segment_bytes(SegmentId(1), &records);
+    let (header_only, _) = segment_bytes(SegmentId(1), &[]);
+    let path = segment_path(Path::new(DIR), SegmentId(1));
+    let padded = |bytes: &[u8], len: usize| {
+        let mut padded = bytes.to_vec();
+        padded.resize(len, 0);
+        padded
+    };
+    let aligned = bytes.len().div_ceil(PAD_TO) * PAD_TO;
+    for (label, file, damage) in [
+        ("records padded to the block", padded(&bytes, aligned), None),
+        (
+            "header padded to the block",
+            padded(&header_only, PAD_TO),
+            None,
+        ),
+        (
+            "zeros to no block's end",
+            padded(&bytes, aligned - 1),
+            Some(aligned - 1),
+        ),
+        (
+            "a block of zeros and more",
+            padded(&bytes, aligned + PAD_TO),
+            Some(aligned + PAD_TO),
+        ),
+    ] {
+        let fs = FaultFs::new();
+        put_file(&fs, &path, &file);
+        let items = read_all(&fs);
+        let expected_records = if file.starts_with(&bytes) {
+            &records[..]
+        } else {
+            &[]
+        };
+        assert_eq!(records_in(&items), expected_records, "{label}");
+        let end = bytes.len() as u64;
+        assert_eq!(
+            damage_in(&items),
+            damage
+                .map(|to| vec![(
+                    SegmentId(1),
+                    end,
+                    to as u64 - end,
+                    DamageReason::BadSyncMarker,
+                    true
+                )])
+                .unwrap_or_default(),
+            "{label}"
+        );
+        let (_writer, report) = open_fault(&fs, 1 << 20).expect("open");
+        assert_eq!(report.torn_tail.is_some(), damage.is_some(), "{label}");
+        let replayed: Vec<ReadItem> = report.replay().collect::<Result<_>>().expect("replay");
+        assert_eq!(records_in(&replayed), expected_records, "{label}");
+        assert!(damage_in(&replayed).is_empty(), "{label}");
+    }
+    // A record torn inside the padded block is damage, zeros and all.
+    let torn_at = offsets[3] as usize + 5;
+    let fs = FaultFs::new();
+    put_file(&fs, &path, &padded(&bytes[..torn_at], aligned));
+    assert_eq!(
+        damage_in(&read_all(&fs)),
+        vec![(
+            SegmentId(1),
+            offsets[3],
+            aligned as u64 - offsets[3],
+            DamageReason::ChecksumMismatch,
+            true
+        )]
+    );
+}
+
+/// On the real filesystem (`O_DIRECT` where it is taken): records synced
+/// a few at a time, so blocks are padded and written again, read back
+/// whole and without damage, whether the writer was dropped like a
+/// killed process (padding left) or closed (padding cut).
+#[test]
+fn real_filesystem_direct_writes_padded_and_rewritten_read_back_whole() {
+    for killed in [true, false] {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let records: Vec<Record> = (0..300)
+            .map(|index| record(index, 20 + index * 13 % 900))
+            .collect();
+        let (mut writer, _) = Wal::open(config(temp.path(), 64 << 10)).expect("open");
+        for (index, record) in records.iter().enumerate() {
+            writer.append(record).expect("append");
+            if index % 7 == 0 {
+                writer.sync().expect("sync");
+            }
+        }
+        writer.sync().expect("sync");
+        let segments = writer.segments();
+        assert!(segments.len() > 2, "rolled: {segments:?}");
+        let active = segment_path(temp.path(), writer.active_segment());
+        let active_len = std::fs::metadata(&active).expect("stat").len();
+        if killed {
+            assert_eq!(
+                active_len % PAD_TO as u64,
+                0,
+                "written in padded blocks: does this filesystem refuse O_DIRECT?"
+            );
+            std::mem::forget(writer);
+        } else {
+            writer.close().expect("close");
+            let closed_len = std::fs::metadata(&active).expect("stat").len();
+            assert!(
+                closed_len <= active_len && !closed_len.is_multiple_of(PAD_TO as u64),
+                "padding cut: {closed_len}"
+            );
+        }
+        let items: Vec<ReadItem> = read_segments(temp.path())
+            .expect("list")
+            .collect::<Result<_>>()
+            .expect("read");
+        assert_eq!(records_in(&items), records, "killed: {killed}");
+        assert!(
+            damage_in(&items).is_empty(),
+            "killed: {killed}: {:?}",
+            damage_in(&items)
+        );
+        let (_writer, report) = Wal::open(config(temp.path(), 64 << 10)).expect("reopen");
+        assert_eq!(report.torn_tail, None);
+        assert_eq!(
+            records_in(&report.replay().collect::<Result<Vec<_>>>().expect("replay")),
+            records
+        );
+    }
+}
+
+/// A record larger than the direct file keeps a buffer for (8 MiB)
+/// between small ones, on the real filesystem: all read back.
+#[test]
+fn real_filesystem_direct_writes_take_a_record_larger_than_the_kept_buffer() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let records = vec![record(0, 100), record(1, 9 << 20), record(2, 100)];
+    let (mut writer, _) = Wal::open(config(temp.path(), 64 << 20)).expect("open");
+    for record in &records {
+        writer.append(record).expect("append");
+        writer.sync().expect("sync");
+    }
+    writer.close().expect("close");
+    let items: Vec<ReadItem> = read_segments(temp.path())
+        .expect("list")
+        .collect::<Result<_>>()
+        .expect("read");
+    assert_eq!(records_in(&items), records);
+    assert_eq!(items.len(), 3, "no damage");
 }
 
 #[test]

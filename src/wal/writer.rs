@@ -57,7 +57,8 @@ pub struct WalWriter {
     /// bytes when closed (the active one's is `active.len`).
     segments: BTreeMap<SegmentId, u64>,
     active: ActiveSegment,
-    /// Encoded frames not yet handed to the kernel.
+    /// Encoded frames not yet handed to the kernel, when the active
+    /// segment's file keeps no buffer of its own ([`WalFile::buffer`]).
     pending: Vec<u8>,
     schedule: SyncSchedule,
     /// Set when a segment roll happened and the caller has not asked yet.
@@ -235,7 +236,9 @@ impl WalWriter {
             segment: self.active.id,
             offset: self.active.len,
         };
-        frame::encode_parts(kind, recv_time_us, parts, &mut self.pending);
+        let pending = self.active.file.buffer().unwrap_or(&mut self.pending);
+        frame::encode_parts(kind, recv_time_us, parts, pending);
+        let pending_len = pending.len();
         let n_bytes = frame::frame_len(payload_len) as u64;
         self.active.len += n_bytes;
         self.active.n_records += 1;
@@ -246,7 +249,7 @@ impl WalWriter {
             .oldest_unsynced_at()
             .unwrap_or_else(Instant::now);
         self.schedule.on_append(now, n_bytes);
-        if self.pending.len() >= WRITE_OUT_THRESHOLD {
+        if pending_len >= WRITE_OUT_THRESHOLD {
             self.write_out()?;
         }
         Ok(position)
@@ -420,6 +423,9 @@ impl WalWriter {
 
     /// Hands the buffered frames to the kernel (no fsync).
     fn write_out(&mut self) -> Result<()> {
+        if let Err(source) = self.active.file.write_buffer() {
+            return Err(self.fail(WalError::io("write", self.active.path.clone(), source)));
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
