@@ -117,14 +117,11 @@ impl WalFs for RealFs {
         }
     }
 
-    /// The segment is read once from start to end: the kernel is told to
-    /// read it all ahead (the writer dropped its pages from the cache, so
-    /// a replay reads them from the disk).
+    /// The segment is read once from start to end ([`ReadOnce`]).
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
         let file = File::open(path)?;
         let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
-        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
-        Ok(Box::new(file))
+        Ok(Box::new(ReadOnce::new(file)))
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
@@ -143,6 +140,68 @@ impl WalFs for RealFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+}
+
+/// A segment read once, start to end (the replay): the kernel is told to
+/// read a window ahead of the reader, and to drop what the reader has
+/// read. The page cache then holds a few windows of the WAL, not all of
+/// it, and the pages it frees are the ones it reads the next window into:
+/// on this VM a page the kernel has not used for a while costs about
+/// 1 s a GB to fill (docs/BENCHMARKS.md, sessions 20 and 22), and a
+/// segment read ahead whole took 64 MiB of such pages at once.
+#[derive(Debug)]
+struct ReadOnce {
+    file: File,
+    /// Bytes read so far.
+    offset: u64,
+    /// The kernel was told to read ahead up to here.
+    ahead_to: u64,
+    /// The kernel was told to drop the pages up to here.
+    dropped_to: u64,
+}
+
+/// How far ahead of the reader the kernel reads, in one request each.
+const READ_AHEAD: u64 = 4 << 20;
+
+impl ReadOnce {
+    fn new(file: File) -> ReadOnce {
+        ReadOnce {
+            file,
+            offset: 0,
+            ahead_to: 0,
+            dropped_to: 0,
+        }
+    }
+}
+
+impl Read for ReadOnce {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use rustix::fs::{fadvise, Advice};
+        if self.offset + READ_AHEAD > self.ahead_to {
+            let from = self.ahead_to.max(self.offset);
+            let _ = fadvise(
+                &self.file,
+                from,
+                std::num::NonZeroU64::new(2 * READ_AHEAD),
+                Advice::WillNeed,
+            );
+            self.ahead_to = from + 2 * READ_AHEAD;
+        }
+        let n_read = self.file.read(buf)?;
+        self.offset += n_read as u64;
+        if self.offset - self.dropped_to >= READ_AHEAD {
+            // Whole pages only: the last one may still be read from.
+            let to = self.offset / PAD_TO as u64 * PAD_TO as u64;
+            let _ = fadvise(
+                &self.file,
+                self.dropped_to,
+                std::num::NonZeroU64::new(to - self.dropped_to),
+                Advice::DontNeed,
+            );
+            self.dropped_to = to;
+        }
+        Ok(n_read)
     }
 }
 
