@@ -49,6 +49,7 @@
 mod handshake;
 mod inbound;
 mod link;
+mod read_clock;
 mod settings;
 mod silence;
 
@@ -114,10 +115,10 @@ impl ConnectionPlan {
     }
 }
 
-/// The local wall clock in epoch µs: the `recv_time` of a frame. Read
-/// for every frame, so without chrono's calendar arithmetic (a date made
-/// only to be turned back into a count); a clock before 1970 reads as
-/// negative µs, as chrono's would.
+/// The local wall clock in epoch µs: the `recv_time` of a frame, read at
+/// every socket read that brings bytes (`read_clock.rs`), so without
+/// chrono's calendar arithmetic (a date made only to be turned back into a
+/// count); a clock before 1970 reads as negative µs, as chrono's would.
 pub fn now_us() -> TimeUs {
     let now = std::time::SystemTime::now();
     match now.duration_since(std::time::UNIX_EPOCH) {
@@ -280,6 +281,40 @@ fn socket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig 
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(32 * 1024)
 }
 
+/// Opens the WebSocket at `url` over a socket that notes when it read
+/// ([`read_clock::ReadClock`]); TLS where the URL says `wss`. As
+/// `tokio_tungstenite::connect_async_with_config` does, Nagle left on.
+async fn connect(url: &str) -> Result<link::Socket, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::error::{Error, UrlError};
+    let request = url.into_client_request()?;
+    let host = request
+        .uri()
+        .host()
+        .ok_or(Error::Url(UrlError::NoHostName))?;
+    let port = request
+        .uri()
+        .port_u16()
+        .or(match request.uri().scheme_str() {
+            Some("wss") => Some(443),
+            Some("ws") => Some(80),
+            _ => None,
+        })
+        .ok_or(Error::Url(UrlError::UnsupportedUrlScheme))?;
+    // The host as the URL writes it: an IPv6 address keeps its brackets.
+    let tcp = tokio::net::TcpStream::connect(format!("{host}:{port}"))
+        .await
+        .map_err(Error::Io)?;
+    let (socket, _response) = tokio_tungstenite::client_async_tls_with_config(
+        request,
+        read_clock::ReadClock::new(tcp),
+        Some(socket_config()),
+        None,
+    )
+    .await?;
+    Ok(socket)
+}
+
 /// Connects and queues the subscription. `None` when cancelled.
 async fn open_link(
     plan: &ConnectionPlan,
@@ -297,13 +332,13 @@ async fn open_link(
         _ = cancel.cancelled() => return None,
         connected = tokio::time::timeout(
             settings.connect_timeout,
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(socket_config()), false),
+            connect(url.as_str()),
         ) => connected,
     };
     let socket = match connected {
         Err(_) => return Some(Err(LinkLost::ConnectTimedOut)),
         Ok(Err(error)) => return Some(Err(LinkLost::ConnectFailed(Arc::new(error)))),
-        Ok(Ok((socket, _response))) => socket,
+        Ok(Ok(socket)) => socket,
     };
     let number = *next_link;
     *next_link += 1;
@@ -380,7 +415,8 @@ async fn drive_link(
     // When the first frame of the frames read back to back was taken: the
     // liveness time of all of them (they came in one read, or microseconds
     // apart), so a frame of a burst reads the monotonic clock only once per
-    // turn. `recv_time` is still read for each frame.
+    // turn. `recv_time` is the time of the socket read that completed the
+    // frame (`read_clock.rs`).
     let mut turn_started = Instant::now();
     let mut activity_noted: Option<Instant> = None;
     let mut ready_in_a_row = 0;
@@ -610,7 +646,8 @@ async fn drive_link(
         }
         let received_at = turn_started;
         receiving.last_frame = received_at;
-        let recv_time = now_us();
+        // When the socket read that completed the frame returned.
+        let recv_time = receiving.socket.get_ref().get_ref().last_read_us();
         let payload = match message {
             Message::Text(text) => FramePayload::Text(text),
             Message::Binary(bytes) => FramePayload::Binary(bytes),
