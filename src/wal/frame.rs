@@ -15,7 +15,7 @@ pub const SEGMENT_HEADER_LEN: usize = 24;
 /// bytes, the last padded with zeros: a segment may end in fewer zeros
 /// than this after its last record, its length a multiple of this. The
 /// reader takes them for the end of the segment, not for damage.
-pub const PAD_TO: usize = 4096;
+pub const PAD_TO: usize = super::direct::BLOCK;
 
 pub const SYNC_MARKER: [u8; 4] = [0xF5, 0x57, 0xA1, 0x1E];
 pub const FRAME_HEADER_LEN: usize = 21;

@@ -14,6 +14,7 @@
 //! | `frame.rs` | encode/check the segment header and one record frame | none |
 //! | `sync_policy.rs` | group commit: when is a sync due, time passed in | none |
 //! | `fs.rs` | the filesystem seam: `WalFs` trait, `RealFs`, and `FaultFs` (tests) | all of it |
+//! | `direct.rs` | `RealFs`'s files: `BlockWriter` (whole blocks with `O_DIRECT`, the last padded), `ReadOnce` (a window read ahead, what was read dropped) | the real files |
 //! | `segment.rs` | segment file names, listing, directory scan | via `WalFs` |
 //! | `writer.rs` | `WalWriter`: append, sync, roll, delete, fail-stop | via `WalFs` |
 //! | `reader.rs` | `WalReader`: streams records and damage, resyncs; torn-tail repair | via `WalFs` |
@@ -146,6 +147,7 @@
 //! never the active segment; the caller asks only once every Parquet hour that
 //! a segment feeds is sealed.
 
+mod direct;
 mod error;
 #[cfg(test)]
 mod fault_fs;
