@@ -234,7 +234,7 @@ pub struct ReadOnce {
 const READ_AHEAD: u64 = 4 << 20;
 
 impl ReadOnce {
-    pub fn new(file: File) -> ReadOnce {
+    fn new(file: File) -> ReadOnce {
         let _ = fadvise(&file, 0, None, Advice::Sequential);
         ReadOnce {
             file,

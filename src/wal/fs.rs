@@ -151,7 +151,7 @@ impl WalFile for DirectFile {
     /// Buffers `bytes` and writes the buffer's whole blocks.
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         self.0.buffer().extend_from_slice(bytes);
-        self.0.write_blocks(false)?;
+        self.write_buffer()?;
         Ok(bytes.len())
     }
 
