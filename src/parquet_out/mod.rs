@@ -351,6 +351,26 @@ mod tests {
                 kind.path_name()
             )));
             assert_eq!(read_hour_file(&path, kind).expect("reads"), file.rows);
+            // The footer holds no `ARROW:schema`: the Parquet types alone
+            // read back as the contract's Arrow types.
+            let read_back = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                fs::File::open(&path).expect("opens"),
+            )
+            .expect("a parquet file");
+            let footer_keys: Vec<&str> = read_back
+                .metadata()
+                .file_metadata()
+                .key_value_metadata()
+                .expect("key-value metadata")
+                .iter()
+                .map(|key_value| key_value.key.as_str())
+                .collect();
+            assert!(!footer_keys.contains(&"ARROW:schema"), "{footer_keys:?}");
+            assert_eq!(
+                read_back.schema().fields(),
+                schema::schema_for(kind).fields(),
+                "{kind:?}"
+            );
             let metadata: std::collections::HashMap<_, _> = read_metadata(&path)
                 .expect("metadata")
                 .into_iter()

@@ -27,7 +27,9 @@ use crate::domain::{Decimal8, Row, StreamKind, TimeUs};
 use super::layout::{
     create_dir_durably, hour_file_path, staging_dir, staging_path, sync_directory,
 };
-use super::schema::{count_metadata, decimal_type, file_metadata, schema_for, writer_properties};
+use super::schema::{
+    count_metadata, decimal_type, file_metadata, schema_for, writer_options, writer_properties,
+};
 use super::{HourFile, ParquetOutError, Piece, RowCounts, SortedRows};
 
 /// Rows turned into Arrow columns at a time when a file is written: the
@@ -301,7 +303,7 @@ impl PageStoreFactory for FilePagesFactory {
 /// pass: a million rows sealed 2.2 times slower with 11 passes, no slower
 /// with 2 (docs/BENCHMARKS.md). The bytes are `ArrowWriter`'s, for the
 /// same slices and footer keys: the same column writers (made by its own
-/// factory, with its `ARROW:schema` footer key) take the same arrays, and
+/// factory, with the same options) take the same arrays, and
 /// row groups split at the same row (`max_row_group_row_count`).
 fn encode_by_column<W: Write + Send, R: SortedRows>(
     output: W,
@@ -317,7 +319,7 @@ fn encode_by_column<W: Write + Send, R: SortedRows>(
     };
     let schema = schema_for(kind);
     let (mut file_writer, column_writers) =
-        ArrowWriter::try_new(output, schema.clone(), Some(properties))
+        ArrowWriter::try_new_with_options(output, schema.clone(), writer_options(properties))
             .and_then(ArrowWriter::into_serialized_writer)
             .map_err(encode_error)?;
     let page_file = Arc::new(PageFile {
@@ -647,7 +649,8 @@ mod tests {
         rows: &R,
     ) -> W {
         let mut writer =
-            ArrowWriter::try_new(output, schema_for(kind), Some(properties)).expect("writer");
+            ArrowWriter::try_new_with_options(output, schema_for(kind), writer_options(properties))
+                .expect("writer");
         let mut counts = RowCounts::default();
         rows.for_each_slice(ROWS_PER_BATCH, &mut |slice| {
             counts.add(slice);
