@@ -440,6 +440,10 @@ impl Runtime {
         // planning tick, every 200 ms, tells it too).
         let mut frames_untold: u32 = 0;
         let mut inputs = Vec::with_capacity(INPUTS_PER_TURN);
+        // One wait on the stop for the whole run, not one per turn (each
+        // joined and left the token's waiting list under a lock).
+        let stopped = shutdown.cancelled();
+        tokio::pin!(stopped);
         loop {
             if self.fatal.is_some() {
                 return;
@@ -454,7 +458,7 @@ impl Runtime {
             let mut replan = true;
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return,
+                () = &mut stopped => return,
                 outcome = wait_batch(&mut self.batch) => match outcome {
                     Ok(outcome) => self.finish_batch(outcome).await,
                     Err(error) => {

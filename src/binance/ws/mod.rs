@@ -56,7 +56,7 @@ mod silence;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::{FutureExt, Stream, StreamExt};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -420,6 +420,13 @@ async fn drive_link(
     let mut turn_started = Instant::now();
     let mut activity_noted: Option<Instant> = None;
     let mut ready_in_a_row = 0;
+    // The waits on the stop and on retirements live as long as the link,
+    // not one per turn: each made anew joined (and, dropped, left) its
+    // notifier's waiting list under a lock, at every frame of a live feed.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let retirements = retirements(plan.retired.clone());
+    tokio::pin!(retirements);
     loop {
         // A frame already read on this turn's way out is handled without
         // the turn's judgements (see `READY_FRAMES_PER_TURN`).
@@ -529,7 +536,7 @@ async fn drive_link(
             }
 
             tokio::select! {
-                Ok(()) = plan.retired.changed() => {
+                Some(()) = retirements.next() => {
                     if !plan.drop_retired() {
                         continue;
                     }
@@ -548,7 +555,7 @@ async fn drive_link(
                     }
                     continue;
                 }
-                _ = cancel.cancelled() => {
+                () = &mut cancelled => {
                     let _ = link.socket.close(None).await;
                     if let Some(mut new_link) = replacement {
                         let _ = new_link.socket.close(None).await;
@@ -758,6 +765,17 @@ async fn drive_link(
 /// cost more than the frame. Every judgement is about time or a rare event,
 /// so putting it off for this many frames (microseconds) changes nothing.
 const READY_FRAMES_PER_TURN: u32 = 64;
+
+/// Each change of the retired symbols, from a receiver of its own (the
+/// plan's reads the value): one wait kept across turns. Ends when the
+/// sender is gone.
+fn retirements(retired: RetiredSymbols) -> impl Stream<Item = ()> {
+    futures_util::stream::unfold(retired, |mut retired| async move {
+        retired.changed().await.ok()?;
+        Some(((), retired))
+    })
+    .fuse()
+}
 
 async fn next_replacement_event(replacement: &mut Option<Link>) -> LinkEvent {
     match replacement.as_mut() {
