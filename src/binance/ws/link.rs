@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -213,11 +214,17 @@ impl Link {
     }
 
     pub(super) async fn next_event(&mut self) -> LinkEvent {
-        match self.socket.next().await {
+        std::future::poll_fn(|context| self.poll_event(context)).await
+    }
+
+    /// The next event if the socket has one ready; else the task's waker
+    /// is left with the socket (the same one its `select!` leaves).
+    pub(super) fn poll_event(&mut self, context: &mut Context<'_>) -> Poll<LinkEvent> {
+        self.socket.poll_next_unpin(context).map(|next| match next {
             None => LinkEvent::Ended(LinkLost::Ended),
             Some(Err(error)) => LinkEvent::Ended(LinkLost::Read(Arc::new(error))),
             Some(Ok(message)) => LinkEvent::Frame(message),
-        }
+        })
     }
 
     /// Sends the next paced SUBSCRIBE if one is due.

@@ -55,9 +55,10 @@ mod silence;
 mod socket;
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -665,9 +666,18 @@ async fn drive_link(
             Ok(permit) => {
                 permit.send(inbound);
                 if replacement.is_none() && ready_in_a_row < READY_FRAMES_PER_TURN {
-                    // Polled once: a socket with nothing ready is left to
-                    // the next turn's `select!`, which registers the waker.
-                    ready = link.next_event().now_or_never();
+                    // Polled once, with this task's own waker: a socket
+                    // with nothing ready keeps it for the next turn's
+                    // `select!`, which registers the same one (a no-op
+                    // waker, swapped with the task's at every frame, cost
+                    // a waker clone and drop a frame).
+                    ready = std::future::poll_fn(|context| {
+                        Poll::Ready(match link.poll_event(context) {
+                            Poll::Ready(event) => Some(event),
+                            Poll::Pending => None,
+                        })
+                    })
+                    .await;
                 }
                 ready_in_a_row = if ready.is_some() {
                     ready_in_a_row + 1
