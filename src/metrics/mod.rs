@@ -10,6 +10,7 @@ pub mod health;
 pub mod server;
 
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,6 +36,49 @@ pub struct StreamLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MarketLabels {
     pub market: String,
+}
+
+/// The work a thread's CPU time is counted under
+/// (`binance_recorder_cpu_seconds_total{work=...}`): the threads of the
+/// WAL's group commits, of the decoding beside them, of the seals and of
+/// the spilled runs. What is left of the process's CPU is the runtime's
+/// workers: the sockets, the channel and the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// A group commit's appends, fsync and segment deletions.
+    WalWrite,
+    /// A group commit's frames decoded, beside its appends.
+    Decode,
+    /// A seal job: merge, encode, fsync, rename.
+    Seal,
+    /// A spilled run written past `memory.max_held_mb`.
+    Spill,
+}
+
+impl Work {
+    fn label(self) -> &'static str {
+        match self {
+            Work::WalWrite => "wal_write",
+            Work::Decode => "decode",
+            Work::Seal => "seal",
+            Work::Spill => "spill",
+        }
+    }
+}
+
+/// The labels of the CPU time counted by [`Work`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkLabels {
+    pub work: &'static str,
+}
+
+/// The CPU time (user and system) the calling thread has used so far.
+pub fn thread_cpu() -> Duration {
+    let spent = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(spent.tv_sec).unwrap_or(0),
+        u32::try_from(spent.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Histogram buckets for latencies from 0.1 ms to about 26 s.
@@ -82,6 +126,8 @@ macro_rules! counters {
             pub receive_to_durable_seconds: Histogram,
             /// Time one seal job took (merge, encode, fsync, rename).
             pub seal_seconds: Histogram,
+            /// CPU time of the threads doing each [`Work`], in seconds.
+            pub cpu_seconds: Family<WorkLabels, Counter<f64, AtomicU64>>,
         }
 
         impl Default for Counters {
@@ -95,6 +141,7 @@ macro_rules! counters {
                     wal_fsync_seconds: latency_histogram(),
                     receive_to_durable_seconds: ack_latency_histogram(),
                     seal_seconds: latency_histogram(),
+                    cpu_seconds: Family::default(),
                 }
             }
         }
@@ -154,6 +201,26 @@ macro_rules! counters {
                     "Time one seal job took (merge, encode, fsync, rename)",
                     self.seal_seconds.clone(),
                 );
+                registry.register(
+                    "cpu_seconds",
+                    "CPU time (user and system) of the threads doing each work: wal_write (group commits), decode (beside them), seal, spill; the rest of the process's CPU is the runtime's workers (sockets, state)",
+                    self.cpu_seconds.clone(),
+                );
+            }
+
+            /// Counts the CPU time this thread used since `since` (a
+            /// [`thread_cpu`] reading taken on this thread) under `work`.
+            pub fn charge_cpu(&self, work: Work, since: Duration) {
+                self.add_cpu(work, thread_cpu().saturating_sub(since));
+            }
+
+            /// Counts `spent` of CPU time under `work`.
+            pub fn add_cpu(&self, work: Work, spent: Duration) {
+                if !spent.is_zero() {
+                    self.cpu_seconds
+                        .get_or_create(&WorkLabels { work: work.label() })
+                        .inc_by(spent.as_secs_f64());
+                }
             }
 
             /// The metrics as Prometheus text (what `/metrics` serves).
@@ -340,5 +407,46 @@ impl Counters {
         gauge
             .inner()
             .fetch_max(value, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread's CPU time is counted under its work, and only this
+    /// thread's: another thread's busy time is not in it.
+    #[test]
+    fn cpu_time_is_counted_by_work() {
+        let counters = Counters::default();
+        let cpu = thread_cpu();
+        let mut spun = 0u64;
+        while thread_cpu().saturating_sub(cpu) < Duration::from_millis(20) {
+            spun = std::hint::black_box(spun.wrapping_add(1));
+        }
+        counters.charge_cpu(Work::Seal, cpu);
+        std::thread::scope(|scope| {
+            scope.spawn(|| counters.charge_cpu(Work::Spill, thread_cpu()));
+            let mut spun = 0u64;
+            let cpu = thread_cpu();
+            while thread_cpu().saturating_sub(cpu) < Duration::from_millis(20) {
+                spun = std::hint::black_box(spun.wrapping_add(1));
+            }
+        });
+        let text = counters.encode();
+        let value = |work: &str| -> f64 {
+            let series = format!("binance_recorder_cpu_seconds_total{{work=\"{work}\"}} ");
+            text.lines()
+                .find_map(|line| line.strip_prefix(series.as_str()))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0.0)
+        };
+        assert!(value("seal") >= 0.020, "{text}");
+        assert!(value("spill") < 0.010, "{text}");
+        assert_eq!(
+            value("wal_write"),
+            0.0,
+            "no series before its work ran: {text}"
+        );
     }
 }

@@ -17,7 +17,7 @@ use super::{Runtime, MAX_BATCH_RECORDS};
 use crate::backoff::Backoff;
 use crate::binance::ws::now_us;
 use crate::domain::Market;
-use crate::metrics::Counters;
+use crate::metrics::{thread_cpu, Counters, Work};
 use crate::quarantine::{self, QuarantinedFrame};
 use crate::recorder::records::{checkpoint_record, Applied, Outgoing};
 use crate::wal::fs::WalFs;
@@ -38,10 +38,20 @@ pub(super) struct BatchOutcome {
     wal_bytes: Option<u64>,
     /// Time the appends and the fsync took, when they succeeded.
     write_seconds: Option<f64>,
+    /// CPU time of the appends, fsync and deletions, and of the decoding
+    /// beside them (`cpu_seconds_total`).
+    cpu: BatchCpu,
     /// The batch's lists, empty, for the next batch (`records` only when
     /// the batch succeeded; a failed one's records wait again).
     lists: BatchLists,
     records: Vec<Outgoing>,
+}
+
+/// The CPU time a batch's two threads used.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct BatchCpu {
+    write: Duration,
+    decode: Duration,
 }
 
 /// A batch's working lists, kept empty from one batch to the next rather
@@ -247,6 +257,8 @@ impl Runtime {
             }
         }
         Counters::add(&self.counters.frames_quarantined, outcome.n_quarantined);
+        self.counters.add_cpu(Work::WalWrite, outcome.cpu.write);
+        self.counters.add_cpu(Work::Decode, outcome.cpu.decode);
         if let Some(wal_bytes) = outcome.wal_bytes {
             Counters::set(&self.counters.wal_bytes, wal_bytes);
         }
@@ -376,6 +388,7 @@ fn write_batch(
                     first_quarantine_error: None,
                     wal_bytes: None,
                     write_seconds: None,
+                    cpu: BatchCpu::default(),
                     lists: BatchLists::default(),
                     records: Vec::new(),
                 }
@@ -386,10 +399,15 @@ fn write_batch(
     // not seen them yet, so they pin it until they are applied.
     let first_written = wal.active_segment();
     let write_started = std::time::Instant::now();
-    let (appended, decoded) = std::thread::scope(|scope| {
+    let write_cpu = thread_cpu();
+    let (appended, (decoded, decode_cpu)) = std::thread::scope(|scope| {
         // Decoding does not wait for the disk: it runs beside the appends
         // and the fsync, and what it gives is used only once they succeed.
-        let decoding = scope.spawn(|| decode_batch(&records, applied, &mut record_of));
+        let decoding = scope.spawn(|| {
+            let cpu = thread_cpu();
+            let decoded = decode_batch(&records, applied, &mut record_of);
+            (decoded, thread_cpu().saturating_sub(cpu))
+        });
         let appended = append_and_sync(&mut wal, &records, &checkpoints, &mut segments);
         let decoded = decoding
             .join()
@@ -405,6 +423,10 @@ fn write_batch(
             first_quarantine_error: None,
             wal_bytes: None,
             write_seconds: None,
+            cpu: BatchCpu {
+                write: thread_cpu().saturating_sub(write_cpu),
+                decode: decode_cpu,
+            },
             lists: BatchLists::default(),
             records: Vec::new(),
         };
@@ -465,6 +487,10 @@ fn write_batch(
         first_quarantine_error,
         wal_bytes: Some(wal_bytes),
         write_seconds: Some(write_seconds),
+        cpu: BatchCpu {
+            write: thread_cpu().saturating_sub(write_cpu),
+            decode: decode_cpu,
+        },
         lists: BatchLists {
             applied: Vec::new(),
             record_of,

@@ -56,7 +56,7 @@ use crate::binance::ws::{HandshakeBudget, Inbound};
 use crate::config::Config;
 use crate::domain::{Hour, Market, StreamKey, Symbol, TimeUs};
 use crate::metrics::health::HealthBoard;
-use crate::metrics::{Counters, GaugeF64, MarketLabels};
+use crate::metrics::{thread_cpu, Counters, GaugeF64, MarketLabels, Work};
 use crate::recorder::batch::{wait_batch, BatchLists, BatchOutcome, Pending};
 use crate::recorder::fill_rounds::RunningFill;
 use crate::recorder::pace::{ClockPace, SealPace};
@@ -645,7 +645,9 @@ impl Runtime {
                     let handed_out = Instant::now();
                     self.seals.spawn_blocking(move || {
                         let started = std::time::Instant::now();
+                        let cpu = thread_cpu();
                         let outcome = execute_seal(&data_dir, faults.as_ref(), job);
+                        counters.charge_cpu(Work::Seal, cpu);
                         counters
                             .seal_seconds
                             .observe(started.elapsed().as_secs_f64());

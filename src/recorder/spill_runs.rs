@@ -14,6 +14,7 @@ use tokio::task::JoinError;
 use tracing::{error, warn};
 
 use crate::domain::{Hour, StreamKey};
+use crate::metrics::{thread_cpu, Work};
 use crate::parquet_out::run_file;
 
 use super::held::HeldRows;
@@ -145,8 +146,13 @@ impl Runtime {
     pub(super) fn start_spills(&mut self) {
         for spill in self.state.take_spills() {
             let wal_dir = self.config.wal_dir.clone();
-            self.spills
-                .spawn_blocking(move || write_spill(&wal_dir, spill));
+            let counters = self.counters.clone();
+            self.spills.spawn_blocking(move || {
+                let cpu = thread_cpu();
+                let written = write_spill(&wal_dir, spill);
+                counters.charge_cpu(Work::Spill, cpu);
+                written
+            });
         }
     }
 

@@ -118,6 +118,14 @@ async fn metrics_agree_with_the_fake_and_health_follows_a_stall() {
         text.contains("# TYPE binance_recorder_wal_bytes gauge"),
         "{text}"
     );
+    // The group commits' two threads count their CPU time.
+    for work in ["wal_write", "decode"] {
+        let series = format!("binance_recorder_cpu_seconds_total{{work=\"{work}\"}}");
+        assert!(
+            sample(&text, &series).is_some_and(|seconds| seconds > 0.0),
+            "{series} in {text}"
+        );
+    }
 
     // Every connection silent for 4 s of real time: the kline streams (a
     // push every 2 s of exchange time) are past their 1 s bound.
@@ -184,6 +192,13 @@ async fn status_reads_the_running_daemon_and_the_directories_when_stopped() {
         recorder.counters().files_sealed >= 2
     })
     .await;
+    // The seals' threads count their CPU time.
+    let (_, text) = get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert!(
+        sample(&text, "binance_recorder_cpu_seconds_total{work=\"seal\"}")
+            .is_some_and(|seconds| seconds > 0.0),
+        "{text}"
+    );
     let running = tokio::task::spawn_blocking({
         let config_path = config_path.clone();
         move || {
