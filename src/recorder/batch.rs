@@ -591,14 +591,19 @@ mod tests {
     use crate::recorder::state::Checkpoint;
     use crate::wal::fs::RealFs;
 
+    /// A WAL of 1 MiB segments in `root`, each record synced.
+    fn wal_config_in(root: &Path) -> WalConfig {
+        WalConfig {
+            dir: root.join("wal"),
+            segment_max_bytes: 1024 * 1024,
+            fsync: FsyncPolicy::EveryRecord,
+        }
+    }
+
     #[test]
     fn a_record_over_the_wal_limit_is_quarantined_and_the_batch_goes_on() {
         let root = tempfile::tempdir().expect("temporary directory");
-        let wal_config = WalConfig {
-            dir: root.path().join("wal"),
-            segment_max_bytes: 1024 * 1024,
-            fsync: FsyncPolicy::EveryRecord,
-        };
+        let wal_config = wal_config_in(root.path());
         let checkpoint = checkpoint_record(&Checkpoint::SessionStart {
             market: "spot".into(),
         });
@@ -660,11 +665,7 @@ mod tests {
     #[test]
     fn one_decode_thread_serves_every_batch() {
         let root = tempfile::tempdir().expect("temporary directory");
-        let wal_config = WalConfig {
-            dir: root.path().join("wal"),
-            segment_max_bytes: 1024 * 1024,
-            fsync: FsyncPolicy::EveryRecord,
-        };
+        let wal_config = wal_config_in(root.path());
         let mut wal = None;
         let mut lists = BatchLists::default();
         let mut threads = Vec::new();

@@ -8,6 +8,7 @@ use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
+#[cfg(test)]
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -42,19 +43,13 @@ type Answer = Result<DecodedBatch, Box<dyn Any + Send>>;
 
 /// The decoding thread, or where to reach it. Dropped, its thread ends once
 /// it has answered the job it holds.
+#[derive(Debug)]
 pub(super) struct Decoder {
     jobs: Sender<DecodeJob>,
     answers: Receiver<Answer>,
+    /// The thread's id, for the tests.
+    #[cfg(test)]
     thread: ThreadId,
-}
-
-impl std::fmt::Debug for Decoder {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("Decoder")
-            .field("thread", &self.thread)
-            .finish()
-    }
 }
 
 impl Decoder {
@@ -76,10 +71,11 @@ impl Decoder {
                 }
             });
         match started {
-            Ok(handle) => Some(Decoder {
+            Ok(_handle) => Some(Decoder {
                 jobs,
                 answers,
-                thread: handle.thread().id(),
+                #[cfg(test)]
+                thread: _handle.thread().id(),
             }),
             Err(error) => {
                 warn!(%error, "cannot start the WAL decode thread; batches decode after their appends");
