@@ -69,8 +69,9 @@ pub(super) struct BatchLists {
     applied: Vec<Applied>,
     record_of: Vec<usize>,
     segments: Vec<Option<SegmentId>>,
-    /// The decode thread, kept from batch to batch with the lists (started
-    /// by the first batch, and again after a failed one).
+    /// The decode thread, kept from batch to batch with the lists, failed
+    /// batches too (started by the first batch that opens the WAL, and
+    /// again if it was lost).
     decoder: Option<Decoder>,
 }
 
@@ -377,7 +378,6 @@ fn write_batch(
         mut segments,
         decoder,
     } = lists.emptied();
-    let decoder = decoder.or_else(Decoder::start);
     let n_frames = records
         .iter()
         .filter(|record| record.kind() == RecordKind::WsFrame)
@@ -398,14 +398,21 @@ fn write_batch(
                     wal_bytes: None,
                     write_seconds: None,
                     cpu: BatchCpu::default(),
-                    lists: BatchLists::default(),
+                    // The decode thread waits for the next try.
+                    lists: BatchLists {
+                        decoder,
+                        ..BatchLists::default()
+                    },
                     records: Vec::new(),
-                }
+                };
             }
         },
     };
     // This batch's rows land in this segment or later ones; the state has
     // not seen them yet, so they pin it until they are applied.
+    // Started here, once the WAL is open (the first batch, or after the
+    // thread was lost), not before a failed open.
+    let decoder = decoder.or_else(Decoder::start);
     let first_written = wal.active_segment();
     let write_started = std::time::Instant::now();
     let write_cpu = thread_cpu();
@@ -448,7 +455,10 @@ fn write_batch(
                 write: thread_cpu().saturating_sub(write_cpu),
                 decode: decode_cpu,
             },
-            lists: BatchLists::default(),
+            lists: BatchLists {
+                decoder,
+                ..BatchLists::default()
+            },
             records: Vec::new(),
         };
     }
