@@ -453,9 +453,8 @@ mod tests {
 
     /// The real spot aggTrades of the shared data (data.binance.vision CSV,
     /// no header, µs times) with every contract column filled as a stream row
-    /// would be; prints bytes per row (the issue's target: near 10).
-    #[test]
-    fn real_agg_trades_encode_compactly() {
+    /// would be.
+    fn real_agg_trade_rows() -> Vec<Row> {
         let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join(
             "../shared/data/real/spot/aggTrades/BTCUSDT-aggTrades-2026-01-01.first5000rows.csv",
         );
@@ -481,6 +480,14 @@ mod tests {
             })
             .collect();
         assert_eq!(rows.len(), 5000);
+        rows
+    }
+
+    /// The real aggTrades in a file; prints bytes per row (the issue's
+    /// target: near 10).
+    #[test]
+    fn real_agg_trades_encode_compactly() {
+        let rows = real_agg_trade_rows();
         let root = tempfile::tempdir().expect("temporary directory");
         let (path, _) =
             write_hour_file(root.path(), &hour_file(StreamKind::AggTrade, rows.clone()))
@@ -498,6 +505,50 @@ mod tests {
         // 10.29 with the encodings of `writer_properties` (10.79 with
         // dictionary-encoded prices): a change that loses that fails here.
         assert!(bytes_per_row < 10.5, "{bytes_per_row:.2} B/row");
+    }
+
+    /// The delta blocks chosen per column (`schema::delta_layout`) make the
+    /// real aggTrades smaller than the writer's default layout does (and
+    /// `real_agg_trades_encode_compactly` reads them back the same).
+    #[test]
+    fn delta_layouts_shrink_real_agg_trades() {
+        use parquet::arrow::ArrowWriter;
+        use parquet::file::properties::DeltaBinaryPackedEncoderOptions;
+        use parquet::schema::types::ColumnPath;
+
+        let kind = StreamKind::AggTrade;
+        let mut columns = write::Columns::new(kind);
+        for row in real_agg_trade_rows() {
+            columns.push(&row);
+        }
+        let batch = columns.finish().expect("columns");
+        let size = |default_layout: bool| {
+            let mut properties = schema::writer_properties(kind, Vec::new()).into_builder();
+            if default_layout {
+                for column in ["first_trade_id", "last_trade_id", "recv_time"] {
+                    properties = properties.set_column_delta_binary_packed_encoder_options(
+                        ColumnPath::from(column),
+                        // The writer's default for 64-bit integers.
+                        DeltaBinaryPackedEncoderOptions::try_new(256, 4).expect("valid"),
+                    );
+                }
+            }
+            let mut bytes = Vec::new();
+            let mut writer = ArrowWriter::try_new_with_options(
+                &mut bytes,
+                batch.schema(),
+                schema::writer_options(properties.build()),
+            )
+            .expect("writer");
+            writer.write(&batch).expect("writes");
+            writer.close().expect("closes");
+            bytes.len()
+        };
+        let (chosen, default) = (size(false), size(true));
+        println!("real aggTrades: {chosen} bytes with the chosen delta blocks, {default} with the default");
+        // 175 bytes less when measured (docs/BENCHMARKS.md, "Delta blocks
+        // per column").
+        assert!(chosen + 80 < default, "{chosen} vs {default}");
     }
 
     /// A busy hour can hold more distinct quantities than a 1 MiB dictionary
