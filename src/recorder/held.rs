@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::iter::Peekable;
 use std::mem::size_of;
 
-use crate::domain::{Row, Source, StreamKind};
+use crate::domain::{Row, Source, StreamKind, TimeUs};
 use crate::gaps::{extend_spans, IdAt, IdSpan};
 use crate::parquet_out::columns;
 use crate::parquet_out::{ParquetOutError, Piece, SortedRows};
@@ -118,11 +118,21 @@ impl HeldRows {
     /// The rows' keys as spans without a gap (see [`IdSpan`]): what gap
     /// detection needs, without a vector of every key.
     pub fn id_spans(&self) -> Vec<IdSpan> {
+        self.spans_and_times().0
+    }
+
+    /// [`HeldRows::id_spans`] and the earliest and latest row time, in one
+    /// pass over the rows (what a spilled run keeps of them).
+    pub fn spans_and_times(&self) -> (Vec<IdSpan>, Option<(TimeUs, TimeUs)>) {
         let mut spans = Vec::new();
+        let mut times: Option<(TimeUs, TimeUs)> = None;
         for at in self.id_ats() {
+            times = Some(times.map_or((at.time, at.time), |(low, high)| {
+                (low.min(at.time), high.max(at.time))
+            }));
             extend_spans(&mut spans, at);
         }
-        spans
+        (spans, times)
     }
 
     /// How many rows came from REST.

@@ -227,14 +227,14 @@ impl HourRows {
         }
         let kind = self.kind();
         let rows = std::mem::replace(&mut self.memory, HeldRows::new(kind));
-        let spans = rows.id_spans();
+        let (spans, times) = rows.spans_and_times();
         self.runs_upto = self.runs_upto.max(rows.last_key());
         self.runs.push(SpilledRun {
             id: run_id,
             spans,
             n_rows: rows.len(),
             n_rest: rows.n_rest(),
-            times: rows.id_ats().map(|at| at.time).minmax().into_option(),
+            times,
             bytes: rows.heap_bytes(),
             rows: RunRows::Writing,
         });
