@@ -185,8 +185,13 @@ pub fn extend_spans(spans: &mut Vec<IdSpan>, at: IdAt) {
 pub fn id_spans(rows: &[IdAt]) -> Vec<IdSpan> {
     let mut sorted = rows.to_vec();
     sorted.sort_unstable_by_key(|row| (row.id, row.time));
+    spans_of_sorted(sorted)
+}
+
+/// Spans of keys already in key order (duplicates allowed).
+pub fn spans_of_sorted(keys: impl IntoIterator<Item = IdAt>) -> Vec<IdSpan> {
     let mut spans = Vec::new();
-    for at in sorted {
+    for at in keys {
         extend_spans(&mut spans, at);
     }
     spans

@@ -32,7 +32,7 @@ use std::iter::Peekable;
 use std::mem::size_of;
 
 use crate::domain::{Row, Source, StreamKind, TimeUs};
-use crate::gaps::{extend_spans, IdAt, IdSpan};
+use crate::gaps::{spans_of_sorted, IdAt, IdSpan};
 use crate::parquet_out::columns;
 use crate::parquet_out::{ParquetOutError, Piece, SortedRows};
 use crate::seal::Inserted;
@@ -118,20 +118,18 @@ impl HeldRows {
     /// The rows' keys as spans without a gap (see [`IdSpan`]): what gap
     /// detection needs, without a vector of every key.
     pub fn id_spans(&self) -> Vec<IdSpan> {
-        self.spans_and_times().0
+        spans_of_sorted(self.id_ats())
     }
 
     /// [`HeldRows::id_spans`] and the earliest and latest row time, in one
     /// pass over the rows (what a spilled run keeps of them).
     pub fn spans_and_times(&self) -> (Vec<IdSpan>, Option<(TimeUs, TimeUs)>) {
-        let mut spans = Vec::new();
         let mut times: Option<(TimeUs, TimeUs)> = None;
-        for at in self.id_ats() {
+        let spans = spans_of_sorted(self.id_ats().inspect(|at| {
             times = Some(times.map_or((at.time, at.time), |(low, high)| {
                 (low.min(at.time), high.max(at.time))
             }));
-            extend_spans(&mut spans, at);
-        }
+        }));
         (spans, times)
     }
 
