@@ -192,10 +192,13 @@ pub(crate) fn in_milliseconds(mut truth: GroundTruth, futures: bool) -> GroundTr
     truth
 }
 
-/// Kline times as a market that speaks only ms delivers them (the grid is
-/// whole ms already; the closing event's time is not).
+/// Kline times as a market that speaks only ms delivers them (the open
+/// times are whole ms already; the close time, one ms before the next open,
+/// and the closing event's time are not).
 pub(crate) fn klines_in_milliseconds(klines: &mut [TruthKline]) {
     for kline in klines {
+        // `next open - 1 ms`, times 1000 (docs/DATASET.md, "Columns").
+        kline.close_time_us = in_whole_ms(kline.close_time_us);
         kline.close_event_time_us = in_whole_ms(kline.close_event_time_us);
     }
 }

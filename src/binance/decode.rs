@@ -112,12 +112,6 @@ pub fn exchange_time(value: i64) -> Option<TimeUs> {
     Some(normalise_time(value)).filter(|time| is_exchange_time(*time))
 }
 
-/// A kline close time in µs (see [`close_time_us`]), range-checked like
-/// [`exchange_time`].
-pub fn exchange_close_time(value: i64) -> Option<TimeUs> {
-    Some(close_time_us(value)).filter(|time| is_exchange_time(*time))
-}
-
 fn is_exchange_time(time: TimeUs) -> bool {
     (MIN_EXCHANGE_TIME_US..=MAX_EXCHANGE_TIME_US).contains(&time)
 }
@@ -131,14 +125,6 @@ pub fn exchange_id(value: i64) -> Option<i64> {
 
 fn checked_time(field: &'static str, value: i64) -> Result<TimeUs, DecodeError> {
     exchange_time(value).ok_or(DecodeError::OutOfRange {
-        field,
-        value,
-        reason: TIME_RANGE_REASON,
-    })
-}
-
-fn checked_close_time(field: &'static str, value: i64) -> Result<TimeUs, DecodeError> {
-    exchange_close_time(value).ok_or(DecodeError::OutOfRange {
         field,
         value,
         reason: TIME_RANGE_REASON,
@@ -721,7 +707,7 @@ fn decode_kline(
     }
     let row = KlineRow {
         open_time: checked_time("k.t", kline.t)?,
-        close_time: checked_close_time("k.T", kline.T)?,
+        close_time: checked_time("k.T", kline.T)?,
         open: decimal("k.o", &kline.o)?,
         high: decimal("k.h", &kline.h)?,
         low: decimal("k.l", &kline.l)?,
@@ -743,17 +729,6 @@ fn decode_kline(
         row: Row::kline(row),
         event_time,
     })
-}
-
-/// A kline close time in µs. In ms the close is `next open - 1 ms`; the
-/// dataset keeps Binance's µs form `next open - 1 µs`, which is what spot
-/// sends in µs mode, so a ms close time `...999` becomes `...999_999`.
-pub fn close_time_us(value: i64) -> TimeUs {
-    if value.unsigned_abs() < MICROSECOND_THRESHOLD.unsigned_abs() {
-        value.saturating_mul(1000).saturating_add(999)
-    } else {
-        value
-    }
 }
 
 #[cfg(test)]
@@ -866,7 +841,7 @@ mod tests {
             panic!("kline expected")
         };
         assert_eq!(kline.open_time, 1_682_244_927_000_000);
-        assert_eq!(kline.close_time, 1_682_244_927_999_999);
+        assert_eq!(kline.close_time, 1_682_244_927_999_000, "ms times 1000");
         assert_eq!(
             (kline.trade_count, kline.first_trade_id, kline.last_trade_id),
             (0, Some(-1), Some(-1))

@@ -652,7 +652,8 @@ async fn a_dated_coinm_contract_is_delivered_mid_run() {
         .all(|kline| kline.open_time_us < delivery_us));
     assert_eq!(
         dated_truth.klines["1m"].last().unwrap().close_time_us,
-        delivery_us - 1
+        delivery_us - 1000,
+        "a ms market's close time, one ms before the delivery, times 1000"
     );
     let perpetual_truth = exchange.ground_truth("BTCUSD_PERP", after_us);
     assert!(perpetual_truth

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::SymbolStatus;
-use crate::binance::decode::{exchange_close_time, exchange_id, exchange_time};
+use crate::binance::decode::{exchange_id, exchange_time};
 use crate::binance::limiter::{Endpoint, WeightLimit};
 use crate::domain::{AggTradeRow, Decimal8, KlineRow, Source, TimeUs, TradeRow};
 
@@ -99,10 +99,6 @@ fn checked_time(field: &str, value: i64) -> Result<TimeUs, String> {
     exchange_time(value).ok_or_else(|| format!("{field}: time {value} is out of range"))
 }
 
-fn checked_close_time(field: &str, value: i64) -> Result<TimeUs, String> {
-    exchange_close_time(value).ok_or_else(|| format!("{field}: time {value} is out of range"))
-}
-
 /// An id of a REST row, refused outside the range an exchange sends (see
 /// [`exchange_id`]): gap detection adds and subtracts 1 from ids.
 fn checked_id(field: &str, value: i64) -> Result<i64, String> {
@@ -187,7 +183,7 @@ pub(super) fn parse_klines(body: &[u8]) -> Result<Vec<KlineRow>, String> {
             ) = kline;
             Ok(KlineRow {
                 open_time: checked_time("open time", open_time)?,
-                close_time: checked_close_time("close time", close_time)?,
+                close_time: checked_time("close time", close_time)?,
                 open: decimal("open", &open)?,
                 high: decimal("high", &high)?,
                 low: decimal("low", &low)?,
@@ -385,8 +381,8 @@ mod tests {
         let kline = &rows[0];
         assert_eq!(kline.open_time, 1_499_040_000_000_000);
         assert_eq!(
-            kline.close_time, 1_499_644_799_999_999,
-            "ms close becomes next open - 1 µs"
+            kline.close_time, 1_499_644_799_999_000,
+            "a ms close time is multiplied by 1000, as the contract says"
         );
         assert_eq!(kline.high.to_string(), "0.80000000");
         assert_eq!(kline.quote_volume.to_string(), "2434.19055334");
