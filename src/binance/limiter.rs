@@ -14,8 +14,10 @@
 //!    limiter). Without the header: one weight window after a 429 (the
 //!    server's count has reset by then whatever its phase), doubling while
 //!    429s without the header repeat, up to ten minutes; two minutes after a
-//!    418 (the shortest ban). Answers to requests that were already on the
-//!    wire may extend the back-off; they never start a second one.
+//!    418 (the shortest ban). A 403 (the web application firewall, which
+//!    blocks for rate as well as for security) backs off like a 429.
+//!    Answers to requests that were already on the wire may extend the
+//!    back-off; they never start a second one.
 //! 2. **A probe.** When a back-off ends, one request goes alone (nothing
 //!    else in flight) and the others wait for its answer: a 429 again starts
 //!    a new back-off, anything else lets the rest follow. A probe that gets
@@ -188,6 +190,13 @@ enum Probe {
     NotNeeded,
     Wanted,
     InFlight(u64),
+}
+
+/// Whether an answer of `status` holds every request back (rule 1): 429
+/// (too much weight), 418 (banned) or 403 (the firewall, reference section
+/// 6: "rate or security").
+pub fn holds_back(status: u16) -> bool {
+    matches!(status, 429 | 418 | 403)
 }
 
 /// A back-off that a 429 or 418 started (not one it only extended).
@@ -452,7 +461,7 @@ impl Limiter {
                 self.header = Some(reading);
             }
         }
-        if status == 429 || status == 418 {
+        if holds_back(status) {
             return self.on_retry_after(status, retry_after, now);
         }
         self.n_default_backoffs = 0;
@@ -476,7 +485,8 @@ impl Limiter {
         self.forget_expired(now);
     }
 
-    /// A 429 (too much weight) or 418 (banned) answer at `now`, with its
+    /// A 429 (too much weight), 418 (banned) or 403 (firewall) answer at
+    /// `now`, with its
     /// `Retry-After`: every call waits until it has passed, then one probes.
     /// Returns the back-off when this answer started it (none was in force).
     pub fn on_retry_after(
@@ -796,6 +806,37 @@ mod tests {
         // Never shorter than the rest of the server's window (plus margin).
         let started = limiter(6000, 0.5).on_retry_after(429, None, at(0));
         assert_eq!(started.map(|b| b.length), Some(Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn a_firewall_403_backs_off_like_a_429_and_its_probe_decides() {
+        let mut pacer = limiter(6000, 0.5);
+        let first = pacer.try_send(1, at(45_000)).expect("may send");
+        let started = pacer.on_headers(first, 403, None, None, at(45_010));
+        assert_eq!(
+            started,
+            Some(BackoffStarted {
+                status: 403,
+                length: Duration::from_secs(60),
+                retry_after_given: false
+            })
+        );
+        pacer.on_done(first, at(45_010));
+        assert!(pacer.try_send(1, at(100_000)).is_err(), "held back");
+        // Blocked again at the probe: twice as long; then an answer lets
+        // every caller follow.
+        let probe = pacer.try_send(1, at(105_010)).expect("the probe goes");
+        let again = pacer.on_headers(probe, 403, None, None, at(105_020));
+        assert_eq!(again.map(|b| b.length), Some(Duration::from_secs(120)));
+        pacer.on_done(probe, at(105_020));
+        let probe = pacer.try_send(1, at(225_020)).expect("the probe goes");
+        pacer.on_response(probe, Some(1), at(225_030));
+        assert!(pacer.try_send(1, at(225_040)).is_ok(), "the others follow");
+        // With a Retry-After, that long.
+        let started = limiter(6000, 0.5).on_retry_after(403, Some(Duration::from_secs(5)), at(0));
+        assert_eq!(started.map(|b| b.length), Some(Duration::from_secs(5)));
+        assert!(holds_back(403) && holds_back(429) && holds_back(418));
+        assert!(!holds_back(451) && !holds_back(500) && !holds_back(400));
     }
 
     #[test]

@@ -1151,40 +1151,111 @@ async fn a_call_waiting_in_a_back_off_or_on_the_wire_is_cancelled_by_dropping_it
 }
 
 #[tokio::test]
-async fn a_refusing_region_or_firewall_is_fatal_and_not_retried() {
+async fn a_refusing_region_is_fatal_and_not_retried() {
     let fake = FakeExchange::start(fake_config(1.0))
         .await
         .expect("fake starts");
     let client = RestClient::new(Market::Spot, &fake.rest_base_url());
     let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
     let from = truth.trades[0].id;
-    for status in [451, 403] {
-        fake.inject(Fault::RestStatus { status, count: 1 });
-        let fetched = client
-            .fetch_trades_range(
-                &btcusdt(),
-                from,
-                IdRangeEnd::Id(from + 10),
-                100,
-                &quick_retries(),
-            )
-            .await;
-        let FetchOutcome::GaveUp(error) = &fetched.outcome else {
-            panic!("expected a refusal, got {:?}", fetched.outcome);
-        };
-        assert!(
-            matches!(error, RestError::Refused { status: refused, url, .. } if *refused == status && url.ends_with("/api/v3/historicalTrades")),
-            "{error}"
-        );
-        assert!(error.is_fatal() && !error.is_retryable(), "{error}");
-        let message = error.to_string();
-        assert!(
-            message.contains(&status.to_string()) && message.contains("historicalTrades"),
-            "{message}"
-        );
-        assert_eq!(fetched.n_attempts, 1, "{status} is not retried");
-    }
-    assert_eq!(fake.counters().rest_requests, 2);
+    fake.inject(Fault::RestStatus {
+        status: 451,
+        count: 1,
+    });
+    let fetched = client
+        .fetch_trades_range(
+            &btcusdt(),
+            from,
+            IdRangeEnd::Id(from + 10),
+            100,
+            &quick_retries(),
+        )
+        .await;
+    let FetchOutcome::GaveUp(error) = &fetched.outcome else {
+        panic!("expected a refusal, got {:?}", fetched.outcome);
+    };
+    assert!(
+        matches!(error, RestError::Refused { status: 451, url, .. } if url.ends_with("/api/v3/historicalTrades")),
+        "{error}"
+    );
+    assert!(error.is_fatal() && !error.is_retryable(), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains("451") && message.contains("historicalTrades"),
+        "{message}"
+    );
+    assert_eq!(fetched.n_attempts, 1, "451 is not retried");
+    assert_eq!(fake.counters().rest_requests, 1);
+    fake.shutdown().await;
+}
+
+/// The firewall's 403 blocks "for rate or security" (reference section 6):
+/// every caller backs off as after a 429 without `Retry-After` (one weight
+/// window, here 1 s), a probe goes alone, and the range is fetched. Nothing
+/// is fatal: the streams go on recording.
+#[tokio::test]
+async fn a_firewall_block_backs_off_then_the_range_is_fetched() {
+    let window = Duration::from_secs(1);
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
+    let options = RestOptions {
+        weight_limit: WeightLimit {
+            limit: 6000,
+            window,
+        },
+        ..RestOptions::default()
+    };
+    let client = RestClient::with_options(Market::Spot, &fake.rest_base_url(), options);
+    let truth = fake.ground_truth("BTCUSDT", fake.sim_now_us());
+    fake.inject(Fault::RestStatus {
+        status: 403,
+        count: 2,
+    });
+    let error = client
+        .agg_trades_from_id(&btcusdt(), truth.agg_trades[0].id, 5)
+        .await
+        .expect_err("blocked");
+    assert!(
+        matches!(
+            error,
+            RestError::RateLimited {
+                status: 403,
+                retry_after: None,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.is_retryable() && !error.is_fatal(), "{error}");
+    let started = Instant::now();
+    let wanted = &truth.trades[0..11];
+    let fetched = client
+        .fetch_trades_range(
+            &btcusdt(),
+            wanted[0].id,
+            IdRangeEnd::Id(wanted[10].id),
+            100,
+            &quick_retries(),
+        )
+        .await;
+    assert!(
+        matches!(fetched.outcome, FetchOutcome::Complete),
+        "expected the range, got {:?}",
+        fetched.outcome
+    );
+    assert_trades_match(&fetched.rows, wanted);
+    // Blocked once more at the probe: the back-off doubled before the rest.
+    assert!(
+        started.elapsed() >= window,
+        "waited out the back-off: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        fake.counters().rest_requests,
+        3,
+        "two blocked, one answered"
+    );
     fake.shutdown().await;
 }
 

@@ -14,8 +14,11 @@ pub enum RestError {
         code: Option<i64>,
         message: String,
     },
-    /// 429 (too much weight) or 418 (IP banned): every caller of this client
-    /// waits until `retry_after` has passed.
+    /// 429 (too much weight), 418 (IP banned) or 403 (Binance's web
+    /// application firewall, which blocks for rate as well as for security:
+    /// reference section 6): every caller of this client waits until
+    /// `retry_after` has passed (without it, a back-off that grows from one
+    /// weight window), then one request probes.
     #[error("{url} answered HTTP {status} (rate limited, retry after {retry_after:?}) with Binance code {code:?}")]
     RateLimited {
         url: String,
@@ -35,9 +38,11 @@ pub enum RestError {
     /// unreachable.
     #[error("{url} did not answer before the deadline")]
     PastDeadline { url: String },
-    /// HTTP 403 (Binance's web application firewall) or 451 (a restricted
-    /// location): Binance refuses this host or region. Never retried, and
-    /// fatal ([`RestError::is_fatal`]): nothing will fill a gap from here.
+    /// HTTP 451 (a restricted location): Binance refuses this host's
+    /// region. Never retried, and fatal ([`RestError::is_fatal`]): nothing
+    /// will fill a gap from here. (A 403 is [`RestError::RateLimited`]: the
+    /// firewall also blocks for rate, and stopping the streams for it would
+    /// lose what they deliver.)
     #[error("{url} answered HTTP {status}: Binance refuses requests from this host or region ({}); retrying will not help: {message}", refusal(.status))]
     Refused {
         url: String,
@@ -58,7 +63,6 @@ pub enum RestError {
 fn refusal(status: &u16) -> &'static str {
     match status {
         451 => "451: service unavailable from a restricted location",
-        403 => "403: blocked by its web application firewall",
         _ => "refused",
     }
 }
@@ -72,15 +76,22 @@ impl RestError {
             | RestError::RateLimited { .. }
             | RestError::OutOfTime { .. }
             | RestError::PastDeadline { .. } => true,
-            RestError::Status { status, .. } => *status >= 500,
+            // Binance's side (5xx), a timeout (408), or a code the
+            // reference says to retry whatever the status: -1000 unknown,
+            // -1001 disconnected, -1007 timeout, -1008 server busy.
+            RestError::Status { status, code, .. } => {
+                *status >= 500
+                    || *status == 408
+                    || matches!(code, Some(-1000 | -1001 | -1007 | -1008))
+            }
             RestError::Refused { .. } | RestError::BodyTooLarge { .. } | RestError::Cancelled => {
                 false
             }
         }
     }
 
-    /// Whether the daemon cannot go on: Binance refuses this host or region
-    /// (403, 451), so no REST call will ever succeed from here. The runtime
+    /// Whether the daemon cannot go on: Binance refuses this host's region
+    /// (451), so no REST call will ever succeed from here. The runtime
     /// stops with this error's message.
     pub fn is_fatal(&self) -> bool {
         matches!(self, RestError::Refused { .. })
@@ -110,7 +121,11 @@ mod tests {
         assert!(status(503, None).is_retryable());
         assert!(!status(400, Some(-1121)).is_retryable());
         assert_eq!(status(400, Some(-1121)).binance_code(), Some(-1121));
-        assert!(!status(403, None).is_retryable());
+        assert!(!status(400, Some(-1100)).is_retryable());
+        assert!(status(408, None).is_retryable());
+        for code in [-1000, -1001, -1007, -1008] {
+            assert!(status(400, Some(code)).is_retryable(), "{code}");
+        }
         let limited = RestError::RateLimited {
             url: "u".into(),
             status: 429,

@@ -12,9 +12,10 @@
 //! what it held (the in-flight slot is an RAII [`SendPermit`]), so callers
 //! may `select!` on shutdown.
 //!
-//! An answer of 403 (Binance's firewall) or 451 (a restricted location) is
-//! [`RestError::Refused`]: never retried, and [`RestError::is_fatal`] for
-//! the runtime to stop with its message. Bodies are read up to
+//! An answer of 451 (a restricted location) is [`RestError::Refused`]:
+//! never retried, and [`RestError::is_fatal`] for the runtime to stop with
+//! its message. A 403 (Binance's firewall, which blocks for rate too) backs
+//! off like a 429. Bodies are read up to
 //! `max_body_bytes` ([`RestError::BodyTooLarge`] past it), and at most the
 //! `limit` rows asked for are used from a page (extra rows are counted and
 //! dropped).
@@ -44,7 +45,8 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::binance::limiter::{
-    parse_retry_after, Endpoint, Limiter, WeightLimit, WeightShare, DEFAULT_MAX_IN_FLIGHT,
+    holds_back, parse_retry_after, Endpoint, Limiter, WeightLimit, WeightShare,
+    DEFAULT_MAX_IN_FLIGHT,
 };
 use crate::binance::markets::MarketProfile;
 use crate::binance::streams::market_times_in_micros;
@@ -313,8 +315,8 @@ impl RestClient {
     }
 
     /// One paced GET of `endpoint`; `limit` is the rows asked for (futures
-    /// kline weights depend on it). Any non-2xx answer is an error; 429 and
-    /// 418 put every caller into back-off; 403 and 451 are
+    /// kline weights depend on it). Any non-2xx answer is an error; 429, 418
+    /// and 403 put every caller into back-off; 451 is
     /// [`RestError::Refused`].
     async fn call(
         &self,
@@ -406,13 +408,13 @@ impl RestClient {
             ),
         };
         match status {
-            429 | 418 => Err(RestError::RateLimited {
+            status if holds_back(status) => Err(RestError::RateLimited {
                 url,
                 status,
                 code,
                 retry_after,
             }),
-            403 | 451 => Err(RestError::Refused {
+            451 => Err(RestError::Refused {
                 url,
                 status,
                 message,

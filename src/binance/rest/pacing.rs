@@ -199,6 +199,8 @@ impl RestClient {
         let retry_after_given = started.retry_after_given;
         if started.status == 418 {
             error!(market = %self.market, %url, status = started.status, backoff_ms, retry_after_given, "rest ip banned (418): no call until the ban ends");
+        } else if started.status == 403 {
+            warn!(market = %self.market, %url, status = started.status, backoff_ms, retry_after_given, "rest blocked by the firewall (403): no call until the back-off has passed");
         } else {
             warn!(market = %self.market, %url, status = started.status, backoff_ms, retry_after_given, "rest rate limited (429): no call until retry-after has passed");
         }

@@ -57,7 +57,7 @@ pub enum Inbound {
         server_time: TimeUs,
         offset_us: i64,
     },
-    /// Binance refuses this host (HTTP 403 or 451): the daemon stops with
+    /// Binance refuses this host's region (HTTP 451): the daemon stops with
     /// this message instead of retrying forever.
     Refused { market: Market, message: String },
     /// `exchangeInfo` read again (with the weight limit): what it says of
