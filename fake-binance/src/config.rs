@@ -6,6 +6,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::faults::Fault;
+pub use crate::wire::JsonStyle;
 
 /// Which Binance market the fake imitates; one fake serves one market (run
 /// one per market to serve several). The paths, routes, event shapes and
@@ -257,6 +258,10 @@ pub struct FakeConfig {
     /// the contract stops trading: no trade after it, its streams go quiet,
     /// REST serves nothing later, `exchangeInfo` says `DELIVERED`.
     pub deliveries: Vec<(String, i64)>,
+    /// How WebSocket text frames are written: Binance's compact layout, or
+    /// with spaces and sorted keys (nothing in the reference promises the
+    /// byte layout, so a recorder must read both).
+    pub json_style: JsonStyle,
 }
 
 impl Default for FakeConfig {
@@ -280,6 +285,7 @@ impl Default for FakeConfig {
             usdm_trade_on_market: false,
             firehose: None,
             deliveries: Vec::new(),
+            json_style: JsonStyle::Compact,
         }
     }
 }

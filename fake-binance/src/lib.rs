@@ -70,7 +70,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::{
-    ChaosConfig, ConfigError, FakeConfig, FirehoseConfig, Limits, Market, ReplayConfig,
+    ChaosConfig, ConfigError, FakeConfig, FirehoseConfig, JsonStyle, Limits, Market, ReplayConfig,
 };
 pub use counters::Counters;
 pub use faults::{Fault, Lie};

@@ -5,6 +5,8 @@
 
 use std::fmt::Write;
 
+use serde::Serialize;
+
 use crate::decimal::{push_atoms, quote_atoms};
 use crate::interval::KlineInterval;
 use crate::market::KlineState;
@@ -211,6 +213,74 @@ pub fn server_shutdown_event(event_time_us: i64, unit: TimeUnit) -> String {
     )
 }
 
+/// How the fake writes the JSON of its WebSocket text frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JsonStyle {
+    /// As Binance writes it: compact, keys in Binance's order.
+    #[default]
+    Compact,
+    /// As Python's `json.dumps(value, sort_keys=True)` writes it: `", "`
+    /// and `": "` between items and keys sorted, so the combined wrapper is
+    /// `{"data": {...}, "stream": "..."}`. The reference gives the shapes,
+    /// not the bytes: an exchange (or another fake) may write this.
+    SpacedSortedKeys,
+}
+
+/// `text` written in `style`; text that is not JSON (an injected garbage
+/// frame) is left as it is.
+pub fn restyle(text: String, style: JsonStyle) -> String {
+    if style == JsonStyle::Compact {
+        return text;
+    }
+    // Without serde_json's `preserve_order` a `Value`'s objects are
+    // `BTreeMap`s: serialising one writes its keys sorted.
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return text;
+    };
+    let mut out = Vec::with_capacity(text.len() + text.len() / 8);
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, Spaced);
+    value
+        .serialize(&mut serializer)
+        .expect("writing a JSON value to a Vec cannot fail");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// Python's default separators.
+struct Spaced;
+
+impl serde_json::ser::Formatter for Spaced {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
 /// Wraps a payload for a combined stream: `{"stream":"<name>","data":<payload>}`.
 pub fn combined(stream_name: &str, payload: &str) -> String {
     let mut out = String::with_capacity(payload.len() + stream_name.len() + 22);
@@ -308,6 +378,24 @@ pub fn rest_kline(out: &mut String, kline: &KlineState, unit: TimeUnit) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spaced_sorted_keys_write_what_pythons_json_dumps_writes() {
+        let compact = combined(
+            "btcusdt@trade",
+            r#"{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"1.5","m":true,"k":[1,"a"]}"#,
+        );
+        assert_eq!(restyle(compact.clone(), JsonStyle::Compact), compact);
+        assert_eq!(
+            restyle(compact, JsonStyle::SpacedSortedKeys),
+            r#"{"data": {"E": 1, "e": "trade", "k": [1, "a"], "m": true, "p": "1.5", "s": "BTCUSDT", "t": 7}, "stream": "btcusdt@trade"}"#
+        );
+        let garbage = "garbage: not JSON".to_owned();
+        assert_eq!(
+            restyle(garbage.clone(), JsonStyle::SpacedSortedKeys),
+            garbage
+        );
+    }
 
     fn sample_trade() -> Trade {
         Trade {

@@ -46,13 +46,34 @@ pub fn connection_url(ws_base_url: &str, market: Market, route: Route) -> String
     }
 }
 
-/// The stream name a combined-stream data frame starts with
-/// (`{"stream":"btcusdt@trade",...`), read without decoding the frame;
-/// `None` for any other shape.
+/// The stream name of a combined-stream wrapper
+/// (`{"stream":"btcusdt@trade","data":...}`); `None` for any other frame (a
+/// control reply, a bare event, text that is not JSON). Read from the
+/// frame's first bytes when it is written as Binance writes it; otherwise
+/// (spaces, `data` first: the reference gives the shape, not the bytes)
+/// by parsing the wrapper, which only such frames pay for.
 pub fn combined_stream_name(frame: &[u8]) -> Option<&str> {
-    let rest = frame.strip_prefix(br#"{"stream":""#)?;
-    let end = rest.iter().position(|byte| *byte == b'"')?;
-    std::str::from_utf8(&rest[..end]).ok()
+    if let Some(rest) = frame.strip_prefix(br#"{"stream":""#) {
+        let end = rest
+            .iter()
+            .position(|byte| *byte == b'"' || *byte == b'\\')?;
+        if rest[end] == b'"' {
+            return std::str::from_utf8(&rest[..end]).ok();
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Wrapper<'a> {
+        #[serde(borrow)]
+        stream: Option<&'a str>,
+    }
+    serde_json::from_slice::<Wrapper<'_>>(frame).ok()?.stream
+}
+
+/// Whether `frame` is a combined-stream data frame: a wrapper whose stream
+/// is not one of the exchange's own (`!serverShutdown`). Control replies
+/// and bare events are not.
+pub fn is_data_frame(frame: &[u8]) -> bool {
+    combined_stream_name(frame).is_some_and(|name| !name.starts_with('!'))
 }
 
 /// Whether the market's streams and REST answers are asked for µs times.
@@ -118,5 +139,31 @@ mod tests {
         );
         assert_eq!(combined_stream_name(br#"{"result":null,"id":1}"#), None);
         assert_eq!(combined_stream_name(br#"{"stream":"unterminated"#), None);
+        assert_eq!(combined_stream_name(br#"{"e":"trade","E":1}"#), None);
+        assert_eq!(combined_stream_name(b"garbage"), None);
+    }
+
+    /// The reference gives the wrapper's shape, not its bytes: spaces
+    /// (Python's `json.dumps`) and sorted keys (`data` first) are the same
+    /// wrapper, and frames that are not one stay so.
+    #[test]
+    fn a_wrapper_with_spaces_or_data_first_is_read_too() {
+        let spaced = br#"{"stream": "btcusdt@aggTrade", "data": {"e": "aggTrade"}}"#;
+        let data_first = br#"{"data": {"e": "trade", "stream": "x"}, "stream": "ethusdt@trade"}"#;
+        let pretty = b"{\n  \"stream\" : \"btcusdt@kline_1m\",\n  \"data\": {}\n}";
+        assert_eq!(combined_stream_name(spaced), Some("btcusdt@aggTrade"));
+        assert_eq!(combined_stream_name(data_first), Some("ethusdt@trade"));
+        assert_eq!(combined_stream_name(pretty), Some("btcusdt@kline_1m"));
+        for frame in [&spaced[..], &data_first[..], &pretty[..]] {
+            assert!(is_data_frame(frame));
+        }
+        let shutdown = br#"{"data": {"e": "serverShutdown", "E": 1}, "stream": "!serverShutdown"}"#;
+        assert!(!is_data_frame(shutdown));
+        assert!(!is_data_frame(br#"{"stream":"!serverShutdown","data":{}}"#));
+        assert!(!is_data_frame(br#"{"result": null, "id": 1}"#));
+        assert!(!is_data_frame(
+            br#"{"error": {"code": 2, "msg": "x"}, "id": 2}"#
+        ));
+        assert!(is_data_frame(br#"{"stream":"btcusdt@trade","data":{}}"#));
     }
 }

@@ -436,6 +436,62 @@ async fn a_stream_silent_on_the_wrong_route_is_counted_and_recorded_on_the_other
     fake.shutdown().await;
 }
 
+/// The reference gives the combined wrapper's shape, not its bytes: a
+/// fake writing every frame as Python's `json.dumps(sort_keys=True)` does
+/// (spaces, `{"data": ..., "stream": ...}`) is recorded as the compact one
+/// is. Every stream is heard on its route (no route switch, none counted
+/// silent, no link replaced for silence), and the hour after the start is
+/// the ground truth, all of it from the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usdm_frames_with_spaces_and_sorted_keys_are_recorded_as_compact_ones() {
+    let fake = FakeExchange::start(FakeConfig {
+        json_style: fake_binance::JsonStyle::SpacedSortedKeys,
+        ..usdm_fake_config(false)
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    // Streams unheard or silent past a second of real time would be judged,
+    // whatever the other links deliver past two seconds.
+    let config = usdm_toml_with_key(
+        &fake,
+        root,
+        "silent_after_min_ms = 1000\nsilent_after_max_ms = 2000",
+    );
+    let recorder = RunningRecorder::start(&config);
+    let hour = Hour::containing(SIM_START_US).next();
+    let files = hour_files(root, hour);
+    wait_for_sealed(&files, Duration::from_secs(120), "the hour after sealed").await;
+    let counters = recorder.stop().await;
+    assert_eq!(
+        (
+            counters.stream_route_switches,
+            counters.streams_subscribed_silent,
+            counters.frames_quarantined
+        ),
+        (0, 0, 0),
+        "{counters:?}"
+    );
+    assert!(counters.frames_received > 1000, "{counters:?}");
+    let until = hour.end() + MICROS_PER_MINUTE;
+    for symbol in USDM_SYMBOLS {
+        let truth = fake.ground_truth(symbol, until);
+        for kind in kinds() {
+            let path = file_path(root, &usdm_key(symbol, kind), hour);
+            if kind == StreamKind::Trade {
+                assert_usdm_trades_match_truth(&path, &truth, hour);
+            } else {
+                assert_file_matches_truth_with_rest(&path, kind, &truth, hour);
+            }
+            let by_source: serde_json::Value =
+                serde_json::from_str(&metadata(&path)["rows_by_source"]).expect("JSON");
+            assert_eq!(by_source["rest"], 0, "{}: {by_source}", path.display());
+        }
+    }
+    fake.shutdown().await;
+}
+
 /// One daemon records spot, USD-M, COIN-M (perpetuals) and Binance.US at
 /// once, each from its own fake with its own limits: every market's files
 /// of two whole hours equal its ground truth (Binance.US in milliseconds,

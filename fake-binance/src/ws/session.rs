@@ -140,7 +140,7 @@ impl Session {
                         let payload = wire::server_shutdown_event(self.shared.now_us(), self.unit);
                         let text = if self.combined { wire::combined("!serverShutdown", &payload) } else { payload };
                         self.shared.counters.frame_sent("serverShutdown");
-                        if self.websocket.send(Message::text(text)).await.is_err() {
+                        if self.websocket.send(self.text(text)).await.is_err() {
                             return SessionEnd::WriteFailed;
                         }
                         shutdown_at.get_or_insert(Instant::now() + limits.server_shutdown_grace);
@@ -247,10 +247,21 @@ impl Session {
                     }
                     text.truncate(cut);
                 }
-                (Message::text(text), event.kind_name())
+                (self.text(text), event.kind_name())
             }
-            Outgoing::Injected(frame) => (self.injected_message(frame), "injected"),
+            Outgoing::Injected(frame) => {
+                let message = match self.injected_message(frame) {
+                    Message::Text(text) => self.text(text.as_str().to_owned()),
+                    other => other,
+                };
+                (message, "injected")
+            }
         }
+    }
+
+    /// A text frame in the configured [`JsonStyle`](crate::wire::JsonStyle).
+    fn text(&self, text: String) -> Message {
+        Message::text(wire::restyle(text, self.shared.config.json_style))
     }
 
     fn event_text(&self, event: &StreamEvent) -> String {
@@ -355,12 +366,7 @@ impl Session {
                         .update(|counters| counters.ws_control_errors += 1);
                 }
                 self.shared.counters.frame_sent("control_reply");
-                if self
-                    .websocket
-                    .send(Message::text(outcome.reply))
-                    .await
-                    .is_err()
-                {
+                if self.websocket.send(self.text(outcome.reply)).await.is_err() {
                     return Some(SessionEnd::WriteFailed);
                 }
                 None

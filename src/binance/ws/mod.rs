@@ -68,7 +68,7 @@ use tracing::{info, warn};
 
 use crate::binance::decode::{decode_frame, Decoded};
 use crate::binance::markets::Route;
-use crate::binance::streams::connection_url;
+use crate::binance::streams::{connection_url, is_data_frame};
 use crate::domain::{Market, StreamKind, Symbol, TimeUs};
 use crate::metrics::Counters;
 pub use handshake::HandshakeBudget;
@@ -758,11 +758,6 @@ fn lost(link: Link, reason: LinkLost) -> DriveOutcome {
         reason,
         reroute: false,
     }
-}
-
-/// A combined-stream data frame (not a control reply, not `serverShutdown`).
-fn is_data_frame(bytes: &[u8]) -> bool {
-    bytes.starts_with(br#"{"stream":""#) && !bytes.starts_with(br#"{"stream":"!"#)
 }
 
 #[cfg(test)]
