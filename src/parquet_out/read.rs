@@ -33,6 +33,8 @@ pub struct SealedSummary {
     pub unfilled: Vec<UnfilledRange>,
     /// `delivered_at`: the file is a delivered contract's last hour.
     pub delivered_at: Option<TimeUs>,
+    /// `clock_offset_us`, when the file has one: a reseal keeps it.
+    pub clock_offset_us: Option<i64>,
 }
 
 /// Why a footer's key-value metadata is not a valid [`SealedSummary`].
@@ -141,6 +143,7 @@ pub fn parse_summary(metadata: &[(String, String)]) -> Result<SealedSummary, Sum
     // Optional: a value that does not parse is as good as none (the rows
     // are fine; only a later hour would be judged owed again).
     let delivered_at = ranged_key_of("delivered_at").ok().flatten();
+    let clock_offset_us = key_of("clock_offset_us").ok().flatten();
     Ok(SealedSummary {
         schema_version,
         first_key,
@@ -148,6 +151,7 @@ pub fn parse_summary(metadata: &[(String, String)]) -> Result<SealedSummary, Sum
         row_count,
         unfilled,
         delivered_at,
+        clock_offset_us,
     })
 }
 

@@ -111,6 +111,7 @@ pub(crate) fn execute_seal(
     let mut coverage = (job.coverage_from, job.coverage_to);
     let mut unfilled = job.unfilled.clone().unwrap_or_default();
     let mut delivered_at = job.delivered_at;
+    let mut clock_offset_us = job.clock_offset_us;
     let mut resealed = false;
     let mut sealed_file = None;
     if path.exists() {
@@ -134,6 +135,12 @@ pub(crate) fn execute_seal(
             Ok(Err(MergeFailure::Held(error))) => return fail(error.into(), job),
             Ok(Ok((n_sealed, changed, summary, sealed_coverage))) => {
                 let sealed_delivery = summary.as_ref().and_then(|summary| summary.delivered_at);
+                // Measured while the hour was live: a reseal (late rows,
+                // `backfill`, whose jobs know no offset) keeps it.
+                clock_offset_us = summary
+                    .as_ref()
+                    .and_then(|summary| summary.clock_offset_us)
+                    .or(clock_offset_us);
                 // The delivery is said once it is known, and kept after.
                 let delivery_changed = delivered_at.is_some() && delivered_at != sealed_delivery;
                 delivered_at = delivered_at.or(sealed_delivery);
@@ -194,7 +201,7 @@ pub(crate) fn execute_seal(
         unfilled,
         coverage_from: coverage.0,
         coverage_to: coverage.1,
-        clock_offset_us: job.clock_offset_us,
+        clock_offset_us,
         delivered_at,
     };
     let fault = faults.and_then(|faults| faults(&job.key, job.hour));
@@ -617,6 +624,56 @@ mod tests {
                 .expect("mtime"),
             modified
         );
+    }
+
+    /// The clock offset measured while the hour was live stays through a
+    /// reseal whose job knows none (`backfill`, late rows after the
+    /// offsets were pruned); a file that had none takes the job's.
+    #[test]
+    fn a_reseal_keeps_the_clock_offset_the_hour_was_sealed_with() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let offset = |path: &Path| {
+            parquet_out::read_summary(path)
+                .expect("summary")
+                .clock_offset_us
+        };
+        let first = execute_seal(
+            root.path(),
+            None,
+            SealJob {
+                clock_offset_us: Some(-1234),
+                ..job(vec![trade(1), trade(3)], false)
+            },
+        );
+        let Ok(SealResult::Written { path, .. }) = first.result else {
+            panic!("first seal")
+        };
+        assert_eq!(offset(&path), Some(-1234));
+        let late = execute_seal(root.path(), None, job(vec![trade(2)], true));
+        assert!(matches!(
+            late.result,
+            Ok(SealResult::Written { n_rows: 3, .. })
+        ));
+        assert_eq!(offset(&path), Some(-1234), "kept through the reseal");
+        let other = tempfile::tempdir().expect("temporary directory");
+        let first = execute_seal(other.path(), None, job(vec![trade(1)], false));
+        let Ok(SealResult::Written { path, .. }) = first.result else {
+            panic!("first seal")
+        };
+        assert_eq!(offset(&path), None);
+        let late = execute_seal(
+            other.path(),
+            None,
+            SealJob {
+                clock_offset_us: Some(77),
+                ..job(vec![trade(2)], true)
+            },
+        );
+        assert!(matches!(
+            late.result,
+            Ok(SealResult::Written { n_rows: 2, .. })
+        ));
+        assert_eq!(offset(&path), Some(77), "taken where the file had none");
     }
 
     /// A trade from `source` whose price tells the two sides apart.

@@ -102,6 +102,7 @@ mod tests {
             last_key: Some(row_count as i64),
             row_count,
             delivered_at: None,
+            clock_offset_us: None,
             unfilled: (0..n_holes)
                 .map(|index| UnfilledRange {
                     from: Some(index as i64 * 10),

@@ -816,6 +816,7 @@ mod tests {
             row_count: (last - first + 1) as u64,
             unfilled,
             delivered_at: None,
+            clock_offset_us: None,
         }
     }
 
