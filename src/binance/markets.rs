@@ -143,10 +143,16 @@ const COINM: MarketProfile = MarketProfile {
 /// Binance.US: spot-shaped, own hosts (the reference's source is stale ⚠).
 /// Its weight limit is not in the reference: spot's lower past value of
 /// 1,200 until `exchangeInfo` says otherwise, the safe side of a guess.
+/// Its pings: the reference's US source (2023) predates spot's change from
+/// every 3 minutes to every 20 s (2025), so the longer one, which a link
+/// that pings either way survives: a quiet link is not taken for dead
+/// every 30 s. A link whose streams stop delivering is replaced far
+/// sooner by the silence judgement (`silent_after_*`).
 const US: MarketProfile = MarketProfile {
     market: Market::Us,
     ws_url: "wss://stream.binance.us:9443",
     rest_url: "https://api.binance.us",
+    ping_interval: Duration::from_secs(180),
     default_weight_limit: 1200,
     ..SPOT
 };
@@ -253,6 +259,11 @@ mod tests {
         let usdm = MarketProfile::of(Market::UsdM);
         assert_eq!(spot.default_dead_after(), Duration::from_secs(30));
         assert_eq!(usdm.default_dead_after(), Duration::from_secs(270));
+        // Binance.US: the stale source's 3-minute pings, not spot's 20 s.
+        assert_eq!(
+            MarketProfile::of(Market::Us).default_dead_after(),
+            Duration::from_secs(270)
+        );
         assert_eq!(
             (spot.max_control_per_sec(), usdm.max_control_per_sec()),
             (4, 9)

@@ -161,7 +161,8 @@ fn binance_us_has_its_own_hosts_and_spot_shapes() {
     let us = market(&config, Market::Us);
     assert_eq!(us.ws_url, "wss://stream.binance.us:9443");
     assert_eq!(us.rest_url, "https://api.binance.us");
-    assert_eq!(us.connection.dead_after, Duration::from_secs(30));
+    // Its 2023 documentation's pings every 3 minutes, not spot's 20 s.
+    assert_eq!(us.connection.dead_after, Duration::from_secs(270));
     let fill = validate_fill(&RawFill::default()).expect("default fill");
     let options = us
         .rest_options(
