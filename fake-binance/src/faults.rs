@@ -82,6 +82,14 @@ pub enum Fault {
     /// requests: Binance's silent link. The events it withholds are lost for
     /// that connection (other connections still get theirs).
     SilenceConnection { stream: String },
+    /// The next `count` SUBSCRIBE requests (of any connection) are not
+    /// applied and are refused with a body of the reference's error table,
+    /// which carries no id: `{"code": 2, "msg": "Invalid request: too many
+    /// parameters"}`.
+    SubscribeRefusedWithoutId { count: u32 },
+    /// The next `count` SUBSCRIBE requests are neither applied nor
+    /// answered: requests lost on their way.
+    SubscribeUnanswered { count: u32 },
 }
 
 impl Fault {
@@ -120,6 +128,8 @@ impl Fault {
             Fault::ClearRestFaults => "clear_rest_faults",
             Fault::PoisonEvents { .. } => "poison_events",
             Fault::SilenceConnection { .. } => "silence_connection",
+            Fault::SubscribeRefusedWithoutId { .. } => "subscribe_refused_without_id",
+            Fault::SubscribeUnanswered { .. } => "subscribe_unanswered",
         }
     }
 
@@ -211,6 +221,9 @@ pub(crate) struct PendingFaults {
     pub duplicate: u32,
     pub swap: u32,
     pub truncate: u32,
+    /// SUBSCRIBE requests still to refuse without an id, and to drop.
+    pub subscribe_refused: u32,
+    pub subscribe_unanswered: u32,
     pub rest: VecDeque<RestFailure>,
     pub poison: Vec<PendingPoison>,
 }

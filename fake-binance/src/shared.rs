@@ -117,6 +117,12 @@ impl Shared {
                 let _ = self.commands.send(ConnectionCommand::ServerShutdown);
             }
             Fault::SkipEvents { count } => lock(&self.pending_faults).skip += count,
+            Fault::SubscribeRefusedWithoutId { count } => {
+                lock(&self.pending_faults).subscribe_refused += count
+            }
+            Fault::SubscribeUnanswered { count } => {
+                lock(&self.pending_faults).subscribe_unanswered += count
+            }
             Fault::DuplicateEvents { count } => lock(&self.pending_faults).duplicate += count,
             Fault::SwapEvents { count } => lock(&self.pending_faults).swap += count,
             Fault::TruncateFrames { count } => lock(&self.pending_faults).truncate += count,

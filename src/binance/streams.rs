@@ -33,16 +33,34 @@ pub fn parse_stream_name(name: &str) -> Option<(Symbol, StreamKind)> {
 
 /// The URL a connection opens before subscribing: the route's path (USD-M
 /// `/public` or `/market`, nothing elsewhere), then `/stream` (events come
-/// in the combined wrapper, which names their stream). Spot is asked for
-/// microsecond times (`timeUnit=MICROSECOND`), so stream and REST rows carry
-/// the same exact times; the other markets only speak milliseconds.
-pub fn connection_url(ws_base_url: &str, market: Market, route: Route) -> String {
+/// in the combined wrapper, which names their stream) with the link's
+/// `first` stream, the documented form (`/stream?streams=<s1>/...`,
+/// reference 1.1): an exchange that refuses a `/stream` naming no stream
+/// still opens it. The link then subscribes to all of its streams, this
+/// one again (a SUBSCRIBE of a stream the link has is acknowledged), so
+/// every stream is confirmed the same way and the URL stays short
+/// (Binance refuses URLs of about 8 KB). Spot is asked for microsecond
+/// times (`timeUnit=MICROSECOND`), so stream and REST rows carry the same
+/// exact times; the other markets only speak milliseconds.
+pub fn connection_url(
+    ws_base_url: &str,
+    market: Market,
+    route: Route,
+    first: Option<&str>,
+) -> String {
     let base = ws_base_url.trim_end_matches('/');
     let path = route.path();
+    let mut query: Vec<String> = Vec::new();
+    if let Some(first) = first {
+        query.push(format!("streams={first}"));
+    }
     if market_times_in_micros(market) {
-        format!("{base}{path}/stream?timeUnit=MICROSECOND")
-    } else {
+        query.push("timeUnit=MICROSECOND".to_owned());
+    }
+    if query.is_empty() {
         format!("{base}{path}/stream")
+    } else {
+        format!("{base}{path}/stream?{}", query.join("&"))
     }
 }
 
@@ -116,17 +134,36 @@ mod tests {
     }
 
     #[test]
-    fn spot_url_asks_for_microseconds() {
+    fn urls_name_the_first_stream_and_spot_asks_for_microseconds() {
         assert_eq!(
-            connection_url("ws://127.0.0.1:9/", Market::Spot, Route::Unrouted),
+            connection_url(
+                "ws://127.0.0.1:9/",
+                Market::Spot,
+                Route::Unrouted,
+                Some("btcusdt@trade")
+            ),
+            "ws://127.0.0.1:9/stream?streams=btcusdt@trade&timeUnit=MICROSECOND"
+        );
+        assert_eq!(
+            connection_url("ws://127.0.0.1:9", Market::Spot, Route::Unrouted, None),
             "ws://127.0.0.1:9/stream?timeUnit=MICROSECOND"
         );
         assert_eq!(
-            connection_url("wss://fstream.binance.com", Market::UsdM, Route::Market),
-            "wss://fstream.binance.com/market/stream"
+            connection_url(
+                "wss://fstream.binance.com",
+                Market::UsdM,
+                Route::Market,
+                Some("btcusdt@aggTrade")
+            ),
+            "wss://fstream.binance.com/market/stream?streams=btcusdt@aggTrade"
         );
         assert_eq!(
-            connection_url("wss://fstream.binance.com/", Market::UsdM, Route::Public),
+            connection_url(
+                "wss://fstream.binance.com/",
+                Market::UsdM,
+                Route::Public,
+                None
+            ),
             "wss://fstream.binance.com/public/stream"
         );
     }

@@ -560,3 +560,67 @@ async fn a_link_that_pings_but_delivers_nothing_is_replaced_and_nothing_is_lost(
     );
     fake.shutdown().await;
 }
+
+/// SUBSCRIBE requests the exchange refuses with an error body that carries
+/// no id (the reference's error table), or never answers: the refused
+/// batch is charged to the oldest request and asked again stream by
+/// stream; the unanswered one is taken as made after ten seconds, and its
+/// streams, silent, are asked for once more. Every stream then delivers:
+/// the third hour (after both) comes whole from the stream and equals the
+/// ground truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_refused_without_an_id_or_never_answered_end_delivering() {
+    let fake = FakeExchange::start(fake_config(240.0))
+        .await
+        .expect("fake starts");
+    // The first link's SUBSCRIBE is lost, the second's refused without an
+    // id; the third is answered as usual.
+    fake.inject(Fault::SubscribeUnanswered { count: 1 });
+    fake.inject(Fault::SubscribeRefusedWithoutId { count: 1 });
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let kinds = [StreamKind::Trade, StreamKind::AggTrade, minute_klines()];
+    let config = format!(
+        "{}{}",
+        connection_toml("streams_per_connection = 3\nsilent_after_min_ms = 1000"),
+        recorder_toml_patient(&fake, root, &SYMBOLS, &["trade", "aggTrade", "kline_1m"])
+    );
+    let recorder = RunningRecorder::start(&config);
+    let hour = Hour::containing(SIM_START_US).next().next();
+    wait_until(Duration::from_secs(90), "the third hour sealed", || {
+        SYMBOLS.iter().all(|symbol| {
+            kinds
+                .iter()
+                .all(|kind| file_path(root, &key(symbol, *kind), hour).exists())
+        })
+    })
+    .await;
+    let counters = recorder.stop().await;
+    let fake_counters = fake.counters();
+    assert_eq!(
+        (
+            fake_counters.faults_injected.get("subscribe_unanswered"),
+            fake_counters
+                .faults_injected
+                .get("subscribe_refused_without_id"),
+        ),
+        (Some(&1), Some(&1)),
+        "{fake_counters:?}"
+    );
+    assert!(fake_counters.ws_control_errors >= 1, "{fake_counters:?}");
+    assert!(
+        counters.streams_subscribed_silent >= 2,
+        "the lost request's streams were judged silent: {counters:?}"
+    );
+    for symbol in SYMBOLS {
+        let truth = fake.ground_truth(symbol, hour.end() + 60_000_000);
+        for kind in kinds {
+            let path = file_path(root, &key(symbol, kind), hour);
+            assert_file_matches_truth(&path, kind, &truth, hour);
+            let by_source: serde_json::Value =
+                serde_json::from_str(&metadata(&path)["rows_by_source"]).expect("JSON");
+            assert_eq!(by_source["rest"], 0, "{}: {by_source}", path.display());
+        }
+    }
+    fake.shutdown().await;
+}

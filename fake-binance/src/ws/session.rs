@@ -334,6 +334,34 @@ impl Session {
                 self.shared
                     .counters
                     .update(|counters| counters.ws_control_requests += 1);
+                if text.as_str().contains(r#""SUBSCRIBE""#) {
+                    let (unanswered, refused) = {
+                        let mut faults = lock(&self.shared.pending_faults);
+                        let unanswered = faults.subscribe_unanswered > 0;
+                        let refused = !unanswered && faults.subscribe_refused > 0;
+                        faults.subscribe_unanswered -= u32::from(unanswered);
+                        faults.subscribe_refused -= u32::from(refused);
+                        (unanswered, refused)
+                    };
+                    if unanswered {
+                        return None;
+                    }
+                    if refused {
+                        self.shared
+                            .counters
+                            .update(|counters| counters.ws_control_errors += 1);
+                        let reply = r#"{"code":2,"msg":"Invalid request: too many parameters"}"#;
+                        if self
+                            .websocket
+                            .send(self.text(reply.to_owned()))
+                            .await
+                            .is_err()
+                        {
+                            return Some(SessionEnd::WriteFailed);
+                        }
+                        return None;
+                    }
+                }
                 let current = lock(&self.shared.registry)
                     .connections
                     .get(&self.connection_id)

@@ -3,7 +3,7 @@
 //! per stream for the rotation overlap check, its data rate, and which
 //! streams are still unheard. The task in `mod.rs` drives it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -88,9 +88,13 @@ pub(super) struct Link {
     pub(super) socket: Socket,
     pub(super) opened: Instant,
     pub(super) last_frame: Instant,
-    /// SUBSCRIBE requests not sent yet, and those sent awaiting a reply.
+    /// SUBSCRIBE requests not sent yet, and those sent awaiting a reply
+    /// (by id, which grows with each request: the oldest first).
     pub(super) to_send: VecDeque<(u64, Vec<(Symbol, StreamKind)>)>,
-    pub(super) awaiting: HashMap<u64, Vec<(Symbol, StreamKind)>>,
+    pub(super) awaiting: BTreeMap<u64, Awaiting>,
+    /// The id of the next request made after the first ones: ids are never
+    /// used twice on a link, so a late reply cannot answer a newer request.
+    next_id: u64,
     pub(super) next_send: Instant,
     /// Per stream: first and last ordering key seen on this link.
     pub(super) first_key: BTreeMap<(Symbol, StreamKind), i64>,
@@ -116,6 +120,19 @@ pub(super) struct Link {
     /// Counted in its market's [`OpenLinks`] while it exists.
     _counted: CountedLink,
 }
+
+/// A SUBSCRIBE sent and not answered yet.
+#[derive(Debug)]
+pub(super) struct Awaiting {
+    pub(super) sent_at: Instant,
+    pub(super) batch: Vec<(Symbol, StreamKind)>,
+}
+
+/// How long a SUBSCRIBE may go unanswered. Past it the request is taken as
+/// made: its streams are then judged by what they deliver (unheard ones
+/// as on a wrong route, `judge_unheard`), so an exchange that drops a
+/// reply cannot leave the link waiting for it until its 24 hours end.
+pub(super) const SUBSCRIBE_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a link read nothing more.
 pub(super) enum LinkEvent {
@@ -160,18 +177,20 @@ impl Link {
         open_links: &Arc<OpenLinks>,
     ) -> Link {
         let now = Instant::now();
-        let to_send = streams
+        let to_send: VecDeque<(u64, Vec<(Symbol, StreamKind)>)> = streams
             .chunks(settings.subscribe_batch.max(1))
             .enumerate()
             .map(|(index, batch)| (index as u64 + 1, batch.to_vec()))
             .collect();
+        let next_id = to_send.len() as u64 + 1;
         Link {
             number,
             socket,
             opened: now,
             last_frame: now,
             to_send,
-            awaiting: HashMap::new(),
+            awaiting: BTreeMap::new(),
+            next_id,
             next_send: now,
             first_key: BTreeMap::new(),
             last_key: BTreeMap::new(),
@@ -233,7 +252,12 @@ impl Link {
         settings: &ConnectionSettings,
     ) -> Result<(), LinkLost> {
         // Checked before the clock: this runs once per frame.
-        if self.to_send.is_empty() || Instant::now() < self.next_send {
+        if self.to_send.is_empty() && self.awaiting.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        self.give_up_unanswered(now);
+        if self.to_send.is_empty() || now < self.next_send {
             return Ok(());
         }
         let Some((id, batch)) = self.to_send.pop_front() else {
@@ -248,14 +272,45 @@ impl Link {
             .send(Message::text(request))
             .await
             .map_err(|error| LinkLost::Subscribe(Arc::new(error)))?;
-        self.awaiting.insert(id, batch);
+        self.awaiting.insert(
+            id,
+            Awaiting {
+                sent_at: Instant::now(),
+                batch,
+            },
+        );
         self.next_send =
             Instant::now() + Duration::from_secs(1) / settings.max_control_per_sec.max(1);
         Ok(())
     }
 
+    /// When a paced SUBSCRIBE is due, or the oldest unanswered one is
+    /// given up ([`SUBSCRIBE_REPLY_TIMEOUT`]), whichever comes first.
     pub(super) fn control_deadline(&self) -> Option<Instant> {
-        (!self.to_send.is_empty()).then_some(self.next_send)
+        let send_at = (!self.to_send.is_empty()).then_some(self.next_send);
+        let give_up_at = self
+            .awaiting
+            .values()
+            .map(|awaiting| awaiting.sent_at + SUBSCRIBE_REPLY_TIMEOUT)
+            .min();
+        send_at.into_iter().chain(give_up_at).min()
+    }
+
+    /// Takes every SUBSCRIBE unanswered for [`SUBSCRIBE_REPLY_TIMEOUT`] at
+    /// `now` as made, and says so once per request.
+    fn give_up_unanswered(&mut self, now: Instant) {
+        let before = self.awaiting.len();
+        self.awaiting.retain(|id, awaiting| {
+            let waited = now.saturating_duration_since(awaiting.sent_at);
+            let answered_in_time = waited < SUBSCRIBE_REPLY_TIMEOUT;
+            if !answered_in_time {
+                warn!(link = self.number, id, n_streams = awaiting.batch.len(), waited_ms = waited.as_millis() as u64, "subscription not answered; taken as made, its streams judged by what they deliver");
+            }
+            answered_in_time
+        });
+        if self.awaiting.len() < before {
+            self.note_subscribed();
+        }
     }
 
     /// Handles a control reply addressed to this link's SUBSCRIBE requests.
@@ -265,12 +320,16 @@ impl Link {
         id: Option<i64>,
         refused: Option<String>,
     ) {
-        let Some(id) = id.and_then(|id| u64::try_from(id).ok()) else {
+        // Replies come in the order of the requests: one without an id (an
+        // error body of the reference's table) answers the oldest.
+        let id = match id {
+            Some(id) => u64::try_from(id).ok(),
+            None => self.awaiting.keys().next().copied(),
+        };
+        let Some(Awaiting { batch, .. }) = id.and_then(|id| self.awaiting.remove(&id)) else {
             return;
         };
-        let Some(batch) = self.awaiting.remove(&id) else {
-            return;
-        };
+        let id = id.expect("found by it");
         let Some(reason) = refused else { return };
         if batch.len() == 1 {
             let (symbol, kind) = &batch[0];
@@ -278,19 +337,36 @@ impl Link {
             return;
         }
         // Find the bad stream(s): ask again one by one.
-        warn!(%market, n_streams = batch.len(), %reason, "subscription batch refused; retrying stream by stream");
-        let next_id = self
-            .awaiting
-            .keys()
-            .chain(self.to_send.iter().map(|(id, _)| id))
-            .max()
-            .copied()
-            .unwrap_or(id)
-            + 1;
-        for (offset, stream) in batch.into_iter().enumerate() {
-            self.to_send
-                .push_back((next_id.max(1000) + offset as u64, vec![stream]));
+        warn!(%market, id, n_streams = batch.len(), %reason, "subscription batch refused; retrying stream by stream");
+        for stream in batch {
+            self.queue_subscribe(vec![stream]);
         }
+    }
+
+    /// Queues a SUBSCRIBE of `batch` under a new id.
+    fn queue_subscribe(&mut self, batch: Vec<(Symbol, StreamKind)>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.to_send.push_back((id, batch));
+    }
+
+    /// Asks again for the streams of `streams` that delivered nothing, in
+    /// batches of `batch_size`: a SUBSCRIBE or its reply lost on the way
+    /// looks the same as a stream that never delivers. Returns how many.
+    pub(super) fn resubscribe_unheard(
+        &mut self,
+        streams: &[(Symbol, StreamKind)],
+        batch_size: usize,
+    ) -> usize {
+        let unheard: Vec<(Symbol, StreamKind)> = streams
+            .iter()
+            .filter(|(symbol, kind)| self.unheard.contains(&stream_name(symbol, *kind)))
+            .cloned()
+            .collect();
+        for batch in unheard.chunks(batch_size.max(1)) {
+            self.queue_subscribe(batch.to_vec());
+        }
+        unheard.len()
     }
 
     pub(super) fn note_key(&mut self, stream: (Symbol, StreamKind), key: i64) {

@@ -68,7 +68,7 @@ use tracing::{info, warn};
 
 use crate::binance::decode::{decode_frame, Decoded};
 use crate::binance::markets::Route;
-use crate::binance::streams::{connection_url, is_data_frame};
+use crate::binance::streams::{connection_url, is_data_frame, stream_name};
 use crate::domain::{Market, StreamKind, Symbol, TimeUs};
 use crate::metrics::Counters;
 pub use handshake::HandshakeBudget;
@@ -284,7 +284,11 @@ async fn open_link(
     if !budget.acquire(cancel).await {
         return None;
     }
-    let url = connection_url(&plan.ws_base_url, plan.market, plan.route);
+    let first = plan
+        .streams
+        .first()
+        .map(|(symbol, kind)| stream_name(symbol, *kind));
+    let url = connection_url(&plan.ws_base_url, plan.market, plan.route, first.as_deref());
     let connected = tokio::select! {
         _ = cancel.cancelled() => return None,
         connected = tokio::time::timeout(
@@ -555,6 +559,10 @@ async fn drive_link(
                                 reroute: true,
                             };
                         }
+                        // Asked once more, on this route: a SUBSCRIBE or
+                        // its reply lost on the way looks the same.
+                        let n_asked = link.resubscribe_unheard(&plan.streams, settings.subscribe_batch);
+                        info!(market = %plan.market, task = plan.task, link = link.number, n_streams = n_asked, "subscribing the silent streams once more");
                     }
                     if replacement.is_none() && rotation_wanted.is_none() && !link.awaiting_route_verdict(plan.streams.len()) {
                         let verdict = judge_silence(settings, push_interval, &link.rate, plan.activity.peers(), now);
