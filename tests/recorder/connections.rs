@@ -624,3 +624,52 @@ async fn subscriptions_refused_without_an_id_or_never_answered_end_delivering() 
     }
     fake.shutdown().await;
 }
+
+/// A rotation asked for (here by `serverShutdown`) while the handshake
+/// budget is spent waits for a slot without leaving the old link: the link
+/// reads on and answers every ping, where a connection task waiting for the
+/// slot would leave them unanswered and the exchange would close the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_without_a_handshake_slot_keeps_reading_the_old_link() {
+    let fake = FakeExchange::start(FakeConfig {
+        limits: Limits {
+            ping_interval: Duration::from_millis(300),
+            pong_timeout: Duration::from_millis(1000),
+            server_shutdown_grace: Duration::from_secs(60),
+            ..Limits::default()
+        },
+        ..fake_config(60.0)
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    // One handshake an hour: the first link takes it.
+    let config = config_with(
+        &fake,
+        root,
+        &["trade", "aggTrade"],
+        "handshake_limit = 1\nhandshake_window_secs = 3600",
+    );
+    let recorder = RunningRecorder::start(&config);
+    wait_until(Duration::from_secs(20), "the link delivers", || {
+        recorder.counters().frames_durable > 50
+    })
+    .await;
+    fake.inject(Fault::ServerShutdown);
+    let frames_then = recorder.counters().frames_durable;
+    // Pings every 300 ms, closed after 1 s without a pong: frames for
+    // several seconds more mean the old link was read all along.
+    wait_until(
+        Duration::from_secs(20),
+        "the old link delivers on while the rotation waits",
+        || recorder.counters().frames_durable > frames_then + 500,
+    )
+    .await;
+    let counters = recorder.stop().await;
+    let fake_counters = fake.counters();
+    assert_eq!(fake_counters.ws_pong_timeout_closes, 0, "{fake_counters:?}");
+    assert_eq!(fake_counters.ws_handshakes_accepted, 1, "{fake_counters:?}");
+    assert_eq!(counters.disconnects, 0, "{counters:?}");
+    fake.shutdown().await;
+}

@@ -46,24 +46,29 @@ impl HandshakeBudget {
         oldest_in_window + window
     }
 
+    /// Takes a slot if one is free now; else says when one will be.
+    pub async fn try_acquire(&self) -> Result<(), Instant> {
+        let mut recent = self.recent.lock().await;
+        let now = Instant::now();
+        while recent
+            .front()
+            .is_some_and(|time| now.duration_since(*time) >= self.window)
+        {
+            recent.pop_front();
+        }
+        let slot = HandshakeBudget::next_slot(&recent, self.limit, self.window, now);
+        if slot <= now {
+            recent.push_back(now);
+            return Ok(());
+        }
+        Err(slot)
+    }
+
     /// Waits for a slot and takes it; `false` if cancelled first.
     pub async fn acquire(&self, cancel: &CancellationToken) -> bool {
         loop {
-            let wait_until = {
-                let mut recent = self.recent.lock().await;
-                let now = Instant::now();
-                while recent
-                    .front()
-                    .is_some_and(|time| now.duration_since(*time) >= self.window)
-                {
-                    recent.pop_front();
-                }
-                let slot = HandshakeBudget::next_slot(&recent, self.limit, self.window, now);
-                if slot <= now {
-                    recent.push_back(now);
-                    return true;
-                }
-                slot
+            let Err(wait_until) = self.try_acquire().await else {
+                return true;
             };
             debug!(
                 wait_ms = wait_until
@@ -115,5 +120,18 @@ mod tests {
         // Five handshakes at two per minute: the fifth waits two windows.
         assert!(Instant::now() - start >= Duration::from_secs(120));
         assert!(Instant::now() - start < Duration::from_secs(121));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_acquire_takes_a_free_slot_or_says_when_one_frees() {
+        let budget = HandshakeBudget::new(1, Duration::from_secs(60));
+        let start = Instant::now();
+        assert_eq!(budget.try_acquire().await, Ok(()));
+        assert_eq!(
+            budget.try_acquire().await,
+            Err(start + Duration::from_secs(60))
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(budget.try_acquire().await, Ok(()));
     }
 }

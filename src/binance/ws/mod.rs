@@ -64,7 +64,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::binance::decode::{decode_frame, Decoded};
 use crate::binance::markets::Route;
@@ -284,6 +284,17 @@ async fn open_link(
     if !budget.acquire(cancel).await {
         return None;
     }
+    connect_link(plan, settings, frames, cancel, next_link).await
+}
+
+/// [`open_link`] with the handshake's slot already taken.
+async fn connect_link(
+    plan: &ConnectionPlan,
+    settings: &ConnectionSettings,
+    frames: &mpsc::Sender<Inbound>,
+    cancel: &CancellationToken,
+    next_link: &mut u64,
+) -> Option<Result<Link, LinkLost>> {
     let first = plan
         .streams
         .first()
@@ -365,6 +376,8 @@ async fn drive_link(
     let mut replacement: Option<Link> = None;
     let mut rotation_deadline: Option<Instant> = None;
     let mut rotation_wanted: Option<RotationCause> = None;
+    // A rotation waiting for a handshake slot: when one frees.
+    let mut rotation_not_before: Option<Instant> = None;
     let push_interval = fastest_push(plan.market, &plan.streams);
     // One timer for the link's life, moved only when something falls due
     // before it is set for: a frame only pushes the dead-link deadline
@@ -405,19 +418,39 @@ async fn drive_link(
                 }
             }
             if let Some(cause) = rotation_wanted.take().filter(|_| replacement.is_none()) {
-                match open_link(plan, settings, budget, frames, cancel, next_link).await {
-                    None => return DriveOutcome::Stop,
-                    Some(Err(reason)) => {
-                        warn!(market = %plan.market, %reason, "replacement link failed; keeping the current one")
+                // A replacement takes a handshake slot only if one is free:
+                // waiting for one here (minutes after a reconnect storm)
+                // would stop reading the old link and leave its pings
+                // unanswered. It is tried again when a slot frees.
+                let slot = match rotation_not_before {
+                    Some(at) if Instant::now() < at => Err(at),
+                    _ => budget.try_acquire().await,
+                };
+                match slot {
+                    Err(free_at) => {
+                        if rotation_not_before != Some(free_at) {
+                            debug!(market = %plan.market, task = plan.task, wait_ms = free_at.saturating_duration_since(Instant::now()).as_millis() as u64, "handshake budget spent: the rotation waits, the old link reads on");
+                        }
+                        rotation_not_before = Some(free_at);
+                        rotation_wanted = Some(cause);
                     }
-                    Some(Ok(mut new_link)) => {
-                        new_link.track_keys = true;
-                        link.track_keys = true;
-                        new_link.rate.learn_from(&link.rate);
-                        new_link.replaces_silent = cause == RotationCause::Silence;
-                        rotation_deadline =
-                            Some(Instant::now() + settings.rotation_overlap_timeout);
-                        replacement = Some(new_link);
+                    Ok(()) => {
+                        rotation_not_before = None;
+                        match connect_link(plan, settings, frames, cancel, next_link).await {
+                            None => return DriveOutcome::Stop,
+                            Some(Err(reason)) => {
+                                warn!(market = %plan.market, %reason, "replacement link failed; keeping the current one")
+                            }
+                            Some(Ok(mut new_link)) => {
+                                new_link.track_keys = true;
+                                link.track_keys = true;
+                                new_link.rate.learn_from(&link.rate);
+                                new_link.replaces_silent = cause == RotationCause::Silence;
+                                rotation_deadline =
+                                    Some(Instant::now() + settings.rotation_overlap_timeout);
+                                replacement = Some(new_link);
+                            }
+                        }
                     }
                 }
             }
@@ -483,6 +516,7 @@ async fn drive_link(
             let wake_at = [
                 Some(dead_at),
                 rotate_at,
+                rotation_not_before.filter(|_| rotation_wanted.is_some()),
                 control_at,
                 rotation_deadline,
                 silence_at,
