@@ -122,6 +122,7 @@ fn main() {
         coverage_to: hour.end(),
         clock_offset_us: Some(0),
         delivered_at: None,
+        stopped_at: None,
     };
     packed_against_rows(scratch.path(), &file);
 
@@ -168,6 +169,7 @@ fn packed_against_rows(scratch: &Path, file: &HourFile) {
         coverage_to: file.coverage_to,
         clock_offset_us: file.clock_offset_us,
         delivered_at: file.delivered_at,
+        stopped_at: file.stopped_at,
     };
     let mut times: [Vec<Duration>; 4] = Default::default();
     for _ in 0..9 {

@@ -217,6 +217,9 @@ pub struct HourFile<R = Vec<Row>> {
     /// A dated contract's delivery (epoch µs) when it falls in this hour,
     /// the contract's last: written as `delivered_at`, only then.
     pub delivered_at: Option<TimeUs>,
+    /// Written at an orderly stop before the hour was finished: the stop's
+    /// exchange time, as `stopped_at`, only then.
+    pub stopped_at: Option<TimeUs>,
 }
 
 #[cfg(test)]
@@ -253,6 +256,7 @@ mod tests {
             coverage_to: hour.end(),
             clock_offset_us: Some(-1234),
             delivered_at: None,
+            stopped_at: None,
         }
     }
 

@@ -35,6 +35,9 @@ pub struct SealedSummary {
     pub delivered_at: Option<TimeUs>,
     /// `clock_offset_us`, when the file has one: a reseal keeps it.
     pub clock_offset_us: Option<i64>,
+    /// `stopped_at`: written at an orderly stop before its hour was
+    /// finished; the next run finishes the hour.
+    pub stopped_at: Option<TimeUs>,
 }
 
 /// Why a footer's key-value metadata is not a valid [`SealedSummary`].
@@ -144,6 +147,7 @@ pub fn parse_summary(metadata: &[(String, String)]) -> Result<SealedSummary, Sum
     // are fine; only a later hour would be judged owed again).
     let delivered_at = ranged_key_of("delivered_at").ok().flatten();
     let clock_offset_us = key_of("clock_offset_us").ok().flatten();
+    let stopped_at = ranged_key_of("stopped_at").ok().flatten();
     Ok(SealedSummary {
         schema_version,
         first_key,
@@ -152,6 +156,7 @@ pub fn parse_summary(metadata: &[(String, String)]) -> Result<SealedSummary, Sum
         unfilled,
         delivered_at,
         clock_offset_us,
+        stopped_at,
     })
 }
 

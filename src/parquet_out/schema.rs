@@ -260,6 +260,7 @@ pub(super) fn file_metadata<R: SortedRows>(file: &HourFile<R>) -> Vec<KeyValue> 
     ]
     .into_iter()
     .chain(file.delivered_at.map(|at| ("delivered_at", at.to_string())))
+    .chain(file.stopped_at.map(|at| ("stopped_at", at.to_string())))
     .map(|(key, value)| KeyValue::new(key.to_owned(), value))
     .collect()
 }

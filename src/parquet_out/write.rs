@@ -635,6 +635,7 @@ mod tests {
             coverage_to: hour.end(),
             clock_offset_us: None,
             delivered_at: None,
+            stopped_at: None,
         };
         writer_properties(kind, file_metadata(&file))
     }

@@ -423,7 +423,9 @@ async fn backfill_file(
         let mut revised = untouched.clone();
         revised.extend(revised_asked.iter().cloned());
         revised.sort_by_key(|range| (range.from_time, range.from));
-        let whole_hour = revised.is_empty();
+        // A file written at a stop vouches only up to it, filled or not:
+        // the daemon's next run finishes its hour.
+        let whole_hour = revised.is_empty() && sealed.stopped_at.is_none();
         let seal_job = SealJob {
             key: key.clone(),
             hour,
@@ -437,6 +439,9 @@ async fn backfill_file(
             unfilled: Some(revised),
             late: true,
             delivered_at: None,
+            // A file written at a stop stays marked: only the daemon's
+            // next run can finish its hour.
+            stopped_at: sealed.stopped_at,
         };
         let data_dir = config.data_dir.clone();
         let sealed_outcome =

@@ -22,6 +22,7 @@
 //! written or retried, nothing more.
 
 mod plan;
+mod stop;
 
 use std::collections::BTreeMap;
 
@@ -348,6 +349,7 @@ pub(super) fn make_job(
         unfilled: None,
         late,
         delivered_at: None,
+        stopped_at: None,
     }
 }
 

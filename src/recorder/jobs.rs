@@ -33,6 +33,10 @@ pub struct SealJob {
     /// The delivery of a dated contract in this hour (its last), set by
     /// the runtime; `None` keeps what the file on disk says.
     pub delivered_at: Option<TimeUs>,
+    /// A file written at an orderly stop for an hour not finished yet
+    /// (exchange time of the stop): the next run finishes the hour and
+    /// seals it again without this mark (`State::stop_seals`).
+    pub stopped_at: Option<TimeUs>,
 }
 
 /// One REST fill round to run: the holes of a stream-hour.

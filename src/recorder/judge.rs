@@ -14,6 +14,9 @@ pub type MonoMs = u64;
 pub use crate::domain::REASON_NOT_SERVED;
 /// `unfilled` reason: gap fill is switched off in the config.
 pub const REASON_FILL_DISABLED: &str = "fill disabled";
+/// `unfilled` reason in a file written at an orderly stop before its hour
+/// was finished (`stopped_at`): the next run fills it and seals again.
+pub const REASON_STOPPED: &str = "the recorder stopped before filling it";
 /// `unfilled` reason when no fill round failed but the deadline came first.
 pub const REASON_DEADLINE: &str = "not filled before the deadline";
 /// `unfilled` reason when a fill round was still queued or running at the

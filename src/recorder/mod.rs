@@ -35,6 +35,7 @@ pub mod spill;
 mod spill_runs;
 mod startup;
 pub mod state;
+mod stop_seals;
 mod tasks;
 mod wake;
 
@@ -82,8 +83,9 @@ pub const MAX_BATCH_RECORDS: usize = 8_192;
 
 /// Runs the recorder until `shutdown` is cancelled, then stops in order:
 /// connections first, then every frame already received is made durable,
-/// in-flight seals finish (up to the configured deadline), and the WAL is
-/// closed. Unsealed hours stay in the WAL for the next start.
+/// in-flight seals finish (up to the configured deadline), the WAL is
+/// closed, and the hours not finished get files marked `stopped_at`
+/// (`stop_seals.rs`). Their rows stay in the WAL for the next start.
 pub async fn run(
     config: Config,
     counters: Arc<Counters>,
@@ -315,7 +317,10 @@ pub async fn run_with_seams(
     task_shutdown.cancel();
     tasks.close();
     let deadline = Instant::now() + config.shutdown_deadline;
-    let stop = runtime.stop(&mut receiver, &tasks);
+    // The files of the hours not finished stop being written a little
+    // before the deadline: the exit stays clean, the WAL holds them.
+    let stop_seals_until = deadline - (config.shutdown_deadline / 4).min(Duration::from_secs(5));
+    let stop = runtime.stop(&mut receiver, &tasks, stop_seals_until);
     match tokio::time::timeout_at(deadline, stop).await {
         Ok(Ok(())) => {
             info!("stopped cleanly");
@@ -713,6 +718,7 @@ impl Runtime {
         mut self,
         receiver: &mut mpsc::Receiver<Inbound>,
         tasks: &TaskTracker,
+        stop_seals_until: Instant,
     ) -> anyhow::Result<()> {
         self.service.stopping();
         // Fill rounds in flight are dropped: nothing of theirs was
@@ -780,6 +786,9 @@ impl Runtime {
             tokio::task::spawn_blocking(move || wal.close())
                 .await
                 .context("WAL close task failed")??;
+        }
+        if self.fatal.is_none() {
+            self.write_stop_seals(stop_seals_until).await;
         }
         match self.fatal.take() {
             Some(fatal) => Err(fatal),

@@ -135,6 +135,10 @@ pub(crate) fn execute_seal(
             Ok(Err(MergeFailure::Held(error))) => return fail(error.into(), job),
             Ok(Ok((n_sealed, changed, summary, sealed_coverage))) => {
                 let sealed_delivery = summary.as_ref().and_then(|summary| summary.delivered_at);
+                // A file written at a stop is finished by a seal without
+                // the mark (or marked again at a later stop).
+                let stop_mark_changed =
+                    summary.as_ref().and_then(|summary| summary.stopped_at) != job.stopped_at;
                 // Measured while the hour was live: a reseal (late rows,
                 // `backfill`, whose jobs know no offset) keeps it.
                 clock_offset_us = summary
@@ -163,7 +167,12 @@ pub(crate) fn execute_seal(
                 if let Some(version) = sealed_version.filter(|_| outdated) {
                     info!(path = %path.display(), from_version = %version, to_version = %SchemaVersion::CURRENT, "sealed file of an older schema version; rewriting it in the current one");
                 }
-                if !changed && !unfilled_changed && !outdated && !delivery_changed {
+                if !changed
+                    && !unfilled_changed
+                    && !outdated
+                    && !delivery_changed
+                    && !stop_mark_changed
+                {
                     remove_runs(&run_files);
                     return SealOutcome {
                         job_key,
@@ -203,6 +212,7 @@ pub(crate) fn execute_seal(
         coverage_to: coverage.1,
         clock_offset_us,
         delivered_at,
+        stopped_at: job.stopped_at,
     };
     let fault = faults.and_then(|faults| faults(&job.key, job.hour));
     // `file` is only borrowed: its rows survive a panic and go back to the job.
@@ -583,6 +593,7 @@ mod tests {
             unfilled: None,
             late,
             delivered_at: None,
+            stopped_at: None,
         }
     }
 
@@ -674,6 +685,44 @@ mod tests {
             Ok(SealResult::Written { n_rows: 2, .. })
         ));
         assert_eq!(offset(&path), Some(77), "taken where the file had none");
+    }
+
+    /// A file written at an orderly stop (`stopped_at`) is sealed again
+    /// without the mark by the run that finishes its hour, even when no row
+    /// is new; `backfill`'s reseal, which passes the mark on, keeps it.
+    #[test]
+    fn the_next_seal_of_a_stopped_hour_drops_the_mark_even_with_no_new_row() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let stopped_at = HOUR_START + 99;
+        let stop = execute_seal(
+            root.path(),
+            None,
+            SealJob {
+                stopped_at: Some(stopped_at),
+                ..job(vec![trade(1), trade(2)], false)
+            },
+        );
+        let Ok(SealResult::Written { path, .. }) = stop.result else {
+            panic!("the stop's file")
+        };
+        let mark = |path: &Path| parquet_out::read_summary(path).expect("summary").stopped_at;
+        assert_eq!(mark(&path), Some(stopped_at));
+        let kept = execute_seal(
+            root.path(),
+            None,
+            SealJob {
+                stopped_at: Some(stopped_at),
+                ..job(vec![trade(2)], true)
+            },
+        );
+        assert!(matches!(kept.result, Ok(SealResult::Unchanged)));
+        assert_eq!(mark(&path), Some(stopped_at));
+        let finished = execute_seal(root.path(), None, job(vec![trade(1), trade(2)], false));
+        assert!(matches!(
+            finished.result,
+            Ok(SealResult::Written { n_rows: 2, .. })
+        ));
+        assert_eq!(mark(&path), None);
     }
 
     /// A trade from `source` whose price tells the two sides apart.
@@ -774,6 +823,7 @@ mod tests {
             coverage_to: HOUR_START + 3_600_000_000,
             clock_offset_us: None,
             delivered_at: None,
+            stopped_at: None,
         };
         let (path, _) = parquet_out::write_hour_file(root.path(), &disordered).expect("written");
         let late = execute_seal(root.path(), None, job(vec![trade(4)], true));
@@ -857,6 +907,7 @@ mod tests {
                     coverage_to: crashed.coverage_to,
                     clock_offset_us: None,
                     delivered_at: None,
+                    stopped_at: None,
                 };
                 let (path, _) = parquet_out::write_hour_file_until(root.path(), &file, Some(step))
                     .expect("written up to the step");

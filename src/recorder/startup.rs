@@ -304,7 +304,9 @@ fn read_and_decode(
 
 /// Reads the newest sealed files of every stream: the next hour is judged
 /// from the last row before it, hours missed while the recorder was down
-/// are owed, and holes the files declare are retried. Files more than
+/// are owed, and holes the files declare are retried. The newest files
+/// written at the last stop (`stopped_at`) are passed over: their hours
+/// are finished now. Files more than
 /// `fill.lookback_hours` older than a stream's newest file are not read.
 fn resume_from_sealed_files(config: &Config, state: &mut State, counters: &Counters) {
     for key in config.stream_keys() {
@@ -323,6 +325,13 @@ fn resume_from_sealed_files(config: &Config, state: &mut State, counters: &Count
         {
             let path = parquet_out::hour_file_path(&config.data_dir, &key, hour);
             match parquet_out::read_summary(&path) {
+                // Written at a stop before its hour was finished: the hour
+                // is recorded on (its rows replay from the WAL), filled,
+                // and sealed again without the mark; the stream resumes
+                // from the file before it.
+                Ok(summary) if !resumed && summary.stopped_at.is_some() => {
+                    info!(%key, %hour, "file written at the last stop: its hour is finished now");
+                }
                 Ok(summary) => {
                     if !resumed {
                         state.resume_after_sealed(&key, hour, summary.last_key);

@@ -37,6 +37,7 @@ pub use crate::recorder::declared::revise_declared;
 pub use crate::recorder::jobs::{past_deadline, FillJob, FillReport, Job, SealJob};
 pub use crate::recorder::judge::{
     MonoMs, REASON_DEADLINE, REASON_FILL_DISABLED, REASON_NOT_SERVED, REASON_REST_BEHIND,
+    REASON_STOPPED,
 };
 pub use spills::Spill;
 use streams::Streams;
@@ -512,33 +513,45 @@ impl State {
         };
         let mut walk = Walk::new(max_seals, now);
         for (index, (key, stream)) in self.streams.iter_mut().enumerate() {
-            let Some(market) = self.markets.get(&key.market) else {
-                continue;
-            };
-            let (Some(exchange_now), Some(first_span)) =
-                (market.exchange_time, market.spans.first())
-            else {
-                continue;
-            };
-            let turn = StreamTurn {
+            let gate = gates.get(index).copied().unwrap_or_default();
+            let Some(turn) = stream_turn(
                 key,
-                market,
-                exchange_now,
-                first_watched_hour: Hour::containing(first_span.start),
-                fill: &self.fill,
-                grace_us: self.grace_us,
-                counters: &self.counters,
-                gate: gates.get(index).copied().unwrap_or_default(),
-                // A few entries at most: found without building a key.
-                delivered_at: self
-                    .delivered
-                    .iter()
-                    .find(|((market, symbol), _)| *market == key.market && *symbol == key.symbol)
-                    .map(|(_, at)| *at),
+                gate,
+                &self.markets,
+                &self.fill,
+                self.grace_us,
+                &self.counters,
+                &self.delivered,
+            ) else {
+                continue;
             };
             stream.plan(&turn, &mut walk, &mut self.agg_evidence);
         }
         self.finish_walk(walk)
+    }
+
+    /// The files of an orderly stop (`hour/stop.rs`): every stream's hours
+    /// from the next to seal up to its market's exchange time, with what
+    /// they hold, marked `stopped_at`. Called once the last WAL batch and
+    /// seal are done: the rows are moved into the jobs, and the state is
+    /// not used after.
+    pub fn stop_seals(&mut self, now: MonoMs) -> Vec<SealJob> {
+        let mut jobs = Vec::new();
+        for (key, stream) in self.streams.iter_mut() {
+            let gate = SymbolGates::default();
+            if let Some(turn) = stream_turn(
+                key,
+                gate,
+                &self.markets,
+                &self.fill,
+                self.grace_us,
+                &self.counters,
+                &self.delivered,
+            ) {
+                jobs.extend(stream.stop_seals(&turn, now));
+            }
+        }
+        jobs
     }
 
     /// Keeps what a planning walk found for the next one (when it is due,
@@ -736,6 +749,40 @@ fn implausible_row(
             "id {} jumps past the newest id {newest_id} by more than clock.max_id_jump",
             row.key()
         )
+    })
+}
+
+/// What a walk reads for `key`'s stream (see [`StreamTurn`]), or `None`
+/// before its market has a clock and a watch span. The state's parts
+/// passed one by one: the walk holds its streams mutably meanwhile.
+fn stream_turn<'a>(
+    key: &'a StreamKey,
+    gate: SymbolGates,
+    markets: &'a BTreeMap<Market, MarketState>,
+    fill: &'a FillConfig,
+    grace_us: i64,
+    counters: &'a Counters,
+    delivered: &BTreeMap<(Market, Symbol), TimeUs>,
+) -> Option<StreamTurn<'a>> {
+    let market = markets.get(&key.market)?;
+    let (Some(exchange_now), Some(first_span)) = (market.exchange_time, market.spans.first())
+    else {
+        return None;
+    };
+    Some(StreamTurn {
+        key,
+        market,
+        exchange_now,
+        first_watched_hour: Hour::containing(first_span.start),
+        fill,
+        grace_us,
+        counters,
+        gate,
+        // A few entries at most: found without building a key.
+        delivered_at: delivered
+            .iter()
+            .find(|((market, symbol), _)| *market == key.market && *symbol == key.symbol)
+            .map(|(_, at)| *at),
     })
 }
 

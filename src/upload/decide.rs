@@ -103,6 +103,7 @@ mod tests {
             row_count,
             delivered_at: None,
             clock_offset_us: None,
+            stopped_at: None,
             unfilled: (0..n_holes)
                 .map(|index| UnfilledRange {
                     from: Some(index as i64 * 10),

@@ -74,6 +74,8 @@ pub struct ParsedMetadata {
     pub coverage_to: Option<TimeUs>,
     /// A delivered contract's last hour names its delivery (optional key).
     pub delivered_at: Option<TimeUs>,
+    /// A file written at an orderly stop before its hour was finished.
+    pub stopped_at: Option<TimeUs>,
     pub missing: Vec<&'static str>,
     pub malformed: Vec<String>,
 }
@@ -113,6 +115,7 @@ pub fn parse_metadata(pairs: &[(String, String)]) -> ParsedMetadata {
     parsed.coverage_from = integer("coverage_from");
     parsed.coverage_to = integer("coverage_to");
     parsed.delivered_at = integer("delivered_at");
+    parsed.stopped_at = integer("stopped_at");
     parsed.market = value("market").map(str::to_owned);
     parsed.stream = value("stream").map(str::to_owned);
     parsed.symbol = value("symbol").map(str::to_owned);
@@ -165,6 +168,9 @@ pub struct FileFacts {
     pub coverage_to: TimeUs,
     /// The `delivered_at` of a delivered contract's last hour.
     pub delivered_at: Option<TimeUs>,
+    /// Written at an orderly stop before its hour was finished: the
+    /// recorder's next run finishes it.
+    pub stopped_at: Option<TimeUs>,
 }
 
 impl FileFacts {
@@ -424,6 +430,7 @@ pub fn check_file(
         coverage_from: coverage_from.clamp(hour.start(), hour.end()),
         coverage_to: coverage_to.clamp(hour.start(), hour.end()),
         delivered_at: metadata.delivered_at,
+        stopped_at: metadata.stopped_at,
     };
     (facts, findings)
 }
@@ -790,6 +797,7 @@ pub fn check_stream(kind: StreamKind, files: &[(Hour, SealedSummary)]) -> Vec<Fi
                 coverage_from: hour.start(),
                 coverage_to: hour.end(),
                 delivered_at: summary.delivered_at,
+                stopped_at: None,
             }
         })
         .collect();
@@ -817,6 +825,7 @@ mod tests {
             unfilled,
             delivered_at: None,
             clock_offset_us: None,
+            stopped_at: None,
         }
     }
 
@@ -841,6 +850,7 @@ mod tests {
             coverage_from: hour.start(),
             coverage_to: hour.end(),
             delivered_at: None,
+            stopped_at: None,
         }
     }
 

@@ -28,7 +28,7 @@ pub use checks::{check_stream, Finding};
 pub use report::{DeclaredHole, Problem, ProblemKind, Report, StreamSummary};
 
 use checks::{FileFacts, ParsedMetadata};
-use report::PartialHour;
+use report::{PartialHour, UnfinishedHour};
 
 /// Which part of the dataset to check; `None` is everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -434,6 +434,14 @@ pub fn verify(root: &Path, selection: &Selection) -> Result<Report, VerifyError>
         for file in &facts {
             summary.n_rows += file.n_rows;
             summary.n_rows_rest += file.n_rows_rest;
+            if let Some(stopped_at) = file.stopped_at {
+                summary.unfinished.push(UnfinishedHour {
+                    hour: file.hour,
+                    stopped_at,
+                    n_holes: file.unfilled.len(),
+                });
+                continue;
+            }
             if file.is_partial() {
                 summary.partial.push(PartialHour {
                     hour: file.hour,

@@ -151,6 +151,17 @@ pub struct PartialHour {
     pub coverage_to: TimeUs,
 }
 
+/// A file written at an orderly stop before its hour was finished
+/// (`stopped_at`): what it holds is true, the rest of its hour is the
+/// recorder's next run's to write. Its holes are not counted as declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnfinishedHour {
+    pub hour: Hour,
+    pub stopped_at: TimeUs,
+    /// Holes it declares (found, not filled before the stop).
+    pub n_holes: usize,
+}
+
 /// One (market, stream, symbol).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamSummary {
@@ -161,6 +172,7 @@ pub struct StreamSummary {
     pub n_rows_rest: u64,
     pub declared: Vec<DeclaredHole>,
     pub partial: Vec<PartialHour>,
+    pub unfinished: Vec<UnfinishedHour>,
     pub n_problems: usize,
     pub first_hour: Option<Hour>,
     pub last_hour: Option<Hour>,
@@ -178,6 +190,7 @@ impl StreamSummary {
             n_rows_rest: 0,
             declared: Vec::new(),
             partial: Vec::new(),
+            unfinished: Vec::new(),
             n_problems: 0,
             first_hour: None,
             last_hour: None,
@@ -244,6 +257,13 @@ impl Report {
         self.streams
             .iter()
             .map(|stream| stream.declared.len())
+            .sum()
+    }
+
+    pub fn n_unfinished(&self) -> usize {
+        self.streams
+            .iter()
+            .map(|stream| stream.unfinished.len())
             .sum()
     }
 
@@ -458,6 +478,35 @@ impl Report {
                 );
             }
         }
+        let unfinished: Vec<(&StreamSummary, &UnfinishedHour)> = self
+            .streams
+            .iter()
+            .flat_map(|stream| stream.unfinished.iter().map(move |hour| (stream, hour)))
+            .collect();
+        if !unfinished.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nunfinished hours ({}): written at an orderly stop; the recorder's next run finishes them",
+                unfinished.len()
+            );
+            for (stream, hour) in unfinished.iter().take(EXAMPLES_PER_KIND * 4) {
+                let _ = writeln!(
+                    out,
+                    "  {} {}: up to the stop at {}, {} holes found",
+                    stream.key,
+                    hour.hour,
+                    utc_time(hour.stopped_at),
+                    hour.n_holes
+                );
+            }
+            if unfinished.len() > EXAMPLES_PER_KIND * 4 {
+                let _ = writeln!(
+                    out,
+                    "  ... and {} more",
+                    unfinished.len() - EXAMPLES_PER_KIND * 4
+                );
+            }
+        }
         let delivered: Vec<(&StreamSummary, TimeUs)> = self
             .streams
             .iter()
@@ -481,12 +530,13 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nfiles: {}, rows: {}, declared holes: {}, undeclared problems: {}, partial hours: {}: {}",
+            "\nfiles: {}, rows: {}, declared holes: {}, undeclared problems: {}, partial hours: {}, unfinished hours: {}: {}",
             self.n_files,
             self.n_rows(),
             self.n_declared(),
             self.problems.len(),
             self.n_partial(),
+            self.n_unfinished(),
             if self.is_clean() { "clean" } else { "NOT CLEAN" }
         );
         out
@@ -514,6 +564,11 @@ impl Report {
                         "coverage_from": partial.coverage_from,
                         "coverage_to": partial.coverage_to,
                     })).collect::<Vec<_>>(),
+                    "unfinished_hours": stream.unfinished.iter().map(|unfinished| serde_json::json!({
+                        "hour": unfinished.hour.to_string(),
+                        "stopped_at": unfinished.stopped_at,
+                        "holes": unfinished.n_holes,
+                    })).collect::<Vec<_>>(),
                     "undeclared_problems": stream.n_problems,
                     "first_hour": hour(stream.first_hour),
                     "last_hour": hour(stream.last_hour),
@@ -531,6 +586,7 @@ impl Report {
             "declared_holes": self.n_declared(),
             "undeclared_problems": self.problems.len(),
             "partial_hours": self.n_partial(),
+            "unfinished_hours": self.n_unfinished(),
             "streams": streams,
             "problems": self.problems,
             "holes": self.holes(),

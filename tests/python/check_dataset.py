@@ -4,7 +4,8 @@ as a column where the reader takes partitions from the path, exact decimals
 and UTC-aware microsecond times. What each reader sees is compared with what
 the Rust side wrote.
 
-Usage: check_dataset.py DATA_DIR EXPECTED_JSON  (run by tests/recorder/end_to_end.rs)
+Usage: check_dataset.py DATA_DIR EXPECTED_JSON [MARKET]  (run by tests/recorder/end_to_end.rs
+and tests/recorder/markets.rs; MARKET is the `market=` folder, `spot` unless given)
 
 EXPECTED_JSON maps each stream folder name (`trade`, `kline_1m`, ...) to
 `n_files`, `n_rows`, `n_rows_by_symbol`, `n_rest_rows`, `sample_file` (one
@@ -191,9 +192,10 @@ def polars_readers(folder, stream, expected):
 def main():
     data_dir = Path(sys.argv[1])
     expected = json.loads(Path(sys.argv[2]).read_text())
+    market = sys.argv[3] if len(sys.argv) > 3 else "spot"
     connection = duckdb.connect()
     for stream, want in expected.items():
-        folder = data_dir / "market=spot" / f"stream={stream}"
+        folder = data_dir / f"market={market}" / f"stream={stream}"
         for reader in (
             lambda: duckdb_reader(connection, folder, stream, want),
             lambda: pandas_readers(folder, stream, want),
@@ -209,7 +211,7 @@ def main():
         sys.exit(1)
     print(
         f"duckdb {duckdb.__version__}, pandas {pd.__version__}, pyarrow {pa.__version__}, "
-        f"polars {pl.__version__}: every reader agrees on {len(expected)} streams"
+        f"polars {pl.__version__}: every reader agrees on {len(expected)} streams of {market}"
     )
 
 

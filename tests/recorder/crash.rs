@@ -168,7 +168,7 @@ async fn sigkill_at_a_dozen_moments_loses_and_duplicates_nothing() {
     wait_until(
         Duration::from_secs(120),
         "every file of the three hours sealed",
-        || expected.iter().all(|(_, _, _, path)| path.exists()),
+        || expected.iter().all(|(_, _, _, path)| is_sealed(path)),
     )
     .await;
     eprintln!("final files at {:?}", test_start.elapsed());
@@ -392,7 +392,7 @@ async fn a_full_disk_then_a_read_only_one_stop_acknowledging_then_recover_losing
     wait_until(
         Duration::from_secs(90),
         "the hour sealed after the disk recovered",
-        || files.iter().all(|(_, _, path)| path.exists()),
+        || files.iter().all(|(_, _, path)| is_sealed(path)),
     )
     .await;
     shutdown.cancel();

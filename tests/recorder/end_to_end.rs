@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use binance_recorder::domain::{Hour, KlineInterval, Row, StreamKind, MICROS_PER_SECOND};
+use binance_recorder::domain::{Hour, KlineInterval, Market, Row, StreamKind, MICROS_PER_SECOND};
 use binance_recorder::parquet_out::{self, HourFile, SealStep};
 use fake_binance::FakeExchange;
 use serde_json::json;
@@ -179,9 +179,17 @@ async fn three_symbols_two_whole_hours_match_ground_truth() {
         "no two-hour kline opens in an odd hour"
     );
     let all_kinds = [kinds[0], kinds[1], kinds[2], two_hours];
-    let expected = expected_readings(&data, &all_kinds);
+    let expected = expected_readings(&data, Market::Spot, &all_kinds);
+    assert!(
+        expected
+            .as_object()
+            .expect("by stream")
+            .values()
+            .any(|stream| stream["n_rest_rows"] != 0),
+        "rows from REST are part of the dataset read"
+    );
     assert_partition_tree_holds_only_sealed_files(&data);
-    run_reader_matrix(&data, &expected, "the dataset as sealed").await;
+    run_reader_matrix(&data, Market::Spot, &expected, "the dataset as sealed").await;
 
     // A reseal in progress: the new version of a sealed hour (one row
     // more) written and fsynced in .staging/, not yet renamed into place.
@@ -203,6 +211,7 @@ async fn three_symbols_two_whole_hours_match_ground_truth() {
         coverage_to: whole_hours[0].end(),
         clock_offset_us: None,
         delivered_at: None,
+        stopped_at: None,
     };
     parquet_out::write_hour_file_until(&data, &reseal, Some(SealStep::Synced))
         .expect("reseal stopped before its rename");
@@ -212,7 +221,7 @@ async fn three_symbols_two_whole_hours_match_ground_truth() {
         "the seal in progress is staged"
     );
     assert_partition_tree_holds_only_sealed_files(&data);
-    run_reader_matrix(&data, &expected, "a reseal in progress").await;
+    run_reader_matrix(&data, Market::Spot, &expected, "a reseal in progress").await;
 
     // After a crash: a torn temporary file of a seal of the next hour, and
     // an unreadable file moved aside as a start-up would.
@@ -232,7 +241,9 @@ async fn three_symbols_two_whole_hours_match_ground_truth() {
             .expect("staged file opens");
         file.set_len(length / 2).expect("torn in half");
     }
-    let unreadable = file_path(root, &key(SYMBOLS[2], StreamKind::Trade), next_hour);
+    // A day on: the hour of the stop has its own file (`stopped_at`).
+    let unreadable_hour = Hour::containing(next_hour.start() + 24 * 3_600_000_000);
+    let unreadable = file_path(root, &key(SYMBOLS[2], StreamKind::Trade), unreadable_hour);
     std::fs::create_dir_all(unreadable.parent().expect("folder")).expect("folder");
     std::fs::write(&unreadable, b"PAR1 not a parquet file").expect("unreadable file");
     let aside = parquet_out::move_aside(&data, &unreadable).expect("moved aside");
@@ -242,17 +253,31 @@ async fn three_symbols_two_whole_hours_match_ground_truth() {
         aside.display()
     );
     assert_partition_tree_holds_only_sealed_files(&data);
-    run_reader_matrix(&data, &expected, "after a crash left a temporary file").await;
+    run_reader_matrix(
+        &data,
+        Market::Spot,
+        &expected,
+        "after a crash left a temporary file",
+    )
+    .await;
     fake.shutdown().await;
 }
 
-/// What the Rust side reads from each stream folder under `data`: the
-/// numbers and the sample rows `tests/python/check_dataset.py` compares
-/// every reader's answer with.
-fn expected_readings(data: &Path, kinds: &[StreamKind]) -> serde_json::Value {
+/// What the Rust side reads from each stream folder of `market` under
+/// `data`: the numbers and the sample rows `tests/python/check_dataset.py`
+/// compares every reader's answer with.
+pub(crate) fn expected_readings(
+    data: &Path,
+    market: Market,
+    kinds: &[StreamKind],
+) -> serde_json::Value {
     let mut expected = BTreeMap::new();
     for kind in kinds {
-        let files = parquet_files(&data.join(format!("market=spot/stream={}", kind.path_name())));
+        let files = parquet_files(&data.join(format!(
+            "market={}/stream={}",
+            market.name(),
+            kind.path_name()
+        )));
         let mut n_rows = 0;
         let mut n_rest_rows = 0;
         let mut n_rows_by_symbol: BTreeMap<String, usize> = BTreeMap::new();
@@ -289,10 +314,6 @@ fn expected_readings(data: &Path, kinds: &[StreamKind]) -> serde_json::Value {
             }),
         );
     }
-    assert!(
-        expected.values().any(|stream| stream["n_rest_rows"] != 0),
-        "rows from REST are part of the dataset read"
-    );
     serde_json::to_value(expected).expect("json")
 }
 
@@ -320,10 +341,15 @@ fn assert_partition_tree_holds_only_sealed_files(data: &Path) {
     );
 }
 
-/// Runs `tests/python/check_dataset.py` (the reader matrix) on `data` with
-/// the project's venv, giving it what Rust wrote so it compares values,
-/// not just shapes.
-async fn run_reader_matrix(data: &Path, expected: &serde_json::Value, situation: &str) {
+/// Runs `tests/python/check_dataset.py` (the reader matrix) on `market`'s
+/// folders under `data` with the project's venv, giving it what Rust wrote
+/// so it compares values, not just shapes.
+pub(crate) async fn run_reader_matrix(
+    data: &Path,
+    market: Market,
+    expected: &serde_json::Value,
+    situation: &str,
+) {
     let scratch = tempfile::tempdir().expect("scratch directory");
     let expected_path = scratch.path().join("expected.json");
     std::fs::write(
@@ -339,6 +365,7 @@ async fn run_reader_matrix(data: &Path, expected: &serde_json::Value, situation:
             .arg(script)
             .arg(&data)
             .arg(&expected_path)
+            .arg(market.name())
             .output()
     })
     .await

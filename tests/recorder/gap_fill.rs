@@ -64,7 +64,7 @@ fn hour_files(root: &Path, hour: Hour) -> Vec<(String, StreamKind, PathBuf)> {
 
 async fn wait_for_files(files: &[(String, StreamKind, PathBuf)], within: Duration, what: &str) {
     wait_until(within, what, || {
-        files.iter().all(|(_, _, path)| path.exists())
+        files.iter().all(|(_, _, path)| is_sealed(path))
     })
     .await;
 }
@@ -673,6 +673,7 @@ async fn backfill_of_a_hole_bigger_than_a_round_reseals_it_a_round_at_a_time() {
             coverage_to: hour.end(),
             clock_offset_us: None,
             delivered_at: None,
+            stopped_at: None,
         },
     )
     .expect("declared file written");

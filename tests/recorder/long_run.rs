@@ -158,7 +158,7 @@ async fn a_simulated_day_with_drops_and_a_restart_keeps_the_wal_and_memory_bound
         &recorder,
         &mut second,
         "every file of the day sealed",
-        || expected.iter().all(|(_, _, path)| path.exists()),
+        || expected.iter().all(|(_, _, path)| is_sealed(path)),
     )
     .await;
     recorder.terminate().await;

@@ -157,7 +157,10 @@ fn hour_files(root: &Path, hour: Hour) -> Vec<(StreamKey, PathBuf)> {
 }
 
 async fn wait_for_sealed(files: &[(StreamKey, PathBuf)], within: Duration, what: &str) {
-    wait_until(within, what, || files.iter().all(|(_, path)| path.exists())).await;
+    wait_until(within, what, || {
+        files.iter().all(|(_, path)| is_sealed(path))
+    })
+    .await;
 }
 
 /// A USD-M trade file against the truth: every row equals its truth trade
@@ -672,6 +675,14 @@ time_check_interval_secs = 1
             "{name}: {counters:?}"
         );
     }
+    // Every market's folders through the reader matrix (DATASET.md "How it
+    // is read"): futures trades' `trade_type`, their null `is_best_match`,
+    // COIN-M's `_PERP` partitions.
+    let data = root.join("data");
+    for market in [Market::Spot, Market::UsdM, Market::Us, Market::CoinM] {
+        let expected = crate::end_to_end::expected_readings(&data, market, &kinds());
+        crate::end_to_end::run_reader_matrix(&data, market, &expected, market.name()).await;
+    }
     for fake in [spot, usdm, us, coinm] {
         fake.shutdown().await;
     }
@@ -1052,6 +1063,7 @@ async fn a_delivery_inside_an_hour_seals_that_hour_up_to_the_delivery() {
             coverage_to: stray_hour.end(),
             clock_offset_us: None,
             delivered_at: None,
+            stopped_at: None,
         },
     )
     .expect("stray file written");

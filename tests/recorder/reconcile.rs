@@ -129,6 +129,7 @@ async fn official_agg_trades_reconcile_with_their_recording_then_show_exactly_tw
             coverage_to: time_of("coverage_to"),
             clock_offset_us: None,
             delivered_at: None,
+            stopped_at: None,
         },
     )
     .expect("hour rewritten");

@@ -1,5 +1,7 @@
 //! SIGTERM mid-hour, then a restart with the same config: every row
-//! received before the stop ends up in the sealed file exactly once.
+//! received before the stop ends up in the sealed file exactly once. The
+//! stop leaves a file for the unfinished hour (`stopped_at`, covering up to
+//! the stop); the next run finishes the hour and seals it again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -70,20 +72,50 @@ async fn sigterm_mid_hour_then_restart_loses_and_duplicates_nothing() {
             .is_some_and(|ids| ids.len() > 100),
         "trades were received: {received:?}"
     );
+    let kinds = [StreamKind::Trade, StreamKind::AggTrade, minute_klines()];
+    let truth_at_stop = fake.ground_truth("BTCUSDT", hour.end());
+    for kind in kinds {
+        // Every hour watched has a file while the recorder is stopped: the
+        // unfinished one says so, and vouches only up to the stop.
+        let path = file_path(root, &key("BTCUSDT", kind), hour);
+        let footer = metadata(&path);
+        let stopped_at: i64 = footer["stopped_at"].parse().expect("stopped_at");
+        let coverage_to: i64 = footer["coverage_to"].parse().expect("coverage_to");
+        assert!(
+            // The exchange's clock as the last frames told it.
+            hour.start() + 19 * MICROS_PER_MINUTE <= stopped_at && stopped_at < hour.end(),
+            "{kind}: stopped at {stopped_at}"
+        );
+        assert!(
+            coverage_to <= stopped_at + 1 && coverage_to > hour.start(),
+            "{kind}: coverage to {coverage_to}, stopped at {stopped_at}"
+        );
+        let rows = parquet_out::read_hour_file(&path, kind).expect("readable");
+        assert!(rows.len() > 5, "{kind}: {} rows", rows.len());
+        assert_rows_are_true(&rows, &truth_at_stop, kind);
+        let received_keys = received.get(&kind).cloned().unwrap_or_default();
+        assert!(
+            rows.iter().all(|row| received_keys.contains(&row.key())),
+            "{kind}: only rows the stream delivered"
+        );
+    }
+
+    // `verify` tells them apart: unfinished, not partial nor holes.
+    let (clean, table, report) = verify_json(&config_path).await;
     assert!(
-        !file_path(root, &key("BTCUSDT", StreamKind::Trade), hour).exists(),
-        "the hour is not sealed at the stop"
+        clean && report["unfinished_hours"] == 3 && report["undeclared_problems"] == 0,
+        "{table}"
     );
 
     let recorder = RecorderProcess::start(&config_path, root);
-    let kinds = [StreamKind::Trade, StreamKind::AggTrade, minute_klines()];
     wait_until(
         Duration::from_secs(90),
         "the hour sealed after the restart",
         || {
-            kinds
-                .iter()
-                .all(|kind| file_path(root, &key("BTCUSDT", *kind), hour).exists())
+            kinds.iter().all(|kind| {
+                let path = file_path(root, &key("BTCUSDT", *kind), hour);
+                path.exists() && !metadata(&path).contains_key("stopped_at")
+            })
         },
     )
     .await;
@@ -110,6 +142,15 @@ async fn sigterm_mid_hour_then_restart_loses_and_duplicates_nothing() {
                 sealed_hour,
             );
         }
+        let footer = metadata(&file_path(root, &key("BTCUSDT", kind), hour));
+        assert_eq!(
+            (
+                footer["coverage_from"].clone(),
+                footer["coverage_to"].clone()
+            ),
+            (hour.start().to_string(), hour.end().to_string()),
+            "{kind}: the finished hour vouches for all of it"
+        );
         let unique: BTreeSet<i64> = sealed_keys.iter().copied().collect();
         assert_eq!(unique.len(), sealed_keys.len(), "{kind}: no row twice");
         let before_stop = received.get(&kind).cloned().unwrap_or_default();

@@ -121,7 +121,7 @@ async fn failed_and_panicking_seals_are_retried_with_their_holes_and_empty_hours
         .map(|kind| file_path(root, &key("BTCUSDT", *kind), first_hour))
         .collect();
     wait_until(Duration::from_secs(60), "hour 00 sealed", || {
-        early_files.iter().all(|path| path.exists())
+        early_files.iter().all(|path| is_sealed(path))
     })
     .await;
     assert!(
@@ -170,7 +170,7 @@ async fn failed_and_panicking_seals_are_retried_with_their_holes_and_empty_hours
     wait_until(
         Duration::from_secs(60),
         "every file of both hours sealed",
-        || files.iter().all(|(_, _, path)| path.exists()),
+        || files.iter().all(|(_, _, path)| is_sealed(path)),
     )
     .await;
     recorder.stop().await;

@@ -73,7 +73,7 @@ async fn a_panicking_connection_task_is_restarted_and_its_streams_record_again()
         .map(|kind| file_path(root, &key("BTCUSDT", *kind), hour))
         .collect();
     wait_until(Duration::from_secs(60), "the hour sealed", || {
-        files.iter().all(|path| path.exists())
+        files.iter().all(|path| is_sealed(path))
     })
     .await;
     recorder.stop().await;
@@ -133,7 +133,7 @@ async fn a_hanging_rest_neither_delays_recording_at_start_nor_holds_up_the_stop(
         .map(|kind| file_path(root, &key("BTCUSDT", *kind), hour))
         .collect();
     wait_until(Duration::from_secs(90), "the hour sealed", || {
-        files.iter().all(|path| path.exists())
+        files.iter().all(|path| is_sealed(path))
     })
     .await;
     restarted.stop().await;

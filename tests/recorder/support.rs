@@ -384,6 +384,14 @@ pub fn file_path(root: &Path, key: &StreamKey, hour: Hour) -> PathBuf {
     parquet_out::hour_file_path(&root.join("data"), key, hour)
 }
 
+/// Whether `path` holds a finished hour's file: there, and not one written
+/// at an orderly stop before its hour was finished (`stopped_at`), which
+/// the next run seals again. What a test waiting for "the hour sealed"
+/// after a restart waits for.
+pub fn is_sealed(path: &Path) -> bool {
+    parquet_out::read_summary(path).is_ok_and(|summary| summary.stopped_at.is_none())
+}
+
 pub fn metadata(path: &Path) -> std::collections::HashMap<String, String> {
     parquet_out::read_metadata(path)
         .expect("metadata readable")

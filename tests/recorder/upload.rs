@@ -72,7 +72,7 @@ pub async fn record_two_hours_and_upload_them(
         kinds.iter().all(|kind| {
             ["BTCUSDT", "ETHUSDT"]
                 .iter()
-                .all(|symbol| file_path(root, &key(symbol, *kind), second_hour).exists())
+                .all(|symbol| is_sealed(&file_path(root, &key(symbol, *kind), second_hour)))
         })
     })
     .await;
@@ -105,9 +105,28 @@ pub async fn n_objects(store: &Arc<dyn ObjectStore>) -> usize {
     listed.len()
 }
 
-/// Every local sealed file is at its key, byte for byte.
+/// Removes the files the last stop wrote for the hours it was in
+/// (`stopped_at`): the uploader had stopped before them and the next run
+/// uploads them, so without them the local copy holds what the bucket does.
+pub fn remove_unfinished(data: &Path) -> usize {
+    let unfinished: Vec<PathBuf> = parquet_files(data)
+        .into_iter()
+        .filter(|path| !is_sealed(path))
+        .collect();
+    for path in &unfinished {
+        std::fs::remove_file(path).expect("unfinished file removed");
+    }
+    unfinished.len()
+}
+
+/// Every local sealed file is at its key, byte for byte (not those the
+/// last stop wrote for the hours it was in, `stopped_at`: the uploader had
+/// stopped; the next run uploads them).
 pub async fn assert_uploaded_byte_identical(store: &Arc<dyn ObjectStore>, data: &Path) -> usize {
-    let files = parquet_files(&data.join("market=spot"));
+    let files: Vec<PathBuf> = parquet_files(&data.join("market=spot"))
+        .into_iter()
+        .filter(|path| is_sealed(path))
+        .collect();
     assert_byte_identical(store, data, &files).await;
     files.len()
 }
@@ -182,6 +201,7 @@ async fn sealed_hours_land_at_their_hive_keys_byte_identical_and_read_back_from_
     }
 
     // verify on the bucket says what verify on the local copy says.
+    remove_unfinished(&data);
     let local = verify_json(vec!["--root".into(), data.display().to_string()], &[]).await;
     let endpoint = moto.endpoint();
     let mut env = credentials_env();
@@ -336,7 +356,7 @@ async fn a_store_lost_mid_upload_and_for_hours_loses_nothing_and_retention_waits
         || {
             kinds
                 .iter()
-                .all(|kind| file_path(root, &key("BTCUSDT", *kind), last_hour).exists())
+                .all(|kind| is_sealed(&file_path(root, &key("BTCUSDT", *kind), last_hour)))
         },
     )
     .await;
@@ -483,6 +503,7 @@ pub fn seal_with_clock_offset(
         coverage_to: hour.end(),
         clock_offset_us,
         delivered_at: None,
+        stopped_at: None,
     };
     let (path, _) = parquet_out::write_hour_file(root, &file).expect("sealed");
     path.strip_prefix(root)
@@ -612,15 +633,21 @@ async fn files_sealed_while_the_store_was_away_are_uploaded_after_a_restart() {
         || {
             [StreamKind::Trade, minute_klines()]
                 .iter()
-                .all(|kind| file_path(root, &key("BTCUSDT", *kind), second_hour).exists())
+                .all(|kind| is_sealed(&file_path(root, &key("BTCUSDT", *kind), second_hour)))
         },
     )
     .await;
     let before = recorder.stop().await;
     assert_eq!(before.files_uploaded, 0);
-    let sealed_away = parquet_files(&data.join("market=spot"));
-    let n_sealed = sealed_away.len();
+    // With the files the stop wrote for the hour it was in (`stopped_at`),
+    // which the next run seals again.
+    let written_away = parquet_files(&data.join("market=spot"));
+    let n_sealed = written_away.len();
     assert!(n_sealed >= 2, "{n_sealed} files sealed");
+    let sealed_away: Vec<PathBuf> = written_away
+        .into_iter()
+        .filter(|path| is_sealed(path))
+        .collect();
 
     // `status` of the stopped daemon counts them from the directory.
     let config_path = root.join("config.toml");

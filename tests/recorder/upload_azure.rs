@@ -56,6 +56,7 @@ async fn az_sealed_hours_land_at_their_hive_keys_byte_identical_and_verify_reads
         counters.upload_bytes
     );
 
+    crate::upload::remove_unfinished(&data);
     let local = verify_json(vec!["--root".into(), data.display().to_string()], &[]).await;
     let endpoint = azurite.endpoint();
     let mut env = credentials_env();

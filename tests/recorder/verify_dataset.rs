@@ -126,6 +126,7 @@ pub fn hour_file(kind: StreamKind, hour: Hour, rows: Vec<Row>) -> HourFile {
         coverage_to: hour.end(),
         clock_offset_us: Some(-1_234),
         delivered_at: None,
+        stopped_at: None,
     }
 }
 

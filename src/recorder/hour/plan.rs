@@ -349,7 +349,7 @@ impl StreamState {
     /// it), or `None` when it owes nothing: no row of it is held, and it
     /// was not watched nor is owed in full by a backfill, or it starts
     /// after its contract's delivery.
-    fn owed_until(
+    pub(super) fn owed_until(
         &self,
         hour: Hour,
         watched: Option<(TimeUs, TimeUs)>,
@@ -374,7 +374,7 @@ impl StreamState {
     /// The holes gap detection finds in a due hour's rows, between the
     /// last sealed row and the next hour's first, cut at `owed_until`;
     /// and whether the hour is owed from its start.
-    fn holes_of(
+    pub(super) fn holes_of(
         &self,
         hour: Hour,
         watched: Option<(TimeUs, TimeUs)>,

@@ -1904,3 +1904,27 @@ fn a_fill_in_flight_is_forgotten_when_the_files_on_disk_move_the_stream_past_its
     state.apply_fill(SegmentId(2), report(&job, vec![], vec![], None), 0);
     assert_eq!(state.n_hours_waiting_on_fill(), 0);
 }
+
+/// An orderly stop mid-hour (`State::stop_seals`): the unfinished hour is
+/// written with its rows, the gap between them declared as not filled
+/// because of the stop, the coverage from the first event to the stop (the
+/// unseen start and the time after the last trade are left to it, not
+/// declared), and the mark.
+#[test]
+fn an_orderly_stop_writes_each_unfinished_hour_up_to_the_stop() {
+    let mut state = filling_state("");
+    let start = HOUR_START + 10 * MICROS_PER_MINUTE;
+    apply_corroborated(&mut state, SegmentId(1), trade(7, start));
+    // 8 and 9 missing: a hole a fill round would have asked REST for.
+    apply_corroborated(&mut state, SegmentId(1), trade(10, start + 1_000));
+    let stop = start + 20 * MICROS_PER_MINUTE;
+    clock_sample_of_silence(&mut state, stop);
+    state.end_session(Market::Spot, Some(stop));
+    let jobs = state.stop_seals(0);
+    let [job] = <[SealJob; 1]>::try_from(jobs).expect("one unfinished hour");
+    assert_eq!(job.hour, Hour::containing(HOUR_START));
+    assert_eq!(job.stopped_at, Some(stop));
+    assert_eq!(keys_of(&job), vec![7, 10]);
+    assert_eq!(declared_of(&job), vec![(Some(8), Some(9), REASON_STOPPED)]);
+    assert_eq!((job.coverage_from, job.coverage_to), (start, stop + 1));
+}
