@@ -90,6 +90,10 @@ pub enum Fault {
     /// The next `count` SUBSCRIBE requests are neither applied nor
     /// answered: requests lost on their way.
     SubscribeUnanswered { count: u32 },
+    /// The next `count` WebSocket handshakes are answered after `delay_ms`
+    /// of real time: the TCP connection is accepted at once, the upgrade's
+    /// reply waits (a far or busy server).
+    SlowHandshakes { delay_ms: u64, count: u32 },
 }
 
 impl Fault {
@@ -130,6 +134,7 @@ impl Fault {
             Fault::SilenceConnection { .. } => "silence_connection",
             Fault::SubscribeRefusedWithoutId { .. } => "subscribe_refused_without_id",
             Fault::SubscribeUnanswered { .. } => "subscribe_unanswered",
+            Fault::SlowHandshakes { .. } => "slow_handshakes",
         }
     }
 
@@ -224,6 +229,9 @@ pub(crate) struct PendingFaults {
     /// SUBSCRIBE requests still to refuse without an id, and to drop.
     pub subscribe_refused: u32,
     pub subscribe_unanswered: u32,
+    /// Handshakes still to answer late, and how late.
+    pub slow_handshakes: u32,
+    pub slow_handshake_delay: Duration,
     pub rest: VecDeque<RestFailure>,
     pub poison: Vec<PendingPoison>,
 }

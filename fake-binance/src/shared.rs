@@ -123,6 +123,11 @@ impl Shared {
             Fault::SubscribeUnanswered { count } => {
                 lock(&self.pending_faults).subscribe_unanswered += count
             }
+            Fault::SlowHandshakes { delay_ms, count } => {
+                let mut pending = lock(&self.pending_faults);
+                pending.slow_handshakes += count;
+                pending.slow_handshake_delay = Duration::from_millis(delay_ms);
+            }
             Fault::DuplicateEvents { count } => lock(&self.pending_faults).duplicate += count,
             Fault::SwapEvents { count } => lock(&self.pending_faults).swap += count,
             Fault::TruncateFrames { count } => lock(&self.pending_faults).truncate += count,

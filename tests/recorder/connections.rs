@@ -630,6 +630,49 @@ async fn subscriptions_refused_without_an_id_or_never_answered_end_delivering() 
 /// reads on and answers every ping, where a connection task waiting for the
 /// slot would leave them unanswered and the exchange would close the link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_whose_handshake_is_slow_keeps_reading_the_old_link() {
+    let fake = FakeExchange::start(FakeConfig {
+        limits: Limits {
+            ping_interval: Duration::from_millis(300),
+            pong_timeout: Duration::from_millis(1000),
+            server_shutdown_grace: Duration::from_secs(60),
+            ..Limits::default()
+        },
+        ..fake_config(60.0)
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = config_with(&fake, root, &["trade", "aggTrade"], "");
+    let recorder = RunningRecorder::start(&config);
+    wait_until(Duration::from_secs(20), "the link delivers", || {
+        recorder.counters().frames_durable > 50
+    })
+    .await;
+    // The replacement's upgrade is answered after 4 s: pings every 300 ms
+    // and a close after 1 s without a pong, so an old link left unread
+    // while the replacement dials is closed by the exchange.
+    fake.inject(Fault::SlowHandshakes {
+        delay_ms: 4_000,
+        count: 1,
+    });
+    fake.inject(Fault::ServerShutdown);
+    wait_until(
+        Duration::from_secs(30),
+        "the replacement takes over",
+        || recorder.counters().rotations >= 1,
+    )
+    .await;
+    let counters = recorder.stop().await;
+    let fake_counters = fake.counters();
+    assert_eq!(fake_counters.ws_pong_timeout_closes, 0, "{fake_counters:?}");
+    assert_eq!(fake_counters.ws_handshakes_accepted, 2, "{fake_counters:?}");
+    assert_eq!(counters.disconnects, 0, "{counters:?}");
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_without_a_handshake_slot_keeps_reading_the_old_link() {
     let fake = FakeExchange::start(FakeConfig {
         limits: Limits {

@@ -88,6 +88,20 @@ async fn handle_connection(
     cancel: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let late = {
+        let mut pending = lock(&shared.pending_faults);
+        (pending.slow_handshakes > 0).then(|| {
+            pending.slow_handshakes -= 1;
+            pending.slow_handshake_delay
+        })
+    };
+    if let Some(delay) = late {
+        debug!(%peer, delay_ms = delay.as_millis() as u64, "websocket handshake answered late (fault)");
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
     let mut accepted_request: Option<ConnectRequest> = None;
     // The error type is tungstenite's; its size is not ours to change.
     #[allow(clippy::result_large_err)]

@@ -41,14 +41,16 @@
 //! frame it holds (waiting as long as needed, since no socket is open), and
 //! reconnects; the disconnect is reported like any other.
 //!
-//! This file is the connection task (connect, subscribe, drive, rotate,
-//! reconnect); `link.rs` holds one socket's state, `silence.rs` the pure
+//! This file is the connection task (drive, rotate, reconnect); `open.rs`
+//! opens a link (handshake slot, dial, backoff; a rotation's dial is
+//! polled beside the old link's reads), `link.rs` holds one socket's state, `silence.rs` the pure
 //! silence judgements and the market's activity, `handshake.rs` the
 //! shared [`HandshakeBudget`], `settings.rs` the [`ConnectionSettings`].
 
 mod handshake;
 mod inbound;
 mod link;
+mod open;
 mod read_clock;
 mod settings;
 mod silence;
@@ -68,7 +70,7 @@ use tracing::{debug, info, warn};
 
 use crate::binance::decode::{decode_frame, Decoded};
 use crate::binance::markets::Route;
-use crate::binance::streams::{connection_url, is_data_frame, stream_name};
+use crate::binance::streams::is_data_frame;
 use crate::domain::{Market, StreamKind, Symbol, TimeUs};
 use crate::metrics::Counters;
 pub use handshake::HandshakeBudget;
@@ -76,6 +78,7 @@ pub use inbound::{FramePayload, Inbound};
 pub use link::LinkLost;
 pub use link::OpenLinks;
 use link::{stream_key_of, Link, LinkEvent};
+use open::{backoff, dial, dialed, link_up, open_link, Dialing};
 pub use settings::ConnectionSettings;
 use silence::fastest_push;
 pub use silence::{
@@ -251,86 +254,6 @@ pub async fn run_connection(
     }
 }
 
-/// Sleeps the backoff delay; `false` if cancelled.
-async fn backoff(
-    plan: &ConnectionPlan,
-    settings: &ConnectionSettings,
-    attempt: &mut u32,
-    reason: &LinkLost,
-    cancel: &CancellationToken,
-    counters: &Counters,
-) -> bool {
-    let ceiling = settings.backoff_delay(*attempt, 1.0);
-    let delay = settings.backoff_delay(*attempt, fastrand::f64());
-    *attempt = attempt.saturating_add(1);
-    let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Counters::raise(&counters.reconnect_backoff_max_ms, ceiling_ms);
-    warn!(market = %plan.market, task = plan.task, %reason, delay_ms = delay.as_millis() as u64, backoff_ceiling_ms = ceiling_ms, attempt = *attempt, "stream link lost, reconnecting");
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep_until(Instant::now() + delay) => true,
-    }
-}
-
-/// Connects and queues the subscription. `None` when cancelled.
-async fn open_link(
-    plan: &ConnectionPlan,
-    settings: &ConnectionSettings,
-    budget: &HandshakeBudget,
-    frames: &mpsc::Sender<Inbound>,
-    cancel: &CancellationToken,
-    next_link: &mut u64,
-) -> Option<Result<Link, LinkLost>> {
-    if !budget.acquire(cancel).await {
-        return None;
-    }
-    connect_link(plan, settings, frames, cancel, next_link).await
-}
-
-/// [`open_link`] with the handshake's slot already taken.
-async fn connect_link(
-    plan: &ConnectionPlan,
-    settings: &ConnectionSettings,
-    frames: &mpsc::Sender<Inbound>,
-    cancel: &CancellationToken,
-    next_link: &mut u64,
-) -> Option<Result<Link, LinkLost>> {
-    let first = plan
-        .streams
-        .first()
-        .map(|(symbol, kind)| stream_name(symbol, *kind));
-    let url = connection_url(&plan.ws_base_url, plan.market, plan.route, first.as_deref());
-    let connected = tokio::select! {
-        _ = cancel.cancelled() => return None,
-        connected = tokio::time::timeout(
-            settings.connect_timeout,
-            socket::connect(url.as_str()),
-        ) => connected,
-    };
-    let socket = match connected {
-        Err(_) => return Some(Err(LinkLost::ConnectTimedOut)),
-        Ok(Err(error)) => return Some(Err(LinkLost::ConnectFailed(Arc::new(error)))),
-        Ok(Ok(socket)) => socket,
-    };
-    let number = *next_link;
-    *next_link += 1;
-    info!(market = %plan.market, task = plan.task, link = number, route = %plan.route, n_streams = plan.streams.len(), "stream link established");
-    // Counted before the runtime hears of it.
-    let link = Link::new(number, socket, &plan.streams, settings, &plan.open_links);
-    if frames
-        .send(Inbound::Connected {
-            market: plan.market,
-            task: plan.task,
-            link: number,
-        })
-        .await
-        .is_err()
-    {
-        return None;
-    }
-    Some(Ok(link))
-}
-
 /// Why a link is replaced make-before-break.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RotationCause {
@@ -378,6 +301,9 @@ async fn drive_link(
     let mut rotation_wanted: Option<RotationCause> = None;
     // A rotation waiting for a handshake slot: when one frees.
     let mut rotation_not_before: Option<Instant> = None;
+    // The replacement's dial under way, and why it is wanted.
+    let mut dialing: Option<Dialing> = None;
+    let mut dialing_cause = RotationCause::Scheduled;
     let push_interval = fastest_push(plan.market, &plan.streams);
     // One timer for the link's life, moved only when something falls due
     // before it is set for: a frame only pushes the dead-link deadline
@@ -417,11 +343,15 @@ async fn drive_link(
                     rotation_deadline = None;
                 }
             }
-            if let Some(cause) = rotation_wanted.take().filter(|_| replacement.is_none()) {
+            if let Some(cause) = rotation_wanted
+                .take()
+                .filter(|_| replacement.is_none() && dialing.is_none())
+            {
                 // A replacement takes a handshake slot only if one is free:
                 // waiting for one here (minutes after a reconnect storm)
                 // would stop reading the old link and leave its pings
-                // unanswered. It is tried again when a slot frees.
+                // unanswered. It is tried again when a slot frees. The dial
+                // itself is polled beside the old link's reads, below.
                 let slot = match rotation_not_before {
                     Some(at) if Instant::now() < at => Err(at),
                     _ => budget.try_acquire().await,
@@ -436,21 +366,8 @@ async fn drive_link(
                     }
                     Ok(()) => {
                         rotation_not_before = None;
-                        match connect_link(plan, settings, frames, cancel, next_link).await {
-                            None => return DriveOutcome::Stop,
-                            Some(Err(reason)) => {
-                                warn!(market = %plan.market, %reason, "replacement link failed; keeping the current one")
-                            }
-                            Some(Ok(mut new_link)) => {
-                                new_link.track_keys = true;
-                                link.track_keys = true;
-                                new_link.rate.learn_from(&link.rate);
-                                new_link.replaces_silent = cause == RotationCause::Silence;
-                                rotation_deadline =
-                                    Some(Instant::now() + settings.rotation_overlap_timeout);
-                                replacement = Some(new_link);
-                            }
-                        }
+                        dialing = Some(dial(plan, settings));
+                        dialing_cause = cause;
                     }
                 }
             }
@@ -471,10 +388,13 @@ async fn drive_link(
                 }
             }
 
+            // A link being replaced (or whose replacement is being dialed)
+            // is not judged again, nor rotated.
+            let rotating = replacement.is_some() || dialing.is_some();
             // One reading of the clock for every judgement of this turn.
             let now = Instant::now();
             let dead_at = link.last_frame + settings.dead_after;
-            let rotate_at = (replacement.is_none()).then_some(link.opened + settings.rotate_after);
+            let rotate_at = (!rotating).then_some(link.opened + settings.rotate_after);
             let control_at = link
                 .control_deadline()
                 .into_iter()
@@ -482,8 +402,7 @@ async fn drive_link(
                 .min();
             // Streams never heard are judged first: a link all of whose
             // streams are unheard is a route question before a silence one.
-            let judging_unheard =
-                replacement.is_none() && !link.unheard_judged && !link.unheard.is_empty();
+            let judging_unheard = !rotating && !link.unheard_judged && !link.unheard.is_empty();
             let unheard_at = match judging_unheard.then(|| {
                 judge_unheard(
                     settings.silent_after_min,
@@ -499,8 +418,7 @@ async fn drive_link(
                 None => None,
             };
             let all_unheard = link.awaiting_route_verdict(plan.streams.len());
-            // A link being replaced is not judged again.
-            let silence_at = match (replacement.is_none() && !all_unheard).then(|| {
+            let silence_at = match (!rotating && !all_unheard).then(|| {
                 judge_silence(
                     settings,
                     push_interval,
@@ -544,7 +462,7 @@ async fn drive_link(
                     }
                     // The others move to a link without the retired streams,
                     // make-before-break, so they lose nothing.
-                    if replacement.is_none() {
+                    if !rotating {
                         info!(market = %plan.market, task = plan.task, link = link.number, "streams retired (delivered contracts): moving the others to a link without them");
                         rotation_wanted = Some(RotationCause::Scheduled);
                     }
@@ -559,6 +477,26 @@ async fn drive_link(
                 }
                 event = link.next_event() => (event, false, false),
                 event = next_replacement_event(&mut replacement) => (event, true, false),
+                outcome = dialed(&mut dialing) => {
+                    dialing = None;
+                    match outcome {
+                        Err(reason) => {
+                            warn!(market = %plan.market, %reason, "replacement link failed; keeping the current one")
+                        }
+                        Ok(socket) => {
+                            let Some(mut new_link) = link_up(plan, settings, frames, socket, next_link).await else {
+                                return DriveOutcome::Stop;
+                            };
+                            new_link.track_keys = true;
+                            link.track_keys = true;
+                            new_link.rate.learn_from(&link.rate);
+                            new_link.replaces_silent = dialing_cause == RotationCause::Silence;
+                            rotation_deadline = Some(Instant::now() + settings.rotation_overlap_timeout);
+                            replacement = Some(new_link);
+                        }
+                    }
+                    continue;
+                }
                 _ = &mut wake => {
                     let now = Instant::now();
                     if now >= link.last_frame + settings.dead_after {
@@ -570,7 +508,7 @@ async fn drive_link(
                         }
                         return lost(link, reason);
                     }
-                    if replacement.is_none() && now >= link.opened + settings.rotate_after {
+                    if !rotating && now >= link.opened + settings.rotate_after {
                         info!(market = %plan.market, task = plan.task, link = link.number, "link lifetime ending: rotating make-before-break");
                         rotation_wanted = Some(RotationCause::Scheduled);
                     }
@@ -598,7 +536,7 @@ async fn drive_link(
                         let n_asked = link.resubscribe_unheard(&plan.streams, settings.subscribe_batch);
                         info!(market = %plan.market, task = plan.task, link = link.number, n_streams = n_asked, "subscribing the silent streams once more");
                     }
-                    if replacement.is_none() && rotation_wanted.is_none() && !link.awaiting_route_verdict(plan.streams.len()) {
+                    if !rotating && rotation_wanted.is_none() && !link.awaiting_route_verdict(plan.streams.len()) {
                         let verdict = judge_silence(settings, push_interval, &link.rate, plan.activity.peers(), now);
                         if let Silence::Silent { silence, bound } = verdict {
                             warn!(market = %plan.market, task = plan.task, link = link.number, silence_ms = silence.as_millis() as u64, bound_ms = bound.as_millis() as u64, "link answers pings but delivers no data: replacing it make-before-break");

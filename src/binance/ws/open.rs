@@ -1,0 +1,123 @@
+//! Opening a link: the handshake's slot, the dial (TCP, TLS, WebSocket
+//! upgrade) and the link's first steps; and the backoff between attempts.
+//!
+//! The dial is an owned future ([`dial`]) so that a rotation can poll it
+//! beside the old link's reads (`drive_link` in `mod.rs`): a slow
+//! handshake then costs the old link nothing. A first link, or a reconnect,
+//! has nothing else to read and awaits it ([`open_link`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::link::{Link, Socket};
+use super::{socket, ConnectionPlan, ConnectionSettings, HandshakeBudget, Inbound, LinkLost};
+use crate::binance::streams::{connection_url, stream_name};
+use crate::metrics::Counters;
+
+/// A dial under way: resolves to the upgraded socket or why there is none.
+/// It borrows nothing, so it can wait in a `select!` beside other reads.
+pub(super) type Dialing = Pin<Box<dyn Future<Output = Result<Socket, LinkLost>> + Send>>;
+
+/// Sleeps the backoff delay; `false` if cancelled.
+pub(super) async fn backoff(
+    plan: &ConnectionPlan,
+    settings: &ConnectionSettings,
+    attempt: &mut u32,
+    reason: &LinkLost,
+    cancel: &CancellationToken,
+    counters: &Counters,
+) -> bool {
+    let ceiling = settings.backoff_delay(*attempt, 1.0);
+    let delay = settings.backoff_delay(*attempt, fastrand::f64());
+    *attempt = attempt.saturating_add(1);
+    let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Counters::raise(&counters.reconnect_backoff_max_ms, ceiling_ms);
+    warn!(market = %plan.market, task = plan.task, %reason, delay_ms = delay.as_millis() as u64, backoff_ceiling_ms = ceiling_ms, attempt = *attempt, "stream link lost, reconnecting");
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep_until(Instant::now() + delay) => true,
+    }
+}
+
+/// Takes a handshake slot, dials and queues the subscription. `None` when
+/// cancelled.
+pub(super) async fn open_link(
+    plan: &ConnectionPlan,
+    settings: &ConnectionSettings,
+    budget: &HandshakeBudget,
+    frames: &mpsc::Sender<Inbound>,
+    cancel: &CancellationToken,
+    next_link: &mut u64,
+) -> Option<Result<Link, LinkLost>> {
+    if !budget.acquire(cancel).await {
+        return None;
+    }
+    let socket = tokio::select! {
+        _ = cancel.cancelled() => return None,
+        dialed = dial(plan, settings) => dialed,
+    };
+    match socket {
+        Err(reason) => Some(Err(reason)),
+        Ok(socket) => link_up(plan, settings, frames, socket, next_link)
+            .await
+            .map(Ok),
+    }
+}
+
+/// Dials the plan's URL (its first stream named in it), within
+/// `connect_timeout`; the handshake's slot is already taken.
+pub(super) fn dial(plan: &ConnectionPlan, settings: &ConnectionSettings) -> Dialing {
+    let first = plan
+        .streams
+        .first()
+        .map(|(symbol, kind)| stream_name(symbol, *kind));
+    let url = connection_url(&plan.ws_base_url, plan.market, plan.route, first.as_deref());
+    let timeout = settings.connect_timeout;
+    Box::pin(async move {
+        match tokio::time::timeout(timeout, socket::connect(url.as_str())).await {
+            Err(_) => Err(LinkLost::ConnectTimedOut),
+            Ok(Err(error)) => Err(LinkLost::ConnectFailed(Arc::new(error))),
+            Ok(Ok(socket)) => Ok(socket),
+        }
+    })
+}
+
+/// A dialed socket made a link: numbered, counted, its subscription
+/// queued, and the runtime told. `None` when the runtime is gone.
+pub(super) async fn link_up(
+    plan: &ConnectionPlan,
+    settings: &ConnectionSettings,
+    frames: &mpsc::Sender<Inbound>,
+    socket: Socket,
+    next_link: &mut u64,
+) -> Option<Link> {
+    let number = *next_link;
+    *next_link += 1;
+    info!(market = %plan.market, task = plan.task, link = number, route = %plan.route, n_streams = plan.streams.len(), "stream link established");
+    // Counted before the runtime hears of it.
+    let link = Link::new(number, socket, &plan.streams, settings, &plan.open_links);
+    frames
+        .send(Inbound::Connected {
+            market: plan.market,
+            task: plan.task,
+            link: number,
+        })
+        .await
+        .ok()?;
+    Some(link)
+}
+
+/// The dial under way, if any; pending for ever when there is none (a
+/// `select!` branch that never fires).
+pub(super) async fn dialed(dialing: &mut Option<Dialing>) -> Result<Socket, LinkLost> {
+    match dialing.as_mut() {
+        Some(dial) => dial.await,
+        None => std::future::pending().await,
+    }
+}
