@@ -35,7 +35,7 @@ pub mod spill;
 mod spill_runs;
 mod startup;
 pub mod state;
-mod stop_seals;
+mod stop;
 mod tasks;
 mod wake;
 
@@ -85,7 +85,7 @@ pub const MAX_BATCH_RECORDS: usize = 8_192;
 /// connections first, then every frame already received is made durable,
 /// in-flight seals finish (up to the configured deadline), the WAL is
 /// closed, and the hours not finished get files marked `stopped_at`
-/// (`stop_seals.rs`). Their rows stay in the WAL for the next start.
+/// (`stop.rs`). Their rows stay in the WAL for the next start.
 pub async fn run(
     config: Config,
     counters: Arc<Counters>,
@@ -710,89 +710,6 @@ impl Runtime {
                 self.state.seal_failed(failure.job);
                 self.seal_pause_until = Some(Instant::now() + Duration::from_secs(5));
             }
-        }
-    }
-
-    /// The orderly stop after the connections were told to close.
-    async fn stop(
-        mut self,
-        receiver: &mut mpsc::Receiver<Inbound>,
-        tasks: &TaskTracker,
-        stop_seals_until: Instant,
-    ) -> anyhow::Result<()> {
-        self.service.stopping();
-        // Fill rounds in flight are dropped: nothing of theirs was
-        // acknowledged, and the holes are found again at the next start.
-        self.fills.shutdown().await;
-        let counters = self.counters.snapshot();
-        info!(
-            rest_calls = counters.rest_calls,
-            rest_weight_used = counters.rest_weight_used,
-            fill_rounds = counters.fill_rounds,
-            fill_answers_from_agg_trades = counters.fill_answers_from_agg_trades,
-            holes_declared = counters.holes_declared,
-            "REST used since start"
-        );
-        if let Some(check) = self.symbol_check.take() {
-            check.abort();
-        }
-        // Every frame a connection already handed over is made durable.
-        let drain = async {
-            while let Some(input) = receiver.recv().await {
-                if matches!(input, Inbound::Frame { .. }) {
-                    Counters::add(&self.counters.frames_received, 1);
-                }
-                self.take_input(input);
-            }
-        };
-        tokio::join!(drain, tasks.wait());
-        if self.wal_lost {
-            return Err(self
-                .fatal
-                .take()
-                .unwrap_or_else(|| anyhow::anyhow!("WAL lost")));
-        }
-        if let Some(batch) = self.batch.take() {
-            let outcome = batch.await.context("WAL batch task failed")?;
-            self.finish_batch(outcome).await;
-        }
-        for market_config in &self.config.markets {
-            let market = market_config.market;
-            let exchange_time = self.state.exchange_time(market);
-            self.state.end_session(market, exchange_time);
-            self.pending
-                .push(checkpoint_record(&Checkpoint::SessionStop {
-                    market: market.name().into(),
-                    exchange_time,
-                }));
-        }
-        self.pending.due_at_once();
-        while !self.pending.is_empty() {
-            self.maybe_start_batch();
-            let outcome = wait_batch(&mut self.batch)
-                .await
-                .context("WAL batch task failed")?;
-            self.finish_batch(outcome).await;
-        }
-        info!(
-            n_seals = self.seals.len(),
-            n_unsealed_rows = self.state.n_unsealed_rows(),
-            "WAL synced; waiting for seals in flight"
-        );
-        while let Some(joined) = self.seals.join_next().await {
-            self.finish_seal(joined);
-        }
-        if let Some(wal) = self.wal.take() {
-            tokio::task::spawn_blocking(move || wal.close())
-                .await
-                .context("WAL close task failed")??;
-        }
-        if self.fatal.is_none() {
-            self.write_stop_seals(stop_seals_until).await;
-        }
-        match self.fatal.take() {
-            Some(fatal) => Err(fatal),
-            None => Ok(()),
         }
     }
 }

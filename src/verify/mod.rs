@@ -15,6 +15,7 @@
 //! hour sealed while it runs may be reported or not.
 
 pub mod checks;
+pub mod metadata;
 pub mod read;
 pub mod report;
 
@@ -27,7 +28,8 @@ use crate::parquet_out;
 pub use checks::{check_stream, Finding};
 pub use report::{DeclaredHole, Problem, ProblemKind, Report, StreamSummary};
 
-use checks::{FileFacts, ParsedMetadata};
+use checks::FileFacts;
+use metadata::ParsedMetadata;
 use report::{PartialHour, UnfinishedHour};
 
 /// Which part of the dataset to check; `None` is everything.
@@ -364,7 +366,7 @@ pub fn verify(root: &Path, selection: &Selection) -> Result<Report, VerifyError>
                     continue;
                 }
             };
-            let metadata: ParsedMetadata = checks::parse_metadata(&contents.metadata);
+            let metadata: ParsedMetadata = metadata::parse_metadata(&contents.metadata);
             // The footer's hour is the file's truth; the name is checked
             // against it.
             let Some(hour) = metadata.hour.or(found.name_hour) else {
