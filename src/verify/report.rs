@@ -417,9 +417,12 @@ impl Report {
         }
 
         let holes = self.holes();
-        if !holes.is_empty() {
-            let _ = writeln!(out, "\ndeclared holes ({}):", holes.len());
-            for hole in holes.iter().take(EXAMPLES_PER_KIND * 4) {
+        write_listed(
+            &mut out,
+            &format!("declared holes ({}):", holes.len()),
+            &holes,
+            " (--json lists them all)",
+            |hole| {
                 let ids = match (hole.range.from, hole.range.to) {
                     _ if hole.stream.starts_with("kline_") => String::new(),
                     (from, to) => format!(
@@ -428,9 +431,8 @@ impl Report {
                         to.map_or("?".to_owned(), |id| id.to_string())
                     ),
                 };
-                let _ = writeln!(
-                    out,
-                    "  {}/{}/{} {}: {}{} .. {}: {}",
+                format!(
+                    "{}/{}/{} {}: {}{} .. {}: {}",
                     hole.market,
                     hole.stream,
                     hole.symbol,
@@ -439,74 +441,55 @@ impl Report {
                     utc_time(hole.range.from_time),
                     utc_time(hole.range.to_time),
                     hole.range.reason
-                );
-            }
-            if holes.len() > EXAMPLES_PER_KIND * 4 {
-                let _ = writeln!(
-                    out,
-                    "  ... and {} more (--json lists them all)",
-                    holes.len() - EXAMPLES_PER_KIND * 4
-                );
-            }
-        }
+                )
+            },
+        );
         let partial: Vec<(&StreamSummary, &PartialHour)> = self
             .streams
             .iter()
             .flat_map(|stream| stream.partial.iter().map(move |hour| (stream, hour)))
             .collect();
-        if !partial.is_empty() {
-            let _ = writeln!(
-                out,
-                "\npartial hours ({}): the recorder watched only part of them",
+        write_listed(
+            &mut out,
+            &format!(
+                "partial hours ({}): the recorder watched only part of them",
                 partial.len()
-            );
-            for (stream, hour) in partial.iter().take(EXAMPLES_PER_KIND * 4) {
-                let _ = writeln!(
-                    out,
-                    "  {} {}: covered {} .. {}",
+            ),
+            &partial,
+            "",
+            |(stream, hour)| {
+                format!(
+                    "{} {}: covered {} .. {}",
                     stream.key,
                     hour.hour,
                     utc_time(hour.coverage_from),
                     utc_time(hour.coverage_to)
-                );
-            }
-            if partial.len() > EXAMPLES_PER_KIND * 4 {
-                let _ = writeln!(
-                    out,
-                    "  ... and {} more",
-                    partial.len() - EXAMPLES_PER_KIND * 4
-                );
-            }
-        }
+                )
+            },
+        );
         let unfinished: Vec<(&StreamSummary, &UnfinishedHour)> = self
             .streams
             .iter()
             .flat_map(|stream| stream.unfinished.iter().map(move |hour| (stream, hour)))
             .collect();
-        if !unfinished.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nunfinished hours ({}): written at an orderly stop; the recorder's next run finishes them",
+        write_listed(
+            &mut out,
+            &format!(
+                "unfinished hours ({}): written at an orderly stop; the recorder's next run finishes them",
                 unfinished.len()
-            );
-            for (stream, hour) in unfinished.iter().take(EXAMPLES_PER_KIND * 4) {
-                let _ = writeln!(
-                    out,
-                    "  {} {}: up to the stop at {}, {} holes found",
+            ),
+            &unfinished,
+            "",
+            |(stream, hour)| {
+                format!(
+                    "{} {}: up to the stop at {}, {} holes found",
                     stream.key,
                     hour.hour,
                     utc_time(hour.stopped_at),
                     hour.n_holes
-                );
-            }
-            if unfinished.len() > EXAMPLES_PER_KIND * 4 {
-                let _ = writeln!(
-                    out,
-                    "  ... and {} more",
-                    unfinished.len() - EXAMPLES_PER_KIND * 4
-                );
-            }
-        }
+                )
+            },
+        );
         let delivered: Vec<(&StreamSummary, TimeUs)> = self
             .streams
             .iter()
@@ -641,6 +624,35 @@ fn serialize_hour_opt<S: serde::Serializer>(
     match hour {
         Some(hour) => serializer.serialize_str(&hour.to_string()),
         None => serializer.serialize_none(),
+    }
+}
+
+/// Items a section of the table lists at most.
+const LISTED_PER_SECTION: usize = EXAMPLES_PER_KIND * 4;
+
+/// A listed section of the table: nothing when `items` is empty, else its
+/// heading (a line of its own), one line per item up to [`LISTED_PER_SECTION`], then how many
+/// more (with `more_note`).
+fn write_listed<T>(
+    out: &mut String,
+    heading: &str,
+    items: &[T],
+    more_note: &str,
+    line: impl Fn(&T) -> String,
+) {
+    if items.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n{heading}");
+    for item in items.iter().take(LISTED_PER_SECTION) {
+        let _ = writeln!(out, "  {}", line(item));
+    }
+    if items.len() > LISTED_PER_SECTION {
+        let _ = writeln!(
+            out,
+            "  ... and {} more{more_note}",
+            items.len() - LISTED_PER_SECTION
+        );
     }
 }
 
