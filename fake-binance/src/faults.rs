@@ -94,6 +94,11 @@ pub enum Fault {
     /// of real time: the TCP connection is accepted at once, the upgrade's
     /// reply waits (a far or busy server).
     SlowHandshakes { delay_ms: u64, count: u32 },
+    /// From now on, a handshake whose URL names `stream` is answered 400
+    /// `{"code":2,"msg":"Invalid request: invalid stream"}`: an exchange
+    /// that does not serve that stream on that path (the reference's
+    /// undocumented USD-M `@trade`). SUBSCRIBE still takes it.
+    RefuseStreamInUrl { stream: String },
 }
 
 impl Fault {
@@ -135,6 +140,7 @@ impl Fault {
             Fault::SubscribeRefusedWithoutId { .. } => "subscribe_refused_without_id",
             Fault::SubscribeUnanswered { .. } => "subscribe_unanswered",
             Fault::SlowHandshakes { .. } => "slow_handshakes",
+            Fault::RefuseStreamInUrl { .. } => "refuse_stream_in_url",
         }
     }
 
@@ -232,6 +238,8 @@ pub(crate) struct PendingFaults {
     /// Handshakes still to answer late, and how late.
     pub slow_handshakes: u32,
     pub slow_handshake_delay: Duration,
+    /// Streams whose name in a handshake URL is refused, for good.
+    pub refused_in_url: Vec<String>,
     pub rest: VecDeque<RestFailure>,
     pub poison: Vec<PendingPoison>,
 }

@@ -123,6 +123,9 @@ impl Shared {
             Fault::SubscribeUnanswered { count } => {
                 lock(&self.pending_faults).subscribe_unanswered += count
             }
+            Fault::RefuseStreamInUrl { stream } => {
+                lock(&self.pending_faults).refused_in_url.push(stream)
+            }
             Fault::SlowHandshakes { delay_ms, count } => {
                 let mut pending = lock(&self.pending_faults);
                 pending.slow_handshakes += count;

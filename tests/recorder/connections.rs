@@ -630,6 +630,39 @@ async fn subscriptions_refused_without_an_id_or_never_answered_end_delivering() 
 /// reads on and answers every ping, where a connection task waiting for the
 /// slot would leave them unanswered and the exchange would close the link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_refusing_the_stream_named_in_its_url_leaves_the_streams_recorded() {
+    let fake = FakeExchange::start(fake_config(60.0))
+        .await
+        .expect("fake starts");
+    // An exchange that does not serve these streams named in a URL (as
+    // the reference's undocumented USD-M `@trade` may be), while
+    // SUBSCRIBE takes them.
+    for stream in ["btcusdt@trade", "btcusdt@aggTrade"] {
+        fake.inject(Fault::RefuseStreamInUrl {
+            stream: stream.to_owned(),
+        });
+    }
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = config_with(&fake, root, &["trade", "aggTrade"], "");
+    let recorder = RunningRecorder::start(&config);
+    wait_until(Duration::from_secs(20), "both streams deliver", || {
+        let sent = fake.counters().ws_frames_sent;
+        sent.get("trade").copied().unwrap_or(0) > 20
+            && sent.get("aggTrade").copied().unwrap_or(0) > 20
+    })
+    .await;
+    let counters = recorder.stop().await;
+    let fake_counters = fake.counters();
+    // The first URL named the trade stream, the second the aggTrade one,
+    // the third none: one link, every stream subscribed by SUBSCRIBE.
+    assert_eq!(fake_counters.ws_handshakes_rejected, 2, "{fake_counters:?}");
+    assert_eq!(fake_counters.ws_handshakes_accepted, 1, "{fake_counters:?}");
+    assert!(counters.frames_durable > 40, "{counters:?}");
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_whose_handshake_is_slow_keeps_reading_the_old_link() {
     let fake = FakeExchange::start(FakeConfig {
         limits: Limits {

@@ -128,6 +128,25 @@ async fn handle_connection(
                 ))
             }
             Ok(connect_request) => {
+                let refused = {
+                    let pending = lock(&shared.pending_faults);
+                    connect_request
+                        .streams
+                        .iter()
+                        .find(|name| pending.refused_in_url.contains(name))
+                        .cloned()
+                };
+                if let Some(stream) = refused {
+                    shared
+                        .counters
+                        .update(|counters| counters.ws_handshakes_rejected += 1);
+                    debug!(%peer, %stream, "websocket handshake refused: stream named in the URL (fault)");
+                    return Err(error_response(
+                        400,
+                        serde_json::json!({"code": 2, "msg": "Invalid request: invalid stream"})
+                            .to_string(),
+                    ));
+                }
                 if !take_handshake_budget(&shared) {
                     shared
                         .counters

@@ -168,21 +168,53 @@ pub enum LinkLost {
     Backlog,
 }
 
+impl LinkLost {
+    /// The handshake was answered 400 or 404: the URL itself, its path or
+    /// the stream it names, is refused (an exchange that does not know the
+    /// stream on that path), not the moment. Trying the same URL again is
+    /// pointless; another stream, none, or the other route may do.
+    pub(super) fn url_refused(&self) -> bool {
+        matches!(self, LinkLost::ConnectFailed(error)
+            if matches!(error.as_ref(), tungstenite::Error::Http(response)
+                if matches!(response.status().as_u16(), 400 | 404)))
+    }
+}
+
+/// The SUBSCRIBE requests a new link sends, ids from 1: every stream but
+/// the one its URL named, which the handshake itself subscribed (asked
+/// again, it would count twice against a server that does not merge
+/// repeats, and a USD-M link carries the 200 its limit allows).
+pub(super) fn subscribe_batches(
+    streams: &[(Symbol, StreamKind)],
+    named_in_url: Option<&(Symbol, StreamKind)>,
+    batch: usize,
+) -> VecDeque<(u64, Vec<(Symbol, StreamKind)>)> {
+    let to_subscribe: Vec<(Symbol, StreamKind)> = streams
+        .iter()
+        .filter(|stream| Some(*stream) != named_in_url)
+        .cloned()
+        .collect();
+    to_subscribe
+        .chunks(batch.max(1))
+        .enumerate()
+        .map(|(index, batch)| (index as u64 + 1, batch.to_vec()))
+        .collect()
+}
+
 impl Link {
     pub(super) fn new(
         number: u64,
         socket: Socket,
         streams: &[(Symbol, StreamKind)],
+        named_in_url: Option<&(Symbol, StreamKind)>,
         settings: &ConnectionSettings,
         open_links: &Arc<OpenLinks>,
     ) -> Link {
         let now = Instant::now();
-        let to_send: VecDeque<(u64, Vec<(Symbol, StreamKind)>)> = streams
-            .chunks(settings.subscribe_batch.max(1))
-            .enumerate()
-            .map(|(index, batch)| (index as u64 + 1, batch.to_vec()))
-            .collect();
+        let to_send = subscribe_batches(streams, named_in_url, settings.subscribe_batch);
         let next_id = to_send.len() as u64 + 1;
+        // A link whose URL named its only stream has nothing to subscribe.
+        let subscribed_at = to_send.is_empty().then_some(now);
         Link {
             number,
             socket,
@@ -202,7 +234,7 @@ impl Link {
                 .iter()
                 .map(|(symbol, kind)| stream_name(symbol, *kind))
                 .collect(),
-            subscribed_at: None,
+            subscribed_at,
             unheard_judged: false,
             last_data: None,
             _counted: CountedLink::new(open_links),
@@ -373,5 +405,33 @@ impl Link {
         self.first_key.entry(stream.clone()).or_insert(key);
         let last = self.last_key.entry(stream).or_insert(key);
         *last = (*last).max(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_named_in_the_url_is_not_subscribed_again() {
+        let streams: Vec<(Symbol, StreamKind)> = ["BTCUSDT", "ETHUSDT", "BNBUSDT"]
+            .into_iter()
+            .map(|name| {
+                (
+                    Symbol::new(name).expect("a valid symbol"),
+                    StreamKind::Trade,
+                )
+            })
+            .collect();
+        let batches = subscribe_batches(&streams, Some(&streams[0]), 1);
+        let asked: Vec<(u64, Vec<(Symbol, StreamKind)>)> = batches.into_iter().collect();
+        assert_eq!(
+            asked,
+            vec![(1, vec![streams[1].clone()]), (2, vec![streams[2].clone()])]
+        );
+        // A bare `/stream`: every stream by SUBSCRIBE.
+        assert_eq!(subscribe_batches(&streams, None, 2).len(), 2);
+        // A URL naming the only stream leaves nothing to ask.
+        assert!(subscribe_batches(&streams[..1], Some(&streams[0]), 100).is_empty());
     }
 }

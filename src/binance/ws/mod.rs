@@ -70,7 +70,7 @@ use tracing::{debug, info, warn};
 
 use crate::binance::decode::{decode_frame, Decoded};
 use crate::binance::markets::Route;
-use crate::binance::streams::is_data_frame;
+use crate::binance::streams::{is_data_frame, stream_name};
 use crate::domain::{Market, StreamKind, Symbol, TimeUs};
 use crate::metrics::Counters;
 pub use handshake::HandshakeBudget;
@@ -78,7 +78,7 @@ pub use inbound::{FramePayload, Inbound};
 pub use link::LinkLost;
 pub use link::OpenLinks;
 use link::{stream_key_of, Link, LinkEvent};
-use open::{backoff, dial, dialed, link_up, open_link, Dialing};
+use open::{backoff, dial, dialed, link_up, open_link, url_stream, Dialing};
 pub use settings::ConnectionSettings;
 use silence::fastest_push;
 pub use silence::{
@@ -152,6 +152,9 @@ pub async fn run_connection(
     let mut route_tried = false;
     let mut route_settled = false;
     let mut attempt: u32 = 0;
+    // Handshakes in a row whose URL was refused: which stream the next
+    // URL names (`url_stream`); three in a row try the other route.
+    let mut url_refusals: u32 = 0;
     let mut next_link: u64 = 1;
     let mut current: Option<Link> = None;
     loop {
@@ -168,9 +171,38 @@ pub async fn run_connection(
         let link = match current.take() {
             Some(link) => link,
             None => {
-                match open_link(&plan, &settings, &budget, &frames, &cancel, &mut next_link).await {
+                let named = url_stream(&plan, url_refusals);
+                match open_link(
+                    &plan,
+                    &settings,
+                    &budget,
+                    &frames,
+                    &cancel,
+                    &mut next_link,
+                    named,
+                )
+                .await
+                {
                     Some(Ok(link)) => link,
                     Some(Err(reason)) => {
+                        if reason.url_refused() {
+                            url_refusals += 1;
+                            let next = url_stream(&plan, url_refusals).map_or_else(
+                                || "none".to_owned(),
+                                |(symbol, kind)| stream_name(&symbol, kind),
+                            );
+                            warn!(market = %plan.market, task = plan.task, route = %plan.route, %reason, next_url_stream = %next, "handshake refused its URL: the next one names another stream");
+                            let may_switch = plan.route.other().is_some() && !route_settled;
+                            if url_refusals.is_multiple_of(3) && may_switch {
+                                switch_route(
+                                    &mut plan,
+                                    first_route,
+                                    &mut route_tried,
+                                    &mut route_settled,
+                                    &counters,
+                                );
+                            }
+                        }
                         if !backoff(&plan, &settings, &mut attempt, &reason, &cancel, &counters)
                             .await
                         {
@@ -192,6 +224,7 @@ pub async fn run_connection(
             link,
             &mut next_link,
             may_reroute,
+            url_refusals,
             &counters,
         )
         .await;
@@ -216,17 +249,13 @@ pub async fn run_connection(
                 reroute,
             } => {
                 if reroute {
-                    let from = plan.route;
-                    if route_tried {
-                        plan.route = first_route;
-                        route_settled = true;
-                        warn!(market = %plan.market, task = plan.task, from = %from, to = %plan.route, "streams silent on both routes: back to the reference's route, no more switching");
-                    } else if let Some(other) = plan.route.other() {
-                        plan.route = other;
-                        route_tried = true;
-                        warn!(market = %plan.market, task = plan.task, from = %from, to = %other, "every stream silent on its route: trying the other route once");
-                    }
-                    Counters::add(&counters.stream_route_switches, 1);
+                    switch_route(
+                        &mut plan,
+                        first_route,
+                        &mut route_tried,
+                        &mut route_settled,
+                        &counters,
+                    );
                 }
                 if frames
                     .send(Inbound::Disconnected {
@@ -252,6 +281,29 @@ pub async fn run_connection(
             }
         }
     }
+}
+
+/// A plan whose streams are silent (or whose URL is refused) on its route
+/// moves to the other route once; failing there too, it goes back to the
+/// reference's route and stays.
+fn switch_route(
+    plan: &mut ConnectionPlan,
+    first_route: Route,
+    route_tried: &mut bool,
+    route_settled: &mut bool,
+    counters: &Counters,
+) {
+    let from = plan.route;
+    if *route_tried {
+        plan.route = first_route;
+        *route_settled = true;
+        warn!(market = %plan.market, task = plan.task, from = %from, to = %plan.route, "streams not delivered on either route: back to the reference's route, no more switching");
+    } else if let Some(other) = plan.route.other() {
+        plan.route = other;
+        *route_tried = true;
+        warn!(market = %plan.market, task = plan.task, from = %from, to = %other, "streams not delivered on their route: trying the other route once");
+    }
+    Counters::add(&counters.stream_route_switches, 1);
 }
 
 /// Why a link is replaced make-before-break.
@@ -294,6 +346,7 @@ async fn drive_link(
     mut link: Link,
     next_link: &mut u64,
     may_reroute: bool,
+    url_refusals: u32,
     counters: &Counters,
 ) -> DriveOutcome {
     let mut replacement: Option<Link> = None;
@@ -366,7 +419,7 @@ async fn drive_link(
                     }
                     Ok(()) => {
                         rotation_not_before = None;
-                        dialing = Some(dial(plan, settings));
+                        dialing = Some(dial(plan, settings, url_stream(plan, url_refusals)));
                         dialing_cause = cause;
                     }
                 }
@@ -483,8 +536,8 @@ async fn drive_link(
                         Err(reason) => {
                             warn!(market = %plan.market, %reason, "replacement link failed; keeping the current one")
                         }
-                        Ok(socket) => {
-                            let Some(mut new_link) = link_up(plan, settings, frames, socket, next_link).await else {
+                        Ok(dialed) => {
+                            let Some(mut new_link) = link_up(plan, settings, frames, dialed, next_link).await else {
                                 return DriveOutcome::Stop;
                             };
                             new_link.track_keys = true;

@@ -18,11 +18,34 @@ use tracing::{info, warn};
 use super::link::{Link, Socket};
 use super::{socket, ConnectionPlan, ConnectionSettings, HandshakeBudget, Inbound, LinkLost};
 use crate::binance::streams::{connection_url, stream_name};
+use crate::domain::{StreamKind, Symbol};
 use crate::metrics::Counters;
 
 /// A dial under way: resolves to the upgraded socket or why there is none.
 /// It borrows nothing, so it can wait in a `select!` beside other reads.
-pub(super) type Dialing = Pin<Box<dyn Future<Output = Result<Socket, LinkLost>> + Send>>;
+pub(super) type Dialing = Pin<Box<dyn Future<Output = Result<Dialed, LinkLost>> + Send>>;
+
+/// An upgraded socket, and the stream its URL named (subscribed by the
+/// handshake itself).
+pub(super) struct Dialed {
+    socket: Socket,
+    named: Option<(Symbol, StreamKind)>,
+}
+
+/// The stream a link's URL names, after `refusals` handshakes in a row
+/// answered that the URL is refused ([`LinkLost::url_refused`]): the
+/// plan's first stream, then its second, then none (a bare `/stream`,
+/// every stream subscribed by SUBSCRIBE, whose refusals are per stream),
+/// and round again. `/stream?streams=<s>` is the documented form; the
+/// others keep one stream an exchange refuses in a URL from blocking the
+/// link's other streams.
+pub(super) fn url_stream(plan: &ConnectionPlan, refusals: u32) -> Option<(Symbol, StreamKind)> {
+    match refusals % 3 {
+        0 => plan.streams.first().cloned(),
+        1 => plan.streams.get(1).cloned(),
+        _ => None,
+    }
+}
 
 /// Sleeps the backoff delay; `false` if cancelled.
 pub(super) async fn backoff(
@@ -54,36 +77,40 @@ pub(super) async fn open_link(
     frames: &mpsc::Sender<Inbound>,
     cancel: &CancellationToken,
     next_link: &mut u64,
+    named: Option<(Symbol, StreamKind)>,
 ) -> Option<Result<Link, LinkLost>> {
     if !budget.acquire(cancel).await {
         return None;
     }
-    let socket = tokio::select! {
+    let dialed = tokio::select! {
         _ = cancel.cancelled() => return None,
-        dialed = dial(plan, settings) => dialed,
+        dialed = dial(plan, settings, named) => dialed,
     };
-    match socket {
+    match dialed {
         Err(reason) => Some(Err(reason)),
-        Ok(socket) => link_up(plan, settings, frames, socket, next_link)
+        Ok(dialed) => link_up(plan, settings, frames, dialed, next_link)
             .await
             .map(Ok),
     }
 }
 
-/// Dials the plan's URL (its first stream named in it), within
+/// Dials the plan's URL naming `named` ([`url_stream`]), within
 /// `connect_timeout`; the handshake's slot is already taken.
-pub(super) fn dial(plan: &ConnectionPlan, settings: &ConnectionSettings) -> Dialing {
-    let first = plan
-        .streams
-        .first()
+pub(super) fn dial(
+    plan: &ConnectionPlan,
+    settings: &ConnectionSettings,
+    named: Option<(Symbol, StreamKind)>,
+) -> Dialing {
+    let name = named
+        .as_ref()
         .map(|(symbol, kind)| stream_name(symbol, *kind));
-    let url = connection_url(&plan.ws_base_url, plan.market, plan.route, first.as_deref());
+    let url = connection_url(&plan.ws_base_url, plan.market, plan.route, name.as_deref());
     let timeout = settings.connect_timeout;
     Box::pin(async move {
         match tokio::time::timeout(timeout, socket::connect(url.as_str())).await {
             Err(_) => Err(LinkLost::ConnectTimedOut),
             Ok(Err(error)) => Err(LinkLost::ConnectFailed(Arc::new(error))),
-            Ok(Ok(socket)) => Ok(socket),
+            Ok(Ok(socket)) => Ok(Dialed { socket, named }),
         }
     })
 }
@@ -94,14 +121,23 @@ pub(super) async fn link_up(
     plan: &ConnectionPlan,
     settings: &ConnectionSettings,
     frames: &mpsc::Sender<Inbound>,
-    socket: Socket,
+    dialed: Dialed,
     next_link: &mut u64,
 ) -> Option<Link> {
     let number = *next_link;
     *next_link += 1;
-    info!(market = %plan.market, task = plan.task, link = number, route = %plan.route, n_streams = plan.streams.len(), "stream link established");
+    let named = dialed.named.as_ref();
+    let url_stream = named.map_or_else(String::new, |(symbol, kind)| stream_name(symbol, *kind));
+    info!(market = %plan.market, task = plan.task, link = number, route = %plan.route, n_streams = plan.streams.len(), %url_stream, "stream link established");
     // Counted before the runtime hears of it.
-    let link = Link::new(number, socket, &plan.streams, settings, &plan.open_links);
+    let link = Link::new(
+        number,
+        dialed.socket,
+        &plan.streams,
+        named,
+        settings,
+        &plan.open_links,
+    );
     frames
         .send(Inbound::Connected {
             market: plan.market,
@@ -115,7 +151,7 @@ pub(super) async fn link_up(
 
 /// The dial under way, if any; pending for ever when there is none (a
 /// `select!` branch that never fires).
-pub(super) async fn dialed(dialing: &mut Option<Dialing>) -> Result<Socket, LinkLost> {
+pub(super) async fn dialed(dialing: &mut Option<Dialing>) -> Result<Dialed, LinkLost> {
     match dialing.as_mut() {
         Some(dial) => dial.await,
         None => std::future::pending().await,
