@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use crate::binance::decode::Decoded;
 use crate::config::{ClockBounds, Config, FillConfig};
 use crate::domain::{
-    Hour, Market, Row, Source, StreamKey, StreamKind, Symbol, TimeUs, UnfilledRange,
+    Hour, Market, Row, Source, StreamKey, StreamKind, Symbol, TimeUs, UnfilledRange, MICROS_PER_DAY,
 };
 use crate::gaps::IdAt;
 use crate::metrics::Counters;
@@ -741,12 +741,20 @@ fn implausible_row(
         return None;
     }
     let stream = stream?;
-    let newest_id = stream
-        .newest_key()
-        .or(stream.last_sealed.map(|last| last.id))?;
-    (row.key().saturating_sub(newest_id) > clock.max_id_jump).then(|| {
+    // The newest id held (of an hour still open: recent), else the last
+    // sealed one, which may be months old after a long stop: ids grow
+    // with time, so the bound is per day between the two.
+    let (newest_id, newest_time) = match stream.newest_key() {
+        Some(id) => (id, None),
+        None => stream.last_sealed.map(|last| (last.id, Some(last.time)))?,
+    };
+    let days = newest_time.map_or(1, |time| {
+        row.bucket_time().saturating_sub(time).max(0) / MICROS_PER_DAY + 1
+    });
+    let bound = clock.max_id_jump.saturating_mul(days);
+    (row.key().saturating_sub(newest_id) > bound).then(|| {
         format!(
-            "id {} jumps past the newest id {newest_id} by more than clock.max_id_jump",
+            "id {} jumps past the newest id {newest_id} by more than clock.max_id_jump a day ({days} day(s))",
             row.key()
         )
     })

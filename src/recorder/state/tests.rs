@@ -1928,3 +1928,40 @@ fn an_orderly_stop_writes_each_unfinished_hour_up_to_the_stop() {
     assert_eq!(declared_of(&job), vec![(Some(8), Some(9), REASON_STOPPED)]);
     assert_eq!((job.coverage_from, job.coverage_to), (start, stop + 1));
 }
+
+/// After a long stop the last sealed id is months old: the live ids have
+/// grown with the days between, and are believed (before, every row was
+/// quarantined for good: none was held to move the reference on). A leap
+/// past a day's bound from a recent hour is still refused.
+#[test]
+fn the_id_jump_bound_grows_with_the_days_since_the_last_sealed_id() {
+    let months_ago = Hour::containing(HOUR_START - 300 * MICROS_PER_DAY);
+    let mut state = new_state();
+    state.resume_after_sealed(&key(StreamKind::Trade), months_ago, Some(1_000));
+    // Five billion ids in 300 days: more than one day's bound (10^9).
+    apply_corroborated(
+        &mut state,
+        SegmentId(1),
+        trade(5_000_001_000, HOUR_START + 100),
+    );
+    assert!(state.take_rejected().is_empty());
+    assert_eq!(state.n_unsealed_rows(), 1);
+
+    let mut state = new_state();
+    let last_hour = Hour::containing(HOUR_START - MICROS_PER_HOUR);
+    state.resume_after_sealed(&key(StreamKind::Trade), last_hour, Some(1_000));
+    apply_corroborated(
+        &mut state,
+        SegmentId(1),
+        trade(5_000_001_000, HOUR_START + 100),
+    );
+    let reasons: Vec<String> = state
+        .take_rejected()
+        .into_iter()
+        .map(|frame| frame.error)
+        .collect();
+    assert!(
+        reasons.len() == 1 && reasons[0].contains("clock.max_id_jump"),
+        "{reasons:?}"
+    );
+}
