@@ -16,7 +16,7 @@ use tracing::{debug, error};
 
 use crate::backoff::Backoff;
 use crate::binance::rest::RestClient;
-use crate::binance::ws::{now_us, run_connection, ConnectionPlan, HandshakeBudget, Inbound};
+use crate::binance::ws::{run_connection, ConnectionPlan, HandshakeBudget, Inbound};
 use crate::config::MarketConfig;
 use crate::domain::Market;
 use crate::metrics::Counters;
@@ -237,15 +237,13 @@ async fn run_clock_checks(
             }
             _ = ticker.tick() => {}
         }
-        let before = now_us();
         let answered = tokio::select! {
             () = shutdown.cancelled() => return,
-            answered = rest.server_time() => answered,
+            answered = rest.server_time_sample() => answered,
         };
         match answered {
-            Ok(server_time) => {
-                let after = now_us();
-                let offset_us = (before + after) / 2 - server_time;
+            Ok(sample) => {
+                let (server_time, offset_us) = (sample.server_time, sample.offset_us);
                 if sender
                     .send(Inbound::ClockSample {
                         market,

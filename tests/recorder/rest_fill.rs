@@ -1492,3 +1492,37 @@ async fn an_answer_later_than_the_deadline_is_rest_behind_not_unreachable() {
     );
     fake.shutdown().await;
 }
+
+/// A `/time` sample's clock offset is measured over the HTTP exchange
+/// alone: one taken after a one-second back-off agrees with one taken at
+/// once (measured from before the wait, as the clock task did, it was half
+/// the wait off).
+#[tokio::test]
+async fn a_time_sample_after_a_back_off_measures_the_offset_over_the_request_alone() {
+    let fake = FakeExchange::start(fake_config(1.0))
+        .await
+        .expect("fake starts");
+    let client = RestClient::new(Market::Spot, &fake.rest_base_url());
+    let at_once = client.server_time_sample().await.expect("answered");
+    fake.inject(Fault::RestTooManyRequests {
+        retry_after_secs: 1,
+        count: 1,
+    });
+    client.server_time().await.expect_err("429");
+    let started = Instant::now();
+    let after_wait = client
+        .server_time_sample()
+        .await
+        .expect("answered after the back-off");
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(after_wait.round_trip_us < 500_000, "{after_wait:?}");
+    assert!(
+        (after_wait.offset_us - at_once.offset_us).abs() < 100_000,
+        "{at_once:?} {after_wait:?}"
+    );
+    fake.shutdown().await;
+}

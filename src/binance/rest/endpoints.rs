@@ -43,6 +43,18 @@ fn clamp_limit(limit: u16) -> String {
     limit.clamp(1, MAX_PAGE_ROWS).to_string()
 }
 
+/// One `/time` answer ([`RestClient::server_time_sample`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTimeSample {
+    /// The exchange's clock, epoch µs.
+    pub server_time: TimeUs,
+    /// The local wall clock minus the exchange's, at the midpoint of the
+    /// request's round trip.
+    pub offset_us: i64,
+    /// How long the request took on the wire, µs.
+    pub round_trip_us: i64,
+}
+
 impl RestClient {
     /// The status of each of `symbols` that the exchange knows; a symbol
     /// missing from the answer is unknown to the exchange. The answer's
@@ -95,8 +107,24 @@ impl RestClient {
 
     /// The exchange's clock, epoch µs.
     pub async fn server_time(&self) -> Result<TimeUs, RestError> {
-        self.get_parsed(Endpoint::Time, &[], parse_server_time)
-            .await
+        Ok(self.server_time_sample().await?.server_time)
+    }
+
+    /// The exchange's clock and the local clock's offset from it, measured
+    /// over the HTTP exchange alone: a wait for the weight budget or a
+    /// back-off before the request (minutes, when fills or a 429 hold the
+    /// budget) would otherwise skew the offset by half of it.
+    pub async fn server_time_sample(&self) -> Result<ServerTimeSample, RestError> {
+        let answer = self.call(Endpoint::Time, &[], 0, None).await?;
+        let server_time = parse_server_time(&answer.bytes).map_err(|reason| RestError::Body {
+            url: answer.url.clone(),
+            reason,
+        })?;
+        Ok(ServerTimeSample {
+            server_time,
+            offset_us: answer.sent_us / 2 + answer.answered_us / 2 - server_time,
+            round_trip_us: answer.answered_us - answer.sent_us,
+        })
     }
 
     /// Up to `limit` (at most 1000) trades from id `from_id` on, ascending

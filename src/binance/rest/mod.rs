@@ -32,6 +32,7 @@
 //! back-off, and say honestly how far they got ([`FetchOutcome`]).
 
 mod endpoints;
+pub use endpoints::ServerTimeSample;
 mod error;
 mod pacing;
 mod paging;
@@ -196,6 +197,11 @@ pub struct RestClient {
 struct Answer {
     url: String,
     bytes: Vec<u8>,
+    /// The local wall clock (epoch µs) when the request went out, after
+    /// any wait for the weight budget, and when its answer's head came
+    /// back: the HTTP exchange alone, for the clock offset.
+    sent_us: TimeUs,
+    answered_us: TimeUs,
 }
 
 /// The API path prefix of a market.
@@ -369,7 +375,9 @@ impl RestClient {
                 request = request.header("X-MBX-APIKEY", key.header_value());
             }
         }
+        let sent_us = crate::binance::ws::now_us();
         let response = request.send().await.map_err(transport_error)?;
+        let answered_us = crate::binance::ws::now_us();
         let status = response.status().as_u16();
         let header = |name: &str| {
             response
@@ -398,7 +406,12 @@ impl RestClient {
             })?;
         drop(permit);
         if (200..300).contains(&status) {
-            return Ok(Answer { url, bytes: body });
+            return Ok(Answer {
+                url,
+                bytes: body,
+                sent_us,
+                answered_us,
+            });
         }
         let (code, message) = match serde_json::from_slice::<BinanceErrorBody>(&body) {
             Ok(error) => (Some(error.code), error.msg),
