@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use crate::binance::rest::SymbolStatus;
-use crate::domain::{Market, Symbol, TimeUs};
+use crate::domain::{Market, Symbol, TimeUs, MICROS_PER_DAY, MICROS_PER_HOUR};
 
 /// 2100-01-01 00:00:00 UTC in µs: Binance gives perpetuals a
 /// `deliveryDate` of 2100-12-25, so anything from here on is no delivery.
@@ -55,6 +55,32 @@ impl ContractFacts {
                 .clone()
                 .or_else(|| status.status.clone()),
             delivery_at,
+        })
+    }
+}
+
+impl ContractFacts {
+    /// A dated contract `exchangeInfo` no longer lists, judged delivered
+    /// when the day its name carries (`BTCUSD_251226`: 2025-12-26) ended
+    /// before `exchange_now`: Binance drops delivered contracts from the
+    /// list in time, and a config still naming one must not stop the
+    /// daemon. Its delivery is dated at 08:00 UTC of that day, when
+    /// Binance delivers its quarterly contracts. `None` for any other
+    /// name, or a day not yet over: that symbol is unknown.
+    pub fn delivered_and_unlisted(name: &str, exchange_now: TimeUs) -> Option<ContractFacts> {
+        let (_, suffix) = name.rsplit_once('_')?;
+        if suffix.len() != 6 || !suffix.bytes().all(|byte| byte.is_ascii_digit()) {
+            return None;
+        }
+        let day = chrono::NaiveDate::parse_from_str(&format!("20{suffix}"), "%Y%m%d").ok()?;
+        let day_start = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros();
+        if day_start + MICROS_PER_DAY > exchange_now {
+            return None;
+        }
+        Some(ContractFacts {
+            symbol: Symbol::new(name).ok()?,
+            status: Some("DELIVERED".to_owned()),
+            delivery_at: Some(day_start + 8 * MICROS_PER_HOUR),
         })
     }
 }
@@ -166,6 +192,30 @@ mod tests {
 
     /// 2026-03-27 08:00:00 UTC, BTCUSD_260327's delivery.
     const DELIVERY_US: TimeUs = 1_774_598_400_000_000;
+
+    #[test]
+    fn an_unlisted_contract_is_delivered_only_once_the_day_it_names_is_over() {
+        let day_after = DELIVERY_US - 8 * MICROS_PER_HOUR + MICROS_PER_DAY;
+        let facts = ContractFacts::delivered_and_unlisted("BTCUSD_260327", day_after)
+            .expect("the day is over");
+        assert_eq!(facts.delivery_at, Some(DELIVERY_US));
+        assert_eq!(
+            judge_contract(&facts, None),
+            ContractVerdict::Delivered(DELIVERY_US)
+        );
+        assert_eq!(
+            ContractFacts::delivered_and_unlisted("BTCUSD_260327", day_after - 1),
+            None,
+            "its day is not over"
+        );
+        for name in ["BTCUSD_PERP", "BTCUSDT", "BTCUSD_261399", "BTCUSD_2603"] {
+            assert_eq!(
+                ContractFacts::delivered_and_unlisted(name, day_after + 1_000 * MICROS_PER_DAY),
+                None,
+                "{name}"
+            );
+        }
+    }
 
     fn facts(status: Option<&str>, delivery_at: Option<TimeUs>) -> ContractFacts {
         ContractFacts {

@@ -49,51 +49,61 @@ pub(super) async fn check_symbols(
         }
         return Ok(Vec::new());
     }
-    let statuses = match rest.symbol_statuses(&names).await {
-        Ok(statuses) => statuses,
-        Err(RestError::Status {
-            code: Some(-1121), ..
-        }) if market_config.check_symbols => {
-            // The list answer does not say which symbol is unknown: ask one by one.
-            let mut unknown = Vec::new();
-            for name in &names {
-                if let Err(RestError::Status {
-                    code: Some(-1121), ..
-                }) = rest.symbol_statuses(std::slice::from_ref(name)).await
-                {
-                    unknown.push(name.clone());
+    // Dated contracts the exchange no longer lists, judged delivered.
+    let mut unlisted: Vec<ContractFacts> = Vec::new();
+    let mut listed = names.clone();
+    let statuses = loop {
+        match rest.symbol_statuses(&listed).await {
+            Ok(statuses) => break statuses,
+            Err(RestError::Status {
+                code: Some(-1121), ..
+            }) if market_config.check_symbols => {
+                // The list answer does not say which symbol is unknown: ask one by one.
+                let mut unknown = Vec::new();
+                for name in &listed {
+                    if let Err(RestError::Status {
+                        code: Some(-1121), ..
+                    }) = rest.symbol_statuses(std::slice::from_ref(name)).await
+                    {
+                        unknown.push(name.clone());
+                    }
+                }
+                let delivered = delivered_and_unlisted(market_config, rest, &unknown).await?;
+                listed.retain(|name| !delivered.iter().any(|facts| facts.symbol.as_str() == name));
+                unlisted.extend(delivered);
+                if listed.is_empty() {
+                    return Ok(unlisted);
                 }
             }
-            anyhow::bail!(
-                "config key `markets.{market}.symbols`: unknown to the exchange: {} (Binance would accept the subscription and send nothing)",
-                unknown.join(", ")
-            );
-        }
-        Err(error) if error.is_fatal() => {
-            anyhow::bail!("market {market}: {error}")
-        }
-        Err(error) => {
-            warn!(%market, %error, "cannot check symbols against exchangeInfo; recording anyway");
-            return Ok(Vec::new());
+            Err(error) if error.is_fatal() => {
+                anyhow::bail!("market {market}: {error}")
+            }
+            Err(error) => {
+                warn!(%market, %error, "cannot check symbols against exchangeInfo; recording anyway");
+                return Ok(unlisted);
+            }
         }
     };
-    for name in names.iter().filter(|_| market_config.check_symbols) {
-        match statuses.iter().find(|status| &status.symbol == name) {
-            None => anyhow::bail!(
-                "config key `markets.{market}.symbols`: {name} is unknown to the exchange"
-            ),
-            Some(status) => {
-                let facts = ContractFacts::from_status(status);
-                let delivered = facts.as_ref().is_some_and(|facts| {
-                    matches!(judge_contract(facts, None), ContractVerdict::Delivered(_))
-                });
-                // A delivered contract is said so by the runtime, once.
-                match status.trading_status() {
-                    Some("TRADING") => {}
-                    _ if delivered => {}
-                    trading_status => {
-                        warn!(%market, symbol = %name, status = trading_status.unwrap_or("none"), "symbol is not trading; its streams may stay silent")
-                    }
+    let absent: Vec<String> = listed
+        .iter()
+        .filter(|name| !statuses.iter().any(|status| &status.symbol == *name))
+        .cloned()
+        .collect();
+    if market_config.check_symbols && !absent.is_empty() {
+        unlisted.extend(delivered_and_unlisted(market_config, rest, &absent).await?);
+    }
+    for name in listed.iter().filter(|_| market_config.check_symbols) {
+        if let Some(status) = statuses.iter().find(|status| &status.symbol == name) {
+            let facts = ContractFacts::from_status(status);
+            let delivered = facts.as_ref().is_some_and(|facts| {
+                matches!(judge_contract(facts, None), ContractVerdict::Delivered(_))
+            });
+            // A delivered contract is said so by the runtime, once.
+            match status.trading_status() {
+                Some("TRADING") => {}
+                _ if delivered => {}
+                trading_status => {
+                    warn!(%market, symbol = %name, status = trading_status.unwrap_or("none"), "symbol is not trading; its streams may stay silent")
                 }
             }
         }
@@ -101,7 +111,43 @@ pub(super) async fn check_symbols(
     Ok(statuses
         .iter()
         .filter_map(ContractFacts::from_status)
+        .chain(unlisted)
         .collect())
+}
+
+/// Of `unknown` (names `exchangeInfo` does not list), the dated contracts
+/// whose day ended before the exchange's clock, as delivered
+/// ([`ContractFacts::delivered_and_unlisted`]), each warned of; any other
+/// is an error naming it, as is an unreadable exchange clock (nothing can
+/// be judged delivered then).
+async fn delivered_and_unlisted(
+    market_config: &MarketConfig,
+    rest: &RestClient,
+    unknown: &[String],
+) -> anyhow::Result<Vec<ContractFacts>> {
+    let market = market_config.market;
+    let exchange_now = match unknown.iter().any(|name| is_dated_contract(name)) {
+        true => rest.server_time().await.ok(),
+        false => None,
+    };
+    let mut delivered = Vec::new();
+    let mut still_unknown = Vec::new();
+    for name in unknown {
+        match exchange_now.and_then(|now| ContractFacts::delivered_and_unlisted(name, now)) {
+            Some(facts) => {
+                warn!(%market, symbol = %name, "dated contract no longer listed by the exchange: delivered, not recorded (remove it from the config)");
+                delivered.push(facts);
+            }
+            None => still_unknown.push(name.as_str()),
+        }
+    }
+    if !still_unknown.is_empty() {
+        anyhow::bail!(
+            "config key `markets.{market}.symbols`: unknown to the exchange: {} (Binance would accept the subscription and send nothing)",
+            still_unknown.join(", ")
+        );
+    }
+    Ok(delivered)
 }
 
 pub(super) async fn open_and_replay(

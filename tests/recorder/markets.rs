@@ -1085,6 +1085,58 @@ async fn a_delivery_inside_an_hour_seals_that_hour_up_to_the_delivery() {
 /// its hours (it delivered on the hour before the first one watched) and
 /// drops its streams before any silence is judged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dated_contract_the_exchange_no_longer_lists_is_skipped_not_refused() {
+    // Delivered days before the fake's clock starts, and gone from its
+    // exchangeInfo (`-1121 Invalid symbol`), while the config still names it.
+    const UNLISTED: &str = "BTCUSD_251226";
+    let coinm = FakeExchange::start(FakeConfig {
+        market: fake_binance::Market::CoinM,
+        symbols: vec![PERPETUAL.to_owned()],
+        mean_orders_per_sec: 0.25,
+        limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
+        api_keys: vec![API_KEY.to_owned()],
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("coinm fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = market_recorder_toml(
+        &coinm,
+        root,
+        "coinm",
+        &[PERPETUAL, UNLISTED],
+        &STREAMS,
+        &format!("\n[fill]\nweight_share = 0.9\ndeadline_secs = {PATIENT_DEADLINE_SECS}\n"),
+        &api_key_file_line(root),
+    );
+    let recorder = RunningRecorder::start(&config);
+    let hour = Hour::containing(SIM_START_US).next();
+    let wanted: Vec<_> = kinds()
+        .into_iter()
+        .map(|kind| (coinm_key(PERPETUAL, kind), hour))
+        .collect();
+    wait_until(
+        Duration::from_secs(120),
+        "the perpetual's hour sealed",
+        || {
+            wanted
+                .iter()
+                .all(|(key, hour)| is_sealed(&file_path(root, key, *hour)))
+        },
+    )
+    .await;
+    let counters = recorder.stop().await;
+    let unlisted_files: Vec<_> = parquet_files(&root.join("data"))
+        .into_iter()
+        .filter(|path| path.to_string_lossy().contains(UNLISTED))
+        .collect();
+    assert!(unlisted_files.is_empty(), "{unlisted_files:?}");
+    assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
+    coinm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dated_coinm_contract_delivered_before_the_start_is_skipped_not_refused() {
     let first_hour = Hour::containing(SIM_START_US);
     let coinm = start_coinm_with_a_dated_contract(first_hour.start()).await;
