@@ -258,6 +258,12 @@ pub struct FakeConfig {
     /// the contract stops trading: no trade after it, its streams go quiet,
     /// REST serves nothing later, `exchangeInfo` says `DELIVERED`.
     pub deliveries: Vec<(String, i64)>,
+    /// Trading halts, as (symbol, from, until) in epoch µs of the simulated
+    /// clock: in `[from, until)` the symbol trades not at all and no kline
+    /// opens (the reference: "No klines are produced while a symbol is
+    /// `CANCEL_ONLY`"), on the streams and in REST alike; REST `klines`
+    /// counts its `limit` over the klines that exist, as a database does.
+    pub halts: Vec<(String, i64, i64)>,
     /// How WebSocket text frames are written: Binance's compact layout, or
     /// with spaces and sorted keys (nothing in the reference promises the
     /// byte layout, so a recorder must read both).
@@ -285,6 +291,7 @@ impl Default for FakeConfig {
             usdm_trade_on_market: false,
             firehose: None,
             deliveries: Vec::new(),
+            halts: Vec::new(),
             json_style: JsonStyle::Compact,
         }
     }

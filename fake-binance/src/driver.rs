@@ -327,9 +327,20 @@ fn advance_kline_stream(
 ) -> i64 {
     let period = interval.update_period_us();
     loop {
-        if !book.has_kline_at(stream.kline.open_us) {
+        if book.delivered_by(stream.kline.open_us) {
             // Delivered: the stream stays quiet for good.
             return i64::MAX;
+        }
+        if book.halted_at(stream.kline.open_us) {
+            // Halted: no kline opens; quiet until the next one may.
+            let next_open = stream.kline.next_open_us;
+            if next_open > now_us {
+                return next_open;
+            }
+            let close = stream.kline.close;
+            stream.kline = KlineState::empty(next_open, interval.next_open(next_open), close);
+            stream.next_tick_us = next_open + period;
+            continue;
         }
         let tick_us = stream.next_tick_us;
         if tick_us > now_us {

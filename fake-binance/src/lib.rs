@@ -381,6 +381,13 @@ async fn build_books(config: &FakeConfig) -> std::io::Result<(Vec<SymbolBook>, i
                     .then(|| config::delivery_from_name(&book.spec.symbol))
                     .flatten()
             });
+        book.halts = config
+            .halts
+            .iter()
+            .filter(|(symbol, _, _)| *symbol == book.spec.symbol)
+            .map(|(_, from, until)| (*from, *until))
+            .collect();
+        book.halts.sort_unstable();
         book.generate_until(config.sim_start_us);
     }
     Ok((books, config.sim_start_us, false))

@@ -132,6 +132,8 @@ pub struct SymbolBook {
     /// A dated contract's delivery (epoch µs): nothing trades at or after
     /// it, and no kline opens at or after it.
     pub delivery_us: Option<i64>,
+    /// Trading halts `[from, until)`: no order, and no kline opens, inside.
+    pub halts: Vec<(i64, i64)>,
 }
 
 impl SymbolBook {
@@ -165,6 +167,7 @@ impl SymbolBook {
             data_start_us,
             klines_from_agg_trades: false,
             delivery_us: None,
+            halts: Vec::new(),
         }
     }
 
@@ -198,6 +201,7 @@ impl SymbolBook {
             data_start_us,
             klines_from_agg_trades,
             delivery_us: None,
+            halts: Vec::new(),
         }
     }
 
@@ -208,9 +212,38 @@ impl SymbolBook {
             Some(delivery_us) => until_us.min(delivery_us - 1),
             None => until_us,
         };
-        if let Some(generator) = self.generator.as_mut() {
-            generator.generate_until(until_us, &mut self.trades, &mut self.agg_trades);
+        let Some(generator) = self.generator.as_mut() else {
+            return;
+        };
+        // Orders up to each halt, none inside it.
+        for (from, until) in &self.halts {
+            if generator.next_order_time_us() >= *until {
+                continue;
+            }
+            generator.generate_until(
+                until_us.min(from - 1),
+                &mut self.trades,
+                &mut self.agg_trades,
+            );
+            if until_us < *from {
+                return;
+            }
+            generator.skip_to(*until);
         }
+        generator.generate_until(until_us, &mut self.trades, &mut self.agg_trades);
+    }
+
+    /// Whether the symbol is halted at `time_us`.
+    pub fn halted_at(&self, time_us: i64) -> bool {
+        self.halts
+            .iter()
+            .any(|(from, until)| (*from..*until).contains(&time_us))
+    }
+
+    /// Whether no kline opens at `open_us` or later: the contract was delivered.
+    pub fn delivered_by(&self, open_us: i64) -> bool {
+        self.delivery_us
+            .is_some_and(|delivery_us| open_us >= delivery_us)
     }
 
     /// Time of the model's next order; `None` for replayed data and after
@@ -223,10 +256,9 @@ impl SymbolBook {
     }
 
     /// Whether a kline opening at `open_us` exists: none opens at or after
-    /// the delivery of a dated contract.
+    /// the delivery of a dated contract, nor inside a halt.
     pub fn has_kline_at(&self, open_us: i64) -> bool {
-        self.delivery_us
-            .is_none_or(|delivery_us| open_us < delivery_us)
+        !self.delivered_by(open_us) && !self.halted_at(open_us)
     }
 
     pub fn fill_count(&self) -> usize {
@@ -330,8 +362,13 @@ impl SymbolBook {
         let mut previous_close = self.price_before(first_open);
         let mut fill_index = self.first_fill_at_or_after(first_open);
         let mut open = first_open;
-        while open <= last_open && self.has_kline_at(open) {
+        while open <= last_open && !self.delivered_by(open) {
             let next_open = interval.next_open(open);
+            if self.halted_at(open) {
+                // Nothing traded: the next kline opens at the last close.
+                open = next_open;
+                continue;
+            }
             let mut kline = KlineState::empty(open, next_open, previous_close);
             let end = next_open.min(fills_before_us);
             while fill_index < fill_limit {

@@ -204,6 +204,11 @@ impl OrderGenerator {
         (gap as i64).max(1)
     }
 
+    /// Moves the next order to `time_us` at the earliest (a halt ends).
+    pub fn skip_to(&mut self, time_us: i64) {
+        self.next_order_time_us = self.next_order_time_us.max(time_us);
+    }
+
     /// Appends every order with time <= `until_us`.
     pub fn generate_until(
         &mut self,

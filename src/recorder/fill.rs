@@ -277,7 +277,26 @@ async fn fill_hole(
                     retry,
                 )
                 .await;
-            HoleAnswer::from_fetched(fetched, true, Row::kline)
+            let short = matches!(fetched.outcome, FetchOutcome::ExchangeHasNoMore);
+            let mut answer = HoleAnswer::from_fetched(fetched, true, Row::kline);
+            // Nothing more up to the kline after the range: REST behind,
+            // or no kline made there (a halt, `CANCEL_ONLY`: reference,
+            // section 7). A closed kline anywhere later tells them apart:
+            // the exchange is past the range, and what it left out never
+            // was. (The next grid step alone would leave a halt longer
+            // than the hole "not served yet" on every retry.)
+            // Not known yet (or the probe failed): the range stays "not
+            // served yet" and is asked again, the rows fetched kept.
+            if short
+                && answer.verdict.is_err()
+                && rest
+                    .first_closed_kline_from(symbol, interval, until, job.closed_before, retry)
+                    .await
+                    .is_ok_and(|later| later.is_some())
+            {
+                answer.verdict = Ok(());
+            }
+            answer
         }
         (kind, hole) => HoleAnswer::refused(format!(
             "internal: a {hole:?} cannot be filled for {kind:?}"

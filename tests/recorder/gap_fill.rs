@@ -1053,3 +1053,70 @@ async fn pressure_from_every_side_never_earns_a_ban_and_seals_on_time() {
     assert_eq!(fake.counters().rest_responses_418, 0, "never a ban");
     fake.shutdown().await;
 }
+
+/// A halt longer than a kline hole (reference, section 7: "No klines are
+/// produced while a symbol is `CANCEL_ONLY`"): from the middle of one hour
+/// to the middle of the next. The first hour seals with its last half
+/// hour declared not served yet (REST has nothing there, nor at the next
+/// kline: still halted); once trading resumes, the declared retry finds a
+/// kline past the halt and the half hour is declared "exchange has no
+/// data", for good. (Asking only up to the next kline, every retry found
+/// nothing and the hole stayed "rest unreachable" until given up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn klines_of_a_halt_longer_than_the_hole_are_declared_not_served_once_trading_resumes() {
+    let hour = watched_hour();
+    let halt = (
+        hour.start() + 30 * MICROS_PER_MINUTE,
+        hour.end() + 30 * MICROS_PER_MINUTE,
+    );
+    let fake = FakeExchange::start(fake_binance::FakeConfig {
+        halts: vec![("BTCUSDT".to_owned(), halt.0, halt.1)],
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = format!(
+        "[fill]\ndeadline_secs = 30\ndeclared_retry_secs = 1\n{}",
+        recorder_toml(&fake, root, &["BTCUSDT"], &["kline_1m"])
+    );
+    let recorder = RunningRecorder::start(&config);
+    let kline_key = key("BTCUSDT", minute_klines());
+    let (first, second) = (
+        file_path(root, &kline_key, hour),
+        file_path(root, &kline_key, hour.next()),
+    );
+    let not_served_only = |path: &Path| {
+        is_sealed(path) && {
+            let unfilled = unfilled_of(path);
+            !unfilled.is_empty()
+                && unfilled
+                    .iter()
+                    .all(|range| range.reason == binance_recorder::domain::REASON_NOT_SERVED)
+        }
+    };
+    wait_until(
+        Duration::from_secs(120),
+        "both hours declare the halt not served",
+        || not_served_only(&first) && not_served_only(&second),
+    )
+    .await;
+    recorder.stop().await;
+    let truth = fake.ground_truth("BTCUSDT", hour.next().end() + MICROS_PER_MINUTE);
+    for (path, at) in [(&first, hour), (&second, hour.next())] {
+        assert_file_matches_truth(path, minute_klines(), &truth, at);
+        let declared: Vec<(i64, i64)> = unfilled_of(path)
+            .iter()
+            .map(|range| (range.from_time, range.to_time))
+            .collect();
+        let (from, to) = (halt.0.max(at.start()), halt.1.min(at.end()));
+        assert_eq!(
+            declared,
+            vec![(from, to - 1)],
+            "{}: the halt's klines",
+            path.display()
+        );
+    }
+    fake.shutdown().await;
+}

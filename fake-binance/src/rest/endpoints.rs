@@ -379,13 +379,17 @@ pub(super) fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> 
     if first_open > last_open {
         return Ok("[]".to_owned());
     }
-    let mut count = 1;
+    // `limit` counts the klines that exist (none inside a halt).
+    let mut count = usize::from(book.has_kline_at(first_open));
     if start_us.is_some() {
         // From the start forwards, at most `limit`.
         let mut open = first_open;
-        while count < limit && interval.next_open(open) <= last_open {
+        while count < limit
+            && interval.next_open(open) <= last_open
+            && !book.delivered_by(interval.next_open(open))
+        {
             open = interval.next_open(open);
-            count += 1;
+            count += usize::from(book.has_kline_at(open));
         }
         let rows = book.klines_between(interval, first_open, open, now_us, now_us + 1);
         return Ok(json_array(&rows, |out, kline| {
@@ -394,9 +398,10 @@ pub(super) fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> 
     }
     // Newest up to the end, at most `limit`.
     let mut open = last_open;
+    let mut count = usize::from(book.has_kline_at(last_open));
     while count < limit && interval.previous_open(open) >= first_open {
         open = interval.previous_open(open);
-        count += 1;
+        count += usize::from(book.has_kline_at(open));
     }
     first_open = open;
     let rows = book.klines_between(interval, first_open, last_open, now_us, now_us + 1);

@@ -694,3 +694,47 @@ async fn a_dated_coinm_contract_is_delivered_mid_run() {
     );
     exchange.shutdown().await;
 }
+
+/// A halt: no trade inside it, no kline opening inside it (ground truth
+/// and REST alike), and REST `klines` counts its `limit` over the klines
+/// that exist, so `limit=1` from inside the halt is the first kline after.
+#[tokio::test]
+async fn a_halt_trades_nothing_and_makes_no_kline() {
+    let minute = 60_000_000;
+    let halt_from = (SIM_START_US / minute + 1) * minute;
+    let halt_until = halt_from + 3 * minute;
+    let exchange = FakeExchange::start(fake_binance::FakeConfig {
+        halts: vec![("BTCUSDT".to_owned(), halt_from, halt_until)],
+        ..config(60.0)
+    })
+    .await
+    .unwrap();
+    let after_us = halt_until + 2 * minute;
+    wait_until_async(Duration::from_secs(30), "past the halt", || async {
+        exchange.sim_now_us() >= after_us
+    })
+    .await;
+    let truth = exchange.ground_truth("BTCUSDT", after_us);
+    assert!(truth
+        .trades
+        .iter()
+        .all(|trade| !(halt_from..halt_until).contains(&trade.time_us)));
+    assert!(truth.trades.iter().any(|trade| trade.time_us >= halt_until));
+    let opens: Vec<i64> = truth.klines["1m"]
+        .iter()
+        .map(|kline| kline.open_time_us)
+        .filter(|open| *open >= halt_from - minute)
+        .collect();
+    assert_eq!(opens[..2], [halt_from - minute, halt_until]);
+    let klines = get(
+        &exchange.rest_base_url(),
+        &format!(
+            "/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={}&limit=1",
+            halt_from / 1000
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(klines[0][0], halt_until / 1000, "{klines}");
+    exchange.shutdown().await;
+}

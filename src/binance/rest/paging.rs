@@ -139,6 +139,29 @@ impl RestClient {
         Ok(page.into_iter().next())
     }
 
+    /// The first kline opening at or after `from` and closed before
+    /// `closed_before`, if REST has one, retried like the `fetch_*`
+    /// helpers: REST has klines past a range it answered nothing for (a
+    /// halt produces none), so what it left out there never was.
+    pub async fn first_closed_kline_from(
+        &self,
+        symbol: &Symbol,
+        interval: KlineInterval,
+        from: TimeUs,
+        closed_before: TimeUs,
+        retry: &RetryPolicy,
+    ) -> Result<Option<KlineRow>, RestError> {
+        let mut n_attempts = 0;
+        let page = self
+            .with_retries(retry, &mut n_attempts, |deadline| {
+                self.klines_page(symbol, interval, from, closed_before, 1, deadline)
+            })
+            .await?;
+        Ok(page
+            .into_iter()
+            .find(|row| row.open_time >= from && row.close_time < closed_before))
+    }
+
     /// Runs `call` until it succeeds, fails with an error retrying cannot
     /// help, or `retry` is spent; counts attempts in `n_attempts`.
     async fn with_retries<T, F, Fut>(
