@@ -78,7 +78,7 @@ pub use inbound::{FramePayload, Inbound};
 pub use link::LinkLost;
 pub use link::OpenLinks;
 use link::{stream_key_of, Link, LinkEvent};
-use open::{backoff, dial, dialed, link_up, open_link, url_stream, Dialing};
+use open::{backoff, dial, dialed, link_up, open_link, url_stream, Dialing, RouteChoice};
 pub use settings::ConnectionSettings;
 use silence::fastest_push;
 pub use silence::{
@@ -145,12 +145,7 @@ pub async fn run_connection(
 ) {
     let _member = plan.activity.join();
     let mut plan = plan;
-    // The route the reference gives, and whether the other one was tried:
-    // a link whose streams all stay silent moves to the other route once;
-    // silent there too, it goes back and stays.
-    let first_route = plan.route;
-    let mut route_tried = false;
-    let mut route_settled = false;
+    let mut routes = RouteChoice::new(plan.route);
     let mut attempt: u32 = 0;
     // Handshakes in a row whose URL was refused: which stream the next
     // URL names (`url_stream`); three in a row try the other route.
@@ -192,15 +187,8 @@ pub async fn run_connection(
                                 |(symbol, kind)| stream_name(&symbol, kind),
                             );
                             warn!(market = %plan.market, task = plan.task, route = %plan.route, %reason, next_url_stream = %next, "handshake refused its URL: the next one names another stream");
-                            let may_switch = plan.route.other().is_some() && !route_settled;
-                            if url_refusals.is_multiple_of(3) && may_switch {
-                                switch_route(
-                                    &mut plan,
-                                    first_route,
-                                    &mut route_tried,
-                                    &mut route_settled,
-                                    &counters,
-                                );
+                            if url_refusals.is_multiple_of(3) && routes.may_switch(&plan) {
+                                routes.switch(&mut plan, &counters);
                             }
                         }
                         if !backoff(&plan, &settings, &mut attempt, &reason, &cancel, &counters)
@@ -214,7 +202,7 @@ pub async fn run_connection(
                 }
             }
         };
-        let may_reroute = plan.route.other().is_some() && !route_settled;
+        let may_reroute = routes.may_switch(&plan);
         let outcome = drive_link(
             &mut plan,
             &settings,
@@ -249,13 +237,7 @@ pub async fn run_connection(
                 reroute,
             } => {
                 if reroute {
-                    switch_route(
-                        &mut plan,
-                        first_route,
-                        &mut route_tried,
-                        &mut route_settled,
-                        &counters,
-                    );
+                    routes.switch(&mut plan, &counters);
                 }
                 if frames
                     .send(Inbound::Disconnected {
@@ -281,29 +263,6 @@ pub async fn run_connection(
             }
         }
     }
-}
-
-/// A plan whose streams are silent (or whose URL is refused) on its route
-/// moves to the other route once; failing there too, it goes back to the
-/// reference's route and stays.
-fn switch_route(
-    plan: &mut ConnectionPlan,
-    first_route: Route,
-    route_tried: &mut bool,
-    route_settled: &mut bool,
-    counters: &Counters,
-) {
-    let from = plan.route;
-    if *route_tried {
-        plan.route = first_route;
-        *route_settled = true;
-        warn!(market = %plan.market, task = plan.task, from = %from, to = %plan.route, "streams not delivered on either route: back to the reference's route, no more switching");
-    } else if let Some(other) = plan.route.other() {
-        plan.route = other;
-        *route_tried = true;
-        warn!(market = %plan.market, task = plan.task, from = %from, to = %other, "streams not delivered on their route: trying the other route once");
-    }
-    Counters::add(&counters.stream_route_switches, 1);
 }
 
 /// Why a link is replaced make-before-break.

@@ -1,5 +1,6 @@
 //! Opening a link: the handshake's slot, the dial (TCP, TLS, WebSocket
-//! upgrade) and the link's first steps; and the backoff between attempts.
+//! upgrade) and the link's first steps; the backoff between attempts; and
+//! where to dial: the stream the URL names, and the route.
 //!
 //! The dial is an owned future ([`dial`]) so that a rotation can poll it
 //! beside the old link's reads (`drive_link` in `mod.rs`): a slow
@@ -17,6 +18,7 @@ use tracing::{info, warn};
 
 use super::link::{Link, Socket};
 use super::{socket, ConnectionPlan, ConnectionSettings, HandshakeBudget, Inbound, LinkLost};
+use crate::binance::markets::Route;
 use crate::binance::streams::{connection_url, stream_name};
 use crate::domain::{StreamKind, Symbol};
 use crate::metrics::Counters;
@@ -155,5 +157,43 @@ pub(super) async fn dialed(dialing: &mut Option<Dialing>) -> Result<Dialed, Link
     match dialing.as_mut() {
         Some(dial) => dial.await,
         None => std::future::pending().await,
+    }
+}
+
+/// The route the reference gives a plan, and whether the other one was
+/// tried: a plan whose streams are not delivered on its route (all silent,
+/// or the URL refused) moves to the other route once; failing there too,
+/// it goes back to the reference's route and stays.
+pub(super) struct RouteChoice {
+    first: Route,
+    tried: bool,
+    settled: bool,
+}
+
+impl RouteChoice {
+    pub(super) fn new(first: Route) -> RouteChoice {
+        RouteChoice {
+            first,
+            tried: false,
+            settled: false,
+        }
+    }
+
+    pub(super) fn may_switch(&self, plan: &ConnectionPlan) -> bool {
+        plan.route.other().is_some() && !self.settled
+    }
+
+    pub(super) fn switch(&mut self, plan: &mut ConnectionPlan, counters: &Counters) {
+        let from = plan.route;
+        if self.tried {
+            plan.route = self.first;
+            self.settled = true;
+            warn!(market = %plan.market, task = plan.task, from = %from, to = %plan.route, "streams not delivered on either route: back to the reference's route, no more switching");
+        } else if let Some(other) = plan.route.other() {
+            plan.route = other;
+            self.tried = true;
+            warn!(market = %plan.market, task = plan.task, from = %from, to = %other, "streams not delivered on their route: trying the other route once");
+        }
+        Counters::add(&counters.stream_route_switches, 1);
     }
 }
