@@ -748,10 +748,16 @@ const DATED: &str = "BTCUSD_260101";
 /// The fake as COIN-M at 240x with [`PERPETUAL`] and [`DATED`], the latter
 /// delivered at `delivery_us`; pings every 2 s of real time.
 async fn start_coinm_with_a_dated_contract(delivery_us: TimeUs) -> FakeExchange {
+    start_coinm(&[PERPETUAL, DATED], vec![(DATED.to_owned(), delivery_us)]).await
+}
+
+/// The fake as COIN-M at 240x listing `symbols`, with `deliveries`; pings
+/// every 2 s of real time.
+async fn start_coinm(symbols: &[&str], deliveries: Vec<(String, TimeUs)>) -> FakeExchange {
     FakeExchange::start(FakeConfig {
         market: fake_binance::Market::CoinM,
-        symbols: vec![PERPETUAL.to_owned(), DATED.to_owned()],
-        deliveries: vec![(DATED.to_owned(), delivery_us)],
+        symbols: symbols.iter().map(|symbol| (*symbol).to_owned()).collect(),
+        deliveries,
         mean_orders_per_sec: 0.25,
         limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
         api_keys: vec![API_KEY.to_owned()],
@@ -765,11 +771,16 @@ async fn start_coinm_with_a_dated_contract(delivery_us: TimeUs) -> FakeExchange 
 /// [`DATED`], the key file, a patient fill deadline and `market_extra`
 /// lines after the key file line.
 fn dated_contract_toml(coinm: &FakeExchange, root: &Path, market_extra: &str) -> String {
+    coinm_toml(coinm, root, &[PERPETUAL, DATED], market_extra)
+}
+
+/// [`dated_contract_toml`] with `symbols` configured.
+fn coinm_toml(coinm: &FakeExchange, root: &Path, symbols: &[&str], market_extra: &str) -> String {
     market_recorder_toml(
         coinm,
         root,
         "coinm",
-        &[PERPETUAL, DATED],
+        symbols,
         &STREAMS,
         &format!("\n[fill]\nweight_share = 0.9\ndeadline_secs = {PATIENT_DEADLINE_SECS}\n"),
         &format!("{}{market_extra}", api_key_file_line(root)),
@@ -1089,27 +1100,10 @@ async fn a_dated_contract_the_exchange_no_longer_lists_is_skipped_not_refused() 
     // Delivered days before the fake's clock starts, and gone from its
     // exchangeInfo (`-1121 Invalid symbol`), while the config still names it.
     const UNLISTED: &str = "BTCUSD_251226";
-    let coinm = FakeExchange::start(FakeConfig {
-        market: fake_binance::Market::CoinM,
-        symbols: vec![PERPETUAL.to_owned()],
-        mean_orders_per_sec: 0.25,
-        limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
-        api_keys: vec![API_KEY.to_owned()],
-        ..fake_config(240.0)
-    })
-    .await
-    .expect("coinm fake starts");
+    let coinm = start_coinm(&[PERPETUAL], Vec::new()).await;
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let config = market_recorder_toml(
-        &coinm,
-        root,
-        "coinm",
-        &[PERPETUAL, UNLISTED],
-        &STREAMS,
-        &format!("\n[fill]\nweight_share = 0.9\ndeadline_secs = {PATIENT_DEADLINE_SECS}\n"),
-        &api_key_file_line(root),
-    );
+    let config = coinm_toml(&coinm, root, &[PERPETUAL, UNLISTED], "");
     let recorder = RunningRecorder::start(&config);
     let hour = Hour::containing(SIM_START_US).next();
     let wanted: Vec<_> = kinds()
