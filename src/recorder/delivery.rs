@@ -68,10 +68,10 @@ impl ContractFacts {
     /// Binance delivers its quarterly contracts. `None` for any other
     /// name, or a day not yet over: that symbol is unknown.
     pub fn delivered_and_unlisted(name: &str, exchange_now: TimeUs) -> Option<ContractFacts> {
-        let (_, suffix) = name.rsplit_once('_')?;
-        if suffix.len() != 6 || !suffix.bytes().all(|byte| byte.is_ascii_digit()) {
+        if !crate::config::is_dated_contract(name) {
             return None;
         }
+        let (_, suffix) = name.rsplit_once('_')?;
         let day = chrono::NaiveDate::parse_from_str(&format!("20{suffix}"), "%Y%m%d").ok()?;
         let day_start = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros();
         if day_start + MICROS_PER_DAY > exchange_now {

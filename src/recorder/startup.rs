@@ -68,6 +68,11 @@ pub(super) async fn check_symbols(
                         unknown.push(name.clone());
                     }
                 }
+                if unknown.is_empty() {
+                    // Refused as a list, taken one by one: nothing to name.
+                    warn!(%market, "exchangeInfo refuses the symbols together and takes each alone; recording anyway");
+                    return Ok(unlisted);
+                }
                 let delivered = delivered_and_unlisted(market_config, rest, &unknown).await?;
                 listed.retain(|name| !delivered.iter().any(|facts| facts.symbol.as_str() == name));
                 unlisted.extend(delivered);
