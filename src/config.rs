@@ -151,6 +151,8 @@ pub struct MarketConfig {
     pub streams: Vec<StreamKind>,
     pub check_symbols: bool,
     pub time_check_interval: Duration,
+    /// How often `exchangeInfo` is read again (weight limit, contracts).
+    pub exchange_info_interval: Duration,
     /// Streams per connection on this market.
     pub streams_per_connection: usize,
     /// `[connection]` with this market's control rate and dead-link bound.
@@ -544,11 +546,15 @@ streams = ["trade", "aggTrade", "kline_1m", "kline_1M"]
                 "{message:?} names the bound {bound}"
             );
         }
-        let message = error_of(&format!("{MINIMAL}time_check_interval_secs = 86401\n"));
-        assert!(
-            message.contains("markets.spot.time_check_interval_secs") && message.contains("86400"),
-            "{message}"
-        );
+        for name in ["time_check_interval_secs", "exchange_info_interval_secs"] {
+            for value in [0, 86401] {
+                let message = error_of(&format!("{MINIMAL}{name} = {value}\n"));
+                assert!(
+                    message.contains(&format!("markets.spot.{name}")) && message.contains("86400"),
+                    "{message}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -252,12 +252,20 @@ pub struct FakeConfig {
     /// Firehose mode (benchmarks): WebSocket connections get pre-serialised
     /// aggTrade frames instead of the simulated market's events.
     pub firehose: Option<FirehoseConfig>,
-    /// COIN-M dated contracts delivered at another time than their name
-    /// says (`BTCUSD_260327`: 2026-03-27 08:00 UTC, Binance's delivery
-    /// hour), as (symbol, epoch µs): tests deliver one mid-run. At delivery
-    /// the contract stops trading: no trade after it, its streams go quiet,
-    /// REST serves nothing later, `exchangeInfo` says `DELIVERED`.
+    /// Futures contracts delivered at another time than their name says
+    /// (`BTCUSD_260327`: 2026-03-27 08:00 UTC, Binance's delivery hour), or
+    /// perpetuals delisted, as (symbol, epoch µs): tests deliver one
+    /// mid-run. At delivery the contract stops trading: no trade after it,
+    /// its streams go quiet, REST serves nothing later, `exchangeInfo` says
+    /// `DELIVERED` (a dated contract) or `SETTLING` (a perpetual).
     pub deliveries: Vec<(String, i64)>,
+    /// When `exchangeInfo` first names a `deliveries` entry, as (symbol,
+    /// epoch µs of the simulated clock): before it the symbol shows a
+    /// perpetual's placeholder date and `TRADING`. Binance announces a
+    /// perpetual's delisting days ahead by giving it a `deliveryDate`;
+    /// tests announce one mid-run. A symbol not listed here has its
+    /// delivery known from the start.
+    pub deliveries_announced: Vec<(String, i64)>,
     /// Trading halts, as (symbol, from, until) in epoch µs of the simulated
     /// clock: in `[from, until)` the symbol trades not at all and no kline
     /// opens (the reference: "No klines are produced while a symbol is
@@ -291,6 +299,7 @@ impl Default for FakeConfig {
             usdm_trade_on_market: false,
             firehose: None,
             deliveries: Vec::new(),
+            deliveries_announced: Vec::new(),
             halts: Vec::new(),
             json_style: JsonStyle::Compact,
         }

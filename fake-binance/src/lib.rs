@@ -377,10 +377,19 @@ async fn build_books(config: &FakeConfig) -> std::io::Result<(Vec<SymbolBook>, i
             .find(|(symbol, _)| *symbol == book.spec.symbol)
             .map(|(_, at)| *at)
             .or_else(|| {
-                (config.market == Market::CoinM)
+                config
+                    .market
+                    .is_futures()
                     .then(|| config::delivery_from_name(&book.spec.symbol))
                     .flatten()
             });
+        if let Some((_, at)) = config
+            .deliveries_announced
+            .iter()
+            .find(|(symbol, _)| *symbol == book.spec.symbol)
+        {
+            book.delivery_announced_us = *at;
+        }
         book.halts = config
             .halts
             .iter()

@@ -132,6 +132,8 @@ pub struct SymbolBook {
     /// A dated contract's delivery (epoch µs): nothing trades at or after
     /// it, and no kline opens at or after it.
     pub delivery_us: Option<i64>,
+    /// From when `exchangeInfo` names the delivery (epoch µs).
+    pub delivery_announced_us: i64,
     /// Trading halts `[from, until)`: no order, and no kline opens, inside.
     pub halts: Vec<(i64, i64)>,
 }
@@ -167,6 +169,7 @@ impl SymbolBook {
             data_start_us,
             klines_from_agg_trades: false,
             delivery_us: None,
+            delivery_announced_us: i64::MIN,
             halts: Vec::new(),
         }
     }
@@ -201,6 +204,7 @@ impl SymbolBook {
             data_start_us,
             klines_from_agg_trades,
             delivery_us: None,
+            delivery_announced_us: i64::MIN,
             halts: Vec::new(),
         }
     }

@@ -414,6 +414,11 @@ pub struct RawMarket {
     /// offset from the exchange's (`clock_offset_us`), in seconds.
     #[serde(default = "default_time_check_interval_secs")]
     pub time_check_interval_secs: u64,
+    /// How often `exchangeInfo` is read again, in seconds: the REST weight
+    /// limit and, on futures, every configured contract's status and
+    /// delivery date (a delisted perpetual gets one).
+    #[serde(default = "default_exchange_info_interval_secs")]
+    pub exchange_info_interval_secs: u64,
     /// Allow cleartext `ws://` and `http://` URLs to a host other than the
     /// loopback (127.0.0.0/8, `localhost`, `::1`). Off by default: over
     /// cleartext anyone on the path can alter prices unnoticed, and the
@@ -449,4 +454,8 @@ fn default_true() -> bool {
 
 fn default_time_check_interval_secs() -> u64 {
     60
+}
+
+fn default_exchange_info_interval_secs() -> u64 {
+    3600
 }

@@ -168,6 +168,11 @@ const TIME_CHECK_INTERVAL_SECS: Bounds = Bounds::new(
     SECONDS_PER_DAY,
     "the clock offset is measured at least daily",
 );
+const EXCHANGE_INFO_INTERVAL_SECS: Bounds = Bounds::new(
+    1,
+    SECONDS_PER_DAY,
+    "the weight limit and contract statuses are read at least daily",
+);
 
 const STALE_AFTER_SECS: Bounds = Bounds::new(
     1,
@@ -626,6 +631,10 @@ fn validate_market(
         format!("{key}.time_check_interval_secs"),
         raw.time_check_interval_secs,
     )?;
+    EXCHANGE_INFO_INTERVAL_SECS.check(
+        format!("{key}.exchange_info_interval_secs"),
+        raw.exchange_info_interval_secs,
+    )?;
     if !raw.allow_insecure {
         for (name, url) in [("ws_url", &ws_url), ("rest_url", &rest_url)] {
             check_encrypted_or_loopback(&format!("{key}.{name}"), url)?;
@@ -642,6 +651,7 @@ fn validate_market(
         streams,
         check_symbols: raw.check_symbols,
         time_check_interval: Duration::from_secs(raw.time_check_interval_secs),
+        exchange_info_interval: Duration::from_secs(raw.exchange_info_interval_secs),
         streams_per_connection,
         connection: settings,
         api_key: ApiKeySource {

@@ -28,7 +28,8 @@ use crate::wal::{LendItems, ReadItem, Wal, WalConfig, WalWriter};
 /// is only a warning: recording must not wait for it. Returns what the
 /// answer says of the configured symbols' contracts (delivery dates and
 /// statuses, `recorder/delivery.rs`), read even with `check_symbols` off
-/// when a symbol is a dated contract; empty when REST did not answer.
+/// on futures (a dated contract's delivery, a delisted perpetual's date);
+/// empty when REST did not answer.
 pub(super) async fn check_symbols(
     market_config: &MarketConfig,
     rest: &RestClient,
@@ -39,8 +40,8 @@ pub(super) async fn check_symbols(
         .iter()
         .map(ToString::to_string)
         .collect();
-    let has_dated = names.iter().any(|name| is_dated_contract(name));
-    if !market_config.check_symbols && !has_dated {
+    let futures = crate::binance::markets::MarketProfile::of(market).is_futures();
+    if !market_config.check_symbols && !futures {
         // The weight limit is still read: it changes over time.
         if let Some(symbol) = market_config.symbols.first() {
             if let Err(error) = rest.refresh_weight_limit(symbol).await {

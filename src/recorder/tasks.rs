@@ -89,12 +89,13 @@ impl TaskSpawner<'_> {
         }
         let interval = market_config.time_check_interval;
         let weight_symbol = market_config.symbols.first().cloned();
-        // With dated contracts, the hourly read asks for every configured
-        // symbol's status too (their delivery, `recorder/delivery.rs`).
-        let contracts = market_config
-            .symbols
-            .iter()
-            .any(|symbol| crate::config::is_dated_contract(&symbol.to_string()))
+        // On futures the hourly read asks for every configured symbol's
+        // status too (one call either way: futures `exchangeInfo` lists
+        // all): a dated contract's delivery, or a perpetual's delisting,
+        // which Binance announces with a `deliveryDate`
+        // (`recorder/delivery.rs`). Spot has neither: the limit alone.
+        let contracts = crate::binance::markets::MarketProfile::of(market)
+            .is_futures()
             .then(|| {
                 market_config
                     .symbols
@@ -105,7 +106,7 @@ impl TaskSpawner<'_> {
         self.tasks.spawn(run_clock_checks(
             market,
             rest,
-            interval,
+            (interval, market_config.exchange_info_interval),
             (weight_symbol, contracts),
             self.sender.clone(),
             self.shutdown.child_token(),
@@ -187,24 +188,22 @@ async fn supervise_connection(
     }
 }
 
-/// How often the REST weight limit is read again from `exchangeInfo`
-/// (Binance changes it now and then; it is also read at every start).
-const WEIGHT_LIMIT_REFRESH: Duration = Duration::from_secs(3600);
-
-/// Asks `/api/v3/time` every `interval` and reports the host clock's
-/// offset; reads the REST weight limit again every [`WEIGHT_LIMIT_REFRESH`]
-/// (with the statuses of `contracts`, when given, reported to the runtime).
+/// Asks `/api/v3/time` every `time_interval` and reports the host clock's
+/// offset; reads the REST weight limit again from `exchangeInfo` every
+/// `info_interval` (Binance changes it now and then; it is also read at
+/// every start), with the statuses of `contracts`, when given, reported to
+/// the runtime.
 async fn run_clock_checks(
     market: Market,
     rest: RestClient,
-    interval: Duration,
+    (time_interval, info_interval): (Duration, Duration),
     (weight_symbol, contracts): (Option<crate::domain::Symbol>, Option<Vec<String>>),
     sender: mpsc::Sender<Inbound>,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval(time_interval);
     let mut weight_refresh =
-        tokio::time::interval_at(Instant::now() + WEIGHT_LIMIT_REFRESH, WEIGHT_LIMIT_REFRESH);
+        tokio::time::interval_at(Instant::now() + info_interval, info_interval);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -754,7 +754,14 @@ async fn start_coinm_with_a_dated_contract(delivery_us: TimeUs) -> FakeExchange 
 /// The fake as COIN-M at 240x listing `symbols`, with `deliveries`; pings
 /// every 2 s of real time.
 async fn start_coinm(symbols: &[&str], deliveries: Vec<(String, TimeUs)>) -> FakeExchange {
-    FakeExchange::start(FakeConfig {
+    FakeExchange::start(coinm_config(symbols, deliveries))
+        .await
+        .expect("coinm fake starts")
+}
+
+/// The configuration [`start_coinm`] starts the fake with.
+fn coinm_config(symbols: &[&str], deliveries: Vec<(String, TimeUs)>) -> FakeConfig {
+    FakeConfig {
         market: fake_binance::Market::CoinM,
         symbols: symbols.iter().map(|symbol| (*symbol).to_owned()).collect(),
         deliveries,
@@ -762,9 +769,7 @@ async fn start_coinm(symbols: &[&str], deliveries: Vec<(String, TimeUs)>) -> Fak
         limits: limits_pinging_every_2s(fake_binance::Market::CoinM),
         api_keys: vec![API_KEY.to_owned()],
         ..fake_config(240.0)
-    })
-    .await
-    .expect("coinm fake starts")
+    }
 }
 
 /// A `[markets.coinm]` table pointing at `coinm` with [`PERPETUAL`] and
@@ -1127,6 +1132,89 @@ async fn a_dated_contract_the_exchange_no_longer_lists_is_skipped_not_refused() 
         .collect();
     assert!(unlisted_files.is_empty(), "{unlisted_files:?}");
     assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
+    coinm.shutdown().await;
+}
+
+/// A perpetual delisted while the daemon runs: Binance announces it by
+/// giving the perpetual a `deliveryDate`, days ahead, after the daemon
+/// read `exchangeInfo` at its start. The periodic read
+/// (`exchange_info_interval_secs`) learns it, and the recording of that
+/// perpetual ends at the delisting as a delivered contract's does: its
+/// delisting hour's files name it, no later hour is sealed or owed, while
+/// the other perpetual records on. Without the periodic status read on a
+/// market with no dated name, the delisting was noticed only at the next
+/// start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_perpetual_delisted_while_running_ends_its_recording_at_the_delisting() {
+    const DELISTED: &str = "ETHUSD_PERP";
+    let logs = LogCapture::install();
+    let first_hour = Hour::containing(SIM_START_US);
+    let delisting_hour = first_hour.next();
+    let delisting_us = delisting_hour.end();
+    let coinm = FakeExchange::start(FakeConfig {
+        deliveries_announced: vec![(
+            DELISTED.to_owned(),
+            delisting_hour.start() + 20 * MICROS_PER_MINUTE,
+        )],
+        ..coinm_config(
+            &[PERPETUAL, DELISTED],
+            vec![(DELISTED.to_owned(), delisting_us)],
+        )
+    })
+    .await
+    .expect("coinm fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = coinm_toml(
+        &coinm,
+        root,
+        &[PERPETUAL, DELISTED],
+        "\nexchange_info_interval_secs = 1",
+    );
+    let recorder = RunningRecorder::start(&config);
+    let after = delisting_hour.next();
+    let mut wanted = Vec::new();
+    for kind in kinds() {
+        for hour in [first_hour, delisting_hour, after] {
+            wanted.push((coinm_key(PERPETUAL, kind), hour));
+        }
+        for hour in [first_hour, delisting_hour] {
+            wanted.push((coinm_key(DELISTED, kind), hour));
+        }
+    }
+    wait_until(Duration::from_secs(120), "the hours sealed", || {
+        wanted
+            .iter()
+            .all(|(key, hour)| file_path(root, key, *hour).exists())
+    })
+    .await;
+    let counters = recorder.stop().await;
+    eprintln!("recorder: {counters:?}\nfake: {:?}", coinm.counters());
+    assert_delivery_logged_once(&logs.text(), DELISTED, "2026-01-01T02:00:00.000000Z");
+    let until = after.end() + MICROS_PER_MINUTE;
+    for (key, hour) in &wanted {
+        let path = file_path(root, key, *hour);
+        let truth = coinm.ground_truth(key.symbol.as_str(), until);
+        if key.kind == StreamKind::Trade {
+            assert_usdm_trades_match_truth(&path, &truth, *hour);
+        } else {
+            assert_file_matches_truth_with_rest(&path, key.kind, &truth, *hour);
+        }
+        let delivered_at = metadata(&path).get("delivered_at").cloned();
+        let is_delisting_file = key.symbol.as_str() == DELISTED && *hour == delisting_hour;
+        assert_eq!(
+            delivered_at,
+            is_delisting_file.then(|| delisting_us.to_string()),
+            "{}",
+            path.display()
+        );
+    }
+    for kind in kinds() {
+        let later = file_path(root, &coinm_key(DELISTED, kind), after);
+        assert!(!later.exists(), "{} sealed", later.display());
+    }
+    assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
+    assert_eq!(counters.streams_subscribed_silent, 0, "{counters:?}");
     coinm.shutdown().await;
 }
 

@@ -141,8 +141,8 @@ pub(super) fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUn
                 "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
                 "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
             });
-            if shared.config.market == Market::CoinM {
-                add_contract_fields(&mut symbol, book, now_us);
+            if shared.config.market.is_futures() {
+                add_contract_fields(&mut symbol, book, now_us, shared.config.market);
             }
             symbol
         })
@@ -166,34 +166,52 @@ pub(super) fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUn
 /// 2100-12-25 08:00 UTC, in ms.
 const PERPETUAL_DELIVERY_MS: i64 = 4_133_404_800_000;
 
-/// The COIN-M contract fields of a symbol of `exchangeInfo`, as Binance's
-/// derivatives docs show them (the reference does not list them):
-/// `contractStatus` instead of spot's `status`, `contractType`, `pair`,
-/// `deliveryDate` and `onboardDate` (ms). A dated contract is `TRADING`
-/// until its delivery and `DELIVERED` from then on (Binance passes through
-/// `PRE_DELIVERING` and `DELIVERING` for a while; a recorder must not need
-/// them).
-fn add_contract_fields(symbol: &mut serde_json::Value, book: &SymbolBook, now_us: i64) {
+/// The futures contract fields of a symbol of `exchangeInfo`, as
+/// Binance's derivatives docs show them (the reference does not list
+/// them) and the real answers in the shared data show them: on COIN-M
+/// `contractStatus` instead of spot's `status` (USD-M keeps `status`),
+/// `contractType`, `pair`, `deliveryDate` and `onboardDate` (ms). A contract with a
+/// delivery is `TRADING` until it and then `DELIVERED` (a dated one) or
+/// `SETTLING` (a delisted perpetual); Binance passes through other
+/// statuses (`PRE_DELIVERING`, `DELIVERING`, `CLOSE`) a recorder must not
+/// need. A delivery not yet announced shows the perpetual's placeholder.
+fn add_contract_fields(
+    symbol: &mut serde_json::Value,
+    book: &SymbolBook,
+    now_us: i64,
+    market: Market,
+) {
     let spec = &book.spec;
-    let (contract_type, delivery_ms, status) = match book.delivery_us {
-        Some(delivery_us) => (
-            "CURRENT_QUARTER",
+    let dated = crate::config::delivery_from_name(&spec.symbol).is_some();
+    let contract_type = if dated {
+        "CURRENT_QUARTER"
+    } else {
+        "PERPETUAL"
+    };
+    let announced = book
+        .delivery_us
+        .filter(|_| dated || now_us >= book.delivery_announced_us);
+    let (delivery_ms, status) = match announced {
+        Some(delivery_us) if now_us >= delivery_us => (
             delivery_us.div_euclid(1_000),
-            if now_us >= delivery_us {
-                "DELIVERED"
-            } else {
-                "TRADING"
-            },
+            if dated { "DELIVERED" } else { "SETTLING" },
         ),
-        None => ("PERPETUAL", PERPETUAL_DELIVERY_MS, "TRADING"),
+        Some(delivery_us) => (delivery_us.div_euclid(1_000), "TRADING"),
+        None => (PERPETUAL_DELIVERY_MS, "TRADING"),
     };
     let pair = spec
         .symbol
         .split_once('_')
         .map_or(spec.symbol.as_str(), |(pair, _)| pair);
     if let Some(fields) = symbol.as_object_mut() {
-        fields.remove("status");
-        fields.insert("contractStatus".to_owned(), status.into());
+        let status_key = match market {
+            Market::CoinM => {
+                fields.remove("status");
+                "contractStatus"
+            }
+            _ => "status",
+        };
+        fields.insert(status_key.to_owned(), status.into());
         fields.insert("contractType".to_owned(), contract_type.into());
         fields.insert("pair".to_owned(), pair.into());
         fields.insert("deliveryDate".to_owned(), delivery_ms.into());

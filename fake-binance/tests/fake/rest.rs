@@ -695,6 +695,60 @@ async fn a_dated_coinm_contract_is_delivered_mid_run() {
     exchange.shutdown().await;
 }
 
+/// A perpetual's delisting announced mid-run: `exchangeInfo` shows the
+/// perpetual's placeholder date until the announcement, then the
+/// delisting as its `deliveryDate` (`TRADING`), then `SETTLING` from the
+/// delisting on, still `PERPETUAL` (USD-M names it `status`, as the real
+/// answers do); it trades nothing from then on.
+#[tokio::test]
+async fn a_perpetual_delisting_shows_in_exchange_info_from_its_announcement() {
+    let announced_us = SIM_START_US + 60_000_000;
+    let delisting_us = SIM_START_US + 180_000_000;
+    let exchange = FakeExchange::start(fake_binance::FakeConfig {
+        market: fake_binance::Market::UsdM,
+        symbols: vec!["BTCUSDT".to_owned(), "ETHUSDT".to_owned()],
+        deliveries: vec![("ETHUSDT".to_owned(), delisting_us)],
+        deliveries_announced: vec![("ETHUSDT".to_owned(), announced_us)],
+        ..config(60.0)
+    })
+    .await
+    .unwrap();
+    let base = exchange.rest_base_url();
+    let delisted = || async {
+        let info = get(&base, "/fapi/v1/exchangeInfo").await.json();
+        info["symbols"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|entry| entry["symbol"] == "ETHUSDT")
+            .cloned()
+            .unwrap()
+    };
+    let before = delisted().await;
+    assert_eq!(
+        (&before["status"], &before["deliveryDate"]),
+        (&"TRADING".into(), &4_133_404_800_000_i64.into())
+    );
+    for (at, status) in [(announced_us, "TRADING"), (delisting_us, "SETTLING")] {
+        wait_until_async(Duration::from_secs(30), status, || async {
+            exchange.sim_now_us() >= at
+        })
+        .await;
+        let entry = delisted().await;
+        assert_eq!(entry["status"], status, "{entry}");
+        assert!(entry.get("contractStatus").is_none(), "{entry}");
+        assert_eq!(entry["contractType"], "PERPETUAL", "{entry}");
+        assert_eq!(entry["deliveryDate"], delisting_us / 1000, "{entry}");
+    }
+    let truth = exchange.ground_truth("ETHUSDT", delisting_us + 60_000_000);
+    assert!(!truth.trades.is_empty());
+    assert!(truth
+        .trades
+        .iter()
+        .all(|trade| trade.time_us < delisting_us));
+    exchange.shutdown().await;
+}
+
 /// A halt: no trade inside it, no kline opening inside it (ground truth
 /// and REST alike), and REST `klines` counts its `limit` over the klines
 /// that exist, so `limit=1` from inside the halt is the first kline after.
