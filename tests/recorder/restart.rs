@@ -1,14 +1,15 @@
 //! SIGTERM mid-hour, then a restart with the same config: every row
 //! received before the stop ends up in the sealed file exactly once. The
 //! stop leaves a file for the unfinished hour (`stopped_at`, covering up to
-//! the stop); the next run finishes the hour and seals it again.
+//! the stop); the next run finishes the hour and seals it again. So does
+//! an hour kline running at the stop (a file vouching for nothing).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
 use binance_recorder::binance::decode::{decode_frame, Decoded};
-use binance_recorder::domain::{Hour, Market, Row, StreamKind, MICROS_PER_MINUTE};
+use binance_recorder::domain::{Hour, KlineInterval, Market, Row, StreamKind, MICROS_PER_MINUTE};
 use binance_recorder::parquet_out;
 use binance_recorder::wal::{read_segments, ReadItem, RecordKind};
 use fake_binance::FakeExchange;
@@ -50,7 +51,7 @@ async fn sigterm_mid_hour_then_restart_loses_and_duplicates_nothing() {
             &fake,
             root,
             &["BTCUSDT"],
-            &["trade", "aggTrade", "kline_1m"],
+            &["trade", "aggTrade", "kline_1m", "kline_1h"],
         ),
     )
     .expect("write config");
@@ -100,10 +101,19 @@ async fn sigterm_mid_hour_then_restart_loses_and_duplicates_nothing() {
         );
     }
 
+    // The hour kline running at the stop: a file too, vouching for nothing.
+    let hour_klines = key("BTCUSDT", StreamKind::Kline(KlineInterval::Hour1));
+    let path = file_path(root, &hour_klines, hour);
+    let footer = metadata(&path);
+    assert!(footer.contains_key("stopped_at"), "{footer:?}");
+    assert_eq!(footer["coverage_to"], footer["coverage_from"], "{footer:?}");
+    let rows = parquet_out::read_hour_file(&path, hour_klines.kind).expect("readable");
+    assert!(rows.is_empty(), "{} rows", rows.len());
+
     // `verify` tells them apart: unfinished, not partial nor holes.
     let (clean, table, report) = verify_json(&config_path).await;
     assert!(
-        clean && report["unfinished_hours"] == 3 && report["undeclared_problems"] == 0,
+        clean && report["unfinished_hours"] == 4 && report["undeclared_problems"] == 0,
         "{table}"
     );
 
@@ -112,7 +122,7 @@ async fn sigterm_mid_hour_then_restart_loses_and_duplicates_nothing() {
         Duration::from_secs(90),
         "the hour sealed after the restart",
         || {
-            kinds.iter().all(|kind| {
+            kinds.iter().chain([&hour_klines.kind]).all(|kind| {
                 let path = file_path(root, &key("BTCUSDT", *kind), hour);
                 path.exists() && !metadata(&path).contains_key("stopped_at")
             })
@@ -160,6 +170,14 @@ async fn sigterm_mid_hour_then_restart_loses_and_duplicates_nothing() {
             "{kind}: rows received before the stop are missing: {lost:?}"
         );
     }
+    // The hour kline's file, sealed again once its kline closed: the kline.
+    let until = hour.end() + MICROS_PER_MINUTE;
+    assert_file_matches_truth_with_rest(
+        &file_path(root, &hour_klines, hour),
+        hour_klines.kind,
+        &fake.ground_truth("BTCUSDT", until),
+        hour,
+    );
     let leftovers: Vec<_> = walk_files(&root.join("data"))
         .into_iter()
         .filter(|path| {

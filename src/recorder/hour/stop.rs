@@ -59,12 +59,14 @@ impl StreamState {
             StreamKind::Kline(interval) => interval.open_time_containing(stop_at),
             StreamKind::Trade | StreamKind::AggTrade => stop_at.saturating_add(1),
         };
-        let owed_until = self.owed_until(hour, watched, turn)?.min(vouched_until);
-        if owed_until <= hour.start() && self.rows_of(hour).is_none() {
-            // Nothing to vouch for and nothing held (a kline of an hour or
-            // more, still running): the next run writes the hour.
-            return None;
-        }
+        // A kline of an hour or more still running leaves its hours with
+        // nothing to vouch for: they get their file all the same (marked,
+        // vouching for nothing), as docs/DATASET.md promises every hour
+        // the recorder is stopped in.
+        let owed_until = self
+            .owed_until(hour, watched, turn)?
+            .min(vouched_until)
+            .max(hour.start());
         let (holes, owed_from_start) = self.holes_of(hour, watched, owed_until, turn);
         let idle = FillStatus::default();
         let verdict = judge_hour(HourFacts {

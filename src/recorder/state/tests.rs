@@ -1929,6 +1929,42 @@ fn an_orderly_stop_writes_each_unfinished_hour_up_to_the_stop() {
     assert_eq!((job.coverage_from, job.coverage_to), (start, stop + 1));
 }
 
+/// An orderly stop while a kline of hours runs (`kline_4h` opened at
+/// 00:00, stopped at 02:30): each hour watched up to the stop has its file
+/// (docs/DATASET.md: the hours a recorder is stopped in get theirs),
+/// marked, without a row, vouching for nothing (the running kline had not
+/// closed, and no other opens before the stop). Before, the running kline
+/// left all three without a file.
+#[test]
+fn an_orderly_stop_inside_a_kline_of_hours_writes_each_hour_watched() {
+    let config = test_config(
+        "[seal]\ngrace_ms = 1000\n[fill]\nenabled = false",
+        &["kline_4h"],
+    );
+    let mut state = State::new(&config, Arc::new(Counters::default()));
+    state.begin_session(Market::Spot);
+    clock_sample_of_silence(&mut state, HOUR_START + 10 * MICROS_PER_MINUTE);
+    let stop = HOUR_START + 2 * MICROS_PER_HOUR + 30 * MICROS_PER_MINUTE;
+    clock_sample_of_silence(&mut state, stop);
+    assert!(
+        seals(&mut state).is_empty(),
+        "the kline runs: nothing seals"
+    );
+    state.end_session(Market::Spot, Some(stop));
+    let jobs = state.stop_seals(0);
+    let hours: Vec<Hour> = jobs.iter().map(|job| job.hour).collect();
+    let watched: Vec<Hour> = (0..3)
+        .map(|n| Hour::containing(HOUR_START + n * MICROS_PER_HOUR))
+        .collect();
+    assert_eq!(hours, watched);
+    for job in &jobs {
+        assert_eq!(job.stopped_at, Some(stop), "{:?}", job.hour);
+        assert!(job.rows.is_empty(), "{:?}", job.hour);
+        assert_eq!(job.coverage_to, job.coverage_from, "{:?}", job.hour);
+        assert_eq!(job.unfilled.as_deref(), Some(&[][..]), "{:?}", job.hour);
+    }
+}
+
 /// After a long stop the last sealed id is months old: the live ids have
 /// grown with the days between, and are believed (before, every row was
 /// quarantined for good: none was held to move the reference on). A leap
