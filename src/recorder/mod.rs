@@ -196,7 +196,7 @@ pub async fn run_with_seams(
                 let market = market_config.market;
                 contracts.push((
                     market,
-                    check_symbols(market_config, &rest_clients[&market]).await?,
+                    check_symbols(market_config, &rest_clients[&market], &config.data_dir).await?,
                 ));
             }
             Ok(contracts)

@@ -5,6 +5,7 @@
 //! unreadable ones moved aside), and check the configured symbols against
 //! `exchangeInfo` (run beside the recording, not before it).
 
+use std::path::Path;
 use std::sync::{mpsc, Arc};
 
 use anyhow::Context;
@@ -12,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::binance::rest::{RestClient, RestError};
 use crate::config::{is_dated_contract, Config, MarketConfig};
-use crate::domain::Hour;
+use crate::domain::{Hour, StreamKey, Symbol};
 use crate::metrics::Counters;
 use crate::parquet_out::{self, run_file};
 use crate::quarantine::{self, QuarantinedFrame};
@@ -33,6 +34,7 @@ use crate::wal::{LendItems, ReadItem, Wal, WalConfig, WalWriter};
 pub(super) async fn check_symbols(
     market_config: &MarketConfig,
     rest: &RestClient,
+    data_dir: &Path,
 ) -> anyhow::Result<Vec<ContractFacts>> {
     let market = market_config.market;
     let names: Vec<String> = market_config
@@ -74,7 +76,8 @@ pub(super) async fn check_symbols(
                     warn!(%market, "exchangeInfo refuses the symbols together and takes each alone; recording anyway");
                     return Ok(unlisted);
                 }
-                let delivered = delivered_and_unlisted(market_config, rest, &unknown).await?;
+                let delivered =
+                    delivered_and_unlisted(market_config, rest, &unknown, data_dir).await?;
                 listed.retain(|name| !delivered.iter().any(|facts| facts.symbol.as_str() == name));
                 unlisted.extend(delivered);
                 if listed.is_empty() {
@@ -96,7 +99,7 @@ pub(super) async fn check_symbols(
         .cloned()
         .collect();
     if market_config.check_symbols && !absent.is_empty() {
-        unlisted.extend(delivered_and_unlisted(market_config, rest, &absent).await?);
+        unlisted.extend(delivered_and_unlisted(market_config, rest, &absent, data_dir).await?);
     }
     for name in listed.iter().filter(|_| market_config.check_symbols) {
         if let Some(status) = statuses.iter().find(|status| &status.symbol == name) {
@@ -121,15 +124,19 @@ pub(super) async fn check_symbols(
         .collect())
 }
 
-/// Of `unknown` (names `exchangeInfo` does not list), the dated contracts
-/// whose day ended before the exchange's clock, as delivered
-/// ([`ContractFacts::delivered_and_unlisted`]), each warned of; any other
-/// is an error naming it, as is an unreadable exchange clock (nothing can
-/// be judged delivered then).
+/// Of `unknown` (names `exchangeInfo` does not list), as delivered, each
+/// warned of: the dated contracts whose day ended before the exchange's
+/// clock ([`ContractFacts::delivered_and_unlisted`]), and the symbols
+/// whose newest file in `data_dir` says the daemon saw their delivery or
+/// delisting (`delivered_at`; Binance may drop a delisted perpetual from
+/// the list). Any other is an error naming it, as is a dated contract
+/// with an unreadable exchange clock (nothing can be judged delivered
+/// then).
 async fn delivered_and_unlisted(
     market_config: &MarketConfig,
     rest: &RestClient,
     unknown: &[String],
+    data_dir: &Path,
 ) -> anyhow::Result<Vec<ContractFacts>> {
     let market = market_config.market;
     let exchange_now = match unknown.iter().any(|name| is_dated_contract(name)) {
@@ -144,7 +151,13 @@ async fn delivered_and_unlisted(
                 warn!(%market, symbol = %name, "dated contract no longer listed by the exchange: delivered, not recorded (remove it from the config)");
                 delivered.push(facts);
             }
-            None => still_unknown.push(name.as_str()),
+            None => match delivered_in_dataset(market_config, name, data_dir) {
+                Some(facts) => {
+                    warn!(%market, symbol = %name, "symbol no longer listed by the exchange, delivered or delisted as its last file says: not recorded (remove it from the config)");
+                    delivered.push(facts);
+                }
+                None => still_unknown.push(name.as_str()),
+            },
         }
     }
     if !still_unknown.is_empty() {
@@ -154,6 +167,34 @@ async fn delivered_and_unlisted(
         );
     }
     Ok(delivered)
+}
+
+/// `name`'s delivery as its newest sealed file on the market says it
+/// (`delivered_at`, written by a daemon that saw the delivery or the
+/// delisting), over any of the configured streams; `None` when no file
+/// says so.
+fn delivered_in_dataset(
+    market_config: &MarketConfig,
+    name: &str,
+    data_dir: &Path,
+) -> Option<ContractFacts> {
+    let symbol = Symbol::new(name).ok()?;
+    let delivery_at = market_config.streams.iter().find_map(|kind| {
+        let key = StreamKey {
+            market: market_config.market,
+            symbol: symbol.clone(),
+            kind: *kind,
+        };
+        let newest = parquet_out::sealed_hours(data_dir, &key).last().copied()?;
+        parquet_out::read_summary(&parquet_out::hour_file_path(data_dir, &key, newest))
+            .ok()?
+            .delivered_at
+    })?;
+    Some(ContractFacts {
+        symbol,
+        status: Some("CLOSE".to_owned()),
+        delivery_at: Some(delivery_at),
+    })
 }
 
 pub(super) async fn open_and_replay(

@@ -1143,7 +1143,8 @@ async fn a_dated_contract_the_exchange_no_longer_lists_is_skipped_not_refused() 
 /// delisting hour's files name it, no later hour is sealed or owed, while
 /// the other perpetual records on. Without the periodic status read on a
 /// market with no dated name, the delisting was noticed only at the next
-/// start.
+/// start. Once the exchange lists it no more, a restart with the config
+/// still naming it records on (before, "unknown to the exchange").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_perpetual_delisted_while_running_ends_its_recording_at_the_delisting() {
     const DELISTED: &str = "ETHUSD_PERP";
@@ -1216,6 +1217,26 @@ async fn a_perpetual_delisted_while_running_ends_its_recording_at_the_delisting(
     assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
     assert_eq!(counters.streams_subscribed_silent, 0, "{counters:?}");
     coinm.shutdown().await;
+
+    // Later the exchange lists it no more: the next start does not refuse
+    // the config still naming it (its last file says it was delisted).
+    let later = FakeExchange::start(FakeConfig {
+        sim_start_us: after.end() + 10 * MICROS_PER_MINUTE,
+        ..coinm_config(&[PERPETUAL], Vec::new())
+    })
+    .await
+    .expect("coinm fake starts");
+    let config = coinm_toml(&later, root, &[PERPETUAL, DELISTED], "");
+    let recorder = RunningRecorder::start(&config);
+    wait_until(Duration::from_secs(30), "the check and frames", || {
+        logs.text()
+            .contains("symbol no longer listed by the exchange")
+            && recorder.counters.frames_received.get() > 100
+    })
+    .await;
+    let counters = recorder.stop().await;
+    assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
+    later.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
