@@ -855,24 +855,13 @@ async fn a_dated_coinm_contract_delivered_mid_run_ends_cleanly_and_others_record
     assert_delivery_logged_once(&logs.text(), DATED, "2026-01-01T02:00:00.000000Z");
 
     let until = after_delivery.end() + MICROS_PER_MINUTE;
-    for (key, hour) in &wanted {
-        let path = file_path(root, key, *hour);
-        let truth = coinm.ground_truth(key.symbol.as_str(), until);
-        if key.kind == StreamKind::Trade {
-            assert_usdm_trades_match_truth(&path, &truth, *hour);
-        } else {
-            assert_file_matches_truth_with_rest(&path, key.kind, &truth, *hour);
-            assert_eq!(metadata(&path)["unfilled"], "[]", "{}", path.display());
-        }
-        let delivered_at = metadata(&path).get("delivered_at").cloned();
-        let is_delivery_file = key.symbol.as_str() == DATED && *hour == delivery_hour;
-        assert_eq!(
-            delivered_at,
-            is_delivery_file.then(|| delivery_us.to_string()),
-            "{}",
-            path.display()
-        );
-    }
+    assert_true_files_with_one_delivery(
+        &coinm,
+        root,
+        &wanted,
+        until,
+        (DATED, delivery_hour, delivery_us),
+    );
     // The contract traded up to its delivery and no more; the perpetual on.
     let dated_truth = coinm.ground_truth(DATED, until);
     assert!(
@@ -932,6 +921,37 @@ async fn a_dated_coinm_contract_delivered_mid_run_ends_cleanly_and_others_record
         "{table}"
     );
     coinm.shutdown().await;
+}
+
+/// Each of `wanted` equals the fake's ground truth up to `until` (the
+/// aggTrade and kline files with nothing unfilled), and only the file of
+/// `delivered`'s symbol and hour carries `delivered_at`, its time.
+fn assert_true_files_with_one_delivery(
+    coinm: &FakeExchange,
+    root: &Path,
+    wanted: &[(StreamKey, Hour)],
+    until: TimeUs,
+    delivered: (&str, Hour, TimeUs),
+) {
+    let (delivered_symbol, delivery_hour, delivery_us) = delivered;
+    for (key, hour) in wanted {
+        let path = file_path(root, key, *hour);
+        let truth = coinm.ground_truth(key.symbol.as_str(), until);
+        if key.kind == StreamKind::Trade {
+            assert_usdm_trades_match_truth(&path, &truth, *hour);
+        } else {
+            assert_file_matches_truth_with_rest(&path, key.kind, &truth, *hour);
+            assert_eq!(metadata(&path)["unfilled"], "[]", "{}", path.display());
+        }
+        let delivered_at = metadata(&path).get("delivered_at").cloned();
+        let is_delivery_file = key.symbol.as_str() == delivered_symbol && *hour == delivery_hour;
+        assert_eq!(
+            delivered_at,
+            is_delivery_file.then(|| delivery_us.to_string()),
+            "{}",
+            path.display()
+        );
+    }
 }
 
 /// The "contract delivered" line, once, naming the symbol and the time.
@@ -1140,8 +1160,9 @@ async fn a_dated_contract_the_exchange_no_longer_lists_is_skipped_not_refused() 
 /// read `exchangeInfo` at its start. The periodic read
 /// (`exchange_info_interval_secs`) learns it, and the recording of that
 /// perpetual ends at the delisting as a delivered contract's does: its
-/// delisting hour's files name it, no later hour is sealed or owed, while
-/// the other perpetual records on. Without the periodic status read on a
+/// delisting hour's files name it (the hours after are then not owed, as
+/// the dated contract's test shows), while the other perpetual records
+/// on. Without the periodic status read on a
 /// market with no dated name, the delisting was noticed only at the next
 /// start. Once the exchange lists it no more, a restart with the config
 /// still naming it records on (before, "unknown to the exchange").
@@ -1173,14 +1194,12 @@ async fn a_perpetual_delisted_while_running_ends_its_recording_at_the_delisting(
         "\nexchange_info_interval_secs = 1",
     );
     let recorder = RunningRecorder::start(&config);
-    let after = delisting_hour.next();
     let mut wanted = Vec::new();
     for kind in kinds() {
-        for hour in [first_hour, delisting_hour, after] {
-            wanted.push((coinm_key(PERPETUAL, kind), hour));
-        }
-        for hour in [first_hour, delisting_hour] {
-            wanted.push((coinm_key(DELISTED, kind), hour));
+        for symbol in [PERPETUAL, DELISTED] {
+            for hour in [first_hour, delisting_hour] {
+                wanted.push((coinm_key(symbol, kind), hour));
+            }
         }
     }
     wait_until(Duration::from_secs(120), "the hours sealed", || {
@@ -1192,28 +1211,13 @@ async fn a_perpetual_delisted_while_running_ends_its_recording_at_the_delisting(
     let counters = recorder.stop().await;
     eprintln!("recorder: {counters:?}\nfake: {:?}", coinm.counters());
     assert_delivery_logged_once(&logs.text(), DELISTED, "2026-01-01T02:00:00.000000Z");
-    let until = after.end() + MICROS_PER_MINUTE;
-    for (key, hour) in &wanted {
-        let path = file_path(root, key, *hour);
-        let truth = coinm.ground_truth(key.symbol.as_str(), until);
-        if key.kind == StreamKind::Trade {
-            assert_usdm_trades_match_truth(&path, &truth, *hour);
-        } else {
-            assert_file_matches_truth_with_rest(&path, key.kind, &truth, *hour);
-        }
-        let delivered_at = metadata(&path).get("delivered_at").cloned();
-        let is_delisting_file = key.symbol.as_str() == DELISTED && *hour == delisting_hour;
-        assert_eq!(
-            delivered_at,
-            is_delisting_file.then(|| delisting_us.to_string()),
-            "{}",
-            path.display()
-        );
-    }
-    for kind in kinds() {
-        let later = file_path(root, &coinm_key(DELISTED, kind), after);
-        assert!(!later.exists(), "{} sealed", later.display());
-    }
+    assert_true_files_with_one_delivery(
+        &coinm,
+        root,
+        &wanted,
+        delisting_us + MICROS_PER_MINUTE,
+        (DELISTED, delisting_hour, delisting_us),
+    );
     assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
     assert_eq!(counters.streams_subscribed_silent, 0, "{counters:?}");
     coinm.shutdown().await;
@@ -1221,7 +1225,7 @@ async fn a_perpetual_delisted_while_running_ends_its_recording_at_the_delisting(
     // Later the exchange lists it no more: the next start does not refuse
     // the config still naming it (its last file says it was delisted).
     let later = FakeExchange::start(FakeConfig {
-        sim_start_us: after.end() + 10 * MICROS_PER_MINUTE,
+        sim_start_us: delisting_hour.next().end() + 10 * MICROS_PER_MINUTE,
         ..coinm_config(&[PERPETUAL], Vec::new())
     })
     .await
