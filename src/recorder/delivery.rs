@@ -15,7 +15,8 @@
 //! is one that only comes after trading ended (`DELIVERING`, `DELIVERED`,
 //! `SETTLING`, `CLOSE`); any other or unknown status, or a missing date,
 //! keeps it recording. A `deliveryDate` in 2100 or later is a perpetual's
-//! placeholder, not a delivery. Pure: time is passed in.
+//! placeholder, not a delivery, and beside it no status delivers (a
+//! delisted perpetual gets a real date). Pure: time is passed in.
 
 use std::collections::BTreeMap;
 
@@ -44,16 +45,20 @@ impl ContractFacts {
     /// refuses (such a symbol is in no config).
     pub fn from_status(status: &SymbolStatus) -> Option<ContractFacts> {
         let symbol = Symbol::new(&status.symbol).ok()?;
-        let delivery_at = status
-            .delivery_date
-            .and_then(|ms| ms.checked_mul(1_000))
-            .filter(|at| *at > 0 && *at < NO_DELIVERY_FROM_US);
+        let date_us = status.delivery_date.and_then(|ms| ms.checked_mul(1_000));
+        let delivery_at = date_us.filter(|at| *at > 0 && *at < NO_DELIVERY_FROM_US);
+        // A perpetual's placeholder date says no delivery is scheduled: a
+        // status after trading beside it (a pause, a status Binance gives
+        // some perpetuals for a while) must not end its recording for
+        // good. A delisting comes with a real date.
+        let scheduled_none = date_us.is_some_and(|at| at >= NO_DELIVERY_FROM_US);
         Some(ContractFacts {
             symbol,
             status: status
                 .contract_status
                 .clone()
-                .or_else(|| status.status.clone()),
+                .or_else(|| status.status.clone())
+                .filter(|_| !scheduled_none),
             delivery_at,
         })
     }
@@ -241,6 +246,28 @@ mod tests {
         ))
         .expect("a valid symbol");
         assert_eq!(perpetual.delivery_at, None);
+        // A perpetual's status after trading beside its placeholder date
+        // does not deliver it; with a real date (a delisting) it does.
+        for status in ["SETTLING", "CLOSE"] {
+            let paused = ContractFacts::from_status(&entry(&format!(
+                r#"{{"symbol":"ETHUSDT","deliveryDate":4133404800000,"status":"{status}"}}"#
+            )))
+            .expect("a valid symbol");
+            assert_eq!(
+                judge_contract(&paused, Some(DELIVERY_US)),
+                ContractVerdict::Recording,
+                "{status}"
+            );
+            let delisted = ContractFacts::from_status(&entry(&format!(
+                r#"{{"symbol":"ETHUSDT","deliveryDate":1774598400000,"status":"{status}"}}"#
+            )))
+            .expect("a valid symbol");
+            assert_eq!(
+                judge_contract(&delisted, Some(DELIVERY_US - 60)),
+                ContractVerdict::Delivered(DELIVERY_US),
+                "{status}"
+            );
+        }
         // Spot-shaped: no contract fields at all.
         let spot = ContractFacts::from_status(&entry(r#"{"symbol":"BTCUSDT","status":"TRADING"}"#))
             .expect("a valid symbol");
