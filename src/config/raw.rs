@@ -33,7 +33,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub memory: RawMemory,
     /// One table per market: `[markets.spot]`, `[markets.usdm]`,
-    /// `[markets.coinm]` (perpetuals only in this release), `[markets.us]`.
+    /// `[markets.coinm]` (perpetuals and dated contracts), `[markets.us]`.
     #[serde(default)]
     pub markets: BTreeMap<String, RawMarket>,
 }
