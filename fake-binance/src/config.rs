@@ -270,7 +270,8 @@ pub struct FakeConfig {
     /// clock: in `[from, until)` the symbol trades not at all and no kline
     /// opens (the reference: "No klines are produced while a symbol is
     /// `CANCEL_ONLY`"), on the streams and in REST alike; REST `klines`
-    /// counts its `limit` over the klines that exist, as a database does.
+    /// counts its `limit` over the klines that exist, as a database does;
+    /// spot `exchangeInfo` says `HALT` meanwhile.
     pub halts: Vec<(String, i64, i64)>,
     /// How WebSocket text frames are written: Binance's compact layout, or
     /// with spaces and sorted keys (nothing in the reference promises the

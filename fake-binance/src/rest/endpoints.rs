@@ -107,9 +107,11 @@ pub(super) fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUn
         .iter()
         .map(|book| {
             let spec = &book.spec;
+            // Spot statuses (reference 5.4): `HALT` while a halt lasts.
+            let status = if book.halted_at(now_us) { "HALT" } else { "TRADING" };
             let mut symbol = serde_json::json!({
                 "symbol": spec.symbol,
-                "status": "TRADING",
+                "status": status,
                 "baseAsset": spec.base_asset,
                 "baseAssetPrecision": 8,
                 "quoteAsset": spec.quote_asset,

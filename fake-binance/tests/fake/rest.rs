@@ -749,7 +749,8 @@ async fn a_perpetual_delisting_shows_in_exchange_info_from_its_announcement() {
     exchange.shutdown().await;
 }
 
-/// A halt: no trade inside it, no kline opening inside it (ground truth
+/// A halt: `exchangeInfo` says `HALT` while it lasts, no trade inside it,
+/// no kline opening inside it (ground truth
 /// and REST alike), and REST `klines` counts its `limit` over the klines
 /// that exist, so `limit=1` from inside the halt is the first kline after.
 #[tokio::test]
@@ -763,11 +764,24 @@ async fn a_halt_trades_nothing_and_makes_no_kline() {
     })
     .await
     .unwrap();
+    let base = exchange.rest_base_url();
+    let status = || async {
+        let info = get(&base, "/api/v3/exchangeInfo?symbol=BTCUSDT")
+            .await
+            .json();
+        info["symbols"][0]["status"].clone()
+    };
+    wait_until_async(Duration::from_secs(30), "inside the halt", || async {
+        exchange.sim_now_us() >= halt_from + minute
+    })
+    .await;
+    assert_eq!(status().await, "HALT", "exchangeInfo during the halt");
     let after_us = halt_until + 2 * minute;
     wait_until_async(Duration::from_secs(30), "past the halt", || async {
         exchange.sim_now_us() >= after_us
     })
     .await;
+    assert_eq!(status().await, "TRADING", "exchangeInfo after the halt");
     let truth = exchange.ground_truth("BTCUSDT", after_us);
     assert!(truth
         .trades
