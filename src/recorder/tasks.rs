@@ -89,7 +89,8 @@ impl TaskSpawner<'_> {
         }
         let interval = market_config.time_check_interval;
         let weight_symbol = market_config.symbols.first().cloned();
-        // On futures the hourly read asks for every configured symbol's
+        // On futures the periodic read (`exchange_info_interval_secs`)
+        // asks for every configured symbol's
         // status too (one call either way: futures `exchangeInfo` lists
         // all): a dated contract's delivery, or a perpetual's delisting,
         // which Binance announces with a `deliveryDate`
