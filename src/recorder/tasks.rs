@@ -90,11 +90,11 @@ impl TaskSpawner<'_> {
         let interval = market_config.time_check_interval;
         let weight_symbol = market_config.symbols.first().cloned();
         // On futures the periodic read (`exchange_info_interval_secs`)
-        // asks for every configured symbol's
-        // status too (one call either way: futures `exchangeInfo` lists
-        // all): a dated contract's delivery, or a perpetual's delisting,
-        // which Binance announces with a `deliveryDate`
-        // (`recorder/delivery.rs`). Spot has neither: the limit alone.
+        // asks for every configured symbol's status too (one call either
+        // way: futures `exchangeInfo` lists all): a dated contract's
+        // delivery, or a perpetual's delisting, which Binance announces
+        // with a `deliveryDate` (`recorder/delivery.rs`). Spot has
+        // neither: the limit alone.
         let contracts = crate::binance::markets::MarketProfile::of(market)
             .is_futures()
             .then(|| {
