@@ -311,6 +311,12 @@ impl KlineInterval {
         Some(length)
     }
 
+    /// The longest a kline of this interval lasts, in µs: its length, or
+    /// 31 days for the calendar month.
+    pub fn max_length_us(self) -> i64 {
+        self.fixed_length_us().unwrap_or(31 * MICROS_PER_DAY)
+    }
+
     /// The open time of the kline that contains `time`.
     ///
     /// Fixed intervals are aligned to the epoch, except weeks, which open on

@@ -2,8 +2,9 @@
 //!
 //! Each step it generates the market up to the simulated now, collects every
 //! event whose event time has come (trades and aggregate trades in their stream
-//! order, kline updates on the 2 s / 1 s grid and closing events shortly after
-//! each kline's end), merges them by event time, and hands them to the
+//! order, kline updates on the grid of their update period when a trade changed
+//! the kline (or at every tick, [`KlineUpdates`]) and closing events shortly
+//! after each kline's end), merges them by event time, and hands them to the
 //! subscribed connections through their queues, applying pending stream faults
 //! (skip, duplicate, swap, truncate) on the way. Because one task does all of
 //! this under the registry lock, every connection receives the events of a
@@ -16,6 +17,7 @@ use tokio::time::{sleep_until, Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::config::{FakeConfig, KlineUpdates, Market};
 use crate::events::{Outgoing, StreamEvent};
 use crate::interval::KlineInterval;
 use crate::market::{kline_close_latency_us, KlineState, MarketState, SymbolBook};
@@ -38,6 +40,8 @@ struct KlineStream {
     next_tick_us: i64,
     kline: KlineState,
     next_fill_index: usize,
+    /// A trade changed the kline since its last update was sent.
+    changed: bool,
 }
 
 struct SymbolCursor {
@@ -49,13 +53,21 @@ struct SymbolCursor {
 }
 
 pub(crate) struct Driver {
+    /// The update period of kline streams depends on it.
+    market: Market,
+    kline_updates: KlineUpdates,
     cursors: Vec<SymbolCursor>,
     kline_streams: HashMap<(usize, KlineInterval), KlineStream>,
     held_for_swap: Option<Arc<StreamEvent>>,
 }
 
 impl Driver {
-    pub fn new(market: &MarketState, start_us: i64, stream_from_first_event: bool) -> Driver {
+    pub fn new(
+        market: &MarketState,
+        config: &FakeConfig,
+        start_us: i64,
+        stream_from_first_event: bool,
+    ) -> Driver {
         let cursors = market
             .books
             .iter()
@@ -77,6 +89,8 @@ impl Driver {
             })
             .collect();
         Driver {
+            market: config.market,
+            kline_updates: config.kline_updates,
             cursors,
             kline_streams: HashMap::new(),
             held_for_swap: None,
@@ -121,7 +135,7 @@ impl Driver {
                 {
                     self.kline_streams.insert(
                         (book.index, interval),
-                        start_kline_stream(book, interval, name, now_us),
+                        start_kline_stream(book, interval, self.market, name, now_us),
                     );
                 }
             }
@@ -133,7 +147,7 @@ impl Driver {
             let next_us = advance_kline_stream(
                 book,
                 symbol,
-                *interval,
+                (*interval, self.market, self.kline_updates),
                 stream,
                 now_us,
                 seed,
@@ -297,10 +311,11 @@ fn next_generated_time(book: &SymbolBook) -> i64 {
 fn start_kline_stream(
     book: &SymbolBook,
     interval: KlineInterval,
+    market: Market,
     name: String,
     now_us: i64,
 ) -> KlineStream {
-    let period = interval.update_period_us();
+    let period = interval.update_period_us(market);
     let next_tick_us = (now_us.div_euclid(period) + 1) * period;
     let open_us = interval.open_time_containing(next_tick_us - 1);
     KlineStream {
@@ -312,20 +327,24 @@ fn start_kline_stream(
             book.price_before(open_us),
         ),
         next_fill_index: book.first_fill_at_or_after(open_us),
+        changed: false,
     }
 }
 
-/// Emits the kline events of one stream due by `now_us`; returns when the next is due.
+/// Emits the kline events of one stream due by `now_us`; returns when the
+/// next may be due. An update of the open kline goes at each tick of its
+/// period, or with [`KlineUpdates::OnChange`] only at a tick a trade
+/// changed it before; the closing update always.
 fn advance_kline_stream(
     book: &SymbolBook,
     symbol: &Arc<str>,
-    interval: KlineInterval,
+    (interval, market, updates): (KlineInterval, Market, KlineUpdates),
     stream: &mut KlineStream,
     now_us: i64,
     seed: u64,
     out: &mut KeyedKlineEvents,
 ) -> i64 {
-    let period = interval.update_period_us();
+    let period = interval.update_period_us(market);
     loop {
         if book.delivered_by(stream.kline.open_us) {
             // Delivered: the stream stays quiet for good.
@@ -362,7 +381,13 @@ fn advance_kline_stream(
             }
             stream.kline.add(&fill);
             stream.next_fill_index += 1;
+            stream.changed = true;
         }
+        if !closes_kline && !stream.changed && updates == KlineUpdates::OnChange {
+            stream.next_tick_us = tick_us + period;
+            continue;
+        }
+        stream.changed = false;
         let event = StreamEvent::kline(
             Arc::clone(&stream.stream_name),
             Arc::clone(symbol),
@@ -409,7 +434,12 @@ fn merge_by_event_time(lists: Vec<Vec<Arc<StreamEvent>>>) -> Vec<Arc<StreamEvent
 pub(crate) async fn run_driver(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut driver = {
         let market = lock(&shared.market);
-        Driver::new(&market, shared.clock.sim_start_us(), shared.replay_mode)
+        Driver::new(
+            &market,
+            &shared.config,
+            shared.clock.sim_start_us(),
+            shared.replay_mode,
+        )
     };
     loop {
         let now_us = shared.clock.now_us();

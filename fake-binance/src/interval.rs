@@ -4,6 +4,7 @@
 //! since the epoch; `1w` opens on Monday 00:00 UTC; `1M` on the first day of
 //! each calendar month.
 
+use crate::config::Market;
 use std::fmt;
 
 pub const MICROS_PER_SECOND: i64 = 1_000_000;
@@ -156,10 +157,12 @@ impl KlineInterval {
         }
     }
 
-    /// How often (sim time) the stream pushes an update of the open kline.
-    pub fn update_period_us(self) -> i64 {
+    /// How often at most (sim time) the stream of `market` pushes an
+    /// update of the open kline: the reference's update speed (4.3, 4.4).
+    pub fn update_period_us(self, market: Market) -> i64 {
         match self {
             KlineInterval::OneSecond => MICROS_PER_SECOND,
+            _ if market.is_futures() => MICROS_PER_SECOND / 4,
             _ => 2 * MICROS_PER_SECOND,
         }
     }

@@ -70,7 +70,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::{
-    ChaosConfig, ConfigError, FakeConfig, FirehoseConfig, JsonStyle, Limits, Market, ReplayConfig,
+    ChaosConfig, ConfigError, FakeConfig, FirehoseConfig, JsonStyle, KlineUpdates, Limits, Market,
+    ReplayConfig,
 };
 pub use counters::Counters;
 pub use faults::{Fault, Lie};
@@ -169,7 +170,11 @@ impl FakeExchange {
             pending_faults: Mutex::new(Default::default()),
             commands,
             handshakes: Mutex::new(VecDeque::new()),
-            weight: Mutex::new(rest::WeightState::new(clock.real_start())),
+            weight: Mutex::new(rest::WeightState::on_the_clock(
+                clock.real_start(),
+                config::host_now_us(),
+                config.limits.weight_window,
+            )),
             replay_mode,
             driver_wakeup: tokio::sync::Notify::new(),
             skipped_events: std::sync::Mutex::new(Vec::new()),

@@ -52,6 +52,12 @@ use crate::domain::{Market, TimeUs};
 /// after a 418 that carries no `Retry-After`.
 const DEFAULT_BAN: Duration = Duration::from_secs(120);
 
+/// The shortest back-off a `Retry-After` starts: the header is whole
+/// seconds, and a server that rounds down says 0 in the last second of
+/// its window, when asking again at once would only add to the overdraft
+/// that leads to a ban (reference section 6).
+const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// The longest back-off after repeated 429s that carried no `Retry-After`.
 const MAX_DEFAULT_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -496,7 +502,7 @@ impl Limiter {
         now: TimeUs,
     ) -> Option<BackoffStarted> {
         let length = match (status, retry_after) {
-            (_, Some(retry_after)) => retry_after,
+            (_, Some(retry_after)) => retry_after.max(MIN_RETRY_AFTER),
             (418, None) => DEFAULT_BAN,
             (_, None) => {
                 self.n_default_backoffs = self.n_default_backoffs.saturating_add(1);
@@ -759,6 +765,20 @@ mod tests {
             Some(Duration::from_secs(3600))
         );
         assert_eq!(pacer.stats().n_banned, 2);
+    }
+
+    /// A server that rounds the wait down says `Retry-After: 0` in the
+    /// last second of its window: a second, not a burst of probes.
+    #[test]
+    fn a_retry_after_of_zero_still_backs_off_a_second() {
+        let mut pacer = limiter(6000, 0.5);
+        let started = pacer.on_retry_after(429, Some(Duration::ZERO), at(59_500));
+        assert_eq!(started.map(|b| b.length), Some(Duration::from_secs(1)));
+        assert_eq!(pacer.backoff_until(at(59_500)), Some(at(60_500)));
+        assert_eq!(
+            pacer.delay_before(1, at(59_600)),
+            Some(Duration::from_millis(900))
+        );
     }
 
     #[test]

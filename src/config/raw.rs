@@ -182,8 +182,8 @@ pub struct RawConnection {
     pub max_backpressure_wait_ms: u64,
     /// A connection that answers pings but whose streams delivered no data
     /// for a bound learned from their usual rates (20 x the typical gap
-    /// between data frames, 10 x a kline stream's push interval: 2 s on
-    /// spot) is replaced make-before-break. The bound is never below
+    /// between data frames, 3 x a kline stream's interval, at whose end its
+    /// closing update comes) is replaced make-before-break. The bound is never below
     /// `silent_after_min_ms`; past it a connection is judged only while the
     /// market's other connections deliver. In milliseconds.
     pub silent_after_min_ms: u64,

@@ -800,6 +800,56 @@ fn coinm_key(symbol: &str, kind: StreamKind) -> StreamKey {
     }
 }
 
+/// A quiet futures contract's kline stream, as the real captures show it
+/// (`../shared/data/real/ws/cryptofeed`: an open kline sent again only
+/// when a trade changed it, 10 to 23 s apart, though the reference gives
+/// futures an update speed of 250 ms): its link, the market's only one, is
+/// kept while the closes come, and its stream is not taken for one
+/// subscribed but silent before its first close. At 20x a minute kline
+/// closes every 3 s of real time, and with a floor of 1 s the old bound
+/// (ten pushes of 250 ms) replaced the link between every two closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_futures_kline_link_is_kept_between_the_closes() {
+    let coinm = FakeExchange::start(FakeConfig {
+        mean_orders_per_sec: 0.002,
+        ..FakeConfig {
+            speed: 20.0,
+            sim_start_us: sim_start_us(20.0),
+            ..coinm_config(&[PERPETUAL], Vec::new())
+        }
+    })
+    .await
+    .expect("coinm fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = market_recorder_toml(
+        &coinm,
+        root,
+        "coinm",
+        &[PERPETUAL],
+        &["kline_1m"],
+        "\n[connection]\nsilent_after_min_ms = 1000\n",
+        &api_key_file_line(root),
+    );
+    let recorder = RunningRecorder::start(&config);
+    wait_until(Duration::from_secs(40), "five kline frames", || {
+        recorder.counters().frames_durable >= 5
+    })
+    .await;
+    let counters = recorder.counters();
+    assert_eq!(
+        (
+            counters.silent_links_replaced,
+            counters.streams_subscribed_silent
+        ),
+        (0, 0),
+        "{counters:?}"
+    );
+    assert_eq!(coinm.counters().ws_handshakes_accepted, 1);
+    recorder.stop().await;
+    coinm.shutdown().await;
+}
+
 /// A dated COIN-M contract delivered mid-run: recording of it ends
 /// cleanly, other symbols unaffected. BTCUSD_260101 is delivered at
 /// 02:00 (on the hour, as Binance delivers at 08:00 UTC) while

@@ -24,6 +24,17 @@ pub(crate) struct WeightState {
 }
 
 impl WeightState {
+    /// Windows of `window` on the host clock from `now` (the host clock
+    /// then reading `host_now_us`): fixed windows that start at whole
+    /// multiples of their length since the epoch, as "a 1-minute bucket
+    /// resets at each whole minute" (reference 6).
+    pub fn on_the_clock(now: Instant, host_now_us: i64, window: Duration) -> WeightState {
+        let window_us = window.as_micros().max(1);
+        let into_window = u128::from(host_now_us.unsigned_abs()) % window_us;
+        let into_window = Duration::from_micros(u64::try_from(into_window).unwrap_or(0));
+        WeightState::new(now.checked_sub(into_window).unwrap_or(now))
+    }
+
     pub fn new(window_start: Instant) -> WeightState {
         WeightState {
             window_start,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fake_binance::FakeExchange;
+use fake_binance::{FakeConfig, FakeExchange, KlineUpdates, Market};
 use serde_json::Value;
 
 use crate::support::{assert_key_order, collect_texts, config, Client, SIM_START_US};
@@ -241,35 +241,70 @@ async fn one_second_klines_close_every_second_including_empty_ones() {
     exchange.shutdown().await;
 }
 
-#[tokio::test]
-async fn minute_klines_update_every_two_seconds_then_close() {
-    let exchange = FakeExchange::start(config(120.0)).await.unwrap();
-    let mut client =
-        Client::connect(&format!("{}/ws/bnbusdt@kline_1m", exchange.ws_base_url())).await;
-    let mut closes = Vec::new();
-    let mut updates = 0;
+/// The events of `stream` up to its second closing update: the updates
+/// of the open kline, and the two closes.
+async fn kline_events_to_the_second_close(
+    exchange: &FakeExchange,
+    stream: &str,
+    interval_ms: i64,
+) -> (Vec<Value>, Vec<Value>) {
+    let mut client = Client::connect(&format!("{}/ws/{stream}", exchange.ws_base_url())).await;
+    let (mut updates, mut closes) = (Vec::new(), Vec::new());
     while closes.len() < 2 {
         let event = parse(&client.next_text(WITHIN).await);
         assert_eq!(event["e"], "kline");
         let kline = &event["k"];
         let open = kline["t"].as_i64().unwrap();
-        assert_eq!(open % 60_000, 0);
-        assert_eq!(kline["T"].as_i64().unwrap(), open + 59_999);
+        assert_eq!(open % interval_ms, 0);
+        assert_eq!(kline["T"].as_i64().unwrap(), open + interval_ms - 1);
         if kline["x"] == true {
             closes.push(event.clone());
         } else {
-            updates += 1;
-            // Updates are on the 2 s grid, inside the kline.
             let event_time = event["E"].as_i64().unwrap();
-            assert_eq!(event_time % 2_000, 0, "update at {event_time}");
-            assert!(event_time > open && event_time < open + 60_000);
+            assert!(event_time > open && event_time < open + interval_ms);
+            updates.push(event);
         }
     }
-    assert!(updates >= 20, "about 29 updates per minute, got {updates}");
     assert_eq!(
         closes[1]["k"]["t"].as_i64().unwrap(),
-        closes[0]["k"]["t"].as_i64().unwrap() + 60_000
+        closes[0]["k"]["t"].as_i64().unwrap() + interval_ms
     );
+    (updates, closes)
+}
+
+/// As the real captures show (`../shared/data/real/ws/cryptofeed`: quiet
+/// streams 10 to 23 s between updates), an open kline is sent again only
+/// when a trade changed it, on the 2 s grid of the reference's update
+/// speed; its close always, trades or not.
+#[tokio::test]
+async fn minute_klines_update_only_when_a_trade_changed_them_then_close() {
+    let exchange = FakeExchange::start(FakeConfig {
+        mean_orders_per_sec: 0.1,
+        ..config(120.0)
+    })
+    .await
+    .unwrap();
+    let (updates, closes) =
+        kline_events_to_the_second_close(&exchange, "bnbusdt@kline_1m", 60_000).await;
+    assert!(
+        updates.len() < 20,
+        "a quiet symbol's kline is not sent every 2 s: {} updates",
+        updates.len()
+    );
+    let mut last: Option<(i64, i64)> = None;
+    for update in &updates {
+        let event_time = update["E"].as_i64().unwrap();
+        assert_eq!(event_time % 2_000, 0, "update at {event_time}");
+        let (open, n_trades) = (
+            update["k"]["t"].as_i64().unwrap(),
+            update["k"]["n"].as_i64().unwrap(),
+        );
+        let n_before = last
+            .filter(|(last_open, _)| *last_open == open)
+            .map_or(0, |(_, n)| n);
+        assert!(n_trades > n_before, "an update with no new trade: {update}");
+        last = Some((open, n_trades));
+    }
     let truth = exchange.klines("BNBUSDT", "1m", exchange.sim_now_us());
     let closed = &closes[1]["k"];
     let truth_kline = truth
@@ -281,6 +316,43 @@ async fn minute_klines_update_every_two_seconds_then_close() {
     assert_eq!(truth_kline.low, closed["l"].as_str().unwrap());
     assert_eq!(truth_kline.trade_count, closed["n"].as_i64().unwrap());
     exchange.shutdown().await;
+}
+
+/// The other reading of the update speed: every period, changed or not;
+/// 2 s on spot, 250 ms on futures (reference 4.3, 4.4).
+#[tokio::test]
+async fn every_period_klines_update_on_their_market_grid() {
+    for (market, symbol, period_ms, at_least) in [
+        (Market::Spot, "bnbusdt", 2_000, 20),
+        (Market::CoinM, "btcusd_perp", 250, 200),
+    ] {
+        let exchange = FakeExchange::start(FakeConfig {
+            market,
+            symbols: vec![symbol.to_uppercase()],
+            kline_updates: KlineUpdates::EveryPeriod,
+            ..config(120.0)
+        })
+        .await
+        .unwrap();
+        let (updates, _) =
+            kline_events_to_the_second_close(&exchange, &format!("{symbol}@kline_1m"), 60_000)
+                .await;
+        assert!(
+            updates.len() >= at_least,
+            "{market:?}: about {} updates a minute, got {}",
+            60_000 / period_ms - 1,
+            updates.len()
+        );
+        for update in &updates {
+            let event_time = update["E"].as_i64().unwrap();
+            assert_eq!(
+                event_time % period_ms,
+                0,
+                "{market:?}: update at {event_time}"
+            );
+        }
+        exchange.shutdown().await;
+    }
 }
 
 #[tokio::test]

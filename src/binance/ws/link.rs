@@ -21,7 +21,7 @@ use super::ConnectionSettings;
 use crate::binance::decode::Decoded;
 use crate::binance::markets::Route;
 use crate::binance::streams::{combined_stream_name, stream_name};
-use crate::domain::{Market, StreamKind, Symbol};
+use crate::domain::{KlineInterval, Market, StreamKind, Symbol};
 
 /// The stream a frame belongs to and its ordering key (trade id, aggTrade
 /// id, kline event time), for the rotation overlap check.
@@ -380,6 +380,31 @@ impl Link {
         let id = self.next_id;
         self.next_id += 1;
         self.to_send.push_back((id, batch));
+    }
+
+    /// How long after the last acknowledged SUBSCRIBE the unheard streams
+    /// are judged: `floor`, or, when all of them are kline streams, `floor`
+    /// after the soonest of their closes (a quiet symbol's kline stream
+    /// sends nothing before its interval ends:
+    /// [`kline_speaks_within`](super::kline_speaks_within)), at most `cap`.
+    /// Read from the names, without allocating: it is asked at every turn
+    /// while streams are unheard.
+    pub(super) fn unheard_bound(&self, floor: Duration, cap: Duration) -> Duration {
+        let mut soonest_close: Option<Duration> = None;
+        for name in &self.unheard {
+            let interval = name
+                .split_once('@')
+                .and_then(|(_, stream)| stream.strip_prefix("kline_"))
+                .and_then(KlineInterval::from_binance_name);
+            let Some(interval) = interval else {
+                return floor;
+            };
+            let within = super::kline_speaks_within(interval);
+            soonest_close = Some(soonest_close.map_or(within, |soonest| soonest.min(within)));
+        }
+        soonest_close.map_or(floor, |close| {
+            floor.saturating_add(close).min(cap.max(floor))
+        })
     }
 
     /// Asks again for the streams of `streams` that delivered nothing, in

@@ -80,9 +80,9 @@ pub use link::OpenLinks;
 use link::{stream_key_of, Link, LinkEvent};
 use open::{backoff, dial, dialed, link_up, open_link, url_stream, Dialing, RouteChoice};
 pub use settings::ConnectionSettings;
-use silence::fastest_push;
+use silence::soonest_kline_close;
 pub use silence::{
-    judge_silence, judge_unheard, kline_push_interval, silence_bound, DataRate, MarketActivity,
+    judge_silence, judge_unheard, kline_speaks_within, silence_bound, DataRate, MarketActivity,
     MarketPeers, Silence, Unheard,
 };
 
@@ -316,7 +316,7 @@ async fn drive_link(
     // The replacement's dial under way, and why it is wanted.
     let mut dialing: Option<Dialing> = None;
     let mut dialing_cause = RotationCause::Scheduled;
-    let push_interval = fastest_push(plan.market, &plan.streams);
+    let kline_close_within = soonest_kline_close(&plan.streams);
     // One timer for the link's life, moved only when something falls due
     // before it is set for: a frame only pushes the dead-link deadline
     // later, so most frames leave it alone (a timer per frame cost more
@@ -415,9 +415,14 @@ async fn drive_link(
             // Streams never heard are judged first: a link all of whose
             // streams are unheard is a route question before a silence one.
             let judging_unheard = !rotating && !link.unheard_judged && !link.unheard.is_empty();
+            let unheard_bound = if judging_unheard {
+                link.unheard_bound(settings.silent_after_min, settings.silent_after_max)
+            } else {
+                settings.silent_after_min
+            };
             let unheard_at = match judging_unheard.then(|| {
                 judge_unheard(
-                    settings.silent_after_min,
+                    unheard_bound,
                     settings.silent_after_max,
                     link.subscribed_at,
                     link.last_data,
@@ -433,7 +438,7 @@ async fn drive_link(
             let silence_at = match (!rotating && !all_unheard).then(|| {
                 judge_silence(
                     settings,
-                    push_interval,
+                    kline_close_within,
                     &link.rate,
                     plan.activity.peers(),
                     now,
@@ -525,12 +530,12 @@ async fn drive_link(
                         rotation_wanted = Some(RotationCause::Scheduled);
                     }
                     if judging_unheard
-                        && judge_unheard(settings.silent_after_min, settings.silent_after_max, link.subscribed_at, link.last_data, plan.activity.peers(), now) == Unheard::Silent
+                        && judge_unheard(unheard_bound, settings.silent_after_max, link.subscribed_at, link.last_data, plan.activity.peers(), now) == Unheard::Silent
                     {
                         link.unheard_judged = true;
                         Counters::add(&counters.streams_subscribed_silent, link.unheard.len() as u64);
                         for stream in &link.unheard {
-                            warn!(market = %plan.market, task = plan.task, link = link.number, route = %plan.route, %stream, bound_ms = settings.silent_after_min.as_millis() as u64, "stream subscribed but silent while the market delivers");
+                            warn!(market = %plan.market, task = plan.task, link = link.number, route = %plan.route, %stream, bound_ms = unheard_bound.as_millis() as u64, "stream subscribed but silent while the market delivers");
                         }
                         if all_unheard && may_reroute {
                             let _ = link.socket.close(None).await;
@@ -549,7 +554,7 @@ async fn drive_link(
                         info!(market = %plan.market, task = plan.task, link = link.number, n_streams = n_asked, "subscribing the silent streams once more");
                     }
                     if !rotating && rotation_wanted.is_none() && !link.awaiting_route_verdict(plan.streams.len()) {
-                        let verdict = judge_silence(settings, push_interval, &link.rate, plan.activity.peers(), now);
+                        let verdict = judge_silence(settings, kline_close_within, &link.rate, plan.activity.peers(), now);
                         if let Silence::Silent { silence, bound } = verdict {
                             warn!(market = %plan.market, task = plan.task, link = link.number, silence_ms = silence.as_millis() as u64, bound_ms = bound.as_millis() as u64, "link answers pings but delivers no data: replacing it make-before-break");
                             rotation_wanted = Some(RotationCause::Silence);

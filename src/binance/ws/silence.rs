@@ -1,6 +1,5 @@
 //! Pure judgements of a link that answers pings but delivers no data: the
-//! rate its streams usually deliver at ([`DataRate`], kline push
-//! intervals), the bound learned from it ([`silence_bound`]), whether the
+//! rate its streams usually deliver at ([`DataRate`], kline closes), the bound learned from it ([`silence_bound`]), whether the
 //! link is silent ([`judge_silence`]) or some of its acknowledged streams
 //! never spoke ([`judge_unheard`]), and what the market's other links are
 //! doing meanwhile ([`MarketActivity`]). Time is passed in.
@@ -12,17 +11,17 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::ConnectionSettings;
-use crate::domain::{KlineInterval, Market, StreamKind, Symbol};
+use crate::domain::{KlineInterval, StreamKind, Symbol};
 
 /// A silent link's bound, in multiples of the typical gap between its data
 /// frames. Trades come in bursts, so a quiet spell of several typical gaps
 /// is common; twenty is rare enough not to churn healthy links (for
 /// exponential gaps, e^-20).
 const SILENCE_GAP_FACTOR: u32 = 20;
-/// A silent link's bound, in multiples of its fastest kline push interval.
-/// Klines are pushed on a clock whether or not anyone trades, so ten missed
-/// pushes are a sure sign.
-const SILENCE_PUSH_FACTOR: u32 = 10;
+/// A silent link's bound, in intervals of its shortest kline stream: a
+/// kline stream sends its closing update at the end of every interval,
+/// trades or not (reference 7), so three closes missed are a sure sign.
+const SILENCE_CLOSES_MISSED: u32 = 3;
 /// Gaps seen before their average is trusted: a link's first frames (a
 /// burst, a subscription's first pushes) say little about its usual rate.
 const MIN_GAPS_LEARNED: u32 = 16;
@@ -31,24 +30,23 @@ const MIN_GAPS_LEARNED: u32 = 16;
 /// on a busy link).
 const GAP_AVERAGE_WEIGHT: f64 = 1.0 / 16.0;
 
-/// How often a kline stream is pushed, whether or not anyone trades (the
-/// reference, 4.3 and 4.4): spot every 2 s (1 s for `1s` klines), futures
-/// every 250 ms. Binance.US is assumed to push like spot; a guess too long
-/// only makes the bound longer.
-pub fn kline_push_interval(market: Market, interval: KlineInterval) -> Duration {
-    match (market, interval) {
-        (Market::UsdM | Market::CoinM, _) => Duration::from_millis(250),
-        (Market::Spot | Market::Us, KlineInterval::Second1) => Duration::from_secs(1),
-        (Market::Spot | Market::Us, _) => Duration::from_secs(2),
-    }
+/// The longest a kline stream is quiet while its link is healthy: until
+/// its interval's closing update. Its updates of the open kline promise
+/// nothing: the reference gives an update speed (4.3: 2 s; 4.4: 250 ms on
+/// futures), but the real captures (`../shared/data/real/ws/cryptofeed`)
+/// show it is a most, not a clock: an open kline is sent again only when a
+/// trade changed it, quiet futures contracts 10 to 23 s apart.
+pub fn kline_speaks_within(interval: KlineInterval) -> Duration {
+    Duration::from_micros(interval.max_length_us().unsigned_abs())
 }
 
-/// The fastest push interval among a link's kline streams, if it has any.
-pub(super) fn fastest_push(market: Market, streams: &[(Symbol, StreamKind)]) -> Option<Duration> {
+/// The shortest of [`kline_speaks_within`] among a link's kline streams,
+/// if it has any.
+pub(super) fn soonest_kline_close(streams: &[(Symbol, StreamKind)]) -> Option<Duration> {
     streams
         .iter()
         .filter_map(|(_, kind)| match kind {
-            StreamKind::Kline(interval) => Some(kline_push_interval(market, *interval)),
+            StreamKind::Kline(interval) => Some(kline_speaks_within(*interval)),
             _ => None,
         })
         .min()
@@ -115,22 +113,22 @@ impl DataRate {
 }
 
 /// How long a link may go without data before it is judged silent: the
-/// shorter of what its kline pushes and its learned gaps promise, kept
+/// shorter of what its kline closes and its learned gaps promise, kept
 /// between `silent_after_min` and `silent_after_max`. `None` while nothing
 /// is known (no kline stream, too few gaps): only `dead_after` applies then.
 pub fn silence_bound(
     settings: &ConnectionSettings,
-    push_interval: Option<Duration>,
+    kline_close_within: Option<Duration>,
     rate: &DataRate,
 ) -> Option<Duration> {
-    let from_pushes = push_interval.map(|interval| interval.saturating_mul(SILENCE_PUSH_FACTOR));
+    let from_closes = kline_close_within.map(|within| within.saturating_mul(SILENCE_CLOSES_MISSED));
     let from_gaps = rate
         .typical_gap()
         .filter(|_| rate.n_gaps >= MIN_GAPS_LEARNED)
         .map(|gap| gap.saturating_mul(SILENCE_GAP_FACTOR));
-    let bound = match (from_pushes, from_gaps) {
-        (Some(pushes), Some(gaps)) => pushes.min(gaps),
-        (pushes, gaps) => pushes.or(gaps)?,
+    let bound = match (from_closes, from_gaps) {
+        (Some(closes), Some(gaps)) => closes.min(gaps),
+        (closes, gaps) => closes.or(gaps)?,
     };
     // max then min rather than clamp: never panics, and the cap wins.
     Some(
@@ -168,12 +166,12 @@ pub enum Silence {
 /// waits for `silent_after_max`.
 pub fn judge_silence(
     settings: &ConnectionSettings,
-    push_interval: Option<Duration>,
+    kline_close_within: Option<Duration>,
     rate: &DataRate,
     peers: MarketPeers,
     now: Instant,
 ) -> Silence {
-    let Some(bound) = silence_bound(settings, push_interval, rate) else {
+    let Some(bound) = silence_bound(settings, kline_close_within, rate) else {
         return Silence::Unknown;
     };
     let silence = now.saturating_duration_since(rate.quiet_since);
@@ -322,24 +320,37 @@ mod tests {
     }
 
     #[test]
-    fn silence_bound_follows_kline_pushes_and_learned_gaps() {
+    fn silence_bound_follows_kline_closes_and_learned_gaps() {
         let settings = ConnectionSettings::default();
         let now = Instant::now();
-        let spot_minute = kline_push_interval(Market::Spot, KlineInterval::Minute1);
-        assert_eq!(spot_minute, Duration::from_secs(2));
-        let futures = kline_push_interval(Market::UsdM, KlineInterval::Minute1);
+        let minute = kline_speaks_within(KlineInterval::Minute1);
+        assert_eq!(minute, Duration::from_secs(60));
         // Nothing known yet: no judgement (only dead_after applies).
         let fresh = DataRate::new(now);
         assert_eq!(silence_bound(&settings, None, &fresh), None);
-        // A spot kline link: 10 pushes of 2 s.
+        // A minute kline link: three closes, whatever the market (updates
+        // of the open kline come only with trades).
         assert_eq!(
-            silence_bound(&settings, Some(spot_minute), &fresh),
-            Some(Duration::from_secs(20))
+            silence_bound(&settings, Some(minute), &fresh),
+            Some(Duration::from_secs(180))
         );
-        // Futures push every 250 ms: the floor holds.
+        // Second klines: three closes are below the floor, which holds.
         assert_eq!(
-            silence_bound(&settings, Some(futures), &fresh),
+            silence_bound(
+                &settings,
+                Some(kline_speaks_within(KlineInterval::Second1)),
+                &fresh
+            ),
             Some(settings.silent_after_min)
+        );
+        // Hour klines: the cap.
+        assert_eq!(
+            silence_bound(
+                &settings,
+                Some(kline_speaks_within(KlineInterval::Hour1)),
+                &fresh
+            ),
+            Some(settings.silent_after_max)
         );
         // Too few gaps to trust.
         let young = steady_rate(Duration::from_secs(3), MIN_GAPS_LEARNED - 1, now);
@@ -350,10 +361,10 @@ mod tests {
             silence_bound(&settings, None, &learned),
             Some(Duration::from_secs(60))
         );
-        // The kline pushes promise more than the trades: the shorter wins.
+        // The trades promise more than the kline closes: the shorter wins.
         assert_eq!(
-            silence_bound(&settings, Some(spot_minute), &learned),
-            Some(Duration::from_secs(20))
+            silence_bound(&settings, Some(minute), &learned),
+            Some(Duration::from_secs(60))
         );
         // A busy link: the floor; a quiet one: the cap.
         let busy = steady_rate(Duration::from_millis(10), 100, now);
@@ -366,6 +377,41 @@ mod tests {
             silence_bound(&settings, None, &quiet),
             Some(settings.silent_after_max)
         );
+    }
+
+    /// A quiet futures contract's minute klines, as captured (updates 10
+    /// to 23 s apart, only with trades): the lone link carrying them is
+    /// not silent between closes.
+    #[test]
+    fn a_quiet_kline_link_is_not_silent_between_closes() {
+        let settings = ConnectionSettings::default();
+        let start = Instant::now();
+        let mut rate = DataRate::new(start);
+        let mut now = start;
+        for gap_secs in [11, 23, 6, 17, 20, 3] {
+            now += Duration::from_secs(gap_secs);
+            let verdict = judge_silence(
+                &settings,
+                Some(kline_speaks_within(KlineInterval::Minute1)),
+                &rate,
+                MarketPeers::Alone,
+                now,
+            );
+            assert!(
+                matches!(verdict, Silence::CheckAt(_)),
+                "{gap_secs} s after the last update: {verdict:?}"
+            );
+            rate.note_data(now);
+        }
+        // Three closes missed: silent.
+        let verdict = judge_silence(
+            &settings,
+            Some(kline_speaks_within(KlineInterval::Minute1)),
+            &rate,
+            MarketPeers::Alone,
+            now + Duration::from_secs(180),
+        );
+        assert!(matches!(verdict, Silence::Silent { .. }), "{verdict:?}");
     }
 
     #[test]
