@@ -406,7 +406,7 @@ async fn a_stream_silent_on_the_wrong_route_is_counted_and_recorded_on_the_other
     let (fake, scratch) = start_usdm_fake_and_scratch(true).await;
     let root = scratch.path();
     // Silent past a second of real time (4 simulated minutes) while the
-    // `/market` link delivers aggTrades and klines every 250 ms.
+    // `/market` link delivers aggTrades and klines.
     let config = usdm_toml_with_key(&fake, root, "silent_after_min_ms = 1000");
     let recorder = RunningRecorder::start(&config);
     wait_until(Duration::from_secs(30), "the route switched", || {
@@ -436,6 +436,53 @@ async fn a_stream_silent_on_the_wrong_route_is_counted_and_recorded_on_the_other
         // non-market prints among them are declared not served).
         assert_usdm_trades_match_truth(&path, &truth, hour);
     }
+    fake.shutdown().await;
+}
+
+/// Once the trade streams delivered on the other route, that route is
+/// theirs: a later link whose streams say nothing for a while (here a
+/// halt of BTCUSDT, the link dropped as it starts) is not taken for one
+/// on the wrong route and sent back where the trades never come. Before,
+/// the quiet spell sent it back to `/public` for good, and nothing after
+/// the halt was received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_delivered_is_kept_through_a_quiet_spell_after_a_reconnect() {
+    let halt_from = SIM_START_US + 40 * MICROS_PER_MINUTE;
+    let halt_until = halt_from + 20 * MICROS_PER_MINUTE;
+    let fake = FakeExchange::start(FakeConfig {
+        halts: vec![("BTCUSDT".to_owned(), halt_from, halt_until)],
+        mean_orders_per_sec: 1.0,
+        ..usdm_fake_config(true)
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let config = usdm_btcusdt_trades_toml(&fake, scratch.path()).replace(
+        "[connection]\n",
+        "[connection]\nsilent_after_min_ms = 1000\n",
+    );
+    let recorder = RunningRecorder::start(&config);
+    wait_until(Duration::from_secs(30), "trades on the other route", || {
+        let counters = recorder.counters();
+        counters.stream_route_switches == 1 && counters.frames_durable > 20
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "the halt began", || {
+        fake.sim_now_us() > halt_from + MICROS_PER_MINUTE
+    })
+    .await;
+    fake.inject(Fault::DropConnections { abort: true });
+    wait_until(Duration::from_secs(30), "the halt ended", || {
+        fake.sim_now_us() > halt_until + 2 * MICROS_PER_MINUTE
+    })
+    .await;
+    let after_halt = recorder.counters().frames_durable;
+    wait_until(Duration::from_secs(20), "trades after the halt", || {
+        recorder.counters().frames_durable > after_halt + 20
+    })
+    .await;
+    let counters = recorder.stop().await;
+    assert_eq!(counters.stream_route_switches, 1, "{counters:?}");
     fake.shutdown().await;
 }
 

@@ -220,6 +220,9 @@ pub async fn run_connection(
             DriveOutcome::Stop => return,
             DriveOutcome::Retired => continue,
             DriveOutcome::Replaced(mut replacement) => {
+                if replacement.delivered_data {
+                    routes.delivered(&plan);
+                }
                 if replacement.replaces_silent {
                     Counters::add(&counters.silent_links_replaced, 1);
                     replacement.replaces_silent = false;
@@ -238,6 +241,8 @@ pub async fn run_connection(
             } => {
                 if reroute {
                     routes.switch(&mut plan, &counters);
+                } else if delivered_data {
+                    routes.delivered(&plan);
                 }
                 if frames
                     .send(Inbound::Disconnected {

@@ -163,7 +163,10 @@ pub(super) async fn dialed(dialing: &mut Option<Dialing>) -> Result<Dialed, Link
 /// The route the reference gives a plan, and whether the other one was
 /// tried: a plan whose streams are not delivered on its route (all silent,
 /// or the URL refused) moves to the other route once; failing there too,
-/// it goes back to the reference's route and stays.
+/// it goes back to the reference's route and stays. A route on which a
+/// link of the plan delivered data is the streams' route: kept for good,
+/// so a later link whose streams are quiet for a while (an illiquid
+/// symbol, a halt) is not taken for one on the wrong route.
 pub(super) struct RouteChoice {
     first: Route,
     tried: bool,
@@ -181,6 +184,15 @@ impl RouteChoice {
 
     pub(super) fn may_switch(&self, plan: &ConnectionPlan) -> bool {
         plan.route.other().is_some() && !self.settled
+    }
+
+    /// A link of `plan` delivered data on its route: the route is right.
+    pub(super) fn delivered(&mut self, plan: &ConnectionPlan) {
+        if self.settled || plan.route.other().is_none() {
+            return;
+        }
+        self.settled = true;
+        info!(market = %plan.market, task = plan.task, route = %plan.route, "streams delivered on this route: it is kept");
     }
 
     pub(super) fn switch(&mut self, plan: &mut ConnectionPlan, counters: &Counters) {
