@@ -415,8 +415,8 @@ pub struct RawMarket {
     #[serde(default = "default_time_check_interval_secs")]
     pub time_check_interval_secs: u64,
     /// How often `exchangeInfo` is read again, in seconds: the REST weight
-    /// limit and, on futures, every configured contract's status and
-    /// delivery date (a delisted perpetual gets one).
+    /// limit, every configured symbol's status (a change is logged) and, on
+    /// futures, its delivery date (a delisted perpetual gets one).
     #[serde(default = "default_exchange_info_interval_secs")]
     pub exchange_info_interval_secs: u64,
     /// Allow cleartext `ws://` and `http://` URLs to a host other than the

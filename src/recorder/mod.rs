@@ -35,6 +35,7 @@ pub mod spill;
 mod spill_runs;
 mod startup;
 pub mod state;
+pub mod statuses;
 mod stop;
 mod tasks;
 mod wake;
@@ -248,6 +249,7 @@ pub async fn run_with_seams(
         stream_metrics: report::stream_metrics(&config, &counters),
         upload: None,
         deliveries: delivery::Deliveries::default(),
+        statuses: statuses::StatusWatch::default(),
         retired: BTreeMap::new(),
     };
     for market_config in &config.markets {
@@ -409,6 +411,8 @@ struct Runtime {
     upload: Option<crate::upload::UploadHandle>,
     /// Dated contracts' deliveries (`contracts.rs`).
     deliveries: delivery::Deliveries,
+    /// The configured symbols' trading statuses, for a log line on a change.
+    statuses: statuses::StatusWatch,
     /// Per market, the symbols whose streams the connection tasks drop.
     retired: BTreeMap<Market, tokio::sync::watch::Sender<Arc<std::collections::BTreeSet<Symbol>>>>,
 }
@@ -596,6 +600,14 @@ impl Runtime {
                     .set(offset_us as f64 / 1e6);
             }
             Inbound::SymbolStatuses { market, statuses } => {
+                for change in self.statuses.note(market, &statuses) {
+                    let before = change.before.as_deref().unwrap_or("unknown");
+                    if change.now == statuses::TRADING {
+                        info!(%market, symbol = %change.symbol, before, "symbol trading again (exchangeInfo)");
+                    } else {
+                        warn!(%market, symbol = %change.symbol, before, status = %change.now, "symbol not trading (exchangeInfo): its streams may stay silent, and klines are not made while it lasts");
+                    }
+                }
                 let facts = statuses
                     .iter()
                     .filter_map(delivery::ContractFacts::from_status)

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use crate::backoff::Backoff;
 use crate::binance::rest::RestClient;
@@ -89,14 +89,15 @@ impl TaskSpawner<'_> {
         }
         let interval = market_config.time_check_interval;
         let weight_symbol = market_config.symbols.first().cloned();
-        // On futures the periodic read (`exchange_info_interval_secs`)
-        // asks for every configured symbol's status too (one call either
-        // way: futures `exchangeInfo` lists all): a dated contract's
-        // delivery, or a perpetual's delisting, which Binance announces
-        // with a `deliveryDate` (`recorder/delivery.rs`). Spot has
-        // neither: the limit alone.
-        let contracts = crate::binance::markets::MarketProfile::of(market)
-            .is_futures()
+        // The periodic read (`exchange_info_interval_secs`) asks for every
+        // configured symbol's status too (one call either way, of the
+        // same weight): on futures a dated contract's delivery, or a
+        // perpetual's delisting, which Binance announces with a
+        // `deliveryDate` (`recorder/delivery.rs`); on every market a
+        // symbol that stops or starts trading, logged (`statuses.rs`).
+        // With `check_symbols` off, spot reads the limit alone.
+        let contracts = (crate::binance::markets::MarketProfile::of(market).is_futures()
+            || market_config.check_symbols)
             .then(|| {
                 market_config
                     .symbols
@@ -221,6 +222,9 @@ async fn run_clock_checks(
                                 return;
                             }
                         }
+                        // A symbol the exchange no longer lists refuses the
+                        // whole list on spot (-1121): worth a warning.
+                        Err(error) if error.binance_code() == Some(-1121) => warn!(%market, %error, "exchangeInfo refuses the configured symbols: one is no longer listed; remove it from the config"),
                         Err(error) => debug!(%market, %error, "exchangeInfo not read again; keeping what is known"),
                     }
                 } else if let Some(symbol) = &weight_symbol {

@@ -1054,6 +1054,62 @@ async fn pressure_from_every_side_never_earns_a_ban_and_seals_on_time() {
     fake.shutdown().await;
 }
 
+/// A symbol that stops trading while the daemon runs shows in the
+/// periodic `exchangeInfo` re-read (`exchange_info_interval_secs`, here
+/// every second): a warning naming its status when the halt begins, a
+/// line when it trades again, and nothing for the symbol that trades on.
+/// Before, the status was read only at start, and a halt showed only as
+/// silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_while_running_is_logged_from_exchange_info() {
+    let logs = LogCapture::install();
+    let halt = (
+        SIM_START_US + 10 * MICROS_PER_MINUTE,
+        SIM_START_US + 30 * MICROS_PER_MINUTE,
+    );
+    let fake = FakeExchange::start(fake_binance::FakeConfig {
+        halts: vec![("BTCUSDT".to_owned(), halt.0, halt.1)],
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let config = recorder_toml(&fake, scratch.path(), &["BTCUSDT", "ETHUSDT"], &["trade"]).replace(
+        "time_check_interval_secs = 1\n",
+        "time_check_interval_secs = 1\nexchange_info_interval_secs = 1\n",
+    );
+    let recorder = RunningRecorder::start(&config);
+    wait_until(Duration::from_secs(60), "trading again logged", || {
+        logs.text().contains("symbol trading again")
+    })
+    .await;
+    recorder.stop().await;
+    let log = logs.text();
+    let lines = |needle: &str| -> Vec<String> {
+        log.lines()
+            .filter(|line| line.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    };
+    let halted = lines("symbol not trading (exchangeInfo)");
+    assert_eq!(halted.len(), 1, "{log}");
+    assert!(
+        halted[0].contains("symbol=BTCUSDT")
+            && halted[0].contains("before=\"TRADING\"")
+            && halted[0].contains("status=HALT"),
+        "{}",
+        halted[0]
+    );
+    let trading = lines("symbol trading again");
+    assert_eq!(trading.len(), 1, "{log}");
+    assert!(
+        trading[0].contains("symbol=BTCUSDT") && trading[0].contains("before=\"HALT\""),
+        "{}",
+        trading[0]
+    );
+    fake.shutdown().await;
+}
+
 /// A halt longer than a kline hole (reference, section 7: "No klines are
 /// produced while a symbol is `CANCEL_ONLY`"): from the middle of one hour
 /// to the middle of the next. The first hour seals with its last half

@@ -28,18 +28,25 @@ fn parse_integer(request: &HttpRequest, name: &str) -> Result<Option<i64>, ApiEr
     }
 }
 
-/// Request times may be ms or µs (spot accepts both); anything below 10^14 is taken as ms.
-/// An end time in ms covers its whole millisecond (it is inclusive), hence `end_of_unit`.
+/// Request times may be ms or µs on spot (reference 5: anything below
+/// 10^14 is taken as ms); the other markets take ms only ("treat futures
+/// times as ms", reference 1.1), so a µs time there is a time thousands of
+/// years ahead. An end time in ms covers its whole millisecond (it is
+/// inclusive), hence `end_of_unit`.
 fn parse_time_us(
+    shared: &Shared,
     request: &HttpRequest,
     name: &str,
     end_of_unit: bool,
 ) -> Result<Option<i64>, ApiError> {
+    let micros_too = shared.config.market.speaks_micros();
     Ok(parse_integer(request, name)?.map(|value| {
-        if value.abs() < 100_000_000_000_000 {
-            value * 1000 + if end_of_unit { 999 } else { 0 }
+        if micros_too && value.abs() >= 100_000_000_000_000 {
+            value
         } else {
             value
+                .saturating_mul(1000)
+                .saturating_add(if end_of_unit { 999 } else { 0 })
         }
     }))
 }
@@ -315,8 +322,8 @@ pub(super) fn historical_trades(
 pub(super) fn agg_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
     let limit = parse_limit(shared, request)?;
     let from_id = parse_integer(request, "fromId")?;
-    let start_us = parse_time_us(request, "startTime", false)?;
-    let end_us = parse_time_us(request, "endTime", true)?;
+    let start_us = parse_time_us(shared, request, "startTime", false)?;
+    let end_us = parse_time_us(shared, request, "endTime", true)?;
     if from_id.is_some() && (start_us.is_some() || end_us.is_some()) {
         return Err(ApiError::bad_request(
             -1128,
@@ -373,8 +380,8 @@ pub(super) fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> 
             .ok_or_else(|| ApiError::bad_request(-1120, "Invalid interval."))?,
     };
     let limit = parse_limit(shared, request)?;
-    let start_us = parse_time_us(request, "startTime", false)?;
-    let end_us = parse_time_us(request, "endTime", true)?;
+    let start_us = parse_time_us(shared, request, "startTime", false)?;
+    let end_us = parse_time_us(shared, request, "endTime", true)?;
     let (market, now_us) = shared.market_now();
     let book = symbol_book(&market, request)?;
     let grid_first = book.first_kline_open(interval);

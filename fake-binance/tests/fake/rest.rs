@@ -806,3 +806,46 @@ async fn a_halt_trades_nothing_and_makes_no_kline() {
     assert_eq!(klines[0][0], halt_until / 1000, "{klines}");
     exchange.shutdown().await;
 }
+
+/// Futures take times in milliseconds only (reference 1.1: "treat futures
+/// times as ms"): the same instant in microseconds is a time thousands of
+/// years ahead, so it selects nothing, where spot reads either.
+#[tokio::test]
+async fn futures_read_request_times_as_milliseconds_only() {
+    for (market, path, answers_micros) in [
+        (fake_binance::Market::Spot, "/api/v3", true),
+        (fake_binance::Market::UsdM, "/fapi/v1", false),
+    ] {
+        let exchange = FakeExchange::start(fake_binance::FakeConfig {
+            market,
+            ..config(60.0)
+        })
+        .await
+        .unwrap();
+        let base = exchange.rest_base_url();
+        let from_ms = SIM_START_US / 1000 - 600_000;
+        let rows = |body: serde_json::Value| body.as_array().unwrap().len();
+        let in_ms = get(
+            &base,
+            &format!("{path}/aggTrades?symbol=BTCUSDT&startTime={from_ms}&limit=5"),
+        )
+        .await
+        .json();
+        assert_eq!(rows(in_ms), 5, "{market:?}: ms");
+        let in_micros = get(
+            &base,
+            &format!(
+                "{path}/aggTrades?symbol=BTCUSDT&startTime={}&limit=5",
+                from_ms * 1000
+            ),
+        )
+        .await
+        .json();
+        assert_eq!(
+            rows(in_micros),
+            if answers_micros { 5 } else { 0 },
+            "{market:?}: µs"
+        );
+        exchange.shutdown().await;
+    }
+}
