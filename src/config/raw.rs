@@ -298,7 +298,8 @@ impl Default for RawMemory {
 pub struct RawMetrics {
     /// Address of the `/metrics` and `/health` listener; `""` turns it off.
     pub listen: String,
-    /// `/health` fails when a kline stream is silent this long, in seconds.
+    /// `/health` fails when a kline stream is silent this long past its
+    /// interval (whose close it sends whatever the market does), in seconds.
     pub stale_after_secs: u64,
     /// `/health` fails when a trade or aggTrade stream is silent this long.
     pub quiet_stale_after_secs: u64,

@@ -1,9 +1,11 @@
 //! `/health`: is the recorder recording? Healthy while the WAL commits,
 //! every market has a link up, and every configured stream delivered
-//! within its expected interval: `stale_after` for kline streams (Binance
-//! pushes a kline every 2 s whatever the market does, so silence is a sure
-//! sign), `quiet_stale_after` for trade and aggTrade streams (a quiet symbol
-//! can go minutes without a trade). The runtime writes what it sees into a
+//! within its expected interval: for a kline stream its interval plus
+//! `stale_after` (Binance sends a kline's close at its interval's end
+//! whatever the market does, so silence past it is a sure sign; updates in
+//! between come only with trades, as the real captures show),
+//! `quiet_stale_after` for trade and aggTrade streams (a quiet symbol can
+//! go minutes without a trade). The runtime writes what it sees into a
 //! [`HealthBoard`]; [`judge`] is pure.
 
 use std::collections::BTreeMap;
@@ -19,7 +21,7 @@ use crate::status::{LiveStatus, LiveStream};
 /// The bounds a health check applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthBounds {
-    /// A kline stream silent longer than this is stale.
+    /// A kline stream silent longer than its interval and this is stale.
     pub stale_after: Duration,
     /// A trade or aggTrade stream silent longer than this is stale.
     pub quiet_stale_after: Duration,
@@ -52,7 +54,9 @@ pub struct HealthInputs {
 /// How long `key`'s stream may stay silent before it is stale.
 fn stale_bound(bounds: &HealthBounds, kind: StreamKind) -> Duration {
     match kind {
-        StreamKind::Kline(_) => bounds.stale_after,
+        StreamKind::Kline(interval) => bounds
+            .stale_after
+            .saturating_add(crate::binance::ws::kline_speaks_within(interval)),
         StreamKind::Trade | StreamKind::AggTrade => bounds.quiet_stale_after,
     }
 }
@@ -241,7 +245,10 @@ mod tests {
     #[test]
     fn a_silent_kline_stream_is_named_but_a_quiet_trade_stream_is_not() {
         let start = Instant::now();
-        let report = judge(&inputs(start), &BOUNDS, start + Duration::from_secs(61));
+        // A quiet symbol's minute kline says nothing until its close.
+        let report = judge(&inputs(start), &BOUNDS, start + Duration::from_secs(119));
+        assert!(report.healthy, "{report:?}");
+        let report = judge(&inputs(start), &BOUNDS, start + Duration::from_secs(121));
         assert!(!report.healthy);
         assert_eq!(report.problems.len(), 1, "{report:?}");
         assert!(

@@ -1054,6 +1054,16 @@ async fn pressure_from_every_side_never_earns_a_ban_and_seals_on_time() {
     fake.shutdown().await;
 }
 
+/// The fake at 240x with BTCUSDT halted over `halt` (simulated µs).
+async fn start_fake_with_btcusdt_halted(halt: (i64, i64)) -> FakeExchange {
+    FakeExchange::start(fake_binance::FakeConfig {
+        halts: vec![("BTCUSDT".to_owned(), halt.0, halt.1)],
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("fake starts")
+}
+
 /// A symbol that stops trading while the daemon runs shows in the
 /// periodic `exchangeInfo` re-read (`exchange_info_interval_secs`, here
 /// every second): a warning naming its status when the halt begins, a
@@ -1067,12 +1077,7 @@ async fn a_halt_while_running_is_logged_from_exchange_info() {
         SIM_START_US + 10 * MICROS_PER_MINUTE,
         SIM_START_US + 30 * MICROS_PER_MINUTE,
     );
-    let fake = FakeExchange::start(fake_binance::FakeConfig {
-        halts: vec![("BTCUSDT".to_owned(), halt.0, halt.1)],
-        ..fake_config(240.0)
-    })
-    .await
-    .expect("fake starts");
+    let fake = start_fake_with_btcusdt_halted(halt).await;
     let scratch = tempfile::tempdir().expect("scratch directory");
     let config = recorder_toml(&fake, scratch.path(), &["BTCUSDT", "ETHUSDT"], &["trade"]).replace(
         "time_check_interval_secs = 1\n",
@@ -1125,12 +1130,7 @@ async fn klines_of_a_halt_longer_than_the_hole_are_declared_not_served_once_trad
         hour.start() + 30 * MICROS_PER_MINUTE,
         hour.end() + 30 * MICROS_PER_MINUTE,
     );
-    let fake = FakeExchange::start(fake_binance::FakeConfig {
-        halts: vec![("BTCUSDT".to_owned(), halt.0, halt.1)],
-        ..fake_config(240.0)
-    })
-    .await
-    .expect("fake starts");
+    let fake = start_fake_with_btcusdt_halted(halt).await;
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
     let config = format!(
