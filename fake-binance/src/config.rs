@@ -22,8 +22,8 @@ pub enum Market {
     /// Binance.US: spot-shaped events and REST under `/api/v3`, its own
     /// hosts. Milliseconds only: its (stale) docs predate `timeUnit`.
     Us,
-    /// COIN-M futures (`dstream`, `/dapi/v1`): USD-M's shapes and limits
-    /// without routes, symbols like `BTCUSD_PERP`, quantities in contracts,
+    /// COIN-M futures (`dstream`, `/dapi/v1`): USD-M's shapes (without
+    /// `nq`) and limits without routes, symbols like `BTCUSD_PERP`, quantities in contracts,
     /// a weight limit of 1,200 (reference 3, 4.4, 5.2, 6).
     CoinM,
 }
@@ -48,7 +48,7 @@ impl Market {
         }
     }
 
-    /// Futures-shaped events and REST rows (`X`, `nq`, no `M`), times in ms only.
+    /// Futures-shaped events and REST rows (`X`, no `M`; `nq` on USD-M), times in ms only.
     pub fn is_futures(self) -> bool {
         matches!(self, Market::UsdM | Market::CoinM)
     }
@@ -61,10 +61,10 @@ impl Market {
 
     /// The shape of its events and REST rows.
     pub(crate) fn shape(self) -> crate::wire::Shape {
-        if self.is_futures() {
-            crate::wire::Shape::Futures
-        } else {
-            crate::wire::Shape::Spot
+        match self {
+            Market::UsdM => crate::wire::Shape::Futures,
+            Market::CoinM => crate::wire::Shape::CoinM,
+            Market::Spot | Market::Us => crate::wire::Shape::Spot,
         }
     }
 

@@ -48,9 +48,19 @@ impl TimeUnit {
 pub enum Shape {
     /// Spot and Binance.US: trades and aggTrades carry `M`.
     Spot,
-    /// USD-M and COIN-M: trades carry `X` and no `M`; aggTrades carry
-    /// `nq` and no `M`; REST trades carry `isRPITrade`, no `isBestMatch`.
+    /// USD-M: trades carry `X` and no `M`; aggTrades carry `nq` and no
+    /// `M`; REST trades carry `isRPITrade`, no `isBestMatch`.
     Futures,
+    /// COIN-M: USD-M's shapes without `nq` (the reference's COIN-M
+    /// `aggTrades` sample and the real dstream capture have none).
+    CoinM,
+}
+
+impl Shape {
+    /// USD-M or COIN-M.
+    pub fn is_futures(self) -> bool {
+        matches!(self, Shape::Futures | Shape::CoinM)
+    }
 }
 
 /// The atoms of a price, the `","q":"` between, and a quantity's atoms: the
@@ -62,7 +72,7 @@ fn push_price_and_quantity(out: &mut String, price: i64, quantity: i64) {
 }
 
 pub fn trade_event(symbol: &str, trade: &Trade, unit: TimeUnit, shape: Shape) -> String {
-    if shape == Shape::Futures {
+    if shape.is_futures() {
         return futures_trade_event(symbol, trade, unit);
     }
     let mut out = String::with_capacity(160);
@@ -111,8 +121,8 @@ fn futures_trade_event(symbol: &str, trade: &Trade, unit: TimeUnit) -> String {
 }
 
 pub fn agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit, shape: Shape) -> String {
-    if shape == Shape::Futures {
-        return futures_agg_trade_event(symbol, agg, unit);
+    if shape.is_futures() {
+        return futures_agg_trade_event(symbol, agg, unit, shape == Shape::Futures);
     }
     let mut out = String::with_capacity(180);
     write!(
@@ -139,7 +149,8 @@ pub fn agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit, shape: Shap
 
 /// A USD-M `@aggTrade` event as documented: `e,E,s,a,p,q,nq,f,l,T,m`, no `M`.
 /// `nq` (quantity without RPI fills) equals `q`: the model has no RPI orders.
-fn futures_agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit) -> String {
+/// COIN-M's has no `nq` (`with_nq` false).
+fn futures_agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit, with_nq: bool) -> String {
     let mut out = String::with_capacity(180);
     write!(
         out,
@@ -150,8 +161,10 @@ fn futures_agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit) -> Stri
     )
     .expect("writing to a String cannot fail");
     push_price_and_quantity(&mut out, agg.price, agg.quantity);
-    out.push_str(r#"","nq":""#);
-    push_atoms(&mut out, agg.quantity);
+    if with_nq {
+        out.push_str(r#"","nq":""#);
+        push_atoms(&mut out, agg.quantity);
+    }
     write!(
         out,
         r#"","f":{},"l":{},"T":{},"m":{}}}"#,
@@ -302,7 +315,7 @@ pub fn rest_trade(out: &mut String, trade: &Trade, unit: TimeUnit, shape: Shape)
     push_atoms(out, trade.quantity);
     out.push_str(r#"","quoteQty":""#);
     push_atoms(out, quote_atoms(trade.price, trade.quantity));
-    if shape == Shape::Futures {
+    if shape.is_futures() {
         write!(
             out,
             r#"","time":{},"isBuyerMaker":{},"isRPITrade":false}}"#,
@@ -322,15 +335,18 @@ pub fn rest_trade(out: &mut String, trade: &Trade, unit: TimeUnit, shape: Shape)
     .expect("writing to a String cannot fail");
 }
 
-/// One row of `/api/v3/aggTrades` (futures: `a,p,q,nq,f,l,T,m`, no `M`).
+/// One row of `/api/v3/aggTrades` (futures: `a,p,q,nq,f,l,T,m`, no `M`;
+/// COIN-M without `nq`).
 pub fn rest_agg_trade(out: &mut String, agg: &AggTrade, unit: TimeUnit, shape: Shape) {
     write!(out, r#"{{"a":{},"p":""#, agg.id).expect("writing to a String cannot fail");
     push_atoms(out, agg.price);
     out.push_str(r#"","q":""#);
     push_atoms(out, agg.quantity);
-    if shape == Shape::Futures {
-        out.push_str(r#"","nq":""#);
-        push_atoms(out, agg.quantity);
+    if shape.is_futures() {
+        if shape == Shape::Futures {
+            out.push_str(r#"","nq":""#);
+            push_atoms(out, agg.quantity);
+        }
         write!(
             out,
             r#"","f":{},"l":{},"T":{},"m":{}}}"#,
@@ -410,6 +426,34 @@ mod tests {
             is_best_match: true,
             dispatch_seq: 0,
             raw_payload: None,
+        }
+    }
+
+    /// USD-M aggTrades carry `nq`; COIN-M's do not, on the stream and in
+    /// REST (the real dstream capture, the reference's COIN-M sample).
+    #[test]
+    fn coinm_agg_trades_carry_no_nq() {
+        let agg = AggTrade {
+            id: 11285749,
+            price: 42_791_000_000,
+            quantity: 300_000_000,
+            first_trade_id: 16034449,
+            last_trade_id: 16034449,
+            time_us: 1_626_916_403_852_000,
+            event_time_us: 1_626_916_404_006_000,
+            is_buyer_maker: true,
+            is_best_match: true,
+            dispatch_seq: 0,
+            raw_payload: None,
+        };
+        for (shape, with_nq) in [(Shape::Futures, true), (Shape::CoinM, false)] {
+            let event = agg_trade_event("BCHUSD_PERP", &agg, TimeUnit::Millisecond, shape);
+            let mut row = String::new();
+            rest_agg_trade(&mut row, &agg, TimeUnit::Millisecond, shape);
+            for text in [&event, &row] {
+                assert_eq!(text.contains(r#""nq":"#), with_nq, "{shape:?}: {text}");
+                assert!(!text.contains(r#""M":"#), "{shape:?}: {text}");
+            }
         }
     }
 
