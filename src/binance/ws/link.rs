@@ -20,8 +20,8 @@ use super::silence::DataRate;
 use super::ConnectionSettings;
 use crate::binance::decode::Decoded;
 use crate::binance::markets::Route;
-use crate::binance::streams::{combined_stream_name, stream_name};
-use crate::domain::{KlineInterval, Market, StreamKind, Symbol};
+use crate::binance::streams::{combined_stream_name, parse_stream_name, stream_name};
+use crate::domain::{Market, StreamKind, Symbol};
 
 /// The stream a frame belongs to and its ordering key (trade id, aggTrade
 /// id, kline event time), for the rotation overlap check.
@@ -392,11 +392,7 @@ impl Link {
     pub(super) fn unheard_bound(&self, floor: Duration, cap: Duration) -> Duration {
         let mut soonest_close: Option<Duration> = None;
         for name in &self.unheard {
-            let interval = name
-                .split_once('@')
-                .and_then(|(_, stream)| stream.strip_prefix("kline_"))
-                .and_then(KlineInterval::from_binance_name);
-            let Some(interval) = interval else {
+            let Some((_, StreamKind::Kline(interval))) = parse_stream_name(name) else {
                 return floor;
             };
             let within = super::kline_speaks_within(interval);
