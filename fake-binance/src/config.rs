@@ -68,6 +68,17 @@ impl Market {
         }
     }
 
+    /// Whether its streams announce maintenance with `serverShutdown`:
+    /// spot only. The event was added to spot streams and the spot WS API
+    /// on 2026-05-08 (reference 3 and 11, from binance.com's spot
+    /// changelog); no futures document has it. Binance.US is spot-shaped
+    /// but its own exchange, and its docs (reference 1.1, stale since
+    /// 2023-09) predate the event, so it gets none, as it gets no
+    /// `timeUnit` for the same reason.
+    pub fn sends_server_shutdown(self) -> bool {
+        matches!(self, Market::Spot)
+    }
+
     /// Whether the market has routed WebSocket paths (`/public`, `/market`).
     pub fn has_routes(self) -> bool {
         matches!(self, Market::UsdM)

@@ -2,6 +2,8 @@
 //!
 //! Prices and quantities never pass through `f64`: a float cannot hold
 //! `61685.99` exactly, and the recorder's tests compare strings byte for byte.
+//! Spot prints every amount with eight decimals ([`format_atoms`]); futures
+//! print a symbol's amounts with its own precision ([`push_decimals`]).
 
 use thiserror::Error;
 
@@ -35,6 +37,45 @@ pub fn push_atoms(out: &mut String, atoms: i64) {
     let units = magnitude / ATOMS_PER_UNIT as u64;
     let fraction = magnitude % ATOMS_PER_UNIT as u64;
     write!(out, "{sign}{units}.{fraction:08}").expect("writing to a String cannot fail");
+}
+
+/// Appends `atoms` with `decimals` decimals (0 to 8; none and no point for
+/// 0), as futures print a symbol's amounts: `"27785.00"`, `"0.014"`, `"3"`.
+/// A value that has more significant decimals than that gets as many as it
+/// needs: the string is never rounded, so its value is always `atoms`.
+pub fn push_decimals(out: &mut String, atoms: i64, decimals: u32) {
+    use std::fmt::Write;
+    if decimals >= 8 {
+        // Spot's form, on its hot path.
+        push_atoms(out, atoms);
+        return;
+    }
+    let decimals = decimals.max(significant_decimals(atoms));
+    let sign = if atoms < 0 { "-" } else { "" };
+    let magnitude = atoms.unsigned_abs();
+    let units = magnitude / ATOMS_PER_UNIT as u64;
+    if decimals == 0 {
+        write!(out, "{sign}{units}").expect("writing to a String cannot fail");
+        return;
+    }
+    let fraction = (magnitude % ATOMS_PER_UNIT as u64) / 10_u64.pow(8 - decimals);
+    let width = decimals as usize;
+    write!(out, "{sign}{units}.{fraction:0width$}").expect("writing to a String cannot fail");
+}
+
+/// The number of decimals `atoms` needs to be written exactly: 2 for
+/// `0.01` (1,000,000 atoms), 0 for a whole number, 8 at most.
+pub fn significant_decimals(atoms: i64) -> u32 {
+    let mut fraction = atoms.unsigned_abs() % ATOMS_PER_UNIT as u64;
+    if fraction == 0 {
+        return 0;
+    }
+    let mut decimals = 8;
+    while fraction.is_multiple_of(10) {
+        fraction /= 10;
+        decimals -= 1;
+    }
+    decimals
 }
 
 /// Parses a decimal string (`"0.001"`, `"61685.99000000"`, `"3"`) into atoms.
@@ -117,6 +158,36 @@ mod tests {
         assert_eq!(format_atoms(17_000), "0.00017000");
         assert_eq!(format_atoms(0), "0.00000000");
         assert_eq!(format_atoms(-150_000_000), "-1.50000000");
+    }
+
+    #[test]
+    fn formats_with_a_symbols_decimals_and_never_rounds() {
+        let with = |atoms: i64, decimals: u32| {
+            let mut text = String::new();
+            push_decimals(&mut text, atoms, decimals);
+            text
+        };
+        // The real futures strings of reference 4.4 and the dstream capture.
+        assert_eq!(with(2_778_500_000_000, 2), "27785.00");
+        assert_eq!(with(1_400_000, 3), "0.014");
+        assert_eq!(with(300_000_000, 0), "3");
+        assert_eq!(with(0, 4), "0.0000");
+        assert_eq!(with(0, 0), "0");
+        assert_eq!(with(-150_000_000, 2), "-1.50");
+        assert_eq!(with(6_168_599_000_000, 8), "61685.99000000");
+        // More significant decimals than asked: as many as the value needs.
+        assert_eq!(with(101_000_000, 1), "1.01");
+        assert_eq!(with(1, 2), "0.00000001");
+        assert_eq!(with(5, 20), "0.00000005", "8 decimals at most");
+        for atoms in [0, 1, 1_400_000, 101_000_000, 2_778_512_345_678, -7] {
+            for decimals in 0..=8 {
+                assert_eq!(parse_atoms(&with(atoms, decimals)), Ok(atoms));
+            }
+        }
+        assert_eq!(significant_decimals(1_000_000), 2);
+        assert_eq!(significant_decimals(10_000_000), 1);
+        assert_eq!(significant_decimals(300_000_000), 0);
+        assert_eq!(significant_decimals(1), 8);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::interval::KlineInterval;
 use crate::market::{kline_close_latency_us, KlineState, MarketState, SymbolBook};
 use crate::shared::{lock, Registry, Shared};
 use crate::streams::StreamName;
+use crate::wire::Precision;
 
 /// Longest real pause between two steps. Subscription changes wake the driver at once
 /// (`Shared::driver_wakeup`); this is only a safety net, kept long so that tests with
@@ -48,6 +49,8 @@ struct SymbolCursor {
     next_trade_index: usize,
     next_agg_trade_index: usize,
     symbol: Arc<str>,
+    /// The decimals of the symbol's amounts on this market.
+    precision: Precision,
     trade_stream: Arc<str>,
     agg_trade_stream: Arc<str>,
 }
@@ -84,6 +87,7 @@ impl Driver {
                     book.published_agg_trade_count(start_us)
                 },
                 symbol: Arc::from(book.spec.symbol.as_str()),
+                precision: Precision::of(config.market, &book.spec),
                 trade_stream: Arc::from(StreamName::trade(&book.stream_symbol)),
                 agg_trade_stream: Arc::from(StreamName::agg_trade(&book.stream_symbol)),
             })
@@ -143,10 +147,10 @@ impl Driver {
         let mut kline_events = Vec::new();
         for ((symbol_index, interval), stream) in self.kline_streams.iter_mut() {
             let book = &market.books[*symbol_index];
-            let symbol = &self.cursors[*symbol_index].symbol;
+            let cursor = &self.cursors[*symbol_index];
             let next_us = advance_kline_stream(
                 book,
-                symbol,
+                cursor,
                 (*interval, self.market, self.kline_updates),
                 stream,
                 now_us,
@@ -283,6 +287,7 @@ fn collect_symbol_events(
                     Arc::clone(&cursor.trade_stream),
                     Arc::clone(&cursor.symbol),
                     trade.clone(),
+                    cursor.precision,
                 )));
             }
             cursor.next_trade_index += 1;
@@ -296,6 +301,7 @@ fn collect_symbol_events(
                     Arc::clone(&cursor.agg_trade_stream),
                     Arc::clone(&cursor.symbol),
                     agg.clone(),
+                    cursor.precision,
                 )));
             }
             cursor.next_agg_trade_index += 1;
@@ -337,7 +343,7 @@ fn start_kline_stream(
 /// changed it before; the closing update always.
 fn advance_kline_stream(
     book: &SymbolBook,
-    symbol: &Arc<str>,
+    cursor: &SymbolCursor,
     (interval, market, updates): (KlineInterval, Market, KlineUpdates),
     stream: &mut KlineStream,
     now_us: i64,
@@ -390,11 +396,12 @@ fn advance_kline_stream(
         stream.changed = false;
         let event = StreamEvent::kline(
             Arc::clone(&stream.stream_name),
-            Arc::clone(symbol),
+            Arc::clone(&cursor.symbol),
             interval,
             stream.kline.clone(),
             closes_kline,
             event_time_us,
+            cursor.precision,
         );
         out.push((
             (event_time_us, book.index, interval.index()),
@@ -481,6 +488,7 @@ mod tests {
             Arc::from("x@trade"),
             Arc::from("X"),
             trade,
+            crate::wire::Precision::SPOT,
         ))
     }
 

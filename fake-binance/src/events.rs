@@ -8,7 +8,7 @@ use crate::faults::Lie;
 use crate::interval::KlineInterval;
 use crate::market::KlineState;
 use crate::model::{AggTrade, Trade};
-use crate::wire::{self, Shape, TimeUnit};
+use crate::wire::{self, Precision, Shape, TimeUnit};
 
 /// One stream event, shared by every connection subscribed to its stream.
 /// The JSON is built at most once per time unit, on first use.
@@ -17,6 +17,8 @@ pub(crate) struct StreamEvent {
     pub stream_name: Arc<str>,
     pub event_time_us: i64,
     body: EventBody,
+    /// The decimals of its symbol's amounts on this market.
+    precision: Precision,
     payload_millisecond: OnceLock<String>,
     payload_microsecond: OnceLock<String>,
 }
@@ -40,19 +42,31 @@ enum EventBody {
 }
 
 impl StreamEvent {
-    pub fn trade(stream_name: Arc<str>, symbol: Arc<str>, trade: Trade) -> StreamEvent {
+    pub fn trade(
+        stream_name: Arc<str>,
+        symbol: Arc<str>,
+        trade: Trade,
+        precision: Precision,
+    ) -> StreamEvent {
         StreamEvent::new(
             stream_name,
             trade.event_time_us,
             EventBody::Trade { symbol, trade },
+            precision,
         )
     }
 
-    pub fn agg_trade(stream_name: Arc<str>, symbol: Arc<str>, agg: AggTrade) -> StreamEvent {
+    pub fn agg_trade(
+        stream_name: Arc<str>,
+        symbol: Arc<str>,
+        agg: AggTrade,
+        precision: Precision,
+    ) -> StreamEvent {
         StreamEvent::new(
             stream_name,
             agg.event_time_us,
             EventBody::AggTrade { symbol, agg },
+            precision,
         )
     }
 
@@ -63,6 +77,7 @@ impl StreamEvent {
         kline: KlineState,
         closed: bool,
         event_time_us: i64,
+        precision: Precision,
     ) -> StreamEvent {
         StreamEvent::new(
             stream_name,
@@ -73,14 +88,21 @@ impl StreamEvent {
                 kline,
                 closed,
             },
+            precision,
         )
     }
 
-    fn new(stream_name: Arc<str>, event_time_us: i64, body: EventBody) -> StreamEvent {
+    fn new(
+        stream_name: Arc<str>,
+        event_time_us: i64,
+        body: EventBody,
+        precision: Precision,
+    ) -> StreamEvent {
         StreamEvent {
             stream_name,
             event_time_us,
             body,
+            precision,
             payload_millisecond: OnceLock::new(),
             payload_microsecond: OnceLock::new(),
         }
@@ -168,7 +190,12 @@ impl StreamEvent {
                 }
             }
         };
-        StreamEvent::new(Arc::clone(&self.stream_name), event_time_us, body)
+        StreamEvent::new(
+            Arc::clone(&self.stream_name),
+            event_time_us,
+            body,
+            self.precision,
+        )
     }
 
     /// What a lying copy of this event stood for, for [`crate::PoisonedEvent`].
@@ -202,18 +229,26 @@ impl StreamEvent {
         cell.get_or_init(|| match &self.body {
             EventBody::Trade { symbol, trade } => match (&trade.raw_payload, unit) {
                 (Some(raw), TimeUnit::Millisecond) => raw.to_string(),
-                _ => wire::trade_event(symbol, trade, unit, shape),
+                _ => wire::trade_event(symbol, trade, unit, shape, self.precision),
             },
             EventBody::AggTrade { symbol, agg } => match (&agg.raw_payload, unit) {
                 (Some(raw), TimeUnit::Millisecond) => raw.to_string(),
-                _ => wire::agg_trade_event(symbol, agg, unit, shape),
+                _ => wire::agg_trade_event(symbol, agg, unit, shape, self.precision),
             },
             EventBody::Kline {
                 symbol,
                 interval,
                 kline,
                 closed,
-            } => wire::kline_event(symbol, *interval, kline, *closed, self.event_time_us, unit),
+            } => wire::kline_event(
+                symbol,
+                *interval,
+                kline,
+                *closed,
+                self.event_time_us,
+                unit,
+                self.precision,
+            ),
         })
     }
 }

@@ -39,7 +39,11 @@ pub enum Fault {
     UnknownEventType { count: u32 },
     /// `count` trade events for a symbol nobody subscribed to.
     UnsubscribedSymbolEvent { count: u32 },
-    /// The `serverShutdown` event on every connection, then a close.
+    /// The `serverShutdown` event on every connection, then a close after
+    /// `Limits::server_shutdown_grace`. Spot only (the event exists on spot
+    /// streams alone, [`crate::Market::sends_server_shutdown`]): on USD-M,
+    /// COIN-M and Binance.US the fault is counted and does nothing, and
+    /// every connection goes on as before.
     ServerShutdown,
     /// The next `count` REST requests answer this HTTP status (500, 502, 503,
     /// 504; 403 answers the WAF's HTML page, 451 Binance's restricted-location body).

@@ -36,12 +36,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{FakeConfig, FirehoseConfig};
-use crate::model::AggTrade;
+use crate::config::{FakeConfig, FirehoseConfig, Market};
+use crate::model::{AggTrade, SymbolSpec};
 use crate::rng::SplitMix64;
 use crate::shared::{lock, Shared};
 use crate::truth::{GroundTruth, TruthAggTrade};
-use crate::wire::{self, TimeUnit};
+use crate::wire::{self, Precision, TimeUnit};
 
 /// Frames rendered into one contiguous buffer (freed once sent).
 const FRAMES_PER_CHUNK: usize = 4096;
@@ -149,6 +149,13 @@ impl Firehose {
             None => firehose.frames,
         };
         let shape = config.market.shape();
+        // Futures print the symbols' precision; the blast's prices are not
+        // on their tick grid, so they take the decimals they need (exact).
+        let precisions: Vec<Precision> = config
+            .symbols
+            .iter()
+            .map(|symbol| Precision::of(config.market, &SymbolSpec::for_symbol(symbol)))
+            .collect();
         let stream_names: Vec<String> = config
             .symbols
             .iter()
@@ -158,7 +165,13 @@ impl Firehose {
         let mut text = String::new();
         let mut ends = Vec::with_capacity(FRAMES_PER_CHUNK);
         for (symbol_index, agg) in aggregates(config, firehose.step_us, n_rendered) {
-            let payload = wire::agg_trade_event(&config.symbols[symbol_index], &agg, unit, shape);
+            let payload = wire::agg_trade_event(
+                &config.symbols[symbol_index],
+                &agg,
+                unit,
+                shape,
+                precisions[symbol_index],
+            );
             text.push_str(&wire::combined(&stream_names[symbol_index], &payload));
             ends.push(text.len());
             if ends.len() == FRAMES_PER_CHUNK {
@@ -305,6 +318,7 @@ pub(crate) async fn serve(
         request.streams.clone(),
         request.combined,
         max_streams,
+        shared.config.market,
     );
     let mut writer = Writer {
         shared: Arc::clone(&shared),
@@ -334,6 +348,7 @@ async fn read_control(
     mut streams: Vec<String>,
     mut combined: bool,
     max_streams: usize,
+    market: Market,
 ) {
     while let Some(Ok(message)) = source.next().await {
         let Message::Text(text) = message else {
@@ -342,7 +357,8 @@ async fn read_control(
             }
             continue;
         };
-        let outcome = crate::ws::process_control(text.as_str(), &streams, combined, max_streams);
+        let outcome =
+            crate::ws::process_control(text.as_str(), &streams, combined, max_streams, market);
         if let Some(new_streams) = &outcome.new_streams {
             streams.clone_from(new_streams);
         }

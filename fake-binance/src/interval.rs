@@ -60,6 +60,17 @@ impl KlineInterval {
             .find(|interval| interval.as_str() == text)
     }
 
+    /// Parses an interval `market` serves: futures have every spot
+    /// interval but `1s` (reference 4.4).
+    pub fn parse_on(text: &str, market: Market) -> Option<KlineInterval> {
+        KlineInterval::parse(text).filter(|interval| interval.exists_on(market))
+    }
+
+    /// Whether `market` has klines of this interval.
+    pub fn exists_on(self, market: Market) -> bool {
+        !(market.is_futures() && self == KlineInterval::OneSecond)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             KlineInterval::OneSecond => "1s",

@@ -1,5 +1,6 @@
 //! Stream names (`btcusdt@trade`, `btcusdt@kline_1m`) are built and parsed here only.
 
+use crate::config::Market;
 use crate::interval::KlineInterval;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,6 +46,20 @@ impl StreamName {
         Some(StreamName {
             symbol: symbol.to_owned(),
             kind,
+        })
+    }
+
+    /// Parses a stream name `market` has: as [`StreamName::parse`], but
+    /// `<s>@kline_1s` is no stream on futures ("intervals as spot without
+    /// `1s`", reference 4.4). So it is refused as a bad stream name is:
+    /// SUBSCRIBE answers code 2 `Invalid request: invalid stream` (reference
+    /// 2, observed), a URL naming it gets the fake's HTTP 400. Not the
+    /// wrong-route behaviour (acknowledged, never fed, reference 1.3): that
+    /// is for streams that exist on another path.
+    pub fn parse_on(name: &str, market: Market) -> Option<StreamName> {
+        StreamName::parse(name).filter(|stream| match stream.kind {
+            StreamKind::Kline(interval) => interval.exists_on(market),
+            _ => true,
         })
     }
 
@@ -187,6 +202,23 @@ mod tests {
         assert!(served_on(false, false, Route::Unrouted, "btcusdt@aggTrade"));
         assert!(served_on(true, true, Route::Market, "btcusdt@trade"));
         assert!(!served_on(true, true, Route::Public, "btcusdt@trade"));
+    }
+
+    #[test]
+    fn one_second_klines_are_no_stream_on_futures() {
+        for market in [Market::Spot, Market::Us] {
+            assert_eq!(
+                StreamName::parse_on("btcusdt@kline_1s", market)
+                    .unwrap()
+                    .kind,
+                StreamKind::Kline(KlineInterval::OneSecond)
+            );
+        }
+        for market in [Market::UsdM, Market::CoinM] {
+            assert!(StreamName::parse_on("btcusdt@kline_1s", market).is_none());
+            assert!(StreamName::parse_on("btcusdt@kline_1m", market).is_some());
+            assert!(StreamName::parse_on("btcusdt@aggTrade", market).is_some());
+        }
     }
 
     #[test]

@@ -7,10 +7,11 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::decimal::{push_atoms, quote_atoms};
+use crate::config::Market;
+use crate::decimal::{push_decimals, quote_atoms, significant_decimals};
 use crate::interval::KlineInterval;
 use crate::market::KlineState;
-use crate::model::{AggTrade, Trade};
+use crate::model::{AggTrade, SymbolSpec, Trade};
 
 /// Unit of times on the wire: milliseconds by default, microseconds on request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,17 +64,80 @@ impl Shape {
     }
 }
 
-/// The atoms of a price, the `","q":"` between, and a quantity's atoms: the
-/// middle of every trade and aggTrade event, whose `"p":"` opens it.
-fn push_price_and_quantity(out: &mut String, price: i64, quantity: i64) {
-    push_atoms(out, price);
-    out.push_str(r#"","q":""#);
-    push_atoms(out, quantity);
+/// The decimals a market writes one symbol's amounts with. Spot and
+/// Binance.US print eight everywhere (`"61685.99000000"`, the real spot
+/// captures); futures print a symbol's own precision (`"27785.00"`,
+/// `"0.014"`, COIN-M `"3"`: reference 4.4 and the real fstream, dstream
+/// and exchangeInfo answers in the shared data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precision {
+    /// Prices (`p`, kline `o h l c`): the tick size's decimals on futures
+    /// (`pricePrecision`).
+    pub price: u32,
+    /// Quantities (`q`, `nq`, kline `v V`): the step size's decimals on
+    /// futures (`quantityPrecision`).
+    pub quantity: u32,
+    /// Sums of price x quantity (kline `q Q`, REST `quoteQty`).
+    pub quote: u32,
 }
 
-pub fn trade_event(symbol: &str, trade: &Trade, unit: TimeUnit, shape: Shape) -> String {
+impl Precision {
+    /// Eight decimals for every amount.
+    pub const SPOT: Precision = Precision {
+        price: 8,
+        quantity: 8,
+        quote: 8,
+    };
+
+    /// The precision `market` writes `spec`'s amounts with. The model's
+    /// prices are multiples of the tick and its quantities of the step, so
+    /// these decimals hold them exactly; replayed values that need more get
+    /// more ([`push_decimals`] never rounds).
+    pub fn of(market: Market, spec: &SymbolSpec) -> Precision {
+        let price = significant_decimals(spec.tick_atoms);
+        let quantity = significant_decimals(spec.step_atoms);
+        match market {
+            Market::Spot | Market::Us => Precision::SPOT,
+            // A USD-M quote volume has the price's decimals plus the
+            // quantity's (the real `"3715253.19494"` is 2 + 3,
+            // `"3957.89900"` 5 + 0): a sum of products of a tick multiple
+            // and a step multiple is exact there. Every symbol the model
+            // knows has at most 8 of them.
+            Market::UsdM => Precision {
+                price,
+                quantity,
+                quote: (price + quantity).min(8),
+            },
+            // COIN-M's kline `q`/`Q` have eight decimals in the real
+            // dstream capture (`"9.49653573"`, `"0.00000000"`): there they
+            // are base-asset volumes (contracts x size / price), which the
+            // fake does not model; its price x quantity sum is exact at 8.
+            Market::CoinM => Precision {
+                price,
+                quantity,
+                quote: 8,
+            },
+        }
+    }
+}
+
+/// A price, the `","q":"` between, and a quantity: the middle of every
+/// trade and aggTrade event, whose `"p":"` opens it.
+fn push_price_and_quantity(out: &mut String, price: i64, quantity: i64, precision: Precision) {
+    push_decimals(out, price, precision.price);
+    out.push_str(r#"","q":""#);
+    push_decimals(out, quantity, precision.quantity);
+}
+
+pub fn trade_event(
+    symbol: &str,
+    trade: &Trade,
+    unit: TimeUnit,
+    shape: Shape,
+    precision: Precision,
+) -> String {
     if shape.is_futures() {
-        return futures_trade_event(symbol, trade, unit);
+        return futures_trade_event(symbol, trade, unit, precision);
     }
     let mut out = String::with_capacity(160);
     write!(
@@ -84,7 +148,7 @@ pub fn trade_event(symbol: &str, trade: &Trade, unit: TimeUnit, shape: Shape) ->
         trade.id
     )
     .expect("writing to a String cannot fail");
-    push_price_and_quantity(&mut out, trade.price, trade.quantity);
+    push_price_and_quantity(&mut out, trade.price, trade.quantity, precision);
     write!(
         out,
         r#"","T":{},"m":{},"M":{}}}"#,
@@ -98,7 +162,12 @@ pub fn trade_event(symbol: &str, trade: &Trade, unit: TimeUnit, shape: Shape) ->
 
 /// A USD-M `@trade` event in the key order of the captures
 /// (`samples/futures-trade.jsonl`): `e,E,T,s,t,p,q,X,m`.
-fn futures_trade_event(symbol: &str, trade: &Trade, unit: TimeUnit) -> String {
+fn futures_trade_event(
+    symbol: &str,
+    trade: &Trade,
+    unit: TimeUnit,
+    precision: Precision,
+) -> String {
     let mut out = String::with_capacity(160);
     write!(
         out,
@@ -109,7 +178,7 @@ fn futures_trade_event(symbol: &str, trade: &Trade, unit: TimeUnit) -> String {
         trade.id
     )
     .expect("writing to a String cannot fail");
-    push_price_and_quantity(&mut out, trade.price, trade.quantity);
+    push_price_and_quantity(&mut out, trade.price, trade.quantity, precision);
     write!(
         out,
         r#"","X":"{}","m":{}}}"#,
@@ -120,9 +189,15 @@ fn futures_trade_event(symbol: &str, trade: &Trade, unit: TimeUnit) -> String {
     out
 }
 
-pub fn agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit, shape: Shape) -> String {
+pub fn agg_trade_event(
+    symbol: &str,
+    agg: &AggTrade,
+    unit: TimeUnit,
+    shape: Shape,
+    precision: Precision,
+) -> String {
     if shape.is_futures() {
-        return futures_agg_trade_event(symbol, agg, unit, shape == Shape::Futures);
+        return futures_agg_trade_event(symbol, agg, unit, shape == Shape::Futures, precision);
     }
     let mut out = String::with_capacity(180);
     write!(
@@ -133,7 +208,7 @@ pub fn agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit, shape: Shap
         agg.id
     )
     .expect("writing to a String cannot fail");
-    push_price_and_quantity(&mut out, agg.price, agg.quantity);
+    push_price_and_quantity(&mut out, agg.price, agg.quantity, precision);
     write!(
         out,
         r#"","f":{},"l":{},"T":{},"m":{},"M":{}}}"#,
@@ -150,7 +225,13 @@ pub fn agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit, shape: Shap
 /// A USD-M `@aggTrade` event as documented: `e,E,s,a,p,q,nq,f,l,T,m`, no `M`.
 /// `nq` (quantity without RPI fills) equals `q`: the model has no RPI orders.
 /// COIN-M's has no `nq` (`with_nq` false).
-fn futures_agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit, with_nq: bool) -> String {
+fn futures_agg_trade_event(
+    symbol: &str,
+    agg: &AggTrade,
+    unit: TimeUnit,
+    with_nq: bool,
+    precision: Precision,
+) -> String {
     let mut out = String::with_capacity(180);
     write!(
         out,
@@ -160,10 +241,10 @@ fn futures_agg_trade_event(symbol: &str, agg: &AggTrade, unit: TimeUnit, with_nq
         agg.id
     )
     .expect("writing to a String cannot fail");
-    push_price_and_quantity(&mut out, agg.price, agg.quantity);
+    push_price_and_quantity(&mut out, agg.price, agg.quantity, precision);
     if with_nq {
         out.push_str(r#"","nq":""#);
-        push_atoms(&mut out, agg.quantity);
+        push_decimals(&mut out, agg.quantity, precision.quantity);
     }
     write!(
         out,
@@ -184,6 +265,7 @@ pub fn kline_event(
     closed: bool,
     event_time_us: i64,
     unit: TimeUnit,
+    precision: Precision,
 ) -> String {
     let mut out = String::with_capacity(400);
     write!(
@@ -199,22 +281,22 @@ pub fn kline_event(
         kline.last_trade_id
     )
     .expect("writing to a String cannot fail");
-    push_atoms(&mut out, kline.open);
+    push_decimals(&mut out, kline.open, precision.price);
     out.push_str(r#"","c":""#);
-    push_atoms(&mut out, kline.close);
+    push_decimals(&mut out, kline.close, precision.price);
     out.push_str(r#"","h":""#);
-    push_atoms(&mut out, kline.high);
+    push_decimals(&mut out, kline.high, precision.price);
     out.push_str(r#"","l":""#);
-    push_atoms(&mut out, kline.low);
+    push_decimals(&mut out, kline.low, precision.price);
     out.push_str(r#"","v":""#);
-    push_atoms(&mut out, kline.volume);
+    push_decimals(&mut out, kline.volume, precision.quantity);
     write!(out, r#"","n":{},"x":{},"q":""#, kline.trade_count, closed)
         .expect("writing to a String cannot fail");
-    push_atoms(&mut out, kline.quote_volume());
+    push_decimals(&mut out, kline.quote_volume(), precision.quote);
     out.push_str(r#"","V":""#);
-    push_atoms(&mut out, kline.taker_buy_volume);
+    push_decimals(&mut out, kline.taker_buy_volume, precision.quantity);
     out.push_str(r#"","Q":""#);
-    push_atoms(&mut out, kline.taker_buy_quote_volume());
+    push_decimals(&mut out, kline.taker_buy_quote_volume(), precision.quote);
     out.push_str(r#"","B":"0"}}"#);
     out
 }
@@ -308,13 +390,23 @@ pub fn combined(stream_name: &str, payload: &str) -> String {
 
 /// One row of `/api/v3/trades` and `/api/v3/historicalTrades` (futures:
 /// `isRPITrade` in place of `isBestMatch`).
-pub fn rest_trade(out: &mut String, trade: &Trade, unit: TimeUnit, shape: Shape) {
+pub fn rest_trade(
+    out: &mut String,
+    trade: &Trade,
+    unit: TimeUnit,
+    shape: Shape,
+    precision: Precision,
+) {
     write!(out, r#"{{"id":{},"price":""#, trade.id).expect("writing to a String cannot fail");
-    push_atoms(out, trade.price);
+    push_decimals(out, trade.price, precision.price);
     out.push_str(r#"","qty":""#);
-    push_atoms(out, trade.quantity);
+    push_decimals(out, trade.quantity, precision.quantity);
     out.push_str(r#"","quoteQty":""#);
-    push_atoms(out, quote_atoms(trade.price, trade.quantity));
+    push_decimals(
+        out,
+        quote_atoms(trade.price, trade.quantity),
+        precision.quote,
+    );
     if shape.is_futures() {
         write!(
             out,
@@ -337,15 +429,19 @@ pub fn rest_trade(out: &mut String, trade: &Trade, unit: TimeUnit, shape: Shape)
 
 /// One row of `/api/v3/aggTrades` (futures: `a,p,q,nq,f,l,T,m`, no `M`;
 /// COIN-M without `nq`).
-pub fn rest_agg_trade(out: &mut String, agg: &AggTrade, unit: TimeUnit, shape: Shape) {
+pub fn rest_agg_trade(
+    out: &mut String,
+    agg: &AggTrade,
+    unit: TimeUnit,
+    shape: Shape,
+    precision: Precision,
+) {
     write!(out, r#"{{"a":{},"p":""#, agg.id).expect("writing to a String cannot fail");
-    push_atoms(out, agg.price);
-    out.push_str(r#"","q":""#);
-    push_atoms(out, agg.quantity);
+    push_price_and_quantity(out, agg.price, agg.quantity, precision);
     if shape.is_futures() {
         if shape == Shape::Futures {
             out.push_str(r#"","nq":""#);
-            push_atoms(out, agg.quantity);
+            push_decimals(out, agg.quantity, precision.quantity);
         }
         write!(
             out,
@@ -371,24 +467,24 @@ pub fn rest_agg_trade(out: &mut String, agg: &AggTrade, unit: TimeUnit, shape: S
 }
 
 /// One row of `/api/v3/klines`: a 12-element array.
-pub fn rest_kline(out: &mut String, kline: &KlineState, unit: TimeUnit) {
+pub fn rest_kline(out: &mut String, kline: &KlineState, unit: TimeUnit, precision: Precision) {
     write!(out, r#"[{},""#, unit.convert(kline.open_us)).expect("writing to a String cannot fail");
-    push_atoms(out, kline.open);
+    push_decimals(out, kline.open, precision.price);
     out.push_str(r#"",""#);
-    push_atoms(out, kline.high);
+    push_decimals(out, kline.high, precision.price);
     out.push_str(r#"",""#);
-    push_atoms(out, kline.low);
+    push_decimals(out, kline.low, precision.price);
     out.push_str(r#"",""#);
-    push_atoms(out, kline.close);
+    push_decimals(out, kline.close, precision.price);
     out.push_str(r#"",""#);
-    push_atoms(out, kline.volume);
+    push_decimals(out, kline.volume, precision.quantity);
     write!(out, r#"",{},""#, unit.kline_close(kline.next_open_us))
         .expect("writing to a String cannot fail");
-    push_atoms(out, kline.quote_volume());
+    push_decimals(out, kline.quote_volume(), precision.quote);
     write!(out, r#"",{},""#, kline.trade_count).expect("writing to a String cannot fail");
-    push_atoms(out, kline.taker_buy_volume);
+    push_decimals(out, kline.taker_buy_volume, precision.quantity);
     out.push_str(r#"",""#);
-    push_atoms(out, kline.taker_buy_quote_volume());
+    push_decimals(out, kline.taker_buy_quote_volume(), precision.quote);
     out.push_str(r#"","0"]"#);
 }
 
@@ -447,9 +543,11 @@ mod tests {
             raw_payload: None,
         };
         for (shape, with_nq) in [(Shape::Futures, true), (Shape::CoinM, false)] {
-            let event = agg_trade_event("BCHUSD_PERP", &agg, TimeUnit::Millisecond, shape);
+            let precision = Precision::SPOT;
+            let event =
+                agg_trade_event("BCHUSD_PERP", &agg, TimeUnit::Millisecond, shape, precision);
             let mut row = String::new();
-            rest_agg_trade(&mut row, &agg, TimeUnit::Millisecond, shape);
+            rest_agg_trade(&mut row, &agg, TimeUnit::Millisecond, shape, precision);
             for text in [&event, &row] {
                 assert_eq!(text.contains(r#""nq":"#), with_nq, "{shape:?}: {text}");
                 assert!(!text.contains(r#""M":"#), "{shape:?}: {text}");
@@ -465,7 +563,8 @@ mod tests {
                 "BTCUSDT",
                 &sample_trade(),
                 TimeUnit::Millisecond,
-                Shape::Spot
+                Shape::Spot,
+                Precision::SPOT
             ),
             r#"{"e":"trade","E":1723161601438,"s":"BTCUSDT","t":3735693016,"p":"61685.99000000","q":"0.00017000","T":1723161601437,"m":true,"M":true}"#
         );
@@ -473,7 +572,8 @@ mod tests {
             "BTCUSDT",
             &sample_trade(),
             TimeUnit::Microsecond,
-            Shape::Spot
+            Shape::Spot,
+            Precision::SPOT
         )
         .contains(r#""T":1723161601437123"#));
     }
@@ -481,15 +581,18 @@ mod tests {
     #[test]
     fn futures_shapes_match_the_reference_samples() {
         // Key order and fields of samples/futures-trade.jsonl and the
-        // documented futures aggTrade (no `M`, `X` and `nq` present).
+        // documented futures aggTrade (no `M`, `X` and `nq` present), in
+        // the precision of the model's BTCUSDT (tick 0.01, step 0.00001).
+        let precision = Precision::of(Market::UsdM, &SymbolSpec::for_symbol("BTCUSDT"));
         assert_eq!(
             trade_event(
                 "BTCUSDT",
                 &sample_trade(),
                 TimeUnit::Millisecond,
-                Shape::Futures
+                Shape::Futures,
+                precision
             ),
-            r#"{"e":"trade","E":1723161601438,"T":1723161601437,"s":"BTCUSDT","t":3735693016,"p":"61685.99000000","q":"0.00017000","X":"MARKET","m":true}"#
+            r#"{"e":"trade","E":1723161601438,"T":1723161601437,"s":"BTCUSDT","t":3735693016,"p":"61685.99","q":"0.00017","X":"MARKET","m":true}"#
         );
         let mut row = String::new();
         rest_trade(
@@ -497,10 +600,11 @@ mod tests {
             &sample_trade(),
             TimeUnit::Millisecond,
             Shape::Futures,
+            precision,
         );
-        assert!(
-            row.ends_with(r#""isBuyerMaker":true,"isRPITrade":false}"#),
-            "{row}"
+        assert_eq!(
+            row,
+            r#"{"id":3735693016,"price":"61685.99","qty":"0.00017","quoteQty":"10.4866183","time":1723161601437,"isBuyerMaker":true,"isRPITrade":false}"#
         );
         assert!(!row.contains("isBestMatch"), "{row}");
     }
@@ -521,10 +625,156 @@ mod tests {
             true,
             1_002_000,
             TimeUnit::Millisecond,
+            Precision::SPOT,
         );
         assert_eq!(
             text,
             r#"{"e":"kline","E":1002,"s":"ETHUSDT","k":{"t":0,"T":999,"s":"ETHUSDT","i":"1s","f":-1,"L":-1,"o":"1870.76000000","c":"1870.76000000","h":"1870.76000000","l":"1870.76000000","v":"0.00000000","n":0,"x":true,"q":"0.00000000","V":"0.00000000","Q":"0.00000000","B":"0"}}"#
         );
+    }
+
+    /// A symbol with the real BTCUSDT's precision (tick 0.01, step 0.001).
+    fn btcusdt_like() -> SymbolSpec {
+        SymbolSpec {
+            tick_atoms: 1_000_000,
+            step_atoms: 100_000,
+            ..SymbolSpec::for_symbol("BTCUSDT")
+        }
+    }
+
+    /// Futures amounts in the symbol's precision are the real strings: the
+    /// `@trade` capture of reference 4.4 (byte for byte), the continuous
+    /// kline of `samples/futures-kline.jsonl` (quote volumes with price
+    /// plus quantity decimals) and a dstream aggTrade (whole contracts).
+    /// Spot keeps eight decimals.
+    #[test]
+    fn futures_amounts_carry_the_symbols_precision() {
+        let precision = Precision::of(Market::UsdM, &btcusdt_like());
+        assert_eq!(
+            precision,
+            Precision {
+                price: 2,
+                quantity: 3,
+                quote: 5
+            }
+        );
+        let trade = Trade {
+            id: 3_493_102_749,
+            price: 2_778_500_000_000,
+            quantity: 1_400_000,
+            time_us: 1_679_851_564_486_000,
+            event_time_us: 1_679_851_564_490_000,
+            ..sample_trade()
+        };
+        assert_eq!(
+            trade_event(
+                "BTCUSDT",
+                &trade,
+                TimeUnit::Millisecond,
+                Shape::Futures,
+                precision
+            ),
+            r#"{"e":"trade","E":1679851564490,"T":1679851564486,"s":"BTCUSDT","t":3493102749,"p":"27785.00","q":"0.014","X":"MARKET","m":true}"#
+        );
+        assert!(trade_event(
+            "BTCUSDT",
+            &trade,
+            TimeUnit::Millisecond,
+            Shape::Spot,
+            Precision::of(Market::Spot, &btcusdt_like())
+        )
+        .contains(r#""p":"27785.00000000","q":"0.01400000""#));
+
+        let units = |text: &str| crate::decimal::parse_atoms(text).unwrap();
+        let kline = KlineState {
+            open: units("18787.00"),
+            close: units("18804.04"),
+            high: units("18804.04"),
+            low: units("18786.54"),
+            volume: units("197.664"),
+            quote_volume_wide: i128::from(units("3715253.19494")) * 100_000_000,
+            trade_count: 543,
+            taker_buy_volume: units("184.769"),
+            taker_buy_quote_volume_wide: i128::from(units("3472925.84746")) * 100_000_000,
+            first_trade_id: 116_467_658_886,
+            last_trade_id: 116_468_012_423,
+            ..KlineState::empty(1_607_443_020_000_000, 1_607_443_080_000_000, 0)
+        };
+        let event = kline_event(
+            "BTCUSDT",
+            KlineInterval::OneMinute,
+            &kline,
+            false,
+            1_607_443_058_651_000,
+            TimeUnit::Millisecond,
+            precision,
+        );
+        assert!(
+            event.contains(r#""o":"18787.00","c":"18804.04","h":"18804.04","l":"18786.54","v":"197.664","n":543,"x":false,"q":"3715253.19494","V":"184.769","Q":"3472925.84746""#),
+            "{event}"
+        );
+        let mut row = String::new();
+        rest_kline(&mut row, &kline, TimeUnit::Millisecond, precision);
+        assert_eq!(
+            row,
+            r#"[1607443020000,"18787.00","18804.04","18786.54","18804.04","197.664",1607443079999,"3715253.19494",543,"184.769","3472925.84746","0"]"#
+        );
+        // A kline without trades prints its zeros in the same precision.
+        let quiet = kline_event(
+            "BTCUSDT",
+            KlineInterval::OneMinute,
+            &KlineState::empty(0, 60_000_000, units("18804.04")),
+            true,
+            60_002_000,
+            TimeUnit::Millisecond,
+            precision,
+        );
+        assert!(
+            quiet.contains(r#""v":"0.000","n":0,"x":true,"q":"0.00000","V":"0.000","Q":"0.00000""#),
+            "{quiet}"
+        );
+
+        // COIN-M: the dstream capture's aggTrade, quantities in whole contracts.
+        let coinm_spec = SymbolSpec {
+            tick_atoms: 1_000_000,
+            step_atoms: 100_000_000,
+            ..SymbolSpec::for_symbol("BCHUSD_PERP")
+        };
+        let agg = AggTrade {
+            id: 11_285_749,
+            price: 42_791_000_000,
+            quantity: 300_000_000,
+            first_trade_id: 16_034_449,
+            last_trade_id: 16_034_449,
+            time_us: 1_626_916_403_852_000,
+            event_time_us: 1_626_916_404_006_000,
+            is_buyer_maker: true,
+            is_best_match: true,
+            dispatch_seq: 0,
+            raw_payload: None,
+        };
+        let coinm = Precision::of(Market::CoinM, &coinm_spec);
+        let event = agg_trade_event(
+            "BCHUSD_PERP",
+            &agg,
+            TimeUnit::Millisecond,
+            Shape::CoinM,
+            coinm,
+        );
+        assert!(event.contains(r#""p":"427.91","q":"3","f":"#), "{event}");
+        let mut row = String::new();
+        rest_agg_trade(
+            &mut row,
+            &agg,
+            TimeUnit::Millisecond,
+            Shape::Futures,
+            Precision::of(Market::UsdM, &coinm_spec),
+        );
+        assert!(
+            row.starts_with(r#"{"a":11285749,"p":"427.91","q":"3","nq":"3","f":"#),
+            "{row}"
+        );
+        // COIN-M's kline quote sums keep eight decimals, as its `q`/`Q`.
+        assert_eq!(coinm.quote, 8);
     }
 }

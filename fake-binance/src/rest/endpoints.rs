@@ -4,12 +4,13 @@
 
 use super::{limit_bounds, ApiError, ApiResult};
 use crate::config::Market;
+use crate::decimal::{push_decimals, ATOMS_PER_UNIT};
 use crate::http::HttpRequest;
 use crate::interval::KlineInterval;
 use crate::market::SymbolBook;
 use crate::model::{PrintType, Trade};
 use crate::shared::Shared;
-use crate::wire::{self, TimeUnit};
+use crate::wire::{self, Precision, TimeUnit};
 
 pub(super) fn time_unit(request: &HttpRequest) -> Result<TimeUnit, ApiError> {
     match request.header("X-MBX-TIME-UNIT") {
@@ -114,6 +115,14 @@ pub(super) fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUn
         .iter()
         .map(|book| {
             let spec = &book.spec;
+            // Filters in the symbol's precision: spot's eight decimals,
+            // futures' own (`"tickSize":"0.10"`, `"stepSize":"0.001"`).
+            let precision = Precision::of(shared.config.market, spec);
+            let amount = |atoms: i64, decimals: u32| {
+                let mut text = String::new();
+                push_decimals(&mut text, atoms, decimals);
+                text
+            };
             // Spot statuses (reference 5.4): `HALT` while a halt lasts.
             let status = if book.halted_at(now_us) { "HALT" } else { "TRADING" };
             let mut symbol = serde_json::json!({
@@ -134,15 +143,15 @@ pub(super) fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUn
                 "filters": [
                     {
                         "filterType": "PRICE_FILTER",
-                        "minPrice": crate::decimal::format_atoms(spec.tick_atoms),
-                        "maxPrice": "1000000.00000000",
-                        "tickSize": crate::decimal::format_atoms(spec.tick_atoms),
+                        "minPrice": amount(spec.tick_atoms, precision.price),
+                        "maxPrice": amount(1_000_000 * ATOMS_PER_UNIT, precision.price),
+                        "tickSize": amount(spec.tick_atoms, precision.price),
                     },
                     {
                         "filterType": "LOT_SIZE",
-                        "minQty": crate::decimal::format_atoms(spec.step_atoms),
-                        "maxQty": "9000.00000000",
-                        "stepSize": crate::decimal::format_atoms(spec.step_atoms),
+                        "minQty": amount(spec.step_atoms, precision.quantity),
+                        "maxQty": amount(9_000 * ATOMS_PER_UNIT, precision.quantity),
+                        "stepSize": amount(spec.step_atoms, precision.quantity),
                     }
                 ],
                 "permissions": [],
@@ -151,7 +160,7 @@ pub(super) fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUn
                 "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
             });
             if shared.config.market.is_futures() {
-                add_contract_fields(&mut symbol, book, now_us, shared.config.market);
+                add_contract_fields(&mut symbol, book, now_us, shared.config.market, precision);
             }
             symbol
         })
@@ -159,16 +168,46 @@ pub(super) fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUn
     let info = serde_json::json!({
         "timezone": "UTC",
         "serverTime": unit.convert(now_us),
-        "rateLimits": [
-            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limits.weight_limit_per_minute},
-            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
-            {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": 200000},
-            {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 300000},
-        ],
+        "rateLimits": rate_limits(shared.config.market, limits.weight_limit_per_minute),
         "exchangeFilters": [],
         "symbols": symbols,
     });
     Ok(info.to_string())
+}
+
+/// `exchangeInfo`'s `rateLimits`: the configured weight limit, then the
+/// order limits each market lists. Spot's as its docs show them (reference
+/// 6: `RAW_REQUESTS` 300,000 per 5 minutes since 2026-04-02); USD-M's and
+/// COIN-M's as the real answers in the shared data (`BINANCE_FUTURES.0`,
+/// `BINANCE_DELIVERY.0`, nautilus' fapi capture): order limits only, no
+/// `RAW_REQUESTS`.
+fn rate_limits(market: Market, weight_limit_per_minute: u32) -> serde_json::Value {
+    let weight = serde_json::json!({"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": weight_limit_per_minute});
+    let orders_per_minute = serde_json::json!({"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200});
+    match market {
+        Market::Spot | Market::Us => serde_json::json!([
+            weight,
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
+            {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": 200000},
+            {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 300000},
+        ]),
+        Market::UsdM => serde_json::json!([
+            weight,
+            orders_per_minute,
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300},
+        ]),
+        Market::CoinM => serde_json::json!([weight, orders_per_minute]),
+    }
+}
+
+/// A COIN-M contract's size in USD: 100 for the BTC contracts, 10 for the
+/// others, as every symbol of the real `BINANCE_DELIVERY.0` answer.
+fn contract_size(pair: &str) -> i64 {
+    if pair == "BTCUSD" {
+        100
+    } else {
+        10
+    }
 }
 
 /// Perpetuals' `deliveryDate` on Binance's futures `exchangeInfo`:
@@ -179,7 +218,9 @@ const PERPETUAL_DELIVERY_MS: i64 = 4_133_404_800_000;
 /// Binance's derivatives docs show them (the reference does not list
 /// them) and the real answers in the shared data show them: on COIN-M
 /// `contractStatus` instead of spot's `status` (USD-M keeps `status`),
-/// `contractType`, `pair`, `deliveryDate` and `onboardDate` (ms). A contract with a
+/// `contractType`, `pair`, `deliveryDate` and `onboardDate` (ms),
+/// `pricePrecision` and `quantityPrecision` (the decimals its amounts are
+/// printed with), and on COIN-M `contractSize`. A contract with a
 /// delivery is `TRADING` until it and then `DELIVERED` (a dated one) or
 /// `SETTLING` (a delisted perpetual); Binance passes through other
 /// statuses (`PRE_DELIVERING`, `DELIVERING`, `CLOSE`) a recorder must not
@@ -189,6 +230,7 @@ fn add_contract_fields(
     book: &SymbolBook,
     now_us: i64,
     market: Market,
+    precision: Precision,
 ) {
     let spec = &book.spec;
     let dated = crate::config::delivery_from_name(&spec.symbol).is_some();
@@ -229,6 +271,11 @@ fn add_contract_fields(
             "onboardDate".to_owned(),
             book.data_start_us.div_euclid(1_000).into(),
         );
+        fields.insert("pricePrecision".to_owned(), precision.price.into());
+        fields.insert("quantityPrecision".to_owned(), precision.quantity.into());
+        if market == Market::CoinM {
+            fields.insert("contractSize".to_owned(), contract_size(pair).into());
+        }
     }
 }
 
@@ -258,8 +305,9 @@ pub(super) fn recent_trades(shared: &Shared, request: &HttpRequest, unit: TimeUn
         .take(limit)
         .collect();
     let trades: Vec<&Trade> = visible.into_iter().rev().collect();
+    let precision = Precision::of(shared.config.market, &book.spec);
     Ok(json_array(&trades, |out, trade| {
-        wire::rest_trade(out, trade, unit, shared.config.market.shape())
+        wire::rest_trade(out, trade, unit, shared.config.market.shape(), precision)
     }))
 }
 
@@ -314,8 +362,9 @@ pub(super) fn historical_trades(
             visible[start..].iter().filter(served).take(limit).collect()
         }
     };
+    let precision = Precision::of(shared.config.market, &book.spec);
     Ok(json_array(&trades, |out, trade| {
-        wire::rest_trade(out, trade, unit, shared.config.market.shape())
+        wire::rest_trade(out, trade, unit, shared.config.market.shape(), precision)
     }))
 }
 
@@ -368,15 +417,18 @@ pub(super) fn agg_trades(shared: &Shared, request: &HttpRequest, unit: TimeUnit)
             &visible[start..(start + limit).min(end)]
         }
     };
+    let precision = Precision::of(shared.config.market, &book.spec);
     Ok(json_array(selected, |out, agg| {
-        wire::rest_agg_trade(out, agg, unit, shared.config.market.shape())
+        wire::rest_agg_trade(out, agg, unit, shared.config.market.shape(), precision)
     }))
 }
 
 pub(super) fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> ApiResult {
     let interval = match request.query_value("interval") {
         None | Some("") => return Err(ApiError::mandatory("interval")),
-        Some(text) => KlineInterval::parse(text)
+        // `1s` is refused on futures like any unknown interval (-1120,
+        // reference 6): futures klines come "without `1s`" (reference 4.4).
+        Some(text) => KlineInterval::parse_on(text, shared.config.market)
             .ok_or_else(|| ApiError::bad_request(-1120, "Invalid interval."))?,
     };
     let limit = parse_limit(shared, request)?;
@@ -384,6 +436,7 @@ pub(super) fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> 
     let end_us = parse_time_us(shared, request, "endTime", true)?;
     let (market, now_us) = shared.market_now();
     let book = symbol_book(&market, request)?;
+    let precision = Precision::of(shared.config.market, &book.spec);
     let grid_first = book.first_kline_open(interval);
     // The kline still open at `now` is the last row, as on Binance.
     let grid_last = interval.open_time_containing(now_us);
@@ -420,7 +473,7 @@ pub(super) fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> 
         }
         let rows = book.klines_between(interval, first_open, open, now_us, now_us + 1);
         return Ok(json_array(&rows, |out, kline| {
-            wire::rest_kline(out, kline, unit)
+            wire::rest_kline(out, kline, unit, precision)
         }));
     }
     // Newest up to the end, at most `limit`.
@@ -433,6 +486,6 @@ pub(super) fn klines(shared: &Shared, request: &HttpRequest, unit: TimeUnit) -> 
     first_open = open;
     let rows = book.klines_between(interval, first_open, last_open, now_us, now_us + 1);
     Ok(json_array(&rows, |out, kline| {
-        wire::rest_kline(out, kline, unit)
+        wire::rest_kline(out, kline, unit, precision)
     }))
 }

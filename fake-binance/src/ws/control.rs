@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use crate::config::Market;
 use crate::streams::StreamName;
 
 /// Result of one control message.
@@ -25,12 +26,14 @@ fn bare_error(code: i64, message: &str) -> ControlOutcome {
 }
 
 /// Processes one SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY
-/// message against the connection's current streams (pure, for unit tests).
+/// message against the connection's current streams (pure, for unit tests);
+/// a stream `market` does not have is an invalid stream.
 pub(crate) fn process_control(
     text: &str,
     current: &[String],
     combined: bool,
     max_streams: usize,
+    market: Market,
 ) -> ControlOutcome {
     let request: Value = match serde_json::from_str(text) {
         Ok(value) => value,
@@ -85,7 +88,7 @@ pub(crate) fn process_control(
             let mut names_text = Vec::with_capacity(names.len());
             for name in names {
                 match name.as_str() {
-                    Some(name) if StreamName::parse(name).is_some() => {
+                    Some(name) if StreamName::parse_on(name, market).is_some() => {
                         names_text.push(name.to_owned())
                     }
                     _ => return invalid_stream(),
@@ -185,6 +188,7 @@ mod tests {
             &[],
             false,
             10,
+            Market::Spot,
         );
         let reply: Value = serde_json::from_str(&outcome.reply).unwrap();
         assert_eq!(reply, serde_json::json!({"result": null, "id": 1}));
@@ -195,6 +199,7 @@ mod tests {
             &current,
             false,
             10,
+            Market::Spot,
         );
         let current = outcome.new_streams.unwrap();
         assert_eq!(current, streams(&["btcusdt@aggTrade"]));
@@ -203,6 +208,7 @@ mod tests {
             &current,
             false,
             10,
+            Market::Spot,
         );
         let reply: Value = serde_json::from_str(&outcome.reply).unwrap();
         assert_eq!(
@@ -218,6 +224,7 @@ mod tests {
             &[],
             false,
             10,
+            Market::Spot,
         );
         assert_eq!(outcome.new_combined, Some(true));
         let outcome = process_control(
@@ -225,6 +232,7 @@ mod tests {
             &[],
             true,
             10,
+            Market::Spot,
         );
         assert_eq!(
             serde_json::from_str::<Value>(&outcome.reply).unwrap(),
@@ -235,6 +243,7 @@ mod tests {
             &[],
             false,
             10,
+            Market::Spot,
         );
         assert_eq!(
             serde_json::from_str::<Value>(&outcome.reply).unwrap(),
@@ -245,6 +254,7 @@ mod tests {
             &[],
             false,
             10,
+            Market::Spot,
         );
         assert_eq!(
             serde_json::from_str::<Value>(&outcome.reply).unwrap()["code"],
@@ -255,6 +265,7 @@ mod tests {
             &[],
             false,
             10,
+            Market::Spot,
         );
         assert_eq!(
             serde_json::from_str::<Value>(&outcome.reply).unwrap(),
@@ -265,11 +276,37 @@ mod tests {
             &[],
             false,
             10,
+            Market::Spot,
         );
         assert_eq!(
             serde_json::from_str::<Value>(&outcome.reply).unwrap()["msg"],
             "Invalid request: too many parameters"
         );
+    }
+
+    /// `@kline_1s` is no futures stream (reference 4.4): SUBSCRIBE refuses
+    /// it as any bad stream name, subscribing nothing of the request.
+    #[test]
+    fn one_second_klines_are_an_invalid_stream_on_futures() {
+        let request =
+            r#"{"method":"SUBSCRIBE","params":["btcusdt@kline_1m","btcusdt@kline_1s"],"id":4}"#;
+        for market in [Market::UsdM, Market::CoinM] {
+            let outcome = process_control(request, &[], true, 10, market);
+            assert_eq!(
+                serde_json::from_str::<Value>(&outcome.reply).unwrap(),
+                serde_json::json!({"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 4}),
+                "{market:?}"
+            );
+            assert!(outcome.new_streams.is_none(), "{market:?}");
+        }
+        for market in [Market::Spot, Market::Us] {
+            let outcome = process_control(request, &[], true, 10, market);
+            assert_eq!(
+                outcome.new_streams,
+                Some(streams(&["btcusdt@kline_1m", "btcusdt@kline_1s"])),
+                "{market:?}"
+            );
+        }
     }
 
     #[test]
@@ -279,13 +316,14 @@ mod tests {
             &[],
             false,
             10,
+            Market::Spot,
         );
         assert_eq!(
             serde_json::from_str::<Value>(&outcome.reply).unwrap(),
             serde_json::json!({"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 2})
         );
         assert!(outcome.new_streams.is_none());
-        let outcome = process_control("not json", &[], false, 10);
+        let outcome = process_control("not json", &[], false, 10, Market::Spot);
         let reply: Value = serde_json::from_str(&outcome.reply).unwrap();
         assert_eq!(reply["code"], 3);
         assert!(
@@ -295,14 +333,20 @@ mod tests {
                 .starts_with("Invalid JSON: expected"),
             "{reply}"
         );
-        let outcome = process_control(r#"{"method":"PUBLISH","id":1}"#, &[], false, 10);
+        let outcome = process_control(
+            r#"{"method":"PUBLISH","id":1}"#,
+            &[],
+            false,
+            10,
+            Market::Spot,
+        );
         let reply: Value = serde_json::from_str(&outcome.reply).unwrap();
         assert_eq!(reply["code"], 2);
         assert!(reply["msg"]
             .as_str()
             .unwrap()
             .starts_with("Invalid request: unknown variant"));
-        let outcome = process_control(r#"{"params":[],"id":1}"#, &[], false, 10);
+        let outcome = process_control(r#"{"params":[],"id":1}"#, &[], false, 10, Market::Spot);
         assert_eq!(
             serde_json::from_str::<Value>(&outcome.reply).unwrap()["msg"],
             "Invalid request: missing field `method`"
@@ -312,6 +356,7 @@ mod tests {
             &[],
             false,
             10,
+            Market::Spot,
         );
         assert_eq!(
             serde_json::from_str::<Value>(&outcome.reply).unwrap()["msg"],
@@ -324,6 +369,7 @@ mod tests {
                 &[],
                 false,
                 10,
+                Market::Spot,
             );
             assert!(!outcome.is_error, "{id}");
         }
@@ -336,6 +382,7 @@ mod tests {
             &[],
             false,
             2,
+            Market::Spot,
         );
         assert!(outcome.too_many_streams);
     }

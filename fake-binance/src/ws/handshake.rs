@@ -69,7 +69,7 @@ pub(crate) fn parse_connect_request(
     };
     let mut streams: Vec<String> = Vec::new();
     for name in stream_list.split('/').filter(|name| !name.is_empty()) {
-        if StreamName::parse(name).is_none() {
+        if StreamName::parse_on(name, market).is_none() {
             return Err(HandshakeRejection::BadRequest(format!(
                 "Invalid request: invalid stream {name}"
             )));

@@ -134,6 +134,10 @@ impl Session {
                     Ok(ConnectionCommand::Silence { connection_id }) => {
                         self.silenced |= connection_id == self.connection_id;
                     }
+                    Ok(ConnectionCommand::ServerShutdown) if !self.shared.config.market.sends_server_shutdown() => {
+                        // No such event on this market: the connection goes on.
+                        debug!(connection_id = self.connection_id, "serverShutdown not sent: the market has no such event");
+                    }
                     Ok(ConnectionCommand::ServerShutdown) => {
                         // Binance sends the event "shortly before closing":
                         // the connection keeps serving for the grace period.
@@ -367,7 +371,13 @@ impl Session {
                     .get(&self.connection_id)
                     .map(|entry| entry.streams_in_order.clone())
                     .unwrap_or_default();
-                let outcome = process_control(text.as_str(), &current, self.combined, max_streams);
+                let outcome = process_control(
+                    text.as_str(),
+                    &current,
+                    self.combined,
+                    max_streams,
+                    self.shared.config.market,
+                );
                 if outcome.too_many_streams {
                     self.shared
                         .counters

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fake_binance::{ChaosConfig, FakeExchange, Fault, Lie};
+use fake_binance::{ChaosConfig, FakeConfig, FakeExchange, Fault, Lie, Market};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -360,6 +360,51 @@ async fn server_shutdown_event_bare_and_combined_then_close() {
     assert_eq!(wrapped["data"]["e"], "serverShutdown");
     combined.wait_close(WITHIN).await;
     exchange.shutdown().await;
+}
+
+/// `serverShutdown` is a spot event (reference 3 and 11): on USD-M, COIN-M
+/// and Binance.US the fault is counted and the connection goes on, with no
+/// event and no close. The reply to a request sent after the injection is
+/// the first frame: with no grace, a spot connection would have sent the
+/// event and closed before reading the request.
+#[tokio::test]
+async fn server_shutdown_does_nothing_off_spot() {
+    for (market, path, symbol) in [
+        (Market::UsdM, "/market/ws", "BTCUSDT"),
+        (Market::CoinM, "/ws", "BTCUSD_PERP"),
+        (Market::Us, "/ws", "BTCUSDT"),
+    ] {
+        let mut exchange_config = FakeConfig {
+            market,
+            symbols: vec![symbol.to_owned()],
+            ..config(1.0)
+        };
+        exchange_config.limits.server_shutdown_grace = Duration::ZERO;
+        let exchange = FakeExchange::start(exchange_config).await.unwrap();
+        let mut client = Client::connect(&format!("{}{path}", exchange.ws_base_url())).await;
+        wait_until(WITHIN, "connected", || {
+            exchange.counters().ws_connections_open == 1
+        })
+        .await;
+        exchange.inject(Fault::ServerShutdown);
+        client
+            .send_text(r#"{"method":"LIST_SUBSCRIPTIONS","id":1}"#)
+            .await;
+        assert_eq!(
+            client.next_json(WITHIN).await,
+            serde_json::json!({"result": [], "id": 1}),
+            "{market:?}"
+        );
+        let counters = exchange.counters();
+        assert_eq!(
+            counters.faults_injected.get("server_shutdown"),
+            Some(&1),
+            "{market:?}"
+        );
+        assert_eq!(counters.ws_server_shutdown_closes, 0, "{market:?}");
+        assert_eq!(counters.ws_connections_open, 1, "{market:?}");
+        exchange.shutdown().await;
+    }
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@ use std::time::Duration;
 use fake_binance::{FakeExchange, Limits};
 use serde_json::Value;
 
-use crate::support::{config, get, get_with, relaxed_limits, wait_until_async, SIM_START_US};
+use crate::support::{
+    assert_amount, config, get, get_with, relaxed_limits, wait_until_async, SIM_START_US,
+};
 
 fn ids(rows: &Value, key: &str) -> Vec<i64> {
     rows.as_array()
@@ -846,6 +848,250 @@ async fn futures_read_request_times_as_milliseconds_only() {
             if answers_micros { 5 } else { 0 },
             "{market:?}: µs"
         );
+        exchange.shutdown().await;
+    }
+}
+
+/// The precision each market writes a symbol's amounts with: spot eight
+/// decimals; futures the model's tick and step decimals (USD-M BTCUSDT:
+/// tick 0.01, step 0.00001; COIN-M BTCUSD_PERP: 0.0001 and 0.1), quote
+/// sums with their sum on USD-M and eight on COIN-M (the real captures).
+/// Every amount of `trades`, `historicalTrades`, `aggTrades` and `klines`
+/// has exactly those decimals and the ground truth's value.
+#[tokio::test]
+async fn rest_amounts_carry_the_symbols_precision() {
+    for (market, prefix, symbol, price, quantity, quote) in [
+        (fake_binance::Market::Spot, "/api/v3", "BTCUSDT", 8, 8, 8),
+        (fake_binance::Market::UsdM, "/fapi/v1", "BTCUSDT", 2, 5, 7),
+        (
+            fake_binance::Market::CoinM,
+            "/dapi/v1",
+            "BTCUSD_PERP",
+            4,
+            1,
+            8,
+        ),
+    ] {
+        let exchange = FakeExchange::start(fake_binance::FakeConfig {
+            market,
+            symbols: vec![symbol.to_owned()],
+            api_keys: vec!["test-key".to_owned()],
+            ..config(60.0)
+        })
+        .await
+        .unwrap();
+        let base = exchange.rest_base_url();
+        let query =
+            |endpoint: &str, rest: &str| format!("{prefix}/{endpoint}?symbol={symbol}&{rest}");
+        let trades = get(&base, &query("trades", "limit=50")).await.json();
+        let historical = get_with(
+            &base,
+            &query("historicalTrades", "limit=50"),
+            &[("X-MBX-APIKEY", "test-key")],
+        )
+        .await
+        .json();
+        let aggs = get(&base, &query("aggTrades", "limit=50")).await.json();
+        let klines = get(&base, &query("klines", "interval=1m&limit=20"))
+            .await
+            .json();
+        let truth = exchange.ground_truth(symbol, exchange.sim_now_us());
+        let label = format!("{market:?}");
+
+        let mut n_trades = 0;
+        for row in trades
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(historical.as_array().unwrap())
+        {
+            let want = truth
+                .trades
+                .iter()
+                .find(|trade| trade.id == row["id"].as_i64().unwrap())
+                .expect("a served trade is in the truth");
+            assert_amount(&row["price"], price, &want.price, &label);
+            assert_amount(&row["qty"], quantity, &want.quantity, &label);
+            let quote_qty = row["quoteQty"].as_str().unwrap();
+            assert_eq!(
+                crate::support::decimals_of(quote_qty),
+                quote,
+                "{label}: {row}"
+            );
+            n_trades += 1;
+        }
+        assert_eq!(n_trades, 100, "{label}");
+        for row in aggs.as_array().unwrap() {
+            let want = truth
+                .agg_trades
+                .iter()
+                .find(|agg| agg.id == row["a"].as_i64().unwrap())
+                .expect("a served aggTrade is in the truth");
+            assert_amount(&row["p"], price, &want.price, &label);
+            assert_amount(&row["q"], quantity, &want.quantity, &label);
+            if market == fake_binance::Market::UsdM {
+                assert_amount(&row["nq"], quantity, &want.quantity, &label);
+            }
+        }
+        let mut n_klines = 0;
+        for row in klines.as_array().unwrap() {
+            let Some(want) = truth.klines["1m"]
+                .iter()
+                .find(|kline| kline.open_time_us == row[0].as_i64().unwrap() * 1000)
+            else {
+                continue; // the kline still open
+            };
+            for (index, truth_value, decimals) in [
+                (1, &want.open, price),
+                (2, &want.high, price),
+                (3, &want.low, price),
+                (4, &want.close, price),
+                (5, &want.volume, quantity),
+                (7, &want.quote_volume, quote),
+                (9, &want.taker_buy_base_volume, quantity),
+                (10, &want.taker_buy_quote_volume, quote),
+            ] {
+                assert_amount(
+                    &row[index],
+                    decimals,
+                    truth_value,
+                    &format!("{label} [{index}]"),
+                );
+            }
+            n_klines += 1;
+        }
+        assert!(n_klines >= 19, "{label}: {n_klines} closed klines");
+        exchange.shutdown().await;
+    }
+}
+
+/// Futures `exchangeInfo` as the real answers (`BINANCE_FUTURES.0`,
+/// `BINANCE_DELIVERY.0`): their own `rateLimits` (the configured weight
+/// limit first, no `RAW_REQUESTS`), `pricePrecision` and
+/// `quantityPrecision`, COIN-M `contractSize` (100 for BTC, 10 for the
+/// others), filters in the symbol's precision. Spot keeps its own.
+#[tokio::test]
+async fn futures_exchange_info_has_the_real_rate_limits_and_precisions() {
+    let weight = |limit: u32| serde_json::json!({"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limit});
+    let orders = |interval: &str, number: u32, limit: u32| serde_json::json!({"rateLimitType": "ORDERS", "interval": interval, "intervalNum": number, "limit": limit});
+    let cases = [
+        (
+            fake_binance::Market::UsdM,
+            "/fapi/v1",
+            vec!["BTCUSDT", "ETHUSDT"],
+            serde_json::json!([
+                weight(2400),
+                orders("MINUTE", 1, 1200),
+                orders("SECOND", 10, 300)
+            ]),
+        ),
+        (
+            fake_binance::Market::CoinM,
+            "/dapi/v1",
+            vec!["BTCUSD_PERP", "ETHUSD_PERP"],
+            serde_json::json!([weight(2400), orders("MINUTE", 1, 1200)]),
+        ),
+    ];
+    for (market, prefix, symbols, rate_limits) in cases {
+        let exchange = FakeExchange::start(fake_binance::FakeConfig {
+            market,
+            symbols: symbols.iter().map(|symbol| symbol.to_string()).collect(),
+            limits: Limits {
+                weight_limit_per_minute: 2400,
+                ..relaxed_limits()
+            },
+            ..config(1.0)
+        })
+        .await
+        .unwrap();
+        let info = get(&exchange.rest_base_url(), &format!("{prefix}/exchangeInfo"))
+            .await
+            .json();
+        assert_eq!(info["rateLimits"], rate_limits, "{market:?}");
+        let entries = info["symbols"].as_array().unwrap();
+        let first = &entries[0];
+        if market == fake_binance::Market::UsdM {
+            // BTCUSDT: tick 0.01, step 0.00001.
+            assert_eq!(
+                (&first["pricePrecision"], &first["quantityPrecision"]),
+                (&2.into(), &5.into())
+            );
+            assert_eq!(first["filters"][0]["tickSize"], "0.01");
+            assert_eq!(first["filters"][0]["minPrice"], "0.01");
+            assert_eq!(first["filters"][1]["stepSize"], "0.00001");
+            assert_eq!(first["filters"][1]["minQty"], "0.00001");
+            assert!(entries
+                .iter()
+                .all(|entry| entry.get("contractSize").is_none()));
+        } else {
+            // BTCUSD_PERP: the model's generic tick 0.0001 and step 0.1.
+            assert_eq!(
+                (&first["pricePrecision"], &first["quantityPrecision"]),
+                (&4.into(), &1.into())
+            );
+            assert_eq!(first["filters"][0]["tickSize"], "0.0001");
+            assert_eq!(first["filters"][1]["stepSize"], "0.1");
+            let sizes: Vec<&Value> = entries.iter().map(|entry| &entry["contractSize"]).collect();
+            assert_eq!(sizes, [&Value::from(100), &Value::from(10)]);
+        }
+        exchange.shutdown().await;
+    }
+    let spot = FakeExchange::start(config(1.0)).await.unwrap();
+    let info = get(&spot.rest_base_url(), "/api/v3/exchangeInfo")
+        .await
+        .json();
+    let types: Vec<&Value> = info["rateLimits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|limit| &limit["rateLimitType"])
+        .collect();
+    assert_eq!(
+        types,
+        ["REQUEST_WEIGHT", "ORDERS", "ORDERS", "RAW_REQUESTS"]
+    );
+    assert!(info["symbols"][0].get("pricePrecision").is_none());
+    assert_eq!(info["symbols"][0]["filters"][1]["stepSize"], "0.00001000");
+    spot.shutdown().await;
+}
+
+/// Futures have no `1s` klines (reference 4.4): REST `klines` refuses the
+/// interval as any unknown one (400, -1120); spot serves it.
+#[tokio::test]
+async fn futures_refuse_one_second_klines() {
+    for (market, path, served) in [
+        (fake_binance::Market::Spot, "/api/v3", true),
+        (fake_binance::Market::UsdM, "/fapi/v1", false),
+        (fake_binance::Market::CoinM, "/dapi/v1", false),
+    ] {
+        let symbol = if market == fake_binance::Market::CoinM {
+            "BTCUSD_PERP"
+        } else {
+            "BTCUSDT"
+        };
+        let exchange = FakeExchange::start(fake_binance::FakeConfig {
+            market,
+            symbols: vec![symbol.to_owned()],
+            ..config(1.0)
+        })
+        .await
+        .unwrap();
+        let answer = get(
+            &exchange.rest_base_url(),
+            &format!("{path}/klines?symbol={symbol}&interval=1s&limit=5"),
+        )
+        .await;
+        if served {
+            assert_eq!(answer.status, 200, "{market:?}: {}", answer.body);
+            assert_eq!(answer.json().as_array().unwrap().len(), 5);
+        } else {
+            assert_eq!(answer.status, 400, "{market:?}");
+            assert_eq!(
+                answer.json(),
+                serde_json::json!({"code": -1120, "msg": "Invalid interval."}),
+                "{market:?}"
+            );
+        }
         exchange.shutdown().await;
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use fake_binance::{FakeConfig, FakeExchange, KlineUpdates, Market};
 use serde_json::Value;
 
-use crate::support::{assert_key_order, collect_texts, config, Client, SIM_START_US};
+use crate::support::{
+    assert_amount, assert_key_order, collect_texts, config, decimals_of, Client, SIM_START_US,
+};
 
 const WITHIN: Duration = Duration::from_secs(10);
 
@@ -430,4 +432,166 @@ async fn each_connection_gets_the_same_events_in_the_same_order() {
         }
     }
     exchange.shutdown().await;
+}
+
+/// Futures events print the symbol's precision (reference 4.4; the real
+/// fstream and dstream captures): USD-M BTCUSDT prices with the tick's 2
+/// decimals, quantities (and `nq`) with the step's 5, kline quote volumes
+/// with their sum (7); COIN-M BTCUSD_PERP 4 and 1, kline quote volumes 8.
+/// Values are the ground truth's.
+#[tokio::test]
+async fn futures_events_carry_the_symbols_precision() {
+    for (market, symbol, price, quantity, quote) in [
+        (Market::UsdM, "BTCUSDT", 2, 5, 7),
+        (Market::CoinM, "BTCUSD_PERP", 4, 1, 8),
+    ] {
+        let exchange = FakeExchange::start(FakeConfig {
+            market,
+            symbols: vec![symbol.to_owned()],
+            ..config(240.0)
+        })
+        .await
+        .unwrap();
+        let base = exchange.ws_base_url();
+        let lower = symbol.to_ascii_lowercase();
+        // USD-M serves trades on /public, aggTrades and klines on /market.
+        let (trade_url, other_url) = match market {
+            Market::UsdM => (
+                format!("{base}/public/ws/{lower}@trade"),
+                format!("{base}/market/ws/{lower}@aggTrade/{lower}@kline_1m"),
+            ),
+            _ => (
+                format!("{base}/ws/{lower}@trade"),
+                format!("{base}/ws/{lower}@aggTrade/{lower}@kline_1m"),
+            ),
+        };
+        let mut trades = Client::connect(&trade_url).await;
+        let mut others = Client::connect(&other_url).await;
+        let trade_events: Vec<Value> = collect_texts(&mut trades, 30, WITHIN)
+            .await
+            .iter()
+            .map(|text| parse(text))
+            .collect();
+        let mut agg_events = Vec::new();
+        let mut closed_kline: Option<Value> = None;
+        while agg_events.len() < 30 || closed_kline.is_none() {
+            let event = parse(&others.next_text(WITHIN).await);
+            if event["e"] == "aggTrade" {
+                agg_events.push(event);
+            } else if event["k"]["x"] == true {
+                closed_kline = Some(event["k"].clone());
+            } else {
+                let kline = &event["k"];
+                for key in ["o", "h", "l", "c"] {
+                    assert_eq!(decimals_of(kline[key].as_str().unwrap()), price, "{kline}");
+                }
+                for (key, decimals) in
+                    [("v", quantity), ("V", quantity), ("q", quote), ("Q", quote)]
+                {
+                    assert_eq!(
+                        decimals_of(kline[key].as_str().unwrap()),
+                        decimals,
+                        "{kline}"
+                    );
+                }
+            }
+        }
+        let truth = exchange.ground_truth(symbol, exchange.sim_now_us());
+        let label = format!("{market:?}");
+        for event in &trade_events {
+            let want = truth
+                .trades
+                .iter()
+                .find(|trade| trade.id == event["t"].as_i64().unwrap())
+                .expect("a sent trade is in the truth");
+            assert_amount(&event["p"], price, &want.price, &label);
+            assert_amount(&event["q"], quantity, &want.quantity, &label);
+        }
+        for event in &agg_events {
+            let want = truth
+                .agg_trades
+                .iter()
+                .find(|agg| agg.id == event["a"].as_i64().unwrap())
+                .expect("a sent aggTrade is in the truth");
+            assert_amount(&event["p"], price, &want.price, &label);
+            assert_amount(&event["q"], quantity, &want.quantity, &label);
+            if market == Market::UsdM {
+                assert_amount(&event["nq"], quantity, &want.quantity, &label);
+            }
+        }
+        let kline = closed_kline.expect("loop ends with a closed kline");
+        let want = truth.klines["1m"]
+            .iter()
+            .find(|want| want.open_time_us == kline["t"].as_i64().unwrap() * 1000)
+            .expect("a closed kline is in the truth");
+        for (key, truth_value, decimals) in [
+            ("o", &want.open, price),
+            ("h", &want.high, price),
+            ("l", &want.low, price),
+            ("c", &want.close, price),
+            ("v", &want.volume, quantity),
+            ("q", &want.quote_volume, quote),
+            ("V", &want.taker_buy_base_volume, quantity),
+            ("Q", &want.taker_buy_quote_volume, quote),
+        ] {
+            assert_amount(
+                &kline[key],
+                decimals,
+                truth_value,
+                &format!("{label} {key}"),
+            );
+        }
+        exchange.shutdown().await;
+    }
+}
+
+/// `<s>@kline_1s` is no futures stream (reference 4.4): SUBSCRIBE refuses it
+/// as a bad stream name (code 2 `Invalid request: invalid stream`,
+/// reference 2) and subscribes nothing, a URL naming it is refused with
+/// HTTP 400; spot takes it.
+#[tokio::test]
+async fn futures_have_no_one_second_kline_stream() {
+    for (market, path, symbol) in [
+        (Market::UsdM, "/market", "btcusdt"),
+        (Market::CoinM, "", "btcusd_perp"),
+    ] {
+        let exchange = FakeExchange::start(FakeConfig {
+            market,
+            symbols: vec![symbol.to_uppercase()],
+            ..config(60.0)
+        })
+        .await
+        .unwrap();
+        let base = exchange.ws_base_url();
+        let mut client = Client::connect(&format!("{base}{path}/ws")).await;
+        client
+            .send_text(&format!(
+                r#"{{"method":"SUBSCRIBE","params":["{symbol}@kline_1s"],"id":1}}"#
+            ))
+            .await;
+        assert_eq!(
+            client.next_reply(WITHIN).await,
+            serde_json::json!({"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 1}),
+            "{market:?}"
+        );
+        client
+            .send_text(r#"{"method":"LIST_SUBSCRIPTIONS","id":2}"#)
+            .await;
+        assert_eq!(
+            client.next_reply(WITHIN).await,
+            serde_json::json!({"result": [], "id": 2}),
+            "{market:?}"
+        );
+        match tokio_tungstenite::connect_async(format!("{base}{path}/ws/{symbol}@kline_1s")).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status().as_u16(), 400, "{market:?}")
+            }
+            other => panic!("{market:?}: the handshake should be refused: {other:?}"),
+        }
+        exchange.shutdown().await;
+    }
+    let spot = FakeExchange::start(config(60.0)).await.unwrap();
+    let mut client = Client::connect(&format!("{}/ws/btcusdt@kline_1s", spot.ws_base_url())).await;
+    assert_eq!(client.next_json(WITHIN).await["k"]["i"], "1s");
+    spot.shutdown().await;
 }

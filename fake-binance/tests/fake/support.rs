@@ -265,3 +265,26 @@ pub fn assert_key_order(text: &str, keys: &[&str]) {
         last += position + needle.len();
     }
 }
+
+/// The number of decimals a wire amount is written with (`"27785.00"`: 2).
+pub fn decimals_of(text: &str) -> usize {
+    text.split_once('.')
+        .map_or(0, |(_, fraction)| fraction.len())
+}
+
+/// A decimal string's value in 1e-8 units, to compare a wire amount with
+/// the ground truth's eight-decimal string.
+pub fn atoms(text: &str) -> i64 {
+    fake_binance::decimal::parse_atoms(text)
+        .unwrap_or_else(|error| panic!("not a decimal: {text}: {error}"))
+}
+
+/// Asserts that a wire amount has `decimals` decimals and the value of the
+/// truth's string.
+pub fn assert_amount(wire: &Value, decimals: usize, truth: &str, what: &str) {
+    let text = wire
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: not a string: {wire}"));
+    assert_eq!(decimals_of(text), decimals, "{what}: {text}");
+    assert_eq!(atoms(text), atoms(truth), "{what}: {text} vs truth {truth}");
+}
