@@ -274,11 +274,12 @@ pub(crate) enum InjectedFrame {
 }
 
 /// Orders to every connection at once (broadcast), outside the event order;
-/// `Silence` is for the one connection it names.
+/// `Silence` is for the one connection it names, `ServerShutdown` for the
+/// one it names when it names one.
 #[derive(Debug, Clone)]
 pub(crate) enum ConnectionCommand {
     Drop { abort: bool },
     Stall { until: Instant, keep_backlog: bool },
-    ServerShutdown,
+    ServerShutdown { only: Option<u64> },
     Silence { connection_id: u64 },
 }

@@ -45,6 +45,10 @@ pub enum Fault {
     /// COIN-M and Binance.US the fault is counted and does nothing, and
     /// every connection goes on as before.
     ServerShutdown,
+    /// [`Fault::ServerShutdown`] on one connection: the newest open one
+    /// subscribed to `stream` (a link that landed on a server about to
+    /// stop, while the others did not). Spot only, like the other.
+    ServerShutdownNewest { stream: String },
     /// The next `count` REST requests answer this HTTP status (500, 502, 503,
     /// 504; 403 answers the WAF's HTML page, 451 Binance's restricted-location body).
     RestStatus { status: u16, count: u32 },
@@ -128,6 +132,7 @@ impl Fault {
             Fault::UnknownEventType { .. } => "unknown_event_type",
             Fault::UnsubscribedSymbolEvent { .. } => "unsubscribed_symbol_event",
             Fault::ServerShutdown => "server_shutdown",
+            Fault::ServerShutdownNewest { .. } => "server_shutdown_newest",
             Fault::RestStatus { .. } => "rest_status",
             Fault::RestTooManyRequests { .. } => "rest_too_many_requests",
             Fault::RestTooManyRequestsWithoutRetryAfter { .. } => {

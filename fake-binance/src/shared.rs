@@ -72,6 +72,14 @@ pub(crate) struct Shared {
     pub firehose: Option<std::sync::Arc<crate::firehose::Firehose>>,
 }
 
+/// Which of the connections carrying a stream a fault is for.
+#[derive(Clone, Copy)]
+enum Which {
+    Oldest,
+    Newest,
+}
+use Which::{Newest, Oldest};
+
 impl Shared {
     pub fn now_us(&self) -> i64 {
         self.clock.now_us()
@@ -83,6 +91,21 @@ impl Shared {
         let mut market = lock(&self.market);
         market.generate_until(now_us);
         (market, now_us)
+    }
+
+    /// The oldest or newest open connection subscribed to `stream` (ids
+    /// grow with time).
+    fn connection_carrying(&self, stream: &str, which: Which) -> Option<u64> {
+        let registry = lock(&self.registry);
+        let ids = registry
+            .connections
+            .iter()
+            .filter(|(_, entry)| entry.streams.contains(stream))
+            .map(|(connection_id, _)| *connection_id);
+        match which {
+            Oldest => ids.min(),
+            Newest => ids.max(),
+        }
     }
 
     pub fn inject(&self, fault: Fault) {
@@ -114,7 +137,19 @@ impl Shared {
                 });
             }
             Fault::ServerShutdown => {
-                let _ = self.commands.send(ConnectionCommand::ServerShutdown);
+                let _ = self
+                    .commands
+                    .send(ConnectionCommand::ServerShutdown { only: None });
+            }
+            Fault::ServerShutdownNewest { stream } => {
+                match self.connection_carrying(&stream, Newest) {
+                    Some(connection_id) => {
+                        let _ = self.commands.send(ConnectionCommand::ServerShutdown {
+                            only: Some(connection_id),
+                        });
+                    }
+                    None => warn!(%stream, "no open connection carries the stream to shut down"),
+                }
             }
             Fault::SkipEvents { count } => lock(&self.pending_faults).skip += count,
             Fault::SubscribeRefusedWithoutId { count } => {
@@ -188,14 +223,7 @@ impl Shared {
                 }
             }
             Fault::SilenceConnection { stream } => {
-                // Ids grow with time: the smallest is the oldest connection.
-                let oldest = lock(&self.registry)
-                    .connections
-                    .iter()
-                    .filter(|(_, entry)| entry.streams.contains(&stream))
-                    .map(|(connection_id, _)| *connection_id)
-                    .min();
-                match oldest {
+                match self.connection_carrying(&stream, Oldest) {
                     Some(connection_id) => {
                         let _ = self
                             .commands

@@ -705,6 +705,74 @@ async fn a_rotation_whose_handshake_is_slow_keeps_reading_the_old_link() {
     fake.shutdown().await;
 }
 
+/// A `serverShutdown` heard by the replacement while it still overlaps the
+/// old link (it landed on a server about to stop) is kept: once the
+/// replacement takes over it is rotated again, make-before-break, before
+/// the exchange closes it. Before, the event on a replacement was ignored,
+/// and the link the exchange then closed was lost (a gap for REST).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_shutdown_heard_by_the_replacement_rotates_it_once_it_takes_over() {
+    // ETHUSDT halts a simulated minute in: a replacement never sees its
+    // trades, so a rotation lasts the whole overlap timeout (2 s), the
+    // window in which the replacement hears its own shutdown.
+    let settings = fake_config(60.0);
+    let halt_from = settings.sim_start_us + 60 * 1_000_000;
+    let fake = FakeExchange::start(FakeConfig {
+        halts: vec![(
+            "ETHUSDT".to_owned(),
+            halt_from,
+            halt_from + 10 * 3_600_000_000,
+        )],
+        limits: Limits {
+            server_shutdown_grace: Duration::from_secs(4),
+            ..Limits::default()
+        },
+        ..settings
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = format!(
+        "{}{}",
+        connection_toml("rotation_overlap_timeout_ms = 2000"),
+        recorder_toml_patient(&fake, root, &["BTCUSDT", "ETHUSDT"], &["trade"])
+    );
+    let recorder = RunningRecorder::start(&config);
+    wait_until(Duration::from_secs(20), "the halt begins", || {
+        fake.sim_now_us() > halt_from + 5_000_000 && recorder.counters().frames_durable > 20
+    })
+    .await;
+
+    let handshakes = fake.counters().ws_handshakes_accepted;
+    fake.inject(Fault::ServerShutdown);
+    wait_until(Duration::from_secs(10), "the replacement connects", || {
+        fake.counters().ws_handshakes_accepted > handshakes
+    })
+    .await;
+    fake.inject(Fault::ServerShutdownNewest {
+        stream: "btcusdt@trade".to_owned(),
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "the replacement replaced in turn, or lost",
+        || {
+            let counters = recorder.counters();
+            counters.rotations >= 2 || counters.disconnects > 0
+        },
+    )
+    .await;
+    let counters = recorder.stop().await;
+    let fake_counters = fake.counters();
+    assert_eq!(counters.disconnects, 0, "{counters:?}");
+    assert_eq!(
+        fake_counters.ws_handshakes_accepted,
+        handshakes + 2,
+        "{fake_counters:?}"
+    );
+    fake.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_without_a_handshake_slot_keeps_reading_the_old_link() {
     let fake = FakeExchange::start(FakeConfig {

@@ -134,11 +134,12 @@ impl Session {
                     Ok(ConnectionCommand::Silence { connection_id }) => {
                         self.silenced |= connection_id == self.connection_id;
                     }
-                    Ok(ConnectionCommand::ServerShutdown) if !self.shared.config.market.sends_server_shutdown() => {
+                    Ok(ConnectionCommand::ServerShutdown { only: Some(connection_id) }) if connection_id != self.connection_id => {}
+                    Ok(ConnectionCommand::ServerShutdown { .. }) if !self.shared.config.market.sends_server_shutdown() => {
                         // No such event on this market: the connection goes on.
                         debug!(connection_id = self.connection_id, "serverShutdown not sent: the market has no such event");
                     }
-                    Ok(ConnectionCommand::ServerShutdown) => {
+                    Ok(ConnectionCommand::ServerShutdown { .. }) => {
                         // Binance sends the event "shortly before closing":
                         // the connection keeps serving for the grace period.
                         let payload = wire::server_shutdown_event(self.shared.now_us(), self.unit);

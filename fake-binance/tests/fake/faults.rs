@@ -362,6 +362,59 @@ async fn server_shutdown_event_bare_and_combined_then_close() {
     exchange.shutdown().await;
 }
 
+/// `ServerShutdownNewest` reaches one connection: the newest carrying the
+/// stream, which gets the event and is closed; the older one goes on.
+#[tokio::test]
+async fn server_shutdown_newest_reaches_only_the_newest_connection() {
+    let mut shutdown_config = config(1.0);
+    shutdown_config.limits.server_shutdown_grace = Duration::from_millis(300);
+    let exchange = FakeExchange::start(shutdown_config).await.unwrap();
+    let url = format!("{}/ws/btcusdt@trade", exchange.ws_base_url());
+    let mut older = Client::connect(&url).await;
+    wait_until(WITHIN, "one connection", || {
+        exchange.counters().ws_connections_open == 1
+    })
+    .await;
+    let mut newer = Client::connect(&url).await;
+    wait_until(WITHIN, "two connections", || {
+        exchange.counters().ws_connections_open == 2
+    })
+    .await;
+    exchange.inject(Fault::ServerShutdownNewest {
+        stream: "btcusdt@trade".to_owned(),
+    });
+    // Trades may come first.
+    loop {
+        let event = newer.next_json(WITHIN).await;
+        if event["e"] == "serverShutdown" {
+            break;
+        }
+        assert_eq!(event["e"], "trade", "{event}");
+    }
+    newer.wait_close(WITHIN).await;
+    older
+        .send_text(r#"{"method":"LIST_SUBSCRIPTIONS","id":1}"#)
+        .await;
+    loop {
+        let reply = older.next_json(WITHIN).await;
+        assert_ne!(
+            reply["e"], "serverShutdown",
+            "the older connection heard it"
+        );
+        if reply["id"] == 1 {
+            assert_eq!(reply["result"], serde_json::json!(["btcusdt@trade"]));
+            break;
+        }
+    }
+    wait_until(WITHIN, "the newer connection counted closed", || {
+        exchange.counters().ws_server_shutdown_closes == 1
+    })
+    .await;
+    let counters = exchange.counters();
+    assert_eq!(counters.ws_connections_open, 1, "{counters:?}");
+    exchange.shutdown().await;
+}
+
 /// `serverShutdown` is a spot event (reference 3 and 11): on USD-M, COIN-M
 /// and Binance.US the fault is counted and the connection goes on, with no
 /// event and no close. The reply to a request sent after the injection is

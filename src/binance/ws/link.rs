@@ -117,6 +117,10 @@ pub(super) struct Link {
     pub(super) unheard_judged: bool,
     /// The newest data frame of this link.
     pub(super) last_data: Option<Instant>,
+    /// The exchange announced it will close this link (`serverShutdown`):
+    /// it is replaced make-before-break as soon as it is the one read (a
+    /// replacement that heard it is rotated again once it takes over).
+    pub(super) shutdown_announced: bool,
     /// Counted in its market's [`OpenLinks`] while it exists.
     _counted: CountedLink,
 }
@@ -230,6 +234,7 @@ impl Link {
             delivered_data: false,
             rate: DataRate::new(now),
             replaces_silent: false,
+            shutdown_announced: false,
             unheard: streams
                 .iter()
                 .map(|(symbol, kind)| stream_name(symbol, *kind))

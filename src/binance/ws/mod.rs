@@ -315,7 +315,10 @@ async fn drive_link(
 ) -> DriveOutcome {
     let mut replacement: Option<Link> = None;
     let mut rotation_deadline: Option<Instant> = None;
-    let mut rotation_wanted: Option<RotationCause> = None;
+    // A replacement that heard `serverShutdown` before it took over is
+    // rotated again at once: its server is about to close it.
+    let mut rotation_wanted: Option<RotationCause> =
+        link.shutdown_announced.then_some(RotationCause::Scheduled);
     // A rotation waiting for a handshake slot: when one frees.
     let mut rotation_not_before: Option<Instant> = None;
     // The replacement's dial under way, and why it is wanted.
@@ -644,7 +647,10 @@ async fn drive_link(
                     receiving.note_subscribed();
                 }
                 Ok(Decoded::ServerShutdown { .. }) => {
-                    if !from_replacement && rotation_deadline.is_none() {
+                    receiving.shutdown_announced = true;
+                    if from_replacement {
+                        info!(market = %plan.market, task = plan.task, link = receiving.number, "serverShutdown on the replacement: rotating it again once it takes over");
+                    } else if rotation_deadline.is_none() {
                         info!(market = %plan.market, task = plan.task, link = receiving.number, "serverShutdown: rotating make-before-break");
                         rotation_wanted = Some(RotationCause::Scheduled);
                     }
