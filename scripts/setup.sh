@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh machine: the Rust components
-# and cargo-nextest (if missing), systemd-analyze, a Python venv in .venv
+# and cargo-nextest (if missing or older than 0.9.91), systemd-analyze, a Python venv in .venv
 # with the query engines the dataset is checked with and moto (the S3
 # server of the upload tests), at the exact versions of
 # scripts/requirements-test.txt, and Azurite (the Azure Blob emulator of the
@@ -15,7 +15,13 @@ if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust stable (rustup) first" >&2
     exit 1
 fi
-if ! cargo nextest --version >/dev/null 2>&1; then
+# .config/nextest.toml orders tests by priority: nextest 0.9.91 or newer.
+nextest_is_recent() {
+    local version
+    version=$(cargo nextest --version 2>/dev/null | sed -n 's/^cargo-nextest \([0-9.]*\).*/\1/p')
+    [ -n "$version" ] && [ "$(printf '%s\n' 0.9.91 "$version" | sort -V | head -1)" = 0.9.91 ]
+}
+if ! nextest_is_recent; then
     echo "installing cargo-nextest"
     cargo install --locked cargo-nextest
 fi
