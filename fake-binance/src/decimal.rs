@@ -143,6 +143,18 @@ pub fn quote_product_wide(price_atoms: i64, quantity_atoms: i64) -> i128 {
     i128::from(price_atoms) * i128::from(quantity_atoms)
 }
 
+/// A coin-margined trade's base-asset amount scaled by 1e-16, as
+/// [`quote_product_wide`]: `quantity` contracts of `contract_size` USD at
+/// `price` USD each, `quantity * contract_size / price` (truncated at
+/// 1e-16; a kline sums them, then prints eight decimals).
+pub fn base_product_wide(price_atoms: i64, quantity_atoms: i64, contract_size: i64) -> i128 {
+    if price_atoms <= 0 {
+        return 0;
+    }
+    i128::from(quantity_atoms) * i128::from(contract_size) * 10_000_000_000_000_000
+        / i128::from(price_atoms)
+}
+
 /// Converts a 1e-16 scaled sum back to atoms (truncating, as volumes are printed with 8 decimals).
 pub fn wide_to_atoms(wide: i128) -> i64 {
     (wide / i128::from(ATOMS_PER_UNIT)) as i64

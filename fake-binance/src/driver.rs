@@ -385,7 +385,7 @@ fn advance_kline_stream(
             if fill.time_us >= tick_us {
                 break;
             }
-            stream.kline.add(&fill);
+            stream.kline.add(&fill, book.spec.contract_size);
             stream.next_fill_index += 1;
             stream.changed = true;
         }

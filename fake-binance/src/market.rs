@@ -6,7 +6,7 @@
 //! time `E <= now`), so the same state can serve the driver, REST and the
 //! ground truth consistently.
 
-use crate::decimal::{quote_product_wide, wide_to_atoms};
+use crate::decimal::{base_product_wide, quote_product_wide, wide_to_atoms};
 use crate::interval::KlineInterval;
 use crate::model::{AggTrade, OrderGenerator, SymbolSpec, Trade};
 use crate::rng::stable_hash;
@@ -65,7 +65,11 @@ impl KlineState {
         }
     }
 
-    pub fn add(&mut self, fill: &Fill) {
+    /// Adds a fill. The quote columns sum price x quantity, or on a
+    /// coin-margined contract (`contract_size`) the base asset's amount,
+    /// contracts x size / price: dstream's kline `q` and `Q` are
+    /// base-asset volumes (`"9.49653573"` BTC in the real capture).
+    pub fn add(&mut self, fill: &Fill, contract_size: Option<i64>) {
         if self.trade_count == 0 {
             self.open = fill.price;
             self.high = fill.price;
@@ -76,7 +80,10 @@ impl KlineState {
         self.low = self.low.min(fill.price);
         self.close = fill.price;
         self.volume += fill.quantity;
-        let quote = quote_product_wide(fill.price, fill.quantity);
+        let quote = match contract_size {
+            Some(size) => base_product_wide(fill.price, fill.quantity, size),
+            None => quote_product_wide(fill.price, fill.quantity),
+        };
         self.quote_volume_wide += quote;
         // Voided replayed aggregates carry f = l = -1; they add no trade.
         self.trade_count += (fill.last_trade_id - fill.first_trade_id + 1).max(1);
@@ -380,7 +387,7 @@ impl SymbolBook {
                 if fill.time_us >= end {
                     break;
                 }
-                kline.add(&fill);
+                kline.add(&fill, self.spec.contract_size);
                 fill_index += 1;
             }
             // Skip fills of this kline that are not visible yet (time >= fills_before_us).

@@ -86,13 +86,45 @@ pub struct SymbolSpec {
     pub tick_atoms: i64,
     pub step_atoms: i64,
     pub initial_price_atoms: i64,
+    /// A coin-margined contract's size in USD (`contractSize` of COIN-M
+    /// `exchangeInfo`: 100 for the BTC contracts, 10 for the others, as
+    /// every symbol of the real `BINANCE_DELIVERY.0` answer); `None` for
+    /// everything else.
+    pub contract_size: Option<i64>,
 }
 
 impl SymbolSpec {
-    /// Plausible filters for well-known symbols; anything else gets generic ones.
+    /// Plausible filters for well-known symbols; anything else gets generic
+    /// ones. A coin-margined contract (`BTCUSD_PERP`, `ETHUSD_260327`: a
+    /// pair ending in `USD`) trades whole contracts (reference 4.4:
+    /// "quantities are contracts"; `quantityPrecision` 0 in the real
+    /// `exchangeInfo`).
     pub fn for_symbol(symbol: &str) -> SymbolSpec {
         let (base_asset, quote_asset) = split_symbol(symbol);
         const UNIT: i64 = crate::decimal::ATOMS_PER_UNIT;
+        if let Some(pair) = coin_margined_pair(symbol) {
+            // (price, tick) as the real BTCUSD_PERP (tick 0.1) and
+            // ETHUSD_PERP (0.01); others a price between 1 and 100 on a
+            // 0.001 tick, derived from the name so it is stable.
+            let (initial_price_atoms, tick_atoms, contract_size) = match pair {
+                "BTCUSD" => (60_000 * UNIT, 10_000_000, 100),
+                "ETHUSD" => (3_000 * UNIT, 1_000_000, 10),
+                _ => (
+                    (1 + (stable_hash_str(symbol) % 100) as i64) * UNIT,
+                    100_000,
+                    10,
+                ),
+            };
+            return SymbolSpec {
+                symbol: symbol.to_owned(),
+                base_asset: pair.trim_end_matches("USD").to_owned(),
+                quote_asset: "USD".to_owned(),
+                tick_atoms,
+                step_atoms: UNIT,
+                initial_price_atoms,
+                contract_size: Some(contract_size),
+            };
+        }
         // (price, tick 0.01, lot step) in atoms.
         let (initial_price_atoms, tick_atoms, step_atoms) = match symbol {
             "BTCUSDT" | "BTCFDUSD" | "BTCUSDC" => (60_000 * UNIT, 1_000_000, 1_000),
@@ -112,8 +144,16 @@ impl SymbolSpec {
             tick_atoms,
             step_atoms,
             initial_price_atoms,
+            contract_size: None,
         }
     }
+}
+
+/// The pair of a coin-margined contract's name (`BTCUSD` of `BTCUSD_PERP`),
+/// `None` for any other name (a USD-M dated contract is `BTCUSDT_260327`).
+pub fn coin_margined_pair(symbol: &str) -> Option<&str> {
+    let (pair, _) = symbol.split_once('_')?;
+    pair.ends_with("USD").then_some(pair)
 }
 
 /// Splits `BTCUSDT` into (`BTC`, `USDT`) using the common quote assets.

@@ -8,7 +8,9 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::config::Market;
-use crate::decimal::{push_decimals, quote_atoms, significant_decimals};
+use crate::decimal::{
+    base_product_wide, push_decimals, quote_atoms, significant_decimals, wide_to_atoms,
+};
 use crate::interval::KlineInterval;
 use crate::market::KlineState;
 use crate::model::{AggTrade, SymbolSpec, Trade};
@@ -77,8 +79,14 @@ pub struct Precision {
     /// Quantities (`q`, `nq`, kline `v V`): the step size's decimals on
     /// futures (`quantityPrecision`).
     pub quantity: u32,
-    /// Sums of price x quantity (kline `q Q`, REST `quoteQty`).
+    /// Sums of price x quantity (kline `q Q`, REST `quoteQty`); on COIN-M
+    /// base-asset amounts (below).
     pub quote: u32,
+    /// COIN-M: the contract's size in USD. Its kline `q`/`Q` are then
+    /// base-asset volumes (contracts x size / price, summed by
+    /// [`KlineState::add`]) and REST trades carry `baseQty` in place of
+    /// `quoteQty` (reference 9's COIN-M trade columns: "base qty").
+    pub contract_size: Option<i64>,
 }
 
 impl Precision {
@@ -87,6 +95,7 @@ impl Precision {
         price: 8,
         quantity: 8,
         quote: 8,
+        contract_size: None,
     };
 
     /// The precision `market` writes `spec`'s amounts with. The model's
@@ -107,15 +116,16 @@ impl Precision {
                 price,
                 quantity,
                 quote: (price + quantity).min(8),
+                contract_size: None,
             },
             // COIN-M's kline `q`/`Q` have eight decimals in the real
-            // dstream capture (`"9.49653573"`, `"0.00000000"`): there they
-            // are base-asset volumes (contracts x size / price), which the
-            // fake does not model; its price x quantity sum is exact at 8.
+            // dstream capture (`"9.49653573"`, `"0.00000000"`): base-asset
+            // volumes (contracts x size / price), printed truncated.
             Market::CoinM => Precision {
                 price,
                 quantity,
                 quote: 8,
+                contract_size: spec.contract_size,
             },
         }
     }
@@ -401,12 +411,24 @@ pub fn rest_trade(
     push_decimals(out, trade.price, precision.price);
     out.push_str(r#"","qty":""#);
     push_decimals(out, trade.quantity, precision.quantity);
-    out.push_str(r#"","quoteQty":""#);
-    push_decimals(
-        out,
-        quote_atoms(trade.price, trade.quantity),
-        precision.quote,
-    );
+    match precision.contract_size {
+        Some(size) => {
+            out.push_str(r#"","baseQty":""#);
+            push_decimals(
+                out,
+                wide_to_atoms(base_product_wide(trade.price, trade.quantity, size)),
+                precision.quote,
+            );
+        }
+        None => {
+            out.push_str(r#"","quoteQty":""#);
+            push_decimals(
+                out,
+                quote_atoms(trade.price, trade.quantity),
+                precision.quote,
+            );
+        }
+    }
     if shape.is_futures() {
         write!(
             out,
@@ -655,7 +677,8 @@ mod tests {
             Precision {
                 price: 2,
                 quantity: 3,
-                quote: 5
+                quote: 5,
+                contract_size: None,
             }
         );
         let trade = Trade {
@@ -776,5 +799,69 @@ mod tests {
         );
         // COIN-M's kline quote sums keep eight decimals, as its `q`/`Q`.
         assert_eq!(coinm.quote, 8);
+        assert_eq!(coinm.contract_size, Some(10));
+    }
+
+    /// COIN-M amounts as reference 4.4 and 9 and the real dstream answers
+    /// have them: whole contracts, `contractSize` USD each, kline `q`/`Q`
+    /// and REST `baseQty` in the base asset (contracts x size / price).
+    #[test]
+    fn coinm_quantities_are_contracts_and_quote_columns_base_amounts() {
+        let spec = SymbolSpec::for_symbol("BTCUSD_PERP");
+        assert_eq!(
+            (spec.base_asset.as_str(), spec.quote_asset.as_str()),
+            ("BTC", "USD")
+        );
+        assert_eq!(spec.step_atoms, 100_000_000, "whole contracts");
+        assert_eq!(spec.contract_size, Some(100));
+        assert_eq!(
+            SymbolSpec::for_symbol("ETHUSD_260327").contract_size,
+            Some(10)
+        );
+        assert_eq!(SymbolSpec::for_symbol("BTCUSDT_260327").contract_size, None);
+        assert_eq!(SymbolSpec::for_symbol("BTCUSDT").contract_size, None);
+        let precision = Precision::of(Market::CoinM, &spec);
+        assert_eq!((precision.price, precision.quantity), (1, 0));
+
+        // 3 contracts of 100 USD at 60,000: 0.005 BTC.
+        let trade = Trade {
+            id: 7,
+            price: 6_000_000_000_000,
+            quantity: 300_000_000,
+            time_us: 1_700_000_000_000_000,
+            ..sample_trade()
+        };
+        let mut row = String::new();
+        rest_trade(
+            &mut row,
+            &trade,
+            TimeUnit::Millisecond,
+            Shape::CoinM,
+            precision,
+        );
+        assert!(
+            row.starts_with(r#"{"id":7,"price":"60000.0","qty":"3","baseQty":"0.00500000","time":1700000000000,"#),
+            "{row}"
+        );
+
+        // Plus 1 contract at 50,000 (0.002 BTC), a buyer's: q 0.007, Q 0.002.
+        let mut kline = KlineState::empty(0, 60_000_000, 6_000_000_000_000);
+        for (price, quantity, is_buyer_maker) in [
+            (6_000_000_000_000, 300_000_000, true),
+            (5_000_000_000_000, 100_000_000, false),
+        ] {
+            let fill = crate::market::Fill {
+                time_us: 1,
+                price,
+                quantity,
+                is_buyer_maker,
+                first_trade_id: 1,
+                last_trade_id: 1,
+            };
+            kline.add(&fill, spec.contract_size);
+        }
+        assert_eq!(kline.quote_volume(), 700_000);
+        assert_eq!(kline.taker_buy_quote_volume(), 200_000);
+        assert_eq!(kline.volume, 400_000_000);
     }
 }

@@ -200,16 +200,6 @@ fn rate_limits(market: Market, weight_limit_per_minute: u32) -> serde_json::Valu
     }
 }
 
-/// A COIN-M contract's size in USD: 100 for the BTC contracts, 10 for the
-/// others, as every symbol of the real `BINANCE_DELIVERY.0` answer.
-fn contract_size(pair: &str) -> i64 {
-    if pair == "BTCUSD" {
-        100
-    } else {
-        10
-    }
-}
-
 /// Perpetuals' `deliveryDate` on Binance's futures `exchangeInfo`:
 /// 2100-12-25 08:00 UTC, in ms.
 const PERPETUAL_DELIVERY_MS: i64 = 4_133_404_800_000;
@@ -273,8 +263,8 @@ fn add_contract_fields(
         );
         fields.insert("pricePrecision".to_owned(), precision.price.into());
         fields.insert("quantityPrecision".to_owned(), precision.quantity.into());
-        if market == Market::CoinM {
-            fields.insert("contractSize".to_owned(), contract_size(pair).into());
+        if let Some(size) = spec.contract_size.filter(|_| market == Market::CoinM) {
+            fields.insert("contractSize".to_owned(), size.into());
         }
     }
 }

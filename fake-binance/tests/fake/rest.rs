@@ -854,8 +854,9 @@ async fn futures_read_request_times_as_milliseconds_only() {
 
 /// The precision each market writes a symbol's amounts with: spot eight
 /// decimals; futures the model's tick and step decimals (USD-M BTCUSDT:
-/// tick 0.01, step 0.00001; COIN-M BTCUSD_PERP: 0.0001 and 0.1), quote
-/// sums with their sum on USD-M and eight on COIN-M (the real captures).
+/// tick 0.01, step 0.00001; COIN-M BTCUSD_PERP: 0.1 and whole contracts),
+/// quote sums with their sum on USD-M and eight on COIN-M, where they are
+/// base-asset amounts and REST trades say `baseQty` (the real captures).
 /// Every amount of `trades`, `historicalTrades`, `aggTrades` and `klines`
 /// has exactly those decimals and the ground truth's value.
 #[tokio::test]
@@ -867,8 +868,8 @@ async fn rest_amounts_carry_the_symbols_precision() {
             fake_binance::Market::CoinM,
             "/dapi/v1",
             "BTCUSD_PERP",
-            4,
             1,
+            0,
             8,
         ),
     ] {
@@ -912,7 +913,13 @@ async fn rest_amounts_carry_the_symbols_precision() {
                 .expect("a served trade is in the truth");
             assert_amount(&row["price"], price, &want.price, &label);
             assert_amount(&row["qty"], quantity, &want.quantity, &label);
-            let quote_qty = row["quoteQty"].as_str().unwrap();
+            let quote_key = if market == fake_binance::Market::CoinM {
+                assert!(row.get("quoteQty").is_none(), "{label}: {row}");
+                "baseQty"
+            } else {
+                "quoteQty"
+            };
+            let quote_qty = row[quote_key].as_str().unwrap();
             assert_eq!(
                 crate::support::decimals_of(quote_qty),
                 quote,
@@ -1024,13 +1031,17 @@ async fn futures_exchange_info_has_the_real_rate_limits_and_precisions() {
                 .iter()
                 .all(|entry| entry.get("contractSize").is_none()));
         } else {
-            // BTCUSD_PERP: the model's generic tick 0.0001 and step 0.1.
+            // BTCUSD_PERP as the real one: tick 0.1, whole contracts.
             assert_eq!(
                 (&first["pricePrecision"], &first["quantityPrecision"]),
-                (&4.into(), &1.into())
+                (&1.into(), &0.into())
             );
-            assert_eq!(first["filters"][0]["tickSize"], "0.0001");
-            assert_eq!(first["filters"][1]["stepSize"], "0.1");
+            assert_eq!(first["filters"][0]["tickSize"], "0.1");
+            assert_eq!(first["filters"][1]["stepSize"], "1");
+            assert_eq!(
+                (&first["baseAsset"], &first["quoteAsset"]),
+                (&"BTC".into(), &"USD".into())
+            );
             let sizes: Vec<&Value> = entries.iter().map(|entry| &entry["contractSize"]).collect();
             assert_eq!(sizes, [&Value::from(100), &Value::from(10)]);
         }

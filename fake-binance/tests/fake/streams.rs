@@ -437,13 +437,14 @@ async fn each_connection_gets_the_same_events_in_the_same_order() {
 /// Futures events print the symbol's precision (reference 4.4; the real
 /// fstream and dstream captures): USD-M BTCUSDT prices with the tick's 2
 /// decimals, quantities (and `nq`) with the step's 5, kline quote volumes
-/// with their sum (7); COIN-M BTCUSD_PERP 4 and 1, kline quote volumes 8.
+/// with their sum (7); COIN-M BTCUSD_PERP 1 and 0 (whole contracts), kline
+/// quote volumes (base-asset amounts there) 8.
 /// Values are the ground truth's.
 #[tokio::test]
 async fn futures_events_carry_the_symbols_precision() {
     for (market, symbol, price, quantity, quote) in [
         (Market::UsdM, "BTCUSDT", 2, 5, 7),
-        (Market::CoinM, "BTCUSD_PERP", 4, 1, 8),
+        (Market::CoinM, "BTCUSD_PERP", 1, 0, 8),
     ] {
         let exchange = FakeExchange::start(FakeConfig {
             market,
