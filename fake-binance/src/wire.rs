@@ -547,23 +547,28 @@ mod tests {
         }
     }
 
-    /// USD-M aggTrades carry `nq`; COIN-M's do not, on the stream and in
-    /// REST (the real dstream capture, the reference's COIN-M sample).
-    #[test]
-    fn coinm_agg_trades_carry_no_nq() {
-        let agg = AggTrade {
-            id: 11285749,
+    /// The real dstream capture's BCHUSD_PERP aggTrade: 3 contracts at 427.91.
+    fn dstream_agg_trade() -> AggTrade {
+        AggTrade {
+            id: 11_285_749,
             price: 42_791_000_000,
             quantity: 300_000_000,
-            first_trade_id: 16034449,
-            last_trade_id: 16034449,
+            first_trade_id: 16_034_449,
+            last_trade_id: 16_034_449,
             time_us: 1_626_916_403_852_000,
             event_time_us: 1_626_916_404_006_000,
             is_buyer_maker: true,
             is_best_match: true,
             dispatch_seq: 0,
             raw_payload: None,
-        };
+        }
+    }
+
+    /// USD-M aggTrades carry `nq`; COIN-M's do not, on the stream and in
+    /// REST (the real dstream capture, the reference's COIN-M sample).
+    #[test]
+    fn coinm_agg_trades_carry_no_nq() {
+        let agg = dstream_agg_trade();
         for (shape, with_nq) in [(Shape::Futures, true), (Shape::CoinM, false)] {
             let precision = Precision::SPOT;
             let event =
@@ -763,19 +768,7 @@ mod tests {
             step_atoms: 100_000_000,
             ..SymbolSpec::for_symbol("BCHUSD_PERP")
         };
-        let agg = AggTrade {
-            id: 11_285_749,
-            price: 42_791_000_000,
-            quantity: 300_000_000,
-            first_trade_id: 16_034_449,
-            last_trade_id: 16_034_449,
-            time_us: 1_626_916_403_852_000,
-            event_time_us: 1_626_916_404_006_000,
-            is_buyer_maker: true,
-            is_best_match: true,
-            dispatch_seq: 0,
-            raw_payload: None,
-        };
+        let agg = dstream_agg_trade();
         let coinm = Precision::of(Market::CoinM, &coinm_spec);
         let event = agg_trade_event(
             "BCHUSD_PERP",
