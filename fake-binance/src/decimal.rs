@@ -39,6 +39,13 @@ pub fn push_atoms(out: &mut String, atoms: i64) {
     write!(out, "{sign}{units}.{fraction:08}").expect("writing to a String cannot fail");
 }
 
+/// `atoms` with `decimals` decimals, as [`push_decimals`] writes it.
+pub fn format_decimals(atoms: i64, decimals: u32) -> String {
+    let mut text = String::with_capacity(24);
+    push_decimals(&mut text, atoms, decimals);
+    text
+}
+
 /// Appends `atoms` with `decimals` decimals (0 to 8; none and no point for
 /// 0), as futures print a symbol's amounts: `"27785.00"`, `"0.014"`, `"3"`.
 /// A value that has more significant decimals than that gets as many as it
@@ -174,11 +181,7 @@ mod tests {
 
     #[test]
     fn formats_with_a_symbols_decimals_and_never_rounds() {
-        let with = |atoms: i64, decimals: u32| {
-            let mut text = String::new();
-            push_decimals(&mut text, atoms, decimals);
-            text
-        };
+        let with = format_decimals;
         // The real futures strings of reference 4.4 and the dstream capture.
         assert_eq!(with(2_778_500_000_000, 2), "27785.00");
         assert_eq!(with(1_400_000, 3), "0.014");

@@ -4,7 +4,7 @@
 
 use super::{limit_bounds, ApiError, ApiResult};
 use crate::config::Market;
-use crate::decimal::{push_decimals, ATOMS_PER_UNIT};
+use crate::decimal::{format_decimals, ATOMS_PER_UNIT};
 use crate::http::HttpRequest;
 use crate::interval::KlineInterval;
 use crate::market::SymbolBook;
@@ -118,11 +118,7 @@ pub(super) fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUn
             // Filters in the symbol's precision: spot's eight decimals,
             // futures' own (`"tickSize":"0.10"`, `"stepSize":"0.001"`).
             let precision = Precision::of(shared.config.market, spec);
-            let amount = |atoms: i64, decimals: u32| {
-                let mut text = String::new();
-                push_decimals(&mut text, atoms, decimals);
-                text
-            };
+            let amount = format_decimals;
             // Spot statuses (reference 5.4): `HALT` while a halt lasts.
             let status = if book.halted_at(now_us) { "HALT" } else { "TRADING" };
             let mut symbol = serde_json::json!({
