@@ -16,7 +16,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::arrow_writer::{
-    compute_leaves, PageKey, PageStore, PageStoreArgs, PageStoreFactory,
+    compute_leaves, ArrowColumnChunk, PageKey, PageStore, PageStoreArgs, PageStoreFactory,
 };
 use parquet::arrow::ArrowWriter;
 use parquet::errors::ParquetError;
@@ -414,6 +414,7 @@ fn encode_by_column<W: Write + Send, R: SortedRows>(
             for (_, _, _, writer) in pass {
                 writer
                     .close()
+                    .map(without_deprecated_min_max)
                     .and_then(|chunk| chunk.append_to_row_group(&mut row_group))
                     .map_err(encode_error)?;
             }
@@ -431,6 +432,54 @@ fn encode_by_column<W: Write + Send, R: SortedRows>(
     }
     let output = file_writer.into_inner().map_err(encode_error)?;
     Ok((output, counts))
+}
+
+/// `chunk` with its statistics' bounds only in `min_value` and
+/// `max_value`. The writer also copies them into the deprecated `min` and
+/// `max` fields of every column whose order is signed (integers, times,
+/// decimals), for readers older than 2018; every reader of the contract
+/// reads the new fields (and prunes by them), so the copies are footer
+/// bytes that serve none: about 190 of them in a trade or aggTrade file,
+/// 460 in a kline file (docs/BENCHMARKS.md, "File size").
+fn without_deprecated_min_max(mut chunk: ArrowColumnChunk) -> ArrowColumnChunk {
+    use parquet::file::statistics::Statistics;
+    let metadata = &mut chunk.close_mut().metadata;
+    let Some(statistics) = metadata.statistics().cloned() else {
+        return chunk;
+    };
+    let statistics = match statistics {
+        Statistics::Boolean(values) => {
+            Statistics::Boolean(values.with_backwards_compatible_min_max(false))
+        }
+        Statistics::Int32(values) => {
+            Statistics::Int32(values.with_backwards_compatible_min_max(false))
+        }
+        Statistics::Int64(values) => {
+            Statistics::Int64(values.with_backwards_compatible_min_max(false))
+        }
+        Statistics::Int96(values) => {
+            Statistics::Int96(values.with_backwards_compatible_min_max(false))
+        }
+        Statistics::Float(values) => {
+            Statistics::Float(values.with_backwards_compatible_min_max(false))
+        }
+        Statistics::Double(values) => {
+            Statistics::Double(values.with_backwards_compatible_min_max(false))
+        }
+        Statistics::ByteArray(values) => {
+            Statistics::ByteArray(values.with_backwards_compatible_min_max(false))
+        }
+        Statistics::FixedLenByteArray(values) => {
+            Statistics::FixedLenByteArray(values.with_backwards_compatible_min_max(false))
+        }
+    };
+    *metadata = metadata
+        .clone()
+        .into_builder()
+        .set_statistics(statistics)
+        .build()
+        .expect("the same metadata with other statistics");
+    chunk
 }
 
 /// Writes `file` atomically under `root` and returns its final path and
@@ -695,11 +744,68 @@ mod tests {
         bytes
     }
 
+    /// A Parquet file's pages (everything before its footer) and footer.
+    fn pages_and_footer(bytes: &[u8]) -> (&[u8], parquet::file::metadata::ParquetMetaData) {
+        let end = bytes.len() - 8;
+        let footer_len = u32::from_le_bytes(bytes[end..end + 4].try_into().expect("4 bytes"));
+        let footer = parquet::file::metadata::ParquetMetaDataReader::new()
+            .parse_and_finish(&Bytes::copy_from_slice(bytes))
+            .expect("a footer");
+        (&bytes[..end - footer_len as usize], footer)
+    }
+
+    /// What a footer says of each column chunk, its statistics' bounds by
+    /// value (not by the fields that hold them).
+    fn chunks(footer: &parquet::file::metadata::ParquetMetaData) -> Vec<String> {
+        footer
+            .row_groups()
+            .iter()
+            .flat_map(|group| group.columns())
+            .map(|chunk| {
+                let statistics = chunk.statistics().expect("chunk statistics");
+                format!(
+                    "{} {:?} {:?} {} {} {} {:?} {:?} {:?} {:?}",
+                    chunk.column_path(),
+                    chunk.data_page_offset(),
+                    chunk.dictionary_page_offset(),
+                    chunk.compressed_size(),
+                    chunk.uncompressed_size(),
+                    chunk.num_values(),
+                    chunk.encodings().collect::<Vec<_>>(),
+                    statistics.min_bytes_opt(),
+                    statistics.max_bytes_opt(),
+                    statistics.null_count_opt(),
+                )
+            })
+            .collect()
+    }
+
     /// The files' contract (columns, encodings, statistics, footer, one row
-    /// group) is what `ArrowWriter` wrote: the bytes are the same, empty
-    /// hours and row groups that split inside a slice included.
+    /// group) is what `ArrowWriter` wrote: the pages are the same bytes,
+    /// empty hours and row groups that split inside a slice included, and
+    /// the footer says the same of them, its statistics without the
+    /// deprecated copies of their bounds (`without_deprecated_min_max`).
     #[test]
     fn writing_a_column_at_a_time_gives_the_bytes_of_all_columns_at_once() {
+        let same = |bytes: &[u8], expected: &[u8], what: &str| {
+            let (pages, footer) = pages_and_footer(bytes);
+            let (expected_pages, expected_footer) = pages_and_footer(expected);
+            assert!(pages == expected_pages, "{what}: pages");
+            assert_eq!(chunks(&footer), chunks(&expected_footer), "{what}");
+            let file = footer.file_metadata();
+            let expected_file = expected_footer.file_metadata();
+            assert_eq!(file.num_rows(), expected_file.num_rows(), "{what}");
+            assert_eq!(file.schema(), expected_file.schema(), "{what}");
+            assert_eq!(
+                file.key_value_metadata(),
+                expected_file.key_value_metadata(),
+                "{what}"
+            );
+            // Every chunk has bounds: the copies are gone, not the bounds.
+            if file.num_rows() > 0 {
+                assert!(bytes.len() < expected.len(), "{what}: no copies left out");
+            }
+        };
         for kind in [
             StreamKind::Trade,
             StreamKind::AggTrade,
@@ -710,13 +816,8 @@ mod tests {
                 let bytes = encode(kind, properties(kind, &rows), &rows);
                 let expected =
                     encode_all_columns_at_once(Vec::new(), kind, properties(kind, &rows), &rows);
-                assert!(bytes == expected, "{kind} with {n_rows} rows");
-
-                let reader =
-                    parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(bytes))
-                        .expect("a parquet file");
-                use parquet::file::reader::FileReader;
-                let n_row_groups = reader.metadata().num_row_groups();
+                same(&bytes, &expected, &format!("{kind} with {n_rows} rows"));
+                let n_row_groups = pages_and_footer(&bytes).1.num_row_groups();
                 assert_eq!(n_row_groups, usize::from(n_rows > 0), "{kind}");
             }
             // Row groups of 10,000 rows: the second starts inside the
@@ -730,7 +831,44 @@ mod tests {
             };
             let bytes = encode(kind, small_groups(), &rows);
             let expected = encode_all_columns_at_once(Vec::new(), kind, small_groups(), &rows);
-            assert!(bytes == expected, "{kind} in row groups of 10,000");
+            same(
+                &bytes,
+                &expected,
+                &format!("{kind} in row groups of 10,000"),
+            );
+        }
+    }
+
+    /// The footer keeps each chunk's bounds once, in `min_value` and
+    /// `max_value`: a file is smaller by the deprecated copies the writer
+    /// makes of the signed columns' bounds (8 or 16 bytes each, and their
+    /// fields' headers), and the bounds read back the same.
+    #[test]
+    fn the_footer_holds_each_bound_once() {
+        for (kind, least_saved) in [
+            (StreamKind::Trade, 140),
+            (StreamKind::AggTrade, 180),
+            (StreamKind::Kline(KlineInterval::Minute1), 400),
+        ] {
+            let rows = varied_rows(kind, 100);
+            let bytes = encode(kind, properties(kind, &rows), &rows);
+            let expected =
+                encode_all_columns_at_once(Vec::new(), kind, properties(kind, &rows), &rows);
+            assert!(
+                bytes.len() + least_saved <= expected.len(),
+                "{kind}: {} bytes, {} with the copies",
+                bytes.len(),
+                expected.len()
+            );
+            let (_, footer) = pages_and_footer(&bytes);
+            for chunk in footer.row_groups().iter().flat_map(|group| group.columns()) {
+                let statistics = chunk.statistics().expect("statistics");
+                assert!(
+                    statistics.min_bytes_opt().is_some() && statistics.max_bytes_opt().is_some(),
+                    "{kind} {}",
+                    chunk.column_path()
+                );
+            }
         }
     }
 

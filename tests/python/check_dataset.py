@@ -24,6 +24,7 @@ import duckdb
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -189,6 +190,35 @@ def polars_readers(folder, stream, expected):
         compare_rows(where, stream, sample.to_dicts(), expected)
 
 
+def filtered_reads(connection, folder, stream):
+    """A filter on the key (trades, aggTrades) and on a price returns what
+    filtering every row does, in every reader: they skip files and row
+    groups by the chunk statistics, which hold each bound once (in
+    `min_value` and `max_value`, not in the deprecated `min` and `max`)."""
+    table = pq.read_table(folder)
+    columns = [column for column in ("trade_id", "agg_trade_id", "price", "high") if column in table.column_names]
+    for column in columns:
+        values = sorted(value for value in table.column(column).to_pylist() if value is not None)
+        if not check(values, f"{stream}: no {column} to filter on"):
+            continue
+        for bound in (values[len(values) // 2], values[-1]):
+            want = sum(1 for value in values if value >= bound)
+            where = f"{stream} where {column} >= {bound}"
+            got = connection.execute(
+                f"SELECT count(*) FROM read_parquet('{folder}/**/*.parquet', hive_partitioning = true) "
+                f"WHERE {column} >= {bound}").fetchone()[0]
+            check(got == want, f"duckdb {where}: {got} rows, want {want}")
+            scalar = pa.scalar(bound, table.schema.field(column).type)
+            got = ds.dataset(folder, format="parquet", partitioning="hive").to_table(
+                filter=pc.field(column) >= scalar).num_rows
+            check(got == want, f"pyarrow.dataset {where}: {got} rows, want {want}")
+            got = len(pd.read_parquet(folder, filters=[(column, ">=", bound)]))
+            check(got == want, f"pandas.read_parquet(filters) {where}: {got} rows, want {want}")
+            got = pl.scan_parquet(f"{folder}/**/*.parquet", hive_partitioning=True).filter(
+                pl.col(column) >= bound).collect().height
+            check(got == want, f"polars.scan_parquet.filter {where}: {got} rows, want {want}")
+
+
 def main():
     data_dir = Path(sys.argv[1])
     expected = json.loads(Path(sys.argv[2]).read_text())
@@ -201,6 +231,7 @@ def main():
             lambda: pandas_readers(folder, stream, want),
             lambda: pyarrow_readers(folder, stream, want),
             lambda: polars_readers(folder, stream, want),
+            lambda: filtered_reads(connection, folder, stream),
         ):
             try:
                 reader()
