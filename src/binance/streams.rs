@@ -87,11 +87,26 @@ pub fn combined_stream_name(frame: &[u8]) -> Option<&str> {
     serde_json::from_slice::<Wrapper<'_>>(frame).ok()?.stream
 }
 
-/// Whether `frame` is a combined-stream data frame: a wrapper whose stream
-/// is not one of the exchange's own (`!serverShutdown`). Control replies
-/// and bare events are not.
-pub fn is_data_frame(frame: &[u8]) -> bool {
-    combined_stream_name(frame).is_some_and(|name| !name.starts_with('!'))
+/// [`combined_stream_name`] of a frame known to be UTF-8 (a text message,
+/// which tungstenite checked): the name is sliced out, not checked again.
+pub fn combined_stream_name_in_text(frame: &str) -> Option<&str> {
+    if let Some(rest) = frame.strip_prefix(r#"{"stream":""#) {
+        let end = rest
+            .bytes()
+            .position(|byte| byte == b'"' || byte == b'\\')?;
+        if rest.as_bytes()[end] == b'"' {
+            // An ASCII byte: a character boundary.
+            return Some(&rest[..end]);
+        }
+    }
+    combined_stream_name(frame.as_bytes())
+}
+
+/// Whether a frame whose combined-stream name is `name` is a data frame:
+/// a wrapper whose stream is not one of the exchange's own
+/// (`!serverShutdown`). Control replies and bare events (no name) are not.
+pub fn is_data_stream(name: Option<&str>) -> bool {
+    name.is_some_and(|name| !name.starts_with('!'))
 }
 
 /// Whether the market's streams and REST answers are asked for µs times.
@@ -180,11 +195,39 @@ mod tests {
         assert_eq!(combined_stream_name(b"garbage"), None);
     }
 
+    /// A text frame's name is the one read from its bytes, whatever the
+    /// frame (the wrapper as Binance writes it, with an escape, spaces,
+    /// `data` first, non-ASCII text, no wrapper).
+    #[test]
+    fn a_text_frame_gives_the_name_its_bytes_give() {
+        for frame in [
+            r#"{"stream":"btcusdt@trade","data":{"e":"trade"}}"#,
+            r#"{"stream":"btc\u0075sdt@trade","data":{}}"#,
+            r#"{ "stream": "ethusdt@aggTrade", "data": {} }"#,
+            r#"{"data":{},"stream":"solusdt@kline_1m"}"#,
+            r#"{"stream":"!serverShutdown","data":{}}"#,
+            r#"{"stream":"é@trade","data":{}}"#,
+            r#"{"result":null,"id":1}"#,
+            r#"{"stream":"unterminated"#,
+            "garbage",
+        ] {
+            assert_eq!(
+                combined_stream_name_in_text(frame),
+                combined_stream_name(frame.as_bytes()),
+                "{frame}"
+            );
+        }
+        assert!(is_data_stream(Some("btcusdt@trade")));
+        assert!(!is_data_stream(Some("!serverShutdown")));
+        assert!(!is_data_stream(None));
+    }
+
     /// The reference gives the wrapper's shape, not its bytes: spaces
     /// (Python's `json.dumps`) and sorted keys (`data` first) are the same
     /// wrapper, and frames that are not one stay so.
     #[test]
     fn a_wrapper_with_spaces_or_data_first_is_read_too() {
+        let is_data_frame = |frame: &[u8]| is_data_stream(combined_stream_name(frame));
         let spaced = br#"{"stream": "btcusdt@aggTrade", "data": {"e": "aggTrade"}}"#;
         let data_first = br#"{"data": {"e": "trade", "stream": "x"}, "stream": "ethusdt@trade"}"#;
         let pretty = b"{\n  \"stream\" : \"btcusdt@kline_1m\",\n  \"data\": {}\n}";

@@ -18,6 +18,18 @@ pub enum FramePayload {
 }
 
 impl FramePayload {
+    /// The combined-stream name the frame carries, if any
+    /// ([`combined_stream_name`](crate::binance::streams::combined_stream_name));
+    /// a text frame's is sliced out, its UTF-8 already checked.
+    pub fn stream_name(&self) -> Option<&str> {
+        match self {
+            FramePayload::Text(text) => {
+                crate::binance::streams::combined_stream_name_in_text(text.as_str())
+            }
+            FramePayload::Binary(bytes) => crate::binance::streams::combined_stream_name(bytes),
+        }
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             FramePayload::Text(text) => text.as_bytes(),

@@ -20,7 +20,7 @@ use super::silence::DataRate;
 use super::ConnectionSettings;
 use crate::binance::decode::Decoded;
 use crate::binance::markets::Route;
-use crate::binance::streams::{combined_stream_name, parse_stream_name, stream_name};
+use crate::binance::streams::{parse_stream_name, stream_name};
 use crate::domain::{Market, StreamKind, Symbol};
 
 /// The stream a frame belongs to and its ordering key (trade id, aggTrade
@@ -246,13 +246,11 @@ impl Link {
         }
     }
 
-    /// Notes a data frame: it is heard, and the link delivered.
-    pub(super) fn note_data_frame(&mut self, bytes: &[u8], now: Instant) {
+    /// Notes a data frame of `stream`: it is heard, and the link delivered.
+    pub(super) fn note_data_frame(&mut self, stream: Option<&str>, now: Instant) {
         self.last_data = Some(now);
-        if !self.unheard.is_empty() {
-            if let Some(name) = combined_stream_name(bytes) {
-                self.unheard.remove(name);
-            }
+        if let Some(name) = stream.filter(|_| !self.unheard.is_empty()) {
+            self.unheard.remove(name);
         }
     }
 

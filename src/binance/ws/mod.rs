@@ -70,7 +70,7 @@ use tracing::{debug, info, warn};
 
 use crate::binance::decode::{decode_frame, Decoded};
 use crate::binance::markets::Route;
-use crate::binance::streams::{is_data_frame, stream_name};
+use crate::binance::streams::{is_data_stream, stream_name};
 use crate::domain::{Market, StreamKind, Symbol, TimeUs};
 use crate::metrics::Counters;
 pub use handshake::HandshakeBudget;
@@ -625,10 +625,11 @@ async fn drive_link(
         let bytes = payload.as_bytes();
         // Control replies and serverShutdown are not in the combined
         // wrapper; a rotation also needs the keys of data frames.
-        let is_data = is_data_frame(bytes);
+        let stream = payload.stream_name();
+        let is_data = is_data_stream(stream);
         receiving.delivered_data |= is_data;
         if is_data {
-            receiving.note_data_frame(bytes, received_at);
+            receiving.note_data_frame(stream, received_at);
             receiving.rate.note_data(received_at);
             // Shared by the market's tasks (an atomic): once per time.
             if activity_noted != Some(received_at) {
