@@ -7,7 +7,9 @@
 //! the client. Frame `k` (from 0) is symbol `k mod n_symbols`'s next
 //! aggregate: ids contiguous per symbol from 1, trade ids contiguous, trade
 //! time `sim_start + k x step_us` (so hours roll over at the pace the
-//! configuration asks), event time 1 ms later, prices a seeded random walk.
+//! configuration asks), event time 1 ms later, prices a seeded random walk
+//! on a 0.01 tick and quantities spread as real ones are ([`next_price`],
+//! [`lots`]).
 //!
 //! It is kept apart from the simulated market: a firehose connection is never
 //! registered with the driver, so the market model, faults and replay code
@@ -78,6 +80,47 @@ pub(crate) struct Firehose {
     finished: AtomicBool,
 }
 
+/// The prices' tick, 0.01 (BTCUSDT's), in atoms (1e-8).
+const TICK_ATOMS: i64 = 1_000_000;
+
+/// The quantities' lot, 0.00001 (BTCUSDT's step), in atoms.
+const LOT_ATOMS: i64 = 1_000;
+
+/// The next aggregate's price after `price`, moving as the real BTCUSDT
+/// aggTrades of `../shared/data/real/spot/aggTrades` do from one to the
+/// next: unchanged 4 times in 10 (the sample: 40 %), a tick up or down 3
+/// in 10 (31 %), else 2 to 30 ticks either way.
+fn next_price(price: i64, random: &mut SplitMix64) -> i64 {
+    let ticks = match random.below(10) {
+        0..=3 => 0,
+        4..=6 => 1,
+        _ => 2 + random.below(29) as i64,
+    };
+    let step = if random.below(2) == 0 { ticks } else { -ticks };
+    (price + step * TICK_ATOMS).max(TICK_ATOMS)
+}
+
+/// A quantity in lots, spread as the real sample's are: the decimal
+/// logarithm of the lots about normal around 1.9 (78 lots, 0.00078; the
+/// sample's quartiles 15 and 465 lots, 99 % under 30,000), 4 in 10 of
+/// those past 10 lots rounded to two significant digits (round lots).
+/// About 1,100 distinct values in 5,000 (the sample: 1,182), 13,000 in an
+/// hour of 360,000: they repeat, as a real hour's do, and the dictionary
+/// of a sealed hour holds them. (Uniform quantities, as before, never
+/// repeated: an hour of a symbol overflowed the dictionary and made the
+/// seal's compression search random bytes.)
+fn lots(random: &mut SplitMix64) -> i64 {
+    let normal = (-2.0 * random.unit_open().ln()).sqrt()
+        * (std::f64::consts::TAU * random.unit_open()).cos();
+    let lots = 10f64.powf(1.9 + 1.1 * normal).round().clamp(1.0, 300_000.0) as i64;
+    if lots >= 10 && random.below(10) < 4 {
+        let unit = 10_i64.pow(lots.ilog10() - 1);
+        ((lots + unit / 2) / unit * unit).max(1)
+    } else {
+        lots
+    }
+}
+
 /// The blast's aggregates in the order sent, each with its symbol's index
 /// (see the module doc): the same for a given seed, so the truth of a blast
 /// can be rendered again ([`firehose_truth`]).
@@ -88,21 +131,24 @@ fn aggregates(
 ) -> impl Iterator<Item = (usize, AggTrade)> + '_ {
     let n_symbols = config.symbols.len().max(1);
     let mut random = SplitMix64::new(config.seed);
-    // Per symbol: next aggregate id, next trade id, price in atoms (1e-8).
+    // Per symbol: next aggregate id, next trade id, price in atoms (1e-8),
+    // on the tick.
     let mut next_ids: Vec<(i64, i64, i64)> = (0..n_symbols)
-        .map(|index| (1, 1, 6_500_000_000_000 / (index as i64 + 1)))
+        .map(|index| {
+            let price = 6_500_000_000_000 / (index as i64 + 1);
+            (1, 1, price - price % TICK_ATOMS)
+        })
         .collect();
     (0..n_frames).map(move |frame_index| {
         let symbol_index = (frame_index % n_symbols as u64) as usize;
         let (agg_id, trade_id, price) = &mut next_ids[symbol_index];
         let n_fills = 1 + random.below(3) as i64;
-        let tick = *price / 100_000;
-        *price = (*price + (random.below(5) as i64 - 2) * tick.max(1)).max(1);
+        *price = next_price(*price, &mut random);
         let time_us = config.sim_start_us + frame_index as i64 * step_us;
         let agg = AggTrade {
             id: *agg_id,
             price: *price,
-            quantity: (1 + random.below(200_000) as i64) * 1_000,
+            quantity: lots(&mut random) * LOT_ATOMS,
             first_trade_id: *trade_id,
             last_trade_id: *trade_id + n_fills - 1,
             time_us,
@@ -503,5 +549,45 @@ impl Writer {
                 .or_default() += n_frames;
         });
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real sample's figures (`../shared/data/real/spot/aggTrades`,
+    /// 5,000 BTCUSDT aggTrades): 1,182 distinct quantities, median 78
+    /// lots; the price unchanged from one aggregate to the next 40 % of
+    /// the time, a tick either way 31 %.
+    #[test]
+    fn quantities_and_prices_move_as_real_ones_do() {
+        let mut random = SplitMix64::new(7);
+        let mut quantities: Vec<i64> = (0..5_000).map(|_| lots(&mut random)).collect();
+        quantities.sort_unstable();
+        let median = quantities[quantities.len() / 2];
+        quantities.dedup();
+        assert!(
+            (800..1_600).contains(&quantities.len()),
+            "{} distinct",
+            quantities.len()
+        );
+        assert!((40..160).contains(&median), "median {median} lots");
+        assert!(quantities[0] >= 1 && *quantities.last().unwrap() <= 300_000);
+
+        let mut price = 6_500_000_000_000;
+        let (mut same, mut one_tick) = (0, 0);
+        for _ in 0..10_000 {
+            let next = next_price(price, &mut random);
+            assert_eq!(next % TICK_ATOMS, 0, "{next} off the tick");
+            match (next - price).abs() / TICK_ATOMS {
+                0 => same += 1,
+                1 => one_tick += 1,
+                ticks => assert!(ticks <= 30, "{ticks} ticks"),
+            }
+            price = next;
+        }
+        assert!((3_500..4_500).contains(&same), "{same} unchanged");
+        assert!((2_500..3_500).contains(&one_tick), "{one_tick} one tick");
     }
 }
