@@ -447,32 +447,26 @@ fn without_deprecated_min_max(mut chunk: ArrowColumnChunk) -> ArrowColumnChunk {
     let Some(statistics) = metadata.statistics().cloned() else {
         return chunk;
     };
-    let statistics = match statistics {
-        Statistics::Boolean(values) => {
-            Statistics::Boolean(values.with_backwards_compatible_min_max(false))
-        }
-        Statistics::Int32(values) => {
-            Statistics::Int32(values.with_backwards_compatible_min_max(false))
-        }
-        Statistics::Int64(values) => {
-            Statistics::Int64(values.with_backwards_compatible_min_max(false))
-        }
-        Statistics::Int96(values) => {
-            Statistics::Int96(values.with_backwards_compatible_min_max(false))
-        }
-        Statistics::Float(values) => {
-            Statistics::Float(values.with_backwards_compatible_min_max(false))
-        }
-        Statistics::Double(values) => {
-            Statistics::Double(values.with_backwards_compatible_min_max(false))
-        }
-        Statistics::ByteArray(values) => {
-            Statistics::ByteArray(values.with_backwards_compatible_min_max(false))
-        }
-        Statistics::FixedLenByteArray(values) => {
-            Statistics::FixedLenByteArray(values.with_backwards_compatible_min_max(false))
-        }
-    };
+    // Every physical type's statistics, the same way.
+    macro_rules! once {
+        ($($kind:ident),*) => {
+            match statistics {
+                $(Statistics::$kind(values) => {
+                    Statistics::$kind(values.with_backwards_compatible_min_max(false))
+                })*
+            }
+        };
+    }
+    let statistics = once!(
+        Boolean,
+        Int32,
+        Int64,
+        Int96,
+        Float,
+        Double,
+        ByteArray,
+        FixedLenByteArray
+    );
     *metadata = metadata
         .clone()
         .into_builder()
