@@ -91,9 +91,7 @@ pub fn combined_stream_name(frame: &[u8]) -> Option<&str> {
 /// which tungstenite checked): the name is sliced out, not checked again.
 pub fn combined_stream_name_in_text(frame: &str) -> Option<&str> {
     if let Some(rest) = frame.strip_prefix(r#"{"stream":""#) {
-        let end = rest
-            .bytes()
-            .position(|byte| byte == b'"' || byte == b'\\')?;
+        let end = memchr::memchr2(b'"', b'\\', rest.as_bytes())?;
         if rest.as_bytes()[end] == b'"' {
             // An ASCII byte: a character boundary.
             return Some(&rest[..end]);
