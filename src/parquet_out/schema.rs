@@ -130,6 +130,9 @@ pub fn schema_of_version(kind: StreamKind, version: SchemaVersion) -> SchemaRef 
 
 /// Encodings and compression, chosen per column for size (docs/BENCHMARKS.md,
 /// "File size", has the figures of each choice and of those not taken).
+/// The decimal columns' statistics are not the writer's: `write.rs`
+/// computes their bounds from the values (`DecimalBounds`), cheaper than
+/// its comparisons of 16-byte values row by row.
 /// zstd keeps one compression context per column writer, sized by level and
 /// by the largest page it compressed, so the level is set per column too.
 pub(super) fn writer_properties(kind: StreamKind, metadata: Vec<KeyValue>) -> WriterProperties {
@@ -183,6 +186,7 @@ pub(super) fn writer_properties(kind: StreamKind, metadata: Vec<KeyValue>) -> Wr
             // as 9 on them and halves the context of a 1 MiB dictionary
             // page (5.49 MiB instead of 10.49).
             DataType::Decimal128(..) if field.name() == "quantity" => builder
+                .set_column_statistics_enabled(column.clone(), EnabledStatistics::None)
                 .set_column_dictionary_enabled(column.clone(), true)
                 .set_column_encoding(column.clone(), Encoding::PLAIN)
                 .set_column_compression(column, zstd(7)),
@@ -195,7 +199,9 @@ pub(super) fn writer_properties(kind: StreamKind, metadata: Vec<KeyValue>) -> Wr
             // capped below 20,480 rows: 16,384-row pages would shrink the
             // zstd context from 5.49 to 2.99 MiB but cost 3.5 % of the
             // prices of a real 21,313-trade hour.)
-            DataType::Decimal128(..) => builder.set_column_encoding(column, Encoding::PLAIN),
+            DataType::Decimal128(..) => builder
+                .set_column_statistics_enabled(column.clone(), EnabledStatistics::None)
+                .set_column_encoding(column, Encoding::PLAIN),
             _ => builder,
         };
     }
