@@ -115,7 +115,7 @@ fn lots(random: &mut SplitMix64) -> i64 {
     let lots = 10f64.powf(1.9 + 1.1 * normal).round().clamp(1.0, 300_000.0) as i64;
     if lots >= 10 && random.below(10) < 4 {
         let unit = 10_i64.pow(lots.ilog10() - 1);
-        ((lots + unit / 2) / unit * unit).max(1)
+        (lots + unit / 2) / unit * unit
     } else {
         lots
     }

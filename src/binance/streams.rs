@@ -64,6 +64,18 @@ pub fn connection_url(
     }
 }
 
+/// How a combined-stream wrapper starts when Binance writes it.
+const COMPACT_WRAPPER_HEAD: &[u8] = br#"{"stream":""#;
+
+/// The name's bytes of a wrapper written as Binance writes it (the name
+/// right after [`COMPACT_WRAPPER_HEAD`], ending at its quote, found with
+/// SIMD); `None` for any other frame, an escaped name included.
+fn compact_name(frame: &[u8]) -> Option<&[u8]> {
+    let rest = frame.strip_prefix(COMPACT_WRAPPER_HEAD)?;
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    (rest[end] == b'"').then(|| &rest[..end])
+}
+
 /// The stream name of a combined-stream wrapper
 /// (`{"stream":"btcusdt@trade","data":...}`); `None` for any other frame (a
 /// control reply, a bare event, text that is not JSON). Read from the
@@ -71,13 +83,8 @@ pub fn connection_url(
 /// (spaces, `data` first: the reference gives the shape, not the bytes)
 /// by parsing the wrapper, which only such frames pay for.
 pub fn combined_stream_name(frame: &[u8]) -> Option<&str> {
-    if let Some(rest) = frame.strip_prefix(br#"{"stream":""#) {
-        let end = rest
-            .iter()
-            .position(|byte| *byte == b'"' || *byte == b'\\')?;
-        if rest[end] == b'"' {
-            return std::str::from_utf8(&rest[..end]).ok();
-        }
+    if let Some(name) = compact_name(frame) {
+        return std::str::from_utf8(name).ok();
     }
     #[derive(serde::Deserialize)]
     struct Wrapper<'a> {
@@ -90,14 +97,13 @@ pub fn combined_stream_name(frame: &[u8]) -> Option<&str> {
 /// [`combined_stream_name`] of a frame known to be UTF-8 (a text message,
 /// which tungstenite checked): the name is sliced out, not checked again.
 pub fn combined_stream_name_in_text(frame: &str) -> Option<&str> {
-    if let Some(rest) = frame.strip_prefix(r#"{"stream":""#) {
-        let end = memchr::memchr2(b'"', b'\\', rest.as_bytes())?;
-        if rest.as_bytes()[end] == b'"' {
-            // An ASCII byte: a character boundary.
-            return Some(&rest[..end]);
+    match compact_name(frame.as_bytes()) {
+        // Between two ASCII bytes: character boundaries.
+        Some(name) => {
+            frame.get(COMPACT_WRAPPER_HEAD.len()..COMPACT_WRAPPER_HEAD.len() + name.len())
         }
+        None => combined_stream_name(frame.as_bytes()),
     }
-    combined_stream_name(frame.as_bytes())
 }
 
 /// Whether a frame whose combined-stream name is `name` is a data frame:
