@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::flat_json::{read_flat, Fields, Flat};
+use super::streams::{compact_name, COMPACT_WRAPPER_HEAD};
 
 use crate::domain::{
     AggTradeRow, Decimal8, DecimalError, KlineInterval, KlineRow, Market, Row, Source, StreamKey,
@@ -198,15 +199,14 @@ pub fn decode_text_frame(
 /// by ASCII bytes. `None` for anything else (spaces, other keys, an escape
 /// or a control character in the name): the full parse then decides.
 fn combined_parts(frame: &[u8]) -> Option<(Range<usize>, Range<usize>)> {
-    const HEAD: &[u8] = br#"{"stream":""#;
     const MIDDLE: &[u8] = br#"","data":"#;
-    let rest = frame.strip_prefix(HEAD)?;
-    // The name ends at its quote; an escape or a control character (which
-    // JSON refuses in a string) leaves it to the full parse.
-    let name_len = rest
-        .iter()
-        .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
-    let name = HEAD.len()..HEAD.len() + name_len;
+    let name = compact_name(frame)?;
+    // A control character (which JSON refuses in a string) leaves it to
+    // the full parse, which refuses it.
+    if name.iter().any(|&byte| byte < 0x20) {
+        return None;
+    }
+    let name = COMPACT_WRAPPER_HEAD.len()..COMPACT_WRAPPER_HEAD.len() + name.len();
     if !frame[name.end..].starts_with(MIDDLE) || !frame.ends_with(b"}") {
         return None;
     }
@@ -1381,6 +1381,14 @@ mod fuzz_tests {
             br#","x":1}"#,
         ]
         .concat();
+        let control = [
+            b"{\"stream\":\"btcusdt\x01@trade\",\"data\":".as_slice(),
+            data,
+            b"}",
+        ]
+        .concat();
+        assert_eq!(split_combined(&control), None, "a control character is not JSON");
+        assert!(decode_frame(Market::Spot, &control, 5).is_err());
         for other in [&spaced, &escaped, &more_keys] {
             let split = split_combined(other);
             assert!(

@@ -65,12 +65,14 @@ pub fn connection_url(
 }
 
 /// How a combined-stream wrapper starts when Binance writes it.
-const COMPACT_WRAPPER_HEAD: &[u8] = br#"{"stream":""#;
+pub(super) const COMPACT_WRAPPER_HEAD: &[u8] = br#"{"stream":""#;
 
 /// The name's bytes of a wrapper written as Binance writes it (the name
 /// right after [`COMPACT_WRAPPER_HEAD`], ending at its quote, found with
-/// SIMD); `None` for any other frame, an escaped name included.
-fn compact_name(frame: &[u8]) -> Option<&[u8]> {
+/// SIMD); `None` for any other frame, an escaped name included. The one
+/// reader of a wrapper's head: the link's data-or-control test and the
+/// decoder's shortcut both start here.
+pub(super) fn compact_name(frame: &[u8]) -> Option<&[u8]> {
     let rest = frame.strip_prefix(COMPACT_WRAPPER_HEAD)?;
     let end = memchr::memchr2(b'"', b'\\', rest)?;
     (rest[end] == b'"').then(|| &rest[..end])
