@@ -10,6 +10,7 @@ use std::fmt;
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 
 mod decimal;
+pub(crate) use decimal::eight_digits;
 pub use decimal::{Decimal8, DecimalError, DECIMAL_PRECISION, DECIMAL_SCALE};
 
 /// Epoch microseconds, UTC.

@@ -1387,7 +1387,11 @@ mod fuzz_tests {
             b"}",
         ]
         .concat();
-        assert_eq!(split_combined(&control), None, "a control character is not JSON");
+        assert_eq!(
+            split_combined(&control),
+            None,
+            "a control character is not JSON"
+        );
         assert!(decode_frame(Market::Spot, &control, 5).is_err());
         for other in [&spaced, &escaped, &more_keys] {
             let split = split_combined(other);
