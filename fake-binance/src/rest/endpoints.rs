@@ -111,64 +111,92 @@ pub(super) fn exchange_info(shared: &Shared, request: &HttpRequest, unit: TimeUn
         }
     };
     let limits = &shared.config.limits;
+    let market_kind = shared.config.market;
     let symbols: Vec<serde_json::Value> = books
         .iter()
-        .map(|book| {
-            let spec = &book.spec;
-            // Filters in the symbol's precision: spot's eight decimals,
-            // futures' own (`"tickSize":"0.10"`, `"stepSize":"0.001"`).
-            let precision = Precision::of(shared.config.market, spec);
-            let amount = format_decimals;
-            // Spot statuses (reference 5.4): `HALT` while a halt lasts.
-            let status = if book.halted_at(now_us) { "HALT" } else { "TRADING" };
-            let mut symbol = serde_json::json!({
-                "symbol": spec.symbol,
-                "status": status,
-                "baseAsset": spec.base_asset,
-                "baseAssetPrecision": 8,
-                "quoteAsset": spec.quote_asset,
-                "quotePrecision": 8,
-                "quoteAssetPrecision": 8,
-                "baseCommissionPrecision": 8,
-                "quoteCommissionPrecision": 8,
-                "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
-                "icebergAllowed": true,
-                "ocoAllowed": true,
-                "isSpotTradingAllowed": true,
-                "isMarginTradingAllowed": false,
-                "filters": [
-                    {
-                        "filterType": "PRICE_FILTER",
-                        "minPrice": amount(spec.tick_atoms, precision.price),
-                        "maxPrice": amount(1_000_000 * ATOMS_PER_UNIT, precision.price),
-                        "tickSize": amount(spec.tick_atoms, precision.price),
-                    },
-                    {
-                        "filterType": "LOT_SIZE",
-                        "minQty": amount(spec.step_atoms, precision.quantity),
-                        "maxQty": amount(9_000 * ATOMS_PER_UNIT, precision.quantity),
-                        "stepSize": amount(spec.step_atoms, precision.quantity),
-                    }
-                ],
-                "permissions": [],
-                "permissionSets": [["SPOT"]],
-                "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
-                "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
-            });
-            if shared.config.market.is_futures() {
-                add_contract_fields(&mut symbol, book, now_us, shared.config.market, precision);
-            }
-            symbol
+        .map(|book| match market_kind.is_futures() {
+            true => futures_symbol(book, now_us, market_kind),
+            false => spot_symbol(book, now_us, market_kind),
         })
         .collect();
-    let info = serde_json::json!({
+    let mut info = serde_json::json!({
         "timezone": "UTC",
         "serverTime": unit.convert(now_us),
-        "rateLimits": rate_limits(shared.config.market, limits.weight_limit_per_minute),
+        "rateLimits": rate_limits(market_kind, limits.weight_limit_per_minute),
         "exchangeFilters": [],
         "symbols": symbols,
     });
+    // USD-M's answer also names its kind and its margin assets (the real
+    // `BINANCE_FUTURES.0`); COIN-M's does not (`BINANCE_DELIVERY.0`).
+    if market_kind == Market::UsdM {
+        if let Some(fields) = info.as_object_mut() {
+            fields.insert("futuresType".to_owned(), "U_MARGINED".into());
+            fields.insert(
+                "assets".to_owned(),
+                serde_json::json!([
+                    {"asset": "USDT", "marginAvailable": true, "autoAssetExchange": "-10000"},
+                    {"asset": "BTC", "marginAvailable": true, "autoAssetExchange": "-0.00100000"},
+                ]),
+            );
+        }
+    }
     Ok(info.to_string())
+}
+
+/// The price and lot filters of a symbol, in its market's precision:
+/// spot's eight decimals, futures' own (`"tickSize":"0.10"`,
+/// `"stepSize":"0.001"`).
+fn price_and_lot_filters(book: &SymbolBook, precision: Precision) -> [serde_json::Value; 2] {
+    let spec = &book.spec;
+    let amount = format_decimals;
+    [
+        serde_json::json!({
+            "filterType": "PRICE_FILTER",
+            "minPrice": amount(spec.tick_atoms, precision.price),
+            "maxPrice": amount(1_000_000 * ATOMS_PER_UNIT, precision.price),
+            "tickSize": amount(spec.tick_atoms, precision.price),
+        }),
+        serde_json::json!({
+            "filterType": "LOT_SIZE",
+            "minQty": amount(spec.step_atoms, precision.quantity),
+            "maxQty": amount(9_000 * ATOMS_PER_UNIT, precision.quantity),
+            "stepSize": amount(spec.step_atoms, precision.quantity),
+        }),
+    ]
+}
+
+/// A spot (or Binance.US) symbol of `exchangeInfo`, with the keys of the
+/// reference (5.4) and of Binance's spot answers; `HALT` while a halt
+/// lasts.
+fn spot_symbol(book: &SymbolBook, now_us: i64, market: Market) -> serde_json::Value {
+    let spec = &book.spec;
+    let status = if book.halted_at(now_us) {
+        "HALT"
+    } else {
+        "TRADING"
+    };
+    let [price_filter, lot_size] = price_and_lot_filters(book, Precision::of(market, spec));
+    serde_json::json!({
+        "symbol": spec.symbol,
+        "status": status,
+        "baseAsset": spec.base_asset,
+        "baseAssetPrecision": 8,
+        "quoteAsset": spec.quote_asset,
+        "quotePrecision": 8,
+        "quoteAssetPrecision": 8,
+        "baseCommissionPrecision": 8,
+        "quoteCommissionPrecision": 8,
+        "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+        "icebergAllowed": true,
+        "ocoAllowed": true,
+        "isSpotTradingAllowed": true,
+        "isMarginTradingAllowed": false,
+        "filters": [price_filter, lot_size],
+        "permissions": [],
+        "permissionSets": [["SPOT"]],
+        "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+        "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+    })
 }
 
 /// `exchangeInfo`'s `rateLimits`: the configured weight limit, then the
@@ -200,25 +228,20 @@ fn rate_limits(market: Market, weight_limit_per_minute: u32) -> serde_json::Valu
 /// 2100-12-25 08:00 UTC, in ms.
 const PERPETUAL_DELIVERY_MS: i64 = 4_133_404_800_000;
 
-/// The futures contract fields of a symbol of `exchangeInfo`, as
-/// Binance's derivatives docs show them (the reference does not list
-/// them) and the real answers in the shared data show them: on COIN-M
-/// `contractStatus` instead of spot's `status` (USD-M keeps `status`),
-/// `contractType`, `pair`, `deliveryDate` and `onboardDate` (ms),
-/// `pricePrecision` and `quantityPrecision` (the decimals its amounts are
-/// printed with), and on COIN-M `contractSize`. A contract with a
-/// delivery is `TRADING` until it and then `DELIVERED` (a dated one) or
-/// `SETTLING` (a delisted perpetual); Binance passes through other
-/// statuses (`PRE_DELIVERING`, `DELIVERING`, `CLOSE`) a recorder must not
-/// need. A delivery not yet announced shows the perpetual's placeholder.
-fn add_contract_fields(
-    symbol: &mut serde_json::Value,
-    book: &SymbolBook,
-    now_us: i64,
-    market: Market,
-    precision: Precision,
-) {
+/// A futures symbol of `exchangeInfo`, with the keys of the real answers
+/// in the shared data (`BINANCE_FUTURES.0`, `BINANCE_DELIVERY.0`; the
+/// reference does not list them) and none of spot's: on COIN-M
+/// `contractStatus` instead of `status` (USD-M keeps `status`) and
+/// `contractSize`; `contractType`, `pair`, `deliveryDate` and
+/// `onboardDate` (ms), `pricePrecision` and `quantityPrecision` (the
+/// decimals its amounts are printed with). A contract with a delivery is
+/// `TRADING` until it and then `DELIVERED` (a dated one) or `SETTLING` (a
+/// delisted perpetual); Binance passes through other statuses
+/// (`PRE_DELIVERING`, `DELIVERING`, `CLOSE`) a recorder must not need. A
+/// delivery not yet announced shows the perpetual's placeholder.
+fn futures_symbol(book: &SymbolBook, now_us: i64, market: Market) -> serde_json::Value {
     let spec = &book.spec;
+    let precision = Precision::of(market, spec);
     let dated = crate::config::delivery_from_name(&spec.symbol).is_some();
     let contract_type = if dated {
         "CURRENT_QUARTER"
@@ -240,29 +263,63 @@ fn add_contract_fields(
         .symbol
         .split_once('_')
         .map_or(spec.symbol.as_str(), |(pair, _)| pair);
-    if let Some(fields) = symbol.as_object_mut() {
-        let status_key = match market {
-            Market::CoinM => {
-                fields.remove("status");
-                "contractStatus"
-            }
-            _ => "status",
-        };
-        fields.insert(status_key.to_owned(), status.into());
-        fields.insert("contractType".to_owned(), contract_type.into());
-        fields.insert("pair".to_owned(), pair.into());
-        fields.insert("deliveryDate".to_owned(), delivery_ms.into());
+    let [price_filter, lot_size] = price_and_lot_filters(book, precision);
+    let mut market_lot_size = lot_size.clone();
+    market_lot_size["filterType"] = "MARKET_LOT_SIZE".into();
+    // USD-M margins in the quote asset, COIN-M in the base asset.
+    let margin_asset = match market {
+        Market::CoinM => &spec.base_asset,
+        _ => &spec.quote_asset,
+    };
+    let mut symbol = serde_json::json!({
+        "symbol": spec.symbol,
+        "pair": pair,
+        "contractType": contract_type,
+        "deliveryDate": delivery_ms,
         // Futures times are in ms only.
-        fields.insert(
-            "onboardDate".to_owned(),
-            book.data_start_us.div_euclid(1_000).into(),
-        );
-        fields.insert("pricePrecision".to_owned(), precision.price.into());
-        fields.insert("quantityPrecision".to_owned(), precision.quantity.into());
-        if let Some(size) = spec.contract_size.filter(|_| market == Market::CoinM) {
-            fields.insert("contractSize".to_owned(), size.into());
+        "onboardDate": book.data_start_us.div_euclid(1_000),
+        "maintMarginPercent": "2.5000",
+        "requiredMarginPercent": "5.0000",
+        "baseAsset": spec.base_asset,
+        "quoteAsset": spec.quote_asset,
+        "marginAsset": margin_asset,
+        "pricePrecision": precision.price,
+        "quantityPrecision": precision.quantity,
+        "baseAssetPrecision": 8,
+        "quotePrecision": 8,
+        "underlyingType": "COIN",
+        "underlyingSubType": [],
+        "triggerProtect": "0.0500",
+        "liquidationFee": "0.012000",
+        "marketTakeBound": "0.30",
+        "filters": [
+            price_filter,
+            lot_size,
+            market_lot_size,
+            {"limit": 200, "filterType": "MAX_NUM_ORDERS"},
+            {"limit": 10, "filterType": "MAX_NUM_ALGO_ORDERS"},
+            {"multiplierDown": "0.8500", "multiplierUp": "1.1500", "multiplierDecimal": "4", "filterType": "PERCENT_PRICE"},
+        ],
+        "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"],
+        "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
+    });
+    if let Some(fields) = symbol.as_object_mut() {
+        match market {
+            Market::CoinM => {
+                fields.insert("contractStatus".to_owned(), status.into());
+                if let Some(size) = spec.contract_size {
+                    fields.insert("contractSize".to_owned(), size.into());
+                }
+                fields.insert("equalQtyPrecision".to_owned(), 4.into());
+                fields.insert("maxMoveOrderLimit".to_owned(), 10_000.into());
+            }
+            _ => {
+                fields.insert("status".to_owned(), status.into());
+                fields.insert("settlePlan".to_owned(), 0.into());
+            }
         }
     }
+    symbol
 }
 
 fn json_array<T>(items: &[T], mut write_item: impl FnMut(&mut String, &T)) -> String {

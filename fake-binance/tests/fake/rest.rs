@@ -976,7 +976,8 @@ async fn rest_amounts_carry_the_symbols_precision() {
 /// `BINANCE_DELIVERY.0`): their own `rateLimits` (the configured weight
 /// limit first, no `RAW_REQUESTS`), `pricePrecision` and
 /// `quantityPrecision`, COIN-M `contractSize` (100 for BTC, 10 for the
-/// others), filters in the symbol's precision. Spot keeps its own.
+/// others), filters in the symbol's precision, each symbol with the real
+/// answers' keys and no spot key. Spot keeps its own.
 #[tokio::test]
 async fn futures_exchange_info_has_the_real_rate_limits_and_precisions() {
     let weight = |limit: u32| serde_json::json!({"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limit});
@@ -1016,6 +1017,88 @@ async fn futures_exchange_info_has_the_real_rate_limits_and_precisions() {
             .json();
         assert_eq!(info["rateLimits"], rate_limits, "{market:?}");
         let entries = info["symbols"].as_array().unwrap();
+        // The keys of the real answers' first symbol (BTCUSDT in
+        // `rest/cryptofeed/BINANCE_FUTURES.0`, BTCUSD_PERP in
+        // `BINANCE_DELIVERY.0` of `../shared/data/real`): futures keys,
+        // none of spot's (`isSpotTradingAllowed`, `permissionSets`, ...).
+        let real_keys: &[&str] = match market {
+            fake_binance::Market::UsdM => &[
+                "symbol",
+                "pair",
+                "contractType",
+                "deliveryDate",
+                "onboardDate",
+                "status",
+                "maintMarginPercent",
+                "requiredMarginPercent",
+                "baseAsset",
+                "quoteAsset",
+                "marginAsset",
+                "pricePrecision",
+                "quantityPrecision",
+                "baseAssetPrecision",
+                "quotePrecision",
+                "underlyingType",
+                "underlyingSubType",
+                "settlePlan",
+                "triggerProtect",
+                "liquidationFee",
+                "marketTakeBound",
+                "filters",
+                "orderTypes",
+                "timeInForce",
+            ],
+            _ => &[
+                "symbol",
+                "pair",
+                "contractType",
+                "deliveryDate",
+                "onboardDate",
+                "contractStatus",
+                "contractSize",
+                "marginAsset",
+                "maintMarginPercent",
+                "requiredMarginPercent",
+                "baseAsset",
+                "quoteAsset",
+                "pricePrecision",
+                "quantityPrecision",
+                "baseAssetPrecision",
+                "quotePrecision",
+                "equalQtyPrecision",
+                "maxMoveOrderLimit",
+                "triggerProtect",
+                "underlyingType",
+                "underlyingSubType",
+                "filters",
+                "orderTypes",
+                "timeInForce",
+                "liquidationFee",
+                "marketTakeBound",
+            ],
+        };
+        let real_keys: std::collections::BTreeSet<&str> = real_keys.iter().copied().collect();
+        for entry in entries {
+            let keys: std::collections::BTreeSet<&str> = entry
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(keys, real_keys, "{market:?} {entry}");
+        }
+        let top: Vec<&str> = info
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let usdm_only = ["futuresType", "assets"];
+        assert_eq!(
+            usdm_only.iter().all(|key| top.contains(key)),
+            market == fake_binance::Market::UsdM,
+            "{top:?}"
+        );
         let first = &entries[0];
         if market == fake_binance::Market::UsdM {
             // BTCUSDT: tick 0.01, step 0.00001.
