@@ -14,7 +14,9 @@
 //!    limiter). Without the header: one weight window after a 429 (the
 //!    server's count has reset by then whatever its phase), doubling while
 //!    429s without the header repeat, up to ten minutes; two minutes after a
-//!    418 (the shortest ban). A 403 (the web application firewall, which
+//!    418 (the shortest ban), doubling while answers without the header
+//!    repeat, up to an hour (a ban grows to three days, and each probe
+//!    inside one may lengthen it). A 403 (the web application firewall, which
 //!    blocks for rate as well as for security) backs off like a 429.
 //!    Answers to requests that were already on the wire may extend the
 //!    back-off; they never start a second one.
@@ -60,6 +62,10 @@ const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The longest back-off after repeated 429s that carried no `Retry-After`.
 const MAX_DEFAULT_BACKOFF: Duration = Duration::from_secs(600);
+
+/// The longest back-off after repeated 418s that carried no `Retry-After`:
+/// a probe an hour at most while a ban of up to three days runs.
+const MAX_DEFAULT_BAN: Duration = Duration::from_secs(3600);
 
 /// Requests on the wire at once per client (all clones), unless configured.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 4;
@@ -503,7 +509,11 @@ impl Limiter {
     ) -> Option<BackoffStarted> {
         let length = match (status, retry_after) {
             (_, Some(retry_after)) => retry_after.max(MIN_RETRY_AFTER),
-            (418, None) => DEFAULT_BAN,
+            (418, None) => {
+                self.n_default_backoffs = self.n_default_backoffs.saturating_add(1);
+                let doubling = 2u32.saturating_pow(self.n_default_backoffs.min(31) - 1);
+                DEFAULT_BAN.saturating_mul(doubling).min(MAX_DEFAULT_BAN)
+            }
             (_, None) => {
                 self.n_default_backoffs = self.n_default_backoffs.saturating_add(1);
                 let doubling = 2u32.saturating_pow(self.n_default_backoffs.min(31) - 1);
@@ -765,6 +775,35 @@ mod tests {
             Some(Duration::from_secs(3600))
         );
         assert_eq!(pacer.stats().n_banned, 2);
+    }
+
+    /// Binance's 418 names the ban's end; one that does not is met with
+    /// the shortest ban, doubled while such answers repeat (a ban grows to
+    /// three days, and a probe inside one may lengthen it), up to an hour.
+    #[test]
+    fn bans_without_retry_after_double_to_an_hour() {
+        let mut pacer = limiter(6000, 0.5);
+        let mut now = 0;
+        let mut lengths = Vec::new();
+        for _ in 0..7 {
+            let probe = pacer.try_send(1, at(now)).expect("the probe goes");
+            let started = pacer.on_headers(probe, 418, None, None, at(now + 10));
+            pacer.on_done(probe, at(now + 10));
+            let length = started.expect("a back-off starts").length;
+            lengths.push(length.as_secs());
+            now += 10 + i64::try_from(length.as_millis()).expect("short");
+            assert_eq!(
+                pacer.delay_before(1, at(now - 1)),
+                Some(Duration::from_millis(1))
+            );
+        }
+        assert_eq!(lengths, [120, 240, 480, 960, 1920, 3600, 3600]);
+        // An answer that does not hold back starts the doubling again.
+        let ok = pacer.try_send(1, at(now)).expect("the probe goes");
+        pacer.on_headers(ok, 200, None, None, at(now + 10));
+        pacer.on_done(ok, at(now + 10));
+        let started = pacer.on_retry_after(418, None, at(now + 20));
+        assert_eq!(started.map(|b| b.length), Some(Duration::from_secs(120)));
     }
 
     /// A server that rounds the wait down says `Retry-After: 0` in the
