@@ -313,7 +313,8 @@ mod tests {
     proptest::proptest! {
         /// Integers of every length around the eight-digit words (leading
         /// zeros, a fraction or an exponent after them, past `i64`) read
-        /// as serde_json reads them, or are left to it.
+        /// as serde_json reads them, and refused where it does not read
+        /// an `i64`.
         #[test]
         fn integers_read_as_serde_json_reads_them(
             digits in "[0-9]{1,21}",
