@@ -65,6 +65,13 @@ impl ContractFacts {
 }
 
 impl ContractFacts {
+    /// Whether the status is one that only comes after trading ended.
+    fn after_trading(&self) -> bool {
+        self.status
+            .as_deref()
+            .is_some_and(|status| AFTER_TRADING.contains(&status))
+    }
+
     /// A dated contract `exchangeInfo` no longer lists, judged delivered
     /// when the day its name carries (`BTCUSD_251226`: 2025-12-26) ended
     /// before `exchange_now`: Binance drops delivered contracts from the
@@ -105,11 +112,7 @@ pub enum ContractVerdict {
 /// A status after trading with no delivery date dates the delivery at
 /// `exchange_now` (or leaves it recording while there is no clock yet).
 pub fn judge_contract(facts: &ContractFacts, exchange_now: Option<TimeUs>) -> ContractVerdict {
-    let after_trading = facts
-        .status
-        .as_deref()
-        .is_some_and(|status| AFTER_TRADING.contains(&status));
-    match (facts.delivery_at, after_trading) {
+    match (facts.delivery_at, facts.after_trading()) {
         (Some(at), true) => ContractVerdict::Delivered(at),
         (Some(at), false) if exchange_now.is_some_and(|now| now >= at) => {
             ContractVerdict::Delivered(at)
@@ -183,11 +186,13 @@ impl Deliveries {
     }
 
     /// Whether any contract is known that is not delivered yet (and so
-    /// must be judged as the clock moves).
+    /// must be judged as the clock moves): one with a delivery date, or a
+    /// status after trading without one (delivered once a clock is read).
     pub fn any_pending(&self) -> bool {
-        self.contracts
-            .values()
-            .any(|contract| contract.delivered.is_none() && contract.facts.delivery_at.is_some())
+        self.contracts.values().any(|contract| {
+            contract.delivered.is_none()
+                && (contract.facts.delivery_at.is_some() || contract.facts.after_trading())
+        })
     }
 }
 
@@ -377,5 +382,30 @@ mod tests {
             vec![facts(Some("DELIVERED"), Some(DELIVERY_US))],
         );
         assert_delivered_and_not_announced_again(&mut deliveries, &symbol);
+    }
+
+    /// A status after trading without a date (a symbol delisted while the
+    /// daemon was down, `startup.rs`) stays pending until a clock is read,
+    /// then is delivered at it, once.
+    #[test]
+    fn a_dateless_status_after_trading_is_pending_until_a_clock_delivers_it() {
+        let mut deliveries = Deliveries::default();
+        deliveries.learn(Market::CoinM, vec![facts(Some("CLOSE"), None)]);
+        let symbol = Symbol::new("BTCUSD_260327").expect("valid");
+        assert!(deliveries.any_pending());
+        assert_eq!(deliveries.newly_delivered(Market::CoinM, None), vec![]);
+        assert_eq!(
+            deliveries.newly_delivered(Market::CoinM, Some(DELIVERY_US)),
+            vec![(symbol.clone(), DELIVERY_US)]
+        );
+        assert!(!deliveries.any_pending());
+        assert_eq!(
+            deliveries.newly_delivered(Market::CoinM, Some(DELIVERY_US + 1)),
+            vec![]
+        );
+        // A trading contract without a date is not pending.
+        let mut deliveries = Deliveries::default();
+        deliveries.learn(Market::CoinM, vec![facts(Some("TRADING"), None)]);
+        assert!(!deliveries.any_pending());
     }
 }

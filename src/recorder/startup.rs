@@ -129,9 +129,12 @@ pub(super) async fn check_symbols(
 /// clock ([`ContractFacts::delivered_and_unlisted`]), and the symbols
 /// whose newest file in `data_dir` says the daemon saw their delivery or
 /// delisting (`delivered_at`; Binance may drop a delisted perpetual from
-/// the list). Any other is an error naming it, as is a dated contract
-/// with an unreadable exchange clock (nothing can be judged delivered
-/// then).
+/// the list). A symbol this dataset recorded before without any such
+/// word (delisted while the daemon was down) ends its recording at the
+/// exchange's clock (status `CLOSE`, no date: [`judge_contract`] delivers
+/// it then), so that the other symbols record on. Any other is an error
+/// naming it, as is a dated contract with an unreadable exchange clock
+/// (nothing can be judged delivered then).
 async fn delivered_and_unlisted(
     market_config: &MarketConfig,
     rest: &RestClient,
@@ -156,7 +159,20 @@ async fn delivered_and_unlisted(
                     warn!(%market, symbol = %name, "symbol no longer listed by the exchange, delivered or delisted as its last file says: not recorded (remove it from the config)");
                     delivered.push(facts);
                 }
-                None => still_unknown.push(name.as_str()),
+                None => match newest_sealed_hour(market_config, name, data_dir) {
+                    // Recorded here before, so no typo: delisted while
+                    // the daemon was down. Refusing the start would stop
+                    // every other symbol until someone edits the config.
+                    Some((symbol, newest)) => {
+                        error!(%market, symbol = %name, newest_file_hour = %newest, "symbol no longer listed by the exchange and its files name no delisting (delisted while the daemon was down?): its recording ends now; the hours since its newest file are owed and declared unfilled where REST cannot serve them (remove it from the config)");
+                        delivered.push(ContractFacts {
+                            symbol,
+                            status: Some("CLOSE".to_owned()),
+                            delivery_at: None,
+                        });
+                    }
+                    None => still_unknown.push(name.as_str()),
+                },
             },
         }
     }
@@ -167,6 +183,30 @@ async fn delivered_and_unlisted(
         );
     }
     Ok(delivered)
+}
+
+/// The newest hour this dataset holds a sealed file of for `name` on the
+/// market, over any of the configured streams; `None` when it holds none
+/// (a name never recorded here).
+fn newest_sealed_hour(
+    market_config: &MarketConfig,
+    name: &str,
+    data_dir: &Path,
+) -> Option<(Symbol, Hour)> {
+    let symbol = Symbol::new(name).ok()?;
+    let newest = market_config
+        .streams
+        .iter()
+        .filter_map(|kind| {
+            let key = StreamKey {
+                market: market_config.market,
+                symbol: symbol.clone(),
+                kind: *kind,
+            };
+            parquet_out::sealed_hours(data_dir, &key).last().copied()
+        })
+        .max()?;
+    Some((symbol, newest))
 }
 
 /// `name`'s delivery as its newest sealed file on the market says it

@@ -1340,6 +1340,69 @@ async fn a_perpetual_delisted_while_running_ends_its_recording_at_the_delisting(
     later.shutdown().await;
 }
 
+/// A perpetual delisted while the daemon was down, whose files therefore
+/// name no delisting: at the next start the exchange lists it no more. A
+/// name this dataset recorded is no typo, so the start is not refused
+/// (which would stop every other symbol until someone edits the config):
+/// its recording ends at the exchange's clock as a delivered contract's
+/// does, and the other perpetual records on. A name never recorded stays
+/// an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_perpetual_delisted_while_the_daemon_was_down_ends_its_recording_not_the_start() {
+    const DELISTED: &str = "ETHUSD_PERP";
+    let logs = LogCapture::install();
+    let first_hour = Hour::containing(SIM_START_US);
+    let coinm = start_coinm(&[PERPETUAL, DELISTED], Vec::new()).await;
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = coinm_toml(&coinm, root, &[PERPETUAL, DELISTED], "");
+    let recorder = RunningRecorder::start(&config);
+    let delisted_first = file_path(root, &coinm_key(DELISTED, StreamKind::AggTrade), first_hour);
+    wait_until(Duration::from_secs(120), "the first hour sealed", || {
+        delisted_first.exists()
+    })
+    .await;
+    recorder.stop().await;
+    coinm.shutdown().await;
+
+    // Days later the exchange lists it no more.
+    let later = FakeExchange::start(FakeConfig {
+        sim_start_us: first_hour.start() + 3 * binance_recorder::domain::MICROS_PER_DAY,
+        ..coinm_config(&[PERPETUAL], Vec::new())
+    })
+    .await
+    .expect("coinm fake starts");
+    let config = coinm_toml(&later, root, &[PERPETUAL, DELISTED], "");
+    let recorder = RunningRecorder::start(&config);
+    wait_until(
+        Duration::from_secs(60),
+        "the check, the ending and frames",
+        || {
+            logs.text().contains("its files name no delisting")
+                && recorder.counters.contracts_delivered.get() == 1
+                && recorder.counters.frames_received.get() > 100
+        },
+    )
+    .await;
+    // A clean stop: the daemon was recording on, not ending in an error.
+    let counters = recorder.stop().await;
+    assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
+    assert!(delisted_first.exists(), "what was recorded stays");
+
+    // A name never recorded here is still refused, naming it.
+    let config = coinm_toml(&later, root, &[PERPETUAL, "XRPUSD_PERP"], "");
+    let refused = RunningRecorder::start(&config);
+    let error = refused
+        .ended_by_itself(Duration::from_secs(60))
+        .await
+        .expect_err("an unknown name stops the start");
+    assert!(
+        format!("{error:#}").contains("unknown to the exchange: XRPUSD_PERP"),
+        "the error names it: {error:#}"
+    );
+    later.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dated_coinm_contract_delivered_before_the_start_is_skipped_not_refused() {
     let first_hour = Hour::containing(SIM_START_US);

@@ -280,6 +280,15 @@ impl RunningRecorder {
         (stopping.elapsed(), self.counters.snapshot())
     }
 
+    /// What the recorder ended with when it stops by itself within
+    /// `within` (a refused start), without being told to.
+    pub async fn ended_by_itself(self, within: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(within, self.task)
+            .await
+            .expect("the recorder ended by itself within the deadline")
+            .expect("recorder task did not panic")
+    }
+
     /// The same path as SIGTERM: cancel, then wait for the orderly stop.
     pub async fn stop(self) -> CountersSnapshot {
         self.shutdown.cancel();
