@@ -76,8 +76,10 @@ pub(super) async fn check_symbols(
                     warn!(%market, "exchangeInfo refuses the symbols together and takes each alone; recording anyway");
                     return Ok(unlisted);
                 }
+                let none_listed = unknown.len() == names.len();
                 let delivered =
-                    delivered_and_unlisted(market_config, rest, &unknown, data_dir).await?;
+                    delivered_and_unlisted(market_config, rest, &unknown, none_listed, data_dir)
+                        .await?;
                 listed.retain(|name| !delivered.iter().any(|facts| facts.symbol.as_str() == name));
                 unlisted.extend(delivered);
                 if listed.is_empty() {
@@ -99,7 +101,10 @@ pub(super) async fn check_symbols(
         .cloned()
         .collect();
     if market_config.check_symbols && !absent.is_empty() {
-        unlisted.extend(delivered_and_unlisted(market_config, rest, &absent, data_dir).await?);
+        let none_listed = absent.len() == names.len();
+        unlisted.extend(
+            delivered_and_unlisted(market_config, rest, &absent, none_listed, data_dir).await?,
+        );
     }
     for name in listed.iter().filter(|_| market_config.check_symbols) {
         if let Some(status) = statuses.iter().find(|status| &status.symbol == name) {
@@ -132,13 +137,16 @@ pub(super) async fn check_symbols(
 /// the list). A symbol this dataset recorded before without any such
 /// word (delisted while the daemon was down) ends its recording at the
 /// exchange's clock (status `CLOSE`, no date: [`judge_contract`] delivers
-/// it then), so that the other symbols record on. Any other is an error
-/// naming it, as is a dated contract with an unreadable exchange clock
-/// (nothing can be judged delivered then).
+/// it then), so that the other symbols record on; not when `none_listed`
+/// (the exchange knows none of the market's configured symbols: a wrong
+/// URL or market far more likely than every one delisted). Any other is
+/// an error naming it, as is a dated contract with an unreadable exchange
+/// clock (nothing can be judged delivered then).
 async fn delivered_and_unlisted(
     market_config: &MarketConfig,
     rest: &RestClient,
     unknown: &[String],
+    none_listed: bool,
     data_dir: &Path,
 ) -> anyhow::Result<Vec<ContractFacts>> {
     let market = market_config.market;
@@ -159,7 +167,9 @@ async fn delivered_and_unlisted(
                     warn!(%market, symbol = %name, "symbol no longer listed by the exchange, delivered or delisted as its last file says: not recorded (remove it from the config)");
                     delivered.push(facts);
                 }
-                None => match newest_sealed_hour(market_config, name, data_dir) {
+                None => match newest_sealed_hour(market_config, name, data_dir)
+                    .filter(|_| !none_listed)
+                {
                     // Recorded here before, so no typo: delisted while
                     // the daemon was down. Refusing the start would stop
                     // every other symbol until someone edits the config.

@@ -1346,7 +1346,8 @@ async fn a_perpetual_delisted_while_running_ends_its_recording_at_the_delisting(
 /// (which would stop every other symbol until someone edits the config):
 /// its recording ends at the exchange's clock as a delivered contract's
 /// does, and the other perpetual records on. A name never recorded stays
-/// an error naming it.
+/// an error naming it, as does a config none of whose names the exchange
+/// lists (a wrong URL or market rather than every one delisted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_perpetual_delisted_while_the_daemon_was_down_ends_its_recording_not_the_start() {
     const DELISTED: &str = "ETHUSD_PERP";
@@ -1388,6 +1389,18 @@ async fn a_perpetual_delisted_while_the_daemon_was_down_ends_its_recording_not_t
     let counters = recorder.stop().await;
     assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
     assert!(delisted_first.exists(), "what was recorded stays");
+
+    // The exchange knowing none of the configured names is taken for a
+    // wrong URL or market, not for all of them delisted: refused.
+    let config = coinm_toml(&later, root, &[DELISTED], "");
+    let error = RunningRecorder::start(&config)
+        .ended_by_itself(Duration::from_secs(60))
+        .await
+        .expect_err("no configured name listed stops the start");
+    assert!(
+        format!("{error:#}").contains("unknown to the exchange: ETHUSD_PERP"),
+        "the error names it: {error:#}"
+    );
 
     // A name never recorded here is still refused, naming it.
     let config = coinm_toml(&later, root, &[PERPETUAL, "XRPUSD_PERP"], "");
