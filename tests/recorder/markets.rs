@@ -1391,28 +1391,22 @@ async fn a_perpetual_delisted_while_the_daemon_was_down_ends_its_recording_not_t
     assert!(delisted_first.exists(), "what was recorded stays");
 
     // The exchange knowing none of the configured names is taken for a
-    // wrong URL or market, not for all of them delisted: refused.
-    let config = coinm_toml(&later, root, &[DELISTED], "");
-    let error = RunningRecorder::start(&config)
-        .ended_by_itself(Duration::from_secs(60))
-        .await
-        .expect_err("no configured name listed stops the start");
-    assert!(
-        format!("{error:#}").contains("unknown to the exchange: ETHUSD_PERP"),
-        "the error names it: {error:#}"
-    );
-
-    // A name never recorded here is still refused, naming it.
-    let config = coinm_toml(&later, root, &[PERPETUAL, "XRPUSD_PERP"], "");
-    let refused = RunningRecorder::start(&config);
-    let error = refused
-        .ended_by_itself(Duration::from_secs(60))
-        .await
-        .expect_err("an unknown name stops the start");
-    assert!(
-        format!("{error:#}").contains("unknown to the exchange: XRPUSD_PERP"),
-        "the error names it: {error:#}"
-    );
+    // wrong URL or market, not for all of them delisted; a name never
+    // recorded here is a typo. Both are refused, naming the name.
+    for (symbols, named) in [
+        (&[DELISTED][..], DELISTED),
+        (&[PERPETUAL, "XRPUSD_PERP"][..], "XRPUSD_PERP"),
+    ] {
+        let config = coinm_toml(&later, root, symbols, "");
+        let error = RunningRecorder::start(&config)
+            .ended_by_itself(Duration::from_secs(60))
+            .await
+            .expect_err("the start is refused");
+        assert!(
+            format!("{error:#}").contains(&format!("unknown to the exchange: {named}")),
+            "the error names it: {error:#}"
+        );
+    }
     later.shutdown().await;
 }
 
