@@ -507,27 +507,26 @@ impl Limiter {
         retry_after: Option<Duration>,
         now: TimeUs,
     ) -> Option<BackoffStarted> {
-        let length = match (status, retry_after) {
-            (_, Some(retry_after)) => retry_after.max(MIN_RETRY_AFTER),
-            (418, None) => {
+        let length = match retry_after {
+            Some(retry_after) => retry_after.max(MIN_RETRY_AFTER),
+            None => {
                 self.n_default_backoffs = self.n_default_backoffs.saturating_add(1);
                 let doubling = 2u32.saturating_pow(self.n_default_backoffs.min(31) - 1);
-                DEFAULT_BAN.saturating_mul(doubling).min(MAX_DEFAULT_BAN)
-            }
-            (_, None) => {
-                self.n_default_backoffs = self.n_default_backoffs.saturating_add(1);
-                let doubling = 2u32.saturating_pow(self.n_default_backoffs.min(31) - 1);
-                let window = self.limit.window.max(Duration::from_micros(1));
-                let to_boundary = {
-                    let window_us = self.window_us();
-                    let boundary = (now.div_euclid(window_us) + 1).saturating_mul(window_us)
-                        + micros(BOUNDARY_MARGIN).min(window_us / 10);
-                    duration_between(now, boundary)
-                };
-                window
-                    .saturating_mul(doubling)
-                    .min(MAX_DEFAULT_BACKOFF)
-                    .max(to_boundary)
+                if status == 418 {
+                    DEFAULT_BAN.saturating_mul(doubling).min(MAX_DEFAULT_BAN)
+                } else {
+                    let window = self.limit.window.max(Duration::from_micros(1));
+                    let to_boundary = {
+                        let window_us = self.window_us();
+                        let boundary = (now.div_euclid(window_us) + 1).saturating_mul(window_us)
+                            + micros(BOUNDARY_MARGIN).min(window_us / 10);
+                        duration_between(now, boundary)
+                    };
+                    window
+                        .saturating_mul(doubling)
+                        .min(MAX_DEFAULT_BACKOFF)
+                        .max(to_boundary)
+                }
             }
         };
         if status == 418 {

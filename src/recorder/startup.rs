@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::binance::rest::{RestClient, RestError};
 use crate::config::{is_dated_contract, Config, MarketConfig};
-use crate::domain::{Hour, StreamKey, Symbol};
+use crate::domain::{Hour, StreamKey, Symbol, TimeUs};
 use crate::metrics::Counters;
 use crate::parquet_out::{self, run_file};
 use crate::quarantine::{self, QuarantinedFrame};
@@ -162,26 +162,31 @@ async fn delivered_and_unlisted(
                 warn!(%market, symbol = %name, "dated contract no longer listed by the exchange: delivered, not recorded (remove it from the config)");
                 delivered.push(facts);
             }
-            None => match delivered_in_dataset(market_config, name, data_dir) {
-                Some(facts) => {
-                    warn!(%market, symbol = %name, "symbol no longer listed by the exchange, delivered or delisted as its last file says: not recorded (remove it from the config)");
-                    delivered.push(facts);
-                }
-                None => match newest_sealed_hour(market_config, name, data_dir)
-                    .filter(|_| !none_listed)
-                {
-                    // Recorded here before, so no typo: delisted while
-                    // the daemon was down. Refusing the start would stop
-                    // every other symbol until someone edits the config.
-                    Some((symbol, newest)) => {
-                        error!(%market, symbol = %name, newest_file_hour = %newest, "symbol no longer listed by the exchange and its files name no delisting (delisted while the daemon was down?): its recording ends now; the hours since its newest file are owed and declared unfilled where REST cannot serve them (remove it from the config)");
+            None => match newest_files(market_config, name, data_dir) {
+                None => still_unknown.push(name.as_str()),
+                Some((symbol, files)) => match delivered_in_files(&files, data_dir) {
+                    Some(delivery_at) => {
+                        warn!(%market, symbol = %name, "symbol no longer listed by the exchange, delivered or delisted as its last file says: not recorded (remove it from the config)");
                         delivered.push(ContractFacts {
                             symbol,
                             status: Some("CLOSE".to_owned()),
-                            delivery_at: None,
+                            delivery_at: Some(delivery_at),
                         });
                     }
-                    None => still_unknown.push(name.as_str()),
+                    None => match files.iter().map(|(_, hour)| *hour).max() {
+                        // Recorded here before, so no typo: delisted while
+                        // the daemon was down. Refusing the start would stop
+                        // every other symbol until someone edits the config.
+                        Some(newest) if !none_listed => {
+                            error!(%market, symbol = %name, newest_file_hour = %newest, "symbol no longer listed by the exchange and its files name no delisting (delisted while the daemon was down?): its recording ends now; the hours since its newest file are owed and declared unfilled where REST cannot serve them (remove it from the config)");
+                            delivered.push(ContractFacts {
+                                symbol,
+                                status: Some("CLOSE".to_owned()),
+                                delivery_at: None,
+                            });
+                        }
+                        _ => still_unknown.push(name.as_str()),
+                    },
                 },
             },
         }
@@ -195,16 +200,16 @@ async fn delivered_and_unlisted(
     Ok(delivered)
 }
 
-/// The newest hour this dataset holds a sealed file of for `name` on the
-/// market, over any of the configured streams; `None` when it holds none
-/// (a name never recorded here).
-fn newest_sealed_hour(
+/// Each configured stream's newest sealed hour of `name` on the market
+/// (one listing each; empty for a name never recorded here); `None` for a
+/// name the dataset refuses.
+fn newest_files(
     market_config: &MarketConfig,
     name: &str,
     data_dir: &Path,
-) -> Option<(Symbol, Hour)> {
+) -> Option<(Symbol, Vec<(StreamKey, Hour)>)> {
     let symbol = Symbol::new(name).ok()?;
-    let newest = market_config
+    let files = market_config
         .streams
         .iter()
         .filter_map(|kind| {
@@ -213,37 +218,21 @@ fn newest_sealed_hour(
                 symbol: symbol.clone(),
                 kind: *kind,
             };
-            parquet_out::sealed_hours(data_dir, &key).last().copied()
+            let newest = parquet_out::sealed_hours(data_dir, &key).last().copied()?;
+            Some((key, newest))
         })
-        .max()?;
-    Some((symbol, newest))
+        .collect();
+    Some((symbol, files))
 }
 
-/// `name`'s delivery as its newest sealed file on the market says it
-/// (`delivered_at`, written by a daemon that saw the delivery or the
-/// delisting), over any of the configured streams; `None` when no file
-/// says so.
-fn delivered_in_dataset(
-    market_config: &MarketConfig,
-    name: &str,
-    data_dir: &Path,
-) -> Option<ContractFacts> {
-    let symbol = Symbol::new(name).ok()?;
-    let delivery_at = market_config.streams.iter().find_map(|kind| {
-        let key = StreamKey {
-            market: market_config.market,
-            symbol: symbol.clone(),
-            kind: *kind,
-        };
-        let newest = parquet_out::sealed_hours(data_dir, &key).last().copied()?;
-        parquet_out::read_summary(&parquet_out::hour_file_path(data_dir, &key, newest))
+/// The delivery the newest files say (`delivered_at`, written by a daemon
+/// that saw the delivery or the delisting), the first one found; `None`
+/// when none says so.
+fn delivered_in_files(files: &[(StreamKey, Hour)], data_dir: &Path) -> Option<TimeUs> {
+    files.iter().find_map(|(key, newest)| {
+        parquet_out::read_summary(&parquet_out::hour_file_path(data_dir, key, *newest))
             .ok()?
             .delivered_at
-    })?;
-    Some(ContractFacts {
-        symbol,
-        status: Some("CLOSE".to_owned()),
-        delivery_at: Some(delivery_at),
     })
 }
 
