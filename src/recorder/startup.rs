@@ -178,7 +178,7 @@ async fn delivered_and_unlisted(
                         // the daemon was down. Refusing the start would stop
                         // every other symbol until someone edits the config.
                         Some(newest) if !none_listed => {
-                            error!(%market, symbol = %name, newest_file_hour = %newest, "symbol no longer listed by the exchange and its files name no delisting (delisted while the daemon was down?): its recording ends now; the hours since its newest file are owed and declared unfilled where REST cannot serve them (remove it from the config)");
+                            error!(%market, symbol = %name, newest_file_hour = %newest, "symbol no longer listed by the exchange and its files name no delisting (delisted while the daemon was down?): its recording ends at the exchange time known when this answer came (right after a start, often the newest time in the WAL); the hours up to it are owed and declared unfilled where REST cannot serve them (remove it from the config)");
                             delivered.push(ContractFacts {
                                 symbol,
                                 status: Some("CLOSE".to_owned()),

@@ -1366,13 +1366,41 @@ async fn a_perpetual_delisted_while_the_daemon_was_down_ends_its_recording_not_t
     recorder.stop().await;
     coinm.shutdown().await;
 
-    // Days later the exchange lists it no more.
-    let later = FakeExchange::start(FakeConfig {
-        sim_start_us: first_hour.start() + 3 * binance_recorder::domain::MICROS_PER_DAY,
-        ..coinm_config(&[PERPETUAL], Vec::new())
-    })
-    .await
-    .expect("coinm fake starts");
+    // Hours later the exchange lists it no more. Each start below gets an
+    // exchange of its own: the fills a start owes for the hours since the
+    // stop use the exchange's weight, which would hold the next start's
+    // check back.
+    let later_exchange = || async {
+        FakeExchange::start(FakeConfig {
+            sim_start_us: first_hour.start() + 3 * binance_recorder::domain::MICROS_PER_HOUR,
+            ..coinm_config(&[PERPETUAL], Vec::new())
+        })
+        .await
+        .expect("coinm fake starts")
+    };
+    // First, while no file names its delisting: the exchange knowing none
+    // of the configured names is taken for a wrong URL or market, not for
+    // all of them delisted; a name never recorded here is a typo. Both are
+    // refused, naming the name.
+    for (symbols, named) in [
+        (&[DELISTED][..], DELISTED),
+        (&[PERPETUAL, "XRPUSD_PERP"][..], "XRPUSD_PERP"),
+    ] {
+        let later = later_exchange().await;
+        let config = coinm_toml(&later, root, symbols, "");
+        let error = RunningRecorder::start(&config)
+            .ended_by_itself(Duration::from_secs(60))
+            .await
+            .expect_err("the start is refused");
+        assert!(
+            format!("{error:#}").contains(&format!("unknown to the exchange: {named}")),
+            "the error names it: {error:#}"
+        );
+        later.shutdown().await;
+    }
+
+    // Then with the other perpetual: the delisted one ends, the start goes on.
+    let later = later_exchange().await;
     let config = coinm_toml(&later, root, &[PERPETUAL, DELISTED], "");
     let recorder = RunningRecorder::start(&config);
     wait_until(
@@ -1389,24 +1417,6 @@ async fn a_perpetual_delisted_while_the_daemon_was_down_ends_its_recording_not_t
     let counters = recorder.stop().await;
     assert_eq!(counters.contracts_delivered, 1, "{counters:?}");
     assert!(delisted_first.exists(), "what was recorded stays");
-
-    // The exchange knowing none of the configured names is taken for a
-    // wrong URL or market, not for all of them delisted; a name never
-    // recorded here is a typo. Both are refused, naming the name.
-    for (symbols, named) in [
-        (&[DELISTED][..], DELISTED),
-        (&[PERPETUAL, "XRPUSD_PERP"][..], "XRPUSD_PERP"),
-    ] {
-        let config = coinm_toml(&later, root, symbols, "");
-        let error = RunningRecorder::start(&config)
-            .ended_by_itself(Duration::from_secs(60))
-            .await
-            .expect_err("the start is refused");
-        assert!(
-            format!("{error:#}").contains(&format!("unknown to the exchange: {named}")),
-            "the error names it: {error:#}"
-        );
-    }
     later.shutdown().await;
 }
 
