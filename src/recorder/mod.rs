@@ -54,7 +54,7 @@ use tracing::{error, info, warn};
 
 use crate::binance::rest::RestClient;
 use crate::binance::streams::stream_name;
-use crate::binance::ws::{HandshakeBudget, Inbound};
+use crate::binance::ws::{HandshakeBudget, Inbound, FRAMES_PER_MESSAGE};
 use crate::config::Config;
 use crate::domain::{Hour, Market, StreamKey, Symbol, TimeUs};
 use crate::metrics::health::HealthBoard;
@@ -73,13 +73,17 @@ pub(crate) use seal_job::{execute_seal, SealOutcome, SealResult};
 pub use seal_job::{SealFault, SealFaults};
 pub use state::{Checkpoint, FillJob, FillReport, Job, MonoMs, SealJob, State};
 
-/// Capacity of the channel from connection tasks to the recorder.
-pub const CHANNEL_CAPACITY: usize = 2048;
-/// Most records in one WAL batch, and most records waiting for the next one:
-/// while that many wait, the recorder stops taking frames from the channel,
-/// the channel fills, and connection tasks wait (TCP backpressure). So at
-/// most `2 * MAX_BATCH_RECORDS + CHANNEL_CAPACITY` frames are held in memory
-/// between the sockets and the WAL, however slow the disk.
+/// Capacity of the channel from connection tasks to the recorder, in
+/// messages: a message carries one frame at live rates, up to
+/// [`FRAMES_PER_MESSAGE`] in a burst, so at most `CHANNEL_CAPACITY *
+/// FRAMES_PER_MESSAGE` frames wait in it.
+pub const CHANNEL_CAPACITY: usize = 256;
+/// Most records in one WAL batch, and most records waiting for the next one
+/// (give or take one message's frames): while that many wait, the recorder
+/// stops taking frames from the channel, the channel fills, and connection
+/// tasks wait (TCP backpressure). So at most `2 * (MAX_BATCH_RECORDS +
+/// FRAMES_PER_MESSAGE) + CHANNEL_CAPACITY * FRAMES_PER_MESSAGE` frames are
+/// held in memory between the sockets and the WAL, however slow the disk.
 pub const MAX_BATCH_RECORDS: usize = 8_192;
 
 /// Runs the recorder until `shutdown` is cancelled, then stops in order:
@@ -501,9 +505,13 @@ impl Runtime {
                 // What waits is taken in one go, up to a bound (a turn's
                 // `select!` costs more than a frame, and the channel gives
                 // its permits back once for all of them).
+                // A message may carry up to `FRAMES_PER_MESSAGE` frames:
+                // the records waiting pass `MAX_BATCH_RECORDS` by fewer.
                 taken = receiver.recv_many(
                     &mut inputs,
-                    INPUTS_PER_TURN.min(MAX_BATCH_RECORDS.saturating_sub(self.pending.len())),
+                    INPUTS_PER_TURN
+                        .min(MAX_BATCH_RECORDS.saturating_sub(self.pending.len()) / FRAMES_PER_MESSAGE)
+                        .max(1),
                 ), if self.pending.len() < MAX_BATCH_RECORDS => {
                     if taken == 0 {
                         warn!("every connection task ended");
@@ -518,9 +526,9 @@ impl Runtime {
                     replan = false;
                     let mut n_frames = 0;
                     for input in inputs.drain(..) {
-                        let is_frame = matches!(input, Inbound::Frame { .. });
-                        n_frames += u64::from(is_frame);
-                        replan |= !is_frame;
+                        let frames_in = input.n_frames();
+                        n_frames += frames_in as u64;
+                        replan |= frames_in == 0;
                         self.take_input(input);
                         if self.fatal.is_some() {
                             return;
@@ -558,6 +566,15 @@ impl Runtime {
                     recv_time,
                     payload,
                 });
+            }
+            Inbound::Frames { market, frames } => {
+                for (recv_time, payload) in frames {
+                    self.pending.push(Outgoing::Frame {
+                        market,
+                        recv_time,
+                        payload,
+                    });
+                }
             }
             Inbound::Connected { market, .. } => {
                 Counters::add(&self.counters.connections, 1);

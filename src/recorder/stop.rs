@@ -44,9 +44,7 @@ impl Runtime {
         // Every frame a connection already handed over is made durable.
         let drain = async {
             while let Some(input) = receiver.recv().await {
-                if matches!(input, Inbound::Frame { .. }) {
-                    Counters::add(&self.counters.frames_received, 1);
-                }
+                Counters::add(&self.counters.frames_received, input.n_frames() as u64);
                 self.take_input(input);
             }
         };

@@ -377,7 +377,8 @@ impl FileFault for SlowDisk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
-    use binance_recorder::recorder::{CHANNEL_CAPACITY, MAX_BATCH_RECORDS};
+    use binance_recorder::binance::ws::FRAMES_PER_MESSAGE;
+    use binance_recorder::recorder::MAX_BATCH_RECORDS;
     // A burst: 3 symbols at 240x with 2 taker orders a simulated second,
     // thousands of frames a second against a disk that syncs 5 times a second.
     let fake = FakeExchange::start(FakeConfig {
@@ -424,7 +425,9 @@ async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
     shutdown.cancel();
     task.await.expect("no panic").expect("clean stop");
     let counters = counters.snapshot();
-    let bound = (2 * MAX_BATCH_RECORDS + CHANNEL_CAPACITY) as u64;
+    // The batch being written and the records waiting for the next, each
+    // at most one message's frames past `MAX_BATCH_RECORDS`.
+    let bound = (2 * (MAX_BATCH_RECORDS + FRAMES_PER_MESSAGE)) as u64;
     eprintln!("slow disk: {counters:?}, bound {bound}");
     assert!(
         counters.frames_buffered_max <= bound,
@@ -815,5 +818,122 @@ async fn a_rotation_without_a_handshake_slot_keeps_reading_the_old_link() {
     assert_eq!(fake_counters.ws_pong_timeout_closes, 0, "{fake_counters:?}");
     assert_eq!(fake_counters.ws_handshakes_accepted, 1, "{fake_counters:?}");
     assert_eq!(counters.disconnects, 0, "{counters:?}");
+    fake.shutdown().await;
+}
+
+/// A burst reaches the recorder a few frames a message (one channel send
+/// per frame cost more than the frame's WAL record), never more than
+/// `FRAMES_PER_MESSAGE`, each message's frames in the order read, and every
+/// frame once: the connection task alone against the fake's firehose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_reaches_the_recorder_a_few_frames_a_message_in_the_order_read() {
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::Arc;
+
+    use binance_recorder::binance::decode::{decode_frame, Decoded};
+    use binance_recorder::binance::markets::Route;
+    use binance_recorder::binance::ws::{
+        run_connection, ConnectionPlan, HandshakeBudget, Inbound, MarketActivity, OpenLinks,
+        FRAMES_PER_MESSAGE,
+    };
+    use binance_recorder::recorder::CHANNEL_CAPACITY;
+    use fake_binance::FirehoseConfig;
+
+    const N_FRAMES: u64 = 30_000;
+    let symbols = ["BTCUSDT", "ETHUSDT"];
+    let mut settings = fake_config(1.0);
+    settings.symbols = symbols.iter().map(|symbol| symbol.to_string()).collect();
+    settings.mean_orders_per_sec = 0.001;
+    settings.firehose = Some(FirehoseConfig {
+        frames: N_FRAMES,
+        max_duration: Duration::from_secs(120),
+        rate_per_sec: None,
+        step_us: 1_000,
+    });
+    let fake = FakeExchange::start(settings).await.expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let config = binance_recorder::config::Config::from_toml(&recorder_toml(
+        &fake,
+        scratch.path(),
+        &symbols,
+        &["aggTrade"],
+    ))
+    .expect("valid config");
+    let market = &config.markets[0];
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(CHANNEL_CAPACITY);
+    let plan = ConnectionPlan {
+        market: market.market,
+        task: 0,
+        ws_base_url: market.ws_url.clone(),
+        route: Route::Unrouted,
+        streams: market
+            .symbols
+            .iter()
+            .flat_map(|symbol| market.streams.iter().map(|kind| (symbol.clone(), *kind)))
+            .collect(),
+        activity: Arc::new(MarketActivity::default()),
+        retired: tokio::sync::watch::channel(Arc::new(BTreeSet::new())).1,
+        open_links: Arc::new(OpenLinks::default()),
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let connection = tokio::spawn(run_connection(
+        plan,
+        market.connection.clone(),
+        Arc::new(HandshakeBudget::new(300, Duration::from_secs(300))),
+        sender,
+        cancel.clone(),
+        Arc::new(binance_recorder::metrics::Counters::default()),
+    ));
+    let mut message_sizes = Vec::new();
+    let mut last_id: HashMap<String, i64> = HashMap::new();
+    let mut n_frames = 0;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while n_frames < N_FRAMES {
+            let frames = match receiver.recv().await.expect("the connection task runs") {
+                Inbound::Frame {
+                    recv_time, payload, ..
+                } => vec![(recv_time, payload)],
+                Inbound::Frames { frames, .. } => frames,
+                _ => continue,
+            };
+            message_sizes.push(frames.len());
+            let mut recv_times = Vec::new();
+            for (recv_time, payload) in frames {
+                recv_times.push(recv_time);
+                let Ok(Decoded::Row { key, row, .. }) =
+                    decode_frame(market.market, payload.as_bytes(), recv_time)
+                else {
+                    continue;
+                };
+                n_frames += 1;
+                // Ids contiguous per symbol from 1: each once, in order.
+                let last = last_id.entry(key.symbol.to_string()).or_insert(0);
+                assert_eq!(row.key(), *last + 1, "{key:?} after {last}");
+                *last = row.key();
+            }
+            assert!(
+                recv_times.is_sorted(),
+                "a message's frames in the order read: {recv_times:?}"
+            );
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n_frames} of {N_FRAMES} frames in two minutes"));
+    cancel.cancel();
+    connection
+        .await
+        .expect("the connection task ends without a panic");
+    let most = message_sizes.iter().max().copied().unwrap_or(0);
+    let batched = message_sizes.iter().filter(|size| **size > 1).count();
+    eprintln!(
+        "{n_frames} frames in {} messages, {batched} of more than one, at most {most}",
+        message_sizes.len()
+    );
+    assert!(most <= FRAMES_PER_MESSAGE, "{most} frames in one message");
+    assert!(
+        message_sizes.len() as u64 <= N_FRAMES / 2,
+        "a burst goes a few frames a message: {} messages for {n_frames} frames",
+        message_sizes.len()
+    );
     fake.shutdown().await;
 }

@@ -38,6 +38,11 @@ impl FramePayload {
     }
 }
 
+/// Most frames in one [`Inbound::Frames`] message. The channel's capacity
+/// counts messages, so it holds at most this many times its capacity in
+/// frames (`recorder::CHANNEL_CAPACITY`).
+pub const FRAMES_PER_MESSAGE: usize = 16;
+
 /// What a connection task (or the clock task) tells the recorder.
 #[derive(Debug)]
 pub enum Inbound {
@@ -46,6 +51,14 @@ pub enum Inbound {
         market: Market,
         recv_time: TimeUs,
         payload: FramePayload,
+    },
+    /// Frames one link read back to back, in the order read, each with its
+    /// `recv_time`: a burst's frames travel as one message, at most
+    /// [`FRAMES_PER_MESSAGE`] of them (a channel send per frame, with its
+    /// permit and the receiver's wake, cost more than the frame's WAL record).
+    Frames {
+        market: Market,
+        frames: Vec<(TimeUs, FramePayload)>,
     },
     /// A link was established and its subscription sent.
     Connected {
@@ -78,4 +91,15 @@ pub enum Inbound {
         market: Market,
         statuses: Vec<crate::binance::rest::SymbolStatus>,
     },
+}
+
+impl Inbound {
+    /// How many data frames the message carries.
+    pub fn n_frames(&self) -> usize {
+        match self {
+            Inbound::Frame { .. } => 1,
+            Inbound::Frames { frames, .. } => frames.len(),
+            _ => 0,
+        }
+    }
 }

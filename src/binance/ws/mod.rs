@@ -34,11 +34,12 @@
 //!   quiet the market more likely is, and only `silent_after_max` passes
 //!   judgement.
 //!
-//! Channel policy: frames go to the recorder over a bounded channel. When it
-//! is full the task waits (it stops reading, TCP pushes back on the
+//! Channel policy: frames go to the recorder over a bounded channel, the
+//! frames read back to back up to [`FRAMES_PER_MESSAGE`] a message (`hand_over`).
+//! When it is full the task waits (it stops reading, TCP pushes back on the
 //! exchange). A task that cannot read cannot answer pings, so it waits at
 //! most `max_backpressure_wait`: past that it closes the link, hands over the
-//! frame it holds (waiting as long as needed, since no socket is open), and
+//! frames it holds (waiting as long as needed, since no socket is open), and
 //! reconnects; the disconnect is reported like any other.
 //!
 //! This file is the connection task (drive, rotate, reconnect); `open.rs`
@@ -74,7 +75,7 @@ use crate::binance::streams::{is_data_stream, stream_name};
 use crate::domain::{Market, StreamKind, Symbol, TimeUs};
 use crate::metrics::Counters;
 pub use handshake::HandshakeBudget;
-pub use inbound::{FramePayload, Inbound};
+pub use inbound::{FramePayload, Inbound, FRAMES_PER_MESSAGE};
 pub use link::LinkLost;
 pub use link::OpenLinks;
 use link::{stream_key_of, Link, LinkEvent};
@@ -340,6 +341,9 @@ async fn drive_link(
     let mut turn_started = Instant::now();
     let mut activity_noted: Option<Instant> = None;
     let mut ready_in_a_row = 0;
+    // Frames taken from the sockets and not yet handed to the recorder:
+    // the frames of a burst go as one message (see `hand_over`).
+    let mut held: Vec<(TimeUs, FramePayload)> = Vec::with_capacity(FRAMES_PER_MESSAGE);
     // The waits on the stop and on retirements live as long as the link,
     // not one per turn: each made anew joined (and, dropped, left) its
     // notifier's waiting list under a lock, at every frame of a live feed.
@@ -348,13 +352,33 @@ async fn drive_link(
     let retirements = retirements(plan.retired.clone());
     tokio::pin!(retirements);
     loop {
+        let next = ready.take();
+        // Frames taken go to the recorder before anything but the next
+        // ready data frame is handled: a link lost, a judgement, a wait.
+        let next_is_data = matches!(
+            next,
+            Some(LinkEvent::Frame(Message::Text(_) | Message::Binary(_)))
+        );
+        if !held.is_empty() && !next_is_data {
+            let handed = hand_over(
+                &mut held,
+                plan,
+                settings,
+                frames,
+                &mut link,
+                &mut replacement,
+            );
+            if let Err(outcome) = handed.await {
+                return outcome;
+            }
+        }
         // A frame already read on this turn's way out is handled without
         // the turn's judgements (see `READY_FRAMES_PER_TURN`).
-        let (event, from_replacement, chained) = if let Some(event) = ready.take() {
+        let (event, from_replacement, chained) = if let Some(event) = next {
             (event, false, true)
         } else {
             if let Err(reason) = link.send_due_control(settings).await {
-                return lost(link, reason);
+                return lost(&link, reason);
             }
             if let Some(new_link) = replacement.as_mut() {
                 if let Err(reason) = new_link.send_due_control(settings).await {
@@ -531,7 +555,7 @@ async fn drive_link(
                             warn!(market = %plan.market, %reason, "old link died during rotation; the replacement takes over");
                             return DriveOutcome::Replaced(new_link);
                         }
-                        return lost(link, reason);
+                        return lost(&link, reason);
                     }
                     if !rotating && now >= link.opened + settings.rotate_after {
                         info!(market = %plan.market, task = plan.task, link = link.number, "link lifetime ending: rotating make-before-break");
@@ -587,7 +611,7 @@ async fn drive_link(
                     info!(market = %plan.market, %reason, "old link ended during rotation; the replacement takes over");
                     return DriveOutcome::Replaced(new_link);
                 }
-                return lost(link, reason);
+                return lost(&link, reason);
             }
             LinkEvent::Frame(Message::Close(frame)) => {
                 let reason = LinkLost::Closed(frame);
@@ -601,7 +625,7 @@ async fn drive_link(
                     info!(market = %plan.market, %reason, "old link closed during rotation; the replacement takes over");
                     return DriveOutcome::Replaced(new_link);
                 }
-                return lost(link, reason);
+                return lost(&link, reason);
             }
             LinkEvent::Frame(message) => message,
         };
@@ -664,72 +688,109 @@ async fn drive_link(
                 Err(_) => {}
             }
         }
-        let inbound = Inbound::Frame {
-            market: plan.market,
-            recv_time,
-            payload,
-        };
-        // The channel almost always has room: only a full one costs a
-        // timer (and a wait, which the clocks below are excused).
-        match frames.try_reserve() {
-            Ok(permit) => {
-                permit.send(inbound);
-                if replacement.is_none() && ready_in_a_row < READY_FRAMES_PER_TURN {
-                    // Polled once, with this task's own waker: a socket
-                    // with nothing ready keeps it for the next turn's
-                    // `select!`, which registers the same one (a no-op
-                    // waker, swapped with the task's at every frame, cost
-                    // a waker clone and drop a frame).
-                    ready = std::future::poll_fn(|context| {
-                        Poll::Ready(match link.poll_event(context) {
-                            Poll::Ready(event) => Some(event),
-                            Poll::Pending => None,
-                        })
-                    })
-                    .await;
-                }
-                ready_in_a_row = if ready.is_some() {
-                    ready_in_a_row + 1
-                } else {
-                    0
-                };
-                continue;
+        held.push((recv_time, payload));
+        if held.len() >= FRAMES_PER_MESSAGE {
+            let handed = hand_over(
+                &mut held,
+                plan,
+                settings,
+                frames,
+                &mut link,
+                &mut replacement,
+            );
+            if let Err(outcome) = handed.await {
+                return outcome;
             }
-            Err(mpsc::error::TrySendError::Closed(())) => return DriveOutcome::Stop,
-            Err(mpsc::error::TrySendError::Full(())) => {}
         }
-        match tokio::time::timeout(settings.max_backpressure_wait, frames.reserve()).await {
-            Ok(Ok(permit)) => {
-                permit.send(inbound);
-                // Time spent waiting for the recorder is not the exchange's
-                // silence: the dead-link clock restarts once we read again,
-                // and neither link is judged silent for it.
-                let now = Instant::now();
-                let receiving = if from_replacement {
-                    replacement.as_mut().expect("event came from it")
-                } else {
-                    &mut link
-                };
-                receiving.last_frame = receiving.last_frame.max(now);
-                link.rate.excuse_until(now);
-                if let Some(new_link) = replacement.as_mut() {
-                    new_link.rate.excuse_until(now);
-                }
+        if replacement.is_none() && ready_in_a_row < READY_FRAMES_PER_TURN {
+            // Polled once, with this task's own waker: a socket with
+            // nothing ready keeps it for the next turn's `select!`, which
+            // registers the same one (a no-op waker, swapped with the
+            // task's at every frame, cost a waker clone and drop a frame).
+            ready = std::future::poll_fn(|context| {
+                Poll::Ready(match link.poll_event(context) {
+                    Poll::Ready(event) => Some(event),
+                    Poll::Pending => None,
+                })
+            })
+            .await;
+        }
+        ready_in_a_row = if ready.is_some() {
+            ready_in_a_row + 1
+        } else {
+            0
+        };
+    }
+}
+
+/// Hands the frames taken from the sockets (`held`, emptied) to the
+/// recorder as one message: [`Inbound::Frame`] for one, [`Inbound::Frames`]
+/// for more. A send per frame (a permit taken, the receiver woken, each an
+/// atomic on a line the recorder's core also writes) cost more than the
+/// frame's WAL record in a burst; a live feed's frames still go one by one,
+/// as nothing else is ready when they come.
+///
+/// The channel almost always has room: only a full one costs a timer (and
+/// a wait, which the links' clocks are excused). A recorder too slow for
+/// `max_backpressure_wait` loses the link (`Err`), the frames in hand
+/// handed over first.
+async fn hand_over(
+    held: &mut Vec<(TimeUs, FramePayload)>,
+    plan: &ConnectionPlan,
+    settings: &ConnectionSettings,
+    frames: &mpsc::Sender<Inbound>,
+    link: &mut Link,
+    replacement: &mut Option<Link>,
+) -> Result<(), DriveOutcome> {
+    let market = plan.market;
+    let inbound = match held.len() {
+        1 => {
+            let (recv_time, payload) = held.pop().expect("one frame held");
+            Inbound::Frame {
+                market,
+                recv_time,
+                payload,
             }
-            Ok(Err(_)) => return DriveOutcome::Stop,
-            Err(_) => {
-                // The recorder is too slow: give up the link rather than
-                // miss pings, but hand over the frame in hand first.
-                let _ = link.socket.close(None).await;
-                if let Some(mut new_link) = replacement.take() {
-                    let _ = new_link.socket.close(None).await;
-                }
-                warn!(market = %plan.market, task = plan.task, "recorder backlog: link closed, reconnecting after the backlog drains");
-                if frames.send(inbound).await.is_err() {
-                    return DriveOutcome::Stop;
-                }
-                return lost(link, LinkLost::Backlog);
+        }
+        _ => Inbound::Frames {
+            market,
+            frames: std::mem::replace(held, Vec::with_capacity(FRAMES_PER_MESSAGE)),
+        },
+    };
+    match frames.try_reserve() {
+        Ok(permit) => {
+            permit.send(inbound);
+            return Ok(());
+        }
+        Err(mpsc::error::TrySendError::Closed(())) => return Err(DriveOutcome::Stop),
+        Err(mpsc::error::TrySendError::Full(())) => {}
+    }
+    match tokio::time::timeout(settings.max_backpressure_wait, frames.reserve()).await {
+        Ok(Ok(permit)) => {
+            permit.send(inbound);
+            // Time spent waiting for the recorder is not the exchange's
+            // silence: the dead-link clock restarts once we read again,
+            // and neither link is judged silent for it.
+            let now = Instant::now();
+            for waited in std::iter::once(link).chain(replacement.as_mut()) {
+                waited.last_frame = waited.last_frame.max(now);
+                waited.rate.excuse_until(now);
             }
+            Ok(())
+        }
+        Ok(Err(_)) => Err(DriveOutcome::Stop),
+        Err(_) => {
+            // The recorder is too slow: give up the link rather than miss
+            // pings, but hand over the frames in hand first.
+            let _ = link.socket.close(None).await;
+            if let Some(mut new_link) = replacement.take() {
+                let _ = new_link.socket.close(None).await;
+            }
+            warn!(%market, task = plan.task, "recorder backlog: link closed, reconnecting after the backlog drains");
+            if frames.send(inbound).await.is_err() {
+                return Err(DriveOutcome::Stop);
+            }
+            Err(lost(link, LinkLost::Backlog))
         }
     }
 }
@@ -759,7 +820,7 @@ async fn next_replacement_event(replacement: &mut Option<Link>) -> LinkEvent {
     }
 }
 
-fn lost(link: Link, reason: LinkLost) -> DriveOutcome {
+fn lost(link: &Link, reason: LinkLost) -> DriveOutcome {
     DriveOutcome::Lost {
         link_number: link.number,
         lived: link.opened.elapsed(),
