@@ -452,6 +452,132 @@ async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
     fake.shutdown().await;
 }
 
+/// A WAL whose fsync, once armed, blocks until the test releases it (or
+/// for two minutes at most): a disk that stops answering.
+#[derive(Debug, Clone, Default)]
+struct StalledDisk {
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    waiting: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    released: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl StalledDisk {
+    fn release(&self) {
+        let (released, condvar) = &*self.released;
+        *released.lock().expect("not poisoned") = true;
+        condvar.notify_all();
+    }
+}
+
+#[derive(Debug)]
+struct StalledFile(Box<dyn binance_recorder::wal::WalFile>, StalledDisk);
+
+impl binance_recorder::wal::WalFile for StalledFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write(bytes)
+    }
+
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        let disk = &self.1;
+        if disk.armed.load(Ordering::SeqCst) {
+            disk.waiting.store(true, Ordering::SeqCst);
+            let (released, condvar) = &*disk.released;
+            let guard = released.lock().expect("not poisoned");
+            let _released = condvar
+                .wait_timeout_while(guard, Duration::from_secs(120), |released| !*released)
+                .expect("not poisoned");
+        }
+        self.0.sync_data()
+    }
+}
+
+impl FileFault for StalledDisk {
+    fn wrap(
+        &self,
+        file: Box<dyn binance_recorder::wal::WalFile>,
+    ) -> Box<dyn binance_recorder::wal::WalFile> {
+        Box::new(StalledFile(file, self.clone()))
+    }
+}
+
+/// The disk stops answering in the middle of an hour: the recorder stops
+/// taking frames, the channel fills, and the connection task, past
+/// `max_backpressure_wait`, closes its link rather than leave the
+/// exchange's pings unanswered, hands over the frames it holds once there
+/// is room, and reconnects when the backlog drains; gap fill fetches what
+/// the closed link missed, and the hour seals equal to the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_disk_closes_the_link_for_its_backlog_and_the_hour_is_still_whole() {
+    use std::sync::atomic::Ordering;
+    let fake = FakeExchange::start(FakeConfig {
+        mean_orders_per_sec: 8.0,
+        ..fake_config(240.0)
+    })
+    .await
+    .expect("fake starts");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let root = scratch.path();
+    let config = format!(
+        "{}{}",
+        connection_toml("dead_after_ms = 20000\nmax_backpressure_wait_ms = 300")
+            .replace("dead_after_ms = 1500\n", ""),
+        recorder_toml_patient(&fake, root, &SYMBOLS, &["aggTrade"])
+    );
+    let disk = StalledDisk::default();
+    let recorder = RunningRecorder::start_with_seams(
+        &config,
+        binance_recorder::recorder::Seams {
+            wal_fs: std::sync::Arc::new(FaultyFs(disk.clone())),
+            ..Default::default()
+        },
+    );
+    let counters = recorder.counters.clone();
+    wait_until(Duration::from_secs(30), "the first frame", || {
+        counters.frames_received.get() > 0
+    })
+    .await;
+    // The stall falls inside a whole hour the recorder watched from its start.
+    let hour = Hour::containing(fake.sim_now_us()).next();
+    wait_until(Duration::from_secs(60), "the hour under way", || {
+        fake.sim_now_us() >= hour.start() + 60_000_000
+    })
+    .await;
+    disk.armed.store(true, Ordering::SeqCst);
+    wait_until(
+        Duration::from_secs(60),
+        "the link closed for the backlog",
+        || disk.waiting.load(Ordering::SeqCst) && fake.counters().ws_connections_open == 0,
+    )
+    .await;
+    disk.armed.store(false, Ordering::SeqCst);
+    disk.release();
+    let kind = StreamKind::AggTrade;
+    wait_until(Duration::from_secs(120), "the hour sealed", || {
+        SYMBOLS
+            .iter()
+            .all(|symbol| file_path(root, &key(symbol, kind), hour).exists())
+    })
+    .await;
+    let (_, counters) = recorder.stop_within(Duration::from_secs(30)).await;
+    assert!(counters.disconnects >= 1, "{counters:?}");
+    assert!(
+        counters.fill_rounds >= 1,
+        "the missed frames were fetched: {counters:?}"
+    );
+    let mut n_rest = 0;
+    for symbol in SYMBOLS {
+        let truth = fake.ground_truth(symbol, hour.end() + 60_000_000);
+        let path = file_path(root, &key(symbol, kind), hour);
+        n_rest += assert_file_matches_truth_with_rest(&path, kind, &truth, hour).len();
+    }
+    // What the closed link missed came from REST; everything else was the
+    // stream's, the frames held when the link closed among them.
+    assert!(n_rest > 0, "the closed link missed nothing: {counters:?}");
+    eprintln!("stalled disk: {n_rest} rows from REST, {counters:?}");
+    fake.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_that_pings_but_delivers_nothing_is_replaced_and_nothing_is_lost() {
     // 3 symbols x 3 streams at 3 streams a connection: three links, one per
