@@ -375,6 +375,25 @@ impl FileFault for SlowDisk {
     }
 }
 
+/// The config of the disk tests: `SYMBOLS`' `streams`, a link dead only
+/// after 20 s of silence (a disk's wait is not the exchange's), and the
+/// connection task's wait for room in the channel.
+fn slow_disk_config(
+    fake: &FakeExchange,
+    root: &std::path::Path,
+    max_backpressure_wait_ms: u64,
+    streams: &[&str],
+) -> String {
+    format!(
+        "{}{}",
+        connection_toml(&format!(
+            "dead_after_ms = 20000\nmax_backpressure_wait_ms = {max_backpressure_wait_ms}"
+        ))
+        .replace("dead_after_ms = 1500\n", ""),
+        recorder_toml_patient(fake, root, &SYMBOLS, streams)
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
     use binance_recorder::binance::ws::FRAMES_PER_MESSAGE;
@@ -389,11 +408,11 @@ async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
     .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let config = binance_recorder::config::Config::from_toml(&format!(
-        "{}{}",
-        connection_toml("dead_after_ms = 20000\nmax_backpressure_wait_ms = 15000")
-            .replace("dead_after_ms = 1500\n", ""),
-        recorder_toml_patient(&fake, root, &SYMBOLS, &["trade", "aggTrade"])
+    let config = binance_recorder::config::Config::from_toml(&slow_disk_config(
+        &fake,
+        root,
+        15_000,
+        &["trade", "aggTrade"],
     ))
     .expect("valid config");
     let counters = std::sync::Arc::new(binance_recorder::metrics::Counters::default());
@@ -518,12 +537,7 @@ async fn a_stalled_disk_closes_the_link_for_its_backlog_and_the_hour_is_still_wh
     .expect("fake starts");
     let scratch = tempfile::tempdir().expect("scratch directory");
     let root = scratch.path();
-    let config = format!(
-        "{}{}",
-        connection_toml("dead_after_ms = 20000\nmax_backpressure_wait_ms = 300")
-            .replace("dead_after_ms = 1500\n", ""),
-        recorder_toml_patient(&fake, root, &SYMBOLS, &["aggTrade"])
-    );
+    let config = slow_disk_config(&fake, root, 300, &["aggTrade"]);
     let disk = StalledDisk::default();
     let recorder = RunningRecorder::start_with_seams(
         &config,

@@ -354,12 +354,13 @@ async fn drive_link(
     loop {
         let next = ready.take();
         // Frames taken go to the recorder before anything but the next
-        // ready data frame is handled: a link lost, a judgement, a wait.
+        // ready data frame is handled (a link lost, a judgement, a wait),
+        // and once a message's worth wait.
         let next_is_data = matches!(
             next,
             Some(LinkEvent::Frame(Message::Text(_) | Message::Binary(_)))
         );
-        if !held.is_empty() && !next_is_data {
+        if !held.is_empty() && (!next_is_data || held.len() >= FRAMES_PER_MESSAGE) {
             let handed = hand_over(
                 &mut held,
                 plan,
@@ -689,19 +690,6 @@ async fn drive_link(
             }
         }
         held.push((recv_time, payload));
-        if held.len() >= FRAMES_PER_MESSAGE {
-            let handed = hand_over(
-                &mut held,
-                plan,
-                settings,
-                frames,
-                &mut link,
-                &mut replacement,
-            );
-            if let Err(outcome) = handed.await {
-                return outcome;
-            }
-        }
         if replacement.is_none() && ready_in_a_row < READY_FRAMES_PER_TURN {
             // Polled once, with this task's own waker: a socket with
             // nothing ready keeps it for the next turn's `select!`, which
