@@ -476,14 +476,18 @@ impl DecimalBounds {
 
 /// `chunk` with its statistics as the contract's readers read them: each
 /// bound once, in `min_value` and `max_value`, and a decimal column's
-/// bounds from `decimal` (the writer computes none for it).
+/// bounds from `decimal` (the writer computes none for it); and without
+/// the metadata no reader of the contract reads.
 ///
 /// The writer also copies the bounds into the deprecated `min` and `max`
 /// fields of every column whose order is signed (integers, times,
 /// decimals), for readers older than 2018; every reader of the contract
 /// reads the new fields (and prunes by them), so the copies are footer
 /// bytes that serve none: about 190 of them in a trade or aggTrade file,
-/// 460 in a kline file (docs/BENCHMARKS.md, "File size").
+/// 460 in a kline file (docs/BENCHMARKS.md, "File size"). Likewise the
+/// count of pages per encoding (the chunk's `encodings` list says which
+/// there are) and the size statistics (a string column's unencoded bytes,
+/// level histograms): about 140 bytes of an aggTrade file's footer.
 fn with_statistics_once(mut chunk: ArrowColumnChunk, decimal: &DecimalBounds) -> ArrowColumnChunk {
     use parquet::data_type::FixedLenByteArray;
     use parquet::file::statistics::{Statistics, ValueStatistics};
@@ -492,15 +496,15 @@ fn with_statistics_once(mut chunk: ArrowColumnChunk, decimal: &DecimalBounds) ->
         // A decimal column (16-byte big-endian two's complement values).
         (Some((min, max)), _) => {
             let bytes = |value: i128| FixedLenByteArray::from(value.to_be_bytes().to_vec());
-            Statistics::FixedLenByteArray(ValueStatistics::new(
+            Some(Statistics::FixedLenByteArray(ValueStatistics::new(
                 Some(bytes(min)),
                 Some(bytes(max)),
                 None,
                 Some(decimal.nulls),
                 false,
-            ))
+            )))
         }
-        (None, None) => return chunk,
+        (None, None) => None,
         (None, Some(statistics)) => {
             // Every physical type's statistics, the same way.
             macro_rules! once {
@@ -512,7 +516,7 @@ fn with_statistics_once(mut chunk: ArrowColumnChunk, decimal: &DecimalBounds) ->
                     }
                 };
             }
-            once!(
+            Some(once!(
                 Boolean,
                 Int32,
                 Int64,
@@ -521,15 +525,22 @@ fn with_statistics_once(mut chunk: ArrowColumnChunk, decimal: &DecimalBounds) ->
                 Double,
                 ByteArray,
                 FixedLenByteArray
-            )
+            ))
         }
     };
-    *metadata = metadata
+    let lean = metadata
         .clone()
         .into_builder()
-        .set_statistics(statistics)
-        .build()
-        .expect("the same metadata with other statistics");
+        .clear_page_encoding_stats()
+        .set_unencoded_byte_array_data_bytes(None)
+        .set_repetition_level_histogram(None)
+        .set_definition_level_histogram(None);
+    *metadata = match statistics {
+        Some(statistics) => lean.set_statistics(statistics),
+        None => lean,
+    }
+    .build()
+    .expect("the same metadata with less of it");
     chunk
 }
 
@@ -931,6 +942,57 @@ mod tests {
                     chunk.column_path()
                 );
             }
+        }
+    }
+
+    /// The footer has no count of pages per encoding and no size
+    /// statistics (no reader of the contract reads either; the writer's own
+    /// footer has both), and each chunk's `encodings` still names what its
+    /// pages use.
+    #[test]
+    fn the_footer_leaves_out_what_no_reader_reads() {
+        let has_encoding_counts = |chunk: &parquet::file::metadata::ColumnChunkMetaData| {
+            chunk.page_encoding_stats().is_some() || chunk.page_encoding_stats_mask().is_some()
+        };
+        let has_size_statistics = |chunk: &parquet::file::metadata::ColumnChunkMetaData| {
+            chunk.unencoded_byte_array_data_bytes().is_some()
+                || chunk.definition_level_histogram().is_some()
+                || chunk.repetition_level_histogram().is_some()
+        };
+        for kind in [
+            StreamKind::Trade,
+            StreamKind::AggTrade,
+            StreamKind::Kline(KlineInterval::Minute1),
+        ] {
+            let rows = varied_rows(kind, 100);
+            let bytes = encode(kind, properties(kind, &rows), &rows);
+            let (_, footer) = pages_and_footer(&bytes);
+            for chunk in footer.row_groups().iter().flat_map(|group| group.columns()) {
+                let column = chunk.column_path();
+                assert!(!has_encoding_counts(chunk), "{kind} {column}");
+                assert!(!has_size_statistics(chunk), "{kind} {column}");
+                assert!(chunk.encodings().next().is_some(), "{kind} {column}");
+            }
+            let writers =
+                encode_all_columns_at_once(Vec::new(), kind, properties(kind, &rows), &rows);
+            let (_, writers_footer) = pages_and_footer(&writers);
+            let writers_chunks: Vec<_> = writers_footer
+                .row_groups()
+                .iter()
+                .flat_map(|group| group.columns())
+                .collect();
+            assert!(
+                writers_chunks
+                    .iter()
+                    .all(|chunk| has_encoding_counts(chunk)),
+                "{kind}"
+            );
+            assert!(
+                writers_chunks
+                    .iter()
+                    .any(|chunk| has_size_statistics(chunk)),
+                "{kind}"
+            );
         }
     }
 
