@@ -422,7 +422,7 @@ fn encode_by_column<W: Write + Send, R: SortedRows>(
             for (_, _, _, writer, bounds) in pass {
                 writer
                     .close()
-                    .map(|chunk| with_statistics_once(chunk, &bounds))
+                    .map(|chunk| with_lean_metadata(chunk, &bounds))
                     .and_then(|chunk| chunk.append_to_row_group(&mut row_group))
                     .map_err(encode_error)?;
             }
@@ -446,7 +446,7 @@ fn encode_by_column<W: Write + Send, R: SortedRows>(
 /// the values are written: the Parquet writer does not compute them
 /// (`writer_properties` turns its statistics off on decimal columns),
 /// whose row-by-row comparisons of 16-byte values were about 9 % of a
-/// seal; [`with_statistics_once`] puts them in the chunk's metadata.
+/// seal; [`with_lean_metadata`] puts them in the chunk's metadata.
 #[derive(Debug, Default)]
 struct DecimalBounds {
     /// Smallest and largest value, if any.
@@ -488,7 +488,7 @@ impl DecimalBounds {
 /// count of pages per encoding (the chunk's `encodings` list says which
 /// there are) and the size statistics (a string column's unencoded bytes,
 /// level histograms): about 140 bytes of an aggTrade file's footer.
-fn with_statistics_once(mut chunk: ArrowColumnChunk, decimal: &DecimalBounds) -> ArrowColumnChunk {
+fn with_lean_metadata(mut chunk: ArrowColumnChunk, decimal: &DecimalBounds) -> ArrowColumnChunk {
     use parquet::data_type::FixedLenByteArray;
     use parquet::file::statistics::{Statistics, ValueStatistics};
     let metadata = &mut chunk.close_mut().metadata;
@@ -857,7 +857,7 @@ mod tests {
     /// group) is what `ArrowWriter` wrote: the pages are the same bytes,
     /// empty hours and row groups that split inside a slice included, and
     /// the footer says the same of them, its statistics without the
-    /// deprecated copies of their bounds (`with_statistics_once`).
+    /// deprecated copies of their bounds (`with_lean_metadata`).
     #[test]
     fn writing_a_column_at_a_time_gives_the_bytes_of_all_columns_at_once() {
         let same = |bytes: &[u8], expected: &[u8], what: &str| {

@@ -44,10 +44,13 @@
 //!
 //! This file is the connection task (drive, rotate, reconnect); `open.rs`
 //! opens a link (handshake slot, dial, backoff; a rotation's dial is
-//! polled beside the old link's reads), `link.rs` holds one socket's state, `silence.rs` the pure
+//! polled beside the old link's reads), `hand_over.rs` hands the frames
+//! read to the recorder (the backpressure wait and the backlog close),
+//! `link.rs` holds one socket's state, `silence.rs` the pure
 //! silence judgements and the market's activity, `handshake.rs` the
 //! shared [`HandshakeBudget`], `settings.rs` the [`ConnectionSettings`].
 
+mod hand_over;
 mod handshake;
 mod inbound;
 mod link;
@@ -74,6 +77,7 @@ use crate::binance::markets::Route;
 use crate::binance::streams::{is_data_stream, stream_name};
 use crate::domain::{Market, StreamKind, Symbol, TimeUs};
 use crate::metrics::Counters;
+use hand_over::{hand_over, lost};
 pub use handshake::HandshakeBudget;
 pub use inbound::{FramePayload, Inbound, FRAMES_PER_MESSAGE};
 pub use link::LinkLost;
@@ -711,78 +715,6 @@ async fn drive_link(
     }
 }
 
-/// Hands the frames taken from the sockets (`held`, emptied) to the
-/// recorder as one message: [`Inbound::Frame`] for one, [`Inbound::Frames`]
-/// for more. A send per frame (a permit taken, the receiver woken, each an
-/// atomic on a line the recorder's core also writes) cost more than the
-/// frame's WAL record in a burst; a live feed's frames still go one by one,
-/// as nothing else is ready when they come.
-///
-/// The channel almost always has room: only a full one costs a timer (and
-/// a wait, which the links' clocks are excused). A recorder too slow for
-/// `max_backpressure_wait` loses the link (`Err`), the frames in hand
-/// handed over first.
-async fn hand_over(
-    held: &mut Vec<(TimeUs, FramePayload)>,
-    plan: &ConnectionPlan,
-    settings: &ConnectionSettings,
-    frames: &mpsc::Sender<Inbound>,
-    link: &mut Link,
-    replacement: &mut Option<Link>,
-) -> Result<(), DriveOutcome> {
-    let market = plan.market;
-    let inbound = match held.len() {
-        1 => {
-            let (recv_time, payload) = held.pop().expect("one frame held");
-            Inbound::Frame {
-                market,
-                recv_time,
-                payload,
-            }
-        }
-        _ => Inbound::Frames {
-            market,
-            frames: std::mem::replace(held, Vec::with_capacity(FRAMES_PER_MESSAGE)),
-        },
-    };
-    match frames.try_reserve() {
-        Ok(permit) => {
-            permit.send(inbound);
-            return Ok(());
-        }
-        Err(mpsc::error::TrySendError::Closed(())) => return Err(DriveOutcome::Stop),
-        Err(mpsc::error::TrySendError::Full(())) => {}
-    }
-    match tokio::time::timeout(settings.max_backpressure_wait, frames.reserve()).await {
-        Ok(Ok(permit)) => {
-            permit.send(inbound);
-            // Time spent waiting for the recorder is not the exchange's
-            // silence: the dead-link clock restarts once we read again,
-            // and neither link is judged silent for it.
-            let now = Instant::now();
-            for waited in std::iter::once(link).chain(replacement.as_mut()) {
-                waited.last_frame = waited.last_frame.max(now);
-                waited.rate.excuse_until(now);
-            }
-            Ok(())
-        }
-        Ok(Err(_)) => Err(DriveOutcome::Stop),
-        Err(_) => {
-            // The recorder is too slow: give up the link rather than miss
-            // pings, but hand over the frames in hand first.
-            let _ = link.socket.close(None).await;
-            if let Some(mut new_link) = replacement.take() {
-                let _ = new_link.socket.close(None).await;
-            }
-            warn!(%market, task = plan.task, "recorder backlog: link closed, reconnecting after the backlog drains");
-            if frames.send(inbound).await.is_err() {
-                return Err(DriveOutcome::Stop);
-            }
-            Err(lost(link, LinkLost::Backlog))
-        }
-    }
-}
-
 /// How many frames already read from the socket are handled one after the
 /// other without the turn's judgements (control sends, rotation, silence,
 /// the `select!` over retirement, cancellation and timers): in a burst those
@@ -805,16 +737,6 @@ async fn next_replacement_event(replacement: &mut Option<Link>) -> LinkEvent {
     match replacement.as_mut() {
         Some(link) => link.next_event().await,
         None => std::future::pending().await,
-    }
-}
-
-fn lost(link: &Link, reason: LinkLost) -> DriveOutcome {
-    DriveOutcome::Lost {
-        link_number: link.number,
-        lived: link.opened.elapsed(),
-        delivered_data: link.delivered_data,
-        reason,
-        reroute: false,
     }
 }
 
