@@ -128,6 +128,9 @@ macro_rules! counters {
             pub seal_seconds: Histogram,
             /// CPU time of the threads doing each [`Work`], in seconds.
             pub cpu_seconds: Family<WorkLabels, Counter<f64, AtomicU64>>,
+            /// Time connection tasks waited for room in the recorder's
+            /// channel, in seconds (their sockets unread meanwhile).
+            pub backpressure_seconds: Counter<f64, AtomicU64>,
         }
 
         impl Default for Counters {
@@ -142,6 +145,7 @@ macro_rules! counters {
                     receive_to_durable_seconds: ack_latency_histogram(),
                     seal_seconds: latency_histogram(),
                     cpu_seconds: Family::default(),
+                    backpressure_seconds: Counter::default(),
                 }
             }
         }
@@ -202,6 +206,11 @@ macro_rules! counters {
                     self.seal_seconds.clone(),
                 );
                 registry.register(
+                    "backpressure_seconds",
+                    "Time connection tasks waited for room in the recorder's channel, their sockets unread meanwhile (the WAL or the state behind the feed)",
+                    self.backpressure_seconds.clone(),
+                );
+                registry.register(
                     "cpu_seconds",
                     "CPU time (user and system) of the threads doing each work: wal_write (group commits), decode (beside them), seal, spill; the rest of the process's CPU is the runtime's workers (sockets, state)",
                     self.cpu_seconds.clone(),
@@ -253,6 +262,10 @@ counters! {
     /// Most frames ever held between the channel and the WAL (a gauge of
     /// the high-water mark; bounded by design, see `MAX_BATCH_RECORDS`).
     gauge frames_buffered_max,
+    /// Times a connection task found the recorder's channel full and
+    /// waited before reading on (the WAL or the state behind the feed;
+    /// `backpressure_seconds_total` has the time).
+    counter backpressure_waits,
     /// Bytes of the WAL's segments on disk (a gauge, set after each batch;
     /// bounded by what the unsealed hours hold, see ARCHITECTURE.md).
     gauge wal_bytes,

@@ -573,6 +573,10 @@ async fn a_stalled_disk_closes_the_link_for_its_backlog_and_the_hour_is_still_wh
             .all(|symbol| file_path(root, &key(symbol, kind), hour).exists())
     })
     .await;
+    // The wait that ended with the close is counted, all of it.
+    assert!(counters.backpressure_waits.get() >= 1);
+    let waited = counters.backpressure_seconds.get();
+    assert!(waited >= 0.3, "waited {waited} s, the limit is 0.3 s");
     let (_, counters) = recorder.stop_within(Duration::from_secs(30)).await;
     assert!(counters.disconnects >= 1, "{counters:?}");
     assert!(

@@ -10,6 +10,7 @@ use super::link::{Link, LinkLost};
 use super::FRAMES_PER_MESSAGE;
 use super::{ConnectionPlan, ConnectionSettings, DriveOutcome, FramePayload, Inbound};
 use crate::domain::TimeUs;
+use crate::metrics::Counters;
 
 /// Hands the frames taken from the sockets (`held`, emptied) to the
 /// recorder as one message: [`Inbound::Frame`] for one, [`Inbound::Frames`]
@@ -19,16 +20,17 @@ use crate::domain::TimeUs;
 /// as nothing else is ready when they come.
 ///
 /// The channel almost always has room: only a full one costs a timer (and
-/// a wait, which the links' clocks are excused). A recorder too slow for
-/// `max_backpressure_wait` loses the link (`Err`), the frames in hand
+/// a wait, which the links' clocks are excused, and which is counted in
+/// `backpressure_waits` and `backpressure_seconds`). A recorder too slow
+/// for `max_backpressure_wait` loses the link (`Err`), the frames in hand
 /// handed over first.
 pub(super) async fn hand_over(
     held: &mut Vec<(TimeUs, FramePayload)>,
     plan: &ConnectionPlan,
     settings: &ConnectionSettings,
     frames: &mpsc::Sender<Inbound>,
-    link: &mut Link,
-    replacement: &mut Option<Link>,
+    (link, replacement): (&mut Link, &mut Option<Link>),
+    counters: &Counters,
 ) -> Result<(), DriveOutcome> {
     let market = plan.market;
     let inbound = match held.len() {
@@ -53,6 +55,26 @@ pub(super) async fn hand_over(
         Err(mpsc::error::TrySendError::Closed(())) => return Err(DriveOutcome::Stop),
         Err(mpsc::error::TrySendError::Full(())) => {}
     }
+    Counters::add(&counters.backpressure_waits, 1);
+    let started = Instant::now();
+    let handed = wait_for_room(inbound, plan, settings, frames, link, replacement).await;
+    counters
+        .backpressure_seconds
+        .inc_by(started.elapsed().as_secs_f64());
+    handed
+}
+
+/// [`hand_over`] past a full channel: waits for room, at most
+/// `max_backpressure_wait`.
+async fn wait_for_room(
+    inbound: Inbound,
+    plan: &ConnectionPlan,
+    settings: &ConnectionSettings,
+    frames: &mpsc::Sender<Inbound>,
+    link: &mut Link,
+    replacement: &mut Option<Link>,
+) -> Result<(), DriveOutcome> {
+    let market = plan.market;
     match tokio::time::timeout(settings.max_backpressure_wait, frames.reserve()).await {
         Ok(Ok(permit)) => {
             permit.send(inbound);

@@ -370,8 +370,8 @@ async fn drive_link(
                 plan,
                 settings,
                 frames,
-                &mut link,
-                &mut replacement,
+                (&mut link, &mut replacement),
+                counters,
             );
             if let Err(outcome) = handed.await {
                 return outcome;
