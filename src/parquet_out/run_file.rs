@@ -27,6 +27,14 @@ use super::{ParquetOutError, Piece, SortedRows};
 /// Rows per IPC batch: what reading a run back holds of it at a time.
 pub const RUN_BATCH_ROWS: usize = 1024;
 
+/// The buffer between a run's IPC stream and its file when written: a
+/// batch of [`RUN_BATCH_ROWS`] rows is written as a few dozen buffers,
+/// most of them under the standard 8 KiB, so the standard buffer made a
+/// system call every few kilobytes (the spill's CPU a million rows 0.087
+/// → 0.074 s, docs/BENCHMARKS.md). Reading needs no more: a batch's body
+/// is read whole, past the buffer.
+const RUN_IO_BYTES: usize = 256 << 10;
+
 /// The folder of the runs, inside the WAL directory.
 pub const RUNS_DIR_NAME: &str = "spill";
 
@@ -77,7 +85,8 @@ pub fn write_run(
     }
     let file = File::create(path).map_err(io_error)?;
     let schema = schema_for(kind);
-    let mut writer = StreamWriter::try_new(BufWriter::new(file), &schema).map_err(arrow_error)?;
+    let mut writer = StreamWriter::try_new(BufWriter::with_capacity(RUN_IO_BYTES, file), &schema)
+        .map_err(arrow_error)?;
     rows.for_each_piece(RUN_BATCH_ROWS, &mut |piece| {
         let built;
         let batch = match piece {

@@ -180,18 +180,17 @@ impl Pack for PackedTrade {
     }
 
     fn columns(packed: &[PackedTrade], table: &TradeTypes) -> Vec<ArrayRef> {
-        let each = || packed.iter();
         vec![
-            ids(each().map(|trade| trade.trade_id)),
-            decimals(each().map(|trade| i128::from(trade.price))),
-            decimals(each().map(|trade| i128::from(trade.quantity))),
-            times(each().map(|trade| trade.trade_time)),
-            flags(each().map(|trade| flag_buyer_maker(trade.flags))),
-            optional_flags(each().map(|trade| flag_best_match(trade.flags))),
-            optional_texts(each().map(|trade| table.name(trade.trade_type))),
-            optional_times(each().map(|trade| unpack_time(trade.event_time))),
-            optional_times(each().map(|trade| unpack_time(trade.recv_time))),
-            sources(each().map(|trade| flag_source(trade.flags))),
+            ids(packed, |trade| trade.trade_id),
+            decimals(packed, |trade| i128::from(trade.price)),
+            decimals(packed, |trade| i128::from(trade.quantity)),
+            times(packed, |trade| trade.trade_time),
+            flags(packed, |trade| flag_buyer_maker(trade.flags)),
+            optional_flags(packed, |trade| flag_best_match(trade.flags)),
+            optional_texts(packed, |trade| table.name(trade.trade_type)),
+            optional_times(packed, |trade| unpack_time(trade.event_time)),
+            optional_times(packed, |trade| unpack_time(trade.recv_time)),
+            sources(packed, |trade| flag_source(trade.flags)),
         ]
     }
 
@@ -292,19 +291,18 @@ impl Pack for PackedAggTrade {
     }
 
     fn columns(packed: &[PackedAggTrade], _table: &()) -> Vec<ArrayRef> {
-        let each = || packed.iter();
         vec![
-            ids(each().map(|agg| agg.agg_trade_id)),
-            decimals(each().map(|agg| i128::from(agg.price))),
-            decimals(each().map(|agg| i128::from(agg.quantity))),
-            ids(each().map(|agg| agg.first_trade_id)),
-            ids(each().map(PackedAggTrade::last_trade_id)),
-            times(each().map(|agg| agg.trade_time)),
-            flags(each().map(|agg| flag_buyer_maker(agg.flags()))),
-            optional_flags(each().map(|agg| flag_best_match(agg.flags()))),
-            optional_times(each().map(PackedAggTrade::event_time)),
-            optional_times(each().map(|agg| unpack_time(agg.recv_time))),
-            sources(each().map(|agg| flag_source(agg.flags()))),
+            ids(packed, |agg| agg.agg_trade_id),
+            decimals(packed, |agg| i128::from(agg.price)),
+            decimals(packed, |agg| i128::from(agg.quantity)),
+            ids(packed, |agg| agg.first_trade_id),
+            ids(packed, PackedAggTrade::last_trade_id),
+            times(packed, |agg| agg.trade_time),
+            flags(packed, |agg| flag_buyer_maker(agg.flags())),
+            optional_flags(packed, |agg| flag_best_match(agg.flags())),
+            optional_times(packed, PackedAggTrade::event_time),
+            optional_times(packed, |agg| unpack_time(agg.recv_time)),
+            sources(packed, |agg| flag_source(agg.flags())),
         ]
     }
 
