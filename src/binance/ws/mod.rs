@@ -645,7 +645,7 @@ async fn drive_link(
         let received_at = turn_started;
         receiving.last_frame = received_at;
         // When the socket read that completed the frame returned.
-        let recv_time = receiving.socket.get_ref().get_ref().last_read_us();
+        let recv_time = socket::last_read_us(&receiving.socket);
         let payload = match message {
             Message::Text(text) => FramePayload::Text(text),
             Message::Binary(bytes) => FramePayload::Binary(bytes),
