@@ -46,8 +46,9 @@ pub(super) fn stream_key_of(decoded: &Decoded) -> Option<((Symbol, StreamKind), 
     }
 }
 
-pub(super) type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<super::socket::Bytes>>;
+pub(super) type Socket = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<super::socket::ByteStream>,
+>;
 
 /// The links of one market open now, shared by its connection tasks and
 /// read by the runtime (`links_up`, `/status`, `/health`). The links count

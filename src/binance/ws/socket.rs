@@ -13,7 +13,7 @@ use super::read_clock::ReadClock;
 /// The byte stream under a link's TLS and WebSocket: the TCP connection,
 /// noting when it read ([`ReadClock`]), read through a buffer of
 /// [`SOCKET_READ_BYTES`].
-pub(super) type Bytes = BufReader<ReadClock<TcpStream>>;
+pub(super) type ByteStream = BufReader<ReadClock<TcpStream>>;
 
 /// What one read of the socket may bring. Tungstenite reads into the free
 /// room of its own buffer, and while a burst's frames wait for their WAL
