@@ -442,6 +442,7 @@ fn write_batch(
         .unwrap_or_else(|_| unreachable!("the decoder keeps no records after its answer"));
     let decode_cpu = decoded.cpu;
     let record_of = decoded.record_of;
+    let released = decoded.released;
     if let Err(error) = appended {
         return BatchOutcome {
             wal: Some(wal),
@@ -509,7 +510,18 @@ fn write_batch(
             error!(%error, "cannot write the quarantine; the frames stay in the WAL");
         }
     }
-    records.clear();
+    // Let go on the decode thread (a batch's frames take a few hundred
+    // µs to free, which the next batch would wait for here).
+    let records = match &decoder {
+        Some(decoder) => {
+            decoder.release(records);
+            released
+        }
+        None => {
+            records.clear();
+            records
+        }
+    };
     BatchOutcome {
         wal: Some(wal),
         result: Ok(applied),
@@ -712,6 +724,61 @@ mod tests {
             "{threads:?}"
         );
         assert_ne!(threads[0], std::thread::current().id());
+    }
+
+    /// A durable batch's frames are let go on the decode thread, not on the
+    /// batch's (where the next batch would wait for it), and their list
+    /// comes back, empty, with the next batch.
+    #[test]
+    fn a_durable_batchs_frames_are_let_go_on_the_decode_thread() {
+        use std::sync::Mutex;
+        use std::thread::ThreadId;
+
+        /// Frame bytes that note the thread they are dropped on.
+        struct Probe(&'static [u8], Arc<Mutex<Option<ThreadId>>>);
+        impl AsRef<[u8]> for Probe {
+            fn as_ref(&self) -> &[u8] {
+                self.0
+            }
+        }
+        impl Drop for Probe {
+            fn drop(&mut self) {
+                *self.1.lock().expect("not poisoned") = Some(std::thread::current().id());
+            }
+        }
+
+        let root = tempfile::tempdir().expect("temporary directory");
+        let wal_config = wal_config_in(root.path());
+        let dropped_on = Arc::new(Mutex::new(None));
+        let frame = Outgoing::Frame {
+            market: Market::Spot,
+            recv_time: 7,
+            payload: crate::binance::ws::FramePayload::Binary(bytes::Bytes::from_owner(Probe(
+                br#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1","q":"2","T":1,"m":true,"M":true}}"#,
+                Arc::clone(&dropped_on),
+            ))),
+        };
+        let write = |wal, records, lists| {
+            write_batch(
+                wal,
+                (wal_config.clone(), Arc::new(RealFs)),
+                (records, lists),
+                Vec::new(),
+                None,
+                &root.path().join("quarantine"),
+            )
+        };
+        let first = write(None, vec![frame], BatchLists::default());
+        assert!(first.result.is_ok());
+        // The thread answers the next job after letting the first go.
+        let second = write(first.wal, Vec::new(), first.lists);
+        assert!(second.result.is_ok());
+        let decoder = second.lists.decoder.as_ref().expect("a decode thread");
+        assert_eq!(
+            *dropped_on.lock().expect("not poisoned"),
+            Some(decoder.thread())
+        );
+        assert!(second.records.is_empty() && second.records.capacity() >= 1);
     }
 
     /// A batch's lists go back and serve the next batch, without growing

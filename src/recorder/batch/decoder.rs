@@ -1,5 +1,7 @@
 //! The thread that decodes a group commit's records beside its appends and
-//! fsync: one for the runtime's life, handed from batch to batch with the
+//! fsync, and frees them once their batch is durable (a batch's frames
+//! took 0.4 ms of its 3.6 ms to free on the batch's own thread, the next
+//! batch waiting meanwhile): one for the runtime's life, handed from batch to batch with the
 //! batch's lists, not one spawned per batch (at 100,000 msgs/s, about 250
 //! group commits a second, spawning and ending that thread was about 5 %
 //! of the daemon's CPU: `clone`, the new thread's first wake-up, its exit).
@@ -29,6 +31,9 @@ pub(super) struct DecodedBatch {
     pub(super) record_of: Vec<usize>,
     /// The CPU time the decoding took.
     pub(super) cpu: Duration,
+    /// The list of the last batch's records the thread let go
+    /// ([`Decoder::release`]), empty, for the next batch.
+    pub(super) released: Vec<Outgoing>,
 }
 
 /// What a batch hands the decoder: its records (shared with the appends
@@ -41,11 +46,22 @@ pub(super) struct DecodeJob {
 
 type Answer = Result<DecodedBatch, Box<dyn Any + Send>>;
 
+/// What the thread is handed.
+enum Work {
+    /// Decode these records, and answer.
+    Decode(DecodeJob),
+    /// Let these records go (their batch is durable): their frames' bytes
+    /// are freed here rather than on the batch's thread, where the next
+    /// batch waits for it. No answer: the emptied list comes back with the
+    /// next job's.
+    Release(Vec<Outgoing>),
+}
+
 /// The decoding thread, or where to reach it. Dropped, its thread ends once
 /// it has answered the job it holds.
 #[derive(Debug)]
 pub(super) struct Decoder {
-    jobs: Sender<DecodeJob>,
+    jobs: Sender<Work>,
     answers: Receiver<Answer>,
     /// The thread's id, for the tests.
     #[cfg(test)]
@@ -56,15 +72,29 @@ impl Decoder {
     /// Starts the thread; `None` (logged) if the system refuses one, and
     /// the batch decodes on its own thread after its appends instead.
     pub(super) fn start() -> Option<Decoder> {
-        let (jobs, job_inbox) = channel::<DecodeJob>();
+        let (jobs, job_inbox) = channel::<Work>();
         let (answer_outbox, answers) = channel::<Answer>();
         let started = std::thread::Builder::new()
             .name("wal-decode".to_owned())
             .spawn(move || {
-                for job in job_inbox {
+                let mut released = Vec::new();
+                for work in job_inbox {
+                    let job = match work {
+                        Work::Decode(job) => job,
+                        Work::Release(mut records) => {
+                            // Dropping frames cannot panic.
+                            records.clear();
+                            released = records;
+                            continue;
+                        }
+                    };
                     // The job's records are let go before the answer, so
                     // the batch takes its list back whole.
-                    let answer = catch_unwind(AssertUnwindSafe(|| decode_job(job)));
+                    let answer =
+                        catch_unwind(AssertUnwindSafe(|| decode_job(job))).map(|mut decoded| {
+                            decoded.released = std::mem::take(&mut released);
+                            decoded
+                        });
                     if answer_outbox.send(answer).is_err() {
                         return;
                     }
@@ -92,7 +122,20 @@ impl Decoder {
 
     /// Hands `job` to the thread; gives it back if the thread is gone.
     pub(super) fn send(&self, job: DecodeJob) -> Result<(), DecodeJob> {
-        self.jobs.send(job).map_err(|error| error.0)
+        self.jobs
+            .send(Work::Decode(job))
+            .map_err(|error| match error.0 {
+                Work::Decode(job) => job,
+                Work::Release(_) => unreachable!("a decode job was sent"),
+            })
+    }
+
+    /// Hands a durable batch's records to the thread to let go; cleared
+    /// here if the thread is gone.
+    pub(super) fn release(&self, records: Vec<Outgoing>) {
+        if let Err(error) = self.jobs.send(Work::Release(records)) {
+            drop(error);
+        }
     }
 
     /// The answer to the job sent; a panic of the decoding is resumed
@@ -135,5 +178,6 @@ pub(super) fn decode_job(job: DecodeJob) -> DecodedBatch {
         quarantined,
         record_of,
         cpu: thread_cpu().saturating_sub(cpu),
+        released: Vec::new(),
     }
 }
