@@ -90,7 +90,7 @@ impl fmt::Display for Market {
 /// so that it is always safe to use in a path.
 ///
 /// Held inline (no allocation): one is made for every row decoded.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Symbol {
     /// The name, then zeros: every byte of a name is above zero, so these
     /// order as the names do.
@@ -104,6 +104,15 @@ const MAX_SYMBOL_LEN: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("symbol {0:?} is not upper-case [A-Z0-9_]{{1,32}}")]
 pub struct InvalidSymbol(pub String);
+
+/// The name's bytes only, not the zeros after it: every frame's row finds
+/// its stream by a hash of its key, and a name is a word or two of the
+/// hasher's, the 32 bytes held four.
+impl std::hash::Hash for Symbol {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.as_bytes());
+    }
+}
 
 impl Symbol {
     pub fn new(text: &str) -> Result<Symbol, InvalidSymbol> {
@@ -651,6 +660,31 @@ mod tests {
         DateTime::parse_from_rfc3339(text)
             .expect("valid test time")
             .timestamp_micros()
+    }
+
+    /// A symbol hashes its name's bytes, not the zeros held after it;
+    /// equal symbols hash equal.
+    #[test]
+    fn a_symbol_hashes_its_name_only() {
+        #[derive(Default)]
+        struct Written(Vec<u8>);
+        impl std::hash::Hasher for Written {
+            fn finish(&self) -> u64 {
+                0
+            }
+            fn write(&mut self, bytes: &[u8]) {
+                self.0.extend_from_slice(bytes);
+            }
+        }
+        let mut written = Written::default();
+        std::hash::Hash::hash(&Symbol::new("BTCUSDT").expect("valid"), &mut written);
+        assert_eq!(written.0, b"BTCUSDT");
+        let hash =
+            |symbol: &Symbol| std::hash::BuildHasher::hash_one(&rustc_hash::FxBuildHasher, symbol);
+        assert_eq!(
+            hash(&Symbol::new("ETHBTC").expect("valid")),
+            hash(&Symbol::quoted_named(b"ETHBTC\"", b"ethbtc").expect("named"))
+        );
     }
 
     #[test]
