@@ -55,8 +55,12 @@ impl Runtime {
                 .take()
                 .unwrap_or_else(|| anyhow::anyhow!("WAL lost")));
         }
-        if let Some(batch) = self.batch.take() {
-            let outcome = batch.await.context("WAL batch task failed")?;
+        // The batch being written, and the one its finish may start (the
+        // next starts before the last one's rows are applied), end first.
+        while self.batch.is_some() {
+            let outcome = wait_batch(&mut self.batch)
+                .await
+                .context("WAL batch task failed")?;
             self.finish_batch(outcome).await;
         }
         for market_config in &self.config.markets {
@@ -70,7 +74,7 @@ impl Runtime {
                 }));
         }
         self.pending.due_at_once();
-        while !self.pending.is_empty() {
+        while !self.pending.is_empty() || self.batch.is_some() {
             self.maybe_start_batch();
             let outcome = wait_batch(&mut self.batch)
                 .await

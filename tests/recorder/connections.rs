@@ -348,21 +348,30 @@ async fn two_thousand_streams_are_spread_within_limits() {
 
 /// A disk whose every fsync takes 200 ms: the real filesystem with latency
 /// injected into `sync_data` (the delay is the fault being simulated, not a
-/// wait for a condition).
-#[derive(Debug)]
-struct SlowDisk;
+/// wait for a condition). It counts the fsyncs under way.
+#[derive(Debug, Default)]
+struct SlowDisk {
+    syncing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
 
 #[derive(Debug)]
-struct SlowFile(Box<dyn binance_recorder::wal::WalFile>);
+struct SlowFile {
+    file: Box<dyn binance_recorder::wal::WalFile>,
+    syncing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
 
 impl binance_recorder::wal::WalFile for SlowFile {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.write(bytes)
+        self.file.write(bytes)
     }
 
     fn sync_data(&mut self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        self.syncing.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(200));
-        self.0.sync_data()
+        let synced = self.file.sync_data();
+        self.syncing.fetch_sub(1, Ordering::SeqCst);
+        synced
     }
 }
 
@@ -371,7 +380,10 @@ impl FileFault for SlowDisk {
         &self,
         file: Box<dyn binance_recorder::wal::WalFile>,
     ) -> Box<dyn binance_recorder::wal::WalFile> {
-        Box::new(SlowFile(file))
+        Box::new(SlowFile {
+            file,
+            syncing: self.syncing.clone(),
+        })
     }
 }
 
@@ -417,9 +429,11 @@ async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
     .expect("valid config");
     let counters = std::sync::Arc::new(binance_recorder::metrics::Counters::default());
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let disk = SlowDisk::default();
+    let syncing = disk.syncing.clone();
     let task = tokio::spawn(binance_recorder::recorder::run_with_wal_fs(
         config,
-        std::sync::Arc::new(FaultyFs(SlowDisk)),
+        std::sync::Arc::new(FaultyFs(disk)),
         counters.clone(),
         shutdown.clone(),
     ));
@@ -443,6 +457,13 @@ async fn a_slow_disk_under_a_burst_keeps_memory_bounded_and_loses_nothing() {
     .await;
     shutdown.cancel();
     task.await.expect("no panic").expect("clean stop");
+    // The stop waited for every batch, the last one started by the finish
+    // of the one before included.
+    assert_eq!(
+        syncing.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a WAL fsync still under way after the stop returned"
+    );
     let counters = counters.snapshot();
     // The batch being written and the records waiting for the next, each
     // at most one message's frames past `MAX_BATCH_RECORDS`.
