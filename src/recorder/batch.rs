@@ -205,6 +205,13 @@ impl Runtime {
 
     /// Starts a WAL batch when one is due and none is running: group commit.
     pub(super) fn maybe_start_batch(&mut self) {
+        self.start_batch_if_due(None);
+    }
+
+    /// [`Runtime::maybe_start_batch`] while the rows of a batch written
+    /// from segment `unapplied_from` are not in the state yet: the new
+    /// batch's deletions keep that segment and those after it.
+    fn start_batch_if_due(&mut self, unapplied_from: Option<SegmentId>) {
         if self.batch.is_some() || self.pending.is_empty() {
             return;
         }
@@ -235,7 +242,7 @@ impl Runtime {
             .iter()
             .map(checkpoint_record)
             .collect();
-        let pinned = oldest_kept(self.state.oldest_pinned_segment(), self.unapplied_from);
+        let pinned = oldest_kept(self.state.oldest_pinned_segment(), unapplied_from);
         let wal_config = self.wal_config.clone();
         let wal_fs = self.wal_fs.clone();
         let n_buffered = (records.len() + self.pending.len()) as u64;
@@ -302,8 +309,7 @@ impl Runtime {
                 // applied: the rows take a fifth of a batch's time, and the
                 // links wait on a full channel meanwhile. Its deletions
                 // keep this batch's segments, whose rows pin nothing yet.
-                self.unapplied_from = outcome.first_written;
-                self.maybe_start_batch();
+                self.start_batch_if_due(outcome.first_written);
                 let now = self.now_ms();
                 for item in applied.drain(..) {
                     match item {
@@ -318,7 +324,6 @@ impl Runtime {
                         }
                     }
                 }
-                self.unapplied_from = None;
                 self.batch_lists.put_applied(applied);
                 let seen = self.state.take_seen();
                 self.observe_streams(&seen);

@@ -67,7 +67,7 @@ use crate::recorder::startup::{check_symbols, open_and_replay};
 use crate::recorder::tasks::TaskSpawner;
 use crate::service::ServiceNotifier;
 use crate::wal::fs::{RealFs, WalFs};
-use crate::wal::{SegmentId, WalConfig, WalWriter};
+use crate::wal::{WalConfig, WalWriter};
 use prometheus_client::metrics::counter::Counter;
 pub(crate) use seal_job::{execute_seal, SealOutcome, SealResult};
 pub use seal_job::{SealFault, SealFaults};
@@ -218,7 +218,6 @@ pub async fn run_with_seams(
         pending: Pending::new(config.fsync),
         batch: None,
         batch_lists: BatchLists::default(),
-        unapplied_from: None,
         seals: JoinSet::new(),
         spills: JoinSet::new(),
         seal_faults,
@@ -354,9 +353,6 @@ struct Runtime {
     batch: Option<JoinHandle<BatchOutcome>>,
     /// The batches' working lists, kept between batches.
     batch_lists: BatchLists,
-    /// While a durable batch's rows are applied (the next batch already
-    /// writing), the segment they start in: no batch may delete it yet.
-    unapplied_from: Option<SegmentId>,
     /// Seals running, each with the instant it was handed out.
     seals: JoinSet<(Instant, SealOutcome)>,
     /// Runs of rows being spilled past `memory.max_held_mb`.

@@ -130,12 +130,10 @@ impl Decoder {
             })
     }
 
-    /// Hands a durable batch's records to the thread to let go; cleared
-    /// here if the thread is gone.
+    /// Hands a durable batch's records to the thread to let go; if the
+    /// thread is gone they go here, with the send's error.
     pub(super) fn release(&self, records: Vec<Outgoing>) {
-        if let Err(error) = self.jobs.send(Work::Release(records)) {
-            drop(error);
-        }
+        let _ = self.jobs.send(Work::Release(records));
     }
 
     /// The answer to the job sent; a panic of the decoding is resumed
