@@ -92,9 +92,9 @@ async fn wait_for_room(
         Err(_) => {
             // The recorder is too slow: give up the link rather than miss
             // pings, but hand over the frames in hand first.
-            let _ = link.socket.close(None).await;
+            let _ = link.socket.close().await;
             if let Some(mut new_link) = replacement.take() {
-                let _ = new_link.socket.close(None).await;
+                let _ = new_link.socket.close().await;
             }
             warn!(%market, task = plan.task, "recorder backlog: link closed, reconnecting after the backlog drains");
             if frames.send(inbound).await.is_err() {

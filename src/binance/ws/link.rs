@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -17,6 +16,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::warn;
 
 use super::silence::DataRate;
+use super::socket::Socket;
 use super::ConnectionSettings;
 use crate::binance::decode::Decoded;
 use crate::binance::markets::Route;
@@ -45,10 +45,6 @@ pub(super) fn stream_key_of(decoded: &Decoded) -> Option<((Symbol, StreamKind), 
         _ => None,
     }
 }
-
-pub(super) type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<super::socket::ByteStream>,
->;
 
 /// The links of one market open now, shared by its connection tasks and
 /// read by the runtime (`links_up`, `/status`, `/health`). The links count
@@ -274,7 +270,7 @@ impl Link {
     /// The next event if the socket has one ready; else the task's waker
     /// is left with the socket (the same one its `select!` leaves).
     pub(super) fn poll_event(&mut self, context: &mut Context<'_>) -> Poll<LinkEvent> {
-        self.socket.poll_next_unpin(context).map(|next| match next {
+        self.socket.poll_next(context).map(|next| match next {
             None => LinkEvent::Ended(LinkLost::Ended),
             Some(Err(error)) => LinkEvent::Ended(LinkLost::Read(Arc::new(error))),
             Some(Ok(message)) => LinkEvent::Frame(message),

@@ -162,7 +162,7 @@ pub async fn run_connection(
         if plan.streams.is_empty() {
             // Every stream of this task is retired: nothing to connect for.
             if let Some(mut link) = current.take() {
-                let _ = link.socket.close(None).await;
+                let _ = link.socket.close().await;
             }
             info!(market = %plan.market, task = plan.task, "every stream of this connection is retired (delivered contracts); connection closed");
             cancel.cancelled().await;
@@ -430,7 +430,7 @@ async fn drive_link(
                     overlapped || (new_link.replaces_silent && new_link.delivered_data);
                 if overlapped || Instant::now() >= deadline {
                     info!(market = %plan.market, task = plan.task, old = link.number, new = new_link.number, overlapped, "rotation done: closing the old link");
-                    let _ = link.socket.close(None).await;
+                    let _ = link.socket.close().await;
                     let mut new_link = replacement.take().expect("checked above");
                     new_link.track_keys = false;
                     return DriveOutcome::Replaced(new_link);
@@ -508,9 +508,9 @@ async fn drive_link(
                         continue;
                     }
                     if plan.streams.is_empty() {
-                        let _ = link.socket.close(None).await;
+                        let _ = link.socket.close().await;
                         if let Some(mut new_link) = replacement {
-                            let _ = new_link.socket.close(None).await;
+                            let _ = new_link.socket.close().await;
                         }
                         return DriveOutcome::Retired;
                     }
@@ -523,9 +523,9 @@ async fn drive_link(
                     continue;
                 }
                 () = &mut cancelled => {
-                    let _ = link.socket.close(None).await;
+                    let _ = link.socket.close().await;
                     if let Some(mut new_link) = replacement {
-                        let _ = new_link.socket.close(None).await;
+                        let _ = new_link.socket.close().await;
                     }
                     return DriveOutcome::Stop;
                 }
@@ -556,7 +556,7 @@ async fn drive_link(
                     if now >= link.last_frame + settings.dead_after {
                         let reason = LinkLost::Dead(settings.dead_after);
                         if let Some(new_link) = replacement.take() {
-                            let _ = link.socket.close(None).await;
+                            let _ = link.socket.close().await;
                             warn!(market = %plan.market, %reason, "old link died during rotation; the replacement takes over");
                             return DriveOutcome::Replaced(new_link);
                         }
@@ -575,7 +575,7 @@ async fn drive_link(
                             warn!(market = %plan.market, task = plan.task, link = link.number, route = %plan.route, %stream, bound_ms = unheard_bound.as_millis() as u64, "stream subscribed but silent while the market delivers");
                         }
                         if all_unheard && may_reroute {
-                            let _ = link.socket.close(None).await;
+                            let _ = link.socket.close().await;
                             let reason = LinkLost::SilentRoute(plan.route);
                             return DriveOutcome::Lost {
                                 link_number: link.number,
@@ -645,7 +645,7 @@ async fn drive_link(
         let received_at = turn_started;
         receiving.last_frame = received_at;
         // When the socket read that completed the frame returned.
-        let recv_time = socket::last_read_us(&receiving.socket);
+        let recv_time = receiving.socket.last_read_us();
         let payload = match message {
             Message::Text(text) => FramePayload::Text(text),
             Message::Binary(bytes) => FramePayload::Binary(bytes),

@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::link::{Link, Socket};
+use super::link::Link;
+use super::socket::Socket;
 use super::{socket, ConnectionPlan, ConnectionSettings, HandshakeBudget, Inbound, LinkLost};
 use crate::binance::markets::Route;
 use crate::binance::streams::{connection_url, stream_name};
