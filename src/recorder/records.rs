@@ -122,8 +122,16 @@ impl Outgoing {
         }
     }
 
-    /// [`decode_record`] of the record as it will be durable.
-    pub(super) fn decode(&self, segment: SegmentId) -> Result<Option<Applied>, QuarantinedFrame> {
+    /// [`decode_record`] of the record as it will be durable, pushed onto
+    /// `applied`; `false` when it applies nothing. A frame's decode goes
+    /// straight into the list: an [`Applied`] is 192 bytes, and each
+    /// value it passed through on its way there was a copy of them (4 %
+    /// of a burst's samples, docs/BENCHMARKS.md, session 37).
+    pub(super) fn decode_onto(
+        &self,
+        segment: SegmentId,
+        applied: &mut Vec<Applied>,
+    ) -> Result<bool, QuarantinedFrame> {
         match self {
             Outgoing::Frame {
                 market,
@@ -134,10 +142,23 @@ impl Outgoing {
                     FramePayload::Text(text) => decode_text_frame(*market, text, *recv_time),
                     FramePayload::Binary(bytes) => decode_frame(*market, bytes, *recv_time),
                 };
-                frame_applied(*market, payload.as_bytes(), *recv_time, segment, decoded).map(Some)
+                match decoded {
+                    Ok(decoded) => applied.push(Applied::Frame {
+                        market: *market,
+                        segment,
+                        decoded,
+                    }),
+                    Err(error) => {
+                        return Err(quarantined(*market, payload.as_bytes(), *recv_time, error))
+                    }
+                }
             }
-            Outgoing::Record(record) => decode_record(segment, record.lent()),
+            Outgoing::Record(record) => match decode_record(segment, record.lent())? {
+                Some(one) => applied.push(one),
+                None => return Ok(false),
+            },
         }
+        Ok(true)
     }
 }
 
@@ -247,12 +268,22 @@ fn frame_applied(
             segment,
             decoded,
         }),
-        Err(error) => Err(QuarantinedFrame {
-            market,
-            recv_time_us,
-            error: error.to_string(),
-            frame: String::from_utf8_lossy(frame).into_owned(),
-        }),
+        Err(error) => Err(quarantined(market, frame, recv_time_us, error)),
+    }
+}
+
+/// A frame that did not decode, as the quarantine keeps it.
+fn quarantined(
+    market: Market,
+    frame: &[u8],
+    recv_time_us: TimeUs,
+    error: DecodeError,
+) -> QuarantinedFrame {
+    QuarantinedFrame {
+        market,
+        recv_time_us,
+        error: error.to_string(),
+        frame: String::from_utf8_lossy(frame).into_owned(),
     }
 }
 
@@ -296,17 +327,21 @@ mod tests {
                 let decoded = |outgoing: &Outgoing| {
                     format!(
                         "{:?}",
-                        outgoing
-                            .decode(SegmentId(4))
-                            .map(|applied| applied.map(|applied| match applied {
-                                Applied::Frame {
-                                    market,
-                                    segment,
-                                    decoded,
-                                } => format!("{market:?} {segment:?} {decoded:?}"),
-                                _ => "other".to_owned(),
-                            }))
-                            .map_err(|frame| format!("{frame:?}"))
+                        {
+                            let mut one = Vec::new();
+                            outgoing
+                                .decode_onto(SegmentId(4), &mut one)
+                                .map(|_| one.pop())
+                        }
+                        .map(|applied| applied.map(|applied| match applied {
+                            Applied::Frame {
+                                market,
+                                segment,
+                                decoded,
+                            } => format!("{market:?} {segment:?} {decoded:?}"),
+                            _ => "other".to_owned(),
+                        }))
+                        .map_err(|frame| format!("{frame:?}"))
                     )
                 };
                 assert_eq!(decoded(&waiting), decoded(&Outgoing::Record(record)));

@@ -161,12 +161,9 @@ pub(super) fn decode_job(job: DecodeJob) -> DecodedBatch {
     record_of.reserve(records.len());
     let mut quarantined = Vec::new();
     for (index, record) in records.iter().enumerate() {
-        match record.decode(SegmentId(0)) {
-            Ok(Some(item)) => {
-                applied.push(item);
-                record_of.push(index);
-            }
-            Ok(None) => {}
+        match record.decode_onto(SegmentId(0), &mut applied) {
+            Ok(true) => record_of.push(index),
+            Ok(false) => {}
             Err(frame) => quarantined.push((index, frame)),
         }
     }
