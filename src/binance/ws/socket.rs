@@ -237,7 +237,7 @@ impl Socket {
 /// An async byte stream seen as a std one by tungstenite: each read or
 /// write polls it once with the waker of the task driving the socket, and
 /// `Pending` is `WouldBlock`.
-pub(super) struct Polled<S> {
+struct Polled<S> {
     stream: S,
     waker: Waker,
 }
