@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
@@ -175,10 +176,11 @@ impl Socket {
         }
     }
 
-    /// Sends `message` and waits until it is written out.
+    /// Sends `message` and waits until it is written out, at most
+    /// [`WRITE_WAIT`].
     pub(super) async fn send(&mut self, message: Message) -> Result<(), Error> {
         let mut message = Some(message);
-        poll_fn(|context| {
+        let written = poll_fn(|context| {
             self.websocket.get_mut().set_waker(context.waker());
             if let Some(message) = message.take() {
                 match self.websocket.write(message) {
@@ -193,15 +195,15 @@ impl Socket {
                 Err(Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
                 Err(error) => Poll::Ready(Err(error)),
             }
-        })
-        .await
+        });
+        within_write_wait(written).await
     }
 
-    /// Sends a Close frame and waits until it is written out (the peer's
-    /// answer is not waited for).
+    /// Sends a Close frame and waits until it is written out, at most
+    /// [`WRITE_WAIT`] (the peer's answer is not waited for).
     pub(super) async fn close(&mut self) -> Result<(), Error> {
         let mut queued = false;
-        poll_fn(|context| {
+        let written = poll_fn(|context| {
             self.websocket.get_mut().set_waker(context.waker());
             let written = if queued {
                 self.websocket.flush()
@@ -216,8 +218,8 @@ impl Socket {
                 }
                 Err(error) => Poll::Ready(Err(error)),
             }
-        })
-        .await
+        });
+        within_write_wait(written).await
     }
 
     /// When the socket read that brought the latest bytes returned (epoch
@@ -232,6 +234,26 @@ impl Socket {
             .get_ref()
             .last_read_us()
     }
+}
+
+/// How long a write (a SUBSCRIBE, a Close) waits for the peer to take
+/// it. The link's task reads nothing while it waits, and a peer that has
+/// left our few bytes unread for this long is not served by waiting
+/// longer: the write fails, and the link is lost (or, closing, dropped).
+const WRITE_WAIT: Duration = Duration::from_secs(2);
+
+/// `written`, or a timed-out I/O error once [`WRITE_WAIT`] has passed.
+async fn within_write_wait(
+    written: impl std::future::Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    tokio::time::timeout(WRITE_WAIT, written)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer took nothing for {WRITE_WAIT:?}"),
+            )))
+        })
 }
 
 /// An async byte stream seen as a std one by tungstenite: each read or
@@ -287,8 +309,6 @@ impl<S: AsyncWrite + Unpin> Write for Polled<S> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use futures_util::{SinkExt, StreamExt};
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -421,6 +441,55 @@ mod tests {
         };
         assert!(error.to_string().contains("UnknownIssuer"), "{error}");
         server.abort();
+    }
+
+    /// A peer that reads nothing: once the socket's buffers are full, a
+    /// send and a close give up after [`WRITE_WAIT`] instead of holding
+    /// the link's task (which reads nothing while it waits) for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_never_takes_gives_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let websocket = tokio_tungstenite::accept_async(tcp)
+                .await
+                .expect("WebSocket accept");
+            // Holds the socket and reads nothing until told.
+            let _ = stopped.await;
+            drop(websocket);
+        });
+        let mut socket = connect(&format!("ws://127.0.0.1:{port}/ws"))
+            .await
+            .expect("ws connect");
+        // Fills the socket's buffers and the peer's: a write out that
+        // would block leaves the rest queued.
+        let mut queued = 0;
+        loop {
+            match socket.websocket.write(Message::binary(vec![0u8; 1 << 20])) {
+                Ok(()) => queued += 1,
+                Err(Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => panic!("write: {error}"),
+            }
+            assert!(queued < 1_000, "the buffers never filled");
+        }
+        let started = tokio::time::Instant::now();
+        let sent = tokio::time::timeout(Duration::from_secs(60), socket.send(Message::text("x")))
+            .await
+            .expect("the send gives up before the test's deadline");
+        let Err(Error::Io(error)) = sent else {
+            panic!("expected a timed-out send, got {sent:?}");
+        };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), WRITE_WAIT);
+        let closed = tokio::time::timeout(Duration::from_secs(60), socket.close())
+            .await
+            .expect("the close gives up before the test's deadline");
+        assert!(closed.is_err(), "{closed:?}");
+        drop(socket);
+        drop(stop);
+        server.await.expect("server task");
     }
 
     /// Frames the server writes with its upgrade reply, in the same TCP
