@@ -243,26 +243,15 @@ pub(super) fn decode_record(
     }
 }
 
-/// A frame of `market` read from a WAL record of `segment`.
+/// A frame of `market` read from a WAL record of `segment`: what it
+/// applies, or as the quarantine keeps it.
 fn decode_frame_record(
     market: Market,
     frame: &[u8],
     recv_time_us: TimeUs,
     segment: SegmentId,
 ) -> Result<Applied, QuarantinedFrame> {
-    let decoded = decode_frame(market, frame, recv_time_us);
-    frame_applied(market, frame, recv_time_us, segment, decoded)
-}
-
-/// A frame's decode as what it applies, or as the quarantine keeps it.
-fn frame_applied(
-    market: Market,
-    frame: &[u8],
-    recv_time_us: TimeUs,
-    segment: SegmentId,
-    decoded: Result<Decoded, DecodeError>,
-) -> Result<Applied, QuarantinedFrame> {
-    match decoded {
+    match decode_frame(market, frame, recv_time_us) {
         Ok(decoded) => Ok(Applied::Frame {
             market,
             segment,

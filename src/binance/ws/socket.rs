@@ -164,7 +164,7 @@ impl Socket {
         self.websocket.get_mut().set_waker(context.waker());
         match self.websocket.read() {
             Ok(message) => Poll::Ready(Some(Ok(message))),
-            Err(Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+            Err(error) if would_block(&error) => Poll::Pending,
             Err(Error::AlreadyClosed | Error::ConnectionClosed) => {
                 self.ended = true;
                 Poll::Ready(None)
@@ -179,43 +179,38 @@ impl Socket {
     /// Sends `message` and waits until it is written out, at most
     /// [`WRITE_WAIT`].
     pub(super) async fn send(&mut self, message: Message) -> Result<(), Error> {
-        let mut message = Some(message);
-        let written = poll_fn(|context| {
-            self.websocket.get_mut().set_waker(context.waker());
-            if let Some(message) = message.take() {
-                match self.websocket.write(message) {
-                    // Queued: written out below.
-                    Ok(()) => {}
-                    Err(Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(error) => return Poll::Ready(Err(error)),
-                }
-            }
-            match self.websocket.flush() {
-                Ok(()) | Err(Error::ConnectionClosed) => Poll::Ready(Ok(())),
-                Err(Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
-                Err(error) => Poll::Ready(Err(error)),
-            }
-        });
-        within_write_wait(written).await
+        self.write_out(|websocket| websocket.write(message)).await
     }
 
     /// Sends a Close frame and waits until it is written out, at most
     /// [`WRITE_WAIT`] (the peer's answer is not waited for).
     pub(super) async fn close(&mut self) -> Result<(), Error> {
-        let mut queued = false;
+        self.write_out(|websocket| match websocket.close(None) {
+            Err(Error::ConnectionClosed) => Ok(()),
+            queued => queued,
+        })
+        .await
+    }
+
+    /// Queues a frame with `queue`, once, and flushes until it is written
+    /// out, at most [`WRITE_WAIT`]. A queue or flush that would block has
+    /// kept the frame, and the task's waker with the socket.
+    async fn write_out(
+        &mut self,
+        queue: impl FnOnce(&mut WebSocket<Polled<MaybeTlsStream<ByteStream>>>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut queue = Some(queue);
         let written = poll_fn(|context| {
             self.websocket.get_mut().set_waker(context.waker());
-            let written = if queued {
-                self.websocket.flush()
-            } else {
-                self.websocket.close(None)
-            };
-            match written {
-                Ok(()) | Err(Error::ConnectionClosed) => Poll::Ready(Ok(())),
-                Err(Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
-                    queued = true;
-                    Poll::Pending
+            if let Some(queue) = queue.take() {
+                match queue(&mut self.websocket) {
+                    Err(error) if !would_block(&error) => return Poll::Ready(Err(error)),
+                    _ => {}
                 }
+            }
+            match self.websocket.flush() {
+                Ok(()) | Err(Error::ConnectionClosed) => Poll::Ready(Ok(())),
+                Err(error) if would_block(&error) => Poll::Pending,
                 Err(error) => Poll::Ready(Err(error)),
             }
         });
@@ -241,6 +236,12 @@ impl Socket {
 /// left our few bytes unread for this long is not served by waiting
 /// longer: the write fails, and the link is lost (or, closing, dropped).
 const WRITE_WAIT: Duration = Duration::from_secs(2);
+
+/// The socket had nothing to read, or no room to write: `Pending`, as
+/// tungstenite reports it.
+fn would_block(error: &Error) -> bool {
+    matches!(error, Error::Io(error) if error.kind() == io::ErrorKind::WouldBlock)
+}
 
 /// `written`, or a timed-out I/O error once [`WRITE_WAIT`] has passed.
 async fn within_write_wait(
