@@ -13,8 +13,6 @@
 //!   rows are encoded in passes of a few columns, so a seal holds one
 //!   pass's pages rather than the whole file's.
 //! - [`read`]: footers, summaries and rows of version 1 and 2 files.
-//! - [`run_file`]: an unsealed hour's rows spilled beside the WAL past
-//!   the memory budget, and read back when it seals.
 //!
 //! Encodings are chosen for size: ids and times are delta-encoded (they
 //! mostly grow by small steps); quantities, `source` and `trade_type` are
@@ -34,7 +32,6 @@ use crate::domain::{Hour, Row, StreamKey, TimeUs, UnfilledRange};
 pub mod columns;
 pub mod layout;
 pub mod read;
-pub mod run_file;
 pub mod schema;
 pub mod write;
 
@@ -47,7 +44,7 @@ pub use read::{
     summary_from_bytes, HourFileReader, SealedSummary, SummaryError,
 };
 pub use schema::{schema_for, schema_of_version, SchemaVersion, SCHEMA_VERSION};
-pub use write::{write_hour_file, write_hour_file_until, SealStep};
+pub use write::{rows_batch, write_hour_file, write_hour_file_until, SealStep};
 
 /// The rows of one file, sorted and unique by key, as the writer reads
 /// them: consecutive slices in key order, as many times as it asks (once

@@ -178,8 +178,17 @@ impl ColumnBuilder {
     }
 }
 
-/// Column builders for every column of one file, filled row by row (the
-/// spilled runs' record batches).
+/// `rows` as one record batch of `kind`'s schema (a spilled run of rows
+/// that are not all packed).
+pub fn rows_batch(kind: StreamKind, rows: &[Row]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let mut columns = Columns::new(kind);
+    for row in rows {
+        columns.push(row);
+    }
+    columns.finish()
+}
+
+/// Column builders for every column of one file, filled row by row.
 pub(super) struct Columns {
     schema: SchemaRef,
     builders: Vec<ColumnBuilder>,

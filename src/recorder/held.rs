@@ -27,9 +27,13 @@
 //! the spare capacity is at most one chunk's growth per hour, not the
 //! doubling of one big vector.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::iter::Peekable;
 use std::mem::size_of;
+
+use arrow_array::RecordBatch;
+use arrow_schema::ArrowError;
 
 use crate::domain::{Row, Source, StreamKind, TimeUs};
 use crate::gaps::{spans_of_sorted, IdAt, IdSpan};
@@ -38,8 +42,10 @@ use crate::parquet_out::{ParquetOutError, Piece, SortedRows};
 use crate::seal::Inserted;
 
 mod packed;
+mod run;
 
 use packed::{Pack, PackedAggTrade, PackedTrade, Whole};
+pub use run::{PackedRunReader, PACKED_RUN_MAGIC};
 
 /// Rows per chunk: big enough that the per-chunk overhead is nothing, small
 /// enough that placing a row out of order moves at most 64 KiB.
@@ -172,6 +178,17 @@ impl HeldRows {
     /// estimated with their map node).
     pub fn heap_bytes(&self) -> usize {
         each_store!(&self.store, held => held.heap_bytes())
+    }
+
+    /// The rows as one record batch of the kind's schema, made from their
+    /// packed form (a block of a packed run read back); `None` when some
+    /// are not packed (a kline hour, a row kept whole).
+    pub fn to_batch(&self) -> Result<Option<RecordBatch>, ArrowError> {
+        match &self.store {
+            Store::Trades(held) => held.to_batch(self.kind),
+            Store::AggTrades(held) => held.to_batch(self.kind),
+            Store::Klines(_) => Ok(None),
+        }
     }
 }
 
@@ -424,6 +441,17 @@ impl<P: Pack> Held<P> {
             }
         }
         Ok(())
+    }
+
+    fn to_batch(&self, kind: StreamKind) -> Result<Option<RecordBatch>, ArrowError> {
+        if !self.whole.is_empty() {
+            return Ok(None);
+        }
+        let packed: Cow<'_, [P]> = match self.chunks.as_slice() {
+            [one] => Cow::Borrowed(one),
+            chunks => Cow::Owned(chunks.concat()),
+        };
+        columns::batch(kind, P::columns(&packed, &self.table)).map(Some)
     }
 
     fn into_rows(self) -> Vec<Row> {

@@ -30,6 +30,7 @@ pub mod judge;
 pub mod pace;
 mod records;
 mod report;
+pub mod run_file;
 pub mod seal_job;
 pub mod spill;
 mod spill_runs;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
+use super::run_file::RunReader;
 use crate::domain::{Hour, Row, Source, StreamKey, StreamKind, TimeUs};
-use crate::parquet_out::run_file::RunReader;
 use crate::parquet_out::{
     self, HourFile, HourFileReader, ParquetOutError, Piece, SchemaVersion, SortedRows,
 };
@@ -1083,7 +1083,7 @@ mod tests {
     #[test]
     fn a_spilled_hours_runs_seal_as_written_or_merged_and_a_cut_run_fails_it() {
         use crate::domain::Source;
-        use parquet_out::run_file::{run_path, write_run};
+        use crate::recorder::run_file::{run_path, write_run};
 
         let row = |id: i64| match trade(id) {
             Row::Trade(mut trade) => {
@@ -1117,7 +1117,7 @@ mod tests {
                     let run_id = index as u64;
                     let spill = sent.rows.spill(run_id).expect("rows to spill");
                     let path = run_path(wal.path(), run_id);
-                    write_run(&path, spill.kind, &spill.rows).expect("written");
+                    write_run(&path, &spill.rows).expect("written");
                     assert!(sent.rows.spill_done(run_id, Ok(path)));
                 }
             }

@@ -4,7 +4,7 @@
 //! held by every hour pass the memory budget (`memory.max_held_mb`), the
 //! state takes the biggest hours' rows out of memory as *runs*: each run is
 //! the hour's rows held at that moment, sorted and unique by key, handed to
-//! the runtime to write beside the WAL (`parquet_out::run_file`). The hour
+//! the runtime to write beside the WAL (`recorder/run_file.rs`). The hour
 //! keeps only what judging it needs of a run: its keys as [`IdSpan`]s (gap
 //! detection needs the ends of each span of ids, not every id), its counts
 //! and its first and last times. When the hour seals, its runs and what is
@@ -56,7 +56,6 @@ pub struct SpilledRun {
 #[derive(Debug)]
 pub struct SpillJob {
     pub run_id: u64,
-    pub kind: StreamKind,
     pub rows: HeldRows,
 }
 
@@ -238,7 +237,7 @@ impl HourRows {
             bytes: rows.heap_bytes(),
             rows: RunRows::Writing,
         });
-        Some(SpillJob { run_id, kind, rows })
+        Some(SpillJob { run_id, rows })
     }
 
     /// Run `run_id` was written to `path`, or failed and its rows come back

@@ -13,9 +13,9 @@ use anyhow::Context;
 use tokio::task::JoinError;
 use tracing::{error, warn};
 
+use super::run_file;
 use crate::domain::{Hour, StreamKey};
 use crate::metrics::{thread_cpu, Work};
-use crate::parquet_out::run_file;
 
 use super::held::HeldRows;
 use super::seal_job::{unwinding, JobError};
@@ -36,7 +36,7 @@ fn write_spill(wal_dir: &Path, spill: Spill) -> SpillWritten {
     let Spill { key, hour, run } = spill;
     let path = run_file::run_path(wal_dir, run.run_id);
     let written = unwinding("writing a spilled run", || {
-        run_file::write_run(&path, run.kind, &run.rows)
+        run_file::write_run(&path, &run.rows)
     });
     let written = match written.and_then(|written| written.map_err(JobError::from)) {
         Ok(()) => Ok(path),

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use binance_recorder::domain::{Hour, StreamKind};
-use binance_recorder::parquet_out::run_file::RunReader;
+use binance_recorder::recorder::run_file::RunReader;
 use fake_binance::{firehose_truth, FakeExchange, FirehoseConfig};
 
 use crate::local_server::free_port;

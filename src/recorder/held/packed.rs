@@ -38,6 +38,59 @@ pub(super) trait Pack: Sized + Clone + std::fmt::Debug {
     fn table_bytes(_table: &Self::Table) -> usize {
         0
     }
+    /// Bytes of one packed row in a spilled run (`held/run.rs`).
+    const WIRE_BYTES: usize;
+    /// Appends the row's [`Pack::WIRE_BYTES`] bytes, little-endian.
+    fn to_wire(&self, out: &mut Vec<u8>);
+    /// A row from [`Pack::WIRE_BYTES`] bytes; `None` for a kind never
+    /// packed.
+    fn from_wire(bytes: &mut Wire<'_>) -> Option<Self>;
+    /// Appends the table; `None` when it cannot be written (the run is then
+    /// written as columns).
+    fn table_to_wire(_table: &Self::Table, _out: &mut Vec<u8>) -> Option<()> {
+        Some(())
+    }
+    /// The table [`Pack::table_to_wire`] wrote; `None` when it is damaged.
+    fn table_from_wire(bytes: &mut Wire<'_>) -> Option<Self::Table> {
+        bytes.is_empty().then(Self::Table::default)
+    }
+}
+
+/// Bytes being read back, the front taken a value at a time.
+pub(super) struct Wire<'a>(pub(super) &'a [u8]);
+
+impl Wire<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+
+    pub(super) fn i64(&mut self) -> Option<i64> {
+        self.take().map(i64::from_le_bytes)
+    }
+
+    pub(super) fn i32(&mut self) -> Option<i32> {
+        self.take().map(i32::from_le_bytes)
+    }
+
+    pub(super) fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_le_bytes)
+    }
+
+    pub(super) fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|[byte]| byte)
+    }
+
+    pub(super) fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 fn pack_decimal(value: Decimal8) -> Option<i64> {
@@ -198,6 +251,56 @@ impl Pack for PackedTrade {
         table.0.capacity() * size_of::<Box<str>>()
             + table.0.iter().map(|name| name.len()).sum::<usize>()
     }
+
+    const WIRE_BYTES: usize = 6 * 8 + 2;
+
+    fn to_wire(&self, out: &mut Vec<u8>) {
+        for value in [
+            self.trade_id,
+            self.price,
+            self.quantity,
+            self.trade_time,
+            self.event_time,
+            self.recv_time,
+        ] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        out.extend_from_slice(&[self.trade_type, self.flags]);
+    }
+
+    fn from_wire(bytes: &mut Wire<'_>) -> Option<PackedTrade> {
+        Some(PackedTrade {
+            trade_id: bytes.i64()?,
+            price: bytes.i64()?,
+            quantity: bytes.i64()?,
+            trade_time: bytes.i64()?,
+            event_time: bytes.i64()?,
+            recv_time: bytes.i64()?,
+            trade_type: bytes.u8()?,
+            flags: bytes.u8()?,
+        })
+    }
+
+    /// The count of names, then each name's length (u32) and bytes.
+    fn table_to_wire(table: &TradeTypes, out: &mut Vec<u8>) -> Option<()> {
+        out.push(u8::try_from(table.0.len()).ok()?);
+        for name in &table.0 {
+            out.extend_from_slice(&u32::try_from(name.len()).ok()?.to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+        }
+        Some(())
+    }
+
+    fn table_from_wire(bytes: &mut Wire<'_>) -> Option<TradeTypes> {
+        let n_names = bytes.u8()?;
+        let mut names = Vec::with_capacity(usize::from(n_names));
+        for _ in 0..n_names {
+            let len = usize::try_from(bytes.u32()?).ok()?;
+            let name = std::str::from_utf8(bytes.bytes(len)?).ok()?;
+            names.push(name.into());
+        }
+        bytes.is_empty().then_some(TradeTypes(names))
+    }
 }
 
 /// An aggregate trade in 56 bytes.
@@ -317,6 +420,36 @@ impl Pack for PackedAggTrade {
     fn source(&self) -> Source {
         flag_source(self.flags())
     }
+
+    const WIRE_BYTES: usize = 6 * 8 + 4 + 4;
+
+    fn to_wire(&self, out: &mut Vec<u8>) {
+        for value in [
+            self.agg_trade_id,
+            self.price,
+            self.quantity,
+            self.first_trade_id,
+            self.trade_time,
+            self.recv_time,
+        ] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        out.extend_from_slice(&self.event_step.to_le_bytes());
+        out.extend_from_slice(&self.n_more_trades_and_flags.to_le_bytes());
+    }
+
+    fn from_wire(bytes: &mut Wire<'_>) -> Option<PackedAggTrade> {
+        Some(PackedAggTrade {
+            agg_trade_id: bytes.i64()?,
+            price: bytes.i64()?,
+            quantity: bytes.i64()?,
+            first_trade_id: bytes.i64()?,
+            trade_time: bytes.i64()?,
+            recv_time: bytes.i64()?,
+            event_step: bytes.i32()?,
+            n_more_trades_and_flags: bytes.u32()?,
+        })
+    }
 }
 
 /// Klines are not packed: an hour has few, and they are kept whole.
@@ -348,5 +481,15 @@ impl Pack for Whole {
 
     fn source(&self) -> Source {
         match *self {}
+    }
+
+    const WIRE_BYTES: usize = 0;
+
+    fn to_wire(&self, _out: &mut Vec<u8>) {
+        match *self {}
+    }
+
+    fn from_wire(_bytes: &mut Wire<'_>) -> Option<Whole> {
+        None
     }
 }
