@@ -443,6 +443,7 @@ fn write_batch(
     let records = Arc::new(records);
     let job = DecodeJob {
         records: Arc::clone(&records),
+        segment: first_written,
         applied,
         record_of,
     };
@@ -514,18 +515,26 @@ fn write_batch(
     quarantined.sort_by_key(|(index, _)| *index);
     let quarantined: Vec<QuarantinedFrame> =
         quarantined.into_iter().map(|(_, frame)| frame).collect();
-    // In place: a batch's decoded rows are a few MB, not moved again.
+    // In place: a batch's decoded rows are a few MB, not moved again. The
+    // decode marked them with the segment the batch started in: only when
+    // a record went elsewhere (the WAL rolled over, or left one out) are
+    // they walked again.
     let mut applied = decoded.applied;
-    let mut record_of_items = record_of.iter();
-    applied.retain_mut(|item| {
-        match segments[*record_of_items.next().expect("one record index per item")] {
-            Some(segment) => {
-                item.set_segment(segment);
-                true
+    if !segments
+        .iter()
+        .all(|segment| *segment == Some(first_written))
+    {
+        let mut record_of_items = record_of.iter();
+        applied.retain_mut(|item| {
+            match segments[*record_of_items.next().expect("one record index per item")] {
+                Some(segment) => {
+                    item.set_segment(segment);
+                    true
+                }
+                None => false,
             }
-            None => false,
-        }
-    });
+        });
+    }
     let n_quarantined = quarantined.len() as u64;
     let first_quarantine_error = quarantined.first().map(|frame| frame.error.clone());
     if !quarantined.is_empty() {
@@ -714,6 +723,92 @@ mod tests {
         assert_eq!(lines.len(), 2, "{quarantine}");
         assert!(lines[0].contains("over the WAL's limit"), "{quarantine}");
         assert!(lines[1].contains("garbage"), "{quarantine}");
+    }
+
+    /// A batch that fills its segment and goes on in the next: each row
+    /// carries the segment its record went to (the decode marks them with
+    /// the first, and those past the roll-over are set again), and one left
+    /// out (over the WAL's limit) is dropped with the rest kept in order.
+    #[test]
+    fn rows_of_a_batch_that_rolls_the_segment_over_carry_their_own_segment() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let wal_config = wal_config_in(root.path());
+        let trade = |id: usize| {
+            let json = format!(
+                r#"{{"stream":"btcusdt@trade","data":{{"e":"trade","E":1,"s":"BTCUSDT","t":{id},"p":"1","q":"2","T":1,"m":true,"M":true,"padding":"{}"}}}}"#,
+                "x".repeat(400)
+            );
+            crate::recorder::records::waiting_frame(Market::Spot, 7, json.as_bytes())
+        };
+        // About 1.3 MiB of frames against 1 MiB segments.
+        let n_frames = 2_600;
+        let mut records: Vec<Outgoing> = (0..n_frames).map(trade).collect();
+        records.insert(
+            n_frames / 2,
+            crate::recorder::records::waiting_frame(
+                Market::Spot,
+                7,
+                &vec![b'x'; crate::wal::MAX_PAYLOAD_LEN],
+            ),
+        );
+        let outcome = write_batch(
+            None,
+            (wal_config, Arc::new(RealFs)),
+            (records, BatchLists::default()),
+            Vec::new(),
+            None,
+            &root.path().join("quarantine"),
+        );
+        let wal = outcome.wal.expect("the writer goes on");
+        let Ok(applied) = outcome.result else {
+            panic!("the batch is written")
+        };
+        let ids_and_segments: Vec<(i64, SegmentId)> = applied
+            .iter()
+            .map(|item| match item {
+                Applied::Frame {
+                    segment,
+                    decoded: crate::binance::decode::Decoded::Row { row, .. },
+                    ..
+                } => (row.key(), *segment),
+                _ => panic!("only trades"),
+            })
+            .collect();
+        assert_eq!(
+            ids_and_segments.len(),
+            n_frames,
+            "the oversized one left out"
+        );
+        assert!(ids_and_segments
+            .iter()
+            .map(|(id, _)| *id)
+            .eq(0..n_frames as i64));
+        let segments = wal.segments();
+        assert!(segments.len() >= 2, "{segments:?}");
+        let (first, last) = (ids_and_segments[0].1, ids_and_segments[n_frames - 1].1);
+        assert_eq!(first, segments[0]);
+        assert_eq!(last, wal.active_segment());
+        assert!(first < last);
+        assert!(ids_and_segments
+            .windows(2)
+            .all(|pair| pair[0].1 <= pair[1].1));
+        // Each frame is marked with the segment that holds it.
+        let written: Vec<SegmentId> = crate::wal::read_segments(&wal_config_in(root.path()).dir)
+            .expect("the WAL reads")
+            .filter_map(|item| match item.expect("no damage") {
+                crate::wal::ReadItem::Record { position, record }
+                    if record.kind == RecordKind::WsFrame =>
+                {
+                    Some(position.segment)
+                }
+                _ => None,
+            })
+            .collect();
+        let marked: Vec<SegmentId> = ids_and_segments
+            .iter()
+            .map(|(_, segment)| *segment)
+            .collect();
+        assert_eq!(marked, written);
     }
 
     /// One decode thread serves batch after batch, handed on with the

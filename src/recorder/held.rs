@@ -130,13 +130,7 @@ impl HeldRows {
     /// [`HeldRows::id_spans`] and the earliest and latest row time, in one
     /// pass over the rows (what a spilled run keeps of them).
     pub fn spans_and_times(&self) -> (Vec<IdSpan>, Option<(TimeUs, TimeUs)>) {
-        let mut times: Option<(TimeUs, TimeUs)> = None;
-        let spans = spans_of_sorted(self.id_ats().inspect(|at| {
-            times = Some(times.map_or((at.time, at.time), |(low, high)| {
-                (low.min(at.time), high.max(at.time))
-            }));
-        }));
-        (spans, times)
+        each_store!(&self.store, held => held.spans_and_times())
     }
 
     /// How many rows came from REST.
@@ -394,6 +388,31 @@ impl<P: Pack> Held<P> {
         MergeByKey::new(packed, whole, |id_at: &IdAt| id_at.id)
     }
 
+    /// [`HeldRows::spans_and_times`], for this kind: a spill takes it of
+    /// every row held, so the usual hour (nothing kept whole) walks its
+    /// chunks without the merge.
+    fn spans_and_times(&self) -> (Vec<IdSpan>, Option<(TimeUs, TimeUs)>) {
+        let mut times: Option<(TimeUs, TimeUs)> = None;
+        let mut note = |at: &IdAt| {
+            times = Some(times.map_or((at.time, at.time), |(low, high)| {
+                (low.min(at.time), high.max(at.time))
+            }));
+        };
+        let spans = if self.whole.is_empty() {
+            spans_of_sorted(self.chunks.iter().flatten().map(|held| {
+                let at = IdAt {
+                    id: held.key(),
+                    time: held.time(),
+                };
+                note(&at);
+                at
+            }))
+        } else {
+            spans_of_sorted(self.id_ats().inspect(note))
+        };
+        (spans, times)
+    }
+
     fn rows(&self) -> impl Iterator<Item = Row> + '_ {
         let table = &self.table;
         let packed = self
@@ -634,6 +653,15 @@ mod tests {
             .collect();
         let id_ats: Vec<(i64, TimeUs)> = held.id_ats().map(|at| (at.id, at.time)).collect();
         assert_eq!(id_ats, model_id_ats);
+        let (spans, times) = held.spans_and_times();
+        let model_spans = spans_of_sorted(model_id_ats.iter().map(|&(id, time)| IdAt { id, time }));
+        assert_eq!(spans, model_spans);
+        let model_times = model_id_ats.iter().map(|&(_, time)| time);
+        assert_eq!(
+            times,
+            model_times.clone().min().zip(model_times.max()),
+            "the earliest and latest time"
+        );
         assert_eq!(held.last_key(), model_rows.last().map(Row::key));
         assert_eq!(
             held.first_id_at().map(|at| at.id),

@@ -40,6 +40,10 @@ pub(super) struct DecodedBatch {
 /// while both run) and the lists to decode into, empty.
 pub(super) struct DecodeJob {
     pub(super) records: Arc<Vec<Outgoing>>,
+    /// The segment the records go to unless the WAL rolls over (or leaves
+    /// one out) while they are appended: each decoded item is marked with
+    /// it, and set again after the appends only where that happened.
+    pub(super) segment: SegmentId,
     pub(super) applied: Vec<Applied>,
     pub(super) record_of: Vec<usize>,
 }
@@ -154,6 +158,7 @@ pub(super) fn decode_job(job: DecodeJob) -> DecodedBatch {
     let cpu = thread_cpu();
     let DecodeJob {
         records,
+        segment,
         mut applied,
         mut record_of,
     } = job;
@@ -161,7 +166,7 @@ pub(super) fn decode_job(job: DecodeJob) -> DecodedBatch {
     record_of.reserve(records.len());
     let mut quarantined = Vec::new();
     for (index, record) in records.iter().enumerate() {
-        match record.decode_onto(SegmentId(0), &mut applied) {
+        match record.decode_onto(segment, &mut applied) {
             Ok(true) => record_of.push(index),
             Ok(false) => {}
             Err(frame) => quarantined.push((index, frame)),
