@@ -712,6 +712,29 @@ mod tests {
             held.last_id_at().map(|at| at.id),
             model_rows.last().map(Row::key)
         );
+        // As a spilled run: packed when nothing is kept whole, read back
+        // block by block to the same rows; otherwise nothing written.
+        let mut run = Vec::new();
+        let packed = held.write_packed_run(&mut run).expect("written to memory");
+        assert_eq!(packed, !has_whole && !matches!(kind, StreamKind::Kline(_)));
+        if packed {
+            let mut bytes = std::io::Cursor::new(&run[PACKED_RUN_MAGIC.len()..]);
+            assert_eq!(run[..PACKED_RUN_MAGIC.len()], PACKED_RUN_MAGIC);
+            let mut reader = PackedRunReader::open(&mut bytes, kind).expect("its header");
+            let mut read_back = Vec::new();
+            while let Some(block) = reader.next_block().expect("every block") {
+                assert!(!block.is_empty() && block.len() <= CHUNK_ROWS);
+                let batch = block.to_batch().expect("columns").expect("all packed");
+                assert_eq!(
+                    crate::parquet_out::read::rows_from_batch(&batch, kind).expect("the kind's"),
+                    block.to_vec()
+                );
+                read_back.extend(block.into_rows());
+            }
+            assert_eq!(read_back, model_rows);
+        } else {
+            assert!(run.is_empty());
+        }
         assert_eq!(held.clone().into_rows(), model_rows);
         assert_eq!(held.into_rows(), model_rows);
     }
