@@ -85,16 +85,16 @@ pub fn write_run(path: &Path, rows: &HeldRows) -> Result<(), ParquetOutError> {
         out.flush().map_err(io_error)?;
         return Ok(());
     }
-    write_columns_run(path, out, rows.kind(), rows)
+    write_columns_run(path, out, rows)
 }
 
-/// Writes `rows` (sorted and unique by key) as an Arrow IPC stream.
+/// Writes `rows` as an Arrow IPC stream of their kind's columns.
 fn write_columns_run(
     path: &Path,
     out: BufWriter<File>,
-    kind: StreamKind,
-    rows: &dyn SortedRows,
+    rows: &HeldRows,
 ) -> Result<(), ParquetOutError> {
+    let kind = rows.kind();
     let io_error = |source: io::Error| ParquetOutError::Io {
         path: path.to_path_buf(),
         source,
