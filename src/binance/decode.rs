@@ -193,6 +193,35 @@ pub fn decode_text_frame(
     decode_parsed_wrapper(market, frame.as_bytes(), recv_time)
 }
 
+/// [`decode_text_frame`], its answer pushed onto `out` as `wrap` makes it,
+/// or its error returned. The usual trade or aggTrade is pushed as it is
+/// built: a [`Decoded`] is about 180 bytes, and returned through
+/// `Option` and `Result` it was copied at each (about a tenth of the
+/// decode thread's time, docs/BENCHMARKS.md).
+pub fn decode_text_frame_onto<T>(
+    market: Market,
+    frame: &str,
+    recv_time: TimeUs,
+    out: &mut Vec<T>,
+    wrap: impl FnOnce(Decoded) -> T,
+) -> Result<(), DecodeError> {
+    if let Some((stream, data)) = split_combined_text(frame) {
+        if let Some(at) = stream.bytes().rposition(|byte| byte == b'@') {
+            let usual = match &stream[at + 1..] {
+                "aggTrade" => usual_agg_trade_row(market, &stream[..at], data, recv_time),
+                "trade" => usual_trade_row(market, &stream[..at], data, recv_time),
+                _ => None,
+            };
+            if let Some(decoded) = usual {
+                out.push(wrap(decoded));
+                return Ok(());
+            }
+        }
+    }
+    out.push(wrap(decode_text_frame(market, frame, recv_time)?));
+    Ok(())
+}
+
 /// Where the stream name and the event of a combined-stream wrapper lie
 /// when it is written as Binance writes it, `{"stream":"<name>","data":<event>}`,
 /// found without parsing the wrapper: byte ranges of `frame`, each bounded
@@ -1047,6 +1076,18 @@ mod fuzz_tests {
                 prop_assert_eq!(
                     format!("{:?}", decode_text_frame(market, &text, recv_time)),
                     format!("{:?}", decode_frame(market, text.as_bytes(), recv_time))
+                );
+                // Pushed onto a list, wrapped: the same answer.
+                let mut out = vec![None];
+                let pushed = decode_text_frame_onto(market, &text, recv_time, &mut out, Some);
+                let pushed = pushed.map(|()| {
+                    assert_eq!(out.len(), 2, "one answer pushed");
+                    out.pop().flatten().expect("pushed wrapped")
+                });
+                prop_assert_eq!(out.len(), 1, "nothing else pushed");
+                prop_assert_eq!(
+                    format!("{pushed:?}"),
+                    format!("{:?}", decode_text_frame(market, &text, recv_time))
                 );
             }
         }

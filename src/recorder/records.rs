@@ -4,7 +4,7 @@
 //! durable record decodes to an [`Applied`] (live batches and replay alike);
 //! a frame that cannot be decoded comes back for the quarantine.
 
-use crate::binance::decode::{decode_frame, decode_text_frame, DecodeError, Decoded};
+use crate::binance::decode::{decode_frame, decode_text_frame_onto, DecodeError, Decoded};
 use crate::binance::ws::{now_us, FramePayload};
 use crate::domain::{Market, TimeUs};
 use crate::quarantine::QuarantinedFrame;
@@ -138,19 +138,21 @@ impl Outgoing {
                 recv_time,
                 payload,
             } => {
-                let decoded = match payload {
-                    FramePayload::Text(text) => decode_text_frame(*market, text, *recv_time),
-                    FramePayload::Binary(bytes) => decode_frame(*market, bytes, *recv_time),
+                let market = *market;
+                let wrap = |decoded| Applied::Frame {
+                    market,
+                    segment,
+                    decoded,
                 };
-                match decoded {
-                    Ok(decoded) => applied.push(Applied::Frame {
-                        market: *market,
-                        segment,
-                        decoded,
-                    }),
-                    Err(error) => {
-                        return Err(quarantined(*market, payload.as_bytes(), *recv_time, error))
+                let pushed = match payload {
+                    FramePayload::Text(text) => {
+                        decode_text_frame_onto(market, text, *recv_time, applied, wrap)
                     }
+                    FramePayload::Binary(bytes) => decode_frame(market, bytes, *recv_time)
+                        .map(|decoded| applied.push(wrap(decoded))),
+                };
+                if let Err(error) = pushed {
+                    return Err(quarantined(market, payload.as_bytes(), *recv_time, error));
                 }
             }
             Outgoing::Record(record) => match decode_record(segment, record.lent())? {
