@@ -205,18 +205,11 @@ pub fn decode_text_frame_onto<T>(
     out: &mut Vec<T>,
     wrap: impl FnOnce(Decoded) -> T,
 ) -> Result<(), DecodeError> {
-    if let Some((stream, data)) = split_combined_text(frame) {
-        if let Some(at) = stream.bytes().rposition(|byte| byte == b'@') {
-            let usual = match &stream[at + 1..] {
-                "aggTrade" => usual_agg_trade_row(market, &stream[..at], data, recv_time),
-                "trade" => usual_trade_row(market, &stream[..at], data, recv_time),
-                _ => None,
-            };
-            if let Some(decoded) = usual {
-                out.push(wrap(decoded));
-                return Ok(());
-            }
-        }
+    let usual = split_combined_text(frame)
+        .and_then(|(stream, data)| usual_row(market, stream, data, recv_time));
+    if let Some(decoded) = usual {
+        out.push(wrap(decoded));
+        return Ok(());
     }
     out.push(wrap(decode_text_frame(market, frame, recv_time)?));
     Ok(())
@@ -356,26 +349,18 @@ fn decode_as_named(
     data: &str,
     recv_time: TimeUs,
 ) -> Option<Result<Decoded, DecodeError>> {
-    // A byte loop: names are short, and `rsplit_once` searches with a
-    // `memrchr` call that costs more here than the search itself.
+    if let Some(decoded) = usual_row(market, stream, data, recv_time) {
+        return Some(Ok(decoded));
+    }
     let at = stream.bytes().rposition(|byte| byte == b'@')?;
     let suffix = &stream[at + 1..];
-    // Each branch builds its answer in place: this runs for every frame,
-    // and a `Decoded` moved through `Option` and `Result` adapters is
-    // copied at each (about 5 % of a replay's reader, perf).
     if suffix == "trade" {
-        if let Some(decoded) = usual_trade_row(market, &stream[..at], data, recv_time) {
-            return Some(Ok(decoded));
-        }
         let trade = flat_trade(data).or_else(|| serde_json::from_str(data).ok())?;
         if trade.e.as_deref() != Some("trade") {
             return None;
         }
         Some(decode_trade(market, Some(stream), trade, recv_time))
     } else if suffix == "aggTrade" {
-        if let Some(decoded) = usual_agg_trade_row(market, &stream[..at], data, recv_time) {
-            return Some(Ok(decoded));
-        }
         let agg_trade = flat_agg_trade(data).or_else(|| serde_json::from_str(data).ok())?;
         if agg_trade.e.as_deref() != Some("aggTrade") {
             return None;
@@ -389,6 +374,22 @@ fn decode_as_named(
         Some(decode_kline(market, Some(stream), kline, recv_time))
     } else {
         None
+    }
+}
+
+/// A trade or aggTrade event in its usual form (`usual_trade_row`,
+/// `usual_agg_trade_row`), as the kind its stream name says: built in
+/// place, since this runs for every frame and a `Decoded` moved through
+/// `Option` and `Result` adapters is copied at each. `None` for any other
+/// name or form.
+fn usual_row(market: Market, stream: &str, data: &str, recv_time: TimeUs) -> Option<Decoded> {
+    // A byte loop: names are short, and `rsplit_once` searches with a
+    // `memrchr` call that costs more here than the search itself.
+    let at = stream.bytes().rposition(|byte| byte == b'@')?;
+    match &stream[at + 1..] {
+        "aggTrade" => usual_agg_trade_row(market, &stream[..at], data, recv_time),
+        "trade" => usual_trade_row(market, &stream[..at], data, recv_time),
+        _ => None,
     }
 }
 
